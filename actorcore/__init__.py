@@ -1,0 +1,1 @@
+"""actorcore: a distributed task-and-actor framework on Trio."""

@@ -1,0 +1,1 @@
+"""gcs package."""
