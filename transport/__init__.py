@@ -1,1 +1,62 @@
-"""transport package."""
+"""transport: authenticated message connections over Unix sockets and TCP.
+
+Length-prefixed frames carrying pickle protocol 5 streams (out-of-band
+`pickle.PickleBuffer` data sent without copies), request/response with many requests
+in flight, one-way messages, mutual HMAC authentication with the cluster token before
+any frame is decoded, and fault injection (`transport.faults`).
+
+    server = transport.Server("unix:/tmp/x.sock", token, handler, name="gcs")
+    address = await nursery.start(server.run)
+    async with transport.open_connection(address, token, name="driver") as conn:
+        value = await conn.request({"op": "get", "key": b"k"}, timeout=5)
+
+``handler(conn, message, reply)`` runs inline in arrival order; ``reply`` is ``None``
+for a one-way message, else a `Reply` to answer now or later with ``send``/``fail``.
+See `_connection.py` for the concurrency design.
+"""
+
+from . import faults
+from ._address import Address, parse_address
+from ._client import Client, connect, open_connection
+from ._connection import (
+    DEFAULT_MAX_FRAME_SIZE,
+    Connection,
+    ConnectionStatistics,
+    Handler,
+    Reply,
+)
+from ._errors import (
+    AuthenticationFailed,
+    ConnectError,
+    ConnectionLost,
+    FrameTooLarge,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
+    TransportError,
+)
+from ._server import Server, ServerStatistics
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "Address",
+    "AuthenticationFailed",
+    "Client",
+    "ConnectError",
+    "Connection",
+    "ConnectionLost",
+    "ConnectionStatistics",
+    "FrameTooLarge",
+    "Handler",
+    "ProtocolError",
+    "RemoteError",
+    "Reply",
+    "RequestTimeout",
+    "Server",
+    "ServerStatistics",
+    "TransportError",
+    "connect",
+    "faults",
+    "open_connection",
+    "parse_address",
+]

@@ -1,0 +1,644 @@
+"""One authenticated connection: framing, request/response, one-way messages.
+
+Design
+------
+A `Connection` wraps a connected, already-authenticated, non-blocking stdlib socket
+and runs two tasks, both inside `Connection.run` (one nursery per connection):
+
+* the **reader** receives into a reused 256 KiB buffer and handles every complete
+  frame found there before the next ``recv`` (batch decode). Replies wake their
+  waiting `request` directly (`trio.lowlevel.reschedule`, no Event, no queue);
+  requests and one-way messages go to the handler *inline, in arrival order*. A frame
+  that carries out-of-band buffers, or is larger than the buffer, is read into its
+  own exact-size bytearray straight from the socket, and the message gets zero-copy
+  memoryview slices of it (the reused buffer is never handed out).
+* the **writer** drains the outgoing queue. Senders only pickle and append (in their
+  own task, so pickling errors surface to them); everything queued when the writer
+  next runs goes out in one ``send``/``sendmsg`` (small frames joined, large buffers
+  as their own iovec entries). Under load many frames thus coalesce into one write.
+
+We use raw sockets with `trio.lowlevel.wait_readable`/`wait_writable` rather than a
+`trio.SocketStream`: a ``recv_into`` into our own buffer, and a ``send`` that only
+yields to the scheduler when the socket is really full, halve the per-message cost.
+Fairness is kept by explicit checkpoints (the reader yields after each batch it did
+not have to wait for; the writer parks whenever the queue is empty).
+
+Where the tasks run (pick one per connection):
+
+* ``async with open_connection(...) as conn`` — the block owns the tasks; leaving it
+  closes the connection. The usual choice for a long-lived link inside a service.
+* ``conn = await nursery.start(Client(...).run)`` — a child-protocol service: `run`
+  returns when the connection is closed locally and raises `ConnectionLost` when the
+  link dies, so a supervisor sees the loss as a crash.
+* ``conn = await connect(...)`` — the tasks run in a Trio *system task* (they never
+  raise; errors become `ConnectionLost` on the connection); close it with
+  ``await conn.aclose()`` or ``async with conn``. Handy for scripts and short links.
+* server side: `Server` runs each accepted connection in its own nursery.
+
+Closing: when the link dies (EOF, reset, malformed or oversized frame, write error),
+every pending request is failed at once with its own `ConnectionLost` naming the
+peer, the socket is closed, and later use raises `ConnectionLost`. `aclose` first lets
+the writer flush what is queued (bounded by ``flush_timeout``), then does the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import outcome
+import trio
+
+from . import _wire, faults
+from ._errors import (
+    ConnectionLost,
+    FrameTooLarge,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
+)
+from ._wire import HEADER, HEADER_SIZE, ONEWAY, REPLY_ERR, REPLY_OK, REQUEST
+
+__all__ = ["DEFAULT_MAX_FRAME_SIZE", "Connection", "ConnectionStatistics", "Handler", "Reply"]
+
+logger = logging.getLogger("transport")
+
+DEFAULT_MAX_FRAME_SIZE = 512 * 1024 * 1024
+_RECV_CHUNK = 256 * 1024
+_SMALL = 16 * 1024  # chunks below this are joined into one write
+_IOV_MAX = 512
+# `await send()` / `await request()` wait while more than this many bytes are queued.
+_HIGH_WATER = 16 * 1024 * 1024
+
+Handler = Callable[["Connection", Any, "Reply | None"], Awaitable[None]]
+
+_unpack_header = HEADER.unpack_from
+_reschedule = trio.lowlevel.reschedule
+
+
+@attrs.frozen
+class ConnectionStatistics:
+    name: str
+    peer_name: str
+    peer_address: str
+    closed: bool
+    requests_in_flight: int
+    queued_bytes: int
+    frames_sent: int
+    frames_received: int
+    bytes_sent: int
+    bytes_received: int
+    writes: int
+    dropped_by_faults: int
+
+
+class Reply:
+    """The answer slot of one incoming request: call `send` or `fail` exactly once.
+
+    May be called later, from any Trio task of the same run (so a slow request need
+    not block the connection). Answering a connection that has since closed is a
+    silent no-op: the caller has already been failed with `ConnectionLost`.
+    """
+
+    __slots__ = ("_conn", "_done", "_rid")
+
+    def __init__(self, conn: Connection, rid: int) -> None:
+        self._conn = conn
+        self._rid = rid
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _claim(self, what: str) -> None:
+        if self._done:
+            raise RuntimeError(
+                f"request {self._rid} from {self._conn.peer_name!r} was already answered "
+                f"(second call: {what})"
+            )
+        self._done = True
+
+    def send(self, value: Any) -> None:
+        """Answer the request with ``value``.
+
+        If ``value`` cannot be pickled (or is too large for the peer) the caller gets
+        a `RemoteError` describing that, and the error is raised here as well.
+        """
+        self._claim("send")
+        conn = self._conn
+        if conn._closed:
+            return
+        try:
+            chunks, size = _wire.encode_frame(REPLY_OK, self._rid, value)
+            conn._check_size(size)
+        except Exception as exc:
+            self._send_error(exc)
+            raise
+        conn._enqueue(REPLY_OK, chunks, size)
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the request: the caller gets a `RemoteError` with type, message, traceback."""
+        if not isinstance(exc, BaseException):
+            raise TypeError(f"Reply.fail() needs an exception, got {exc!r}")
+        self._claim("fail")
+        if not self._conn._closed:
+            self._send_error(exc)
+
+    def _send_error(self, exc: BaseException) -> None:
+        conn = self._conn
+        chunks, size = _wire.encode_frame(REPLY_ERR, self._rid, _wire.encode_error(exc))
+        conn._enqueue(REPLY_ERR, chunks, size)
+
+    def __repr__(self) -> str:
+        state = "answered" if self._done else "pending"
+        return f"<Reply to request {self._rid} from {self._conn.peer_name!r} ({state})>"
+
+
+class Connection:
+    """An authenticated, symmetric message connection. See the module docstring.
+
+    Not constructed directly: use `connect`, `open_connection`, `Client` or `Server`.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        name: str,
+        peer_name: str,
+        peer_address: str,
+        peer_max_frame_size: int,
+        max_frame_size: int,
+        handler: Handler | None,
+    ) -> None:
+        self._sock = sock
+        self.name = name
+        self.peer_name = peer_name
+        self.peer_address = peer_address
+        self._peer_max = peer_max_frame_size
+        self._max_frame = max_frame_size
+        self._handler = handler
+        self._closed = False
+        self._close_reason = ""
+        self._closed_locally = False
+        self._next_rid = 1
+        self._pending: dict[int, trio.lowlevel.Task] = {}
+        self._outq: list[bytes | memoryview] = []
+        self._queued_bytes = 0
+        self._queued_frames = 0
+        self._writer_waiting: trio.lowlevel.Task | None = None
+        self._drained = trio.lowlevel.ParkingLot()
+        self._cancel_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._started = False
+        self._finished = trio.Event()
+        self._frames_sent = 0
+        self._frames_received = 0
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self._writes = 0
+        self._dropped = 0
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = f"closed: {self._close_reason}" if self._closed else "open"
+        return f"<Connection {self.name!r} <-> {self.peer_name!r} ({self.peer_address}, {state})>"
+
+    async def request(self, message: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the contract)
+        """Send ``message`` as a request and return the reply value.
+
+        Raises `RequestTimeout` after ``timeout`` seconds (``None``: wait until the
+        reply or the connection's end), `RemoteError` if the remote handler failed,
+        `ConnectionLost`, or `FrameTooLarge` (nothing sent). Pickling errors of
+        ``message`` propagate unchanged.
+        """
+        self._check_open()
+        rid = self._next_rid
+        self._next_rid = rid + 1
+        chunks, size = _wire.encode_frame(REQUEST, rid, message)
+        self._check_size(size)
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        with trio.CancelScope(deadline=deadline) as scope:
+            if self._queued_bytes > _HIGH_WATER:
+                await self._wait_drained()
+            self._check_open()
+            task = trio.lowlevel.current_task()
+            self._pending[rid] = task
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                self._pending.pop(rid, None)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            self._enqueue(REQUEST, chunks, size)
+            return await trio.lowlevel.wait_task_rescheduled(abort)
+        assert scope.cancelled_caught
+        raise RequestTimeout(
+            f"no reply from {self.peer_name!r} ({self.peer_address}) to request {rid} "
+            f"within {timeout}s"
+        )
+
+    async def send(self, message: Any) -> None:
+        """Send a one-way message. Waits only if too much is queued (backpressure)."""
+        self.send_nowait(message)
+        if self._queued_bytes > _HIGH_WATER:
+            await self._wait_drained()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def send_nowait(self, message: Any) -> None:
+        """Queue a one-way message without waiting (synchronous; no backpressure).
+
+        Must be called from a task of the Trio run that owns the connection. Raises
+        `ConnectionLost` if the connection is closed, `FrameTooLarge` if the peer would
+        refuse the frame; pickling errors propagate.
+        """
+        self._check_open()
+        chunks, size = _wire.encode_frame(ONEWAY, 0, message)
+        self._check_size(size)
+        self._enqueue(ONEWAY, chunks, size)
+
+    async def aclose(self, flush_timeout: float = 5.0) -> None:
+        """Flush queued frames (at most ``flush_timeout`` seconds), then close. Idempotent."""
+        if self._closed:
+            return
+        if self._started and self._queued_frames:
+            with trio.move_on_after(flush_timeout):
+                while self._queued_frames and not self._closed:
+                    await self._drained.park()
+        self._shutdown("closed locally", locally=True)
+        if self._started and trio.lowlevel.current_task() not in self._own_tasks():
+            with trio.move_on_after(flush_timeout):
+                await self._finished.wait()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(
+            name=self.name,
+            peer_name=self.peer_name,
+            peer_address=self.peer_address,
+            closed=self._closed,
+            requests_in_flight=len(self._pending),
+            queued_bytes=self._queued_bytes,
+            frames_sent=self._frames_sent,
+            frames_received=self._frames_received,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            writes=self._writes,
+            dropped_by_faults=self._dropped,
+        )
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the reader and writer until the connection closes; never raises for a
+        lost link (see `closed`). Reports ``self`` through ``task_status``."""
+        if self._started:
+            raise RuntimeError(f"{self!r} is already running")
+        self._started = True
+        self._tasks: set[trio.lowlevel.Task] = set()
+        try:
+            if self._closed:
+                task_status.started(self)
+                return
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._cancel_scope = nursery.cancel_scope
+                nursery.start_soon(self._writer)
+                task_status.started(self)
+                self._tasks.add(trio.lowlevel.current_task())
+                try:
+                    reason = await self._reader()
+                except (ProtocolError, FrameTooLarge) as exc:
+                    if not self._closed:
+                        logger.error(
+                            "closing connection %s <-> %s (%s): %s",
+                            self.name, self.peer_name, self.peer_address, exc,
+                        )
+                    reason = f"protocol error: {exc}"
+                except (OSError, trio.ClosedResourceError) as exc:
+                    reason = f"connection error: {exc!r}"
+                except Exception as exc:
+                    if not self._closed:
+                        logger.exception("reader of %s <-> %s failed", self.name, self.peer_name)
+                    reason = f"internal error: {exc!r}"
+                self._shutdown(reason)
+        finally:
+            self._shutdown("connection task ended")
+            self._finished.set()
+
+    async def _run_as_system_task(self) -> None:
+        try:
+            await self.run()
+        except trio.Cancelled:
+            raise
+        except BaseException:  # a bug: log it; a system task must not raise
+            logger.exception("connection %s <-> %s crashed", self.name, self.peer_name)
+
+    def _own_tasks(self) -> set[trio.lowlevel.Task]:
+        return getattr(self, "_tasks", set())
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionLost(
+                f"connection to {self.peer_name!r} ({self.peer_address}) is closed: {self._close_reason}"
+            )
+
+    def _check_size(self, size: int) -> None:
+        body = size - HEADER_SIZE
+        if body > self._peer_max or body > _wire.MAX_BODY:
+            raise FrameTooLarge(
+                f"message frame of {body} bytes exceeds the max_frame_size "
+                f"{min(self._peer_max, _wire.MAX_BODY)} of peer {self.peer_name!r}"
+            )
+
+    def _enqueue(self, kind: int, chunks: list[bytes | memoryview], size: int) -> None:
+        if faults._active:
+            rule = faults.decide(self.name, self.peer_name, _wire.KIND_NAMES[kind])
+            if rule is not None:
+                if rule.action == "delay" and self._nursery is not None:
+                    self._nursery.start_soon(self._push_later, rule.delay, chunks, size)
+                    return
+                if rule.action == "duplicate":
+                    self._push(chunks, size)
+                elif rule.action in ("drop", "refuse"):
+                    self._dropped += 1
+                    return
+        self._push(chunks, size)
+
+    async def _push_later(self, delay: float, chunks: list[bytes | memoryview], size: int) -> None:
+        await trio.sleep(delay)
+        if not self._closed:
+            self._push(chunks, size)
+
+    def _push(self, chunks: list[bytes | memoryview], size: int) -> None:
+        self._outq.extend(chunks)
+        self._queued_bytes += size
+        self._queued_frames += 1
+        task = self._writer_waiting
+        if task is not None:
+            self._writer_waiting = None
+            _reschedule(task)
+
+    async def _wait_drained(self) -> None:
+        while self._queued_bytes > _HIGH_WATER // 2 and not self._closed:
+            await self._drained.park()
+        self._check_open()
+
+    def _shutdown(self, reason: str, *, locally: bool = False) -> None:
+        """Mark closed, fail every pending request, close the socket. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closed_locally = locally
+        self._close_reason = reason
+        if locally:
+            logger.debug("connection %s -> %s closed locally", self.name, self.peer_name)
+        else:
+            logger.info("connection %s <-> %s (%s) lost: %s", self.name, self.peer_name, self.peer_address, reason)
+        pending, self._pending = self._pending, {}
+        for rid, task in pending.items():
+            _reschedule(
+                task,
+                outcome.Error(
+                    ConnectionLost(
+                        f"connection to {self.peer_name!r} ({self.peer_address}) lost with "
+                        f"request {rid} pending: {reason}"
+                    )
+                ),
+            )
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+        self._outq = []
+        self._queued_bytes = 0
+        self._queued_frames = 0
+        self._drained.unpark_all()
+        try:
+            trio.lowlevel.notify_closing(self._sock)
+        except RuntimeError:  # outside a Trio run (interpreter shutdown)
+            pass
+        self._sock.close()
+
+    # -- writer
+
+    async def _writer(self) -> None:
+        self._tasks.add(trio.lowlevel.current_task())
+        sock = self._sock
+        while True:
+            if not self._outq:
+                if self._drained.statistics().tasks_waiting:
+                    self._drained.unpark_all()
+                self._writer_waiting = trio.lowlevel.current_task()
+
+                def abort(_: Any) -> trio.lowlevel.Abort:
+                    self._writer_waiting = None
+                    return trio.lowlevel.Abort.SUCCEEDED
+
+                await trio.lowlevel.wait_task_rescheduled(abort)
+                continue
+            chunks = self._outq
+            self._outq = []
+            frames = self._queued_frames
+            nbytes = self._queued_bytes
+            try:
+                await self._write(sock, chunks)
+            except (OSError, trio.ClosedResourceError) as exc:
+                self._shutdown(f"write failed: {exc!r}")
+                return
+            self._frames_sent += frames
+            self._bytes_sent += nbytes
+            self._queued_frames -= frames
+            self._queued_bytes -= nbytes
+            if self._queued_bytes <= _HIGH_WATER // 2 and self._drained.statistics().tasks_waiting:
+                self._drained.unpark_all()
+
+    async def _write(self, sock: socket.socket, chunks: list[bytes | memoryview]) -> None:
+        if len(chunks) == 1:
+            iov: list[bytes | memoryview] = chunks
+        else:
+            iov = []
+            small: list[bytes | memoryview] = []
+            for c in chunks:
+                if len(c) < _SMALL:
+                    small.append(c)
+                else:
+                    if small:
+                        iov.append(b"".join(small) if len(small) > 1 else small[0])
+                        small = []
+                    iov.append(c)
+            if small:
+                iov.append(b"".join(small) if len(small) > 1 else small[0])
+        i = 0
+        n_iov = len(iov)
+        while i < n_iov:
+            try:
+                if i + 1 == n_iov:
+                    sent = sock.send(iov[i])
+                else:
+                    sent = sock.sendmsg(iov[i : i + _IOV_MAX])
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            self._writes += 1
+            while sent:
+                first = iov[i]
+                length = len(first)
+                if sent >= length:
+                    sent -= length
+                    i += 1
+                else:
+                    iov[i] = memoryview(first)[sent:]
+                    sent = 0
+
+    # -- reader
+
+    async def _reader(self) -> str:
+        """Read and dispatch frames until EOF; return why it stopped."""
+        sock = self._sock
+        buf = bytearray(_RECV_CHUNK)
+        view = memoryview(buf)
+        start = end = 0
+        waited = True
+        max_frame = self._max_frame
+        dispatch = self._dispatch
+        while True:
+            try:
+                n = sock.recv_into(view[end:])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+                continue
+            if n == 0:
+                return "peer closed the connection"
+            if not waited:
+                await trio.lowlevel.checkpoint()  # fairness when data never runs dry
+            waited = False
+            end += n
+            self._bytes_received += n
+            while end - start >= HEADER_SIZE:
+                body_len, kind, nbufs, rid = _unpack_header(buf, start)
+                if body_len > max_frame:
+                    raise FrameTooLarge(
+                        f"peer {self.peer_name!r} ({self.peer_address}) sent a frame of "
+                        f"{body_len} bytes; max_frame_size is {max_frame}"
+                    )
+                total = HEADER_SIZE + body_len
+                if nbufs == 0 and end - start >= total:
+                    body = view[start + HEADER_SIZE : start + total]
+                    start += total
+                    await dispatch(kind, rid, body, 0)
+                    continue
+                if nbufs == 0 and total <= _RECV_CHUNK:
+                    break  # needs more bytes; they fit in the buffer
+                # Own buffer: out-of-band buffers are handed out as views of it.
+                frame = bytearray(body_len)
+                fview = memoryview(frame)
+                have = min(end - start - HEADER_SIZE, body_len)
+                fview[:have] = view[start + HEADER_SIZE : start + HEADER_SIZE + have]
+                start += HEADER_SIZE + have
+                await self._recv_exactly(sock, fview[have:])
+                await dispatch(kind, rid, fview, nbufs)
+            if start == end:
+                start = end = 0
+            elif start:
+                leftover = end - start
+                view[:leftover] = bytes(view[start:end])
+                start, end = 0, leftover
+
+    async def _recv_exactly(self, sock: socket.socket, view: memoryview) -> None:
+        while view:
+            try:
+                n = sock.recv_into(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            if n == 0:
+                raise ProtocolError(f"peer {self.peer_name!r} closed the connection mid-frame")
+            self._bytes_received += n
+            view = view[n:]
+
+    async def _dispatch(self, kind: int, rid: int, body: memoryview, nbufs: int) -> None:
+        self._frames_received += 1
+        if kind == REPLY_OK or kind == REPLY_ERR:
+            task = self._pending.pop(rid, None)
+            if task is None:
+                return  # its request timed out or was cancelled, or a duplicate
+            try:
+                value = _wire.decode_body(body, nbufs)
+            except Exception as exc:
+                _reschedule(
+                    task,
+                    outcome.Error(
+                        ProtocolError(
+                            f"could not decode the reply to request {rid} from "
+                            f"{self.peer_name!r}: {exc!r}"
+                        )
+                    ),
+                )
+                return
+            if kind == REPLY_OK:
+                _reschedule(task, outcome.Value(value))
+            else:
+                _reschedule(task, outcome.Error(self._remote_error(value)))
+            return
+        reply: Reply | None
+        if kind == REQUEST:
+            reply = Reply(self, rid)
+        elif kind == ONEWAY:
+            reply = None
+        else:
+            raise ProtocolError(
+                f"peer {self.peer_name!r} ({self.peer_address}) sent a frame of unknown kind {kind}"
+            )
+        try:
+            message = _wire.decode_body(body, nbufs)
+        except Exception as exc:
+            logger.warning("could not decode a message from %s on %s: %r", self.peer_name, self.name, exc)
+            if reply is not None:
+                reply.fail(ProtocolError(f"{self.name!r} could not decode the request: {exc!r}"))
+            return
+        del body
+        handler = self._handler
+        if handler is None:
+            if reply is not None:
+                reply.fail(RuntimeError(f"endpoint {self.name!r} has no handler for requests"))
+            else:
+                logger.warning("%s has no handler; dropped a message from %s", self.name, self.peer_name)
+            return
+        try:
+            await handler(self, message, reply)
+        except Exception as exc:
+            if reply is not None and not reply.done:
+                reply.fail(exc)
+            else:
+                logger.exception("handler of %s failed on a message from %s", self.name, self.peer_name)
+
+    def _remote_error(self, payload: Any) -> RemoteError:
+        try:
+            type_name, text, tb, blob = payload
+        except (TypeError, ValueError):
+            return RemoteError("?", repr(payload), "", None, self.peer_name)
+        remote_exc = None
+        if blob is not None:
+            try:
+                remote_exc = _wire._loads(blob)
+            except Exception:
+                remote_exc = None
+        return RemoteError(str(type_name), str(text), str(tb), remote_exc, self.peer_name)

@@ -1,0 +1,98 @@
+"""The transport's exception hierarchy.
+
+Every error the transport raises on purpose is a `TransportError`, so callers can
+catch the whole family at once, and each names the peer or the bad value.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConnectError",
+    "ConnectionLost",
+    "FrameTooLarge",
+    "ProtocolError",
+    "RemoteError",
+    "RequestTimeout",
+    "TransportError",
+]
+
+
+class TransportError(Exception):
+    """Base class of every error raised by `transport`."""
+
+
+class ConnectError(TransportError):
+    """Could not open a connection: nothing listens there, refused, or timed out.
+
+    The underlying `OSError` (if any) is the ``__cause__``.
+    """
+
+
+class ConnectionLost(TransportError):
+    """The connection closed (peer died, link broke, or it was closed locally).
+
+    Raised by every request still pending at that moment, and by any later attempt
+    to use the connection.
+    """
+
+
+class RequestTimeout(TransportError):
+    """A request got no reply within its timeout (the request may still run remotely)."""
+
+
+class AuthenticationFailed(TransportError):
+    """The peer failed the token challenge (or we did, and the peer rejected us)."""
+
+
+class FrameTooLarge(TransportError):
+    """A frame is larger than the receiving side's ``max_frame_size``."""
+
+
+class ProtocolError(TransportError):
+    """A peer sent bytes that are not a valid frame, or a reply that failed to decode."""
+
+
+class RemoteError(TransportError):
+    """The remote handler failed the request.
+
+    Attributes:
+      remote_type: qualified name of the remote exception type, e.g. ``"builtins.KeyError"``.
+      remote_message: ``str()`` of the remote exception.
+      remote_traceback: the formatted remote traceback (text), or ``""``.
+      remote_exception: the remote exception object itself when it could be pickled
+        and unpickled here, else ``None``.
+    """
+
+    def __init__(
+        self,
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str = "",
+        remote_exception: BaseException | None = None,
+        peer_name: str = "?",
+    ) -> None:
+        super().__init__(remote_type, remote_message, remote_traceback)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.remote_exception = remote_exception
+        self.peer_name = peer_name
+
+    def __str__(self) -> str:
+        text = f"{self.remote_type}: {self.remote_message} (raised in peer {self.peer_name!r})"
+        if self.remote_traceback:
+            text += "\n--- remote traceback ---\n" + self.remote_traceback.rstrip("\n")
+        return text
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            type(self),
+            (
+                self.remote_type,
+                self.remote_message,
+                self.remote_traceback,
+                None,
+                self.peer_name,
+            ),
+        )

@@ -1,0 +1,219 @@
+"""The accepting side: `Server`, a child-protocol service."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from . import faults
+from ._address import Address, detach_accepted, listen, parse_address
+from ._client import _check_frame_size
+from ._connection import DEFAULT_MAX_FRAME_SIZE, Connection, Handler
+from ._errors import AuthenticationFailed, ConnectionLost, ProtocolError
+from ._handshake import server_handshake, token_bytes
+
+__all__ = ["Server", "ServerStatistics"]
+
+logger = logging.getLogger("transport")
+
+ConnectionCallback = Callable[[Connection], Any]
+
+
+@attrs.frozen
+class ServerStatistics:
+    name: str
+    address: str
+    listening: bool
+    connections: int
+    accepted: int
+    authentication_failures: int
+    handshake_failures: int
+
+
+def _describe_peer(sock: socket.socket, raw_address: Any) -> str:
+    if sock.family == socket.AF_UNIX:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, _gid = struct.unpack("3i", creds)
+            return f"unix peer pid={pid} uid={uid}"
+        except (OSError, AttributeError):
+            return "unix peer"
+    if isinstance(raw_address, tuple) and len(raw_address) >= 2:
+        return str(Address("tcp", host=raw_address[0], port=raw_address[1]))
+    return repr(raw_address)
+
+
+class Server:
+    """Accepts authenticated connections and serves each with ``handler``.
+
+    A child-protocol service: ``address = await nursery.start(server.run)`` binds,
+    listens and returns the bound address (``"tcp:127.0.0.1:40123"`` for a requested
+    port 0). Cancelling `run` closes the listener, every connection, and removes the
+    Unix socket file. Run again (a supervisor restart), it binds the same address,
+    including the port first chosen for a port-0 address when that is still free.
+
+    ``on_connect(conn)`` / ``on_disconnect(conn)`` may be plain or async callables;
+    ``on_connect`` runs before the connection's first message is read.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: bytes | str,
+        handler: Handler | None,
+        *,
+        name: str = "server",
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        on_connect: ConnectionCallback | None = None,
+        on_disconnect: ConnectionCallback | None = None,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        parse_address(address)  # validate early, naming the bad address
+        self._requested = address
+        self._token = token_bytes(token)
+        self._handler = handler
+        self.name = name
+        self._max_frame_size = _check_frame_size(max_frame_size)
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._handshake_timeout = handshake_timeout
+        self._bound: str | None = None
+        self._listening = False
+        self._connections: set[Connection] = set()
+        self._accepted = 0
+        self._auth_failures = 0
+        self._handshake_failures = 0
+
+    @property
+    def address(self) -> str:
+        """The bound address once listening (else the requested one)."""
+        return self._bound or self._requested
+
+    @property
+    def connections(self) -> tuple[Connection, ...]:
+        """The open, authenticated connections."""
+        return tuple(self._connections)
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(
+            name=self.name,
+            address=self.address,
+            listening=self._listening,
+            connections=len(self._connections),
+            accepted=self._accepted,
+            authentication_failures=self._auth_failures,
+            handshake_failures=self._handshake_failures,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"kind": "rpc_server", "address": self.address, "connections": len(self._connections)}
+
+    async def _bind(self) -> tuple[trio.socket.SocketType, str]:
+        if self._bound is not None and self._bound != self._requested:
+            try:
+                return await listen(self._bound)
+            except OSError:
+                pass  # the port we had is taken now: pick a fresh one
+        return await listen(self._requested)
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        lsock, bound = await self._bind()
+        self._bound = bound
+        addr = parse_address(bound)
+        inode = os.stat(addr.path).st_ino if addr.kind == "unix" else None
+        self._listening = True
+        logger.debug("%s listening on %s", self.name, bound)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started(bound)
+                while True:
+                    try:
+                        tsock, raw_address = await lsock.accept()
+                    except OSError as exc:  # e.g. out of file descriptors: back off, go on
+                        logger.error("%s: accept failed on %s: %s", self.name, bound, exc)
+                        await trio.sleep(0.1)
+                        continue
+                    self._accepted += 1
+                    nursery.start_soon(self._serve, detach_accepted(tsock), raw_address)
+        finally:
+            self._listening = False
+            lsock.close()
+            if inode is not None:
+                try:
+                    if os.stat(addr.path).st_ino == inode:
+                        os.unlink(addr.path)
+                except FileNotFoundError:
+                    pass
+
+    async def _serve(self, sock: socket.socket, raw_address: Any) -> None:
+        peer = _describe_peer(sock, raw_address)
+        try:
+            with trio.fail_after(self._handshake_timeout):
+                peer_name, peer_max = await server_handshake(
+                    sock, self._token, self.name, self._max_frame_size, peer
+                )
+        except trio.TooSlowError:
+            self._handshake_failures += 1
+            logger.warning(
+                "%s: handshake with %s timed out after %ss; disconnected",
+                self.name, peer, self._handshake_timeout,
+            )
+            sock.close()
+            return
+        except AuthenticationFailed as exc:
+            self._auth_failures += 1
+            logger.warning("%s: authentication failed, disconnected: %s", self.name, exc)
+            sock.close()
+            return
+        except (ProtocolError, ConnectionLost) as exc:
+            self._handshake_failures += 1
+            logger.warning("%s: bad handshake from %s, disconnected: %s", self.name, peer, exc)
+            sock.close()
+            return
+        except BaseException:
+            sock.close()
+            raise
+        rule = faults.refused(self.name, peer_name)
+        if rule is not None:
+            logger.info("%s: refused %r (%s) by fault rule %s", self.name, peer_name, peer, rule)
+            sock.close()
+            return
+        conn = Connection(
+            sock,
+            name=self.name,
+            peer_name=peer_name,
+            peer_address=peer,
+            peer_max_frame_size=peer_max,
+            max_frame_size=self._max_frame_size,
+            handler=self._handler,
+        )
+        self._connections.add(conn)
+        try:
+            if self._on_connect is not None:
+                try:
+                    result = self._on_connect(conn)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    logger.exception("%s: on_connect failed for %r; closing it", self.name, peer_name)
+                    await conn.aclose(flush_timeout=0)
+            await conn.run()
+        finally:
+            self._connections.discard(conn)
+            conn._shutdown("server stopped")
+            if self._on_disconnect is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    try:
+                        result = self._on_disconnect(conn)
+                        if inspect.isawaitable(result):
+                            await result
+                    except Exception:
+                        logger.exception("%s: on_disconnect failed for %r", self.name, peer_name)

@@ -1,0 +1,208 @@
+"""Fault injection: drop, delay, duplicate or refuse messages between named endpoints.
+
+Rules are plain data (`Rule`, convertible to and from a dict) kept in a process-local
+table, so a test can install them directly and a remote control message can carry
+them to another process (``faults.add(Rule.from_dict(d))``). They can be added,
+removed and cleared while connections run; every message consults the current table.
+
+Matching: each endpoint has the name it announced in the handshake (``name=`` of
+`connect` / `Server`). A rule matches a message going from endpoint ``src`` to
+endpoint ``dst`` (`fnmatch` patterns; ``None`` matches any name) of message ``kind``
+(``"request"``, ``"reply"``, ``"oneway"``, or ``None`` for all), and fires with
+``probability`` (draws from a seedable RNG, see `seed`). The first rule that matches
+and fires decides. Rules act where the message is *sent*: to disturb messages from B
+to A, install the rule in B's process.
+
+Actions:
+  ``drop``       the message is silently discarded (a request then times out).
+  ``delay``      the message is sent ``delay`` seconds later (order is not preserved).
+  ``duplicate``  the message is sent twice (a duplicated reply is ignored by the caller).
+  ``refuse``     a partition: messages are dropped, and new connections between the two
+                 endpoints are refused (checked in both directions at the handshake;
+                 `connect` raises `ConnectError`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from fnmatch import fnmatchcase
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "ACTIONS",
+    "Rule",
+    "add",
+    "clear",
+    "decide",
+    "delay",
+    "drop",
+    "duplicate",
+    "injected",
+    "partition",
+    "refuse",
+    "refused",
+    "remove",
+    "rules",
+    "seed",
+]
+
+ACTIONS = ("drop", "delay", "duplicate", "refuse")
+KINDS = ("request", "reply", "oneway")
+
+
+def _check_action(_inst: Any, _attr: Any, value: str) -> None:
+    if value not in ACTIONS:
+        raise ValueError(f"unknown fault action {value!r}; expected one of {ACTIONS}")
+
+
+def _check_kind(_inst: Any, _attr: Any, value: str | None) -> None:
+    if value is not None and value not in KINDS:
+        raise ValueError(f"unknown message kind {value!r}; expected one of {KINDS} or None")
+
+
+def _check_probability(_inst: Any, _attr: Any, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"probability must be within [0, 1], got {value!r}")
+
+
+def _check_delay(_inst: Any, _attr: Any, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"delay must be >= 0 seconds, got {value!r}")
+
+
+@attrs.frozen
+class Rule:
+    """One fault rule (plain data). See the module docstring for the semantics."""
+
+    action: str = attrs.field(validator=_check_action)
+    src: str | None = None
+    dst: str | None = None
+    kind: str | None = attrs.field(default=None, validator=_check_kind)
+    delay: float = attrs.field(default=0.0, validator=_check_delay)
+    probability: float = attrs.field(default=1.0, validator=_check_probability)
+
+    def matches(self, src: str, dst: str, kind: str | None) -> bool:
+        """Whether this rule applies to a message of ``kind`` from ``src`` to ``dst``."""
+        return (
+            (self.src is None or fnmatchcase(src, self.src))
+            and (self.dst is None or fnmatchcase(dst, self.dst))
+            and (self.kind is None or kind is None or self.kind == kind)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rule:
+        unknown = set(data) - {f.name for f in attrs.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown fault rule fields {sorted(unknown)}")
+        return cls(**data)
+
+
+# The table. `_active` is an immutable snapshot rebuilt on every change so the hot
+# path (`decide`, called per message only when rules exist) iterates without locks.
+_table: dict[int, Rule] = {}
+_ids = itertools.count(1)
+_active: tuple[Rule, ...] = ()
+_rng = random.Random()
+
+
+def _rebuild() -> None:
+    global _active
+    _active = tuple(_table.values())
+
+
+def add(rule: Rule) -> int:
+    """Install ``rule``; return its id (for `remove`)."""
+    if not isinstance(rule, Rule):
+        raise TypeError(f"expected a faults.Rule, got {rule!r}")
+    rule_id = next(_ids)
+    _table[rule_id] = rule
+    _rebuild()
+    return rule_id
+
+
+def remove(rule_id: int) -> None:
+    """Remove the rule with this id. Raises `KeyError` naming the id if there is none."""
+    try:
+        del _table[rule_id]
+    except KeyError:
+        raise KeyError(f"no fault rule with id {rule_id!r}") from None
+    _rebuild()
+
+
+def clear() -> None:
+    """Remove every rule."""
+    _table.clear()
+    _rebuild()
+
+
+def rules() -> dict[int, Rule]:
+    """The installed rules by id (a copy)."""
+    return dict(_table)
+
+
+def seed(value: int | None) -> None:
+    """Seed the RNG used for ``probability`` < 1, for reproducible runs."""
+    _rng.seed(value)
+
+
+@contextmanager
+def injected(*new_rules: Rule) -> Iterator[list[int]]:
+    """Install rules for the duration of a ``with`` block (yields their ids)."""
+    ids = [add(r) for r in new_rules]
+    try:
+        yield ids
+    finally:
+        for rule_id in ids:
+            _table.pop(rule_id, None)
+        _rebuild()
+
+
+def decide(src: str, dst: str, kind: str) -> Rule | None:
+    """The rule that fires for this message, or ``None`` to send it normally."""
+    for rule in _active:
+        if rule.matches(src, dst, kind) and (
+            rule.probability >= 1.0 or _rng.random() < rule.probability
+        ):
+            return rule
+    return None
+
+
+def refused(a: str, b: str) -> Rule | None:
+    """A ``refuse`` rule between endpoints ``a`` and ``b`` (either direction), if any."""
+    for rule in _active:
+        if rule.action == "refuse" and (rule.matches(a, b, None) or rule.matches(b, a, None)):
+            return rule
+    return None
+
+
+def drop(src: str | None = None, dst: str | None = None, **kw: Any) -> Rule:
+    """A rule dropping messages from ``src`` to ``dst``."""
+    return Rule("drop", src, dst, **kw)
+
+
+def delay(seconds: float, src: str | None = None, dst: str | None = None, **kw: Any) -> Rule:
+    """A rule delaying messages from ``src`` to ``dst`` by ``seconds``."""
+    return Rule("delay", src, dst, delay=seconds, **kw)
+
+
+def duplicate(src: str | None = None, dst: str | None = None, **kw: Any) -> Rule:
+    """A rule sending messages from ``src`` to ``dst`` twice."""
+    return Rule("duplicate", src, dst, **kw)
+
+
+def refuse(src: str | None = None, dst: str | None = None, **kw: Any) -> Rule:
+    """A rule refusing connections and dropping messages from ``src`` to ``dst``."""
+    return Rule("refuse", src, dst, **kw)
+
+
+def partition(a: str | None, b: str | None) -> list[Rule]:
+    """The two rules of a full partition between endpoints ``a`` and ``b``."""
+    return [Rule("refuse", a, b), Rule("refuse", b, a)]
