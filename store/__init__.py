@@ -1,1 +1,44 @@
-"""store package."""
+"""The per-node shared-memory object store.
+
+Values are serialised once (`serialize`: cloudpickle, pickle protocol 5 out-of-band
+buffers) and live in one shared-memory arena per node, served by
+`ObjectStoreService` (tree name ``object_manager``). Clients in the node
+(`StoreClient`, or `BlockingStoreClient` from a thread without Trio) write straight
+into shared memory and read zero-copy: numpy arrays and Arrow data come back as
+read-only views of the arena.
+"""
+
+from ._client import BlockingStoreClient, StoreClient
+from ._core import StoreCore
+from ._errors import (
+    GetTimeoutError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectStoreFullError,
+    SerializationError,
+    StoreClosedError,
+    StoreError,
+)
+from ._serialize import SerializedValue, deserialize, serialize
+from ._service import ObjectStoreService
+from ._session import arena_path, cleanup_session, session_files
+
+__all__ = [
+    "BlockingStoreClient",
+    "GetTimeoutError",
+    "ObjectExistsError",
+    "ObjectNotFoundError",
+    "ObjectStoreFullError",
+    "ObjectStoreService",
+    "SerializationError",
+    "SerializedValue",
+    "StoreClient",
+    "StoreClosedError",
+    "StoreCore",
+    "StoreError",
+    "arena_path",
+    "cleanup_session",
+    "deserialize",
+    "serialize",
+    "session_files",
+]

@@ -1,0 +1,391 @@
+"""Clients of the store service: `StoreClient` (Trio) and `BlockingStoreClient`.
+
+A client talks to the service over one authenticated connection and maps the arena
+file itself: ``put`` asks the service for a block (``create``), copies the serialised
+value straight into shared memory, and ``seal``\\s it; ``get`` gets the object's
+location and rebuilds the value over read-only views of the arena (no copy).
+
+Lifetime of zero-copy views. A value returned by ``get`` may outlive the caller's
+ref; its memory must not be reused while it lives. Each location the service hands
+out comes with a *view id* held for this connection. The client wraps the object's
+buffers in `pyarrow.foreign_buffer`\\s whose ``base`` is one `_Lease` per object;
+numpy and Arrow keep the buffer (and so the lease) alive as long as any array uses
+it. When the last one goes, ``_Lease.__del__`` (in whatever thread the garbage
+collector runs) queues the view ids and schedules a flush on the Trio loop with
+``TrioToken.run_sync_soon`` (thread-safe); the flush sends one ``release`` message.
+While a lease lives, ``get`` of the same object needs no round trip at all.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import trio
+
+import transport
+
+from ._arena import Mapping, payload_layout
+from ._errors import StoreClosedError, StoreError
+from ._serialize import SerializedValue, deserialize, serialize
+
+__all__ = ["BlockingStoreClient", "StoreClient"]
+
+#: Above this many payload bytes the async client copies in a worker thread, so the
+#: Trio loop keeps running during a big put (the copy itself releases the GIL).
+COPY_IN_THREAD = 8 * 1024 * 1024
+#: Extra seconds the client waits beyond a get's own timeout before giving up on a
+#: silent service.
+REPLY_MARGIN = 10.0
+
+
+class _Lease:
+    """Keeps one object's memory from being reused while views of it live."""
+
+    __slots__ = ("__weakref__", "client", "location", "mapping", "object_id", "view_ids")
+
+    def __init__(self, client: StoreClient, object_id: bytes, view_id: int, location, mapping):
+        self.client = client
+        self.object_id = object_id
+        self.view_ids = [view_id]
+        self.location = location
+        self.mapping = mapping
+
+    def serialized(self) -> SerializedValue:
+        payload, meta_len, data_len, sizes = self.location
+        offsets, _ = payload_layout(meta_len, data_len, sizes)
+        view = self.mapping.view
+        base = self.mapping.address + payload
+        buffers = [pa.foreign_buffer(base + o, s, base=self) for o, s in zip(offsets, sizes, strict=True)]
+        return SerializedValue(
+            data=bytes(view[payload + meta_len : payload + meta_len + data_len]),
+            buffers=buffers,
+            metadata=bytes(view[payload : payload + meta_len]),
+        )
+
+    def __del__(self) -> None:
+        try:
+            self.client._release_soon(self.view_ids)
+        except Exception:  # interpreter shutdown, loop gone: the connection drop frees it
+            pass
+
+
+class StoreClient:
+    """A connection to the node's store service (see the module docstring).
+
+    ``client = await StoreClient.connect(address, token)``; close with ``aclose()``
+    (or ``async with``). Must be used from the Trio run it was connected in; other
+    threads use `BlockingStoreClient`.
+    """
+
+    def __init__(self, conn: transport.Connection, hello: dict[str, Any]):
+        self._conn = conn
+        self.arena_path: str = hello["arena_path"]
+        self.inline_threshold: int = hello["inline_threshold"]
+        self._mapping = Mapping(self.arena_path, hello["arena_size"])
+        self._leases: weakref.WeakValueDictionary[bytes, _Lease] = weakref.WeakValueDictionary()
+        self._released: collections.deque[int] = collections.deque()
+        self._flush_scheduled = False
+        self._lock = threading.Lock()
+        self._token = trio.lowlevel.current_trio_token()
+        self.refs: collections.Counter[bytes] = collections.Counter()
+        self.closed = False
+
+    @classmethod
+    async def connect(
+        cls, address: str, token: bytes | str, *, name: str = "store-client", timeout: float = 10.0  # noqa: ASYNC109
+    ) -> StoreClient:
+        conn = await transport.connect(address, token, name=name, connect_timeout=timeout)
+        try:
+            hello = await conn.request(("hello",), timeout=timeout)
+            return cls(conn, hello)
+        except BaseException:
+            await conn.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self._conn.aclose()
+
+    async def __aenter__(self) -> StoreClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- writing -------------------------------------------------------------------
+
+    async def put(
+        self,
+        object_id: bytes,
+        value: Any,
+        *,
+        metadata: bytes = b"",
+        take_ref: bool = True,
+        timeout: float | None = 60.0,  # noqa: ASYNC109
+    ) -> int:
+        """Store ``value`` (or a `SerializedValue`) under ``object_id``; returns its size.
+
+        With ``take_ref`` (default) this client holds one ref to the object (drop it
+        with `remove_ref`); an object that nobody refs is freed at once.
+        """
+        serialized = self._serialize(value, metadata)
+        if serialized.total_size < self.inline_threshold:
+            await self._call(
+                ("put_inline", object_id, serialized.metadata, serialized.data,
+                 [pickle.PickleBuffer(b) for b in serialized.buffers], take_ref),
+                timeout,
+            )
+        else:
+            payload = await self._create(object_id, serialized, take_ref, timeout)
+            try:
+                if serialized.total_size > COPY_IN_THREAD:
+                    await trio.to_thread.run_sync(self._write, payload, serialized)
+                else:
+                    self._write(payload, serialized)
+            except BaseException:
+                self._abort(object_id)
+                raise
+            await self._call(("seal", object_id), timeout)
+        if take_ref:
+            self.refs[object_id] += 1
+        return serialized.total_size
+
+    @staticmethod
+    def _serialize(value: Any, metadata: bytes) -> SerializedValue:
+        if isinstance(value, SerializedValue):
+            if metadata:
+                return SerializedValue(value.data, value.buffers, metadata)
+            return value
+        return serialize(value, metadata=metadata)
+
+    async def _create(
+        self, object_id: bytes, serialized: SerializedValue, take_ref: bool, timeout: float | None  # noqa: ASYNC109
+    ) -> int:
+        message = (
+            "create", object_id, len(serialized.metadata), memoryview(serialized.data).nbytes,
+            serialized.buffer_sizes, take_ref,
+        )
+        return await self._call(message, timeout)
+
+    def _write(self, payload: int, serialized: SerializedValue) -> None:
+        """Copy the serialised value into the unsealed block (any thread)."""
+        mapping = self._mapping
+        meta_len = len(serialized.metadata)
+        data = memoryview(serialized.data)
+        mapping.write(payload, serialized.metadata)
+        mapping.write(payload + meta_len, data)
+        offsets, _ = payload_layout(meta_len, data.nbytes, serialized.buffer_sizes)
+        for offset, buffer in zip(offsets, serialized.buffers, strict=True):
+            mapping.write(payload + offset, buffer)
+
+    def _abort(self, object_id: bytes) -> None:
+        try:
+            self._conn.send_nowait(("abort", object_id))
+        except transport.TransportError:
+            pass  # the service drops our unsealed blocks with the connection
+
+    # -- reading -------------------------------------------------------------------
+
+    async def get(self, object_id: bytes, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        """The value, waiting up to ``timeout`` seconds (``None``: no limit) for it to be
+        sealed. Arrays come back as read-only zero-copy views of shared memory."""
+        return deserialize(await self.get_serialized(object_id, timeout=timeout))
+
+    async def get_serialized(
+        self, object_id: bytes, *, timeout: float | None = None  # noqa: ASYNC109
+    ) -> SerializedValue:
+        """Like `get` but without deserialising (buffers are zero-copy views)."""
+        lease = self._leases.get(object_id)
+        if lease is not None:
+            return lease.serialized()
+        reply = await self._call(
+            ("get", object_id, timeout), None if timeout is None else timeout + REPLY_MARGIN
+        )
+        if reply[0] == "inline":
+            _, metadata, data, buffers = reply
+            return SerializedValue(data=data, buffers=buffers, metadata=metadata)
+        _, view_id, location = reply
+        lease = self._leases.get(object_id)
+        if lease is not None:  # a concurrent get made one: keep a single lease
+            lease.view_ids.append(view_id)
+        else:
+            lease = _Lease(self, object_id, view_id, location, self._mapping)
+            self._leases[object_id] = lease
+        return lease.serialized()
+
+    async def contains(self, object_id: bytes) -> bool:
+        return await self._call(("contains", object_id), 30.0)
+
+    async def read_chunk(self, object_id: bytes, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of a sealed object's payload (for transfers)."""
+        return await self._call(("read_chunk", object_id, offset, size), 60.0)
+
+    async def object_info(self, object_id: bytes) -> dict[str, Any]:
+        """Size, state and payload layout of an object (for transfers)."""
+        return await self._call(("info", object_id), 30.0)
+
+    # -- lifetime ------------------------------------------------------------------
+
+    async def add_ref(self, object_id: bytes, count: int = 1) -> None:
+        self.refs[object_id] += count
+        await self._send(("add_ref", object_id, count))
+
+    async def remove_ref(self, object_id: bytes, count: int = 1) -> None:
+        count = min(count, self.refs[object_id])
+        if count <= 0:
+            return
+        self.refs[object_id] -= count
+        if self.refs[object_id] <= 0:
+            del self.refs[object_id]
+        await self._send(("remove_ref", object_id, count))
+
+    async def pin(self, object_id: bytes) -> None:
+        """Keep the object in memory (never spilled or freed) until `unpin`."""
+        await self._call(("pin", object_id), 30.0)
+
+    async def unpin(self, object_id: bytes) -> None:
+        await self._send(("unpin", object_id))
+
+    async def delete(self, object_id: bytes) -> bool:
+        """Forget the object whatever its refs; returns whether it existed. Memory under
+        live views is reused only after they are gone."""
+        return await self._call(("delete", object_id), 30.0)
+
+    async def store_statistics(self) -> dict[str, Any]:
+        """The service's `statistics()` (used, capacity, count, spilled, …)."""
+        return await self._call(("statistics",), 30.0)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "refs": sum(self.refs.values()),
+            "leases": len(self._leases),
+            "pending_releases": len(self._released),
+            "closed": self.closed or self._conn.closed,
+        }
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _release_soon(self, view_ids: Sequence[int]) -> None:
+        """Called from ``_Lease.__del__`` in any thread."""
+        with self._lock:
+            self._released.extend(view_ids)
+            if self._flush_scheduled or self.closed:
+                return
+            self._flush_scheduled = True
+        try:
+            self._token.run_sync_soon(self._flush_releases)
+        except trio.RunFinishedError:
+            pass
+
+    def _flush_releases(self) -> None:
+        with self._lock:
+            self._flush_scheduled = False
+            view_ids = list(self._released)
+            self._released.clear()
+        if view_ids and not self._conn.closed:
+            try:
+                self._conn.send_nowait(("release", view_ids))
+            except transport.TransportError:
+                pass
+
+    async def _send(self, message: Any) -> None:
+        try:
+            await self._conn.send(message)
+        except transport.ConnectionLost as exc:
+            raise StoreClosedError(f"connection to the object store lost: {exc}") from exc
+
+    async def _call(self, message: Any, timeout: float | None) -> Any:  # noqa: ASYNC109
+        if self.closed:
+            raise StoreClosedError("the store client is closed")
+        try:
+            return await self._conn.request(message, timeout=timeout)
+        except transport.RemoteError as exc:
+            remote = exc.remote_exception
+            if isinstance(remote, StoreError | ValueError | TypeError):
+                raise remote from None
+            raise
+        except transport.ConnectionLost as exc:
+            raise StoreClosedError(f"connection to the object store lost: {exc}") from exc
+
+
+class BlockingStoreClient:
+    """`StoreClient` for a thread that is not running Trio (a worker's user code).
+
+    Every call hops into the Trio run with `trio.from_thread.run` (``trio_token``
+    defaults to the current run's when built inside it). ``put`` serialises and copies
+    in the calling thread; only ``create`` and ``seal`` hop. Values from ``get`` are
+    deserialised in the calling thread, over the same zero-copy views.
+    """
+
+    def __init__(self, client: StoreClient, trio_token: trio.lowlevel.TrioToken | None = None):
+        self._client = client
+        self._token = trio_token or client._token
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    def put(self, object_id: bytes, value: Any, *, metadata: bytes = b"", take_ref: bool = True,
+            timeout: float | None = 60.0) -> int:
+        client = self._client
+        serialized = client._serialize(value, metadata)
+        if serialized.total_size < client.inline_threshold:
+            return self._run(_put, client, object_id, serialized, take_ref, timeout)
+        payload = self._run(client._create, object_id, serialized, take_ref, timeout)
+        try:
+            client._write(payload, serialized)
+        except BaseException:
+            trio.from_thread.run_sync(client._abort, object_id, trio_token=self._token)
+            raise
+        self._run(client._call, ("seal", object_id), timeout)
+        if take_ref:
+            self._run(_add_local_ref, client, object_id)
+        return serialized.total_size
+
+    def get(self, object_id: bytes, *, timeout: float | None = None) -> Any:
+        return deserialize(self.get_serialized(object_id, timeout=timeout))
+
+    def get_serialized(self, object_id: bytes, *, timeout: float | None = None) -> SerializedValue:
+        lease = self._client._leases.get(object_id)
+        if lease is not None:  # no hop at all
+            return lease.serialized()
+        return self._run(_get_serialized, self._client, object_id, timeout)
+
+    def contains(self, object_id: bytes) -> bool:
+        return self._run(self._client.contains, object_id)
+
+    def add_ref(self, object_id: bytes, count: int = 1) -> None:
+        self._run(self._client.add_ref, object_id, count)
+
+    def remove_ref(self, object_id: bytes, count: int = 1) -> None:
+        self._run(self._client.remove_ref, object_id, count)
+
+    def pin(self, object_id: bytes) -> None:
+        self._run(self._client.pin, object_id)
+
+    def unpin(self, object_id: bytes) -> None:
+        self._run(self._client.unpin, object_id)
+
+    def delete(self, object_id: bytes) -> bool:
+        return self._run(self._client.delete, object_id)
+
+    def store_statistics(self) -> dict[str, Any]:
+        return self._run(self._client.store_statistics)
+
+
+async def _put(client: StoreClient, object_id: bytes, serialized: SerializedValue,
+               take_ref: bool, timeout: float | None) -> int:  # noqa: ASYNC109
+    return await client.put(object_id, serialized, take_ref=take_ref, timeout=timeout)
+
+
+async def _get_serialized(client: StoreClient, object_id: bytes, timeout: float | None):  # noqa: ASYNC109
+    return await client.get_serialized(object_id, timeout=timeout)
+
+
+async def _add_local_ref(client: StoreClient, object_id: bytes) -> None:
+    client.refs[object_id] += 1

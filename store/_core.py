@@ -1,0 +1,558 @@
+"""The store's state: the index, reference counts, pins, views, LRU spilling.
+
+`StoreCore` is the single writer of all of it; the service (`_service.py`) is only
+its transport adapter, so the whole life cycle is testable here without sockets.
+Clients are opaque hashable ids (the service uses one per connection); everything a
+client holds — refs, pins, views, unsealed allocations — is dropped with
+`drop_client` when its connection goes.
+
+Who keeps an object alive:
+- refs: ``add_ref``/``remove_ref`` per client (``put`` takes one for its writer). They
+  may name objects that do not exist yet (a task's future return value).
+- pins: an object in use by a running task; never spilled, never freed.
+- views: a client holds zero-copy views of the object (one view id per ``get`` that
+  handed out a location; released when the client's views are garbage).
+- the recovered hold: objects found in the arena or spill directory when the service
+  (re)starts are kept ``recovery_grace`` seconds, for clients to reattach their refs.
+An object with none of these is freed. Only objects with no pins and no views can be
+spilled, least recently used first, and only when an allocation does not fit.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from . import _spill
+from ._arena import SEALED, Arena, BlockInfo, header_size, payload_layout
+from ._errors import (
+    GetTimeoutError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectStoreFullError,
+    format_id,
+)
+from ._serialize import SerializedValue
+
+__all__ = ["Entry", "StoreCore"]
+
+Client = Hashable
+
+
+@attrs.define(eq=False)
+class Entry:
+    object_id: bytes
+    state: str  # "unsealed" | "sealed" | "spilled" | "inline"
+    size: int  # payload bytes (metadata + data + buffers)
+    meta_len: int = 0
+    data_len: int = 0
+    buffer_sizes: tuple[int, ...] = ()
+    block_offset: int = -1
+    block_size: int = 0
+    payload_offset: int = 0
+    inline: SerializedValue | None = None
+    spill_path: str | None = None
+    creator: Client | None = None
+    pins: collections.Counter = attrs.field(factory=collections.Counter)
+    views: int = 0
+    recovered: bool = False
+    deleted: bool = False
+    busy: str | None = None  # "spilling" | "restoring"
+    restored: trio.Event | None = None
+
+    @property
+    def location(self) -> tuple[int, int, int, tuple[int, ...]]:
+        return self.payload_offset, self.meta_len, self.data_len, self.buffer_sizes
+
+
+class StoreCore:
+    def __init__(
+        self,
+        arena: Arena,
+        *,
+        prefix: str,
+        spill_dir: str | None,
+        recovered: Sequence[BlockInfo] = (),
+    ):
+        self.arena = arena
+        self.prefix = prefix
+        self.spill_dir = spill_dir
+        self.entries: dict[bytes, Entry] = {}
+        self.refs: dict[bytes, collections.Counter] = {}
+        self.lru: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.views: dict[int, tuple[Entry, Client]] = {}
+        self.waiters: dict[bytes, trio.Event] = {}
+        self.quarantined: list[int] = []  # unsealed blocks found at start
+        self.inline_bytes = 0
+        self.spilled_bytes = 0
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._next_view = 1
+        self._alloc_lock = trio.Lock()
+        for block in recovered:
+            if block.state == SEALED:
+                entry = self._arena_entry(block)
+                entry.recovered = True
+                self.entries[block.object_id] = entry
+                self.lru[block.object_id] = None
+            else:  # a writer died before sealing: nothing visible; reuse after grace
+                self.quarantined.append(block.offset)
+        if spill_dir is not None:
+            os.makedirs(spill_dir, exist_ok=True)
+            for path, block in _spill.scan_spills(spill_dir, prefix):
+                if block.object_id in self.entries:
+                    os.unlink(path)
+                    continue
+                entry = Entry(
+                    block.object_id, "spilled", _payload_size(block), block.meta_len,
+                    block.data_len, block.buffer_sizes, spill_path=path, recovered=True,
+                )
+                self.entries[block.object_id] = entry
+                self.spilled_bytes += entry.size
+
+    @staticmethod
+    def _arena_entry(block: BlockInfo) -> Entry:
+        return Entry(
+            block.object_id, "sealed", _payload_size(block), block.meta_len, block.data_len,
+            block.buffer_sizes, block_offset=block.offset, block_size=block.size,
+            payload_offset=block.payload_offset,
+        )
+
+    # -- queries -------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self.arena.allocator.capacity
+
+    def visible(self, object_id: bytes) -> Entry | None:
+        entry = self.entries.get(object_id)
+        if entry is None or entry.state == "unsealed":
+            return None
+        return entry
+
+    def statistics(self) -> dict[str, Any]:
+        by_state = collections.Counter(e.state for e in self.entries.values())
+        return {
+            "capacity": self.capacity,
+            "used": self.arena.allocator.used_bytes,
+            "largest_free": self.arena.allocator.largest_free,
+            "count": by_state["sealed"] + by_state["spilled"] + by_state["inline"],
+            "in_memory": by_state["sealed"],
+            "unsealed": by_state["unsealed"],
+            "spilled": by_state["spilled"],
+            "spilled_bytes": self.spilled_bytes,
+            "inline": by_state["inline"],
+            "inline_bytes": self.inline_bytes,
+            "pinned": sum(1 for e in self.entries.values() if e.pins),
+            "views": len(self.views),
+            "refs": sum(1 for c in self.refs.values() if c),
+            "quarantined": len(self.quarantined),
+            "spills": self.counters["spills"],
+            "restores": self.counters["restores"],
+            "spill_bytes_written": self.counters["spill_bytes_written"],
+            "restore_bytes_read": self.counters["restore_bytes_read"],
+        }
+
+    # -- creating ------------------------------------------------------------------
+
+    async def create(
+        self,
+        client: Client,
+        object_id: bytes,
+        meta_len: int,
+        data_len: int,
+        buffer_sizes: Sequence[int],
+        take_ref: bool = True,
+    ) -> int:
+        """Allocate an unsealed block for ``object_id``; returns the payload offset.
+
+        Spills least recently used objects when the block does not fit; raises
+        `ObjectStoreFullError` when nothing more can be spilled.
+        """
+        if object_id in self.entries:
+            raise ObjectExistsError(object_id)
+        buffer_sizes = tuple(int(s) for s in buffer_sizes)
+        payload_len = payload_layout(meta_len, data_len, buffer_sizes)[1]
+        need = header_size(len(object_id), len(buffer_sizes)) + payload_len
+        offset, size = await self._allocate(need, object_id)
+        if object_id in self.entries:  # lost a race while spilling
+            self.arena.free(offset)
+            raise ObjectExistsError(object_id)
+        payload = self.arena.write_block(offset, size, object_id, meta_len, data_len, buffer_sizes)
+        self.entries[object_id] = Entry(
+            object_id, "unsealed", meta_len + data_len + sum(buffer_sizes), meta_len, data_len,
+            buffer_sizes, block_offset=offset, block_size=size, payload_offset=payload,
+            creator=client,
+        )
+        if take_ref:
+            self.add_ref(client, object_id)
+        return payload
+
+    def seal(self, client: Client, object_id: bytes) -> None:
+        entry = self.entries.get(object_id)
+        if entry is None or entry.state != "unsealed" or entry.creator != client:
+            raise ObjectNotFoundError(object_id, "no unsealed object of this client to seal")
+        self.arena.set_state(entry.block_offset, SEALED)
+        entry.state = "sealed"
+        entry.creator = None
+        self.lru[object_id] = None
+        self._sealed(object_id)
+
+    def abort(self, client: Client, object_id: bytes) -> None:
+        entry = self.entries.get(object_id)
+        if entry is not None and entry.state == "unsealed" and entry.creator == client:
+            del self.entries[object_id]
+            self.arena.free(entry.block_offset)
+
+    def put_inline(
+        self, client: Client, object_id: bytes, value: SerializedValue, take_ref: bool = True
+    ) -> None:
+        if object_id in self.entries:
+            raise ObjectExistsError(object_id)
+        # Own the bytes: the frame the buffers arrived in is not ours to keep.
+        value = SerializedValue(
+            data=bytes(value.data), buffers=[bytes(b) for b in value.buffers],
+            metadata=bytes(value.metadata),
+        )
+        entry = Entry(object_id, "inline", value.total_size, inline=value)
+        self.entries[object_id] = entry
+        self.inline_bytes += entry.size
+        if take_ref:
+            self.add_ref(client, object_id)
+        self._sealed(object_id)
+
+    def _sealed(self, object_id: bytes) -> None:
+        event = self.waiters.pop(object_id, None)
+        if event is not None:
+            event.set()
+        if not self.refs.get(object_id):
+            self._maybe_free(self.entries[object_id])
+
+    # -- reading -------------------------------------------------------------------
+
+    async def get(self, client: Client, object_id: bytes, timeout: float | None) -> tuple:  # noqa: ASYNC109
+        """Wait (up to ``timeout``; ``None`` forever) until the object is sealed.
+
+        Returns ``("inline", SerializedValue)`` or ``("shm", view_id, location)``; the
+        latter holds a view for ``client`` until `release_views`.
+        """
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        while True:
+            entry = self.visible(object_id)
+            if entry is None:
+                if timeout is not None and timeout <= 0:
+                    raise ObjectNotFoundError(object_id)
+                event = self.waiters.setdefault(object_id, trio.Event())
+                with trio.move_on_at(deadline):
+                    await event.wait()
+                    continue
+                raise GetTimeoutError(object_id, timeout if timeout is not None else math.inf)
+            if entry.state == "inline":
+                assert entry.inline is not None
+                return ("inline", entry.inline)
+            if entry.state == "spilled" or entry.busy == "restoring":
+                await self._restore(entry)
+                continue
+            self.lru.move_to_end(object_id)
+            view_id = self._next_view
+            self._next_view += 1
+            self.views[view_id] = (entry, client)
+            entry.views += 1
+            return ("shm", view_id, entry.location)
+
+    def release_views(self, client: Client, view_ids: Sequence[int]) -> None:
+        for view_id in view_ids:
+            held = self.views.get(view_id)
+            if held is None or held[1] != client:
+                continue
+            del self.views[view_id]
+            entry = held[0]
+            entry.views -= 1
+            self._maybe_free(entry)
+
+    def read_chunk(self, object_id: bytes, offset: int, size: int) -> bytes:
+        """A copy of ``size`` bytes at ``offset`` of the object's payload."""
+        entry = self.visible(object_id)
+        if entry is None:
+            raise ObjectNotFoundError(object_id)
+        if offset < 0 or size < 0 or offset + size > self.payload_len(entry):
+            raise ValueError(
+                f"chunk [{offset}, {offset + size}) is outside object {format_id(object_id)} "
+                f"of {self.payload_len(entry)} bytes"
+            )
+        if entry.state == "inline":
+            raise ValueError(f"object {format_id(object_id)} is inline: fetch it with get")
+        if entry.state == "spilled":
+            assert entry.spill_path is not None
+            with open(entry.spill_path, "rb") as f:
+                block = self._spill_header_len(entry)
+                f.seek(block + offset)
+                return f.read(size)
+        start = entry.payload_offset + offset
+        return bytes(self.arena.mapping.view[start : start + size])
+
+    @staticmethod
+    def payload_len(entry: Entry) -> int:
+        return payload_layout(entry.meta_len, entry.data_len, entry.buffer_sizes)[1]
+
+    @staticmethod
+    def _spill_header_len(entry: Entry) -> int:
+        return header_size(len(entry.object_id), len(entry.buffer_sizes))
+
+    # -- reference counting --------------------------------------------------------
+
+    def add_ref(self, client: Client, object_id: bytes, count: int = 1) -> None:
+        self.refs.setdefault(object_id, collections.Counter())[client] += count
+
+    def remove_ref(self, client: Client, object_id: bytes, count: int = 1) -> None:
+        holders = self.refs.get(object_id)
+        if not holders or holders[client] <= 0:
+            return
+        holders[client] -= count
+        if holders[client] <= 0:
+            del holders[client]
+        if not holders:
+            del self.refs[object_id]
+            entry = self.entries.get(object_id)
+            if entry is not None:
+                self._maybe_free(entry)
+
+    def pin(self, client: Client, object_id: bytes) -> None:
+        entry = self.visible(object_id)
+        if entry is None:
+            raise ObjectNotFoundError(object_id, "cannot pin it")
+        entry.pins[client] += 1
+
+    def unpin(self, client: Client, object_id: bytes) -> None:
+        entry = self.entries.get(object_id)
+        if entry is None or entry.pins[client] <= 0:
+            return
+        entry.pins[client] -= 1
+        if entry.pins[client] <= 0:
+            del entry.pins[client]
+        self._maybe_free(entry)
+
+    def delete(self, object_id: bytes) -> bool:
+        """Forget the object now, whatever its refs; memory under live views or pins
+        is freed when they go. Returns whether it existed."""
+        entry = self.visible(object_id)
+        self.refs.pop(object_id, None)
+        if entry is None:
+            return False
+        # Gone from the index at once (its id may be reused); its memory stays until
+        # the live views of it are released.
+        del self.entries[object_id]
+        self.lru.pop(object_id, None)
+        entry.deleted = True
+        entry.recovered = False
+        entry.pins.clear()
+        self._maybe_free(entry)
+        return True
+
+    def drop_client(self, client: Client) -> None:
+        """Everything ``client`` held goes: refs, pins, views, unsealed allocations."""
+        for object_id in [oid for oid, holders in self.refs.items() if client in holders]:
+            holders = self.refs[object_id]
+            holders[client] = 1
+            self.remove_ref(client, object_id)
+        for view_id in [v for v, (_, c) in self.views.items() if c == client]:
+            self.release_views(client, [view_id])
+        for entry in list(self.entries.values()):
+            if entry.state == "unsealed" and entry.creator == client:
+                self.abort(client, entry.object_id)
+            elif client in entry.pins:
+                del entry.pins[client]
+                self._maybe_free(entry)
+
+    def end_recovery(self) -> None:
+        """The grace period is over: unclaimed recovered objects and unsealed blocks go."""
+        for block_offset in self.quarantined:
+            self.arena.free(block_offset)
+        self.quarantined.clear()
+        for entry in list(self.entries.values()):
+            if entry.recovered:
+                entry.recovered = False
+                self._maybe_free(entry)
+
+    def claim(self, client: Client, refs: dict, pins: dict, views: Sequence[bytes]) -> dict:
+        """A client (re)attaches what it held before the service restarted."""
+        for object_id, count in refs.items():
+            self.add_ref(client, object_id, count)
+            entry = self.entries.get(object_id)
+            if entry is not None:
+                entry.recovered = False
+        for object_id, count in pins.items():
+            entry = self.visible(object_id)
+            if entry is not None:
+                entry.pins[client] += count
+        new_views = {}
+        for object_id in views:
+            entry = self.visible(object_id)
+            if entry is not None and entry.state == "sealed":
+                view_id = self._next_view
+                self._next_view += 1
+                self.views[view_id] = (entry, client)
+                entry.views += 1
+                new_views[object_id] = view_id
+        return new_views
+
+    # -- freeing, spilling, restoring ------------------------------------------------
+
+    def _maybe_free(self, entry: Entry) -> None:
+        if entry.state == "unsealed" or entry.busy or entry.views or entry.pins:
+            return
+        if entry.recovered or (not entry.deleted and self.refs.get(entry.object_id)):
+            return
+        if self.entries.get(entry.object_id) is entry:
+            del self.entries[entry.object_id]
+            self.lru.pop(entry.object_id, None)
+        if entry.state == "sealed":
+            self.arena.free(entry.block_offset)
+        elif entry.state == "spilled":
+            assert entry.spill_path is not None
+            self.spilled_bytes -= entry.size
+            _unlink(entry.spill_path)
+        elif entry.state == "inline":
+            self.inline_bytes -= entry.size
+        entry.state = "freed"
+
+    def _spillable(self, entry: Entry) -> bool:
+        return (
+            self.spill_dir is not None
+            and entry.state == "sealed"
+            and not entry.busy
+            and not entry.views
+            and not entry.pins
+        )
+
+    async def _allocate(self, need: int, object_id: bytes) -> tuple[int, int]:
+        got = self.arena.allocate(need)
+        if got is not None:
+            return got
+        async with self._alloc_lock:
+            while True:
+                got = self.arena.allocate(need)
+                if got is not None:
+                    return got
+                victim = next(
+                    (self.entries[oid] for oid in self.lru if self._spillable(self.entries[oid])),
+                    None,
+                )
+                if victim is None:
+                    raise self._full_error(need, object_id)
+                await self._spill(victim)
+
+    async def _spill(self, entry: Entry) -> None:
+        assert self.spill_dir is not None
+        path = _spill.spill_path(self.spill_dir, self.prefix, entry.object_id)
+        start = entry.block_offset
+        end = entry.payload_offset + self.payload_len(entry)
+        block = self.arena.mapping.view[start:end]
+        entry.busy = "spilling"
+        try:
+            written = await trio.to_thread.run_sync(_spill.write_spill, path, block)
+        finally:
+            entry.busy = None
+            block.release()
+        if entry.state != "sealed" or entry.views or entry.pins:  # used meanwhile
+            _unlink(path)
+            self._maybe_free(entry)
+            self.lru.move_to_end(entry.object_id) if entry.object_id in self.lru else None
+            return
+        self.counters["spills"] += 1
+        self.counters["spill_bytes_written"] += written
+        self.lru.pop(entry.object_id, None)
+        self.arena.free(entry.block_offset)
+        entry.state = "spilled"
+        entry.spill_path = path
+        entry.block_offset = -1
+        self.spilled_bytes += entry.size
+        self._maybe_free(entry)
+
+    async def _restore(self, entry: Entry) -> None:
+        if entry.busy == "restoring":
+            assert entry.restored is not None
+            await entry.restored.wait()
+            return
+        assert entry.spill_path is not None
+        entry.busy = "restoring"
+        entry.restored = trio.Event()
+        try:
+            hdr = self._spill_header_len(entry)
+            length = hdr + self.payload_len(entry)
+            offset, size = await self._allocate(length, entry.object_id)
+            try:
+                dest = self.arena.mapping.view[offset : offset + length]
+                try:
+                    await trio.to_thread.run_sync(_spill.restore_spill, entry.spill_path, dest)
+                finally:
+                    dest.release()
+            except BaseException:
+                self.arena.free(offset)
+                raise
+            self.arena.set_size(offset, size)
+            self.arena.set_state(offset, SEALED)
+            _unlink(entry.spill_path)
+            self.counters["restores"] += 1
+            self.counters["restore_bytes_read"] += length
+            self.spilled_bytes -= entry.size
+            entry.state = "sealed"
+            entry.spill_path = None
+            entry.block_offset, entry.block_size = offset, size
+            entry.payload_offset = offset + hdr
+            self.lru[entry.object_id] = None
+        finally:
+            entry.busy = None
+            entry.restored.set()
+            entry.restored = None
+            if entry.deleted:
+                self._maybe_free(entry)
+
+    def _full_error(self, need: int, object_id: bytes) -> ObjectStoreFullError:
+        arena_entries = [e for e in self.entries.values() if e.block_offset >= 0]
+        reasons: collections.Counter[str] = collections.Counter()
+        holders = []
+        for entry in arena_entries:
+            if entry.state == "unsealed":
+                reason = "being written"
+            elif entry.pins:
+                reason = "pinned"
+            elif entry.views:
+                reason = "in use (live zero-copy views)"
+            elif entry.busy:
+                reason = entry.busy
+            else:
+                reason = "spilling disabled" if self.spill_dir is None else "not spillable"
+            reasons[reason] += 1
+            holders.append((entry.object_id, entry.block_size, reason))
+        holders.sort(key=lambda h: -h[1])
+        held = ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "nothing"
+        biggest = "; ".join(f"{format_id(o)} {s} B {r}" for o, s, r in holders[:3])
+        allocator = self.arena.allocator
+        return ObjectStoreFullError(
+            f"object store full: cannot allocate {need} bytes for object {format_id(object_id)} "
+            f"(capacity {allocator.capacity} bytes, {allocator.used_bytes} used, largest free "
+            f"block {allocator.largest_free}); held by {held}"
+            + (f"; biggest: {biggest}" if biggest else ""),
+            capacity=allocator.capacity,
+            used=allocator.used_bytes,
+            requested=need,
+            holders=holders[:10],
+        )
+
+
+def _payload_size(block: BlockInfo) -> int:
+    return block.meta_len + block.data_len + sum(block.buffer_sizes)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+

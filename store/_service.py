@@ -1,0 +1,257 @@
+"""`ObjectStoreService`: the node's object store, a child-protocol service.
+
+It owns the arena and the index (`StoreCore`) and serves clients over the transport.
+Requests that may wait (a ``get`` of an object not sealed yet, or spilled; a
+``create`` that must spill first) are answered later from a task in the service's
+nursery, so one slow request never blocks a connection; everything else is answered
+inline, in arrival order.
+
+Restarts. Cancelling `run` is a shutdown: the arena and spill files of the session
+are removed (unless ``cleanup_on_cancel=False``). A crash (an exception out of `run`)
+leaves them, and the next `run` of the same service object — a supervisor restart —
+reopens the arena, rebuilds the index from the block headers and the spill
+directory, and keeps what it found for ``recovery_grace`` seconds so that clients can
+reconnect and reattach their refs (`StoreClient` does not do that automatically yet:
+the runtime re-adds refs it holds). Unsealed blocks found at start belonged to writers
+whose connections died with the old service; they are freed after the grace period
+(a writer still copying into one cannot corrupt a new object meanwhile).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import uuid
+from typing import Any
+
+import trio
+
+import transport
+
+from ._arena import Arena
+from ._core import StoreCore
+from ._errors import ObjectNotFoundError
+from ._serialize import SerializedValue
+from ._session import DEFAULT_SHM_DIR, arena_path, cleanup_session
+
+__all__ = ["ObjectStoreService"]
+
+logger = logging.getLogger("store")
+
+
+class ObjectStoreService:
+    """The per-node object store (tree name ``object_manager``).
+
+    ``address = await nursery.start(service.run)`` reports the bound socket address.
+    ``capacity`` is the shared-memory budget in bytes (the arena's size);
+    ``spill_dir`` (``None``: no spilling) takes evicted objects; values smaller than
+    ``inline_threshold`` bytes are kept in the service's memory and travel inside
+    messages; ``prefix`` names the session's files (``/dev/shm/<prefix>.arena``).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: bytes | str,
+        *,
+        capacity: int,
+        spill_dir: str | None = None,
+        inline_threshold: int = 100 * 1024,
+        name: str = "object_manager",
+        prefix: str | None = None,
+        shm_dir: str = DEFAULT_SHM_DIR,
+        prefault: bool = False,
+        recovery_grace: float = 30.0,
+        cleanup_on_cancel: bool = True,
+    ):
+        if capacity <= 0:
+            raise ValueError(f"object store capacity must be positive, got {capacity!r}")
+        self.address = address
+        self._token = token
+        self.capacity = capacity
+        self.spill_dir = spill_dir
+        self.inline_threshold = inline_threshold
+        self.name = name
+        self.prefix = prefix or f"actorcore-{uuid.uuid4().hex[:12]}"
+        self.shm_dir = shm_dir
+        self.arena_path = arena_path(self.prefix, shm_dir)
+        self.prefault = prefault
+        self.recovery_grace = recovery_grace
+        self.cleanup_on_cancel = cleanup_on_cancel
+        self.state = "stopped"
+        self.runs = 0
+        self._core: StoreCore | None = None
+        self._nursery: trio.Nursery | None = None
+        self._server: transport.Server | None = None
+
+    # -- child protocol --------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        self.state = "starting"
+        self.runs += 1
+        shutdown = False
+        try:
+            arena, recovered = Arena.open(self.arena_path, self.capacity, prefault=self.prefault)
+            core = StoreCore(arena, prefix=self.prefix, spill_dir=self.spill_dir, recovered=recovered)
+            self._core = core
+            if recovered or core.entries:
+                logger.info(
+                    "%s: recovered %d objects from %s and %s", self.name, len(core.entries),
+                    self.arena_path, self.spill_dir,
+                )
+            self._server = transport.Server(
+                self.address, self._token, self._handle, name=self.name,
+                on_disconnect=self._on_disconnect,
+            )
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                bound = await nursery.start(self._server.run)
+                self.address = bound
+                if core.quarantined or any(e.recovered for e in core.entries.values()):
+                    nursery.start_soon(self._end_recovery_later)
+                self.state = "running"
+                task_status.started(bound)
+                await trio.sleep_forever()
+        except BaseException as exc:
+            shutdown = _is_cancellation(exc)
+            raise
+        finally:
+            self._nursery = None
+            self.state = "stopped"
+            if shutdown and self.cleanup_on_cancel:
+                self.remove_files()
+
+    def snapshot(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"kind": "object_store", "address": self.address, "pid": os.getpid()}
+        if self._core is not None:
+            stats = self._core.statistics()
+            info.update({k: stats[k] for k in ("capacity", "used", "count", "spilled")})
+        return info
+
+    def statistics(self) -> dict[str, Any]:
+        """Bytes used of the capacity, object counts by state, spill counters."""
+        if self._core is None:
+            return {"capacity": self.capacity, "used": 0, "count": 0, "spilled": 0}
+        stats = self._core.statistics()
+        stats["inline_threshold"] = self.inline_threshold
+        stats["connections"] = len(self._server.connections) if self._server else 0
+        return stats
+
+    def remove_files(self) -> list[str]:
+        """Remove the arena and spill files of this session (the service is stopped)."""
+        return cleanup_session(self.prefix, shm_dir=self.shm_dir, spill_dir=self.spill_dir)
+
+    def read_chunk(self, object_id: bytes, offset: int, size: int) -> bytes:
+        """In-process access for the node's transfer code (see `StoreClient.read_chunk`)."""
+        return self._running_core().read_chunk(object_id, offset, size)
+
+    def _running_core(self) -> StoreCore:
+        if self._core is None:
+            raise RuntimeError(f"{self.name} is not running")
+        return self._core
+
+    async def _end_recovery_later(self) -> None:
+        await trio.sleep(self.recovery_grace)
+        if self._core is not None:
+            self._core.end_recovery()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _on_disconnect(self, conn: transport.Connection) -> None:
+        if self._core is not None:
+            self._core.drop_client(conn)
+
+    async def _handle(self, conn: transport.Connection, message: Any, reply: Any) -> None:
+        core = self._running_core()
+        kind = message[0]
+        if kind == "release":
+            core.release_views(conn, message[1])
+        elif kind == "add_ref":
+            core.add_ref(conn, message[1], message[2])
+        elif kind == "remove_ref":
+            core.remove_ref(conn, message[1], message[2])
+        elif kind == "unpin":
+            core.unpin(conn, message[1])
+        elif kind == "abort":
+            core.abort(conn, message[1])
+        elif reply is None:
+            logger.warning("%s: unknown one-way message %r from %s", self.name, kind, conn.peer_name)
+        elif kind == "get":
+            _, object_id, timeout = message
+            entry = core.visible(object_id)
+            if entry is not None and entry.state in ("sealed", "inline") and not entry.busy:
+                reply.send(_encode_get(await core.get(conn, object_id, 0)))
+            else:
+                self._later(reply, self._get, conn, object_id, timeout)
+        elif kind == "put_inline":
+            _, object_id, metadata, data, buffers, take_ref = message
+            value = SerializedValue(data=data, buffers=buffers, metadata=metadata)
+            core.put_inline(conn, object_id, value, take_ref)
+            reply.send(None)
+        elif kind == "create":
+            self._later(reply, core.create, conn, *message[1:])
+        elif kind == "seal":
+            core.seal(conn, message[1])
+            reply.send(None)
+        elif kind == "contains":
+            reply.send(core.visible(message[1]) is not None)
+        elif kind == "pin":
+            core.pin(conn, message[1])
+            reply.send(None)
+        elif kind == "delete":
+            reply.send(core.delete(message[1]))
+        elif kind == "read_chunk":
+            reply.send(pickle.PickleBuffer(core.read_chunk(*message[1:])))
+        elif kind == "info":
+            entry = core.visible(message[1])
+            if entry is None:
+                raise ObjectNotFoundError(message[1])
+            reply.send({
+                "state": entry.state, "size": entry.size, "payload_len": core.payload_len(entry),
+                "meta_len": entry.meta_len, "data_len": entry.data_len,
+                "buffer_sizes": entry.buffer_sizes,
+            })
+        elif kind == "claim":
+            reply.send(core.claim(conn, *message[1:]))
+        elif kind == "statistics":
+            reply.send(self.statistics())
+        elif kind == "hello":
+            reply.send({
+                "arena_path": self.arena_path, "arena_size": core.arena.mapping.size,
+                "inline_threshold": self.inline_threshold, "prefix": self.prefix,
+            })
+        else:
+            raise ValueError(f"unknown object store request {kind!r}")
+
+    def _later(self, reply: Any, fn: Any, *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._answer, reply, fn, *args)
+
+    @staticmethod
+    async def _answer(reply: Any, fn: Any, *args: Any) -> None:
+        try:
+            result = await fn(*args)
+        except Exception as exc:
+            reply.fail(exc)
+        else:
+            reply.send(result)
+
+    async def _get(self, conn: transport.Connection, object_id: bytes, timeout: float | None) -> Any:  # noqa: ASYNC109
+        return _encode_get(await self._running_core().get(conn, object_id, timeout))
+
+
+def _encode_get(result: tuple) -> tuple:
+    if result[0] == "inline":
+        value: SerializedValue = result[1]
+        return ("inline", value.metadata, value.data, [pickle.PickleBuffer(b) for b in value.buffers])
+    return result
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(trio.Cancelled)[1]
+        return rest is None
+    return False

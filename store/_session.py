@@ -1,0 +1,47 @@
+"""Where a session's files live, and removing them after a killed driver or node."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["DEFAULT_SHM_DIR", "arena_path", "cleanup_session", "session_files"]
+
+DEFAULT_SHM_DIR = "/dev/shm"
+
+
+def arena_path(prefix: str, shm_dir: str = DEFAULT_SHM_DIR) -> str:
+    if not prefix or "/" in prefix or prefix.startswith("."):
+        raise ValueError(f"bad object store session prefix {prefix!r} (a plain file name is needed)")
+    return os.path.join(shm_dir, f"{prefix}.arena")
+
+
+def session_files(prefix: str, *, shm_dir: str = DEFAULT_SHM_DIR, spill_dir: str | None = None) -> list[str]:
+    """Every file of the session ``prefix``: its arena and its spill files."""
+    found = []
+    path = arena_path(prefix, shm_dir)
+    if os.path.exists(path):
+        found.append(path)
+    if spill_dir is not None and os.path.isdir(spill_dir):
+        for name in os.listdir(spill_dir):
+            if name.startswith(prefix + "-") and (".spill" in name):
+                found.append(os.path.join(spill_dir, name))
+    return found
+
+
+def cleanup_session(
+    prefix: str, *, shm_dir: str = DEFAULT_SHM_DIR, spill_dir: str | None = None
+) -> list[str]:
+    """Remove the session's arena from shared memory and its spill files.
+
+    For the runtime to call when a node or driver was killed before its store could
+    shut down. Processes that still map the arena keep their mapping (the memory is
+    returned when the last one unmaps). Returns the removed paths.
+    """
+    removed = []
+    for path in session_files(prefix, shm_dir=shm_dir, spill_dir=spill_dir):
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
