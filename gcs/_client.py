@@ -1,0 +1,550 @@
+"""`GcsClient`: the generic key-value API with batching, retries and subscriptions.
+
+How a call travels
+------------------
+``await client.put(table, key, value)`` pickles the value (cloudpickle), picks the
+shard by key hash and appends the operation to that shard's write queue. One writer
+task per shard drains the queue: everything queued since its last send goes out as
+*one* request to the shard's head, and up to ``max_inflight`` such batches are in
+flight at once (pipelining). Reads are batched the same way and go to the tail.
+
+Retries are idempotent: every write carries (client id, client sequence number), and
+the shard remembers the results of recent ones, so a write retried after a timeout
+or a failover is answered, not applied twice. On any failure (connection lost,
+timeout, "not the head any more") the batch waits for a newer layout -- pushed by
+the coordinator, or fetched -- and is resent, until the operation timeout, after
+which the caller gets `GcsUnavailable`. Reads carry the highest sequence number this
+client has seen of that shard, and a tail that is behind it waits before answering,
+so one client's reads never go backwards, even across a failover.
+
+Subscriptions attach to each relevant shard's tail; every event carries the shard's
+sequence number. When the tail dies the subscription resubscribes at the new tail
+from its last sequence number + 1 and drops anything it has already seen, so each
+update is delivered exactly once and in shard order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import pickle
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import cloudpickle
+import trio
+
+import transport
+
+from ._errors import GcsError, GcsUnavailable, SubscriptionLost, ValueTooLarge, VersionMismatch
+from ._protocol import Key, Layout, check_key, check_table, shard_of
+
+__all__ = ["Entry", "Event", "GcsClient", "Subscription", "open_client"]
+
+_MAX_BATCH = 4096
+_RPC_TIMEOUT = 5.0
+
+
+@attrs.frozen
+class Entry:
+    """A stored value with its version (the sequence number that last wrote it)."""
+
+    value: Any
+    version: int
+
+
+@attrs.frozen
+class Event:
+    """One committed update seen by a subscription (``value`` is None when deleted)."""
+
+    table: str
+    key: Key
+    value: Any
+    deleted: bool
+    seq: int
+    shard: int
+
+
+def encode(value: Any) -> bytes:
+    return cloudpickle.dumps(value, protocol=5)
+
+
+def decode(stored: Any) -> Any:
+    if isinstance(stored, bytes):
+        return pickle.loads(stored)
+    return stored
+
+
+class _Op:
+    __slots__ = ("done", "op", "result", "seq")
+
+    def __init__(self, op: tuple[Any, ...], seq: int = 0) -> None:
+        self.op = op
+        self.seq = seq
+        self.done = trio.Event()
+        self.result: Any = None
+
+
+class _Queue:
+    def __init__(self, inflight: int) -> None:
+        self.ops: deque[_Op] = deque()
+        self.wakeup = trio.Event()
+        self.inflight = trio.Semaphore(inflight)
+        self.running = False
+
+
+class GcsClient:
+    """A connection to one GCS. Create with `open_client` (it owns background tasks)."""
+
+    def __init__(self, address: str, token: bytes | str, *, name: str = "gcs-client",
+                 timeout: float = 30.0, max_inflight: int = 16) -> None:
+        self.address = address
+        self.token = token
+        self.name = name
+        self.timeout = timeout
+        self.max_inflight = max_inflight
+        self.client_id = uuid.uuid4().hex
+        self._seq = itertools.count(1)
+        self._layout: Layout | None = None
+        self._layout_changed = trio.Event()
+        self._coordinator: Any = None
+        self._conns: dict[str, Any] = {}
+        self._dialing: dict[str, trio.Lock] = {}
+        self._writes: dict[int, _Queue] = {}
+        self._reads: dict[int, _Queue] = {}
+        self._seen: dict[int, int] = {}
+        self._subs: dict[int, Subscription] = {}
+        self._sub_ids = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self._stats = {"writes": 0, "reads": 0, "batches": 0, "retries": 0}
+        from ._tables import attach_tables
+
+        attach_tables(self)
+
+    # ------------------------------------------------------------- connection
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        deadline = trio.current_time() + self.timeout
+        while True:
+            try:
+                self._coordinator = await transport.connect(
+                    self.address, self.token, name=self.name, handler=self._on_message)
+                self._set_layout(await self._coordinator.request(("hello",),
+                                                                 timeout=_RPC_TIMEOUT))
+                return
+            except (transport.ConnectError, transport.ConnectionLost,
+                    transport.RequestTimeout) as exc:
+                if trio.current_time() >= deadline:
+                    raise GcsUnavailable(
+                        f"cannot reach the GCS coordinator at {self.address}: {exc}") from exc
+                await trio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        for conn in [self._coordinator, *self._conns.values()]:
+            if conn is not None:
+                with trio.move_on_after(1.0):
+                    await conn.aclose(flush_timeout=0.5)
+        self._conns.clear()
+
+    @property
+    def layout(self) -> Layout:
+        assert self._layout is not None, "use `async with open_client(...)`"
+        return self._layout
+
+    def _set_layout(self, layout: Layout) -> None:
+        current = self._layout
+        if current is not None and len(current.shards) == len(layout.shards):
+            shards = tuple(new if new.epoch > old.epoch else old
+                           for old, new in zip(current.shards, layout.shards, strict=True))
+            if shards == current.shards:
+                return
+            layout = attrs.evolve(layout, shards=shards)
+        self._layout = layout
+        self._layout_changed.set()
+        self._layout_changed = trio.Event()
+
+    async def _refresh(self, shard: int, epoch: int, deadline: float) -> None:
+        """Wait (bounded) for a newer layout of ``shard`` than ``epoch``."""
+        with trio.move_on_after(max(0.0, min(0.25, deadline - trio.current_time()))):
+            while self.layout.shards[shard].epoch <= epoch:
+                await self._layout_changed.wait()
+            return
+        try:
+            coordinator = self._coordinator
+            if coordinator is None or coordinator.closed:
+                coordinator = self._coordinator = await transport.connect(
+                    self.address, self.token, name=self.name, handler=self._on_message)
+                await coordinator.request(("hello",), timeout=_RPC_TIMEOUT)
+            self._set_layout(await coordinator.request(("layout",), timeout=_RPC_TIMEOUT))
+        except transport.TransportError:
+            await trio.sleep(0.05)
+
+    async def _conn(self, address: str) -> Any:
+        conn = self._conns.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._dialing.setdefault(address, trio.Lock())
+        async with lock:
+            conn = self._conns.get(address)
+            if conn is None or conn.closed:
+                conn = await transport.connect(address, self.token, name=self.name,
+                                               handler=self._on_message, connect_timeout=2.0)
+                self._conns[address] = conn
+        return conn
+
+    def _forget(self, address: str, conn: Any) -> None:
+        if self._conns.get(address) is conn:
+            del self._conns[address]
+
+    async def _on_message(self, conn: Any, message: Any, reply: Any) -> None:
+        tag = message[0]
+        if tag == "layout":
+            self._set_layout(message[1])
+        elif tag == "ev":
+            _, shard, batch = message
+            for sub_id, event in batch:
+                sub = self._subs.get(sub_id)
+                if sub is not None:
+                    sub._deliver(shard, event)
+        elif tag == "sublost":
+            for sub_id in message[1]:
+                sub = self._subs.get(sub_id)
+                if sub is not None:
+                    sub._resubscribe_all()
+        elif tag == "watch":
+            pass  # the coordinator's liveness probe of this client: never answered
+
+    # --------------------------------------------------------------- batching
+
+    def _shard(self, key: Key) -> int:
+        return shard_of(key, len(self.layout.shards))
+
+    async def _submit(self, queues: dict[int, _Queue], shard: int, op: _Op, *, write: bool) -> Any:
+        queue = queues.get(shard)
+        if queue is None:
+            queue = queues[shard] = _Queue(self.max_inflight)
+        if not queue.running:
+            queue.running = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._pump, queue, shard, write)
+        queue.ops.append(op)
+        queue.wakeup.set()
+        await op.done.wait()
+        if isinstance(op.result, BaseException):
+            raise op.result
+        return op.result
+
+    async def _pump(self, queue: _Queue, shard: int, write: bool) -> None:
+        assert self._nursery is not None
+        while True:
+            if not queue.ops:
+                queue.wakeup = trio.Event()
+                await queue.wakeup.wait()
+                continue
+            await queue.inflight.acquire()
+            batch = [queue.ops.popleft() for _ in range(min(len(queue.ops), _MAX_BATCH))]
+            self._stats["batches"] += 1
+            self._nursery.start_soon(self._send, queue, shard, batch, write)
+
+    async def _send(self, queue: _Queue, shard: int, batch: list[_Op], write: bool) -> None:
+        try:
+            results = await self._send_batch(shard, batch, write)
+        except GcsError as exc:
+            results = [exc] * len(batch)
+        finally:
+            queue.inflight.release()
+        for op, result in zip(batch, results, strict=True):
+            op.result = result
+            op.done.set()
+
+    async def _send_batch(self, shard: int, batch: list[_Op], write: bool) -> list[Any]:
+        if write:
+            message: tuple[Any, ...] = ("w", self.client_id, [(op.seq, op.op) for op in batch])
+        deadline = trio.current_time() + self.timeout
+        while True:
+            layout = self.layout.shards[shard]
+            address = layout.head if write else layout.tail
+            last_error: object = "the shard has no live replica"
+            if address is not None:
+                if not write:
+                    message = ("r", self._seen.get(shard, 0), [op.op for op in batch])
+                conn = None
+                try:
+                    conn = await self._conn(address)
+                    timeout = max(0.05, min(_RPC_TIMEOUT, deadline - trio.current_time()))
+                    answer = await conn.request(message, timeout=timeout)
+                except transport.TransportError as exc:
+                    last_error = exc
+                    if conn is not None and not isinstance(exc, transport.RequestTimeout):
+                        self._forget(address, conn)
+                    elif conn is None:
+                        self._conns.pop(address, None)
+                else:
+                    if answer[0] == "ok":
+                        seen = answer[2] if write else answer[1]
+                        if seen > self._seen.get(shard, 0):
+                            self._seen[shard] = seen
+                        return list(answer[1] if write else answer[2])
+                    if answer[0] == "err":
+                        return [answer[1]] * len(batch)
+                    last_error = f"{address} is no longer the {'head' if write else 'tail'}"
+            if trio.current_time() >= deadline:
+                raise GcsUnavailable(
+                    f"GCS shard {shard} did not answer within {self.timeout}s "
+                    f"(last error: {last_error})", shard=shard)
+            self._stats["retries"] += 1
+            await self._refresh(shard, layout.epoch, deadline)
+
+    async def _write(self, key: Key, op: tuple[Any, ...]) -> Any:
+        self._stats["writes"] += 1
+        return await self._submit(self._writes, self._shard(key), _Op(op, next(self._seq)),
+                                  write=True)
+
+    async def _read(self, shard: int, op: tuple[Any, ...]) -> Any:
+        self._stats["reads"] += 1
+        return await self._submit(self._reads, shard, _Op(op), write=False)
+
+    def _encode(self, table: str, key: Key, value: Any) -> bytes:
+        check_table(table)
+        check_key(key)
+        blob = encode(value)
+        limit = self.layout.max_value_bytes
+        if len(blob) > limit:
+            raise ValueTooLarge(
+                f"value for {table}[{key!r:.80}] is {len(blob)} bytes pickled, over the "
+                f"limit of {limit} bytes", size=len(blob), limit=limit, table=table, key=key)
+        return blob
+
+    # ------------------------------------------------------------- public API
+
+    async def put(self, table: str, key: Key, value: Any, *,
+                  expect_version: int | None = None) -> int:
+        """Store ``value``; return its new version. With ``expect_version`` (0: absent)
+        the write happens only if the key is at that version, else `VersionMismatch`."""
+        blob = self._encode(table, key, value)
+        return int(await self._write(key, ("put", table, key, blob, expect_version)))
+
+    async def put_if_absent(self, table: str, key: Key, value: Any) -> bool:
+        """Atomically store ``value`` unless the key exists; True if stored."""
+        try:
+            await self.put(table, key, value, expect_version=0)
+        except VersionMismatch:
+            return False
+        return True
+
+    async def get_entry(self, table: str, key: Key) -> Entry | None:
+        """The value and version of ``key``, or None if absent."""
+        check_table(table)
+        check_key(key)
+        found = await self._read(self._shard(key), ("get", table, key))
+        return None if found is None else Entry(decode(found[0]), found[1])
+
+    async def get(self, table: str, key: Key, default: Any = None) -> Any:
+        entry = await self.get_entry(table, key)
+        return default if entry is None else entry.value
+
+    async def delete(self, table: str, key: Key, *, expect_version: int | None = None) -> bool:
+        """Delete ``key``; True if it existed."""
+        check_table(table)
+        check_key(key)
+        return bool(await self._write(key, ("del", table, key, None, expect_version)))
+
+    async def set_add(self, table: str, key: Key, member: str | bytes | int) -> bool:
+        """Atomically add ``member`` to the set stored at ``key``; True if it was new."""
+        check_table(table)
+        check_key(key)
+        return bool(await self._write(key, ("sadd", table, key, member, None)))
+
+    async def set_remove(self, table: str, key: Key, member: str | bytes | int) -> bool:
+        """Atomically remove ``member`` (an emptied set deletes the key); True if present."""
+        check_table(table)
+        check_key(key)
+        return bool(await self._write(key, ("srem", table, key, member, None)))
+
+    async def mark_collectable(self, table: str, key: Key) -> bool:
+        """Tell the GCS the entry is no longer needed (e.g. finished lineage): it may be
+        flushed from memory once more than ``lineage_cap`` such entries exist."""
+        check_table(table)
+        check_key(key)
+        return bool(await self._write(key, ("mark", table, key, None, None)))
+
+    async def update(self, table: str, key: Key, fn: Callable[[Any], Any], *,
+                     default: Any = None, retries: int = 100) -> Any:
+        """Atomic read-modify-write: store ``fn(current or default)``; return it."""
+        for _ in range(retries):
+            entry = await self.get_entry(table, key)
+            new = fn(default if entry is None else entry.value)
+            try:
+                await self.put(table, key, new, expect_version=0 if entry is None else entry.version)
+            except VersionMismatch:
+                continue
+            return new
+        raise GcsUnavailable(f"update of {table}[{key!r:.80}] lost {retries} races in a row")
+
+    async def scan(self, table: str, prefix: Key = "", *,
+                   limit: int | None = None) -> list[tuple[Key, Any]]:
+        """All ``(key, value)`` of ``table`` whose key starts with ``prefix``, sorted."""
+        return [(k, v.value) for k, v in await self.scan_entries(table, prefix, limit=limit)]
+
+    async def scan_entries(self, table: str, prefix: Key = "", *,
+                           limit: int | None = None) -> list[tuple[Key, Entry]]:
+        check_table(table)
+        check_key(prefix)
+        rows: list[tuple[Key, Entry]] = []
+
+        async def one(shard: int) -> None:
+            for key, value, version in await self._read(shard, ("scan", table, prefix, limit)):
+                rows.append((key, Entry(decode(value), version)))
+
+        async with trio.open_nursery() as nursery:
+            for shard in range(len(self.layout.shards)):
+                nursery.start_soon(one, shard)
+        rows.sort(key=lambda row: row[0])
+        return rows if limit is None else rows[:limit]
+
+    @asynccontextmanager
+    async def subscribe(self, table: str, *, key: Key | None = None,
+                        prefix: Key | None = None) -> AsyncIterator[Subscription]:
+        """Committed updates of one key, or of every key with ``prefix`` (default: all),
+        from now on: ``async with client.subscribe(t, key=k) as sub: async for ev in sub``."""
+        check_table(table)
+        if key is not None:
+            check_key(key)
+            shards = [self._shard(key)]
+        else:
+            prefix = "" if prefix is None else prefix
+            check_key(prefix)
+            shards = list(range(len(self.layout.shards)))
+        sub = Subscription(self, next(self._sub_ids), table, key, prefix)
+        self._subs[sub.sub_id] = sub
+        try:
+            async with trio.open_nursery() as nursery:
+                for shard in shards:
+                    await nursery.start(sub._keep, shard)
+                yield sub
+                nursery.cancel_scope.cancel()
+        finally:
+            self._subs.pop(sub.sub_id, None)
+
+    def statistics(self) -> dict[str, Any]:
+        return {**self._stats, "connections": len(self._conns), "subscriptions": len(self._subs),
+                "layout": self._layout}
+
+
+class Subscription:
+    """An async iterator of `Event` (exactly once, in order per shard)."""
+
+    def __init__(self, client: GcsClient, sub_id: int, table: str, key: Key | None,
+                 prefix: Key | None) -> None:
+        self.client = client
+        self.sub_id = sub_id
+        self.table = table
+        self.key = key
+        self.prefix = prefix
+        self.last_seq: dict[int, int] = {}
+        self.resubscribes = 0
+        self._send, self._receive = trio.open_memory_channel[Event | BaseException](math.inf)
+        self._lost: dict[int, trio.Event] = {}
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        item = await self._receive.receive()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def next(self, timeout: float) -> Event:
+        """The next event, or `TimeoutError` after ``timeout`` seconds."""
+        with trio.fail_after(timeout):
+            return await self.__anext__()
+
+    def _deliver(self, shard: int, event: tuple[Any, ...]) -> None:
+        seq, table, key, value, deleted = event
+        last = self.last_seq.get(shard)
+        if last is not None and seq <= last:
+            return  # already delivered (a replay after resubscription)
+        self.last_seq[shard] = seq
+        self._send.send_nowait(Event(table, key, decode(value), deleted, seq, shard))
+
+    def _resubscribe_all(self) -> None:
+        for lost in self._lost.values():
+            lost.set()
+
+    async def _keep(self, shard: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep this subscription attached to the tail of ``shard``."""
+        client = self.client
+        started = False
+        while True:
+            layout = client.layout.shards[shard]
+            deadline = trio.current_time() + client.timeout
+            error: BaseException | None = None
+            if layout.tail is not None:
+                conn = None
+                try:
+                    conn = await client._conn(layout.tail)
+                    last = self.last_seq.get(shard)
+                    lost = self._lost[shard] = trio.Event()
+                    answer = await conn.request(
+                        ("sub", self.sub_id, self.table, self.key, self.prefix,
+                         None if last is None else last + 1), timeout=_RPC_TIMEOUT)
+                    if answer[0] == "ok":
+                        self.last_seq.setdefault(shard, answer[1])
+                        if not started:
+                            started = True
+                            task_status.started()
+                        await _until_lost(conn, lost)
+                        self.resubscribes += 1
+                        continue
+                    if answer[0] == "err":
+                        error = answer[1]
+                except transport.TransportError:
+                    if conn is not None:
+                        client._forget(layout.tail, conn)
+            if isinstance(error, SubscriptionLost | GcsError):
+                if not started:
+                    raise error
+                self._send.send_nowait(error)
+                return
+            await client._refresh(shard, layout.epoch, deadline)
+
+
+async def _until_lost(conn: Any, lost: trio.Event) -> None:
+    async with trio.open_nursery() as nursery:
+        async def watch() -> None:
+            try:
+                await conn.request(("watch",), timeout=None)
+            except transport.TransportError:
+                pass
+            nursery.cancel_scope.cancel()
+
+        async def wait_lost() -> None:
+            await lost.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        nursery.start_soon(wait_lost)
+
+
+@asynccontextmanager
+async def open_client(address: str, token: bytes | str, *, name: str = "gcs-client",
+                      timeout: float = 30.0, max_inflight: int = 16) -> AsyncIterator[GcsClient]:
+    """Connect to the GCS coordinator at ``address``; the block owns the client's tasks.
+
+    ``timeout`` bounds every operation including its retries (then `GcsUnavailable`).
+    """
+    client = GcsClient(address, token, name=name, timeout=timeout, max_inflight=max_inflight)
+    try:
+        async with trio.open_nursery() as nursery:
+            await client._start(nursery)
+            yield client
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await client.aclose()

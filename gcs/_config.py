@@ -1,0 +1,58 @@
+"""`GcsConfig`: everything the node needs to decide to build a GCS."""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["GcsConfig"]
+
+
+def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"GcsConfig.{attribute.name} must be an int >= 1, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class GcsConfig:
+    """Shape and limits of one GCS.
+
+    shards: number of key-hash shards (S).
+    replicas: chain length per shard (R). With R >= 2 each replica runs in its own
+      process (``python -m gcs._replica_main``), so one process death is survivable.
+    processes: force replicas into their own processes (True) or into the node
+      process (False); ``None`` means "own processes iff replicas >= 2".
+    host: interface the coordinator and the replicas listen on (TCP). Loopback by
+      default; a multi-node cluster gives the head's address here.
+    durable_dir: directory for the shard logs; ``None`` (the embedded cluster) keeps
+      everything in memory only.
+    fsync: fsync the log after every batch (slow; default only flushes to the OS, which
+      survives a process crash but not a machine crash).
+    max_value_bytes: largest accepted value (pickled size); larger gets `ValueTooLarge`.
+    replay_buffer: committed updates each replica keeps for resubscription and chain
+      repair (uncommitted ones are always kept).
+    dedup_entries: remembered (client id, sequence) pairs per shard, so a retried write
+      is applied once.
+    lineage_cap: entries marked collectable that a shard keeps per table before flushing
+      (evicting) the oldest; 0 evicts at once.
+    heartbeat_interval / heartbeat_timeout: the coordinator's liveness probe of each
+      replica (a connection loss is detected at once; the probe finds hung replicas).
+    compact_every: log records after which a replica rewrites its log as one snapshot.
+    """
+
+    shards: int = attrs.field(default=1, validator=_positive)
+    replicas: int = attrs.field(default=1, validator=_positive)
+    processes: bool | None = None
+    host: str = "127.0.0.1"
+    durable_dir: str | None = None
+    fsync: bool = False
+    max_value_bytes: int = 32 * 1024 * 1024
+    replay_buffer: int = 20_000
+    dedup_entries: int = 200_000
+    lineage_cap: int = 10_000
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 3.0
+    compact_every: int = 200_000
+
+    @property
+    def use_processes(self) -> bool:
+        return self.replicas >= 2 if self.processes is None else self.processes

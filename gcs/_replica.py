@@ -1,0 +1,662 @@
+"""`Replica`: one member of one shard's chain (a Trio service).
+
+Chain replication, as this replica sees it
+==========================================
+
+The coordinator tells each replica its shard's `ChainConfig` (pushed on the
+replica's registration connection whenever it changes; every config carries a
+per-shard epoch, and an older epoch is ignored). From it a replica derives its roles:
+
+* head (first of ``chain``): executes client writes (`ShardState.execute`), which
+  numbers them; the reply waits in ``_pending`` until the tail's acknowledgement
+  for its sequence number comes back up the chain.
+* successor link: every replica with a successor (the next chain member, or the
+  *learner* behind the tail) runs `_forwarder`: it dials the successor, asks in a
+  ``sync`` request how far it got (its ``applied``), then streams every later update
+  from the log in batches (``fw``). If the successor is further behind than the log
+  reaches -- a fresh replacement -- it first sends a snapshot (``snap``): *that is
+  state transfer*, and it is the same code path as chain repair. A successor accepts
+  ``fw``/``snap`` only on the connection whose ``sync`` it accepted, and accepts that
+  only from the predecessor its own config names (waiting briefly for a newer
+  config if the dialer's epoch is ahead).
+* tail (last of ``chain``): commits what it applies at once and sends a cumulative
+  ``ack`` upstream; middle replicas commit on the ack and relay it; the head releases
+  replies. Reads are served only by the tail, so a read never sees an uncommitted
+  write, and since every replica upstream of the tail holds a superset of its state,
+  a repaired chain's new tail never goes backwards.
+
+Repair needs no special code: when a replica dies, the coordinator sends new configs;
+the predecessor's forwarder sees a new successor and resyncs ("you have N, here is
+N+1..."); a new tail commits everything it applied; a new head simply starts
+executing (its dedup record tells retried writes apart: they are answered, not
+re-applied).
+
+Adding a replacement: the coordinator names it the *learner*; the tail forwards to
+it (snapshot, then updates) while still acknowledging by itself. When the forwarder
+sees the learner caught up it asks the coordinator to promote it; in the next config
+the old tail becomes a middle replica and, before anything else, sends a ``mark``
+down its stream: the new tail serves reads only after it applied up to that mark,
+i.e. everything the old tail had ever acknowledged (linearizable reads across the
+switch).
+
+Pub/sub: updates are published when *committed* (not when applied), by whichever
+replica the subscriber is attached to (clients attach to the tail). Every update
+has the shard's sequence number, so after a failover a subscriber resubscribes at
+another replica "from seq N+1" and gets the rest from the log: no gap, no duplicate.
+Events for one connection go through one bounded outbox in commit order; a
+subscriber too slow for the outbox is dropped with a ``sublost`` notice and
+resubscribes from its last sequence number.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import deque
+from typing import Any
+
+import attrs
+import trio
+
+import transport
+
+from ._config import GcsConfig
+from ._durable import ShardLog, recover_shard
+from ._errors import GcsError, SubscriptionLost
+from ._protocol import ChainConfig, check_key, check_table, validate_read
+from ._state import ShardState, Update
+
+__all__ = ["Replica", "ReplicaRemoved"]
+
+_FORWARD_BATCH = 2000
+_OUTBOX_LIMIT = 100_000
+_RPC_TIMEOUT = 5.0
+
+
+class ReplicaRemoved(Exception):
+    """The coordinator removed this replica from its chain (or is gone): it must exit."""
+
+
+@attrs.define
+class _Subscription:
+    sub_id: Any
+    table: str
+    key: Any
+    prefix: Any
+    outbox: _Outbox
+
+    def matches(self, key: Any) -> bool:
+        if self.key is not None:
+            return bool(key == self.key)
+        return type(key) is type(self.prefix) and key.startswith(self.prefix)
+
+
+@attrs.define(eq=False)
+class _Outbox:
+    """Ordered, bounded event queue of one subscriber connection."""
+
+    conn: Any
+    events: deque[tuple[Any, Any]] = attrs.Factory(deque)
+    wakeup: trio.Event = attrs.Factory(trio.Event)
+    subs: dict[Any, _Subscription] = attrs.Factory(dict)
+    closed: bool = False
+
+
+class Replica:
+    """One replica of shard ``shard``; registers with the coordinator at ``coordinator``."""
+
+    def __init__(
+        self,
+        config: GcsConfig,
+        *,
+        shard: int,
+        token: bytes,
+        coordinator: str,
+        name: str | None = None,
+    ) -> None:
+        self.config = config
+        self.shard = shard
+        self.token = token
+        self.coordinator_address = coordinator
+        self.name = name or f"s{shard}-{uuid.uuid4().hex[:10]}"
+        self.state = ShardState(
+            replay_buffer=config.replay_buffer,
+            dedup_entries=config.dedup_entries,
+            lineage_cap=config.lineage_cap,
+            max_value_bytes=config.max_value_bytes,
+        )
+        self.chain = ChainConfig(shard=shard, epoch=0, chain=(), addresses={})
+        self.address: str | None = None
+        self.log: ShardLog | None = None
+        self._changed = trio.Event()
+        self._pending: deque[tuple[int, Any, list[Any]]] = deque()
+        self._upstream: Any = None
+        self._readable = False
+        self._handoff_mark: int | None = None
+        self._mark_floor: int | None = None
+        self._outboxes: dict[int, _Outbox] = {}
+        self._subs_by_table: dict[str, list[_Subscription]] = {}
+        self._coordinator: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._removed = trio.Event()
+        self._stats = {"writes": 0, "reads": 0, "bad_requests": 0, "snapshots_sent": 0,
+                       "snapshots_received": 0, "published": 0}
+
+    # ------------------------------------------------------------------ service
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"kind": "gcs_replica", "pid": os.getpid(), "address": self.address,
+                "role": self.role()}
+
+    def role(self) -> str:
+        chain = self.chain.chain
+        if self.name == self.chain.learner:
+            return "learner"
+        if self.name not in chain:
+            return "joining"
+        roles = []
+        if chain[0] == self.name:
+            roles.append("head")
+        if chain[-1] == self.name:
+            roles.append("tail")
+        return "+".join(roles) or "middle"
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        listen = f"tcp:{self.config.host}:0"
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                server = transport.Server(listen, self.token, self._on_peer,
+                                          name=f"gcs/{self.name}")
+                self.address = await nursery.start(server.run)
+                self._coordinator = await transport.connect(
+                    self.coordinator_address, self.token, name=f"gcs/{self.name}",
+                    handler=self._on_coordinator,
+                )
+                role = await self._coordinator.request(
+                    ("register", self.shard, self.name, self.address, os.getpid()),
+                    timeout=60.0,
+                )
+                if role == "seed":
+                    self._seed()
+                    self._readable = True
+                    await self._coordinator.request(("seeded", self.shard, self.name),
+                                                    timeout=_RPC_TIMEOUT)
+                nursery.start_soon(self._forwarder)
+                nursery.start_soon(self._acker)
+                nursery.start_soon(self._watch_coordinator)
+                task_status.started(self.address)
+                await self._removed.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.log is not None:
+                self.log.close()
+            if self._coordinator is not None:
+                with trio.CancelScope(shield=True):
+                    await _aclose(self._coordinator)
+        raise ReplicaRemoved(
+            f"GCS replica {self.name} of shard {self.shard} was removed from its chain "
+            "or lost its coordinator"
+        )
+
+    async def _watch_coordinator(self) -> None:
+        """A never-answered request: fails at once when the coordinator link dies."""
+        try:
+            await self._coordinator.request(("watch",), timeout=None)
+        except transport.TransportError:
+            pass
+        self._removed.set()
+
+    def _seed(self) -> None:
+        durable = self.config.durable_dir
+        if durable is None:
+            return
+        recover_shard(durable, self.shard, self.state)
+        self._open_log(remove_others=True)
+
+    def _open_log(self, remove_others: bool = False) -> None:
+        durable = self.config.durable_dir
+        if durable is None:
+            return
+        if self.log is None:
+            self.log = ShardLog(durable, self.shard, self.name, fsync=self.config.fsync,
+                                compact_every=self.config.compact_every)
+        self.log.start(self.state, remove_others=remove_others)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_change(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self._changed.wait()
+
+    # ------------------------------------------------------------- coordinator
+
+    async def _on_coordinator(self, conn: Any, message: Any, reply: Any) -> None:
+        tag = message[0]
+        if tag == "config":
+            self._set_config(message[1])
+        elif tag == "ping":
+            await _answer(reply, ("pong", self.state.applied))
+        elif tag == "removed":
+            self._removed.set()
+        elif tag == "watch":
+            pass  # never answered: the coordinator sees our death when it fails
+
+    def _is_tail(self, cfg: ChainConfig) -> bool:
+        return bool(cfg.chain) and cfg.chain[-1] == self.name
+
+    def _set_config(self, cfg: ChainConfig) -> None:
+        old = self.chain
+        if cfg.epoch <= old.epoch:
+            return
+        self.chain = cfg
+        if self.name not in cfg.chain and self.name != cfg.learner:
+            if old.epoch:  # we were in the chain and got dropped: die, get replaced
+                self._removed.set()
+            return
+        was_tail, now_tail = self._is_tail(old), self._is_tail(cfg)
+        if now_tail and not was_tail:
+            if old.learner != self.name:
+                self._readable = True
+            self._commit(self.state.applied)
+        elif was_tail and not now_tail:
+            self._handoff_mark = self.state.applied
+        self._notify()
+
+    # --------------------------------------------------------------- requests
+
+    async def _on_peer(self, conn: Any, message: Any, reply: Any) -> None:
+        try:
+            tag = message[0]
+        except (TypeError, IndexError, KeyError):
+            tag = None
+        if tag == "w":
+            await self._on_write(message, reply)
+        elif tag == "r":
+            await self._on_read(message, reply)
+        elif tag == "fw":
+            if conn is self._upstream:
+                self._apply_batch(message[1])
+                if self._upstream is None:  # a gap: make the predecessor resync
+                    await _aclose(conn)
+        elif tag == "ack":
+            pass  # acks arrive on connections we dialed (see _on_downstream)
+        elif tag == "sync":
+            await self._on_sync(conn, message, reply)
+        elif tag == "snap":
+            if conn is self._upstream:
+                self._install_snapshot(message[1])
+        elif tag == "mark":
+            if conn is self._upstream:
+                self._mark_floor = message[1]
+                self._check_mark()
+        elif tag == "sub":
+            await self._on_subscribe(conn, message, reply)
+        elif tag == "unsub":
+            box = self._outboxes.get(id(conn))
+            if box is not None:
+                self._drop_sub(box, message[1])
+            await _answer(reply, ("ok",))
+        elif tag == "stats":
+            await _answer(reply, self.statistics())
+        elif tag == "watch":
+            pass  # never answered: a client sees our death when it fails
+        else:
+            self._stats["bad_requests"] += 1
+            from ._errors import BadRequest
+
+            await _answer(reply, ("err", BadRequest(
+                f"GCS replica got an unknown request {message!r:.200}")))
+
+    async def _on_write(self, message: Any, reply: Any) -> None:
+        if not self.chain.chain or self.chain.chain[0] != self.name:
+            await _answer(reply, ("redirect", self.chain.epoch))
+            return
+        try:
+            _, client_id, batch = message
+            if not isinstance(batch, list):
+                raise TypeError
+            batch = [(int(cseq), op) for cseq, op in batch]
+        except (TypeError, ValueError):
+            from ._errors import BadRequest
+
+            self._stats["bad_requests"] += 1
+            await _answer(reply, ("err", BadRequest(
+                f"a write request must be ('w', client_id, [(seq, op), ...]), got {message!r:.200}"
+            )))
+            return
+        results, wait, new = self.state.execute(client_id, batch)
+        self._stats["writes"] += len(batch)
+        self._after_apply(new)
+        if self._is_tail(self.chain):
+            self._commit(self.state.applied)
+        if wait <= self.state.acked:
+            await _answer(reply, ("ok", results, wait))
+        else:
+            self._pending.append((wait, reply, results))
+
+    async def _on_read(self, message: Any, reply: Any) -> None:
+        try:
+            _, min_seq, ops = message
+            min_seq = int(min_seq)
+            if not isinstance(ops, list):
+                raise TypeError
+        except (TypeError, ValueError):
+            from ._errors import BadRequest
+
+            await _answer(reply, ("err", BadRequest(
+                f"a read request must be ('r', min_seq, [op, ...]), got {message!r:.200}")))
+            return
+        if not self._is_tail(self.chain):
+            await _answer(reply, ("redirect", self.chain.epoch))
+            return
+        if self._readable and self.state.applied >= min_seq:
+            await _answer(reply, self._read(ops))
+            return
+        assert self._nursery is not None
+        self._nursery.start_soon(self._read_later, min_seq, ops, reply)
+
+    async def _read_later(self, min_seq: int, ops: list[Any], reply: Any) -> None:
+        with trio.move_on_after(_RPC_TIMEOUT):
+            while not (self._readable and self.state.applied >= min_seq):
+                await self._changed.wait()
+            if self._is_tail(self.chain):
+                await _answer(reply, self._read(ops))
+                return
+        await _answer(reply, ("redirect", self.chain.epoch))
+
+    def _read(self, ops: list[Any]) -> tuple[Any, ...]:
+        results: list[Any] = []
+        for op in ops:
+            try:
+                results.append(self.state.read(validate_read(op)))
+            except GcsError as exc:
+                self._stats["bad_requests"] += 1
+                results.append(exc)
+        self._stats["reads"] += len(ops)
+        return ("ok", self.state.applied, results)
+
+    # --------------------------------------------------------- applying, committing
+
+    def _after_apply(self, new: list[Update]) -> None:
+        if new:
+            if self.log is not None:
+                self.log.append(new, self.state)
+            self._notify()
+
+    def _apply_batch(self, updates: list[Update]) -> None:
+        applied = []
+        try:
+            for update in updates:
+                if self.state.apply(update):
+                    applied.append(update)
+        except ValueError:
+            # A gap: drop the link so the predecessor resyncs from our `applied`.
+            self._upstream = None
+        self._after_apply(applied)
+        if self._is_tail(self.chain):
+            self._commit(self.state.applied)
+        self._check_mark()
+
+    def _check_mark(self) -> None:
+        """Readable once we applied everything the old tail had acknowledged."""
+        floor = self._mark_floor
+        if floor is not None and self.state.applied >= floor:
+            self._mark_floor = None
+            self._readable = True
+            self._notify()
+
+    def _install_snapshot(self, snap: tuple[Any, ...]) -> None:
+        self.state.restore(snap)
+        self._stats["snapshots_received"] += 1
+        self._open_log()
+        if self._is_tail(self.chain):
+            self._commit(self.state.applied)
+        self._notify()
+
+    def _commit(self, seq: int) -> None:
+        done = self.state.commit(seq)
+        if not done:
+            return
+        self._publish(done)
+        acked = self.state.acked
+        pending = self._pending
+        while pending and pending[0][0] <= acked:
+            wait, reply, results = pending.popleft()
+            _answer_nowait(reply, ("ok", results, wait))
+        self._notify()
+
+    async def _acker(self) -> None:
+        """Send the cumulative ack upstream whenever it grows (coalescing bursts)."""
+        sent_to: Any = None
+        sent = 0
+        while True:
+            upstream = self._upstream
+            if upstream is not sent_to:
+                sent_to, sent = upstream, 0
+            if upstream is not None and self.state.acked > sent and self.role() != "learner":
+                sent = self.state.acked
+                try:
+                    await upstream.send(("ack", sent))
+                except transport.TransportError:
+                    if self._upstream is upstream:
+                        self._upstream = None
+                continue
+            await self._wait_change(1.0)
+
+    # ----------------------------------------------------------- forwarding
+
+    async def _on_sync(self, conn: Any, message: Any, reply: Any) -> None:
+        _, sender, epoch = message
+        with trio.move_on_after(2.0):
+            while self.chain.epoch < epoch:
+                await self._changed.wait()
+        if self.chain.predecessor(self.name) != sender:
+            await _answer(reply, ("no", self.chain.epoch))
+            return
+        self._upstream = conn
+        self._notify()
+        await _answer(reply, ("ok", self.state.applied))
+
+    async def _on_downstream(self, conn: Any, message: Any, reply: Any) -> None:
+        if message[0] == "ack" and conn is self._downstream:
+            self._commit(message[1])
+
+    _downstream: Any = None
+
+    async def _forwarder(self) -> None:
+        while True:
+            cfg = self.chain
+            succ = cfg.successor(self.name)
+            if succ is None:
+                await self._wait_change(1.0)
+                continue
+            try:
+                await self._forward_to(cfg, succ)
+            except (transport.TransportError, OSError):
+                pass
+            if self.chain is cfg:
+                await self._wait_change(0.05)  # link broke, same config: retry shortly
+
+    async def _forward_to(self, cfg: ChainConfig, succ: str) -> None:
+        conn = await transport.connect(cfg.addresses[succ], self.token,
+                                       name=f"gcs/{self.name}", handler=self._on_downstream)
+        try:
+            self._downstream = conn
+            answer = await conn.request(("sync", self.name, cfg.epoch), timeout=_RPC_TIMEOUT)
+            if answer[0] != "ok":
+                with trio.move_on_after(0.5):
+                    while self.chain is cfg:
+                        await self._changed.wait()
+                return
+            next_seq = answer[1] + 1
+            learner = succ == cfg.learner
+            if not learner:
+                # A (new) member successor may become or be the tail: it serves reads
+                # once it applied all we have now, a superset of everything acked.
+                self._handoff_mark = None
+                await conn.send(("mark", self.state.applied))
+            promoted_asked = False
+            while self.chain.successor(self.name) == succ and self._downstream is conn:
+                if self.chain is not cfg and self.chain.learner != succ:
+                    learner = False
+                if self._handoff_mark is not None and not learner:
+                    mark, self._handoff_mark = self._handoff_mark, None
+                    await conn.send(("mark", mark))
+                    continue
+                updates = self.state.updates_after(next_seq - 1, _FORWARD_BATCH)
+                if updates is None:
+                    snap = self.state.snapshot()
+                    self._stats["snapshots_sent"] += 1
+                    await conn.send(("snap", snap))
+                    next_seq = snap[0] + 1
+                    continue
+                if updates:
+                    await conn.send(("fw", updates))
+                    next_seq = updates[-1][0] + 1
+                    continue
+                if learner and not promoted_asked:
+                    promoted_asked = True
+                    await self._coordinator.send(("promote", self.shard, succ, cfg.epoch))
+                await self._wait_change(1.0)
+        finally:
+            if self._downstream is conn:
+                self._downstream = None
+            await _aclose(conn)
+
+    # ------------------------------------------------------------------ pub/sub
+
+    async def _on_subscribe(self, conn: Any, message: Any, reply: Any) -> None:
+        try:
+            _, sub_id, table, key, prefix, from_seq = message
+            check_table(table)
+            if key is not None:
+                check_key(key)
+            else:
+                check_key(prefix)
+        except (ValueError, TypeError, GcsError) as exc:
+            err = exc if isinstance(exc, GcsError) else None
+            from ._errors import BadRequest
+
+            await _answer(reply, ("err", err or BadRequest(
+                f"a subscribe request must be ('sub', id, table, key, prefix, from_seq), "
+                f"got {message!r:.200}")))
+            return
+        if not self._is_tail(self.chain) or not self._readable:
+            await _answer(reply, ("redirect", self.chain.epoch))
+            return
+        acked = self.state.acked
+        start = acked if from_seq is None else from_seq - 1
+        replay = self.state.updates_after(start)
+        if replay is None or start > self.state.applied:
+            oldest = self.state.oldest_replayable()
+            await _answer(reply, ("err", SubscriptionLost(
+                f"shard {self.shard} can replay from seq {oldest} only; the subscriber "
+                f"last saw {start}", shard=self.shard, last_seq=start, oldest=oldest)))
+            return
+        box = self._outboxes.get(id(conn))
+        if box is None:
+            box = self._outboxes[id(conn)] = _Outbox(conn)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._pump, box)
+        sub = _Subscription(sub_id, table, key, prefix, box)
+        box.subs[sub_id] = sub
+        self._subs_by_table.setdefault(table, []).append(sub)
+        for update in replay:
+            if update[0] > acked:
+                break
+            if update[1] in "PD" and update[2] == table and sub.matches(update[3]):
+                box.events.append((sub_id, _event(update)))
+        box.wakeup.set()
+        await _answer(reply, ("ok", acked))
+
+    def _publish(self, updates: list[Update]) -> None:
+        subs_by_table = self._subs_by_table
+        if not subs_by_table:
+            return
+        for update in updates:
+            if update[1] not in "PD":
+                continue
+            subs = subs_by_table.get(update[2])
+            if not subs:
+                continue
+            event = None
+            for sub in subs:
+                if sub.matches(update[3]):
+                    event = event or _event(update)
+                    box = sub.outbox
+                    box.events.append((sub.sub_id, event))
+                    box.wakeup.set()
+                    self._stats["published"] += 1
+
+    def _drop_sub(self, box: _Outbox, sub_id: Any) -> None:
+        sub = box.subs.pop(sub_id, None)
+        if sub is not None:
+            subs = self._subs_by_table.get(sub.table, [])
+            if sub in subs:
+                subs.remove(sub)
+
+    async def _pump(self, box: _Outbox) -> None:
+        """Deliver one connection's events in order; drop all its subs if it lags or dies."""
+        try:
+            while not box.closed:
+                if not box.events:
+                    box.wakeup = trio.Event()
+                    await box.wakeup.wait()
+                    continue
+                if len(box.events) > _OUTBOX_LIMIT:
+                    lost = list(box.subs)
+                    for sub_id in lost:
+                        self._drop_sub(box, sub_id)
+                    box.events.clear()
+                    await box.conn.send(("sublost", lost))
+                    continue
+                batch = [box.events.popleft() for _ in range(min(len(box.events), 1000))]
+                await box.conn.send(("ev", self.shard, batch))
+        except transport.TransportError:
+            pass
+        finally:
+            for sub_id in list(box.subs):
+                self._drop_sub(box, sub_id)
+            self._outboxes.pop(id(box.conn), None)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shard": self.shard,
+            "role": self.role(),
+            "epoch": self.chain.epoch,
+            "pending_replies": len(self._pending),
+            "subscriber_connections": len(self._outboxes),
+            **self._stats,
+            **self.state.statistics(),
+            **({"log": self.log.statistics()} if self.log else {}),
+        }
+
+
+def _event(update: Update) -> tuple[Any, ...]:
+    seq, kind, table, key, value, _ = update
+    return (seq, table, key, value if kind == "P" else None, kind == "D")
+
+
+async def _answer(reply: Any, value: Any) -> None:
+    if reply is None:
+        return
+    _answer_nowait(reply, value)
+
+
+def _answer_nowait(reply: Any, value: Any) -> None:
+    try:
+        reply.send(value)
+    except transport.TransportError:
+        pass  # the asker is gone; it will retry elsewhere
+
+
+async def _aclose(conn: Any) -> None:
+    with trio.move_on_after(1.0):
+        try:
+            await conn.aclose()
+        except transport.TransportError:
+            pass

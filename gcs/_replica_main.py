@@ -1,0 +1,54 @@
+"""Entry point of a replica process: ``python -m gcs._replica_main``.
+
+Reads one JSON line of parameters from stdin (the token travels there, never on
+the command line), prints ``READY <address>`` once serving, and exits when its
+parent closes stdin (so a dead node never leaves orphan replicas) or when the
+replica is removed from its chain.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import trio
+
+from ._config import GcsConfig
+from ._replica import Replica, ReplicaRemoved
+
+
+async def _main(params: dict) -> None:
+    replica = Replica(
+        GcsConfig(**params["config"]),
+        shard=params["shard"],
+        token=bytes.fromhex(params["token"]),
+        coordinator=params["coordinator"],
+        name=params["name"],
+    )
+    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(replica.run)
+        sys.stdout.write(f"READY {address}\n")
+        sys.stdout.flush()
+
+        async def watch_parent() -> None:
+            while await stdin.receive_some():
+                pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch_parent)
+
+
+def main() -> None:
+    params = json.loads(sys.stdin.buffer.readline())
+    try:
+        trio.run(_main, params)
+    except ReplicaRemoved:
+        sys.exit(3)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""One shard's replicated state machine (pure, synchronous, no I/O).
+
+Every replica of a shard holds a `ShardState`. Only the head *executes* client
+operations (`execute`): it checks conditions (expected versions, set membership),
+turns each operation into zero or more *updates* -- physical effects such as "key k
+of table t now holds value v" -- numbers them with the shard's next sequence numbers
+and applies them. Every other replica only *applies* updates (`apply`), in sequence
+order, so all replicas pass through the same states and a sequence number names the
+same state everywhere. That is what makes chain repair, resubscription and state
+transfer simple: "send me everything after seq N" has one answer.
+
+An update is the tuple ``(seq, kind, table, key, value, dedup)`` with kind
+
+  ``"P"`` put ``value``;  ``"D"`` delete;  ``"E"`` evict (flush a collectable entry
+  from memory: not a user-visible delete, not published);  ``"M"`` mark the key
+  collectable;  ``"N"`` no state change (still carries the dedup record).
+
+``dedup`` is ``(client_id, client_seq, result)`` on the last update of each
+successful client operation. Replicating it means a *new* head, after the old one
+died, still knows which retried writes it already applied and what they returned.
+
+Sequence numbers: ``applied`` is the last update applied here; ``acked`` the last
+one the tail acknowledged (committed). The log (`log`) keeps every update after
+``acked`` -- a predecessor must be able to resend them to a new successor -- plus the
+last ``replay_buffer`` committed ones, from which subscribers resume after a
+failover. A key's *version* is the sequence number of the update that last wrote it
+(0 means absent), which gives compare-and-set (``expect``) for free.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Any
+
+from ._errors import BadRequest, GcsError, VersionMismatch
+from ._protocol import TABLES, Key, validate_write
+
+__all__ = ["ShardState", "Update"]
+
+Update = tuple[int, str, str, Key, Any, Any]
+
+
+class ShardState:
+    """Tables, sequence numbers, the recent-update log and the dedup record of one shard."""
+
+    def __init__(
+        self,
+        *,
+        replay_buffer: int = 20_000,
+        dedup_entries: int = 200_000,
+        lineage_cap: int = 10_000,
+        max_value_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
+        self.replay_buffer = replay_buffer
+        self.dedup_entries = dedup_entries
+        self.lineage_cap = lineage_cap
+        self.max_value_bytes = max_value_bytes
+        self.tables: dict[str, dict[Key, tuple[Any, int]]] = {t: {} for t in TABLES}
+        self.collectable: dict[str, dict[Key, None]] = {t: {} for t in TABLES}
+        self.dedup: dict[tuple[Any, int], tuple[int, Any]] = {}
+        self.log: deque[Update] = deque()
+        self.applied = 0
+        self.acked = 0
+        self.evicted = 0
+
+    # ------------------------------------------------------------------ head side
+
+    def execute(
+        self, client_id: Any, batch: list[tuple[int, tuple[Any, ...]]]
+    ) -> tuple[list[Any], int, list[Update]]:
+        """Run a batch of client writes ``[(client_seq, op), ...]`` at the head.
+
+        Returns ``(results, wait_seq, updates)``: per-op results (a value or a
+        `GcsError` instance), the sequence number that must be committed before the
+        results may be released, and the new updates (already applied here).
+        """
+        results: list[Any] = []
+        new: list[Update] = []
+        wait = self.acked
+        for client_seq, op in batch:
+            known = self.dedup.get((client_id, client_seq))
+            if known is not None:
+                seq, result = known
+                results.append(result)
+                wait = max(wait, seq)
+                continue
+            try:
+                validate_write(op, self.max_value_bytes)
+                result, effects = self._plan(op)
+            except GcsError as exc:
+                results.append(exc)
+                wait = max(wait, self.applied)
+                continue
+            for i, (kind, table, key, value) in enumerate(effects):
+                last = i == len(effects) - 1
+                update = (
+                    self.applied + 1,
+                    kind,
+                    table,
+                    key,
+                    value,
+                    (client_id, client_seq, result) if last else None,
+                )
+                self.apply(update)
+                new.append(update)
+            results.append(result)
+            wait = max(wait, self.applied)
+        return results, wait, new
+
+    def _plan(self, op: tuple[Any, ...]) -> tuple[Any, list[tuple[str, str, Key, Any]]]:
+        kind, table, key, arg, expect = op
+        current = self.tables[table].get(key)
+        version = current[1] if current is not None else 0
+        if expect is not None and expect != version:
+            raise VersionMismatch(
+                f"{table}[{key!r:.80}] is at version {version}, expected {expect}",
+                table=table,
+                key=key,
+                expected=expect,
+                actual=version,
+            )
+        if kind == "put":
+            return self.applied + 1, [("P", table, key, arg)]
+        if kind == "del":
+            if current is None:
+                return False, [("N", table, key, None)]
+            return True, [("D", table, key, None)]
+        if kind in ("sadd", "srem"):
+            members = current[0] if current is not None else frozenset()
+            if not isinstance(members, frozenset):
+                raise BadRequest(
+                    f"{table}[{key!r:.80}] holds a plain value, not a set; "
+                    f"cannot {'add to' if kind == 'sadd' else 'remove from'} it",
+                    table=table,
+                    key=key,
+                )
+            if (arg in members) == (kind == "sadd"):
+                return False, [("N", table, key, None)]
+            if kind == "sadd":
+                return True, [("P", table, key, members | {arg})]
+            rest = members - {arg}
+            return True, [("P", table, key, rest) if rest else ("D", table, key, None)]
+        # kind == "mark": the runtime no longer needs this entry (e.g. lineage of a
+        # task whose outputs are all released); keep the newest `lineage_cap` marked
+        # entries per table and flush the rest.
+        if current is None:
+            return False, [("N", table, key, None)]
+        effects: list[tuple[str, str, Key, Any]] = [("M", table, key, None)]
+        marked = self.collectable[table]
+        excess = len(marked) + (key not in marked) - self.lineage_cap
+        if excess > 0:
+            for old in itertools.islice(marked, excess):
+                effects.append(("E", table, old, None))
+            if len(effects) <= excess:  # the new key itself is over the cap
+                effects.append(("E", table, key, None))
+        return True, effects
+
+    # ------------------------------------------------------------- every replica
+
+    def apply(self, update: Update) -> bool:
+        """Apply ``update`` if it is the next one; False if already applied.
+
+        Raises `ValueError` on a gap (a missing update): the caller must resync.
+        """
+        seq, kind, table, key, value, dedup = update
+        if seq <= self.applied:
+            return False
+        if seq != self.applied + 1:
+            raise ValueError(f"update {seq} does not follow {self.applied}: gap in the chain")
+        if kind == "P":
+            self.tables[table][key] = (value, seq)
+        elif kind in ("D", "E"):
+            self.tables[table].pop(key, None)
+            self.collectable[table].pop(key, None)
+            if kind == "E":
+                self.evicted += 1
+        elif kind == "M":
+            self.collectable[table][key] = None
+        if dedup is not None:
+            client_id, client_seq, result = dedup
+            self.dedup[(client_id, client_seq)] = (seq, result)
+            if len(self.dedup) > self.dedup_entries:
+                del self.dedup[next(iter(self.dedup))]
+        self.applied = seq
+        self.log.append(update)
+        self._trim()
+        return True
+
+    def commit(self, seq: int) -> list[Update]:
+        """Record that the tail acknowledged up to ``seq``; return the newly committed updates."""
+        seq = min(seq, self.applied)
+        if seq <= self.acked:
+            return []
+        old, self.acked = self.acked, seq
+        first = self.log[0][0] if self.log else self.applied + 1
+        start = max(old + 1, first) - first
+        done = list(itertools.islice(self.log, start, seq - first + 1))
+        self._trim()
+        return done
+
+    def _trim(self) -> None:
+        log = self.log
+        while log and log[0][0] <= self.acked and self.acked - log[0][0] >= self.replay_buffer:
+            log.popleft()
+
+    def updates_after(self, seq: int, limit: int | None = None) -> list[Update] | None:
+        """Updates with sequence number > ``seq`` (at most ``limit``), or None if trimmed."""
+        if seq >= self.applied:
+            return []
+        if not self.log or self.log[0][0] > seq + 1:
+            return None
+        start = seq + 1 - self.log[0][0]
+        stop = None if limit is None else start + limit
+        return list(itertools.islice(self.log, start, stop))
+
+    def oldest_replayable(self) -> int:
+        return self.log[0][0] if self.log else self.applied + 1
+
+    # ------------------------------------------------------------------- reading
+
+    def read(self, op: tuple[Any, ...]) -> Any:
+        """``("get", t, k)`` -> ``(value, version)`` or None; ``("scan", t, prefix, limit)``
+        -> sorted ``[(key, value, version), ...]``."""
+        if op[0] == "get":
+            return self.tables[op[1]].get(op[2])
+        _, table, prefix, limit = op
+        kind = type(prefix)
+        rows = sorted(
+            (k, v[0], v[1])
+            for k, v in self.tables[table].items()
+            if type(k) is kind and k.startswith(prefix)  # type: ignore[arg-type]
+        )
+        return rows if limit is None else rows[:limit]
+
+    # ------------------------------------------------------------ state transfer
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """A consistent copy at ``applied`` (shallow: stored values are immutable)."""
+        return (
+            self.applied,
+            self.acked,
+            {t: dict(d) for t, d in self.tables.items() if d},
+            {t: dict(d) for t, d in self.collectable.items() if d},
+            dict(self.dedup),
+        )
+
+    def restore(self, snap: tuple[Any, ...]) -> None:
+        """Replace everything by ``snap`` (from `snapshot`, possibly of another replica)."""
+        applied, acked, tables, collectable, dedup = snap
+        self.tables = {t: dict(tables.get(t, {})) for t in TABLES}
+        self.collectable = {t: dict(collectable.get(t, {})) for t in TABLES}
+        self.dedup = dict(dedup)
+        self.applied = applied
+        self.acked = min(acked, applied)
+        self.log.clear()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "applied": self.applied,
+            "acked": self.acked,
+            "keys": sum(len(d) for d in self.tables.values()),
+            "log_length": len(self.log),
+            "dedup_entries": len(self.dedup),
+            "collectable": sum(len(d) for d in self.collectable.values()),
+            "evicted": self.evicted,
+        }
