@@ -48,7 +48,7 @@ Client = Hashable
 @attrs.define(eq=False)
 class Entry:
     object_id: bytes
-    state: str  # "unsealed" | "sealed" | "spilled" | "inline"
+    state: str  # "unsealed" | "sealed" | "spilled" | "freed"
     size: int  # payload bytes (metadata + data + buffers)
     meta_len: int = 0
     data_len: int = 0
@@ -56,7 +56,6 @@ class Entry:
     block_offset: int = -1
     block_size: int = 0
     payload_offset: int = 0
-    inline: SerializedValue | None = None
     spill_path: str | None = None
     creator: Client | None = None
     pins: collections.Counter = attrs.field(factory=collections.Counter)
@@ -79,8 +78,10 @@ class StoreCore:
         prefix: str,
         spill_dir: str | None,
         recovered: Sequence[BlockInfo] = (),
+        inline_threshold: int = 100 * 1024,
     ):
         self.arena = arena
+        self.inline_threshold = inline_threshold
         self.prefix = prefix
         self.spill_dir = spill_dir
         self.entries: dict[bytes, Entry] = {}
@@ -89,7 +90,6 @@ class StoreCore:
         self.views: dict[int, tuple[Entry, Client]] = {}
         self.waiters: dict[bytes, trio.Event] = {}
         self.quarantined: list[int] = []  # unsealed blocks found at start
-        self.inline_bytes = 0
         self.spilled_bytes = 0
         self.counters: collections.Counter[str] = collections.Counter()
         self._next_view = 1
@@ -141,13 +141,12 @@ class StoreCore:
             "capacity": self.capacity,
             "used": self.arena.allocator.used_bytes,
             "largest_free": self.arena.allocator.largest_free,
-            "count": by_state["sealed"] + by_state["spilled"] + by_state["inline"],
+            "count": by_state["sealed"] + by_state["spilled"],
             "in_memory": by_state["sealed"],
             "unsealed": by_state["unsealed"],
             "spilled": by_state["spilled"],
             "spilled_bytes": self.spilled_bytes,
-            "inline": by_state["inline"],
-            "inline_bytes": self.inline_bytes,
+            "small": sum(1 for e in self.entries.values() if e.size < self.inline_threshold),
             "pinned": sum(1 for e in self.entries.values() if e.pins),
             "views": len(self.views),
             "refs": sum(1 for c in self.refs.values() if c),
@@ -169,6 +168,18 @@ class StoreCore:
         buffer_sizes: Sequence[int],
         take_ref: bool = True,
     ) -> int:
+        return await self._create(client, object_id, meta_len, data_len, buffer_sizes, take_ref, False)  # type: ignore[return-value]
+
+    async def _create(
+        self,
+        client: Client,
+        object_id: bytes,
+        meta_len: int,
+        data_len: int,
+        buffer_sizes: Sequence[int],
+        take_ref: bool,
+        nowait: bool,
+    ) -> int | None:
         """Allocate an unsealed block for ``object_id``; returns the payload offset.
 
         Spills least recently used objects when the block does not fit; raises
@@ -179,10 +190,17 @@ class StoreCore:
         buffer_sizes = tuple(int(s) for s in buffer_sizes)
         payload_len = payload_layout(meta_len, data_len, buffer_sizes)[1]
         need = header_size(len(object_id), len(buffer_sizes)) + payload_len
-        offset, size = await self._allocate(need, object_id)
-        if object_id in self.entries:  # lost a race while spilling
-            self.arena.free(offset)
-            raise ObjectExistsError(object_id)
+        got = self.arena.allocate(need) if not nowait else None
+        if got is None and nowait:
+            got = self.arena.allocate(need)
+            if got is None:
+                return None
+        if got is None:
+            got = await self._allocate(need, object_id)
+            if object_id in self.entries:  # lost a race while spilling
+                self.arena.free(got[0])
+                raise ObjectExistsError(object_id)
+        offset, size = got
         payload = self.arena.write_block(offset, size, object_id, meta_len, data_len, buffer_sizes)
         self.entries[object_id] = Entry(
             object_id, "unsealed", meta_len + data_len + sum(buffer_sizes), meta_len, data_len,
@@ -209,22 +227,62 @@ class StoreCore:
             del self.entries[object_id]
             self.arena.free(entry.block_offset)
 
-    def put_inline(
+    async def put_small(
         self, client: Client, object_id: bytes, value: SerializedValue, take_ref: bool = True
     ) -> None:
-        if object_id in self.entries:
-            raise ObjectExistsError(object_id)
-        # Own the bytes: the frame the buffers arrived in is not ours to keep.
-        value = SerializedValue(
-            data=bytes(value.data), buffers=[bytes(b) for b in value.buffers],
-            metadata=bytes(value.metadata),
+        """Store a small value that arrived inside a message.
+
+        It goes into the arena too (a small block, written here, sealed at once), so
+        that it survives a restart of the service like every other sealed object;
+        but it never makes a client map or copy shared memory: ``get`` answers small
+        objects with a copy inside the reply.
+        """
+        sizes = [memoryview(b).nbytes for b in value.buffers]
+        data = memoryview(value.data)
+        payload = await self.create(client, object_id, len(value.metadata), data.nbytes, sizes, take_ref)
+        self._fill_small(client, object_id, payload, value)
+
+    def put_small_nowait(
+        self, client: Client, object_id: bytes, value: SerializedValue, take_ref: bool = True
+    ) -> bool:
+        """`put_small` if it fits without spilling; ``False`` (nothing done) if not."""
+        sizes = [memoryview(b).nbytes for b in value.buffers]
+        data = memoryview(value.data)
+        coro = self._create(client, object_id, len(value.metadata), data.nbytes, sizes, take_ref, True)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            payload = done.value
+        else:  # pragma: no cover - the nowait path never suspends
+            coro.close()
+            raise RuntimeError("create(nowait=True) suspended")
+        if payload is None:
+            return False
+        self._fill_small(client, object_id, payload, value)
+        return True
+
+    def _fill_small(self, client: Client, object_id: bytes, payload: int, value: SerializedValue) -> None:
+        data = memoryview(value.data)
+        sizes = [memoryview(b).nbytes for b in value.buffers]
+        mapping = self.arena.mapping
+        mapping.write(payload, value.metadata)
+        mapping.write(payload + len(value.metadata), data)
+        offsets, _ = payload_layout(len(value.metadata), data.nbytes, sizes)
+        for offset, buffer in zip(offsets, value.buffers, strict=True):
+            mapping.write(payload + offset, buffer)
+        self.seal(client, object_id)
+
+    def copy_out(self, entry: Entry) -> SerializedValue:
+        """A copy of a sealed object's serialised value (for small objects)."""
+        view = self.arena.mapping.view
+        payload = entry.payload_offset
+        offsets, _ = payload_layout(entry.meta_len, entry.data_len, entry.buffer_sizes)
+        data_start = payload + entry.meta_len
+        return SerializedValue(
+            data=bytes(view[data_start : data_start + entry.data_len]),
+            buffers=[bytes(view[payload + o : payload + o + n]) for o, n in zip(offsets, entry.buffer_sizes, strict=True)],
+            metadata=bytes(view[payload : payload + entry.meta_len]),
         )
-        entry = Entry(object_id, "inline", value.total_size, inline=value)
-        self.entries[object_id] = entry
-        self.inline_bytes += entry.size
-        if take_ref:
-            self.add_ref(client, object_id)
-        self._sealed(object_id)
 
     def _sealed(self, object_id: bytes) -> None:
         event = self.waiters.pop(object_id, None)
@@ -252,13 +310,12 @@ class StoreCore:
                     await event.wait()
                     continue
                 raise GetTimeoutError(object_id, timeout if timeout is not None else math.inf)
-            if entry.state == "inline":
-                assert entry.inline is not None
-                return ("inline", entry.inline)
             if entry.state == "spilled" or entry.busy == "restoring":
                 await self._restore(entry)
                 continue
             self.lru.move_to_end(object_id)
+            if entry.size < self.inline_threshold:
+                return ("inline", self.copy_out(entry))
             view_id = self._next_view
             self._next_view += 1
             self.views[view_id] = (entry, client)
@@ -285,8 +342,6 @@ class StoreCore:
                 f"chunk [{offset}, {offset + size}) is outside object {format_id(object_id)} "
                 f"of {self.payload_len(entry)} bytes"
             )
-        if entry.state == "inline":
-            raise ValueError(f"object {format_id(object_id)} is inline: fetch it with get")
         if entry.state == "spilled":
             assert entry.spill_path is not None
             with open(entry.spill_path, "rb") as f:
@@ -417,8 +472,6 @@ class StoreCore:
             assert entry.spill_path is not None
             self.spilled_bytes -= entry.size
             _unlink(entry.spill_path)
-        elif entry.state == "inline":
-            self.inline_bytes -= entry.size
         entry.state = "freed"
 
     def _spillable(self, entry: Entry) -> bool:

@@ -84,16 +84,22 @@ class ObjectStoreService:
         self._core: StoreCore | None = None
         self._nursery: trio.Nursery | None = None
         self._server: transport.Server | None = None
+        self._crash_requested = trio.Event()
+        self._crash_reason = ""
 
     # -- child protocol --------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         self.state = "starting"
         self.runs += 1
+        self._crash_requested = trio.Event()
         shutdown = False
         try:
             arena, recovered = Arena.open(self.arena_path, self.capacity, prefault=self.prefault)
-            core = StoreCore(arena, prefix=self.prefix, spill_dir=self.spill_dir, recovered=recovered)
+            core = StoreCore(
+                arena, prefix=self.prefix, spill_dir=self.spill_dir, recovered=recovered,
+                inline_threshold=self.inline_threshold,
+            )
             self._core = core
             if recovered or core.entries:
                 logger.info(
@@ -112,7 +118,8 @@ class ObjectStoreService:
                     nursery.start_soon(self._end_recovery_later)
                 self.state = "running"
                 task_status.started(bound)
-                await trio.sleep_forever()
+                await self._crash_requested.wait()
+                raise RuntimeError(f"{self.name}: {self._crash_reason}")
         except BaseException as exc:
             shutdown = _is_cancellation(exc)
             raise
@@ -121,6 +128,12 @@ class ObjectStoreService:
             self.state = "stopped"
             if shutdown and self.cleanup_on_cancel:
                 self.remove_files()
+
+    def crash(self, reason: str = "injected crash") -> None:
+        """Fault injection: make `run` raise (a crash, so the session's files stay for
+        the restarted service to recover)."""
+        self._crash_reason = reason
+        self._crash_requested.set()
 
     def snapshot(self) -> dict[str, Any]:
         info: dict[str, Any] = {"kind": "object_store", "address": self.address, "pid": os.getpid()}
@@ -159,6 +172,16 @@ class ObjectStoreService:
     # -- requests ----------------------------------------------------------------------
 
     def _on_disconnect(self, conn: transport.Connection) -> None:
+        # A client went: drop what it held — but not when every connection goes
+        # because the service itself is stopping or crashing (its refs must survive
+        # into the restarted service). The drop runs in a task of our nursery after a
+        # checkpoint: if the nursery is being cancelled, that checkpoint raises and
+        # nothing is dropped.
+        if self._nursery is not None:
+            self._nursery.start_soon(self._drop_client, conn)
+
+    async def _drop_client(self, conn: transport.Connection) -> None:
+        await trio.lowlevel.checkpoint()
         if self._core is not None:
             self._core.drop_client(conn)
 
@@ -180,15 +203,17 @@ class ObjectStoreService:
         elif kind == "get":
             _, object_id, timeout = message
             entry = core.visible(object_id)
-            if entry is not None and entry.state in ("sealed", "inline") and not entry.busy:
+            if entry is not None and entry.state == "sealed" and not entry.busy:
                 reply.send(_encode_get(await core.get(conn, object_id, 0)))
             else:
                 self._later(reply, self._get, conn, object_id, timeout)
         elif kind == "put_inline":
             _, object_id, metadata, data, buffers, take_ref = message
             value = SerializedValue(data=data, buffers=buffers, metadata=metadata)
-            core.put_inline(conn, object_id, value, take_ref)
-            reply.send(None)
+            if core.put_small_nowait(conn, object_id, value, take_ref):
+                reply.send(None)
+            else:
+                self._later(reply, core.put_small, conn, object_id, value, take_ref)
         elif kind == "create":
             self._later(reply, core.create, conn, *message[1:])
         elif kind == "seal":
