@@ -1,0 +1,377 @@
+"""store: the service and its clients, with real processes, sockets and /dev/shm."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import trio
+
+import store
+
+TOKEN = b"store-test-token"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MB = 1 << 20
+
+
+def _no_leftovers(prefix: str) -> None:
+    assert [f for f in os.listdir("/dev/shm") if f.startswith(prefix)] == []
+
+
+@pytest.fixture
+def prefix(request):
+    name = f"actorcore-test-{os.getpid()}-{request.node.name[:40]}".replace("[", "_").replace("]", "_")
+    yield name
+    leftovers = store.cleanup_session(name)
+    assert leftovers == [], f"segments left in /dev/shm: {leftovers}"
+
+
+@contextlib.asynccontextmanager
+async def running_store(tmp_path, prefix, **kwargs):
+    kwargs.setdefault("capacity", 64 * MB)
+    service = store.ObjectStoreService(f"unix:{tmp_path}/store.sock", TOKEN, prefix=prefix, **kwargs)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(service.run)
+        client = await store.StoreClient.connect(address, TOKEN, name="test")
+        try:
+            yield service, client
+        finally:
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+    _no_leftovers(prefix)  # shutdown removes the session's segments
+
+
+async def _wait_for(predicate, what: str, limit: float = 10.0) -> None:
+    """Poll a condition another process or a one-way message changes (no event to
+    await across processes); fails after ``limit`` seconds naming ``what``."""
+    with trio.move_on_after(limit):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"timed out waiting for: {what}")
+
+
+def _child(script: str, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+    )
+
+
+async def _readline(proc: subprocess.Popen) -> str:
+    assert proc.stdout is not None
+    with trio.fail_after(30):
+        return await trio.to_thread.run_sync(proc.stdout.readline)
+
+
+async def test_put_get_numpy_arrow_and_small(tmp_path, prefix):
+    async with running_store(tmp_path, prefix) as (service, client):
+        array = np.arange(1_000_000, dtype=np.int64)
+        table = pa.table({"a": np.arange(200_000), "s": [str(i) for i in range(200_000)]})
+        await client.put(b"array", array)
+        await client.put(b"table", table)
+        await client.put(b"small", {"x": [1, 2, 3]})
+        got = await client.get(b"array")
+        np.testing.assert_array_equal(got, array)
+        assert not got.flags.writeable
+        lo = client._mapping.address
+        hi = lo + client._mapping.size
+        assert lo <= got.ctypes.data < hi  # a view of the arena, not a copy
+        got_table = await client.get(b"table")
+        assert got_table.equals(table)
+        for column in got_table.columns:
+            for chunk in column.chunks:
+                assert all(lo <= b.address < hi for b in chunk.buffers() if b is not None)
+        assert await client.get(b"small") == {"x": [1, 2, 3]}
+        assert await client.contains(b"array") and not await client.contains(b"nope")
+        stats = await client.store_statistics()
+        assert stats["count"] == 3 and stats["capacity"] >= 64 * MB and stats["small"] == 1
+        chunk = await client.read_chunk(b"array", 0, 100)
+        info = await client.object_info(b"array")
+        assert len(chunk) == 100 and info["payload_len"] >= array.nbytes
+        with pytest.raises(ValueError, match="outside object"):
+            await client.read_chunk(b"array", info["payload_len"] - 10, 100)
+        with pytest.raises(store.ObjectExistsError):
+            await client.put(b"array", array)
+
+
+async def test_zero_copy_across_processes(tmp_path, prefix):
+    """Two processes see the same bytes of the same mapping: a change made through
+    the parent's mapping is visible in the child's read-only array."""
+    async with running_store(tmp_path, prefix) as (service, client):
+        await client.put(b"shared", np.arange(1 << 20, dtype=np.int64))
+        mine = await client.get(b"shared")
+        my_offset = mine.ctypes.data - client._mapping.address
+        proc = _child(
+            """
+            import sys, trio, store
+            async def main():
+                c = await store.StoreClient.connect(sys.argv[1], b"store-test-token")
+                a = await c.get(b"shared")
+                address = a.ctypes.data
+                mapped = any(
+                    int(lo, 16) <= address < int(hi, 16)
+                    for line in open("/proc/self/maps") if c.arena_path in line
+                    for lo, hi in [line.split()[0].split("-")]
+                )
+                print(address - c._mapping.address, a.flags.writeable, mapped, int(a[0]), flush=True)
+                await trio.to_thread.run_sync(sys.stdin.readline)
+                print(int(a[0]), flush=True)
+                await c.aclose()
+            trio.run(main)
+            """,
+            service.address,
+        )
+        try:
+            offset, writeable, mapped, first = (await _readline(proc)).split()
+            assert int(offset) == my_offset
+            assert writeable == "False" and mapped == "True" and first == "0"
+            # Write through the parent's (writable) mapping of the same pages.
+            client._mapping.mmap[my_offset : my_offset + 8] = np.int64(4242).tobytes()
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert (await _readline(proc)).strip() == "4242"
+            assert mine[0] == 4242
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+async def test_ref_counting_frees_memory(tmp_path, prefix):
+    async with running_store(tmp_path, prefix) as (service, client):
+        baseline = service.statistics()["used"]
+        for i in range(5):
+            await client.put(b"obj%d" % i, np.ones(MB, dtype=np.uint8) * i)
+        await client.add_ref(b"obj0")  # a second ref (e.g. nested in another object)
+        views = [await client.get(b"obj%d" % i) for i in range(5)]
+        assert service.statistics()["used"] >= baseline + 5 * MB
+        for i in range(5):
+            await client.remove_ref(b"obj%d" % i)
+        # Live views keep the memory (and the objects) even without refs.
+        await client.contains(b"obj0")  # a round trip: the one-way remove_refs are in
+        assert service.statistics()["count"] == 5
+        del views
+        gc.collect()
+        await _wait_for(lambda: service.statistics()["views"] == 0, "views released")
+        assert service.statistics()["count"] == 1  # obj0 still has a ref
+        await client.remove_ref(b"obj0")
+        await _wait_for(lambda: service.statistics()["count"] == 0, "obj0 freed")
+        assert service.statistics()["used"] == baseline
+        # A second client's refs die with its connection.
+        other = await store.StoreClient.connect(service.address, TOKEN, name="other")
+        await other.put(b"theirs", np.zeros(MB, dtype=np.uint8))
+        assert service.statistics()["used"] > baseline
+        await other.aclose()
+        await _wait_for(lambda: service.statistics()["used"] == baseline, "dead client's refs dropped")
+
+
+async def test_spill_and_restore_under_small_capacity(tmp_path, prefix):
+    spill = tmp_path / "spill"
+    async with running_store(tmp_path, prefix, capacity=8 * MB, spill_dir=str(spill)) as (service, client):
+        arrays = [np.full(3 * MB // 8, i, dtype=np.int64) for i in range(6)]
+        for i, array in enumerate(arrays):
+            await client.put(b"s%d" % i, array)
+        stats = service.statistics()
+        assert stats["spills"] >= 4 and stats["spilled"] >= 4
+        assert stats["used"] <= 8 * MB
+        assert len(os.listdir(spill)) == stats["spilled"]
+        for i, array in enumerate(arrays):  # restored transparently
+            got = await client.get(b"s%d" % i)
+            np.testing.assert_array_equal(got, array)
+            del got
+            gc.collect()
+        assert service.statistics()["restores"] >= 4
+        for i in range(6):
+            await client.remove_ref(b"s%d" % i)
+        await _wait_for(lambda: service.statistics()["count"] == 0, "all freed")
+        assert os.listdir(spill) == []
+
+
+async def test_store_full_error_names_capacity_and_holders(tmp_path, prefix):
+    async with running_store(tmp_path, prefix, capacity=4 * MB) as (service, client):
+        await client.put(b"a", np.zeros(MB, dtype=np.uint8))
+        await client.put(b"b", np.zeros(2 * MB, dtype=np.uint8))
+        await client.pin(b"b")
+        view = await client.get(b"a")
+        with pytest.raises(store.ObjectStoreFullError) as info:
+            await client.put(b"c", np.zeros(2 * MB, dtype=np.uint8))
+        error = info.value
+        assert error.capacity == 4 * MB
+        assert "capacity 4194304 bytes" in str(error)
+        assert "pinned" in str(error) and "spilling disabled" not in str(error).split("held by")[0]
+        assert error.holders[0][0] == b"b"
+        # The store keeps working, and the failed put left nothing behind.
+        assert not await client.contains(b"c")
+        assert service.statistics()["unsealed"] == 0
+        del view
+        await client.unpin(b"b")
+        await client.remove_ref(b"b")
+        await client.put(b"c", np.zeros(2 * MB, dtype=np.uint8))
+        with pytest.raises(store.ObjectNotFoundError):
+            await client.pin(b"missing")
+
+
+async def test_get_timeout_and_waiting_get(tmp_path, prefix):
+    async with running_store(tmp_path, prefix) as (service, client):
+        with pytest.raises(store.GetTimeoutError, match="within 0.2 s"):
+            await client.get(b"later", timeout=0.2)
+        with pytest.raises(store.ObjectNotFoundError):
+            await client.get(b"later", timeout=0)
+        async with trio.open_nursery() as nursery:
+            result = []
+
+            async def getter():
+                result.append(await client.get(b"later", timeout=10))
+
+            nursery.start_soon(getter)
+            await trio.sleep(0.05)
+            await client.put(b"later", np.arange(100_000))
+        np.testing.assert_array_equal(result[0], np.arange(100_000))
+
+
+async def test_unpicklable_value(tmp_path, prefix):
+    async with running_store(tmp_path, prefix) as (service, client):
+        with pytest.raises(store.SerializationError, match="lock"):
+            await client.put(b"bad", {"lock": threading.Lock()})
+        assert not await client.contains(b"bad")
+        await client.put(b"good", 1)
+        assert await client.get(b"good") == 1
+
+
+async def test_blocking_client_from_a_plain_thread(tmp_path, prefix):
+    async with running_store(tmp_path, prefix) as (service, client):
+        blocking = store.BlockingStoreClient(client)
+        token = trio.lowlevel.current_trio_token()
+        result = {}
+
+        def user_code():  # a thread not started by Trio (like a Pykka actor)
+            blocking.put(b"big", np.arange(1_000_000))
+            blocking.put(b"small", "hello")
+            result["big"] = int(blocking.get(b"big").sum())
+            result["small"] = blocking.get(b"small")
+            result["contains"] = blocking.contains(b"big")
+
+        thread = threading.Thread(target=user_code)
+        thread.start()
+        await trio.to_thread.run_sync(thread.join)
+        assert result == {"big": sum(range(1_000_000)), "small": "hello", "contains": True}
+        assert token is blocking._token
+
+
+async def test_crash_and_restart_keeps_sealed_objects(tmp_path, prefix):
+    spill = tmp_path / "spill"
+    service = store.ObjectStoreService(
+        f"unix:{tmp_path}/store.sock", TOKEN, prefix=prefix, capacity=8 * MB,
+        spill_dir=str(spill), recovery_grace=0.5,
+    )
+    ready_send, ready_recv = trio.open_memory_channel[str](10)
+
+    async def supervisor():  # restart on crash, like the node's one_for_one
+        while True:
+            try:
+                async with trio.open_nursery() as nursery:
+                    ready_send.send_nowait(await nursery.start(service.run))
+            except Exception:
+                continue
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor)
+        address = await ready_recv.receive()
+        client = await store.StoreClient.connect(address, TOKEN)
+        arrays = {b"x%d" % i: np.full(MB, i, dtype=np.int32) for i in range(4)}
+        for oid, array in arrays.items():  # 16 MB into 8 MB: some are spilled
+            await client.put(oid, array)
+        await client.put(b"small", "tiny")
+        assert service.statistics()["spilled"] >= 1
+        service.crash()
+        await ready_recv.receive()
+        assert service.runs == 2
+        with pytest.raises(store.StoreClosedError):
+            await client.contains(b"small")
+        client = await store.StoreClient.connect(service.address, TOKEN)
+        for oid, array in arrays.items():
+            np.testing.assert_array_equal(await client.get(oid), array)
+            await client.add_ref(oid)  # reattach
+        assert await client.get(b"small") == "tiny"
+        gc.collect()
+        # Unclaimed objects go after the grace period; claimed ones stay.
+        await _wait_for(lambda: service.statistics()["count"] == 4, "unclaimed freed")
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+    _no_leftovers(prefix)
+    assert os.listdir(spill) == []
+
+
+async def test_writer_killed_mid_put_leaves_nothing(tmp_path, prefix):
+    async with running_store(tmp_path, prefix) as (service, client):
+        baseline = service.statistics()["used"]
+        proc = _child(
+            """
+            import sys, trio, numpy as np, store
+            async def main():
+                c = await store.StoreClient.connect(sys.argv[1], b"store-test-token")
+                value = store.serialize(np.ones(4 << 20, dtype=np.uint8))
+                payload = await c._create(b"half", value, True, 10)
+                c._mapping.write(payload, memoryview(value.buffers[0])[: 1 << 20])
+                print("writing", flush=True)
+                await trio.sleep_forever()
+            trio.run(main)
+            """,
+            service.address,
+        )
+        try:
+            assert (await _readline(proc)).strip() == "writing"
+            assert service.statistics()["unsealed"] == 1
+            assert not await client.contains(b"half")
+            with pytest.raises(store.GetTimeoutError):
+                await client.get(b"half", timeout=0.1)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        await _wait_for(lambda: service.statistics()["unsealed"] == 0, "unsealed reclaimed")
+        assert service.statistics()["used"] == baseline
+        assert not await client.contains(b"half")
+
+
+async def test_cleanup_session_after_a_killed_node(tmp_path, prefix):
+    proc = _child(
+        """
+        import sys, trio, numpy as np, store
+        async def main():
+            s = store.ObjectStoreService(sys.argv[1], b"store-test-token", capacity=8 << 20, prefix=sys.argv[2])
+            async with trio.open_nursery() as n:
+                address = await n.start(s.run)
+                c = await store.StoreClient.connect(address, b"store-test-token")
+                await c.put(b"x", np.ones(1 << 17))
+                print("ready", flush=True)
+                await trio.sleep_forever()
+        trio.run(main)
+        """,
+        f"unix:{tmp_path}/node.sock", prefix,
+    )
+    try:
+        assert (await _readline(proc)).strip() == "ready"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert store.session_files(prefix) == [store.arena_path(prefix)]
+    assert store.cleanup_session(prefix) == [store.arena_path(prefix)]
+    _no_leftovers(prefix)
+
+
+async def test_bad_capacity_and_prefix():
+    with pytest.raises(ValueError, match="capacity"):
+        store.ObjectStoreService("unix:/tmp/x.sock", TOKEN, capacity=0)
+    with pytest.raises(ValueError, match="prefix"):
+        store.arena_path("../etc")
