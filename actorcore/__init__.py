@@ -1,1 +1,62 @@
-"""actorcore: a distributed task-and-actor framework on Trio."""
+"""actorcore: a distributed task-and-actor framework on Trio (the Ray paper's system).
+
+The core API is Ray's, so ``import actorcore as ray`` runs Ray core programs::
+
+    import actorcore as ray
+
+    ray.init()
+
+    @ray.remote
+    def square(x):
+        return x * x
+
+    print(ray.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
+"""
+
+from . import exceptions
+from ._api import (
+    ClusterInfo,
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    init,
+    is_initialized,
+    method,
+    nodes,
+    put,
+    remote,
+    shutdown,
+    tree,
+    wait,
+)
+from ._object_ref import ObjectRef
+from ._remote_function import RemoteFunction
+from .runtime_context import RuntimeContext, get_runtime_context
+
+__version__ = "0.1.0"
+
+ObjectID = ObjectRef
+
+__all__ = [
+    "ClusterInfo",
+    "ObjectID",
+    "ObjectRef",
+    "RemoteFunction",
+    "RuntimeContext",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "exceptions",
+    "get",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "method",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "tree",
+    "wait",
+]

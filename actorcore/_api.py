@@ -1,0 +1,360 @@
+"""The public API functions: ``init``, ``get``, ``put``, ``wait``, ``remote``, ...
+
+These are thin: they check their arguments (errors name the bad value) and call the
+process's core worker (``_worker_state.current_core()``), which raises a clear
+``NotInitializedError`` before ``init()``. In a worker process the core worker is set
+at start-up, so the same calls work inside tasks (nested tasks, ``get`` of refs).
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _worker_state
+from ._launcher import HeadProcess, find_cluster, start_head
+from ._object_ref import ObjectRef
+from ._remote_function import RemoteFunction
+from .exceptions import ActorcoreSystemError
+
+__all__ = [
+    "init",
+    "shutdown",
+    "is_initialized",
+    "remote",
+    "get",
+    "put",
+    "wait",
+    "cancel",
+    "cluster_resources",
+    "available_resources",
+    "nodes",
+    "tree",
+    "method",
+]
+
+_lock = threading.RLock()
+_state: dict[str, Any] = {"loop": None, "head": None, "info": None}
+
+# Hook for remote classes (actors, issue 6): ``_actor_factory(cls, options)``.
+_actor_factory: Callable[[type, dict], Any] | None = None
+
+
+class ClusterInfo(dict):
+    """What ``init()`` returns: address, node id, session and log directories."""
+
+    @property
+    def address_info(self) -> dict:
+        return dict(self)
+
+    def __enter__(self) -> ClusterInfo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutdown()
+
+
+def is_initialized() -> bool:
+    """Whether this process is connected to a cluster (``init()`` was called)."""
+    return _worker_state.core is not None
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    gcs_shards: int | None = None,
+    gcs_replicas: int | None = None,
+    num_workers: int | None = None,
+    log_to_driver: bool = True,
+    ignore_reinit_error: bool = False,
+    namespace: str | None = None,
+    _node_timeout: float = 60.0,
+    **ray_options: Any,
+) -> ClusterInfo:
+    """Connect this process to a cluster; with no ``address``, start a local one.
+
+    ``address``: ``None`` starts an embedded cluster (a head node process and one
+    worker per CPU) that lives as long as this process; ``"auto"`` joins the cluster
+    ``actorcore start --head`` started on this machine; ``"unix:/path"``,
+    ``"tcp:host:port"`` or ``"host:port"`` join that one (the token comes from the
+    local session or ``ACTORCORE_TOKEN``). ``ACTORCORE_ADDRESS`` in the environment
+    stands in for a missing ``address``.
+    """
+    ignored = set(ray_options) - _IGNORED_RAY_OPTIONS
+    if ignored:
+        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(ignored))}")
+    _check_resource_args(num_cpus, num_gpus, resources)
+    with _lock:
+        if is_initialized():
+            if ignore_reinit_error:
+                return _state["info"]
+            raise RuntimeError(
+                "actorcore.init() was already called; call actorcore.shutdown() first "
+                "(or pass ignore_reinit_error=True)"
+            )
+        if address is None:
+            address = os.environ.get("ACTORCORE_ADDRESS") or None
+        head: HeadProcess | None = None
+        if address is None:
+            head = start_head(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                resources=resources,
+                object_store_memory=object_store_memory,
+                gcs_shards=gcs_shards,
+                gcs_replicas=gcs_replicas,
+                num_workers=num_workers,
+                embedded=True,
+                timeout=_node_timeout,
+            )
+            node_address, token, info = head.info["address"], head.token, head.info
+        else:
+            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
+                raise ValueError(
+                    "num_cpus/num_gpus/resources/object_store_memory describe a new cluster; "
+                    f"they cannot be given when joining one at {address!r}"
+                )
+            node_address, token, info = find_cluster(address)
+        from ._driver import DriverLoop
+
+        loop = DriverLoop(node_address, token, log_to_driver=log_to_driver)
+        try:
+            core = loop.start()
+        except BaseException:
+            if head is not None:
+                head.stop()
+            raise
+        _worker_state.set_core(core)
+        _state["loop"] = loop
+        _state["head"] = head
+        result = ClusterInfo(
+            address=node_address,
+            node_id=core.node_id.hex(),
+            session_dir=info.get("session_dir"),
+            log_dir=info.get("log_dir"),
+            gcs_address=info.get("gcs_address"),
+            tcp_address=info.get("tcp_address"),
+            job_id=core.job_id.hex(),
+        )
+        _state["info"] = result
+        return result
+
+
+_IGNORED_RAY_OPTIONS = {
+    "include_dashboard",
+    "dashboard_host",
+    "dashboard_port",
+    "logging_level",
+    "configure_logging",
+    "runtime_env",
+    "local_mode",
+    "_temp_dir",
+    "_system_config",
+    "object_spilling_directory",
+    "job_config",
+}
+
+
+def _check_resource_args(num_cpus: Any, num_gpus: Any, resources: Any) -> None:
+    for name, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0):
+            raise ValueError(f"init({name}={v!r}): must be a number >= 0")
+    if resources is not None:
+        if not isinstance(resources, dict):
+            raise TypeError(f"init(resources={resources!r}): expected a dict")
+        for k, v in resources.items():
+            if k in ("CPU", "GPU"):
+                raise ValueError(f"init(resources): use num_cpus/num_gpus, not resources[{k!r}]")
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ValueError(f"init(resources[{k!r}]={v!r}): must be a number >= 0")
+
+
+def shutdown() -> None:
+    """Disconnect; an embedded cluster is stopped (no process, socket or segment left)."""
+    with _lock:
+        loop = _state["loop"]
+        head = _state["head"]
+        core = _worker_state.core
+        if core is None or core.role != "driver":
+            return
+        if head is not None and loop is not None and loop.core is not None:
+            try:
+                loop.core.call_sync("shutdown", timeout=5)
+            except Exception:
+                pass
+        if loop is not None:
+            loop.stop()
+        _worker_state.set_core(None)
+        if head is not None:
+            head.stop()
+        _state.update(loop=None, head=None, info=None)
+
+
+atexit.register(shutdown)
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a remote function (or a class an actor class).
+
+    ``@remote`` bare, or ``@remote(num_cpus=..., num_returns=..., ...)``.
+    """
+    if len(args) == 1 and not options and (inspect.isfunction(args[0]) or inspect.isclass(args[0])
+                                           or callable(args[0])):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError(
+            "remote() takes a function or class, or only keyword options, e.g. "
+            "@remote(num_cpus=2); got positional arguments " + repr(args)
+        )
+
+    def decorator(obj: Any) -> Any:
+        return _make_remote(obj, options)
+
+    return decorator
+
+
+def _make_remote(obj: Any, options: dict) -> Any:
+    if inspect.isclass(obj):
+        if _actor_factory is None:
+            raise NotImplementedError(
+                f"@remote class {obj.__name__}: actors are not available in this build yet"
+            )
+        return _actor_factory(obj, options)
+    if not callable(obj):
+        raise TypeError(f"remote() needs a function or a class, got {obj!r}")
+    return RemoteFunction(obj, options)
+
+
+def method(**options: Any) -> Callable[[Callable], Callable]:
+    """Annotate an actor method with options (e.g. ``num_returns``)."""
+
+    def decorator(fn: Callable) -> Callable:
+        fn.__actorcore_method_options__ = options  # type: ignore[attr-defined]
+        return fn
+
+    return decorator
+
+
+def _as_ref_list(refs: Any, fn: str) -> tuple[list[ObjectRef], bool]:
+    if isinstance(refs, ObjectRef):
+        return [refs], True
+    if isinstance(refs, list | tuple):
+        for i, r in enumerate(refs):
+            if not isinstance(r, ObjectRef):
+                raise TypeError(
+                    f"{fn}() expects an ObjectRef or a list of ObjectRefs; "
+                    f"item {i} is {type(r).__name__}: {r!r:.80}"
+                )
+        return list(refs), False
+    raise TypeError(
+        f"{fn}() expects an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}: "
+        f"{refs!r:.80}"
+    )
+
+
+def _check_timeout(timeout: Any, fn: str) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+    ):
+        raise ValueError(f"{fn}(timeout={timeout!r}): must be None or a number >= 0")
+
+
+def get(object_refs: Any, *, timeout: float | None = None) -> Any:
+    """The value(s) of ``object_refs`` (one ref or a list), waiting up to ``timeout`` s.
+
+    A task's exception is raised here (an instance of both ``TaskError`` and the
+    original type, with the remote traceback); ``GetTimeoutError`` when time runs out.
+    """
+    core = _worker_state.current_core()
+    refs, single = _as_ref_list(object_refs, "get")
+    _check_timeout(timeout, "get")
+    values = core.get(refs, timeout)
+    return values[0] if single else values
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the cluster; return its ``ObjectRef``."""
+    return _worker_state.current_core().put(value)
+
+
+def wait(
+    object_refs: Sequence[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Split ``object_refs`` into (ready, not ready) once ``num_returns`` are ready.
+
+    Returns early after ``timeout`` seconds with what is ready by then. Order within
+    each list follows ``object_refs``.
+    """
+    core = _worker_state.current_core()
+    if isinstance(object_refs, ObjectRef):
+        raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef")
+    refs, _ = _as_ref_list(object_refs, "wait")
+    if len(set(refs)) != len(refs):
+        raise ValueError("wait() got duplicate ObjectRefs in its list")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
+        raise ValueError(f"wait(num_returns={num_returns!r}): must be an int >= 0")
+    if num_returns > len(refs):
+        raise ValueError(
+            f"wait(num_returns={num_returns}) is more than the {len(refs)} refs given"
+        )
+    _check_timeout(timeout, "wait")
+    return core.wait(refs, num_returns, timeout)
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``object_ref``.
+
+    A queued task never runs; a running one gets ``TaskCancelledError`` raised inside
+    it (``force=True``: its worker process is killed). ``get`` then raises
+    ``TaskCancelledError``. Cancelling a finished task does nothing.
+    """
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
+    _worker_state.current_core().cancel(object_ref, force)
+
+
+def _call(name: str, *args: Any) -> Any:
+    core = _worker_state.current_core()
+    if core._closed:
+        raise ActorcoreSystemError("not connected to the cluster any more")
+    return core.call_sync(name, *args)
+
+
+def cluster_resources() -> dict[str, float]:
+    """The total resources of the cluster, e.g. ``{"CPU": 2.0}``."""
+    return _call("cluster_resources")
+
+
+def available_resources() -> dict[str, float]:
+    """The resources not held by running tasks right now."""
+    return _call("available_resources")
+
+
+def nodes() -> list[dict]:
+    """One dict per node (``NodeID``, ``Alive``, ``Resources``, ...), as Ray's."""
+    return _call("nodes")
+
+
+def tree(address: str | None = None) -> dict:
+    """The live supervision tree of the cluster, in the kernel's snapshot shape.
+
+    Without ``address``: the cluster this process is connected to, else the one
+    running on this machine.
+    """
+    if address is None and is_initialized():
+        return _call("tree")
+    from ._admin import admin_call
+
+    return admin_call(address, "tree")

@@ -1,0 +1,494 @@
+"""The core worker: the runtime inside every driver and worker process.
+
+One class serves both: a driver's user program and a worker's task code call the same
+methods (``submit_task``, ``get``, ``put``, ``wait``, ``cancel``), and nested tasks are
+just tasks submitted from a worker.
+
+Threads and loops
+-----------------
+The core worker owns a Trio loop (the *core loop*): in a driver it runs in a
+background thread started by ``init()``; in a worker process it is the main thread.
+User code runs in other threads (the driver's main thread; a worker's Pykka executor
+threads). The core loop alone talks to the node over one transport connection and
+alone sets entries ready.
+
+Submitting never crosses into the core loop synchronously: ``submit_task`` and
+``put`` serialise in the calling thread, append a message to ``_outq`` (a deque:
+thread-safe appends) and, if no flush is pending, schedule one with
+``TrioToken.run_sync_soon`` (no waiting). The core loop's sender task drains the
+queue and coalesces consecutive submits into one ``("submit", [specs])`` frame, so
+under load many tasks travel per frame; the order of messages is kept (an export
+always precedes the tasks that use it; a free follows the submit that used the ref).
+
+The local object table
+----------------------
+``_entries`` maps object id -> ``_Entry``. The owner of an object (the process that
+submitted its task or put it) creates the entry at once; the node pushes the task's
+results to their owner (``("ready", ...)``) without being asked, so ``get`` on an
+owned ref costs no round trip. Refs that arrived from elsewhere are fetched from the
+node with a ``("fetch", ids)`` request. ``get`` on entries that are all ready reads
+them in the calling thread without entering the core loop; otherwise it waits in the
+core loop (``trio.from_thread.run``) under the caller's timeout. A task blocked that
+way tells the node (``blocked``/``unblocked``) so its CPU goes to other tasks: nested
+tasks cannot deadlock a node.
+
+Reference counting: every ``ObjectRef`` instance counts in ``_refcounts``; when the
+last one of an owned object dies and it never escaped (was never pickled), the entry
+is dropped and the node is told to free it (batched).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from . import _serialization
+from ._ids import new_put_id
+from ._object_ref import ObjectRef
+from ._protocol import ObjectData, TaskSpec
+from ._worker_state import task_context
+from .exceptions import (
+    ActorcoreSystemError,
+    GetTimeoutError,
+    TaskCancelledError,
+    TaskError,
+)
+
+__all__ = ["CoreWorker"]
+
+
+@attrs.define(slots=True, eq=False)
+class _Entry:
+    """One object as this process knows it."""
+
+    owned: bool
+    ready: bool = False
+    is_error: bool = False
+    data: Any = None  # bytes (inline) or a store handle
+    event: trio.Event | None = None  # created on demand, set in the core loop
+    callbacks: list[Callable[[], None]] | None = None
+
+
+
+
+class CoreWorker:
+    """See the module docstring. Construct it inside the core loop."""
+
+    def __init__(
+        self,
+        *,
+        role: str,
+        worker_id: bytes,
+        job_id: bytes,
+        node_id: bytes,
+        conn: Any,
+        gcs_address: str | None = None,
+        node_address: str | None = None,
+    ) -> None:
+        self.role = role
+        self.worker_id = worker_id
+        self.job_id = job_id
+        self.node_id = node_id
+        self.gcs_address = gcs_address
+        self.node_address = node_address
+        self.conn = conn
+        self.pid = os.getpid()
+        self.trio_token = trio.lowlevel.current_trio_token()
+        self._loop_thread = threading.get_ident()
+        self._entries: dict[bytes, _Entry] = {}
+        self._refcounts: dict[bytes, int] = {}
+        self._escaped: set[bytes] = set()
+        self._refs_lock = threading.Lock()
+        self._exported: set[bytes] = set()
+        self._export_lock = threading.Lock()
+        self._outq: collections.deque = collections.deque()
+        self._flush_pending = False
+        self._wake_sender = trio.Event()
+        self._fetching: set[bytes] = set()
+        self._task_scopes: dict[bytes, trio.CancelScope] = {}
+        self._cancelled_tasks: set[bytes] = set()
+        self._closed = False
+        self.lost_error: BaseException | None = None
+        # Hooks a worker process sets: the task a thread runs, block notification.
+        self.current_task_id: Callable[[], bytes | None] = lambda: None
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    # ------------------------------------------------------------------ sending
+
+    def _enqueue(self, message: tuple) -> None:
+        """Queue a one-way message for the node from any thread (never blocks)."""
+        self._outq.append(message)
+        if not self._flush_pending:
+            self._flush_pending = True
+            if threading.get_ident() == self._loop_thread:
+                self._wake_sender.set()
+            else:
+                try:
+                    self.trio_token.run_sync_soon(self._wake_sender.set)
+                except trio.RunFinishedError:
+                    pass
+
+    async def run_sender(self) -> None:
+        """The core loop's sender task: drain ``_outq`` into coalesced frames."""
+        outq = self._outq
+        while True:
+            await self._wake_sender.wait()
+            self._wake_sender = trio.Event()
+            self._flush_pending = False
+            while outq:
+                batch: list = []
+                message: tuple | None = None
+                while outq:
+                    m = outq.popleft()
+                    if m[0] == "submit":
+                        batch.extend(m[1])
+                        continue
+                    if batch:
+                        outq.appendleft(m)
+                        break
+                    message = m
+                    break
+                if batch:
+                    await self.conn.send(("submit", batch))
+                    self.stats["submit_frames"] += 1
+                if message is not None:
+                    await self.conn.send(message)
+
+    # --------------------------------------------------------------- submission
+
+    def submit_task(self, spec: TaskSpec, export: Any) -> None:
+        """Record and send a task (from any thread)."""
+        self._check_open()
+        fid = export.function_id
+        if fid not in self._exported:
+            with self._export_lock:
+                if fid not in self._exported:
+                    self._exported.add(fid)
+                    self._enqueue(("export", fid, export.blob, export.name, _sys_path()))
+        entries = self._entries
+        for oid in spec.return_ids():
+            entries[oid] = _Entry(owned=True)
+        self._enqueue(("submit", (spec,)))
+        self.stats["tasks_submitted"] += 1
+
+    def put(self, value: Any) -> ObjectRef:
+        """Store ``value`` as a new object owned by this process."""
+        self._check_open()
+        if isinstance(value, ObjectRef):
+            raise TypeError(
+                "put() of an ObjectRef is not allowed: pass the ref itself, or put a "
+                "container holding it, e.g. put([ref])"
+            )
+        data = _serialization.dumps(value, what="the value passed to put()")
+        oid = new_put_id()
+        self._entries[oid] = _Entry(owned=True, ready=True, data=data)
+        ref = ObjectRef(oid)
+        self._enqueue(("put", [(oid, False, data)]))
+        return ref
+
+    def cancel(self, ref: ObjectRef, force: bool) -> None:
+        self._check_open()
+        self._enqueue(("cancel", ref.task_id(), force))
+
+    # ------------------------------------------------------------ ref counting
+
+    def add_local_ref(self, oid: bytes) -> None:
+        with self._refs_lock:
+            self._refcounts[oid] = self._refcounts.get(oid, 0) + 1
+
+    def remove_local_ref(self, oid: bytes) -> None:
+        with self._refs_lock:
+            n = self._refcounts.get(oid, 0) - 1
+            if n > 0:
+                self._refcounts[oid] = n
+                return
+            self._refcounts.pop(oid, None)
+            if oid in self._escaped:
+                return
+        entry = self._entries.get(oid)
+        if entry is not None and entry.owned and not self._closed:
+            del self._entries[oid]
+            self._enqueue(("free", [oid]))
+
+    def mark_escaped(self, oid: bytes) -> None:
+        self._escaped.add(oid)
+
+    # -------------------------------------------------------- receiving results
+
+    def on_objects_ready(self, items: Iterable[ObjectData]) -> None:
+        """The node pushed values (core loop)."""
+        entries = self._entries
+        for oid, is_error, data in items:
+            entry = entries.get(oid)
+            if entry is None:
+                continue  # freed by its owner meanwhile
+            self._set_ready(entry, is_error, data)
+
+    def _set_ready(self, entry: _Entry, is_error: bool, data: Any) -> None:
+        if entry.ready:
+            return
+        entry.is_error = is_error
+        entry.data = data
+        entry.ready = True
+        if entry.event is not None:
+            entry.event.set()
+        if entry.callbacks:
+            callbacks, entry.callbacks = entry.callbacks, None
+            for cb in callbacks:
+                try:
+                    cb()
+                except Exception:  # a user's callback must not break the loop
+                    pass
+
+    def connection_lost(self, exc: BaseException) -> None:
+        """The node link died: every waiter fails with a system error (core loop)."""
+        self.lost_error = exc
+        self._closed = True
+        for entry in list(self._entries.values()):
+            if not entry.ready:
+                err = ActorcoreSystemError(f"the connection to the node was lost: {exc}")
+                self._set_ready(entry, True, _serialization.dumps(err))
+
+    # ------------------------------------------------------------------ waiting
+
+    def _entry_for(self, oid: bytes) -> _Entry:
+        """The entry for ``oid``; an unknown one is fetched from the node (core loop)."""
+        entry = self._entries.get(oid)
+        if entry is None:
+            entry = self._entries[oid] = _Entry(owned=False)
+        if not entry.owned and not entry.ready and oid not in self._fetching:
+            self._fetching.add(oid)
+            self._start_fetch(oid)
+        return entry
+
+    def _start_fetch(self, oid: bytes) -> None:
+        self._nursery.start_soon(self._fetch, [oid])
+
+    async def _fetch(self, oids: list[bytes]) -> None:
+        try:
+            items = await self.conn.request(("fetch", oids), timeout=None)
+        except Exception as exc:
+            err = ActorcoreSystemError(f"fetching {[o.hex() for o in oids]} failed: {exc}")
+            items = [(oid, True, _serialization.dumps(err)) for oid in oids]
+        finally:
+            for oid in oids:
+                self._fetching.discard(oid)
+        for oid, is_error, data in items:
+            entry = self._entries.get(oid)
+            if entry is not None:
+                self._set_ready(entry, is_error, data)
+
+    async def wait_ready(
+        self, oids: Sequence[bytes], num_ready: int, limit: float | None
+    ) -> list[bool]:
+        """Wait until ``num_ready`` of ``oids`` are ready, at most ``limit`` s (core loop)."""
+        entries = [self._entry_for(oid) for oid in oids]
+        with trio.move_on_after(float("inf") if limit is None else max(limit, 0)):
+            while True:
+                pending = [e for e in entries if not e.ready]
+                if len(entries) - len(pending) >= num_ready or not pending:
+                    break
+                entry = pending[0]
+                if entry.event is None:
+                    entry.event = trio.Event()
+                await entry.event.wait()
+        return [e.ready for e in entries]
+
+    def _in_loop(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    def _run_in_loop(self, fn: Callable, *args: Any) -> Any:
+        if self._in_loop():
+            raise RuntimeError(
+                "blocking actorcore calls (get, wait) cannot run inside the core loop; "
+                "use `await ref` in async code"
+            )
+        return trio.from_thread.run(fn, *args, trio_token=self.trio_token)
+
+    def _blocking_wait(self, oids: Sequence[bytes], num: int, timeout: float | None) -> list[bool]:
+        task_id = self.current_task_id()
+        if task_id is None:
+            return self._run_in_loop(self.wait_ready, oids, num, timeout)
+        self._enqueue(("blocked", task_id))
+        try:
+            flags = self._run_in_loop(self._task_wait, task_id, oids, num, timeout)
+        finally:
+            self._enqueue(("unblocked", task_id))
+        if flags is None:
+            raise TaskCancelledError(task_id, "the task was cancelled while it waited in get")
+        return flags
+
+    async def _task_wait(
+        self, task_id: bytes, oids: Sequence[bytes], num: int, limit: float | None
+    ) -> list[bool] | None:
+        """``wait_ready`` for a task's thread; ``None`` if the task was cancelled."""
+        if task_id in self._cancelled_tasks:
+            return None
+        with trio.CancelScope() as scope:
+            self._task_scopes[task_id] = scope
+            try:
+                return await self.wait_ready(oids, num, limit)
+            finally:
+                del self._task_scopes[task_id]
+        return None
+
+    def cancel_task_waits(self, task_id: bytes) -> None:
+        """Wake the task ``task_id`` out of ``get``/``wait`` (core loop)."""
+        self._cancelled_tasks.add(task_id)
+        scope = self._task_scopes.get(task_id)
+        if scope is not None:
+            scope.cancel()
+
+    def task_finished(self, task_id: bytes) -> None:
+        self._cancelled_tasks.discard(task_id)
+
+    def current_job_id(self) -> bytes:
+        spec = getattr(task_context, "spec", None)
+        return spec.job_id if spec is not None else self.job_id
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        """The values of ``refs``; raises the first error among them."""
+        entries = self._entries
+        oids = [r._id for r in refs]
+        ready = True
+        for oid in oids:
+            e = entries.get(oid)
+            if e is None or not e.ready:
+                ready = False
+                break
+        if not ready:
+            if self._closed and self.lost_error is not None:
+                raise ActorcoreSystemError(f"the connection to the node was lost: {self.lost_error}")
+            flags = self._blocking_wait(oids, len(oids), timeout)
+            if not all(flags):
+                missing = [oid.hex() for oid, f in zip(oids, flags, strict=True) if not f]
+                raise GetTimeoutError(
+                    f"get timed out after {timeout} s: {len(missing)} of {len(oids)} "
+                    f"object(s) not ready (first: {missing[0]})"
+                )
+        out = []
+        for oid in oids:
+            e = entries.get(oid)
+            if e is None:  # freed while we waited (its ref died?): cannot happen for ours
+                raise ActorcoreSystemError(f"object {oid.hex()} vanished while being read")
+            out.append(self._value_of(e))
+        return out
+
+    def _value_of(self, entry: _Entry) -> Any:
+        value = _serialization.loads(entry.data)
+        if entry.is_error:
+            if isinstance(value, TaskError):
+                raise value.as_instanceof_cause()
+            if isinstance(value, BaseException):
+                raise value
+        return value
+
+    def wait(
+        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        oids = [r._id for r in refs]
+        entries = self._entries
+        flags = [bool((e := entries.get(o)) is not None and e.ready) for o in oids]
+        if sum(flags) < num_returns and timeout != 0:
+            flags = self._blocking_wait(oids, num_returns, timeout)
+        ready: list[ObjectRef] = []
+        not_ready: list[ObjectRef] = []
+        for ref, flag in zip(refs, flags, strict=True):
+            if flag and len(ready) < num_returns:
+                ready.append(ref)
+            else:
+                not_ready.append(ref)
+        return ready, not_ready
+
+    def on_ready_callback(self, oids: Sequence[bytes], callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the core loop) once every object in ``oids`` is ready."""
+        remaining = [len(oids)]
+
+        def one() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                callback()
+
+        def register() -> None:
+            for oid in oids:
+                entry = self._entry_for(oid)
+                if entry.ready:
+                    one()
+                else:
+                    if entry.callbacks is None:
+                        entry.callbacks = []
+                    entry.callbacks.append(one)
+
+        if self._in_loop():
+            register()
+        else:
+            self.trio_token.run_sync_soon(register)
+
+    async def await_ref(self, ref: ObjectRef) -> Any:
+        """``await ref`` in asyncio or Trio code running on another thread's loop."""
+        import sniffio
+
+        entry = self._entries.get(ref._id)
+        if entry is None or not entry.ready:
+            lib = sniffio.current_async_library()
+            if lib == "trio":
+                if self._in_loop():
+                    await self.wait_ready([ref._id], 1, None)
+                else:
+                    token = trio.lowlevel.current_trio_token()
+                    ev = trio.Event()
+                    self.on_ready_callback([ref._id], lambda: token.run_sync_soon(ev.set))
+                    await ev.wait()
+            elif lib == "asyncio":
+                import asyncio
+
+                loop = asyncio.get_running_loop()
+                aev = asyncio.Event()
+                self.on_ready_callback([ref._id], lambda: _discard(loop.call_soon_threadsafe(aev.set)))
+                await aev.wait()
+            else:
+                raise RuntimeError(f"await ObjectRef is not supported under {lib}")
+        return self._value_of(self._entries[ref._id])
+
+    # --------------------------------------------------------------- lifecycle
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ActorcoreSystemError(
+                "this process is no longer connected to an actorcore node"
+                + (f" ({self.lost_error})" if self.lost_error else "")
+            )
+
+    async def serve(self, nursery: trio.Nursery) -> None:
+        """Start the core loop's background tasks in ``nursery``."""
+        self._nursery = nursery
+        nursery.start_soon(self.run_sender)
+
+    async def call(self, name: str, *args: Any, request_timeout: float | None = 30.0) -> Any:
+        """An introspection or admin request to the node (core loop)."""
+        return await self.conn.request(("call", name, args), timeout=request_timeout)
+
+    def call_sync(self, name: str, *args: Any, timeout: float | None = 30.0) -> Any:
+        return self._run_in_loop(self._call_kw, name, args, timeout)
+
+    async def _call_kw(self, name: str, args: tuple, request_timeout: float | None) -> Any:
+        return await self.call(name, *args, request_timeout=request_timeout)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def _discard(_value: Any) -> None:
+    pass
+
+
+def _sys_path() -> list[str]:
+    import sys
+
+    return [p for p in sys.path if p]

@@ -1,0 +1,145 @@
+"""The driver's core loop: a Trio loop in a background thread.
+
+``init()`` starts ``DriverLoop`` (a daemon thread running ``trio.run``); the loop
+connects to the node, registers as a driver, builds the ``CoreWorker`` and then
+serves until ``stop()``. The user's thread calls the core worker's sync methods:
+submits and puts never wait for the loop (see ``_core_worker``); ``get``/``wait`` on
+values not yet here enter it with ``trio.from_thread.run``.
+
+If the link to the node dies, the loop stays up: every waiting and later call fails
+with a clear ``ActorcoreSystemError`` instead of hanging on a dead loop.
+
+Worker output forwarded by the node (``log_to_driver``) is printed here, each line
+prefixed with where it ran, to this process's stdout or stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any
+
+import trio
+
+import transport
+
+from ._core_worker import CoreWorker
+from ._ids import new_job_id, new_worker_id
+from .exceptions import ActorcoreSystemError
+
+__all__ = ["DriverLoop"]
+
+
+class DriverLoop:
+    def __init__(self, address: str, token: bytes, *, log_to_driver: bool = True) -> None:
+        self.address = address
+        self.token = token
+        self.log_to_driver = log_to_driver
+        self.core: CoreWorker | None = None
+        self.info: dict[str, Any] = {}
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: trio.Event | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread = threading.Thread(target=self._thread_main, name="actorcore-core", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> CoreWorker:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ActorcoreSystemError(f"connecting to the node at {self.address} timed out")
+        if self._error is not None:
+            raise ActorcoreSystemError(
+                f"could not connect to the node at {self.address}: {self._error}"
+            ) from self._error
+        assert self.core is not None
+        return self.core
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._error = self._error or exc
+            self._ready.set()
+
+    async def _handle(self, conn: Any, message: Any, reply: Any) -> None:
+        op = message[0]
+        if op == "ready":
+            if self.core is not None:
+                self.core.on_objects_ready(message[1])
+        elif op == "log":
+            _, prefix, stream, lines = message
+            out = sys.stderr if stream == "err" else sys.stdout
+            try:
+                out.write("".join(f"{prefix} {line}\n" for line in lines))
+                out.flush()
+            except Exception:
+                pass
+        else:
+            raise ValueError(f"driver: unknown message {op!r}")
+
+    async def _link(self, client: transport.Client, *, task_status: Any) -> None:
+        try:
+            await client.run(task_status=task_status)
+        except Exception as exc:
+            if self.core is None:
+                raise  # before it started: nursery.start() re-raises it to _main
+            self.core.connection_lost(exc)
+
+    async def _main(self) -> None:
+        self._stop = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as outer:
+            client = transport.Client(
+                self.address, self.token, name=f"driver-{os.getpid()}", handler=self._handle
+            )
+            try:
+                conn = await outer.start(self._link, client)
+            except Exception as exc:
+                self._error = exc
+                self._ready.set()
+                return
+            job_id = new_job_id()
+            worker_id = new_worker_id()
+            try:
+                info = await conn.request(
+                    ("hello", "driver", worker_id, os.getpid(),
+                     {"job_id": job_id, "log_to_driver": self.log_to_driver}),
+                    timeout=30,
+                )
+            except Exception as exc:
+                self._error = exc
+                self._ready.set()
+                outer.cancel_scope.cancel()
+                return
+            self.info = info
+            core = CoreWorker(
+                role="driver",
+                worker_id=worker_id,
+                job_id=job_id,
+                node_id=info["node_id"],
+                conn=conn,
+                gcs_address=info.get("gcs_address"),
+                node_address=self.address,
+            )
+            self.core = core
+            await core.serve(outer)
+            self._ready.set()
+            await self._stop.wait()
+            core.close()
+            # Let queued one-way messages (frees, puts) go out before closing.
+            with trio.move_on_after(2):
+                while core._outq:  # noqa: ASYNC110 - a deque has no event to wait on
+                    await trio.sleep(0.005)
+            with trio.move_on_after(2):
+                await conn.aclose(flush_timeout=1.0)
+            outer.cancel_scope.cancel()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        token, stop = self._token, self._stop
+        if token is not None and stop is not None:
+            try:
+                trio.from_thread.run_sync(stop.set, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join(timeout)

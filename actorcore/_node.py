@@ -1,0 +1,507 @@
+"""The node process: one supervision tree serving drivers and workers.
+
+::
+
+    node (one_for_one)
+    ├── rpc_server        transport.Server on the node's Unix socket (and TCP on a head)
+    ├── gcs               (head only) the global control store
+    ├── global_scheduler  places what the local scheduler cannot
+    ├── local_scheduler   the dispatch loop over the node's task queue
+    ├── object_manager    the node's object store
+    └── worker_pool       worker processes, one per CPU to start with
+
+State and components
+--------------------
+The components are stateless loops around state the node owns (``NodeRuntime``):
+the object directory, the scheduler's queues and resources, the process table,
+the function cache. Durable cluster state (nodes, functions, task lineage, jobs)
+is written through ``ControlState`` to the GCS. A component that crashes is
+restarted by the supervisor and carries on over the same state: nothing queued,
+running or stored is lost. ``actorcore.testing.faults.crash`` uses exactly that.
+
+Messages
+--------
+Every connection (drivers, workers, CLI) is served by one handler, inline and in
+order per connection (the transport's contract), which dispatches on the message's
+op (see ``_protocol``). Handlers are synchronous state changes plus non-blocking
+sends; anything that waits (a ``fetch`` of pending objects, a GCS read) answers its
+``Reply`` later from a callback or a task, so one slow request never stalls a link.
+
+Lifetime
+--------
+The node stops on SIGTERM/SIGINT, on ``actorcore stop`` (a ``shutdown`` call), and
+— for an embedded cluster — when the pipe from its driver closes (the driver
+exited or was SIGKILLed). Stopping cancels the tree (reverse start order), kills the
+workers (SIGTERM, then SIGKILL), and removes the socket files and session link.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+import transport
+
+from ._control import MemoryControlState
+from ._directory import ObjectDirectory
+from ._ids import short
+from ._protocol import TaskSpec
+from ._scheduler import GlobalScheduler, LocalScheduler, SchedulerState, WorkerInfo
+from ._session import unlink_latest, write_session_info
+from ._worker_pool import PoolState, WorkerPool
+from .kernel import ChildSpec, Supervisor
+
+__all__ = ["NodeConfig", "NodeRuntime"]
+
+logger = logging.getLogger("actorcore.node")
+
+
+@attrs.define
+class NodeConfig:
+    session_dir: Path
+    token: bytes
+    node_id: bytes
+    head: bool = True
+    resources: dict[str, float] = attrs.Factory(dict)
+    num_workers: int | None = None
+    port: int | None = None  # head's TCP port (0: any); None: Unix socket only
+    host: str = "127.0.0.1"
+    gcs_shards: int = 1
+    gcs_replicas: int = 1
+    object_store_memory: int | None = None
+    use_gcs: bool = True
+
+
+@attrs.define(eq=False)
+class _Client:
+    conn: Any
+    role: str
+    worker_id: bytes | None = None
+    pid: int | None = None
+    worker: WorkerInfo | None = None
+    log_to_driver: bool = False
+
+
+class ObjectManager:
+    """The ``object_manager`` component (inline objects until the store is wired)."""
+
+    def __init__(self, directory: ObjectDirectory) -> None:
+        self.directory = directory
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    def snapshot(self) -> dict:
+        st = self.directory.statistics()
+        return {"kind": "object_manager", "objects": st["objects"], "bytes": st["bytes_inline"]}
+
+
+class NodeRuntime:
+    """The node's state and message handlers; ``run`` runs its supervision tree."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.node_hex = config.node_id.hex()
+        self.started_at = time.time()
+        self.unix_address = f"unix:{config.session_dir / 'sockets' / 'node.sock'}"
+        self.tcp_address: str | None = None
+        self.directory = ObjectDirectory()
+        self.control: Any = MemoryControlState()
+        self.gcs_address: str | None = None
+        cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
+        self.resources = dict(config.resources)
+        self.resources["CPU"] = cpus
+        self._infeasible_send, self._infeasible_recv = trio.open_memory_channel[TaskSpec](math.inf)
+        self.sched = SchedulerState(
+            directory=self.directory,
+            total=self.resources,
+            deliver=self._deliver,
+            request_worker=self._request_worker,
+            kill_worker=self._kill_worker,
+            record_lineage=self._record_lineage,
+            forward_infeasible=self._infeasible_send.send_nowait,
+            node_id=self.node_hex,
+        )
+        n = config.num_workers
+        if n is None:
+            n = max(1, int(cpus))
+        self.pool = PoolState(
+            node_id=self.node_id,
+            address=self.unix_address,
+            token=config.token,
+            session_dir=config.session_dir,
+            min_workers=n,
+            max_workers=max(n, int(cpus)) * 4 + 4,
+            forward_log=self._forward_log,
+        )
+        self.functions: dict[bytes, dict] = {}
+        self.clients: dict[bytes, _Client] = {}
+        self.by_conn: dict[Any, _Client] = {}
+        self.jobs: dict[bytes, dict] = {}
+        self.supervisor: Supervisor | None = None
+        self.shutdown_requested = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._server = transport.Server(
+            self.unix_address,
+            config.token,
+            self.handle,
+            name=f"node-{short(self.node_id)}",
+            on_disconnect=self._on_disconnect,
+        )
+        self._tcp_server: transport.Server | None = None
+        if config.port is not None:
+            self._tcp_server = transport.Server(
+                f"tcp:{config.host}:{config.port}",
+                config.token,
+                self.handle,
+                name=f"node-{short(self.node_id)}-tcp",
+                on_disconnect=self._on_disconnect,
+            )
+        self._handlers = {
+            "hello": self._h_hello,
+            "export": self._h_export,
+            "submit": self._h_submit,
+            "put": self._h_put,
+            "fetch": self._h_fetch,
+            "free": self._h_free,
+            "cancel": self._h_cancel,
+            "blocked": self._h_blocked,
+            "unblocked": self._h_unblocked,
+            "done": self._h_done,
+            "get_function": self._h_get_function,
+            "call": self._h_call,
+        }
+
+    # ------------------------------------------------------------------- tree
+
+    def build_tree(self) -> Supervisor:
+        pool_component: list[WorkerPool] = []
+
+        def make_pool() -> WorkerPool:
+            wp = WorkerPool(self.pool, self.sched)
+            pool_component[:] = [wp]
+            return wp
+
+        self._pool_component = pool_component
+        children = [ChildSpec("rpc_server", lambda: _RpcServer(self), kind="rpc_server")]
+        if self.config.head:
+            children.append(ChildSpec("gcs", lambda: _ControlService(self), kind="gcs"))
+        children += [
+            ChildSpec(
+                "global_scheduler",
+                lambda: GlobalScheduler(
+                    self._infeasible_recv, self.control.list_nodes, self.sched.fail_unschedulable
+                ),
+                kind="global_scheduler",
+            ),
+            ChildSpec("local_scheduler", lambda: LocalScheduler(self.sched), kind="local_scheduler"),
+            ChildSpec("object_manager", lambda: ObjectManager(self.directory), kind="object_manager"),
+            ChildSpec("worker_pool", make_pool, kind="worker_pool"),
+        ]
+        return Supervisor(
+            "node",
+            children,
+            strategy="one_for_one",
+            max_restarts=20,
+            max_seconds=10.0,
+            kind="node",
+            node_id=self.node_hex,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until ``shutdown_requested`` (or cancellation)."""
+        sup = self.build_tree()
+        self.supervisor = sup
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(sup.run)
+                await self.control.register_node(self.node_hex, self.node_info())
+                info = self.session_info()
+                if self.config.head:
+                    write_session_info(self.config.session_dir, info)
+                task_status.started(info)
+                await self.shutdown_requested.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.pool.kill_all()
+                if self.config.head:
+                    unlink_latest(self.config.session_dir)
+                    try:
+                        (self.config.session_dir / "session.json").unlink()
+                    except FileNotFoundError:
+                        pass
+                for sock in (self.config.session_dir / "sockets").glob("*"):
+                    try:
+                        sock.unlink()
+                    except OSError:
+                        pass
+
+    def node_info(self) -> dict:
+        return {
+            "node_id": self.node_hex,
+            "address": self.unix_address,
+            "tcp_address": self.tcp_address,
+            "resources": dict(self.resources),
+            "alive": True,
+            "head": self.config.head,
+            "pid": os.getpid(),
+            "session_dir": str(self.config.session_dir),
+            "started_at": self.started_at,
+        }
+
+    def session_info(self) -> dict:
+        return {
+            "address": self.unix_address,
+            "tcp_address": self.tcp_address,
+            "gcs_address": self.gcs_address,
+            "node_id": self.node_hex,
+            "pid": os.getpid(),
+            "session_dir": str(self.config.session_dir),
+            "log_dir": str(self.config.session_dir / "logs"),
+            "resources": dict(self.resources),
+        }
+
+    # --------------------------------------------------------------- callbacks
+
+    def _deliver(self, owner: bytes, results: list) -> None:
+        client = self.clients.get(owner)
+        if client is None or client.conn.closed:
+            return
+        try:
+            client.conn.send_nowait(("ready", results))
+        except transport.TransportError:
+            pass
+
+    def _request_worker(self) -> None:
+        self.pool.wakeup.set()
+
+    def _kill_worker(self, worker: WorkerInfo) -> None:
+        self.pool.kill(worker)
+
+    def _record_lineage(self, spec: TaskSpec) -> None:
+        self.control.record_task(spec)
+
+    def _forward_log(self, prefix: str, stream: str, lines: list[str]) -> None:
+        for client in list(self.by_conn.values()):
+            if client.log_to_driver and not client.conn.closed:
+                try:
+                    client.conn.send_nowait(("log", prefix, stream, lines))
+                except transport.TransportError:
+                    pass
+
+    async def _on_disconnect(self, conn: Any) -> None:
+        client = self.by_conn.pop(conn, None)
+        if client is None:
+            return
+        if client.worker_id is not None and self.clients.get(client.worker_id) is client:
+            del self.clients[client.worker_id]
+        if client.worker is not None:
+            worker = client.worker
+            worker.conn = None
+            self.sched.worker_died(worker, "its connection to the node was lost")
+            self.pool.kill(worker)
+
+    # ---------------------------------------------------------------- handlers
+
+    async def handle(self, conn: Any, message: Any, reply: Any) -> None:
+        try:
+            handler = self._handlers[message[0]]
+        except (KeyError, TypeError, IndexError):
+            raise ValueError(f"unknown message {message!r:.100}") from None
+        handler(conn, message, reply)
+
+    def _h_hello(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, role, worker_id, pid, info = m
+        client = _Client(conn=conn, role=role, worker_id=worker_id, pid=pid)
+        if role == "worker":
+            worker = self.pool.workers.get(worker_id)
+            if worker is None:
+                reply.fail(ValueError(f"unknown worker id {worker_id.hex()}"))
+                return
+            client.worker = worker
+            worker.conn = conn
+            if worker.state == "starting":
+                self.pool.starting -= 1
+            self.sched.worker_ready(worker)
+        else:
+            client.log_to_driver = bool(info.get("log_to_driver", False))
+            job_id = info.get("job_id")
+            if job_id is not None:
+                self.jobs[job_id] = dict(info, pid=pid, started_at=time.time())
+                if self._nursery is not None:
+                    self._nursery.start_soon(
+                        _quietly, self.control.put_job, job_id.hex(), {"pid": pid, "role": role}
+                    )
+        self.by_conn[conn] = client
+        if worker_id is not None:
+            self.clients[worker_id] = client
+        reply.send(
+            {
+                "node_id": self.node_id,
+                "gcs_address": self.gcs_address,
+                "session_dir": str(self.config.session_dir),
+                "address": self.unix_address,
+            }
+        )
+
+    def _h_export(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, fid, blob, name, sys_path = m
+        if fid in self.functions:
+            return
+        record = {"blob": bytes(blob), "name": name, "sys_path": sys_path}
+        self.functions[fid] = record
+        if self._nursery is not None:
+            self._nursery.start_soon(_quietly, self.control.put_function, fid, record)
+
+    def _h_submit(self, conn: Any, m: tuple, reply: Any) -> None:
+        submit = self.sched.submit
+        for spec in m[1]:
+            submit(spec)
+
+    def _h_put(self, conn: Any, m: tuple, reply: Any) -> None:
+        self.directory.put_many(m[1])
+
+    def _h_fetch(self, conn: Any, m: tuple, reply: Any) -> None:
+        oids = m[1]
+        remaining = [len(oids)]
+        directory = self.directory
+
+        def one(_e: Any) -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0 and not reply.done:
+                items = []
+                for oid in oids:
+                    e = directory.entries.get(oid)
+                    if e is None:
+                        from . import _serialization
+                        from .exceptions import ObjectLostError
+
+                        err = ObjectLostError(f"object {oid.hex()} was freed by its owner")
+                        items.append((oid, True, _serialization.dumps(err)))
+                    else:
+                        items.append((oid, e.is_error, e.data))
+                reply.send(items)
+
+        for oid in oids:
+            directory.when_ready(oid, one)
+
+    def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
+        self.directory.free(m[1])
+
+    def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
+        self.sched.cancel(m[1], m[2])
+
+    def _worker_of(self, conn: Any) -> WorkerInfo | None:
+        client = self.by_conn.get(conn)
+        return client.worker if client is not None else None
+
+    def _h_blocked(self, conn: Any, m: tuple, reply: Any) -> None:
+        worker = self._worker_of(conn)
+        if worker is not None and worker.task is not None and worker.task.task_id == m[1]:
+            self.sched.blocked(worker)
+
+    def _h_unblocked(self, conn: Any, m: tuple, reply: Any) -> None:
+        worker = self._worker_of(conn)
+        if worker is not None:
+            self.sched.unblocked(worker)
+
+    def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
+        worker = self._worker_of(conn)
+        if worker is not None:
+            _, task_id, results, retry = m
+            self.sched.task_done(worker, task_id, results, retry)
+
+    def _h_get_function(self, conn: Any, m: tuple, reply: Any) -> None:
+        fid = m[1]
+        record = self.functions.get(fid)
+        if record is not None:
+            reply.send(record)
+            return
+
+        async def lookup() -> None:
+            try:
+                rec = await self.control.get_function(fid)
+            except Exception as exc:
+                reply.fail(exc)
+                return
+            if rec is None:
+                reply.fail(KeyError(f"function {fid.hex()} was never exported"))
+            else:
+                self.functions[fid] = rec
+                reply.send(rec)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(lookup)
+
+    def _h_call(self, conn: Any, m: tuple, reply: Any) -> None:
+        from ._node_calls import dispatch_call
+
+        dispatch_call(self, m[1], m[2], reply)
+
+
+async def _quietly(fn: Any, *args: Any) -> None:
+    try:
+        await fn(*args)
+    except Exception as exc:
+        logger.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
+
+
+class _RpcServer:
+    """The ``rpc_server`` component: the node's listeners (Unix, and TCP on a head)."""
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        node = self.node
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node._server.run)
+            if node._tcp_server is not None:
+                node.tcp_address = await nursery.start(node._tcp_server.run)
+            task_status.started(node.unix_address)
+
+    def snapshot(self) -> dict:
+        node = self.node
+        conns = len(node._server.connections)
+        if node._tcp_server is not None:
+            conns += len(node._tcp_server.connections)
+        return {
+            "kind": "rpc_server",
+            "address": node.unix_address,
+            "tcp_address": node.tcp_address,
+            "connections": conns,
+        }
+
+
+class _ControlService:
+    """The ``gcs`` component when the node keeps control state in memory."""
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.node.control.run(task_status=task_status)
+
+    def snapshot(self) -> dict:
+        return {"kind": "gcs", **self.node.control.statistics()}
+
+
+def dumps_json(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+def _sigterm() -> Any:
+    return trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)

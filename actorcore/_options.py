@@ -1,0 +1,156 @@
+"""Validation of ``@remote(...)`` and ``.options(...)`` arguments.
+
+Options are checked once, where the user writes them, and every bad value gets an
+error naming the option and the value. The result is a plain dict that the task
+(and, later, actor) submission paths read without re-checking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "TASK_OPTIONS",
+    "ACTOR_OPTIONS",
+    "validate_task_options",
+    "validate_actor_options",
+    "resources_of",
+    "DEFAULT_MAX_RETRIES",
+]
+
+DEFAULT_MAX_RETRIES = 3
+
+_COMMON = {
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "memory",
+    "name",
+    "scheduling_strategy",
+    "runtime_env",
+    "accelerator_type",
+    "label_selector",
+}
+TASK_OPTIONS = frozenset(_COMMON | {"num_returns", "max_retries", "retry_exceptions"})
+ACTOR_OPTIONS = frozenset(
+    _COMMON
+    | {
+        "namespace",
+        "lifetime",
+        "max_restarts",
+        "max_task_retries",
+        "max_concurrency",
+        "max_pending_calls",
+        "get_if_exists",
+        "concurrency_groups",
+        "placement",
+        "supervisor",
+    }
+)
+
+_RESERVED_RESOURCES = ("CPU", "GPU", "memory")
+
+
+def _check_number(name: str, value: Any, *, integral: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"option {name}={value!r}: expected a number, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"option {name}={value!r}: must be a non-negative number")
+    if integral and value != int(value):
+        raise ValueError(f"option {name}={value!r}: must be a whole number")
+
+
+def _check_resources(value: Any) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"option resources={value!r}: expected a dict of name -> amount")
+    for key, amount in value.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"option resources: resource name {key!r} must be a non-empty str")
+        if key in _RESERVED_RESOURCES:
+            raise ValueError(
+                f"option resources: use num_cpus/num_gpus/memory instead of resources[{key!r}]"
+            )
+        _check_number(f"resources[{key!r}]", amount)
+
+
+def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: str) -> dict:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} for {what}: "
+            f"{', '.join(unknown)} (valid: {', '.join(sorted(allowed))})"
+        )
+    for key in ("num_cpus", "num_gpus", "memory"):
+        if options.get(key) is not None:
+            _check_number(key, options[key])
+    if options.get("resources") is not None:
+        _check_resources(options["resources"])
+    name = options.get("name")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"option name={name!r}: expected a str")
+    return dict(options)
+
+
+def validate_task_options(options: Mapping[str, Any]) -> dict:
+    """Check the options of a remote function; return them as a fresh dict."""
+    out = _validate_common(options, TASK_OPTIONS, "a remote function")
+    nr = out.get("num_returns")
+    if nr is not None:
+        if isinstance(nr, bool) or not isinstance(nr, int) or nr < 0:
+            raise ValueError(f"option num_returns={nr!r}: must be an int >= 0")
+    mr = out.get("max_retries")
+    if mr is not None:
+        if isinstance(mr, bool) or not isinstance(mr, int) or mr < -1:
+            raise ValueError(f"option max_retries={mr!r}: must be an int >= -1 (-1: infinite)")
+    re = out.get("retry_exceptions")
+    if re is not None and not isinstance(re, bool):
+        seq = list(re) if isinstance(re, list | tuple) else None
+        if not seq or not all(isinstance(t, type) and issubclass(t, BaseException) for t in seq):
+            raise TypeError(
+                f"option retry_exceptions={re!r}: expected a bool or a list of exception types"
+            )
+    return out
+
+
+def validate_actor_options(options: Mapping[str, Any]) -> dict:
+    """Check the options of a remote class; return them as a fresh dict."""
+    out = _validate_common(options, ACTOR_OPTIONS, "an actor class")
+    for key in ("max_restarts", "max_task_retries"):
+        v = out.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < -1):
+            raise ValueError(f"option {key}={v!r}: must be an int >= -1 (-1: infinite)")
+    mc = out.get("max_concurrency")
+    if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or mc < 1):
+        raise ValueError(f"option max_concurrency={mc!r}: must be an int >= 1")
+    lt = out.get("lifetime")
+    if lt not in (None, "detached", "non_detached"):
+        raise ValueError(f"option lifetime={lt!r}: must be None, 'detached' or 'non_detached'")
+    ns = out.get("namespace")
+    if ns is not None and not isinstance(ns, str):
+        raise TypeError(f"option namespace={ns!r}: expected a str")
+    return out
+
+
+def resources_of(options: Mapping[str, Any], *, default_cpus: float = 1.0) -> dict[str, float]:
+    """The resource request of a task or actor as ``{"CPU": .., "GPU": .., ...}``.
+
+    Zero amounts are left out so that two requests compare equal when they ask for
+    the same thing.
+    """
+    cpus = options.get("num_cpus")
+    out: dict[str, float] = {}
+    c = float(default_cpus if cpus is None else cpus)
+    if c:
+        out["CPU"] = c
+    g = options.get("num_gpus")
+    if g:
+        out["GPU"] = float(g)
+    m = options.get("memory")
+    if m:
+        out["memory"] = float(m)
+    for key, amount in (options.get("resources") or {}).items():
+        if amount:
+            out[key] = float(amount)
+    return out

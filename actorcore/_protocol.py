@@ -1,0 +1,76 @@
+"""The messages between drivers, workers and the node, and the task spec.
+
+Messages are tuples ``(op, *fields)``: the cheapest thing to pickle, and a handler
+dispatches on ``op`` with one dict lookup. The ops, by direction:
+
+core worker (driver or worker) -> node, one-way unless marked *request*:
+  ``("hello", role, worker_id, pid, job_info)``      *request*: register the link
+  ``("export", function_id, blob, name)``           a function, sent once before use
+  ``("submit", [TaskSpec, ...])``                   a batch of tasks
+  ``("put", [(object_id, is_error, data), ...])``   a batch of put objects
+  ``("fetch", [object_id, ...])``                   *request*: reply when all ready
+  ``("free", [object_id, ...])``                    the owner dropped these
+  ``("cancel", task_id, force)``                    cancel a task
+  ``("blocked", task_id)`` / ``("unblocked", task_id)``  a task waits in ``get``
+  ``("get_function", function_id)``                 *request*: the function's blob
+  ``("call", name, args)``                          *request*: introspection and admin
+                                                    (tree, resources, nodes, crash, ...)
+worker -> node:
+  ``("done", task_id, [(object_id, is_error, data), ...], retry)``
+node -> core worker:
+  ``("ready", [(object_id, is_error, data), ...])``  results of tasks it owns
+  ``("log", prefix, stream, lines)``                 forwarded worker output
+node -> worker:
+  ``("execute", TaskSpec, [dep data, ...])``
+  ``("cancel", task_id)``
+"""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["TaskSpec", "ObjectData"]
+
+# (object_id, is_error, data): a serialised object travelling inline.
+ObjectData = tuple[bytes, bool, bytes]
+
+
+@attrs.define(slots=True, eq=False)
+class TaskSpec:
+    """Everything needed to run a task (and to re-run it: the lineage record)."""
+
+    task_id: bytes
+    job_id: bytes
+    function_id: bytes
+    name: str
+    args: bytes  # pickled (args, kwargs); top-level refs replaced by Dep(i)
+    deps: list[bytes]  # object ids of the top-level ref arguments (data edges)
+    num_returns: int
+    resources: dict[str, float]
+    max_retries: int  # retries left on worker death / retryable exception; -1 infinite
+    retry_exceptions: bool | bytes  # True, False, or a pickled tuple of types
+    parent_task_id: bytes | None  # the submitting task (control edge); None: a driver
+    owner: bytes  # worker id of the submitter, who receives the results
+    attempt: int = 0
+
+    def return_ids(self) -> list[bytes]:
+        from ._ids import return_ids
+
+        return return_ids(self.task_id, max(self.num_returns, 1))
+
+    def lineage_record(self) -> dict:
+        """The spec as a plain dict for the GCS task table."""
+        return {
+            "task_id": self.task_id.hex(),
+            "job_id": self.job_id.hex(),
+            "function_id": self.function_id.hex(),
+            "name": self.name,
+            "args": self.args,
+            "deps": [d.hex() for d in self.deps],
+            "num_returns": self.num_returns,
+            "resources": self.resources,
+            "max_retries": self.max_retries,
+            "parent_task_id": self.parent_task_id.hex() if self.parent_task_id else None,
+            "owner": self.owner.hex(),
+            "attempt": self.attempt,
+        }

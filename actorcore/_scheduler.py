@@ -1,0 +1,438 @@
+"""The local scheduler (one per node) and the global scheduler.
+
+Task life on a node (paper §4.2.2, bottom-up scheduling)::
+
+    submit ──► feasible here? ──no──► global scheduler (another node, or a clear
+       │                                 TaskUnschedulableError if none can ever run it)
+       ▼ yes
+    waiting (data edges: each top-level ref argument must be ready; the deps are
+       │     pinned in the directory so their owner's free cannot drop them)
+       ▼ all ready (any of them an error: the task fails with that same error)
+    ready queue ──► resources free and an idle worker? ──► running on that worker
+                        └─ no idle worker: ask the pool for one
+    running ──► done: results into the directory, pushed to the owner; retried if
+                the worker said the exception is retryable and retries are left
+            ──► worker died: retried (max_retries) or WorkerCrashedError
+            ──► blocked in get: its CPU goes back to the pool until it unblocks
+
+All of it is synchronous code on the node's Trio loop, called from the message
+handlers; the state lives in ``SchedulerState`` (owned by the node, outside the
+components), so the ``local_scheduler`` component can crash and restart without
+losing a task. The component itself is the dispatch loop: it wakes when the state
+changed and places what can run. While it is down nothing new starts; nothing is
+lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from . import _serialization
+from ._directory import ObjectDirectory, ObjectEntry
+from ._protocol import ObjectData, TaskSpec
+from .exceptions import (
+    TaskCancelledError,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
+
+__all__ = ["SchedulerState", "LocalScheduler", "GlobalScheduler", "WorkerInfo"]
+
+logger = logging.getLogger("actorcore.scheduler")
+
+
+@attrs.define(eq=False)
+class WorkerInfo:
+    """A worker process as the node sees it."""
+
+    index: int
+    worker_id: bytes
+    pid: int | None = None
+    process: Any = None
+    conn: Any = None
+    state: str = "starting"  # starting | idle | busy | dead
+    task: TaskSpec | None = None
+    blocked: bool = False
+    held: dict[str, float] = attrs.Factory(dict)  # resources its task holds now
+    force_cancelled: bool = False
+    tasks_done: int = 0
+
+    def snapshot(self, node_id: str) -> dict:
+        children: list[dict] = []
+        if self.task is not None:
+            children.append(
+                {
+                    "name": f"task:{self.task.name}",
+                    "kind": "task",
+                    "state": "running" if not self.blocked else "blocked",
+                    "restarts": self.task.attempt,
+                    "pid": self.pid,
+                    "node_id": node_id,
+                    "task_id": self.task.task_id.hex(),
+                    "children": [],
+                }
+            )
+        return {
+            "name": f"worker_{self.index}",
+            "kind": "worker",
+            "state": {"starting": "starting", "dead": "stopped"}.get(self.state, "running"),
+            "restarts": 0,
+            "pid": self.pid,
+            "node_id": node_id,
+            "worker_id": self.worker_id.hex(),
+            "activity": self.state,
+            "tasks_done": self.tasks_done,
+            "children": children,
+        }
+
+
+def _fits(need: dict[str, float], available: dict[str, float]) -> bool:
+    for k, v in need.items():
+        if available.get(k, 0.0) < v - 1e-9:
+            return False
+    return True
+
+
+@attrs.define(eq=False)
+class SchedulerState:
+    """Everything the local scheduler knows; survives its component's restarts."""
+
+    directory: ObjectDirectory
+    total: dict[str, float]
+    # (owner worker id, [results]) -> deliver to the owner's connection
+    deliver: Callable[[bytes, list[ObjectData]], None]
+    request_worker: Callable[[], None]
+    kill_worker: Callable[[WorkerInfo], None]
+    record_lineage: Callable[[TaskSpec], None]
+    forward_infeasible: Callable[[TaskSpec], None]
+    available: dict[str, float] = attrs.Factory(dict)
+    waiting: dict[bytes, list] = attrs.Factory(dict)  # task id -> [spec, deps missing]
+    ready: collections.deque = attrs.Factory(collections.deque)
+    running: dict[bytes, WorkerInfo] = attrs.Factory(dict)
+    idle: collections.deque = attrs.Factory(collections.deque)
+    cancelled: set[bytes] = attrs.Factory(set)
+    wakeup: trio.Event = attrs.Factory(trio.Event)
+    node_id: str = ""
+    tasks_finished: int = 0
+    tasks_retried: int = 0
+    tasks_failed: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.available = dict(self.total)
+
+    # -- entry points (called by the node's handlers) -------------------------------
+
+    def submit(self, spec: TaskSpec) -> None:
+        self.record_lineage(spec)
+        if not _fits(spec.resources, self.total):
+            self.forward_infeasible(spec)
+            return
+        deps = spec.deps
+        if not deps:
+            self.ready.append(spec)
+            self._wake()
+            return
+        self.directory.pin(deps)
+        record = [spec, len(deps)]
+        self.waiting[spec.task_id] = record
+        def on_dep(_entry: ObjectEntry) -> None:
+            self._dep_ready(record)
+
+        for oid in deps:
+            self.directory.when_ready(oid, on_dep)
+
+    def _dep_ready(self, record: list) -> None:
+        record[1] -= 1
+        if record[1] > 0:
+            return
+        spec: TaskSpec = record[0]
+        if self.waiting.pop(spec.task_id, None) is None:
+            return  # cancelled meanwhile
+        for oid in spec.deps:
+            e = self.directory.entries.get(oid)
+            if e is not None and e.is_error:
+                # Errors flow through data edges: the task fails with its input's error.
+                self.directory.unpin(spec.deps)
+                self._finish(spec, [(oid2, True, e.data) for oid2 in spec.return_ids()])
+                return
+        self.ready.append(spec)
+        self._wake()
+
+    def task_done(self, worker: WorkerInfo, task_id: bytes, results: list, retry: bool) -> None:
+        spec = worker.task
+        if spec is None or spec.task_id != task_id:
+            logger.warning("worker %s reported unknown task %s", worker.index, task_id.hex())
+            return
+        self._release(worker)
+        worker.tasks_done += 1
+        if spec.task_id in self.cancelled:
+            retry = False
+        if retry and spec.max_retries != 0:
+            self._retry(spec)
+        else:
+            self.directory.unpin(spec.deps)
+            self._finish(spec, results)
+        self._make_idle(worker)
+
+    def worker_ready(self, worker: WorkerInfo) -> None:
+        self._make_idle(worker)
+
+    def worker_died(self, worker: WorkerInfo, reason: str) -> None:
+        """A worker's process or link died; its task is retried or fails."""
+        if worker.state == "dead":
+            return
+        was_idle = worker.state == "idle"
+        worker.state = "dead"
+        if was_idle:
+            try:
+                self.idle.remove(worker)
+            except ValueError:
+                pass
+        spec = worker.task
+        if spec is not None:
+            self._release(worker)
+            if worker.force_cancelled or spec.task_id in self.cancelled:
+                self.directory.unpin(spec.deps)
+                err = TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled (force)")
+                self._fail(spec, err)
+            elif spec.max_retries != 0:
+                logger.info("retrying %s after worker death (%s)", spec.name, reason)
+                self._retry(spec)
+            else:
+                self.directory.unpin(spec.deps)
+                self._fail(
+                    spec,
+                    WorkerCrashedError(
+                        f"the worker running task {spec.name} (pid {worker.pid}) died "
+                        f"({reason}) and no retries are left"
+                    ),
+                )
+        self._wake()
+
+    def blocked(self, worker: WorkerInfo) -> None:
+        if worker.blocked or worker.task is None:
+            return
+        worker.blocked = True
+        cpu = worker.held.pop("CPU", 0.0)
+        if cpu:
+            self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
+            worker.held["_blocked_cpu"] = cpu
+        self._wake()
+
+    def unblocked(self, worker: WorkerInfo) -> None:
+        if not worker.blocked:
+            return
+        worker.blocked = False
+        cpu = worker.held.pop("_blocked_cpu", 0.0)
+        if cpu:
+            # May go below zero for a moment (oversubscription), as in Ray.
+            self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
+            worker.held["CPU"] = cpu
+
+    def cancel(self, task_id: bytes, force: bool) -> None:
+        record = self.waiting.pop(task_id, None)
+        if record is not None:
+            spec = record[0]
+            self.directory.unpin(spec.deps)
+            self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
+            return
+        for spec in self.ready:
+            if spec.task_id == task_id:
+                self.ready.remove(spec)
+                self.directory.unpin(spec.deps)
+                self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
+                return
+        worker = self.running.get(task_id)
+        if worker is not None:
+            self.cancelled.add(task_id)
+            if force:
+                worker.force_cancelled = True
+                self.kill_worker(worker)
+            elif worker.conn is not None:
+                worker.conn.send_nowait(("cancel", task_id))
+
+    def fail_unschedulable(self, spec: TaskSpec, message: str) -> None:
+        self._fail(spec, TaskUnschedulableError(message))
+
+    # -- dispatch (the local_scheduler component's loop) -----------------------------
+
+    def dispatch(self) -> None:
+        """Place every ready task that fits on an idle worker."""
+        ready = self.ready
+        available = self.available
+        scanned = 0
+        while ready and scanned < len(ready):
+            spec = ready[0]
+            if not _fits(spec.resources, available):
+                ready.rotate(-1)  # let smaller requests behind it go first
+                scanned += 1
+                continue
+            if not self.idle:
+                self.request_worker()
+                return
+            worker = self.idle.popleft()
+            if worker.state != "idle" or worker.conn is None:
+                continue
+            ready.popleft()
+            scanned = 0
+            for k, v in spec.resources.items():
+                available[k] = available.get(k, 0.0) - v
+            worker.held = dict(spec.resources)
+            worker.task = spec
+            worker.state = "busy"
+            self.running[spec.task_id] = worker
+            dep_data = []
+            entries = self.directory.entries
+            for oid in spec.deps:
+                e = entries[oid]
+                dep_data.append((e.is_error, e.data))
+            worker.conn.send_nowait(("execute", spec, dep_data))
+
+    def demand(self) -> int:
+        """How many more workers would start tasks right now."""
+        n = 0
+        avail = dict(self.available)
+        for spec in self.ready:
+            if _fits(spec.resources, avail):
+                n += 1
+                for k, v in spec.resources.items():
+                    avail[k] = avail.get(k, 0.0) - v
+        return max(0, n - len(self.idle))
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self.wakeup.set()
+
+    def _make_idle(self, worker: WorkerInfo) -> None:
+        if worker.state == "dead":
+            return
+        worker.state = "idle"
+        worker.task = None
+        worker.blocked = False
+        self.idle.append(worker)
+        self._wake()
+
+    def _release(self, worker: WorkerInfo) -> None:
+        spec = worker.task
+        if spec is not None:
+            self.running.pop(spec.task_id, None)
+        for k, v in worker.held.items():
+            if k == "_blocked_cpu":
+                continue
+            self.available[k] = self.available.get(k, 0.0) + v
+        worker.held = {}
+
+    def _retry(self, spec: TaskSpec) -> None:
+        if spec.max_retries > 0:
+            spec.max_retries -= 1
+        spec.attempt += 1
+        self.tasks_retried += 1
+        self.record_lineage(spec)
+        self.ready.append(spec)
+        self._wake()
+
+    def _fail(self, spec: TaskSpec, error: BaseException) -> None:
+        payload = _serialization.dumps(error)
+        self.tasks_failed += 1
+        self._finish(spec, [(oid, True, payload) for oid in spec.return_ids()])
+
+    def _finish(self, spec: TaskSpec, results: list) -> None:
+        self.tasks_finished += 1
+        self.cancelled.discard(spec.task_id)
+        self.directory.put_many(results)
+        self.deliver(spec.owner, results)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "waiting": len(self.waiting),
+            "ready": len(self.ready),
+            "running": len(self.running),
+            "idle_workers": len(self.idle),
+            "finished": self.tasks_finished,
+            "retried": self.tasks_retried,
+            "failed": self.tasks_failed,
+            "available": dict(self.available),
+            "total": dict(self.total),
+        }
+
+
+class LocalScheduler:
+    """The ``local_scheduler`` component: the dispatch loop over ``SchedulerState``."""
+
+    def __init__(self, state: SchedulerState) -> None:
+        self.state = state
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        state = self.state
+        task_status.started()
+        while True:
+            await state.wakeup.wait()
+            state.wakeup = trio.Event()
+            state.dispatch()
+            await trio.lowlevel.checkpoint()
+
+    def snapshot(self) -> dict:
+        st = self.state.statistics()
+        return {"kind": "local_scheduler", "queued": st["ready"] + st["waiting"],
+                "running": st["running"]}
+
+
+class GlobalScheduler:
+    """The ``global_scheduler`` component: places tasks no single node could take.
+
+    A local scheduler forwards a task whose resource request its node can never
+    satisfy. The global scheduler looks at every registered node (GCS nodes table):
+    if one could run it, the task goes there (multi-node placement arrives with
+    multi-node clusters); if none can, the task fails at once with a
+    ``TaskUnschedulableError`` naming the request and the cluster's capacity — an
+    infeasible request is an error, never a hang.
+    """
+
+    def __init__(
+        self,
+        inbox: trio.MemoryReceiveChannel,
+        list_nodes: Callable[[], Any],
+        fail: Callable[[TaskSpec, str], None],
+    ) -> None:
+        self._inbox = inbox
+        self._list_nodes = list_nodes
+        self._fail = fail
+        self.placed = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for spec in self._inbox:
+            nodes = await self._list_nodes()
+            capable = [n for n in nodes if _fits(spec.resources, n.get("resources", {}))]
+            if not capable:
+                totals: dict[str, float] = collections.defaultdict(float)
+                for n in nodes:
+                    for k, v in n.get("resources", {}).items():
+                        totals[k] += v
+                self._fail(
+                    spec,
+                    f"task {spec.name} requests {_fmt(spec.resources)} but no node in the "
+                    f"cluster can ever provide it (largest node: "
+                    f"{_fmt(max((n.get('resources', {}) for n in nodes), key=len, default={}))}, "
+                    f"cluster total: {_fmt(dict(totals))})",
+                )
+            else:
+                # Single-node runtime: a capable node other than ours cannot exist yet.
+                self._fail(spec, f"task {spec.name}: no capable node reachable")
+
+    def snapshot(self) -> dict:
+        return {"kind": "global_scheduler"}
+
+
+def _fmt(res: dict[str, float]) -> str:
+    return "{" + ", ".join(
+        f"{k}: {int(v) if math.isfinite(v) and v == int(v) else v}" for k, v in sorted(res.items())
+    ) + "}"

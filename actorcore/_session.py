@@ -1,0 +1,108 @@
+"""Session directories: where a cluster keeps its sockets, token and logs.
+
+A head node creates ``/tmp/actorcore/session_<time>_<pid>/`` (the root can be moved
+with ``ACTORCORE_TMPDIR``) holding::
+
+    token          the cluster token (mode 0600)
+    session.json   address, TCP address, node id, pid, log dir (written when ready)
+    sockets/       the node's Unix socket
+    logs/          node.log, worker-<n>-<pid>.out/.err, ...
+
+and points ``/tmp/actorcore/session_latest`` at it, so that ``actorcore status``,
+``actorcore tree`` and ``init(address="auto")`` on the same machine find the
+cluster without being told. Shutdown removes the sockets, ``session.json`` and the
+``session_latest`` link (if it still points here); the logs stay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "root_dir",
+    "new_session_dir",
+    "write_token",
+    "read_token",
+    "write_session_info",
+    "read_session_info",
+    "latest_session",
+    "link_latest",
+    "unlink_latest",
+]
+
+
+def root_dir() -> Path:
+    return Path(os.environ.get("ACTORCORE_TMPDIR", "/tmp/actorcore"))
+
+
+def new_session_dir() -> Path:
+    root = root_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    path = root / f"session_{stamp}_{os.getpid()}_{secrets.token_hex(2)}"
+    (path / "sockets").mkdir(parents=True)
+    (path / "logs").mkdir()
+    return path
+
+
+def write_token(session_dir: Path, token: bytes) -> None:
+    path = session_dir / "token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token.hex())
+
+
+def read_token(session_dir: Path) -> bytes:
+    return bytes.fromhex((session_dir / "token").read_text().strip())
+
+
+def write_session_info(session_dir: Path, info: dict[str, Any]) -> None:
+    tmp = session_dir / "session.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, session_dir / "session.json")
+
+
+def read_session_info(session_dir: Path) -> dict[str, Any]:
+    return json.loads((session_dir / "session.json").read_text())
+
+
+def latest_session() -> Path | None:
+    """The session ``session_latest`` points at, if it is still live."""
+    link = root_dir() / "session_latest"
+    try:
+        target = Path(os.readlink(link))
+    except OSError:
+        return None
+    if not (target / "session.json").exists():
+        return None
+    try:
+        info = read_session_info(target)
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return target
+
+
+def link_latest(session_dir: Path) -> None:
+    link = root_dir() / "session_latest"
+    tmp = root_dir() / f".session_latest.{os.getpid()}"
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    os.symlink(session_dir, tmp)
+    os.replace(tmp, link)
+
+
+def unlink_latest(session_dir: Path) -> None:
+    link = root_dir() / "session_latest"
+    try:
+        if Path(os.readlink(link)) == session_dir:
+            link.unlink()
+    except OSError:
+        pass

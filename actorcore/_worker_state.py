@@ -1,0 +1,34 @@
+"""The process-wide current core worker (driver or worker), and the task context.
+
+``core`` is set by ``init()`` in a driver and at start-up in a worker process; the
+API functions read it. ``task_context`` is thread-local: the executor thread running
+a task records which task it runs, for ``get_runtime_context()`` and for telling the
+scheduler that a task blocked in ``get``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .exceptions import NotInitializedError
+
+__all__ = ["core", "current_core", "task_context", "set_core"]
+
+core: Any = None
+task_context = threading.local()
+
+
+def set_core(value: Any) -> None:
+    global core
+    core = value
+
+
+def current_core() -> Any:
+    c = core
+    if c is None:
+        raise NotInitializedError(
+            "actorcore is not initialized: call actorcore.init() first "
+            "(or actorcore.init(address='auto') to join a running cluster)"
+        )
+    return c

@@ -1,0 +1,214 @@
+"""The exceptions a user of actorcore can see, with Ray's names as aliases.
+
+Every error the runtime raises is an :class:`ActorcoreError` (alias ``RayError``), so
+``except ray.exceptions.RayError`` in a Ray program keeps working with
+``import actorcore as ray``.
+
+A task that raises reaches ``get`` as a :class:`TaskError` (alias ``RayTaskError``).
+:meth:`TaskError.as_instanceof_cause` builds, as Ray does, a dynamic subclass of both
+``TaskError`` and the original exception's type, so both ``except TaskError`` and
+``except ValueError`` catch a remote ``ValueError``. The remote traceback text travels
+with it and is part of ``str(error)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ActorcoreError",
+    "RayError",
+    "TaskError",
+    "RayTaskError",
+    "WorkerCrashedError",
+    "GetTimeoutError",
+    "ObjectLostError",
+    "OwnerDiedError",
+    "ObjectStoreFullError",
+    "TaskCancelledError",
+    "TaskUnschedulableError",
+    "ActorcoreSystemError",
+    "RaySystemError",
+    "NotInitializedError",
+    "SerializationError",
+    "ActorError",
+    "RayActorError",
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "ActorUnschedulableError",
+    "LocalRayletDiedError",
+    "NodeDiedError",
+]
+
+
+class ActorcoreError(Exception):
+    """Base class of every error raised by actorcore."""
+
+
+RayError = ActorcoreError
+
+
+class ActorcoreSystemError(ActorcoreError):
+    """The system itself failed (a component, a link): not the user's code."""
+
+
+RaySystemError = ActorcoreSystemError
+
+
+class NotInitializedError(ActorcoreError, RuntimeError):
+    """An API call that needs a cluster was made before ``actorcore.init()``."""
+
+
+class SerializationError(ActorcoreError, TypeError):
+    """A value could not be serialised (pickled) to travel to another process."""
+
+
+class TaskError(ActorcoreError):
+    """A task (or actor method) raised; carries the cause and the remote traceback.
+
+    Attributes:
+        function_name: the task's name (its function's qualified name).
+        traceback_str: the remote traceback, formatted.
+        cause: the original exception, when it could be pickled back (else ``None``).
+        pid: the process id of the worker that ran it.
+        node_id: hex id of the node it ran on.
+    """
+
+    def __init__(
+        self,
+        function_name: str,
+        traceback_str: str,
+        cause: BaseException | None = None,
+        pid: int | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.pid = pid
+        self.node_id = node_id
+        # Not super(): in a dual class the next __init__ would be the cause type's,
+        # whose signature is unknown.
+        Exception.__init__(self, function_name)
+
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild_task_error,
+            (self.function_name, self.traceback_str, self.cause, self.pid, self.node_id),
+        )
+
+    def __str__(self) -> str:
+        where = f"(pid={self.pid}, node={(self.node_id or '-')[:8]})"
+        cause = "" if self.cause is None else f"{type(self.cause).__name__}: {self.cause}\n"
+        return (
+            f"{type(self).__name__}: task {self.function_name} failed {where}\n"
+            f"{cause}{self.traceback_str.rstrip()}"
+        )
+
+    def as_instanceof_cause(self) -> TaskError:
+        """This error as an instance of both ``TaskError`` and the cause's type."""
+        cause_cls = type(self.cause) if self.cause is not None else None
+        if cause_cls is None or issubclass(cause_cls, TaskError):
+            return self
+        cls = _dual_class(cause_cls)
+        if cls is None:
+            return self
+        err = cls(self.function_name, self.traceback_str, self.cause, self.pid, self.node_id)
+        return err
+
+
+RayTaskError = TaskError
+
+_dual_cache: dict[type, type | None] = {}
+
+
+def _dual_class(cause_cls: type) -> type | None:
+    """The cached ``TaskError(<cause>)`` class deriving from both types."""
+    try:
+        return _dual_cache[cause_cls]
+    except KeyError:
+        pass
+    try:
+        cls: type | None = type(
+            f"TaskError({cause_cls.__name__})",
+            (TaskError, cause_cls),
+            {
+                "__init__": TaskError.__init__,
+                "__str__": TaskError.__str__,
+                "__reduce__": TaskError.__reduce__,
+                "__module__": __name__,
+            },
+        )
+    except TypeError:  # e.g. a final class or an incompatible layout
+        cls = None
+    _dual_cache[cause_cls] = cls
+    return cls
+
+
+def _rebuild_task_error(
+    function_name: str,
+    traceback_str: str,
+    cause: BaseException | None,
+    pid: int | None,
+    node_id: str | None,
+) -> TaskError:
+    return TaskError(function_name, traceback_str, cause, pid, node_id).as_instanceof_cause()
+
+
+class WorkerCrashedError(ActorcoreError):
+    """The worker process running a task died (after every allowed retry)."""
+
+
+class LocalRayletDiedError(ActorcoreError):
+    """The node a task or driver depended on died."""
+
+
+NodeDiedError = LocalRayletDiedError
+
+
+class GetTimeoutError(ActorcoreError, TimeoutError):
+    """``get(..., timeout=)`` ran out of time before every object was ready."""
+
+
+class ObjectLostError(ActorcoreError):
+    """An object's value is gone and cannot be rebuilt; the message says why."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned an object died, so its value is gone."""
+
+
+class ObjectStoreFullError(ActorcoreError):
+    """The object store is full and nothing can be freed or spilled."""
+
+
+class TaskCancelledError(ActorcoreError):
+    """The task was cancelled with ``cancel(ref)``."""
+
+    def __init__(self, task_id: bytes | str | None = None, message: str | None = None) -> None:
+        self.task_id = task_id
+        tid = task_id.hex() if isinstance(task_id, bytes) else task_id
+        super().__init__(message or f"task {tid} was cancelled")
+
+
+class TaskUnschedulableError(ActorcoreError):
+    """No node in the cluster can ever satisfy the task's resource request."""
+
+
+class ActorError(ActorcoreError):
+    """An actor could not run a method call (base of the actor errors)."""
+
+
+RayActorError = ActorError
+
+
+class ActorDiedError(ActorError):
+    """The actor is dead; the message says why (constructor raised, killed, ...)."""
+
+
+class ActorUnavailableError(ActorError):
+    """The actor is temporarily unreachable (restarting)."""
+
+
+class ActorUnschedulableError(ActorError):
+    """No node can ever satisfy the actor's resource request."""

@@ -1,0 +1,76 @@
+"""``get_runtime_context()``: where the calling code runs (node, job, task, worker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _worker_state
+
+__all__ = ["RuntimeContext", "get_runtime_context"]
+
+
+class RuntimeContext:
+    """Ids of the current node, job, task and worker, as hex strings (as Ray's)."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+
+    def get_node_id(self) -> str:
+        return self._core.node_id.hex()
+
+    def get_job_id(self) -> str:
+        return self._core.current_job_id().hex()
+
+    def get_task_id(self) -> str | None:
+        tid = _worker_state.task_context.__dict__.get("task_id")
+        return tid.hex() if tid else None
+
+    def get_worker_id(self) -> str:
+        return self._core.worker_id.hex()
+
+    def get_actor_id(self) -> str | None:
+        return _worker_state.task_context.__dict__.get("actor_id")
+
+    @property
+    def node_id(self) -> str:
+        return self.get_node_id()
+
+    @property
+    def job_id(self) -> str:
+        return self.get_job_id()
+
+    @property
+    def task_id(self) -> str | None:
+        return self.get_task_id()
+
+    @property
+    def worker_id(self) -> str:
+        return self.get_worker_id()
+
+    @property
+    def gcs_address(self) -> str | None:
+        return self._core.gcs_address
+
+    @property
+    def namespace(self) -> str:
+        return "default"
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        return False
+
+    def get(self) -> dict:
+        return {
+            "node_id": self.node_id,
+            "job_id": self.job_id,
+            "task_id": self.task_id,
+            "worker_id": self.worker_id,
+            "gcs_address": self.gcs_address,
+        }
+
+    def __repr__(self) -> str:
+        return f"RuntimeContext({self.get()})"
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(_worker_state.current_core())
