@@ -106,13 +106,22 @@ async def open_connection(
         max_frame_size=max_frame_size,
         connect_timeout=connect_timeout,
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(conn.run)
-        try:
-            yield conn
-        finally:
-            with trio.CancelScope(shield=True):
-                await conn.aclose(flush_timeout=1.0)
+    # `conn.run` never raises (a lost link only closes the connection), so whatever
+    # leaves the nursery came from the caller's block: unwrap it, so that callers can
+    # `except RemoteError` around the block instead of an ExceptionGroup.
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(conn.run)
+            try:
+                yield conn
+            finally:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose(flush_timeout=1.0)
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            exc = group.exceptions[0]
+            raise exc from exc.__cause__
+        raise
 
 
 class Client:

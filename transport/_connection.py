@@ -526,6 +526,11 @@ class Connection:
                 waited = True
                 continue
             if n == 0:
+                if end > start:
+                    raise ProtocolError(
+                        f"peer {self.peer_name!r} ({self.peer_address}) closed the connection "
+                        f"mid-frame ({end - start} bytes of an unfinished frame)"
+                    )
                 return "peer closed the connection"
             if not waited:
                 await trio.lowlevel.checkpoint()  # fairness when data never runs dry
@@ -582,6 +587,9 @@ class Connection:
                 return  # its request timed out or was cancelled, or a duplicate
             try:
                 value = _wire.decode_body(body, nbufs)
+            except ProtocolError:
+                self._pending[rid] = task  # failed with the others as the link closes
+                raise
             except Exception as exc:
                 _reschedule(
                     task,
@@ -609,6 +617,8 @@ class Connection:
             )
         try:
             message = _wire.decode_body(body, nbufs)
+        except ProtocolError:
+            raise
         except Exception as exc:
             logger.warning("could not decode a message from %s on %s: %r", self.peer_name, self.name, exc)
             if reply is not None:

@@ -23,6 +23,8 @@ import struct
 import traceback
 from typing import Any
 
+from ._errors import ProtocolError
+
 __all__ = [
     "HEADER",
     "KIND_NAMES",
@@ -94,16 +96,20 @@ def encode_frame(kind: int, rid: int, message: Any) -> tuple[list[bytes | memory
 
 
 def decode_body(body: memoryview, nbufs: int) -> Any:
-    """Unpickle a frame body. Raises `ValueError` if the buffer table is inconsistent."""
+    """Unpickle a frame body.
+
+    Raises `ProtocolError` if the buffer table is inconsistent (a corrupt frame: the
+    connection must close); any other exception is a message that failed to unpickle.
+    """
     if nbufs == 0:
         return _loads(body)
     table = 4 * nbufs
     if table > len(body):
-        raise ValueError(f"frame claims {nbufs} buffers but its body is {len(body)} bytes")
+        raise ProtocolError(f"frame claims {nbufs} buffers but its body is {len(body)} bytes")
     lens = struct.unpack_from(f"<{nbufs}I", body)
     pickle_len = len(body) - table - sum(lens)
     if pickle_len < 0:
-        raise ValueError(f"frame buffer lengths add up to more than its body ({len(body)} bytes)")
+        raise ProtocolError(f"frame buffer lengths add up to more than its body ({len(body)} bytes)")
     offset = table + pickle_len
     buffers = []
     for n in lens:
