@@ -42,6 +42,13 @@ COPY_IN_THREAD = 8 * 1024 * 1024
 #: Extra seconds the client waits beyond a get's own timeout before giving up on a
 #: silent service.
 REPLY_MARGIN = 10.0
+#: At most this many leases are kept cached after their views die.
+MAX_CACHED_LEASES = 4096
+
+
+def _location(payload: int, serialized: SerializedValue) -> tuple[int, int, int, tuple[int, ...]]:
+    data_len = memoryview(serialized.data).nbytes
+    return payload, len(serialized.metadata), data_len, tuple(serialized.buffer_sizes)
 
 
 class _Lease:
@@ -94,16 +101,32 @@ class StoreClient:
         self._lock = threading.Lock()
         self._token = trio.lowlevel.current_trio_token()
         self.refs: collections.Counter[bytes] = collections.Counter()
+        # Small values this client holds a ref to, kept here after put/get (objects are
+        # immutable): a repeated get needs no round trip, like Ray's in-process store.
+        self._small: dict[bytes, SerializedValue] = {}
+        # Leases of objects this client holds a ref to stay cached (LRU) after their
+        # views die, so that a repeated get — and a get after our own put — needs no
+        # round trip. They hold memory the store might want to spill: when it runs out
+        # of spill candidates it sends us ``drop_cache`` and we let them go.
+        self._cache: collections.OrderedDict[bytes, _Lease] = collections.OrderedDict()
         self.closed = False
 
     @classmethod
     async def connect(
         cls, address: str, token: bytes | str, *, name: str = "store-client", timeout: float = 10.0  # noqa: ASYNC109
     ) -> StoreClient:
-        conn = await transport.connect(address, token, name=name, connect_timeout=timeout)
+        box: list[StoreClient] = []
+
+        async def handler(conn: transport.Connection, message: Any, reply: Any) -> None:
+            await box[0]._handle(conn, message, reply)
+
+        conn = await transport.connect(
+            address, token, name=name, connect_timeout=timeout, handler=handler
+        )
         try:
             hello = await conn.request(("hello",), timeout=timeout)
-            return cls(conn, hello)
+            box.append(cls(conn, hello))
+            return box[0]
         except BaseException:
             await conn.aclose()
             raise
@@ -141,6 +164,8 @@ class StoreClient:
                  [pickle.PickleBuffer(b) for b in serialized.buffers], take_ref),
                 timeout,
             )
+            if take_ref:
+                self._small[object_id] = _owned(serialized)
         else:
             payload = await self._create(object_id, serialized, take_ref, timeout)
             try:
@@ -151,7 +176,11 @@ class StoreClient:
             except BaseException:
                 self._abort(object_id)
                 raise
-            await self._call(("seal", object_id), timeout)
+            view_id = await self._call(("seal", object_id, take_ref), timeout)
+            if take_ref:
+                self.refs[object_id] += 1
+                self._lease(object_id, view_id, _location(payload, serialized))
+            return serialized.total_size
         if take_ref:
             self.refs[object_id] += 1
         return serialized.total_size
@@ -204,20 +233,44 @@ class StoreClient:
         lease = self._leases.get(object_id)
         if lease is not None:
             return lease.serialized()
+        small = self._small.get(object_id)
+        if small is not None:
+            return small
         reply = await self._call(
             ("get", object_id, timeout), None if timeout is None else timeout + REPLY_MARGIN
         )
         if reply[0] == "inline":
             _, metadata, data, buffers = reply
-            return SerializedValue(data=data, buffers=buffers, metadata=metadata)
+            value = SerializedValue(data=data, buffers=buffers, metadata=metadata)
+            if self.refs.get(object_id, 0) > 0:
+                self._small[object_id] = _owned(value)
+            return value
         _, view_id, location = reply
+        return self._lease(object_id, view_id, location).serialized()
+
+    def _lease(self, object_id: bytes, view_id: int, location: Any) -> _Lease:
         lease = self._leases.get(object_id)
         if lease is not None:  # a concurrent get made one: keep a single lease
             lease.view_ids.append(view_id)
         else:
             lease = _Lease(self, object_id, view_id, location, self._mapping)
             self._leases[object_id] = lease
-        return lease.serialized()
+        if self.refs.get(object_id, 0) > 0:
+            self._cache[object_id] = lease
+            self._cache.move_to_end(object_id)
+            if len(self._cache) > MAX_CACHED_LEASES:
+                self._cache.popitem(last=False)
+        return lease
+
+    async def _handle(self, conn: transport.Connection, message: Any, reply: Any) -> None:
+        if message[0] == "drop_cache":
+            dropped = len(self._cache)
+            self._cache.clear()  # leases without live views die now and queue releases
+            self._flush_releases()  # sent before the reply: the service sees them first
+            if reply is not None:
+                reply.send(dropped)
+        elif reply is not None:
+            reply.fail(ValueError(f"unknown request {message[0]!r} to a store client"))
 
     async def contains(self, object_id: bytes) -> bool:
         return await self._call(("contains", object_id), 30.0)
@@ -243,6 +296,8 @@ class StoreClient:
         self.refs[object_id] -= count
         if self.refs[object_id] <= 0:
             del self.refs[object_id]
+            self._small.pop(object_id, None)
+            self._cache.pop(object_id, None)
         await self._send(("remove_ref", object_id, count))
 
     async def pin(self, object_id: bytes) -> None:
@@ -255,6 +310,9 @@ class StoreClient:
     async def delete(self, object_id: bytes) -> bool:
         """Forget the object whatever its refs; returns whether it existed. Memory under
         live views is reused only after they are gone."""
+        self._small.pop(object_id, None)
+        self._cache.pop(object_id, None)
+        self.refs.pop(object_id, None)
         return await self._call(("delete", object_id), 30.0)
 
     async def store_statistics(self) -> dict[str, Any]:
@@ -265,6 +323,8 @@ class StoreClient:
         return {
             "refs": sum(self.refs.values()),
             "leases": len(self._leases),
+            "cached_small": len(self._small),
+            "cached_leases": len(self._cache),
             "pending_releases": len(self._released),
             "closed": self.closed or self._conn.closed,
         }
@@ -303,6 +363,8 @@ class StoreClient:
     async def _call(self, message: Any, timeout: float | None) -> Any:  # noqa: ASYNC109
         if self.closed:
             raise StoreClosedError("the store client is closed")
+        if self._released:  # ride in the same write as the request
+            self._flush_releases()
         try:
             return await self._conn.request(message, timeout=timeout)
         except transport.RemoteError as exc:
@@ -312,6 +374,14 @@ class StoreClient:
             raise
         except transport.ConnectionLost as exc:
             raise StoreClosedError(f"connection to the object store lost: {exc}") from exc
+
+
+def _owned(value: SerializedValue) -> SerializedValue:
+    """A copy that shares no memory with the caller's objects or a received frame."""
+    return SerializedValue(
+        data=bytes(value.data), buffers=[bytes(b) for b in value.buffers],
+        metadata=bytes(value.metadata),
+    )
 
 
 class BlockingStoreClient:
@@ -342,9 +412,9 @@ class BlockingStoreClient:
         except BaseException:
             trio.from_thread.run_sync(client._abort, object_id, trio_token=self._token)
             raise
-        self._run(client._call, ("seal", object_id), timeout)
+        view_id = self._run(client._call, ("seal", object_id, take_ref), timeout)
         if take_ref:
-            self._run(_add_local_ref, client, object_id)
+            self._run(_add_local_ref, client, object_id, view_id, _location(payload, serialized))
         return serialized.total_size
 
     def get(self, object_id: bytes, *, timeout: float | None = None) -> Any:
@@ -354,6 +424,9 @@ class BlockingStoreClient:
         lease = self._client._leases.get(object_id)
         if lease is not None:  # no hop at all
             return lease.serialized()
+        small = self._client._small.get(object_id)
+        if small is not None:
+            return small
         return self._run(_get_serialized, self._client, object_id, timeout)
 
     def contains(self, object_id: bytes) -> bool:
@@ -387,5 +460,6 @@ async def _get_serialized(client: StoreClient, object_id: bytes, timeout: float 
     return await client.get_serialized(object_id, timeout=timeout)
 
 
-async def _add_local_ref(client: StoreClient, object_id: bytes) -> None:
+async def _add_local_ref(client: StoreClient, object_id: bytes, view_id: int, location: Any) -> None:
     client.refs[object_id] += 1
+    client._lease(object_id, view_id, location)

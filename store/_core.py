@@ -93,6 +93,10 @@ class StoreCore:
         self.spilled_bytes = 0
         self.counters: collections.Counter[str] = collections.Counter()
         self._next_view = 1
+        self.spill_seconds = 0.0
+        self.restore_seconds = 0.0
+        #: ``async reclaim(clients)``: ask clients to drop cached views (set by the service).
+        self.reclaim: Any = None
         self._alloc_lock = trio.Lock()
         for block in recovered:
             if block.state == SEALED:
@@ -155,6 +159,8 @@ class StoreCore:
             "restores": self.counters["restores"],
             "spill_bytes_written": self.counters["spill_bytes_written"],
             "restore_bytes_read": self.counters["restore_bytes_read"],
+            "spill_seconds": self.spill_seconds,
+            "restore_seconds": self.restore_seconds,
         }
 
     # -- creating ------------------------------------------------------------------
@@ -211,7 +217,9 @@ class StoreCore:
             self.add_ref(client, object_id)
         return payload
 
-    def seal(self, client: Client, object_id: bytes) -> None:
+    def seal(self, client: Client, object_id: bytes, with_view: bool = False) -> int | None:
+        """Make the object visible. With ``with_view`` the writer gets a view of it
+        (its view id is returned), so its own reads need no round trip."""
         entry = self.entries.get(object_id)
         if entry is None or entry.state != "unsealed" or entry.creator != client:
             raise ObjectNotFoundError(object_id, "no unsealed object of this client to seal")
@@ -219,7 +227,16 @@ class StoreCore:
         entry.state = "sealed"
         entry.creator = None
         self.lru[object_id] = None
+        view_id = self._add_view(entry, client) if with_view else None
         self._sealed(object_id)
+        return view_id
+
+    def _add_view(self, entry: Entry, client: Client) -> int:
+        view_id = self._next_view
+        self._next_view += 1
+        self.views[view_id] = (entry, client)
+        entry.views += 1
+        return view_id
 
     def abort(self, client: Client, object_id: bytes) -> None:
         entry = self.entries.get(object_id)
@@ -316,11 +333,7 @@ class StoreCore:
             self.lru.move_to_end(object_id)
             if entry.size < self.inline_threshold:
                 return ("inline", self.copy_out(entry))
-            view_id = self._next_view
-            self._next_view += 1
-            self.views[view_id] = (entry, client)
-            entry.views += 1
-            return ("shm", view_id, entry.location)
+            return ("shm", self._add_view(entry, client), entry.location)
 
     def release_views(self, client: Client, view_ids: Sequence[int]) -> None:
         for view_id in view_ids:
@@ -449,11 +462,7 @@ class StoreCore:
         for object_id in views:
             entry = self.visible(object_id)
             if entry is not None and entry.state == "sealed":
-                view_id = self._next_view
-                self._next_view += 1
-                self.views[view_id] = (entry, client)
-                entry.views += 1
-                new_views[object_id] = view_id
+                new_views[object_id] = self._add_view(entry, client)
         return new_views
 
     # -- freeing, spilling, restoring ------------------------------------------------
@@ -488,6 +497,7 @@ class StoreCore:
         if got is not None:
             return got
         async with self._alloc_lock:
+            asked = False
             while True:
                 got = self.arena.allocate(need)
                 if got is not None:
@@ -497,7 +507,14 @@ class StoreCore:
                     None,
                 )
                 if victim is None:
-                    raise self._full_error(need, object_id)
+                    viewers = {c for e, c in self.views.values() if e.state == "sealed" and not e.pins}
+                    if asked or not viewers or self.reclaim is None:
+                        raise self._full_error(need, object_id)
+                    # Clients cache views of objects they hold refs to; ask them to
+                    # let go of the ones nobody uses, then look again (once).
+                    asked = True
+                    await self.reclaim(viewers)
+                    continue
                 await self._spill(victim)
 
     async def _spill(self, entry: Entry) -> None:
@@ -507,8 +524,10 @@ class StoreCore:
         end = entry.payload_offset + self.payload_len(entry)
         block = self.arena.mapping.view[start:end]
         entry.busy = "spilling"
+        started = trio.current_time()
         try:
             written = await trio.to_thread.run_sync(_spill.write_spill, path, block)
+            self.spill_seconds += trio.current_time() - started
         finally:
             entry.busy = None
             block.release()
@@ -542,7 +561,9 @@ class StoreCore:
             try:
                 dest = self.arena.mapping.view[offset : offset + length]
                 try:
+                    started = trio.current_time()
                     await trio.to_thread.run_sync(_spill.restore_spill, entry.spill_path, dest)
+                    self.restore_seconds += trio.current_time() - started
                 finally:
                     dest.release()
             except BaseException:

@@ -101,6 +101,7 @@ class ObjectStoreService:
                 inline_threshold=self.inline_threshold,
             )
             self._core = core
+            core.reclaim = self._reclaim
             if recovered or core.entries:
                 logger.info(
                     "%s: recovered %d objects from %s and %s", self.name, len(core.entries),
@@ -217,8 +218,7 @@ class ObjectStoreService:
         elif kind == "create":
             self._later(reply, core.create, conn, *message[1:])
         elif kind == "seal":
-            core.seal(conn, message[1])
-            reply.send(None)
+            reply.send(core.seal(conn, message[1], bool(message[2]) if len(message) > 2 else False))
         elif kind == "contains":
             reply.send(core.visible(message[1]) is not None)
         elif kind == "pin":
@@ -248,6 +248,21 @@ class ObjectStoreService:
             })
         else:
             raise ValueError(f"unknown object store request {kind!r}")
+
+    async def _reclaim(self, clients: set[Any]) -> None:
+        """Ask ``clients`` to drop their cached views (they answer after sending the
+        releases, so the releases are processed when this returns)."""
+
+        async def ask(conn: transport.Connection) -> None:
+            try:
+                await conn.request(("drop_cache",), timeout=5.0)
+            except transport.TransportError as exc:
+                logger.info("%s: %s did not drop its cache: %s", self.name, conn.peer_name, exc)
+
+        async with trio.open_nursery() as nursery:
+            for conn in clients:
+                if isinstance(conn, transport.Connection) and not conn.closed:
+                    nursery.start_soon(ask, conn)
 
     def _later(self, reply: Any, fn: Any, *args: Any) -> None:
         assert self._nursery is not None
