@@ -111,7 +111,8 @@ class CoreWorker:
         self._flush_pending = False
         self._wake_sender = trio.Event()
         self._fetching: set[bytes] = set()
-        self._task_scopes: dict[bytes, trio.CancelScope] = {}
+        self._task_waiters: dict[bytes, Callable[[], None]] = {}
+        self._lock = threading.Lock()
         self._cancelled_tasks: set[bytes] = set()
         self._closed = False
         self.lost_error: BaseException | None = None
@@ -231,15 +232,15 @@ class CoreWorker:
             self._set_ready(entry, is_error, data)
 
     def _set_ready(self, entry: _Entry, is_error: bool, data: Any) -> None:
-        if entry.ready:
-            return
-        entry.is_error = is_error
-        entry.data = data
-        entry.ready = True
-        if entry.event is not None:
-            entry.event.set()
-        if entry.callbacks:
+        """Make ``entry`` ready and run its callbacks (core loop)."""
+        with self._lock:
+            if entry.ready:
+                return
+            entry.is_error = is_error
+            entry.data = data
+            entry.ready = True
             callbacks, entry.callbacks = entry.callbacks, None
+        if callbacks:
             for cb in callbacks:
                 try:
                     cb()
@@ -250,25 +251,34 @@ class CoreWorker:
         """The node link died: every waiter fails with a system error (core loop)."""
         self.lost_error = exc
         self._closed = True
+        err = _serialization.dumps(
+            ActorcoreSystemError(f"the connection to the node was lost: {exc}")
+        )
         for entry in list(self._entries.values()):
             if not entry.ready:
-                err = ActorcoreSystemError(f"the connection to the node was lost: {exc}")
-                self._set_ready(entry, True, _serialization.dumps(err))
+                self._set_ready(entry, True, err)
 
     # ------------------------------------------------------------------ waiting
+    #
+    # Waiting never parks a thread inside the core loop. A waiting thread registers
+    # a callback on each entry not yet ready (under ``_lock``, so it cannot miss a
+    # ``_set_ready`` racing with it), then blocks on a plain ``threading.Lock`` that
+    # the last needed callback releases from the core loop. Objects this process
+    # does not own are fetched from the node (started in the core loop with
+    # ``run_sync_soon``; the fetch's reply sets the entry ready like a push does).
 
     def _entry_for(self, oid: bytes) -> _Entry:
-        """The entry for ``oid``; an unknown one is fetched from the node (core loop)."""
+        """The entry for ``oid``; an unknown one is fetched from the node (any thread)."""
         entry = self._entries.get(oid)
         if entry is None:
-            entry = self._entries[oid] = _Entry(owned=False)
+            entry = self._entries.setdefault(oid, _Entry(owned=False))
         if not entry.owned and not entry.ready and oid not in self._fetching:
             self._fetching.add(oid)
-            self._start_fetch(oid)
+            if self._in_loop():
+                self._nursery.start_soon(self._fetch, [oid])
+            else:
+                self.trio_token.run_sync_soon(self._nursery.start_soon, self._fetch, [oid])
         return entry
-
-    def _start_fetch(self, oid: bytes) -> None:
-        self._nursery.start_soon(self._fetch, [oid])
 
     async def _fetch(self, oids: list[bytes]) -> None:
         try:
@@ -284,66 +294,90 @@ class CoreWorker:
             if entry is not None:
                 self._set_ready(entry, is_error, data)
 
-    async def wait_ready(
-        self, oids: Sequence[bytes], num_ready: int, limit: float | None
-    ) -> list[bool]:
-        """Wait until ``num_ready`` of ``oids`` are ready, at most ``limit`` s (core loop)."""
-        entries = [self._entry_for(oid) for oid in oids]
-        with trio.move_on_after(float("inf") if limit is None else max(limit, 0)):
-            while True:
-                pending = [e for e in entries if not e.ready]
-                if len(entries) - len(pending) >= num_ready or not pending:
-                    break
-                entry = pending[0]
-                if entry.event is None:
-                    entry.event = trio.Event()
-                await entry.event.wait()
-        return [e.ready for e in entries]
+    def _register(self, entries: Sequence[_Entry], needed: int, fire: Callable[[], None]) -> Callable:
+        """Call ``fire()`` (core loop) once ``needed`` more of ``entries`` are ready.
 
-    def _in_loop(self) -> bool:
-        return threading.get_ident() == self._loop_thread
+        Returns the callback registered, for ``_unregister``. ``fire`` is called at
+        most once; if enough are ready already, it is called now, in this thread.
+        """
+        state = [needed, False]
 
-    def _run_in_loop(self, fn: Callable, *args: Any) -> Any:
+        def one() -> None:
+            state[0] -= 1
+            if state[0] <= 0 and not state[1]:
+                state[1] = True
+                fire()
+
+        with self._lock:
+            ready = 0
+            for e in entries:
+                if e.ready:
+                    ready += 1
+            state[0] -= ready
+            if state[0] <= 0:
+                state[1] = True
+            else:
+                for e in entries:
+                    if not e.ready:
+                        if e.callbacks is None:
+                            e.callbacks = [one]
+                        else:
+                            e.callbacks.append(one)
+        if state[0] <= 0:
+            fire()
+        return one
+
+    def _unregister(self, entries: Sequence[_Entry], callback: Callable) -> None:
+        with self._lock:
+            for e in entries:
+                if e.callbacks:
+                    try:
+                        e.callbacks.remove(callback)
+                    except ValueError:
+                        pass
+
+    def _blocking_wait(self, oids: Sequence[bytes], num: int, timeout: float | None) -> list[bool]:
+        """Block the calling thread until ``num`` of ``oids`` are ready or ``timeout``."""
         if self._in_loop():
             raise RuntimeError(
                 "blocking actorcore calls (get, wait) cannot run inside the core loop; "
                 "use `await ref` in async code"
             )
-        return trio.from_thread.run(fn, *args, trio_token=self.trio_token)
-
-    def _blocking_wait(self, oids: Sequence[bytes], num: int, timeout: float | None) -> list[bool]:
+        entries = [self._entry_for(oid) for oid in oids]
         task_id = self.current_task_id()
-        if task_id is None:
-            return self._run_in_loop(self.wait_ready, oids, num, timeout)
-        self._enqueue(("blocked", task_id))
-        try:
-            flags = self._run_in_loop(self._task_wait, task_id, oids, num, timeout)
-        finally:
-            self._enqueue(("unblocked", task_id))
-        if flags is None:
-            raise TaskCancelledError(task_id, "the task was cancelled while it waited in get")
-        return flags
+        gate = threading.Lock()
+        gate.acquire()
+        released = [False]
 
-    async def _task_wait(
-        self, task_id: bytes, oids: Sequence[bytes], num: int, limit: float | None
-    ) -> list[bool] | None:
-        """``wait_ready`` for a task's thread; ``None`` if the task was cancelled."""
-        if task_id in self._cancelled_tasks:
-            return None
-        with trio.CancelScope() as scope:
-            self._task_scopes[task_id] = scope
-            try:
-                return await self.wait_ready(oids, num, limit)
-            finally:
-                del self._task_scopes[task_id]
-        return None
+        def fire() -> None:
+            if not released[0]:
+                released[0] = True
+                gate.release()
+
+        if task_id is not None:
+            if task_id in self._cancelled_tasks:
+                raise TaskCancelledError(task_id, "the task was cancelled")
+            self._task_waiters[task_id] = fire
+            self._enqueue(("blocked", task_id))
+        cb = self._register(entries, num, fire)
+        try:
+            gate.acquire(timeout=-1 if timeout is None else timeout)
+        finally:
+            self._unregister(entries, cb)
+            if task_id is not None:
+                self._task_waiters.pop(task_id, None)
+                self._enqueue(("unblocked", task_id))
+        if task_id is not None and task_id in self._cancelled_tasks:
+            raise TaskCancelledError(task_id, "the task was cancelled while it waited in get")
+        return [e.ready for e in entries]
 
     def cancel_task_waits(self, task_id: bytes) -> None:
         """Wake the task ``task_id`` out of ``get``/``wait`` (core loop)."""
         self._cancelled_tasks.add(task_id)
-        scope = self._task_scopes.get(task_id)
-        if scope is not None:
-            scope.cancel()
+        fire = self._task_waiters.get(task_id)
+        if fire is not None:
+            with self._lock:
+                fire()
 
     def task_finished(self, task_id: bytes) -> None:
         self._cancelled_tasks.discard(task_id)
@@ -352,30 +386,37 @@ class CoreWorker:
         spec = getattr(task_context, "spec", None)
         return spec.job_id if spec is not None else self.job_id
 
+    def _in_loop(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    def _run_in_loop(self, fn: Callable, *args: Any) -> Any:
+        if self._in_loop():
+            raise RuntimeError("blocking actorcore calls cannot run inside the core loop")
+        return trio.from_thread.run(fn, *args, trio_token=self.trio_token)
+
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         """The values of ``refs``; raises the first error among them."""
         entries = self._entries
         oids = [r._id for r in refs]
-        ready = True
         for oid in oids:
             e = entries.get(oid)
             if e is None or not e.ready:
-                ready = False
                 break
-        if not ready:
-            if self._closed and self.lost_error is not None:
-                raise ActorcoreSystemError(f"the connection to the node was lost: {self.lost_error}")
-            flags = self._blocking_wait(oids, len(oids), timeout)
-            if not all(flags):
-                missing = [oid.hex() for oid, f in zip(oids, flags, strict=True) if not f]
-                raise GetTimeoutError(
-                    f"get timed out after {timeout} s: {len(missing)} of {len(oids)} "
-                    f"object(s) not ready (first: {missing[0]})"
-                )
+        else:
+            return [self._value_of(entries[oid]) for oid in oids]
+        if self._closed and self.lost_error is not None:
+            raise ActorcoreSystemError(f"the connection to the node was lost: {self.lost_error}")
+        flags = self._blocking_wait(oids, len(oids), timeout)
+        if not all(flags):
+            missing = [oid.hex() for oid, f in zip(oids, flags, strict=True) if not f]
+            raise GetTimeoutError(
+                f"get timed out after {timeout} s: {len(missing)} of {len(oids)} "
+                f"object(s) not ready (first: {missing[0]})"
+            )
         out = []
         for oid in oids:
             e = entries.get(oid)
-            if e is None:  # freed while we waited (its ref died?): cannot happen for ours
+            if e is None:
                 raise ActorcoreSystemError(f"object {oid.hex()} vanished while being read")
             out.append(self._value_of(e))
         return out
@@ -397,6 +438,9 @@ class CoreWorker:
         flags = [bool((e := entries.get(o)) is not None and e.ready) for o in oids]
         if sum(flags) < num_returns and timeout != 0:
             flags = self._blocking_wait(oids, num_returns, timeout)
+        elif sum(flags) < num_returns:
+            for oid in oids:  # timeout=0: start fetches so a later wait sees them
+                self._entry_for(oid)
         ready: list[ObjectRef] = []
         not_ready: list[ObjectRef] = []
         for ref, flag in zip(refs, flags, strict=True):
@@ -407,28 +451,9 @@ class CoreWorker:
         return ready, not_ready
 
     def on_ready_callback(self, oids: Sequence[bytes], callback: Callable[[], None]) -> None:
-        """Call ``callback`` (in the core loop) once every object in ``oids`` is ready."""
-        remaining = [len(oids)]
-
-        def one() -> None:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                callback()
-
-        def register() -> None:
-            for oid in oids:
-                entry = self._entry_for(oid)
-                if entry.ready:
-                    one()
-                else:
-                    if entry.callbacks is None:
-                        entry.callbacks = []
-                    entry.callbacks.append(one)
-
-        if self._in_loop():
-            register()
-        else:
-            self.trio_token.run_sync_soon(register)
+        """Call ``callback`` once every object in ``oids`` is ready (core loop, or now)."""
+        entries = [self._entry_for(oid) for oid in oids]
+        self._register(entries, len(entries), callback)
 
     async def await_ref(self, ref: ObjectRef) -> Any:
         """``await ref`` in asyncio or Trio code running on another thread's loop."""
@@ -438,19 +463,21 @@ class CoreWorker:
         if entry is None or not entry.ready:
             lib = sniffio.current_async_library()
             if lib == "trio":
-                if self._in_loop():
-                    await self.wait_ready([ref._id], 1, None)
+                token = trio.lowlevel.current_trio_token()
+                ev = trio.Event()
+                if token is self.trio_token:
+                    self.on_ready_callback([ref._id], ev.set)
                 else:
-                    token = trio.lowlevel.current_trio_token()
-                    ev = trio.Event()
                     self.on_ready_callback([ref._id], lambda: token.run_sync_soon(ev.set))
-                    await ev.wait()
+                await ev.wait()
             elif lib == "asyncio":
                 import asyncio
 
                 loop = asyncio.get_running_loop()
                 aev = asyncio.Event()
-                self.on_ready_callback([ref._id], lambda: _discard(loop.call_soon_threadsafe(aev.set)))
+                self.on_ready_callback(
+                    [ref._id], lambda: _discard(loop.call_soon_threadsafe(aev.set))
+                )
                 await aev.wait()
             else:
                 raise RuntimeError(f"await ObjectRef is not supported under {lib}")

@@ -131,6 +131,7 @@ class NodeRuntime:
             kill_worker=self._kill_worker,
             record_lineage=self._record_lineage,
             forward_infeasible=self._infeasible_send.send_nowait,
+            call_later=self._call_later,
             node_id=self.node_hex,
         )
         n = config.num_workers
@@ -284,6 +285,14 @@ class NodeRuntime:
             client.conn.send_nowait(("ready", results))
         except transport.TransportError:
             pass
+
+    def _call_later(self, delay: float, fn: Any) -> None:
+        async def later() -> None:
+            await trio.sleep(delay)
+            fn()
+
+        if self._nursery is not None:
+            self._nursery.start_soon(later)
 
     def _request_worker(self) -> None:
         self.pool.wakeup.set()

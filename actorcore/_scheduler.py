@@ -47,6 +47,9 @@ __all__ = ["SchedulerState", "LocalScheduler", "GlobalScheduler", "WorkerInfo"]
 
 logger = logging.getLogger("actorcore.scheduler")
 
+#: Seconds a running task has to honour a (non-force) cancel before its worker is killed.
+CANCEL_GRACE = 1.0
+
 
 @attrs.define(eq=False)
 class WorkerInfo:
@@ -112,6 +115,7 @@ class SchedulerState:
     kill_worker: Callable[[WorkerInfo], None]
     record_lineage: Callable[[TaskSpec], None]
     forward_infeasible: Callable[[TaskSpec], None]
+    call_later: Callable[[float, Callable[[], None]], None]
     available: dict[str, float] = attrs.Factory(dict)
     waiting: dict[bytes, list] = attrs.Factory(dict)  # task id -> [spec, deps missing]
     ready: collections.deque = attrs.Factory(collections.deque)
@@ -256,7 +260,16 @@ class SchedulerState:
                 worker.force_cancelled = True
                 self.kill_worker(worker)
             elif worker.conn is not None:
+                # Raised inside the task; a task stuck in a blocking C call (sleep,
+                # I/O) cannot see it, so after a grace period its worker is killed.
                 worker.conn.send_nowait(("cancel", task_id))
+
+                def escalate() -> None:
+                    if self.running.get(task_id) is worker:
+                        worker.force_cancelled = True
+                        self.kill_worker(worker)
+
+                self.call_later(CANCEL_GRACE, escalate)
 
     def fail_unschedulable(self, spec: TaskSpec, message: str) -> None:
         self._fail(spec, TaskUnschedulableError(message))
@@ -295,11 +308,19 @@ class SchedulerState:
                 dep_data.append((e.is_error, e.data))
             worker.conn.send_nowait(("execute", spec, dep_data))
 
-    def demand(self) -> int:
-        """How many more workers would start tasks right now."""
+    def demand(self, limit: int) -> int:
+        """How many more workers would start tasks right now (at most ``limit``).
+
+        Scans at most ``limit + idle`` queued tasks: the answer only matters up to
+        how many workers the pool may still start, and a full scan of a long queue
+        on every wake-up would make scheduling quadratic.
+        """
         n = 0
+        want = limit + len(self.idle)
         avail = dict(self.available)
-        for spec in self.ready:
+        for i, spec in enumerate(self.ready):
+            if i >= 4 * want + 16 or n >= want:
+                break
             if _fits(spec.resources, avail):
                 n += 1
                 for k, v in spec.resources.items():

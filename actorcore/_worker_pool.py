@@ -116,9 +116,9 @@ class WorkerPool:
 
     async def _grow(self) -> None:
         pool = self.pool
-        demand = self.sched.demand()
         blocked = sum(1 for w in pool.alive() if w.blocked)
         limit = pool.max_workers + blocked
+        demand = self.sched.demand(max(0, limit - len(pool.alive())) + pool.starting)
         while demand > pool.starting and len(pool.alive()) < limit:
             await self._spawn()
 

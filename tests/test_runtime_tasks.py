@@ -1,0 +1,291 @@
+"""Tasks and objects on a real embedded cluster (one per module): the Ray API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import threading
+import time
+
+import pytest
+import trio
+
+import actorcore as ray
+from actorcore import exceptions as exc
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    info = ray.init(num_cpus=2, log_to_driver=False)
+    yield info
+    ray.shutdown()
+
+
+@ray.remote
+def add(a, b=0):
+    return a + b
+
+
+@ray.remote(num_returns=3)
+def three():
+    return 1, 2, 3
+
+
+@ray.remote
+def boom(msg):
+    raise ValueError(msg)
+
+
+class MyError(Exception):
+    def __init__(self, code, detail):
+        super().__init__(code, detail)
+        self.code = code
+
+
+@ray.remote
+def boom_custom():
+    raise MyError(7, "custom")
+
+
+def test_simple_task():
+    assert ray.get(add.remote(1, 2)) == 3
+    assert ray.get(add.remote(1, b=5)) == 6
+    assert ray.get([add.remote(i, i) for i in range(20)]) == [2 * i for i in range(20)]
+
+
+def test_num_returns():
+    refs = three.remote()
+    assert isinstance(refs, list) and len(refs) == 3
+    assert ray.get(refs) == [1, 2, 3]
+    assert add.options(num_returns=0).remote(1) is None
+    bad = add.options(num_returns=2).remote(1, 2)
+    with pytest.raises(ValueError, match="num_returns=2"):
+        ray.get(bad[0])
+
+
+def test_refs_as_args_are_resolved_and_nested_refs_stay_refs():
+    x = ray.put(10)
+    assert ray.get(add.remote(x, add.remote(1, 2))) == 13
+
+    @ray.remote
+    def inspect(container):
+        (inner,) = container
+        return type(inner).__name__, ray.get(inner)
+
+    assert ray.get(inspect.remote([x])) == ("ObjectRef", 10)
+
+
+def test_put_get_and_ref_semantics():
+    value = {"a": list(range(1000)), "b": b"x" * 200_000}
+    ref = ray.put(value)
+    assert ray.get(ref) == value
+    assert ref == pickle.loads(pickle.dumps(ref))
+    assert hash(ref) == hash(pickle.loads(pickle.dumps(ref)))
+    assert len(ref.hex()) == 40
+    with pytest.raises(TypeError, match="ObjectRef"):
+        ray.put(ref)
+    with pytest.raises(TypeError, match="list of ObjectRefs"):
+        ray.get([ref, 3])
+
+
+def test_nested_tasks_and_blocked_get_do_not_deadlock():
+    @ray.remote
+    def tree(depth):
+        if depth == 0:
+            return 1
+        return 1 + sum(ray.get([tree.remote(depth - 1) for _ in range(3)]))
+
+    # 40 tasks, each blocked in get on its children, on a 2-CPU node.
+    assert ray.get(tree.remote(3), timeout=60) == 40
+
+
+def test_wait():
+    @ray.remote
+    def sleepy(t):
+        time.sleep(t)
+        return t
+
+    fast = [add.remote(i) for i in range(5)]
+    slow = sleepy.remote(30)
+    ready, not_ready = ray.wait(fast + [slow], num_returns=5, timeout=20)
+    assert set(ready) == set(fast) and not_ready == [slow]
+    t0 = time.monotonic()
+    ready, not_ready = ray.wait([slow], timeout=0.2)
+    assert ready == [] and not_ready == [slow]
+    assert time.monotonic() - t0 < 2
+    with pytest.raises(ValueError, match="duplicate"):
+        ray.wait([slow, slow])
+    with pytest.raises(ValueError, match="num_returns"):
+        ray.wait([slow], num_returns=2)
+    ray.cancel(slow, force=True)
+
+
+def test_get_timeout():
+    @ray.remote
+    def sleepy():
+        time.sleep(30)
+
+    ref = sleepy.remote()
+    t0 = time.monotonic()
+    with pytest.raises(exc.GetTimeoutError, match="timed out"):
+        ray.get(ref, timeout=0.3)
+    assert time.monotonic() - t0 < 3
+    assert isinstance(exc.GetTimeoutError("x"), TimeoutError)
+    ray.cancel(ref, force=True)
+
+
+def test_task_error_is_instance_of_cause_with_traceback():
+    ref = boom.remote("bad input")
+    with pytest.raises(ValueError) as info:
+        ray.get(ref)
+    err = info.value
+    assert isinstance(err, exc.TaskError) and isinstance(err, exc.RayTaskError)
+    assert "bad input" in str(err)
+    assert "Traceback" in err.traceback_str and "boom" in err.traceback_str
+    with pytest.raises(MyError) as info2:
+        ray.get(boom_custom.remote())
+    assert info2.value.cause.code == 7
+
+
+def test_error_flows_through_dependent_tasks():
+    failed = boom.remote("upstream")
+    downstream = add.remote(failed, 1)
+    with pytest.raises(ValueError, match="upstream"):
+        ray.get(downstream)
+
+
+def test_retry_after_worker_death(tmp_path):
+    marker = tmp_path / "died"
+
+    @ray.remote(max_retries=2)
+    def die_once(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            os._exit(1)
+        return "survived"
+
+    assert ray.get(die_once.remote(str(marker)), timeout=60) == "survived"
+
+    @ray.remote(max_retries=0)
+    def always_die():
+        os._exit(1)
+
+    with pytest.raises(exc.WorkerCrashedError, match="no retries are left"):
+        ray.get(always_die.remote(), timeout=60)
+
+
+def test_retry_exceptions(tmp_path):
+    counter = tmp_path / "count"
+
+    @ray.remote(max_retries=3, retry_exceptions=[OSError])
+    def flaky(path):
+        n = int(open(path).read()) if os.path.exists(path) else 0
+        with open(path, "w") as f:
+            f.write(str(n + 1))
+        if n < 2:
+            raise OSError("transient")
+        return n
+
+    assert ray.get(flaky.remote(str(counter))) == 2
+
+    @ray.remote(max_retries=3, retry_exceptions=[OSError])
+    def not_retried():
+        raise KeyError("no")
+
+    with pytest.raises(KeyError):
+        ray.get(not_retried.remote())
+
+
+def test_unpicklable_argument_names_type_and_cluster_stays_healthy():
+    lock = threading.Lock()
+    with pytest.raises(exc.SerializationError, match="lock"):
+        add.remote(lock)
+    with pytest.raises(TypeError, match="argument 0"):
+        add.remote(lock)
+    assert ray.get(add.remote(1, 1)) == 2
+
+
+def test_unpicklable_return_value():
+    @ray.remote
+    def give_lock():
+        return threading.Lock()
+
+    with pytest.raises(exc.TaskError, match="lock"):
+        ray.get(give_lock.remote())
+
+
+def test_cancel_queued_and_running():
+    @ray.remote
+    def sleepy(t):
+        time.sleep(t)
+        return "done"
+
+    blockers = [sleepy.remote(30) for _ in range(2)]
+    queued = sleepy.remote(30)
+    time.sleep(0.3)
+    ray.cancel(queued)
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(queued, timeout=10)
+    ray.cancel(blockers[0])  # running: interrupted inside the task
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(blockers[0], timeout=10)
+    ray.cancel(blockers[1], force=True)  # running: worker killed
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(blockers[1], timeout=10)
+    assert ray.get(add.remote(2, 2), timeout=30) == 4
+
+
+def test_infeasible_resources_fail_clearly():
+    ref = add.options(num_gpus=1).remote(1)
+    with pytest.raises(exc.TaskUnschedulableError, match="GPU"):
+        ray.get(ref, timeout=10)
+    ref = add.options(resources={"TPU": 4}).remote(1)
+    with pytest.raises(exc.TaskUnschedulableError, match="TPU"):
+        ray.get(ref, timeout=10)
+
+
+def test_option_validation():
+    with pytest.raises(ValueError, match="num_cpus"):
+        add.options(num_cpus=-1)
+    with pytest.raises(ValueError, match="unknown option.*bogus"):
+        add.options(bogus=1)
+    with pytest.raises(TypeError, match="retry_exceptions"):
+        add.options(retry_exceptions=[int])
+    with pytest.raises(TypeError, match="cannot be called directly"):
+        add(1, 2)
+
+
+def test_runtime_context_and_resources():
+    ctx = ray.get_runtime_context()
+    assert len(ctx.get_node_id()) == 32 and ctx.get_task_id() is None
+
+    @ray.remote
+    def where():
+        c = ray.get_runtime_context()
+        return c.get_node_id(), c.get_task_id(), c.get_worker_id(), c.get_job_id(), os.getpid()
+
+    node, task, worker, job, pid = ray.get(where.remote())
+    assert node == ctx.get_node_id() and task and worker != ctx.get_worker_id()
+    assert job == ctx.get_job_id() and pid != os.getpid()
+    assert ray.cluster_resources()["CPU"] == 2
+    assert ray.available_resources()["CPU"] <= 2
+    (n,) = ray.nodes()
+    assert n["Alive"] and n["NodeID"] == ctx.get_node_id()
+
+
+def test_await_ref_in_trio_and_asyncio():
+    async def in_trio():
+        return await add.remote(20, 1)
+
+    async def in_asyncio():
+        return await add.remote(40, 2)
+
+    assert trio.run(in_trio) == 21
+    assert asyncio.run(in_asyncio()) == 42
+    assert add.remote(1, 1).future().result(timeout=30) == 2
+
+
+def test_many_tasks():
+    refs = [add.remote(i, 1) for i in range(2000)]
+    assert sum(ray.get(refs)) == sum(range(1, 2001))
