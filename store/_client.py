@@ -101,6 +101,8 @@ class StoreClient:
         self._lock = threading.Lock()
         self._token = trio.lowlevel.current_trio_token()
         self.refs: collections.Counter[bytes] = collections.Counter()
+        self.pins: collections.Counter[bytes] = collections.Counter()
+        self._dial_args: tuple[str, bytes | str, str] = ("", b"", "")
         # Small values this client holds a ref to, kept here after put/get (objects are
         # immutable): a repeated get needs no round trip, like Ray's in-process store.
         self._small: dict[bytes, SerializedValue] = {}
@@ -116,20 +118,37 @@ class StoreClient:
         cls, address: str, token: bytes | str, *, name: str = "store-client", timeout: float = 10.0  # noqa: ASYNC109
     ) -> StoreClient:
         box: list[StoreClient] = []
+        conn, hello = await _dial(address, token, name, timeout, box)
+        client = cls(conn, hello)
+        client._dial_args = (address, token, name)
+        box.append(client)
+        return client
 
-        async def handler(conn: transport.Connection, message: Any, reply: Any) -> None:
-            await box[0]._handle(conn, message, reply)
-
-        conn = await transport.connect(
-            address, token, name=name, connect_timeout=timeout, handler=handler
-        )
+    async def reconnect(self, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Connect again to the same service (after a restart) and reattach what this
+        client holds: its refs, its pins and the views under its live zero-copy values.
+        Raises `StoreError` if the service now serves a different arena."""
+        address, token, name = self._dial_args
+        box = [self]
+        conn, hello = await _dial(address, token, name, timeout, box)
         try:
-            hello = await conn.request(("hello",), timeout=timeout)
-            box.append(cls(conn, hello))
-            return box[0]
+            if hello["arena_path"] != self.arena_path:
+                raise StoreError(
+                    f"the store at {address} now uses {hello['arena_path']}, not {self.arena_path}"
+                )
+            leases = dict(self._leases.items())
+            with self._lock:
+                self._released.clear()  # ids of the old service mean nothing now
+            new_views = await conn.request(
+                ("claim", dict(self.refs), dict(self.pins), list(leases)), timeout=timeout
+            )
         except BaseException:
             await conn.aclose()
             raise
+        for object_id, lease in leases.items():
+            lease.view_ids = [new_views[object_id]] if object_id in new_views else []
+        old, self._conn = self._conn, conn
+        await old.aclose()
 
     async def aclose(self) -> None:
         self.closed = True
@@ -303,8 +322,13 @@ class StoreClient:
     async def pin(self, object_id: bytes) -> None:
         """Keep the object in memory (never spilled or freed) until `unpin`."""
         await self._call(("pin", object_id), 30.0)
+        self.pins[object_id] += 1
 
     async def unpin(self, object_id: bytes) -> None:
+        if self.pins[object_id] > 0:
+            self.pins[object_id] -= 1
+            if self.pins[object_id] <= 0:
+                del self.pins[object_id]
         await self._send(("unpin", object_id))
 
     async def delete(self, object_id: bytes) -> bool:
@@ -374,6 +398,21 @@ class StoreClient:
             raise
         except transport.ConnectionLost as exc:
             raise StoreClosedError(f"connection to the object store lost: {exc}") from exc
+
+
+async def _dial(
+    address: str, token: bytes | str, name: str, timeout: float, box: list[StoreClient]  # noqa: ASYNC109
+) -> tuple[transport.Connection, dict[str, Any]]:
+    async def handler(conn: transport.Connection, message: Any, reply: Any) -> None:
+        await box[0]._handle(conn, message, reply)
+
+    conn = await transport.connect(address, token, name=name, connect_timeout=timeout, handler=handler)
+    try:
+        hello = await conn.request(("hello",), timeout=timeout)
+    except BaseException:
+        await conn.aclose()
+        raise
+    return conn, hello
 
 
 def _owned(value: SerializedValue) -> SerializedValue:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import time
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -92,7 +93,9 @@ class StoreCore:
         self.quarantined: list[int] = []  # unsealed blocks found at start
         self.spilled_bytes = 0
         self.counters: collections.Counter[str] = collections.Counter()
-        self._next_view = 1
+        # View ids never repeat across restarts of the service (a stale release from
+        # before a restart must not release someone else's view).
+        self._next_view = time.time_ns()
         self.spill_seconds = 0.0
         self.restore_seconds = 0.0
         #: ``async reclaim(clients)``: ask clients to drop cached views (set by the service).

@@ -86,6 +86,8 @@ class ObjectStoreService:
         self._server: transport.Server | None = None
         self._crash_requested = trio.Event()
         self._crash_reason = ""
+        #: Set when the grace period after a (re)start is over (unclaimed objects gone).
+        self.recovery_finished = trio.Event()
 
     # -- child protocol --------------------------------------------------------------
 
@@ -117,6 +119,8 @@ class ObjectStoreService:
                 self.address = bound
                 if core.quarantined or any(e.recovered for e in core.entries.values()):
                     nursery.start_soon(self._end_recovery_later)
+                else:
+                    self.recovery_finished.set()
                 self.state = "running"
                 task_status.started(bound)
                 await self._crash_requested.wait()
@@ -169,6 +173,7 @@ class ObjectStoreService:
         await trio.sleep(self.recovery_grace)
         if self._core is not None:
             self._core.end_recovery()
+        self.recovery_finished.set()
 
     # -- requests ----------------------------------------------------------------------
 

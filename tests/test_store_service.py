@@ -302,14 +302,23 @@ async def test_crash_and_restart_keeps_sealed_objects(tmp_path, prefix):
         assert service.runs == 2
         with pytest.raises(store.StoreClosedError):
             await client.contains(b"small")
-        client = await store.StoreClient.connect(service.address, TOKEN)
+        await client.reconnect()  # reattaches its refs and views
         for oid, array in arrays.items():
             np.testing.assert_array_equal(await client.get(oid), array)
-            await client.add_ref(oid)  # reattach
         assert await client.get(b"small") == "tiny"
-        gc.collect()
-        # Unclaimed objects go after the grace period; claimed ones stay.
-        await _wait_for(lambda: service.statistics()["count"] == 4, "unclaimed freed")
+        # A client that did not reconnect loses nothing either: objects found at the
+        # restart are kept for the grace period.
+        fresh = await store.StoreClient.connect(service.address, TOKEN)
+        await fresh.put(b"new", np.zeros(MB, dtype=np.uint8), take_ref=False)
+        assert not await fresh.contains(b"new")  # nobody refs it: freed at once
+        await fresh.aclose()
+        with trio.fail_after(10):
+            await service.recovery_finished.wait()  # the grace period (0.5 s) is over
+        assert service.statistics()["count"] == 5  # all claimed, none dropped
+        for oid in arrays:
+            await client.remove_ref(oid)
+        await client.remove_ref(b"small")
+        await _wait_for(lambda: service.statistics()["count"] == 0, "all freed")
         await client.aclose()
         nursery.cancel_scope.cancel()
     _no_leftovers(prefix)
