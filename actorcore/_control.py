@@ -134,7 +134,7 @@ class GcsControlState:
 
     async def put_function(self, function_id: bytes, record: dict) -> None:
         self._functions[function_id] = record
-        await self.client.functions.put(function_id.hex(), record)
+        await self.client.functions.export(function_id.hex(), record)
 
     async def get_function(self, function_id: bytes) -> dict | None:
         record = self._functions.get(function_id)
@@ -149,25 +149,19 @@ class GcsControlState:
 
     async def _write_tasks(self, batch: list[TaskSpec]) -> None:
         tasks = self.client.tasks
-        put_many = getattr(tasks, "put_many", None)
-        if put_many is not None:
-            await put_many({s.task_id.hex(): s.lineage_record() for s in batch})
-            return
+        # The client pipelines and batches concurrent writes per shard.
         async with trio.open_nursery() as nursery:
             for s in batch:
-                nursery.start_soon(tasks.put, s.task_id.hex(), s.lineage_record())
+                nursery.start_soon(tasks.add, s.task_id.hex(), s.lineage_record())
 
     async def register_node(self, node_id: str, info: dict) -> None:
-        await self.client.nodes.put(node_id, info)
+        await self.client.nodes.register(node_id, info)
 
     async def unregister_node(self, node_id: str) -> None:
         await self.client.nodes.delete(node_id)
 
     async def list_nodes(self) -> list[dict]:
-        rows = await self.client.nodes.scan()
-        if isinstance(rows, dict):
-            return list(rows.values())
-        return [v for _k, v in rows]
+        return [v for _k, v in await self.client.nodes.list()]
 
     async def put_job(self, job_id: str, info: dict) -> None:
         await self.client.jobs.put(job_id, info)

@@ -197,7 +197,20 @@ class NodeRuntime:
         self._pool_component = pool_component
         children = [ChildSpec("rpc_server", lambda: _RpcServer(self), kind="rpc_server")]
         if self.config.head:
-            children.append(ChildSpec("gcs", lambda: _ControlService(self), kind="gcs"))
+            if self.config.use_gcs:
+                import gcs
+
+                self._gcs_plan = gcs.plan(
+                    gcs.GcsConfig(
+                        shards=self.config.gcs_shards,
+                        replicas=self.config.gcs_replicas,
+                        host=self.config.host,
+                    ),
+                    self.config.token,
+                )
+                children.append(_to_child_spec(self._gcs_plan.tree))
+            else:
+                children.append(ChildSpec("gcs", lambda: _ControlService(self), kind="gcs"))
         children += [
             ChildSpec(
                 "global_scheduler",
@@ -228,6 +241,9 @@ class NodeRuntime:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(sup.run)
+                if self.config.head and self.config.use_gcs:
+                    await nursery.start(self._run_gcs_client)
+                    nursery.start_soon(self.control.run)
                 await self.control.register_node(self.node_hex, self.node_info())
                 info = self.session_info()
                 if self.config.head:
@@ -249,6 +265,19 @@ class NodeRuntime:
                         sock.unlink()
                     except OSError:
                         pass
+
+    async def _run_gcs_client(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect to the GCS this head runs and route the control state through it."""
+        import gcs
+
+        from ._control import GcsControlState
+
+        address = await self._gcs_plan.wait_ready(timeout=60)
+        self.gcs_address = address
+        async with gcs.open_client(address, self.config.token, name=f"node-{short(self.node_id)}") as client:
+            self.control = GcsControlState(client, address)
+            task_status.started()
+            await trio.sleep_forever()
 
     def node_info(self) -> dict:
         return {
@@ -506,6 +535,21 @@ class _ControlService:
 
     def snapshot(self) -> dict:
         return {"kind": "gcs", **self.node.control.statistics()}
+
+
+def _to_child_spec(spec: Any) -> ChildSpec:
+    """A ``gcs.ServiceSpec`` tree as kernel child specs (the GCS never imports us)."""
+    if spec.factory is not None:
+        return ChildSpec(spec.name, spec.factory, restart=spec.restart, kind=spec.kind)
+    return Supervisor.spec(
+        spec.name,
+        [_to_child_spec(c) for c in spec.children],
+        restart=spec.restart,
+        strategy=spec.strategy,
+        max_restarts=spec.max_restarts,
+        max_seconds=spec.max_seconds,
+        kind="gcs" if spec.name == "gcs" else spec.kind,
+    )
 
 
 def dumps_json(obj: Any) -> str:
