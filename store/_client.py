@@ -269,8 +269,8 @@ class StoreClient:
 
     def _lease(self, object_id: bytes, view_id: int, location: Any) -> _Lease:
         lease = self._leases.get(object_id)
-        if lease is not None:  # a concurrent get made one: keep a single lease
-            lease.view_ids.append(view_id)
+        if lease is not None and lease.location == location:
+            lease.view_ids.append(view_id)  # a concurrent get made one: keep one lease
         else:
             lease = _Lease(self, object_id, view_id, location, self._mapping)
             self._leases[object_id] = lease
@@ -336,6 +336,7 @@ class StoreClient:
         live views is reused only after they are gone."""
         self._small.pop(object_id, None)
         self._cache.pop(object_id, None)
+        self._leases.pop(object_id, None)  # live values keep their lease, unnamed
         self.refs.pop(object_id, None)
         return await self._call(("delete", object_id), 30.0)
 
