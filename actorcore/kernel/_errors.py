@@ -134,9 +134,8 @@ class ChildStartFailed(KernelError):
     """
 
     def __init__(self, supervisor: str, name: str, error: BaseException | None) -> None:
-        super().__init__(
-            f"child {name!r} of supervisor {supervisor!r} failed to start: {_describe(error)}"
-        )
+        reason = _describe(error) if error is not None else "it returned before it was ready"
+        super().__init__(f"child {name!r} of supervisor {supervisor!r} failed to start: {reason}")
         self.supervisor = supervisor
         self.name = name
         self.error = error
