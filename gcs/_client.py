@@ -127,8 +127,7 @@ class GcsClient:
 
     # ------------------------------------------------------------- connection
 
-    async def _start(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
+    async def _connect(self) -> None:
         deadline = trio.current_time() + self.timeout
         while True:
             try:
@@ -422,14 +421,22 @@ class GcsClient:
             shards = list(range(len(self.layout.shards)))
         sub = Subscription(self, next(self._sub_ids), table, key, prefix)
         self._subs[sub.sub_id] = sub
+        assert self._nursery is not None
         try:
-            async with trio.open_nursery() as nursery:
-                for shard in shards:
-                    await nursery.start(sub._keep, shard)
-                yield sub
-                nursery.cancel_scope.cancel()
+            # The keepers live in the client's nursery (so an error in the body of this
+            # block is not wrapped in an exception group) and are cancelled on exit.
+            for shard in shards:
+                await self._nursery.start(sub._keep, shard)
+            yield sub
         finally:
             self._subs.pop(sub.sub_id, None)
+            for scope in sub._scopes:
+                scope.cancel()
+            for conn, sub_id in sub._attached():
+                try:
+                    conn.send_nowait(("unsub", sub_id))
+                except transport.TransportError:
+                    pass
 
     def statistics(self) -> dict[str, Any]:
         return {**self._stats, "connections": len(self._conns), "subscriptions": len(self._subs),
@@ -450,6 +457,8 @@ class Subscription:
         self.resubscribes = 0
         self._send, self._receive = trio.open_memory_channel[Event | BaseException](math.inf)
         self._lost: dict[int, trio.Event] = {}
+        self._scopes: list[trio.CancelScope] = []
+        self._conns: dict[int, Any] = {}
 
     def __aiter__(self) -> Subscription:
         return self
@@ -462,8 +471,9 @@ class Subscription:
 
     async def next(self, timeout: float) -> Event:
         """The next event, or `TimeoutError` after ``timeout`` seconds."""
-        with trio.fail_after(timeout):
+        with trio.move_on_after(timeout):
             return await self.__anext__()
+        raise TimeoutError(f"no event on subscription to {self.table!r} within {timeout}s")
 
     def _deliver(self, shard: int, event: tuple[Any, ...]) -> None:
         seq, table, key, value, deleted = event
@@ -477,8 +487,16 @@ class Subscription:
         for lost in self._lost.values():
             lost.set()
 
+    def _attached(self) -> list[tuple[Any, int]]:
+        return [(conn, self.sub_id) for conn in self._conns.values() if not conn.closed]
+
     async def _keep(self, shard: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep this subscription attached to the tail of ``shard``."""
+        with trio.CancelScope() as scope:
+            self._scopes.append(scope)
+            await self._keep_attached(shard, task_status)
+
+    async def _keep_attached(self, shard: int, task_status: trio.TaskStatus[None]) -> None:
         client = self.client
         started = False
         while True:
@@ -489,6 +507,7 @@ class Subscription:
                 conn = None
                 try:
                     conn = await client._conn(layout.tail)
+                    self._conns[shard] = conn
                     last = self.last_seq.get(shard)
                     lost = self._lost[shard] = trio.Event()
                     answer = await conn.request(
@@ -540,11 +559,20 @@ async def open_client(address: str, token: bytes | str, *, name: str = "gcs-clie
     ``timeout`` bounds every operation including its retries (then `GcsUnavailable`).
     """
     client = GcsClient(address, token, name=name, timeout=timeout, max_inflight=max_inflight)
+    failure: BaseException | None = None
     try:
+        await client._connect()
         async with trio.open_nursery() as nursery:
-            await client._start(nursery)
-            yield client
+            client._nursery = nursery
+            try:
+                yield client
+            except BaseException as exc:
+                # Re-raised below, outside the nursery, so the caller gets its own
+                # exception rather than an exception group wrapping it.
+                failure = exc
             nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
     finally:
         with trio.CancelScope(shield=True):
             await client.aclose()
