@@ -43,8 +43,8 @@ def root_dir() -> Path:
 def new_session_dir() -> Path:
     root = root_dir()
     root.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    path = root / f"session_{stamp}_{os.getpid()}_{secrets.token_hex(2)}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = root / f"session_{stamp}_{os.getpid()}{secrets.token_hex(1)}"
     (path / "sockets").mkdir(parents=True)
     (path / "logs").mkdir()
     return path
