@@ -1,0 +1,149 @@
+"""Chain replication under SIGKILL: real replica processes supervised by the real kernel."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import trio
+
+import gcs
+import transport
+from actorcore.kernel import Supervisor
+
+from .test_gcs_support import TOKEN, kernel_specs
+
+
+@pytest.fixture
+async def tree(nursery):
+    plan = gcs.plan(gcs.GcsConfig(shards=1, replicas=3), TOKEN)
+    root = Supervisor("node", [kernel_specs(plan.tree)])
+    await nursery.start(root.run)
+    await plan.wait_ready(30)
+    return plan, root
+
+
+def _slot(plan: gcs.GcsPlan, root: Supervisor, replica_name: str) -> tuple[str, gcs.ReplicaService]:
+    for j in range(plan.config.replicas):
+        service = root.find(f"gcs/shard_0/replica_{j}")
+        if service.name == replica_name:
+            return f"replica_{j}", service
+    raise AssertionError(f"no slot runs {replica_name}")
+
+
+async def _stats(address: str) -> dict:
+    async with transport.open_connection(address, TOKEN, name="probe") as conn:
+        return await conn.request(("stats",), timeout=5)
+
+
+@pytest.mark.parametrize("victim", [0, 1, 2], ids=["head", "middle", "tail"])
+async def test_sigkill_a_replica_under_load(tree, victim: int) -> None:
+    plan, root = tree
+    coordinator = plan.coordinator
+    assert coordinator is not None
+    acked: dict[str, int] = {}
+    backwards: list[tuple[str, int, int]] = []
+    writing = True
+
+    async with gcs.open_client(plan.address, TOKEN, timeout=20) as writer, \
+            gcs.open_client(plan.address, TOKEN, timeout=20) as reader:
+
+        async def write(key: str) -> None:
+            i = 0
+            while writing:
+                await writer.put("kv", key, i)  # unique, increasing values per key
+                acked[key] = i
+                i += 1
+
+        async def read(key: str) -> None:
+            last = -1
+            while writing:
+                value = await reader.get("kv", key, -1)
+                if value < last:
+                    backwards.append((key, last, value))
+                last = value
+
+        keys = [f"w{i}" for i in range(8)]
+        events: dict[str, list[int]] = {k: [] for k in keys}
+        seqs: list[int] = []
+        async with writer.subscribe("kv", prefix="w") as sub:
+
+            async def consume() -> None:
+                async for event in sub:
+                    events[event.key].append(event.value)
+                    seqs.append(event.seq)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                async with trio.open_nursery() as load:
+                    for key in keys:
+                        load.start_soon(write, key)
+                        load.start_soon(read, key)
+                    await trio.sleep(0.3)
+                    name = coordinator.chain(0).chain[victim]
+                    slot, service = _slot(plan, root, name)
+                    old_pid = service.pid
+                    assert old_pid is not None and old_pid != os.getpid()
+                    os.kill(old_pid, signal.SIGKILL)
+                    shard_sup = root.find("gcs/shard_0")
+                    await shard_sup.wait_running(slot, restarts=1, timeout=20)
+                    await coordinator.wait_ready(20)
+                    await trio.sleep(0.3)
+                    writing = False
+                # every acknowledged write is there, and reads never went backwards
+                for key in keys:
+                    assert await reader.get("kv", key) == acked[key]
+                assert backwards == []
+                # every update exactly once, in order, across the failover
+                with trio.fail_after(10):
+                    while any(not events[k] or events[k][-1] != acked[k] for k in keys):
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        for key in keys:
+            values = events[key]
+            assert values == list(range(values[0], values[0] + len(values))), key
+        assert seqs == sorted(set(seqs))
+        assert sum(acked.values()) > 100
+
+        # the replacement joined by state transfer and holds the same state
+        new_service = root.find(f"gcs/shard_0/{slot}")
+        assert new_service.pid != old_pid and new_service.name != name
+        cfg = coordinator.chain(0)
+        assert len(cfg.chain) == 3 and new_service.name in cfg.chain and name not in cfg.chain
+        await writer.put("kv", "barrier", 1)
+        stats = [await _stats(cfg.addresses[n]) for n in cfg.chain]
+        joined = stats[cfg.chain.index(new_service.name)]
+        assert joined["snapshots_received"] >= 1 or joined["applied"] == stats[-1]["applied"]
+        with trio.fail_after(5):
+            while len({(s["applied"], s["keys"]) for s in stats}) != 1:
+                stats = [await _stats(cfg.addresses[n]) for n in cfg.chain]
+        snapshot = root.snapshot()
+        gcs_node = snapshot["children"][0]
+        assert gcs_node["name"] == "gcs"
+        shard = gcs_node["children"][1]
+        assert shard["name"] == "shard_0"
+        replica = next(c for c in shard["children"] if c["name"] == slot)
+        assert replica["kind"] == "gcs_replica" and replica["pid"] == new_service.pid
+        assert replica["restarts"] == 1
+
+
+async def test_subscriber_resumes_without_gap_when_its_tail_dies(tree) -> None:
+    plan, root = tree
+    coordinator = plan.coordinator
+    assert coordinator is not None
+    async with gcs.open_client(plan.address, TOKEN, timeout=20) as c:
+        async with c.subscribe("tasks", key="t") as sub:
+            for i in range(50):
+                await c.put("tasks", "t", i)
+            first = [(await sub.next(5)).value for _ in range(50)]
+            tail = coordinator.chain(0).chain[-1]
+            _, service = _slot(plan, root, tail)
+            os.kill(service.pid, signal.SIGKILL)
+            for i in range(50, 100):
+                await c.put("tasks", "t", i)
+            rest = [(await sub.next(10)).value for _ in range(50)]
+            assert first + rest == list(range(100))
+            assert sub.resubscribes >= 1
+            with pytest.raises(TimeoutError):
+                await sub.next(0.2)
