@@ -78,10 +78,8 @@ trio.run(main)
 """
 
 
-async def bench_ours(quick: bool) -> dict[str, float]:
+def bench_ours(quick: bool) -> dict[str, float]:
     """The store service runs in its own process (as in a node); the client here."""
-    results: dict[str, float] = {}
-    array = np.random.randint(0, 255, SIZE, dtype=np.uint8)
     tmp = tempfile.mkdtemp(prefix="store-bench-")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen(
@@ -92,89 +90,107 @@ async def bench_ours(quick: bool) -> dict[str, float]:
     try:
         assert proc.stdout is not None and proc.stdin is not None
         address = proc.stdout.readline().strip()
-        client = await store.StoreClient.connect(address, TOKEN)
-
-        # put of 100 MB: the first one faults fresh pages, then they are reused.
-        puts = []
-        for i in range(3 if quick else 8):
-            t0 = time.perf_counter()
-            await client.put(b"big%d" % i, array)
-            puts.append(time.perf_counter() - t0)
-            await client.remove_ref(b"big%d" % i)
-        results["put_100MB_cold_GBps"] = SIZE / puts[0] / 1e9
-        results["put_100MB_warm_GBps"] = SIZE / statistics.median(puts[1:]) / 1e9
-
-        # get: round trip + zero-copy rebuild; then again while a view lives.
-        for size in (MB, 10 * MB, SIZE):
-            oid = b"get%d" % size
-            await client.put(oid, array[:size])
-            times = []
-            for _ in range(20):
-                t0 = time.perf_counter()
-                value = await client.get(oid)
-                times.append(time.perf_counter() - t0)
-                del value
-            results[f"get_{size // MB}MB_us"] = statistics.median(times) * 1e6
-            held = await client.get(oid)
-            times = []
-            for _ in range(200):
-                t0 = time.perf_counter()
-                await client.get(oid)
-                times.append(time.perf_counter() - t0)
-            results[f"get_{size // MB}MB_held_us"] = statistics.median(times) * 1e6
-            assert not held.flags.writeable
-            del held
-            gc.collect()
-            await client.remove_ref(oid)
-
-        # 10,000 small puts and gets (this client's own small objects are cached;
-        # a second client measures the get round trip).
-        n = 2000 if quick else 10_000
-        t0 = time.perf_counter()
-        for i in range(n):
-            await client.put(b"small%d" % i, i)
-        t1 = time.perf_counter()
-        for i in range(n):
-            await client.get(b"small%d" % i)
-        t2 = time.perf_counter()
-        other = await store.StoreClient.connect(address, TOKEN)
-        for i in range(n):
-            await other.get(b"small%d" % i)
-        t3 = time.perf_counter()
-        await other.aclose()
-        results["small_put_us"] = (t1 - t0) / n * 1e6
-        results["small_get_us"] = (t2 - t1) / n * 1e6
-        results["small_get_other_client_us"] = (t3 - t2) / n * 1e6
-        for i in range(n):
-            await client.remove_ref(b"small%d" % i)
-
-        # Spill: 16 x 100 MB through a 1 GiB store (refs held, no views); restore all.
-        count = 14 if quick else 16
-        t0 = time.perf_counter()
-        for i in range(count):
-            await client.put(b"sp%d" % i, array)
-        t1 = time.perf_counter()
-        for i in range(count):
-            value = await client.get(b"sp%d" % i)
-            del value
-            gc.collect()
-        t2 = time.perf_counter()
-        stats = await client.store_statistics()
-        results["put_with_spill_total_s"] = t1 - t0
-        results["restore_all_s"] = t2 - t1
-        results["spilled_MB"] = stats["spill_bytes_written"] / MB
-        results["spill_MBps"] = stats["spill_bytes_written"] / MB / max(stats["spill_seconds"], 1e-9)
-        results["restore_MBps"] = stats["restore_bytes_read"] / MB / max(stats["restore_seconds"], 1e-9)
-        for i in range(count):
-            await client.remove_ref(b"sp%d" % i)
-        await client.aclose()
+        results = trio.run(_bench_client, address, quick)
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
         proc.wait(timeout=30)
-    w, r = disk_speed(tmp, 256 * MB)
+    w, r = disk_speed(tmp, 1024 * MB)
     results["disk_write_MBps"] = w
     results["disk_read_MBps"] = r
+    os.rmdir(f"{tmp}/spill")
+    os.rmdir(tmp)
+    return results
+
+
+async def _bench_client(address: str, quick: bool) -> dict[str, float]:
+    results: dict[str, float] = {}
+    array = np.random.randint(0, 255, SIZE, dtype=np.uint8)
+    client = await store.StoreClient.connect(address, TOKEN)
+
+    # put of 100 MB: the first one faults fresh pages, then they are reused.
+    puts = []
+    for i in range(3 if quick else 8):
+        t0 = time.perf_counter()
+        await client.put(b"big%d" % i, array)
+        puts.append(time.perf_counter() - t0)
+        await client.remove_ref(b"big%d" % i)
+    results["put_100MB_cold_GBps"] = SIZE / puts[0] / 1e9
+    results["put_100MB_warm_GBps"] = SIZE / statistics.median(puts[1:]) / 1e9
+
+    # get: round trip + zero-copy rebuild; then again while a view lives.
+    for size in (MB, 10 * MB, SIZE):
+        oid = b"get%d" % size
+        await client.put(oid, array[:size])
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            value = await client.get(oid)
+            times.append(time.perf_counter() - t0)
+            del value
+        results[f"get_{size // MB}MB_us"] = statistics.median(times) * 1e6
+        held = await client.get(oid)
+        times = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            await client.get(oid)
+            times.append(time.perf_counter() - t0)
+        results[f"get_{size // MB}MB_held_us"] = statistics.median(times) * 1e6
+        assert not held.flags.writeable
+        other = await store.StoreClient.connect(address, TOKEN)  # another process' view
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            value = await other.get(oid)
+            times.append(time.perf_counter() - t0)
+            del value
+        await other.aclose()
+        results[f"get_{size // MB}MB_other_client_us"] = statistics.median(times) * 1e6
+        del held
+        gc.collect()
+        await client.remove_ref(oid)
+
+    # 10,000 small puts and gets (this client's own small objects are cached;
+    # a second client measures the get round trip).
+    n = 2000 if quick else 10_000
+    t0 = time.perf_counter()
+    for i in range(n):
+        await client.put(b"small%d" % i, i)
+    t1 = time.perf_counter()
+    for i in range(n):
+        await client.get(b"small%d" % i)
+    t2 = time.perf_counter()
+    other = await store.StoreClient.connect(address, TOKEN)
+    for i in range(n):
+        await other.get(b"small%d" % i)
+    t3 = time.perf_counter()
+    await other.aclose()
+    results["small_put_us"] = (t1 - t0) / n * 1e6
+    results["small_get_us"] = (t2 - t1) / n * 1e6
+    results["small_get_other_client_us"] = (t3 - t2) / n * 1e6
+    for i in range(n):
+        await client.remove_ref(b"small%d" % i)
+
+    # Spill: 16 x 100 MB through a 1 GiB store (refs held, no views); restore all.
+    count = 14 if quick else 16
+    t0 = time.perf_counter()
+    for i in range(count):
+        await client.put(b"sp%d" % i, array)
+    t1 = time.perf_counter()
+    for i in range(count):
+        value = await client.get(b"sp%d" % i)
+        del value
+        gc.collect()
+    t2 = time.perf_counter()
+    stats = await client.store_statistics()
+    results["put_with_spill_total_s"] = t1 - t0
+    results["restore_all_s"] = t2 - t1
+    results["spilled_MB"] = stats["spill_bytes_written"] / MB
+    results["spill_MBps"] = stats["spill_bytes_written"] / MB / max(stats["spill_seconds"], 1e-9)
+    results["restore_MBps"] = stats["restore_bytes_read"] / MB / max(stats["restore_seconds"], 1e-9)
+    for i in range(count):
+        await client.remove_ref(b"sp%d" % i)
+    await client.aclose()
     return results
 
 
@@ -243,7 +259,7 @@ def main() -> None:
     args = parser.parse_args()
     array = np.random.randint(0, 255, SIZE, dtype=np.uint8)
     print(f"memcpy 100 MB on this machine: {memcpy_gbps(array):.2f} GB/s")
-    ours = trio.run(bench_ours, args.quick)
+    ours = bench_ours(args.quick)
     ray = bench_ray(args.quick) if args.ray else None
     higher_better = {"GBps", "MBps"}
     print(f"{'case':28} {'actorcore':>12} {'ray':>12} {'ratio':>8}")

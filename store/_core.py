@@ -177,39 +177,57 @@ class StoreCore:
         buffer_sizes: Sequence[int],
         take_ref: bool = True,
     ) -> int:
-        return await self._create(client, object_id, meta_len, data_len, buffer_sizes, take_ref, False)  # type: ignore[return-value]
+        """Allocate an unsealed block for ``object_id``; returns the payload offset.
 
-    async def _create(
+        Spills least recently used objects when the block does not fit; raises
+        `ObjectStoreFullError` when nothing more can be spilled.
+        """
+        payload = self.create_nowait(client, object_id, meta_len, data_len, buffer_sizes, take_ref)
+        if payload is not None:
+            return payload
+        buffer_sizes = tuple(int(s) for s in buffer_sizes)
+        got = await self._allocate(self._block_need(object_id, meta_len, data_len, buffer_sizes), object_id)
+        if object_id in self.entries:  # lost a race while spilling
+            self.arena.free(got[0])
+            raise ObjectExistsError(object_id)
+        return self._install(client, object_id, got, meta_len, data_len, buffer_sizes, take_ref)
+
+    def create_nowait(
         self,
         client: Client,
         object_id: bytes,
         meta_len: int,
         data_len: int,
         buffer_sizes: Sequence[int],
-        take_ref: bool,
-        nowait: bool,
+        take_ref: bool = True,
     ) -> int | None:
-        """Allocate an unsealed block for ``object_id``; returns the payload offset.
-
-        Spills least recently used objects when the block does not fit; raises
-        `ObjectStoreFullError` when nothing more can be spilled.
-        """
+        """`create` if the block fits without spilling, else ``None`` (nothing done)."""
         if object_id in self.entries:
             raise ObjectExistsError(object_id)
         buffer_sizes = tuple(int(s) for s in buffer_sizes)
-        payload_len = payload_layout(meta_len, data_len, buffer_sizes)[1]
-        need = header_size(len(object_id), len(buffer_sizes)) + payload_len
-        got = self.arena.allocate(need) if not nowait else None
-        if got is None and nowait:
-            got = self.arena.allocate(need)
-            if got is None:
-                return None
+        got = self.arena.allocate(self._block_need(object_id, meta_len, data_len, buffer_sizes))
         if got is None:
-            got = await self._allocate(need, object_id)
-            if object_id in self.entries:  # lost a race while spilling
-                self.arena.free(got[0])
-                raise ObjectExistsError(object_id)
-        offset, size = got
+            return None
+        return self._install(client, object_id, got, meta_len, data_len, buffer_sizes, take_ref)
+
+    @staticmethod
+    def _block_need(
+        object_id: bytes, meta_len: int, data_len: int, buffer_sizes: tuple[int, ...]
+    ) -> int:
+        payload_len = payload_layout(meta_len, data_len, buffer_sizes)[1]
+        return header_size(len(object_id), len(buffer_sizes)) + payload_len
+
+    def _install(
+        self,
+        client: Client,
+        object_id: bytes,
+        block: tuple[int, int],
+        meta_len: int,
+        data_len: int,
+        buffer_sizes: tuple[int, ...],
+        take_ref: bool,
+    ) -> int:
+        offset, size = block
         payload = self.arena.write_block(offset, size, object_id, meta_len, data_len, buffer_sizes)
         self.entries[object_id] = Entry(
             object_id, "unsealed", meta_len + data_len + sum(buffer_sizes), meta_len, data_len,
@@ -267,15 +285,8 @@ class StoreCore:
     ) -> bool:
         """`put_small` if it fits without spilling; ``False`` (nothing done) if not."""
         sizes = [memoryview(b).nbytes for b in value.buffers]
-        data = memoryview(value.data)
-        coro = self._create(client, object_id, len(value.metadata), data.nbytes, sizes, take_ref, True)
-        try:
-            coro.send(None)
-        except StopIteration as done:
-            payload = done.value
-        else:  # pragma: no cover - the nowait path never suspends
-            coro.close()
-            raise RuntimeError("create(nowait=True) suspended")
+        data_len = memoryview(value.data).nbytes
+        payload = self.create_nowait(client, object_id, len(value.metadata), data_len, sizes, take_ref)
         if payload is None:
             return False
         self._fill_small(client, object_id, payload, value)
@@ -481,8 +492,8 @@ class StoreCore:
         if entry.state == "sealed":
             self.arena.free(entry.block_offset)
         elif entry.state == "spilled":
-            assert entry.spill_path is not None
             self.spilled_bytes -= entry.size
+        if entry.spill_path is not None:
             _unlink(entry.spill_path)
         entry.state = "freed"
 
@@ -521,24 +532,30 @@ class StoreCore:
                 await self._spill(victim)
 
     async def _spill(self, entry: Entry) -> None:
+        """Evict ``entry`` to disk. Objects are immutable: one that was restored still
+        has its spill file, and is evicted again without writing anything."""
         assert self.spill_dir is not None
-        path = _spill.spill_path(self.spill_dir, self.prefix, entry.object_id)
-        start = entry.block_offset
-        end = entry.payload_offset + self.payload_len(entry)
-        block = self.arena.mapping.view[start:end]
-        entry.busy = "spilling"
-        started = trio.current_time()
-        try:
-            written = await trio.to_thread.run_sync(_spill.write_spill, path, block)
-            self.spill_seconds += trio.current_time() - started
-        finally:
-            entry.busy = None
-            block.release()
-        if entry.state != "sealed" or entry.views or entry.pins:  # used meanwhile
-            _unlink(path)
-            self._maybe_free(entry)
-            self.lru.move_to_end(entry.object_id) if entry.object_id in self.lru else None
-            return
+        written = 0
+        path = entry.spill_path
+        if path is None:
+            path = _spill.spill_path(self.spill_dir, self.prefix, entry.object_id)
+            start = entry.block_offset
+            end = entry.payload_offset + self.payload_len(entry)
+            block = self.arena.mapping.view[start:end]
+            entry.busy = "spilling"
+            started = trio.current_time()
+            try:
+                written = await trio.to_thread.run_sync(_spill.write_spill, path, block)
+                self.spill_seconds += trio.current_time() - started
+            finally:
+                entry.busy = None
+                block.release()
+            if entry.state != "sealed" or entry.views or entry.pins:  # used meanwhile
+                entry.spill_path = path  # keep the copy for the next eviction
+                self._maybe_free(entry)
+                if entry.object_id in self.lru:
+                    self.lru.move_to_end(entry.object_id)
+                return
         self.counters["spills"] += 1
         self.counters["spill_bytes_written"] += written
         self.lru.pop(entry.object_id, None)
@@ -574,12 +591,10 @@ class StoreCore:
                 raise
             self.arena.set_size(offset, size)
             self.arena.set_state(offset, SEALED)
-            _unlink(entry.spill_path)
             self.counters["restores"] += 1
             self.counters["restore_bytes_read"] += length
             self.spilled_bytes -= entry.size
-            entry.state = "sealed"
-            entry.spill_path = None
+            entry.state = "sealed"  # the spill file stays: a second eviction is free
             entry.block_offset, entry.block_size = offset, size
             entry.payload_offset = offset + hdr
             self.lru[entry.object_id] = None
