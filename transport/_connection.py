@@ -44,7 +44,6 @@ the writer flush what is queued (bounded by ``flush_timeout``), then does the sa
 from __future__ import annotations
 
 import logging
-import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -73,6 +72,9 @@ _SMALL = 16 * 1024  # chunks below this are joined into one write
 _IOV_MAX = 512
 # `await send()` / `await request()` wait while more than this many bytes are queued.
 _HIGH_WATER = 16 * 1024 * 1024
+# `await send()` lets the writer run once this much is queued.
+_YIELD_FRAMES = 64
+_YIELD_BYTES = 256 * 1024
 
 Handler = Callable[["Connection", Any, "Reply | None"], Awaitable[None]]
 
@@ -192,6 +194,7 @@ class Connection:
         self._queued_bytes = 0
         self._queued_frames = 0
         self._writer_waiting: trio.lowlevel.Task | None = None
+        self._direct_recent = False
         self._drained = trio.lowlevel.ParkingLot()
         self._cancel_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
@@ -227,33 +230,41 @@ class Connection:
         self._next_rid = rid + 1
         chunks, size = _wire.encode_frame(REQUEST, rid, message)
         self._check_size(size)
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        with trio.CancelScope(deadline=deadline) as scope:
-            if self._queued_bytes > _HIGH_WATER:
-                await self._wait_drained()
-            self._check_open()
-            task = trio.lowlevel.current_task()
-            self._pending[rid] = task
-
-            def abort(_: Any) -> trio.lowlevel.Abort:
-                self._pending.pop(rid, None)
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            self._enqueue(REQUEST, chunks, size)
-            return await trio.lowlevel.wait_task_rescheduled(abort)
-        assert scope.cancelled_caught
+        if timeout is None:
+            return await self._request(rid, chunks, size)
+        with trio.move_on_after(timeout):
+            return await self._request(rid, chunks, size)
         raise RequestTimeout(
             f"no reply from {self.peer_name!r} ({self.peer_address}) to request {rid} "
             f"within {timeout}s"
         )
 
+    async def _request(self, rid: int, chunks: list[bytes | memoryview], size: int) -> Any:
+        if self._queued_bytes > _HIGH_WATER:
+            await self._wait_drained()
+        self._check_open()
+        self._pending[rid] = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._pending.pop(rid, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        self._enqueue(REQUEST, chunks, size)
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
     async def send(self, message: Any) -> None:
-        """Send a one-way message. Waits only if too much is queued (backpressure)."""
+        """Send a one-way message.
+
+        A cancellation point. It yields to the scheduler only once frames have piled
+        up (so a loop of sends coalesces into large writes) and waits while more than
+        16 MiB are queued (backpressure).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
         self.send_nowait(message)
         if self._queued_bytes > _HIGH_WATER:
             await self._wait_drained()
-        else:
-            await trio.lowlevel.checkpoint()
+        elif self._queued_frames >= _YIELD_FRAMES or self._queued_bytes >= _YIELD_BYTES:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def send_nowait(self, message: Any) -> None:
         """Queue a one-way message without waiting (synchronous; no backpressure).
@@ -389,6 +400,31 @@ class Connection:
             self._push(chunks, size)
 
     def _push(self, chunks: list[bytes | memoryview], size: int) -> None:
+        if (
+            not self._direct_recent
+            and self._writer_waiting is not None
+            and not self._outq
+            and len(chunks) == 1
+        ):
+            # Idle link: write now from this task, saving the writer's scheduler hop
+            # (this is what keeps a lone request/reply fast). Then `_direct_recent`
+            # routes whatever else is sent in this scheduler tick through the queue,
+            # so bursts still coalesce; the reader (new input) and the writer (queue
+            # flushed) reset it.
+            self._direct_recent = True
+            data = chunks[0]
+            try:
+                sent = self._sock.send(data)
+            except OSError:  # BlockingIOError, or a dead link the writer will report
+                sent = 0
+            if sent:
+                self._writes += 1
+                self._bytes_sent += sent
+                if sent == len(data):
+                    self._frames_sent += 1
+                    return
+                chunks = [memoryview(data)[sent:]]
+                size -= sent
         self._outq.extend(chunks)
         self._queued_bytes += size
         self._queued_frames += 1
@@ -462,6 +498,7 @@ class Connection:
             except (OSError, trio.ClosedResourceError) as exc:
                 self._shutdown(f"write failed: {exc!r}")
                 return
+            self._direct_recent = False
             self._frames_sent += frames
             self._bytes_sent += nbytes
             self._queued_frames -= frames
@@ -518,12 +555,16 @@ class Connection:
         waited = True
         max_frame = self._max_frame
         dispatch = self._dispatch
+        drained = False
         while True:
+            if drained:  # the last recv did not fill the buffer: wait before reading
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+                self._direct_recent = False
             try:
                 n = sock.recv_into(view[end:])
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                waited = True
+                drained = True
                 continue
             if n == 0:
                 if end > start:
@@ -535,6 +576,7 @@ class Connection:
             if not waited:
                 await trio.lowlevel.checkpoint()  # fairness when data never runs dry
             waited = False
+            drained = end + n < _RECV_CHUNK
             end += n
             self._bytes_received += n
             while end - start >= HEADER_SIZE:

@@ -1,0 +1,335 @@
+"""Transport benchmarks: round-trip latency, pipelined throughput, codecs.
+
+    python benchmarks/transport_bench.py [--quick]
+
+Everything runs between two processes over a Unix socket, on this machine, in this
+run, and is printed beside the floor: a bare blocking socket + pickle ping-pong
+(length-prefixed frames, no framework at all). A ping-pong with Trio on both ends
+(non-blocking socket, `wait_readable`, pickle; nothing else) is printed too: the floor
+for any Trio-based transport.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import marshal
+import os
+import pickle
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio  # noqa: E402
+
+import transport  # noqa: E402
+
+TOKEN = b"bench-token"
+MESSAGE = {"op": "echo", "id": 123456, "args": (b"\x07" * 20, "node-3f2a/worker-7"), "ok": True}
+_LEN = struct.Struct("<I")
+
+
+# ----------------------------------------------------------------------------- peers
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise EOFError
+        got += k
+    return bytes(buf)
+
+
+def peer_bare(path: str) -> None:
+    """Blocking socket + pickle echo server (the floor)."""
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1)
+    print("READY", flush=True)
+    sock, _ = lsock.accept()
+    try:
+        while True:
+            (n,) = _LEN.unpack(_recv_exactly(sock, 4))
+            msg = pickle.loads(_recv_exactly(sock, n))
+            data = pickle.dumps(msg, 5)
+            sock.sendall(_LEN.pack(len(data)) + data)
+    except EOFError:
+        pass
+
+
+def peer_transport(address: str) -> None:
+    count = 0
+
+    async def handler(conn: transport.Connection, msg: Any, reply: transport.Reply | None) -> None:
+        nonlocal count
+        if reply is None:
+            count += 1
+        elif msg == "count":
+            reply.send(count)
+        else:
+            reply.send(msg)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = transport.Server(address, TOKEN, handler, name="bench-peer")
+            await nursery.start(server.run)
+            print("READY", flush=True)
+
+    trio.run(main)
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "READY":
+        proc.kill()
+        raise RuntimeError(f"peer {args} did not start: {line!r}")
+    return proc
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def summarize(samples_ns: list[int]) -> tuple[float, float]:
+    samples_ns.sort()
+    median = statistics.median(samples_ns) / 1000
+    p99 = samples_ns[int(len(samples_ns) * 0.99)] / 1000
+    return median, p99
+
+
+def rtt_bare(sock: socket.socket, n: int, out: list[int]) -> None:
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        data = pickle.dumps(MESSAGE, 5)
+        sock.sendall(_LEN.pack(len(data)) + data)
+        (k,) = _LEN.unpack(_recv_exactly(sock, 4))
+        pickle.loads(_recv_exactly(sock, k))
+        out.append(clock() - t0)
+
+
+async def _trio_recv_frame(sock: socket.socket, buf: bytearray) -> Any:
+    while True:
+        if len(buf) >= 4:
+            (k,) = _LEN.unpack_from(buf)
+            if len(buf) >= 4 + k:
+                msg = pickle.loads(buf[4 : 4 + k])
+                del buf[: 4 + k]
+                return msg
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        if not data:
+            raise EOFError
+        buf += data
+
+
+def peer_trio(path: str) -> None:
+    """Trio + non-blocking socket + pickle echo server (the floor for a Trio transport)."""
+
+    async def main() -> None:
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(path)
+        lsock.listen(1)
+        print("READY", flush=True)
+        sock, _ = lsock.accept()
+        sock.setblocking(False)
+        buf = bytearray()
+        try:
+            while True:
+                data = pickle.dumps(await _trio_recv_frame(sock, buf), 5)
+                sock.send(_LEN.pack(len(data)) + data)
+        except EOFError:
+            pass
+
+    trio.run(main)
+
+
+async def rtt_trio(sock: socket.socket, buf: bytearray, n: int, out: list[int]) -> None:
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        data = pickle.dumps(MESSAGE, 5)
+        sock.send(_LEN.pack(len(data)) + data)
+        await _trio_recv_frame(sock, buf)
+        out.append(clock() - t0)
+
+
+async def rtt_transport(conn: transport.Connection, n: int, out: list[int]) -> None:
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        await conn.request(MESSAGE)
+        out.append(clock() - t0)
+
+
+async def bench_rtt(tmp: str, n: int, rounds: int = 10) -> dict[str, tuple[float, float]]:
+    """Round trips of the three ping-pongs, interleaved in rounds so that load from
+    anything else on the machine affects them alike."""
+    peers = [
+        spawn("--peer-bare", f"{tmp}/bare.sock"),
+        spawn("--peer-trio", f"{tmp}/trio.sock"),
+        spawn("--peer-transport", f"unix:{tmp}/rtt.sock"),
+    ]
+    try:
+        bare = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bare.connect(f"{tmp}/bare.sock")
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(f"{tmp}/trio.sock")
+        raw.setblocking(False)
+        buf = bytearray()
+        samples: dict[str, list[int]] = {"bare": [], "trio": [], "transport": []}
+        async with transport.open_connection(f"unix:{tmp}/rtt.sock", TOKEN, name="bench") as conn:
+            per_round = n // rounds
+            for r in range(rounds + 1):
+                sink: dict[str, list[int]] = {k: [] for k in samples} if r == 0 else samples
+                rtt_bare(bare, per_round, sink["bare"])  # round 0 warms up
+                await rtt_trio(raw, buf, per_round, sink["trio"])
+                await rtt_transport(conn, per_round, sink["transport"])
+        bare.close()
+        raw.close()
+    finally:
+        for p in peers:
+            p.kill()
+            p.wait()
+    return {k: summarize(v) for k, v in samples.items()}
+
+
+async def bench_oneway(address: str, n: int) -> float:
+    """Pipelined small one-way messages; timed until the peer has counted them all."""
+    async with transport.open_connection(address, TOKEN, name="bench") as conn:
+        base = await conn.request("count")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await conn.send(MESSAGE)
+        got = await conn.request("count")
+        elapsed = time.perf_counter() - t0
+        assert got - base == n, (got, base, n)
+    return n / elapsed
+
+
+async def bench_oneway_nowait(address: str, n: int, batch: int = 256) -> float:
+    async with transport.open_connection(address, TOKEN, name="bench") as conn:
+        base = await conn.request("count")
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            for _ in range(min(batch, n - i)):
+                conn.send_nowait(MESSAGE)
+            await trio.lowlevel.checkpoint()
+        got = await conn.request("count")
+        elapsed = time.perf_counter() - t0
+        assert got - base == n, (got, base, n)
+    return n / elapsed
+
+
+async def bench_requests(address: str, n: int, concurrency: int) -> float:
+    async with transport.open_connection(address, TOKEN, name="bench") as conn:
+        per_task = n // concurrency
+
+        async def worker() -> None:
+            for _ in range(per_task):
+                await conn.request(MESSAGE)
+
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+        elapsed = time.perf_counter() - t0
+    return per_task * concurrency / elapsed
+
+
+def bench_codecs(n: int) -> dict[str, float]:
+    """Encode + decode time (microseconds) of a typical control message per codec."""
+    plain = {"op": "task_done", "id": 123456, "node": "node-3f2a", "worker": 7, "ok": True, "returns": ["ab" * 10]}
+    codecs: dict[str, tuple[Any, Any]] = {
+        "pickle5": (lambda m: pickle.dumps(m, 5), pickle.loads),
+        "marshal": (marshal.dumps, marshal.loads),
+        "json": (lambda m: json.dumps(m).encode(), json.loads),
+    }
+    try:
+        import msgpack
+
+        codecs["msgpack (not a dependency)"] = (msgpack.packb, msgpack.unpackb)
+    except ImportError:
+        pass
+    out = {}
+    for name, (enc, dec) in codecs.items():
+        t0 = time.perf_counter()
+        for _ in range(n):
+            dec(enc(plain))
+        out[name] = (time.perf_counter() - t0) / n * 1e6
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--peer-bare", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-transport", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-trio", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer_bare:
+        return peer_bare(args.peer_bare)
+    if args.peer_transport:
+        return peer_transport(args.peer_transport)
+    if args.peer_trio:
+        return peer_trio(args.peer_trio)
+
+    n_rtt = 5_000 if args.quick else 20_000
+    n_msgs = 100_000 if args.quick else 300_000
+    tmp = tempfile.mkdtemp(prefix="tbench-")
+    print(f"transport benchmark: python {sys.version.split()[0]}, trio {trio.__version__}, "
+          f"{os.cpu_count()} CPUs, Unix socket between two processes")
+
+    codec = bench_codecs(50_000)
+    print("\ncodec, encode+decode of a typical control message (us):")
+    for name, us in codec.items():
+        print(f"  {name:28s} {us:6.2f}")
+
+    rtt = trio.run(bench_rtt, tmp, n_rtt)
+    floor, trio_floor, ours = rtt["bare"], rtt["trio"], rtt["transport"]
+
+    peer = spawn("--peer-transport", f"unix:{tmp}/t.sock")
+    try:
+        address = f"unix:{tmp}/t.sock"
+        oneway = trio.run(bench_oneway, address, n_msgs)
+        nowait = trio.run(bench_oneway_nowait, address, n_msgs)
+        req1 = trio.run(bench_requests, address, n_msgs // 3, 100)
+    finally:
+        peer.kill()
+        peer.wait()
+
+    print("\nround trip (us)                         median     p99")
+    print(f"  bare blocking socket + pickle         {floor[0]:7.1f} {floor[1]:7.1f}   (the floor)")
+    print(f"  bare Trio socket + pickle, both ends  {trio_floor[0]:7.1f} {trio_floor[1]:7.1f}   (the Trio floor)")
+    print(f"  transport request/reply               {ours[0]:7.1f} {ours[1]:7.1f}")
+    print(f"  ratio transport / bare floor          {ours[0] / floor[0]:7.2f}x          (target <= 2x)")
+    print(f"  ratio transport / Trio floor          {ours[0] / trio_floor[0]:7.2f}x")
+    print("\nthroughput (messages/s)")
+    print(f"  one-way, await conn.send()            {oneway:10,.0f}   (target >= 100,000)")
+    print(f"  one-way, conn.send_nowait()           {nowait:10,.0f}")
+    print(f"  requests, 100 concurrent callers      {req1:10,.0f}")
+
+
+if __name__ == "__main__":
+    main()
