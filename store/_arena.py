@@ -30,6 +30,7 @@ import struct
 from collections.abc import Sequence
 
 import attrs
+import pyarrow as pa
 
 from ._allocator import ALIGNMENT, Allocator, align
 
@@ -122,8 +123,6 @@ class Mapping:
             if n < 65536:
                 self.view[offset : offset + n] = src.cast("B") if src.format != "B" or src.ndim != 1 else src
                 return
-            import pyarrow as pa
-
             address = pa.py_buffer(src).address
             ctypes.memmove(self.address + offset, address, n)
 

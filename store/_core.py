@@ -32,6 +32,7 @@ import trio
 
 from . import _spill
 from ._arena import SEALED, Arena, BlockInfo, header_size, payload_layout
+from ._diagnose import full_error
 from ._errors import (
     GetTimeoutError,
     ObjectExistsError,
@@ -606,35 +607,8 @@ class StoreCore:
                 self._maybe_free(entry)
 
     def _full_error(self, need: int, object_id: bytes) -> ObjectStoreFullError:
-        arena_entries = [e for e in self.entries.values() if e.block_offset >= 0]
-        reasons: collections.Counter[str] = collections.Counter()
-        holders = []
-        for entry in arena_entries:
-            if entry.state == "unsealed":
-                reason = "being written"
-            elif entry.pins:
-                reason = "pinned"
-            elif entry.views:
-                reason = "in use (live zero-copy views)"
-            elif entry.busy:
-                reason = entry.busy
-            else:
-                reason = "spilling disabled" if self.spill_dir is None else "not spillable"
-            reasons[reason] += 1
-            holders.append((entry.object_id, entry.block_size, reason))
-        holders.sort(key=lambda h: -h[1])
-        held = ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "nothing"
-        biggest = "; ".join(f"{format_id(o)} {s} B {r}" for o, s, r in holders[:3])
-        allocator = self.arena.allocator
-        return ObjectStoreFullError(
-            f"object store full: cannot allocate {need} bytes for object {format_id(object_id)} "
-            f"(capacity {allocator.capacity} bytes, {allocator.used_bytes} used, largest free "
-            f"block {allocator.largest_free}); held by {held}"
-            + (f"; biggest: {biggest}" if biggest else ""),
-            capacity=allocator.capacity,
-            used=allocator.used_bytes,
-            requested=need,
-            holders=holders[:10],
+        return full_error(
+            self.entries.values(), self.arena.allocator, self.spill_dir is not None, need, object_id
         )
 
 

@@ -56,10 +56,6 @@ class SerializedValue:
         """Bytes of metadata, pickle stream and buffers together."""
         return len(self.metadata) + _nbytes(self.data) + sum(self.buffer_sizes)
 
-    def to_bytes(self) -> bytes:
-        """Concatenate everything (a copy) — for tests and debugging only."""
-        return pickle.dumps((self.metadata, bytes(self.data), [bytes(b) for b in self.buffers]))
-
 
 def _raw(buf: pickle.PickleBuffer) -> Any:
     try:

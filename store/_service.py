@@ -11,8 +11,8 @@ are removed (unless ``cleanup_on_cancel=False``). A crash (an exception out of `
 leaves them, and the next `run` of the same service object — a supervisor restart —
 reopens the arena, rebuilds the index from the block headers and the spill
 directory, and keeps what it found for ``recovery_grace`` seconds so that clients can
-reconnect and reattach their refs (`StoreClient` does not do that automatically yet:
-the runtime re-adds refs it holds). Unsealed blocks found at start belonged to writers
+reconnect and reattach their refs, pins and views (`StoreClient.reconnect`; a request
+on the lost connection raises `StoreClosedError` first). Unsealed blocks found at start belonged to writers
 whose connections died with the old service; they are freed after the grace period
 (a writer still copying into one cannot corrupt a new object meanwhile).
 """
