@@ -469,7 +469,7 @@ class Subscription:
             raise item
         return item
 
-    async def next(self, timeout: float) -> Event:
+    async def next(self, timeout: float) -> Event:  # noqa: ASYNC109 (public API, like the transport contract)
         """The next event, or `TimeoutError` after ``timeout`` seconds."""
         with trio.move_on_after(timeout):
             return await self.__anext__()
@@ -553,7 +553,8 @@ async def _until_lost(conn: Any, lost: trio.Event) -> None:
 
 @asynccontextmanager
 async def open_client(address: str, token: bytes | str, *, name: str = "gcs-client",
-                      timeout: float = 30.0, max_inflight: int = 16) -> AsyncIterator[GcsClient]:
+                      timeout: float = 30.0,  # noqa: ASYNC109 (bounds every operation)
+                      max_inflight: int = 16) -> AsyncIterator[GcsClient]:
     """Connect to the GCS coordinator at ``address``; the block owns the client's tasks.
 
     ``timeout`` bounds every operation including its retries (then `GcsUnavailable`).

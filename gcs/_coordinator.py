@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -38,6 +38,8 @@ from ._config import GcsConfig
 from ._protocol import ChainConfig, Layout, ShardLayout
 
 __all__ = ["Coordinator"]
+
+_UNCHANGED = object()
 
 
 @attrs.define(eq=False)
@@ -103,7 +105,7 @@ class Coordinator:
         return all(len(s.config.chain) == self.config.replicas and s.config.learner is None
                    for s in self._shards)
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
+    async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 (public API, like the transport contract)
         """Wait until every shard has a full chain (tests, benchmarks, the node's start)."""
         with trio.fail_after(timeout):
             while not self.ready():
@@ -193,19 +195,19 @@ class Coordinator:
         shard: int,
         *,
         chain: tuple[str, ...] | None = None,
-        learner: str | None | type[attrs.NOTHING] = attrs.NOTHING,  # type: ignore[valid-type]
+        learner: object = _UNCHANGED,
     ) -> None:
         state = self._shards[shard]
         old = state.config
         new_chain = old.chain if chain is None else chain
-        new_learner = old.learner if learner is attrs.NOTHING else learner
+        new_learner = old.learner if learner is _UNCHANGED else cast("str | None", learner)
         names = [*new_chain, *([new_learner] if new_learner else [])]
         state.config = cfg = ChainConfig(
             shard=shard,
             epoch=old.epoch + 1,
             chain=new_chain,
             addresses={n: self._members[n].address for n in names},
-            learner=new_learner,  # type: ignore[arg-type]
+            learner=new_learner,
         )
         for name in names:
             self._push(self._members[name].conn, ("config", cfg))
@@ -266,10 +268,13 @@ class Coordinator:
         self._push(member.conn, ("removed",))
         assert self._nursery is not None
         self._nursery.start_soon(_close, member.conn)
-        if self.config.durable_dir is not None:
+        cfg = state.config
+        if self.config.durable_dir is not None and set(cfg.chain) - {member.name}:
+            # The survivors hold a superset of its state, so its log can only mislead a
+            # later recovery (it may end with updates that were never committed). The
+            # last member's log is kept: it is what the next seed recovers from.
             path = Path(self.config.durable_dir) / f"shard_{member.shard}" / f"{member.name}.log"
             path.unlink(missing_ok=True)
-        cfg = state.config
         if state.seeding == member.name:
             state.seeding = None
         if member.name in cfg.chain:
@@ -278,13 +283,19 @@ class Coordinator:
                               chain=tuple(n for n in cfg.chain if n != member.name))
         elif cfg.learner == member.name:
             self._reconfigure(member.shard, learner=None)
-        if not state.config.chain and state.config.learner is None and state.seeding is None:
-            # The whole chain is gone (R=1, or every replica died): the next replica to
-            # register seeds the shard again (from the durable log, if any). A replica
-            # still queued as joiner re-registers after its supervisor restarts it.
-            for name in list(state.joiners):
-                self._push(self._members[name].conn, ("removed",))
+        if not state.config.chain and state.seeding is None:
+            # The whole chain is gone (R=1, or every member died): the next replica to
+            # register seeds the shard again (from the durable log, if any). A learner
+            # (possibly half-transferred) or a queued joiner is told to exit; its
+            # supervisor restarts it and it registers afresh.
+            stragglers = list(state.joiners)
+            if state.config.learner is not None:
+                stragglers.append(state.config.learner)
+                self._reconfigure(member.shard, learner=None)
             state.joiners.clear()
+            for name in stragglers:
+                if name in self._members:
+                    self._push(self._members[name].conn, ("removed",))
 
 
 async def _close(conn: Any) -> None:

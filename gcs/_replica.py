@@ -227,7 +227,7 @@ class Replica:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def _wait_change(self, timeout: float) -> None:
+    async def _wait_change(self, timeout: float) -> None:  # noqa: ASYNC109 (public API, like the transport contract)
         with trio.move_on_after(timeout):
             await self._changed.wait()
 

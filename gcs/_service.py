@@ -21,6 +21,7 @@ using the GCS without actorcore's kernel (benchmarks, scripts, the GCS's own tes
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -38,6 +39,10 @@ from ._coordinator import Coordinator
 from ._replica import Replica
 
 __all__ = ["GcsPlan", "GcsService", "ReplicaProcessDied", "ReplicaService", "ServiceSpec", "plan"]
+
+
+# The replica processes must import this very `gcs` package, wherever it lives.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ReplicaProcessDied(Exception):
@@ -77,14 +82,14 @@ class GcsPlan:
         """The coordinator's address (clients connect here), once it started."""
         return self.coordinator.address if self.coordinator is not None else None
 
-    async def wait_address(self, timeout: float = 30.0) -> str:
+    async def wait_address(self, timeout: float = 30.0) -> str:  # noqa: ASYNC109 (public API, like the transport contract)
         with trio.fail_after(timeout):
             while self.address is None:
                 await self._address_ready.wait()
         assert self.address is not None
         return self.address
 
-    async def wait_ready(self, timeout: float = 30.0) -> str:
+    async def wait_ready(self, timeout: float = 30.0) -> str:  # noqa: ASYNC109 (public API, like the transport contract)
         """Wait until every shard has its full chain; return the client address."""
         with trio.fail_after(timeout):
             address = await self.wait_address()
@@ -122,7 +127,7 @@ def plan(config: GcsConfig, token: bytes) -> GcsPlan:
             ServiceSpec(
                 name=f"replica_{j}",
                 kind="gcs_replica",
-                factory=lambda shard=shard, j=j: ReplicaService(result, shard, j),
+                factory=functools.partial(ReplicaService, result, shard, j),
             )
             for j in range(config.replicas)
         )
@@ -193,10 +198,8 @@ class ReplicaService:
             "token": self.plan.token.hex(),
             "coordinator": coordinator,
         }
-        # The child must import this very `gcs` package, wherever it lives.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "gcs._replica_main"],
             stdin=subprocess.PIPE,

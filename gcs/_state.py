@@ -229,7 +229,7 @@ class ShardState:
         rows = sorted(
             (k, v[0], v[1])
             for k, v in self.tables[table].items()
-            if type(k) is kind and k.startswith(prefix)  # type: ignore[arg-type]
+            if type(k) is kind and k.startswith(prefix)
         )
         return rows if limit is None else rows[:limit]
 

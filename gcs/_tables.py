@@ -236,18 +236,18 @@ class KvTable(_Table):
             return namespace.encode() + b"\x00" + key
         return f"{namespace}\x00{key}"
 
-    async def put(self, key: Key, value: Any, *, namespace: str | None = None,  # type: ignore[override]
+    async def put(self, key: Key, value: Any, *, namespace: str | None = None,
                   overwrite: bool = True) -> int:
         k = self._key(key, namespace)
         if overwrite:
             return await self._client.put(self.table, k, value)
         return int(await self._client.put_if_absent(self.table, k, value))
 
-    async def get(self, key: Key, default: Any = None, *,  # type: ignore[override]
+    async def get(self, key: Key, default: Any = None, *,
                   namespace: str | None = None) -> Any:
         return await self._client.get(self.table, self._key(key, namespace), default)
 
-    async def delete(self, key: Key, *, namespace: str | None = None) -> bool:  # type: ignore[override]
+    async def delete(self, key: Key, *, namespace: str | None = None) -> bool:
         return await self._client.delete(self.table, self._key(key, namespace))
 
     async def exists(self, key: Key, *, namespace: str | None = None) -> bool:

@@ -69,10 +69,13 @@ async def test_sigkill_a_replica_under_load(tree, victim: int) -> None:
         seqs: list[int] = []
         async with writer.subscribe("kv", prefix="w") as sub:
 
+            progress = [trio.Event()]
+
             async def consume() -> None:
                 async for event in sub:
                     events[event.key].append(event.value)
                     seqs.append(event.seq)
+                    progress[0].set()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume)
@@ -98,7 +101,8 @@ async def test_sigkill_a_replica_under_load(tree, victim: int) -> None:
                 # every update exactly once, in order, across the failover
                 with trio.fail_after(10):
                     while any(not events[k] or events[k][-1] != acked[k] for k in keys):
-                        await trio.sleep(0.01)
+                        progress[0] = trio.Event()
+                        await progress[0].wait()
                 nursery.cancel_scope.cancel()
         for key in keys:
             values = events[key]
