@@ -21,7 +21,7 @@ from ._errors import (
 )
 from ._serialize import SerializedValue, deserialize, serialize
 from ._service import ObjectStoreService
-from ._session import arena_path, cleanup_session, session_files
+from ._session import arena_path, cleanup_session, cleanup_stale_sessions, session_files
 
 __all__ = [
     "BlockingStoreClient",
@@ -38,6 +38,7 @@ __all__ = [
     "StoreError",
     "arena_path",
     "cleanup_session",
+    "cleanup_stale_sessions",
     "deserialize",
     "serialize",
     "session_files",

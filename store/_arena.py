@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 FILE_MAGIC = b"ACSTORE1"
-FILE_HEADER = struct.Struct("<8sQQ")  # magic, version, file size
+FILE_HEADER = struct.Struct("<8sQQQ")  # magic, version, file size, owner pid
 ARENA_HEADER_SIZE = 4096
 BLOCK_MAGIC = b"ACB1"
 # magic, state, block size, id length, buffer count, metadata length, data length,
@@ -157,7 +157,7 @@ class Arena:
         finally:
             os.close(fd)
         mapping = Mapping(path, size)
-        FILE_HEADER.pack_into(mapping.mmap, 0, FILE_MAGIC, 1, size)
+        FILE_HEADER.pack_into(mapping.mmap, 0, FILE_MAGIC, 1, size, os.getpid())
         arena = cls(path, mapping, Allocator(ARENA_HEADER_SIZE, size))
         arena.write_free(ARENA_HEADER_SIZE, size - ARENA_HEADER_SIZE)
         return arena, []
@@ -165,9 +165,10 @@ class Arena:
     @classmethod
     def _reopen(cls, path: str) -> tuple[Arena, list[BlockInfo]]:
         mapping = Mapping(path)
-        magic, _version, size = FILE_HEADER.unpack_from(mapping.mmap, 0)
+        magic, _version, size, _pid = FILE_HEADER.unpack_from(mapping.mmap, 0)
         if magic != FILE_MAGIC or size != mapping.size:
             raise RuntimeError(f"{path} is not an object store arena (or is truncated)")
+        FILE_HEADER.pack_into(mapping.mmap, 0, FILE_MAGIC, 1, size, os.getpid())  # new owner
         blocks = list(_scan(mapping, ARENA_HEADER_SIZE, size))
         allocator = Allocator.from_blocks(
             ARENA_HEADER_SIZE, size, [(b.offset, b.size, b.state != FREE) for b in blocks]
@@ -237,6 +238,19 @@ class Arena:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def arena_owner(path: str) -> int | None:
+    """The pid of the process whose store service owns the arena at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(FILE_HEADER.size)
+    except OSError:
+        return None
+    if len(raw) < FILE_HEADER.size:
+        return None
+    magic, _version, _size, pid = FILE_HEADER.unpack(raw)
+    return pid if magic == FILE_MAGIC else None
 
 
 def _read_header(mapping: Mapping, offset: int) -> BlockInfo:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DEFAULT_SHM_DIR", "arena_path", "cleanup_session", "session_files"]
+__all__ = [
+    "DEFAULT_SHM_DIR",
+    "arena_path",
+    "cleanup_session",
+    "cleanup_stale_sessions",
+    "session_files",
+]
 
 DEFAULT_SHM_DIR = "/dev/shm"
 
@@ -45,3 +51,39 @@ def cleanup_session(
         except FileNotFoundError:
             pass
     return removed
+
+
+def cleanup_stale_sessions(shm_dir: str = DEFAULT_SHM_DIR, *, name_prefix: str = "actorcore") -> list[str]:
+    """Remove arenas (``<name_prefix>*.arena``) whose owning process is gone.
+
+    The owner's pid is written in each arena's header by the service that opened it
+    last; an arena whose owner no longer exists was left by a killed node. (Spill
+    files of such sessions are in their own spill directories: remove those with
+    `cleanup_session`.) Returns the removed paths.
+    """
+    from ._arena import arena_owner
+
+    removed = []
+    for name in os.listdir(shm_dir):
+        if not (name.startswith(name_prefix) and name.endswith(".arena")):
+            continue
+        path = os.path.join(shm_dir, name)
+        pid = arena_owner(path)
+        if pid is None or _alive(pid):
+            continue
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -378,7 +378,8 @@ async def test_cleanup_session_after_a_killed_node(tmp_path, prefix):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert store.session_files(prefix) == [store.arena_path(prefix)]
-    assert store.cleanup_session(prefix) == [store.arena_path(prefix)]
+    assert store.cleanup_stale_sessions(name_prefix=prefix) == [store.arena_path(prefix)]
+    assert store.cleanup_session(prefix) == []
     _no_leftovers(prefix)
 
 
