@@ -256,14 +256,15 @@ class Connection:
         """Send a one-way message.
 
         A cancellation point. It yields to the scheduler only once frames have piled
-        up (so a loop of sends coalesces into large writes) and waits while more than
-        16 MiB are queued (backpressure).
+        up (so a loop of sends coalesces into large writes) and, before queueing,
+        waits while more than 16 MiB are queued (backpressure; if cancelled there,
+        the message is not sent).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        self.send_nowait(message)
         if self._queued_bytes > _HIGH_WATER:
-            await self._wait_drained()
-        elif self._queued_frames >= _YIELD_FRAMES or self._queued_bytes >= _YIELD_BYTES:
+            await self._wait_drained()  # cancelled here: nothing was sent
+        self.send_nowait(message)
+        if self._queued_frames >= _YIELD_FRAMES or self._queued_bytes >= _YIELD_BYTES:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def send_nowait(self, message: Any) -> None:

@@ -1,0 +1,510 @@
+"""Transport tests within one process: API semantics, failure paths, faults."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import transport
+from transport import _handshake, faults
+
+TOKEN = b"local-token"
+
+
+@pytest.fixture(autouse=True)
+def _no_faults() -> Iterator[None]:
+    faults.clear()
+    yield
+    faults.clear()
+
+
+class Echo:
+    """A server handler: ("echo", x), ("fail", text), ("hang",), ("block",), ("close",)."""
+
+    def __init__(self) -> None:
+        self.oneways: list[Any] = []
+        self.release = trio.Event()
+        self.got_oneway = trio.Event()
+
+    async def __call__(self, conn: transport.Connection, msg: Any, reply: transport.Reply | None) -> None:
+        if reply is None:
+            self.oneways.append(msg)
+            self.got_oneway.set()
+            if msg == "raise":
+                raise RuntimeError("one-way handler failed")
+            if msg == "block":
+                await self.release.wait()
+            return
+        op, *args = msg
+        if op == "echo":
+            reply.send(args[0])
+        elif op == "fail":
+            raise KeyError(args[0])
+        elif op == "hang":
+            pass
+        elif op == "close":
+            await conn.aclose()
+        elif op == "unpicklable":
+            reply.send(threading.Lock())
+        elif op == "twice":
+            reply.send(1)
+            reply.send(2)
+
+
+@pytest.fixture
+async def echo_server(tmp_path: Path) -> AsyncIterator[tuple[str, Echo, transport.Server]]:
+    handler = Echo()
+    server = transport.Server(f"unix:{tmp_path}/echo.sock", TOKEN, handler, name="echo")
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        yield address, handler, server
+        nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------ addresses, arguments
+
+
+def test_parse_address() -> None:
+    assert transport.parse_address("unix:/tmp/a.sock") == transport.Address("unix", path="/tmp/a.sock")
+    assert transport.parse_address("tcp:10.0.0.1:80") == transport.Address("tcp", host="10.0.0.1", port=80)
+    assert transport.parse_address("tcp::0").host == "127.0.0.1"  # loopback by default
+    assert str(transport.parse_address("tcp:[::1]:5")) == "tcp:[::1]:5"
+    for bad, match in [
+        ("unix:relative.sock", "must be absolute"),
+        ("tcp:host", "expected 'tcp:HOST:PORT'"),
+        ("tcp:host:http", "'http' is not a number"),
+        ("tcp:host:70000", "out of range"),
+        ("udp:host:1", "unknown scheme 'udp'"),
+        ("nothing", "expected 'unix:/path'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            transport.parse_address(bad)
+    with pytest.raises(TypeError):
+        transport.parse_address(5)  # type: ignore[arg-type]
+
+
+async def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="token must not be empty"):
+        transport.Server("unix:/tmp/x.sock", "", None)
+    with pytest.raises(TypeError, match="token must be bytes or str"):
+        transport.Server("unix:/tmp/x.sock", 5, None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_frame_size"):
+        transport.Server("unix:/tmp/x.sock", "t", None, max_frame_size=10)
+    with pytest.raises(ValueError, match="unknown scheme"):
+        transport.Server("http://x", "t", None)
+
+
+async def test_connect_to_nothing(tmp_path: Path) -> None:
+    with pytest.raises(transport.ConnectError, match="cannot connect to 'unix:"):
+        await transport.connect(f"unix:{tmp_path}/none.sock", TOKEN)
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    with pytest.raises(transport.ConnectError, match=f"tcp:127.0.0.1:{port}"):
+        await transport.connect(f"tcp:127.0.0.1:{port}", TOKEN)
+
+
+async def test_connect_times_out_on_a_silent_server(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    lsock = socket.socket(socket.AF_UNIX)
+    lsock.bind(f"{tmp_path}/silent.sock")
+    lsock.listen()
+    try:
+        with pytest.raises(transport.ConnectError, match="handshake with .* timed out after 3s"):
+            await transport.connect(f"unix:{tmp_path}/silent.sock", TOKEN, connect_timeout=3)
+    finally:
+        lsock.close()
+
+
+async def test_server_drops_a_silent_client(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = transport.Server(f"unix:{tmp_path}/s.sock", TOKEN, Echo(), handshake_timeout=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.setblocking(False)
+        sock.connect(f"{tmp_path}/s.sock")
+        with caplog.at_level(logging.WARNING, logger="transport"):
+            with trio.fail_after(10):
+                await trio.lowlevel.wait_readable(sock)
+            assert sock.recv(10) == b""  # the server hung up
+        assert "timed out after 2s" in caplog.text
+        assert server.statistics().handshake_failures == 1
+        sock.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_endpoint_name_too_long(echo_server: tuple[str, Echo, transport.Server]) -> None:
+    address, _, _ = echo_server
+    with pytest.raises(ValueError, match="endpoint name is 2000 bytes long"):
+        await transport.connect(address, TOKEN, name="x" * 2000)
+
+
+# ------------------------------------------------------------------ request / reply semantics
+
+
+async def test_round_trip_over_tcp() -> None:
+    server = transport.Server("tcp:127.0.0.1:0", TOKEN, Echo(), name="tcp-echo")
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        assert address.startswith("tcp:127.0.0.1:") and not address.endswith(":0")
+        assert server.address == address
+        async with transport.open_connection(address, TOKEN, name="c") as conn:
+            assert await conn.request(("echo", [1, "two", b"3"])) == [1, "two", b"3"]
+            assert conn.peer_name == "tcp-echo" and conn.name == "c"
+            assert [c.peer_name for c in server.connections] == ["c"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_remote_error_and_connection_survives(echo_server: tuple[str, Echo, transport.Server]) -> None:
+    address, _, _ = echo_server
+    async with transport.open_connection(address, TOKEN) as conn:
+        with pytest.raises(transport.RemoteError) as info:
+            await conn.request(("fail", "k9"))
+        assert info.value.remote_type == "builtins.KeyError"
+        assert info.value.remote_message == "'k9'"
+        assert 'raise KeyError(args[0])' in info.value.remote_traceback
+        assert isinstance(info.value.remote_exception, KeyError)
+        # RemoteError itself pickles (it may be forwarded)
+        again = pickle.loads(pickle.dumps(info.value))
+        assert again.remote_type == "builtins.KeyError" and again.remote_traceback
+        assert await conn.request(("echo", 1)) == 1
+
+
+async def test_remote_error_catchable_outside_open_connection(
+    echo_server: tuple[str, Echo, transport.Server],
+) -> None:
+    address, _, _ = echo_server
+    with pytest.raises(transport.RemoteError):  # not wrapped in an ExceptionGroup
+        async with transport.open_connection(address, TOKEN) as conn:
+            await conn.request(("fail", "x"))
+
+
+async def test_request_timeout_then_late_reply_ignored(
+    echo_server: tuple[str, Echo, transport.Server], autojump_clock: trio.testing.MockClock
+) -> None:
+    address, _, _ = echo_server
+    async with transport.open_connection(address, TOKEN) as conn:
+        with pytest.raises(transport.RequestTimeout, match=r"within 5s"):
+            await conn.request(("hang",), timeout=5)
+        assert conn.statistics().requests_in_flight == 0
+        with trio.move_on_after(1):  # a cancelled request is forgotten too
+            await conn.request(("hang",))
+        assert conn.statistics().requests_in_flight == 0
+        assert await conn.request(("echo", "ok"), timeout=5) == "ok"
+
+
+async def test_reply_rules(echo_server: tuple[str, Echo, transport.Server], caplog: pytest.LogCaptureFixture) -> None:
+    address, _, _ = echo_server
+    async with transport.open_connection(address, TOKEN) as conn:
+        with caplog.at_level(logging.ERROR, logger="transport"):
+            assert await conn.request(("twice",)) == 1
+        assert "already answered" in caplog.text
+        with pytest.raises(transport.RemoteError) as info:
+            await conn.request(("unpicklable",))
+        assert info.value.remote_type == "builtins.TypeError"
+        assert "cannot pickle" in info.value.remote_message
+        assert await conn.request(("echo", 2)) == 2
+
+
+async def test_reply_fail_needs_an_exception(tmp_path: Path) -> None:
+    got: list[transport.Reply] = []
+
+    async def handler(conn: transport.Connection, msg: Any, reply: transport.Reply | None) -> None:
+        assert reply is not None
+        got.append(reply)
+        with pytest.raises(TypeError, match="needs an exception"):
+            reply.fail("nope")  # type: ignore[arg-type]
+        reply.fail(ValueError("proper"))
+        assert reply.done
+        with pytest.raises(RuntimeError, match="already answered"):
+            reply.fail(ValueError("again"))
+
+    server = transport.Server(f"unix:{tmp_path}/s.sock", TOKEN, handler)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        async with transport.open_connection(address, TOKEN) as conn:
+            with pytest.raises(transport.RemoteError, match="proper"):
+                await conn.request("x")
+        assert "answered" in repr(got[0])
+        got[0]._done = False
+        got[0].send("after close: silently ignored")
+        nursery.cancel_scope.cancel()
+
+
+async def test_unpicklable_message_fails_locally(echo_server: tuple[str, Echo, transport.Server]) -> None:
+    address, _, _ = echo_server
+    async with transport.open_connection(address, TOKEN) as conn:
+        with pytest.raises(TypeError, match="cannot pickle") as info:
+            await conn.request(("echo", threading.Lock()))
+        assert any("transport: cannot pickle message" in n for n in info.value.__notes__)
+        with pytest.raises(AttributeError, match="Can't pickle local object"):
+            conn.send_nowait(lambda: None)
+        assert await conn.request(("echo", 3)) == 3
+
+
+async def test_frame_too_large_for_the_peer_is_refused_before_sending(tmp_path: Path) -> None:
+    server = transport.Server(f"unix:{tmp_path}/s.sock", TOKEN, Echo(), name="small", max_frame_size=64 * 1024)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        async with transport.open_connection(address, TOKEN) as conn:
+            with pytest.raises(transport.FrameTooLarge, match="max_frame_size 65536 of peer 'small'"):
+                await conn.request(("echo", b"x" * 100_000))
+            with pytest.raises(transport.FrameTooLarge):
+                await conn.send(pickle.PickleBuffer(bytearray(100_000)))
+            assert await conn.request(("echo", b"y" * 1000)) == b"y" * 1000
+            # the server's reply to us is checked against *our* limit (the default)
+        nursery.cancel_scope.cancel()
+
+
+async def test_oneway_handler_errors_are_logged(
+    echo_server: tuple[str, Echo, transport.Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    address, handler, _ = echo_server
+    async with transport.open_connection(address, TOKEN) as conn:
+        with caplog.at_level(logging.ERROR, logger="transport"):
+            await conn.send("raise")
+            assert await conn.request(("echo", 1)) == 1  # in order: the one-way ran first
+        assert "one-way handler failed" in caplog.text
+        assert handler.oneways == ["raise"]
+
+
+async def test_no_handler(echo_server: tuple[str, Echo, transport.Server]) -> None:
+    address, _, server = echo_server
+    async with transport.open_connection(address, TOKEN, name="nohandler"):
+        (server_side,) = server.connections
+        with pytest.raises(transport.RemoteError, match="'nohandler' has no handler"):
+            await server_side.request("hello?")
+
+
+async def test_connection_lost_fails_all_pending(echo_server: tuple[str, Echo, transport.Server]) -> None:
+    address, _, _ = echo_server
+    async with transport.open_connection(address, TOKEN) as conn:
+        failures: list[BaseException] = []
+
+        async def hang() -> None:
+            with pytest.raises(transport.ConnectionLost, match="'echo'") as info:
+                await conn.request(("hang",))
+            failures.append(info.value)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(hang)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(transport.ConnectionLost):
+                await conn.request(("close",))  # the server closes the link
+        assert len(failures) == 20 and len({id(f) for f in failures}) == 20
+        assert conn.closed and conn.statistics().closed
+
+
+async def test_connect_system_task_mode(echo_server: tuple[str, Echo, transport.Server]) -> None:
+    address, handler, _ = echo_server
+    conn = await transport.connect(address, TOKEN, name="sys")
+    async with conn:
+        assert await conn.request(("echo", 5)) == 5
+        for i in range(100):
+            conn.send_nowait(("n", i))
+    assert conn.closed  # aclose flushed the queued one-ways first
+    with trio.fail_after(5):
+        while len(handler.oneways) < 100:
+            await handler.got_oneway.wait()
+            handler.got_oneway = trio.Event()
+    assert handler.oneways == [("n", i) for i in range(100)]
+    await conn.aclose()  # idempotent
+    with pytest.raises(transport.ConnectionLost, match="closed locally"):
+        await conn.send("x")
+
+
+async def test_backpressure(echo_server: tuple[str, Echo, transport.Server], autojump_clock: trio.testing.MockClock) -> None:
+    address, handler, _ = echo_server
+    async with transport.open_connection(address, TOKEN) as conn:
+        await conn.send("block")  # the server's reader now waits in its handler
+        chunk = b"z" * (1024 * 1024)
+        sent = 0
+        with trio.move_on_after(5):
+            for _ in range(64):
+                await conn.send(chunk)
+                sent += 1
+        assert 8 <= sent < 64, sent  # blocked once ~16 MiB were queued
+        assert conn.statistics().queued_bytes > 8 * 1024 * 1024
+        handler.release.set()
+        with trio.fail_after(30):
+            await conn.send(chunk)
+            assert await conn.request(("echo", "drained")) == "drained"
+        assert len(handler.oneways) == sent + 2
+
+
+# ------------------------------------------------------------------ services
+
+
+async def test_client_service(tmp_path: Path) -> None:
+    server = transport.Server(f"unix:{tmp_path}/s.sock", TOKEN, Echo(), name="svc")
+    async with trio.open_nursery() as outer:
+        address = await outer.start(server.run)
+        client = transport.Client(address, TOKEN, name="holder")
+        async with trio.open_nursery() as nursery:
+            conn = await nursery.start(client.run)
+            assert await conn.request(("echo", 1)) == 1
+            assert client.snapshot() == {"kind": "connection", "address": address, "peer": "svc"}
+            await conn.aclose()  # a local close: run returns normally
+        client2 = transport.Client(address, TOKEN, name="holder2")
+        with pytest.raises(ExceptionGroup) as info:  # the supervisor would see a crash
+            async with trio.open_nursery() as nursery:
+                conn = await nursery.start(client2.run)
+                with pytest.raises(transport.ConnectionLost):
+                    await conn.request(("close",))
+        assert info.group_contains(transport.ConnectionLost, match="'holder2' -> 'svc'")
+        outer.cancel_scope.cancel()
+
+
+async def test_server_callbacks_statistics_and_cleanup(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    async def on_connect(conn: transport.Connection) -> None:
+        events.append(f"up {conn.peer_name}")
+
+    path = tmp_path / "cb.sock"
+    server = transport.Server(
+        f"unix:{path}",
+        TOKEN,
+        Echo(),
+        name="cb",
+        on_connect=on_connect,
+        on_disconnect=lambda conn: events.append(f"down {conn.peer_name}"),
+    )
+    assert server.address == f"unix:{path}" and not server.statistics().listening
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        assert path.exists()
+        async with transport.open_connection(f"unix:{path}", TOKEN, name="a") as conn:
+            await conn.request(("echo", 0))
+            stats = server.statistics()
+            assert (stats.listening, stats.connections, stats.accepted) == (True, 1, 1)
+            assert server.snapshot()["kind"] == "rpc_server"
+            cstats = conn.statistics()
+            assert cstats.frames_sent == 1 and cstats.bytes_sent > 20 and cstats.peer_name == "cb"
+        await trio.testing.wait_all_tasks_blocked()  # the server side has wound down
+        nursery.cancel_scope.cancel()
+    assert events == ["up a", "down a"]
+    assert not path.exists()  # the socket file is removed on close
+
+
+async def test_server_restart_keeps_its_port_and_replaces_stale_socket(tmp_path: Path) -> None:
+    server = transport.Server("tcp:127.0.0.1:0", TOKEN, Echo())
+    async with trio.open_nursery() as nursery:
+        first = await nursery.start(server.run)
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        second = await nursery.start(server.run)
+        nursery.cancel_scope.cancel()
+    assert first == second
+    # a stale socket file (its server died without cleanup) is replaced
+    stale = tmp_path / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(stale))
+    dead.close()
+    userver = transport.Server(f"unix:{stale}", TOKEN, Echo())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(userver.run)
+        # ...but a live one is not clobbered
+        with pytest.raises(OSError, match="already listens"):
+            await nursery.start(transport.Server(f"unix:{stale}", TOKEN, Echo()).run)
+        nursery.cancel_scope.cancel()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError, match="is not a socket"):
+        await transport.Server(f"unix:{tmp_path}/file", TOKEN, Echo()).run()
+
+
+async def test_handshake_rejects_a_replayed_or_wrong_proof(tmp_path: Path) -> None:
+    # a client that answers the challenge with garbage is rejected with a clear error
+    server = transport.Server(f"unix:{tmp_path}/s.sock", TOKEN, Echo(), name="hs")
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        sock = await transport._address.dial(address, 5)
+        with pytest.raises(transport.AuthenticationFailed, match="failed to prove the cluster token"):
+            await _handshake.client_handshake(sock, b"other", "mallory", 2**20, address)
+        sock.close()
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.statistics().authentication_failures == 1
+        nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------ faults (in process)
+
+
+def test_fault_rules_are_plain_validated_data() -> None:
+    rule = faults.delay(0.5, "driver", "node-*/gcs", kind="request", probability=0.5)
+    assert faults.Rule.from_dict(rule.to_dict()) == rule
+    assert pickle.loads(pickle.dumps(rule)) == rule
+    assert rule.matches("driver", "node-1/gcs", "request")
+    assert not rule.matches("driver", "node-1/gcs", "reply")
+    assert not rule.matches("worker", "node-1/gcs", "request")
+    with pytest.raises(ValueError, match="unknown fault action 'explode'"):
+        faults.Rule("explode")
+    with pytest.raises(ValueError, match="unknown message kind 'rpc'"):
+        faults.drop(kind="rpc")
+    with pytest.raises(ValueError, match="probability"):
+        faults.drop(probability=2)
+    with pytest.raises(ValueError, match="delay"):
+        faults.delay(-1)
+    with pytest.raises(ValueError, match="unknown fault rule fields"):
+        faults.Rule.from_dict({"action": "drop", "colour": "red"})
+    with pytest.raises(TypeError):
+        faults.add({"action": "drop"})  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="no fault rule with id 12345"):
+        faults.remove(12345)
+    with faults.injected(rule, faults.drop()) as ids:
+        assert list(faults.rules()) == ids
+    assert faults.rules() == {}
+
+
+def test_fault_probability_is_seedable() -> None:
+    faults.add(faults.drop(probability=0.5))
+    faults.seed(7)
+    first = [faults.decide("a", "b", "oneway") is not None for _ in range(50)]
+    faults.seed(7)
+    assert [faults.decide("a", "b", "oneway") is not None for _ in range(50)] == first
+    assert 5 < sum(first) < 45
+
+
+async def test_faults_in_process(
+    echo_server: tuple[str, Echo, transport.Server], autojump_clock: trio.testing.MockClock
+) -> None:
+    address, handler, _ = echo_server
+    async with transport.open_connection(address, TOKEN, name="me") as conn:
+        with faults.injected(faults.drop("me", "echo", kind="oneway")):
+            await conn.send("lost")
+            assert await conn.request(("echo", 1)) == 1
+        assert handler.oneways == []
+        with faults.injected(faults.duplicate("me", "echo", kind="oneway")):
+            await conn.send("twice")
+            assert await conn.request(("echo", 1)) == 1
+        assert handler.oneways == ["twice", "twice"]
+        with faults.injected(faults.delay(10, "echo", "me")):  # replies from the server
+            start = trio.current_time()
+            assert await conn.request(("echo", 2)) == 2
+            assert trio.current_time() - start >= 10
+        with faults.injected(*faults.partition("me", "echo")):
+            with pytest.raises(transport.RequestTimeout):
+                await conn.request(("echo", 3), timeout=1)
+            with pytest.raises(transport.ConnectError, match="refused by fault rule"):
+                await transport.connect(address, TOKEN, name="me")
+        assert await conn.request(("echo", 4)) == 4
+        assert conn.statistics().dropped_by_faults == 2
+
+
+def test_os_cleanup_sanity(tmp_path: Path) -> None:
+    # the fixtures above leave no socket files behind
+    assert not any(p.suffix == ".sock" for p in tmp_path.iterdir())
+    assert os.path.isdir(tmp_path)
