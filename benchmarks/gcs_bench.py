@@ -1,0 +1,156 @@
+"""GCS benchmark: pipelined throughput, latency, shard scaling, failover stall.
+
+    .venv/bin/python benchmarks/gcs_bench.py [--quick]
+
+Every replica runs in its own process (as with R >= 2 in a real cluster); the
+client and the coordinator share this process. Figures go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import sys
+import time
+
+import trio
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import gcs  # noqa: E402
+
+TOKEN = b"gcs-bench"
+
+
+async def _with_gcs(config: gcs.GcsConfig, body):  # type: ignore[no-untyped-def]
+    service = gcs.GcsService(config, TOKEN)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(service.run)
+        async with gcs.open_client(address, TOKEN, timeout=30) as client:
+            result = await body(client, service)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+async def _pipelined(client: gcs.GcsClient, n: int, concurrency: int, op: str) -> float:
+    value = b"x" * 100
+    keys = [f"key-{i}" for i in range(n)]
+
+    async def worker(start: int) -> None:
+        for i in range(start, n, concurrency):
+            if op == "put":
+                await client.put("kv", keys[i], value)
+            else:
+                await client.get("kv", keys[i])
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for w in range(concurrency):
+            nursery.start_soon(worker, w)
+    return n / (time.perf_counter() - t0)
+
+
+async def _latency(client: gcs.GcsClient, n: int, op: str) -> tuple[float, float]:
+    samples = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        if op == "put":
+            await client.put("kv", f"lat-{i}", i)
+        else:
+            await client.get("kv", f"lat-{i}")
+        samples.append(time.perf_counter() - t0)
+    samples.sort()
+    return statistics.median(samples) * 1e6, samples[int(len(samples) * 0.99)] * 1e6
+
+
+async def throughput(replicas: int, n: int, concurrency: int) -> None:
+    async def body(client, service):  # type: ignore[no-untyped-def]
+        await _pipelined(client, 2000, concurrency, "put")  # warm up
+        put = await _pipelined(client, n, concurrency, "put")
+        get = await _pipelined(client, n, concurrency, "get")
+        put_lat = await _latency(client, 1000, "put")
+        get_lat = await _latency(client, 1000, "get")
+        print(f"  R={replicas}: pipelined put {put:9,.0f}/s  get {get:9,.0f}/s   "
+              f"latency put p50 {put_lat[0]:5.0f} us p99 {put_lat[1]:5.0f} us, "
+              f"get p50 {get_lat[0]:5.0f} us p99 {get_lat[1]:5.0f} us")
+
+    await _with_gcs(gcs.GcsConfig(shards=1, replicas=replicas, processes=True), body)
+
+
+async def shard_scaling(shards: int, replicas: int, n: int, concurrency: int) -> None:
+    async def body(client, service):  # type: ignore[no-untyped-def]
+        await _pipelined(client, 2000, concurrency, "put")
+        put = await _pipelined(client, n, concurrency, "put")
+        print(f"  S={shards} R={replicas}: pipelined put {put:9,.0f}/s")
+
+    await _with_gcs(gcs.GcsConfig(shards=shards, replicas=replicas, processes=True), body)
+
+
+async def failover(victim: int, writers: int) -> None:
+    names = {0: "head", 1: "middle", 2: "tail"}
+
+    async def body(client, service):  # type: ignore[no-untyped-def]
+        samples: list[tuple[float, float]] = []
+        writing = True
+
+        async def write(w: int) -> None:
+            i = 0
+            while writing:
+                t0 = time.perf_counter()
+                await client.put("kv", f"f{w}", i)
+                samples.append((t0, time.perf_counter() - t0))
+                i += 1
+
+        async with trio.open_nursery() as nursery:
+            for w in range(writers):
+                nursery.start_soon(write, w)
+            await trio.sleep(1.0)
+            coordinator = service.coordinator
+            name = coordinator.chain(0).chain[victim]
+            target = next(s for s in service.services.values() if s.name == name)
+            killed = time.perf_counter()
+            os.kill(target.pid, signal.SIGKILL)
+            await trio.sleep(0.05)
+            await coordinator.wait_ready(30)
+            healed = time.perf_counter()
+            await trio.sleep(1.0)
+            writing = False
+        before = [d for t, d in samples if t < killed - 0.1]
+        around = [(t, d) for t, d in samples if killed - 0.1 <= t <= killed + 0.5]
+        stall = max(t + d for t, d in around) - killed if around else float("nan")
+        worst = max(d for _, d in around)
+        # the longest time with no write completing, in the window after the kill
+        ends = sorted(t + d for t, d in samples if t + d >= killed)
+        gap = max(b - a for a, b in zip([killed, *ends], ends, strict=False))
+        print(f"  kill {names[victim]:6}: max write latency {worst * 1e3:6.1f} ms "
+              f"(normal p50 {statistics.median(before) * 1e3:.2f} ms), no write completed for "
+              f"{gap * 1e3:6.1f} ms after SIGKILL; replacement in chain after "
+              f"{(healed - killed) * 1e3:.0f} ms; writes/s during run "
+              f"{len(samples) / (samples[-1][0] - samples[0][0]):,.0f}")
+        del stall
+
+    await _with_gcs(gcs.GcsConfig(shards=1, replicas=3), body)
+
+
+async def main(quick: bool) -> None:
+    n = 20_000 if quick else 100_000
+    concurrency = 256
+    print(f"GCS benchmark ({os.cpu_count()} cores, {concurrency} concurrent callers, 100-byte values)")
+    print("One shard, pipelined throughput and sequential latency:")
+    for replicas in (1, 3):
+        await throughput(replicas, n, concurrency)
+    print("Throughput as shards grow (one client process):")
+    for shards in (1, 2, 4):
+        await shard_scaling(shards, 1, n, concurrency)
+    await shard_scaling(2, 3, n, concurrency)
+    print("Failover: SIGKILL one replica of a 3-replica chain under 16 writers:")
+    for victim in (0, 1, 2):
+        await failover(victim, 16)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    trio.run(main, parser.parse_args().quick)
