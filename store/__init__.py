@@ -8,7 +8,7 @@ into shared memory and read zero-copy: numpy arrays and Arrow data come back as
 read-only views of the arena.
 """
 
-from ._client import BlockingStoreClient, StoreClient
+from ._client import BlockingStoreClient, ObjectWriter, StoreClient
 from ._core import StoreCore
 from ._errors import (
     GetTimeoutError,
@@ -30,6 +30,7 @@ __all__ = [
     "ObjectNotFoundError",
     "ObjectStoreFullError",
     "ObjectStoreService",
+    "ObjectWriter",
     "SerializationError",
     "SerializedValue",
     "StoreClient",

@@ -82,6 +82,52 @@ class _Lease:
             pass
 
 
+class ObjectWriter:
+    """An unsealed object being written chunk by chunk (see `StoreClient.create`)."""
+
+    def __init__(self, client: StoreClient, object_id: bytes, payload: int, length: int,
+                 location: Any, take_ref: bool):
+        self._client = client
+        self.object_id = object_id
+        self._payload = payload
+        self.payload_len = length
+        self._location = location
+        self._take_ref = take_ref
+        self.done = False
+
+    def write(self, offset: int, data: Any) -> None:
+        """Copy ``data`` to ``offset`` of the payload (any thread; bounds-checked)."""
+        n = memoryview(data).nbytes
+        if self.done or offset < 0 or offset + n > self.payload_len:
+            raise ValueError(
+                f"chunk [{offset}, {offset + n}) does not fit object {self.object_id.hex()} "
+                f"of {self.payload_len} bytes" + (" (already sealed or aborted)" if self.done else "")
+            )
+        self._client._mapping.write(self._payload + offset, data)
+
+    async def seal(self, timeout: float | None = 60.0) -> None:  # noqa: ASYNC109
+        client = self._client
+        view_id = await client._call(("seal", self.object_id, self._take_ref), timeout)
+        self.done = True
+        if self._take_ref:
+            client.refs[self.object_id] += 1
+            client._lease(self.object_id, view_id, self._location)
+
+    def abort(self) -> None:
+        if not self.done:
+            self.done = True
+            self._client._abort(self.object_id)
+
+    async def __aenter__(self) -> ObjectWriter:
+        return self
+
+    async def __aexit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self.done:
+            await self.seal()
+
+
 class StoreClient:
     """A connection to the node's store service (see the module docstring).
 
@@ -299,8 +345,28 @@ class StoreClient:
         return await self._call(("read_chunk", object_id, offset, size), 60.0)
 
     async def object_info(self, object_id: bytes) -> dict[str, Any]:
-        """Size, state and payload layout of an object (for transfers)."""
+        """Size, state and payload layout of an object (for transfers): ``state``,
+        ``size``, ``payload_len``, ``meta_len``, ``data_len``, ``buffer_sizes``."""
         return await self._call(("info", object_id), 30.0)
+
+    async def create(
+        self,
+        object_id: bytes,
+        *,
+        meta_len: int,
+        data_len: int,
+        buffer_sizes: Sequence[int],
+        take_ref: bool = True,
+        timeout: float | None = 60.0,  # noqa: ASYNC109
+    ) -> ObjectWriter:
+        """Allocate an object of a known layout, to be filled chunk by chunk (the
+        receiving end of a node-to-node transfer: the layout is the sender's
+        `object_info`, the chunks from its `read_chunk`). Nothing is visible until
+        `ObjectWriter.seal`; an aborted or abandoned writer leaves nothing."""
+        sizes = tuple(int(n) for n in buffer_sizes)
+        payload = await self._call(("create", object_id, meta_len, data_len, sizes, take_ref), timeout)
+        length = payload_layout(meta_len, data_len, sizes)[1]
+        return ObjectWriter(self, object_id, payload, length, (payload, meta_len, data_len, sizes), take_ref)
 
     # -- lifetime ------------------------------------------------------------------
 

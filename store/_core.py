@@ -159,6 +159,7 @@ class StoreCore:
             "views": len(self.views),
             "refs": sum(1 for c in self.refs.values() if c),
             "quarantined": len(self.quarantined),
+            "waiting_gets": len(self.waiters),
             "spills": self.counters["spills"],
             "restores": self.counters["restores"],
             "spill_bytes_written": self.counters["spill_bytes_written"],
@@ -338,9 +339,13 @@ class StoreCore:
                 if timeout is not None and timeout <= 0:
                     raise ObjectNotFoundError(object_id)
                 event = self.waiters.setdefault(object_id, trio.Event())
-                with trio.move_on_at(deadline):
-                    await event.wait()
-                    continue
+                try:
+                    with trio.move_on_at(deadline):
+                        await event.wait()
+                        continue
+                finally:
+                    if not event.statistics().tasks_waiting and self.waiters.get(object_id) is event:
+                        del self.waiters[object_id]  # the last waiter gave up
                 raise GetTimeoutError(object_id, timeout if timeout is not None else math.inf)
             if entry.state == "spilled" or entry.busy == "restoring":
                 await self._restore(entry)

@@ -440,3 +440,35 @@ async def test_delete_pin_and_chunks_of_spilled_objects(tmp_path, prefix):
         np.testing.assert_array_equal(view, first)
         await client.put(b"first", "the id is free again")
         assert await client.get(b"first") == "the id is free again"
+
+
+async def test_chunked_transfer_between_two_stores(tmp_path, prefix):
+    """What a node-to-node pull does: layout + chunks from one store into another."""
+    (tmp_path / "b").mkdir()
+    async with running_store(tmp_path, prefix) as (_, source), running_store(
+        tmp_path / "b", prefix + "-b"
+    ) as (target_service, target):
+        table = pa.table({"a": np.arange(300_000), "s": [str(i) for i in range(300_000)]})
+        await source.put(b"t", table, metadata=b"meta")
+        info = await source.object_info(b"t")
+        chunk = 1 << 20
+        writer = await target.create(
+            b"t", meta_len=info["meta_len"], data_len=info["data_len"],
+            buffer_sizes=info["buffer_sizes"],
+        )
+        assert not await target.contains(b"t")  # nothing visible before the seal
+        async with writer:
+            for offset in range(0, info["payload_len"], chunk):
+                size = min(chunk, info["payload_len"] - offset)
+                writer.write(offset, await source.read_chunk(b"t", offset, size))
+            with pytest.raises(ValueError, match="does not fit"):
+                writer.write(info["payload_len"], b"x")
+        assert (await target.get(b"t")).equals(table)
+        assert (await target.get_serialized(b"t")).metadata == b"meta"
+        # An aborted transfer leaves nothing behind.
+        used = target_service.statistics()["used"]
+        with pytest.raises(RuntimeError):
+            async with await target.create(b"u", meta_len=0, data_len=10, buffer_sizes=[1 << 20]):
+                raise RuntimeError("link dropped")
+        await _wait_for(lambda: target_service.statistics()["used"] == used, "aborted block freed")
+        assert not await target.contains(b"u")
