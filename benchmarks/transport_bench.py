@@ -255,9 +255,17 @@ async def bench_requests(address: str, n: int, concurrency: int) -> float:
     return per_task * concurrency / elapsed
 
 
-def bench_codecs(n: int) -> dict[str, float]:
-    """Encode + decode time (microseconds) of a typical control message per codec."""
-    plain = {"op": "task_done", "id": 123456, "node": "node-3f2a", "worker": 7, "ok": True, "returns": ["ab" * 10]}
+CODEC_MESSAGES: dict[str, Any] = {
+    "small tuple": ("task_done", 123456, b"\x01" * 20, True),
+    "status dict": {"op": "task_done", "id": 123456, "node": "node-3f2a", "worker": 7, "ok": True,
+                    "returns": ["ab" * 10]},
+    "task spec": {"fn": b"\x02" * 20, "args": [1, 2.5, b"x" * 100], "kwargs": {},
+                  "resources": {"CPU": 1.0}, "returns": [b"\x03" * 20], "owner": "driver", "retries": 3},
+}
+
+
+def bench_codecs(n: int) -> dict[str, dict[str, float | None]]:
+    """Encode + decode time (microseconds) per message shape and codec (None: cannot)."""
     codecs: dict[str, tuple[Any, Any]] = {
         "pickle5": (lambda m: pickle.dumps(m, 5), pickle.loads),
         "marshal": (marshal.dumps, marshal.loads),
@@ -266,15 +274,22 @@ def bench_codecs(n: int) -> dict[str, float]:
     try:
         import msgpack
 
-        codecs["msgpack (not a dependency)"] = (msgpack.packb, msgpack.unpackb)
+        codecs["msgpack*"] = (msgpack.packb, msgpack.unpackb)
     except ImportError:
         pass
-    out = {}
-    for name, (enc, dec) in codecs.items():
-        t0 = time.perf_counter()
-        for _ in range(n):
-            dec(enc(plain))
-        out[name] = (time.perf_counter() - t0) / n * 1e6
+    out: dict[str, dict[str, float | None]] = {}
+    for shape, msg in CODEC_MESSAGES.items():
+        out[shape] = {}
+        for name, (enc, dec) in codecs.items():
+            try:
+                dec(enc(msg))
+            except (TypeError, ValueError):
+                out[shape][name] = None
+                continue
+            t0 = time.perf_counter()
+            for _ in range(n):
+                dec(enc(msg))
+            out[shape][name] = (time.perf_counter() - t0) / n * 1e6
     return out
 
 
@@ -302,9 +317,12 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, Unix socket between two processes")
 
     codec = bench_codecs(50_000)
-    print("\ncodec, encode+decode of a typical control message (us):")
-    for name, us in codec.items():
-        print(f"  {name:28s} {us:6.2f}")
+    names = list(next(iter(codec.values())))
+    print("\ncodecs: encode + decode, microseconds (* not a dependency; n/a: cannot encode it)")
+    print("  " + " " * 14 + "".join(f"{n:>10s}" for n in names))
+    for shape, row in codec.items():
+        cells = "".join(f"{'n/a':>10s}" if v is None else f"{v:10.2f}" for v in row.values())
+        print(f"  {shape:14s}{cells}")
 
     rtt = trio.run(bench_rtt, tmp, n_rtt)
     floor, trio_floor, ours = rtt["bare"], rtt["trio"], rtt["transport"]
