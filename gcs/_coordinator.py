@@ -111,6 +111,19 @@ class Coordinator:
             while not self.ready():
                 await self._changed.wait()
 
+    def is_member(self, name: str) -> bool:
+        """Whether replica ``name`` is registered and not declared dead."""
+        return name in self._members
+
+    async def wait_removed(self, name: str) -> None:
+        """Return once replica ``name`` (registered earlier) has been declared dead.
+
+        The replica's supervising service uses this to kill a process that is alive
+        but unresponsive (it failed its heartbeats), so that it gets replaced.
+        """
+        while name in self._members:
+            await self._changed.wait()
+
     def statistics(self) -> dict[str, Any]:
         return {
             "address": self.address,
@@ -268,6 +281,8 @@ class Coordinator:
         self._push(member.conn, ("removed",))
         assert self._nursery is not None
         self._nursery.start_soon(_close, member.conn)
+        self._changed.set()
+        self._changed = trio.Event()
         cfg = state.config
         if self.config.durable_dir is not None and set(cfg.chain) - {member.name}:
             # The survivors hold a superset of its state, so its log can only mislead a

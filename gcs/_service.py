@@ -227,7 +227,21 @@ class ReplicaService:
                 raise ReplicaProcessDied(f"GCS replica {self.name} said {line!r}, not READY")
             self.address = line[len("READY "):]
             task_status.started(self.address)
-            code = await process.wait()
+            coordinator = self.plan.coordinator
+            async with trio.open_nursery() as nursery:
+
+                async def watch_membership() -> None:
+                    # Declared dead while its process lives (it missed its heartbeats,
+                    # e.g. it hangs): kill it, so it is replaced by a fresh one.
+                    assert coordinator is not None
+                    await coordinator.wait_removed(self.name)
+                    if process.returncode is None:
+                        process.kill()
+
+                if coordinator is not None and coordinator.is_member(self.name):
+                    nursery.start_soon(watch_membership)
+                code = await process.wait()
+                nursery.cancel_scope.cancel()
             raise ReplicaProcessDied(
                 f"GCS replica {self.name} of shard {self.shard} (pid {process.pid}) "
                 f"exited with code {code}"
@@ -258,7 +272,7 @@ class GcsService:
     replica is restarted (after ``restart_delay``); anything else propagates.
     """
 
-    def __init__(self, config: GcsConfig, token: bytes, *, restart_delay: float = 0.0) -> None:
+    def __init__(self, config: GcsConfig, token: bytes, *, restart_delay: float = 0.05) -> None:
         self.config = config
         self.token = token
         self.plan = plan(config, token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -151,3 +152,27 @@ async def test_subscriber_resumes_without_gap_when_its_tail_dies(tree) -> None:
             assert sub.resubscribes >= 1
             with pytest.raises(TimeoutError):
                 await sub.next(0.2)
+
+
+async def test_a_hung_replica_is_cut_out_by_heartbeat_and_replaced(nursery) -> None:
+    plan = gcs.plan(gcs.GcsConfig(shards=1, replicas=2, heartbeat_interval=0.1,
+                                  heartbeat_timeout=0.5), TOKEN)
+    root = Supervisor("node", [kernel_specs(plan.tree)])
+    await nursery.start(root.run)
+    await plan.wait_ready(30)
+    coordinator = plan.coordinator
+    assert coordinator is not None
+    async with gcs.open_client(plan.address, TOKEN, timeout=20) as c:
+        await c.put("kv", "before", 1)
+        tail = coordinator.chain(0).chain[-1]
+        slot, service = _slot(plan, root, tail)
+        os.kill(service.pid, signal.SIGSTOP)  # alive, connected, silent
+        try:
+            await c.put("kv", "during", 2)  # stalls until the heartbeat cuts it out
+            assert tail not in coordinator.chain(0).chain
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # killed and reaped by now
+                os.kill(service.pid, signal.SIGCONT)
+        await root.find("gcs/shard_0").wait_running(slot, restarts=1, timeout=20)
+        await coordinator.wait_ready(20)
+        assert await c.get("kv", "before") == 1 and await c.get("kv", "during") == 2
