@@ -227,18 +227,18 @@ class ReplicaService:
                 raise ReplicaProcessDied(f"GCS replica {self.name} said {line!r}, not READY")
             self.address = line[len("READY "):]
             task_status.started(self.address)
-            coordinator = self.plan.coordinator
+            master = self.plan.coordinator
             async with trio.open_nursery() as nursery:
 
                 async def watch_membership() -> None:
                     # Declared dead while its process lives (it missed its heartbeats,
                     # e.g. it hangs): kill it, so it is replaced by a fresh one.
-                    assert coordinator is not None
-                    await coordinator.wait_removed(self.name)
+                    assert master is not None
+                    await master.wait_removed(self.name)
                     if process.returncode is None:
                         process.kill()
 
-                if coordinator is not None and coordinator.is_member(self.name):
+                if master is not None and master.is_member(self.name):
                     nursery.start_soon(watch_membership)
                 code = await process.wait()
                 nursery.cancel_scope.cancel()
