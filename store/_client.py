@@ -454,8 +454,11 @@ class StoreClient:
     async def _call(self, message: Any, timeout: float | None) -> Any:  # noqa: ASYNC109
         if self.closed:
             raise StoreClosedError("the store client is closed")
-        if self._released:  # ride in the same write as the request
-            self._flush_releases()
+        if self._released:  # ride inside the request: one frame, one write
+            with self._lock:
+                view_ids = list(self._released)
+                self._released.clear()
+            message = ("with_releases", view_ids, message)
         try:
             return await self._conn.request(message, timeout=timeout)
         except transport.RemoteError as exc:

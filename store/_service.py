@@ -194,6 +194,10 @@ class ObjectStoreService:
     async def _handle(self, conn: transport.Connection, message: Any, reply: Any) -> None:
         core = self._running_core()
         kind = message[0]
+        if kind == "with_releases":  # a request carrying the client's pending releases
+            core.release_views(conn, message[1])
+            message = message[2]
+            kind = message[0]
         if kind == "release":
             core.release_views(conn, message[1])
         elif kind == "add_ref":
