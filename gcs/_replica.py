@@ -182,6 +182,8 @@ class Replica:
                     self._readable = True
                     await self._coordinator.request(("seeded", self.shard, self.name),
                                                     timeout=_RPC_TIMEOUT)
+                else:
+                    self._open_log()  # rewritten if a snapshot arrives
                 nursery.start_soon(self._forwarder)
                 nursery.start_soon(self._acker)
                 nursery.start_soon(self._watch_coordinator)

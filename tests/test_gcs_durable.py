@@ -51,6 +51,8 @@ async def test_whole_gcs_restart_recovers_state(tmp_path, replicas: int) -> None
         assert version > 1
 
     await _run_gcs(config, fill)
+    for shard in (0, 1):  # every replica logs, also one that joined without a snapshot
+        assert len(list((tmp_path / f"shard_{shard}").glob("*.log"))) == replicas
     await _run_gcs(config, check)
     await _run_gcs(config, check)  # and again: the recovered log was rewritten correctly
     for shard in (0, 1):
