@@ -345,6 +345,25 @@ async def test_backpressure(echo_server: tuple[str, Echo, transport.Server], aut
         assert len(handler.oneways) == sent + 2
 
 
+async def test_send_nowait_refuses_when_the_peer_is_stuck(
+    echo_server: tuple[str, Echo, transport.Server], autojump_clock: trio.testing.MockClock
+) -> None:
+    address, handler, _ = echo_server
+    async with transport.open_connection(address, TOKEN) as conn:
+        await conn.send("block")
+        chunk = b"q" * (1024 * 1024)
+        queued = 0
+        with pytest.raises(trio.WouldBlock, match="use `await send\\(\\)`"):
+            for _ in range(1000):
+                conn.send_nowait(chunk)
+                queued += 1
+        assert 64 <= queued <= 66
+        handler.release.set()
+        with trio.fail_after(60):
+            assert await conn.request(("echo", "drained")) == "drained"
+        assert len(handler.oneways) == queued + 1
+
+
 # ------------------------------------------------------------------ services
 
 
@@ -467,6 +486,20 @@ def test_fault_rules_are_plain_validated_data() -> None:
     with faults.injected(rule, faults.drop()) as ids:
         assert list(faults.rules()) == ids
     assert faults.rules() == {}
+
+
+def test_fault_commands_as_plain_data() -> None:
+    rule_id = faults.apply({"op": "add", "rule": {"action": "drop", "src": "a", "dst": None}})
+    assert faults.apply({"op": "list"}) == {rule_id: faults.drop("a").to_dict()}
+    faults.apply({"op": "seed", "value": 3})
+    faults.apply({"op": "remove", "id": rule_id})
+    faults.apply({"op": "add", "rule": faults.duplicate().to_dict()})
+    faults.apply({"op": "clear"})
+    assert faults.rules() == {}
+    with pytest.raises(ValueError, match="unknown fault command op 'explode'"):
+        faults.apply({"op": "explode"})
+    with pytest.raises(ValueError, match="must be a dict"):
+        faults.apply("clear")  # type: ignore[arg-type]
 
 
 def test_fault_probability_is_seedable() -> None:

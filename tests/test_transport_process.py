@@ -269,12 +269,13 @@ async def test_fault_drop_in_peer_installed_remotely(peer_address: str) -> None:
     async with transport.open_connection(peer_address, TOKEN, name="driver") as conn:
         rule = faults.drop(src="peer", dst="driver", kind="reply")
         with pytest.raises(transport.RequestTimeout):  # the rule already drops this reply
-            await conn.request(("fault_add", rule.to_dict()), timeout=0.3)
+            await conn.request(("faults", {"op": "add", "rule": rule.to_dict()}), timeout=0.3)
         with pytest.raises(transport.RequestTimeout):
             await conn.request(("echo", 1), timeout=0.3)
         # the request itself arrived: one-way notes are still counted
         await conn.send(("note",))
-        assert await conn.request(("fault_clear",), timeout=5) is None  # cleared before replying
+        assert await conn.request(("faults", {"op": "clear"}), timeout=5) is None  # cleared first
+        assert await conn.request(("faults", {"op": "list"}), timeout=5) == {}
         with pytest.raises(transport.RemoteError, match="unknown op"):
             await conn.request(("nonsense",), timeout=5)
         assert await conn.request(("echo", 2), timeout=5) == 2

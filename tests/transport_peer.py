@@ -64,11 +64,8 @@ class Peer:
             reply.send(os.getpid())
         elif op == "notes":
             reply.send(self.notes)
-        elif op == "fault_add":
-            reply.send(faults.add(faults.Rule.from_dict(args[0])))
-        elif op == "fault_clear":
-            faults.clear()
-            reply.send(None)
+        elif op == "faults":  # remote control of this process's fault rules
+            reply.send(faults.apply(args[0]))
         elif op == "numpy":
             import numpy
 

@@ -72,6 +72,8 @@ _SMALL = 16 * 1024  # chunks below this are joined into one write
 _IOV_MAX = 512
 # `await send()` / `await request()` wait while more than this many bytes are queued.
 _HIGH_WATER = 16 * 1024 * 1024
+# `send_nowait` refuses (trio.WouldBlock) while more than this is queued.
+_NOWAIT_LIMIT = 4 * _HIGH_WATER
 # `await send()` lets the writer run once this much is queued.
 _YIELD_FRAMES = 64
 _YIELD_BYTES = 256 * 1024
@@ -263,18 +265,29 @@ class Connection:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._queued_bytes > _HIGH_WATER:
             await self._wait_drained()  # cancelled here: nothing was sent
-        self.send_nowait(message)
+        self._check_open()
+        chunks, size = _wire.encode_frame(ONEWAY, 0, message)
+        self._check_size(size)
+        self._enqueue(ONEWAY, chunks, size)
         if self._queued_frames >= _YIELD_FRAMES or self._queued_bytes >= _YIELD_BYTES:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def send_nowait(self, message: Any) -> None:
-        """Queue a one-way message without waiting (synchronous; no backpressure).
+        """Queue a one-way message without waiting (synchronous).
 
-        Must be called from a task of the Trio run that owns the connection. Raises
-        `ConnectionLost` if the connection is closed, `FrameTooLarge` if the peer would
-        refuse the frame; pickling errors propagate.
+        Must be called from a task of the Trio run that owns the connection; the
+        message goes out when the writer next runs (or at once on an idle link).
+        Raises `trio.WouldBlock` while more than 64 MiB are queued (the peer is not
+        reading: wait with ``await send()`` instead), `ConnectionLost` if the
+        connection is closed, `FrameTooLarge` if the peer would refuse the frame;
+        pickling errors propagate.
         """
         self._check_open()
+        if self._queued_bytes > _NOWAIT_LIMIT:
+            raise trio.WouldBlock(
+                f"{self._queued_bytes} bytes already queued to {self.peer_name!r}; "
+                f"use `await send()` to wait for the peer to catch up"
+            )
         chunks, size = _wire.encode_frame(ONEWAY, 0, message)
         self._check_size(size)
         self._enqueue(ONEWAY, chunks, size)

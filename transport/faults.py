@@ -37,6 +37,7 @@ __all__ = [
     "ACTIONS",
     "Rule",
     "add",
+    "apply",
     "clear",
     "decide",
     "delay",
@@ -206,3 +207,26 @@ def refuse(src: str | None = None, dst: str | None = None, **kw: Any) -> Rule:
 def partition(a: str | None, b: str | None) -> list[Rule]:
     """The two rules of a full partition between endpoints ``a`` and ``b``."""
     return [Rule("refuse", a, b), Rule("refuse", b, a)]
+
+
+def apply(command: dict[str, Any]) -> Any:
+    """Run a fault command given as plain data (what a remote control message carries).
+
+    ``{"op": "add", "rule": {...}}`` -> rule id; ``{"op": "remove", "id": n}``;
+    ``{"op": "clear"}``; ``{"op": "list"}`` -> ``{id: rule dict}``;
+    ``{"op": "seed", "value": n}``. Raises `ValueError` naming a bad command.
+    """
+    if not isinstance(command, dict):
+        raise ValueError(f"a fault command must be a dict, got {command!r}")
+    op = command.get("op")
+    if op == "add":
+        return add(Rule.from_dict(command["rule"]))
+    if op == "remove":
+        return remove(command["id"])
+    if op == "clear":
+        return clear()
+    if op == "list":
+        return {rule_id: rule.to_dict() for rule_id, rule in _table.items()}
+    if op == "seed":
+        return seed(command["value"])
+    raise ValueError(f"unknown fault command op {op!r}; expected add, remove, clear, list or seed")
