@@ -42,6 +42,8 @@ COPY_IN_THREAD = 8 * 1024 * 1024
 #: Extra seconds the client waits beyond a get's own timeout before giving up on a
 #: silent service.
 REPLY_MARGIN = 10.0
+#: Small values below this many bytes travel inside the pickle stream of the request.
+IN_BAND = 16 * 1024
 #: At most this many leases are kept cached after their views die.
 MAX_CACHED_LEASES = 4096
 
@@ -224,10 +226,14 @@ class StoreClient:
         """
         serialized = self._serialize(value, metadata)
         if serialized.total_size < self.inline_threshold:
+            if serialized.total_size < IN_BAND:  # a copy is cheaper than an out-of-band frame
+                data: Any = bytes(serialized.data)
+                buffers: list[Any] = [bytes(b) for b in serialized.buffers]
+            else:
+                data = serialized.data
+                buffers = [pickle.PickleBuffer(b) for b in serialized.buffers]
             await self._call(
-                ("put_inline", object_id, serialized.metadata, serialized.data,
-                 [pickle.PickleBuffer(b) for b in serialized.buffers], take_ref),
-                timeout,
+                ("put_inline", object_id, serialized.metadata, data, buffers, take_ref), timeout
             )
             if take_ref:
                 self._small[object_id] = _owned(serialized)
