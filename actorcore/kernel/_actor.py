@@ -242,18 +242,19 @@ class Actor:
                 self._state = "stopped" if failure is None and hook_ok else "failed"
 
     async def _handle(self, envelope: _Envelope) -> None:
+        # On cancellation ``_current`` stays set, so that _close_mailbox fails its
+        # ask with ActorStopped instead of leaving the asker waiting.
         self._current = envelope
         try:
             result = await self.receive(envelope.message)
         except Exception as exc:
+            self._current = None
             if envelope.reply is not None:
                 envelope.reply.fail(exc)
             raise
-        else:
-            if envelope.reply is not None:
-                envelope.reply.send(result)
-        finally:
-            self._current = None
+        self._current = None
+        if envelope.reply is not None:
+            envelope.reply.send(result)
         self._processed += 1
 
     def _close_mailbox(self) -> None:
