@@ -52,6 +52,7 @@ from . import _serialization
 from ._ids import new_put_id
 from ._object_ref import ObjectRef
 from ._protocol import ObjectData, TaskSpec
+from ._store_link import STORE, StoreLink, encode_value
 from ._worker_state import task_context
 from .exceptions import (
     ActorcoreSystemError,
@@ -116,6 +117,7 @@ class CoreWorker:
         self._cancelled_tasks: set[bytes] = set()
         self._closed = False
         self.lost_error: BaseException | None = None
+        self.store: StoreLink | None = None
         # Hooks a worker process sets: the task a thread runs, block notification.
         self.current_task_id: Callable[[], bytes | None] = lambda: None
         self.stats: collections.Counter[str] = collections.Counter()
@@ -186,8 +188,8 @@ class CoreWorker:
                 "put() of an ObjectRef is not allowed: pass the ref itself, or put a "
                 "container holding it, e.g. put([ref])"
             )
-        data = _serialization.dumps(value, what="the value passed to put()")
         oid = new_put_id()
+        data = encode_value(value, oid, self.store, what="the value passed to put()")
         self._entries[oid] = _Entry(owned=True, ready=True, data=data)
         ref = ObjectRef(oid)
         self._enqueue(("put", [(oid, False, data)]))
@@ -403,7 +405,7 @@ class CoreWorker:
             if e is None or not e.ready:
                 break
         else:
-            return [self._value_of(entries[oid]) for oid in oids]
+            return [self._value_of(oid, entries[oid]) for oid in oids]
         if self._closed and self.lost_error is not None:
             raise ActorcoreSystemError(f"the connection to the node was lost: {self.lost_error}")
         flags = self._blocking_wait(oids, len(oids), timeout)
@@ -418,11 +420,16 @@ class CoreWorker:
             e = entries.get(oid)
             if e is None:
                 raise ActorcoreSystemError(f"object {oid.hex()} vanished while being read")
-            out.append(self._value_of(e))
+            out.append(self._value_of(oid, e))
         return out
 
-    def _value_of(self, entry: _Entry) -> Any:
-        value = _serialization.loads(entry.data)
+    def _value_of(self, oid: bytes, entry: _Entry) -> Any:
+        data = entry.data
+        if data == STORE:
+            if self.store is None:
+                raise ActorcoreSystemError(f"object {oid.hex()} is in a store we cannot reach")
+            return self.store.get(oid)
+        value = _serialization.loads(data)
         if entry.is_error:
             if isinstance(value, TaskError):
                 raise value.as_instanceof_cause()
@@ -481,7 +488,7 @@ class CoreWorker:
                 await aev.wait()
             else:
                 raise RuntimeError(f"await ObjectRef is not supported under {lib}")
-        return self._value_of(self._entries[ref._id])
+        return self._value_of(ref._id, self._entries[ref._id])
 
     # --------------------------------------------------------------- lifecycle
 
@@ -492,10 +499,14 @@ class CoreWorker:
                 + (f" ({self.lost_error})" if self.lost_error else "")
             )
 
-    async def serve(self, nursery: trio.Nursery) -> None:
-        """Start the core loop's background tasks in ``nursery``."""
+    async def serve(self, nursery: trio.Nursery, store_address: str | None = None,
+                    token: bytes | None = None) -> None:
+        """Start the core loop's background tasks in ``nursery``; connect the store."""
         self._nursery = nursery
         nursery.start_soon(self.run_sender)
+        if store_address is not None and token is not None:
+            self.store = await StoreLink.open(store_address, token, f"{self.role}-{self.pid}")
+            self.store.nursery = nursery
 
     async def call(self, name: str, *args: Any, request_timeout: float | None = 30.0) -> Any:
         """An introspection or admin request to the node (core loop)."""

@@ -43,6 +43,7 @@ class ObjectDirectory:
     bytes_inline: int = 0
     objects_created: int = 0
     objects_freed: int = 0
+    on_drop: Callable[[bytes, ObjectEntry], None] | None = None
 
     def entry(self, oid: bytes) -> ObjectEntry:
         e = self.entries.get(oid)
@@ -109,6 +110,8 @@ class ObjectDirectory:
     def _drop(self, oid: bytes, e: ObjectEntry) -> None:
         self.entries.pop(oid, None)
         self.objects_freed += 1
+        if self.on_drop is not None:
+            self.on_drop(oid, e)
         if isinstance(e.data, bytes | bytearray | memoryview):
             self.bytes_inline -= len(e.data)
 

@@ -67,6 +67,9 @@ class DriverLoop:
         if op == "ready":
             if self.core is not None:
                 self.core.on_objects_ready(message[1])
+        elif op == "release":  # the node holds these large objects now
+            if self.core is not None and self.core.store is not None:
+                self.core.store.release_soon(message[1])
         elif op == "log":
             _, prefix, stream, lines = message
             out = sys.stderr if stream == "err" else sys.stdout
@@ -123,7 +126,13 @@ class DriverLoop:
                 node_address=self.address,
             )
             self.core = core
-            await core.serve(outer)
+            try:
+                await core.serve(outer, info.get("store_address"), self.token)
+            except Exception as exc:
+                self._error = exc
+                self._ready.set()
+                outer.cancel_scope.cancel()
+                return
             self._ready.set()
             await self._stop.wait()
             core.close()
@@ -132,6 +141,8 @@ class DriverLoop:
                 while core._outq:  # noqa: ASYNC110 - a deque has no event to wait on
                     await trio.sleep(0.005)
             with trio.move_on_after(2):
+                if core.store is not None:
+                    await core.store.client.aclose()
                 await conn.aclose(flush_timeout=1.0)
             outer.cancel_scope.cancel()
 

@@ -53,20 +53,36 @@ def _retryable(spec: TaskSpec, exc: BaseException) -> bool:
     return isinstance(exc, types)
 
 
+def _plain_encode(oid: bytes, value: Any) -> bytes:
+    return _serialization.dumps(value, what="the return value")
+
+
+def _plain_decode(oid: bytes, data: bytes) -> Any:
+    return _serialization.loads(data)
+
+
 def run_task(
     spec: TaskSpec,
     function: Callable,
     dep_data: list[tuple[bool, bytes]],
     node_id: str,
+    encode: Callable[[bytes, Any], bytes] = _plain_encode,
+    decode: Callable[[bytes, bytes], Any] = _plain_decode,
 ) -> tuple[list[tuple[bytes, bool, bytes]], bool]:
-    """Run one task in the calling thread; return ``(results, retryable)``."""
+    """Run one task in the calling thread; return ``(results, retryable)``.
+
+    ``encode(object_id, value)`` serialises a result (into the store when large);
+    ``decode(object_id, data)`` reads a dependency.
+    """
     pid = os.getpid()
     return_ids = spec.return_ids()
     task_context.task_id = spec.task_id
     task_context.spec = spec
     try:
         try:
-            deps = [_serialization.loads(data) for _is_error, data in dep_data]
+            deps = [
+                decode(oid, data) for oid, (_is_error, data) in zip(spec.deps, dep_data, strict=True)
+            ]
             args, kwargs = _serialization.loads_args(spec.args, deps)
             value = function(*args, **kwargs)
         except TaskCancelledError as exc:
@@ -94,7 +110,7 @@ def run_task(
         results = []
         for oid, v in zip(return_ids, values, strict=True):
             try:
-                results.append((oid, False, _serialization.dumps(v, what="the return value")))
+                results.append((oid, False, encode(oid, v)))
             except SerializationError as exc:
                 payload = _serialization.error_payload(
                     exc, spec.name, pid, node_id, f"{type(exc).__name__}: {exc}\n"
@@ -116,8 +132,12 @@ class Executor(pykka.ThreadingActor):
         report: Callable[[TaskSpec, list, bool, float], None],
         node_id: str,
         register: Callable[[Executor], None] | None = None,
+        encode: Callable[[bytes, Any], bytes] = _plain_encode,
+        decode: Callable[[bytes, bytes], Any] = _plain_decode,
     ) -> None:
         super().__init__()
+        self._encode = encode
+        self._decode = decode
         if register is not None:
             register(self)
         self._report = report
@@ -135,7 +155,9 @@ class Executor(pykka.ThreadingActor):
             self.current = spec
         started = time.monotonic()
         try:
-            results, retry = run_task(spec, function, dep_data, self._node_id)
+            results, retry = run_task(
+                spec, function, dep_data, self._node_id, self._encode, self._decode
+            )
         except TaskCancelledError:
             # The async exception landed outside user code: still a cancellation.
             payload = _serialization.dumps(TaskCancelledError(spec.task_id))

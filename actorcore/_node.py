@@ -57,6 +57,7 @@ from ._ids import short
 from ._protocol import TaskSpec
 from ._scheduler import GlobalScheduler, LocalScheduler, SchedulerState, WorkerInfo
 from ._session import unlink_latest, write_session_info
+from ._store_link import STORE, StoreLink
 from ._worker_pool import PoolState, WorkerPool
 from .kernel import ChildSpec, Supervisor
 
@@ -92,7 +93,7 @@ class _Client:
 
 
 class ObjectManager:
-    """The ``object_manager`` component (inline objects until the store is wired)."""
+    """The ``object_manager`` component when the node runs without a store (tests)."""
 
     def __init__(self, directory: ObjectDirectory) -> None:
         self.directory = directory
@@ -140,6 +141,7 @@ class NodeRuntime:
         self.pool = PoolState(
             node_id=self.node_id,
             address=self.unix_address,
+            store_address=f"unix:{config.session_dir / 'sockets' / 'store.sock'}",
             token=config.token,
             session_dir=config.session_dir,
             min_workers=n,
@@ -160,6 +162,20 @@ class NodeRuntime:
             name=f"node-{short(self.node_id)}",
             on_disconnect=self._on_disconnect,
         )
+        import store
+
+        self.store_address = f"unix:{config.session_dir / 'sockets' / 'store.sock'}"
+        capacity = config.object_store_memory or _default_store_capacity()
+        self._store_service = store.ObjectStoreService(
+            self.store_address,
+            config.token,
+            capacity=capacity,
+            spill_dir=str(config.session_dir / "spill"),
+            prefix=f"actorcore-{config.session_dir.name}",
+        )
+        self.store_link: Any = None
+        self._store_refs: dict[bytes, str] = {}
+        self.directory.on_drop = self._on_object_dropped
         self._tcp_server: transport.Server | None = None
         if config.port is not None:
             self._tcp_server = transport.Server(
@@ -220,7 +236,7 @@ class NodeRuntime:
                 kind="global_scheduler",
             ),
             ChildSpec("local_scheduler", lambda: LocalScheduler(self.sched), kind="local_scheduler"),
-            ChildSpec("object_manager", lambda: ObjectManager(self.directory), kind="object_manager"),
+            ChildSpec("object_manager", lambda: self._store_service, kind="object_manager"),
             ChildSpec("worker_pool", make_pool, kind="worker_pool"),
         ]
         return Supervisor(
@@ -244,6 +260,10 @@ class NodeRuntime:
                 if self.config.head and self.config.use_gcs:
                     await nursery.start(self._run_gcs_client)
                     nursery.start_soon(self.control.run)
+                self.store_link = await StoreLink.open(
+                    self.store_address, self.config.token, f"node-{short(self.node_id)}"
+                )
+                self.store_link.nursery = nursery
                 await self.control.register_node(self.node_hex, self.node_info())
                 info = self.session_info()
                 if self.config.head:
@@ -392,6 +412,7 @@ class NodeRuntime:
                 "gcs_address": self.gcs_address,
                 "session_dir": str(self.config.session_dir),
                 "address": self.unix_address,
+                "store_address": self.store_address,
             }
         )
 
@@ -410,7 +431,50 @@ class NodeRuntime:
             submit(spec)
 
     def _h_put(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.directory.put_many(m[1])
+        items = m[1]
+        self._hold_store_objects(items, conn)
+        self.directory.put_many(items)
+
+    def _hold_store_objects(self, items: list, producer: Any) -> None:
+        """Take the node's store ref on large objects, then let the producer drop its own.
+
+        ``_store_refs[oid]`` is ``"pending"`` until our ``add_ref`` is done, then
+        ``"held"``; an object dropped from the directory meanwhile is marked ``"drop"``
+        and released as soon as the ``add_ref`` lands (never a release before a hold).
+        """
+        oids = [oid for oid, _err, data in items if data == STORE]
+        if not oids or self._nursery is None or self.store_link is None:
+            return
+        refs = self._store_refs
+        for oid in oids:
+            refs[oid] = "pending"
+
+        async def hold() -> None:
+            for oid in oids:
+                try:
+                    await self.store_link.add_ref(oid)
+                except Exception as exc:
+                    logger.warning("store add_ref %s failed: %s", oid.hex(), exc)
+                if refs.get(oid) == "drop":
+                    del refs[oid]
+                    self.store_link.release_soon([oid])
+                else:
+                    refs[oid] = "held"
+            if not producer.closed:
+                try:
+                    producer.send_nowait(("release", oids))
+                except transport.TransportError:
+                    pass
+
+        self._nursery.start_soon(hold)
+
+    def _on_object_dropped(self, oid: bytes, entry: Any) -> None:
+        state = self._store_refs.get(oid)
+        if state == "pending":
+            self._store_refs[oid] = "drop"
+        elif state == "held":
+            del self._store_refs[oid]
+            self.store_link.release_soon([oid])
 
     def _h_fetch(self, conn: Any, m: tuple, reply: Any) -> None:
         oids = m[1]
@@ -460,6 +524,7 @@ class NodeRuntime:
         worker = self._worker_of(conn)
         if worker is not None:
             _, task_id, results, retry = m
+            self._hold_store_objects(results, conn)
             self.sched.task_done(worker, task_id, results, retry)
 
     def _h_get_function(self, conn: Any, m: tuple, reply: Any) -> None:
@@ -535,6 +600,15 @@ class _ControlService:
 
     def snapshot(self) -> dict:
         return {"kind": "gcs", **self.node.control.statistics()}
+
+
+def _default_store_capacity() -> int:
+    """30% of the machine's memory, at most 2 GiB (the arena is sparse until used)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 4 << 30
+    return int(min(total * 0.3, 2 << 30))
 
 
 def _to_child_spec(spec: Any) -> ChildSpec:

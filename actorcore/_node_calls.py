@@ -68,7 +68,19 @@ def _crash(node: Any, component: str) -> str:
 
 def dispatch_call(node: Any, name: str, args: tuple, reply: Any) -> None:
     try:
-        if name == "tree":
+        if name == "status" and node.store_link is not None and node._nursery is not None:
+
+            async def with_store() -> None:
+                st = _status(node)
+                try:
+                    with __import__("trio").move_on_after(5):
+                        st["store"] = await node.store_link.statistics()
+                except Exception as exc:
+                    st["store_error"] = str(exc)
+                reply.send(st)
+
+            node._nursery.start_soon(with_store)
+        elif name == "tree":
             reply.send(_tree(node))
         elif name == "status":
             reply.send(_status(node))

@@ -42,6 +42,7 @@ logger = logging.getLogger("actorcore.worker_pool")
 class PoolState:
     node_id: bytes
     address: str
+    store_address: str | None
     token: bytes
     session_dir: Path
     min_workers: int
@@ -144,6 +145,8 @@ class WorkerPool:
             "--index",
             str(index),
         ]
+        if pool.store_address:
+            argv += ["--store-address", pool.store_address]
         proc = await trio.lowlevel.open_process(
             argv,
             stdin=subprocess.DEVNULL,

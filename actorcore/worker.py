@@ -26,6 +26,7 @@ from ._core_worker import CoreWorker
 from ._executor import Executor
 from ._ids import short
 from ._protocol import TaskSpec
+from ._store_link import STORE, encode_value
 from ._worker_state import task_context
 
 __all__ = ["main"]
@@ -34,7 +35,10 @@ logger = logging.getLogger("actorcore.worker")
 
 
 class WorkerProcess:
-    def __init__(self, worker_id: bytes, node_id: bytes, index: int) -> None:
+    def __init__(
+        self, worker_id: bytes, node_id: bytes, index: int, store_address: str | None = None
+    ) -> None:
+        self.store_address = store_address
         self.worker_id = worker_id
         self.node_id = node_id
         self.index = index
@@ -58,6 +62,9 @@ class WorkerProcess:
                 self._executor_actor.interrupt(task_id)
             if self.core is not None:
                 self.core.cancel_task_waits(task_id)
+        elif op == "release":
+            if self.core is not None and self.core.store is not None:
+                self.core.store.release_soon(message[1])
         elif op == "exit":
             os._exit(0)
         else:
@@ -71,8 +78,17 @@ class WorkerProcess:
             core._enqueue(("done", spec.task_id, results, retry))
             core.task_finished(spec.task_id)
 
+        def encode(oid: bytes, value: Any) -> bytes:
+            return encode_value(value, oid, core.store, what="the return value")
+
+        def decode(oid: bytes, data: bytes) -> Any:
+            if data == STORE:
+                assert core.store is not None
+                return core.store.get(oid)
+            return pickle.loads(data)
+
         holder: list[Executor] = []
-        ref = Executor.start(report, self.node_id.hex(), holder.append)
+        ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode)
         self.executor = ref
         self._executor_actor = holder[0]
 
@@ -113,7 +129,7 @@ class WorkerProcess:
             core.current_task_id = lambda: getattr(task_context, "task_id", None)
             self.core = core
             _worker_state.set_core(core)
-            await core.serve(nursery)
+            await core.serve(nursery, self.store_address, token)
             self._start_executor()
             info = await conn.request(
                 ("hello", "worker", self.worker_id, os.getpid(), {}), timeout=30
@@ -146,13 +162,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker-id", required=True)
     p.add_argument("--node-id", required=True)
     p.add_argument("--index", type=int, default=0)
+    p.add_argument("--store-address")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     token = bytes.fromhex(os.environ.pop("ACTORCORE_TOKEN"))
     logging.basicConfig(
         level=logging.WARNING,
         format=f"%(asctime)s worker_{args.index} %(levelname)s %(name)s: %(message)s",
     )
-    worker = WorkerProcess(bytes.fromhex(args.worker_id), bytes.fromhex(args.node_id), args.index)
+    worker = WorkerProcess(
+        bytes.fromhex(args.worker_id), bytes.fromhex(args.node_id), args.index, args.store_address
+    )
     code = 0
     try:
         trio.run(worker.run, args.address, token)

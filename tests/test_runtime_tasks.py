@@ -289,3 +289,37 @@ def test_await_ref_in_trio_and_asyncio():
 def test_many_tasks():
     refs = [add.remote(i, 1) for i in range(2000)]
     assert sum(ray.get(refs)) == sum(range(1, 2001))
+
+
+def _store_used():
+    return ray._api._call("status")["store"]["used"]
+
+
+def test_large_objects_live_in_shared_memory_zero_copy():
+    np = pytest.importorskip("numpy")
+    base = _store_used()
+    a = np.arange(2_000_000, dtype=np.float64)  # 16 MB
+    ref = ray.put(a)
+    b = ray.get(ref)
+    assert not b.flags.writeable and (a == b).all()
+    assert _store_used() >= base + a.nbytes
+
+    @ray.remote
+    def total(x):
+        return float(x.sum()), x.flags.writeable
+
+    assert ray.get(total.remote(ref)) == (float(a.sum()), False)
+
+    @ray.remote
+    def make(n):
+        return np.ones(n)
+
+    r = make.remote(1_000_000)
+    assert ray.get(r).sum() == 1_000_000
+    assert ray.get(total.remote(r))[0] == 1_000_000
+    assert ray.get(total.remote(ray.put(np.ones(300_000))))[0] == 300_000  # temp ref
+    del ref, b, r
+    deadline = time.monotonic() + 10
+    while _store_used() > base + 1_000_000:
+        assert time.monotonic() < deadline, f"store still holds {_store_used() - base} bytes"
+        time.sleep(0.05)
