@@ -69,6 +69,7 @@ from ._state import ShardState, Update
 __all__ = ["Replica", "ReplicaRemoved"]
 
 _FORWARD_BATCH = 2000
+_DIRECT_LIMIT = 1 << 20
 _OUTBOX_LIMIT = 100_000
 _RPC_TIMEOUT = 5.0
 
@@ -129,10 +130,14 @@ class Replica:
         self.address: str | None = None
         self.log: ShardLog | None = None
         self._changed = trio.Event()
+        self._wake = trio.Event()
         self._pending: deque[tuple[int, Any, list[Any]]] = deque()
         self._upstream: Any = None
         self._readable = False
         self._handoff_mark: int | None = None
+        self._next_fw: int | None = None
+        self._ack_to: Any = None
+        self._ack_sent = 0
         self._mark_floor: int | None = None
         self._outboxes: dict[int, _Outbox] = {}
         self._subs_by_table: dict[str, list[_Subscription]] = {}
@@ -229,9 +234,18 @@ class Replica:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def _wait_change(self, timeout: float) -> None:  # noqa: ASYNC109 (public API, like the transport contract)
+    def _wake_background(self) -> None:
+        """Wake the forwarder and the acker: config, link or backlog changed.
+
+        (Not on every applied update: the fast paths in `_forward_now` and
+        `_send_ack` handle those without a task switch.)
+        """
+        self._wake.set()
+        self._wake = trio.Event()
+
+    async def _wait_wake(self, timeout: float) -> None:  # noqa: ASYNC109
         with trio.move_on_after(timeout):
-            await self._changed.wait()
+            await self._wake.wait()
 
     # ------------------------------------------------------------- coordinator
 
@@ -266,6 +280,7 @@ class Replica:
         elif was_tail and not now_tail:
             self._handoff_mark = self.state.applied
         self._notify()
+        self._wake_background()
 
     # --------------------------------------------------------------- requests
 
@@ -386,7 +401,31 @@ class Replica:
         if new:
             if self.log is not None:
                 self.log.append(new, self.state)
+            self._forward_now(new)
             self._notify()
+
+    def _forward_now(self, new: list[Update]) -> None:
+        """Fast path: stream a just-applied batch to the successor from this task.
+
+        Only while the forwarder is streaming (``_next_fw`` set) and this batch is
+        exactly the next one it would send; otherwise the forwarder task sends it
+        (after a snapshot, a resync, or when the link is backed up). Both paths
+        enqueue synchronously and advance ``_next_fw`` together, so the stream stays
+        in order without a task switch per hop.
+        """
+        conn = self._downstream
+        if self._next_fw != new[0][0] or conn is None:
+            self._wake_background()
+            return
+        try:
+            if conn.statistics().queued_bytes > _DIRECT_LIMIT:
+                self._wake_background()
+                return
+            conn.send_nowait(("fw", new))
+        except transport.TransportError:
+            self._wake_background()
+            return
+        self._next_fw = new[-1][0] + 1
 
     def _apply_batch(self, updates: list[Update]) -> None:
         applied = []
@@ -428,25 +467,32 @@ class Replica:
         while pending and pending[0][0] <= acked:
             wait, reply, results = pending.popleft()
             _answer_nowait(reply, ("ok", results, wait))
+        self._send_ack()
         self._notify()
 
+    def _send_ack(self) -> None:
+        """Send the cumulative ack upstream if it grew (from the committing task)."""
+        upstream = self._upstream
+        if upstream is None or self.name == self.chain.learner:
+            return
+        if upstream is not self._ack_to:
+            self._ack_to, self._ack_sent = upstream, 0
+        acked = self.state.acked
+        if acked > self._ack_sent:
+            try:
+                upstream.send_nowait(("ack", acked))
+            except transport.TransportError:
+                if self._upstream is upstream:
+                    self._upstream = None
+                return
+            self._ack_sent = acked
+
     async def _acker(self) -> None:
-        """Send the cumulative ack upstream whenever it grows (coalescing bursts)."""
-        sent_to: Any = None
-        sent = 0
+        """Acks normally go out from `_commit`; this catches the other changes (a new
+        upstream link, a learner promoted to tail) that need one resent."""
         while True:
-            upstream = self._upstream
-            if upstream is not sent_to:
-                sent_to, sent = upstream, 0
-            if upstream is not None and self.state.acked > sent and self.role() != "learner":
-                sent = self.state.acked
-                try:
-                    await upstream.send(("ack", sent))
-                except transport.TransportError:
-                    if self._upstream is upstream:
-                        self._upstream = None
-                continue
-            await self._wait_change(1.0)
+            self._send_ack()
+            await self._wait_wake(1.0)
 
     # ----------------------------------------------------------- forwarding
 
@@ -460,6 +506,7 @@ class Replica:
             return
         self._upstream = conn
         self._notify()
+        self._wake_background()
         await _answer(reply, ("ok", self.state.applied))
 
     async def _on_downstream(self, conn: Any, message: Any, reply: Any) -> None:
@@ -473,33 +520,33 @@ class Replica:
             cfg = self.chain
             succ = cfg.successor(self.name)
             if succ is None:
-                await self._wait_change(1.0)
+                await self._wait_wake(1.0)
                 continue
             try:
                 await self._forward_to(cfg, succ)
             except (transport.TransportError, OSError):
                 pass
             if self.chain is cfg:
-                await self._wait_change(0.05)  # link broke, same config: retry shortly
+                await self._wait_wake(0.05)  # link broke, same config: retry shortly
 
     async def _forward_to(self, cfg: ChainConfig, succ: str) -> None:
         conn = await transport.connect(cfg.addresses[succ], self.token,
                                        name=f"gcs/{self.name}", handler=self._on_downstream)
         try:
-            self._downstream = conn
+            self._downstream, self._next_fw = conn, None
             answer = await conn.request(("sync", self.name, cfg.epoch), timeout=_RPC_TIMEOUT)
             if answer[0] != "ok":
                 with trio.move_on_after(0.5):
                     while self.chain is cfg:
                         await self._changed.wait()
                 return
-            next_seq = answer[1] + 1
             learner = succ == cfg.learner
             if not learner:
                 # A (new) member successor may become or be the tail: it serves reads
                 # once it applied all we have now, a superset of everything acked.
                 self._handoff_mark = None
-                await conn.send(("mark", self.state.applied))
+                conn.send_nowait(("mark", self.state.applied))
+            self._next_fw = answer[1] + 1
             promoted_asked = False
             while self.chain.successor(self.name) == succ and self._downstream is conn:
                 if self.chain is not cfg and self.chain.learner != succ:
@@ -508,24 +555,26 @@ class Replica:
                     mark, self._handoff_mark = self._handoff_mark, None
                     await conn.send(("mark", mark))
                     continue
-                updates = self.state.updates_after(next_seq - 1, _FORWARD_BATCH)
+                assert self._next_fw is not None
+                updates = self.state.updates_after(self._next_fw - 1, _FORWARD_BATCH)
                 if updates is None:
                     snap = self.state.snapshot()
                     self._stats["snapshots_sent"] += 1
-                    await conn.send(("snap", snap))
-                    next_seq = snap[0] + 1
+                    self._next_fw = snap[0] + 1
+                    await conn.send(("snap", snap))  # enqueued before any other task runs
                     continue
                 if updates:
+                    self._next_fw = updates[-1][0] + 1
                     await conn.send(("fw", updates))
-                    next_seq = updates[-1][0] + 1
                     continue
                 if learner and not promoted_asked:
                     promoted_asked = True
                     await self._coordinator.send(("promote", self.shard, succ, cfg.epoch))
-                await self._wait_change(1.0)
+                await self._wait_wake(1.0)
         finally:
             if self._downstream is conn:
                 self._downstream = None
+                self._next_fw = None
             await _aclose(conn)
 
     # ------------------------------------------------------------------ pub/sub

@@ -40,14 +40,25 @@ async def _main(params: dict) -> None:
         nursery.start_soon(watch_parent)
 
 
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    """``exc`` is a ``kind``, or an exception group of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only(inner, kind) for inner in exc.exceptions)
+    return isinstance(exc, kind)
+
+
 def main() -> None:
     params = json.loads(sys.stdin.buffer.readline())
     try:
         trio.run(_main, params)
-    except ReplicaRemoved:
-        sys.exit(3)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except BaseException as exc:
+        # Expected ends exit quietly with a telling code; anything else is a bug
+        # and keeps its traceback (on stderr, inherited from the node).
+        if _only(exc, ReplicaRemoved):
+            sys.exit(3)
+        if _only(exc, KeyboardInterrupt):
+            sys.exit(130)
+        raise
 
 
 if __name__ == "__main__":
