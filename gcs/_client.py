@@ -42,6 +42,15 @@ import transport
 
 from ._errors import GcsError, GcsUnavailable, SubscriptionLost, ValueTooLarge, VersionMismatch
 from ._protocol import Key, Layout, check_key, check_table, shard_of
+from ._tables import (
+    ActorTable,
+    FunctionTable,
+    JobTable,
+    KvTable,
+    NodeTable,
+    ObjectTable,
+    TaskTable,
+)
 
 __all__ = ["Entry", "Event", "GcsClient", "Subscription", "open_client"]
 
@@ -121,9 +130,14 @@ class GcsClient:
         self._sub_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._stats = {"writes": 0, "reads": 0, "batches": 0, "retries": 0}
-        from ._tables import attach_tables
-
-        attach_tables(self)
+        #: The typed tables of the runtime (see `_tables.py`).
+        self.nodes = NodeTable(self)
+        self.actors = ActorTable(self)
+        self.objects = ObjectTable(self)
+        self.tasks = TaskTable(self)
+        self.functions = FunctionTable(self)
+        self.jobs = JobTable(self)
+        self.kv = KvTable(self)
 
     # ------------------------------------------------------------- connection
 

@@ -30,7 +30,6 @@ __all__ = [
     "ObjectTable",
     "TaskEntry",
     "TaskTable",
-    "attach_tables",
 ]
 
 ACTOR_STATES = ("pending", "alive", "restarting", "dead")
@@ -259,13 +258,3 @@ class KvTable(_Table):
             return [k for k, _ in rows]
         skip = len(self._key(prefix[:0], namespace))
         return [k[skip:] for k, _ in rows]
-
-
-def attach_tables(client: GcsClient) -> None:
-    client.nodes = NodeTable(client)  # type: ignore[attr-defined]
-    client.actors = ActorTable(client)  # type: ignore[attr-defined]
-    client.objects = ObjectTable(client)  # type: ignore[attr-defined]
-    client.tasks = TaskTable(client)  # type: ignore[attr-defined]
-    client.functions = FunctionTable(client)  # type: ignore[attr-defined]
-    client.jobs = JobTable(client)  # type: ignore[attr-defined]
-    client.kv = KvTable(client)  # type: ignore[attr-defined]
