@@ -171,7 +171,8 @@ class GcsClient:
 
     def _set_layout(self, layout: Layout) -> None:
         current = self._layout
-        if current is not None and len(current.shards) == len(layout.shards):
+        if (current is not None and current.generation == layout.generation
+                and len(current.shards) == len(layout.shards)):
             shards = tuple(new if new.epoch > old.epoch else old
                            for old, new in zip(current.shards, layout.shards, strict=True))
             if shards == current.shards:

@@ -25,6 +25,7 @@ Membership protocol
 from __future__ import annotations
 
 import math
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any, cast
@@ -77,6 +78,7 @@ class Coordinator:
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
         self.removed_total = 0
+        self.generation = uuid.uuid4().hex
 
     def snapshot(self) -> dict[str, Any]:
         return {"kind": "gcs_coordinator", "address": self.address}
@@ -98,7 +100,8 @@ class Coordinator:
             head = cfg.addresses[cfg.chain[0]] if cfg.chain else None
             tail = cfg.addresses[cfg.chain[-1]] if cfg.chain else None
             shards.append(ShardLayout(shard=cfg.shard, epoch=cfg.epoch, head=head, tail=tail))
-        return Layout(shards=tuple(shards), max_value_bytes=self.config.max_value_bytes)
+        return Layout(shards=tuple(shards), max_value_bytes=self.config.max_value_bytes,
+                      generation=self.generation)
 
     def ready(self) -> bool:
         """Every shard has its full chain (``replicas`` members, no learner pending)."""

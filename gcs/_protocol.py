@@ -176,3 +176,5 @@ class Layout:
 
     shards: tuple[ShardLayout, ...]
     max_value_bytes: int
+    #: Identifies the coordinator incarnation: epochs only compare within one.
+    generation: str = ""

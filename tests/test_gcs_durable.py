@@ -84,3 +84,28 @@ async def test_non_durable_gcs_writes_nothing(tmp_path) -> None:
 
     await _run_gcs(config, body)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_coordinator_crash_restarts_the_shards_and_clients_carry_on(tmp_path, nursery) -> None:
+    from actorcore.kernel import Supervisor
+
+    from .test_gcs_support import kernel_specs
+
+    plan = gcs.plan(gcs.GcsConfig(shards=2, replicas=1, durable_dir=str(tmp_path)), TOKEN)
+    root = Supervisor("node", [kernel_specs(plan.tree)])
+    await nursery.start(root.run)
+    address = await plan.wait_ready(30)
+    async with gcs.open_client(address, TOKEN, timeout=20) as c:
+        for i in range(20):
+            await c.put("kv", f"k{i}", i)
+        gcs_sup = root.find("gcs")
+        gcs_sup.crash_child("coordinator")
+        await gcs_sup.wait_running("coordinator", restarts=1, timeout=20)
+        assert await plan.wait_ready(20) == address  # same address after the restart
+        assert [v for _, v in await c.scan("kv")] == sorted(range(20), key=lambda i: f"k{i}")
+        await c.put("kv", "after", 1)
+        assert await c.get("kv", "after") == 1
+    snapshot = root.snapshot()["children"][0]
+    assert [child["name"] for child in snapshot["children"]] == ["coordinator", "shard_0", "shard_1"]
+    assert snapshot["children"][0]["restarts"] == 1
+    assert snapshot["children"][1]["restarts"] == 1  # rest_for_one
