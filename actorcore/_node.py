@@ -512,13 +512,13 @@ class NodeRuntime:
 
     def _h_blocked(self, conn: Any, m: tuple, reply: Any) -> None:
         worker = self._worker_of(conn)
-        if worker is not None and worker.task is not None and worker.task.task_id == m[1]:
-            self.sched.blocked(worker)
+        if worker is not None:
+            self.sched.blocked(worker, m[1])
 
     def _h_unblocked(self, conn: Any, m: tuple, reply: Any) -> None:
         worker = self._worker_of(conn)
         if worker is not None:
-            self.sched.unblocked(worker)
+            self.sched.unblocked(worker, m[1])
 
     def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
         worker = self._worker_of(conn)

@@ -53,7 +53,13 @@ CANCEL_GRACE = 1.0
 
 @attrs.define(eq=False)
 class WorkerInfo:
-    """A worker process as the node sees it."""
+    """A worker process as the node sees it.
+
+    A worker runs one task at a time, except that while all its tasks are blocked in
+    ``get`` it may take one more (in another executor thread of the same process):
+    a nested task then needs no new process, which is what keeps deep task trees
+    from spawning a process per level.
+    """
 
     index: int
     worker_id: bytes
@@ -61,27 +67,40 @@ class WorkerInfo:
     process: Any = None
     conn: Any = None
     state: str = "starting"  # starting | idle | busy | dead
-    task: TaskSpec | None = None
-    blocked: bool = False
-    held: dict[str, float] = attrs.Factory(dict)  # resources its task holds now
-    force_cancelled: bool = False
+    tasks: dict[bytes, TaskSpec] = attrs.Factory(dict)
+    blocked_tasks: set[bytes] = attrs.Factory(set)
+    held: dict[bytes, dict[str, float]] = attrs.Factory(dict)  # task id -> resources
+    force_cancelled: set[bytes] = attrs.Factory(set)
+    in_idle: bool = False
     tasks_done: int = 0
 
+    @property
+    def blocked(self) -> bool:
+        return bool(self.blocked_tasks)
+
+    def available(self) -> bool:
+        """Can take a task now: alive, registered, and every task it runs is blocked."""
+        return (
+            self.state != "dead"
+            and self.conn is not None
+            and len(self.tasks) == len(self.blocked_tasks)
+        )
+
     def snapshot(self, node_id: str) -> dict:
-        children: list[dict] = []
-        if self.task is not None:
-            children.append(
-                {
-                    "name": f"task:{self.task.name}",
-                    "kind": "task",
-                    "state": "running" if not self.blocked else "blocked",
-                    "restarts": self.task.attempt,
-                    "pid": self.pid,
-                    "node_id": node_id,
-                    "task_id": self.task.task_id.hex(),
-                    "children": [],
-                }
-            )
+        children: list[dict] = [
+            {
+                "name": f"task:{spec.name}",
+                "kind": "task",
+                "state": "running",
+                "blocked": tid in self.blocked_tasks,
+                "restarts": spec.attempt,
+                "pid": self.pid,
+                "node_id": node_id,
+                "task_id": tid.hex(),
+                "children": [],
+            }
+            for tid, spec in self.tasks.items()
+        ]
         return {
             "name": f"worker_{self.index}",
             "kind": "worker",
@@ -170,11 +189,11 @@ class SchedulerState:
         self._wake()
 
     def task_done(self, worker: WorkerInfo, task_id: bytes, results: list, retry: bool) -> None:
-        spec = worker.task
-        if spec is None or spec.task_id != task_id:
+        spec = worker.tasks.get(task_id)
+        if spec is None:
             logger.warning("worker %s reported unknown task %s", worker.index, task_id.hex())
             return
-        self._release(worker)
+        self._release(worker, task_id)
         worker.tasks_done += 1
         if spec.task_id in self.cancelled:
             retry = False
@@ -183,28 +202,24 @@ class SchedulerState:
         else:
             self.directory.unpin(spec.deps)
             self._finish(spec, results)
-        self._make_idle(worker)
+        self._make_available(worker)
 
     def worker_ready(self, worker: WorkerInfo) -> None:
-        self._make_idle(worker)
+        worker.state = "idle"
+        self._make_available(worker)
 
     def worker_died(self, worker: WorkerInfo, reason: str) -> None:
-        """A worker's process or link died; its task is retried or fails."""
+        """A worker's process or link died; its tasks are retried or fail."""
         if worker.state == "dead":
             return
-        was_idle = worker.state == "idle"
         worker.state = "dead"
-        if was_idle:
-            try:
-                self.idle.remove(worker)
-            except ValueError:
-                pass
-        spec = worker.task
-        if spec is not None:
-            self._release(worker)
-            if worker.force_cancelled or spec.task_id in self.cancelled:
+        for task_id in list(worker.tasks):
+            spec = worker.tasks[task_id]
+            forced = task_id in worker.force_cancelled
+            self._release(worker, task_id)
+            if forced or task_id in self.cancelled:
                 self.directory.unpin(spec.deps)
-                err = TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled (force)")
+                err = TaskCancelledError(task_id, f"task {spec.name} was cancelled (force)")
                 self._fail(spec, err)
             elif spec.max_retries != 0:
                 logger.info("retrying %s after worker death (%s)", spec.name, reason)
@@ -220,25 +235,28 @@ class SchedulerState:
                 )
         self._wake()
 
-    def blocked(self, worker: WorkerInfo) -> None:
-        if worker.blocked or worker.task is None:
+    def blocked(self, worker: WorkerInfo, task_id: bytes) -> None:
+        """``task_id`` waits in ``get``: its CPU goes back, its worker may take a task."""
+        if task_id not in worker.tasks or task_id in worker.blocked_tasks:
             return
-        worker.blocked = True
-        cpu = worker.held.pop("CPU", 0.0)
+        worker.blocked_tasks.add(task_id)
+        held = worker.held.get(task_id, {})
+        cpu = held.pop("CPU", 0.0)
         if cpu:
             self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
-            worker.held["_blocked_cpu"] = cpu
-        self._wake()
+            held["_blocked_cpu"] = cpu
+        self._make_available(worker)
 
-    def unblocked(self, worker: WorkerInfo) -> None:
-        if not worker.blocked:
+    def unblocked(self, worker: WorkerInfo, task_id: bytes) -> None:
+        if task_id not in worker.blocked_tasks:
             return
-        worker.blocked = False
-        cpu = worker.held.pop("_blocked_cpu", 0.0)
+        worker.blocked_tasks.discard(task_id)
+        held = worker.held.get(task_id, {})
+        cpu = held.pop("_blocked_cpu", 0.0)
         if cpu:
             # May go below zero for a moment (oversubscription), as in Ray.
             self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
-            worker.held["CPU"] = cpu
+            held["CPU"] = cpu
 
     def cancel(self, task_id: bytes, force: bool) -> None:
         record = self.waiting.pop(task_id, None)
@@ -257,7 +275,7 @@ class SchedulerState:
         if worker is not None:
             self.cancelled.add(task_id)
             if force:
-                worker.force_cancelled = True
+                worker.force_cancelled.add(task_id)
                 self.kill_worker(worker)
             elif worker.conn is not None:
                 # Raised inside the task; a task stuck in a blocking C call (sleep,
@@ -266,7 +284,7 @@ class SchedulerState:
 
                 def escalate() -> None:
                     if self.running.get(task_id) is worker:
-                        worker.force_cancelled = True
+                        worker.force_cancelled.add(task_id)
                         self.kill_worker(worker)
 
                 self.call_later(CANCEL_GRACE, escalate)
@@ -291,14 +309,15 @@ class SchedulerState:
                 self.request_worker()
                 return
             worker = self.idle.popleft()
-            if worker.state != "idle" or worker.conn is None:
+            worker.in_idle = False
+            if not worker.available():
                 continue
             ready.popleft()
             scanned = 0
             for k, v in spec.resources.items():
                 available[k] = available.get(k, 0.0) - v
-            worker.held = dict(spec.resources)
-            worker.task = spec
+            worker.held[spec.task_id] = dict(spec.resources)
+            worker.tasks[spec.task_id] = spec
             worker.state = "busy"
             self.running[spec.task_id] = worker
             dep_data = []
@@ -306,7 +325,10 @@ class SchedulerState:
             for oid in spec.deps:
                 e = entries[oid]
                 dep_data.append((e.is_error, e.data))
-            worker.conn.send_nowait(("execute", spec, dep_data))
+            try:
+                worker.conn.send_nowait(("execute", spec, dep_data))
+            except Exception as exc:  # its link just died: the death handler retries
+                logger.info("dispatch to worker_%d failed: %s", worker.index, exc)
 
     def demand(self, limit: int) -> int:
         """How many more workers would start tasks right now (at most ``limit``).
@@ -316,7 +338,8 @@ class SchedulerState:
         on every wake-up would make scheduling quadratic.
         """
         n = 0
-        want = limit + len(self.idle)
+        idle = sum(1 for w in self.idle if w.available())
+        want = limit + idle
         avail = dict(self.available)
         for i, spec in enumerate(self.ready):
             if i >= 4 * want + 16 or n >= want:
@@ -325,31 +348,32 @@ class SchedulerState:
                 n += 1
                 for k, v in spec.resources.items():
                     avail[k] = avail.get(k, 0.0) - v
-        return max(0, n - len(self.idle))
+        return max(0, n - idle)
 
     # -- internals ---------------------------------------------------------------------
 
     def _wake(self) -> None:
         self.wakeup.set()
 
-    def _make_idle(self, worker: WorkerInfo) -> None:
-        if worker.state == "dead":
+    def _make_available(self, worker: WorkerInfo) -> None:
+        if not worker.available():
             return
-        worker.state = "idle"
-        worker.task = None
-        worker.blocked = False
-        self.idle.append(worker)
+        if not worker.tasks:
+            worker.state = "idle"
+        if not worker.in_idle:
+            worker.in_idle = True
+            self.idle.append(worker)
         self._wake()
 
-    def _release(self, worker: WorkerInfo) -> None:
-        spec = worker.task
-        if spec is not None:
-            self.running.pop(spec.task_id, None)
-        for k, v in worker.held.items():
+    def _release(self, worker: WorkerInfo, task_id: bytes) -> None:
+        worker.tasks.pop(task_id, None)
+        worker.blocked_tasks.discard(task_id)
+        worker.force_cancelled.discard(task_id)
+        self.running.pop(task_id, None)
+        for k, v in worker.held.pop(task_id, {}).items():
             if k == "_blocked_cpu":
                 continue
             self.available[k] = self.available.get(k, 0.0) + v
-        worker.held = {}
 
     def _retry(self, spec: TaskSpec) -> None:
         if spec.max_retries > 0:
@@ -376,7 +400,7 @@ class SchedulerState:
             "waiting": len(self.waiting),
             "ready": len(self.ready),
             "running": len(self.running),
-            "idle_workers": len(self.idle),
+            "idle_workers": sum(1 for w in self.idle if w.available()),
             "finished": self.tasks_finished,
             "retried": self.tasks_retried,
             "failed": self.tasks_failed,

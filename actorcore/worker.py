@@ -10,6 +10,7 @@ exits when its link to the node dies: a worker never outlives its node.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import pickle
@@ -45,8 +46,8 @@ class WorkerProcess:
         self.core: CoreWorker | None = None
         self.functions: dict[bytes, Any] = {}
         self._functions_lock = threading.Lock()
-        self.executor: Any = None
-        self._executor_actor: Executor | None = None
+        self._executors: list[Executor] = []
+        self._free: collections.deque = collections.deque()
         self._nursery: trio.Nursery | None = None
 
     async def handle(self, conn: Any, message: Any, reply: Any) -> None:
@@ -58,8 +59,8 @@ class WorkerProcess:
                 self.core.on_objects_ready(message[1])
         elif op == "cancel":
             task_id = message[1]
-            if self._executor_actor is not None:
-                self._executor_actor.interrupt(task_id)
+            for executor in list(self._executors):
+                executor.interrupt(task_id)
             if self.core is not None:
                 self.core.cancel_task_waits(task_id)
         elif op == "release":
@@ -70,13 +71,11 @@ class WorkerProcess:
         else:
             raise ValueError(f"worker: unknown message {op!r}")
 
-    def _start_executor(self) -> None:
+    def _new_executor(self) -> Any:
+        """Start one more executor actor (a task runs in one while others are blocked)."""
         core = self.core
         assert core is not None
-
-        def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
-            core._enqueue(("done", spec.task_id, results, retry))
-            core.task_finished(spec.task_id)
+        free = self._free
 
         def encode(oid: bytes, value: Any) -> bytes:
             return encode_value(value, oid, core.store, what="the return value")
@@ -88,16 +87,27 @@ class WorkerProcess:
             return pickle.loads(data)
 
         holder: list[Executor] = []
+
+        def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
+            core.task_finished(spec.task_id)
+            free.append(ref)  # free again before the node hears we are done
+            core._enqueue(("done", spec.task_id, results, retry))
+
         ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode)
-        self.executor = ref
-        self._executor_actor = holder[0]
+        self._executors.append(holder[0])
+        return ref
+
+    def _take_executor(self) -> Any:
+        while self._free:
+            ref = self._free.pop()
+            if ref.is_alive():
+                return ref
+        return self._new_executor()
 
     def _execute(self, spec: TaskSpec, dep_data: list) -> None:
-        if self.executor is None or not self.executor.is_alive():
-            self._start_executor()
         fn = self.functions.get(spec.function_id)
         if fn is not None:
-            self.executor.tell((spec, fn, dep_data))
+            self._take_executor().tell((spec, fn, dep_data))
             return
         assert self._nursery is not None
         self._nursery.start_soon(self._fetch_and_execute, spec, dep_data)
@@ -107,7 +117,7 @@ class WorkerProcess:
         assert core is not None
         record = await core.conn.request(("get_function", spec.function_id), timeout=60)
         loader = _FunctionLoader(self, spec.function_id, record)
-        self.executor.tell((spec, loader, dep_data))
+        self._take_executor().tell((spec, loader, dep_data))
 
     async def run(self, address: str, token: bytes) -> None:
         async with trio.open_nursery() as nursery:
@@ -130,7 +140,7 @@ class WorkerProcess:
             self.core = core
             _worker_state.set_core(core)
             await core.serve(nursery, self.store_address, token)
-            self._start_executor()
+            self._free.append(self._new_executor())
             info = await conn.request(
                 ("hello", "worker", self.worker_id, os.getpid(), {}), timeout=30
             )
