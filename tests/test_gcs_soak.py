@@ -1,0 +1,96 @@
+"""Soak: repeated SIGKILLs of random replicas (any role, learners too) under load."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+import pytest
+import trio
+
+import gcs
+from actorcore.kernel import ChildNotRunning, Supervisor
+
+from .test_gcs_support import TOKEN, kernel_specs
+
+
+async def soak(nursery: trio.Nursery, *, shards: int, kills: int, seed: int) -> None:
+    rng = random.Random(seed)
+    plan = gcs.plan(gcs.GcsConfig(shards=shards, replicas=3), TOKEN)
+    root = Supervisor("node", [kernel_specs(plan.tree)])
+    await nursery.start(root.run)
+    await plan.wait_ready(30)
+    coordinator = plan.coordinator
+    assert coordinator is not None
+    keys = [f"s{i}" for i in range(12)]
+    acked: dict[str, int] = dict.fromkeys(keys, -1)
+    backwards: list[tuple[str, int, int]] = []
+    events: dict[str, list[int]] = {k: [] for k in keys}
+    writing = True
+    async with gcs.open_client(plan.address, TOKEN, timeout=30) as writer, \
+            gcs.open_client(plan.address, TOKEN, timeout=30) as reader:
+
+        async def write(key: str) -> None:
+            i = 0
+            while writing:
+                await writer.put("kv", key, i)
+                acked[key] = i
+                i += 1
+
+        async def read(key: str) -> None:
+            last = -1
+            while writing:
+                value = await reader.get("kv", key, -1)
+                if value < last:
+                    backwards.append((key, last, value))
+                last = value
+
+        async with reader.subscribe("kv", prefix="s") as sub:
+            progress = [trio.Event()]
+
+            async def consume() -> None:
+                async for event in sub:
+                    events[event.key].append(event.value)
+                    progress[0].set()
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(consume)
+                async with trio.open_nursery() as load:
+                    for key in keys:
+                        load.start_soon(write, key)
+                        load.start_soon(read, key)
+                    for _ in range(kills):
+                        await trio.sleep(rng.uniform(0.05, 0.4))
+                        shard = rng.randrange(shards)
+                        cfg = coordinator.chain(shard)
+                        names = [*cfg.chain, *([cfg.learner] if cfg.learner else [])]
+                        victim = rng.choice(names)
+                        for j in range(3):
+                            try:
+                                service = root.find(f"gcs/shard_{shard}/replica_{j}")
+                            except ChildNotRunning:
+                                continue  # being restarted
+                            if service.name == victim and service.pid:
+                                os.kill(service.pid, signal.SIGKILL)
+                    await coordinator.wait_ready(30)
+                    await trio.sleep(0.2)
+                    writing = False
+                for key in keys:
+                    assert await reader.get("kv", key) == acked[key]
+                with trio.fail_after(20):
+                    while any(not events[k] or events[k][-1] != acked[k] for k in keys):
+                        progress[0] = trio.Event()
+                        await progress[0].wait()
+                inner.cancel_scope.cancel()
+    assert backwards == []
+    for key in keys:
+        values = events[key]
+        assert values == list(range(values[0], values[0] + len(values))), key
+    assert min(acked.values()) > 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+async def test_soak_random_kills(nursery, seed: int) -> None:
+    await soak(nursery, shards=2, kills=8, seed=seed)
