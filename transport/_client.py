@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,10 +12,12 @@ import trio
 from . import faults
 from ._address import dial
 from ._connection import DEFAULT_MAX_FRAME_SIZE, Connection, Handler
-from ._errors import ConnectError, ConnectionLost
+from ._errors import AuthenticationFailed, ConnectError, ConnectionLost
 from ._handshake import client_handshake, token_bytes
 
 __all__ = ["Client", "connect", "open_connection"]
+
+logger = logging.getLogger("transport")
 
 
 def _check_frame_size(max_frame_size: int) -> int:
@@ -43,6 +46,9 @@ async def _dial(
             raise ConnectError(
                 f"handshake with {address!r} timed out after {connect_timeout}s"
             ) from None
+        except AuthenticationFailed as exc:
+            logger.warning("%s: %s", name, exc)
+            raise
         rule = faults.refused(name, peer_name)
         if rule is not None:
             raise ConnectError(f"connection {name!r} -> {peer_name!r} refused by fault rule {rule}")
