@@ -65,6 +65,10 @@ async def soak(nursery: trio.Nursery, *, shards: int, kills: int, seed: int) -> 
                         shard = rng.randrange(shards)
                         cfg = coordinator.chain(shard)
                         names = [*cfg.chain, *([cfg.learner] if cfg.learner else [])]
+                        if len(cfg.chain) < 2:
+                            names = names[len(cfg.chain):]  # keep one member: R-1 failures
+                        if not names:
+                            continue
                         victim = rng.choice(names)
                         for j in range(3):
                             try:
