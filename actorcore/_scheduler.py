@@ -115,6 +115,57 @@ class WorkerInfo:
         }
 
 
+class ReadyQueues:
+    """Tasks whose inputs are ready, one FIFO per resource shape (Ray's scheduling
+    classes): placing work looks at each shape's head only, so a long queue that
+    cannot run now costs nothing per dispatch."""
+
+    def __init__(self) -> None:
+        self.queues: dict[tuple, collections.deque[TaskSpec]] = {}
+        self._len = 0
+
+    @staticmethod
+    def shape(spec: TaskSpec) -> tuple:
+        return tuple(sorted(spec.resources.items()))
+
+    def append(self, spec: TaskSpec) -> None:
+        key = self.shape(spec)
+        q = self.queues.get(key)
+        if q is None:
+            q = self.queues[key] = collections.deque()
+        q.append(spec)
+        self._len += 1
+
+    def remove_task(self, task_id: bytes) -> TaskSpec | None:
+        for key, q in self.queues.items():
+            for spec in q:
+                if spec.task_id == task_id:
+                    q.remove(spec)
+                    self._len -= 1
+                    if not q:
+                        del self.queues[key]
+                    return spec
+        return None
+
+    def popleft(self, key: tuple) -> TaskSpec:
+        q = self.queues[key]
+        spec = q.popleft()
+        self._len -= 1
+        if not q:
+            del self.queues[key]
+        return spec
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self) -> Any:
+        for q in list(self.queues.values()):
+            yield from q
+
+
 def _fits(need: dict[str, float], available: dict[str, float]) -> bool:
     for k, v in need.items():
         if available.get(k, 0.0) < v - 1e-9:
@@ -137,7 +188,7 @@ class SchedulerState:
     call_later: Callable[[float, Callable[[], None]], None]
     available: dict[str, float] = attrs.Factory(dict)
     waiting: dict[bytes, list] = attrs.Factory(dict)  # task id -> [spec, deps missing]
-    ready: collections.deque = attrs.Factory(collections.deque)
+    ready: ReadyQueues = attrs.Factory(ReadyQueues)
     running: dict[bytes, WorkerInfo] = attrs.Factory(dict)
     idle: collections.deque = attrs.Factory(collections.deque)
     cancelled: set[bytes] = attrs.Factory(set)
@@ -265,12 +316,11 @@ class SchedulerState:
             self.directory.unpin(spec.deps)
             self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
             return
-        for spec in self.ready:
-            if spec.task_id == task_id:
-                self.ready.remove(spec)
-                self.directory.unpin(spec.deps)
-                self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
-                return
+        spec = self.ready.remove_task(task_id)
+        if spec is not None:
+            self.directory.unpin(spec.deps)
+            self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
+            return
         worker = self.running.get(task_id)
         if worker is not None:
             self.cancelled.add(task_id)
@@ -295,40 +345,42 @@ class SchedulerState:
     # -- dispatch (the local_scheduler component's loop) -----------------------------
 
     def dispatch(self) -> None:
-        """Place every ready task that fits on an idle worker."""
+        """Place every ready task that fits on an idle worker (each shape's head)."""
         ready = self.ready
         available = self.available
-        scanned = 0
-        while ready and scanned < len(ready):
-            spec = ready[0]
-            if not _fits(spec.resources, available):
-                ready.rotate(-1)  # let smaller requests behind it go first
-                scanned += 1
-                continue
-            if not self.idle:
-                self.request_worker()
-                return
-            worker = self.idle.popleft()
-            worker.in_idle = False
-            if not worker.available():
-                continue
-            ready.popleft()
-            scanned = 0
-            for k, v in spec.resources.items():
-                available[k] = available.get(k, 0.0) - v
-            worker.held[spec.task_id] = dict(spec.resources)
-            worker.tasks[spec.task_id] = spec
-            worker.state = "busy"
-            self.running[spec.task_id] = worker
-            dep_data = []
-            entries = self.directory.entries
-            for oid in spec.deps:
-                e = entries[oid]
-                dep_data.append((e.is_error, e.data))
-            try:
-                worker.conn.send_nowait(("execute", spec, dep_data))
-            except Exception as exc:  # its link just died: the death handler retries
-                logger.info("dispatch to worker_%d failed: %s", worker.index, exc)
+        for key in list(ready.queues):
+            while key in ready.queues:
+                spec = ready.queues[key][0]
+                if not _fits(spec.resources, available):
+                    break
+                worker = None
+                while self.idle:
+                    w = self.idle.popleft()
+                    w.in_idle = False
+                    if w.available():
+                        worker = w
+                        break
+                if worker is None:
+                    self.request_worker()
+                    return
+                ready.popleft(key)
+                self._start(worker, spec)
+
+    def _start(self, worker: WorkerInfo, spec: TaskSpec) -> None:
+        """Hand ``spec`` to ``worker``: take its resources, send it with its inputs."""
+        available = self.available
+        for k, v in spec.resources.items():
+            available[k] = available.get(k, 0.0) - v
+        worker.held[spec.task_id] = dict(spec.resources)
+        worker.tasks[spec.task_id] = spec
+        worker.state = "busy"
+        self.running[spec.task_id] = worker
+        entries = self.directory.entries
+        dep_data = [(entries[oid].is_error, entries[oid].data) for oid in spec.deps]
+        try:
+            worker.conn.send_nowait(("execute", spec, dep_data))
+        except Exception as exc:  # its link just died: the death handler retries
+            logger.info("dispatch to worker_%d failed: %s", worker.index, exc)
 
     def demand(self, limit: int) -> int:
         """How many more workers would start tasks right now (at most ``limit``).

@@ -1,0 +1,201 @@
+"""Runtime microbenchmarks: actorcore beside Ray, same machine, same run.
+
+    .venv/bin/python benchmarks/runtime_bench.py [--quick] [--no-ray] [--queue N]
+
+Each backend runs in its own fresh process (``--backend actorcore`` with this
+interpreter, ``--backend ray`` with ``/work/rayenv/bin/python`` or ``$RAY_PYTHON``)
+and prints one JSON line; this script then prints both and the ratio (>1: actorcore
+faster). Cases:
+
+- startup: ``init()`` to the first task's result, in a fresh process;
+- sync task: submit one task and ``get`` it, one at a time;
+- 10k tasks: submit 10,000 tasks, then ``get`` them all;
+- put/get: a small ``put`` followed by its ``get``;
+- wait: ``wait`` on 1,000 ready refs (``num_returns=1000``);
+- nested tree: a task that submits 8 tasks that each submit 8 (73 tasks), blocking in
+  ``get`` at each level;
+- (actorcore only) idle cluster memory (RSS of every cluster process) and bytes per
+  queued task (``--queue`` tasks queued behind an unfinished dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().split(")")[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(p.name))
+    return out
+
+
+def _tree_rss_kb(pid: int) -> int:
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += _rss_kb(p)
+        stack.extend(_children(p))
+    return total
+
+
+def run_backend(backend: str, quick: bool, queue: int) -> dict:
+    t_start = time.perf_counter()
+    if backend == "ray":
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False)
+    else:
+        sys.path.insert(0, str(HERE.parent))
+        import actorcore as ray
+
+        ray.init(num_cpus=2, log_to_driver=False)
+
+    @ray.remote
+    def noop(x=None):
+        return x
+
+    @ray.remote
+    def leaf():
+        return 1
+
+    @ray.remote
+    def mid():
+        return sum(ray.get([leaf.remote() for _ in range(8)]))
+
+    @ray.remote
+    def root():
+        return sum(ray.get([mid.remote() for _ in range(8)]))
+
+    ray.get(noop.remote(1))
+    res: dict = {"startup_s": time.perf_counter() - t_start}
+
+    def timeit(fn, n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n
+
+    scale = 0.3 if quick else 1.0
+    for _ in range(50):
+        ray.get(noop.remote(1))
+    res["sync_task_us"] = timeit(lambda: ray.get(noop.remote(1)), int(1000 * scale)) * 1e6
+    n_async = 10_000
+    t0 = time.perf_counter()
+    ray.get([noop.remote(i) for i in range(n_async)])
+    res["tasks_10k_s"] = time.perf_counter() - t0
+    res["tasks_per_s"] = n_async / res["tasks_10k_s"]
+    res["put_get_us"] = timeit(lambda: ray.get(ray.put(1)), int(2000 * scale)) * 1e6
+    refs = [ray.put(i) for i in range(1000)]
+    ray.get(refs)
+    res["wait_1k_ms"] = timeit(lambda: ray.wait(refs, num_returns=1000), 20) * 1e3
+    ray.get(root.remote())
+    res["nested_73_ms"] = timeit(lambda: ray.get(root.remote()), int(10 * scale) or 3) * 1e3
+
+    if backend == "actorcore":
+        time.sleep(0.5)
+        node_pid = ray.nodes()[0]["pid"]
+        res["idle_cluster_mb"] = (_tree_rss_kb(node_pid) + _rss_kb(os.getpid())) / 1024
+        if queue:
+
+            @ray.remote
+            def gate():
+                time.sleep(3600)
+
+            g = gate.remote()
+            before = _rss_kb(node_pid) + _rss_kb(os.getpid())
+            queued = [noop.remote(g) for _ in range(queue)]
+            ray.wait([queued[-1]], timeout=0.5)  # let the node take them in
+            deadline = time.monotonic() + 120
+            while ray._api._call("status")["scheduler"]["waiting"] < queue:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            after = _rss_kb(node_pid) + _rss_kb(os.getpid())
+            res["queued_tasks"] = queue
+            res["bytes_per_queued_task"] = (after - before) * 1024 / queue
+            ray.cancel(g, force=True)
+            del queued
+    ray.shutdown()
+    return res
+
+
+CASES = [
+    ("startup (init to first result)", "startup_s", "s", False),
+    ("sync task (submit + get)", "sync_task_us", "us", False),
+    ("10,000 tasks submitted then fetched", "tasks_10k_s", "s", False),
+    ("small put + get", "put_get_us", "us", False),
+    ("wait on 1,000 ready refs", "wait_1k_ms", "ms", False),
+    ("nested tree of 73 tasks", "nested_73_ms", "ms", False),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--backend", choices=["actorcore", "ray"])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-ray", action="store_true")
+    p.add_argument("--queue", type=int, default=100_000)
+    args = p.parse_args()
+    if args.backend:
+        print("RESULT " + json.dumps(run_backend(args.backend, args.quick, args.queue)), flush=True)
+        return
+    results: dict[str, dict] = {}
+    ray_python = os.environ.get("RAY_PYTHON", "/work/rayenv/bin/python")
+    backends = [("actorcore", sys.executable)]
+    if not args.no_ray and os.path.exists(ray_python):
+        backends.append(("ray", ray_python))
+    for name, python in backends:
+        cmd = [python, __file__, "--backend", name, "--queue", str(args.queue)]
+        if args.quick:
+            cmd.append("--quick")
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            continue
+        results[name] = json.loads(line[len("RESULT "):])
+    ac, ry = results.get("actorcore", {}), results.get("ray", {})
+    print(f"{'case':<40} {'actorcore':>12} {'ray':>12} {'ratio':>8}")
+    for label, key, unit, _ in CASES:
+        a, r = ac.get(key), ry.get(key)
+        ratio = f"{r / a:.2f}x" if a and r else "-"
+        fa = f"{a:.3g} {unit}" if a is not None else "-"
+        fr = f"{r:.3g} {unit}" if r is not None else "-"
+        print(f"{label:<40} {fa:>12} {fr:>12} {ratio:>8}")
+    if "idle_cluster_mb" in ac:
+        print(f"idle cluster memory (actorcore): {ac['idle_cluster_mb']:.0f} MB (Ray here: ~800 MB)")
+    if "bytes_per_queued_task" in ac:
+        print(f"bytes per queued task (actorcore, {ac['queued_tasks']:,} queued): "
+              f"{ac['bytes_per_queued_task']:.0f} B (Ray here: ~7 KB)")
+    print("ratio = ray time / actorcore time (higher is better for actorcore)")
+
+
+if __name__ == "__main__":
+    main()
