@@ -26,9 +26,6 @@ __all__ = ["ControlState", "MemoryControlState", "GcsControlState"]
 
 logger = logging.getLogger("actorcore.control")
 
-import os as _os
-
-_NO_LINEAGE = bool(_os.environ.get("ACTORCORE_NO_LINEAGE"))  # benchmarking only
 _FLUSH_INTERVAL = 0.005
 _FLUSH_BATCH = 1000
 
@@ -55,8 +52,6 @@ class _LineageBuffer:
         self.flushes = 0
 
     def add(self, spec: TaskSpec) -> None:
-        if _NO_LINEAGE:
-            return
         self.buffer.append(spec)
         if len(self.buffer) == 1:
             self.event.set()
