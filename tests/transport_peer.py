@@ -66,6 +66,8 @@ class Peer:
             reply.send(self.notes)
         elif op == "faults":  # remote control of this process's fault rules
             reply.send(faults.apply(args[0]))
+        elif op == "faults_many":  # several commands at once (before any rule can bite)
+            reply.send([faults.apply(command) for command in args[0]])
         elif op == "numpy":
             import numpy
 
