@@ -308,6 +308,37 @@ async def test_connection_lost_fails_all_pending(echo_server: tuple[str, Echo, t
         assert conn.closed and conn.statistics().closed
 
 
+async def test_server_stop_fails_every_client_promptly(tmp_path: Path) -> None:
+    server = transport.Server(f"unix:{tmp_path}/stop.sock", TOKEN, Echo(), name="stopping")
+    lost: list[str] = []
+    async with trio.open_nursery() as outer:
+        server_scope = trio.CancelScope()
+
+        async def run_server(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+            with server_scope:
+                await server.run(task_status=task_status)
+
+        address = await outer.start(run_server)
+        conns = [await transport.connect(address, TOKEN, name=f"c{i}") for i in range(3)]
+
+        async def hang(conn: transport.Connection) -> None:
+            with pytest.raises(transport.ConnectionLost, match="'stopping'"):
+                await conn.request(("hang",))
+            lost.append(conn.name)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                for conn in conns:
+                    for _ in range(10):
+                        nursery.start_soon(hang, conn)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(server.connections) == 3
+                server_scope.cancel()
+        assert len(lost) == 30 and all(c.closed for c in conns)
+        assert not server.statistics().listening
+        assert not (tmp_path / "stop.sock").exists()
+
+
 async def test_connect_system_task_mode(echo_server: tuple[str, Echo, transport.Server]) -> None:
     address, handler, _ = echo_server
     conn = await transport.connect(address, TOKEN, name="sys")

@@ -60,8 +60,10 @@ class Server:
     Unix socket file. Run again (a supervisor restart), it binds the same address,
     including the port first chosen for a port-0 address when that is still free.
 
-    ``on_connect(conn)`` / ``on_disconnect(conn)`` may be plain or async callables;
-    ``on_connect`` runs before the connection's first message is read.
+    ``on_connect(conn)`` / ``on_disconnect(conn)`` may be plain or async callables.
+    ``on_connect`` runs before the connection's tasks start, so no message of the peer
+    is handled before it returns; it may queue messages (``send_nowait``) but must not
+    wait for a reply (start a task for that). If it raises, that connection is closed.
     """
 
     def __init__(
