@@ -307,6 +307,12 @@ class GcsClient:
                     if answer[0] == "err":
                         return [answer[1]] * len(batch)
                     last_error = f"{address} is no longer the {'head' if write else 'tail'}"
+                    if answer[1] < layout.epoch and trio.current_time() < deadline:
+                        # The replica has not heard of our (newer) layout yet: it will
+                        # in a moment, the coordinator pushes to both at once.
+                        self._stats["retries"] += 1
+                        await trio.sleep(0.002)
+                        continue
             if trio.current_time() >= deadline:
                 raise GcsUnavailable(
                     f"GCS shard {shard} did not answer within {self.timeout}s "
