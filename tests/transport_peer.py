@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import trio  # noqa: E402
 
 import transport  # noqa: E402
-from transport import _handshake, _wire, faults  # noqa: E402
+from transport import _handshake, _sockio, _wire, faults  # noqa: E402
 
 
 def say(line: str) -> None:
@@ -109,7 +109,7 @@ async def client(address: str, token: str, name: str) -> None:
 
 async def garbage(address: str) -> None:
     sock = await transport._address.dial(address, 10)
-    await _handshake.send_all(sock, os.urandom(4096))
+    await _sockio.send_all(sock, os.urandom(4096))
     await _read_until_eof(sock)
     say("CLOSED")
 
@@ -150,7 +150,7 @@ async def raw(address: str, token: str, name: str, what: str) -> None:
         frame += header.pack(len(ok), _wire.REQUEST, 0, 8) + ok
     else:
         raise SystemExit(f"unknown raw mode {what!r}")
-    await _handshake.send_all(sock, frame)
+    await _sockio.send_all(sock, frame)
     if what == "truncated":
         sock.shutdown(1)  # EOF mid-frame
     data = await _read_until_eof(sock) if what != "badpickle" else await _read_frames(sock, 2)
@@ -160,9 +160,9 @@ async def raw(address: str, token: str, name: str, what: str) -> None:
 async def _read_frames(sock: Any, n: int) -> list[Any]:
     out = []
     for _ in range(n):
-        head = await _handshake.recv_exactly(sock, _wire.HEADER_SIZE)
+        head = await _sockio.recv_exactly(sock, _wire.HEADER_SIZE)
         body_len, kind, nbufs, rid = _wire.HEADER.unpack(head)
-        body = await _handshake.recv_exactly(sock, body_len)
+        body = await _sockio.recv_exactly(sock, body_len)
         out.append((kind, rid, _wire.decode_body(memoryview(body), nbufs)))
     return out
 

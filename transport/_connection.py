@@ -12,10 +12,17 @@ and runs two tasks, both inside `Connection.run` (one nursery per connection):
   that carries out-of-band buffers, or is larger than the buffer, is read into its
   own exact-size bytearray straight from the socket, and the message gets zero-copy
   memoryview slices of it (the reused buffer is never handed out).
-* the **writer** drains the outgoing queue. Senders only pickle and append (in their
-  own task, so pickling errors surface to them); everything queued when the writer
+* the **writer** drains the outgoing queue. Senders pickle in their own task (so
+  pickling errors surface to them) and append; everything queued when the writer
   next runs goes out in one ``send``/``sendmsg`` (small frames joined, large buffers
   as their own iovec entries). Under load many frames thus coalesce into one write.
+  On an idle link (writer parked, queue empty) the first frame of a scheduler tick is
+  written at once by its sender instead, which saves the hop to the writer task on
+  every lone request and reply; the rest of that tick's frames queue behind it.
+
+A connection belongs to the Trio run that created it and is not thread-safe.
+Out-of-band buffers are written from the sender's memory after `send`/`request`
+returns (or while it waits): do not mutate them until the peer has them.
 
 We use raw sockets with `trio.lowlevel.wait_readable`/`wait_writable` rather than a
 `trio.SocketStream`: a ``recv_into`` into our own buffer, and a ``send`` that only
@@ -48,7 +55,6 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
 import outcome
 import trio
 
@@ -60,6 +66,8 @@ from ._errors import (
     RemoteError,
     RequestTimeout,
 )
+from ._reply import ConnectionStatistics, Reply
+from ._sockio import write_chunks
 from ._wire import HEADER, HEADER_SIZE, ONEWAY, REPLY_ERR, REPLY_OK, REQUEST
 
 __all__ = ["DEFAULT_MAX_FRAME_SIZE", "Connection", "ConnectionStatistics", "Handler", "Reply"]
@@ -68,8 +76,6 @@ logger = logging.getLogger("transport")
 
 DEFAULT_MAX_FRAME_SIZE = 512 * 1024 * 1024
 _RECV_CHUNK = 256 * 1024
-_SMALL = 16 * 1024  # chunks below this are joined into one write
-_IOV_MAX = 512
 # `await send()` / `await request()` wait while more than this many bytes are queued.
 _HIGH_WATER = 16 * 1024 * 1024
 # `send_nowait` refuses (trio.WouldBlock) while more than this is queued.
@@ -82,85 +88,6 @@ Handler = Callable[["Connection", Any, "Reply | None"], Awaitable[None]]
 
 _unpack_header = HEADER.unpack_from
 _reschedule = trio.lowlevel.reschedule
-
-
-@attrs.frozen
-class ConnectionStatistics:
-    name: str
-    peer_name: str
-    peer_address: str
-    closed: bool
-    requests_in_flight: int
-    queued_bytes: int
-    frames_sent: int
-    frames_received: int
-    bytes_sent: int
-    bytes_received: int
-    writes: int
-    dropped_by_faults: int
-
-
-class Reply:
-    """The answer slot of one incoming request: call `send` or `fail` exactly once.
-
-    May be called later, from any Trio task of the same run (so a slow request need
-    not block the connection). Answering a connection that has since closed is a
-    silent no-op: the caller has already been failed with `ConnectionLost`.
-    """
-
-    __slots__ = ("_conn", "_done", "_rid")
-
-    def __init__(self, conn: Connection, rid: int) -> None:
-        self._conn = conn
-        self._rid = rid
-        self._done = False
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    def _claim(self, what: str) -> None:
-        if self._done:
-            raise RuntimeError(
-                f"request {self._rid} from {self._conn.peer_name!r} was already answered "
-                f"(second call: {what})"
-            )
-        self._done = True
-
-    def send(self, value: Any) -> None:
-        """Answer the request with ``value``.
-
-        If ``value`` cannot be pickled (or is too large for the peer) the caller gets
-        a `RemoteError` describing that, and the error is raised here as well.
-        """
-        self._claim("send")
-        conn = self._conn
-        if conn._closed:
-            return
-        try:
-            chunks, size = _wire.encode_frame(REPLY_OK, self._rid, value)
-            conn._check_size(size)
-        except Exception as exc:
-            self._send_error(exc)
-            raise
-        conn._enqueue(REPLY_OK, chunks, size)
-
-    def fail(self, exc: BaseException) -> None:
-        """Fail the request: the caller gets a `RemoteError` with type, message, traceback."""
-        if not isinstance(exc, BaseException):
-            raise TypeError(f"Reply.fail() needs an exception, got {exc!r}")
-        self._claim("fail")
-        if not self._conn._closed:
-            self._send_error(exc)
-
-    def _send_error(self, exc: BaseException) -> None:
-        conn = self._conn
-        chunks, size = _wire.encode_frame(REPLY_ERR, self._rid, _wire.encode_error(exc))
-        conn._enqueue(REPLY_ERR, chunks, size)
-
-    def __repr__(self) -> str:
-        state = "answered" if self._done else "pending"
-        return f"<Reply to request {self._rid} from {self._conn.peer_name!r} ({state})>"
 
 
 class Connection:
@@ -508,7 +435,7 @@ class Connection:
             frames = self._queued_frames
             nbytes = self._queued_bytes
             try:
-                await self._write(sock, chunks)
+                self._writes += await write_chunks(sock, chunks)
             except (OSError, trio.ClosedResourceError) as exc:
                 self._shutdown(f"write failed: {exc!r}")
                 return
@@ -519,44 +446,6 @@ class Connection:
             self._queued_bytes -= nbytes
             if self._queued_bytes <= _HIGH_WATER // 2 and self._drained.statistics().tasks_waiting:
                 self._drained.unpark_all()
-
-    async def _write(self, sock: socket.socket, chunks: list[bytes | memoryview]) -> None:
-        if len(chunks) == 1:
-            iov: list[bytes | memoryview] = chunks
-        else:
-            iov = []
-            small: list[bytes | memoryview] = []
-            for c in chunks:
-                if len(c) < _SMALL:
-                    small.append(c)
-                else:
-                    if small:
-                        iov.append(b"".join(small) if len(small) > 1 else small[0])
-                        small = []
-                    iov.append(c)
-            if small:
-                iov.append(b"".join(small) if len(small) > 1 else small[0])
-        i = 0
-        n_iov = len(iov)
-        while i < n_iov:
-            try:
-                if i + 1 == n_iov:
-                    sent = sock.send(iov[i])
-                else:
-                    sent = sock.sendmsg(iov[i : i + _IOV_MAX])
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                continue
-            self._writes += 1
-            while sent:
-                first = iov[i]
-                length = len(first)
-                if sent >= length:
-                    sent -= length
-                    i += 1
-                else:
-                    iov[i] = memoryview(first)[sent:]
-                    sent = 0
 
     # -- reader
 

@@ -21,11 +21,10 @@ import os
 import socket
 import struct
 
-import trio
-
 from ._errors import AuthenticationFailed, ConnectionLost, ProtocolError
+from ._sockio import recv_exactly, send_all
 
-__all__ = ["client_handshake", "recv_exactly", "send_all", "server_handshake", "token_bytes"]
+__all__ = ["client_handshake", "server_handshake", "token_bytes"]
 
 MAGIC = b"ACTRPC\x00\x01"
 _FIXED = struct.Struct("<8s32sQH")
@@ -43,35 +42,6 @@ def token_bytes(token: bytes | str) -> bytes:
     if not token:
         raise ValueError("token must not be empty")
     return bytes(token)
-
-
-async def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    """Read exactly ``n`` bytes from a non-blocking socket; `EOFError` if it closes first."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        try:
-            k = sock.recv_into(view[got:])
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
-            continue
-        if k == 0:
-            raise EOFError(f"connection closed after {got} of {n} bytes")
-        got += k
-    return bytes(buf)
-
-
-async def send_all(sock: socket.socket, data: bytes) -> None:
-    """Write all of ``data`` to a non-blocking socket."""
-    view = memoryview(data)
-    while view:
-        try:
-            k = sock.send(view)
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-            continue
-        view = view[k:]
 
 
 def _hello(name: str, max_frame_size: int) -> bytes:
