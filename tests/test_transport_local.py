@@ -251,6 +251,11 @@ async def test_unpicklable_message_fails_locally(echo_server: tuple[str, Echo, t
         assert any("transport: cannot pickle message" in n for n in info.value.__notes__)
         with pytest.raises(AttributeError, match="Can't pickle local object"):
             conn.send_nowait(lambda: None)
+        import numpy
+
+        strided = numpy.arange(100, dtype=numpy.uint8).reshape(10, 10)[:, ::2]
+        with pytest.raises(pickle.PicklingError, match="non-contiguous"):
+            await conn.send(pickle.PickleBuffer(strided))
         assert await conn.request(("echo", 3)) == 3
 
 

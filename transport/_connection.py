@@ -88,6 +88,7 @@ Handler = Callable[["Connection", Any, "Reply | None"], Awaitable[None]]
 
 _unpack_header = HEADER.unpack_from
 _reschedule = trio.lowlevel.reschedule
+_encode_frame = _wire.encode_frame
 
 
 class Connection:
@@ -112,6 +113,8 @@ class Connection:
         self.peer_name = peer_name
         self.peer_address = peer_address
         self._peer_max = peer_max_frame_size
+        # the largest frame (header included) the peer accepts
+        self._max_send = min(peer_max_frame_size, _wire.MAX_BODY) + HEADER_SIZE
         self._max_frame = max_frame_size
         self._handler = handler
         self._closed = False
@@ -192,10 +195,15 @@ class Connection:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._queued_bytes > _HIGH_WATER:
             await self._wait_drained()  # cancelled here: nothing was sent
-        self._check_open()
-        chunks, size = _wire.encode_frame(ONEWAY, 0, message)
-        self._check_size(size)
-        self._enqueue(ONEWAY, chunks, size)
+        if self._closed:
+            self._check_open()
+        chunks, size = _encode_frame(ONEWAY, 0, message)
+        if size > self._max_send:
+            self._check_size(size)
+        if faults._active:
+            self._enqueue(ONEWAY, chunks, size)
+        else:
+            self._push(chunks, size)
         if self._queued_frames >= _YIELD_FRAMES or self._queued_bytes >= _YIELD_BYTES:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -215,9 +223,13 @@ class Connection:
                 f"{self._queued_bytes} bytes already queued to {self.peer_name!r}; "
                 f"use `await send()` to wait for the peer to catch up"
             )
-        chunks, size = _wire.encode_frame(ONEWAY, 0, message)
-        self._check_size(size)
-        self._enqueue(ONEWAY, chunks, size)
+        chunks, size = _encode_frame(ONEWAY, 0, message)
+        if size > self._max_send:
+            self._check_size(size)
+        if faults._active:
+            self._enqueue(ONEWAY, chunks, size)
+        else:
+            self._push(chunks, size)
 
     async def aclose(self, flush_timeout: float = 5.0) -> None:
         """Flush queued frames (at most ``flush_timeout`` seconds), then close. Idempotent."""
@@ -457,7 +469,8 @@ class Connection:
         start = end = 0
         waited = True
         max_frame = self._max_frame
-        dispatch = self._dispatch
+        on_reply = self._on_reply
+        on_message = self._on_message
         drained = False
         while True:
             if drained:  # the last recv did not fill the buffer: wait before reading
@@ -493,7 +506,10 @@ class Connection:
                 if nbufs == 0 and end - start >= total:
                     body = view[start + HEADER_SIZE : start + total]
                     start += total
-                    await dispatch(kind, rid, body, 0)
+                    if kind == REPLY_OK or kind == REPLY_ERR:
+                        on_reply(kind, rid, body, 0)
+                    else:
+                        await on_message(kind, rid, body, 0)
                     continue
                 if nbufs == 0 and total <= _RECV_CHUNK:
                     break  # needs more bytes; they fit in the buffer
@@ -504,7 +520,10 @@ class Connection:
                 fview[:have] = view[start + HEADER_SIZE : start + HEADER_SIZE + have]
                 start += HEADER_SIZE + have
                 await self._recv_exactly(sock, fview[have:])
-                await dispatch(kind, rid, fview, nbufs)
+                if kind == REPLY_OK or kind == REPLY_ERR:
+                    on_reply(kind, rid, fview, nbufs)
+                else:
+                    await on_message(kind, rid, fview, nbufs)
             if start == end:
                 start = end = 0
             elif start:
@@ -524,33 +543,36 @@ class Connection:
             self._bytes_received += n
             view = view[n:]
 
-    async def _dispatch(self, kind: int, rid: int, body: memoryview, nbufs: int) -> None:
+    def _on_reply(self, kind: int, rid: int, body: memoryview, nbufs: int) -> None:
+        """Wake the request waiting for this reply (synchronous: no coroutine per reply)."""
         self._frames_received += 1
-        if kind == REPLY_OK or kind == REPLY_ERR:
-            task = self._pending.pop(rid, None)
-            if task is None:
-                return  # its request timed out or was cancelled, or a duplicate
-            try:
-                value = _wire.decode_body(body, nbufs)
-            except ProtocolError:
-                self._pending[rid] = task  # failed with the others as the link closes
-                raise
-            except Exception as exc:
-                _reschedule(
-                    task,
-                    outcome.Error(
-                        ProtocolError(
-                            f"could not decode the reply to request {rid} from "
-                            f"{self.peer_name!r}: {exc!r}"
-                        )
-                    ),
-                )
-                return
-            if kind == REPLY_OK:
-                _reschedule(task, outcome.Value(value))
-            else:
-                _reschedule(task, outcome.Error(self._remote_error(value)))
+        task = self._pending.pop(rid, None)
+        if task is None:
+            return  # its request timed out or was cancelled, or a duplicate
+        try:
+            value = _wire.decode_body(body, nbufs)
+        except ProtocolError:
+            self._pending[rid] = task  # failed with the others as the link closes
+            raise
+        except Exception as exc:
+            _reschedule(
+                task,
+                outcome.Error(
+                    ProtocolError(
+                        f"could not decode the reply to request {rid} from "
+                        f"{self.peer_name!r}: {exc!r}"
+                    )
+                ),
+            )
             return
+        if kind == REPLY_OK:
+            _reschedule(task, outcome.Value(value))
+        else:
+            _reschedule(task, outcome.Error(self._remote_error(value)))
+
+    async def _on_message(self, kind: int, rid: int, body: memoryview, nbufs: int) -> None:
+        """Hand a request or one-way message to the handler, inline."""
+        self._frames_received += 1
         reply: Reply | None
         if kind == REQUEST:
             reply = Reply(self, rid)

@@ -9,8 +9,8 @@ The pickle stream is stdlib pickle protocol 5 (the fastest codec we measured for
 control messages, see benchmarks/README.md). Every `pickle.PickleBuffer` inside the
 message travels out of band: its bytes are written straight from the sender's memory
 (scatter/gather) and on the receiver the message gets `memoryview` slices of the one
-frame-sized bytearray the frame was read into, never a copy. A non-contiguous
-PickleBuffer cannot be sent raw and is pickled in band instead.
+frame-sized bytearray the frame was read into, never a copy. (Pickle refuses a
+PickleBuffer over non-contiguous memory; the sender gets that PicklingError.)
 
 The request id and kind sit in the header, not in the pickle, so a frame that fails
 to unpickle can still be answered (a request) or routed to its waiter (a reply).
@@ -62,20 +62,14 @@ def encode_frame(kind: int, rid: int, message: Any) -> tuple[list[bytes | memory
 
     Pickling errors propagate unchanged (with a note) to the caller that sent the message.
     """
-    raws: list[memoryview] = []
-
-    def out_of_band(buf: pickle.PickleBuffer) -> bool:
-        try:
-            raws.append(buf.raw())
-        except BufferError:
-            return True  # not contiguous: pickle it in band
-        return False
-
+    buffers: list[pickle.PickleBuffer] = []
     try:
-        data = _dumps(message, 5, buffer_callback=out_of_band)
+        data = _dumps(message, 5, buffer_callback=buffers.append)
     except Exception as exc:
         exc.add_note(f"transport: cannot pickle message of type {type(message).__qualname__}")
         raise
+    # (pickle itself refuses non-contiguous buffers, so raw() cannot fail here)
+    raws = [b.raw() for b in buffers] if buffers else []
     if not raws:
         size = HEADER_SIZE + len(data)
         if len(data) <= _JOIN_LIMIT:
