@@ -218,6 +218,20 @@ async def test_reply_rules(echo_server: tuple[str, Echo, transport.Server], capl
         assert await conn.request(("echo", 2)) == 2
 
 
+async def test_request_from_own_handler_is_refused_not_deadlocked(tmp_path: Path) -> None:
+    async def handler(conn: transport.Connection, msg: Any, reply: transport.Reply | None) -> None:
+        assert reply is not None
+        await conn.request("ping back")  # would wait forever for a reply only it can read
+
+    server = transport.Server(f"unix:{tmp_path}/s.sock", TOKEN, handler)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        async with transport.open_connection(address, TOKEN) as conn:
+            with pytest.raises(transport.RemoteError, match="would deadlock"):
+                await conn.request("x", timeout=10)
+        nursery.cancel_scope.cancel()
+
+
 async def test_reply_fail_needs_an_exception(tmp_path: Path) -> None:
     got: list[transport.Reply] = []
 

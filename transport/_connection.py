@@ -126,6 +126,7 @@ class Connection:
         self._queued_bytes = 0
         self._queued_frames = 0
         self._writer_waiting: trio.lowlevel.Task | None = None
+        self._reader_task: trio.lowlevel.Task | None = None
         self._direct_recent = False
         self._drained = trio.lowlevel.ParkingLot()
         self._cancel_scope: trio.CancelScope | None = None
@@ -175,7 +176,13 @@ class Connection:
         if self._queued_bytes > _HIGH_WATER:
             await self._wait_drained()
         self._check_open()
-        self._pending[rid] = trio.lowlevel.current_task()
+        task = trio.lowlevel.current_task()
+        if task is self._reader_task:
+            raise RuntimeError(
+                f"request() on {self!r} from inside its own handler would deadlock (the "
+                f"reply is read by the task running the handler): start a task for it"
+            )
+        self._pending[rid] = task
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             self._pending.pop(rid, None)
@@ -285,7 +292,8 @@ class Connection:
                 self._cancel_scope = nursery.cancel_scope
                 nursery.start_soon(self._writer)
                 task_status.started(self)
-                self._tasks.add(trio.lowlevel.current_task())
+                self._reader_task = trio.lowlevel.current_task()
+                self._tasks.add(self._reader_task)
                 try:
                     reason = await self._reader()
                 except (ProtocolError, FrameTooLarge) as exc:
