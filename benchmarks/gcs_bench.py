@@ -1,6 +1,9 @@
 """GCS benchmark: pipelined throughput, latency, shard scaling, failover stall.
 
-    .venv/bin/python benchmarks/gcs_bench.py [--quick]
+    .venv/bin/python benchmarks/gcs_bench.py [--quick] [--ray]
+
+With ``--ray`` it also times Ray's GCS key-value calls (``internal_kv`` put/get,
+sequential, 100-byte values; /work/rayenv/bin/python) beside ours with R=1.
 
 Every replica runs in its own process (as with R >= 2 in a real cluster); the
 client and the coordinator share this process. Figures go to stdout.
@@ -9,6 +12,7 @@ client and the coordinator share this process. Figures go to stdout.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -132,7 +136,43 @@ async def failover(victim: int, writers: int) -> None:
     await _with_gcs(gcs.GcsConfig(shards=1, replicas=3), body)
 
 
-async def main(quick: bool) -> None:
+RAY_PYTHON = "/work/rayenv/bin/python"
+RAY_SCRIPT = """
+import json, statistics, time, ray
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+from ray.experimental import internal_kv as kv
+def lat(fn, n):
+    s = []
+    for i in range(n):
+        t = time.perf_counter(); fn(i); s.append(time.perf_counter() - t)
+    s.sort()
+    return statistics.median(s) * 1e6, s[int(len(s) * 0.99)] * 1e6
+for i in range(200):
+    kv._internal_kv_put(f"w{i}", b"x" * 100)
+put = lat(lambda i: kv._internal_kv_put(f"lat-{i}", b"x" * 100), 2000)
+get = lat(lambda i: kv._internal_kv_get(f"lat-{i}"), 2000)
+print(json.dumps({"put": put, "get": get}))
+ray.shutdown()
+"""
+
+
+async def ray_latency() -> None:
+    out = await trio.run_process([RAY_PYTHON, "-c", RAY_SCRIPT], capture_stdout=True,
+                                 capture_stderr=True)
+    ray = json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+    async def body(client, service):  # type: ignore[no-untyped-def]
+        await _pipelined(client, 2000, 64, "put")
+        return await _latency(client, 2000, "put"), await _latency(client, 2000, "get")
+
+    put, get = await _with_gcs(gcs.GcsConfig(shards=1, replicas=1, processes=True), body)
+    print("Beside Ray's GCS (internal_kv, sequential, p50 / p99):")
+    for what, ours, theirs in (("put", put, ray["put"]), ("get", get, ray["get"])):
+        print(f"  {what}: actorcore R=1 {ours[0]:5.0f} / {ours[1]:5.0f} us   Ray "
+              f"{theirs[0]:5.0f} / {theirs[1]:5.0f} us   ratio {theirs[0] / ours[0]:.1f}x")
+
+
+async def main(quick: bool, with_ray: bool) -> None:
     n = 20_000 if quick else 100_000
     concurrency = 256
     print(f"GCS benchmark ({os.cpu_count()} cores, {concurrency} concurrent callers, 100-byte values)")
@@ -146,9 +186,13 @@ async def main(quick: bool) -> None:
     print("Failover: SIGKILL one replica of a 3-replica chain under 16 writers:")
     for victim in (0, 1, 2):
         await failover(victim, 16)
+    if with_ray:
+        await ray_latency()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    trio.run(main, parser.parse_args().quick)
+    parser.add_argument("--ray", action="store_true")
+    args = parser.parse_args()
+    trio.run(main, args.quick, args.ray)

@@ -136,6 +136,7 @@ class Replica:
         self._readable = False
         self._handoff_mark: int | None = None
         self._next_fw: int | None = None
+        self._has_successor = False
         self._ack_to: Any = None
         self._ack_sent = 0
         self._mark_floor: int | None = None
@@ -268,6 +269,7 @@ class Replica:
         if cfg.epoch <= old.epoch:
             return
         self.chain = cfg
+        self._has_successor = cfg.successor(self.name) is not None
         if self.name not in cfg.chain and self.name != cfg.learner:
             if old.epoch:  # we were in the chain and got dropped: die, get replaced
                 self._removed.set()
@@ -415,7 +417,8 @@ class Replica:
         """
         conn = self._downstream
         if self._next_fw != new[0][0] or conn is None:
-            self._wake_background()
+            if self._has_successor:
+                self._wake_background()
             return
         try:
             if conn.statistics().queued_bytes > _DIRECT_LIMIT:
