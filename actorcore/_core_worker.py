@@ -120,6 +120,7 @@ class CoreWorker:
         self.store: StoreLink | None = None
         # Hooks a worker process sets: the task a thread runs, block notification.
         self.current_task_id: Callable[[], bytes | None] = lambda: None
+        self.on_blocked: Callable[[bytes, bool], None] | None = None
         self.stats: collections.Counter[str] = collections.Counter()
 
     # ------------------------------------------------------------------ sending
@@ -361,6 +362,8 @@ class CoreWorker:
                 raise TaskCancelledError(task_id, "the task was cancelled")
             self._task_waiters[task_id] = fire
             self._enqueue(("blocked", task_id))
+            if self.on_blocked is not None:
+                self.on_blocked(task_id, True)
         cb = self._register(entries, num, fire)
         try:
             gate.acquire(timeout=-1 if timeout is None else timeout)
@@ -369,6 +372,8 @@ class CoreWorker:
             if task_id is not None:
                 self._task_waiters.pop(task_id, None)
                 self._enqueue(("unblocked", task_id))
+                if self.on_blocked is not None:
+                    self.on_blocked(task_id, False)
         if task_id is not None and task_id in self._cancelled_tasks:
             raise TaskCancelledError(task_id, "the task was cancelled while it waited in get")
         return [e.ready for e in entries]

@@ -50,6 +50,11 @@ logger = logging.getLogger("actorcore.scheduler")
 #: Seconds a running task has to honour a (non-force) cancel before its worker is killed.
 CANCEL_GRACE = 1.0
 
+#: Tasks queued on a busy worker behind the one it runs, when more wait than there
+#: are free workers: the worker starts the next one the moment it reports the last,
+#: with no round trip to the node in between (Ray's lease reuse / pipelining).
+PIPELINE_DEPTH = 4
+
 
 @attrs.define(eq=False)
 class WorkerInfo:
@@ -70,6 +75,8 @@ class WorkerInfo:
     tasks: dict[bytes, TaskSpec] = attrs.Factory(dict)
     blocked_tasks: set[bytes] = attrs.Factory(set)
     held: dict[bytes, dict[str, float]] = attrs.Factory(dict)  # task id -> resources
+    queued: collections.deque[bytes] = attrs.Factory(collections.deque)  # not started yet
+    shape: tuple = ()
     force_cancelled: set[bytes] = attrs.Factory(set)
     in_idle: bool = False
     tasks_done: int = 0
@@ -79,12 +86,27 @@ class WorkerInfo:
         return bool(self.blocked_tasks)
 
     def available(self) -> bool:
-        """Can take a task now: alive, registered, and every task it runs is blocked."""
+        """Can start a task now: alive, registered, every task it runs is blocked."""
         return (
             self.state != "dead"
             and self.conn is not None
+            and not self.queued
             and len(self.tasks) == len(self.blocked_tasks)
         )
+
+    def can_pipeline(self, shape: tuple) -> bool:
+        """Can queue one more task of ``shape`` behind the one it runs."""
+        return (
+            self.state == "busy"
+            and self.conn is not None
+            and not self.blocked_tasks
+            and self.shape == shape
+            and len(self.queued) < PIPELINE_DEPTH
+        )
+
+    def active(self) -> int:
+        """Tasks it runs right now (started, not blocked)."""
+        return len(self.tasks) - len(self.queued) - len(self.blocked_tasks)
 
     def snapshot(self, node_id: str) -> dict:
         children: list[dict] = [
@@ -194,6 +216,8 @@ class SchedulerState:
     cancelled: set[bytes] = attrs.Factory(set)
     wakeup: trio.Event = attrs.Factory(trio.Event)
     node_id: str = ""
+    dispatcher_running: bool = False
+    _dispatching: bool = False
     tasks_finished: int = 0
     tasks_retried: int = 0
     tasks_failed: int = 0
@@ -245,6 +269,7 @@ class SchedulerState:
             logger.warning("worker %s reported unknown task %s", worker.index, task_id.hex())
             return
         self._release(worker, task_id)
+        self._promote(worker)
         worker.tasks_done += 1
         if spec.task_id in self.cancelled:
             retry = False
@@ -254,6 +279,7 @@ class SchedulerState:
             self.directory.unpin(spec.deps)
             self._finish(spec, results)
         self._make_available(worker)
+        self._wake()  # refill its pipeline, or give its resources to another task
 
     def worker_ready(self, worker: WorkerInfo) -> None:
         worker.state = "idle"
@@ -296,6 +322,7 @@ class SchedulerState:
         if cpu:
             self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
             held["_blocked_cpu"] = cpu
+        self._promote(worker)
         self._make_available(worker)
 
     def unblocked(self, worker: WorkerInfo, task_id: bytes) -> None:
@@ -362,9 +389,39 @@ class SchedulerState:
                         break
                 if worker is None:
                     self.request_worker()
-                    return
+                    self._pipeline(key)
+                    break
                 ready.popleft(key)
                 self._start(worker, spec)
+            else:
+                continue
+            # Out of resources or idle workers for this shape: queue some of its tasks
+            # behind running ones of the same shape.
+            if key in ready.queues and not self.idle:
+                self._pipeline(key)
+
+    def _pipeline(self, key: tuple) -> None:
+        ready = self.ready
+        if key not in ready.queues:
+            return
+        for worker in list({id(w): w for w in self.running.values()}.values()):
+            while key in ready.queues and worker.can_pipeline(key):
+                spec = ready.popleft(key)
+                worker.tasks[spec.task_id] = spec
+                worker.queued.append(spec.task_id)
+                self.running[spec.task_id] = worker
+                self._send(worker, spec)
+            if key not in ready.queues:
+                return
+
+    def _promote(self, worker: WorkerInfo) -> None:
+        """The worker starts its next queued task when nothing of its own runs."""
+        while worker.queued and worker.active() == 0:
+            tid = worker.queued.popleft()
+            spec = worker.tasks[tid]
+            for k, v in spec.resources.items():
+                self.available[k] = self.available.get(k, 0.0) - v
+            worker.held[tid] = dict(spec.resources)
 
     def _start(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         """Hand ``spec`` to ``worker``: take its resources, send it with its inputs."""
@@ -374,7 +431,11 @@ class SchedulerState:
         worker.held[spec.task_id] = dict(spec.resources)
         worker.tasks[spec.task_id] = spec
         worker.state = "busy"
+        worker.shape = ReadyQueues.shape(spec)
         self.running[spec.task_id] = worker
+        self._send(worker, spec)
+
+    def _send(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         entries = self.directory.entries
         dep_data = [(entries[oid].is_error, entries[oid].data) for oid in spec.deps]
         try:
@@ -405,7 +466,17 @@ class SchedulerState:
     # -- internals ---------------------------------------------------------------------
 
     def _wake(self) -> None:
-        self.wakeup.set()
+        if self.dispatcher_running and not self._dispatching:
+            # Place work right away (one pass of the component's loop, inline): a
+            # submit or a finished task starts the next task without a scheduling
+            # round trip. While the component is down nothing is placed.
+            self._dispatching = True
+            try:
+                self.dispatch()
+            finally:
+                self._dispatching = False
+        else:
+            self.wakeup.set()
 
     def _make_available(self, worker: WorkerInfo) -> None:
         if not worker.available():
@@ -419,6 +490,8 @@ class SchedulerState:
 
     def _release(self, worker: WorkerInfo, task_id: bytes) -> None:
         worker.tasks.pop(task_id, None)
+        if task_id in worker.queued:
+            worker.queued.remove(task_id)
         worker.blocked_tasks.discard(task_id)
         worker.force_cancelled.discard(task_id)
         self.running.pop(task_id, None)
@@ -470,11 +543,16 @@ class LocalScheduler:
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         state = self.state
         task_status.started()
-        while True:
-            await state.wakeup.wait()
-            state.wakeup = trio.Event()
+        try:
+            state.dispatcher_running = True
             state.dispatch()
-            await trio.lowlevel.checkpoint()
+            while True:
+                await state.wakeup.wait()
+                state.wakeup = trio.Event()
+                state.dispatch()
+                await trio.lowlevel.checkpoint()
+        finally:
+            state.dispatcher_running = False
 
     def snapshot(self) -> dict:
         st = self.state.statistics()

@@ -47,6 +47,8 @@ class WorkerProcess:
         self.functions: dict[bytes, Any] = {}
         self._functions_lock = threading.Lock()
         self._executors: list[Executor] = []
+        self._pending: collections.deque = collections.deque()
+        self._running: dict[bytes, bool] = {}  # task id -> blocked in get
         self._free: collections.deque = collections.deque()
         self._nursery: trio.Nursery | None = None
 
@@ -59,6 +61,11 @@ class WorkerProcess:
                 self.core.on_objects_ready(message[1])
         elif op == "cancel":
             task_id = message[1]
+            for i, item in enumerate(self._pending):
+                if item[0].task_id == task_id:  # queued here, not started: drop it
+                    del self._pending[i]
+                    self._report_cancelled(item[0])
+                    return
             for executor in list(self._executors):
                 executor.interrupt(task_id)
             if self.core is not None:
@@ -88,10 +95,13 @@ class WorkerProcess:
 
         holder: list[Executor] = []
 
+        token = core.trio_token
+
         def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
             core.task_finished(spec.task_id)
             free.append(ref)  # free again before the node hears we are done
             core._enqueue(("done", spec.task_id, results, retry))
+            token.run_sync_soon(self._finished, spec.task_id)
 
         ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode)
         self._executors.append(holder[0])
@@ -104,20 +114,41 @@ class WorkerProcess:
                 return ref
         return self._new_executor()
 
+    # The node may queue a task or two here behind the running one (pipelining).
+    # They start in order, one at a time; when every running task is blocked in
+    # ``get`` the next one starts in another executor (the node counts the same way).
+
     def _execute(self, spec: TaskSpec, dep_data: list) -> None:
         fn = self.functions.get(spec.function_id)
-        if fn is not None:
-            self._take_executor().tell((spec, fn, dep_data))
-            return
-        assert self._nursery is not None
-        self._nursery.start_soon(self._fetch_and_execute, spec, dep_data)
+        if fn is None:
+            fn = _FunctionLoader(self, spec.function_id)
+        self._pending.append((spec, fn, dep_data))
+        self._pump()
 
-    async def _fetch_and_execute(self, spec: TaskSpec, dep_data: list) -> None:
-        core = self.core
-        assert core is not None
-        record = await core.conn.request(("get_function", spec.function_id), timeout=60)
-        loader = _FunctionLoader(self, spec.function_id, record)
-        self._take_executor().tell((spec, loader, dep_data))
+    def _pump(self) -> None:
+        running = self._running
+        while self._pending and not any(not blocked for blocked in running.values()):
+            spec, fn, dep_data = self._pending.popleft()
+            running[spec.task_id] = False
+            self._take_executor().tell((spec, fn, dep_data))
+
+    def _finished(self, task_id: bytes) -> None:
+        self._running.pop(task_id, None)
+        self._pump()
+
+    def _blocked(self, task_id: bytes, blocked: bool) -> None:
+        if task_id in self._running:
+            self._running[task_id] = blocked
+            self._pump()
+
+    def _report_cancelled(self, spec: TaskSpec) -> None:
+        from ._serialization import dumps
+        from .exceptions import TaskCancelledError
+
+        assert self.core is not None
+        payload = dumps(TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled"))
+        results = [(oid, True, payload) for oid in spec.return_ids()]
+        self.core._enqueue(("done", spec.task_id, results, False))
 
     async def run(self, address: str, token: bytes) -> None:
         async with trio.open_nursery() as nursery:
@@ -137,6 +168,8 @@ class WorkerProcess:
                 node_address=address,
             )
             core.current_task_id = lambda: getattr(task_context, "task_id", None)
+            loop_token = core.trio_token
+            core.on_blocked = lambda tid, flag: loop_token.run_sync_soon(self._blocked, tid, flag)
             self.core = core
             _worker_state.set_core(core)
             await core.serve(nursery, self.store_address, token)
@@ -148,21 +181,28 @@ class WorkerProcess:
 
 
 class _FunctionLoader:
-    """Unpickles a fetched function in the executor thread (imports run user code)."""
+    """Fetches (once) and unpickles a function in the executor thread: imports run
+    user code, and the fetch is a blocking request through the core loop."""
 
-    def __init__(self, worker: WorkerProcess, function_id: bytes, record: dict) -> None:
+    def __init__(self, worker: WorkerProcess, function_id: bytes) -> None:
         self.worker = worker
         self.function_id = function_id
-        self.record = record
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        fn = self.worker.functions.get(self.function_id)
+        worker = self.worker
+        fn = worker.functions.get(self.function_id)
         if fn is None:
-            for path in self.record.get("sys_path") or ():
+            core = worker.core
+            assert core is not None
+            record = trio.from_thread.run(
+                core.conn.request, ("get_function", self.function_id), 60,
+                trio_token=core.trio_token,
+            )
+            for path in record.get("sys_path") or ():
                 if path not in sys.path:
                     sys.path.append(path)
-            fn = pickle.loads(self.record["blob"])
-            self.worker.functions[self.function_id] = fn
+            fn = pickle.loads(record["blob"])
+            worker.functions[self.function_id] = fn
         return fn(*args, **kwargs)
 
 

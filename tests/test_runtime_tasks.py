@@ -323,3 +323,36 @@ def test_large_objects_live_in_shared_memory_zero_copy():
     while _store_used() > base + 1_000_000:
         assert time.monotonic() < deadline, f"store still holds {_store_used() - base} bytes"
         time.sleep(0.05)
+
+
+def test_pipelined_parents_waiting_on_children_do_not_deadlock():
+    @ray.remote
+    def child(i):
+        return i
+
+    @ray.remote
+    def parent(i):
+        return ray.get(child.remote(i)) + 1
+
+    # Far more parents than workers: some are queued on busy workers (pipelining)
+    # and their children queue behind them; blocking in get must let them run.
+    assert ray.get([parent.remote(i) for i in range(60)], timeout=60) == list(range(1, 61))
+
+
+def test_cancel_task_queued_behind_a_running_one():
+    @ray.remote
+    def sleepy(t):
+        time.sleep(t)
+        return t
+
+    running = [sleepy.remote(3) for _ in range(2)]
+    queued = [sleepy.remote(0) for _ in range(6)]
+    time.sleep(0.2)
+    for ref in queued:
+        ray.cancel(ref)
+    for ref in queued:
+        try:
+            ray.get(ref, timeout=10)
+        except exc.TaskCancelledError:
+            pass
+    assert ray.get(running, timeout=30) == [3, 3]
