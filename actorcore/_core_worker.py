@@ -110,6 +110,7 @@ class CoreWorker:
         self._export_lock = threading.Lock()
         self._outq: collections.deque = collections.deque()
         self._flush_pending = False
+        self._sender_busy = False
         self._wake_sender = trio.Event()
         self._fetching: set[bytes] = set()
         self._task_waiters: dict[bytes, Callable[[], None]] = {}
@@ -131,38 +132,69 @@ class CoreWorker:
         if not self._flush_pending:
             self._flush_pending = True
             if threading.get_ident() == self._loop_thread:
-                self._wake_sender.set()
+                self._flush()
             else:
                 try:
-                    self.trio_token.run_sync_soon(self._wake_sender.set)
+                    self.trio_token.run_sync_soon(self._flush)
                 except trio.RunFinishedError:
                     pass
 
-    async def run_sender(self) -> None:
-        """The core loop's sender task: drain ``_outq`` into coalesced frames."""
+    def _next_message(self) -> tuple | None:
+        """Pop the next frame's message: consecutive submits coalesce into one."""
         outq = self._outq
+        batch: list = []
+        while outq:
+            m = outq[0]
+            if m[0] == "submit":
+                outq.popleft()
+                batch.extend(m[1])
+                continue
+            if batch:
+                break
+            return outq.popleft()
+        if batch:
+            self.stats["submit_frames"] += 1
+            return ("submit", batch)
+        return None
+
+    def _flush(self) -> None:
+        """Send what is queued now, without a task switch (core loop).
+
+        ``send_nowait`` writes at once on an idle link. If the link is backed up
+        (``WouldBlock``) the async sender takes over and waits for it to drain.
+        """
+        self._flush_pending = False
+        if self._sender_busy:
+            self._wake_sender.set()
+            return
+        while True:
+            message = self._next_message()
+            if message is None:
+                return
+            try:
+                self.conn.send_nowait(message)
+            except trio.WouldBlock:
+                self._outq.appendleft(message)
+                self._sender_busy = True
+                self._wake_sender.set()
+                return
+            except Exception:  # the link is gone: connection_lost reports it
+                return
+
+    async def run_sender(self) -> None:
+        """The core loop's sender for a backed-up link: ``await send`` (backpressure)."""
         while True:
             await self._wake_sender.wait()
             self._wake_sender = trio.Event()
-            self._flush_pending = False
-            while outq:
-                batch: list = []
-                message: tuple | None = None
-                while outq:
-                    m = outq.popleft()
-                    if m[0] == "submit":
-                        batch.extend(m[1])
-                        continue
-                    if batch:
-                        outq.appendleft(m)
-                        break
-                    message = m
+            while True:
+                message = self._next_message()
+                if message is None:
                     break
-                if batch:
-                    await self.conn.send(("submit", batch))
-                    self.stats["submit_frames"] += 1
-                if message is not None:
+                try:
                     await self.conn.send(message)
+                except Exception:
+                    break
+            self._sender_busy = False
 
     # --------------------------------------------------------------- submission
 
