@@ -110,11 +110,13 @@ class GcsClient:
     """A connection to one GCS. Create with `open_client` (it owns background tasks)."""
 
     def __init__(self, address: str, token: bytes | str, *, name: str = "gcs-client",
-                 timeout: float = 30.0, max_inflight: int = 16) -> None:
+                 timeout: float = 30.0, max_inflight: int = 16,
+                 request_timeout: float = _RPC_TIMEOUT) -> None:
         self.address = address
         self.token = token
         self.name = name
         self.timeout = timeout
+        self.request_timeout = request_timeout
         self.max_inflight = max_inflight
         self.client_id = uuid.uuid4().hex
         self._seq = itertools.count(1)
@@ -290,13 +292,19 @@ class GcsClient:
                 conn = None
                 try:
                     conn = await self._conn(address)
-                    timeout = max(0.05, min(_RPC_TIMEOUT, deadline - trio.current_time()))
+                    timeout = max(0.05, min(self.request_timeout, deadline - trio.current_time()))
                     answer = await conn.request(message, timeout=timeout)
                 except transport.TransportError as exc:
                     last_error = exc
-                    if conn is not None and not isinstance(exc, transport.RequestTimeout):
+                    if isinstance(exc, transport.RequestTimeout):
+                        # The attempt already waited; the link lives (else ConnectionLost):
+                        # resend at once, the shard answers a duplicate without reapplying.
+                        if trio.current_time() < deadline:
+                            self._stats["retries"] += 1
+                            continue
+                    elif conn is not None:
                         self._forget(address, conn)
-                    elif conn is None:
+                    else:
                         self._conns.pop(address, None)
                 else:
                     if answer[0] == "ok":
@@ -575,12 +583,15 @@ async def _until_lost(conn: Any, lost: trio.Event) -> None:
 @asynccontextmanager
 async def open_client(address: str, token: bytes | str, *, name: str = "gcs-client",
                       timeout: float = 30.0,  # noqa: ASYNC109 (bounds every operation)
-                      max_inflight: int = 16) -> AsyncIterator[GcsClient]:
+                      max_inflight: int = 16,
+                      request_timeout: float = _RPC_TIMEOUT) -> AsyncIterator[GcsClient]:
     """Connect to the GCS coordinator at ``address``; the block owns the client's tasks.
 
-    ``timeout`` bounds every operation including its retries (then `GcsUnavailable`).
+    ``timeout`` bounds every operation including its retries (then `GcsUnavailable`);
+    ``request_timeout`` bounds one attempt (then the batch is retried, idempotently).
     """
-    client = GcsClient(address, token, name=name, timeout=timeout, max_inflight=max_inflight)
+    client = GcsClient(address, token, name=name, timeout=timeout, max_inflight=max_inflight,
+                       request_timeout=request_timeout)
     failure: BaseException | None = None
     try:
         await client._connect()

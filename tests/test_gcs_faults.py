@@ -1,0 +1,69 @@
+"""Lost, duplicated and delayed messages (transport fault injection, replicas in-process)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+import gcs
+from transport import faults
+
+from .test_gcs_support import TOKEN
+
+
+@pytest.fixture
+async def chain(nursery):
+    # R=3 in this process, so the transport's process-local fault rules reach every link.
+    svc = gcs.GcsService(gcs.GcsConfig(shards=1, replicas=3, processes=False), TOKEN)
+    svc.address = await nursery.start(svc.run)
+    yield svc
+    faults.clear()
+
+
+async def _applied(svc: gcs.GcsService) -> list[int]:
+    import transport
+
+    cfg = svc.coordinator.chain(0)
+    out = []
+    for name in cfg.chain:
+        async with transport.open_connection(cfg.addresses[name], TOKEN, name="probe") as conn:
+            out.append((await conn.request(("stats",), timeout=5))["applied"])
+    return out
+
+
+async def _settled(svc: gcs.GcsService) -> list[int]:
+    """The replicas' applied sequence numbers once they agree (polled: other tasks'
+    state, no event to wait on; bounded)."""
+    for _ in range(500):
+        applied = await _applied(svc)
+        if len(set(applied)) == 1:
+            break
+        await trio.sleep(0.01)
+    return applied
+
+
+async def test_lost_replies_are_retried_and_applied_once(chain) -> None:
+    faults.seed(7)
+    async with gcs.open_client(chain.address, TOKEN, name="lossy", request_timeout=0.1) as c:
+        before = (await _applied(chain))[0]
+        with faults.injected(faults.drop(src="gcs/s*", dst="lossy", kind="reply", probability=0.3)):
+            for i in range(20):
+                await c.put("kv", "k", i)
+        assert c.statistics()["retries"] > 0
+        assert await c.get("kv", "k") == 19
+        # 20 writes, 20 updates: no retried write was applied twice
+        assert await _settled(chain) == [before + 20] * 3
+
+
+async def test_duplicated_and_delayed_messages_change_nothing(chain) -> None:
+    async with gcs.open_client(chain.address, TOKEN, name="dup") as c:
+        before = (await _applied(chain))[0]
+        rules = (faults.duplicate(src="gcs/*", dst="gcs/*"),  # forwards, acks, syncs
+                 faults.duplicate(src="dup", dst="gcs/*", kind="request"),
+                 faults.delay(0.01, src="gcs/*", dst="dup", kind="reply", probability=0.5))
+        with faults.injected(*rules):
+            async with trio.open_nursery() as nursery:
+                for w in range(10):
+                    nursery.start_soon(c.put, "kv", f"k{w}", w)
+            assert [v for _, v in await c.scan("kv", "k")] == list(range(10))
+        assert await _settled(chain) == [before + 10] * 3
