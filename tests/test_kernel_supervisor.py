@@ -327,6 +327,40 @@ async def test_crash_during_shutdown_is_recorded_and_shutdown_goes_on(autojump_c
     assert info.state == "failed" and str(info.last_error) == "flush failed"
 
 
+class CrashOnceAtOnce:
+    """Its first instance crashes right after reporting ready, without a
+    checkpoint in between; later instances run until cancelled."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        type(self).made += 1
+        self.first = type(self).made == 1
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        if self.first:
+            raise RuntimeError("crashed at once")
+        await trio.sleep_forever()
+
+
+@pytest.mark.parametrize("attempt", range(5))
+async def test_cancelled_while_restarting_a_child_that_is_ready_at_once(
+    autojump_clock: trio.testing.MockClock, attempt: int
+) -> None:
+    # Regression: the restarted child calls started() while the supervisor (its
+    # starter) is already cancelled. Trio then does not adopt the child; it must
+    # not be shielded, or nursery.start() would wait for it forever.
+    CrashOnceAtOnce.made = 0
+    sup = Supervisor("top", [ChildSpec("x", CrashOnceAtOnce)])
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            nursery.cancel_scope.cancel()
+    assert sup.state == "stopped"
+    assert sup.child_info("x").state in ("stopped", "failed")
+
+
 # -- shutdown ------------------------------------------------------------------------
 
 

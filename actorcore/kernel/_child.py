@@ -78,7 +78,7 @@ class _Exit:
 
 class _ChildStatus(trio.TaskStatus[Any]):
     """The ``task_status`` a child sees: forwards ``started`` to the real one from
-    ``nursery.start`` after the supervisor recorded that the child is ready."""
+    ``nursery.start``, then lets the supervisor record that the child is ready."""
 
     __slots__ = ("_on_started", "_real", "ready")
 
@@ -91,8 +91,8 @@ class _ChildStatus(trio.TaskStatus[Any]):
         if self.ready:
             raise RuntimeError("task_status.started() called twice")
         self.ready = True
-        self._on_started(value)
         self._real.started(value)
+        self._on_started(value)
 
 
 @attrs.frozen

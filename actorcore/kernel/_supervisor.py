@@ -503,7 +503,15 @@ class Supervisor:
     async def _run_child(
         self, child: _Child, inc: _Incarnation, *, task_status: trio.TaskStatus[Any]
     ) -> None:
+        runner = trio.lowlevel.current_task()
+
         def on_ready(value: Any) -> None:
+            # If whoever is starting the child is being cancelled, Trio's
+            # started() leaves the task where it was (it is never adopted by our
+            # nursery) and the cancellation will end it: it must not be shielded
+            # then, or start() would wait for it forever.
+            if runner.parent_nursery is not self._nursery:
+                return
             inc.ready = True
             inc.scope.shield = True
             if child.current is inc:
@@ -523,13 +531,17 @@ class Supervisor:
             inc.error = error
         finally:
             inc.done.set()
-        if not inc.ready:
+        if not status.ready:
             if child.current is inc:
                 self._record_end(child, error, stopping=inc.stop_requested)
             task_status.started(_EarlyExit(error))
             return
-        if child.current is not inc:
-            if error is not None:  # an abandoned instance finished late
+        if not inc.ready or child.current is not inc:
+            # Never adopted (its start was cancelled), or an abandoned instance
+            # that finished late: nobody is waiting for news from it.
+            if child.current is inc:
+                self._record_end(child, error, stopping=True)
+            elif error is not None:
                 logger.warning(
                     "supervisor %r: old instance of child %r ended late with %r",
                     self.name, child.name, error,
