@@ -78,6 +78,7 @@ class Coordinator:
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
         self.removed_total = 0
+        self.suspects = 0
         self.generation = uuid.uuid4().hex
 
     def snapshot(self) -> dict[str, Any]:
@@ -138,6 +139,7 @@ class Coordinator:
             ],
             "clients": len(self._clients),
             "removed_total": self.removed_total,
+            "suspects": self.suspects,
         }
 
     def chain(self, shard: int) -> ChainConfig:
@@ -162,6 +164,15 @@ class Coordinator:
             cfg = self._shards[shard].config
             if cfg.learner == name and name in self._members:
                 self._reconfigure(shard, chain=(*cfg.chain, name), learner=None)
+        elif tag == "suspect":
+            # A replica's probe of its successor timed out: cut the successor out (if
+            # the reporter were the broken one, its own heartbeat would fail too).
+            _, shard, name, reporter = message
+            member = self._members.get(name)
+            if (member is not None and member.shard == shard and reporter in self._members
+                    and self._shards[shard].config.successor(reporter) == name):
+                self.suspects += 1
+                self._declare_dead(member)
         elif tag == "hello":
             self._clients.add(conn)
             assert self._nursery is not None

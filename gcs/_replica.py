@@ -146,7 +146,8 @@ class Replica:
         self._nursery: trio.Nursery | None = None
         self._removed = trio.Event()
         self._stats = {"writes": 0, "reads": 0, "bad_requests": 0, "snapshots_sent": 0,
-                       "snapshots_received": 0, "published": 0}
+                       "snapshots_received": 0, "published": 0,
+                       "suspects_reported": 0}
 
     # ------------------------------------------------------------------ service
 
@@ -320,6 +321,8 @@ class Replica:
             await _answer(reply, ("ok",))
         elif tag == "stats":
             await _answer(reply, self.statistics())
+        elif tag == "ping":  # a predecessor checking our link (see _probe_successor)
+            await _answer(reply, ("pong", self.state.applied))
         elif tag == "watch":
             pass  # never answered: a client sees our death when it fails
         else:
@@ -519,6 +522,7 @@ class Replica:
     _downstream: Any = None
 
     async def _forwarder(self) -> None:
+        failing: tuple[str, float] | None = None  # (successor, since when)
         while True:
             cfg = self.chain
             succ = cfg.successor(self.name)
@@ -528,7 +532,21 @@ class Replica:
             try:
                 await self._forward_to(cfg, succ)
             except (transport.TransportError, OSError):
-                pass
+                # Cannot even reach it: a process death is reported to the coordinator
+                # by the kernel closing its sockets, a partition is not -- report it
+                # ourselves once it has lasted a heartbeat timeout.
+                now = trio.current_time()
+                if failing is None or failing[0] != succ:
+                    failing = (succ, now)
+                elif now - failing[1] > self.config.heartbeat_timeout:
+                    failing = (succ, now)
+                    self._stats["suspects_reported"] += 1
+                    try:
+                        self._coordinator.send_nowait(("suspect", self.shard, succ, self.name))
+                    except transport.TransportError:
+                        pass
+            else:
+                failing = None
             if self.chain is cfg:
                 await self._wait_wake(0.05)  # link broke, same config: retry shortly
 
@@ -536,49 +554,78 @@ class Replica:
         conn = await transport.connect(cfg.addresses[succ], self.token,
                                        name=f"gcs/{self.name}", handler=self._on_downstream)
         try:
-            self._downstream, self._next_fw = conn, None
-            answer = await conn.request(("sync", self.name, cfg.epoch), timeout=_RPC_TIMEOUT)
-            if answer[0] != "ok":
-                with trio.move_on_after(0.5):
-                    while self.chain is cfg:
-                        await self._changed.wait()
-                return
-            learner = succ == cfg.learner
-            if not learner:
-                # A (new) member successor may become or be the tail: it serves reads
-                # once it applied all we have now, a superset of everything acked.
-                self._handoff_mark = None
-                conn.send_nowait(("mark", self.state.applied))
-            self._next_fw = answer[1] + 1
-            promoted_asked = False
-            while self.chain.successor(self.name) == succ and self._downstream is conn:
-                if self.chain is not cfg and self.chain.learner != succ:
-                    learner = False
-                if self._handoff_mark is not None and not learner:
-                    mark, self._handoff_mark = self._handoff_mark, None
-                    await conn.send(("mark", mark))
-                    continue
-                assert self._next_fw is not None
-                updates = self.state.updates_after(self._next_fw - 1, _FORWARD_BATCH)
-                if updates is None:
-                    snap = self.state.snapshot()
-                    self._stats["snapshots_sent"] += 1
-                    self._next_fw = snap[0] + 1
-                    await conn.send(("snap", snap))  # enqueued before any other task runs
-                    continue
-                if updates:
-                    self._next_fw = updates[-1][0] + 1
-                    await conn.send(("fw", updates))
-                    continue
-                if learner and not promoted_asked:
-                    promoted_asked = True
-                    await self._coordinator.send(("promote", self.shard, succ, cfg.epoch))
-                await self._wait_wake(1.0)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._probe_successor, conn, succ, nursery.cancel_scope)
+                await self._stream_to(cfg, succ, conn)
+                nursery.cancel_scope.cancel()
         finally:
             if self._downstream is conn:
                 self._downstream = None
                 self._next_fw = None
             await _aclose(conn)
+
+    async def _probe_successor(self, conn: Any, succ: str, scope: trio.CancelScope) -> None:
+        """Ping the successor over our link; if it stops answering (a partition, a
+        hung peer) tell the coordinator, which decides, and drop the link.
+
+        The probe is per link, so only the replica next to a broken link reports it
+        (a failure further down merely stalls acks, which is not reported).
+        """
+        while True:
+            await trio.sleep(self.config.heartbeat_interval)
+            try:
+                await conn.request(("ping",), timeout=self.config.heartbeat_timeout)
+            except transport.RequestTimeout:
+                self._stats["suspects_reported"] += 1
+                try:
+                    self._coordinator.send_nowait(("suspect", self.shard, succ, self.name))
+                except transport.TransportError:
+                    pass
+                scope.cancel()
+                return
+            except transport.TransportError:
+                scope.cancel()
+                return
+
+    async def _stream_to(self, cfg: ChainConfig, succ: str, conn: Any) -> None:
+        self._downstream, self._next_fw = conn, None
+        answer = await conn.request(("sync", self.name, cfg.epoch), timeout=_RPC_TIMEOUT)
+        if answer[0] != "ok":
+            with trio.move_on_after(0.5):
+                while self.chain is cfg:
+                    await self._changed.wait()
+            return
+        learner = succ == cfg.learner
+        if not learner:
+            # A (new) member successor may become or be the tail: it serves reads
+            # once it applied all we have now, a superset of everything acked.
+            self._handoff_mark = None
+            conn.send_nowait(("mark", self.state.applied))
+        self._next_fw = answer[1] + 1
+        promoted_asked = False
+        while self.chain.successor(self.name) == succ and self._downstream is conn:
+            if self.chain is not cfg and self.chain.learner != succ:
+                learner = False
+            if self._handoff_mark is not None and not learner:
+                mark, self._handoff_mark = self._handoff_mark, None
+                await conn.send(("mark", mark))
+                continue
+            assert self._next_fw is not None
+            updates = self.state.updates_after(self._next_fw - 1, _FORWARD_BATCH)
+            if updates is None:
+                snap = self.state.snapshot()
+                self._stats["snapshots_sent"] += 1
+                self._next_fw = snap[0] + 1
+                await conn.send(("snap", snap))  # enqueued before any other task runs
+                continue
+            if updates:
+                self._next_fw = updates[-1][0] + 1
+                await conn.send(("fw", updates))
+                continue
+            if learner and not promoted_asked:
+                promoted_asked = True
+                await self._coordinator.send(("promote", self.shard, succ, cfg.epoch))
+            await self._wait_wake(1.0)
 
     # ------------------------------------------------------------------ pub/sub
 

@@ -67,3 +67,27 @@ async def test_duplicated_and_delayed_messages_change_nothing(chain) -> None:
                     nursery.start_soon(c.put, "kv", f"k{w}", w)
             assert [v for _, v in await c.scan("kv", "k")] == list(range(10))
         assert await _settled(chain) == [before + 10] * 3
+
+
+@pytest.mark.parametrize("broken", ["message-drop", "refused"])
+async def test_a_partition_between_replicas_is_reported_and_repaired(nursery, broken: str) -> None:
+    svc = gcs.GcsService(gcs.GcsConfig(shards=1, replicas=3, processes=False,
+                                       heartbeat_interval=0.05, heartbeat_timeout=0.3), TOKEN)
+    address = await nursery.start(svc.run)
+    try:
+        async with gcs.open_client(address, TOKEN, timeout=20) as c:
+            await c.put("kv", "k", 0)
+            head, middle, tail = svc.coordinator.chain(0).chain
+            if broken == "refused":  # no message passes, no new link either
+                rule = faults.partition(f"gcs/{middle}", f"gcs/{tail}")
+            else:  # the link stays up but nothing gets through from middle to tail
+                rule = faults.drop(src=f"gcs/{middle}", dst=f"gcs/{tail}")
+            with faults.injected(*(rule if isinstance(rule, tuple | list) else (rule,))):
+                await c.put("kv", "k", 1)  # stalls until the middle reports the tail
+                cfg = svc.coordinator.chain(0)
+                assert tail not in cfg.chain and middle in cfg.chain
+            assert svc.coordinator.suspects >= 1
+            await svc.coordinator.wait_ready(20)
+            assert await c.get("kv", "k") == 1
+    finally:
+        faults.clear()
