@@ -238,6 +238,40 @@ async def test_supervised_actor_is_restarted_fresh_after_a_crash(autojump_clock:
         nursery.cancel_scope.cancel()
 
 
+async def test_ask_timeout_covers_waiting_for_mailbox_room(autojump_clock: trio.testing.MockClock) -> None:
+    actor = Counter(name="full", mailbox_size=1)
+    actor.tell_nowait(("add", 1))  # not running: the mailbox stays full
+    t0 = trio.current_time()
+    with pytest.raises(AskTimeout, match="actor 'full' did not reply to 'get' within 5 s"):
+        await actor.ask("get", timeout=5)
+    assert trio.current_time() - t0 == pytest.approx(5)
+
+
+async def test_blocked_sender_gets_actor_stopped_when_the_actor_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    actor = Counter(name="busy", mailbox_size=1)
+    outcome: list[BaseException] = []
+
+    async def sender() -> None:
+        try:
+            await actor.tell(("add", 2))
+        except ActorStopped as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            gate = trio.Event()
+            await actor.tell(("wait", gate))  # the actor is now busy ...
+            await actor.tell(("add", 1))  # ... and its mailbox full
+            outer.start_soon(sender)
+            await trio.testing.wait_all_tasks_blocked()
+            assert actor.statistics().senders_waiting == 1
+            nursery.cancel_scope.cancel()
+    assert len(outcome) == 1 and "actor 'busy'" in str(outcome[0])
+
+
 def test_bad_mailbox_size_is_named() -> None:
     with pytest.raises(ValueError, match="actor 'x': mailbox_size must be an int >= 0, got -1"):
         Counter(name="x", mailbox_size=-1)

@@ -386,7 +386,8 @@ class Supervisor:
 
         def reached() -> bool:
             if self._finished:
-                raise SupervisorNotRunning(self.name, self._state, f"run child {name!r}")
+                operation = "reach running" if name is None else f"run child {name!r}"
+                raise SupervisorNotRunning(self.name, self._state, operation)
             if name is None:
                 return self._state == "running"
             child = self._get(name)
