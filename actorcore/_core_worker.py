@@ -61,7 +61,10 @@ from .exceptions import (
     TaskError,
 )
 
-__all__ = ["CoreWorker"]
+__all__ = ["CoreWorker", "LAZY_FLUSH"]
+
+#: Longest a message queued with ``wake=False`` waits for company.
+LAZY_FLUSH = 0.02
 
 
 @attrs.define(slots=True, eq=False)
@@ -112,6 +115,8 @@ class CoreWorker:
         self._flush_pending = False
         self._sender_busy = False
         self._wake_sender = trio.Event()
+        self._lazy_armed = False
+        self._lazy_event = trio.Event()
         self._fetching: set[bytes] = set()
         self._task_waiters: dict[bytes, Callable[[], None]] = {}
         self._lock = threading.Lock()
@@ -126,9 +131,23 @@ class CoreWorker:
 
     # ------------------------------------------------------------------ sending
 
-    def _enqueue(self, message: tuple) -> None:
-        """Queue a one-way message for the node from any thread (never blocks)."""
+    def _enqueue(self, message: tuple, *, wake: bool = True) -> None:
+        """Queue a one-way message for the node from any thread (never blocks).
+
+        ``wake=False`` (frees, which nobody waits for): do not wake the core loop for
+        it; it leaves with the next message, or within ``LAZY_FLUSH`` seconds. Waking
+        a loop in another thread costs a GIL hand-off, about as much as a whole
+        message, so the hot submit/get path wakes it once per task, not twice.
+        """
         self._outq.append(message)
+        if not wake:
+            if not self._lazy_armed:
+                self._lazy_armed = True
+                try:
+                    self.trio_token.run_sync_soon(self._lazy_event.set)
+                except trio.RunFinishedError:
+                    pass
+            return
         if not self._flush_pending:
             self._flush_pending = True
             if threading.get_ident() == self._loop_thread:
@@ -138,6 +157,15 @@ class CoreWorker:
                     self.trio_token.run_sync_soon(self._flush)
                 except trio.RunFinishedError:
                     pass
+
+    def append_unsent(self, message: tuple) -> None:
+        """Queue a message without any wake-up: the caller flushes (``flush_now``)."""
+        self._outq.append(message)
+
+    def flush_now(self) -> None:
+        """Send what is queued (core loop)."""
+        if self._outq and not self._flush_pending:
+            self._flush()
 
     def _next_message(self) -> tuple | None:
         """Pop the next frame's message: consecutive submits coalesce into one."""
@@ -180,6 +208,15 @@ class CoreWorker:
                 return
             except Exception:  # the link is gone: connection_lost reports it
                 return
+
+    async def run_lazy_flusher(self) -> None:
+        while True:
+            await self._lazy_event.wait()
+            self._lazy_event = trio.Event()
+            await trio.sleep(LAZY_FLUSH)
+            self._lazy_armed = False
+            if self._outq and not self._flush_pending:
+                self._flush()
 
     async def run_sender(self) -> None:
         """The core loop's sender for a backed-up link: ``await send`` (backpressure)."""
@@ -250,7 +287,7 @@ class CoreWorker:
         entry = self._entries.get(oid)
         if entry is not None and entry.owned and not self._closed:
             del self._entries[oid]
-            self._enqueue(("free", [oid]))
+            self._enqueue(("free", [oid]), wake=False)
 
     def mark_escaped(self, oid: bytes) -> None:
         self._escaped.add(oid)
@@ -541,6 +578,7 @@ class CoreWorker:
         """Start the core loop's background tasks in ``nursery``; connect the store."""
         self._nursery = nursery
         nursery.start_soon(self.run_sender)
+        nursery.start_soon(self.run_lazy_flusher)
         if store_address is not None and token is not None:
             self.store = await StoreLink.open(store_address, token, f"{self.role}-{self.pid}")
             self.store.nursery = nursery

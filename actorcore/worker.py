@@ -100,7 +100,8 @@ class WorkerProcess:
         def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
             core.task_finished(spec.task_id)
             free.append(ref)  # free again before the node hears we are done
-            core._enqueue(("done", spec.task_id, results, retry))
+            # One wake-up of the loop per task: it sends "done" and starts the next.
+            core.append_unsent(("done", spec.task_id, results, retry))
             token.run_sync_soon(self._finished, spec.task_id)
 
         ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode)
@@ -133,6 +134,8 @@ class WorkerProcess:
             self._take_executor().tell((spec, fn, dep_data))
 
     def _finished(self, task_id: bytes) -> None:
+        assert self.core is not None
+        self.core.flush_now()
         self._running.pop(task_id, None)
         self._pump()
 
