@@ -164,6 +164,9 @@ async def test_round_trip_over_tcp() -> None:
             assert await conn.request(("echo", [1, "two", b"3"])) == [1, "two", b"3"]
             assert conn.peer_name == "tcp-echo" and conn.name == "c"
             assert [c.peer_name for c in server.connections] == ["c"]
+            for sock in (conn._sock, server.connections[0]._sock):
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         nursery.cancel_scope.cancel()
 
 
