@@ -11,8 +11,16 @@ any frame is decoded, and fault injection (`transport.faults`).
         value = await conn.request({"op": "get", "key": b"k"}, timeout=5)
 
 ``handler(conn, message, reply)`` runs inline in arrival order; ``reply`` is ``None``
-for a one-way message, else a `Reply` to answer now or later with ``send``/``fail``.
-See `_connection.py` for the concurrency design.
+for a one-way message, else a `Reply` to answer now or later with ``send``/``fail``
+(a handler must not await a request on its own connection: start a task for that).
+
+Where a client connection's tasks run:
+  ``async with open_connection(...) as conn``   the block owns them (usual choice);
+  ``conn = await nursery.start(Client(...).run)``  a child-protocol service: raises
+                                                 `ConnectionLost` when the link dies;
+  ``conn = await connect(...)``                  a Trio system task; ``await conn.aclose()``.
+
+See `_connection.py` for the concurrency design, `faults` for fault injection.
 """
 
 from . import faults
