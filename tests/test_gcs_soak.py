@@ -77,6 +77,10 @@ async def soak(nursery: trio.Nursery, *, shards: int, kills: int, seed: int) -> 
                                 continue  # being restarted
                             if service.name == victim and service.pid:
                                 os.kill(service.pid, signal.SIGKILL)
+                                # let the coordinator see it before choosing the next
+                                # victim, so that never more than R-1 members are down
+                                with trio.fail_after(10):
+                                    await coordinator.wait_removed(victim)
                     await coordinator.wait_ready(30)
                     await trio.sleep(0.2)
                     writing = False
