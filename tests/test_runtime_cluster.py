@@ -276,3 +276,47 @@ def test_init_address_errors():
     r = subprocess.run([sys.executable, "-c", code], env=_env(tmpdir), capture_output=True,
                        text=True, timeout=60)
     assert "no running actorcore cluster" in r.stdout, r.stderr
+
+
+REPLICATED = """
+import json
+import actorcore as ray
+from actorcore.testing import faults
+ray.init(num_cpus=1, gcs_shards=2, gcs_replicas=2, log_to_driver=False)
+@ray.remote
+def f(x):
+    return x + 1
+assert ray.get([f.remote(i) for i in range(5)]) == [1, 2, 3, 4, 5]
+def walk(s):
+    yield s
+    for c in s.get("children", []):
+        yield from walk(c)
+snap = ray.tree()
+replicas = [s["pid"] for s in walk(snap) if s["kind"] == "gcs_replica"]
+faults.crash("gcs/shard_0/replica_0")
+assert ray.get([f.remote(i) for i in range(5)]) == [1, 2, 3, 4, 5]
+import time
+deadline = time.monotonic() + 30
+while True:
+    after = [s for s in walk(ray.tree()) if s["kind"] == "gcs_replica"]
+    if sum(s["restarts"] for s in after) >= 1 and all(s["state"] == "running" for s in after):
+        break
+    assert time.monotonic() < deadline, after
+    time.sleep(0.05)
+assert ray.get([f.remote(i) for i in range(5)]) == [1, 2, 3, 4, 5]
+pids = replicas + [s["pid"] for s in after] + [ray.nodes()[0]["pid"]]
+print("PIDS", json.dumps(pids, separators=(",", ":")), json.dumps([s["restarts"] for s in after], separators=(",", ":")))
+ray.shutdown()
+"""
+
+
+def test_replicated_gcs_survives_a_replica_crash_and_cleans_up():
+    tmpdir = tempfile.mkdtemp(prefix="ac")
+    out = subprocess.run([sys.executable, "-c", REPLICATED], env=_env(tmpdir),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("PIDS"))
+    pids = json.loads(line.split()[1])
+    restarts = json.loads(line.split()[2])
+    assert len(set(pids)) >= 5 and sum(restarts) >= 1
+    assert _wait_dead(pids) == []
