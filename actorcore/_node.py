@@ -51,6 +51,7 @@ import trio
 
 import transport
 
+from ._actor_manager import ActorManager
 from ._control import MemoryControlState
 from ._directory import ObjectDirectory
 from ._ids import short
@@ -90,6 +91,7 @@ class _Client:
     pid: int | None = None
     worker: WorkerInfo | None = None
     log_to_driver: bool = False
+    owned: set[bytes] = attrs.Factory(set)
 
 
 class ObjectManager:
@@ -199,6 +201,8 @@ class NodeRuntime:
             "get_function": self._h_get_function,
             "call": self._h_call,
         }
+        self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
+        self._handlers.update(self.actors.handlers())
 
     # ------------------------------------------------------------------- tree
 
@@ -274,6 +278,7 @@ class NodeRuntime:
         finally:
             with trio.CancelScope(shield=True):
                 await self.pool.kill_all()
+                await self.actors.kill_all()
                 if self.config.head:
                     unlink_latest(self.config.session_dir)
                     try:
@@ -366,11 +371,18 @@ class NodeRuntime:
             return
         if client.worker_id is not None and self.clients.get(client.worker_id) is client:
             del self.clients[client.worker_id]
+        self.actors.client_gone(client)
         if client.worker is not None:
             worker = client.worker
             worker.conn = None
             self.sched.worker_died(worker, "its connection to the node was lost")
             self.pool.kill(worker)
+        elif client.role == "driver" and client.worker_id is not None:
+            # Its job is over: drop its queued tasks and the objects it owned (those
+            # that escaped into other objects stay while those live).
+            self.sched.drop_owner(client.worker_id)
+            self.directory.free(client.owned)
+            client.owned = set()
 
     # ---------------------------------------------------------------- handlers
 
@@ -425,13 +437,29 @@ class NodeRuntime:
         if self._nursery is not None:
             self._nursery.start_soon(_quietly, self.control.put_function, fid, record)
 
+    def _owned_by(self, conn: Any) -> set[bytes] | None:
+        """The objects a driver owns (freed when it disconnects); None for workers."""
+        client = self.by_conn.get(conn)
+        if client is None or client.role != "driver":
+            return None
+        return client.owned
+
     def _h_submit(self, conn: Any, m: tuple, reply: Any) -> None:
         submit = self.sched.submit
+        owned = self._owned_by(conn)
         for spec in m[1]:
+            if spec.__class__ is not TaskSpec:  # an actor creation or method call
+                self.actors.submit(conn, spec)
+                continue
+            if owned is not None:
+                owned.update(spec.return_ids())
             submit(spec)
 
     def _h_put(self, conn: Any, m: tuple, reply: Any) -> None:
         items = m[1]
+        owned = self._owned_by(conn)
+        if owned is not None:
+            owned.update(oid for oid, _e, _d in items)
         self._hold_store_objects(items, conn)
         self.directory.put_many(items)
 
@@ -501,6 +529,9 @@ class NodeRuntime:
             directory.when_ready(oid, one)
 
     def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
+        owned = self._owned_by(conn)
+        if owned is not None:
+            owned.difference_update(m[1])
         self.directory.free(m[1])
 
     def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:

@@ -366,6 +366,20 @@ class SchedulerState:
 
                 self.call_later(CANCEL_GRACE, escalate)
 
+    def drop_owner(self, owner: bytes) -> int:
+        """Forget the queued (not running) tasks of a departed owner; return how many."""
+        dropped = 0
+        for task_id, record in list(self.waiting.items()):
+            if record[0].owner == owner:
+                del self.waiting[task_id]
+                self.directory.unpin(record[0].deps)
+                dropped += 1
+        for spec in [s for s in self.ready if s.owner == owner]:
+            self.ready.remove_task(spec.task_id)
+            self.directory.unpin(spec.deps)
+            dropped += 1
+        return dropped
+
     def fail_unschedulable(self, spec: TaskSpec, message: str) -> None:
         self._fail(spec, TaskUnschedulableError(message))
 

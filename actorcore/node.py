@@ -115,7 +115,17 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    trio.run(amain, args)
+    profile = os.environ.get("ACTORCORE_PROFILE_NODE")
+    if profile:  # a development aid: cProfile stats of the node's main thread
+        import cProfile
+
+        prof = cProfile.Profile()
+        try:
+            prof.runcall(trio.run, amain, args)
+        finally:
+            prof.dump_stats(profile)
+    else:
+        trio.run(amain, args)
 
 
 if __name__ == "__main__":

@@ -258,6 +258,31 @@ def test_cli_start_status_tree_stop():
                            text=True, timeout=60)
         assert r.stdout.strip().endswith("42"), r.stderr
         pid = json.loads(cli("status", "--json").stdout)["pid"]
+        # A driver that leaves takes its objects and queued tasks with it.
+        before = json.loads(cli("status", "--json").stdout)["object_store"]["objects"]
+        code = (
+            "import time, actorcore as ray\n"
+            "ray.init(address='auto')\n"
+            "@ray.remote\n"
+            "def gate(): time.sleep(60)\n"
+            "@ray.remote\n"
+            "def f(x): return x\n"
+            "keep = [ray.put(b'x' * 1000) for _ in range(50)]\n"
+            "g = gate.remote()\n"
+            "queued = [f.remote(g) for _ in range(20)]\n"
+            "ray.wait(queued, timeout=0.5)\n"
+            "print('leaving')\n"
+        )
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert "leaving" in r.stdout, r.stderr
+        deadline = time.monotonic() + 10
+        while True:
+            st = json.loads(cli("status", "--json").stdout)
+            if st["object_store"]["objects"] <= before + 1 and st["scheduler"]["waiting"] == 0:
+                break
+            assert time.monotonic() < deadline, st["object_store"]
+            time.sleep(0.1)
     finally:
         stopped = cli("stop")
     assert "stopped" in stopped.stdout
