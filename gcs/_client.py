@@ -51,6 +51,7 @@ from ._tables import (
     ObjectTable,
     TaskTable,
 )
+from ._watch import HeldReplies
 
 __all__ = ["Entry", "Event", "GcsClient", "Subscription", "open_client"]
 
@@ -131,6 +132,7 @@ class GcsClient:
         self._subs: dict[int, Subscription] = {}
         self._sub_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
+        self._held = HeldReplies()
         self._stats = {"writes": 0, "reads": 0, "batches": 0, "retries": 0}
         #: The typed tables of the runtime (see `_tables.py`).
         self.nodes = NodeTable(self)
@@ -233,7 +235,7 @@ class GcsClient:
                 if sub is not None:
                     sub._resubscribe_all()
         elif tag == "watch":
-            pass  # the coordinator's liveness probe of this client: never answered
+            self._held.hold(conn, reply)  # the coordinator's probe of us: never answered
 
     # --------------------------------------------------------------- batching
 
@@ -567,7 +569,8 @@ async def _until_lost(conn: Any, lost: trio.Event) -> None:
     async with trio.open_nursery() as nursery:
         async def watch() -> None:
             try:
-                await conn.request(("watch",), timeout=None)
+                while True:  # an answer (None) only means "ask again"
+                    await conn.request(("watch",), timeout=None)
             except transport.TransportError:
                 pass
             nursery.cancel_scope.cancel()

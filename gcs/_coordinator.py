@@ -24,7 +24,6 @@ Membership protocol
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections import deque
 from pathlib import Path
@@ -37,6 +36,7 @@ import transport
 
 from ._config import GcsConfig
 from ._protocol import ChainConfig, Layout, ShardLayout
+from ._watch import HeldReplies
 
 __all__ = ["Coordinator"]
 
@@ -79,6 +79,7 @@ class Coordinator:
         self._changed = trio.Event()
         self.removed_total = 0
         self.suspects = 0
+        self._held = HeldReplies()
         self.generation = uuid.uuid4().hex
 
     def snapshot(self) -> dict[str, Any]:
@@ -181,7 +182,7 @@ class Coordinator:
         elif tag == "layout":
             reply.send(self.layout())
         elif tag == "watch":
-            pass  # never answered: a link death fails it at the replica at once
+            self._held.hold(conn, reply)  # never answered: fails at the replica when we die
         elif tag == "stats":
             reply.send(self.statistics())
         elif reply is not None:
@@ -257,7 +258,8 @@ class Coordinator:
     async def _watch_replica(self, member: _Member) -> None:
         async def watch() -> None:
             try:
-                await member.conn.request(("watch",), timeout=None)
+                while True:  # an answer (None) only means "ask again"
+                    await member.conn.request(("watch",), timeout=None)
             except transport.TransportError:
                 pass
             nursery.cancel_scope.cancel()
@@ -279,7 +281,8 @@ class Coordinator:
 
     async def _watch_client(self, conn: Any) -> None:
         try:
-            await conn.request(("watch",), timeout=math.inf)
+            while True:  # an answer (None) only means "ask again"
+                await conn.request(("watch",), timeout=None)
         except transport.TransportError:
             pass
         self._clients.discard(conn)

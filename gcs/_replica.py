@@ -65,6 +65,7 @@ from ._durable import ShardLog, recover_shard
 from ._errors import GcsError, SubscriptionLost
 from ._protocol import ChainConfig, check_key, check_table, validate_read
 from ._state import ShardState, Update
+from ._watch import HeldReplies
 
 __all__ = ["Replica", "ReplicaRemoved"]
 
@@ -145,6 +146,7 @@ class Replica:
         self._coordinator: Any = None
         self._nursery: trio.Nursery | None = None
         self._removed = trio.Event()
+        self._held = HeldReplies()
         self._stats = {"writes": 0, "reads": 0, "bad_requests": 0, "snapshots_sent": 0,
                        "snapshots_received": 0, "published": 0,
                        "suspects_reported": 0}
@@ -211,7 +213,8 @@ class Replica:
     async def _watch_coordinator(self) -> None:
         """A never-answered request: fails at once when the coordinator link dies."""
         try:
-            await self._coordinator.request(("watch",), timeout=None)
+            while True:  # an answer (None) only means "ask again"
+                await self._coordinator.request(("watch",), timeout=None)
         except transport.TransportError:
             pass
         self._removed.set()
@@ -260,7 +263,7 @@ class Replica:
         elif tag == "removed":
             self._removed.set()
         elif tag == "watch":
-            pass  # never answered: the coordinator sees our death when it fails
+            self._held.hold(conn, reply)  # never answered: fails when we die
 
     def _is_tail(self, cfg: ChainConfig) -> bool:
         return bool(cfg.chain) and cfg.chain[-1] == self.name
@@ -324,7 +327,7 @@ class Replica:
         elif tag == "ping":  # a predecessor checking our link (see _probe_successor)
             await _answer(reply, ("pong", self.state.applied))
         elif tag == "watch":
-            pass  # never answered: a client sees our death when it fails
+            self._held.hold(conn, reply)  # never answered: fails when we die
         else:
             self._stats["bad_requests"] += 1
             from ._errors import BadRequest

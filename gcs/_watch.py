@@ -1,0 +1,47 @@
+"""`HeldReplies`: keep never-answered "watch" requests alive.
+
+Liveness trick used throughout the GCS: a peer sends a request that is never
+answered; when the link dies, the transport fails it at once, which is the fastest
+possible death notice (no polling). The transport fails a request whose `Reply` is
+dropped unanswered (garbage collected), so the receiving side must hold it: here,
+per connection, at most ``per_conn`` of them (an older one is answered with ``None``,
+which its asker treats as "re-check", never as data).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import transport
+
+__all__ = ["HeldReplies"]
+
+
+class HeldReplies:
+    def __init__(self, per_conn: int = 8) -> None:
+        self.per_conn = per_conn
+        self._by_conn: dict[int, tuple[Any, deque[Any]]] = {}
+
+    def hold(self, conn: Any, reply: Any) -> None:
+        if reply is None:
+            return
+        entry = self._by_conn.get(id(conn))
+        if entry is None or entry[0] is not conn:
+            self._prune()
+            entry = self._by_conn[id(conn)] = (conn, deque())
+        held = entry[1]
+        held.append(reply)
+        while len(held) > self.per_conn:
+            try:
+                held.popleft().send(None)
+            except (transport.TransportError, RuntimeError):
+                pass
+
+    def _prune(self) -> None:
+        for key, (conn, _) in list(self._by_conn.items()):
+            if conn.closed:
+                del self._by_conn[key]
+
+    def __len__(self) -> int:
+        return sum(len(held) for _, held in self._by_conn.values())
