@@ -77,6 +77,7 @@ class _Entry:
     data: Any = None  # bytes (inline) or a store handle
     event: trio.Event | None = None  # created on demand, set in the core loop
     callbacks: list[Callable[[], None]] | None = None
+    actor: bytes | None = None  # the actor, for an actor method call's result
 
 
 
@@ -206,7 +207,8 @@ class CoreWorker:
                 self._sender_busy = True
                 self._wake_sender.set()
                 return
-            except Exception:  # the link is gone: connection_lost reports it
+            except Exception:  # the link is down: keep it for after a reconnect
+                self._outq.appendleft(message)
                 return
 
     async def run_lazy_flusher(self) -> None:
@@ -319,6 +321,15 @@ class CoreWorker:
                 except Exception:  # a user's callback must not break the loop
                     pass
 
+    def reconnected(self, conn: Any) -> None:
+        """A new link to the same node (core loop): resend what waited, and fetch
+        the results of our tasks that the node pushed while the link was down."""
+        self.conn = conn
+        self._flush()
+        pending = [oid for oid, e in list(self._entries.items()) if e.owned and not e.ready]
+        if pending:
+            self._nursery.start_soon(self._fetch, pending)
+
     def connection_lost(self, exc: BaseException) -> None:
         """The node link died: every waiter fails with a system error (core loop)."""
         self.lost_error = exc
@@ -326,8 +337,18 @@ class CoreWorker:
         err = _serialization.dumps(
             ActorcoreSystemError(f"the connection to the node was lost: {exc}")
         )
+        actor_err = None
         for entry in list(self._entries.values()):
             if not entry.ready:
+                if entry.actor is not None:
+                    if actor_err is None:
+                        from .exceptions import ActorDiedError
+
+                        actor_err = _serialization.dumps(ActorDiedError(
+                            f"The actor {entry.actor.hex()[:12]} is unreachable: its node "
+                            f"died (the connection to the node was lost: {exc})"))
+                    self._set_ready(entry, True, actor_err)
+                    continue
                 self._set_ready(entry, True, err)
 
     # ------------------------------------------------------------------ waiting
@@ -584,8 +605,23 @@ class CoreWorker:
             self.store.nursery = nursery
 
     async def call(self, name: str, *args: Any, request_timeout: float | None = 30.0) -> Any:
-        """An introspection or admin request to the node (core loop)."""
-        return await self.conn.request(("call", name, args), timeout=request_timeout)
+        """An introspection or admin request to the node (core loop).
+
+        If the link is down (the node's rpc_server restarting), wait for the driver
+        to reconnect (up to 10 s) and ask again.
+        """
+        import transport
+
+        conn = self.conn
+        try:
+            return await conn.request(("call", name, args), timeout=request_timeout)
+        except transport.ConnectionLost:
+            with trio.move_on_after(10):
+                while self.conn is conn and not self._closed:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            if self.conn is conn:
+                raise
+            return await self.conn.request(("call", name, args), timeout=request_timeout)
 
     def call_sync(self, name: str, *args: Any, timeout: float | None = 30.0) -> Any:
         return self._run_in_loop(self._call_kw, name, args, timeout)

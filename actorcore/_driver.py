@@ -28,7 +28,10 @@ from ._core_worker import CoreWorker
 from ._ids import new_job_id, new_worker_id
 from .exceptions import ActorcoreSystemError
 
-__all__ = ["DriverLoop"]
+__all__ = ["DriverLoop", "RECONNECT_WINDOW"]
+
+#: How long a driver keeps dialling a node it lost before giving up.
+RECONNECT_WINDOW = 10.0
 
 
 class DriverLoop:
@@ -42,6 +45,7 @@ class DriverLoop:
         self._error: BaseException | None = None
         self._stop: trio.Event | None = None
         self._token: trio.lowlevel.TrioToken | None = None
+        self._stopping = False
         self._thread = threading.Thread(target=self._thread_main, name="actorcore-core", daemon=True)
 
     def start(self, timeout: float = 30.0) -> CoreWorker:
@@ -82,12 +86,48 @@ class DriverLoop:
             raise ValueError(f"driver: unknown message {op!r}")
 
     async def _link(self, client: transport.Client, *, task_status: Any) -> None:
+        """Keep the link to the node; after a loss, reconnect for ``RECONNECT_WINDOW``.
+
+        The node's ``rpc_server`` can restart (its supervisor does that after a
+        crash); its connections die with it. The driver then dials again, registers
+        under the same worker id (the node kept its objects and queued tasks for a
+        grace period), and fetches the results of its tasks that were pushed while
+        the link was down. Only if the node stays unreachable does every waiting
+        call fail with ``ActorcoreSystemError``.
+        """
         try:
             await client.run(task_status=task_status)
+            return  # closed by us
         except Exception as exc:
             if self.core is None:
                 raise  # before it started: nursery.start() re-raises it to _main
-            self.core.connection_lost(exc)
+            lost: BaseException = exc
+        deadline = trio.current_time() + RECONNECT_WINDOW
+        while not self._stopping:
+            if trio.current_time() > deadline:
+                self.core.connection_lost(lost)
+                return
+            await trio.sleep(0.05)
+            client = transport.Client(
+                self.address, self.token, name=f"driver-{os.getpid()}", handler=self._handle
+            )
+            try:
+                async with trio.open_nursery() as nursery:
+                    conn = await nursery.start(client.run)
+                    await self._rejoin(conn)
+                    deadline = trio.current_time() + RECONNECT_WINDOW  # after this loss
+            except Exception as exc:
+                lost = exc
+
+    async def _rejoin(self, conn: Any) -> None:
+        core = self.core
+        assert core is not None
+        await conn.request(
+            ("hello", "driver", core.worker_id, os.getpid(),
+             {"job_id": core.job_id, "log_to_driver": self.log_to_driver, "rejoin": True}),
+            timeout=30,
+        )
+        core.reconnected(conn)
 
     async def _main(self) -> None:
         self._stop = trio.Event()
@@ -126,6 +166,7 @@ class DriverLoop:
                 node_address=self.address,
             )
             self.core = core
+            self._conn = conn
             try:
                 await core.serve(outer, info.get("store_address"), self.token)
             except Exception as exc:
@@ -135,6 +176,8 @@ class DriverLoop:
                 return
             self._ready.set()
             await self._stop.wait()
+            self._stopping = True
+            conn = core.conn
             core.close()
             # Let queued one-way messages (frees, puts) go out before closing.
             with trio.move_on_after(2):

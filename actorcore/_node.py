@@ -66,6 +66,9 @@ __all__ = ["NodeConfig", "NodeRuntime"]
 
 logger = logging.getLogger("actorcore.node")
 
+#: Seconds a disconnected driver's objects and queued tasks are kept for it to rejoin.
+DRIVER_GRACE = 5.0
+
 
 @attrs.define
 class NodeConfig:
@@ -154,6 +157,7 @@ class NodeRuntime:
         self.clients: dict[bytes, _Client] = {}
         self.by_conn: dict[Any, _Client] = {}
         self.jobs: dict[bytes, dict] = {}
+        self.departed: dict[bytes, _Client] = {}
         self.supervisor: Supervisor | None = None
         self.shutdown_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -378,11 +382,22 @@ class NodeRuntime:
             self.sched.worker_died(worker, "its connection to the node was lost")
             self.pool.kill(worker)
         elif client.role == "driver" and client.worker_id is not None:
-            # Its job is over: drop its queued tasks and the objects it owned (those
-            # that escaped into other objects stay while those live).
-            self.sched.drop_owner(client.worker_id)
-            self.directory.free(client.owned)
-            client.owned = set()
+            # Its job is over — unless it reconnects within the grace period (after
+            # an rpc_server restart): then drop its queued tasks and the objects it
+            # owned (those that escaped into other objects stay while those live).
+            wid = client.worker_id
+            self.departed[wid] = client
+
+            async def drop_later() -> None:
+                await trio.sleep(DRIVER_GRACE)
+                if self.departed.get(wid) is client:
+                    del self.departed[wid]
+                    self.sched.drop_owner(wid)
+                    self.directory.free(client.owned)
+                    client.owned = set()
+
+            if self._nursery is not None:
+                self._nursery.start_soon(drop_later)
 
     # ---------------------------------------------------------------- handlers
 
@@ -396,6 +411,9 @@ class NodeRuntime:
     def _h_hello(self, conn: Any, m: tuple, reply: Any) -> None:
         _, role, worker_id, pid, info = m
         client = _Client(conn=conn, role=role, worker_id=worker_id, pid=pid)
+        previous = self.departed.pop(worker_id, None) if worker_id is not None else None
+        if previous is not None:  # a driver back after losing its link
+            client.owned = previous.owned
         if role == "worker":
             worker = self.pool.workers.get(worker_id)
             if worker is None:

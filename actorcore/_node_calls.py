@@ -62,7 +62,13 @@ def _crash(node: Any, component: str) -> str:
                 return f"killed {name} (pid {w.pid})"
         raise ValueError(f"crash(): no live worker named {name!r}")
     parent = sup if len(parts) == 1 else sup.find("/".join(parts[:-1]))
-    parent.crash_child(parts[-1], InjectedCrash(f"crash injected into {component!r}"))
+    parent.child(parts[-1])  # raises now, naming it, if there is no such running child
+
+    def inject() -> None:
+        parent.crash_child(parts[-1], InjectedCrash(f"crash injected into {component!r}"))
+
+    # After the reply has left: crashing rpc_server closes the caller's connection.
+    node._call_later(0.05, inject)
     return f"crashed {component}"
 
 
