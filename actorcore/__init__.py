@@ -13,7 +13,9 @@ The core API is Ray's, so ``import actorcore as ray`` runs Ray core programs::
     print(ray.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
 """
 
-from . import exceptions
+from . import _api, exceptions
+from ._actor_class import ActorClass, make_actor_class
+from ._actor_handle import ActorHandle, ActorMethod, get_actor, kill
 from ._api import (
     ClusterInfo,
     available_resources,
@@ -32,13 +34,19 @@ from ._api import (
 )
 from ._object_ref import ObjectRef
 from ._remote_function import RemoteFunction
+from ._user_supervision import SupervisorRef, supervisor
 from .runtime_context import RuntimeContext, get_runtime_context
 
 __version__ = "0.1.0"
 
 ObjectID = ObjectRef
 
+_api._actor_factory = make_actor_class  # @remote on a class makes an ActorClass
+
 __all__ = [
+    "ActorClass",
+    "ActorHandle",
+    "ActorMethod",
     "ClusterInfo",
     "ObjectID",
     "ObjectRef",
@@ -49,14 +57,18 @@ __all__ = [
     "cluster_resources",
     "exceptions",
     "get",
+    "get_actor",
     "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
     "method",
     "nodes",
     "put",
     "remote",
     "shutdown",
+    "supervisor",
+    "SupervisorRef",
     "tree",
     "wait",
 ]

@@ -133,6 +133,9 @@ def init(
                 head.stop()
             raise
         _worker_state.set_core(core)
+        from ._actor_class import set_default_namespace
+
+        set_default_namespace(namespace)  # where named actors go (issue 6)
         _state["loop"] = loop
         _state["head"] = head
         result = ClusterInfo(

@@ -54,6 +54,8 @@ class PoolState:
     wakeup: trio.Event = attrs.Factory(trio.Event)
     started_total: int = 0
     died_total: int = 0
+    # Actor processes (issue 6) listed beside the task workers in the tree.
+    extra_snapshots: Callable[[], list[dict]] | None = None
 
     def alive(self) -> list[WorkerInfo]:
         return [w for w in self.workers.values() if w.state != "dead"]
@@ -203,5 +205,6 @@ class WorkerPool:
         node = self.pool.node_id.hex()
         return {
             "kind": "worker_pool",
-            "children": [w.snapshot(node) for w in sorted(self.pool.workers.values(), key=lambda w: w.index)],
+            "children": [w.snapshot(node) for w in sorted(self.pool.workers.values(), key=lambda w: w.index)]
+            + (self.pool.extra_snapshots() if self.pool.extra_snapshots is not None else []),
         }

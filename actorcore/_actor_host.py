@@ -1,0 +1,327 @@
+"""Hosting user actors in a worker process.
+
+The node sends ``actor_create`` and ``actor_call`` messages to the worker's Trio loop
+(its main thread); the loop hands each to the actor's host without waiting, and the
+host reports back through the core worker's queue (``actor_ready``/``actor_done``).
+User code never runs on the Trio loop.
+
+Three kinds of host, chosen by the class:
+
+- ``ThreadedHost`` (a class without ``async def`` methods): a Pykka threading actor.
+  Its mailbox is the actor's mailbox: calls run one at a time in arrival order,
+  which is per-caller submission order (the stateful edges). With
+  ``max_concurrency=n > 1`` the actor thread hands calls, in order, to a pool of ``n``
+  threads, so up to ``n`` run at once (as Ray's threaded actors).
+- ``AsyncHost`` (a class with any ``async def`` method): one thread running an event
+  loop through anyio — asyncio by default, Trio if the class sets
+  ``__actorcore_backend__ = "trio"``. Calls start in arrival order, each as a task of
+  one task group, at most ``max_concurrency`` at a time (default 1000); ``await ref``
+  works inside them (the core worker wakes the loop thread-safely). Plain ``def``
+  methods of an async actor run on the loop too, as in Ray.
+- Many ``ThreadedHost``s share one process for ``placement="shared"`` (lightweight
+  actors): each is a Pykka actor with its own small-stack thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import inspect
+import pickle
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+import trio
+
+from . import _serialization
+from ._actor_protocol import ActorSpec, CallSpec
+from ._executor import run_task
+from ._worker_state import task_context
+from .exceptions import SerializationError
+
+__all__ = ["HostContext", "ThreadedHost", "AsyncHost", "start_host"]
+
+
+class HostContext:
+    """What every host in a process shares: the core worker, codecs, class cache."""
+
+    def __init__(self, core: Any, node_id: str,
+                 encode: Callable[[bytes, Any], bytes],
+                 decode: Callable[[bytes, Any], Any]) -> None:
+        self.core = core
+        self.node_id = node_id
+        self.encode = encode
+        self.decode = decode
+        self._classes: dict[bytes, type] = {}
+        self._lock = threading.Lock()
+
+    def load_class(self, spec: ActorSpec, record: dict | None) -> type:
+        """The actor's class (unpickled once per process; fetched if not sent along)."""
+        cls = self._classes.get(spec.class_id)
+        if cls is not None:
+            return cls
+        with self._lock:
+            cls = self._classes.get(spec.class_id)
+            if cls is None:
+                if record is None:
+                    core = self.core
+                    record = trio.from_thread.run(
+                        core.conn.request, ("get_function", spec.class_id), 60,
+                        trio_token=core.trio_token,
+                    )
+                for path in record.get("sys_path") or ():
+                    if path not in sys.path:
+                        sys.path.append(path)
+                cls = pickle.loads(record["blob"])
+                self._classes[spec.class_id] = cls
+        return cls
+
+    def construct(self, spec: ActorSpec, dep_data: list, record: dict | None) -> Any:
+        cls = self.load_class(spec, record)
+        deps = [self.decode(oid, data) for oid, (_e, data) in zip(spec.deps, dep_data, strict=True)]
+        args, kwargs = _serialization.loads_args(spec.args, deps)
+        return cls(*args, **kwargs)
+
+    def ready(self, spec: ActorSpec, incarnation: int, error: str | None) -> None:
+        self.core._enqueue(("actor_ready", spec.actor_id, incarnation, error))
+
+    def done(self, spec: CallSpec, results: list) -> None:
+        self.core._enqueue(("actor_done", spec.actor_id, spec.task_id, results))
+
+    def run_sync(self, instance: Any, spec: CallSpec, dep_data: list) -> None:
+        method = _method(instance, spec)
+        results, _retry = run_task(
+            spec, method, dep_data, self.node_id, self.encode, self.decode  # type: ignore[arg-type]
+        )
+        self.done(spec, results)
+
+    async def run_async(self, instance: Any, spec: CallSpec, dep_data: list) -> None:
+        task_context.task_id = spec.task_id
+        try:
+            try:
+                deps = [self.decode(oid, d) for oid, (_e, d) in zip(spec.deps, dep_data, strict=True)]
+                args, kwargs = _serialization.loads_args(spec.args, deps)
+                value = _method(instance, spec)(*args, **kwargs)
+                if inspect.isawaitable(value):
+                    value = await value
+            except Exception as exc:
+                tb = traceback.format_exc()
+                payload = _serialization.error_payload(exc, spec.name, _pid(), self.node_id, tb)
+                self.done(spec, [(oid, True, payload) for oid in spec.return_ids()])
+                return
+        finally:
+            task_context.task_id = None
+        self.done(spec, self.encode_results(spec, value))
+
+    def encode_results(self, spec: CallSpec, value: Any) -> list:
+        n = spec.num_returns
+        ids = spec.return_ids()
+        if n <= 1:
+            values = [value if n == 1 else None]
+        else:
+            try:
+                values = list(value)
+            except TypeError:
+                values = []
+            if len(values) != n:
+                err = ValueError(
+                    f"actor method {spec.name} has num_returns={n} but returned "
+                    f"{type(value).__name__} {value!r:.80}, not a sequence of {n} values"
+                )
+                payload = _serialization.error_payload(err, spec.name, _pid(), self.node_id, str(err))
+                return [(oid, True, payload) for oid in ids]
+        out = []
+        for oid, v in zip(ids, values, strict=True):
+            try:
+                out.append((oid, False, self.encode(oid, v)))
+            except SerializationError as exc:
+                payload = _serialization.error_payload(
+                    exc, spec.name, _pid(), self.node_id, f"{type(exc).__name__}: {exc}\n")
+                out.append((oid, True, payload))
+        return out
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _method(instance: Any, spec: CallSpec) -> Callable:
+    try:
+        return getattr(instance, spec.method)
+    except AttributeError:
+        def missing(*args: Any, **kwargs: Any) -> Any:
+            raise AttributeError(
+                f"actor {type(instance).__qualname__} has no method {spec.method!r}"
+            )
+        return missing
+
+
+class ThreadedHost(pykka.ThreadingActor):
+    """A user actor whose methods are plain functions (see the module docstring)."""
+
+    use_daemon_thread = True
+
+    def __init__(self, ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: list,
+                 record: dict | None) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.spec = spec
+        self._create = (incarnation, dep_data, record)
+        self.instance: Any = None
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def on_start(self) -> None:
+        spec = self.spec
+        incarnation, dep_data, record = self._create
+        self._create = None  # type: ignore[assignment]
+        task_context.actor_id = spec.actor_id.hex()
+        try:
+            self.instance = self.ctx.construct(spec, dep_data, record)
+        except Exception as exc:
+            self.ctx.ready(spec, incarnation, _format_ctor_error(spec, exc))
+            self.stop()
+            return
+        if spec.max_concurrency > 1:
+            aid = spec.actor_id.hex()
+
+            def init() -> None:
+                task_context.actor_id = aid
+
+            self.pool = concurrent.futures.ThreadPoolExecutor(
+                spec.max_concurrency, thread_name_prefix=f"actor-{aid[:8]}", initializer=init)
+        self.ctx.ready(spec, incarnation, None)
+
+    def on_receive(self, message: Any) -> None:
+        spec, dep_data = message
+        if self.pool is not None:
+            self.pool.submit(self.ctx.run_sync, self.instance, spec, dep_data)
+        else:
+            self.ctx.run_sync(self.instance, spec, dep_data)
+
+    def on_stop(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _ThreadedHandle:
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def submit(self, spec: CallSpec, dep_data: list) -> None:
+        try:
+            self.ref.tell((spec, dep_data))
+        except pykka.ActorDeadError:
+            pass  # stopped (its constructor raised); the node knows it is dead
+
+    def stop(self) -> None:
+        self.ref.stop(block=False)
+
+
+class AsyncHost:
+    """A user actor with ``async def`` methods: an event loop thread (via anyio)."""
+
+    def __init__(self, ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: list,
+                 record: dict | None) -> None:
+        self.ctx = ctx
+        self.spec = spec
+        self._create = (incarnation, dep_data, record)
+        self._queue: collections.deque = collections.deque()
+        self._soon: Callable[..., Any] | None = None
+        self._wake_pending = False
+        self._event: Any = None
+        self._thread = threading.Thread(
+            target=self._thread_main, name=f"actor-{spec.actor_id.hex()[:8]}", daemon=True)
+        self._thread.start()
+
+    def submit(self, spec: CallSpec | None, dep_data: list | None) -> None:
+        """Queue a call (``None``: stop) from any thread; wake the loop once."""
+        self._queue.append((spec, dep_data))
+        soon = self._soon
+        if soon is not None and not self._wake_pending:
+            self._wake_pending = True
+            try:
+                soon(self._wake)
+            except RuntimeError:  # the loop is closed: the actor stopped
+                pass
+
+    def stop(self) -> None:
+        self.submit(None, None)
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self._event.set()
+
+    def _thread_main(self) -> None:
+        import anyio
+
+        backend = self.spec.async_backend
+        try:
+            anyio.run(self._main, backend=backend)
+        except BaseException as exc:  # noqa: BLE001 - logged: the loop itself failed
+            print(f"actor {self.spec.describe()}: event loop failed: {exc!r}", file=sys.stderr)
+
+    async def _main(self) -> None:
+        import anyio
+        import sniffio
+
+        spec = self.spec
+        incarnation, dep_data, record = self._create
+        self._create = None  # type: ignore[assignment]
+        task_context.actor_id = spec.actor_id.hex()
+        self._event = anyio.Event()
+        if sniffio.current_async_library() == "trio":
+            self._soon = trio.lowlevel.current_trio_token().run_sync_soon
+        else:
+            import asyncio
+
+            self._soon = asyncio.get_running_loop().call_soon_threadsafe
+        try:
+            instance = self.ctx.construct(spec, dep_data, record)
+        except Exception as exc:
+            self.ctx.ready(spec, incarnation, _format_ctor_error(spec, exc))
+            return
+        self.ctx.ready(spec, incarnation, None)
+        slots = anyio.Semaphore(spec.max_concurrency)
+        run = self.ctx.run_async
+
+        async def one(call: CallSpec, data: list) -> None:
+            try:
+                await run(instance, call, data)
+            finally:
+                slots.release()
+
+        async with anyio.create_task_group() as tg:
+            queue = self._queue
+            while True:
+                while queue:
+                    call, data = queue.popleft()
+                    if call is None:
+                        tg.cancel_scope.cancel()
+                        return
+                    await slots.acquire()  # in arrival order: starts keep their order
+                    tg.start_soon(one, call, data)
+                await self._event.wait()
+                self._event = anyio.Event()
+
+
+def _format_ctor_error(spec: ActorSpec, exc: BaseException) -> str:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{type(exc).__name__}: {exc}\n{tb.rstrip()}"
+
+
+def start_host(ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: list,
+               record: dict | None) -> Any:
+    """Start the right host for ``spec``; return an object with ``submit``/``stop``."""
+    if spec.meta.is_async:
+        return AsyncHost(ctx, spec, incarnation, dep_data, record)
+    return _ThreadedHandle(ThreadedHost.start(ctx, spec, incarnation, dep_data, record))

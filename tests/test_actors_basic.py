@@ -1,0 +1,378 @@
+"""Actors on a real embedded cluster: stateful edges, handles, names, async, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import trio
+
+import actorcore as ray
+from actorcore import exceptions as exc
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    info = ray.init(num_cpus=2, log_to_driver=False)
+    yield info
+    ray.shutdown()
+
+
+@ray.remote
+class Log:
+    """Records (caller, seq) pairs in arrival order."""
+
+    def __init__(self):
+        self.items = []
+
+    def add(self, caller, seq):
+        self.items.append((caller, seq))
+        return len(self.items)
+
+    def items_of(self):
+        return self.items
+
+    def pid(self):
+        import os
+
+        return os.getpid()
+
+
+@ray.remote
+def call_many(log, caller, n):
+    # A task is a caller too: its calls keep their order.
+    return ray.get([log.add.remote(caller, i) for i in range(n)])[-1]
+
+
+@ray.remote
+class Forwarder:
+    def __init__(self, log):
+        self.log = log
+
+    def forward(self, caller, n):
+        refs = [self.log.add.remote(caller, i) for i in range(n)]
+        return ray.get(refs[-1])
+
+
+@ray.remote
+def slow_value(x, delay):
+    time.sleep(delay)
+    return x
+
+
+def _check_order(items, callers):
+    per = {}
+    for caller, seq in items:
+        per.setdefault(caller, []).append(seq)
+    for c in callers:
+        assert per[c] == sorted(per[c]), f"caller {c} out of order"
+    return per
+
+
+def test_calls_from_several_callers_keep_submission_order():
+    log = Log.remote()
+    fwd = Forwarder.remote(log)
+    n = 1500
+    results = {}
+
+    def driver_thread(name):
+        refs = [log.add.remote(name, i) for i in range(n)]
+        results[name] = ray.get(refs[-1])
+
+    threads = [threading.Thread(target=driver_thread, args=(f"thread{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    tasks = [call_many.remote(log, f"task{i}", 500) for i in range(2)]
+    via_actor = fwd.forward.remote("actor", 500)
+    for i in range(n):  # the main thread too
+        log.add.remote("main", i)
+    for t in threads:
+        t.join()
+    ray.get(tasks + [via_actor])
+    items = ray.get(log.items_of.remote())
+    per = _check_order(items, ["main", "thread0", "thread1", "task0", "task1", "actor"])
+    assert len(per["main"]) == n and len(per["task0"]) == 500 and len(per["actor"]) == 500
+    assert len(items) == 3 * n + 3 * 500
+
+
+def test_ref_arguments_do_not_reorder_calls():
+    log = Log.remote()
+    late = slow_value.remote("late", 0.3)
+    r1 = log.add.remote("c", late)  # waits for its argument ...
+    r2 = log.add.remote("c", "early")  # ... and the next call waits behind it
+    assert ray.get([r1, r2]) == [1, 2]
+    assert ray.get(log.items_of.remote()) == [("c", "late"), ("c", "early")]
+
+
+def test_handles_pass_through_tasks_and_actors_and_compare_equal():
+    log = Log.remote()
+    assert ray.get(call_many.remote(log, "t", 10)) == 10
+
+    @ray.remote
+    def return_handle(h):
+        return h
+
+    h2 = ray.get(return_handle.remote(log))
+    assert h2 == log and hash(h2) == hash(log)
+    assert ray.get(h2.add.remote("x", 0)) == 11
+    fwd = Forwarder.remote(log)
+    assert ray.get(fwd.forward.remote("y", 3)) == 14
+
+
+def test_each_actor_has_its_own_process_and_shows_in_the_tree():
+    a, b = Log.options(name="tree_a").remote(), Log.remote()
+    pa, pb = ray.get([a.pid.remote(), b.pid.remote()])
+    assert pa != pb
+    snap = ray.tree()
+    actors = []
+
+    def walk(n, parent=None):
+        if n.get("kind") == "actor":
+            actors.append((n, parent))
+        for c in n.get("children", []):
+            walk(c, n)
+
+    walk(snap)
+    named = [(n, p) for n, p in actors if n["actor_name"] == "tree_a"]
+    assert named and named[0][0]["class"] == "Log" and named[0][1]["kind"] == "worker"
+    assert named[0][1]["pid"] == pa
+
+
+def test_num_returns_and_method_options():
+    @ray.remote
+    class Multi:
+        @ray.method(num_returns=2)
+        def pair(self):
+            return 1, 2
+
+        def three(self):
+            return 1, 2, 3
+
+    m = Multi.remote()
+    a, b = m.pair.remote()
+    assert ray.get([a, b]) == [1, 2]
+    refs = m.three.options(num_returns=3).remote()
+    assert ray.get(refs) == [1, 2, 3]
+    with pytest.raises(ValueError, match="num_returns"):
+        m.three.options(num_returns=-1)
+
+
+def test_method_exception_is_a_task_error_and_the_actor_lives_on():
+    @ray.remote
+    class Flaky:
+        def __init__(self):
+            self.n = 0
+
+        def fail(self):
+            self.n += 1
+            raise KeyError("nope")
+
+        def count(self):
+            return self.n
+
+    f = Flaky.remote()
+    with pytest.raises(KeyError) as info:
+        ray.get(f.fail.remote())
+    assert isinstance(info.value, exc.TaskError) and "nope" in str(info.value)
+    assert "Flaky.fail" in str(info.value)
+    assert ray.get(f.count.remote()) == 1
+
+
+def test_named_actors_namespaces_and_taken_names():
+    a = Log.options(name="svc").remote()
+    ray.get(a.add.remote("x", 1))
+    same = ray.get_actor("svc")
+    assert same == a
+    assert ray.get(same.add.remote("y", 2)) == 2
+    with pytest.raises(ValueError, match="already taken.*'svc'"):
+        Log.options(name="svc").remote()
+    other = Log.options(name="svc", namespace="other").remote()
+    assert ray.get_actor("svc", namespace="other") == other != a
+    assert Log.options(name="svc", get_if_exists=True).remote() == a
+    with pytest.raises(ValueError, match="no live actor named 'missing'"):
+        ray.get_actor("missing")
+    # The name is freed when its actor dies.
+    ray.kill(a)
+    with pytest.raises(ValueError, match="no live actor named 'svc'"):
+        ray.get_actor("svc")
+    b = Log.options(name="svc").remote()
+    assert ray.get(b.add.remote("z", 0)) == 1
+
+
+def test_dropping_the_last_handle_ends_the_actor_after_its_calls():
+    log = Log.remote()
+    ref = log.add.remote("a", 1)
+    pid = ray.get(log.pid.remote())
+    aid = log._actor_id
+    del log
+    assert ray.get(ref) == 1
+    from actorcore._actor_handle import request_node
+    from actorcore._worker_state import current_core
+
+    deadline = time.monotonic() + 10
+    while True:
+        st = request_node(current_core(), ("actor_req", "state", aid))
+        if st["state"] == "dead":
+            break
+        assert time.monotonic() < deadline, st
+        time.sleep(0.05)
+    assert "all handles to it were dropped" in st["death_cause"]
+    _wait_pid_gone(pid)
+
+
+def _wait_pid_gone(pid, timeout=10):
+    import os
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, f"process {pid} still alive"
+        time.sleep(0.05)
+
+
+@ray.remote
+class Sleeper:
+    async def nap(self, t):
+        await asyncio.sleep(t)
+        return t
+
+    async def ping(self):
+        return "pong"
+
+    async def chain(self, ref_list):
+        # ``await ref`` inside an async actor
+        return await ref_list[0] + 1
+
+
+def test_async_actor_runs_calls_concurrently():
+    s = Sleeper.remote()
+    assert ray.get(s.ping.remote()) == "pong"
+    t0 = time.monotonic()
+    assert ray.get([s.nap.remote(1.0) for _ in range(10)]) == [1.0] * 10
+    took = time.monotonic() - t0
+    assert took < 2.0, f"ten 1-second sleeps took {took:.2f} s"
+    assert ray.get(s.chain.remote([slow_value.remote(41, 0)])) == 42
+
+
+def test_trio_async_actor_and_max_concurrency():
+    @ray.remote(max_concurrency=2)
+    class TrioSleeper:
+        __actorcore_backend__ = "trio"
+
+        def __init__(self):
+            self.running = 0
+            self.peak = 0
+
+        async def nap(self, t):
+            import sniffio
+
+            assert sniffio.current_async_library() == "trio"
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            await trio.sleep(t)
+            self.running -= 1
+            return self.peak
+
+        async def chain(self, refs):
+            return await refs[0] * 2
+
+    s = TrioSleeper.remote()
+    ray.get(s.nap.remote(0))  # started
+    t0 = time.monotonic()
+    peaks = ray.get([s.nap.remote(0.5) for _ in range(4)])
+    assert max(peaks) == 2 and time.monotonic() - t0 < 2.0
+    assert ray.get(s.chain.remote([slow_value.remote(21, 0)])) == 42
+
+
+def test_threaded_actor_max_concurrency():
+    @ray.remote(max_concurrency=4)
+    class Threaded:
+        def nap(self, t):
+            time.sleep(t)
+            return threading.get_ident()
+
+    t = Threaded.remote()
+    ray.get(t.nap.remote(0))
+    t0 = time.monotonic()
+    idents = ray.get([t.nap.remote(0.5) for _ in range(4)])
+    assert time.monotonic() - t0 < 1.5 and len(set(idents)) >= 2
+
+
+def test_await_refs_from_trio_and_asyncio_drivers():
+    s = Sleeper.remote()
+
+    async def in_trio():
+        return await s.nap.remote(0.1)
+
+    async def in_asyncio():
+        return await s.ping.remote()
+
+    assert trio.run(in_trio) == 0.1
+    assert asyncio.run(in_asyncio()) == "pong"
+
+
+def test_bad_input_gets_clear_errors():
+    log = Log.remote()
+    with pytest.raises(AttributeError, match="Log has no method 'nope'"):
+        log.nope.remote()
+    with pytest.raises(TypeError, match=r"Log.add\(\) missing 1 required argument: 'seq'"):
+        log.add.remote("x")
+    with pytest.raises(TypeError, match=r"Log.add\(\) takes 2 positional arguments but 3"):
+        log.add.remote(1, 2, 3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        log.add.remote(1, 2, bogus=3)
+    with pytest.raises(TypeError, match=r"Log.__init__\(\) takes 0 positional"):
+        Log.remote(5)
+    lock = threading.Lock()
+    with pytest.raises(exc.SerializationError, match="argument 0 of Forwarder.__init__.*lock"):
+        Forwarder.remote(lock)
+    with pytest.raises(exc.SerializationError, match="argument 1 of Log.add"):
+        log.add.remote("x", lock)
+    with pytest.raises(TypeError, match="cannot be instantiated directly"):
+        Log()
+    with pytest.raises(TypeError, match="cannot be called directly"):
+        log.add("x", 1)
+    with pytest.raises(ValueError, match="unknown option.*bogus"):
+        Log.options(bogus=1)
+    with pytest.raises(ValueError, match="placement='everywhere'"):
+        Log.options(placement="everywhere")
+    with pytest.raises(TypeError, match="expects an actor handle"):
+        ray.kill("not a handle")
+    # ... and the cluster and the actor keep working.
+    assert ray.get(log.add.remote("ok", 1)) == 1
+
+
+def test_actor_resources_are_held_and_infeasible_requests_fail():
+    @ray.remote(num_cpus=2)
+    class Big:
+        def ok(self):
+            return ray.available_resources().get("CPU", 0)
+
+    b = Big.remote()
+    assert ray.get(b.ok.remote()) == 0
+    ray.kill(b)
+    never = Big.options(num_cpus=64).remote()
+    with pytest.raises(exc.ActorUnschedulableError, match="CPU: 64"):
+        ray.get(never.ok.remote())
+
+
+def test_lightweight_actors_share_one_process():
+    @ray.remote
+    class Light:
+        def __init__(self, i):
+            self.i = i
+
+        def who(self):
+            import os
+
+            return self.i, os.getpid()
+
+    actors = [Light.options(placement="shared").remote(i) for i in range(200)]
+    out = ray.get([a.who.remote() for a in actors])
+    assert [i for i, _ in out] == list(range(200))
+    assert len({pid for _, pid in out}) == 1
