@@ -33,6 +33,7 @@ class Echo:
 
     def __init__(self) -> None:
         self.oneways: list[Any] = []
+        self.hanging: list[transport.Reply] = []
         self.release = trio.Event()
         self.got_oneway = trio.Event()
 
@@ -51,11 +52,13 @@ class Echo:
         elif op == "fail":
             raise KeyError(args[0])
         elif op == "hang":
-            pass
+            self.hanging.append(reply)  # answered never, but kept
         elif op == "close":
             await conn.aclose()
         elif op == "unpicklable":
             reply.send(threading.Lock())
+        elif op == "ignore":
+            pass  # returns without answering and keeps no reference to the reply
         elif op == "twice":
             reply.send(1)
             reply.send(2)
@@ -233,6 +236,16 @@ async def test_request_from_own_handler_is_refused_not_deadlocked(tmp_path: Path
             with pytest.raises(transport.RemoteError, match="would deadlock"):
                 await conn.request("x", timeout=10)
         nursery.cancel_scope.cancel()
+
+
+async def test_reply_dropped_unanswered_fails_the_request(
+    echo_server: tuple[str, Echo, transport.Server],
+) -> None:
+    address, _, _ = echo_server
+    async with transport.open_connection(address, TOKEN) as conn:
+        with pytest.raises(transport.RemoteError, match="dropped request 1 without answering"):
+            await conn.request(("ignore",), timeout=10)
+        assert await conn.request(("echo", 1)) == 1
 
 
 async def test_reply_fail_needs_an_exception(tmp_path: Path) -> None:

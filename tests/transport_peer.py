@@ -35,6 +35,7 @@ def say(line: str) -> None:
 class Peer:
     def __init__(self) -> None:
         self.notes = 0
+        self.hanging: list[transport.Reply] = []
         self.nursery: trio.Nursery | None = None
 
     async def handler(self, conn: transport.Connection, msg: Any, reply: transport.Reply | None) -> None:
@@ -59,7 +60,7 @@ class Peer:
             assert self.nursery is not None
             self.nursery.start_soon(self._answer_later, reply, args[0], args[1])
         elif op == "hang":
-            pass  # never answered
+            self.hanging.append(reply)  # never answered (kept: a dropped reply fails)
         elif op == "pid":
             reply.send(os.getpid())
         elif op == "notes":

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -127,6 +128,7 @@ class Connection:
         self._queued_frames = 0
         self._writer_waiting: trio.lowlevel.Task | None = None
         self._reader_task: trio.lowlevel.Task | None = None
+        self._thread_id = threading.get_ident()
         self._direct_recent = False
         self._drained = trio.lowlevel.ParkingLot()
         self._cancel_scope: trio.CancelScope | None = None

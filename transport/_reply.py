@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -36,7 +37,8 @@ class Reply:
 
     May be called later, from any Trio task of the same run (so a slow request need
     not block the connection). Answering a connection that has since closed is a
-    silent no-op: the caller has already been failed with `ConnectionLost`.
+    silent no-op: the caller has already been failed with `ConnectionLost`. A reply
+    dropped unanswered (no reference left) fails the request with a `RemoteError`.
     """
 
     __slots__ = ("_conn", "_done", "_rid")
@@ -88,6 +90,25 @@ class Reply:
         conn = self._conn
         chunks, size = _wire.encode_frame(REPLY_ERR, self._rid, _wire.encode_error(exc))
         conn._enqueue(REPLY_ERR, chunks, size)
+
+    def __del__(self) -> None:
+        # Dropped unanswered (the handler returned and kept no reference): fail the
+        # request now rather than leave the caller waiting until its timeout. Only in
+        # the connection's own thread (a garbage collection may run anywhere).
+        if self._done:
+            return
+        conn = self._conn
+        if conn._closed or threading.get_ident() != conn._thread_id:
+            return
+        self._done = True
+        try:
+            self._send_error(
+                RuntimeError(
+                    f"the handler of {conn.name!r} dropped request {self._rid} without answering it"
+                )
+            )
+        except Exception:  # e.g. interpreter shutdown: nothing useful left to do
+            pass
 
     def __repr__(self) -> str:
         state = "answered" if self._done else "pending"
