@@ -92,6 +92,12 @@ def run_task(
             tb = traceback.format_exc()
             payload = _serialization.error_payload(exc, spec.name, pid, node_id, tb)
             return [(oid, True, payload) for oid in return_ids], _retryable(spec, exc)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, ... in user code
+            # Reported like any error (the executor and the worker live on); never
+            # retried: the code asked to stop.
+            tb = traceback.format_exc()
+            payload = _serialization.error_payload(exc, spec.name, pid, node_id, tb)
+            return [(oid, True, payload) for oid in return_ids], False
         n = spec.num_returns
         if n <= 1:
             values = [value if n == 1 else None]

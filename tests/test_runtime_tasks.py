@@ -356,3 +356,15 @@ def test_cancel_task_queued_behind_a_running_one():
         except exc.TaskCancelledError:
             pass
     assert ray.get(running, timeout=30) == [3, 3]
+
+
+def test_system_exit_in_a_task_is_an_error_not_a_hang():
+    @ray.remote
+    def leave():
+        import sys
+
+        sys.exit(3)
+
+    with pytest.raises(exc.TaskError, match="SystemExit"):
+        ray.get(leave.remote(), timeout=30)
+    assert ray.get(add.remote(1, 2), timeout=30) == 3
