@@ -129,6 +129,7 @@ class Connection:
         self._writer_waiting: trio.lowlevel.Task | None = None
         self._reader_task: trio.lowlevel.Task | None = None
         self._thread_id = threading.get_ident()
+        self._orphans: list[int] = []  # ids of requests whose Reply was dropped unanswered
         self._direct_recent = False
         self._drained = trio.lowlevel.ParkingLot()
         self._cancel_scope: trio.CancelScope | None = None
@@ -520,6 +521,8 @@ class Connection:
                         on_reply(kind, rid, body, 0)
                     else:
                         await on_message(kind, rid, body, 0)
+                        if self._orphans:
+                            self._fail_orphans()
                     continue
                 if nbufs == 0 and total <= _RECV_CHUNK:
                     break  # needs more bytes; they fit in the buffer
@@ -534,6 +537,8 @@ class Connection:
                     on_reply(kind, rid, fview, nbufs)
                 else:
                     await on_message(kind, rid, fview, nbufs)
+                    if self._orphans:
+                        self._fail_orphans()
             if start == end:
                 start = end = 0
             elif start:
@@ -552,6 +557,15 @@ class Connection:
                 raise ProtocolError(f"peer {self.peer_name!r} closed the connection mid-frame")
             self._bytes_received += n
             view = view[n:]
+
+    def _fail_orphans(self) -> None:
+        orphans, self._orphans = self._orphans, []
+        if self._closed:
+            return
+        for rid in orphans:
+            error = RuntimeError(f"the handler of {self.name!r} dropped request {rid} without answering it")
+            chunks, size = _wire.encode_frame(REPLY_ERR, rid, _wire.encode_error(error))
+            self._enqueue(REPLY_ERR, chunks, size)
 
     def _on_reply(self, kind: int, rid: int, body: memoryview, nbufs: int) -> None:
         """Wake the request waiting for this reply (synchronous: no coroutine per reply)."""

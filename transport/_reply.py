@@ -92,23 +92,14 @@ class Reply:
         conn._enqueue(REPLY_ERR, chunks, size)
 
     def __del__(self) -> None:
-        # Dropped unanswered (the handler returned and kept no reference): fail the
-        # request now rather than leave the caller waiting until its timeout. Only in
-        # the connection's own thread (a garbage collection may run anywhere).
-        if self._done:
-            return
-        conn = self._conn
-        if conn._closed or threading.get_ident() != conn._thread_id:
-            return
-        self._done = True
-        try:
-            self._send_error(
-                RuntimeError(
-                    f"the handler of {conn.name!r} dropped request {self._rid} without answering it"
-                )
-            )
-        except Exception:  # e.g. interpreter shutdown: nothing useful left to do
-            pass
+        # Dropped unanswered (the handler returned and kept no reference): the request
+        # must fail now rather than leave its caller waiting until a timeout. A
+        # finaliser can run in the middle of anything (even a half-queued frame), so
+        # it only notes the id; the reader sends the error once the handler returns
+        # (for a reply freed later by the cycle collector: after the next message).
+        if not self._done and threading.get_ident() == self._conn._thread_id:
+            self._done = True
+            self._conn._orphans.append(self._rid)
 
     def __repr__(self) -> str:
         state = "answered" if self._done else "pending"
