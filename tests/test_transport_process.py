@@ -65,6 +65,20 @@ async def test_round_trip_and_pid(peer_address: str) -> None:
         assert stats.frames_sent == 2 and stats.frames_received == 2 and stats.requests_in_flight == 0
 
 
+async def test_round_trip_over_tcp_between_processes() -> None:
+    proc, line = await spawn_peer("serve", "tcp:127.0.0.1:0", TOKEN, "tcp-peer")
+    try:
+        address = line.split()[1]
+        assert address.startswith("tcp:127.0.0.1:")
+        async with transport.open_connection(address, TOKEN, name="driver") as conn:
+            assert await conn.request(("echo", ("x", 1))) == ("x", 1)
+            data = bytes(range(256)) * 40_000
+            n, digest, _ = await conn.request(("checksum", pickle.PickleBuffer(data)), timeout=30)
+            assert (n, digest) == (len(data), hashlib.sha256(data).hexdigest())
+    finally:
+        await stop(proc)
+
+
 async def test_10000_requests_in_flight(peer_address: str) -> None:
     results: dict[int, int] = {}
     async with transport.open_connection(peer_address, TOKEN, name="driver") as conn:
