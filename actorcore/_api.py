@@ -188,7 +188,8 @@ def shutdown() -> None:
         core = _worker_state.core
         if core is None or core.role != "driver":
             return
-        if head is not None and loop is not None and loop.core is not None:
+        node_alive = head is not None and head.process.poll() is None
+        if node_alive and loop is not None and loop.core is not None and not loop.core._closed:
             try:
                 loop.core.call_sync("shutdown", timeout=5)
             except Exception:

@@ -58,6 +58,16 @@ class HeadProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        # A node that died without cleaning up (SIGKILL, crash) leaves its store's
+        # shared memory behind: remove it (a no-op after a clean stop).
+        try:
+            import store
+
+            store.cleanup_session(
+                f"actorcore-{self.session_dir.name}", spill_dir=str(self.session_dir / "spill")
+            )
+        except Exception:
+            pass
 
 
 def log_tail(session_dir: Path, lines: int = 30) -> str:
