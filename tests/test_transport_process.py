@@ -344,6 +344,7 @@ async def test_fault_refuse_on_the_server_side(server: transport.Server) -> None
         address = await nursery.start(server.run)
         with faults.injected(faults.refuse("test-server", "blocked")):
             out = await run_peer("client", address, TOKEN, "blocked")
-            assert out.startswith("ERROR ConnectionLost"), out
+            assert out.startswith("ERROR ConnectError"), out
+            assert "refused the connection by a fault rule" in out
             assert await run_peer("client", address, TOKEN, "allowed") == "OK hello"
         nursery.cancel_scope.cancel()

@@ -7,7 +7,8 @@ never pickled)::
     client -> server   HELLO_C = MAGIC | nonce_c (32) | max_frame u64 | name_len u16 | name
     server -> client   HELLO_S (same layout) | HMAC(token, "server" | HELLO_C | HELLO_S)
     client -> server   HMAC(token, "client" | HELLO_C | HELLO_S)
-    server -> client   1 byte verdict: 0x01 accepted (else the server closes)
+    server -> client   1 byte verdict: 0x01 accepted, 0x02 refused by a fault rule
+                       (a partition under test); else the server closes
 
 Both MACs cover both fresh nonces, both names and both frame limits, so a recorded
 exchange cannot be replayed and the names and limits cannot be altered in flight.
@@ -20,8 +21,9 @@ import hmac
 import os
 import socket
 import struct
+from collections.abc import Callable
 
-from ._errors import AuthenticationFailed, ConnectionLost, ProtocolError
+from ._errors import AuthenticationFailed, ConnectError, ConnectionLost, ProtocolError
 from ._sockio import recv_exactly, send_all
 
 __all__ = ["client_handshake", "server_handshake", "token_bytes"]
@@ -31,6 +33,7 @@ _FIXED = struct.Struct("<8s32sQH")
 MAX_NAME = 1024
 _ACCEPT = b"\x01"
 _REJECT = b"\x00"
+_REFUSED = b"\x02"
 
 
 def token_bytes(token: bytes | str) -> bytes:
@@ -89,6 +92,10 @@ async def client_handshake(
             verdict = await recv_exactly(sock, 1)
         except (EOFError, OSError):
             verdict = _REJECT
+        if verdict == _REFUSED:
+            raise ConnectError(
+                f"server {peer_name!r} at {address!r} refused the connection by a fault rule"
+            )
         if verdict != _ACCEPT:
             raise AuthenticationFailed(
                 f"server {peer_name!r} at {address!r} rejected our token (wrong cluster token?)"
@@ -99,10 +106,17 @@ async def client_handshake(
 
 
 async def server_handshake(
-    sock: socket.socket, token: bytes, name: str, max_frame_size: int, peer: str
+    sock: socket.socket,
+    token: bytes,
+    name: str,
+    max_frame_size: int,
+    peer: str,
+    refuse: Callable[[str], str | None] | None = None,
 ) -> tuple[str, int]:
     """Authenticate both ways as the accepting side; return (peer name, peer max frame size).
 
+    ``refuse(peer_name)`` may return a reason to turn an authenticated peer away
+    (fault injection); it then gets the "refused" verdict and `ConnectError` is raised.
     Raises `AuthenticationFailed` (after telling the client) or `ProtocolError`.
     """
     try:
@@ -118,6 +132,10 @@ async def server_handshake(
             raise AuthenticationFailed(
                 f"client {peer_name!r} ({peer}) failed to prove the cluster token"
             )
+        reason = refuse(peer_name) if refuse is not None else None
+        if reason is not None:
+            await send_all(sock, _REFUSED)
+            raise ConnectError(f"refused {peer_name!r} ({peer}): {reason}")
         await send_all(sock, _ACCEPT)
     except (EOFError, OSError) as exc:
         raise ConnectionLost(f"client {peer} closed during the handshake: {exc}") from exc

@@ -17,7 +17,7 @@ from . import faults
 from ._address import Address, detach_accepted, listen, parse_address
 from ._client import _check_frame_size
 from ._connection import DEFAULT_MAX_FRAME_SIZE, Connection, Handler
-from ._errors import AuthenticationFailed, ConnectionLost, ProtocolError
+from ._errors import AuthenticationFailed, ConnectError, ConnectionLost, ProtocolError
 from ._handshake import server_handshake, token_bytes
 
 __all__ = ["Server", "ServerStatistics"]
@@ -155,12 +155,16 @@ class Server:
                 except FileNotFoundError:
                     pass
 
+    def _refused(self, peer_name: str) -> str | None:
+        rule = faults.refused(self.name, peer_name)
+        return None if rule is None else f"fault rule {rule}"
+
     async def _serve(self, sock: socket.socket, raw_address: Any) -> None:
         peer = _describe_peer(sock, raw_address)
         try:
             with trio.fail_after(self._handshake_timeout):
                 peer_name, peer_max = await server_handshake(
-                    sock, self._token, self.name, self._max_frame_size, peer
+                    sock, self._token, self.name, self._max_frame_size, peer, self._refused
                 )
         except trio.TooSlowError:
             self._handshake_failures += 1
@@ -175,6 +179,10 @@ class Server:
             logger.warning("%s: authentication failed, disconnected: %s", self.name, exc)
             sock.close()
             return
+        except ConnectError as exc:  # a fault rule turned it away
+            logger.info("%s: %s", self.name, exc)
+            sock.close()
+            return
         except (ProtocolError, ConnectionLost) as exc:
             self._handshake_failures += 1
             logger.warning("%s: bad handshake from %s, disconnected: %s", self.name, peer, exc)
@@ -183,11 +191,6 @@ class Server:
         except BaseException:
             sock.close()
             raise
-        rule = faults.refused(self.name, peer_name)
-        if rule is not None:
-            logger.info("%s: refused %r (%s) by fault rule %s", self.name, peer_name, peer, rule)
-            sock.close()
-            return
         conn = Connection(
             sock,
             name=self.name,
