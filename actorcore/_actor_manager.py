@@ -33,10 +33,6 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -46,20 +42,17 @@ import trio
 import transport
 
 from . import _serialization
+from ._actor_introspect import ActorIntrospection
+from ._actor_processes import ActorProcesses, ActorWorker
 from ._actor_protocol import ActorSpec, CallSpec
-from ._ids import new_worker_id, short
 from .exceptions import ActorDiedError, ActorUnschedulableError
 
-__all__ = ["ActorManager", "ActorRecord", "ActorWorker"]
+__all__ = ["ActorManager", "ActorRecord"]
 
 logger = logging.getLogger("actorcore.actors")
 
-#: Seconds a new actor process has to connect before it is killed.
-START_TIMEOUT = 60.0
 #: Actors hosted by one shared actor process before another one is started.
 SHARED_CAPACITY = 20000
-#: Actor entries listed per worker in the tree (the rest are counted).
-TREE_LIMIT = 50
 
 
 @attrs.define(eq=False, slots=True)
@@ -68,23 +61,6 @@ class _Call:
     missing: int
     retries_left: int
     dep_data: list | None = None
-
-
-@attrs.define(eq=False)
-class ActorWorker:
-    """A process hosting actors: one dedicated actor, or many (shared)."""
-
-    index: int
-    worker_id: bytes
-    shared: bool
-    process: Any = None
-    pid: int | None = None
-    conn: Any = None
-    connected: trio.Event = attrs.Factory(trio.Event)
-    exited: trio.Event = attrs.Factory(trio.Event)
-    exit_reason: str | None = None
-    actors: dict[bytes, ActorRecord] = attrs.Factory(dict)
-    waiting: list[ActorRecord] = attrs.Factory(list)  # creations sent once it is up
 
 
 @attrs.define(eq=False)
@@ -117,13 +93,14 @@ class ActorRecord:
         )
 
 
-class ActorManager:
+class ActorManager(ActorIntrospection):
     """See the module docstring. ``node`` is the ``NodeRuntime``."""
 
     def __init__(self, node: Any) -> None:
         self.node = node
         self.actors: dict[bytes, ActorRecord] = {}
-        self.workers: dict[bytes, ActorWorker] = {}
+        self.processes = ActorProcesses(node, self._worker_exited)
+        self.workers: dict[bytes, ActorWorker] = self.processes.workers
         self.names: dict[tuple[str, str], bytes] = {}
         self.job_drivers: dict[bytes, bytes] = {}
         self.shared_hosts: list[ActorWorker] = []
@@ -322,92 +299,14 @@ class ActorManager:
     # ------------------------------------------------------------------ processes
 
     def spawn_worker(self, *, shared: bool) -> ActorWorker:
-        pool = self.node.pool
-        index = pool.next_index
-        pool.next_index += 1
-        aw = ActorWorker(index=index, worker_id=new_worker_id(), shared=shared)
-        self.workers[aw.worker_id] = aw
-        self._spawn_task(self._run_worker, aw)
-        return aw
-
-    async def _run_worker(self, aw: ActorWorker) -> None:
-        pool = self.node.pool
-        env = dict(os.environ)
-        env["ACTORCORE_TOKEN"] = pool.token.hex()
-        env["PYTHONUNBUFFERED"] = "1"
-        argv = [sys.executable, "-m", "actorcore._actor_worker",
-                "--address", pool.address, "--worker-id", aw.worker_id.hex(),
-                "--node-id", pool.node_id.hex(), "--index", str(aw.index)]
-        if pool.store_address:
-            argv += ["--store-address", pool.store_address]
-        if aw.shared:
-            argv.append("--shared")
-        try:
-            proc = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=env, start_new_session=True,
-            )
-        except OSError as exc:
-            self._worker_exited(aw, f"could not be started ({exc})")
-            return
-        aw.process = proc
-        aw.pid = proc.pid
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, aw, proc.stdout, "out")
-                nursery.start_soon(self._pump, aw, proc.stderr, "err")
-                nursery.start_soon(self._start_deadline, aw)
-                code = await proc.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-        reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-        self._worker_exited(aw, f"its worker process (pid {aw.pid}) died ({reason})")
-
-    async def _start_deadline(self, aw: ActorWorker) -> None:
-        with trio.move_on_after(START_TIMEOUT):
-            await aw.connected.wait()
-            return
-        logger.warning("actor worker_%d did not connect in %s s; killing it", aw.index,
-                       START_TIMEOUT)
-        aw.exit_reason = f"its worker process did not start within {START_TIMEOUT} s"
-        self.kill_worker(aw)
-
-    async def _pump(self, aw: ActorWorker, stream: Any, which: str) -> None:
-        pool = self.node.pool
-        path = pool.session_dir / "logs" / f"worker-{aw.index}-{aw.pid}.{which}"
-        prefix = f"(pid={aw.pid}, node={short(pool.node_id)})"
-        buf = b""
-        with open(path, "ab") as log:  # noqa: ASYNC230 - a local log file, opened once
-            while True:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    break
-                log.write(chunk)
-                log.flush()
-                buf += chunk
-                if b"\n" in buf:
-                    *lines, buf = buf.split(b"\n")
-                    pool.forward_log(prefix, which, [ln.decode(errors="replace") for ln in lines])
-            if buf:
-                pool.forward_log(prefix, which, [buf.decode(errors="replace")])
+        """Start a process for actors (its exit comes back to ``_worker_exited``)."""
+        return self.processes.spawn(shared=shared)
 
     def kill_worker(self, aw: ActorWorker) -> None:
-        proc = aw.process
-        if proc is not None and proc.returncode is None:
-            try:
-                proc.send_signal(signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.processes.kill(aw)
 
     async def kill_all(self) -> None:
-        for aw in list(self.workers.values()):
-            self.kill_worker(aw)
-        with trio.move_on_after(2):
-            for aw in list(self.workers.values()):
-                if aw.process is not None:
-                    await aw.process.wait()
+        await self.processes.kill_all()
 
     def _worker_exited(self, aw: ActorWorker, reason: str) -> None:
         reason = aw.exit_reason or reason
@@ -728,65 +627,6 @@ class ActorManager:
         logger.info("actor %s died: %s", spec.describe(), cause.splitlines()[0])
 
     # ------------------------------------------------------------- introspection
-
-    def describe(self, rec: ActorRecord) -> dict:
-        spec = rec.spec
-        return {
-            "actor_id": spec.actor_id.hex(),
-            "class_name": spec.meta.class_name,
-            "name": spec.name,
-            "namespace": spec.namespace,
-            "state": rec.state,
-            "restarts": rec.restarts,
-            "pid": rec.worker.pid if rec.worker is not None else None,
-            "shared": spec.placement == "shared",
-            "detached": spec.detached,
-            "supervisor": spec.supervisor,
-            "death_cause": rec.cause,
-            "calls_done": rec.calls_done,
-        }
-
-    def actor_entry(self, rec: ActorRecord) -> dict:
-        spec = rec.spec
-        state = {"alive": "running", "pending": "starting", "restarting": "restarting",
-                 "dead": "stopped"}[rec.state]
-        return {
-            "name": spec.name or f"{spec.meta.class_name}_{spec.short_id()}",
-            "kind": "actor",
-            "class": spec.meta.class_name,
-            "actor_name": spec.name,
-            "actor_id": spec.actor_id.hex(),
-            "state": state,
-            "restarts": rec.restarts,
-            "pid": rec.worker.pid if rec.worker is not None else None,
-            "node_id": self.node.node_hex,
-            "children": [],
-        }
-
-    def worker_snapshots(self) -> list[dict]:
-        """Actor processes as children of ``worker_pool`` in the tree."""
-        out = []
-        for aw in sorted(self.workers.values(), key=lambda w: w.index):
-            actors = [r for r in aw.actors.values() if r.state != "dead"]
-            entry = {
-                "name": f"worker_{aw.index}",
-                "kind": "worker",
-                "state": "running" if aw.conn is not None else "starting",
-                "restarts": 0,
-                "pid": aw.pid,
-                "node_id": self.node.node_hex,
-                "worker_id": aw.worker_id.hex(),
-                "activity": "actor_host" if aw.shared else "actor",
-                "actors": len(actors),
-                "children": [self.actor_entry(r) for r in actors[:TREE_LIMIT]],
-            }
-            out.append(entry)
-        return out
-
-    def statistics(self) -> dict:
-        states = collections.Counter(r.state for r in self.actors.values())
-        return {"actors": dict(states), "created": self.created_total, "died": self.died_total,
-                "restarts": self.restarts_total, "processes": len(self.workers)}
 
     # -------------------------------------------------------------------- plumbing
 

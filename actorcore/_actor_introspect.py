@@ -1,0 +1,82 @@
+"""What the actor manager shows: records for ``actor_state``, tree entries, counters."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+__all__ = ["ActorIntrospection", "TREE_LIMIT"]
+
+#: Actor entries listed per worker in the tree (the rest are counted).
+TREE_LIMIT = 50
+
+
+class ActorIntrospection:
+    """Mixed into ``ActorManager``: read-only views of its state."""
+
+    node: Any
+    actors: dict
+    workers: dict
+    created_total: int
+    died_total: int
+    restarts_total: int
+
+    def describe(self, rec: Any) -> dict:
+        spec = rec.spec
+        return {
+            "actor_id": spec.actor_id.hex(),
+            "class_name": spec.meta.class_name,
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "state": rec.state,
+            "restarts": rec.restarts,
+            "pid": rec.worker.pid if rec.worker is not None else None,
+            "shared": spec.placement == "shared",
+            "detached": spec.detached,
+            "supervisor": spec.supervisor,
+            "death_cause": rec.cause,
+            "calls_done": rec.calls_done,
+        }
+
+    def actor_entry(self, rec: Any) -> dict:
+        spec = rec.spec
+        state = {"alive": "running", "pending": "starting", "restarting": "restarting",
+                 "dead": "stopped"}[rec.state]
+        return {
+            "name": spec.name or f"{spec.meta.class_name}_{spec.short_id()}",
+            "kind": "actor",
+            "class": spec.meta.class_name,
+            "actor_name": spec.name,
+            "actor_id": spec.actor_id.hex(),
+            "state": state,
+            "restarts": rec.restarts,
+            "pid": rec.worker.pid if rec.worker is not None else None,
+            "node_id": self.node.node_hex,
+            "children": [],
+        }
+
+    def worker_snapshots(self) -> list[dict]:
+        """Actor processes as children of ``worker_pool`` in the tree."""
+        out = []
+        for aw in sorted(self.workers.values(), key=lambda w: w.index):
+            actors = [r for r in aw.actors.values() if r.state != "dead"]
+            entry = {
+                "name": f"worker_{aw.index}",
+                "kind": "worker",
+                "state": "running" if aw.conn is not None else "starting",
+                "restarts": 0,
+                "pid": aw.pid,
+                "node_id": self.node.node_hex,
+                "worker_id": aw.worker_id.hex(),
+                "activity": "actor_host" if aw.shared else "actor",
+                "actors": len(actors),
+                "children": [self.actor_entry(r) for r in actors[:TREE_LIMIT]],
+            }
+            out.append(entry)
+        return out
+
+    def statistics(self) -> dict:
+        states = collections.Counter(r.state for r in self.actors.values())
+        return {"actors": dict(states), "created": self.created_total, "died": self.died_total,
+                "restarts": self.restarts_total, "processes": len(self.workers)}
+
