@@ -93,6 +93,11 @@ def init(
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(ignored))}")
     _check_resource_args(num_cpus, num_gpus, resources)
     with _lock:
+        core = _worker_state.core
+        if core is not None and core.role != "driver":
+            # Inside a task or actor: already connected to the node it runs on.
+            return ClusterInfo(node_id=core.node_id.hex(), address=core.node_address,
+                               gcs_address=core.gcs_address)
         if is_initialized():
             if ignore_reinit_error:
                 return _state["info"]

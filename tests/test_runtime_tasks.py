@@ -368,3 +368,13 @@ def test_system_exit_in_a_task_is_an_error_not_a_hang():
     with pytest.raises(exc.TaskError, match="SystemExit"):
         ray.get(leave.remote(), timeout=30)
     assert ray.get(add.remote(1, 2), timeout=30) == 3
+
+
+def test_init_inside_a_task_is_harmless():
+    @ray.remote
+    def inner():
+        info = ray.init()
+        return info["node_id"], ray.is_initialized()
+
+    node_id, initialized = ray.get(inner.remote(), timeout=30)
+    assert node_id == ray.get_runtime_context().get_node_id() and initialized
