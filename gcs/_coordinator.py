@@ -79,6 +79,8 @@ class Coordinator:
         self._changed = trio.Event()
         self.removed_total = 0
         self.suspects = 0
+        #: The latest removals: (replica name, why).
+        self.removals: deque[tuple[str, str]] = deque(maxlen=100)
         self._held = HeldReplies()
         self.generation = uuid.uuid4().hex
 
@@ -141,6 +143,7 @@ class Coordinator:
             "clients": len(self._clients),
             "removed_total": self.removed_total,
             "suspects": self.suspects,
+            "removals": list(self.removals)[-10:],
         }
 
     def chain(self, shard: int) -> ChainConfig:
@@ -173,7 +176,7 @@ class Coordinator:
             if (member is not None and member.shard == shard and reporter in self._members
                     and self._shards[shard].config.successor(reporter) == name):
                 self.suspects += 1
-                self._declare_dead(member)
+                self._declare_dead(member, f"suspected by {reporter}")
         elif tag == "hello":
             self._clients.add(conn)
             assert self._nursery is not None
@@ -256,12 +259,14 @@ class Coordinator:
     # ----------------------------------------------------------------- liveness
 
     async def _watch_replica(self, member: _Member) -> None:
+        reason = ["?"]
+
         async def watch() -> None:
             try:
                 while True:  # an answer (None) only means "ask again"
                     await member.conn.request(("watch",), timeout=None)
-            except transport.TransportError:
-                pass
+            except transport.TransportError as exc:
+                reason[0] = f"link lost: {type(exc).__name__}"
             nursery.cancel_scope.cancel()
 
         async def ping() -> None:
@@ -270,14 +275,15 @@ class Coordinator:
                 try:
                     await member.conn.request(("ping",),
                                               timeout=self.config.heartbeat_timeout)
-                except transport.TransportError:
+                except transport.TransportError as exc:
+                    reason[0] = f"heartbeat failed: {type(exc).__name__}"
                     nursery.cancel_scope.cancel()
                     return
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
             nursery.start_soon(ping)
-        self._declare_dead(member)
+        self._declare_dead(member, reason[0])
 
     async def _watch_client(self, conn: Any) -> None:
         try:
@@ -287,10 +293,11 @@ class Coordinator:
             pass
         self._clients.discard(conn)
 
-    def _declare_dead(self, member: _Member) -> None:
+    def _declare_dead(self, member: _Member, reason: str) -> None:
         if member.dead or self._members.get(member.name) is not member:
             return
         member.dead = True
+        self.removals.append((member.name, reason))
         del self._members[member.name]
         self.removed_total += 1
         state = self._shards[member.shard]

@@ -559,7 +559,10 @@ class Replica:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._probe_successor, conn, succ, nursery.cancel_scope)
-                await self._stream_to(cfg, succ, conn)
+                try:
+                    await self._stream_to(cfg, succ, conn)
+                except (transport.TransportError, OSError):
+                    pass  # (caught here: out of the nursery it would be a group)
                 nursery.cancel_scope.cancel()
         finally:
             if self._downstream is conn:

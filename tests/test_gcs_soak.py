@@ -28,6 +28,7 @@ async def soak(nursery: trio.Nursery, *, shards: int, kills: int, seed: int) -> 
     backwards: list[tuple[str, int, int]] = []
     events: dict[str, list[int]] = {k: [] for k in keys}
     writing = True
+    killed: list[str] = []
     async with gcs.open_client(plan.address, TOKEN, timeout=30) as writer, \
             gcs.open_client(plan.address, TOKEN, timeout=30) as reader:
 
@@ -77,6 +78,7 @@ async def soak(nursery: trio.Nursery, *, shards: int, kills: int, seed: int) -> 
                                 continue  # being restarted
                             if service.name == victim and service.pid:
                                 os.kill(service.pid, signal.SIGKILL)
+                                killed.append(victim)
                                 # let the coordinator see it before choosing the next
                                 # victim, so that never more than R-1 members are down
                                 with trio.fail_after(10):
@@ -84,6 +86,9 @@ async def soak(nursery: trio.Nursery, *, shards: int, kills: int, seed: int) -> 
                     await coordinator.wait_ready(30)
                     await trio.sleep(0.2)
                     writing = False
+                    # only our kills removed replicas (no false suspicion under load)
+                    stats = coordinator.statistics()
+                    assert stats["removed_total"] == len(killed), [r for r in stats["removals"] if r[0] not in killed]
                 for key in keys:
                     assert await reader.get("kv", key) == acked[key]
                 with trio.fail_after(20):
