@@ -16,6 +16,7 @@ another process; on a small machine those dominate, so fewer, larger batches.
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ class ControlState(Protocol):
     async def put_function(self, function_id: bytes, record: dict) -> None: ...
     async def get_function(self, function_id: bytes) -> dict | None: ...
     def record_task(self, spec: TaskSpec) -> None: ...
+    def lineage_done(self, task_id: bytes) -> None: ...
     async def register_node(self, node_id: str, info: dict) -> None: ...
     async def unregister_node(self, node_id: str) -> None: ...
     async def list_nodes(self) -> list[dict]: ...
@@ -44,40 +46,55 @@ class ControlState(Protocol):
 
 
 class _LineageBuffer:
-    """Batches task specs for the task table; flushed by ``run``."""
+    """Batches lineage writes for the task table; flushed by ``run``.
+
+    Items are a ``TaskSpec`` (record it) or a task id (``bytes``: its lineage is no
+    longer needed — every object it produced was freed — so the GCS may flush it
+    from memory beyond its ``lineage_cap``). Items are written in order, a batch of
+    records before the marks that follow them.
+    """
 
     def __init__(self) -> None:
-        self.buffer: list[TaskSpec] = []
+        self.buffer: collections.deque[TaskSpec | bytes] = collections.deque()
         self.event = trio.Event()
         self.full = trio.Event()
         self.recorded = 0
+        self.collected = 0
         self.flushes = 0
 
-    def add(self, spec: TaskSpec) -> None:
-        self.buffer.append(spec)
+    def add(self, item: TaskSpec | bytes) -> None:
+        self.buffer.append(item)
         n = len(self.buffer)
         if n == 1:
             self.event.set()
         elif n == _FLUSH_BATCH:
             self.full.set()
 
-    async def flush_forever(self, write: Any) -> None:
+    async def flush_forever(self, write: Any, collect: Any) -> None:
+        buffer = self.buffer
         while True:
             await self.event.wait()
             self.event = trio.Event()
             with trio.move_on_after(_FLUSH_INTERVAL):
                 await self.full.wait()
             self.full = trio.Event()
-            while self.buffer:
-                batch, self.buffer = self.buffer[:_FLUSH_BATCH], self.buffer[_FLUSH_BATCH:]
+            while buffer:
+                kind = type(buffer[0])
+                batch: list[Any] = []
+                while buffer and len(batch) < _FLUSH_BATCH and type(buffer[0]) is kind:
+                    batch.append(buffer.popleft())
                 try:
-                    await write(batch)
+                    if kind is bytes:
+                        await collect(batch)
+                        self.collected += len(batch)
+                    else:
+                        await write(batch)
+                        self.recorded += len(batch)
                 except Exception as exc:  # the GCS is failing over: keep the batch
-                    logger.warning("recording %d task specs failed: %s", len(batch), exc)
-                    self.buffer[:0] = batch
+                    logger.warning("lineage: writing %d items failed: %s", len(batch), exc)
+                    buffer.extendleft(reversed(batch))
                     await trio.sleep(0.1)
                     break
-                self.recorded += len(batch)
                 self.flushes += 1
 
 
@@ -101,9 +118,16 @@ class MemoryControlState:
     def record_task(self, spec: TaskSpec) -> None:
         self._lineage.add(spec)
 
+    def lineage_done(self, task_id: bytes) -> None:
+        self._lineage.add(task_id)
+
     async def _write_tasks(self, batch: list[TaskSpec]) -> None:
         for spec in batch:
             self.tasks[spec.task_id] = spec.lineage_record()
+
+    async def _collect(self, task_ids: list[bytes]) -> None:
+        for tid in task_ids:
+            self.tasks.pop(tid, None)
 
     async def register_node(self, node_id: str, info: dict) -> None:
         self.nodes[node_id] = info
@@ -119,12 +143,13 @@ class MemoryControlState:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        await self._lineage.flush_forever(self._write_tasks)
+        await self._lineage.flush_forever(self._write_tasks, self._collect)
 
     def statistics(self) -> dict:
         return {
             "backend": "memory",
             "tasks_recorded": self._lineage.recorded,
+            "lineage_collectable": self._lineage.collected,
             "lineage_flushes": self._lineage.flushes,
             "lineage_pending": len(self._lineage.buffer),
         }
@@ -154,6 +179,15 @@ class GcsControlState:
     def record_task(self, spec: TaskSpec) -> None:
         self._lineage.add(spec)
 
+    def lineage_done(self, task_id: bytes) -> None:
+        self._lineage.add(task_id)
+
+    async def _collect(self, task_ids: list[bytes]) -> None:
+        tasks = self.client.tasks
+        async with trio.open_nursery() as nursery:
+            for tid in task_ids:
+                nursery.start_soon(tasks.mark_collectable, tid.hex())
+
     async def _write_tasks(self, batch: list[TaskSpec]) -> None:
         tasks = self.client.tasks
         # The client pipelines and batches concurrent writes per shard.
@@ -175,13 +209,14 @@ class GcsControlState:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        await self._lineage.flush_forever(self._write_tasks)
+        await self._lineage.flush_forever(self._write_tasks, self._collect)
 
     def statistics(self) -> dict:
         return {
             "backend": "gcs",
             "address": self.address,
             "tasks_recorded": self._lineage.recorded,
+            "lineage_collectable": self._lineage.collected,
             "lineage_flushes": self._lineage.flushes,
             "lineage_pending": len(self._lineage.buffer),
         }

@@ -515,6 +515,9 @@ class NodeRuntime:
         self._nursery.start_soon(hold)
 
     def _on_object_dropped(self, oid: bytes, entry: Any) -> None:
+        if oid[16:] == b"\x00\x00\x00\x01" and oid[8:16] != b"\xff" * 8:
+            # A task's first return value was freed: its lineage is no longer needed.
+            self.control.lineage_done(oid[:16])
         state = self._store_refs.get(oid)
         if state == "pending":
             self._store_refs[oid] = "drop"
