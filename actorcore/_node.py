@@ -54,9 +54,10 @@ import transport
 from ._actor_manager import ActorManager
 from ._control import MemoryControlState
 from ._directory import ObjectDirectory
+from ._global_scheduler import GlobalScheduler
 from ._ids import short
 from ._protocol import TaskSpec
-from ._scheduler import GlobalScheduler, LocalScheduler, SchedulerState, WorkerInfo
+from ._scheduler import LocalScheduler, SchedulerState, WorkerInfo
 from ._session import unlink_latest, write_session_info
 from ._store_link import STORE, StoreLink
 from ._worker_pool import PoolState, WorkerPool

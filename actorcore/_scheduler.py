@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +42,7 @@ from .exceptions import (
     WorkerCrashedError,
 )
 
-__all__ = ["SchedulerState", "LocalScheduler", "GlobalScheduler", "WorkerInfo"]
+__all__ = ["SchedulerState", "LocalScheduler", "ReadyQueues", "WorkerInfo", "fits"]
 
 logger = logging.getLogger("actorcore.scheduler")
 
@@ -188,7 +187,7 @@ class ReadyQueues:
             yield from q
 
 
-def _fits(need: dict[str, float], available: dict[str, float]) -> bool:
+def fits(need: dict[str, float], available: dict[str, float]) -> bool:
     for k, v in need.items():
         if available.get(k, 0.0) < v - 1e-9:
             return False
@@ -229,7 +228,7 @@ class SchedulerState:
 
     def submit(self, spec: TaskSpec) -> None:
         self.record_lineage(spec)
-        if not _fits(spec.resources, self.total):
+        if not fits(spec.resources, self.total):
             self.forward_infeasible(spec)
             return
         deps = spec.deps
@@ -392,7 +391,7 @@ class SchedulerState:
         for key in list(ready.queues):
             while key in ready.queues:
                 spec = ready.queues[key][0]
-                if not _fits(spec.resources, available):
+                if not fits(spec.resources, available):
                     break
                 worker = None
                 while self.idle:
@@ -471,7 +470,7 @@ class SchedulerState:
         for i, spec in enumerate(self.ready):
             if i >= 4 * want + 16 or n >= want:
                 break
-            if _fits(spec.resources, avail):
+            if fits(spec.resources, avail):
                 n += 1
                 for k, v in spec.resources.items():
                     avail[k] = avail.get(k, 0.0) - v
@@ -572,56 +571,3 @@ class LocalScheduler:
         st = self.state.statistics()
         return {"kind": "local_scheduler", "queued": st["ready"] + st["waiting"],
                 "running": st["running"]}
-
-
-class GlobalScheduler:
-    """The ``global_scheduler`` component: places tasks no single node could take.
-
-    A local scheduler forwards a task whose resource request its node can never
-    satisfy. The global scheduler looks at every registered node (GCS nodes table):
-    if one could run it, the task goes there (multi-node placement arrives with
-    multi-node clusters); if none can, the task fails at once with a
-    ``TaskUnschedulableError`` naming the request and the cluster's capacity — an
-    infeasible request is an error, never a hang.
-    """
-
-    def __init__(
-        self,
-        inbox: trio.MemoryReceiveChannel,
-        list_nodes: Callable[[], Any],
-        fail: Callable[[TaskSpec, str], None],
-    ) -> None:
-        self._inbox = inbox
-        self._list_nodes = list_nodes
-        self._fail = fail
-        self.placed = 0
-
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for spec in self._inbox:
-            nodes = await self._list_nodes()
-            capable = [n for n in nodes if _fits(spec.resources, n.get("resources", {}))]
-            if not capable:
-                totals: dict[str, float] = collections.defaultdict(float)
-                for n in nodes:
-                    for k, v in n.get("resources", {}).items():
-                        totals[k] += v
-                self._fail(
-                    spec,
-                    f"task {spec.name} requests {_fmt(spec.resources)} but no node in the "
-                    f"cluster can ever provide it (largest node: "
-                    f"{_fmt(max((n.get('resources', {}) for n in nodes), key=len, default={}))}, "
-                    f"cluster total: {_fmt(dict(totals))})",
-                )
-            else:
-                # Single-node runtime: a capable node other than ours cannot exist yet.
-                self._fail(spec, f"task {spec.name}: no capable node reachable")
-
-    def snapshot(self) -> dict:
-        return {"kind": "global_scheduler"}
-
-
-def _fmt(res: dict[str, float]) -> str:
-    return "{" + ", ".join(
-        f"{k}: {int(v) if math.isfinite(v) and v == int(v) else v}" for k, v in sorted(res.items())
-    ) + "}"
