@@ -433,6 +433,9 @@ class ActorManager(ActorIntrospection):
             self._fail(spec, rec.died_error())
             return
         call = _Call(spec, len(spec.deps), rec.spec.max_task_retries)
+        if not spec.deps and rec.state == "alive" and spec.owner not in rec.queues:
+            self._send_call(rec, call)  # nothing of this caller's is waiting: send now
+            return
         q = rec.queues.get(spec.owner)
         if q is None:
             q = rec.queues[spec.owner] = collections.deque()
