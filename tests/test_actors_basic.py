@@ -376,3 +376,44 @@ def test_lightweight_actors_share_one_process():
     out = ray.get([a.who.remote() for a in actors])
     assert [i for i, _ in out] == list(range(200))
     assert len({pid for _, pid in out}) == 1
+
+
+def test_large_values_and_runtime_context_in_actors():
+    import numpy as np
+
+    @ray.remote
+    class Holder:
+        def __init__(self, arr):
+            self.arr = arr
+
+        def total(self, extra):
+            return float(self.arr.sum() + extra.sum())
+
+        def big(self):
+            return np.ones(1_000_000)
+
+        def ids(self):
+            ctx = ray.get_runtime_context()
+            return ctx.get_actor_id(), ctx.get_task_id()
+
+    arr = np.ones(500_000)
+    h = Holder.remote(arr)
+    assert ray.get(h.total.remote(np.ones(300_000))) == 800_000.0
+    assert ray.get(h.big.remote()).sum() == 1_000_000
+    aid, tid = ray.get(h.ids.remote())
+    assert aid == h.actor_id and tid is not None
+
+
+def test_get_actor_and_kill_from_a_task():
+    a = Log.options(name="from_task").remote()
+
+    @ray.remote
+    def use_and_kill():
+        h = ray.get_actor("from_task")
+        n = ray.get(h.add.remote("t", 0))
+        ray.kill(h)
+        return n
+
+    assert ray.get(use_and_kill.remote()) == 1
+    with pytest.raises(exc.ActorDiedError, match="killed"):
+        ray.get(a.add.remote("x", 1))

@@ -238,6 +238,18 @@ def test_supervised_one_for_one_and_intensity_exceeded():
     assert _find(ray.tree(), "solo") is None
 
 
+def test_supervised_rest_for_one_restarts_the_later_siblings():
+    sup = ray.supervisor("chain", strategy="rest_for_one", max_restarts=3, max_seconds=60)
+    hs = [Worker.options(supervisor=sup, max_task_retries=-1).remote(t) for t in "abc"]
+    pa, pb, pc = _pids(hs)
+    os.kill(pb, signal.SIGKILL)
+    qa, qb, qc = _until(
+        lambda: (lambda p: p if p[1] != pb and p[2] != pc else None)(_pids(hs)),
+        what="b and c restarted")
+    assert qa == pa  # started before b: untouched
+    assert ray.get([h.tag_of.remote() for h in hs]) == ["a", "b", "c"]
+
+
 def test_supervised_kill_no_restart_removes_the_child():
     sup = ray.supervisor("killer", strategy="one_for_one")
     a = Worker.options(supervisor=sup, name="victim").remote()
