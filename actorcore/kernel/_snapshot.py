@@ -142,6 +142,8 @@ def _describe(node: Mapping[str, Any], *, parent: Mapping[str, Any] | None) -> s
     kind = str(node.get("kind", "?"))
     if node.get("strategy"):
         kind += f" {node['strategy']}"
+    elif node.get("class"):  # a user actor: its class beside its name
+        kind += f" {node['class']}"
     parts.append(kind)
     state = str(node.get("state", "?"))
     parts.append(state)
