@@ -176,3 +176,35 @@ async def test_a_hung_replica_is_cut_out_by_heartbeat_and_replaced(nursery) -> N
         await root.find("gcs/shard_0").wait_running(slot, restarts=1, timeout=20)
         await coordinator.wait_ready(20)
         assert await c.get("kv", "before") == 1 and await c.get("kv", "during") == 2
+
+
+async def test_replacement_gets_a_snapshot_when_the_log_was_trimmed(nursery) -> None:
+    # A replay buffer of 10: the tail's log no longer reaches back to seq 1, so the
+    # restarted replica can only catch up by state transfer (a snapshot), then updates.
+    plan = gcs.plan(gcs.GcsConfig(shards=1, replicas=2, replay_buffer=10), TOKEN)
+    root = Supervisor("node", [kernel_specs(plan.tree)])
+    await nursery.start(root.run)
+    await plan.wait_ready(30)
+    coordinator = plan.coordinator
+    assert coordinator is not None
+    async with gcs.open_client(plan.address, TOKEN, timeout=20) as c:
+        async with trio.open_nursery() as load:
+            for w in range(10):
+                async def fill(w: int = w) -> None:
+                    for i in range(50):
+                        await c.put("objects", f"o{w}-{i}", {"size": i})
+                load.start_soon(fill)
+        head = coordinator.chain(0).chain[0]
+        slot, service = _slot(plan, root, head)
+        os.kill(service.pid, signal.SIGKILL)
+        await root.find("gcs/shard_0").wait_running(slot, restarts=1, timeout=20)
+        await coordinator.wait_ready(20)
+        await c.put("objects", "after", {"size": 0})  # flows through the new tail
+        cfg = coordinator.chain(0)
+        new = root.find(f"gcs/shard_0/{slot}").name
+        assert cfg.chain[-1] == new
+        stats = await _stats(cfg.addresses[new])
+        assert stats["snapshots_received"] == 1
+        assert stats["keys"] == 501 and stats["role"] == "tail"
+        assert await c.get("objects", "o9-49") == {"size": 49}
+        assert len(await c.scan("objects", "o")) == 500
