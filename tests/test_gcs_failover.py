@@ -208,3 +208,59 @@ async def test_replacement_gets_a_snapshot_when_the_log_was_trimmed(nursery) -> 
         assert stats["keys"] == 501 and stats["role"] == "tail"
         assert await c.get("objects", "o9-49") == {"size": 49}
         assert len(await c.scan("objects", "o")) == 500
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(gcs.__file__)))
+_NODE_SCRIPT = """
+import sys, trio
+sys.path.insert(0, {root!r})
+import gcs
+
+async def main():
+    service = gcs.GcsService(gcs.GcsConfig(shards=1, replicas=2), b"t")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        print(" ".join(str(s.pid) for s in service.services.values()), flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+async def test_replica_processes_exit_when_their_node_process_is_killed() -> None:
+    import sys
+
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _NODE_SCRIPT.format(root=_ROOT)], stdout=-1)
+    try:
+        assert proc.stdout is not None
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                line += await proc.stdout.receive_some()
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 2
+        proc.kill()  # SIGKILL: no cleanup code runs in the node process
+        await proc.wait()
+        for _ in range(500):  # polling other processes' liveness: no event to wait on
+            if not any(_alive(pid) for pid in pids):
+                break
+            await trio.sleep(0.02)
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too (its parent, the killed node, can no longer reap it)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
