@@ -216,6 +216,9 @@ class SchedulerState:
     wakeup: trio.Event = attrs.Factory(trio.Event)
     node_id: str = ""
     dispatcher_running: bool = False
+    # Where the owner of a task listens for results pushed by workers directly (a
+    # driver on this node), or None: then the node forwards them.
+    owner_address: Callable[[bytes], str | None] = lambda _owner: None
     _dispatching: bool = False
     tasks_finished: int = 0
     tasks_retried: int = 0
@@ -262,7 +265,10 @@ class SchedulerState:
         self.ready.append(spec)
         self._wake()
 
-    def task_done(self, worker: WorkerInfo, task_id: bytes, results: list, retry: bool) -> None:
+    def task_done(
+        self, worker: WorkerInfo, task_id: bytes, results: list, retry: bool, pushed: bool = False
+    ) -> None:
+        """``pushed``: the worker already sent the results to their owner directly."""
         spec = worker.tasks.get(task_id)
         if spec is None:
             logger.warning("worker %s reported unknown task %s", worker.index, task_id.hex())
@@ -276,7 +282,7 @@ class SchedulerState:
             self._retry(spec)
         else:
             self.directory.unpin(spec.deps)
-            self._finish(spec, results)
+            self._finish(spec, results, delivered=pushed)
         self._make_available(worker)
         self._wake()  # refill its pipeline, or give its resources to another task
 
@@ -451,8 +457,12 @@ class SchedulerState:
     def _send(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         entries = self.directory.entries
         dep_data = [(entries[oid].is_error, entries[oid].data) for oid in spec.deps]
+        direct = self.owner_address(spec.owner)
         try:
-            worker.conn.send_nowait(("execute", spec, dep_data))
+            if direct is None:
+                worker.conn.send_nowait(("execute", spec, dep_data))
+            else:
+                worker.conn.send_nowait(("execute", spec, dep_data, direct))
         except Exception as exc:  # its link just died: the death handler retries
             logger.info("dispatch to worker_%d failed: %s", worker.index, exc)
 
@@ -527,11 +537,12 @@ class SchedulerState:
         self.tasks_failed += 1
         self._finish(spec, [(oid, True, payload) for oid in spec.return_ids()])
 
-    def _finish(self, spec: TaskSpec, results: list) -> None:
+    def _finish(self, spec: TaskSpec, results: list, delivered: bool = False) -> None:
         self.tasks_finished += 1
         self.cancelled.discard(spec.task_id)
         self.directory.put_many(results)
-        self.deliver(spec.owner, results)
+        if not delivered:
+            self.deliver(spec.owner, results)
 
     def statistics(self) -> dict[str, Any]:
         return {

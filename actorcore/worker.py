@@ -48,6 +48,9 @@ class WorkerProcess:
         self._functions_lock = threading.Lock()
         self._executors: list[Executor] = []
         self._pending: collections.deque = collections.deque()
+        self._owner_addr: dict[bytes, str] = {}
+        self._owner_conns: dict[str, Any] = {}
+        self._token = b""
         self._running: dict[bytes, bool] = {}  # task id -> blocked in get
         self._free: collections.deque = collections.deque()
         self._nursery: trio.Nursery | None = None
@@ -55,6 +58,8 @@ class WorkerProcess:
     async def handle(self, conn: Any, message: Any, reply: Any) -> None:
         op = message[0]
         if op == "execute":
+            if len(message) > 3:  # the owner listens for results pushed directly
+                self._owner_addr[message[1].task_id] = message[3]
             self._execute(message[1], message[2])
         elif op == "ready":
             if self.core is not None:
@@ -100,9 +105,8 @@ class WorkerProcess:
         def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
             core.task_finished(spec.task_id)
             free.append(ref)  # free again before the node hears we are done
-            # One wake-up of the loop per task: it sends "done" and starts the next.
-            core.append_unsent(("done", spec.task_id, results, retry))
-            token.run_sync_soon(self._finished, spec.task_id)
+            # One wake-up of the loop per task: it sends the results and starts the next.
+            token.run_sync_soon(self._finished, spec.task_id, results, retry)
 
         ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode)
         self._executors.append(holder[0])
@@ -133,11 +137,37 @@ class WorkerProcess:
             running[spec.task_id] = False
             self._take_executor().tell((spec, fn, dep_data))
 
-    def _finished(self, task_id: bytes) -> None:
-        assert self.core is not None
-        self.core.flush_now()
+    def _finished(self, task_id: bytes, results: list, retry: bool) -> None:
+        """A task ended (core loop): results to the owner directly when it listens
+        (a driver on this node: one hop less than through the node), "done" to the
+        node (which records them and delivers them if we did not)."""
+        core = self.core
+        assert core is not None
+        pushed = False
+        address = self._owner_addr.pop(task_id, None)
+        if address is not None and not retry:
+            conn = self._owner_conns.get(address)
+            if conn is not None and not conn.closed:
+                try:
+                    conn.send_nowait(("ready", results))
+                    pushed = True
+                except Exception:
+                    pass
+            elif address not in self._owner_conns and self._nursery is not None:
+                self._owner_conns[address] = None
+                self._nursery.start_soon(self._dial_owner, address)
+        core.append_unsent(("done", task_id, results, retry, pushed))
+        core.flush_now()
         self._running.pop(task_id, None)
         self._pump()
+
+    async def _dial_owner(self, address: str) -> None:
+        try:
+            self._owner_conns[address] = await transport.connect(
+                address, self._token, name=f"worker_{self.index}", connect_timeout=5
+            )
+        except Exception as exc:  # results keep going through the node
+            logger.info("cannot reach owner at %s: %s", address, exc)
 
     def _blocked(self, task_id: bytes, blocked: bool) -> None:
         if task_id in self._running:
@@ -154,6 +184,7 @@ class WorkerProcess:
         self.core._enqueue(("done", spec.task_id, results, False))
 
     async def run(self, address: str, token: bytes) -> None:
+        self._token = token
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             client = transport.Client(
