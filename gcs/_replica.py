@@ -55,7 +55,6 @@ import uuid
 from collections import deque
 from typing import Any
 
-import attrs
 import trio
 
 import transport
@@ -64,6 +63,7 @@ from ._config import GcsConfig
 from ._durable import ShardLog, recover_shard
 from ._errors import GcsError, SubscriptionLost
 from ._protocol import ChainConfig, check_key, check_table, validate_read
+from ._pubsub import Publisher
 from ._state import ShardState, Update
 from ._watch import HeldReplies
 
@@ -71,37 +71,11 @@ __all__ = ["Replica", "ReplicaRemoved"]
 
 _FORWARD_BATCH = 2000
 _DIRECT_LIMIT = 1 << 20
-_OUTBOX_LIMIT = 100_000
 _RPC_TIMEOUT = 5.0
 
 
 class ReplicaRemoved(Exception):
     """The coordinator removed this replica from its chain (or is gone): it must exit."""
-
-
-@attrs.define
-class _Subscription:
-    sub_id: Any
-    table: str
-    key: Any
-    prefix: Any
-    outbox: _Outbox
-
-    def matches(self, key: Any) -> bool:
-        if self.key is not None:
-            return bool(key == self.key)
-        return type(key) is type(self.prefix) and key.startswith(self.prefix)
-
-
-@attrs.define(eq=False)
-class _Outbox:
-    """Ordered, bounded event queue of one subscriber connection."""
-
-    conn: Any
-    events: deque[tuple[Any, Any]] = attrs.Factory(deque)
-    wakeup: trio.Event = attrs.Factory(trio.Event)
-    subs: dict[Any, _Subscription] = attrs.Factory(dict)
-    closed: bool = False
 
 
 class Replica:
@@ -141,14 +115,13 @@ class Replica:
         self._ack_to: Any = None
         self._ack_sent = 0
         self._mark_floor: int | None = None
-        self._outboxes: dict[int, _Outbox] = {}
-        self._subs_by_table: dict[str, list[_Subscription]] = {}
+        self._pubsub = Publisher(shard)
         self._coordinator: Any = None
         self._nursery: trio.Nursery | None = None
         self._removed = trio.Event()
         self._held = HeldReplies()
         self._stats = {"writes": 0, "reads": 0, "bad_requests": 0, "snapshots_sent": 0,
-                       "snapshots_received": 0, "published": 0,
+                       "snapshots_received": 0,
                        "suspects_reported": 0}
 
     # ------------------------------------------------------------------ service
@@ -318,9 +291,7 @@ class Replica:
         elif tag == "sub":
             await self._on_subscribe(conn, message, reply)
         elif tag == "unsub":
-            box = self._outboxes.get(id(conn))
-            if box is not None:
-                self._drop_sub(box, message[1])
+            self._pubsub.unsubscribe(conn, message[1])
             await _answer(reply, ("ok",))
         elif tag == "stats":
             await _answer(reply, self.statistics())
@@ -470,7 +441,7 @@ class Replica:
         done = self.state.commit(seq)
         if not done:
             return
-        self._publish(done)
+        self._pubsub.publish(done)
         acked = self.state.acked
         pending = self._pending
         while pending and pending[0][0] <= acked:
@@ -663,71 +634,9 @@ class Replica:
                 f"shard {self.shard} can replay from seq {oldest} only; the subscriber "
                 f"last saw {start}", shard=self.shard, last_seq=start, oldest=oldest)))
             return
-        box = self._outboxes.get(id(conn))
-        if box is None:
-            box = self._outboxes[id(conn)] = _Outbox(conn)
-            assert self._nursery is not None
-            self._nursery.start_soon(self._pump, box)
-        sub = _Subscription(sub_id, table, key, prefix, box)
-        box.subs[sub_id] = sub
-        self._subs_by_table.setdefault(table, []).append(sub)
-        for update in replay:
-            if update[0] > acked:
-                break
-            if update[1] in "PD" and update[2] == table and sub.matches(update[3]):
-                box.events.append((sub_id, _event(update)))
-        box.wakeup.set()
+        assert self._nursery is not None
+        self._pubsub.subscribe(self._nursery, conn, sub_id, table, key, prefix, replay, acked)
         await _answer(reply, ("ok", acked))
-
-    def _publish(self, updates: list[Update]) -> None:
-        subs_by_table = self._subs_by_table
-        if not subs_by_table:
-            return
-        for update in updates:
-            if update[1] not in "PD":
-                continue
-            subs = subs_by_table.get(update[2])
-            if not subs:
-                continue
-            event = None
-            for sub in subs:
-                if sub.matches(update[3]):
-                    event = event or _event(update)
-                    box = sub.outbox
-                    box.events.append((sub.sub_id, event))
-                    box.wakeup.set()
-                    self._stats["published"] += 1
-
-    def _drop_sub(self, box: _Outbox, sub_id: Any) -> None:
-        sub = box.subs.pop(sub_id, None)
-        if sub is not None:
-            subs = self._subs_by_table.get(sub.table, [])
-            if sub in subs:
-                subs.remove(sub)
-
-    async def _pump(self, box: _Outbox) -> None:
-        """Deliver one connection's events in order; drop all its subs if it lags or dies."""
-        try:
-            while not box.closed:
-                if not box.events:
-                    box.wakeup = trio.Event()
-                    await box.wakeup.wait()
-                    continue
-                if len(box.events) > _OUTBOX_LIMIT:
-                    lost = list(box.subs)
-                    for sub_id in lost:
-                        self._drop_sub(box, sub_id)
-                    box.events.clear()
-                    await box.conn.send(("sublost", lost))
-                    continue
-                batch = [box.events.popleft() for _ in range(min(len(box.events), 1000))]
-                await box.conn.send(("ev", self.shard, batch))
-        except transport.TransportError:
-            pass
-        finally:
-            for sub_id in list(box.subs):
-                self._drop_sub(box, sub_id)
-            self._outboxes.pop(id(box.conn), None)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -736,16 +645,11 @@ class Replica:
             "role": self.role(),
             "epoch": self.chain.epoch,
             "pending_replies": len(self._pending),
-            "subscriber_connections": len(self._outboxes),
+            **self._pubsub.statistics(),
             **self._stats,
             **self.state.statistics(),
             **({"log": self.log.statistics()} if self.log else {}),
         }
-
-
-def _event(update: Update) -> tuple[Any, ...]:
-    seq, kind, table, key, value, _ = update
-    return (seq, table, key, value if kind == "P" else None, kind == "D")
 
 
 async def _answer(reply: Any, value: Any) -> None:
