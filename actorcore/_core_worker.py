@@ -601,7 +601,10 @@ class CoreWorker:
         nursery.start_soon(self.run_sender)
         nursery.start_soon(self.run_lazy_flusher)
         if store_address is not None and token is not None:
-            self.store = await StoreLink.open(store_address, token, f"{self.role}-{self.pid}")
+            # Connected on first use (see _store_link: spares small-task programs the
+            # pyarrow import).
+            self.store = StoreLink(store_address, token, f"{self.role}-{self.pid}",
+                                   self.trio_token)
             self.store.nursery = nursery
 
     async def call(self, name: str, *args: Any, request_timeout: float | None = 30.0) -> Any:

@@ -209,7 +209,7 @@ class DriverLoop:
                     await trio.sleep(0.005)
             with trio.move_on_after(2):
                 if core.store is not None:
-                    await core.store.client.aclose()
+                    await core.store.aclose()
                 await conn.aclose(flush_timeout=1.0)
             outer.cancel_scope.cancel()
 

@@ -1,19 +1,23 @@
 """Values large enough for shared memory, through the node's object store.
 
-A value is serialised once with ``store.serialize`` (cloudpickle, protocol 5,
-out-of-band buffers). Below the inline threshold (100 KiB) it travels inside the
-messages as a plain pickle; at or above it, its producer writes it into the node's
-shared-memory store and the messages carry only the marker ``STORE`` in place of
+A value is pickled once (cloudpickle, protocol 5, out-of-band buffers). Below the
+inline threshold (100 KiB) it travels inside the messages as a plain pickle; at or
+above it, its producer writes it into the node's shared-memory store
+(``store.serialize``) and the messages carry only the marker ``STORE`` in place of
 the data. Readers on the node get it zero-copy (numpy arrays come back as read-only
 views of shared memory).
+
+A driver or worker connects to the store lazily, on its first large object: the
+store client maps the arena with pyarrow, and importing pyarrow costs ~100 ms of
+start-up that a program of small tasks never needs.
 
 Who holds the store's references (the store frees an object nobody refs):
 
 - the producer takes one when it writes (``put`` in a driver; a task's result in a
   worker);
 - the node takes one as soon as it learns of the object (``put`` / ``done`` carrying
-  ``STORE``), then tells a worker producer to drop its own (``release``); a driver
-  keeps its ref while its ``ObjectRef`` lives;
+  ``STORE``), waits until the store has applied it, then tells the producer to drop
+  its own (``release``);
 - the node drops its ref when the object leaves its directory (owner freed it and no
   queued task needs it).
 
@@ -26,9 +30,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import cloudpickle
 import trio
 
-import store
 import transport
 
 from ._serialization import dumps
@@ -43,23 +47,72 @@ STORE = b"\x00actorcore-store"
 INLINE_THRESHOLD = 100 * 1024
 
 
-class StoreLink:
-    """A core worker's (or node's) connection to the node's store service."""
+def _store_errors() -> tuple[type[BaseException], ...]:
+    import store
 
-    def __init__(self, client: store.StoreClient, trio_token: trio.lowlevel.TrioToken) -> None:
-        self.client = client
+    return (transport.ConnectionLost, store.StoreClosedError)
+
+
+class StoreLink:
+    """A core worker's (or node's) connection to the node's store service.
+
+    Connected on first use (``connect``); from a thread other than the core loop the
+    first use enters the loop once to dial.
+    """
+
+    def __init__(
+        self, address: str, token: bytes, name: str, trio_token: trio.lowlevel.TrioToken
+    ) -> None:
+        self.address = address
+        self._auth = token
+        self.name = name
         self.token = trio_token
-        self.blocking = store.BlockingStoreClient(client, trio_token)
+        self.client: Any = None
+        self.blocking: Any = None
+        self._connecting: trio.Event | None = None
         self._reconnecting: trio.Event | None = None
         self.nursery: trio.Nursery | None = None
 
     @classmethod
     async def open(cls, address: str, token: bytes, name: str) -> StoreLink:
-        client = await store.StoreClient.connect(address, token, name=name)
-        return cls(client, trio.lowlevel.current_trio_token())
+        """A link connected now (the node's own)."""
+        link = cls(address, token, name, trio.lowlevel.current_trio_token())
+        await link.connect()
+        return link
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None
+
+    async def connect(self) -> None:
+        """Dial the store once, however many callers ask at the same time (core loop)."""
+        if self.client is not None:
+            return
+        if self._connecting is not None:
+            await self._connecting.wait()
+            if self.client is None:
+                raise transport.ConnectError(f"cannot reach the object store at {self.address}")
+            return
+        self._connecting = trio.Event()
+        try:
+            import store
+
+            client = await store.StoreClient.connect(self.address, self._auth, name=self.name)
+            self.blocking = store.BlockingStoreClient(client, self.token)
+            self.client = client
+        finally:
+            self._connecting.set()
+            self._connecting = None
+
+    def _ensure(self) -> None:
+        if self.client is None:
+            trio.from_thread.run(self.connect, trio_token=self.token)
 
     async def reconnect(self) -> None:
         """Reconnect once, however many callers noticed the loss (core loop)."""
+        if self.client is None:
+            await self.connect()
+            return
         if self._reconnecting is not None:
             await self._reconnecting.wait()
             return
@@ -77,46 +130,54 @@ class StoreLink:
             self._reconnecting.set()
             self._reconnecting = None
 
-    def _retrying(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _retrying(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
         """Call a blocking store operation; reconnect and retry once if the link died."""
+        self._ensure()
         try:
-            return fn(*args, **kwargs)
-        except (transport.ConnectionLost, store.StoreClosedError):
+            return getattr(self.blocking, fn_name)(*args, **kwargs)
+        except _store_errors():
             trio.from_thread.run(self.reconnect, trio_token=self.token)
-            return fn(*args, **kwargs)
+            return getattr(self.blocking, fn_name)(*args, **kwargs)
 
-    def put(self, object_id: bytes, serialized: store.SerializedValue) -> None:
+    def put(self, object_id: bytes, serialized: Any) -> None:
         """Write a large value (any thread but the core loop)."""
+        import store
+
         try:
-            self._retrying(self.blocking.put, object_id, serialized)
+            self._retrying("put", object_id, serialized)
         except store.ObjectStoreFullError as exc:
             raise ObjectStoreFullError(str(exc)) from exc
 
     def get(self, object_id: bytes) -> Any:
         """Read a value, zero-copy (any thread but the core loop)."""
-        return self._retrying(self.blocking.get, object_id, timeout=60)
+        return self._retrying("get", object_id, timeout=60)
 
     async def add_ref(self, object_id: bytes) -> None:
         """Take a ref and wait until the store has it (``add_ref`` itself is one-way;
         a request behind it on the same connection returns only after it was applied,
         so a producer's release sent after this cannot overtake it)."""
+        await self.connect()
         try:
             await self.client.add_ref(object_id)
             await self.client.contains(object_id)
-        except (transport.ConnectionLost, store.StoreClosedError):
+        except _store_errors():
             await self.reconnect()
             await self.client.add_ref(object_id)
             await self.client.contains(object_id)
 
     async def remove_ref(self, object_id: bytes) -> None:
+        if self.client is None:
+            return  # never connected: we hold nothing
         try:
             await self.client.remove_ref(object_id)
-        except (transport.ConnectionLost, store.StoreClosedError):
+        except _store_errors():
             await self.reconnect()
             await self.client.remove_ref(object_id)
 
     def release_soon(self, object_ids: list[bytes]) -> None:
         """Drop this link's refs to ``object_ids`` later (any thread, never blocks)."""
+        if self.client is None:
+            return
 
         async def go() -> None:
             for oid in object_ids:
@@ -135,20 +196,34 @@ class StoreLink:
             pass
 
     async def statistics(self) -> dict:
+        await self.connect()
         return await self.client.store_statistics()
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
 
 
 def encode_value(
     value: Any, object_id: bytes, link: StoreLink | None, *, what: str = "value"
 ) -> bytes:
     """Serialise ``value``: inline pickle bytes, or ``STORE`` after writing it there."""
+    buffers: list[Any] = []
+    try:
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception:
+        dumps(value, what=what)  # raises SerializationError naming the type
+        raise
+    size = len(data) + sum(memoryview(b).nbytes for b in buffers)
+    if size < INLINE_THRESHOLD or link is None:
+        if not buffers:
+            return data
+        return dumps(value, what=what)  # small arrays: buffers in band
+    import store
+
     try:
         ser = store.serialize(value)
     except store.SerializationError as exc:
         raise SerializationError(f"could not serialize {what}: {exc}") from exc
-    if ser.total_size < INLINE_THRESHOLD or link is None:
-        if not ser.buffers:
-            return bytes(ser.data)
-        return dumps(value, what=what)
     link.put(object_id, ser)
     return STORE
