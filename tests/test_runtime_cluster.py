@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import actorcore as ray
-from actorcore import exceptions as exc
 from actorcore.kernel import check_snapshot
 from actorcore.testing import faults
 
