@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import inspect
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -143,6 +144,7 @@ def init(
         set_default_namespace(namespace)  # where named actors go (issue 6)
         _state["loop"] = loop
         _state["head"] = head
+        _log_to_session(info.get("log_dir"))
         result = ClusterInfo(
             address=node_address,
             node_id=core.node_id.hex(),
@@ -169,6 +171,24 @@ _IGNORED_RAY_OPTIONS = {
     "object_spilling_directory",
     "job_config",
 }
+
+
+def _log_to_session(log_dir: str | None) -> None:
+    """This driver's own runtime log (actorcore, transport) in the session's log dir."""
+    if not log_dir or _state.get("log_handler") is not None:
+        return
+    try:
+        handler = logging.FileHandler(os.path.join(log_dir, f"driver-{os.getpid()}.log"))
+    except OSError:
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    for name in ("actorcore", "transport", "store"):
+        logging.getLogger(name).addHandler(handler)
+    runtime = logging.getLogger("actorcore")
+    if runtime.level == logging.NOTSET:
+        runtime.setLevel(logging.INFO)  # our own records; transport/store keep theirs
+    _state["log_handler"] = handler
 
 
 def _check_resource_args(num_cpus: Any, num_gpus: Any, resources: Any) -> None:
