@@ -70,6 +70,9 @@ logger = logging.getLogger("actorcore.node")
 #: Seconds a disconnected driver's objects and queued tasks are kept for it to rejoin.
 DRIVER_GRACE = 5.0
 
+#: Seconds a fetch waits for an object nothing here will produce before failing.
+FETCH_LOST_AFTER = 5.0
+
 
 @attrs.define
 class NodeConfig:
@@ -558,6 +561,41 @@ class NodeRuntime:
 
         for oid in oids:
             directory.when_ready(oid, one)
+        if remaining[0] > 0 and self._nursery is not None:
+            self._nursery.start_soon(self._fetch_watchdog, oids, reply)
+
+    async def _fetch_watchdog(self, oids: list[bytes], reply: Any) -> None:
+        """Fail a fetch of objects that nothing will ever produce, instead of hanging.
+
+        An object the directory has no value for may still be on its way (its put
+        or its task's result in flight on another connection), so only after
+        ``FETCH_LOST_AFTER`` seconds, and only for objects whose producing task is
+        not queued or running here, does the fetch fail with ``ObjectLostError``.
+        """
+        while not reply.done:
+            await trio.sleep(FETCH_LOST_AFTER)
+            if reply.done:
+                return
+            entries = self.directory.entries
+            pending = [oid for oid in oids if not (oid in entries and entries[oid].ready)]
+            if not pending or any(self.sched.knows_task(oid[:16]) for oid in pending):
+                continue
+            from . import _serialization
+            from .exceptions import ObjectLostError
+
+            items = []
+            for oid in oids:
+                e = entries.get(oid)
+                if e is not None and e.ready:
+                    items.append((oid, e.is_error, e.data))
+                else:
+                    err = ObjectLostError(
+                        f"object {oid.hex()} does not exist on this cluster: its owner freed "
+                        f"it or died, and no task here will produce it"
+                    )
+                    items.append((oid, True, _serialization.dumps(err)))
+            reply.send(items)
+            return
 
     def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
         owned = self._owned_by(conn)

@@ -378,3 +378,11 @@ def test_init_inside_a_task_is_harmless():
 
     node_id, initialized = ray.get(inner.remote(), timeout=30)
     assert node_id == ray.get_runtime_context().get_node_id() and initialized
+
+
+def test_get_of_an_object_nobody_will_produce_fails_instead_of_hanging():
+    ghost = ray.ObjectRef(b"\x13" * 20)  # never created by anyone
+    t0 = time.monotonic()
+    with pytest.raises(exc.ObjectLostError, match="does not exist"):
+        ray.get(ghost, timeout=60)
+    assert time.monotonic() - t0 < 30
