@@ -133,7 +133,8 @@ class GcsClient:
         self._sub_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._held = HeldReplies()
-        self._stats = {"writes": 0, "reads": 0, "batches": 0, "retries": 0}
+        self._stats = {"writes": 0, "reads": 0, "batches": 0, "retries": 0,
+                       "coordinator_reconnects": 0}
         #: The typed tables of the runtime (see `_tables.py`).
         self.nodes = NodeTable(self)
         self.actors = ActorTable(self)
@@ -160,6 +161,44 @@ class GcsClient:
                     raise GcsUnavailable(
                         f"cannot reach the GCS coordinator at {self.address}: {exc}") from exc
                 await trio.sleep(0.05)
+
+    async def _keep_coordinator(self) -> None:
+        """Keep a link to the coordinator, redialing it after a restart.
+
+        The data path does not need it (clients talk to the replicas directly); it
+        carries the layout pushes, so after a restart we register again with
+        ``hello`` and the new coordinator pushes its rebuilt chains to us. Its
+        layouts have the same generation and higher epochs, so `_set_layout` merges
+        them shard by shard.
+        """
+        while True:
+            conn = self._coordinator
+            if conn is not None and not conn.closed:
+                try:
+                    while True:  # an answer (None) only means "ask again"
+                        await conn.request(("watch",), timeout=None)
+                except transport.TransportError:
+                    pass
+                with trio.CancelScope(shield=True):
+                    await _aclose(conn)
+            delay = 0.01
+            while True:
+                conn = None
+                try:
+                    conn = await transport.connect(self.address, self.token, name=self.name,
+                                                   handler=self._on_message,
+                                                   connect_timeout=2.0)
+                    layout = await conn.request(("hello",), timeout=_RPC_TIMEOUT)
+                except transport.TransportError:
+                    if conn is not None:
+                        await _aclose(conn)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 0.2)
+                    continue
+                self._coordinator = conn
+                self._stats["coordinator_reconnects"] += 1
+                self._set_layout(layout)
+                break
 
     async def aclose(self) -> None:
         for conn in [self._coordinator, *self._conns.values()]:
@@ -195,9 +234,8 @@ class GcsClient:
         try:
             coordinator = self._coordinator
             if coordinator is None or coordinator.closed:
-                coordinator = self._coordinator = await transport.connect(
-                    self.address, self.token, name=self.name, handler=self._on_message)
-                await coordinator.request(("hello",), timeout=_RPC_TIMEOUT)
+                # `_keep_coordinator` is redialing; its ``hello`` brings the layout.
+                raise transport.ConnectionLost("the GCS coordinator link is down")
             self._set_layout(await coordinator.request(("layout",), timeout=_RPC_TIMEOUT))
         except transport.TransportError:
             await trio.sleep(0.05)
@@ -583,6 +621,14 @@ async def _until_lost(conn: Any, lost: trio.Event) -> None:
         nursery.start_soon(wait_lost)
 
 
+async def _aclose(conn: Any) -> None:
+    with trio.move_on_after(0.5):
+        try:
+            await conn.aclose()
+        except transport.TransportError:
+            pass
+
+
 @asynccontextmanager
 async def open_client(address: str, token: bytes | str, *, name: str = "gcs-client",
                       timeout: float = 30.0,  # noqa: ASYNC109 (bounds every operation)
@@ -600,6 +646,7 @@ async def open_client(address: str, token: bytes | str, *, name: str = "gcs-clie
         await client._connect()
         async with trio.open_nursery() as nursery:
             client._nursery = nursery
+            nursery.start_soon(client._keep_coordinator)
             try:
                 yield client
             except BaseException as exc:

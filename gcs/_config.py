@@ -37,6 +37,11 @@ class GcsConfig:
     heartbeat_interval / heartbeat_timeout: the coordinator's liveness probe of each
       replica (a connection loss is detected at once; the probe finds hung replicas).
     compact_every: log records after which a replica rewrites its log as one snapshot.
+    recovery_grace: how long a restarted coordinator waits for the replicas of a shard
+      to re-register before it decides the shard's chain from those it heard (it
+      decides at once when every slot, or every member of the latest chain, is back).
+    coordinator_patience: how long a replica keeps redialing a lost coordinator
+      (serving meanwhile) before it gives up and exits.
     """
 
     shards: int = attrs.field(default=1, validator=_positive)
@@ -52,6 +57,8 @@ class GcsConfig:
     heartbeat_interval: float = 0.5
     heartbeat_timeout: float = 3.0
     compact_every: int = 200_000
+    recovery_grace: float = 3.0
+    coordinator_patience: float = 60.0
 
     @property
     def use_processes(self) -> bool:

@@ -20,6 +20,66 @@ Membership protocol
 * Every change bumps the shard's epoch and is pushed to all its replicas (``config``)
   and to all connected clients (``layout``). Clients also ask for the layout after
   an error, so a lost push costs a round trip, never correctness.
+
+Restart (recovery from the replicas)
+------------------------------------
+The coordinator is not on the data path: writes, acks, reads and subscriptions flow
+between clients and replicas only, so while it is down every chain keeps serving
+under the config it last had. Only *changes* (a dead replica cut out, a replacement
+added) wait for it. Its whole state -- the chains -- is recoverable from the
+replicas, which stay alive in their own processes (the ``gcs`` supervisor is
+``one_for_one``: the shards are not restarted with it):
+
+* A replica whose coordinator link dies redials the same address with retry and
+  registers again with a *report*: its chain view (a `ChainConfig`), ``applied``,
+  ``acked``, and whether it seeded its shard. A fresh replica sends the same report
+  with epoch 0.
+* A restarted coordinator (``recover=True``) holds every shard in *recovery*: it
+  answers no registration, decides nothing and makes clients' ``hello``/``layout``
+  wait, until it has heard enough. A shard is recovered as soon as (a) all R slots
+  registered, or (b) every member (chain and learner) of the highest-epoch view
+  reported so far registered, or (c) ``recovery_grace`` passed.
+* Then its chain is the highest-epoch view filtered to registered replicas, *in the
+  view's order*; its learner stays if it registered. The new config gets epoch
+  ``max(reported) + 1`` and is pushed to everyone. Registrants outside it are told
+  ``join`` (fresh) or ``removed`` (they hold state from a chain they were cut out
+  of: their log may hold updates numbered differently from the survivors'). Members
+  of the view that never registered are declared dead, so their supervising
+  service kills them if they are alive but hung.
+
+Why that is safe. Chain replication keeps, within any one view, every replica's
+applied state a superset of its successors' -- and views only ever drop members or
+append a caught-up learner at the tail, so the order of the surviving members is the
+same in every view. A replica accepts ``fw`` only from the predecessor its *own*
+view names, so a view delivered to only some replicas before the crash cannot have
+moved data between replicas that did not hold it. Hence:
+
+* The highest reported epoch is the latest view anyone acted on; a later view that
+  reached no registrant moved no committed data (a tail commits only once it holds
+  the view that makes it tail) -- except a promoted learner acking as new tail,
+  whose data its predecessors hold anyway.
+* Every acknowledged write was applied by every member of the head's view down to
+  the acking tail; the recovered chain is a subsequence of that view, so its tail
+  holds every acknowledged write and every read any old tail served: no write lost,
+  reads monotone. The new tail commits what it applied (as in any repair).
+* Rule (b) cannot pick a stale view while a newer one exists among alive replicas:
+  the newer view's surviving members were members of the older one, so they must
+  have registered too, and would have reported the newer epoch.
+* Sequence numbers are the shard's own, so subscribers attached to a tail that
+  stays tail see nothing at all; one whose tail died resubscribes from its last
+  sequence number, as in any failover: no gap, no duplicate.
+
+Races. A replica that dies while the coordinator is down: its chain stalls (acks
+stop) until recovery, which leaves it out; its neighbours resync as in any repair.
+A replacement that starts before the coordinator is back registers as fresh: it is
+never seeded while a shard is in recovery (rule (a) counts it, but the decision
+prefers any view with data), so it joins as a learner by state transfer. A replica
+that was cut out while alive (hung) but never learnt it reports an older view and is
+told ``removed``. A registrant that dies during recovery is dropped from it. A second
+coordinator crash during recovery simply starts recovery again (nothing was decided
+that the replicas do not report). The clients keep the same layout ``generation``
+across restarts and merge per shard by epoch, so a not-yet-recovered shard (epoch 0)
+never overrides what they know.
 """
 
 from __future__ import annotations
@@ -59,12 +119,20 @@ class _Shard:
     seeding: str | None = None
     joiners: deque[str] = attrs.Factory(deque)
     failovers: int = 0
+    #: While recovering after a restart: name -> (report, held register reply).
+    registrants: dict[str, tuple[Any, Any]] | None = None
+
+
+def _has_state(report: Any) -> bool:
+    """A registrant holding a shard's state (it was in a chain, or seeded it)."""
+    return report is not None and (report[0].epoch > 0 or bool(report[3]))
 
 
 class Coordinator:
     """The chain master service. ``run`` reports the address clients connect to."""
 
-    def __init__(self, config: GcsConfig, token: bytes, *, address: str | None = None) -> None:
+    def __init__(self, config: GcsConfig, token: bytes, *, address: str | None = None,
+                 generation: str | None = None, recover: bool = False) -> None:
         self.config = config
         self.token = token
         self.listen = address or f"tcp:{config.host}:0"
@@ -82,17 +150,33 @@ class Coordinator:
         #: The latest removals: (replica name, why).
         self.removals: deque[tuple[str, str]] = deque(maxlen=100)
         self._held = HeldReplies()
-        self.generation = uuid.uuid4().hex
+        self.generation = generation or uuid.uuid4().hex
+        #: Replicas declared dead by this incarnation (their services kill them).
+        self.dead: set[str] = set()
+        self.recovering = recover
+        self._recovered = trio.Event()
+        if recover:
+            for shard in self._shards:
+                shard.registrants = {}
+        else:
+            self._recovered.set()
+        #: Recovery figures (seconds from start to each shard's decision).
+        self.recovery: dict[str, Any] = {"recover": recover, "shards": {}}
+        self._started_at = 0.0
 
     def snapshot(self) -> dict[str, Any]:
-        return {"kind": "gcs_coordinator", "address": self.address}
+        return {"kind": "gcs_coordinator", "address": self.address,
+                "recovering": not self._recovered.is_set()}
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._started_at = trio.current_time()
             server = transport.Server(self.listen, self.token, self._on_message,
                                       name="gcs/coordinator")
             self.address = await nursery.start(server.run)
+            if self.recovering:
+                nursery.start_soon(self._recovery_deadline)
             task_status.started(self.address)
 
     # ----------------------------------------------------------------- queries
@@ -123,13 +207,18 @@ class Coordinator:
         return name in self._members
 
     async def wait_removed(self, name: str) -> None:
-        """Return once replica ``name`` (registered earlier) has been declared dead.
+        """Return once this coordinator has declared replica ``name`` dead.
 
         The replica's supervising service uses this to kill a process that is alive
         but unresponsive (it failed its heartbeats), so that it gets replaced.
         """
-        while name in self._members:
+        while name not in self.dead:
             await self._changed.wait()
+
+    async def wait_recovered(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 (public API)
+        """Wait until a restarted coordinator has rebuilt every shard's chain."""
+        with trio.fail_after(timeout):
+            await self._recovered.wait()
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -141,6 +230,7 @@ class Coordinator:
                 for s in self._shards
             ],
             "clients": len(self._clients),
+            "recovery": dict(self.recovery),
             "removed_total": self.removed_total,
             "suspects": self.suspects,
             "removals": list(self.removals)[-10:],
@@ -177,13 +267,15 @@ class Coordinator:
                     and self._shards[shard].config.successor(reporter) == name):
                 self.suspects += 1
                 self._declare_dead(member, f"suspected by {reporter}")
-        elif tag == "hello":
-            self._clients.add(conn)
+        elif tag in ("hello", "layout"):
             assert self._nursery is not None
-            self._nursery.start_soon(self._watch_client, conn)
-            reply.send(self.layout())
-        elif tag == "layout":
-            reply.send(self.layout())
+            if tag == "hello":
+                self._clients.add(conn)
+                self._nursery.start_soon(self._watch_client, conn)
+            if self._recovered.is_set():
+                reply.send(self.layout())
+            else:
+                self._nursery.start_soon(self._layout_after_recovery, reply)
         elif tag == "watch":
             self._held.hold(conn, reply)  # never answered: fails at the replica when we die
         elif tag == "stats":
@@ -191,16 +283,39 @@ class Coordinator:
         elif reply is not None:
             reply.fail(ValueError(f"GCS coordinator: unknown request {message!r:.200}"))
 
+    async def _layout_after_recovery(self, reply: Any) -> None:
+        await self._recovered.wait()  # bounded by recovery_grace
+        try:
+            reply.send(self.layout())
+        except transport.TransportError:
+            pass
+
     def _on_register(self, conn: Any, message: Any, reply: Any) -> None:
-        _, shard, name, address, pid = message
+        _, shard, name, address, pid, *rest = message
+        report = rest[0] if rest else None
         if not isinstance(shard, int) or not 0 <= shard < len(self._shards):
             reply.fail(ValueError(f"GCS coordinator: no shard {shard!r}"))
             return
         member = _Member(name=name, shard=shard, address=address, pid=pid, conn=conn)
-        self._members[name] = member
+        self._members[name] = member  # replaces an earlier link of the same replica
         assert self._nursery is not None
         self._nursery.start_soon(self._watch_replica, member)
         state = self._shards[shard]
+        if state.registrants is not None:
+            state.registrants[name] = (report, reply)
+            self._check_recovered(shard)
+            return
+        cfg = state.config
+        if name in cfg.chain or name == cfg.learner:
+            # Its link to us blipped: it carries on with the config it has.
+            reply.send("resume")
+            self._push(conn, ("config", cfg))
+            return
+        if _has_state(report):
+            # Cut out of its chain (or of a recovered one) while it was away.
+            reply.send("removed")
+            self._declare_dead(member, "registered with a stale chain view")
+            return
         if not state.config.chain and state.seeding is None and state.config.learner is None:
             state.seeding = name
             reply.send("seed")
@@ -208,6 +323,82 @@ class Coordinator:
             state.joiners.append(name)
             reply.send("join")
             self._advance(shard)
+
+    # ----------------------------------------------------------------- recovery
+
+    async def _recovery_deadline(self) -> None:
+        await trio.sleep(self.config.recovery_grace)
+        for shard in range(len(self._shards)):
+            if self._shards[shard].registrants is not None:
+                self._check_recovered(shard, force=True)
+
+    def _check_recovered(self, shard: int, *, force: bool = False) -> None:
+        """Decide ``shard``'s chain once enough replicas re-registered (see the
+        module docstring: rules (a), (b), (c))."""
+        state = self._shards[shard]
+        regs = state.registrants
+        assert regs is not None
+        views = [rep[0] for rep, _ in regs.values() if rep is not None and rep[0].epoch > 0]
+        best = max(views, key=lambda v: v.epoch) if views else None
+        done = force or len(regs) >= self.config.replicas
+        if best is not None and not done:
+            needed = {*best.chain, *([best.learner] if best.learner else [])}
+            done = needed <= regs.keys()
+        if done:
+            self._finish_recovery(shard, best)
+
+    def _finish_recovery(self, shard: int, best: ChainConfig | None) -> None:
+        state = self._shards[shard]
+        regs = state.registrants
+        assert regs is not None
+        state.registrants = None
+        epoch = max((rep[0].epoch for rep, _ in regs.values() if rep is not None), default=0)
+        chain = tuple(n for n in best.chain if n in regs) if best is not None else ()
+        learner = (best.learner if best is not None and chain and best.learner in regs
+                   else None)
+        answers: dict[str, str] = {}
+        if chain:
+            keep = {*chain, *([learner] if learner else [])}
+        else:
+            # No chain member survived. A replica that seeded the shard (its "seeded"
+            # was lost in the crash) becomes the chain; else the first one seeds it.
+            seeded = [n for n, (rep, _) in regs.items() if rep is not None and rep[3]]
+            keep = set(seeded[:1])
+            chain = tuple(keep)
+            if not chain and regs:
+                state.seeding = next(iter(regs))
+                answers[state.seeding] = "seed"
+        for name, (rep, _) in regs.items():
+            if name in keep:
+                answers[name] = "resume"
+            elif name not in answers:
+                answers[name] = "removed" if _has_state(rep) else "join"
+        if best is not None:
+            self.dead.update(n for n in (*best.chain, best.learner)
+                             if n is not None and n not in regs)
+        self.recovery["shards"][shard] = {
+            "seconds": trio.current_time() - self._started_at,
+            "registered": len(regs), "chain": list(chain), "learner": learner,
+            "epoch": epoch + 1}
+        for name, (_, reply) in regs.items():
+            if answers[name] == "join":
+                state.joiners.append(name)
+            try:
+                reply.send(answers[name])
+            except transport.TransportError:
+                pass
+        state.config = ChainConfig(shard=shard, epoch=epoch, chain=(), addresses={})
+        if chain:
+            self._reconfigure(shard, chain=chain, learner=learner)
+        for name, answer in answers.items():
+            member = self._members.get(name)
+            if answer == "removed" and member is not None:
+                self._declare_dead(member, "stale chain view after a coordinator restart")
+        if all(s.registrants is None for s in self._shards):
+            self.recovery["seconds"] = trio.current_time() - self._started_at
+            self._recovered.set()
+        self._changed.set()
+        self._changed = trio.Event()
 
     def _advance(self, shard: int) -> None:
         """Pick the next learner once the chain has a tail and no learner."""
@@ -299,8 +490,15 @@ class Coordinator:
         member.dead = True
         self.removals.append((member.name, reason))
         del self._members[member.name]
+        self.dead.add(member.name)
         self.removed_total += 1
         state = self._shards[member.shard]
+        if state.registrants is not None:
+            # Died during recovery: it simply does not count.
+            state.registrants.pop(member.name, None)
+            self._changed.set()
+            self._changed = trio.Event()
+            return
         state.joiners = deque(n for n in state.joiners if n != member.name)
         self._push(member.conn, ("removed",))
         assert self._nursery is not None

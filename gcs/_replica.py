@@ -120,7 +120,9 @@ class Replica:
         self._nursery: trio.Nursery | None = None
         self._removed = trio.Event()
         self._held = HeldReplies()
-        self._stats = {"writes": 0, "reads": 0, "bad_requests": 0, "snapshots_sent": 0,
+        self._seeded = False
+        self._log_opened = False
+        self._stats = {"coordinator_reconnects": 0, "writes": 0, "reads": 0, "bad_requests": 0, "snapshots_sent": 0,
                        "snapshots_received": 0,
                        "suspects_reported": 0}
 
@@ -151,21 +153,7 @@ class Replica:
                 server = transport.Server(listen, self.token, self._on_peer,
                                           name=f"gcs/{self.name}")
                 self.address = await nursery.start(server.run)
-                self._coordinator = await transport.connect(
-                    self.coordinator_address, self.token, name=f"gcs/{self.name}",
-                    handler=self._on_coordinator,
-                )
-                role = await self._coordinator.request(
-                    ("register", self.shard, self.name, self.address, os.getpid()),
-                    timeout=60.0,
-                )
-                if role == "seed":
-                    self._seed()
-                    self._readable = True
-                    await self._coordinator.request(("seeded", self.shard, self.name),
-                                                    timeout=_RPC_TIMEOUT)
-                else:
-                    self._open_log()  # rewritten if a snapshot arrives
+                await self._register_with_retry()
                 nursery.start_soon(self._forwarder)
                 nursery.start_soon(self._acker)
                 nursery.start_soon(self._watch_coordinator)
@@ -184,19 +172,78 @@ class Replica:
         )
 
     async def _watch_coordinator(self) -> None:
-        """A never-answered request: fails at once when the coordinator link dies."""
+        """Follow the coordinator across its restarts.
+
+        A never-answered ``watch`` request fails at once when the link dies. The
+        replica keeps serving under the config it has (the coordinator is not on the
+        data path), redials, and registers again with a report of its chain view and
+        progress, from which a restarted coordinator rebuilds the chains (see
+        `_coordinator.py`, "Restart").
+        """
+        while not self._removed.is_set():
+            try:
+                while True:  # an answer (None) only means "ask again"
+                    await self._coordinator.request(("watch",), timeout=None)
+            except transport.TransportError:
+                pass
+            if self._removed.is_set():
+                return
+            self._stats["coordinator_reconnects"] += 1
+            await _aclose(self._coordinator)
+            await self._register_with_retry()
+
+    async def _register_with_retry(self) -> None:
+        """Dial the coordinator and register until it answers (a restarted one may
+        take a moment to listen again); give up after ``coordinator_patience``."""
+        deadline = trio.current_time() + self.config.coordinator_patience
+        delay = 0.01
+        while True:
+            try:
+                await self._register()
+                return
+            except (transport.TransportError, OSError):
+                if trio.current_time() >= deadline:
+                    self._removed.set()
+                    return
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+    async def _register(self) -> None:
+        conn = await transport.connect(
+            self.coordinator_address, self.token, name=f"gcs/{self.name}",
+            handler=self._on_coordinator, connect_timeout=2.0,
+        )
+        self._coordinator = conn
+        report = (self.chain, self.state.applied, self.state.acked, self._seeded)
         try:
-            while True:  # an answer (None) only means "ask again"
-                await self._coordinator.request(("watch",), timeout=None)
-        except transport.TransportError:
+            role = await conn.request(
+                ("register", self.shard, self.name, self.address, os.getpid(), report),
+                timeout=60.0,
+            )
+            if role == "seed":
+                if not self._seeded:
+                    self._seed()
+                    self._seeded = True
+                    self._readable = True
+                # If the coordinator dies before it hears this, the next registration
+                # reports ``seeded`` and it makes us the chain anyway.
+                await conn.request(("seeded", self.shard, self.name), timeout=_RPC_TIMEOUT)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await _aclose(conn)
+            raise
+        if role == "seed":
             pass
-        self._removed.set()
+        elif role == "removed":
+            self._removed.set()
+        # "resume": a member of the (recovered) chain; its config follows.
 
     def _seed(self) -> None:
         durable = self.config.durable_dir
         if durable is None:
             return
         recover_shard(durable, self.shard, self.state)
+        self._log_opened = True
         self._open_log(remove_others=True)
 
     def _open_log(self, remove_others: bool = False) -> None:
@@ -238,6 +285,14 @@ class Replica:
         elif tag == "watch":
             self._held.hold(conn, reply)  # never answered: fails when we die
 
+    def _tell_coordinator(self, message: Any) -> None:
+        """One-way notice; lost while the coordinator is down (the senders repeat
+        theirs: a suspect after another timeout, a promote under the next epoch)."""
+        try:
+            self._coordinator.send_nowait(message)
+        except (transport.TransportError, trio.WouldBlock):
+            pass
+
     def _is_tail(self, cfg: ChainConfig) -> bool:
         return bool(cfg.chain) and cfg.chain[-1] == self.name
 
@@ -251,6 +306,11 @@ class Replica:
             if old.epoch:  # we were in the chain and got dropped: die, get replaced
                 self._removed.set()
             return
+        if not self._log_opened:
+            # Opened only now, once the shard has a chain: a seeding replica removes
+            # every other log of its shard, which would race with an earlier open.
+            self._log_opened = True
+            self._open_log()  # rewritten if a snapshot arrives
         was_tail, now_tail = self._is_tail(old), self._is_tail(cfg)
         if now_tail and not was_tail:
             if old.learner != self.name:
@@ -515,10 +575,7 @@ class Replica:
                 elif now - failing[1] > self.config.heartbeat_timeout:
                     failing = (succ, now)
                     self._stats["suspects_reported"] += 1
-                    try:
-                        self._coordinator.send_nowait(("suspect", self.shard, succ, self.name))
-                    except transport.TransportError:
-                        pass
+                    self._tell_coordinator(("suspect", self.shard, succ, self.name))
             else:
                 failing = None
             if self.chain is cfg:
@@ -554,10 +611,7 @@ class Replica:
                 await conn.request(("ping",), timeout=self.config.heartbeat_timeout)
             except transport.RequestTimeout:
                 self._stats["suspects_reported"] += 1
-                try:
-                    self._coordinator.send_nowait(("suspect", self.shard, succ, self.name))
-                except transport.TransportError:
-                    pass
+                self._tell_coordinator(("suspect", self.shard, succ, self.name))
                 scope.cancel()
                 return
             except transport.TransportError:
@@ -579,7 +633,7 @@ class Replica:
             self._handoff_mark = None
             conn.send_nowait(("mark", self.state.applied))
         self._next_fw = answer[1] + 1
-        promoted_asked = False
+        asked_epoch = -1
         while self.chain.successor(self.name) == succ and self._downstream is conn:
             if self.chain is not cfg and self.chain.learner != succ:
                 learner = False
@@ -599,9 +653,11 @@ class Replica:
                 self._next_fw = updates[-1][0] + 1
                 await conn.send(("fw", updates))
                 continue
-            if learner and not promoted_asked:
-                promoted_asked = True
-                await self._coordinator.send(("promote", self.shard, succ, cfg.epoch))
+            if learner and asked_epoch != self.chain.epoch:
+                # Asked again under every new epoch: a restarted coordinator may
+                # never have heard the earlier request.
+                asked_epoch = self.chain.epoch
+                self._tell_coordinator(("promote", self.shard, succ, cfg.epoch))
             await self._wait_wake(1.0)
 
     # ------------------------------------------------------------------ pub/sub

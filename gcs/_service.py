@@ -3,17 +3,21 @@
 The node must not know the GCS's internals, so `plan` returns a plain description
 (`ServiceSpec` tree) of what to supervise::
 
-    gcs           (supervisor, rest_for_one)
+    gcs           (supervisor, one_for_one)
     ├── coordinator   kind gcs_coordinator  (the chain master; clients connect here)
     ├── shard_0       (supervisor, one_for_one)
     │   ├── replica_0 kind gcs_replica, pid of its own process when replicas >= 2
     │   └── ...
     └── shard_<S-1>
 
-``rest_for_one`` at the top: if the coordinator crashes, the shards restart after it
-(they must re-register). A replica's `run` raises when its process dies, so the
-shard supervisor restarts it; the new incarnation registers under a fresh name and
-joins its chain behind the tail by state transfer.
+``one_for_one`` at the top: a coordinator crash restarts the coordinator alone. The
+replicas keep serving (the coordinator is not on the data path), redial it at the
+same address and register again with their chain view and progress; the new
+coordinator rebuilds every chain from those reports (see `_coordinator.py`,
+"Restart"), so its restart loses nothing and clients do not notice it. A replica's
+`run` raises when its process dies, so the shard supervisor restarts it; the new
+incarnation registers under a fresh name and joins its chain behind the tail by
+state transfer.
 
 `GcsService` runs the same plan with plain nurseries and a minimal restart loop, for
 using the GCS without actorcore's kernel (benchmarks, scripts, the GCS's own tests).
@@ -76,6 +80,11 @@ class GcsPlan:
     tree: ServiceSpec = attrs.field(init=False)
     coordinator: Coordinator | None = None
     _address_ready: trio.Event = attrs.Factory(trio.Event)
+    #: One per GCS: clients merge layouts by epoch within it, across coordinator restarts.
+    generation: str = attrs.Factory(lambda: uuid.uuid4().hex)
+    #: Coordinator incarnations started so far.
+    coordinator_starts: int = 0
+    _coordinator_changed: trio.Event = attrs.Factory(trio.Event)
 
     @property
     def address(self) -> str | None:
@@ -93,14 +102,51 @@ class GcsPlan:
         """Wait until every shard has its full chain; return the client address."""
         with trio.fail_after(timeout):
             address = await self.wait_address()
-            assert self.coordinator is not None
-            await self.coordinator.wait_ready(timeout)
-        return address
+            while True:
+                coordinator = self.coordinator
+                assert coordinator is not None
+                if await self._unless_replaced(coordinator, coordinator.wait_ready(timeout)):
+                    return address
+
+    async def wait_removed(self, name: str) -> None:
+        """Return once the coordinator (whichever incarnation) declared ``name`` dead."""
+        while True:
+            coordinator = self.coordinator
+            if coordinator is None:
+                await self._coordinator_changed.wait()
+            elif await self._unless_replaced(coordinator, coordinator.wait_removed(name)):
+                return
+
+    async def _unless_replaced(self, coordinator: Coordinator, wait: Any) -> bool:
+        """Await ``wait``; False (and ``wait`` cancelled) if ``coordinator`` is
+        replaced by a new incarnation first."""
+        done = False
+        changed = self._coordinator_changed
+        async with trio.open_nursery() as nursery:
+            async def waiter() -> None:
+                nonlocal done
+                await wait
+                done = True
+                nursery.cancel_scope.cancel()
+
+            async def replaced() -> None:
+                await changed.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(waiter)
+            nursery.start_soon(replaced)
+        return done
 
     def _new_coordinator(self) -> Coordinator:
         previous = self.address
-        # A restarted coordinator keeps its address (clients and replicas redial it).
-        self.coordinator = Coordinator(self.config, self.token, address=previous)
+        # A restarted coordinator keeps its address (clients and replicas redial it)
+        # and rebuilds the chains from the replicas' reports.
+        self.coordinator = Coordinator(self.config, self.token, address=previous,
+                                       generation=self.generation,
+                                       recover=self.coordinator_starts > 0)
+        self.coordinator_starts += 1
+        self._coordinator_changed.set()
+        self._coordinator_changed = trio.Event()
         coordinator = self.coordinator
         plan = self
 
@@ -136,7 +182,7 @@ def plan(config: GcsConfig, token: bytes) -> GcsPlan:
     result.tree = ServiceSpec(
         name="gcs",
         kind="supervisor",
-        strategy="rest_for_one",
+        strategy="one_for_one",
         children=(
             ServiceSpec(name="coordinator", kind="gcs_coordinator",
                         factory=result._new_coordinator),
@@ -227,19 +273,16 @@ class ReplicaService:
                 raise ReplicaProcessDied(f"GCS replica {self.name} said {line!r}, not READY")
             self.address = line[len("READY "):]
             task_status.started(self.address)
-            master = self.plan.coordinator
             async with trio.open_nursery() as nursery:
 
                 async def watch_membership() -> None:
                     # Declared dead while its process lives (it missed its heartbeats,
                     # e.g. it hangs): kill it, so it is replaced by a fresh one.
-                    assert master is not None
-                    await master.wait_removed(self.name)
+                    await self.plan.wait_removed(self.name)
                     if process.returncode is None:
                         process.kill()
 
-                if master is not None and master.is_member(self.name):
-                    nursery.start_soon(watch_membership)
+                nursery.start_soon(watch_membership)
                 code = await process.wait()
                 nursery.cancel_scope.cancel()
             raise ReplicaProcessDied(

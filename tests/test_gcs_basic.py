@@ -217,7 +217,7 @@ async def test_unreachable_gcs_gives_gcs_unavailable(nursery) -> None:
 def test_plan_describes_the_tree() -> None:
     p = gcs.plan(gcs.GcsConfig(shards=2, replicas=3), TOKEN)
     tree = p.tree
-    assert tree.name == "gcs" and tree.strategy == "rest_for_one"
+    assert tree.name == "gcs" and tree.strategy == "one_for_one"
     assert [c.name for c in tree.children] == ["coordinator", "shard_0", "shard_1"]
     assert [r.name for r in tree.children[1].children] == ["replica_0", "replica_1", "replica_2"]
     assert {r.kind for r in tree.children[2].children} == {"gcs_replica"}
