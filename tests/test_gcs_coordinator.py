@@ -258,3 +258,72 @@ async def test_clients_connecting_during_recovery_wait_for_the_rebuilt_layout(nu
     # the hung replica was killed by its service (declared dead) and replaced
     await root.find("gcs/shard_0").wait_running("replica_0", restarts=1, timeout=20)
     await plan.wait_ready(20)
+
+
+_USER_PROGRAM = """
+import json, sys, time
+import actorcore as ray
+from actorcore.testing import faults
+ray.init(num_cpus=1, gcs_shards=2, gcs_replicas={replicas}, log_to_driver=False)
+
+@ray.remote
+def f(x):
+    return x + 1
+
+@ray.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def add(self):
+        self.n += 1
+        return self.n
+
+c = Counter.options(name="counter").remote()
+assert ray.get(c.add.remote()) == 1
+
+def walk(s):
+    yield s
+    for child in s.get("children", []):
+        yield from walk(child)
+
+def replicas():
+    return sorted((s["pid"], s["restarts"]) for s in walk(ray.tree()) if s["kind"] == "gcs_replica")
+
+before = replicas()
+pending = [f.remote(i) for i in range(20)]
+faults.crash("gcs/coordinator")
+assert ray.get(pending, timeout=30) == [i + 1 for i in range(20)]
+deadline = time.monotonic() + 30
+while True:
+    coord = next(s for s in walk(ray.tree()) if s["name"] == "coordinator")
+    if coord["restarts"] == 1 and coord["state"] == "running" and not coord.get("recovering"):
+        break
+    assert time.monotonic() < deadline, coord
+    time.sleep(0.02)
+assert ray.get(ray.get_actor("counter").add.remote(), timeout=30) == 2
+assert ray.get([f.remote(i) for i in range(5)], timeout=30) == [1, 2, 3, 4, 5]
+d = Counter.options(name="other").remote()
+assert ray.get(d.add.remote(), timeout=30) == 1
+assert replicas() == before, (before, replicas())
+print("OK", json.dumps(before))
+ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_coordinator_crash_is_invisible_to_a_user_program(replicas: int) -> None:
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gcs.__file__)))
+    tmpdir = tempfile.mkdtemp(prefix="ac")  # short: Unix socket paths are limited
+    env = dict(os.environ, PYTHONPATH=root, ACTORCORE_TMPDIR=tmpdir)
+    try:
+        out = subprocess.run([sys.executable, "-c", _USER_PROGRAM.format(replicas=replicas)],
+                             env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK" in out.stdout
