@@ -188,6 +188,7 @@ class NodeRuntime:
         self._store_refs: dict[bytes, str] = {}
         self.directory.on_drop = self._on_object_dropped
         self.sched.owner_address = self._owner_address
+        self.sched.pool_starting = lambda: self.pool.starting
         self._tcp_server: transport.Server | None = None
         if config.port is not None:
             self._tcp_server = transport.Server(

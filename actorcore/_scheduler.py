@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,7 @@ class WorkerInfo:
     shape: tuple = ()
     force_cancelled: set[bytes] = attrs.Factory(set)
     in_idle: bool = False
+    idle_since: float = 0.0
     tasks_done: int = 0
 
     @property
@@ -219,6 +221,7 @@ class SchedulerState:
     # Where the owner of a task listens for results pushed by workers directly (a
     # driver on this node), or None: then the node forwards them.
     owner_address: Callable[[bytes], str | None] = lambda _owner: None
+    pool_starting: Callable[[], int] = lambda: 0
     _dispatching: bool = False
     tasks_finished: int = 0
     tasks_retried: int = 0
@@ -397,13 +400,21 @@ class SchedulerState:
     # -- dispatch (the local_scheduler component's loop) -----------------------------
 
     def dispatch(self) -> None:
-        """Place every ready task that fits on an idle worker (each shape's head)."""
+        """Place every ready task that fits on an idle worker (each shape's head).
+
+        When a shape's head does not fit the free resources, some of its tasks are
+        queued behind running tasks of the same shape (pipelining): they would wait
+        for those resources anyway, and now start without a round trip. When it fits
+        but no worker is idle, the pool starts one and the task waits for it (queued
+        behind a busy worker it could wait far longer, e.g. behind a long task).
+        """
         ready = self.ready
         available = self.available
         for key in list(ready.queues):
             while key in ready.queues:
                 spec = ready.queues[key][0]
                 if not fits(spec.resources, available):
+                    self._pipeline(key)
                     break
                 worker = None
                 while self.idle:
@@ -414,16 +425,19 @@ class SchedulerState:
                         break
                 if worker is None:
                     self.request_worker()
-                    self._pipeline(key)
+                    # Resources are free but no worker is idle: the pool starts one.
+                    # Tasks that need a CPU still go behind busy workers if none is on
+                    # its way (the common steady state: a worker reports done a moment
+                    # after the node freed its CPU); tasks needing no CPU wait for a new
+                    # worker so that they run side by side.
+                    if spec.resources.get("CPU", 0.0) > 0 and not self.workers_starting():
+                        self._pipeline(key)
                     break
                 ready.popleft(key)
                 self._start(worker, spec)
-            else:
-                continue
-            # Out of resources or idle workers for this shape: queue some of its tasks
-            # behind running ones of the same shape.
-            if key in ready.queues and not self.idle:
-                self._pipeline(key)
+
+    def workers_starting(self) -> bool:
+        return self.pool_starting() > 0
 
     def _pipeline(self, key: tuple) -> None:
         ready = self.ready
@@ -512,6 +526,7 @@ class SchedulerState:
             return
         if not worker.tasks:
             worker.state = "idle"
+            worker.idle_since = time.monotonic()
         if not worker.in_idle:
             worker.in_idle = True
             self.idle.append(worker)

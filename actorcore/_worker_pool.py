@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,11 @@ from ._scheduler import SchedulerState, WorkerInfo
 __all__ = ["PoolState", "WorkerPool"]
 
 logger = logging.getLogger("actorcore.worker_pool")
+
+#: Seconds an extra worker (beyond the pre-started ones) may stay idle
+#: (``ACTORCORE_IDLE_WORKER_TIMEOUT`` overrides it).
+IDLE_TIMEOUT = float(os.environ.get("ACTORCORE_IDLE_WORKER_TIMEOUT", "10"))
+REAP_CHECK = 1.0
 
 
 @attrs.define(eq=False)
@@ -109,9 +115,32 @@ class WorkerPool:
                 await self._spawn()
             task_status.started()
             while True:
-                await pool.wakeup.wait()
+                with trio.move_on_after(REAP_CHECK):
+                    await pool.wakeup.wait()
                 pool.wakeup = trio.Event()
                 await self._grow()
+                self._reap()
+
+    def _reap(self) -> None:
+        """Let workers beyond the pre-started ones go once idle for ``IDLE_TIMEOUT``
+        (a burst of nested tasks can start many; each costs tens of MB)."""
+        pool = self.pool
+        extra = len(pool.alive()) - pool.min_workers
+        if extra <= 0:
+            return
+        now = time.monotonic()
+        for worker in sorted(pool.alive(), key=lambda w: w.idle_since):
+            if extra <= 0:
+                break
+            if worker.state != "idle" or worker.tasks or now - worker.idle_since < IDLE_TIMEOUT:
+                continue
+            conn = worker.conn
+            self.sched.worker_died(worker, "idle: let go")  # no task: nothing to retry
+            extra -= 1
+            try:
+                conn.send_nowait(("exit",))
+            except Exception:
+                pool.kill(worker)
 
     def request_worker(self) -> None:
         """The scheduler has work and no idle worker (sync; any time)."""

@@ -345,3 +345,36 @@ def test_replicated_gcs_survives_a_replica_crash_and_cleans_up():
     restarts = json.loads(line.split()[2])
     assert len(set(pids)) >= 5 and sum(restarts) >= 1
     assert _wait_dead(pids) == []
+
+
+REAP = """
+import time
+import actorcore as ray
+ray.init(num_cpus=1, log_to_driver=False)
+@ray.remote(num_cpus=0)
+def sleeper(i):
+    time.sleep(1.0)  # needs no CPU: several run at once, each in its own worker
+    return i
+def workers():
+    node = ray.tree()["children"][0]
+    pool = [c for c in node["children"] if c["name"] == "worker_pool"][0]
+    return [w for w in pool["children"] if w["kind"] == "worker" and w["state"] == "running"]
+assert ray.get([sleeper.remote(i) for i in range(4)], timeout=60) == [0, 1, 2, 3]
+peak = len(workers())
+deadline = time.monotonic() + 30
+while len(workers()) > 1:
+    assert time.monotonic() < deadline, workers()
+    time.sleep(0.1)
+assert ray.get(sleeper.remote(5), timeout=30) == 5
+print("PEAK", peak, "AFTER", len(workers()))
+"""
+
+
+def test_extra_workers_are_let_go_when_idle():
+    env = _env(tempfile.mkdtemp(prefix="ac"))
+    env["ACTORCORE_IDLE_WORKER_TIMEOUT"] = "0.5"
+    out = subprocess.run([sys.executable, "-c", REAP], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("PEAK"))
+    assert int(line.split()[1]) > 1 and int(line.split()[3]) == 1
