@@ -42,6 +42,7 @@ class ObjectRef:
     __slots__ = ("_id", "_counted", "__weakref__")
 
     def __init__(self, object_id: bytes, *, _count: bool = True) -> None:
+        self._counted = None
         if not isinstance(object_id, bytes) or len(object_id) != 20:
             raise ValueError(f"ObjectRef id must be 20 bytes, got {object_id!r}")
         self._id = object_id

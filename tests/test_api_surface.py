@@ -1,0 +1,90 @@
+"""The public surface without a cluster: names, errors, options, refs, decorators."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+import actorcore as ray
+from actorcore import exceptions as exc
+
+
+def test_ray_names_exist():
+    for name in ("init", "shutdown", "is_initialized", "remote", "get", "put", "wait",
+                 "cancel", "get_runtime_context", "cluster_resources", "available_resources",
+                 "nodes", "tree", "ObjectRef", "method", "kill", "get_actor"):
+        assert hasattr(ray, name), name
+        assert name in ray.__all__, name
+    for alias, real in (("RayError", "ActorcoreError"), ("RayTaskError", "TaskError"),
+                        ("RaySystemError", "ActorcoreSystemError"), ("RayActorError", "ActorError")):
+        assert getattr(exc, alias) is getattr(exc, real)
+    for name in ("WorkerCrashedError", "GetTimeoutError", "ObjectLostError",
+                 "TaskCancelledError", "TaskUnschedulableError", "ObjectStoreFullError"):
+        assert issubclass(getattr(exc, name), exc.RayError)
+
+
+class NeedsArgs(Exception):
+    def __init__(self, a, b):
+        super().__init__(a, b)
+        self.a, self.b = a, b
+
+
+def test_task_error_is_also_the_cause_type_and_pickles():
+    err = exc.TaskError("f", "Traceback: ...", NeedsArgs(1, 2), pid=7, node_id="ab" * 16)
+    dual = err.as_instanceof_cause()
+    assert isinstance(dual, exc.TaskError) and isinstance(dual, NeedsArgs)
+    assert dual.cause.a == 1 and "NeedsArgs" in str(dual) and "pid=7" in str(dual)
+    again = pickle.loads(pickle.dumps(dual))
+    assert isinstance(again, NeedsArgs) and isinstance(again, exc.RayTaskError)
+    assert again.traceback_str == "Traceback: ..."
+    plain = exc.TaskError("f", "tb", None)
+    assert plain.as_instanceof_cause() is plain
+    assert isinstance(exc.GetTimeoutError("x"), TimeoutError)
+    assert isinstance(exc.SerializationError("x"), TypeError)
+
+
+def test_remote_decorator_forms_and_option_errors():
+    @ray.remote
+    def f(x):
+        return x
+
+    @ray.remote(num_cpus=2, num_returns=2, max_retries=0)
+    def g():
+        return 1, 2
+
+    assert isinstance(f, ray.RemoteFunction) and g._options["num_cpus"] == 2
+    with pytest.raises(TypeError, match="directly"):
+        f(1)
+    with pytest.raises(TypeError, match="positional"):
+        ray.remote(1, 2)
+    with pytest.raises(ValueError, match="unknown option.*nmu_cpus"):
+        ray.remote(nmu_cpus=1)(lambda: None)
+    with pytest.raises(ValueError, match="num_gpus=-1"):
+        f.options(num_gpus=-1)
+    with pytest.raises(TypeError, match="resources"):
+        f.options(resources=["GPU"])
+    with pytest.raises(ValueError, match="use num_cpus"):
+        f.options(resources={"CPU": 1})
+    with pytest.raises(ValueError, match="num_returns"):
+        f.options(num_returns=-1)
+    with pytest.raises(ValueError, match="max_retries"):
+        f.options(max_retries=-2)
+
+
+def test_object_ref_basics():
+    ref = ray.ObjectRef(b"\x01" * 20)
+    assert ref == ray.ObjectRef(b"\x01" * 20) and len({ref, ray.ObjectRef(b"\x01" * 20)}) == 1
+    assert ref.hex() == "01" * 20 and ref.binary() == b"\x01" * 20
+    assert pickle.loads(pickle.dumps(ref)) == ref
+    with pytest.raises(ValueError, match="20 bytes"):
+        ray.ObjectRef(b"short")
+
+
+def test_calls_need_init_and_name_the_fix():
+    if ray.is_initialized():
+        pytest.skip("a cluster is connected in this process")
+    with pytest.raises(exc.NotInitializedError, match=r"actorcore.init\(\)"):
+        ray.put(1)
+    with pytest.raises(exc.NotInitializedError):
+        ray.get(ray.ObjectRef(b"\x02" * 20))
