@@ -1,4 +1,5 @@
-"""GCS benchmark: pipelined throughput, latency, shard scaling, failover stall.
+"""GCS benchmark: pipelined throughput, latency, shard scaling, failover stall,
+coordinator restart stall.
 
     .venv/bin/python benchmarks/gcs_bench.py [--quick] [--ray]
 
@@ -136,6 +137,81 @@ async def failover(victim: int, writers: int) -> None:
     await _with_gcs(gcs.GcsConfig(shards=1, replicas=3), body)
 
 
+async def coordinator_restart(replicas: int, writers: int, kill_tail: bool) -> None:
+    """Crash the coordinator with the kernel's fault hook (as `faults.crash` does)
+    under ``writers`` writers and as many readers; with ``kill_tail`` the shard's
+    tail is SIGKILLed right after the crash, while the new coordinator recovers."""
+    from actorcore.kernel import Supervisor
+
+    plan = gcs.plan(gcs.GcsConfig(shards=1, replicas=replicas), TOKEN)
+
+    def specs(spec):  # type: ignore[no-untyped-def]
+        from actorcore.kernel import ChildSpec
+
+        if spec.factory is not None:
+            return ChildSpec(spec.name, spec.factory, kind=spec.kind)
+        return Supervisor.spec(spec.name, [specs(c) for c in spec.children],
+                               strategy=spec.strategy, max_restarts=spec.max_restarts,
+                               max_seconds=spec.max_seconds)
+
+    root = Supervisor("node", [specs(plan.tree)])
+    async with trio.open_nursery() as outer:
+        await outer.start(root.run)
+        address = await plan.wait_ready(30)
+        async with gcs.open_client(address, TOKEN, timeout=30) as client:
+            samples: list[tuple[float, float]] = []
+            reads: list[tuple[float, float]] = []
+            writing = True
+
+            async def write(w: int) -> None:
+                i = 0
+                while writing:
+                    t0 = time.perf_counter()
+                    await client.put("kv", f"c{w}", i)
+                    samples.append((t0, time.perf_counter() - t0))
+                    i += 1
+
+            async def read(w: int) -> None:
+                while writing:
+                    t0 = time.perf_counter()
+                    await client.get("kv", f"c{w}")
+                    reads.append((t0, time.perf_counter() - t0))
+
+            async with trio.open_nursery() as nursery:
+                for w in range(writers):
+                    nursery.start_soon(write, w)
+                    nursery.start_soon(read, w)
+                await trio.sleep(1.0)
+                gcs_sup = root.find("gcs")
+                tail = plan.coordinator.chain(0).chain[-1]
+                crashed = time.perf_counter()
+                gcs_sup.crash_child("coordinator")
+                if kill_tail:
+                    victim = next(root.find(f"gcs/shard_0/replica_{j}") for j in range(replicas)
+                                  if root.find(f"gcs/shard_0/replica_{j}").name == tail)
+                    os.kill(victim.pid, signal.SIGKILL)
+                await gcs_sup.wait_running("coordinator", restarts=1, timeout=30)
+                await plan.coordinator.wait_recovered(30)
+                recovered = time.perf_counter()
+                await trio.sleep(1.0)
+                writing = False
+            before = [d for t, d in samples if t < crashed - 0.1]
+
+            def gap(events: list[tuple[float, float]], since: float = crashed) -> float:
+                ends = sorted(t + d for t, d in events if since <= t + d <= since + 0.9)
+                return max(b - a for a, b in zip([since, *ends], ends, strict=False))
+
+            worst = max(d for t, d in samples if crashed - 0.1 <= t <= recovered + 0.5)
+            what = "crash + SIGKILL tail" if kill_tail else "crash"
+            print(f"  R={replicas} {what:20}: recovered after {(recovered - crashed) * 1e3:5.0f} ms; "
+                  f"max write latency {worst * 1e3:6.1f} ms (normal p50 "
+                  f"{statistics.median(before) * 1e3:.2f} ms); longest time with no write "
+                  f"completing {gap(samples) * 1e3:6.1f} ms, no read {gap(reads) * 1e3:6.1f} ms "
+                  f"(in the second before: {gap(samples, crashed - 0.95) * 1e3:.1f} / "
+                  f"{gap(reads, crashed - 0.95) * 1e3:.1f} ms)")
+        outer.cancel_scope.cancel()
+
+
 RAY_PYTHON = "/work/rayenv/bin/python"
 RAY_SCRIPT = """
 import json, statistics, time, ray
@@ -186,6 +262,10 @@ async def main(quick: bool, with_ray: bool) -> None:
     print("Failover: SIGKILL one replica of a 3-replica chain under 16 writers:")
     for victim in (0, 1, 2):
         await failover(victim, 16)
+    print("Coordinator restart under 16 writers and 16 readers (kernel crash_child):")
+    for replicas in (2, 3):
+        await coordinator_restart(replicas, 16, kill_tail=False)
+    await coordinator_restart(3, 16, kill_tail=True)
     if with_ray:
         await ray_latency()
 

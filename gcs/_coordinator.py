@@ -38,7 +38,9 @@ replicas, which stay alive in their own processes (the ``gcs`` supervisor is
   answers no registration, decides nothing and makes clients' ``hello``/``layout``
   wait, until it has heard enough. A shard is recovered as soon as (a) all R slots
   registered, or (b) every member (chain and learner) of the highest-epoch view
-  reported so far registered, or (c) ``recovery_grace`` passed.
+  reported so far registered or is known to have exited (the node's supervising
+  services report every replica process exit to the plan, also while no coordinator
+  runs), or (c) ``recovery_grace`` passed.
 * Then its chain is the highest-epoch view filtered to registered replicas, *in the
   view's order*; its learner stays if it registered. The new config gets epoch
   ``max(reported) + 1`` and is pushed to everyone. Registrants outside it are told
@@ -132,7 +134,8 @@ class Coordinator:
     """The chain master service. ``run`` reports the address clients connect to."""
 
     def __init__(self, config: GcsConfig, token: bytes, *, address: str | None = None,
-                 generation: str | None = None, recover: bool = False) -> None:
+                 generation: str | None = None, recover: bool = False,
+                 exited: set[str] | None = None) -> None:
         self.config = config
         self.token = token
         self.listen = address or f"tcp:{config.host}:0"
@@ -153,6 +156,10 @@ class Coordinator:
         self.generation = generation or uuid.uuid4().hex
         #: Replicas declared dead by this incarnation (their services kill them).
         self.dead: set[str] = set()
+        #: Replicas whose process is known to have exited (told by their supervising
+        #: services through the plan, also while no coordinator was running).
+        self.exited: set[str] = exited if exited is not None else set()
+        self._running = False
         self.recovering = recover
         self._recovered = trio.Event()
         if recover:
@@ -169,8 +176,15 @@ class Coordinator:
                 "recovering": not self._recovered.is_set()}
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._serve(task_status)
+        finally:
+            self._running = False
+
+    async def _serve(self, task_status: trio.TaskStatus[Any]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._running = True
             self._started_at = trio.current_time()
             server = transport.Server(self.listen, self.token, self._on_message,
                                       name="gcs/coordinator")
@@ -326,6 +340,16 @@ class Coordinator:
 
     # ----------------------------------------------------------------- recovery
 
+    def replica_exited(self, name: str) -> None:
+        """The process of replica ``name`` is gone (its service saw it exit). During
+        recovery that settles at once that it will not re-register."""
+        self.exited.add(name)
+        if not self._running:
+            return
+        for shard in range(len(self._shards)):
+            if self._shards[shard].registrants is not None:
+                self._check_recovered(shard)
+
     async def _recovery_deadline(self) -> None:
         await trio.sleep(self.config.recovery_grace)
         for shard in range(len(self._shards)):
@@ -342,7 +366,7 @@ class Coordinator:
         best = max(views, key=lambda v: v.epoch) if views else None
         done = force or len(regs) >= self.config.replicas
         if best is not None and not done:
-            needed = {*best.chain, *([best.learner] if best.learner else [])}
+            needed = {*best.chain, *([best.learner] if best.learner else [])} - self.exited
             done = needed <= regs.keys()
         if done:
             self._finish_recovery(shard, best)

@@ -85,6 +85,14 @@ class GcsPlan:
     #: Coordinator incarnations started so far.
     coordinator_starts: int = 0
     _coordinator_changed: trio.Event = attrs.Factory(trio.Event)
+    #: Replicas whose service has ended (process exited): a recovering coordinator
+    #: need not wait for them.
+    exited: set[str] = attrs.Factory(set)
+
+    def _replica_exited(self, name: str) -> None:
+        self.exited.add(name)
+        if self.coordinator is not None:
+            self.coordinator.replica_exited(name)
 
     @property
     def address(self) -> str | None:
@@ -143,7 +151,8 @@ class GcsPlan:
         # and rebuilds the chains from the replicas' reports.
         self.coordinator = Coordinator(self.config, self.token, address=previous,
                                        generation=self.generation,
-                                       recover=self.coordinator_starts > 0)
+                                       recover=self.coordinator_starts > 0,
+                                       exited=self.exited)
         self.coordinator_starts += 1
         self._coordinator_changed.set()
         self._coordinator_changed = trio.Event()
@@ -225,6 +234,12 @@ class ReplicaService:
                 "role": role, "replica": self.name}
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            self.plan._replica_exited(self.name)
+
+    async def _run(self, task_status: trio.TaskStatus[Any]) -> None:
         coordinator = await self.plan.wait_address()
         if not self.plan.config.use_processes:
             self.pid = os.getpid()
