@@ -26,6 +26,7 @@ import threading
 from typing import Any
 
 from . import _worker_state
+from ._actor_direct import detach, drop_actor, submit_call
 from ._actor_protocol import CallSpec, ClassMeta, MethodMeta
 from ._core_worker import _Entry
 from ._ids import new_task_id, return_ids
@@ -140,12 +141,11 @@ class ActorMethod:
         aid = self._handle._actor_id
         for oid in ids:
             entries[oid] = _Entry(owned=True, actor=aid)
-        core._enqueue(("submit", (spec,)))
-        if n == 0:
-            return None
-        if n == 1:
-            return ObjectRef(ids[0])
-        return [ObjectRef(i) for i in ids]
+        # The refs exist before the call leaves: its result may come back at once.
+        out: Any = None if n == 0 else ObjectRef(ids[0]) if n == 1 else [
+            ObjectRef(i) for i in ids]
+        submit_call(core, spec)
+        return out
 
 
 class ActorHandle:
@@ -213,7 +213,7 @@ class ActorHandle:
                     return
             core = self._core
             if core is not None and not core._closed:
-                core._enqueue(("actor_drop", aid), wake=False)
+                drop_actor(core, aid)
         except Exception:  # interpreter shutdown
             pass
 
@@ -251,6 +251,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     core = _worker_state.current_core()
     if core._closed:
         raise ActorcoreSystemError("not connected to the cluster any more")
+    detach(core, actor._actor_id)  # later calls go through the node, which knows
     request_node(core, ("actor_req", "kill", actor._actor_id, bool(no_restart)))
 
 

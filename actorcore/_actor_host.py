@@ -40,6 +40,8 @@ import trio
 from . import _serialization
 from ._actor_protocol import ActorSpec, CallSpec
 from ._executor import run_task
+from ._object_ref import ObjectRef
+from ._store_link import STORE
 from ._worker_state import task_context
 from .exceptions import SerializationError
 
@@ -55,9 +57,16 @@ class HostContext:
         self.core = core
         self.node_id = node_id
         self.encode = encode
-        self.decode = decode
+        self._decode = decode
         self._classes: dict[bytes, type] = {}
         self._lock = threading.Lock()
+        # task id -> the caller's direct link the call came on (``_actor_direct``)
+        self.direct: dict[bytes, Any] = {}
+
+    def decode(self, oid: bytes, data: Any) -> Any:
+        if data is _FETCH:  # a direct call's argument ref: resolved here, in call order
+            return self.core.get([ObjectRef(oid)], None)[0]
+        return self._decode(oid, data)
 
     def load_class(self, spec: ActorSpec, record: dict | None) -> type:
         """The actor's class (unpickled once per process; fetched if not sent along)."""
@@ -90,20 +99,46 @@ class HostContext:
         self.core._enqueue(("actor_ready", spec.actor_id, incarnation, error))
 
     def done(self, spec: CallSpec, results: list) -> None:
-        self.core._enqueue(("actor_done", spec.actor_id, spec.task_id, results))
+        conn = self.direct.pop(spec.task_id, None)
+        if conn is None:
+            self.core._enqueue(("actor_done", spec.actor_id, spec.task_id, results))
+        else:
+            try:
+                self.core.trio_token.run_sync_soon(self._send_direct, conn, spec, results)
+            except trio.RunFinishedError:
+                pass
 
-    def run_sync(self, instance: Any, spec: CallSpec, dep_data: list) -> None:
+    def _send_direct(self, conn: Any, spec: CallSpec, results: list) -> None:
+        """Answer a direct call on its link (core loop); large results are registered
+        with the node by us, who hold them in the store."""
+        if any(data == STORE for _oid, _err, data in results):
+            self.core._enqueue(("actor_done_direct", spec.actor_id, results))
+        message = ("dresult", spec.task_id, results)
+        try:
+            conn.send_nowait(message)
+        except trio.WouldBlock:
+            self.core._nursery.start_soon(_send_quietly, conn, message)
+        except Exception:
+            pass  # the caller is gone, or resends through the node
+
+    def run_sync(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
+        if dep_data is None:
+            dep_data = [(False, _FETCH)] * len(spec.deps)
         method = _method(instance, spec)
         results, _retry = run_task(
             spec, method, dep_data, self.node_id, self.encode, self.decode  # type: ignore[arg-type]
         )
         self.done(spec, results)
 
-    async def run_async(self, instance: Any, spec: CallSpec, dep_data: list) -> None:
+    async def run_async(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
         task_context.task_id = spec.task_id
         try:
             try:
-                deps = [self.decode(oid, d) for oid, (_e, d) in zip(spec.deps, dep_data, strict=True)]
+                if dep_data is None:  # a direct call: await its argument refs
+                    deps = [await ObjectRef(oid) for oid in spec.deps]
+                else:
+                    deps = [self.decode(oid, d)
+                            for oid, (_e, d) in zip(spec.deps, dep_data, strict=True)]
                 args, kwargs = _serialization.loads_args(spec.args, deps)
                 value = _method(instance, spec)(*args, **kwargs)
                 if inspect.isawaitable(value):
@@ -143,6 +178,16 @@ class HostContext:
                     exc, spec.name, _pid(), self.node_id, f"{type(exc).__name__}: {exc}\n")
                 out.append((oid, True, payload))
         return out
+
+
+_FETCH = object()  # marks an argument ref the actor resolves itself
+
+
+async def _send_quietly(conn: Any, message: Any) -> None:
+    try:
+        await conn.send(message)
+    except Exception:
+        pass
 
 
 def _pid() -> int:

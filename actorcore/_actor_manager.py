@@ -120,6 +120,7 @@ class ActorManager(ActorIntrospection):
             "actor_ready": self._h_ready,
             "actor_done": self._h_done,
             "actor_drop": self._h_drop,
+            "actor_done_direct": self._h_done_direct,
             "actor_req": self._h_req,
         }
 
@@ -183,20 +184,26 @@ class ActorManager(ActorIntrospection):
         gcs = self._gcs()
         assert spec.name is not None
         try:
-            try:
-                await gcs.actors.register_name(spec.name, spec.actor_id.hex(),
-                                               namespace=spec.namespace)
-            except Exception as exc:
-                if type(exc).__name__ != "NameTaken":
-                    raise
-                # A stale claim (its actor died on this node, the release was lost).
-                owner = getattr(exc, "owner", None)
-                known = self.actors.get(bytes.fromhex(owner)) if isinstance(owner, str) else None
-                if known is None or known.state != "dead":
-                    raise
-                await gcs.actors.unregister_name(spec.name, namespace=spec.namespace)
-                await gcs.actors.register_name(spec.name, spec.actor_id.hex(),
-                                               namespace=spec.namespace)
+            for attempt in range(20):
+                try:
+                    await gcs.actors.register_name(spec.name, spec.actor_id.hex(),
+                                                   namespace=spec.namespace)
+                    break
+                except Exception as exc:
+                    if type(exc).__name__ != "NameTaken" or attempt == 19:
+                        raise
+                    # This node's names are the authority (we checked them): a claim in
+                    # the GCS is stale — its actor died here and the release is still on
+                    # its way (or was lost). Release it and claim again.
+                    owner = getattr(exc, "owner", None)
+                    known = (self.actors.get(bytes.fromhex(owner))
+                             if isinstance(owner, str) else None)
+                    if known is not None and known.state != "dead":
+                        raise
+                    if owner is not None:
+                        await gcs.actors.unregister_name(spec.name, namespace=spec.namespace,
+                                                         actor_id=owner)
+                    await trio.sleep(0.01)
         except Exception as exc:
             logger.warning("claiming actor name %r in the GCS failed: %s", spec.name, exc)
             if reply is not None and not reply.done:
@@ -346,6 +353,7 @@ class ActorManager(ActorIntrospection):
             conn.send_nowait(("exit",))
             return
         aw.conn = conn
+        aw.direct_address = m[2] if len(m) > 2 else None
         aw.connected.set()
         waiting, aw.waiting = aw.waiting, []
         for rec in waiting:
@@ -383,6 +391,43 @@ class ActorManager(ActorIntrospection):
         if rec.drop_when_idle and rec.idle():
             self._end(rec, "all handles to it were dropped")
 
+    def _h_done_direct(self, conn: Any, m: tuple, reply: Any) -> None:
+        """Large results of a direct call: the node holds them, like any result."""
+        results = m[2]
+        self.node._hold_store_objects(results, conn)
+        self.node.directory.put_many(results)
+
+    def _route(self, actor_id: bytes, reply: Any) -> None:
+        """Where callers can reach the actor directly: ``(address, incarnation)``
+        once it is alive, ``None`` if it is dead (or cannot be reached directly)."""
+        rec = self.actors.get(actor_id)
+
+        def answer() -> bool:
+            if rec is None or rec.state == "dead":
+                reply.send(None)
+            elif rec.state == "alive" and rec.worker is not None:
+                reply.send((rec.worker.direct_address, rec.incarnation)
+                           if rec.worker.direct_address else None)
+            else:
+                return False
+            return True
+
+        if answer():
+            return
+
+        async def later() -> None:
+            assert rec is not None
+            with trio.move_on_after(120):
+                while not reply.done:
+                    await rec.ready.wait()
+                    if answer():
+                        return
+                    await trio.sleep(0.01)
+            if not reply.done:
+                reply.fail(TimeoutError(f"actor {actor_id.hex()} is not alive after 120 s"))
+
+        self._spawn_task(later)
+
     def _h_drop(self, conn: Any, m: tuple, reply: Any) -> None:
         rec = self.actors.get(m[1])
         if rec is None or rec.state == "dead" or rec.spec.detached or rec.spec.name:
@@ -403,6 +448,8 @@ class ActorManager(ActorIntrospection):
                     f"there is no live actor named {name!r} in namespace {ns!r}"
                 )
             reply.send((aid, self.actors[aid].spec.meta))
+        elif op == "route":
+            self._route(m[2], reply)
         elif op == "kill":
             self.kill(m[2], m[3])
             reply.send(None)
@@ -433,6 +480,8 @@ class ActorManager(ActorIntrospection):
             self._fail(spec, rec.died_error())
             return
         call = _Call(spec, len(spec.deps), rec.spec.max_task_retries)
+        if spec.lost_incarnation and not self._resent_lost_call(rec, call):
+            return
         if not spec.deps and rec.state == "alive" and spec.owner not in rec.queues:
             self._send_call(rec, call)  # nothing of this caller's is waiting: send now
             return
@@ -447,6 +496,32 @@ class ActorManager(ActorIntrospection):
                 directory.when_ready(oid, lambda _e, c=call, r=rec: self._call_dep_ready(r, c))
         elif len(q) == 1 and rec.state == "alive":
             self._pump_calls(rec)
+
+    def _resent_lost_call(self, rec: ActorRecord, call: _Call) -> bool:
+        """A call lost in flight on a broken direct link, resent by its caller.
+
+        If the node has not seen that incarnation's process end yet, the call joins
+        its in-flight set (and the process is ended, so the exit surely comes): the
+        restart then resends or fails it like any in-flight call. Otherwise the
+        retry rule applies now. Returns whether to queue it as a new call.
+        """
+        spec = call.spec
+        if spec.lost_incarnation == rec.incarnation and rec.state == "alive" and not spec.deps:
+            rec.inflight[spec.task_id] = call
+            if rec.worker is not None:
+                self.kill_worker(rec.worker)
+            return False
+        mtr = rec.spec.max_task_retries
+        if call.retries_left == 0:
+            self._fail(spec, ActorDiedError(
+                f"The actor {rec.spec.describe()} failed while running {spec.name}: its "
+                f"process ended with the call in flight ({'max_task_retries=0: calls in flight are not resent' if not mtr else f'max_task_retries={mtr} allows no more'})."
+            ))
+            return False
+        if call.retries_left > 0:
+            call.retries_left -= 1
+        spec.attempt += 1
+        return True
 
     def _call_dep_ready(self, rec: ActorRecord, call: _Call) -> None:
         call.missing -= 1

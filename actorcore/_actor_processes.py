@@ -42,6 +42,7 @@ class ActorWorker:
     process: Any = None
     pid: int | None = None
     conn: Any = None
+    direct_address: str | None = None  # where callers dial it (``_actor_direct``)
     connected: trio.Event = attrs.Factory(trio.Event)
     exited: trio.Event = attrs.Factory(trio.Event)
     exit_reason: str | None = None

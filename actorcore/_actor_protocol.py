@@ -13,13 +13,16 @@ caller -> node
   ``("actor_req", op, *args)``       *request*: ``create`` (named), ``lookup``,
                                      ``kill``, ``state``, ``supervisor``, ``list``
 actor worker -> node
-  ``("actor_up", worker_id)``        the process is registered and can host actors
+  ``("actor_up", worker_id, direct_address)``  registered; callers may dial it
+  ``("actor_done_direct", actor_id, results)``  large results of direct calls
   ``("actor_ready", actor_id, incarnation, error_text | None)``  constructor finished
   ``("actor_done", actor_id, task_id, [(object_id, is_error, data), ...])``
 node -> actor worker
   ``("actor_create", ActorSpec, incarnation, dep_data, class_record)``
   ``("actor_call", CallSpec, dep_data)``
   ``("actor_stop", actor_id)``       end one actor of a shared process
+caller <-> actor worker (direct link, see ``_actor_direct``)
+  ``("dcall", CallSpec)`` / ``("dresult", task_id, results | None)``
 """
 
 from __future__ import annotations
@@ -110,6 +113,9 @@ class CallSpec:
     max_retries: int = 0  # never retried by the executor: the node resends
     retry_exceptions: bool = False
     attempt: int = 0
+    # >0: resent through the node after the direct link to that incarnation broke
+    # while the call was in flight (the node then applies max_task_retries).
+    lost_incarnation: int = 0
 
     def __reduce__(self) -> tuple:
         # A tuple of fields (not attrs' state dict): smaller, faster frames; a call
@@ -118,7 +124,7 @@ class CallSpec:
             CallSpec,
             (self.task_id, self.actor_id, self.method, self.name, self.args, self.deps,
              self.num_returns, self.owner, self.max_retries, self.retry_exceptions,
-             self.attempt),
+             self.attempt, self.lost_incarnation),
         )
 
     def return_ids(self) -> list[bytes]:

@@ -61,9 +61,26 @@ class ActorWorkerProcess(WorkerProcess):
         else:
             await super().handle(conn, message, reply)
 
+    async def handle_direct(self, conn: Any, message: Any, reply: Any) -> None:
+        """A caller's direct link (``_actor_direct``): ``("dcall", CallSpec)``."""
+        spec = message[1]
+        host = self.hosts.get(spec.actor_id)
+        if host is None:  # not (or no longer) here: the caller goes through the node
+            conn.send_nowait(("dresult", spec.task_id, None))
+            return
+        assert self.ctx is not None
+        self.ctx.direct[spec.task_id] = conn
+        host.submit(spec, None)
+
     async def run(self, address: str, token: bytes) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            sockets = os.path.dirname(address.removeprefix("unix:"))
+            server = transport.Server(
+                f"unix:{sockets}/actor-{self.worker_id.hex()[:12]}.sock", token,
+                self.handle_direct, name=f"worker_{self.index}-direct",
+            )
+            direct_address = await nursery.start(server.run)
             client = transport.Client(
                 address, token, name=f"worker_{self.index}", handler=self.handle
             )
@@ -95,7 +112,7 @@ class ActorWorkerProcess(WorkerProcess):
                 ("hello", "actor_worker", self.worker_id, os.getpid(), {}), timeout=30
             )
             core.gcs_address = info.get("gcs_address")
-            await conn.send(("actor_up", self.worker_id))
+            await conn.send(("actor_up", self.worker_id, direct_address))
 
 
 def main(argv: list[str] | None = None) -> None:

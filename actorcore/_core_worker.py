@@ -598,6 +598,7 @@ class CoreWorker:
                     token: bytes | None = None) -> None:
         """Start the core loop's background tasks in ``nursery``; connect the store."""
         self._nursery = nursery
+        self.token = token  # for direct links to actor processes (issue 6)
         nursery.start_soon(self.run_sender)
         nursery.start_soon(self.run_lazy_flusher)
         if store_address is not None and token is not None:

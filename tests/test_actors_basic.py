@@ -417,3 +417,36 @@ def test_get_actor_and_kill_from_a_task():
     assert ray.get(use_and_kill.remote()) == 1
     with pytest.raises(exc.ActorDiedError, match="killed"):
         ray.get(a.add.remote("x", 1))
+
+
+def test_direct_calls_after_the_switch_and_their_results_feed_tasks():
+    import numpy as np
+
+    from actorcore._worker_state import current_core
+
+    @ray.remote
+    class Src:
+        def small(self, i):
+            return i
+
+        def big(self):
+            return np.arange(500_000)
+
+    @ray.remote
+    def consume(x):
+        return int(np.asarray(x).sum()) if not isinstance(x, int) else x + 1
+
+    s = Src.remote()
+    assert ray.get([s.small.remote(i) for i in range(50)]) == list(range(50))
+    route = current_core()._actor_routes[s._actor_id]
+    _wait_for(lambda: route.mode == "direct" or bool(s.small.remote(0) and False))
+    assert ray.get(consume.remote(s.small.remote(41))) == 42  # a direct result, by ref
+    assert ray.get(consume.remote(s.big.remote())) == int(np.arange(500_000).sum())
+    assert ray.get([s.small.remote(i) for i in range(1000)]) == list(range(1000))
+
+
+def _wait_for(pred, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)

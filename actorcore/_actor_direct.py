@@ -1,0 +1,319 @@
+"""Direct calls: from a caller straight to its actor's process, without the node.
+
+Every actor process listens on a Unix socket of its own. A caller's first calls to an
+actor go through the node (which creates, places, restarts the actor and holds the
+truth about it); meanwhile the caller asks the node for the actor's address
+(``("actor_req", "route", actor_id)``, answered once the actor is alive), dials it,
+and switches that actor's calls to the direct link once every call it sent through
+the node has finished. From then on a call costs one hop each way instead of two.
+
+Why the order of calls survives. A caller's calls to one actor travel on exactly one
+path at a time: node-routed calls until the switch, direct ones after it, and the
+switch waits until the node-routed ones have *finished* (their results are here), so
+no direct call can overtake a node-routed one. On the direct link itself the actor
+process receives calls in order and starts them in order (argument refs are resolved
+inside the actor, in call order, instead of by the node).
+
+Failures. When the link breaks (the process died, was killed, or the actor is no
+longer in that process), the calls still in flight on it go back through the node,
+marked with the incarnation they were lost on; the node treats them exactly like its
+own in-flight calls of a process that died — resent to the restarted actor while
+``max_task_retries`` lasts, else failed with an ``ActorDiedError`` naming the cause —
+and the caller is on the node path again until it rediscovers the actor. Results of
+direct calls are also handed to the node (batched, lazily) so that a ref passed on to
+a task resolves there; large results are registered by the actor's process, which
+holds them in the store. The creator's drop of its last handle waits for its direct
+calls, so an actor never ends under a call its owner still expects an answer to.
+
+``ACTORCORE_DIRECT_CALLS=0`` turns the direct path off (everything via the node).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from typing import Any
+
+import trio
+
+import transport
+
+from ._actor_protocol import CallSpec
+from ._store_link import STORE
+
+__all__ = ["DIRECT_CALLS", "submit_call", "drop_actor", "detach"]
+
+DIRECT_CALLS = os.environ.get("ACTORCORE_DIRECT_CALLS", "1") != "0"
+
+#: Failed discoveries of one actor before its caller stays on the node path.
+MAX_DISCOVERY_FAILURES = 3
+
+
+class Route:
+    """One caller process's path to one actor (see the module docstring)."""
+
+    def __init__(self, core: Any, actor_id: bytes) -> None:
+        self.core = core
+        self.actor_id = actor_id
+        self.lock = threading.RLock()
+        self.mode = "node"  # node | direct
+        self.discovering = False
+        self.failures = 0
+        self.node_outstanding = 0
+        self.direct: dict[bytes, CallSpec] = {}  # task id -> call in flight on the link
+        self.outq: collections.deque[CallSpec] = collections.deque()
+        self.conn: Any = None
+        self.client: Any = None
+        self.incarnation = 0
+        self.flush_pending = False
+        self.sender_busy = False
+        self.drop_deferred = False
+        self.epoch = 0  # bumped when the caller leaves the link (kill): stale discoveries
+
+    # -------------------------------------------------------------- any thread
+
+    def submit(self, spec: CallSpec) -> None:
+        core = self.core
+        with self.lock:
+            if self.mode == "direct":
+                self.direct[spec.task_id] = spec
+                self.outq.append(spec)
+                if self.flush_pending:
+                    return
+                self.flush_pending = True
+                wake, discover = True, False
+            else:
+                wake = False
+                discover = not self.discovering and self.failures < MAX_DISCOVERY_FAILURES
+                if discover:
+                    self.discovering = True
+                self._track_node_call(spec)
+                core._enqueue(("submit", (spec,)))
+        if wake:
+            self._soon(self.flush)
+        if discover:
+            self._soon(core._nursery.start_soon, self.discover)
+
+    def _track_node_call(self, spec: CallSpec) -> None:
+        """Count a node-routed call until its result is here (lock held)."""
+        core = self.core
+        oid = spec.task_id + b"\0\0\0\1"
+        entry = core._entries.get(oid)
+        if entry is None:
+            return
+        self.node_outstanding += 1
+        core.add_local_ref(oid)  # keep the entry (and its news) even if the ref dies
+
+        def finished() -> None:
+            core.remove_local_ref(oid)
+            with self.lock:
+                self.node_outstanding -= 1
+                ready = self.node_outstanding == 0 and self.conn is not None
+            if ready:
+                self._try_switch()
+
+        core._register([entry], 1, finished)
+
+    def drop(self) -> bool:
+        """The creator dropped its last handle: defer the drop while calls fly direct."""
+        with self.lock:
+            if self.direct:
+                self.drop_deferred = True
+                return True
+        return False
+
+    def _soon(self, fn: Any, *args: Any) -> None:
+        core = self.core
+        if threading.get_ident() == core._loop_thread:
+            fn(*args)
+        else:
+            try:
+                core.trio_token.run_sync_soon(fn, *args)
+            except trio.RunFinishedError:
+                pass
+
+    # --------------------------------------------------------------- core loop
+
+    async def discover(self) -> None:
+        core = self.core
+        epoch = self.epoch
+        try:
+            core.flush_now()
+            info = await core.conn.request(("actor_req", "route", self.actor_id), timeout=120)
+            if info is None:  # dead, or no direct address: the node path for good
+                with self.lock:
+                    self.failures = MAX_DISCOVERY_FAILURES
+                    self.discovering = False
+                return
+            address, incarnation = info
+            client = transport.Client(address, core.token, name=f"{core.role}-{core.pid}-direct",
+                                      handler=self._on_message)
+            with self.lock:
+                self.client = client
+            conn = await core._nursery.start(self._run_link, client)
+        except Exception:
+            with self.lock:
+                self.failures += 1
+                self.discovering = False
+            return
+        with self.lock:
+            stale = epoch != self.epoch
+            if not stale:
+                self.conn = conn
+                self.incarnation = incarnation
+            else:
+                self.client = None
+                self.discovering = False
+        if stale:  # the caller killed the actor meanwhile: that address is history
+            core._nursery.start_soon(conn.aclose)
+            return
+        self._try_switch()
+
+    def _try_switch(self) -> None:
+        with self.lock:
+            if self.conn is None or self.mode == "direct" or self.node_outstanding:
+                return
+            self.mode = "direct"
+            self.discovering = False
+
+    async def _run_link(self, client: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await client.run(task_status=task_status)
+        except Exception:
+            pass
+        finally:
+            self._link_lost(client)
+
+    def flush(self) -> None:
+        with self.lock:
+            self.flush_pending = False
+            if self.sender_busy or self.conn is None:
+                return
+            conn = self.conn
+            outq = self.outq
+            while outq:
+                spec = outq[0]
+                try:
+                    conn.send_nowait(("dcall", spec))
+                except trio.WouldBlock:
+                    self.sender_busy = True
+                    self.core._nursery.start_soon(self._drain, conn)
+                    return
+                except Exception:
+                    return  # the link is gone: _link_lost resends through the node
+                outq.popleft()
+
+    async def _drain(self, conn: Any) -> None:
+        try:
+            while True:
+                with self.lock:
+                    if not self.outq or self.conn is not conn:
+                        return
+                    spec = self.outq[0]
+                try:
+                    await conn.send(("dcall", spec))
+                except Exception:
+                    return
+                with self.lock:
+                    if self.outq and self.outq[0] is spec:
+                        self.outq.popleft()
+        finally:
+            with self.lock:
+                self.sender_busy = False
+            self.flush()
+
+    def _leave(self, conn: Any) -> None:
+        self._link_lost(None)
+        self.core._nursery.start_soon(conn.aclose)
+
+    async def _on_message(self, conn: Any, message: Any, reply: Any) -> None:
+        _op, task_id, results = message
+        core = self.core
+        if results is None:  # the actor is not in that process (any more)
+            self._link_lost(None, not_run=task_id)
+            core._nursery.start_soon(conn.aclose)
+            return
+        with self.lock:
+            self.direct.pop(task_id, None)
+            drop = self.drop_deferred and not self.direct
+            if drop:
+                self.drop_deferred = False
+        core.on_objects_ready(results)
+        entries = core._entries
+        inline = [r for r in results if r[2] != STORE and r[0] in entries]
+        if inline:
+            core._enqueue(("put", inline), wake=False)
+        if drop:
+            core._enqueue(("actor_drop", self.actor_id), wake=False)
+
+    def _link_lost(self, client: Any, not_run: bytes | None = None) -> None:
+        """Send what was in flight on the link back through the node, in order."""
+        core = self.core
+        with self.lock:
+            if client is not None and client is not self.client:
+                return  # an old link: its calls were handed back when it was left
+            if self.conn is None and not self.direct:
+                self.discovering = False
+                return
+            self.client = None
+            unsent = {id(s) for s in self.outq}
+            lost = list(self.direct.values())
+            self.direct.clear()
+            self.outq.clear()
+            self.conn = None
+            self.mode = "node"
+            self.discovering = False
+            self.sender_busy = False
+            for spec in lost:
+                if id(spec) not in unsent and spec.task_id != not_run:
+                    spec.lost_incarnation = self.incarnation
+                self._track_node_call(spec)
+            if lost and not core._closed:
+                core._enqueue(("submit", tuple(lost)))
+            if self.drop_deferred:
+                self.drop_deferred = False
+                core._enqueue(("actor_drop", self.actor_id))
+
+
+def detach(core: Any, actor_id: bytes) -> None:
+    """Leave the direct link (before a kill): calls in flight on it go back through
+    the node as lost, later calls take the node path until rediscovery."""
+    routes = core.__dict__.get("_actor_routes")
+    route = routes.get(actor_id) if routes else None
+    if route is None:
+        return
+    with route.lock:
+        route.epoch += 1
+        conn, route.conn = route.conn, None
+        route.mode = "node"  # at once: the next call goes through the node
+    if conn is None:
+        return
+    route._soon(route._leave, conn)
+
+
+def _route(core: Any, actor_id: bytes) -> Route:
+    routes = core.__dict__.get("_actor_routes")
+    if routes is None:
+        routes = core.__dict__.setdefault("_actor_routes", {})
+    route = routes.get(actor_id)
+    if route is None:
+        route = routes.setdefault(actor_id, Route(core, actor_id))
+    return route
+
+
+def submit_call(core: Any, spec: CallSpec) -> None:
+    """Send a call: directly once the route is up, else through the node."""
+    if not DIRECT_CALLS or getattr(core, "token", None) is None or core.role == "node":
+        core._enqueue(("submit", (spec,)))
+        return
+    _route(core, spec.actor_id).submit(spec)
+
+
+def drop_actor(core: Any, actor_id: bytes) -> None:
+    """Tell the node the creator dropped its last handle (after its direct calls)."""
+    routes = core.__dict__.get("_actor_routes")
+    route = routes.get(actor_id) if routes else None
+    if route is not None and route.drop():
+        return
+    core._enqueue(("actor_drop", actor_id), wake=False)
