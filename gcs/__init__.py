@@ -51,6 +51,16 @@ lives. The supervisor restarts the slot; the new incarnation registers, becomes 
 and is then appended as the new tail (reads switch to it only once it has applied
 everything the old tail had acknowledged).
 
+Coordinator restart. The coordinator is off the data path and its state (the
+chains) is recoverable from the replicas, so its crash loses nothing: the ``gcs``
+supervisor is ``one_for_one`` (the shards live on), the chains keep serving under
+their last config, replicas and clients redial the same address, and the replicas
+register again with their chain view, epoch and progress. The new incarnation
+rebuilds each shard's chain from the highest-epoch view (filtered to the replicas
+that are back, in the view's order), bumps the epoch and pushes it; replicas that
+died meanwhile are left out and replaced as usual. Subscriptions are untouched (they
+live on the tails). The reasoning about races is in `_coordinator.py`, "Restart".
+
 Clients (`_client.py`). Calls are batched per shard (one request carries everything
 queued since the last send) and pipelined (many batches in flight). Writes carry
 (client id, sequence number) and the shard remembers recent results (replicated), so
@@ -76,9 +86,10 @@ Bad input. Every request is validated by the replica before it touches state; a 
 one gets a typed `GcsError` (`UnknownTable`, `BadRequest`, `ValueTooLarge`, ...)
 naming the fault, as the result of that one operation, and the shard keeps serving.
 
-Not done / limits: the coordinator is not replicated (it lives and dies with the
-head node, like the paper's; a coordinator crash restarts the shards, which lose
-their state unless durable); no cross-shard atomicity; a subscriber slower than its
+Not done / limits: the coordinator lives and dies with the head node (like the
+paper's); a crash of the coordinator alone is survived (above), but a crash of the
+whole ``gcs`` supervisor stops its replicas, which then lose their state unless
+durable; no cross-shard atomicity; a subscriber slower than its
 outbox (100,000 events) is resubscribed from the replay buffer and gets
 `SubscriptionLost` if that is too short.
 """

@@ -189,9 +189,12 @@ class GcsClient:
                                                    handler=self._on_message,
                                                    connect_timeout=2.0)
                     layout = await conn.request(("hello",), timeout=_RPC_TIMEOUT)
-                except transport.TransportError:
+                except BaseException as exc:
                     if conn is not None:
-                        await _aclose(conn)
+                        with trio.CancelScope(shield=True):
+                            await _aclose(conn)
+                    if not isinstance(exc, transport.TransportError):
+                        raise
                     await trio.sleep(delay)
                     delay = min(delay * 2, 0.2)
                     continue

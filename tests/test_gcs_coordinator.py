@@ -260,6 +260,58 @@ async def test_clients_connecting_during_recovery_wait_for_the_rebuilt_layout(nu
     await plan.wait_ready(20)
 
 
+async def test_coordinator_crash_during_the_first_start(nursery) -> None:
+    """Crashed while the replicas are still registering and seeding: whatever was
+    in flight (a seed reply, a "seeded" notice) is settled from the reports."""
+    plan = gcs.plan(gcs.GcsConfig(shards=2, replicas=2), TOKEN)
+    root = Supervisor("node", [kernel_specs(plan.tree)])
+    await nursery.start(root.run)
+    await plan.wait_address(30)
+    gcs_sup = root.find("gcs")
+    gcs_sup.crash_child("coordinator")
+    address = await plan.wait_ready(30)
+    async with gcs.open_client(address, TOKEN, timeout=20) as c:
+        for i in range(20):
+            await c.put("kv", f"k{i}", i)
+        assert len(await c.scan("kv")) == 20
+    coordinator = plan.coordinator
+    assert coordinator is not None and coordinator.recovery["recover"]
+    assert all(len(coordinator.chain(s).chain) == 2 for s in range(2))
+
+
+async def test_coordinator_crash_while_a_replacement_catches_up(nursery) -> None:
+    """The learner's promotion request may die with the coordinator: the tail asks
+    again under the recovered epoch, and the learner is appended as usual."""
+    plan, root = await _start(nursery, 2, replay_buffer=50)
+    coordinator = plan.coordinator
+    assert coordinator is not None
+    async with gcs.open_client(plan.address, TOKEN, timeout=20) as c:
+        async with trio.open_nursery() as fill:
+            for w in range(8):
+                async def put_many(w: int = w) -> None:
+                    for i in range(300):
+                        await c.put("objects", f"o{w}-{i}", b"x" * 2000)
+                fill.start_soon(put_many)
+        tail = coordinator.chain(0).chain[-1]
+        slot = next(f"replica_{j}" for j in range(2)
+                    if root.find(f"gcs/shard_0/replica_{j}").name == tail)
+        os.kill(root.find(f"gcs/shard_0/{slot}").pid, signal.SIGKILL)
+        with trio.fail_after(20):
+            while coordinator.chain(0).learner is None:  # no event for "a learner is named"
+                await trio.sleep(0.002)
+        gcs_sup = root.find("gcs")
+        gcs_sup.crash_child("coordinator")
+        await gcs_sup.wait_running("coordinator", restarts=1, timeout=20)
+        await plan.wait_ready(30)
+        coordinator = plan.coordinator
+        cfg = coordinator.chain(0)
+        new = root.find(f"gcs/shard_0/{slot}").name
+        assert cfg.chain[-1] == new and cfg.learner is None
+        assert len(await c.scan("objects", "o")) == 2400
+        await c.put("objects", "after", b"y")
+        assert await c.get("objects", "after") == b"y"
+
+
 _USER_PROGRAM = """
 import json, sys, time
 import actorcore as ray
