@@ -229,6 +229,12 @@ class Coordinator:
         while name not in self.dead:
             await self._changed.wait()
 
+    async def wait_until(self, predicate: Any, timeout: float = 30.0) -> None:  # noqa: ASYNC109 (public API)
+        """Wait until ``predicate(self)`` holds, re-checked on every membership change."""
+        with trio.fail_after(timeout):
+            while not predicate(self):
+                await self._changed.wait()
+
     async def wait_recovered(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 (public API)
         """Wait until a restarted coordinator has rebuilt every shard's chain."""
         with trio.fail_after(timeout):

@@ -296,9 +296,7 @@ async def test_coordinator_crash_while_a_replacement_catches_up(nursery) -> None
         slot = next(f"replica_{j}" for j in range(2)
                     if root.find(f"gcs/shard_0/replica_{j}").name == tail)
         os.kill(root.find(f"gcs/shard_0/{slot}").pid, signal.SIGKILL)
-        with trio.fail_after(20):
-            while coordinator.chain(0).learner is None:  # no event for "a learner is named"
-                await trio.sleep(0.002)
+        await coordinator.wait_until(lambda c: c.chain(0).learner is not None, 20)
         gcs_sup = root.find("gcs")
         gcs_sup.crash_child("coordinator")
         await gcs_sup.wait_running("coordinator", restarts=1, timeout=20)
