@@ -406,8 +406,10 @@ class ActorManager(ActorIntrospection):
             if rec is None or rec.state == "dead":
                 reply.send(None)
             elif rec.state == "alive" and rec.worker is not None:
-                reply.send((rec.worker.direct_address, rec.incarnation)
-                           if rec.worker.direct_address else None)
+                # Lightweight actors (a shared process) stay on the node path: one
+                # link per caller and actor would cost more than it saves there.
+                direct = rec.worker.direct_address if not rec.worker.shared else None
+                reply.send((direct, rec.incarnation) if direct else None)
             else:
                 return False
             return True
