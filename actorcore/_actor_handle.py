@@ -3,13 +3,16 @@
 A handle is the actor's id plus its method table: picklable, so it can be passed to
 tasks and to other actors (inside arguments or return values) and used there alike.
 
-Stateful edges. A call is a ``CallSpec`` queued on the calling process's one ordered
-link to its node, behind everything that process submitted before (its own earlier
-calls, the actor's creation, tasks whose results it passes). The node forwards the
-calls of each caller to the actor in that order, holding back a call whose argument
-refs are not ready yet and every later call of the same caller behind it; the actor
-starts them in arrival order. So calls from one caller — a driver, a task or
-another actor — execute in submission order.
+Stateful edges. A caller's first calls are call specs (``CallSpec``) queued on the calling
+process's one ordered link to its node, behind everything that process submitted
+before (its own earlier calls, the actor's creation, tasks whose results it passes).
+The node forwards the calls of each caller to the actor in that order, holding back
+a call whose argument refs are not ready yet and every later call of the same caller
+behind it; the actor starts them in arrival order. Once those have finished, the
+caller's later calls go straight to the actor's process on a link of their own
+(``_actor_direct``), where the actor resolves argument refs itself, in call order.
+So calls from one caller — a driver, a task or another actor — execute in
+submission order on either path.
 
 Lifetime. The process that created a non-detached, unnamed actor counts its live
 handles; when the count drops to zero and no handle ever left the process (was

@@ -18,10 +18,11 @@ Life of an actor::
                   gave up. Every queued, in-flight and later call fails with an
                   ``ActorDiedError`` carrying that cause. Its name is free again.
 
-Call forwarding keeps the stateful edges: calls wait in one FIFO per (actor, caller);
-the head of each FIFO goes to the actor once its argument refs are ready and the
-actor is alive, so a caller's calls reach the actor, which starts them in arrival
-order, in the order they were submitted.
+Call forwarding (``_actor_calls``) keeps the stateful edges: calls wait in one FIFO
+per (actor, caller) until the actor is alive and their argument refs are ready. The
+node also tells callers where an alive actor's process listens (``route``), so that
+steady-state calls skip the node (``_actor_direct``); calls lost on such a link come
+back here and take the same restart and retry rules.
 
 Durable state: each actor's record (state, pid, restarts, cause) is written behind
 to the GCS actors table, and names are claimed there atomically (``register_name``)
@@ -42,6 +43,7 @@ import trio
 import transport
 
 from . import _serialization
+from ._actor_calls import ActorCalls, Call
 from ._actor_introspect import ActorIntrospection
 from ._actor_processes import ActorProcesses, ActorWorker
 from ._actor_protocol import ActorSpec, CallSpec
@@ -55,14 +57,6 @@ logger = logging.getLogger("actorcore.actors")
 SHARED_CAPACITY = 20000
 
 
-@attrs.define(eq=False, slots=True)
-class _Call:
-    spec: CallSpec
-    missing: int
-    retries_left: int
-    dep_data: list | None = None
-
-
 @attrs.define(eq=False)
 class ActorRecord:
     spec: ActorSpec
@@ -71,7 +65,7 @@ class ActorRecord:
     incarnation: int = 0
     restarts: int = 0
     queues: dict[bytes, collections.deque] = attrs.Factory(dict)
-    inflight: dict[bytes, _Call] = attrs.Factory(dict)
+    inflight: dict[bytes, Call] = attrs.Factory(dict)
     cause: str | None = None
     error_type: type = ActorDiedError
     kill_reason: str | None = None
@@ -93,7 +87,7 @@ class ActorRecord:
         )
 
 
-class ActorManager(ActorIntrospection):
+class ActorManager(ActorCalls, ActorIntrospection):
     """See the module docstring. ``node`` is the ``NodeRuntime``."""
 
     def __init__(self, node: Any) -> None:
@@ -469,113 +463,6 @@ class ActorManager(ActorIntrospection):
         else:
             raise ValueError(f"unknown actor request {op!r}")
 
-    # ----------------------------------------------------------------------- calls
-
-    def _call(self, spec: CallSpec) -> None:
-        rec = self.actors.get(spec.actor_id)
-        if rec is None:
-            self._fail(spec, ActorDiedError(
-                f"actor {spec.actor_id.hex()[:12]} is unknown to this node (call {spec.name})"
-            ))
-            return
-        if rec.state == "dead":
-            self._fail(spec, rec.died_error())
-            return
-        call = _Call(spec, len(spec.deps), rec.spec.max_task_retries)
-        if spec.lost_incarnation and not self._resent_lost_call(rec, call):
-            return
-        if not spec.deps and rec.state == "alive" and spec.owner not in rec.queues:
-            self._send_call(rec, call)  # nothing of this caller's is waiting: send now
-            return
-        q = rec.queues.get(spec.owner)
-        if q is None:
-            q = rec.queues[spec.owner] = collections.deque()
-        q.append(call)
-        if spec.deps:
-            directory = self.node.directory
-            directory.pin(spec.deps)
-            for oid in spec.deps:
-                directory.when_ready(oid, lambda _e, c=call, r=rec: self._call_dep_ready(r, c))
-        elif len(q) == 1 and rec.state == "alive":
-            self._pump_calls(rec)
-
-    def _resent_lost_call(self, rec: ActorRecord, call: _Call) -> bool:
-        """A call lost in flight on a broken direct link, resent by its caller.
-
-        If the node has not seen that incarnation's process end yet, the call joins
-        its in-flight set (and the process is ended, so the exit surely comes): the
-        restart then resends or fails it like any in-flight call. Otherwise the
-        retry rule applies now. Returns whether to queue it as a new call.
-        """
-        spec = call.spec
-        if spec.lost_incarnation == rec.incarnation and rec.state == "alive" and not spec.deps:
-            rec.inflight[spec.task_id] = call
-            if rec.worker is not None:
-                self.kill_worker(rec.worker)
-            return False
-        mtr = rec.spec.max_task_retries
-        if call.retries_left == 0:
-            self._fail(spec, ActorDiedError(
-                f"The actor {rec.spec.describe()} failed while running {spec.name}: its "
-                f"process ended with the call in flight ({'max_task_retries=0: calls in flight are not resent' if not mtr else f'max_task_retries={mtr} allows no more'})."
-            ))
-            return False
-        if call.retries_left > 0:
-            call.retries_left -= 1
-        spec.attempt += 1
-        return True
-
-    def _call_dep_ready(self, rec: ActorRecord, call: _Call) -> None:
-        call.missing -= 1
-        if call.missing == 0 and rec.state == "alive":
-            self._pump_calls(rec)
-
-    def _pump_calls(self, rec: ActorRecord) -> None:
-        """Send every call at the head of a caller's FIFO whose inputs are ready."""
-        if rec.state != "alive":
-            return
-        for owner, q in list(rec.queues.items()):
-            while q and q[0].missing == 0:
-                call = q.popleft()
-                self._send_call(rec, call)
-                if rec.state != "alive":
-                    return
-            if not q:
-                rec.queues.pop(owner, None)
-
-    def _send_call(self, rec: ActorRecord, call: _Call) -> None:
-        spec = call.spec
-        if call.dep_data is None:
-            entries = self.node.directory.entries
-            data = []
-            for oid in spec.deps:
-                e = entries[oid]
-                if e.is_error:  # errors flow through data edges
-                    self.node.directory.unpin(spec.deps)
-                    self._finish(spec, [(o, True, e.data) for o in spec.return_ids()])
-                    return
-                data.append((False, e.data))
-            call.dep_data = data
-        rec.inflight[spec.task_id] = call
-        host = rec.worker
-        try:
-            host.conn.send_nowait(("actor_call", spec, call.dep_data))  # type: ignore[union-attr]
-        except Exception as exc:  # its link died: the exit handler resends or fails it
-            logger.info("sending %s failed: %s", spec.name, exc)
-
-    def _finish(self, spec: CallSpec, results: list) -> None:
-        self.node.directory.put_many(results)
-        self.node._deliver(spec.owner, results)
-
-    def _fail(self, spec: CallSpec, error: BaseException) -> None:
-        payload = _serialization.dumps(error)
-        self._finish(spec, [(oid, True, payload) for oid in spec.return_ids()])
-
-    def _fail_call(self, call: _Call, error: BaseException) -> None:
-        if call.spec.deps:
-            self.node.directory.unpin(call.spec.deps)
-        self._fail(call.spec, error)
-
     # ------------------------------------------------------------- failure and death
 
     def kill(self, actor_id: bytes, no_restart: bool) -> None:
@@ -649,28 +536,6 @@ class ActorManager(ActorIntrospection):
                 self._place(rec)
             return
         self._end(rec, reason + self._limits(rec))
-
-    def _requeue_inflight(self, rec: ActorRecord, reason: str) -> None:
-        """In-flight calls go back to the front of their FIFOs while retries last."""
-        mtr = rec.spec.max_task_retries
-        for call in reversed(list(rec.inflight.values())):
-            if call.retries_left != 0:
-                if call.retries_left > 0:
-                    call.retries_left -= 1
-                call.spec.attempt += 1
-                q = rec.queues.get(call.spec.owner)
-                if q is None:
-                    q = rec.queues[call.spec.owner] = collections.deque()
-                q.appendleft(call)
-            else:
-                used = (f"it was resent {call.spec.attempt} time(s) and max_task_retries={mtr}"
-                        f" allows no more" if mtr else "max_task_retries=0: calls in flight "
-                        "are not resent")
-                self._fail_call(call, ActorDiedError(
-                    f"The actor {rec.spec.describe()} failed while running {call.spec.name}: "
-                    f"{reason}. The actor is restarting, but this call is lost ({used})."
-                ))
-        rec.inflight.clear()
 
     def _end(self, rec: ActorRecord, cause: str) -> None:
         """``rec`` is dead for good: fail its calls, free its name, process, resources."""
