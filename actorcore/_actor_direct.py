@@ -88,7 +88,8 @@ class Route:
                 discover = not self.discovering and self.failures < MAX_DISCOVERY_FAILURES
                 if discover:
                     self.discovering = True
-                self._track_node_call(spec)
+                if self.failures < MAX_DISCOVERY_FAILURES:  # a switch may still come
+                    self._track_node_call(spec)
                 core._enqueue(("submit", (spec,)))
         if wake:
             self._soon(self.flush)
