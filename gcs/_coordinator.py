@@ -392,11 +392,15 @@ class Coordinator:
         else:
             # No chain member survived. A replica that seeded the shard (its "seeded"
             # was lost in the crash) becomes the chain; else the first one seeds it.
-            seeded = [n for n, (rep, _) in regs.items() if rep is not None and rep[3]]
+            seeded = [n for n, (rep, _) in regs.items()
+                      if rep is not None and rep[3] and rep[0].epoch == 0]
             keep = set(seeded[:1])
             chain = tuple(keep)
             if not chain and regs:
-                state.seeding = next(iter(regs))
+                # The most advanced registrant seeds: a surviving learner holds a
+                # committed prefix of the history (the best left in memory); with
+                # durable logs the seed recovers the longest log anyway.
+                state.seeding = max(regs, key=lambda n: regs[n][0][1] if regs[n][0] else -1)
                 answers[state.seeding] = "seed"
         for name, (rep, _) in regs.items():
             if name in keep:
