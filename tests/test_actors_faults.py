@@ -296,3 +296,40 @@ def test_node_death_reaches_pending_calls(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          timeout=90, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert "DIED:" in out.stdout and "its node died" in out.stdout, out.stdout + out.stderr
+
+
+_NODE_PATH_ONLY = textwrap.dedent("""
+    import os, signal
+    import actorcore as ray
+    ray.init(num_cpus=1, log_to_driver=False)
+
+    @ray.remote
+    class C:
+        def __init__(self):
+            self.items = []
+        def add(self, i):
+            self.items.append(i)
+            return len(self.items)
+        def pid(self):
+            return os.getpid()
+
+    c = C.options(max_restarts=1, max_task_retries=1).remote()
+    out = ray.get([c.add.remote(i) for i in range(2000)])
+    assert out == list(range(1, 2001)), out[:10]
+    from actorcore._worker_state import current_core
+    assert not current_core().__dict__.get("_actor_routes"), "direct path was used"
+    os.kill(ray.get(c.pid.remote()), signal.SIGKILL)
+    assert ray.get(c.add.remote(0), timeout=60) == 1
+    print("OK", flush=True)
+    ray.shutdown()
+""")
+
+
+def test_node_path_only_mode(tmp_path):
+    # ACTORCORE_DIRECT_CALLS=0: every call through the node (the fallback path).
+    script = tmp_path / "node_path.py"
+    script.write_text(_NODE_PATH_ONLY)
+    env = dict(os.environ, ACTORCORE_DIRECT_CALLS="0")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=90, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert "OK" in out.stdout, out.stdout + out.stderr
