@@ -239,7 +239,9 @@ class GcsClient:
             if coordinator is None or coordinator.closed:
                 # `_keep_coordinator` is redialing; its ``hello`` brings the layout.
                 raise transport.ConnectionLost("the GCS coordinator link is down")
-            self._set_layout(await coordinator.request(("layout",), timeout=_RPC_TIMEOUT))
+            # (A recovering coordinator answers only once it rebuilt the chains.)
+            timeout = max(0.05, min(_RPC_TIMEOUT, deadline - trio.current_time()))
+            self._set_layout(await coordinator.request(("layout",), timeout=timeout))
         except transport.TransportError:
             await trio.sleep(0.05)
 

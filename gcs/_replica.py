@@ -39,6 +39,14 @@ down its stream: the new tail serves reads only after it applied up to that mark
 i.e. everything the old tail had ever acknowledged (linearizable reads across the
 switch).
 
+The coordinator link: the coordinator is not on the data path, so when the link
+to it dies (it crashed, or is restarting) a replica keeps serving under the config it
+has, redials the same address with backoff and registers again, reporting its chain
+view, ``applied``, ``acked`` and whether it seeded the shard; the restarted
+coordinator rebuilds the chains from those reports (`_coordinator.py`, "Restart").
+Notices it sends meanwhile (``suspect``, ``promote``) are lost and repeated later.
+Only after ``coordinator_patience`` without a coordinator does it give up and exit.
+
 Pub/sub: updates are published when *committed* (not when applied), by whichever
 replica the subscriber is attached to (clients attach to the tail). Every update
 has the shard's sequence number, so after a failover a subscriber resubscribes at
