@@ -18,6 +18,7 @@ and no thread is parked per await.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Generator
 from typing import Any
 
@@ -97,11 +98,16 @@ class ObjectRef:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         core = _core()
 
-        def done() -> None:
+        def resolve() -> None:
             try:
                 fut.set_result(core.get([self], timeout=None)[0])
             except BaseException as exc:
                 fut.set_exception(exc)
+
+        def done() -> None:
+            # Called in the core loop, which must not block: a large value is read
+            # from the store (a request through that very loop) in a thread.
+            threading.Thread(target=resolve, name="actorcore-future", daemon=True).start()
 
         core.on_ready_callback([self._id], done)
         return fut

@@ -386,3 +386,9 @@ def test_get_of_an_object_nobody_will_produce_fails_instead_of_hanging():
     with pytest.raises(exc.ObjectLostError, match="does not exist"):
         ray.get(ghost, timeout=60)
     assert time.monotonic() - t0 < 30
+
+
+def test_future_of_a_large_value():
+    np = pytest.importorskip("numpy")
+    ref = ray.put(np.ones(200_000))
+    assert ref.future().result(timeout=30).sum() == 200_000
