@@ -129,12 +129,13 @@ class GcsClient:
         self._writes: dict[int, _Queue] = {}
         self._reads: dict[int, _Queue] = {}
         self._seen: dict[int, int] = {}
+        self._history: dict[int, Any] = {}
         self._subs: dict[int, Subscription] = {}
         self._sub_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._held = HeldReplies()
         self._stats = {"writes": 0, "reads": 0, "batches": 0, "retries": 0,
-                       "coordinator_reconnects": 0}
+                       "coordinator_reconnects": 0, "shard_resets": 0}
         #: The typed tables of the runtime (see `_tables.py`).
         self.nodes = NodeTable(self)
         self.actors = ActorTable(self)
@@ -333,7 +334,8 @@ class GcsClient:
             last_error: object = "the shard has no live replica"
             if address is not None:
                 if not write:
-                    message = ("r", self._seen.get(shard, 0), [op.op for op in batch])
+                    message = ("r", self._seen.get(shard, 0), [op.op for op in batch],
+                               self._history.get(shard))
                 conn = None
                 try:
                     conn = await self._conn(address)
@@ -354,8 +356,16 @@ class GcsClient:
                 else:
                     if answer[0] == "ok":
                         seen = answer[2] if write else answer[1]
-                        if seen > self._seen.get(shard, 0):
+                        history = answer[3] if len(answer) > 3 else None
+                        known = self._history.get(shard)
+                        if history != known and known is not None:
+                            # The shard lost its state (an in-memory GCS restarted
+                            # as a whole): our sequence numbers are of the old one.
+                            self._stats["shard_resets"] += 1
                             self._seen[shard] = seen
+                        elif seen > self._seen.get(shard, 0):
+                            self._seen[shard] = seen
+                        self._history[shard] = history
                         return list(answer[1] if write else answer[2])
                     if answer[0] == "err":
                         return [answer[1]] * len(batch)

@@ -135,13 +135,17 @@ class Coordinator:
 
     def __init__(self, config: GcsConfig, token: bytes, *, address: str | None = None,
                  generation: str | None = None, recover: bool = False,
-                 exited: set[str] | None = None) -> None:
+                 exited: set[str] | None = None, epochs: dict[int, int] | None = None) -> None:
         self.config = config
         self.token = token
         self.listen = address or f"tcp:{config.host}:0"
         self.address: str | None = None
+        #: The last epoch published per shard, shared with the plan: an incarnation
+        #: never publishes an epoch at or below one clients have already seen (they
+        #: merge layouts by epoch), also after a restart of the whole ``gcs`` subtree.
+        self.epochs: dict[int, int] = epochs if epochs is not None else {}
         self._shards = [
-            _Shard(ChainConfig(shard=i, epoch=0, chain=(), addresses={}))
+            _Shard(ChainConfig(shard=i, epoch=self.epochs.get(i, 0), chain=(), addresses={}))
             for i in range(config.shards)
         ]
         self._members: dict[str, _Member] = {}
@@ -382,7 +386,9 @@ class Coordinator:
         regs = state.registrants
         assert regs is not None
         state.registrants = None
-        epoch = max((rep[0].epoch for rep, _ in regs.values() if rep is not None), default=0)
+        epoch = max((rep[0].epoch for rep, _ in regs.values() if rep is not None),
+                    default=0)
+        epoch = max(epoch, self.epochs.get(shard, 0))
         chain = tuple(n for n in best.chain if n in regs) if best is not None else ()
         learner = (best.learner if best is not None and chain and best.learner in regs
                    else None)
@@ -458,6 +464,7 @@ class Coordinator:
         new_chain = old.chain if chain is None else chain
         new_learner = old.learner if learner is _UNCHANGED else cast("str | None", learner)
         names = [*new_chain, *([new_learner] if new_learner else [])]
+        self.epochs[shard] = old.epoch + 1
         state.config = cfg = ChainConfig(
             shard=shard,
             epoch=old.epoch + 1,

@@ -397,14 +397,16 @@ class Replica:
         if self._is_tail(self.chain):
             self._commit(self.state.applied)
         if wait <= self.state.acked:
-            await _answer(reply, ("ok", results, wait))
+            await _answer(reply, ("ok", results, wait, self.state.history))
         else:
             self._pending.append((wait, reply, results))
 
     async def _on_read(self, message: Any, reply: Any) -> None:
         try:
-            _, min_seq, ops = message
+            _, min_seq, ops, *history = message
             min_seq = int(min_seq)
+            if history and history[0] not in (None, self.state.history):
+                min_seq = 0  # the client saw another history: its seqs mean nothing here
             if not isinstance(ops, list):
                 raise TypeError
         except (TypeError, ValueError):
@@ -440,7 +442,7 @@ class Replica:
                 self._stats["bad_requests"] += 1
                 results.append(exc)
         self._stats["reads"] += len(ops)
-        return ("ok", self.state.applied, results)
+        return ("ok", self.state.applied, results, self.state.history)
 
     # --------------------------------------------------------- applying, committing
 
@@ -514,7 +516,7 @@ class Replica:
         pending = self._pending
         while pending and pending[0][0] <= acked:
             wait, reply, results = pending.popleft()
-            _answer_nowait(reply, ("ok", results, wait))
+            _answer_nowait(reply, ("ok", results, wait, self.state.history))
         self._send_ack()
         self._notify()
 
@@ -545,7 +547,7 @@ class Replica:
     # ----------------------------------------------------------- forwarding
 
     async def _on_sync(self, conn: Any, message: Any, reply: Any) -> None:
-        _, sender, epoch = message
+        _, sender, epoch, *history = message
         with trio.move_on_after(2.0):
             while self.chain.epoch < epoch:
                 await self._changed.wait()
@@ -553,6 +555,10 @@ class Replica:
             await _answer(reply, ("no", self.chain.epoch))
             return
         self._upstream = conn
+        if history and history[0] != self.state.history:
+            self.state.history = history[0]  # what it streams is of its history
+            if self.log is not None:
+                self.log.start(self.state)  # the log's snapshot names the history
         self._notify()
         self._wake_background()
         await _answer(reply, ("ok", self.state.applied))
@@ -628,7 +634,8 @@ class Replica:
 
     async def _stream_to(self, cfg: ChainConfig, succ: str, conn: Any) -> None:
         self._downstream, self._next_fw = conn, None
-        answer = await conn.request(("sync", self.name, cfg.epoch), timeout=_RPC_TIMEOUT)
+        answer = await conn.request(("sync", self.name, cfg.epoch, self.state.history),
+                                    timeout=_RPC_TIMEOUT)
         if answer[0] != "ok":
             with trio.move_on_after(0.5):
                 while self.chain is cfg:

@@ -88,6 +88,8 @@ class GcsPlan:
     #: Replicas whose service has ended (process exited): a recovering coordinator
     #: need not wait for them.
     exited: set[str] = attrs.Factory(set)
+    #: The last epoch any coordinator incarnation published, per shard.
+    epochs: dict[int, int] = attrs.Factory(dict)
 
     def _replica_exited(self, name: str) -> None:
         self.exited.add(name)
@@ -152,7 +154,7 @@ class GcsPlan:
         self.coordinator = Coordinator(self.config, self.token, address=previous,
                                        generation=self.generation,
                                        recover=self.coordinator_starts > 0,
-                                       exited=self.exited)
+                                       exited=self.exited, epochs=self.epochs)
         self.coordinator_starts += 1
         self._coordinator_changed.set()
         self._coordinator_changed = trio.Event()

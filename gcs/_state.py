@@ -30,6 +30,7 @@ failover. A key's *version* is the sequence number of the update that last wrote
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections import deque
 from typing import Any
 
@@ -63,6 +64,11 @@ class ShardState:
         self.applied = 0
         self.acked = 0
         self.evicted = 0
+        #: Names this shard's history (set by its seed, carried by state transfer and
+        #: the durable log): sequence numbers compare only within one history. A
+        #: shard that lost its state (an in-memory GCS restarted as a whole) starts a
+        #: new one, which tells clients to drop their "seen" sequence numbers.
+        self.history = uuid.uuid4().hex
 
     # ------------------------------------------------------------------ head side
 
@@ -243,11 +249,14 @@ class ShardState:
             {t: dict(d) for t, d in self.tables.items() if d},
             {t: dict(d) for t, d in self.collectable.items() if d},
             dict(self.dedup),
+            self.history,
         )
 
     def restore(self, snap: tuple[Any, ...]) -> None:
         """Replace everything by ``snap`` (from `snapshot`, possibly of another replica)."""
-        applied, acked, tables, collectable, dedup = snap
+        applied, acked, tables, collectable, dedup, *rest = snap  # (older logs: no history)
+        if rest:
+            self.history = rest[0]
         self.tables = {t: dict(tables.get(t, {})) for t in TABLES}
         self.collectable = {t: dict(collectable.get(t, {})) for t in TABLES}
         self.dedup = dict(dedup)

@@ -310,6 +310,29 @@ async def test_coordinator_crash_while_a_replacement_catches_up(nursery) -> None
         assert await c.get("objects", "after") == b"y"
 
 
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "in-memory"])
+async def test_a_crash_of_the_whole_gcs_subtree(nursery, tmp_path, durable: bool) -> None:
+    """Replicas restart with the subtree: a durable GCS recovers its state from the
+    logs, an in-memory one starts empty (a documented limit). Either way the clients
+    carry on: epochs stay above anything they saw, so the new chains win."""
+    plan, root = await _start(nursery, 2, durable_dir=str(tmp_path) if durable else None)
+    async with gcs.open_client(plan.address, TOKEN, timeout=20) as c:
+        for i in range(50):
+            await c.put("kv", f"k{i}", i)
+        epochs = [s.epoch for s in c.layout.shards]
+        root.crash_child("gcs")
+        await root.wait_running("gcs", restarts=1, timeout=20)
+        await plan.wait_ready(30)
+        await c.put("kv", "after", 1)  # through the new chain, same client
+        assert await c.get("kv", "after") == 1
+        assert all(s.epoch > e for s, e in zip(c.layout.shards, epochs, strict=True))
+        rows = await c.scan("kv", "k")
+        assert len(rows) == (50 if durable else 0)
+        # the same history continues from the logs; an emptied shard starts a new one
+        # (the client drops its "seen" sequence numbers instead of waiting for them)
+        assert (c.statistics()["shard_resets"] == 0) == durable
+
+
 _USER_PROGRAM = """
 import json, sys, time
 import actorcore as ray
