@@ -219,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `actorcore tree --watch | head`
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return 0
     except Exception as exc:  # a clean message, not a traceback, for CLI users
         return _err(f"{type(exc).__name__}: {exc}")
 
