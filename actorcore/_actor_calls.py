@@ -90,9 +90,13 @@ class ActorCalls:
             return False
         mtr = rec.spec.max_task_retries
         if call.retries_left == 0:
+            used = ("max_task_retries=0: calls in flight are not resent" if not mtr else
+                    f"it was resent {spec.attempt} time(s) and max_task_retries={mtr} "
+                    f"allows no more")
             self._fail(spec, ActorDiedError(
-                f"The actor {rec.spec.describe()} failed while running {spec.name}: its "
-                f"process ended with the call in flight ({'max_task_retries=0: calls in flight are not resent' if not mtr else f'max_task_retries={mtr} allows no more'})."
+                f"The actor {rec.spec.describe()} failed while running {spec.name}: "
+                f"{rec.last_loss or 'its process ended'}. The actor is restarting "
+                f"(restart {rec.restarts}), but this call is lost ({used})."
             ))
             return False
         if call.retries_left > 0:

@@ -69,6 +69,7 @@ class ActorRecord:
     cause: str | None = None
     error_type: type = ActorDiedError
     kill_reason: str | None = None
+    last_loss: str | None = None  # why its last process (or slot) was lost
     no_restart: bool = False
     drop_when_idle: bool = False
     held: dict[str, float] | None = None
@@ -526,6 +527,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
             reason, rec.kill_reason = rec.kill_reason, None
         rec.worker = None
         supervised = rec.spec.supervisor is not None and rec.spec.supervisor in self.supervisors
+        rec.last_loss = reason
         if supervised or self._can_restart(rec):
             rec.restarts += 1
             self.restarts_total += 1
