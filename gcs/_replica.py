@@ -161,11 +161,14 @@ class Replica:
                 server = transport.Server(listen, self.token, self._on_peer,
                                           name=f"gcs/{self.name}")
                 self.address = await nursery.start(server.run)
+                # Started once listening, before the coordinator answers: a recovering
+                # coordinator holds the answer until it heard every slot of the shard,
+                # and a supervisor starts the slots one after the other.
+                task_status.started(self.address)
                 await self._register_with_retry()
                 nursery.start_soon(self._forwarder)
                 nursery.start_soon(self._acker)
                 nursery.start_soon(self._watch_coordinator)
-                task_status.started(self.address)
                 await self._removed.wait()
                 nursery.cancel_scope.cancel()
         finally:
