@@ -88,8 +88,10 @@ naming the fault, as the result of that one operation, and the shard keeps servi
 
 Not done / limits: the coordinator lives and dies with the head node (like the
 paper's); a crash of the coordinator alone is survived (above), but a crash of the
-whole ``gcs`` supervisor stops its replicas, which then lose their state unless
-durable; no cross-shard atomicity; a subscriber slower than its
+whole ``gcs`` supervisor stops its replicas: a durable GCS recovers from its logs, an
+in-memory one starts empty (a new shard *history*: clients notice, drop the sequence
+numbers they saw and carry on; subscribers get `SubscriptionLost`); no cross-shard
+atomicity; a subscriber slower than its
 outbox (100,000 events) is resubscribed from the replay buffer and gets
 `SubscriptionLost` if that is too short.
 """

@@ -80,8 +80,10 @@ that was cut out while alive (hung) but never learnt it reports an older view an
 told ``removed``. A registrant that dies during recovery is dropped from it. A second
 coordinator crash during recovery simply starts recovery again (nothing was decided
 that the replicas do not report). The clients keep the same layout ``generation``
-across restarts and merge per shard by epoch, so a not-yet-recovered shard (epoch 0)
-never overrides what they know.
+across restarts and merge per shard by epoch, so a not-yet-recovered shard never
+overrides what they know; the last published epoch per shard is kept by the plan
+(``epochs``), so no incarnation publishes an epoch clients already saw -- also after
+a restart of the whole ``gcs`` subtree, when no replica is left to report one.
 """
 
 from __future__ import annotations
