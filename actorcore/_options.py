@@ -52,6 +52,28 @@ ACTOR_OPTIONS = frozenset(
 
 _RESERVED_RESOURCES = ("CPU", "GPU", "memory")
 
+# Ray options that are accepted so that Ray programs run unchanged, but only with the
+# values that mean "nothing special": anything else would be silently ignored, so it is
+# refused with an error naming the option instead.
+_NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
+    "scheduling_strategy": (None, "DEFAULT", "SPREAD"),
+    "runtime_env": (None, {}),
+    "accelerator_type": (None,),
+    "label_selector": (None, {}),
+    "max_pending_calls": (None, -1),
+    "concurrency_groups": (None, {}),
+}
+
+
+def _check_neutral(options: Mapping[str, Any]) -> None:
+    for key, neutral in _NEUTRAL_VALUES.items():
+        if key in options and not any(options[key] == v for v in neutral):
+            allowed = ", ".join(repr(v) for v in neutral)
+            raise ValueError(
+                f"option {key}={options[key]!r} is not supported by actorcore "
+                f"(accepted for Ray compatibility only as: {allowed})"
+            )
+
 
 def _check_number(name: str, value: Any, *, integral: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -82,6 +104,7 @@ def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: 
             f"unknown option{'s' if len(unknown) > 1 else ''} for {what}: "
             f"{', '.join(unknown)} (valid: {', '.join(sorted(allowed))})"
         )
+    _check_neutral(options)
     for key in ("num_cpus", "num_gpus", "memory"):
         if options.get(key) is not None:
             _check_number(key, options[key])

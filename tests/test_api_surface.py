@@ -72,6 +72,29 @@ def test_remote_decorator_forms_and_option_errors():
         f.options(max_retries=-2)
 
 
+def test_ray_options_we_do_not_implement_are_refused_not_ignored():
+    @ray.remote
+    def f():
+        return 1
+
+    @ray.remote
+    class A:
+        pass
+
+    # The neutral values Ray programs commonly pass are accepted...
+    f.options(scheduling_strategy="SPREAD", runtime_env={})
+    A.options(max_pending_calls=-1, concurrency_groups=None)
+    # ...anything that would change behaviour is refused, naming the option.
+    with pytest.raises(ValueError, match=r"runtime_env=\{'pip'.*not supported"):
+        f.options(runtime_env={"pip": ["requests"]})
+    with pytest.raises(ValueError, match="scheduling_strategy='NODE_AFFINITY'"):
+        f.options(scheduling_strategy="NODE_AFFINITY")
+    with pytest.raises(ValueError, match="concurrency_groups"):
+        A.options(concurrency_groups={"io": 2})
+    with pytest.raises(ValueError, match="max_pending_calls=10"):
+        A.options(max_pending_calls=10)
+
+
 def test_object_ref_basics():
     ref = ray.ObjectRef(b"\x01" * 20)
     assert ref == ray.ObjectRef(b"\x01" * 20) and len({ref, ray.ObjectRef(b"\x01" * 20)}) == 1
