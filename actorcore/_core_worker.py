@@ -264,7 +264,9 @@ class CoreWorker:
         data = encode_value(value, oid, self.store, what="the value passed to put()")
         self._entries[oid] = _Entry(owned=True, ready=True, data=data)
         ref = ObjectRef(oid)
-        self._enqueue(("put", [(oid, False, data)]))
+        # No wake-up of its own: whatever needs the object at the node (a task taking
+        # it, a fetch after its ref was passed on) travels behind it on this queue.
+        self._enqueue(("put", [(oid, False, data)]), wake=False)
         return ref
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
