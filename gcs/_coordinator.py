@@ -533,15 +533,17 @@ class Coordinator:
         member.dead = True
         self.removals.append((member.name, reason))
         del self._members[member.name]
-        self.dead.add(member.name)
-        self.removed_total += 1
         state = self._shards[member.shard]
         if state.registrants is not None:
-            # Died during recovery: it simply does not count.
+            # Lost during recovery: it does not count. Not marked dead (its service
+            # would kill it): a blip of its link, and it registers again; if it is
+            # in the latest view and never does, the recovery marks it dead.
             state.registrants.pop(member.name, None)
             self._changed.set()
             self._changed = trio.Event()
             return
+        self.dead.add(member.name)
+        self.removed_total += 1
         state.joiners = deque(n for n in state.joiners if n != member.name)
         self._push(member.conn, ("removed",))
         assert self._nursery is not None
