@@ -11,7 +11,7 @@
     actorcore tree   [--address ADDR] [--json] [--watch [SECONDS]]
 
 The head writes its address and token into its session directory and points
-``/tmp/actorcore/session_latest`` at it, so later commands on this machine find it.
+``/tmp/actorcore-sessions/session_latest`` at it, so later commands on this machine find it.
 """
 
 from __future__ import annotations

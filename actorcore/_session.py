@@ -1,6 +1,6 @@
 """Session directories: where a cluster keeps its sockets, token and logs.
 
-A head node creates ``/tmp/actorcore/session_<time>_<pid>/`` (the root can be moved
+A head node creates ``/tmp/actorcore-sessions/session_<time>_<pid>/`` (the root can be moved
 with ``ACTORCORE_TMPDIR``) holding::
 
     token          the cluster token (mode 0600)
@@ -8,7 +8,7 @@ with ``ACTORCORE_TMPDIR``) holding::
     sockets/       the node's Unix socket
     logs/          node.log, worker-<n>-<pid>.out/.err, ...
 
-and points ``/tmp/actorcore/session_latest`` at it, so that ``actorcore status``,
+and points ``/tmp/actorcore-sessions/session_latest`` at it, so that ``actorcore status``,
 ``actorcore tree`` and ``init(address="auto")`` on the same machine find the
 cluster without being told. Shutdown removes the sockets, ``session.json`` and the
 ``session_latest`` link (if it still points here); the logs stay.
@@ -37,7 +37,12 @@ __all__ = [
 
 
 def root_dir() -> Path:
-    return Path(os.environ.get("ACTORCORE_TMPDIR", "/tmp/actorcore"))
+    """Where sessions live: ``$ACTORCORE_TMPDIR``, else ``/tmp/actorcore-sessions``.
+
+    Not ``/tmp/actorcore``: a folder named like the package beside a script in /tmp
+    would shadow an editable install of ``actorcore`` as an empty namespace package.
+    """
+    return Path(os.environ.get("ACTORCORE_TMPDIR", "/tmp/actorcore-sessions"))
 
 
 def new_session_dir() -> Path:
