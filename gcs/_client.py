@@ -301,6 +301,28 @@ class GcsClient:
             raise op.result
         return op.result
 
+    async def _submit_many(self, shard: int, ops: list[_Op]) -> None:
+        """Queue many writes of one shard at once and wait for all of them.
+
+        The ops ride the same queue, pump, idempotent (client id, seq) numbering and
+        retries as single writes; the only saving is the waiting: one task waits for
+        the whole group instead of one task per op. Batches of one queue are sent in
+        order, so the last op is normally the last to finish and one wait suffices.
+        """
+        queues = self._writes
+        queue = queues.get(shard)
+        if queue is None:
+            queue = queues[shard] = _Queue(self.max_inflight)
+        if not queue.running:
+            queue.running = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._pump, queue, shard, True)
+        queue.ops.extend(ops)
+        queue.wakeup.set()
+        for op in reversed(ops):
+            if not op.done.is_set():
+                await op.done.wait()
+
     async def _pump(self, queue: _Queue, shard: int, write: bool) -> None:
         assert self._nursery is not None
         while True:
@@ -455,6 +477,69 @@ class GcsClient:
         check_table(table)
         check_key(key)
         return bool(await self._write(key, ("mark", table, key, None, None)))
+
+    async def write_many(self, ops: list[tuple[Key, tuple[Any, ...]]], *,
+                         return_exceptions: bool = False) -> list[Any]:
+        """Run many prepared writes ``[(key, op), ...]`` with one waiting task per shard.
+
+        Each op is applied once, exactly like its single-call form (it gets its own
+        client sequence number, so a retried batch is answered, not reapplied), but
+        the caller pays one await per shard instead of one task per op. Results come
+        back in order; the first failed op raises its error after all are done,
+        unless ``return_exceptions`` (then errors are in the list). Ops of different
+        keys are not atomic together. Callers normally use `put_many` /
+        `mark_collectable_many`, which validate and build the ops.
+        """
+        if not ops:
+            return []
+        n = len(self.layout.shards)
+        by_shard: dict[int, list[_Op]] = {}
+        every: list[_Op] = []
+        seq = self._seq
+        for key, op in ops:
+            item = _Op(op, next(seq))
+            every.append(item)
+            shard = shard_of(key, n) if n > 1 else 0
+            group = by_shard.get(shard)
+            if group is None:
+                by_shard[shard] = [item]
+            else:
+                group.append(item)
+        self._stats["writes"] += len(every)
+        self._stats["write_groups"] = self._stats.get("write_groups", 0) + len(by_shard)
+        if len(by_shard) == 1:
+            [(shard, group)] = by_shard.items()
+            await self._submit_many(shard, group)
+        else:
+            async with trio.open_nursery() as nursery:
+                for shard, group in by_shard.items():
+                    nursery.start_soon(self._submit_many, shard, group)
+        results = [item.result for item in every]
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        return results
+
+    async def put_many(self, table: str, items: list[tuple[Key, Any]], *,
+                       return_exceptions: bool = False) -> list[Any]:
+        """Store many ``(key, value)`` pairs (see `write_many`); returns their versions.
+
+        Every value is checked before anything is sent: a bad key or an oversized
+        value raises at once and nothing of the call is written.
+        """
+        ops = [(key, ("put", table, key, self._encode(table, key, value), None))
+               for key, value in items]
+        return await self.write_many(ops, return_exceptions=return_exceptions)
+
+    async def mark_collectable_many(self, table: str, keys: list[Key], *,
+                                    return_exceptions: bool = False) -> list[Any]:
+        """`mark_collectable` for many keys (see `write_many`); True per key that existed."""
+        check_table(table)
+        for key in keys:
+            check_key(key)
+        return await self.write_many([(key, ("mark", table, key, None, None)) for key in keys],
+                                     return_exceptions=return_exceptions)
 
     async def update(self, table: str, key: Key, fn: Callable[[Any], Any], *,
                      default: Any = None, retries: int = 100) -> Any:

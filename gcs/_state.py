@@ -269,6 +269,7 @@ class ShardState:
             "applied": self.applied,
             "acked": self.acked,
             "keys": sum(len(d) for d in self.tables.values()),
+            "table_keys": {t: len(d) for t, d in self.tables.items() if d},
             "log_length": len(self.log),
             "dedup_entries": len(self.dedup),
             "collectable": sum(len(d) for d in self.collectable.values()),

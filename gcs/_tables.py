@@ -207,6 +207,16 @@ class TaskTable(_Table):
     async def mark_collectable(self, task_id: Key) -> bool:
         return await self._client.mark_collectable(self.table, task_id)
 
+    async def add_many(self, items: list[tuple[Key, Any]], status: str = "pending") -> list[int]:
+        """`add` for many ``(task_id, spec)`` pairs: one waiting task per shard, not
+        one per task (the runtime records every task's spec; see `GcsClient.write_many`)."""
+        return await self._client.put_many(
+            self.table, [(task_id, TaskEntry(spec, status)) for task_id, spec in items])
+
+    async def mark_collectable_many(self, task_ids: list[Key]) -> list[bool]:
+        """`mark_collectable` for many tasks (their outputs are all released)."""
+        return [bool(r) for r in await self._client.mark_collectable_many(self.table, task_ids)]
+
 
 class FunctionTable(_Table):
     """``functions[function_id]`` = exported code (pickled by the runtime), once per id."""
