@@ -12,17 +12,15 @@ counter, so actor processes and task workers have distinct ``worker_<n>`` names.
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import trio
 
-from ._ids import new_worker_id, short
+from ._ids import new_worker_id
+from ._worker_pool import open_worker_process, pump_worker_output
 
 __all__ = ["ActorProcesses", "ActorWorker", "START_TIMEOUT"]
 
@@ -71,21 +69,10 @@ class ActorProcesses:
         return aw
 
     async def _run_worker(self, aw: ActorWorker) -> None:
-        pool = self.node.pool
-        env = dict(os.environ)
-        env["ACTORCORE_TOKEN"] = pool.token.hex()
-        env["PYTHONUNBUFFERED"] = "1"
-        argv = [sys.executable, "-m", "actorcore._actor_worker",
-                "--address", pool.address, "--worker-id", aw.worker_id.hex(),
-                "--node-id", pool.node_id.hex(), "--index", str(aw.index)]
-        if pool.store_address:
-            argv += ["--store-address", pool.store_address]
-        if aw.shared:
-            argv.append("--shared")
         try:
-            proc = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=env, start_new_session=True,
+            proc = await open_worker_process(
+                self.node.pool, "actorcore._actor_worker", aw.worker_id, aw.index,
+                ["--shared"] if aw.shared else [],
             )
         except OSError as exc:
             self.on_exit(aw, f"could not be started ({exc})")
@@ -115,23 +102,7 @@ class ActorProcesses:
         self.kill(aw)
 
     async def _pump(self, aw: ActorWorker, stream: Any, which: str) -> None:
-        pool = self.node.pool
-        path = pool.session_dir / "logs" / f"worker-{aw.index}-{aw.pid}.{which}"
-        prefix = f"(pid={aw.pid}, node={short(pool.node_id)})"
-        buf = b""
-        with open(path, "ab") as log:  # noqa: ASYNC230 - a local log file, opened once
-            while True:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    break
-                log.write(chunk)
-                log.flush()
-                buf += chunk
-                if b"\n" in buf:
-                    *lines, buf = buf.split(b"\n")
-                    pool.forward_log(prefix, which, [ln.decode(errors="replace") for ln in lines])
-            if buf:
-                pool.forward_log(prefix, which, [buf.decode(errors="replace")])
+        await pump_worker_output(self.node.pool, aw.index, aw.pid, stream, which)
 
     def kill(self, aw: ActorWorker) -> None:
         proc = aw.process

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import trio
 from ._ids import new_worker_id, short
 from ._scheduler import SchedulerState, WorkerInfo
 
-__all__ = ["PoolState", "WorkerPool"]
+__all__ = ["PoolState", "WorkerPool", "open_worker_process", "pump_worker_output"]
 
 logger = logging.getLogger("actorcore.worker_pool")
 
@@ -160,32 +160,7 @@ class WorkerPool:
         index = pool.next_index
         pool.next_index += 1
         worker = WorkerInfo(index=index, worker_id=new_worker_id())
-        env = dict(os.environ)
-        env["ACTORCORE_TOKEN"] = pool.token.hex()
-        env["PYTHONUNBUFFERED"] = "1"
-        argv = [
-            sys.executable,
-            "-m",
-            "actorcore.worker",
-            "--address",
-            pool.address,
-            "--worker-id",
-            worker.worker_id.hex(),
-            "--node-id",
-            pool.node_id.hex(),
-            "--index",
-            str(index),
-        ]
-        if pool.store_address:
-            argv += ["--store-address", pool.store_address]
-        proc = await trio.lowlevel.open_process(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
+        proc = await open_worker_process(pool, "actorcore.worker", worker.worker_id, index)
         worker.process = proc
         worker.pid = proc.pid
         pool.workers[worker.worker_id] = worker
@@ -209,23 +184,7 @@ class WorkerPool:
         self.pool.wakeup.set()  # replace it if needed
 
     async def _pump(self, worker: WorkerInfo, stream: Any, which: str) -> None:
-        pool = self.pool
-        path = pool.session_dir / "logs" / f"worker-{worker.index}-{worker.pid}.{which}"
-        prefix = f"(pid={worker.pid}, node={short(pool.node_id)})"
-        buf = b""
-        with open(path, "ab") as log:  # noqa: ASYNC230 - a local log file, opened once
-            while True:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    break
-                log.write(chunk)
-                log.flush()
-                buf += chunk
-                if b"\n" in buf:
-                    *lines, buf = buf.split(b"\n")
-                    pool.forward_log(prefix, which, [ln.decode(errors="replace") for ln in lines])
-            if buf:
-                pool.forward_log(prefix, which, [buf.decode(errors="replace")])
+        await pump_worker_output(self.pool, worker.index, worker.pid, stream, which)
 
     def worker_registered(self, worker: WorkerInfo) -> None:
         self.pool.starting -= 1
@@ -237,3 +196,61 @@ class WorkerPool:
             "children": [w.snapshot(node) for w in sorted(self.pool.workers.values(), key=lambda w: w.index)]
             + (self.pool.extra_snapshots() if self.pool.extra_snapshots is not None else []),
         }
+
+
+async def open_worker_process(
+    pool: PoolState, module: str, worker_id: bytes, index: int, extra_args: Sequence[str] = ()
+) -> trio.Process:
+    """Start ``python -m <module>`` as a worker process of this node (task workers and
+    actor processes alike): the node's address, token (in the environment, not argv),
+    ids and store address on its command line, in a session of its own."""
+    env = dict(os.environ)
+    env["ACTORCORE_TOKEN"] = pool.token.hex()
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [
+        sys.executable,
+        "-m",
+        module,
+        "--address",
+        pool.address,
+        "--worker-id",
+        worker_id.hex(),
+        "--node-id",
+        pool.node_id.hex(),
+        "--index",
+        str(index),
+    ]
+    if pool.store_address:
+        argv += ["--store-address", pool.store_address]
+    argv += extra_args
+    return await trio.lowlevel.open_process(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+
+
+async def pump_worker_output(
+    pool: PoolState, index: int, pid: int | None, stream: Any, which: str
+) -> None:
+    """Copy a worker process's stdout or stderr (``which``: "out"/"err") into the
+    session's log file and, line by line, to the drivers that asked for output."""
+    path = pool.session_dir / "logs" / f"worker-{index}-{pid}.{which}"
+    prefix = f"(pid={pid}, node={short(pool.node_id)})"
+    buf = b""
+    with open(path, "ab") as log:  # noqa: ASYNC230 - a local log file, opened once
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            log.write(chunk)
+            log.flush()
+            buf += chunk
+            if b"\n" in buf:
+                *lines, buf = buf.split(b"\n")
+                pool.forward_log(prefix, which, [ln.decode(errors="replace") for ln in lines])
+        if buf:
+            pool.forward_log(prefix, which, [buf.decode(errors="replace")])
