@@ -39,11 +39,10 @@ import trio
 
 from . import _serialization
 from ._actor_protocol import ActorSpec, CallSpec
-from ._executor import run_task
+from ._executor import encode_returns, run_task
 from ._object_ref import ObjectRef
 from ._store_link import STORE
 from ._worker_state import task_context
-from .exceptions import SerializationError
 
 __all__ = ["HostContext", "ThreadedHost", "AsyncHost", "start_host"]
 
@@ -150,34 +149,7 @@ class HostContext:
                 return
         finally:
             task_context.task_id = None
-        self.done(spec, self.encode_results(spec, value))
-
-    def encode_results(self, spec: CallSpec, value: Any) -> list:
-        n = spec.num_returns
-        ids = spec.return_ids()
-        if n <= 1:
-            values = [value if n == 1 else None]
-        else:
-            try:
-                values = list(value)
-            except TypeError:
-                values = []
-            if len(values) != n:
-                err = ValueError(
-                    f"actor method {spec.name} has num_returns={n} but returned "
-                    f"{type(value).__name__} {value!r:.80}, not a sequence of {n} values"
-                )
-                payload = _serialization.error_payload(err, spec.name, _pid(), self.node_id, str(err))
-                return [(oid, True, payload) for oid in ids]
-        out = []
-        for oid, v in zip(ids, values, strict=True):
-            try:
-                out.append((oid, False, self.encode(oid, v)))
-            except SerializationError as exc:
-                payload = _serialization.error_payload(
-                    exc, spec.name, _pid(), self.node_id, f"{type(exc).__name__}: {exc}\n")
-                out.append((oid, True, payload))
-        return out
+        self.done(spec, encode_returns(spec, value, self.node_id, self.encode, what="actor method"))
 
 
 _FETCH = object()  # marks an argument ref the actor resolves itself

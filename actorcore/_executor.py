@@ -37,7 +37,7 @@ from ._protocol import TaskSpec
 from ._worker_state import task_context
 from .exceptions import SerializationError, TaskCancelledError
 
-__all__ = ["Executor", "run_task"]
+__all__ = ["Executor", "encode_returns", "run_task"]
 
 
 def _retryable(spec: TaskSpec, exc: BaseException) -> bool:
@@ -98,34 +98,49 @@ def run_task(
             tb = traceback.format_exc()
             payload = _serialization.error_payload(exc, spec.name, pid, node_id, tb)
             return [(oid, True, payload) for oid in return_ids], False
-        n = spec.num_returns
-        if n <= 1:
-            values = [value if n == 1 else None]
-        else:
-            try:
-                values = list(value)
-            except TypeError:
-                values = []
-            if len(values) != n:
-                err = ValueError(
-                    f"task {spec.name} has num_returns={n} but returned "
-                    f"{type(value).__name__} {value!r:.80}, not a sequence of {n} values"
-                )
-                payload = _serialization.error_payload(err, spec.name, pid, node_id, str(err))
-                return [(oid, True, payload) for oid in return_ids], False
-        results = []
-        for oid, v in zip(return_ids, values, strict=True):
-            try:
-                results.append((oid, False, encode(oid, v)))
-            except SerializationError as exc:
-                payload = _serialization.error_payload(
-                    exc, spec.name, pid, node_id, f"{type(exc).__name__}: {exc}\n"
-                )
-                results.append((oid, True, payload))
-        return results, False
+        return encode_returns(spec, value, node_id, encode), False
     finally:
         task_context.task_id = None
         task_context.spec = None
+
+
+def encode_returns(
+    spec: Any, value: Any, node_id: str, encode: Callable[[bytes, Any], bytes], what: str = "task"
+) -> list[tuple[bytes, bool, bytes]]:
+    """The results ``(object_id, is_error, data)`` of a call that returned ``value``.
+
+    ``spec`` is a task's ``TaskSpec`` or an actor method call's ``CallSpec`` (its
+    ``name``, ``num_returns`` and ``return_ids()``); ``what`` names it in the error when
+    ``value`` is not ``num_returns`` values. A value that cannot be encoded becomes
+    that return's error; the others are still returned.
+    """
+    pid = os.getpid()
+    return_ids = spec.return_ids()
+    n = spec.num_returns
+    if n <= 1:
+        values = [value if n == 1 else None]
+    else:
+        try:
+            values = list(value)
+        except TypeError:
+            values = []
+        if len(values) != n:
+            err = ValueError(
+                f"{what} {spec.name} has num_returns={n} but returned "
+                f"{type(value).__name__} {value!r:.80}, not a sequence of {n} values"
+            )
+            payload = _serialization.error_payload(err, spec.name, pid, node_id, str(err))
+            return [(oid, True, payload) for oid in return_ids]
+    results = []
+    for oid, v in zip(return_ids, values, strict=True):
+        try:
+            results.append((oid, False, encode(oid, v)))
+        except SerializationError as exc:
+            payload = _serialization.error_payload(
+                exc, spec.name, pid, node_id, f"{type(exc).__name__}: {exc}\n"
+            )
+            results.append((oid, True, payload))
+    return results
 
 
 class Executor(pykka.ThreadingActor):
