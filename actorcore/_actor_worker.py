@@ -11,10 +11,8 @@ the node dies, like any worker.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import pickle
-import sys
 import threading
 from typing import Any
 
@@ -22,13 +20,9 @@ import trio
 
 import transport
 
-from . import _worker_state
 from ._actor_host import HostContext, start_host
-from ._core_worker import CoreWorker
-from ._ids import short
 from ._store_link import STORE, encode_value
-from ._worker_state import task_context
-from .worker import WorkerProcess
+from .worker import WorkerProcess, run_main
 
 __all__ = ["ActorWorkerProcess", "main"]
 
@@ -85,17 +79,7 @@ class ActorWorkerProcess(WorkerProcess):
                 address, token, name=f"worker_{self.index}", handler=self.handle
             )
             conn = await nursery.start(client.run)
-            core = CoreWorker(
-                role="actor_worker",
-                worker_id=self.worker_id,
-                job_id=b"\0\0\0\0",
-                node_id=self.node_id,
-                conn=conn,
-                node_address=address,
-            )
-            core.current_task_id = lambda: getattr(task_context, "task_id", None)
-            self.core = core
-            _worker_state.set_core(core)
+            core = self.new_core("actor_worker", conn, address)
             await core.serve(nursery, self.store_address, token)
 
             def encode(oid: bytes, value: Any) -> bytes:
@@ -108,45 +92,22 @@ class ActorWorkerProcess(WorkerProcess):
                 return pickle.loads(data)
 
             self.ctx = HostContext(core, self.node_id.hex(), encode, decode)
-            info = await conn.request(
-                ("hello", "actor_worker", self.worker_id, os.getpid(), {}), timeout=30
-            )
-            core.gcs_address = info.get("gcs_address")
+            await self.hello("actor_worker", conn)
             await conn.send(("actor_up", self.worker_id, direct_address))
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m actorcore._actor_worker")
-    p.add_argument("--address", required=True)
-    p.add_argument("--worker-id", required=True)
-    p.add_argument("--node-id", required=True)
-    p.add_argument("--index", type=int, default=0)
-    p.add_argument("--store-address")
-    p.add_argument("--shared", action="store_true")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    token = bytes.fromhex(os.environ.pop("ACTORCORE_TOKEN"))
-    logging.basicConfig(
-        level=logging.WARNING,
-        format=f"%(asctime)s worker_{args.index} %(levelname)s %(name)s: %(message)s",
+    run_main(
+        "python -m actorcore._actor_worker", argv, ActorWorkerProcess,
+        add_arguments=lambda p: p.add_argument("--shared", action="store_true"),
+        before_start=_before_start,
     )
+
+
+def _before_start(args: argparse.Namespace) -> None:
     if args.shared:
         # Thousands of lightweight actors, one small-stack thread each.
         threading.stack_size(256 * 1024)
-    worker = ActorWorkerProcess(
-        bytes.fromhex(args.worker_id), bytes.fromhex(args.node_id), args.index,
-        args.store_address,
-    )
-    code = 0
-    try:
-        trio.run(worker.run, args.address, token)
-    except BaseException as exc:  # the node went away
-        if not isinstance(exc, KeyboardInterrupt):
-            print(f"worker_{args.index} (node {short(args.node_id)}): exiting: {exc!r}",
-                  file=sys.stderr)
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import os
 import pickle
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -30,7 +31,7 @@ from ._protocol import TaskSpec
 from ._store_link import STORE, encode_value
 from ._worker_state import task_context
 
-__all__ = ["main"]
+__all__ = ["main", "run_main"]
 
 logger = logging.getLogger("actorcore.worker")
 
@@ -193,25 +194,34 @@ class WorkerProcess:
             conn = await nursery.start(client.run)
             # The core worker and executor exist before we register: the node may
             # send work the moment it has our hello.
-            core = CoreWorker(
-                role="worker",
-                worker_id=self.worker_id,
-                job_id=b"\0\0\0\0",
-                node_id=self.node_id,
-                conn=conn,
-                node_address=address,
-            )
-            core.current_task_id = lambda: getattr(task_context, "task_id", None)
+            core = self.new_core("worker", conn, address)
             loop_token = core.trio_token
             core.on_blocked = lambda tid, flag: loop_token.run_sync_soon(self._blocked, tid, flag)
-            self.core = core
-            _worker_state.set_core(core)
             await core.serve(nursery, self.store_address, token)
             self._free.append(self._new_executor())
-            info = await conn.request(
-                ("hello", "worker", self.worker_id, os.getpid(), {}), timeout=30
-            )
-            core.gcs_address = info.get("gcs_address")
+            await self.hello("worker", conn)
+
+    def new_core(self, role: str, conn: Any, address: str) -> CoreWorker:
+        """This process's core worker (``role`` "worker" or "actor_worker"), installed
+        as the one ``get``/``.remote()`` in user code go through."""
+        core = CoreWorker(
+            role=role,
+            worker_id=self.worker_id,
+            job_id=b"\0\0\0\0",
+            node_id=self.node_id,
+            conn=conn,
+            node_address=address,
+        )
+        core.current_task_id = lambda: getattr(task_context, "task_id", None)
+        self.core = core
+        _worker_state.set_core(core)
+        return core
+
+    async def hello(self, role: str, conn: Any) -> None:
+        """Register with the node (it may send work at once) and learn the GCS address."""
+        assert self.core is not None
+        info = await conn.request(("hello", role, self.worker_id, os.getpid(), {}), timeout=30)
+        self.core.gcs_address = info.get("gcs_address")
 
 
 class _FunctionLoader:
@@ -241,19 +251,36 @@ class _FunctionLoader:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m actorcore.worker")
+    run_main("python -m actorcore.worker", argv)
+
+
+def run_main(
+    prog: str,
+    argv: list[str] | None,
+    worker_class: type[WorkerProcess] = WorkerProcess,
+    add_arguments: Callable[[argparse.ArgumentParser], object] | None = None,
+    before_start: Callable[[argparse.Namespace], object] | None = None,
+) -> None:
+    """The main of a worker process (``actorcore.worker``, ``actorcore._actor_worker``):
+    parse the command line the pool gives it (plus ``add_arguments``), run a
+    ``worker_class`` until its link to the node ends, then exit the process."""
+    p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--address", required=True)
     p.add_argument("--worker-id", required=True)
     p.add_argument("--node-id", required=True)
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--store-address")
+    if add_arguments is not None:
+        add_arguments(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     token = bytes.fromhex(os.environ.pop("ACTORCORE_TOKEN"))
     logging.basicConfig(
         level=logging.WARNING,
         format=f"%(asctime)s worker_{args.index} %(levelname)s %(name)s: %(message)s",
     )
-    worker = WorkerProcess(
+    if before_start is not None:
+        before_start(args)
+    worker = worker_class(
         bytes.fromhex(args.worker_id), bytes.fromhex(args.node_id), args.index, args.store_address
     )
     code = 0
