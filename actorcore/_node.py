@@ -55,7 +55,7 @@ from ._actor_manager import ActorManager
 from ._control import MemoryControlState
 from ._directory import ObjectDirectory
 from ._global_scheduler import GlobalScheduler
-from ._ids import short
+from ._ids import short, task_id_of
 from ._protocol import TaskSpec
 from ._scheduler import LocalScheduler, SchedulerState, WorkerInfo
 from ._session import unlink_latest, write_session_info
@@ -186,6 +186,8 @@ class NodeRuntime:
         )
         self.store_link: Any = None
         self._store_refs: dict[bytes, str] = {}
+        #: task id -> how many of its returns are still alive (lineage bookkeeping).
+        self._live_returns: dict[bytes, int] = {}
         self.directory.on_drop = self._on_object_dropped
         self.sched.owner_address = self._owner_address
         self.sched.pool_starting = lambda: self.pool.starting
@@ -236,6 +238,7 @@ class NodeRuntime:
                         shards=self.config.gcs_shards,
                         replicas=self.config.gcs_replicas,
                         host=self.config.host,
+                        lineage_cap=_lineage_cap(),
                     ),
                     self.config.token,
                 )
@@ -246,7 +249,11 @@ class NodeRuntime:
             ChildSpec(
                 "global_scheduler",
                 lambda: GlobalScheduler(
-                    self._infeasible_recv, self.control.list_nodes, self.sched.fail_unschedulable
+                    # Late-bound: ``self.control`` becomes the GCS-backed state once the
+                    # GCS client is up, after this spec is built.
+                    self._infeasible_recv,
+                    lambda: self.control.list_nodes(),
+                    self.sched.fail_unschedulable,
                 ),
                 kind="global_scheduler",
             ),
@@ -372,7 +379,16 @@ class NodeRuntime:
         self.pool.kill(worker)
 
     def _record_lineage(self, spec: TaskSpec) -> None:
+        # Lineage bookkeeping: a task's spec is needed while any object it returned
+        # lives, so count its live returns (``_on_object_dropped`` counts down and
+        # hands the task to ``control.lineage_done`` at zero). A task with
+        # ``num_returns=0`` has no output anyone can ask for: done at once. A retry
+        # records the spec again (same task id): the count stands.
         self.control.record_task(spec)
+        if spec.num_returns <= 0:
+            self.control.lineage_done(spec.task_id)
+        elif spec.task_id not in self._live_returns:
+            self._live_returns[spec.task_id] = spec.num_returns
 
     def _forward_log(self, prefix: str, stream: str, lines: list[str]) -> None:
         for client in list(self.by_conn.values()):
@@ -529,9 +545,17 @@ class NodeRuntime:
         self._nursery.start_soon(hold)
 
     def _on_object_dropped(self, oid: bytes, entry: Any) -> None:
-        # (A freed task result means its lineage is no longer needed; marking it
-        # collectable in the GCS — ``control.lineage_done`` — costs ~200 us of node
-        # CPU per task with one GCS op per mark, so it waits for a batched mark.)
+        # Once every return of a task is freed its lineage is no longer needed: the
+        # GCS may flush it (marks are batched, see ``_control``). ``put`` objects
+        # (a per-process "put task" id) and actor results have no count here.
+        tid = task_id_of(oid)
+        live = self._live_returns.get(tid)
+        if live is not None:
+            if live <= 1:
+                del self._live_returns[tid]
+                self.control.lineage_done(tid)
+            else:
+                self._live_returns[tid] = live - 1
         state = self._store_refs.get(oid)
         if state == "pending":
             self._store_refs[oid] = "drop"
@@ -702,6 +726,18 @@ class _ControlService:
 
     def snapshot(self) -> dict:
         return {"kind": "gcs", **self.node.control.statistics()}
+
+
+def _lineage_cap() -> int:
+    """Marked lineage entries each GCS shard keeps in memory (ACTORCORE_GCS_LINEAGE_CAP)."""
+    raw = os.environ.get("ACTORCORE_GCS_LINEAGE_CAP", "10000")
+    try:
+        cap = int(raw)
+    except ValueError:
+        raise ValueError(f"ACTORCORE_GCS_LINEAGE_CAP must be an integer, got {raw!r}") from None
+    if cap < 0:
+        raise ValueError(f"ACTORCORE_GCS_LINEAGE_CAP must be >= 0, got {cap}")
+    return cap
 
 
 def _default_store_capacity() -> int:
