@@ -25,3 +25,19 @@ def test_example_runs(example: Path) -> None:
         f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
     )
     assert result.stdout.strip(), f"{example.name} printed nothing"
+
+
+def test_readme_example_runs(tmp_path: Path) -> None:
+    """The program under "What it looks like" in README.md runs as written."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    found = re.search(r"## What it looks like\n\n```python\n(.*?)```", readme, re.S)
+    assert found, "README.md lost its example"
+    script = tmp_path / "readme_example.py"
+    script.write_text(found.group(1))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=90
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().startswith("["), result.stdout
