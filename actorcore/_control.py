@@ -183,17 +183,11 @@ class GcsControlState:
         self._lineage.add(task_id)
 
     async def _collect(self, task_ids: list[bytes]) -> None:
-        tasks = self.client.tasks
-        async with trio.open_nursery() as nursery:
-            for tid in task_ids:
-                nursery.start_soon(tasks.mark_collectable, tid.hex())
+        # One waiting task per GCS shard for the whole batch, not one per task.
+        await self.client.tasks.mark_collectable_many([tid.hex() for tid in task_ids])
 
     async def _write_tasks(self, batch: list[TaskSpec]) -> None:
-        tasks = self.client.tasks
-        # The client pipelines and batches concurrent writes per shard.
-        async with trio.open_nursery() as nursery:
-            for s in batch:
-                nursery.start_soon(tasks.add, s.task_id.hex(), s.lineage_record())
+        await self.client.tasks.add_many([(s.task_id.hex(), s.lineage_record()) for s in batch])
 
     async def register_node(self, node_id: str, info: dict) -> None:
         await self.client.nodes.register(node_id, info)
