@@ -12,12 +12,7 @@ import trio
 import actorcore as ray
 from actorcore import exceptions as exc
 
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    info = ray.init(num_cpus=2, log_to_driver=False)
-    yield info
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
 
 
 @ray.remote

@@ -1,0 +1,23 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, Any]]:
+    """A real embedded cluster (2 CPUs, worker output not sent to the driver) for
+    one test module, shut down after it; yields ``init()``'s info (address,
+    session_dir, ...). A module that needs it for every test says
+    ``pytestmark = pytest.mark.usefixtures("cluster")``."""
+    # Imported here: modules that never start a cluster (transport, store, gcs) do
+    # not import actorcore through this file.
+    import actorcore as ray
+
+    info = ray.init(num_cpus=2, log_to_driver=False)
+    yield info
+    ray.shutdown()
