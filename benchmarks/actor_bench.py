@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _common import init_backend, run_backends  # noqa: E402
 from runtime_bench import _rss_kb, _tree_rss_kb  # noqa: E402
 
 
@@ -43,16 +43,7 @@ def _cluster_rss_kb(ray, backend: str) -> int:
 
 
 def run_backend(backend: str, quick: bool, light: int) -> dict:
-    if backend == "ray":
-        import ray
-
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False)
-    else:
-        sys.path.insert(0, str(HERE.parent))
-        import actorcore as ray
-
-        ray.init(num_cpus=2, log_to_driver=False)
+    ray = init_backend(backend)
 
     @ray.remote(num_cpus=0)
     class Echo:
@@ -172,21 +163,9 @@ def main() -> None:
         print("RESULT " + json.dumps(run_backend(args.backend, args.quick, args.light)),
               flush=True)
         return
-    results: dict[str, dict] = {}
-    ray_python = os.environ.get("RAY_PYTHON", "/work/rayenv/bin/python")
-    backends = [("actorcore", sys.executable)]
-    if not args.no_ray and os.path.exists(ray_python):
-        backends.append(("ray", ray_python))
-    for name, python in backends:
-        cmd = [python, __file__, "--backend", name, "--light", str(args.light)]
-        if args.quick:
-            cmd.append("--quick")
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-            continue
-        results[name] = json.loads(line[len("RESULT "):])
+    results = run_backends(
+        __file__, ["--light", str(args.light)], quick=args.quick, no_ray=args.no_ray, timeout=1200
+    )
     ac, ry = results.get("actorcore", {}), results.get("ray", {})
     print(f"{'case (per second)':<34} {'actorcore':>12} {'ray':>12} {'ratio':>8}")
     for label, key in CASES:

@@ -1,0 +1,56 @@
+"""What the side-by-side benchmarks (``runtime_bench``, ``actor_bench``) share: start
+a backend in this process, and run each backend in a fresh process of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+__all__ = ["init_backend", "run_backends"]
+
+
+def init_backend(backend: str) -> Any:
+    """``init()`` a 2-CPU local cluster of ``backend`` ("ray" or "actorcore", this
+    checkout's) with worker output kept from the driver; return the module."""
+    if backend == "ray":
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False)
+    else:
+        sys.path.insert(0, str(HERE.parent))
+        import actorcore as ray
+
+        ray.init(num_cpus=2, log_to_driver=False)
+    return ray
+
+
+def run_backends(
+    script: str, extra_args: list[str], *, quick: bool, no_ray: bool, timeout: float
+) -> dict[str, dict]:
+    """Run ``script --backend <name> <extra_args> [--quick]`` for actorcore (with this
+    interpreter) and, unless ``no_ray`` or it is missing, Ray (``$RAY_PYTHON``, else
+    ``/work/rayenv/bin/python``); return each backend's ``RESULT`` JSON line by name.
+    A backend that prints none is reported with the tail of its output and left out."""
+    results: dict[str, dict] = {}
+    ray_python = os.environ.get("RAY_PYTHON", "/work/rayenv/bin/python")
+    backends = [("actorcore", sys.executable)]
+    if not no_ray and os.path.exists(ray_python):
+        backends.append(("ray", ray_python))
+    for name, python in backends:
+        cmd = [python, script, "--backend", name, *extra_args]
+        if quick:
+            cmd.append("--quick")
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            continue
+        results[name] = json.loads(line[len("RESULT "):])
+    return results
