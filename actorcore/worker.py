@@ -31,7 +31,7 @@ from ._protocol import TaskSpec
 from ._store_link import STORE, encode_value
 from ._worker_state import task_context
 
-__all__ = ["main", "run_main"]
+__all__ = ["load_function", "main", "run_main"]
 
 logger = logging.getLogger("actorcore.worker")
 
@@ -236,18 +236,25 @@ class _FunctionLoader:
         worker = self.worker
         fn = worker.functions.get(self.function_id)
         if fn is None:
-            core = worker.core
-            assert core is not None
-            record = trio.from_thread.run(
-                core.conn.request, ("get_function", self.function_id), 60,
-                trio_token=core.trio_token,
-            )
-            for path in record.get("sys_path") or ():
-                if path not in sys.path:
-                    sys.path.append(path)
-            fn = pickle.loads(record["blob"])
+            assert worker.core is not None
+            fn = load_function(worker.core, self.function_id)
             worker.functions[self.function_id] = fn
         return fn(*args, **kwargs)
+
+
+def load_function(core: CoreWorker, function_id: bytes, record: dict | None = None) -> Any:
+    """Unpickle a registered function or class (in a user thread: unpickling imports
+    user modules). ``record`` is the GCS's ``{"blob", "sys_path"}``; without it, it is
+    fetched from the node, a blocking request through the core loop."""
+    if record is None:
+        record = trio.from_thread.run(
+            core.conn.request, ("get_function", function_id), 60,
+            trio_token=core.trio_token,
+        )
+    for path in record.get("sys_path") or ():
+        if path not in sys.path:
+            sys.path.append(path)
+    return pickle.loads(record["blob"])
 
 
 def main(argv: list[str] | None = None) -> None:
