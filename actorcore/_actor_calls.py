@@ -21,7 +21,7 @@ import attrs
 
 from . import _serialization
 from ._actor_protocol import CallSpec
-from .exceptions import ActorDiedError
+from .exceptions import ActorDiedError, TaskCancelledError
 
 __all__ = ["ActorCalls", "Call"]
 
@@ -73,6 +73,37 @@ class ActorCalls:
                 directory.when_ready(oid, lambda _e, c=call, r=rec: self._call_dep_ready(r, c))
         elif len(q) == 1 and rec.state == "alive":
             self._pump_calls(rec)
+
+    def _cancel_call(self, actor_id: bytes, task_id: bytes) -> None:
+        """``cancel(ref)`` of a call routed through this node (``_actor_cancel``).
+
+        A call still queued here is dropped (the caller's later calls keep their
+        order); one sent to the actor's process is cancelled there, which answers
+        it; a finished or unknown one is left alone.
+        """
+        rec = self.actors.get(actor_id)
+        if rec is None or rec.state == "dead":
+            return
+        for owner, q in rec.queues.items():
+            for call in q:
+                if call.spec.task_id == task_id:
+                    q.remove(call)
+                    if not q:
+                        del rec.queues[owner]
+                    self._fail_call(call, TaskCancelledError(
+                        task_id, f"actor call {call.spec.name} was cancelled before it started"))
+                    self._pump_calls(rec)  # it may have held back the calls behind it
+                    if rec.drop_when_idle and rec.idle():
+                        self._end(rec, "all handles to it were dropped")
+                    return
+        if task_id in rec.inflight and rec.worker is not None and rec.worker.conn is not None:
+            try:
+                rec.worker.conn.send_nowait(("actor_cancel", actor_id, task_id))
+            except Exception as exc:  # its link died: the exit handler decides
+                logger.info("sending a cancel to the actor failed: %s", exc)
+
+    def _end(self, rec: Any, cause: str) -> None:
+        raise NotImplementedError
 
     def _resent_lost_call(self, rec: Any, call: Call) -> bool:
         """A call lost in flight on a broken direct link, resent by its caller.

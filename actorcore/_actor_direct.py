@@ -39,10 +39,11 @@ import trio
 
 import transport
 
+from ._actor_cancel import cancelled_results
 from ._actor_protocol import CallSpec
 from ._store_link import STORE
 
-__all__ = ["DIRECT_CALLS", "submit_call", "drop_actor", "detach"]
+__all__ = ["DIRECT_CALLS", "submit_call", "drop_actor", "detach", "cancel_call"]
 
 DIRECT_CALLS = os.environ.get("ACTORCORE_DIRECT_CALLS", "1") != "0"
 
@@ -62,7 +63,8 @@ class Route:
         self.failures = 0
         self.node_outstanding = 0
         self.direct: dict[bytes, CallSpec] = {}  # task id -> call in flight on the link
-        self.outq: collections.deque[CallSpec] = collections.deque()
+        # calls to send, and ("dcancel", actor_id, task_id) behind the call they cancel
+        self.outq: collections.deque[CallSpec | tuple] = collections.deque()
         self.conn: Any = None
         self.client: Any = None
         self.incarnation = 0
@@ -115,6 +117,34 @@ class Route:
                 self._try_switch()
 
         core._register([entry], 1, finished)
+
+    def cancel(self, task_id: bytes) -> bool:
+        """``cancel(ref)`` of a call on the direct link; ``False``: it is not on the
+        link (it went through the node, or is finished).
+
+        A call not sent yet is answered here; otherwise a ``dcancel`` follows it on
+        the link and the actor's process drops or cancels it (``_actor_cancel``).
+        """
+        with self.lock:
+            spec = self.direct.get(task_id)
+            if spec is None or self.conn is None:
+                return False
+            # The head of the queue may be on its way out (``_drain``): not removable.
+            sending = self.sender_busy and self.outq and self.outq[0] is spec
+            if not sending and spec in self.outq:
+                self.outq.remove(spec)
+                del self.direct[task_id]
+                answer = True
+            else:
+                self.outq.append(("dcancel", self.actor_id, task_id))
+                answer = False
+                wake = not self.flush_pending
+                self.flush_pending = True
+        if answer:
+            self._soon(self._answered, task_id, cancelled_results(spec, "before it started"))
+        elif wake:
+            self._soon(self.flush)
+        return True
 
     def drop(self) -> bool:
         """The creator dropped its last handle: defer the drop while calls fly direct."""
@@ -196,7 +226,7 @@ class Route:
             while outq:
                 spec = outq[0]
                 try:
-                    conn.send_nowait(("dcall", spec))
+                    conn.send_nowait(("dcall", spec) if type(spec) is CallSpec else spec)
                 except trio.WouldBlock:
                     self.sender_busy = True
                     self.core._nursery.start_soon(self._drain, conn)
@@ -213,7 +243,7 @@ class Route:
                         return
                     spec = self.outq[0]
                 try:
-                    await conn.send(("dcall", spec))
+                    await conn.send(("dcall", spec) if type(spec) is CallSpec else spec)
                 except Exception:
                     return
                 with self.lock:
@@ -235,6 +265,11 @@ class Route:
             self._link_lost(None, not_run=task_id)
             core._nursery.start_soon(conn.aclose)
             return
+        self._answered(task_id, results)
+
+    def _answered(self, task_id: bytes, results: list) -> None:
+        """The results of a direct call are here (core loop)."""
+        core = self.core
         with self.lock:
             self.direct.pop(task_id, None)
             drop = self.drop_deferred and not self.direct
@@ -309,6 +344,16 @@ def submit_call(core: Any, spec: CallSpec) -> None:
         core._enqueue(("submit", (spec,)))
         return
     _route(core, spec.actor_id).submit(spec)
+
+
+def cancel_call(core: Any, actor_id: bytes, task_id: bytes) -> None:
+    """``cancel(ref)`` of an unfinished call: on its direct link, else via the node
+    (behind the call's own submit on the same queue, so the node knows it)."""
+    routes = core.__dict__.get("_actor_routes")
+    route = routes.get(actor_id) if routes else None
+    if route is not None and route.cancel(task_id):
+        return
+    core._enqueue(("actor_cancel", actor_id, task_id))
 
 
 def drop_actor(core: Any, actor_id: bytes) -> None:

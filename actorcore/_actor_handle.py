@@ -28,8 +28,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import attrs
+
 from . import _worker_state
-from ._actor_direct import detach, drop_actor, submit_call
+from ._actor_direct import cancel_call, detach, drop_actor, submit_call
 from ._actor_protocol import CallSpec, ClassMeta, MethodMeta
 from ._core_worker import _Entry
 from ._ids import new_task_id, return_ids
@@ -37,12 +39,38 @@ from ._object_ref import ObjectRef
 from ._serialization import dumps_args
 from .exceptions import ActorcoreError, ActorcoreSystemError
 
-__all__ = ["ActorHandle", "ActorMethod", "get_actor", "kill", "check_call_args", "request_node"]
+__all__ = ["ActorHandle", "ActorMethod", "get_actor", "kill", "check_call_args", "request_node",
+           "cancel_actor_call"]
 
 # Local handle counts of actors this process created (actor id -> live handles).
 _counts: dict[bytes, int] = {}
 _escaped: set[bytes] = set()
 _counts_lock = threading.Lock()
+
+
+@attrs.define(slots=True, eq=False)
+class _CallEntry(_Entry):
+    """The caller's entry for a result of an actor call: also names the method."""
+
+    method: str | None = None
+
+
+def cancel_actor_call(core: Any, ref: ObjectRef, force: bool) -> bool:
+    """``cancel(ref)`` if ``ref`` is the result of an actor call made here; ``False``
+    if it is not (a task's result, or a ref this process did not create)."""
+    entry = core._entries.get(ref._id)
+    if entry is None or entry.actor is None:
+        return False
+    if force:
+        raise ValueError(
+            f"cancel(force=True) is not supported for actor calls: {ref} is the result "
+            f"of {getattr(entry, 'method', None) or 'an actor method'} (killing the "
+            f"actor's process would end every call and its state; cancel without force, "
+            f"or end the actor with actorcore.kill(handle))"
+        )
+    if not entry.ready:
+        cancel_call(core, entry.actor, ref.task_id())
+    return True
 
 
 def check_call_args(what: str, meta: MethodMeta, args: tuple, kwargs: dict) -> None:
@@ -143,7 +171,7 @@ class ActorMethod:
         entries = core._entries
         aid = self._handle._actor_id
         for oid in ids:
-            entries[oid] = _Entry(owned=True, actor=aid)
+            entries[oid] = _CallEntry(owned=True, actor=aid, method=qualname)
         # The refs exist before the call leaves: its result may come back at once.
         out: Any = None if n == 0 else ObjectRef(ids[0]) if n == 1 else [
             ObjectRef(i) for i in ids]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import inspect
 import sys
 import threading
@@ -37,6 +38,7 @@ import pykka
 import trio
 
 from . import _serialization
+from ._actor_cancel import CallGate, cancelled_results
 from ._actor_protocol import ActorSpec, CallSpec
 from ._executor import encode_returns, run_task
 from ._object_ref import ObjectRef
@@ -176,10 +178,11 @@ class ThreadedHost(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: list,
-                 record: dict | None) -> None:
+                 record: dict | None, gate: CallGate) -> None:
         super().__init__()
         self.ctx = ctx
         self.spec = spec
+        self.gate = gate
         self._create = (incarnation, dep_data, record)
         self.instance: Any = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -208,8 +211,14 @@ class ThreadedHost(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         spec, dep_data = message
         if self.pool is not None:
-            self.pool.submit(self.ctx.run_sync, self.instance, spec, dep_data)
+            self.pool.submit(self._run_call, spec, dep_data)
         else:
+            self._run_call(spec, dep_data)
+
+    def _run_call(self, spec: CallSpec, dep_data: list | None) -> None:
+        # A call cancelled while queued is skipped (its refs were answered then);
+        # a running one is never interrupted (``_actor_cancel``).
+        if self.gate.start(spec):
             self.ctx.run_sync(self.instance, spec, dep_data)
 
     def on_stop(self) -> None:
@@ -222,10 +231,15 @@ class ThreadedHost(pykka.ThreadingActor):
 
 
 class _ThreadedHandle:
-    def __init__(self, ref: Any) -> None:
+    def __init__(self, ref: Any, gate: CallGate) -> None:
         self.ref = ref
+        self.gate = gate
+
+    def cancel(self, task_id: bytes) -> None:
+        self.gate.cancel(task_id)
 
     def submit(self, spec: CallSpec, dep_data: list) -> None:
+        self.gate.queued(spec)
         try:
             self.ref.tell((spec, dep_data))
         except pykka.ActorDeadError:
@@ -243,6 +257,7 @@ class AsyncHost:
         self.ctx = ctx
         self.spec = spec
         self._create = (incarnation, dep_data, record)
+        self.gate = CallGate(ctx.done)
         self._queue: collections.deque = collections.deque()
         self._soon: Callable[..., Any] | None = None
         self._wake_pending = False
@@ -253,6 +268,8 @@ class AsyncHost:
 
     def submit(self, spec: CallSpec | None, dep_data: list | None) -> None:
         """Queue a call (``None``: stop) from any thread; wake the loop once."""
+        if spec is not None:
+            self.gate.queued(spec)
         self._queue.append((spec, dep_data))
         soon = self._soon
         if soon is not None and not self._wake_pending:
@@ -264,6 +281,18 @@ class AsyncHost:
 
     def stop(self) -> None:
         self.submit(None, None)
+
+    def cancel(self, task_id: bytes) -> None:
+        """Drop ``task_id`` if queued; cancel it (on the loop) if running."""
+        self.gate.cancel(task_id)
+
+    def _interrupt(self, scope: Any) -> None:
+        soon = self._soon
+        if soon is not None:
+            try:
+                soon(scope.cancel)  # cancel scopes belong to their loop's thread
+            except RuntimeError:  # the loop is closed: the actor stopped
+                pass
 
     def _wake(self) -> None:
         self._wake_pending = False
@@ -302,10 +331,16 @@ class AsyncHost:
         slots = anyio.Semaphore(spec.max_concurrency)
         run = self.ctx.run_async
 
-        async def one(call: CallSpec, data: list) -> None:
+        gate = self.gate
+
+        async def one(call: CallSpec, data: list, scope: Any) -> None:
             try:
-                await run(instance, call, data)
+                with scope:
+                    await run(instance, call, data)
+                if scope.cancelled_caught:  # cancel(ref) while it ran (_actor_cancel)
+                    self.ctx.done(call, cancelled_results(call, "while it ran"))
             finally:
+                gate.finished(call)
                 slots.release()
 
         async with anyio.create_task_group() as tg:
@@ -317,7 +352,11 @@ class AsyncHost:
                         tg.cancel_scope.cancel()
                         return
                     await slots.acquire()  # in arrival order: starts keep their order
-                    tg.start_soon(one, call, data)
+                    scope = anyio.CancelScope()
+                    if not gate.start(call, functools.partial(self._interrupt, scope)):
+                        slots.release()  # cancelled while it waited
+                        continue
+                    tg.start_soon(one, call, data, scope)
                 await self._event.wait()
                 self._event = anyio.Event()
 
@@ -332,4 +371,6 @@ def start_host(ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: li
     """Start the right host for ``spec``; return an object with ``submit``/``stop``."""
     if spec.meta.is_async:
         return AsyncHost(ctx, spec, incarnation, dep_data, record)
-    return _ThreadedHandle(ThreadedHost.start(ctx, spec, incarnation, dep_data, record))
+    gate = CallGate(ctx.done)
+    return _ThreadedHandle(ThreadedHost.start(ctx, spec, incarnation, dep_data, record, gate),
+                           gate)

@@ -117,6 +117,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
             "actor_drop": self._h_drop,
             "actor_done_direct": self._h_done_direct,
             "actor_req": self._h_req,
+            "actor_cancel": self._h_cancel,
         }
 
     # ------------------------------------------------------------------ creation
@@ -385,6 +386,10 @@ class ActorManager(ActorCalls, ActorIntrospection):
         self._finish(call.spec, results)
         if rec.drop_when_idle and rec.idle():
             self._end(rec, "all handles to it were dropped")
+
+    def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
+        """``("actor_cancel", actor_id, task_id)``: ``cancel(ref)`` of a call."""
+        self._cancel_call(m[1], m[2])
 
     def _h_done_direct(self, conn: Any, m: tuple, reply: Any) -> None:
         """Large results of a direct call: the node holds them, like any result."""

@@ -10,6 +10,7 @@ Messages added for actors (see ``_protocol`` for the rest):
 caller -> node
   ``("submit", [ActorSpec | CallSpec | TaskSpec, ...])``  create / call / task
   ``("actor_drop", actor_id)``       the creator dropped its last handle
+  ``("actor_cancel", actor_id, task_id)``  ``cancel(ref)`` of a call sent this way
   ``("actor_req", op, *args)``       *request*: ``create`` (named), ``lookup``,
                                      ``kill``, ``state``, ``supervisor``, ``list``
 actor worker -> node
@@ -20,9 +21,12 @@ actor worker -> node
 node -> actor worker
   ``("actor_create", ActorSpec, incarnation, dep_data, class_record)``
   ``("actor_call", CallSpec, dep_data)``
+  ``("actor_cancel", actor_id, task_id)``  drop the call if queued, cancel it if
+                                     running (async actors only; ``_actor_cancel``)
   ``("actor_stop", actor_id)``       end one actor of a shared process
 caller <-> actor worker (direct link, see ``_actor_direct``)
   ``("dcall", CallSpec)`` / ``("dresult", task_id, results | None)``
+  ``("dcancel", actor_id, task_id)``  ``cancel(ref)`` of a call sent on the link
 """
 
 from __future__ import annotations

@@ -48,6 +48,10 @@ class ActorWorkerProcess(WorkerProcess):
                 old.stop()
             assert self.ctx is not None
             self.hosts[spec.actor_id] = start_host(self.ctx, spec, incarnation, dep_data, record)
+        elif op == "actor_cancel":  # cancel(ref) of a call the node sent (_actor_cancel)
+            host = self.hosts.get(message[1])
+            if host is not None:
+                host.cancel(message[2])
         elif op == "actor_stop":
             host = self.hosts.pop(message[1], None)
             if host is not None:
@@ -56,7 +60,13 @@ class ActorWorkerProcess(WorkerProcess):
             await super().handle(conn, message, reply)
 
     async def handle_direct(self, conn: Any, message: Any, reply: Any) -> None:
-        """A caller's direct link (``_actor_direct``): ``("dcall", CallSpec)``."""
+        """A caller's direct link (``_actor_direct``): ``("dcall", CallSpec)``, or
+        ``("dcancel", actor_id, task_id)`` for ``cancel(ref)`` of a call sent on it."""
+        if message[0] == "dcancel":
+            host = self.hosts.get(message[1])
+            if host is not None:
+                host.cancel(message[2])
+            return
         spec = message[1]
         host = self.hosts.get(spec.actor_id)
         if host is None:  # not (or no longer) here: the caller goes through the node

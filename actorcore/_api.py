@@ -343,15 +343,29 @@ def wait(
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task that produces ``object_ref``.
+    """Cancel the task or actor method call that produces ``object_ref``.
 
     A queued task never runs; a running one gets ``TaskCancelledError`` raised inside
     it (``force=True``: its worker process is killed). ``get`` then raises
     ``TaskCancelledError``. Cancelling a finished task does nothing.
+
+    Actor method calls (``handle.method.remote()``, cancelled by the process that
+    made them), as in Ray: a call still queued for the actor is dropped — it never
+    runs and ``get`` raises ``TaskCancelledError`` at once; a running call of an
+    async actor is cancelled (its coroutine sees ``asyncio.CancelledError`` or
+    ``trio.Cancelled``) and ``get`` raises ``TaskCancelledError``; a running call of
+    a threaded actor cannot be interrupted, so it finishes and its result stands.
+    The actor lives on and the caller's other calls keep their order.
+    ``force=True`` raises ``ValueError`` for an actor call (use ``kill``).
     """
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
-    _worker_state.current_core().cancel(object_ref, force)
+    from ._actor_handle import cancel_actor_call
+
+    core = _worker_state.current_core()
+    core._check_open()
+    if not cancel_actor_call(core, object_ref, force):
+        core.cancel(object_ref, force)
 
 
 def _call(name: str, *args: Any) -> Any:
