@@ -209,9 +209,11 @@ class TaskTable(_Table):
 
     async def add_many(self, items: list[tuple[Key, Any]], status: str = "pending") -> list[int]:
         """`add` for many ``(task_id, spec)`` pairs: one waiting task per shard, not
-        one per task (the runtime records every task's spec; see `GcsClient.write_many`)."""
+        one per task (the runtime records every task's spec; see `GcsClient.write_many`).
+        Specs are plain data (builtins, importable classes): encoded with plain pickle."""
         return await self._client.put_many(
-            self.table, [(task_id, TaskEntry(spec, status)) for task_id, spec in items])
+            self.table, [(task_id, TaskEntry(spec, status)) for task_id, spec in items],
+            plain_pickle=True)
 
     async def mark_collectable_many(self, task_ids: list[Key]) -> list[bool]:
         """`mark_collectable` for many tasks (their outputs are all released)."""

@@ -86,6 +86,11 @@ async def test_a_bad_item_rejects_the_whole_call_before_anything_is_sent(tree) -
             await client.mark_collectable_many("nope", ["a"])
         with pytest.raises(gcs.BadRequest):
             await client.put_many("kv", [(3.5, 1)])  # type: ignore[list-item]
+        with pytest.raises(gcs.ValueTooLarge, match=r"tasks\['big'\]"):
+            await client.tasks.add_many([("big", b"x" * 20_000)])
+        # plain pickle refuses a lambda: that value falls back to cloudpickle.
+        await client.put_many("kv", [("fn", lambda x: x + 1), ("n", 3)], plain_pickle=True)
+        assert (await client.get("kv", "fn"))(1) == 2 and await client.get("kv", "n") == 3
 
 
 async def test_a_failed_op_raises_or_is_returned(tree) -> None:
