@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,11 +57,13 @@ def inc(x):
     return x + 1
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    info = ray.init(num_cpus=2, log_to_driver=False)
-    yield info
-    ray.shutdown()
+@pytest.fixture
+def tmpdir() -> Iterator[str]:
+    """A short session root (Unix socket paths must stay under 108 bytes, which
+    pytest's own tmp_path can exceed), removed after the test."""
+    path = tempfile.mkdtemp(prefix="ac")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _find(snap, name):
@@ -192,8 +196,7 @@ def _shm_segments() -> set[str]:
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["shutdown", "sigkill"])
-def test_driver_exit_leaves_nothing_behind(kill):
-    tmpdir = tempfile.mkdtemp(prefix="ac")
+def test_driver_exit_leaves_nothing_behind(kill, tmpdir):
     shm_before = _shm_segments()
     out, pids, session = _run_driver(tmpdir, log=True, kill=kill)
     if kill:
@@ -215,15 +218,13 @@ def test_driver_exit_leaves_nothing_behind(kill):
     assert "hello from task" in logs
 
 
-def test_log_to_driver_off():
-    tmpdir = tempfile.mkdtemp(prefix="ac")
+def test_log_to_driver_off(tmpdir):
     out, pids, _ = _run_driver(tmpdir, log=False, kill=False)
     assert "hello from task" not in out.stdout
     assert _wait_dead(pids) == []
 
 
-def test_cli_start_status_tree_stop():
-    tmpdir = tempfile.mkdtemp(prefix="ac")
+def test_cli_start_status_tree_stop(tmpdir):
     env = _env(tmpdir)
 
     def cli(*args, check=True):
@@ -289,8 +290,7 @@ def test_cli_start_status_tree_stop():
     assert _wait_dead([pid]) == []
 
 
-def test_init_address_errors():
-    tmpdir = tempfile.mkdtemp(prefix="ac")
+def test_init_address_errors(tmpdir):
     code = (
         "import actorcore as ray\n"
         "try:\n"
@@ -305,6 +305,7 @@ def test_init_address_errors():
 
 REPLICATED = """
 import json
+import shutil
 import actorcore as ray
 from actorcore.testing import faults
 ray.init(num_cpus=1, gcs_shards=2, gcs_replicas=2, log_to_driver=False)
@@ -335,8 +336,7 @@ ray.shutdown()
 """
 
 
-def test_replicated_gcs_survives_a_replica_crash_and_cleans_up():
-    tmpdir = tempfile.mkdtemp(prefix="ac")
+def test_replicated_gcs_survives_a_replica_crash_and_cleans_up(tmpdir):
     out = subprocess.run([sys.executable, "-c", REPLICATED], env=_env(tmpdir),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -370,8 +370,8 @@ print("PEAK", peak, "AFTER", len(workers()))
 """
 
 
-def test_extra_workers_are_let_go_when_idle():
-    env = _env(tempfile.mkdtemp(prefix="ac"))
+def test_extra_workers_are_let_go_when_idle(tmpdir):
+    env = _env(tmpdir)
     env["ACTORCORE_IDLE_WORKER_TIMEOUT"] = "0.5"
     out = subprocess.run([sys.executable, "-c", REAP], env=env, capture_output=True,
                          text=True, timeout=120)
