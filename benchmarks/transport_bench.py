@@ -327,7 +327,12 @@ def main() -> None:
 
     n_rtt = 5_000 if args.quick else 20_000
     n_msgs = 100_000 if args.quick else 300_000
-    tmp = tempfile.mkdtemp(prefix="tbench-")
+    with tempfile.TemporaryDirectory(prefix="tbench-") as tmp:
+        run_all(args, tmp, n_rtt, n_msgs)
+
+
+def run_all(args: argparse.Namespace, tmp: str, n_rtt: int, n_msgs: int) -> None:
+    """Every case, with the benchmark's sockets in ``tmp`` (removed afterwards)."""
     print(f"transport benchmark: python {sys.version.split()[0]}, trio {trio.__version__}, "
           f"{os.cpu_count()} CPUs, Unix socket between two processes")
 
