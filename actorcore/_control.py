@@ -187,7 +187,20 @@ class GcsControlState:
         await self.client.tasks.mark_collectable_many([tid.hex() for tid in task_ids])
 
     async def _write_tasks(self, batch: list[TaskSpec]) -> None:
-        await self.client.tasks.add_many([(s.task_id.hex(), s.lineage_record()) for s in batch])
+        import gcs  # (loaded already: the node runs the GCS)
+
+        items = [(s.task_id.hex(), s.lineage_record()) for s in batch]
+        try:
+            await self.client.tasks.add_many(items)
+        except gcs.BadRequest:
+            # A record the GCS refuses (say, over its value limit) must not hold back
+            # the rest for ever (the buffer retries a failed batch): write them one by
+            # one and drop the refused ones. Unavailability still retries the batch.
+            for item in items:
+                try:
+                    await self.client.tasks.add_many([item])
+                except gcs.BadRequest as exc:
+                    logger.warning("lineage: the GCS refused task %s: %s", item[0], exc)
 
     async def register_node(self, node_id: str, info: dict) -> None:
         await self.client.nodes.register(node_id, info)
