@@ -11,8 +11,10 @@ Public surface
   ``replica_<j>``) and ``await plan.wait_ready()`` -> the address clients connect to.
 * `GcsService` -- the same tree on plain nurseries (no actorcore kernel needed).
 * `open_client(address, token)` -> `GcsClient` with generic ``put/get/delete/scan/
-  subscribe/update/set_add/set_remove/mark_collectable`` and typed tables ``nodes,
-  actors, objects, tasks, functions, jobs, kv``.
+  subscribe/update/set_add/set_remove/mark_collectable``, their batched forms
+  ``write_many/put_many/mark_collectable_many`` (one waiting task per shard, not per
+  op; same idempotent retries) and typed tables ``nodes, actors, objects, tasks,
+  functions, jobs, kv`` (``tasks.add_many/mark_collectable_many`` for the lineage).
 
 Design
 ------
@@ -77,7 +79,8 @@ recovers the longest log, the others join by state transfer. Without it (the emb
 cluster) the GCS survives R-1 failures per shard but not a restart of the head node.
 
 Memory. The log, the dedup record and each subscriber's outbox are bounded; lineage
-is bounded by `GcsClient.mark_collectable` / ``tasks.mark_collectable``: entries the
+is bounded by `GcsClient.mark_collectable` / ``tasks.mark_collectable`` (and their
+``_many`` forms, which the runtime uses once all of a task's returns are freed): entries the
 runtime no longer needs are kept up to ``lineage_cap`` per table and shard, and the
 oldest beyond it are flushed from memory (in durable mode their history stays in the
 log until the next compaction).
