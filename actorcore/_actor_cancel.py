@@ -21,15 +21,16 @@ starts or finds it running, never both.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from . import _serialization
 from ._actor_protocol import CallSpec
 from .exceptions import TaskCancelledError
 
-__all__ = ["CallGate", "cancelled_results"]
+__all__ = ["CallGate", "TaskInterrupt", "cancelled_results", "run_interruptible"]
 
 
 def cancelled_results(spec: CallSpec, when: str) -> list[tuple[bytes, bool, bytes]]:
@@ -105,3 +106,41 @@ class CallGate:
             return {"queued": len(self._queued), "running_interruptible": len(self._running),
                     "dropped_total": self.dropped_total,
                     "interrupted_total": self.interrupted_total}
+
+
+class TaskInterrupt:
+    """Cancels one running call of an asyncio actor by ``task.cancel()``.
+
+    Cheaper than a cancel scope per call (anyio's costs about 8 µs on asyncio, which
+    every call would pay): this costs nothing until used. ``cancel`` runs on the
+    actor's loop, like the call, so it finds the call not begun, suspended at an
+    ``await``, or finished — never in between.
+    """
+
+    __slots__ = ("task", "requested")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.requested = False
+
+    def cancel(self) -> None:
+        self.requested = True
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def run_interruptible(interrupt: TaskInterrupt, coro: Coroutine) -> bool:
+    """Await ``coro`` in this asyncio task; ``True`` if ``interrupt`` cancelled it
+    (the cancellation is then absorbed: the actor's task group goes on)."""
+    if interrupt.requested:  # cancelled before it began
+        coro.close()
+        return True
+    task = interrupt.task = asyncio.current_task()
+    try:
+        await coro
+    except asyncio.CancelledError:
+        if not interrupt.requested or task is None:
+            raise  # the actor is stopping
+        task.uncancel()
+        return True
+    return False

@@ -38,7 +38,7 @@ import pykka
 import trio
 
 from . import _serialization
-from ._actor_cancel import CallGate, cancelled_results
+from ._actor_cancel import CallGate, TaskInterrupt, cancelled_results, run_interruptible
 from ._actor_protocol import ActorSpec, CallSpec
 from ._executor import encode_returns, run_task
 from ._object_ref import ObjectRef
@@ -316,7 +316,8 @@ class AsyncHost:
         self._create = None  # type: ignore[assignment]
         task_context.actor_id = spec.actor_id.hex()
         self._event = anyio.Event()
-        if sniffio.current_async_library() == "trio":
+        on_trio = sniffio.current_async_library() == "trio"
+        if on_trio:
             self._soon = trio.lowlevel.current_trio_token().run_sync_soon
         else:
             import asyncio
@@ -335,9 +336,15 @@ class AsyncHost:
 
         async def one(call: CallSpec, data: list, scope: Any) -> None:
             try:
-                with scope:
-                    await run(instance, call, data)
-                if scope.cancelled_caught:  # cancel(ref) while it ran (_actor_cancel)
+                # cancel(ref) while it runs (_actor_cancel): a Trio cancel scope, or
+                # task.cancel() on asyncio (a scope per call would cost more there).
+                if on_trio:
+                    with scope:
+                        await run(instance, call, data)
+                    cancelled = scope.cancelled_caught
+                else:
+                    cancelled = await run_interruptible(scope, run(instance, call, data))
+                if cancelled:
                     self.ctx.done(call, cancelled_results(call, "while it ran"))
             finally:
                 gate.finished(call)
@@ -352,7 +359,7 @@ class AsyncHost:
                         tg.cancel_scope.cancel()
                         return
                     await slots.acquire()  # in arrival order: starts keep their order
-                    scope = anyio.CancelScope()
+                    scope = trio.CancelScope() if on_trio else TaskInterrupt()
                     if not gate.start(call, functools.partial(self._interrupt, scope)):
                         slots.release()  # cancelled while it waited
                         continue

@@ -74,8 +74,8 @@ class AsyncWorker:
         self.cancelled = 0
 
     async def forever(self, sig):
-        await sig.mark_started.remote()
         try:
+            await sig.mark_started.remote()  # the cancel may come while this awaits
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             self.cancelled += 1
