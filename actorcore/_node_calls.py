@@ -39,7 +39,8 @@ def _status(node: Any) -> dict:
             "started_total": node.pool.started_total,
             "died_total": node.pool.died_total,
         },
-        "control": node.control.statistics(),
+        # lineage_live_tasks: tasks with a return still alive (their lineage is kept).
+        "control": {**node.control.statistics(), "lineage_live_tasks": len(node._live_returns)},
         "log_dir": str(node.config.session_dir / "logs"),
         "session_dir": str(node.config.session_dir),
         "uptime_s": time.time() - node.started_at,
