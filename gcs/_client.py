@@ -286,7 +286,8 @@ class GcsClient:
     def _shard(self, key: Key) -> int:
         return shard_of(key, len(self.layout.shards))
 
-    async def _submit(self, queues: dict[int, _Queue], shard: int, op: _Op, *, write: bool) -> Any:
+    def _queue(self, queues: dict[int, _Queue], shard: int, *, write: bool) -> _Queue:
+        """The shard's queue of ops, with its pump task running."""
         queue = queues.get(shard)
         if queue is None:
             queue = queues[shard] = _Queue(self.max_inflight)
@@ -294,6 +295,10 @@ class GcsClient:
             queue.running = True
             assert self._nursery is not None
             self._nursery.start_soon(self._pump, queue, shard, write)
+        return queue
+
+    async def _submit(self, queues: dict[int, _Queue], shard: int, op: _Op, *, write: bool) -> Any:
+        queue = self._queue(queues, shard, write=write)
         queue.ops.append(op)
         queue.wakeup.set()
         await op.done.wait()
@@ -309,14 +314,7 @@ class GcsClient:
         the whole group instead of one task per op. Batches of one queue are sent in
         order, so the last op is normally the last to finish and one wait suffices.
         """
-        queues = self._writes
-        queue = queues.get(shard)
-        if queue is None:
-            queue = queues[shard] = _Queue(self.max_inflight)
-        if not queue.running:
-            queue.running = True
-            assert self._nursery is not None
-            self._nursery.start_soon(self._pump, queue, shard, True)
+        queue = self._queue(self._writes, shard, write=True)
         queue.ops.extend(ops)
         queue.wakeup.set()
         for op in reversed(ops):
