@@ -17,6 +17,7 @@ from ._errors import BadRequest, UnknownTable, ValueTooLarge
 
 __all__ = [
     "TABLES",
+    "RPC_TIMEOUT",
     "ChainConfig",
     "Layout",
     "ShardLayout",
@@ -26,6 +27,9 @@ __all__ = [
     "validate_read",
     "validate_write",
 ]
+
+#: The default bound of one client request attempt (clients retry after it).
+RPC_TIMEOUT = 5.0
 
 #: Every table of the GCS. The runtime's typed tables map onto these; ``kv`` is the
 #: user key-value space. A request naming any other table gets `UnknownTable`.
