@@ -1,14 +1,8 @@
-"""The node process: one supervision tree serving drivers and workers.
+"""The node process: its state and lifecycle, serving drivers and workers.
 
-::
-
-    node (one_for_one)
-    ├── rpc_server        transport.Server on the node's Unix socket (and TCP on a head)
-    ├── gcs               (head only) the global control store
-    ├── global_scheduler  places what the local scheduler cannot
-    ├── local_scheduler   the dispatch loop over the node's task queue
-    ├── object_manager    the node's object store
-    └── worker_pool       worker processes, one per CPU to start with
+The node runs one supervision tree (``rpc_server``, the ``gcs`` on a head, the
+global and local schedulers, ``object_manager``, ``worker_pool``), built in
+``_node_tree``; introspection and admin calls are in ``_node_calls``.
 
 State and components
 --------------------
@@ -54,14 +48,14 @@ import transport
 from ._actor_manager import ActorManager
 from ._control import MemoryControlState
 from ._directory import ObjectDirectory
-from ._global_scheduler import GlobalScheduler
 from ._ids import short, task_id_of
+from ._node_tree import build_tree
 from ._protocol import TaskSpec
-from ._scheduler import LocalScheduler, SchedulerState, WorkerInfo
+from ._scheduler import SchedulerState, WorkerInfo
 from ._session import unlink_latest, write_session_info
 from ._store_link import STORE, StoreLink
 from ._worker_pool import PoolState, WorkerPool
-from .kernel import ChildSpec, Supervisor
+from .kernel import Supervisor
 
 __all__ = ["NodeConfig", "NodeRuntime"]
 
@@ -100,21 +94,6 @@ class _Client:
     log_to_driver: bool = False
     owned: set[bytes] = attrs.Factory(set)
     direct_address: str | None = None
-
-
-class ObjectManager:
-    """The ``object_manager`` component when the node runs without a store (tests)."""
-
-    def __init__(self, directory: ObjectDirectory) -> None:
-        self.directory = directory
-
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
-
-    def snapshot(self) -> dict:
-        st = self.directory.statistics()
-        return {"kind": "object_manager", "objects": st["objects"], "bytes": st["bytes_inline"]}
 
 
 class NodeRuntime:
@@ -164,6 +143,8 @@ class NodeRuntime:
         self.jobs: dict[bytes, dict] = {}
         self.departed: dict[bytes, _Client] = {}
         self.supervisor: Supervisor | None = None
+        self._pool_component: list[WorkerPool] = []  # set by ``build_tree``
+        self._gcs_plan: Any = None  # the GCS plan on a head (``build_tree``)
         self.shutdown_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._server = transport.Server(
@@ -220,56 +201,8 @@ class NodeRuntime:
     # ------------------------------------------------------------------- tree
 
     def build_tree(self) -> Supervisor:
-        pool_component: list[WorkerPool] = []
-
-        def make_pool() -> WorkerPool:
-            wp = WorkerPool(self.pool, self.sched)
-            pool_component[:] = [wp]
-            return wp
-
-        self._pool_component = pool_component
-        children = [ChildSpec("rpc_server", lambda: _RpcServer(self), kind="rpc_server")]
-        if self.config.head:
-            if self.config.use_gcs:
-                import gcs
-
-                self._gcs_plan = gcs.plan(
-                    gcs.GcsConfig(
-                        shards=self.config.gcs_shards,
-                        replicas=self.config.gcs_replicas,
-                        host=self.config.host,
-                        lineage_cap=_lineage_cap(),
-                    ),
-                    self.config.token,
-                )
-                children.append(_to_child_spec(self._gcs_plan.tree))
-            else:
-                children.append(ChildSpec("gcs", lambda: _ControlService(self), kind="gcs"))
-        children += [
-            ChildSpec(
-                "global_scheduler",
-                lambda: GlobalScheduler(
-                    # Late-bound: ``self.control`` becomes the GCS-backed state once the
-                    # GCS client is up, after this spec is built.
-                    self._infeasible_recv,
-                    lambda: self.control.list_nodes(),
-                    self.sched.fail_unschedulable,
-                ),
-                kind="global_scheduler",
-            ),
-            ChildSpec("local_scheduler", lambda: LocalScheduler(self.sched), kind="local_scheduler"),
-            ChildSpec("object_manager", lambda: self._store_service, kind="object_manager"),
-            ChildSpec("worker_pool", make_pool, kind="worker_pool"),
-        ]
-        return Supervisor(
-            "node",
-            children,
-            strategy="one_for_one",
-            max_restarts=20,
-            max_seconds=10.0,
-            kind="node",
-            node_id=self.node_hex,
-        )
+        """The node's supervision tree (see ``_node_tree``)."""
+        return build_tree(self)
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the node until ``shutdown_requested`` (or cancellation)."""
@@ -688,58 +621,6 @@ async def _quietly(fn: Any, *args: Any) -> None:
         logger.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
 
 
-class _RpcServer:
-    """The ``rpc_server`` component: the node's listeners (Unix, and TCP on a head)."""
-
-    def __init__(self, node: NodeRuntime) -> None:
-        self.node = node
-
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        node = self.node
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node._server.run)
-            if node._tcp_server is not None:
-                node.tcp_address = await nursery.start(node._tcp_server.run)
-            task_status.started(node.unix_address)
-
-    def snapshot(self) -> dict:
-        node = self.node
-        conns = len(node._server.connections)
-        if node._tcp_server is not None:
-            conns += len(node._tcp_server.connections)
-        return {
-            "kind": "rpc_server",
-            "address": node.unix_address,
-            "tcp_address": node.tcp_address,
-            "connections": conns,
-        }
-
-
-class _ControlService:
-    """The ``gcs`` component when the node keeps control state in memory."""
-
-    def __init__(self, node: NodeRuntime) -> None:
-        self.node = node
-
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.node.control.run(task_status=task_status)
-
-    def snapshot(self) -> dict:
-        return {"kind": "gcs", **self.node.control.statistics()}
-
-
-def _lineage_cap() -> int:
-    """Marked lineage entries each GCS shard keeps in memory (ACTORCORE_GCS_LINEAGE_CAP)."""
-    raw = os.environ.get("ACTORCORE_GCS_LINEAGE_CAP", "10000")
-    try:
-        cap = int(raw)
-    except ValueError:
-        raise ValueError(f"ACTORCORE_GCS_LINEAGE_CAP must be an integer, got {raw!r}") from None
-    if cap < 0:
-        raise ValueError(f"ACTORCORE_GCS_LINEAGE_CAP must be >= 0, got {cap}")
-    return cap
-
-
 def _default_store_capacity() -> int:
     """30% of the machine's memory, at most 2 GiB (the arena is sparse until used)."""
     try:
@@ -747,21 +628,6 @@ def _default_store_capacity() -> int:
     except (ValueError, OSError):
         total = 4 << 30
     return int(min(total * 0.3, 2 << 30))
-
-
-def _to_child_spec(spec: Any) -> ChildSpec:
-    """A ``gcs.ServiceSpec`` tree as kernel child specs (the GCS never imports us)."""
-    if spec.factory is not None:
-        return ChildSpec(spec.name, spec.factory, restart=spec.restart, kind=spec.kind)
-    return Supervisor.spec(
-        spec.name,
-        [_to_child_spec(c) for c in spec.children],
-        restart=spec.restart,
-        strategy=spec.strategy,
-        max_restarts=spec.max_restarts,
-        max_seconds=spec.max_seconds,
-        kind="gcs" if spec.name == "gcs" else spec.kind,
-    )
 
 
 def dumps_json(obj: Any) -> str:
