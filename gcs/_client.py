@@ -3,10 +3,11 @@
 How a call travels
 ------------------
 ``await client.put(table, key, value)`` pickles the value (cloudpickle), picks the
-shard by key hash and appends the operation to that shard's write queue. One writer
-task per shard drains the queue: everything queued since its last send goes out as
-*one* request to the shard's head, and up to ``max_inflight`` such batches are in
-flight at once (pipelining). Reads are batched the same way and go to the tail.
+shard by key hash and appends the operation to that shard's write queue
+(`_shard_queue.py`). One writer task per shard drains the queue: everything queued
+since its last send goes out as *one* request to the shard's head, and up to
+``max_inflight`` such batches are in flight at once (pipelining). Reads are batched
+the same way and go to the tail. This module sends the batches (`_send_batch`).
 
 Retries are idempotent: every write carries (client id, client sequence number), and
 the shard remembers the results of recent ones, so a write retried after a timeout
@@ -26,9 +27,9 @@ from __future__ import annotations
 import itertools
 import pickle
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -37,9 +38,10 @@ import trio
 import transport
 
 from ._codec import decode, encode
-from ._errors import GcsError, GcsUnavailable, ValueTooLarge, VersionMismatch
+from ._errors import GcsUnavailable, ValueTooLarge, VersionMismatch
 from ._protocol import RPC_TIMEOUT as _RPC_TIMEOUT
 from ._protocol import Key, Layout, check_key, check_table, shard_of
+from ._shard_queue import Op, ShardQueue
 from ._subscription import Event, Subscription
 from ._tables import (
     ActorTable,
@@ -54,8 +56,6 @@ from ._watch import HeldReplies
 
 __all__ = ["Entry", "Event", "GcsClient", "Subscription", "open_client"]
 
-_MAX_BATCH = 4096
-
 
 @attrs.frozen
 class Entry:
@@ -63,24 +63,6 @@ class Entry:
 
     value: Any
     version: int
-
-
-class _Op:
-    __slots__ = ("done", "op", "result", "seq")
-
-    def __init__(self, op: tuple[Any, ...], seq: int = 0) -> None:
-        self.op = op
-        self.seq = seq
-        self.done = trio.Event()
-        self.result: Any = None
-
-
-class _Queue:
-    def __init__(self, inflight: int) -> None:
-        self.ops: deque[_Op] = deque()
-        self.wakeup = trio.Event()
-        self.inflight = trio.Semaphore(inflight)
-        self.running = False
 
 
 class GcsClient:
@@ -102,8 +84,8 @@ class GcsClient:
         self._coordinator: Any = None
         self._conns: dict[str, Any] = {}
         self._dialing: dict[str, trio.Lock] = {}
-        self._writes: dict[int, _Queue] = {}
-        self._reads: dict[int, _Queue] = {}
+        self._writes: dict[int, ShardQueue] = {}
+        self._reads: dict[int, ShardQueue] = {}
         self._seen: dict[int, int] = {}
         self._history: dict[int, Any] = {}
         self._subs: dict[int, Subscription] = {}
@@ -262,65 +244,28 @@ class GcsClient:
     def _shard(self, key: Key) -> int:
         return shard_of(key, len(self.layout.shards))
 
-    def _queue(self, queues: dict[int, _Queue], shard: int, *, write: bool) -> _Queue:
+    def _queue(self, queues: dict[int, ShardQueue], shard: int, *, write: bool) -> ShardQueue:
         """The shard's queue of ops, with its pump task running."""
         queue = queues.get(shard)
         if queue is None:
-            queue = queues[shard] = _Queue(self.max_inflight)
+            queue = queues[shard] = ShardQueue(self.max_inflight)
         if not queue.running:
             queue.running = True
             assert self._nursery is not None
-            self._nursery.start_soon(self._pump, queue, shard, write)
+            self._nursery.start_soon(queue.pump, self._nursery,
+                                     partial(self._send_batch, shard, write=write), self._stats)
         return queue
 
-    async def _submit(self, queues: dict[int, _Queue], shard: int, op: _Op, *, write: bool) -> Any:
-        queue = self._queue(queues, shard, write=write)
-        queue.ops.append(op)
-        queue.wakeup.set()
-        await op.done.wait()
-        if isinstance(op.result, BaseException):
-            raise op.result
-        return op.result
+    async def _submit(self, queues: dict[int, ShardQueue], shard: int, op: Op, *,
+                      write: bool) -> Any:
+        return await self._queue(queues, shard, write=write).submit(op)
 
-    async def _submit_many(self, shard: int, ops: list[_Op]) -> None:
-        """Queue many writes of one shard at once and wait for all of them.
+    async def _submit_many(self, shard: int, ops: list[Op]) -> None:
+        """Queue many writes of one shard at once and wait for all of them (see
+        `ShardQueue.submit_many`)."""
+        await self._queue(self._writes, shard, write=True).submit_many(ops)
 
-        The ops ride the same queue, pump, idempotent (client id, seq) numbering and
-        retries as single writes; the only saving is the waiting: one task waits for
-        the whole group instead of one task per op. Batches of one queue are sent in
-        order, so the last op is normally the last to finish and one wait suffices.
-        """
-        queue = self._queue(self._writes, shard, write=True)
-        queue.ops.extend(ops)
-        queue.wakeup.set()
-        for op in reversed(ops):
-            if not op.done.is_set():
-                await op.done.wait()
-
-    async def _pump(self, queue: _Queue, shard: int, write: bool) -> None:
-        assert self._nursery is not None
-        while True:
-            if not queue.ops:
-                queue.wakeup = trio.Event()
-                await queue.wakeup.wait()
-                continue
-            await queue.inflight.acquire()
-            batch = [queue.ops.popleft() for _ in range(min(len(queue.ops), _MAX_BATCH))]
-            self._stats["batches"] += 1
-            self._nursery.start_soon(self._send, queue, shard, batch, write)
-
-    async def _send(self, queue: _Queue, shard: int, batch: list[_Op], write: bool) -> None:
-        try:
-            results = await self._send_batch(shard, batch, write)
-        except GcsError as exc:
-            results = [exc] * len(batch)
-        finally:
-            queue.inflight.release()
-        for op, result in zip(batch, results, strict=True):
-            op.result = result
-            op.done.set()
-
-    async def _send_batch(self, shard: int, batch: list[_Op], write: bool) -> list[Any]:
+    async def _send_batch(self, shard: int, batch: list[Op], write: bool) -> list[Any]:
         if write:
             message: tuple[Any, ...] = ("w", self.client_id, [(op.seq, op.op) for op in batch])
         deadline = trio.current_time() + self.timeout
@@ -381,12 +326,12 @@ class GcsClient:
 
     async def _write(self, key: Key, op: tuple[Any, ...]) -> Any:
         self._stats["writes"] += 1
-        return await self._submit(self._writes, self._shard(key), _Op(op, next(self._seq)),
+        return await self._submit(self._writes, self._shard(key), Op(op, next(self._seq)),
                                   write=True)
 
     async def _read(self, shard: int, op: tuple[Any, ...]) -> Any:
         self._stats["reads"] += 1
-        return await self._submit(self._reads, shard, _Op(op), write=False)
+        return await self._submit(self._reads, shard, Op(op), write=False)
 
     def _encode(self, table: str, key: Key, value: Any) -> bytes:
         check_table(table)
@@ -467,11 +412,11 @@ class GcsClient:
         if not ops:
             return []
         n = len(self.layout.shards)
-        by_shard: dict[int, list[_Op]] = {}
-        every: list[_Op] = []
+        by_shard: dict[int, list[Op]] = {}
+        every: list[Op] = []
         seq = self._seq
         for key, op in ops:
-            item = _Op(op, next(seq))
+            item = Op(op, next(seq))
             every.append(item)
             shard = shard_of(key, n) if n > 1 else 0
             group = by_shard.get(shard)
