@@ -2,7 +2,9 @@
 
 The node runs one supervision tree (``rpc_server``, the ``gcs`` on a head, the
 global and local schedulers, ``object_manager``, ``worker_pool``), built in
-``_node_tree``; introspection and admin calls are in ``_node_calls``.
+``_node_tree``. Object bookkeeping (puts, fetches, frees, store refs and lineage
+live-return counts) is in ``_node_objects``; introspection and admin calls in
+``_node_calls``.
 
 State and components
 --------------------
@@ -48,12 +50,13 @@ import transport
 from ._actor_manager import ActorManager
 from ._control import MemoryControlState
 from ._directory import ObjectDirectory
-from ._ids import short, task_id_of
+from ._ids import short
+from ._node_objects import NodeObjects
 from ._node_tree import build_tree
 from ._protocol import TaskSpec
 from ._scheduler import SchedulerState, WorkerInfo
 from ._session import unlink_latest, write_session_info
-from ._store_link import STORE, StoreLink
+from ._store_link import StoreLink
 from ._worker_pool import PoolState, WorkerPool
 from .kernel import Supervisor
 
@@ -63,9 +66,6 @@ logger = logging.getLogger("actorcore.node")
 
 #: Seconds a disconnected driver's objects and queued tasks are kept for it to rejoin.
 DRIVER_GRACE = 5.0
-
-#: Seconds a fetch waits for an object nothing here will produce before failing.
-FETCH_LOST_AFTER = 5.0
 
 
 @attrs.define
@@ -107,6 +107,7 @@ class NodeRuntime:
         self.unix_address = f"unix:{config.session_dir / 'sockets' / 'node.sock'}"
         self.tcp_address: str | None = None
         self.directory = ObjectDirectory()
+        self.objects = NodeObjects(self)  # puts, fetches, frees, store refs, lineage counts
         self.control: Any = MemoryControlState()
         self.gcs_address: str | None = None
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
@@ -119,7 +120,7 @@ class NodeRuntime:
             deliver=self._deliver,
             request_worker=self._request_worker,
             kill_worker=self._kill_worker,
-            record_lineage=self._record_lineage,
+            record_lineage=self.objects.record_lineage,
             forward_infeasible=self._infeasible_send.send_nowait,
             call_later=self._call_later,
             node_id=self.node_hex,
@@ -166,10 +167,8 @@ class NodeRuntime:
             prefix=f"actorcore-{config.session_dir.name}",
         )
         self.store_link: Any = None
-        self._store_refs: dict[bytes, str] = {}
-        #: task id -> how many of its returns are still alive (lineage bookkeeping).
-        self._live_returns: dict[bytes, int] = {}
-        self.directory.on_drop = self._on_object_dropped
+        self._hold_store_objects = self.objects.hold_store_objects  # used by ``_actor_manager``
+        self.directory.on_drop = self.objects.on_object_dropped
         self.sched.owner_address = self._owner_address
         self.sched.pool_starting = lambda: self.pool.starting
         self._tcp_server: transport.Server | None = None
@@ -185,9 +184,6 @@ class NodeRuntime:
             "hello": self._h_hello,
             "export": self._h_export,
             "submit": self._h_submit,
-            "put": self._h_put,
-            "fetch": self._h_fetch,
-            "free": self._h_free,
             "cancel": self._h_cancel,
             "blocked": self._h_blocked,
             "unblocked": self._h_unblocked,
@@ -196,6 +192,7 @@ class NodeRuntime:
             "call": self._h_call,
         }
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
+        self._handlers.update(self.objects.handlers())
         self._handlers.update(self.actors.handlers())
 
     # ------------------------------------------------------------------- tree
@@ -311,18 +308,6 @@ class NodeRuntime:
     def _kill_worker(self, worker: WorkerInfo) -> None:
         self.pool.kill(worker)
 
-    def _record_lineage(self, spec: TaskSpec) -> None:
-        # Lineage bookkeeping: a task's spec is needed while any object it returned
-        # lives, so count its live returns (``_on_object_dropped`` counts down and
-        # hands the task to ``control.lineage_done`` at zero). A task with
-        # ``num_returns=0`` has no output anyone can ask for: done at once. A retry
-        # records the spec again (same task id): the count stands.
-        self.control.record_task(spec)
-        if spec.num_returns <= 0:
-            self.control.lineage_done(spec.task_id)
-        elif spec.task_id not in self._live_returns:
-            self._live_returns[spec.task_id] = spec.num_returns
-
     def _forward_log(self, prefix: str, stream: str, lines: list[str]) -> None:
         for client in list(self.by_conn.values()):
             if client.log_to_driver and not client.conn.closed:
@@ -435,131 +420,6 @@ class NodeRuntime:
             if owned is not None:
                 owned.update(spec.return_ids())
             submit(spec)
-
-    def _h_put(self, conn: Any, m: tuple, reply: Any) -> None:
-        items = m[1]
-        owned = self._owned_by(conn)
-        if owned is not None:
-            owned.update(oid for oid, _e, _d in items)
-        self._hold_store_objects(items, conn)
-        self.directory.put_many(items)
-
-    def _hold_store_objects(self, items: list, producer: Any) -> None:
-        """Take the node's store ref on large objects, then let the producer drop its own.
-
-        ``_store_refs[oid]`` is ``"pending"`` until our ``add_ref`` is done, then
-        ``"held"``; an object dropped from the directory meanwhile is marked ``"drop"``
-        and released as soon as the ``add_ref`` lands (never a release before a hold).
-        """
-        oids = [oid for oid, _err, data in items if data == STORE]
-        if not oids or self._nursery is None or self.store_link is None:
-            return
-        refs = self._store_refs
-        for oid in oids:
-            refs[oid] = "pending"
-
-        async def hold() -> None:
-            for oid in oids:
-                try:
-                    await self.store_link.add_ref(oid)
-                except Exception as exc:
-                    logger.warning("store add_ref %s failed: %s", oid.hex(), exc)
-                if refs.get(oid) == "drop":
-                    del refs[oid]
-                    self.store_link.release_soon([oid])
-                else:
-                    refs[oid] = "held"
-            if not producer.closed:
-                try:
-                    producer.send_nowait(("release", oids))
-                except transport.TransportError:
-                    pass
-
-        self._nursery.start_soon(hold)
-
-    def _on_object_dropped(self, oid: bytes, entry: Any) -> None:
-        # Once every return of a task is freed its lineage is no longer needed: the
-        # GCS may flush it (marks are batched, see ``_control``). ``put`` objects
-        # (a per-process "put task" id) and actor results have no count here.
-        tid = task_id_of(oid)
-        live = self._live_returns.get(tid)
-        if live is not None:
-            if live <= 1:
-                del self._live_returns[tid]
-                self.control.lineage_done(tid)
-            else:
-                self._live_returns[tid] = live - 1
-        state = self._store_refs.get(oid)
-        if state == "pending":
-            self._store_refs[oid] = "drop"
-        elif state == "held":
-            del self._store_refs[oid]
-            self.store_link.release_soon([oid])
-
-    def _h_fetch(self, conn: Any, m: tuple, reply: Any) -> None:
-        oids = m[1]
-        remaining = [len(oids)]
-        directory = self.directory
-
-        def one(_e: Any) -> None:
-            remaining[0] -= 1
-            if remaining[0] == 0 and not reply.done:
-                items = []
-                for oid in oids:
-                    e = directory.entries.get(oid)
-                    if e is None:
-                        from . import _serialization
-                        from .exceptions import ObjectLostError
-
-                        err = ObjectLostError(f"object {oid.hex()} was freed by its owner")
-                        items.append((oid, True, _serialization.dumps(err)))
-                    else:
-                        items.append((oid, e.is_error, e.data))
-                reply.send(items)
-
-        for oid in oids:
-            directory.when_ready(oid, one)
-        if remaining[0] > 0 and self._nursery is not None:
-            self._nursery.start_soon(self._fetch_watchdog, oids, reply)
-
-    async def _fetch_watchdog(self, oids: list[bytes], reply: Any) -> None:
-        """Fail a fetch of objects that nothing will ever produce, instead of hanging.
-
-        An object the directory has no value for may still be on its way (its put
-        or its task's result in flight on another connection), so only after
-        ``FETCH_LOST_AFTER`` seconds, and only for objects whose producing task is
-        not queued or running here, does the fetch fail with ``ObjectLostError``.
-        """
-        while not reply.done:
-            await trio.sleep(FETCH_LOST_AFTER)
-            if reply.done:
-                return
-            entries = self.directory.entries
-            pending = [oid for oid in oids if not (oid in entries and entries[oid].ready)]
-            if not pending or any(self.sched.knows_task(oid[:16]) for oid in pending):
-                continue
-            from . import _serialization
-            from .exceptions import ObjectLostError
-
-            items = []
-            for oid in oids:
-                e = entries.get(oid)
-                if e is not None and e.ready:
-                    items.append((oid, e.is_error, e.data))
-                else:
-                    err = ObjectLostError(
-                        f"object {oid.hex()} does not exist on this cluster: its owner freed "
-                        f"it or died, and no task here will produce it"
-                    )
-                    items.append((oid, True, _serialization.dumps(err)))
-            reply.send(items)
-            return
-
-    def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
-        owned = self._owned_by(conn)
-        if owned is not None:
-            owned.difference_update(m[1])
-        self.directory.free(m[1])
 
     def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
         self.sched.cancel(m[1], m[2])

@@ -40,7 +40,7 @@ def _status(node: Any) -> dict:
             "died_total": node.pool.died_total,
         },
         # lineage_live_tasks: tasks with a return still alive (their lineage is kept).
-        "control": {**node.control.statistics(), "lineage_live_tasks": len(node._live_returns)},
+        "control": {**node.control.statistics(), "lineage_live_tasks": len(node.objects.live_returns)},
         "log_dir": str(node.config.session_dir / "logs"),
         "session_dir": str(node.config.session_dir),
         "uptime_s": time.time() - node.started_at,
