@@ -10,10 +10,10 @@ per-shard epoch, and an older epoch is ignored). From it a replica derives its r
 * head (first of ``chain``): executes client writes (`ShardState.execute`), which
   numbers them; the reply waits in ``_pending`` until the tail's acknowledgement
   for its sequence number comes back up the chain.
-* successor link: every replica with a successor (the next chain member, or the
-  *learner* behind the tail) runs `_forwarder`: it dials the successor, asks in a
-  ``sync`` request how far it got (its ``applied``), then streams every later update
-  from the log in batches (``fw``). If the successor is further behind than the log
+* successor link (`_chain_link.py`): every replica with a successor (the next chain
+  member, or the *learner* behind the tail) runs `_forwarder`: it dials the
+  successor, asks in a ``sync`` request how far it got (its ``applied``), then
+  streams every later update from the log in batches (``fw``). If the successor is further behind than the log
   reaches -- a fresh replacement -- it first sends a snapshot (``snap``): *that is
   state transfer*, and it is the same code path as chain repair. A successor accepts
   ``fw``/``snap`` only on the connection whose ``sync`` it accepted, and accepts that
@@ -67,26 +67,25 @@ import trio
 
 import transport
 
+from ._chain_link import ChainLinks
 from ._config import GcsConfig
 from ._durable import ShardLog, recover_shard
 from ._errors import GcsError, SubscriptionLost
+from ._protocol import RPC_TIMEOUT as _RPC_TIMEOUT
 from ._protocol import ChainConfig, check_key, check_table, validate_read
 from ._pubsub import Publisher
 from ._state import ShardState, Update
-from ._watch import HeldReplies
+from ._watch import HeldReplies, aclose_quietly, answer, answer_nowait
 
 __all__ = ["Replica", "ReplicaRemoved"]
 
-_FORWARD_BATCH = 2000
-_DIRECT_LIMIT = 1 << 20
-_RPC_TIMEOUT = 5.0
 
 
 class ReplicaRemoved(Exception):
     """The coordinator removed this replica from its chain (or is gone): it must exit."""
 
 
-class Replica:
+class Replica(ChainLinks):
     """One replica of shard ``shard``; registers with the coordinator at ``coordinator``."""
 
     def __init__(
@@ -176,7 +175,7 @@ class Replica:
                 self.log.close()
             if self._coordinator is not None:
                 with trio.CancelScope(shield=True):
-                    await _aclose(self._coordinator)
+                    await aclose_quietly(self._coordinator)
         raise ReplicaRemoved(
             f"GCS replica {self.name} of shard {self.shard} was removed from its chain "
             "or lost its coordinator"
@@ -200,7 +199,7 @@ class Replica:
             if self._removed.is_set():
                 return
             self._stats["coordinator_reconnects"] += 1
-            await _aclose(self._coordinator)
+            await aclose_quietly(self._coordinator)
             await self._register_with_retry()
 
     async def _register_with_retry(self) -> None:
@@ -241,7 +240,7 @@ class Replica:
                 await conn.request(("seeded", self.shard, self.name), timeout=_RPC_TIMEOUT)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await _aclose(conn)
+                await aclose_quietly(conn)
             raise
         if role == "seed":
             pass
@@ -270,19 +269,6 @@ class Replica:
         self._changed.set()
         self._changed = trio.Event()
 
-    def _wake_background(self) -> None:
-        """Wake the forwarder and the acker: config, link or backlog changed.
-
-        (Not on every applied update: the fast paths in `_forward_now` and
-        `_send_ack` handle those without a task switch.)
-        """
-        self._wake.set()
-        self._wake = trio.Event()
-
-    async def _wait_wake(self, timeout: float) -> None:  # noqa: ASYNC109
-        with trio.move_on_after(timeout):
-            await self._wake.wait()
-
     # ------------------------------------------------------------- coordinator
 
     async def _on_coordinator(self, conn: Any, message: Any, reply: Any) -> None:
@@ -290,7 +276,7 @@ class Replica:
         if tag == "config":
             self._set_config(message[1])
         elif tag == "ping":
-            await _answer(reply, ("pong", self.state.applied))
+            await answer(reply, ("pong", self.state.applied))
         elif tag == "removed":
             self._removed.set()
         elif tag == "watch":
@@ -347,7 +333,7 @@ class Replica:
             if conn is self._upstream:
                 self._apply_batch(message[1])
                 if self._upstream is None:  # a gap: make the predecessor resync
-                    await _aclose(conn)
+                    await aclose_quietly(conn)
         elif tag == "ack":
             pass  # acks arrive on connections we dialed (see _on_downstream)
         elif tag == "sync":
@@ -363,23 +349,23 @@ class Replica:
             await self._on_subscribe(conn, message, reply)
         elif tag == "unsub":
             self._pubsub.unsubscribe(conn, message[1])
-            await _answer(reply, ("ok",))
+            await answer(reply, ("ok",))
         elif tag == "stats":
-            await _answer(reply, self.statistics())
+            await answer(reply, self.statistics())
         elif tag == "ping":  # a predecessor checking our link (see _probe_successor)
-            await _answer(reply, ("pong", self.state.applied))
+            await answer(reply, ("pong", self.state.applied))
         elif tag == "watch":
             self._held.hold(conn, reply)  # never answered: fails when we die
         else:
             self._stats["bad_requests"] += 1
             from ._errors import BadRequest
 
-            await _answer(reply, ("err", BadRequest(
+            await answer(reply, ("err", BadRequest(
                 f"GCS replica got an unknown request {message!r:.200}")))
 
     async def _on_write(self, message: Any, reply: Any) -> None:
         if not self.chain.chain or self.chain.chain[0] != self.name:
-            await _answer(reply, ("redirect", self.chain.epoch))
+            await answer(reply, ("redirect", self.chain.epoch))
             return
         try:
             _, client_id, batch = message
@@ -390,7 +376,7 @@ class Replica:
             from ._errors import BadRequest
 
             self._stats["bad_requests"] += 1
-            await _answer(reply, ("err", BadRequest(
+            await answer(reply, ("err", BadRequest(
                 f"a write request must be ('w', client_id, [(seq, op), ...]), got {message!r:.200}"
             )))
             return
@@ -400,7 +386,7 @@ class Replica:
         if self._is_tail(self.chain):
             self._commit(self.state.applied)
         if wait <= self.state.acked:
-            await _answer(reply, ("ok", results, wait, self.state.history))
+            await answer(reply, ("ok", results, wait, self.state.history))
         else:
             self._pending.append((wait, reply, results))
 
@@ -415,14 +401,14 @@ class Replica:
         except (TypeError, ValueError):
             from ._errors import BadRequest
 
-            await _answer(reply, ("err", BadRequest(
+            await answer(reply, ("err", BadRequest(
                 f"a read request must be ('r', min_seq, [op, ...]), got {message!r:.200}")))
             return
         if not self._is_tail(self.chain):
-            await _answer(reply, ("redirect", self.chain.epoch))
+            await answer(reply, ("redirect", self.chain.epoch))
             return
         if self._readable and self.state.applied >= min_seq:
-            await _answer(reply, self._read(ops))
+            await answer(reply, self._read(ops))
             return
         assert self._nursery is not None
         self._nursery.start_soon(self._read_later, min_seq, ops, reply)
@@ -432,9 +418,9 @@ class Replica:
             while not (self._readable and self.state.applied >= min_seq):
                 await self._changed.wait()
             if self._is_tail(self.chain):
-                await _answer(reply, self._read(ops))
+                await answer(reply, self._read(ops))
                 return
-        await _answer(reply, ("redirect", self.chain.epoch))
+        await answer(reply, ("redirect", self.chain.epoch))
 
     def _read(self, ops: list[Any]) -> tuple[Any, ...]:
         results: list[Any] = []
@@ -455,30 +441,6 @@ class Replica:
                 self.log.append(new, self.state)
             self._forward_now(new)
             self._notify()
-
-    def _forward_now(self, new: list[Update]) -> None:
-        """Fast path: stream a just-applied batch to the successor from this task.
-
-        Only while the forwarder is streaming (``_next_fw`` set) and this batch is
-        exactly the next one it would send; otherwise the forwarder task sends it
-        (after a snapshot, a resync, or when the link is backed up). Both paths
-        enqueue synchronously and advance ``_next_fw`` together, so the stream stays
-        in order without a task switch per hop.
-        """
-        conn = self._downstream
-        if self._next_fw != new[0][0] or conn is None:
-            if self._has_successor:
-                self._wake_background()
-            return
-        try:
-            if conn.statistics().queued_bytes > _DIRECT_LIMIT:
-                self._wake_background()
-                return
-            conn.send_nowait(("fw", new))
-        except transport.TransportError:
-            self._wake_background()
-            return
-        self._next_fw = new[-1][0] + 1
 
     def _apply_batch(self, updates: list[Update]) -> None:
         applied = []
@@ -519,164 +481,9 @@ class Replica:
         pending = self._pending
         while pending and pending[0][0] <= acked:
             wait, reply, results = pending.popleft()
-            _answer_nowait(reply, ("ok", results, wait, self.state.history))
+            answer_nowait(reply, ("ok", results, wait, self.state.history))
         self._send_ack()
         self._notify()
-
-    def _send_ack(self) -> None:
-        """Send the cumulative ack upstream if it grew (from the committing task)."""
-        upstream = self._upstream
-        if upstream is None or self.name == self.chain.learner:
-            return
-        if upstream is not self._ack_to:
-            self._ack_to, self._ack_sent = upstream, 0
-        acked = self.state.acked
-        if acked > self._ack_sent:
-            try:
-                upstream.send_nowait(("ack", acked))
-            except transport.TransportError:
-                if self._upstream is upstream:
-                    self._upstream = None
-                return
-            self._ack_sent = acked
-
-    async def _acker(self) -> None:
-        """Acks normally go out from `_commit`; this catches the other changes (a new
-        upstream link, a learner promoted to tail) that need one resent."""
-        while True:
-            self._send_ack()
-            await self._wait_wake(1.0)
-
-    # ----------------------------------------------------------- forwarding
-
-    async def _on_sync(self, conn: Any, message: Any, reply: Any) -> None:
-        _, sender, epoch, *history = message
-        with trio.move_on_after(2.0):
-            while self.chain.epoch < epoch:
-                await self._changed.wait()
-        if self.chain.predecessor(self.name) != sender:
-            await _answer(reply, ("no", self.chain.epoch))
-            return
-        self._upstream = conn
-        if history and history[0] != self.state.history:
-            self.state.history = history[0]  # what it streams is of its history
-            if self.log is not None:
-                self.log.start(self.state)  # the log's snapshot names the history
-        self._notify()
-        self._wake_background()
-        await _answer(reply, ("ok", self.state.applied))
-
-    async def _on_downstream(self, conn: Any, message: Any, reply: Any) -> None:
-        if message[0] == "ack" and conn is self._downstream:
-            self._commit(message[1])
-
-    _downstream: Any = None
-
-    async def _forwarder(self) -> None:
-        failing: tuple[str, float] | None = None  # (successor, since when)
-        while True:
-            cfg = self.chain
-            succ = cfg.successor(self.name)
-            if succ is None:
-                await self._wait_wake(1.0)
-                continue
-            try:
-                await self._forward_to(cfg, succ)
-            except (transport.TransportError, OSError):
-                # Cannot even reach it: a process death is reported to the coordinator
-                # by the kernel closing its sockets, a partition is not -- report it
-                # ourselves once it has lasted a heartbeat timeout.
-                now = trio.current_time()
-                if failing is None or failing[0] != succ:
-                    failing = (succ, now)
-                elif now - failing[1] > self.config.heartbeat_timeout:
-                    failing = (succ, now)
-                    self._stats["suspects_reported"] += 1
-                    self._tell_coordinator(("suspect", self.shard, succ, self.name))
-            else:
-                failing = None
-            if self.chain is cfg:
-                await self._wait_wake(0.05)  # link broke, same config: retry shortly
-
-    async def _forward_to(self, cfg: ChainConfig, succ: str) -> None:
-        conn = await transport.connect(cfg.addresses[succ], self.token,
-                                       name=f"gcs/{self.name}", handler=self._on_downstream)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._probe_successor, conn, succ, nursery.cancel_scope)
-                try:
-                    await self._stream_to(cfg, succ, conn)
-                except (transport.TransportError, OSError):
-                    pass  # (caught here: out of the nursery it would be a group)
-                nursery.cancel_scope.cancel()
-        finally:
-            if self._downstream is conn:
-                self._downstream = None
-                self._next_fw = None
-            await _aclose(conn)
-
-    async def _probe_successor(self, conn: Any, succ: str, scope: trio.CancelScope) -> None:
-        """Ping the successor over our link; if it stops answering (a partition, a
-        hung peer) tell the coordinator, which decides, and drop the link.
-
-        The probe is per link, so only the replica next to a broken link reports it
-        (a failure further down merely stalls acks, which is not reported).
-        """
-        while True:
-            await trio.sleep(self.config.heartbeat_interval)
-            try:
-                await conn.request(("ping",), timeout=self.config.heartbeat_timeout)
-            except transport.RequestTimeout:
-                self._stats["suspects_reported"] += 1
-                self._tell_coordinator(("suspect", self.shard, succ, self.name))
-                scope.cancel()
-                return
-            except transport.TransportError:
-                scope.cancel()
-                return
-
-    async def _stream_to(self, cfg: ChainConfig, succ: str, conn: Any) -> None:
-        self._downstream, self._next_fw = conn, None
-        answer = await conn.request(("sync", self.name, cfg.epoch, self.state.history),
-                                    timeout=_RPC_TIMEOUT)
-        if answer[0] != "ok":
-            with trio.move_on_after(0.5):
-                while self.chain is cfg:
-                    await self._changed.wait()
-            return
-        learner = succ == cfg.learner
-        if not learner:
-            # A (new) member successor may become or be the tail: it serves reads
-            # once it applied all we have now, a superset of everything acked.
-            self._handoff_mark = None
-            conn.send_nowait(("mark", self.state.applied))
-        self._next_fw = answer[1] + 1
-        asked_epoch = -1
-        while self.chain.successor(self.name) == succ and self._downstream is conn:
-            if self.chain is not cfg and self.chain.learner != succ:
-                learner = False
-            if self._handoff_mark is not None and not learner:
-                mark, self._handoff_mark = self._handoff_mark, None
-                await conn.send(("mark", mark))
-                continue
-            assert self._next_fw is not None
-            updates = self.state.updates_after(self._next_fw - 1, _FORWARD_BATCH)
-            if updates is None:
-                snap = self.state.snapshot()
-                self._stats["snapshots_sent"] += 1
-                self._next_fw = snap[0] + 1
-                await conn.send(("snap", snap))  # enqueued before any other task runs
-                continue
-            if updates:
-                self._next_fw = updates[-1][0] + 1
-                await conn.send(("fw", updates))
-                continue
-            if learner and asked_epoch != self.chain.epoch:
-                # Asked again under every new epoch: a restarted coordinator may
-                # never have heard the earlier request.
-                asked_epoch = self.chain.epoch
-                self._tell_coordinator(("promote", self.shard, succ, cfg.epoch))
-            await self._wait_wake(1.0)
 
     # ------------------------------------------------------------------ pub/sub
 
@@ -692,25 +499,25 @@ class Replica:
             err = exc if isinstance(exc, GcsError) else None
             from ._errors import BadRequest
 
-            await _answer(reply, ("err", err or BadRequest(
+            await answer(reply, ("err", err or BadRequest(
                 f"a subscribe request must be ('sub', id, table, key, prefix, from_seq), "
                 f"got {message!r:.200}")))
             return
         if not self._is_tail(self.chain) or not self._readable:
-            await _answer(reply, ("redirect", self.chain.epoch))
+            await answer(reply, ("redirect", self.chain.epoch))
             return
         acked = self.state.acked
         start = acked if from_seq is None else from_seq - 1
         replay = self.state.updates_after(start)
         if replay is None or start > self.state.applied:
             oldest = self.state.oldest_replayable()
-            await _answer(reply, ("err", SubscriptionLost(
+            await answer(reply, ("err", SubscriptionLost(
                 f"shard {self.shard} can replay from seq {oldest} only; the subscriber "
                 f"last saw {start}", shard=self.shard, last_seq=start, oldest=oldest)))
             return
         assert self._nursery is not None
         self._pubsub.subscribe(self._nursery, conn, sub_id, table, key, prefix, replay, acked)
-        await _answer(reply, ("ok", acked))
+        await answer(reply, ("ok", acked))
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -724,24 +531,3 @@ class Replica:
             **self.state.statistics(),
             **({"log": self.log.statistics()} if self.log else {}),
         }
-
-
-async def _answer(reply: Any, value: Any) -> None:
-    if reply is None:
-        return
-    _answer_nowait(reply, value)
-
-
-def _answer_nowait(reply: Any, value: Any) -> None:
-    try:
-        reply.send(value)
-    except transport.TransportError:
-        pass  # the asker is gone; it will retry elsewhere
-
-
-async def _aclose(conn: Any) -> None:
-    with trio.move_on_after(1.0):
-        try:
-            await conn.aclose()
-        except transport.TransportError:
-            pass

@@ -1,4 +1,4 @@
-"""`HeldReplies`: keep never-answered "watch" requests alive.
+"""`HeldReplies`: keep never-answered "watch" requests alive (and small reply helpers).
 
 Liveness trick used throughout the GCS: a peer sends a request that is never
 answered; when the link dies, the transport fails it at once, which is the fastest
@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+import trio
+
 import transport
 
-__all__ = ["HeldReplies"]
+__all__ = ["HeldReplies", "aclose_quietly", "answer", "answer_nowait"]
 
 
 class HeldReplies:
@@ -45,3 +47,27 @@ class HeldReplies:
 
     def __len__(self) -> int:
         return sum(len(held) for _, held in self._by_conn.values())
+
+
+# Replies and closes that tolerate a peer that is already gone (replicas, chain links).
+
+
+async def answer(reply: Any, value: Any) -> None:
+    if reply is None:
+        return
+    answer_nowait(reply, value)
+
+
+def answer_nowait(reply: Any, value: Any) -> None:
+    try:
+        reply.send(value)
+    except transport.TransportError:
+        pass  # the asker is gone; it will retry elsewhere
+
+
+async def aclose_quietly(conn: Any) -> None:
+    with trio.move_on_after(1.0):
+        try:
+            await conn.aclose()
+        except transport.TransportError:
+            pass
