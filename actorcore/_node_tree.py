@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._directory import ObjectDirectory
 from ._global_scheduler import GlobalScheduler
 from ._scheduler import LocalScheduler
 from ._worker_pool import WorkerPool
@@ -32,7 +31,7 @@ from .kernel import ChildSpec, Supervisor
 if TYPE_CHECKING:
     from ._node import NodeRuntime
 
-__all__ = ["ObjectManager", "build_tree"]
+__all__ = ["build_tree"]
 
 
 def build_tree(node: NodeRuntime) -> Supervisor:
@@ -87,22 +86,6 @@ def build_tree(node: NodeRuntime) -> Supervisor:
         kind="node",
         node_id=node.node_hex,
     )
-
-
-class ObjectManager:
-    """The ``object_manager`` component when the node runs without a store (tests)."""
-
-    def __init__(self, directory: ObjectDirectory) -> None:
-        self.directory = directory
-
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
-
-    def snapshot(self) -> dict:
-        st = self.directory.statistics()
-        return {"kind": "object_manager", "objects": st["objects"], "bytes": st["bytes_inline"]}
-
 
 
 class _RpcServer:
