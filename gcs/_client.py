@@ -14,9 +14,10 @@ the shard remembers the results of recent ones, so a write retried after a timeo
 or a failover is answered, not applied twice. On any failure (connection lost,
 timeout, "not the head any more") the batch waits for a newer layout -- pushed by
 the coordinator, or fetched -- and is resent, until the operation timeout, after
-which the caller gets `GcsUnavailable`. Reads carry the highest sequence number this
-client has seen of that shard, and a tail that is behind it waits before answering,
-so one client's reads never go backwards, even across a failover.
+which the caller gets `GcsUnavailable` (the layout and the coordinator link are in
+`_client_layout.py`). Reads carry the highest sequence number this client has seen
+of that shard, and a tail that is behind it waits before answering, so one client's
+reads never go backwards, even across a failover.
 
 Subscriptions (`_subscription.py`) attach to each relevant shard's tail and resume
 at the new tail after a failover; this module creates them and routes their events.
@@ -37,6 +38,7 @@ import trio
 
 import transport
 
+from ._client_layout import LayoutTracking
 from ._codec import decode, encode
 from ._errors import GcsUnavailable, ValueTooLarge, VersionMismatch
 from ._protocol import RPC_TIMEOUT as _RPC_TIMEOUT
@@ -65,7 +67,7 @@ class Entry:
     version: int
 
 
-class GcsClient:
+class GcsClient(LayoutTracking):
     """A connection to one GCS. Create with `open_client` (it owns background tasks)."""
 
     def __init__(self, address: str, token: bytes | str, *, name: str = "gcs-client",
@@ -105,104 +107,12 @@ class GcsClient:
 
     # ------------------------------------------------------------- connection
 
-    async def _connect(self) -> None:
-        deadline = trio.current_time() + self.timeout
-        while True:
-            try:
-                self._coordinator = await transport.connect(
-                    self.address, self.token, name=self.name, handler=self._on_message)
-                self._set_layout(await self._coordinator.request(("hello",),
-                                                                 timeout=_RPC_TIMEOUT))
-                return
-            except (transport.ConnectError, transport.ConnectionLost,
-                    transport.RequestTimeout) as exc:
-                if trio.current_time() >= deadline:
-                    raise GcsUnavailable(
-                        f"cannot reach the GCS coordinator at {self.address}: {exc}") from exc
-                await trio.sleep(0.05)
-
-    async def _keep_coordinator(self) -> None:
-        """Keep a link to the coordinator, redialing it after a restart.
-
-        The data path does not need it (clients talk to the replicas directly); it
-        carries the layout pushes, so after a restart we register again with
-        ``hello`` and the new coordinator pushes its rebuilt chains to us. Its
-        layouts have the same generation and higher epochs, so `_set_layout` merges
-        them shard by shard.
-        """
-        while True:
-            conn = self._coordinator
-            if conn is not None and not conn.closed:
-                try:
-                    while True:  # an answer (None) only means "ask again"
-                        await conn.request(("watch",), timeout=None)
-                except transport.TransportError:
-                    pass
-                with trio.CancelScope(shield=True):
-                    await _aclose(conn)
-            delay = 0.01
-            while True:
-                conn = None
-                try:
-                    conn = await transport.connect(self.address, self.token, name=self.name,
-                                                   handler=self._on_message,
-                                                   connect_timeout=2.0)
-                    layout = await conn.request(("hello",), timeout=_RPC_TIMEOUT)
-                except BaseException as exc:
-                    if conn is not None:
-                        with trio.CancelScope(shield=True):
-                            await _aclose(conn)
-                    if not isinstance(exc, transport.TransportError):
-                        raise
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 0.2)
-                    continue
-                self._coordinator = conn
-                self._stats["coordinator_reconnects"] += 1
-                self._set_layout(layout)
-                break
-
     async def aclose(self) -> None:
         for conn in [self._coordinator, *self._conns.values()]:
             if conn is not None:
                 with trio.move_on_after(1.0):
                     await conn.aclose(flush_timeout=0.5)
         self._conns.clear()
-
-    @property
-    def layout(self) -> Layout:
-        assert self._layout is not None, "use `async with open_client(...)`"
-        return self._layout
-
-    def _set_layout(self, layout: Layout) -> None:
-        current = self._layout
-        if (current is not None and current.generation == layout.generation
-                and len(current.shards) == len(layout.shards)):
-            shards = tuple(new if new.epoch > old.epoch else old
-                           for old, new in zip(current.shards, layout.shards, strict=True))
-            if shards == current.shards:
-                return
-            layout = attrs.evolve(layout, shards=shards)
-        self._layout = layout
-        self._layout_changed.set()
-        self._layout_changed = trio.Event()
-
-    async def _refresh(self, shard: int, epoch: int, deadline: float) -> None:
-        """Wait (bounded) for a newer layout of ``shard`` than ``epoch``."""
-        with trio.move_on_after(max(0.0, min(0.25, deadline - trio.current_time()))):
-            while self.layout.shards[shard].epoch <= epoch:
-                await self._layout_changed.wait()
-            return
-        try:
-            coordinator = self._coordinator
-            if coordinator is None or coordinator.closed:
-                # `_keep_coordinator` is redialing; its ``hello`` brings the layout.
-                raise transport.ConnectionLost("the GCS coordinator link is down")
-            # (A recovering coordinator answers only once it rebuilt the chains.)
-            timeout = max(0.05, min(_RPC_TIMEOUT, deadline - trio.current_time()))
-            self._set_layout(await coordinator.request(("layout",), timeout=timeout))
-        except transport.TransportError:
-            await trio.sleep(0.05)
 
     async def _conn(self, address: str) -> Any:
         conn = self._conns.get(address)
@@ -545,14 +455,6 @@ class GcsClient:
     def statistics(self) -> dict[str, Any]:
         return {**self._stats, "connections": len(self._conns), "subscriptions": len(self._subs),
                 "layout": self._layout}
-
-
-async def _aclose(conn: Any) -> None:
-    with trio.move_on_after(0.5):
-        try:
-            await conn.aclose()
-        except transport.TransportError:
-            pass
 
 
 @asynccontextmanager
