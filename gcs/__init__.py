@@ -32,7 +32,8 @@ entries for one id live on one shard. Operations on one key are linearizable; th
 are no cross-shard transactions. Scans and prefix subscriptions fan out to every
 shard; their order is per shard.
 
-Chain replication (`_replica.py`). Each shard is a chain of R replicas. The head
+Chain replication (`_replica.py`; the links along the chain -- forwarding, state
+transfer, acks -- in `_chain_link.py`). Each shard is a chain of R replicas. The head
 executes writes (checks versions and set membership, numbers the resulting updates
 with the shard's next sequence numbers), every replica applies updates in sequence
 order and forwards them down; the tail commits and acknowledges back up; the head
@@ -63,11 +64,13 @@ that are back, in the view's order), bumps the epoch and pushes it; replicas tha
 died meanwhile are left out and replaced as usual. Subscriptions are untouched (they
 live on the tails). The reasoning about races is in `_coordinator.py`, "Restart".
 
-Clients (`_client.py`). Calls are batched per shard (one request carries everything
-queued since the last send) and pipelined (many batches in flight). Writes carry
-(client id, sequence number) and the shard remembers recent results (replicated), so
-a retry after a failure is answered, not applied twice. A client retries until its
-operation timeout (then `GcsUnavailable`), waiting for a newer layout between tries.
+Clients (`_client.py`; per-shard queues in `_shard_queue.py`, the coordinator link
+and layout in `_client_layout.py`, subscriptions in `_subscription.py`). Calls are
+batched per shard (one request carries everything queued since the last send) and
+pipelined (many batches in flight). Writes carry (client id, sequence number) and
+the shard remembers recent results (replicated), so a retry after a failure is
+answered, not applied twice. A client retries until its operation timeout (then
+`GcsUnavailable`), waiting for a newer layout between tries.
 Reads carry the highest sequence number the client has seen, so its reads never go
 backwards. Subscriptions resume after a failover from their last sequence number +
 1 and drop duplicates: each update exactly once, in order (per shard).
