@@ -11,7 +11,7 @@ import transport
 from actorcore.kernel import Supervisor
 from transport import faults
 
-from .test_gcs_support import TOKEN, kernel_specs
+from .test_gcs_support import TOKEN, applied_per_replica, kernel_specs, start_in_process_chain
 
 CAP = 5
 
@@ -108,26 +108,14 @@ async def test_a_failed_op_raises_or_is_returned(tree) -> None:
 
 @pytest.fixture
 async def chain(nursery):
-    # R=3 in this process, so the transport's process-local fault rules reach every link.
-    svc = gcs.GcsService(gcs.GcsConfig(shards=1, replicas=3, processes=False), TOKEN)
-    svc.address = await nursery.start(svc.run)
-    yield svc
+    yield await start_in_process_chain(nursery)
     faults.clear()
-
-
-async def _applied(svc: gcs.GcsService) -> list[int]:
-    cfg = svc.coordinator.chain(0)
-    out = []
-    for name in cfg.chain:
-        async with transport.open_connection(cfg.addresses[name], TOKEN, name="probe") as conn:
-            out.append((await conn.request(("stats",), timeout=5))["applied"])
-    return out
 
 
 async def test_batched_writes_are_applied_once_under_retry(chain) -> None:
     faults.seed(11)
     async with gcs.open_client(chain.address, TOKEN, name="lossy", request_timeout=0.1) as c:
-        before = (await _applied(chain))[0]
+        before = (await applied_per_replica(chain))[0]
         with faults.injected(faults.drop(src="gcs/s*", dst="lossy", kind="reply",
                                          probability=0.5)):
             for round_ in range(6):
@@ -136,7 +124,7 @@ async def test_batched_writes_are_applied_once_under_retry(chain) -> None:
         assert c.statistics()["retries"] > 0
         # 6 x (50 puts + 25 marks), each one update: no retried op was applied twice.
         for _ in range(500):
-            applied = await _applied(chain)
+            applied = await applied_per_replica(chain)
             if len(set(applied)) == 1:
                 break
             await trio.sleep(0.01)

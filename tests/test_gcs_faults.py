@@ -8,34 +8,20 @@ import trio
 import gcs
 from transport import faults
 
-from .test_gcs_support import TOKEN
+from .test_gcs_support import TOKEN, applied_per_replica, start_in_process_chain
 
 
 @pytest.fixture
 async def chain(nursery):
-    # R=3 in this process, so the transport's process-local fault rules reach every link.
-    svc = gcs.GcsService(gcs.GcsConfig(shards=1, replicas=3, processes=False), TOKEN)
-    svc.address = await nursery.start(svc.run)
-    yield svc
+    yield await start_in_process_chain(nursery)
     faults.clear()
-
-
-async def _applied(svc: gcs.GcsService) -> list[int]:
-    import transport
-
-    cfg = svc.coordinator.chain(0)
-    out = []
-    for name in cfg.chain:
-        async with transport.open_connection(cfg.addresses[name], TOKEN, name="probe") as conn:
-            out.append((await conn.request(("stats",), timeout=5))["applied"])
-    return out
 
 
 async def _settled(svc: gcs.GcsService) -> list[int]:
     """The replicas' applied sequence numbers once they agree (polled: other tasks'
     state, no event to wait on; bounded)."""
     for _ in range(500):
-        applied = await _applied(svc)
+        applied = await applied_per_replica(svc)
         if len(set(applied)) == 1:
             break
         await trio.sleep(0.01)
@@ -45,7 +31,7 @@ async def _settled(svc: gcs.GcsService) -> list[int]:
 async def test_lost_replies_are_retried_and_applied_once(chain) -> None:
     faults.seed(7)
     async with gcs.open_client(chain.address, TOKEN, name="lossy", request_timeout=0.1) as c:
-        before = (await _applied(chain))[0]
+        before = (await applied_per_replica(chain))[0]
         with faults.injected(faults.drop(src="gcs/s*", dst="lossy", kind="reply", probability=0.3)):
             for i in range(20):
                 await c.put("kv", "k", i)
@@ -57,7 +43,7 @@ async def test_lost_replies_are_retried_and_applied_once(chain) -> None:
 
 async def test_duplicated_and_delayed_messages_change_nothing(chain) -> None:
     async with gcs.open_client(chain.address, TOKEN, name="dup") as c:
-        before = (await _applied(chain))[0]
+        before = (await applied_per_replica(chain))[0]
         rules = (faults.duplicate(src="gcs/*", dst="gcs/*"),  # forwards, acks, syncs
                  faults.duplicate(src="dup", dst="gcs/*", kind="request"),
                  faults.delay(0.01, src="gcs/*", dst="dup", kind="reply", probability=0.5))
