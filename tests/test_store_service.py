@@ -74,6 +74,33 @@ async def _readline(proc: subprocess.Popen) -> str:
         return await trio.to_thread.run_sync(proc.stdout.readline)
 
 
+async def _node_killed_after_puts(tmp_path, prefix: str, values: str) -> None:
+    """A node in a child process: a store service and a client that puts ``values``
+    (a Python expression: a list of ``(object_id, value)``, may use ``np``); then the
+    child is SIGKILLed, leaving its arena behind."""
+    proc = _child(
+        """
+        import sys, trio, numpy as np, store
+        async def main():
+            s = store.ObjectStoreService(sys.argv[1], b"store-test-token", capacity=8 << 20, prefix=sys.argv[2])
+            async with trio.open_nursery() as n:
+                address = await n.start(s.run)
+                c = await store.StoreClient.connect(address, b"store-test-token")
+                for oid, value in eval(sys.argv[3]):
+                    await c.put(oid, value)
+                print("ready", flush=True)
+                await trio.sleep_forever()
+        trio.run(main)
+        """,
+        f"unix:{tmp_path}/node.sock", prefix, values,
+    )
+    try:
+        assert (await _readline(proc)).strip() == "ready"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 async def test_put_get_numpy_arrow_and_small(tmp_path, prefix):
     async with running_store(tmp_path, prefix) as (service, client):
         array = np.arange(1_000_000, dtype=np.int64)
@@ -357,26 +384,7 @@ async def test_writer_killed_mid_put_leaves_nothing(tmp_path, prefix):
 
 
 async def test_cleanup_session_after_a_killed_node(tmp_path, prefix):
-    proc = _child(
-        """
-        import sys, trio, numpy as np, store
-        async def main():
-            s = store.ObjectStoreService(sys.argv[1], b"store-test-token", capacity=8 << 20, prefix=sys.argv[2])
-            async with trio.open_nursery() as n:
-                address = await n.start(s.run)
-                c = await store.StoreClient.connect(address, b"store-test-token")
-                await c.put(b"x", np.ones(1 << 17))
-                print("ready", flush=True)
-                await trio.sleep_forever()
-        trio.run(main)
-        """,
-        f"unix:{tmp_path}/node.sock", prefix,
-    )
-    try:
-        assert (await _readline(proc)).strip() == "ready"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    await _node_killed_after_puts(tmp_path, prefix, '[(b"x", np.ones(1 << 17))]')
     assert store.session_files(prefix) == [store.arena_path(prefix)]
     assert store.cleanup_stale_sessions(name_prefix=prefix) == [store.arena_path(prefix)]
     assert store.cleanup_session(prefix) == []
@@ -391,27 +399,9 @@ async def test_bad_capacity_and_prefix():
 
 
 async def test_node_killed_then_new_service_recovers_the_arena(tmp_path, prefix):
-    proc = _child(
-        """
-        import sys, trio, numpy as np, store
-        async def main():
-            s = store.ObjectStoreService(sys.argv[1], b"store-test-token", capacity=8 << 20, prefix=sys.argv[2])
-            async with trio.open_nursery() as n:
-                address = await n.start(s.run)
-                c = await store.StoreClient.connect(address, b"store-test-token")
-                await c.put(b"x", np.arange(1 << 17))
-                await c.put(b"y", "small")
-                print("ready", flush=True)
-                await trio.sleep_forever()
-        trio.run(main)
-        """,
-        f"unix:{tmp_path}/node.sock", prefix,
+    await _node_killed_after_puts(
+        tmp_path, prefix, '[(b"x", np.arange(1 << 17)), (b"y", "small")]'
     )
-    try:
-        assert (await _readline(proc)).strip() == "ready"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     async with running_store(tmp_path, prefix, capacity=8 * MB) as (service, client):
         np.testing.assert_array_equal(await client.get(b"x"), np.arange(1 << 17))
         assert await client.get(b"y") == "small"
