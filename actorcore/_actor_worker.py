@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import threading
 from typing import Any
 
@@ -21,8 +20,7 @@ import trio
 import transport
 
 from ._actor_host import HostContext, start_host
-from ._store_link import STORE, encode_value
-from .worker import WorkerProcess, run_main
+from .worker import WorkerProcess, run_main, value_codec
 
 __all__ = ["ActorWorkerProcess", "main"]
 
@@ -92,16 +90,7 @@ class ActorWorkerProcess(WorkerProcess):
             core = self.new_core("actor_worker", conn, address)
             await core.serve(nursery, self.store_address, token)
 
-            def encode(oid: bytes, value: Any) -> bytes:
-                return encode_value(value, oid, core.store, what="the return value")
-
-            def decode(oid: bytes, data: Any) -> Any:
-                if data == STORE:
-                    assert core.store is not None
-                    return core.store.get(oid)
-                return pickle.loads(data)
-
-            self.ctx = HostContext(core, self.node_id.hex(), encode, decode)
+            self.ctx = HostContext(core, self.node_id.hex(), *value_codec(core))
             await self.hello("actor_worker", conn)
             await conn.send(("actor_up", self.worker_id, direct_address))
 

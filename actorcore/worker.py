@@ -90,15 +90,7 @@ class WorkerProcess:
         assert core is not None
         free = self._free
 
-        def encode(oid: bytes, value: Any) -> bytes:
-            return encode_value(value, oid, core.store, what="the return value")
-
-        def decode(oid: bytes, data: bytes) -> Any:
-            if data == STORE:
-                assert core.store is not None
-                return core.store.get(oid)
-            return pickle.loads(data)
-
+        encode, decode = value_codec(core)
         holder: list[Executor] = []
 
         token = core.trio_token
@@ -222,6 +214,24 @@ class WorkerProcess:
         assert self.core is not None
         info = await conn.request(("hello", role, self.worker_id, os.getpid(), {}), timeout=30)
         self.core.gcs_address = info.get("gcs_address")
+
+
+def value_codec(
+    core: CoreWorker,
+) -> tuple[Callable[[bytes, Any], bytes], Callable[[bytes, Any], Any]]:
+    """How user code in this process encodes return values and decodes arguments:
+    small values inline (pickled), large ones through the node's store."""
+
+    def encode(oid: bytes, value: Any) -> bytes:
+        return encode_value(value, oid, core.store, what="the return value")
+
+    def decode(oid: bytes, data: Any) -> Any:
+        if data == STORE:
+            assert core.store is not None
+            return core.store.get(oid)
+        return pickle.loads(data)
+
+    return encode, decode
 
 
 class _FunctionLoader:
