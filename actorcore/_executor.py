@@ -23,6 +23,7 @@ with ``force`` the node kills the worker process.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 import time
@@ -38,6 +39,8 @@ from ._worker_state import task_context
 from .exceptions import SerializationError, TaskCancelledError
 
 __all__ = ["Executor", "encode_returns", "run_task"]
+
+logger = logging.getLogger("actorcore.executor")
 
 
 def _retryable(spec: TaskSpec, exc: BaseException) -> bool:
@@ -140,6 +143,15 @@ def encode_returns(
                 exc, spec.name, pid, node_id, f"{type(exc).__name__}: {exc}\n"
             )
             results.append((oid, True, payload))
+        except Exception as exc:
+            # Storing the value failed (the store is full, its link is gone, ...): this
+            # return is an error, the executor and the caller's other returns live on.
+            # An escape here would kill the executor with the call unanswered for ever.
+            logger.warning("%s %s: storing return %s failed: %r", what, spec.name, oid.hex(), exc)
+            payload = _serialization.error_payload(
+                exc, spec.name, pid, node_id, traceback.format_exc()
+            )
+            results.append((oid, True, payload))
     return results
 
 
@@ -182,6 +194,15 @@ class Executor(pykka.ThreadingActor):
         except TaskCancelledError:
             # The async exception landed outside user code: still a cancellation.
             payload = _serialization.dumps(TaskCancelledError(spec.task_id))
+            results, retry = [(oid, True, payload) for oid in spec.return_ids()], False
+        except Exception as exc:
+            # A failure outside user code (e.g. reporting an error that would not
+            # pickle): the task fails, the executor keeps serving. Unreported, the
+            # task would hold its worker and CPU for ever.
+            logger.exception("task %s: the executor failed running it", spec.name)
+            payload = _serialization.error_payload(
+                exc, spec.name, os.getpid(), self._node_id, traceback.format_exc()
+            )
             results, retry = [(oid, True, payload) for oid in spec.return_ids()], False
         finally:
             with self._lock:

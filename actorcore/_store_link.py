@@ -146,7 +146,9 @@ class StoreLink:
         try:
             self._retrying("put", object_id, serialized)
         except store.ObjectStoreFullError as exc:
-            raise ObjectStoreFullError(str(exc)) from exc
+            raise ObjectStoreFullError(
+                str(exc), capacity=exc.capacity, used=exc.used, requested=exc.requested
+            ) from exc
 
     def get(self, object_id: bytes) -> Any:
         """Read a value, zero-copy (any thread but the core loop)."""

@@ -179,7 +179,30 @@ class OwnerDiedError(ObjectLostError):
 
 
 class ObjectStoreFullError(ActorcoreError):
-    """The object store is full and nothing can be freed or spilled."""
+    """The object store is full and nothing can be freed or spilled.
+
+    ``capacity``, ``used`` and ``requested`` are the store's size, its bytes in use
+    and the bytes the failed allocation asked for (0 when unknown); the message also
+    says what holds the memory and why the disk fallback could not take the value.
+    """
+
+    def __init__(
+        self, message: str = "", *, capacity: int = 0, used: int = 0, requested: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.capacity = capacity
+        self.used = used
+        self.requested = requested
+
+    def __reduce__(self) -> Any:  # keep the sizes across processes
+        return (
+            _rebuild_store_full,
+            (str(self), self.capacity, self.used, self.requested),
+        )
+
+
+def _rebuild_store_full(message: str, capacity: int, used: int, requested: int) -> ObjectStoreFullError:
+    return ObjectStoreFullError(message, capacity=capacity, used=used, requested=requested)
 
 
 class TaskCancelledError(ActorcoreError):
