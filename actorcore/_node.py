@@ -165,6 +165,7 @@ class NodeRuntime:
             capacity=capacity,
             spill_dir=str(config.session_dir / "spill"),
             prefix=f"actorcore-{config.session_dir.name}",
+            **_store_disk_options(),
         )
         self.store_link: Any = None
         self._hold_store_objects = self.objects.hold_store_objects  # used by ``_actor_manager``
@@ -479,6 +480,26 @@ async def _quietly(fn: Any, *args: Any) -> None:
         await fn(*args)
     except Exception as exc:
         logger.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
+
+
+def _store_disk_options() -> dict[str, Any]:
+    """How the store may use the disk (from the node's environment): objects shared
+    memory cannot take go to files in the session's spill directory unless
+    ``ACTORCORE_OBJECT_STORE_DISK_FALLBACK=0``; spills and those files stop at
+    ``ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD`` of the disk (default 0.95, Ray's)."""
+    fallback = os.environ.get("ACTORCORE_OBJECT_STORE_DISK_FALLBACK", "1").strip()
+    if fallback not in ("0", "1"):
+        raise ValueError(f"ACTORCORE_OBJECT_STORE_DISK_FALLBACK must be 0 or 1, got {fallback!r}")
+    raw = os.environ.get("ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD", "0.95")
+    try:
+        threshold = float(raw)
+    except ValueError:
+        threshold = -1.0
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(
+            f"ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD must be a fraction in [0, 1], got {raw!r}"
+        )
+    return {"disk_fallback": fallback == "1", "disk_threshold": threshold}
 
 
 def _default_store_capacity() -> int:

@@ -43,11 +43,15 @@ __all__ = [
     "UNSEALED",
     "Mapping",
     "header_size",
+    "pack_block_header",
     "payload_layout",
 ]
 
 FILE_MAGIC = b"ACSTORE1"
 FILE_HEADER = struct.Struct("<8sQQQ")  # magic, version, file size, owner pid
+#: After the file header: the length and UTF-8 path of the session's spill directory
+#: (0: none), so that removing a dead session's arena also finds its files on disk.
+SPILL_DIR_FIELD = struct.Struct("<H")
 ARENA_HEADER_SIZE = 4096
 BLOCK_MAGIC = b"ACB1"
 # magic, state, block size, id length, buffer count, metadata length, data length,
@@ -74,6 +78,28 @@ def header_size(id_len: int, nbuf: int) -> int:
     return align(BLOCK_FIXED + id_len + 8 * nbuf)
 
 
+def pack_block_header(
+    state: int,
+    size: int,
+    object_id: bytes,
+    meta_len: int,
+    data_len: int,
+    buffer_sizes: Sequence[int],
+) -> bytes:
+    """A used block's whole header (`header_size` bytes): what `Arena.write_block`
+    writes in place, and what starts an object file on disk."""
+    hdr = header_size(len(object_id), len(buffer_sizes))
+    out = bytearray(hdr)
+    BLOCK_HEADER.pack_into(
+        out, 0, BLOCK_MAGIC, state, size, len(object_id), len(buffer_sizes), meta_len,
+        data_len, hdr,
+    )
+    out[BLOCK_FIXED : BLOCK_FIXED + len(object_id)] = object_id
+    if buffer_sizes:
+        struct.pack_into(f"<{len(buffer_sizes)}Q", out, BLOCK_FIXED + len(object_id), *buffer_sizes)
+    return bytes(out)
+
+
 @attrs.frozen
 class BlockInfo:
     """What a block header says (read back when the index is rebuilt)."""
@@ -93,29 +119,39 @@ class BlockInfo:
 
 
 class Mapping:
-    """A read-write memory map of the arena file with its base address.
+    """A memory map of the arena file (or of one object's file on disk, see
+    ``_spill``) with its base address; read-write unless ``readonly``.
 
     Never unmapped explicitly: zero-copy views hold raw addresses into it, so it lives
     as long as something references it (views keep it alive through their holders)
     and the OS unmaps it when it is garbage collected.
     """
 
-    def __init__(self, path: str, size: int | None = None):
-        fd = os.open(path, os.O_RDWR)
+    def __init__(self, path: str, size: int | None = None, *, readonly: bool = False):
+        fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
         try:
             if size is None:
                 size = os.fstat(fd).st_size
-            self.mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
+            self.mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
         finally:
             os.close(fd)
         self.path = path
         self.size = size
-        self._anchor = ctypes.c_char.from_buffer(self.mmap)
-        self.address: int = ctypes.addressof(self._anchor)
+        self.readonly = readonly
+        self._anchor: object
+        if readonly:  # ctypes wants a writable buffer; pyarrow takes any
+            anchor = pa.py_buffer(self.mmap)
+            self._anchor, self.address = anchor, anchor.address
+        else:
+            self._anchor = ctypes.c_char.from_buffer(self.mmap)
+            self.address = ctypes.addressof(self._anchor)
         self.view = memoryview(self.mmap)
 
     def write(self, offset: int, source: object) -> None:
         """Copy a bytes-like ``source`` to ``offset`` (memcpy, GIL released if big)."""
+        if self.readonly:
+            raise ValueError(f"{self.path} is mapped read-only")
         with memoryview(source) as src:  # type: ignore[arg-type]
             n = src.nbytes
             if offset < 0 or offset + n > self.size:
@@ -140,16 +176,19 @@ class Arena:
         self.allocator = allocator
 
     @classmethod
-    def open(cls, path: str, size: int, *, prefault: bool = False) -> tuple[Arena, list[BlockInfo]]:
+    def open(
+        cls, path: str, size: int, *, prefault: bool = False, spill_dir: str | None = None
+    ) -> tuple[Arena, list[BlockInfo]]:
         """Open the arena at ``path`` (rebuilding from its headers) or create it.
 
         Returns the arena and the used blocks found in it (empty when created).
+        ``spill_dir`` is recorded in the header for `cleanup_stale_sessions`.
         """
         size = align(size, 4096) + ARENA_HEADER_SIZE
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return cls._reopen(path)
+            return cls._reopen(path, spill_dir)
         try:
             os.ftruncate(fd, size)
             if prefault:
@@ -157,18 +196,18 @@ class Arena:
         finally:
             os.close(fd)
         mapping = Mapping(path, size)
-        FILE_HEADER.pack_into(mapping.mmap, 0, FILE_MAGIC, 1, size, os.getpid())
+        _write_owner(mapping, size, spill_dir)
         arena = cls(path, mapping, Allocator(ARENA_HEADER_SIZE, size))
         arena.write_free(ARENA_HEADER_SIZE, size - ARENA_HEADER_SIZE)
         return arena, []
 
     @classmethod
-    def _reopen(cls, path: str) -> tuple[Arena, list[BlockInfo]]:
+    def _reopen(cls, path: str, spill_dir: str | None) -> tuple[Arena, list[BlockInfo]]:
         mapping = Mapping(path)
         magic, _version, size, _pid = FILE_HEADER.unpack_from(mapping.mmap, 0)
         if magic != FILE_MAGIC or size != mapping.size:
             raise RuntimeError(f"{path} is not an object store arena (or is truncated)")
-        FILE_HEADER.pack_into(mapping.mmap, 0, FILE_MAGIC, 1, size, os.getpid())  # new owner
+        _write_owner(mapping, size, spill_dir)  # we are the new owner
         blocks = list(_scan(mapping, ARENA_HEADER_SIZE, size))
         allocator = Allocator.from_blocks(
             ARENA_HEADER_SIZE, size, [(b.offset, b.size, b.state != FREE) for b in blocks]
@@ -195,18 +234,12 @@ class Arena:
         buffer_sizes: Sequence[int],
     ) -> int:
         """Write an unsealed block's header; returns the payload's arena offset."""
-        hdr = header_size(len(object_id), len(buffer_sizes))
+        header = pack_block_header(UNSEALED, size, object_id, meta_len, data_len, buffer_sizes)
         mm = self.mapping.mmap
-        position = offset + BLOCK_FIXED
-        mm[position : position + len(object_id)] = object_id
-        position += len(object_id)
-        if buffer_sizes:
-            struct.pack_into(f"<{len(buffer_sizes)}Q", mm, position, *buffer_sizes)
-        BLOCK_HEADER.pack_into(
-            mm, offset, BLOCK_MAGIC, UNSEALED, size, len(object_id), len(buffer_sizes),
-            meta_len, data_len, hdr,
-        )
-        return offset + hdr
+        # The fixed part (magic, state) last: a crash before it leaves the old header.
+        mm[offset + BLOCK_FIXED : offset + len(header)] = header[BLOCK_FIXED:]
+        mm[offset : offset + BLOCK_FIXED] = header[:BLOCK_FIXED]
+        return offset + len(header)
 
     def set_state(self, offset: int, state: int) -> None:
         struct.pack_into("<I", self.mapping.mmap, offset + 4, state)
@@ -240,17 +273,41 @@ class Arena:
             pass
 
 
+def _write_owner(mapping: Mapping, size: int, spill_dir: str | None) -> None:
+    """Write the file header: this process owns the arena; its spill directory."""
+    raw = os.fsencode(spill_dir) if spill_dir else b""
+    if len(raw) > ARENA_HEADER_SIZE - FILE_HEADER.size - SPILL_DIR_FIELD.size:
+        raw = b""  # an absurdly long path is not recorded (cleanup then skips it)
+    position = FILE_HEADER.size
+    SPILL_DIR_FIELD.pack_into(mapping.mmap, position, len(raw))
+    position += SPILL_DIR_FIELD.size
+    mapping.mmap[position : position + len(raw)] = raw
+    FILE_HEADER.pack_into(mapping.mmap, 0, FILE_MAGIC, 1, size, os.getpid())
+
+
 def arena_owner(path: str) -> int | None:
     """The pid of the process whose store service owns the arena at ``path``."""
+    found = arena_header(path)
+    return None if found is None else found[0]
+
+
+def arena_header(path: str) -> tuple[int, str | None] | None:
+    """``(owner pid, spill directory or None)`` from the arena at ``path``'s header;
+    ``None`` if it is not an arena."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(FILE_HEADER.size)
+            raw = f.read(ARENA_HEADER_SIZE)
     except OSError:
         return None
-    if len(raw) < FILE_HEADER.size:
+    if len(raw) < FILE_HEADER.size + SPILL_DIR_FIELD.size:
         return None
-    magic, _version, _size, pid = FILE_HEADER.unpack(raw)
-    return pid if magic == FILE_MAGIC else None
+    magic, _version, _size, pid = FILE_HEADER.unpack_from(raw)
+    if magic != FILE_MAGIC:
+        return None
+    (length,) = SPILL_DIR_FIELD.unpack_from(raw, FILE_HEADER.size)
+    start = FILE_HEADER.size + SPILL_DIR_FIELD.size
+    spill_dir = os.fsdecode(raw[start : start + length]) if length else None
+    return pid, spill_dir
 
 
 def _read_header(mapping: Mapping, offset: int) -> BlockInfo:

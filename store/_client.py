@@ -14,6 +14,12 @@ it. When the last one goes, ``_Lease.__del__`` (in whatever thread the garbage
 collector runs) queues the view ids and schedules a flush on the Trio loop with
 ``TrioToken.run_sync_soon`` (thread-safe); the flush sends one ``release`` message.
 While a lease lives, ``get`` of the same object needs no round trip at all.
+
+Objects on disk. When shared memory cannot take an object (see ``store._core``),
+``create`` answers with a file instead of an arena offset: the writer maps that file
+and copies into it the same way. A ``get`` may likewise answer with a *file view*
+(a path and the layout in it): the reader maps the file read-only and leases it as
+above; the mapping lives as long as the lease.
 """
 
 from __future__ import annotations
@@ -87,10 +93,11 @@ class _Lease:
 class ObjectWriter:
     """An unsealed object being written chunk by chunk (see `StoreClient.create`)."""
 
-    def __init__(self, client: StoreClient, object_id: bytes, payload: int, length: int,
-                 location: Any, take_ref: bool):
+    def __init__(self, client: StoreClient, object_id: bytes, mapping: Mapping, payload: int,
+                 length: int, location: Any, take_ref: bool):
         self._client = client
         self.object_id = object_id
+        self._mapping = mapping
         self._payload = payload
         self.payload_len = length
         self._location = location
@@ -105,7 +112,7 @@ class ObjectWriter:
                 f"chunk [{offset}, {offset + n}) does not fit object {self.object_id.hex()} "
                 f"of {self.payload_len} bytes" + (" (already sealed or aborted)" if self.done else "")
             )
-        self._client._mapping.write(self._payload + offset, data)
+        self._mapping.write(self._payload + offset, data)
 
     async def seal(self, timeout: float | None = 60.0) -> None:  # noqa: ASYNC109
         client = self._client
@@ -113,7 +120,7 @@ class ObjectWriter:
         self.done = True
         if self._take_ref:
             client.refs[self.object_id] += 1
-            client._lease(self.object_id, view_id, self._location)
+            client._lease(self.object_id, view_id, self._location, self._mapping)
 
     def abort(self) -> None:
         if not self.done:
@@ -238,19 +245,19 @@ class StoreClient:
             if take_ref:
                 self._small[object_id] = _owned(serialized)
         else:
-            payload = await self._create(object_id, serialized, take_ref, timeout)
+            mapping, payload = await self._create(object_id, serialized, take_ref, timeout)
             try:
                 if serialized.total_size > COPY_IN_THREAD:
-                    await trio.to_thread.run_sync(self._write, payload, serialized)
+                    await trio.to_thread.run_sync(self._write, mapping, payload, serialized)
                 else:
-                    self._write(payload, serialized)
+                    self._write(mapping, payload, serialized)
             except BaseException:
                 self._abort(object_id)
                 raise
             view_id = await self._call(("seal", object_id, take_ref), timeout)
             if take_ref:
                 self.refs[object_id] += 1
-                self._lease(object_id, view_id, _location(payload, serialized))
+                self._lease(object_id, view_id, _location(payload, serialized), mapping)
             return serialized.total_size
         if take_ref:
             self.refs[object_id] += 1
@@ -266,16 +273,27 @@ class StoreClient:
 
     async def _create(
         self, object_id: bytes, serialized: SerializedValue, take_ref: bool, timeout: float | None  # noqa: ASYNC109
-    ) -> int:
+    ) -> tuple[Mapping, int]:
         message = (
             "create", object_id, len(serialized.metadata), memoryview(serialized.data).nbytes,
             serialized.buffer_sizes, take_ref,
         )
-        return await self._call(message, timeout)
+        return self._target(object_id, await self._call(message, timeout))
 
-    def _write(self, payload: int, serialized: SerializedValue) -> None:
+    def _target(self, object_id: bytes, reply: Any) -> tuple[Mapping, int]:
+        """Where to write a created object: ``(mapping, payload offset)`` in the arena,
+        or in the file the service created it in (``("file", path, offset)``)."""
+        if not isinstance(reply, tuple):
+            return self._mapping, reply
+        _, path, payload = reply
+        try:
+            return Mapping(path), payload
+        except OSError as exc:
+            self._abort(object_id)
+            raise StoreError(f"cannot map {path}, where the store created the object: {exc}") from exc
+
+    def _write(self, mapping: Mapping, payload: int, serialized: SerializedValue) -> None:
         """Copy the serialised value into the unsealed block (any thread)."""
-        mapping = self._mapping
         meta_len = len(serialized.metadata)
         data = memoryview(serialized.data)
         mapping.write(payload, serialized.metadata)
@@ -316,15 +334,28 @@ class StoreClient:
             if self.refs.get(object_id, 0) > 0:
                 self._small[object_id] = _owned(value)
             return value
+        if reply[0] == "file":  # on disk: map the file (read-only, still zero copy)
+            _, view_id, path, location = reply
+            try:
+                mapping = Mapping(path, readonly=True)
+            except OSError as exc:
+                self._release_soon([view_id])
+                raise StoreError(f"cannot map {path}, where object {object_id.hex()} is: {exc}") from exc
+            return self._lease(object_id, view_id, location, mapping).serialized()
         _, view_id, location = reply
         return self._lease(object_id, view_id, location).serialized()
 
-    def _lease(self, object_id: bytes, view_id: int, location: Any) -> _Lease:
+    def _lease(
+        self, object_id: bytes, view_id: int, location: Any, mapping: Mapping | None = None
+    ) -> _Lease:
+        """The lease of ``object_id`` (at ``location`` of ``mapping``, the arena's if
+        ``None``), holding ``view_id`` too."""
+        mapping = mapping or self._mapping
         lease = self._leases.get(object_id)
-        if lease is not None and lease.location == location:
+        if lease is not None and lease.location == location and lease.mapping.path == mapping.path:
             lease.view_ids.append(view_id)  # a concurrent get made one: keep one lease
         else:
-            lease = _Lease(self, object_id, view_id, location, self._mapping)
+            lease = _Lease(self, object_id, view_id, location, mapping)
             self._leases[object_id] = lease
         if self.refs.get(object_id, 0) > 0:
             self._cache[object_id] = lease
@@ -370,9 +401,12 @@ class StoreClient:
         `object_info`, the chunks from its `read_chunk`). Nothing is visible until
         `ObjectWriter.seal`; an aborted or abandoned writer leaves nothing."""
         sizes = tuple(int(n) for n in buffer_sizes)
-        payload = await self._call(("create", object_id, meta_len, data_len, sizes, take_ref), timeout)
+        reply = await self._call(("create", object_id, meta_len, data_len, sizes, take_ref), timeout)
+        mapping, payload = self._target(object_id, reply)
         length = payload_layout(meta_len, data_len, sizes)[1]
-        return ObjectWriter(self, object_id, payload, length, (payload, meta_len, data_len, sizes), take_ref)
+        return ObjectWriter(
+            self, object_id, mapping, payload, length, (payload, meta_len, data_len, sizes), take_ref
+        )
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -521,15 +555,16 @@ class BlockingStoreClient:
         serialized = client._serialize(value, metadata)
         if serialized.total_size < client.inline_threshold:
             return self._run(_put, client, object_id, serialized, take_ref, timeout)
-        payload = self._run(client._create, object_id, serialized, take_ref, timeout)
+        mapping, payload = self._run(client._create, object_id, serialized, take_ref, timeout)
         try:
-            client._write(payload, serialized)
+            client._write(mapping, payload, serialized)
         except BaseException:
             trio.from_thread.run_sync(client._abort, object_id, trio_token=self._token)
             raise
         view_id = self._run(client._call, ("seal", object_id, take_ref), timeout)
         if take_ref:
-            self._run(_add_local_ref, client, object_id, view_id, _location(payload, serialized))
+            location = _location(payload, serialized)
+            self._run(_add_local_ref, client, object_id, view_id, location, mapping)
         return serialized.total_size
 
     def get(self, object_id: bytes, *, timeout: float | None = None) -> Any:
@@ -575,6 +610,8 @@ async def _get_serialized(client: StoreClient, object_id: bytes, timeout: float 
     return await client.get_serialized(object_id, timeout=timeout)
 
 
-async def _add_local_ref(client: StoreClient, object_id: bytes, view_id: int, location: Any) -> None:
+async def _add_local_ref(
+    client: StoreClient, object_id: bytes, view_id: int, location: Any, mapping: Mapping
+) -> None:
     client.refs[object_id] += 1
-    client._lease(object_id, view_id, location)
+    client._lease(object_id, view_id, location, mapping)

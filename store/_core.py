@@ -16,6 +16,26 @@ Who keeps an object alive:
   (re)starts are kept ``recovery_grace`` seconds, for clients to reattach their refs.
 An object with none of these is freed. Only objects with no pins and no views can be
 spilled, least recently used first, and only when an allocation does not fit.
+
+Objects larger than what shared memory can make room for (larger than the store, or
+the store is held by pinned and in-use objects) fall back to disk, as in Ray:
+
+- ``create`` that cannot allocate even after spilling creates the object in a file
+  of the spill directory instead (``_spill.create_object_file``: disk blocks
+  reserved up front, so a full disk is an error here, not a SIGBUS in the writer);
+  the writer maps that file and copies into it as it would into the arena, and the
+  seal renames it to a spill file. From then on it is a spilled object like any
+  other: freed (the file removed) when its last holder goes, found again by a
+  restarted service, removed with the session.
+- ``get`` of a spilled object restores it into the arena when room can be made; when
+  it cannot, the reader gets a *file view*: the file's path and the payload's layout
+  in it, which it maps read-only (still zero copy, backed by the page cache). A file
+  view keeps the file, not shared memory; the arena copy of a restored object stays
+  spillable whatever file views of it live.
+
+The disk is used only below ``disk_threshold`` of its capacity (Ray's
+``local_fs_capacity_threshold``), for spills and objects created on disk alike; past
+it, or with ``disk_fallback`` off, the caller gets `ObjectStoreFullError` saying so.
 """
 
 from __future__ import annotations
@@ -31,20 +51,33 @@ import attrs
 import trio
 
 from . import _spill
-from ._arena import SEALED, Arena, BlockInfo, header_size, payload_layout
+from ._allocator import align
+from ._arena import (
+    SEALED,
+    UNSEALED,
+    Arena,
+    BlockInfo,
+    header_size,
+    pack_block_header,
+    payload_layout,
+)
 from ._diagnose import full_error
 from ._errors import (
     GetTimeoutError,
     ObjectExistsError,
     ObjectNotFoundError,
     ObjectStoreFullError,
+    StoreError,
     format_id,
 )
 from ._serialize import SerializedValue
 
-__all__ = ["Entry", "StoreCore"]
+__all__ = ["DiskTarget", "Entry", "StoreCore"]
 
 Client = Hashable
+#: Where `StoreCore.create` put an object created on disk: ``("file", path, payload
+#: offset in the file)``; an ``int`` is a payload offset in the arena.
+DiskTarget = tuple[str, str, int]
 
 
 @attrs.define(eq=False)
@@ -55,13 +88,14 @@ class Entry:
     meta_len: int = 0
     data_len: int = 0
     buffer_sizes: tuple[int, ...] = ()
-    block_offset: int = -1
+    block_offset: int = -1  # -1: not in the arena (spilled, or created on disk)
     block_size: int = 0
     payload_offset: int = 0
-    spill_path: str | None = None
+    spill_path: str | None = None  # while unsealed: the file it is being written in
     creator: Client | None = None
     pins: collections.Counter = attrs.field(factory=collections.Counter)
-    views: int = 0
+    views: int = 0  # of its arena block
+    file_views: int = 0  # of its file on disk
     recovered: bool = False
     deleted: bool = False
     busy: str | None = None  # "spilling" | "restoring"
@@ -81,15 +115,20 @@ class StoreCore:
         spill_dir: str | None,
         recovered: Sequence[BlockInfo] = (),
         inline_threshold: int = 100 * 1024,
+        disk_fallback: bool = True,
+        disk_threshold: float = 0.95,
     ):
         self.arena = arena
         self.inline_threshold = inline_threshold
         self.prefix = prefix
         self.spill_dir = spill_dir
+        self.disk_fallback = disk_fallback
+        self.disk_threshold = disk_threshold
         self.entries: dict[bytes, Entry] = {}
         self.refs: dict[bytes, collections.Counter] = {}
         self.lru: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.views: dict[int, tuple[Entry, Client]] = {}
+        self.file_view_ids: set[int] = set()  # the views in ``views`` that map a file
         self.waiters: dict[bytes, trio.Event] = {}
         self.quarantined: list[int] = []  # unsealed blocks found at start
         self.spilled_bytes = 0
@@ -157,6 +196,7 @@ class StoreCore:
             "small": sum(1 for e in self.entries.values() if e.size < self.inline_threshold),
             "pinned": sum(1 for e in self.entries.values() if e.pins),
             "views": len(self.views),
+            "file_views": len(self.file_view_ids),
             "refs": sum(1 for c in self.refs.values() if c),
             "quarantined": len(self.quarantined),
             "waiting_gets": len(self.waiters),
@@ -166,6 +206,9 @@ class StoreCore:
             "restore_bytes_read": self.counters["restore_bytes_read"],
             "spill_seconds": self.spill_seconds,
             "restore_seconds": self.restore_seconds,
+            "disk_allocations": self.counters["disk_allocations"],
+            "disk_allocated_bytes": self.counters["disk_allocated_bytes"],
+            "file_reads": self.counters["file_reads"],
         }
 
     # -- creating ------------------------------------------------------------------
@@ -178,17 +221,24 @@ class StoreCore:
         data_len: int,
         buffer_sizes: Sequence[int],
         take_ref: bool = True,
-    ) -> int:
+    ) -> int | DiskTarget:
         """Allocate an unsealed block for ``object_id``; returns the payload offset.
 
-        Spills least recently used objects when the block does not fit; raises
-        `ObjectStoreFullError` when nothing more can be spilled.
+        Spills least recently used objects when the block does not fit. When nothing
+        more can be spilled, the object is created on disk instead and its
+        `DiskTarget` returned; `ObjectStoreFullError` if the disk cannot take it.
         """
         payload = self.create_nowait(client, object_id, meta_len, data_len, buffer_sizes, take_ref)
         if payload is not None:
             return payload
         buffer_sizes = tuple(int(s) for s in buffer_sizes)
-        got = await self._allocate(self._block_need(object_id, meta_len, data_len, buffer_sizes), object_id)
+        need = self._block_need(object_id, meta_len, data_len, buffer_sizes)
+        try:
+            got = await self._allocate(need, object_id)
+        except ObjectStoreFullError as full:
+            return await self._create_on_disk(
+                client, object_id, meta_len, data_len, buffer_sizes, take_ref, need, full.detail
+            )
         if object_id in self.entries:  # lost a race while spilling
             self.arena.free(got[0])
             raise ObjectExistsError(object_id)
@@ -240,32 +290,108 @@ class StoreCore:
             self.add_ref(client, object_id)
         return payload
 
+    async def _create_on_disk(
+        self,
+        client: Client,
+        object_id: bytes,
+        meta_len: int,
+        data_len: int,
+        buffer_sizes: tuple[int, ...],
+        take_ref: bool,
+        need: int,
+        spill_detail: str = "",
+    ) -> DiskTarget:
+        """Create the object in a file of the spill directory (the module docstring);
+        `ObjectStoreFullError` naming the store and the disk if it cannot be
+        (``spill_detail``: why spilling did not make room, if the disk was why)."""
+        length = header_size(len(object_id), len(buffer_sizes)) + payload_layout(
+            meta_len, data_len, buffer_sizes
+        )[1]
+        refusal = self._disk_refusal(length, fallback=True)
+        if refusal is not None:
+            if spill_detail and refusal not in spill_detail:
+                refusal = f"{spill_detail}; {refusal}"
+            elif spill_detail:
+                refusal = spill_detail
+            raise self._full_error(need, object_id, refusal)
+        if object_id in self.entries:
+            raise ObjectExistsError(object_id)
+        assert self.spill_dir is not None
+        path = _spill.spill_path(self.spill_dir, self.prefix, object_id) + ".tmp"
+        header = pack_block_header(
+            UNSEALED, align(length), object_id, meta_len, data_len, buffer_sizes
+        )
+        entry = Entry(
+            object_id, "unsealed", meta_len + data_len + sum(buffer_sizes), meta_len, data_len,
+            buffer_sizes, payload_offset=len(header), spill_path=path, creator=client,
+        )
+        self.entries[object_id] = entry  # taken: a second create of the id fails now
+        try:
+            await trio.to_thread.run_sync(_spill.create_object_file, path, header, length)
+        except OSError as exc:
+            if self.entries.get(object_id) is entry:
+                del self.entries[object_id]
+            raise self._full_error(
+                need, object_id, f"the disk fallback could not create {length} bytes at {path}: {exc}"
+            ) from exc
+        if self.entries.get(object_id) is not entry:  # its writer went meanwhile
+            _unlink(path)
+            raise ObjectNotFoundError(object_id, "aborted while it was created on disk")
+        self.counters["disk_allocations"] += 1
+        self.counters["disk_allocated_bytes"] += length
+        if take_ref:
+            self.add_ref(client, object_id)
+        return ("file", path, len(header))
+
     def seal(self, client: Client, object_id: bytes, with_view: bool = False) -> int | None:
         """Make the object visible. With ``with_view`` the writer gets a view of it
         (its view id is returned), so its own reads need no round trip."""
         entry = self.entries.get(object_id)
         if entry is None or entry.state != "unsealed" or entry.creator != client:
             raise ObjectNotFoundError(object_id, "no unsealed object of this client to seal")
-        self.arena.set_state(entry.block_offset, SEALED)
-        entry.state = "sealed"
+        if entry.block_offset < 0:  # created on disk: from now on a spilled object
+            assert self.spill_dir is not None and entry.spill_path is not None
+            final = _spill.spill_path(self.spill_dir, self.prefix, object_id)
+            try:
+                _spill.seal_object_file(entry.spill_path, final)
+            except OSError as exc:
+                self.abort(client, object_id)
+                raise StoreError(
+                    f"object {format_id(object_id)} could not be sealed in {final}: {exc}"
+                ) from exc
+            entry.spill_path = final
+            entry.state = "spilled"
+            self.spilled_bytes += entry.size
+        else:
+            self.arena.set_state(entry.block_offset, SEALED)
+            entry.state = "sealed"
+            self.lru[object_id] = None
         entry.creator = None
-        self.lru[object_id] = None
         view_id = self._add_view(entry, client) if with_view else None
         self._sealed(object_id)
         return view_id
 
-    def _add_view(self, entry: Entry, client: Client) -> int:
+    def _add_view(self, entry: Entry, client: Client, *, of_file: bool = False) -> int:
+        """A view of the entry's arena block; or of its file on disk with ``of_file``,
+        or when it is not in the arena (the writer of an object created on disk)."""
         view_id = self._next_view
         self._next_view += 1
         self.views[view_id] = (entry, client)
-        entry.views += 1
+        if of_file or entry.block_offset < 0:
+            self.file_view_ids.add(view_id)
+            entry.file_views += 1
+        else:
+            entry.views += 1
         return view_id
 
     def abort(self, client: Client, object_id: bytes) -> None:
         entry = self.entries.get(object_id)
         if entry is not None and entry.state == "unsealed" and entry.creator == client:
             del self.entries[object_id]
-            self.arena.free(entry.block_offset)
+            if entry.block_offset >= 0:
+                self.arena.free(entry.block_offset)
+            elif entry.spill_path is not None:
+                _unlink(entry.spill_path)
 
     async def put_small(
         self, client: Client, object_id: bytes, value: SerializedValue, take_ref: bool = True
@@ -279,8 +405,8 @@ class StoreCore:
         """
         sizes = [memoryview(b).nbytes for b in value.buffers]
         data = memoryview(value.data)
-        payload = await self.create(client, object_id, len(value.metadata), data.nbytes, sizes, take_ref)
-        self._fill_small(client, object_id, payload, value)
+        target = await self.create(client, object_id, len(value.metadata), data.nbytes, sizes, take_ref)
+        self._fill_small(client, object_id, target, value)
 
     def put_small_nowait(
         self, client: Client, object_id: bytes, value: SerializedValue, take_ref: bool = True
@@ -294,28 +420,25 @@ class StoreCore:
         self._fill_small(client, object_id, payload, value)
         return True
 
-    def _fill_small(self, client: Client, object_id: bytes, payload: int, value: SerializedValue) -> None:
+    def _fill_small(
+        self, client: Client, object_id: bytes, target: int | DiskTarget, value: SerializedValue
+    ) -> None:
         data = memoryview(value.data)
         sizes = [memoryview(b).nbytes for b in value.buffers]
-        mapping = self.arena.mapping
-        mapping.write(payload, value.metadata)
-        mapping.write(payload + len(value.metadata), data)
         offsets, _ = payload_layout(len(value.metadata), data.nbytes, sizes)
-        for offset, buffer in zip(offsets, value.buffers, strict=True):
-            mapping.write(payload + offset, buffer)
+        pieces = [(0, value.metadata), (len(value.metadata), data)]
+        pieces += list(zip(offsets, value.buffers, strict=True))
+        if isinstance(target, tuple):  # created on disk (a small write: no thread)
+            _, path, payload = target
+            _spill.write_at(path, [(payload + offset, piece) for offset, piece in pieces])
+        else:
+            for offset, piece in pieces:
+                self.arena.mapping.write(target + offset, piece)
         self.seal(client, object_id)
 
     def copy_out(self, entry: Entry) -> SerializedValue:
         """A copy of a sealed object's serialised value (for small objects)."""
-        view = self.arena.mapping.view
-        payload = entry.payload_offset
-        offsets, _ = payload_layout(entry.meta_len, entry.data_len, entry.buffer_sizes)
-        data_start = payload + entry.meta_len
-        return SerializedValue(
-            data=bytes(view[data_start : data_start + entry.data_len]),
-            buffers=[bytes(view[payload + o : payload + o + n]) for o, n in zip(offsets, entry.buffer_sizes, strict=True)],
-            metadata=bytes(view[payload : payload + entry.meta_len]),
-        )
+        return _copy_payload(self.arena.mapping.view, entry.payload_offset, entry)
 
     def _sealed(self, object_id: bytes) -> None:
         event = self.waiters.pop(object_id, None)
@@ -348,12 +471,32 @@ class StoreCore:
                         del self.waiters[object_id]  # the last waiter gave up
                 raise GetTimeoutError(object_id, timeout if timeout is not None else math.inf)
             if entry.state == "spilled" or entry.busy == "restoring":
-                await self._restore(entry)
+                try:
+                    await self._restore(entry)
+                except ObjectStoreFullError:
+                    if entry.state != "spilled" or self.entries.get(object_id) is not entry:
+                        continue  # restored by someone else, or gone, meanwhile
+                    # No room in shared memory (larger than the store, or the store is
+                    # held by pinned and in-use objects): the reader maps the file.
+                    return self._from_disk(client, entry)
                 continue
             self.lru.move_to_end(object_id)
             if entry.size < self.inline_threshold:
                 return ("inline", self.copy_out(entry))
             return ("shm", self._add_view(entry, client), entry.location)
+
+    def _from_disk(self, client: Client, entry: Entry) -> tuple:
+        """A ``get`` answer read from the entry's file: a copy if small, else a file
+        view ``("file", view id, path, location in the file)``."""
+        assert entry.spill_path is not None
+        start = self._spill_header_len(entry)
+        self.counters["file_reads"] += 1
+        if entry.size < self.inline_threshold:
+            payload = _spill.read_at(entry.spill_path, start, self.payload_len(entry))
+            return ("inline", _copy_payload(memoryview(payload), 0, entry))
+        view_id = self._add_view(entry, client, of_file=True)
+        location = (start, entry.meta_len, entry.data_len, entry.buffer_sizes)
+        return ("file", view_id, entry.spill_path, location)
 
     def release_views(self, client: Client, view_ids: Sequence[int]) -> None:
         for view_id in view_ids:
@@ -362,7 +505,11 @@ class StoreCore:
                 continue
             del self.views[view_id]
             entry = held[0]
-            entry.views -= 1
+            if view_id in self.file_view_ids:
+                self.file_view_ids.discard(view_id)
+                entry.file_views -= 1
+            else:
+                entry.views -= 1
             self._maybe_free(entry)
 
     def read_chunk(self, object_id: bytes, offset: int, size: int) -> bytes:
@@ -488,7 +635,7 @@ class StoreCore:
     # -- freeing, spilling, restoring ------------------------------------------------
 
     def _maybe_free(self, entry: Entry) -> None:
-        if entry.state == "unsealed" or entry.busy or entry.views or entry.pins:
+        if entry.state == "unsealed" or entry.busy or entry.views or entry.file_views or entry.pins:
             return
         if entry.recovered or (not entry.deleted and self.refs.get(entry.object_id)):
             return
@@ -516,6 +663,8 @@ class StoreCore:
         got = self.arena.allocate(need)
         if got is not None:
             return got
+        if need > self.capacity:  # spilling everything would not make room
+            raise self._full_error(need, object_id)
         async with self._alloc_lock:
             asked = False
             while True:
@@ -535,7 +684,16 @@ class StoreCore:
                     asked = True
                     await self.reclaim(viewers)
                     continue
-                await self._spill(victim)
+                if victim.spill_path is None:  # the spill writes a file
+                    refusal = self._disk_refusal(victim.block_size, fallback=False)
+                    if refusal is not None:
+                        raise self._full_error(need, object_id, f"nothing can be spilled: {refusal}")
+                try:
+                    await self._spill(victim)
+                except OSError as exc:
+                    raise self._full_error(
+                        need, object_id, f"spilling {format_id(victim.object_id)} failed: {exc}"
+                    ) from exc
 
     async def _spill(self, entry: Entry) -> None:
         """Evict ``entry`` to disk. Objects are immutable: one that was restored still
@@ -611,14 +769,38 @@ class StoreCore:
             if entry.deleted:
                 self._maybe_free(entry)
 
-    def _full_error(self, need: int, object_id: bytes) -> ObjectStoreFullError:
+    def _disk_refusal(self, nbytes: int, *, fallback: bool) -> str | None:
+        """Why ``nbytes`` may not go to disk (a spill, or with ``fallback`` an object
+        created there); ``None`` if they may."""
+        if self.spill_dir is None:
+            return "the store has no spill directory, so no disk fallback"
+        if fallback and not self.disk_fallback:
+            return "the disk fallback is disabled"
+        return _spill.disk_refusal(self.spill_dir, nbytes, self.disk_threshold)
+
+    def _full_error(self, need: int, object_id: bytes, detail: str = "") -> ObjectStoreFullError:
         return full_error(
-            self.entries.values(), self.arena.allocator, self.spill_dir is not None, need, object_id
+            self.entries.values(), self.arena.allocator, self.spill_dir is not None, need,
+            object_id, detail,
         )
 
 
 def _payload_size(block: BlockInfo) -> int:
     return block.meta_len + block.data_len + sum(block.buffer_sizes)
+
+
+def _copy_payload(view: memoryview, payload: int, entry: Entry) -> SerializedValue:
+    """A copy of the serialised value whose payload starts at ``payload`` of ``view``."""
+    offsets, _ = payload_layout(entry.meta_len, entry.data_len, entry.buffer_sizes)
+    data_start = payload + entry.meta_len
+    return SerializedValue(
+        data=bytes(view[data_start : data_start + entry.data_len]),
+        buffers=[
+            bytes(view[payload + o : payload + o + n])
+            for o, n in zip(offsets, entry.buffer_sizes, strict=True)
+        ],
+        metadata=bytes(view[payload : payload + entry.meta_len]),
+    )
 
 
 def _unlink(path: str) -> None:

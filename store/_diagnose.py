@@ -16,9 +16,15 @@ __all__ = ["full_error"]
 
 
 def full_error(
-    entries: Iterable[Entry], allocator: Allocator, spilling: bool, need: int, object_id: bytes
+    entries: Iterable[Entry],
+    allocator: Allocator,
+    spilling: bool,
+    need: int,
+    object_id: bytes,
+    detail: str = "",
 ) -> ObjectStoreFullError:
-    """An `ObjectStoreFullError` naming the capacity, the request and the holders."""
+    """An `ObjectStoreFullError` naming the capacity, the request and the holders;
+    ``detail`` (why the disk could not take it either) ends the message."""
     reasons: collections.Counter[str] = collections.Counter()
     holders = []
     for entry in entries:
@@ -43,9 +49,11 @@ def full_error(
         f"object store full: cannot allocate {need} bytes for object {format_id(object_id)} "
         f"(capacity {allocator.capacity} bytes, {allocator.used_bytes} used, largest free "
         f"block {allocator.largest_free}); held by {held}"
-        + (f"; biggest: {biggest}" if biggest else ""),
+        + (f"; biggest: {biggest}" if biggest else "")
+        + (f"; {detail}" if detail else ""),
         capacity=allocator.capacity,
         used=allocator.used_bytes,
         requested=need,
         holders=holders[:10],
+        detail=detail,
     )

@@ -45,7 +45,8 @@ class ObjectStoreFullError(StoreError):
 
     Carries ``capacity``, ``used`` and ``requested`` (bytes) and a human summary of
     what holds the memory; ``holders`` is a list of ``(object id, size, reason)`` of
-    the biggest objects that could not be evicted.
+    the biggest objects that could not be evicted; ``detail`` says why the disk could
+    not help (spilling or the disk fallback refused), ``""`` if it was not asked.
     """
 
     def __init__(
@@ -56,23 +57,26 @@ class ObjectStoreFullError(StoreError):
         used: int = 0,
         requested: int = 0,
         holders: list[tuple[bytes, int, str]] | None = None,
+        detail: str = "",
     ):
         super().__init__(message)
         self.capacity = capacity
         self.used = used
         self.requested = requested
         self.holders = holders or []
+        self.detail = detail
 
     def __reduce__(self):  # keep the fields across a RemoteError round trip
         return (
             _rebuild_full,
-            (str(self), self.capacity, self.used, self.requested, self.holders),
+            (str(self), self.capacity, self.used, self.requested, self.holders, self.detail),
         )
 
 
-def _rebuild_full(message, capacity, used, requested, holders):
+def _rebuild_full(message, capacity, used, requested, holders, detail=""):
     return ObjectStoreFullError(
-        message, capacity=capacity, used=used, requested=requested, holders=holders
+        message, capacity=capacity, used=used, requested=requested, holders=holders,
+        detail=detail,
     )
 
 

@@ -45,9 +45,11 @@ class ObjectStoreService:
 
     ``address = await nursery.start(service.run)`` reports the bound socket address.
     ``capacity`` is the shared-memory budget in bytes (the arena's size);
-    ``spill_dir`` (``None``: no spilling) takes evicted objects; values smaller than
-    ``inline_threshold`` bytes are kept in the service's memory and travel inside
-    messages; ``prefix`` names the session's files (``/dev/shm/<prefix>.arena``).
+    ``spill_dir`` (``None``: no spilling) takes evicted objects, and objects that
+    shared memory cannot take at all when ``disk_fallback`` is on (see ``_core``);
+    the disk is used up to ``disk_threshold`` (a fraction) of its capacity. Values
+    smaller than ``inline_threshold`` bytes travel inside messages; ``prefix`` names
+    the session's files (``/dev/shm/<prefix>.arena``, ``<spill_dir>/<prefix>-*``).
     """
 
     def __init__(
@@ -64,9 +66,13 @@ class ObjectStoreService:
         prefault: bool = False,
         recovery_grace: float = 30.0,
         cleanup_on_cancel: bool = True,
+        disk_fallback: bool = True,
+        disk_threshold: float = 0.95,
     ):
         if capacity <= 0:
             raise ValueError(f"object store capacity must be positive, got {capacity!r}")
+        if not 0.0 <= disk_threshold <= 1.0:
+            raise ValueError(f"disk_threshold is a fraction in [0, 1], got {disk_threshold!r}")
         self.address = address
         self._token = token
         self.capacity = capacity
@@ -79,6 +85,8 @@ class ObjectStoreService:
         self.prefault = prefault
         self.recovery_grace = recovery_grace
         self.cleanup_on_cancel = cleanup_on_cancel
+        self.disk_fallback = disk_fallback
+        self.disk_threshold = disk_threshold
         self.state = "stopped"
         self.runs = 0
         self._core: StoreCore | None = None
@@ -97,10 +105,14 @@ class ObjectStoreService:
         self._crash_requested = trio.Event()
         shutdown = False
         try:
-            arena, recovered = Arena.open(self.arena_path, self.capacity, prefault=self.prefault)
+            arena, recovered = Arena.open(
+                self.arena_path, self.capacity, prefault=self.prefault,
+                spill_dir=os.path.abspath(self.spill_dir) if self.spill_dir else None,  # noqa: ASYNC240
+            )
             core = StoreCore(
                 arena, prefix=self.prefix, spill_dir=self.spill_dir, recovered=recovered,
-                inline_threshold=self.inline_threshold,
+                inline_threshold=self.inline_threshold, disk_fallback=self.disk_fallback,
+                disk_threshold=self.disk_threshold,
             )
             self._core = core
             core.reclaim = self._reclaim

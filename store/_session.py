@@ -27,11 +27,30 @@ def session_files(prefix: str, *, shm_dir: str = DEFAULT_SHM_DIR, spill_dir: str
     path = arena_path(prefix, shm_dir)
     if os.path.exists(path):
         found.append(path)
-    if spill_dir is not None and os.path.isdir(spill_dir):
-        for name in os.listdir(spill_dir):
-            if name.startswith(prefix + "-") and (".spill" in name):
-                found.append(os.path.join(spill_dir, name))
-    return found
+    return found + _spill_files(prefix, spill_dir)
+
+
+def _spill_files(prefix: str, spill_dir: str | None) -> list[str]:
+    """The session's files in ``spill_dir``: spilled objects, objects created on
+    disk, and the temporary files of either."""
+    if spill_dir is None or not os.path.isdir(spill_dir):
+        return []
+    return [
+        os.path.join(spill_dir, name)
+        for name in os.listdir(spill_dir)
+        if name.startswith(prefix + "-") and ".spill" in name
+    ]
+
+
+def _unlink_all(paths: list[str]) -> list[str]:
+    removed = []
+    for path in paths:
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def cleanup_session(
@@ -43,39 +62,30 @@ def cleanup_session(
     shut down. Processes that still map the arena keep their mapping (the memory is
     returned when the last one unmaps). Returns the removed paths.
     """
-    removed = []
-    for path in session_files(prefix, shm_dir=shm_dir, spill_dir=spill_dir):
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except FileNotFoundError:
-            pass
-    return removed
+    return _unlink_all(session_files(prefix, shm_dir=shm_dir, spill_dir=spill_dir))
 
 
 def cleanup_stale_sessions(shm_dir: str = DEFAULT_SHM_DIR, *, name_prefix: str = "actorcore") -> list[str]:
-    """Remove arenas (``<name_prefix>*.arena``) whose owning process is gone.
+    """Remove arenas (``<name_prefix>*.arena``) whose owning process is gone, and
+    the files their sessions left on disk (spilled objects, objects created on disk).
 
-    The owner's pid is written in each arena's header by the service that opened it
-    last; an arena whose owner no longer exists was left by a killed node. (Spill
-    files of such sessions are in their own spill directories: remove those with
-    `cleanup_session`.) Returns the removed paths.
+    The owner's pid and the spill directory are written in each arena's header by
+    the service that opened it last; an arena whose owner no longer exists was left
+    by a killed node. Returns the removed paths.
     """
-    from ._arena import arena_owner
+    from ._arena import arena_header
 
     removed = []
     for name in os.listdir(shm_dir):
         if not (name.startswith(name_prefix) and name.endswith(".arena")):
             continue
         path = os.path.join(shm_dir, name)
-        pid = arena_owner(path)
-        if pid is None or _alive(pid):
+        found = arena_header(path)
+        if found is None or _alive(found[0]):
             continue
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except FileNotFoundError:
-            pass
+        # The files on disk first: the arena is what says where they are.
+        removed += _unlink_all(_spill_files(name[: -len(".arena")], found[1]))
+        removed += _unlink_all([path])
     return removed
 
 

@@ -84,7 +84,7 @@ def _check_full(error: BaseException) -> None:
     assert isinstance(error, exc.ObjectStoreFullError), repr(error)
     text = str(error)
     assert f"capacity {STORE} bytes" in text, text
-    #FALLBACK assert "disk fallback is disabled" in text, text
+    assert "disk fallback is disabled" in text, text
     cause = error.cause if isinstance(error, exc.TaskError) else error
     assert cause.capacity == STORE and cause.requested > BIG, (cause.capacity, cause.requested)
 
