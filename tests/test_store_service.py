@@ -561,10 +561,15 @@ async def test_full_store_of_pinned_and_viewed_objects_falls_back_to_disk(tmp_pa
         assert (await client.object_info(b"third"))["state"] == "spilled"
         assert (await client.object_info(b"pinned"))["state"] == "sealed"
         assert int((await client.get(b"third"))[0]) == 3
-        # A small value that no longer fits goes to disk the same way.
-        await client.put(b"tiny", np.full(200_000, 7, dtype=np.uint8))
-        await client.put(b"inline", list(range(1000)))
-        assert await client.get(b"inline") == list(range(1000))
+        # Small values (sent inside the request) that no longer fit go to disk too.
+        smalls = {b"small%d" % i: bytes([i]) * 60_000 for i in range(20)}  # 1.2 MB
+        for oid, value in smalls.items():
+            await client.put(oid, value)
+            await client.pin(oid)  # so that the next one cannot spill it
+        assert service.statistics()["disk_allocations"] > 1
+        async with await store.StoreClient.connect(service.address, TOKEN) as other:
+            for oid, value in smalls.items():  # read back by the service, from disk
+                assert await other.get(oid) == value
         del view
         await client.unpin(b"pinned")
 
