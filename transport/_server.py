@@ -274,10 +274,11 @@ class Server:
             raise TlsMismatch(
                 f"client {peer} is plaintext but this listener requires TLS; told it so"
             )
+        sock = detach_accepted(tsock)
         try:
-            tls = await server_tls(tsock, self._tls, peer)
+            tls = await server_tls(sock, self._tls, peer)
         except BaseException:
-            tsock.close()
+            sock.close()
             raise
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: TLS with %s: %s", self.name, peer, tls.describe())

@@ -61,7 +61,6 @@ from typing import Any
 import attrs
 import trio
 
-from ._address import tune_tcp
 from ._errors import ConnectionLost, TlsError, TlsMismatch
 
 __all__ = [
@@ -234,6 +233,15 @@ def _context(config: TlsConfig, *, server_side: bool) -> ssl.SSLContext:
 
 
 def _build_context(config: TlsConfig, *, server_side: bool) -> ssl.SSLContext:
+    try:
+        mode = os.stat(config.key).st_mode & 0o777
+    except OSError:
+        mode = 0
+    if mode & 0o077:
+        logger.warning(
+            "TLS private key %s is readable by other users (mode %o): chmod 600 it",
+            config.key, mode,
+        )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False  # identity is "signed by the cluster CA" (module docstring)
@@ -257,29 +265,58 @@ def _build_context(config: TlsConfig, *, server_side: bool) -> ssl.SSLContext:
 # ---------------------------------------------------------------- the stream
 
 
-class _FirstBytes(trio.abc.Stream):
-    """The TCP stream under an `SSLStream`, remembering the first bytes it received
-    (so a failed TLS handshake can tell a plaintext listener's marker from other
-    trouble)."""
+class _SocketStream(trio.abc.Stream):
+    """The TCP stream under an `SSLStream`: a non-blocking stdlib socket driven like
+    the rest of the transport (try the call, wait only on EAGAIN), rather than
+    `trio.SocketStream`, whose every call passes through the scheduler (`SSLStream`
+    already checkpoints once per operation). It also remembers the first bytes it
+    received, so that a failed TLS handshake can tell a plaintext listener's marker
+    from other trouble."""
 
-    def __init__(self, inner: trio.SocketStream) -> None:
-        self.inner = inner
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.first = b""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
+        sock = self.sock
+        view = memoryview(data)
+        while view:
+            try:
+                k = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"send failed: {exc}") from exc
+            view = view[k:]
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
+        await trio.lowlevel.wait_writable(self.sock)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self.inner.receive_some(max_bytes)
-        if len(self.first) < len(MAGIC_NO_TLS):
-            self.first += bytes(data[: len(MAGIC_NO_TLS) - len(self.first)])
-        return data
+        sock = self.sock
+        while True:
+            try:
+                data = sock.recv(max_bytes or _RECV)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+            if len(self.first) < len(MAGIC_NO_TLS):
+                self.first += data[: len(MAGIC_NO_TLS) - len(self.first)]
+            return data
+
+    def close(self) -> None:
+        try:
+            trio.lowlevel.notify_closing(self.sock)
+        except (RuntimeError, OSError):  # outside a Trio run, or already closed
+            pass
+        self.sock.close()
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        self.close()
+        await trio.lowlevel.checkpoint()
 
 
 def _ssl_reason(exc: BaseException) -> str:
@@ -300,7 +337,7 @@ class TlsSocket:
     def __init__(
         self,
         stream: trio.SSLStream[Any],
-        raw: trio.socket.SocketType,
+        raw: _SocketStream,
         peer: str,
         client_cert: str | None = None,
     ) -> None:
@@ -311,7 +348,7 @@ class TlsSocket:
         self._received = False
         self._buf: memoryview | None = None
         self._eof = False
-        self.family = raw.family
+        self.family = raw.sock.family
 
     # -- as Connection's reader sees it
 
@@ -370,7 +407,7 @@ class TlsSocket:
         self._raw.close()
 
     def fileno(self) -> int:
-        return self._raw.fileno()
+        return self._raw.sock.fileno()
 
     # -- as the token handshake sees it
 
@@ -426,34 +463,23 @@ class TlsSocket:
 async def client_tls(sock: socket.socket, tls: TlsConfig, address: str) -> TlsSocket:
     """Run the TLS handshake as the dialing side over ``sock`` (a connected TCP socket).
 
-    The caller bounds it with its connect timeout. Raises `TlsMismatch` when the
-    server is a plaintext listener, `TlsError` when the handshake fails (e.g. the
-    server's certificate is not signed by our CA).
+    The caller bounds it with its connect timeout (and closes ``sock`` if it fails).
+    Raises `TlsMismatch` when the server is a plaintext listener, `TlsError` when the
+    handshake fails (e.g. the server's certificate is not signed by our CA).
     """
     ctx = _context(tls, server_side=False)
-    tsock = trio.socket.from_stdlib_socket(sock)
-    try:
-        return await _client_handshake(tsock, ctx, tls, address)
-    except BaseException:
-        tsock.close()
-        raise
-
-
-async def _client_handshake(
-    tsock: trio.socket.SocketType, ctx: ssl.SSLContext, tls: TlsConfig, address: str
-) -> TlsSocket:
-    recorder = _FirstBytes(trio.SocketStream(tsock))
-    stream = trio.SSLStream(recorder, ctx, server_side=False, https_compatible=True)
+    raw = _SocketStream(sock)
+    stream = trio.SSLStream(raw, ctx, server_side=False, https_compatible=True)
     try:
         await stream.do_handshake()
     except trio.BrokenResourceError as exc:
-        if recorder.first == MAGIC_NO_TLS:
+        if raw.first == MAGIC_NO_TLS:
             raise TlsMismatch(
                 f"the server at {address!r} is a plaintext listener but this end uses TLS "
                 f"(cert {tls.cert!r}): every node and driver of a cluster must use the same "
                 f"mode"
             ) from None
-        if recorder.first.startswith(MAGIC_NEEDS_TLS[:6]):
+        if raw.first.startswith(MAGIC_NEEDS_TLS[:6]):
             raise TlsMismatch(
                 f"the server at {address!r} answered in plaintext to our TLS handshake"
             ) from None
@@ -463,28 +489,29 @@ async def _client_handshake(
                 f"TLS handshake with {address!r} failed: the server's certificate is not "
                 f"accepted by our CA {tls.ca!r}: {reason}"
             ) from exc.__cause__
-        if not recorder.first:
+        if not raw.first:
             raise ConnectionLost(
                 f"server at {address!r} closed during the TLS handshake ({reason})"
             ) from exc
         raise TlsError(f"TLS handshake with {address!r} failed: {reason}") from exc.__cause__
-    return TlsSocket(stream, tsock, f"server at {address!r}", client_cert=tls.cert)
+    return TlsSocket(stream, raw, f"server at {address!r}", client_cert=tls.cert)
 
 
-async def server_tls(tsock: trio.socket.SocketType, tls: TlsConfig, peer: str) -> TlsSocket:
+async def server_tls(sock: socket.socket, tls: TlsConfig, peer: str) -> TlsSocket:
     """Run the TLS handshake as the accepting side (the first byte was a ClientHello).
 
     Raises `TlsError` naming the peer and the reason (no certificate, not signed by
-    the cluster CA, ...). The caller bounds it with its handshake timeout.
+    the cluster CA, ...). The caller bounds it with its handshake timeout (and closes
+    ``sock`` if it fails).
     """
     ctx = _context(tls, server_side=True)
-    tune_tcp(tsock)
-    stream = trio.SSLStream(trio.SocketStream(tsock), ctx, server_side=True, https_compatible=True)
+    raw = _SocketStream(sock)
+    stream = trio.SSLStream(raw, ctx, server_side=True, https_compatible=True)
     try:
         await stream.do_handshake()
     except trio.BrokenResourceError as exc:
         raise TlsError(f"TLS handshake with {peer} failed: {_ssl_reason(exc)}") from exc.__cause__
-    return TlsSocket(stream, tsock, f"client {peer}")
+    return TlsSocket(stream, raw, f"client {peer}")
 
 
 async def refuse_mismatch(tsock: trio.socket.SocketType, marker: bytes) -> None:
