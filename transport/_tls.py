@@ -332,8 +332,6 @@ class TlsSocket:
     """An `SSLStream` shaped like the non-blocking socket `Connection` drives
     (see the module docstring)."""
 
-    family = socket.AF_INET  # TCP (for describing the peer)
-
     def __init__(
         self,
         stream: trio.SSLStream[Any],
@@ -421,13 +419,14 @@ class TlsSocket:
                     raise TlsError(self._refusal(exc)) from exc.__cause__
             if self._eof:
                 if not self._received and self._client_cert is not None:
-                    # The server's TLS layer accepted our handshake message but
-                    # closed without a word (trio sends no alert on a failed
-                    # handshake): it did not accept our certificate.
+                    # The server closed right after the TLS handshake, before its
+                    # hello: in TLS 1.3 the server checks our certificate after our
+                    # side of the handshake is done, and trio sends no alert when
+                    # that check fails, so this is what a refused certificate looks like.
                     raise TlsError(
                         f"{self.peer} closed the TLS link before the token handshake: it "
-                        f"did not accept our certificate {self._client_cert!r} (is it "
-                        f"signed by the cluster CA that server trusts?)"
+                        f"most likely did not accept our certificate {self._client_cert!r} "
+                        f"(is it signed by the cluster CA that server trusts?)"
                     )
                 raise EOFError(f"connection closed after {len(out)} of {n} bytes")
             buf = self._buf
