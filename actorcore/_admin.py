@@ -9,6 +9,7 @@ import trio
 
 import transport
 
+from . import _security
 from ._launcher import find_cluster
 
 __all__ = ["admin_call"]
@@ -16,10 +17,13 @@ __all__ = ["admin_call"]
 
 def admin_call(address: str | None, name: str, *args: Any, timeout: float = 30.0) -> Any:
     """Run one ``("call", name, args)`` against the cluster at ``address``."""
-    addr, token, _info = find_cluster(address)
+    addr, token, info = find_cluster(address)
+    tls = _security.tls_config() or _security.session_tls(info)
 
     async def go() -> Any:
-        async with transport.open_connection(addr, token, name=f"admin-{os.getpid()}") as conn:
+        async with transport.open_connection(
+            addr, token, name=f"admin-{os.getpid()}", tls=tls
+        ) as conn:
             return await conn.request(("call", name, args), timeout=timeout)
 
     return trio.run(go)

@@ -77,6 +77,9 @@ def init(
     log_to_driver: bool = True,
     ignore_reinit_error: bool = False,
     namespace: str | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
+    tls_ca: str | os.PathLike[str] | None = None,
     _node_timeout: float = 60.0,
     **ray_options: Any,
 ) -> ClusterInfo:
@@ -88,11 +91,19 @@ def init(
     ``"tcp:host:port"`` or ``"host:port"`` join that one (the token comes from the
     local session or ``ACTORCORE_TOKEN``). ``ACTORCORE_ADDRESS`` in the environment
     stands in for a missing ``address``.
+
+    ``tls_cert``, ``tls_key``, ``tls_ca`` (else ``ACTORCORE_TLS_CERT/KEY/CA``): TLS 1.3
+    with mutual certificates signed by the cluster CA on every TCP link of this
+    driver (and, for an embedded cluster, of its node and GCS); a cluster joined over
+    TCP must use the same mode (see SECURITY.md). A cluster of this machine's session
+    that uses TLS is joined with the files it records.
     """
     ignored = set(ray_options) - _IGNORED_RAY_OPTIONS
     if ignored:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(ignored))}")
     _check_resource_args(num_cpus, num_gpus, resources)
+    from . import _security
+
     with _lock:
         core = _worker_state.core
         if core is not None and core.role != "driver":
@@ -108,6 +119,7 @@ def init(
             )
         if address is None:
             address = os.environ.get("ACTORCORE_ADDRESS") or None
+        tls = _security.tls_config(tls_cert, tls_key, tls_ca)
         head: HeadProcess | None = None
         if address is None:
             head = start_head(
@@ -118,6 +130,7 @@ def init(
                 gcs_shards=gcs_shards,
                 gcs_replicas=gcs_replicas,
                 num_workers=num_workers,
+                tls=tls,
                 embedded=True,
                 timeout=_node_timeout,
             )
@@ -129,8 +142,11 @@ def init(
                     f"they cannot be given when joining one at {address!r}"
                 )
             node_address, token, info = find_cluster(address)
+            if tls is None:
+                tls = _security.session_tls(info)
         from ._driver import DriverLoop
 
+        _security.apply(tls)  # every TCP link of this process (the driver's)
         loop = DriverLoop(node_address, token, log_to_driver=log_to_driver)
         try:
             core = loop.start()
@@ -225,6 +241,9 @@ def shutdown() -> None:
         if head is not None:
             head.stop()
         _state.update(loop=None, head=None, info=None)
+        from . import _security
+
+        _security.apply(None)
 
 
 atexit.register(shutdown)

@@ -3,12 +3,20 @@
 ::
 
     actorcore start --head [--num-cpus N] [--num-gpus N] [--resources JSON]
-                           [--gcs-shards S] [--gcs-replicas R] [--port P]
+                           [--gcs-shards S] [--gcs-replicas R] [--port P] [--host H]
                            [--object-store-memory BYTES]
+                           [--tls-cert F --tls-key F --tls-ca F] [--insecure]
     actorcore start --address ADDR         (join a cluster: arrives with multi-node)
     actorcore stop
     actorcore status [--address ADDR] [--json]
     actorcore tree   [--address ADDR] [--json] [--watch [SECONDS]]
+    actorcore tls init DIR [--days N] [--host NAME ...]
+
+TLS (see SECURITY.md): ``actorcore tls init DIR`` makes a cluster CA and a node
+certificate; ``--tls-cert DIR/node.pem --tls-key DIR/node.key --tls-ca DIR/ca.pem``
+(or ``ACTORCORE_TLS_CERT/KEY/CA``) then puts every TCP link inside TLS 1.3 with
+mutual certificates. Listening on a non-loopback ``--host`` without TLS is refused
+unless ``--insecure`` is given.
 
 The head writes its address and token into its session directory and points
 ``/tmp/actorcore-sessions/session_latest`` at it, so later commands on this machine find it.
@@ -52,7 +60,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     if running is not None:
         return _err(f"a cluster is already running on this machine ({running}); "
                     f"run `actorcore stop` first")
+    from . import _security
+
     resources = json.loads(args.resources) if args.resources else None
+    tls = _security.tls_config(args.tls_cert, args.tls_key, args.tls_ca)
     head = start_head(
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
@@ -61,6 +72,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         gcs_shards=args.gcs_shards,
         gcs_replicas=args.gcs_replicas,
         port=args.port,
+        host=args.host,
+        tls=tls,
+        insecure=args.insecure,
         embedded=False,
     )
     info = head.info
@@ -70,8 +84,12 @@ def cmd_start(args: argparse.Namespace) -> int:
     if info.get("tcp_address"):
         print(f"  tcp address  {info['tcp_address']}")
     print(f"  gcs          {info.get('gcs_address')}")
+    print(f"  security     {_fmt_security(info.get('security'))}")
     print(f"  resources    {_fmt_res(info.get('resources', {}))}")
     print(f"  logs         {info['log_dir']}")
+    if (info.get("security") or {}).get("mode") == "insecure":
+        print(f"WARNING: plaintext TCP on {info['security']['host']} (--insecure): task "
+              f"data crosses the network in clear; see SECURITY.md", file=sys.stderr)
     print("Connect from Python on this machine with actorcore.init(address='auto'); "
           "stop it with `actorcore stop`.")
     return 0
@@ -136,7 +154,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"object store: {o['objects']} objects, {o['bytes_inline'] / 1e6:.2f} MB inline"
           + (f", shared memory {st['store']['used'] / 1e6:.1f} / {st['store']['capacity'] / 1e6:.0f} MB"
              if st.get("store") else ""))
+    print(f"security: {_fmt_security(st.get('security'))}")
     print(f"logs: {st['log_dir']}")
+    return 0
+
+
+def _fmt_security(sec: dict[str, Any] | None) -> str:
+    if not sec:
+        return "-"
+    if sec["mode"] == "tls":
+        return f"TLS 1.3, mutual certificates (CA {sec['tls']['ca']}) + cluster token"
+    if sec["mode"] == "insecure":
+        return (f"INSECURE: plaintext TCP on {sec['host']} (--insecure); "
+                f"only the cluster token protects it")
+    return "cluster token; Unix sockets and loopback TCP only"
+
+
+def cmd_tls(args: argparse.Namespace) -> int:
+    import transport
+
+    config = transport.create_cluster_certs(args.dir, days=args.days, hosts=args.host or [])
+    directory = os.path.dirname(config.cert)
+    print(f"created a cluster CA and a node certificate in {directory} (mode 0700):")
+    print("  ca.pem    the cluster CA certificate (every node and driver loads it)")
+    print("  ca.key    the CA private key (0600): keep it here, not on other machines")
+    print(f"  node.pem  the node certificate, valid {args.days} days")
+    print("  node.key  its private key (0600)")
+    print("Copy ca.pem, node.pem and node.key to every machine of the cluster, then start with")
+    print(f"  actorcore start --head --tls-cert {config.cert} --tls-key {config.key} "
+          f"--tls-ca {config.ca}")
+    print("or set ACTORCORE_TLS_CERT, ACTORCORE_TLS_KEY and ACTORCORE_TLS_CA.")
     return 0
 
 
@@ -197,7 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gcs-shards", type=int)
     s.add_argument("--gcs-replicas", type=int)
     s.add_argument("--port", type=int, help="also listen on TCP (0 picks a port)")
+    s.add_argument("--host", help="interface of the TCP listeners (default 127.0.0.1)")
     s.add_argument("--object-store-memory", type=int)
+    s.add_argument("--tls-cert", help="this node's certificate (PEM; see `actorcore tls init`)")
+    s.add_argument("--tls-key", help="its private key (PEM)")
+    s.add_argument("--tls-ca", help="the cluster CA certificate (PEM)")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow plaintext TCP on a non-loopback --host")
     s.set_defaults(fn=cmd_start)
     s = sub.add_parser("stop", help="stop the cluster running on this machine")
     s.set_defaults(fn=cmd_stop)
@@ -210,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--watch", type=float, nargs="?", const=1.0, default=None)
     s.set_defaults(fn=cmd_tree)
+    s = sub.add_parser("tls", help="TLS material for a cluster")
+    tls_sub = s.add_subparsers(dest="tls_command", required=True)
+    t = tls_sub.add_parser("init", help="create a cluster CA and a node certificate in DIR")
+    t.add_argument("dir")
+    t.add_argument("--days", type=int, default=825, help="node certificate validity (825)")
+    t.add_argument("--host", action="append", help="extra DNS name or IP to name (repeatable)")
+    t.set_defaults(fn=cmd_tls)
     return p
 
 

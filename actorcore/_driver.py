@@ -53,6 +53,8 @@ class DriverLoop:
         self._thread.start()
         if not self._ready.wait(timeout):
             raise ActorcoreSystemError(f"connecting to the node at {self.address} timed out")
+        if isinstance(self._error, transport.TlsError):
+            raise self._error  # a TLS mode or certificate problem: its type says which
         if self._error is not None:
             raise ActorcoreSystemError(
                 f"could not connect to the node at {self.address}: {self._error}"

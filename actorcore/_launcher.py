@@ -26,6 +26,9 @@ from typing import Any
 
 import attrs
 
+import transport
+
+from . import _security
 from ._session import latest_session, new_session_dir, read_session_info, read_token, write_token
 from .exceptions import ActorcoreSystemError
 
@@ -95,9 +98,15 @@ def start_head(
     gcs_replicas: int | None = None,
     num_workers: int | None = None,
     port: int | None = None,
+    host: str | None = None,
+    tls: transport.TlsConfig | None = None,
+    insecure: bool = False,
     embedded: bool = True,
     timeout: float = 60.0,
 ) -> HeadProcess:
+    # Refused here, before anything starts, with the error that says how to fix it.
+    # (The node logs the --insecure warning; `actorcore start` prints it.)
+    _security.check_listen(host or "127.0.0.1", tls, insecure, warn=False)
     session_dir = new_session_dir()
     token = secrets.token_bytes(32)
     write_token(session_dir, token)
@@ -130,6 +139,9 @@ def start_head(
         argv += ["--num-workers", str(num_workers)]
     if port is not None:
         argv += ["--port", str(port)]
+    if host is not None:
+        argv += ["--host", host]
+    argv += _security.argv(tls, insecure)
     logs = session_dir / "logs"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(

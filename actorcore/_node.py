@@ -77,7 +77,11 @@ class NodeConfig:
     resources: dict[str, float] = attrs.Factory(dict)
     num_workers: int | None = None
     port: int | None = None  # head's TCP port (0: any); None: Unix socket only
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the TCP listeners' interface (the node's and the GCS's)
+    # TLS for every TCP link (None: plaintext, refused off loopback unless insecure);
+    # the node process makes these its transport default (``_security.apply``).
+    tls: transport.TlsConfig | None = None
+    insecure: bool = False
     gcs_shards: int = 1
     gcs_replicas: int = 1
     object_store_memory: int | None = None
@@ -266,10 +270,19 @@ class NodeRuntime:
             "started_at": self.started_at,
         }
 
+    def security_info(self) -> dict:
+        """How this node's links are secured (``actorcore status`` shows it)."""
+        from ._security import describe
+
+        config = self.config
+        tcp = config.port is not None or (config.head and config.use_gcs)
+        return describe(config.host, tcp, config.tls, config.insecure)
+
     def session_info(self) -> dict:
         return {
             "address": self.unix_address,
             "tcp_address": self.tcp_address,
+            "security": self.security_info(),
             "gcs_address": self.gcs_address,
             "node_id": self.node_hex,
             "pid": os.getpid(),

@@ -43,6 +43,7 @@ def _status(node: Any) -> dict:
         "control": {**node.control.statistics(), "lineage_live_tasks": len(node.objects.live_returns)},
         "log_dir": str(node.config.session_dir / "logs"),
         "session_dir": str(node.config.session_dir),
+        "security": node.security_info(),
         "uptime_s": time.time() - node.started_at,
         "pid": os.getpid(),
     }

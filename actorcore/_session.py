@@ -12,6 +12,12 @@ and points ``/tmp/actorcore-sessions/session_latest`` at it, so that ``actorcore
 ``actorcore tree`` and ``init(address="auto")`` on the same machine find the
 cluster without being told. Shutdown removes the sockets, ``session.json`` and the
 ``session_latest`` link (if it still points here); the logs stay.
+
+Permissions: the root (when we create it), the session directory and its folders
+are owner-only (0700), the token and the socket files 0600, so other users of the
+machine can neither read the token nor reach a socket. A ``session_latest`` that
+points at a directory another user owns is ignored: it could lead a driver to a
+cluster that is not its user's.
 """
 
 from __future__ import annotations
@@ -47,11 +53,15 @@ def root_dir() -> Path:
 
 def new_session_dir() -> Path:
     root = root_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.exists():
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = root / f"session_{stamp}_{os.getpid()}{secrets.token_hex(1)}"
-    (path / "sockets").mkdir(parents=True)
-    (path / "logs").mkdir()
+    path.mkdir(mode=0o700)
+    os.chmod(path, 0o700)  # whatever the umask
+    for sub in ("sockets", "logs"):
+        (path / sub).mkdir(mode=0o700)
+        os.chmod(path / sub, 0o700)
     return path
 
 
@@ -84,6 +94,11 @@ def latest_session() -> Path | None:
     except OSError:
         return None
     if not (target / "session.json").exists():
+        return None
+    try:
+        if target.stat().st_uid != os.getuid():
+            return None  # another user's cluster (see the module docstring)
+    except OSError:
         return None
     try:
         info = read_session_info(target)

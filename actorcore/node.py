@@ -6,6 +6,11 @@ Started by ``actorcore.init()`` (embedded cluster) or ``actorcore start``. Optio
   --head              carry the GCS and write session.json / session_latest
   --num-cpus N, --num-gpus N, --resources JSON, --num-workers N
   --port P            also listen on TCP (head; 0 picks a port)
+  --host H            the interface of the TCP listeners (node and GCS; default loopback)
+  --tls-cert F, --tls-key F, --tls-ca F
+                      TLS 1.3 with mutual certificates on every TCP link (else read
+                      from ACTORCORE_TLS_CERT/KEY/CA); passed on to the GCS replicas
+  --insecure          allow plaintext TCP on a non-loopback --host (refused otherwise)
   --gcs-shards S, --gcs-replicas R, --object-store-memory BYTES
   --ready-fd FD       write one JSON line (the session info) there once serving
   --parent-fd FD      stop when this pipe closes (the driver of an embedded cluster)
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import trio
 
+from . import _security
 from ._ids import new_node_id
 from ._node import NodeConfig, NodeRuntime
 from ._session import link_latest, read_token
@@ -39,6 +45,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--resources", default="{}")
     p.add_argument("--num-workers", type=int)
     p.add_argument("--port", type=int)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-ca")
+    p.add_argument("--insecure", action="store_true")
     p.add_argument("--gcs-shards", type=int, default=1)
     p.add_argument("--gcs-replicas", type=int, default=1)
     p.add_argument("--object-store-memory", type=int)
@@ -79,6 +90,9 @@ async def amain(args: argparse.Namespace) -> None:
     resources["CPU"] = float(args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1))
     if args.num_gpus:
         resources["GPU"] = float(args.num_gpus)
+    tls = _security.tls_config(args.tls_cert, args.tls_key, args.tls_ca)
+    _security.check_listen(args.host, tls, args.insecure)
+    _security.apply(tls, args.insecure)
     config = NodeConfig(
         session_dir=session_dir,
         token=read_token(session_dir),
@@ -87,6 +101,9 @@ async def amain(args: argparse.Namespace) -> None:
         resources=resources,
         num_workers=args.num_workers,
         port=args.port,
+        host=args.host,
+        tls=tls,
+        insecure=args.insecure,
         gcs_shards=args.gcs_shards,
         gcs_replicas=args.gcs_replicas,
         object_store_memory=args.object_store_memory,

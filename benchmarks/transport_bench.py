@@ -1,12 +1,17 @@
 """Transport benchmarks: round-trip latency, pipelined throughput, codecs.
 
     python benchmarks/transport_bench.py [--quick]
+    python benchmarks/transport_bench.py --tls [--quick]
 
 Everything runs between two processes over a Unix socket, on this machine, in this
 run, and is printed beside the floor: a bare blocking socket + pickle ping-pong
 (length-prefixed frames, no framework at all). A ping-pong with Trio on both ends
 (non-blocking socket, `wait_readable`, pickle; nothing else) is printed too: the floor
 for any Trio-based transport.
+
+``--tls`` instead measures the cost of TLS: the same cases between two processes over
+TCP on loopback, plaintext and TLS 1.3 (mutual certificates made for the run),
+interleaved where it matters, plus the time to connect (TCP + TLS + token handshake).
 """
 
 from __future__ import annotations
@@ -69,7 +74,13 @@ def peer_bare(path: str) -> None:
         pass
 
 
-def peer_transport(address: str) -> None:
+def _tls_config(tls_dir: str | None) -> transport.TlsConfig | None:
+    if not tls_dir:
+        return None
+    return transport.TlsConfig(f"{tls_dir}/node.pem", f"{tls_dir}/node.key", f"{tls_dir}/ca.pem")
+
+
+def peer_transport(address: str, tls_dir: str | None = None) -> None:
     count = 0
 
     async def handler(conn: transport.Connection, msg: Any, reply: transport.Reply | None) -> None:
@@ -85,23 +96,30 @@ def peer_transport(address: str) -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            server = transport.Server(address, TOKEN, handler, name="bench-peer")
-            await nursery.start(server.run)
-            print("READY", flush=True)
+            server = transport.Server(
+                address, TOKEN, handler, name="bench-peer", tls=_tls_config(tls_dir)
+            )
+            bound = await nursery.start(server.run)
+            print(f"READY {bound}", flush=True)
 
     trio.run(main)
 
 
-def spawn(*args: str) -> subprocess.Popen[str]:
+def spawn_at(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """Start a peer; return it and what it printed after READY (its address, if any)."""
     proc = subprocess.Popen(
         [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    if line.strip() != "READY":
+    if not line.startswith("READY"):
         proc.kill()
         raise RuntimeError(f"peer {args} did not start: {line!r}")
-    return proc
+    return proc, line[len("READY"):].strip()
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return spawn_at(*args)[0]
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -214,9 +232,9 @@ async def bench_rtt(tmp: str, n: int, rounds: int = 10) -> dict[str, tuple[float
     return {k: summarize(v) for k, v in samples.items()}
 
 
-async def bench_oneway(address: str, n: int) -> float:
+async def bench_oneway(address: str, n: int, tls: transport.TlsConfig | None = None) -> float:
     """Pipelined small one-way messages; timed until the peer has counted them all."""
-    async with transport.open_connection(address, TOKEN, name="bench") as conn:
+    async with transport.open_connection(address, TOKEN, name="bench", tls=tls) as conn:
         base = await conn.request("count")
         t0 = time.perf_counter()
         for _ in range(n):
@@ -241,8 +259,10 @@ async def bench_oneway_nowait(address: str, n: int, batch: int = 256) -> float:
     return n / elapsed
 
 
-async def bench_requests(address: str, n: int, concurrency: int) -> float:
-    async with transport.open_connection(address, TOKEN, name="bench") as conn:
+async def bench_requests(
+    address: str, n: int, concurrency: int, tls: transport.TlsConfig | None = None
+) -> float:
+    async with transport.open_connection(address, TOKEN, name="bench", tls=tls) as conn:
         per_task = n // concurrency
 
         async def worker() -> None:
@@ -266,10 +286,12 @@ CODEC_MESSAGES: dict[str, Any] = {
 }
 
 
-async def bench_bulk(address: str, size: int, rounds: int) -> float:
+async def bench_bulk(
+    address: str, size: int, rounds: int, tls: transport.TlsConfig | None = None
+) -> float:
     """Bytes per second of a large out-of-band buffer sent and echoed back (both ways)."""
     payload = pickle.PickleBuffer(bytearray(size))
-    async with transport.open_connection(address, TOKEN, name="bench") as conn:
+    async with transport.open_connection(address, TOKEN, name="bench", tls=tls) as conn:
         await conn.request(payload)  # warm up
         t0 = time.perf_counter()
         for _ in range(rounds):
@@ -316,19 +338,93 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument("--peer-bare", help=argparse.SUPPRESS)
     parser.add_argument("--peer-transport", help=argparse.SUPPRESS)
+    parser.add_argument("--tls", action="store_true",
+                        help="measure TLS: TCP on loopback, plaintext vs TLS 1.3")
     parser.add_argument("--peer-trio", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-tls-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer_bare:
         return peer_bare(args.peer_bare)
     if args.peer_transport:
-        return peer_transport(args.peer_transport)
+        return peer_transport(args.peer_transport, args.peer_tls_dir)
     if args.peer_trio:
         return peer_trio(args.peer_trio)
 
     n_rtt = 5_000 if args.quick else 20_000
     n_msgs = 100_000 if args.quick else 300_000
     with tempfile.TemporaryDirectory(prefix="tbench-") as tmp:
-        run_all(args, tmp, n_rtt, n_msgs)
+        if args.tls:
+            run_tls(args, tmp, n_rtt, n_msgs)
+        else:
+            run_all(args, tmp, n_rtt, n_msgs)
+
+
+# ----------------------------------------------------------------------------- TLS
+
+
+async def bench_rtt_modes(
+    modes: dict[str, tuple[str, transport.TlsConfig | None]], n: int, rounds: int = 10
+) -> dict[str, tuple[float, float]]:
+    """Round trips on each mode's connection, interleaved in rounds (round 0 warms up)."""
+    samples: dict[str, list[int]] = {m: [] for m in modes}
+    conns = {}
+    for mode, (address, tls) in modes.items():
+        conns[mode] = await transport.connect(address, TOKEN, name="bench", tls=tls)
+    per_round = n // rounds
+    for r in range(rounds + 1):
+        for mode, conn in conns.items():
+            sink: list[int] = [] if r == 0 else samples[mode]
+            await rtt_transport(conn, per_round, sink)
+    for conn in conns.values():
+        await conn.aclose()
+    return {m: summarize(v) for m, v in samples.items()}
+
+
+async def bench_connect(address: str, tls: transport.TlsConfig | None, n: int) -> float:
+    """Median milliseconds to connect: TCP, TLS handshake (if any), token handshake."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        conn = await transport.connect(address, TOKEN, name="bench", tls=tls)
+        times.append(time.perf_counter_ns() - t0)
+        await conn.aclose()
+    return statistics.median(times) / 1e6
+
+
+def run_tls(args: argparse.Namespace, tmp: str, n_rtt: int, n_msgs: int) -> None:
+    tls_dir = f"{tmp}/tls"
+    config = transport.create_cluster_certs(tls_dir)
+    print(f"transport TLS benchmark: python {sys.version.split()[0]}, trio {trio.__version__}, "
+          f"{os.cpu_count()} CPUs, TCP on loopback between two processes")
+    plain_peer, plain = spawn_at("--peer-transport", "tcp:127.0.0.1:0")
+    tls_peer, secure = spawn_at("--peer-transport", "tcp:127.0.0.1:0", "--peer-tls-dir", tls_dir)
+    results: dict[str, dict[str, float]] = {"plain": {}, "tls": {}}
+    try:
+        rtt = trio.run(bench_rtt_modes, {"plain": (plain, None), "tls": (secure, config)}, n_rtt)
+        bulk_rounds = 4 if args.quick else 10
+        for mode, address, tls in (("plain", plain, None), ("tls", secure, config)):
+            out = results[mode]
+            out["rtt"], out["p99"] = rtt[mode]
+            out["connect"] = trio.run(bench_connect, address, tls, 20 if args.quick else 50)
+            out["oneway"] = trio.run(bench_oneway, address, n_msgs, tls)
+            out["requests"] = trio.run(bench_requests, address, n_msgs // 3, 100, tls)
+            out["bulk"] = trio.run(bench_bulk, address, 64 * 1024 * 1024, bulk_rounds, tls) / 1e9
+    finally:
+        for p in (plain_peer, tls_peer):
+            p.kill()
+            p.wait()
+    rows = [
+        ("round trip, median (us)", "rtt", "{:10.1f}"),
+        ("round trip, p99 (us)", "p99", "{:10.1f}"),
+        ("connect + handshakes, median (ms)", "connect", "{:10.2f}"),
+        ("one-way, await send() (msg/s)", "oneway", "{:10,.0f}"),
+        ("requests, 100 callers (msg/s)", "requests", "{:10,.0f}"),
+        ("64 MiB out-of-band echo (GB/s)", "bulk", "{:10.2f}"),
+    ]
+    print(f"\n{'':38s}{'plain':>10s}{'TLS 1.3':>10s}{'TLS/plain':>11s}")
+    for label, key, fmt in rows:
+        p, t = results["plain"][key], results["tls"][key]
+        print(f"  {label:36s}{fmt.format(p)}{fmt.format(t)}{t / p:10.2f}x")
 
 
 def run_all(args: argparse.Namespace, tmp: str, n_rtt: int, n_msgs: int) -> None:

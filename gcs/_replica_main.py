@@ -1,7 +1,8 @@
 """Entry point of a replica process: ``python -m gcs._replica_main``.
 
 Reads one JSON line of parameters from stdin (the token travels there, never on
-the command line), prints ``READY <address>`` once serving, and exits when its
+the command line; so does the node's TLS config, which becomes this process's
+default for its TCP links: ``transport.set_default_tls``), prints ``READY <address>`` once serving, and exits when its
 parent closes stdin (so a dead node never leaves orphan replicas) or when the
 replica is removed from its chain.
 """
@@ -13,11 +14,17 @@ import sys
 
 import trio
 
+import transport
+
 from ._config import GcsConfig
 from ._replica import Replica, ReplicaRemoved
 
 
 async def _main(params: dict) -> None:
+    tls = params.get("tls")
+    transport.set_default_tls(
+        None if tls is None else transport.TlsConfig(**tls), insecure=bool(params.get("insecure"))
+    )
     replica = Replica(
         GcsConfig(**params["config"]),
         shard=params["shard"],

@@ -38,6 +38,8 @@ from typing import Any
 import attrs
 import trio
 
+import transport
+
 from ._config import GcsConfig
 from ._coordinator import Coordinator
 from ._replica import Replica
@@ -260,6 +262,9 @@ class ReplicaService:
             "name": self.name,
             "token": self.plan.token.hex(),
             "coordinator": coordinator,
+            # The process's TLS mode for TCP links goes along (see _replica_main).
+            "tls": None if (tls := transport.default_tls()) is None else tls.as_dict(),
+            "insecure": transport.insecure_allowed(),
         }
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)

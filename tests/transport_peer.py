@@ -9,6 +9,10 @@
     python tests/transport_peer.py raw ADDRESS TOKEN NAME WHAT
         authenticate correctly, then send one bad frame (WHAT: oversized, badkind,
         badpickle, badbuffers, truncated); print what came back.
+
+With ``PEER_TLS_DIR`` set (a directory made by `transport.create_cluster_certs`),
+the process's TCP links use TLS with its node.pem/node.key/ca.pem (the process
+default, `transport.set_default_tls`).
 """
 
 from __future__ import annotations
@@ -170,6 +174,11 @@ async def _read_frames(sock: Any, n: int) -> list[Any]:
 
 def main(argv: list[str]) -> None:
     mode, *args = argv
+    tls_dir = os.environ.get("PEER_TLS_DIR")
+    if tls_dir:
+        transport.set_default_tls(
+            transport.TlsConfig(f"{tls_dir}/node.pem", f"{tls_dir}/node.key", f"{tls_dir}/ca.pem")
+        )
     if mode == "serve":
         trio.run(serve, *args)
     elif mode == "client":

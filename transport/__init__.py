@@ -20,11 +20,16 @@ Where a client connection's tasks run:
                                                  `ConnectionLost` when the link dies;
   ``conn = await connect(...)``                  a Trio system task; ``await conn.aclose()``.
 
+TLS: on TCP, ``tls=transport.TlsConfig(cert, key, ca)`` (or a process default set
+once with `set_default_tls`) runs every link inside TLS 1.3 with mutual certificates
+signed by the cluster CA, the token handshake inside it; see `_tls.py`.
+
 See `_connection.py` for the concurrency design, `faults` for fault injection.
 """
 
 from . import faults
 from ._address import Address, parse_address
+from ._certs import create_cluster_certs
 from ._client import Client, connect, open_connection
 from ._connection import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -38,14 +43,26 @@ from ._errors import (
     ConnectError,
     ConnectionLost,
     FrameTooLarge,
+    InsecureListener,
     ProtocolError,
     RemoteError,
     RequestTimeout,
+    TlsError,
+    TlsMismatch,
     TransportError,
 )
 from ._server import Server, ServerStatistics
+from ._tls import (
+    DEFAULT,
+    TlsConfig,
+    default_tls,
+    insecure_allowed,
+    is_loopback_host,
+    set_default_tls,
+)
 
 __all__ = [
+    "DEFAULT",
     "DEFAULT_MAX_FRAME_SIZE",
     "Address",
     "AuthenticationFailed",
@@ -56,15 +73,24 @@ __all__ = [
     "ConnectionStatistics",
     "FrameTooLarge",
     "Handler",
+    "InsecureListener",
     "ProtocolError",
     "RemoteError",
     "Reply",
     "RequestTimeout",
     "Server",
     "ServerStatistics",
+    "TlsConfig",
+    "TlsError",
+    "TlsMismatch",
     "TransportError",
     "connect",
+    "create_cluster_certs",
+    "default_tls",
     "faults",
+    "insecure_allowed",
+    "is_loopback_host",
     "open_connection",
     "parse_address",
+    "set_default_tls",
 ]

@@ -93,7 +93,7 @@ async def dial(address: str, connect_timeout: float) -> socket.socket:
         raise ConnectError(f"cannot connect to {address!r}: {exc}") from exc
     sock = _detach(stream.socket)
     if addr.kind == "tcp":
-        _tune_tcp(sock)
+        tune_tcp(sock)
     return sock
 
 
@@ -149,7 +149,7 @@ async def listen(address: str, backlog: int = 1024) -> tuple[trio.socket.SocketT
     return lsock, str(Address("tcp", host=host, port=port))
 
 
-def _tune_tcp(sock: socket.socket) -> None:
+def tune_tcp(sock: socket.socket | trio.socket.SocketType) -> None:
     """No Nagle delay; keepalive probes so that a vanished host (no RST, e.g. a
     partition or a powered-off node) ends the connection in ~25 s, not hours."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -163,5 +163,5 @@ def detach_accepted(trio_sock: trio.socket.SocketType) -> socket.socket:
     """Turn an accepted Trio socket into a non-blocking stdlib socket (tuned if TCP)."""
     sock = _detach(trio_sock)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
-        _tune_tcp(sock)
+        tune_tcp(sock)
     return sock

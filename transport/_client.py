@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,10 +11,11 @@ from typing import Any
 import trio
 
 from . import faults
-from ._address import dial
+from ._address import dial, parse_address
 from ._connection import DEFAULT_MAX_FRAME_SIZE, Connection, Handler
-from ._errors import AuthenticationFailed, ConnectError, ConnectionLost
+from ._errors import AuthenticationFailed, ConnectError, ConnectionLost, TlsError
 from ._handshake import client_handshake, token_bytes
+from ._tls import DEFAULT, TlsConfig, TlsSocket, _Default, client_tls, resolve_tls
 
 __all__ = ["Client", "connect", "open_connection"]
 
@@ -34,19 +36,25 @@ async def _dial(
     handler: Handler | None,
     max_frame_size: int,
     connect_timeout: float,
+    tls: TlsConfig | None | _Default,
 ) -> Connection:
     key = token_bytes(token)
     _check_frame_size(max_frame_size)
-    sock = await dial(address, connect_timeout)
+    config = resolve_tls(tls) if parse_address(address).kind == "tcp" else None
+    raw = await dial(address, connect_timeout)
+    sock: socket.socket | TlsSocket = raw
     try:
         try:
             with trio.fail_after(connect_timeout):
+                if config is not None:
+                    sock = await client_tls(raw, config, address)
                 peer_name, peer_max = await client_handshake(sock, key, name, max_frame_size, address)
         except trio.TooSlowError:
+            what = "TLS and token handshake" if config is not None else "handshake"
             raise ConnectError(
-                f"handshake with {address!r} timed out after {connect_timeout}s"
+                f"{what} with {address!r} timed out after {connect_timeout}s"
             ) from None
-        except AuthenticationFailed as exc:
+        except (AuthenticationFailed, TlsError) as exc:
             logger.warning("%s: %s", name, exc)
             raise
         rule = faults.refused(name, peer_name)
@@ -74,12 +82,18 @@ async def connect(
     handler: Handler | None = None,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     connect_timeout: float = 10.0,
+    tls: TlsConfig | None | _Default = DEFAULT,
 ) -> Connection:
     """Connect and authenticate; the connection's tasks run in a Trio system task.
 
     Close it with ``await conn.aclose()`` (or use it as ``async with``). Raises
     `ConnectError` (nothing listens, refused, timeout), `AuthenticationFailed`,
-    `ConnectionLost` (closed during the handshake), `ProtocolError` (not our protocol).
+    `ConnectionLost` (closed during the handshake), `ProtocolError` (not our protocol),
+    `TlsMismatch` (the server's TLS mode differs from ours), `TlsError`.
+
+    ``tls``: for a TCP address, run the link inside TLS with this config (``None``:
+    plaintext; default: the process's, see `set_default_tls`). Unix sockets are
+    always plaintext.
     """
     conn = await _dial(
         address,
@@ -88,6 +102,7 @@ async def connect(
         handler=handler,
         max_frame_size=max_frame_size,
         connect_timeout=connect_timeout,
+        tls=tls,
     )
     trio.lowlevel.spawn_system_task(conn._run_as_system_task, name=f"transport:{name}->{conn.peer_name}")
     return conn
@@ -102,8 +117,11 @@ async def open_connection(
     handler: Handler | None = None,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     connect_timeout: float = 10.0,
+    tls: TlsConfig | None | _Default = DEFAULT,
 ) -> AsyncIterator[Connection]:
-    """``async with open_connection(...) as conn``: the block owns the connection's tasks."""
+    """``async with open_connection(...) as conn``: the block owns the connection's tasks.
+
+    Arguments and errors as for `connect`."""
     conn = await _dial(
         address,
         token,
@@ -111,6 +129,7 @@ async def open_connection(
         handler=handler,
         max_frame_size=max_frame_size,
         connect_timeout=connect_timeout,
+        tls=tls,
     )
     # `conn.run` never raises (a lost link only closes the connection), so whatever
     # leaves the nursery came from the caller's block: unwrap it, so that callers can
@@ -148,8 +167,10 @@ class Client:
         handler: Handler | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         connect_timeout: float = 10.0,
+        tls: TlsConfig | None | _Default = DEFAULT,
     ) -> None:
         self.address = address
+        self._tls = tls
         self.name = name
         self._token = token_bytes(token)
         self._handler = handler
@@ -165,6 +186,7 @@ class Client:
             handler=self._handler,
             max_frame_size=self._max_frame_size,
             connect_timeout=self._connect_timeout,
+            tls=self._tls,
         )
         self.connection = conn
         await conn.run(task_status=task_status)

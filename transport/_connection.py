@@ -44,6 +44,12 @@ Where the tasks run (pick one per connection):
   ``await conn.aclose()`` or ``async with conn``. Handy for scripts and short links.
 * server side: `Server` runs each accepted connection in its own nursery.
 
+TLS: on a TCP link with TLS (``_tls``) the socket is a `TlsSocket`, which has the
+same ``recv_into`` shape over a `trio.SSLStream`; its waits and writes are its own
+methods (picked once per task, so the plain path pays nothing), and senders never
+write directly (every frame goes through the writer, the only task that may call the
+stream's ``send_all``).
+
 Closing: when the link dies (EOF, reset, malformed or oversized frame, write error),
 every pending request is failed at once with its own `ConnectionLost` naming the
 peer, the socket is closed, and later use raises `ConnectionLost`. `aclose` first lets
@@ -71,6 +77,7 @@ from ._errors import (
 )
 from ._reply import ConnectionStatistics, Reply
 from ._sockio import write_chunks
+from ._tls import TlsSocket
 from ._wire import HEADER, HEADER_SIZE, ONEWAY, REPLY_ERR, REPLY_OK, REQUEST
 
 __all__ = ["DEFAULT_MAX_FRAME_SIZE", "Connection", "ConnectionStatistics", "Handler", "Reply"]
@@ -102,7 +109,7 @@ class Connection:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | TlsSocket,
         *,
         name: str,
         peer_name: str,
@@ -112,6 +119,8 @@ class Connection:
         handler: Handler | None,
     ) -> None:
         self._sock = sock
+        # A plain socket: senders may write directly; waits are Trio's.
+        self._plain = type(sock) is socket.socket
         self.name = name
         self.peer_name = peer_name
         self.peer_address = peer_address
@@ -150,6 +159,13 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def tls(self) -> str | None:
+        """The TLS version and cipher of this link (e.g. ``"TLSv1.3 TLS_AES_256_GCM_SHA384"``),
+        or ``None`` for a plaintext one."""
+        sock = self._sock
+        return sock.describe() if isinstance(sock, TlsSocket) else None
 
     def __repr__(self) -> str:
         state = f"closed: {self._close_reason}" if self._closed else "open"
@@ -368,6 +384,7 @@ class Connection:
     def _push(self, chunks: list[bytes | memoryview], size: int) -> None:
         if (
             not self._direct_recent
+            and self._plain
             and self._writer_waiting is not None
             and not self._outq
             and len(chunks) == 1
@@ -380,7 +397,7 @@ class Connection:
             self._direct_recent = True
             data = chunks[0]
             try:
-                sent = self._sock.send(data)
+                sent = self._sock.send(data)  # type: ignore[union-attr]
             except OSError:  # BlockingIOError, or a dead link the writer will report
                 sent = 0
             if sent:
@@ -434,7 +451,7 @@ class Connection:
         self._drained.unpark_all()
         try:
             trio.lowlevel.notify_closing(self._sock)
-        except RuntimeError:  # outside a Trio run (interpreter shutdown)
+        except (RuntimeError, OSError):  # outside a Trio run (interpreter shutdown)
             pass
         self._sock.close()
 
@@ -443,6 +460,7 @@ class Connection:
     async def _writer(self) -> None:
         self._tasks.add(trio.lowlevel.current_task())
         sock = self._sock
+        write = write_chunks if self._plain else TlsSocket.write_chunks
         while True:
             if not self._outq:
                 if self._drained.statistics().tasks_waiting:
@@ -460,7 +478,7 @@ class Connection:
             frames = self._queued_frames
             nbytes = self._queued_bytes
             try:
-                self._writes += await write_chunks(sock, chunks)
+                self._writes += await write(sock, chunks)  # type: ignore[arg-type]
             except (OSError, trio.ClosedResourceError) as exc:
                 self._shutdown(f"write failed: {exc!r}")
                 return
@@ -477,6 +495,7 @@ class Connection:
     async def _reader(self) -> str:
         """Read and dispatch frames until EOF; return why it stopped."""
         sock = self._sock
+        wait_readable = trio.lowlevel.wait_readable if self._plain else TlsSocket.wait_readable
         buf = bytearray(_RECV_CHUNK)
         view = memoryview(buf)
         start = end = 0
@@ -487,7 +506,7 @@ class Connection:
         drained = False
         while True:
             if drained:  # the last recv did not fill the buffer: wait before reading
-                await trio.lowlevel.wait_readable(sock)
+                await wait_readable(sock)  # type: ignore[arg-type]
                 waited = True
                 self._direct_recent = False
             try:
@@ -534,7 +553,7 @@ class Connection:
                 have = min(end - start - HEADER_SIZE, body_len)
                 fview[:have] = view[start + HEADER_SIZE : start + HEADER_SIZE + have]
                 start += HEADER_SIZE + have
-                await self._recv_exactly(sock, fview[have:])
+                await self._recv_exactly(sock, fview[have:], wait_readable)
                 if kind == REPLY_OK or kind == REPLY_ERR:
                     on_reply(kind, rid, fview, nbufs)
                 else:
@@ -548,12 +567,14 @@ class Connection:
                 view[:leftover] = bytes(view[start:end])
                 start, end = 0, leftover
 
-    async def _recv_exactly(self, sock: socket.socket, view: memoryview) -> None:
+    async def _recv_exactly(
+        self, sock: socket.socket | TlsSocket, view: memoryview, wait_readable: Any
+    ) -> None:
         while view:
             try:
                 n = sock.recv_into(view)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                await wait_readable(sock)
                 continue
             if n == 0:
                 raise ProtocolError(f"peer {self.peer_name!r} closed the connection mid-frame")

@@ -11,9 +11,12 @@ __all__ = [
     "ConnectError",
     "ConnectionLost",
     "FrameTooLarge",
+    "InsecureListener",
     "ProtocolError",
     "RemoteError",
     "RequestTimeout",
+    "TlsError",
+    "TlsMismatch",
     "TransportError",
 ]
 
@@ -43,6 +46,22 @@ class RequestTimeout(TransportError):
 
 class AuthenticationFailed(TransportError):
     """The peer failed the token challenge (or we did, and the peer rejected us)."""
+
+
+class TlsError(TransportError):
+    """A TLS link could not be set up: a TLS file is missing or bad, the handshake
+    failed (the peer's certificate is not signed by the cluster CA, or ours is not
+    accepted by the peer), or it timed out."""
+
+
+class TlsMismatch(TlsError):
+    """One end of a TCP link uses TLS and the other does not (every node and driver
+    of a cluster must use the same mode)."""
+
+
+class InsecureListener(TransportError):
+    """A plaintext listener on a non-loopback address was refused (configure TLS, or
+    allow plaintext explicitly with ``insecure=True``)."""
 
 
 class FrameTooLarge(TransportError):

@@ -13,20 +13,35 @@ never pickled)::
 Both MACs cover both fresh nonces, both names and both frame limits, so a recorded
 exchange cannot be replayed and the names and limits cannot be altered in flight.
 The caller bounds the whole exchange with a timeout.
+
+On a TLS link (``_tls``) the same exchange runs inside the TLS stream. A TLS
+listener answers a plaintext client with ``MAGIC_NEEDS_TLS`` where its hello would
+be; the client reports that as `TlsMismatch`.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import socket
 import struct
 from collections.abc import Callable
 
-from ._errors import AuthenticationFailed, ConnectError, ConnectionLost, ProtocolError
+from ._errors import (
+    AuthenticationFailed,
+    ConnectError,
+    ConnectionLost,
+    ProtocolError,
+    TlsError,
+    TlsMismatch,
+)
 from ._sockio import recv_exactly, send_all
+from ._tls import MAGIC_NEEDS_TLS, TlsSocket
 
 __all__ = ["client_handshake", "server_handshake", "token_bytes"]
+
+logger = logging.getLogger("transport")
 
 MAGIC = b"ACTRPC\x00\x01"
 _FIXED = struct.Struct("<8s32sQH")
@@ -54,11 +69,17 @@ def _hello(name: str, max_frame_size: int) -> bytes:
     return _FIXED.pack(MAGIC, os.urandom(32), max_frame_size, len(raw)) + raw
 
 
-async def _read_hello(sock: socket.socket, who: str) -> tuple[bytes, str, int]:
-    fixed = await recv_exactly(sock, _FIXED.size)
-    magic, _nonce, max_frame, name_len = _FIXED.unpack(fixed)
+async def _read_hello(sock: socket.socket | TlsSocket, who: str) -> tuple[bytes, str, int]:
+    magic = await recv_exactly(sock, len(MAGIC))
     if magic != MAGIC:
+        if magic == MAGIC_NEEDS_TLS:
+            raise TlsMismatch(
+                f"{who} is a TLS listener but this end is plaintext: configure the same "
+                f"TLS certificate, key and CA on every node and driver of the cluster"
+            )
         raise ProtocolError(f"{who} is not an actorcore transport peer (bad magic {magic!r})")
+    fixed = magic + await recv_exactly(sock, _FIXED.size - len(MAGIC))
+    magic, _nonce, max_frame, name_len = _FIXED.unpack(fixed)
     if name_len > MAX_NAME:
         raise ProtocolError(f"{who} sent a {name_len}-byte endpoint name (limit {MAX_NAME})")
     raw = await recv_exactly(sock, name_len)
@@ -74,7 +95,7 @@ def _mac(token: bytes, label: bytes, hello_c: bytes, hello_s: bytes) -> bytes:
 
 
 async def client_handshake(
-    sock: socket.socket, token: bytes, name: str, max_frame_size: int, address: str
+    sock: socket.socket | TlsSocket, token: bytes, name: str, max_frame_size: int, address: str
 ) -> tuple[str, int]:
     """Authenticate both ways as the dialing side; return (peer name, peer max frame size)."""
     hello_c = _hello(name, max_frame_size)
@@ -106,7 +127,7 @@ async def client_handshake(
 
 
 async def server_handshake(
-    sock: socket.socket,
+    sock: socket.socket | TlsSocket,
     token: bytes,
     name: str,
     max_frame_size: int,
@@ -126,9 +147,9 @@ async def server_handshake(
         mac_c = await recv_exactly(sock, 32)
         if not hmac.compare_digest(mac_c, _mac(token, b"client", hello_c, hello_s)):
             try:
-                sock.send(_REJECT)
-            except OSError:
-                pass
+                await send_all(sock, _REJECT)  # bounded by the caller's timeout
+            except (OSError, TlsError) as exc:
+                logger.debug("could not tell %s it was rejected: %s", peer, exc)
             raise AuthenticationFailed(
                 f"client {peer_name!r} ({peer}) failed to prove the cluster token"
             )

@@ -17,8 +17,30 @@ from . import faults
 from ._address import Address, detach_accepted, listen, parse_address
 from ._client import _check_frame_size
 from ._connection import DEFAULT_MAX_FRAME_SIZE, Connection, Handler
-from ._errors import AuthenticationFailed, ConnectError, ConnectionLost, ProtocolError
+from ._errors import (
+    AuthenticationFailed,
+    ConnectError,
+    ConnectionLost,
+    InsecureListener,
+    ProtocolError,
+    TlsError,
+    TlsMismatch,
+)
 from ._handshake import server_handshake, token_bytes
+from ._tls import (
+    DEFAULT,
+    MAGIC_NEEDS_TLS,
+    MAGIC_NO_TLS,
+    TLS_HANDSHAKE_BYTE,
+    TlsConfig,
+    TlsSocket,
+    _Default,
+    insecure_allowed,
+    is_loopback_host,
+    refuse_mismatch,
+    resolve_tls,
+    server_tls,
+)
 
 __all__ = ["Server", "ServerStatistics"]
 
@@ -36,9 +58,11 @@ class ServerStatistics:
     accepted: int
     authentication_failures: int
     handshake_failures: int
+    tls: bool = False
+    tls_failures: int = 0
 
 
-def _describe_peer(sock: socket.socket, raw_address: Any) -> str:
+def _describe_peer(sock: socket.socket | trio.socket.SocketType, raw_address: Any) -> str:
     if sock.family == socket.AF_UNIX:
         try:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -51,6 +75,10 @@ def _describe_peer(sock: socket.socket, raw_address: Any) -> str:
     return repr(raw_address)
 
 
+def _close(tsock: trio.socket.SocketType, sock: socket.socket | TlsSocket | None) -> None:
+    (tsock if sock is None else sock).close()
+
+
 class Server:
     """Accepts authenticated connections and serves each with ``handler``.
 
@@ -59,6 +87,16 @@ class Server:
     port 0). Cancelling `run` closes the listener, every connection, and removes the
     Unix socket file. Run again (a supervisor restart), it binds the same address,
     including the port first chosen for a port-0 address when that is still free.
+
+    TLS: on a TCP address the server runs every connection inside TLS 1.3 with mutual
+    certificates when it has a `TlsConfig` (``tls=``, else the process default, see
+    `set_default_tls`); the token handshake then runs inside TLS. A peer of the other
+    mode gets a plaintext marker saying so and is disconnected (`TlsMismatch` on its
+    side); the server keeps serving. A plaintext server refuses to listen on a
+    non-loopback address (`InsecureListener`) unless ``insecure=True`` (or the process
+    default allows it): frames carry pickles, and the network would carry them in
+    clear. Unix sockets are always plaintext (their directory keeps others out) and
+    the socket file is made owner-only (0600).
 
     ``on_connect(conn)`` / ``on_disconnect(conn)`` may be plain or async callables.
     ``on_connect`` runs before the connection's tasks start, so no message of the peer
@@ -77,8 +115,14 @@ class Server:
         on_connect: ConnectionCallback | None = None,
         on_disconnect: ConnectionCallback | None = None,
         handshake_timeout: float = 10.0,
+        tls: TlsConfig | None | _Default = DEFAULT,
+        insecure: bool | None = None,
     ) -> None:
         parse_address(address)  # validate early, naming the bad address
+        resolve_tls(tls)  # validate the type early
+        self._tls_arg = tls
+        self._insecure_arg = insecure
+        self._tls: TlsConfig | None = None
         self._requested = address
         self._token = token_bytes(token)
         self._handler = handler
@@ -93,6 +137,7 @@ class Server:
         self._accepted = 0
         self._auth_failures = 0
         self._handshake_failures = 0
+        self._tls_failures = 0
 
     @property
     def address(self) -> str:
@@ -113,10 +158,17 @@ class Server:
             accepted=self._accepted,
             authentication_failures=self._auth_failures,
             handshake_failures=self._handshake_failures,
+            tls=self._tls is not None,
+            tls_failures=self._tls_failures,
         )
 
     def snapshot(self) -> dict[str, Any]:
-        return {"kind": "rpc_server", "address": self.address, "connections": len(self._connections)}
+        return {
+            "kind": "rpc_server",
+            "address": self.address,
+            "connections": len(self._connections),
+            "tls": self._tls is not None,
+        }
 
     async def _bind(self) -> tuple[trio.socket.SocketType, str]:
         if self._bound is not None and self._bound != self._requested:
@@ -126,13 +178,49 @@ class Server:
                 pass  # the port we had is taken now: pick a fresh one
         return await listen(self._requested)
 
+    def _check_security(self, addr: Address, *, warn: bool) -> None:
+        """Refuse a plaintext listener on a non-loopback TCP address (unless insecure)."""
+        if addr.kind != "tcp" or self._tls is not None:
+            return
+        insecure = insecure_allowed() if self._insecure_arg is None else self._insecure_arg
+        if is_loopback_host(addr.host):
+            return
+        if insecure:
+            if not warn:
+                return
+            logger.warning(
+                "%s: listening on %s WITHOUT TLS (insecure): frames, which carry pickled "
+                "values, cross the network in clear", self.name, addr,
+            )
+            return
+        raise InsecureListener(
+            f"{self.name}: refusing to listen on {addr} without TLS: it is not a loopback "
+            f"address, and frames carry pickled values (whoever can read or write them on "
+            f"the network can read the data or run code here). Give a TlsConfig (cert, key "
+            f"and the cluster CA) to enable TLS, or pass insecure=True to allow plaintext "
+            f"on a trusted network"
+        )
+
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        requested = parse_address(self._requested)
+        self._tls = resolve_tls(self._tls_arg) if requested.kind == "tcp" else None
+        if self._tls is not None:
+            self._tls.check()  # a bad file fails here, naming it, not at the first peer
+        else:
+            self._check_security(requested, warn=False)
         lsock, bound = await self._bind()
         self._bound = bound
         addr = parse_address(bound)
+        try:
+            self._check_security(addr, warn=True)  # the bound address (a name resolved)
+            if addr.kind == "unix":
+                os.chmod(addr.path, 0o600)
+        except BaseException:
+            lsock.close()
+            raise
         inode = os.stat(addr.path).st_ino if addr.kind == "unix" else None
         self._listening = True
-        logger.debug("%s listening on %s", self.name, bound)
+        logger.debug("%s listening on %s%s", self.name, bound, " (TLS)" if self._tls else "")
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started(bound)
@@ -144,7 +232,7 @@ class Server:
                         await trio.sleep(0.1)
                         continue
                     self._accepted += 1
-                    nursery.start_soon(self._serve, detach_accepted(tsock), raw_address)
+                    nursery.start_soon(self._serve, tsock, raw_address)
         finally:
             self._listening = False
             lsock.close()
@@ -159,37 +247,81 @@ class Server:
         rule = faults.refused(self.name, peer_name)
         return None if rule is None else f"fault rule {rule}"
 
-    async def _serve(self, sock: socket.socket, raw_address: Any) -> None:
-        peer = _describe_peer(sock, raw_address)
+    async def _secure(self, tsock: trio.socket.SocketType, peer: str) -> socket.socket | TlsSocket:
+        """The accepted socket ready for the token handshake: a plain stdlib socket, or
+        TLS set up. A TCP peer's first byte tells its mode (see ``_tls``); a peer of the
+        other mode is told so and refused with `TlsMismatch`."""
+        if tsock.family == socket.AF_UNIX:
+            return detach_accepted(tsock)
+        try:
+            first = await tsock.recv(1, socket.MSG_PEEK)
+        except OSError as exc:
+            tsock.close()
+            raise ConnectionLost(f"client {peer} vanished before the handshake: {exc}") from exc
+        if not first:
+            tsock.close()
+            raise ConnectionLost(f"client {peer} closed before the handshake")
+        speaks_tls = first[0] == TLS_HANDSHAKE_BYTE
+        if self._tls is None:
+            if speaks_tls:
+                await refuse_mismatch(tsock, MAGIC_NO_TLS)
+                raise TlsMismatch(
+                    f"client {peer} speaks TLS but this listener is plaintext; told it so"
+                )
+            return detach_accepted(tsock)
+        if not speaks_tls:
+            await refuse_mismatch(tsock, MAGIC_NEEDS_TLS)
+            raise TlsMismatch(
+                f"client {peer} is plaintext but this listener requires TLS; told it so"
+            )
+        sock = detach_accepted(tsock)
+        try:
+            tls = await server_tls(sock, self._tls, peer)
+        except BaseException:
+            sock.close()
+            raise
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: TLS with %s: %s", self.name, peer, tls.describe())
+        return tls
+
+    async def _serve(self, tsock: trio.socket.SocketType, raw_address: Any) -> None:
+        peer = _describe_peer(tsock, raw_address)
+        sock: socket.socket | TlsSocket | None = None
         try:
             with trio.fail_after(self._handshake_timeout):
+                sock = await self._secure(tsock, peer)
                 peer_name, peer_max = await server_handshake(
                     sock, self._token, self.name, self._max_frame_size, peer, self._refused
                 )
         except trio.TooSlowError:
             self._handshake_failures += 1
             logger.warning(
-                "%s: handshake with %s timed out after %ss; disconnected",
-                self.name, peer, self._handshake_timeout,
+                "%s: %shandshake with %s timed out after %ss; disconnected",
+                self.name, "TLS/" if self._tls else "", peer, self._handshake_timeout,
             )
-            sock.close()
+            _close(tsock, sock)
+            return
+        except TlsError as exc:
+            self._tls_failures += 1
+            logger.warning("%s: %s; disconnected", self.name, exc)
+            _close(tsock, sock)
             return
         except AuthenticationFailed as exc:
             self._auth_failures += 1
             logger.warning("%s: authentication failed, disconnected: %s", self.name, exc)
-            sock.close()
+            _close(tsock, sock)
             return
         except ConnectError as exc:  # a fault rule turned it away
             logger.info("%s: %s", self.name, exc)
-            sock.close()
+            _close(tsock, sock)
             return
         except (ProtocolError, ConnectionLost) as exc:
             self._handshake_failures += 1
             logger.warning("%s: bad handshake from %s, disconnected: %s", self.name, peer, exc)
-            sock.close()
+            _close(tsock, sock)
             return
         except BaseException:
-            sock.close()
+            _close(tsock, sock)
             raise
         conn = Connection(
             sock,

@@ -11,14 +11,18 @@ import socket
 
 import trio
 
+from ._tls import TlsSocket
+
 __all__ = ["recv_exactly", "send_all", "write_chunks"]
 
 _SMALL = 16 * 1024  # chunks below this are joined into one buffer before writing
 _IOV_MAX = 512
 
 
-async def recv_exactly(sock: socket.socket, n: int) -> bytes:
+async def recv_exactly(sock: socket.socket | TlsSocket, n: int) -> bytes:
     """Read exactly ``n`` bytes from a non-blocking socket; `EOFError` if it closes first."""
+    if isinstance(sock, TlsSocket):
+        return await sock.recv_exactly(n)
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -34,8 +38,11 @@ async def recv_exactly(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-async def send_all(sock: socket.socket, data: bytes) -> None:
+async def send_all(sock: socket.socket | TlsSocket, data: bytes) -> None:
     """Write all of ``data`` to a non-blocking socket."""
+    if isinstance(sock, TlsSocket):
+        await sock.send_all(data)
+        return
     view = memoryview(data)
     while view:
         try:
