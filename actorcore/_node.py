@@ -33,11 +33,9 @@ workers (SIGTERM, then SIGKILL), and removes the socket files and session link.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -489,10 +487,3 @@ def _default_store_capacity() -> int:
         total = 4 << 30
     return int(min(total * 0.3, 2 << 30))
 
-
-def dumps_json(obj: Any) -> str:
-    return json.dumps(obj, default=str)
-
-
-def _sigterm() -> Any:
-    return trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)

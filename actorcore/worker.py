@@ -15,7 +15,6 @@ import logging
 import os
 import pickle
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +45,6 @@ class WorkerProcess:
         self.index = index
         self.core: CoreWorker | None = None
         self.functions: dict[bytes, Any] = {}
-        self._functions_lock = threading.Lock()
         self._executors: list[Executor] = []
         self._pending: collections.deque = collections.deque()
         self._owner_addr: dict[bytes, str] = {}
