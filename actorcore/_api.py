@@ -38,6 +38,8 @@ __all__ = [
     "method",
 ]
 
+logger = logging.getLogger("actorcore.api")
+
 _lock = threading.RLock()
 _state: dict[str, Any] = {"loop": None, "head": None, "info": None}
 
@@ -217,8 +219,8 @@ def shutdown() -> None:
         if node_alive and loop is not None and loop.core is not None and not loop.core._closed:
             try:
                 loop.core.call_sync("shutdown", timeout=5)
-            except Exception:
-                pass
+            except Exception as exc:  # stopped below anyway: its pipe closes, then SIGKILL
+                logger.info("asking the embedded node to shut down failed: %r", exc)
         if loop is not None:
             loop.stop()
         _worker_state.set_core(None)

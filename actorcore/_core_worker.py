@@ -40,6 +40,7 @@ is dropped and the node is told to free it (batched).
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -62,6 +63,8 @@ from .exceptions import (
 )
 
 __all__ = ["CoreWorker", "LAZY_FLUSH"]
+
+logger = logging.getLogger("actorcore.core_worker")
 
 #: Longest a message queued with ``wake=False`` waits for company.
 LAZY_FLUSH = 0.02
@@ -231,7 +234,8 @@ class CoreWorker:
                     break
                 try:
                     await self.conn.send(message)
-                except Exception:
+                except Exception as exc:
+                    logger.info("sending %r to the node failed: %r", message[0], exc)
                     break
             self._sender_busy = False
 
@@ -321,7 +325,7 @@ class CoreWorker:
                 try:
                     cb()
                 except Exception:  # a user's callback must not break the loop
-                    pass
+                    logger.exception("a callback on a ready object raised (ignored)")
 
     def reconnected(self, conn: Any) -> None:
         """A new link to the same node (core loop): resend what waited, and fetch

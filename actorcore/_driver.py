@@ -15,6 +15,7 @@ prefixed with where it ran, to this process's stdout or stderr.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -29,6 +30,8 @@ from ._ids import new_job_id, new_worker_id
 from .exceptions import ActorcoreSystemError
 
 __all__ = ["DriverLoop", "RECONNECT_WINDOW"]
+
+logger = logging.getLogger("actorcore.driver")
 
 #: How long a driver keeps dialling a node it lost before giving up.
 RECONNECT_WINDOW = 10.0
@@ -81,8 +84,8 @@ class DriverLoop:
             try:
                 out.write("".join(f"{prefix} {line}\n" for line in lines))
                 out.flush()
-            except Exception:
-                pass
+            except Exception as exc:  # our stdout/stderr is closed or broken
+                logger.info("could not print %d forwarded %s line(s): %r", len(lines), prefix, exc)
         else:
             raise ValueError(f"driver: unknown message {op!r}")
 
@@ -137,7 +140,8 @@ class DriverLoop:
         )
         try:
             return await nursery.start(server.run)
-        except Exception:  # not fatal: results come through the node
+        except Exception as exc:  # not fatal: results come through the node
+            logger.info("cannot listen for pushed results at %s: %r", path, exc)
             return None
 
     async def _rejoin(self, conn: Any) -> None:

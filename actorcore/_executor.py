@@ -23,6 +23,7 @@ with ``force`` the node kills the worker process.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 import time
@@ -39,6 +40,8 @@ from .exceptions import SerializationError, TaskCancelledError
 
 __all__ = ["Executor", "encode_returns", "run_task"]
 
+logger = logging.getLogger("actorcore.executor")
+
 
 def _retryable(spec: TaskSpec, exc: BaseException) -> bool:
     rule = spec.retry_exceptions
@@ -48,7 +51,9 @@ def _retryable(spec: TaskSpec, exc: BaseException) -> bool:
         return True
     try:
         types = _serialization.loads(rule)
-    except Exception:
+    except Exception as err:  # e.g. the exception classes cannot be imported here
+        logger.warning("task %s: its retry_exceptions could not be decoded (%r); "
+                       "the %s it raised is not retried", spec.name, err, type(exc).__name__)
         return False
     return isinstance(exc, types)
 

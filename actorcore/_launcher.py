@@ -15,6 +15,7 @@ workers die with their links, and sockets and shared memory are removed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import select
@@ -30,6 +31,8 @@ from ._session import latest_session, new_session_dir, read_session_info, read_t
 from .exceptions import ActorcoreSystemError
 
 __all__ = ["HeadProcess", "start_head", "find_cluster", "log_tail"]
+
+logger = logging.getLogger("actorcore.launcher")
 
 
 @attrs.define(eq=False)
@@ -66,8 +69,9 @@ class HeadProcess:
             store.cleanup_session(
                 f"actorcore-{self.session_dir.name}", spill_dir=str(self.session_dir / "spill")
             )
-        except Exception:
-            pass
+        except Exception as exc:
+            logger.warning("removing the shared memory and spill files of session %s failed: %r",
+                           self.session_dir, exc)
 
 
 def log_tail(session_dir: Path, lines: int = 30) -> str:

@@ -142,8 +142,8 @@ class WorkerProcess:
                 try:
                     conn.send_nowait(("ready", results))
                     pushed = True
-                except Exception:
-                    pass
+                except Exception as exc:  # the node delivers them instead
+                    logger.debug("pushing results to their owner at %s failed: %r", address, exc)
             elif address not in self._owner_conns and self._nursery is not None:
                 self._owner_conns[address] = None
                 self._nursery.start_soon(self._dial_owner, address)
