@@ -27,7 +27,15 @@ from typing import Any
 
 import attrs
 
-from ._session import latest_session, new_session_dir, read_session_info, read_token, write_token
+from ._session import (
+    check_root,
+    latest_session,
+    new_session_dir,
+    read_session_info,
+    read_token,
+    root_dir,
+    write_token,
+)
 from .exceptions import ActorcoreSystemError
 
 __all__ = ["HeadProcess", "start_head", "find_cluster", "log_tail"]
@@ -42,6 +50,7 @@ class HeadProcess:
     token: bytes
     session_dir: Path
     parent_fd: int | None  # the driver's end of the death pipe (embedded only)
+    spill_dir: Path | None = None  # the store's spill directory, when not the session's
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the node: close the pipe (embedded) or SIGTERM it, then wait."""
@@ -67,7 +76,8 @@ class HeadProcess:
             import store
 
             store.cleanup_session(
-                f"actorcore-{self.session_dir.name}", spill_dir=str(self.session_dir / "spill")
+                f"actorcore-{self.session_dir.name}",
+                spill_dir=str(self.spill_dir or self.session_dir / "spill"),
             )
         except Exception as exc:
             logger.warning("removing the shared memory and spill files of session %s failed: %r",
@@ -101,8 +111,20 @@ def start_head(
     port: int | None = None,
     embedded: bool = True,
     timeout: float = 60.0,
+    temp_dir: Path | None = None,
+    spill_dir: Path | None = None,
+    env_vars: dict[str, str] | None = None,
 ) -> HeadProcess:
-    session_dir = new_session_dir()
+    """Start a head node; return once it serves.
+
+    ``temp_dir``: the root of its session directory (default ``root_dir()``; the node
+    and its workers see it as ``ACTORCORE_TMPDIR``). ``spill_dir``: where its store
+    spills (default ``<session>/spill``). ``env_vars``: set in the environment of the
+    node and of every worker and actor process it starts.
+    """
+    root = temp_dir or root_dir()
+    check_root(root, f"init(_temp_dir={str(root)!r})" if temp_dir else f"ACTORCORE_TMPDIR={str(root)!r}")
+    session_dir = new_session_dir(root)
     token = secrets.token_bytes(32)
     write_token(session_dir, token)
     ready_r, ready_w = os.pipe()
@@ -134,8 +156,12 @@ def start_head(
         argv += ["--num-workers", str(num_workers)]
     if port is not None:
         argv += ["--port", str(port)]
+    if spill_dir is not None:
+        argv += ["--spill-dir", str(spill_dir)]
     logs = session_dir / "logs"
     env = dict(os.environ)
+    env.update(env_vars or {})
+    env["ACTORCORE_TMPDIR"] = str(root)
     env["PYTHONPATH"] = os.pathsep.join(
         [_package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
@@ -173,7 +199,7 @@ def start_head(
             f"{log_tail(session_dir)}"
         )
     info = json.loads(line)
-    return HeadProcess(proc, info, token, session_dir, parent_w)
+    return HeadProcess(proc, info, token, session_dir, parent_w, spill_dir)
 
 
 def _package_root() -> str:

@@ -80,6 +80,7 @@ class NodeConfig:
     gcs_replicas: int = 1
     object_store_memory: int | None = None
     use_gcs: bool = True
+    spill_dir: Path | None = None  # None: the session's spill/
 
 
 @attrs.define(eq=False)
@@ -161,7 +162,7 @@ class NodeRuntime:
             self.store_address,
             config.token,
             capacity=capacity,
-            spill_dir=str(config.session_dir / "spill"),
+            spill_dir=str(config.spill_dir or config.session_dir / "spill"),
             prefix=f"actorcore-{config.session_dir.name}",
         )
         self.store_link: Any = None
