@@ -49,7 +49,7 @@ from typing import Any
 import attrs
 import trio
 
-from . import _serialization
+from . import _serialization, _worker_state
 from ._ids import new_put_id
 from ._object_ref import ObjectRef
 from ._protocol import ObjectData, TaskSpec
@@ -486,8 +486,11 @@ class CoreWorker:
         self._cancelled_tasks.discard(task_id)
 
     def current_job_id(self) -> bytes:
-        spec = getattr(task_context, "spec", None)
-        return spec.job_id if spec is not None else self.job_id
+        job_id = getattr(getattr(task_context, "spec", None), "job_id", None)
+        if job_id is not None:  # a task's (an actor call's spec has none)
+            return job_id
+        actor = _worker_state.actors.get(getattr(task_context, "actor_id", None) or "")
+        return actor.job_id if actor is not None else self.job_id
 
     def _in_loop(self) -> bool:
         return threading.get_ident() == self._loop_thread

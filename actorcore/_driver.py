@@ -38,10 +38,12 @@ RECONNECT_WINDOW = 10.0
 
 
 class DriverLoop:
-    def __init__(self, address: str, token: bytes, *, log_to_driver: bool = True) -> None:
+    def __init__(self, address: str, token: bytes, *, log_to_driver: bool = True,
+                 namespace: str = "default") -> None:
         self.address = address
         self.token = token
         self.log_to_driver = log_to_driver
+        self.namespace = namespace  # the job's; its tasks ask the node for it
         self.core: CoreWorker | None = None
         self.info: dict[str, Any] = {}
         self._ready = threading.Event()
@@ -150,7 +152,7 @@ class DriverLoop:
         await conn.request(
             ("hello", "driver", core.worker_id, os.getpid(),
              {"job_id": core.job_id, "log_to_driver": self.log_to_driver, "rejoin": True,
-              "direct_address": self._direct}),
+              "direct_address": self._direct, "namespace": self.namespace}),
             timeout=30,
         )
         core.reconnected(conn)
@@ -175,7 +177,7 @@ class DriverLoop:
                 info = await conn.request(
                     ("hello", "driver", worker_id, os.getpid(),
                      {"job_id": job_id, "log_to_driver": self.log_to_driver,
-                      "direct_address": direct}),
+                      "direct_address": direct, "namespace": self.namespace}),
                     timeout=30,
                 )
             except Exception as exc:

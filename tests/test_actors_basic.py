@@ -399,6 +399,25 @@ def test_large_values_and_runtime_context_in_actors():
     assert aid == h.actor_id and tid is not None
 
 
+@ray.remote
+class Spawner:
+    def spawn(self, x):
+        # A task submitted from an actor method belongs to the actor's job.
+        return ray.get(slow_value.remote(x, 0)), ray.get_runtime_context().get_job_id()
+
+
+@ray.remote
+class AsyncSpawner:
+    async def spawn(self, x):
+        return await slow_value.remote(x, 0), ray.get_runtime_context().get_job_id()
+
+
+def test_tasks_submitted_by_actor_methods_run_in_the_actors_job():
+    job = ray.get_runtime_context().get_job_id()
+    assert ray.get(Spawner.remote().spawn.remote(7), timeout=60) == (7, job)
+    assert ray.get(AsyncSpawner.remote().spawn.remote(8), timeout=60) == (8, job)
+
+
 def test_get_actor_and_kill_from_a_task():
     a = Log.options(name="from_task").remote()
 
