@@ -406,10 +406,40 @@ def _make_remote(obj: Any, options: dict) -> Any:
     return RemoteFunction(obj, options)
 
 
-def method(**options: Any) -> Callable[[Callable], Callable]:
-    """Annotate an actor method with options (e.g. ``num_returns``)."""
+#: Ray's ``@method`` options that have no per-method counterpart here, and where to
+#: set what they mean instead.
+_METHOD_OPTIONS_REFUSED = {
+    "max_task_retries": "set max_task_retries on the actor class or its .options()",
+    "retry_exceptions": "actor method calls are not retried on exceptions",
+    "concurrency_group": "use max_concurrency on the actor class",
+    "tensor_transport": "values travel through the object store",
+    "enable_task_events": "there are no task events to record",
+}
+
+
+def method(*args: Any, **options: Any) -> Any:
+    """Annotate an actor method: ``@method(num_returns=2)`` (or bare ``@method``).
+
+    ``num_returns`` is the only per-method option; any other (Ray's
+    ``max_task_retries``, ``concurrency_group``, ...) is refused with an error that
+    names it, where the method is defined.
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return method()(args[0])
+    if args:
+        raise TypeError(
+            f"method() takes only keyword options, e.g. @method(num_returns=2); got {args!r:.80}"
+        )
+    for key in sorted(set(options) - {"num_returns"}):
+        why = _METHOD_OPTIONS_REFUSED.get(key, "valid: num_returns")
+        raise ValueError(f"@method({key}={options[key]!r}) is not supported by actorcore ({why})")
+    nr = options.get("num_returns", 1)
+    if isinstance(nr, bool) or not isinstance(nr, int) or nr < 0:
+        raise ValueError(f"@method(num_returns={nr!r}): must be an int >= 0")
 
     def decorator(fn: Callable) -> Callable:
+        if not callable(fn):
+            raise TypeError(f"@method(...) decorates an actor method, got {fn!r:.80}")
         fn.__actorcore_method_options__ = options  # type: ignore[attr-defined]
         return fn
 

@@ -142,6 +142,7 @@ def test_num_returns_and_method_options():
         def pair(self):
             return 1, 2
 
+        @ray.method  # bare, as Ray allows: the defaults
         def three(self):
             return 1, 2, 3
 
