@@ -531,6 +531,11 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     a threaded actor cannot be interrupted, so it finishes and its result stands.
     The actor lives on and the caller's other calls keep their order.
     ``force=True`` raises ``ValueError`` for an actor call (use ``kill``).
+
+    ``recursive=True`` (the default, as in Ray): the tasks the cancelled task
+    submitted, and the tasks those submitted, are cancelled the same way (``force``
+    included), and so is any task it submits after the cancel while it still runs.
+    Actor method calls it made are not cancelled. ``recursive=False``: only this one.
     """
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
@@ -539,7 +544,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     core = _worker_state.current_core()
     core._check_open()
     if not cancel_actor_call(core, object_ref, force):
-        core.cancel(object_ref, force)
+        core.cancel(object_ref, bool(force), bool(recursive))
 
 
 def _call(name: str, *args: Any) -> Any:

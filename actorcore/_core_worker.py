@@ -273,9 +273,9 @@ class CoreWorker:
         self._enqueue(("put", [(oid, False, data)]), wake=False)
         return ref
 
-    def cancel(self, ref: ObjectRef, force: bool) -> None:
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
         self._check_open()
-        self._enqueue(("cancel", ref.task_id(), force))
+        self._enqueue(("cancel", ref.task_id(), force, recursive))
 
     # ------------------------------------------------------------ ref counting
 

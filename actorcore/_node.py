@@ -421,7 +421,7 @@ class NodeRuntime:
             submit(spec)
 
     def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.sched.cancel(m[1], m[2])
+        self.sched.cancel(m[1], m[2], m[3])
 
     def _worker_of(self, conn: Any) -> WorkerInfo | None:
         client = self.by_conn.get(conn)
