@@ -186,11 +186,15 @@ def test_retry_exceptions(tmp_path):
     assert ray.get(flaky.remote(str(counter))) == 2
 
     @ray.remote(max_retries=3, retry_exceptions=[OSError])
-    def not_retried():
+    def not_retried(path):
+        with open(path, "a") as f:
+            f.write("x")
         raise KeyError("no")
 
+    attempts = tmp_path / "attempts"
     with pytest.raises(KeyError):
-        ray.get(not_retried.remote())
+        ray.get(not_retried.remote(str(attempts)))
+    assert attempts.read_text() == "x"  # a KeyError is not in retry_exceptions: one run
 
 
 def test_unpicklable_argument_names_type_and_cluster_stays_healthy():
@@ -211,24 +215,33 @@ def test_unpicklable_return_value():
         ray.get(give_lock.remote())
 
 
-def test_cancel_queued_and_running():
+def test_cancel_queued_and_running(tmp_path):
     @ray.remote
-    def sleepy(t):
-        time.sleep(t)
+    def spin(i, d):
+        (Path(d) / f"pid{i}").write_text(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.01)  # short sleeps: a cancel's exception lands between them
         return "done"
 
-    blockers = [sleepy.remote(30) for _ in range(2)]
-    queued = sleepy.remote(30)
-    time.sleep(0.3)
+    blockers = [spin.remote(i, str(tmp_path)) for i in range(2)]
+    queued = add.remote(1, 1)  # both CPUs are taken: it waits
+    _until(lambda: (tmp_path / "pid0").exists(), "the first to run")
     ray.cancel(queued)
     with pytest.raises(exc.TaskCancelledError):
         ray.get(queued, timeout=10)
-    ray.cancel(blockers[0])  # running: interrupted inside the task
-    with pytest.raises(exc.TaskCancelledError):
+    pid0 = int((tmp_path / "pid0").read_text())
+    ray.cancel(blockers[0])  # running: interrupted inside the task, its worker lives
+    with pytest.raises(exc.TaskCancelledError) as info:
         ray.get(blockers[0], timeout=10)
-    ray.cancel(blockers[1], force=True)  # running: worker killed
-    with pytest.raises(exc.TaskCancelledError):
+    assert "(force)" not in str(info.value) and not _pid_gone(pid0)
+    _until(lambda: (tmp_path / "pid1").exists() and (tmp_path / "pid1").read_text(),
+           "the second to run")
+    pid1 = int((tmp_path / "pid1").read_text())
+    ray.cancel(blockers[1], force=True)  # running: its worker is killed
+    with pytest.raises(exc.TaskCancelledError, match=r"\(force\)"):
         ray.get(blockers[1], timeout=10)
+    _until(lambda: _pid_gone(pid1), "its worker to die")
     assert ray.get(add.remote(2, 2), timeout=30) == 4
 
 
