@@ -42,6 +42,8 @@ def test_task_error_is_also_the_cause_type_and_pickles():
     assert plain.as_instanceof_cause() is plain
     assert isinstance(exc.GetTimeoutError("x"), TimeoutError)
     assert isinstance(exc.SerializationError("x"), TypeError)
+    cancelled = pickle.loads(pickle.dumps(exc.TaskCancelledError(b"\x01" * 16, "task f was cancelled")))
+    assert str(cancelled) == "task f was cancelled" and cancelled.task_id == b"\x01" * 16
 
 
 def test_remote_decorator_forms_and_option_errors():
