@@ -2,8 +2,8 @@
 
 ``tree``, ``status``, ``cluster_resources``, ``available_resources``, ``nodes``,
 ``crash`` (the fault hook of ``actorcore.testing.faults``), ``kill_worker``,
-``job_namespace`` and ``shutdown``. Each answers its ``Reply`` now, or later from a task for calls that
-read the GCS.
+``job_namespace`` and ``shutdown``. Each answers its ``Reply`` now, or later from a
+task for calls that read the GCS.
 """
 
 from __future__ import annotations
