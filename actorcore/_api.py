@@ -266,7 +266,9 @@ def _env_vars_of(runtime_env: Any) -> dict[str, str] | None:
         )
     env_vars = runtime_env.get("env_vars") or {}
     if not isinstance(env_vars, dict):
-        raise TypeError(f"init(runtime_env['env_vars']={env_vars!r}): expected a dict of str -> str")
+        raise TypeError(
+            f"init(runtime_env['env_vars']={env_vars!r}): expected a dict of str -> str"
+        )
     for k, v in env_vars.items():
         if not isinstance(k, str) or not k or "=" in k or "\0" in k:
             raise ValueError(f"init(runtime_env['env_vars']): {k!r} is not a valid variable name")

@@ -123,7 +123,8 @@ def start_head(
     node and of every worker and actor process it starts.
     """
     root = temp_dir or root_dir()
-    check_root(root, f"init(_temp_dir={str(root)!r})" if temp_dir else f"ACTORCORE_TMPDIR={str(root)!r}")
+    what = f"init(_temp_dir={str(root)!r})" if temp_dir else f"ACTORCORE_TMPDIR={str(root)!r}"
+    check_root(root, what)
     session_dir = new_session_dir(root)
     token = secrets.token_bytes(32)
     write_token(session_dir, token)

@@ -42,7 +42,8 @@ def test_task_error_is_also_the_cause_type_and_pickles():
     assert plain.as_instanceof_cause() is plain
     assert isinstance(exc.GetTimeoutError("x"), TimeoutError)
     assert isinstance(exc.SerializationError("x"), TypeError)
-    cancelled = pickle.loads(pickle.dumps(exc.TaskCancelledError(b"\x01" * 16, "task f was cancelled")))
+    original = exc.TaskCancelledError(b"\x01" * 16, "task f was cancelled")
+    cancelled = pickle.loads(pickle.dumps(original))
     assert str(cancelled) == "task f was cancelled" and cancelled.task_id == b"\x01" * 16
 
 
