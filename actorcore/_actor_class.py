@@ -26,6 +26,7 @@ from ._object_ref import ObjectRef
 from ._options import resources_of, validate_actor_options
 from ._remote_function import FunctionExport
 from ._serialization import dumps_args
+from ._worker_state import task_context
 
 __all__ = ["ActorClass", "make_actor_class", "default_namespace"]
 
@@ -34,10 +35,27 @@ DEFAULT_ASYNC_CONCURRENCY = 1000
 
 _namespace: list[str | None] = [None]
 
+#: Job id -> its namespace, as the node told a worker process (asked once per job).
+_job_namespaces: dict[bytes, str] = {}
+
 
 def default_namespace() -> str:
-    """The namespace named actors go to when none is given (``init(namespace=)``)."""
-    return _namespace[0] or "default"
+    """The namespace of the job the caller works for: where its named actors go and
+    are looked up when none is given. A driver's is what ``init(namespace=)`` said
+    ("default" without one); its tasks and actors, in other processes, have the same.
+    An actor carries it in its spec; a task's process asks the node once per job."""
+    core = _worker_state.core
+    if core is None or core.role == "driver":
+        return _namespace[0] or "default"
+    actor = _worker_state.actors.get(getattr(task_context, "actor_id", None) or "")
+    if actor is not None:
+        return actor.namespace
+    job_id = core.current_job_id()
+    ns = _job_namespaces.get(job_id)
+    if ns is None:
+        ns = core.call_sync("job_namespace", job_id) or "default"
+        _job_namespaces[job_id] = ns
+    return ns
 
 
 def set_default_namespace(namespace: str | None) -> None:
@@ -184,6 +202,7 @@ class ActorClass:
             supervisor=sup_name,
             restart="permanent",
             owner=core.worker_id,
+            job_namespace=default_namespace(),
         )
         _ensure_exported(core, export)
         if name is None and sup_name is None:

@@ -31,6 +31,7 @@ calls, so an actor never ends under a call its owner still expects an answer to.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 from typing import Any
@@ -44,6 +45,8 @@ from ._actor_protocol import CallSpec
 from ._store_link import STORE
 
 __all__ = ["DIRECT_CALLS", "submit_call", "drop_actor", "detach", "cancel_call"]
+
+logger = logging.getLogger("actorcore.actor_direct")
 
 DIRECT_CALLS = os.environ.get("ACTORCORE_DIRECT_CALLS", "1") != "0"
 
@@ -183,7 +186,8 @@ class Route:
             with self.lock:
                 self.client = client
             conn = await core._nursery.start(self._run_link, client)
-        except Exception:
+        except Exception as exc:  # calls keep going through the node; tried again later
+            logger.info("direct link to actor %s: discovery failed: %r", self.actor_id.hex(), exc)
             with self.lock:
                 self.failures += 1
                 self.discovering = False
@@ -211,8 +215,8 @@ class Route:
     async def _run_link(self, client: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await client.run(task_status=task_status)
-        except Exception:
-            pass
+        except Exception as exc:  # _link_lost resends what was in flight through the node
+            logger.info("direct link to actor %s ended: %r", self.actor_id.hex(), exc)
         finally:
             self._link_lost(client)
 
@@ -231,8 +235,9 @@ class Route:
                     self.sender_busy = True
                     self.core._nursery.start_soon(self._drain, conn)
                     return
-                except Exception:
-                    return  # the link is gone: _link_lost resends through the node
+                except Exception as exc:  # the link is gone: _link_lost resends through the node
+                    logger.debug("direct send to actor %s failed: %r", self.actor_id.hex(), exc)
+                    return
                 outq.popleft()
 
     async def _drain(self, conn: Any) -> None:
@@ -244,7 +249,8 @@ class Route:
                     spec = self.outq[0]
                 try:
                     await conn.send(("dcall", spec) if type(spec) is CallSpec else spec)
-                except Exception:
+                except Exception as exc:  # the link is gone: _link_lost resends through the node
+                    logger.debug("direct send to actor %s failed: %r", self.actor_id.hex(), exc)
                     return
                 with self.lock:
                     if self.outq and self.outq[0] is spec:

@@ -25,6 +25,7 @@ named ones until killed or their owner exits.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -41,6 +42,8 @@ from .exceptions import ActorcoreError, ActorcoreSystemError
 
 __all__ = ["ActorHandle", "ActorMethod", "get_actor", "kill", "check_call_args", "request_node",
            "cancel_actor_call"]
+
+logger = logging.getLogger("actorcore.actor_handle")
 
 # Local handle counts of actors this process created (actor id -> live handles).
 _counts: dict[bytes, int] = {}
@@ -245,8 +248,8 @@ class ActorHandle:
             core = self._core
             if core is not None and not core._closed:
                 drop_actor(core, aid)
-        except Exception:  # interpreter shutdown
-            pass
+        except Exception as exc:  # interpreter shutdown: the node drops it with our link
+            logger.debug("dropping the handle of actor %s failed: %r", self._actor_id.hex(), exc)
 
 
 def _rebuild(actor_id: bytes, meta: ClassMeta) -> ActorHandle:

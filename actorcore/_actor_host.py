@@ -28,6 +28,7 @@ import collections
 import concurrent.futures
 import functools
 import inspect
+import logging
 import sys
 import threading
 import traceback
@@ -47,6 +48,8 @@ from ._worker_state import task_context
 from .worker import load_function
 
 __all__ = ["HostContext", "ThreadedHost", "AsyncHost", "start_host"]
+
+logger = logging.getLogger("actorcore.actor_host")
 
 
 class HostContext:
@@ -110,8 +113,8 @@ class HostContext:
             conn.send_nowait(message)
         except trio.WouldBlock:
             self.core._nursery.start_soon(_send_quietly, conn, message)
-        except Exception:
-            pass  # the caller is gone, or resends through the node
+        except Exception as exc:  # the caller is gone, or resends through the node
+            logger.debug("answering %s on its direct link failed: %r", spec.name, exc)
 
     def run_sync(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
         if dep_data is None:
@@ -151,8 +154,8 @@ _FETCH = object()  # marks an argument ref the actor resolves itself
 async def _send_quietly(conn: Any, message: Any) -> None:
     try:
         await conn.send(message)
-    except Exception:
-        pass
+    except Exception as exc:  # the caller is gone, or resends through the node
+        logger.debug("answering on a direct link failed: %r", exc)
 
 
 def _pid() -> int:

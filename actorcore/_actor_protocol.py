@@ -83,6 +83,7 @@ class ActorSpec:
     supervisor: str | None
     restart: str  # restart type under a supervisor
     owner: bytes
+    job_namespace: str = "default"  # its job's (init(namespace=)), not its name's
 
     @property
     def task_id(self) -> bytes:

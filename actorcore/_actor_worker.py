@@ -19,6 +19,7 @@ import trio
 
 import transport
 
+from . import _worker_state
 from ._actor_host import HostContext, start_host
 from .worker import WorkerProcess, run_main, value_codec
 
@@ -45,6 +46,9 @@ class ActorWorkerProcess(WorkerProcess):
             if old is not None:
                 old.stop()
             assert self.ctx is not None
+            _worker_state.actors[spec.actor_id.hex()] = _worker_state.ActorRun(
+                spec.job_id, spec.job_namespace, incarnation
+            )
             self.hosts[spec.actor_id] = start_host(self.ctx, spec, incarnation, dep_data, record)
         elif op == "actor_cancel":  # cancel(ref) of a call the node sent (_actor_cancel)
             host = self.hosts.get(message[1])
@@ -52,6 +56,7 @@ class ActorWorkerProcess(WorkerProcess):
                 host.cancel(message[2])
         elif op == "actor_stop":
             host = self.hosts.pop(message[1], None)
+            _worker_state.actors.pop(message[1].hex(), None)
             if host is not None:
                 host.stop()
         else:

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import _worker_state
@@ -37,6 +38,8 @@ __all__ = [
     "tree",
     "method",
 ]
+
+logger = logging.getLogger("actorcore.api")
 
 _lock = threading.RLock()
 _state: dict[str, Any] = {"loop": None, "head": None, "info": None}
@@ -80,8 +83,19 @@ def init(
     tls_cert: str | os.PathLike[str] | None = None,
     tls_key: str | os.PathLike[str] | None = None,
     tls_ca: str | os.PathLike[str] | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    object_spilling_directory: str | os.PathLike[str] | None = None,
+    _temp_dir: str | os.PathLike[str] | None = None,
+    logging_level: int | str | None = None,
+    configure_logging: bool = True,
+    local_mode: bool = False,
+    job_config: Any = None,
+    _system_config: dict[str, Any] | None = None,
+    include_dashboard: bool | None = None,
+    dashboard_host: str | None = None,
+    dashboard_port: int | None = None,
     _node_timeout: float = 60.0,
-    **ray_options: Any,
+    **unknown: Any,
 ) -> ClusterInfo:
     """Connect this process to a cluster; with no ``address``, start a local one.
 
@@ -97,13 +111,40 @@ def init(
     driver (and, for an embedded cluster, of its node and GCS); a cluster joined over
     TCP must use the same mode (see SECURITY.md). A cluster of this machine's session
     that uses TLS is joined with the files it records.
+    ``namespace``: where named actors of this job go and are looked up (default
+    ``"default"``); tasks and actors of the job see it too.
+
+    Ray's options, each honoured or refused by name (a ``ValueError`` or
+    ``NotImplementedError`` before anything starts), never silently ignored. Those
+    marked *new cluster* apply only when no ``address`` is given:
+
+    - ``runtime_env={"env_vars": {...}}`` (*new cluster*): set in the environment of
+      every worker and actor process (and the node); any other key is refused.
+    - ``object_spilling_directory`` (*new cluster*): where the store spills objects
+      that do not fit in memory (default: the session's ``spill/``).
+    - ``_temp_dir`` (*new cluster*): the root of the session directory (sockets,
+      token, logs), instead of ``$ACTORCORE_TMPDIR`` or ``/tmp/actorcore-sessions``.
+    - ``logging_level``: the level of this process's ``actorcore``, ``transport`` and
+      ``store`` loggers; ``configure_logging=False`` leaves logging untouched (no
+      session log file for this driver).
+    - ``include_dashboard``, ``dashboard_host``, ``dashboard_port``: there is no
+      dashboard (``actorcore status`` and ``actorcore tree`` show the cluster), so
+      only ``include_dashboard=False`` or leaving them unset is accepted.
+    - ``local_mode=True``, ``job_config``, ``_system_config``: refused.
     """
-    ignored = set(ray_options) - _IGNORED_RAY_OPTIONS
-    if ignored:
-        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(ignored))}")
+    if unknown:
+        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     _check_resource_args(num_cpus, num_gpus, resources)
     from . import _security
 
+    _refuse_unsupported(local_mode, job_config, _system_config, include_dashboard,
+                        dashboard_host, dashboard_port)
+    if namespace is not None and (not isinstance(namespace, str) or not namespace):
+        raise ValueError(f"init(namespace={namespace!r}): expected a non-empty str")
+    env_vars = _env_vars_of(runtime_env)
+    level = _logging_level(logging_level)
+    new_cluster = {"runtime_env": env_vars, "object_spilling_directory": object_spilling_directory,
+                   "_temp_dir": _temp_dir}
     with _lock:
         core = _worker_state.core
         if core is not None and core.role != "driver":
@@ -122,6 +163,8 @@ def init(
         tls = _security.tls_config(tls_cert, tls_key, tls_ca)
         head: HeadProcess | None = None
         if address is None:
+            temp_dir = _directory_option("_temp_dir", _temp_dir)
+            spill_dir = _directory_option("object_spilling_directory", object_spilling_directory)
             head = start_head(
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
@@ -133,6 +176,9 @@ def init(
                 tls=tls,
                 embedded=True,
                 timeout=_node_timeout,
+                temp_dir=temp_dir,
+                spill_dir=spill_dir,
+                env_vars=env_vars,
             )
             node_address, token, info = head.info["address"], head.token, head.info
         else:
@@ -141,13 +187,20 @@ def init(
                     "num_cpus/num_gpus/resources/object_store_memory describe a new cluster; "
                     f"they cannot be given when joining one at {address!r}"
                 )
+            given = sorted(k for k, v in new_cluster.items() if v)
+            if given:
+                raise ValueError(
+                    f"init({', '.join(given)}) applies to a new cluster, which init() starts "
+                    f"only without an address; the cluster at {address!r} is already running"
+                )
             node_address, token, info = find_cluster(address)
             if tls is None:
                 tls = _security.session_tls(info)
         from ._driver import DriverLoop
 
         _security.apply(tls)  # every TCP link of this process (the driver's)
-        loop = DriverLoop(node_address, token, log_to_driver=log_to_driver)
+        loop = DriverLoop(node_address, token, log_to_driver=log_to_driver,
+                          namespace=namespace or "default")
         try:
             core = loop.start()
         except BaseException:
@@ -157,10 +210,11 @@ def init(
         _worker_state.set_core(core)
         from ._actor_class import set_default_namespace
 
-        set_default_namespace(namespace)  # where named actors go (issue 6)
+        set_default_namespace(namespace)  # where named actors go and are looked up
         _state["loop"] = loop
         _state["head"] = head
-        _log_to_session(info.get("log_dir"))
+        if configure_logging:
+            _configure_logging(info.get("log_dir"), level)
         result = ClusterInfo(
             address=node_address,
             node_id=core.node_id.hex(),
@@ -174,32 +228,123 @@ def init(
         return result
 
 
-_IGNORED_RAY_OPTIONS = {
-    "include_dashboard",
-    "dashboard_host",
-    "dashboard_port",
-    "logging_level",
-    "configure_logging",
-    "runtime_env",
-    "local_mode",
-    "_temp_dir",
-    "_system_config",
-    "object_spilling_directory",
-    "job_config",
-}
+_DASHBOARD_HOSTS = (None, "127.0.0.1", "localhost")
 
 
-def _log_to_session(log_dir: str | None) -> None:
-    """This driver's own runtime log (actorcore, transport) in the session's log dir."""
+def _refuse_unsupported(
+    local_mode: Any, job_config: Any, system_config: Any, include_dashboard: Any,
+    dashboard_host: Any, dashboard_port: Any,
+) -> None:
+    """Ray ``init`` options with no meaning here: accepted only with their neutral
+    values, otherwise refused naming the option (never silently ignored)."""
+    if local_mode not in (False, None):
+        raise NotImplementedError(
+            f"init(local_mode={local_mode!r}) is not supported by actorcore: tasks and actors "
+            "always run in worker processes (for a debugger, run the function directly)"
+        )
+    if job_config is not None:
+        raise NotImplementedError(
+            f"init(job_config={job_config!r}) is not supported by actorcore: it has no per-job "
+            "configuration (for environment variables use runtime_env={'env_vars': {...}})"
+        )
+    if system_config:
+        raise ValueError(
+            f"init(_system_config=...) is not supported by actorcore; got the keys "
+            f"{', '.join(sorted(map(str, system_config)))} (its settings are init() keywords "
+            "and ACTORCORE_* environment variables)"
+        )
+    if include_dashboard:
+        raise ValueError(
+            f"init(include_dashboard={include_dashboard!r}): actorcore has no dashboard "
+            "(`actorcore status` and `actorcore tree` show the cluster)"
+        )
+    if include_dashboard is None:  # False: Ray itself ignores where it would have gone
+        if dashboard_host not in _DASHBOARD_HOSTS:
+            raise ValueError(f"init(dashboard_host={dashboard_host!r}): actorcore has no dashboard")
+        if dashboard_port is not None:
+            raise ValueError(f"init(dashboard_port={dashboard_port!r}): actorcore has no dashboard")
+
+
+def _env_vars_of(runtime_env: Any) -> dict[str, str] | None:
+    """The ``env_vars`` of a job's ``runtime_env``, the only part actorcore honours."""
+    if runtime_env is None:
+        return None
+    if not isinstance(runtime_env, dict):
+        raise TypeError(
+            f"init(runtime_env={runtime_env!r}): expected a dict such as {{'env_vars': {{...}}}}"
+        )
+    other = sorted(str(k) for k in runtime_env if k != "env_vars")
+    if other:
+        raise ValueError(
+            f"init(runtime_env): {', '.join(repr(k) for k in other)} not supported by actorcore "
+            "(only 'env_vars' is; install packages and code where the cluster runs)"
+        )
+    env_vars = runtime_env.get("env_vars") or {}
+    if not isinstance(env_vars, dict):
+        raise TypeError(
+            f"init(runtime_env['env_vars']={env_vars!r}): expected a dict of str -> str"
+        )
+    for k, v in env_vars.items():
+        if not isinstance(k, str) or not k or "=" in k or "\0" in k:
+            raise ValueError(f"init(runtime_env['env_vars']): {k!r} is not a valid variable name")
+        if not isinstance(v, str):
+            raise TypeError(
+                f"init(runtime_env['env_vars'][{k!r}]={v!r}): expected a str, "
+                f"got {type(v).__name__}"
+            )
+    return dict(env_vars) or None
+
+
+def _logging_level(level: Any) -> int | None:
+    if level is None:
+        return None
+    if isinstance(level, str):
+        number = logging.getLevelNamesMapping().get(level.upper())
+        if number is None:
+            raise ValueError(
+                f"init(logging_level={level!r}): not a logging level "
+                "(DEBUG, INFO, WARNING, ERROR, CRITICAL, or a number)"
+            )
+        return number
+    if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+        raise ValueError(f"init(logging_level={level!r}): expected a level name or a number >= 0")
+    return level
+
+
+def _directory_option(name: str, value: Any) -> Path | None:
+    """An absolute directory for ``init(name=value)``, created if missing; a
+    ``ValueError`` naming the option when it cannot be used."""
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise TypeError(f"init({name}={value!r}): expected a directory path")
+    path = Path(os.fspath(value)).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"init({name}={str(value)!r}): cannot create it: {exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"init({name}={str(value)!r}): not writable by this user")
+    return path
+
+
+def _configure_logging(log_dir: str | None, level: int | None) -> None:
+    """This driver's own runtime log (actorcore, transport, store) in the session's log
+    dir; ``level`` (``init(logging_level=)``) for those loggers, else INFO for ours."""
+    names = ("actorcore", "transport", "store")
+    if level is not None:
+        for name in names:
+            logging.getLogger(name).setLevel(level)
     if not log_dir or _state.get("log_handler") is not None:
         return
     try:
         handler = logging.FileHandler(os.path.join(log_dir, f"driver-{os.getpid()}.log"))
-    except OSError:
+    except OSError as exc:
+        logger.warning("cannot write this driver's log in %s: %s", log_dir, exc)
         return
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    for name in ("actorcore", "transport", "store"):
+    handler.setLevel(logging.INFO if level is None else level)
+    for name in names:
         logging.getLogger(name).addHandler(handler)
     runtime = logging.getLogger("actorcore")
     if runtime.level == logging.NOTSET:
@@ -233,8 +378,8 @@ def shutdown() -> None:
         if node_alive and loop is not None and loop.core is not None and not loop.core._closed:
             try:
                 loop.core.call_sync("shutdown", timeout=5)
-            except Exception:
-                pass
+            except Exception as exc:  # stopped below anyway: its pipe closes, then SIGKILL
+                logger.info("asking the embedded node to shut down failed: %r", exc)
         if loop is not None:
             loop.stop()
         _worker_state.set_core(None)
@@ -281,10 +426,40 @@ def _make_remote(obj: Any, options: dict) -> Any:
     return RemoteFunction(obj, options)
 
 
-def method(**options: Any) -> Callable[[Callable], Callable]:
-    """Annotate an actor method with options (e.g. ``num_returns``)."""
+#: Ray's ``@method`` options that have no per-method counterpart here, and where to
+#: set what they mean instead.
+_METHOD_OPTIONS_REFUSED = {
+    "max_task_retries": "set max_task_retries on the actor class or its .options()",
+    "retry_exceptions": "actor method calls are not retried on exceptions",
+    "concurrency_group": "use max_concurrency on the actor class",
+    "tensor_transport": "values travel through the object store",
+    "enable_task_events": "there are no task events to record",
+}
+
+
+def method(*args: Any, **options: Any) -> Any:
+    """Annotate an actor method: ``@method(num_returns=2)`` (or bare ``@method``).
+
+    ``num_returns`` is the only per-method option; any other (Ray's
+    ``max_task_retries``, ``concurrency_group``, ...) is refused with an error that
+    names it, where the method is defined.
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return method()(args[0])
+    if args:
+        raise TypeError(
+            f"method() takes only keyword options, e.g. @method(num_returns=2); got {args!r:.80}"
+        )
+    for key in sorted(set(options) - {"num_returns"}):
+        why = _METHOD_OPTIONS_REFUSED.get(key, "valid: num_returns")
+        raise ValueError(f"@method({key}={options[key]!r}) is not supported by actorcore ({why})")
+    nr = options.get("num_returns", 1)
+    if isinstance(nr, bool) or not isinstance(nr, int) or nr < 0:
+        raise ValueError(f"@method(num_returns={nr!r}): must be an int >= 0")
 
     def decorator(fn: Callable) -> Callable:
+        if not callable(fn):
+            raise TypeError(f"@method(...) decorates an actor method, got {fn!r:.80}")
         fn.__actorcore_method_options__ = options  # type: ignore[attr-defined]
         return fn
 
@@ -376,6 +551,11 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     a threaded actor cannot be interrupted, so it finishes and its result stands.
     The actor lives on and the caller's other calls keep their order.
     ``force=True`` raises ``ValueError`` for an actor call (use ``kill``).
+
+    ``recursive=True`` (the default, as in Ray): the tasks the cancelled task
+    submitted, and the tasks those submitted, are cancelled the same way (``force``
+    included), and so is any task it submits after the cancel while it still runs.
+    Actor method calls it made are not cancelled. ``recursive=False``: only this one.
     """
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
@@ -384,7 +564,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     core = _worker_state.current_core()
     core._check_open()
     if not cancel_actor_call(core, object_ref, force):
-        core.cancel(object_ref, force)
+        core.cancel(object_ref, bool(force), bool(recursive))
 
 
 def _call(name: str, *args: Any) -> Any:

@@ -40,6 +40,7 @@ is dropped and the node is told to free it (batched).
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -48,7 +49,7 @@ from typing import Any
 import attrs
 import trio
 
-from . import _serialization
+from . import _serialization, _worker_state
 from ._ids import new_put_id
 from ._object_ref import ObjectRef
 from ._protocol import ObjectData, TaskSpec
@@ -62,6 +63,8 @@ from .exceptions import (
 )
 
 __all__ = ["CoreWorker", "LAZY_FLUSH"]
+
+logger = logging.getLogger("actorcore.core_worker")
 
 #: Longest a message queued with ``wake=False`` waits for company.
 LAZY_FLUSH = 0.02
@@ -231,7 +234,8 @@ class CoreWorker:
                     break
                 try:
                     await self.conn.send(message)
-                except Exception:
+                except Exception as exc:
+                    logger.info("sending %r to the node failed: %r", message[0], exc)
                     break
             self._sender_busy = False
 
@@ -269,9 +273,9 @@ class CoreWorker:
         self._enqueue(("put", [(oid, False, data)]), wake=False)
         return ref
 
-    def cancel(self, ref: ObjectRef, force: bool) -> None:
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
         self._check_open()
-        self._enqueue(("cancel", ref.task_id(), force))
+        self._enqueue(("cancel", ref.task_id(), force, recursive))
 
     # ------------------------------------------------------------ ref counting
 
@@ -321,7 +325,7 @@ class CoreWorker:
                 try:
                     cb()
                 except Exception:  # a user's callback must not break the loop
-                    pass
+                    logger.exception("a callback on a ready object raised (ignored)")
 
     def reconnected(self, conn: Any) -> None:
         """A new link to the same node (core loop): resend what waited, and fetch
@@ -482,8 +486,11 @@ class CoreWorker:
         self._cancelled_tasks.discard(task_id)
 
     def current_job_id(self) -> bytes:
-        spec = getattr(task_context, "spec", None)
-        return spec.job_id if spec is not None else self.job_id
+        job_id = getattr(getattr(task_context, "spec", None), "job_id", None)
+        if job_id is not None:  # a task's (an actor call's spec has none)
+            return job_id
+        actor = _worker_state.actors.get(getattr(task_context, "actor_id", None) or "")
+        return actor.job_id if actor is not None else self.job_id
 
     def _in_loop(self) -> bool:
         return threading.get_ident() == self._loop_thread

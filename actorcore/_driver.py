@@ -15,6 +15,7 @@ prefixed with where it ran, to this process's stdout or stderr.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -30,15 +31,19 @@ from .exceptions import ActorcoreSystemError
 
 __all__ = ["DriverLoop", "RECONNECT_WINDOW"]
 
+logger = logging.getLogger("actorcore.driver")
+
 #: How long a driver keeps dialling a node it lost before giving up.
 RECONNECT_WINDOW = 10.0
 
 
 class DriverLoop:
-    def __init__(self, address: str, token: bytes, *, log_to_driver: bool = True) -> None:
+    def __init__(self, address: str, token: bytes, *, log_to_driver: bool = True,
+                 namespace: str = "default") -> None:
         self.address = address
         self.token = token
         self.log_to_driver = log_to_driver
+        self.namespace = namespace  # the job's; its tasks ask the node for it
         self.core: CoreWorker | None = None
         self.info: dict[str, Any] = {}
         self._ready = threading.Event()
@@ -83,8 +88,8 @@ class DriverLoop:
             try:
                 out.write("".join(f"{prefix} {line}\n" for line in lines))
                 out.flush()
-            except Exception:
-                pass
+            except Exception as exc:  # our stdout/stderr is closed or broken
+                logger.info("could not print %d forwarded %s line(s): %r", len(lines), prefix, exc)
         else:
             raise ValueError(f"driver: unknown message {op!r}")
 
@@ -139,7 +144,8 @@ class DriverLoop:
         )
         try:
             return await nursery.start(server.run)
-        except Exception:  # not fatal: results come through the node
+        except Exception as exc:  # not fatal: results come through the node
+            logger.info("cannot listen for pushed results at %s: %r", path, exc)
             return None
 
     async def _rejoin(self, conn: Any) -> None:
@@ -148,7 +154,7 @@ class DriverLoop:
         await conn.request(
             ("hello", "driver", core.worker_id, os.getpid(),
              {"job_id": core.job_id, "log_to_driver": self.log_to_driver, "rejoin": True,
-              "direct_address": self._direct}),
+              "direct_address": self._direct, "namespace": self.namespace}),
             timeout=30,
         )
         core.reconnected(conn)
@@ -173,7 +179,7 @@ class DriverLoop:
                 info = await conn.request(
                     ("hello", "driver", worker_id, os.getpid(),
                      {"job_id": job_id, "log_to_driver": self.log_to_driver,
-                      "direct_address": direct}),
+                      "direct_address": direct, "namespace": self.namespace}),
                     timeout=30,
                 )
             except Exception as exc:

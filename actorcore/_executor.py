@@ -51,7 +51,9 @@ def _retryable(spec: TaskSpec, exc: BaseException) -> bool:
         return True
     try:
         types = _serialization.loads(rule)
-    except Exception:
+    except Exception as err:  # e.g. the exception classes cannot be imported here
+        logger.warning("task %s: its retry_exceptions could not be decoded (%r); "
+                       "the %s it raised is not retried", spec.name, err, type(exc).__name__)
         return False
     return isinstance(exc, types)
 
@@ -89,7 +91,10 @@ def run_task(
             args, kwargs = _serialization.loads_args(spec.args, deps)
             value = function(*args, **kwargs)
         except TaskCancelledError as exc:
-            payload = _serialization.dumps(TaskCancelledError(spec.task_id, str(exc)))
+            # The interrupt raises the bare class (no task id): name the task instead.
+            text = str(exc) if exc.task_id is not None else (
+                f"task {spec.name} was cancelled while it ran")
+            payload = _serialization.dumps(TaskCancelledError(spec.task_id, text))
             return [(oid, True, payload) for oid in return_ids], False
         except Exception as exc:
             tb = traceback.format_exc()
@@ -193,7 +198,8 @@ class Executor(pykka.ThreadingActor):
             )
         except TaskCancelledError:
             # The async exception landed outside user code: still a cancellation.
-            payload = _serialization.dumps(TaskCancelledError(spec.task_id))
+            payload = _serialization.dumps(
+                TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled while it ran"))
             results, retry = [(oid, True, payload) for oid in spec.return_ids()], False
         except Exception as exc:
             # A failure outside user code (e.g. reporting an error that would not

@@ -15,6 +15,7 @@ workers die with their links, and sockets and shared memory are removed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import select
@@ -29,10 +30,20 @@ import attrs
 import transport
 
 from . import _security
-from ._session import latest_session, new_session_dir, read_session_info, read_token, write_token
+from ._session import (
+    check_root,
+    latest_session,
+    new_session_dir,
+    read_session_info,
+    read_token,
+    root_dir,
+    write_token,
+)
 from .exceptions import ActorcoreSystemError
 
 __all__ = ["HeadProcess", "start_head", "find_cluster", "log_tail"]
+
+logger = logging.getLogger("actorcore.launcher")
 
 
 @attrs.define(eq=False)
@@ -42,6 +53,7 @@ class HeadProcess:
     token: bytes
     session_dir: Path
     parent_fd: int | None  # the driver's end of the death pipe (embedded only)
+    spill_dir: Path | None = None  # the store's spill directory, when not the session's
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the node: close the pipe (embedded) or SIGTERM it, then wait."""
@@ -67,10 +79,12 @@ class HeadProcess:
             import store
 
             store.cleanup_session(
-                f"actorcore-{self.session_dir.name}", spill_dir=str(self.session_dir / "spill")
+                f"actorcore-{self.session_dir.name}",
+                spill_dir=str(self.spill_dir or self.session_dir / "spill"),
             )
-        except Exception:
-            pass
+        except Exception as exc:
+            logger.warning("removing the shared memory and spill files of session %s failed: %r",
+                           self.session_dir, exc)
 
 
 def log_tail(session_dir: Path, lines: int = 30) -> str:
@@ -103,11 +117,24 @@ def start_head(
     insecure: bool = False,
     embedded: bool = True,
     timeout: float = 60.0,
+    temp_dir: Path | None = None,
+    spill_dir: Path | None = None,
+    env_vars: dict[str, str] | None = None,
 ) -> HeadProcess:
+    """Start a head node; return once it serves.
+
+    ``temp_dir``: the root of its session directory (default ``root_dir()``; the node
+    and its workers see it as ``ACTORCORE_TMPDIR``). ``spill_dir``: where its store
+    spills (default ``<session>/spill``). ``env_vars``: set in the environment of the
+    node and of every worker and actor process it starts.
+    """
     # Refused here, before anything starts, with the error that says how to fix it.
     # (The node logs the --insecure warning; `actorcore start` prints it.)
     _security.check_listen(host or "127.0.0.1", tls, insecure, warn=False)
-    session_dir = new_session_dir()
+    root = temp_dir or root_dir()
+    what = f"init(_temp_dir={str(root)!r})" if temp_dir else f"ACTORCORE_TMPDIR={str(root)!r}"
+    check_root(root, what)
+    session_dir = new_session_dir(root)
     token = secrets.token_bytes(32)
     write_token(session_dir, token)
     ready_r, ready_w = os.pipe()
@@ -142,8 +169,12 @@ def start_head(
     if host is not None:
         argv += ["--host", host]
     argv += _security.argv(tls, insecure)
+    if spill_dir is not None:
+        argv += ["--spill-dir", str(spill_dir)]
     logs = session_dir / "logs"
     env = dict(os.environ)
+    env.update(env_vars or {})
+    env["ACTORCORE_TMPDIR"] = str(root)
     env["PYTHONPATH"] = os.pathsep.join(
         [_package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
@@ -181,7 +212,7 @@ def start_head(
             f"{log_tail(session_dir)}"
         )
     info = json.loads(line)
-    return HeadProcess(proc, info, token, session_dir, parent_w)
+    return HeadProcess(proc, info, token, session_dir, parent_w, spill_dir)
 
 
 def _package_root() -> str:

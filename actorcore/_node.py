@@ -33,11 +33,9 @@ workers (SIGTERM, then SIGKILL), and removes the socket files and session link.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +84,7 @@ class NodeConfig:
     gcs_replicas: int = 1
     object_store_memory: int | None = None
     use_gcs: bool = True
+    spill_dir: Path | None = None  # None: the session's spill/
 
 
 @attrs.define(eq=False)
@@ -167,7 +166,7 @@ class NodeRuntime:
             self.store_address,
             config.token,
             capacity=capacity,
-            spill_dir=str(config.session_dir / "spill"),
+            spill_dir=str(config.spill_dir or config.session_dir / "spill"),
             prefix=f"actorcore-{config.session_dir.name}",
             **_store_disk_options(),
         )
@@ -436,7 +435,7 @@ class NodeRuntime:
             submit(spec)
 
     def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.sched.cancel(m[1], m[2])
+        self.sched.cancel(m[1], m[2], m[3])
 
     def _worker_of(self, conn: Any) -> WorkerInfo | None:
         client = self.by_conn.get(conn)
@@ -523,10 +522,3 @@ def _default_store_capacity() -> int:
         total = 4 << 30
     return int(min(total * 0.3, 2 << 30))
 
-
-def dumps_json(obj: Any) -> str:
-    return json.dumps(obj, default=str)
-
-
-def _sigterm() -> Any:
-    return trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)

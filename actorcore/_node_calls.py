@@ -1,9 +1,9 @@
 """Introspection and admin calls served by a node (``("call", name, args)``).
 
 ``tree``, ``status``, ``cluster_resources``, ``available_resources``, ``nodes``,
-``crash`` (the fault hook of ``actorcore.testing.faults``), ``kill_worker`` and
-``shutdown``. Each answers its ``Reply`` now, or later from a task for calls that
-read the GCS.
+``crash`` (the fault hook of ``actorcore.testing.faults``), ``kill_worker``,
+``job_namespace`` and ``shutdown``. Each answers its ``Reply`` now, or later from a
+task for calls that read the GCS.
 """
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ def dispatch_call(node: Any, name: str, args: tuple, reply: Any) -> None:
             node.shutdown_requested.set()
         elif name == "ping":
             reply.send("pong")
+        elif name == "job_namespace":  # what init(namespace=) said; None: unknown job
+            reply.send(node.jobs.get(args[0], {}).get("namespace"))
         else:
             raise ValueError(f"unknown call {name!r}")
     except Exception as exc:

@@ -18,11 +18,14 @@ and no thread is parked per await.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Generator
 from typing import Any
 
 __all__ = ["ObjectRef"]
+
+logger = logging.getLogger("actorcore.object_ref")
 
 
 def _core() -> Any:
@@ -87,8 +90,8 @@ class ObjectRef:
         if core is not None:
             try:
                 core.remove_local_ref(self._id)
-            except Exception:  # interpreter shutdown
-                pass
+            except Exception as exc:  # interpreter shutdown: the node frees it with our link
+                logger.debug("dropping ref %s failed: %r", self._id.hex(), exc)
 
     def __await__(self) -> Generator[Any, None, Any]:
         return _core().await_ref(self).__await__()

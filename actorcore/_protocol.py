@@ -10,7 +10,7 @@ core worker (driver or worker) -> node, one-way unless marked *request*:
   ``("put", [(object_id, is_error, data), ...])``   a batch of put objects
   ``("fetch", [object_id, ...])``                   *request*: reply when all ready
   ``("free", [object_id, ...])``                    the owner dropped these
-  ``("cancel", task_id, force)``                    cancel a task
+  ``("cancel", task_id, force, recursive)``         cancel a task (and its children)
   ``("blocked", task_id)`` / ``("unblocked", task_id)``  a task waits in ``get``
   ``("get_function", function_id)``                 *request*: the function's blob
   ``("call", name, args)``                          *request*: introspection and admin

@@ -215,6 +215,12 @@ class SchedulerState:
     running: dict[bytes, WorkerInfo] = attrs.Factory(dict)
     idle: collections.deque = attrs.Factory(collections.deque)
     cancelled: set[bytes] = attrs.Factory(set)
+    # Control edges among the unfinished tasks here: parent task id -> the ids of the
+    # tasks it submitted (for ``cancel(recursive=True)``).
+    children: dict[bytes, set[bytes]] = attrs.Factory(dict)
+    # Running tasks cancelled with recursive=True: a task they submit from now on
+    # (its submit may have been on its way when the cancel came) is cancelled too.
+    cancelled_trees: set[bytes] = attrs.Factory(set)
     wakeup: trio.Event = attrs.Factory(trio.Event)
     node_id: str = ""
     dispatcher_running: bool = False
@@ -234,6 +240,18 @@ class SchedulerState:
 
     def submit(self, spec: TaskSpec) -> None:
         self.record_lineage(spec)
+        parent = spec.parent_task_id
+        if parent is not None:
+            if parent in self.cancelled_trees:
+                self._fail(spec, TaskCancelledError(
+                    spec.task_id, f"task {spec.name} was cancelled: the task that "
+                    f"submitted it ({parent.hex()}) was cancelled"))
+                return
+            kids = self.children.get(parent)
+            if kids is None:
+                self.children[parent] = {spec.task_id}
+            else:
+                kids.add(spec.task_id)
         if not fits(spec.resources, self.total):
             self.forward_infeasible(spec)
             return
@@ -344,7 +362,37 @@ class SchedulerState:
             self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
             held["CPU"] = cpu
 
-    def cancel(self, task_id: bytes, force: bool) -> None:
+    def cancel(self, task_id: bytes, force: bool, recursive: bool = False) -> None:
+        """Cancel ``task_id``: a queued task fails at once; a running one is interrupted
+        (``force``: its worker is killed). ``recursive``: the tasks it submitted, and
+        theirs, are cancelled the same way, and so are those it submits later while
+        it still runs (as Ray's ``cancel(recursive=True)``, for tasks; the actor
+        calls it made are not cancelled)."""
+        if recursive:
+            # Its descendants first (iteratively: a chain of nested tasks may be deep),
+            # so that a force kill of its worker finds them already marked cancelled.
+            seen = {task_id}
+            stack = list(self.children.get(task_id, ()))
+            order = []
+            while stack:
+                tid = stack.pop()
+                if tid in seen:
+                    continue
+                seen.add(tid)
+                order.append(tid)
+                stack.extend(self.children.get(tid, ()))
+            # Those not started yet first: a worker that ends an interrupted task must
+            # not start a pipelined sibling whose cancel is still on its way.
+            order.sort(key=lambda t: t in self.running and t not in self.running[t].queued)
+            for tid in order:
+                if tid in self.running:
+                    self.cancelled_trees.add(tid)
+                self._cancel_one(tid, force)
+            if task_id in self.running:
+                self.cancelled_trees.add(task_id)
+        self._cancel_one(task_id, force)
+
+    def _cancel_one(self, task_id: bytes, force: bool) -> None:
         record = self.waiting.pop(task_id, None)
         if record is not None:
             spec = record[0]
@@ -387,10 +435,12 @@ class SchedulerState:
             if record[0].owner == owner:
                 del self.waiting[task_id]
                 self.directory.unpin(record[0].deps)
+                self._forget_edge(record[0])
                 dropped += 1
         for spec in [s for s in self.ready if s.owner == owner]:
             self.ready.remove_task(spec.task_id)
             self.directory.unpin(spec.deps)
+            self._forget_edge(spec)
             dropped += 1
         return dropped
 
@@ -558,9 +608,23 @@ class SchedulerState:
         self.tasks_failed += 1
         self._finish(spec, [(oid, True, payload) for oid in spec.return_ids()])
 
+    def _forget_edge(self, spec: TaskSpec) -> None:
+        """``spec`` is done here: drop it from its parent's children."""
+        parent = spec.parent_task_id
+        if parent is not None:
+            kids = self.children.get(parent)
+            if kids is not None:
+                kids.discard(spec.task_id)
+                if not kids:
+                    del self.children[parent]
+
     def _finish(self, spec: TaskSpec, results: list, delivered: bool = False) -> None:
         self.tasks_finished += 1
         self.cancelled.discard(spec.task_id)
+        if spec.parent_task_id is not None:
+            self._forget_edge(spec)
+        if self.cancelled_trees:
+            self.cancelled_trees.discard(spec.task_id)
         self.directory.put_many(results)
         if not delivered:
             self.deliver(spec.owner, results)

@@ -13,6 +13,7 @@ cluster never sees a half-made task.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import traceback
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 import cloudpickle
 
 from .exceptions import SerializationError, TaskError
+
+logger = logging.getLogger("actorcore.serialization")
 
 __all__ = [
     "dumps",
@@ -140,8 +143,9 @@ def error_payload(
         # forward it unchanged so the original cause and traceback reach the user.
         try:
             return _cp_dumps(exc, protocol=5)
-        except Exception:
-            pass
+        except Exception as pickle_err:  # wrapped again below, with its text and traceback
+            logger.info("re-raising the upstream error %s of %s: it cannot be pickled (%r)",
+                        type(exc).__qualname__, function_name, pickle_err)
     if tb is None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:

@@ -31,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "root_dir",
+    "check_root",
     "new_session_dir",
     "write_token",
     "read_token",
@@ -51,8 +52,36 @@ def root_dir() -> Path:
     return Path(os.environ.get("ACTORCORE_TMPDIR", "/tmp/actorcore-sessions"))
 
 
-def new_session_dir() -> Path:
-    root = root_dir()
+#: The longest path the runtime gives a socket below the root (the pid and the
+#: counter at their widest): a driver's listening socket.
+_LONGEST_SOCKET_TAIL = len("/session_20260101-000000_4194304ff/sockets/driver-4194304-ffff.sock")
+
+#: A Unix socket path holds at most 107 bytes (``sun_path`` is 108, NUL included).
+MAX_SOCKET_PATH = 107
+
+
+def check_root(root: Path, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` (the setting that chose ``root``, with its
+    value) if sockets under ``root`` could not be bound.
+
+    The sockets of a session live below its root, and a Unix socket path is limited
+    to 107 bytes: a long root would fail later, inside the node, with an error that
+    no longer names the setting that caused it.
+    """
+    size = len(os.fsencode(str(root)))
+    longest = size + _LONGEST_SOCKET_TAIL
+    if longest > MAX_SOCKET_PATH:
+        raise ValueError(
+            f"{what} is {size} bytes long: the session's Unix sockets under it "
+            f"would take up to {longest} bytes, more than the {MAX_SOCKET_PATH} a socket path "
+            f"can hold; use a directory of at most {MAX_SOCKET_PATH - _LONGEST_SOCKET_TAIL} bytes"
+        )
+
+
+def new_session_dir(root: Path | None = None) -> Path:
+    """A fresh session directory under ``root`` (default: ``root_dir()``)."""
+    if root is None:
+        root = root_dir()
     if not root.exists():
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -142,10 +142,6 @@ class WorkerPool:
             except Exception:
                 pool.kill(worker)
 
-    def request_worker(self) -> None:
-        """The scheduler has work and no idle worker (sync; any time)."""
-        self.pool.wakeup.set()
-
     async def _grow(self) -> None:
         pool = self.pool
         blocked = sum(1 for w in pool.alive() if w.blocked)
@@ -185,9 +181,6 @@ class WorkerPool:
 
     async def _pump(self, worker: WorkerInfo, stream: Any, which: str) -> None:
         await pump_worker_output(self.pool, worker.index, worker.pid, stream, which)
-
-    def worker_registered(self, worker: WorkerInfo) -> None:
-        self.pool.starting -= 1
 
     def snapshot(self) -> dict:
         node = self.pool.node_id.hex()

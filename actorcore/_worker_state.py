@@ -11,12 +11,28 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import attrs
+
 from .exceptions import NotInitializedError
 
-__all__ = ["core", "current_core", "task_context", "set_core"]
+__all__ = ["core", "current_core", "task_context", "set_core", "ActorRun", "actors"]
 
 core: Any = None
 task_context = threading.local()
+
+
+@attrs.frozen
+class ActorRun:
+    """One actor hosted by this process, as ``get_runtime_context()`` reports it."""
+
+    job_id: bytes
+    namespace: str  # its job's namespace
+    incarnation: int  # 1 for the first start; more once it was restarted
+
+
+#: The actors this (actor worker) process hosts, by actor id in hex (the key the
+#: threads running them have in ``task_context.actor_id``).
+actors: dict[str, ActorRun] = {}
 
 
 def set_core(value: Any) -> None:

@@ -213,6 +213,11 @@ class TaskCancelledError(ActorcoreError):
         tid = task_id.hex() if isinstance(task_id, bytes) else task_id
         super().__init__(message or f"task {tid} was cancelled")
 
+    def __reduce__(self) -> tuple:
+        # ``args`` holds only the message: rebuilt from it, the message was taken for
+        # the task id and wrapped again ("task task ... was cancelled was cancelled").
+        return (type(self), (self.task_id, str(self)))
+
 
 class TaskUnschedulableError(ActorcoreError):
     """No node in the cluster can ever satisfy the task's resource request."""

@@ -12,6 +12,7 @@ Started by ``actorcore.init()`` (embedded cluster) or ``actorcore start``. Optio
                       from ACTORCORE_TLS_CERT/KEY/CA); passed on to the GCS replicas
   --insecure          allow plaintext TCP on a non-loopback --host (refused otherwise)
   --gcs-shards S, --gcs-replicas R, --object-store-memory BYTES
+  --spill-dir DIR     where the store spills (default: the session's spill/)
   --ready-fd FD       write one JSON line (the session info) there once serving
   --parent-fd FD      stop when this pipe closes (the driver of an embedded cluster)
 """
@@ -53,6 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--gcs-shards", type=int, default=1)
     p.add_argument("--gcs-replicas", type=int, default=1)
     p.add_argument("--object-store-memory", type=int)
+    p.add_argument("--spill-dir")
     p.add_argument("--no-gcs", action="store_true")
     p.add_argument("--ready-fd", type=int)
     p.add_argument("--parent-fd", type=int)
@@ -107,6 +109,7 @@ async def amain(args: argparse.Namespace) -> None:
         gcs_shards=args.gcs_shards,
         gcs_replicas=args.gcs_replicas,
         object_store_memory=args.object_store_memory,
+        spill_dir=Path(args.spill_dir) if args.spill_dir else None,
         use_gcs=not args.no_gcs,
     )
     node = NodeRuntime(config)

@@ -53,11 +53,26 @@ class RuntimeContext:
 
     @property
     def namespace(self) -> str:
-        return "default"
+        """The job's namespace (``init(namespace=)``; "default" without one), in the
+        driver and in its tasks and actors alike."""
+        from ._actor_class import default_namespace
+
+        return default_namespace()
 
     @property
     def was_current_actor_reconstructed(self) -> bool:
-        return False
+        """Whether the calling actor runs in a restarted incarnation (its process died
+        or it was killed with ``no_restart=False``, and it was created again).
+
+        Raises ``RuntimeError`` outside an actor, where there is nothing to ask about.
+        """
+        actor_id = _worker_state.task_context.__dict__.get("actor_id")
+        run = _worker_state.actors.get(actor_id) if actor_id else None
+        if run is None:
+            raise RuntimeError(
+                "was_current_actor_reconstructed is only defined inside an actor's methods"
+            )
+        return run.incarnation > 1
 
     def get(self) -> dict:
         return {
@@ -66,6 +81,8 @@ class RuntimeContext:
             "task_id": self.task_id,
             "worker_id": self.worker_id,
             "gcs_address": self.gcs_address,
+            "namespace": self.namespace,
+            "actor_id": self.get_actor_id(),
         }
 
     def __repr__(self) -> str:

@@ -15,7 +15,6 @@ import logging
 import os
 import pickle
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +45,6 @@ class WorkerProcess:
         self.index = index
         self.core: CoreWorker | None = None
         self.functions: dict[bytes, Any] = {}
-        self._functions_lock = threading.Lock()
         self._executors: list[Executor] = []
         self._pending: collections.deque = collections.deque()
         self._owner_addr: dict[bytes, str] = {}
@@ -144,8 +142,8 @@ class WorkerProcess:
                 try:
                     conn.send_nowait(("ready", results))
                     pushed = True
-                except Exception:
-                    pass
+                except Exception as exc:  # the node delivers them instead
+                    logger.debug("pushing results to their owner at %s failed: %r", address, exc)
             elif address not in self._owner_conns and self._nursery is not None:
                 self._owner_conns[address] = None
                 self._nursery.start_soon(self._dial_owner, address)

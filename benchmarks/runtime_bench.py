@@ -14,8 +14,10 @@ faster). Cases:
 - wait: ``wait`` on 1,000 ready refs (``num_returns=1000``);
 - nested tree: a task that submits 8 tasks that each submit 8 (73 tasks), blocking in
   ``get`` at each level;
-- (actorcore only) idle cluster memory (RSS of every cluster process) and bytes per
-  queued task (``--queue`` tasks queued behind an unfinished dependency).
+- memory, measured the same way for both: the RSS of the driver and every process it
+  started (for us the node and its workers; for Ray its GCS, raylet, workers and
+  helpers) once the cluster is idle, and the growth of that per task when ``--queue``
+  tasks are queued behind an unfinished dependency.
 """
 
 from __future__ import annotations
@@ -66,6 +68,47 @@ def _tree_rss_kb(pid: int) -> int:
     return total
 
 
+def _settled_rss_kb(timeout: float = 60.0) -> int:
+    """The cluster's RSS once it stops growing (two reads 0.5 s apart within 1 %)."""
+    deadline = time.monotonic() + timeout
+    last = _tree_rss_kb(os.getpid())
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _tree_rss_kb(os.getpid())
+        if abs(now - last) <= 0.01 * last:
+            return now
+        last = now
+    return last
+
+
+def _memory(ray, backend: str, noop, queue: int) -> dict:
+    """Idle cluster RSS, and bytes per task queued behind an unfinished one."""
+    res: dict = {"idle_cluster_mb": _settled_rss_kb() / 1024}
+    if not queue:
+        return res
+
+    @ray.remote
+    def gate():
+        time.sleep(3600)
+
+    g = gate.remote()
+    before = _settled_rss_kb()
+    queued = [noop.remote(g) for _ in range(queue)]
+    ray.wait([queued[-1]], timeout=0.5)  # let the cluster take them in
+    if backend == "actorcore":  # the node says when it holds them all
+        deadline = time.monotonic() + 120
+        while ray._api._call("status")["scheduler"]["waiting"] < queue:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    after = _settled_rss_kb()
+    res["queued_tasks"] = queue
+    res["bytes_per_queued_task"] = (after - before) * 1024 / queue
+    ray.cancel(g, force=True)
+    del queued
+    return res
+
+
 def run_backend(backend: str, quick: bool, queue: int) -> dict:
     t_start = time.perf_counter()
     ray = init_backend(backend)
@@ -111,30 +154,7 @@ def run_backend(backend: str, quick: bool, queue: int) -> dict:
     ray.get(root.remote())
     res["nested_73_ms"] = timeit(lambda: ray.get(root.remote()), int(10 * scale) or 3) * 1e3
 
-    if backend == "actorcore":
-        time.sleep(0.5)
-        node_pid = ray.nodes()[0]["pid"]
-        res["idle_cluster_mb"] = (_tree_rss_kb(node_pid) + _rss_kb(os.getpid())) / 1024
-        if queue:
-
-            @ray.remote
-            def gate():
-                time.sleep(3600)
-
-            g = gate.remote()
-            before = _rss_kb(node_pid) + _rss_kb(os.getpid())
-            queued = [noop.remote(g) for _ in range(queue)]
-            ray.wait([queued[-1]], timeout=0.5)  # let the node take them in
-            deadline = time.monotonic() + 120
-            while ray._api._call("status")["scheduler"]["waiting"] < queue:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            after = _rss_kb(node_pid) + _rss_kb(os.getpid())
-            res["queued_tasks"] = queue
-            res["bytes_per_queued_task"] = (after - before) * 1024 / queue
-            ray.cancel(g, force=True)
-            del queued
+    res.update(_memory(ray, backend, noop, queue))
     ray.shutdown()
     return res
 
@@ -146,6 +166,11 @@ CASES = [
     ("small put + get", "put_get_us", "us", False),
     ("wait on 1,000 ready refs", "wait_1k_ms", "ms", False),
     ("nested tree of 73 tasks", "nested_73_ms", "ms", False),
+]
+
+MEMORY_CASES = [
+    ("idle cluster memory (RSS)", "idle_cluster_mb", "MB", False),
+    ("bytes per queued task", "bytes_per_queued_task", "B", False),
 ]
 
 
@@ -170,12 +195,17 @@ def main() -> None:
         fa = f"{a:.3g} {unit}" if a is not None else "-"
         fr = f"{r:.3g} {unit}" if r is not None else "-"
         print(f"{label:<40} {fa:>12} {fr:>12} {ratio:>8}")
-    if "idle_cluster_mb" in ac:
-        print(f"idle cluster memory (actorcore): {ac['idle_cluster_mb']:.0f} MB (Ray here: ~800 MB)")
-    if "bytes_per_queued_task" in ac:
-        print(f"bytes per queued task (actorcore, {ac['queued_tasks']:,} queued): "
-              f"{ac['bytes_per_queued_task']:.0f} B (Ray here: ~7 KB)")
-    print("ratio = ray time / actorcore time (higher is better for actorcore)")
+    for label, key, unit, _ in MEMORY_CASES:
+        a, r = ac.get(key), ry.get(key)
+        if a is None and r is None:
+            continue
+        if key == "bytes_per_queued_task":
+            label = f"{label} ({(ac or ry).get('queued_tasks', 0):,} queued)"
+        ratio = f"{r / a:.2f}x" if a and r else "-"
+        fa = f"{a:,.0f} {unit}" if a is not None else "-"
+        fr = f"{r:,.0f} {unit}" if r is not None else "-"
+        print(f"{label:<40} {fa:>12} {fr:>12} {ratio:>8}")
+    print("ratio = ray / actorcore, of time or of memory (higher is better for actorcore)")
 
 
 if __name__ == "__main__":

@@ -42,34 +42,45 @@ def main() -> None:
     ray.init(num_cpus=2, log_to_driver=False)
 
     c = Counter.remote(100)
-    print("stateful calls in order:", ray.get([c.add.remote() for _ in range(5)]))
-    print("through a task:", ray.get(bump.remote(c, 10)))
+    in_order = ray.get([c.add.remote() for _ in range(5)])
+    print("stateful calls in order:", in_order)
+    assert in_order == [101, 102, 103, 104, 105]
+    bumped = ray.get(bump.remote(c, 10))
+    print("through a task:", bumped)
+    assert bumped == 115
 
     Counter.options(name="registry", namespace="demo").remote(0)
     same = ray.get_actor("registry", namespace="demo")
-    print("named actor:", ray.get(same.add.remote(7)))
+    named = ray.get(same.add.remote(7))
+    print("named actor:", named)
+    assert named == 7
 
     f = Fetcher.remote()
     ray.get(f.fetch.remote(-1))
     t0 = time.monotonic()
-    ray.get([f.fetch.remote(i) for i in range(10)])
-    print(f"ten 0.5 s async calls took {time.monotonic() - t0:.2f} s")
+    fetched = ray.get([f.fetch.remote(i) for i in range(10)])
+    took = time.monotonic() - t0
+    print(f"ten 0.5 s async calls took {took:.2f} s")
+    assert fetched == list(range(10)) and took < 4.5, took  # they overlap (serially: 5 s)
 
     r = Counter.options(max_restarts=1, max_task_retries=1).remote(0)
     pid = ray.get(r.pid.remote())
     os.kill(pid, signal.SIGKILL)
-    print("restarted in a new process:", ray.get(r.pid.remote()) != pid,
-          "state after restart:", ray.get(r.add.remote()))
+    new_pid, state = ray.get(r.pid.remote()), ray.get(r.add.remote())
+    print("restarted in a new process:", new_pid != pid, "state after restart:", state)
+    assert new_pid != pid and state == 1  # the constructor ran again
 
     sup = ray.supervisor("pair", strategy="one_for_all", max_restarts=3, max_seconds=30)
     a = Counter.options(supervisor=sup, name="left", max_task_retries=-1).remote(0)
     b = Counter.options(supervisor=sup, name="right", max_task_retries=-1).remote(0)
     pa, pb = ray.get([a.pid.remote(), b.pid.remote()])
     os.kill(pa, signal.SIGKILL)  # one_for_all: both are re-created
+    deadline = time.monotonic() + 30
     while True:
         qa, qb = ray.get([a.pid.remote(), b.pid.remote()])
         if qa != pa and qb != pb:
             break
+        assert time.monotonic() < deadline, "one_for_all did not restart both in 30 s"
         time.sleep(0.1)
     print("one_for_all restarted both:", qa != pa and qb != pb)
 
@@ -78,11 +89,14 @@ def main() -> None:
         ray.get(c.add.remote())
     except ray.exceptions.ActorDiedError as e:
         print("after kill:", str(e).splitlines()[0])
+    else:
+        raise AssertionError("a killed actor answered")
 
     tree = ray.tree()
     node = tree["children"][0]
     pair = next(ch for ch in node["children"] if ch["name"] == "pair")
     print(format_tree(pair))
+    assert {ch["name"] for ch in pair["children"]} == {"left", "right"}
     ray.shutdown()
 
 

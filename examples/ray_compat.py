@@ -38,12 +38,18 @@ while pending:
     print(f"{done}/{len(batches)} batches finished")
 
 inside = ray.get(total.remote(*batches))  # refs as arguments: resolved before it runs
-print(f"pi is about {4 * inside / (16 * 20_000):.4f} ({time.time() - start:.2f} s, "
+pi = 4 * inside / (16 * 20_000)
+print(f"pi is about {pi:.4f} ({time.time() - start:.2f} s, "
       f"cluster resources {ray.cluster_resources()})")
+assert done == len(batches) and abs(pi - 3.1416) < 0.05
+assert inside == sum(ray.get(batches))
 
 try:
     ray.get(sample.options(num_gpus=1).remote(10, 0))
 except ray.exceptions.RayError as err:
     print("asking for a GPU this machine lacks fails clearly:", type(err).__name__)
+    assert "GPU" in str(err)
+else:
+    raise AssertionError("a task asking for a missing GPU ran")
 
 ray.shutdown()

@@ -83,6 +83,23 @@ def all_running(sup: Supervisor) -> bool:
     return all(child.state == "running" for child in sup.children())
 
 
+#: What each strategy stops and restarts when b crashes.
+EXPECTED_STRATEGY = {
+    "one_for_one": ({"b"}, ["b"]),
+    "one_for_all": ({"a", "b", "c"}, ["a", "b", "c"]),
+    "rest_for_one": ({"b", "c"}, ["b", "c"]),
+}
+
+EXPECTED_RESTART_TYPE = {
+    ("permanent", "return"): "restarted",
+    ("permanent", "crash"): "restarted",
+    ("transient", "return"): "not restarted (stopped)",
+    ("transient", "crash"): "restarted",
+    ("temporary", "return"): "removed from the supervisor",
+    ("temporary", "crash"): "removed from the supervisor",
+}
+
+
 async def strategies() -> None:
     print("1. Strategies: children a, b, c start in that order; then b crashes.")
     strategy: Strategy
@@ -97,6 +114,7 @@ async def strategies() -> None:
             await sup.wait_for(partial(all_running, sup))
             stops, starts = ", ".join(events.names("stop")), ", ".join(events.names("start"))
             print(f"   {strategy:<13} stopped {stops:<8} then restarted {starts}")
+            assert (set(events.names("stop")), events.names("start")) == EXPECTED_STRATEGY[strategy]
             nursery.cancel_scope.cancel()
     print()
 
@@ -127,6 +145,7 @@ async def restart_types() -> None:
                 outcome = f"not restarted ({child.state})"
             ended = "returned" if end == "return" else "crashed"
             print(f"   {restart:<9} child that {ended:<8} -> {outcome}")
+            assert outcome == EXPECTED_RESTART_TYPE[restart, end], (restart, end, outcome)
         nursery.cancel_scope.cancel()
     print()
 
@@ -147,8 +166,12 @@ async def intensity() -> None:
         await sup.run()
     except RestartIntensityExceeded as exc:
         print(f"   The supervisor gave up and failed to its parent with\n   {type(exc).__name__}: {exc}")
+    else:
+        raise AssertionError("the supervisor did not give up")
     print(f"   'flaky' was started {events.names('start').count('flaky')} times; "
           f"'ok' was stopped on the way out ({sup.child_info('ok').state}).\n")
+    assert events.names("start").count("flaky") == 4  # the first start and 3 restarts
+    assert sup.child_info("ok").state == "stopped"
 
 
 async def shutdown() -> None:
@@ -169,8 +192,12 @@ async def shutdown() -> None:
         nursery.cancel_scope.cancel()
     for name in events.names("stop"):
         print(f"   {name:<5} asked to stop at +{events.time('stop', name) - t0:.1f} s")
-    print(f"   run() returned at +{trio.current_time() - t0:.1f} s, once 'slow' had finished: "
+    returned = trio.current_time() - t0
+    print(f"   run() returned at +{returned:.1f} s, once 'slow' had finished: "
           f"no task outlives its tree ({sup.statistics().abandoned} child abandoned).")
+    assert events.names("stop") == ["last", "slow", "first"]
+    assert events.time("stop", "first") - t0 < 0.5 <= returned  # not held up, yet awaited
+    assert sup.statistics().abandoned == 1
 
 
 async def main() -> None:

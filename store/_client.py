@@ -25,6 +25,7 @@ above; the mapping lives as long as the lease.
 from __future__ import annotations
 
 import collections
+import logging
 import pickle
 import threading
 import weakref
@@ -41,6 +42,8 @@ from ._errors import StoreClosedError, StoreError
 from ._serialize import SerializedValue, deserialize, serialize
 
 __all__ = ["BlockingStoreClient", "StoreClient"]
+
+logger = logging.getLogger("store.client")
 
 #: Above this many payload bytes the async client copies in a worker thread, so the
 #: Trio loop keeps running during a big put (the copy itself releases the GIL).
@@ -86,8 +89,8 @@ class _Lease:
     def __del__(self) -> None:
         try:
             self.client._release_soon(self.view_ids)
-        except Exception:  # interpreter shutdown, loop gone: the connection drop frees it
-            pass
+        except Exception as exc:  # interpreter shutdown, loop gone: the connection drop frees it
+            logger.debug("releasing %d view(s) failed: %r", len(self.view_ids), exc)
 
 
 class ObjectWriter:

@@ -142,6 +142,7 @@ def test_num_returns_and_method_options():
         def pair(self):
             return 1, 2
 
+        @ray.method  # bare, as Ray allows: the defaults
         def three(self):
             return 1, 2, 3
 
@@ -397,6 +398,25 @@ def test_large_values_and_runtime_context_in_actors():
     assert ray.get(h.big.remote()).sum() == 1_000_000
     aid, tid = ray.get(h.ids.remote())
     assert aid == h.actor_id and tid is not None
+
+
+@ray.remote
+class Spawner:
+    def spawn(self, x):
+        # A task submitted from an actor method belongs to the actor's job.
+        return ray.get(slow_value.remote(x, 0)), ray.get_runtime_context().get_job_id()
+
+
+@ray.remote
+class AsyncSpawner:
+    async def spawn(self, x):
+        return await slow_value.remote(x, 0), ray.get_runtime_context().get_job_id()
+
+
+def test_tasks_submitted_by_actor_methods_run_in_the_actors_job():
+    job = ray.get_runtime_context().get_job_id()
+    assert ray.get(Spawner.remote().spawn.remote(7), timeout=60) == (7, job)
+    assert ray.get(AsyncSpawner.remote().spawn.remote(8), timeout=60) == (8, job)
 
 
 def test_get_actor_and_kill_from_a_task():

@@ -123,6 +123,32 @@ def test_restart_reruns_constructor_and_resends_in_flight_calls():
     assert "restarted 1 time(s); max_restarts=1 allows no more" in str(info.value)
 
 
+@ray.remote(max_restarts=1, max_task_retries=1)
+class Phoenix:
+    def state(self):
+        ctx = ray.get_runtime_context()
+        return os.getpid(), ctx.was_current_actor_reconstructed, ctx.get_job_id(), ctx.namespace
+
+
+@ray.remote(max_restarts=1, max_task_retries=1)
+class AsyncPhoenix:
+    async def state(self):
+        ctx = ray.get_runtime_context()
+        return os.getpid(), ctx.was_current_actor_reconstructed, ctx.get_job_id(), ctx.namespace
+
+
+def test_runtime_context_tells_a_restarted_actor_the_truth():
+    job = ray.get_runtime_context().get_job_id()
+    actors = [Phoenix.remote(), AsyncPhoenix.remote()]
+    first = ray.get([a.state.remote() for a in actors], timeout=60)
+    assert [s[1:] for s in first] == [(False, job, "default")] * 2
+    for pid, *_ in first:
+        os.kill(pid, signal.SIGKILL)
+    again = ray.get([a.state.remote() for a in actors], timeout=60)
+    assert [s[1:] for s in again] == [(True, job, "default")] * 2
+    assert all(a[0] != f[0] for a, f in zip(again, first, strict=True))
+
+
 def test_in_flight_calls_without_task_retries_fail_but_the_actor_restarts():
     w = Worker.options(max_restarts=2).remote()
     pid = ray.get(w.pid.remote())

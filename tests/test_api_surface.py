@@ -42,6 +42,9 @@ def test_task_error_is_also_the_cause_type_and_pickles():
     assert plain.as_instanceof_cause() is plain
     assert isinstance(exc.GetTimeoutError("x"), TimeoutError)
     assert isinstance(exc.SerializationError("x"), TypeError)
+    original = exc.TaskCancelledError(b"\x01" * 16, "task f was cancelled")
+    cancelled = pickle.loads(pickle.dumps(original))
+    assert str(cancelled) == "task f was cancelled" and cancelled.task_id == b"\x01" * 16
 
 
 def test_remote_decorator_forms_and_option_errors():
@@ -93,6 +96,27 @@ def test_ray_options_we_do_not_implement_are_refused_not_ignored():
         A.options(concurrency_groups={"io": 2})
     with pytest.raises(ValueError, match="max_pending_calls=10"):
         A.options(max_pending_calls=10)
+
+
+def test_method_options_are_implemented_or_refused_by_name():
+    @ray.method
+    def bare(self):
+        return 1
+
+    @ray.method(num_returns=2)
+    def two(self):
+        return 1, 2
+
+    assert bare.__actorcore_method_options__ == {}
+    assert two.__actorcore_method_options__ == {"num_returns": 2}
+    for key, value in (("max_task_retries", 3), ("concurrency_group", "io"),
+                       ("retry_exceptions", True), ("bogus", 1)):
+        with pytest.raises(ValueError, match=rf"@method\({key}={value!r}\) is not supported"):
+            ray.method(**{key: value})
+    with pytest.raises(ValueError, match="num_returns='streaming'"):
+        ray.method(num_returns="streaming")
+    with pytest.raises(TypeError, match="keyword options"):
+        ray.method(1, 2)
 
 
 def test_object_ref_basics():

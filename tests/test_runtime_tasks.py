@@ -7,6 +7,7 @@ import os
 import pickle
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -185,11 +186,15 @@ def test_retry_exceptions(tmp_path):
     assert ray.get(flaky.remote(str(counter))) == 2
 
     @ray.remote(max_retries=3, retry_exceptions=[OSError])
-    def not_retried():
+    def not_retried(path):
+        with open(path, "a") as f:
+            f.write("x")
         raise KeyError("no")
 
+    attempts = tmp_path / "attempts"
     with pytest.raises(KeyError):
-        ray.get(not_retried.remote())
+        ray.get(not_retried.remote(str(attempts)))
+    assert attempts.read_text() == "x"  # a KeyError is not in retry_exceptions: one run
 
 
 def test_unpicklable_argument_names_type_and_cluster_stays_healthy():
@@ -210,25 +215,42 @@ def test_unpicklable_return_value():
         ray.get(give_lock.remote())
 
 
-def test_cancel_queued_and_running():
+def test_cancel_queued_and_running(tmp_path):
     @ray.remote
-    def sleepy(t):
-        time.sleep(t)
+    def spin(i, d):
+        (Path(d) / f"pid{i}").write_text(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.01)  # short sleeps: a cancel's exception lands between them
         return "done"
 
-    blockers = [sleepy.remote(30) for _ in range(2)]
-    queued = sleepy.remote(30)
-    time.sleep(0.3)
+    blockers = [spin.remote(i, str(tmp_path)) for i in range(2)]
+    queued = add.remote(1, 1)  # both CPUs are taken: it waits
+    try:
+        _check_cancel_queued_and_running(tmp_path, blockers, queued)
+    finally:  # nothing left spinning for the next test, whatever failed
+        for ref in blockers:
+            ray.cancel(ref, force=True)
+    assert ray.get(add.remote(2, 2), timeout=30) == 4
+
+
+def _check_cancel_queued_and_running(tmp_path, blockers, queued):
+    _until(lambda: (tmp_path / "pid0").exists(), "the first to run")
     ray.cancel(queued)
     with pytest.raises(exc.TaskCancelledError):
         ray.get(queued, timeout=10)
-    ray.cancel(blockers[0])  # running: interrupted inside the task
-    with pytest.raises(exc.TaskCancelledError):
+    pid0 = int((tmp_path / "pid0").read_text())
+    ray.cancel(blockers[0])  # running: interrupted inside the task, its worker lives
+    with pytest.raises(exc.TaskCancelledError) as info:
         ray.get(blockers[0], timeout=10)
-    ray.cancel(blockers[1], force=True)  # running: worker killed
-    with pytest.raises(exc.TaskCancelledError):
+    assert "spin was cancelled while it ran" in str(info.value) and not _pid_gone(pid0)
+    _until(lambda: (tmp_path / "pid1").exists() and (tmp_path / "pid1").read_text(),
+           "the second to run")
+    pid1 = int((tmp_path / "pid1").read_text())
+    ray.cancel(blockers[1], force=True)  # running: its worker is killed
+    with pytest.raises(exc.TaskCancelledError, match=r"\(force\)"):
         ray.get(blockers[1], timeout=10)
-    assert ray.get(add.remote(2, 2), timeout=30) == 4
+    _until(lambda: _pid_gone(pid1), "its worker to die")
 
 
 def test_infeasible_resources_fail_clearly():
@@ -335,23 +357,122 @@ def test_pipelined_parents_waiting_on_children_do_not_deadlock():
     assert ray.get([parent.remote(i) for i in range(60)], timeout=60) == list(range(1, 61))
 
 
-def test_cancel_task_queued_behind_a_running_one():
-    @ray.remote
-    def sleepy(t):
-        time.sleep(t)
-        return t
+def _tasks_on_workers():
+    """The tasks the node has handed to workers (running or queued behind one)."""
+    pool = next(c for c in ray.tree()["children"][0]["children"] if c["name"] == "worker_pool")
+    return [t for w in pool["children"] for t in w.get("children", []) if t["kind"] == "task"]
 
-    running = [sleepy.remote(3) for _ in range(2)]
-    queued = [sleepy.remote(0) for _ in range(6)]
-    time.sleep(0.2)
-    for ref in queued:
-        ray.cancel(ref)
-    for ref in queued:
-        try:
-            ray.get(ref, timeout=10)
-        except exc.TaskCancelledError:
-            pass
-    assert ray.get(running, timeout=30) == [3, 3]
+
+def _until(pred, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_cancel_task_queued_behind_a_running_one(tmp_path):
+    @ray.remote
+    def held(i, d):
+        # Runs until the test lets it go: the queued tasks cannot start before.
+        (Path(d) / f"run{i}").touch()
+        deadline = time.monotonic() + 60
+        while not (Path(d) / "stop").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return i
+
+    running = [held.remote(i, str(tmp_path)) for i in range(2)]
+    queued = [add.remote(i) for i in range(6)]
+    try:
+        _until(lambda: list(tmp_path.glob("run*")), "one to run")
+        # Some of the queued ones wait behind the running ones on their workers
+        # (pipelining); the rest in the node's queue. Each is cancelled before it starts.
+        _until(lambda: len(_tasks_on_workers()) > 2, "tasks queued on busy workers")
+        for ref in queued:
+            ray.cancel(ref)
+        for ref in queued:
+            with pytest.raises(exc.TaskCancelledError):
+                ray.get(ref, timeout=10)
+    finally:
+        (tmp_path / "stop").touch()
+    assert ray.get(running, timeout=30) == [0, 1]
+
+
+@ray.remote
+def _child(d, i):
+    d = Path(d)
+    (d / f"started-{i}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    try:
+        while not (d / "stop").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # short sleeps: a cancel's exception lands between them
+    except exc.TaskCancelledError:
+        (d / f"cancelled-{i}").touch()
+        raise
+    (d / f"done-{i}").touch()
+    return i
+
+
+@ray.remote
+def _parent(d, n):
+    refs = [_child.remote(d, i) for i in range(n)]
+    try:
+        return ray.get(refs)
+    except exc.TaskCancelledError:
+        # Submitted after the cancel reached the node: with recursive=True it is
+        # cancelled too, before it starts.
+        return ray.get(_child.remote(d, 99))
+
+
+def _pid_gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _started(d):
+    return {int(p.name.split("-")[1]): int(p.read_text() or 0)
+            for p in d.glob("started-*") if p.read_text()}
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["interrupt", "force"])
+def test_cancel_recursive_cancels_the_tasks_it_submitted(tmp_path, force):
+    # The parent lends its CPU while it waits: one or two children run, the rest queue.
+    parent = _parent.remote(str(tmp_path), 3)
+    try:
+        _until(lambda: _started(tmp_path), "a child to run")
+        ray.cancel(parent, force=force)  # recursive=True is the default, as in Ray
+        with pytest.raises(exc.TaskCancelledError):
+            ray.get(parent, timeout=30)
+        if force:  # the running children's workers are killed with the parent's
+            _until(lambda: all(_pid_gone(p) for p in _started(tmp_path).values()),
+                   "the children's workers to die")
+        else:  # interrupted inside, like the parent
+            _until(lambda: all((tmp_path / f"cancelled-{i}").exists() for i in _started(tmp_path)),
+                   "the running children to be interrupted")
+        assert 99 not in _started(tmp_path), "a child submitted after the cancel ran"
+        assert not list(tmp_path.glob("done-*")), "a child ran to its end"
+    finally:
+        (tmp_path / "stop").touch()
+    assert ray.get(add.remote(2, 2), timeout=30) == 4
+
+
+def test_cancel_not_recursive_leaves_the_children_running(tmp_path):
+    parent = _parent.remote(str(tmp_path), 1)
+    try:
+        _until(lambda: (tmp_path / "started-0").exists(), "the child to run")
+        ray.cancel(parent, recursive=False)
+        with pytest.raises(exc.TaskCancelledError):
+            ray.get(parent, timeout=30)
+        assert not list(tmp_path.glob("cancelled-*"))
+    finally:
+        (tmp_path / "stop").touch()
+    # It runs to its end, and so does the one the parent submitted while being
+    # cancelled (queued until then for a CPU).
+    _until(lambda: all((tmp_path / f"done-{i}").exists() for i in (0, 99)),
+           "the children to finish")
+    assert ray.get(add.remote(2, 2), timeout=30) == 4
 
 
 def test_system_exit_in_a_task_is_an_error_not_a_hang():
