@@ -165,6 +165,11 @@ class NodeRuntime:
             capacity=capacity,
             spill_dir=str(config.session_dir / "spill"),
             prefix=f"actorcore-{config.session_dir.name}",
+            # A restart of ``object_manager`` (the supervisor cancels it, exactly as
+            # for a shutdown) must find the arena and spill files where they were:
+            # the node removes them when it stops (``run``).
+            cleanup_on_cancel=False,
+            recovery_grace=_store_recovery_grace(),
         )
         self.store_link: Any = None
         self._hold_store_objects = self.objects.hold_store_objects  # used by ``_actor_manager``
@@ -213,9 +218,9 @@ class NodeRuntime:
                     await nursery.start(self._run_gcs_client)
                     nursery.start_soon(self.control.run)
                 self.store_link = await StoreLink.open(
-                    self.store_address, self.config.token, f"node-{short(self.node_id)}"
+                    self.store_address, self.config.token, f"node-{short(self.node_id)}",
+                    nursery,
                 )
-                self.store_link.nursery = nursery
                 await self.control.register_node(self.node_hex, self.node_info())
                 info = self.session_info()
                 if self.config.head:
@@ -227,6 +232,10 @@ class NodeRuntime:
             with trio.CancelScope(shield=True):
                 await self.pool.kill_all()
                 await self.actors.kill_all()
+                try:
+                    self._store_service.remove_files()
+                except OSError as exc:
+                    logger.warning("removing the object store's files failed: %s", exc)
                 if self.config.head:
                     unlink_latest(self.config.session_dir)
                     try:
@@ -488,6 +497,19 @@ def _default_store_capacity() -> int:
     except (ValueError, OSError):
         total = 4 << 30
     return int(min(total * 0.3, 2 << 30))
+
+
+def _store_recovery_grace() -> float:
+    """Seconds a restarted store keeps unclaimed objects it found in its arena
+    (``ACTORCORE_STORE_RECOVERY_GRACE``; every live client claims its own at once)."""
+    raw = os.environ.get("ACTORCORE_STORE_RECOVERY_GRACE", "30")
+    try:
+        grace = float(raw)
+    except ValueError:
+        raise ValueError(f"ACTORCORE_STORE_RECOVERY_GRACE must be a number, got {raw!r}") from None
+    if not grace >= 0:
+        raise ValueError(f"ACTORCORE_STORE_RECOVERY_GRACE must be >= 0 seconds, got {raw!r}")
+    return grace
 
 
 def dumps_json(obj: Any) -> str:

@@ -1,0 +1,199 @@
+"""Component crashes lose nothing: every path of the tree can crash, and afterwards
+old objects read, old (restartable) actors answer, and new tasks run."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+import actorcore as ray
+import store
+from actorcore import exceptions as exc
+from actorcore.testing import faults
+
+#: The restarted store keeps unclaimed objects this long (30 s by default): the
+#: tests below read objects only after it is over, so what they read was claimed.
+GRACE = 1.0
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, Any]]:
+    """A cluster of its own: a short store recovery grace, and a store small enough
+    (64 MiB) that some objects are spilled."""
+    old = os.environ.get("ACTORCORE_STORE_RECOVERY_GRACE")
+    os.environ["ACTORCORE_STORE_RECOVERY_GRACE"] = str(GRACE)
+    try:
+        info = ray.init(num_cpus=2, object_store_memory=64 * MB, log_to_driver=False)
+    finally:
+        if old is None:
+            del os.environ["ACTORCORE_STORE_RECOVERY_GRACE"]
+        else:
+            os.environ["ACTORCORE_STORE_RECOVERY_GRACE"] = old
+    yield info
+    ray.shutdown()
+
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+@ray.remote
+def inc(x):
+    return x + 1
+
+
+@ray.remote
+def make(n, fill=1):
+    return np.full(n, fill, np.uint8)
+
+
+@ray.remote
+def total(a):
+    return int(np.asarray(a).sum())
+
+
+@ray.remote
+def slow():
+    time.sleep(300)
+
+
+@ray.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self):
+        self.n += 1
+        return self.n
+
+    def pid(self):
+        return os.getpid()
+
+
+@ray.remote
+class Holder:
+    """An actor holding objects of its own: a large put and a small one."""
+
+    def __init__(self):
+        self.large = ray.put(np.full(2 * MB, 3, np.uint8))
+        self.small = ray.put("held")
+
+    def read(self):
+        return int(ray.get(self.large).sum()), ray.get(self.small)
+
+
+def _walk(snap: dict, prefix: str = "") -> Iterator[tuple[str, dict]]:
+    path = f"{prefix}/{snap['name']}" if prefix else snap["name"]
+    yield path, snap
+    for child in snap.get("children", []):
+        yield from _walk(child, path)
+
+
+def _find(snap: dict, name: str) -> dict | None:
+    return next((s for _p, s in _walk(snap) if s["name"] == name), None)
+
+
+def _until(pred: Any, what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _restarts(name: str) -> int:
+    entry = _find(ray.tree(), name)
+    assert entry is not None, name
+    return entry["restarts"]
+
+
+def _back(name: str, before: int) -> dict:
+    """Wait until component ``name`` restarted (and, for the store, its grace is over)."""
+
+    def done() -> dict | None:
+        entry = _find(ray.tree(), name)
+        if entry is None or entry["restarts"] <= before or entry["state"] != "running":
+            return None
+        return None if entry.get("recovering") else entry
+
+    return _until(done, f"{name} to restart")
+
+
+def _worker_pids() -> set[int]:
+    pool = _find(ray.tree(), "worker_pool")
+    assert pool is not None
+    return {w["pid"] for w in pool["children"]}
+
+
+# -------------------------------------------------------------- object_manager
+
+
+def test_object_manager_crash_keeps_every_object():
+    small = ray.put({"small": [1, 2, 3]})
+    large = ray.put(np.arange(MB // 4, dtype=np.int64))  # 2 MiB in shared memory
+    chunks = [ray.put(np.full(20 * MB, i, np.uint8)) for i in range(4)]  # 80 MiB into 64
+    returned = make.remote(3 * MB, 5)
+    holder = Holder.remote()
+    assert ray.get(holder.read.remote(), timeout=60) == (6 * MB, "held")
+    assert ray.get(returned, timeout=60).nbytes == 3 * MB
+    view = ray.get(large)  # a zero-copy array held over the crash
+    assert _find(ray.tree(), "object_manager")["spilled"] >= 1
+
+    before = _restarts("object_manager")
+    assert "crashed" in faults.crash("object_manager")
+    _back("object_manager", before)  # restarted, and its grace period is over
+
+    started = time.monotonic()
+    assert ray.get(small, timeout=5) == {"small": [1, 2, 3]}
+    np.testing.assert_array_equal(ray.get(large, timeout=5), np.arange(MB // 4, dtype=np.int64))
+    for i, ref in enumerate(chunks):  # in memory or spilled before the crash
+        value = ray.get(ref, timeout=5)
+        assert value.nbytes == 20 * MB and int(value[0]) == int(value[-1]) == i
+        del value
+    assert int(ray.get(returned, timeout=5)[-1]) == 5
+    # Old refs as task arguments; an actor's own objects.
+    assert ray.get(total.remote(large), timeout=30) == sum(range(MB // 4))
+    assert ray.get(total.remote(chunks[3]), timeout=30) == 3 * 20 * MB
+    assert ray.get(holder.read.remote(), timeout=30) == (6 * MB, "held")
+    assert time.monotonic() - started < 30
+    # The view was claimed too: with its ref gone, its memory is not reused under it.
+    del large
+    fillers = [ray.put(np.full(8 * MB, 7, np.uint8)) for _ in range(4)]
+    np.testing.assert_array_equal(view, np.arange(MB // 4, dtype=np.int64))
+    assert ray.get(total.remote(fillers[0]), timeout=30) == 7 * 8 * MB
+    assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+async def _delete_from_store(address: str, token: bytes, object_id: bytes) -> bool:
+    client = await store.StoreClient.connect(address, token)
+    try:
+        return await client.delete(object_id)
+    finally:
+        await client.aclose()
+
+
+def test_an_object_gone_from_the_store_fails_at_once(cluster):
+    ref = make.remote(2 * MB)
+    ready, _ = ray.wait([ref], timeout=60)
+    assert ready
+    # Lost behind the node's back (as with an arena that did not survive).
+    session = Path(cluster["session_dir"])
+    token = (session / "token").read_text().strip()
+    address = f"unix:{session / 'sockets' / 'store.sock'}"
+    assert trio.run(_delete_from_store, address, bytes.fromhex(token), ref.binary())
+    started = time.monotonic()
+    with pytest.raises(exc.ObjectLostError, match=ref.hex()):
+        ray.get(ref, timeout=30)
+    with pytest.raises(exc.ObjectLostError, match=ref.hex()):
+        ray.get(total.remote(ref), timeout=30)
+    assert time.monotonic() - started < 10  # typed, and at once: no 60 s wait
+    assert ray.get(inc.remote(1), timeout=30) == 2
