@@ -323,8 +323,10 @@ class ActorManager(ActorCalls, ActorIntrospection):
         aw.actors.clear()
         aw.waiting.clear()
 
-    def client_gone(self, client: Any) -> None:
-        """A driver or worker disconnected: end the actors it owned (fate sharing)."""
+    def client_gone(self, client: Any, how: str = "exited") -> None:
+        """A worker disconnected, or a driver is gone for good (the node decides that,
+        see ``NodeRuntime._driver_departed``): end the actors it owned (fate sharing),
+        never the detached ones."""
         wid = client.worker_id
         if wid is None:
             return
@@ -337,9 +339,9 @@ class ActorManager(ActorCalls, ActorIntrospection):
             if rec.state == "dead" or rec.spec.detached:
                 continue
             if rec.spec.owner == wid:
-                self._end(rec, f"its owner (the {what} with pid {client.pid}) exited")
+                self._end(rec, f"its owner (the {what} with pid {client.pid}) {how}")
             elif self.job_drivers.get(rec.spec.job_id) == wid:
-                self._end(rec, f"its job's driver (pid {client.pid}) exited")
+                self._end(rec, f"its job's driver (pid {client.pid}) {how}")
 
     # -------------------------------------------------------------------- handlers
 

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -94,6 +95,7 @@ class _Client:
     log_to_driver: bool = False
     owned: set[bytes] = attrs.Factory(set)
     direct_address: str | None = None
+    leaving: bool = False  # a driver that said ``bye``: its link closing is its exit
 
 
 class NodeRuntime:
@@ -195,6 +197,7 @@ class NodeRuntime:
             "done": self._h_done,
             "get_function": self._h_get_function,
             "call": self._h_call,
+            "bye": self._h_bye,
         }
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
         self._handlers.update(self.objects.handlers())
@@ -331,29 +334,60 @@ class NodeRuntime:
             return
         if client.worker_id is not None and self.clients.get(client.worker_id) is client:
             del self.clients[client.worker_id]
+        if client.role == "driver" and client.worker_id is not None:
+            self._driver_departed(client)
+            return
         self.actors.client_gone(client)
         if client.worker is not None:
             worker = client.worker
             worker.conn = None
             self.sched.worker_died(worker, "its connection to the node was lost")
             self.pool.kill(worker)
-        elif client.role == "driver" and client.worker_id is not None:
-            # Its job is over — unless it reconnects within the grace period (after
-            # an rpc_server restart): then drop its queued tasks and the objects it
-            # owned (those that escaped into other objects stay while those live).
-            wid = client.worker_id
-            self.departed[wid] = client
 
-            async def drop_later() -> None:
-                await trio.sleep(DRIVER_GRACE)
-                if self.departed.get(wid) is client:
-                    del self.departed[wid]
-                    self.sched.drop_owner(wid)
-                    self.directory.free(client.owned)
-                    client.owned = set()
+    # A driver's link closing is not its death. The link can drop while the driver
+    # lives on (a dropped or partitioned connection; the driver dials again within
+    # its ``RECONNECT_WINDOW``) — ending its actors then would kill the actors of a
+    # live program. So the node decides by the driver itself: it said goodbye
+    # (``bye``, sent by ``shutdown()``), or its process is gone (a peer on the
+    # node's Unix socket: the kernel names its pid), or it did not rejoin within
+    # ``DRIVER_GRACE``. Only then do its queued tasks, the objects it owned (those
+    # that escaped into other objects stay while those live) and the actors it owns
+    # (not the detached ones) go. A rejoin (``hello`` with the same worker id)
+    # within the grace keeps all of it.
 
-            if self._nursery is not None:
-                self._nursery.start_soon(drop_later)
+    def _driver_departed(self, client: _Client) -> None:
+        wid = client.worker_id
+        assert wid is not None
+        self.departed[wid] = client
+        if client.leaving or self._nursery is None:
+            self._driver_gone(client, "exited")
+            return
+        pid = _local_peer_pid(client.conn)
+
+        async def decide() -> None:
+            reason = f"did not reconnect within {DRIVER_GRACE} s"
+            with trio.move_on_after(DRIVER_GRACE):
+                while self.departed.get(wid) is client:
+                    if pid is not None and not _process_alive(pid):
+                        reason = "exited"
+                        break
+                    await trio.sleep(0.05)
+            self._driver_gone(client, reason)
+
+        self._nursery.start_soon(decide)
+
+    def _driver_gone(self, client: _Client, how: str) -> None:
+        """The driver ``client`` is gone for good (unless it rejoined meanwhile)."""
+        wid = client.worker_id
+        assert wid is not None
+        if self.departed.get(wid) is not client:
+            return  # it rejoined
+        del self.departed[wid]
+        logger.info("driver (pid %s) %s: dropping its tasks, objects and actors", client.pid, how)
+        self.sched.drop_owner(wid)
+        self.directory.free(client.owned)
+        client.owned = set()
+        self.actors.client_gone(client, how)
 
     # ---------------------------------------------------------------- handlers
 
@@ -402,6 +436,12 @@ class NodeRuntime:
                 "store_address": self.store_address,
             }
         )
+
+    def _h_bye(self, conn: Any, m: tuple, reply: Any) -> None:
+        """A driver shuts down: when its link closes, it is gone (no grace period)."""
+        client = self.by_conn.get(conn)
+        if client is not None:
+            client.leaving = True
 
     def _h_export(self, conn: Any, m: tuple, reply: Any) -> None:
         _, fid, blob, name, sys_path = m
@@ -481,6 +521,28 @@ class NodeRuntime:
         from ._node_calls import dispatch_call
 
         dispatch_call(self, m[1], m[2], reply)
+
+
+def _local_peer_pid(conn: Any) -> int | None:
+    """The pid of a peer on the node's Unix socket (from the kernel, ``SO_PEERCRED``,
+    as the transport reports it), or ``None`` for a remote peer."""
+    match = re.match(r"unix peer pid=(\d+)", str(getattr(conn, "peer_address", "")))
+    return int(match.group(1)) if match else None
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: signal 0 said it exists
 
 
 async def _quietly(fn: Any, *args: Any) -> None:

@@ -4,6 +4,11 @@ old objects read, old (restartable) actors answer, and new tasks run."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +20,7 @@ import trio
 
 import actorcore as ray
 import store
+from actorcore import _worker_state
 from actorcore import exceptions as exc
 from actorcore.testing import faults
 
@@ -197,3 +203,82 @@ def test_an_object_gone_from_the_store_fails_at_once(cluster):
         ray.get(total.remote(ref), timeout=30)
     assert time.monotonic() - started < 10  # typed, and at once: no 60 s wait
     assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+# ------------------------------------------------------------------ rpc_server
+
+
+def test_rpc_server_crash_keeps_links_actors_and_objects():
+    owned = Counter.remote()
+    shared = Counter.options(placement="shared").remote()
+    detached = Counter.options(name="keeper", lifetime="detached").remote()
+    big = ray.put(np.ones(MB, np.uint8))
+    assert ray.get([owned.add.remote(), shared.add.remote(), detached.add.remote()],
+                   timeout=60) == [1, 1, 1]
+    pids = _worker_pids()
+    before = _restarts("rpc_server")
+    assert "crashed" in faults.crash("rpc_server")
+    _back("rpc_server", before)
+    # Nothing died: the same actors (state kept), the same worker processes.
+    assert ray.get([owned.add.remote(), shared.add.remote(), detached.add.remote()],
+                   timeout=30) == [2, 2, 2]
+    assert ray.get(ray.get_actor("keeper").add.remote(), timeout=30) == 3
+    assert int(ray.get(big, timeout=5).sum()) == MB
+    assert ray.get(inc.remote(1), timeout=30) == 2
+    assert pids <= _worker_pids()
+    ray.kill(detached)
+
+
+def test_a_dropped_driver_link_is_not_the_drivers_exit():
+    owned = Counter.remote()
+    assert ray.get(owned.add.remote(), timeout=60) == 1
+    core = _worker_state.core
+    assert core is not None
+    old = core.conn
+    # The link drops under the driver (as a network fault would); the driver lives.
+    trio.from_thread.run_sync(lambda: old._sock.shutdown(socket.SHUT_RDWR),
+                              trio_token=core.trio_token)
+    _until(lambda: core.conn is not old, "the driver to reconnect")
+    assert ray.get(owned.add.remote(), timeout=30) == 2
+    assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+_KILLED_DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    import actorcore as ray
+    ray.init(address=sys.argv[1], log_to_driver=False)
+
+    @ray.remote
+    class Keeper:
+        def ping(self):
+            return "pong"
+
+    d = Keeper.options(name="kd_detached", lifetime="detached").remote()
+    t = Keeper.options(name="kd_owned").remote()
+    assert ray.get([d.ping.remote(), t.ping.remote()]) == ["pong", "pong"]
+    print("created", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_a_killed_drivers_actors_die_but_not_its_detached_ones(cluster, tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED_DRIVER)
+    token = (Path(cluster["session_dir"]) / "token").read_text().strip()
+    out = subprocess.run([sys.executable, str(script), cluster["address"]], capture_output=True,
+                         text=True, timeout=90, env=dict(os.environ, ACTORCORE_TOKEN=token))
+    assert out.returncode == -signal.SIGKILL and "created" in out.stdout, out.stderr
+    started = time.monotonic()
+
+    def owned_gone() -> bool:
+        try:
+            ray.get_actor("kd_owned")
+        except ValueError:
+            return True
+        return False
+
+    _until(owned_gone, "the killed driver's actor to die")
+    assert time.monotonic() - started < 4  # its process is gone: no grace period
+    keeper = ray.get_actor("kd_detached")
+    assert ray.get(keeper.ping.remote(), timeout=30) == "pong"
+    ray.kill(keeper)
