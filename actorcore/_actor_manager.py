@@ -499,6 +499,25 @@ class ActorManager(ActorCalls, ActorIntrospection):
         self._stop_in_host(rec)
         self._lost(rec, reason)
 
+    def crash_actor(self, rec: ActorRecord) -> str:
+        """Fault injection (``faults.crash`` of an actor's tree path): the actor fails
+        as if its process crashed. A dedicated process is SIGKILLed (its exit then
+        takes the usual path: a restart by ``max_restarts`` or its supervisor, else
+        death with ``ActorDiedError``); in a shared actor process only this actor
+        is stopped and lost, by the same rules."""
+        host = rec.worker
+        what = rec.spec.describe()
+        if rec.state == "dead":
+            raise ValueError(f"crash(): the actor {what} is dead already")
+        if host is None or host.process is None:
+            raise ValueError(f"crash(): the actor {what} is {rec.state}, not running yet")
+        if not host.shared:
+            self.kill_worker(host)
+            return f"killed the process of actor {what} (pid {host.pid})"
+        self._stop_in_host(rec)
+        self._lost(rec, f"it crashed (a crash was injected into it in worker_{host.index})")
+        return f"crashed actor {what} in worker_{host.index} (pid {host.pid})"
+
     def _stop_in_host(self, rec: ActorRecord) -> None:
         host = rec.worker
         if host is None:

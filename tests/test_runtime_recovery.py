@@ -282,3 +282,162 @@ def test_a_killed_drivers_actors_die_but_not_its_detached_ones(cluster, tmp_path
     keeper = ray.get_actor("kd_detached")
     assert ray.get(keeper.ping.remote(), timeout=30) == "pong"
     ray.kill(keeper)
+
+
+# ------------------------------------------------------------- actor paths
+
+
+def _path_of(pred: Any) -> str:
+    """The tree path (below ``cluster/``) of the first entry ``pred`` accepts."""
+    for path, snap in _walk(ray.tree()):
+        if pred(snap):
+            return path
+    raise AssertionError("no such entry in the tree")
+
+
+def _actor_path(handle: Any, under: str = "worker_pool") -> str:
+    aid = handle._actor_id.hex()
+    return _until(lambda: next((p for p, s in _walk(ray.tree())
+                                if s.get("actor_id") == aid and s["state"] == "running"
+                                and f"/{under}/" in p), None),
+                  f"actor {aid} running")
+
+
+def test_crash_actor_paths_apply_the_restart_policy():
+    once = Counter.options(max_restarts=1, max_task_retries=-1).remote()
+    fragile = Counter.options(placement="shared", max_restarts=0).remote()
+    neighbour = Counter.options(placement="shared").remote()
+    sup = ray.supervisor("recovery_sup", max_restarts=5, max_seconds=30)
+    supervised = Counter.options(supervisor=sup, name="rs_child", max_task_retries=-1).remote()
+    assert ray.get([h.add.remote() for h in (once, fragile, neighbour, supervised)],
+                   timeout=60) == [1, 1, 1, 1]
+
+    # An actor's process (its worker path): restarted once, then it is dead.
+    first = ray.get(once.pid.remote(), timeout=30)
+    worker = _actor_path(once).rsplit("/", 1)[0]
+    assert "killed" in faults.crash(worker)
+    assert _until(lambda: ray.get(once.pid.remote(), timeout=60) != first, "a restart")
+    assert "killed" in faults.crash(_actor_path(once))
+    with pytest.raises(exc.ActorDiedError, match="max_restarts=1"):
+        ray.get(once.add.remote(), timeout=60)
+
+    # An actor in a shared process: only it fails; max_restarts=0, so it is dead.
+    assert "crashed actor" in faults.crash(_actor_path(fragile))
+    with pytest.raises(exc.ActorDiedError, match="crash was injected"):
+        ray.get(fragile.add.remote(), timeout=60)
+    assert ray.get(neighbour.add.remote(), timeout=30) == 2
+
+    # An actor under a user supervisor, by either of its paths: re-created.
+    for under in ("recovery_sup", "worker_pool"):
+        pid = ray.get(supervised.pid.remote(), timeout=30)
+        assert "killed" in faults.crash(_actor_path(supervised, under))
+        assert _until(lambda p=pid: ray.get(supervised.pid.remote(), timeout=60) != p,
+                      "the supervisor to re-create it")
+    # The supervisor itself: restarted, and its actor with it.
+    before = _restarts("recovery_sup")
+    assert "crashed" in faults.crash(_path_of(lambda s: s["name"] == "recovery_sup"))
+    _back("recovery_sup", before)
+    assert ray.get(supervised.add.remote(), timeout=60) == 1  # a fresh incarnation
+
+    # A running task's path: its process dies, the task is retried.
+    running = slow.options(max_retries=1).remote()
+    task = _until(lambda: next((p for p, s in _walk(ray.tree()) if s["name"] == "task:slow"),
+                               None), "the task to run")
+    assert "killed" in faults.crash(task)
+    _until(lambda: any(s["name"] == "task:slow" and s["restarts"] == 1
+                       for _p, s in _walk(ray.tree())), "the task to be retried")
+    ray.cancel(running, force=True)
+
+    with pytest.raises(ValueError, match="no live worker named 'worker_999'"):
+        faults.crash("worker_pool/worker_999")
+    with pytest.raises(ValueError, match="no live actor 'nobody'"):
+        faults.crash(_actor_path(neighbour).rsplit("/", 1)[0] + "/nobody")
+    assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+# ----------------------------------------------------------------- the walk
+
+
+def _identity(path: str, snap: dict) -> str:
+    """What a tree entry is, across restarts that rename it (a replaced worker
+    process has a new index; an actor keeps its id)."""
+    if snap["kind"] == "actor":
+        return f"{'host' if '/worker_pool/' in path else 'supervisor'} of {snap['actor_id']}"
+    if snap["kind"] == "worker":
+        actors = [c["actor_id"] for c in snap.get("children", []) if c.get("actor_id")]
+        return f"process of {actors[0]}" if actors else "task worker"
+    if snap["kind"] == "task":
+        return snap["name"]
+    return path
+
+
+def test_every_tree_path_can_crash_and_nothing_is_lost():
+    small = ray.put("small")
+    big = ray.put(np.arange(MB // 8, dtype=np.int64))
+    returned = make.remote(MB, 9)
+    restartable = {
+        "plain": Counter.options(max_restarts=-1, max_task_retries=-1).remote(),
+        "shared": Counter.options(placement="shared", max_restarts=-1,
+                                  max_task_retries=-1).remote(),
+        "detached": Counter.options(name="walk_detached", lifetime="detached", max_restarts=-1,
+                                    max_task_retries=-1).remote(),
+    }
+    sup = ray.supervisor("walk_sup", max_restarts=50, max_seconds=1)
+    restartable["supervised"] = Counter.options(supervisor=sup, name="walk_child",
+                                                max_task_retries=-1).remote()
+    assert ray.get([h.add.remote() for h in restartable.values()], timeout=60) == [1] * 4
+    # A task in the tree (no CPU: nothing of the checks below waits behind it).
+    running = slow.options(max_retries=-1, num_cpus=0).remote()
+    _until(lambda: _find(ray.tree(), "task:slow"), "a running task in the tree")
+    ours = {h._actor_id.hex() for h in restartable.values()}
+
+    def counted(path: str, snap: dict) -> bool:
+        # Every path of the tree, except what earlier tests of this module left.
+        if snap["kind"] == "user_supervisor":
+            return snap["name"] == "walk_sup"
+        identity = _identity(path, snap)
+        return not identity.startswith(("host of", "supervisor of", "process of")) or (
+            identity.split(" of ")[1] in ours)
+
+    expected = {_identity(p, s) for p, s in _walk(ray.tree()) if counted(p, s)}
+    crashed: set[str] = set()
+
+    def next_target() -> tuple[str, dict] | None:
+        # The tree changes as processes are replaced: look again before each crash.
+        return next(((p, s) for p, s in _walk(ray.tree())
+                     if _identity(p, s) in expected - crashed and s["state"] == "running"),
+                    None)
+
+    def settled(path: str, snap: dict) -> bool:
+        """The crashed component is back (processes: the checks below wait for them)."""
+        tree = ray.tree()
+        if path in ("cluster", "cluster/node"):
+            node = _find(tree, "node")
+            assert node is not None
+            return all(c["state"] == "running" for c in node["children"])
+        if snap["kind"] in ("worker", "actor", "task"):
+            return True
+        now = dict(_walk(tree)).get(path)
+        return now is not None and now["state"] == "running" and (
+            now["restarts"] > snap["restarts"])
+
+    while crashed != expected:
+        path, snap = _until(next_target, f"one of {expected - crashed} running again")
+        crashed.add(_identity(path, snap))
+        assert faults.crash(path), path
+        _until(lambda p=path, s=snap: settled(p, s), f"{path} to restart")
+        # Afterwards: old objects read, old actors answer, new tasks run.
+        assert ray.get(small, timeout=30) == "small", path
+        np.testing.assert_array_equal(ray.get(big, timeout=30),
+                                      np.arange(MB // 8, dtype=np.int64))
+        assert int(ray.get(returned, timeout=30)[0]) == 9, path
+        assert ray.get(total.remote(big), timeout=60) == sum(range(MB // 8)), path
+        assert all(n >= 1 for n in ray.get([h.add.remote() for h in restartable.values()],
+                                           timeout=90)), path
+        assert ray.get(ray.get_actor("walk_detached").add.remote(), timeout=30) >= 1, path
+        assert ray.get(inc.remote(1), timeout=30) == 2, path
+    assert {"cluster", "cluster/node", "cluster/node/object_manager", "cluster/node/rpc_server",
+            "cluster/node/gcs/shard_0/replica_0", "task:slow", "task worker"} <= crashed
+    assert len(crashed) >= 20
+    ray.cancel(running, force=True)
+    ray.kill(restartable["detached"])
