@@ -99,10 +99,11 @@ def _crash_node(node: Any, component: str) -> str:
 def _crash_in_pool(node: Any, worker_name: str, below: str) -> str:
     for w in node.pool.alive():
         if f"worker_{w.index}" == worker_name and w.process is not None:
-            if below and not below.startswith("task:"):
+            running = [f"task:{spec.name}" for spec in w.tasks.values()]
+            if below and below not in running:
                 raise ValueError(
-                    f"crash(): worker_pool/{worker_name} runs tasks, not {below!r} "
-                    f"(its children are task:<name> entries)"
+                    f"crash(): worker_pool/{worker_name} runs no {below!r} (it runs "
+                    f"{', '.join(map(repr, running)) or 'no task'})"
                 )
             node.pool.kill(w)
             return f"killed {worker_name} (pid {w.pid})"

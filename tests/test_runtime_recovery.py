@@ -348,6 +348,9 @@ def test_crash_actor_paths_apply_the_restart_policy():
                        for _p, s in _walk(ray.tree())), "the task to be retried")
     ray.cancel(running, force=True)
 
+    task_worker = _path_of(lambda s: s["kind"] == "worker" and "tasks_done" in s)
+    with pytest.raises(ValueError, match="runs no 'task:nothing'"):
+        faults.crash(task_worker + "/task:nothing")
     with pytest.raises(ValueError, match="no live worker named 'worker_999'"):
         faults.crash("worker_pool/worker_999")
     with pytest.raises(ValueError, match="no live actor 'nobody'"):
