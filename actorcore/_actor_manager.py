@@ -323,8 +323,10 @@ class ActorManager(ActorCalls, ActorIntrospection):
         aw.actors.clear()
         aw.waiting.clear()
 
-    def client_gone(self, client: Any) -> None:
-        """A driver or worker disconnected: end the actors it owned (fate sharing)."""
+    def client_gone(self, client: Any, how: str = "exited") -> None:
+        """A worker disconnected, or a driver is gone for good (the node decides that,
+        see ``NodeRuntime._driver_departed``): end the actors it owned (fate sharing),
+        never the detached ones."""
         wid = client.worker_id
         if wid is None:
             return
@@ -337,9 +339,9 @@ class ActorManager(ActorCalls, ActorIntrospection):
             if rec.state == "dead" or rec.spec.detached:
                 continue
             if rec.spec.owner == wid:
-                self._end(rec, f"its owner (the {what} with pid {client.pid}) exited")
+                self._end(rec, f"its owner (the {what} with pid {client.pid}) {how}")
             elif self.job_drivers.get(rec.spec.job_id) == wid:
-                self._end(rec, f"its job's driver (pid {client.pid}) exited")
+                self._end(rec, f"its job's driver (pid {client.pid}) {how}")
 
     # -------------------------------------------------------------------- handlers
 
@@ -496,6 +498,25 @@ class ActorManager(ActorCalls, ActorIntrospection):
         # the dying process; the old process's exit is then no news.
         self._stop_in_host(rec)
         self._lost(rec, reason)
+
+    def crash_actor(self, rec: ActorRecord) -> str:
+        """Fault injection (``faults.crash`` of an actor's tree path): the actor fails
+        as if its process crashed. A dedicated process is SIGKILLed (its exit then
+        takes the usual path: a restart by ``max_restarts`` or its supervisor, else
+        death with ``ActorDiedError``); in a shared actor process only this actor
+        is stopped and lost, by the same rules."""
+        host = rec.worker
+        what = rec.spec.describe()
+        if rec.state == "dead":
+            raise ValueError(f"crash(): the actor {what} is dead already")
+        if host is None or host.process is None:
+            raise ValueError(f"crash(): the actor {what} is {rec.state}, not running yet")
+        if not host.shared:
+            self.kill_worker(host)
+            return f"killed the process of actor {what} (pid {host.pid})"
+        self._stop_in_host(rec)
+        self._lost(rec, f"it crashed (a crash was injected into it in worker_{host.index})")
+        return f"crashed actor {what} in worker_{host.index} (pid {host.pid})"
 
     def _stop_in_host(self, rec: ActorRecord) -> None:
         host = rec.worker

@@ -43,6 +43,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -509,7 +510,8 @@ class CoreWorker:
             if e is None or not e.ready:
                 break
         else:
-            return [self._value_of(oid, entries[oid]) for oid in oids]
+            return [self._value_of(oid, entries[oid], timeout) for oid in oids]
+        started = time.monotonic()
         if self._closed and self.lost_error is not None:
             raise ActorcoreSystemError(f"the connection to the node was lost: {self.lost_error}")
         flags = self._blocking_wait(oids, len(oids), timeout)
@@ -520,19 +522,21 @@ class CoreWorker:
                 f"object(s) not ready (first: {missing[0]})"
             )
         out = []
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         for oid in oids:
             e = entries.get(oid)
             if e is None:
                 raise ActorcoreSystemError(f"object {oid.hex()} vanished while being read")
-            out.append(self._value_of(oid, e))
+            out.append(self._value_of(oid, e, left))
         return out
 
-    def _value_of(self, oid: bytes, entry: _Entry) -> Any:
+    def _value_of(self, oid: bytes, entry: _Entry, timeout: float | None = None) -> Any:
+        """The value of a ready entry; ``timeout`` bounds a wait for a restarting store."""
         data = entry.data
         if data == STORE:
             if self.store is None:
                 raise ActorcoreSystemError(f"object {oid.hex()} is in a store we cannot reach")
-            return self.store.get(oid)
+            return self.store.get(oid, timeout)
         value = _serialization.loads(data)
         if entry.is_error:
             if isinstance(value, TaskError):

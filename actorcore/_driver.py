@@ -210,6 +210,9 @@ class DriverLoop:
             await self._stop.wait()
             self._stopping = True
             conn = core.conn
+            # Tell the node this is an exit, not a dropped link: it ends our actors at
+            # once instead of waiting for us to reconnect.
+            core._enqueue(("bye",))
             core.close()
             # Let queued one-way messages (frees, puts) go out before closing.
             with trio.move_on_after(2):

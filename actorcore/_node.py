@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ class _Client:
     log_to_driver: bool = False
     owned: set[bytes] = attrs.Factory(set)
     direct_address: str | None = None
+    leaving: bool = False  # a driver that said ``bye``: its link closing is its exit
 
 
 class NodeRuntime:
@@ -169,6 +171,11 @@ class NodeRuntime:
             spill_dir=str(config.spill_dir or config.session_dir / "spill"),
             prefix=f"actorcore-{config.session_dir.name}",
             **_store_disk_options(),
+            # A restart of ``object_manager`` (the supervisor cancels it, exactly as
+            # for a shutdown) must find the arena and spill files where they were:
+            # the node removes them when it stops (``run``).
+            cleanup_on_cancel=False,
+            recovery_grace=_store_recovery_grace(),
         )
         self.store_link: Any = None
         self._hold_store_objects = self.objects.hold_store_objects  # used by ``_actor_manager``
@@ -194,6 +201,7 @@ class NodeRuntime:
             "done": self._h_done,
             "get_function": self._h_get_function,
             "call": self._h_call,
+            "bye": self._h_bye,
         }
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
         self._handlers.update(self.objects.handlers())
@@ -217,9 +225,9 @@ class NodeRuntime:
                     await nursery.start(self._run_gcs_client)
                     nursery.start_soon(self.control.run)
                 self.store_link = await StoreLink.open(
-                    self.store_address, self.config.token, f"node-{short(self.node_id)}"
+                    self.store_address, self.config.token, f"node-{short(self.node_id)}",
+                    nursery,
                 )
-                self.store_link.nursery = nursery
                 await self.control.register_node(self.node_hex, self.node_info())
                 info = self.session_info()
                 if self.config.head:
@@ -231,6 +239,10 @@ class NodeRuntime:
             with trio.CancelScope(shield=True):
                 await self.pool.kill_all()
                 await self.actors.kill_all()
+                try:
+                    self._store_service.remove_files()
+                except OSError as exc:
+                    logger.warning("removing the object store's files failed: %s", exc)
                 if self.config.head:
                     unlink_latest(self.config.session_dir)
                     try:
@@ -335,29 +347,60 @@ class NodeRuntime:
             return
         if client.worker_id is not None and self.clients.get(client.worker_id) is client:
             del self.clients[client.worker_id]
+        if client.role == "driver" and client.worker_id is not None:
+            self._driver_departed(client)
+            return
         self.actors.client_gone(client)
         if client.worker is not None:
             worker = client.worker
             worker.conn = None
             self.sched.worker_died(worker, "its connection to the node was lost")
             self.pool.kill(worker)
-        elif client.role == "driver" and client.worker_id is not None:
-            # Its job is over — unless it reconnects within the grace period (after
-            # an rpc_server restart): then drop its queued tasks and the objects it
-            # owned (those that escaped into other objects stay while those live).
-            wid = client.worker_id
-            self.departed[wid] = client
 
-            async def drop_later() -> None:
-                await trio.sleep(DRIVER_GRACE)
-                if self.departed.get(wid) is client:
-                    del self.departed[wid]
-                    self.sched.drop_owner(wid)
-                    self.directory.free(client.owned)
-                    client.owned = set()
+    # A driver's link closing is not its death. The link can drop while the driver
+    # lives on (a dropped or partitioned connection; the driver dials again within
+    # its ``RECONNECT_WINDOW``) — ending its actors then would kill the actors of a
+    # live program. So the node decides by the driver itself: it said goodbye
+    # (``bye``, sent by ``shutdown()``), or its process is gone (a peer on the
+    # node's Unix socket: the kernel names its pid), or it did not rejoin within
+    # ``DRIVER_GRACE``. Only then do its queued tasks, the objects it owned (those
+    # that escaped into other objects stay while those live) and the actors it owns
+    # (not the detached ones) go. A rejoin (``hello`` with the same worker id)
+    # within the grace keeps all of it.
 
-            if self._nursery is not None:
-                self._nursery.start_soon(drop_later)
+    def _driver_departed(self, client: _Client) -> None:
+        wid = client.worker_id
+        assert wid is not None
+        self.departed[wid] = client
+        if client.leaving or self._nursery is None:
+            self._driver_gone(client, "exited")
+            return
+        pid = _local_peer_pid(client.conn)
+
+        async def decide() -> None:
+            reason = f"did not reconnect within {DRIVER_GRACE} s"
+            with trio.move_on_after(DRIVER_GRACE):
+                while self.departed.get(wid) is client:
+                    if pid is not None and not _process_alive(pid):
+                        reason = "exited"
+                        break
+                    await trio.sleep(0.05)
+            self._driver_gone(client, reason)
+
+        self._nursery.start_soon(decide)
+
+    def _driver_gone(self, client: _Client, how: str) -> None:
+        """The driver ``client`` is gone for good (unless it rejoined meanwhile)."""
+        wid = client.worker_id
+        assert wid is not None
+        if self.departed.get(wid) is not client:
+            return  # it rejoined
+        del self.departed[wid]
+        logger.info("driver (pid %s) %s: dropping its tasks, objects and actors", client.pid, how)
+        self.sched.drop_owner(wid)
+        self.directory.free(client.owned)
+        client.owned = set()
+        self.actors.client_gone(client, how)
 
     # ---------------------------------------------------------------- handlers
 
@@ -406,6 +449,12 @@ class NodeRuntime:
                 "store_address": self.store_address,
             }
         )
+
+    def _h_bye(self, conn: Any, m: tuple, reply: Any) -> None:
+        """A driver shuts down: when its link closes, it is gone (no grace period)."""
+        client = self.by_conn.get(conn)
+        if client is not None:
+            client.leaving = True
 
     def _h_export(self, conn: Any, m: tuple, reply: Any) -> None:
         _, fid, blob, name, sys_path = m
@@ -487,6 +536,28 @@ class NodeRuntime:
         dispatch_call(self, m[1], m[2], reply)
 
 
+def _local_peer_pid(conn: Any) -> int | None:
+    """The pid of a peer on the node's Unix socket (from the kernel, ``SO_PEERCRED``,
+    as the transport reports it), or ``None`` for a remote peer."""
+    match = re.match(r"unix peer pid=(\d+)", str(getattr(conn, "peer_address", "")))
+    return int(match.group(1)) if match else None
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: signal 0 said it exists
+
+
 async def _quietly(fn: Any, *args: Any) -> None:
     try:
         await fn(*args)
@@ -521,4 +592,17 @@ def _default_store_capacity() -> int:
     except (ValueError, OSError):
         total = 4 << 30
     return int(min(total * 0.3, 2 << 30))
+
+
+def _store_recovery_grace() -> float:
+    """Seconds a restarted store keeps unclaimed objects it found in its arena
+    (``ACTORCORE_STORE_RECOVERY_GRACE``; every live client claims its own at once)."""
+    raw = os.environ.get("ACTORCORE_STORE_RECOVERY_GRACE", "30")
+    try:
+        grace = float(raw)
+    except ValueError:
+        raise ValueError(f"ACTORCORE_STORE_RECOVERY_GRACE must be a number, got {raw!r}") from None
+    if not grace >= 0:
+        raise ValueError(f"ACTORCORE_STORE_RECOVERY_GRACE must be >= 0 seconds, got {raw!r}")
+    return grace
 

@@ -18,6 +18,7 @@ kernel child specs (``_to_child_spec``).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -89,17 +90,27 @@ def build_tree(node: NodeRuntime) -> Supervisor:
 
 
 class _RpcServer:
-    """The ``rpc_server`` component: the node's listeners (Unix, and TCP on a head)."""
+    """The ``rpc_server`` component: the node's listeners (Unix, and TCP on a head).
+
+    The connections it accepted run in the node's nursery, not in this component:
+    like the worker processes of the pool (``PoolState``), they are state the node
+    owns. A crash of the listeners restarts them and drops no driver, worker or
+    actor process link — before, every link dropped with it, every worker process
+    exited with its link, and the actors in them died.
+    """
 
     def __init__(self, node: NodeRuntime) -> None:
         self.node = node
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         node = self.node
+        links = node._nursery
         async with trio.open_nursery() as nursery:
-            await nursery.start(node._server.run)
+            await nursery.start(functools.partial(node._server.run, connection_nursery=links))
             if node._tcp_server is not None:
-                node.tcp_address = await nursery.start(node._tcp_server.run)
+                node.tcp_address = await nursery.start(
+                    functools.partial(node._tcp_server.run, connection_nursery=links)
+                )
             task_status.started(node.unix_address)
 
     def snapshot(self) -> dict:

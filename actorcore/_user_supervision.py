@@ -8,8 +8,11 @@
     b = Stage.options(supervisor=sup).remote(2)
 
 ``supervisor(...)`` starts a kernel ``Supervisor`` inside the node's tree (a
-``temporary`` child of ``node``, kind ``user_supervisor``, so its failure never
-counts against the node's own restart intensity). Each actor created with
+``transient`` child of ``node``, kind ``user_supervisor``). If it crashes (e.g.
+``faults.crash("<name>")``) the node restarts it, and the fresh supervisor
+re-creates its actors in order, as an Erlang parent restarts a child supervisor;
+when it gives up (restart intensity exceeded) it ends normally, so that never
+counts against the node's own restart intensity, and it leaves the tree. Each actor created with
 ``supervisor=`` is a ``transient`` child service of it: the service starts the
 actor's own worker process, reports ready once the constructor returned, and crashes
 when the process dies. So the kernel's strategies apply across processes exactly as
@@ -107,6 +110,13 @@ class SupervisedActor:
         finally:
             if not host.exited.is_set():
                 manager.kill_worker(host)
+                # Wait for the exit to be handled (the actor is then "restarting" and
+                # its calls in flight are queued again) before a restart assigns the
+                # actor to a new process: an exit noticed after that would be taken
+                # for a stale process's and those calls would never be resent.
+                if not manager.node.shutdown_requested.is_set():  # else nobody watches
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        await host.exited.wait()
 
     def snapshot(self) -> dict:
         rec = self.rec
@@ -123,23 +133,46 @@ class UserSupervisor:
                  max_seconds: float) -> None:
         self.manager = manager
         self.name = name
-        self.sup = Supervisor(name, [], strategy=strategy, max_restarts=max_restarts,
-                              max_seconds=max_seconds, kind="user_supervisor",
-                              node_id=manager.node.node_hex)
+        self._options = {"strategy": strategy, "max_restarts": max_restarts,
+                         "max_seconds": max_seconds}
+        self.sup = self._fresh([])
         self.members: dict[str, Any] = {}  # child name -> actor record
         self.failure: str | None = None
+        self.runs = 0
+
+    def _fresh(self, children: list[ChildSpec]) -> Supervisor:
+        return Supervisor(self.name, children, kind="user_supervisor",
+                          node_id=self.manager.node.node_hex, **self._options)
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        self.runs += 1
+        if self.runs > 1:
+            # Restarted after a crash: a kernel supervisor runs once, so a fresh one
+            # re-creates the actors that are still ours, in their order.
+            live = [(n, r) for n, r in self.members.items() if r.state != "dead"]
+            self.sup = self._fresh([self._spec(n, r) for n, r in live])
         try:
             await self.sup.run(task_status=task_status)
         except SupervisorFailed as exc:
+            # It gave up: its actors die saying so; it ends normally (a transient child
+            # is then not restarted) and leaves the node's tree.
             self.failure = f"its supervisor {self.name!r} gave up: {exc}"
-            raise
-        finally:
-            self.manager.supervisors.pop(self.name, None)
-            cause = self.failure or f"its supervisor {self.name!r} stopped"
-            for rec in list(self.members.values()):
-                self.manager._end(rec, cause)
+            self._stopped_for_good(self.failure)
+
+            async def leave_tree() -> None:
+                try:
+                    await self.manager.node.supervisor.terminate_child(self.name)
+                except Exception as exc:  # already removed, or the node stops
+                    logger.debug("removing supervisor %r from the tree: %s", self.name, exc)
+
+            self.manager._spawn_task(leave_tree)
+        # Cancelled: a crash (the node restarts us, and we re-create the actors) or
+        # the node's shutdown (everything stops): the actors stay ours either way.
+
+    def _stopped_for_good(self, cause: str) -> None:
+        self.manager.supervisors.pop(self.name, None)
+        for rec in list(self.members.values()):
+            self.manager._end(rec, cause)
 
     def snapshot(self) -> dict:
         snap = self.sup.snapshot()
@@ -149,11 +182,14 @@ class UserSupervisor:
     def child_name(self, rec: Any) -> str:
         return rec.spec.name or f"{rec.spec.meta.class_name}_{rec.spec.short_id()}"
 
+    def _spec(self, name: str, rec: Any) -> ChildSpec:
+        return ChildSpec(name, lambda: SupervisedActor(self.manager, rec), restart="transient",
+                         kind="actor")
+
     def add_actor(self, rec: Any) -> None:
         name = self.child_name(rec)
         self.members[name] = rec
-        spec = ChildSpec(name, lambda: SupervisedActor(self.manager, rec), restart="transient",
-                         kind="actor")
+        spec = self._spec(name, rec)
 
         async def start() -> None:
             try:
@@ -190,7 +226,7 @@ def start_user_supervisor(manager: Any, reply: Any, name: str, strategy: str,
     async def start() -> None:
         try:
             await manager.node.supervisor.start_child(
-                ChildSpec(name, lambda: us, restart="temporary", kind="user_supervisor",
+                ChildSpec(name, lambda: us, restart="transient", kind="user_supervisor",
                           shutdown_timeout=math.inf)
             )
         except Exception as exc:

@@ -208,6 +208,17 @@ class StoreClient:
         old, self._conn = self._conn, conn
         await old.aclose()
 
+    async def wait_lost(self) -> None:
+        """Return once this client's current connection to the service is lost (the
+        service restarted or stopped), or the client was closed (see `closed`). A
+        `reconnect` meanwhile replaces the connection: the wait goes on over the new
+        one, so a watcher that reconnects on return never reconnects twice."""
+        while not self.closed:
+            conn = self._conn
+            await conn.wait_closed()
+            if self._conn is conn:
+                return
+
     async def aclose(self) -> None:
         self.closed = True
         await self._conn.aclose()

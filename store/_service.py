@@ -103,6 +103,8 @@ class ObjectStoreService:
         self.state = "starting"
         self.runs += 1
         self._crash_requested = trio.Event()
+        if self.recovery_finished.is_set():
+            self.recovery_finished = trio.Event()  # this run's grace period is ahead
         shutdown = False
         try:
             arena, recovered = Arena.open(
@@ -153,7 +155,11 @@ class ObjectStoreService:
         self._crash_requested.set()
 
     def snapshot(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"kind": "object_store", "address": self.address, "pid": os.getpid()}
+        info: dict[str, Any] = {
+            "kind": "object_store", "address": self.address, "pid": os.getpid(),
+            # After a restart: objects found in the arena wait for their clients' claims.
+            "recovering": self.state == "running" and not self.recovery_finished.is_set(),
+        }
         if self._core is not None:
             stats = self._core.statistics()
             info.update({k: stats[k] for k in ("capacity", "used", "count", "spilled")})

@@ -111,6 +111,19 @@ async def test_rest_for_one_restarts_the_child_and_those_started_after_it(autoju
         assert [i.restarts for i in sup.children()] == [0, 1, 1, 1]
 
 
+async def test_crash_all_restarts_every_child_in_order_as_one_restart(autojump_clock: trio.testing.MockClock) -> None:
+    log = Log()
+    sup = Supervisor("top", abc(log), strategy="one_for_one", max_restarts=1)
+    async with running(sup):
+        log.clear()
+        assert sup.crash_all() == ["a", "b", "c"]
+        await sup.wait_for(lambda: all(i.state == "running" and i.restarts == 1 for i in sup.children()))
+        assert log.of("start") == ["a", "b", "c"]
+        assert all(isinstance(i.last_error, InjectedCrash) for i in sup.children())
+        assert sup.statistics().recent_restarts == 1  # one failure, within max_restarts=1
+        assert sup.state == "running"
+
+
 async def test_one_for_all_drops_temporary_siblings(autojump_clock: trio.testing.MockClock) -> None:
     log = Log()
     sup = Supervisor(

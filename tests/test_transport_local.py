@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -607,3 +608,28 @@ def test_os_cleanup_sanity(tmp_path: Path) -> None:
     # the fixtures above leave no socket files behind
     assert not any(p.suffix == ".sock" for p in tmp_path.iterdir())
     assert os.path.isdir(tmp_path)
+
+
+async def test_connections_in_their_own_nursery_outlive_a_listener_restart(tmp_path: Path) -> None:
+    address = f"unix:{tmp_path}/keep.sock"
+    server = transport.Server(address, TOKEN, Echo(), name="keeper")
+    async with trio.open_nursery() as links:
+        listen = functools.partial(server.run, connection_nursery=links)
+        async with trio.open_nursery() as listener:
+            await listener.start(listen)
+            conn = await transport.connect(address, TOKEN, name="client")
+            assert await conn.request(("echo", 1), timeout=5) == 1
+            listener.cancel_scope.cancel()  # the listener stops (or crashes) ...
+        assert server.connections and not conn.closed  # ... the link does not notice
+        assert await conn.request(("echo", 2), timeout=5) == 2
+        async with trio.open_nursery() as listener:  # run again: new peers connect too
+            await listener.start(listen)
+            other = await transport.connect(address, TOKEN, name="other")
+            assert await other.request(("echo", 3), timeout=5) == 3
+            listener.cancel_scope.cancel()
+        await other.aclose()
+        with trio.fail_after(5):
+            await other.wait_closed()  # returns at once for a closed connection
+            await conn.aclose()
+            await conn.wait_closed()
+        links.cancel_scope.cancel()

@@ -273,6 +273,16 @@ class Connection:
                 await self._finished.wait()
         await trio.lowlevel.checkpoint()
 
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed: lost, closed by the peer or by us.
+
+        For watchers that act on a lost link at once (e.g. reconnect and re-claim
+        state) instead of at the next failing request."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._finished.wait()
+
     async def __aenter__(self) -> Connection:
         return self
 

@@ -84,9 +84,10 @@ class Server:
 
     A child-protocol service: ``address = await nursery.start(server.run)`` binds,
     listens and returns the bound address (``"tcp:127.0.0.1:40123"`` for a requested
-    port 0). Cancelling `run` closes the listener, every connection, and removes the
-    Unix socket file. Run again (a supervisor restart), it binds the same address,
-    including the port first chosen for a port-0 address when that is still free.
+    port 0). Cancelling `run` closes the listener, every connection (unless they run
+    in a ``connection_nursery`` of their own, see `run`), and removes the Unix socket
+    file. Run again (a supervisor restart), it binds the same address, including the
+    port first chosen for a port-0 address when that is still free.
 
     TLS: on a TCP address the server runs every connection inside TLS 1.3 with mutual
     certificates when it has a `TlsConfig` (``tls=``, else the process default, see
@@ -201,7 +202,20 @@ class Server:
             f"on a trusted network"
         )
 
-    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        *,
+        connection_nursery: trio.Nursery | None = None,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen and serve until cancelled.
+
+        ``connection_nursery``: where accepted connections run. By default they run
+        inside this call, so cancelling it closes them all. Given a longer-lived
+        nursery, they outlive the listener: a listener that crashes and is run again
+        drops no established connection (their peers never notice), and they close
+        when that nursery is cancelled.
+        """
         requested = parse_address(self._requested)
         self._tls = resolve_tls(self._tls_arg) if requested.kind == "tcp" else None
         if self._tls is not None:
@@ -232,7 +246,7 @@ class Server:
                         await trio.sleep(0.1)
                         continue
                     self._accepted += 1
-                    nursery.start_soon(self._serve, tsock, raw_address)
+                    (connection_nursery or nursery).start_soon(self._serve, tsock, raw_address)
         finally:
             self._listening = False
             lsock.close()

@@ -31,6 +31,8 @@ class _Incarnation:
     ready: bool = False
     stop_requested: bool = False
     injected: BaseException | None = None
+    # Crashed with all its siblings (``crash_all``): the group restarts as one.
+    group: bool = False
     error: BaseException | None = None  # how it ended, once ``done`` is set
 
 

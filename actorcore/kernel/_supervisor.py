@@ -290,6 +290,29 @@ class Supervisor:
         inc.injected = exc
         inc.scope.cancel()
 
+    def crash_all(self, exc: BaseException | None = None) -> list[str]:
+        """Fault hook: this supervisor's subtree crashes as a whole, as if its own
+        parent restarted it. Every running child is interrupted (like
+        ``crash_child``) and the group starts again in order as *one* restart,
+        counted once for the restart intensity whatever the strategy — crashing a
+        supervisor of N children is one failure, not N. Returns the names of the
+        children crashed (those not running, e.g. restarting, are left alone)."""
+        self._check_running("crash all children")
+        if exc is None:
+            exc = InjectedCrash(f"crash injected into supervisor {self.name!r}")
+        if not isinstance(exc, Exception):
+            raise TypeError(f"crash_all needs an Exception instance, got {exc!r}")
+        crashed = []
+        for child in self._children:
+            inc = child.current
+            if inc is None or not child.is_running() or inc.stop_requested or inc.injected is not None:
+                continue
+            inc.injected = exc
+            inc.group = True
+            inc.scope.cancel()
+            crashed.append(child.name)
+        return crashed
+
     def child(self, name: str) -> Any:
         """The service object of the running child ``name``."""
         child = self._get(name)
@@ -435,7 +458,8 @@ class Supervisor:
                 self._remove(child)
             return
         self._note_restart(child, exit_.error)
-        affected = self._affected(child)
+        # A group crash restarts every child (the others' exits are then stale).
+        affected = list(self._children) if exit_.incarnation.group else self._affected(child)
         for other in reversed(affected):
             if other is not child:
                 await self._stop_one(other, restarting=True)

@@ -5,10 +5,24 @@ the node's supervisor injects an exception into it (the kernel's fault hook), th
 component restarts under its supervisor's strategy, and the cluster keeps serving —
 components keep their durable state in the GCS or in the node, outside the component.
 
-Component names are the public tree names: ``"local_scheduler"``,
-``"global_scheduler"``, ``"object_manager"``, ``"worker_pool"``, ``"rpc_server"``,
-``"gcs/shard_0/replica_0"`` (any path below the node), or ``"worker_pool/worker_3"``
-(kills that worker process: its task, if any, is retried).
+Every path ``actorcore.tree()`` shows can be crashed, with or without its leading
+``cluster/node/``:
+
+- ``"node"`` (or ``"cluster"``): the node's whole tree restarts in order (one
+  restart of the node supervisor);
+- a component: ``"local_scheduler"``, ``"global_scheduler"``, ``"object_manager"``,
+  ``"worker_pool"``, ``"rpc_server"``, ``"gcs/shard_0/replica_0"``, a user
+  supervisor by its name — it restarts under its supervisor's strategy;
+- ``"worker_pool/worker_3"``: that worker process is killed — its tasks are retried
+  (``max_retries``), its actors restarted (``max_restarts``) or they die with
+  ``ActorDiedError``;
+- ``"worker_pool/worker_3/<actor>"`` or ``"<supervisor>/<actor>"``: that actor
+  crashes (its process, or only it in a shared actor process) and its restart
+  policy applies; ``"worker_pool/worker_3/task:<name>"``: the task's process dies.
+
+The crash is injected before ``crash`` returns; the restart follows (watch
+``actorcore.tree()``: the component's ``restarts`` and ``state``). A component
+still restarting from an earlier crash cannot crash again yet (``ValueError``).
 """
 
 from __future__ import annotations

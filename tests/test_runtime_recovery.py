@@ -1,0 +1,446 @@
+"""Component crashes lose nothing: every path of the tree can crash, and afterwards
+old objects read, old (restartable) actors answer, and new tasks run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+import actorcore as ray
+import store
+from actorcore import _worker_state
+from actorcore import exceptions as exc
+from actorcore.testing import faults
+
+#: The restarted store keeps unclaimed objects this long (30 s by default): the
+#: tests below read objects only after it is over, so what they read was claimed.
+GRACE = 1.0
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, Any]]:
+    """A cluster of its own: a short store recovery grace, and a store small enough
+    (64 MiB) that some objects are spilled."""
+    old = os.environ.get("ACTORCORE_STORE_RECOVERY_GRACE")
+    os.environ["ACTORCORE_STORE_RECOVERY_GRACE"] = str(GRACE)
+    try:
+        info = ray.init(num_cpus=2, object_store_memory=64 * MB, log_to_driver=False)
+    finally:
+        if old is None:
+            del os.environ["ACTORCORE_STORE_RECOVERY_GRACE"]
+        else:
+            os.environ["ACTORCORE_STORE_RECOVERY_GRACE"] = old
+    yield info
+    ray.shutdown()
+
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+@ray.remote
+def inc(x):
+    return x + 1
+
+
+@ray.remote
+def make(n, fill=1):
+    return np.full(n, fill, np.uint8)
+
+
+@ray.remote
+def total(a):
+    return int(np.asarray(a).sum())
+
+
+@ray.remote
+def slow():
+    time.sleep(300)
+
+
+@ray.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self):
+        self.n += 1
+        return self.n
+
+    def pid(self):
+        return os.getpid()
+
+
+@ray.remote
+class Holder:
+    """An actor holding objects of its own: a large put and a small one."""
+
+    def __init__(self):
+        self.large = ray.put(np.full(2 * MB, 3, np.uint8))
+        self.small = ray.put("held")
+
+    def read(self):
+        return int(ray.get(self.large).sum()), ray.get(self.small)
+
+
+def _walk(snap: dict, prefix: str = "") -> Iterator[tuple[str, dict]]:
+    path = f"{prefix}/{snap['name']}" if prefix else snap["name"]
+    yield path, snap
+    for child in snap.get("children", []):
+        yield from _walk(child, path)
+
+
+def _find(snap: dict, name: str) -> dict | None:
+    return next((s for _p, s in _walk(snap) if s["name"] == name), None)
+
+
+def _until(pred: Any, what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _restarts(name: str) -> int:
+    entry = _find(ray.tree(), name)
+    assert entry is not None, name
+    return entry["restarts"]
+
+
+def _back(name: str, before: int) -> dict:
+    """Wait until component ``name`` restarted (and, for the store, its grace is over)."""
+
+    def done() -> dict | None:
+        entry = _find(ray.tree(), name)
+        if entry is None or entry["restarts"] <= before or entry["state"] != "running":
+            return None
+        return None if entry.get("recovering") else entry
+
+    return _until(done, f"{name} to restart")
+
+
+def _worker_pids() -> set[int]:
+    pool = _find(ray.tree(), "worker_pool")
+    assert pool is not None
+    return {w["pid"] for w in pool["children"]}
+
+
+# -------------------------------------------------------------- object_manager
+
+
+def test_object_manager_crash_keeps_every_object():
+    small = ray.put({"small": [1, 2, 3]})
+    large = ray.put(np.arange(MB // 4, dtype=np.int64))  # 2 MiB in shared memory
+    chunks = [ray.put(np.full(20 * MB, i, np.uint8)) for i in range(4)]  # 80 MiB into 64
+    returned = make.remote(3 * MB, 5)
+    holder = Holder.remote()
+    assert ray.get(holder.read.remote(), timeout=60) == (6 * MB, "held")
+    assert ray.get(returned, timeout=60).nbytes == 3 * MB
+    view = ray.get(large)  # a zero-copy array held over the crash
+    assert _find(ray.tree(), "object_manager")["spilled"] >= 1
+
+    before = _restarts("object_manager")
+    assert "crashed" in faults.crash("object_manager")
+    _back("object_manager", before)  # restarted, and its grace period is over
+
+    started = time.monotonic()
+    assert ray.get(small, timeout=5) == {"small": [1, 2, 3]}
+    np.testing.assert_array_equal(ray.get(large, timeout=5), np.arange(MB // 4, dtype=np.int64))
+    for i, ref in enumerate(chunks):  # in memory or spilled before the crash
+        value = ray.get(ref, timeout=5)
+        assert value.nbytes == 20 * MB and int(value[0]) == int(value[-1]) == i
+        del value
+    assert int(ray.get(returned, timeout=5)[-1]) == 5
+    # Old refs as task arguments; an actor's own objects.
+    assert ray.get(total.remote(large), timeout=30) == sum(range(MB // 4))
+    assert ray.get(total.remote(chunks[3]), timeout=30) == 3 * 20 * MB
+    assert ray.get(holder.read.remote(), timeout=30) == (6 * MB, "held")
+    assert time.monotonic() - started < 30
+    # The view was claimed too: with its ref gone, its memory is not reused under it.
+    del large
+    fillers = [ray.put(np.full(8 * MB, 7, np.uint8)) for _ in range(4)]
+    np.testing.assert_array_equal(view, np.arange(MB // 4, dtype=np.int64))
+    assert ray.get(total.remote(fillers[0]), timeout=30) == 7 * 8 * MB
+    assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+async def _delete_from_store(address: str, token: bytes, object_id: bytes) -> bool:
+    client = await store.StoreClient.connect(address, token)
+    try:
+        return await client.delete(object_id)
+    finally:
+        await client.aclose()
+
+
+def test_an_object_gone_from_the_store_fails_at_once(cluster):
+    ref = make.remote(2 * MB)
+    ready, _ = ray.wait([ref], timeout=60)
+    assert ready
+    # Lost behind the node's back (as with an arena that did not survive).
+    session = Path(cluster["session_dir"])
+    token = (session / "token").read_text().strip()
+    address = f"unix:{session / 'sockets' / 'store.sock'}"
+    assert trio.run(_delete_from_store, address, bytes.fromhex(token), ref.binary())
+    started = time.monotonic()
+    with pytest.raises(exc.ObjectLostError, match=ref.hex()):
+        ray.get(ref, timeout=30)
+    with pytest.raises(exc.ObjectLostError, match=ref.hex()):
+        ray.get(total.remote(ref), timeout=30)
+    assert time.monotonic() - started < 10  # typed, and at once: no 60 s wait
+    assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+# ------------------------------------------------------------------ rpc_server
+
+
+def test_rpc_server_crash_keeps_links_actors_and_objects():
+    owned = Counter.remote()
+    shared = Counter.options(placement="shared").remote()
+    detached = Counter.options(name="keeper", lifetime="detached").remote()
+    big = ray.put(np.ones(MB, np.uint8))
+    assert ray.get([owned.add.remote(), shared.add.remote(), detached.add.remote()],
+                   timeout=60) == [1, 1, 1]
+    pids = _worker_pids()
+    before = _restarts("rpc_server")
+    assert "crashed" in faults.crash("rpc_server")
+    _back("rpc_server", before)
+    # Nothing died: the same actors (state kept), the same worker processes.
+    assert ray.get([owned.add.remote(), shared.add.remote(), detached.add.remote()],
+                   timeout=30) == [2, 2, 2]
+    assert ray.get(ray.get_actor("keeper").add.remote(), timeout=30) == 3
+    assert int(ray.get(big, timeout=5).sum()) == MB
+    assert ray.get(inc.remote(1), timeout=30) == 2
+    assert pids <= _worker_pids()
+    ray.kill(detached)
+
+
+def test_a_dropped_driver_link_is_not_the_drivers_exit():
+    owned = Counter.remote()
+    assert ray.get(owned.add.remote(), timeout=60) == 1
+    core = _worker_state.core
+    assert core is not None
+    old = core.conn
+    # The link drops under the driver (as a network fault would); the driver lives.
+    trio.from_thread.run_sync(lambda: old._sock.shutdown(socket.SHUT_RDWR),
+                              trio_token=core.trio_token)
+    _until(lambda: core.conn is not old, "the driver to reconnect")
+    assert ray.get(owned.add.remote(), timeout=30) == 2
+    assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+_KILLED_DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    import actorcore as ray
+    ray.init(address=sys.argv[1], log_to_driver=False)
+
+    @ray.remote
+    class Keeper:
+        def ping(self):
+            return "pong"
+
+    d = Keeper.options(name="kd_detached", lifetime="detached").remote()
+    t = Keeper.options(name="kd_owned").remote()
+    assert ray.get([d.ping.remote(), t.ping.remote()]) == ["pong", "pong"]
+    print("created", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_a_killed_drivers_actors_die_but_not_its_detached_ones(cluster, tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED_DRIVER)
+    token = (Path(cluster["session_dir"]) / "token").read_text().strip()
+    out = subprocess.run([sys.executable, str(script), cluster["address"]], capture_output=True,
+                         text=True, timeout=90, env=dict(os.environ, ACTORCORE_TOKEN=token))
+    assert out.returncode == -signal.SIGKILL and "created" in out.stdout, out.stderr
+    started = time.monotonic()
+
+    def owned_gone() -> bool:
+        try:
+            ray.get_actor("kd_owned")
+        except ValueError:
+            return True
+        return False
+
+    _until(owned_gone, "the killed driver's actor to die")
+    assert time.monotonic() - started < 4  # its process is gone: no grace period
+    keeper = ray.get_actor("kd_detached")
+    assert ray.get(keeper.ping.remote(), timeout=30) == "pong"
+    ray.kill(keeper)
+
+
+# ------------------------------------------------------------- actor paths
+
+
+def _path_of(pred: Any) -> str:
+    """The tree path (below ``cluster/``) of the first entry ``pred`` accepts."""
+    for path, snap in _walk(ray.tree()):
+        if pred(snap):
+            return path
+    raise AssertionError("no such entry in the tree")
+
+
+def _actor_path(handle: Any, under: str = "worker_pool") -> str:
+    aid = handle._actor_id.hex()
+    return _until(lambda: next((p for p, s in _walk(ray.tree())
+                                if s.get("actor_id") == aid and s["state"] == "running"
+                                and f"/{under}/" in p), None),
+                  f"actor {aid} running")
+
+
+def test_crash_actor_paths_apply_the_restart_policy():
+    once = Counter.options(max_restarts=1, max_task_retries=-1).remote()
+    fragile = Counter.options(placement="shared", max_restarts=0).remote()
+    neighbour = Counter.options(placement="shared").remote()
+    sup = ray.supervisor("recovery_sup", max_restarts=5, max_seconds=30)
+    supervised = Counter.options(supervisor=sup, name="rs_child", max_task_retries=-1).remote()
+    assert ray.get([h.add.remote() for h in (once, fragile, neighbour, supervised)],
+                   timeout=60) == [1, 1, 1, 1]
+
+    # An actor's process (its worker path): restarted once, then it is dead.
+    first = ray.get(once.pid.remote(), timeout=30)
+    worker = _actor_path(once).rsplit("/", 1)[0]
+    assert "killed" in faults.crash(worker)
+    assert _until(lambda: ray.get(once.pid.remote(), timeout=60) != first, "a restart")
+    assert "killed" in faults.crash(_actor_path(once))
+    with pytest.raises(exc.ActorDiedError, match="max_restarts=1"):
+        ray.get(once.add.remote(), timeout=60)
+
+    # An actor in a shared process: only it fails; max_restarts=0, so it is dead.
+    assert "crashed actor" in faults.crash(_actor_path(fragile))
+    with pytest.raises(exc.ActorDiedError, match="crash was injected"):
+        ray.get(fragile.add.remote(), timeout=60)
+    assert ray.get(neighbour.add.remote(), timeout=30) == 2
+
+    # An actor under a user supervisor, by either of its paths: re-created.
+    for under in ("recovery_sup", "worker_pool"):
+        pid = ray.get(supervised.pid.remote(), timeout=30)
+        assert "killed" in faults.crash(_actor_path(supervised, under))
+        assert _until(lambda p=pid: ray.get(supervised.pid.remote(), timeout=60) != p,
+                      "the supervisor to re-create it")
+    # The supervisor itself: restarted, and its actor with it.
+    before = _restarts("recovery_sup")
+    assert "crashed" in faults.crash(_path_of(lambda s: s["name"] == "recovery_sup"))
+    _back("recovery_sup", before)
+    assert ray.get(supervised.add.remote(), timeout=60) == 1  # a fresh incarnation
+
+    # A running task's path: its process dies, the task is retried.
+    running = slow.options(max_retries=1).remote()
+    task = _until(lambda: next((p for p, s in _walk(ray.tree()) if s["name"] == "task:slow"),
+                               None), "the task to run")
+    assert "killed" in faults.crash(task)
+    _until(lambda: any(s["name"] == "task:slow" and s["restarts"] == 1
+                       for _p, s in _walk(ray.tree())), "the task to be retried")
+    ray.cancel(running, force=True)
+
+    task_worker = _path_of(lambda s: s["kind"] == "worker" and "tasks_done" in s)
+    with pytest.raises(ValueError, match="runs no 'task:nothing'"):
+        faults.crash(task_worker + "/task:nothing")
+    with pytest.raises(ValueError, match="no live worker named 'worker_999'"):
+        faults.crash("worker_pool/worker_999")
+    with pytest.raises(ValueError, match="no live actor 'nobody'"):
+        faults.crash(_actor_path(neighbour).rsplit("/", 1)[0] + "/nobody")
+    assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+# ----------------------------------------------------------------- the walk
+
+
+def _identity(path: str, snap: dict) -> str:
+    """What a tree entry is, across restarts that rename it (a replaced worker
+    process has a new index; an actor keeps its id)."""
+    if snap["kind"] == "actor":
+        return f"{'host' if '/worker_pool/' in path else 'supervisor'} of {snap['actor_id']}"
+    if snap["kind"] == "worker":
+        actors = [c["actor_id"] for c in snap.get("children", []) if c.get("actor_id")]
+        return f"process of {actors[0]}" if actors else "task worker"
+    if snap["kind"] == "task":
+        return snap["name"]
+    return path
+
+
+def test_every_tree_path_can_crash_and_nothing_is_lost():
+    small = ray.put("small")
+    big = ray.put(np.arange(MB // 8, dtype=np.int64))
+    returned = make.remote(MB, 9)
+    restartable = {
+        "plain": Counter.options(max_restarts=-1, max_task_retries=-1).remote(),
+        "shared": Counter.options(placement="shared", max_restarts=-1,
+                                  max_task_retries=-1).remote(),
+        "detached": Counter.options(name="walk_detached", lifetime="detached", max_restarts=-1,
+                                    max_task_retries=-1).remote(),
+    }
+    sup = ray.supervisor("walk_sup", max_restarts=50, max_seconds=1)
+    restartable["supervised"] = Counter.options(supervisor=sup, name="walk_child",
+                                                max_task_retries=-1).remote()
+    assert ray.get([h.add.remote() for h in restartable.values()], timeout=60) == [1] * 4
+    # A task in the tree (no CPU: nothing of the checks below waits behind it).
+    running = slow.options(max_retries=-1, num_cpus=0).remote()
+    _until(lambda: _find(ray.tree(), "task:slow"), "a running task in the tree")
+    ours = {h._actor_id.hex() for h in restartable.values()}
+
+    def counted(path: str, snap: dict) -> bool:
+        # Every path of the tree, except what earlier tests of this module left.
+        if snap["kind"] == "user_supervisor":
+            return snap["name"] == "walk_sup"
+        identity = _identity(path, snap)
+        return not identity.startswith(("host of", "supervisor of", "process of")) or (
+            identity.split(" of ")[1] in ours)
+
+    expected = {_identity(p, s) for p, s in _walk(ray.tree()) if counted(p, s)}
+    crashed: set[str] = set()
+
+    def next_target() -> tuple[str, dict] | None:
+        # The tree changes as processes are replaced: look again before each crash.
+        return next(((p, s) for p, s in _walk(ray.tree())
+                     if _identity(p, s) in expected - crashed and s["state"] == "running"),
+                    None)
+
+    def settled(path: str, snap: dict) -> bool:
+        """The crashed component is back (processes: the checks below wait for them)."""
+        tree = ray.tree()
+        if path in ("cluster", "cluster/node"):
+            node = _find(tree, "node")
+            assert node is not None
+            return all(c["state"] == "running" for c in node["children"])
+        if snap["kind"] in ("worker", "actor", "task"):
+            return True
+        now = dict(_walk(tree)).get(path)
+        return now is not None and now["state"] == "running" and (
+            now["restarts"] > snap["restarts"])
+
+    while crashed != expected:
+        path, snap = _until(next_target, f"one of {expected - crashed} running again")
+        crashed.add(_identity(path, snap))
+        assert faults.crash(path), path
+        _until(lambda p=path, s=snap: settled(p, s), f"{path} to restart")
+        # Afterwards: old objects read, old actors answer, new tasks run.
+        assert ray.get(small, timeout=30) == "small", path
+        np.testing.assert_array_equal(ray.get(big, timeout=30),
+                                      np.arange(MB // 8, dtype=np.int64))
+        assert int(ray.get(returned, timeout=30)[0]) == 9, path
+        assert ray.get(total.remote(big), timeout=60) == sum(range(MB // 8)), path
+        assert all(n >= 1 for n in ray.get([h.add.remote() for h in restartable.values()],
+                                           timeout=90)), path
+        assert ray.get(ray.get_actor("walk_detached").add.remote(), timeout=30) >= 1, path
+        assert ray.get(inc.remote(1), timeout=30) == 2, path
+    assert {"cluster", "cluster/node", "cluster/node/object_manager", "cluster/node/rpc_server",
+            "cluster/node/gcs/shard_0/replica_0", "task:slow", "task worker"} <= crashed
+    assert len(crashed) >= 20
+    ray.cancel(running, force=True)
+    ray.kill(restartable["detached"])
