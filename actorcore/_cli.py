@@ -134,7 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"workers: {w['alive']} alive ({w['started_total']} started, {w['died_total']} exited)")
     o = st["object_store"]
     print(f"object store: {o['objects']} objects, {o['bytes_inline'] / 1e6:.2f} MB inline"
-          + (f", shared memory {st['store']['used'] / 1e6:.1f} / {st['store']['capacity'] / 1e6:.0f} MB"
+          + (f", shared memory {st['store'].used / 1e6:.1f} / {st['store'].capacity / 1e6:.0f} MB"
              if st.get("store") else ""))
     print(f"logs: {st['log_dir']}")
     return 0

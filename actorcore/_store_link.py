@@ -28,7 +28,7 @@ and re-claims what it holds within the store's recovery grace period.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import trio
@@ -37,6 +37,9 @@ import transport
 
 from ._serialization import dumps
 from .exceptions import ObjectStoreFullError, SerializationError
+
+if TYPE_CHECKING:
+    import store
 
 __all__ = ["STORE", "StoreLink", "encode_value", "INLINE_THRESHOLD"]
 
@@ -197,9 +200,11 @@ class StoreLink:
         except trio.RunFinishedError:
             pass
 
-    async def statistics(self) -> dict:
+    async def statistics(self) -> store.StoreStatistics:
+        """The node's store service's figures (`store.StoreStatistics`)."""
         await self.connect()
-        return await self.client.store_statistics()
+        stats: store.StoreStatistics = await self.client.store_statistics()
+        return stats
 
     async def aclose(self) -> None:
         if self.client is not None:

@@ -163,7 +163,7 @@ async def test_control_state_writes_and_marks_in_batches_and_skips_refused_recor
         assert await client.tasks.get(refused[1].task_id.hex()) is None
         assert (await client.tasks.get(refused[2].task_id.hex())).spec["args"] == b"b"
 
-        groups = client.statistics()["write_groups"]
+        groups = client.statistics().write_groups
         good = [_spec(b"x") for _ in range(300)]
         for spec in good:
             control.record_task(spec)
@@ -177,4 +177,4 @@ async def test_control_state_writes_and_marks_in_batches_and_skips_refused_recor
         entry = await client.tasks.get(good[200].task_id.hex())
         assert entry.spec["task_id"] == good[200].task_id.hex()
         # Two shards, 300 records and 100 marks: a few batched groups, not 400 ops.
-        assert client.statistics()["write_groups"] - groups <= 8
+        assert client.statistics().write_groups - groups <= 8
