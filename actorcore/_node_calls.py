@@ -80,8 +80,10 @@ def dispatch_call(node: Any, name: str, args: tuple, reply: Any) -> None:
             async def with_store() -> None:
                 st = _status(node)
                 try:
-                    with __import__("trio").move_on_after(5):
+                    with __import__("trio").move_on_after(5) as scope:
                         st["store"] = await node.store_link.statistics()
+                    if scope.cancelled_caught:
+                        st["store_error"] = "the object store did not answer within 5 s"
                 except Exception as exc:
                     st["store_error"] = str(exc)
                 reply.send(st)

@@ -201,9 +201,14 @@ class StoreLink:
             pass
 
     async def statistics(self) -> store.StoreStatistics:
-        """The node's store service's figures (`store.StoreStatistics`)."""
+        """The node's store service's figures (`store.StoreStatistics`); reconnects
+        once if the service restarted since the last call, like every other call."""
         await self.connect()
-        stats: store.StoreStatistics = await self.client.store_statistics()
+        try:
+            stats: store.StoreStatistics = await self.client.store_statistics()
+        except _store_errors():
+            await self.reconnect()
+            stats = await self.client.store_statistics()
         return stats
 
     async def aclose(self) -> None:

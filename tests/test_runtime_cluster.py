@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import actorcore as ray
+import store
 from actorcore.kernel import check_snapshot
 from actorcore.testing import faults
 
@@ -288,6 +289,19 @@ def test_cli_start_status_tree_stop(tmpdir):
         stopped = cli("stop")
     assert "stopped" in stopped.stdout
     assert _wait_dead([pid]) == []
+
+
+def test_status_reads_the_store_again_after_it_restarts(cluster):
+    before = _find(ray.tree(), "object_manager")["restarts"]
+    assert "crashed" in faults.crash("object_manager")
+    deadline = time.monotonic() + 10
+    while _find(ray.tree(), "object_manager")["restarts"] != before + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    st = ray._api._call("status")
+    assert "store_error" not in st, st["store_error"]
+    assert isinstance(st["store"], store.StoreStatistics) and st["store"].capacity > 0
+    assert ray.get(inc.remote(1), timeout=30) == 2
 
 
 def test_init_address_errors(tmpdir):
