@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from ._global_scheduler import GlobalScheduler
@@ -125,7 +126,9 @@ class _ControlService:
         await self.node.control.run(task_status=task_status)
 
     def snapshot(self) -> dict:
-        return {"kind": "gcs", **self.node.control.statistics()}
+        stats = attrs.asdict(self.node.control.statistics(),
+                             filter=lambda _field, value: value is not None)
+        return {"kind": "gcs", **stats}
 
 
 

@@ -126,7 +126,7 @@ def run_backend(backend: str, quick: bool, queue: int) -> dict:
             queued = [noop.remote(g) for _ in range(queue)]
             ray.wait([queued[-1]], timeout=0.5)  # let the node take them in
             deadline = time.monotonic() + 120
-            while ray._api._call("status")["scheduler"]["waiting"] < queue:
+            while ray._api._call("status")["scheduler"].waiting < queue:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
