@@ -26,11 +26,13 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import attrs
+
 from . import _serialization
 from ._actor_protocol import CallSpec
 from .exceptions import TaskCancelledError
 
-__all__ = ["CallGate", "TaskInterrupt", "cancelled_results", "run_interruptible"]
+__all__ = ["CallGate", "CallGateStatistics", "TaskInterrupt", "cancelled_results", "run_interruptible"]
 
 
 def cancelled_results(spec: CallSpec, when: str) -> list[tuple[bytes, bool, bytes]]:
@@ -38,6 +40,24 @@ def cancelled_results(spec: CallSpec, when: str) -> list[tuple[bytes, bool, byte
     payload = _serialization.dumps(
         TaskCancelledError(spec.task_id, f"actor call {spec.name} was cancelled {when}"))
     return [(oid, True, payload) for oid in spec.return_ids()]
+
+
+@attrs.frozen(kw_only=True)
+class CallGateStatistics:
+    """Figures of one actor's calls, from ``CallGate.statistics()``.
+
+    Attributes:
+      queued: calls in the mailbox, not started.
+      running_interruptible: calls of an async actor running now (a cancel
+        interrupts them).
+      dropped_total: queued calls cancelled before they started;
+        interrupted_total: running calls a cancel interrupted.
+    """
+
+    queued: int
+    running_interruptible: int
+    dropped_total: int
+    interrupted_total: int
 
 
 class CallGate:
@@ -101,11 +121,11 @@ class CallGate:
             return "interrupted"
         return "none"
 
-    def statistics(self) -> dict[str, int]:
+    def statistics(self) -> CallGateStatistics:
         with self._lock:
-            return {"queued": len(self._queued), "running_interruptible": len(self._running),
-                    "dropped_total": self.dropped_total,
-                    "interrupted_total": self.interrupted_total}
+            return CallGateStatistics(
+                queued=len(self._queued), running_interruptible=len(self._running),
+                dropped_total=self.dropped_total, interrupted_total=self.interrupted_total)
 
 
 class TaskInterrupt:

@@ -5,10 +5,34 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-__all__ = ["ActorIntrospection", "TREE_LIMIT"]
+import attrs
+
+__all__ = ["TREE_LIMIT", "ActorIntrospection", "ActorManagerStatistics"]
 
 #: Actor entries listed per worker in the tree (the rest are counted).
 TREE_LIMIT = 50
+
+
+@attrs.frozen(kw_only=True)
+class ActorManagerStatistics:
+    """Figures of a node's actor manager, from ``ActorManager.statistics()``.
+
+    Attributes:
+      pending, alive, restarting, dead: actors in each state now (``pending``: its
+        constructor has not returned yet; dead actors are kept for ``actor_state``).
+      created, died, restarts: actors created, dead for good, and restarted, since
+        the node started.
+      processes: actor processes (one per actor, or shared by several).
+    """
+
+    pending: int
+    alive: int
+    restarting: int
+    dead: int
+    created: int
+    died: int
+    restarts: int
+    processes: int
 
 
 class ActorIntrospection:
@@ -75,8 +99,10 @@ class ActorIntrospection:
             out.append(entry)
         return out
 
-    def statistics(self) -> dict:
+    def statistics(self) -> ActorManagerStatistics:
         states = collections.Counter(r.state for r in self.actors.values())
-        return {"actors": dict(states), "created": self.created_total, "died": self.died_total,
-                "restarts": self.restarts_total, "processes": len(self.workers)}
+        return ActorManagerStatistics(
+            pending=states["pending"], alive=states["alive"], restarting=states["restarting"],
+            dead=states["dead"], created=self.created_total, died=self.died_total,
+            restarts=self.restarts_total, processes=len(self.workers))
 

@@ -30,7 +30,18 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import gcs
+    import store
+
+    from . import (
+        ActorManagerStatistics,
+        ControlStatistics,
+        DirectoryStatistics,
+        SchedulerStatistics,
+    )
 
 __all__ = ["main"]
 
@@ -136,7 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConnectionError as exc:
         return _err(str(exc))
     if args.json:
-        print(json.dumps(st, indent=2, default=str))
+        print(json.dumps(st, indent=2, default=_jsonable))
         return 0
     print(f"actorcore cluster: {len(st['nodes'])} node(s), up {st['uptime_s']:.0f} s")
     for n in st["nodes"]:
@@ -145,15 +156,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("resources (used / total):")
     for k, total in sorted(st["resources_total"].items()):
         print(f"  {k:<10} {st['resources_used'].get(k, 0):g} / {total:g}")
-    s = st["scheduler"]
-    print(f"tasks: {s['running']} running, {s['ready'] + s['waiting']} queued, "
-          f"{s['finished']} finished ({s['failed']} failed, {s['retried']} retried)")
-    w = st["workers"]
-    print(f"workers: {w['alive']} alive ({w['started_total']} started, {w['died_total']} exited)")
-    o = st["object_store"]
-    print(f"object store: {o['objects']} objects, {o['bytes_inline'] / 1e6:.2f} MB inline"
-          + (f", shared memory {st['store']['used'] / 1e6:.1f} / {st['store']['capacity'] / 1e6:.0f} MB"
-             if st.get("store") else ""))
+    for line in _status_lines(st):
+        print(line)
     print(f"security: {_fmt_security(st.get('security'))}")
     print(f"logs: {st['log_dir']}")
     return 0
@@ -185,6 +189,68 @@ def cmd_tls(args: argparse.Namespace) -> int:
           f"--tls-ca {config.ca}")
     print("or set ACTORCORE_TLS_CERT, ACTORCORE_TLS_KEY and ACTORCORE_TLS_CA.")
     return 0
+
+
+def _jsonable(value: Any) -> Any:
+    """``json.dumps`` hook: typed statistics become objects, anything else a string."""
+    import attrs
+
+    if attrs.has(type(value)):
+        return attrs.asdict(value)
+    return str(value)
+
+
+def _size(n: float) -> str:
+    """Bytes as people read them: ``512 B``, ``10.0 MiB``, ``2.0 GiB``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _count(n: int, noun: str, plural: str = "") -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
+
+
+def _status_lines(st: dict[str, Any]) -> list[str]:
+    """The components' figures (their typed statistics), one line each."""
+    s: SchedulerStatistics = st["scheduler"]
+    lines = [f"tasks: {s.running} running, {s.queued} queued ({s.waiting} waiting for "
+             f"arguments), {s.finished} finished ({s.failed} failed, {s.retried} retried)"]
+    a: ActorManagerStatistics = st["actors"]
+    lines.append(f"actors: {a.alive} alive, {a.pending} pending, {a.restarting} restarting, "
+                 f"{a.dead} dead ({a.created} created, {_count(a.restarts, 'restart')}) "
+                 f"in {_count(a.processes, 'actor process', 'actor processes')}")
+    w = st["workers"]
+    lines.append(f"workers: {w['alive']} alive ({w['started_total']} started, "
+                 f"{w['died_total']} exited), {s.idle_workers} idle")
+    o: DirectoryStatistics = st["object_store"]
+    lines.append(f"objects: {o.objects} known ({o.ready} ready, {o.pending} pending), "
+                 f"{_size(o.bytes_inline)} inline; {o.created} created, {o.freed} freed")
+    m: store.StoreStatistics | None = st.get("store")
+    if m is not None:
+        line = (f"object store: {_size(m.used)} of {_size(m.capacity)} shared memory, "
+                f"{_count(m.count, 'object')} ({m.pinned} pinned), "
+                f"{_count(m.connections, 'client')}")
+        if m.spilled or m.spills or m.disk_allocations:
+            line += (f"; on disk {_count(m.spilled, 'object')} ({_size(m.spilled_bytes)}), "
+                     f"{_count(m.spills, 'spill')}, {_count(m.restores, 'restore')}, "
+                     f"{m.disk_allocations} created on disk")
+        lines.append(line)
+    elif "store_error" in st:
+        lines.append(f"object store: no figures ({st['store_error']})")
+    c: ControlStatistics = st["control"]
+    lines.append(f"lineage: {_count(c.tasks_recorded, 'task')} recorded, "
+                 f"{c.lineage_live_tasks} with live results, {c.lineage_collectable} "
+                 f"collectable, {c.lineage_pending} buffered")
+    g: gcs.GcsClientStatistics | None = c.gcs_client
+    if g is not None:
+        lines.append(f"gcs: {c.address}, {_count(g.writes, 'write')} and "
+                     f"{_count(g.reads, 'read')} in {_count(g.batches, 'batch', 'batches')}, "
+                     f"{_count(g.retries, 'retry', 'retries')}")
+    elif c.backend == "memory":
+        lines.append("gcs: none (control state in the node's memory)")
+    return lines
 
 
 _RED = "\x1b[31m"

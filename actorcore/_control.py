@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import attrs
 import trio
 
 from ._protocol import TaskSpec
 
-__all__ = ["ControlState", "MemoryControlState", "GcsControlState"]
+if TYPE_CHECKING:
+    import gcs
+
+__all__ = ["ControlState", "ControlStatistics", "GcsControlState", "MemoryControlState"]
 
 logger = logging.getLogger("actorcore.control")
 
@@ -42,7 +46,34 @@ class ControlState(Protocol):
     async def list_nodes(self) -> list[dict]: ...
     async def put_job(self, job_id: str, info: dict) -> None: ...
     async def run(self, *, task_status: Any = ...) -> None: ...
-    def statistics(self) -> dict: ...
+    def statistics(self) -> ControlStatistics: ...
+
+
+@attrs.frozen(kw_only=True)
+class ControlStatistics:
+    """Figures of a node's control state, from ``ControlState.statistics()``.
+
+    Attributes:
+      backend: ``"gcs"`` (the real GCS) or ``"memory"`` (a node run without one).
+      address: the GCS coordinator's address (``None`` for ``memory``).
+      tasks_recorded: task specs written to the task table (the lineage);
+        lineage_collectable: tasks marked no longer needed (every object they
+        produced was freed), which the GCS may flush from memory;
+        lineage_flushes: batches written; lineage_pending: items still buffered.
+      lineage_live_tasks: tasks with a return still alive (their lineage is kept).
+        The node's object table counts them: ``None`` unless the node filled it in
+        (its ``status`` call does).
+      gcs_client: the node's GCS client (``None`` for ``memory``).
+    """
+
+    backend: str
+    address: str | None
+    tasks_recorded: int
+    lineage_collectable: int
+    lineage_flushes: int
+    lineage_pending: int
+    lineage_live_tasks: int | None = None
+    gcs_client: gcs.GcsClientStatistics | None = None
 
 
 class _LineageBuffer:
@@ -61,6 +92,18 @@ class _LineageBuffer:
         self.recorded = 0
         self.collected = 0
         self.flushes = 0
+
+    def statistics(self, *, backend: str, address: str | None,
+                   gcs_client: gcs.GcsClientStatistics | None = None) -> ControlStatistics:
+        return ControlStatistics(
+            backend=backend,
+            address=address,
+            tasks_recorded=self.recorded,
+            lineage_collectable=self.collected,
+            lineage_flushes=self.flushes,
+            lineage_pending=len(self.buffer),
+            gcs_client=gcs_client,
+        )
 
     def add(self, item: TaskSpec | bytes) -> None:
         self.buffer.append(item)
@@ -145,14 +188,8 @@ class MemoryControlState:
         task_status.started()
         await self._lineage.flush_forever(self._write_tasks, self._collect)
 
-    def statistics(self) -> dict:
-        return {
-            "backend": "memory",
-            "tasks_recorded": self._lineage.recorded,
-            "lineage_collectable": self._lineage.collected,
-            "lineage_flushes": self._lineage.flushes,
-            "lineage_pending": len(self._lineage.buffer),
-        }
+    def statistics(self) -> ControlStatistics:
+        return self._lineage.statistics(backend="memory", address=None)
 
 
 class GcsControlState:
@@ -218,12 +255,6 @@ class GcsControlState:
         task_status.started()
         await self._lineage.flush_forever(self._write_tasks, self._collect)
 
-    def statistics(self) -> dict:
-        return {
-            "backend": "gcs",
-            "address": self.address,
-            "tasks_recorded": self._lineage.recorded,
-            "lineage_collectable": self._lineage.collected,
-            "lineage_flushes": self._lineage.flushes,
-            "lineage_pending": len(self._lineage.buffer),
-        }
+    def statistics(self) -> ControlStatistics:
+        return self._lineage.statistics(backend="gcs", address=self.address,
+                                        gcs_client=self.client.statistics())

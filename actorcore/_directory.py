@@ -24,7 +24,7 @@ import attrs
 
 from ._protocol import ObjectData
 
-__all__ = ["ObjectDirectory", "ObjectEntry"]
+__all__ = ["DirectoryStatistics", "ObjectDirectory", "ObjectEntry"]
 
 
 @attrs.define(slots=True, eq=False)
@@ -35,6 +35,26 @@ class ObjectEntry:
     waiters: list[Callable[[ObjectEntry], None]] | None = None
     pins: int = 0
     released: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class DirectoryStatistics:
+    """Figures of a node's object directory, from ``ObjectDirectory.statistics()``.
+
+    Attributes:
+      objects: entries now, ``ready`` (a value or a store location is known) or
+        ``pending`` (awaited: a task's return not produced yet).
+      bytes_inline: bytes of the values held in the directory itself (small values,
+        not in the shared-memory store).
+      created, freed: objects made ready and dropped since the node started.
+    """
+
+    objects: int
+    ready: int
+    pending: int
+    bytes_inline: int
+    created: int
+    freed: int
 
 
 @attrs.define(eq=False)
@@ -115,13 +135,13 @@ class ObjectDirectory:
         if isinstance(e.data, bytes | bytearray | memoryview):
             self.bytes_inline -= len(e.data)
 
-    def statistics(self) -> dict[str, int]:
+    def statistics(self) -> DirectoryStatistics:
         ready = sum(1 for e in self.entries.values() if e.ready)
-        return {
-            "objects": len(self.entries),
-            "ready": ready,
-            "pending": len(self.entries) - ready,
-            "bytes_inline": self.bytes_inline,
-            "created": self.objects_created,
-            "freed": self.objects_freed,
-        }
+        return DirectoryStatistics(
+            objects=len(self.entries),
+            ready=ready,
+            pending=len(self.entries) - ready,
+            bytes_inline=self.bytes_inline,
+            created=self.objects_created,
+            freed=self.objects_freed,
+        )

@@ -4,6 +4,11 @@
 ``crash`` (the fault hook of ``actorcore.testing.faults``), ``kill_worker``,
 ``job_namespace`` and ``shutdown``. Each answers its ``Reply`` now, or later from a
 task for calls that read the GCS.
+
+``status`` answers a dict whose component entries are the components' typed
+statistics (``SchedulerStatistics``, ``DirectoryStatistics``, ``ActorManagerStatistics``,
+``ControlStatistics``, ``store.StoreStatistics``): its callers import them too.
+``actorcore status --json`` turns them into JSON objects with ``attrs.asdict``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import os
 import time
 from typing import Any
+
+import attrs
 
 from .kernel import InjectedCrash
 
@@ -27,20 +34,20 @@ def _tree(node: Any) -> dict:
 
 def _status(node: Any) -> dict:
     sched = node.sched.statistics()
-    used = {k: v - sched["available"].get(k, 0.0) for k, v in sched["total"].items()}
     return {
         "nodes": [node.node_info()],
-        "resources_total": sched["total"],
-        "resources_used": used,
+        "resources_total": sched.total,
+        "resources_used": sched.used,
         "scheduler": sched,
         "object_store": node.directory.statistics(),
+        "actors": node.actors.statistics(),
         "workers": {
             "alive": len(node.pool.alive()),
             "started_total": node.pool.started_total,
             "died_total": node.pool.died_total,
         },
-        # lineage_live_tasks: tasks with a return still alive (their lineage is kept).
-        "control": {**node.control.statistics(), "lineage_live_tasks": len(node.objects.live_returns)},
+        "control": attrs.evolve(node.control.statistics(),
+                                lineage_live_tasks=len(node.objects.live_returns)),
         "log_dir": str(node.config.session_dir / "logs"),
         "session_dir": str(node.config.session_dir),
         "security": node.security_info(),
@@ -151,8 +158,10 @@ def dispatch_call(node: Any, name: str, args: tuple, reply: Any) -> None:
             async def with_store() -> None:
                 st = _status(node)
                 try:
-                    with __import__("trio").move_on_after(5):
+                    with __import__("trio").move_on_after(5) as scope:
                         st["store"] = await node.store_link.statistics()
+                    if scope.cancelled_caught:
+                        st["store_error"] = "the object store did not answer within 5 s"
                 except Exception as exc:
                     st["store_error"] = str(exc)
                 reply.send(st)

@@ -22,6 +22,7 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from ._global_scheduler import GlobalScheduler
@@ -136,7 +137,9 @@ class _ControlService:
         await self.node.control.run(task_status=task_status)
 
     def snapshot(self) -> dict:
-        return {"kind": "gcs", **self.node.control.statistics()}
+        stats = attrs.asdict(self.node.control.statistics(),
+                             filter=lambda _field, value: value is not None)
+        return {"kind": "gcs", **stats}
 
 
 

@@ -43,7 +43,14 @@ from .exceptions import (
     WorkerCrashedError,
 )
 
-__all__ = ["SchedulerState", "LocalScheduler", "ReadyQueues", "WorkerInfo", "fits"]
+__all__ = [
+    "LocalScheduler",
+    "ReadyQueues",
+    "SchedulerState",
+    "SchedulerStatistics",
+    "WorkerInfo",
+    "fits",
+]
 
 logger = logging.getLogger("actorcore.scheduler")
 
@@ -194,6 +201,43 @@ def fits(need: dict[str, float], available: dict[str, float]) -> bool:
         if available.get(k, 0.0) < v - 1e-9:
             return False
     return True
+
+
+@attrs.frozen(kw_only=True)
+class SchedulerStatistics:
+    """Figures of a node's local scheduler, from ``SchedulerState.statistics()``.
+
+    Attributes:
+      waiting: tasks whose arguments are not all ready yet; ready: tasks queued for
+        resources or a worker; running: tasks on a worker now.
+      idle_workers: task workers free to take one.
+      finished: tasks completed (with a value or the task's own exception);
+        retried: attempts re-run (their worker died, or an exception they retry on);
+        failed: tasks the node failed (worker died with no retries left, cancelled,
+        unschedulable). All since the node started.
+      available, total: resources free now and the node's capacity (tasks and
+        actors both take from ``available``).
+    """
+
+    waiting: int
+    ready: int
+    running: int
+    idle_workers: int
+    finished: int
+    retried: int
+    failed: int
+    available: dict[str, float]
+    total: dict[str, float]
+
+    @property
+    def queued(self) -> int:
+        """Tasks not running yet: ``waiting`` plus ``ready``."""
+        return self.waiting + self.ready
+
+    @property
+    def used(self) -> dict[str, float]:
+        """Resources taken now, per resource of ``total``."""
+        return {k: v - self.available.get(k, 0.0) for k, v in self.total.items()}
 
 
 @attrs.define(eq=False)
@@ -629,18 +673,18 @@ class SchedulerState:
         if not delivered:
             self.deliver(spec.owner, results)
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "waiting": len(self.waiting),
-            "ready": len(self.ready),
-            "running": len(self.running),
-            "idle_workers": sum(1 for w in self.idle if w.available()),
-            "finished": self.tasks_finished,
-            "retried": self.tasks_retried,
-            "failed": self.tasks_failed,
-            "available": dict(self.available),
-            "total": dict(self.total),
-        }
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            waiting=len(self.waiting),
+            ready=len(self.ready),
+            running=len(self.running),
+            idle_workers=sum(1 for w in self.idle if w.available()),
+            finished=self.tasks_finished,
+            retried=self.tasks_retried,
+            failed=self.tasks_failed,
+            available=dict(self.available),
+            total=dict(self.total),
+        )
 
 
 class LocalScheduler:
@@ -665,5 +709,4 @@ class LocalScheduler:
 
     def snapshot(self) -> dict:
         st = self.state.statistics()
-        return {"kind": "local_scheduler", "queued": st["ready"] + st["waiting"],
-                "running": st["running"]}
+        return {"kind": "local_scheduler", "queued": st.queued, "running": st.running}

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import trio
@@ -45,6 +45,9 @@ import transport
 
 from ._serialization import dumps
 from .exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, SerializationError
+
+if TYPE_CHECKING:
+    import store
 
 __all__ = ["STORE", "StoreLink", "encode_value", "INLINE_THRESHOLD"]
 
@@ -317,9 +320,16 @@ class StoreLink:
         except trio.RunFinishedError:
             pass
 
-    async def statistics(self) -> dict:
+    async def statistics(self) -> store.StoreStatistics:
+        """The node's store service's figures (`store.StoreStatistics`); reconnects
+        once if the service restarted since the last call, like every other call."""
         await self.connect()
-        return await self.client.store_statistics()
+        try:
+            stats: store.StoreStatistics = await self.client.store_statistics()
+        except _store_errors():
+            await self.reconnect()
+            stats = await self.client.store_statistics()
+        return stats
 
     async def aclose(self) -> None:
         if self.client is not None:

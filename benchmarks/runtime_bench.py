@@ -97,7 +97,7 @@ def _memory(ray, backend: str, noop, queue: int) -> dict:
     ray.wait([queued[-1]], timeout=0.5)  # let the cluster take them in
     if backend == "actorcore":  # the node says when it holds them all
         deadline = time.monotonic() + 120
-        while ray._api._call("status")["scheduler"]["waiting"] < queue:
+        while ray._api._call("status")["scheduler"].waiting < queue:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.1)

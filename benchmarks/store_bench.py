@@ -185,9 +185,9 @@ async def _bench_client(address: str, quick: bool) -> dict[str, float]:
     stats = await client.store_statistics()
     results["put_with_spill_total_s"] = t1 - t0
     results["restore_all_s"] = t2 - t1
-    results["spilled_MB"] = stats["spill_bytes_written"] / MB
-    results["spill_MBps"] = stats["spill_bytes_written"] / MB / max(stats["spill_seconds"], 1e-9)
-    results["restore_MBps"] = stats["restore_bytes_read"] / MB / max(stats["restore_seconds"], 1e-9)
+    results["spilled_MB"] = stats.spill_bytes_written / MB
+    results["spill_MBps"] = stats.spill_bytes_written / MB / max(stats.spill_seconds, 1e-9)
+    results["restore_MBps"] = stats.restore_bytes_read / MB / max(stats.restore_seconds, 1e-9)
     for i in range(count):
         await client.remove_ref(b"sp%d" % i)
     await client.aclose()

@@ -15,6 +15,10 @@ Public surface
   ``write_many/put_many/mark_collectable_many`` (one waiting task per shard, not per
   op; same idempotent retries) and typed tables ``nodes, actors, objects, tasks,
   functions, jobs, kv`` (``tasks.add_many/mark_collectable_many`` for the lineage).
+* Statistics are frozen attrs classes: `GcsClientStatistics` (``client.statistics()``),
+  `CoordinatorStatistics` with a `ChainStatistics` per shard, `ReplicaStatistics` with
+  its `PublisherStatistics`, `ShardStateStatistics` and `ShardLogStatistics`. The
+  ``("stats",)`` requests of the coordinator and the replicas answer them as plain dicts.
 
 Design
 ------
@@ -102,9 +106,10 @@ outbox (100,000 events) is resubscribed from the replay buffer and gets
 `SubscriptionLost` if that is too short.
 """
 
-from ._client import Entry, Event, GcsClient, Subscription, open_client
+from ._client import Entry, Event, GcsClient, GcsClientStatistics, Subscription, open_client
 from ._config import GcsConfig
-from ._coordinator import Coordinator
+from ._coordinator import ChainStatistics, Coordinator, CoordinatorStatistics
+from ._durable import ShardLogStatistics
 from ._errors import (
     BadRequest,
     GcsError,
@@ -116,29 +121,38 @@ from ._errors import (
     VersionMismatch,
 )
 from ._protocol import TABLES, shard_of
-from ._replica import Replica, ReplicaRemoved
+from ._pubsub import PublisherStatistics
+from ._replica import Replica, ReplicaRemoved, ReplicaStatistics
 from ._service import GcsPlan, GcsService, ReplicaProcessDied, ReplicaService, ServiceSpec, plan
+from ._state import ShardStateStatistics
 from ._tables import ACTOR_STATES, TaskEntry
 
 __all__ = [
     "ACTOR_STATES",
     "TABLES",
     "BadRequest",
+    "ChainStatistics",
     "Coordinator",
+    "CoordinatorStatistics",
     "Entry",
     "Event",
     "GcsClient",
+    "GcsClientStatistics",
     "GcsConfig",
     "GcsError",
     "GcsPlan",
     "GcsService",
     "GcsUnavailable",
     "NameTaken",
+    "PublisherStatistics",
     "Replica",
     "ReplicaProcessDied",
     "ReplicaRemoved",
     "ReplicaService",
+    "ReplicaStatistics",
     "ServiceSpec",
+    "ShardLogStatistics",
+    "ShardStateStatistics",
     "Subscription",
     "SubscriptionLost",
     "TaskEntry",

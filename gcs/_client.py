@@ -56,7 +56,7 @@ from ._tables import (
 )
 from ._watch import HeldReplies
 
-__all__ = ["Entry", "Event", "GcsClient", "Subscription", "open_client"]
+__all__ = ["Entry", "Event", "GcsClient", "GcsClientStatistics", "Subscription", "open_client"]
 
 
 @attrs.frozen
@@ -65,6 +65,35 @@ class Entry:
 
     value: Any
     version: int
+
+
+@attrs.frozen(kw_only=True)
+class GcsClientStatistics:
+    """Figures of one `GcsClient`, from ``client.statistics()``.
+
+    Attributes:
+      writes, reads: operations submitted; batches: requests sent to shards (each
+        carries everything queued for its shard); write_groups: per-shard groups of
+        the batched writes (``write_many`` and the typed tables' ``*_many``).
+      retries: attempts repeated after a timeout, a lost link or a stale layout.
+      coordinator_reconnects: times the coordinator link was (re)established.
+      shard_resets: shards found with a new history (an in-memory GCS restarted as
+        a whole, its data lost).
+      connections: open links to replicas; subscriptions: live subscriptions.
+      layout: where each shard's head and tail are, as last pushed (``None``
+        before the first).
+    """
+
+    writes: int
+    reads: int
+    batches: int
+    write_groups: int
+    retries: int
+    coordinator_reconnects: int
+    shard_resets: int
+    connections: int
+    subscriptions: int
+    layout: Layout | None
 
 
 class GcsClient(LayoutTracking):
@@ -94,7 +123,7 @@ class GcsClient(LayoutTracking):
         self._sub_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._held = HeldReplies()
-        self._stats = {"writes": 0, "reads": 0, "batches": 0, "retries": 0,
+        self._stats = {"writes": 0, "reads": 0, "batches": 0, "write_groups": 0, "retries": 0,
                        "coordinator_reconnects": 0, "shard_resets": 0}
         #: The typed tables of the runtime (see `_tables.py`).
         self.nodes = NodeTable(self)
@@ -335,7 +364,7 @@ class GcsClient(LayoutTracking):
             else:
                 group.append(item)
         self._stats["writes"] += len(every)
-        self._stats["write_groups"] = self._stats.get("write_groups", 0) + len(by_shard)
+        self._stats["write_groups"] += len(by_shard)
         if len(by_shard) == 1:
             [(shard, group)] = by_shard.items()
             await self._submit_many(shard, group)
@@ -452,9 +481,20 @@ class GcsClient(LayoutTracking):
                 except transport.TransportError:
                     pass
 
-    def statistics(self) -> dict[str, Any]:
-        return {**self._stats, "connections": len(self._conns), "subscriptions": len(self._subs),
-                "layout": self._layout}
+    def statistics(self) -> GcsClientStatistics:
+        stats = self._stats
+        return GcsClientStatistics(
+            writes=stats["writes"],
+            reads=stats["reads"],
+            batches=stats["batches"],
+            write_groups=stats["write_groups"],
+            retries=stats["retries"],
+            coordinator_reconnects=stats["coordinator_reconnects"],
+            shard_resets=stats["shard_resets"],
+            connections=len(self._conns),
+            subscriptions=len(self._subs),
+            layout=self._layout,
+        )
 
 
 @asynccontextmanager

@@ -88,6 +88,7 @@ a restart of the whole ``gcs`` subtree, when no replica is left to report one.
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections import deque
 from pathlib import Path
@@ -102,7 +103,7 @@ from ._config import GcsConfig
 from ._protocol import ChainConfig, Layout, ShardLayout
 from ._watch import HeldReplies
 
-__all__ = ["Coordinator"]
+__all__ = ["ChainStatistics", "Coordinator", "CoordinatorStatistics"]
 
 _UNCHANGED = object()
 
@@ -125,6 +126,55 @@ class _Shard:
     failovers: int = 0
     #: While recovering after a restart: name -> (report, held register reply).
     registrants: dict[str, tuple[Any, Any]] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ChainStatistics:
+    """One shard's chain as the coordinator holds it (in `CoordinatorStatistics`).
+
+    Attributes:
+      shard, epoch: the shard and its current configuration's epoch.
+      chain: replica names, head first; learner: a replica catching up behind the
+        tail; joiners: replicas waiting to become the learner.
+      failovers: replicas cut out of this chain by this coordinator.
+    """
+
+    shard: int
+    epoch: int
+    chain: tuple[str, ...]
+    learner: str | None
+    joiners: tuple[str, ...]
+    failovers: int
+
+
+@attrs.frozen(kw_only=True)
+class CoordinatorStatistics:
+    """Figures of the GCS coordinator, from `Coordinator.statistics()` (its
+    ``("stats",)`` request answers them as a dict of plain lists and dicts).
+
+    Attributes:
+      address: where replicas and clients reach it.
+      shards: each shard's chain.
+      clients: connected clients (they receive every layout change).
+      recovery: after a restart, what was decided for each shard and when
+        (``recover``; ``shards``: seconds, registered, chain, learner, epoch;
+        ``seconds`` once every shard is done).
+      removed_total: replicas cut out of their chains; suspects: neighbours the
+        replicas reported; removals: the latest ten removals, (name, why).
+    """
+
+    address: str | None
+    shards: tuple[ChainStatistics, ...]
+    clients: int
+    recovery: dict[str, Any]
+    removed_total: int
+    suspects: int
+    removals: tuple[tuple[str, str], ...]
+
+
+def _as_list(_inst: Any, _field: Any, value: Any) -> Any:
+    """``attrs.asdict`` hook: tuples go on the wire as lists (as they always have)."""
+    return list(value) if type(value) is tuple else value
 
 
 def _has_state(report: Any) -> bool:
@@ -246,21 +296,21 @@ class Coordinator:
         with trio.fail_after(timeout):
             await self._recovered.wait()
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "address": self.address,
-            "shards": [
-                {"shard": s.config.shard, "epoch": s.config.epoch, "chain": list(s.config.chain),
-                 "learner": s.config.learner, "joiners": list(s.joiners),
-                 "failovers": s.failovers}
+    def statistics(self) -> CoordinatorStatistics:
+        return CoordinatorStatistics(
+            address=self.address,
+            shards=tuple(
+                ChainStatistics(shard=s.config.shard, epoch=s.config.epoch,
+                                chain=tuple(s.config.chain), learner=s.config.learner,
+                                joiners=tuple(s.joiners), failovers=s.failovers)
                 for s in self._shards
-            ],
-            "clients": len(self._clients),
-            "recovery": dict(self.recovery),
-            "removed_total": self.removed_total,
-            "suspects": self.suspects,
-            "removals": list(self.removals)[-10:],
-        }
+            ),
+            clients=len(self._clients),
+            recovery=copy.deepcopy(self.recovery),
+            removed_total=self.removed_total,
+            suspects=self.suspects,
+            removals=tuple(self.removals)[-10:],
+        )
 
     def chain(self, shard: int) -> ChainConfig:
         return self._shards[shard].config
@@ -305,7 +355,7 @@ class Coordinator:
         elif tag == "watch":
             self._held.hold(conn, reply)  # never answered: fails at the replica when we die
         elif tag == "stats":
-            reply.send(self.statistics())
+            reply.send(attrs.asdict(self.statistics(), value_serializer=_as_list))
         elif reply is not None:
             reply.fail(ValueError(f"GCS coordinator: unknown request {message!r:.200}"))
 

@@ -29,9 +29,11 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from ._state import ShardState, Update
 
-__all__ = ["ShardLog", "read_log", "recover_shard"]
+__all__ = ["ShardLog", "ShardLogStatistics", "read_log", "recover_shard"]
 
 _HEADER = struct.Struct("<II")
 
@@ -96,6 +98,20 @@ def recover_shard(durable_dir: str, shard: int, state: ShardState) -> Path | Non
     return best[1]
 
 
+@attrs.frozen(kw_only=True)
+class ShardLogStatistics:
+    """Figures of one replica's durable log, from `ShardLog.statistics()`.
+
+    Attributes:
+      path: the log file; records, bytes: its records (the snapshot that starts
+        it counts one) and size since it was last compacted.
+    """
+
+    path: str
+    records: int
+    bytes: int
+
+
 class ShardLog:
     """The append-only log of one replica incarnation."""
 
@@ -148,5 +164,5 @@ class ShardLog:
             self._file.close()
             self._file = None
 
-    def statistics(self) -> dict[str, Any]:
-        return {"path": str(self.path), "records": self.records, "bytes": self.bytes}
+    def statistics(self) -> ShardLogStatistics:
+        return ShardLogStatistics(path=str(self.path), records=self.records, bytes=self.bytes)

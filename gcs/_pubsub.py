@@ -22,7 +22,7 @@ import transport
 
 from ._state import Update
 
-__all__ = ["OUTBOX_LIMIT", "Publisher"]
+__all__ = ["OUTBOX_LIMIT", "Publisher", "PublisherStatistics"]
 
 OUTBOX_LIMIT = 100_000
 _EVENTS_PER_MESSAGE = 1000
@@ -53,6 +53,24 @@ class _Outbox:
 def event_of(update: Update) -> tuple[Any, ...]:
     seq, kind, table, key, value, _ = update
     return (seq, table, key, value if kind == "P" else None, kind == "D")
+
+
+@attrs.frozen(kw_only=True)
+class PublisherStatistics:
+    """Figures of one tail's subscriptions, from `Publisher.statistics()`.
+
+    Attributes:
+      subscriber_connections: connections with at least one subscription.
+      subscriptions: subscriptions on this shard (key and prefix).
+      published: events queued to subscribers.
+      dropped_slow: subscriptions dropped because their connection fell more than
+        ``OUTBOX_LIMIT`` events behind (the client resubscribes from the replay buffer).
+    """
+
+    subscriber_connections: int
+    subscriptions: int
+    published: int
+    dropped_slow: int
 
 
 class Publisher:
@@ -142,10 +160,10 @@ class Publisher:
             if self._outboxes.get(id(box.conn)) is box:
                 del self._outboxes[id(box.conn)]
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "subscriber_connections": len(self._outboxes),
-            "subscriptions": sum(len(subs) for subs in self._subs_by_table.values()),
-            "published": self.published,
-            "dropped_slow": self.dropped_slow,
-        }
+    def statistics(self) -> PublisherStatistics:
+        return PublisherStatistics(
+            subscriber_connections=len(self._outboxes),
+            subscriptions=sum(len(subs) for subs in self._subs_by_table.values()),
+            published=self.published,
+            dropped_slow=self.dropped_slow,
+        )

@@ -63,26 +63,75 @@ import uuid
 from collections import deque
 from typing import Any
 
+import attrs
 import trio
 
 import transport
 
 from ._chain_link import ChainLinks
 from ._config import GcsConfig
-from ._durable import ShardLog, recover_shard
+from ._durable import ShardLog, ShardLogStatistics, recover_shard
 from ._errors import GcsError, SubscriptionLost
 from ._protocol import RPC_TIMEOUT as _RPC_TIMEOUT
 from ._protocol import ChainConfig, check_key, check_table, validate_read
-from ._pubsub import Publisher
-from ._state import ShardState, Update
+from ._pubsub import Publisher, PublisherStatistics
+from ._state import ShardState, ShardStateStatistics, Update
 from ._watch import HeldReplies, aclose_quietly, answer, answer_nowait
 
-__all__ = ["Replica", "ReplicaRemoved"]
+__all__ = ["Replica", "ReplicaRemoved", "ReplicaStatistics"]
 
 
 
 class ReplicaRemoved(Exception):
     """The coordinator removed this replica from its chain (or is gone): it must exit."""
+
+
+@attrs.frozen(kw_only=True)
+class ReplicaStatistics:
+    """Figures of one replica, from `Replica.statistics()`; its ``("stats",)``
+    request answers them flattened into one dict (`report`).
+
+    Attributes:
+      name, shard: the replica's name and its shard.
+      role: ``head``, ``tail``, ``head+tail``, ``middle``, ``learner`` or ``joining``.
+      epoch: of the chain configuration it obeys.
+      pending_replies: client writes executed here and not yet acknowledged by the tail.
+      writes, reads: client operations served; bad_requests: requests refused as
+        malformed or unknown.
+      coordinator_reconnects: times it redialled the coordinator.
+      snapshots_sent, snapshots_received: state transfers to a successor / from a
+        predecessor; suspects_reported: neighbours reported to the coordinator.
+      pubsub: its subscriptions (served by the tail); state: its copy of the shard;
+      log: its durable log (``None`` without ``durable_dir``).
+    """
+
+    name: str
+    shard: int
+    role: str
+    epoch: int
+    pending_replies: int
+    writes: int
+    reads: int
+    bad_requests: int
+    coordinator_reconnects: int
+    snapshots_sent: int
+    snapshots_received: int
+    suspects_reported: int
+    pubsub: PublisherStatistics
+    state: ShardStateStatistics
+    log: ShardLogStatistics | None
+
+    def report(self) -> dict[str, Any]:
+        """One flat dict: the components' figures beside the replica's own, the log's
+        under ``"log"`` (the wire shape of the ``stats`` request)."""
+        out = attrs.asdict(self, recurse=False, filter=attrs.filters.exclude(
+            attrs.fields(ReplicaStatistics).pubsub, attrs.fields(ReplicaStatistics).state,
+            attrs.fields(ReplicaStatistics).log))
+        out.update(attrs.asdict(self.pubsub))
+        out.update(attrs.asdict(self.state))
+        if self.log is not None:
+            out["log"] = attrs.asdict(self.log)
+        return out
 
 
 class Replica(ChainLinks):
@@ -351,7 +400,7 @@ class Replica(ChainLinks):
             self._pubsub.unsubscribe(conn, message[1])
             await answer(reply, ("ok",))
         elif tag == "stats":
-            await answer(reply, self.statistics())
+            await answer(reply, self.statistics().report())
         elif tag == "ping":  # a predecessor checking our link (see _probe_successor)
             await answer(reply, ("pong", self.state.applied))
         elif tag == "watch":
@@ -519,15 +568,22 @@ class Replica(ChainLinks):
         self._pubsub.subscribe(self._nursery, conn, sub_id, table, key, prefix, replay, acked)
         await answer(reply, ("ok", acked))
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "shard": self.shard,
-            "role": self.role(),
-            "epoch": self.chain.epoch,
-            "pending_replies": len(self._pending),
-            **self._pubsub.statistics(),
-            **self._stats,
-            **self.state.statistics(),
-            **({"log": self.log.statistics()} if self.log else {}),
-        }
+    def statistics(self) -> ReplicaStatistics:
+        stats = self._stats
+        return ReplicaStatistics(
+            name=self.name,
+            shard=self.shard,
+            role=self.role(),
+            epoch=self.chain.epoch,
+            pending_replies=len(self._pending),
+            pubsub=self._pubsub.statistics(),
+            state=self.state.statistics(),
+            log=self.log.statistics() if self.log else None,
+            writes=stats["writes"],
+            reads=stats["reads"],
+            bad_requests=stats["bad_requests"],
+            coordinator_reconnects=stats["coordinator_reconnects"],
+            snapshots_sent=stats["snapshots_sent"],
+            snapshots_received=stats["snapshots_received"],
+            suspects_reported=stats["suspects_reported"],
+        )

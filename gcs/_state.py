@@ -34,12 +34,39 @@ import uuid
 from collections import deque
 from typing import Any
 
+import attrs
+
 from ._errors import BadRequest, GcsError, VersionMismatch
 from ._protocol import TABLES, Key, validate_write
 
-__all__ = ["ShardState", "Update"]
+__all__ = ["ShardState", "ShardStateStatistics", "Update"]
 
 Update = tuple[int, str, str, Key, Any, Any]
+
+
+@attrs.frozen(kw_only=True)
+class ShardStateStatistics:
+    """Figures of one replica's copy of a shard, from `ShardState.statistics()`.
+
+    Attributes:
+      applied: the sequence number of the last update applied here; acked: of the
+        last one the tail acknowledged (committed).
+      keys: entries in all tables; table_keys: entries per table (tables with any).
+      log_length: updates kept for resending, state transfer and replay.
+      dedup_entries: recent write results kept so that a retried write is answered,
+        not applied twice.
+      collectable: lineage entries marked no longer needed, still in memory;
+        evicted: such entries flushed from memory beyond ``lineage_cap``.
+    """
+
+    applied: int
+    acked: int
+    keys: int
+    table_keys: dict[str, int]
+    log_length: int
+    dedup_entries: int
+    collectable: int
+    evicted: int
 
 
 class ShardState:
@@ -264,14 +291,14 @@ class ShardState:
         self.acked = min(acked, applied)
         self.log.clear()
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "applied": self.applied,
-            "acked": self.acked,
-            "keys": sum(len(d) for d in self.tables.values()),
-            "table_keys": {t: len(d) for t, d in self.tables.items() if d},
-            "log_length": len(self.log),
-            "dedup_entries": len(self.dedup),
-            "collectable": sum(len(d) for d in self.collectable.values()),
-            "evicted": self.evicted,
-        }
+    def statistics(self) -> ShardStateStatistics:
+        return ShardStateStatistics(
+            applied=self.applied,
+            acked=self.acked,
+            keys=sum(len(d) for d in self.tables.values()),
+            table_keys={t: len(d) for t, d in self.tables.items() if d},
+            log_length=len(self.log),
+            dedup_entries=len(self.dedup),
+            collectable=sum(len(d) for d in self.collectable.values()),
+            evicted=self.evicted,
+        )

@@ -5,11 +5,13 @@ buffers) and live in one shared-memory arena per node, served by
 `ObjectStoreService` (tree name ``object_manager``). Clients in the node
 (`StoreClient`, or `BlockingStoreClient` from a thread without Trio) write straight
 into shared memory and read zero-copy: numpy arrays and Arrow data come back as
-read-only views of the arena.
+read-only views of the arena. ``service.statistics()`` and
+``client.store_statistics()`` give `StoreStatistics`; ``client.statistics()`` gives
+`StoreClientStatistics` (frozen attrs classes).
 """
 
-from ._client import BlockingStoreClient, ObjectWriter, StoreClient
-from ._core import StoreCore
+from ._client import BlockingStoreClient, ObjectWriter, StoreClient, StoreClientStatistics
+from ._core import StoreCore, StoreStatistics
 from ._errors import (
     GetTimeoutError,
     ObjectExistsError,
@@ -34,9 +36,11 @@ __all__ = [
     "SerializationError",
     "SerializedValue",
     "StoreClient",
+    "StoreClientStatistics",
     "StoreClosedError",
     "StoreCore",
     "StoreError",
+    "StoreStatistics",
     "arena_path",
     "cleanup_session",
     "cleanup_stale_sessions",

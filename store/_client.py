@@ -32,16 +32,18 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 import pyarrow as pa
 import trio
 
 import transport
 
 from ._arena import Mapping, payload_layout
+from ._core import StoreStatistics
 from ._errors import StoreClosedError, StoreError
 from ._serialize import SerializedValue, deserialize, serialize
 
-__all__ = ["BlockingStoreClient", "StoreClient"]
+__all__ = ["BlockingStoreClient", "StoreClient", "StoreClientStatistics"]
 
 logger = logging.getLogger("store.client")
 
@@ -60,6 +62,27 @@ MAX_CACHED_LEASES = 4096
 def _location(payload: int, serialized: SerializedValue) -> tuple[int, int, int, tuple[int, ...]]:
     data_len = memoryview(serialized.data).nbytes
     return payload, len(serialized.metadata), data_len, tuple(serialized.buffer_sizes)
+
+
+@attrs.frozen(kw_only=True)
+class StoreClientStatistics:
+    """What one `StoreClient` holds, from ``client.statistics()``.
+
+    Attributes:
+      refs: refs it holds (an object counted once per ref taken).
+      leases: objects it has zero-copy values of alive.
+      cached_small: small values kept in the client after a put or get.
+      cached_leases: leases kept after their values died, for a repeated get.
+      pending_releases: view releases not yet sent to the service.
+      closed: the client, or its connection, is closed.
+    """
+
+    refs: int
+    leases: int
+    cached_small: int
+    cached_leases: int
+    pending_releases: int
+    closed: bool
 
 
 class _Lease:
@@ -460,19 +483,21 @@ class StoreClient:
         self.refs.pop(object_id, None)
         return await self._call(("delete", object_id), 30.0)
 
-    async def store_statistics(self) -> dict[str, Any]:
+    async def store_statistics(self) -> StoreStatistics:
         """The service's `statistics()` (used, capacity, count, spilled, …)."""
-        return await self._call(("statistics",), 30.0)
+        stats: StoreStatistics = await self._call(("statistics",), 30.0)
+        return stats
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "refs": sum(self.refs.values()),
-            "leases": len(self._leases),
-            "cached_small": len(self._small),
-            "cached_leases": len(self._cache),
-            "pending_releases": len(self._released),
-            "closed": self.closed or self._conn.closed,
-        }
+    def statistics(self) -> StoreClientStatistics:
+        """What this client holds (its side only; the service's is `store_statistics`)."""
+        return StoreClientStatistics(
+            refs=sum(self.refs.values()),
+            leases=len(self._leases),
+            cached_small=len(self._small),
+            cached_leases=len(self._cache),
+            pending_releases=len(self._released),
+            closed=self.closed or self._conn.closed,
+        )
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -611,7 +636,7 @@ class BlockingStoreClient:
     def delete(self, object_id: bytes) -> bool:
         return self._run(self._client.delete, object_id)
 
-    def store_statistics(self) -> dict[str, Any]:
+    def store_statistics(self) -> StoreStatistics:
         return self._run(self._client.store_statistics)
 
 

@@ -72,7 +72,7 @@ from ._errors import (
 )
 from ._serialize import SerializedValue
 
-__all__ = ["DiskTarget", "Entry", "StoreCore"]
+__all__ = ["DiskTarget", "Entry", "StoreCore", "StoreStatistics"]
 
 Client = Hashable
 #: Where `StoreCore.create` put an object created on disk: ``("file", path, payload
@@ -104,6 +104,61 @@ class Entry:
     @property
     def location(self) -> tuple[int, int, int, tuple[int, ...]]:
         return self.payload_offset, self.meta_len, self.data_len, self.buffer_sizes
+
+
+@attrs.frozen(kw_only=True)
+class StoreStatistics:
+    """Figures of one node's object store, from `ObjectStoreService.statistics()`
+    (in process) or `StoreClient.store_statistics()` (from a client).
+
+    A service that is not running reports its ``capacity`` and zeros.
+
+    Attributes:
+      capacity: the shared-memory budget in bytes (the arena's size).
+      used: bytes of the arena allocated, sealed or not; largest_free: the largest
+        block that could be allocated now without spilling.
+      count: objects sealed (``in_memory``) or ``spilled`` to disk; unsealed:
+        objects being written; spilled_bytes: payload bytes of the spilled ones.
+      small: objects below ``inline_threshold`` bytes (those normally travel inside
+        messages); pinned: objects held by running tasks (never spilled).
+      views: zero-copy views handed out and not yet released (``file_views`` of them
+        map a file on disk); refs: objects with at least one client ref.
+      quarantined: unsealed blocks found at start, freed after the recovery grace.
+      waiting_gets: objects a ``get`` is waiting for.
+      spills, restores: objects written to / read back from disk, with their bytes
+        (``spill_bytes_written``, ``restore_bytes_read``) and seconds spent.
+      disk_allocations, disk_allocated_bytes: objects created on disk because
+        shared memory could not take them; file_reads: gets answered with a file view.
+      inline_threshold: values smaller than this many bytes are not put here.
+      connections: client connections of the service.
+    """
+
+    capacity: int
+    used: int = 0
+    largest_free: int = 0
+    count: int = 0
+    in_memory: int = 0
+    unsealed: int = 0
+    spilled: int = 0
+    spilled_bytes: int = 0
+    small: int = 0
+    pinned: int = 0
+    views: int = 0
+    file_views: int = 0
+    refs: int = 0
+    quarantined: int = 0
+    waiting_gets: int = 0
+    spills: int = 0
+    restores: int = 0
+    spill_bytes_written: int = 0
+    restore_bytes_read: int = 0
+    spill_seconds: float = 0.0
+    restore_seconds: float = 0.0
+    disk_allocations: int = 0
+    disk_allocated_bytes: int = 0
+    file_reads: int = 0
+    inline_threshold: int = 0
+    connections: int = 0
 
 
 class StoreCore:
@@ -182,34 +237,42 @@ class StoreCore:
             return None
         return entry
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self, *, connections: int = 0) -> StoreStatistics:
+        """What the store holds now and what it has done since it started.
+
+        ``connections`` is the owning service's count of client connections (the
+        core knows clients only by the ids they were given).
+        """
         by_state = collections.Counter(e.state for e in self.entries.values())
-        return {
-            "capacity": self.capacity,
-            "used": self.arena.allocator.used_bytes,
-            "largest_free": self.arena.allocator.largest_free,
-            "count": by_state["sealed"] + by_state["spilled"],
-            "in_memory": by_state["sealed"],
-            "unsealed": by_state["unsealed"],
-            "spilled": by_state["spilled"],
-            "spilled_bytes": self.spilled_bytes,
-            "small": sum(1 for e in self.entries.values() if e.size < self.inline_threshold),
-            "pinned": sum(1 for e in self.entries.values() if e.pins),
-            "views": len(self.views),
-            "file_views": len(self.file_view_ids),
-            "refs": sum(1 for c in self.refs.values() if c),
-            "quarantined": len(self.quarantined),
-            "waiting_gets": len(self.waiters),
-            "spills": self.counters["spills"],
-            "restores": self.counters["restores"],
-            "spill_bytes_written": self.counters["spill_bytes_written"],
-            "restore_bytes_read": self.counters["restore_bytes_read"],
-            "spill_seconds": self.spill_seconds,
-            "restore_seconds": self.restore_seconds,
-            "disk_allocations": self.counters["disk_allocations"],
-            "disk_allocated_bytes": self.counters["disk_allocated_bytes"],
-            "file_reads": self.counters["file_reads"],
-        }
+        counters = self.counters
+        return StoreStatistics(
+            capacity=self.capacity,
+            used=self.arena.allocator.used_bytes,
+            largest_free=self.arena.allocator.largest_free,
+            count=by_state["sealed"] + by_state["spilled"],
+            in_memory=by_state["sealed"],
+            unsealed=by_state["unsealed"],
+            spilled=by_state["spilled"],
+            spilled_bytes=self.spilled_bytes,
+            small=sum(1 for e in self.entries.values() if e.size < self.inline_threshold),
+            pinned=sum(1 for e in self.entries.values() if e.pins),
+            views=len(self.views),
+            file_views=len(self.file_view_ids),
+            refs=sum(1 for c in self.refs.values() if c),
+            quarantined=len(self.quarantined),
+            waiting_gets=len(self.waiters),
+            spills=counters["spills"],
+            restores=counters["restores"],
+            spill_bytes_written=counters["spill_bytes_written"],
+            restore_bytes_read=counters["restore_bytes_read"],
+            spill_seconds=self.spill_seconds,
+            restore_seconds=self.restore_seconds,
+            disk_allocations=counters["disk_allocations"],
+            disk_allocated_bytes=counters["disk_allocated_bytes"],
+            file_reads=counters["file_reads"],
+            inline_threshold=self.inline_threshold,
+            connections=connections,
+        )
 
     # -- creating ------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ import trio
 import transport
 
 from ._arena import Arena
-from ._core import StoreCore
+from ._core import StoreCore, StoreStatistics
 from ._errors import ObjectNotFoundError
 from ._serialize import SerializedValue
 from ._session import DEFAULT_SHM_DIR, arena_path, cleanup_session
@@ -162,17 +162,16 @@ class ObjectStoreService:
         }
         if self._core is not None:
             stats = self._core.statistics()
-            info.update({k: stats[k] for k in ("capacity", "used", "count", "spilled")})
+            info.update(capacity=stats.capacity, used=stats.used, count=stats.count,
+                        spilled=stats.spilled)
         return info
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> StoreStatistics:
         """Bytes used of the capacity, object counts by state, spill counters."""
         if self._core is None:
-            return {"capacity": self.capacity, "used": 0, "count": 0, "spilled": 0}
-        stats = self._core.statistics()
-        stats["inline_threshold"] = self.inline_threshold
-        stats["connections"] = len(self._server.connections) if self._server else 0
-        return stats
+            return StoreStatistics(capacity=self.capacity, inline_threshold=self.inline_threshold)
+        return self._core.statistics(
+            connections=len(self._server.connections) if self._server else 0)
 
     def remove_files(self) -> list[str]:
         """Remove the arena and spill files of this session (the service is stopped)."""

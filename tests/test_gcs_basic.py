@@ -160,6 +160,46 @@ async def test_subscriptions_key_and_prefix(client) -> None:
             await sub.next(0.2)
 
 
+#: The flat dict a replica's ``("stats",)`` request answers (its wire shape).
+_REPLICA_REPORT_KEYS = {
+    "name", "shard", "role", "epoch", "pending_replies", "subscriber_connections",
+    "subscriptions", "published", "dropped_slow", "coordinator_reconnects", "writes", "reads",
+    "bad_requests", "snapshots_sent", "snapshots_received", "suspects_reported", "applied",
+    "acked", "keys", "table_keys", "log_length", "dedup_entries", "collectable", "evicted",
+}
+
+
+async def test_statistics_are_typed_and_stats_requests_keep_their_wire_shape(
+        client, service) -> None:
+    async with client.kv.subscribe("watched"):
+        await client.put_many("kv", [(f"k{i}", i) for i in range(6)] + [("watched", 1)])
+        assert await client.get("kv", "k1") == 1
+        stats = client.statistics()
+        assert isinstance(stats, gcs.GcsClientStatistics)
+        assert stats.writes >= 7 and stats.reads >= 1 and stats.write_groups == 2
+        assert stats.subscriptions == 1 and len(stats.layout.shards) == 2
+
+        coordinator = service.coordinator.statistics()
+        assert isinstance(coordinator, gcs.CoordinatorStatistics) and coordinator.clients >= 1
+        assert [(c.shard, len(c.chain)) for c in coordinator.shards] == [(0, 1), (1, 1)]
+        async with transport.open_connection(service.coordinator.address, TOKEN,
+                                             name="probe") as conn:
+            wire = await conn.request(("stats",), timeout=5)
+        assert type(wire) is dict and wire["shards"][0]["chain"] == list(coordinator.shards[0].chain)
+
+        keys = subscriptions = 0
+        for shard in (0, 1):
+            cfg = service.coordinator.chain(shard)
+            async with transport.open_connection(cfg.addresses[cfg.chain[0]], TOKEN,
+                                                 name="probe") as conn:
+                report = await conn.request(("stats",), timeout=5)
+            assert type(report) is dict and set(report) == _REPLICA_REPORT_KEYS, report
+            assert report["role"] == "head+tail" and report["applied"] >= 1
+            keys += report["table_keys"]["kv"]
+            subscriptions += report["subscriptions"]
+        assert keys == 7 and subscriptions == 1
+
+
 async def test_bad_requests_get_typed_errors_and_the_shard_keeps_serving(client, service) -> None:
     with pytest.raises(gcs.UnknownTable, match="unknown table 'nope'"):
         await client.put("nope", "k", 1)

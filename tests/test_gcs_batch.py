@@ -48,7 +48,7 @@ async def test_batched_puts_and_marks_land_and_lineage_stays_bounded(tree) -> No
         versions = await client.tasks.add_many(items, "done")
         assert len(versions) == 300 and all(v > 0 for v in versions)
         # One waiting group per shard, not one task per op.
-        assert client.statistics()["write_groups"] == 2
+        assert client.statistics().write_groups == 2
         assert (await client.tasks.get("t7")) == gcs.TaskEntry({"spec": 7}, "done")
 
         # Mark all but the last 20: each shard keeps at most CAP marked entries.
@@ -121,7 +121,7 @@ async def test_batched_writes_are_applied_once_under_retry(chain) -> None:
             for round_ in range(6):
                 await c.tasks.add_many([(f"t{round_}-{i}", i) for i in range(50)])
                 await c.tasks.mark_collectable_many([f"t{round_}-{i}" for i in range(0, 50, 2)])
-        assert c.statistics()["retries"] > 0
+        assert c.statistics().retries > 0
         # 6 x (50 puts + 25 marks), each one update: no retried op was applied twice.
         for _ in range(500):
             applied = await applied_per_replica(chain)

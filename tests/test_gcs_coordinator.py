@@ -132,7 +132,7 @@ async def test_coordinator_crash_under_load_loses_nothing(nursery, replicas: int
             await load.check()
             inner.cancel_scope.cancel()
         assert sub.resubscribes == 0  # the tails never changed: nothing to resume
-        assert client.statistics()["coordinator_reconnects"] >= 2
+        assert client.statistics().coordinator_reconnects >= 2
 
     # the same replicas, in the same chains, under a higher epoch
     coordinator = plan.coordinator
@@ -330,7 +330,7 @@ async def test_a_crash_of_the_whole_gcs_subtree(nursery, tmp_path, durable: bool
         assert len(rows) == (50 if durable else 0)
         # the same history continues from the logs; an emptied shard starts a new one
         # (the client drops its "seen" sequence numbers instead of waiting for them)
-        assert (c.statistics()["shard_resets"] == 0) == durable
+        assert (c.statistics().shard_resets == 0) == durable
 
 
 _USER_PROGRAM = """

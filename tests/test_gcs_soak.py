@@ -114,7 +114,7 @@ async def soak(nursery: trio.Nursery, *, shards: int, kills: int, seed: int,
                     removals.extend(coordinator.removals)
                     assert [r for r in removals if r[0] not in killed] == []
                     if not crashes:
-                        assert stats["removed_total"] == len(killed)
+                        assert stats.removed_total == len(killed)
                 for key in keys:
                     assert await reader.get("kv", key) == acked[key]
                 with trio.fail_after(20):

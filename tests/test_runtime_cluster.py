@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import actorcore as ray
+import store
 from actorcore.kernel import check_snapshot
 from actorcore.testing import faults
 
@@ -288,6 +290,82 @@ def test_cli_start_status_tree_stop(tmpdir):
         stopped = cli("stop")
     assert "stopped" in stopped.stdout
     assert _wait_dead([pid]) == []
+
+
+@ray.remote
+class _Tally:
+    def __init__(self) -> None:
+        self.total = 0
+
+    def add(self, n: int) -> int:
+        self.total += n
+        return self.total
+
+
+def test_status_shows_the_components_typed_statistics(cluster):
+    tally = _Tally.remote()
+    assert ray.get(tally.add.remote(1)) == 1
+    assert ray.get([inc.remote(i) for i in range(10)]) == list(range(1, 11))
+    big = ray.put(b"x" * (3 << 20))  # in shared memory (above the inline threshold)
+
+    # The node's status call carries each component's statistics as its typed class.
+    st = ray._api._call("status")
+    sched, actors, objects, control = st["scheduler"], st["actors"], st["object_store"], st["control"]
+    assert isinstance(sched, ray.SchedulerStatistics) and sched.finished >= 10
+    assert sched.queued == sched.waiting + sched.ready and set(sched.used) == set(sched.total)
+    assert isinstance(actors, ray.ActorManagerStatistics)
+    assert actors.alive >= 1 and actors.created >= actors.alive and actors.processes >= 1
+    assert isinstance(objects, ray.DirectoryStatistics) and objects.created >= 10
+    assert isinstance(control, ray.ControlStatistics) and control.backend == "gcs"
+    assert control.lineage_live_tasks is not None and control.gcs_client is not None
+    assert control.gcs_client.writes > 0
+    assert isinstance(st["store"], store.StoreStatistics)
+    assert st["store"].count >= 1 and st["store"].used >= 3 << 20
+
+    # `actorcore status` (another process) shows them ...
+    env = _env()
+    env["ACTORCORE_TOKEN"] = (Path(cluster["session_dir"]) / "token").read_text().strip()
+
+    def cli(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "actorcore", "status", "--address",
+                            cluster["address"], *args], env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    text = cli()
+    assert re.search(r"^tasks: \d+ running, \d+ queued .*, (\d+) finished", text, re.M), text
+    finished = int(re.search(r", (\d+) finished", text).group(1))
+    assert finished >= 10, text
+    assert re.search(r"^actors: [1-9]\d* alive, .* created", text, re.M), text
+    assert re.search(r"^objects: \d+ known \(.*; [1-9]\d+ created", text, re.M), text
+    assert re.search(r"^object store: \d+\.\d MiB of \d+\.\d [MG]iB shared memory, "
+                     r"[1-9]\d* objects?", text, re.M), text
+    assert re.search(r"^lineage: \d+ tasks? recorded, \d+ with live results", text, re.M), text
+    assert re.search(r"^gcs: tcp:\S+, [1-9]\d* writes?", text, re.M), text
+    # ... and `--json` stays plain JSON: the same figures as objects, under the same keys.
+    js = json.loads(cli("--json"))
+    assert js["scheduler"]["finished"] >= 10 and js["scheduler"]["total"]["CPU"] == 2
+    assert js["actors"]["alive"] >= 1 and js["object_store"]["created"] >= 10
+    assert js["store"]["used"] >= 3 << 20 and js["store"]["capacity"] > 0
+    assert js["control"]["backend"] == "gcs" and js["control"]["gcs_client"]["writes"] > 0
+    assert isinstance(js["control"]["lineage_live_tasks"], int)
+    # The cluster keeps serving.
+    assert ray.get(tally.add.remote(2)) == 3 and ray.get(big) == b"x" * (3 << 20)
+    ray.kill(tally)
+
+
+def test_status_reads_the_store_again_after_it_restarts(cluster):
+    before = _find(ray.tree(), "object_manager")["restarts"]
+    assert "crashed" in faults.crash("object_manager")
+    deadline = time.monotonic() + 10
+    while _find(ray.tree(), "object_manager")["restarts"] != before + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    st = ray._api._call("status")
+    assert "store_error" not in st, st["store_error"]
+    assert isinstance(st["store"], store.StoreStatistics) and st["store"].capacity > 0
+    assert ray.get(inc.remote(1), timeout=30) == 2
 
 
 def test_init_address_errors(tmpdir):

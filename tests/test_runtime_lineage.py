@@ -112,8 +112,8 @@ def test_task_table_stays_bounded_while_live_lineage_stays_readable(small_cap_cl
 
     # The node's own bookkeeping is bounded too: a count per task with a live return.
     control = ray._api._call("status")["control"]
-    assert control["lineage_live_tasks"] <= 20, control
-    assert control["lineage_collectable"] >= total - 20, control
+    assert control.lineage_live_tasks is not None and control.lineage_live_tasks <= 20, control
+    assert control.lineage_collectable >= total - 20, control
     # The lineage of results still referenced stays readable.
     for ref in (kept, kept_pair[0]):
         entry = _read_task(address, token, ref.task_id())
@@ -159,22 +159,22 @@ async def test_control_state_writes_and_marks_in_batches_and_skips_refused_recor
         refused = [_spec(b"a"), _spec(b"y" * 10_000), _spec(b"b")]
         for spec in refused:
             control.record_task(spec)
-        await _until(lambda: control.statistics()["tasks_recorded"] >= 3)
+        await _until(lambda: control.statistics().tasks_recorded >= 3)
         assert await client.tasks.get(refused[1].task_id.hex()) is None
         assert (await client.tasks.get(refused[2].task_id.hex())).spec["args"] == b"b"
 
-        groups = client.statistics()["write_groups"]
+        groups = client.statistics().write_groups
         good = [_spec(b"x") for _ in range(300)]
         for spec in good:
             control.record_task(spec)
         for spec in good[:100]:
             control.lineage_done(spec.task_id)
-        await _until(lambda: not control.statistics()["lineage_pending"]
-                     and control.statistics()["lineage_collectable"] >= 100)
-        assert control.statistics()["tasks_recorded"] == 303
+        await _until(lambda: not control.statistics().lineage_pending
+                     and control.statistics().lineage_collectable >= 100)
+        assert control.statistics().tasks_recorded == 303
         # lineage_cap=0: marked entries are flushed at once; the others stay readable.
         assert await client.tasks.get(good[0].task_id.hex()) is None
         entry = await client.tasks.get(good[200].task_id.hex())
         assert entry.spec["task_id"] == good[200].task_id.hex()
         # Two shards, 300 records and 100 marks: a few batched groups, not 400 ops.
-        assert client.statistics()["write_groups"] - groups <= 8
+        assert client.statistics().write_groups - groups <= 8

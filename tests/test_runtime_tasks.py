@@ -310,7 +310,7 @@ def test_many_tasks():
 
 
 def _store_used():
-    return ray._api._call("status")["store"]["used"]
+    return ray._api._call("status")["store"].used
 
 
 def test_large_objects_live_in_shared_memory_zero_copy():

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import actorcore as ray
+import store
 
 np = pytest.importorskip("numpy")
 
@@ -64,7 +65,7 @@ def _files(spill_dir: str) -> list[str]:
     return sorted(os.listdir(spill_dir)) if os.path.isdir(spill_dir) else []
 
 
-def _store() -> dict:
+def _store() -> store.StoreStatistics:
     return ray._api._call("status")["store"]
 
 
@@ -84,9 +85,9 @@ def _maps(path_part: str) -> bool:
 
 def test_put_larger_than_the_store_lives_on_disk_and_reads_zero_copy(spill_dir):
     value = np.arange(BIG // 8, dtype=np.int64)
-    before = _store()["disk_allocations"]
+    before = _store().disk_allocations
     ref = ray.put(value)
-    assert _store()["disk_allocations"] == before + 1
+    assert _store().disk_allocations == before + 1
     assert len(_files(spill_dir)) == 1
     got = ray.get(ref)
     assert not got.flags.writeable and np.array_equal(got, value)
@@ -122,11 +123,11 @@ def test_get_of_a_list_larger_than_the_store(spill_dir):
     assert [int(v[0]) for v in values] == list(range(5))
     assert all(v.nbytes == 6 * MB for v in values)
     stats = _store()
-    assert stats["file_reads"] >= 1, stats
+    assert stats.file_reads >= 1, stats
     del values, refs
     _wait_until_no_files(spill_dir)
     # The store is whole again: a value of nearly its size goes to shared memory.
-    before = _store()["disk_allocations"]
+    before = _store().disk_allocations
     ref = ray.put(np.ones(12 * MB, np.uint8))
-    assert _store()["disk_allocations"] == before
+    assert _store().disk_allocations == before
     assert ray.get(total.remote(ref), timeout=60) == (12 * MB, False)

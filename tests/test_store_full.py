@@ -99,7 +99,7 @@ def test_task_returning_more_than_the_store_fails_with_the_sizes():
     # The worker and its CPUs are free again: two tasks run side by side.
     assert ray.get([total.remote(ray.put(np.ones(MB, np.uint8))) for _ in range(2)], timeout=30) == [MB, MB]
     assert ray.get(make.remote(MB), timeout=30).nbytes == MB
-    assert _store()["unsealed"] == 0
+    assert _store().unsealed == 0
 
 
 def test_one_return_too_large_fails_only_that_return():

@@ -122,7 +122,7 @@ async def test_put_get_numpy_arrow_and_small(tmp_path, prefix):
         assert await client.get(b"small") == {"x": [1, 2, 3]}
         assert await client.contains(b"array") and not await client.contains(b"nope")
         stats = await client.store_statistics()
-        assert stats["count"] == 3 and stats["capacity"] >= 64 * MB and stats["small"] == 1
+        assert stats.count == 3 and stats.capacity >= 64 * MB and stats.small == 1
         chunk = await client.read_chunk(b"array", 0, 100)
         info = await client.object_info(b"array")
         assert len(chunk) == 100 and info["payload_len"] >= array.nbytes
@@ -177,33 +177,33 @@ async def test_zero_copy_across_processes(tmp_path, prefix):
 
 async def test_ref_counting_frees_memory(tmp_path, prefix):
     async with running_store(tmp_path, prefix) as (service, client):
-        baseline = service.statistics()["used"]
+        baseline = service.statistics().used
         for i in range(5):
             await client.put(b"obj%d" % i, np.ones(MB, dtype=np.uint8) * i)
         await client.add_ref(b"obj0")  # a second ref (e.g. nested in another object)
         views = [await client.get(b"obj%d" % i) for i in range(5)]
-        assert service.statistics()["used"] >= baseline + 5 * MB
+        assert service.statistics().used >= baseline + 5 * MB
         for i in range(5):
             await client.remove_ref(b"obj%d" % i)
         # Live views keep the memory (and the objects) even without refs.
         await client.contains(b"obj0")  # a round trip: the one-way remove_refs are in
-        assert service.statistics()["count"] == 5
+        assert service.statistics().count == 5
         del views
         gc.collect()
         # obj0 still has a ref: the client keeps its view cached (get without a round
         # trip); the others are released.
-        await _wait_for(lambda: service.statistics()["views"] == 1, "views released")
-        assert service.statistics()["count"] == 1
-        assert client.statistics()["cached_leases"] == 1
+        await _wait_for(lambda: service.statistics().views == 1, "views released")
+        assert service.statistics().count == 1
+        assert client.statistics().cached_leases == 1
         await client.remove_ref(b"obj0")
-        await _wait_for(lambda: service.statistics()["count"] == 0, "obj0 freed")
-        assert service.statistics()["used"] == baseline
+        await _wait_for(lambda: service.statistics().count == 0, "obj0 freed")
+        assert service.statistics().used == baseline
         # A second client's refs die with its connection.
         other = await store.StoreClient.connect(service.address, TOKEN, name="other")
         await other.put(b"theirs", np.zeros(MB, dtype=np.uint8))
-        assert service.statistics()["used"] > baseline
+        assert service.statistics().used > baseline
         await other.aclose()
-        await _wait_for(lambda: service.statistics()["used"] == baseline, "dead client's refs dropped")
+        await _wait_for(lambda: service.statistics().used == baseline, "dead client's refs dropped")
 
 
 async def test_spill_and_restore_under_small_capacity(tmp_path, prefix):
@@ -213,18 +213,18 @@ async def test_spill_and_restore_under_small_capacity(tmp_path, prefix):
         for i, array in enumerate(arrays):
             await client.put(b"s%d" % i, array)
         stats = service.statistics()
-        assert stats["spills"] >= 4 and stats["spilled"] >= 4
-        assert stats["used"] <= 8 * MB
-        assert len(os.listdir(spill)) == stats["spilled"]
+        assert stats.spills >= 4 and stats.spilled >= 4
+        assert stats.used <= 8 * MB
+        assert len(os.listdir(spill)) == stats.spilled
         for i, array in enumerate(arrays):  # restored transparently
             got = await client.get(b"s%d" % i)
             np.testing.assert_array_equal(got, array)
             del got
             gc.collect()
-        assert service.statistics()["restores"] >= 4
+        assert service.statistics().restores >= 4
         for i in range(6):
             await client.remove_ref(b"s%d" % i)
-        await _wait_for(lambda: service.statistics()["count"] == 0, "all freed")
+        await _wait_for(lambda: service.statistics().count == 0, "all freed")
         assert os.listdir(spill) == []
 
 
@@ -243,7 +243,7 @@ async def test_store_full_error_names_capacity_and_holders(tmp_path, prefix):
         assert error.holders[0][0] == b"b"
         # The store keeps working, and the failed put left nothing behind.
         assert not await client.contains(b"c")
-        assert service.statistics()["unsealed"] == 0
+        assert service.statistics().unsealed == 0
         del view
         await client.unpin(b"b")
         await client.remove_ref(b"b")
@@ -323,7 +323,7 @@ async def test_crash_and_restart_keeps_sealed_objects(tmp_path, prefix):
         for oid, array in arrays.items():  # 16 MB into 8 MB: some are spilled
             await client.put(oid, array)
         await client.put(b"small", "tiny")
-        assert service.statistics()["spilled"] >= 1
+        assert service.statistics().spilled >= 1
         service.crash()
         await ready_recv.receive()
         assert service.runs == 2
@@ -341,11 +341,11 @@ async def test_crash_and_restart_keeps_sealed_objects(tmp_path, prefix):
         await fresh.aclose()
         with trio.fail_after(10):
             await service.recovery_finished.wait()  # the grace period (0.5 s) is over
-        assert service.statistics()["count"] == 5  # all claimed, none dropped
+        assert service.statistics().count == 5  # all claimed, none dropped
         for oid in arrays:
             await client.remove_ref(oid)
         await client.remove_ref(b"small")
-        await _wait_for(lambda: service.statistics()["count"] == 0, "all freed")
+        await _wait_for(lambda: service.statistics().count == 0, "all freed")
         await client.aclose()
         nursery.cancel_scope.cancel()
     _no_leftovers(prefix)
@@ -354,7 +354,7 @@ async def test_crash_and_restart_keeps_sealed_objects(tmp_path, prefix):
 
 async def test_writer_killed_mid_put_leaves_nothing(tmp_path, prefix):
     async with running_store(tmp_path, prefix) as (service, client):
-        baseline = service.statistics()["used"]
+        baseline = service.statistics().used
         proc = _child(
             """
             import sys, trio, numpy as np, store
@@ -371,15 +371,15 @@ async def test_writer_killed_mid_put_leaves_nothing(tmp_path, prefix):
         )
         try:
             assert (await _readline(proc)).strip() == "writing"
-            assert service.statistics()["unsealed"] == 1
+            assert service.statistics().unsealed == 1
             assert not await client.contains(b"half")
             with pytest.raises(store.GetTimeoutError):
                 await client.get(b"half", timeout=0.1)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        await _wait_for(lambda: service.statistics()["unsealed"] == 0, "unsealed reclaimed")
-        assert service.statistics()["used"] == baseline
+        await _wait_for(lambda: service.statistics().unsealed == 0, "unsealed reclaimed")
+        assert service.statistics().used == baseline
         assert not await client.contains(b"half")
 
 
@@ -405,7 +405,7 @@ async def test_node_killed_then_new_service_recovers_the_arena(tmp_path, prefix)
     async with running_store(tmp_path, prefix, capacity=8 * MB) as (service, client):
         np.testing.assert_array_equal(await client.get(b"x"), np.arange(1 << 17))
         assert await client.get(b"y") == "small"
-        assert service.statistics()["count"] == 2
+        assert service.statistics().count == 2
 
 
 async def test_delete_pin_and_chunks_of_spilled_objects(tmp_path, prefix):
@@ -456,11 +456,11 @@ async def test_chunked_transfer_between_two_stores(tmp_path, prefix):
         assert (await target.get(b"t")).equals(table)
         assert (await target.get_serialized(b"t")).metadata == b"meta"
         # An aborted transfer leaves nothing behind.
-        used = target_service.statistics()["used"]
+        used = target_service.statistics().used
         with pytest.raises(RuntimeError):
             async with await target.create(b"u", meta_len=0, data_len=10, buffer_sizes=[1 << 20]):
                 raise RuntimeError("link dropped")
-        await _wait_for(lambda: target_service.statistics()["used"] == used, "aborted block freed")
+        await _wait_for(lambda: target_service.statistics().used == used, "aborted block freed")
         assert not await target.contains(b"u")
 
 
@@ -483,8 +483,8 @@ async def test_object_larger_than_the_store_is_created_on_disk_and_read_zero_cop
         big = np.arange(6 * MB // 8, dtype=np.int64)  # 6 MB into 4 MB
         await client.put(b"big", big)
         stats = service.statistics()
-        assert stats["disk_allocations"] == 1 and stats["spilled"] == 1 and stats["unsealed"] == 0
-        assert stats["used"] == 0  # nothing of it in shared memory
+        assert stats.disk_allocations == 1 and stats.spilled == 1 and stats.unsealed == 0
+        assert stats.used == 0  # nothing of it in shared memory
         [name] = _on_disk(spill)
         assert name.endswith(".spill")
         path = str(spill / name)
@@ -517,7 +517,7 @@ async def test_object_larger_than_the_store_is_created_on_disk_and_read_zero_cop
         assert not got.flags.writeable and path in _mapped_files()
         # Small objects still go to shared memory while it lives on disk.
         await client.put(b"small", np.ones(MB, dtype=np.uint8))
-        assert service.statistics()["used"] > 0
+        assert service.statistics().used > 0
         # Freed with its last ref once its views are gone: the file goes too.
         await client.remove_ref(b"big")
         assert _on_disk(spill) == [name]  # ``got`` still maps it
@@ -533,20 +533,20 @@ async def test_get_of_more_than_the_store_maps_spilled_objects(tmp_path, prefix)
         arrays = [np.full(3 * MB // 8, i, dtype=np.int64) for i in range(5)]  # 15 MB
         for i, array in enumerate(arrays):
             await client.put(b"o%d" % i, array)
-        assert service.statistics()["spilled"] >= 2
+        assert service.statistics().spilled >= 2
         held = [await client.get(b"o%d" % i) for i in range(5)]  # all alive at once
         for got, array in zip(held, arrays, strict=True):
             np.testing.assert_array_equal(got, array)
         stats = service.statistics()
-        assert stats["file_reads"] >= 1 and stats["file_views"] >= 1
-        assert stats["disk_allocations"] == 0
+        assert stats.file_reads >= 1 and stats.file_views >= 1
+        assert stats.disk_allocations == 0
         del held, got
         gc.collect()
         for i in range(5):
             await client.remove_ref(b"o%d" % i)
-        await _wait_for(lambda: service.statistics()["count"] == 0, "all freed")
+        await _wait_for(lambda: service.statistics().count == 0, "all freed")
         assert _on_disk(spill) == []
-        assert service.statistics()["file_views"] == 0
+        assert service.statistics().file_views == 0
 
 
 async def test_full_store_of_pinned_and_viewed_objects_falls_back_to_disk(tmp_path, prefix):
@@ -557,7 +557,7 @@ async def test_full_store_of_pinned_and_viewed_objects_falls_back_to_disk(tmp_pa
         await client.put(b"viewed", np.ones(MB + MB // 2, dtype=np.uint8))
         view = await client.get(b"viewed")
         await client.put(b"third", np.full(2 * MB, 3, dtype=np.uint8))  # no room, none spillable
-        assert service.statistics()["disk_allocations"] == 1
+        assert service.statistics().disk_allocations == 1
         assert (await client.object_info(b"third"))["state"] == "spilled"
         assert (await client.object_info(b"pinned"))["state"] == "sealed"
         assert int((await client.get(b"third"))[0]) == 3
@@ -566,7 +566,7 @@ async def test_full_store_of_pinned_and_viewed_objects_falls_back_to_disk(tmp_pa
         for oid, value in smalls.items():
             await client.put(oid, value)
             await client.pin(oid)  # so that the next one cannot spill it
-        assert service.statistics()["disk_allocations"] > 1
+        assert service.statistics().disk_allocations > 1
         async with await store.StoreClient.connect(service.address, TOKEN) as other:
             for oid, value in smalls.items():  # read back by the service, from disk
                 assert await other.get(oid) == value
@@ -588,7 +588,7 @@ async def test_full_disk_or_no_fallback_gives_a_clear_error_and_leaves_nothing(t
         await client.put(b"a", np.zeros(3 * MB, dtype=np.uint8))
         with pytest.raises(store.ObjectStoreFullError, match="nothing can be spilled"):
             await client.put(b"b", np.zeros(3 * MB, dtype=np.uint8))
-        assert _on_disk(spill) == [] and service.statistics()["unsealed"] == 0
+        assert _on_disk(spill) == [] and service.statistics().unsealed == 0
         await client.remove_ref(b"a")
         await client.put(b"b", np.zeros(3 * MB, dtype=np.uint8))  # the store serves on
     async with running_store(
@@ -624,7 +624,7 @@ async def test_writer_killed_while_writing_on_disk_leaves_no_file(tmp_path, pref
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        await _wait_for(lambda: service.statistics()["unsealed"] == 0, "unsealed reclaimed")
+        await _wait_for(lambda: service.statistics().unsealed == 0, "unsealed reclaimed")
         assert _on_disk(spill) == []
 
 
