@@ -17,6 +17,7 @@ class ActorIntrospection:
     node: Any
     actors: dict
     workers: dict
+    processes: Any
     created_total: int
     died_total: int
     restarts_total: int
@@ -69,6 +70,7 @@ class ActorIntrospection:
                 "node_id": self.node.node_hex,
                 "worker_id": aw.worker_id.hex(),
                 "activity": "actor_host" if aw.shared else "actor",
+                "start": aw.start,  # queued (no process yet) | starting | up | ended
                 "actors": len(actors),
                 "children": [self.actor_entry(r) for r in actors[:TREE_LIMIT]],
             }
@@ -77,6 +79,10 @@ class ActorIntrospection:
 
     def statistics(self) -> dict:
         states = collections.Counter(r.state for r in self.actors.values())
+        procs = self.processes
         return {"actors": dict(states), "created": self.created_total, "died": self.died_total,
-                "restarts": self.restarts_total, "processes": len(self.workers)}
+                "restarts": self.restarts_total, "processes": len(self.workers),
+                "processes_starting": procs.starting, "processes_queued": procs.queued,
+                "max_starting": procs.max_starting, "starting_peak": procs.starting_peak,
+                "queued_peak": procs.queued_peak}
 

@@ -39,6 +39,7 @@ def _status(node: Any) -> dict:
             "started_total": node.pool.started_total,
             "died_total": node.pool.died_total,
         },
+        "actors": node.actors.statistics(),
         # lineage_live_tasks: tasks with a return still alive (their lineage is kept).
         "control": {**node.control.statistics(), "lineage_live_tasks": len(node.objects.live_returns)},
         "log_dir": str(node.config.session_dir / "logs"),
