@@ -108,6 +108,7 @@ def init(
             )
         if address is None:
             address = os.environ.get("ACTORCORE_ADDRESS") or None
+        _reclaim_dead_sessions()
         head: HeadProcess | None = None
         if address is None:
             head = start_head(
@@ -156,6 +157,20 @@ def init(
         )
         _state["info"] = result
         return result
+
+
+def _reclaim_dead_sessions() -> None:
+    """Remove the shared memory, spill files and sockets of killed clusters on this
+    machine (only those whose node process is gone: see ``_session``)."""
+    from ._session import reclaim_dead_sessions
+
+    try:
+        reclaimed = reclaim_dead_sessions()
+    except Exception as exc:  # never a reason not to start
+        logging.getLogger("actorcore").warning("reclaiming dead sessions failed: %s", exc)
+        return
+    if reclaimed:
+        logging.getLogger("actorcore").info("%s: %s", reclaimed.describe(), reclaimed.sessions)
 
 
 _IGNORED_RAY_OPTIONS = {
