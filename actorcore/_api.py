@@ -132,7 +132,8 @@ def init(
             node_address, token, info = find_cluster(address)
         from ._driver import DriverLoop
 
-        loop = DriverLoop(node_address, token, log_to_driver=log_to_driver)
+        loop = DriverLoop(node_address, token, log_to_driver=log_to_driver,
+                          node_process=head.process if head is not None else None)
         try:
             core = loop.start()
         except BaseException:

@@ -391,6 +391,10 @@ class NodeRuntime:
                 "session_dir": str(self.config.session_dir),
                 "address": self.unix_address,
                 "store_address": self.store_address,
+                # So that a driver can say which node died and where its logs are.
+                "pid": os.getpid(),
+                "head": self.config.head,
+                "log_dir": str(self.config.session_dir / "logs"),
             }
         )
 

@@ -1,6 +1,6 @@
-"""Sessions on one machine: leftovers of killed clusters, and reaching any local
-cluster by address. Real clusters started by the CLI and by ``init()`` in child
-processes, each under a short session root of its own."""
+"""Sessions on one machine: leftovers of killed clusters, reaching any local cluster
+by address, and what a driver sees when its node dies. Real clusters started by the
+CLI and by ``init()`` in child processes, each under a short session root of its own."""
 
 from __future__ import annotations
 
@@ -227,3 +227,77 @@ def test_status_and_tree_reach_any_live_local_cluster_by_address(root, root2):
     # A stopped cluster's address: said plainly.
     r = _cli(root, "status", "--address", head_info["address"], check=False)
     assert r.returncode == 1 and "is not running" in r.stderr, r.stderr
+
+
+_HEAD_DIES = """
+    import os, signal, time
+    import actorcore as ray
+    from actorcore import exceptions as exc
+    info = ray.init({init_args}, log_to_driver=False)
+
+    @ray.remote
+    def nap():
+        time.sleep(60)
+
+    @ray.remote
+    class A:
+        def nap(self):
+            time.sleep(60)
+
+    a = A.remote()
+    refs = [nap.remote(), a.nap.remote()]
+    time.sleep(1.0)
+    node = ray.nodes()[0]
+    print("NODE", node["NodeID"], node["pid"], flush=True)
+    os.kill(node["pid"], signal.SIGKILL)
+    t0 = time.monotonic()
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=60)
+        except exc.ActorcoreError as e:
+            print("ERR", type(e).__name__, round(time.monotonic() - t0, 1), str(e).replace("\\n", " | "), flush=True)
+    try:
+        ray.get(nap.remote(), timeout=10)
+    except exc.NodeDiedError as e:
+        print("LATER", type(e).__name__, str(e).splitlines()[0], flush=True)
+    ray.shutdown()
+    ray.init(num_cpus=1, log_to_driver=False)  # a new cluster works
+    print("AGAIN", ray.get(ray.remote(lambda: 5).remote(), timeout=60), flush=True)
+    ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("started_by", ["init", "cli"])
+def test_head_death_reaches_the_driver_as_node_died_error(root, started_by):
+    session = None
+    if started_by == "cli":
+        session, _pid, _info = _start_head(root)
+        init_args = "address='auto'"
+    else:
+        init_args = "num_cpus=1"
+    out = _py(root, _HEAD_DIES.format(init_args=init_args), timeout=120)
+    text = out.stdout + out.stderr
+    node_line = next(ln for ln in out.stdout.splitlines() if ln.startswith("NODE"))
+    _, node_id, pid = node_line.split()
+    errors = [ln for ln in out.stdout.splitlines() if ln.startswith("ERR")]
+    assert len(errors) == 2, text
+    task_err, actor_err = errors
+    # The task: the node died, which one, how, and where its logs are; at once, not
+    # after the 10 s reconnect window.
+    assert task_err.startswith("ERR NodeDiedError"), text
+    assert float(task_err.split()[2]) < 5.0, task_err
+    assert f"node {node_id[:12]} (pid {pid}" in task_err
+    assert "died: its process" in task_err and "logs are in" in task_err
+    assert "Trio nursery" not in text
+    if started_by == "init":  # the driver holds the node's process: it knows how it ended
+        assert "killed by signal 9 (SIGKILL)" in task_err
+    log_dir = task_err.split("logs are in ")[1].split(" (node.log")[0]
+    assert Path(log_dir, "node.log").exists()
+    # The actor call: the actor is unreachable because its node died (same text).
+    assert actor_err.startswith("ERR ActorDiedError") and "because its node died" in actor_err
+    assert f"node {node_id[:12]}" in actor_err
+    assert any(ln.startswith("LATER NodeDiedError") for ln in out.stdout.splitlines()), text
+    assert "AGAIN 5" in out.stdout, text
+    if session is not None:  # the second init() reclaimed what the killed head left
+        assert not os.path.exists(_arena(session))
+        assert list((session / "sockets").iterdir()) == []
