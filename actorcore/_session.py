@@ -294,14 +294,27 @@ def reclaim_dead_sessions(shm_dir: str = "/dev/shm") -> Reclaimed:
             out.bytes += held
             logger.info("reclaimed dead session %s (node pid %d): %s", session, pid, removed)
     try:
-        arenas = [os.path.join(shm_dir, n) for n in os.listdir(shm_dir)
-                  if n.startswith(ARENA_PREFIX) and n.endswith(".arena")]
-        held_by = {a: _held_bytes(a) for a in arenas}
-        for arena in store.cleanup_stale_sessions(shm_dir, name_prefix=ARENA_PREFIX):
-            out.paths.append(arena)
-            out.bytes += held_by.get(arena, 0)
-            out.sessions.append(arena)
-            logger.info("reclaimed the arena %s of a dead node (another session root)", arena)
+        names = [n for n in os.listdir(shm_dir) if n.startswith(ARENA_PREFIX) and n.endswith(".arena")]
     except OSError as exc:
-        logger.warning("sweeping %s for arenas of dead nodes failed: %s", shm_dir, exc)
+        logger.warning("listing %s for arenas of dead nodes failed: %s", shm_dir, exc)
+        names = []
+    uid = os.getuid()
+    for name in names:
+        arena = os.path.join(shm_dir, name)
+        try:
+            if os.stat(arena).st_uid != uid:
+                continue  # another user's: not ours to remove (and we could not)
+            held = _held_bytes(arena)
+            # The store removes it only if the owner pid in its header is gone.
+            removed = store.cleanup_stale_sessions(shm_dir, name_prefix=name[: -len(".arena")])
+        except FileNotFoundError:
+            continue  # its node stopped meanwhile, or another reclaimer was faster
+        except OSError as exc:
+            logger.warning("reclaiming %s failed: %s", arena, exc)
+            continue
+        for gone in removed:
+            out.paths.append(gone)
+            out.bytes += held if gone == arena else 0
+            out.sessions.append(gone)
+            logger.info("reclaimed the arena %s of a dead node (another session root)", gone)
     return out

@@ -128,7 +128,7 @@ _INIT_AND_RUN = """
 """
 
 
-@pytest.mark.parametrize("how", ["stop", "start", "init"])
+@pytest.mark.parametrize("how", ["stop", "start", "init", "init_elsewhere"])
 def test_a_sigkilled_head_leaks_nothing_after_stop_start_or_init(root, root2, how):
     session, _pid = _killed_head(root)
     # Another live cluster, of another session root, must survive the reclaim.
@@ -141,10 +141,17 @@ def test_a_sigkilled_head_leaks_nothing_after_stop_start_or_init(root, root2, ho
         elif how == "start":
             r = _cli(root, "start", "--head", "--num-cpus", "1")
             assert "reclaimed" in r.stdout and "head node started" in r.stdout, r.stdout
-        else:
-            out = _py(root, _INIT_AND_RUN)
+        else:  # init() under this root, or under a third one (the arena is swept)
+            elsewhere = tempfile.mkdtemp(prefix="acs")
+            try:
+                out = _py(root if how == "init" else elsewhere, _INIT_AND_RUN)
+            finally:
+                shutil.rmtree(elsewhere, ignore_errors=True)
             assert "result 42" in out.stdout, out.stdout + out.stderr
         assert not os.path.exists(_arena(session))
+        if how == "init_elsewhere":  # another root's files are its own to reclaim
+            assert list((session / "sockets").iterdir())
+            assert "reclaimed" in _cli(root, "stop").stdout
         assert list((session / "sockets").iterdir()) == []
         assert not (session / "session.json").exists()
         assert (session / "logs" / "node.log").exists()  # the logs stay
