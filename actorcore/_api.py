@@ -20,7 +20,6 @@ from . import _worker_state
 from ._launcher import HeadProcess, find_cluster, start_head
 from ._object_ref import ObjectRef
 from ._remote_function import RemoteFunction
-from .exceptions import ActorcoreSystemError
 
 __all__ = [
     "init",
@@ -386,8 +385,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
 
 def _call(name: str, *args: Any) -> Any:
     core = _worker_state.current_core()
-    if core._closed:
-        raise ActorcoreSystemError("not connected to the cluster any more")
+    core._check_open()  # after the node died: NodeDiedError, saying which and why
     return core.call_sync(name, *args)
 
 
