@@ -23,6 +23,9 @@ class ActorManagerStatistics:
       created, died, restarts: actors created, dead for good, and restarted, since
         the node started.
       processes: actor processes (one per actor, or shared by several).
+      processes_starting, processes_queued: actor processes launched and not up yet,
+        and those waiting in the start queue (at most ``max_starting`` start at once).
+      starting_peak, queued_peak: the most of each seen at once since the node started.
     """
 
     pending: int
@@ -33,6 +36,11 @@ class ActorManagerStatistics:
     died: int
     restarts: int
     processes: int
+    processes_starting: int
+    processes_queued: int
+    max_starting: int
+    starting_peak: int
+    queued_peak: int
 
 
 class ActorIntrospection:
@@ -41,6 +49,7 @@ class ActorIntrospection:
     node: Any
     actors: dict
     workers: dict
+    processes: Any
     created_total: int
     died_total: int
     restarts_total: int
@@ -93,6 +102,7 @@ class ActorIntrospection:
                 "node_id": self.node.node_hex,
                 "worker_id": aw.worker_id.hex(),
                 "activity": "actor_host" if aw.shared else "actor",
+                "start": aw.start,  # queued (no process yet) | starting | up | ended
                 "actors": len(actors),
                 "children": [self.actor_entry(r) for r in actors[:TREE_LIMIT]],
             }
@@ -101,8 +111,12 @@ class ActorIntrospection:
 
     def statistics(self) -> ActorManagerStatistics:
         states = collections.Counter(r.state for r in self.actors.values())
+        procs = self.processes
         return ActorManagerStatistics(
             pending=states["pending"], alive=states["alive"], restarting=states["restarting"],
             dead=states["dead"], created=self.created_total, died=self.died_total,
-            restarts=self.restarts_total, processes=len(self.workers))
+            restarts=self.restarts_total, processes=len(self.workers),
+            processes_starting=procs.starting, processes_queued=procs.queued,
+            max_starting=procs.max_starting, starting_peak=procs.starting_peak,
+            queued_peak=procs.queued_peak)
 

@@ -45,7 +45,7 @@ import transport
 from . import _serialization
 from ._actor_calls import ActorCalls, Call
 from ._actor_introspect import ActorIntrospection
-from ._actor_processes import ActorProcesses, ActorWorker
+from ._actor_processes import ActorProcesses, ActorWorker, default_max_starting
 from ._actor_protocol import ActorSpec, CallSpec
 from .exceptions import ActorDiedError, ActorUnschedulableError
 
@@ -94,7 +94,9 @@ class ActorManager(ActorCalls, ActorIntrospection):
     def __init__(self, node: Any) -> None:
         self.node = node
         self.actors: dict[bytes, ActorRecord] = {}
-        self.processes = ActorProcesses(node, self._worker_exited)
+        self.processes = ActorProcesses(
+            node, self._worker_exited, default_max_starting(node.resources.get("CPU", 1.0))
+        )
         self.workers: dict[bytes, ActorWorker] = self.processes.workers
         self.names: dict[tuple[str, str], bytes] = {}
         self.job_drivers: dict[bytes, bytes] = {}
@@ -352,7 +354,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
             return
         aw.conn = conn
         aw.direct_address = m[2] if len(m) > 2 else None
-        aw.connected.set()
+        self.processes.connected(aw)  # frees its start slot: the next queued one starts
         waiting, aw.waiting = aw.waiting, []
         for rec in waiting:
             if rec.worker is aw and rec.state != "dead":

@@ -89,7 +89,8 @@ class ActorWorkerProcess(WorkerProcess):
             )
             direct_address = await nursery.start(server.run)
             client = transport.Client(
-                address, token, name=f"worker_{self.index}", handler=self.handle
+                address, token, name=f"worker_{self.index}", handler=self.handle,
+                connect_timeout=self.connect_timeout,
             )
             conn = await nursery.start(client.run)
             core = self.new_core("actor_worker", conn, address)

@@ -21,7 +21,6 @@ from . import _worker_state
 from ._launcher import HeadProcess, find_cluster, start_head
 from ._object_ref import ObjectRef
 from ._remote_function import RemoteFunction
-from .exceptions import ActorcoreSystemError
 
 __all__ = [
     "init",
@@ -160,6 +159,7 @@ def init(
             )
         if address is None:
             address = os.environ.get("ACTORCORE_ADDRESS") or None
+        _reclaim_dead_sessions()
         tls = _security.tls_config(tls_cert, tls_key, tls_ca)
         head: HeadProcess | None = None
         if address is None:
@@ -200,7 +200,8 @@ def init(
 
         _security.apply(tls)  # every TCP link of this process (the driver's)
         loop = DriverLoop(node_address, token, log_to_driver=log_to_driver,
-                          namespace=namespace or "default")
+                          namespace=namespace or "default",
+                          node_process=head.process if head is not None else None)
         try:
             core = loop.start()
         except BaseException:
@@ -226,6 +227,21 @@ def init(
         )
         _state["info"] = result
         return result
+
+
+def _reclaim_dead_sessions() -> None:
+    """Remove the shared memory, spill files and sockets of killed clusters on this
+    machine (only those whose node process is gone: see ``_session``)."""
+    from ._session import reclaim_dead_sessions
+
+    try:
+        reclaimed = reclaim_dead_sessions()
+    except Exception as exc:  # never a reason not to start
+        logging.getLogger("actorcore").warning("reclaiming dead sessions failed: %s", exc)
+        return
+    if reclaimed:
+        logging.getLogger("actorcore").info("%s: %s", reclaimed.describe(), reclaimed.sessions)
+
 
 
 _DASHBOARD_HOSTS = (None, "127.0.0.1", "localhost")
@@ -569,8 +585,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
 
 def _call(name: str, *args: Any) -> Any:
     core = _worker_state.current_core()
-    if core._closed:
-        raise ActorcoreSystemError("not connected to the cluster any more")
+    core._check_open()  # after the node died: NodeDiedError, saying which and why
     return core.call_sync(name, *args)
 
 

@@ -19,7 +19,10 @@ mutual certificates. Listening on a non-loopback ``--host`` without TLS is refus
 unless ``--insecure`` is given.
 
 The head writes its address and token into its session directory and points
-``/tmp/actorcore-sessions/session_latest`` at it, so later commands on this machine find it.
+``/tmp/actorcore-sessions/session_latest`` at it, so later commands on this machine find it;
+``--address`` reaches any other live cluster of this machine (its session directory
+holds the token). ``start`` and ``stop`` first reclaim what killed clusters left
+behind (shared memory, spill files, sockets; see ``_session.reclaim_dead_sessions``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,21 @@ def _fmt_res(res: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sorted(res.items())) or "-"
 
 
+def _reclaim() -> None:
+    """Remove the leftovers of dead sessions and say so (see ``_session``)."""
+    from ._session import reclaim_dead_sessions
+
+    try:
+        reclaimed = reclaim_dead_sessions()
+    except Exception as exc:  # never a reason to refuse the command
+        print(f"actorcore: reclaiming the files of dead sessions failed: {exc}", file=sys.stderr)
+        return
+    if reclaimed:
+        print(f"{reclaimed.describe()}:")
+        for session in reclaimed.sessions:
+            print(f"  {session}")
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from ._launcher import start_head
     from ._session import latest_session
@@ -67,6 +85,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         )
     if not args.head:
         return _err("say --head (start a new cluster) or --address ADDR (join one)", 2)
+    _reclaim()
     running = latest_session()
     if running is not None:
         return _err(f"a cluster is already running on this machine ({running}); "
@@ -108,10 +127,11 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from ._admin import admin_call
-    from ._session import latest_session, read_session_info
+    from ._session import latest_session, pid_alive, read_session_info
 
     session = latest_session()
     if session is None:
+        _reclaim()
         print("no running actorcore cluster found on this machine")
         return 0
     info = read_session_info(session)
@@ -125,9 +145,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
             pass
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):  # gone, or a zombie nobody reaps yet
             break
         time.sleep(0.05)
     else:
@@ -136,6 +154,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         except ProcessLookupError:
             pass
     print(f"stopped the actorcore cluster (node pid {pid}, logs in {info['log_dir']})")
+    _reclaim()  # it had to be SIGKILLed, or it was already gone: its files stay
     return 0
 
 

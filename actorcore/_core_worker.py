@@ -57,6 +57,7 @@ from ._protocol import ObjectData, TaskSpec
 from ._store_link import STORE, StoreLink, encode_value
 from ._worker_state import task_context
 from .exceptions import (
+    ActorcoreError,
     ActorcoreSystemError,
     GetTimeoutError,
     TaskCancelledError,
@@ -338,12 +339,16 @@ class CoreWorker:
             self._nursery.start_soon(self._fetch, pending)
 
     def connection_lost(self, exc: BaseException) -> None:
-        """The node link died: every waiter fails with a system error (core loop)."""
+        """The node link died for good: every waiter fails (core loop).
+
+        ``exc`` is the error to give them: the driver passes a ``NodeDiedError``
+        that says which node died and where its logs are; anything else is wrapped
+        in an ``ActorcoreSystemError``. Calls on actors fail with ``ActorDiedError``
+        carrying the same text.
+        """
         self.lost_error = exc
         self._closed = True
-        err = _serialization.dumps(
-            ActorcoreSystemError(f"the connection to the node was lost: {exc}")
-        )
+        err = _serialization.dumps(self._link_error())
         actor_err = None
         for entry in list(self._entries.values()):
             if not entry.ready:
@@ -352,11 +357,18 @@ class CoreWorker:
                         from .exceptions import ActorDiedError
 
                         actor_err = _serialization.dumps(ActorDiedError(
-                            f"The actor {entry.actor.hex()[:12]} is unreachable: its node "
-                            f"died (the connection to the node was lost: {exc})"))
+                            f"The actor {entry.actor.hex()[:12]} is unreachable because "
+                            f"its node died: {self._link_error()}"))
                     self._set_ready(entry, True, actor_err)
                     continue
                 self._set_ready(entry, True, err)
+
+    def _link_error(self, prefix: str = "") -> ActorcoreError:
+        """A fresh error saying why this process lost its node (``lost_error``)."""
+        lost = self.lost_error
+        if isinstance(lost, ActorcoreError):
+            return type(lost)(prefix + str(lost))
+        return ActorcoreSystemError(prefix + f"the connection to the node was lost: {lost}")
 
     # ------------------------------------------------------------------ waiting
     #
@@ -513,7 +525,7 @@ class CoreWorker:
             return [self._value_of(oid, entries[oid], timeout) for oid in oids]
         started = time.monotonic()
         if self._closed and self.lost_error is not None:
-            raise ActorcoreSystemError(f"the connection to the node was lost: {self.lost_error}")
+            raise self._link_error()
         flags = self._blocking_wait(oids, len(oids), timeout)
         if not all(flags):
             missing = [oid.hex() for oid, f in zip(oids, flags, strict=True) if not f]
@@ -602,10 +614,9 @@ class CoreWorker:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ActorcoreSystemError(
-                "this process is no longer connected to an actorcore node"
-                + (f" ({self.lost_error})" if self.lost_error else "")
-            )
+            if self.lost_error is not None:
+                raise self._link_error("this process is no longer connected to an actorcore node: ")
+            raise ActorcoreSystemError("this process is no longer connected to an actorcore node")
 
     async def serve(self, nursery: trio.Nursery, store_address: str | None = None,
                     token: bytes | None = None) -> None:

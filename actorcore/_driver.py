@@ -6,8 +6,13 @@ serves until ``stop()``. The user's thread calls the core worker's sync methods:
 submits and puts never wait for the loop (see ``_core_worker``); ``get``/``wait`` on
 values not yet here enter it with ``trio.from_thread.run``.
 
-If the link to the node dies, the loop stays up: every waiting and later call fails
-with a clear ``ActorcoreSystemError`` instead of hanging on a dead loop.
+If the link to the node dies, the loop redials it for ``RECONNECT_WINDOW`` seconds
+(an ``rpc_server`` restart drops every link of a live node). If the node's process
+is gone — the driver can tell for a node on this machine: it holds the process of
+an embedded cluster, and knows the pid of any other local node from its hello —
+it stops at once. Either way every waiting and later call then fails with a
+``NodeDiedError`` naming the node, its pid and address, how it ended and where its
+logs are, instead of hanging on a dead loop.
 
 Worker output forwarded by the node (``log_to_driver``) is printed here, each line
 prefixed with where it ran, to this process's stdout or stderr.
@@ -17,8 +22,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -27,7 +35,8 @@ import transport
 
 from ._core_worker import CoreWorker
 from ._ids import new_job_id, new_worker_id
-from .exceptions import ActorcoreSystemError
+from ._session import pid_alive
+from .exceptions import ActorcoreSystemError, NodeDiedError
 
 __all__ = ["DriverLoop", "RECONNECT_WINDOW"]
 
@@ -38,12 +47,20 @@ RECONNECT_WINDOW = 10.0
 
 
 class DriverLoop:
-    def __init__(self, address: str, token: bytes, *, log_to_driver: bool = True,
-                 namespace: str = "default") -> None:
+    def __init__(
+        self,
+        address: str,
+        token: bytes,
+        *,
+        log_to_driver: bool = True,
+        namespace: str = "default",
+        node_process: subprocess.Popen | None = None,
+    ) -> None:
         self.address = address
         self.token = token
         self.log_to_driver = log_to_driver
         self.namespace = namespace  # the job's; its tasks ask the node for it
+        self.node_process = node_process  # the node of an embedded cluster
         self.core: CoreWorker | None = None
         self.info: dict[str, Any] = {}
         self._ready = threading.Event()
@@ -112,20 +129,64 @@ class DriverLoop:
             lost: BaseException = exc
         deadline = trio.current_time() + RECONNECT_WINDOW
         while not self._stopping:
-            if trio.current_time() > deadline:
-                self.core.connection_lost(lost)
+            gone = self._node_gone()
+            if gone is not None or trio.current_time() > deadline:
+                self.core.connection_lost(self._node_lost_error(lost, gone))
                 return
             await trio.sleep(0.05)
             client = transport.Client(
                 self.address, self.token, name=f"driver-{os.getpid()}", handler=self._handle
             )
+            rejoined = False
             try:
                 async with trio.open_nursery() as nursery:
                     conn = await nursery.start(client.run)
                     await self._rejoin(conn)
-                    deadline = trio.current_time() + RECONNECT_WINDOW  # after this loss
+                    rejoined = True
             except Exception as exc:
                 lost = exc
+                if rejoined:  # a new loss after a good rejoin: a new window
+                    deadline = trio.current_time() + RECONNECT_WINDOW
+
+    def _node_gone(self) -> str | None:
+        """How the node's process ended, if the driver can tell that it did."""
+        proc = self.node_process
+        if proc is not None:
+            code = proc.poll()
+            if code is None:
+                return None
+            if code < 0:
+                try:
+                    name = signal.Signals(-code).name
+                except ValueError:
+                    name = "?"
+                return f"its process was killed by signal {-code} ({name})"
+            return f"its process exited with code {code}"
+        pid = self.info.get("pid")
+        if not isinstance(pid, int) or not self.address.startswith("unix:"):
+            return None  # not on this machine: only the silence tells
+        return None if pid_alive(pid) else "its process is gone"
+
+    def _node_lost_error(self, lost: BaseException, gone: str | None) -> NodeDiedError:
+        """The error every waiting and later call gets once the node is lost."""
+        info = self.info
+        node_id = info.get("node_id")
+        node = node_id.hex()[:12] if isinstance(node_id, bytes) else "?"
+        what = "head node" if info.get("head", True) else "node"
+        where = f"the {what} {node} (pid {info.get('pid', '?')}, {self.address})"
+        if gone is not None:
+            text = f"{where} died: {gone}"
+        else:
+            text = (f"{where} is unreachable: the link to it was lost and it did not answer "
+                    f"for {RECONNECT_WINDOW:g} s (last error: {_leaf(lost)}); it has "
+                    f"probably died")
+        log_dir = info.get("log_dir")
+        if log_dir:
+            text += f". Its logs are in {log_dir} (node.log, node.err)"
+            tail = _tail(Path(log_dir) / "node.err", 8)
+            if tail:
+                text += f"; the end of node.err:\n{tail}"
+        return NodeDiedError(text)
 
     async def _listen(self, nursery: trio.Nursery) -> str | None:
         """Listen for results that workers of this node push straight to us.
@@ -232,3 +293,18 @@ class DriverLoop:
             except trio.RunFinishedError:
                 pass
         self._thread.join(timeout)
+
+
+def _leaf(exc: BaseException) -> str:
+    """The first innermost error of ``exc`` (Trio wraps a link's error in groups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

@@ -32,11 +32,15 @@ import transport
 from . import _security
 from ._session import (
     check_root,
+    find_session,
     latest_session,
     new_session_dir,
+    pid_alive,
     read_session_info,
     read_token,
     root_dir,
+    session_pid,
+    write_node_pid,
     write_token,
 )
 from .exceptions import ActorcoreSystemError
@@ -192,6 +196,7 @@ def start_head(
     os.close(ready_w)
     if embedded:
         os.close(parent_r)
+    write_node_pid(session_dir, proc.pid)
     try:
         line = _read_line(ready_r, timeout, proc)
     except BaseException:
@@ -259,15 +264,33 @@ def find_cluster(address: str | None) -> tuple[str, bytes, dict[str, Any]]:
     addr = address
     if not addr.startswith(("unix:", "tcp:")):
         addr = "tcp:" + addr
-    session = latest_session()
+    session = find_session(addr)
     if session is not None:
-        info = read_session_info(session)
-        if addr in (info.get("address"), info.get("tcp_address")):
-            return addr, read_token(session), info
+        pid = session_pid(session)
+        if pid is not None and not pid_alive(pid):
+            raise ConnectionError(
+                f"the cluster at {address!r} is not running: its node (pid {pid}) is gone; "
+                f"its logs are in {session / 'logs'}"
+            )
+        try:
+            info = read_session_info(session)
+        except (OSError, ValueError):  # a node still starting, or one that is gone
+            info = {"address": addr, "session_dir": str(session),
+                    "log_dir": str(session / "logs")}
+        return addr, read_token(session), info
     token_hex = os.environ.get("ACTORCORE_TOKEN")
     if not token_hex:
+        where = ("no session directory holds that socket" if addr.startswith("unix:")
+                 else f"no live session under {root_dir()} listens there")
         raise ConnectionError(
-            f"no token for cluster {address!r}: it is not this machine's latest session; "
-            f"set ACTORCORE_TOKEN to the cluster's token (see its session dir's 'token' file)"
+            f"no token for cluster {address!r}: {where}; set ACTORCORE_TOKEN to the "
+            f"cluster's token (the 'token' file in its session directory)"
         )
-    return addr, bytes.fromhex(token_hex), {"address": addr}
+    try:
+        token = bytes.fromhex(token_hex)
+    except ValueError:
+        raise ConnectionError(
+            f"ACTORCORE_TOKEN is not a hex string ({len(token_hex)} characters); it must be "
+            f"the contents of the cluster's 'token' file"
+        ) from None
+    return addr, token, {"address": addr}

@@ -54,7 +54,7 @@ from ._node_objects import NodeObjects
 from ._node_tree import build_tree
 from ._protocol import TaskSpec
 from ._scheduler import SchedulerState, WorkerInfo
-from ._session import unlink_latest, write_session_info
+from ._session import pid_alive, unlink_latest, write_session_info
 from ._store_link import StoreLink
 from ._worker_pool import PoolState, WorkerPool
 from .kernel import Supervisor
@@ -381,7 +381,7 @@ class NodeRuntime:
             reason = f"did not reconnect within {DRIVER_GRACE} s"
             with trio.move_on_after(DRIVER_GRACE):
                 while self.departed.get(wid) is client:
-                    if pid is not None and not _process_alive(pid):
+                    if pid is not None and not pid_alive(pid):
                         reason = "exited"
                         break
                     await trio.sleep(0.05)
@@ -447,6 +447,10 @@ class NodeRuntime:
                 "session_dir": str(self.config.session_dir),
                 "address": self.unix_address,
                 "store_address": self.store_address,
+                # So that a driver can say which node died and where its logs are.
+                "pid": os.getpid(),
+                "head": self.config.head,
+                "log_dir": str(self.config.session_dir / "logs"),
             }
         )
 
@@ -541,21 +545,6 @@ def _local_peer_pid(conn: Any) -> int | None:
     as the transport reports it), or ``None`` for a remote peer."""
     match = re.match(r"unix peer pid=(\d+)", str(getattr(conn, "peer_address", "")))
     return int(match.group(1)) if match else None
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc: signal 0 said it exists
 
 
 async def _quietly(fn: Any, *args: Any) -> None:

@@ -159,11 +159,12 @@ class WorkerCrashedError(ActorcoreError):
     """The worker process running a task died (after every allowed retry)."""
 
 
-class LocalRayletDiedError(ActorcoreError):
-    """The node a task or driver depended on died."""
+class NodeDiedError(ActorcoreSystemError):
+    """The node a task or driver depended on died (or stayed unreachable); the
+    message names the node, its pid and address, how it ended, and its log dir."""
 
 
-NodeDiedError = LocalRayletDiedError
+LocalRayletDiedError = NodeDiedError
 
 
 class GetTimeoutError(ActorcoreError, TimeoutError):

@@ -36,6 +36,10 @@ logger = logging.getLogger("actorcore.worker")
 
 
 class WorkerProcess:
+    #: Seconds to connect to the node and finish the handshake (the node passes
+    #: ``--connect-timeout``: its own start deadline for this process).
+    connect_timeout: float = 10.0
+
     def __init__(
         self, worker_id: bytes, node_id: bytes, index: int, store_address: str | None = None
     ) -> None:
@@ -179,7 +183,8 @@ class WorkerProcess:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             client = transport.Client(
-                address, token, name=f"worker_{self.index}", handler=self.handle
+                address, token, name=f"worker_{self.index}", handler=self.handle,
+                connect_timeout=self.connect_timeout,
             )
             conn = await nursery.start(client.run)
             # The core worker and executor exist before we register: the node may
@@ -285,6 +290,7 @@ def run_main(
     p.add_argument("--node-id", required=True)
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--store-address")
+    p.add_argument("--connect-timeout", type=float, default=WorkerProcess.connect_timeout)
     if add_arguments is not None:
         add_arguments(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -298,6 +304,7 @@ def run_main(
     worker = worker_class(
         bytes.fromhex(args.worker_id), bytes.fromhex(args.node_id), args.index, args.store_address
     )
+    worker.connect_timeout = args.connect_timeout
     code = 0
     try:
         trio.run(worker.run, args.address, token)
