@@ -151,6 +151,12 @@ class Connection:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def peer_max_frame_size(self) -> int:
+        """The largest frame body the peer accepts (announced in the handshake): a
+        message that pickles to more raises `FrameTooLarge` at the sender."""
+        return min(self._peer_max, _wire.MAX_BODY)
+
     def __repr__(self) -> str:
         state = f"closed: {self._close_reason}" if self._closed else "open"
         return f"<Connection {self.name!r} <-> {self.peer_name!r} ({self.peer_address}, {state})>"
