@@ -53,7 +53,7 @@ from ._directory import ObjectDirectory
 from ._ids import short
 from ._node_objects import NodeObjects
 from ._node_tree import build_tree
-from ._protocol import TaskSpec
+from ._protocol import TaskSpec, max_frame_size
 from ._scheduler import SchedulerState, WorkerInfo
 from ._session import unlink_latest, write_session_info
 from ._store_link import StoreLink
@@ -154,6 +154,7 @@ class NodeRuntime:
             self.handle,
             name=f"node-{short(self.node_id)}",
             on_disconnect=self._on_disconnect,
+            max_frame_size=max_frame_size(),
         )
         import store
 

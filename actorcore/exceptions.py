@@ -25,6 +25,7 @@ __all__ = [
     "ObjectLostError",
     "OwnerDiedError",
     "ObjectStoreFullError",
+    "MessageTooLargeError",
     "TaskCancelledError",
     "TaskUnschedulableError",
     "ActorcoreSystemError",
@@ -180,6 +181,12 @@ class OwnerDiedError(ObjectLostError):
 
 class ObjectStoreFullError(ActorcoreError):
     """The object store is full and nothing can be freed or spilled."""
+
+
+class MessageTooLargeError(ActorcoreError, ValueError):
+    """A task, actor call, function or value cannot travel to the node: its message
+    is larger than the link's frame limit and could not go through the object store
+    instead. The message names what was too large and both sizes."""
 
 
 class TaskCancelledError(ActorcoreError):

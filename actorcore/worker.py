@@ -144,8 +144,8 @@ class WorkerProcess:
                 try:
                     conn.send_nowait(("ready", results))
                     pushed = True
-                except Exception:
-                    pass
+                except Exception as exc:  # they go through the node instead
+                    logger.debug("pushing results to %s failed: %s", address, exc)
             elif address not in self._owner_conns and self._nursery is not None:
                 self._owner_conns[address] = None
                 self._nursery.start_soon(self._dial_owner, address)
