@@ -130,7 +130,11 @@ def init(
                 )
             node_address, token, info = find_cluster(address)
         from ._driver import DriverLoop
+        from ._ids import renew_prefix
 
+        # Ids of this session must not look like those of an earlier one in this
+        # process: the node tells a ref whose owner is gone by its id's prefix.
+        renew_prefix()
         loop = DriverLoop(node_address, token, log_to_driver=log_to_driver)
         try:
             core = loop.start()

@@ -25,7 +25,7 @@ import trio
 import transport
 
 from ._core_worker import CoreWorker
-from ._ids import new_job_id, new_worker_id
+from ._ids import id_prefix, new_job_id, new_worker_id
 from .exceptions import ActorcoreSystemError
 
 __all__ = ["DriverLoop", "RECONNECT_WINDOW"]
@@ -146,7 +146,7 @@ class DriverLoop:
         await conn.request(
             ("hello", "driver", core.worker_id, os.getpid(),
              {"job_id": core.job_id, "log_to_driver": self.log_to_driver, "rejoin": True,
-              "direct_address": self._direct}),
+              "direct_address": self._direct, "id_prefix": id_prefix()}),
             timeout=30,
         )
         core.reconnected(conn)
@@ -171,7 +171,7 @@ class DriverLoop:
                 info = await conn.request(
                     ("hello", "driver", worker_id, os.getpid(),
                      {"job_id": job_id, "log_to_driver": self.log_to_driver,
-                      "direct_address": direct}),
+                      "direct_address": direct, "id_prefix": id_prefix()}),
                     timeout=30,
                 )
             except Exception as exc:

@@ -4,7 +4,9 @@ Messages are tuples ``(op, *fields)``: the cheapest thing to pickle, and a handl
 dispatches on ``op`` with one dict lookup. The ops, by direction:
 
 core worker (driver or worker) -> node, one-way unless marked *request*:
-  ``("hello", role, worker_id, pid, job_info)``      *request*: register the link
+  ``("hello", role, worker_id, pid, info)``          *request*: register the link
+                                                    (``info["id_prefix"]``: the prefix
+                                                    of the ids it creates, ``_ids``)
   ``("export", function_id, blob, name)``           a function, sent once before use
   ``("submit", [TaskSpec, ...])``                   a batch of tasks
   ``("put", [(object_id, is_error, data), ...])``   a batch of put objects (also the

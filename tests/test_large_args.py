@@ -6,6 +6,8 @@
   argument works, however small the link's frame limit.
 - What still cannot be sent fails its own call with a typed error (at ``.remote()``
   when that is known there, else at ``get``); the driver's queue never wedges.
+- A ref kept from before ``shutdown()`` + ``init()`` (or one nobody will ever
+  produce) fails the task or actor call taking it with ``ObjectLostError``.
 
 Each class runs its own cluster: the store one with room for 600 MB, the frame one
 with the frame limit lowered to 1 MiB (``ACTORCORE_MAX_FRAME_SIZE``).
@@ -273,3 +275,62 @@ class TestFrameLimit:
         assert ray.get([before, after], timeout=30) == [(1, zlib.crc32(b"a")),
                                                         (2, zlib.crc32(b"bc"))]
         _still_healthy(h)
+
+
+class TestLostArguments:
+    """Arguments that can never become available fail their consumer, in seconds."""
+
+    @pytest.fixture(autouse=True)
+    def no_cluster_left(self):
+        yield
+        ray.shutdown()
+
+    def test_a_ref_from_before_reinit_fails_the_task_and_actor_calls(self, monkeypatch):
+        ray.init(num_cpus=2, log_to_driver=False)
+        old = ray.put(5)
+        old_big = ray.put(_pattern(MiB))
+        ray.shutdown()
+        ray.init(num_cpus=2, log_to_driver=False)
+        direct = Holder.remote()
+        _on_path(direct, "direct")
+        monkeypatch.setattr(_actor_direct, "DIRECT_CALLS", False)
+        via_node = Holder.remote()  # every call of it goes through the node
+        t0 = time.monotonic()
+        refs = {
+            "task": add.remote(old, 1),
+            "task, large": digest.remote(old_big),
+            "node-routed call": via_node.measure.remote(old),
+            "direct call": direct.measure.remote(old),
+        }
+        doomed = Holder.remote(old)
+        for what, ref in refs.items():
+            with pytest.raises(exc.ObjectLostError):
+                ray.get(ref, timeout=30)
+            assert time.monotonic() - t0 < 15, what
+        with pytest.raises(exc.ActorDiedError, match="can never become available"):
+            ray.get(doomed.ping.remote(), timeout=30)
+        for h in (direct, via_node):  # their later calls are not held back
+            assert ray.get(h.measure.remote(b"ok"), timeout=30) == (2, zlib.crc32(b"ok"))
+        _still_healthy()
+
+    def test_a_ref_nobody_produces_fails_but_a_slow_producer_is_waited_for(self):
+        ray.init(num_cpus=2, log_to_driver=False)
+
+        @ray.remote
+        class Slow:
+            def ping(self):
+                return "pong"
+
+            def value(self, delay):
+                time.sleep(delay)
+                return 41
+
+        ghost = ray.ObjectRef(b"\x13" * 20)  # made up: no owner, no producer
+        with pytest.raises(exc.ObjectLostError, match="can never become available"):
+            ray.get(add.remote(ghost), timeout=30)
+        # A direct actor call's result reaches the node only when its caller has it:
+        # the caller (its owner) is alive, so a task taking it waits, however long.
+        s = Slow.remote()
+        _on_path(s, "direct")
+        assert ray.get(add.remote(s.value.remote(3.0), 1), timeout=60) == 42
+        _still_healthy()
