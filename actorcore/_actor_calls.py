@@ -71,6 +71,8 @@ class ActorCalls:
             directory.pin(spec.deps)
             for oid in spec.deps:
                 directory.when_ready(oid, lambda _e, c=call, r=rec: self._call_dep_ready(r, c))
+            if call.missing:
+                self.node.dep_watch.watch(spec.deps)
         elif len(q) == 1 and rec.state == "alive":
             self._pump_calls(rec)
 

@@ -166,10 +166,24 @@ class ActorClass:
 
     def _create(self, options: dict[str, Any], args: tuple, kwargs: dict) -> ActorHandle:
         core = _worker_state.current_core()
+        what = f"{self._meta.class_name}.__init__"
+        check_call_args(what, self._ctor, args, kwargs)
+        self._get_export()  # a class that does not pickle fails before any argument is put
+        # Large arguments go by ref, through the store (``by_ref``): the node pins
+        # them while the actor lives (its restarts need them), so they are freed
+        # right behind its creation.
+        blob, deps, by_ref = dumps_args(what, args, kwargs, ObjectRef, core.arg_store())
+        try:
+            return self._create_spec(core, options, blob, deps)
+        finally:
+            if by_ref:
+                core.release_args(by_ref)
+
+    def _create_spec(self, core: Any, options: dict[str, Any], blob: bytes,
+                     deps: list[bytes]) -> ActorHandle:
         meta = self._meta
-        check_call_args(f"{meta.class_name}.__init__", self._ctor, args, kwargs)
         export = self._get_export()
-        blob, deps = dumps_args(f"{meta.class_name}.__init__", args, kwargs, ObjectRef)
+        core.check_args_fit(f"{meta.class_name}.__init__", blob)
         name = options.get("name")
         namespace = options.get("namespace") or default_namespace()
         is_async = meta.is_async
@@ -228,18 +242,7 @@ def _check_extra_options(options: dict[str, Any]) -> None:
 
 
 def _ensure_exported(core: Any, export: FunctionExport) -> None:
-    fid = export.function_id
-    if fid not in core._exported:
-        with core._export_lock:
-            if fid not in core._exported:
-                core._exported.add(fid)
-                core._enqueue(("export", fid, export.blob, export.name, _sys_path()))
-
-
-def _sys_path() -> list[str]:
-    import sys
-
-    return [p for p in sys.path if p]
+    core.ensure_exported(export, "actor class")
 
 
 class _ActorOptions:

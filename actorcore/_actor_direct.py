@@ -25,6 +25,15 @@ a task resolves there; large results are registered by the actor's process, whic
 holds them in the store. The creator's drop of its last handle waits for its direct
 calls, so an actor never ends under a call its owner still expects an answer to.
 
+Large arguments travel through the store (``_serialization.dumps_args``): the caller
+puts them and the actor fetches them like argument refs. The node pins the
+dependencies of a call it routes, but it never sees a direct call, so the caller
+holds a direct call's argument objects until the answer is here (or until the call
+is resubmitted through the node after its link broke).
+
+A call the link refuses for what it is (a frame over the actor's limit) fails with
+``MessageTooLargeError`` and leaves the queue; only a dead link keeps calls back.
+
 ``ACTORCORE_DIRECT_CALLS=0`` turns the direct path off (everything via the node).
 """
 
@@ -34,15 +43,19 @@ import collections
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import trio
 
 import transport
 
+from . import _serialization
 from ._actor_cancel import cancelled_results
 from ._actor_protocol import CallSpec
+from ._core_worker import _LINK_DOWN
 from ._store_link import STORE
+from .exceptions import ActorcoreSystemError, MessageTooLargeError
 
 __all__ = ["DIRECT_CALLS", "submit_call", "drop_actor", "detach", "cancel_call"]
 
@@ -66,6 +79,9 @@ class Route:
         self.failures = 0
         self.node_outstanding = 0
         self.direct: dict[bytes, CallSpec] = {}  # task id -> call in flight on the link
+        # task id -> argument objects a direct call holds until its answer (the node
+        # does not see direct calls, so it cannot pin them: see ``submit_call``)
+        self.held: dict[bytes, Sequence[bytes]] = {}
         # calls to send, and ("dcancel", actor_id, task_id) behind the call they cancel
         self.outq: collections.deque[CallSpec | tuple] = collections.deque()
         self.conn: Any = None
@@ -78,11 +94,15 @@ class Route:
 
     # -------------------------------------------------------------- any thread
 
-    def submit(self, spec: CallSpec) -> None:
+    def submit(self, spec: CallSpec, held: Sequence[bytes] | None) -> None:
         core = self.core
+        release = held
         with self.lock:
             if self.mode == "direct":
                 self.direct[spec.task_id] = spec
+                if held:
+                    self.held[spec.task_id] = held  # until its answer
+                    release = None
                 self.outq.append(spec)
                 if self.flush_pending:
                     return
@@ -96,6 +116,8 @@ class Route:
                 if self.failures < MAX_DISCOVERY_FAILURES:  # a switch may still come
                     self._track_node_call(spec)
                 core._enqueue(("submit", (spec,)))
+        if release:
+            core.release_args(release)  # node-routed: the node pins them from here on
         if wake:
             self._soon(self.flush)
         if discover:
@@ -221,6 +243,7 @@ class Route:
             self._link_lost(client)
 
     def flush(self) -> None:
+        refused: list[tuple[bytes, list]] = []
         with self.lock:
             self.flush_pending = False
             if self.sender_busy or self.conn is None:
@@ -234,11 +257,37 @@ class Route:
                 except trio.WouldBlock:
                     self.sender_busy = True
                     self.core._nursery.start_soon(self._drain, conn)
-                    return
-                except Exception as exc:  # the link is gone: _link_lost resends through the node
-                    logger.debug("direct send to actor %s failed: %r", self.actor_id.hex(), exc)
-                    return
+                    break
+                except _LINK_DOWN:
+                    break  # the link is gone: _link_lost resends through the node
+                except Exception as exc:
+                    self._refuse(spec, exc, refused)
+                    continue
                 outq.popleft()
+        for task_id, results in refused:
+            self._answered(task_id, results)
+
+    def _refuse(self, item: CallSpec | tuple, exc: BaseException,
+                refused: list[tuple[bytes, list]]) -> None:
+        """The link refused ``item`` for what it is (too large, unpicklable): a retry
+        would fail the same way, so it leaves the queue and a call fails with the
+        error instead of holding back every later call (lock held)."""
+        self.outq.popleft()
+        logger.error("cannot send %s to actor %s, dropped: %s: %s",
+                     getattr(item, "name", item[0] if type(item) is tuple else item),
+                     self.actor_id.hex()[:12], type(exc).__name__, exc)
+        if type(item) is not CallSpec:
+            return
+        self.direct.pop(item.task_id, None)
+        what = f"actor call {item.name}"
+        err: BaseException
+        if isinstance(exc, transport.FrameTooLarge):
+            err = MessageTooLargeError(f"{what} could not be sent to the actor: {exc}")
+        else:
+            err = ActorcoreSystemError(
+                f"{what} could not be sent to the actor: {type(exc).__name__}: {exc}")
+        payload = _serialization.dumps(err)
+        refused.append((item.task_id, [(oid, True, payload) for oid in item.return_ids()]))
 
     async def _drain(self, conn: Any) -> None:
         try:
@@ -249,9 +298,16 @@ class Route:
                     spec = self.outq[0]
                 try:
                     await conn.send(("dcall", spec) if type(spec) is CallSpec else spec)
-                except Exception as exc:  # the link is gone: _link_lost resends through the node
-                    logger.debug("direct send to actor %s failed: %r", self.actor_id.hex(), exc)
+                except _LINK_DOWN:
                     return
+                except Exception as exc:
+                    refused: list[tuple[bytes, list]] = []
+                    with self.lock:
+                        if self.outq and self.outq[0] is spec:
+                            self._refuse(spec, exc, refused)
+                    for task_id, results in refused:
+                        self._answered(task_id, results)
+                    continue
                 with self.lock:
                     if self.outq and self.outq[0] is spec:
                         self.outq.popleft()
@@ -278,6 +334,7 @@ class Route:
         core = self.core
         with self.lock:
             self.direct.pop(task_id, None)
+            held = self.held.pop(task_id, None)
             drop = self.drop_deferred and not self.direct
             if drop:
                 self.drop_deferred = False
@@ -286,6 +343,8 @@ class Route:
         inline = [r for r in results if r[2] != STORE and r[0] in entries]
         if inline:
             core._enqueue(("put", inline), wake=False)
+        if held:
+            core.release_args(held)
         if drop:
             core._enqueue(("actor_drop", self.actor_id), wake=False)
 
@@ -301,6 +360,9 @@ class Route:
             self.client = None
             unsent = {id(s) for s in self.outq}
             lost = list(self.direct.values())
+            # Resent through the node, which pins their argument objects from the
+            # submit on: free them behind it.
+            held = [self.held.pop(spec.task_id, ()) for spec in lost]
             self.direct.clear()
             self.outq.clear()
             self.conn = None
@@ -316,6 +378,9 @@ class Route:
             if self.drop_deferred:
                 self.drop_deferred = False
                 core._enqueue(("actor_drop", self.actor_id))
+        for h in held:
+            if h:
+                core.release_args(h)
 
 
 def detach(core: Any, actor_id: bytes) -> None:
@@ -344,12 +409,27 @@ def _route(core: Any, actor_id: bytes) -> Route:
     return route
 
 
-def submit_call(core: Any, spec: CallSpec) -> None:
-    """Send a call: directly once the route is up, else through the node."""
-    if not DIRECT_CALLS or getattr(core, "token", None) is None or core.role == "node":
-        core._enqueue(("submit", (spec,)))
-        return
-    _route(core, spec.actor_id).submit(spec)
+def submit_call(core: Any, spec: CallSpec, held: Sequence[bytes] | None = None) -> None:
+    """Send a call: directly once the route is up, else through the node.
+
+    ``held``: the argument objects the call put in the store (``dumps_args``),
+    freed here once the call no longer needs them: behind the submit for a call
+    through the node (which pins them until the call is done), at its answer for a
+    direct call (or behind its resubmission through the node if the link breaks).
+    """
+    try:
+        core.check_args_fit(spec.name, spec.args)
+        if not DIRECT_CALLS or getattr(core, "token", None) is None or core.role == "node":
+            core._enqueue(("submit", (spec,)))
+        else:
+            _route(core, spec.actor_id).submit(spec, held)
+            return
+    except BaseException:
+        if held:
+            core.release_args(held)
+        raise
+    if held:
+        core.release_args(held)
 
 
 def cancel_call(core: Any, actor_id: bytes, task_id: bytes) -> None:

@@ -163,13 +163,14 @@ class ActorMethod:
         meta = self._meta
         qualname = self._qualname
         check_call_args(qualname, meta, args, kwargs)
-        blob, deps = dumps_args(qualname, args, kwargs, ObjectRef)
+        if core._closed:
+            core._check_open()
+        # Large arguments go by ref, through the store (``by_ref``).
+        blob, deps, by_ref = dumps_args(qualname, args, kwargs, ObjectRef, core.arg_store())
         n = self._num_returns
         task_id = new_task_id()
         spec = CallSpec(task_id, self._handle._actor_id, self._name, qualname, blob, deps, n,
                         core.worker_id)
-        if core._closed:
-            core._check_open()
         ids = return_ids(task_id, max(n, 1))
         entries = core._entries
         aid = self._handle._actor_id
@@ -178,7 +179,8 @@ class ActorMethod:
         # The refs exist before the call leaves: its result may come back at once.
         out: Any = None if n == 0 else ObjectRef(ids[0]) if n == 1 else [
             ObjectRef(i) for i in ids]
-        submit_call(core, spec)
+        # ``submit_call`` frees the argument objects once the call no longer needs them.
+        submit_call(core, spec, by_ref)
         return out
 
 

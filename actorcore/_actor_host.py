@@ -38,6 +38,8 @@ from typing import Any
 import pykka
 import trio
 
+import transport
+
 from . import _serialization
 from ._actor_cancel import CallGate, TaskInterrupt, cancelled_results, run_interruptible
 from ._actor_protocol import ActorSpec, CallSpec
@@ -45,6 +47,7 @@ from ._executor import encode_returns, run_task
 from ._object_ref import ObjectRef
 from ._store_link import STORE
 from ._worker_state import task_context
+from .exceptions import MessageTooLargeError
 from .worker import load_function
 
 __all__ = ["HostContext", "ThreadedHost", "AsyncHost", "start_host"]
@@ -112,9 +115,11 @@ class HostContext:
         try:
             conn.send_nowait(message)
         except trio.WouldBlock:
-            self.core._nursery.start_soon(_send_quietly, conn, message)
+            self.core._nursery.start_soon(_send_later, conn, spec, message)
+        except transport.FrameTooLarge as exc:  # the caller must not wait for ever
+            _send_too_large(conn, spec, results, exc)
         except Exception as exc:  # the caller is gone, or resends through the node
-            logger.debug("answering %s on its direct link failed: %r", spec.name, exc)
+            logger.debug("answering %s failed: %s", spec.name, exc)
 
     def run_sync(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
         if dep_data is None:
@@ -151,11 +156,25 @@ class HostContext:
 _FETCH = object()  # marks an argument ref the actor resolves itself
 
 
-async def _send_quietly(conn: Any, message: Any) -> None:
+async def _send_later(conn: Any, spec: CallSpec, message: tuple) -> None:
     try:
         await conn.send(message)
+    except transport.FrameTooLarge as exc:
+        _send_too_large(conn, spec, message[2], exc)
     except Exception as exc:  # the caller is gone, or resends through the node
-        logger.debug("answering on a direct link failed: %r", exc)
+        logger.debug("answering %s failed: %s", spec.name, exc)
+
+
+def _send_too_large(conn: Any, spec: CallSpec, results: list, exc: BaseException) -> None:
+    """The results of a direct call are over the caller's frame limit: it gets the
+    error as the call's results instead (a retry would be refused the same way)."""
+    logger.error("the results of %s are too large to send: %s", spec.name, exc)
+    payload = _serialization.dumps(MessageTooLargeError(
+        f"the results of {spec.name} could not be sent to the caller: {exc}"))
+    try:
+        conn.send_nowait(("dresult", spec.task_id, [(oid, True, payload) for oid, _e, _d in results]))
+    except Exception as exc2:
+        logger.error("the error of %s could not be sent either: %s", spec.name, exc2)
 
 
 def _pid() -> int:

@@ -174,6 +174,8 @@ class ActorManager(ActorCalls, ActorIntrospection):
             rec.deps_missing = len(deps)
             for oid in deps:
                 self.node.directory.when_ready(oid, lambda _e, rec=rec: self._ctor_dep_ready(rec))
+            if rec.deps_missing:
+                self.node.dep_watch.watch(deps)
         else:
             self._acquire(rec)
 

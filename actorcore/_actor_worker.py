@@ -21,6 +21,7 @@ import transport
 
 from . import _worker_state
 from ._actor_host import HostContext, start_host
+from ._protocol import max_frame_size
 from .worker import WorkerProcess, run_main, value_codec
 
 __all__ = ["ActorWorkerProcess", "main"]
@@ -86,6 +87,7 @@ class ActorWorkerProcess(WorkerProcess):
             server = transport.Server(
                 f"unix:{sockets}/actor-{self.worker_id.hex()[:12]}.sock", token,
                 self.handle_direct, name=f"worker_{self.index}-direct",
+                max_frame_size=max_frame_size(),
             )
             direct_address = await nursery.start(server.run)
             client = transport.Client(

@@ -197,7 +197,11 @@ def init(
             if tls is None:
                 tls = _security.session_tls(info)
         from ._driver import DriverLoop
+        from ._ids import renew_prefix
 
+        # Ids of this session must not look like those of an earlier one in this
+        # process: the node tells a ref whose owner is gone by its id's prefix.
+        renew_prefix()
         _security.apply(tls)  # every TCP link of this process (the driver's)
         loop = DriverLoop(node_address, token, log_to_driver=log_to_driver,
                           namespace=namespace or "default",

@@ -20,6 +20,20 @@ queue and coalesces consecutive submits into one ``("submit", [specs])`` frame, 
 under load many tasks travel per frame; the order of messages is kept (an export
 always precedes the tasks that use it; a free follows the submit that used the ref).
 
+A message that cannot be sent
+-----------------------------
+Only a dead link keeps a message queued (for the reconnect, see ``reconnected``).
+A message the link refuses for what it is — a frame over the node's limit, a value
+that does not pickle — would be refused again on every retry, and leaving it at the
+head of the queue would hold back every later submission of this process for ever.
+So it is taken out and its consumers fail instead (``_undeliverable``): a task or
+actor call gets the error as its result (``get`` raises it), a put becomes an error
+object at the node (a task taking it fails instead of waiting). The cases that can
+be seen before anything is queued raise at ``.remote()`` already: a function too
+large to export, arguments too large for the link when no store is reachable.
+Large arguments normally never get near the limit: they travel by ref through the
+object store (``_serialization.dumps_args``, ``put_argument``).
+
 The local object table
 ----------------------
 ``_entries`` maps object id -> ``_Entry``. The owner of an object (the process that
@@ -50,6 +64,8 @@ from typing import Any
 import attrs
 import trio
 
+import transport
+
 from . import _serialization, _worker_state
 from ._ids import new_put_id
 from ._object_ref import ObjectRef
@@ -60,16 +76,35 @@ from .exceptions import (
     ActorcoreError,
     ActorcoreSystemError,
     GetTimeoutError,
+    MessageTooLargeError,
+    ObjectStoreFullError,
+    SerializationError,
     TaskCancelledError,
     TaskError,
 )
 
-__all__ = ["CoreWorker", "LAZY_FLUSH"]
+__all__ = ["CoreWorker", "LAZY_FLUSH", "SUBMIT_FRAME_BYTES"]
 
 logger = logging.getLogger("actorcore.core_worker")
 
 #: Longest a message queued with ``wake=False`` waits for company.
 LAZY_FLUSH = 0.02
+
+#: Coalesced submits stop growing a frame at about this many bytes of specs (or half
+#: the node link's frame limit, if that is smaller): a batch of many tasks with
+#: mid-sized arguments must never add up to a frame the node refuses.
+SUBMIT_FRAME_BYTES = 4 << 20
+
+#: What a spec weighs in a frame besides its arguments (ids, name, resources).
+_SPEC_OVERHEAD = 512
+
+#: Errors of a send that mean "the link is down": the message waits for a reconnect.
+#: Any other error (a frame over the peer's limit, a message that does not pickle)
+#: would fail the same way on every retry, so it is never put back in the queue.
+_LINK_DOWN = (transport.ConnectionLost, trio.ClosedResourceError, trio.BrokenResourceError)
+
+#: Messages that carry objects ``[(object_id, is_error, data), ...]``, and where.
+_RESULT_FIELD = {"put": 1, "done": 2, "actor_done": 3}
 
 
 @attrs.define(slots=True, eq=False)
@@ -119,6 +154,7 @@ class CoreWorker:
         self._export_lock = threading.Lock()
         self._outq: collections.deque = collections.deque()
         self._flush_pending = False
+        self._solo = 0  # this many next specs go one per frame (after a refused batch)
         self._sender_busy = False
         self._wake_sender = trio.Event()
         self._lazy_armed = False
@@ -174,28 +210,106 @@ class CoreWorker:
             self._flush()
 
     def _next_message(self) -> tuple | None:
-        """Pop the next frame's message: consecutive submits coalesce into one."""
+        """Pop the next frame's message: consecutive submits coalesce into one, up to
+        ``SUBMIT_FRAME_BYTES`` of specs (a longer run is split across frames)."""
         outq = self._outq
         batch: list = []
+        used = 0
+        budget = min(SUBMIT_FRAME_BYTES, self.frame_limit() // 2)
+        solo = self._solo > 0
         while outq:
             m = outq[0]
-            if m[0] == "submit":
-                outq.popleft()
-                batch.extend(m[1])
-                continue
-            if batch:
-                break
-            return outq.popleft()
+            if m[0] != "submit":
+                if batch:
+                    break
+                return outq.popleft()
+            outq.popleft()
+            specs = m[1]
+            for i, spec in enumerate(specs):
+                size = len(spec.args) + 32 * len(spec.deps) + _SPEC_OVERHEAD
+                if batch and (solo or used + size > budget):
+                    outq.appendleft(("submit", tuple(specs[i:])))
+                    self.stats["submit_frames"] += 1
+                    return ("submit", batch)
+                batch.append(spec)
+                used += size
+                if solo:
+                    self._solo -= 1
         if batch:
             self.stats["submit_frames"] += 1
             return ("submit", batch)
         return None
 
+    def frame_limit(self) -> int:
+        """The largest message the node link takes (its peer's frame limit)."""
+        return getattr(self.conn, "peer_max_frame_size", transport.DEFAULT_MAX_FRAME_SIZE)
+
+    def check_fits(self, size: int, what: str, hint: str) -> None:
+        """Raise ``MessageTooLargeError`` now if a message of ``size`` bytes about
+        ``what`` could never be sent to the node."""
+        limit = self.frame_limit()
+        if size + _SPEC_OVERHEAD > limit:
+            raise MessageTooLargeError(
+                f"{what}: {_fmt_bytes(size)}, more than the node link's frame limit of "
+                f"{_fmt_bytes(limit)}; {hint}"
+            )
+
+    def check_args_fit(self, name: str, blob: bytes) -> None:
+        """Raise ``MessageTooLargeError`` now if a call's pickled arguments could never
+        be sent (large ones go by ref, so only without a reachable store)."""
+        if len(blob) >= _serialization.ARG_INLINE_THRESHOLD:
+            self.check_fits(len(blob), f"the arguments of {name}()",
+                            "the object store is not reachable from this process, so "
+                            "they cannot be passed by ref; pass smaller values")
+
+    def _undeliverable(self, message: tuple, exc: BaseException) -> None:
+        """``message`` can never be sent (not a dead link: see the module docstring):
+        fail what waits on it and go on with the next message (core loop)."""
+        op = message[0]
+        if op == "submit" and len(message[1]) > 1 and isinstance(exc, transport.FrameTooLarge):
+            # A batch too large as a whole: send its specs one per frame, so that
+            # only one that is too large by itself fails.
+            self._solo = len(message[1])
+            self._outq.appendleft(message)
+            return
+        too_large = isinstance(exc, transport.FrameTooLarge)
+        logger.error("cannot send %r to the node, dropped: %s: %s", op, type(exc).__name__, exc)
+
+        def error(what: str) -> BaseException:
+            if too_large:
+                return MessageTooLargeError(f"{what} could not be sent to the node: {exc}")
+            return ActorcoreSystemError(
+                f"{what} could not be sent to the node: {type(exc).__name__}: {exc}")
+
+        if op == "submit":
+            for spec in message[1]:
+                err = error(f"{type(spec).__name__} {getattr(spec, 'name', '')}".strip())
+                payload = _serialization.dumps(err)
+                ids = spec.return_ids()
+                if not ids:
+                    logger.error("%s is lost: %s", spec, err)
+                for oid in ids:
+                    entry = self._entries.get(oid)
+                    if entry is not None:
+                        self._set_ready(entry, True, payload)
+        elif op in _RESULT_FIELD:
+            # Objects (a put, a task's or actor call's results): the node must still
+            # learn of them, as errors, or whoever waits for them would wait for ever.
+            i = _RESULT_FIELD[op]
+            what = ("object {}" if op == "put" else
+                    f"the results of {'task' if op == 'done' else 'actor call'} "
+                    f"{message[i - 1].hex()} (here {{}})")
+            items = [(oid, True, _serialization.dumps(error(what.format(oid.hex()))))
+                     for oid, _is_error, _data in message[i]]
+            self._outq.appendleft((*message[:i], items, *message[i + 1:]))
+
     def _flush(self) -> None:
         """Send what is queued now, without a task switch (core loop).
 
         ``send_nowait`` writes at once on an idle link. If the link is backed up
-        (``WouldBlock``) the async sender takes over and waits for it to drain.
+        (``WouldBlock``) the async sender takes over and waits for it to drain. A
+        dead link keeps the message for the reconnect; any other failure drops it
+        and fails its consumers (``_undeliverable``).
         """
         self._flush_pending = False
         if self._sender_busy:
@@ -212,9 +326,11 @@ class CoreWorker:
                 self._sender_busy = True
                 self._wake_sender.set()
                 return
-            except Exception:  # the link is down: keep it for after a reconnect
+            except _LINK_DOWN:  # keep it for after a reconnect
                 self._outq.appendleft(message)
                 return
+            except Exception as exc:
+                self._undeliverable(message, exc)
 
     async def run_lazy_flusher(self) -> None:
         while True:
@@ -236,9 +352,11 @@ class CoreWorker:
                     break
                 try:
                     await self.conn.send(message)
-                except Exception as exc:
-                    logger.info("sending %r to the node failed: %r", message[0], exc)
+                except _LINK_DOWN:  # keep it for after a reconnect
+                    self._outq.appendleft(message)
                     break
+                except Exception as exc:
+                    self._undeliverable(message, exc)
             self._sender_busy = False
 
     # --------------------------------------------------------------- submission
@@ -246,17 +364,78 @@ class CoreWorker:
     def submit_task(self, spec: TaskSpec, export: Any) -> None:
         """Record and send a task (from any thread)."""
         self._check_open()
-        fid = export.function_id
-        if fid not in self._exported:
-            with self._export_lock:
-                if fid not in self._exported:
-                    self._exported.add(fid)
-                    self._enqueue(("export", fid, export.blob, export.name, _sys_path()))
+        self.ensure_exported(export, "remote function")
+        self.check_args_fit(spec.name, spec.args)
         entries = self._entries
         for oid in spec.return_ids():
             entries[oid] = _Entry(owned=True)
         self._enqueue(("submit", (spec,)))
         self.stats["tasks_submitted"] += 1
+
+    def ensure_exported(self, export: Any, kind: str) -> None:
+        """Queue ``export`` (a function or class) once, before what uses it."""
+        fid = export.function_id
+        if fid in self._exported:
+            return
+        with self._export_lock:
+            if fid in self._exported:
+                return
+            self.check_fits(
+                len(export.blob), f"{kind} {export.name} pickled (its code and the "
+                f"variables it captures)", "pass large data as an argument or with put() "
+                "instead of capturing it")
+            self._exported.add(fid)
+            self._enqueue(("export", fid, export.blob, export.name, _sys_path()))
+
+    # Large arguments (see ``_serialization.dumps_args``). The caller puts each one
+    # in the store as an object it owns, holds it (a local ref) while the call needs
+    # it and then frees it like any object: the free travels behind the call on this
+    # process's ordered link, and the node pins a queued task's or node-routed call's
+    # dependencies until it is done (an actor's constructor arguments while the actor
+    # lives, for its restarts), so the object outlives the call exactly as long as
+    # needed. A call on a direct actor link is not seen by the node: its caller
+    # holds the arguments until the answer comes (``_actor_direct``).
+
+    def arg_store(self) -> CoreWorker | None:
+        """Where ``dumps_args`` puts large arguments: this core worker (an
+        ``_serialization.ArgStore``), or ``None`` when no store is reachable from
+        here (arguments then stay inline)."""
+        return self if self.store is not None else None
+
+    def put_argument(self, label: str, value: Any, serialized: Any) -> bytes:
+        """Put a large argument in the store as an object this process owns, held
+        (one local ref) until ``release_args``; the node hears of it before the call
+        that takes it (any thread but the core loop)."""
+        import store
+
+        assert self.store is not None
+        self._check_open()
+        if serialized is None:
+            try:
+                serialized = store.serialize(value)
+            except store.SerializationError as exc:
+                raise SerializationError(f"could not serialize {label}: {exc}") from exc
+        oid = new_put_id()
+        try:
+            self.store.put(oid, serialized)
+        except ObjectStoreFullError as exc:
+            raise ObjectStoreFullError(
+                f"{label} is {_fmt_bytes(serialized.total_size)}: it is passed through the "
+                f"object store, as every argument of "
+                f"{_serialization.ARG_INLINE_THRESHOLD // 1024} KiB or more, and does not "
+                f"fit there: {exc}"
+            ) from exc
+        self._entries[oid] = _Entry(owned=True, ready=True, data=STORE)
+        self.add_local_ref(oid)
+        self._enqueue(("put", [(oid, False, STORE)]))
+        self.stats["args_by_ref"] += 1
+        return oid
+
+    def release_args(self, object_ids: Sequence[bytes]) -> None:
+        """The call that took these argument objects no longer needs them (any
+        thread): free them, behind whatever this process queued before."""
+        for oid in object_ids:
+            self.remove_local_ref(oid)
 
     def put(self, value: Any) -> ObjectRef:
         """Store ``value`` as a new object owned by this process."""
@@ -663,6 +842,12 @@ class CoreWorker:
 
 def _discard(_value: Any) -> None:
     pass
+
+
+def _fmt_bytes(n: int) -> str:
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MiB ({n} bytes)"
+    return f"{n} bytes"
 
 
 def _sys_path() -> list[str]:

@@ -34,7 +34,7 @@ import trio
 import transport
 
 from ._core_worker import CoreWorker
-from ._ids import new_job_id, new_worker_id
+from ._ids import id_prefix, new_job_id, new_worker_id
 from ._session import pid_alive
 from .exceptions import ActorcoreSystemError, NodeDiedError
 
@@ -215,7 +215,8 @@ class DriverLoop:
         await conn.request(
             ("hello", "driver", core.worker_id, os.getpid(),
              {"job_id": core.job_id, "log_to_driver": self.log_to_driver, "rejoin": True,
-              "direct_address": self._direct, "namespace": self.namespace}),
+              "direct_address": self._direct, "namespace": self.namespace,
+              "id_prefix": id_prefix()}),
             timeout=30,
         )
         core.reconnected(conn)
@@ -240,7 +241,8 @@ class DriverLoop:
                 info = await conn.request(
                     ("hello", "driver", worker_id, os.getpid(),
                      {"job_id": job_id, "log_to_driver": self.log_to_driver,
-                      "direct_address": direct, "namespace": self.namespace}),
+                      "direct_address": direct, "namespace": self.namespace,
+                      "id_prefix": id_prefix()}),
                     timeout=30,
                 )
             except Exception as exc:

@@ -3,9 +3,10 @@
 Every id is a ``bytes`` value, cheap to hash, compare and pickle. The layout follows
 Ray's so that an object id tells which task produced it:
 
-- ``TaskID``: 16 bytes = an 8-byte random prefix chosen once per process plus an
-  8-byte counter. Unique across the cluster without coordination, and generating one
-  costs a counter increment (no ``os.urandom`` per task).
+- ``TaskID``: 16 bytes = an 8-byte random prefix chosen once per process (and per
+  driver session) plus an 8-byte counter. Unique across the cluster without
+  coordination, and generating one costs a counter increment (no ``os.urandom`` per
+  task). The prefix also names the owner: every id a process creates starts with it.
 - ``ObjectID``: 20 bytes = the producing task's id plus a 4-byte index. Return values
   of a task use indices 1..num_returns; ``put`` objects use a per-process "put task"
   id and a running index.
@@ -29,10 +30,14 @@ __all__ = [
     "return_ids",
     "task_id_of",
     "short",
+    "renew_prefix",
+    "id_prefix",
+    "owner_prefix",
 ]
 
 TASK_ID_SIZE = 16
 OBJECT_ID_SIZE = 20
+PREFIX_SIZE = 8
 
 _pack_q = struct.Struct(">Q").pack
 _pack_i = struct.Struct(">I").pack
@@ -54,6 +59,27 @@ def _refresh_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_refresh_after_fork)
+
+
+def renew_prefix() -> None:
+    """Give this process a fresh id prefix: a driver's new session (``init()`` after
+    ``shutdown()``). The node tells who owns an object by the prefix of its id (the
+    creating process's, sent in ``hello``), so a ref kept from an earlier session
+    must not carry the prefix of the live driver: then it is recognised as one whose
+    owner is gone, and a task taking it fails instead of waiting (``_dep_watch``)."""
+    global _prefix, _put_task
+    _prefix = os.urandom(8)
+    _put_task = _prefix + b"\xff" * 8
+
+
+def id_prefix() -> bytes:
+    """The 8 bytes every task and object id this process creates begins with."""
+    return _prefix
+
+
+def owner_prefix(object_id: bytes) -> bytes:
+    """The id prefix of the process that created ``object_id`` (its owner)."""
+    return object_id[:PREFIX_SIZE]
 
 
 def new_task_id() -> bytes:

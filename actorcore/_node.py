@@ -48,11 +48,12 @@ import transport
 
 from ._actor_manager import ActorManager
 from ._control import MemoryControlState
+from ._dep_watch import DependencyWatch
 from ._directory import ObjectDirectory
 from ._ids import short
 from ._node_objects import NodeObjects
 from ._node_tree import build_tree
-from ._protocol import TaskSpec
+from ._protocol import TaskSpec, max_frame_size
 from ._scheduler import SchedulerState, WorkerInfo
 from ._session import pid_alive, unlink_latest, write_session_info
 from ._store_link import StoreLink
@@ -99,6 +100,7 @@ class _Client:
     owned: set[bytes] = attrs.Factory(set)
     direct_address: str | None = None
     leaving: bool = False  # a driver that said ``bye``: its link closing is its exit
+    id_prefix: bytes | None = None  # the prefix of every id it creates (``_ids``)
 
 
 class NodeRuntime:
@@ -113,6 +115,7 @@ class NodeRuntime:
         self.tcp_address: str | None = None
         self.directory = ObjectDirectory()
         self.objects = NodeObjects(self)  # puts, fetches, frees, store refs, lineage counts
+        self.dep_watch = DependencyWatch(self)  # arguments that can never become ready
         self.control: Any = MemoryControlState()
         self.gcs_address: str | None = None
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
@@ -129,6 +132,7 @@ class NodeRuntime:
             forward_infeasible=self._infeasible_send.send_nowait,
             call_later=self._call_later,
             node_id=self.node_hex,
+            watch_deps=self.dep_watch.watch,
         )
         n = config.num_workers
         if n is None:
@@ -159,6 +163,7 @@ class NodeRuntime:
             self.handle,
             name=f"node-{short(self.node_id)}",
             on_disconnect=self._on_disconnect,
+            max_frame_size=max_frame_size(),
         )
         import store
 
@@ -411,9 +416,17 @@ class NodeRuntime:
             raise ValueError(f"unknown message {message!r:.100}") from None
         handler(conn, message, reply)
 
+    def live_id_prefixes(self) -> set[bytes]:
+        """The id prefixes of the live processes here: the owners whose objects may
+        still arrive (a driver within its reconnect grace period counts)."""
+        live = {c.id_prefix for c in self.by_conn.values() if c.id_prefix}
+        live.update(c.id_prefix for c in self.departed.values() if c.id_prefix)
+        return live
+
     def _h_hello(self, conn: Any, m: tuple, reply: Any) -> None:
         _, role, worker_id, pid, info = m
-        client = _Client(conn=conn, role=role, worker_id=worker_id, pid=pid)
+        client = _Client(conn=conn, role=role, worker_id=worker_id, pid=pid,
+                         id_prefix=info.get("id_prefix") if isinstance(info, dict) else None)
         previous = self.departed.pop(worker_id, None) if worker_id is not None else None
         if previous is not None:  # a driver back after losing its link
             client.owned = previous.owned

@@ -4,10 +4,13 @@ Messages are tuples ``(op, *fields)``: the cheapest thing to pickle, and a handl
 dispatches on ``op`` with one dict lookup. The ops, by direction:
 
 core worker (driver or worker) -> node, one-way unless marked *request*:
-  ``("hello", role, worker_id, pid, job_info)``      *request*: register the link
+  ``("hello", role, worker_id, pid, info)``          *request*: register the link
+                                                    (``info["id_prefix"]``: the prefix
+                                                    of the ids it creates, ``_ids``)
   ``("export", function_id, blob, name)``           a function, sent once before use
   ``("submit", [TaskSpec, ...])``                   a batch of tasks
-  ``("put", [(object_id, is_error, data), ...])``   a batch of put objects
+  ``("put", [(object_id, is_error, data), ...])``   a batch of put objects (also the
+                                                    large arguments of a call, before it)
   ``("fetch", [object_id, ...])``                   *request*: reply when all ready
   ``("free", [object_id, ...])``                    the owner dropped these
   ``("cancel", task_id, force, recursive)``         cancel a task (and its children)
@@ -27,9 +30,27 @@ node -> worker:
 
 from __future__ import annotations
 
+import os
+
 import attrs
 
-__all__ = ["TaskSpec", "ObjectData"]
+__all__ = ["TaskSpec", "ObjectData", "max_frame_size"]
+
+def max_frame_size() -> int:
+    """The largest frame the node and actor processes accept from their callers
+    (``ACTORCORE_MAX_FRAME_SIZE``, bytes; default the transport's 512 MiB). Each side
+    announces it in the handshake, so a sender knows it (``peer_max_frame_size``);
+    tests lower it to reach the limit with small values."""
+    import transport
+
+    raw = os.environ.get("ACTORCORE_MAX_FRAME_SIZE")
+    if not raw:
+        return transport.DEFAULT_MAX_FRAME_SIZE
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"ACTORCORE_MAX_FRAME_SIZE must be an integer, got {raw!r}") from None
+
 
 # (object_id, is_error, data): a serialised object travelling inline.
 ObjectData = tuple[bytes, bool, bytes]

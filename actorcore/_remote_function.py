@@ -94,7 +94,17 @@ class RemoteFunction:
     def _submit(self, options: dict[str, Any], args: tuple, kwargs: dict) -> Any:
         core = _worker_state.current_core()
         export = self._get_export()
-        blob, deps = dumps_args(self._name, args, kwargs, ObjectRef)
+        # Large arguments go by ref, through the store (``by_ref``): the node pins
+        # them while the task needs them, so they are freed right behind it.
+        blob, deps, by_ref = dumps_args(self._name, args, kwargs, ObjectRef, core.arg_store())
+        try:
+            return self._submit_spec(core, export, options, blob, deps)
+        finally:
+            if by_ref:
+                core.release_args(by_ref)
+
+    def _submit_spec(self, core: Any, export: FunctionExport, options: dict[str, Any],
+                     blob: bytes, deps: list[bytes]) -> Any:
         num_returns = options.get("num_returns", 1)
         if num_returns is None:
             num_returns = 1

@@ -271,6 +271,8 @@ class SchedulerState:
     # Where the owner of a task listens for results pushed by workers directly (a
     # driver on this node), or None: then the node forwards them.
     owner_address: Callable[[bytes], str | None] = lambda _owner: None
+    # Deps a task waits for that are not ready: watched for ones that never will be.
+    watch_deps: Callable[[list[bytes]], None] = lambda _oids: None
     pool_starting: Callable[[], int] = lambda: 0
     _dispatching: bool = False
     tasks_finished: int = 0
@@ -312,6 +314,8 @@ class SchedulerState:
 
         for oid in deps:
             self.directory.when_ready(oid, on_dep)
+        if record[1] != 0:  # some dep is not ready yet
+            self.watch_deps(deps)
 
     def _dep_ready(self, record: list) -> None:
         record[1] -= 1

@@ -25,6 +25,7 @@ __all__ = [
     "ObjectLostError",
     "OwnerDiedError",
     "ObjectStoreFullError",
+    "MessageTooLargeError",
     "TaskCancelledError",
     "TaskUnschedulableError",
     "ActorcoreSystemError",
@@ -204,6 +205,12 @@ class ObjectStoreFullError(ActorcoreError):
 
 def _rebuild_store_full(message: str, capacity: int, used: int, requested: int) -> ObjectStoreFullError:
     return ObjectStoreFullError(message, capacity=capacity, used=used, requested=requested)
+
+
+class MessageTooLargeError(ActorcoreError, ValueError):
+    """A task, actor call, function or value cannot travel to the node: its message
+    is larger than the link's frame limit and could not go through the object store
+    instead. The message names what was too large and both sizes."""
 
 
 class TaskCancelledError(ActorcoreError):

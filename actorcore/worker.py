@@ -25,7 +25,7 @@ import transport
 from . import _worker_state
 from ._core_worker import CoreWorker
 from ._executor import Executor
-from ._ids import short
+from ._ids import id_prefix, short
 from ._protocol import TaskSpec
 from ._store_link import STORE, encode_value
 from ._worker_state import task_context
@@ -215,7 +215,8 @@ class WorkerProcess:
     async def hello(self, role: str, conn: Any) -> None:
         """Register with the node (it may send work at once) and learn the GCS address."""
         assert self.core is not None
-        info = await conn.request(("hello", role, self.worker_id, os.getpid(), {}), timeout=30)
+        info = await conn.request(
+            ("hello", role, self.worker_id, os.getpid(), {"id_prefix": id_prefix()}), timeout=30)
         self.core.gcs_address = info.get("gcs_address")
 
 

@@ -167,6 +167,12 @@ class Connection:
         sock = self._sock
         return sock.describe() if isinstance(sock, TlsSocket) else None
 
+    @property
+    def peer_max_frame_size(self) -> int:
+        """The largest frame body the peer accepts (announced in the handshake): a
+        message that pickles to more raises `FrameTooLarge` at the sender."""
+        return min(self._peer_max, _wire.MAX_BODY)
+
     def __repr__(self) -> str:
         state = f"closed: {self._close_reason}" if self._closed else "open"
         return f"<Connection {self.name!r} <-> {self.peer_name!r} ({self.peer_address}, {state})>"
