@@ -175,6 +175,7 @@ class NodeRuntime:
         self.directory.on_drop = self.objects.on_object_dropped
         self.sched.owner_address = self._owner_address
         self.sched.pool_starting = lambda: self.pool.starting
+        self.sched.pool_can_grow = self.pool.can_grow
         self._tcp_server: transport.Server | None = None
         if config.port is not None:
             self._tcp_server = transport.Server(
