@@ -246,6 +246,47 @@ def test_workers_that_cannot_start_are_restarted_with_backoff_not_in_a_loop(tmpd
     assert line.split()[1:3] == ["1", "1"] and int(line.split()[4]) <= 8, out.stdout
 
 
+def test_store_arena_is_faulted_in_ahead_of_use_by_default(cluster):
+    # 256 MiB above the arena's header, in the background after the node started.
+    _until(lambda: _find(ray.tree(), "object_manager").get("prefaulted", 0) >= (256 << 20) + 4096,
+           "the store to fault in its first 256 MiB")
+
+
+PREFAULT = """
+import sys, time
+import numpy as np
+import actorcore as ray
+ray.init(num_cpus=1, log_to_driver=False, object_store_memory=64 << 20)
+def prefaulted():
+    node = ray.tree()["children"][0]
+    return next(c for c in node["children"] if c["name"] == "object_manager")["prefaulted"]
+ref = ray.put(np.ones(1 << 20, dtype=np.uint8))
+assert ray.get(ref).sum() == 1 << 20
+low, high = int(sys.argv[1]), int(sys.argv[2])
+deadline = time.monotonic() + 30
+while not low <= prefaulted() <= high:
+    assert time.monotonic() < deadline, prefaulted()
+    time.sleep(0.02)
+print("PREFAULTED", prefaulted())
+ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("setting", ["0", "all", "1048576"])
+def test_store_prefault_setting(tmpdir, setting):
+    # 0: nothing faulted in ahead; all: the whole arena (its capacity is the cap);
+    # a number: that many bytes above the highest allocated byte (the 1 MiB put).
+    mib = 1 << 20
+    low, high = {"0": (0, 0), "all": (64 * mib + 4096,) * 2,
+                 "1048576": (2 * mib + 4096, 2 * mib + 16384)}[setting]
+    env = _env(tmpdir)
+    env["ACTORCORE_OBJECT_STORE_PREFAULT"] = setting
+    out = subprocess.run([sys.executable, "-c", PREFAULT, str(low), str(high)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "PREFAULTED" in out.stdout, out.stdout
+
+
 def test_init_twice_and_bad_args(cluster):
     with pytest.raises(RuntimeError, match="already"):
         ray.init()
