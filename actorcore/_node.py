@@ -187,6 +187,7 @@ class NodeRuntime:
         self.directory.on_drop = self.objects.on_object_dropped
         self.sched.owner_address = self._owner_address
         self.sched.pool_starting = lambda: self.pool.starting
+        self.sched.pool_can_grow = self.pool.can_grow
         self._tcp_server: transport.Server | None = None
         if config.port is not None:
             self._tcp_server = transport.Server(
@@ -568,10 +569,12 @@ async def _quietly(fn: Any, *args: Any) -> None:
 
 
 def _store_disk_options() -> dict[str, Any]:
-    """How the store may use the disk (from the node's environment): objects shared
-    memory cannot take go to files in the session's spill directory unless
+    """How the store may use the disk and memory (from the node's environment): objects
+    shared memory cannot take go to files in the session's spill directory unless
     ``ACTORCORE_OBJECT_STORE_DISK_FALLBACK=0``; spills and those files stop at
-    ``ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD`` of the disk (default 0.95, Ray's)."""
+    ``ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD`` of the disk (default 0.95, Ray's).
+    ``ACTORCORE_OBJECT_STORE_PREFAULT``: how many bytes of the arena the store keeps
+    faulted in ahead of use (default 256 MiB), ``0`` for none, ``all`` for all of it."""
     fallback = os.environ.get("ACTORCORE_OBJECT_STORE_DISK_FALLBACK", "1").strip()
     if fallback not in ("0", "1"):
         raise ValueError(f"ACTORCORE_OBJECT_STORE_DISK_FALLBACK must be 0 or 1, got {fallback!r}")
@@ -584,7 +587,17 @@ def _store_disk_options() -> dict[str, Any]:
         raise ValueError(
             f"ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD must be a fraction in [0, 1], got {raw!r}"
         )
-    return {"disk_fallback": fallback == "1", "disk_threshold": threshold}
+    options: dict[str, Any] = {"disk_fallback": fallback == "1", "disk_threshold": threshold}
+    warm = os.environ.get("ACTORCORE_OBJECT_STORE_PREFAULT", "").strip().lower()
+    if warm == "all":
+        options["prefault"] = True
+    elif warm:
+        if not warm.isdigit():
+            raise ValueError(
+                f"ACTORCORE_OBJECT_STORE_PREFAULT must be a number of bytes or 'all', got {warm!r}"
+            )
+        options["warm"] = int(warm)
+    return options
 
 
 def _default_store_capacity() -> int:

@@ -274,6 +274,8 @@ class SchedulerState:
     # Deps a task waits for that are not ready: watched for ones that never will be.
     watch_deps: Callable[[list[bytes]], None] = lambda _oids: None
     pool_starting: Callable[[], int] = lambda: 0
+    # Whether the worker pool may start one more worker now (it is below its limit).
+    pool_can_grow: Callable[[], bool] = lambda: False
     _dispatching: bool = False
     tasks_finished: int = 0
     tasks_retried: int = 0
@@ -502,9 +504,15 @@ class SchedulerState:
 
         When a shape's head does not fit the free resources, some of its tasks are
         queued behind running tasks of the same shape (pipelining): they would wait
-        for those resources anyway, and now start without a round trip. When it fits
-        but no worker is idle, the pool starts one and the task waits for it (queued
-        behind a busy worker it could wait far longer, e.g. behind a long task).
+        for those resources anyway, and now start without a round trip.
+
+        When it fits but no worker is idle, the resources are free and only a process
+        is missing (the pool lost a worker, or fractional and zero-CPU tasks outnumber
+        the workers): the pool starts one and the task waits in the ready queue for
+        it. Queued behind a busy worker instead, it would wait for the whole of that
+        worker's task with a CPU idle: two long tasks on a two-CPU node would run one
+        after the other. Only when the pool is at its limit and none is on its way do
+        tasks that need a CPU go behind busy workers of their shape.
         """
         ready = self.ready
         available = self.available
@@ -522,13 +530,15 @@ class SchedulerState:
                         worker = w
                         break
                 if worker is None:
-                    self.request_worker()
-                    # Resources are free but no worker is idle: the pool starts one.
-                    # Tasks that need a CPU still go behind busy workers if none is on
-                    # its way (the common steady state: a worker reports done a moment
-                    # after the node freed its CPU); tasks needing no CPU wait for a new
+                    # Resources are free but no worker is idle: the pool starts one
+                    # (see the docstring); tasks needing no CPU always wait for a new
                     # worker so that they run side by side.
-                    if spec.resources.get("CPU", 0.0) > 0 and not self.workers_starting():
+                    self.request_worker()
+                    if (
+                        spec.resources.get("CPU", 0.0) > 0
+                        and not self.workers_starting()
+                        and not self.pool_can_grow()
+                    ):
                         self._pipeline(key)
                     break
                 ready.popleft(key)

@@ -1,9 +1,14 @@
 """The ``worker_pool`` component: starts, watches and reaps worker processes.
 
 Workers are separate processes (``python -m actorcore.worker``): user code never
-runs in a system process. The pool pre-starts one worker per CPU, starts more when
-the local scheduler has runnable tasks and no idle worker (e.g. tasks blocked in
-``get`` gave their CPU back, or tasks need no CPU), and replaces dead ones.
+runs in a system process. The pool pre-starts one worker per CPU (``min_workers``)
+and keeps that many alive: a worker that dies is replaced whether or not work is
+waiting, so a node that lost one does not run its next CPU tasks one after the other.
+It starts more, up to its limit, when the local scheduler has a task whose resources
+are free and no idle worker (tasks blocked in ``get`` gave their CPU back, tasks need
+a fraction of a CPU or none). A worker that dies before it registers (a broken
+environment, a crash at import) is replaced after a growing delay, not in a tight
+loop of process starts.
 
 Per worker, three Trio tasks: one waits for the process to exit (then tells the
 scheduler, which retries or fails its task), two read its stdout and stderr line by
@@ -42,6 +47,10 @@ logger = logging.getLogger("actorcore.worker_pool")
 #: (``ACTORCORE_IDLE_WORKER_TIMEOUT`` overrides it).
 IDLE_TIMEOUT = float(os.environ.get("ACTORCORE_IDLE_WORKER_TIMEOUT", "10"))
 REAP_CHECK = 1.0
+#: Delay before starting a worker after the second start-up failure in a row; it
+#: doubles with each further one, up to ``START_BACKOFF_MAX`` seconds.
+START_BACKOFF = 0.1
+START_BACKOFF_MAX = 5.0
 
 
 @attrs.define(eq=False)
@@ -62,9 +71,27 @@ class PoolState:
     died_total: int = 0
     # Actor processes (issue 6) listed beside the task workers in the tree.
     extra_snapshots: Callable[[], list[dict]] | None = None
+    # Workers that died before registering, in a row (the last one's index), and
+    # the earliest time the next worker may start (``START_BACKOFF``).
+    failed_starts: int = 0
+    failed_index: int = -1
+    next_spawn_at: float = 0.0
 
     def alive(self) -> list[WorkerInfo]:
         return [w for w in self.workers.values() if w.state != "dead"]
+
+    def limit(self) -> int:
+        """How many workers may be alive: ``max_workers``, plus one per worker whose
+        tasks are blocked in ``get`` (it gave its CPU back; nested tasks need room)."""
+        return self.max_workers + sum(1 for w in self.workers.values() if w.blocked and w.state != "dead")
+
+    def can_grow(self) -> bool:
+        """Whether one more worker may be started (the scheduler asks before it
+        queues a task behind a busy worker)."""
+        return len(self.alive()) < self.limit()
+
+    def may_spawn(self) -> bool:
+        return time.monotonic() >= self.next_spawn_at
 
     def kill(self, worker: WorkerInfo, sig: int = signal.SIGKILL) -> None:
         proc = worker.process
@@ -115,11 +142,32 @@ class WorkerPool:
                 await self._spawn()
             task_status.started()
             while True:
-                with trio.move_on_after(REAP_CHECK):
+                timeout = REAP_CHECK
+                if pool.next_spawn_at:
+                    timeout = min(timeout, max(0.0, pool.next_spawn_at - time.monotonic()))
+                with trio.move_on_after(timeout):
                     await pool.wakeup.wait()
                 pool.wakeup = trio.Event()
+                self._check_backoff()
+                await self._refill()
                 await self._grow()
                 self._reap()
+
+    def _check_backoff(self) -> None:
+        """Forget past start-up failures once a worker started after them registered."""
+        pool = self.pool
+        if pool.failed_starts and any(
+            w.index > pool.failed_index and w.state not in ("starting", "dead")
+            for w in pool.workers.values()
+        ):
+            pool.failed_starts = 0
+            pool.next_spawn_at = 0.0
+
+    async def _refill(self) -> None:
+        """Replace dead workers up to ``min_workers``, work or no work waiting."""
+        pool = self.pool
+        while len(pool.alive()) < pool.min_workers and pool.may_spawn():
+            await self._spawn()
 
     def _reap(self) -> None:
         """Let workers beyond the pre-started ones go once idle for ``IDLE_TIMEOUT``
@@ -144,10 +192,9 @@ class WorkerPool:
 
     async def _grow(self) -> None:
         pool = self.pool
-        blocked = sum(1 for w in pool.alive() if w.blocked)
-        limit = pool.max_workers + blocked
+        limit = pool.limit()
         demand = self.sched.demand(max(0, limit - len(pool.alive())) + pool.starting)
-        while demand > pool.starting and len(pool.alive()) < limit:
+        while demand > pool.starting and len(pool.alive()) < limit and pool.may_spawn():
             await self._spawn()
 
     async def _spawn(self) -> None:
@@ -170,14 +217,32 @@ class WorkerPool:
             nursery.start_soon(self._pump, worker, proc.stdout, "out")
             nursery.start_soon(self._pump, worker, proc.stderr, "err")
             code = await proc.wait()
+        reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
         if worker.state == "starting":
             self.pool.starting -= 1
+            self._start_failed(worker, reason)
         self.pool.died_total += 1
-        reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
         logger.info("worker_%d (pid %s) exited: %s", worker.index, worker.pid, reason)
         self.sched.worker_died(worker, reason)
         self.pool.workers.pop(worker.worker_id, None)
         self.pool.wakeup.set()  # replace it if needed
+
+    def _start_failed(self, worker: WorkerInfo, reason: str) -> None:
+        """``worker`` died before it registered. The first such death is replaced at
+        once (it may have been killed from outside); from the second in a row on, the
+        next start waits ``START_BACKOFF`` seconds, doubling each time."""
+        pool = self.pool
+        pool.failed_starts += 1
+        pool.failed_index = max(pool.failed_index, worker.index)
+        if pool.failed_starts >= 2:
+            delay = min(START_BACKOFF_MAX, START_BACKOFF * 2 ** (pool.failed_starts - 2))
+            pool.next_spawn_at = time.monotonic() + delay
+            logger.warning(
+                "worker_%d (pid %s) died before it registered (%s), %d in a row: the "
+                "next worker starts in %.1f s; see its log files in %s",
+                worker.index, worker.pid, reason, pool.failed_starts, delay,
+                pool.session_dir / "logs",
+            )
 
     async def _pump(self, worker: WorkerInfo, stream: Any, which: str) -> None:
         await pump_worker_output(self.pool, worker.index, worker.pid, stream, which)

@@ -11,6 +11,10 @@ faster). Cases:
 - sync task: submit one task and ``get`` it, one at a time;
 - 10k tasks: submit 10,000 tasks, then ``get`` them all;
 - put/get: a small ``put`` followed by its ``get``;
+- put 100 MB: a numpy array, right after start-up (after a 1 MB put, so that linking
+  to the store is not counted), into pages no object used before; then the steady
+  state (median of 5, each freed before the next); beside a memcpy of 100 MB in the
+  same process, the floor;
 - wait: ``wait`` on 1,000 ready refs (``num_returns=1000``);
 - nested tree: a task that submits 8 tasks that each submit 8 (73 tasks), blocking in
   ``get`` at each level;
@@ -109,6 +113,32 @@ def _memory(ray, backend: str, noop, queue: int) -> dict:
     return res
 
 
+def _put_100mb(ray) -> dict:
+    import numpy as np
+
+    big = np.random.randint(0, 255, 100 * 1000 * 1000, dtype=np.uint8)
+    dst = np.empty_like(big)
+    dst[:] = 1
+    copies = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(dst, big)
+        copies.append(time.perf_counter() - t0)
+    small = ray.put(np.ones(1 << 20, dtype=np.uint8))
+    t0 = time.perf_counter()
+    first = ray.put(big)
+    res = {"memcpy_100MB_ms": min(copies) * 1e3, "put_100MB_first_ms": (time.perf_counter() - t0) * 1e3}
+    del first, small
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        ref = ray.put(big)
+        times.append(time.perf_counter() - t0)
+        del ref
+    res["put_100MB_ms"] = sorted(times)[2] * 1e3
+    return res
+
+
 def run_backend(backend: str, quick: bool, queue: int) -> dict:
     t_start = time.perf_counter()
     ray = init_backend(backend)
@@ -131,6 +161,7 @@ def run_backend(backend: str, quick: bool, queue: int) -> dict:
 
     ray.get(noop.remote(1))
     res: dict = {"startup_s": time.perf_counter() - t_start}
+    res.update(_put_100mb(ray))
 
     def timeit(fn, n: int) -> float:
         t0 = time.perf_counter()
@@ -164,6 +195,8 @@ CASES = [
     ("sync task (submit + get)", "sync_task_us", "us", False),
     ("10,000 tasks submitted then fetched", "tasks_10k_s", "s", False),
     ("small put + get", "put_get_us", "us", False),
+    ("put 100 MB, first (fresh pages)", "put_100MB_first_ms", "ms", False),
+    ("put 100 MB, steady", "put_100MB_ms", "ms", False),
     ("wait on 1,000 ready refs", "wait_1k_ms", "ms", False),
     ("nested tree of 73 tasks", "nested_73_ms", "ms", False),
 ]
@@ -195,6 +228,12 @@ def main() -> None:
         fa = f"{a:.3g} {unit}" if a is not None else "-"
         fr = f"{r:.3g} {unit}" if r is not None else "-"
         print(f"{label:<40} {fa:>12} {fr:>12} {ratio:>8}")
+    for name, res in (("actorcore", ac), ("ray", ry)):
+        if res.get("memcpy_100MB_ms"):
+            floor = res["memcpy_100MB_ms"]
+            print(f"  {name}: memcpy of 100 MB {floor:.1f} ms; put 100 MB at "
+                  f"{floor / res['put_100MB_first_ms']:.0%} (first) and "
+                  f"{floor / res['put_100MB_ms']:.0%} (steady) of memcpy speed")
     for label, key, unit, _ in MEMORY_CASES:
         a, r = ac.get(key), ry.get(key)
         if a is None and r is None:

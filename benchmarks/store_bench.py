@@ -7,7 +7,7 @@ Cases: memcpy of 100 MB on this machine (the ceiling); put of a 100 MB numpy arr
 get of it (round trip + zero-copy rebuild, and with a live view: no round trip) for
 1/10/100 MB to show it is constant time; 10,000 small puts and gets; spill and
 restore MB/s beside this disk's write and read speed. With ``--ray``, the same cases
-run on Ray (/work/rayenv/bin/python) and the ratios are printed.
+run on Ray (``$RAY_PYTHON``, else /work/rayenv/bin/python) and the ratios are printed.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import store  # noqa: E402
 
 MB = 1 << 20
 SIZE = 100 * MB
-RAY_PYTHON = "/work/rayenv/bin/python"
+RAY_PYTHON = os.environ.get("RAY_PYTHON", "/work/rayenv/bin/python")
 TOKEN = b"store-bench"
 
 

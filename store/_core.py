@@ -131,6 +131,8 @@ class StoreStatistics:
         shared memory could not take them; file_reads: gets answered with a file view.
       inline_threshold: values smaller than this many bytes are not put here.
       connections: client connections of the service.
+      prefaulted, prefault_seconds: bytes of the arena kept faulted in ahead of the
+        allocations (warm pages for the next puts) and the seconds spent on it.
     """
 
     capacity: int
@@ -159,6 +161,8 @@ class StoreStatistics:
     file_reads: int = 0
     inline_threshold: int = 0
     connections: int = 0
+    prefaulted: int = 0
+    prefault_seconds: float = 0.0
 
 
 class StoreCore:

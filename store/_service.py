@@ -22,9 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import threading
+import time
 import uuid
 from typing import Any
 
+import attrs
 import trio
 
 import transport
@@ -35,9 +38,17 @@ from ._errors import ObjectNotFoundError
 from ._serialize import SerializedValue
 from ._session import DEFAULT_SHM_DIR, arena_path, cleanup_session
 
-__all__ = ["ObjectStoreService"]
+__all__ = ["DEFAULT_WARM", "ObjectStoreService"]
 
 logger = logging.getLogger("store")
+
+#: Bytes of the arena kept faulted in ahead of use unless told otherwise (``warm``).
+DEFAULT_WARM = 256 * 1024 * 1024
+#: The warmer's step: `Arena.prefault` of this much in a thread of its own.
+WARM_CHUNK = 32 * 1024 * 1024
+#: The warmer's threads run at this nice value: faulting pages in ahead of use is
+#: never worth slowing down the node's start or anyone's tasks.
+WARM_NICE = 19
 
 
 class ObjectStoreService:
@@ -50,6 +61,19 @@ class ObjectStoreService:
     the disk is used up to ``disk_threshold`` (a fraction) of its capacity. Values
     smaller than ``inline_threshold`` bytes travel inside messages; ``prefix`` names
     the session's files (``/dev/shm/<prefix>.arena``, ``<spill_dir>/<prefix>-*``).
+
+    Warm memory: a put into pages nobody touched yet waits for the kernel to allocate
+    and zero them, page by page, 10-100 times the cost of the copy itself (see
+    ``_arena``). So from the start the service keeps the ``warm`` bytes above the
+    highest allocated byte of the arena faulted in, from a background thread at the
+    lowest CPU priority (start-up does not wait for it, nor compete with it), and
+    extends that margin as objects fill the arena; ``prefault=True`` faults the whole
+    arena the same way. It never goes past the arena: ``capacity`` stays the cap, and
+    the memory it holds is what the arena would hold once used anyway. A put that
+    lands on pages the warmer has not reached yet is correct, only slower (faulting
+    pages in never changes bytes already written). ``warm=0`` turns it off.
+    ``statistics()`` and the snapshot report ``prefaulted`` (bytes); the first time
+    the margin is reached, the time it took is logged.
     """
 
     def __init__(
@@ -64,6 +88,7 @@ class ObjectStoreService:
         prefix: str | None = None,
         shm_dir: str = DEFAULT_SHM_DIR,
         prefault: bool = False,
+        warm: int = DEFAULT_WARM,
         recovery_grace: float = 30.0,
         cleanup_on_cancel: bool = True,
         disk_fallback: bool = True,
@@ -73,6 +98,8 @@ class ObjectStoreService:
             raise ValueError(f"object store capacity must be positive, got {capacity!r}")
         if not 0.0 <= disk_threshold <= 1.0:
             raise ValueError(f"disk_threshold is a fraction in [0, 1], got {disk_threshold!r}")
+        if warm < 0:
+            raise ValueError(f"warm is a number of bytes >= 0, got {warm!r}")
         self.address = address
         self._token = token
         self.capacity = capacity
@@ -83,6 +110,10 @@ class ObjectStoreService:
         self.shm_dir = shm_dir
         self.arena_path = arena_path(self.prefix, shm_dir)
         self.prefault = prefault
+        self.warm = warm
+        self.prefaulted = 0  # the arena's bytes [0, prefaulted) are faulted in
+        self.prefault_seconds = 0.0  # time spent in the warmer's threads
+        self._warm_idle = trio.Event()
         self.recovery_grace = recovery_grace
         self.cleanup_on_cancel = cleanup_on_cancel
         self.disk_fallback = disk_fallback
@@ -108,7 +139,7 @@ class ObjectStoreService:
         shutdown = False
         try:
             arena, recovered = Arena.open(
-                self.arena_path, self.capacity, prefault=self.prefault,
+                self.arena_path, self.capacity,
                 spill_dir=os.path.abspath(self.spill_dir) if self.spill_dir else None,  # noqa: ASYNC240
             )
             core = StoreCore(
@@ -135,6 +166,11 @@ class ObjectStoreService:
                     nursery.start_soon(self._end_recovery_later)
                 else:
                     self.recovery_finished.set()
+                self.prefaulted = 0
+                if self.prefault or self.warm:
+                    nursery.start_soon(self._keep_warm, arena)
+                else:
+                    self._warm_idle.set()
                 self.state = "running"
                 task_status.started(bound)
                 await self._crash_requested.wait()
@@ -147,6 +183,78 @@ class ObjectStoreService:
             self.state = "stopped"
             if shutdown and self.cleanup_on_cancel:
                 self.remove_files()
+
+    async def _keep_warm(self, arena: Arena) -> None:
+        """Keep ``[0, high water + warm)`` of the arena faulted in (all of it with
+        ``prefault``), one `WARM_CHUNK` at a time in a thread at nice `WARM_NICE`.
+
+        The arena's ``on_grow`` hook wakes this task when an allocation raises the
+        high water mark; it goes back to work once the margin ahead has shrunk by a
+        quarter (or to reach the arena's end), so a stream of small objects does not
+        cost a thread round trip each. Everything but `Arena.prefault` itself runs
+        on the service's loop, so no state is shared with the thread.
+        """
+        wakeup = trio.Event()
+
+        def grew() -> None:
+            wakeup.set()
+            if self._warm_idle.is_set():  # ``wait_warm`` now waits for the decision
+                self._warm_idle = trio.Event()
+
+        arena.on_grow = grew
+        first_pass = True
+        working = True
+        started = time.perf_counter()
+        try:
+            while True:
+                end = arena.size
+                target = end if self.prefault else min(end, _page(arena.high_water + self.warm))
+                need = target - self.prefaulted
+                if not working and need >= self.warm // 4 or need > 0 and target == end:
+                    working = True
+                if need <= 0 or not working:
+                    working = False
+                    if first_pass:
+                        first_pass = False
+                        logger.info(
+                            "%s: %.0f MiB of the arena faulted in, %.3f s after start "
+                            "(%.3f s in the background thread)", self.name,
+                            self.prefaulted / (1 << 20), time.perf_counter() - started,
+                            self.prefault_seconds,
+                        )
+                    self._warm_idle.set()
+                    wakeup = trio.Event()
+                    await wakeup.wait()
+                    continue
+                if self._warm_idle.is_set():
+                    self._warm_idle = trio.Event()
+                stop = min(target, self.prefaulted + WARM_CHUNK)
+                t0 = time.perf_counter()
+                try:
+                    # Abandoned on shutdown rather than waited for: at nice 19 on a
+                    # busy machine a step can take seconds (it only reserves and
+                    # zeroes pages of a file that is about to go).
+                    await trio.to_thread.run_sync(
+                        _at_low_priority, arena.prefault, self.prefaulted, stop,
+                        abandon_on_cancel=True,
+                    )
+                except OSError as exc:
+                    logger.warning(
+                        "%s: could not fault in the arena's bytes %d-%d of %d (%s); puts "
+                        "into the rest pay for their pages as they go", self.name,
+                        self.prefaulted, stop, end, exc,
+                    )
+                    self._warm_idle.set()
+                    return
+                self.prefault_seconds += time.perf_counter() - t0
+                self.prefaulted = stop
+        finally:
+            arena.on_grow = None
+
+    async def wait_warm(self) -> None:
+        """Return once the warmer has caught up with the arena's last growth (or gave
+        up, or is off): for tests and benchmarks."""
+        await self._warm_idle.wait()
 
     def crash(self, reason: str = "injected crash") -> None:
         """Fault injection: make `run` raise (a crash, so the session's files stay for
@@ -164,14 +272,17 @@ class ObjectStoreService:
             stats = self._core.statistics()
             info.update(capacity=stats.capacity, used=stats.used, count=stats.count,
                         spilled=stats.spilled)
+            info["prefaulted"] = self.prefaulted
         return info
 
     def statistics(self) -> StoreStatistics:
         """Bytes used of the capacity, object counts by state, spill counters."""
         if self._core is None:
             return StoreStatistics(capacity=self.capacity, inline_threshold=self.inline_threshold)
-        return self._core.statistics(
+        stats = self._core.statistics(
             connections=len(self._server.connections) if self._server else 0)
+        return attrs.evolve(stats, inline_threshold=self.inline_threshold,
+                            prefaulted=self.prefaulted, prefault_seconds=self.prefault_seconds)
 
     def remove_files(self) -> list[str]:
         """Remove the arena and spill files of this session (the service is stopped)."""
@@ -305,6 +416,33 @@ class ObjectStoreService:
 
     async def _get(self, conn: transport.Connection, object_id: bytes, timeout: float | None) -> Any:  # noqa: ASYNC109
         return _encode_get(await self._running_core().get(conn, object_id, timeout))
+
+
+def _at_low_priority(fn: Any, *args: Any) -> None:
+    """Run ``fn(*args)`` in a new thread at nice `WARM_NICE` and wait for it. A new
+    thread each time: a process may lower a thread's priority but not raise it again,
+    so Trio's cached worker threads must not be the ones lowered."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_NICE)
+        except OSError as exc:
+            logger.debug("store: cannot lower the warmer's priority: %s", exc)
+        try:
+            fn(*args)
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="store-warmer", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _page(n: int) -> int:
+    return -(-n // 4096) * 4096
 
 
 def _encode_get(result: tuple) -> tuple:

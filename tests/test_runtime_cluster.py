@@ -120,6 +120,175 @@ def test_crash_worker_and_unknown_component(cluster):
         faults.crash("no_such_thing")
 
 
+@ray.remote
+def meet(d, me, other):
+    """Runs until the task named ``other`` has started too, or 20 s passed: True only
+    if both ran at the same time (no timing is asserted, only their overlap)."""
+    Path(d, me).touch()
+    deadline = time.monotonic() + 20
+    while not Path(d, other).exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _pool_workers(snap=None):
+    return _find(snap or ray.tree(), "worker_pool")["children"]
+
+
+def _until(pred, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_pool_refills_after_a_worker_is_killed_and_cpu_tasks_run_side_by_side(cluster):
+    # Both workers registered and idle: the kill leaves one, which alone would have
+    # taken both tasks one after the other (the second queued behind the first).
+    ray.get([inc.remote(i) for i in range(4)], timeout=30)
+    _until(lambda: [w["state"] for w in _pool_workers()] == ["running", "running"],
+           "both workers to register")
+    victim = _pool_workers()[0]
+    assert "killed" in faults.crash(f"worker_pool/{victim['name']}")
+    assert _wait_dead([victim["pid"]]) == []
+    # With no work waiting, the pool is back at one registered worker per CPU.
+    _until(lambda: sorted((w["state"], w["pid"] == victim["pid"]) for w in _pool_workers())
+           == [("running", False), ("running", False)], "the pool to refill")
+    d = tempfile.mkdtemp(prefix="meet")
+    try:
+        assert ray.get([meet.remote(d, "a", "b"), meet.remote(d, "b", "a")], timeout=60) \
+            == [True, True]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+FEWER_WORKERS = """
+import tempfile, time
+from pathlib import Path
+import actorcore as ray
+@ray.remote
+def meet(d, me, other):
+    Path(d, me).touch()
+    deadline = time.monotonic() + 20
+    while not Path(d, other).exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+ray.init(num_cpus=2, num_workers=1, log_to_driver=False)
+d = tempfile.mkdtemp()
+assert ray.get(meet.remote(d, "w", "w"), timeout=30)  # the one worker is up and idle
+print("MET", ray.get([meet.remote(d, "a", "b"), meet.remote(d, "b", "a")], timeout=60))
+print("NEXT", ray.get(meet.remote(d, "c", "a"), timeout=30))
+ray.shutdown()
+"""
+
+
+def test_task_with_free_cpu_gets_a_new_worker_instead_of_queueing_behind_a_busy_one(tmpdir):
+    # One pre-started worker on two CPUs: the second task's CPU is free, so the pool
+    # starts a worker for it rather than queueing it behind the first.
+    out = subprocess.run(
+        [sys.executable, "-c", FEWER_WORKERS],
+        env=_env(tmpdir), capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "MET [True, True]" in out.stdout and "NEXT True" in out.stdout, out.stdout
+
+
+BROKEN_SITE = """
+import os
+try:
+    argv = open("/proc/self/cmdline", "rb").read().split(b"\\0")
+except OSError:
+    argv = []
+if b"actorcore.worker" in argv and os.path.exists(os.environ["BREAK_WORKERS_FLAG"]):
+    os._exit(3)  # a worker that cannot start (a broken environment)
+"""
+
+BROKEN_WORKERS = """
+import os, time
+from pathlib import Path
+import actorcore as ray
+flag = Path(os.environ["BREAK_WORKERS_FLAG"])
+info = ray.init(num_cpus=2, log_to_driver=False)
+@ray.remote
+def f():
+    return 1
+ref = f.remote()
+log = Path(info["session_dir"]) / "logs" / "node.log"
+deadline = time.monotonic() + 60
+while "3 in a row: the next worker starts in" not in log.read_text():
+    assert time.monotonic() < deadline, log.read_text()
+    time.sleep(0.05)
+starts = len(list(log.parent.glob("worker-*.out")))
+flag.unlink()  # the environment is fixed: the next start succeeds
+print("RESULT", ray.get(ref, timeout=60), ray.get(f.remote(), timeout=30), "STARTS", starts)
+ray.shutdown()
+"""
+
+
+def test_workers_that_cannot_start_are_restarted_with_backoff_not_in_a_loop(tmpdir):
+    site = Path(tmpdir) / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BROKEN_SITE)
+    flag = Path(tmpdir) / "broken"
+    flag.touch()
+    env = _env(tmpdir)
+    env["PYTHONPATH"] = f"{site}{os.pathsep}{ROOT}"
+    env["BREAK_WORKERS_FLAG"] = str(flag)
+    out = subprocess.run([sys.executable, "-c", BROKEN_WORKERS], env=env,
+                         capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))
+    # Started at once: the two pre-started workers and their first replacements;
+    # then one per backoff step (a tight loop starts a hundred in these seconds).
+    assert line.split()[1:3] == ["1", "1"] and int(line.split()[4]) <= 8, out.stdout
+
+
+def test_store_arena_is_faulted_in_ahead_of_use_by_default(cluster):
+    # 256 MiB above the arena's header, in the background after the node started.
+    _until(lambda: _find(ray.tree(), "object_manager").get("prefaulted", 0) >= (256 << 20) + 4096,
+           "the store to fault in its first 256 MiB")
+
+
+PREFAULT = """
+import sys, time
+import numpy as np
+import actorcore as ray
+ray.init(num_cpus=1, log_to_driver=False, object_store_memory=64 << 20)
+def prefaulted():
+    node = ray.tree()["children"][0]
+    return next(c for c in node["children"] if c["name"] == "object_manager")["prefaulted"]
+ref = ray.put(np.ones(1 << 20, dtype=np.uint8))
+assert ray.get(ref).sum() == 1 << 20
+low, high = int(sys.argv[1]), int(sys.argv[2])
+deadline = time.monotonic() + 30
+while not low <= prefaulted() <= high:
+    assert time.monotonic() < deadline, prefaulted()
+    time.sleep(0.02)
+print("PREFAULTED", prefaulted())
+ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("setting", ["0", "all", "1048576"])
+def test_store_prefault_setting(tmpdir, setting):
+    # 0: nothing faulted in ahead; all: the whole arena (its capacity is the cap);
+    # a number: that many bytes above the highest allocated byte (the 1 MiB put).
+    mib = 1 << 20
+    low, high = {"0": (0, 0), "all": (64 * mib + 4096,) * 2,
+                 "1048576": (2 * mib + 4096, 2 * mib + 16384)}[setting]
+    env = _env(tmpdir)
+    env["ACTORCORE_OBJECT_STORE_PREFAULT"] = setting
+    out = subprocess.run([sys.executable, "-c", PREFAULT, str(low), str(high)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "PREFAULTED" in out.stdout, out.stdout
+
+
 def test_init_twice_and_bad_args(cluster):
     with pytest.raises(RuntimeError, match="already"):
         ray.init()

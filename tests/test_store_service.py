@@ -655,3 +655,64 @@ async def test_stale_session_cleanup_removes_its_files_on_disk(tmp_path, prefix)
     removed = store.cleanup_stale_sessions(name_prefix=prefix)
     assert sorted(removed) == sorted([store.arena_path(prefix), str(spill / name)])
     assert _on_disk(spill) == []
+
+
+def _faulted_in(path: str) -> int:
+    """Bytes of a /dev/shm file that have pages (tmpfs allocates them on first use)."""
+    return os.stat(path).st_blocks * 512
+
+
+def _rss_shmem() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("RssShmem:"))
+
+
+async def test_arena_is_kept_warm_ahead_of_use(tmp_path, prefix):
+    header = 4096
+    rss = _rss_shmem()
+    async with running_store(tmp_path, prefix, capacity=64 * MB, warm=16 * MB) as (service, client):
+        with trio.fail_after(30):
+            await service.wait_warm()
+        # Faulted in at start, without a put: the header and 16 MiB above it; not
+        # left mapped in the service's process (it would count in its RSS).
+        assert service.statistics().prefaulted == header + 16 * MB
+        assert _faulted_in(service.arena_path) == header + 16 * MB
+        assert _rss_shmem() - rss < 4 * MB
+        # A put raises the high water mark: the margin moves up with it.
+        await client.put(b"a", np.full(24 * MB, 7, dtype=np.uint8))
+        with trio.fail_after(30):
+            await service.wait_warm()
+        stats = service.statistics()
+        assert stats.used > 24 * MB
+        assert stats.prefaulted >= header + stats.used + 12 * MB
+        # (give or take the page the free remainder's header was written to)
+        assert 0 <= _faulted_in(service.arena_path) - stats.prefaulted <= 4096
+        assert int(np.asarray(await client.get(b"a")).sum()) == 7 * 24 * MB
+
+
+async def test_warm_never_goes_past_the_capacity_and_can_be_turned_off(tmp_path, prefix):
+    async with running_store(tmp_path, prefix, capacity=8 * MB) as (service, _client):
+        with trio.fail_after(30):
+            await service.wait_warm()  # the default margin (256 MiB) is more than the arena
+        assert service.statistics().prefaulted == 4096 + 8 * MB
+        assert _faulted_in(service.arena_path) == 4096 + 8 * MB
+    async with running_store(tmp_path, prefix, capacity=8 * MB, warm=0) as (service, client):
+        await client.put(b"a", np.ones(MB, dtype=np.uint8))
+        assert service.statistics().prefaulted == 0
+        assert _faulted_in(service.arena_path) < 2 * MB
+    with pytest.raises(ValueError, match="warm"):
+        store.ObjectStoreService("unix:/tmp/x.sock", TOKEN, capacity=MB, warm=-1)
+
+
+async def test_puts_racing_the_warmer_keep_their_bytes(tmp_path, prefix):
+    # The whole arena is faulted in from the start while puts land on pages the
+    # warmer has not reached yet: it must never change a byte already written.
+    async with running_store(tmp_path, prefix, capacity=160 * MB, prefault=True) as (service, client):
+        for i in range(16):
+            await client.put(b"v%d" % i, np.full(8 * MB, i + 1, dtype=np.uint8))
+        with trio.fail_after(60):
+            await service.wait_warm()
+        assert service.statistics().prefaulted == 4096 + 160 * MB
+        for i in range(16):
+            value = np.asarray(await client.get(b"v%d" % i))
+            assert value.min() == value.max() == i + 1
