@@ -13,12 +13,11 @@ The core API is Ray's, so ``import actorcore as ray`` runs Ray core programs::
     print(ray.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
 """
 
-from . import _api, exceptions
-from ._actor_cancel import CallGateStatistics
-from ._actor_class import ActorClass, make_actor_class
-from ._actor_handle import ActorHandle, ActorMethod, get_actor, kill
-from ._actor_introspect import ActorManagerStatistics
-from ._api import (
+from . import exceptions
+from .api import _api
+from .api._actor_class import ActorClass, make_actor_class
+from .api._actor_handle import ActorHandle, ActorMethod, get_actor, kill
+from .api._api import (
     ClusterInfo,
     available_resources,
     cancel,
@@ -34,13 +33,15 @@ from ._api import (
     tree,
     wait,
 )
-from ._control import ControlStatistics
-from ._directory import DirectoryStatistics
-from ._object_ref import ObjectRef
-from ._remote_function import RemoteFunction
-from ._scheduler import SchedulerStatistics
-from ._user_supervision import SupervisorRef, supervisor
+from .api._remote_function import RemoteFunction
+from .core_worker._object_ref import ObjectRef
+from .node.actor_manager._introspect import ActorManagerStatistics
+from .node.actor_manager._user_supervision import SupervisorRef, supervisor
+from .node.gcs_client._control import ControlStatistics
+from .node.local_scheduler._scheduler import SchedulerStatistics
+from .node.object_manager._directory import DirectoryStatistics
 from .runtime_context import RuntimeContext, get_runtime_context
+from .worker._cancel import CallGateStatistics
 
 __version__ = "0.1.0"
 

@@ -1,8 +1,8 @@
-"""``python -m actorcore``: the command line (see ``_cli``)."""
+"""``python -m actorcore``: the command line (see ``cli._cli``)."""
 
 import sys
 
-from ._cli import main
+from .cli._cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _worker_state
+from .core_worker import _worker_state
 
 __all__ = ["RuntimeContext", "get_runtime_context"]
 
@@ -55,7 +55,7 @@ class RuntimeContext:
     def namespace(self) -> str:
         """The job's namespace (``init(namespace=)``; "default" without one), in the
         driver and in its tasks and actors alike."""
-        from ._actor_class import default_namespace
+        from .api._actor_class import default_namespace
 
         return default_namespace()
 

@@ -204,8 +204,8 @@ def test_dropping_the_last_handle_ends_the_actor_after_its_calls():
     aid = log._actor_id
     del log
     assert ray.get(ref) == 1
-    from actorcore._actor_handle import request_node
-    from actorcore._worker_state import current_core
+    from actorcore.api._actor_handle import request_node
+    from actorcore.core_worker._worker_state import current_core
 
     deadline = time.monotonic() + 10
     while True:
@@ -437,7 +437,7 @@ def test_get_actor_and_kill_from_a_task():
 def test_direct_calls_after_the_switch_and_their_results_feed_tasks():
     import numpy as np
 
-    from actorcore._worker_state import current_core
+    from actorcore.core_worker._worker_state import current_core
 
     @ray.remote
     class Src:

@@ -13,7 +13,8 @@ import pytest
 import trio
 
 import actorcore as ray
-from actorcore import _actor_direct, _worker_state
+from actorcore.core_worker import _direct_calls as _actor_direct
+from actorcore.core_worker import _worker_state
 from actorcore.exceptions import TaskCancelledError
 
 pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py

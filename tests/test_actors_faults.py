@@ -59,7 +59,7 @@ def _until(pred, timeout=15.0, what="condition"):
 
 
 def _state(handle):
-    from actorcore._actor_handle import actor_state
+    from actorcore.api._actor_handle import actor_state
 
     return actor_state(handle)
 
@@ -337,7 +337,7 @@ _NODE_PATH_ONLY = textwrap.dedent("""
     c = C.options(max_restarts=1, max_task_retries=1).remote()
     out = ray.get([c.add.remote(i) for i in range(2000)])
     assert out == list(range(1, 2001)), out[:10]
-    from actorcore._worker_state import current_core
+    from actorcore.core_worker._worker_state import current_core
     assert not current_core().__dict__.get("_actor_routes"), "direct path was used"
     os.kill(ray.get(c.pid.remote()), signal.SIGKILL)
     assert ray.get(c.add.remote(0), timeout=60) == 1

@@ -22,8 +22,9 @@ import zlib
 import pytest
 
 import actorcore as ray
-from actorcore import _actor_direct, _worker_state
 from actorcore import exceptions as exc
+from actorcore.core_worker import _direct_calls as _actor_direct
+from actorcore.core_worker import _worker_state
 
 MiB = 1 << 20
 

@@ -31,7 +31,7 @@ def small_cap_cluster() -> Iterator[tuple[str, bytes]]:
             del os.environ["ACTORCORE_GCS_LINEAGE_CAP"]
         else:
             os.environ["ACTORCORE_GCS_LINEAGE_CAP"] = old
-    from actorcore import _api
+    from actorcore.api import _api
 
     token = _api._state["head"].token
     assert info["gcs_address"] is not None
@@ -128,8 +128,8 @@ def test_task_table_stays_bounded_while_live_lineage_stays_readable(small_cap_cl
 
 
 def _spec(args: bytes) -> Any:
-    from actorcore._ids import new_task_id
-    from actorcore._protocol import TaskSpec
+    from actorcore.protocol._ids import new_task_id
+    from actorcore.protocol._messages import TaskSpec
 
     return TaskSpec(task_id=new_task_id(), job_id=b"\0\0\0\1", function_id=b"f" * 16,
                     name="t", args=args, deps=[], num_returns=1, resources={"CPU": 1.0},
@@ -148,7 +148,7 @@ async def test_control_state_writes_and_marks_in_batches_and_skips_refused_recor
         nursery) -> None:
     # The node's GcsControlState over a real GCS (in this process) with a small value
     # limit: a record the GCS refuses is logged and dropped, the rest of its batch lands.
-    from actorcore._control import GcsControlState
+    from actorcore.node.gcs_client._control import GcsControlState
 
     service = gcs.GcsService(gcs.GcsConfig(shards=2, replicas=1, max_value_bytes=4_000,
                                            lineage_cap=0), b"tok")

@@ -20,8 +20,8 @@ import trio
 
 import actorcore as ray
 import store
-from actorcore import _worker_state
 from actorcore import exceptions as exc
+from actorcore.core_worker import _worker_state
 from actorcore.testing import faults
 
 #: The restarted store keeps unclaimed objects this long (30 s by default): the

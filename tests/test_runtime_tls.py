@@ -16,9 +16,9 @@ import pytest
 
 import actorcore
 import transport
-from actorcore import _cli
-from actorcore._launcher import start_head
-from actorcore._session import root_dir
+from actorcore.cli import _cli
+from actorcore.session._launcher import start_head
+from actorcore.session._session import root_dir
 
 DRIVER = textwrap.dedent(
     """

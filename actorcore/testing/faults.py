@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _worker_state
+from ..core_worker import _worker_state
 
 __all__ = ["crash"]
 
@@ -53,7 +53,7 @@ def crash(component: str, node_id: str | None = None, *, address: str | None = N
             return core.call_sync("crash", component)
         except Exception as exc:
             raise _unwrap(exc) from None
-    from .._admin import admin_call
+    from ..session._admin import admin_call
 
     try:
         return admin_call(address, "crash", component)

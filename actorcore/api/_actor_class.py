@@ -1,0 +1,266 @@
+"""``@remote`` classes: ``A.remote(*args)`` creates an actor and returns its handle.
+
+The class is exported once (cloudpickle, by content id) like a remote function; the
+creation is an ``ActorSpec`` queued on the caller's ordered link to its node, so the
+handle is usable at once and calls made through it queue behind the creation. A
+named actor is created with a request instead: the name is claimed atomically (in the
+GCS actors table) before ``.remote()`` returns, so a taken name raises here.
+
+Bad input fails in the caller, before anything is sent: an unknown option, a
+constructor or method called with the wrong arguments (checked against the
+signature, as a local call would be), an argument that cannot be pickled (the error
+names it).
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any
+
+from ..core_worker import _worker_state
+from ..core_worker._object_ref import ObjectRef
+from ..core_worker._worker_state import task_context
+from ..protocol._actors import ActorSpec, ClassMeta, MethodMeta
+from ..protocol._ids import new_task_id
+from ..protocol._serialization import dumps_args
+from ._actor_handle import ActorHandle, check_call_args, request_node
+from ._options import resources_of, validate_actor_options
+from ._remote_function import FunctionExport
+
+__all__ = ["ActorClass", "make_actor_class", "default_namespace"]
+
+#: Concurrency of an async actor when ``max_concurrency`` is not given (as Ray's).
+DEFAULT_ASYNC_CONCURRENCY = 1000
+
+_namespace: list[str | None] = [None]
+
+#: Job id -> its namespace, as the node told a worker process (asked once per job).
+_job_namespaces: dict[bytes, str] = {}
+
+
+def default_namespace() -> str:
+    """The namespace of the job the caller works for: where its named actors go and
+    are looked up when none is given. A driver's is what ``init(namespace=)`` said
+    ("default" without one); its tasks and actors, in other processes, have the same.
+    An actor carries it in its spec; a task's process asks the node once per job."""
+    core = _worker_state.core
+    if core is None or core.role == "driver":
+        return _namespace[0] or "default"
+    actor = _worker_state.actors.get(getattr(task_context, "actor_id", None) or "")
+    if actor is not None:
+        return actor.namespace
+    job_id = core.current_job_id()
+    ns = _job_namespaces.get(job_id)
+    if ns is None:
+        ns = core.call_sync("job_namespace", job_id) or "default"
+        _job_namespaces[job_id] = ns
+    return ns
+
+
+def set_default_namespace(namespace: str | None) -> None:
+    _namespace[0] = namespace
+
+
+def _method_meta(fn: Any, options: dict[str, Any]) -> MethodMeta:
+    is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+    num_returns = options.get("num_returns", 1)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return MethodMeta(num_returns=num_returns, is_async=is_async, pos_names=(),
+                          pos_required=0, varargs=True, kw_names=None)
+    params = list(sig.parameters.values())
+    if params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        params = params[1:]  # self
+    pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    kwonly = [p for p in params if p.kind is p.KEYWORD_ONLY]
+    return MethodMeta(
+        num_returns=num_returns,
+        is_async=is_async,
+        pos_names=tuple(p.name for p in pos),
+        pos_required=sum(1 for p in pos if p.default is p.empty),
+        varargs=any(p.kind is p.VAR_POSITIONAL for p in params),
+        kw_names=None if any(p.kind is p.VAR_KEYWORD for p in params) else frozenset(
+            [p.name for p in pos if p.kind is not p.POSITIONAL_ONLY] + [p.name for p in kwonly]
+        ),
+        kwonly_required=tuple(p.name for p in kwonly if p.default is p.empty),
+    )
+
+
+def _no_args(self: Any) -> None:
+    pass
+
+
+def class_meta(cls: type) -> tuple[ClassMeta, MethodMeta]:
+    """The method table of ``cls`` and the meta of its constructor."""
+    methods: dict[str, MethodMeta] = {}
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("__") and name != "__call__":
+            continue
+        raw = inspect.getattr_static(cls, name, None)
+        if isinstance(raw, staticmethod | classmethod):
+            continue
+        if not inspect.isfunction(member):
+            continue
+        opts = getattr(member, "__actorcore_method_options__", {})
+        methods[name] = _method_meta(member, opts)
+    init = cls.__dict__.get("__init__") or getattr(cls, "__init__")  # noqa: B009
+    if init is object.__init__:
+        init = _no_args
+    ctor = _method_meta(init, {})
+    is_async = any(m.is_async for m in methods.values())
+    return ClassMeta(cls.__qualname__, cls.__module__, methods, is_async), ctor
+
+
+class ActorClass:
+    """A class made remote by ``@actorcore.remote``.
+
+    ``A.remote(*args, **kwargs)`` creates an actor and returns an :class:`ActorHandle`;
+    ``A.options(name=..., namespace=..., lifetime="detached", num_cpus=...,
+    max_restarts=..., max_task_retries=..., max_concurrency=..., placement="shared",
+    supervisor=...)`` overrides options for one creation. Instantiating it directly
+    is an error, as in Ray (the original class is ``A.__actorcore_class__``).
+    """
+
+    def __init__(self, cls: type, options: dict[str, Any]) -> None:
+        self.__actorcore_class__ = cls
+        self._options = validate_actor_options(options)
+        _check_extra_options(self._options)
+        self._meta, self._ctor = class_meta(cls)
+        self._export: FunctionExport | None = None
+        self._lock = threading.Lock()
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__module__ = cls.__module__
+        self.__doc__ = cls.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"actor class {self._meta.class_name} cannot be instantiated directly; "
+            f"use {self._meta.class_name}.remote(...)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<actorcore.ActorClass {self._meta.module}.{self._meta.class_name}>"
+
+    def __reduce__(self) -> Any:
+        return (ActorClass, (self.__actorcore_class__, self._options))
+
+    def options(self, **options: Any) -> _ActorOptions:
+        merged = dict(self._options)
+        checked = validate_actor_options(options)
+        _check_extra_options(checked)
+        merged.update(checked)
+        return _ActorOptions(self, merged)
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        return self._create(self._options, args, kwargs)
+
+    def _get_export(self) -> FunctionExport:
+        if self._export is None:
+            with self._lock:
+                if self._export is None:
+                    self._export = FunctionExport(self.__actorcore_class__, self._meta.class_name)
+        return self._export
+
+    def _create(self, options: dict[str, Any], args: tuple, kwargs: dict) -> ActorHandle:
+        core = _worker_state.current_core()
+        what = f"{self._meta.class_name}.__init__"
+        check_call_args(what, self._ctor, args, kwargs)
+        self._get_export()  # a class that does not pickle fails before any argument is put
+        # Large arguments go by ref, through the store (``by_ref``): the node pins
+        # them while the actor lives (its restarts need them), so they are freed
+        # right behind its creation.
+        blob, deps, by_ref = dumps_args(what, args, kwargs, ObjectRef, core.arg_store())
+        try:
+            return self._create_spec(core, options, blob, deps)
+        finally:
+            if by_ref:
+                core.release_args(by_ref)
+
+    def _create_spec(self, core: Any, options: dict[str, Any], blob: bytes,
+                     deps: list[bytes]) -> ActorHandle:
+        meta = self._meta
+        export = self._get_export()
+        core.check_args_fit(f"{meta.class_name}.__init__", blob)
+        name = options.get("name")
+        namespace = options.get("namespace") or default_namespace()
+        is_async = meta.is_async
+        mc = options.get("max_concurrency")
+        if mc is None:
+            mc = DEFAULT_ASYNC_CONCURRENCY if is_async else 1
+        sup = options.get("supervisor")
+        sup_name = getattr(sup, "name", sup)
+        backend = getattr(self.__actorcore_class__, "__actorcore_backend__", "asyncio")
+        if backend not in ("asyncio", "trio"):
+            raise ValueError(
+                f"{meta.class_name}.__actorcore_backend__={backend!r}: must be 'asyncio' or 'trio'"
+            )
+        spec = ActorSpec(
+            actor_id=new_task_id(),
+            job_id=core.current_job_id(),
+            class_id=export.function_id,
+            meta=meta,
+            args=blob,
+            deps=deps,
+            resources=resources_of(options, default_cpus=0),
+            max_restarts=options.get("max_restarts") or 0,
+            max_task_retries=options.get("max_task_retries") or 0,
+            max_concurrency=mc,
+            async_backend=backend,
+            name=name,
+            namespace=namespace,
+            detached=options.get("lifetime") == "detached",
+            placement=options.get("placement") or "process",
+            supervisor=sup_name,
+            restart="permanent",
+            owner=core.worker_id,
+            job_namespace=default_namespace(),
+        )
+        _ensure_exported(core, export)
+        if name is None and sup_name is None:
+            core._enqueue(("submit", (spec,)))
+            return ActorHandle(spec.actor_id, meta, owned=True)
+        found = request_node(core, ("actor_req", "create", spec, bool(options.get("get_if_exists"))))
+        if found is not None:  # get_if_exists found the one already there
+            return ActorHandle(found[0], found[1], owned=False)
+        # A named actor lives until it is killed or its owner exits: its handles do not
+        # count (anyone can get_actor() it again).
+        return ActorHandle(spec.actor_id, meta, owned=False)
+
+
+def _check_extra_options(options: dict[str, Any]) -> None:
+    placement = options.get("placement")
+    if placement not in (None, "process", "shared"):
+        raise ValueError(f"option placement={placement!r}: must be 'process' or 'shared'")
+    sup = options.get("supervisor")
+    if sup is not None and not isinstance(getattr(sup, "name", sup), str):
+        raise TypeError(f"option supervisor={sup!r}: expected a supervisor or its name")
+    if options.get("get_if_exists") and not options.get("name"):
+        raise ValueError("option get_if_exists=True needs a name")
+
+
+def _ensure_exported(core: Any, export: FunctionExport) -> None:
+    core.ensure_exported(export, "actor class")
+
+
+class _ActorOptions:
+    """``A.options(...)``: ``.remote()`` with those options."""
+
+    __slots__ = ("_cls", "_options")
+
+    def __init__(self, cls: ActorClass, options: dict[str, Any]) -> None:
+        self._cls = cls
+        self._options = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        return self._cls._create(self._options, args, kwargs)
+
+    def options(self, **options: Any) -> _ActorOptions:
+        return self._cls.options(**{**self._options, **options})
+
+
+def make_actor_class(cls: type, options: dict[str, Any]) -> ActorClass:
+    """The ``_api._actor_factory`` hook: ``@remote`` on a class."""
+    return ActorClass(cls, options)

@@ -1,0 +1,297 @@
+"""Actor handles: ``handle.method.remote(*args)`` submits a call and returns refs.
+
+A handle is the actor's id plus its method table: picklable, so it can be passed to
+tasks and to other actors (inside arguments or return values) and used there alike.
+
+Stateful edges. A caller's first calls are call specs (``CallSpec``) queued on the calling
+process's one ordered link to its node, behind everything that process submitted
+before (its own earlier calls, the actor's creation, tasks whose results it passes).
+The node forwards the calls of each caller to the actor in that order, holding back
+a call whose argument refs are not ready yet and every later call of the same caller
+behind it; the actor starts them in arrival order. Once those have finished, the
+caller's later calls go straight to the actor's process on a link of their own
+(``core_worker._direct_calls``), where the actor resolves argument refs itself, in call order.
+So calls from one caller — a driver, a task or another actor — execute in
+submission order on either path.
+
+Lifetime. The process that created a non-detached, unnamed actor counts its live
+handles; when the count drops to zero and no handle ever left the process (was
+pickled), it tells the node, which ends the actor once the calls already submitted
+have finished. A handle that was pickled may live anywhere, so the actor then lives
+until its owner (the creating process, or its job's driver) exits — conservative, and
+never kills an actor someone can still call. Detached actors live until killed;
+named ones until killed or their owner exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import attrs
+
+from ..core_worker import _worker_state
+from ..core_worker._core_worker import _Entry
+from ..core_worker._direct_calls import cancel_call, detach, drop_actor, submit_call
+from ..core_worker._object_ref import ObjectRef
+from ..exceptions import ActorcoreError, ActorcoreSystemError
+from ..protocol._actors import CallSpec, ClassMeta, MethodMeta
+from ..protocol._ids import new_task_id, return_ids
+from ..protocol._serialization import dumps_args
+
+__all__ = ["ActorHandle", "ActorMethod", "get_actor", "kill", "check_call_args", "request_node",
+           "cancel_actor_call"]
+
+logger = logging.getLogger("actorcore.actor_handle")
+
+# Local handle counts of actors this process created (actor id -> live handles).
+_counts: dict[bytes, int] = {}
+_escaped: set[bytes] = set()
+_counts_lock = threading.Lock()
+
+
+@attrs.define(slots=True, eq=False)
+class _CallEntry(_Entry):
+    """The caller's entry for a result of an actor call: also names the method."""
+
+    method: str | None = None
+
+
+def cancel_actor_call(core: Any, ref: ObjectRef, force: bool) -> bool:
+    """``cancel(ref)`` if ``ref`` is the result of an actor call made here; ``False``
+    if it is not (a task's result, or a ref this process did not create)."""
+    entry = core._entries.get(ref._id)
+    if entry is None or entry.actor is None:
+        return False
+    if force:
+        raise ValueError(
+            f"cancel(force=True) is not supported for actor calls: {ref} is the result "
+            f"of {getattr(entry, 'method', None) or 'an actor method'} (killing the "
+            f"actor's process would end every call and its state; cancel without force, "
+            f"or end the actor with actorcore.kill(handle))"
+        )
+    if not entry.ready:
+        cancel_call(core, entry.actor, ref.task_id())
+    return True
+
+
+def check_call_args(what: str, meta: MethodMeta, args: tuple, kwargs: dict) -> None:
+    """Raise ``TypeError`` now if ``what(*args, **kwargs)`` could not bind."""
+    n = len(args)
+    if not kwargs:
+        if n >= meta.pos_required and (meta.varargs or n <= len(meta.pos_names)) and not (
+            meta.kwonly_required
+        ):
+            return
+    if not meta.varargs and n > len(meta.pos_names):
+        raise TypeError(
+            f"{what}() takes {len(meta.pos_names)} positional argument"
+            f"{'s' if len(meta.pos_names) != 1 else ''} but {n} were given"
+        )
+    if meta.kw_names is not None:
+        for k in kwargs:
+            if k not in meta.kw_names:
+                raise TypeError(f"{what}() got an unexpected keyword argument {k!r}")
+    for k in kwargs:
+        if k in meta.pos_names[:n]:
+            raise TypeError(f"{what}() got multiple values for argument {k!r}")
+    missing = [p for p in meta.pos_names[n:meta.pos_required] if p not in kwargs]
+    missing += [k for k in meta.kwonly_required if k not in kwargs]
+    if missing:
+        raise TypeError(
+            f"{what}() missing {len(missing)} required argument"
+            f"{'s' if len(missing) != 1 else ''}: {', '.join(repr(m) for m in missing)}"
+        )
+
+
+def request_node(core: Any, message: tuple, timeout: float = 60.0) -> Any:
+    """A request to the node, sent after everything this process queued before it."""
+    core._check_open()
+
+    async def go() -> Any:
+        core.flush_now()
+        return await core.conn.request(message, timeout=timeout)
+
+    try:
+        return core._run_in_loop(go)
+    except Exception as exc:
+        remote = getattr(exc, "remote_exception", None)
+        if isinstance(remote, ValueError | TypeError | ActorcoreError):
+            raise remote from None  # the node's own error for a bad request
+        raise
+
+
+class ActorMethod:
+    """``handle.method``: call it with ``.remote(...)``; ``.options(num_returns=)``."""
+
+    __slots__ = ("_handle", "_name", "_meta", "_num_returns", "_qualname")
+
+    def __init__(self, handle: ActorHandle, name: str, meta: MethodMeta,
+                 num_returns: int | None = None) -> None:
+        self._handle = handle
+        self._name = name
+        self._meta = meta
+        self._num_returns = meta.num_returns if num_returns is None else num_returns
+        self._qualname = f"{handle._meta.class_name}.{name}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"actor method {self._qualname} cannot be called directly; "
+            f"use .{self._name}.remote(...)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<actorcore.ActorMethod {self._qualname} of {self._handle!r}>"
+
+    def options(self, *, num_returns: int | None = None, **unknown: Any) -> ActorMethod:
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) for actor method {self._qualname}: "
+                f"{', '.join(sorted(unknown))} (valid: num_returns)"
+            )
+        if num_returns is not None and (
+            isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0
+        ):
+            raise ValueError(f"option num_returns={num_returns!r}: must be an int >= 0")
+        return ActorMethod(self._handle, self._name, self._meta, num_returns)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        core = _worker_state.core
+        if core is None:
+            core = _worker_state.current_core()
+        meta = self._meta
+        qualname = self._qualname
+        check_call_args(qualname, meta, args, kwargs)
+        if core._closed:
+            core._check_open()
+        # Large arguments go by ref, through the store (``by_ref``).
+        blob, deps, by_ref = dumps_args(qualname, args, kwargs, ObjectRef, core.arg_store())
+        n = self._num_returns
+        task_id = new_task_id()
+        spec = CallSpec(task_id, self._handle._actor_id, self._name, qualname, blob, deps, n,
+                        core.worker_id)
+        ids = return_ids(task_id, max(n, 1))
+        entries = core._entries
+        aid = self._handle._actor_id
+        for oid in ids:
+            entries[oid] = _CallEntry(owned=True, actor=aid, method=qualname)
+        # The refs exist before the call leaves: its result may come back at once.
+        out: Any = None if n == 0 else ObjectRef(ids[0]) if n == 1 else [
+            ObjectRef(i) for i in ids]
+        # ``submit_call`` frees the argument objects once the call no longer needs them.
+        submit_call(core, spec, by_ref)
+        return out
+
+
+class ActorHandle:
+    """A reference to an actor: ``handle.method.remote(...)`` calls it.
+
+    Picklable (pass it to tasks and actors); equal handles name the same actor.
+    """
+
+    def __init__(self, actor_id: bytes, meta: ClassMeta, *, owned: bool = False) -> None:
+        self._actor_id = actor_id
+        self._meta = meta
+        self._owned = owned
+        self._core = None
+        if owned:
+            core = _worker_state.core
+            self._core = core
+            with _counts_lock:
+                _counts[actor_id] = _counts.get(actor_id, 0) + 1
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        if name.startswith("__") or name in ("_actor_id", "_meta", "_owned", "_core"):
+            raise AttributeError(name)
+        mm = self._meta.methods.get(name)
+        if mm is None:
+            raise AttributeError(
+                f"actor {self._meta.class_name} has no method {name!r} "
+                f"(its methods: {', '.join(sorted(self._meta.methods)) or 'none'})"
+            )
+        # Not cached on the handle: the method holds the handle (so a call on a
+        # temporary handle goes out before the handle's drop), and a cache would make
+        # that a cycle that only the garbage collector could end.
+        return ActorMethod(self, name, mm)
+
+    @property
+    def actor_id(self) -> str:
+        return self._actor_id.hex()
+
+    def __repr__(self) -> str:
+        return f"Actor({self._meta.class_name}, {self._actor_id.hex()})"
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __reduce__(self) -> Any:
+        if self._owned:
+            with _counts_lock:
+                _escaped.add(self._actor_id)
+        return (_rebuild, (self._actor_id, self._meta))
+
+    def __del__(self) -> None:
+        if not self._owned:
+            return
+        try:
+            aid = self._actor_id
+            with _counts_lock:
+                n = _counts.get(aid, 0) - 1
+                if n > 0:
+                    _counts[aid] = n
+                    return
+                _counts.pop(aid, None)
+                if aid in _escaped:
+                    return
+            core = self._core
+            if core is not None and not core._closed:
+                drop_actor(core, aid)
+        except Exception as exc:  # interpreter shutdown: the node drops it with our link
+            logger.debug("dropping the handle of actor %s failed: %r", self._actor_id.hex(), exc)
+
+
+def _rebuild(actor_id: bytes, meta: ClassMeta) -> ActorHandle:
+    return ActorHandle(actor_id, meta, owned=False)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the live actor named ``name`` in ``namespace``.
+
+    Raises ``ValueError`` naming the name and namespace if there is none (never
+    created, or dead: a dead actor's name is free again).
+    """
+    from ._actor_class import default_namespace
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"get_actor(name={name!r}): expected a non-empty str")
+    if namespace is not None and (not isinstance(namespace, str) or not namespace):
+        raise ValueError(f"get_actor(namespace={namespace!r}): expected a non-empty str")
+    core = _worker_state.current_core()
+    ns = namespace or default_namespace()
+    actor_id, meta = request_node(core, ("actor_req", "lookup", name, ns))
+    return ActorHandle(actor_id, meta, owned=False)
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """End ``actor`` now: pending and later calls fail with ``ActorDiedError``.
+
+    With ``no_restart=False`` an actor with restarts left is restarted instead (its
+    constructor runs again in a new process).
+    """
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() expects an actor handle, got {type(actor).__name__}: {actor!r:.80}")
+    core = _worker_state.current_core()
+    if core._closed:
+        raise ActorcoreSystemError("not connected to the cluster any more")
+    detach(core, actor._actor_id)  # later calls go through the node, which knows
+    request_node(core, ("actor_req", "kill", actor._actor_id, bool(no_restart)))
+
+
+def actor_state(actor: ActorHandle) -> dict:
+    """The node's record of ``actor``: state, restarts, pid, death cause."""
+    core = _worker_state.current_core()
+    return request_node(core, ("actor_req", "state", actor._actor_id))

@@ -1,0 +1,4 @@
+"""The ``actorcore`` command line (also ``python -m actorcore``).
+
+``_cli``: ``start``, ``stop``, ``status``, ``tree``.
+"""

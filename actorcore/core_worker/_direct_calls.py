@@ -1,0 +1,451 @@
+"""Direct calls: from a caller straight to its actor's process, without the node.
+
+Every actor process listens on a Unix socket of its own. A caller's first calls to an
+actor go through the node (which creates, places, restarts the actor and holds the
+truth about it); meanwhile the caller asks the node for the actor's address
+(``("actor_req", "route", actor_id)``, answered once the actor is alive), dials it,
+and switches that actor's calls to the direct link once every call it sent through
+the node has finished. From then on a call costs one hop each way instead of two.
+
+Why the order of calls survives. A caller's calls to one actor travel on exactly one
+path at a time: node-routed calls until the switch, direct ones after it, and the
+switch waits until the node-routed ones have *finished* (their results are here), so
+no direct call can overtake a node-routed one. On the direct link itself the actor
+process receives calls in order and starts them in order (argument refs are resolved
+inside the actor, in call order, instead of by the node).
+
+Failures. When the link breaks (the process died, was killed, or the actor is no
+longer in that process), the calls still in flight on it go back through the node,
+marked with the incarnation they were lost on; the node treats them exactly like its
+own in-flight calls of a process that died — resent to the restarted actor while
+``max_task_retries`` lasts, else failed with an ``ActorDiedError`` naming the cause —
+and the caller is on the node path again until it rediscovers the actor. Results of
+direct calls are also handed to the node (batched, lazily) so that a ref passed on to
+a task resolves there; large results are registered by the actor's process, which
+holds them in the store. The creator's drop of its last handle waits for its direct
+calls, so an actor never ends under a call its owner still expects an answer to.
+
+Large arguments travel through the store (``_serialization.dumps_args``): the caller
+puts them and the actor fetches them like argument refs. The node pins the
+dependencies of a call it routes, but it never sees a direct call, so the caller
+holds a direct call's argument objects until the answer is here (or until the call
+is resubmitted through the node after its link broke).
+
+A call the link refuses for what it is (a frame over the actor's limit) fails with
+``MessageTooLargeError`` and leaves the queue; only a dead link keeps calls back.
+
+``ACTORCORE_DIRECT_CALLS=0`` turns the direct path off (everything via the node).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+import transport
+
+from ..exceptions import ActorcoreSystemError, MessageTooLargeError
+from ..protocol import _serialization
+from ..protocol._actors import CallSpec
+from ..worker._cancel import cancelled_results
+from ._core_worker import _LINK_DOWN
+from ._store_link import STORE
+
+__all__ = ["DIRECT_CALLS", "submit_call", "drop_actor", "detach", "cancel_call"]
+
+logger = logging.getLogger("actorcore.actor_direct")
+
+DIRECT_CALLS = os.environ.get("ACTORCORE_DIRECT_CALLS", "1") != "0"
+
+#: Failed discoveries of one actor before its caller stays on the node path.
+MAX_DISCOVERY_FAILURES = 3
+
+
+class Route:
+    """One caller process's path to one actor (see the module docstring)."""
+
+    def __init__(self, core: Any, actor_id: bytes) -> None:
+        self.core = core
+        self.actor_id = actor_id
+        self.lock = threading.RLock()
+        self.mode = "node"  # node | direct
+        self.discovering = False
+        self.failures = 0
+        self.node_outstanding = 0
+        self.direct: dict[bytes, CallSpec] = {}  # task id -> call in flight on the link
+        # task id -> argument objects a direct call holds until its answer (the node
+        # does not see direct calls, so it cannot pin them: see ``submit_call``)
+        self.held: dict[bytes, Sequence[bytes]] = {}
+        # calls to send, and ("dcancel", actor_id, task_id) behind the call they cancel
+        self.outq: collections.deque[CallSpec | tuple] = collections.deque()
+        self.conn: Any = None
+        self.client: Any = None
+        self.incarnation = 0
+        self.flush_pending = False
+        self.sender_busy = False
+        self.drop_deferred = False
+        self.epoch = 0  # bumped when the caller leaves the link (kill): stale discoveries
+
+    # -------------------------------------------------------------- any thread
+
+    def submit(self, spec: CallSpec, held: Sequence[bytes] | None) -> None:
+        core = self.core
+        release = held
+        with self.lock:
+            if self.mode == "direct":
+                self.direct[spec.task_id] = spec
+                if held:
+                    self.held[spec.task_id] = held  # until its answer
+                    release = None
+                self.outq.append(spec)
+                if self.flush_pending:
+                    return
+                self.flush_pending = True
+                wake, discover = True, False
+            else:
+                wake = False
+                discover = not self.discovering and self.failures < MAX_DISCOVERY_FAILURES
+                if discover:
+                    self.discovering = True
+                if self.failures < MAX_DISCOVERY_FAILURES:  # a switch may still come
+                    self._track_node_call(spec)
+                core._enqueue(("submit", (spec,)))
+        if release:
+            core.release_args(release)  # node-routed: the node pins them from here on
+        if wake:
+            self._soon(self.flush)
+        if discover:
+            self._soon(core._nursery.start_soon, self.discover)
+
+    def _track_node_call(self, spec: CallSpec) -> None:
+        """Count a node-routed call until its result is here (lock held)."""
+        core = self.core
+        oid = spec.task_id + b"\0\0\0\1"
+        entry = core._entries.get(oid)
+        if entry is None:
+            return
+        self.node_outstanding += 1
+        core.add_local_ref(oid)  # keep the entry (and its news) even if the ref dies
+
+        def finished() -> None:
+            core.remove_local_ref(oid)
+            with self.lock:
+                self.node_outstanding -= 1
+                ready = self.node_outstanding == 0 and self.conn is not None
+            if ready:
+                self._try_switch()
+
+        core._register([entry], 1, finished)
+
+    def cancel(self, task_id: bytes) -> bool:
+        """``cancel(ref)`` of a call on the direct link; ``False``: it is not on the
+        link (it went through the node, or is finished).
+
+        A call not sent yet is answered here; otherwise a ``dcancel`` follows it on
+        the link and the actor's process drops or cancels it (``worker._cancel``).
+        """
+        with self.lock:
+            spec = self.direct.get(task_id)
+            if spec is None or self.conn is None:
+                return False
+            # The head of the queue may be on its way out (``_drain``): not removable.
+            sending = self.sender_busy and self.outq and self.outq[0] is spec
+            if not sending and spec in self.outq:
+                self.outq.remove(spec)
+                del self.direct[task_id]
+                answer = True
+            else:
+                self.outq.append(("dcancel", self.actor_id, task_id))
+                answer = False
+                wake = not self.flush_pending
+                self.flush_pending = True
+        if answer:
+            self._soon(self._answered, task_id, cancelled_results(spec, "before it started"))
+        elif wake:
+            self._soon(self.flush)
+        return True
+
+    def drop(self) -> bool:
+        """The creator dropped its last handle: defer the drop while calls fly direct."""
+        with self.lock:
+            if self.direct:
+                self.drop_deferred = True
+                return True
+        return False
+
+    def _soon(self, fn: Any, *args: Any) -> None:
+        core = self.core
+        if threading.get_ident() == core._loop_thread:
+            fn(*args)
+        else:
+            try:
+                core.trio_token.run_sync_soon(fn, *args)
+            except trio.RunFinishedError:
+                pass
+
+    # --------------------------------------------------------------- core loop
+
+    async def discover(self) -> None:
+        core = self.core
+        epoch = self.epoch
+        try:
+            core.flush_now()
+            info = await core.conn.request(("actor_req", "route", self.actor_id), timeout=120)
+            if info is None:  # dead, or no direct address: the node path for good
+                with self.lock:
+                    self.failures = MAX_DISCOVERY_FAILURES
+                    self.discovering = False
+                return
+            address, incarnation = info
+            client = transport.Client(address, core.token, name=f"{core.role}-{core.pid}-direct",
+                                      handler=self._on_message)
+            with self.lock:
+                self.client = client
+            conn = await core._nursery.start(self._run_link, client)
+        except Exception as exc:  # calls keep going through the node; tried again later
+            logger.info("direct link to actor %s: discovery failed: %r", self.actor_id.hex(), exc)
+            with self.lock:
+                self.failures += 1
+                self.discovering = False
+            return
+        with self.lock:
+            stale = epoch != self.epoch
+            if not stale:
+                self.conn = conn
+                self.incarnation = incarnation
+            else:
+                self.client = None
+                self.discovering = False
+        if stale:  # the caller killed the actor meanwhile: that address is history
+            core._nursery.start_soon(conn.aclose)
+            return
+        self._try_switch()
+
+    def _try_switch(self) -> None:
+        with self.lock:
+            if self.conn is None or self.mode == "direct" or self.node_outstanding:
+                return
+            self.mode = "direct"
+            self.discovering = False
+
+    async def _run_link(self, client: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await client.run(task_status=task_status)
+        except Exception as exc:  # _link_lost resends what was in flight through the node
+            logger.info("direct link to actor %s ended: %r", self.actor_id.hex(), exc)
+        finally:
+            self._link_lost(client)
+
+    def flush(self) -> None:
+        refused: list[tuple[bytes, list]] = []
+        with self.lock:
+            self.flush_pending = False
+            if self.sender_busy or self.conn is None:
+                return
+            conn = self.conn
+            outq = self.outq
+            while outq:
+                spec = outq[0]
+                try:
+                    conn.send_nowait(("dcall", spec) if type(spec) is CallSpec else spec)
+                except trio.WouldBlock:
+                    self.sender_busy = True
+                    self.core._nursery.start_soon(self._drain, conn)
+                    break
+                except _LINK_DOWN:
+                    break  # the link is gone: _link_lost resends through the node
+                except Exception as exc:
+                    self._refuse(spec, exc, refused)
+                    continue
+                outq.popleft()
+        for task_id, results in refused:
+            self._answered(task_id, results)
+
+    def _refuse(self, item: CallSpec | tuple, exc: BaseException,
+                refused: list[tuple[bytes, list]]) -> None:
+        """The link refused ``item`` for what it is (too large, unpicklable): a retry
+        would fail the same way, so it leaves the queue and a call fails with the
+        error instead of holding back every later call (lock held)."""
+        self.outq.popleft()
+        logger.error("cannot send %s to actor %s, dropped: %s: %s",
+                     getattr(item, "name", item[0] if type(item) is tuple else item),
+                     self.actor_id.hex()[:12], type(exc).__name__, exc)
+        if type(item) is not CallSpec:
+            return
+        self.direct.pop(item.task_id, None)
+        what = f"actor call {item.name}"
+        err: BaseException
+        if isinstance(exc, transport.FrameTooLarge):
+            err = MessageTooLargeError(f"{what} could not be sent to the actor: {exc}")
+        else:
+            err = ActorcoreSystemError(
+                f"{what} could not be sent to the actor: {type(exc).__name__}: {exc}")
+        payload = _serialization.dumps(err)
+        refused.append((item.task_id, [(oid, True, payload) for oid in item.return_ids()]))
+
+    async def _drain(self, conn: Any) -> None:
+        try:
+            while True:
+                with self.lock:
+                    if not self.outq or self.conn is not conn:
+                        return
+                    spec = self.outq[0]
+                try:
+                    await conn.send(("dcall", spec) if type(spec) is CallSpec else spec)
+                except _LINK_DOWN:
+                    return
+                except Exception as exc:
+                    refused: list[tuple[bytes, list]] = []
+                    with self.lock:
+                        if self.outq and self.outq[0] is spec:
+                            self._refuse(spec, exc, refused)
+                    for task_id, results in refused:
+                        self._answered(task_id, results)
+                    continue
+                with self.lock:
+                    if self.outq and self.outq[0] is spec:
+                        self.outq.popleft()
+        finally:
+            with self.lock:
+                self.sender_busy = False
+            self.flush()
+
+    def _leave(self, conn: Any) -> None:
+        self._link_lost(None)
+        self.core._nursery.start_soon(conn.aclose)
+
+    async def _on_message(self, conn: Any, message: Any, reply: Any) -> None:
+        _op, task_id, results = message
+        core = self.core
+        if results is None:  # the actor is not in that process (any more)
+            self._link_lost(None, not_run=task_id)
+            core._nursery.start_soon(conn.aclose)
+            return
+        self._answered(task_id, results)
+
+    def _answered(self, task_id: bytes, results: list) -> None:
+        """The results of a direct call are here (core loop)."""
+        core = self.core
+        with self.lock:
+            self.direct.pop(task_id, None)
+            held = self.held.pop(task_id, None)
+            drop = self.drop_deferred and not self.direct
+            if drop:
+                self.drop_deferred = False
+        core.on_objects_ready(results)
+        entries = core._entries
+        inline = [r for r in results if r[2] != STORE and r[0] in entries]
+        if inline:
+            core._enqueue(("put", inline), wake=False)
+        if held:
+            core.release_args(held)
+        if drop:
+            core._enqueue(("actor_drop", self.actor_id), wake=False)
+
+    def _link_lost(self, client: Any, not_run: bytes | None = None) -> None:
+        """Send what was in flight on the link back through the node, in order."""
+        core = self.core
+        with self.lock:
+            if client is not None and client is not self.client:
+                return  # an old link: its calls were handed back when it was left
+            if self.conn is None and not self.direct:
+                self.discovering = False
+                return
+            self.client = None
+            unsent = {id(s) for s in self.outq}
+            lost = list(self.direct.values())
+            # Resent through the node, which pins their argument objects from the
+            # submit on: free them behind it.
+            held = [self.held.pop(spec.task_id, ()) for spec in lost]
+            self.direct.clear()
+            self.outq.clear()
+            self.conn = None
+            self.mode = "node"
+            self.discovering = False
+            self.sender_busy = False
+            for spec in lost:
+                if id(spec) not in unsent and spec.task_id != not_run:
+                    spec.lost_incarnation = self.incarnation
+                self._track_node_call(spec)
+            if lost and not core._closed:
+                core._enqueue(("submit", tuple(lost)))
+            if self.drop_deferred:
+                self.drop_deferred = False
+                core._enqueue(("actor_drop", self.actor_id))
+        for h in held:
+            if h:
+                core.release_args(h)
+
+
+def detach(core: Any, actor_id: bytes) -> None:
+    """Leave the direct link (before a kill): calls in flight on it go back through
+    the node as lost, later calls take the node path until rediscovery."""
+    routes = core.__dict__.get("_actor_routes")
+    route = routes.get(actor_id) if routes else None
+    if route is None:
+        return
+    with route.lock:
+        route.epoch += 1
+        conn, route.conn = route.conn, None
+        route.mode = "node"  # at once: the next call goes through the node
+    if conn is None:
+        return
+    route._soon(route._leave, conn)
+
+
+def _route(core: Any, actor_id: bytes) -> Route:
+    routes = core.__dict__.get("_actor_routes")
+    if routes is None:
+        routes = core.__dict__.setdefault("_actor_routes", {})
+    route = routes.get(actor_id)
+    if route is None:
+        route = routes.setdefault(actor_id, Route(core, actor_id))
+    return route
+
+
+def submit_call(core: Any, spec: CallSpec, held: Sequence[bytes] | None = None) -> None:
+    """Send a call: directly once the route is up, else through the node.
+
+    ``held``: the argument objects the call put in the store (``dumps_args``),
+    freed here once the call no longer needs them: behind the submit for a call
+    through the node (which pins them until the call is done), at its answer for a
+    direct call (or behind its resubmission through the node if the link breaks).
+    """
+    try:
+        core.check_args_fit(spec.name, spec.args)
+        if not DIRECT_CALLS or getattr(core, "token", None) is None or core.role == "node":
+            core._enqueue(("submit", (spec,)))
+        else:
+            _route(core, spec.actor_id).submit(spec, held)
+            return
+    except BaseException:
+        if held:
+            core.release_args(held)
+        raise
+    if held:
+        core.release_args(held)
+
+
+def cancel_call(core: Any, actor_id: bytes, task_id: bytes) -> None:
+    """``cancel(ref)`` of an unfinished call: on its direct link, else via the node
+    (behind the call's own submit on the same queue, so the node knows it)."""
+    routes = core.__dict__.get("_actor_routes")
+    route = routes.get(actor_id) if routes else None
+    if route is not None and route.cancel(task_id):
+        return
+    core._enqueue(("actor_cancel", actor_id, task_id))
+
+
+def drop_actor(core: Any, actor_id: bytes) -> None:
+    """Tell the node the creator dropped its last handle (after its direct calls)."""
+    routes = core.__dict__.get("_actor_routes")
+    route = routes.get(actor_id) if routes else None
+    if route is not None and route.drop():
+        return
+    core._enqueue(("actor_drop", actor_id), wake=False)

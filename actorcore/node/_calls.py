@@ -1,0 +1,202 @@
+"""Introspection and admin calls served by a node (``("call", name, args)``).
+
+``tree``, ``status``, ``cluster_resources``, ``available_resources``, ``nodes``,
+``crash`` (the fault hook of ``actorcore.testing.faults``), ``kill_worker``,
+``job_namespace`` and ``shutdown``. Each answers its ``Reply`` now, or later from a
+task for calls that read the GCS.
+
+``status`` answers a dict whose component entries are the components' typed
+statistics (``SchedulerStatistics``, ``DirectoryStatistics``, ``ActorManagerStatistics``,
+``ControlStatistics``, ``store.StoreStatistics``): its callers import them too.
+``actorcore status --json`` turns them into JSON objects with ``attrs.asdict``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import attrs
+
+from ..kernel import InjectedCrash
+
+__all__ = ["dispatch_call"]
+
+
+def _tree(node: Any) -> dict:
+    sup = node.supervisor
+    snap = sup.snapshot()
+    snap["address"] = node.unix_address
+    return {"name": "cluster", "kind": "cluster", "state": "running", "restarts": 0,
+            "pid": None, "node_id": None, "children": [snap]}
+
+
+def _status(node: Any) -> dict:
+    sched = node.sched.statistics()
+    return {
+        "nodes": [node.node_info()],
+        "resources_total": sched.total,
+        "resources_used": sched.used,
+        "scheduler": sched,
+        "object_store": node.directory.statistics(),
+        "actors": node.actors.statistics(),
+        "workers": {
+            "alive": len(node.pool.alive()),
+            "started_total": node.pool.started_total,
+            "died_total": node.pool.died_total,
+        },
+        "control": attrs.evolve(node.control.statistics(),
+                                lineage_live_tasks=len(node.objects.live_returns)),
+        "log_dir": str(node.config.session_dir / "logs"),
+        "session_dir": str(node.config.session_dir),
+        "security": node.security_info(),
+        "uptime_s": time.time() - node.started_at,
+        "pid": os.getpid(),
+    }
+
+
+def _crash(node: Any, component: str) -> str:
+    """Crash the component at the tree path ``component`` (any path ``tree()`` shows).
+
+    - ``node`` (or ``cluster``, its root on a one-node cluster): the node's whole
+      tree crashes and starts again in order, one restart of the node supervisor.
+    - A system component or a GCS path (``local_scheduler``, ``gcs/shard_0``, ...):
+      the kernel's fault hook; it restarts under its supervisor's strategy.
+    - A user supervisor (``<name>``): likewise; it comes back with its actors.
+    - ``worker_pool/worker_<n>``: that worker process is SIGKILLed — a task worker
+      (its tasks are retried by their ``max_retries``) or an actor process (its
+      actors restart by their ``max_restarts``, or die with ``ActorDiedError``).
+    - ``worker_pool/worker_<n>/<actor>`` and ``<supervisor>/<actor>``: the actor
+      crashes — its process dies (a dedicated one), or only it fails in a shared
+      actor process; its restart policy (``max_restarts``, its supervisor) applies.
+    - ``worker_pool/worker_<n>/task:<name>``: the process running the task dies.
+
+    Raises ``ValueError`` naming the path and what exists there if nothing does.
+    """
+    sup = node.supervisor
+    parts = [p for p in component.split("/") if p]
+    if parts[:1] == ["cluster"]:
+        parts = parts[1:]
+    if parts[:1] == ["node"]:
+        parts = parts[1:]
+    if not parts:
+        return _crash_node(node, component)
+    if parts[0] == "worker_pool" and len(parts) >= 2:
+        return _crash_in_pool(node, parts[1], "/".join(parts[2:]))
+    us = node.actors.supervisors.get(parts[0])
+    if us is not None and len(parts) >= 2:
+        return _crash_supervised(node, us, "/".join(parts[1:]))
+    parent = sup if len(parts) == 1 else sup.find("/".join(parts[:-1]))
+    # Raises (to the caller, naming it) if there is no such child, or it is not
+    # running (e.g. still restarting from the last crash). The crash is injected
+    # now: the caller's link survives even a crash of rpc_server (``_tree``).
+    parent.crash_child(parts[-1], InjectedCrash(f"crash injected into {component!r}"))
+    return f"crashed {component}"
+
+
+def _crash_node(node: Any, component: str) -> str:
+    """The node's supervisor crashes: the node restarts its whole tree in order,
+    counted as one restart (``Supervisor.crash_all``), as a parent would."""
+    crashed = node.supervisor.crash_all(InjectedCrash(f"crash injected into {component!r}"))
+    if not crashed:
+        raise ValueError(f"crash(): nothing of {component!r} is running (restarting?)")
+    return f"crashed {component} ({', '.join(crashed)})"
+
+
+def _crash_in_pool(node: Any, worker_name: str, below: str) -> str:
+    for w in node.pool.alive():
+        if f"worker_{w.index}" == worker_name and w.process is not None:
+            running = [f"task:{spec.name}" for spec in w.tasks.values()]
+            if below and below not in running:
+                raise ValueError(
+                    f"crash(): worker_pool/{worker_name} runs no {below!r} (it runs "
+                    f"{', '.join(map(repr, running)) or 'no task'})"
+                )
+            node.pool.kill(w)
+            return f"killed {worker_name} (pid {w.pid})"
+    manager = node.actors
+    for aw in manager.workers.values():
+        if f"worker_{aw.index}" != worker_name:
+            continue
+        if not below:
+            if aw.process is None:
+                raise ValueError(f"crash(): worker_pool/{worker_name} is still starting")
+            manager.kill_worker(aw)
+            return f"killed {worker_name} (pid {aw.pid}), the process of its actors"
+        for rec in list(aw.actors.values()):
+            if rec.state != "dead" and manager.actor_entry(rec)["name"] == below:
+                return manager.crash_actor(rec)
+        raise ValueError(
+            f"crash(): no live actor {below!r} in worker_pool/{worker_name} (it hosts "
+            f"{', '.join(repr(manager.actor_entry(r)['name']) for r in aw.actors.values()) or 'none'})"
+        )
+    known = sorted(
+        [f"worker_{w.index}" for w in node.pool.alive()]
+        + [f"worker_{aw.index}" for aw in manager.workers.values()],
+        key=lambda n: int(n.split("_")[1]),
+    )
+    raise ValueError(
+        f"crash(): no live worker named {worker_name!r} (live: {', '.join(known) or 'none'})"
+    )
+
+
+def _crash_supervised(node: Any, us: Any, name: str) -> str:
+    rec = us.members.get(name)
+    if rec is None or rec.state == "dead":
+        raise ValueError(
+            f"crash(): supervisor {us.name!r} has no live actor {name!r} (it has "
+            f"{', '.join(map(repr, us.members)) or 'none'})"
+        )
+    return node.actors.crash_actor(rec)
+
+
+def dispatch_call(node: Any, name: str, args: tuple, reply: Any) -> None:
+    try:
+        if name == "status" and node.store_link is not None and node._nursery is not None:
+
+            async def with_store() -> None:
+                st = _status(node)
+                try:
+                    with __import__("trio").move_on_after(5) as scope:
+                        st["store"] = await node.store_link.statistics()
+                    if scope.cancelled_caught:
+                        st["store_error"] = "the object store did not answer within 5 s"
+                except Exception as exc:
+                    st["store_error"] = str(exc)
+                reply.send(st)
+
+            node._nursery.start_soon(with_store)
+        elif name == "tree":
+            reply.send(_tree(node))
+        elif name == "status":
+            reply.send(_status(node))
+        elif name == "cluster_resources":
+            reply.send(dict(node.sched.total))
+        elif name == "available_resources":
+            reply.send({k: max(v, 0.0) for k, v in node.sched.available.items()})
+        elif name == "nodes":
+            info = node.node_info()
+            reply.send([{
+                "NodeID": info["node_id"],
+                "Alive": True,
+                "Resources": info["resources"],
+                "NodeManagerAddress": "127.0.0.1",
+                "address": info["address"],
+                "pid": info["pid"],
+                "is_head": info["head"],
+            }])
+        elif name == "crash":
+            reply.send(_crash(node, args[0]))
+        elif name == "shutdown":
+            reply.send("stopping")
+            node.shutdown_requested.set()
+        elif name == "ping":
+            reply.send("pong")
+        elif name == "job_namespace":  # what init(namespace=) said; None: unknown job
+            reply.send(node.jobs.get(args[0], {}).get("namespace"))
+        else:
+            raise ValueError(f"unknown call {name!r}")
+    except Exception as exc:
+        if not reply.done:
+            reply.fail(exc)

@@ -1,0 +1,623 @@
+"""The node process: its state and lifecycle, serving drivers and workers.
+
+The node runs one supervision tree (``rpc_server``, the ``gcs`` on a head, the
+global and local schedulers, ``object_manager``, ``worker_pool``), built in
+``_tree``. Object bookkeeping (puts, fetches, frees, store refs and lineage
+live-return counts) is in ``object_manager._objects``; introspection and admin calls in
+``_calls``.
+
+State and components
+--------------------
+The components are stateless loops around state the node owns (``NodeRuntime``):
+the object directory, the scheduler's queues and resources, the process table,
+the function cache. Durable cluster state (nodes, functions, task lineage, jobs)
+is written through ``ControlState`` to the GCS. A component that crashes is
+restarted by the supervisor and carries on over the same state: nothing queued,
+running or stored is lost. ``actorcore.testing.faults.crash`` uses exactly that.
+
+Messages
+--------
+Every connection (drivers, workers, CLI) is served by one handler, inline and in
+order per connection (the transport's contract), which dispatches on the message's
+op (see ``protocol._messages``). Handlers are synchronous state changes plus non-blocking
+sends; anything that waits (a ``fetch`` of pending objects, a GCS read) answers its
+``Reply`` later from a callback or a task, so one slow request never stalls a link.
+
+Lifetime
+--------
+The node stops on SIGTERM/SIGINT, on ``actorcore stop`` (a ``shutdown`` call), and
+— for an embedded cluster — when the pipe from its driver closes (the driver
+exited or was SIGKILLed). Stopping cancels the tree (reverse start order), kills the
+workers (SIGTERM, then SIGKILL), and removes the socket files and session link.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+import transport
+
+from ..core_worker._store_link import StoreLink
+from ..kernel import Supervisor
+from ..protocol._ids import short
+from ..protocol._messages import TaskSpec, max_frame_size
+from ..session._session import pid_alive, unlink_latest, write_session_info
+from ._tree import build_tree
+from .actor_manager._manager import ActorManager
+from .gcs_client._control import MemoryControlState
+from .local_scheduler._scheduler import SchedulerState, WorkerInfo
+from .object_manager._dep_watch import DependencyWatch
+from .object_manager._directory import ObjectDirectory
+from .object_manager._objects import NodeObjects
+from .worker_pool._pool import PoolState, WorkerPool
+
+__all__ = ["NodeConfig", "NodeRuntime"]
+
+logger = logging.getLogger("actorcore.node")
+
+#: Seconds a disconnected driver's objects and queued tasks are kept for it to rejoin.
+DRIVER_GRACE = 5.0
+
+
+@attrs.define
+class NodeConfig:
+    session_dir: Path
+    token: bytes
+    node_id: bytes
+    head: bool = True
+    resources: dict[str, float] = attrs.Factory(dict)
+    num_workers: int | None = None
+    port: int | None = None  # head's TCP port (0: any); None: Unix socket only
+    host: str = "127.0.0.1"  # the TCP listeners' interface (the node's and the GCS's)
+    # TLS for every TCP link (None: plaintext, refused off loopback unless insecure);
+    # the node process makes these its transport default (``_security.apply``).
+    tls: transport.TlsConfig | None = None
+    insecure: bool = False
+    gcs_shards: int = 1
+    gcs_replicas: int = 1
+    object_store_memory: int | None = None
+    use_gcs: bool = True
+    spill_dir: Path | None = None  # None: the session's spill/
+
+
+@attrs.define(eq=False)
+class _Client:
+    conn: Any
+    role: str
+    worker_id: bytes | None = None
+    pid: int | None = None
+    worker: WorkerInfo | None = None
+    log_to_driver: bool = False
+    owned: set[bytes] = attrs.Factory(set)
+    direct_address: str | None = None
+    leaving: bool = False  # a driver that said ``bye``: its link closing is its exit
+    id_prefix: bytes | None = None  # the prefix of every id it creates (``protocol._ids``)
+
+
+class NodeRuntime:
+    """The node's state and message handlers; ``run`` runs its supervision tree."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.node_hex = config.node_id.hex()
+        self.started_at = time.time()
+        self.unix_address = f"unix:{config.session_dir / 'sockets' / 'node.sock'}"
+        self.tcp_address: str | None = None
+        self.directory = ObjectDirectory()
+        self.objects = NodeObjects(self)  # puts, fetches, frees, store refs, lineage counts
+        self.dep_watch = DependencyWatch(self)  # arguments that can never become ready
+        self.control: Any = MemoryControlState()
+        self.gcs_address: str | None = None
+        cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
+        self.resources = dict(config.resources)
+        self.resources["CPU"] = cpus
+        self._infeasible_send, self._infeasible_recv = trio.open_memory_channel[TaskSpec](math.inf)
+        self.sched = SchedulerState(
+            directory=self.directory,
+            total=self.resources,
+            deliver=self._deliver,
+            request_worker=self._request_worker,
+            kill_worker=self._kill_worker,
+            record_lineage=self.objects.record_lineage,
+            forward_infeasible=self._infeasible_send.send_nowait,
+            call_later=self._call_later,
+            node_id=self.node_hex,
+            watch_deps=self.dep_watch.watch,
+        )
+        n = config.num_workers
+        if n is None:
+            n = max(1, int(cpus))
+        self.pool = PoolState(
+            node_id=self.node_id,
+            address=self.unix_address,
+            store_address=f"unix:{config.session_dir / 'sockets' / 'store.sock'}",
+            token=config.token,
+            session_dir=config.session_dir,
+            min_workers=n,
+            max_workers=max(n, int(cpus)) * 4 + 4,
+            forward_log=self._forward_log,
+        )
+        self.functions: dict[bytes, dict] = {}
+        self.clients: dict[bytes, _Client] = {}
+        self.by_conn: dict[Any, _Client] = {}
+        self.jobs: dict[bytes, dict] = {}
+        self.departed: dict[bytes, _Client] = {}
+        self.supervisor: Supervisor | None = None
+        self._pool_component: list[WorkerPool] = []  # set by ``build_tree``
+        self._gcs_plan: Any = None  # the GCS plan on a head (``build_tree``)
+        self.shutdown_requested = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._server = transport.Server(
+            self.unix_address,
+            config.token,
+            self.handle,
+            name=f"node-{short(self.node_id)}",
+            on_disconnect=self._on_disconnect,
+            max_frame_size=max_frame_size(),
+        )
+        import store
+
+        self.store_address = f"unix:{config.session_dir / 'sockets' / 'store.sock'}"
+        capacity = config.object_store_memory or _default_store_capacity()
+        self._store_service = store.ObjectStoreService(
+            self.store_address,
+            config.token,
+            capacity=capacity,
+            spill_dir=str(config.spill_dir or config.session_dir / "spill"),
+            prefix=f"actorcore-{config.session_dir.name}",
+            **_store_disk_options(),
+            # A restart of ``object_manager`` (the supervisor cancels it, exactly as
+            # for a shutdown) must find the arena and spill files where they were:
+            # the node removes them when it stops (``run``).
+            cleanup_on_cancel=False,
+            recovery_grace=_store_recovery_grace(),
+        )
+        self.store_link: Any = None
+        self._hold_store_objects = self.objects.hold_store_objects  # used by ``actor_manager._manager``
+        self.directory.on_drop = self.objects.on_object_dropped
+        self.sched.owner_address = self._owner_address
+        self.sched.pool_starting = lambda: self.pool.starting
+        self.sched.pool_can_grow = self.pool.can_grow
+        self._tcp_server: transport.Server | None = None
+        if config.port is not None:
+            self._tcp_server = transport.Server(
+                f"tcp:{config.host}:{config.port}",
+                config.token,
+                self.handle,
+                name=f"node-{short(self.node_id)}-tcp",
+                on_disconnect=self._on_disconnect,
+            )
+        self._handlers = {
+            "hello": self._h_hello,
+            "export": self._h_export,
+            "submit": self._h_submit,
+            "cancel": self._h_cancel,
+            "blocked": self._h_blocked,
+            "unblocked": self._h_unblocked,
+            "done": self._h_done,
+            "get_function": self._h_get_function,
+            "call": self._h_call,
+            "bye": self._h_bye,
+        }
+        self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
+        self._handlers.update(self.objects.handlers())
+        self._handlers.update(self.actors.handlers())
+
+    # ------------------------------------------------------------------- tree
+
+    def build_tree(self) -> Supervisor:
+        """The node's supervision tree (see ``_tree``)."""
+        return build_tree(self)
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until ``shutdown_requested`` (or cancellation)."""
+        sup = self.build_tree()
+        self.supervisor = sup
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(sup.run)
+                if self.config.head and self.config.use_gcs:
+                    await nursery.start(self._run_gcs_client)
+                    nursery.start_soon(self.control.run)
+                self.store_link = await StoreLink.open(
+                    self.store_address, self.config.token, f"node-{short(self.node_id)}",
+                    nursery,
+                )
+                await self.control.register_node(self.node_hex, self.node_info())
+                info = self.session_info()
+                if self.config.head:
+                    write_session_info(self.config.session_dir, info)
+                task_status.started(info)
+                await self.shutdown_requested.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.pool.kill_all()
+                await self.actors.kill_all()
+                try:
+                    self._store_service.remove_files()
+                except OSError as exc:
+                    logger.warning("removing the object store's files failed: %s", exc)
+                if self.config.head:
+                    unlink_latest(self.config.session_dir)
+                    try:
+                        (self.config.session_dir / "session.json").unlink()
+                    except FileNotFoundError:
+                        pass
+                for sock in (self.config.session_dir / "sockets").glob("*"):
+                    try:
+                        sock.unlink()
+                    except OSError:
+                        pass
+
+    async def _run_gcs_client(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect to the GCS this head runs and route the control state through it."""
+        import gcs
+
+        from .gcs_client._control import GcsControlState
+
+        address = await self._gcs_plan.wait_ready(timeout=60)
+        self.gcs_address = address
+        async with gcs.open_client(address, self.config.token, name=f"node-{short(self.node_id)}") as client:
+            self.control = GcsControlState(client, address)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def node_info(self) -> dict:
+        return {
+            "node_id": self.node_hex,
+            "address": self.unix_address,
+            "tcp_address": self.tcp_address,
+            "resources": dict(self.resources),
+            "alive": True,
+            "head": self.config.head,
+            "pid": os.getpid(),
+            "session_dir": str(self.config.session_dir),
+            "started_at": self.started_at,
+        }
+
+    def security_info(self) -> dict:
+        """How this node's links are secured (``actorcore status`` shows it)."""
+        from ..session._security import describe
+
+        config = self.config
+        tcp = config.port is not None or (config.head and config.use_gcs)
+        return describe(config.host, tcp, config.tls, config.insecure)
+
+    def session_info(self) -> dict:
+        return {
+            "address": self.unix_address,
+            "tcp_address": self.tcp_address,
+            "security": self.security_info(),
+            "gcs_address": self.gcs_address,
+            "node_id": self.node_hex,
+            "pid": os.getpid(),
+            "session_dir": str(self.config.session_dir),
+            "log_dir": str(self.config.session_dir / "logs"),
+            "resources": dict(self.resources),
+        }
+
+    # --------------------------------------------------------------- callbacks
+
+    def _deliver(self, owner: bytes, results: list) -> None:
+        client = self.clients.get(owner)
+        if client is None or client.conn.closed:
+            return
+        try:
+            client.conn.send_nowait(("ready", results))
+        except transport.TransportError:
+            pass
+
+    def _owner_address(self, owner: bytes) -> str | None:
+        client = self.clients.get(owner)
+        if client is None or client.conn.closed:
+            return None
+        return client.direct_address
+
+    def _call_later(self, delay: float, fn: Any) -> None:
+        async def later() -> None:
+            await trio.sleep(delay)
+            fn()
+
+        if self._nursery is not None:
+            self._nursery.start_soon(later)
+
+    def _request_worker(self) -> None:
+        self.pool.wakeup.set()
+
+    def _kill_worker(self, worker: WorkerInfo) -> None:
+        self.pool.kill(worker)
+
+    def _forward_log(self, prefix: str, stream: str, lines: list[str]) -> None:
+        for client in list(self.by_conn.values()):
+            if client.log_to_driver and not client.conn.closed:
+                try:
+                    client.conn.send_nowait(("log", prefix, stream, lines))
+                except transport.TransportError:
+                    pass
+
+    async def _on_disconnect(self, conn: Any) -> None:
+        client = self.by_conn.pop(conn, None)
+        if client is None:
+            return
+        if client.worker_id is not None and self.clients.get(client.worker_id) is client:
+            del self.clients[client.worker_id]
+        if client.role == "driver" and client.worker_id is not None:
+            self._driver_departed(client)
+            return
+        self.actors.client_gone(client)
+        if client.worker is not None:
+            worker = client.worker
+            worker.conn = None
+            self.sched.worker_died(worker, "its connection to the node was lost")
+            self.pool.kill(worker)
+
+    # A driver's link closing is not its death. The link can drop while the driver
+    # lives on (a dropped or partitioned connection; the driver dials again within
+    # its ``RECONNECT_WINDOW``) — ending its actors then would kill the actors of a
+    # live program. So the node decides by the driver itself: it said goodbye
+    # (``bye``, sent by ``shutdown()``), or its process is gone (a peer on the
+    # node's Unix socket: the kernel names its pid), or it did not rejoin within
+    # ``DRIVER_GRACE``. Only then do its queued tasks, the objects it owned (those
+    # that escaped into other objects stay while those live) and the actors it owns
+    # (not the detached ones) go. A rejoin (``hello`` with the same worker id)
+    # within the grace keeps all of it.
+
+    def _driver_departed(self, client: _Client) -> None:
+        wid = client.worker_id
+        assert wid is not None
+        self.departed[wid] = client
+        if client.leaving or self._nursery is None:
+            self._driver_gone(client, "exited")
+            return
+        pid = _local_peer_pid(client.conn)
+
+        async def decide() -> None:
+            reason = f"did not reconnect within {DRIVER_GRACE} s"
+            with trio.move_on_after(DRIVER_GRACE):
+                while self.departed.get(wid) is client:
+                    if pid is not None and not pid_alive(pid):
+                        reason = "exited"
+                        break
+                    await trio.sleep(0.05)
+            self._driver_gone(client, reason)
+
+        self._nursery.start_soon(decide)
+
+    def _driver_gone(self, client: _Client, how: str) -> None:
+        """The driver ``client`` is gone for good (unless it rejoined meanwhile)."""
+        wid = client.worker_id
+        assert wid is not None
+        if self.departed.get(wid) is not client:
+            return  # it rejoined
+        del self.departed[wid]
+        logger.info("driver (pid %s) %s: dropping its tasks, objects and actors", client.pid, how)
+        self.sched.drop_owner(wid)
+        self.directory.free(client.owned)
+        client.owned = set()
+        self.actors.client_gone(client, how)
+
+    # ---------------------------------------------------------------- handlers
+
+    async def handle(self, conn: Any, message: Any, reply: Any) -> None:
+        try:
+            handler = self._handlers[message[0]]
+        except (KeyError, TypeError, IndexError):
+            raise ValueError(f"unknown message {message!r:.100}") from None
+        handler(conn, message, reply)
+
+    def live_id_prefixes(self) -> set[bytes]:
+        """The id prefixes of the live processes here: the owners whose objects may
+        still arrive (a driver within its reconnect grace period counts)."""
+        live = {c.id_prefix for c in self.by_conn.values() if c.id_prefix}
+        live.update(c.id_prefix for c in self.departed.values() if c.id_prefix)
+        return live
+
+    def _h_hello(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, role, worker_id, pid, info = m
+        client = _Client(conn=conn, role=role, worker_id=worker_id, pid=pid,
+                         id_prefix=info.get("id_prefix") if isinstance(info, dict) else None)
+        previous = self.departed.pop(worker_id, None) if worker_id is not None else None
+        if previous is not None:  # a driver back after losing its link
+            client.owned = previous.owned
+        if role == "worker":
+            worker = self.pool.workers.get(worker_id)
+            if worker is None:
+                reply.fail(ValueError(f"unknown worker id {worker_id.hex()}"))
+                return
+            client.worker = worker
+            worker.conn = conn
+            if worker.state == "starting":
+                self.pool.starting -= 1
+            self.sched.worker_ready(worker)
+        else:
+            client.log_to_driver = bool(info.get("log_to_driver", False))
+            client.direct_address = info.get("direct_address")
+            job_id = info.get("job_id")
+            if job_id is not None:
+                self.jobs[job_id] = dict(info, pid=pid, started_at=time.time())
+                if self._nursery is not None:
+                    self._nursery.start_soon(
+                        _quietly, self.control.put_job, job_id.hex(), {"pid": pid, "role": role}
+                    )
+        self.by_conn[conn] = client
+        if worker_id is not None:
+            self.clients[worker_id] = client
+        reply.send(
+            {
+                "node_id": self.node_id,
+                "gcs_address": self.gcs_address,
+                "session_dir": str(self.config.session_dir),
+                "address": self.unix_address,
+                "store_address": self.store_address,
+                # So that a driver can say which node died and where its logs are.
+                "pid": os.getpid(),
+                "head": self.config.head,
+                "log_dir": str(self.config.session_dir / "logs"),
+            }
+        )
+
+    def _h_bye(self, conn: Any, m: tuple, reply: Any) -> None:
+        """A driver shuts down: when its link closes, it is gone (no grace period)."""
+        client = self.by_conn.get(conn)
+        if client is not None:
+            client.leaving = True
+
+    def _h_export(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, fid, blob, name, sys_path = m
+        if fid in self.functions:
+            return
+        record = {"blob": bytes(blob), "name": name, "sys_path": sys_path}
+        self.functions[fid] = record
+        if self._nursery is not None:
+            self._nursery.start_soon(_quietly, self.control.put_function, fid, record)
+
+    def _owned_by(self, conn: Any) -> set[bytes] | None:
+        """The objects a driver owns (freed when it disconnects); None for workers."""
+        client = self.by_conn.get(conn)
+        if client is None or client.role != "driver":
+            return None
+        return client.owned
+
+    def _h_submit(self, conn: Any, m: tuple, reply: Any) -> None:
+        submit = self.sched.submit
+        owned = self._owned_by(conn)
+        for spec in m[1]:
+            if spec.__class__ is not TaskSpec:  # an actor creation or method call
+                self.actors.submit(conn, spec)
+                continue
+            if owned is not None:
+                owned.update(spec.return_ids())
+            submit(spec)
+
+    def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
+        self.sched.cancel(m[1], m[2], m[3])
+
+    def _worker_of(self, conn: Any) -> WorkerInfo | None:
+        client = self.by_conn.get(conn)
+        return client.worker if client is not None else None
+
+    def _h_blocked(self, conn: Any, m: tuple, reply: Any) -> None:
+        worker = self._worker_of(conn)
+        if worker is not None:
+            self.sched.blocked(worker, m[1])
+
+    def _h_unblocked(self, conn: Any, m: tuple, reply: Any) -> None:
+        worker = self._worker_of(conn)
+        if worker is not None:
+            self.sched.unblocked(worker, m[1])
+
+    def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
+        worker = self._worker_of(conn)
+        if worker is not None:
+            task_id, results, retry = m[1], m[2], m[3]
+            pushed = len(m) > 4 and m[4]
+            self._hold_store_objects(results, conn)
+            self.sched.task_done(worker, task_id, results, retry, pushed)
+
+    def _h_get_function(self, conn: Any, m: tuple, reply: Any) -> None:
+        fid = m[1]
+        record = self.functions.get(fid)
+        if record is not None:
+            reply.send(record)
+            return
+
+        async def lookup() -> None:
+            try:
+                rec = await self.control.get_function(fid)
+            except Exception as exc:
+                reply.fail(exc)
+                return
+            if rec is None:
+                reply.fail(KeyError(f"function {fid.hex()} was never exported"))
+            else:
+                self.functions[fid] = rec
+                reply.send(rec)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(lookup)
+
+    def _h_call(self, conn: Any, m: tuple, reply: Any) -> None:
+        from ._calls import dispatch_call
+
+        dispatch_call(self, m[1], m[2], reply)
+
+
+def _local_peer_pid(conn: Any) -> int | None:
+    """The pid of a peer on the node's Unix socket (from the kernel, ``SO_PEERCRED``,
+    as the transport reports it), or ``None`` for a remote peer."""
+    match = re.match(r"unix peer pid=(\d+)", str(getattr(conn, "peer_address", "")))
+    return int(match.group(1)) if match else None
+
+
+async def _quietly(fn: Any, *args: Any) -> None:
+    try:
+        await fn(*args)
+    except Exception as exc:
+        logger.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
+
+
+def _store_disk_options() -> dict[str, Any]:
+    """How the store may use the disk and memory (from the node's environment): objects
+    shared memory cannot take go to files in the session's spill directory unless
+    ``ACTORCORE_OBJECT_STORE_DISK_FALLBACK=0``; spills and those files stop at
+    ``ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD`` of the disk (default 0.95, Ray's).
+    ``ACTORCORE_OBJECT_STORE_PREFAULT``: how many bytes of the arena the store keeps
+    faulted in ahead of use (default 256 MiB), ``0`` for none, ``all`` for all of it."""
+    fallback = os.environ.get("ACTORCORE_OBJECT_STORE_DISK_FALLBACK", "1").strip()
+    if fallback not in ("0", "1"):
+        raise ValueError(f"ACTORCORE_OBJECT_STORE_DISK_FALLBACK must be 0 or 1, got {fallback!r}")
+    raw = os.environ.get("ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD", "0.95")
+    try:
+        threshold = float(raw)
+    except ValueError:
+        threshold = -1.0
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(
+            f"ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD must be a fraction in [0, 1], got {raw!r}"
+        )
+    options: dict[str, Any] = {"disk_fallback": fallback == "1", "disk_threshold": threshold}
+    warm = os.environ.get("ACTORCORE_OBJECT_STORE_PREFAULT", "").strip().lower()
+    if warm == "all":
+        options["prefault"] = True
+    elif warm:
+        if not warm.isdigit():
+            raise ValueError(
+                f"ACTORCORE_OBJECT_STORE_PREFAULT must be a number of bytes or 'all', got {warm!r}"
+            )
+        options["warm"] = int(warm)
+    return options
+
+
+def _default_store_capacity() -> int:
+    """30% of the machine's memory, at most 2 GiB (the arena is sparse until used)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 4 << 30
+    return int(min(total * 0.3, 2 << 30))
+
+
+def _store_recovery_grace() -> float:
+    """Seconds a restarted store keeps unclaimed objects it found in its arena
+    (``ACTORCORE_STORE_RECOVERY_GRACE``; every live client claims its own at once)."""
+    raw = os.environ.get("ACTORCORE_STORE_RECOVERY_GRACE", "30")
+    try:
+        grace = float(raw)
+    except ValueError:
+        raise ValueError(f"ACTORCORE_STORE_RECOVERY_GRACE must be a number, got {raw!r}") from None
+    if not grace >= 0:
+        raise ValueError(f"ACTORCORE_STORE_RECOVERY_GRACE must be >= 0 seconds, got {raw!r}")
+    return grace
+

@@ -1,0 +1,171 @@
+"""The node's supervision tree, built from its config and (on a head) the GCS plan.
+
+::
+
+    node (one_for_one)
+    ├── rpc_server        transport.Server on the node's Unix socket (and TCP on a head)
+    ├── gcs               (head only) the global control store
+    ├── global_scheduler  places what the local scheduler cannot
+    ├── local_scheduler   the dispatch loop over the node's task queue
+    ├── object_manager    the node's object store
+    └── worker_pool       worker processes, one per CPU to start with
+
+The components here are the node-side wrappers the tree needs: the listeners
+(``_RpcServer``), the in-memory control state as the ``gcs`` child
+(``_ControlService``), and the GCS's own ``gcs.ServiceSpec`` tree translated into
+kernel child specs (``_to_child_spec``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ..kernel import ChildSpec, Supervisor
+from .global_scheduler._scheduler import GlobalScheduler
+from .local_scheduler._scheduler import LocalScheduler
+from .worker_pool._pool import WorkerPool
+
+if TYPE_CHECKING:
+    from ._runtime import NodeRuntime
+
+__all__ = ["build_tree"]
+
+
+def build_tree(node: NodeRuntime) -> Supervisor:
+    """The node's supervision tree (see the module docstring), GCS included on a head."""
+    pool_component: list[WorkerPool] = []
+
+    def make_pool() -> WorkerPool:
+        wp = WorkerPool(node.pool, node.sched)
+        pool_component[:] = [wp]
+        return wp
+
+    node._pool_component = pool_component
+    children = [ChildSpec("rpc_server", lambda: _RpcServer(node), kind="rpc_server")]
+    if node.config.head:
+        if node.config.use_gcs:
+            import gcs
+
+            node._gcs_plan = gcs.plan(
+                gcs.GcsConfig(
+                    shards=node.config.gcs_shards,
+                    replicas=node.config.gcs_replicas,
+                    host=node.config.host,
+                    lineage_cap=_lineage_cap(),
+                ),
+                node.config.token,
+            )
+            children.append(_to_child_spec(node._gcs_plan.tree))
+        else:
+            children.append(ChildSpec("gcs", lambda: _ControlService(node), kind="gcs"))
+    children += [
+        ChildSpec(
+            "global_scheduler",
+            lambda: GlobalScheduler(
+                # Late-bound: ``node.control`` becomes the GCS-backed state once the
+                # GCS client is up, after this spec is built.
+                node._infeasible_recv,
+                lambda: node.control.list_nodes(),
+                node.sched.fail_unschedulable,
+            ),
+            kind="global_scheduler",
+        ),
+        ChildSpec("local_scheduler", lambda: LocalScheduler(node.sched), kind="local_scheduler"),
+        ChildSpec("object_manager", lambda: node._store_service, kind="object_manager"),
+        ChildSpec("worker_pool", make_pool, kind="worker_pool"),
+    ]
+    return Supervisor(
+        "node",
+        children,
+        strategy="one_for_one",
+        max_restarts=20,
+        max_seconds=10.0,
+        kind="node",
+        node_id=node.node_hex,
+    )
+
+
+class _RpcServer:
+    """The ``rpc_server`` component: the node's listeners (Unix, and TCP on a head).
+
+    The connections it accepted run in the node's nursery, not in this component:
+    like the worker processes of the pool (``PoolState``), they are state the node
+    owns. A crash of the listeners restarts them and drops no driver, worker or
+    actor process link — before, every link dropped with it, every worker process
+    exited with its link, and the actors in them died.
+    """
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        node = self.node
+        links = node._nursery
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(node._server.run, connection_nursery=links))
+            if node._tcp_server is not None:
+                node.tcp_address = await nursery.start(
+                    functools.partial(node._tcp_server.run, connection_nursery=links)
+                )
+            task_status.started(node.unix_address)
+
+    def snapshot(self) -> dict:
+        node = self.node
+        conns = len(node._server.connections)
+        if node._tcp_server is not None:
+            conns += len(node._tcp_server.connections)
+        return {
+            "kind": "rpc_server",
+            "address": node.unix_address,
+            "tcp_address": node.tcp_address,
+            "connections": conns,
+        }
+
+
+class _ControlService:
+    """The ``gcs`` component when the node keeps control state in memory."""
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.node.control.run(task_status=task_status)
+
+    def snapshot(self) -> dict:
+        stats = attrs.asdict(self.node.control.statistics(),
+                             filter=lambda _field, value: value is not None)
+        return {"kind": "gcs", **stats}
+
+
+
+def _lineage_cap() -> int:
+    """Marked lineage entries each GCS shard keeps in memory (ACTORCORE_GCS_LINEAGE_CAP)."""
+    raw = os.environ.get("ACTORCORE_GCS_LINEAGE_CAP", "10000")
+    try:
+        cap = int(raw)
+    except ValueError:
+        raise ValueError(f"ACTORCORE_GCS_LINEAGE_CAP must be an integer, got {raw!r}") from None
+    if cap < 0:
+        raise ValueError(f"ACTORCORE_GCS_LINEAGE_CAP must be >= 0, got {cap}")
+    return cap
+
+
+def _to_child_spec(spec: Any) -> ChildSpec:
+    """A ``gcs.ServiceSpec`` tree as kernel child specs (the GCS never imports us)."""
+    if spec.factory is not None:
+        return ChildSpec(spec.name, spec.factory, restart=spec.restart, kind=spec.kind)
+    return Supervisor.spec(
+        spec.name,
+        [_to_child_spec(c) for c in spec.children],
+        restart=spec.restart,
+        strategy=spec.strategy,
+        max_restarts=spec.max_restarts,
+        max_seconds=spec.max_seconds,
+        kind="gcs" if spec.name == "gcs" else spec.kind,
+    )
+

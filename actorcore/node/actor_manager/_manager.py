@@ -1,0 +1,656 @@
+"""The node's actor manager: creation, placement, call forwarding, restarts, death.
+
+One ``ActorManager`` per node, owned by ``NodeRuntime`` (outside every component, like
+the scheduler state), driven synchronously from the node's message handlers.
+
+Life of an actor::
+
+    ActorSpec ──► pending: argument refs resolved, resources taken (num_cpus, ...)
+                  ──► a process: its own worker process (default), or a slot in the
+                      node's shared actor process (``placement="shared"``), or a
+                      child of a user supervisor (``supervisor=``)
+              ──► alive once its constructor returned (``actor_ready``)
+              ──► process died / killed with restarts left: restarting (constructor
+                  again in a new process; in-flight calls resent while their
+                  ``max_task_retries`` last, else failed with a message saying so)
+              ──► dead: constructor raised (with its traceback), killed, process died
+                  and no restarts left, owner exited, all handles dropped, supervisor
+                  gave up. Every queued, in-flight and later call fails with an
+                  ``ActorDiedError`` carrying that cause. Its name is free again.
+
+Call forwarding (``_calls``) keeps the stateful edges: calls wait in one FIFO
+per (actor, caller) until the actor is alive and their argument refs are ready. The
+node also tells callers where an alive actor's process listens (``route``), so that
+steady-state calls skip the node (``core_worker._direct_calls``); calls lost on such a link come
+back here and take the same restart and retry rules.
+
+Durable state: each actor's record (state, pid, restarts, cause) is written behind
+to the GCS actors table, and names are claimed there atomically (``register_name``)
+before a named creation is acknowledged.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import time
+from typing import Any
+
+import attrs
+import trio
+
+import transport
+
+from ...exceptions import ActorDiedError, ActorUnschedulableError
+from ...protocol import _serialization
+from ...protocol._actors import ActorSpec, CallSpec
+from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_max_starting
+from ._calls import ActorCalls, Call
+from ._introspect import ActorIntrospection
+
+__all__ = ["ActorManager", "ActorRecord"]
+
+logger = logging.getLogger("actorcore.actors")
+
+#: Actors hosted by one shared actor process before another one is started.
+SHARED_CAPACITY = 20000
+
+
+@attrs.define(eq=False)
+class ActorRecord:
+    spec: ActorSpec
+    state: str = "pending"  # pending | alive | restarting | dead
+    worker: ActorWorker | None = None
+    incarnation: int = 0
+    restarts: int = 0
+    queues: dict[bytes, collections.deque] = attrs.Factory(dict)
+    inflight: dict[bytes, Call] = attrs.Factory(dict)
+    cause: str | None = None
+    error_type: type = ActorDiedError
+    kill_reason: str | None = None
+    last_loss: str | None = None  # why its last process (or slot) was lost
+    no_restart: bool = False
+    drop_when_idle: bool = False
+    held: dict[str, float] | None = None
+    deps_missing: int = 0
+    dep_data: list | None = None
+    ready: trio.Event = attrs.Factory(trio.Event)
+    calls_done: int = 0
+    created_at: float = attrs.Factory(time.time)
+
+    def idle(self) -> bool:
+        return not self.inflight and not any(self.queues.values())
+
+    def died_error(self, extra: str = "") -> BaseException:
+        return self.error_type(
+            f"The actor {self.spec.describe()} died: {self.cause}{extra}"
+        )
+
+
+class ActorManager(ActorCalls, ActorIntrospection):
+    """See the module docstring. ``node`` is the ``NodeRuntime``."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.actors: dict[bytes, ActorRecord] = {}
+        self.processes = ActorProcesses(
+            node, self._worker_exited, default_max_starting(node.resources.get("CPU", 1.0))
+        )
+        self.workers: dict[bytes, ActorWorker] = self.processes.workers
+        self.names: dict[tuple[str, str], bytes] = {}
+        self.job_drivers: dict[bytes, bytes] = {}
+        self.shared_hosts: list[ActorWorker] = []
+        self.waiting_resources: collections.deque[ActorRecord] = collections.deque()
+        self._poller = False
+        self._dirty: dict[bytes, dict] = {}
+        self._flusher = False
+        self.supervisors: dict[str, Any] = {}
+        self.created_total = 0
+        self.died_total = 0
+        self.restarts_total = 0
+        node.pool.extra_snapshots = self.worker_snapshots
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "actor_up": self._h_up,
+            "actor_ready": self._h_ready,
+            "actor_done": self._h_done,
+            "actor_drop": self._h_drop,
+            "actor_done_direct": self._h_done_direct,
+            "actor_req": self._h_req,
+            "actor_cancel": self._h_cancel,
+        }
+
+    # ------------------------------------------------------------------ creation
+
+    def submit(self, conn: Any, spec: Any) -> None:
+        """An ``ActorSpec`` or ``CallSpec`` from a ``submit`` batch."""
+        if type(spec) is CallSpec:
+            self._call(spec)
+        elif type(spec) is ActorSpec:
+            self._create(conn, spec, None, False)
+        else:
+            logger.warning("unknown spec in submit: %r", type(spec))
+
+    def _create(self, conn: Any, spec: ActorSpec, reply: Any, get_if_exists: bool) -> None:
+        if spec.actor_id in self.actors:
+            if reply is not None:
+                reply.send(None)
+            return
+        client = self.node.by_conn.get(conn)
+        if client is not None and client.role == "driver":
+            self.job_drivers.setdefault(spec.job_id, client.worker_id)
+        if spec.name is not None:
+            key = (spec.namespace, spec.name)
+            other = self.names.get(key)
+            if other is not None:
+                if get_if_exists:
+                    reply.send((other, self.actors[other].spec.meta))
+                else:
+                    reply.fail(ValueError(
+                        f"actor name {spec.name!r} is already taken in namespace "
+                        f"{spec.namespace!r} (by {self.actors[other].spec.describe()})"
+                    ))
+                return
+            self.names[key] = spec.actor_id
+        rec = ActorRecord(spec)
+        self.actors[spec.actor_id] = rec
+        self.created_total += 1
+        if spec.name is not None and self._gcs() is not None:
+            self._spawn_task(self._claim_name, rec, reply)
+        elif reply is not None:
+            reply.send(None)
+        self._record(rec)
+        total = self.node.sched.total
+        if not _fits(spec.resources, total):
+            rec.error_type = ActorUnschedulableError
+            self._end(rec, f"it requests {_fmt(spec.resources)} but the node has only "
+                           f"{_fmt(total)}, so it can never be placed")
+            return
+        deps = spec.deps
+        if deps:
+            self.node.directory.pin(deps)
+            rec.deps_missing = len(deps)
+            for oid in deps:
+                self.node.directory.when_ready(oid, lambda _e, rec=rec: self._ctor_dep_ready(rec))
+            if rec.deps_missing:
+                self.node.dep_watch.watch(deps)
+        else:
+            self._acquire(rec)
+
+    async def _claim_name(self, rec: ActorRecord, reply: Any) -> None:
+        spec = rec.spec
+        gcs = self._gcs()
+        assert spec.name is not None
+        try:
+            for attempt in range(20):
+                try:
+                    await gcs.actors.register_name(spec.name, spec.actor_id.hex(),
+                                                   namespace=spec.namespace)
+                    break
+                except Exception as exc:
+                    if type(exc).__name__ != "NameTaken" or attempt == 19:
+                        raise
+                    # This node's names are the authority (we checked them): a claim in
+                    # the GCS is stale — its actor died here and the release is still on
+                    # its way (or was lost). Release it and claim again.
+                    owner = getattr(exc, "owner", None)
+                    known = (self.actors.get(bytes.fromhex(owner))
+                             if isinstance(owner, str) else None)
+                    if known is not None and known.state != "dead":
+                        raise
+                    if owner is not None:
+                        await gcs.actors.unregister_name(spec.name, namespace=spec.namespace,
+                                                         actor_id=owner)
+                    await trio.sleep(0.01)
+        except Exception as exc:
+            logger.warning("claiming actor name %r in the GCS failed: %s", spec.name, exc)
+            if reply is not None and not reply.done:
+                reply.fail(ValueError(f"could not claim actor name {spec.name!r}: {exc}"))
+            self._end(rec, f"its name {spec.name!r} could not be claimed: {exc}")
+            return
+        if reply is not None and not reply.done:
+            reply.send(None)
+
+    def _ctor_dep_ready(self, rec: ActorRecord) -> None:
+        rec.deps_missing -= 1
+        if rec.deps_missing > 0 or rec.state == "dead":
+            return
+        entries = self.node.directory.entries
+        for oid in rec.spec.deps:
+            e = entries.get(oid)
+            if e is not None and e.is_error:
+                err = _serialization.loads(e.data)
+                self._end(rec, f"an argument of its constructor failed:\n{err}")
+                return
+        rec.dep_data = [(entries[o].is_error, entries[o].data) for o in rec.spec.deps]
+        self._acquire(rec)
+
+    def _acquire(self, rec: ActorRecord) -> None:
+        """Take the actor's resources (wait while the node has them in use), then place."""
+        need = rec.spec.resources
+        if need and rec.held is None:
+            avail = self.node.sched.available
+            if not _fits(need, avail):
+                self.waiting_resources.append(rec)
+                if not self._poller:
+                    self._poller = True
+                    self._spawn_task(self._poll_resources)
+                return
+            for k, v in need.items():
+                avail[k] = avail.get(k, 0.0) - v
+            rec.held = dict(need)
+        self._place(rec)
+
+    async def _poll_resources(self) -> None:
+        try:
+            while self.waiting_resources:
+                await trio.sleep(0.02)
+                waiting, self.waiting_resources = self.waiting_resources, collections.deque()
+                for rec in waiting:
+                    if rec.state != "dead":
+                        self._acquire(rec)
+        finally:
+            self._poller = False
+
+    def _release(self, rec: ActorRecord) -> None:
+        if rec.held:
+            avail = self.node.sched.available
+            for k, v in rec.held.items():
+                avail[k] = avail.get(k, 0.0) + v
+            rec.held = None
+            self.node.sched.wakeup.set()
+
+    def _place(self, rec: ActorRecord) -> None:
+        if rec.spec.supervisor is not None:
+            sup = self.supervisors.get(rec.spec.supervisor)
+            if sup is None:
+                self._end(rec, f"its supervisor {rec.spec.supervisor!r} does not exist "
+                               f"(create it with actorcore.supervisor(...) first)")
+                return
+            sup.add_actor(rec)
+            return
+        if rec.spec.placement == "shared":
+            host = next((h for h in self.shared_hosts
+                         if len(h.actors) + len(h.waiting) < SHARED_CAPACITY), None)
+            if host is None:
+                host = self.spawn_worker(shared=True)
+                self.shared_hosts.append(host)
+        else:
+            host = self.spawn_worker(shared=False)
+        self.assign(rec, host)
+
+    def assign(self, rec: ActorRecord, host: ActorWorker) -> None:
+        """Create ``rec`` in ``host`` (now, or as soon as the process is up)."""
+        rec.worker = host
+        rec.ready = trio.Event()
+        host.actors[rec.spec.actor_id] = rec
+        if host.conn is None:
+            host.waiting.append(rec)
+        else:
+            self._send_create(rec)
+
+    def _send_create(self, rec: ActorRecord) -> None:
+        host = rec.worker
+        assert host is not None and host.conn is not None
+        rec.incarnation += 1
+        record = self.node.functions.get(rec.spec.class_id)
+        try:
+            host.conn.send_nowait(
+                ("actor_create", rec.spec, rec.incarnation, rec.dep_data or [], record)
+            )
+        except Exception as exc:  # its link just died: the exit handler decides
+            logger.info("sending a creation to worker_%d failed: %s", host.index, exc)
+
+    # ------------------------------------------------------------------ processes
+
+    def spawn_worker(self, *, shared: bool) -> ActorWorker:
+        """Start a process for actors (its exit comes back to ``_worker_exited``)."""
+        return self.processes.spawn(shared=shared)
+
+    def kill_worker(self, aw: ActorWorker) -> None:
+        self.processes.kill(aw)
+
+    async def kill_all(self) -> None:
+        await self.processes.kill_all()
+
+    def _worker_exited(self, aw: ActorWorker, reason: str) -> None:
+        reason = aw.exit_reason or reason
+        aw.exited.set()
+        self.workers.pop(aw.worker_id, None)
+        if aw in self.shared_hosts:
+            self.shared_hosts.remove(aw)
+        for rec in list(aw.actors.values()) + aw.waiting:
+            if rec.worker is aw:
+                self._lost(rec, reason)
+        aw.actors.clear()
+        aw.waiting.clear()
+
+    def client_gone(self, client: Any, how: str = "exited") -> None:
+        """A worker disconnected, or a driver is gone for good (the node decides that,
+        see ``NodeRuntime._driver_departed``): end the actors it owned (fate sharing),
+        never the detached ones."""
+        wid = client.worker_id
+        if wid is None:
+            return
+        aw = self.workers.get(wid)
+        if aw is not None:
+            aw.conn = None
+            self.kill_worker(aw)
+        what = "driver" if client.role == "driver" else "worker"
+        for rec in list(self.actors.values()):
+            if rec.state == "dead" or rec.spec.detached:
+                continue
+            if rec.spec.owner == wid:
+                self._end(rec, f"its owner (the {what} with pid {client.pid}) {how}")
+            elif self.job_drivers.get(rec.spec.job_id) == wid:
+                self._end(rec, f"its job's driver (pid {client.pid}) {how}")
+
+    # -------------------------------------------------------------------- handlers
+
+    def _h_up(self, conn: Any, m: tuple, reply: Any) -> None:
+        aw = self.workers.get(m[1])
+        if aw is None:
+            conn.send_nowait(("exit",))
+            return
+        aw.conn = conn
+        aw.direct_address = m[2] if len(m) > 2 else None
+        self.processes.connected(aw)  # frees its start slot: the next queued one starts
+        waiting, aw.waiting = aw.waiting, []
+        for rec in waiting:
+            if rec.worker is aw and rec.state != "dead":
+                self._send_create(rec)
+
+    def _h_ready(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, actor_id, incarnation, error = m
+        rec = self.actors.get(actor_id)
+        if rec is None or rec.incarnation != incarnation or rec.state == "dead":
+            return
+        if error is not None:
+            self._end(rec, f"its constructor raised an exception:\n{error}")
+            rec.ready.set()
+            return
+        rec.state = "alive"
+        self._record(rec)
+        rec.ready.set()
+        self._pump_calls(rec)
+
+    def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, actor_id, task_id, results = m
+        rec = self.actors.get(actor_id)
+        node = self.node
+        node._hold_store_objects(results, conn)
+        if rec is None:
+            return
+        call = rec.inflight.pop(task_id, None)
+        if call is None:
+            return  # a reply from an incarnation we gave up on
+        rec.calls_done += 1
+        if call.spec.deps:
+            node.directory.unpin(call.spec.deps)
+        self._finish(call.spec, results)
+        if rec.drop_when_idle and rec.idle():
+            self._end(rec, "all handles to it were dropped")
+
+    def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
+        """``("actor_cancel", actor_id, task_id)``: ``cancel(ref)`` of a call."""
+        self._cancel_call(m[1], m[2])
+
+    def _h_done_direct(self, conn: Any, m: tuple, reply: Any) -> None:
+        """Large results of a direct call: the node holds them, like any result."""
+        results = m[2]
+        self.node._hold_store_objects(results, conn)
+        self.node.directory.put_many(results)
+
+    def _route(self, actor_id: bytes, reply: Any) -> None:
+        """Where callers can reach the actor directly: ``(address, incarnation)``
+        once it is alive, ``None`` if it is dead (or cannot be reached directly)."""
+        rec = self.actors.get(actor_id)
+
+        def answer() -> bool:
+            if rec is None or rec.state == "dead":
+                reply.send(None)
+            elif rec.state == "alive" and rec.worker is not None:
+                # Lightweight actors (a shared process) stay on the node path: one
+                # link per caller and actor would cost more than it saves there.
+                direct = rec.worker.direct_address if not rec.worker.shared else None
+                reply.send((direct, rec.incarnation) if direct else None)
+            else:
+                return False
+            return True
+
+        if answer():
+            return
+
+        async def later() -> None:
+            assert rec is not None
+            with trio.move_on_after(120):
+                while not reply.done:
+                    await rec.ready.wait()
+                    if answer():
+                        return
+                    await trio.sleep(0.01)
+            if not reply.done:
+                reply.fail(TimeoutError(f"actor {actor_id.hex()} is not alive after 120 s"))
+
+        self._spawn_task(later)
+
+    def _h_drop(self, conn: Any, m: tuple, reply: Any) -> None:
+        rec = self.actors.get(m[1])
+        if rec is None or rec.state == "dead" or rec.spec.detached or rec.spec.name:
+            return
+        rec.drop_when_idle = True
+        if rec.idle():
+            self._end(rec, "all handles to it were dropped")
+
+    def _h_req(self, conn: Any, m: tuple, reply: Any) -> None:
+        op = m[1]
+        if op == "create":
+            self._create(conn, m[2], reply, m[3])
+        elif op == "lookup":
+            name, ns = m[2], m[3]
+            aid = self.names.get((ns, name))
+            if aid is None:
+                raise ValueError(
+                    f"there is no live actor named {name!r} in namespace {ns!r}"
+                )
+            reply.send((aid, self.actors[aid].spec.meta))
+        elif op == "route":
+            self._route(m[2], reply)
+        elif op == "kill":
+            self.kill(m[2], m[3])
+            reply.send(None)
+        elif op == "state":
+            rec = self.actors.get(m[2])
+            if rec is None:
+                raise ValueError(f"unknown actor {m[2].hex()}")
+            reply.send(self.describe(rec))
+        elif op == "list":
+            reply.send([self.describe(r) for r in self.actors.values()])
+        elif op == "supervisor":
+            from ._user_supervision import start_user_supervisor
+
+            start_user_supervisor(self, reply, *m[2:])
+        else:
+            raise ValueError(f"unknown actor request {op!r}")
+
+    # ------------------------------------------------------------- failure and death
+
+    def kill(self, actor_id: bytes, no_restart: bool) -> None:
+        rec = self.actors.get(actor_id)
+        if rec is None:
+            raise ValueError(f"kill(): unknown actor {actor_id.hex()}")
+        if rec.state == "dead":
+            return
+        reason = "it was killed with actorcore.kill()"
+        spec = rec.spec
+        if spec.supervisor is not None:
+            sup = self.supervisors.get(spec.supervisor)
+            if no_restart or sup is None:
+                self._end(rec, reason)
+                if sup is not None:
+                    sup.remove_actor(rec)
+            elif rec.worker is not None:
+                self.kill_worker(rec.worker)  # its supervisor restarts it
+                self._lost(rec, reason)
+            return
+        if no_restart or not self._can_restart(rec):
+            self._end(rec, reason + self._limits(rec) if not no_restart else reason)
+            return
+        # Restart now: later calls queue for the new incarnation instead of going to
+        # the dying process; the old process's exit is then no news.
+        self._stop_in_host(rec)
+        self._lost(rec, reason)
+
+    def crash_actor(self, rec: ActorRecord) -> str:
+        """Fault injection (``faults.crash`` of an actor's tree path): the actor fails
+        as if its process crashed. A dedicated process is SIGKILLed (its exit then
+        takes the usual path: a restart by ``max_restarts`` or its supervisor, else
+        death with ``ActorDiedError``); in a shared actor process only this actor
+        is stopped and lost, by the same rules."""
+        host = rec.worker
+        what = rec.spec.describe()
+        if rec.state == "dead":
+            raise ValueError(f"crash(): the actor {what} is dead already")
+        if host is None or host.process is None:
+            raise ValueError(f"crash(): the actor {what} is {rec.state}, not running yet")
+        if not host.shared:
+            self.kill_worker(host)
+            return f"killed the process of actor {what} (pid {host.pid})"
+        self._stop_in_host(rec)
+        self._lost(rec, f"it crashed (a crash was injected into it in worker_{host.index})")
+        return f"crashed actor {what} in worker_{host.index} (pid {host.pid})"
+
+    def _stop_in_host(self, rec: ActorRecord) -> None:
+        host = rec.worker
+        if host is None:
+            return
+        host.actors.pop(rec.spec.actor_id, None)
+        if rec in host.waiting:
+            host.waiting.remove(rec)
+        if host.shared:
+            if host.conn is not None:
+                try:
+                    host.conn.send_nowait(("actor_stop", rec.spec.actor_id))
+                except transport.TransportError:
+                    pass
+        else:
+            self.kill_worker(host)
+        rec.worker = None
+
+    def _can_restart(self, rec: ActorRecord) -> bool:
+        mr = rec.spec.max_restarts
+        return not rec.no_restart and (mr == -1 or rec.restarts < mr)
+
+    def _limits(self, rec: ActorRecord) -> str:
+        mr = rec.spec.max_restarts
+        if mr == 0:
+            return " (max_restarts=0: it is not restarted)"
+        return f" (restarted {rec.restarts} time(s); max_restarts={mr} allows no more)"
+
+    def _lost(self, rec: ActorRecord, reason: str) -> None:
+        """The actor's process (or slot) is gone. Restart it, or it is dead."""
+        if rec.state == "dead":
+            return
+        if rec.kill_reason is not None:
+            reason, rec.kill_reason = rec.kill_reason, None
+        rec.worker = None
+        supervised = rec.spec.supervisor is not None and rec.spec.supervisor in self.supervisors
+        rec.last_loss = reason
+        if supervised or self._can_restart(rec):
+            rec.restarts += 1
+            self.restarts_total += 1
+            rec.state = "restarting"
+            self._requeue_inflight(rec, reason)
+            self._record(rec)
+            if not supervised:
+                self._place(rec)
+            return
+        self._end(rec, reason + self._limits(rec))
+
+    def _end(self, rec: ActorRecord, cause: str) -> None:
+        """``rec`` is dead for good: fail its calls, free its name, process, resources."""
+        if rec.state == "dead":
+            return
+        rec.state = "dead"
+        rec.cause = cause
+        self.died_total += 1
+        err = rec.died_error()
+        for call in list(rec.inflight.values()):
+            self._fail_call(call, err)
+        rec.inflight.clear()
+        for q in rec.queues.values():
+            for call in q:
+                self._fail_call(call, err)
+        rec.queues.clear()
+        if rec.spec.deps and rec.deps_missing == 0 and rec.dep_data is not None:
+            self.node.directory.unpin(rec.spec.deps)
+            rec.dep_data = None
+        if rec in self.waiting_resources:
+            self.waiting_resources.remove(rec)
+        self._stop_in_host(rec)
+        self._release(rec)
+        spec = rec.spec
+        if spec.name is not None and self.names.get((spec.namespace, spec.name)) == spec.actor_id:
+            del self.names[(spec.namespace, spec.name)]
+            gcs = self._gcs()
+            if gcs is not None:
+                self._spawn_task(_quietly, functools.partial(
+                    gcs.actors.unregister_name, spec.name, namespace=spec.namespace,
+                    actor_id=spec.actor_id.hex()))
+        rec.ready.set()
+        self._record(rec)
+        logger.info("actor %s died: %s", spec.describe(), cause.splitlines()[0])
+
+    # ------------------------------------------------------------- introspection
+
+    # -------------------------------------------------------------------- plumbing
+
+    def _spawn_task(self, fn: Any, *args: Any) -> None:
+        nursery = self.node._nursery
+        if nursery is not None:
+            nursery.start_soon(fn, *args)
+
+    def _gcs(self) -> Any:
+        return getattr(self.node.control, "client", None)
+
+    def _record(self, rec: ActorRecord) -> None:
+        """Write the actor's record to the GCS actors table (behind, batched)."""
+        if self._gcs() is None:
+            return
+        d = self.describe(rec)
+        d["state"] = rec.state
+        self._dirty[rec.spec.actor_id] = d
+        if not self._flusher:
+            self._flusher = True
+            self._spawn_task(self._flush_records)
+
+    async def _flush_records(self) -> None:
+        try:
+            while self._dirty:
+                await trio.sleep(0.05)
+                batch, self._dirty = self._dirty, {}
+                gcs = self._gcs()
+                if gcs is None:
+                    return
+                async with trio.open_nursery() as nursery:
+                    for aid, d in batch.items():
+                        nursery.start_soon(_quietly, gcs.actors.put, aid.hex(), d)
+        finally:
+            self._flusher = False
+
+
+async def _quietly(fn: Any, *args: Any) -> None:
+    try:
+        await fn(*args)
+    except Exception as exc:
+        logger.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
+
+
+def _fits(need: dict[str, float], available: dict[str, float]) -> bool:
+    return all(available.get(k, 0.0) >= v - 1e-9 for k, v in need.items())
+
+
+def _fmt(res: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(res.items())) + "}"

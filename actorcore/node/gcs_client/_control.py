@@ -1,0 +1,260 @@
+"""The node's control state, written through one small interface.
+
+Everything durable about the cluster — registered nodes, exported functions, the
+task table (lineage), jobs — goes through :class:`ControlState`, so components stay
+stateless around it (paper §4.2.3). Two implementations:
+
+- :class:`GcsControlState` over ``gcs.GcsClient`` (the real GCS, the default);
+- :class:`MemoryControlState`, the same tables in this process's memory, used only
+  when a node runs without a GCS (``--no-gcs``, for debugging the runtime alone).
+
+Task specs are recorded off the critical path: ``record_task`` appends to a buffer
+that a background task flushes in batches (every 50 ms, or at once when 1,000 are
+waiting), so a submit never waits for the GCS. Every message costs a wake-up of
+another process; on a small machine those dominate, so fewer, larger batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import trio
+
+from ...protocol._messages import TaskSpec
+
+if TYPE_CHECKING:
+    import gcs
+
+__all__ = ["ControlState", "ControlStatistics", "GcsControlState", "MemoryControlState"]
+
+logger = logging.getLogger("actorcore.control")
+
+_FLUSH_INTERVAL = 0.05
+_FLUSH_BATCH = 1000
+
+
+class ControlState(Protocol):
+    async def put_function(self, function_id: bytes, record: dict) -> None: ...
+    async def get_function(self, function_id: bytes) -> dict | None: ...
+    def record_task(self, spec: TaskSpec) -> None: ...
+    def lineage_done(self, task_id: bytes) -> None: ...
+    async def register_node(self, node_id: str, info: dict) -> None: ...
+    async def unregister_node(self, node_id: str) -> None: ...
+    async def list_nodes(self) -> list[dict]: ...
+    async def put_job(self, job_id: str, info: dict) -> None: ...
+    async def run(self, *, task_status: Any = ...) -> None: ...
+    def statistics(self) -> ControlStatistics: ...
+
+
+@attrs.frozen(kw_only=True)
+class ControlStatistics:
+    """Figures of a node's control state, from ``ControlState.statistics()``.
+
+    Attributes:
+      backend: ``"gcs"`` (the real GCS) or ``"memory"`` (a node run without one).
+      address: the GCS coordinator's address (``None`` for ``memory``).
+      tasks_recorded: task specs written to the task table (the lineage);
+        lineage_collectable: tasks marked no longer needed (every object they
+        produced was freed), which the GCS may flush from memory;
+        lineage_flushes: batches written; lineage_pending: items still buffered.
+      lineage_live_tasks: tasks with a return still alive (their lineage is kept).
+        The node's object table counts them: ``None`` unless the node filled it in
+        (its ``status`` call does).
+      gcs_client: the node's GCS client (``None`` for ``memory``).
+    """
+
+    backend: str
+    address: str | None
+    tasks_recorded: int
+    lineage_collectable: int
+    lineage_flushes: int
+    lineage_pending: int
+    lineage_live_tasks: int | None = None
+    gcs_client: gcs.GcsClientStatistics | None = None
+
+
+class _LineageBuffer:
+    """Batches lineage writes for the task table; flushed by ``run``.
+
+    Items are a ``TaskSpec`` (record it) or a task id (``bytes``: its lineage is no
+    longer needed — every object it produced was freed — so the GCS may flush it
+    from memory beyond its ``lineage_cap``). Items are written in order, a batch of
+    records before the marks that follow them.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: collections.deque[TaskSpec | bytes] = collections.deque()
+        self.event = trio.Event()
+        self.full = trio.Event()
+        self.recorded = 0
+        self.collected = 0
+        self.flushes = 0
+
+    def statistics(self, *, backend: str, address: str | None,
+                   gcs_client: gcs.GcsClientStatistics | None = None) -> ControlStatistics:
+        return ControlStatistics(
+            backend=backend,
+            address=address,
+            tasks_recorded=self.recorded,
+            lineage_collectable=self.collected,
+            lineage_flushes=self.flushes,
+            lineage_pending=len(self.buffer),
+            gcs_client=gcs_client,
+        )
+
+    def add(self, item: TaskSpec | bytes) -> None:
+        self.buffer.append(item)
+        n = len(self.buffer)
+        if n == 1:
+            self.event.set()
+        elif n == _FLUSH_BATCH:
+            self.full.set()
+
+    async def flush_forever(self, write: Any, collect: Any) -> None:
+        buffer = self.buffer
+        while True:
+            await self.event.wait()
+            self.event = trio.Event()
+            with trio.move_on_after(_FLUSH_INTERVAL):
+                await self.full.wait()
+            self.full = trio.Event()
+            while buffer:
+                kind = type(buffer[0])
+                batch: list[Any] = []
+                while buffer and len(batch) < _FLUSH_BATCH and type(buffer[0]) is kind:
+                    batch.append(buffer.popleft())
+                try:
+                    if kind is bytes:
+                        await collect(batch)
+                        self.collected += len(batch)
+                    else:
+                        await write(batch)
+                        self.recorded += len(batch)
+                except Exception as exc:  # the GCS is failing over: keep the batch
+                    logger.warning("lineage: writing %d items failed: %s", len(batch), exc)
+                    buffer.extendleft(reversed(batch))
+                    await trio.sleep(0.1)
+                    break
+                self.flushes += 1
+
+
+class MemoryControlState:
+    """The control tables in this process (no GCS)."""
+
+    def __init__(self) -> None:
+        self.functions: dict[bytes, dict] = {}
+        self.tasks: dict[bytes, dict] = {}
+        self.nodes: dict[str, dict] = {}
+        self.jobs: dict[str, dict] = {}
+        self._lineage = _LineageBuffer()
+        self.address: str | None = None
+
+    async def put_function(self, function_id: bytes, record: dict) -> None:
+        self.functions[function_id] = record
+
+    async def get_function(self, function_id: bytes) -> dict | None:
+        return self.functions.get(function_id)
+
+    def record_task(self, spec: TaskSpec) -> None:
+        self._lineage.add(spec)
+
+    def lineage_done(self, task_id: bytes) -> None:
+        self._lineage.add(task_id)
+
+    async def _write_tasks(self, batch: list[TaskSpec]) -> None:
+        for spec in batch:
+            self.tasks[spec.task_id] = spec.lineage_record()
+
+    async def _collect(self, task_ids: list[bytes]) -> None:
+        for tid in task_ids:
+            self.tasks.pop(tid, None)
+
+    async def register_node(self, node_id: str, info: dict) -> None:
+        self.nodes[node_id] = info
+
+    async def unregister_node(self, node_id: str) -> None:
+        self.nodes.pop(node_id, None)
+
+    async def list_nodes(self) -> list[dict]:
+        return list(self.nodes.values())
+
+    async def put_job(self, job_id: str, info: dict) -> None:
+        self.jobs[job_id] = info
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await self._lineage.flush_forever(self._write_tasks, self._collect)
+
+    def statistics(self) -> ControlStatistics:
+        return self._lineage.statistics(backend="memory", address=None)
+
+
+class GcsControlState:
+    """The control tables in the GCS, through a ``gcs.GcsClient``."""
+
+    def __init__(self, client: Any, address: str) -> None:
+        self.client = client
+        self.address = address
+        self._lineage = _LineageBuffer()
+        self._functions: dict[bytes, dict] = {}
+
+    async def put_function(self, function_id: bytes, record: dict) -> None:
+        self._functions[function_id] = record
+        await self.client.functions.export(function_id.hex(), record)
+
+    async def get_function(self, function_id: bytes) -> dict | None:
+        record = self._functions.get(function_id)
+        if record is None:
+            record = await self.client.functions.get(function_id.hex())
+            if record is not None:
+                self._functions[function_id] = record
+        return record
+
+    def record_task(self, spec: TaskSpec) -> None:
+        self._lineage.add(spec)
+
+    def lineage_done(self, task_id: bytes) -> None:
+        self._lineage.add(task_id)
+
+    async def _collect(self, task_ids: list[bytes]) -> None:
+        # One waiting task per GCS shard for the whole batch, not one per task.
+        await self.client.tasks.mark_collectable_many([tid.hex() for tid in task_ids])
+
+    async def _write_tasks(self, batch: list[TaskSpec]) -> None:
+        import gcs  # (loaded already: the node runs the GCS)
+
+        items = [(s.task_id.hex(), s.lineage_record()) for s in batch]
+        try:
+            await self.client.tasks.add_many(items)
+        except gcs.BadRequest:
+            # A record the GCS refuses (say, over its value limit) must not hold back
+            # the rest for ever (the buffer retries a failed batch): write them one by
+            # one and drop the refused ones. Unavailability still retries the batch.
+            for item in items:
+                try:
+                    await self.client.tasks.add_many([item])
+                except gcs.BadRequest as exc:
+                    logger.warning("lineage: the GCS refused task %s: %s", item[0], exc)
+
+    async def register_node(self, node_id: str, info: dict) -> None:
+        await self.client.nodes.register(node_id, info)
+
+    async def unregister_node(self, node_id: str) -> None:
+        await self.client.nodes.delete(node_id)
+
+    async def list_nodes(self) -> list[dict]:
+        return [v for _k, v in await self.client.nodes.list()]
+
+    async def put_job(self, job_id: str, info: dict) -> None:
+        await self.client.jobs.put(job_id, info)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await self._lineage.flush_forever(self._write_tasks, self._collect)
+
+    def statistics(self) -> ControlStatistics:
+        return self._lineage.statistics(backend="gcs", address=self.address,
+                                        gcs_client=self.client.statistics())

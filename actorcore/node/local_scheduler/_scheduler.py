@@ -1,0 +1,722 @@
+"""The local scheduler (one per node) and the global scheduler.
+
+Task life on a node (paper §4.2.2, bottom-up scheduling)::
+
+    submit ──► feasible here? ──no──► global scheduler (another node, or a clear
+       │                                 TaskUnschedulableError if none can ever run it)
+       ▼ yes
+    waiting (data edges: each top-level ref argument must be ready; the deps are
+       │     pinned in the directory so their owner's free cannot drop them)
+       ▼ all ready (any of them an error: the task fails with that same error)
+    ready queue ──► resources free and an idle worker? ──► running on that worker
+                        └─ no idle worker: ask the pool for one
+    running ──► done: results into the directory, pushed to the owner; retried if
+                the worker said the exception is retryable and retries are left
+            ──► worker died: retried (max_retries) or WorkerCrashedError
+            ──► blocked in get: its CPU goes back to the pool until it unblocks
+
+All of it is synchronous code on the node's Trio loop, called from the message
+handlers; the state lives in ``SchedulerState`` (owned by the node, outside the
+components), so the ``local_scheduler`` component can crash and restart without
+losing a task. The component itself is the dispatch loop: it wakes when the state
+changed and places what can run. While it is down nothing new starts; nothing is
+lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ...exceptions import TaskCancelledError, TaskUnschedulableError, WorkerCrashedError
+from ...protocol import _serialization
+from ...protocol._messages import ObjectData, TaskSpec
+from ..object_manager._directory import ObjectDirectory, ObjectEntry
+
+__all__ = [
+    "LocalScheduler",
+    "ReadyQueues",
+    "SchedulerState",
+    "SchedulerStatistics",
+    "WorkerInfo",
+    "fits",
+]
+
+logger = logging.getLogger("actorcore.scheduler")
+
+#: Seconds a running task has to honour a (non-force) cancel before its worker is killed.
+CANCEL_GRACE = 1.0
+
+#: Tasks queued on a busy worker behind the one it runs, when more wait than there
+#: are free workers: the worker starts the next one the moment it reports the last,
+#: with no round trip to the node in between (Ray's lease reuse / pipelining).
+PIPELINE_DEPTH = 4
+
+
+@attrs.define(eq=False)
+class WorkerInfo:
+    """A worker process as the node sees it.
+
+    A worker runs one task at a time, except that while all its tasks are blocked in
+    ``get`` it may take one more (in another executor thread of the same process):
+    a nested task then needs no new process, which is what keeps deep task trees
+    from spawning a process per level.
+    """
+
+    index: int
+    worker_id: bytes
+    pid: int | None = None
+    process: Any = None
+    conn: Any = None
+    state: str = "starting"  # starting | idle | busy | dead
+    tasks: dict[bytes, TaskSpec] = attrs.Factory(dict)
+    blocked_tasks: set[bytes] = attrs.Factory(set)
+    held: dict[bytes, dict[str, float]] = attrs.Factory(dict)  # task id -> resources
+    queued: collections.deque[bytes] = attrs.Factory(collections.deque)  # not started yet
+    shape: tuple = ()
+    force_cancelled: set[bytes] = attrs.Factory(set)
+    in_idle: bool = False
+    idle_since: float = 0.0
+    tasks_done: int = 0
+
+    @property
+    def blocked(self) -> bool:
+        return bool(self.blocked_tasks)
+
+    def available(self) -> bool:
+        """Can start a task now: alive, registered, every task it runs is blocked."""
+        return (
+            self.state != "dead"
+            and self.conn is not None
+            and not self.queued
+            and len(self.tasks) == len(self.blocked_tasks)
+        )
+
+    def can_pipeline(self, shape: tuple) -> bool:
+        """Can queue one more task of ``shape`` behind the one it runs."""
+        return (
+            self.state == "busy"
+            and self.conn is not None
+            and not self.blocked_tasks
+            and self.shape == shape
+            and len(self.queued) < PIPELINE_DEPTH
+        )
+
+    def active(self) -> int:
+        """Tasks it runs right now (started, not blocked)."""
+        return len(self.tasks) - len(self.queued) - len(self.blocked_tasks)
+
+    def snapshot(self, node_id: str) -> dict:
+        children: list[dict] = [
+            {
+                "name": f"task:{spec.name}",
+                "kind": "task",
+                "state": "running",
+                "blocked": tid in self.blocked_tasks,
+                "restarts": spec.attempt,
+                "pid": self.pid,
+                "node_id": node_id,
+                "task_id": tid.hex(),
+                "children": [],
+            }
+            for tid, spec in self.tasks.items()
+        ]
+        return {
+            "name": f"worker_{self.index}",
+            "kind": "worker",
+            "state": {"starting": "starting", "dead": "stopped"}.get(self.state, "running"),
+            "restarts": 0,
+            "pid": self.pid,
+            "node_id": node_id,
+            "worker_id": self.worker_id.hex(),
+            "activity": self.state,
+            "tasks_done": self.tasks_done,
+            "children": children,
+        }
+
+
+class ReadyQueues:
+    """Tasks whose inputs are ready, one FIFO per resource shape (Ray's scheduling
+    classes): placing work looks at each shape's head only, so a long queue that
+    cannot run now costs nothing per dispatch."""
+
+    def __init__(self) -> None:
+        self.queues: dict[tuple, collections.deque[TaskSpec]] = {}
+        self._len = 0
+
+    @staticmethod
+    def shape(spec: TaskSpec) -> tuple:
+        return tuple(sorted(spec.resources.items()))
+
+    def append(self, spec: TaskSpec) -> None:
+        key = self.shape(spec)
+        q = self.queues.get(key)
+        if q is None:
+            q = self.queues[key] = collections.deque()
+        q.append(spec)
+        self._len += 1
+
+    def remove_task(self, task_id: bytes) -> TaskSpec | None:
+        for key, q in self.queues.items():
+            for spec in q:
+                if spec.task_id == task_id:
+                    q.remove(spec)
+                    self._len -= 1
+                    if not q:
+                        del self.queues[key]
+                    return spec
+        return None
+
+    def popleft(self, key: tuple) -> TaskSpec:
+        q = self.queues[key]
+        spec = q.popleft()
+        self._len -= 1
+        if not q:
+            del self.queues[key]
+        return spec
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self) -> Any:
+        for q in list(self.queues.values()):
+            yield from q
+
+
+def fits(need: dict[str, float], available: dict[str, float]) -> bool:
+    for k, v in need.items():
+        if available.get(k, 0.0) < v - 1e-9:
+            return False
+    return True
+
+
+@attrs.frozen(kw_only=True)
+class SchedulerStatistics:
+    """Figures of a node's local scheduler, from ``SchedulerState.statistics()``.
+
+    Attributes:
+      waiting: tasks whose arguments are not all ready yet; ready: tasks queued for
+        resources or a worker; running: tasks on a worker now.
+      idle_workers: task workers free to take one.
+      finished: tasks completed (with a value or the task's own exception);
+        retried: attempts re-run (their worker died, or an exception they retry on);
+        failed: tasks the node failed (worker died with no retries left, cancelled,
+        unschedulable). All since the node started.
+      available, total: resources free now and the node's capacity (tasks and
+        actors both take from ``available``).
+    """
+
+    waiting: int
+    ready: int
+    running: int
+    idle_workers: int
+    finished: int
+    retried: int
+    failed: int
+    available: dict[str, float]
+    total: dict[str, float]
+
+    @property
+    def queued(self) -> int:
+        """Tasks not running yet: ``waiting`` plus ``ready``."""
+        return self.waiting + self.ready
+
+    @property
+    def used(self) -> dict[str, float]:
+        """Resources taken now, per resource of ``total``."""
+        return {k: v - self.available.get(k, 0.0) for k, v in self.total.items()}
+
+
+@attrs.define(eq=False)
+class SchedulerState:
+    """Everything the local scheduler knows; survives its component's restarts."""
+
+    directory: ObjectDirectory
+    total: dict[str, float]
+    # (owner worker id, [results]) -> deliver to the owner's connection
+    deliver: Callable[[bytes, list[ObjectData]], None]
+    request_worker: Callable[[], None]
+    kill_worker: Callable[[WorkerInfo], None]
+    record_lineage: Callable[[TaskSpec], None]
+    forward_infeasible: Callable[[TaskSpec], None]
+    call_later: Callable[[float, Callable[[], None]], None]
+    available: dict[str, float] = attrs.Factory(dict)
+    waiting: dict[bytes, list] = attrs.Factory(dict)  # task id -> [spec, deps missing]
+    ready: ReadyQueues = attrs.Factory(ReadyQueues)
+    running: dict[bytes, WorkerInfo] = attrs.Factory(dict)
+    idle: collections.deque = attrs.Factory(collections.deque)
+    cancelled: set[bytes] = attrs.Factory(set)
+    # Control edges among the unfinished tasks here: parent task id -> the ids of the
+    # tasks it submitted (for ``cancel(recursive=True)``).
+    children: dict[bytes, set[bytes]] = attrs.Factory(dict)
+    # Running tasks cancelled with recursive=True: a task they submit from now on
+    # (its submit may have been on its way when the cancel came) is cancelled too.
+    cancelled_trees: set[bytes] = attrs.Factory(set)
+    wakeup: trio.Event = attrs.Factory(trio.Event)
+    node_id: str = ""
+    dispatcher_running: bool = False
+    # Where the owner of a task listens for results pushed by workers directly (a
+    # driver on this node), or None: then the node forwards them.
+    owner_address: Callable[[bytes], str | None] = lambda _owner: None
+    # Deps a task waits for that are not ready: watched for ones that never will be.
+    watch_deps: Callable[[list[bytes]], None] = lambda _oids: None
+    pool_starting: Callable[[], int] = lambda: 0
+    # Whether the worker pool may start one more worker now (it is below its limit).
+    pool_can_grow: Callable[[], bool] = lambda: False
+    _dispatching: bool = False
+    tasks_finished: int = 0
+    tasks_retried: int = 0
+    tasks_failed: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.available = dict(self.total)
+
+    # -- entry points (called by the node's handlers) -------------------------------
+
+    def submit(self, spec: TaskSpec) -> None:
+        self.record_lineage(spec)
+        parent = spec.parent_task_id
+        if parent is not None:
+            if parent in self.cancelled_trees:
+                self._fail(spec, TaskCancelledError(
+                    spec.task_id, f"task {spec.name} was cancelled: the task that "
+                    f"submitted it ({parent.hex()}) was cancelled"))
+                return
+            kids = self.children.get(parent)
+            if kids is None:
+                self.children[parent] = {spec.task_id}
+            else:
+                kids.add(spec.task_id)
+        if not fits(spec.resources, self.total):
+            self.forward_infeasible(spec)
+            return
+        deps = spec.deps
+        if not deps:
+            self.ready.append(spec)
+            self._wake()
+            return
+        self.directory.pin(deps)
+        record = [spec, len(deps)]
+        self.waiting[spec.task_id] = record
+        def on_dep(_entry: ObjectEntry) -> None:
+            self._dep_ready(record)
+
+        for oid in deps:
+            self.directory.when_ready(oid, on_dep)
+        if record[1] != 0:  # some dep is not ready yet
+            self.watch_deps(deps)
+
+    def _dep_ready(self, record: list) -> None:
+        record[1] -= 1
+        if record[1] > 0:
+            return
+        spec: TaskSpec = record[0]
+        if self.waiting.pop(spec.task_id, None) is None:
+            return  # cancelled meanwhile
+        for oid in spec.deps:
+            e = self.directory.entries.get(oid)
+            if e is not None and e.is_error:
+                # Errors flow through data edges: the task fails with its input's error.
+                self.directory.unpin(spec.deps)
+                self._finish(spec, [(oid2, True, e.data) for oid2 in spec.return_ids()])
+                return
+        self.ready.append(spec)
+        self._wake()
+
+    def task_done(
+        self, worker: WorkerInfo, task_id: bytes, results: list, retry: bool, pushed: bool = False
+    ) -> None:
+        """``pushed``: the worker already sent the results to their owner directly."""
+        spec = worker.tasks.get(task_id)
+        if spec is None:
+            logger.warning("worker %s reported unknown task %s", worker.index, task_id.hex())
+            return
+        self._release(worker, task_id)
+        self._promote(worker)
+        worker.tasks_done += 1
+        if spec.task_id in self.cancelled:
+            retry = False
+        if retry and spec.max_retries != 0:
+            self._retry(spec)
+        else:
+            self.directory.unpin(spec.deps)
+            self._finish(spec, results, delivered=pushed)
+        self._make_available(worker)
+        self._wake()  # refill its pipeline, or give its resources to another task
+
+    def worker_ready(self, worker: WorkerInfo) -> None:
+        worker.state = "idle"
+        self._make_available(worker)
+
+    def worker_died(self, worker: WorkerInfo, reason: str) -> None:
+        """A worker's process or link died; its tasks are retried or fail."""
+        if worker.state == "dead":
+            return
+        worker.state = "dead"
+        for task_id in list(worker.tasks):
+            spec = worker.tasks[task_id]
+            forced = task_id in worker.force_cancelled
+            self._release(worker, task_id)
+            if forced or task_id in self.cancelled:
+                self.directory.unpin(spec.deps)
+                err = TaskCancelledError(task_id, f"task {spec.name} was cancelled (force)")
+                self._fail(spec, err)
+            elif spec.max_retries != 0:
+                logger.info("retrying %s after worker death (%s)", spec.name, reason)
+                self._retry(spec)
+            else:
+                self.directory.unpin(spec.deps)
+                self._fail(
+                    spec,
+                    WorkerCrashedError(
+                        f"the worker running task {spec.name} (pid {worker.pid}) died "
+                        f"({reason}) and no retries are left"
+                    ),
+                )
+        self._wake()
+
+    def blocked(self, worker: WorkerInfo, task_id: bytes) -> None:
+        """``task_id`` waits in ``get``: its CPU goes back, its worker may take a task."""
+        if task_id not in worker.tasks or task_id in worker.blocked_tasks:
+            return
+        worker.blocked_tasks.add(task_id)
+        held = worker.held.get(task_id, {})
+        cpu = held.pop("CPU", 0.0)
+        if cpu:
+            self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
+            held["_blocked_cpu"] = cpu
+        self._promote(worker)
+        self._make_available(worker)
+
+    def unblocked(self, worker: WorkerInfo, task_id: bytes) -> None:
+        if task_id not in worker.blocked_tasks:
+            return
+        worker.blocked_tasks.discard(task_id)
+        held = worker.held.get(task_id, {})
+        cpu = held.pop("_blocked_cpu", 0.0)
+        if cpu:
+            # May go below zero for a moment (oversubscription), as in Ray.
+            self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
+            held["CPU"] = cpu
+
+    def cancel(self, task_id: bytes, force: bool, recursive: bool = False) -> None:
+        """Cancel ``task_id``: a queued task fails at once; a running one is interrupted
+        (``force``: its worker is killed). ``recursive``: the tasks it submitted, and
+        theirs, are cancelled the same way, and so are those it submits later while
+        it still runs (as Ray's ``cancel(recursive=True)``, for tasks; the actor
+        calls it made are not cancelled)."""
+        if recursive:
+            # Its descendants first (iteratively: a chain of nested tasks may be deep),
+            # so that a force kill of its worker finds them already marked cancelled.
+            seen = {task_id}
+            stack = list(self.children.get(task_id, ()))
+            order = []
+            while stack:
+                tid = stack.pop()
+                if tid in seen:
+                    continue
+                seen.add(tid)
+                order.append(tid)
+                stack.extend(self.children.get(tid, ()))
+            # Those not started yet first: a worker that ends an interrupted task must
+            # not start a pipelined sibling whose cancel is still on its way.
+            order.sort(key=lambda t: t in self.running and t not in self.running[t].queued)
+            for tid in order:
+                if tid in self.running:
+                    self.cancelled_trees.add(tid)
+                self._cancel_one(tid, force)
+            if task_id in self.running:
+                self.cancelled_trees.add(task_id)
+        self._cancel_one(task_id, force)
+
+    def _cancel_one(self, task_id: bytes, force: bool) -> None:
+        record = self.waiting.pop(task_id, None)
+        if record is not None:
+            spec = record[0]
+            self.directory.unpin(spec.deps)
+            self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
+            return
+        spec = self.ready.remove_task(task_id)
+        if spec is not None:
+            self.directory.unpin(spec.deps)
+            self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
+            return
+        worker = self.running.get(task_id)
+        if worker is not None:
+            self.cancelled.add(task_id)
+            if force:
+                worker.force_cancelled.add(task_id)
+                self.kill_worker(worker)
+            elif worker.conn is not None:
+                # Raised inside the task; a task stuck in a blocking C call (sleep,
+                # I/O) cannot see it, so after a grace period its worker is killed.
+                worker.conn.send_nowait(("cancel", task_id))
+
+                def escalate() -> None:
+                    if self.running.get(task_id) is worker:
+                        worker.force_cancelled.add(task_id)
+                        self.kill_worker(worker)
+
+                self.call_later(CANCEL_GRACE, escalate)
+
+    def knows_task(self, task_id: bytes) -> bool:
+        """Whether ``task_id`` is waiting, queued or running here (slow path: scans)."""
+        if task_id in self.running or task_id in self.waiting:
+            return True
+        return any(spec.task_id == task_id for spec in self.ready)
+
+    def drop_owner(self, owner: bytes) -> int:
+        """Forget the queued (not running) tasks of a departed owner; return how many."""
+        dropped = 0
+        for task_id, record in list(self.waiting.items()):
+            if record[0].owner == owner:
+                del self.waiting[task_id]
+                self.directory.unpin(record[0].deps)
+                self._forget_edge(record[0])
+                dropped += 1
+        for spec in [s for s in self.ready if s.owner == owner]:
+            self.ready.remove_task(spec.task_id)
+            self.directory.unpin(spec.deps)
+            self._forget_edge(spec)
+            dropped += 1
+        return dropped
+
+    def fail_unschedulable(self, spec: TaskSpec, message: str) -> None:
+        self._fail(spec, TaskUnschedulableError(message))
+
+    # -- dispatch (the local_scheduler component's loop) -----------------------------
+
+    def dispatch(self) -> None:
+        """Place every ready task that fits on an idle worker (each shape's head).
+
+        When a shape's head does not fit the free resources, some of its tasks are
+        queued behind running tasks of the same shape (pipelining): they would wait
+        for those resources anyway, and now start without a round trip.
+
+        When it fits but no worker is idle, the resources are free and only a process
+        is missing (the pool lost a worker, or fractional and zero-CPU tasks outnumber
+        the workers): the pool starts one and the task waits in the ready queue for
+        it. Queued behind a busy worker instead, it would wait for the whole of that
+        worker's task with a CPU idle: two long tasks on a two-CPU node would run one
+        after the other. Only when the pool is at its limit and none is on its way do
+        tasks that need a CPU go behind busy workers of their shape.
+        """
+        ready = self.ready
+        available = self.available
+        for key in list(ready.queues):
+            while key in ready.queues:
+                spec = ready.queues[key][0]
+                if not fits(spec.resources, available):
+                    self._pipeline(key)
+                    break
+                worker = None
+                while self.idle:
+                    w = self.idle.popleft()
+                    w.in_idle = False
+                    if w.available():
+                        worker = w
+                        break
+                if worker is None:
+                    # Resources are free but no worker is idle: the pool starts one
+                    # (see the docstring); tasks needing no CPU always wait for a new
+                    # worker so that they run side by side.
+                    self.request_worker()
+                    if (
+                        spec.resources.get("CPU", 0.0) > 0
+                        and not self.workers_starting()
+                        and not self.pool_can_grow()
+                    ):
+                        self._pipeline(key)
+                    break
+                ready.popleft(key)
+                self._start(worker, spec)
+
+    def workers_starting(self) -> bool:
+        return self.pool_starting() > 0
+
+    def _pipeline(self, key: tuple) -> None:
+        ready = self.ready
+        if key not in ready.queues:
+            return
+        for worker in list({id(w): w for w in self.running.values()}.values()):
+            while key in ready.queues and worker.can_pipeline(key):
+                spec = ready.popleft(key)
+                worker.tasks[spec.task_id] = spec
+                worker.queued.append(spec.task_id)
+                self.running[spec.task_id] = worker
+                self._send(worker, spec)
+            if key not in ready.queues:
+                return
+
+    def _promote(self, worker: WorkerInfo) -> None:
+        """The worker starts its next queued task when nothing of its own runs."""
+        while worker.queued and worker.active() == 0:
+            tid = worker.queued.popleft()
+            spec = worker.tasks[tid]
+            for k, v in spec.resources.items():
+                self.available[k] = self.available.get(k, 0.0) - v
+            worker.held[tid] = dict(spec.resources)
+
+    def _start(self, worker: WorkerInfo, spec: TaskSpec) -> None:
+        """Hand ``spec`` to ``worker``: take its resources, send it with its inputs."""
+        available = self.available
+        for k, v in spec.resources.items():
+            available[k] = available.get(k, 0.0) - v
+        worker.held[spec.task_id] = dict(spec.resources)
+        worker.tasks[spec.task_id] = spec
+        worker.state = "busy"
+        worker.shape = ReadyQueues.shape(spec)
+        self.running[spec.task_id] = worker
+        self._send(worker, spec)
+
+    def _send(self, worker: WorkerInfo, spec: TaskSpec) -> None:
+        entries = self.directory.entries
+        dep_data = [(entries[oid].is_error, entries[oid].data) for oid in spec.deps]
+        direct = self.owner_address(spec.owner)
+        try:
+            if direct is None:
+                worker.conn.send_nowait(("execute", spec, dep_data))
+            else:
+                worker.conn.send_nowait(("execute", spec, dep_data, direct))
+        except Exception as exc:  # its link just died: the death handler retries
+            logger.info("dispatch to worker_%d failed: %s", worker.index, exc)
+
+    def demand(self, limit: int) -> int:
+        """How many more workers would start tasks right now (at most ``limit``).
+
+        Scans at most ``limit + idle`` queued tasks: the answer only matters up to
+        how many workers the pool may still start, and a full scan of a long queue
+        on every wake-up would make scheduling quadratic.
+        """
+        n = 0
+        idle = sum(1 for w in self.idle if w.available())
+        want = limit + idle
+        avail = dict(self.available)
+        for i, spec in enumerate(self.ready):
+            if i >= 4 * want + 16 or n >= want:
+                break
+            if fits(spec.resources, avail):
+                n += 1
+                for k, v in spec.resources.items():
+                    avail[k] = avail.get(k, 0.0) - v
+        return max(0, n - idle)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self.dispatcher_running and not self._dispatching:
+            # Place work right away (one pass of the component's loop, inline): a
+            # submit or a finished task starts the next task without a scheduling
+            # round trip. While the component is down nothing is placed.
+            self._dispatching = True
+            try:
+                self.dispatch()
+            finally:
+                self._dispatching = False
+        else:
+            self.wakeup.set()
+
+    def _make_available(self, worker: WorkerInfo) -> None:
+        if not worker.available():
+            return
+        if not worker.tasks:
+            worker.state = "idle"
+            worker.idle_since = time.monotonic()
+        if not worker.in_idle:
+            worker.in_idle = True
+            self.idle.append(worker)
+        self._wake()
+
+    def _release(self, worker: WorkerInfo, task_id: bytes) -> None:
+        worker.tasks.pop(task_id, None)
+        if task_id in worker.queued:
+            worker.queued.remove(task_id)
+        worker.blocked_tasks.discard(task_id)
+        worker.force_cancelled.discard(task_id)
+        self.running.pop(task_id, None)
+        for k, v in worker.held.pop(task_id, {}).items():
+            if k == "_blocked_cpu":
+                continue
+            self.available[k] = self.available.get(k, 0.0) + v
+
+    def _retry(self, spec: TaskSpec) -> None:
+        if spec.max_retries > 0:
+            spec.max_retries -= 1
+        spec.attempt += 1
+        self.tasks_retried += 1
+        self.record_lineage(spec)
+        self.ready.append(spec)
+        self._wake()
+
+    def _fail(self, spec: TaskSpec, error: BaseException) -> None:
+        payload = _serialization.dumps(error)
+        self.tasks_failed += 1
+        self._finish(spec, [(oid, True, payload) for oid in spec.return_ids()])
+
+    def _forget_edge(self, spec: TaskSpec) -> None:
+        """``spec`` is done here: drop it from its parent's children."""
+        parent = spec.parent_task_id
+        if parent is not None:
+            kids = self.children.get(parent)
+            if kids is not None:
+                kids.discard(spec.task_id)
+                if not kids:
+                    del self.children[parent]
+
+    def _finish(self, spec: TaskSpec, results: list, delivered: bool = False) -> None:
+        self.tasks_finished += 1
+        self.cancelled.discard(spec.task_id)
+        if spec.parent_task_id is not None:
+            self._forget_edge(spec)
+        if self.cancelled_trees:
+            self.cancelled_trees.discard(spec.task_id)
+        self.directory.put_many(results)
+        if not delivered:
+            self.deliver(spec.owner, results)
+
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            waiting=len(self.waiting),
+            ready=len(self.ready),
+            running=len(self.running),
+            idle_workers=sum(1 for w in self.idle if w.available()),
+            finished=self.tasks_finished,
+            retried=self.tasks_retried,
+            failed=self.tasks_failed,
+            available=dict(self.available),
+            total=dict(self.total),
+        )
+
+
+class LocalScheduler:
+    """The ``local_scheduler`` component: the dispatch loop over ``SchedulerState``."""
+
+    def __init__(self, state: SchedulerState) -> None:
+        self.state = state
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        state = self.state
+        task_status.started()
+        try:
+            state.dispatcher_running = True
+            state.dispatch()
+            while True:
+                await state.wakeup.wait()
+                state.wakeup = trio.Event()
+                state.dispatch()
+                await trio.lowlevel.checkpoint()
+        finally:
+            state.dispatcher_running = False
+
+    def snapshot(self) -> dict:
+        st = self.state.statistics()
+        return {"kind": "local_scheduler", "queued": st.queued, "running": st.running}

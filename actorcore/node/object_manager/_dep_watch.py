@@ -1,0 +1,151 @@
+"""Data edges that can never resolve: their consumers fail, within a bound.
+
+A task, an actor method call routed through the node, or an actor's constructor
+waits at the node until each of its argument refs is ready in the directory. Almost
+every such wait ends by itself: the producing task finishes, the owner's ``put``
+arrives, the caller of a direct actor call hands in its result. One kind never does:
+the object is not in the directory, no task or actor call queued or running here
+will produce it, and its *owner* — the process that created it, the only one that
+could still put it or hand its result in — is gone. A ref kept across ``shutdown()``
++ ``init()`` is the common case; a ref whose process exited, or an id made up by
+hand, are others. Without a decision, such a consumer would wait for ever (and an
+actor call would hold back every later call of its caller to that actor, which are
+kept in order behind it).
+
+How the owner is known. Every task and object id begins with the 8-byte id prefix
+of the process that created it (``protocol._ids``; a driver takes a fresh one per session),
+and every client sends its prefix in ``hello``. The owner is alive while a client
+with that prefix is connected, or is a driver still within its reconnect grace
+period (``_node.DRIVER_GRACE``). This is Ray's ownership rule: an object outlives
+its owner only in the directory.
+
+The sweep. Consumers register the dependencies they start waiting for (``watch``).
+While any are registered, a sweep runs every ``SWEEP_PERIOD`` seconds. A dependency
+whose entry is ready, gone, or waited on by nobody leaves the watch; one whose owner
+is alive, or whose producing task or call is known here, stays; any other is a
+suspect, and a suspect still in that state at the next sweep is lost. Two sweeps in
+a row, not one, so that no transient state (a client between its connection and its
+``hello``) can fail a consumer: a lost argument fails its consumer within
+``2 * SWEEP_PERIOD`` seconds (plus the grace period of a driver that just left).
+
+A lost object becomes an error object in the directory (``ObjectLostError``, the
+same error a ``get`` of it raises): its consumers fail through the ordinary error
+flow of data edges (a task and an actor call with that error as their result, an
+actor whose constructor argument it is dies saying so). The entry is marked freed,
+so it leaves the directory once no consumer pins it.
+
+On one node the owner is a client of this node. With many nodes the owner may live
+elsewhere: the liveness test must then ask the GCS (or the owner's node) instead.
+The sweeper is a short-lived task in the node's nursery (like the fetch watchdog's):
+it runs only while something is watched and holds no state a restart would need.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import trio
+
+from ...exceptions import ObjectLostError
+from ...protocol import _serialization
+from ...protocol._ids import owner_prefix, short, task_id_of
+
+if TYPE_CHECKING:
+    from .._runtime import NodeRuntime
+
+__all__ = ["DependencyWatch", "SWEEP_PERIOD"]
+
+logger = logging.getLogger("actorcore.node")
+
+#: Seconds between sweeps; an argument that can never become available fails its
+#: consumer within two sweeps.
+SWEEP_PERIOD = 1.0
+
+
+class DependencyWatch:
+    """The node's watch over pending argument refs (see the module docstring)."""
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+        self.pending: set[bytes] = set()
+        self.suspects: set[bytes] = set()
+        self.running = False
+        self.lost_total = 0
+
+    def watch(self, oids: Iterable[bytes]) -> None:
+        """A consumer waits for ``oids``: watch those not ready (from a handler)."""
+        entries = self.node.directory.entries
+        pending = self.pending
+        for oid in oids:
+            e = entries.get(oid)
+            if e is not None and not e.ready:
+                pending.add(oid)
+        if pending and not self.running and self.node._nursery is not None:
+            self.running = True
+            self.node._nursery.start_soon(self._run)
+
+    async def _run(self) -> None:
+        try:
+            while self.pending:
+                await trio.sleep(SWEEP_PERIOD)
+                self.sweep()
+        finally:
+            self.running = False
+
+    def sweep(self) -> list[bytes]:
+        """One pass (see the module docstring); returns the objects found lost."""
+        node = self.node
+        entries = node.directory.entries
+        live = node.live_id_prefixes()
+        known: set[bytes] | None = None
+        suspects: set[bytes] = set()
+        lost: list[bytes] = []
+        for oid in list(self.pending):
+            e = entries.get(oid)
+            if e is None or e.ready or not e.waiters:
+                self.pending.discard(oid)
+                continue
+            if owner_prefix(oid) in live:
+                continue
+            if known is None:  # built at most once a sweep, and only when needed
+                known = self._producers()
+            if task_id_of(oid) in known:
+                continue
+            if oid in self.suspects:
+                lost.append(oid)
+            else:
+                suspects.add(oid)
+        self.suspects = suspects
+        for oid in lost:
+            self.pending.discard(oid)
+            self._fail(oid)
+        return lost
+
+    def _producers(self) -> set[bytes]:
+        """The ids of the tasks and actor calls queued or running on this node."""
+        node = self.node
+        sched = node.sched
+        known = set(sched.running)
+        known.update(sched.waiting)
+        known.update(spec.task_id for spec in sched.ready)
+        for rec in node.actors.actors.values():
+            known.update(rec.inflight)
+            for q in rec.queues.values():
+                known.update(call.spec.task_id for call in q)
+        return known
+
+    def _fail(self, oid: bytes) -> None:
+        directory = self.node.directory
+        err = ObjectLostError(
+            f"object {oid.hex()} can never become available: it is not on this node, no "
+            f"task or actor call here will produce it, and its owner (the process that "
+            f"created it, id prefix {short(owner_prefix(oid), 16)}) is gone — e.g. a ref "
+            f"kept from before shutdown()/init(), or one whose process exited"
+        )
+        self.lost_total += 1
+        logger.warning("argument %s is lost: its owner is gone; failing what waits on it",
+                       oid.hex())
+        directory.free([oid])  # nobody owns it: gone once no consumer pins it
+        directory.put(oid, True, _serialization.dumps(err))

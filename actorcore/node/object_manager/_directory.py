@@ -1,0 +1,147 @@
+"""The node's object directory: every object the node knows, ready or pending.
+
+The directory is the single writer of object state on a node. It holds small values
+inline (they arrived in messages) and, for large ones, the store's handle. Each entry
+is either *pending* (some task will produce it; waiters queue on it) or *ready*
+(value or error). Readers:
+
+- the local scheduler resolves a task's data edges (``when_ready``) and pins the
+  dependencies of queued tasks so their owner's ``free`` cannot drop them early;
+- ``fetch`` requests from core workers that hold a ref they do not own.
+
+``free`` comes from an object's owner once no ref to it is left there; the entry is
+dropped when it is also unpinned (or at once when it becomes ready, if freed while
+pending). The directory lives in the node, outside any component that can crash, so
+a component restart loses no object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from ...protocol._messages import ObjectData
+
+__all__ = ["DirectoryStatistics", "ObjectDirectory", "ObjectEntry"]
+
+
+@attrs.define(slots=True, eq=False)
+class ObjectEntry:
+    ready: bool = False
+    is_error: bool = False
+    data: Any = None
+    waiters: list[Callable[[ObjectEntry], None]] | None = None
+    pins: int = 0
+    released: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class DirectoryStatistics:
+    """Figures of a node's object directory, from ``ObjectDirectory.statistics()``.
+
+    Attributes:
+      objects: entries now, ``ready`` (a value or a store location is known) or
+        ``pending`` (awaited: a task's return not produced yet).
+      bytes_inline: bytes of the values held in the directory itself (small values,
+        not in the shared-memory store).
+      created, freed: objects made ready and dropped since the node started.
+    """
+
+    objects: int
+    ready: int
+    pending: int
+    bytes_inline: int
+    created: int
+    freed: int
+
+
+@attrs.define(eq=False)
+class ObjectDirectory:
+    entries: dict[bytes, ObjectEntry] = attrs.Factory(dict)
+    bytes_inline: int = 0
+    objects_created: int = 0
+    objects_freed: int = 0
+    on_drop: Callable[[bytes, ObjectEntry], None] | None = None
+
+    def entry(self, oid: bytes) -> ObjectEntry:
+        e = self.entries.get(oid)
+        if e is None:
+            e = self.entries[oid] = ObjectEntry()
+        return e
+
+    def put(self, oid: bytes, is_error: bool, data: Any) -> None:
+        """Make ``oid`` ready (first writer wins) and wake its waiters."""
+        e = self.entries.get(oid)
+        if e is None:
+            e = self.entries[oid] = ObjectEntry()
+        elif e.ready:
+            return
+        e.ready = True
+        e.is_error = is_error
+        e.data = data
+        self.objects_created += 1
+        if isinstance(data, bytes | bytearray | memoryview):
+            self.bytes_inline += len(data)
+        waiters, e.waiters = e.waiters, None
+        if waiters:
+            for w in waiters:
+                w(e)
+        if e.released and e.pins == 0:
+            self._drop(oid, e)
+
+    def put_many(self, items: Iterable[ObjectData]) -> None:
+        for oid, is_error, data in items:
+            self.put(oid, is_error, data)
+
+    def when_ready(self, oid: bytes, callback: Callable[[ObjectEntry], None]) -> None:
+        """Call ``callback(entry)`` once ``oid`` is ready (now, if it is)."""
+        e = self.entry(oid)
+        if e.ready:
+            callback(e)
+        elif e.waiters is None:
+            e.waiters = [callback]
+        else:
+            e.waiters.append(callback)
+
+    def pin(self, oids: Iterable[bytes]) -> None:
+        for oid in oids:
+            self.entry(oid).pins += 1
+
+    def unpin(self, oids: Iterable[bytes]) -> None:
+        for oid in oids:
+            e = self.entries.get(oid)
+            if e is None:
+                continue
+            e.pins -= 1
+            if e.pins <= 0 and e.released and e.ready:
+                self._drop(oid, e)
+
+    def free(self, oids: Iterable[bytes]) -> None:
+        for oid in oids:
+            e = self.entries.get(oid)
+            if e is None:
+                continue
+            e.released = True
+            if e.pins <= 0 and e.ready and not e.waiters:
+                self._drop(oid, e)
+
+    def _drop(self, oid: bytes, e: ObjectEntry) -> None:
+        self.entries.pop(oid, None)
+        self.objects_freed += 1
+        if self.on_drop is not None:
+            self.on_drop(oid, e)
+        if isinstance(e.data, bytes | bytearray | memoryview):
+            self.bytes_inline -= len(e.data)
+
+    def statistics(self) -> DirectoryStatistics:
+        ready = sum(1 for e in self.entries.values() if e.ready)
+        return DirectoryStatistics(
+            objects=len(self.entries),
+            ready=ready,
+            pending=len(self.entries) - ready,
+            bytes_inline=self.bytes_inline,
+            created=self.objects_created,
+            freed=self.objects_freed,
+        )

@@ -1,0 +1,182 @@
+"""The node's object bookkeeping: puts, fetches, frees, store refs and lineage.
+
+``NodeObjects`` serves the ``put``, ``fetch`` and ``free`` messages over the node's
+``ObjectDirectory``, holds the node's own store ref on every large object (so a
+producer may drop its ref as soon as the node has one), and counts each task's
+live returns so its lineage is handed to ``control.lineage_done`` once the last
+of them is freed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+import transport
+
+from ...core_worker._store_link import STORE
+from ...protocol._ids import task_id_of
+from ...protocol._messages import TaskSpec
+
+if TYPE_CHECKING:
+    from .._runtime import NodeRuntime
+
+__all__ = ["FETCH_LOST_AFTER", "NodeObjects"]
+
+logger = logging.getLogger("actorcore.node")
+
+#: Seconds a fetch waits for an object nothing here will produce before failing.
+FETCH_LOST_AFTER = 5.0
+
+
+class NodeObjects:
+    """The node's objects: directory messages, store refs and live-return counts."""
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+        #: oid -> "pending" | "held" | "drop": the node's own store ref on the object.
+        self.store_refs: dict[bytes, str] = {}
+        #: task id -> how many of its returns are still alive (lineage bookkeeping).
+        self.live_returns: dict[bytes, int] = {}
+
+    def handlers(self) -> dict[str, Any]:
+        return {"put": self._h_put, "fetch": self._h_fetch, "free": self._h_free}
+
+    def record_lineage(self, spec: TaskSpec) -> None:
+        # Lineage bookkeeping: a task's spec is needed while any object it returned
+        # lives, so count its live returns (``on_object_dropped`` counts down and
+        # hands the task to ``control.lineage_done`` at zero). A task with
+        # ``num_returns=0`` has no output anyone can ask for: done at once. A retry
+        # records the spec again (same task id): the count stands.
+        self.node.control.record_task(spec)
+        if spec.num_returns <= 0:
+            self.node.control.lineage_done(spec.task_id)
+        elif spec.task_id not in self.live_returns:
+            self.live_returns[spec.task_id] = spec.num_returns
+
+    def _h_put(self, conn: Any, m: tuple, reply: Any) -> None:
+        items = m[1]
+        owned = self.node._owned_by(conn)
+        if owned is not None:
+            owned.update(oid for oid, _e, _d in items)
+        self.hold_store_objects(items, conn)
+        self.node.directory.put_many(items)
+
+    def hold_store_objects(self, items: list, producer: Any) -> None:
+        """Take the node's store ref on large objects, then let the producer drop its own.
+
+        ``store_refs[oid]`` is ``"pending"`` until our ``add_ref`` is done, then
+        ``"held"``; an object dropped from the directory meanwhile is marked ``"drop"``
+        and released as soon as the ``add_ref`` lands (never a release before a hold).
+        """
+        oids = [oid for oid, _err, data in items if data == STORE]
+        if not oids or self.node._nursery is None or self.node.store_link is None:
+            return
+        refs = self.store_refs
+        for oid in oids:
+            refs[oid] = "pending"
+
+        async def hold() -> None:
+            for oid in oids:
+                try:
+                    await self.node.store_link.add_ref(oid)
+                except Exception as exc:
+                    logger.warning("store add_ref %s failed: %s", oid.hex(), exc)
+                if refs.get(oid) == "drop":
+                    del refs[oid]
+                    self.node.store_link.release_soon([oid])
+                else:
+                    refs[oid] = "held"
+            if not producer.closed:
+                try:
+                    producer.send_nowait(("release", oids))
+                except transport.TransportError:
+                    pass
+
+        self.node._nursery.start_soon(hold)
+
+    def on_object_dropped(self, oid: bytes, entry: Any) -> None:
+        # Once every return of a task is freed its lineage is no longer needed: the
+        # GCS may flush it (marks are batched, see ``node.gcs_client._control``). ``put`` objects
+        # (a per-process "put task" id) and actor results have no count here.
+        tid = task_id_of(oid)
+        live = self.live_returns.get(tid)
+        if live is not None:
+            if live <= 1:
+                del self.live_returns[tid]
+                self.node.control.lineage_done(tid)
+            else:
+                self.live_returns[tid] = live - 1
+        state = self.store_refs.get(oid)
+        if state == "pending":
+            self.store_refs[oid] = "drop"
+        elif state == "held":
+            del self.store_refs[oid]
+            self.node.store_link.release_soon([oid])
+
+    def _h_fetch(self, conn: Any, m: tuple, reply: Any) -> None:
+        oids = m[1]
+        remaining = [len(oids)]
+        directory = self.node.directory
+
+        def one(_e: Any) -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0 and not reply.done:
+                items = []
+                for oid in oids:
+                    e = directory.entries.get(oid)
+                    if e is None:
+                        from ...exceptions import ObjectLostError
+                        from ...protocol import _serialization
+
+                        err = ObjectLostError(f"object {oid.hex()} was freed by its owner")
+                        items.append((oid, True, _serialization.dumps(err)))
+                    else:
+                        items.append((oid, e.is_error, e.data))
+                reply.send(items)
+
+        for oid in oids:
+            directory.when_ready(oid, one)
+        if remaining[0] > 0 and self.node._nursery is not None:
+            self.node._nursery.start_soon(self._fetch_watchdog, oids, reply)
+
+    async def _fetch_watchdog(self, oids: list[bytes], reply: Any) -> None:
+        """Fail a fetch of objects that nothing will ever produce, instead of hanging.
+
+        An object the directory has no value for may still be on its way (its put
+        or its task's result in flight on another connection), so only after
+        ``FETCH_LOST_AFTER`` seconds, and only for objects whose producing task is
+        not queued or running here, does the fetch fail with ``ObjectLostError``.
+        """
+        while not reply.done:
+            await trio.sleep(FETCH_LOST_AFTER)
+            if reply.done:
+                return
+            entries = self.node.directory.entries
+            pending = [oid for oid in oids if not (oid in entries and entries[oid].ready)]
+            if not pending or any(self.node.sched.knows_task(oid[:16]) for oid in pending):
+                continue
+            from ...exceptions import ObjectLostError
+            from ...protocol import _serialization
+
+            items = []
+            for oid in oids:
+                e = entries.get(oid)
+                if e is not None and e.ready:
+                    items.append((oid, e.is_error, e.data))
+                else:
+                    err = ObjectLostError(
+                        f"object {oid.hex()} does not exist on this cluster: its owner freed "
+                        f"it or died, and no task here will produce it"
+                    )
+                    items.append((oid, True, _serialization.dumps(err)))
+            reply.send(items)
+            return
+
+    def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
+        owned = self.node._owned_by(conn)
+        if owned is not None:
+            owned.difference_update(m[1])
+        self.node.directory.free(m[1])

@@ -1,0 +1,231 @@
+"""Actor processes: start, watch and kill the worker processes that host actors.
+
+An actor process is ``python -m actorcore.worker._actor_process`` (``--shared`` for the one
+hosting many lightweight actors). Per process three Trio tasks in the node's nursery:
+one waits for the exit (then ``on_exit(worker, reason)``, which decides restarts and
+deaths), two copy its stdout/stderr into the session's log files and to drivers
+that asked for worker output, like the task workers of the pool. Indices come from
+the pool's counter, so actor processes and task workers have distinct
+``worker_<n>`` names.
+
+Start-up is bounded
+-------------------
+Starting a Python process costs a few hundred milliseconds of CPU (the interpreter,
+Trio, the store client). A thousand ``num_cpus=0`` actors created at once would
+start a thousand processes together on a two-core machine: every one of them, and
+the node that must answer their handshakes, then gets a thousandth of the CPU, and
+most of them time out before they say hello. So, as Ray does
+(``maximum_startup_concurrency``), at most ``max_starting`` processes are *starting*
+at a time — launched and not yet up (``actor_up``) — and the rest wait in a FIFO
+start queue with no process yet. A process leaves the starting set when it says
+``actor_up`` or exits; the next queued one is launched then.
+
+The start deadline (``START_TIMEOUT``) runs from the launch, not from the request:
+time spent in the queue is not held against a process. The same budget is the
+process's own connect-and-handshake wait (``--connect-timeout``), so a process that
+is slow only because the machine is busy is not cut off by a fixed 10 s handshake
+timeout while the node would still wait for it.
+
+A process killed while it is still queued is never launched; its exit is reported
+like any other (from a task, never from inside ``kill``).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ...protocol._ids import new_worker_id
+from ._pool import open_worker_process, pump_worker_output
+
+__all__ = ["ActorProcesses", "ActorWorker", "START_TIMEOUT", "default_max_starting"]
+
+logger = logging.getLogger("actorcore.actors")
+
+#: Seconds a launched actor process has to connect (from its launch, not from its
+#: request: see "Start-up is bounded" above) before it is killed
+#: (``ACTORCORE_WORKER_START_TIMEOUT`` overrides it).
+START_TIMEOUT = float(os.environ.get("ACTORCORE_WORKER_START_TIMEOUT", "60"))
+
+
+def default_max_starting(cpus: float) -> int:
+    """How many actor processes may start at once: the node's CPUs, but no more
+    than the machine's cores and at least one (``ACTORCORE_MAX_STARTING_WORKERS``
+    overrides it)."""
+    env = os.environ.get("ACTORCORE_MAX_STARTING_WORKERS")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ValueError(
+                f"ACTORCORE_MAX_STARTING_WORKERS={env!r}: expected a whole number >= 1"
+            ) from None
+        if value < 1:
+            raise ValueError(f"ACTORCORE_MAX_STARTING_WORKERS={env!r}: expected a whole number >= 1")
+        return value
+    return max(1, min(int(cpus), os.cpu_count() or 1))
+
+
+@attrs.define(eq=False)
+class ActorWorker:
+    """A process hosting actors: one dedicated actor, or many (shared).
+
+    ``start`` is "queued" (no process yet), "starting" (launched, not up), "up"
+    (said ``actor_up``) or "ended" (exited, or dropped from the queue)."""
+
+    index: int
+    worker_id: bytes
+    shared: bool
+    process: Any = None
+    pid: int | None = None
+    conn: Any = None
+    direct_address: str | None = None  # where callers dial it (``core_worker._direct_calls``)
+    connected: trio.Event = attrs.Factory(trio.Event)
+    exited: trio.Event = attrs.Factory(trio.Event)
+    exit_reason: str | None = None
+    actors: dict[bytes, Any] = attrs.Factory(dict)  # actor id -> ActorRecord
+    waiting: list[Any] = attrs.Factory(list)  # creations sent once it is up
+    start: str = "queued"
+
+
+class ActorProcesses:
+    """The node's actor processes (see the module docstring)."""
+
+    def __init__(
+        self, node: Any, on_exit: Callable[[ActorWorker, str], None], max_starting: int = 1
+    ) -> None:
+        self.node = node
+        self.on_exit = on_exit
+        self.workers: dict[bytes, ActorWorker] = {}
+        self.started_total = 0
+        self.max_starting = max_starting
+        self.starting = 0  # launched, not yet up
+        self.queue: collections.deque[ActorWorker] = collections.deque()
+        self.queued = 0  # in ``queue`` and still to be launched
+        # High-water marks, shown by ``actorcore status`` (they show the cap holds).
+        self.starting_peak = 0
+        self.queued_peak = 0
+
+    def spawn(self, *, shared: bool) -> ActorWorker:
+        """A new actor process: launched now if fewer than ``max_starting`` are
+        starting, else queued (its creations wait in ``waiting`` either way)."""
+        pool = self.node.pool
+        index = pool.next_index
+        pool.next_index += 1
+        aw = ActorWorker(index=index, worker_id=new_worker_id(), shared=shared)
+        self.workers[aw.worker_id] = aw
+        self.queue.append(aw)
+        self.queued += 1
+        self.queued_peak = max(self.queued_peak, self.queued)
+        self._launch_queued()
+        return aw
+
+    def _launch_queued(self) -> None:
+        nursery = self.node._nursery
+        if nursery is None or nursery.cancel_scope.cancel_called:
+            return  # not running yet, or stopping: ``kill_all`` drops the queue
+        while self.queue and self.starting < self.max_starting:
+            aw = self.queue.popleft()
+            if aw.start != "queued":
+                continue  # killed while queued (``queued`` was counted down then)
+            aw.start = "starting"
+            self.queued -= 1
+            self.starting += 1
+            self.starting_peak = max(self.starting_peak, self.starting)
+            self.started_total += 1
+            nursery.start_soon(self._run_worker, aw)
+
+    def _start_over(self, aw: ActorWorker, state: str) -> None:
+        """``aw`` is no longer starting (it is up, or it ended): free its slot."""
+        if aw.start == "starting":
+            self.starting -= 1
+        aw.start = state
+        self._launch_queued()
+
+    def connected(self, aw: ActorWorker) -> None:
+        """``aw`` said ``actor_up`` (called by the actor manager)."""
+        aw.connected.set()
+        self._start_over(aw, "up")
+
+    async def _run_worker(self, aw: ActorWorker) -> None:
+        try:
+            proc = await open_worker_process(
+                self.node.pool, "actorcore.worker._actor_process", aw.worker_id, aw.index,
+                (["--shared"] if aw.shared else []) + ["--connect-timeout", str(START_TIMEOUT)],
+            )
+        except OSError as exc:
+            self._start_over(aw, "ended")
+            self.on_exit(aw, f"its worker process could not be started ({exc})")
+            return
+        aw.process = proc
+        aw.pid = proc.pid
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, aw, proc.stdout, "out")
+                nursery.start_soon(self._pump, aw, proc.stderr, "err")
+                nursery.start_soon(self._start_deadline, aw)
+                code = await proc.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            self._start_over(aw, "ended")
+        reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+        self.on_exit(aw, f"its worker process (pid {aw.pid}) died ({reason}; "
+                         f"its output is in {self._log_stem(aw)}.out/.err)")
+
+    def _log_stem(self, aw: ActorWorker) -> str:
+        return str(self.node.pool.session_dir / "logs" / f"worker-{aw.index}-{aw.pid}")
+
+    async def _start_deadline(self, aw: ActorWorker) -> None:
+        with trio.move_on_after(START_TIMEOUT):
+            await aw.connected.wait()
+            return
+        logger.warning("actor worker_%d (pid %s) did not connect within %s s of its launch; "
+                       "killing it", aw.index, aw.pid, START_TIMEOUT)
+        aw.exit_reason = (f"its worker process (pid {aw.pid}) did not connect within "
+                          f"{START_TIMEOUT} s of its launch (its output is in "
+                          f"{self._log_stem(aw)}.out/.err)")
+        self.kill(aw)
+
+    async def _pump(self, aw: ActorWorker, stream: Any, which: str) -> None:
+        await pump_worker_output(self.node.pool, aw.index, aw.pid, stream, which)
+
+    def kill(self, aw: ActorWorker) -> None:
+        """SIGKILL its process; one still in the start queue is dropped from it
+        instead (never launched) and its exit is reported from a task."""
+        if aw.start == "queued":
+            aw.start = "ended"
+            self.queued -= 1
+            nursery = self.node._nursery
+            if nursery is not None:
+                nursery.start_soon(self._report_unstarted, aw)
+            return
+        proc = aw.process
+        if proc is not None and proc.returncode is None:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def _report_unstarted(self, aw: ActorWorker) -> None:
+        self.on_exit(aw, "its worker process was stopped before it was started")
+
+    async def kill_all(self) -> None:
+        for aw in self.queue:
+            aw.start = "ended"
+        self.queue.clear()
+        self.queued = 0
+        for aw in list(self.workers.values()):
+            self.kill(aw)
+        with trio.move_on_after(2):
+            for aw in list(self.workers.values()):
+                if aw.process is not None:
+                    await aw.process.wait()

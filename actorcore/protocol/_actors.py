@@ -1,0 +1,136 @@
+"""The actor records that travel between callers, the node and actor workers.
+
+Actor creation and actor method calls ride the same ordered ``("submit", [...])``
+batches as task specs (the node tells them apart by type), so a call can never
+overtake the creation of its actor, a submit it depends on, or an earlier call of the
+same caller: that one link's order *is* the stateful edge of the paper (§3).
+
+Messages added for actors (see ``_messages`` for the rest):
+
+caller -> node
+  ``("submit", [ActorSpec | CallSpec | TaskSpec, ...])``  create / call / task
+  ``("actor_drop", actor_id)``       the creator dropped its last handle
+  ``("actor_cancel", actor_id, task_id)``  ``cancel(ref)`` of a call sent this way
+  ``("actor_req", op, *args)``       *request*: ``create`` (named), ``lookup``,
+                                     ``kill``, ``state``, ``supervisor``, ``list``
+actor worker -> node
+  ``("actor_up", worker_id, direct_address)``  registered; callers may dial it
+  ``("actor_done_direct", actor_id, results)``  large results of direct calls
+  ``("actor_ready", actor_id, incarnation, error_text | None)``  constructor finished
+  ``("actor_done", actor_id, task_id, [(object_id, is_error, data), ...])``
+node -> actor worker
+  ``("actor_create", ActorSpec, incarnation, dep_data, class_record)``
+  ``("actor_call", CallSpec, dep_data)``
+  ``("actor_cancel", actor_id, task_id)``  drop the call if queued, cancel it if
+                                     running (async actors only; ``worker._cancel``)
+  ``("actor_stop", actor_id)``       end one actor of a shared process
+caller <-> actor worker (direct link, see ``core_worker._direct_calls``)
+  ``("dcall", CallSpec)`` / ``("dresult", task_id, results | None)``
+  ``("dcancel", actor_id, task_id)``  ``cancel(ref)`` of a call sent on the link
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ._ids import return_ids
+
+__all__ = ["ActorSpec", "CallSpec", "ClassMeta", "MethodMeta"]
+
+
+@attrs.frozen(slots=True)
+class MethodMeta:
+    """What a caller needs to know about one method (checked before sending)."""
+
+    num_returns: int = 1
+    is_async: bool = False
+    pos_names: tuple[str, ...] = ()  # positional parameters (without self)
+    pos_required: int = 0  # how many of them have no default
+    varargs: bool = True  # takes *args
+    kw_names: frozenset[str] | None = None  # names passable by keyword; None: **kwargs
+    kwonly_required: tuple[str, ...] = ()
+
+
+@attrs.frozen(slots=True)
+class ClassMeta:
+    """A remote class as its handles see it: name, methods, concurrency model."""
+
+    class_name: str
+    module: str | None
+    methods: dict[str, MethodMeta]
+    is_async: bool
+
+
+@attrs.define(slots=True, eq=False)
+class ActorSpec:
+    """Everything needed to create (and re-create, on restart) an actor."""
+
+    actor_id: bytes
+    job_id: bytes
+    class_id: bytes  # the function id of the exported class
+    meta: ClassMeta
+    args: bytes
+    deps: list[bytes]
+    resources: dict[str, float]
+    max_restarts: int
+    max_task_retries: int
+    max_concurrency: int
+    async_backend: str  # "asyncio" | "trio" (async actors only)
+    name: str | None
+    namespace: str
+    detached: bool
+    placement: str  # "process" | "shared"
+    supervisor: str | None
+    restart: str  # restart type under a supervisor
+    owner: bytes
+    job_namespace: str = "default"  # its job's (init(namespace=)), not its name's
+
+    @property
+    def task_id(self) -> bytes:
+        return self.actor_id
+
+    def return_ids(self) -> list[bytes]:
+        return []
+
+    def short_id(self) -> str:
+        """12 hex digits that tell actors apart: the creating process's id prefix and
+        the counter (the middle bytes are mostly zeros)."""
+        h = self.actor_id.hex()
+        return h[:4] + h[-8:]
+
+    def describe(self) -> str:
+        name = f", name {self.name!r}" if self.name else ""
+        return f"{self.meta.class_name} (actor {self.short_id()}{name})"
+
+
+@attrs.define(slots=True, eq=False)
+class CallSpec:
+    """One actor method call. Shaped like a ``TaskSpec`` where the executor reads it."""
+
+    task_id: bytes
+    actor_id: bytes
+    method: str
+    name: str  # "Class.method", for errors and the tree
+    args: bytes
+    deps: list[bytes]
+    num_returns: int
+    owner: bytes
+    max_retries: int = 0  # never retried by the executor: the node resends
+    retry_exceptions: bool = False
+    attempt: int = 0
+    # >0: resent through the node after the direct link to that incarnation broke
+    # while the call was in flight (the node then applies max_task_retries).
+    lost_incarnation: int = 0
+
+    def __reduce__(self) -> tuple:
+        # A tuple of fields (not attrs' state dict): smaller, faster frames; a call
+        # travels twice (caller -> node -> actor).
+        return (
+            CallSpec,
+            (self.task_id, self.actor_id, self.method, self.name, self.args, self.deps,
+             self.num_returns, self.owner, self.max_retries, self.retry_exceptions,
+             self.attempt, self.lost_incarnation),
+        )
+
+    def return_ids(self) -> list[bytes]:
+        return return_ids(self.task_id, max(self.num_returns, 1))

@@ -1,0 +1,296 @@
+"""Starting a head node process and finding running clusters.
+
+``start_head`` creates a session directory and token, spawns ``python -m
+actorcore.node --head`` and waits for the one JSON line it writes on ``--ready-fd``
+once its tree is serving. If the node dies or stays silent past the timeout, the
+error carries the tail of its log files.
+
+An embedded cluster (``init()`` without address) also gets ``--parent-fd``: the read
+end of a pipe whose write end only the driver holds (close-on-exec, so no child of
+the driver inherits it). When the driver exits — normally, by an exception, or by
+SIGKILL — the kernel closes the write end, the node sees EOF and shuts down, its
+workers die with their links, and sockets and shared memory are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+import transport
+
+from ..exceptions import ActorcoreSystemError
+from . import _security
+from ._session import (
+    check_root,
+    find_session,
+    latest_session,
+    new_session_dir,
+    pid_alive,
+    read_session_info,
+    read_token,
+    root_dir,
+    session_pid,
+    write_node_pid,
+    write_token,
+)
+
+__all__ = ["HeadProcess", "start_head", "find_cluster", "log_tail"]
+
+logger = logging.getLogger("actorcore.launcher")
+
+
+@attrs.define(eq=False)
+class HeadProcess:
+    process: subprocess.Popen
+    info: dict[str, Any]
+    token: bytes
+    session_dir: Path
+    parent_fd: int | None  # the driver's end of the death pipe (embedded only)
+    spill_dir: Path | None = None  # the store's spill directory, when not the session's
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the node: close the pipe (embedded) or SIGTERM it, then wait."""
+        if self.parent_fd is not None:
+            try:
+                os.close(self.parent_fd)
+            except OSError:
+                pass
+            self.parent_fd = None
+        else:
+            try:
+                self.process.terminate()
+            except ProcessLookupError:
+                pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        # A node that died without cleaning up (SIGKILL, crash) leaves its store's
+        # shared memory behind: remove it (a no-op after a clean stop).
+        try:
+            import store
+
+            store.cleanup_session(
+                f"actorcore-{self.session_dir.name}",
+                spill_dir=str(self.spill_dir or self.session_dir / "spill"),
+            )
+        except Exception as exc:
+            logger.warning("removing the shared memory and spill files of session %s failed: %r",
+                           self.session_dir, exc)
+
+
+def log_tail(session_dir: Path, lines: int = 30) -> str:
+    """The last lines of the node's log files, for error messages."""
+    out = []
+    for name in ("node.err", "node.out", "node.log"):
+        path = session_dir / "logs" / name
+        try:
+            text = path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            continue
+        if text:
+            out.append(f"--- {path} ---")
+            out.extend(text[-lines:])
+    return "\n".join(out) or "(the node wrote no log)"
+
+
+def start_head(
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    gcs_shards: int | None = None,
+    gcs_replicas: int | None = None,
+    num_workers: int | None = None,
+    port: int | None = None,
+    host: str | None = None,
+    tls: transport.TlsConfig | None = None,
+    insecure: bool = False,
+    embedded: bool = True,
+    timeout: float = 60.0,
+    temp_dir: Path | None = None,
+    spill_dir: Path | None = None,
+    env_vars: dict[str, str] | None = None,
+) -> HeadProcess:
+    """Start a head node; return once it serves.
+
+    ``temp_dir``: the root of its session directory (default ``root_dir()``; the node
+    and its workers see it as ``ACTORCORE_TMPDIR``). ``spill_dir``: where its store
+    spills (default ``<session>/spill``). ``env_vars``: set in the environment of the
+    node and of every worker and actor process it starts.
+    """
+    # Refused here, before anything starts, with the error that says how to fix it.
+    # (The node logs the --insecure warning; `actorcore start` prints it.)
+    _security.check_listen(host or "127.0.0.1", tls, insecure, warn=False)
+    root = temp_dir or root_dir()
+    what = f"init(_temp_dir={str(root)!r})" if temp_dir else f"ACTORCORE_TMPDIR={str(root)!r}"
+    check_root(root, what)
+    session_dir = new_session_dir(root)
+    token = secrets.token_bytes(32)
+    write_token(session_dir, token)
+    ready_r, ready_w = os.pipe()
+    pass_fds = [ready_w]
+    argv = [
+        sys.executable, "-m", "actorcore.node",
+        "--session-dir", str(session_dir),
+        "--head",
+        "--ready-fd", str(ready_w),
+    ]
+    parent_w: int | None = None
+    if embedded:
+        parent_r, parent_w = os.pipe()
+        pass_fds.append(parent_r)
+        argv += ["--parent-fd", str(parent_r)]
+    if num_cpus is not None:
+        argv += ["--num-cpus", str(num_cpus)]
+    if num_gpus:
+        argv += ["--num-gpus", str(num_gpus)]
+    if resources:
+        argv += ["--resources", json.dumps(resources)]
+    if object_store_memory is not None:
+        argv += ["--object-store-memory", str(int(object_store_memory))]
+    if gcs_shards is not None:
+        argv += ["--gcs-shards", str(gcs_shards)]
+    if gcs_replicas is not None:
+        argv += ["--gcs-replicas", str(gcs_replicas)]
+    if num_workers is not None:
+        argv += ["--num-workers", str(num_workers)]
+    if port is not None:
+        argv += ["--port", str(port)]
+    if host is not None:
+        argv += ["--host", host]
+    argv += _security.argv(tls, insecure)
+    if spill_dir is not None:
+        argv += ["--spill-dir", str(spill_dir)]
+    logs = session_dir / "logs"
+    env = dict(os.environ)
+    env.update(env_vars or {})
+    env["ACTORCORE_TMPDIR"] = str(root)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [_package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    with open(logs / "node.out", "ab") as out, open(logs / "node.err", "ab") as err:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            pass_fds=pass_fds,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+        )
+    os.close(ready_w)
+    if embedded:
+        os.close(parent_r)
+    write_node_pid(session_dir, proc.pid)
+    try:
+        line = _read_line(ready_r, timeout, proc)
+    except BaseException:
+        if parent_w is not None:
+            os.close(parent_w)
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        os.close(ready_r)
+    if not line:
+        if parent_w is not None:
+            os.close(parent_w)
+        proc.kill()
+        code = proc.wait()
+        raise ActorcoreSystemError(
+            f"the head node process exited (code {code}) before it was ready.\n"
+            f"{log_tail(session_dir)}"
+        )
+    info = json.loads(line)
+    return HeadProcess(proc, info, token, session_dir, parent_w, spill_dir)
+
+
+def _package_root() -> str:
+    """The directory holding the ``actorcore`` package (so children can import it)."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ActorcoreSystemError(
+                f"the head node did not become ready within {timeout} s.\n"
+                f"{log_tail(Path(_session_of(proc)))}"
+            )
+        r, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if not r:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode().strip()
+
+
+def _session_of(proc: subprocess.Popen) -> str:
+    args = list(proc.args)  # type: ignore[arg-type]
+    return str(args[args.index("--session-dir") + 1])
+
+
+def find_cluster(address: str | None) -> tuple[str, bytes, dict[str, Any]]:
+    """Resolve ``address`` ("auto", a session's address, or None) to (address, token, info)."""
+    if address in (None, "auto", "local"):
+        session = latest_session()
+        if session is None:
+            raise ConnectionError(
+                "no running actorcore cluster found on this machine "
+                "(start one with `actorcore start --head`, or call actorcore.init())"
+            )
+        info = read_session_info(session)
+        return info["address"], read_token(session), info
+    addr = address
+    if not addr.startswith(("unix:", "tcp:")):
+        addr = "tcp:" + addr
+    session = find_session(addr)
+    if session is not None:
+        pid = session_pid(session)
+        if pid is not None and not pid_alive(pid):
+            raise ConnectionError(
+                f"the cluster at {address!r} is not running: its node (pid {pid}) is gone; "
+                f"its logs are in {session / 'logs'}"
+            )
+        try:
+            info = read_session_info(session)
+        except (OSError, ValueError):  # a node still starting, or one that is gone
+            info = {"address": addr, "session_dir": str(session),
+                    "log_dir": str(session / "logs")}
+        return addr, read_token(session), info
+    token_hex = os.environ.get("ACTORCORE_TOKEN")
+    if not token_hex:
+        where = ("no session directory holds that socket" if addr.startswith("unix:")
+                 else f"no live session under {root_dir()} listens there")
+        raise ConnectionError(
+            f"no token for cluster {address!r}: {where}; set ACTORCORE_TOKEN to the "
+            f"cluster's token (the 'token' file in its session directory)"
+        )
+    try:
+        token = bytes.fromhex(token_hex)
+    except ValueError:
+        raise ConnectionError(
+            f"ACTORCORE_TOKEN is not a hex string ({len(token_hex)} characters); it must be "
+            f"the contents of the cluster's 'token' file"
+        ) from None
+    return addr, token, {"address": addr}

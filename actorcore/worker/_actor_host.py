@@ -1,0 +1,405 @@
+"""Hosting user actors in a worker process.
+
+The node sends ``actor_create`` and ``actor_call`` messages to the worker's Trio loop
+(its main thread); the loop hands each to the actor's host without waiting, and the
+host reports back through the core worker's queue (``actor_ready``/``actor_done``).
+User code never runs on the Trio loop.
+
+Three kinds of host, chosen by the class:
+
+- ``ThreadedHost`` (a class without ``async def`` methods): a Pykka threading actor.
+  Its mailbox is the actor's mailbox: calls run one at a time in arrival order,
+  which is per-caller submission order (the stateful edges). With
+  ``max_concurrency=n > 1`` the actor thread hands calls, in order, to a pool of ``n``
+  threads, so up to ``n`` run at once (as Ray's threaded actors).
+- ``AsyncHost`` (a class with any ``async def`` method): one thread running an event
+  loop through anyio — asyncio by default, Trio if the class sets
+  ``__actorcore_backend__ = "trio"``. Calls start in arrival order, each as a task of
+  one task group, at most ``max_concurrency`` at a time (default 1000); ``await ref``
+  works inside them (the core worker wakes the loop thread-safely). Plain ``def``
+  methods of an async actor run on the loop too, as in Ray.
+- Many ``ThreadedHost``s share one process for ``placement="shared"`` (lightweight
+  actors): each is a Pykka actor with its own small-stack thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import inspect
+import logging
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+import trio
+
+import transport
+
+from ..core_worker._object_ref import ObjectRef
+from ..core_worker._store_link import STORE
+from ..core_worker._worker_state import task_context
+from ..exceptions import MessageTooLargeError
+from ..protocol import _serialization
+from ..protocol._actors import ActorSpec, CallSpec
+from ._cancel import CallGate, TaskInterrupt, cancelled_results, run_interruptible
+from ._executor import encode_returns, run_task
+from ._process import load_function
+
+__all__ = ["HostContext", "ThreadedHost", "AsyncHost", "start_host"]
+
+logger = logging.getLogger("actorcore.actor_host")
+
+
+class HostContext:
+    """What every host in a process shares: the core worker, codecs, class cache."""
+
+    def __init__(self, core: Any, node_id: str,
+                 encode: Callable[[bytes, Any], bytes],
+                 decode: Callable[[bytes, Any], Any]) -> None:
+        self.core = core
+        self.node_id = node_id
+        self.encode = encode
+        self._decode = decode
+        self._classes: dict[bytes, type] = {}
+        self._lock = threading.Lock()
+        # task id -> the caller's direct link the call came on (``core_worker._direct_calls``)
+        self.direct: dict[bytes, Any] = {}
+
+    def decode(self, oid: bytes, data: Any) -> Any:
+        if data is _FETCH:  # a direct call's argument ref: resolved here, in call order
+            return self.core.get([ObjectRef(oid)], None)[0]
+        return self._decode(oid, data)
+
+    def load_class(self, spec: ActorSpec, record: dict | None) -> type:
+        """The actor's class (unpickled once per process; fetched if not sent along)."""
+        cls = self._classes.get(spec.class_id)
+        if cls is not None:
+            return cls
+        with self._lock:
+            cls = self._classes.get(spec.class_id)
+            if cls is None:
+                cls = load_function(self.core, spec.class_id, record)
+                self._classes[spec.class_id] = cls
+        return cls
+
+    def construct(self, spec: ActorSpec, dep_data: list, record: dict | None) -> Any:
+        cls = self.load_class(spec, record)
+        deps = [self.decode(oid, data) for oid, (_e, data) in zip(spec.deps, dep_data, strict=True)]
+        args, kwargs = _serialization.loads_args(spec.args, deps)
+        return cls(*args, **kwargs)
+
+    def ready(self, spec: ActorSpec, incarnation: int, error: str | None) -> None:
+        self.core._enqueue(("actor_ready", spec.actor_id, incarnation, error))
+
+    def done(self, spec: CallSpec, results: list) -> None:
+        conn = self.direct.pop(spec.task_id, None)
+        if conn is None:
+            self.core._enqueue(("actor_done", spec.actor_id, spec.task_id, results))
+        else:
+            try:
+                self.core.trio_token.run_sync_soon(self._send_direct, conn, spec, results)
+            except trio.RunFinishedError:
+                pass
+
+    def _send_direct(self, conn: Any, spec: CallSpec, results: list) -> None:
+        """Answer a direct call on its link (core loop); large results are registered
+        with the node by us, who hold them in the store."""
+        if any(data == STORE for _oid, _err, data in results):
+            self.core._enqueue(("actor_done_direct", spec.actor_id, results))
+        message = ("dresult", spec.task_id, results)
+        try:
+            conn.send_nowait(message)
+        except trio.WouldBlock:
+            self.core._nursery.start_soon(_send_later, conn, spec, message)
+        except transport.FrameTooLarge as exc:  # the caller must not wait for ever
+            _send_too_large(conn, spec, results, exc)
+        except Exception as exc:  # the caller is gone, or resends through the node
+            logger.debug("answering %s failed: %s", spec.name, exc)
+
+    def run_sync(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
+        if dep_data is None:
+            dep_data = [(False, _FETCH)] * len(spec.deps)
+        method = _method(instance, spec)
+        results, _retry = run_task(
+            spec, method, dep_data, self.node_id, self.encode, self.decode  # type: ignore[arg-type]
+        )
+        self.done(spec, results)
+
+    async def run_async(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
+        task_context.task_id = spec.task_id
+        try:
+            try:
+                if dep_data is None:  # a direct call: await its argument refs
+                    deps = [await ObjectRef(oid) for oid in spec.deps]
+                else:
+                    deps = [self.decode(oid, d)
+                            for oid, (_e, d) in zip(spec.deps, dep_data, strict=True)]
+                args, kwargs = _serialization.loads_args(spec.args, deps)
+                value = _method(instance, spec)(*args, **kwargs)
+                if inspect.isawaitable(value):
+                    value = await value
+            except Exception as exc:
+                tb = traceback.format_exc()
+                payload = _serialization.error_payload(exc, spec.name, _pid(), self.node_id, tb)
+                self.done(spec, [(oid, True, payload) for oid in spec.return_ids()])
+                return
+        finally:
+            task_context.task_id = None
+        self.done(spec, encode_returns(spec, value, self.node_id, self.encode, what="actor method"))
+
+
+_FETCH = object()  # marks an argument ref the actor resolves itself
+
+
+async def _send_later(conn: Any, spec: CallSpec, message: tuple) -> None:
+    try:
+        await conn.send(message)
+    except transport.FrameTooLarge as exc:
+        _send_too_large(conn, spec, message[2], exc)
+    except Exception as exc:  # the caller is gone, or resends through the node
+        logger.debug("answering %s failed: %s", spec.name, exc)
+
+
+def _send_too_large(conn: Any, spec: CallSpec, results: list, exc: BaseException) -> None:
+    """The results of a direct call are over the caller's frame limit: it gets the
+    error as the call's results instead (a retry would be refused the same way)."""
+    logger.error("the results of %s are too large to send: %s", spec.name, exc)
+    payload = _serialization.dumps(MessageTooLargeError(
+        f"the results of {spec.name} could not be sent to the caller: {exc}"))
+    try:
+        conn.send_nowait(("dresult", spec.task_id, [(oid, True, payload) for oid, _e, _d in results]))
+    except Exception as exc2:
+        logger.error("the error of %s could not be sent either: %s", spec.name, exc2)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _method(instance: Any, spec: CallSpec) -> Callable:
+    try:
+        return getattr(instance, spec.method)
+    except AttributeError:
+        def missing(*args: Any, **kwargs: Any) -> Any:
+            raise AttributeError(
+                f"actor {type(instance).__qualname__} has no method {spec.method!r}"
+            )
+        return missing
+
+
+class ThreadedHost(pykka.ThreadingActor):
+    """A user actor whose methods are plain functions (see the module docstring)."""
+
+    use_daemon_thread = True
+
+    def __init__(self, ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: list,
+                 record: dict | None, gate: CallGate) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.spec = spec
+        self.gate = gate
+        self._create = (incarnation, dep_data, record)
+        self.instance: Any = None
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def on_start(self) -> None:
+        spec = self.spec
+        incarnation, dep_data, record = self._create
+        self._create = None  # type: ignore[assignment]
+        task_context.actor_id = spec.actor_id.hex()
+        try:
+            self.instance = self.ctx.construct(spec, dep_data, record)
+        except Exception as exc:
+            self.ctx.ready(spec, incarnation, _format_ctor_error(spec, exc))
+            self.stop()
+            return
+        if spec.max_concurrency > 1:
+            aid = spec.actor_id.hex()
+
+            def init() -> None:
+                task_context.actor_id = aid
+
+            self.pool = concurrent.futures.ThreadPoolExecutor(
+                spec.max_concurrency, thread_name_prefix=f"actor-{aid[:8]}", initializer=init)
+        self.ctx.ready(spec, incarnation, None)
+
+    def on_receive(self, message: Any) -> None:
+        spec, dep_data = message
+        if self.pool is not None:
+            self.pool.submit(self._run_call, spec, dep_data)
+        else:
+            self._run_call(spec, dep_data)
+
+    def _run_call(self, spec: CallSpec, dep_data: list | None) -> None:
+        # A call cancelled while queued is skipped (its refs were answered then);
+        # a running one is never interrupted (``_cancel``).
+        if self.gate.start(spec):
+            self.ctx.run_sync(self.instance, spec, dep_data)
+
+    def on_stop(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _ThreadedHandle:
+    def __init__(self, ref: Any, gate: CallGate) -> None:
+        self.ref = ref
+        self.gate = gate
+
+    def cancel(self, task_id: bytes) -> None:
+        self.gate.cancel(task_id)
+
+    def submit(self, spec: CallSpec, dep_data: list) -> None:
+        self.gate.queued(spec)
+        try:
+            self.ref.tell((spec, dep_data))
+        except pykka.ActorDeadError:
+            pass  # stopped (its constructor raised); the node knows it is dead
+
+    def stop(self) -> None:
+        self.ref.stop(block=False)
+
+
+class AsyncHost:
+    """A user actor with ``async def`` methods: an event loop thread (via anyio)."""
+
+    def __init__(self, ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: list,
+                 record: dict | None) -> None:
+        self.ctx = ctx
+        self.spec = spec
+        self._create = (incarnation, dep_data, record)
+        self.gate = CallGate(ctx.done)
+        self._queue: collections.deque = collections.deque()
+        self._soon: Callable[..., Any] | None = None
+        self._wake_pending = False
+        self._event: Any = None
+        self._thread = threading.Thread(
+            target=self._thread_main, name=f"actor-{spec.actor_id.hex()[:8]}", daemon=True)
+        self._thread.start()
+
+    def submit(self, spec: CallSpec | None, dep_data: list | None) -> None:
+        """Queue a call (``None``: stop) from any thread; wake the loop once."""
+        if spec is not None:
+            self.gate.queued(spec)
+        self._queue.append((spec, dep_data))
+        soon = self._soon
+        if soon is not None and not self._wake_pending:
+            self._wake_pending = True
+            try:
+                soon(self._wake)
+            except RuntimeError:  # the loop is closed: the actor stopped
+                pass
+
+    def stop(self) -> None:
+        self.submit(None, None)
+
+    def cancel(self, task_id: bytes) -> None:
+        """Drop ``task_id`` if queued; cancel it (on the loop) if running."""
+        self.gate.cancel(task_id)
+
+    def _interrupt(self, scope: Any) -> None:
+        soon = self._soon
+        if soon is not None:
+            try:
+                soon(scope.cancel)  # cancel scopes belong to their loop's thread
+            except RuntimeError:  # the loop is closed: the actor stopped
+                pass
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self._event.set()
+
+    def _thread_main(self) -> None:
+        import anyio
+
+        backend = self.spec.async_backend
+        try:
+            anyio.run(self._main, backend=backend)
+        except BaseException as exc:  # noqa: BLE001 - logged: the loop itself failed
+            print(f"actor {self.spec.describe()}: event loop failed: {exc!r}", file=sys.stderr)
+
+    async def _main(self) -> None:
+        import anyio
+        import sniffio
+
+        spec = self.spec
+        incarnation, dep_data, record = self._create
+        self._create = None  # type: ignore[assignment]
+        task_context.actor_id = spec.actor_id.hex()
+        self._event = anyio.Event()
+        on_trio = sniffio.current_async_library() == "trio"
+        if on_trio:
+            self._soon = trio.lowlevel.current_trio_token().run_sync_soon
+        else:
+            import asyncio
+
+            self._soon = asyncio.get_running_loop().call_soon_threadsafe
+        try:
+            instance = self.ctx.construct(spec, dep_data, record)
+        except Exception as exc:
+            self.ctx.ready(spec, incarnation, _format_ctor_error(spec, exc))
+            return
+        self.ctx.ready(spec, incarnation, None)
+        slots = anyio.Semaphore(spec.max_concurrency)
+        run = self.ctx.run_async
+
+        gate = self.gate
+
+        async def one(call: CallSpec, data: list, scope: Any) -> None:
+            try:
+                # cancel(ref) while it runs (_actor_cancel): a Trio cancel scope, or
+                # task.cancel() on asyncio (a scope per call would cost more there).
+                if on_trio:
+                    with scope:
+                        await run(instance, call, data)
+                    cancelled = scope.cancelled_caught
+                else:
+                    cancelled = await run_interruptible(scope, run(instance, call, data))
+                if cancelled:
+                    self.ctx.done(call, cancelled_results(call, "while it ran"))
+            finally:
+                gate.finished(call)
+                slots.release()
+
+        async with anyio.create_task_group() as tg:
+            queue = self._queue
+            while True:
+                while queue:
+                    call, data = queue.popleft()
+                    if call is None:
+                        tg.cancel_scope.cancel()
+                        return
+                    await slots.acquire()  # in arrival order: starts keep their order
+                    scope = trio.CancelScope() if on_trio else TaskInterrupt()
+                    if not gate.start(call, functools.partial(self._interrupt, scope)):
+                        slots.release()  # cancelled while it waited
+                        continue
+                    tg.start_soon(one, call, data, scope)
+                await self._event.wait()
+                self._event = anyio.Event()
+
+
+def _format_ctor_error(spec: ActorSpec, exc: BaseException) -> str:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{type(exc).__name__}: {exc}\n{tb.rstrip()}"
+
+
+def start_host(ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: list,
+               record: dict | None) -> Any:
+    """Start the right host for ``spec``; return an object with ``submit``/``stop``."""
+    if spec.meta.is_async:
+        return AsyncHost(ctx, spec, incarnation, dep_data, record)
+    gate = CallGate(ctx.done)
+    return _ThreadedHandle(ThreadedHost.start(ctx, spec, incarnation, dep_data, record, gate),
+                           gate)

@@ -1,0 +1,228 @@
+"""Running user code in a worker: tasks as Pykka actors beside the worker's Trio loop.
+
+A worker process has two sides. Its Trio loop (main thread) keeps the link to the
+node: it receives ``execute`` messages, fetches and caches functions, and answers
+the node at once, whatever user code is doing. User code never runs on it: each task
+runs in an executor, a Pykka threading actor, and reports back to the loop with
+``TrioToken.run_sync_soon`` (non-blocking). A task that calls ``get`` or ``.remote()``
+enters the loop through the core worker like a driver does.
+
+A task is an ephemeral actor: it has its own identity (its task id), a lifecycle
+(``running`` until it reports), appears under its worker in ``actorcore tree`` while it
+runs, and is gone afterwards. Physically, the executor actor and its thread are reused
+across the tasks of a worker: starting a Pykka actor costs ~230 µs here (a thread
+start), more than a whole small task; reuse keeps one task per executor at a time, so
+the semantics are the same. An executor that fails (a ``BaseException`` escaping user
+code, e.g. ``SystemExit``) is replaced by a fresh one.
+
+Cancellation: ``cancel(ref)`` without ``force`` raises ``TaskCancelledError`` inside
+the running task (``PyThreadState_SetAsyncExc``) and wakes it if it waits in ``get``;
+with ``force`` the node kills the worker process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from ..core_worker._worker_state import task_context
+from ..exceptions import SerializationError, TaskCancelledError
+from ..protocol import _serialization
+from ..protocol._messages import TaskSpec
+
+__all__ = ["Executor", "encode_returns", "run_task"]
+
+logger = logging.getLogger("actorcore.executor")
+
+
+def _retryable(spec: TaskSpec, exc: BaseException) -> bool:
+    rule = spec.retry_exceptions
+    if rule is False or spec.max_retries == 0:
+        return False
+    if rule is True:
+        return True
+    try:
+        types = _serialization.loads(rule)
+    except Exception as err:  # e.g. the exception classes cannot be imported here
+        logger.warning("task %s: its retry_exceptions could not be decoded (%r); "
+                       "the %s it raised is not retried", spec.name, err, type(exc).__name__)
+        return False
+    return isinstance(exc, types)
+
+
+def _plain_encode(oid: bytes, value: Any) -> bytes:
+    return _serialization.dumps(value, what="the return value")
+
+
+def _plain_decode(oid: bytes, data: bytes) -> Any:
+    return _serialization.loads(data)
+
+
+def run_task(
+    spec: TaskSpec,
+    function: Callable,
+    dep_data: list[tuple[bool, bytes]],
+    node_id: str,
+    encode: Callable[[bytes, Any], bytes] = _plain_encode,
+    decode: Callable[[bytes, bytes], Any] = _plain_decode,
+) -> tuple[list[tuple[bytes, bool, bytes]], bool]:
+    """Run one task in the calling thread; return ``(results, retryable)``.
+
+    ``encode(object_id, value)`` serialises a result (into the store when large);
+    ``decode(object_id, data)`` reads a dependency.
+    """
+    pid = os.getpid()
+    return_ids = spec.return_ids()
+    task_context.task_id = spec.task_id
+    task_context.spec = spec
+    try:
+        try:
+            deps = [
+                decode(oid, data) for oid, (_is_error, data) in zip(spec.deps, dep_data, strict=True)
+            ]
+            args, kwargs = _serialization.loads_args(spec.args, deps)
+            value = function(*args, **kwargs)
+        except TaskCancelledError as exc:
+            # The interrupt raises the bare class (no task id): name the task instead.
+            text = str(exc) if exc.task_id is not None else (
+                f"task {spec.name} was cancelled while it ran")
+            payload = _serialization.dumps(TaskCancelledError(spec.task_id, text))
+            return [(oid, True, payload) for oid in return_ids], False
+        except Exception as exc:
+            tb = traceback.format_exc()
+            payload = _serialization.error_payload(exc, spec.name, pid, node_id, tb)
+            return [(oid, True, payload) for oid in return_ids], _retryable(spec, exc)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, ... in user code
+            # Reported like any error (the executor and the worker live on); never
+            # retried: the code asked to stop.
+            tb = traceback.format_exc()
+            payload = _serialization.error_payload(exc, spec.name, pid, node_id, tb)
+            return [(oid, True, payload) for oid in return_ids], False
+        return encode_returns(spec, value, node_id, encode), False
+    finally:
+        task_context.task_id = None
+        task_context.spec = None
+
+
+def encode_returns(
+    spec: Any, value: Any, node_id: str, encode: Callable[[bytes, Any], bytes], what: str = "task"
+) -> list[tuple[bytes, bool, bytes]]:
+    """The results ``(object_id, is_error, data)`` of a call that returned ``value``.
+
+    ``spec`` is a task's ``TaskSpec`` or an actor method call's ``CallSpec`` (its
+    ``name``, ``num_returns`` and ``return_ids()``); ``what`` names it in the error when
+    ``value`` is not ``num_returns`` values. A value that cannot be encoded becomes
+    that return's error; the others are still returned.
+    """
+    pid = os.getpid()
+    return_ids = spec.return_ids()
+    n = spec.num_returns
+    if n <= 1:
+        values = [value if n == 1 else None]
+    else:
+        try:
+            values = list(value)
+        except TypeError:
+            values = []
+        if len(values) != n:
+            err = ValueError(
+                f"{what} {spec.name} has num_returns={n} but returned "
+                f"{type(value).__name__} {value!r:.80}, not a sequence of {n} values"
+            )
+            payload = _serialization.error_payload(err, spec.name, pid, node_id, str(err))
+            return [(oid, True, payload) for oid in return_ids]
+    results = []
+    for oid, v in zip(return_ids, values, strict=True):
+        try:
+            results.append((oid, False, encode(oid, v)))
+        except SerializationError as exc:
+            payload = _serialization.error_payload(
+                exc, spec.name, pid, node_id, f"{type(exc).__name__}: {exc}\n"
+            )
+            results.append((oid, True, payload))
+        except Exception as exc:
+            # Storing the value failed (the store is full, its link is gone, ...): this
+            # return is an error, the executor and the caller's other returns live on.
+            # An escape here would kill the executor with the call unanswered for ever.
+            logger.warning("%s %s: storing return %s failed: %r", what, spec.name, oid.hex(), exc)
+            payload = _serialization.error_payload(
+                exc, spec.name, pid, node_id, traceback.format_exc()
+            )
+            results.append((oid, True, payload))
+    return results
+
+
+class Executor(pykka.ThreadingActor):
+    """A Pykka actor that runs tasks one at a time and reports to the Trio loop."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        report: Callable[[TaskSpec, list, bool, float], None],
+        node_id: str,
+        register: Callable[[Executor], None] | None = None,
+        encode: Callable[[bytes, Any], bytes] = _plain_encode,
+        decode: Callable[[bytes, bytes], Any] = _plain_decode,
+    ) -> None:
+        super().__init__()
+        self._encode = encode
+        self._decode = decode
+        if register is not None:
+            register(self)
+        self._report = report
+        self._node_id = node_id
+        self.thread_ident: int | None = None
+        self.current: TaskSpec | None = None
+        self._lock = threading.Lock()
+
+    def on_start(self) -> None:
+        self.thread_ident = threading.get_ident()
+
+    def on_receive(self, message: Any) -> None:
+        spec, function, dep_data = message
+        with self._lock:
+            self.current = spec
+        started = time.monotonic()
+        try:
+            results, retry = run_task(
+                spec, function, dep_data, self._node_id, self._encode, self._decode
+            )
+        except TaskCancelledError:
+            # The async exception landed outside user code: still a cancellation.
+            payload = _serialization.dumps(
+                TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled while it ran"))
+            results, retry = [(oid, True, payload) for oid in spec.return_ids()], False
+        except Exception as exc:
+            # A failure outside user code (e.g. reporting an error that would not
+            # pickle): the task fails, the executor keeps serving. Unreported, the
+            # task would hold its worker and CPU for ever.
+            logger.exception("task %s: the executor failed running it", spec.name)
+            payload = _serialization.error_payload(
+                exc, spec.name, os.getpid(), self._node_id, traceback.format_exc()
+            )
+            results, retry = [(oid, True, payload) for oid in spec.return_ids()], False
+        finally:
+            with self._lock:
+                self.current = None
+        self._report(spec, results, retry, time.monotonic() - started)
+
+    def interrupt(self, task_id: bytes) -> bool:
+        """Raise ``TaskCancelledError`` in the thread if it still runs ``task_id``."""
+        with self._lock:
+            if self.current is None or self.current.task_id != task_id:
+                return False
+            if self.thread_ident is None:
+                return False
+            n = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self.thread_ident), ctypes.py_object(TaskCancelledError)
+            )
+            return n == 1

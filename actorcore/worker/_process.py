@@ -1,0 +1,325 @@
+"""``python -m actorcore.worker``: a worker process (started by its node's pool).
+
+The worker connects to its node over the node's Unix socket, registers, and then
+runs what the node sends. Its main thread is the core loop (Trio): it keeps the link,
+the core worker (so tasks can submit nested tasks and ``get``), and the function
+cache. User code runs in an ``Executor`` Pykka actor (see ``_executor``). The worker
+exits when its link to the node dies: a worker never outlives its node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import pickle
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+import transport
+
+from ..core_worker import _worker_state
+from ..core_worker._core_worker import CoreWorker
+from ..core_worker._store_link import STORE, encode_value
+from ..core_worker._worker_state import task_context
+from ..protocol._ids import id_prefix, short
+from ..protocol._messages import TaskSpec
+from ._executor import Executor
+
+__all__ = ["load_function", "main", "run_main"]
+
+logger = logging.getLogger("actorcore.worker")
+
+
+class WorkerProcess:
+    #: Seconds to connect to the node and finish the handshake (the node passes
+    #: ``--connect-timeout``: its own start deadline for this process).
+    connect_timeout: float = 10.0
+
+    def __init__(
+        self, worker_id: bytes, node_id: bytes, index: int, store_address: str | None = None
+    ) -> None:
+        self.store_address = store_address
+        self.worker_id = worker_id
+        self.node_id = node_id
+        self.index = index
+        self.core: CoreWorker | None = None
+        self.functions: dict[bytes, Any] = {}
+        self._executors: list[Executor] = []
+        self._pending: collections.deque = collections.deque()
+        self._owner_addr: dict[bytes, str] = {}
+        self._owner_conns: dict[str, Any] = {}
+        self._token = b""
+        self._running: dict[bytes, bool] = {}  # task id -> blocked in get
+        self._free: collections.deque = collections.deque()
+        self._nursery: trio.Nursery | None = None
+
+    async def handle(self, conn: Any, message: Any, reply: Any) -> None:
+        op = message[0]
+        if op == "execute":
+            if len(message) > 3:  # the owner listens for results pushed directly
+                self._owner_addr[message[1].task_id] = message[3]
+            self._execute(message[1], message[2])
+        elif op == "ready":
+            if self.core is not None:
+                self.core.on_objects_ready(message[1])
+        elif op == "cancel":
+            task_id = message[1]
+            for i, item in enumerate(self._pending):
+                if item[0].task_id == task_id:  # queued here, not started: drop it
+                    del self._pending[i]
+                    self._report_cancelled(item[0])
+                    return
+            for executor in list(self._executors):
+                executor.interrupt(task_id)
+            if self.core is not None:
+                self.core.cancel_task_waits(task_id)
+        elif op == "release":
+            if self.core is not None and self.core.store is not None:
+                self.core.store.release_soon(message[1])
+        elif op == "exit":
+            os._exit(0)
+        else:
+            raise ValueError(f"worker: unknown message {op!r}")
+
+    def _new_executor(self) -> Any:
+        """Start one more executor actor (a task runs in one while others are blocked)."""
+        core = self.core
+        assert core is not None
+        free = self._free
+
+        encode, decode = value_codec(core)
+        holder: list[Executor] = []
+
+        token = core.trio_token
+
+        def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
+            core.task_finished(spec.task_id)
+            free.append(ref)  # free again before the node hears we are done
+            # One wake-up of the loop per task: it sends the results and starts the next.
+            token.run_sync_soon(self._finished, spec.task_id, results, retry)
+
+        ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode)
+        self._executors.append(holder[0])
+        return ref
+
+    def _take_executor(self) -> Any:
+        while self._free:
+            ref = self._free.pop()
+            if ref.is_alive():
+                return ref
+        return self._new_executor()
+
+    # The node may queue a task or two here behind the running one (pipelining).
+    # They start in order, one at a time; when every running task is blocked in
+    # ``get`` the next one starts in another executor (the node counts the same way).
+
+    def _execute(self, spec: TaskSpec, dep_data: list) -> None:
+        fn = self.functions.get(spec.function_id)
+        if fn is None:
+            fn = _FunctionLoader(self, spec.function_id)
+        self._pending.append((spec, fn, dep_data))
+        self._pump()
+
+    def _pump(self) -> None:
+        running = self._running
+        while self._pending and not any(not blocked for blocked in running.values()):
+            spec, fn, dep_data = self._pending.popleft()
+            running[spec.task_id] = False
+            self._take_executor().tell((spec, fn, dep_data))
+
+    def _finished(self, task_id: bytes, results: list, retry: bool) -> None:
+        """A task ended (core loop): results to the owner directly when it listens
+        (a driver on this node: one hop less than through the node), "done" to the
+        node (which records them and delivers them if we did not)."""
+        core = self.core
+        assert core is not None
+        pushed = False
+        address = self._owner_addr.pop(task_id, None)
+        if address is not None and not retry:
+            conn = self._owner_conns.get(address)
+            if conn is not None and not conn.closed:
+                try:
+                    conn.send_nowait(("ready", results))
+                    pushed = True
+                except Exception as exc:  # the node delivers them instead
+                    logger.debug("pushing results to their owner at %s failed: %r", address, exc)
+            elif address not in self._owner_conns and self._nursery is not None:
+                self._owner_conns[address] = None
+                self._nursery.start_soon(self._dial_owner, address)
+        core.append_unsent(("done", task_id, results, retry, pushed))
+        core.flush_now()
+        self._running.pop(task_id, None)
+        self._pump()
+
+    async def _dial_owner(self, address: str) -> None:
+        try:
+            self._owner_conns[address] = await transport.connect(
+                address, self._token, name=f"worker_{self.index}", connect_timeout=5
+            )
+        except Exception as exc:  # results keep going through the node
+            logger.info("cannot reach owner at %s: %s", address, exc)
+
+    def _blocked(self, task_id: bytes, blocked: bool) -> None:
+        if task_id in self._running:
+            self._running[task_id] = blocked
+            self._pump()
+
+    def _report_cancelled(self, spec: TaskSpec) -> None:
+        from ..exceptions import TaskCancelledError
+        from ..protocol._serialization import dumps
+
+        assert self.core is not None
+        payload = dumps(TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled"))
+        results = [(oid, True, payload) for oid in spec.return_ids()]
+        self.core._enqueue(("done", spec.task_id, results, False))
+
+    async def run(self, address: str, token: bytes) -> None:
+        self._token = token
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            client = transport.Client(
+                address, token, name=f"worker_{self.index}", handler=self.handle,
+                connect_timeout=self.connect_timeout,
+            )
+            conn = await nursery.start(client.run)
+            # The core worker and executor exist before we register: the node may
+            # send work the moment it has our hello.
+            core = self.new_core("worker", conn, address)
+            loop_token = core.trio_token
+            core.on_blocked = lambda tid, flag: loop_token.run_sync_soon(self._blocked, tid, flag)
+            await core.serve(nursery, self.store_address, token)
+            self._free.append(self._new_executor())
+            await self.hello("worker", conn)
+
+    def new_core(self, role: str, conn: Any, address: str) -> CoreWorker:
+        """This process's core worker (``role`` "worker" or "actor_worker"), installed
+        as the one ``get``/``.remote()`` in user code go through."""
+        core = CoreWorker(
+            role=role,
+            worker_id=self.worker_id,
+            job_id=b"\0\0\0\0",
+            node_id=self.node_id,
+            conn=conn,
+            node_address=address,
+        )
+        core.current_task_id = lambda: getattr(task_context, "task_id", None)
+        self.core = core
+        _worker_state.set_core(core)
+        return core
+
+    async def hello(self, role: str, conn: Any) -> None:
+        """Register with the node (it may send work at once) and learn the GCS address."""
+        assert self.core is not None
+        info = await conn.request(
+            ("hello", role, self.worker_id, os.getpid(), {"id_prefix": id_prefix()}), timeout=30)
+        self.core.gcs_address = info.get("gcs_address")
+
+
+def value_codec(
+    core: CoreWorker,
+) -> tuple[Callable[[bytes, Any], bytes], Callable[[bytes, Any], Any]]:
+    """How user code in this process encodes return values and decodes arguments:
+    small values inline (pickled), large ones through the node's store."""
+
+    def encode(oid: bytes, value: Any) -> bytes:
+        return encode_value(value, oid, core.store, what="the return value")
+
+    def decode(oid: bytes, data: Any) -> Any:
+        if data == STORE:
+            assert core.store is not None
+            return core.store.get(oid)
+        return pickle.loads(data)
+
+    return encode, decode
+
+
+class _FunctionLoader:
+    """Fetches (once) and unpickles a function in the executor thread: imports run
+    user code, and the fetch is a blocking request through the core loop."""
+
+    def __init__(self, worker: WorkerProcess, function_id: bytes) -> None:
+        self.worker = worker
+        self.function_id = function_id
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        worker = self.worker
+        fn = worker.functions.get(self.function_id)
+        if fn is None:
+            assert worker.core is not None
+            fn = load_function(worker.core, self.function_id)
+            worker.functions[self.function_id] = fn
+        return fn(*args, **kwargs)
+
+
+def load_function(core: CoreWorker, function_id: bytes, record: dict | None = None) -> Any:
+    """Unpickle a registered function or class (in a user thread: unpickling imports
+    user modules). ``record`` is the GCS's ``{"blob", "sys_path"}``; without it, it is
+    fetched from the node, a blocking request through the core loop."""
+    if record is None:
+        record = trio.from_thread.run(
+            core.conn.request, ("get_function", function_id), 60,
+            trio_token=core.trio_token,
+        )
+    for path in record.get("sys_path") or ():
+        if path not in sys.path:
+            sys.path.append(path)
+    return pickle.loads(record["blob"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_main("python -m actorcore.worker", argv)
+
+
+def run_main(
+    prog: str,
+    argv: list[str] | None,
+    worker_class: type[WorkerProcess] = WorkerProcess,
+    add_arguments: Callable[[argparse.ArgumentParser], object] | None = None,
+    before_start: Callable[[argparse.Namespace], object] | None = None,
+) -> None:
+    """The main of a worker process (``actorcore.worker``, ``actorcore.worker._actor_process``):
+    parse the command line the pool gives it (plus ``add_arguments``), run a
+    ``worker_class`` until its link to the node ends, then exit the process."""
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--address", required=True)
+    p.add_argument("--worker-id", required=True)
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--store-address")
+    p.add_argument("--connect-timeout", type=float, default=WorkerProcess.connect_timeout)
+    if add_arguments is not None:
+        add_arguments(p)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    token = bytes.fromhex(os.environ.pop("ACTORCORE_TOKEN"))
+    logging.basicConfig(
+        level=logging.WARNING,
+        format=f"%(asctime)s worker_{args.index} %(levelname)s %(name)s: %(message)s",
+    )
+    if before_start is not None:
+        before_start(args)
+    worker = worker_class(
+        bytes.fromhex(args.worker_id), bytes.fromhex(args.node_id), args.index, args.store_address
+    )
+    worker.connect_timeout = args.connect_timeout
+    code = 0
+    try:
+        trio.run(worker.run, args.address, token)
+    except BaseException as exc:  # the node went away, or we were told to stop
+        if not isinstance(exc, KeyboardInterrupt):
+            print(
+                f"worker_{args.index} (node {short(args.node_id)}): exiting: {exc!r}",
+                file=sys.stderr,
+            )
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
