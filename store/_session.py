@@ -92,7 +92,7 @@ def cleanup_stale_sessions(shm_dir: str = DEFAULT_SHM_DIR, *, name_prefix: str =
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` runs; a zombie is dead (a killed node re-parented to a
     pid 1 that does not reap would otherwise keep its arena for ever). The runtime's
-    ``actorcore._session.pid_alive`` is the same test: store imports nothing above it."""
+    ``actorcore.session.pid_alive`` is the same test: store imports nothing above it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
