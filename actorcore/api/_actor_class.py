@@ -20,46 +20,17 @@ from typing import Any
 
 from ..core_worker import _worker_state
 from ..core_worker._object_ref import ObjectRef
-from ..core_worker._worker_state import task_context
 from ..protocol._actors import ActorSpec, ClassMeta, MethodMeta
 from ..protocol._ids import new_task_id
 from ..protocol._serialization import dumps_args
-from ._actor_handle import ActorHandle, check_call_args, request_node
+from ._actor_handle import ActorHandle, check_call_args, default_namespace, request_node
 from ._options import resources_of, validate_actor_options
 from ._remote_function import FunctionExport
 
-__all__ = ["ActorClass", "make_actor_class", "default_namespace"]
+__all__ = ["ActorClass", "make_actor_class"]
 
 #: Concurrency of an async actor when ``max_concurrency`` is not given (as Ray's).
 DEFAULT_ASYNC_CONCURRENCY = 1000
-
-_namespace: list[str | None] = [None]
-
-#: Job id -> its namespace, as the node told a worker process (asked once per job).
-_job_namespaces: dict[bytes, str] = {}
-
-
-def default_namespace() -> str:
-    """The namespace of the job the caller works for: where its named actors go and
-    are looked up when none is given. A driver's is what ``init(namespace=)`` said
-    ("default" without one); its tasks and actors, in other processes, have the same.
-    An actor carries it in its spec; a task's process asks the node once per job."""
-    core = _worker_state.core
-    if core is None or core.role == "driver":
-        return _namespace[0] or "default"
-    actor = _worker_state.actors.get(getattr(task_context, "actor_id", None) or "")
-    if actor is not None:
-        return actor.namespace
-    job_id = core.current_job_id()
-    ns = _job_namespaces.get(job_id)
-    if ns is None:
-        ns = core.call_sync("job_namespace", job_id) or "default"
-        _job_namespaces[job_id] = ns
-    return ns
-
-
-def set_default_namespace(namespace: str | None) -> None:
-    _namespace[0] = namespace
 
 
 def _method_meta(fn: Any, options: dict[str, Any]) -> MethodMeta:

@@ -35,13 +35,44 @@ from ..core_worker import _worker_state
 from ..core_worker._core_worker import _Entry
 from ..core_worker._direct_calls import cancel_call, detach, drop_actor, submit_call
 from ..core_worker._object_ref import ObjectRef
+from ..core_worker._worker_state import task_context
 from ..exceptions import ActorcoreError, ActorcoreSystemError
 from ..protocol._actors import CallSpec, ClassMeta, MethodMeta
 from ..protocol._ids import new_task_id, return_ids
 from ..protocol._serialization import dumps_args
 
 __all__ = ["ActorHandle", "ActorMethod", "get_actor", "kill", "check_call_args", "request_node",
-           "cancel_actor_call"]
+           "cancel_actor_call", "default_namespace", "set_default_namespace"]
+
+# The namespace of this process's named actors, set by ``init(namespace=)``.
+_namespace: list[str | None] = [None]
+
+#: Job id -> its namespace, as the node told a worker process (asked once per job).
+_job_namespaces: dict[bytes, str] = {}
+
+
+def default_namespace() -> str:
+    """The namespace of the job the caller works for: where its named actors go and
+    are looked up when none is given. A driver's is what ``init(namespace=)`` said
+    ("default" without one); its tasks and actors, in other processes, have the same.
+    An actor carries it in its spec; a task's process asks the node once per job."""
+    core = _worker_state.core
+    if core is None or core.role == "driver":
+        return _namespace[0] or "default"
+    actor = _worker_state.actors.get(getattr(task_context, "actor_id", None) or "")
+    if actor is not None:
+        return actor.namespace
+    job_id = core.current_job_id()
+    ns = _job_namespaces.get(job_id)
+    if ns is None:
+        ns = core.call_sync("job_namespace", job_id) or "default"
+        _job_namespaces[job_id] = ns
+    return ns
+
+
+def set_default_namespace(namespace: str | None) -> None:
+    _namespace[0] = namespace
+
 
 logger = logging.getLogger("actorcore.actor_handle")
 
@@ -264,8 +295,6 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     Raises ``ValueError`` naming the name and namespace if there is none (never
     created, or dead: a dead actor's name is free again).
     """
-    from ._actor_class import default_namespace
-
     if not isinstance(name, str) or not name:
         raise ValueError(f"get_actor(name={name!r}): expected a non-empty str")
     if namespace is not None and (not isinstance(namespace, str) or not namespace):
