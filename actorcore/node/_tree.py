@@ -20,23 +20,74 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
+import transport
+
 from ..kernel import ChildSpec, Supervisor
 from .global_scheduler._scheduler import GlobalScheduler
-from .local_scheduler._scheduler import LocalScheduler
-from .worker_pool._pool import WorkerPool
+from .local_scheduler._scheduler import LocalScheduler, SchedulerState
+from .worker_pool._pool import PoolState, WorkerPool
 
-if TYPE_CHECKING:
-    from ._runtime import NodeRuntime
-
-__all__ = ["build_tree"]
+__all__ = ["TreeHost", "build_tree"]
 
 
-def build_tree(node: NodeRuntime) -> Supervisor:
+class _TreeConfig(Protocol):
+    """The parts of ``NodeConfig`` the tree reads."""
+
+    @property
+    def head(self) -> bool: ...
+    @property
+    def use_gcs(self) -> bool: ...
+    @property
+    def gcs_shards(self) -> int: ...
+    @property
+    def gcs_replicas(self) -> int: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def token(self) -> bytes: ...
+
+
+class TreeHost(Protocol):
+    """What the tree reads and sets on the node (``_runtime.NodeRuntime``).
+
+    The node builds its tree from itself; naming here the parts the tree uses keeps
+    this module below ``_runtime`` (which imports ``build_tree``) instead of the two
+    importing each other.
+    """
+
+    # Set by the tree: the worker pool component, the GCS plan (head), the TCP address.
+    _pool_component: list[WorkerPool]
+    _gcs_plan: Any
+    tcp_address: str | None
+
+    @property
+    def config(self) -> _TreeConfig: ...
+    @property
+    def control(self) -> Any: ...
+    @property
+    def node_hex(self) -> str: ...
+    @property
+    def pool(self) -> PoolState: ...
+    @property
+    def sched(self) -> SchedulerState: ...
+    @property
+    def unix_address(self) -> str: ...
+    @property
+    def _infeasible_recv(self) -> trio.MemoryReceiveChannel[Any]: ...
+    @property
+    def _server(self) -> transport.Server: ...
+    @property
+    def _tcp_server(self) -> transport.Server | None: ...
+    @property
+    def _store_service(self) -> Any: ...
+
+
+def build_tree(node: TreeHost) -> Supervisor:
     """The node's supervision tree (see the module docstring), GCS included on a head."""
     pool_component: list[WorkerPool] = []
 
@@ -100,7 +151,7 @@ class _RpcServer:
     exited with its link, and the actors in them died.
     """
 
-    def __init__(self, node: NodeRuntime) -> None:
+    def __init__(self, node: TreeHost) -> None:
         self.node = node
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
@@ -130,7 +181,7 @@ class _RpcServer:
 class _ControlService:
     """The ``gcs`` component when the node keeps control state in memory."""
 
-    def __init__(self, node: NodeRuntime) -> None:
+    def __init__(self, node: TreeHost) -> None:
         self.node = node
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:

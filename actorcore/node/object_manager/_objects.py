@@ -10,7 +10,7 @@ of them is freed.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
@@ -19,11 +19,9 @@ import transport
 from ...core_worker._store_link import STORE
 from ...protocol._ids import task_id_of
 from ...protocol._messages import TaskSpec
+from ._directory import ObjectDirectory
 
-if TYPE_CHECKING:
-    from .._runtime import NodeRuntime
-
-__all__ = ["FETCH_LOST_AFTER", "NodeObjects"]
+__all__ = ["FETCH_LOST_AFTER", "NodeObjects", "ObjectsHost"]
 
 logger = logging.getLogger("actorcore.node")
 
@@ -31,10 +29,34 @@ logger = logging.getLogger("actorcore.node")
 FETCH_LOST_AFTER = 5.0
 
 
+class _Tasks(Protocol):
+    def knows_task(self, task_id: bytes) -> bool: ...
+
+
+class ObjectsHost(Protocol):
+    """What ``NodeObjects`` uses of the node (``node._runtime.NodeRuntime``).
+
+    Named here so that this module stays below the node runtime, which creates a
+    ``NodeObjects`` with itself, instead of the two importing each other.
+    """
+
+    @property
+    def directory(self) -> ObjectDirectory: ...
+    @property
+    def control(self) -> Any: ...
+    @property
+    def sched(self) -> _Tasks: ...
+    @property
+    def store_link(self) -> Any: ...
+    @property
+    def _nursery(self) -> trio.Nursery | None: ...
+    def _owned_by(self, conn: Any) -> set[bytes] | None: ...
+
+
 class NodeObjects:
     """The node's objects: directory messages, store refs and live-return counts."""
 
-    def __init__(self, node: NodeRuntime) -> None:
+    def __init__(self, node: ObjectsHost) -> None:
         self.node = node
         #: oid -> "pending" | "held" | "drop": the node's own store ref on the object.
         self.store_refs: dict[bytes, str] = {}
