@@ -34,9 +34,9 @@ from .api._api import (
     wait,
 )
 from .api._remote_function import RemoteFunction
+from .api._supervisor import SupervisorRef, supervisor
 from .core_worker._object_ref import ObjectRef
 from .node.actor_manager._introspect import ActorManagerStatistics
-from .node.actor_manager._user_supervision import SupervisorRef, supervisor
 from .node.gcs_client._control import ControlStatistics
 from .node.local_scheduler._scheduler import SchedulerStatistics
 from .node.object_manager._directory import DirectoryStatistics

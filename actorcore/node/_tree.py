@@ -85,6 +85,8 @@ class TreeHost(Protocol):
     def _tcp_server(self) -> transport.Server | None: ...
     @property
     def _store_service(self) -> Any: ...
+    @property
+    def _nursery(self) -> trio.Nursery: ...  # where the links live (they outlive rpc_server)
 
 
 def build_tree(node: TreeHost) -> Supervisor:

@@ -1,4 +1,4 @@
-"""User actors under the kernel's supervisors (beyond Ray).
+"""User actors under the kernel's supervisors (beyond Ray): the node's side.
 
 ::
 
@@ -7,7 +7,8 @@
     a = Stage.options(supervisor=sup).remote(1)
     b = Stage.options(supervisor=sup).remote(2)
 
-``supervisor(...)`` starts a kernel ``Supervisor`` inside the node's tree (a
+``supervisor(...)`` (``api._supervisor``, in the caller) asks the node, and
+``start_user_supervisor`` here starts a kernel ``Supervisor`` inside the node's tree (a
 ``transient`` child of ``node``, kind ``user_supervisor``). If it crashes (e.g.
 ``faults.crash("<name>")``) the node restarts it, and the fresh supervisor
 re-creates its actors in order, as an Erlang parent restarts a child supervisor;
@@ -33,50 +34,11 @@ from typing import Any
 
 import trio
 
-from ...api._actor_handle import request_node
-from ...core_worker import _worker_state
-from ...kernel import STRATEGIES, ChildSpec, Supervisor, SupervisorFailed
+from ...kernel import ChildSpec, Supervisor, SupervisorFailed
 
-__all__ = ["SupervisorRef", "supervisor", "start_user_supervisor"]
+__all__ = ["start_user_supervisor"]
 
 logger = logging.getLogger("actorcore.actors")
-
-
-class SupervisorRef:
-    """A user supervisor, by name; pass it as ``A.options(supervisor=ref)``."""
-
-    __slots__ = ("name", "strategy")
-
-    def __init__(self, name: str, strategy: str) -> None:
-        self.name = name
-        self.strategy = strategy
-
-    def __repr__(self) -> str:
-        return f"SupervisorRef({self.name!r}, {self.strategy})"
-
-    def __reduce__(self) -> Any:
-        return (SupervisorRef, (self.name, self.strategy))
-
-
-def supervisor(name: str, *, strategy: str = "one_for_one", max_restarts: int = 3,
-               max_seconds: float = 5.0) -> SupervisorRef:
-    """Start a supervisor for user actors in the node's tree (see the module docs)."""
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ValueError(f"supervisor(name={name!r}): expected a non-empty str without '/'")
-    if strategy not in STRATEGIES:
-        raise ValueError(
-            f"supervisor(strategy={strategy!r}): must be one of {', '.join(STRATEGIES)}"
-        )
-    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-        raise ValueError(f"supervisor(max_restarts={max_restarts!r}): must be an int >= 0")
-    if isinstance(max_seconds, bool) or not isinstance(max_seconds, int | float) or not (
-        max_seconds > 0
-    ):
-        raise ValueError(f"supervisor(max_seconds={max_seconds!r}): must be a number > 0")
-    core = _worker_state.current_core()
-    request_node(core, ("actor_req", "supervisor", name, strategy, max_restarts,
-                        float(max_seconds)))
-    return SupervisorRef(name, strategy)
 
 
 class ProcessDied(Exception):
