@@ -52,8 +52,7 @@ import transport
 
 from ..exceptions import ActorcoreSystemError, MessageTooLargeError
 from ..protocol import _serialization
-from ..protocol._actors import CallSpec
-from ..worker._cancel import cancelled_results
+from ..protocol._actors import CallSpec, cancelled_results
 from ._core_worker import _LINK_DOWN
 from ._store_link import STORE
 

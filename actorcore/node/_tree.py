@@ -86,7 +86,7 @@ class TreeHost(Protocol):
     @property
     def _store_service(self) -> Any: ...
     @property
-    def _nursery(self) -> trio.Nursery: ...  # where the links live (they outlive rpc_server)
+    def _nursery(self) -> trio.Nursery | None: ...  # where links live (they outlive rpc_server)
 
 
 def build_tree(node: TreeHost) -> Supervisor:

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import attrs
 
+from ..exceptions import TaskCancelledError
+from . import _serialization
 from ._ids import return_ids
 
-__all__ = ["ActorSpec", "CallSpec", "ClassMeta", "MethodMeta"]
+__all__ = ["ActorSpec", "CallSpec", "ClassMeta", "MethodMeta", "cancelled_results"]
 
 
 @attrs.frozen(slots=True)
@@ -134,3 +136,10 @@ class CallSpec:
 
     def return_ids(self) -> list[bytes]:
         return return_ids(self.task_id, max(self.num_returns, 1))
+
+
+def cancelled_results(spec: CallSpec, when: str) -> list[tuple[bytes, bool, bytes]]:
+    """The results of a cancelled call: ``TaskCancelledError`` for each of its refs."""
+    payload = _serialization.dumps(
+        TaskCancelledError(spec.task_id, f"actor call {spec.name} was cancelled {when}"))
+    return [(oid, True, payload) for oid in spec.return_ids()]

@@ -45,8 +45,8 @@ from ..core_worker._store_link import STORE
 from ..core_worker._worker_state import task_context
 from ..exceptions import MessageTooLargeError
 from ..protocol import _serialization
-from ..protocol._actors import ActorSpec, CallSpec
-from ._cancel import CallGate, TaskInterrupt, cancelled_results, run_interruptible
+from ..protocol._actors import ActorSpec, CallSpec, cancelled_results
+from ._cancel import CallGate, TaskInterrupt, run_interruptible
 from ._executor import encode_returns, run_task
 from ._process import load_function
 

@@ -28,18 +28,9 @@ from typing import Any
 
 import attrs
 
-from ..exceptions import TaskCancelledError
-from ..protocol import _serialization
-from ..protocol._actors import CallSpec
+from ..protocol._actors import CallSpec, cancelled_results
 
-__all__ = ["CallGate", "CallGateStatistics", "TaskInterrupt", "cancelled_results", "run_interruptible"]
-
-
-def cancelled_results(spec: CallSpec, when: str) -> list[tuple[bytes, bool, bytes]]:
-    """The results of a cancelled call: ``TaskCancelledError`` for each of its refs."""
-    payload = _serialization.dumps(
-        TaskCancelledError(spec.task_id, f"actor call {spec.name} was cancelled {when}"))
-    return [(oid, True, payload) for oid in spec.return_ids()]
+__all__ = ["CallGate", "CallGateStatistics", "TaskInterrupt", "run_interruptible"]
 
 
 @attrs.frozen(kw_only=True)
