@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from ..core_worker import _worker_state
 from ..core_worker._object_ref import ObjectRef
 from ..session._launcher import HeadProcess, find_cluster, start_head
@@ -133,8 +135,9 @@ def init(
     """
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    _check_resource_args(num_cpus, num_gpus, resources)
-    from ..session import _security
+    from ..session import _config, _security
+
+    cluster = _config.ClusterConfig.from_init(locals())  # each bad value raised by name
 
     _refuse_unsupported(local_mode, job_config, _system_config, include_dashboard,
                         dashboard_host, dashboard_port)
@@ -158,26 +161,21 @@ def init(
                 "(or pass ignore_reinit_error=True)"
             )
         if address is None:
-            address = os.environ.get("ACTORCORE_ADDRESS") or None
+            address = _config.env_value("ACTORCORE_ADDRESS") or None
         _reclaim_dead_sessions()
-        tls = _security.tls_config(tls_cert, tls_key, tls_ca)
+        tls = cluster.tls()  # the files given, else ACTORCORE_TLS_*
         head: HeadProcess | None = None
         if address is None:
             temp_dir = _directory_option("_temp_dir", _temp_dir)
             spill_dir = _directory_option("object_spilling_directory", object_spilling_directory)
+            if spill_dir is not None:
+                cluster = attrs.evolve(cluster, spill_dir=str(spill_dir))
             head = start_head(
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                resources=resources,
-                object_store_memory=object_store_memory,
-                gcs_shards=gcs_shards,
-                gcs_replicas=gcs_replicas,
-                num_workers=num_workers,
+                cluster,
                 tls=tls,
                 embedded=True,
                 timeout=_node_timeout,
                 temp_dir=temp_dir,
-                spill_dir=spill_dir,
                 env_vars=env_vars,
             )
             node_address, token, info = head.info["address"], head.token, head.info
@@ -370,20 +368,6 @@ def _configure_logging(log_dir: str | None, level: int | None) -> None:
     if runtime.level == logging.NOTSET:
         runtime.setLevel(logging.INFO)  # our own records; transport/store keep theirs
     _state["log_handler"] = handler
-
-
-def _check_resource_args(num_cpus: Any, num_gpus: Any, resources: Any) -> None:
-    for name, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0):
-            raise ValueError(f"init({name}={v!r}): must be a number >= 0")
-    if resources is not None:
-        if not isinstance(resources, dict):
-            raise TypeError(f"init(resources={resources!r}): expected a dict")
-        for k, v in resources.items():
-            if k in ("CPU", "GPU"):
-                raise ValueError(f"init(resources): use num_cpus/num_gpus, not resources[{k!r}]")
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-                raise ValueError(f"init(resources[{k!r}]={v!r}): must be a number >= 0")
 
 
 def shutdown() -> None:

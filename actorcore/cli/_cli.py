@@ -3,9 +3,11 @@
 ::
 
     actorcore start --head [--num-cpus N] [--num-gpus N] [--resources JSON]
-                           [--gcs-shards S] [--gcs-replicas R] [--port P] [--host H]
-                           [--object-store-memory BYTES]
+                           [--object-store-memory BYTES] [--spill-dir DIR]
+                           [--num-workers N] [--gcs-shards S] [--gcs-replicas R]
+                           [--port P] [--host H]
                            [--tls-cert F --tls-key F --tls-ca F] [--insecure]
+                           (the fields of ``session._config.ClusterConfig``)
     actorcore start --address ADDR         (join a cluster: arrives with multi-node)
     actorcore stop
     actorcore status [--address ADDR] [--json]
@@ -90,23 +92,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     if running is not None:
         return _err(f"a cluster is already running on this machine ({running}); "
                     f"run `actorcore stop` first")
-    from ..session import _security
+    from ..session._config import ClusterConfig
 
-    resources = json.loads(args.resources) if args.resources else None
-    tls = _security.tls_config(args.tls_cert, args.tls_key, args.tls_ca)
-    head = start_head(
-        num_cpus=args.num_cpus,
-        num_gpus=args.num_gpus,
-        resources=resources,
-        object_store_memory=args.object_store_memory,
-        gcs_shards=args.gcs_shards,
-        gcs_replicas=args.gcs_replicas,
-        port=args.port,
-        host=args.host,
-        tls=tls,
-        insecure=args.insecure,
-        embedded=False,
-    )
+    config = ClusterConfig.from_namespace(args)
+    head = start_head(config, tls=config.tls(), embedded=False)
     info = head.info
     print("actorcore head node started")
     print(f"  node id      {info['node_id']}")
@@ -323,19 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("start", help="start a head node (or join a cluster)")
     s.add_argument("--head", action="store_true")
     s.add_argument("--address")
-    s.add_argument("--num-cpus", type=float)
-    s.add_argument("--num-gpus", type=float)
-    s.add_argument("--resources", help='JSON, e.g. \'{"TPU": 4}\'')
-    s.add_argument("--gcs-shards", type=int)
-    s.add_argument("--gcs-replicas", type=int)
-    s.add_argument("--port", type=int, help="also listen on TCP (0 picks a port)")
-    s.add_argument("--host", help="interface of the TCP listeners (default 127.0.0.1)")
-    s.add_argument("--object-store-memory", type=int)
-    s.add_argument("--tls-cert", help="this node's certificate (PEM; see `actorcore tls init`)")
-    s.add_argument("--tls-key", help="its private key (PEM)")
-    s.add_argument("--tls-ca", help="the cluster CA certificate (PEM)")
-    s.add_argument("--insecure", action="store_true",
-                   help="allow plaintext TCP on a non-loopback --host")
+    from ..session._config import add_arguments
+
+    add_arguments(s)  # one flag per ClusterConfig field
     s.set_defaults(fn=cmd_start)
     s = sub.add_parser("stop", help="stop the cluster running on this machine")
     s.set_defaults(fn=cmd_stop)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +52,7 @@ import transport
 from ..exceptions import ActorcoreSystemError, MessageTooLargeError
 from ..protocol import _serialization
 from ..protocol._actors import CallSpec, cancelled_results
+from ..session._config import env_value
 from ._core_worker import _LINK_DOWN
 from ._store_link import STORE
 
@@ -60,7 +60,7 @@ __all__ = ["DIRECT_CALLS", "submit_call", "drop_actor", "detach", "cancel_call"]
 
 logger = logging.getLogger("actorcore.actor_direct")
 
-DIRECT_CALLS = os.environ.get("ACTORCORE_DIRECT_CALLS", "1") != "0"
+DIRECT_CALLS: bool = env_value("ACTORCORE_DIRECT_CALLS")
 
 #: Failed discoveries of one actor before its caller stays on the node path.
 MAX_DISCOVERY_FAILURES = 3

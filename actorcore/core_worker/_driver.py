@@ -37,6 +37,7 @@ from ..exceptions import ActorcoreSystemError, NodeDiedError
 from ..protocol._ids import id_prefix, new_job_id, new_worker_id
 from ..session._session import pid_alive
 from ._core_worker import CoreWorker
+from ._direct_calls import DIRECT_CALLS
 
 __all__ = ["DriverLoop", "RECONNECT_WINDOW"]
 
@@ -193,10 +194,11 @@ class DriverLoop:
 
         Only beside a node reached over its Unix socket (same machine, same session
         directory); results then take one hop (worker -> driver) instead of two
-        (measured: ~15 % off a one-at-a-time task here). ``ACTORCORE_NO_DIRECT=1``
-        turns it off (every result then comes through the node).
+        (measured: ~15 % off a one-at-a-time task here). ``ACTORCORE_DIRECT_CALLS=0``
+        turns it off (every result then comes through the node), as it turns off
+        direct actor calls.
         """
-        if not self.address.startswith("unix:") or os.environ.get("ACTORCORE_NO_DIRECT"):
+        if not self.address.startswith("unix:") or not DIRECT_CALLS:
             return None
         sockets = os.path.dirname(self.address[len("unix:"):])
         path = os.path.join(sockets, f"driver-{os.getpid()}-{os.urandom(2).hex()}.sock")

@@ -1,18 +1,13 @@
 """``python -m actorcore.node``: run a node process (see ``_runtime`` for the design).
 
-Started by ``actorcore.init()`` (embedded cluster) or ``actorcore start``. Options:
+Started by ``actorcore.init()`` (embedded cluster) or ``actorcore start``. The
+cluster's options (``--num-cpus``, ``--resources``, ``--tls-cert``, ``--spill-dir``,
+...) are the fields of ``session._config.ClusterConfig``, whose ``node_argv`` the
+launcher passes; besides them:
 
   --session-dir DIR   the session directory (token inside; sockets and logs go there)
   --head              carry the GCS and write session.json / session_latest
-  --num-cpus N, --num-gpus N, --resources JSON, --num-workers N
-  --port P            also listen on TCP (head; 0 picks a port)
-  --host H            the interface of the TCP listeners (node and GCS; default loopback)
-  --tls-cert F, --tls-key F, --tls-ca F
-                      TLS 1.3 with mutual certificates on every TCP link (else read
-                      from ACTORCORE_TLS_CERT/KEY/CA); passed on to the GCS replicas
-  --insecure          allow plaintext TCP on a non-loopback --host (refused otherwise)
-  --gcs-shards S, --gcs-replicas R, --object-store-memory BYTES
-  --spill-dir DIR     where the store spills (default: the session's spill/)
+  --no-gcs            keep the control state in the node's memory (no GCS)
   --ready-fd FD       write one JSON line (the session info) there once serving
   --parent-fd FD      stop when this pipe closes (the driver of an embedded cluster)
 """
@@ -30,7 +25,7 @@ from pathlib import Path
 import trio
 
 from ..protocol._ids import new_node_id
-from ..session import _security
+from ..session import _config, _security
 from ..session._session import link_latest, read_token
 from ._runtime import NodeConfig, NodeRuntime
 
@@ -41,20 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m actorcore.node")
     p.add_argument("--session-dir", required=True)
     p.add_argument("--head", action="store_true")
-    p.add_argument("--num-cpus", type=float)
-    p.add_argument("--num-gpus", type=float, default=0)
-    p.add_argument("--resources", default="{}")
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--port", type=int)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--tls-cert")
-    p.add_argument("--tls-key")
-    p.add_argument("--tls-ca")
-    p.add_argument("--insecure", action="store_true")
-    p.add_argument("--gcs-shards", type=int, default=1)
-    p.add_argument("--gcs-replicas", type=int, default=1)
-    p.add_argument("--object-store-memory", type=int)
-    p.add_argument("--spill-dir")
+    _config.add_arguments(p)
     p.add_argument("--no-gcs", action="store_true")
     p.add_argument("--ready-fd", type=int)
     p.add_argument("--parent-fd", type=int)
@@ -88,28 +70,30 @@ async def _watch_signals(stop: trio.Event) -> None:
 
 async def amain(args: argparse.Namespace) -> None:
     session_dir = Path(args.session_dir)
-    resources = {k: float(v) for k, v in json.loads(args.resources).items()}
-    resources["CPU"] = float(args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1))
-    if args.num_gpus:
-        resources["GPU"] = float(args.num_gpus)
-    tls = _security.tls_config(args.tls_cert, args.tls_key, args.tls_ca)
-    _security.check_listen(args.host, tls, args.insecure)
-    _security.apply(tls, args.insecure)
+    cluster = _config.ClusterConfig.from_namespace(args)
+    resources = dict(cluster.resources)
+    resources["CPU"] = float(cluster.num_cpus if cluster.num_cpus is not None
+                             else (os.cpu_count() or 1))
+    if cluster.num_gpus:
+        resources["GPU"] = float(cluster.num_gpus)
+    tls = cluster.tls()
+    _security.check_listen(cluster.host, tls, cluster.insecure)
+    _security.apply(tls, cluster.insecure)
     config = NodeConfig(
         session_dir=session_dir,
         token=read_token(session_dir),
         node_id=new_node_id(),
         head=args.head,
         resources=resources,
-        num_workers=args.num_workers,
-        port=args.port,
-        host=args.host,
+        num_workers=cluster.num_workers,
+        port=cluster.port,
+        host=cluster.host,
         tls=tls,
-        insecure=args.insecure,
-        gcs_shards=args.gcs_shards,
-        gcs_replicas=args.gcs_replicas,
-        object_store_memory=args.object_store_memory,
-        spill_dir=Path(args.spill_dir) if args.spill_dir else None,
+        insecure=cluster.insecure,
+        gcs_shards=cluster.gcs_shards,
+        gcs_replicas=cluster.gcs_replicas,
+        object_store_memory=cluster.object_store_memory,
+        spill_dir=Path(cluster.spill_dir) if cluster.spill_dir else None,
         use_gcs=not args.no_gcs,
     )
     node = NodeRuntime(config)
@@ -135,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    profile = os.environ.get("ACTORCORE_PROFILE_NODE")
+    profile = _config.env_value("ACTORCORE_PROFILE_NODE")
     if profile:  # a development aid: cProfile stats of the node's main thread
         import cProfile
 

@@ -31,6 +31,7 @@ import transport
 
 from ..exceptions import ActorcoreSystemError
 from . import _security
+from ._config import ClusterConfig
 from ._session import (
     check_root,
     find_session,
@@ -107,34 +108,34 @@ def log_tail(session_dir: Path, lines: int = 30) -> str:
 
 
 def start_head(
+    config: ClusterConfig | None = None,
     *,
-    num_cpus: float | None = None,
-    num_gpus: float | None = None,
-    resources: dict[str, float] | None = None,
-    object_store_memory: int | None = None,
-    gcs_shards: int | None = None,
-    gcs_replicas: int | None = None,
-    num_workers: int | None = None,
-    port: int | None = None,
-    host: str | None = None,
     tls: transport.TlsConfig | None = None,
-    insecure: bool = False,
     embedded: bool = True,
     timeout: float = 60.0,
     temp_dir: Path | None = None,
-    spill_dir: Path | None = None,
     env_vars: dict[str, str] | None = None,
+    **options: Any,
 ) -> HeadProcess:
-    """Start a head node; return once it serves.
+    """Start a head node with ``config`` (or the `ClusterConfig` fields given as
+    ``options``, checked here); return once it serves.
 
+    ``tls``: a `transport.TlsConfig` standing in for ``config``'s ``tls_*`` files.
     ``temp_dir``: the root of its session directory (default ``root_dir()``; the node
-    and its workers see it as ``ACTORCORE_TMPDIR``). ``spill_dir``: where its store
-    spills (default ``<session>/spill``). ``env_vars``: set in the environment of the
-    node and of every worker and actor process it starts.
+    and its workers see it as ``ACTORCORE_TMPDIR``). ``env_vars``: set in the
+    environment of the node and of every worker and actor process it starts.
     """
+    if config is None:
+        config = ClusterConfig.from_values(options, "start_head")
+    elif options:
+        raise TypeError(f"start_head(): give a config or options, not both ({sorted(options)})")
+    if tls is not None:
+        config = attrs.evolve(config, tls_cert=tls.cert, tls_key=tls.key, tls_ca=tls.ca)
+    else:
+        tls = config.tls(env={})  # the files named; the environment was read by the caller
     # Refused here, before anything starts, with the error that says how to fix it.
     # (The node logs the --insecure warning; `actorcore start` prints it.)
-    _security.check_listen(host or "127.0.0.1", tls, insecure, warn=False)
+    _security.check_listen(config.host, tls, config.insecure, warn=False)
     root = temp_dir or root_dir()
     what = f"init(_temp_dir={str(root)!r})" if temp_dir else f"ACTORCORE_TMPDIR={str(root)!r}"
     check_root(root, what)
@@ -154,27 +155,7 @@ def start_head(
         parent_r, parent_w = os.pipe()
         pass_fds.append(parent_r)
         argv += ["--parent-fd", str(parent_r)]
-    if num_cpus is not None:
-        argv += ["--num-cpus", str(num_cpus)]
-    if num_gpus:
-        argv += ["--num-gpus", str(num_gpus)]
-    if resources:
-        argv += ["--resources", json.dumps(resources)]
-    if object_store_memory is not None:
-        argv += ["--object-store-memory", str(int(object_store_memory))]
-    if gcs_shards is not None:
-        argv += ["--gcs-shards", str(gcs_shards)]
-    if gcs_replicas is not None:
-        argv += ["--gcs-replicas", str(gcs_replicas)]
-    if num_workers is not None:
-        argv += ["--num-workers", str(num_workers)]
-    if port is not None:
-        argv += ["--port", str(port)]
-    if host is not None:
-        argv += ["--host", host]
-    argv += _security.argv(tls, insecure)
-    if spill_dir is not None:
-        argv += ["--spill-dir", str(spill_dir)]
+    argv += config.node_argv()
     logs = session_dir / "logs"
     env = dict(os.environ)
     env.update(env_vars or {})
@@ -217,6 +198,7 @@ def start_head(
             f"{log_tail(session_dir)}"
         )
     info = json.loads(line)
+    spill_dir = Path(config.spill_dir) if config.spill_dir else None
     return HeadProcess(proc, info, token, session_dir, parent_w, spill_dir)
 
 

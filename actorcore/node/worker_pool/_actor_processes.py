@@ -43,6 +43,7 @@ import attrs
 import trio
 
 from ...protocol._ids import new_worker_id
+from ...session._config import env_value
 from ._pool import open_worker_process, pump_worker_output
 
 __all__ = ["ActorProcesses", "ActorWorker", "START_TIMEOUT", "default_max_starting"]
@@ -52,7 +53,7 @@ logger = logging.getLogger("actorcore.actors")
 #: Seconds a launched actor process has to connect (from its launch, not from its
 #: request: see "Start-up is bounded" above) before it is killed
 #: (``ACTORCORE_WORKER_START_TIMEOUT`` overrides it).
-START_TIMEOUT = float(os.environ.get("ACTORCORE_WORKER_START_TIMEOUT", "60"))
+START_TIMEOUT: float = env_value("ACTORCORE_WORKER_START_TIMEOUT")
 
 
 def default_max_starting(cpus: float) -> int:

@@ -37,6 +37,7 @@ import attrs
 import trio
 
 from ...protocol._ids import new_worker_id, short
+from ...session._config import env_value
 from ..local_scheduler._scheduler import SchedulerState, WorkerInfo
 
 __all__ = ["PoolState", "WorkerPool", "open_worker_process", "pump_worker_output"]
@@ -45,7 +46,7 @@ logger = logging.getLogger("actorcore.worker_pool")
 
 #: Seconds an extra worker (beyond the pre-started ones) may stay idle
 #: (``ACTORCORE_IDLE_WORKER_TIMEOUT`` overrides it).
-IDLE_TIMEOUT = float(os.environ.get("ACTORCORE_IDLE_WORKER_TIMEOUT", "10"))
+IDLE_TIMEOUT: float = env_value("ACTORCORE_IDLE_WORKER_TIMEOUT")
 REAP_CHECK = 1.0
 #: Delay before starting a worker after the second start-up failure in a row; it
 #: doubles with each further one, up to ``START_BACKOFF_MAX`` seconds.

@@ -1,0 +1,202 @@
+"""Configuration spelled once (``session._config``): ``init()``'s keywords, the CLI's
+``start`` flags and the node's argv all come from ``ClusterConfig``; bad values are
+refused naming the option as it was spelled; every ``ACTORCORE_*`` variable the
+code reads is in ``ENVIRONMENT`` (and README), and a bad one is refused by name."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+
+import actorcore as ray
+from actorcore import exceptions as exc
+from actorcore.cli._cli import build_parser
+from actorcore.cli._cli import main as cli_main
+from actorcore.node.__main__ import parse_args as node_parse_args
+from actorcore.session import _config
+from actorcore.session._config import ENVIRONMENT, ClusterConfig, ConfigError, env_value
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: A value other than the default for every field (as the CLI would parse it).
+NON_DEFAULT = {
+    "num_cpus": 3.0,
+    "num_gpus": 1.0,
+    "resources": {"TPU": 4.0},
+    "object_store_memory": 1 << 26,
+    "spill_dir": "/tmp/acs-spill-x",
+    "num_workers": 2,
+    "gcs_shards": 2,
+    "gcs_replicas": 3,
+    "port": 0,
+    "host": "0.0.0.0",
+    "tls_cert": "/certs/node.pem",
+    "tls_key": "/certs/node.key",
+    "tls_ca": "/certs/ca.pem",
+    "insecure": True,
+}
+
+
+def _start_parser():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices["start"]  # type: ignore[attr-defined]
+
+
+def test_every_field_is_an_init_keyword_a_cli_flag_and_a_node_flag():
+    assert set(NON_DEFAULT) == set(_config.options())  # keep this test's table complete
+    init_params = inspect.signature(ray.init).parameters
+    cli_flags = {s for a in _start_parser()._actions for s in a.option_strings}
+    node = node_parse_args(["--session-dir", "x"])
+    for name, option in _config.options().items():
+        if option.init is not None:
+            assert option.init in init_params, name
+        else:  # not an init() keyword on purpose, and the reason is written down
+            assert option.why_not_init, name
+        assert option.flag in cli_flags, name
+        assert hasattr(node, name), name
+    assert "--spill-dir" in cli_flags
+
+
+def test_node_argv_and_cli_flags_round_trip_through_the_one_class():
+    config = ClusterConfig(**NON_DEFAULT)
+    argv = config.node_argv()
+    node = node_parse_args(["--session-dir", "x", "--head", *argv])
+    assert ClusterConfig.from_namespace(node) == config
+    cli = build_parser().parse_args(["start", "--head", *argv])
+    assert ClusterConfig.from_namespace(cli) == config
+    # Defaults are not spelled on the node's command line at all.
+    assert ClusterConfig().node_argv() == []
+    assert ClusterConfig(num_cpus=2).node_argv() == ["--num-cpus", "2"]
+
+
+def test_init_keywords_map_to_fields():
+    given = {o.init: NON_DEFAULT[name] for name, o in _config.options().items() if o.init}
+    config = ClusterConfig.from_init(given)
+    for name, option in _config.options().items():
+        expected = NON_DEFAULT[name] if option.init else attrs.fields_dict(ClusterConfig)[name].default
+        assert getattr(config, name) == expected, name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_cpus": -1}, ValueError, r"init\(num_cpus=-1\): must be a number >= 0"),
+        ({"num_gpus": "2"}, ValueError, r"init\(num_gpus='2'\): expected a number"),
+        ({"num_cpus": float("nan")}, ValueError, r"init\(num_cpus=nan\)"),
+        ({"gcs_shards": 0}, ValueError, r"init\(gcs_shards=0\): must be a whole number >= 1"),
+        ({"gcs_replicas": 1.5}, ValueError, r"init\(gcs_replicas=1.5\)"),
+        ({"num_workers": -2}, ValueError, r"init\(num_workers=-2\)"),
+        ({"object_store_memory": 0}, ValueError, r"init\(object_store_memory=0\)"),
+        ({"resources": [1]}, TypeError, r"init\(resources=\[1\]\): expected a dict"),
+        ({"resources": {"CPU": 1}}, ValueError, r"use num_cpus/num_gpus, not resources\['CPU'\]"),
+        ({"resources": {"TPU": -1}}, ValueError, r"resources\['TPU'\]=-1 must be a number >= 0"),
+        ({"tls_cert": 5}, TypeError, r"init\(tls_cert=5\): expected a path"),
+    ],
+)
+def test_bad_init_values_are_refused_naming_the_keyword(kwargs, error, match):
+    if ray.is_initialized():
+        pytest.skip("a cluster is connected in this process")
+    with pytest.raises(error, match=match):
+        ray.init(**kwargs)
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--num-cpus", "-1"], "--num-cpus"),
+        (["--gcs-shards", "0"], "--gcs-shards"),
+        (["--resources", "{not json"], "--resources"),
+        (["--resources", '{"GPU": 1}'], "--resources"),
+        (["--port", "70000"], "--port"),
+        (["--object-store-memory", "lots"], "--object-store-memory"),
+    ],
+)
+def test_bad_flags_are_refused_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["start", "--head", *argv])
+    assert info.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        node_parse_args(["--session-dir", "x", *argv])
+    assert f"argument {flag}:" in capsys.readouterr().err
+
+
+def test_every_environment_variable_read_is_listed_once_and_in_readme():
+    used = set()
+    for package in ("actorcore", "store", "gcs", "transport"):
+        for path in (ROOT / package).rglob("*.py"):
+            # (not "ACTORCORE_TLS_CERT/KEY/CA", prose for three listed names)
+            used |= set(re.findall(r"ACTORCORE_[A-Z0-9_]*[A-Z0-9]\b(?!/)", path.read_text()))
+    listed = [v.name for v in ENVIRONMENT]
+    assert len(listed) == len(set(listed))
+    assert used - set(listed) == set(), "read but not listed in session._config.ENVIRONMENT"
+    assert set(listed) - used == set(), "listed but read nowhere"
+    readme = (ROOT / "README.md").read_text()
+    for name in listed:
+        assert f"`{name}`" in readme, name
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "match"),
+    [
+        ("ACTORCORE_DIRECT_CALLS", "maybe", r"ACTORCORE_DIRECT_CALLS='maybe': expected 0 or 1"),
+        ("ACTORCORE_IDLE_WORKER_TIMEOUT", "ten", r"ACTORCORE_IDLE_WORKER_TIMEOUT='ten': not a number"),
+        ("ACTORCORE_WORKER_START_TIMEOUT", "-1", r"ACTORCORE_WORKER_START_TIMEOUT='-1': must be"),
+        ("ACTORCORE_MAX_STARTING_WORKERS", "0", r"ACTORCORE_MAX_STARTING_WORKERS='0'"),
+        ("ACTORCORE_GCS_LINEAGE_CAP", "1.5", r"ACTORCORE_GCS_LINEAGE_CAP='1.5': not a whole"),
+    ],
+)
+def test_env_value_refuses_a_bad_value_naming_the_variable(name, raw, match):
+    with pytest.raises(ConfigError, match=match):
+        env_value(name, {name: raw})
+
+
+def test_env_value_defaults_and_the_deprecated_alias(caplog):
+    assert env_value("ACTORCORE_DIRECT_CALLS", {}) is True
+    assert env_value("ACTORCORE_DIRECT_CALLS", {"ACTORCORE_DIRECT_CALLS": "0"}) is False
+    assert env_value("ACTORCORE_IDLE_WORKER_TIMEOUT", {}) == 10.0
+    assert env_value("ACTORCORE_ADDRESS", {}) is None
+    # One polarity: ACTORCORE_NO_DIRECT=1 is the old spelling of ACTORCORE_DIRECT_CALLS=0.
+    with caplog.at_level("WARNING", logger="actorcore.config"):
+        assert env_value("ACTORCORE_DIRECT_CALLS", {"ACTORCORE_NO_DIRECT": "1"}) is False
+    assert "ACTORCORE_NO_DIRECT is deprecated: set ACTORCORE_DIRECT_CALLS=0" in caplog.text
+    # The new name wins over the old one.
+    both = {"ACTORCORE_NO_DIRECT": "1", "ACTORCORE_DIRECT_CALLS": "1"}
+    assert env_value("ACTORCORE_DIRECT_CALLS", both) is True
+
+
+def test_a_bad_switch_is_refused_when_the_process_starts():
+    env = dict(os.environ, ACTORCORE_DIRECT_CALLS="off")
+    r = subprocess.run([sys.executable, "-c", "import actorcore"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "ACTORCORE_DIRECT_CALLS='off': expected 0 or 1" in r.stderr
+
+
+def test_a_bad_node_variable_fails_init_naming_it_then_the_next_init_works(monkeypatch):
+    if ray.is_initialized():
+        pytest.skip("a cluster is connected in this process")
+    monkeypatch.setenv("ACTORCORE_IDLE_WORKER_TIMEOUT", "soon")
+    with pytest.raises(exc.ActorcoreSystemError, match=r"ACTORCORE_IDLE_WORKER_TIMEOUT='soon'"):
+        ray.init(num_cpus=1, _node_timeout=30)
+    assert not ray.is_initialized()
+    monkeypatch.delenv("ACTORCORE_IDLE_WORKER_TIMEOUT")
+    ray.init(num_cpus=1, gcs_shards=2)
+    try:
+        @ray.remote
+        def double(x):
+            return 2 * x
+
+        assert ray.get(double.remote(21), timeout=60) == 42
+        assert ray.cluster_resources()["CPU"] == 1.0
+    finally:
+        ray.shutdown()
