@@ -26,6 +26,7 @@ __all__ = [
     "OwnerDiedError",
     "ObjectStoreFullError",
     "MessageTooLargeError",
+    "ConfigurationError",
     "TaskCancelledError",
     "TaskUnschedulableError",
     "ActorcoreSystemError",
@@ -211,6 +212,12 @@ class MessageTooLargeError(ActorcoreError, ValueError):
     """A task, actor call, function or value cannot travel to the node: its message
     is larger than the link's frame limit and could not go through the object store
     instead. The message names what was too large and both sizes."""
+
+
+class ConfigurationError(ActorcoreError, ValueError):
+    """A configuration value that cannot be used, refused before anything starts. The
+    message names the option as it was given: ``init(num_cpus=-1)``, a command line
+    flag, or an ``ACTORCORE_*`` environment variable, and what it must be."""
 
 
 class TaskCancelledError(ActorcoreError):

@@ -21,7 +21,7 @@ from actorcore.cli._cli import build_parser
 from actorcore.cli._cli import main as cli_main
 from actorcore.node.__main__ import parse_args as node_parse_args
 from actorcore.session import _config
-from actorcore.session._config import ENVIRONMENT, ClusterConfig, ConfigError, env_value
+from actorcore.session._config import ENVIRONMENT, ClusterConfig, env_value
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,16 +88,16 @@ def test_init_keywords_map_to_fields():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"num_cpus": -1}, ValueError, r"init\(num_cpus=-1\): must be a number >= 0"),
-        ({"num_gpus": "2"}, ValueError, r"init\(num_gpus='2'\): expected a number"),
-        ({"num_cpus": float("nan")}, ValueError, r"init\(num_cpus=nan\)"),
-        ({"gcs_shards": 0}, ValueError, r"init\(gcs_shards=0\): must be a whole number >= 1"),
-        ({"gcs_replicas": 1.5}, ValueError, r"init\(gcs_replicas=1.5\)"),
-        ({"num_workers": -2}, ValueError, r"init\(num_workers=-2\)"),
-        ({"object_store_memory": 0}, ValueError, r"init\(object_store_memory=0\)"),
+        ({"num_cpus": -1}, exc.ConfigurationError, r"init\(num_cpus=-1\): must be a number >= 0"),
+        ({"num_gpus": "2"}, exc.ConfigurationError, r"init\(num_gpus='2'\): expected a number"),
+        ({"num_cpus": float("nan")}, exc.ConfigurationError, r"init\(num_cpus=nan\)"),
+        ({"gcs_shards": 0}, exc.ConfigurationError, r"init\(gcs_shards=0\): must be a whole number >= 1"),
+        ({"gcs_replicas": 1.5}, exc.ConfigurationError, r"init\(gcs_replicas=1.5\)"),
+        ({"num_workers": -2}, exc.ConfigurationError, r"init\(num_workers=-2\)"),
+        ({"object_store_memory": 0}, exc.ConfigurationError, r"init\(object_store_memory=0\)"),
         ({"resources": [1]}, TypeError, r"init\(resources=\[1\]\): expected a dict"),
-        ({"resources": {"CPU": 1}}, ValueError, r"use num_cpus/num_gpus, not resources\['CPU'\]"),
-        ({"resources": {"TPU": -1}}, ValueError, r"resources\['TPU'\]=-1 must be a number >= 0"),
+        ({"resources": {"CPU": 1}}, exc.ConfigurationError, r"use num_cpus/num_gpus, not resources\['CPU'\]"),
+        ({"resources": {"TPU": -1}}, exc.ConfigurationError, r"resources\['TPU'\]=-1 must be a number >= 0"),
         ({"tls_cert": 5}, TypeError, r"init\(tls_cert=5\): expected a path"),
     ],
 )
@@ -156,7 +156,7 @@ def test_every_environment_variable_read_is_listed_once_and_in_readme():
     ],
 )
 def test_env_value_refuses_a_bad_value_naming_the_variable(name, raw, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(exc.ConfigurationError, match=match):
         env_value(name, {name: raw})
 
 

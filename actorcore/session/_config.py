@@ -34,10 +34,12 @@ from typing import Any
 
 import attrs
 
+from ..exceptions import ConfigurationError
+
 __all__ = [
     "ENVIRONMENT",
     "ClusterConfig",
-    "ConfigError",
+    "ConfigurationError",
     "EnvVar",
     "Option",
     "add_arguments",
@@ -46,11 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("actorcore.config")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the option as it was spelled
-    (``init(num_cpus=...)``, ``--num-cpus``, ``ACTORCORE_...``)."""
 
 
 class _Bad(Exception):
@@ -216,7 +213,7 @@ class ClusterConfig:
     @classmethod
     def from_init(cls, values: Mapping[str, Any]) -> ClusterConfig:
         """From ``init()`` keywords (``None``: not given); a bad value raises
-        `ConfigError` (a `ValueError`) naming the keyword."""
+        `ConfigurationError` (a `ValueError`) naming the keyword."""
         given = {}
         for name, option in options().items():
             if option.init is None or values.get(option.init) is None:
@@ -284,7 +281,7 @@ def _checked(option: Option, value: Any, label: str) -> Any:
     except _BadType as exc:
         raise TypeError(f"{label}: {exc}") from None
     except _Bad as exc:
-        raise ConfigError(f"{label}: {exc}") from None
+        raise ConfigurationError(f"{label}: {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -373,7 +370,7 @@ _BY_NAME = {v.name: v for v in ENVIRONMENT}
 
 def env_value(name: str, environ: Mapping[str, str] | None = None) -> Any:
     """The value of ``name`` (a variable of `ENVIRONMENT`) read by its kind, else its
-    default; a bad value raises `ConfigError` naming the variable.
+    default; a bad value raises `ConfigurationError` naming the variable.
 
     ``switch``: a bool ("0" or "1"); ``int``/``float``: a number >= its minimum;
     anything else: the text. A deprecated alias set instead of its variable counts,
@@ -405,7 +402,7 @@ def _parse_env(var: EnvVar, raw: str) -> Any:
             number = _read_int(text) if var.kind == "int" else _read_float(text)
             return _number(var.minimum, integer=var.kind == "int")(number)
     except _Bad as exc:
-        raise ConfigError(f"{var.name}={raw!r}: {exc} ({var.help})") from None
+        raise ConfigurationError(f"{var.name}={raw!r}: {exc} ({var.help})") from None
     return raw
 
 
