@@ -99,6 +99,7 @@ def test_init_keywords_map_to_fields():
         ({"resources": {"CPU": 1}}, exc.ConfigurationError, r"use num_cpus/num_gpus, not resources\['CPU'\]"),
         ({"resources": {"TPU": -1}}, exc.ConfigurationError, r"resources\['TPU'\]=-1 must be a number >= 0"),
         ({"tls_cert": 5}, TypeError, r"init\(tls_cert=5\): expected a path"),
+        ({"tls_cert": "/x/node.pem"}, ValueError, r"missing init\(tls_key=\), init\(tls_ca=\)"),
     ],
 )
 def test_bad_init_values_are_refused_naming_the_keyword(kwargs, error, match):

@@ -145,7 +145,7 @@ def test_tls_init_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_init_tls_arguments_checked(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="missing --tls-key, --tls-ca"):
+    with pytest.raises(ValueError, match=r"missing init\(tls_key=\), init\(tls_ca=\)"):
         actorcore.init(tls_cert=tmp_path / "node.pem")
     with pytest.raises(transport.TlsError, match="nope.pem"):
         actorcore.init(tls_cert=tmp_path / "nope.pem", tls_key=tmp_path / "k", tls_ca=tmp_path / "c")

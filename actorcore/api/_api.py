@@ -163,7 +163,7 @@ def init(
         if address is None:
             address = _config.env_value("ACTORCORE_ADDRESS") or None
         _reclaim_dead_sessions()
-        tls = cluster.tls()  # the files given, else ACTORCORE_TLS_*
+        tls = cluster.tls(spelled="init")  # the files given, else ACTORCORE_TLS_*
         head: HeadProcess | None = None
         if address is None:
             temp_dir = _directory_option("_temp_dir", _temp_dir)

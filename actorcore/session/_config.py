@@ -263,11 +263,17 @@ class ClusterConfig:
                 out += [option.flag, str(value)]
         return out
 
-    def tls(self, *, env: Mapping[str, str] | None = None) -> Any:
-        """The `transport.TlsConfig` of ``tls_*`` (else ``ACTORCORE_TLS_*``), or None."""
+    def tls(self, *, env: Mapping[str, str] | None = None, spelled: str = "flag") -> Any:
+        """The `transport.TlsConfig` of ``tls_*`` (else ``ACTORCORE_TLS_*``), or None;
+        an incomplete set is refused naming what is missing as ``spelled`` ("flag":
+        ``--tls-key``; "init": ``init(tls_key=)``)."""
         from . import _security
 
-        return _security.tls_config(self.tls_cert, self.tls_key, self.tls_ca, env=env)
+        spell = options()
+        names = {part: (f"init({spell['tls_' + part].init}=)" if spelled == "init"
+                        else spell["tls_" + part].flag) for part in ("cert", "key", "ca")}
+        return _security.tls_config(self.tls_cert, self.tls_key, self.tls_ca, env=env,
+                                    names=names)
 
 
 def options() -> dict[str, Option]:

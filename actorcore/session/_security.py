@@ -39,6 +39,7 @@ def tls_config(
     *,
     env: Mapping[str, str] | None = None,
     check: bool = True,
+    names: Mapping[str, str] | None = None,
 ) -> transport.TlsConfig | None:
     """The TLS config from explicit values, else from the environment; ``None`` when
     neither gives any. Raises `ValueError` naming what is missing when only some are
@@ -53,7 +54,7 @@ def tls_config(
             return None
     missing = [k for k, v in given.items() if v is None]
     if missing:
-        names = ENV if source == "environment" else _FLAGS
+        names = ENV if source == "environment" else (names or _FLAGS)
         raise ValueError(
             "TLS needs a certificate, its key and the cluster CA together; missing "
             + ", ".join(names[k] for k in missing)
