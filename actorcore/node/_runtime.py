@@ -34,7 +34,6 @@ workers (SIGTERM, then SIGKILL), and removes the socket files and session link.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import time
@@ -121,7 +120,6 @@ class NodeRuntime:
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
         self.resources = dict(config.resources)
         self.resources["CPU"] = cpus
-        self._infeasible_send, self._infeasible_recv = trio.open_memory_channel[TaskSpec](math.inf)
         self.sched = SchedulerState(
             directory=self.directory,
             total=self.resources,
@@ -129,7 +127,6 @@ class NodeRuntime:
             request_worker=self._request_worker,
             kill_worker=self._kill_worker,
             record_lineage=self.objects.record_lineage,
-            forward_infeasible=self._infeasible_send.send_nowait,
             call_later=self._call_later,
             node_id=self.node_hex,
             watch_deps=self.dep_watch.watch,

@@ -38,6 +38,7 @@ from ...exceptions import TaskCancelledError, TaskUnschedulableError, WorkerCras
 from ...protocol import _serialization
 from ...protocol._messages import ObjectData, TaskSpec
 from ..object_manager._directory import ObjectDirectory, ObjectEntry
+from ._ledger import ResourceLedger, fits
 
 __all__ = [
     "LocalScheduler",
@@ -192,13 +193,6 @@ class ReadyQueues:
             yield from q
 
 
-def fits(need: dict[str, float], available: dict[str, float]) -> bool:
-    for k, v in need.items():
-        if available.get(k, 0.0) < v - 1e-9:
-            return False
-    return True
-
-
 @attrs.frozen(kw_only=True)
 class SchedulerStatistics:
     """Figures of a node's local scheduler, from ``SchedulerState.statistics()``.
@@ -247,9 +241,9 @@ class SchedulerState:
     request_worker: Callable[[], None]
     kill_worker: Callable[[WorkerInfo], None]
     record_lineage: Callable[[TaskSpec], None]
-    forward_infeasible: Callable[[TaskSpec], None]
     call_later: Callable[[float, Callable[[], None]], None]
-    available: dict[str, float] = attrs.Factory(dict)
+    # The one account of the node's resources, for tasks and actors both.
+    ledger: ResourceLedger = attrs.field(init=False)
     waiting: dict[bytes, list] = attrs.Factory(dict)  # task id -> [spec, deps missing]
     ready: ReadyQueues = attrs.Factory(ReadyQueues)
     running: dict[bytes, WorkerInfo] = attrs.Factory(dict)
@@ -262,8 +256,12 @@ class SchedulerState:
     # (its submit may have been on its way when the cancel came) is cancelled too.
     cancelled_trees: set[bytes] = attrs.Factory(set)
     wakeup: trio.Event = attrs.Factory(trio.Event)
+    # Tasks no resources of this node can ever satisfy, for the global scheduler to
+    # place (in arrival order). They stay here until it has decided, so that a crash
+    # of the global scheduler loses none of them; ``infeasible_added`` wakes it.
+    infeasible: dict[bytes, TaskSpec] = attrs.Factory(dict)
+    infeasible_added: trio.Event = attrs.Factory(trio.Event)
     node_id: str = ""
-    dispatcher_running: bool = False
     # Where the owner of a task listens for results pushed by workers directly (a
     # driver on this node), or None: then the node forwards them.
     owner_address: Callable[[bytes], str | None] = lambda _owner: None
@@ -272,13 +270,18 @@ class SchedulerState:
     pool_starting: Callable[[], int] = lambda: 0
     # Whether the worker pool may start one more worker now (it is below its limit).
     pool_can_grow: Callable[[], bool] = lambda: False
-    _dispatching: bool = False
+    dispatch_passes: int = 0
     tasks_finished: int = 0
     tasks_retried: int = 0
     tasks_failed: int = 0
 
     def __attrs_post_init__(self) -> None:
-        self.available = dict(self.total)
+        self.ledger = ResourceLedger(self.total, on_release=self._wake)
+
+    @property
+    def available(self) -> dict[str, float]:
+        """Resources free now (the ledger's; read only: take and give through it)."""
+        return self.ledger.available
 
     # -- entry points (called by the node's handlers) -------------------------------
 
@@ -297,7 +300,8 @@ class SchedulerState:
             else:
                 kids.add(spec.task_id)
         if not fits(spec.resources, self.total):
-            self.forward_infeasible(spec)
+            self.infeasible[spec.task_id] = spec
+            self.infeasible_added.set()
             return
         deps = spec.deps
         if not deps:
@@ -392,8 +396,8 @@ class SchedulerState:
         held = worker.held.get(task_id, {})
         cpu = held.pop("CPU", 0.0)
         if cpu:
-            self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
             held["_blocked_cpu"] = cpu
+            self.ledger.release({"CPU": cpu})
         self._promote(worker)
         self._make_available(worker)
 
@@ -405,7 +409,7 @@ class SchedulerState:
         cpu = held.pop("_blocked_cpu", 0.0)
         if cpu:
             # May go below zero for a moment (oversubscription), as in Ray.
-            self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
+            self.ledger.take({"CPU": cpu})
             held["CPU"] = cpu
 
     def cancel(self, task_id: bytes, force: bool, recursive: bool = False) -> None:
@@ -439,6 +443,10 @@ class SchedulerState:
         self._cancel_one(task_id, force)
 
     def _cancel_one(self, task_id: bytes, force: bool) -> None:
+        spec = self.infeasible.pop(task_id, None)
+        if spec is not None:
+            self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
+            return
         record = self.waiting.pop(task_id, None)
         if record is not None:
             spec = record[0]
@@ -470,13 +478,17 @@ class SchedulerState:
 
     def knows_task(self, task_id: bytes) -> bool:
         """Whether ``task_id`` is waiting, queued or running here (slow path: scans)."""
-        if task_id in self.running or task_id in self.waiting:
+        if task_id in self.running or task_id in self.waiting or task_id in self.infeasible:
             return True
         return any(spec.task_id == task_id for spec in self.ready)
 
     def drop_owner(self, owner: bytes) -> int:
         """Forget the queued (not running) tasks of a departed owner; return how many."""
         dropped = 0
+        for spec in [s for s in self.infeasible.values() if s.owner == owner]:
+            del self.infeasible[spec.task_id]
+            self._forget_edge(spec)
+            dropped += 1
         for task_id, record in list(self.waiting.items()):
             if record[0].owner == owner:
                 del self.waiting[task_id]
@@ -491,6 +503,9 @@ class SchedulerState:
         return dropped
 
     def fail_unschedulable(self, spec: TaskSpec, message: str) -> None:
+        """The global scheduler found no node for ``spec``: it fails with ``message``."""
+        if self.infeasible.pop(spec.task_id, None) is None:
+            return  # cancelled (or its owner left) while it was being placed
         self._fail(spec, TaskUnschedulableError(message))
 
     # -- dispatch (the local_scheduler component's loop) -----------------------------
@@ -562,15 +577,12 @@ class SchedulerState:
         while worker.queued and worker.active() == 0:
             tid = worker.queued.popleft()
             spec = worker.tasks[tid]
-            for k, v in spec.resources.items():
-                self.available[k] = self.available.get(k, 0.0) - v
+            self.ledger.take(spec.resources)
             worker.held[tid] = dict(spec.resources)
 
     def _start(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         """Hand ``spec`` to ``worker``: take its resources, send it with its inputs."""
-        available = self.available
-        for k, v in spec.resources.items():
-            available[k] = available.get(k, 0.0) - v
+        self.ledger.take(spec.resources)
         worker.held[spec.task_id] = dict(spec.resources)
         worker.tasks[spec.task_id] = spec
         worker.state = "busy"
@@ -613,17 +625,10 @@ class SchedulerState:
     # -- internals ---------------------------------------------------------------------
 
     def _wake(self) -> None:
-        if self.dispatcher_running and not self._dispatching:
-            # Place work right away (one pass of the component's loop, inline): a
-            # submit or a finished task starts the next task without a scheduling
-            # round trip. While the component is down nothing is placed.
-            self._dispatching = True
-            try:
-                self.dispatch()
-            finally:
-                self._dispatching = False
-        else:
-            self.wakeup.set()
+        # Only marks: the ``local_scheduler`` component places the work (see
+        # ``LocalScheduler``), so a fault in placement crashes that component, not
+        # the message handler that happened to wake it.
+        self.wakeup.set()
 
     def _make_available(self, worker: WorkerInfo) -> None:
         if not worker.available():
@@ -643,10 +648,10 @@ class SchedulerState:
         worker.blocked_tasks.discard(task_id)
         worker.force_cancelled.discard(task_id)
         self.running.pop(task_id, None)
-        for k, v in worker.held.pop(task_id, {}).items():
-            if k == "_blocked_cpu":
-                continue
-            self.available[k] = self.available.get(k, 0.0) + v
+        held = worker.held.pop(task_id, None)
+        if held:
+            held.pop("_blocked_cpu", None)
+            self.ledger.release(held)
 
     def _retry(self, spec: TaskSpec) -> None:
         if spec.max_retries > 0:
@@ -698,7 +703,20 @@ class SchedulerState:
 
 
 class LocalScheduler:
-    """The ``local_scheduler`` component: the dispatch loop over ``SchedulerState``."""
+    """The ``local_scheduler`` component: the dispatch loop over ``SchedulerState``.
+
+    Message handlers change the state (a task submitted, finished, blocked; a
+    release in the ledger) and only mark it: they set ``state.wakeup``. This loop
+    is the one place that places work. An unexpected exception in placement
+    therefore propagates out of ``run``: the component crashes, its supervisor
+    restarts it, and the new loop starts with a full pass over the same state —
+    the queues, the running table and the ledger live in ``SchedulerState``, which
+    the node owns, so nothing queued or running is lost. While the component is
+    down nothing new starts; handlers keep recording work.
+
+    One pass places everything placeable, so a burst of submits (or of results)
+    costs one pass, not one per message.
+    """
 
     def __init__(self, state: SchedulerState) -> None:
         self.state = state
@@ -706,16 +724,14 @@ class LocalScheduler:
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         state = self.state
         task_status.started()
-        try:
-            state.dispatcher_running = True
+        while True:
+            # A fresh event before the pass: a wake during it (nothing in dispatch
+            # wakes us today, but a callback might) costs one more pass, never a
+            # missed one. ``wait`` on a set event still checkpoints.
+            state.wakeup = trio.Event()
+            state.dispatch_passes += 1
             state.dispatch()
-            while True:
-                await state.wakeup.wait()
-                state.wakeup = trio.Event()
-                state.dispatch()
-                await trio.lowlevel.checkpoint()
-        finally:
-            state.dispatcher_running = False
+            await state.wakeup.wait()
 
     def snapshot(self) -> dict:
         st = self.state.statistics()
