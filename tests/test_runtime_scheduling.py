@@ -53,6 +53,23 @@ class _Conn:
             self.all_sent.set()
 
 
+class _Host:
+    """A node with nothing behind it (``SchedulerHost``)."""
+
+    def deliver(self, owner: bytes, results: list) -> None: ...
+    def request_worker(self) -> None: ...
+    def kill_worker(self, worker: WorkerInfo) -> None: ...
+    def record_lineage(self, spec: TaskSpec) -> None: ...
+    def call_later(self, delay: float, fn: Any) -> None: ...
+    def owner_address(self, owner: bytes) -> str | None:
+        return None
+    def watch_deps(self, oids: list[bytes]) -> None: ...
+    def pool_starting(self) -> int:
+        return 0
+    def pool_can_grow(self) -> bool:
+        return False
+
+
 def _spec(i: int) -> TaskSpec:
     return TaskSpec(
         task_id=i.to_bytes(4, "big") * 5, job_id=b"j" * 4, function_id=b"f" * 8,
@@ -63,12 +80,7 @@ def _spec(i: int) -> TaskSpec:
 
 def test_a_fault_in_placement_crashes_local_scheduler_and_its_restart_places_the_queue():
     conns = [_Conn(1), _Conn(1)]
-    state = _FlakyState(
-        directory=ObjectDirectory(), total={"CPU": 2.0},
-        deliver=lambda owner, results: None, request_worker=lambda: None,
-        kill_worker=lambda worker: None, record_lineage=lambda spec: None,
-        call_later=lambda delay, fn: None,
-    )
+    state = _FlakyState(directory=ObjectDirectory(), total={"CPU": 2.0}, host=_Host())
     for i, conn in enumerate(conns):
         w = WorkerInfo(index=i, worker_id=bytes([i]) * 20, conn=conn, state="idle", in_idle=True)
         state.idle.append(w)

@@ -29,7 +29,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -43,6 +43,7 @@ from ._ledger import ResourceLedger, fits
 __all__ = [
     "LocalScheduler",
     "ReadyQueues",
+    "SchedulerHost",
     "SchedulerState",
     "SchedulerStatistics",
     "WorkerInfo",
@@ -230,18 +231,38 @@ class SchedulerStatistics:
         return {k: v - self.available.get(k, 0.0) for k, v in self.total.items()}
 
 
+class SchedulerHost(Protocol):
+    """What the scheduler asks of the node it runs in (``_runtime.NodeRuntime``
+    provides it). Everything the scheduler does outside its own state goes through
+    these calls; they are synchronous and never block."""
+
+    def deliver(self, owner: bytes, results: list[ObjectData]) -> None:
+        """Send ``results`` to the connection of the worker or driver ``owner``."""
+    def request_worker(self) -> None:
+        """Ask the worker pool for one more worker (it decides whether to start one)."""
+    def kill_worker(self, worker: WorkerInfo) -> None:
+        """Kill ``worker``'s process (a force cancel); its death is reported back."""
+    def record_lineage(self, spec: TaskSpec) -> None:
+        """Record ``spec`` (or its new attempt) as the lineage of its returns."""
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the node's loop after ``delay`` seconds."""
+    def owner_address(self, owner: bytes) -> str | None:
+        """Where ``owner`` takes results pushed by workers directly, or None."""
+    def watch_deps(self, oids: list[bytes]) -> None:
+        """Watch arguments a task waits for that may never become ready."""
+    def pool_starting(self) -> int:
+        """Workers the pool is starting now."""
+    def pool_can_grow(self) -> bool:
+        """Whether the pool may start one more worker now (below its limit)."""
+
+
 @attrs.define(eq=False)
 class SchedulerState:
     """Everything the local scheduler knows; survives its component's restarts."""
 
     directory: ObjectDirectory
     total: dict[str, float]
-    # (owner worker id, [results]) -> deliver to the owner's connection
-    deliver: Callable[[bytes, list[ObjectData]], None]
-    request_worker: Callable[[], None]
-    kill_worker: Callable[[WorkerInfo], None]
-    record_lineage: Callable[[TaskSpec], None]
-    call_later: Callable[[float, Callable[[], None]], None]
+    host: SchedulerHost
     # The one account of the node's resources, for tasks and actors both.
     ledger: ResourceLedger = attrs.field(init=False)
     waiting: dict[bytes, list] = attrs.Factory(dict)  # task id -> [spec, deps missing]
@@ -262,14 +283,6 @@ class SchedulerState:
     infeasible: dict[bytes, TaskSpec] = attrs.Factory(dict)
     infeasible_added: trio.Event = attrs.Factory(trio.Event)
     node_id: str = ""
-    # Where the owner of a task listens for results pushed by workers directly (a
-    # driver on this node), or None: then the node forwards them.
-    owner_address: Callable[[bytes], str | None] = lambda _owner: None
-    # Deps a task waits for that are not ready: watched for ones that never will be.
-    watch_deps: Callable[[list[bytes]], None] = lambda _oids: None
-    pool_starting: Callable[[], int] = lambda: 0
-    # Whether the worker pool may start one more worker now (it is below its limit).
-    pool_can_grow: Callable[[], bool] = lambda: False
     dispatch_passes: int = 0
     tasks_finished: int = 0
     tasks_retried: int = 0
@@ -286,7 +299,7 @@ class SchedulerState:
     # -- entry points (called by the node's handlers) -------------------------------
 
     def submit(self, spec: TaskSpec) -> None:
-        self.record_lineage(spec)
+        self.host.record_lineage(spec)
         parent = spec.parent_task_id
         if parent is not None:
             if parent in self.cancelled_trees:
@@ -317,7 +330,7 @@ class SchedulerState:
         for oid in deps:
             self.directory.when_ready(oid, on_dep)
         if record[1] != 0:  # some dep is not ready yet
-            self.watch_deps(deps)
+            self.host.watch_deps(deps)
 
     def _dep_ready(self, record: list) -> None:
         record[1] -= 1
@@ -463,7 +476,7 @@ class SchedulerState:
             self.cancelled.add(task_id)
             if force:
                 worker.force_cancelled.add(task_id)
-                self.kill_worker(worker)
+                self.host.kill_worker(worker)
             elif worker.conn is not None:
                 # Raised inside the task; a task stuck in a blocking C call (sleep,
                 # I/O) cannot see it, so after a grace period its worker is killed.
@@ -472,9 +485,9 @@ class SchedulerState:
                 def escalate() -> None:
                     if self.running.get(task_id) is worker:
                         worker.force_cancelled.add(task_id)
-                        self.kill_worker(worker)
+                        self.host.kill_worker(worker)
 
-                self.call_later(CANCEL_GRACE, escalate)
+                self.host.call_later(CANCEL_GRACE, escalate)
 
     def knows_task(self, task_id: bytes) -> bool:
         """Whether ``task_id`` is waiting, queued or running here (slow path: scans)."""
@@ -544,11 +557,11 @@ class SchedulerState:
                     # Resources are free but no worker is idle: the pool starts one
                     # (see the docstring); tasks needing no CPU always wait for a new
                     # worker so that they run side by side.
-                    self.request_worker()
+                    self.host.request_worker()
                     if (
                         spec.resources.get("CPU", 0.0) > 0
                         and not self.workers_starting()
-                        and not self.pool_can_grow()
+                        and not self.host.pool_can_grow()
                     ):
                         self._pipeline(key)
                     break
@@ -556,7 +569,7 @@ class SchedulerState:
                 self._start(worker, spec)
 
     def workers_starting(self) -> bool:
-        return self.pool_starting() > 0
+        return self.host.pool_starting() > 0
 
     def _pipeline(self, key: tuple) -> None:
         ready = self.ready
@@ -593,7 +606,7 @@ class SchedulerState:
     def _send(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         entries = self.directory.entries
         dep_data = [(entries[oid].is_error, entries[oid].data) for oid in spec.deps]
-        direct = self.owner_address(spec.owner)
+        direct = self.host.owner_address(spec.owner)
         try:
             if direct is None:
                 worker.conn.send_nowait(("execute", spec, dep_data))
@@ -658,7 +671,7 @@ class SchedulerState:
             spec.max_retries -= 1
         spec.attempt += 1
         self.tasks_retried += 1
-        self.record_lineage(spec)
+        self.host.record_lineage(spec)
         self.ready.append(spec)
         self._wake()
 
@@ -686,7 +699,7 @@ class SchedulerState:
             self.cancelled_trees.discard(spec.task_id)
         self.directory.put_many(results)
         if not delivered:
-            self.deliver(spec.owner, results)
+            self.host.deliver(spec.owner, results)
 
     def statistics(self) -> SchedulerStatistics:
         return SchedulerStatistics(
