@@ -15,12 +15,16 @@ Task life on a node (paper §4.2.2, bottom-up scheduling)::
             ──► worker died: retried (max_retries) or WorkerCrashedError
             ──► blocked in get: its CPU goes back to the pool until it unblocks
 
-All of it is synchronous code on the node's Trio loop, called from the message
-handlers; the state lives in ``SchedulerState`` (owned by the node, outside the
-components), so the ``local_scheduler`` component can crash and restart without
-losing a task. The component itself is the dispatch loop: it wakes when the state
-changed and places what can run. While it is down nothing new starts; nothing is
-lost.
+All of it is synchronous code on the node's Trio loop. The message handlers record
+what happened (a submit, a result, a block, a cancel) in ``SchedulerState`` and wake
+the ``local_scheduler`` component, which alone places work (``dispatch``). The state
+is owned by the node, outside the components, so that component can crash — an
+unexpected exception in placement does crash it — and restart without losing a
+task. While it is down nothing new starts; nothing is lost.
+
+Resources are taken and given back through the node's one ``ResourceLedger``
+(``_ledger``), shared with the actor manager; the node reaches the rest of itself
+(owners' links, the worker pool, lineage) only through ``SchedulerHost``.
 """
 
 from __future__ import annotations
