@@ -242,3 +242,51 @@ def test_an_actor_waiting_for_a_cpu_gets_it_when_it_frees_without_polling():
     ray.kill(b)
     ray.kill(c)
     assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+async def _gcs_nodes(address: str, token: str, op: str, node_id: str, info: Any = None) -> None:
+    import gcs
+
+    async with gcs.open_client(address, bytes.fromhex(token), name="test") as client:
+        if op == "register":
+            await client.nodes.register(node_id, info)
+        else:
+            await client.nodes.set_fields(node_id, alive=False)
+
+
+@pytest.mark.usefixtures("cluster")
+def test_a_task_only_another_node_could_run_waits_with_one_warning_and_survives_restarts(
+        cluster):
+    from actorcore.cli._cli import _status_lines
+
+    address = cluster["gcs_address"]
+    token = (Path(cluster["session_dir"]) / "token").read_text().strip()
+    other = "ab" * 16
+    trio.run(_gcs_nodes, address, token, "register", other,
+             {"node_id": other, "resources": {"CPU": 4.0, "GPU": 8.0}, "alive": True})
+    try:
+        first = inc.options(num_gpus=1).remote(1)
+        second = inc.options(num_gpus=1).remote(2)
+        st = _until(lambda: (s := _status()["scheduler"]).unplaced == 2
+                    and s.unplaced_warnings and s, "both to wait, with a warning")
+        # One warning for the shape, naming the request, the capable node and the total.
+        (warning,) = st.unplaced_warnings
+        assert "GPU: 1" in warning and other[:12] in warning and "GPU: 8" in warning
+        assert any("waiting for a node: 2" in line for line in _status_lines(_status()))
+        # A restart of the global scheduler keeps them (and warns no more).
+        _crash_and_wait("global_scheduler")
+        st = _status()["scheduler"]
+        assert st.unplaced == 2 and st.unplaced_warnings == (warning,)
+        ray.cancel(first)
+        with pytest.raises(exc.TaskCancelledError):
+            ray.get(first, timeout=10)
+        # The only node that could run it leaves: it fails, naming what is missing.
+        trio.run(_gcs_nodes, address, token, "leave", other)
+        with pytest.raises(exc.TaskUnschedulableError, match=r"GPU: 1.*largest node"):
+            ray.get(second, timeout=10)
+        assert _status()["scheduler"].unplaced == 0
+        log = (Path(cluster["session_dir"]) / "logs" / "node.log").read_text()
+        assert log.count(warning) == 1  # once per shape, for both tasks and the restart
+    finally:
+        trio.run(_gcs_nodes, address, token, "leave", other)
+    assert ray.get(inc.remote(1), timeout=30) == 2

@@ -212,6 +212,8 @@ class SchedulerStatistics:
         unschedulable). All since the node started.
       available, total: resources free now and the node's capacity (tasks and
         actors both take from ``available``).
+      unplaced: tasks this node can never run that wait for the global scheduler
+        (for another node); unplaced_warnings: why, one line per resource shape.
     """
 
     waiting: int
@@ -223,6 +225,8 @@ class SchedulerStatistics:
     failed: int
     available: dict[str, float]
     total: dict[str, float]
+    unplaced: int = 0
+    unplaced_warnings: tuple[str, ...] = ()
 
     @property
     def queued(self) -> int:
@@ -286,6 +290,9 @@ class SchedulerState:
     # of the global scheduler loses none of them; ``infeasible_added`` wakes it.
     infeasible: dict[bytes, TaskSpec] = attrs.Factory(dict)
     infeasible_added: trio.Event = attrs.Factory(trio.Event)
+    # The global scheduler's warning per resource shape of tasks that wait for a
+    # node (logged once per shape, also across its restarts).
+    unplaced_warnings: dict[tuple, str] = attrs.Factory(dict)
     node_id: str = ""
     dispatch_passes: int = 0
     tasks_finished: int = 0
@@ -716,6 +723,12 @@ class SchedulerState:
             failed=self.tasks_failed,
             available=dict(self.available),
             total=dict(self.total),
+            unplaced=len(self.infeasible),
+            unplaced_warnings=tuple(
+                self.unplaced_warnings[shape]
+                for shape in {ReadyQueues.shape(spec) for spec in self.infeasible.values()}
+                if shape in self.unplaced_warnings
+            ),
         )
 
 
