@@ -11,9 +11,12 @@ Waiting without polling
 A taker that finds the resources in use does not poll: it awaits ``wait_release()``,
 which returns at the next ``release`` (an ``trio.Event`` that each release sets and
 replaces). The taker then tries again; a release that frees too little simply wakes
-it to wait once more. Releases happen on the same thread as every take, so there is
-no window between "try failed" and "start waiting" in which a release could be
-missed: nothing runs between the two but the waiter's own code.
+it to wait once more. Releases happen on the same Trio loop as every take, so a
+taker that awaits ``wait_release()`` right after a failed try (as ``acquire`` does)
+cannot miss a release: nothing runs between the two but its own code. A taker that
+waits from another task (the actor manager spawns one waiter for all its waiting
+actors) notes ``released`` (a count of releases) when its try fails and waits only
+if the count has not moved since.
 
 The dispatch pass of the local scheduler is a waiter too, woken through
 ``on_release`` (a plain callback, since it is woken per change, not awaited).
