@@ -38,6 +38,7 @@ from .api._supervisor import SupervisorRef, supervisor
 from .core_worker._object_ref import ObjectRef
 from .node.actor_manager._introspect import ActorManagerStatistics
 from .node.gcs_client._control import ControlStatistics
+from .node.local_scheduler._ledger import LedgerStatistics
 from .node.local_scheduler._scheduler import SchedulerStatistics
 from .node.object_manager._directory import DirectoryStatistics
 from .runtime_context import RuntimeContext, get_runtime_context
@@ -50,7 +51,7 @@ ObjectID = ObjectRef
 _api._actor_factory = make_actor_class  # @remote on a class makes an ActorClass
 
 # The node's components report typed statistics (frozen attrs classes):
-# SchedulerStatistics, DirectoryStatistics, ActorManagerStatistics, ControlStatistics
+# SchedulerStatistics, LedgerStatistics, DirectoryStatistics, ActorManagerStatistics, ControlStatistics
 # and, per actor, CallGateStatistics; the store's and the GCS's are `store.*Statistics`
 # and `gcs.*Statistics`. `actorcore status` shows them.
 
@@ -63,6 +64,7 @@ __all__ = [
     "ClusterInfo",
     "ControlStatistics",
     "DirectoryStatistics",
+    "LedgerStatistics",
     "ObjectID",
     "ObjectRef",
     "RemoteFunction",

@@ -225,6 +225,9 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
     s: SchedulerStatistics = st["scheduler"]
     lines = [f"tasks: {s.running} running, {s.queued} queued ({s.waiting} waiting for "
              f"arguments), {s.finished} finished ({s.failed} failed, {s.retried} retried)"]
+    if s.unplaced:
+        lines.append(f"tasks waiting for a node: {s.unplaced}")
+        lines += [f"  {w}" for w in s.unplaced_warnings]
     a: ActorManagerStatistics = st["actors"]
     lines.append(f"actors: {a.alive} alive, {a.pending} pending, {a.restarting} restarting, "
                  f"{a.dead} dead ({a.created} created, {_count(a.restarts, 'restart')}) "

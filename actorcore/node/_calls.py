@@ -39,6 +39,7 @@ def _status(node: Any) -> dict:
         "resources_total": sched.total,
         "resources_used": sched.used,
         "scheduler": sched,
+        "ledger": node.sched.ledger.statistics(),
         "object_store": node.directory.statistics(),
         "actors": node.actors.statistics(),
         "workers": {

@@ -34,7 +34,6 @@ workers (SIGTERM, then SIGKILL), and removes the socket files and session link.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import time
@@ -121,18 +120,11 @@ class NodeRuntime:
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
         self.resources = dict(config.resources)
         self.resources["CPU"] = cpus
-        self._infeasible_send, self._infeasible_recv = trio.open_memory_channel[TaskSpec](math.inf)
         self.sched = SchedulerState(
             directory=self.directory,
             total=self.resources,
-            deliver=self._deliver,
-            request_worker=self._request_worker,
-            kill_worker=self._kill_worker,
-            record_lineage=self.objects.record_lineage,
-            forward_infeasible=self._infeasible_send.send_nowait,
-            call_later=self._call_later,
+            host=_SchedulerHost(self),
             node_id=self.node_hex,
-            watch_deps=self.dep_watch.watch,
         )
         n = config.num_workers
         if n is None:
@@ -185,9 +177,6 @@ class NodeRuntime:
         self.store_link: Any = None
         self._hold_store_objects = self.objects.hold_store_objects  # used by ``actor_manager._manager``
         self.directory.on_drop = self.objects.on_object_dropped
-        self.sched.owner_address = self._owner_address
-        self.sched.pool_starting = lambda: self.pool.starting
-        self.sched.pool_can_grow = self.pool.can_grow
         self._tcp_server: transport.Server | None = None
         if config.port is not None:
             self._tcp_server = transport.Server(
@@ -332,12 +321,6 @@ class NodeRuntime:
 
         if self._nursery is not None:
             self._nursery.start_soon(later)
-
-    def _request_worker(self) -> None:
-        self.pool.wakeup.set()
-
-    def _kill_worker(self, worker: WorkerInfo) -> None:
-        self.pool.kill(worker)
 
     def _forward_log(self, prefix: str, stream: str, lines: list[str]) -> None:
         for client in list(self.by_conn.values()):
@@ -552,6 +535,40 @@ class NodeRuntime:
         from ._calls import dispatch_call
 
         dispatch_call(self, m[1], m[2], reply)
+
+
+class _SchedulerHost:
+    """The node as the scheduler sees it (``local_scheduler.SchedulerHost``)."""
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self._node = node
+
+    def deliver(self, owner: bytes, results: list) -> None:
+        self._node._deliver(owner, results)
+
+    def request_worker(self) -> None:
+        self._node.pool.wakeup.set()
+
+    def kill_worker(self, worker: WorkerInfo) -> None:
+        self._node.pool.kill(worker)
+
+    def record_lineage(self, spec: TaskSpec) -> None:
+        self._node.objects.record_lineage(spec)
+
+    def call_later(self, delay: float, fn: Any) -> None:
+        self._node._call_later(delay, fn)
+
+    def owner_address(self, owner: bytes) -> str | None:
+        return self._node._owner_address(owner)
+
+    def watch_deps(self, oids: list[bytes]) -> None:
+        self._node.dep_watch.watch(oids)
+
+    def pool_starting(self) -> int:
+        return self._node.pool.starting
+
+    def pool_can_grow(self) -> bool:
+        return self._node.pool.can_grow()
 
 
 def _local_peer_pid(conn: Any) -> int | None:

@@ -78,8 +78,6 @@ class TreeHost(Protocol):
     @property
     def unix_address(self) -> str: ...
     @property
-    def _infeasible_recv(self) -> trio.MemoryReceiveChannel[Any]: ...
-    @property
     def _server(self) -> transport.Server: ...
     @property
     def _tcp_server(self) -> transport.Server | None: ...
@@ -120,11 +118,10 @@ def build_tree(node: TreeHost) -> Supervisor:
         ChildSpec(
             "global_scheduler",
             lambda: GlobalScheduler(
+                node.sched,
                 # Late-bound: ``node.control`` becomes the GCS-backed state once the
                 # GCS client is up, after this spec is built.
-                node._infeasible_recv,
                 lambda: node.control.list_nodes(),
-                node.sched.fail_unschedulable,
             ),
             kind="global_scheduler",
         ),

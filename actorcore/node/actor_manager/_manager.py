@@ -103,6 +103,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
         self.shared_hosts: list[ActorWorker] = []
         self.waiting_resources: collections.deque[ActorRecord] = collections.deque()
         self._poller = False
+        self._releases_seen = 0
         self._dirty: dict[bytes, dict] = {}
         self._flusher = False
         self.supervisors: dict[str, Any] = {}
@@ -163,7 +164,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
             reply.send(None)
         self._record(rec)
         total = self.node.sched.total
-        if not _fits(spec.resources, total):
+        if not self.node.sched.ledger.feasible(spec.resources):
             rec.error_type = ActorUnschedulableError
             self._end(rec, f"it requests {_fmt(spec.resources)} but the node has only "
                            f"{_fmt(total)}, so it can never be placed")
@@ -231,22 +232,27 @@ class ActorManager(ActorCalls, ActorIntrospection):
         """Take the actor's resources (wait while the node has them in use), then place."""
         need = rec.spec.resources
         if need and rec.held is None:
-            avail = self.node.sched.available
-            if not _fits(need, avail):
+            if not self.node.sched.ledger.try_acquire(need):
                 self.waiting_resources.append(rec)
                 if not self._poller:
                     self._poller = True
-                    self._spawn_task(self._poll_resources)
+                    # The releases seen so far: one that comes before the task
+                    # below starts waiting is not missed (it retries at once).
+                    self._releases_seen = self.node.sched.ledger.released
+                    self._spawn_task(self._await_resources)
                 return
-            for k, v in need.items():
-                avail[k] = avail.get(k, 0.0) - v
             rec.held = dict(need)
         self._place(rec)
 
-    async def _poll_resources(self) -> None:
+    async def _await_resources(self) -> None:
+        """Actors waiting for resources try again at each release in the ledger (no
+        timer): in arrival order, each one that still does not fit waits again."""
+        ledger = self.node.sched.ledger
         try:
             while self.waiting_resources:
-                await trio.sleep(0.02)
+                if ledger.released == self._releases_seen:
+                    await ledger.wait_release()
+                self._releases_seen = ledger.released
                 waiting, self.waiting_resources = self.waiting_resources, collections.deque()
                 for rec in waiting:
                     if rec.state != "dead":
@@ -256,11 +262,8 @@ class ActorManager(ActorCalls, ActorIntrospection):
 
     def _release(self, rec: ActorRecord) -> None:
         if rec.held:
-            avail = self.node.sched.available
-            for k, v in rec.held.items():
-                avail[k] = avail.get(k, 0.0) + v
-            rec.held = None
-            self.node.sched.wakeup.set()
+            held, rec.held = rec.held, None
+            self.node.sched.ledger.release(held)  # wakes waiting actors and the scheduler
 
     def _place(self, rec: ActorRecord) -> None:
         if rec.spec.supervisor is not None:
@@ -646,10 +649,6 @@ async def _quietly(fn: Any, *args: Any) -> None:
         await fn(*args)
     except Exception as exc:
         logger.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
-
-
-def _fits(need: dict[str, float], available: dict[str, float]) -> bool:
-    return all(available.get(k, 0.0) >= v - 1e-9 for k, v in need.items())
 
 
 def _fmt(res: dict[str, float]) -> str:

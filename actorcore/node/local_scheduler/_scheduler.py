@@ -15,12 +15,16 @@ Task life on a node (paper §4.2.2, bottom-up scheduling)::
             ──► worker died: retried (max_retries) or WorkerCrashedError
             ──► blocked in get: its CPU goes back to the pool until it unblocks
 
-All of it is synchronous code on the node's Trio loop, called from the message
-handlers; the state lives in ``SchedulerState`` (owned by the node, outside the
-components), so the ``local_scheduler`` component can crash and restart without
-losing a task. The component itself is the dispatch loop: it wakes when the state
-changed and places what can run. While it is down nothing new starts; nothing is
-lost.
+All of it is synchronous code on the node's Trio loop. The message handlers record
+what happened (a submit, a result, a block, a cancel) in ``SchedulerState`` and wake
+the ``local_scheduler`` component, which alone places work (``dispatch``). The state
+is owned by the node, outside the components, so that component can crash — an
+unexpected exception in placement does crash it — and restart without losing a
+task. While it is down nothing new starts; nothing is lost.
+
+Resources are taken and given back through the node's one ``ResourceLedger``
+(``_ledger``), shared with the actor manager; the node reaches the rest of itself
+(owners' links, the worker pool, lineage) only through ``SchedulerHost``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -38,10 +42,12 @@ from ...exceptions import TaskCancelledError, TaskUnschedulableError, WorkerCras
 from ...protocol import _serialization
 from ...protocol._messages import ObjectData, TaskSpec
 from ..object_manager._directory import ObjectDirectory, ObjectEntry
+from ._ledger import ResourceLedger, fits
 
 __all__ = [
     "LocalScheduler",
     "ReadyQueues",
+    "SchedulerHost",
     "SchedulerState",
     "SchedulerStatistics",
     "WorkerInfo",
@@ -192,13 +198,6 @@ class ReadyQueues:
             yield from q
 
 
-def fits(need: dict[str, float], available: dict[str, float]) -> bool:
-    for k, v in need.items():
-        if available.get(k, 0.0) < v - 1e-9:
-            return False
-    return True
-
-
 @attrs.frozen(kw_only=True)
 class SchedulerStatistics:
     """Figures of a node's local scheduler, from ``SchedulerState.statistics()``.
@@ -213,6 +212,8 @@ class SchedulerStatistics:
         unschedulable). All since the node started.
       available, total: resources free now and the node's capacity (tasks and
         actors both take from ``available``).
+      unplaced: tasks this node can never run that wait for the global scheduler
+        (for another node); unplaced_warnings: why, one line per resource shape.
     """
 
     waiting: int
@@ -224,6 +225,8 @@ class SchedulerStatistics:
     failed: int
     available: dict[str, float]
     total: dict[str, float]
+    unplaced: int = 0
+    unplaced_warnings: tuple[str, ...] = ()
 
     @property
     def queued(self) -> int:
@@ -236,20 +239,40 @@ class SchedulerStatistics:
         return {k: v - self.available.get(k, 0.0) for k, v in self.total.items()}
 
 
+class SchedulerHost(Protocol):
+    """What the scheduler asks of the node it runs in (``_runtime.NodeRuntime``
+    provides it). Everything the scheduler does outside its own state goes through
+    these calls; they are synchronous and never block."""
+
+    def deliver(self, owner: bytes, results: list[ObjectData]) -> None:
+        """Send ``results`` to the connection of the worker or driver ``owner``."""
+    def request_worker(self) -> None:
+        """Ask the worker pool for one more worker (it decides whether to start one)."""
+    def kill_worker(self, worker: WorkerInfo) -> None:
+        """Kill ``worker``'s process (a force cancel); its death is reported back."""
+    def record_lineage(self, spec: TaskSpec) -> None:
+        """Record ``spec`` (or its new attempt) as the lineage of its returns."""
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the node's loop after ``delay`` seconds."""
+    def owner_address(self, owner: bytes) -> str | None:
+        """Where ``owner`` takes results pushed by workers directly, or None."""
+    def watch_deps(self, oids: list[bytes]) -> None:
+        """Watch arguments a task waits for that may never become ready."""
+    def pool_starting(self) -> int:
+        """Workers the pool is starting now."""
+    def pool_can_grow(self) -> bool:
+        """Whether the pool may start one more worker now (below its limit)."""
+
+
 @attrs.define(eq=False)
 class SchedulerState:
     """Everything the local scheduler knows; survives its component's restarts."""
 
     directory: ObjectDirectory
     total: dict[str, float]
-    # (owner worker id, [results]) -> deliver to the owner's connection
-    deliver: Callable[[bytes, list[ObjectData]], None]
-    request_worker: Callable[[], None]
-    kill_worker: Callable[[WorkerInfo], None]
-    record_lineage: Callable[[TaskSpec], None]
-    forward_infeasible: Callable[[TaskSpec], None]
-    call_later: Callable[[float, Callable[[], None]], None]
-    available: dict[str, float] = attrs.Factory(dict)
+    host: SchedulerHost
+    # The one account of the node's resources, for tasks and actors both.
+    ledger: ResourceLedger = attrs.field(init=False)
     waiting: dict[bytes, list] = attrs.Factory(dict)  # task id -> [spec, deps missing]
     ready: ReadyQueues = attrs.Factory(ReadyQueues)
     running: dict[bytes, WorkerInfo] = attrs.Factory(dict)
@@ -262,28 +285,32 @@ class SchedulerState:
     # (its submit may have been on its way when the cancel came) is cancelled too.
     cancelled_trees: set[bytes] = attrs.Factory(set)
     wakeup: trio.Event = attrs.Factory(trio.Event)
+    # Tasks no resources of this node can ever satisfy, for the global scheduler to
+    # place (in arrival order). They stay here until it has decided, so that a crash
+    # of the global scheduler loses none of them; ``infeasible_added`` wakes it.
+    infeasible: dict[bytes, TaskSpec] = attrs.Factory(dict)
+    infeasible_added: trio.Event = attrs.Factory(trio.Event)
+    # The global scheduler's warning per resource shape of tasks that wait for a
+    # node (logged once per shape, also across its restarts).
+    unplaced_warnings: dict[tuple, str] = attrs.Factory(dict)
     node_id: str = ""
-    dispatcher_running: bool = False
-    # Where the owner of a task listens for results pushed by workers directly (a
-    # driver on this node), or None: then the node forwards them.
-    owner_address: Callable[[bytes], str | None] = lambda _owner: None
-    # Deps a task waits for that are not ready: watched for ones that never will be.
-    watch_deps: Callable[[list[bytes]], None] = lambda _oids: None
-    pool_starting: Callable[[], int] = lambda: 0
-    # Whether the worker pool may start one more worker now (it is below its limit).
-    pool_can_grow: Callable[[], bool] = lambda: False
-    _dispatching: bool = False
+    dispatch_passes: int = 0
     tasks_finished: int = 0
     tasks_retried: int = 0
     tasks_failed: int = 0
 
     def __attrs_post_init__(self) -> None:
-        self.available = dict(self.total)
+        self.ledger = ResourceLedger(self.total, on_release=self._wake)
+
+    @property
+    def available(self) -> dict[str, float]:
+        """Resources free now (the ledger's; read only: take and give through it)."""
+        return self.ledger.available
 
     # -- entry points (called by the node's handlers) -------------------------------
 
     def submit(self, spec: TaskSpec) -> None:
-        self.record_lineage(spec)
+        self.host.record_lineage(spec)
         parent = spec.parent_task_id
         if parent is not None:
             if parent in self.cancelled_trees:
@@ -297,7 +324,8 @@ class SchedulerState:
             else:
                 kids.add(spec.task_id)
         if not fits(spec.resources, self.total):
-            self.forward_infeasible(spec)
+            self.infeasible[spec.task_id] = spec
+            self.infeasible_added.set()
             return
         deps = spec.deps
         if not deps:
@@ -313,7 +341,7 @@ class SchedulerState:
         for oid in deps:
             self.directory.when_ready(oid, on_dep)
         if record[1] != 0:  # some dep is not ready yet
-            self.watch_deps(deps)
+            self.host.watch_deps(deps)
 
     def _dep_ready(self, record: list) -> None:
         record[1] -= 1
@@ -392,8 +420,8 @@ class SchedulerState:
         held = worker.held.get(task_id, {})
         cpu = held.pop("CPU", 0.0)
         if cpu:
-            self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
             held["_blocked_cpu"] = cpu
+            self.ledger.release({"CPU": cpu})
         self._promote(worker)
         self._make_available(worker)
 
@@ -405,7 +433,7 @@ class SchedulerState:
         cpu = held.pop("_blocked_cpu", 0.0)
         if cpu:
             # May go below zero for a moment (oversubscription), as in Ray.
-            self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
+            self.ledger.take({"CPU": cpu})
             held["CPU"] = cpu
 
     def cancel(self, task_id: bytes, force: bool, recursive: bool = False) -> None:
@@ -439,6 +467,10 @@ class SchedulerState:
         self._cancel_one(task_id, force)
 
     def _cancel_one(self, task_id: bytes, force: bool) -> None:
+        spec = self.infeasible.pop(task_id, None)
+        if spec is not None:
+            self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
+            return
         record = self.waiting.pop(task_id, None)
         if record is not None:
             spec = record[0]
@@ -455,7 +487,7 @@ class SchedulerState:
             self.cancelled.add(task_id)
             if force:
                 worker.force_cancelled.add(task_id)
-                self.kill_worker(worker)
+                self.host.kill_worker(worker)
             elif worker.conn is not None:
                 # Raised inside the task; a task stuck in a blocking C call (sleep,
                 # I/O) cannot see it, so after a grace period its worker is killed.
@@ -464,19 +496,23 @@ class SchedulerState:
                 def escalate() -> None:
                     if self.running.get(task_id) is worker:
                         worker.force_cancelled.add(task_id)
-                        self.kill_worker(worker)
+                        self.host.kill_worker(worker)
 
-                self.call_later(CANCEL_GRACE, escalate)
+                self.host.call_later(CANCEL_GRACE, escalate)
 
     def knows_task(self, task_id: bytes) -> bool:
         """Whether ``task_id`` is waiting, queued or running here (slow path: scans)."""
-        if task_id in self.running or task_id in self.waiting:
+        if task_id in self.running or task_id in self.waiting or task_id in self.infeasible:
             return True
         return any(spec.task_id == task_id for spec in self.ready)
 
     def drop_owner(self, owner: bytes) -> int:
         """Forget the queued (not running) tasks of a departed owner; return how many."""
         dropped = 0
+        for spec in [s for s in self.infeasible.values() if s.owner == owner]:
+            del self.infeasible[spec.task_id]
+            self._forget_edge(spec)
+            dropped += 1
         for task_id, record in list(self.waiting.items()):
             if record[0].owner == owner:
                 del self.waiting[task_id]
@@ -491,6 +527,9 @@ class SchedulerState:
         return dropped
 
     def fail_unschedulable(self, spec: TaskSpec, message: str) -> None:
+        """The global scheduler found no node for ``spec``: it fails with ``message``."""
+        if self.infeasible.pop(spec.task_id, None) is None:
+            return  # cancelled (or its owner left) while it was being placed
         self._fail(spec, TaskUnschedulableError(message))
 
     # -- dispatch (the local_scheduler component's loop) -----------------------------
@@ -529,11 +568,11 @@ class SchedulerState:
                     # Resources are free but no worker is idle: the pool starts one
                     # (see the docstring); tasks needing no CPU always wait for a new
                     # worker so that they run side by side.
-                    self.request_worker()
+                    self.host.request_worker()
                     if (
                         spec.resources.get("CPU", 0.0) > 0
                         and not self.workers_starting()
-                        and not self.pool_can_grow()
+                        and not self.host.pool_can_grow()
                     ):
                         self._pipeline(key)
                     break
@@ -541,7 +580,7 @@ class SchedulerState:
                 self._start(worker, spec)
 
     def workers_starting(self) -> bool:
-        return self.pool_starting() > 0
+        return self.host.pool_starting() > 0
 
     def _pipeline(self, key: tuple) -> None:
         ready = self.ready
@@ -562,15 +601,12 @@ class SchedulerState:
         while worker.queued and worker.active() == 0:
             tid = worker.queued.popleft()
             spec = worker.tasks[tid]
-            for k, v in spec.resources.items():
-                self.available[k] = self.available.get(k, 0.0) - v
+            self.ledger.take(spec.resources)
             worker.held[tid] = dict(spec.resources)
 
     def _start(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         """Hand ``spec`` to ``worker``: take its resources, send it with its inputs."""
-        available = self.available
-        for k, v in spec.resources.items():
-            available[k] = available.get(k, 0.0) - v
+        self.ledger.take(spec.resources)
         worker.held[spec.task_id] = dict(spec.resources)
         worker.tasks[spec.task_id] = spec
         worker.state = "busy"
@@ -581,7 +617,7 @@ class SchedulerState:
     def _send(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         entries = self.directory.entries
         dep_data = [(entries[oid].is_error, entries[oid].data) for oid in spec.deps]
-        direct = self.owner_address(spec.owner)
+        direct = self.host.owner_address(spec.owner)
         try:
             if direct is None:
                 worker.conn.send_nowait(("execute", spec, dep_data))
@@ -613,17 +649,10 @@ class SchedulerState:
     # -- internals ---------------------------------------------------------------------
 
     def _wake(self) -> None:
-        if self.dispatcher_running and not self._dispatching:
-            # Place work right away (one pass of the component's loop, inline): a
-            # submit or a finished task starts the next task without a scheduling
-            # round trip. While the component is down nothing is placed.
-            self._dispatching = True
-            try:
-                self.dispatch()
-            finally:
-                self._dispatching = False
-        else:
-            self.wakeup.set()
+        # Only marks: the ``local_scheduler`` component places the work (see
+        # ``LocalScheduler``), so a fault in placement crashes that component, not
+        # the message handler that happened to wake it.
+        self.wakeup.set()
 
     def _make_available(self, worker: WorkerInfo) -> None:
         if not worker.available():
@@ -643,17 +672,17 @@ class SchedulerState:
         worker.blocked_tasks.discard(task_id)
         worker.force_cancelled.discard(task_id)
         self.running.pop(task_id, None)
-        for k, v in worker.held.pop(task_id, {}).items():
-            if k == "_blocked_cpu":
-                continue
-            self.available[k] = self.available.get(k, 0.0) + v
+        held = worker.held.pop(task_id, None)
+        if held:
+            held.pop("_blocked_cpu", None)
+            self.ledger.release(held)
 
     def _retry(self, spec: TaskSpec) -> None:
         if spec.max_retries > 0:
             spec.max_retries -= 1
         spec.attempt += 1
         self.tasks_retried += 1
-        self.record_lineage(spec)
+        self.host.record_lineage(spec)
         self.ready.append(spec)
         self._wake()
 
@@ -681,7 +710,7 @@ class SchedulerState:
             self.cancelled_trees.discard(spec.task_id)
         self.directory.put_many(results)
         if not delivered:
-            self.deliver(spec.owner, results)
+            self.host.deliver(spec.owner, results)
 
     def statistics(self) -> SchedulerStatistics:
         return SchedulerStatistics(
@@ -694,11 +723,30 @@ class SchedulerState:
             failed=self.tasks_failed,
             available=dict(self.available),
             total=dict(self.total),
+            unplaced=len(self.infeasible),
+            unplaced_warnings=tuple(
+                self.unplaced_warnings[shape]
+                for shape in {ReadyQueues.shape(spec) for spec in self.infeasible.values()}
+                if shape in self.unplaced_warnings
+            ),
         )
 
 
 class LocalScheduler:
-    """The ``local_scheduler`` component: the dispatch loop over ``SchedulerState``."""
+    """The ``local_scheduler`` component: the dispatch loop over ``SchedulerState``.
+
+    Message handlers change the state (a task submitted, finished, blocked; a
+    release in the ledger) and only mark it: they set ``state.wakeup``. This loop
+    is the one place that places work. An unexpected exception in placement
+    therefore propagates out of ``run``: the component crashes, its supervisor
+    restarts it, and the new loop starts with a full pass over the same state —
+    the queues, the running table and the ledger live in ``SchedulerState``, which
+    the node owns, so nothing queued or running is lost. While the component is
+    down nothing new starts; handlers keep recording work.
+
+    One pass places everything placeable, so a burst of submits (or of results)
+    costs one pass, not one per message.
+    """
 
     def __init__(self, state: SchedulerState) -> None:
         self.state = state
@@ -706,16 +754,14 @@ class LocalScheduler:
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         state = self.state
         task_status.started()
-        try:
-            state.dispatcher_running = True
+        while True:
+            # A fresh event before the pass: a wake during it (nothing in dispatch
+            # wakes us today, but a callback might) costs one more pass, never a
+            # missed one. ``wait`` on a set event still checkpoints.
+            state.wakeup = trio.Event()
+            state.dispatch_passes += 1
             state.dispatch()
-            while True:
-                await state.wakeup.wait()
-                state.wakeup = trio.Event()
-                state.dispatch()
-                await trio.lowlevel.checkpoint()
-        finally:
-            state.dispatcher_running = False
+            await state.wakeup.wait()
 
     def snapshot(self) -> dict:
         st = self.state.statistics()

@@ -1,0 +1,154 @@
+"""The node's resource ledger: one account of CPUs, GPUs and custom resources for
+tasks and actors both.
+
+Tasks are placed by the local scheduler's dispatch pass, synchronously, on the
+node's Trio loop; actors wait for their resources in the actor manager. Both take
+from and give back to this one ledger, through ``try_acquire`` / ``take`` /
+``release``. Nobody writes ``available`` but the ledger.
+
+Waiting without polling
+-----------------------
+A taker that finds the resources in use does not poll: it awaits ``wait_release()``,
+which returns at the next ``release`` (an ``trio.Event`` that each release sets and
+replaces). The taker then tries again; a release that frees too little simply wakes
+it to wait once more. Releases happen on the same Trio loop as every take, so a
+taker that awaits ``wait_release()`` right after a failed try (as ``acquire`` does)
+cannot miss a release: nothing runs between the two but its own code. A taker that
+waits from another task (the actor manager spawns one waiter for all its waiting
+actors) notes ``released`` (a count of releases) when its try fails and waits only
+if the count has not moved since.
+
+The dispatch pass of the local scheduler is a waiter too, woken through
+``on_release`` (a plain callback, since it is woken per change, not awaited).
+
+``available`` may go below zero for a moment: a task that leaves ``get`` takes its
+CPU back even if another task got it meanwhile (oversubscription, as in Ray).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+import trio
+
+__all__ = ["LedgerStatistics", "ResourceLedger", "fits"]
+
+
+def fits(need: dict[str, float], available: dict[str, float]) -> bool:
+    """Whether ``need`` fits in ``available`` (with a tolerance for float sums)."""
+    for k, v in need.items():
+        if available.get(k, 0.0) < v - 1e-9:
+            return False
+    return True
+
+
+@attrs.frozen(kw_only=True)
+class LedgerStatistics:
+    """Figures of the node's resource ledger since the node started.
+
+    Attributes:
+      acquired: successful ``try_acquire`` calls (actors and anything else that asks
+        before taking); released: ``release`` calls that gave something back.
+      waits: times a taker started waiting in ``wait_release``; wakeups: waiters
+        woken by a release (one release wakes every waiter at once).
+      waiting: takers waiting now.
+      available, total: resources free now and the node's capacity.
+    """
+
+    acquired: int
+    released: int
+    waits: int
+    wakeups: int
+    waiting: int
+    available: dict[str, float]
+    total: dict[str, float]
+
+
+@attrs.define(eq=False)
+class ResourceLedger:
+    """The node's resources: what it has (``total``) and what is free (``available``)."""
+
+    total: dict[str, float]
+    available: dict[str, float] = attrs.field(init=False)
+    #: Called after every release (the local scheduler's wake-up), or None.
+    on_release: Callable[[], None] | None = None
+    _released: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _waiting: int = attrs.field(init=False, default=0)
+    acquired: int = attrs.field(init=False, default=0)
+    released: int = attrs.field(init=False, default=0)
+    waits: int = attrs.field(init=False, default=0)
+    wakeups: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        self.available = dict(self.total)
+
+    def feasible(self, need: dict[str, float]) -> bool:
+        """Whether ``need`` could ever be met on this node (fits its capacity)."""
+        return fits(need, self.total)
+
+    def fits(self, need: dict[str, float]) -> bool:
+        """Whether ``need`` is free now."""
+        return fits(need, self.available)
+
+    def try_acquire(self, need: dict[str, float]) -> bool:
+        """Take ``need`` if it is free now; return whether it was taken."""
+        available = self.available
+        if not fits(need, available):
+            return False
+        for k, v in need.items():
+            available[k] = available.get(k, 0.0) - v
+        self.acquired += 1
+        return True
+
+    def take(self, need: dict[str, float]) -> None:
+        """Take ``need`` unconditionally (the caller checked, or oversubscribes on purpose)."""
+        available = self.available
+        for k, v in need.items():
+            available[k] = available.get(k, 0.0) - v
+
+    def release(self, held: dict[str, float]) -> None:
+        """Give ``held`` back and wake every waiter (and the local scheduler)."""
+        if not held:
+            return
+        available = self.available
+        for k, v in held.items():
+            available[k] = available.get(k, 0.0) + v
+        self.released += 1
+        if self._waiting:
+            self.wakeups += self._waiting
+            self._released.set()
+            self._released = trio.Event()
+        if self.on_release is not None:
+            self.on_release()
+
+    async def wait_release(self) -> None:
+        """Return at the next ``release`` (then try again: it may have freed too little)."""
+        event = self._released
+        self._waiting += 1
+        self.waits += 1
+        try:
+            await event.wait()
+        finally:
+            self._waiting -= 1
+
+    async def acquire(self, need: dict[str, float]) -> None:
+        """Take ``need``, waiting for releases until it is free.
+
+        Raises ``ValueError`` at once for a request the node can never meet.
+        """
+        if not self.feasible(need):
+            raise ValueError(f"request {need} exceeds the node's capacity {self.total}")
+        while not self.try_acquire(need):
+            await self.wait_release()
+
+    def statistics(self) -> LedgerStatistics:
+        return LedgerStatistics(
+            acquired=self.acquired,
+            released=self.released,
+            waits=self.waits,
+            wakeups=self.wakeups,
+            waiting=self._waiting,
+            available=dict(self.available),
+            total=dict(self.total),
+        )

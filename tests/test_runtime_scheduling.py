@@ -1,0 +1,292 @@
+"""The scheduling components are real components: placement runs in
+``local_scheduler`` (a fault in it crashes and restarts that component, over state
+that outlives it), ``global_scheduler`` keeps nothing a restart loses, and tasks and
+actors share one resource ledger whose waiters are woken by releases (no polling)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import actorcore as ray
+from actorcore import exceptions as exc
+from actorcore.kernel import ChildSpec, Supervisor
+from actorcore.node.local_scheduler._ledger import ResourceLedger
+from actorcore.node.local_scheduler._scheduler import LocalScheduler, SchedulerState, WorkerInfo
+from actorcore.node.object_manager._directory import ObjectDirectory
+from actorcore.protocol._messages import TaskSpec
+from actorcore.testing import faults
+
+# -- in process: the component and the ledger on their own ------------------------
+
+
+@attrs.define(eq=False)
+class _FlakyState(SchedulerState):
+    """Scheduler state whose placement has a bug that strikes ``faults_left`` times."""
+
+    faults_left: int = 1
+
+    def dispatch(self) -> None:
+        if self.faults_left and self.ready:
+            self.faults_left -= 1
+            raise RuntimeError("bug in placement")
+        super().dispatch()
+
+
+class _Conn:
+    def __init__(self, expect: int) -> None:
+        self.sent: list[tuple] = []
+        self.expect = expect
+        self.all_sent = trio.Event()
+
+    def send_nowait(self, message: tuple) -> None:
+        self.sent.append(message)
+        if len(self.sent) >= self.expect:
+            self.all_sent.set()
+
+
+class _Host:
+    """A node with nothing behind it (``SchedulerHost``)."""
+
+    def deliver(self, owner: bytes, results: list) -> None: ...
+    def request_worker(self) -> None: ...
+    def kill_worker(self, worker: WorkerInfo) -> None: ...
+    def record_lineage(self, spec: TaskSpec) -> None: ...
+    def call_later(self, delay: float, fn: Any) -> None: ...
+    def owner_address(self, owner: bytes) -> str | None:
+        return None
+    def watch_deps(self, oids: list[bytes]) -> None: ...
+    def pool_starting(self) -> int:
+        return 0
+    def pool_can_grow(self) -> bool:
+        return False
+
+
+def _spec(i: int) -> TaskSpec:
+    return TaskSpec(
+        task_id=i.to_bytes(4, "big") * 5, job_id=b"j" * 4, function_id=b"f" * 8,
+        name=f"t{i}", args=b"", deps=[], num_returns=1, resources={"CPU": 1.0},
+        max_retries=0, retry_exceptions=False, parent_task_id=None, owner=b"o" * 20,
+    )
+
+
+def test_a_fault_in_placement_crashes_local_scheduler_and_its_restart_places_the_queue():
+    conns = [_Conn(1), _Conn(1)]
+    state = _FlakyState(directory=ObjectDirectory(), total={"CPU": 2.0}, host=_Host())
+    for i, conn in enumerate(conns):
+        w = WorkerInfo(index=i, worker_id=bytes([i]) * 20, conn=conn, state="idle", in_idle=True)
+        state.idle.append(w)
+
+    async def main() -> None:
+        sup = Supervisor("node", [ChildSpec("local_scheduler", lambda: LocalScheduler(state))],
+                         max_restarts=5, max_seconds=10)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            # The handler's part only records the work: the bug does not reach it.
+            state.submit(_spec(1))
+            state.submit(_spec(2))
+            with trio.fail_after(5):
+                for conn in conns:
+                    await conn.all_sent.wait()
+            assert sup.statistics().restarts == 1
+            assert state.faults_left == 0
+            # Each task went to exactly one worker, once.
+            assert sorted(c.sent[0][1].name for c in conns) == ["t1", "t2"]
+            assert [len(c.sent) for c in conns] == [1, 1]
+            assert len(state.running) == 2 and not state.ready
+            assert state.available == {"CPU": 0.0}
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_ledger_wakes_waiters_on_release_without_a_timer():
+    async def main() -> None:
+        ledger = ResourceLedger({"CPU": 2.0})
+        assert ledger.try_acquire({"CPU": 2.0})
+        assert not ledger.try_acquire({"CPU": 1.0})
+        got: list[int] = []
+        async with trio.open_nursery() as nursery:
+            async def taker(i: int) -> None:
+                await ledger.acquire({"CPU": 1.0})
+                got.append(i)
+            nursery.start_soon(taker, 1)
+            nursery.start_soon(taker, 2)
+            await trio.testing.wait_all_tasks_blocked()
+            # Both wait, and nothing wakes them while nothing is released: no timer.
+            assert ledger.statistics().waiting == 2 and ledger.statistics().waits == 2
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [] and ledger.statistics().wakeups == 0
+            ledger.release({"CPU": 2.0})
+        st = ledger.statistics()
+        assert sorted(got) == [1, 2] and st.wakeups == 2 and st.waits == 2
+        assert st.available == {"CPU": 0.0} and st.waiting == 0
+        with pytest.raises(ValueError, match="capacity"):
+            await ledger.acquire({"CPU": 3.0})
+
+    trio.run(main)
+
+
+# -- a real cluster -----------------------------------------------------------------
+
+@ray.remote
+def hold(path: str, x: int) -> int:
+    """Runs until ``path`` exists (at most 30 s), then returns ``x * 10``."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    return x * 10
+
+
+@ray.remote
+def inc(x: int) -> int:
+    return x + 1
+
+
+@ray.remote(num_cpus=1)
+class Cpu:
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _find(snap: dict, name: str) -> dict:
+    if snap["name"] == name:
+        return snap
+    for child in snap.get("children", []):
+        found = _find(child, name)
+        if found:
+            return found
+    return {}
+
+
+def _status() -> dict[str, Any]:
+    return ray._api._call("status")
+
+
+def _until(pred: Any, what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _crash_and_wait(component: str) -> None:
+    before = _find(ray.tree(), component)["restarts"]
+    assert "crashed" in faults.crash(component)
+    _until(lambda: _find(ray.tree(), component)["restarts"] == before + 1
+           and _find(ray.tree(), component)["state"] == "running",
+           f"{component} to restart")
+
+
+@pytest.mark.usefixtures("cluster")
+def test_scheduler_crashes_with_work_queued_running_and_actors_waiting_lose_nothing():
+    gate = Path(tempfile.mkdtemp(prefix="acs-gate-")) / "open"
+    st0 = _status()["scheduler"]
+    # Both CPUs busy (running), 30 tasks queued behind them, one actor waiting for a
+    # CPU, and a task no node can take on its way to the global scheduler.
+    running = [hold.remote(str(gate), i) for i in range(2)]
+    _until(lambda: _status()["scheduler"].running - st0.running >= 2, "both holds to run")
+    queued = [inc.remote(i) for i in range(30)]
+    actor = Cpu.remote()
+    _until(lambda: _status()["ledger"].waiting >= 1, "the actor to wait for a CPU")
+    infeasible = inc.options(resources={"TPU": 1}).remote(0)
+
+    _crash_and_wait("local_scheduler")
+    _crash_and_wait("global_scheduler")
+    with pytest.raises(exc.TaskUnschedulableError, match="TPU"):
+        ray.get(infeasible, timeout=30)
+
+    gate.touch()
+    assert ray.get(running, timeout=30) == [0, 10]
+    assert ray.get(queued, timeout=30) == [i + 1 for i in range(30)]
+    assert isinstance(ray.get(actor.pid.remote(), timeout=30), int)
+    st = _status()["scheduler"]
+    # Exactly once each: nothing re-ran, nothing is left.
+    assert st.retried == st0.retried
+    assert st.finished - st0.finished == 2 + 30 + 1
+    assert ray.get(inc.remote(41), timeout=30) == 42
+    ray.kill(actor)
+
+
+@pytest.mark.usefixtures("cluster")
+def test_an_actor_waiting_for_a_cpu_gets_it_when_it_frees_without_polling():
+    a, b = Cpu.remote(), Cpu.remote()  # the cluster's 2 CPUs
+    ray.get([a.pid.remote(), b.pid.remote()], timeout=30)
+    led0 = _status()["ledger"]
+    c = Cpu.remote()
+    _until(lambda: _status()["ledger"].waiting == 1, "the third actor to wait")
+    # Half a second of waiting costs one wait: nothing polls (a 20 ms timer would
+    # have woken it ~25 times).
+    time.sleep(0.5)
+    led = _status()["ledger"]
+    assert led.waits - led0.waits == 1 and led.wakeups == led0.wakeups
+    ray.kill(a)
+    assert isinstance(ray.get(c.pid.remote(), timeout=30), int)
+    led = _status()["ledger"]
+    assert led.wakeups - led0.wakeups == 1 and led.waiting == 0
+    assert led.available.get("CPU", 0.0) == pytest.approx(0.0)
+    ray.kill(b)
+    ray.kill(c)
+    assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+async def _gcs_nodes(address: str, token: str, op: str, node_id: str, info: Any = None) -> None:
+    import gcs
+
+    async with gcs.open_client(address, bytes.fromhex(token), name="test") as client:
+        if op == "register":
+            await client.nodes.register(node_id, info)
+        else:
+            await client.nodes.set_fields(node_id, alive=False)
+
+
+@pytest.mark.usefixtures("cluster")
+def test_a_task_only_another_node_could_run_waits_with_one_warning_and_survives_restarts(
+        cluster):
+    from actorcore.cli._cli import _status_lines
+
+    address = cluster["gcs_address"]
+    token = (Path(cluster["session_dir"]) / "token").read_text().strip()
+    other = "ab" * 16
+    trio.run(_gcs_nodes, address, token, "register", other,
+             {"node_id": other, "resources": {"CPU": 4.0, "GPU": 8.0}, "alive": True})
+    try:
+        first = inc.options(num_gpus=1).remote(1)
+        second = inc.options(num_gpus=1).remote(2)
+        st = _until(lambda: (s := _status()["scheduler"]).unplaced == 2
+                    and s.unplaced_warnings and s, "both to wait, with a warning")
+        # One warning for the shape, naming the request, the capable node and the total.
+        (warning,) = st.unplaced_warnings
+        assert "GPU: 1" in warning and other[:12] in warning and "GPU: 8" in warning
+        assert any("waiting for a node: 2" in line for line in _status_lines(_status()))
+        # A restart of the global scheduler keeps them (and warns no more).
+        _crash_and_wait("global_scheduler")
+        st = _status()["scheduler"]
+        assert st.unplaced == 2 and st.unplaced_warnings == (warning,)
+        ray.cancel(first)
+        with pytest.raises(exc.TaskCancelledError):
+            ray.get(first, timeout=10)
+        # The only node that could run it leaves: it fails, naming what is missing.
+        trio.run(_gcs_nodes, address, token, "leave", other)
+        with pytest.raises(exc.TaskUnschedulableError, match=r"GPU: 1.*largest node"):
+            ray.get(second, timeout=10)
+        assert _status()["scheduler"].unplaced == 0
+        log = (Path(cluster["session_dir"]) / "logs" / "node.log").read_text()
+        assert log.count(warning) == 1  # once per shape, for both tasks and the restart
+    finally:
+        trio.run(_gcs_nodes, address, token, "leave", other)
+    assert ray.get(inc.remote(1), timeout=30) == 2
