@@ -105,11 +105,12 @@ class ActorClass:
     is an error, as in Ray (the original class is ``A.__actorcore_class__``).
     """
 
-    def __init__(self, cls: type, options: dict[str, Any]) -> None:
+    def __init__(self, cls: type, options: dict[str, Any],
+                 _metas: tuple[ClassMeta, MethodMeta] | None = None) -> None:
         self.__actorcore_class__ = cls
         self._options = validate_actor_options(options)
         _check_extra_options(self._options)
-        self._meta, self._ctor = class_meta(cls)
+        self._meta, self._ctor = class_meta(cls) if _metas is None else _metas
         self._export: FunctionExport | None = None
         self._lock = threading.Lock()
         self.__name__ = cls.__name__
@@ -127,7 +128,10 @@ class ActorClass:
         return f"<actorcore.ActorClass {self._meta.module}.{self._meta.class_name}>"
 
     def __reduce__(self) -> Any:
-        return (ActorClass, (self.__actorcore_class__, self._options))
+        # The method table travels along: a class whose methods create actors of
+        # their own class is rebuilt while it is still being unpickled (an empty
+        # skeleton), so its table cannot be read from it then.
+        return (ActorClass, (self.__actorcore_class__, self._options, (self._meta, self._ctor)))
 
     def options(self, **options: Any) -> _ActorOptions:
         merged = dict(self._options)

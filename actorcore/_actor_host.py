@@ -192,6 +192,7 @@ class ThreadedHost(pykka.ThreadingActor):
         incarnation, dep_data, record = self._create
         self._create = None  # type: ignore[assignment]
         task_context.actor_id = spec.actor_id.hex()
+        task_context.job_id = spec.job_id  # tasks it submits belong to its job
         try:
             self.instance = self.ctx.construct(spec, dep_data, record)
         except Exception as exc:
@@ -200,9 +201,11 @@ class ThreadedHost(pykka.ThreadingActor):
             return
         if spec.max_concurrency > 1:
             aid = spec.actor_id.hex()
+            job_id = spec.job_id
 
             def init() -> None:
                 task_context.actor_id = aid
+                task_context.job_id = job_id
 
             self.pool = concurrent.futures.ThreadPoolExecutor(
                 spec.max_concurrency, thread_name_prefix=f"actor-{aid[:8]}", initializer=init)
@@ -315,6 +318,7 @@ class AsyncHost:
         incarnation, dep_data, record = self._create
         self._create = None  # type: ignore[assignment]
         task_context.actor_id = spec.actor_id.hex()
+        task_context.job_id = spec.job_id
         self._event = anyio.Event()
         on_trio = sniffio.current_async_library() == "trio"
         if on_trio:

@@ -482,8 +482,13 @@ class CoreWorker:
         self._cancelled_tasks.discard(task_id)
 
     def current_job_id(self) -> bytes:
-        spec = getattr(task_context, "spec", None)
-        return spec.job_id if spec is not None else self.job_id
+        """The job of the task or actor this thread runs (an actor method call's
+        ``CallSpec`` has none: its actor's, recorded on the actor's threads), else
+        this process's."""
+        job_id = getattr(getattr(task_context, "spec", None), "job_id", None)
+        if job_id is None:
+            job_id = getattr(task_context, "job_id", None)
+        return job_id if job_id is not None else self.job_id
 
     def _in_loop(self) -> bool:
         return threading.get_ident() == self._loop_thread
