@@ -319,7 +319,9 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     """The value(s) of ``object_refs`` (one ref or a list), waiting up to ``timeout`` s.
 
     A task's exception is raised here (an instance of both ``TaskError`` and the
-    original type, with the remote traceback); ``GetTimeoutError`` when time runs out.
+    original type, with the remote traceback) as soon as any one of ``object_refs``
+    holds an error, without waiting for the others (as Ray); ``GetTimeoutError``
+    when time runs out.
     """
     core = _worker_state.current_core()
     refs, single = _as_ref_list(object_refs, "get")
@@ -349,6 +351,9 @@ def wait(
     if isinstance(object_refs, ObjectRef):
         raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef")
     refs, _ = _as_ref_list(object_refs, "wait")
+    if not refs:
+        _check_timeout(timeout, "wait")
+        return [], []  # as Ray: nothing to wait for, whatever num_returns says
     if len(set(refs)) != len(refs):
         raise ValueError("wait() got duplicate ObjectRefs in its list")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:

@@ -40,6 +40,7 @@ is dropped and the node is told to free it (batched).
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -389,8 +390,10 @@ class CoreWorker:
             if entry is not None:
                 self._set_ready(entry, is_error, data)
 
-    def _register(self, entries: Sequence[_Entry], needed: int, fire: Callable[[], None]) -> Callable:
-        """Call ``fire()`` (core loop) once ``needed`` more of ``entries`` are ready.
+    def _register(self, entries: Sequence[_Entry], needed: int, fire: Callable[[], None],
+                  fail_fast: bool = False) -> Callable:
+        """Call ``fire()`` (core loop) once ``needed`` more of ``entries`` are ready,
+        or, with ``fail_fast``, as soon as one of them is ready with an error.
 
         Returns the callback registered, for ``_unregister``. ``fire`` is called at
         most once; if enough are ready already, it is called now, in this thread.
@@ -403,36 +406,56 @@ class CoreWorker:
                 state[1] = True
                 fire()
 
+        callback = one
+        if fail_fast:
+            # One callback for every entry: it must tell which one became ready
+            # (``_set_ready`` sets ``is_error`` before it runs the callbacks).
+            def one_of(entry: _Entry) -> None:
+                if entry.is_error and not state[1]:
+                    state[1] = True
+                    fire()
+                    return
+                one()
+
+            callback = _PerEntry(one_of)
+
         with self._lock:
             ready = 0
+            failed = False
             for e in entries:
                 if e.ready:
                     ready += 1
+                    failed = failed or e.is_error
             state[0] -= ready
-            if state[0] <= 0:
+            if state[0] <= 0 or (fail_fast and failed):
                 state[1] = True
             else:
                 for e in entries:
                     if not e.ready:
+                        cb = callback.bind(e) if fail_fast else callback  # type: ignore[attr-defined]
                         if e.callbacks is None:
-                            e.callbacks = [one]
+                            e.callbacks = [cb]
                         else:
-                            e.callbacks.append(one)
-        if state[0] <= 0:
+                            e.callbacks.append(cb)
+        if state[1]:
             fire()
-        return one
+        return callback
 
     def _unregister(self, entries: Sequence[_Entry], callback: Callable) -> None:
         with self._lock:
             for e in entries:
                 if e.callbacks:
                     try:
-                        e.callbacks.remove(callback)
+                        e.callbacks.remove(
+                            callback.bound[id(e)] if isinstance(callback, _PerEntry)
+                            and id(e) in callback.bound else callback)
                     except ValueError:
                         pass
 
-    def _blocking_wait(self, oids: Sequence[bytes], num: int, timeout: float | None) -> list[bool]:
-        """Block the calling thread until ``num`` of ``oids`` are ready or ``timeout``."""
+    def _blocking_wait(self, oids: Sequence[bytes], num: int, timeout: float | None,
+                       fail_fast: bool = False) -> list[bool]:
+        """Block the calling thread until ``num`` of ``oids`` are ready or ``timeout``
+        (with ``fail_fast``: or one of them is ready with an error)."""
         if self._in_loop():
             raise RuntimeError(
                 "blocking actorcore calls (get, wait) cannot run inside the core loop; "
@@ -456,7 +479,7 @@ class CoreWorker:
             self._enqueue(("blocked", task_id))
             if self.on_blocked is not None:
                 self.on_blocked(task_id, True)
-        cb = self._register(entries, num, fire)
+        cb = self._register(entries, num, fire, fail_fast)
         try:
             gate.acquire(timeout=-1 if timeout is None else timeout)
         finally:
@@ -499,7 +522,8 @@ class CoreWorker:
         return trio.from_thread.run(fn, *args, trio_token=self.trio_token)
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
-        """The values of ``refs``; raises the first error among them."""
+        """The values of ``refs``; raises the first error among them as soon as one of
+        them is ready with an error (the others are not waited for, as in Ray)."""
         entries = self._entries
         oids = [r._id for r in refs]
         for oid in oids:
@@ -510,7 +534,10 @@ class CoreWorker:
             return [self._value_of(oid, entries[oid]) for oid in oids]
         if self._closed and self.lost_error is not None:
             raise ActorcoreSystemError(f"the connection to the node was lost: {self.lost_error}")
-        flags = self._blocking_wait(oids, len(oids), timeout)
+        flags = self._blocking_wait(oids, len(oids), timeout, fail_fast=True)
+        for oid, flag in zip(oids, flags, strict=True):
+            if flag and (e := entries.get(oid)) is not None and e.is_error:
+                self._value_of(oid, e)  # raises it
         if not all(flags):
             missing = [oid.hex() for oid, f in zip(oids, flags, strict=True) if not f]
             raise GetTimeoutError(
@@ -642,6 +669,24 @@ class CoreWorker:
 
     def close(self) -> None:
         self._closed = True
+
+
+class _PerEntry:
+    """A ``_register`` callback made once per entry (``bind``), remembered by entry
+    so that ``_unregister`` removes the right one from each."""
+
+    __slots__ = ("fn", "bound")
+
+    def __init__(self, fn: Callable[[_Entry], None]) -> None:
+        self.fn = fn
+        self.bound: dict[int, Callable[[], None]] = {}
+
+    def bind(self, entry: _Entry) -> Callable[[], None]:
+        cb = self.bound[id(entry)] = functools.partial(self.fn, entry)
+        return cb
+
+    def __call__(self) -> None:  # never registered itself
+        raise AssertionError("_PerEntry is not a callback")
 
 
 def _discard(_value: Any) -> None:

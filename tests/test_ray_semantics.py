@@ -91,3 +91,34 @@ def test_tasks_and_actor_calls_from_actor_methods():
     assert ray.get(asynchronous.task.remote(5), timeout=30) == 6
     assert ray.get(asynchronous.actor.remote(), timeout=30) == 3
     _healthy()
+
+
+# ------------------------------------------------------------------------ 2. wait([])
+
+
+def test_wait_on_an_empty_list():
+    assert ray.wait([]) == ([], [])
+    assert ray.wait([], num_returns=3, timeout=0) == ([], [])
+    with pytest.raises(ValueError, match="timeout"):
+        ray.wait([], timeout=-1)
+    _healthy()
+
+
+# ------------------------------------------------------- 3. get raises at the first error
+
+
+def test_get_raises_as_soon_as_one_ref_holds_an_error():
+    slow = sleep_then.remote("late", 20)
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="early failure"):
+        ray.get([slow, fail.remote("early failure")], timeout=60)
+    assert time.monotonic() - t0 < 10, "get waited for the slow ref before raising"
+    ray.cancel(slow, force=True)
+    # The first error in list order when several are ready; a timeout still times out.
+    a, b = fail.remote("first"), fail.remote("second")
+    ray.wait([a, b], num_returns=2, timeout=30)
+    with pytest.raises(ValueError, match="first"):
+        ray.get([sleep_then.remote(0, 0), a, b], timeout=30)
+    with pytest.raises(exc.GetTimeoutError):
+        ray.get([sleep_then.remote(0, 1)], timeout=0.2)
+    _healthy()
