@@ -44,7 +44,9 @@ def set_default_namespace(namespace: str | None) -> None:
     _namespace[0] = namespace
 
 
-def _method_meta(fn: Any, options: dict[str, Any]) -> MethodMeta:
+def _method_meta(fn: Any, options: dict[str, Any], bound: bool = True) -> MethodMeta:
+    """What callers check a call against (``check_call_args``); ``bound``: ``fn``'s
+    first positional parameter (``self``, ``cls``) is not the caller's to give."""
     is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
     num_returns = options.get("num_returns", 1)
     try:
@@ -53,7 +55,8 @@ def _method_meta(fn: Any, options: dict[str, Any]) -> MethodMeta:
         return MethodMeta(num_returns=num_returns, is_async=is_async, pos_names=(),
                           pos_required=0, varargs=True, kw_names=None)
     params = list(sig.parameters.values())
-    if params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+    if bound and params and params[0].kind in (params[0].POSITIONAL_ONLY,
+                                               params[0].POSITIONAL_OR_KEYWORD):
         params = params[1:]  # self
     pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     kwonly = [p for p in params if p.kind is p.KEYWORD_ONLY]
@@ -67,6 +70,7 @@ def _method_meta(fn: Any, options: dict[str, Any]) -> MethodMeta:
             [p.name for p in pos if p.kind is not p.POSITIONAL_ONLY] + [p.name for p in kwonly]
         ),
         kwonly_required=tuple(p.name for p in kwonly if p.default is p.empty),
+        pos_only=sum(1 for p in pos if p.kind is p.POSITIONAL_ONLY),
     )
 
 

@@ -74,26 +74,41 @@ def cancel_actor_call(core: Any, ref: ObjectRef, force: bool) -> bool:
 
 
 def check_call_args(what: str, meta: MethodMeta, args: tuple, kwargs: dict) -> None:
-    """Raise ``TypeError`` now if ``what(*args, **kwargs)`` could not bind."""
+    """Raise ``TypeError`` now if ``what(*args, **kwargs)`` could not bind (the
+    checks and messages of a local call: counts, defaults, ``*args``, ``**kwargs``,
+    keyword-only and positional-only parameters)."""
     n = len(args)
     if not kwargs:
         if n >= meta.pos_required and (meta.varargs or n <= len(meta.pos_names)) and not (
             meta.kwonly_required
         ):
             return
-    if not meta.varargs and n > len(meta.pos_names):
+    names = meta.pos_names
+    if not meta.varargs and n > len(names):
+        lo, hi = meta.pos_required, len(names)
+        takes = f"{hi}" if lo == hi else f"from {lo} to {hi}"
         raise TypeError(
-            f"{what}() takes {len(meta.pos_names)} positional argument"
-            f"{'s' if len(meta.pos_names) != 1 else ''} but {n} were given"
+            f"{what}() takes {takes} positional argument{'s' if hi != 1 else ''} "
+            f"but {n} {'was' if n == 1 else 'were'} given"
         )
-    if meta.kw_names is not None:
+    posonly = names[:meta.pos_only]
+    if meta.kw_names is not None:  # no **kwargs: every keyword must name a parameter
+        wrong = [k for k in kwargs if k in posonly]
+        if wrong:
+            raise TypeError(
+                f"{what}() got some positional-only arguments passed as keyword "
+                f"arguments: {', '.join(repr(k) for k in wrong)}"
+            )
         for k in kwargs:
             if k not in meta.kw_names:
                 raise TypeError(f"{what}() got an unexpected keyword argument {k!r}")
     for k in kwargs:
-        if k in meta.pos_names[:n]:
+        if k in names[meta.pos_only:n]:
             raise TypeError(f"{what}() got multiple values for argument {k!r}")
-    missing = [p for p in meta.pos_names[n:meta.pos_required] if p not in kwargs]
+    # A positional-only parameter is never filled by a keyword (that one goes to
+    # **kwargs); the others may be.
+    missing = [p for i, p in enumerate(names[n:meta.pos_required], n)
+               if i < meta.pos_only or p not in kwargs]
     missing += [k for k in meta.kwonly_required if k not in kwargs]
     if missing:
         raise TypeError(

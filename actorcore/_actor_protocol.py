@@ -49,6 +49,7 @@ class MethodMeta:
     varargs: bool = True  # takes *args
     kw_names: frozenset[str] | None = None  # names passable by keyword; None: **kwargs
     kwonly_required: tuple[str, ...] = ()
+    pos_only: int = 0  # how many of pos_names are positional-only
 
 
 @attrs.frozen(slots=True)

@@ -17,6 +17,7 @@ from typing import Any
 import cloudpickle
 
 from . import _worker_state
+from ._actor_handle import check_call_args
 from ._ids import new_task_id, return_ids
 from ._object_ref import ObjectRef
 from ._options import DEFAULT_MAX_RETRIES, resources_of, validate_task_options
@@ -58,6 +59,11 @@ class RemoteFunction:
         self._export: FunctionExport | None = None
         self._export_lock = threading.Lock()
         self._spec_cache: tuple | None = None
+        from ._actor_class import _method_meta  # (that module imports this one)
+
+        # Checked at every .remote(), as in Ray: a call that could not bind fails
+        # here with the TypeError a local call would raise, not later in a worker.
+        self._signature = _method_meta(function, {}, bound=False)
         functools.update_wrapper(self, function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -92,6 +98,7 @@ class RemoteFunction:
         return export
 
     def _submit(self, options: dict[str, Any], args: tuple, kwargs: dict) -> Any:
+        check_call_args(self._name, self._signature, args, kwargs)
         core = _worker_state.current_core()
         export = self._get_export()
         blob, deps = dumps_args(self._name, args, kwargs, ObjectRef)

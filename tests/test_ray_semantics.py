@@ -122,3 +122,109 @@ def test_get_raises_as_soon_as_one_ref_holds_an_error():
     with pytest.raises(exc.GetTimeoutError):
         ray.get([sleep_then.remote(0, 1)], timeout=0.2)
     _healthy()
+
+
+# ------------------------------------------------- 4. TypeError at .remote() for a bad call
+
+
+def _sig_cases():
+    """(source of a function, args, kwargs) over defaults, *args, **kwargs,
+    keyword-only and positional-only parameters."""
+    rnd = random.Random(14)
+    cases = []
+    for _ in range(300):
+        parts, names, defaulted = [], iter("abcdefgh"), False
+        n_posonly, n_pos = rnd.randint(0, 2), rnd.randint(0, 3)
+        for i in range(n_posonly + n_pos):
+            name = next(names)
+            defaulted = defaulted or rnd.random() < 0.3
+            parts.append(name + "=0" if defaulted else name)
+            if i == n_posonly - 1:
+                parts.append("/")
+        kwonly = [next(names) + ("=0" if rnd.random() < 0.5 else "")
+                  for _ in range(rnd.randint(0, 2))]
+        if rnd.random() < 0.4:
+            parts.append("*args")
+        elif kwonly:
+            parts.append("*")
+        parts += kwonly
+        if rnd.random() < 0.4:
+            parts.append("**kw")
+        src = f"def f({', '.join(parts)}):\n    return 0\n"
+        for _ in range(10):
+            args = tuple(range(rnd.randint(0, 5)))
+            kwargs = {k: 1 for k in rnd.sample("abcdefghz", rnd.randint(0, 3))}
+            cases.append((src, args, kwargs))
+    return cases
+
+
+def test_call_checks_agree_with_python_on_every_signature_shape():
+    from actorcore._actor_class import _method_meta
+    from actorcore._actor_handle import check_call_args
+
+    for src, args, kwargs in _sig_cases():
+        namespace: dict = {}
+        exec(src, namespace)
+        fn = namespace["f"]
+        try:
+            fn(*args, **kwargs)
+            expected = None
+        except TypeError as e:
+            expected = e
+        try:
+            check_call_args("f", _method_meta(fn, {}, bound=False), args, kwargs)
+            got = None
+        except TypeError as e:
+            got = e
+        assert (expected is None) == (got is None), (src, args, kwargs, expected, got)
+
+
+@ray.remote
+def signature(a, b=2, *rest, c, d=4, **extra):
+    return (a, b, rest, c, d, extra)
+
+
+@ray.remote
+def positional_only(a, /, b):
+    return (a, b)
+
+
+@ray.remote
+class Signed:
+    def __init__(self, x, *, y=0):
+        self.x = x + y
+
+    def method(self, a, b=1):
+        return self.x + a + b
+
+
+def test_bad_arguments_raise_type_error_at_the_call_site():
+    assert ray.get(signature.remote(1, c=3), timeout=30) == (1, 2, (), 3, 4, {})
+    assert ray.get(signature.remote(1, 2, 3, c=3, z=9), timeout=30) == (1, 2, (3,), 3, 4, {"z": 9})
+    for call, message in [
+        (lambda: signature.remote(c=1), "missing 1 required argument: 'a'"),
+        (lambda: signature.remote(1), "missing 1 required argument: 'c'"),
+        (lambda: signature.remote(1, a=2, c=3), "multiple values for argument 'a'"),
+        (lambda: positional_only.remote(a=1, b=2), "positional-only"),
+        (lambda: positional_only.remote(1, 2, 3), "takes 2 positional arguments but 3"),
+        (lambda: add_one.options(name="renamed").remote(1, y=2), "unexpected keyword argument 'y'"),
+        (lambda: Signed.remote(), "missing 1 required argument: 'x'"),
+        (lambda: Signed.remote(1, 2), "takes 1 positional argument but 2"),
+        (lambda: Signed.remote(1, z=2), "unexpected keyword argument 'z'"),
+    ]:
+        with pytest.raises(TypeError, match=message):
+            call()
+    actor = Signed.remote(1, y=1)
+    with pytest.raises(TypeError, match=r"Signed.method\(\) takes from 1 to 2 positional"):
+        actor.method.remote(1, 2, 3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'c'"):
+        actor.method.remote(1, c=3)
+    assert ray.get(actor.method.remote(1, b=2), timeout=30) == 5
+    _healthy()
+
+
+def test_builtins_made_remote_are_checked_too():
+    remote_len = ray.remote(len)
+    assert ray.get(remote_len.remote([1, 2, 3]), timeout=30) == 3
+    with pytest.raises(TypeError, match="len"):
+        remote_len.remote()
