@@ -79,18 +79,24 @@ def _no_args(self: Any) -> None:
 
 
 def class_meta(cls: type) -> tuple[ClassMeta, MethodMeta]:
-    """The method table of ``cls`` and the meta of its constructor."""
+    """The method table of ``cls`` and the meta of its constructor.
+
+    Static and class methods are methods too (as in Ray): a call runs them on the
+    actor's class, with no instance (``cls`` for a class method).
+    """
     methods: dict[str, MethodMeta] = {}
     for name, member in inspect.getmembers(cls):
         if name.startswith("__") and name != "__call__":
             continue
         raw = inspect.getattr_static(cls, name, None)
         if isinstance(raw, staticmethod | classmethod):
-            continue
-        if not inspect.isfunction(member):
+            member, bound = raw.__func__, isinstance(raw, classmethod)
+        elif inspect.isfunction(member):
+            bound = True
+        else:
             continue
         opts = getattr(member, "__actorcore_method_options__", {})
-        methods[name] = _method_meta(member, opts)
+        methods[name] = _method_meta(member, opts, bound)
     init = cls.__dict__.get("__init__") or getattr(cls, "__init__")  # noqa: B009
     if init is object.__init__:
         init = _no_args
@@ -127,6 +133,20 @@ class ActorClass:
             f"actor class {self._meta.class_name} cannot be instantiated directly; "
             f"use {self._meta.class_name}.remote(...)"
         )
+
+    def __getattr__(self, name: str) -> Any:
+        # What the user's class has and we do not: its class attributes, static and
+        # class methods (``A.CONSTANT``, ``A.helper()``), as in Ray, whose actor
+        # class derives from the user's.
+        cls = self.__dict__.get("__actorcore_class__")
+        if cls is None:
+            raise AttributeError(name)
+        try:
+            return getattr(cls, name)
+        except AttributeError:
+            raise AttributeError(
+                f"actor class {cls.__qualname__} has no attribute {name!r}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"<actorcore.ActorClass {self._meta.module}.{self._meta.class_name}>"

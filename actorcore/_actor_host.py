@@ -161,15 +161,27 @@ def _pid() -> int:
     return os.getpid()
 
 
+_descriptors: dict[tuple[type, str], Any] = {}
+
+
 def _method(instance: Any, spec: CallSpec) -> Callable:
-    try:
-        return getattr(instance, spec.method)
-    except AttributeError:
-        def missing(*args: Any, **kwargs: Any) -> Any:
-            raise AttributeError(
-                f"actor {type(instance).__qualname__} has no method {spec.method!r}"
-            )
-        return missing
+    """The method a call names, looked up on the instance's class, as Ray does: an
+    instance attribute of the same name does not shadow it, and static and class
+    methods bind as they do in Python."""
+    cls = type(instance)
+    key = (cls, spec.method)
+    raw = _descriptors.get(key)
+    if raw is None:
+        raw = inspect.getattr_static(cls, spec.method, None)
+        if raw is None:
+            def missing(*args: Any, **kwargs: Any) -> Any:
+                raise AttributeError(
+                    f"actor {cls.__qualname__} has no method {spec.method!r}"
+                )
+            return missing
+        _descriptors[key] = raw
+    get = getattr(type(raw), "__get__", None)
+    return get(raw, instance, cls) if get is not None else raw
 
 
 class ThreadedHost(pykka.ThreadingActor):

@@ -228,3 +228,42 @@ def test_builtins_made_remote_are_checked_too():
     assert ray.get(remote_len.remote([1, 2, 3]), timeout=30) == 3
     with pytest.raises(TypeError, match="len"):
         remote_len.remote()
+
+
+# ------------------------------------- 7. methods, class attributes and static methods
+
+
+@ray.remote
+class Shadowed:
+    LIMIT = 7
+
+    def __init__(self):
+        self.value = "an attribute named like a method"  # shadows nothing remotely
+        self.get_value = 5
+
+    def get_value(self):
+        return "method"
+
+    @staticmethod
+    def double(x):
+        return 2 * x
+
+    @classmethod
+    def limit(cls, extra=0):
+        return cls.LIMIT + extra
+
+
+def test_methods_class_attributes_and_static_methods_as_in_ray():
+    actor = Shadowed.remote()
+    assert ray.get(actor.get_value.remote(), timeout=30) == "method"
+    assert Shadowed.LIMIT == 7
+    assert Shadowed.double(4) == 8
+    assert Shadowed.limit(1) == 8
+    assert ray.get(actor.double.remote(5), timeout=30) == 10
+    assert ray.get(actor.limit.remote(extra=2), timeout=30) == 9
+    with pytest.raises(TypeError, match="double"):
+        actor.double.remote(1, 2)
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        Shadowed.missing  # noqa: B018
+    assert ray.get(actor.get_value.remote(), timeout=30) == "method"
+    _healthy()
