@@ -33,11 +33,27 @@ __all__ = ["ActorClass", "make_actor_class", "default_namespace"]
 DEFAULT_ASYNC_CONCURRENCY = 1000
 
 _namespace: list[str | None] = [None]
+_job_namespaces: dict[bytes, str] = {}
 
 
 def default_namespace() -> str:
-    """The namespace named actors go to when none is given (``init(namespace=)``)."""
-    return _namespace[0] or "default"
+    """The namespace named actors go to and are looked up in when none is given.
+
+    In a driver, ``init(namespace=)``'s. In a task or actor, its job's (as in Ray):
+    the node has it from the job's driver, asked once per job and process.
+    """
+    ns = _namespace[0]
+    if ns is not None:
+        return ns
+    core = _worker_state.core
+    if core is None or core.role == "driver":
+        return "default"
+    job_id = core.current_job_id()
+    ns = _job_namespaces.get(job_id)
+    if ns is None:
+        ns = core.call_sync("job_namespace", job_id) or "default"
+        _job_namespaces[job_id] = ns
+    return ns
 
 
 def set_default_namespace(namespace: str | None) -> None:

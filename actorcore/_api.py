@@ -147,7 +147,7 @@ def init(
         from ._driver import DriverLoop
 
         _security.apply(tls)  # every TCP link of this process (the driver's)
-        loop = DriverLoop(node_address, token, log_to_driver=log_to_driver)
+        loop = DriverLoop(node_address, token, log_to_driver=log_to_driver, namespace=namespace)
         try:
             core = loop.start()
         except BaseException:

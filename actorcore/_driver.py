@@ -35,10 +35,14 @@ RECONNECT_WINDOW = 10.0
 
 
 class DriverLoop:
-    def __init__(self, address: str, token: bytes, *, log_to_driver: bool = True) -> None:
+    def __init__(self, address: str, token: bytes, *, log_to_driver: bool = True,
+                 namespace: str | None = None) -> None:
         self.address = address
         self.token = token
         self.log_to_driver = log_to_driver
+        # The job's namespace: the node records it, and the job's tasks and actors
+        # look named actors up there by default (as in Ray).
+        self.namespace = namespace or "default"
         self.core: CoreWorker | None = None
         self.info: dict[str, Any] = {}
         self._ready = threading.Event()
@@ -148,7 +152,7 @@ class DriverLoop:
         await conn.request(
             ("hello", "driver", core.worker_id, os.getpid(),
              {"job_id": core.job_id, "log_to_driver": self.log_to_driver, "rejoin": True,
-              "direct_address": self._direct}),
+              "direct_address": self._direct, "namespace": self.namespace}),
             timeout=30,
         )
         core.reconnected(conn)
@@ -173,7 +177,7 @@ class DriverLoop:
                 info = await conn.request(
                     ("hello", "driver", worker_id, os.getpid(),
                      {"job_id": job_id, "log_to_driver": self.log_to_driver,
-                      "direct_address": direct}),
+                      "direct_address": direct, "namespace": self.namespace}),
                     timeout=30,
                 )
             except Exception as exc:

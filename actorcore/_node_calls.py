@@ -114,6 +114,8 @@ def dispatch_call(node: Any, name: str, args: tuple, reply: Any) -> None:
             node.shutdown_requested.set()
         elif name == "ping":
             reply.send("pong")
+        elif name == "job_namespace":  # where a job's tasks and actors find names
+            reply.send((node.jobs.get(args[0]) or {}).get("namespace"))
         else:
             raise ValueError(f"unknown call {name!r}")
     except Exception as exc:

@@ -53,7 +53,10 @@ class RuntimeContext:
 
     @property
     def namespace(self) -> str:
-        return "default"
+        """The namespace of the current job (``init(namespace=)``)."""
+        from ._actor_class import default_namespace
+
+        return default_namespace()
 
     @property
     def was_current_actor_reconstructed(self) -> bool:

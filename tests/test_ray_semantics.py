@@ -6,7 +6,11 @@ follow-up task or actor call.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -32,6 +36,15 @@ def fail(message="boom"):
 def sleep_then(value, seconds):
     time.sleep(seconds)
     return value
+
+
+def _run_driver(code, *args, flags=(), env=None, timeout=120):
+    """Run ``code`` as a driver program of its own; return its stdout (it must exit 0)."""
+    out = subprocess.run([sys.executable, *flags, "-c", textwrap.dedent(code), *args],
+                         capture_output=True, text=True, timeout=timeout,
+                         env=dict(os.environ, **(env or {})))
+    assert out.returncode == 0, f"driver failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout
 
 
 def _healthy():
@@ -266,4 +279,48 @@ def test_methods_class_attributes_and_static_methods_as_in_ray():
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
         Shadowed.missing  # noqa: B018
     assert ray.get(actor.get_value.remote(), timeout=30) == "method"
+    _healthy()
+
+
+# ------------------------------------------------------ 8. get_actor in the job's namespace
+
+
+def test_tasks_and_actors_use_their_jobs_namespace(cluster):
+    out = _run_driver("""
+        import sys
+        import actorcore as ray
+
+        ray.init(address=sys.argv[1], namespace="ns14")
+
+        @ray.remote
+        class Named:
+            def ping(self):
+                return "pong"
+
+        @ray.remote
+        class Looker:
+            def look(self, name):
+                return ray.get(ray.get_actor(name).ping.remote())
+
+            def namespace(self):
+                return ray.get_runtime_context().namespace
+
+        @ray.remote
+        def look(name):
+            return ray.get(ray.get_actor(name).ping.remote())
+
+        @ray.remote
+        def create(name):
+            Named.options(name=name, lifetime="detached").remote()
+            return ray.get_runtime_context().namespace
+
+        named = Named.options(name="svc14").remote()
+        looker = Looker.remote()
+        print(ray.get(looker.look.remote("svc14")), ray.get(look.remote("svc14")),
+              ray.get(looker.namespace.remote()), ray.get(create.remote("made14")))
+        made = ray.get_actor("made14")  # created in a task: in the job's namespace
+        print(ray.get(made.ping.remote()), ray.get_actor("made14", namespace="ns14") == made)
+        ray.kill(made)
+    """, cluster["address"])
+    assert out.split() == ["pong", "pong", "ns14", "ns14", "pong", "True"]
     _healthy()
