@@ -324,3 +324,39 @@ def test_tasks_and_actors_use_their_jobs_namespace(cluster):
     """, cluster["address"])
     assert out.split() == ["pong", "pong", "ns14", "ns14", "pong", "True"]
     _healthy()
+
+
+# ------------------------------------------------------------ 9. memory= is a resource
+
+
+@ray.remote
+def memory_left():
+    return ray.available_resources().get("memory", 0.0)
+
+
+@ray.remote
+class MemoryHolder:
+    def left(self):
+        return ray.available_resources().get("memory", 0.0)
+
+
+def test_memory_is_a_resource_accounted_against_the_node():
+    total = ray.cluster_resources()["memory"]
+    assert total > 0
+    need = int(total * 0.6)
+    # Held while the task runs, and given back afterwards.
+    assert ray.get(memory_left.options(memory=need).remote(), timeout=30) == pytest.approx(
+        total - need)
+    assert ray.get(memory_left.options(memory=100 << 20).remote(), timeout=30) > 0
+    # An actor holds it for its lifetime: a second one of the same size waits.
+    holder = MemoryHolder.options(memory=need).remote()
+    assert ray.get(holder.left.remote(), timeout=30) == pytest.approx(total - need)
+    second = MemoryHolder.options(memory=need).remote()
+    ready, _ = ray.wait([second.left.remote()], timeout=1)
+    assert not ready, "two actors were given 120% of the node's memory"
+    ray.kill(holder)
+    assert ray.get(second.left.remote(), timeout=30) == pytest.approx(total - need)
+    ray.kill(second)
+    with pytest.raises(exc.TaskUnschedulableError, match="memory"):
+        ray.get(memory_left.options(memory=int(total * 2)).remote(), timeout=30)
+    _healthy()
