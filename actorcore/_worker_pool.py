@@ -32,6 +32,7 @@ import attrs
 import trio
 
 from ._ids import new_worker_id, short
+from ._launcher import site_flags
 from ._scheduler import SchedulerState, WorkerInfo
 
 __all__ = ["PoolState", "WorkerPool", "open_worker_process", "pump_worker_output"]
@@ -209,6 +210,7 @@ async def open_worker_process(
     env["PYTHONUNBUFFERED"] = "1"
     argv = [
         sys.executable,
+        *site_flags(),
         "-m",
         module,
         "--address",

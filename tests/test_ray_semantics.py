@@ -360,3 +360,34 @@ def test_memory_is_a_resource_accounted_against_the_node():
     with pytest.raises(exc.TaskUnschedulableError, match="memory"):
         ray.get(memory_left.options(memory=int(total * 2)).remote(), timeout=30)
     _healthy()
+
+
+# ------------------------------------------- 11. workers inherit the interpreter's flags
+
+
+def test_workers_inherit_the_drivers_site_flags():
+    # -S leaves the site directories out: the driver (and so its workers) find the
+    # packages through PYTHONPATH only, as in a hermetic build.
+    import actorcore
+
+    paths = [p for p in sys.path if p.endswith("site-packages")]
+    paths.append(os.path.dirname(os.path.dirname(actorcore.__file__)))
+    out = _run_driver("""
+        import sys
+        import actorcore as ray
+
+        ray.init(num_cpus=1, log_to_driver=False)
+
+        @ray.remote
+        def flags():
+            return (sys.flags.no_site, sys.flags.no_user_site)
+
+        @ray.remote
+        class Flags:
+            def flags(self):
+                return (sys.flags.no_site, sys.flags.no_user_site)
+
+        print(ray.get(flags.remote()), ray.get(Flags.remote().flags.remote()))
+    """, flags=("-S", "-s"), env={"PYTHONPATH": os.pathsep.join(paths)})
+    assert out.strip() == "(1, 1) (1, 1)"
+    _healthy()
