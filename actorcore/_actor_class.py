@@ -191,7 +191,7 @@ class ActorClass:
         return self._export
 
     def _create(self, options: dict[str, Any], args: tuple, kwargs: dict) -> ActorHandle:
-        core = _worker_state.current_core()
+        core = _worker_state.auto_core()
         meta = self._meta
         check_call_args(f"{meta.class_name}.__init__", self._ctor, args, kwargs)
         export = self._get_export()

@@ -171,7 +171,7 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         core = _worker_state.core
         if core is None:
-            core = _worker_state.current_core()
+            core = _worker_state.auto_core()
         meta = self._meta
         qualname = self._qualname
         check_call_args(qualname, meta, args, kwargs)
@@ -280,7 +280,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
         raise ValueError(f"get_actor(name={name!r}): expected a non-empty str")
     if namespace is not None and (not isinstance(namespace, str) or not namespace):
         raise ValueError(f"get_actor(namespace={namespace!r}): expected a non-empty str")
-    core = _worker_state.current_core()
+    core = _worker_state.auto_core()
     ns = namespace or default_namespace()
     actor_id, meta = request_node(core, ("actor_req", "lookup", name, ns))
     return ActorHandle(actor_id, meta, owned=False)
@@ -294,7 +294,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() expects an actor handle, got {type(actor).__name__}: {actor!r:.80}")
-    core = _worker_state.current_core()
+    core = _worker_state.auto_core()
     if core._closed:
         raise ActorcoreSystemError("not connected to the cluster any more")
     detach(core, actor._actor_id)  # later calls go through the node, which knows

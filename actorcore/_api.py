@@ -1,9 +1,12 @@
 """The public API functions: ``init``, ``get``, ``put``, ``wait``, ``remote``, ...
 
 These are thin: they check their arguments (errors name the bad value) and call the
-process's core worker (``_worker_state.current_core()``), which raises a clear
-``NotInitializedError`` before ``init()``. In a worker process the core worker is set
-at start-up, so the same calls work inside tasks (nested tasks, ``get`` of refs).
+process's core worker. Before ``init()``, the calls that Ray connects on first use
+(``get``, ``put``, ``wait``, ``cancel``, ``get_actor``, ``kill``,
+``get_runtime_context`` and every ``.remote()``) call ``init()`` themselves
+(``_worker_state.auto_core()``); the others raise a clear ``NotInitializedError``.
+In a worker process the core worker is set at start-up, so the same calls work
+inside tasks (nested tasks, ``get`` of refs).
 """
 
 from __future__ import annotations
@@ -189,6 +192,15 @@ _IGNORED_RAY_OPTIONS = {
 }
 
 
+def auto_init() -> None:
+    """``init()`` with its defaults unless connected (``_worker_state.auto_core``)."""
+    with _lock:
+        if not is_initialized():
+            info = init()
+            logging.getLogger("actorcore").info(
+                "started a local cluster (init() was not called): %s", info.get("address"))
+
+
 def _log_to_session(log_dir: str | None) -> None:
     """This driver's own runtime log (actorcore, transport) in the session's log dir."""
     if not log_dir or _state.get("log_handler") is not None:
@@ -323,16 +335,15 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     holds an error, without waiting for the others (as Ray); ``GetTimeoutError``
     when time runs out.
     """
-    core = _worker_state.current_core()
     refs, single = _as_ref_list(object_refs, "get")
     _check_timeout(timeout, "get")
-    values = core.get(refs, timeout)
+    values = _worker_state.auto_core().get(refs, timeout)
     return values[0] if single else values
 
 
 def put(value: Any) -> ObjectRef:
     """Store ``value`` in the cluster; return its ``ObjectRef``."""
-    return _worker_state.current_core().put(value)
+    return _worker_state.auto_core().put(value)
 
 
 def wait(
@@ -347,12 +358,12 @@ def wait(
     Returns early after ``timeout`` seconds with what is ready by then. Order within
     each list follows ``object_refs``.
     """
-    core = _worker_state.current_core()
     if isinstance(object_refs, ObjectRef):
         raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef")
     refs, _ = _as_ref_list(object_refs, "wait")
     if not refs:
         _check_timeout(timeout, "wait")
+        _worker_state.auto_core()
         return [], []  # as Ray: nothing to wait for, whatever num_returns says
     if len(set(refs)) != len(refs):
         raise ValueError("wait() got duplicate ObjectRefs in its list")
@@ -363,7 +374,7 @@ def wait(
             f"wait(num_returns={num_returns}) is more than the {len(refs)} refs given"
         )
     _check_timeout(timeout, "wait")
-    return core.wait(refs, num_returns, timeout)
+    return _worker_state.auto_core().wait(refs, num_returns, timeout)
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
@@ -386,7 +397,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
     from ._actor_handle import cancel_actor_call
 
-    core = _worker_state.current_core()
+    core = _worker_state.auto_core()
     core._check_open()
     if not cancel_actor_call(core, object_ref, force):
         core.cancel(object_ref, force)

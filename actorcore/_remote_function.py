@@ -99,7 +99,7 @@ class RemoteFunction:
 
     def _submit(self, options: dict[str, Any], args: tuple, kwargs: dict) -> Any:
         check_call_args(self._name, self._signature, args, kwargs)
-        core = _worker_state.current_core()
+        core = _worker_state.auto_core()
         export = self._get_export()
         blob, deps = dumps_args(self._name, args, kwargs, ObjectRef)
         num_returns = options.get("num_returns", 1)

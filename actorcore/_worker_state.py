@@ -8,12 +8,13 @@ scheduler that a task blocked in ``get``.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 from .exceptions import NotInitializedError
 
-__all__ = ["core", "current_core", "task_context", "set_core"]
+__all__ = ["auto_core", "core", "current_core", "task_context", "set_core"]
 
 core: Any = None
 task_context = threading.local()
@@ -30,5 +31,28 @@ def current_core() -> Any:
         raise NotInitializedError(
             "actorcore is not initialized: call actorcore.init() first "
             "(or actorcore.init(address='auto') to join a running cluster)"
+            + ("" if auto_connect() else
+               "; ACTORCORE_ENABLE_AUTO_CONNECT=0 turned off the implicit init()")
         )
     return c
+
+
+def auto_connect() -> bool:
+    """Whether the first API call may call ``init()`` itself (as Ray;
+    ``ACTORCORE_ENABLE_AUTO_CONNECT=0``, or Ray's ``RAY_ENABLE_AUTO_CONNECT=0``, says no)."""
+    return "0" not in (os.environ.get("ACTORCORE_ENABLE_AUTO_CONNECT"),
+                       os.environ.get("RAY_ENABLE_AUTO_CONNECT"))
+
+
+def auto_core() -> Any:
+    """The core worker for an API call that connects on first use (``get``, ``put``,
+    ``wait``, ``.remote()``, ...): with none yet, ``init()`` is called with its
+    defaults — ``ACTORCORE_ADDRESS`` if set, else a new embedded cluster — as Ray's
+    first API call does."""
+    c = core
+    if c is not None or not auto_connect():
+        return current_core()
+    from . import _api
+
+    _api.auto_init()
+    return current_core()

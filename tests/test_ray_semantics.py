@@ -391,3 +391,37 @@ def test_workers_inherit_the_drivers_site_flags():
     """, flags=("-S", "-s"), env={"PYTHONPATH": os.pathsep.join(paths)})
     assert out.strip() == "(1, 1) (1, 1)"
     _healthy()
+
+
+# ------------------------------------------------- 12. the first API call calls init()
+
+
+def test_the_first_api_call_calls_init():
+    out = _run_driver("""
+        import actorcore as ray
+
+        @ray.remote
+        def square(x):
+            return x * x
+
+        assert not ray.is_initialized()
+        ref = square.remote(4)          # init() happens here
+        print(ray.is_initialized(), ray.get(ref), ray.get(ray.put("v")))
+        print(ray.get_runtime_context().get_node_id() == ray.nodes()[0]["NodeID"])
+    """, env={"ACTORCORE_ADDRESS": ""})
+    assert out.split() == ["True", "16", "v", "True"]
+    out = _run_driver("""
+        import actorcore as ray
+        ray.get(ray.put(1))
+        print(ray.is_initialized())
+    """, env={"ACTORCORE_ADDRESS": ""})
+    assert out.strip() == "True"
+    out = _run_driver("""
+        import actorcore as ray
+        try:
+            ray.put(1)
+        except ray.exceptions.NotInitializedError as e:
+            print("refused:", e)
+    """, env={"ACTORCORE_ENABLE_AUTO_CONNECT": "0"})
+    assert "refused" in out and "ACTORCORE_ENABLE_AUTO_CONNECT=0" in out
+    _healthy()
