@@ -196,6 +196,8 @@ class ActorClass:
         check_call_args(f"{meta.class_name}.__init__", self._ctor, args, kwargs)
         export = self._get_export()
         blob, deps = dumps_args(f"{meta.class_name}.__init__", args, kwargs, ObjectRef)
+        if deps:
+            core.mark_seen(deps)
         name = options.get("name")
         namespace = options.get("namespace") or default_namespace()
         is_async = meta.is_async

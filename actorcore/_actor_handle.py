@@ -176,6 +176,8 @@ class ActorMethod:
         qualname = self._qualname
         check_call_args(qualname, meta, args, kwargs)
         blob, deps = dumps_args(qualname, args, kwargs, ObjectRef)
+        if deps:
+            core.mark_seen(deps)
         n = self._num_returns
         task_id = new_task_id()
         spec = CallSpec(task_id, self._handle._actor_id, self._name, qualname, blob, deps, n,

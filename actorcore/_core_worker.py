@@ -35,13 +35,21 @@ tasks cannot deadlock a node.
 Reference counting: every ``ObjectRef`` instance counts in ``_refcounts``; when the
 last one of an owned object dies and it never escaped (was never pickled), the entry
 is dropped and the node is told to free it (batched).
+
+Unhandled errors: an owned object that holds a task's error nobody ever looked at
+(``get``, ``await``, ``wait`` that saw it ready, or a task it was passed to) is
+reported as "Unhandled error" when its last ref dies, as Ray does, so that the
+failure of a task whose result was never read is not silent. A ref that dies before
+its task finished keeps its entry (marked ``dropped``) until the result is here.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -79,6 +87,8 @@ class _Entry:
     event: trio.Event | None = None  # created on demand, set in the core loop
     callbacks: list[Callable[[], None]] | None = None
     actor: bytes | None = None  # the actor, for an actor method call's result
+    seen: bool = False  # its value (or error) was read, waited on or passed on
+    dropped: bool = False  # its last ref died before it was ready
 
 
 
@@ -250,6 +260,8 @@ class CoreWorker:
         entries = self._entries
         for oid in spec.return_ids():
             entries[oid] = _Entry(owned=True)
+        if spec.deps:
+            self.mark_seen(spec.deps)
         self._enqueue(("submit", (spec,)))
         self.stats["tasks_submitted"] += 1
 
@@ -291,8 +303,43 @@ class CoreWorker:
                 return
         entry = self._entries.get(oid)
         if entry is not None and entry.owned and not self._closed:
-            del self._entries[oid]
+            if entry.ready:
+                del self._entries[oid]
+                if entry.is_error and not entry.seen:
+                    self._report_unhandled(oid, entry)
+            else:
+                entry.dropped = True  # kept until its result is here (_drop_late)
             self._enqueue(("free", [oid]), wake=False)
+
+    def _drop_late(self, oid: bytes, entry: _Entry) -> None:
+        """The result of a ref that died before it was ready is here (core loop)."""
+        with self._refs_lock:
+            if self._refcounts.get(oid):  # a ref to it was made again meanwhile
+                entry.dropped = False
+                return
+        if self._entries.get(oid) is entry:
+            del self._entries[oid]
+        if entry.is_error and not entry.seen:
+            self._report_unhandled(oid, entry)
+
+    def _report_unhandled(self, oid: bytes, entry: _Entry) -> None:
+        """Log the error nobody read, as Ray's "Unhandled error" (any thread)."""
+        if self._closed or _ignore_unhandled():
+            return
+        try:
+            error: Any = _serialization.loads(entry.data)
+        except Exception as exc:
+            error = f"(the error of object {oid.hex()} could not be read: {exc!r})"
+        _unhandled_logger().error(
+            "Unhandled error (suppress with 'ACTORCORE_IGNORE_UNHANDLED_ERRORS=1'): %s", error)
+
+    def mark_seen(self, oids: Iterable[bytes]) -> None:
+        """``oids`` were passed to a task or call: their errors reach its caller."""
+        entries = self._entries
+        for oid in oids:
+            e = entries.get(oid)
+            if e is not None:
+                e.seen = True
 
     def mark_escaped(self, oid: bytes) -> None:
         self._escaped.add(oid)
@@ -307,6 +354,8 @@ class CoreWorker:
             if entry is None:
                 continue  # freed by its owner meanwhile
             self._set_ready(entry, is_error, data)
+            if entry.dropped:
+                self._drop_late(oid, entry)
 
     def _set_ready(self, entry: _Entry, is_error: bool, data: Any) -> None:
         """Make ``entry`` ready and run its callbacks (core loop)."""
@@ -341,7 +390,10 @@ class CoreWorker:
             ActorcoreSystemError(f"the connection to the node was lost: {exc}")
         )
         actor_err = None
-        for entry in list(self._entries.values()):
+        for oid, entry in list(self._entries.items()):
+            if entry.dropped:  # nobody can read it any more
+                del self._entries[oid]
+                continue
             if not entry.ready:
                 if entry.actor is not None:
                     if actor_err is None:
@@ -389,6 +441,8 @@ class CoreWorker:
             entry = self._entries.get(oid)
             if entry is not None:
                 self._set_ready(entry, is_error, data)
+                if entry.dropped:
+                    self._drop_late(oid, entry)
 
     def _register(self, entries: Sequence[_Entry], needed: int, fire: Callable[[], None],
                   fail_fast: bool = False) -> Callable:
@@ -560,6 +614,7 @@ class CoreWorker:
             return self.store.get(oid)
         value = _serialization.loads(data)
         if entry.is_error:
+            entry.seen = True
             if isinstance(value, TaskError):
                 raise value.as_instanceof_cause()
             if isinstance(value, BaseException):
@@ -582,6 +637,8 @@ class CoreWorker:
         for ref, flag in zip(refs, flags, strict=True):
             if flag and len(ready) < num_returns:
                 ready.append(ref)
+                if (e := entries.get(ref._id)) is not None:
+                    e.seen = True  # as Ray: an error a wait saw is not unhandled
             else:
                 not_ready.append(ref)
         return ready, not_ready
@@ -669,6 +726,26 @@ class CoreWorker:
 
     def close(self) -> None:
         self._closed = True
+
+
+def _ignore_unhandled() -> bool:
+    return any(os.environ.get(k) for k in ("ACTORCORE_IGNORE_UNHANDLED_ERRORS",
+                                            "RAY_IGNORE_UNHANDLED_ERRORS"))
+
+
+def _unhandled_logger() -> logging.Logger:
+    """``actorcore.unhandled``: to stderr (the driver's console; a worker's output
+    goes to the driver with ``log_to_driver``) and, propagated, the session log."""
+    log = logging.getLogger("actorcore.unhandled")
+    if not _stderr_handler:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s ERROR %(message)s"))
+        log.addHandler(handler)
+        _stderr_handler.append(handler)
+    return log
+
+
+_stderr_handler: list[logging.Handler] = []
 
 
 class _PerEntry:

@@ -38,13 +38,14 @@ def sleep_then(value, seconds):
     return value
 
 
-def _run_driver(code, *args, flags=(), env=None, timeout=120):
-    """Run ``code`` as a driver program of its own; return its stdout (it must exit 0)."""
+def _run_driver(code, *args, flags=(), env=None, timeout=120, stderr=False):
+    """Run ``code`` as a driver program of its own (it must exit 0); return its
+    stdout, or with ``stderr`` both."""
     out = subprocess.run([sys.executable, *flags, "-c", textwrap.dedent(code), *args],
                          capture_output=True, text=True, timeout=timeout,
                          env=dict(os.environ, **(env or {})))
     assert out.returncode == 0, f"driver failed:\n{out.stdout}\n{out.stderr}"
-    return out.stdout
+    return out.stdout + out.stderr if stderr else out.stdout
 
 
 def _healthy():
@@ -424,4 +425,62 @@ def test_the_first_api_call_calls_init():
             print("refused:", e)
     """, env={"ACTORCORE_ENABLE_AUTO_CONNECT": "0"})
     assert "refused" in out and "ACTORCORE_ENABLE_AUTO_CONNECT=0" in out
+    _healthy()
+
+
+# ------------------------------------- 13. "Unhandled error" for an error nobody read
+
+
+def test_an_error_nobody_read_is_reported_when_its_ref_is_collected(cluster):
+    err = _run_driver("""
+        import logging, sys, threading
+        import actorcore as ray
+        from actorcore import _worker_state
+
+        ray.init(address=sys.argv[1])
+        reported, two = [], threading.Event()
+
+        class Seen(logging.Handler):
+            def emit(self, record):
+                reported.append(record.getMessage())
+                if len(reported) >= 2:
+                    two.set()
+
+        @ray.remote
+        def fail(message):
+            raise ValueError(message)
+
+        @ray.remote
+        def echo(x):
+            return x
+
+        # Not reported: read by get, seen ready by wait, passed to another task.
+        read = fail.remote("read-by-get")
+        try:
+            ray.get(read)
+        except ValueError:
+            pass
+        waited = fail.remote("seen-by-wait")
+        ray.wait([waited], timeout=30)
+        passed = fail.remote("passed-on")
+        try:
+            ray.get(echo.remote(passed))
+        except ValueError:
+            pass
+        del read, waited, passed
+        logging.getLogger("actorcore.unhandled").addHandler(Seen())
+
+        # Reported: a ref collected before its task failed, and one collected after.
+        fail.remote("collected-before-it-failed")
+        kept, failed = fail.remote("collected-after-it-failed"), threading.Event()
+        _worker_state.core.on_ready_callback([kept.binary()], failed.set)
+        assert failed.wait(30)
+        del kept
+        assert two.wait(30), reported
+        print(sorted(m.split(": ")[-1].split()[0] for m in reported))
+    """, cluster["address"], stderr=True)
+    assert "Unhandled error (suppress with 'ACTORCORE_IGNORE_UNHANDLED_ERRORS=1')" in err
+    assert "collected-before-it-failed" in err and "collected-after-it-failed" in err
+    for quiet in ("read-by-get", "seen-by-wait", "passed-on"):
+        assert quiet not in err
     _healthy()
