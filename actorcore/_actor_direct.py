@@ -11,8 +11,12 @@ Why the order of calls survives. A caller's calls to one actor travel on exactly
 path at a time: node-routed calls until the switch, direct ones after it, and the
 switch waits until the node-routed ones have *finished* (their results are here), so
 no direct call can overtake a node-routed one. On the direct link itself the actor
-process receives calls in order and starts them in order (argument refs are resolved
-inside the actor, in call order, instead of by the node).
+process receives calls in order and starts them in order.
+
+Argument refs are waited for here, by the caller, before a call leaves: a call whose
+refs are not ready yet holds back this caller's later calls to the actor (they stay
+in ``outq`` behind it) but nobody else's, as in Ray, where calls are ordered per
+caller only. The actor then reads the refs (ready by then) itself, in call order.
 
 Failures. When the link breaks (the process died, was killed, or the actor is no
 longer in that process), the calls still in flight on it go back through the node,
@@ -72,6 +76,7 @@ class Route:
         self.sender_busy = False
         self.drop_deferred = False
         self.epoch = 0  # bumped when the caller leaves the link (kill): stale discoveries
+        self.dep_wait: CallSpec | None = None  # the head of outq, waiting for its refs
 
     # -------------------------------------------------------------- any thread
 
@@ -216,6 +221,33 @@ class Route:
         finally:
             self._link_lost(client)
 
+    def _held_back(self, spec: CallSpec | tuple) -> bool:
+        """Whether ``spec`` (the head of ``outq``) waits for argument refs; if so,
+        ``flush`` runs again once they are ready (lock held, core loop)."""
+        if type(spec) is not CallSpec or not spec.deps:
+            return False
+        entries = self.core._entries
+        if all((e := entries.get(oid)) is not None and e.ready for oid in spec.deps):
+            return False
+        if self.dep_wait is not spec:
+            self.dep_wait = spec
+            token = self.core.trio_token
+
+            def ready() -> None:  # never inline: we may be inside flush
+                try:
+                    token.run_sync_soon(self._deps_ready, spec)
+                except trio.RunFinishedError:
+                    pass
+
+            self.core.on_ready_callback(spec.deps, ready)
+        return True
+
+    def _deps_ready(self, spec: CallSpec) -> None:
+        with self.lock:
+            if self.dep_wait is spec:
+                self.dep_wait = None
+        self.flush()
+
     def flush(self) -> None:
         with self.lock:
             self.flush_pending = False
@@ -225,6 +257,8 @@ class Route:
             outq = self.outq
             while outq:
                 spec = outq[0]
+                if self._held_back(spec):
+                    return
                 try:
                     conn.send_nowait(("dcall", spec) if type(spec) is CallSpec else spec)
                 except trio.WouldBlock:
@@ -239,7 +273,7 @@ class Route:
         try:
             while True:
                 with self.lock:
-                    if not self.outq or self.conn is not conn:
+                    if not self.outq or self.conn is not conn or self._held_back(self.outq[0]):
                         return
                     spec = self.outq[0]
                 try:

@@ -484,3 +484,57 @@ def test_an_error_nobody_read_is_reported_when_its_ref_is_collected(cluster):
     for quiet in ("read-by-get", "seen-by-wait", "passed-on"):
         assert quiet not in err
     _healthy()
+
+
+# ------------------------------------- 6. calls are ordered per caller, and only per caller
+
+
+@ray.remote
+class Recorder:
+    def __init__(self):
+        self.seen = []
+
+    def record(self, x):
+        self.seen.append(x)
+        return x
+
+    def log(self):
+        return self.seen
+
+
+@ray.remote
+def call_and_time(actor, x):
+    t0 = time.monotonic()
+    ray.get(actor.record.remote(x))
+    return time.monotonic() - t0
+
+
+def _direct_route_up(actor, timeout=30):
+    """Call ``actor`` until this driver's calls to it go straight to its process."""
+    from actorcore import _worker_state
+
+    deadline = time.monotonic() + timeout
+    while True:
+        ray.get(actor.record.remote("warm-up"), timeout=30)
+        route = _worker_state.core.__dict__.get("_actor_routes", {}).get(actor._actor_id)
+        if route is not None and route.mode == "direct":
+            return
+        assert time.monotonic() < deadline, "the direct route to the actor never came up"
+
+
+@pytest.mark.parametrize("path", ["node", "direct"])
+def test_a_call_waiting_for_its_argument_holds_back_only_its_own_callers_calls(path):
+    actor = Recorder.remote()
+    if path == "direct":
+        _direct_route_up(actor)
+    else:
+        ray.get(actor.record.remote("warm-up"), timeout=30)
+    gate = sleep_then.remote("slow-argument", 4)
+    held = actor.record.remote(gate)         # waits for its argument...
+    behind = actor.record.remote("behind")   # ...and so does this caller's next call
+    other = ray.get(call_and_time.remote(actor, "other caller"), timeout=30)
+    assert other < 2.5, f"another caller's call waited {other:.1f} s behind an argument"
+    assert ray.get([held, behind], timeout=30) == ["slow-argument", "behind"]
+    log = [x for x in ray.get(actor.log.remote(), timeout=30) if x != "warm-up"]
+    assert log == ["other caller", "slow-argument", "behind"]
+    _healthy()
