@@ -48,6 +48,13 @@ def _run_driver(code, *args, flags=(), env=None, timeout=120, stderr=False):
     return out.stdout + out.stderr if stderr else out.stdout
 
 
+def _joining(cluster):
+    """The environment of a driver joining the test cluster (by its token: other
+    tests start sessions of their own, so it need not be the latest one)."""
+    token = open(os.path.join(cluster["session_dir"], "token")).read().strip()
+    return {"ACTORCORE_TOKEN": token}
+
+
 def _healthy():
     """A follow-up task works: the cluster kept serving."""
     assert ray.get(add_one.remote(41), timeout=30) == 42
@@ -322,7 +329,7 @@ def test_tasks_and_actors_use_their_jobs_namespace(cluster):
         made = ray.get_actor("made14")  # created in a task: in the job's namespace
         print(ray.get(made.ping.remote()), ray.get_actor("made14", namespace="ns14") == made)
         ray.kill(made)
-    """, cluster["address"])
+    """, cluster["address"], env=_joining(cluster))
     assert out.split() == ["pong", "pong", "ns14", "ns14", "pong", "True"]
     _healthy()
 
@@ -478,7 +485,7 @@ def test_an_error_nobody_read_is_reported_when_its_ref_is_collected(cluster):
         del kept
         assert two.wait(30), reported
         print(sorted(m.split(": ")[-1].split()[0] for m in reported))
-    """, cluster["address"], stderr=True)
+    """, cluster["address"], env=_joining(cluster), stderr=True)
     assert "Unhandled error (suppress with 'ACTORCORE_IGNORE_UNHANDLED_ERRORS=1')" in err
     assert "collected-before-it-failed" in err and "collected-after-it-failed" in err
     for quiet in ("read-by-get", "seen-by-wait", "passed-on"):
@@ -502,11 +509,14 @@ class Recorder:
         return self.seen
 
 
-@ray.remote
-def call_and_time(actor, x):
-    t0 = time.monotonic()
-    ray.get(actor.record.remote(x))
-    return time.monotonic() - t0
+@ray.remote(num_cpus=0)
+class Caller:
+    """Another caller (its own process), ready before the test starts."""
+
+    def call_and_time(self, actor, x):
+        t0 = time.monotonic()
+        ray.get(actor.record.remote(x))
+        return time.monotonic() - t0
 
 
 def _direct_route_up(actor, timeout=30):
@@ -525,6 +535,8 @@ def _direct_route_up(actor, timeout=30):
 @pytest.mark.parametrize("path", ["node", "direct"])
 def test_a_call_waiting_for_its_argument_holds_back_only_its_own_callers_calls(path):
     actor = Recorder.remote()
+    caller = Caller.remote()
+    assert ray.get(caller.call_and_time.remote(actor, "warm-up"), timeout=30) >= 0
     if path == "direct":
         _direct_route_up(actor)
     else:
@@ -532,7 +544,7 @@ def test_a_call_waiting_for_its_argument_holds_back_only_its_own_callers_calls(p
     gate = sleep_then.remote("slow-argument", 4)
     held = actor.record.remote(gate)         # waits for its argument...
     behind = actor.record.remote("behind")   # ...and so does this caller's next call
-    other = ray.get(call_and_time.remote(actor, "other caller"), timeout=30)
+    other = ray.get(caller.call_and_time.remote(actor, "other caller"), timeout=30)
     assert other < 2.5, f"another caller's call waited {other:.1f} s behind an argument"
     assert ray.get([held, behind], timeout=30) == ["slow-argument", "behind"]
     log = [x for x in ray.get(actor.log.remote(), timeout=30) if x != "warm-up"]
