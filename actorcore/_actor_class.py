@@ -19,13 +19,11 @@ import threading
 from typing import Any
 
 from . import _worker_state
-from ._actor_handle import ActorHandle, check_call_args, request_node
+from ._actor_handle import ActorHandle, check_call_args, dumps_carrying, request_node, unpin
 from ._actor_protocol import ActorSpec, ClassMeta, MethodMeta
 from ._ids import new_task_id
-from ._object_ref import ObjectRef
 from ._options import resources_of, validate_actor_options
 from ._remote_function import FunctionExport
-from ._serialization import dumps_args
 
 __all__ = ["ActorClass", "make_actor_class", "default_namespace"]
 
@@ -195,7 +193,15 @@ class ActorClass:
         meta = self._meta
         check_call_args(f"{meta.class_name}.__init__", self._ctor, args, kwargs)
         export = self._get_export()
-        blob, deps = dumps_args(f"{meta.class_name}.__init__", args, kwargs, ObjectRef)
+        blob, deps, carried = dumps_carrying(f"{meta.class_name}.__init__", args, kwargs)
+        try:
+            return self._submit_creation(core, options, blob, deps, carried, export)
+        finally:
+            unpin(core, carried)  # the node holds them now, for the new actor's life
+
+    def _submit_creation(self, core: Any, options: dict[str, Any], blob: bytes, deps: list,
+                         carried: list[bytes], export: FunctionExport) -> ActorHandle:
+        meta = self._meta
         if deps:
             core.mark_seen(deps)
         name = options.get("name")
@@ -230,11 +236,12 @@ class ActorClass:
             supervisor=sup_name,
             restart="permanent",
             owner=core.worker_id,
+            handles=tuple(carried),
         )
         _ensure_exported(core, export)
         if name is None and sup_name is None:
             core._enqueue(("submit", (spec,)))
-            return ActorHandle(spec.actor_id, meta, owned=True)
+            return ActorHandle(spec.actor_id, meta, owned=True, counted=not spec.detached)
         found = request_node(core, ("actor_req", "create", spec, bool(options.get("get_if_exists"))))
         if found is not None:  # get_if_exists found the one already there
             return ActorHandle(found[0], found[1], owned=False)

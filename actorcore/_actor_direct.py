@@ -26,8 +26,8 @@ own in-flight calls of a process that died — resent to the restarted actor whi
 and the caller is on the node path again until it rediscovers the actor. Results of
 direct calls are also handed to the node (batched, lazily) so that a ref passed on to
 a task resolves there; large results are registered by the actor's process, which
-holds them in the store. The creator's drop of its last handle waits for its direct
-calls, so an actor never ends under a call its owner still expects an answer to.
+holds them in the store. A process's drop of its last handle waits for its direct
+calls, so an actor never ends under a call its caller still expects an answer to.
 
 ``ACTORCORE_DIRECT_CALLS=0`` turns the direct path off (everything via the node).
 """
@@ -152,7 +152,7 @@ class Route:
         return True
 
     def drop(self) -> bool:
-        """The creator dropped its last handle: defer the drop while calls fly direct."""
+        """This process dropped its last handle: defer the drop while calls fly direct."""
         with self.lock:
             if self.direct:
                 self.drop_deferred = True
@@ -391,7 +391,8 @@ def cancel_call(core: Any, actor_id: bytes, task_id: bytes) -> None:
 
 
 def drop_actor(core: Any, actor_id: bytes) -> None:
-    """Tell the node the creator dropped its last handle (after its direct calls)."""
+    """Tell the node this process holds no handle to the actor any more (after its
+    direct calls)."""
     routes = core.__dict__.get("_actor_routes")
     route = routes.get(actor_id) if routes else None
     if route is not None and route.drop():

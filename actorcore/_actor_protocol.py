@@ -84,6 +84,9 @@ class ActorSpec:
     supervisor: str | None
     restart: str  # restart type under a supervisor
     owner: bytes
+    # Counted actors whose handles are in its constructor's arguments: the node holds
+    # them for as long as this actor lives (see ``_actor_handle``).
+    handles: tuple[bytes, ...] = ()
 
     @property
     def task_id(self) -> bytes:

@@ -17,12 +17,12 @@ from typing import Any
 import cloudpickle
 
 from . import _worker_state
-from ._actor_handle import check_call_args
+from ._actor_handle import check_call_args, dumps_carrying, unpin_when_ready
 from ._ids import new_task_id, return_ids
 from ._object_ref import ObjectRef
 from ._options import DEFAULT_MAX_RETRIES, resources_of, validate_task_options
 from ._protocol import TaskSpec
-from ._serialization import dumps, dumps_args
+from ._serialization import dumps
 from .exceptions import SerializationError
 
 __all__ = ["RemoteFunction", "FunctionExport"]
@@ -101,7 +101,7 @@ class RemoteFunction:
         check_call_args(self._name, self._signature, args, kwargs)
         core = _worker_state.auto_core()
         export = self._get_export()
-        blob, deps = dumps_args(self._name, args, kwargs, ObjectRef)
+        blob, deps, carried = dumps_carrying(self._name, args, kwargs)
         num_returns = options.get("num_returns", 1)
         if num_returns is None:
             num_returns = 1
@@ -134,6 +134,8 @@ class RemoteFunction:
         )
         ids = return_ids(task_id, max(num_returns, 1))
         core.submit_task(spec, export)
+        if carried:  # actor handles in the arguments: held here until the task is done
+            unpin_when_ready(core, ids[0], carried)
         if num_returns == 0:
             return None
         if num_returns == 1:

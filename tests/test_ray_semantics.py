@@ -550,3 +550,114 @@ def test_a_call_waiting_for_its_argument_holds_back_only_its_own_callers_calls(p
     log = [x for x in ray.get(actor.log.remote(), timeout=30) if x != "warm-up"]
     assert log == ["other caller", "slow-argument", "behind"]
     _healthy()
+
+
+# ------------------------------------ 5. an actor ends when its last handle anywhere is gone
+
+
+@ray.remote(num_cpus=2)
+class Whole:
+    """Takes every CPU of the test cluster: a second one starts only once it ended."""
+
+    def __init__(self, keep=None):
+        self.keep = keep
+
+    def pid(self):
+        return os.getpid()
+
+    def keep_handle(self, handle):
+        self.keep = handle
+        return True
+
+    def call_kept(self):
+        return ray.get(self.keep.pid.remote())
+
+
+@ray.remote(num_cpus=0)
+class Holder:
+    def __init__(self, handle=None):
+        self.handle = handle
+
+    def keep(self, handle):
+        self.handle = handle
+        return True
+
+    def call(self):
+        return ray.get(self.handle.pid.remote())
+
+
+@ray.remote(num_cpus=0)
+def call_through(handle):
+    return ray.get(handle.pid.remote())
+
+
+def _state(handle_or_id):
+    from actorcore._actor_handle import request_node
+    from actorcore._worker_state import current_core
+
+    aid = getattr(handle_or_id, "_actor_id", handle_or_id)
+    return request_node(current_core(), ("actor_req", "state", aid))
+
+
+def _wait_dead(aid, timeout=30):
+    deadline = time.monotonic() + timeout
+    while (st := _state(aid))["state"] != "dead":
+        assert time.monotonic() < deadline, st
+        time.sleep(0.05)
+    return st
+
+
+def _starts_now():
+    """A new Whole actor gets both CPUs now: nothing else holds them."""
+    fresh = Whole.remote()
+    assert ray.get(fresh.pid.remote(), timeout=30) > 0
+    aid = fresh._actor_id
+    del fresh
+    _wait_dead(aid)
+
+
+def test_a_handle_passed_to_a_task_does_not_keep_the_actor_alive_after_it():
+    actor = Whole.remote()
+    pid = ray.get(call_through.remote(actor), timeout=30)
+    assert pid == ray.get(actor.pid.remote(), timeout=30)
+    aid = actor._actor_id
+    del actor
+    assert "all handles to it were dropped" in _wait_dead(aid)["death_cause"]
+    _starts_now()  # its CPUs are free again
+    _healthy()
+
+
+def test_an_actor_lives_while_another_actor_holds_its_handle():
+    target = Whole.remote()
+    by_ctor = Holder.remote(target)          # held through the constructor's arguments
+    by_call = Holder.remote()
+    assert ray.get(by_call.keep.remote(target), timeout=30)  # ...and a method's
+    pid = ray.get(target.pid.remote(), timeout=30)
+    aid = target._actor_id
+    del target
+    assert ray.get(by_ctor.call.remote(), timeout=30) == pid
+    assert ray.get(by_call.call.remote(), timeout=30) == pid
+    del by_ctor
+    assert ray.get(by_call.call.remote(), timeout=30) == pid
+    assert _state(aid)["state"] == "alive"
+    del by_call                               # the last holder's process ends
+    assert "all handles to it were dropped" in _wait_dead(aid)["death_cause"]
+    _starts_now()
+    _healthy()
+
+
+def test_handles_that_escape_where_they_cannot_be_followed_keep_the_actor():
+    from actorcore._actor_handle import ActorHandle
+
+    target = Whole.remote()
+    aid, meta = target._actor_id, target._meta
+    pid = ray.get(target.pid.remote(), timeout=30)
+    boxed = ray.put([target])  # in a put value: this process holds it until it exits
+    del target
+    again = ray.get(boxed, timeout=30)[0]
+    assert ray.get(again.pid.remote(), timeout=30) == pid
+    del again, boxed
+    assert _state(aid)["state"] == "alive"
+    ray.kill(ActorHandle(aid, meta))
+    _wait_dead(aid)
+    _healthy()
