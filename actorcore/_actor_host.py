@@ -9,7 +9,9 @@ Three kinds of host, chosen by the class:
 
 - ``ThreadedHost`` (a class without ``async def`` methods): a Pykka threading actor.
   Its mailbox is the actor's mailbox: calls run one at a time in arrival order,
-  which is per-caller submission order (the stateful edges). With
+  which is per-caller submission order (the stateful edges). In a process of its
+  own, with ``max_concurrency=1``, its loop runs on the process's main thread, as
+  Ray runs such an actor (signal handlers, ``threading.main_thread()`` checks). With
   ``max_concurrency=n > 1`` the actor thread hands calls, in order, to a pool of ``n``
   threads, so up to ``n`` run at once (as Ray's threaded actors).
 - ``AsyncHost`` (a class with any ``async def`` method): one thread running an event
@@ -63,6 +65,9 @@ class HostContext:
         self._lock = threading.Lock()
         # task id -> the caller's direct link the call came on (``_actor_direct``)
         self.direct: dict[bytes, Any] = {}
+        # The process's main thread (``worker.MainThread``) when this process hosts
+        # one actor: a threaded actor of concurrency 1 runs on it, as in Ray.
+        self.main_thread: Any = None
 
     def decode(self, oid: bytes, data: Any) -> Any:
         if data is _FETCH:  # a direct call's argument ref: resolved here, in call order
@@ -395,5 +400,14 @@ def start_host(ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: li
     if spec.meta.is_async:
         return AsyncHost(ctx, spec, incarnation, dep_data, record)
     gate = CallGate(ctx.done)
-    return _ThreadedHandle(ThreadedHost.start(ctx, spec, incarnation, dep_data, record, gate),
-                           gate)
+    main = ctx.main_thread is not None and spec.max_concurrency == 1
+    host = _MainThreadHost if main else ThreadedHost
+    return _ThreadedHandle(host.start(ctx, spec, incarnation, dep_data, record, gate), gate)
+
+
+class _MainThreadHost(ThreadedHost):
+    """A ``ThreadedHost`` whose actor loop runs on the process's main thread instead
+    of a thread of its own: its constructor and every call, one at a time."""
+
+    def _start_actor_loop(self) -> None:
+        self.ctx.main_thread.submit(self._actor_loop)

@@ -661,3 +661,56 @@ def test_handles_that_escape_where_they_cannot_be_followed_keep_the_actor():
     ray.kill(ActorHandle(aid, meta))
     _wait_dead(aid)
     _healthy()
+
+
+# ------------------------------------------- 10. tasks run on the worker's main thread
+
+
+@ray.remote
+def on_main_thread():
+    import signal
+
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # main thread only
+    signal.signal(signal.SIGUSR1, previous)
+    return threading.current_thread() is threading.main_thread()
+
+
+@ray.remote
+def parent_of_main_thread_tasks(n):
+    # Blocked in get: its children run meanwhile (on another worker's main thread,
+    # or on a helper thread of this one: its main thread is busy), and the parent
+    # is still on the main thread afterwards.
+    children = ray.get([add_one.remote(i) for i in range(n)])
+    return threading.current_thread() is threading.main_thread(), children
+
+
+@ray.remote
+class ThreadOf:
+    def __init__(self):
+        self.constructed_on_main = threading.current_thread() is threading.main_thread()
+
+    def where(self):
+        return self.constructed_on_main, threading.current_thread() is threading.main_thread()
+
+    def signals(self):
+        return on_main_thread._function()
+
+
+@ray.remote
+class AsyncThreadOf:
+    async def where(self):
+        return threading.current_thread() is threading.main_thread()
+
+
+def test_tasks_run_on_the_worker_processes_main_thread():
+    assert ray.get([on_main_thread.remote() for _ in range(6)], timeout=60) == [True] * 6
+    assert ray.get(parent_of_main_thread_tasks.remote(4), timeout=60) == (True, [1, 2, 3, 4])
+    # Actors as in Ray: a plain one on its process's main thread, a threaded or an
+    # async one (its event loop) on threads of their own.
+    plain = ThreadOf.remote()
+    assert ray.get([plain.where.remote(), plain.signals.remote()], timeout=30) == [
+        (True, True), True]
+    threaded = ThreadOf.options(max_concurrency=2).remote()
+    assert ray.get(threaded.where.remote(), timeout=30) == (False, False)
+    assert ray.get(AsyncThreadOf.remote().where.remote(), timeout=30) is False
+    _healthy()
