@@ -376,15 +376,21 @@ def run_main(
         try:
             trio.run(worker.run, args.address, token)
         except BaseException as exc:  # the node went away, or we were told to stop
+            code = 1
             if not isinstance(exc, KeyboardInterrupt):
                 print(
                     f"worker_{args.index} (node {short(args.node_id)}): exiting: {exc!r}",
                     file=sys.stderr,
                 )
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        finally:
+            # Whatever happens here (stderr is a pipe to a node that may be gone:
+            # printing can raise), the process ends with its loop: the main thread
+            # never returns on its own.
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
 
     threading.Thread(target=run_loop, name="actorcore-core", daemon=True).start()
     main.serve()

@@ -714,3 +714,37 @@ def test_tasks_run_on_the_worker_processes_main_thread():
     assert ray.get(threaded.where.remote(), timeout=30) == (False, False)
     assert ray.get(AsyncThreadOf.remote().where.remote(), timeout=30) is False
     _healthy()
+
+
+def test_workers_exit_with_their_node_even_when_its_pipes_are_gone():
+    # The core loop, not the main thread, ends a worker: when its node is killed,
+    # its report to stderr (a pipe to the dead node) fails, and it must still exit.
+    out = _run_driver("""
+        import os, signal, time
+        import actorcore as ray
+
+        ray.init(num_cpus=1, log_to_driver=False)
+
+        @ray.remote
+        def pid():
+            return os.getpid()
+
+        @ray.remote
+        class Plain:
+            def pid(self):
+                return os.getpid()
+
+        pids = [ray.get(pid.remote()), ray.get(Plain.remote().pid.remote())]
+        os.kill(ray.nodes()[0]["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [p for p in pids if os.path.exists(f"/proc/{p}")
+                     and open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+        print("left running:", alive)
+        for p in alive:
+            os.kill(p, signal.SIGKILL)
+        os._exit(0)
+    """, env={"ACTORCORE_ADDRESS": ""})
+    assert "left running: []" in out
