@@ -37,6 +37,7 @@ import attrs
 import trio
 
 from ...protocol._ids import new_worker_id, short
+from ...session._launcher import site_flags
 from ..local_scheduler._scheduler import SchedulerState, WorkerInfo
 
 __all__ = ["PoolState", "WorkerPool", "open_worker_process", "pump_worker_output"]
@@ -267,6 +268,7 @@ async def open_worker_process(
     env["PYTHONUNBUFFERED"] = "1"
     argv = [
         sys.executable,
+        *site_flags(),
         "-m",
         module,
         "--address",
