@@ -646,6 +646,55 @@ def test_an_actor_lives_while_another_actor_holds_its_handle():
     _healthy()
 
 
+@ray.remote(num_cpus=0)
+def call_through_with(handle, blob):
+    return ray.get(handle.pid.remote()), len(blob)
+
+
+@ray.remote(num_cpus=0)
+class BigHolder:
+    def __init__(self, handle=None, blob=b""):
+        self.handle, self.size = handle, len(blob)
+
+    def keep(self, handle, blob):
+        self.handle, self.size = handle, len(blob)
+        return self.size
+
+    def call(self):
+        return ray.get(self.handle.pid.remote())
+
+
+def test_handles_carried_beside_large_arguments_are_followed_and_the_arguments_freed():
+    # A large argument goes by ref through the store, freed once the call is done;
+    # a handle beside it is still carried (pinned by the sender, registered by the
+    # receiver) and released after: neither mechanism hides the other.
+    blob = b"x" * (1 << 20)  # well over the inline threshold: passed by ref
+    from actorcore.core_worker import _worker_state
+
+    base = ray._api._call("status")["store"].used
+    by_ref = _worker_state.core.stats["args_by_ref"]
+    target = Whole.remote()
+    pid = ray.get(target.pid.remote(), timeout=30)
+    assert ray.get(call_through_with.remote(target, blob), timeout=30) == (pid, len(blob))
+    by_ctor = BigHolder.remote(target, blob)
+    by_call = BigHolder.remote()
+    assert ray.get(by_call.keep.remote(target, blob), timeout=30) == len(blob)
+    assert _worker_state.core.stats["args_by_ref"] == by_ref + 3  # task, creation, call
+    aid = target._actor_id
+    del target
+    assert ray.get(by_ctor.call.remote(), timeout=30) == pid
+    assert ray.get(by_call.call.remote(), timeout=30) == pid
+    assert _state(aid)["state"] == "alive"
+    del by_ctor, by_call
+    assert "all handles to it were dropped" in _wait_dead(aid)["death_cause"]
+    deadline = time.monotonic() + 30
+    while ray._api._call("status")["store"].used > base + (1 << 20) // 2:
+        assert time.monotonic() < deadline, "the large argument was never freed"
+        time.sleep(0.05)
+    _starts_now()
+    _healthy()
+
+
 def test_handles_that_escape_where_they_cannot_be_followed_keep_the_actor():
     from actorcore.api._actor_handle import ActorHandle
 
