@@ -90,4 +90,4 @@ class RuntimeContext:
 
 
 def get_runtime_context() -> RuntimeContext:
-    return RuntimeContext(_worker_state.current_core())
+    return RuntimeContext(_worker_state.auto_core())

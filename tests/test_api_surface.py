@@ -128,9 +128,11 @@ def test_object_ref_basics():
         ray.ObjectRef(b"short")
 
 
-def test_calls_need_init_and_name_the_fix():
+def test_calls_need_init_and_name_the_fix(monkeypatch):
     if ray.is_initialized():
         pytest.skip("a cluster is connected in this process")
+    # Without the implicit init() of the first call (tests/test_ray_semantics.py).
+    monkeypatch.setenv("ACTORCORE_ENABLE_AUTO_CONNECT", "0")
     with pytest.raises(exc.NotInitializedError, match=r"actorcore.init\(\)"):
         ray.put(1)
     with pytest.raises(exc.NotInitializedError):

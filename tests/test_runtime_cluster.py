@@ -316,7 +316,9 @@ def test_calls_before_init_fail_clearly():
         "    assert 'num_cpus' in str(err)\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+    # Without the implicit init() of the first call (tests/test_ray_semantics.py).
+    env = dict(_env(), ACTORCORE_ENABLE_AUTO_CONNECT="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 

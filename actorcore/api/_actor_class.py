@@ -19,11 +19,16 @@ import threading
 from typing import Any
 
 from ..core_worker import _worker_state
-from ..core_worker._object_ref import ObjectRef
 from ..protocol._actors import ActorSpec, ClassMeta, MethodMeta
 from ..protocol._ids import new_task_id
-from ..protocol._serialization import dumps_args
-from ._actor_handle import ActorHandle, check_call_args, default_namespace, request_node
+from ._actor_handle import (
+    ActorHandle,
+    check_call_args,
+    default_namespace,
+    dumps_carrying,
+    request_node,
+    unpin,
+)
 from ._options import resources_of, validate_actor_options
 from ._remote_function import FunctionExport
 
@@ -33,7 +38,9 @@ __all__ = ["ActorClass", "make_actor_class"]
 DEFAULT_ASYNC_CONCURRENCY = 1000
 
 
-def _method_meta(fn: Any, options: dict[str, Any]) -> MethodMeta:
+def _method_meta(fn: Any, options: dict[str, Any], bound: bool = True) -> MethodMeta:
+    """What callers check a call against (``check_call_args``); ``bound``: ``fn``'s
+    first positional parameter (``self``, ``cls``) is not the caller's to give."""
     is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
     num_returns = options.get("num_returns", 1)
     try:
@@ -42,7 +49,8 @@ def _method_meta(fn: Any, options: dict[str, Any]) -> MethodMeta:
         return MethodMeta(num_returns=num_returns, is_async=is_async, pos_names=(),
                           pos_required=0, varargs=True, kw_names=None)
     params = list(sig.parameters.values())
-    if params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+    if bound and params and params[0].kind in (params[0].POSITIONAL_ONLY,
+                                               params[0].POSITIONAL_OR_KEYWORD):
         params = params[1:]  # self
     pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     kwonly = [p for p in params if p.kind is p.KEYWORD_ONLY]
@@ -56,6 +64,7 @@ def _method_meta(fn: Any, options: dict[str, Any]) -> MethodMeta:
             [p.name for p in pos if p.kind is not p.POSITIONAL_ONLY] + [p.name for p in kwonly]
         ),
         kwonly_required=tuple(p.name for p in kwonly if p.default is p.empty),
+        pos_only=sum(1 for p in pos if p.kind is p.POSITIONAL_ONLY),
     )
 
 
@@ -64,18 +73,24 @@ def _no_args(self: Any) -> None:
 
 
 def class_meta(cls: type) -> tuple[ClassMeta, MethodMeta]:
-    """The method table of ``cls`` and the meta of its constructor."""
+    """The method table of ``cls`` and the meta of its constructor.
+
+    Static and class methods are methods too (as in Ray): a call runs them on the
+    actor's class, with no instance (``cls`` for a class method).
+    """
     methods: dict[str, MethodMeta] = {}
     for name, member in inspect.getmembers(cls):
         if name.startswith("__") and name != "__call__":
             continue
         raw = inspect.getattr_static(cls, name, None)
         if isinstance(raw, staticmethod | classmethod):
-            continue
-        if not inspect.isfunction(member):
+            member, bound = raw.__func__, isinstance(raw, classmethod)
+        elif inspect.isfunction(member):
+            bound = True
+        else:
             continue
         opts = getattr(member, "__actorcore_method_options__", {})
-        methods[name] = _method_meta(member, opts)
+        methods[name] = _method_meta(member, opts, bound)
     init = cls.__dict__.get("__init__") or getattr(cls, "__init__")  # noqa: B009
     if init is object.__init__:
         init = _no_args
@@ -94,11 +109,12 @@ class ActorClass:
     is an error, as in Ray (the original class is ``A.__actorcore_class__``).
     """
 
-    def __init__(self, cls: type, options: dict[str, Any]) -> None:
+    def __init__(self, cls: type, options: dict[str, Any],
+                 _metas: tuple[ClassMeta, MethodMeta] | None = None) -> None:
         self.__actorcore_class__ = cls
         self._options = validate_actor_options(options)
         _check_extra_options(self._options)
-        self._meta, self._ctor = class_meta(cls)
+        self._meta, self._ctor = class_meta(cls) if _metas is None else _metas
         self._export: FunctionExport | None = None
         self._lock = threading.Lock()
         self.__name__ = cls.__name__
@@ -112,11 +128,28 @@ class ActorClass:
             f"use {self._meta.class_name}.remote(...)"
         )
 
+    def __getattr__(self, name: str) -> Any:
+        # What the user's class has and we do not: its class attributes, static and
+        # class methods (``A.CONSTANT``, ``A.helper()``), as in Ray, whose actor
+        # class derives from the user's.
+        cls = self.__dict__.get("__actorcore_class__")
+        if cls is None:
+            raise AttributeError(name)
+        try:
+            return getattr(cls, name)
+        except AttributeError:
+            raise AttributeError(
+                f"actor class {cls.__qualname__} has no attribute {name!r}"
+            ) from None
+
     def __repr__(self) -> str:
         return f"<actorcore.ActorClass {self._meta.module}.{self._meta.class_name}>"
 
     def __reduce__(self) -> Any:
-        return (ActorClass, (self.__actorcore_class__, self._options))
+        # The method table travels along: a class whose methods create actors of
+        # their own class is rebuilt while it is still being unpickled (an empty
+        # skeleton), so its table cannot be read from it then.
+        return (ActorClass, (self.__actorcore_class__, self._options, (self._meta, self._ctor)))
 
     def options(self, **options: Any) -> _ActorOptions:
         merged = dict(self._options)
@@ -136,25 +169,29 @@ class ActorClass:
         return self._export
 
     def _create(self, options: dict[str, Any], args: tuple, kwargs: dict) -> ActorHandle:
-        core = _worker_state.current_core()
+        core = _worker_state.auto_core()
         what = f"{self._meta.class_name}.__init__"
         check_call_args(what, self._ctor, args, kwargs)
         self._get_export()  # a class that does not pickle fails before any argument is put
         # Large arguments go by ref, through the store (``by_ref``): the node pins
         # them while the actor lives (its restarts need them), so they are freed
-        # right behind its creation.
-        blob, deps, by_ref = dumps_args(what, args, kwargs, ObjectRef, core.arg_store())
+        # right behind its creation. Actor handles in them are carried: the node
+        # holds them for the new actor's life (``ActorSpec.handles``).
+        blob, deps, by_ref, carried = dumps_carrying(what, args, kwargs, core.arg_store())
         try:
-            return self._create_spec(core, options, blob, deps)
+            return self._create_spec(core, options, blob, deps, carried)
         finally:
+            unpin(core, carried)  # the node holds them now, for the new actor's life
             if by_ref:
                 core.release_args(by_ref)
 
     def _create_spec(self, core: Any, options: dict[str, Any], blob: bytes,
-                     deps: list[bytes]) -> ActorHandle:
+                     deps: list[bytes], carried: list[bytes]) -> ActorHandle:
         meta = self._meta
         export = self._get_export()
         core.check_args_fit(f"{meta.class_name}.__init__", blob)
+        if deps:
+            core.mark_seen(deps)
         name = options.get("name")
         namespace = options.get("namespace") or default_namespace()
         is_async = meta.is_async
@@ -188,11 +225,12 @@ class ActorClass:
             restart="permanent",
             owner=core.worker_id,
             job_namespace=default_namespace(),
+            handles=tuple(carried),
         )
         _ensure_exported(core, export)
         if name is None and sup_name is None:
             core._enqueue(("submit", (spec,)))
-            return ActorHandle(spec.actor_id, meta, owned=True)
+            return ActorHandle(spec.actor_id, meta, owned=True, counted=not spec.detached)
         found = request_node(core, ("actor_req", "create", spec, bool(options.get("get_if_exists"))))
         if found is not None:  # get_if_exists found the one already there
             return ActorHandle(found[0], found[1], owned=False)

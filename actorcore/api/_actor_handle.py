@@ -14,22 +14,41 @@ caller's later calls go straight to the actor's process on a link of their own
 So calls from one caller — a driver, a task or another actor — execute in
 submission order on either path.
 
-Lifetime. The process that created a non-detached, unnamed actor counts its live
-handles; when the count drops to zero and no handle ever left the process (was
-pickled), it tells the node, which ends the actor once the calls already submitted
-have finished. A handle that was pickled may live anywhere, so the actor then lives
-until its owner (the creating process, or its job's driver) exits — conservative, and
-never kills an actor someone can still call. Detached actors live until killed;
-named ones until killed or their owner exits.
+Lifetime. A non-detached, unnamed actor lives while some process holds a handle to
+it, as in Ray: when the last handle anywhere is gone, the node ends it once the calls
+already submitted have finished (and its resources are free again). The node keeps
+the set of *holders* of each such actor:
+
+- Each process counts its live handles per actor (``_counts``). The creator is a
+  holder from the start (the node knows it from the creation). Any other process
+  becomes one when its first handle to the actor appears (unpickled), with a request
+  that the node acknowledges before the handle is used; it stops being one when its
+  count drops to zero (``actor_drop``, after its own calls have gone out).
+- A handle pickled into the arguments of a task or actor call (the *carrier*) is
+  pinned by the sending process — counted like a live handle — until the carrier's
+  result is here. The receiving process registers before it even runs the call, so
+  the actor never sees a moment without a holder while the handle travels. A handle
+  in the arguments of an actor creation is held by the node for as long as that new
+  actor lives (``ActorSpec.handles``).
+- A process that pickles a handle any other way (a return value, ``put``, a plain
+  ``pickle.dumps``) cannot know where it went: it stays a holder until it exits.
+  Conservative: never ends an actor someone can still call.
+
+A holder process that exits stops holding. Detached actors live until killed; named
+ones until killed or their owner exits; the actors of an owner (the creating process)
+or of a job whose driver exits end with it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import trio
 
 from ..core_worker import _worker_state
 from ..core_worker._core_worker import _Entry
@@ -39,7 +58,9 @@ from ..core_worker._worker_state import task_context
 from ..exceptions import ActorcoreError, ActorcoreSystemError
 from ..protocol._actors import CallSpec, ClassMeta, MethodMeta
 from ..protocol._ids import new_task_id, return_ids
-from ..protocol._serialization import dumps_args
+from ..protocol._serialization import ArgStore, dumps_args
+
+logger = logging.getLogger("actorcore.actors")
 
 __all__ = ["ActorHandle", "ActorMethod", "get_actor", "kill", "check_call_args", "request_node",
            "cancel_actor_call", "default_namespace", "set_default_namespace"]
@@ -74,12 +95,116 @@ def set_default_namespace(namespace: str | None) -> None:
     _namespace[0] = namespace
 
 
-logger = logging.getLogger("actorcore.actor_handle")
-
-# Local handle counts of actors this process created (actor id -> live handles).
+# This process's live handles (and pins) per counted actor; the actors it holds at
+# the node; those it pickled where it cannot follow them (held until it exits).
 _counts: dict[bytes, int] = {}
+_registered: set[bytes] = set()
 _escaped: set[bytes] = set()
+_lingering: set[bytes] = set()
 _counts_lock = threading.Lock()
+# The handles pickled into the arguments being serialised on this thread (a carrier).
+_carrying = threading.local()
+
+
+def dumps_carrying(
+    what: str, args: tuple, kwargs: dict, arg_store: ArgStore | None = None,
+) -> tuple[bytes, list[bytes], Sequence[bytes], list[bytes]]:
+    """``dumps_args`` (``(blob, deps, by_ref)``: large arguments through ``arg_store``),
+    also returning the counted actors whose handles it pickled: each is pinned (one
+    more count here) until the caller calls ``unpin``. If this raises, nothing stays
+    pinned and the ``by_ref`` objects are freed already."""
+    previous = getattr(_carrying, "ids", None)
+    carried: list[bytes] = []
+    _carrying.ids = carried
+    try:
+        blob, deps, by_ref = dumps_args(what, args, kwargs, ObjectRef, arg_store)
+    except BaseException:
+        unpin(_worker_state.core, carried)
+        raise
+    finally:
+        _carrying.ids = previous
+    return blob, deps, by_ref, carried
+
+
+def unpin_when_ready(core: Any, oid: bytes, carried: list[bytes]) -> None:
+    """Unpin ``carried`` once the carrier's result ``oid`` is here."""
+    core.on_ready_callback([oid], functools.partial(unpin, core, carried))
+
+
+def unpin(core: Any, carried: Sequence[bytes]) -> None:
+    for aid in carried:
+        _release(core, aid)
+
+
+def _acquire(core: Any, aid: bytes, created: bool) -> None:
+    """One more handle to ``aid`` here; the first one (not ``created`` here) makes
+    this process a holder, acknowledged by the node before the handle is used."""
+    with _counts_lock:
+        n = _counts.get(aid, 0)
+        _counts[aid] = n + 1
+        register = n == 0 and aid not in _registered
+        if register or created:
+            _registered.add(aid)
+    if register and not created and not core._closed:
+        try:
+            if _can_block(core):
+                request_node(core, ("actor_req", "hold", aid))
+            else:  # (a Trio loop: the core's or a Trio actor's) ordered, not awaited
+                core._enqueue(("actor_hold", aid))
+        except Exception as exc:  # the link is down: nothing to end the actor either
+            logger.warning("registering a handle of actor %s failed: %s", aid.hex(), exc)
+
+
+def _can_block(core: Any) -> bool:
+    if core._in_loop():
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return True
+    return False
+
+
+#: Seconds a worker process stays a holder after its last handle to an actor died:
+#: the next task given a handle to the same actor then needs no round trip.
+HOLD_LINGER = 1.0
+
+
+def _release(core: Any, aid: bytes, lingered: bool = False) -> None:
+    with _counts_lock:
+        if not lingered:
+            n = _counts.get(aid, 0) - 1
+            if n > 0:
+                _counts[aid] = n
+                return
+            _counts.pop(aid, None)
+        elif _counts.get(aid):  # a handle appeared again meanwhile
+            return
+        if aid in _escaped or aid not in _registered:
+            return
+        linger = not lingered and core is not None and core.role != "driver"
+        if linger:
+            if aid in _lingering:  # already on its way
+                return
+            _lingering.add(aid)
+        else:
+            _registered.discard(aid)
+    if core is None or core._closed:
+        return
+    if linger:
+        try:
+            core.trio_token.run_sync_soon(core._nursery.start_soon, _release_later, core, aid)
+        except trio.RunFinishedError:
+            pass
+        return
+    drop_actor(core, aid)
+
+
+async def _release_later(core: Any, aid: bytes) -> None:
+    await trio.sleep(HOLD_LINGER)
+    with _counts_lock:
+        _lingering.discard(aid)
+    _release(core, aid, lingered=True)
 
 
 @attrs.define(slots=True, eq=False)
@@ -108,26 +233,41 @@ def cancel_actor_call(core: Any, ref: ObjectRef, force: bool) -> bool:
 
 
 def check_call_args(what: str, meta: MethodMeta, args: tuple, kwargs: dict) -> None:
-    """Raise ``TypeError`` now if ``what(*args, **kwargs)`` could not bind."""
+    """Raise ``TypeError`` now if ``what(*args, **kwargs)`` could not bind (the
+    checks and messages of a local call: counts, defaults, ``*args``, ``**kwargs``,
+    keyword-only and positional-only parameters)."""
     n = len(args)
     if not kwargs:
         if n >= meta.pos_required and (meta.varargs or n <= len(meta.pos_names)) and not (
             meta.kwonly_required
         ):
             return
-    if not meta.varargs and n > len(meta.pos_names):
+    names = meta.pos_names
+    if not meta.varargs and n > len(names):
+        lo, hi = meta.pos_required, len(names)
+        takes = f"{hi}" if lo == hi else f"from {lo} to {hi}"
         raise TypeError(
-            f"{what}() takes {len(meta.pos_names)} positional argument"
-            f"{'s' if len(meta.pos_names) != 1 else ''} but {n} were given"
+            f"{what}() takes {takes} positional argument{'s' if hi != 1 else ''} "
+            f"but {n} {'was' if n == 1 else 'were'} given"
         )
-    if meta.kw_names is not None:
+    posonly = names[:meta.pos_only]
+    if meta.kw_names is not None:  # no **kwargs: every keyword must name a parameter
+        wrong = [k for k in kwargs if k in posonly]
+        if wrong:
+            raise TypeError(
+                f"{what}() got some positional-only arguments passed as keyword "
+                f"arguments: {', '.join(repr(k) for k in wrong)}"
+            )
         for k in kwargs:
             if k not in meta.kw_names:
                 raise TypeError(f"{what}() got an unexpected keyword argument {k!r}")
     for k in kwargs:
-        if k in meta.pos_names[:n]:
+        if k in names[meta.pos_only:n]:
             raise TypeError(f"{what}() got multiple values for argument {k!r}")
-    missing = [p for p in meta.pos_names[n:meta.pos_required] if p not in kwargs]
+    # A positional-only parameter is never filled by a keyword (that one goes to
+    # **kwargs); the others may be.
+    missing = [p for i, p in enumerate(names[n:meta.pos_required], n)
+               if i < meta.pos_only or p not in kwargs]
     missing += [k for k in meta.kwonly_required if k not in kwargs]
     if missing:
         raise TypeError(
@@ -190,14 +330,18 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         core = _worker_state.core
         if core is None:
-            core = _worker_state.current_core()
+            core = _worker_state.auto_core()
         meta = self._meta
         qualname = self._qualname
         check_call_args(qualname, meta, args, kwargs)
         if core._closed:
             core._check_open()
-        # Large arguments go by ref, through the store (``by_ref``).
-        blob, deps, by_ref = dumps_args(qualname, args, kwargs, ObjectRef, core.arg_store())
+        # Large arguments go by ref, through the store (``by_ref``); handles in them
+        # are carried (pinned here until the call's result is back).
+        blob, deps, by_ref, carried = dumps_carrying(
+            qualname, args, kwargs, core.arg_store())
+        if deps:
+            core.mark_seen(deps)
         n = self._num_returns
         task_id = new_task_id()
         spec = CallSpec(task_id, self._handle._actor_id, self._name, qualname, blob, deps, n,
@@ -212,6 +356,8 @@ class ActorMethod:
             ObjectRef(i) for i in ids]
         # ``submit_call`` frees the argument objects once the call no longer needs them.
         submit_call(core, spec, by_ref)
+        if carried:
+            unpin_when_ready(core, ids[0], carried)
         return out
 
 
@@ -219,21 +365,26 @@ class ActorHandle:
     """A reference to an actor: ``handle.method.remote(...)`` calls it.
 
     Picklable (pass it to tasks and actors); equal handles name the same actor.
+    ``counted``: the actor lives while handles to it do (unnamed, not detached, not
+    supervised); ``owned``: it was created by this process.
     """
 
-    def __init__(self, actor_id: bytes, meta: ClassMeta, *, owned: bool = False) -> None:
+    def __init__(self, actor_id: bytes, meta: ClassMeta, *, owned: bool = False,
+                 counted: bool | None = None) -> None:
         self._actor_id = actor_id
         self._meta = meta
-        self._owned = owned
+        self._counted = counted = owned if counted is None else counted
         self._core = None
-        if owned:
+        if counted:
             core = _worker_state.core
+            if core is None:
+                self._counted = False  # unpickled outside a cluster: nothing to count
+                return
             self._core = core
-            with _counts_lock:
-                _counts[actor_id] = _counts.get(actor_id, 0) + 1
+            _acquire(core, actor_id, owned)
 
     def __getattr__(self, name: str) -> ActorMethod:
-        if name.startswith("__") or name in ("_actor_id", "_meta", "_owned", "_core"):
+        if name.startswith("__") or name in ("_actor_id", "_meta", "_counted", "_core"):
             raise AttributeError(name)
         mm = self._meta.methods.get(name)
         if mm is None:
@@ -260,33 +411,29 @@ class ActorHandle:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
 
     def __reduce__(self) -> Any:
-        if self._owned:
+        counted = self._counted
+        if counted:
+            aid = self._actor_id
+            carried = getattr(_carrying, "ids", None)
             with _counts_lock:
-                _escaped.add(self._actor_id)
-        return (_rebuild, (self._actor_id, self._meta))
+                if carried is not None:  # into a task's or call's arguments: pinned
+                    _counts[aid] = _counts.get(aid, 0) + 1
+                    carried.append(aid)
+                else:  # anywhere else: this process holds it until it exits
+                    _escaped.add(aid)
+        return (_rebuild, (self._actor_id, self._meta, counted))
 
     def __del__(self) -> None:
-        if not self._owned:
+        if not self._counted:
             return
         try:
-            aid = self._actor_id
-            with _counts_lock:
-                n = _counts.get(aid, 0) - 1
-                if n > 0:
-                    _counts[aid] = n
-                    return
-                _counts.pop(aid, None)
-                if aid in _escaped:
-                    return
-            core = self._core
-            if core is not None and not core._closed:
-                drop_actor(core, aid)
+            _release(self._core, self._actor_id)
         except Exception as exc:  # interpreter shutdown: the node drops it with our link
             logger.debug("dropping the handle of actor %s failed: %r", self._actor_id.hex(), exc)
 
 
-def _rebuild(actor_id: bytes, meta: ClassMeta) -> ActorHandle:
-    return ActorHandle(actor_id, meta, owned=False)
+def _rebuild(actor_id: bytes, meta: ClassMeta, counted: bool = False) -> ActorHandle:
+    return ActorHandle(actor_id, meta, owned=False, counted=counted)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
@@ -299,7 +446,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
         raise ValueError(f"get_actor(name={name!r}): expected a non-empty str")
     if namespace is not None and (not isinstance(namespace, str) or not namespace):
         raise ValueError(f"get_actor(namespace={namespace!r}): expected a non-empty str")
-    core = _worker_state.current_core()
+    core = _worker_state.auto_core()
     ns = namespace or default_namespace()
     actor_id, meta = request_node(core, ("actor_req", "lookup", name, ns))
     return ActorHandle(actor_id, meta, owned=False)
@@ -313,7 +460,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() expects an actor handle, got {type(actor).__name__}: {actor!r:.80}")
-    core = _worker_state.current_core()
+    core = _worker_state.auto_core()
     if core._closed:
         raise ActorcoreSystemError("not connected to the cluster any more")
     detach(core, actor._actor_id)  # later calls go through the node, which knows

@@ -1,9 +1,12 @@
 """The public API functions: ``init``, ``get``, ``put``, ``wait``, ``remote``, ...
 
 These are thin: they check their arguments (errors name the bad value) and call the
-process's core worker (``_worker_state.current_core()``), which raises a clear
-``NotInitializedError`` before ``init()``. In a worker process the core worker is set
-at start-up, so the same calls work inside tasks (nested tasks, ``get`` of refs).
+process's core worker. Before ``init()``, the calls that Ray connects on first use
+(``get``, ``put``, ``wait``, ``cancel``, ``get_actor``, ``kill``,
+``get_runtime_context`` and every ``.remote()``) call ``init()`` themselves
+(``_worker_state.auto_core()``); the others raise a clear ``NotInitializedError``.
+In a worker process the core worker is set at start-up, so the same calls work
+inside tasks (nested tasks, ``get`` of refs).
 """
 
 from __future__ import annotations
@@ -244,6 +247,17 @@ def _reclaim_dead_sessions() -> None:
     if reclaimed:
         logging.getLogger("actorcore").info("%s: %s", reclaimed.describe(), reclaimed.sessions)
 
+
+def auto_init() -> None:
+    """``init()`` with its defaults unless connected (``_worker_state.auto_core``)."""
+    with _lock:
+        if not is_initialized():
+            info = init()
+            logging.getLogger("actorcore").info(
+                "started a local cluster (init() was not called): %s", info.get("address"))
+
+
+_worker_state.auto_init = auto_init
 
 
 _DASHBOARD_HOSTS = (None, "127.0.0.1", "localhost")
@@ -498,18 +512,19 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     """The value(s) of ``object_refs`` (one ref or a list), waiting up to ``timeout`` s.
 
     A task's exception is raised here (an instance of both ``TaskError`` and the
-    original type, with the remote traceback); ``GetTimeoutError`` when time runs out.
+    original type, with the remote traceback) as soon as any one of ``object_refs``
+    holds an error, without waiting for the others (as Ray); ``GetTimeoutError``
+    when time runs out.
     """
-    core = _worker_state.current_core()
     refs, single = _as_ref_list(object_refs, "get")
     _check_timeout(timeout, "get")
-    values = core.get(refs, timeout)
+    values = _worker_state.auto_core().get(refs, timeout)
     return values[0] if single else values
 
 
 def put(value: Any) -> ObjectRef:
     """Store ``value`` in the cluster; return its ``ObjectRef``."""
-    return _worker_state.current_core().put(value)
+    return _worker_state.auto_core().put(value)
 
 
 def wait(
@@ -524,10 +539,13 @@ def wait(
     Returns early after ``timeout`` seconds with what is ready by then. Order within
     each list follows ``object_refs``.
     """
-    core = _worker_state.current_core()
     if isinstance(object_refs, ObjectRef):
         raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef")
     refs, _ = _as_ref_list(object_refs, "wait")
+    if not refs:
+        _check_timeout(timeout, "wait")
+        _worker_state.auto_core()
+        return [], []  # as Ray: nothing to wait for, whatever num_returns says
     if len(set(refs)) != len(refs):
         raise ValueError("wait() got duplicate ObjectRefs in its list")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
@@ -537,7 +555,7 @@ def wait(
             f"wait(num_returns={num_returns}) is more than the {len(refs)} refs given"
         )
     _check_timeout(timeout, "wait")
-    return core.wait(refs, num_returns, timeout)
+    return _worker_state.auto_core().wait(refs, num_returns, timeout)
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
@@ -565,7 +583,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
     from ._actor_handle import cancel_actor_call
 
-    core = _worker_state.current_core()
+    core = _worker_state.auto_core()
     core._check_open()
     if not cancel_actor_call(core, object_ref, force):
         core.cancel(object_ref, bool(force), bool(recursive))

@@ -21,7 +21,8 @@ from ..core_worker._object_ref import ObjectRef
 from ..exceptions import SerializationError
 from ..protocol._ids import new_task_id, return_ids
 from ..protocol._messages import TaskSpec
-from ..protocol._serialization import dumps, dumps_args
+from ..protocol._serialization import dumps
+from ._actor_handle import check_call_args, dumps_carrying, unpin, unpin_when_ready
 from ._options import DEFAULT_MAX_RETRIES, resources_of, validate_task_options
 
 __all__ = ["RemoteFunction", "FunctionExport"]
@@ -58,6 +59,11 @@ class RemoteFunction:
         self._export: FunctionExport | None = None
         self._export_lock = threading.Lock()
         self._spec_cache: tuple | None = None
+        from ._actor_class import _method_meta  # (that module imports this one)
+
+        # Checked at every .remote(), as in Ray: a call that could not bind fails
+        # here with the TypeError a local call would raise, not later in a worker.
+        self._signature = _method_meta(function, {}, bound=False)
         functools.update_wrapper(self, function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -92,19 +98,25 @@ class RemoteFunction:
         return export
 
     def _submit(self, options: dict[str, Any], args: tuple, kwargs: dict) -> Any:
-        core = _worker_state.current_core()
+        check_call_args(self._name, self._signature, args, kwargs)
+        core = _worker_state.auto_core()
         export = self._get_export()
         # Large arguments go by ref, through the store (``by_ref``): the node pins
-        # them while the task needs them, so they are freed right behind it.
-        blob, deps, by_ref = dumps_args(self._name, args, kwargs, ObjectRef, core.arg_store())
+        # them while the task needs them, so they are freed right behind it. Actor
+        # handles in them are carried: pinned here until the task's result is back.
+        blob, deps, by_ref, carried = dumps_carrying(
+            self._name, args, kwargs, core.arg_store())
         try:
-            return self._submit_spec(core, export, options, blob, deps)
+            return self._submit_spec(core, export, options, blob, deps, carried)
+        except BaseException:
+            unpin(core, carried)
+            raise
         finally:
             if by_ref:
                 core.release_args(by_ref)
 
     def _submit_spec(self, core: Any, export: FunctionExport, options: dict[str, Any],
-                     blob: bytes, deps: list[bytes]) -> Any:
+                     blob: bytes, deps: list[bytes], carried: list[bytes]) -> Any:
         num_returns = options.get("num_returns", 1)
         if num_returns is None:
             num_returns = 1
@@ -137,6 +149,8 @@ class RemoteFunction:
         )
         ids = return_ids(task_id, max(num_returns, 1))
         core.submit_task(spec, export)
+        if carried:  # actor handles in the arguments: held here until the task is done
+            unpin_when_ready(core, ids[0], carried)
         if num_returns == 0:
             return None
         if num_returns == 1:

@@ -49,13 +49,21 @@ tasks cannot deadlock a node.
 Reference counting: every ``ObjectRef`` instance counts in ``_refcounts``; when the
 last one of an owned object dies and it never escaped (was never pickled), the entry
 is dropped and the node is told to free it (batched).
+
+Unhandled errors: an owned object that holds a task's error nobody ever looked at
+(``get``, ``await``, ``wait`` that saw it ready, or a task it was passed to) is
+reported as "Unhandled error" when its last ref dies, as Ray does, so that the
+failure of a task whose result was never read is not silent. A ref that dies before
+its task finished keeps its entry (marked ``dropped``) until the result is here.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -119,6 +127,8 @@ class _Entry:
     event: trio.Event | None = None  # created on demand, set in the core loop
     callbacks: list[Callable[[], None]] | None = None
     actor: bytes | None = None  # the actor, for an actor method call's result
+    seen: bool = False  # its value (or error) was read, waited on or passed on
+    dropped: bool = False  # its last ref died before it was ready
 
 
 
@@ -370,6 +380,8 @@ class CoreWorker:
         entries = self._entries
         for oid in spec.return_ids():
             entries[oid] = _Entry(owned=True)
+        if spec.deps:
+            self.mark_seen(spec.deps)
         self._enqueue(("submit", (spec,)))
         self.stats["tasks_submitted"] += 1
 
@@ -476,8 +488,43 @@ class CoreWorker:
                 return
         entry = self._entries.get(oid)
         if entry is not None and entry.owned and not self._closed:
-            del self._entries[oid]
+            if entry.ready:
+                del self._entries[oid]
+                if entry.is_error and not entry.seen:
+                    self._report_unhandled(oid, entry)
+            else:
+                entry.dropped = True  # kept until its result is here (_drop_late)
             self._enqueue(("free", [oid]), wake=False)
+
+    def _drop_late(self, oid: bytes, entry: _Entry) -> None:
+        """The result of a ref that died before it was ready is here (core loop)."""
+        with self._refs_lock:
+            if self._refcounts.get(oid):  # a ref to it was made again meanwhile
+                entry.dropped = False
+                return
+        if self._entries.get(oid) is entry:
+            del self._entries[oid]
+        if entry.is_error and not entry.seen:
+            self._report_unhandled(oid, entry)
+
+    def _report_unhandled(self, oid: bytes, entry: _Entry) -> None:
+        """Log the error nobody read, as Ray's "Unhandled error" (any thread)."""
+        if self._closed or _ignore_unhandled():
+            return
+        try:
+            error: Any = _serialization.loads(entry.data)
+        except Exception as exc:
+            error = f"(the error of object {oid.hex()} could not be read: {exc!r})"
+        _unhandled_logger().error(
+            "Unhandled error (suppress with 'ACTORCORE_IGNORE_UNHANDLED_ERRORS=1'): %s", error)
+
+    def mark_seen(self, oids: Iterable[bytes]) -> None:
+        """``oids`` were passed to a task or call: their errors reach its caller."""
+        entries = self._entries
+        for oid in oids:
+            e = entries.get(oid)
+            if e is not None:
+                e.seen = True
 
     def mark_escaped(self, oid: bytes) -> None:
         self._escaped.add(oid)
@@ -492,6 +539,8 @@ class CoreWorker:
             if entry is None:
                 continue  # freed by its owner meanwhile
             self._set_ready(entry, is_error, data)
+            if entry.dropped:
+                self._drop_late(oid, entry)
 
     def _set_ready(self, entry: _Entry, is_error: bool, data: Any) -> None:
         """Make ``entry`` ready and run its callbacks (core loop)."""
@@ -530,7 +579,10 @@ class CoreWorker:
         self._closed = True
         err = _serialization.dumps(self._link_error())
         actor_err = None
-        for entry in list(self._entries.values()):
+        for oid, entry in list(self._entries.items()):
+            if entry.dropped:  # nobody can read it any more
+                del self._entries[oid]
+                continue
             if not entry.ready:
                 if entry.actor is not None:
                     if actor_err is None:
@@ -585,9 +637,13 @@ class CoreWorker:
             entry = self._entries.get(oid)
             if entry is not None:
                 self._set_ready(entry, is_error, data)
+                if entry.dropped:
+                    self._drop_late(oid, entry)
 
-    def _register(self, entries: Sequence[_Entry], needed: int, fire: Callable[[], None]) -> Callable:
-        """Call ``fire()`` (core loop) once ``needed`` more of ``entries`` are ready.
+    def _register(self, entries: Sequence[_Entry], needed: int, fire: Callable[[], None],
+                  fail_fast: bool = False) -> Callable:
+        """Call ``fire()`` (core loop) once ``needed`` more of ``entries`` are ready,
+        or, with ``fail_fast``, as soon as one of them is ready with an error.
 
         Returns the callback registered, for ``_unregister``. ``fire`` is called at
         most once; if enough are ready already, it is called now, in this thread.
@@ -600,36 +656,56 @@ class CoreWorker:
                 state[1] = True
                 fire()
 
+        callback = one
+        if fail_fast:
+            # One callback for every entry: it must tell which one became ready
+            # (``_set_ready`` sets ``is_error`` before it runs the callbacks).
+            def one_of(entry: _Entry) -> None:
+                if entry.is_error and not state[1]:
+                    state[1] = True
+                    fire()
+                    return
+                one()
+
+            callback = _PerEntry(one_of)
+
         with self._lock:
             ready = 0
+            failed = False
             for e in entries:
                 if e.ready:
                     ready += 1
+                    failed = failed or e.is_error
             state[0] -= ready
-            if state[0] <= 0:
+            if state[0] <= 0 or (fail_fast and failed):
                 state[1] = True
             else:
                 for e in entries:
                     if not e.ready:
+                        cb = callback.bind(e) if fail_fast else callback  # type: ignore[attr-defined]
                         if e.callbacks is None:
-                            e.callbacks = [one]
+                            e.callbacks = [cb]
                         else:
-                            e.callbacks.append(one)
-        if state[0] <= 0:
+                            e.callbacks.append(cb)
+        if state[1]:
             fire()
-        return one
+        return callback
 
     def _unregister(self, entries: Sequence[_Entry], callback: Callable) -> None:
         with self._lock:
             for e in entries:
                 if e.callbacks:
                     try:
-                        e.callbacks.remove(callback)
+                        e.callbacks.remove(
+                            callback.bound[id(e)] if isinstance(callback, _PerEntry)
+                            and id(e) in callback.bound else callback)
                     except ValueError:
                         pass
 
-    def _blocking_wait(self, oids: Sequence[bytes], num: int, timeout: float | None) -> list[bool]:
-        """Block the calling thread until ``num`` of ``oids`` are ready or ``timeout``."""
+    def _blocking_wait(self, oids: Sequence[bytes], num: int, timeout: float | None,
+                       fail_fast: bool = False) -> list[bool]:
+        """Block the calling thread until ``num`` of ``oids`` are ready or ``timeout``
+        (with ``fail_fast``: or one of them is ready with an error)."""
         if self._in_loop():
             raise RuntimeError(
                 "blocking actorcore calls (get, wait) cannot run inside the core loop; "
@@ -653,7 +729,7 @@ class CoreWorker:
             self._enqueue(("blocked", task_id))
             if self.on_blocked is not None:
                 self.on_blocked(task_id, True)
-        cb = self._register(entries, num, fire)
+        cb = self._register(entries, num, fire, fail_fast)
         try:
             gate.acquire(timeout=-1 if timeout is None else timeout)
         finally:
@@ -679,8 +755,13 @@ class CoreWorker:
         self._cancelled_tasks.discard(task_id)
 
     def current_job_id(self) -> bytes:
+        """The job of the task or actor this thread runs (an actor method call's
+        ``CallSpec`` has none: its actor's, recorded on the actor's threads, or
+        the hosted actor's), else this process's."""
         job_id = getattr(getattr(task_context, "spec", None), "job_id", None)
-        if job_id is not None:  # a task's (an actor call's spec has none)
+        if job_id is None:
+            job_id = getattr(task_context, "job_id", None)
+        if job_id is not None:
             return job_id
         actor = _worker_state.actors.get(getattr(task_context, "actor_id", None) or "")
         return actor.job_id if actor is not None else self.job_id
@@ -694,7 +775,8 @@ class CoreWorker:
         return trio.from_thread.run(fn, *args, trio_token=self.trio_token)
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
-        """The values of ``refs``; raises the first error among them."""
+        """The values of ``refs``; raises the first error among them as soon as one of
+        them is ready with an error (the others are not waited for, as in Ray)."""
         entries = self._entries
         oids = [r._id for r in refs]
         for oid in oids:
@@ -706,7 +788,10 @@ class CoreWorker:
         started = time.monotonic()
         if self._closed and self.lost_error is not None:
             raise self._link_error()
-        flags = self._blocking_wait(oids, len(oids), timeout)
+        flags = self._blocking_wait(oids, len(oids), timeout, fail_fast=True)
+        for oid, flag in zip(oids, flags, strict=True):
+            if flag and (e := entries.get(oid)) is not None and e.is_error:
+                self._value_of(oid, e, timeout)  # raises it
         if not all(flags):
             missing = [oid.hex() for oid, f in zip(oids, flags, strict=True) if not f]
             raise GetTimeoutError(
@@ -731,6 +816,7 @@ class CoreWorker:
             return self.store.get(oid, timeout)
         value = _serialization.loads(data)
         if entry.is_error:
+            entry.seen = True
             if isinstance(value, TaskError):
                 raise value.as_instanceof_cause()
             if isinstance(value, BaseException):
@@ -753,6 +839,8 @@ class CoreWorker:
         for ref, flag in zip(refs, flags, strict=True):
             if flag and len(ready) < num_returns:
                 ready.append(ref)
+                if (e := entries.get(ref._id)) is not None:
+                    e.seen = True  # as Ray: an error a wait saw is not unhandled
             else:
                 not_ready.append(ref)
         return ready, not_ready
@@ -839,6 +927,44 @@ class CoreWorker:
 
     def close(self) -> None:
         self._closed = True
+
+
+def _ignore_unhandled() -> bool:
+    return any(os.environ.get(k) for k in ("ACTORCORE_IGNORE_UNHANDLED_ERRORS",
+                                            "RAY_IGNORE_UNHANDLED_ERRORS"))
+
+
+def _unhandled_logger() -> logging.Logger:
+    """``actorcore.unhandled``: to stderr (the driver's console; a worker's output
+    goes to the driver with ``log_to_driver``) and, propagated, the session log."""
+    log = logging.getLogger("actorcore.unhandled")
+    if not _stderr_handler:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s ERROR %(message)s"))
+        log.addHandler(handler)
+        _stderr_handler.append(handler)
+    return log
+
+
+_stderr_handler: list[logging.Handler] = []
+
+
+class _PerEntry:
+    """A ``_register`` callback made once per entry (``bind``), remembered by entry
+    so that ``_unregister`` removes the right one from each."""
+
+    __slots__ = ("fn", "bound")
+
+    def __init__(self, fn: Callable[[_Entry], None]) -> None:
+        self.fn = fn
+        self.bound: dict[int, Callable[[], None]] = {}
+
+    def bind(self, entry: _Entry) -> Callable[[], None]:
+        cb = self.bound[id(entry)] = functools.partial(self.fn, entry)
+        return cb
+
+    def __call__(self) -> None:  # never registered itself
+        raise AssertionError("_PerEntry is not a callback")
 
 
 def _discard(_value: Any) -> None:

@@ -11,8 +11,12 @@ Why the order of calls survives. A caller's calls to one actor travel on exactly
 path at a time: node-routed calls until the switch, direct ones after it, and the
 switch waits until the node-routed ones have *finished* (their results are here), so
 no direct call can overtake a node-routed one. On the direct link itself the actor
-process receives calls in order and starts them in order (argument refs are resolved
-inside the actor, in call order, instead of by the node).
+process receives calls in order and starts them in order.
+
+Argument refs are waited for here, by the caller, before a call leaves: a call whose
+refs are not ready yet holds back this caller's later calls to the actor (they stay
+in ``outq`` behind it) but nobody else's, as in Ray, where calls are ordered per
+caller only. The actor then reads the refs (ready by then) itself, in call order.
 
 Failures. When the link breaks (the process died, was killed, or the actor is no
 longer in that process), the calls still in flight on it go back through the node,
@@ -22,8 +26,8 @@ own in-flight calls of a process that died — resent to the restarted actor whi
 and the caller is on the node path again until it rediscovers the actor. Results of
 direct calls are also handed to the node (batched, lazily) so that a ref passed on to
 a task resolves there; large results are registered by the actor's process, which
-holds them in the store. The creator's drop of its last handle waits for its direct
-calls, so an actor never ends under a call its owner still expects an answer to.
+holds them in the store. A process's drop of its last handle waits for its direct
+calls, so an actor never ends under a call its caller still expects an answer to.
 
 Large arguments travel through the store (``_serialization.dumps_args``): the caller
 puts them and the actor fetches them like argument refs. The node pins the
@@ -90,6 +94,7 @@ class Route:
         self.sender_busy = False
         self.drop_deferred = False
         self.epoch = 0  # bumped when the caller leaves the link (kill): stale discoveries
+        self.dep_wait: CallSpec | None = None  # the head of outq, waiting for its refs
 
     # -------------------------------------------------------------- any thread
 
@@ -171,7 +176,7 @@ class Route:
         return True
 
     def drop(self) -> bool:
-        """The creator dropped its last handle: defer the drop while calls fly direct."""
+        """This process dropped its last handle: defer the drop while calls fly direct."""
         with self.lock:
             if self.direct:
                 self.drop_deferred = True
@@ -241,6 +246,33 @@ class Route:
         finally:
             self._link_lost(client)
 
+    def _held_back(self, spec: CallSpec | tuple) -> bool:
+        """Whether ``spec`` (the head of ``outq``) waits for argument refs; if so,
+        ``flush`` runs again once they are ready (lock held, core loop)."""
+        if type(spec) is not CallSpec or not spec.deps:
+            return False
+        entries = self.core._entries
+        if all((e := entries.get(oid)) is not None and e.ready for oid in spec.deps):
+            return False
+        if self.dep_wait is not spec:
+            self.dep_wait = spec
+            token = self.core.trio_token
+
+            def ready() -> None:  # never inline: we may be inside flush
+                try:
+                    token.run_sync_soon(self._deps_ready, spec)
+                except trio.RunFinishedError:
+                    pass
+
+            self.core.on_ready_callback(spec.deps, ready)
+        return True
+
+    def _deps_ready(self, spec: CallSpec) -> None:
+        with self.lock:
+            if self.dep_wait is spec:
+                self.dep_wait = None
+        self.flush()
+
     def flush(self) -> None:
         refused: list[tuple[bytes, list]] = []
         with self.lock:
@@ -251,6 +283,8 @@ class Route:
             outq = self.outq
             while outq:
                 spec = outq[0]
+                if self._held_back(spec):
+                    return
                 try:
                     conn.send_nowait(("dcall", spec) if type(spec) is CallSpec else spec)
                 except trio.WouldBlock:
@@ -292,7 +326,7 @@ class Route:
         try:
             while True:
                 with self.lock:
-                    if not self.outq or self.conn is not conn:
+                    if not self.outq or self.conn is not conn or self._held_back(self.outq[0]):
                         return
                     spec = self.outq[0]
                 try:
@@ -442,7 +476,8 @@ def cancel_call(core: Any, actor_id: bytes, task_id: bytes) -> None:
 
 
 def drop_actor(core: Any, actor_id: bytes) -> None:
-    """Tell the node the creator dropped its last handle (after its direct calls)."""
+    """Tell the node this process holds no handle to the actor any more (after its
+    direct calls)."""
     routes = core.__dict__.get("_actor_routes")
     route = routes.get(actor_id) if routes else None
     if route is not None and route.drop():

@@ -8,14 +8,18 @@ scheduler that a task blocked in ``get``.
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from ..exceptions import NotInitializedError
 
-__all__ = ["core", "current_core", "task_context", "set_core", "ActorRun", "actors"]
+__all__ = [
+    "auto_core", "core", "current_core", "task_context", "set_core", "ActorRun", "actors",
+]
 
 core: Any = None
 task_context = threading.local()
@@ -35,6 +39,11 @@ class ActorRun:
 actors: dict[str, ActorRun] = {}
 
 
+#: ``init()`` with its defaults, set by the API when it is imported (the API imports
+#: this module, never the other way round); None in a process without the API.
+auto_init: Callable[[], None] | None = None
+
+
 def set_core(value: Any) -> None:
     global core
     core = value
@@ -46,5 +55,26 @@ def current_core() -> Any:
         raise NotInitializedError(
             "actorcore is not initialized: call actorcore.init() first "
             "(or actorcore.init(address='auto') to join a running cluster)"
+            + ("" if auto_connect() else
+               "; ACTORCORE_ENABLE_AUTO_CONNECT=0 turned off the implicit init()")
         )
     return c
+
+
+def auto_connect() -> bool:
+    """Whether the first API call may call ``init()`` itself (as Ray;
+    ``ACTORCORE_ENABLE_AUTO_CONNECT=0``, or Ray's ``RAY_ENABLE_AUTO_CONNECT=0``, says no)."""
+    return "0" not in (os.environ.get("ACTORCORE_ENABLE_AUTO_CONNECT"),
+                       os.environ.get("RAY_ENABLE_AUTO_CONNECT"))
+
+
+def auto_core() -> Any:
+    """The core worker for an API call that connects on first use (``get``, ``put``,
+    ``wait``, ``.remote()``, ...): with none yet, ``init()`` is called with its
+    defaults — ``ACTORCORE_ADDRESS`` if set, else a new embedded cluster — as Ray's
+    first API call does."""
+    c = core
+    if c is not None or not auto_connect() or auto_init is None:
+        return current_core()
+    auto_init()
+    return current_core()

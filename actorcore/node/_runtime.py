@@ -120,6 +120,9 @@ class NodeRuntime:
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
         self.resources = dict(config.resources)
         self.resources["CPU"] = cpus
+        # ``memory=`` of tasks and actors is accounted against this, as in Ray.
+        self.resources.setdefault("memory", float(_default_task_memory(
+            config.object_store_memory or _default_store_capacity())))
         self.sched = SchedulerState(
             directory=self.directory,
             total=self.resources,
@@ -615,6 +618,37 @@ def _store_disk_options() -> dict[str, Any]:
             )
         options["warm"] = int(warm)
     return options
+
+
+def _default_task_memory(store_capacity: int) -> int:
+    """The node's ``memory`` resource when not given: the memory available now (as
+    ``MemAvailable``, within the cgroup's limit) less the object store's, as Ray
+    computes it; at least a tenth of what is available, so ``memory=`` requests of
+    a small machine stay placeable."""
+    available = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    if not available:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError):
+            available = 4 << 30
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            available = min(available, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return max(available - store_capacity, available // 10)
 
 
 def _default_store_capacity() -> int:

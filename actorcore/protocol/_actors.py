@@ -51,6 +51,7 @@ class MethodMeta:
     varargs: bool = True  # takes *args
     kw_names: frozenset[str] | None = None  # names passable by keyword; None: **kwargs
     kwonly_required: tuple[str, ...] = ()
+    pos_only: int = 0  # how many of pos_names are positional-only
 
 
 @attrs.frozen(slots=True)
@@ -86,6 +87,9 @@ class ActorSpec:
     restart: str  # restart type under a supervisor
     owner: bytes
     job_namespace: str = "default"  # its job's (init(namespace=)), not its name's
+    # Counted actors whose handles are in its constructor's arguments: the node holds
+    # them for as long as this actor lives (see ``api/_actor_handle``).
+    handles: tuple[bytes, ...] = ()
 
     @property
     def task_id(self) -> bytes:

@@ -145,7 +145,7 @@ def start_head(
     ready_r, ready_w = os.pipe()
     pass_fds = [ready_w]
     argv = [
-        sys.executable, "-m", "actorcore.node",
+        sys.executable, *site_flags(), "-m", "actorcore.node",
         "--session-dir", str(session_dir),
         "--head",
         "--ready-fd", str(ready_w),
@@ -205,6 +205,13 @@ def start_head(
 def _package_root() -> str:
     """The directory holding the ``actorcore`` package (so children can import it)."""
     return str(Path(__file__).resolve().parent.parent)
+
+
+def site_flags() -> list[str]:
+    """This interpreter's ``-S`` and ``-s`` flags, for the Python processes it starts
+    (the node, which passes them on to its workers), as Ray does: a hermetic
+    program's workers must not import from the site directories it left out."""
+    return (["-S"] if sys.flags.no_site else []) + (["-s"] if sys.flags.no_user_site else [])
 
 
 def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:

@@ -9,7 +9,9 @@ Three kinds of host, chosen by the class:
 
 - ``ThreadedHost`` (a class without ``async def`` methods): a Pykka threading actor.
   Its mailbox is the actor's mailbox: calls run one at a time in arrival order,
-  which is per-caller submission order (the stateful edges). With
+  which is per-caller submission order (the stateful edges). In a process of its
+  own, with ``max_concurrency=1``, its loop runs on the process's main thread, as
+  Ray runs such an actor (signal handlers, ``threading.main_thread()`` checks). With
   ``max_concurrency=n > 1`` the actor thread hands calls, in order, to a pool of ``n``
   threads, so up to ``n`` run at once (as Ray's threaded actors).
 - ``AsyncHost`` (a class with any ``async def`` method): one thread running an event
@@ -69,6 +71,9 @@ class HostContext:
         self._lock = threading.Lock()
         # task id -> the caller's direct link the call came on (``core_worker._direct_calls``)
         self.direct: dict[bytes, Any] = {}
+        # The process's main thread (``worker.MainThread``) when this process hosts
+        # one actor: a threaded actor of concurrency 1 runs on it, as in Ray.
+        self.main_thread: Any = None
 
     def decode(self, oid: bytes, data: Any) -> Any:
         if data is _FETCH:  # a direct call's argument ref: resolved here, in call order
@@ -183,15 +188,27 @@ def _pid() -> int:
     return os.getpid()
 
 
+_descriptors: dict[tuple[type, str], Any] = {}
+
+
 def _method(instance: Any, spec: CallSpec) -> Callable:
-    try:
-        return getattr(instance, spec.method)
-    except AttributeError:
-        def missing(*args: Any, **kwargs: Any) -> Any:
-            raise AttributeError(
-                f"actor {type(instance).__qualname__} has no method {spec.method!r}"
-            )
-        return missing
+    """The method a call names, looked up on the instance's class, as Ray does: an
+    instance attribute of the same name does not shadow it, and static and class
+    methods bind as they do in Python."""
+    cls = type(instance)
+    key = (cls, spec.method)
+    raw = _descriptors.get(key)
+    if raw is None:
+        raw = inspect.getattr_static(cls, spec.method, None)
+        if raw is None:
+            def missing(*args: Any, **kwargs: Any) -> Any:
+                raise AttributeError(
+                    f"actor {cls.__qualname__} has no method {spec.method!r}"
+                )
+            return missing
+        _descriptors[key] = raw
+    get = getattr(type(raw), "__get__", None)
+    return get(raw, instance, cls) if get is not None else raw
 
 
 class ThreadedHost(pykka.ThreadingActor):
@@ -214,6 +231,7 @@ class ThreadedHost(pykka.ThreadingActor):
         incarnation, dep_data, record = self._create
         self._create = None  # type: ignore[assignment]
         task_context.actor_id = spec.actor_id.hex()
+        task_context.job_id = spec.job_id  # tasks it submits belong to its job
         try:
             self.instance = self.ctx.construct(spec, dep_data, record)
         except Exception as exc:
@@ -222,9 +240,11 @@ class ThreadedHost(pykka.ThreadingActor):
             return
         if spec.max_concurrency > 1:
             aid = spec.actor_id.hex()
+            job_id = spec.job_id
 
             def init() -> None:
                 task_context.actor_id = aid
+                task_context.job_id = job_id
 
             self.pool = concurrent.futures.ThreadPoolExecutor(
                 spec.max_concurrency, thread_name_prefix=f"actor-{aid[:8]}", initializer=init)
@@ -337,6 +357,7 @@ class AsyncHost:
         incarnation, dep_data, record = self._create
         self._create = None  # type: ignore[assignment]
         task_context.actor_id = spec.actor_id.hex()
+        task_context.job_id = spec.job_id
         self._event = anyio.Event()
         on_trio = sniffio.current_async_library() == "trio"
         if on_trio:
@@ -401,5 +422,14 @@ def start_host(ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: li
     if spec.meta.is_async:
         return AsyncHost(ctx, spec, incarnation, dep_data, record)
     gate = CallGate(ctx.done)
-    return _ThreadedHandle(ThreadedHost.start(ctx, spec, incarnation, dep_data, record, gate),
-                           gate)
+    main = ctx.main_thread is not None and spec.max_concurrency == 1
+    host = _MainThreadHost if main else ThreadedHost
+    return _ThreadedHandle(host.start(ctx, spec, incarnation, dep_data, record, gate), gate)
+
+
+class _MainThreadHost(ThreadedHost):
+    """A ``ThreadedHost`` whose actor loop runs on the process's main thread instead
+    of a thread of its own: its constructor and every call, one at a time."""
+
+    def _start_actor_loop(self) -> None:
+        self.ctx.main_thread.submit(self._actor_loop)

@@ -30,6 +30,8 @@ __all__ = ["ActorWorkerProcess", "main"]
 class ActorWorkerProcess(WorkerProcess):
     """A worker whose work is actors (see the module docstring)."""
 
+    shared = False  # hosts many lightweight actors (``--shared``)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.hosts: dict[bytes, Any] = {}
@@ -99,6 +101,8 @@ class ActorWorkerProcess(WorkerProcess):
             await core.serve(nursery, self.store_address, token)
 
             self.ctx = HostContext(core, self.node_id.hex(), *value_codec(core))
+            if not self.shared:  # one actor here: it may have the main thread
+                self.ctx.main_thread = self.main_thread
             await self.hello("actor_worker", conn)
             await conn.send(("actor_up", self.worker_id, direct_address))
 
@@ -112,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _before_start(args: argparse.Namespace) -> None:
+    ActorWorkerProcess.shared = bool(args.shared)
     if args.shared:
         # Thousands of lightweight actors, one small-stack thread each.
         threading.stack_size(256 * 1024)

@@ -1,10 +1,14 @@
 """``python -m actorcore.worker``: a worker process (started by its node's pool).
 
 The worker connects to its node over the node's Unix socket, registers, and then
-runs what the node sends. Its main thread is the core loop (Trio): it keeps the link,
-the core worker (so tasks can submit nested tasks and ``get``), and the function
-cache. User code runs in an ``Executor`` Pykka actor (see ``_executor``). The worker
-exits when its link to the node dies: a worker never outlives its node.
+runs what the node sends. The core loop (Trio) runs in a thread of its own: it keeps
+the link, the core worker (so tasks can submit nested tasks and ``get``), and the
+function cache. User code runs in ``Executor``s (see ``_executor``), and the first of
+them is the process's main thread (``MainThread``): tasks run there, as in Ray, so
+that signal handlers can be installed and libraries that insist on
+``threading.main_thread()`` work. Only while that task is blocked in ``get`` does
+the next one start in a Pykka executor thread. The worker exits when its link to the
+node dies: a worker never outlives its node.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import collections
 import logging
 import os
 import pickle
+import queue
 import sys
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -57,6 +63,8 @@ class WorkerProcess:
         self._running: dict[bytes, bool] = {}  # task id -> blocked in get
         self._free: collections.deque = collections.deque()
         self._nursery: trio.Nursery | None = None
+        self.main_thread: MainThread | None = None  # set by run_main
+        self._main_ref: _MainRef | None = None  # the executor on it, when free
 
     async def handle(self, conn: Any, message: Any, reply: Any) -> None:
         op = message[0]
@@ -107,7 +115,29 @@ class WorkerProcess:
         self._executors.append(holder[0])
         return ref
 
+    def _new_main_executor(self, main: MainThread) -> None:
+        """The executor whose thread is the process's main thread (preferred)."""
+        core = self.core
+        assert core is not None
+        encode, decode = value_codec(core)
+        token = core.trio_token
+        ref = _MainRef(main)
+
+        def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
+            core.task_finished(spec.task_id)
+            self._main_ref = ref
+            token.run_sync_soon(self._finished, spec.task_id, results, retry)
+
+        ref.executor = Executor(report, self.node_id.hex(), self._executors.append,
+                                encode, decode)  # never started: ``main`` runs it
+        main.submit(ref.executor.on_start)
+        self._main_ref = ref
+
     def _take_executor(self) -> Any:
+        ref = self._main_ref
+        if ref is not None:
+            self._main_ref = None
+            return ref
         while self._free:
             ref = self._free.pop()
             if ref.is_alive():
@@ -193,7 +223,10 @@ class WorkerProcess:
             loop_token = core.trio_token
             core.on_blocked = lambda tid, flag: loop_token.run_sync_soon(self._blocked, tid, flag)
             await core.serve(nursery, self.store_address, token)
-            self._free.append(self._new_executor())
+            if self.main_thread is not None:
+                self._new_main_executor(self.main_thread)
+            else:
+                self._free.append(self._new_executor())
             await self.hello("worker", conn)
 
     def new_core(self, role: str, conn: Any, address: str) -> CoreWorker:
@@ -218,6 +251,41 @@ class WorkerProcess:
         info = await conn.request(
             ("hello", role, self.worker_id, os.getpid(), {"id_prefix": id_prefix()}), timeout=30)
         self.core.gcs_address = info.get("gcs_address")
+
+
+class MainThread:
+    """The process's main thread, lent to user code (``run_main``): it runs the
+    callables given to ``submit``, one at a time, in order, for ever."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._queue.put((fn, args))
+
+    def serve(self) -> NoReturn:
+        while True:
+            try:
+                fn, args = self._queue.get()
+                fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - the main thread serves on
+                # e.g. a cancellation that landed just after its task ended.
+                logger.warning("main thread: %r escaped the code it ran", exc)
+
+
+class _MainRef:
+    """The main thread's executor, with the part of a Pykka actor ref the pool uses."""
+
+    def __init__(self, main: MainThread) -> None:
+        self.main = main
+        self.executor: Executor | None = None
+
+    def tell(self, message: Any) -> None:
+        assert self.executor is not None
+        self.main.submit(self.executor.on_receive, message)
+
+    def is_alive(self) -> bool:
+        return True
 
 
 def value_codec(
@@ -306,19 +374,33 @@ def run_main(
         bytes.fromhex(args.worker_id), bytes.fromhex(args.node_id), args.index, args.store_address
     )
     worker.connect_timeout = args.connect_timeout
-    code = 0
-    try:
-        trio.run(worker.run, args.address, token)
-    except BaseException as exc:  # the node went away, or we were told to stop
-        if not isinstance(exc, KeyboardInterrupt):
-            print(
-                f"worker_{args.index} (node {short(args.node_id)}): exiting: {exc!r}",
-                file=sys.stderr,
-            )
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # The core loop gets a thread; the main thread is lent to user code (tasks run
+    # on it) and serves until the loop ends the process.
+    main = worker.main_thread = MainThread()
+
+    def run_loop() -> None:
+        code = 0
+        try:
+            trio.run(worker.run, args.address, token)
+        except BaseException as exc:  # the node went away, or we were told to stop
+            code = 1
+            if not isinstance(exc, KeyboardInterrupt):
+                print(
+                    f"worker_{args.index} (node {short(args.node_id)}): exiting: {exc!r}",
+                    file=sys.stderr,
+                )
+        finally:
+            # Whatever happens here (stderr is a pipe to a node that may be gone:
+            # printing can raise), the process ends with its loop: the main thread
+            # never returns on its own.
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    threading.Thread(target=run_loop, name="actorcore-core", daemon=True).start()
+    main.serve()
 
 
 if __name__ == "__main__":

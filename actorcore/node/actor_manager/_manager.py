@@ -72,6 +72,9 @@ class ActorRecord:
     last_loss: str | None = None  # why its last process (or slot) was lost
     no_restart: bool = False
     drop_when_idle: bool = False
+    # Who holds handles to it (worker ids; b"actor:" + id for an actor created with
+    # one in its arguments): when the last lets go, it ends once idle (_actor_handle).
+    holders: set[bytes] = attrs.Factory(set)
     held: dict[str, float] | None = None
     deps_missing: int = 0
     dep_data: list | None = None
@@ -118,6 +121,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
             "actor_ready": self._h_ready,
             "actor_done": self._h_done,
             "actor_drop": self._h_drop,
+            "actor_hold": lambda conn, m, reply: self._hold(conn, m[1]),
             "actor_done_direct": self._h_done_direct,
             "actor_req": self._h_req,
             "actor_cancel": self._h_cancel,
@@ -158,6 +162,12 @@ class ActorManager(ActorCalls, ActorIntrospection):
         rec = ActorRecord(spec)
         self.actors[spec.actor_id] = rec
         self.created_total += 1
+        if _counted(spec):
+            rec.holders.add(spec.owner)
+        for aid in spec.handles:  # held for as long as this new actor lives
+            held = self.actors.get(aid)
+            if held is not None and held.state != "dead":
+                held.holders.add(b"actor:" + spec.actor_id)
         if spec.name is not None and self._gcs() is not None:
             self._spawn_task(self._claim_name, rec, reply)
         elif reply is not None:
@@ -349,6 +359,8 @@ class ActorManager(ActorCalls, ActorIntrospection):
                 self._end(rec, f"its owner (the {what} with pid {client.pid}) {how}")
             elif self.job_drivers.get(rec.spec.job_id) == wid:
                 self._end(rec, f"its job's driver (pid {client.pid}) {how}")
+            elif wid in rec.holders:
+                self._unhold(rec, wid)
 
     # -------------------------------------------------------------------- handlers
 
@@ -440,8 +452,27 @@ class ActorManager(ActorCalls, ActorIntrospection):
         self._spawn_task(later)
 
     def _h_drop(self, conn: Any, m: tuple, reply: Any) -> None:
+        """``("actor_drop", actor_id)``: the sender holds no handle to it any more."""
         rec = self.actors.get(m[1])
-        if rec is None or rec.state == "dead" or rec.spec.detached or rec.spec.name:
+        client = self.node.by_conn.get(conn)
+        if rec is not None and client is not None and client.worker_id is not None:
+            self._unhold(rec, client.worker_id)
+
+    def _hold(self, conn: Any, actor_id: bytes) -> None:
+        """The sender's first handle to ``actor_id`` appeared: it holds the actor."""
+        rec = self.actors.get(actor_id)
+        client = self.node.by_conn.get(conn)
+        if rec is None or rec.state == "dead" or not _counted(rec.spec) or client is None:
+            return
+        if client.worker_id is not None:
+            rec.holders.add(client.worker_id)
+            rec.drop_when_idle = False
+
+    def _unhold(self, rec: ActorRecord, holder: bytes) -> None:
+        if rec.state == "dead" or not _counted(rec.spec) or holder not in rec.holders:
+            return
+        rec.holders.discard(holder)
+        if rec.holders:
             return
         rec.drop_when_idle = True
         if rec.idle():
@@ -461,6 +492,9 @@ class ActorManager(ActorCalls, ActorIntrospection):
             reply.send((aid, self.actors[aid].spec.meta))
         elif op == "route":
             self._route(m[2], reply)
+        elif op == "hold":
+            self._hold(conn, m[2])
+            reply.send(None)
         elif op == "kill":
             self.kill(m[2], m[3])
             reply.send(None)
@@ -605,6 +639,10 @@ class ActorManager(ActorCalls, ActorIntrospection):
         rec.ready.set()
         self._record(rec)
         logger.info("actor %s died: %s", spec.describe(), cause.splitlines()[0])
+        for aid in spec.handles:  # the handles its constructor was given
+            other = self.actors.get(aid)
+            if other is not None:
+                self._unhold(other, b"actor:" + spec.actor_id)
 
     # ------------------------------------------------------------- introspection
 
@@ -649,6 +687,11 @@ async def _quietly(fn: Any, *args: Any) -> None:
         await fn(*args)
     except Exception as exc:
         logger.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
+
+
+def _counted(spec: ActorSpec) -> bool:
+    """Whether the actor lives while handles to it do (``_actor_handle``)."""
+    return spec.name is None and not spec.detached and spec.supervisor is None
 
 
 def _fmt(res: dict[str, float]) -> str:

@@ -38,6 +38,7 @@ import trio
 
 from ...protocol._ids import new_worker_id, short
 from ...session._config import env_value
+from ...session._launcher import site_flags
 from ..local_scheduler._scheduler import SchedulerState, WorkerInfo
 
 __all__ = ["PoolState", "WorkerPool", "open_worker_process", "pump_worker_output"]
@@ -268,6 +269,7 @@ async def open_worker_process(
     env["PYTHONUNBUFFERED"] = "1"
     argv = [
         sys.executable,
+        *site_flags(),
         "-m",
         module,
         "--address",
