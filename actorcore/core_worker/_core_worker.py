@@ -930,8 +930,10 @@ class CoreWorker:
 
 
 def _ignore_unhandled() -> bool:
-    return any(os.environ.get(k) for k in ("ACTORCORE_IGNORE_UNHANDLED_ERRORS",
-                                            "RAY_IGNORE_UNHANDLED_ERRORS"))
+    from ..session._config import env_value
+
+    return bool(env_value("ACTORCORE_IGNORE_UNHANDLED_ERRORS")
+                or os.environ.get("RAY_IGNORE_UNHANDLED_ERRORS"))
 
 
 def _unhandled_logger() -> logging.Logger:

@@ -64,8 +64,10 @@ def current_core() -> Any:
 def auto_connect() -> bool:
     """Whether the first API call may call ``init()`` itself (as Ray;
     ``ACTORCORE_ENABLE_AUTO_CONNECT=0``, or Ray's ``RAY_ENABLE_AUTO_CONNECT=0``, says no)."""
-    return "0" not in (os.environ.get("ACTORCORE_ENABLE_AUTO_CONNECT"),
-                       os.environ.get("RAY_ENABLE_AUTO_CONNECT"))
+    from ..session._config import env_value
+
+    return bool(env_value("ACTORCORE_ENABLE_AUTO_CONNECT")) and (
+        os.environ.get("RAY_ENABLE_AUTO_CONNECT") != "0")
 
 
 def auto_core() -> Any:

@@ -367,6 +367,12 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
            "seconds a restarted store waits for its clients to claim their objects"),
     EnvVar("ACTORCORE_GCS_LINEAGE_CAP", "int", "10000",
            "marked lineage entries each GCS shard keeps in memory"),
+    EnvVar("ACTORCORE_ENABLE_AUTO_CONNECT", "switch", "1",
+           "0: the first API call without init() raises instead of calling init() "
+           "(Ray's RAY_ENABLE_AUTO_CONNECT=0 works too)"),
+    EnvVar("ACTORCORE_IGNORE_UNHANDLED_ERRORS", "switch", "0",
+           "1: no 'Unhandled error' log line for a failed ref nobody read "
+           "(Ray's RAY_IGNORE_UNHANDLED_ERRORS works too)"),
     EnvVar("ACTORCORE_PROFILE_NODE", "path", None,
            "a development aid: write cProfile stats of the node's main thread there"),
 )
