@@ -1,0 +1,288 @@
+"""The store's wire vocabulary: every message between a client and the service.
+
+Each message is a frozen attrs class; the service (`_service.py`) and the client
+(`_client.py`) each dispatch what they receive through one `transport.Dispatcher`,
+which checks a message against the validators below before its handler runs. A
+message of a class the endpoint does not handle, or with fields of the wrong type,
+is refused with `store.BadRequest` (a request) or logged and dropped (a one-way
+message), and the endpoint serves on.
+
+Client to service, requests (answer in brackets):
+
+  `Hello`                          [`StoreHello`: where the arena is, how to use it]
+  `Get`(object_id, timeout)        [`InlineValue` | `SharedView` | `FileView`]
+  `PutInline`(object_id, ...)      [None]  a small value inside the message
+  `Create`(object_id, layout...)   [payload offset in the arena, or `OnDisk`]
+  `Seal`(object_id, with_view)     [the writer's view id, or None]
+  `Contains`, `Pin`, `Delete`      [bool, None, bool]
+  `ReadChunk`(object_id, offset, size) [the bytes, out of band]
+  `Info`(object_id)                [`ObjectInfo`]
+  `Claim`(refs, pins, views)       [new view ids] after a restart of the service
+  `Statistics`                     [`store.StoreStatistics`]
+  `WithReleases`(view_ids, request) a request carrying the client's pending releases
+
+Client to service, one-way: `Release`, `AddRef`, `RemoveRef`, `Unpin`, `Abort`.
+Service to client, request: `DropCache` [how many leases were dropped].
+
+A value's layout in the arena or in a file travels as a `Location`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+from attrs import validators as v
+
+from ._serialize import SerializedValue
+
+__all__ = [
+    "Abort",
+    "AddRef",
+    "Claim",
+    "Contains",
+    "Create",
+    "Delete",
+    "DropCache",
+    "FileView",
+    "Get",
+    "Hello",
+    "Info",
+    "InlineValue",
+    "Location",
+    "ObjectInfo",
+    "OnDisk",
+    "Pin",
+    "PutInline",
+    "ReadChunk",
+    "Release",
+    "RemoveRef",
+    "Seal",
+    "SharedView",
+    "Statistics",
+    "StoreHello",
+    "Unpin",
+    "WithReleases",
+]
+
+_id = v.instance_of(bytes)  # object ids, metadata
+_size = v.and_(v.instance_of(int), v.ge(0))
+_flag = v.instance_of(bool)
+_ints = v.deep_iterable(_size, v.instance_of((tuple, list)))
+_blob = v.instance_of((bytes, bytearray, memoryview))
+_timeout = v.optional(v.instance_of((int, float)))
+
+
+def _as_tuple(sizes: Iterable[int]) -> tuple[int, ...]:
+    return tuple(sizes)
+
+
+# -- values and places -------------------------------------------------------------
+
+
+@attrs.frozen
+class Location:
+    """Where a sealed value's payload is in a mapping (the arena, or a file): its
+    offset and its layout (metadata, pickle stream, out-of-band buffers). Built by
+    the service (and by a writer for its own object), so not validated."""
+
+    payload: int
+    meta_len: int
+    data_len: int
+    buffer_sizes: tuple[int, ...] = attrs.field(converter=_as_tuple)
+
+
+@attrs.frozen
+class OnDisk:
+    """`Create`'s answer when shared memory cannot take the object: it is created in
+    the file ``path``, its payload at ``payload`` (the writer maps the file)."""
+
+    path: str
+    payload: int
+
+
+@attrs.frozen
+class InlineValue:
+    """`Get`'s answer for a small value: a copy inside the reply (``buffers`` ride
+    out of band)."""
+
+    metadata: bytes
+    data: Any
+    buffers: list[Any]
+
+    def value(self) -> SerializedValue:
+        return SerializedValue(data=self.data, buffers=self.buffers, metadata=self.metadata)
+
+
+@attrs.frozen
+class SharedView:
+    """`Get`'s answer: the value is in the arena at ``location``; ``view_id`` holds it
+    for this client until released."""
+
+    view_id: int
+    location: Location
+
+
+@attrs.frozen
+class FileView:
+    """`Get`'s answer for a spilled value that could not be restored: the reader maps
+    ``path`` read-only (still zero copy); ``view_id`` holds the file."""
+
+    view_id: int
+    path: str
+    location: Location
+
+
+@attrs.frozen
+class ObjectInfo:
+    """`Info`'s answer: an object's state, size and payload layout (for transfers)."""
+
+    state: str
+    size: int
+    payload_len: int
+    meta_len: int
+    data_len: int
+    buffer_sizes: tuple[int, ...]
+
+
+@attrs.frozen
+class StoreHello:
+    """`Hello`'s answer: the arena to map and the service's inline threshold."""
+
+    arena_path: str
+    arena_size: int
+    inline_threshold: int
+    prefix: str
+
+
+# -- requests ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Hello:
+    pass
+
+
+@attrs.frozen
+class Get:
+    object_id: bytes = attrs.field(validator=_id)
+    timeout: float | None = attrs.field(default=None, validator=_timeout)
+
+
+@attrs.frozen
+class PutInline:
+    object_id: bytes = attrs.field(validator=_id)
+    metadata: bytes = attrs.field(validator=_id)
+    data: Any = attrs.field(validator=_blob)
+    buffers: list[Any] = attrs.field(validator=v.deep_iterable(_blob, v.instance_of(list)))
+    take_ref: bool = attrs.field(validator=_flag)
+
+
+@attrs.frozen
+class Create:
+    object_id: bytes = attrs.field(validator=_id)
+    meta_len: int = attrs.field(validator=_size)
+    data_len: int = attrs.field(validator=_size)
+    buffer_sizes: tuple[int, ...] = attrs.field(validator=_ints)
+    take_ref: bool = attrs.field(validator=_flag)
+
+
+@attrs.frozen
+class Seal:
+    object_id: bytes = attrs.field(validator=_id)
+    with_view: bool = attrs.field(default=False, validator=_flag)
+
+
+@attrs.frozen
+class Contains:
+    object_id: bytes = attrs.field(validator=_id)
+
+
+@attrs.frozen
+class Pin:
+    object_id: bytes = attrs.field(validator=_id)
+
+
+@attrs.frozen
+class Delete:
+    object_id: bytes = attrs.field(validator=_id)
+
+
+@attrs.frozen
+class ReadChunk:
+    object_id: bytes = attrs.field(validator=_id)
+    offset: int = attrs.field(validator=v.instance_of(int))
+    size: int = attrs.field(validator=v.instance_of(int))
+
+
+@attrs.frozen
+class Info:
+    object_id: bytes = attrs.field(validator=_id)
+
+
+@attrs.frozen
+class Claim:
+    """Re-attach, after a restart of the service, the refs and pins a client held and
+    the views under its live values; answered with the views' new ids."""
+
+    refs: dict[bytes, int] = attrs.field(
+        validator=v.deep_mapping(_id, v.instance_of(int), v.instance_of(dict)))
+    pins: dict[bytes, int] = attrs.field(
+        validator=v.deep_mapping(_id, v.instance_of(int), v.instance_of(dict)))
+    views: list[bytes] = attrs.field(validator=v.deep_iterable(_id, v.instance_of(list)))
+
+
+@attrs.frozen
+class Statistics:
+    pass
+
+
+@attrs.frozen
+class WithReleases:
+    """A request carrying the view releases the client had pending: one frame, one
+    write. The releases are applied first, then ``request`` is dispatched."""
+
+    view_ids: list[int] = attrs.field(validator=v.deep_iterable(v.instance_of(int),
+                                                                  v.instance_of(list)))
+    request: Any
+
+
+# -- one-way notices ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Release:
+    view_ids: list[int] = attrs.field(validator=v.deep_iterable(v.instance_of(int),
+                                                                  v.instance_of(list)))
+
+
+@attrs.frozen
+class AddRef:
+    object_id: bytes = attrs.field(validator=_id)
+    count: int = attrs.field(default=1, validator=v.instance_of(int))
+
+
+@attrs.frozen
+class RemoveRef:
+    object_id: bytes = attrs.field(validator=_id)
+    count: int = attrs.field(default=1, validator=v.instance_of(int))
+
+
+@attrs.frozen
+class Unpin:
+    object_id: bytes = attrs.field(validator=_id)
+
+
+@attrs.frozen
+class Abort:
+    object_id: bytes = attrs.field(validator=_id)
+
+
+# -- service to client -----------------------------------------------------------------
+
+
+@attrs.frozen
+class DropCache:
+    """The store runs out of spill candidates: let go of cached leases (the releases
+    are sent before the answer)."""
