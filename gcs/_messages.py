@@ -40,23 +40,26 @@ Anyone may hold a `Watch` request of its peer: it is never answered (or answered
 None, "ask again"), so it fails at once when the link dies -- the fastest death
 notice there is (see `_watch.py`).
 
-Records carried by the thousand inside one message (`Notice`, `Row`, the write and
-read operations) are built for speed: frozen attrs classes
-without slots (their generated ``__init__`` writes the instance dict directly,
-half the cost of a frozen slotted one), pickled compactly through ``__reduce__``
-(their class and a tuple of their fields), and without validators: the head checks
-every operation itself (`_protocol.validate_write`, `validate_read`) and answers a
-bad one with its own error. Updates along the chain are no records at all but the
-columns of a `Forward` (see there, and `_state` on why).
+Every class here is frozen and has no slots: its generated ``__init__`` writes the
+instance dict directly (half the cost of a frozen slotted one) and it pickles in C
+(its class and its dict), three times cheaper both ways than a slotted one whose
+state attrs builds in Python. Records carried by the thousand inside one message
+(`Notice`, `Row`, the write and read operations) and the replies go further: they
+pickle compactly (`transport.compact`: their class and a tuple of their fields) and
+carry no validators: the head checks every operation itself (`_protocol.validate_write`,
+`validate_read`) and answers a bad one with its own error. Updates along the chain
+are no records at all but the columns of a `Forward` (see there, and `_state` on
+why).
 """
 
 from __future__ import annotations
 
-import operator
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 from attrs import validators as v
+
+import transport
 
 __all__ = [
     "Ack",
@@ -126,25 +129,10 @@ def _ints(instance: Any, attribute: Any, value: Any) -> None:
         raise TypeError(f"'{attribute.name}' must be a list of ints, got {value!r:.100}")
 
 
-_C = TypeVar("_C", bound=type)
-
-
-def _compact(cls: _C) -> _C:
-    """Make an attrs class pickle as its class and a tuple of its fields (see the
-    module docstring): rebuilt by calling the class, as cheap as a plain tuple."""
-    get = operator.attrgetter(*(a.name for a in attrs.fields(cls)))
-
-    def __reduce__(self: Any) -> tuple[Any, tuple[Any, ...]]:
-        return (cls, get(self))
-
-    setattr(cls, "__reduce__", __reduce__)  # noqa: B010 (after attrs built the class)
-    return cls
-
-
 # -- chains and layouts ------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class ChainConfig:
     """One shard's chain as the coordinator decided it (what replicas obey).
 
@@ -179,7 +167,8 @@ class ChainConfig:
         return self.learner
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class ShardLayout:
     """What clients need of one shard: where to write (head) and read (tail)."""
 
@@ -189,7 +178,7 @@ class ShardLayout:
     tail: str | None
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Layout:
     """The whole GCS as clients see it; cached and refreshed on error or on push."""
 
@@ -203,7 +192,7 @@ class Layout:
 # -- operations (inside `Write` and `Read`) -------------------------------------------
 
 
-@_compact
+@transport.compact
 @attrs.frozen(slots=False)
 class Put:
     """Store ``value`` (bytes pickled by the client, or a frozenset of members) at
@@ -215,7 +204,7 @@ class Put:
     expect: int | None = None
 
 
-@_compact
+@transport.compact
 @attrs.frozen(slots=False)
 class Delete:
     table: str
@@ -223,7 +212,7 @@ class Delete:
     expect: int | None = None
 
 
-@_compact
+@transport.compact
 @attrs.frozen(slots=False)
 class SetAdd:
     table: str
@@ -231,7 +220,7 @@ class SetAdd:
     member: str | bytes | int
 
 
-@_compact
+@transport.compact
 @attrs.frozen(slots=False)
 class SetRemove:
     table: str
@@ -239,7 +228,7 @@ class SetRemove:
     member: str | bytes | int
 
 
-@_compact
+@transport.compact
 @attrs.frozen(slots=False)
 class MarkCollectable:
     """The runtime no longer needs ``table[key]``: flushed beyond ``lineage_cap``."""
@@ -251,14 +240,14 @@ class MarkCollectable:
 WriteOp = Put | Delete | SetAdd | SetRemove | MarkCollectable
 
 
-@_compact
+@transport.compact
 @attrs.frozen(slots=False)
 class Get:
     table: str
     key: Key
 
 
-@_compact
+@transport.compact
 @attrs.frozen(slots=False)
 class Scan:
     table: str
@@ -269,7 +258,7 @@ class Scan:
 ReadOp = Get | Scan
 
 
-@_compact
+@transport.compact
 @attrs.frozen(slots=False)
 class Row:
     """A stored entry as a read answers it (``value`` as the client pickled it)."""
@@ -282,7 +271,7 @@ class Row:
 # -- the replicated log --------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class ShardSnapshot:
     """A replica's whole copy of a shard at ``applied`` (state transfer, durable log).
 
@@ -298,7 +287,7 @@ class ShardSnapshot:
     history: str = attrs.field(validator=_str)
 
 
-@_compact
+@transport.compact
 @attrs.frozen(slots=False)
 class Notice:
     """One committed update for subscription ``sub_id`` (``value`` None when deleted)."""
@@ -319,7 +308,7 @@ def _same_length(instance: Write, attribute: Any, ops: list[Any]) -> None:
         raise ValueError(f"{len(ops)} operations but {len(instance.seqs)} client sequence numbers")
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Write:
     """A batch of client writes for the head: ``ops[i]`` is the client's write number
     ``seqs[i]`` (so a retried batch is answered, not applied twice)."""
@@ -329,7 +318,8 @@ class Write:
     ops: list[WriteOp] = attrs.field(validator=[v.instance_of(list), _same_length])
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class WriteDone:
     """Per-op results (a value, or the `GcsError` of that op), released once the tail
     acknowledged ``wait``; ``history`` names the shard's history."""
@@ -339,7 +329,7 @@ class WriteDone:
     history: str
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Read:
     """A batch of reads for the tail, answered once it applied ``min_seq`` (the
     highest sequence number the client saw of ``history``)."""
@@ -349,21 +339,24 @@ class Read:
     history: str | None = attrs.field(default=None, validator=_history)
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class ReadDone:
     applied: int
     results: list[Any]
     history: str
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class Redirect:
     """Not the head (or tail) any more, as of ``epoch``: wait for a newer layout."""
 
     epoch: int
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class Refused:
     """The whole request was refused (malformed, or a subscription that cannot be
     served); ``error`` is the `GcsError` the caller raises."""
@@ -371,7 +364,7 @@ class Refused:
     error: Exception
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Subscribe:
     """Committed updates of ``table[key]``, or of every key with ``prefix``, from
     ``from_seq`` (None: from now on)."""
@@ -383,45 +376,47 @@ class Subscribe:
     from_seq: int | None = attrs.field(default=None, validator=v.optional(_int))
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class Subscribed:
     acked: int
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Unsubscribe:
     sub_id: int = attrs.field(validator=_int)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Events:
     shard: int = attrs.field(validator=_int)
     notices: list[Notice] = attrs.field(validator=v.instance_of(list))
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class SubscriptionsLost:
     """These subscriptions fell too far behind and were dropped: resubscribe."""
 
     sub_ids: list[int] = attrs.field(validator=_ints)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Stats:
     """Ask a replica (`ReplicaStatistics`) or the coordinator (`CoordinatorStatistics`)."""
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Watch:
     """Never answered (or answered None: ask again); fails when the link dies."""
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Ping:
     pass
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class Pong:
     applied: int
 
@@ -429,7 +424,7 @@ class Pong:
 # -- along the chain -------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Sync:
     """A predecessor's first message on its link: who it is, under which epoch, and
     of which history it streams."""
@@ -439,14 +434,16 @@ class Sync:
     history: str = attrs.field(validator=_str)
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class InSync:
     """Accepted: stream from ``applied + 1``."""
 
     applied: int
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class OutOfSync:
     """Refused: my config (``epoch``) names another predecessor."""
 
@@ -462,7 +459,7 @@ def _same_length_as_seqs(instance: Forward, attribute: Any, column: list[Any]) -
 _column = [v.instance_of(list), _same_length_as_seqs]
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Forward:
     """Consecutive updates of the shard (see `_state`), down the chain column by
     column: one list per field of an update. It is the cheapest form to pickle and
@@ -479,14 +476,14 @@ class Forward:
     results: list[Any] = attrs.field(validator=_column)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Transfer:
     """State transfer: the successor was further behind than the log reaches."""
 
     snapshot: ShardSnapshot = attrs.field(validator=v.instance_of(ShardSnapshot))
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Handoff:
     """A new tail serves reads only once it applied up to ``seq`` (everything the old
     tail had acknowledged)."""
@@ -494,7 +491,7 @@ class Handoff:
     seq: int = attrs.field(validator=_seq)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Ack:
     """The tail committed everything up to ``seq`` (cumulative)."""
 
@@ -504,7 +501,7 @@ class Ack:
 # -- replica <-> coordinator -----------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Progress:
     """What a (re-)registering replica reports: its chain view, how far it applied
     and committed, and whether it seeded its shard (a restarted coordinator rebuilds
@@ -521,7 +518,7 @@ class Progress:
         return self.chain.epoch > 0 or self.seeded
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Register:
     shard: int = attrs.field(validator=_int)
     name: str = attrs.field(validator=_str)
@@ -530,7 +527,7 @@ class Register:
     progress: Progress = attrs.field(validator=v.instance_of(Progress))
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Assigned:
     """The coordinator's answer to `Register`: ``seed`` the shard (a chain of one),
     ``join`` it (learner, by state transfer), ``resume`` (a member: its config
@@ -539,13 +536,13 @@ class Assigned:
     role: str = attrs.field(validator=v.in_(("seed", "join", "resume", "removed")))
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Seeded:
     shard: int = attrs.field(validator=_int)
     name: str = attrs.field(validator=_str)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Promote:
     """The tail's learner caught up: append it to the chain (asked per epoch)."""
 
@@ -554,7 +551,7 @@ class Promote:
     epoch: int = attrs.field(validator=_int)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Suspect:
     """``reporter``'s link to its successor ``name`` stopped answering."""
 
@@ -563,12 +560,12 @@ class Suspect:
     reporter: str = attrs.field(validator=_str)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Reconfigure:
     config: ChainConfig = attrs.field(validator=v.instance_of(ChainConfig))
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Removed:
     """Cut out of the chain: exit."""
 
@@ -576,16 +573,16 @@ class Removed:
 # -- client <-> coordinator -----------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Hello:
     """A client registers for layout pushes; answered with the current `Layout`."""
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class GetLayout:
     pass
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class LayoutChanged:
     layout: Layout = attrs.field(validator=v.instance_of(Layout))

@@ -71,7 +71,7 @@ from ._errors import (
     StoreError,
     format_id,
 )
-from ._messages import FileView, Location, OnDisk, SharedView
+from ._messages import FileView, OnDisk, SharedView
 from ._serialize import SerializedValue
 
 __all__ = ["GetResult", "StoreCore", "StoreStatistics"]
@@ -499,7 +499,8 @@ class StoreCore:
         self.lru.move_to_end(entry.object_id)
         if entry.size < self.inline_threshold:
             return self.copy_out(entry)
-        return SharedView(self._add_view(entry, client), entry.location)
+        return SharedView(self._add_view(entry, client), entry.payload_offset, entry.meta_len,
+                          entry.data_len, entry.buffer_sizes)
 
     async def get(self, client: Client, object_id: bytes, timeout: float | None) -> GetResult:  # noqa: ASYNC109
         """Wait (up to ``timeout``; ``None`` forever) until the object is sealed.
@@ -545,8 +546,8 @@ class StoreCore:
             payload = _spill.read_at(entry.spill_path, start, self.payload_len(entry))
             return _copy_payload(memoryview(payload), 0, entry)
         view_id = self._add_view(entry, client, of_file=True)
-        location = Location(start, entry.meta_len, entry.data_len, entry.buffer_sizes)
-        return FileView(view_id, entry.spill_path, location)
+        return FileView(view_id, entry.spill_path, start, entry.meta_len, entry.data_len,
+                        entry.buffer_sizes)
 
     def release_views(self, client: Client, view_ids: Sequence[int]) -> None:
         for view_id in view_ids:

@@ -25,6 +25,12 @@ Client to service, one-way: `Release`, `AddRef`, `RemoveRef`, `Unpin`, `Abort`.
 Service to client, request: `DropCache` [how many leases were dropped].
 
 A value's layout in the arena or in a file travels as a `Location`.
+
+The classes have no slots: a frozen attrs instance with a ``__dict__`` pickles in C
+(its class and its dict), three times cheaper both ways than a slotted one whose
+state attrs builds in Python; this is the per-request path of every small object.
+The answers, which have no validators, pickle as their class and a tuple of their
+fields (`transport.compact`), cheaper still.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from typing import Any
 
 import attrs
 from attrs import validators as v
+
+import transport
 
 from ._serialize import SerializedValue
 
@@ -69,8 +77,25 @@ __all__ = [
 _id = v.instance_of(bytes)  # object ids, metadata
 _size = v.and_(v.instance_of(int), v.ge(0))
 _flag = v.instance_of(bool)
-_ints = v.deep_iterable(_size, v.instance_of((tuple, list)))
-_blob = v.instance_of((bytes, bytearray, memoryview))
+_blob_types = (bytes, bytearray, memoryview)
+_blob = v.instance_of(_blob_types)
+
+
+def _sizes(instance: Any, attribute: Any, value: Any) -> None:
+    """A tuple or list of ints >= 0 (cheaper than ``deep_iterable`` per message)."""
+    if type(value) not in (tuple, list) or any(type(n) is not int or n < 0 for n in value):
+        raise TypeError(f"'{attribute.name}' must be a sequence of ints >= 0, got {value!r:.100}")
+
+
+def _view_ids(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not list or any(type(n) is not int for n in value):
+        raise TypeError(f"'{attribute.name}' must be a list of ints, got {value!r:.100}")
+
+
+def _blobs(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not list or any(not isinstance(b, _blob_types) for b in value):
+        raise TypeError(f"'{attribute.name}' must be a list of bytes-like buffers, "
+                        f"got {value!r:.100}")
 _timeout = v.optional(v.instance_of((int, float)))
 
 
@@ -81,7 +106,7 @@ def _as_tuple(sizes: Iterable[int]) -> tuple[int, ...]:
 # -- values and places -------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Location:
     """Where a sealed value's payload is in a mapping (the arena, or a file): its
     offset and its layout (metadata, pickle stream, out-of-band buffers). Built by
@@ -93,7 +118,8 @@ class Location:
     buffer_sizes: tuple[int, ...] = attrs.field(converter=_as_tuple)
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class OnDisk:
     """`Create`'s answer when shared memory cannot take the object: it is created in
     the file ``path``, its payload at ``payload`` (the writer maps the file)."""
@@ -102,7 +128,8 @@ class OnDisk:
     payload: int
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class InlineValue:
     """`Get`'s answer for a small value: a copy inside the reply (``buffers`` ride
     out of band)."""
@@ -115,26 +142,45 @@ class InlineValue:
         return SerializedValue(data=self.data, buffers=self.buffers, metadata=self.metadata)
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class SharedView:
-    """`Get`'s answer: the value is in the arena at ``location``; ``view_id`` holds it
-    for this client until released."""
+    """`Get`'s answer: the value is in the arena at a `Location` (its fields here, in
+    one record: every class in a reply costs a lookup to pickle and to unpickle);
+    ``view_id`` holds it for this client until released."""
 
     view_id: int
-    location: Location
+    payload: int
+    meta_len: int
+    data_len: int
+    buffer_sizes: tuple[int, ...]
+
+    @property
+    def location(self) -> Location:
+        return Location(self.payload, self.meta_len, self.data_len, self.buffer_sizes)
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class FileView:
     """`Get`'s answer for a spilled value that could not be restored: the reader maps
-    ``path`` read-only (still zero copy); ``view_id`` holds the file."""
+    ``path`` read-only (still zero copy), the payload at a `Location` in it (its
+    fields here); ``view_id`` holds the file."""
 
     view_id: int
     path: str
-    location: Location
+    payload: int
+    meta_len: int
+    data_len: int
+    buffer_sizes: tuple[int, ...]
+
+    @property
+    def location(self) -> Location:
+        return Location(self.payload, self.meta_len, self.data_len, self.buffer_sizes)
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class ObjectInfo:
     """`Info`'s answer: an object's state, size and payload layout (for transfers)."""
 
@@ -146,7 +192,8 @@ class ObjectInfo:
     buffer_sizes: tuple[int, ...]
 
 
-@attrs.frozen
+@transport.compact
+@attrs.frozen(slots=False)
 class StoreHello:
     """`Hello`'s answer: the arena to map and the service's inline threshold."""
 
@@ -159,69 +206,69 @@ class StoreHello:
 # -- requests ----------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Hello:
     pass
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Get:
     object_id: bytes = attrs.field(validator=_id)
     timeout: float | None = attrs.field(default=None, validator=_timeout)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class PutInline:
     object_id: bytes = attrs.field(validator=_id)
     metadata: bytes = attrs.field(validator=_id)
     data: Any = attrs.field(validator=_blob)
-    buffers: list[Any] = attrs.field(validator=v.deep_iterable(_blob, v.instance_of(list)))
+    buffers: list[Any] = attrs.field(validator=_blobs)
     take_ref: bool = attrs.field(validator=_flag)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Create:
     object_id: bytes = attrs.field(validator=_id)
     meta_len: int = attrs.field(validator=_size)
     data_len: int = attrs.field(validator=_size)
-    buffer_sizes: tuple[int, ...] = attrs.field(validator=_ints)
+    buffer_sizes: tuple[int, ...] = attrs.field(validator=_sizes)
     take_ref: bool = attrs.field(validator=_flag)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Seal:
     object_id: bytes = attrs.field(validator=_id)
     with_view: bool = attrs.field(default=False, validator=_flag)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Contains:
     object_id: bytes = attrs.field(validator=_id)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Pin:
     object_id: bytes = attrs.field(validator=_id)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Delete:
     object_id: bytes = attrs.field(validator=_id)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class ReadChunk:
     object_id: bytes = attrs.field(validator=_id)
     offset: int = attrs.field(validator=v.instance_of(int))
     size: int = attrs.field(validator=v.instance_of(int))
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Info:
     object_id: bytes = attrs.field(validator=_id)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Claim:
     """Re-attach, after a restart of the service, the refs and pins a client held and
     the views under its live values; answered with the views' new ids."""
@@ -233,48 +280,46 @@ class Claim:
     views: list[bytes] = attrs.field(validator=v.deep_iterable(_id, v.instance_of(list)))
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Statistics:
     pass
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class WithReleases:
     """A request carrying the view releases the client had pending: one frame, one
     write. The releases are applied first, then ``request`` is dispatched."""
 
-    view_ids: list[int] = attrs.field(validator=v.deep_iterable(v.instance_of(int),
-                                                                  v.instance_of(list)))
+    view_ids: list[int] = attrs.field(validator=_view_ids)
     request: Any
 
 
 # -- one-way notices ------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Release:
-    view_ids: list[int] = attrs.field(validator=v.deep_iterable(v.instance_of(int),
-                                                                  v.instance_of(list)))
+    view_ids: list[int] = attrs.field(validator=_view_ids)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class AddRef:
     object_id: bytes = attrs.field(validator=_id)
     count: int = attrs.field(default=1, validator=v.instance_of(int))
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class RemoveRef:
     object_id: bytes = attrs.field(validator=_id)
     count: int = attrs.field(default=1, validator=v.instance_of(int))
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Unpin:
     object_id: bytes = attrs.field(validator=_id)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Abort:
     object_id: bytes = attrs.field(validator=_id)
 
@@ -282,7 +327,7 @@ class Abort:
 # -- service to client -----------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class DropCache:
     """The store runs out of spill candidates: let go of cached leases (the releases
     are sent before the answer)."""

@@ -662,6 +662,7 @@ async def test_a_hostile_peer_gets_typed_refusals_and_the_store_serves_on(tmp_pa
     store service in another process: each request fails with `store.BadRequest`
     naming what was wrong, one-way junk is dropped, and the store keeps serving."""
     import attrs
+
     import transport
     from store import _messages as m
 
