@@ -41,15 +41,16 @@ None, "ask again"), so it fails at once when the link dies -- the fastest death
 notice there is (see `_watch.py`).
 
 Every class here is frozen and has no slots: its generated ``__init__`` writes the
-instance dict directly (half the cost of a frozen slotted one) and it pickles in C
-(its class and its dict), three times cheaper both ways than a slotted one whose
-state attrs builds in Python. Records carried by the thousand inside one message
-(`Notice`, `Row`, the write and read operations) and the replies go further: they
-pickle compactly (`transport.compact`: their class and a tuple of their fields) and
-carry no validators: the head checks every operation itself (`_protocol.validate_write`,
-`validate_read`) and answers a bad one with its own error. Updates along the chain
-are no records at all but the columns of a `Forward` (see there, and `_state` on
-why).
+instance dict directly (half the cost of a frozen slotted one). Messages and the
+records carried by the thousand inside them (`Notice`, `Row`, the write and read
+operations) pickle as their class and a tuple of their fields (`transport.compact`);
+a message's checks live in its fields' metadata (`transport.check`) and are run
+once, by the receiving dispatcher, not by every sender nor while unpickling. The
+operations have no checks of their own: the head checks every one itself
+(`_protocol.validate_write`, `validate_read`) and answers a bad one with its own
+error. Updates along the chain are no records at all but the columns of a
+`Forward` (see there, and `_state` on why). The records inside messages
+(`ChainConfig`, `Layout`, `Progress`, `ShardSnapshot`) validate when built.
 """
 
 from __future__ import annotations
@@ -308,14 +309,15 @@ def _same_length(instance: Write, attribute: Any, ops: list[Any]) -> None:
         raise ValueError(f"{len(ops)} operations but {len(instance.seqs)} client sequence numbers")
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Write:
     """A batch of client writes for the head: ``ops[i]`` is the client's write number
     ``seqs[i]`` (so a retried batch is answered, not applied twice)."""
 
-    client_id: str | bytes = attrs.field(validator=v.instance_of((str, bytes)))
-    seqs: list[int] = attrs.field(validator=_ints)
-    ops: list[WriteOp] = attrs.field(validator=[v.instance_of(list), _same_length])
+    client_id: str | bytes = attrs.field(metadata=transport.check(v.instance_of((str, bytes))))
+    seqs: list[int] = attrs.field(metadata=transport.check(_ints))
+    ops: list[WriteOp] = attrs.field(metadata=transport.check(v.instance_of(list), _same_length))
 
 
 @transport.compact
@@ -329,14 +331,15 @@ class WriteDone:
     history: str
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Read:
     """A batch of reads for the tail, answered once it applied ``min_seq`` (the
     highest sequence number the client saw of ``history``)."""
 
-    min_seq: int = attrs.field(validator=_seq)
-    ops: list[ReadOp] = attrs.field(validator=v.instance_of(list))
-    history: str | None = attrs.field(default=None, validator=_history)
+    min_seq: int = attrs.field(metadata=transport.check(_seq))
+    ops: list[ReadOp] = attrs.field(metadata=transport.check(v.instance_of(list)))
+    history: str | None = attrs.field(default=None, metadata=transport.check(_history))
 
 
 @transport.compact
@@ -364,16 +367,17 @@ class Refused:
     error: Exception
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Subscribe:
     """Committed updates of ``table[key]``, or of every key with ``prefix``, from
     ``from_seq`` (None: from now on)."""
 
-    sub_id: int = attrs.field(validator=_int)
-    table: str = attrs.field(validator=_str)
-    key: Key | None = attrs.field(validator=_opt_key)
-    prefix: Key | None = attrs.field(validator=_opt_key)
-    from_seq: int | None = attrs.field(default=None, validator=v.optional(_int))
+    sub_id: int = attrs.field(metadata=transport.check(_int))
+    table: str = attrs.field(metadata=transport.check(_str))
+    key: Key | None = attrs.field(metadata=transport.check(_opt_key))
+    prefix: Key | None = attrs.field(metadata=transport.check(_opt_key))
+    from_seq: int | None = attrs.field(default=None, metadata=transport.check(v.optional(_int)))
 
 
 @transport.compact
@@ -382,22 +386,25 @@ class Subscribed:
     acked: int
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Unsubscribe:
-    sub_id: int = attrs.field(validator=_int)
+    sub_id: int = attrs.field(metadata=transport.check(_int))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Events:
-    shard: int = attrs.field(validator=_int)
-    notices: list[Notice] = attrs.field(validator=v.instance_of(list))
+    shard: int = attrs.field(metadata=transport.check(_int))
+    notices: list[Notice] = attrs.field(metadata=transport.check(v.instance_of(list)))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class SubscriptionsLost:
     """These subscriptions fell too far behind and were dropped: resubscribe."""
 
-    sub_ids: list[int] = attrs.field(validator=_ints)
+    sub_ids: list[int] = attrs.field(metadata=transport.check(_ints))
 
 
 @attrs.frozen(slots=False)
@@ -424,14 +431,15 @@ class Pong:
 # -- along the chain -------------------------------------------------------------------
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Sync:
     """A predecessor's first message on its link: who it is, under which epoch, and
     of which history it streams."""
 
-    sender: str = attrs.field(validator=_str)
-    epoch: int = attrs.field(validator=_seq)
-    history: str = attrs.field(validator=_str)
+    sender: str = attrs.field(metadata=transport.check(_str))
+    epoch: int = attrs.field(metadata=transport.check(_seq))
+    history: str = attrs.field(metadata=transport.check(_str))
 
 
 @transport.compact
@@ -456,9 +464,10 @@ def _same_length_as_seqs(instance: Forward, attribute: Any, column: list[Any]) -
                          f"({len(instance.seqs)}), got {column!r:.100}")
 
 
-_column = [v.instance_of(list), _same_length_as_seqs]
+_column = _same_length_as_seqs  # (a list, as long as the seqs)
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Forward:
     """Consecutive updates of the shard (see `_state`), down the chain column by
@@ -466,36 +475,39 @@ class Forward:
     builds no object per update on either end -- the successor keeps them as the
     plain tuples its log holds (`_state.updates_of`)."""
 
-    seqs: list[int] = attrs.field(validator=_ints)
-    kinds: list[str] = attrs.field(validator=_column)
-    tables: list[str] = attrs.field(validator=_column)
-    keys: list[Key] = attrs.field(validator=_column)
-    values: list[Any] = attrs.field(validator=_column)
-    client_ids: list[Any] = attrs.field(validator=_column)
-    client_seqs: list[int] = attrs.field(validator=_column)
-    results: list[Any] = attrs.field(validator=_column)
+    seqs: list[int] = attrs.field(metadata=transport.check(_ints))
+    kinds: list[str] = attrs.field(metadata=transport.check(_column))
+    tables: list[str] = attrs.field(metadata=transport.check(_column))
+    keys: list[Key] = attrs.field(metadata=transport.check(_column))
+    values: list[Any] = attrs.field(metadata=transport.check(_column))
+    client_ids: list[Any] = attrs.field(metadata=transport.check(_column))
+    client_seqs: list[int] = attrs.field(metadata=transport.check(_column))
+    results: list[Any] = attrs.field(metadata=transport.check(_column))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Transfer:
     """State transfer: the successor was further behind than the log reaches."""
 
-    snapshot: ShardSnapshot = attrs.field(validator=v.instance_of(ShardSnapshot))
+    snapshot: ShardSnapshot = attrs.field(metadata=transport.check(v.instance_of(ShardSnapshot)))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Handoff:
     """A new tail serves reads only once it applied up to ``seq`` (everything the old
     tail had acknowledged)."""
 
-    seq: int = attrs.field(validator=_seq)
+    seq: int = attrs.field(metadata=transport.check(_seq))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Ack:
     """The tail committed everything up to ``seq`` (cumulative)."""
 
-    seq: int = attrs.field(validator=_seq)
+    seq: int = attrs.field(metadata=transport.check(_seq))
 
 
 # -- replica <-> coordinator -----------------------------------------------------------
@@ -518,13 +530,14 @@ class Progress:
         return self.chain.epoch > 0 or self.seeded
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Register:
-    shard: int = attrs.field(validator=_int)
-    name: str = attrs.field(validator=_str)
-    address: str = attrs.field(validator=_str)
-    pid: int = attrs.field(validator=_int)
-    progress: Progress = attrs.field(validator=v.instance_of(Progress))
+    shard: int = attrs.field(metadata=transport.check(_int))
+    name: str = attrs.field(metadata=transport.check(_str))
+    address: str = attrs.field(metadata=transport.check(_str))
+    pid: int = attrs.field(metadata=transport.check(_int))
+    progress: Progress = attrs.field(metadata=transport.check(v.instance_of(Progress)))
 
 
 @attrs.frozen(slots=False)
@@ -536,33 +549,37 @@ class Assigned:
     role: str = attrs.field(validator=v.in_(("seed", "join", "resume", "removed")))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Seeded:
-    shard: int = attrs.field(validator=_int)
-    name: str = attrs.field(validator=_str)
+    shard: int = attrs.field(metadata=transport.check(_int))
+    name: str = attrs.field(metadata=transport.check(_str))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Promote:
     """The tail's learner caught up: append it to the chain (asked per epoch)."""
 
-    shard: int = attrs.field(validator=_int)
-    name: str = attrs.field(validator=_str)
-    epoch: int = attrs.field(validator=_int)
+    shard: int = attrs.field(metadata=transport.check(_int))
+    name: str = attrs.field(metadata=transport.check(_str))
+    epoch: int = attrs.field(metadata=transport.check(_int))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Suspect:
     """``reporter``'s link to its successor ``name`` stopped answering."""
 
-    shard: int = attrs.field(validator=_int)
-    name: str = attrs.field(validator=_str)
-    reporter: str = attrs.field(validator=_str)
+    shard: int = attrs.field(metadata=transport.check(_int))
+    name: str = attrs.field(metadata=transport.check(_str))
+    reporter: str = attrs.field(metadata=transport.check(_str))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Reconfigure:
-    config: ChainConfig = attrs.field(validator=v.instance_of(ChainConfig))
+    config: ChainConfig = attrs.field(metadata=transport.check(v.instance_of(ChainConfig)))
 
 
 @attrs.frozen(slots=False)
@@ -583,6 +600,7 @@ class GetLayout:
     pass
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class LayoutChanged:
-    layout: Layout = attrs.field(validator=v.instance_of(Layout))
+    layout: Layout = attrs.field(metadata=transport.check(v.instance_of(Layout)))

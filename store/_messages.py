@@ -24,13 +24,15 @@ Client to service, requests (answer in brackets):
 Client to service, one-way: `Release`, `AddRef`, `RemoveRef`, `Unpin`, `Abort`.
 Service to client, request: `DropCache` [how many leases were dropped].
 
-A value's layout in the arena or in a file travels as a `Location`.
+A value's layout in the arena or in a file is a `Location` (its fields ride in
+`SharedView` and `FileView`).
 
-The classes have no slots: a frozen attrs instance with a ``__dict__`` pickles in C
-(its class and its dict), three times cheaper both ways than a slotted one whose
-state attrs builds in Python; this is the per-request path of every small object.
-The answers, which have no validators, pickle as their class and a tuple of their
-fields (`transport.compact`), cheaper still.
+Every message is on the per-request path of every small object, so it is built
+for speed: a frozen attrs class without slots (its ``__init__`` writes the instance
+dict, half the cost of a frozen slotted one), pickled as its class and a tuple of
+its fields (`transport.compact`), and with its checks in field metadata
+(`transport.check`): run once, by the receiving dispatcher, not by every sender nor
+while unpickling.
 """
 
 from __future__ import annotations
@@ -211,73 +213,83 @@ class Hello:
     pass
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Get:
-    object_id: bytes = attrs.field(validator=_id)
-    timeout: float | None = attrs.field(default=None, validator=_timeout)
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    timeout: float | None = attrs.field(default=None, metadata=transport.check(_timeout))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class PutInline:
-    object_id: bytes = attrs.field(validator=_id)
-    metadata: bytes = attrs.field(validator=_id)
-    data: Any = attrs.field(validator=_blob)
-    buffers: list[Any] = attrs.field(validator=_blobs)
-    take_ref: bool = attrs.field(validator=_flag)
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    metadata: bytes = attrs.field(metadata=transport.check(_id))
+    data: Any = attrs.field(metadata=transport.check(_blob))
+    buffers: list[Any] = attrs.field(metadata=transport.check(_blobs))
+    take_ref: bool = attrs.field(metadata=transport.check(_flag))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Create:
-    object_id: bytes = attrs.field(validator=_id)
-    meta_len: int = attrs.field(validator=_size)
-    data_len: int = attrs.field(validator=_size)
-    buffer_sizes: tuple[int, ...] = attrs.field(validator=_sizes)
-    take_ref: bool = attrs.field(validator=_flag)
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    meta_len: int = attrs.field(metadata=transport.check(_size))
+    data_len: int = attrs.field(metadata=transport.check(_size))
+    buffer_sizes: tuple[int, ...] = attrs.field(metadata=transport.check(_sizes))
+    take_ref: bool = attrs.field(metadata=transport.check(_flag))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Seal:
-    object_id: bytes = attrs.field(validator=_id)
-    with_view: bool = attrs.field(default=False, validator=_flag)
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    with_view: bool = attrs.field(default=False, metadata=transport.check(_flag))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Contains:
-    object_id: bytes = attrs.field(validator=_id)
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Pin:
-    object_id: bytes = attrs.field(validator=_id)
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Delete:
-    object_id: bytes = attrs.field(validator=_id)
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class ReadChunk:
-    object_id: bytes = attrs.field(validator=_id)
-    offset: int = attrs.field(validator=v.instance_of(int))
-    size: int = attrs.field(validator=v.instance_of(int))
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    offset: int = attrs.field(metadata=transport.check(v.instance_of(int)))
+    size: int = attrs.field(metadata=transport.check(v.instance_of(int)))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Info:
-    object_id: bytes = attrs.field(validator=_id)
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Claim:
     """Re-attach, after a restart of the service, the refs and pins a client held and
     the views under its live values; answered with the views' new ids."""
 
-    refs: dict[bytes, int] = attrs.field(
-        validator=v.deep_mapping(_id, v.instance_of(int), v.instance_of(dict)))
-    pins: dict[bytes, int] = attrs.field(
-        validator=v.deep_mapping(_id, v.instance_of(int), v.instance_of(dict)))
-    views: list[bytes] = attrs.field(validator=v.deep_iterable(_id, v.instance_of(list)))
+    refs: dict[bytes, int] = attrs.field(metadata=transport.check(
+        v.deep_mapping(_id, v.instance_of(int), v.instance_of(dict))))
+    pins: dict[bytes, int] = attrs.field(metadata=transport.check(
+        v.deep_mapping(_id, v.instance_of(int), v.instance_of(dict))))
+    views: list[bytes] = attrs.field(metadata=transport.check(v.deep_iterable(_id, v.instance_of(list))))
 
 
 @attrs.frozen(slots=False)
@@ -285,43 +297,49 @@ class Statistics:
     pass
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class WithReleases:
     """A request carrying the view releases the client had pending: one frame, one
     write. The releases are applied first, then ``request`` is dispatched."""
 
-    view_ids: list[int] = attrs.field(validator=_view_ids)
+    view_ids: list[int] = attrs.field(metadata=transport.check(_view_ids))
     request: Any
 
 
 # -- one-way notices ------------------------------------------------------------------
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Release:
-    view_ids: list[int] = attrs.field(validator=_view_ids)
+    view_ids: list[int] = attrs.field(metadata=transport.check(_view_ids))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class AddRef:
-    object_id: bytes = attrs.field(validator=_id)
-    count: int = attrs.field(default=1, validator=v.instance_of(int))
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    count: int = attrs.field(default=1, metadata=transport.check(v.instance_of(int)))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class RemoveRef:
-    object_id: bytes = attrs.field(validator=_id)
-    count: int = attrs.field(default=1, validator=v.instance_of(int))
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    count: int = attrs.field(default=1, metadata=transport.check(v.instance_of(int)))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Unpin:
-    object_id: bytes = attrs.field(validator=_id)
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
 
 
+@transport.compact
 @attrs.frozen(slots=False)
 class Abort:
-    object_id: bytes = attrs.field(validator=_id)
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
 
 
 # -- service to client -----------------------------------------------------------------

@@ -655,6 +655,22 @@ class _Slow:
     value: Any
 
 
+@transport.compact
+@attrs.frozen(slots=False)
+class _Mul:
+    """Checked when it arrives, not when built; pickled as its class and a tuple."""
+
+    a: int = attrs.field(metadata=transport.check(attrs.validators.instance_of(int)))
+    b: int = attrs.field(metadata=transport.check(attrs.validators.instance_of(int)))
+
+
+def test_compact_pickles_a_tuple_and_refuses_classes_that_validate() -> None:
+    assert _Mul(2, 3).__reduce__() == (_Mul, (2, 3))
+    assert pickle.loads(pickle.dumps(_Mul("2", 3))) == _Mul("2", 3)  # not checked here
+    with pytest.raises(TypeError, match="would validate _Add while unpickling"):
+        transport.compact(_Add)
+
+
 async def test_dispatcher_routes_by_class_and_refuses_what_it_does_not_know(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     notes: list[str] = []
@@ -672,6 +688,7 @@ async def test_dispatcher_routes_by_class_and_refuses_what_it_does_not_know(
     dispatcher.register(_Add, lambda conn, m, reply: reply.send(m.a + m.b))
     dispatcher.register(_Note, note, oneway=True)
     dispatcher.register(_Slow, slow)
+    dispatcher.register(_Mul, lambda conn, m, reply: reply.send(m.a * m.b))
     with pytest.raises(ValueError, match="registered already"):
         dispatcher.register(_Add, note)
     with pytest.raises(TypeError, match="must be an attrs class"):
@@ -700,6 +717,9 @@ async def test_dispatcher_routes_by_class_and_refuses_what_it_does_not_know(
             assert isinstance(info.value.remote_exception, transport.BadMessage)
             assert "adder got a malformed _Add: 'a' must be <class 'int'> (got '2'" in str(
                 info.value.remote_exception)
+            assert await conn.request(_Mul(6, 7), timeout=5) == 42
+            with pytest.raises(transport.RemoteError, match="malformed _Mul: 'b' must be"):
+                await conn.request(_Mul(6, "7"), timeout=5)  # built freely, checked on arrival
             # A request class sent one-way is dropped with a log line; a notice sent
             # as a request is answered None once handled.
             with caplog.at_level(logging.WARNING, logger="transport.dispatch"):
@@ -714,7 +734,7 @@ async def test_dispatcher_routes_by_class_and_refuses_what_it_does_not_know(
             assert notes == ["asked", "told"]
             assert await conn.request(_Add(20, 22), timeout=5) == 42  # serving on
         stats = dispatcher.statistics()
-        assert (stats.routes, stats.unknown, stats.malformed, stats.dispatched) == (3, 3, 2, 5)
+        assert (stats.routes, stats.unknown, stats.malformed, stats.dispatched) == (4, 3, 3, 6)
         nursery.cancel_scope.cancel()
 
 

@@ -42,7 +42,7 @@ from ._connection import (
     Handler,
     Reply,
 )
-from ._dispatch import Dispatcher, DispatcherStatistics, compact
+from ._dispatch import Dispatcher, DispatcherStatistics, check, compact
 from ._errors import (
     AuthenticationFailed,
     BadMessage,
@@ -93,6 +93,7 @@ __all__ = [
     "TlsError",
     "TlsMismatch",
     "TransportError",
+    "check",
     "compact",
     "connect",
     "create_cluster_certs",

@@ -15,17 +15,16 @@ gets a typed error reply -- by default `BadMessage`, or whatever the endpoint's
 message is logged and dropped. Either way the endpoint keeps serving, the
 connection stays up, and ``statistics()`` counts it.
 
-Validation runs at dispatch, not while unpickling: a class whose attrs
-``__init__`` validated would fail inside the transport's decoder, where the
-endpoint could not answer in its own terms. So message classes keep the default
-attrs pickling (their state restored without ``__init__``) and list their checks as
-attrs validators; `attrs.validate` runs them here. (Small records carried by the
-thousand inside one message, such as the GCS's updates, may pickle compactly
-through ``__reduce__`` instead: the endpoint that uses them checks them itself.)
+Validation runs at dispatch, not while unpickling nor while building: a class
+whose attrs ``__init__`` validated would fail inside the transport's decoder, where
+the endpoint could not answer in its own terms, and would make every sender pay
+for checks its peer repeats anyway. So a message's fields declare their checks with
+`check` (attrs-style validators kept in the field's metadata), the dispatcher runs
+them when the message arrives, and the class can pickle compactly (`compact`).
+Plain attrs validators, if a class has some, are run here too.
 
 `compact` makes a message class pickle as its class and a tuple of its fields and
-rebuild through its ``__init__`` (validators included, so only for classes that
-have none, such as replies and the small records carried by the thousand).
+rebuild through its ``__init__`` (so only for classes without attrs validators).
 
 Handlers are ``handler(conn, message, reply)``, plain or ``async``; a plain one
 costs no coroutine, which is what the hot paths use. A request's handler answers
@@ -50,7 +49,7 @@ import attrs
 from ._errors import BadMessage
 from ._reply import Reply
 
-__all__ = ["Dispatcher", "DispatcherStatistics", "Refuse", "compact"]
+__all__ = ["Dispatcher", "DispatcherStatistics", "Refuse", "check", "compact"]
 
 logger = logging.getLogger("transport.dispatch")
 
@@ -63,8 +62,8 @@ class _Route:
     handler: Callable[..., Any]
     is_async: bool
     oneway: bool
-    #: The class's validators with their fields (what `attrs.validate` would run,
-    #: looked up once instead of per message).
+    #: The class's checks (`check`) and validators with their fields, looked up
+    #: once instead of per message.
     checks: tuple[tuple[Callable[..., Any], Any], ...]
 
 
@@ -87,6 +86,13 @@ class DispatcherStatistics:
 
 
 _C = TypeVar("_C", bound=type)
+
+
+def check(*validators: Any) -> dict[str, Any]:
+    """Field metadata: ``attrs.field(metadata=check(v1, ...))`` has a `Dispatcher` run
+    the attrs-style validators when the message arrives -- not when it is built or
+    unpickled."""
+    return {"check": validators[0] if len(validators) == 1 else attrs.validators.and_(*validators)}
 
 
 def compact(cls: _C) -> _C:
@@ -144,7 +150,8 @@ class Dispatcher:
             raise TypeError(f"{self.name}: a message class must be an attrs class, got {cls!r}")
         if cls in self._routes:
             raise ValueError(f"{self.name}: {cls.__qualname__} is registered already")
-        checks = tuple((a.validator, a) for a in attrs.fields(cls) if a.validator is not None)
+        checks = tuple((check, a) for a in attrs.fields(cls)
+                       for check in (a.validator, a.metadata.get("check")) if check is not None)
         self._routes[cls] = _Route(handler, inspect.iscoroutinefunction(handler), oneway, checks)
 
     def handles(self, cls: type) -> bool:
