@@ -292,7 +292,9 @@ class ReplicaService:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "gcs._replica_main"],
+            # -P: not the working directory first on sys.path, where a folder named
+            # like one of our packages would be imported instead of it.
+            [sys.executable, "-P", "-m", "gcs._replica_main"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

@@ -310,6 +310,26 @@ async def test_unreachable_gcs_gives_gcs_unavailable(nursery) -> None:
             pass
 
 
+async def test_replica_processes_import_our_gcs_whatever_the_working_directory(
+        nursery, tmp_path, monkeypatch) -> None:
+    # A folder named gcs in the working directory must not shadow the package in the
+    # replica processes (`python -m` puts the working directory first on sys.path).
+    (tmp_path / "gcs").mkdir()
+    (tmp_path / "gcs" / "__init__.py").write_text("")
+    (tmp_path / "gcs" / "_replica_main.py").write_text("raise SystemExit('the wrong gcs')\n")
+    monkeypatch.chdir(tmp_path)
+    from actorcore.kernel import Supervisor
+
+    from .test_gcs_support import kernel_specs
+
+    plan = gcs.plan(gcs.GcsConfig(shards=1, replicas=1, processes=True), TOKEN)
+    await nursery.start(Supervisor("node", [kernel_specs(plan.tree)]).run)
+    address = await plan.wait_ready(15)
+    async with gcs.open_client(address, TOKEN, timeout=10) as client:
+        await client.put("kv", "k", 1)
+        assert await client.get("kv", "k") == 1
+
+
 def test_plan_describes_the_tree() -> None:
     p = gcs.plan(gcs.GcsConfig(shards=2, replicas=3), TOKEN)
     tree = p.tree
