@@ -29,12 +29,44 @@ import gcs  # noqa: E402
 TOKEN = b"gcs-bench"
 
 
+def _specs(spec):  # type: ignore[no-untyped-def]
+    """The GCS plan as kernel child specs (what the node does)."""
+    from actorcore.kernel import ChildSpec, Supervisor
+
+    if spec.factory is not None:
+        return ChildSpec(spec.name, spec.factory, kind=spec.kind)
+    return Supervisor.spec(spec.name, [_specs(c) for c in spec.children],
+                           strategy=spec.strategy, max_restarts=spec.max_restarts,
+                           max_seconds=spec.max_seconds)
+
+
+class _Gcs:
+    """A GCS under a kernel supervisor, as in a node."""
+
+    def __init__(self, plan, root):  # type: ignore[no-untyped-def]
+        self.plan = plan
+        self.root = root
+
+    @property
+    def coordinator(self):  # type: ignore[no-untyped-def]
+        return self.plan.coordinator
+
+    def replicas(self):  # type: ignore[no-untyped-def]
+        config = self.plan.config
+        return [self.root.find(f"gcs/shard_{s}/replica_{j}")
+                for s in range(config.shards) for j in range(config.replicas)]
+
+
 async def _with_gcs(config: gcs.GcsConfig, body):  # type: ignore[no-untyped-def]
-    service = gcs.GcsService(config, TOKEN)
+    from actorcore.kernel import Supervisor
+
+    plan = gcs.plan(config, TOKEN)
+    root = Supervisor("node", [_specs(plan.tree)])
     async with trio.open_nursery() as nursery:
-        address = await nursery.start(service.run)
+        await nursery.start(root.run)
+        address = await plan.wait_ready(30)
         async with gcs.open_client(address, TOKEN, timeout=30) as client:
-            result = await body(client, service)
+            result = await body(client, _Gcs(plan, root))
         nursery.cancel_scope.cancel()
     return result
 
@@ -115,7 +147,7 @@ async def failover(victim: int, writers: int) -> None:
             await trio.sleep(1.0)
             coordinator = service.coordinator
             name = coordinator.chain(0).chain[victim]
-            target = next(s for s in service.services.values() if s.name == name)
+            target = next(s for s in service.replicas() if s.name == name)
             killed = time.perf_counter()
             os.kill(target.pid, signal.SIGKILL)
             await trio.sleep(0.05)
@@ -144,17 +176,7 @@ async def coordinator_restart(replicas: int, writers: int, kill_tail: bool) -> N
     from actorcore.kernel import Supervisor
 
     plan = gcs.plan(gcs.GcsConfig(shards=1, replicas=replicas), TOKEN)
-
-    def specs(spec):  # type: ignore[no-untyped-def]
-        from actorcore.kernel import ChildSpec
-
-        if spec.factory is not None:
-            return ChildSpec(spec.name, spec.factory, kind=spec.kind)
-        return Supervisor.spec(spec.name, [specs(c) for c in spec.children],
-                               strategy=spec.strategy, max_restarts=spec.max_restarts,
-                               max_seconds=spec.max_seconds)
-
-    root = Supervisor("node", [specs(plan.tree)])
+    root = Supervisor("node", [_specs(plan.tree)])
     async with trio.open_nursery() as outer:
         await outer.start(root.run)
         address = await plan.wait_ready(30)

@@ -6,10 +6,11 @@ lives here, so every other component can be stateless and restart freely.
 Public surface
 --------------
 * `GcsConfig` -- shards (S), replicas per shard (R), durability, limits.
-* `plan(config, token)` -> `GcsPlan`: the supervision tree the node builds
-  (``plan.tree``, a `ServiceSpec` tree: ``gcs`` -> ``coordinator``, ``shard_<i>`` ->
-  ``replica_<j>``) and ``await plan.wait_ready()`` -> the address clients connect to.
-* `GcsService` -- the same tree on plain nurseries (no actorcore kernel needed).
+* `plan(config, token)` -> `GcsPlan`: the supervision tree to build (``plan.tree``, a
+  `ServiceSpec` tree: ``gcs`` -> ``coordinator``, ``shard_<i>`` -> ``replica_<j>``)
+  and ``await plan.wait_ready()`` -> the address clients connect to. Its leaves are
+  child-protocol services; whoever runs the GCS (the node, a test) supervises them
+  with the kernel: one restart mechanism, and this package never imports it.
 * `open_client(address, token)` -> `GcsClient` with generic ``put/get/delete/scan/
   subscribe/update/set_add/set_remove/mark_collectable``, their batched forms
   ``write_many/put_many/mark_collectable_many`` (one waiting task per shard, not per
@@ -17,8 +18,9 @@ Public surface
   functions, jobs, kv`` (``tasks.add_many/mark_collectable_many`` for the lineage).
 * Statistics are frozen attrs classes: `GcsClientStatistics` (``client.statistics()``),
   `CoordinatorStatistics` with a `ChainStatistics` per shard, `ReplicaStatistics` with
-  its `PublisherStatistics`, `ShardStateStatistics` and `ShardLogStatistics`. The
-  ``("stats",)`` requests of the coordinator and the replicas answer them as plain dicts.
+  its `PublisherStatistics`, `ShardStateStatistics` and `ShardLogStatistics`; the
+  coordinator and the replicas answer a `Stats` message with theirs.
+* `messages`: the wire vocabulary (`_messages.py`), every message a frozen attrs class.
 
 Design
 ------
@@ -37,7 +39,7 @@ are no cross-shard transactions. Scans and prefix subscriptions fan out to every
 shard; their order is per shard.
 
 Chain replication (`_replica.py`; the links along the chain -- forwarding, state
-transfer, acks -- in `_chain_link.py`). Each shard is a chain of R replicas. The head
+transfer, acks -- are its `ChainLink` component, `_chain_link.py`). Each shard is a chain of R replicas. The head
 executes writes (checks versions and set membership, numbers the resulting updates
 with the shard's next sequence numbers), every replica applies updates in sequence
 order and forwards them down; the tail commits and acknowledges back up; the head
@@ -69,7 +71,8 @@ died meanwhile are left out and replaced as usual. Subscriptions are untouched (
 live on the tails). The reasoning about races is in `_coordinator.py`, "Restart".
 
 Clients (`_client.py`; per-shard queues in `_shard_queue.py`, the coordinator link
-and layout in `_client_layout.py`, subscriptions in `_subscription.py`). Calls are
+and layout in `_coordinator_link.py`, the replica links in `_replica_links.py`,
+subscriptions in `_subscription.py`). Calls are
 batched per shard (one request carries everything queued since the last send) and
 pipelined (many batches in flight). Writes carry (client id, sequence number) and
 the shard remembers recent results (replicated), so a retry after a failure is
@@ -92,8 +95,13 @@ runtime no longer needs are kept up to ``lineage_cap`` per table and shard, and 
 oldest beyond it are flushed from memory (in durable mode their history stays in the
 log until the next compaction).
 
-Bad input. Every request is validated by the replica before it touches state; a bad
-one gets a typed `GcsError` (`UnknownTable`, `BadRequest`, `ValueTooLarge`, ...)
+Messages. Every message between processes is a frozen attrs class (`_messages.py`);
+each endpoint dispatches through one `transport.Dispatcher`. A message of a type the
+endpoint does not handle, or with fields of the wrong type, is refused with
+`BadRequest` and the endpoint keeps serving.
+
+Bad input. Every operation is validated by the replica before it touches state; a
+bad one gets a typed `GcsError` (`UnknownTable`, `BadRequest`, `ValueTooLarge`, ...)
 naming the fault, as the result of that one operation, and the shard keeps serving.
 
 Not done / limits: the coordinator lives and dies with the head node (like the
@@ -106,8 +114,9 @@ outbox (100,000 events) is resubscribed from the replay buffer and gets
 `SubscriptionLost` if that is too short.
 """
 
+from . import _messages as messages
 from ._client import Entry, Event, GcsClient, GcsClientStatistics, Subscription, open_client
-from ._config import GcsConfig
+from ._config import GcsConfig, LaunchParams
 from ._coordinator import ChainStatistics, Coordinator, CoordinatorStatistics
 from ._durable import ShardLogStatistics
 from ._errors import (
@@ -123,7 +132,14 @@ from ._errors import (
 from ._protocol import TABLES, shard_of
 from ._pubsub import PublisherStatistics
 from ._replica import Replica, ReplicaRemoved, ReplicaStatistics
-from ._service import GcsPlan, GcsService, ReplicaProcessDied, ReplicaService, ServiceSpec, plan
+from ._service import (
+    CoordinatorService,
+    GcsPlan,
+    ReplicaProcessDied,
+    ReplicaService,
+    ServiceSpec,
+    plan,
+)
 from ._state import ShardStateStatistics
 from ._tables import ACTOR_STATES, TaskEntry
 
@@ -133,6 +149,7 @@ __all__ = [
     "BadRequest",
     "ChainStatistics",
     "Coordinator",
+    "CoordinatorService",
     "CoordinatorStatistics",
     "Entry",
     "Event",
@@ -141,8 +158,8 @@ __all__ = [
     "GcsConfig",
     "GcsError",
     "GcsPlan",
-    "GcsService",
     "GcsUnavailable",
+    "LaunchParams",
     "NameTaken",
     "PublisherStatistics",
     "Replica",
@@ -159,6 +176,7 @@ __all__ = [
     "UnknownTable",
     "ValueTooLarge",
     "VersionMismatch",
+    "messages",
     "open_client",
     "plan",
     "shard_of",

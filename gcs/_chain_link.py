@@ -1,73 +1,146 @@
-"""`ChainLinks`: a replica's links to its neighbours in the chain.
+"""`ChainLink`: a replica's links to its neighbours in the chain.
 
-The part of `Replica` (`_replica.py`, where the protocol is described) that moves
-updates along the chain:
+The part of a replica (`_replica.py`, where the protocol is described) that moves
+updates along the chain. It owns the links and everything about them -- which
+connection is the accepted upstream, which is the downstream it streams to, how far
+it streamed, the pending hand-off mark, what it last acknowledged -- and asks its
+replica, through the narrow `ChainHost` interface, only for the chain config, the
+shard state, and to commit what the tail acknowledged.
 
-* downstream: `_forwarder` keeps a link to the successor (the next chain member, or
-  the learner behind the tail): it dials it, asks in ``sync`` how far it got, then
-  streams every later update from the log (``fw``), or first a snapshot (``snap``)
-  if the successor is further behind than the log reaches -- state transfer and
-  chain repair are this one code path. `_forward_now` is the fast path that streams
-  a just-applied batch without a task switch. `_probe_successor` reports a
-  successor that stops answering to the coordinator.
-* upstream: `_on_sync` accepts the predecessor its config names; `_send_ack` (and
-  `_acker`, for a new upstream link) acknowledge committed updates to it.
-
-A mixin of `Replica`: the state it uses is the replica's own, declared below.
+* downstream: `run_forwarder` keeps a link to the successor (the next chain
+  member, or the learner behind the tail): it dials it, asks in `Sync` how far it
+  got, then streams every later update from the log (`Forward`), or first a
+  snapshot (`Transfer`) if the successor is further behind than the log reaches --
+  state transfer and chain repair are this one code path. `forward_now` is the
+  fast path that streams a just-applied batch without a task switch. A probe
+  reports a successor that stops answering to the coordinator.
+* upstream: `on_sync` accepts the predecessor its config names (only then does the
+  replica take `Forward`, `Transfer` and `Handoff` from that connection: see
+  `is_upstream`); `send_ack` (and `run_acker`, for a new upstream link)
+  acknowledge committed updates to it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import attrs
 import trio
 
 import transport
 
 from ._config import GcsConfig
-from ._durable import ShardLog
+from ._messages import (
+    Ack,
+    ChainConfig,
+    Handoff,
+    InSync,
+    OutOfSync,
+    Ping,
+    Promote,
+    Suspect,
+    Sync,
+    Transfer,
+)
 from ._protocol import RPC_TIMEOUT as _RPC_TIMEOUT
-from ._protocol import ChainConfig
-from ._state import ShardState, Update
+from ._state import ShardState, Update, forward_of
 from ._watch import aclose_quietly, answer
 
-__all__ = ["ChainLinks"]
+__all__ = ["ChainHost", "ChainLink", "ChainLinkStatistics"]
 
 _FORWARD_BATCH = 2000
 _DIRECT_LIMIT = 1 << 20
 
 
-class ChainLinks:
-    """Forwarding to the successor and acknowledging to the predecessor (a mixin)."""
+class ChainHost(Protocol):
+    """What a `ChainLink` needs of its replica."""
 
-    # The replica's state these methods use (set by `Replica.__init__`).
-    config: GcsConfig
-    shard: int
-    token: bytes
-    name: str
-    state: ShardState
-    chain: ChainConfig
-    log: ShardLog | None
-    _stats: dict[str, int]
-    _changed: trio.Event
-    _wake: trio.Event
-    _upstream: Any
-    _handoff_mark: int | None
-    _next_fw: int | None
-    _has_successor: bool
-    _ack_to: Any
-    _ack_sent: int
+    @property
+    def name(self) -> str: ...
 
-    if TYPE_CHECKING:
-        def _notify(self) -> None: ...
-        def _commit(self, seq: int) -> None: ...
-        def _tell_coordinator(self, message: Any) -> None: ...
+    @property
+    def shard(self) -> int: ...
+
+    @property
+    def chain(self) -> ChainConfig:
+        """The config the replica obeys now."""
+
+    @property
+    def state(self) -> ShardState: ...
+
+    async def wait_changed(self) -> None:
+        """Return at the replica's next change (config, applied, readable)."""
+
+    def notify(self) -> None:
+        """Wake whoever waits for a change of the replica (`wait_changed`)."""
+
+    def commit(self, seq: int) -> None:
+        """The tail acknowledged everything up to ``seq``."""
+
+    def adopt_history(self, history: str) -> None:
+        """The accepted predecessor streams of ``history``: it is the shard's now."""
+
+    def tell_coordinator(self, message: Any) -> None:
+        """A one-way notice to the coordinator (lost while it is down)."""
+
+
+@attrs.frozen(kw_only=True)
+class ChainLinkStatistics:
+    """snapshots_sent: state transfers to a successor; suspects_reported: successors
+    reported to the coordinator as unresponsive."""
+
+    snapshots_sent: int
+    suspects_reported: int
+
+
+class ChainLink:
+    """Forwarding to the successor and acknowledging to the predecessor."""
+
+    def __init__(self, host: ChainHost, config: GcsConfig, token: bytes) -> None:
+        self._host = host
+        self._config = config
+        self._token = token
+        self._wake = trio.Event()
+        self._upstream: Any = None  # the accepted predecessor's connection
+        self._downstream: Any = None  # our link to the successor, while streaming
+        self._next_fw: int | None = None  # the next update the stream sends
+        self._handoff_mark: int | None = None  # to send down once a member follows
+        self._has_successor = False
+        self._ack_to: Any = None
+        self._ack_sent = 0
+        self._snapshots_sent = 0
+        self._suspects_reported = 0
+        # What the successor may send back on the link we dialed.
+        self._routes = transport.Dispatcher(f"gcs/{host.name} downstream link")
+        self._routes.register(Ack, self._on_ack, oneway=True)
+
+    def statistics(self) -> ChainLinkStatistics:
+        return ChainLinkStatistics(snapshots_sent=self._snapshots_sent,
+                                   suspects_reported=self._suspects_reported)
+
+    # ------------------------------------------------------------ the replica's calls
+
+    def reconfigured(self, cfg: ChainConfig, *, handoff: bool) -> None:
+        """The replica obeys ``cfg`` now; ``handoff``: it stopped being the tail, so
+        the next member successor serves reads only after all it applied."""
+        self._has_successor = cfg.successor(self._host.name) is not None
+        if handoff:
+            self._handoff_mark = self._host.state.applied
+        self._wake_background()
+
+    def is_upstream(self, conn: Any) -> bool:
+        """``conn`` is the accepted predecessor's: its updates may be applied."""
+        return conn is self._upstream
+
+    def drop_upstream(self) -> None:
+        """A gap in what the predecessor sent: forget its link (it resyncs)."""
+        self._upstream = None
 
     def _wake_background(self) -> None:
         """Wake the forwarder and the acker: config, link or backlog changed.
 
-        (Not on every applied update: the fast paths in `_forward_now` and
-        `_send_ack` handle those without a task switch.)
+        (Not on every applied update: the fast paths in `forward_now` and
+        `send_ack` handle those without a task switch.)
         """
         self._wake.set()
         self._wake = trio.Event()
@@ -76,7 +149,7 @@ class ChainLinks:
         with trio.move_on_after(timeout):
             await self._wake.wait()
 
-    def _forward_now(self, new: list[Update]) -> None:
+    def forward_now(self, new: list[Update]) -> None:
         """Fast path: stream a just-applied batch to the successor from this task.
 
         Only while the forwarder is streaming (``_next_fw`` set) and this batch is
@@ -94,64 +167,68 @@ class ChainLinks:
             if conn.statistics().queued_bytes > _DIRECT_LIMIT:
                 self._wake_background()
                 return
-            conn.send_nowait(("fw", new))
+            conn.send_nowait(forward_of(new))
         except transport.TransportError:
             self._wake_background()
             return
         self._next_fw = new[-1][0] + 1
 
-    def _send_ack(self) -> None:
+    def send_ack(self) -> None:
         """Send the cumulative ack upstream if it grew (from the committing task)."""
         upstream = self._upstream
-        if upstream is None or self.name == self.chain.learner:
+        host = self._host
+        if upstream is None or host.name == host.chain.learner:
             return
         if upstream is not self._ack_to:
             self._ack_to, self._ack_sent = upstream, 0
-        acked = self.state.acked
+        acked = host.state.acked
         if acked > self._ack_sent:
             try:
-                upstream.send_nowait(("ack", acked))
+                upstream.send_nowait(Ack(acked))
             except transport.TransportError:
                 if self._upstream is upstream:
                     self._upstream = None
                 return
             self._ack_sent = acked
 
-    async def _acker(self) -> None:
-        """Acks normally go out from `_commit`; this catches the other changes (a new
-        upstream link, a learner promoted to tail) that need one resent."""
+    async def run_acker(self) -> None:
+        """Acks normally go out from the replica's commit; this catches the other
+        changes (a new upstream link, a learner promoted to tail) that need one resent."""
         while True:
-            self._send_ack()
+            self.send_ack()
             await self._wait_wake(1.0)
 
-    async def _on_sync(self, conn: Any, message: Any, reply: Any) -> None:
-        _, sender, epoch, *history = message
+    # ------------------------------------------------------------------ upstream
+
+    async def on_sync(self, conn: Any, message: Sync, reply: Any) -> None:
+        """A predecessor's first message on its link: accept it if our config names
+        it (waiting briefly for a newer config if its epoch is ahead of ours)."""
+        host = self._host
         with trio.move_on_after(2.0):
-            while self.chain.epoch < epoch:
-                await self._changed.wait()
-        if self.chain.predecessor(self.name) != sender:
-            await answer(reply, ("no", self.chain.epoch))
+            while host.chain.epoch < message.epoch:
+                await host.wait_changed()
+        if host.chain.predecessor(host.name) != message.sender:
+            await answer(reply, OutOfSync(host.chain.epoch))
             return
         self._upstream = conn
-        if history and history[0] != self.state.history:
-            self.state.history = history[0]  # what it streams is of its history
-            if self.log is not None:
-                self.log.start(self.state)  # the log's snapshot names the history
-        self._notify()
+        if message.history != host.state.history:
+            host.adopt_history(message.history)  # what it streams is of its history
+        host.notify()
         self._wake_background()
-        await answer(reply, ("ok", self.state.applied))
+        await answer(reply, InSync(host.state.applied))
 
-    async def _on_downstream(self, conn: Any, message: Any, reply: Any) -> None:
-        if message[0] == "ack" and conn is self._downstream:
-            self._commit(message[1])
+    def _on_ack(self, conn: Any, message: Ack) -> None:
+        if conn is self._downstream:
+            self._host.commit(message.seq)
 
-    _downstream: Any = None
+    # ---------------------------------------------------------------- downstream
 
-    async def _forwarder(self) -> None:
+    async def run_forwarder(self) -> None:
+        host = self._host
         failing: tuple[str, float] | None = None  # (successor, since when)
         while True:
-            cfg = self.chain
-            succ = cfg.successor(self.name)
+            cfg = host.chain
+            succ = cfg.successor(host.name)
             if succ is None:
                 await self._wait_wake(1.0)
                 continue
@@ -164,18 +241,21 @@ class ChainLinks:
                 now = trio.current_time()
                 if failing is None or failing[0] != succ:
                     failing = (succ, now)
-                elif now - failing[1] > self.config.heartbeat_timeout:
+                elif now - failing[1] > self._config.heartbeat_timeout:
                     failing = (succ, now)
-                    self._stats["suspects_reported"] += 1
-                    self._tell_coordinator(("suspect", self.shard, succ, self.name))
+                    self._suspect(succ)
             else:
                 failing = None
-            if self.chain is cfg:
+            if host.chain is cfg:
                 await self._wait_wake(0.05)  # link broke, same config: retry shortly
 
+    def _suspect(self, succ: str) -> None:
+        self._suspects_reported += 1
+        self._host.tell_coordinator(Suspect(self._host.shard, succ, self._host.name))
+
     async def _forward_to(self, cfg: ChainConfig, succ: str) -> None:
-        conn = await transport.connect(cfg.addresses[succ], self.token,
-                                       name=f"gcs/{self.name}", handler=self._on_downstream)
+        conn = await transport.connect(cfg.addresses[succ], self._token,
+                                       name=f"gcs/{self._host.name}", handler=self._routes)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._probe_successor, conn, succ, nursery.cancel_scope)
@@ -198,12 +278,11 @@ class ChainLinks:
         (a failure further down merely stalls acks, which is not reported).
         """
         while True:
-            await trio.sleep(self.config.heartbeat_interval)
+            await trio.sleep(self._config.heartbeat_interval)
             try:
-                await conn.request(("ping",), timeout=self.config.heartbeat_timeout)
+                await conn.request(Ping(), timeout=self._config.heartbeat_timeout)
             except transport.RequestTimeout:
-                self._stats["suspects_reported"] += 1
-                self._tell_coordinator(("suspect", self.shard, succ, self.name))
+                self._suspect(succ)
                 scope.cancel()
                 return
             except transport.TransportError:
@@ -211,44 +290,46 @@ class ChainLinks:
                 return
 
     async def _stream_to(self, cfg: ChainConfig, succ: str, conn: Any) -> None:
+        host = self._host
+        state = host.state
         self._downstream, self._next_fw = conn, None
-        answer = await conn.request(("sync", self.name, cfg.epoch, self.state.history),
-                                    timeout=_RPC_TIMEOUT)
-        if answer[0] != "ok":
+        answered = await conn.request(Sync(host.name, cfg.epoch, state.history),
+                                      timeout=_RPC_TIMEOUT)
+        if not isinstance(answered, InSync):
             with trio.move_on_after(0.5):
-                while self.chain is cfg:
-                    await self._changed.wait()
+                while host.chain is cfg:
+                    await host.wait_changed()
             return
         learner = succ == cfg.learner
         if not learner:
             # A (new) member successor may become or be the tail: it serves reads
             # once it applied all we have now, a superset of everything acked.
             self._handoff_mark = None
-            conn.send_nowait(("mark", self.state.applied))
-        self._next_fw = answer[1] + 1
+            conn.send_nowait(Handoff(state.applied))
+        self._next_fw = answered.applied + 1
         asked_epoch = -1
-        while self.chain.successor(self.name) == succ and self._downstream is conn:
-            if self.chain is not cfg and self.chain.learner != succ:
+        while host.chain.successor(host.name) == succ and self._downstream is conn:
+            if host.chain is not cfg and host.chain.learner != succ:
                 learner = False
             if self._handoff_mark is not None and not learner:
                 mark, self._handoff_mark = self._handoff_mark, None
-                await conn.send(("mark", mark))
+                await conn.send(Handoff(mark))
                 continue
             assert self._next_fw is not None
-            updates = self.state.updates_after(self._next_fw - 1, _FORWARD_BATCH)
+            updates = state.updates_after(self._next_fw - 1, _FORWARD_BATCH)
             if updates is None:
-                snap = self.state.snapshot()
-                self._stats["snapshots_sent"] += 1
-                self._next_fw = snap[0] + 1
-                await conn.send(("snap", snap))  # enqueued before any other task runs
+                snap = state.snapshot()
+                self._snapshots_sent += 1
+                self._next_fw = snap.applied + 1
+                await conn.send(Transfer(snap))  # enqueued before any other task runs
                 continue
             if updates:
                 self._next_fw = updates[-1][0] + 1
-                await conn.send(("fw", updates))
+                await conn.send(forward_of(updates))
                 continue
-            if learner and asked_epoch != self.chain.epoch:
+            if learner and asked_epoch != host.chain.epoch:
                 # Asked again under every new epoch: a restarted coordinator may
                 # never have heard the earlier request.
-                asked_epoch = self.chain.epoch
-                self._tell_coordinator(("promote", self.shard, succ, cfg.epoch))
+                asked_epoch = host.chain.epoch
+                host.tell_coordinator(Promote(host.shard, succ, cfg.epoch))
             await self._wait_wake(1.0)

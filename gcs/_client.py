@@ -3,24 +3,29 @@
 How a call travels
 ------------------
 ``await client.put(table, key, value)`` pickles the value (cloudpickle), picks the
-shard by key hash and appends the operation to that shard's write queue
+shard by key hash and appends the operation (a `Put`) to that shard's write queue
 (`_shard_queue.py`). One writer task per shard drains the queue: everything queued
-since its last send goes out as *one* request to the shard's head, and up to
+since its last send goes out as *one* `Write` request to the shard's head, and up to
 ``max_inflight`` such batches are in flight at once (pipelining). Reads are batched
-the same way and go to the tail. This module sends the batches (`_send_batch`).
+the same way (`Read`) and go to the tail. This module sends the batches
+(`_send_batch`).
 
 Retries are idempotent: every write carries (client id, client sequence number), and
 the shard remembers the results of recent ones, so a write retried after a timeout
 or a failover is answered, not applied twice. On any failure (connection lost,
 timeout, "not the head any more") the batch waits for a newer layout -- pushed by
 the coordinator, or fetched -- and is resent, until the operation timeout, after
-which the caller gets `GcsUnavailable` (the layout and the coordinator link are in
-`_client_layout.py`). Reads carry the highest sequence number this client has seen
-of that shard, and a tail that is behind it waits before answering, so one client's
-reads never go backwards, even across a failover.
+which the caller gets `GcsUnavailable`. Reads carry the highest sequence number this
+client has seen of that shard, and a tail that is behind it waits before answering,
+so one client's reads never go backwards, even across a failover.
 
 Subscriptions (`_subscription.py`) attach to each relevant shard's tail and resume
 at the new tail after a failover; this module creates them and routes their events.
+
+The client is assembled from components that own their state: its
+`CoordinatorLink` (the layout and the link that pushes it, `_coordinator_link.py`),
+its `ReplicaLinks` (one connection per replica, `_replica_links.py`), one
+`ShardQueue` per shard and direction, and its subscriptions.
 """
 
 from __future__ import annotations
@@ -38,11 +43,34 @@ import trio
 
 import transport
 
-from ._client_layout import LayoutTracking
-from ._codec import decode, encode
-from ._errors import GcsUnavailable, ValueTooLarge, VersionMismatch
+from ._codec import Entry, decode, encode
+from ._coordinator_link import CoordinatorLink
+from ._errors import BadRequest, GcsUnavailable, ValueTooLarge, VersionMismatch
+from ._messages import (
+    Delete,
+    Events,
+    Get,
+    Key,
+    Layout,
+    MarkCollectable,
+    Put,
+    Read,
+    ReadDone,
+    Redirect,
+    Refused,
+    Row,
+    Scan,
+    SetAdd,
+    SetRemove,
+    SubscriptionsLost,
+    Unsubscribe,
+    Write,
+    WriteDone,
+    WriteOp,
+)
 from ._protocol import RPC_TIMEOUT as _RPC_TIMEOUT
-from ._protocol import Key, Layout, check_key, check_table, shard_of
+from ._protocol import check_key, check_table, shard_of
+from ._replica_links import ReplicaLinks
 from ._shard_queue import Op, ShardQueue
 from ._subscription import Event, Subscription
 from ._tables import (
@@ -54,17 +82,8 @@ from ._tables import (
     ObjectTable,
     TaskTable,
 )
-from ._watch import HeldReplies
 
 __all__ = ["Entry", "Event", "GcsClient", "GcsClientStatistics", "Subscription", "open_client"]
-
-
-@attrs.frozen
-class Entry:
-    """A stored value with its version (the sequence number that last wrote it)."""
-
-    value: Any
-    version: int
 
 
 @attrs.frozen(kw_only=True)
@@ -96,7 +115,7 @@ class GcsClientStatistics:
     layout: Layout | None
 
 
-class GcsClient(LayoutTracking):
+class GcsClient:
     """A connection to one GCS. Create with `open_client` (it owns background tasks)."""
 
     def __init__(self, address: str, token: bytes | str, *, name: str = "gcs-client",
@@ -110,11 +129,12 @@ class GcsClient(LayoutTracking):
         self.max_inflight = max_inflight
         self.client_id = uuid.uuid4().hex
         self._seq = itertools.count(1)
-        self._layout: Layout | None = None
-        self._layout_changed = trio.Event()
-        self._coordinator: Any = None
-        self._conns: dict[str, Any] = {}
-        self._dialing: dict[str, trio.Lock] = {}
+        self._coordinator = CoordinatorLink(address, token, name=name, timeout=timeout)
+        # What the replicas send back on our links to them: subscription events.
+        routes = transport.Dispatcher(f"{name} replica link")
+        routes.register(Events, self._on_events, oneway=True)
+        routes.register(SubscriptionsLost, self._on_subscriptions_lost, oneway=True)
+        self._links = ReplicaLinks(token, name=name, handler=routes)
         self._writes: dict[int, ShardQueue] = {}
         self._reads: dict[int, ShardQueue] = {}
         self._seen: dict[int, int] = {}
@@ -122,9 +142,8 @@ class GcsClient(LayoutTracking):
         self._subs: dict[int, Subscription] = {}
         self._sub_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
-        self._held = HeldReplies()
         self._stats = {"writes": 0, "reads": 0, "batches": 0, "write_groups": 0, "retries": 0,
-                       "coordinator_reconnects": 0, "shard_resets": 0}
+                       "shard_resets": 0}
         #: The typed tables of the runtime (see `_tables.py`).
         self.nodes = NodeTable(self)
         self.actors = ActorTable(self)
@@ -137,46 +156,27 @@ class GcsClient(LayoutTracking):
     # ------------------------------------------------------------- connection
 
     async def aclose(self) -> None:
-        for conn in [self._coordinator, *self._conns.values()]:
-            if conn is not None:
-                with trio.move_on_after(1.0):
-                    await conn.aclose(flush_timeout=0.5)
-        self._conns.clear()
+        await self._coordinator.aclose()
+        await self._links.aclose()
 
-    async def _conn(self, address: str) -> Any:
-        conn = self._conns.get(address)
-        if conn is not None and not conn.closed:
-            return conn
-        lock = self._dialing.setdefault(address, trio.Lock())
-        async with lock:
-            conn = self._conns.get(address)
-            if conn is None or conn.closed:
-                conn = await transport.connect(address, self.token, name=self.name,
-                                               handler=self._on_message, connect_timeout=2.0)
-                self._conns[address] = conn
-        return conn
+    @property
+    def layout(self) -> Layout:
+        """Where each shard's head and tail are (as last pushed or fetched)."""
+        return self._coordinator.layout
 
-    def _forget(self, address: str, conn: Any) -> None:
-        if self._conns.get(address) is conn:
-            del self._conns[address]
+    def _on_events(self, conn: Any, message: Events) -> None:
+        subs = self._subs
+        shard = message.shard
+        for notice in message.notices:
+            sub = subs.get(notice.sub_id)
+            if sub is not None:
+                sub.deliver(shard, notice)
 
-    async def _on_message(self, conn: Any, message: Any, reply: Any) -> None:
-        tag = message[0]
-        if tag == "layout":
-            self._set_layout(message[1])
-        elif tag == "ev":
-            _, shard, batch = message
-            for sub_id, event in batch:
-                sub = self._subs.get(sub_id)
-                if sub is not None:
-                    sub._deliver(shard, event)
-        elif tag == "sublost":
-            for sub_id in message[1]:
-                sub = self._subs.get(sub_id)
-                if sub is not None:
-                    sub._resubscribe_all()
-        elif tag == "watch":
-            self._held.hold(conn, reply)  # the coordinator's probe of us: never answered
+    def _on_subscriptions_lost(self, conn: Any, message: SubscriptionsLost) -> None:
+        for sub_id in message.sub_ids:
+            sub = self._subs.get(sub_id)
+            if sub is not None:
+                sub.resubscribe_all()
 
     # --------------------------------------------------------------- batching
 
@@ -205,8 +205,9 @@ class GcsClient(LayoutTracking):
         await self._queue(self._writes, shard, write=True).submit_many(ops)
 
     async def _send_batch(self, shard: int, batch: list[Op], write: bool) -> list[Any]:
+        message: Write | Read
         if write:
-            message: tuple[Any, ...] = ("w", self.client_id, [(op.seq, op.op) for op in batch])
+            message = Write(self.client_id, [op.seq for op in batch], [op.op for op in batch])
         deadline = trio.current_time() + self.timeout
         while True:
             layout = self.layout.shards[shard]
@@ -214,11 +215,11 @@ class GcsClient(LayoutTracking):
             last_error: object = "the shard has no live replica"
             if address is not None:
                 if not write:
-                    message = ("r", self._seen.get(shard, 0), [op.op for op in batch],
-                               self._history.get(shard))
+                    message = Read(self._seen.get(shard, 0), [op.op for op in batch],
+                                   self._history.get(shard))
                 conn = None
                 try:
-                    conn = await self._conn(address)
+                    conn = await self._links.get(address)
                     timeout = max(0.05, min(self.request_timeout, deadline - trio.current_time()))
                     answer = await conn.request(message, timeout=timeout)
                 except transport.TransportError as exc:
@@ -229,14 +230,12 @@ class GcsClient(LayoutTracking):
                         if trio.current_time() < deadline:
                             self._stats["retries"] += 1
                             continue
-                    elif conn is not None:
-                        self._forget(address, conn)
                     else:
-                        self._conns.pop(address, None)
+                        self._links.forget(address, conn)
                 else:
-                    if answer[0] == "ok":
-                        seen = answer[2] if write else answer[1]
-                        history = answer[3] if len(answer) > 3 else None
+                    if isinstance(answer, WriteDone | ReadDone):
+                        seen = answer.wait if isinstance(answer, WriteDone) else answer.applied
+                        history = answer.history
                         known = self._history.get(shard)
                         if history != known and known is not None:
                             # The shard lost its state (an in-memory GCS restarted
@@ -246,11 +245,15 @@ class GcsClient(LayoutTracking):
                         elif seen > self._seen.get(shard, 0):
                             self._seen[shard] = seen
                         self._history[shard] = history
-                        return list(answer[1] if write else answer[2])
-                    if answer[0] == "err":
-                        return [answer[1]] * len(batch)
+                        return list(answer.results)
+                    if isinstance(answer, Refused):
+                        return [answer.error] * len(batch)
+                    if not isinstance(answer, Redirect):
+                        error = BadRequest(f"GCS shard {shard} ({address}) answered "
+                                           f"{type(answer).__name__} {answer!r:.200}")
+                        return [error] * len(batch)
                     last_error = f"{address} is no longer the {'head' if write else 'tail'}"
-                    if answer[1] < layout.epoch and trio.current_time() < deadline:
+                    if answer.epoch < layout.epoch and trio.current_time() < deadline:
                         # The replica has not heard of our (newer) layout yet: it will
                         # in a moment, the coordinator pushes to both at once.
                         self._stats["retries"] += 1
@@ -261,14 +264,14 @@ class GcsClient(LayoutTracking):
                     f"GCS shard {shard} did not answer within {self.timeout}s "
                     f"(last error: {last_error})", shard=shard)
             self._stats["retries"] += 1
-            await self._refresh(shard, layout.epoch, deadline)
+            await self._coordinator.refresh(shard, layout.epoch, deadline)
 
-    async def _write(self, key: Key, op: tuple[Any, ...]) -> Any:
+    async def _write(self, key: Key, op: WriteOp) -> Any:
         self._stats["writes"] += 1
         return await self._submit(self._writes, self._shard(key), Op(op, next(self._seq)),
                                   write=True)
 
-    async def _read(self, shard: int, op: tuple[Any, ...]) -> Any:
+    async def _read(self, shard: int, op: Get | Scan) -> Any:
         self._stats["reads"] += 1
         return await self._submit(self._reads, shard, Op(op), write=False)
 
@@ -290,7 +293,7 @@ class GcsClient(LayoutTracking):
         """Store ``value``; return its new version. With ``expect_version`` (0: absent)
         the write happens only if the key is at that version, else `VersionMismatch`."""
         blob = self._encode(table, key, value)
-        return int(await self._write(key, ("put", table, key, blob, expect_version)))
+        return int(await self._write(key, Put(table, key, blob, expect_version)))
 
     async def put_if_absent(self, table: str, key: Key, value: Any) -> bool:
         """Atomically store ``value`` unless the key exists; True if stored."""
@@ -304,8 +307,8 @@ class GcsClient(LayoutTracking):
         """The value and version of ``key``, or None if absent."""
         check_table(table)
         check_key(key)
-        found = await self._read(self._shard(key), ("get", table, key))
-        return None if found is None else Entry(decode(found[0]), found[1])
+        found: Row | None = await self._read(self._shard(key), Get(table, key))
+        return None if found is None else Entry(decode(found.value), found.version)
 
     async def get(self, table: str, key: Key, default: Any = None) -> Any:
         entry = await self.get_entry(table, key)
@@ -315,30 +318,32 @@ class GcsClient(LayoutTracking):
         """Delete ``key``; True if it existed."""
         check_table(table)
         check_key(key)
-        return bool(await self._write(key, ("del", table, key, None, expect_version)))
+        return bool(await self._write(key, Delete(table, key, expect_version)))
 
     async def set_add(self, table: str, key: Key, member: str | bytes | int) -> bool:
         """Atomically add ``member`` to the set stored at ``key``; True if it was new."""
         check_table(table)
         check_key(key)
-        return bool(await self._write(key, ("sadd", table, key, member, None)))
+        return bool(await self._write(key, SetAdd(table, key, member)))
 
     async def set_remove(self, table: str, key: Key, member: str | bytes | int) -> bool:
         """Atomically remove ``member`` (an emptied set deletes the key); True if present."""
         check_table(table)
         check_key(key)
-        return bool(await self._write(key, ("srem", table, key, member, None)))
+        return bool(await self._write(key, SetRemove(table, key, member)))
 
     async def mark_collectable(self, table: str, key: Key) -> bool:
         """Tell the GCS the entry is no longer needed (e.g. finished lineage): it may be
         flushed from memory once more than ``lineage_cap`` such entries exist."""
         check_table(table)
         check_key(key)
-        return bool(await self._write(key, ("mark", table, key, None, None)))
+        return bool(await self._write(key, MarkCollectable(table, key)))
 
-    async def write_many(self, ops: list[tuple[Key, tuple[Any, ...]]], *,
+    async def write_many(self, ops: list[tuple[Key, WriteOp]], *,
                          return_exceptions: bool = False) -> list[Any]:
-        """Run many prepared writes ``[(key, op), ...]`` with one waiting task per shard.
+        """Run many prepared writes ``[(key, op), ...]`` (``op`` a `gcs.messages` write:
+        `Put`, `Delete`, `SetAdd`, `SetRemove`, `MarkCollectable`) with one waiting
+        task per shard.
 
         Each op is applied once, exactly like its single-call form (it gets its own
         client sequence number, so a retried batch is answered, not reapplied), but
@@ -391,8 +396,8 @@ class GcsClient(LayoutTracking):
         would be stored by reference; what pickle refuses falls back to cloudpickle.
         """
         encode_ = self._encode_plain if plain_pickle else self._encode
-        ops = [(key, ("put", table, key, encode_(table, key, value), None))
-               for key, value in items]
+        ops: list[tuple[Key, WriteOp]] = [(key, Put(table, key, encode_(table, key, value)))
+                                          for key, value in items]
         return await self.write_many(ops, return_exceptions=return_exceptions)
 
     def _encode_plain(self, table: str, key: Key, value: Any) -> bytes:
@@ -412,7 +417,7 @@ class GcsClient(LayoutTracking):
         check_table(table)
         for key in keys:
             check_key(key)
-        return await self.write_many([(key, ("mark", table, key, None, None)) for key in keys],
+        return await self.write_many([(key, MarkCollectable(table, key)) for key in keys],
                                      return_exceptions=return_exceptions)
 
     async def update(self, table: str, key: Key, fn: Callable[[Any], Any], *,
@@ -440,8 +445,9 @@ class GcsClient(LayoutTracking):
         rows: list[tuple[Key, Entry]] = []
 
         async def one(shard: int) -> None:
-            for key, value, version in await self._read(shard, ("scan", table, prefix, limit)):
-                rows.append((key, Entry(decode(value), version)))
+            found: list[Row] = await self._read(shard, Scan(table, prefix, limit))
+            for row in found:
+                rows.append((row.key, Entry(decode(row.value), row.version)))
 
         async with trio.open_nursery() as nursery:
             for shard in range(len(self.layout.shards)):
@@ -462,22 +468,22 @@ class GcsClient(LayoutTracking):
             prefix = "" if prefix is None else prefix
             check_key(prefix)
             shards = list(range(len(self.layout.shards)))
-        sub = Subscription(self, next(self._sub_ids), table, key, prefix)
+        sub = Subscription(self._links, self._coordinator, self.timeout, next(self._sub_ids),
+                           table, key, prefix)
         self._subs[sub.sub_id] = sub
         assert self._nursery is not None
         try:
             # The keepers live in the client's nursery (so an error in the body of this
             # block is not wrapped in an exception group) and are cancelled on exit.
             for shard in shards:
-                await self._nursery.start(sub._keep, shard)
+                await self._nursery.start(sub.keep, shard)
             yield sub
         finally:
             self._subs.pop(sub.sub_id, None)
-            for scope in sub._scopes:
-                scope.cancel()
-            for conn, sub_id in sub._attached():
+            sub.stop()
+            for conn in sub.attached():
                 try:
-                    conn.send_nowait(("unsub", sub_id))
+                    conn.send_nowait(Unsubscribe(sub.sub_id))
                 except transport.TransportError:
                     pass
 
@@ -489,11 +495,11 @@ class GcsClient(LayoutTracking):
             batches=stats["batches"],
             write_groups=stats["write_groups"],
             retries=stats["retries"],
-            coordinator_reconnects=stats["coordinator_reconnects"],
+            coordinator_reconnects=self._coordinator.reconnects,
             shard_resets=stats["shard_resets"],
-            connections=len(self._conns),
+            connections=len(self._links),
             subscriptions=len(self._subs),
-            layout=self._layout,
+            layout=self._coordinator.known_layout,
         )
 
 
@@ -511,10 +517,10 @@ async def open_client(address: str, token: bytes | str, *, name: str = "gcs-clie
                        request_timeout=request_timeout)
     failure: BaseException | None = None
     try:
-        await client._connect()
+        await client._coordinator.connect()
         async with trio.open_nursery() as nursery:
             client._nursery = nursery
-            nursery.start_soon(client._keep_coordinator)
+            nursery.start_soon(client._coordinator.keep)
             try:
                 yield client
             except BaseException as exc:

@@ -1,8 +1,8 @@
 """How the client turns user values into stored bytes and back.
 
 Values are pickled by the client (cloudpickle) and are opaque ``bytes`` to the
-replicas, which never unpickle user data (see `_protocol.py`). Kept apart from the
-client so its subscriptions decode events with the same function as its reads.
+replicas, which never unpickle user data (see `_messages.py`). Kept apart from the
+client so its subscriptions and typed tables share the decoding and `Entry`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,18 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+import attrs
 import cloudpickle
 
-__all__ = ["decode", "encode"]
+__all__ = ["Entry", "decode", "encode"]
+
+
+@attrs.frozen
+class Entry:
+    """A stored value with its version (the sequence number that last wrote it)."""
+
+    value: Any
+    version: int
 
 
 def encode(value: Any) -> bytes:

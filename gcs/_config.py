@@ -1,10 +1,14 @@
-"""`GcsConfig`: everything the node needs to decide to build a GCS."""
+"""`GcsConfig`: everything the node needs to decide to build a GCS; `LaunchParams`:
+what a replica process is started with."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import attrs
 
-__all__ = ["GcsConfig"]
+__all__ = ["GcsConfig", "LaunchParams"]
 
 
 def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -63,3 +67,31 @@ class GcsConfig:
     @property
     def use_processes(self) -> bool:
         return self.replicas >= 2 if self.processes is None else self.processes
+
+
+@attrs.frozen(kw_only=True)
+class LaunchParams:
+    """What a replica process is started with (one JSON line on its stdin)."""
+
+    config: GcsConfig
+    shard: int
+    name: str
+    token: bytes
+    coordinator: str
+    #: The node's TLS config for TCP links (`transport.TlsConfig.as_dict`), or None.
+    tls: dict[str, Any] | None
+    insecure: bool
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "config": attrs.asdict(self.config), "shard": self.shard, "name": self.name,
+            "token": self.token.hex(), "coordinator": self.coordinator, "tls": self.tls,
+            "insecure": self.insecure})
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> LaunchParams:
+        raw = json.loads(line)
+        return cls(config=GcsConfig(**raw["config"]), shard=int(raw["shard"]),
+                   name=str(raw["name"]), token=bytes.fromhex(raw["token"]),
+                   coordinator=str(raw["coordinator"]), tls=raw["tls"],
+                   insecure=bool(raw["insecure"]))

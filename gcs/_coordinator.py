@@ -5,21 +5,25 @@ small and its state is rebuilt from the replicas' registrations.
 
 Membership protocol
 -------------------
-* A replica, once listening, dials the coordinator and sends ``register``. If its
+* A replica, once listening, dials the coordinator and sends `Register`. If its
   shard has no chain yet, it is told ``"seed"``: it recovers the shard from the
-  durable logs (if any) and reports ``seeded``; it becomes a chain of one. Otherwise
+  durable logs (if any) and reports `Seeded`; it becomes a chain of one. Otherwise
   it is told ``"join"`` and queued; the coordinator makes the first queued replica the
   *learner* behind the tail (state transfer, see `_replica.py`), and when the tail
-  reports the learner caught up (``promote``) appends it to the chain.
-* Failure detection: the coordinator keeps a never-answered ``watch`` request pending
+  reports the learner caught up (`Promote`) appends it to the chain.
+* Failure detection: the coordinator keeps a never-answered `Watch` request pending
   on each replica's connection, so a process death (the kernel closes its sockets)
-  fails it at once; a periodic ``ping`` with a timeout catches a hung replica. A dead
+  fails it at once; a periodic `Ping` with a timeout catches a hung replica. A dead
   replica is cut out of the chain: predecessor and successor become neighbours, the
-  head or tail role moves on; a replica cut out while alive is told ``removed`` and
+  head or tail role moves on; a replica cut out while alive is told `Removed` and
   exits (its supervisor restarts it, and it rejoins as a fresh learner).
-* Every change bumps the shard's epoch and is pushed to all its replicas (``config``)
-  and to all connected clients (``layout``). Clients also ask for the layout after
-  an error, so a lost push costs a round trip, never correctness.
+* Every change bumps the shard's epoch and is pushed to all its replicas
+  (`Reconfigure`) and to all connected clients (`LayoutChanged`). Clients also ask
+  for the layout after an error (`GetLayout`), so a lost push costs a round trip,
+  never correctness.
+* Messages: the coordinator's listener dispatches through one `transport.Dispatcher`
+  (`_routes`); a message it does not handle, or with wrong fields, fails with
+  `BadRequest` and it serves on.
 
 Restart (recovery from the replicas)
 ------------------------------------
@@ -31,11 +35,11 @@ replicas, which stay alive in their own processes (the ``gcs`` supervisor is
 ``one_for_one``: the shards are not restarted with it):
 
 * A replica whose coordinator link dies redials the same address with retry and
-  registers again with a *report*: its chain view (a `ChainConfig`), ``applied``,
-  ``acked``, and whether it seeded its shard. A fresh replica sends the same report
-  with epoch 0.
+  registers again with a report (`Progress`): its chain view (a `ChainConfig`),
+  ``applied``, ``acked``, and whether it seeded its shard. A fresh replica sends the
+  same report with epoch 0.
 * A restarted coordinator (``recover=True``) holds every shard in *recovery*: it
-  answers no registration, decides nothing and makes clients' ``hello``/``layout``
+  answers no registration, decides nothing and makes clients' `Hello`/`GetLayout`
   wait, until it has heard enough. A shard is recovered as soon as (a) all R slots
   registered, or (b) every member (chain and learner) of the highest-epoch view
   reported so far registered or is known to have exited (the node's supervising
@@ -100,7 +104,26 @@ import trio
 import transport
 
 from ._config import GcsConfig
-from ._protocol import ChainConfig, Layout, ShardLayout
+from ._errors import BadRequest
+from ._messages import (
+    Assigned,
+    ChainConfig,
+    GetLayout,
+    Hello,
+    Layout,
+    LayoutChanged,
+    Ping,
+    Progress,
+    Promote,
+    Reconfigure,
+    Register,
+    Removed,
+    Seeded,
+    ShardLayout,
+    Stats,
+    Suspect,
+    Watch,
+)
 from ._watch import HeldReplies
 
 __all__ = ["ChainStatistics", "Coordinator", "CoordinatorStatistics"]
@@ -124,8 +147,8 @@ class _Shard:
     seeding: str | None = None
     joiners: deque[str] = attrs.Factory(deque)
     failovers: int = 0
-    #: While recovering after a restart: name -> (report, held register reply).
-    registrants: dict[str, tuple[Any, Any]] | None = None
+    #: While recovering after a restart: name -> (its progress, held register reply).
+    registrants: dict[str, tuple[Progress, Any]] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -149,8 +172,8 @@ class ChainStatistics:
 
 @attrs.frozen(kw_only=True)
 class CoordinatorStatistics:
-    """Figures of the GCS coordinator, from `Coordinator.statistics()` (its
-    ``("stats",)`` request answers them as a dict of plain lists and dicts).
+    """Figures of the GCS coordinator, from `Coordinator.statistics()` (and its
+    `Stats` request).
 
     Attributes:
       address: where replicas and clients reach it.
@@ -170,16 +193,6 @@ class CoordinatorStatistics:
     removed_total: int
     suspects: int
     removals: tuple[tuple[str, str], ...]
-
-
-def _as_list(_inst: Any, _field: Any, value: Any) -> Any:
-    """``attrs.asdict`` hook: tuples go on the wire as lists (as they always have)."""
-    return list(value) if type(value) is tuple else value
-
-
-def _has_state(report: Any) -> bool:
-    """A registrant holding a shard's state (it was in a chain, or seeded it)."""
-    return report is not None and (report[0].epoch > 0 or bool(report[3]))
 
 
 class Coordinator:
@@ -226,6 +239,7 @@ class Coordinator:
         #: Recovery figures (seconds from start to each shard's decision).
         self.recovery: dict[str, Any] = {"recover": recover, "shards": {}}
         self._started_at = 0.0
+        self._routes = self._dispatcher()
 
     def snapshot(self) -> dict[str, Any]:
         return {"kind": "gcs_coordinator", "address": self.address,
@@ -242,7 +256,7 @@ class Coordinator:
             self._nursery = nursery
             self._running = True
             self._started_at = trio.current_time()
-            server = transport.Server(self.listen, self.token, self._on_message,
+            server = transport.Server(self.listen, self.token, self._routes,
                                       name="gcs/coordinator")
             self.address = await nursery.start(server.run)
             if self.recovering:
@@ -317,47 +331,68 @@ class Coordinator:
 
     # ----------------------------------------------------------------- messages
 
-    async def _on_message(self, conn: Any, message: Any, reply: Any) -> None:
-        tag = message[0] if isinstance(message, tuple) and message else None
-        if tag == "register":
-            self._on_register(conn, message, reply)
-        elif tag == "seeded":
-            _, shard, name = message
-            state = self._shards[shard]
-            if state.seeding == name and name in self._members:
-                state.seeding = None
-                self._reconfigure(shard, chain=(name,))
-            if reply is not None:
-                reply.send("ok")
-        elif tag == "promote":
-            _, shard, name, _epoch = message
-            cfg = self._shards[shard].config
-            if cfg.learner == name and name in self._members:
-                self._reconfigure(shard, chain=(*cfg.chain, name), learner=None)
-        elif tag == "suspect":
-            # A replica's probe of its successor timed out: cut the successor out (if
-            # the reporter were the broken one, its own heartbeat would fail too).
-            _, shard, name, reporter = message
-            member = self._members.get(name)
-            if (member is not None and member.shard == shard and reporter in self._members
-                    and self._shards[shard].config.successor(reporter) == name):
-                self.suspects += 1
-                self._declare_dead(member, f"suspected by {reporter}")
-        elif tag in ("hello", "layout"):
+    def _dispatcher(self) -> transport.Dispatcher:
+        d = transport.Dispatcher("gcs/coordinator", refuse=_refuse)
+        d.register(Register, self._on_register)
+        d.register(Seeded, self._on_seeded)
+        d.register(Promote, self._on_promote, oneway=True)
+        d.register(Suspect, self._on_suspect, oneway=True)
+        d.register(Hello, self._on_hello)
+        d.register(GetLayout, self._on_get_layout)
+        d.register(Watch, self._on_watch)
+        d.register(Stats, self._on_stats)
+        return d
+
+    def _shard_state(self, shard: int) -> _Shard:
+        if not 0 <= shard < len(self._shards):
+            raise BadRequest(f"GCS coordinator: no shard {shard!r}; it has "
+                             f"{len(self._shards)}", shard=shard)
+        return self._shards[shard]
+
+    def _on_seeded(self, conn: Any, message: Seeded, reply: Any) -> None:
+        state = self._shard_state(message.shard)
+        if state.seeding == message.name and message.name in self._members:
+            state.seeding = None
+            self._reconfigure(message.shard, chain=(message.name,))
+        reply.send(None)
+
+    def _on_promote(self, conn: Any, message: Promote) -> None:
+        cfg = self._shard_state(message.shard).config
+        if cfg.learner == message.name and message.name in self._members:
+            self._reconfigure(message.shard, chain=(*cfg.chain, message.name), learner=None)
+
+    def _on_suspect(self, conn: Any, message: Suspect) -> None:
+        # A replica's probe of its successor timed out: cut the successor out (if
+        # the reporter were the broken one, its own heartbeat would fail too).
+        member = self._members.get(message.name)
+        if (member is not None and member.shard == message.shard
+                and message.reporter in self._members
+                and self._shard_state(message.shard).config.successor(message.reporter)
+                == message.name):
+            self.suspects += 1
+            self._declare_dead(member, f"suspected by {message.reporter}")
+
+    def _on_hello(self, conn: Any, message: Hello, reply: Any) -> None:
+        assert self._nursery is not None
+        self._clients.add(conn)
+        self._nursery.start_soon(self._watch_client, conn)
+        self._send_layout(reply)
+
+    def _on_get_layout(self, conn: Any, message: GetLayout, reply: Any) -> None:
+        self._send_layout(reply)
+
+    def _send_layout(self, reply: Any) -> None:
+        if self._recovered.is_set():
+            reply.send(self.layout())
+        else:
             assert self._nursery is not None
-            if tag == "hello":
-                self._clients.add(conn)
-                self._nursery.start_soon(self._watch_client, conn)
-            if self._recovered.is_set():
-                reply.send(self.layout())
-            else:
-                self._nursery.start_soon(self._layout_after_recovery, reply)
-        elif tag == "watch":
-            self._held.hold(conn, reply)  # never answered: fails at the replica when we die
-        elif tag == "stats":
-            reply.send(attrs.asdict(self.statistics(), value_serializer=_as_list))
-        elif reply is not None:
-            reply.fail(ValueError(f"GCS coordinator: unknown request {message!r:.200}"))
+            self._nursery.start_soon(self._layout_after_recovery, reply)
+
+    def _on_watch(self, conn: Any, message: Watch, reply: Any) -> None:
+        self._held.hold(conn, reply)  # never answered: fails at the replica when we die
+
+    def _on_stats(self, conn: Any, message: Stats, reply: Any) -> None:
+        reply.send(self.statistics())
 
     async def _layout_after_recovery(self, reply: Any) -> None:
         await self._recovered.wait()  # bounded by recovery_grace
@@ -366,38 +401,35 @@ class Coordinator:
         except transport.TransportError:
             pass
 
-    def _on_register(self, conn: Any, message: Any, reply: Any) -> None:
-        _, shard, name, address, pid, *rest = message
-        report = rest[0] if rest else None
-        if not isinstance(shard, int) or not 0 <= shard < len(self._shards):
-            reply.fail(ValueError(f"GCS coordinator: no shard {shard!r}"))
-            return
-        member = _Member(name=name, shard=shard, address=address, pid=pid, conn=conn)
+    def _on_register(self, conn: Any, message: Register, reply: Any) -> None:
+        name, shard, progress = message.name, message.shard, message.progress
+        state = self._shard_state(shard)
+        member = _Member(name=name, shard=shard, address=message.address, pid=message.pid,
+                         conn=conn)
         self._members[name] = member  # replaces an earlier link of the same replica
         assert self._nursery is not None
         self._nursery.start_soon(self._watch_replica, member)
-        state = self._shards[shard]
         if state.registrants is not None:
-            state.registrants[name] = (report, reply)
+            state.registrants[name] = (progress, reply)
             self._check_recovered(shard)
             return
         cfg = state.config
         if name in cfg.chain or name == cfg.learner:
             # Its link to us blipped: it carries on with the config it has.
-            reply.send("resume")
-            self._push(conn, ("config", cfg))
+            reply.send(Assigned("resume"))
+            self._push(conn, Reconfigure(cfg))
             return
-        if _has_state(report):
+        if progress.has_state:
             # Cut out of its chain (or of a recovered one) while it was away.
-            reply.send("removed")
+            reply.send(Assigned("removed"))
             self._declare_dead(member, "registered with a stale chain view")
             return
         if not state.config.chain and state.seeding is None and state.config.learner is None:
             state.seeding = name
-            reply.send("seed")
+            reply.send(Assigned("seed"))
         else:
             state.joiners.append(name)
-            reply.send("join")
+            reply.send(Assigned("join"))
             self._advance(shard)
 
     # ----------------------------------------------------------------- recovery
@@ -424,7 +456,7 @@ class Coordinator:
         state = self._shards[shard]
         regs = state.registrants
         assert regs is not None
-        views = [rep[0] for rep, _ in regs.values() if rep is not None and rep[0].epoch > 0]
+        views = [progress.chain for progress, _ in regs.values() if progress.chain.epoch > 0]
         best = max(views, key=lambda v: v.epoch) if views else None
         done = force or len(regs) >= self.config.replicas
         if best is not None and not done:
@@ -438,8 +470,7 @@ class Coordinator:
         regs = state.registrants
         assert regs is not None
         state.registrants = None
-        epoch = max((rep[0].epoch for rep, _ in regs.values() if rep is not None),
-                    default=0)
+        epoch = max((progress.chain.epoch for progress, _ in regs.values()), default=0)
         epoch = max(epoch, self.epochs.get(shard, 0))
         chain = tuple(n for n in best.chain if n in regs) if best is not None else ()
         learner = (best.learner if best is not None and chain and best.learner in regs
@@ -450,21 +481,21 @@ class Coordinator:
         else:
             # No chain member survived. A replica that seeded the shard (its "seeded"
             # was lost in the crash) becomes the chain; else the first one seeds it.
-            seeded = [n for n, (rep, _) in regs.items()
-                      if rep is not None and rep[3] and rep[0].epoch == 0]
+            seeded = [n for n, (progress, _) in regs.items()
+                      if progress.seeded and progress.chain.epoch == 0]
             keep = set(seeded[:1])
             chain = tuple(keep)
             if not chain and regs:
                 # The most advanced registrant seeds: a surviving learner holds a
                 # committed prefix of the history (the best left in memory); with
                 # durable logs the seed recovers the longest log anyway.
-                state.seeding = max(regs, key=lambda n: regs[n][0][1] if regs[n][0] else -1)
+                state.seeding = max(regs, key=lambda n: regs[n][0].applied)
                 answers[state.seeding] = "seed"
-        for name, (rep, _) in regs.items():
+        for name, (progress, _) in regs.items():
             if name in keep:
                 answers[name] = "resume"
             elif name not in answers:
-                answers[name] = "removed" if _has_state(rep) else "join"
+                answers[name] = "removed" if progress.has_state else "join"
         if best is not None:
             self.dead.update(n for n in (*best.chain, best.learner)
                              if n is not None and n not in regs)
@@ -476,7 +507,7 @@ class Coordinator:
             if answers[name] == "join":
                 state.joiners.append(name)
             try:
-                reply.send(answers[name])
+                reply.send(Assigned(answers[name]))
             except transport.TransportError:
                 pass
         state.config = ChainConfig(shard=shard, epoch=epoch, chain=(), addresses={})
@@ -525,10 +556,10 @@ class Coordinator:
             learner=new_learner,
         )
         for name in names:
-            self._push(self._members[name].conn, ("config", cfg))
-        layout = self.layout()
+            self._push(self._members[name].conn, Reconfigure(cfg))
+        changed = LayoutChanged(self.layout())
         for client in list(self._clients):
-            self._push(client, ("layout", layout))
+            self._push(client, changed)
         self._changed.set()
         self._changed = trio.Event()
         if new_learner is None:
@@ -548,7 +579,7 @@ class Coordinator:
         async def watch() -> None:
             try:
                 while True:  # an answer (None) only means "ask again"
-                    await member.conn.request(("watch",), timeout=None)
+                    await member.conn.request(Watch(), timeout=None)
             except transport.TransportError as exc:
                 reason[0] = f"link lost: {type(exc).__name__}"
             nursery.cancel_scope.cancel()
@@ -557,8 +588,7 @@ class Coordinator:
             while True:
                 await trio.sleep(self.config.heartbeat_interval)
                 try:
-                    await member.conn.request(("ping",),
-                                              timeout=self.config.heartbeat_timeout)
+                    await member.conn.request(Ping(), timeout=self.config.heartbeat_timeout)
                 except transport.TransportError as exc:
                     reason[0] = f"heartbeat failed: {type(exc).__name__}"
                     nursery.cancel_scope.cancel()
@@ -572,7 +602,7 @@ class Coordinator:
     async def _watch_client(self, conn: Any) -> None:
         try:
             while True:  # an answer (None) only means "ask again"
-                await conn.request(("watch",), timeout=None)
+                await conn.request(Watch(), timeout=None)
         except transport.TransportError:
             pass
         self._clients.discard(conn)
@@ -595,7 +625,7 @@ class Coordinator:
         self.dead.add(member.name)
         self.removed_total += 1
         state.joiners = deque(n for n in state.joiners if n != member.name)
-        self._push(member.conn, ("removed",))
+        self._push(member.conn, Removed())
         assert self._nursery is not None
         self._nursery.start_soon(_close, member.conn)
         self._changed.set()
@@ -627,7 +657,11 @@ class Coordinator:
             state.joiners.clear()
             for name in stragglers:
                 if name in self._members:
-                    self._push(self._members[name].conn, ("removed",))
+                    self._push(self._members[name].conn, Removed())
+
+
+def _refuse(conn: Any, reply: Any, error: transport.BadMessage) -> None:
+    reply.fail(BadRequest(f"GCS coordinator: {error}"))
 
 
 async def _close(conn: Any) -> None:

@@ -1,26 +1,31 @@
-"""Wire vocabulary shared by clients, replicas and the coordinator.
-
-Messages are plain tuples whose first item is a short tag (cheap to pickle, and the
-replicas never import user classes: user values travel as opaque ``bytes`` pickled
-by the client). This module also holds the table list, the request validation every
-replica applies before touching its state, and the key-to-shard hash.
+"""What every part of the GCS agrees on besides the messages (`_messages.py`): the
+table list, the key-to-shard hash, and the checks the head applies to every write
+and the tail to every read before they touch the shard's state.
 """
 
 from __future__ import annotations
 
+import reprlib
 import zlib
-from typing import Any
-
-import attrs
 
 from ._errors import BadRequest, UnknownTable, ValueTooLarge
+from ._messages import (
+    Delete,
+    Get,
+    Key,
+    MarkCollectable,
+    Put,
+    ReadOp,
+    Scan,
+    SetAdd,
+    SetRemove,
+    WriteOp,
+)
 
 __all__ = [
     "TABLES",
     "RPC_TIMEOUT",
-    "ChainConfig",
-    "Layout",
-    "ShardLayout",
+    "Key",
     "check_key",
     "check_table",
     "shard_of",
@@ -48,10 +53,8 @@ TABLES: frozenset[str] = frozenset(
     }
 )
 
-Key = str | bytes
-
-WRITE_OPS = frozenset({"put", "del", "sadd", "srem", "mark"})
-READ_OPS = frozenset({"get", "scan"})
+WRITE_OPS = (Put, Delete, SetAdd, SetRemove, MarkCollectable)
+READ_OPS = (Get, Scan)
 _MEMBER_TYPES = (str, bytes, int)
 
 
@@ -79,106 +82,78 @@ def check_key(key: object) -> Key:
     return key
 
 
-def validate_write(op: object, max_value_bytes: int) -> tuple[Any, ...]:
-    """Check one write ``(op, table, key, arg, expect)``; raise a `BadRequest` naming the fault."""
-    if not isinstance(op, tuple) or len(op) != 5:
-        raise BadRequest(f"a write must be (op, table, key, arg, expect), got {op!r:.200}")
-    kind, table, key, arg, expect = op
-    if kind not in WRITE_OPS:
-        raise BadRequest(f"unknown write operation {kind!r}; expected one of {sorted(WRITE_OPS)}")
-    check_table(table)
-    check_key(key)
-    if expect is not None and (not isinstance(expect, int) or expect < 0):
+def _check_expect(expect: object) -> None:
+    if expect is not None and (type(expect) is not int or expect < 0):
         raise BadRequest(f"expected version must be None or an int >= 0, got {expect!r}")
-    if kind == "put":
-        if not isinstance(arg, bytes | frozenset):
+
+
+# Exact types (``type(op) is``): a subclass is not one of our messages, and the
+# check is a third of the cost of ``isinstance`` on the per-operation path.
+
+
+def validate_write(op: object, max_value_bytes: int) -> WriteOp:
+    """Check one write operation; raise a `BadRequest` naming the fault."""
+    if type(op) is Put:
+        assert isinstance(op, Put)
+        check_table(op.table)
+        check_key(op.key)
+        _check_expect(op.expect)
+        value = op.value
+        if not isinstance(value, bytes | frozenset):
             raise BadRequest(
-                f"a put value must be bytes (pickled by the client), got {type(arg).__name__}"
+                f"a put value must be bytes (pickled by the client), got {type(value).__name__}"
             )
-        size = len(arg) if isinstance(arg, bytes) else len(arg) * 16
+        size = len(value) if isinstance(value, bytes) else len(value) * 16
         if size > max_value_bytes:
             raise ValueTooLarge(
-                f"value for {table}[{key!r:.80}] is {size} bytes, over the limit of "
+                f"value for {op.table}[{op.key!r:.80}] is {size} bytes, over the limit of "
                 f"{max_value_bytes} bytes",
                 size=size,
                 limit=max_value_bytes,
-                table=table,
-                key=key,
+                table=op.table,
+                key=op.key,
             )
-    elif kind in ("sadd", "srem") and not isinstance(arg, _MEMBER_TYPES):
-        raise BadRequest(f"a set member must be str, bytes or int, got {type(arg).__name__}")
-    return op
+        return op
+    if type(op) is Delete:
+        assert isinstance(op, Delete)
+        check_table(op.table)
+        check_key(op.key)
+        _check_expect(op.expect)
+        return op
+    if type(op) is SetAdd or type(op) is SetRemove:
+        assert isinstance(op, SetAdd | SetRemove)
+        check_table(op.table)
+        check_key(op.key)
+        if not isinstance(op.member, _MEMBER_TYPES):
+            raise BadRequest(
+                f"a set member must be str, bytes or int, got {type(op.member).__name__}")
+        return op
+    if type(op) is MarkCollectable:
+        assert isinstance(op, MarkCollectable)
+        check_table(op.table)
+        check_key(op.key)
+        return op
+    raise BadRequest(
+        f"unknown write operation {_describe(op)}; expected one of "
+        f"{', '.join(c.__name__ for c in WRITE_OPS)}")
 
 
-def validate_read(op: object) -> tuple[Any, ...]:
-    """Check one read ``("get", table, key)`` or ``("scan", table, prefix, limit)``."""
-    if not isinstance(op, tuple) or not op or op[0] not in READ_OPS:
-        raise BadRequest(f"a read must be ('get', table, key) or ('scan', ...), got {op!r:.200}")
-    if op[0] == "get":
-        if len(op) != 3:
-            raise BadRequest(f"a get must be ('get', table, key), got {op!r:.200}")
-        check_table(op[1])
-        check_key(op[2])
-    else:
-        if len(op) != 4:
-            raise BadRequest(f"a scan must be ('scan', table, prefix, limit), got {op!r:.200}")
-        check_table(op[1])
-        check_key(op[2])
-        if op[3] is not None and (not isinstance(op[3], int) or op[3] < 0):
-            raise BadRequest(f"scan limit must be None or an int >= 0, got {op[3]!r}")
-    return op
+def validate_read(op: object) -> ReadOp:
+    """Check one read operation (`Get` or `Scan`); raise a `BadRequest` naming the fault."""
+    if type(op) is Get:
+        assert isinstance(op, Get)
+        check_table(op.table)
+        check_key(op.key)
+        return op
+    if type(op) is Scan:
+        assert isinstance(op, Scan)
+        check_table(op.table)
+        check_key(op.prefix)
+        if op.limit is not None and (type(op.limit) is not int or op.limit < 0):
+            raise BadRequest(f"scan limit must be None or an int >= 0, got {op.limit!r}")
+        return op
+    raise BadRequest(f"unknown read operation {_describe(op)}; expected Get or Scan")
 
 
-@attrs.frozen
-class ChainConfig:
-    """One shard's chain as the coordinator decided it (what replicas obey).
-
-    ``chain`` lists replica names head first; ``addresses`` maps names to addresses;
-    ``learner`` is a replica catching up behind the tail (not yet in the chain).
-    """
-
-    shard: int
-    epoch: int
-    chain: tuple[str, ...]
-    addresses: dict[str, str] = attrs.field(hash=False)
-    learner: str | None = None
-
-    def position(self, name: str) -> int | None:
-        try:
-            return self.chain.index(name)
-        except ValueError:
-            return None
-
-    def predecessor(self, name: str) -> str | None:
-        if name == self.learner:
-            return self.chain[-1] if self.chain else None
-        i = self.position(name)
-        return self.chain[i - 1] if i else None
-
-    def successor(self, name: str) -> str | None:
-        i = self.position(name)
-        if i is None:
-            return None
-        if i + 1 < len(self.chain):
-            return self.chain[i + 1]
-        return self.learner
-
-
-@attrs.frozen
-class ShardLayout:
-    """What clients need of one shard: where to write (head) and read (tail)."""
-
-    shard: int
-    epoch: int
-    head: str | None
-    tail: str | None
-
-
-@attrs.frozen
-class Layout:
-    """The whole GCS as clients see it; cached and refreshed on error or on push."""
-
-    shards: tuple[ShardLayout, ...]
-    max_value_bytes: int
-    #: Identifies the coordinator incarnation: epochs only compare within one.
-    generation: str = ""
+def _describe(op: object) -> str:
+    return f"{type(op).__name__} {reprlib.repr(op)}"

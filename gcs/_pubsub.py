@@ -1,13 +1,14 @@
 """`Publisher`: a replica's subscriptions and their ordered, bounded delivery.
 
 A subscription is (connection, id, table, key or prefix). Updates are published when
-they are *committed* (see `_replica.py`), as events ``(seq, table, key, value,
-deleted)``; the shard's sequence number lets a subscriber resume elsewhere without a
-gap or a duplicate. All subscriptions of one connection share one outbox, drained by
-one task in commit order. An outbox over ``OUTBOX_LIMIT`` events (a subscriber that
-does not keep up) is emptied and its subscriptions dropped with a ``sublost``
-notice; the client resubscribes from its last sequence number (replayed from the
-replica's log if still there, else it gets `SubscriptionLost`).
+they are *committed* (see `_replica.py`), as `Notice` records (subscription id, seq,
+table, key, value, deleted) sent in `Events` messages; the shard's sequence number lets a
+subscriber resume elsewhere without a gap or a duplicate. All subscriptions of one
+connection share one outbox, drained by one task in commit order. An outbox over
+``OUTBOX_LIMIT`` events (a subscriber that does not keep up) is emptied and its
+subscriptions dropped with a `SubscriptionsLost` message; the client resubscribes
+from its last sequence number (replayed from the replica's log if still there, else
+it gets `SubscriptionLost`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import trio
 
 import transport
 
+from ._messages import Events, Notice, SubscriptionsLost
 from ._state import Update
 
 __all__ = ["OUTBOX_LIMIT", "Publisher", "PublisherStatistics"]
@@ -45,14 +47,14 @@ class _Subscription:
 @attrs.define(eq=False)
 class _Outbox:
     conn: Any
-    events: deque[tuple[Any, Any]] = attrs.Factory(deque)
+    events: deque[Notice] = attrs.Factory(deque)
     wakeup: trio.Event = attrs.Factory(trio.Event)
     subs: dict[Any, _Subscription] = attrs.Factory(dict)
 
 
-def event_of(update: Update) -> tuple[Any, ...]:
-    seq, kind, table, key, value, _ = update
-    return (seq, table, key, value if kind == "P" else None, kind == "D")
+def notice_of(sub_id: Any, update: Update) -> Notice:
+    seq, kind, table, key, value, _, _, _ = update
+    return Notice(sub_id, seq, table, key, value if kind == "P" else None, kind == "D")
 
 
 @attrs.frozen(kw_only=True)
@@ -98,7 +100,7 @@ class Publisher:
             if update[0] > upto:
                 break
             if update[1] in "PD" and update[2] == table and sub.matches(update[3]):
-                box.events.append((sub_id, event_of(update)))
+                box.events.append(notice_of(sub_id, update))
         box.wakeup.set()
 
     def unsubscribe(self, conn: Any, sub_id: Any) -> None:
@@ -112,17 +114,15 @@ class Publisher:
         if not subs_by_table:
             return
         for update in updates:
-            if update[1] not in "PD":
+            if update[1] not in "PD":  # (seq, kind, table, key, ...): see `_state`
                 continue
             subs = subs_by_table.get(update[2])
             if not subs:
                 continue
-            event = None
             for sub in subs:
                 if sub.matches(update[3]):
-                    event = event or event_of(update)
                     box = sub.outbox
-                    box.events.append((sub.sub_id, event))
+                    box.events.append(notice_of(sub.sub_id, update))
                     box.wakeup.set()
                     self.published += 1
 
@@ -147,11 +147,11 @@ class Publisher:
                         self._drop(box, sub_id)
                     box.events.clear()
                     self.dropped_slow += len(lost)
-                    await box.conn.send(("sublost", lost))
+                    await box.conn.send(SubscriptionsLost(lost))
                     continue
                 count = min(len(box.events), _EVENTS_PER_MESSAGE)
                 batch = [box.events.popleft() for _ in range(count)]
-                await box.conn.send(("ev", self.shard, batch))
+                await box.conn.send(Events(self.shard, batch))
         except transport.TransportError:
             pass
         finally:

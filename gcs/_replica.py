@@ -10,17 +10,18 @@ per-shard epoch, and an older epoch is ignored). From it a replica derives its r
 * head (first of ``chain``): executes client writes (`ShardState.execute`), which
   numbers them; the reply waits in ``_pending`` until the tail's acknowledgement
   for its sequence number comes back up the chain.
-* successor link (`_chain_link.py`): every replica with a successor (the next chain
-  member, or the *learner* behind the tail) runs `_forwarder`: it dials the
-  successor, asks in a ``sync`` request how far it got (its ``applied``), then
-  streams every later update from the log in batches (``fw``). If the successor is further behind than the log
-  reaches -- a fresh replacement -- it first sends a snapshot (``snap``): *that is
-  state transfer*, and it is the same code path as chain repair. A successor accepts
-  ``fw``/``snap`` only on the connection whose ``sync`` it accepted, and accepts that
-  only from the predecessor its own config names (waiting briefly for a newer
-  config if the dialer's epoch is ahead).
+* successor link (`ChainLink`, `_chain_link.py`, a component with its own state):
+  every replica with a successor (the next chain member, or the *learner* behind
+  the tail) dials it, asks in a `Sync` request how far it got (its ``applied``),
+  then streams every later update from the log in batches (`Forward`). If the
+  successor is further behind than the log reaches -- a fresh replacement -- it
+  first sends a snapshot (`Transfer`): *that is state transfer*, and it is the same
+  code path as chain repair. A successor accepts `Forward`/`Transfer` only on the
+  connection whose `Sync` it accepted, and accepts that only from the predecessor
+  its own config names (waiting briefly for a newer config if the dialer's epoch
+  is ahead).
 * tail (last of ``chain``): commits what it applies at once and sends a cumulative
-  ``ack`` upstream; middle replicas commit on the ack and relay it; the head releases
+  `Ack` upstream; middle replicas commit on the ack and relay it; the head releases
   replies. Reads are served only by the tail, so a read never sees an uncommitted
   write, and since every replica upstream of the tail holds a superset of its state,
   a repaired chain's new tail never goes backwards.
@@ -33,18 +34,19 @@ re-applied).
 
 Adding a replacement: the coordinator names it the *learner*; the tail forwards to
 it (snapshot, then updates) while still acknowledging by itself. When the forwarder
-sees the learner caught up it asks the coordinator to promote it; in the next config
-the old tail becomes a middle replica and, before anything else, sends a ``mark``
-down its stream: the new tail serves reads only after it applied up to that mark,
+sees the learner caught up it asks the coordinator to promote it (`Promote`); in the
+next config the old tail becomes a middle replica and, before anything else, sends
+a `Handoff` mark down its stream: the new tail serves reads only after it applied up to that mark,
 i.e. everything the old tail had ever acknowledged (linearizable reads across the
 switch).
 
 The coordinator link: the coordinator is not on the data path, so when the link
 to it dies (it crashed, or is restarting) a replica keeps serving under the config it
-has, redials the same address with backoff and registers again, reporting its chain
-view, ``applied``, ``acked`` and whether it seeded the shard; the restarted
-coordinator rebuilds the chains from those reports (`_coordinator.py`, "Restart").
-Notices it sends meanwhile (``suspect``, ``promote``) are lost and repeated later.
+has, redials the same address with backoff and registers again, reporting its
+`Progress` (chain view, ``applied``, ``acked``, whether it seeded the shard); the
+restarted coordinator rebuilds the chains from those reports (`_coordinator.py`,
+"Restart"). Notices it sends meanwhile (`Suspect`, `Promote`) are lost and repeated
+later.
 Only after ``coordinator_patience`` without a coordinator does it give up and exit.
 
 Pub/sub: updates are published when *committed* (not when applied), by whichever
@@ -52,8 +54,14 @@ replica the subscriber is attached to (clients attach to the tail). Every update
 has the shard's sequence number, so after a failover a subscriber resubscribes at
 another replica "from seq N+1" and gets the rest from the log: no gap, no duplicate.
 Events for one connection go through one bounded outbox in commit order; a
-subscriber too slow for the outbox is dropped with a ``sublost`` notice and
+subscriber too slow for the outbox is dropped with a `SubscriptionsLost` notice and
 resubscribes from its last sequence number.
+
+Messages: each of the replica's three kinds of link has one `transport.Dispatcher`
+(`_serving`: clients and the predecessor; `_coordinated`: the coordinator link it
+dials; the successor link's is the `ChainLink`'s). A message of a type the link
+does not handle, or with wrong fields, is answered `Refused(BadRequest)` and
+counted in ``bad_requests``; the replica serves on.
 """
 
 from __future__ import annotations
@@ -68,18 +76,43 @@ import trio
 
 import transport
 
-from ._chain_link import ChainLinks
+from ._chain_link import ChainLink
 from ._config import GcsConfig
 from ._durable import ShardLog, ShardLogStatistics, recover_shard
-from ._errors import GcsError, SubscriptionLost
+from ._errors import BadRequest, GcsError, SubscriptionLost
+from ._messages import (
+    Assigned,
+    ChainConfig,
+    Forward,
+    Handoff,
+    Ping,
+    Pong,
+    Progress,
+    Read,
+    ReadDone,
+    Reconfigure,
+    Redirect,
+    Refused,
+    Register,
+    Removed,
+    Seeded,
+    Stats,
+    Subscribe,
+    Subscribed,
+    Sync,
+    Transfer,
+    Unsubscribe,
+    Watch,
+    Write,
+    WriteDone,
+)
 from ._protocol import RPC_TIMEOUT as _RPC_TIMEOUT
-from ._protocol import ChainConfig, check_key, check_table, validate_read
+from ._protocol import check_key, check_table, validate_read
 from ._pubsub import Publisher, PublisherStatistics
-from ._state import ShardState, ShardStateStatistics, Update
+from ._state import ShardState, ShardStateStatistics, Update, updates_of
 from ._watch import HeldReplies, aclose_quietly, answer, answer_nowait
 
 __all__ = ["Replica", "ReplicaRemoved", "ReplicaStatistics"]
-
 
 
 class ReplicaRemoved(Exception):
@@ -88,8 +121,7 @@ class ReplicaRemoved(Exception):
 
 @attrs.frozen(kw_only=True)
 class ReplicaStatistics:
-    """Figures of one replica, from `Replica.statistics()`; its ``("stats",)``
-    request answers them flattened into one dict (`report`).
+    """Figures of one replica, from `Replica.statistics()` (and its `Stats` request).
 
     Attributes:
       name, shard: the replica's name and its shard.
@@ -121,21 +153,23 @@ class ReplicaStatistics:
     state: ShardStateStatistics
     log: ShardLogStatistics | None
 
-    def report(self) -> dict[str, Any]:
-        """One flat dict: the components' figures beside the replica's own, the log's
-        under ``"log"`` (the wire shape of the ``stats`` request)."""
-        out = attrs.asdict(self, recurse=False, filter=attrs.filters.exclude(
-            attrs.fields(ReplicaStatistics).pubsub, attrs.fields(ReplicaStatistics).state,
-            attrs.fields(ReplicaStatistics).log))
-        out.update(attrs.asdict(self.pubsub))
-        out.update(attrs.asdict(self.state))
-        if self.log is not None:
-            out["log"] = attrs.asdict(self.log)
-        return out
+
+@attrs.define
+class _Counters:
+    writes: int = 0
+    reads: int = 0
+    bad_requests: int = 0
+    coordinator_reconnects: int = 0
+    snapshots_received: int = 0
 
 
-class Replica(ChainLinks):
-    """One replica of shard ``shard``; registers with the coordinator at ``coordinator``."""
+class Replica:
+    """One replica of shard ``shard``; registers with the coordinator at ``coordinator``.
+
+    It is the `ChainHost` of its `ChainLink` (``links``): it lends it the chain
+    config, the shard state and `commit`, and calls it when it applied, committed or
+    was reconfigured.
+    """
 
     def __init__(
         self,
@@ -160,16 +194,10 @@ class Replica(ChainLinks):
         self.chain = ChainConfig(shard=shard, epoch=0, chain=(), addresses={})
         self.address: str | None = None
         self.log: ShardLog | None = None
+        self.links = ChainLink(self, config, token)
         self._changed = trio.Event()
-        self._wake = trio.Event()
         self._pending: deque[tuple[int, Any, list[Any]]] = deque()
-        self._upstream: Any = None
         self._readable = False
-        self._handoff_mark: int | None = None
-        self._next_fw: int | None = None
-        self._has_successor = False
-        self._ack_to: Any = None
-        self._ack_sent = 0
         self._mark_floor: int | None = None
         self._pubsub = Publisher(shard)
         self._coordinator: Any = None
@@ -178,9 +206,9 @@ class Replica(ChainLinks):
         self._held = HeldReplies()
         self._seeded = False
         self._log_opened = False
-        self._stats = {"coordinator_reconnects": 0, "writes": 0, "reads": 0, "bad_requests": 0, "snapshots_sent": 0,
-                       "snapshots_received": 0,
-                       "suspects_reported": 0}
+        self._counts = _Counters()
+        self._serving = self._serving_routes()
+        self._coordinated = self._coordinator_routes()
 
     # ------------------------------------------------------------------ service
 
@@ -206,7 +234,7 @@ class Replica(ChainLinks):
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                server = transport.Server(listen, self.token, self._on_peer,
+                server = transport.Server(listen, self.token, self._serving,
                                           name=f"gcs/{self.name}")
                 self.address = await nursery.start(server.run)
                 # Started once listening, before the coordinator answers: a recovering
@@ -214,8 +242,8 @@ class Replica(ChainLinks):
                 # and a supervisor starts the slots one after the other.
                 task_status.started(self.address)
                 await self._register_with_retry()
-                nursery.start_soon(self._forwarder)
-                nursery.start_soon(self._acker)
+                nursery.start_soon(self.links.run_forwarder)
+                nursery.start_soon(self.links.run_acker)
                 nursery.start_soon(self._watch_coordinator)
                 await self._removed.wait()
                 nursery.cancel_scope.cancel()
@@ -230,24 +258,62 @@ class Replica(ChainLinks):
             "or lost its coordinator"
         )
 
+    # ------------------------------------------------------- the ChainHost interface
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def adopt_history(self, history: str) -> None:
+        self.state.history = history
+        if self.log is not None:
+            self.log.start(self.state)  # the log's snapshot names the history
+
+    def tell_coordinator(self, message: Any) -> None:
+        """One-way notice; lost while the coordinator is down (the senders repeat
+        theirs: a suspect after another timeout, a promote under the next epoch)."""
+        try:
+            self._coordinator.send_nowait(message)
+        except (transport.TransportError, trio.WouldBlock):
+            pass
+
+    def commit(self, seq: int) -> None:
+        """Everything up to ``seq`` is acknowledged by the tail: publish it, release
+        the replies waiting for it, acknowledge it upstream."""
+        done = self.state.commit(seq)
+        if not done:
+            return
+        self._pubsub.publish(done)
+        acked = self.state.acked
+        pending = self._pending
+        while pending and pending[0][0] <= acked:
+            wait, reply, results = pending.popleft()
+            answer_nowait(reply, WriteDone(results, wait, self.state.history))
+        self.links.send_ack()
+        self.notify()
+
+    # ------------------------------------------------------------ the coordinator
+
     async def _watch_coordinator(self) -> None:
         """Follow the coordinator across its restarts.
 
-        A never-answered ``watch`` request fails at once when the link dies. The
+        A never-answered `Watch` request fails at once when the link dies. The
         replica keeps serving under the config it has (the coordinator is not on the
-        data path), redials, and registers again with a report of its chain view and
-        progress, from which a restarted coordinator rebuilds the chains (see
-        `_coordinator.py`, "Restart").
+        data path), redials, and registers again with its `Progress`, from which a
+        restarted coordinator rebuilds the chains (see `_coordinator.py`, "Restart").
         """
         while not self._removed.is_set():
             try:
                 while True:  # an answer (None) only means "ask again"
-                    await self._coordinator.request(("watch",), timeout=None)
+                    await self._coordinator.request(Watch(), timeout=None)
             except transport.TransportError:
                 pass
             if self._removed.is_set():
                 return
-            self._stats["coordinator_reconnects"] += 1
+            self._counts.coordinator_reconnects += 1
             await aclose_quietly(self._coordinator)
             await self._register_with_retry()
 
@@ -270,32 +336,35 @@ class Replica(ChainLinks):
     async def _register(self) -> None:
         conn = await transport.connect(
             self.coordinator_address, self.token, name=f"gcs/{self.name}",
-            handler=self._on_coordinator, connect_timeout=2.0,
+            handler=self._coordinated, connect_timeout=2.0,
         )
         self._coordinator = conn
-        report = (self.chain, self.state.applied, self.state.acked, self._seeded)
+        assert self.address is not None
+        progress = Progress(self.chain, self.state.applied, self.state.acked, self._seeded)
         try:
-            role = await conn.request(
-                ("register", self.shard, self.name, self.address, os.getpid(), report),
+            assigned = await conn.request(
+                Register(self.shard, self.name, self.address, os.getpid(), progress),
                 timeout=60.0,
             )
-            if role == "seed":
+            if not isinstance(assigned, Assigned):
+                raise transport.ProtocolError(
+                    f"the GCS coordinator answered a registration with {assigned!r:.200}")
+            if assigned.role == "seed":
                 if not self._seeded:
                     self._seed()
                     self._seeded = True
                     self._readable = True
                 # If the coordinator dies before it hears this, the next registration
                 # reports ``seeded`` and it makes us the chain anyway.
-                await conn.request(("seeded", self.shard, self.name), timeout=_RPC_TIMEOUT)
+                await conn.request(Seeded(self.shard, self.name), timeout=_RPC_TIMEOUT)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await aclose_quietly(conn)
             raise
-        if role == "seed":
-            pass
-        elif role == "removed":
+        if assigned.role == "removed":
             self._removed.set()
-        # "resume": a member of the (recovered) chain; its config follows.
+        # "join": a learner soon; "resume": a member of the (recovered) chain. Either
+        # way its config follows.
 
     def _seed(self) -> None:
         durable = self.config.durable_dir
@@ -314,30 +383,27 @@ class Replica(ChainLinks):
                                 compact_every=self.config.compact_every)
         self.log.start(self.state, remove_others=remove_others)
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+    def _coordinator_routes(self) -> transport.Dispatcher:
+        """What the coordinator sends on the link this replica dials."""
+        d = transport.Dispatcher(f"gcs/{self.name} coordinator link", refuse=self._refuse)
+        d.register(Reconfigure, self._on_reconfigure, oneway=True)
+        d.register(Removed, self._on_removed, oneway=True)
+        d.register(Ping, self._on_ping)
+        d.register(Watch, self._on_watch)
+        return d
 
-    # ------------------------------------------------------------- coordinator
+    def _on_reconfigure(self, conn: Any, message: Reconfigure) -> None:
+        self._set_config(message.config)
 
-    async def _on_coordinator(self, conn: Any, message: Any, reply: Any) -> None:
-        tag = message[0]
-        if tag == "config":
-            self._set_config(message[1])
-        elif tag == "ping":
-            await answer(reply, ("pong", self.state.applied))
-        elif tag == "removed":
-            self._removed.set()
-        elif tag == "watch":
-            self._held.hold(conn, reply)  # never answered: fails when we die
+    def _on_removed(self, conn: Any, message: Removed) -> None:
+        self._removed.set()
 
-    def _tell_coordinator(self, message: Any) -> None:
-        """One-way notice; lost while the coordinator is down (the senders repeat
-        theirs: a suspect after another timeout, a promote under the next epoch)."""
-        try:
-            self._coordinator.send_nowait(message)
-        except (transport.TransportError, trio.WouldBlock):
-            pass
+    def _on_ping(self, conn: Any, message: Ping, reply: Any) -> None:
+        # The coordinator's heartbeat, or a predecessor checking our link.
+        answer_nowait(reply, Pong(self.state.applied))
+
+    def _on_watch(self, conn: Any, message: Watch, reply: Any) -> None:
+        self._held.hold(conn, reply)  # never answered: fails when we die
 
     def _is_tail(self, cfg: ChainConfig) -> bool:
         return bool(cfg.chain) and cfg.chain[-1] == self.name
@@ -347,8 +413,8 @@ class Replica(ChainLinks):
         if cfg.epoch <= old.epoch:
             return
         self.chain = cfg
-        self._has_successor = cfg.successor(self.name) is not None
         if self.name not in cfg.chain and self.name != cfg.learner:
+            self.links.reconfigured(cfg, handoff=False)
             if old.epoch:  # we were in the chain and got dropped: die, get replaced
                 self._removed.set()
             return
@@ -361,106 +427,80 @@ class Replica(ChainLinks):
         if now_tail and not was_tail:
             if old.learner != self.name:
                 self._readable = True
-            self._commit(self.state.applied)
-        elif was_tail and not now_tail:
-            self._handoff_mark = self.state.applied
-        self._notify()
-        self._wake_background()
+            self.commit(self.state.applied)
+        self.links.reconfigured(cfg, handoff=was_tail and not now_tail)
+        self.notify()
 
     # --------------------------------------------------------------- requests
 
-    async def _on_peer(self, conn: Any, message: Any, reply: Any) -> None:
-        try:
-            tag = message[0]
-        except (TypeError, IndexError, KeyError):
-            tag = None
-        if tag == "w":
-            await self._on_write(message, reply)
-        elif tag == "r":
-            await self._on_read(message, reply)
-        elif tag == "fw":
-            if conn is self._upstream:
-                self._apply_batch(message[1])
-                if self._upstream is None:  # a gap: make the predecessor resync
-                    await aclose_quietly(conn)
-        elif tag == "ack":
-            pass  # acks arrive on connections we dialed (see _on_downstream)
-        elif tag == "sync":
-            await self._on_sync(conn, message, reply)
-        elif tag == "snap":
-            if conn is self._upstream:
-                self._install_snapshot(message[1])
-        elif tag == "mark":
-            if conn is self._upstream:
-                self._mark_floor = message[1]
-                self._check_mark()
-        elif tag == "sub":
-            await self._on_subscribe(conn, message, reply)
-        elif tag == "unsub":
-            self._pubsub.unsubscribe(conn, message[1])
-            await answer(reply, ("ok",))
-        elif tag == "stats":
-            await answer(reply, self.statistics().report())
-        elif tag == "ping":  # a predecessor checking our link (see _probe_successor)
-            await answer(reply, ("pong", self.state.applied))
-        elif tag == "watch":
-            self._held.hold(conn, reply)  # never answered: fails when we die
-        else:
-            self._stats["bad_requests"] += 1
-            from ._errors import BadRequest
+    def _serving_routes(self) -> transport.Dispatcher:
+        """What clients and the predecessor send to this replica's listener."""
+        d = transport.Dispatcher(f"gcs/{self.name}", refuse=self._refuse)
+        d.register(Write, self._on_write)
+        d.register(Read, self._on_read)
+        d.register(Subscribe, self._on_subscribe)
+        d.register(Unsubscribe, self._on_unsubscribe, oneway=True)
+        d.register(Stats, self._on_stats)
+        d.register(Ping, self._on_ping)
+        d.register(Watch, self._on_watch)
+        d.register(Sync, self.links.on_sync)
+        d.register(Forward, self._on_forward, oneway=True)
+        d.register(Transfer, self._on_transfer, oneway=True)
+        d.register(Handoff, self._on_handoff, oneway=True)
+        return d
 
-            await answer(reply, ("err", BadRequest(
-                f"GCS replica got an unknown request {message!r:.200}")))
+    def _refuse(self, conn: Any, reply: Any, error: transport.BadMessage) -> None:
+        self._counts.bad_requests += 1
+        answer_nowait(reply, Refused(BadRequest(f"GCS replica: {error}")))
 
-    async def _on_write(self, message: Any, reply: Any) -> None:
+    def _on_stats(self, conn: Any, message: Stats, reply: Any) -> None:
+        answer_nowait(reply, self.statistics())
+
+    def _on_unsubscribe(self, conn: Any, message: Unsubscribe) -> None:
+        self._pubsub.unsubscribe(conn, message.sub_id)
+
+    def _on_forward(self, conn: Any, message: Forward) -> None:
+        if self.links.is_upstream(conn):
+            self._apply_batch(updates_of(message))
+            if not self.links.is_upstream(conn):  # a gap: make the predecessor resync
+                assert self._nursery is not None
+                self._nursery.start_soon(aclose_quietly, conn)
+
+    def _on_transfer(self, conn: Any, message: Transfer) -> None:
+        if self.links.is_upstream(conn):
+            self._install_snapshot(message)
+
+    def _on_handoff(self, conn: Any, message: Handoff) -> None:
+        if self.links.is_upstream(conn):
+            self._mark_floor = message.seq
+            self._check_mark()
+
+    def _on_write(self, conn: Any, message: Write, reply: Any) -> None:
         if not self.chain.chain or self.chain.chain[0] != self.name:
-            await answer(reply, ("redirect", self.chain.epoch))
+            answer_nowait(reply, Redirect(self.chain.epoch))
             return
-        try:
-            _, client_id, batch = message
-            if not isinstance(batch, list):
-                raise TypeError
-            batch = [(int(cseq), op) for cseq, op in batch]
-        except (TypeError, ValueError):
-            from ._errors import BadRequest
-
-            self._stats["bad_requests"] += 1
-            await answer(reply, ("err", BadRequest(
-                f"a write request must be ('w', client_id, [(seq, op), ...]), got {message!r:.200}"
-            )))
-            return
-        results, wait, new = self.state.execute(client_id, batch)
-        self._stats["writes"] += len(batch)
+        results, wait, new = self.state.execute(message.client_id, message.seqs, message.ops)
+        self._counts.writes += len(message.ops)
         self._after_apply(new)
         if self._is_tail(self.chain):
-            self._commit(self.state.applied)
+            self.commit(self.state.applied)
         if wait <= self.state.acked:
-            await answer(reply, ("ok", results, wait, self.state.history))
+            answer_nowait(reply, WriteDone(results, wait, self.state.history))
         else:
             self._pending.append((wait, reply, results))
 
-    async def _on_read(self, message: Any, reply: Any) -> None:
-        try:
-            _, min_seq, ops, *history = message
-            min_seq = int(min_seq)
-            if history and history[0] not in (None, self.state.history):
-                min_seq = 0  # the client saw another history: its seqs mean nothing here
-            if not isinstance(ops, list):
-                raise TypeError
-        except (TypeError, ValueError):
-            from ._errors import BadRequest
-
-            await answer(reply, ("err", BadRequest(
-                f"a read request must be ('r', min_seq, [op, ...]), got {message!r:.200}")))
-            return
+    def _on_read(self, conn: Any, message: Read, reply: Any) -> None:
+        min_seq = message.min_seq
+        if message.history not in (None, self.state.history):
+            min_seq = 0  # the client saw another history: its seqs mean nothing here
         if not self._is_tail(self.chain):
-            await answer(reply, ("redirect", self.chain.epoch))
+            answer_nowait(reply, Redirect(self.chain.epoch))
             return
         if self._readable and self.state.applied >= min_seq:
-            await answer(reply, self._read(ops))
+            answer_nowait(reply, self._read(message.ops))
             return
         assert self._nursery is not None
-        self._nursery.start_soon(self._read_later, min_seq, ops, reply)
+        self._nursery.start_soon(self._read_later, min_seq, message.ops, reply)
 
     async def _read_later(self, min_seq: int, ops: list[Any], reply: Any) -> None:
         with trio.move_on_after(_RPC_TIMEOUT):
@@ -469,18 +509,18 @@ class Replica(ChainLinks):
             if self._is_tail(self.chain):
                 await answer(reply, self._read(ops))
                 return
-        await answer(reply, ("redirect", self.chain.epoch))
+        await answer(reply, Redirect(self.chain.epoch))
 
-    def _read(self, ops: list[Any]) -> tuple[Any, ...]:
+    def _read(self, ops: list[Any]) -> ReadDone:
         results: list[Any] = []
         for op in ops:
             try:
                 results.append(self.state.read(validate_read(op)))
             except GcsError as exc:
-                self._stats["bad_requests"] += 1
+                self._counts.bad_requests += 1
                 results.append(exc)
-        self._stats["reads"] += len(ops)
-        return ("ok", self.state.applied, results, self.state.history)
+        self._counts.reads += len(ops)
+        return ReadDone(self.state.applied, results, self.state.history)
 
     # --------------------------------------------------------- applying, committing
 
@@ -488,8 +528,8 @@ class Replica(ChainLinks):
         if new:
             if self.log is not None:
                 self.log.append(new, self.state)
-            self._forward_now(new)
-            self._notify()
+            self.links.forward_now(new)
+            self.notify()
 
     def _apply_batch(self, updates: list[Update]) -> None:
         applied = []
@@ -499,10 +539,10 @@ class Replica(ChainLinks):
                     applied.append(update)
         except ValueError:
             # A gap: drop the link so the predecessor resyncs from our `applied`.
-            self._upstream = None
+            self.links.drop_upstream()
         self._after_apply(applied)
         if self._is_tail(self.chain):
-            self._commit(self.state.applied)
+            self.commit(self.state.applied)
         self._check_mark()
 
     def _check_mark(self) -> None:
@@ -511,65 +551,52 @@ class Replica(ChainLinks):
         if floor is not None and self.state.applied >= floor:
             self._mark_floor = None
             self._readable = True
-            self._notify()
+            self.notify()
 
-    def _install_snapshot(self, snap: tuple[Any, ...]) -> None:
-        self.state.restore(snap)
-        self._stats["snapshots_received"] += 1
+    def _install_snapshot(self, transfer: Transfer) -> None:
+        self.state.restore(transfer.snapshot)
+        self._counts.snapshots_received += 1
         self._open_log()
         if self._is_tail(self.chain):
-            self._commit(self.state.applied)
-        self._notify()
-
-    def _commit(self, seq: int) -> None:
-        done = self.state.commit(seq)
-        if not done:
-            return
-        self._pubsub.publish(done)
-        acked = self.state.acked
-        pending = self._pending
-        while pending and pending[0][0] <= acked:
-            wait, reply, results = pending.popleft()
-            answer_nowait(reply, ("ok", results, wait, self.state.history))
-        self._send_ack()
-        self._notify()
+            self.commit(self.state.applied)
+        self.notify()
 
     # ------------------------------------------------------------------ pub/sub
 
-    async def _on_subscribe(self, conn: Any, message: Any, reply: Any) -> None:
+    def _on_subscribe(self, conn: Any, message: Subscribe, reply: Any) -> None:
         try:
-            _, sub_id, table, key, prefix, from_seq = message
-            check_table(table)
-            if key is not None:
-                check_key(key)
+            check_table(message.table)
+            if message.key is not None:
+                check_key(message.key)
+            elif message.prefix is not None:
+                check_key(message.prefix)
             else:
-                check_key(prefix)
-        except (ValueError, TypeError, GcsError) as exc:
-            err = exc if isinstance(exc, GcsError) else None
-            from ._errors import BadRequest
-
-            await answer(reply, ("err", err or BadRequest(
-                f"a subscribe request must be ('sub', id, table, key, prefix, from_seq), "
-                f"got {message!r:.200}")))
+                raise BadRequest("a subscription needs a key or a prefix")
+        except GcsError as exc:
+            self._counts.bad_requests += 1
+            answer_nowait(reply, Refused(exc))
             return
         if not self._is_tail(self.chain) or not self._readable:
-            await answer(reply, ("redirect", self.chain.epoch))
+            answer_nowait(reply, Redirect(self.chain.epoch))
             return
         acked = self.state.acked
+        from_seq = message.from_seq
         start = acked if from_seq is None else from_seq - 1
         replay = self.state.updates_after(start)
         if replay is None or start > self.state.applied:
             oldest = self.state.oldest_replayable()
-            await answer(reply, ("err", SubscriptionLost(
+            answer_nowait(reply, Refused(SubscriptionLost(
                 f"shard {self.shard} can replay from seq {oldest} only; the subscriber "
                 f"last saw {start}", shard=self.shard, last_seq=start, oldest=oldest)))
             return
         assert self._nursery is not None
-        self._pubsub.subscribe(self._nursery, conn, sub_id, table, key, prefix, replay, acked)
-        await answer(reply, ("ok", acked))
+        self._pubsub.subscribe(self._nursery, conn, message.sub_id, message.table, message.key,
+                               message.prefix, replay, acked)
+        answer_nowait(reply, Subscribed(acked))
 
     def statistics(self) -> ReplicaStatistics:
-        stats = self._stats
+        counts = self._counts
+        links = self.links.statistics()
         return ReplicaStatistics(
             name=self.name,
             shard=self.shard,
@@ -579,11 +606,11 @@ class Replica(ChainLinks):
             pubsub=self._pubsub.statistics(),
             state=self.state.statistics(),
             log=self.log.statistics() if self.log else None,
-            writes=stats["writes"],
-            reads=stats["reads"],
-            bad_requests=stats["bad_requests"],
-            coordinator_reconnects=stats["coordinator_reconnects"],
-            snapshots_sent=stats["snapshots_sent"],
-            snapshots_received=stats["snapshots_received"],
-            suspects_reported=stats["suspects_reported"],
+            writes=counts.writes,
+            reads=counts.reads,
+            bad_requests=counts.bad_requests,
+            coordinator_reconnects=counts.coordinator_reconnects,
+            snapshots_sent=links.snapshots_sent,
+            snapshots_received=counts.snapshots_received,
+            suspects_reported=links.suspects_reported,
         )

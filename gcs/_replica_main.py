@@ -1,36 +1,35 @@
 """Entry point of a replica process: ``python -m gcs._replica_main``.
 
-Reads one JSON line of parameters from stdin (the token travels there, never on
-the command line; so does the node's TLS config, which becomes this process's
-default for its TCP links: ``transport.set_default_tls``), prints ``READY <address>`` once serving, and exits when its
-parent closes stdin (so a dead node never leaves orphan replicas) or when the
-replica is removed from its chain.
+Reads one JSON line of parameters from stdin (`LaunchParams`: the token travels
+there, never on the command line; so does the node's TLS config, which becomes this
+process's default for its TCP links: ``transport.set_default_tls``), prints
+``READY <address>`` once serving, and exits when its parent closes stdin (so a dead
+node never leaves orphan replicas) or when the replica is removed from its chain.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
 import trio
 
 import transport
 
-from ._config import GcsConfig
+from ._config import LaunchParams
 from ._replica import Replica, ReplicaRemoved
 
 
-async def _main(params: dict) -> None:
-    tls = params.get("tls")
+async def _main(params: LaunchParams) -> None:
     transport.set_default_tls(
-        None if tls is None else transport.TlsConfig(**tls), insecure=bool(params.get("insecure"))
+        None if params.tls is None else transport.TlsConfig(**params.tls),
+        insecure=params.insecure,
     )
     replica = Replica(
-        GcsConfig(**params["config"]),
-        shard=params["shard"],
-        token=bytes.fromhex(params["token"]),
-        coordinator=params["coordinator"],
-        name=params["name"],
+        params.config,
+        shard=params.shard,
+        token=params.token,
+        coordinator=params.coordinator,
+        name=params.name,
     )
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
 
@@ -55,7 +54,7 @@ def _only(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def main() -> None:
-    params = json.loads(sys.stdin.buffer.readline())
+    params = LaunchParams.from_json(sys.stdin.buffer.readline())
     try:
         trio.run(_main, params)
     except BaseException as exc:

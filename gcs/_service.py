@@ -19,14 +19,19 @@ coordinator rebuilds every chain from those reports (see `_coordinator.py`,
 incarnation registers under a fresh name and joins its chain behind the tail by
 state transfer.
 
-`GcsService` runs the same plan with plain nurseries and a minimal restart loop, for
-using the GCS without actorcore's kernel (benchmarks, scripts, the GCS's own tests).
+There is one restart mechanism, the supervisor's: this package describes the tree
+and its services follow the child protocol (CONTRACTS.md §1), and whoever runs the
+GCS -- the node, a test, a benchmark -- turns the plan into kernel child specs
+(leaves into ``ChildSpec``, branches into ``Supervisor.spec``). The package never
+imports the kernel and runs nothing of its own around the services.
+
+A replica process gets its parameters as one JSON line on stdin (`LaunchParams`: the
+token travels there, never on the command line) and answers ``READY <address>``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import subprocess
@@ -40,11 +45,18 @@ import trio
 
 import transport
 
-from ._config import GcsConfig
+from ._config import GcsConfig, LaunchParams
 from ._coordinator import Coordinator
 from ._replica import Replica
 
-__all__ = ["GcsPlan", "GcsService", "ReplicaProcessDied", "ReplicaService", "ServiceSpec", "plan"]
+__all__ = [
+    "CoordinatorService",
+    "GcsPlan",
+    "ReplicaProcessDied",
+    "ReplicaService",
+    "ServiceSpec",
+    "plan",
+]
 
 
 # The replica processes must import this very `gcs` package, wherever it lives.
@@ -93,7 +105,9 @@ class GcsPlan:
     #: The last epoch any coordinator incarnation published, per shard.
     epochs: dict[int, int] = attrs.Factory(dict)
 
-    def _replica_exited(self, name: str) -> None:
+    def replica_exited(self, name: str) -> None:
+        """The process of replica ``name`` exited (its service ended): a recovering
+        coordinator need not wait for it."""
         self.exited.add(name)
         if self.coordinator is not None:
             self.coordinator.replica_exited(name)
@@ -149,32 +163,41 @@ class GcsPlan:
             nursery.start_soon(replaced)
         return done
 
-    def _new_coordinator(self) -> Coordinator:
-        previous = self.address
-        # A restarted coordinator keeps its address (clients and replicas redial it)
-        # and rebuilds the chains from the replicas' reports.
-        self.coordinator = Coordinator(self.config, self.token, address=previous,
+    def new_coordinator(self) -> CoordinatorService:
+        """The ``coordinator`` leaf's factory: a new incarnation, which keeps the
+        address of the previous one (clients and replicas redial it) and rebuilds
+        the chains from the replicas' reports."""
+        self.coordinator = Coordinator(self.config, self.token, address=self.address,
                                        generation=self.generation,
                                        recover=self.coordinator_starts > 0,
                                        exited=self.exited, epochs=self.epochs)
         self.coordinator_starts += 1
         self._coordinator_changed.set()
         self._coordinator_changed = trio.Event()
-        coordinator = self.coordinator
-        plan = self
+        return CoordinatorService(self, self.coordinator)
 
-        class _Announcing:
-            def snapshot(self) -> dict[str, Any]:
-                return coordinator.snapshot()
+    def coordinator_listening(self) -> None:
+        """The current coordinator listens: wake whoever waits for the address."""
+        self._address_ready.set()
+        self._address_ready = trio.Event()
 
-            async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-                async with trio.open_nursery() as nursery:
-                    address = await nursery.start(coordinator.run)
-                    plan._address_ready.set()
-                    plan._address_ready = trio.Event()
-                    task_status.started(address)
 
-        return _Announcing()  # type: ignore[return-value]
+class CoordinatorService:
+    """Child-protocol service of one coordinator incarnation: it tells the plan once
+    the coordinator listens (the replicas wait for its address)."""
+
+    def __init__(self, plan: GcsPlan, coordinator: Coordinator) -> None:
+        self.plan = plan
+        self.coordinator = coordinator
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.coordinator.snapshot()
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(self.coordinator.run)
+            self.plan.coordinator_listening()
+            task_status.started(address)
 
 
 def plan(config: GcsConfig, token: bytes) -> GcsPlan:
@@ -198,7 +221,7 @@ def plan(config: GcsConfig, token: bytes) -> GcsPlan:
         strategy="one_for_one",
         children=(
             ServiceSpec(name="coordinator", kind="gcs_coordinator",
-                        factory=result._new_coordinator),
+                        factory=result.new_coordinator),
             *shards,
         ),
     )
@@ -241,7 +264,7 @@ class ReplicaService:
         try:
             await self._run(task_status)
         finally:
-            self.plan._replica_exited(self.name)
+            self.plan.replica_exited(self.name)
 
     async def _run(self, task_status: trio.TaskStatus[Any]) -> None:
         coordinator = await self.plan.wait_address()
@@ -256,20 +279,22 @@ class ReplicaService:
         await self._run_process(coordinator, task_status)
 
     async def _run_process(self, coordinator: str, task_status: trio.TaskStatus[Any]) -> None:
-        params = {
-            "config": attrs.asdict(self.plan.config),
-            "shard": self.shard,
-            "name": self.name,
-            "token": self.plan.token.hex(),
-            "coordinator": coordinator,
+        params = LaunchParams(
+            config=self.plan.config,
+            shard=self.shard,
+            name=self.name,
+            token=self.plan.token,
+            coordinator=coordinator,
             # The process's TLS mode for TCP links goes along (see _replica_main).
-            "tls": None if (tls := transport.default_tls()) is None else tls.as_dict(),
-            "insecure": transport.insecure_allowed(),
-        }
+            tls=None if (tls := transport.default_tls()) is None else tls.as_dict(),
+            insecure=transport.insecure_allowed(),
+        )
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "gcs._replica_main"],
+            # -P: not the working directory first on sys.path, where a folder named
+            # like one of our packages would be imported instead of it.
+            [sys.executable, "-P", "-m", "gcs._replica_main"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -279,7 +304,7 @@ class ReplicaService:
         self.pid = process.pid
         try:
             assert process.stdin is not None and process.stdout is not None
-            await process.stdin.send_all(json.dumps(params).encode() + b"\n")
+            await process.stdin.send_all(params.to_json().encode() + b"\n")
             buffer = b""
             with trio.fail_after(60):
                 while b"\n" not in buffer:
@@ -328,50 +353,3 @@ async def _stop(process: trio.Process) -> None:
     for stream in (process.stdin, process.stdout):
         if stream is not None:
             await stream.aclose()
-
-
-class GcsService:
-    """Run a whole GCS without actorcore's kernel (plain nurseries, restart loops).
-
-    ``run`` reports the client address once every shard has its full chain. A crashed
-    replica is restarted (after ``restart_delay``); anything else propagates.
-    """
-
-    def __init__(self, config: GcsConfig, token: bytes, *, restart_delay: float = 0.05) -> None:
-        self.config = config
-        self.token = token
-        self.plan = plan(config, token)
-        self.restart_delay = restart_delay
-        self.services: dict[tuple[int, int], ReplicaService] = {}
-        self.restarts = 0
-
-    @property
-    def coordinator(self) -> Coordinator:
-        assert self.plan.coordinator is not None
-        return self.plan.coordinator
-
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            coordinator_spec = self.plan.tree.children[0]
-            assert coordinator_spec.factory is not None
-            await nursery.start(coordinator_spec.factory().run)
-            for shard_spec in self.plan.tree.children[1:]:
-                for replica_spec in shard_spec.children:
-                    nursery.start_soon(self._keep_running, replica_spec)
-            task_status.started(await self.plan.wait_ready())
-
-    async def _keep_running(self, spec: ServiceSpec) -> None:
-        assert spec.factory is not None
-        while True:
-            service = spec.factory()
-            self.services[(service.shard, service.index)] = service
-            try:
-                await service.run()
-            except (ReplicaProcessDied, Exception):  # noqa: B014 -- a crash: restart
-                pass
-            self.restarts += 1
-            await trio.sleep(self.restart_delay)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"kind": "gcs", "shards": {
-            f"{s}/{r}": svc.snapshot() for (s, r), svc in sorted(self.services.items())}}

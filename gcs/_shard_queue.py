@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from ._errors import GcsError
+from ._messages import ReadOp, WriteOp
 
 __all__ = ["MAX_BATCH", "Op", "SendBatch", "ShardQueue"]
 
@@ -28,8 +29,8 @@ class Op:
 
     __slots__ = ("done", "op", "result", "seq")
 
-    def __init__(self, op: tuple[Any, ...], seq: int = 0) -> None:
-        self.op = op
+    def __init__(self, op: WriteOp | ReadOp, seq: int = 0) -> None:
+        self.op: Any = op  # a write queue's are WriteOps, a read queue's ReadOps
         self.seq = seq
         self.done = trio.Event()
         self.result: Any = None

@@ -9,14 +9,16 @@ order, so all replicas pass through the same states and a sequence number names 
 same state everywhere. That is what makes chain repair, resubscription and state
 transfer simple: "send me everything after seq N" has one answer.
 
-An update is the tuple ``(seq, kind, table, key, value, dedup)`` with kind
+An update is an `Update`: the tuple ``(seq, kind, table, key, value, client_id,
+client_seq, result)`` with kind
 
   ``"P"`` put ``value``;  ``"D"`` delete;  ``"E"`` evict (flush a collectable entry
   from memory: not a user-visible delete, not published);  ``"M"`` mark the key
   collectable;  ``"N"`` no state change (still carries the dedup record).
 
-``dedup`` is ``(client_id, client_seq, result)`` on the last update of each
-successful client operation. Replicating it means a *new* head, after the old one
+The last update of each successful client operation is its dedup record: it names
+the write (``client_id``, ``client_seq``) and what it returned (``result``);
+``client_id`` is None on the others. Replicating it means a *new* head, after the old one
 died, still knows which retried writes it already applied and what they returned.
 
 Sequence numbers: ``applied`` is the last update applied here; ``acked`` the last
@@ -25,6 +27,16 @@ one the tail acknowledged (committed). The log (`log`) keeps every update after
 last ``replay_buffer`` committed ones, from which subscribers resume after a
 failover. A key's *version* is the sequence number of the update that last wrote it
 (0 means absent), which gives compare-and-set (``expect``) for free.
+
+Why an update is a plain tuple, when every message is a typed class: the log keeps
+up to ``replay_buffer`` committed updates (20,000) per replica, and a tuple of
+atoms is the one record the garbage collector stops tracking. As attrs instances
+they stayed tracked, every full collection walked them all, and a replica spent
+about twice the CPU per write (measured: 4.7 -> 9.7 us per put at R=1, 14 -> 23 us
+at R=3, most of the difference in the collector). So updates stay tuples inside
+this module and the replica, and cross the chain as the columns of a `Forward`
+(`forward_of`, `updates_of`): typed on the wire, no object per update at either
+end.
 """
 
 from __future__ import annotations
@@ -37,11 +49,41 @@ from typing import Any
 import attrs
 
 from ._errors import BadRequest, GcsError, VersionMismatch
-from ._protocol import TABLES, Key, validate_write
+from ._messages import (
+    Delete,
+    Forward,
+    Get,
+    Key,
+    Put,
+    ReadOp,
+    Row,
+    SetAdd,
+    SetRemove,
+    ShardSnapshot,
+    WriteOp,
+)
+from ._protocol import TABLES, validate_write
 
-__all__ = ["ShardState", "ShardStateStatistics", "Update"]
+__all__ = ["ShardState", "ShardStateStatistics", "Update", "forward_of", "updates_of"]
 
-Update = tuple[int, str, str, Key, Any, Any]
+#: ``(seq, kind, table, key, value, client_id, client_seq, result)``: see above.
+Update = tuple[int, str, str, Key, Any, Any, int, Any]
+
+
+def forward_of(updates: list[Update]) -> Forward:
+    """The `Forward` message of consecutive ``updates`` (at least one)."""
+    columns = map(list, zip(*updates, strict=True))
+    seqs, kinds, tables, keys, values, client_ids, client_seqs, results = columns
+    return Forward(seqs, kinds, tables, keys, values, client_ids, client_seqs, results)
+
+
+def updates_of(message: Forward) -> list[Update]:
+    """The updates a `Forward` carries, as the log keeps them."""
+    return list(zip(message.seqs, message.kinds, message.tables, message.keys, message.values,
+                    message.client_ids, message.client_seqs, message.results, strict=True))
+
+#: An effect of one client operation: (kind, table, key, value), numbered when applied.
+_Effect = tuple[str, str, Key, Any]
 
 
 @attrs.frozen(kw_only=True)
@@ -100,9 +142,10 @@ class ShardState:
     # ------------------------------------------------------------------ head side
 
     def execute(
-        self, client_id: Any, batch: list[tuple[int, tuple[Any, ...]]]
+        self, client_id: Any, seqs: list[int], ops: list[WriteOp]
     ) -> tuple[list[Any], int, list[Update]]:
-        """Run a batch of client writes ``[(client_seq, op), ...]`` at the head.
+        """Run a batch of client writes at the head: ``ops[i]`` is the client's write
+        number ``seqs[i]``.
 
         Returns ``(results, wait_seq, updates)``: per-op results (a value or a
         `GcsError` instance), the sequence number that must be committed before the
@@ -111,7 +154,7 @@ class ShardState:
         results: list[Any] = []
         new: list[Update] = []
         wait = self.acked
-        for client_seq, op in batch:
+        for client_seq, op in zip(seqs, ops, strict=True):
             known = self.dedup.get((client_id, client_seq))
             if known is not None:
                 seq, result = known
@@ -125,26 +168,26 @@ class ShardState:
                 results.append(exc)
                 wait = max(wait, self.applied)
                 continue
+            last = len(effects) - 1
             for i, (kind, table, key, value) in enumerate(effects):
-                last = i == len(effects) - 1
-                update = (
-                    self.applied + 1,
-                    kind,
-                    table,
-                    key,
-                    value,
-                    (client_id, client_seq, result) if last else None,
-                )
+                update: Update
+                if i == last:  # the dedup record
+                    update = (self.applied + 1, kind, table, key, value,
+                              client_id, client_seq, result)
+                else:
+                    update = (self.applied + 1, kind, table, key, value, None, 0, None)
                 self.apply(update)
                 new.append(update)
             results.append(result)
             wait = max(wait, self.applied)
         return results, wait, new
 
-    def _plan(self, op: tuple[Any, ...]) -> tuple[Any, list[tuple[str, str, Key, Any]]]:
-        kind, table, key, arg, expect = op
+    def _plan(self, op: WriteOp) -> tuple[Any, list[_Effect]]:
+        table, key = op.table, op.key
         current = self.tables[table].get(key)
         version = current[1] if current is not None else 0
+        kind = type(op)  # (exact types: `validate_write` let nothing else through)
+        expect = op.expect if kind is Put or kind is Delete else None  # type: ignore[union-attr]
         if expect is not None and expect != version:
             raise VersionMismatch(
                 f"{table}[{key!r:.80}] is at version {version}, expected {expect}",
@@ -153,33 +196,35 @@ class ShardState:
                 expected=expect,
                 actual=version,
             )
-        if kind == "put":
-            return self.applied + 1, [("P", table, key, arg)]
-        if kind == "del":
+        if kind is Put:
+            assert isinstance(op, Put)
+            return self.applied + 1, [("P", table, key, op.value)]
+        if isinstance(op, Delete):
             if current is None:
                 return False, [("N", table, key, None)]
             return True, [("D", table, key, None)]
-        if kind in ("sadd", "srem"):
+        if isinstance(op, SetAdd | SetRemove):
+            adding = isinstance(op, SetAdd)
             members = current[0] if current is not None else frozenset()
             if not isinstance(members, frozenset):
                 raise BadRequest(
                     f"{table}[{key!r:.80}] holds a plain value, not a set; "
-                    f"cannot {'add to' if kind == 'sadd' else 'remove from'} it",
+                    f"cannot {'add to' if adding else 'remove from'} it",
                     table=table,
                     key=key,
                 )
-            if (arg in members) == (kind == "sadd"):
+            if (op.member in members) == adding:
                 return False, [("N", table, key, None)]
-            if kind == "sadd":
-                return True, [("P", table, key, members | {arg})]
-            rest = members - {arg}
+            if adding:
+                return True, [("P", table, key, members | {op.member})]
+            rest = members - {op.member}
             return True, [("P", table, key, rest) if rest else ("D", table, key, None)]
-        # kind == "mark": the runtime no longer needs this entry (e.g. lineage of a
+        # MarkCollectable: the runtime no longer needs this entry (e.g. lineage of a
         # task whose outputs are all released); keep the newest `lineage_cap` marked
         # entries per table and flush the rest.
         if current is None:
             return False, [("N", table, key, None)]
-        effects: list[tuple[str, str, Key, Any]] = [("M", table, key, None)]
+        effects: list[_Effect] = [("M", table, key, None)]
         marked = self.collectable[table]
         excess = len(marked) + (key not in marked) - self.lineage_cap
         if excess > 0:
@@ -196,7 +241,7 @@ class ShardState:
 
         Raises `ValueError` on a gap (a missing update): the caller must resync.
         """
-        seq, kind, table, key, value, dedup = update
+        seq, kind, table, key, value, client_id, client_seq, result = update
         if seq <= self.applied:
             return False
         if seq != self.applied + 1:
@@ -210,8 +255,7 @@ class ShardState:
                 self.evicted += 1
         elif kind == "M":
             self.collectable[table][key] = None
-        if dedup is not None:
-            client_id, client_seq, result = dedup
+        if client_id is not None:
             self.dedup[(client_id, client_seq)] = (seq, result)
             if len(self.dedup) > self.dedup_entries:
                 del self.dedup[next(iter(self.dedup))]
@@ -252,43 +296,40 @@ class ShardState:
 
     # ------------------------------------------------------------------- reading
 
-    def read(self, op: tuple[Any, ...]) -> Any:
-        """``("get", t, k)`` -> ``(value, version)`` or None; ``("scan", t, prefix, limit)``
-        -> sorted ``[(key, value, version), ...]``."""
-        if op[0] == "get":
-            return self.tables[op[1]].get(op[2])
-        _, table, prefix, limit = op
+    def read(self, op: ReadOp) -> Row | None | list[Row]:
+        """`Get` -> its `Row`, or None if absent; `Scan` -> the matching rows, by key."""
+        if isinstance(op, Get):
+            found = self.tables[op.table].get(op.key)
+            return None if found is None else Row(op.key, found[0], found[1])
+        prefix: Any = op.prefix
         kind = type(prefix)
-        rows = sorted(
-            (k, v[0], v[1])
-            for k, v in self.tables[table].items()
-            if type(k) is kind and k.startswith(prefix)
-        )
-        return rows if limit is None else rows[:limit]
+        keys = sorted(k for k in self.tables[op.table] if type(k) is kind and k.startswith(prefix))
+        if op.limit is not None:
+            keys = keys[:op.limit]
+        table = self.tables[op.table]
+        return [Row(k, table[k][0], table[k][1]) for k in keys]
 
     # ------------------------------------------------------------ state transfer
 
-    def snapshot(self) -> tuple[Any, ...]:
+    def snapshot(self) -> ShardSnapshot:
         """A consistent copy at ``applied`` (shallow: stored values are immutable)."""
-        return (
-            self.applied,
-            self.acked,
-            {t: dict(d) for t, d in self.tables.items() if d},
-            {t: dict(d) for t, d in self.collectable.items() if d},
-            dict(self.dedup),
-            self.history,
+        return ShardSnapshot(
+            applied=self.applied,
+            acked=self.acked,
+            tables={t: dict(d) for t, d in self.tables.items() if d},
+            collectable={t: dict(d) for t, d in self.collectable.items() if d},
+            dedup=dict(self.dedup),
+            history=self.history,
         )
 
-    def restore(self, snap: tuple[Any, ...]) -> None:
+    def restore(self, snap: ShardSnapshot) -> None:
         """Replace everything by ``snap`` (from `snapshot`, possibly of another replica)."""
-        applied, acked, tables, collectable, dedup, *rest = snap  # (older logs: no history)
-        if rest:
-            self.history = rest[0]
-        self.tables = {t: dict(tables.get(t, {})) for t in TABLES}
-        self.collectable = {t: dict(collectable.get(t, {})) for t in TABLES}
-        self.dedup = dict(dedup)
-        self.applied = applied
-        self.acked = min(acked, applied)
+        self.history = snap.history
+        self.tables = {t: dict(snap.tables.get(t, {})) for t in TABLES}
+        self.collectable = {t: dict(snap.collectable.get(t, {})) for t in TABLES}
+        self.dedup = dict(snap.dedup)
+        self.applied = snap.applied
+        self.acked = min(snap.acked, snap.applied)
         self.log.clear()
 
     def statistics(self) -> ShardStateStatistics:

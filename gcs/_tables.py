@@ -4,27 +4,30 @@ Each is a thin, documented facade: which table a record lives in, how its key is
 formed, which operations must be atomic. Values are whatever the runtime stores
 (attrs instances, dicts, bytes): the client pickles them, the replicas never look
 inside. Ids may be ``str`` or ``bytes``.
+
+A table needs only the generic key-value API of its client (`KeyValueApi`, which
+`GcsClient` implements), so this module does not import the client's.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
 
 import attrs
 
+from ._codec import Entry
 from ._errors import NameTaken, VersionMismatch
-from ._protocol import Key
-
-if TYPE_CHECKING:
-    from ._client import Entry, GcsClient, Subscription
+from ._messages import Key
+from ._subscription import Subscription
 
 __all__ = [
     "ACTOR_STATES",
     "ActorTable",
     "FunctionTable",
     "JobTable",
+    "KeyValueApi",
     "KvTable",
     "NodeTable",
     "ObjectTable",
@@ -35,10 +38,47 @@ __all__ = [
 ACTOR_STATES = ("pending", "alive", "restarting", "dead")
 
 
+class KeyValueApi(Protocol):
+    """The generic API of `GcsClient` the typed tables are written over."""
+
+    async def put(self, table: str, key: Key, value: Any, *,
+                  expect_version: int | None = None) -> int: ...
+
+    async def put_if_absent(self, table: str, key: Key, value: Any) -> bool: ...
+
+    async def get(self, table: str, key: Key, default: Any = None) -> Any: ...
+
+    async def get_entry(self, table: str, key: Key) -> Entry | None: ...
+
+    async def delete(self, table: str, key: Key, *, expect_version: int | None = None) -> bool: ...
+
+    async def set_add(self, table: str, key: Key, member: str | bytes | int) -> bool: ...
+
+    async def set_remove(self, table: str, key: Key, member: str | bytes | int) -> bool: ...
+
+    async def mark_collectable(self, table: str, key: Key) -> bool: ...
+
+    async def put_many(self, table: str, items: list[tuple[Key, Any]], *,
+                       return_exceptions: bool = False,
+                       plain_pickle: bool = False) -> list[Any]: ...
+
+    async def mark_collectable_many(self, table: str, keys: list[Key], *,
+                                    return_exceptions: bool = False) -> list[Any]: ...
+
+    async def update(self, table: str, key: Key, fn: Callable[[Any], Any], *,
+                     default: Any = None, retries: int = 100) -> Any: ...
+
+    async def scan(self, table: str, prefix: Key = "", *,
+                   limit: int | None = None) -> list[tuple[Key, Any]]: ...
+
+    def subscribe(self, table: str, *, key: Key | None = None,
+                  prefix: Key | None = None) -> AbstractAsyncContextManager[Subscription]: ...
+
+
 class _Table:
     table = ""
 
-    def __init__(self, client: GcsClient) -> None:
+    def __init__(self, client: KeyValueApi) -> None:
         self._client = client
 
     async def put(self, key: Key, value: Any) -> int:

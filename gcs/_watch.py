@@ -65,8 +65,8 @@ def answer_nowait(reply: Any, value: Any) -> None:
         pass  # the asker is gone; it will retry elsewhere
 
 
-async def aclose_quietly(conn: Any) -> None:
-    with trio.move_on_after(1.0):
+async def aclose_quietly(conn: Any, timeout: float = 1.0) -> None:  # noqa: ASYNC109
+    with trio.move_on_after(timeout):
         try:
             await conn.aclose()
         except transport.TransportError:

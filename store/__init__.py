@@ -8,11 +8,16 @@ into shared memory and read zero-copy: numpy arrays and Arrow data come back as
 read-only views of the arena. ``service.statistics()`` and
 ``client.store_statistics()`` give `StoreStatistics`; ``client.statistics()`` gives
 `StoreClientStatistics` (frozen attrs classes).
+
+Clients and the service talk in the frozen attrs messages of `_messages.py`; each
+end dispatches through one `transport.Dispatcher`, and a message it does not handle,
+or with fields of the wrong type, fails with `BadRequest` while it serves on.
 """
 
 from ._client import BlockingStoreClient, ObjectWriter, StoreClient, StoreClientStatistics
 from ._core import StoreCore, StoreStatistics
 from ._errors import (
+    BadRequest,
     GetTimeoutError,
     ObjectExistsError,
     ObjectNotFoundError,
@@ -26,6 +31,7 @@ from ._service import ObjectStoreService
 from ._session import arena_path, cleanup_session, cleanup_stale_sessions, session_files
 
 __all__ = [
+    "BadRequest",
     "BlockingStoreClient",
     "GetTimeoutError",
     "ObjectExistsError",

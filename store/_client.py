@@ -38,9 +38,10 @@ import trio
 
 import transport
 
+from . import _messages as m
 from ._arena import Mapping, payload_layout
 from ._core import StoreStatistics
-from ._errors import StoreClosedError, StoreError
+from ._errors import BadRequest, StoreClosedError, StoreError
 from ._serialize import SerializedValue, deserialize, serialize
 
 __all__ = ["BlockingStoreClient", "StoreClient", "StoreClientStatistics"]
@@ -59,9 +60,9 @@ IN_BAND = 16 * 1024
 MAX_CACHED_LEASES = 4096
 
 
-def _location(payload: int, serialized: SerializedValue) -> tuple[int, int, int, tuple[int, ...]]:
+def _location(payload: int, serialized: SerializedValue) -> m.Location:
     data_len = memoryview(serialized.data).nbytes
-    return payload, len(serialized.metadata), data_len, tuple(serialized.buffer_sizes)
+    return m.Location(payload, len(serialized.metadata), data_len, tuple(serialized.buffer_sizes))
 
 
 @attrs.frozen(kw_only=True)
@@ -90,7 +91,8 @@ class _Lease:
 
     __slots__ = ("__weakref__", "client", "location", "mapping", "object_id", "view_ids")
 
-    def __init__(self, client: StoreClient, object_id: bytes, view_id: int, location, mapping):
+    def __init__(self, client: StoreClient, object_id: bytes, view_id: int,
+                 location: m.Location, mapping: Mapping):
         self.client = client
         self.object_id = object_id
         self.view_ids = [view_id]
@@ -98,7 +100,9 @@ class _Lease:
         self.mapping = mapping
 
     def serialized(self) -> SerializedValue:
-        payload, meta_len, data_len, sizes = self.location
+        location = self.location
+        payload, meta_len, data_len = location.payload, location.meta_len, location.data_len
+        sizes = location.buffer_sizes
         offsets, _ = payload_layout(meta_len, data_len, sizes)
         view = self.mapping.view
         base = self.mapping.address + payload
@@ -120,7 +124,7 @@ class ObjectWriter:
     """An unsealed object being written chunk by chunk (see `StoreClient.create`)."""
 
     def __init__(self, client: StoreClient, object_id: bytes, mapping: Mapping, payload: int,
-                 length: int, location: Any, take_ref: bool):
+                 length: int, location: m.Location, take_ref: bool):
         self._client = client
         self.object_id = object_id
         self._mapping = mapping
@@ -142,7 +146,7 @@ class ObjectWriter:
 
     async def seal(self, timeout: float | None = 60.0) -> None:  # noqa: ASYNC109
         client = self._client
-        view_id = await client._call(("seal", self.object_id, self._take_ref), timeout)
+        view_id = await client._call(m.Seal(self.object_id, self._take_ref), timeout)
         self.done = True
         if self._take_ref:
             client.refs[self.object_id] += 1
@@ -171,11 +175,11 @@ class StoreClient:
     threads use `BlockingStoreClient`.
     """
 
-    def __init__(self, conn: transport.Connection, hello: dict[str, Any]):
+    def __init__(self, conn: transport.Connection, hello: m.StoreHello):
         self._conn = conn
-        self.arena_path: str = hello["arena_path"]
-        self.inline_threshold: int = hello["inline_threshold"]
-        self._mapping = Mapping(self.arena_path, hello["arena_size"])
+        self.arena_path: str = hello.arena_path
+        self.inline_threshold: int = hello.inline_threshold
+        self._mapping = Mapping(self.arena_path, hello.arena_size)
         self._leases: weakref.WeakValueDictionary[bytes, _Lease] = weakref.WeakValueDictionary()
         self._released: collections.deque[int] = collections.deque()
         self._flush_scheduled = False
@@ -213,15 +217,15 @@ class StoreClient:
         box = [self]
         conn, hello = await _dial(address, token, name, timeout, box)
         try:
-            if hello["arena_path"] != self.arena_path:
+            if hello.arena_path != self.arena_path:
                 raise StoreError(
-                    f"the store at {address} now uses {hello['arena_path']}, not {self.arena_path}"
+                    f"the store at {address} now uses {hello.arena_path}, not {self.arena_path}"
                 )
             leases = dict(self._leases.items())
             with self._lock:
                 self._released.clear()  # ids of the old service mean nothing now
             new_views = await conn.request(
-                ("claim", dict(self.refs), dict(self.pins), list(leases)), timeout=timeout
+                m.Claim(dict(self.refs), dict(self.pins), list(leases)), timeout=timeout
             )
         except BaseException:
             await conn.aclose()
@@ -277,7 +281,7 @@ class StoreClient:
                 data = serialized.data
                 buffers = [pickle.PickleBuffer(b) for b in serialized.buffers]
             await self._call(
-                ("put_inline", object_id, serialized.metadata, data, buffers, take_ref), timeout
+                m.PutInline(object_id, serialized.metadata, data, buffers, take_ref), timeout
             )
             if take_ref:
                 self._small[object_id] = _owned(serialized)
@@ -291,7 +295,7 @@ class StoreClient:
             except BaseException:
                 self._abort(object_id)
                 raise
-            view_id = await self._call(("seal", object_id, take_ref), timeout)
+            view_id = await self._call(m.Seal(object_id, take_ref), timeout)
             if take_ref:
                 self.refs[object_id] += 1
                 self._lease(object_id, view_id, _location(payload, serialized), mapping)
@@ -311,23 +315,23 @@ class StoreClient:
     async def _create(
         self, object_id: bytes, serialized: SerializedValue, take_ref: bool, timeout: float | None  # noqa: ASYNC109
     ) -> tuple[Mapping, int]:
-        message = (
-            "create", object_id, len(serialized.metadata), memoryview(serialized.data).nbytes,
-            serialized.buffer_sizes, take_ref,
+        message = m.Create(
+            object_id, len(serialized.metadata), memoryview(serialized.data).nbytes,
+            tuple(serialized.buffer_sizes), take_ref,
         )
         return self._target(object_id, await self._call(message, timeout))
 
-    def _target(self, object_id: bytes, reply: Any) -> tuple[Mapping, int]:
+    def _target(self, object_id: bytes, reply: int | m.OnDisk) -> tuple[Mapping, int]:
         """Where to write a created object: ``(mapping, payload offset)`` in the arena,
-        or in the file the service created it in (``("file", path, offset)``)."""
-        if not isinstance(reply, tuple):
+        or in the file the service created it in (`OnDisk`)."""
+        if not isinstance(reply, m.OnDisk):
             return self._mapping, reply
-        _, path, payload = reply
         try:
-            return Mapping(path), payload
+            return Mapping(reply.path), reply.payload
         except OSError as exc:
             self._abort(object_id)
-            raise StoreError(f"cannot map {path}, where the store created the object: {exc}") from exc
+            raise StoreError(
+                f"cannot map {reply.path}, where the store created the object: {exc}") from exc
 
     def _write(self, mapping: Mapping, payload: int, serialized: SerializedValue) -> None:
         """Copy the serialised value into the unsealed block (any thread)."""
@@ -341,7 +345,7 @@ class StoreClient:
 
     def _abort(self, object_id: bytes) -> None:
         try:
-            self._conn.send_nowait(("abort", object_id))
+            self._conn.send_nowait(m.Abort(object_id))
         except transport.TransportError:
             pass  # the service drops our unsealed blocks with the connection
 
@@ -363,27 +367,27 @@ class StoreClient:
         if small is not None:
             return small
         reply = await self._call(
-            ("get", object_id, timeout), None if timeout is None else timeout + REPLY_MARGIN
+            m.Get(object_id, timeout), None if timeout is None else timeout + REPLY_MARGIN
         )
-        if reply[0] == "inline":
-            _, metadata, data, buffers = reply
-            value = SerializedValue(data=data, buffers=buffers, metadata=metadata)
+        if isinstance(reply, m.SharedView):
+            return self._lease(object_id, reply.view_id, reply.location).serialized()
+        if isinstance(reply, m.InlineValue):
+            value = reply.value()
             if self.refs.get(object_id, 0) > 0:
                 self._small[object_id] = _owned(value)
             return value
-        if reply[0] == "file":  # on disk: map the file (read-only, still zero copy)
-            _, view_id, path, location = reply
+        if isinstance(reply, m.FileView):  # on disk: map the file (read-only, still zero copy)
             try:
-                mapping = Mapping(path, readonly=True)
+                mapping = Mapping(reply.path, readonly=True)
             except OSError as exc:
-                self._release_soon([view_id])
-                raise StoreError(f"cannot map {path}, where object {object_id.hex()} is: {exc}") from exc
-            return self._lease(object_id, view_id, location, mapping).serialized()
-        _, view_id, location = reply
-        return self._lease(object_id, view_id, location).serialized()
+                self._release_soon([reply.view_id])
+                raise StoreError(
+                    f"cannot map {reply.path}, where object {object_id.hex()} is: {exc}") from exc
+            return self._lease(object_id, reply.view_id, reply.location, mapping).serialized()
+        raise StoreError(f"the store answered a get of {object_id.hex()} with {reply!r:.200}")
 
     def _lease(
-        self, object_id: bytes, view_id: int, location: Any, mapping: Mapping | None = None
+        self, object_id: bytes, view_id: int, location: m.Location, mapping: Mapping | None = None
     ) -> _Lease:
         """The lease of ``object_id`` (at ``location`` of ``mapping``, the arena's if
         ``None``), holding ``view_id`` too."""
@@ -401,27 +405,25 @@ class StoreClient:
                 self._cache.popitem(last=False)
         return lease
 
-    async def _handle(self, conn: transport.Connection, message: Any, reply: Any) -> None:
-        if message[0] == "drop_cache":
-            dropped = len(self._cache)
-            self._cache.clear()  # leases without live views die now and queue releases
-            self._flush_releases()  # sent before the reply: the service sees them first
-            if reply is not None:
-                reply.send(dropped)
-        elif reply is not None:
-            reply.fail(ValueError(f"unknown request {message[0]!r} to a store client"))
+    def _on_drop_cache(self, conn: transport.Connection, message: m.DropCache,
+                       reply: transport.Reply) -> None:
+        dropped = len(self._cache)
+        self._cache.clear()  # leases without live views die now and queue releases
+        self._flush_releases()  # sent before the reply: the service sees them first
+        reply.send(dropped)
 
     async def contains(self, object_id: bytes) -> bool:
-        return await self._call(("contains", object_id), 30.0)
+        return await self._call(m.Contains(object_id), 30.0)
 
     async def read_chunk(self, object_id: bytes, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` of a sealed object's payload (for transfers)."""
-        return await self._call(("read_chunk", object_id, offset, size), 60.0)
+        return await self._call(m.ReadChunk(object_id, offset, size), 60.0)
 
-    async def object_info(self, object_id: bytes) -> dict[str, Any]:
+    async def object_info(self, object_id: bytes) -> m.ObjectInfo:
         """Size, state and payload layout of an object (for transfers): ``state``,
         ``size``, ``payload_len``, ``meta_len``, ``data_len``, ``buffer_sizes``."""
-        return await self._call(("info", object_id), 30.0)
+        info: m.ObjectInfo = await self._call(m.Info(object_id), 30.0)
+        return info
 
     async def create(
         self,
@@ -438,18 +440,19 @@ class StoreClient:
         `object_info`, the chunks from its `read_chunk`). Nothing is visible until
         `ObjectWriter.seal`; an aborted or abandoned writer leaves nothing."""
         sizes = tuple(int(n) for n in buffer_sizes)
-        reply = await self._call(("create", object_id, meta_len, data_len, sizes, take_ref), timeout)
+        reply = await self._call(m.Create(object_id, meta_len, data_len, sizes, take_ref), timeout)
         mapping, payload = self._target(object_id, reply)
         length = payload_layout(meta_len, data_len, sizes)[1]
         return ObjectWriter(
-            self, object_id, mapping, payload, length, (payload, meta_len, data_len, sizes), take_ref
+            self, object_id, mapping, payload, length,
+            m.Location(payload, meta_len, data_len, sizes), take_ref,
         )
 
     # -- lifetime ------------------------------------------------------------------
 
     async def add_ref(self, object_id: bytes, count: int = 1) -> None:
         self.refs[object_id] += count
-        await self._send(("add_ref", object_id, count))
+        await self._send(m.AddRef(object_id, count))
 
     async def remove_ref(self, object_id: bytes, count: int = 1) -> None:
         count = min(count, self.refs[object_id])
@@ -460,11 +463,11 @@ class StoreClient:
             del self.refs[object_id]
             self._small.pop(object_id, None)
             self._cache.pop(object_id, None)
-        await self._send(("remove_ref", object_id, count))
+        await self._send(m.RemoveRef(object_id, count))
 
     async def pin(self, object_id: bytes) -> None:
         """Keep the object in memory (never spilled or freed) until `unpin`."""
-        await self._call(("pin", object_id), 30.0)
+        await self._call(m.Pin(object_id), 30.0)
         self.pins[object_id] += 1
 
     async def unpin(self, object_id: bytes) -> None:
@@ -472,7 +475,7 @@ class StoreClient:
             self.pins[object_id] -= 1
             if self.pins[object_id] <= 0:
                 del self.pins[object_id]
-        await self._send(("unpin", object_id))
+        await self._send(m.Unpin(object_id))
 
     async def delete(self, object_id: bytes) -> bool:
         """Forget the object whatever its refs; returns whether it existed. Memory under
@@ -481,11 +484,11 @@ class StoreClient:
         self._cache.pop(object_id, None)
         self._leases.pop(object_id, None)  # live values keep their lease, unnamed
         self.refs.pop(object_id, None)
-        return await self._call(("delete", object_id), 30.0)
+        return await self._call(m.Delete(object_id), 30.0)
 
     async def store_statistics(self) -> StoreStatistics:
         """The service's `statistics()` (used, capacity, count, spilled, …)."""
-        stats: StoreStatistics = await self._call(("statistics",), 30.0)
+        stats: StoreStatistics = await self._call(m.Statistics(), 30.0)
         return stats
 
     def statistics(self) -> StoreClientStatistics:
@@ -520,7 +523,7 @@ class StoreClient:
             self._released.clear()
         if view_ids and not self._conn.closed:
             try:
-                self._conn.send_nowait(("release", view_ids))
+                self._conn.send_nowait(m.Release(view_ids))
             except transport.TransportError:
                 pass
 
@@ -537,7 +540,7 @@ class StoreClient:
             with self._lock:
                 view_ids = list(self._released)
                 self._released.clear()
-            message = ("with_releases", view_ids, message)
+            message = m.WithReleases(view_ids, message)
         try:
             return await self._conn.request(message, timeout=timeout)
         except transport.RemoteError as exc:
@@ -551,17 +554,26 @@ class StoreClient:
 
 async def _dial(
     address: str, token: bytes | str, name: str, timeout: float, box: list[StoreClient]  # noqa: ASYNC109
-) -> tuple[transport.Connection, dict[str, Any]]:
-    async def handler(conn: transport.Connection, message: Any, reply: Any) -> None:
-        await box[0]._handle(conn, message, reply)
-
-    conn = await transport.connect(address, token, name=name, connect_timeout=timeout, handler=handler)
+) -> tuple[transport.Connection, m.StoreHello]:
+    # What the service may ask of a client (only to drop its cached leases).
+    routes = transport.Dispatcher(f"store client {name}", refuse=_refuse)
+    routes.register(m.DropCache, lambda conn, message, reply: box[0]._on_drop_cache(
+        conn, message, reply))
+    conn = await transport.connect(address, token, name=name, connect_timeout=timeout, handler=routes)
     try:
-        hello = await conn.request(("hello",), timeout=timeout)
+        hello = await conn.request(m.Hello(), timeout=timeout)
     except BaseException:
         await conn.aclose()
         raise
+    if not isinstance(hello, m.StoreHello):
+        await conn.aclose()
+        raise StoreError(f"{address} is not an object store (it answered {hello!r:.200})")
     return conn, hello
+
+
+def _refuse(conn: transport.Connection, reply: transport.Reply,
+            error: transport.BadMessage) -> None:
+    reply.fail(BadRequest(str(error)))
 
 
 def _owned(value: SerializedValue) -> SerializedValue:
@@ -600,7 +612,7 @@ class BlockingStoreClient:
         except BaseException:
             trio.from_thread.run_sync(client._abort, object_id, trio_token=self._token)
             raise
-        view_id = self._run(client._call, ("seal", object_id, take_ref), timeout)
+        view_id = self._run(client._call, m.Seal(object_id, take_ref), timeout)
         if take_ref:
             location = _location(payload, serialized)
             self._run(_add_local_ref, client, object_id, view_id, location, mapping)
@@ -650,7 +662,7 @@ async def _get_serialized(client: StoreClient, object_id: bytes, timeout: float 
 
 
 async def _add_local_ref(
-    client: StoreClient, object_id: bytes, view_id: int, location: Any, mapping: Mapping
+    client: StoreClient, object_id: bytes, view_id: int, location: m.Location, mapping: Mapping
 ) -> None:
     client.refs[object_id] += 1
     client._lease(object_id, view_id, location, mapping)

@@ -44,7 +44,7 @@ import collections
 import math
 import os
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -62,6 +62,7 @@ from ._arena import (
     payload_layout,
 )
 from ._diagnose import full_error
+from ._entry import Client, Entry
 from ._errors import (
     GetTimeoutError,
     ObjectExistsError,
@@ -70,40 +71,13 @@ from ._errors import (
     StoreError,
     format_id,
 )
+from ._messages import FileView, OnDisk, SharedView
 from ._serialize import SerializedValue
 
-__all__ = ["DiskTarget", "Entry", "StoreCore", "StoreStatistics"]
+__all__ = ["GetResult", "StoreCore", "StoreStatistics"]
 
-Client = Hashable
-#: Where `StoreCore.create` put an object created on disk: ``("file", path, payload
-#: offset in the file)``; an ``int`` is a payload offset in the arena.
-DiskTarget = tuple[str, str, int]
-
-
-@attrs.define(eq=False)
-class Entry:
-    object_id: bytes
-    state: str  # "unsealed" | "sealed" | "spilled" | "freed"
-    size: int  # payload bytes (metadata + data + buffers)
-    meta_len: int = 0
-    data_len: int = 0
-    buffer_sizes: tuple[int, ...] = ()
-    block_offset: int = -1  # -1: not in the arena (spilled, or created on disk)
-    block_size: int = 0
-    payload_offset: int = 0
-    spill_path: str | None = None  # while unsealed: the file it is being written in
-    creator: Client | None = None
-    pins: collections.Counter = attrs.field(factory=collections.Counter)
-    views: int = 0  # of its arena block
-    file_views: int = 0  # of its file on disk
-    recovered: bool = False
-    deleted: bool = False
-    busy: str | None = None  # "spilling" | "restoring"
-    restored: trio.Event | None = None
-
-    @property
-    def location(self) -> tuple[int, int, int, tuple[int, ...]]:
-        return self.payload_offset, self.meta_len, self.data_len, self.buffer_sizes
+#: What `StoreCore.get` answers: a copy of a small value, or a view held for the client.
+GetResult = SerializedValue | SharedView | FileView
 
 
 @attrs.frozen(kw_only=True)
@@ -288,12 +262,13 @@ class StoreCore:
         data_len: int,
         buffer_sizes: Sequence[int],
         take_ref: bool = True,
-    ) -> int | DiskTarget:
+    ) -> int | OnDisk:
         """Allocate an unsealed block for ``object_id``; returns the payload offset.
 
         Spills least recently used objects when the block does not fit. When nothing
-        more can be spilled, the object is created on disk instead and its
-        `DiskTarget` returned; `ObjectStoreFullError` if the disk cannot take it.
+        more can be spilled, the object is created on disk instead and `OnDisk`
+        (the file, the payload's offset in it) returned; `ObjectStoreFullError` if
+        the disk cannot take it.
         """
         payload = self.create_nowait(client, object_id, meta_len, data_len, buffer_sizes, take_ref)
         if payload is not None:
@@ -367,7 +342,7 @@ class StoreCore:
         take_ref: bool,
         need: int,
         spill_detail: str = "",
-    ) -> DiskTarget:
+    ) -> OnDisk:
         """Create the object in a file of the spill directory (the module docstring);
         `ObjectStoreFullError` naming the store and the disk if it cannot be
         (``spill_detail``: why spilling did not make room, if the disk was why)."""
@@ -408,7 +383,7 @@ class StoreCore:
         self.counters["disk_allocated_bytes"] += length
         if take_ref:
             self.add_ref(client, object_id)
-        return ("file", path, len(header))
+        return OnDisk(path, len(header))
 
     def seal(self, client: Client, object_id: bytes, with_view: bool = False) -> int | None:
         """Make the object visible. With ``with_view`` the writer gets a view of it
@@ -488,16 +463,16 @@ class StoreCore:
         return True
 
     def _fill_small(
-        self, client: Client, object_id: bytes, target: int | DiskTarget, value: SerializedValue
+        self, client: Client, object_id: bytes, target: int | OnDisk, value: SerializedValue
     ) -> None:
         data = memoryview(value.data)
         sizes = [memoryview(b).nbytes for b in value.buffers]
         offsets, _ = payload_layout(len(value.metadata), data.nbytes, sizes)
         pieces = [(0, value.metadata), (len(value.metadata), data)]
         pieces += list(zip(offsets, value.buffers, strict=True))
-        if isinstance(target, tuple):  # created on disk (a small write: no thread)
-            _, path, payload = target
-            _spill.write_at(path, [(payload + offset, piece) for offset, piece in pieces])
+        if isinstance(target, OnDisk):  # created on disk (a small write: no thread)
+            _spill.write_at(target.path,
+                            [(target.payload + offset, piece) for offset, piece in pieces])
         else:
             for offset, piece in pieces:
                 self.arena.mapping.write(target + offset, piece)
@@ -516,11 +491,27 @@ class StoreCore:
 
     # -- reading -------------------------------------------------------------------
 
-    async def get(self, client: Client, object_id: bytes, timeout: float | None) -> tuple:  # noqa: ASYNC109
+    def get_now(self, client: Client, object_id: bytes) -> GetResult | None:
+        """`get` without waiting: the answer if the object is sealed in the arena and
+        nobody is moving it, else ``None`` (the caller awaits `get`)."""
+        entry = self.visible(object_id)
+        if entry is None or entry.state != "sealed" or entry.busy:
+            return None
+        return self._read(client, entry)
+
+    def _read(self, client: Client, entry: Entry) -> GetResult:
+        self.lru.move_to_end(entry.object_id)
+        if entry.size < self.inline_threshold:
+            return self.copy_out(entry)
+        return SharedView(self._add_view(entry, client), entry.payload_offset, entry.meta_len,
+                          entry.data_len, entry.buffer_sizes)
+
+    async def get(self, client: Client, object_id: bytes, timeout: float | None) -> GetResult:  # noqa: ASYNC109
         """Wait (up to ``timeout``; ``None`` forever) until the object is sealed.
 
-        Returns ``("inline", SerializedValue)`` or ``("shm", view_id, location)``; the
-        latter holds a view for ``client`` until `release_views`.
+        Returns a copy of a small value (`SerializedValue`), or a `SharedView` of the
+        arena (a `FileView` of a file when shared memory cannot take it back); a view
+        is held for ``client`` until `release_views`.
         """
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         while True:
@@ -547,23 +538,20 @@ class StoreCore:
                     # held by pinned and in-use objects): the reader maps the file.
                     return self._from_disk(client, entry)
                 continue
-            self.lru.move_to_end(object_id)
-            if entry.size < self.inline_threshold:
-                return ("inline", self.copy_out(entry))
-            return ("shm", self._add_view(entry, client), entry.location)
+            return self._read(client, entry)
 
-    def _from_disk(self, client: Client, entry: Entry) -> tuple:
-        """A ``get`` answer read from the entry's file: a copy if small, else a file
-        view ``("file", view id, path, location in the file)``."""
+    def _from_disk(self, client: Client, entry: Entry) -> SerializedValue | FileView:
+        """A ``get`` answer read from the entry's file: a copy if small, else a
+        `FileView` (the path and the payload's location in the file)."""
         assert entry.spill_path is not None
         start = self._spill_header_len(entry)
         self.counters["file_reads"] += 1
         if entry.size < self.inline_threshold:
             payload = _spill.read_at(entry.spill_path, start, self.payload_len(entry))
-            return ("inline", _copy_payload(memoryview(payload), 0, entry))
+            return _copy_payload(memoryview(payload), 0, entry)
         view_id = self._add_view(entry, client, of_file=True)
-        location = (start, entry.meta_len, entry.data_len, entry.buffer_sizes)
-        return ("file", view_id, entry.spill_path, location)
+        return FileView(view_id, entry.spill_path, start, entry.meta_len, entry.data_len,
+                        entry.buffer_sizes)
 
     def release_views(self, client: Client, view_ids: Sequence[int]) -> None:
         for view_id in view_ids:

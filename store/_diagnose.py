@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from ._allocator import Allocator
+from ._entry import Entry
 from ._errors import ObjectStoreFullError, format_id
-
-if TYPE_CHECKING:
-    from ._core import Entry
 
 __all__ = ["full_error"]
 

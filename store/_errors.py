@@ -7,6 +7,7 @@ capacity and what fills it) so that a failure far from its cause is still readab
 from __future__ import annotations
 
 __all__ = [
+    "BadRequest",
     "GetTimeoutError",
     "ObjectExistsError",
     "ObjectNotFoundError",
@@ -122,3 +123,8 @@ class GetTimeoutError(StoreError, TimeoutError):
 
 class StoreClosedError(StoreError):
     """The client was closed, or its connection to the store service was lost."""
+
+
+class BadRequest(StoreError, ValueError):
+    """The store refused a message: of a type it does not handle, or with fields of
+    the wrong type (a client of another version, a bug). It serves on."""

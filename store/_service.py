@@ -1,7 +1,10 @@
 """`ObjectStoreService`: the node's object store, a child-protocol service.
 
 It owns the arena and the index (`StoreCore`) and serves clients over the transport.
-Requests that may wait (a ``get`` of an object not sealed yet, or spilled; a
+Every message is a class of `_messages.py`, routed through one `transport.Dispatcher`
+(`_dispatcher` lists them with their handlers); one the store does not handle, or
+with fields of the wrong type, fails with `store.BadRequest` and the service serves
+on. Requests that may wait (a ``get`` of an object not sealed yet, or spilled; a
 ``create`` that must spill first) are answered later from a task in the service's
 nursery, so one slow request never blocks a connection; everything else is answered
 inline, in arrival order.
@@ -32,9 +35,10 @@ import trio
 
 import transport
 
+from . import _messages as m
 from ._arena import Arena
-from ._core import StoreCore, StoreStatistics
-from ._errors import ObjectNotFoundError
+from ._core import GetResult, StoreCore, StoreStatistics
+from ._errors import BadRequest, ObjectNotFoundError
 from ._serialize import SerializedValue
 from ._session import DEFAULT_SHM_DIR, arena_path, cleanup_session
 
@@ -125,6 +129,8 @@ class ObjectStoreService:
         self._server: transport.Server | None = None
         self._crash_requested = trio.Event()
         self._crash_reason = ""
+        #: The registry every client message goes through.
+        self._routes = self._dispatcher()
         #: Set when the grace period after a (re)start is over (unclaimed objects gone).
         self.recovery_finished = trio.Event()
 
@@ -155,7 +161,7 @@ class ObjectStoreService:
                     self.arena_path, self.spill_dir,
                 )
             self._server = transport.Server(
-                self.address, self._token, self._handle, name=self.name,
+                self.address, self._token, self._routes, name=self.name,
                 on_disconnect=self._on_disconnect,
             )
             async with trio.open_nursery() as nursery:
@@ -319,72 +325,117 @@ class ObjectStoreService:
         if self._core is not None:
             self._core.drop_client(conn)
 
-    async def _handle(self, conn: transport.Connection, message: Any, reply: Any) -> None:
-        core = self._running_core()
-        kind = message[0]
-        if kind == "with_releases":  # a request carrying the client's pending releases
-            core.release_views(conn, message[1])
-            message = message[2]
-            kind = message[0]
-        if kind == "release":
-            core.release_views(conn, message[1])
-        elif kind == "add_ref":
-            core.add_ref(conn, message[1], message[2])
-        elif kind == "remove_ref":
-            core.remove_ref(conn, message[1], message[2])
-        elif kind == "unpin":
-            core.unpin(conn, message[1])
-        elif kind == "abort":
-            core.abort(conn, message[1])
-        elif reply is None:
-            logger.warning("%s: unknown one-way message %r from %s", self.name, kind, conn.peer_name)
-        elif kind == "get":
-            _, object_id, timeout = message
-            entry = core.visible(object_id)
-            if entry is not None and entry.state == "sealed" and not entry.busy:
-                reply.send(_encode_get(await core.get(conn, object_id, 0)))
-            else:
-                self._later(reply, self._get, conn, object_id, timeout)
-        elif kind == "put_inline":
-            _, object_id, metadata, data, buffers, take_ref = message
-            value = SerializedValue(data=data, buffers=buffers, metadata=metadata)
-            if core.put_small_nowait(conn, object_id, value, take_ref):
-                reply.send(None)
-            else:
-                self._later(reply, core.put_small, conn, object_id, value, take_ref)
-        elif kind == "create":
-            self._later(reply, core.create, conn, *message[1:])
-        elif kind == "seal":
-            reply.send(core.seal(conn, message[1], bool(message[2]) if len(message) > 2 else False))
-        elif kind == "contains":
-            reply.send(core.visible(message[1]) is not None)
-        elif kind == "pin":
-            core.pin(conn, message[1])
-            reply.send(None)
-        elif kind == "delete":
-            reply.send(core.delete(message[1]))
-        elif kind == "read_chunk":
-            reply.send(pickle.PickleBuffer(core.read_chunk(*message[1:])))
-        elif kind == "info":
-            entry = core.visible(message[1])
-            if entry is None:
-                raise ObjectNotFoundError(message[1])
-            reply.send({
-                "state": entry.state, "size": entry.size, "payload_len": core.payload_len(entry),
-                "meta_len": entry.meta_len, "data_len": entry.data_len,
-                "buffer_sizes": entry.buffer_sizes,
-            })
-        elif kind == "claim":
-            reply.send(core.claim(conn, *message[1:]))
-        elif kind == "statistics":
-            reply.send(self.statistics())
-        elif kind == "hello":
-            reply.send({
-                "arena_path": self.arena_path, "arena_size": core.arena.mapping.size,
-                "inline_threshold": self.inline_threshold, "prefix": self.prefix,
-            })
+    # Every message a client sends, and what answers it. A plain handler costs no
+    # coroutine (the hot ones: get, put_inline, the one-way notices); those that
+    # may wait (a get of an object not sealed yet, or spilled; a create that must
+    # spill first) answer later from a task of the service's nursery, so one slow
+    # request never blocks the connection.
+
+    def _dispatcher(self) -> transport.Dispatcher:
+        d = transport.Dispatcher(self.name, refuse=_refuse)
+        d.register(m.WithReleases, self._on_with_releases)
+        d.register(m.Release, self._on_release, oneway=True)
+        d.register(m.AddRef, self._on_add_ref, oneway=True)
+        d.register(m.RemoveRef, self._on_remove_ref, oneway=True)
+        d.register(m.Unpin, self._on_unpin, oneway=True)
+        d.register(m.Abort, self._on_abort, oneway=True)
+        d.register(m.Hello, self._on_hello)
+        d.register(m.Get, self._on_get)
+        d.register(m.PutInline, self._on_put_inline)
+        d.register(m.Create, self._on_create)
+        d.register(m.Seal, self._on_seal)
+        d.register(m.Contains, self._on_contains)
+        d.register(m.Pin, self._on_pin)
+        d.register(m.Delete, self._on_delete)
+        d.register(m.ReadChunk, self._on_read_chunk)
+        d.register(m.Info, self._on_info)
+        d.register(m.Claim, self._on_claim)
+        d.register(m.Statistics, self._on_statistics)
+        return d
+
+    async def _on_with_releases(self, conn: transport.Connection, msg: m.WithReleases,
+                                reply: transport.Reply) -> None:
+        self._running_core().release_views(conn, msg.view_ids)
+        if isinstance(msg.request, m.WithReleases):
+            reply.fail(BadRequest(f"{self.name}: releases inside releases"))
+            return
+        await self._routes.dispatch(conn, msg.request, reply)
+
+    def _on_release(self, conn: transport.Connection, msg: m.Release) -> None:
+        self._running_core().release_views(conn, msg.view_ids)
+
+    def _on_add_ref(self, conn: transport.Connection, msg: m.AddRef) -> None:
+        self._running_core().add_ref(conn, msg.object_id, msg.count)
+
+    def _on_remove_ref(self, conn: transport.Connection, msg: m.RemoveRef) -> None:
+        self._running_core().remove_ref(conn, msg.object_id, msg.count)
+
+    def _on_unpin(self, conn: transport.Connection, msg: m.Unpin) -> None:
+        self._running_core().unpin(conn, msg.object_id)
+
+    def _on_abort(self, conn: transport.Connection, msg: m.Abort) -> None:
+        self._running_core().abort(conn, msg.object_id)
+
+    def _on_hello(self, conn: transport.Connection, msg: m.Hello, reply: transport.Reply) -> None:
+        reply.send(m.StoreHello(
+            arena_path=self.arena_path, arena_size=self._running_core().arena.mapping.size,
+            inline_threshold=self.inline_threshold, prefix=self.prefix))
+
+    def _on_get(self, conn: transport.Connection, msg: m.Get, reply: transport.Reply) -> None:
+        found = self._running_core().get_now(conn, msg.object_id)
+        if found is not None:
+            reply.send(_wire_value(found))
         else:
-            raise ValueError(f"unknown object store request {kind!r}")
+            self._later(reply, self._get, conn, msg.object_id, msg.timeout)
+
+    def _on_put_inline(self, conn: transport.Connection, msg: m.PutInline,
+                       reply: transport.Reply) -> None:
+        core = self._running_core()
+        value = SerializedValue(data=msg.data, buffers=msg.buffers, metadata=msg.metadata)
+        if core.put_small_nowait(conn, msg.object_id, value, msg.take_ref):
+            reply.send(None)
+        else:
+            self._later(reply, core.put_small, conn, msg.object_id, value, msg.take_ref)
+
+    def _on_create(self, conn: transport.Connection, msg: m.Create, reply: transport.Reply) -> None:
+        self._later(reply, self._running_core().create, conn, msg.object_id, msg.meta_len,
+                    msg.data_len, msg.buffer_sizes, msg.take_ref)
+
+    def _on_seal(self, conn: transport.Connection, msg: m.Seal, reply: transport.Reply) -> None:
+        reply.send(self._running_core().seal(conn, msg.object_id, msg.with_view))
+
+    def _on_contains(self, conn: transport.Connection, msg: m.Contains,
+                     reply: transport.Reply) -> None:
+        reply.send(self._running_core().visible(msg.object_id) is not None)
+
+    def _on_pin(self, conn: transport.Connection, msg: m.Pin, reply: transport.Reply) -> None:
+        self._running_core().pin(conn, msg.object_id)
+        reply.send(None)
+
+    def _on_delete(self, conn: transport.Connection, msg: m.Delete, reply: transport.Reply) -> None:
+        reply.send(self._running_core().delete(msg.object_id))
+
+    def _on_read_chunk(self, conn: transport.Connection, msg: m.ReadChunk,
+                       reply: transport.Reply) -> None:
+        chunk = self._running_core().read_chunk(msg.object_id, msg.offset, msg.size)
+        reply.send(pickle.PickleBuffer(chunk))
+
+    def _on_info(self, conn: transport.Connection, msg: m.Info, reply: transport.Reply) -> None:
+        core = self._running_core()
+        entry = core.visible(msg.object_id)
+        if entry is None:
+            raise ObjectNotFoundError(msg.object_id)
+        reply.send(m.ObjectInfo(
+            state=entry.state, size=entry.size, payload_len=core.payload_len(entry),
+            meta_len=entry.meta_len, data_len=entry.data_len,
+            buffer_sizes=tuple(entry.buffer_sizes)))
+
+    def _on_claim(self, conn: transport.Connection, msg: m.Claim, reply: transport.Reply) -> None:
+        reply.send(self._running_core().claim(conn, msg.refs, msg.pins, msg.views))
+
+    def _on_statistics(self, conn: transport.Connection, msg: m.Statistics,
+                       reply: transport.Reply) -> None:
+        reply.send(self.statistics())
 
     async def _reclaim(self, clients: set[Any]) -> None:
         """Ask ``clients`` to drop their cached views (they answer after sending the
@@ -392,7 +443,7 @@ class ObjectStoreService:
 
         async def ask(conn: transport.Connection) -> None:
             try:
-                await conn.request(("drop_cache",), timeout=5.0)
+                await conn.request(m.DropCache(), timeout=5.0)
             except transport.TransportError as exc:
                 logger.info("%s: %s did not drop its cache: %s", self.name, conn.peer_name, exc)
 
@@ -415,7 +466,7 @@ class ObjectStoreService:
             reply.send(result)
 
     async def _get(self, conn: transport.Connection, object_id: bytes, timeout: float | None) -> Any:  # noqa: ASYNC109
-        return _encode_get(await self._running_core().get(conn, object_id, timeout))
+        return _wire_value(await self._running_core().get(conn, object_id, timeout))
 
 
 def _at_low_priority(fn: Any, *args: Any) -> None:
@@ -445,11 +496,18 @@ def _page(n: int) -> int:
     return -(-n // 4096) * 4096
 
 
-def _encode_get(result: tuple) -> tuple:
-    if result[0] == "inline":
-        value: SerializedValue = result[1]
-        return ("inline", value.metadata, value.data, [pickle.PickleBuffer(b) for b in value.buffers])
+def _wire_value(result: GetResult) -> m.InlineValue | m.SharedView | m.FileView:
+    """A get's answer as it travels: a small value's buffers go out of band."""
+    if isinstance(result, SerializedValue):
+        return m.InlineValue(result.metadata, result.data,
+                             [pickle.PickleBuffer(b) for b in result.buffers])
     return result
+
+
+def _refuse(conn: transport.Connection, reply: transport.Reply,
+            error: transport.BadMessage) -> None:
+    """A message the store does not handle: the client raises `store.BadRequest`."""
+    reply.fail(BadRequest(str(error)))
 
 
 def _is_cancellation(exc: BaseException) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import attrs
 import pytest
 import trio
@@ -9,15 +11,13 @@ import trio
 import gcs
 import transport
 
-from .test_gcs_support import TOKEN
+from .test_gcs_support import TOKEN, replica_stats, start_gcs
 
 
 @pytest.fixture
 async def service(nursery):
-    svc = gcs.GcsService(gcs.GcsConfig(shards=2, replicas=1, max_value_bytes=10_000,
-                                       lineage_cap=2), TOKEN)
-    svc.address = await nursery.start(svc.run)
-    return svc
+    return await start_gcs(nursery, gcs.GcsConfig(shards=2, replicas=1, max_value_bytes=10_000,
+                                                  lineage_cap=2))
 
 
 @pytest.fixture
@@ -160,17 +160,7 @@ async def test_subscriptions_key_and_prefix(client) -> None:
             await sub.next(0.2)
 
 
-#: The flat dict a replica's ``("stats",)`` request answers (its wire shape).
-_REPLICA_REPORT_KEYS = {
-    "name", "shard", "role", "epoch", "pending_replies", "subscriber_connections",
-    "subscriptions", "published", "dropped_slow", "coordinator_reconnects", "writes", "reads",
-    "bad_requests", "snapshots_sent", "snapshots_received", "suspects_reported", "applied",
-    "acked", "keys", "table_keys", "log_length", "dedup_entries", "collectable", "evicted",
-}
-
-
-async def test_statistics_are_typed_and_stats_requests_keep_their_wire_shape(
-        client, service) -> None:
+async def test_statistics_are_typed_also_over_the_wire(client, service) -> None:
     async with client.kv.subscribe("watched"):
         await client.put_many("kv", [(f"k{i}", i) for i in range(6)] + [("watched", 1)])
         assert await client.get("kv", "k1") == 1
@@ -184,23 +174,21 @@ async def test_statistics_are_typed_and_stats_requests_keep_their_wire_shape(
         assert [(c.shard, len(c.chain)) for c in coordinator.shards] == [(0, 1), (1, 1)]
         async with transport.open_connection(service.coordinator.address, TOKEN,
                                              name="probe") as conn:
-            wire = await conn.request(("stats",), timeout=5)
-        assert type(wire) is dict and wire["shards"][0]["chain"] == list(coordinator.shards[0].chain)
+            wire = await conn.request(gcs.messages.Stats(), timeout=5)
+        assert isinstance(wire, gcs.CoordinatorStatistics)
+        assert wire.shards[0].chain == coordinator.shards[0].chain
 
         keys = subscriptions = 0
         for shard in (0, 1):
             cfg = service.coordinator.chain(shard)
-            async with transport.open_connection(cfg.addresses[cfg.chain[0]], TOKEN,
-                                                 name="probe") as conn:
-                report = await conn.request(("stats",), timeout=5)
-            assert type(report) is dict and set(report) == _REPLICA_REPORT_KEYS, report
-            assert report["role"] == "head+tail" and report["applied"] >= 1
-            keys += report["table_keys"]["kv"]
-            subscriptions += report["subscriptions"]
+            report = await replica_stats(cfg.addresses[cfg.chain[0]])
+            assert report.role == "head+tail" and report.state.applied >= 1
+            keys += report.state.table_keys["kv"]
+            subscriptions += report.pubsub.subscriptions
         assert keys == 7 and subscriptions == 1
 
 
-async def test_bad_requests_get_typed_errors_and_the_shard_keeps_serving(client, service) -> None:
+async def test_bad_operations_get_typed_errors_and_the_shard_keeps_serving(client, service) -> None:
     with pytest.raises(gcs.UnknownTable, match="unknown table 'nope'"):
         await client.put("nope", "k", 1)
     with pytest.raises(gcs.BadRequest, match="key must be str or bytes, got int"):
@@ -214,44 +202,132 @@ async def test_bad_requests_get_typed_errors_and_the_shard_keeps_serving(client,
         async with client.subscribe("nope"):
             pass
 
-    # A raw peer (authenticated, but speaking nonsense) straight to a replica.
+    # Well-formed messages carrying bad operations, straight to a replica.
+    m = gcs.messages
     head = client.layout.shards[0].head
     async with transport.open_connection(head, TOKEN, name="fuzzer") as conn:
-        answer = await conn.request(("w", "cid", "not a list"), timeout=5)
-        assert answer[0] == "err" and isinstance(answer[1], gcs.BadRequest)
-        answer = await conn.request(("w", "cid", [(1, ("put", "kv", "k", "str-not-bytes", None))]),
+        answer = await conn.request(m.Write("cid", [1], [m.Put("kv", "k", "str-not-bytes")]),
                                     timeout=5)
-        assert answer[0] == "ok" and isinstance(answer[1][0], gcs.BadRequest)
-        answer = await conn.request(("w", "cid", [(2, ("put", "kv", "k", b"x" * 20_000, None))]),
+        assert isinstance(answer, m.WriteDone) and isinstance(answer.results[0], gcs.BadRequest)
+        answer = await conn.request(m.Write("cid", [2], [m.Put("kv", "k", b"x" * 20_000)]),
                                     timeout=5)
-        assert isinstance(answer[1][0], gcs.ValueTooLarge)
-        answer = await conn.request(("r", 0, [("get", "nope", "k"), ("scan", "kv", 1, None)]),
+        assert isinstance(answer.results[0], gcs.ValueTooLarge)
+        answer = await conn.request(m.Write("cid", [3], [("put", "kv", "k", b"x", None)]),
                                     timeout=5)
-        assert isinstance(answer[2][0], gcs.UnknownTable) and isinstance(answer[2][1], gcs.BadRequest)
-        for junk in [("zzz",), 42, (), ("sub", 1)]:
-            answer = await conn.request(junk, timeout=5)
-            assert answer[0] == "err" and isinstance(answer[1], gcs.BadRequest)
+        assert isinstance(answer.results[0], gcs.BadRequest)
+        assert "unknown write operation tuple" in str(answer.results[0])
+        answer = await conn.request(m.Read(0, [m.Get("nope", "k"), m.Scan("kv", 1)]), timeout=5)
+        assert isinstance(answer.results[0], gcs.UnknownTable)
+        assert isinstance(answer.results[1], gcs.BadRequest)
     await client.put("kv", "still", "serving")
     assert await client.get("kv", "still") == "serving"
 
 
+async def _refused(conn: transport.Connection, junk: object) -> gcs.BadRequest:
+    """What a replica answers ``junk``: `Refused` with a `BadRequest`."""
+    answer = await conn.request(junk, timeout=5)
+    assert isinstance(answer, gcs.messages.Refused), answer
+    assert isinstance(answer.error, gcs.BadRequest), answer.error
+    return answer.error
+
+
+async def test_a_hostile_peer_gets_typed_refusals_from_replica_processes_and_the_coordinator(
+        nursery) -> None:
+    """Garbage, unknown message types and known types with wrong fields, sent to a
+    replica in its own process and to the coordinator: typed refusals naming the
+    fault, and both keep serving."""
+    m = gcs.messages
+    running = await start_gcs(nursery, gcs.GcsConfig(shards=1, replicas=2))
+    async with gcs.open_client(running.address, TOKEN, timeout=10) as client:
+        await client.put("kv", "before", 1)
+        head, tail = running.coordinator.chain(0).chain
+        pids = {s.name: s.pid for s in running.replicas()}
+        assert pids[head] != os.getpid() and pids[tail] != os.getpid()
+        with attrs.validators.disabled():  # what a buggy or older peer would build
+            wrong_write = m.Write("cid", [1, 2], [m.Put("kv", "k", b"v")])
+            wrong_types = m.Write(42, ["1"], [m.Put("kv", "k", b"v")])
+            wrong_read = m.Read(-1, "not a list")
+            wrong_sub = m.Subscribe("one", "kv", None, "", None)
+            wrong_forward = m.Forward([1, 2], ["P"], [], [], [], [], [], [])
+        address = running.coordinator.chain(0).addresses[head]
+        async with transport.open_connection(address, TOKEN, name="hostile") as conn:
+            for junk, says in [
+                (42, "does not handle messages of type int"),
+                (("w", "cid", [(1, ("put", "kv", "k", b"v", None))]),
+                 "does not handle messages of type tuple"),
+                (m.Hello(), "does not handle messages of type Hello"),
+                (wrong_write, "1 operations but 2 client sequence numbers"),
+                (wrong_types, "malformed Write: 'client_id' must be"),
+                (wrong_read, "malformed Read: 'min_seq' must be >= 0"),
+                (wrong_sub, "malformed Subscribe: 'sub_id' must be <class 'int'>"),
+                (wrong_forward, "'kinds' must be a list as long as 'seqs' (2)"),
+            ]:
+                error = await _refused(conn, junk)
+                assert says in str(error), (says, str(error))
+            await conn.send(m.Forward([1], ["P"], ["kv"], ["k"], [b"v"], [None], [0], [None]))
+            # (from a link that is not its predecessor's: ignored)
+            await conn.send(("fw", []))  # one-way junk: logged and dropped
+            stats = await conn.request(m.Stats(), timeout=5)
+            assert stats.bad_requests == 8  # the refusals above; one-way junk is only logged
+        async with transport.open_connection(running.address, TOKEN, name="hostile") as conn:
+            for junk, says in [(("hello",), "does not handle messages of type tuple"),
+                               (m.Write("cid", [], []), "does not handle messages of type Write")]:
+                with pytest.raises(transport.RemoteError) as info:
+                    await conn.request(junk, timeout=5)
+                assert isinstance(info.value.remote_exception, gcs.BadRequest)
+                assert says in str(info.value.remote_exception)
+            with pytest.raises(transport.RemoteError, match="no shard 7"):
+                await conn.request(m.Seeded(7, "nobody"), timeout=5)
+            assert isinstance(await conn.request(m.GetLayout(), timeout=5), m.Layout)
+        # Nothing was restarted, and the shard serves on.
+        assert {s.name: s.pid for s in running.replicas()} == pids
+        await client.put("kv", "after", 2)
+        assert [await client.get("kv", k) for k in ("before", "after")] == [1, 2]
+
+
 async def test_unreachable_gcs_gives_gcs_unavailable(nursery) -> None:
-    svc = gcs.GcsService(gcs.GcsConfig(), TOKEN)
     service_scope = trio.CancelScope()
+    stopped = trio.Event()
 
     async def run_service(task_status: trio.TaskStatus[str]) -> None:
-        with service_scope:
-            await svc.run(task_status=task_status)
+        try:
+            with service_scope:
+                async with trio.open_nursery() as inner:
+                    task_status.started((await start_gcs(inner, gcs.GcsConfig())).address)
+        finally:
+            stopped.set()
 
     address = await nursery.start(run_service)
     async with gcs.open_client(address, TOKEN, timeout=0.5) as c:
         await c.put("kv", "k", 1)
-        service_scope.cancel()
+        service_scope.cancel()  # the supervisor stops its children in order
+        with trio.fail_after(10):
+            await stopped.wait()
         with pytest.raises(gcs.GcsUnavailable, match="did not answer within 0.5s"):
             await c.get("kv", "other")
     with pytest.raises(gcs.GcsUnavailable, match="cannot reach the GCS coordinator"):
         async with gcs.open_client(address, TOKEN, timeout=0.3):
             pass
+
+
+async def test_replica_processes_import_our_gcs_whatever_the_working_directory(
+        nursery, tmp_path, monkeypatch) -> None:
+    # A folder named gcs in the working directory must not shadow the package in the
+    # replica processes (`python -m` puts the working directory first on sys.path).
+    (tmp_path / "gcs").mkdir()
+    (tmp_path / "gcs" / "__init__.py").write_text("")
+    (tmp_path / "gcs" / "_replica_main.py").write_text("raise SystemExit('the wrong gcs')\n")
+    monkeypatch.chdir(tmp_path)
+    from actorcore.kernel import Supervisor
+
+    from .test_gcs_support import kernel_specs
+
+    plan = gcs.plan(gcs.GcsConfig(shards=1, replicas=1, processes=True), TOKEN)
+    await nursery.start(Supervisor("node", [kernel_specs(plan.tree)]).run)
+    address = await plan.wait_ready(15)
+    async with gcs.open_client(address, TOKEN, timeout=10) as client:
+        await client.put("kv", "k", 1)
+        assert await client.get("kv", "k") == 1
 
 
 def test_plan_describes_the_tree() -> None:

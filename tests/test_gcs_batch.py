@@ -7,11 +7,16 @@ import pytest
 import trio
 
 import gcs
-import transport
 from actorcore.kernel import Supervisor
 from transport import faults
 
-from .test_gcs_support import TOKEN, applied_per_replica, kernel_specs, start_in_process_chain
+from .test_gcs_support import (
+    TOKEN,
+    applied_per_replica,
+    kernel_specs,
+    replica_stats,
+    start_in_process_chain,
+)
 
 CAP = 5
 
@@ -27,7 +32,7 @@ async def tree(request, nursery):
     return plan
 
 
-async def _replica_stats(plan: gcs.GcsPlan) -> list[dict]:
+async def _replica_stats(plan: gcs.GcsPlan) -> list[gcs.ReplicaStatistics]:
     """Statistics of every replica of every shard."""
     coordinator = plan.coordinator
     assert coordinator is not None
@@ -35,9 +40,7 @@ async def _replica_stats(plan: gcs.GcsPlan) -> list[dict]:
     for shard in range(plan.config.shards):
         cfg = coordinator.chain(shard)
         for name in cfg.chain:
-            async with transport.open_connection(cfg.addresses[name], TOKEN,
-                                                 name="probe") as conn:
-                out.append(await conn.request(("stats",), timeout=5))
+            out.append(await replica_stats(cfg.addresses[name]))
     return out
 
 
@@ -55,8 +58,8 @@ async def test_batched_puts_and_marks_land_and_lineage_stays_bounded(tree) -> No
         marked = await client.tasks.mark_collectable_many([k for k, _ in items[:280]])
         assert marked == [True] * 280
         for stats in await _replica_stats(plan):
-            assert stats["collectable"] <= CAP
-            assert stats["table_keys"]["tasks"] <= CAP + 20
+            assert stats.state.collectable <= CAP
+            assert stats.state.table_keys["tasks"] <= CAP + 20
         # Unmarked entries stay readable; a flushed key is gone; marking it again is False.
         for key, spec in items[280:]:
             assert (await client.tasks.get(key)).spec == spec
@@ -72,8 +75,8 @@ async def test_batched_puts_and_marks_land_and_lineage_stays_bounded(tree) -> No
             await client.tasks.add_many([(k, None) for k in keys])
             await client.tasks.mark_collectable_many(keys)
         for stats in await _replica_stats(plan):
-            assert stats["table_keys"]["tasks"] <= CAP + 19
-            assert stats["evicted"] >= 1000 // plan.config.shards - 200
+            assert stats.state.table_keys["tasks"] <= CAP + 19
+            assert stats.state.evicted >= 1000 // plan.config.shards - 200
 
 
 async def test_a_bad_item_rejects_the_whole_call_before_anything_is_sent(tree) -> None:
@@ -97,7 +100,8 @@ async def test_a_failed_op_raises_or_is_returned(tree) -> None:
     plan = tree
     async with gcs.open_client(plan.address, TOKEN, timeout=20) as client:
         await client.put("kv", "a", 1)
-        ops = [("a", ("sadd", "kv", "a", "m", None)), ("b", ("sadd", "kv", "b", "m", None))]
+        add = gcs.messages.SetAdd
+        ops = [("a", add("kv", "a", "m")), ("b", add("kv", "b", "m"))]
         with pytest.raises(gcs.BadRequest, match="plain value"):
             await client.write_many(ops)
         results = await client.write_many(ops, return_exceptions=True)

@@ -18,10 +18,9 @@ import pytest
 import trio
 
 import gcs
-import transport
 from actorcore.kernel import ChildSpec, Supervisor
 
-from .test_gcs_support import TOKEN, kernel_specs
+from .test_gcs_support import TOKEN, kernel_specs, replica_stats
 
 
 async def _start(nursery: trio.Nursery, replicas: int, **options: Any) -> tuple[gcs.GcsPlan, Supervisor]:
@@ -37,9 +36,8 @@ def _pids(root: Supervisor, plan: gcs.GcsPlan) -> dict[str, int | None]:
             for s in range(plan.config.shards) for j in range(plan.config.replicas)}
 
 
-async def _stats(address: str) -> dict:
-    async with transport.open_connection(address, TOKEN, name="probe") as conn:
-        return await conn.request(("stats",), timeout=5)
+async def _stats(address: str) -> gcs.ReplicaStatistics:
+    return await replica_stats(address)
 
 
 class _Load:
@@ -204,7 +202,7 @@ async def test_replica_killed_while_the_coordinator_is_down_is_repaired(nursery,
         with trio.fail_after(10):
             while True:
                 stats = [await _stats(cfg.addresses[n]) for n in cfg.chain]
-                if len({(s["applied"], s["keys"]) for s in stats}) == 1:
+                if len({(s.state.applied, s.state.keys) for s in stats}) == 1:
                     break
                 await trio.sleep(0.05)  # replication to the new tail: no event to await here
 

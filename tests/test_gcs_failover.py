@@ -10,10 +10,9 @@ import pytest
 import trio
 
 import gcs
-import transport
 from actorcore.kernel import Supervisor
 
-from .test_gcs_support import TOKEN, kernel_specs
+from .test_gcs_support import TOKEN, kernel_specs, replica_stats
 
 
 @pytest.fixture
@@ -33,9 +32,8 @@ def _slot(plan: gcs.GcsPlan, root: Supervisor, replica_name: str) -> tuple[str, 
     raise AssertionError(f"no slot runs {replica_name}")
 
 
-async def _stats(address: str) -> dict:
-    async with transport.open_connection(address, TOKEN, name="probe") as conn:
-        return await conn.request(("stats",), timeout=5)
+async def _stats(address: str) -> gcs.ReplicaStatistics:
+    return await replica_stats(address)
 
 
 @pytest.mark.parametrize("victim", [0, 1, 2], ids=["head", "middle", "tail"])
@@ -119,9 +117,9 @@ async def test_sigkill_a_replica_under_load(tree, victim: int) -> None:
         await writer.put("kv", "barrier", 1)
         stats = [await _stats(cfg.addresses[n]) for n in cfg.chain]
         joined = stats[cfg.chain.index(new_service.name)]
-        assert joined["snapshots_received"] >= 1 or joined["applied"] == stats[-1]["applied"]
+        assert joined.snapshots_received >= 1 or joined.state.applied == stats[-1].state.applied
         with trio.fail_after(5):
-            while len({(s["applied"], s["keys"]) for s in stats}) != 1:
+            while len({(s.state.applied, s.state.keys) for s in stats}) != 1:
                 stats = [await _stats(cfg.addresses[n]) for n in cfg.chain]
         snapshot = root.snapshot()
         gcs_node = snapshot["children"][0]
@@ -204,8 +202,8 @@ async def test_replacement_gets_a_snapshot_when_the_log_was_trimmed(nursery) -> 
         new = root.find(f"gcs/shard_0/{slot}").name
         assert cfg.chain[-1] == new
         stats = await _stats(cfg.addresses[new])
-        assert stats["snapshots_received"] == 1
-        assert stats["keys"] == 501 and stats["role"] == "tail"
+        assert stats.snapshots_received == 1
+        assert stats.state.keys == 501 and stats.role == "tail"
         assert await c.get("objects", "o9-49") == {"size": 49}
         assert len(await c.scan("objects", "o")) == 500
 
@@ -214,13 +212,14 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(gcs.__file__)))
 _NODE_SCRIPT = """
 import sys, trio
 sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
 import gcs
+from test_gcs_support import start_gcs
 
 async def main():
-    service = gcs.GcsService(gcs.GcsConfig(shards=1, replicas=2), b"t")
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-        print(" ".join(str(s.pid) for s in service.services.values()), flush=True)
+        running = await start_gcs(nursery, gcs.GcsConfig(shards=1, replicas=2), b"t")
+        print(" ".join(str(s.pid) for s in running.replicas()), flush=True)
         await trio.sleep_forever()
 
 trio.run(main)
@@ -231,7 +230,8 @@ async def test_replica_processes_exit_when_their_node_process_is_killed() -> Non
     import sys
 
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-c", _NODE_SCRIPT.format(root=_ROOT)], stdout=-1)
+        [sys.executable, "-c", _NODE_SCRIPT.format(root=_ROOT, tests=os.path.dirname(__file__))],
+        stdout=-1)
     try:
         assert proc.stdout is not None
         line = b""

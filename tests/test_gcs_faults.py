@@ -8,7 +8,13 @@ import trio
 import gcs
 from transport import faults
 
-from .test_gcs_support import TOKEN, applied_per_replica, start_in_process_chain
+from .test_gcs_support import (
+    TOKEN,
+    RunningGcs,
+    applied_per_replica,
+    start_gcs,
+    start_in_process_chain,
+)
 
 
 @pytest.fixture
@@ -17,7 +23,7 @@ async def chain(nursery):
     faults.clear()
 
 
-async def _settled(svc: gcs.GcsService) -> list[int]:
+async def _settled(svc: RunningGcs) -> list[int]:
     """The replicas' applied sequence numbers once they agree (polled: other tasks'
     state, no event to wait on; bounded)."""
     for _ in range(500):
@@ -57,9 +63,9 @@ async def test_duplicated_and_delayed_messages_change_nothing(chain) -> None:
 
 @pytest.mark.parametrize("broken", ["message-drop", "refused"])
 async def test_a_partition_between_replicas_is_reported_and_repaired(nursery, broken: str) -> None:
-    svc = gcs.GcsService(gcs.GcsConfig(shards=1, replicas=3, processes=False,
-                                       heartbeat_interval=0.05, heartbeat_timeout=0.3), TOKEN)
-    address = await nursery.start(svc.run)
+    svc = await start_gcs(nursery, gcs.GcsConfig(shards=1, replicas=3, processes=False,
+                                                 heartbeat_interval=0.05, heartbeat_timeout=0.3))
+    address = svc.address
     try:
         async with gcs.open_client(address, TOKEN, timeout=20) as c:
             await c.put("kv", "k", 0)

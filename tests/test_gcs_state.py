@@ -8,87 +8,93 @@ import pytest
 
 from gcs import BadRequest, UnknownTable, ValueTooLarge, VersionMismatch
 from gcs._durable import ShardLog, read_log, recover_shard
+from gcs._messages import Delete, Get, MarkCollectable, Put, Row, Scan, SetAdd, SetRemove
 from gcs._state import ShardState
 
 
-def put(table: str, key: str, value: object, expect: int | None = None) -> tuple:
-    return ("put", table, key, pickle.dumps(value), expect)
+def put(table: str, key: str, value: object, expect: int | None = None) -> Put:
+    return Put(table, key, pickle.dumps(value), expect)
+
+
+def run(state: ShardState, client_id: str, batch: list[tuple[int, object]]) -> tuple:
+    """`ShardState.execute` of ``[(client_seq, op), ...]``."""
+    return state.execute(client_id, [seq for seq, _ in batch], [op for _, op in batch])
 
 
 def test_execute_numbers_updates_and_versions() -> None:
     s = ShardState()
-    results, wait, new = s.execute("c", [(1, put("kv", "a", 1)), (2, put("kv", "b", 2))])
+    results, wait, new = run(s, "c", [(1, put("kv", "a", 1)), (2, put("kv", "b", 2))])
     assert results == [1, 2] and wait == 2 and [u[0] for u in new] == [1, 2]
-    assert s.read(("get", "kv", "a")) == (pickle.dumps(1), 1)
-    results, _, _ = s.execute("c", [(3, put("kv", "a", 3, expect=5))])
+    assert s.read(Get("kv", "a")) == Row("a", pickle.dumps(1), 1)
+    results, _, _ = run(s, "c", [(3, put("kv", "a", 3, expect=5))])
     assert isinstance(results[0], VersionMismatch)
     assert results[0].expected == 5 and results[0].actual == 1
     assert "kv['a'] is at version 1, expected 5" in str(results[0])
-    results, _, _ = s.execute("c", [(4, put("kv", "new", 0, expect=0)), (5, ("del", "kv", "zz", None, None))])
+    results, _, _ = run(s, "c", [(4, put("kv", "new", 0, expect=0)), (5, Delete("kv", "zz"))])
     assert results == [3, False]
 
 
 def test_retried_write_is_applied_once() -> None:
     s = ShardState()
-    s.execute("c", [(1, put("kv", "a", 1))])
-    s.execute("d", [(1, put("kv", "a", 2))])
-    results, wait, new = s.execute("c", [(1, put("kv", "a", 1))])  # a retry of c/1
+    run(s, "c", [(1, put("kv", "a", 1))])
+    run(s, "d", [(1, put("kv", "a", 2))])
+    results, wait, new = run(s, "c", [(1, put("kv", "a", 1))])  # a retry of c/1
     assert results == [1] and wait == 1 and new == []
-    assert s.read(("get", "kv", "a"))[1] == 2
+    assert s.read(Get("kv", "a")).version == 2
 
 
 def test_followers_reach_the_same_state_and_detect_gaps() -> None:
     head, follower = ShardState(), ShardState()
-    _, _, new = head.execute("c", [(i, put("kv", f"k{i}", i)) for i in range(10)])
+    _, _, new = run(head, "c", [(i, put("kv", f"k{i}", i)) for i in range(10)])
     for update in new:
         assert follower.apply(update)
     assert not follower.apply(new[3])  # already applied: skipped
     assert follower.tables == head.tables and follower.dedup == head.dedup
-    _, _, more = head.execute("c", [(20, put("kv", "x", 1)), (21, put("kv", "y", 1))])
+    _, _, more = run(head, "c", [(20, put("kv", "x", 1)), (21, put("kv", "y", 1))])
     with pytest.raises(ValueError, match="gap"):
         follower.apply(more[1])
 
 
 def test_sets_and_bad_operations() -> None:
     s = ShardState()
-    results, _, _ = s.execute("c", [
-        (1, ("sadd", "object_locations", "o", "n1", None)),
-        (2, ("sadd", "object_locations", "o", "n1", None)),
-        (3, ("sadd", "object_locations", "o", "n2", None)),
-        (4, ("srem", "object_locations", "o", "n1", None)),
+    results, _, _ = run(s, "c", [
+        (1, SetAdd("object_locations", "o", "n1")),
+        (2, SetAdd("object_locations", "o", "n1")),
+        (3, SetAdd("object_locations", "o", "n2")),
+        (4, SetRemove("object_locations", "o", "n1")),
         (5, ("bogus", "kv", "k", None, None)),
-        (6, ("put", "nope", "k", b"x", None)),
-        (7, ("put", "kv", 5, b"x", None)),
-        (8, ("put", "kv", "k", "not-bytes", None)),
-        (9, ("put", "kv", "k", b"x" * 100, None)),
-        (10, ("sadd", "kv", "plain", "m", None)),
+        (6, Put("nope", "k", b"x")),
+        (7, Put("kv", 5, b"x")),
+        (8, Put("kv", "k", "not-bytes")),  # type: ignore[arg-type]
+        (9, Put("kv", "k", b"x" * 100)),
+        (10, SetAdd("kv", "plain", "m")),
     ])
     assert results[:4] == [True, False, True, True]
-    assert s.read(("get", "object_locations", "o"))[0] == frozenset({"n2"})
-    assert isinstance(results[4], BadRequest) and "unknown write operation 'bogus'" in str(results[4])
+    assert s.read(Get("object_locations", "o")).value == frozenset({"n2"})
+    assert isinstance(results[4], BadRequest) and "unknown write operation tuple" in str(results[4])
     assert isinstance(results[5], UnknownTable) and "'nope'" in str(results[5])
     assert isinstance(results[6], BadRequest) and "key must be str or bytes" in str(results[6])
     assert isinstance(results[7], BadRequest) and "must be bytes" in str(results[7])
     s2 = ShardState(max_value_bytes=10)
-    r, _, _ = s2.execute("c", [(1, ("put", "kv", "k", b"x" * 100, None))])
+    r, _, _ = run(s2, "c", [(1, Put("kv", "k", b"x" * 100))])
     assert isinstance(r[0], ValueTooLarge) and r[0].size == 100 and r[0].limit == 10
 
 
 def test_lineage_flushing_keeps_the_newest_marked_entries() -> None:
     s = ShardState(lineage_cap=3)
-    s.execute("c", [(i, put("tasks", f"t{i}", i)) for i in range(10)])
-    s.execute("c", [(100 + i, ("mark", "tasks", f"t{i}", None, None)) for i in range(6)])
+    run(s, "c", [(i, put("tasks", f"t{i}", i)) for i in range(10)])
+    run(s, "c", [(100 + i, MarkCollectable("tasks", f"t{i}")) for i in range(6)])
     assert sorted(s.tables["tasks"]) == ["t3", "t4", "t5", "t6", "t7", "t8", "t9"]
     assert list(s.collectable["tasks"]) == ["t3", "t4", "t5"]
     assert s.evicted == 3
     zero = ShardState(lineage_cap=0)
-    zero.execute("c", [(1, put("tasks", "t", 1)), (2, ("mark", "tasks", "t", None, None))])
+    run(zero, "c", [(1, put("tasks", "t", 1)), (2, MarkCollectable("tasks", "t"))])
     assert zero.tables["tasks"] == {} and zero.collectable["tasks"] == {}
 
 
 def test_log_keeps_uncommitted_and_a_bounded_committed_tail() -> None:
     s = ShardState(replay_buffer=5)
-    s.execute("c", [(i, put("kv", "k", i)) for i in range(20)])
+    run(s, "c", [(i, put("kv", "k", i)) for i in range(20)])
     assert len(s.log) == 20  # nothing committed yet: everything kept for resending
     done = s.commit(12)
     assert [u[0] for u in done] == list(range(1, 13))
@@ -100,13 +106,13 @@ def test_log_keeps_uncommitted_and_a_bounded_committed_tail() -> None:
 
 def test_snapshot_restore_and_scan() -> None:
     s = ShardState()
-    s.execute("c", [(1, put("kv", "a/1", 1)), (2, put("kv", "a/2", 2)), (3, put("kv", "b", 3)),
+    run(s, "c", [(1, put("kv", "a/1", 1)), (2, put("kv", "a/2", 2)), (3, put("kv", "b", 3)),
                     (4, put("kv", b"a/bytes", 4))])
     copy = ShardState()
     copy.restore(s.snapshot())
     assert copy.applied == 4 and copy.tables == s.tables
-    assert [k for k, _, _ in copy.read(("scan", "kv", "a/", None))] == ["a/1", "a/2"]
-    assert [k for k, _, _ in copy.read(("scan", "kv", "", 1))] == ["a/1"]
+    assert [row.key for row in copy.read(Scan("kv", "a/"))] == ["a/1", "a/2"]
+    assert [row.key for row in copy.read(Scan("kv", "", 1))] == ["a/1"]
 
 
 def test_durable_log_survives_a_torn_tail(tmp_path) -> None:
@@ -114,7 +120,7 @@ def test_durable_log_survives_a_torn_tail(tmp_path) -> None:
     log = ShardLog(str(tmp_path), 0, "r1", fsync=False, compact_every=1000)
     log.start(s)
     for i in range(5):
-        _, _, new = s.execute("c", [(i, put("kv", f"k{i}", i))])
+        _, _, new = run(s, "c", [(i, put("kv", f"k{i}", i))])
         log.append(new, s)
     log.close()
     with open(log.path, "ab") as f:
@@ -136,10 +142,10 @@ def test_durable_log_compacts(tmp_path) -> None:
     log = ShardLog(str(tmp_path), 0, "r", fsync=True, compact_every=4)
     log.start(s)
     for i in range(10):
-        _, _, new = s.execute("c", [(i, put("kv", "k", i))])
+        _, _, new = run(s, "c", [(i, put("kv", "k", i))])
         log.append(new, s)
     assert log.records < 4
     log.close()
     back = ShardState()
     read_log(log.path, back)
-    assert back.applied == 10 and back.read(("get", "kv", "k"))[0] == pickle.dumps(9)
+    assert back.applied == 10 and back.read(Get("kv", "k")).value == pickle.dumps(9)

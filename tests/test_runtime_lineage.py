@@ -49,14 +49,16 @@ def pair(x):
     return x, -x
 
 
-def _task_stats(address: str, token: bytes) -> dict[str, Any]:
-    """The tail replica's statistics of the (single) GCS shard."""
+def _task_stats(address: str, token: bytes) -> gcs.ShardStateStatistics:
+    """The tail replica's statistics of its copy of the (single) GCS shard."""
 
-    async def probe() -> dict[str, Any]:
+    async def probe() -> gcs.ShardStateStatistics:
         async with gcs.open_client(address, token, timeout=10) as client:
             tail = client.layout.shards[0].tail
             async with transport.open_connection(tail, token, name="probe") as conn:
-                return await conn.request(("stats",), timeout=5)
+                stats = await conn.request(gcs.messages.Stats(), timeout=5)
+                assert isinstance(stats, gcs.ReplicaStatistics), stats
+                return stats.state
 
     return trio.run(probe)
 
@@ -69,13 +71,13 @@ def _read_task(address: str, token: bytes, task_id: bytes) -> Any:
     return trio.run(read)
 
 
-def _settle(address: str, token: bytes, bound: int) -> dict[str, Any]:
+def _settle(address: str, token: bytes, bound: int) -> gcs.ShardStateStatistics:
     """Poll (bounded: the marks are flushed by the node every 50 ms; no event of another
     process to await) until the task table is within ``bound`` entries."""
     deadline = time.monotonic() + 20
     while True:
         stats = _task_stats(address, token)
-        if stats.get("table_keys", {}).get("tasks", 0) <= bound or time.monotonic() > deadline:
+        if stats.table_keys.get("tasks", 0) <= bound or time.monotonic() > deadline:
             return stats
         time.sleep(0.05)
 
@@ -99,16 +101,16 @@ def test_task_table_stays_bounded_while_live_lineage_stays_readable(small_cap_cl
             del p[1]
         inc.options(num_returns=0).remote(r)  # no output: its lineage is done at once
         gc.collect()
-        peaks.append(_settle(address, token, CAP + 50)["table_keys"]["tasks"])
+        peaks.append(_settle(address, token, CAP + 50).table_keys["tasks"])
         del pairs
 
     stats = _settle(address, token, CAP + 20)
     total = rounds * (per_round + 21) + 2
     # Bounded: the cap, the tasks whose results are still referenced, and a little
     # slack for marks still in the node's 50 ms buffer -- not the ~3,100 tasks run.
-    assert stats["table_keys"]["tasks"] <= CAP + 20, stats
+    assert stats.table_keys["tasks"] <= CAP + 20, stats
     assert max(peaks) <= CAP + 50, peaks
-    assert stats["evicted"] >= total - CAP - 40, (stats["evicted"], total)
+    assert stats.evicted >= total - CAP - 40, (stats.evicted, total)
 
     # The node's own bookkeeping is bounded too: a count per task with a live return.
     control = ray._api._call("status")["control"]
@@ -150,9 +152,11 @@ async def test_control_state_writes_and_marks_in_batches_and_skips_refused_recor
     # limit: a record the GCS refuses is logged and dropped, the rest of its batch lands.
     from actorcore.node.gcs_client._control import GcsControlState
 
-    service = gcs.GcsService(gcs.GcsConfig(shards=2, replicas=1, max_value_bytes=4_000,
-                                           lineage_cap=0), b"tok")
-    address = await nursery.start(service.run)
+    from .test_gcs_support import start_gcs
+
+    running = await start_gcs(nursery, gcs.GcsConfig(shards=2, replicas=1, max_value_bytes=4_000,
+                                                     lineage_cap=0), b"tok")
+    address = running.address
     async with gcs.open_client(address, b"tok", timeout=10) as client:
         control = GcsControlState(client, address)
         nursery.start_soon(control.run)

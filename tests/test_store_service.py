@@ -125,9 +125,9 @@ async def test_put_get_numpy_arrow_and_small(tmp_path, prefix):
         assert stats.count == 3 and stats.capacity >= 64 * MB and stats.small == 1
         chunk = await client.read_chunk(b"array", 0, 100)
         info = await client.object_info(b"array")
-        assert len(chunk) == 100 and info["payload_len"] >= array.nbytes
+        assert len(chunk) == 100 and info.payload_len >= array.nbytes
         with pytest.raises(ValueError, match="outside object"):
-            await client.read_chunk(b"array", info["payload_len"] - 10, 100)
+            await client.read_chunk(b"array", info.payload_len - 10, 100)
         with pytest.raises(store.ObjectExistsError):
             await client.put(b"array", array)
 
@@ -417,8 +417,8 @@ async def test_delete_pin_and_chunks_of_spilled_objects(tmp_path, prefix):
         await client.put(b"second", np.ones(MB // 8, dtype=np.int64))
         await client.put(b"third", np.ones(5 * MB // 2, dtype=np.uint8))  # must spill: not "first"
         info = await client.object_info(b"second")
-        assert info["state"] == "spilled"
-        assert (await client.object_info(b"first"))["state"] == "sealed"  # pinned stays
+        assert info.state == "spilled"
+        assert (await client.object_info(b"first")).state == "sealed"  # pinned stays
         chunk = await client.read_chunk(b"second", 0, 64)
         assert len(chunk) == 64
         await client.unpin(b"first")
@@ -443,16 +443,16 @@ async def test_chunked_transfer_between_two_stores(tmp_path, prefix):
         info = await source.object_info(b"t")
         chunk = 1 << 20
         writer = await target.create(
-            b"t", meta_len=info["meta_len"], data_len=info["data_len"],
-            buffer_sizes=info["buffer_sizes"],
+            b"t", meta_len=info.meta_len, data_len=info.data_len,
+            buffer_sizes=info.buffer_sizes,
         )
         assert not await target.contains(b"t")  # nothing visible before the seal
         async with writer:
-            for offset in range(0, info["payload_len"], chunk):
-                size = min(chunk, info["payload_len"] - offset)
+            for offset in range(0, info.payload_len, chunk):
+                size = min(chunk, info.payload_len - offset)
                 writer.write(offset, await source.read_chunk(b"t", offset, size))
             with pytest.raises(ValueError, match="does not fit"):
-                writer.write(info["payload_len"], b"x")
+                writer.write(info.payload_len, b"x")
         assert (await target.get(b"t")).equals(table)
         assert (await target.get_serialized(b"t")).metadata == b"meta"
         # An aborted transfer leaves nothing behind.
@@ -558,8 +558,8 @@ async def test_full_store_of_pinned_and_viewed_objects_falls_back_to_disk(tmp_pa
         view = await client.get(b"viewed")
         await client.put(b"third", np.full(2 * MB, 3, dtype=np.uint8))  # no room, none spillable
         assert service.statistics().disk_allocations == 1
-        assert (await client.object_info(b"third"))["state"] == "spilled"
-        assert (await client.object_info(b"pinned"))["state"] == "sealed"
+        assert (await client.object_info(b"third")).state == "spilled"
+        assert (await client.object_info(b"pinned")).state == "sealed"
         assert int((await client.get(b"third"))[0]) == 3
         # Small values (sent inside the request) that no longer fit go to disk too.
         smalls = {b"small%d" % i: bytes([i]) * 60_000 for i in range(20)}  # 1.2 MB
@@ -716,3 +716,61 @@ async def test_puts_racing_the_warmer_keep_their_bytes(tmp_path, prefix):
         for i in range(16):
             value = np.asarray(await client.get(b"v%d" % i))
             assert value.min() == value.max() == i + 1
+
+
+async def test_a_hostile_peer_gets_typed_refusals_and_the_store_serves_on(tmp_path, prefix):
+    """Garbage, unknown message types and known types with wrong fields, sent to a
+    store service in another process: each request fails with `store.BadRequest`
+    naming what was wrong, one-way junk is dropped, and the store keeps serving."""
+    import attrs
+
+    import transport
+    from store import _messages as m
+
+    proc = _child(
+        """
+        import sys, trio, store
+        async def main():
+            s = store.ObjectStoreService(sys.argv[1], b"store-test-token", capacity=8 << 20,
+                                         prefix=sys.argv[2])
+            async with trio.open_nursery() as n:
+                print(await n.start(s.run), flush=True)
+                await trio.to_thread.run_sync(sys.stdin.read)
+                n.cancel_scope.cancel()
+        trio.run(main)
+        """,
+        f"unix:{tmp_path}/hostile.sock", prefix,
+    )
+    try:
+        address = (await _readline(proc)).strip()
+        async with transport.open_connection(address, TOKEN, name="hostile") as conn:
+            with attrs.validators.disabled():  # what a buggy or older peer would build
+                wrong = [m.Get("not-bytes", None), m.Create(b"x", -1, 0, (), True),
+                         m.PutInline(b"x", b"", 42, [], True), m.Seal(b"x", "yes")]
+            for junk, says in [
+                (42, "does not handle messages of type int"),
+                (("get", b"x", None), "does not handle messages of type tuple"),
+                (m.DropCache(), "does not handle messages of type DropCache"),
+                (wrong[0], "malformed Get: 'object_id' must be <class 'bytes'>"),
+                (wrong[1], "malformed Create: 'meta_len' must be >= 0: -1"),
+                (wrong[2], "malformed PutInline: 'data' must be"),
+                (wrong[3], "malformed Seal: 'with_view' must be <class 'bool'>"),
+                (m.WithReleases([], ("get", b"x")), "does not handle messages of type tuple"),
+            ]:
+                with pytest.raises(transport.RemoteError) as info:
+                    await conn.request(junk, timeout=5)
+                assert isinstance(info.value.remote_exception, store.BadRequest), info.value
+                assert says in str(info.value.remote_exception)
+            await conn.send(("add_ref", b"x", 1))  # one-way junk: logged, dropped
+            await conn.send(m.Get(b"x"))  # a request sent one-way: nobody could get the answer
+        async with await store.StoreClient.connect(address, TOKEN) as client:
+            with pytest.raises(store.BadRequest):  # through the client's own error path
+                await client._call(wrong[0], 5)
+            await client.put(b"after", np.arange(100_000))
+            assert int((await client.get(b"after")).sum()) == sum(range(100_000))
+            with pytest.raises(store.GetTimeoutError):
+                await client.get(b"missing", timeout=0.1)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)

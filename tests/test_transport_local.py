@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -633,3 +634,110 @@ async def test_connections_in_their_own_nursery_outlive_a_listener_restart(tmp_p
             await conn.aclose()
             await conn.wait_closed()
         links.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------ typed dispatch
+
+
+@attrs.frozen
+class _Add:
+    a: int = attrs.field(validator=attrs.validators.instance_of(int))
+    b: int = attrs.field(validator=attrs.validators.instance_of(int))
+
+
+@attrs.frozen
+class _Note:
+    text: str = attrs.field(validator=attrs.validators.instance_of(str))
+
+
+@attrs.frozen
+class _Slow:
+    value: Any
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class _Mul:
+    """Checked when it arrives, not when built; pickled as its class and a tuple."""
+
+    a: int = attrs.field(metadata=transport.check(attrs.validators.instance_of(int)))
+    b: int = attrs.field(metadata=transport.check(attrs.validators.instance_of(int)))
+
+
+def test_compact_pickles_a_tuple_and_refuses_classes_that_validate() -> None:
+    assert _Mul(2, 3).__reduce__() == (_Mul, (2, 3))
+    assert pickle.loads(pickle.dumps(_Mul("2", 3))) == _Mul("2", 3)  # not checked here
+    with pytest.raises(TypeError, match="would validate _Add while unpickling"):
+        transport.compact(_Add)
+
+
+async def test_dispatcher_routes_by_class_and_refuses_what_it_does_not_know(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    notes: list[str] = []
+    noted = trio.Event()
+    dispatcher = transport.Dispatcher("adder")
+
+    def note(conn: transport.Connection, message: _Note) -> None:
+        notes.append(message.text)
+        noted.set()
+
+    async def slow(conn: transport.Connection, message: _Slow, reply: transport.Reply) -> None:
+        await trio.lowlevel.checkpoint()
+        reply.send(message.value)
+
+    dispatcher.register(_Add, lambda conn, m, reply: reply.send(m.a + m.b))
+    dispatcher.register(_Note, note, oneway=True)
+    dispatcher.register(_Slow, slow)
+    dispatcher.register(_Mul, lambda conn, m, reply: reply.send(m.a * m.b))
+    with pytest.raises(ValueError, match="registered already"):
+        dispatcher.register(_Add, note)
+    with pytest.raises(TypeError, match="must be an attrs class"):
+        dispatcher.register(tuple, note)
+
+    server = transport.Server(f"unix:{tmp_path}/d.sock", TOKEN, dispatcher, name="adder")
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        async with transport.open_connection(address, TOKEN, name="hostile") as conn:
+            assert await conn.request(_Add(2, 3), timeout=5) == 5
+            assert await conn.request(_Slow("later"), timeout=5) == "later"
+            # Garbage, a plain tuple, an unknown class: typed refusals naming the type.
+            for junk, named in [(42, "int"), (("add", 1, 2), "tuple"), (_Unknown(), "_Unknown")]:
+                with pytest.raises(transport.RemoteError) as info:
+                    await conn.request(junk, timeout=5)
+                refused = info.value.remote_exception
+                assert isinstance(refused, transport.BadMessage), refused
+                assert refused.endpoint == "adder" and refused.message_type == named
+                assert f"adder does not handle messages of type {named}" in str(refused)
+            # A known class with fields of the wrong type (validators run at dispatch,
+            # not while unpickling, so the endpoint answers it in its own terms).
+            with attrs.validators.disabled():
+                bad = _Add("2", 3)  # as a buggy or older peer would build it
+            with pytest.raises(transport.RemoteError) as info:
+                await conn.request(bad, timeout=5)
+            assert isinstance(info.value.remote_exception, transport.BadMessage)
+            assert "adder got a malformed _Add: 'a' must be <class 'int'> (got '2'" in str(
+                info.value.remote_exception)
+            assert await conn.request(_Mul(6, 7), timeout=5) == 42
+            with pytest.raises(transport.RemoteError, match="malformed _Mul: 'b' must be"):
+                await conn.request(_Mul(6, "7"), timeout=5)  # built freely, checked on arrival
+            # A request class sent one-way is dropped with a log line; a notice sent
+            # as a request is answered None once handled.
+            with caplog.at_level(logging.WARNING, logger="transport.dispatch"):
+                await conn.send(_Add(1, 1))
+                assert await conn.request(_Note("asked"), timeout=5) is None
+            assert "request _Add as a one-way message" in caplog.text
+            await conn.send(_Note("told"))
+            with trio.fail_after(5):
+                while len(notes) < 2:
+                    noted = trio.Event()
+                    await noted.wait()
+            assert notes == ["asked", "told"]
+            assert await conn.request(_Add(20, 22), timeout=5) == 42  # serving on
+        stats = dispatcher.statistics()
+        assert (stats.routes, stats.unknown, stats.malformed, stats.dispatched) == (4, 3, 3, 6)
+        nursery.cancel_scope.cancel()
+
+
+class _Unknown:
+    def __repr__(self) -> str:
+        return "<an object the endpoint never heard of>"

@@ -24,6 +24,10 @@ TLS: on TCP, ``tls=transport.TlsConfig(cert, key, ca)`` (or a process default se
 once with `set_default_tls`) runs every link inside TLS 1.3 with mutual certificates
 signed by the cluster CA, the token handshake inside it; see `_tls.py`.
 
+Typed messages: a `Dispatcher` is a connection handler that routes each message
+by its (attrs) class to the endpoint's handler for it, and refuses unknown or
+malformed ones with a typed error (`BadMessage`) while the endpoint serves on.
+
 See `_connection.py` for the concurrency design, `faults` for fault injection.
 """
 
@@ -38,8 +42,10 @@ from ._connection import (
     Handler,
     Reply,
 )
+from ._dispatch import Dispatcher, DispatcherStatistics, check, compact
 from ._errors import (
     AuthenticationFailed,
+    BadMessage,
     ConnectError,
     ConnectionLost,
     FrameTooLarge,
@@ -66,11 +72,14 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "Address",
     "AuthenticationFailed",
+    "BadMessage",
     "Client",
     "ConnectError",
     "Connection",
     "ConnectionLost",
     "ConnectionStatistics",
+    "Dispatcher",
+    "DispatcherStatistics",
     "FrameTooLarge",
     "Handler",
     "InsecureListener",
@@ -84,6 +93,8 @@ __all__ = [
     "TlsError",
     "TlsMismatch",
     "TransportError",
+    "check",
+    "compact",
     "connect",
     "create_cluster_certs",
     "default_tls",

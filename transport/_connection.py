@@ -370,6 +370,23 @@ class Connection:
                 f"connection to {self.peer_name!r} ({self.peer_address}) is closed: {self._close_reason}"
             )
 
+    # -- the `ReplyChannel` a `Reply` answers through
+
+    def queue_answer(self, kind: int, rid: int, value: Any) -> None:
+        """Encode and queue the answer to request ``rid`` (for `Reply`: see `ReplyChannel`)."""
+        chunks, size = _encode_frame(kind, rid, value)
+        self._check_size(size)
+        self._enqueue(kind, chunks, size)
+
+    def answer_dropped(self, rid: int) -> bool:
+        """A `Reply` finalised unanswered (for `Reply`: see `ReplyChannel`). A finaliser
+        can run in the middle of anything (even a half-queued frame), so this only
+        notes the id; the reader fails the request once the handler returns."""
+        if threading.get_ident() != self._thread_id:
+            return False
+        self._orphans.append(rid)
+        return True
+
     def _check_size(self, size: int) -> None:
         body = size - HEADER_SIZE
         if body > self._peer_max or body > _wire.MAX_BODY:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationFailed",
+    "BadMessage",
     "ConnectError",
     "ConnectionLost",
     "FrameTooLarge",
@@ -23,6 +24,24 @@ __all__ = [
 
 class TransportError(Exception):
     """Base class of every error raised by `transport`."""
+
+
+class BadMessage(TransportError):
+    """An endpoint refused a message: of a class it does not handle, or with fields
+    its validators reject (see `Dispatcher`). Attributes ``endpoint`` (who refused)
+    and ``message_type`` (the class's name). The endpoint keeps serving."""
+
+    def __init__(self, message: str, *, endpoint: str = "", message_type: str = "") -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.message_type = message_type
+
+    def __reduce__(self) -> tuple:  # keeps the fields through a RemoteError
+        return (_rebuild_bad_message, (str(self), self.endpoint, self.message_type))
+
+
+def _rebuild_bad_message(message: str, endpoint: str, message_type: str) -> BadMessage:
+    return BadMessage(message, endpoint=endpoint, message_type=message_type)
 
 
 class ConnectError(TransportError):

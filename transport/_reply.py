@@ -1,19 +1,40 @@
-"""`Reply` (the answer slot of one incoming request) and `ConnectionStatistics`."""
+"""`Reply` (the answer slot of one incoming request) and `ConnectionStatistics`.
+
+A `Reply` needs three things of the connection it answers on, and only those (the
+`ReplyChannel` protocol, which `Connection` implements): whether it is closed, a
+way to queue an answer frame, and a way to report a reply dropped unanswered. So
+this module does not import the connection's.
+"""
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 
 from . import _wire
 from ._wire import REPLY_ERR, REPLY_OK
 
-if TYPE_CHECKING:
-    from ._connection import Connection
+__all__ = ["ConnectionStatistics", "Reply", "ReplyChannel"]
 
-__all__ = ["ConnectionStatistics", "Reply"]
+
+class ReplyChannel(Protocol):
+    """What a `Reply` uses of its connection (`Connection` implements it)."""
+
+    @property
+    def peer_name(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def queue_answer(self, kind: int, rid: int, value: Any) -> None:
+        """Encode and queue an answer frame (``REPLY_OK`` or ``REPLY_ERR``); raises
+        (nothing queued) if ``value`` does not pickle or the peer would refuse it."""
+
+    def answer_dropped(self, rid: int) -> bool:
+        """A `Reply` is being finalised unanswered: note ``rid`` so that its caller
+        is failed once the running handler returns. False if this is not the
+        connection's thread (then nothing is noted)."""
 
 
 @attrs.frozen
@@ -43,7 +64,7 @@ class Reply:
 
     __slots__ = ("_conn", "_done", "_rid")
 
-    def __init__(self, conn: Connection, rid: int) -> None:
+    def __init__(self, conn: ReplyChannel, rid: int) -> None:
         self._conn = conn
         self._rid = rid
         self._done = False
@@ -68,28 +89,24 @@ class Reply:
         """
         self._claim("send")
         conn = self._conn
-        if conn._closed:
+        if conn.closed:
             return
         try:
-            chunks, size = _wire.encode_frame(REPLY_OK, self._rid, value)
-            conn._check_size(size)
+            conn.queue_answer(REPLY_OK, self._rid, value)
         except Exception as exc:
             self._send_error(exc)
             raise
-        conn._enqueue(REPLY_OK, chunks, size)
 
     def fail(self, exc: BaseException) -> None:
         """Fail the request: the caller gets a `RemoteError` with type, message, traceback."""
         if not isinstance(exc, BaseException):
             raise TypeError(f"Reply.fail() needs an exception, got {exc!r}")
         self._claim("fail")
-        if not self._conn._closed:
+        if not self._conn.closed:
             self._send_error(exc)
 
     def _send_error(self, exc: BaseException) -> None:
-        conn = self._conn
-        chunks, size = _wire.encode_frame(REPLY_ERR, self._rid, _wire.encode_error(exc))
-        conn._enqueue(REPLY_ERR, chunks, size)
+        self._conn.queue_answer(REPLY_ERR, self._rid, _wire.encode_error(exc))
 
     def __del__(self) -> None:
         # Dropped unanswered (the handler returned and kept no reference): the request
@@ -97,9 +114,8 @@ class Reply:
         # finaliser can run in the middle of anything (even a half-queued frame), so
         # it only notes the id; the reader sends the error once the handler returns
         # (for a reply freed later by the cycle collector: after the next message).
-        if not self._done and threading.get_ident() == self._conn._thread_id:
+        if not self._done and self._conn.answer_dropped(self._rid):
             self._done = True
-            self._conn._orphans.append(self._rid)
 
     def __repr__(self) -> str:
         state = "answered" if self._done else "pending"

@@ -1,0 +1,351 @@
+"""The store's wire vocabulary: every message between a client and the service.
+
+Each message is a frozen attrs class; the service (`_service.py`) and the client
+(`_client.py`) each dispatch what they receive through one `transport.Dispatcher`,
+which checks a message against the validators below before its handler runs. A
+message of a class the endpoint does not handle, or with fields of the wrong type,
+is refused with `store.BadRequest` (a request) or logged and dropped (a one-way
+message), and the endpoint serves on.
+
+Client to service, requests (answer in brackets):
+
+  `Hello`                          [`StoreHello`: where the arena is, how to use it]
+  `Get`(object_id, timeout)        [`InlineValue` | `SharedView` | `FileView`]
+  `PutInline`(object_id, ...)      [None]  a small value inside the message
+  `Create`(object_id, layout...)   [payload offset in the arena, or `OnDisk`]
+  `Seal`(object_id, with_view)     [the writer's view id, or None]
+  `Contains`, `Pin`, `Delete`      [bool, None, bool]
+  `ReadChunk`(object_id, offset, size) [the bytes, out of band]
+  `Info`(object_id)                [`ObjectInfo`]
+  `Claim`(refs, pins, views)       [new view ids] after a restart of the service
+  `Statistics`                     [`store.StoreStatistics`]
+  `WithReleases`(view_ids, request) a request carrying the client's pending releases
+
+Client to service, one-way: `Release`, `AddRef`, `RemoveRef`, `Unpin`, `Abort`.
+Service to client, request: `DropCache` [how many leases were dropped].
+
+A value's layout in the arena or in a file is a `Location` (its fields ride in
+`SharedView` and `FileView`).
+
+Every message is on the per-request path of every small object, so it is built
+for speed: a frozen attrs class without slots (its ``__init__`` writes the instance
+dict, half the cost of a frozen slotted one), pickled as its class and a tuple of
+its fields (`transport.compact`), and with its checks in field metadata
+(`transport.check`): run once, by the receiving dispatcher, not by every sender nor
+while unpickling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+from attrs import validators as v
+
+import transport
+
+from ._serialize import SerializedValue
+
+__all__ = [
+    "Abort",
+    "AddRef",
+    "Claim",
+    "Contains",
+    "Create",
+    "Delete",
+    "DropCache",
+    "FileView",
+    "Get",
+    "Hello",
+    "Info",
+    "InlineValue",
+    "Location",
+    "ObjectInfo",
+    "OnDisk",
+    "Pin",
+    "PutInline",
+    "ReadChunk",
+    "Release",
+    "RemoveRef",
+    "Seal",
+    "SharedView",
+    "Statistics",
+    "StoreHello",
+    "Unpin",
+    "WithReleases",
+]
+
+_id = v.instance_of(bytes)  # object ids, metadata
+_size = v.and_(v.instance_of(int), v.ge(0))
+_flag = v.instance_of(bool)
+_blob_types = (bytes, bytearray, memoryview)
+_blob = v.instance_of(_blob_types)
+
+
+def _sizes(instance: Any, attribute: Any, value: Any) -> None:
+    """A tuple or list of ints >= 0 (cheaper than ``deep_iterable`` per message)."""
+    if type(value) not in (tuple, list) or any(type(n) is not int or n < 0 for n in value):
+        raise TypeError(f"'{attribute.name}' must be a sequence of ints >= 0, got {value!r:.100}")
+
+
+def _view_ids(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not list or any(type(n) is not int for n in value):
+        raise TypeError(f"'{attribute.name}' must be a list of ints, got {value!r:.100}")
+
+
+def _blobs(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not list or any(not isinstance(b, _blob_types) for b in value):
+        raise TypeError(f"'{attribute.name}' must be a list of bytes-like buffers, "
+                        f"got {value!r:.100}")
+_timeout = v.optional(v.instance_of((int, float)))
+
+
+def _as_tuple(sizes: Iterable[int]) -> tuple[int, ...]:
+    return tuple(sizes)
+
+
+# -- values and places -------------------------------------------------------------
+
+
+@attrs.frozen(slots=False)
+class Location:
+    """Where a sealed value's payload is in a mapping (the arena, or a file): its
+    offset and its layout (metadata, pickle stream, out-of-band buffers). Built by
+    the service (and by a writer for its own object), so not validated."""
+
+    payload: int
+    meta_len: int
+    data_len: int
+    buffer_sizes: tuple[int, ...] = attrs.field(converter=_as_tuple)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class OnDisk:
+    """`Create`'s answer when shared memory cannot take the object: it is created in
+    the file ``path``, its payload at ``payload`` (the writer maps the file)."""
+
+    path: str
+    payload: int
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class InlineValue:
+    """`Get`'s answer for a small value: a copy inside the reply (``buffers`` ride
+    out of band)."""
+
+    metadata: bytes
+    data: Any
+    buffers: list[Any]
+
+    def value(self) -> SerializedValue:
+        return SerializedValue(data=self.data, buffers=self.buffers, metadata=self.metadata)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class SharedView:
+    """`Get`'s answer: the value is in the arena at a `Location` (its fields here, in
+    one record: every class in a reply costs a lookup to pickle and to unpickle);
+    ``view_id`` holds it for this client until released."""
+
+    view_id: int
+    payload: int
+    meta_len: int
+    data_len: int
+    buffer_sizes: tuple[int, ...]
+
+    @property
+    def location(self) -> Location:
+        return Location(self.payload, self.meta_len, self.data_len, self.buffer_sizes)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class FileView:
+    """`Get`'s answer for a spilled value that could not be restored: the reader maps
+    ``path`` read-only (still zero copy), the payload at a `Location` in it (its
+    fields here); ``view_id`` holds the file."""
+
+    view_id: int
+    path: str
+    payload: int
+    meta_len: int
+    data_len: int
+    buffer_sizes: tuple[int, ...]
+
+    @property
+    def location(self) -> Location:
+        return Location(self.payload, self.meta_len, self.data_len, self.buffer_sizes)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ObjectInfo:
+    """`Info`'s answer: an object's state, size and payload layout (for transfers)."""
+
+    state: str
+    size: int
+    payload_len: int
+    meta_len: int
+    data_len: int
+    buffer_sizes: tuple[int, ...]
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class StoreHello:
+    """`Hello`'s answer: the arena to map and the service's inline threshold."""
+
+    arena_path: str
+    arena_size: int
+    inline_threshold: int
+    prefix: str
+
+
+# -- requests ----------------------------------------------------------------------
+
+
+@attrs.frozen(slots=False)
+class Hello:
+    pass
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Get:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    timeout: float | None = attrs.field(default=None, metadata=transport.check(_timeout))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class PutInline:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    metadata: bytes = attrs.field(metadata=transport.check(_id))
+    data: Any = attrs.field(metadata=transport.check(_blob))
+    buffers: list[Any] = attrs.field(metadata=transport.check(_blobs))
+    take_ref: bool = attrs.field(metadata=transport.check(_flag))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Create:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    meta_len: int = attrs.field(metadata=transport.check(_size))
+    data_len: int = attrs.field(metadata=transport.check(_size))
+    buffer_sizes: tuple[int, ...] = attrs.field(metadata=transport.check(_sizes))
+    take_ref: bool = attrs.field(metadata=transport.check(_flag))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Seal:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    with_view: bool = attrs.field(default=False, metadata=transport.check(_flag))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Contains:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Pin:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Delete:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ReadChunk:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    offset: int = attrs.field(metadata=transport.check(v.instance_of(int)))
+    size: int = attrs.field(metadata=transport.check(v.instance_of(int)))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Info:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Claim:
+    """Re-attach, after a restart of the service, the refs and pins a client held and
+    the views under its live values; answered with the views' new ids."""
+
+    refs: dict[bytes, int] = attrs.field(metadata=transport.check(
+        v.deep_mapping(_id, v.instance_of(int), v.instance_of(dict))))
+    pins: dict[bytes, int] = attrs.field(metadata=transport.check(
+        v.deep_mapping(_id, v.instance_of(int), v.instance_of(dict))))
+    views: list[bytes] = attrs.field(metadata=transport.check(v.deep_iterable(_id, v.instance_of(list))))
+
+
+@attrs.frozen(slots=False)
+class Statistics:
+    pass
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class WithReleases:
+    """A request carrying the view releases the client had pending: one frame, one
+    write. The releases are applied first, then ``request`` is dispatched."""
+
+    view_ids: list[int] = attrs.field(metadata=transport.check(_view_ids))
+    request: Any
+
+
+# -- one-way notices ------------------------------------------------------------------
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Release:
+    view_ids: list[int] = attrs.field(metadata=transport.check(_view_ids))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class AddRef:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    count: int = attrs.field(default=1, metadata=transport.check(v.instance_of(int)))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class RemoveRef:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    count: int = attrs.field(default=1, metadata=transport.check(v.instance_of(int)))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Unpin:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Abort:
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+
+
+# -- service to client -----------------------------------------------------------------
+
+
+@attrs.frozen(slots=False)
+class DropCache:
+    """The store runs out of spill candidates: let go of cached leases (the releases
+    are sent before the answer)."""
