@@ -229,6 +229,95 @@ def test_rpc_server_crash_keeps_links_actors_and_objects():
     ray.kill(detached)
 
 
+# ------------------------------------------------- gcs_client, actor_manager
+
+
+def _gcs_read(cluster: dict[str, Any], table: str, keys: list[str]) -> list[Any]:
+    """Read ``keys`` of a GCS ``table`` with a client of the test's own."""
+    import gcs
+    from actorcore.api import _api
+
+    token = _api._state["head"].token
+
+    async def read() -> list[Any]:
+        async with gcs.open_client(cluster["gcs_address"], token, timeout=10) as client:
+            return [await getattr(client, table).get(k) for k in keys]
+
+    return trio.run(read)
+
+
+def test_tree_shows_gcs_client_and_actor_manager():
+    node = _find(ray.tree(), "node")
+    assert node is not None
+    names = [c["name"] for c in node["children"]]
+    assert {"gcs_client", "actor_manager"} <= set(names), names
+    link = _find(ray.tree(), "gcs_client")
+    assert link is not None and link["kind"] == "gcs_client" and link["state"] == "running"
+    assert link["backend"] == "gcs" and link["linked"] is True, link
+    manager = _find(ray.tree(), "actor_manager")
+    assert manager is not None and manager["kind"] == "actor_manager", manager
+    assert manager["state"] == "running" and "alive" in manager, manager
+    cli = subprocess.run([sys.executable, "-m", "actorcore", "tree"], capture_output=True,
+                         text=True, timeout=60, check=True)
+    assert "gcs_client" in cli.stdout and "actor_manager" in cli.stdout, cli.stdout
+
+
+def test_gcs_client_crash_loses_no_lineage_function_or_task(cluster):
+    # Tasks in flight while the node's GCS link crashes: every result is exact, a
+    # function first exported while the link is down runs, and the lineage of every
+    # task reaches the GCS (the flusher carries on from the same buffer).
+    _until(lambda: _find(ray.tree(), "gcs_client")["lineage_pending"] == 0,
+           "earlier lineage to be written")
+    before = _find(ray.tree(), "gcs_client")
+    refs = [inc.remote(i) for i in range(400)]
+    assert "crashed" in faults.crash("gcs_client")
+
+    @ray.remote
+    def born_during_the_restart(x):
+        return x * 3
+
+    more = [inc.remote(i) for i in range(400, 600)]
+    tripled = born_during_the_restart.remote(7)
+    assert ray.get(refs + more, timeout=60) == list(range(1, 601))
+    assert ray.get(tripled, timeout=60) == 21
+    after = _back("gcs_client", before["restarts"])
+    assert after["linked"] is True
+    done = _until(lambda: (lambda e: e if e["lineage_pending"] == 0 else None)(
+        _find(ray.tree(), "gcs_client")), "the lineage to be written")
+    assert done["tasks_recorded"] - before["tasks_recorded"] >= 601
+    entries = _gcs_read(cluster, "tasks", [r.task_id().hex() for r in refs + more + [tripled]])
+    missing = [i for i, e in enumerate(entries) if e is None]
+    assert not missing, f"{len(missing)} tasks have no lineage in the GCS: {missing[:10]}"
+    assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+def test_actor_manager_crash_keeps_actors_calls_and_records(cluster):
+    # Calls in flight on three kinds of actor while the actor manager crashes:
+    # each answers every call, in order, and creation after the crash works; the
+    # records of the actors reach the GCS actors table.
+    actors = [Counter.remote(), Counter.options(placement="shared").remote(),
+              Counter.options(name="am_named").remote()]
+    assert ray.get([a.add.remote() for a in actors], timeout=60) == [1, 1, 1]
+    before = _restarts("actor_manager")
+    calls = [[a.add.remote() for _ in range(200)] for a in actors]
+    assert "crashed" in faults.crash("actor_manager")
+    later = [[a.add.remote() for _ in range(50)] for a in actors]
+    fresh = Counter.remote()
+    for first, second in zip(calls, later, strict=True):
+        assert ray.get(first + second, timeout=60) == list(range(2, 252))
+    assert ray.get(fresh.add.remote(), timeout=60) == 1
+    assert ray.get(ray.get_actor("am_named").add.remote(), timeout=30) == 252
+    _back("actor_manager", before)
+    ids = [a._actor_id.hex() for a in [*actors, fresh]]
+    _until(lambda: all(r is not None and r.get("state") == "alive"
+                       for r in _gcs_read(cluster, "actors", ids)),
+           "the actors' records in the GCS")
+    assert _find(ray.tree(), "actor_manager")["records_unwritten"] == 0
+    assert ray.get(inc.remote(1), timeout=30) == 2
+    for a in [*actors, fresh]:
+        ray.kill(a)
+
+
 def test_a_dropped_driver_link_is_not_the_drivers_exit():
     owned = Counter.remote()
     assert ray.get(owned.add.remote(), timeout=60) == 1

@@ -1,7 +1,8 @@
 """The node process: its state and lifecycle, serving drivers and workers.
 
-The node runs one supervision tree (``rpc_server``, the ``gcs`` on a head, the
-global and local schedulers, ``object_manager``, ``worker_pool``), built in
+The node runs one supervision tree (``rpc_server``, the ``gcs`` on a head,
+``gcs_client``, the global and local schedulers, ``object_manager``,
+``worker_pool``, ``actor_manager``), built in
 ``_tree``. Object bookkeeping (puts, fetches, frees, store refs and lineage
 live-return counts) is in ``object_manager._objects``; introspection and admin calls in
 ``_calls``.
@@ -53,12 +54,12 @@ from ..protocol._messages import TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
 from ._tree import build_tree
 from .actor_manager._manager import ActorManager
-from .gcs_client._control import MemoryControlState
+from .gcs_client._control import GcsControlState, MemoryControlState
 from .local_scheduler._scheduler import SchedulerState, WorkerInfo
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._directory import ObjectDirectory
 from .object_manager._objects import NodeObjects
-from .worker_pool._pool import PoolState, WorkerPool
+from .worker_pool._pool import PoolState
 
 __all__ = ["NodeConfig", "NodeRuntime"]
 
@@ -116,8 +117,10 @@ class NodeRuntime:
         self.directory = ObjectDirectory()
         self.objects = NodeObjects(self)  # puts, fetches, frees, store refs, lineage counts
         self.dep_watch = DependencyWatch(self)  # arguments that can never become ready
-        self.control: Any = MemoryControlState()
-        self.gcs_address: str | None = None
+        # The control state outlives the ``gcs_client`` component that links it to
+        # the GCS (a head runs one; other nodes and ``--no-gcs`` keep it in memory).
+        self.control: GcsControlState | MemoryControlState = (
+            GcsControlState() if config.head and config.use_gcs else MemoryControlState())
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
         self.resources = dict(config.resources)
         self.resources["CPU"] = cpus
@@ -153,8 +156,6 @@ class NodeRuntime:
         self.jobs: dict[bytes, dict] = {}
         self.departed: dict[bytes, _Client] = {}
         self.supervisor: Supervisor | None = None
-        self._pool_component: list[WorkerPool] = []  # set by ``build_tree``
-        self._gcs_plan: Any = None  # the GCS plan on a head (``build_tree``)
         self.shutdown_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._server = transport.Server(
@@ -227,9 +228,6 @@ class NodeRuntime:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(sup.run)
-                if self.config.head and self.config.use_gcs:
-                    await nursery.start(self._run_gcs_client)
-                    nursery.start_soon(self.control.run)
                 self.store_link = await StoreLink.open(
                     self.store_address, self.config.token, f"node-{short(self.node_id)}",
                     nursery,
@@ -261,18 +259,10 @@ class NodeRuntime:
                     except OSError:
                         pass
 
-    async def _run_gcs_client(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect to the GCS this head runs and route the control state through it."""
-        import gcs
-
-        from .gcs_client._control import GcsControlState
-
-        address = await self._gcs_plan.wait_ready(timeout=60)
-        self.gcs_address = address
-        async with gcs.open_client(address, self.config.token, name=f"node-{short(self.node_id)}") as client:
-            self.control = GcsControlState(client, address)
-            task_status.started()
-            await trio.sleep_forever()
+    @property
+    def gcs_address(self) -> str | None:
+        """The GCS coordinator's address (``None`` without a GCS)."""
+        return self.control.address
 
     def node_info(self) -> dict:
         return {

@@ -5,14 +5,15 @@
     node (one_for_one)
     ├── rpc_server        transport.Server on the node's Unix socket (and TCP on a head)
     ├── gcs               (head only) the global control store
+    ├── gcs_client        the node's GCS link and the lineage flusher
     ├── global_scheduler  places what the local scheduler cannot
     ├── local_scheduler   the dispatch loop over the node's task queue
     ├── object_manager    the node's object store
-    └── worker_pool       worker processes, one per CPU to start with
+    ├── worker_pool       worker processes, one per CPU to start with
+    └── actor_manager     actors: creation, calls, restarts; writes their records
 
 The components here are the node-side wrappers the tree needs: the listeners
-(``_RpcServer``), the in-memory control state as the ``gcs`` child
-(``_ControlService``), and the GCS's own ``gcs.ServiceSpec`` tree translated into
+(``_RpcServer``) and the GCS's own ``gcs.ServiceSpec`` tree translated into
 kernel child specs (``_to_child_spec``).
 """
 
@@ -22,12 +23,13 @@ import functools
 import os
 from typing import Any, Protocol
 
-import attrs
 import trio
 
 import transport
 
 from ..kernel import ChildSpec, Supervisor
+from ..protocol._ids import short
+from .gcs_client._link import GcsClientLink
 from .global_scheduler._scheduler import GlobalScheduler
 from .local_scheduler._scheduler import LocalScheduler, SchedulerState
 from .worker_pool._pool import PoolState, WorkerPool
@@ -60,15 +62,17 @@ class TreeHost(Protocol):
     importing each other.
     """
 
-    # Set by the tree: the worker pool component, the GCS plan (head), the TCP address.
-    _pool_component: list[WorkerPool]
-    _gcs_plan: Any
+    # Set by the tree: the TCP address (a head's listener picks its port).
     tcp_address: str | None
 
     @property
     def config(self) -> _TreeConfig: ...
     @property
     def control(self) -> Any: ...
+    @property
+    def actors(self) -> Any: ...
+    @property
+    def node_id(self) -> bytes: ...
     @property
     def node_hex(self) -> str: ...
     @property
@@ -91,37 +95,33 @@ class TreeHost(Protocol):
 
 def build_tree(node: TreeHost) -> Supervisor:
     """The node's supervision tree (see the module docstring), GCS included on a head."""
-    pool_component: list[WorkerPool] = []
-
-    def make_pool() -> WorkerPool:
-        wp = WorkerPool(node.pool, node.sched)
-        pool_component[:] = [wp]
-        return wp
-
-    node._pool_component = pool_component
+    config = node.config
     children = [ChildSpec("rpc_server", lambda: _RpcServer(node), kind="rpc_server")]
-    if node.config.head:
-        if node.config.use_gcs:
-            import gcs
+    gcs_address = None
+    if config.head and config.use_gcs:
+        import gcs
 
-            node._gcs_plan = gcs.plan(
-                gcs.GcsConfig(
-                    shards=node.config.gcs_shards,
-                    replicas=node.config.gcs_replicas,
-                    host=node.config.host,
-                    lineage_cap=_lineage_cap(),
-                ),
-                node.config.token,
-            )
-            children.append(_to_child_spec(node._gcs_plan.tree))
-        else:
-            children.append(ChildSpec("gcs", lambda: _ControlService(node), kind="gcs"))
+        plan = gcs.plan(
+            gcs.GcsConfig(
+                shards=config.gcs_shards,
+                replicas=config.gcs_replicas,
+                host=config.host,
+                lineage_cap=_lineage_cap(),
+            ),
+            config.token,
+        )
+        children.append(_to_child_spec(plan.tree))
+        gcs_address = functools.partial(plan.wait_ready, timeout=60)
+    children.append(ChildSpec(
+        "gcs_client",
+        lambda: GcsClientLink(node.control, gcs_address=gcs_address, token=config.token,
+                              name=f"node-{short(node.node_id)}"),
+        kind="gcs_client",
+    ))
     children += [
         ChildSpec(
             "global_scheduler",
             lambda: GlobalScheduler(
-                # Late-bound: ``node.control`` becomes the GCS-backed state once the
-                # GCS client is up, after this spec is built.
                 node._infeasible_recv,
                 lambda: node.control.list_nodes(),
                 node.sched.fail_unschedulable,
@@ -130,7 +130,9 @@ def build_tree(node: TreeHost) -> Supervisor:
         ),
         ChildSpec("local_scheduler", lambda: LocalScheduler(node.sched), kind="local_scheduler"),
         ChildSpec("object_manager", lambda: node._store_service, kind="object_manager"),
-        ChildSpec("worker_pool", make_pool, kind="worker_pool"),
+        ChildSpec("worker_pool", lambda: WorkerPool(node.pool, node.sched), kind="worker_pool"),
+        # The node owns the actor manager; the child runs its loop (see its ``run``).
+        ChildSpec("actor_manager", lambda: node.actors, kind="actor_manager"),
     ]
     return Supervisor(
         "node",
@@ -178,22 +180,6 @@ class _RpcServer:
             "tcp_address": node.tcp_address,
             "connections": conns,
         }
-
-
-class _ControlService:
-    """The ``gcs`` component when the node keeps control state in memory."""
-
-    def __init__(self, node: TreeHost) -> None:
-        self.node = node
-
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.node.control.run(task_status=task_status)
-
-    def snapshot(self) -> dict:
-        stats = attrs.asdict(self.node.control.statistics(),
-                             filter=lambda _field, value: value is not None)
-        return {"kind": "gcs", **stats}
-
 
 
 def _lineage_cap() -> int:

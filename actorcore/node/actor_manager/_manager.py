@@ -103,8 +103,8 @@ class ActorManager(ActorCalls, ActorIntrospection):
         self.shared_hosts: list[ActorWorker] = []
         self.waiting_resources: collections.deque[ActorRecord] = collections.deque()
         self._poller = False
-        self._dirty: dict[bytes, dict] = {}
-        self._flusher = False
+        self._dirty: dict[bytes, dict] = {}  # actor records not yet in the GCS
+        self._dirty_event = trio.Event()
         self.supervisors: dict[str, Any] = {}
         self.created_total = 0
         self.died_total = 0
@@ -616,29 +616,54 @@ class ActorManager(ActorCalls, ActorIntrospection):
         return getattr(self.node.control, "client", None)
 
     def _record(self, rec: ActorRecord) -> None:
-        """Write the actor's record to the GCS actors table (behind, batched)."""
-        if self._gcs() is None:
+        """Write the actor's record to the GCS actors table (behind, batched by ``run``)."""
+        if self.node.control.backend != "gcs":
             return
         d = self.describe(rec)
         d["state"] = rec.state
         self._dirty[rec.spec.actor_id] = d
-        if not self._flusher:
-            self._flusher = True
-            self._spawn_task(self._flush_records)
+        self._dirty_event.set()
 
-    async def _flush_records(self) -> None:
+    # ------------------------------------------------------------------ component
+
+    # The ``actor_manager`` child of the node's tree is this object: the node owns
+    # it (its actors, names, queues and processes outlive a restart of the child,
+    # as the scheduler's state outlives ``local_scheduler``'s), and the child's
+    # ``run`` is its long-lived loop, which writes the actor records behind to the
+    # GCS. A record leaves ``_dirty`` only once written and only if no newer
+    # record of the same actor replaced it meanwhile, so a crash of the component
+    # half way through a batch loses no record: the restarted ``run`` writes it.
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._dirty_event.wait()
+            await trio.sleep(0.05)  # gather a batch
+            self._dirty_event = trio.Event()
+            client = await self.node.control.wait_client()
+            batch = dict(self._dirty)
+            written: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+                for aid, d in batch.items():
+                    nursery.start_soon(self._put_record, client, aid, d, written)
+            for aid in written:
+                if self._dirty.get(aid) is batch[aid]:
+                    del self._dirty[aid]
+
+    async def _put_record(self, client: Any, aid: bytes, d: dict, written: list[bytes]) -> None:
         try:
-            while self._dirty:
-                await trio.sleep(0.05)
-                batch, self._dirty = self._dirty, {}
-                gcs = self._gcs()
-                if gcs is None:
-                    return
-                async with trio.open_nursery() as nursery:
-                    for aid, d in batch.items():
-                        nursery.start_soon(_quietly, gcs.actors.put, aid.hex(), d)
-        finally:
-            self._flusher = False
+            await client.actors.put(aid.hex(), d)
+        except Exception as exc:  # the GCS failing over: the next round retries
+            logger.warning("writing the record of actor %s failed: %s", aid.hex(), exc)
+            self._dirty_event.set()
+        else:
+            written.append(aid)
+
+    def snapshot(self) -> dict:
+        stats = self.statistics()
+        return {"kind": "actor_manager", "alive": stats.alive, "pending": stats.pending,
+                "restarting": stats.restarting, "dead": stats.dead,
+                "records_unwritten": len(self._dirty)}
 
 
 async def _quietly(fn: Any, *args: Any) -> None:
