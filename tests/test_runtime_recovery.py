@@ -250,7 +250,7 @@ def test_tree_shows_gcs_client_and_actor_manager():
     node = _find(ray.tree(), "node")
     assert node is not None
     names = [c["name"] for c in node["children"]]
-    assert {"gcs_client", "actor_manager"} <= set(names), names
+    assert {"gcs_client", "store_link", "object_directory", "actor_manager"} <= set(names)
     link = _find(ray.tree(), "gcs_client")
     assert link is not None and link["kind"] == "gcs_client" and link["state"] == "running"
     assert link["backend"] == "gcs" and link["linked"] is True, link
@@ -259,7 +259,8 @@ def test_tree_shows_gcs_client_and_actor_manager():
     assert manager["state"] == "running" and "alive" in manager, manager
     cli = subprocess.run([sys.executable, "-m", "actorcore", "tree"], capture_output=True,
                          text=True, timeout=60, check=True)
-    assert "gcs_client" in cli.stdout and "actor_manager" in cli.stdout, cli.stdout
+    for name in ("gcs_client", "store_link", "object_directory", "actor_manager"):
+        assert name in cli.stdout, cli.stdout
 
 
 def test_gcs_client_crash_loses_no_lineage_function_or_task(cluster):
@@ -316,6 +317,54 @@ def test_actor_manager_crash_keeps_actors_calls_and_records(cluster):
     assert ray.get(inc.remote(1), timeout=30) == 2
     for a in [*actors, fresh]:
         ray.kill(a)
+
+
+def test_store_link_crash_keeps_refs_and_sends_later_releases():
+    # Large objects put and returned while the node's store link crashes: every value
+    # reads back exact (the node's refs survived), and once freed they leave the
+    # store (releases asked for while the link's tasks were down still go out).
+    _until(lambda: _find(ray.tree(), "object_manager")["state"] == "running", "the store")
+    base = _find(ray.tree(), "object_manager")["count"]
+    before = _restarts("store_link")
+    puts = [ray.put(np.full(MB, i, np.uint8)) for i in range(6)]
+    returned = [make.remote(MB, 10 + i) for i in range(6)]
+    assert "crashed" in faults.crash("store_link")
+    more = [ray.put(np.full(MB, 20 + i, np.uint8)) for i in range(6)]
+    values = ray.get(puts + returned + more, timeout=60)
+    expected = list(range(6)) + list(range(10, 16)) + list(range(20, 26))
+    assert [(int(v[0]), int(v.sum())) for v in values] == [(f, f * MB) for f in expected]
+    del values
+    link = _back("store_link", before)
+    assert link["connected"] is True
+    assert _find(ray.tree(), "object_manager")["count"] >= base + 18
+    del puts, returned, more
+    import gc
+
+    gc.collect()
+    _until(lambda: _find(ray.tree(), "object_manager")["count"] <= base,
+           "the freed objects to leave the store")
+    assert _find(ray.tree(), "store_link")["deferred_releases"] == 0
+    assert ray.get(total.remote(ray.put(np.ones(MB, np.uint8))), timeout=30) == MB
+
+
+def test_object_directory_crash_still_fails_lost_arguments_and_runs_the_rest():
+    # A task waits on an argument nobody will ever produce while the directory's
+    # watch crashes: it still fails with ObjectLostError, within seconds; tasks with
+    # real arguments in flight meanwhile return exact results.
+    before = _restarts("object_directory")
+    ghost = ray.ObjectRef(b"\x17" * 20)  # made up: no owner, no producer
+    doomed = inc.remote(ghost)
+    _until(lambda: _find(ray.tree(), "object_directory")["watched"] >= 1, "the watch")
+    refs = [inc.remote(ray.put(i)) for i in range(100)]
+    assert "crashed" in faults.crash("object_directory")
+    start = time.monotonic()
+    with pytest.raises(exc.ObjectLostError, match="can never become available"):
+        ray.get(doomed, timeout=30)
+    assert time.monotonic() - start < 10
+    assert ray.get(refs, timeout=60) == list(range(1, 101))
+    entry = _back("object_directory", before)
+    assert entry["lost"] >= 1
+    assert ray.get(inc.remote(1), timeout=30) == 2
 
 
 def test_a_dropped_driver_link_is_not_the_drivers_exit():

@@ -89,6 +89,8 @@ class StoreLink:
         self._watching = False
         #: Where the link's own tasks run (the reconnect watcher, deferred releases).
         self.nursery: trio.Nursery | None = None
+        #: Releases asked for while the link had no nursery (see ``serve_in``).
+        self._deferred: list[bytes] = []
 
     @classmethod
     async def open(
@@ -103,6 +105,29 @@ class StoreLink:
     @property
     def connected(self) -> bool:
         return self.client is not None
+
+    def serve_in(self, nursery: trio.Nursery | None) -> None:
+        """Run the link's own tasks in ``nursery`` from now on (``None``: nowhere).
+
+        The node's link is served by its ``store_link`` component: each incarnation
+        hands its nursery here (the reconnect watcher starts again in it, releases
+        asked for while no incarnation ran are sent now) and ``None`` when it ends;
+        the connection and the refs it holds outlive the component.
+        """
+        self.nursery = nursery
+        if nursery is None:
+            return
+        if self.client is not None and not self._watching:
+            self._watching = True
+            nursery.start_soon(self._keep_connected)
+        if self._deferred:
+            oids, self._deferred = self._deferred, []
+            self.release_soon(oids)
+
+    @property
+    def deferred_releases(self) -> int:
+        """Releases waiting for the link's tasks to run again."""
+        return len(self._deferred)
 
     async def connect(self) -> None:
         """Dial the store once, however many callers ask at the same time (core loop)."""
@@ -305,15 +330,23 @@ class StoreLink:
             return
 
         async def go() -> None:
-            for oid in object_ids:
-                try:
-                    await self.remove_ref(oid)
-                except Exception as exc:
-                    logger.debug("remove_ref %s failed: %s", oid.hex(), exc)
+            pending = list(object_ids)
+            try:
+                while pending:
+                    try:
+                        await self.remove_ref(pending[0])
+                    except Exception as exc:
+                        logger.debug("remove_ref %s failed: %s", pending[0].hex(), exc)
+                    pending.pop(0)
+            finally:
+                # Cancelled with the nursery it ran in: the next one sends the rest.
+                self._deferred.extend(pending)
 
         def spawn() -> None:
             if self.nursery is not None:
                 self.nursery.start_soon(go)
+            else:
+                self._deferred.extend(object_ids)
 
         try:
             self.token.run_sync_soon(spawn)

@@ -2,7 +2,7 @@
 
 The node runs one supervision tree (``rpc_server``, the ``gcs`` on a head,
 ``gcs_client``, the global and local schedulers, ``object_manager``,
-``worker_pool``, ``actor_manager``), built in
+``store_link``, ``object_directory``, ``worker_pool``, ``actor_manager``), built in
 ``_tree``. Object bookkeeping (puts, fetches, frees, store refs and lineage
 live-return counts) is in ``object_manager._objects``; introspection and admin calls in
 ``_calls``.
@@ -183,7 +183,7 @@ class NodeRuntime:
             cleanup_on_cancel=False,
             recovery_grace=_store_recovery_grace(),
         )
-        self.store_link: Any = None
+        self.store_link: StoreLink | None = None  # set by ``run``
         self._hold_store_objects = self.objects.hold_store_objects  # used by ``actor_manager._manager``
         self.directory.on_drop = self.objects.on_object_dropped
         self.sched.owner_address = self._owner_address
@@ -227,11 +227,13 @@ class NodeRuntime:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await nursery.start(sup.run)
-                self.store_link = await StoreLink.open(
+                # Owned here, served by the ``store_link`` component (its refs must
+                # outlive a restart of that component).
+                self.store_link = StoreLink(
                     self.store_address, self.config.token, f"node-{short(self.node_id)}",
-                    nursery,
+                    trio.lowlevel.current_trio_token(),
                 )
+                await nursery.start(sup.run)
                 await self.control.register_node(self.node_hex, self.node_info())
                 info = self.session_info()
                 if self.config.head:

@@ -9,6 +9,8 @@
     ├── global_scheduler  places what the local scheduler cannot
     ├── local_scheduler   the dispatch loop over the node's task queue
     ├── object_manager    the node's object store
+    ├── store_link        the node's own link to it (its refs on large objects)
+    ├── object_directory  the directory's watch over arguments that can never arrive
     ├── worker_pool       worker processes, one per CPU to start with
     └── actor_manager     actors: creation, calls, restarts; writes their records
 
@@ -27,11 +29,14 @@ import trio
 
 import transport
 
+from ..core_worker._store_link import StoreLink
 from ..kernel import ChildSpec, Supervisor
 from ..protocol._ids import short
 from .gcs_client._link import GcsClientLink
 from .global_scheduler._scheduler import GlobalScheduler
 from .local_scheduler._scheduler import LocalScheduler, SchedulerState
+from .object_manager._dep_watch import DependencyWatch
+from .object_manager._link import StoreLinkService
 from .worker_pool._pool import PoolState, WorkerPool
 
 __all__ = ["TreeHost", "build_tree"]
@@ -73,6 +78,10 @@ class TreeHost(Protocol):
     def actors(self) -> Any: ...
     @property
     def node_id(self) -> bytes: ...
+    @property
+    def store_link(self) -> StoreLink | None: ...
+    @property
+    def dep_watch(self) -> DependencyWatch: ...
     @property
     def node_hex(self) -> str: ...
     @property
@@ -130,6 +139,9 @@ def build_tree(node: TreeHost) -> Supervisor:
         ),
         ChildSpec("local_scheduler", lambda: LocalScheduler(node.sched), kind="local_scheduler"),
         ChildSpec("object_manager", lambda: node._store_service, kind="object_manager"),
+        ChildSpec("store_link", functools.partial(_store_link, node), kind="store_link"),
+        # The node owns the watch (and the directory); the child runs its sweep.
+        ChildSpec("object_directory", lambda: node.dep_watch, kind="object_directory"),
         ChildSpec("worker_pool", lambda: WorkerPool(node.pool, node.sched), kind="worker_pool"),
         # The node owns the actor manager; the child runs its loop (see its ``run``).
         ChildSpec("actor_manager", lambda: node.actors, kind="actor_manager"),
@@ -180,6 +192,12 @@ class _RpcServer:
             "tcp_address": node.tcp_address,
             "connections": conns,
         }
+
+
+def _store_link(node: TreeHost) -> StoreLinkService:
+    if node.store_link is None:
+        raise RuntimeError("the node's store link is made by NodeRuntime.run, before its tree")
+    return StoreLinkService(node.store_link)
 
 
 def _lineage_cap() -> int:
