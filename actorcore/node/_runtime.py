@@ -9,12 +9,17 @@ live-return counts) is in ``object_manager._objects``; introspection and admin c
 
 State and components
 --------------------
-The components are stateless loops around state the node owns (``NodeRuntime``):
-the object directory, the scheduler's queues and resources, the process table,
-the function cache. Durable cluster state (nodes, functions, task lineage, jobs)
-is written through ``ControlState`` to the GCS. A component that crashes is
-restarted by the supervisor and carries on over the same state: nothing queued,
-running or stored is lost. ``actorcore.testing.faults.crash`` uses exactly that.
+The components are loops around state the node owns (``NodeRuntime``) and hands
+them: the object directory and the watched arguments, the scheduler's queues and
+resources, the process table, the actor table, the store link and its refs, the
+control state (lineage buffer, function cache). Durable cluster state (nodes,
+functions, task lineage, jobs, actor records) is written through ``ControlState``
+to the GCS. A component that crashes is restarted by the supervisor and carries on
+over the same state: nothing queued, running or stored is lost.
+``actorcore.testing.faults.crash`` uses exactly that. Every long-lived loop of the
+node is such a child; handlers start only per-request tasks, through ``spawn``.
+Components reach the node through its public attributes and ``spawn``,
+``serving``, ``deliver`` and ``owned_by``; none touches its private ones.
 
 Messages
 --------
@@ -114,8 +119,8 @@ class NodeRuntime:
         self.started_at = time.time()
         self.unix_address = f"unix:{config.session_dir / 'sockets' / 'node.sock'}"
         self.tcp_address: str | None = None
-        self.directory = ObjectDirectory()
         self.objects = NodeObjects(self)  # puts, fetches, frees, store refs, lineage counts
+        self.directory = ObjectDirectory(on_drop=self.objects.on_object_dropped)
         self.dep_watch = DependencyWatch(self)  # arguments that can never become ready
         # The control state outlives the ``gcs_client`` component that links it to
         # the GCS (a head runs one; other nodes and ``--no-gcs`` keep it in memory).
@@ -124,11 +129,12 @@ class NodeRuntime:
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
         self.resources = dict(config.resources)
         self.resources["CPU"] = cpus
-        self._infeasible_send, self._infeasible_recv = trio.open_memory_channel[TaskSpec](math.inf)
+        # Tasks no resource here can ever take, for the ``global_scheduler`` child.
+        self._infeasible_send, self.infeasible_tasks = trio.open_memory_channel[TaskSpec](math.inf)
         self.sched = SchedulerState(
             directory=self.directory,
             total=self.resources,
-            deliver=self._deliver,
+            deliver=self.deliver,
             request_worker=self._request_worker,
             kill_worker=self._kill_worker,
             record_lineage=self.objects.record_lineage,
@@ -158,7 +164,7 @@ class NodeRuntime:
         self.supervisor: Supervisor | None = None
         self.shutdown_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._server = transport.Server(
+        self.server = transport.Server(
             self.unix_address,
             config.token,
             self.handle,
@@ -170,7 +176,7 @@ class NodeRuntime:
 
         self.store_address = f"unix:{config.session_dir / 'sockets' / 'store.sock'}"
         capacity = config.object_store_memory or _default_store_capacity()
-        self._store_service = store.ObjectStoreService(
+        self.store_service = store.ObjectStoreService(
             self.store_address,
             config.token,
             capacity=capacity,
@@ -184,14 +190,12 @@ class NodeRuntime:
             recovery_grace=_store_recovery_grace(),
         )
         self.store_link: StoreLink | None = None  # set by ``run``
-        self._hold_store_objects = self.objects.hold_store_objects  # used by ``actor_manager._manager``
-        self.directory.on_drop = self.objects.on_object_dropped
         self.sched.owner_address = self._owner_address
         self.sched.pool_starting = lambda: self.pool.starting
         self.sched.pool_can_grow = self.pool.can_grow
-        self._tcp_server: transport.Server | None = None
+        self.tcp_server: transport.Server | None = None
         if config.port is not None:
-            self._tcp_server = transport.Server(
+            self.tcp_server = transport.Server(
                 f"tcp:{config.host}:{config.port}",
                 config.token,
                 self.handle,
@@ -213,6 +217,35 @@ class NodeRuntime:
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
         self._handlers.update(self.objects.handlers())
         self._handlers.update(self.actors.handlers())
+
+    # ------------------------------------------------- what components may use
+
+    # The node's narrow interface to its components and handlers: they start their
+    # per-request tasks through ``spawn`` (a fetch's watchdog, a lookup that answers
+    # later), never through the node's nursery; long-lived loops are tree children.
+
+    def spawn(self, fn: Any, *args: Any) -> bool:
+        """Start ``fn(*args)`` as a short-lived task of the node (work that outlives
+        the handler that asked for it). Returns ``False``, starting nothing, before
+        ``run`` or once the node has stopped."""
+        nursery = self._nursery
+        if nursery is None:
+            return False
+        try:
+            nursery.start_soon(fn, *args)
+        except RuntimeError:  # the nursery closed: the node stopped
+            return False
+        return True
+
+    @property
+    def serving(self) -> bool:
+        """The node runs and is not stopping (new processes may be started)."""
+        return self._nursery is not None and not self._nursery.cancel_scope.cancel_called
+
+    @property
+    def link_nursery(self) -> trio.Nursery | None:
+        """Where accepted connections run: they outlive ``rpc_server`` (see ``_tree``)."""
+        return self._nursery
 
     # ------------------------------------------------------------------- tree
 
@@ -246,7 +279,7 @@ class NodeRuntime:
                 await self.pool.kill_all()
                 await self.actors.kill_all()
                 try:
-                    self._store_service.remove_files()
+                    self.store_service.remove_files()
                 except OSError as exc:
                     logger.warning("removing the object store's files failed: %s", exc)
                 if self.config.head:
@@ -302,7 +335,8 @@ class NodeRuntime:
 
     # --------------------------------------------------------------- callbacks
 
-    def _deliver(self, owner: bytes, results: list) -> None:
+    def deliver(self, owner: bytes, results: list) -> None:
+        """Send ``results`` (ready objects) to their owner, if it is connected."""
         client = self.clients.get(owner)
         if client is None or client.conn.closed:
             return
@@ -322,8 +356,7 @@ class NodeRuntime:
             await trio.sleep(delay)
             fn()
 
-        if self._nursery is not None:
-            self._nursery.start_soon(later)
+        self.spawn(later)
 
     def _request_worker(self) -> None:
         self.pool.wakeup.set()
@@ -385,7 +418,7 @@ class NodeRuntime:
                     await trio.sleep(0.05)
             self._driver_gone(client, reason)
 
-        self._nursery.start_soon(decide)
+        self.spawn(decide)
 
     def _driver_gone(self, client: _Client, how: str) -> None:
         """The driver ``client`` is gone for good (unless it rejoined meanwhile)."""
@@ -439,10 +472,7 @@ class NodeRuntime:
             job_id = info.get("job_id")
             if job_id is not None:
                 self.jobs[job_id] = dict(info, pid=pid, started_at=time.time())
-                if self._nursery is not None:
-                    self._nursery.start_soon(
-                        _quietly, self.control.put_job, job_id.hex(), {"pid": pid, "role": role}
-                    )
+                self.spawn(_quietly, self.control.put_job, job_id.hex(), {"pid": pid, "role": role})
         self.by_conn[conn] = client
         if worker_id is not None:
             self.clients[worker_id] = client
@@ -472,10 +502,9 @@ class NodeRuntime:
             return
         record = {"blob": bytes(blob), "name": name, "sys_path": sys_path}
         self.functions[fid] = record
-        if self._nursery is not None:
-            self._nursery.start_soon(_quietly, self.control.put_function, fid, record)
+        self.spawn(_quietly, self.control.put_function, fid, record)
 
-    def _owned_by(self, conn: Any) -> set[bytes] | None:
+    def owned_by(self, conn: Any) -> set[bytes] | None:
         """The objects a driver owns (freed when it disconnects); None for workers."""
         client = self.by_conn.get(conn)
         if client is None or client.role != "driver":
@@ -484,7 +513,7 @@ class NodeRuntime:
 
     def _h_submit(self, conn: Any, m: tuple, reply: Any) -> None:
         submit = self.sched.submit
-        owned = self._owned_by(conn)
+        owned = self.owned_by(conn)
         for spec in m[1]:
             if spec.__class__ is not TaskSpec:  # an actor creation or method call
                 self.actors.submit(conn, spec)
@@ -515,7 +544,7 @@ class NodeRuntime:
         if worker is not None:
             task_id, results, retry = m[1], m[2], m[3]
             pushed = len(m) > 4 and m[4]
-            self._hold_store_objects(results, conn)
+            self.objects.hold_store_objects(results, conn)
             self.sched.task_done(worker, task_id, results, retry, pushed)
 
     def _h_get_function(self, conn: Any, m: tuple, reply: Any) -> None:
@@ -537,8 +566,8 @@ class NodeRuntime:
                 self.functions[fid] = rec
                 reply.send(rec)
 
-        assert self._nursery is not None
-        self._nursery.start_soon(lookup)
+        if not self.spawn(lookup):
+            reply.fail(RuntimeError("the node is stopping"))
 
     def _h_call(self, conn: Any, m: tuple, reply: Any) -> None:
         from ._calls import dispatch_call

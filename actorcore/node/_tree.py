@@ -91,15 +91,15 @@ class TreeHost(Protocol):
     @property
     def unix_address(self) -> str: ...
     @property
-    def _infeasible_recv(self) -> trio.MemoryReceiveChannel[Any]: ...
+    def infeasible_tasks(self) -> trio.MemoryReceiveChannel[Any]: ...
     @property
-    def _server(self) -> transport.Server: ...
+    def server(self) -> transport.Server: ...
     @property
-    def _tcp_server(self) -> transport.Server | None: ...
+    def tcp_server(self) -> transport.Server | None: ...
     @property
-    def _store_service(self) -> Any: ...
+    def store_service(self) -> Any: ...
     @property
-    def _nursery(self) -> trio.Nursery | None: ...  # where links live (they outlive rpc_server)
+    def link_nursery(self) -> trio.Nursery | None: ...  # where links live (they outlive rpc_server)
 
 
 def build_tree(node: TreeHost) -> Supervisor:
@@ -131,14 +131,14 @@ def build_tree(node: TreeHost) -> Supervisor:
         ChildSpec(
             "global_scheduler",
             lambda: GlobalScheduler(
-                node._infeasible_recv,
+                node.infeasible_tasks,
                 lambda: node.control.list_nodes(),
                 node.sched.fail_unschedulable,
             ),
             kind="global_scheduler",
         ),
         ChildSpec("local_scheduler", lambda: LocalScheduler(node.sched), kind="local_scheduler"),
-        ChildSpec("object_manager", lambda: node._store_service, kind="object_manager"),
+        ChildSpec("object_manager", lambda: node.store_service, kind="object_manager"),
         ChildSpec("store_link", functools.partial(_store_link, node), kind="store_link"),
         # The node owns the watch (and the directory); the child runs its sweep.
         ChildSpec("object_directory", lambda: node.dep_watch, kind="object_directory"),
@@ -172,20 +172,20 @@ class _RpcServer:
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         node = self.node
-        links = node._nursery
+        links = node.link_nursery
         async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(node._server.run, connection_nursery=links))
-            if node._tcp_server is not None:
+            await nursery.start(functools.partial(node.server.run, connection_nursery=links))
+            if node.tcp_server is not None:
                 node.tcp_address = await nursery.start(
-                    functools.partial(node._tcp_server.run, connection_nursery=links)
+                    functools.partial(node.tcp_server.run, connection_nursery=links)
                 )
             task_status.started(node.unix_address)
 
     def snapshot(self) -> dict:
         node = self.node
-        conns = len(node._server.connections)
-        if node._tcp_server is not None:
-            conns += len(node._tcp_server.connections)
+        conns = len(node.server.connections)
+        if node.tcp_server is not None:
+            conns += len(node.tcp_server.connections)
         return {
             "kind": "rpc_server",
             "address": node.unix_address,

@@ -47,7 +47,7 @@ from ...protocol import _serialization
 from ...protocol._actors import ActorSpec, CallSpec
 from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_max_starting
 from ._calls import ActorCalls, Call
-from ._introspect import ActorIntrospection
+from ._introspect import TREE_LIMIT, ActorManagerStatistics
 
 __all__ = ["ActorManager", "ActorRecord"]
 
@@ -88,12 +88,13 @@ class ActorRecord:
         )
 
 
-class ActorManager(ActorCalls, ActorIntrospection):
+class ActorManager:
     """See the module docstring. ``node`` is the ``NodeRuntime``."""
 
     def __init__(self, node: Any) -> None:
         self.node = node
         self.actors: dict[bytes, ActorRecord] = {}
+        self.calls = ActorCalls(node, self.actors, end=self.end, kill_worker=self.kill_worker)
         self.processes = ActorProcesses(
             node, self._worker_exited, default_max_starting(node.resources.get("CPU", 1.0))
         )
@@ -127,7 +128,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
     def submit(self, conn: Any, spec: Any) -> None:
         """An ``ActorSpec`` or ``CallSpec`` from a ``submit`` batch."""
         if type(spec) is CallSpec:
-            self._call(spec)
+            self.calls.submit(spec)
         elif type(spec) is ActorSpec:
             self._create(conn, spec, None, False)
         else:
@@ -165,7 +166,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
         total = self.node.sched.total
         if not _fits(spec.resources, total):
             rec.error_type = ActorUnschedulableError
-            self._end(rec, f"it requests {_fmt(spec.resources)} but the node has only "
+            self.end(rec, f"it requests {_fmt(spec.resources)} but the node has only "
                            f"{_fmt(total)}, so it can never be placed")
             return
         deps = spec.deps
@@ -208,7 +209,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
             logger.warning("claiming actor name %r in the GCS failed: %s", spec.name, exc)
             if reply is not None and not reply.done:
                 reply.fail(ValueError(f"could not claim actor name {spec.name!r}: {exc}"))
-            self._end(rec, f"its name {spec.name!r} could not be claimed: {exc}")
+            self.end(rec, f"its name {spec.name!r} could not be claimed: {exc}")
             return
         if reply is not None and not reply.done:
             reply.send(None)
@@ -222,7 +223,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
             e = entries.get(oid)
             if e is not None and e.is_error:
                 err = _serialization.loads(e.data)
-                self._end(rec, f"an argument of its constructor failed:\n{err}")
+                self.end(rec, f"an argument of its constructor failed:\n{err}")
                 return
         rec.dep_data = [(entries[o].is_error, entries[o].data) for o in rec.spec.deps]
         self._acquire(rec)
@@ -266,7 +267,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
         if rec.spec.supervisor is not None:
             sup = self.supervisors.get(rec.spec.supervisor)
             if sup is None:
-                self._end(rec, f"its supervisor {rec.spec.supervisor!r} does not exist "
+                self.end(rec, f"its supervisor {rec.spec.supervisor!r} does not exist "
                                f"(create it with actorcore.supervisor(...) first)")
                 return
             sup.add_actor(rec)
@@ -343,9 +344,9 @@ class ActorManager(ActorCalls, ActorIntrospection):
             if rec.state == "dead" or rec.spec.detached:
                 continue
             if rec.spec.owner == wid:
-                self._end(rec, f"its owner (the {what} with pid {client.pid}) {how}")
+                self.end(rec, f"its owner (the {what} with pid {client.pid}) {how}")
             elif self.job_drivers.get(rec.spec.job_id) == wid:
-                self._end(rec, f"its job's driver (pid {client.pid}) {how}")
+                self.end(rec, f"its job's driver (pid {client.pid}) {how}")
 
     # -------------------------------------------------------------------- handlers
 
@@ -368,19 +369,19 @@ class ActorManager(ActorCalls, ActorIntrospection):
         if rec is None or rec.incarnation != incarnation or rec.state == "dead":
             return
         if error is not None:
-            self._end(rec, f"its constructor raised an exception:\n{error}")
+            self.end(rec, f"its constructor raised an exception:\n{error}")
             rec.ready.set()
             return
         rec.state = "alive"
         self._record(rec)
         rec.ready.set()
-        self._pump_calls(rec)
+        self.calls.pump(rec)
 
     def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
         _, actor_id, task_id, results = m
         rec = self.actors.get(actor_id)
         node = self.node
-        node._hold_store_objects(results, conn)
+        node.objects.hold_store_objects(results, conn)
         if rec is None:
             return
         call = rec.inflight.pop(task_id, None)
@@ -389,18 +390,18 @@ class ActorManager(ActorCalls, ActorIntrospection):
         rec.calls_done += 1
         if call.spec.deps:
             node.directory.unpin(call.spec.deps)
-        self._finish(call.spec, results)
+        self.calls.finish(call.spec, results)
         if rec.drop_when_idle and rec.idle():
-            self._end(rec, "all handles to it were dropped")
+            self.end(rec, "all handles to it were dropped")
 
     def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
         """``("actor_cancel", actor_id, task_id)``: ``cancel(ref)`` of a call."""
-        self._cancel_call(m[1], m[2])
+        self.calls.cancel(m[1], m[2])
 
     def _h_done_direct(self, conn: Any, m: tuple, reply: Any) -> None:
         """Large results of a direct call: the node holds them, like any result."""
         results = m[2]
-        self.node._hold_store_objects(results, conn)
+        self.node.objects.hold_store_objects(results, conn)
         self.node.directory.put_many(results)
 
     def _route(self, actor_id: bytes, reply: Any) -> None:
@@ -442,7 +443,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
             return
         rec.drop_when_idle = True
         if rec.idle():
-            self._end(rec, "all handles to it were dropped")
+            self.end(rec, "all handles to it were dropped")
 
     def _h_req(self, conn: Any, m: tuple, reply: Any) -> None:
         op = m[1]
@@ -488,7 +489,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
         if spec.supervisor is not None:
             sup = self.supervisors.get(spec.supervisor)
             if no_restart or sup is None:
-                self._end(rec, reason)
+                self.end(rec, reason)
                 if sup is not None:
                     sup.remove_actor(rec)
             elif rec.worker is not None:
@@ -496,7 +497,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
                 self._lost(rec, reason)
             return
         if no_restart or not self._can_restart(rec):
-            self._end(rec, reason + self._limits(rec) if not no_restart else reason)
+            self.end(rec, reason + self._limits(rec) if not no_restart else reason)
             return
         # Restart now: later calls queue for the new incarnation instead of going to
         # the dying process; the old process's exit is then no news.
@@ -562,14 +563,14 @@ class ActorManager(ActorCalls, ActorIntrospection):
             rec.restarts += 1
             self.restarts_total += 1
             rec.state = "restarting"
-            self._requeue_inflight(rec, reason)
+            self.calls.requeue_inflight(rec, reason)
             self._record(rec)
             if not supervised:
                 self._place(rec)
             return
-        self._end(rec, reason + self._limits(rec))
+        self.end(rec, reason + self._limits(rec))
 
-    def _end(self, rec: ActorRecord, cause: str) -> None:
+    def end(self, rec: ActorRecord, cause: str) -> None:
         """``rec`` is dead for good: fail its calls, free its name, process, resources."""
         if rec.state == "dead":
             return
@@ -578,11 +579,11 @@ class ActorManager(ActorCalls, ActorIntrospection):
         self.died_total += 1
         err = rec.died_error()
         for call in list(rec.inflight.values()):
-            self._fail_call(call, err)
+            self.calls.fail_call(call, err)
         rec.inflight.clear()
         for q in rec.queues.values():
             for call in q:
-                self._fail_call(call, err)
+                self.calls.fail_call(call, err)
         rec.queues.clear()
         if rec.spec.deps and rec.deps_missing == 0 and rec.dep_data is not None:
             self.node.directory.unpin(rec.spec.deps)
@@ -605,12 +606,76 @@ class ActorManager(ActorCalls, ActorIntrospection):
 
     # ------------------------------------------------------------- introspection
 
+    def describe(self, rec: Any) -> dict:
+        spec = rec.spec
+        return {
+            "actor_id": spec.actor_id.hex(),
+            "class_name": spec.meta.class_name,
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "state": rec.state,
+            "restarts": rec.restarts,
+            "pid": rec.worker.pid if rec.worker is not None else None,
+            "shared": spec.placement == "shared",
+            "detached": spec.detached,
+            "supervisor": spec.supervisor,
+            "death_cause": rec.cause,
+            "calls_done": rec.calls_done,
+        }
+
+    def actor_entry(self, rec: Any) -> dict:
+        spec = rec.spec
+        state = {"alive": "running", "pending": "starting", "restarting": "restarting",
+                 "dead": "stopped"}[rec.state]
+        return {
+            "name": spec.name or f"{spec.meta.class_name}_{spec.short_id()}",
+            "kind": "actor",
+            "class": spec.meta.class_name,
+            "actor_name": spec.name,
+            "actor_id": spec.actor_id.hex(),
+            "state": state,
+            "restarts": rec.restarts,
+            "pid": rec.worker.pid if rec.worker is not None else None,
+            "node_id": self.node.node_hex,
+            "children": [],
+        }
+
+    def worker_snapshots(self) -> list[dict]:
+        """Actor processes as children of ``worker_pool`` in the tree."""
+        out = []
+        for aw in sorted(self.workers.values(), key=lambda w: w.index):
+            actors = [r for r in aw.actors.values() if r.state != "dead"]
+            entry = {
+                "name": f"worker_{aw.index}",
+                "kind": "worker",
+                "state": "running" if aw.conn is not None else "starting",
+                "restarts": 0,
+                "pid": aw.pid,
+                "node_id": self.node.node_hex,
+                "worker_id": aw.worker_id.hex(),
+                "activity": "actor_host" if aw.shared else "actor",
+                "start": aw.start,  # queued (no process yet) | starting | up | ended
+                "actors": len(actors),
+                "children": [self.actor_entry(r) for r in actors[:TREE_LIMIT]],
+            }
+            out.append(entry)
+        return out
+
+    def statistics(self) -> ActorManagerStatistics:
+        states = collections.Counter(r.state for r in self.actors.values())
+        procs = self.processes
+        return ActorManagerStatistics(
+            pending=states["pending"], alive=states["alive"], restarting=states["restarting"],
+            dead=states["dead"], created=self.created_total, died=self.died_total,
+            restarts=self.restarts_total, processes=len(self.workers),
+            processes_starting=procs.starting, processes_queued=procs.queued,
+            max_starting=procs.max_starting, starting_peak=procs.starting_peak,
+            queued_peak=procs.queued_peak)
+
     # -------------------------------------------------------------------- plumbing
 
     def _spawn_task(self, fn: Any, *args: Any) -> None:
-        nursery = self.node._nursery
-        if nursery is not None:
-            nursery.start_soon(fn, *args)
+        self.node.spawn(fn, *args)
 
     def _gcs(self) -> Any:
         return getattr(self.node.control, "client", None)
