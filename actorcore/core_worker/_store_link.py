@@ -58,6 +58,8 @@ STORE = b"\x00actorcore-store"
 INLINE_THRESHOLD = 100 * 1024
 #: Longest a link keeps dialling a store that went away before giving up.
 RECONNECT_WINDOW = 30.0
+#: Longest one release (a one-way send) may hold back a cancellation of its task.
+_RELEASE_SEND_TIMEOUT = 5.0
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
@@ -106,6 +108,16 @@ class StoreLink:
     def connected(self) -> bool:
         return self.client is not None
 
+    def _start(self, fn: Any) -> bool:
+        """Start ``fn`` in the link's nursery; ``False`` if it has none (or it closed)."""
+        if self.nursery is None:
+            return False
+        try:
+            self.nursery.start_soon(fn)
+        except RuntimeError:  # closed to new arrivals: its component is restarting
+            return False
+        return True
+
     def serve_in(self, nursery: trio.Nursery | None) -> None:
         """Run the link's own tasks in ``nursery`` from now on (``None``: nowhere).
 
@@ -117,9 +129,8 @@ class StoreLink:
         self.nursery = nursery
         if nursery is None:
             return
-        if self.client is not None and not self._watching:
+        if self.client is not None and not self._watching and self._start(self._keep_connected):
             self._watching = True
-            nursery.start_soon(self._keep_connected)
         if self._deferred:
             oids, self._deferred = self._deferred, []
             self.release_soon(oids)
@@ -145,9 +156,8 @@ class StoreLink:
             client = await store.StoreClient.connect(self.address, self._auth, name=self.name)
             self.blocking = store.BlockingStoreClient(client, self.token)
             self.client = client
-            if self.nursery is not None and not self._watching:
+            if not self._watching and self._start(self._keep_connected):
                 self._watching = True
-                self.nursery.start_soon(self._keep_connected)
         finally:
             self._connecting.set()
             self._connecting = None
@@ -187,9 +197,7 @@ class StoreLink:
         generation = self.generation
         if self._reconnecting is None:
             self._reconnecting = trio.Event()
-            if self.nursery is not None:
-                self.nursery.start_soon(self._redial)
-            else:
+            if not self._start(self._redial):
                 await self._redial()
         done = self._reconnecting
         if done is not None:
@@ -330,22 +338,29 @@ class StoreLink:
             return
 
         async def go() -> None:
+            # Cancelled with the nursery it runs in (the node's ``store_link``
+            # component crashed), it leaves the rest to the next one. Not within
+            # one release: the store client uncounts a ref before it sends the
+            # message, so a send cut off half way would keep the object in the store
+            # for ever while a second try finds nothing to release. Each send is
+            # shielded, and bounded.
             pending = list(object_ids)
             try:
                 while pending:
-                    try:
-                        await self.remove_ref(pending[0])
-                    except Exception as exc:
-                        logger.debug("remove_ref %s failed: %s", pending[0].hex(), exc)
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    with trio.move_on_after(_RELEASE_SEND_TIMEOUT, shield=True):
+                        try:
+                            await self.remove_ref(pending[0])
+                        except Exception as exc:
+                            logger.debug("remove_ref %s failed: %s", pending[0].hex(), exc)
                     pending.pop(0)
             finally:
-                # Cancelled with the nursery it ran in: the next one sends the rest.
                 self._deferred.extend(pending)
 
         def spawn() -> None:
-            if self.nursery is not None:
-                self.nursery.start_soon(go)
-            else:
+            # Runs later, from the loop: the nursery may have closed meanwhile (the
+            # node's ``store_link`` component crashed); its next one sends them.
+            if not self._start(go):
                 self._deferred.extend(object_ids)
 
         try:
