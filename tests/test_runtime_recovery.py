@@ -272,6 +272,12 @@ def test_gcs_client_crash_loses_no_lineage_function_or_task(cluster):
     before = _find(ray.tree(), "gcs_client")
     refs = [inc.remote(i) for i in range(400)]
     assert "crashed" in faults.crash("gcs_client")
+    # A named actor claims its name in the GCS: through the new link, at once (the
+    # closing one would have held the creation for the client's 60 s timeout).
+    start = time.monotonic()
+    named = Counter.options(name="during_gcs_client_restart").remote()
+    assert ray.get(ray.get_actor("during_gcs_client_restart").add.remote(), timeout=30) == 1
+    assert time.monotonic() - start < 10
 
     @ray.remote
     def born_during_the_restart(x):
@@ -290,6 +296,7 @@ def test_gcs_client_crash_loses_no_lineage_function_or_task(cluster):
     missing = [i for i, e in enumerate(entries) if e is None]
     assert not missing, f"{len(missing)} tasks have no lineage in the GCS: {missing[:10]}"
     assert ray.get(inc.remote(1), timeout=30) == 2
+    ray.kill(named)
 
 
 def test_actor_manager_crash_keeps_actors_calls_and_records(cluster):

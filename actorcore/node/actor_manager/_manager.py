@@ -32,7 +32,6 @@ before a named creation is acknowledged.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import time
 from typing import Any
@@ -158,7 +157,7 @@ class ActorManager:
         rec = ActorRecord(spec)
         self.actors[spec.actor_id] = rec
         self.created_total += 1
-        if spec.name is not None and self._gcs() is not None:
+        if spec.name is not None and self.node.control.backend == "gcs":
             self._spawn_task(self._claim_name, rec, reply)
         elif reply is not None:
             reply.send(None)
@@ -182,28 +181,33 @@ class ActorManager:
 
     async def _claim_name(self, rec: ActorRecord, reply: Any) -> None:
         spec = rec.spec
-        gcs = self._gcs()
         assert spec.name is not None
+        name, namespace, aid = spec.name, spec.namespace, spec.actor_id.hex()
+        # Through ``control.call``: a claim cut off by a restart of ``gcs_client`` is
+        # made again on the next link, and finding it already ours is success.
+        call = self.node.control.call
         try:
             for attempt in range(20):
                 try:
-                    await gcs.actors.register_name(spec.name, spec.actor_id.hex(),
-                                                   namespace=spec.namespace)
+                    await call(lambda gcs: gcs.actors.register_name(name, aid,
+                                                                    namespace=namespace))
                     break
                 except Exception as exc:
                     if type(exc).__name__ != "NameTaken" or attempt == 19:
                         raise
+                    owner = getattr(exc, "owner", None)
+                    if owner == aid:
+                        break  # our own claim, made by an attempt cut off before its reply
                     # This node's names are the authority (we checked them): a claim in
                     # the GCS is stale — its actor died here and the release is still on
                     # its way (or was lost). Release it and claim again.
-                    owner = getattr(exc, "owner", None)
                     known = (self.actors.get(bytes.fromhex(owner))
                              if isinstance(owner, str) else None)
                     if known is not None and known.state != "dead":
                         raise
                     if owner is not None:
-                        await gcs.actors.unregister_name(spec.name, namespace=spec.namespace,
-                                                         actor_id=owner)
+                        await call(lambda gcs, o=owner: gcs.actors.unregister_name(
+                            name, namespace=namespace, actor_id=o))
                     await trio.sleep(0.01)
         except Exception as exc:
             logger.warning("claiming actor name %r in the GCS failed: %s", spec.name, exc)
@@ -595,11 +599,8 @@ class ActorManager:
         spec = rec.spec
         if spec.name is not None and self.names.get((spec.namespace, spec.name)) == spec.actor_id:
             del self.names[(spec.namespace, spec.name)]
-            gcs = self._gcs()
-            if gcs is not None:
-                self._spawn_task(_quietly, functools.partial(
-                    gcs.actors.unregister_name, spec.name, namespace=spec.namespace,
-                    actor_id=spec.actor_id.hex()))
+            if self.node.control.backend == "gcs":
+                self._spawn_task(_quietly, self._unregister_name, spec)
         rec.ready.set()
         self._record(rec)
         logger.info("actor %s died: %s", spec.describe(), cause.splitlines()[0])
@@ -677,8 +678,9 @@ class ActorManager:
     def _spawn_task(self, fn: Any, *args: Any) -> None:
         self.node.spawn(fn, *args)
 
-    def _gcs(self) -> Any:
-        return getattr(self.node.control, "client", None)
+    async def _unregister_name(self, spec: ActorSpec) -> None:
+        await self.node.control.call(lambda gcs: gcs.actors.unregister_name(
+            spec.name, namespace=spec.namespace, actor_id=spec.actor_id.hex()))
 
     def _record(self, rec: ActorRecord) -> None:
         """Write the actor's record to the GCS actors table (behind, batched by ``run``)."""
@@ -705,19 +707,18 @@ class ActorManager:
             await self._dirty_event.wait()
             await trio.sleep(0.05)  # gather a batch
             self._dirty_event = trio.Event()
-            client = await self.node.control.wait_client()
             batch = dict(self._dirty)
             written: list[bytes] = []
             async with trio.open_nursery() as nursery:
                 for aid, d in batch.items():
-                    nursery.start_soon(self._put_record, client, aid, d, written)
+                    nursery.start_soon(self._put_record, aid, d, written)
             for aid in written:
                 if self._dirty.get(aid) is batch[aid]:
                     del self._dirty[aid]
 
-    async def _put_record(self, client: Any, aid: bytes, d: dict, written: list[bytes]) -> None:
+    async def _put_record(self, aid: bytes, d: dict, written: list[bytes]) -> None:
         try:
-            await client.actors.put(aid.hex(), d)
+            await self.node.control.call(lambda gcs: gcs.actors.put(aid.hex(), d))
         except Exception as exc:  # the GCS failing over: the next round retries
             logger.warning("writing the record of actor %s failed: %s", aid.hex(), exc)
             self._dirty_event.set()

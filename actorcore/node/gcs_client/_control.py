@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 import trio
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["ControlState", "ControlStatistics", "GcsControlState", "MemoryControlState"]
 
 logger = logging.getLogger("actorcore.control")
+
+T = TypeVar("T")
 
 _FLUSH_INTERVAL = 0.05
 _FLUSH_BATCH = 1000
@@ -216,7 +219,7 @@ class GcsControlState:
     a restart — the lineage buffer (unwritten task records), the function cache —
     stays here, so the restarted component carries on where the last one stopped.
     ``client`` is the last attached client (``None`` until the first): a caller
-    that must not fail while the link restarts awaits ``wait_client()`` instead.
+    that must not fail while the link restarts goes through ``call`` instead.
     """
 
     backend = "gcs"
@@ -227,6 +230,7 @@ class GcsControlState:
         self._lineage = _LineageBuffer()
         self._functions: dict[bytes, dict] = {}
         self._linked = trio.Event()
+        self._calls: set[trio.CancelScope] = set()  # ``call``s in flight
         self.links = 0  # clients attached so far (1 + the link's restarts)
 
     def attach(self, client: Any, address: str) -> None:
@@ -237,9 +241,29 @@ class GcsControlState:
         self._linked.set()
 
     def detach(self) -> None:
-        """The component's client is closing: ``wait_client`` waits for the next one."""
+        """The component's client is closing: ``wait_client`` waits for the next one,
+        and calls made through ``call`` on this one start again on the next."""
         if self._linked.is_set():
             self._linked = trio.Event()
+        for scope in self._calls:
+            scope.cancel()
+
+    async def call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """``await fn(client)`` with the live client.
+
+        A client that is being closed (its component crashed) would let the call
+        retry inside it until its timeout: instead the call is cancelled when its
+        client is detached and made again through the next one. ``fn`` must be
+        idempotent (every GCS write of the node is: puts by key, name claims by
+        actor id)."""
+        while True:
+            client = await self.wait_client()
+            with trio.CancelScope() as scope:
+                self._calls.add(scope)
+                try:
+                    return await fn(client)
+                finally:
+                    self._calls.discard(scope)
 
     @property
     def linked(self) -> bool:
@@ -264,12 +288,12 @@ class GcsControlState:
 
     async def put_function(self, function_id: bytes, record: dict) -> None:
         self._functions[function_id] = record
-        await (await self.wait_client()).functions.export(function_id.hex(), record)
+        await self.call(lambda c: c.functions.export(function_id.hex(), record))
 
     async def get_function(self, function_id: bytes) -> dict | None:
         record = self._functions.get(function_id)
         if record is None:
-            record = await (await self.wait_client()).functions.get(function_id.hex())
+            record = await self.call(lambda c: c.functions.get(function_id.hex()))
             if record is not None:
                 self._functions[function_id] = record
         return record
@@ -301,16 +325,16 @@ class GcsControlState:
                     logger.warning("lineage: the GCS refused task %s: %s", item[0], exc)
 
     async def register_node(self, node_id: str, info: dict) -> None:
-        await (await self.wait_client()).nodes.register(node_id, info)
+        await self.call(lambda c: c.nodes.register(node_id, info))
 
     async def unregister_node(self, node_id: str) -> None:
-        await (await self.wait_client()).nodes.delete(node_id)
+        await self.call(lambda c: c.nodes.delete(node_id))
 
     async def list_nodes(self) -> list[dict]:
-        return [v for _k, v in await (await self.wait_client()).nodes.list()]
+        return [v for _k, v in await self.call(lambda c: c.nodes.list())]
 
     async def put_job(self, job_id: str, info: dict) -> None:
-        await (await self.wait_client()).jobs.put(job_id, info)
+        await self.call(lambda c: c.jobs.put(job_id, info))
 
     async def flush_forever(self) -> None:
         """Write the lineage buffer behind, for ever (run by ``gcs_client``)."""
