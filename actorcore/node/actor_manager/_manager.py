@@ -1,7 +1,8 @@
 """The node's actor manager: creation, placement, call forwarding, restarts, death.
 
-One ``ActorManager`` per node, owned by ``NodeRuntime`` (outside every component, like
-the scheduler state), driven synchronously from the node's message handlers.
+One ``ActorManager`` per node, owned by ``NodeRuntime`` (like the scheduler state, its
+table outlives a restart), driven synchronously from the node's message handlers; it
+is also the ``actor_manager`` child of the node's tree (``run``: the record writer).
 
 Life of an actor::
 
