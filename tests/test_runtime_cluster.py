@@ -84,8 +84,9 @@ def test_tree_shape(cluster):
     check_snapshot(snap)
     node = _find(snap, "node")
     names = [c["name"] for c in node["children"]]
-    assert names == ["rpc_server", "gcs", "global_scheduler", "local_scheduler",
-                     "object_manager", "worker_pool"]
+    assert names == ["rpc_server", "gcs", "gcs_client", "global_scheduler", "local_scheduler",
+                     "object_manager", "store_link", "object_directory", "worker_pool",
+                     "actor_manager"]
     assert node["node_id"] == cluster["node_id"]
     workers = _find(snap, "worker_pool")["children"]
     assert len(workers) >= 2
@@ -96,7 +97,8 @@ def test_tree_shape(cluster):
 
 @pytest.mark.parametrize(
     "component",
-    ["local_scheduler", "global_scheduler", "object_manager", "worker_pool", "rpc_server"],
+    ["local_scheduler", "global_scheduler", "object_manager", "worker_pool", "rpc_server",
+     "gcs_client", "store_link", "object_directory", "actor_manager"],
 )
 def test_crash_component_restarts_and_cluster_keeps_serving(cluster, component):
     before = _find(ray.tree(), component)["restarts"]

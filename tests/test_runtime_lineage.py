@@ -158,8 +158,9 @@ async def test_control_state_writes_and_marks_in_batches_and_skips_refused_recor
                                                      lineage_cap=0), b"tok")
     address = running.address
     async with gcs.open_client(address, b"tok", timeout=10) as client:
-        control = GcsControlState(client, address)
-        nursery.start_soon(control.run)
+        control = GcsControlState()
+        control.attach(client, address)
+        nursery.start_soon(control.flush_forever)
         refused = [_spec(b"a"), _spec(b"y" * 10_000), _spec(b"b")]
         for spec in refused:
             control.record_task(spec)

@@ -229,6 +229,151 @@ def test_rpc_server_crash_keeps_links_actors_and_objects():
     ray.kill(detached)
 
 
+# ------------------------------------------------- gcs_client, actor_manager
+
+
+def _gcs_read(cluster: dict[str, Any], table: str, keys: list[str]) -> list[Any]:
+    """Read ``keys`` of a GCS ``table`` with a client of the test's own."""
+    import gcs
+    from actorcore.api import _api
+
+    token = _api._state["head"].token
+
+    async def read() -> list[Any]:
+        async with gcs.open_client(cluster["gcs_address"], token, timeout=10) as client:
+            return [await getattr(client, table).get(k) for k in keys]
+
+    return trio.run(read)
+
+
+def test_tree_shows_gcs_client_and_actor_manager():
+    node = _find(ray.tree(), "node")
+    assert node is not None
+    names = [c["name"] for c in node["children"]]
+    assert {"gcs_client", "store_link", "object_directory", "actor_manager"} <= set(names)
+    link = _find(ray.tree(), "gcs_client")
+    assert link is not None and link["kind"] == "gcs_client" and link["state"] == "running"
+    assert link["backend"] == "gcs" and link["linked"] is True, link
+    manager = _find(ray.tree(), "actor_manager")
+    assert manager is not None and manager["kind"] == "actor_manager", manager
+    assert manager["state"] == "running" and "alive" in manager, manager
+    cli = subprocess.run([sys.executable, "-m", "actorcore", "tree"], capture_output=True,
+                         text=True, timeout=60, check=True)
+    for name in ("gcs_client", "store_link", "object_directory", "actor_manager"):
+        assert name in cli.stdout, cli.stdout
+
+
+def test_gcs_client_crash_loses_no_lineage_function_or_task(cluster):
+    # Tasks in flight while the node's GCS link crashes: every result is exact, a
+    # function first exported while the link is down runs, and the lineage of every
+    # task reaches the GCS (the flusher carries on from the same buffer).
+    _until(lambda: _find(ray.tree(), "gcs_client")["lineage_pending"] == 0,
+           "earlier lineage to be written")
+    before = _find(ray.tree(), "gcs_client")
+    refs = [inc.remote(i) for i in range(400)]
+    assert "crashed" in faults.crash("gcs_client")
+    # A named actor claims its name in the GCS: through the new link, at once (the
+    # closing one would have held the creation for the client's 60 s timeout).
+    start = time.monotonic()
+    named = Counter.options(name="during_gcs_client_restart").remote()
+    assert ray.get(ray.get_actor("during_gcs_client_restart").add.remote(), timeout=30) == 1
+    assert time.monotonic() - start < 10
+
+    @ray.remote
+    def born_during_the_restart(x):
+        return x * 3
+
+    more = [inc.remote(i) for i in range(400, 600)]
+    tripled = born_during_the_restart.remote(7)
+    assert ray.get(refs + more, timeout=60) == list(range(1, 601))
+    assert ray.get(tripled, timeout=60) == 21
+    after = _back("gcs_client", before["restarts"])
+    assert after["linked"] is True
+    done = _until(lambda: (lambda e: e if e["lineage_pending"] == 0 else None)(
+        _find(ray.tree(), "gcs_client")), "the lineage to be written")
+    assert done["tasks_recorded"] - before["tasks_recorded"] >= 601
+    entries = _gcs_read(cluster, "tasks", [r.task_id().hex() for r in refs + more + [tripled]])
+    missing = [i for i, e in enumerate(entries) if e is None]
+    assert not missing, f"{len(missing)} tasks have no lineage in the GCS: {missing[:10]}"
+    assert ray.get(inc.remote(1), timeout=30) == 2
+    ray.kill(named)
+
+
+def test_actor_manager_crash_keeps_actors_calls_and_records(cluster):
+    # Calls in flight on three kinds of actor while the actor manager crashes:
+    # each answers every call, in order, and creation after the crash works; the
+    # records of the actors reach the GCS actors table.
+    actors = [Counter.remote(), Counter.options(placement="shared").remote(),
+              Counter.options(name="am_named").remote()]
+    assert ray.get([a.add.remote() for a in actors], timeout=60) == [1, 1, 1]
+    before = _restarts("actor_manager")
+    calls = [[a.add.remote() for _ in range(200)] for a in actors]
+    assert "crashed" in faults.crash("actor_manager")
+    later = [[a.add.remote() for _ in range(50)] for a in actors]
+    fresh = Counter.remote()
+    for first, second in zip(calls, later, strict=True):
+        assert ray.get(first + second, timeout=60) == list(range(2, 252))
+    assert ray.get(fresh.add.remote(), timeout=60) == 1
+    assert ray.get(ray.get_actor("am_named").add.remote(), timeout=30) == 252
+    _back("actor_manager", before)
+    ids = [a._actor_id.hex() for a in [*actors, fresh]]
+    _until(lambda: all(r is not None and r.get("state") == "alive"
+                       for r in _gcs_read(cluster, "actors", ids)),
+           "the actors' records in the GCS")
+    assert _find(ray.tree(), "actor_manager")["records_unwritten"] == 0
+    assert ray.get(inc.remote(1), timeout=30) == 2
+    for a in [*actors, fresh]:
+        ray.kill(a)
+
+
+def test_store_link_crash_keeps_refs_and_sends_later_releases():
+    # Large objects put and returned while the node's store link crashes: every value
+    # reads back exact (the node's refs survived), and once freed they leave the
+    # store (releases asked for while the link's tasks were down still go out).
+    _until(lambda: _find(ray.tree(), "object_manager")["state"] == "running", "the store")
+    base = _find(ray.tree(), "object_manager")["count"]
+    before = _restarts("store_link")
+    puts = [ray.put(np.full(MB, i, np.uint8)) for i in range(6)]
+    returned = [make.remote(MB, 10 + i) for i in range(6)]
+    assert "crashed" in faults.crash("store_link")
+    more = [ray.put(np.full(MB, 20 + i, np.uint8)) for i in range(6)]
+    values = ray.get(puts + returned + more, timeout=60)
+    expected = list(range(6)) + list(range(10, 16)) + list(range(20, 26))
+    assert [(int(v[0]), int(v.sum())) for v in values] == [(f, f * MB) for f in expected]
+    del values
+    link = _back("store_link", before)
+    assert link["connected"] is True
+    assert _find(ray.tree(), "object_manager")["count"] >= base + 18
+    del puts, returned, more
+    import gc
+
+    gc.collect()
+    _until(lambda: _find(ray.tree(), "object_manager")["count"] <= base,
+           "the freed objects to leave the store")
+    assert _find(ray.tree(), "store_link")["deferred_releases"] == 0
+    assert ray.get(total.remote(ray.put(np.ones(MB, np.uint8))), timeout=30) == MB
+
+
+def test_object_directory_crash_still_fails_lost_arguments_and_runs_the_rest():
+    # A task waits on an argument nobody will ever produce while the directory's
+    # watch crashes: it still fails with ObjectLostError, within seconds; tasks with
+    # real arguments in flight meanwhile return exact results.
+    before = _restarts("object_directory")
+    ghost = ray.ObjectRef(b"\x17" * 20)  # made up: no owner, no producer
+    doomed = inc.remote(ghost)
+    _until(lambda: _find(ray.tree(), "object_directory")["watched"] >= 1, "the watch")
+    refs = [inc.remote(ray.put(i)) for i in range(100)]
+    assert "crashed" in faults.crash("object_directory")
+    start = time.monotonic()
+    with pytest.raises(exc.ObjectLostError, match="can never become available"):
+        ray.get(doomed, timeout=30)
+    assert time.monotonic() - start < 10
+    assert ray.get(refs, timeout=60) == list(range(1, 101))
+    entry = _back("object_directory", before)
+    assert entry["lost"] >= 1
+    assert ray.get(inc.remote(1), timeout=30) == 2
+
+
 def test_a_dropped_driver_link_is_not_the_drivers_exit():
     owned = Counter.remote()
     assert ray.get(owned.add.remote(), timeout=60) == 1

@@ -58,6 +58,8 @@ STORE = b"\x00actorcore-store"
 INLINE_THRESHOLD = 100 * 1024
 #: Longest a link keeps dialling a store that went away before giving up.
 RECONNECT_WINDOW = 30.0
+#: Longest one release (a one-way send) may hold back a cancellation of its task.
+_RELEASE_SEND_TIMEOUT = 5.0
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
@@ -89,6 +91,8 @@ class StoreLink:
         self._watching = False
         #: Where the link's own tasks run (the reconnect watcher, deferred releases).
         self.nursery: trio.Nursery | None = None
+        #: Releases asked for while the link had no nursery (see ``serve_in``).
+        self._deferred: list[bytes] = []
 
     @classmethod
     async def open(
@@ -103,6 +107,38 @@ class StoreLink:
     @property
     def connected(self) -> bool:
         return self.client is not None
+
+    def _start(self, fn: Any) -> bool:
+        """Start ``fn`` in the link's nursery; ``False`` if it has none (or it closed)."""
+        if self.nursery is None:
+            return False
+        try:
+            self.nursery.start_soon(fn)
+        except RuntimeError:  # closed to new arrivals: its component is restarting
+            return False
+        return True
+
+    def serve_in(self, nursery: trio.Nursery | None) -> None:
+        """Run the link's own tasks in ``nursery`` from now on (``None``: nowhere).
+
+        The node's link is served by its ``store_link`` component: each incarnation
+        hands its nursery here (the reconnect watcher starts again in it, releases
+        asked for while no incarnation ran are sent now) and ``None`` when it ends;
+        the connection and the refs it holds outlive the component.
+        """
+        self.nursery = nursery
+        if nursery is None:
+            return
+        if self.client is not None and not self._watching and self._start(self._keep_connected):
+            self._watching = True
+        if self._deferred:
+            oids, self._deferred = self._deferred, []
+            self.release_soon(oids)
+
+    @property
+    def deferred_releases(self) -> int:
+        """Releases waiting for the link's tasks to run again."""
+        return len(self._deferred)
 
     async def connect(self) -> None:
         """Dial the store once, however many callers ask at the same time (core loop)."""
@@ -120,9 +156,8 @@ class StoreLink:
             client = await store.StoreClient.connect(self.address, self._auth, name=self.name)
             self.blocking = store.BlockingStoreClient(client, self.token)
             self.client = client
-            if self.nursery is not None and not self._watching:
+            if not self._watching and self._start(self._keep_connected):
                 self._watching = True
-                self.nursery.start_soon(self._keep_connected)
         finally:
             self._connecting.set()
             self._connecting = None
@@ -162,9 +197,7 @@ class StoreLink:
         generation = self.generation
         if self._reconnecting is None:
             self._reconnecting = trio.Event()
-            if self.nursery is not None:
-                self.nursery.start_soon(self._redial)
-            else:
+            if not self._start(self._redial):
                 await self._redial()
         done = self._reconnecting
         if done is not None:
@@ -305,15 +338,30 @@ class StoreLink:
             return
 
         async def go() -> None:
-            for oid in object_ids:
-                try:
-                    await self.remove_ref(oid)
-                except Exception as exc:
-                    logger.debug("remove_ref %s failed: %s", oid.hex(), exc)
+            # Cancelled with the nursery it runs in (the node's ``store_link``
+            # component crashed), it leaves the rest to the next one. Not within
+            # one release: the store client uncounts a ref before it sends the
+            # message, so a send cut off half way would keep the object in the store
+            # for ever while a second try finds nothing to release. Each send is
+            # shielded, and bounded.
+            pending = list(object_ids)
+            try:
+                while pending:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    with trio.move_on_after(_RELEASE_SEND_TIMEOUT, shield=True):
+                        try:
+                            await self.remove_ref(pending[0])
+                        except Exception as exc:
+                            logger.debug("remove_ref %s failed: %s", pending[0].hex(), exc)
+                    pending.pop(0)
+            finally:
+                self._deferred.extend(pending)
 
         def spawn() -> None:
-            if self.nursery is not None:
-                self.nursery.start_soon(go)
+            # Runs later, from the loop: the nursery may have closed meanwhile (the
+            # node's ``store_link`` component crashed); its next one sends them.
+            if not self._start(go):
+                self._deferred.extend(object_ids)
 
         try:
             self.token.run_sync_soon(spawn)

@@ -154,7 +154,7 @@ def _crash_supervised(node: Any, us: Any, name: str) -> str:
 
 def dispatch_call(node: Any, name: str, args: tuple, reply: Any) -> None:
     try:
-        if name == "status" and node.store_link is not None and node._nursery is not None:
+        if name == "status" and node.store_link is not None and node.serving:
 
             async def with_store() -> None:
                 st = _status(node)
@@ -167,7 +167,7 @@ def dispatch_call(node: Any, name: str, args: tuple, reply: Any) -> None:
                     st["store_error"] = str(exc)
                 reply.send(st)
 
-            node._nursery.start_soon(with_store)
+            node.spawn(with_store)
         elif name == "tree":
             reply.send(_tree(node))
         elif name == "status":

@@ -1,19 +1,25 @@
 """The node process: its state and lifecycle, serving drivers and workers.
 
-The node runs one supervision tree (``rpc_server``, the ``gcs`` on a head, the
-global and local schedulers, ``object_manager``, ``worker_pool``), built in
+The node runs one supervision tree (``rpc_server``, the ``gcs`` on a head,
+``gcs_client``, the global and local schedulers, ``object_manager``,
+``store_link``, ``object_directory``, ``worker_pool``, ``actor_manager``), built in
 ``_tree``. Object bookkeeping (puts, fetches, frees, store refs and lineage
 live-return counts) is in ``object_manager._objects``; introspection and admin calls in
 ``_calls``.
 
 State and components
 --------------------
-The components are stateless loops around state the node owns (``NodeRuntime``):
-the object directory, the scheduler's queues and resources, the process table,
-the function cache. Durable cluster state (nodes, functions, task lineage, jobs)
-is written through ``ControlState`` to the GCS. A component that crashes is
-restarted by the supervisor and carries on over the same state: nothing queued,
-running or stored is lost. ``actorcore.testing.faults.crash`` uses exactly that.
+The components are loops around state the node owns (``NodeRuntime``) and hands
+them: the object directory and the watched arguments, the scheduler's queues and
+resources, the process table, the actor table, the store link and its refs, the
+control state (lineage buffer, function cache). Durable cluster state (nodes,
+functions, task lineage, jobs, actor records) is written through ``ControlState``
+to the GCS. A component that crashes is restarted by the supervisor and carries on
+over the same state: nothing queued, running or stored is lost.
+``actorcore.testing.faults.crash`` uses exactly that. Every long-lived loop of the
+node is such a child; handlers start only per-request tasks, through ``spawn``.
+Components reach the node through its public attributes and ``spawn``,
+``serving``, ``deliver`` and ``owned_by``; none touches its private ones.
 
 Messages
 --------
@@ -52,12 +58,12 @@ from ..protocol._messages import TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
 from ._tree import build_tree
 from .actor_manager._manager import ActorManager
-from .gcs_client._control import MemoryControlState
+from .gcs_client._control import GcsControlState, MemoryControlState
 from .local_scheduler._scheduler import SchedulerState, WorkerInfo
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._directory import ObjectDirectory
 from .object_manager._objects import NodeObjects
-from .worker_pool._pool import PoolState, WorkerPool
+from .worker_pool._pool import PoolState
 
 __all__ = ["NodeConfig", "NodeRuntime"]
 
@@ -112,11 +118,13 @@ class NodeRuntime:
         self.started_at = time.time()
         self.unix_address = f"unix:{config.session_dir / 'sockets' / 'node.sock'}"
         self.tcp_address: str | None = None
-        self.directory = ObjectDirectory()
         self.objects = NodeObjects(self)  # puts, fetches, frees, store refs, lineage counts
+        self.directory = ObjectDirectory(on_drop=self.objects.on_object_dropped)
         self.dep_watch = DependencyWatch(self)  # arguments that can never become ready
-        self.control: Any = MemoryControlState()
-        self.gcs_address: str | None = None
+        # The control state outlives the ``gcs_client`` component that links it to
+        # the GCS (a head runs one; other nodes and ``--no-gcs`` keep it in memory).
+        self.control: GcsControlState | MemoryControlState = (
+            GcsControlState() if config.head and config.use_gcs else MemoryControlState())
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
         self.resources = dict(config.resources)
         self.resources["CPU"] = cpus
@@ -148,11 +156,9 @@ class NodeRuntime:
         self.jobs: dict[bytes, dict] = {}
         self.departed: dict[bytes, _Client] = {}
         self.supervisor: Supervisor | None = None
-        self._pool_component: list[WorkerPool] = []  # set by ``build_tree``
-        self._gcs_plan: Any = None  # the GCS plan on a head (``build_tree``)
         self.shutdown_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._server = transport.Server(
+        self.server = transport.Server(
             self.unix_address,
             config.token,
             self.handle,
@@ -164,7 +170,7 @@ class NodeRuntime:
 
         self.store_address = f"unix:{config.session_dir / 'sockets' / 'store.sock'}"
         capacity = config.object_store_memory or _default_store_capacity()
-        self._store_service = store.ObjectStoreService(
+        self.store_service = store.ObjectStoreService(
             self.store_address,
             config.token,
             capacity=capacity,
@@ -177,12 +183,10 @@ class NodeRuntime:
             cleanup_on_cancel=False,
             recovery_grace=_store_recovery_grace(),
         )
-        self.store_link: Any = None
-        self._hold_store_objects = self.objects.hold_store_objects  # used by ``actor_manager._manager``
-        self.directory.on_drop = self.objects.on_object_dropped
-        self._tcp_server: transport.Server | None = None
+        self.store_link: StoreLink | None = None  # set by ``run``
+        self.tcp_server: transport.Server | None = None
         if config.port is not None:
-            self._tcp_server = transport.Server(
+            self.tcp_server = transport.Server(
                 f"tcp:{config.host}:{config.port}",
                 config.token,
                 self.handle,
@@ -205,6 +209,35 @@ class NodeRuntime:
         self._handlers.update(self.objects.handlers())
         self._handlers.update(self.actors.handlers())
 
+    # ------------------------------------------------- what components may use
+
+    # The node's narrow interface to its components and handlers: they start their
+    # per-request tasks through ``spawn`` (a fetch's watchdog, a lookup that answers
+    # later), never through the node's nursery; long-lived loops are tree children.
+
+    def spawn(self, fn: Any, *args: Any) -> bool:
+        """Start ``fn(*args)`` as a short-lived task of the node (work that outlives
+        the handler that asked for it). Returns ``False``, starting nothing, before
+        ``run`` or once the node has stopped."""
+        nursery = self._nursery
+        if nursery is None:
+            return False
+        try:
+            nursery.start_soon(fn, *args)
+        except RuntimeError:  # the nursery closed: the node stopped
+            return False
+        return True
+
+    @property
+    def serving(self) -> bool:
+        """The node runs and is not stopping (new processes may be started)."""
+        return self._nursery is not None and not self._nursery.cancel_scope.cancel_called
+
+    @property
+    def link_nursery(self) -> trio.Nursery | None:
+        """Where accepted connections run: they outlive ``rpc_server`` (see ``_tree``)."""
+        return self._nursery
+
     # ------------------------------------------------------------------- tree
 
     def build_tree(self) -> Supervisor:
@@ -218,14 +251,13 @@ class NodeRuntime:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await nursery.start(sup.run)
-                if self.config.head and self.config.use_gcs:
-                    await nursery.start(self._run_gcs_client)
-                    nursery.start_soon(self.control.run)
-                self.store_link = await StoreLink.open(
+                # Owned here, served by the ``store_link`` component (its refs must
+                # outlive a restart of that component).
+                self.store_link = StoreLink(
                     self.store_address, self.config.token, f"node-{short(self.node_id)}",
-                    nursery,
+                    trio.lowlevel.current_trio_token(),
                 )
+                await nursery.start(sup.run)
                 await self.control.register_node(self.node_hex, self.node_info())
                 info = self.session_info()
                 if self.config.head:
@@ -238,7 +270,7 @@ class NodeRuntime:
                 await self.pool.kill_all()
                 await self.actors.kill_all()
                 try:
-                    self._store_service.remove_files()
+                    self.store_service.remove_files()
                 except OSError as exc:
                     logger.warning("removing the object store's files failed: %s", exc)
                 if self.config.head:
@@ -253,18 +285,10 @@ class NodeRuntime:
                     except OSError:
                         pass
 
-    async def _run_gcs_client(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect to the GCS this head runs and route the control state through it."""
-        import gcs
-
-        from .gcs_client._control import GcsControlState
-
-        address = await self._gcs_plan.wait_ready(timeout=60)
-        self.gcs_address = address
-        async with gcs.open_client(address, self.config.token, name=f"node-{short(self.node_id)}") as client:
-            self.control = GcsControlState(client, address)
-            task_status.started()
-            await trio.sleep_forever()
+    @property
+    def gcs_address(self) -> str | None:
+        """The GCS coordinator's address (``None`` without a GCS)."""
+        return self.control.address
 
     def node_info(self) -> dict:
         return {
@@ -302,7 +326,8 @@ class NodeRuntime:
 
     # --------------------------------------------------------------- callbacks
 
-    def _deliver(self, owner: bytes, results: list) -> None:
+    def deliver(self, owner: bytes, results: list) -> None:
+        """Send ``results`` (ready objects) to their owner, if it is connected."""
         client = self.clients.get(owner)
         if client is None or client.conn.closed:
             return
@@ -322,8 +347,7 @@ class NodeRuntime:
             await trio.sleep(delay)
             fn()
 
-        if self._nursery is not None:
-            self._nursery.start_soon(later)
+        self.spawn(later)
 
     def _forward_log(self, prefix: str, stream: str, lines: list[str]) -> None:
         for client in list(self.by_conn.values()):
@@ -379,7 +403,7 @@ class NodeRuntime:
                     await trio.sleep(0.05)
             self._driver_gone(client, reason)
 
-        self._nursery.start_soon(decide)
+        self.spawn(decide)
 
     def _driver_gone(self, client: _Client, how: str) -> None:
         """The driver ``client`` is gone for good (unless it rejoined meanwhile)."""
@@ -433,10 +457,7 @@ class NodeRuntime:
             job_id = info.get("job_id")
             if job_id is not None:
                 self.jobs[job_id] = dict(info, pid=pid, started_at=time.time())
-                if self._nursery is not None:
-                    self._nursery.start_soon(
-                        _quietly, self.control.put_job, job_id.hex(), {"pid": pid, "role": role}
-                    )
+                self.spawn(_quietly, self.control.put_job, job_id.hex(), {"pid": pid, "role": role})
         self.by_conn[conn] = client
         if worker_id is not None:
             self.clients[worker_id] = client
@@ -466,10 +487,9 @@ class NodeRuntime:
             return
         record = {"blob": bytes(blob), "name": name, "sys_path": sys_path}
         self.functions[fid] = record
-        if self._nursery is not None:
-            self._nursery.start_soon(_quietly, self.control.put_function, fid, record)
+        self.spawn(_quietly, self.control.put_function, fid, record)
 
-    def _owned_by(self, conn: Any) -> set[bytes] | None:
+    def owned_by(self, conn: Any) -> set[bytes] | None:
         """The objects a driver owns (freed when it disconnects); None for workers."""
         client = self.by_conn.get(conn)
         if client is None or client.role != "driver":
@@ -478,7 +498,7 @@ class NodeRuntime:
 
     def _h_submit(self, conn: Any, m: tuple, reply: Any) -> None:
         submit = self.sched.submit
-        owned = self._owned_by(conn)
+        owned = self.owned_by(conn)
         for spec in m[1]:
             if spec.__class__ is not TaskSpec:  # an actor creation or method call
                 self.actors.submit(conn, spec)
@@ -509,7 +529,7 @@ class NodeRuntime:
         if worker is not None:
             task_id, results, retry = m[1], m[2], m[3]
             pushed = len(m) > 4 and m[4]
-            self._hold_store_objects(results, conn)
+            self.objects.hold_store_objects(results, conn)
             self.sched.task_done(worker, task_id, results, retry, pushed)
 
     def _h_get_function(self, conn: Any, m: tuple, reply: Any) -> None:
@@ -531,8 +551,8 @@ class NodeRuntime:
                 self.functions[fid] = rec
                 reply.send(rec)
 
-        assert self._nursery is not None
-        self._nursery.start_soon(lookup)
+        if not self.spawn(lookup):
+            reply.fail(RuntimeError("the node is stopping"))
 
     def _h_call(self, conn: Any, m: tuple, reply: Any) -> None:
         from ._calls import dispatch_call
@@ -547,7 +567,7 @@ class _SchedulerHost:
         self._node = node
 
     def deliver(self, owner: bytes, results: list) -> None:
-        self._node._deliver(owner, results)
+        self._node.deliver(owner, results)
 
     def request_worker(self) -> None:
         self._node.pool.wakeup.set()

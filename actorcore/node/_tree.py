@@ -5,14 +5,17 @@
     node (one_for_one)
     ├── rpc_server        transport.Server on the node's Unix socket (and TCP on a head)
     ├── gcs               (head only) the global control store
+    ├── gcs_client        the node's GCS link and the lineage flusher
     ├── global_scheduler  places what the local scheduler cannot
     ├── local_scheduler   the dispatch loop over the node's task queue
     ├── object_manager    the node's object store
-    └── worker_pool       worker processes, one per CPU to start with
+    ├── store_link        the node's own link to it (its refs on large objects)
+    ├── object_directory  the directory's watch over arguments that can never arrive
+    ├── worker_pool       worker processes, one per CPU to start with
+    └── actor_manager     actors: creation, calls, restarts; writes their records
 
 The components here are the node-side wrappers the tree needs: the listeners
-(``_RpcServer``), the in-memory control state as the ``gcs`` child
-(``_ControlService``), and the GCS's own ``gcs.ServiceSpec`` tree translated into
+(``_RpcServer``) and the GCS's own ``gcs.ServiceSpec`` tree translated into
 kernel child specs (``_to_child_spec``).
 """
 
@@ -22,14 +25,18 @@ import functools
 import os
 from typing import Any, Protocol
 
-import attrs
 import trio
 
 import transport
 
+from ..core_worker._store_link import StoreLink
 from ..kernel import ChildSpec, Supervisor
+from ..protocol._ids import short
+from .gcs_client._link import GcsClientLink
 from .global_scheduler._scheduler import GlobalScheduler
 from .local_scheduler._scheduler import LocalScheduler, SchedulerState
+from .object_manager._dep_watch import DependencyWatch
+from .object_manager._link import StoreLinkService
 from .worker_pool._pool import PoolState, WorkerPool
 
 __all__ = ["TreeHost", "build_tree"]
@@ -60,15 +67,21 @@ class TreeHost(Protocol):
     importing each other.
     """
 
-    # Set by the tree: the worker pool component, the GCS plan (head), the TCP address.
-    _pool_component: list[WorkerPool]
-    _gcs_plan: Any
+    # Set by the tree: the TCP address (a head's listener picks its port).
     tcp_address: str | None
 
     @property
     def config(self) -> _TreeConfig: ...
     @property
     def control(self) -> Any: ...
+    @property
+    def actors(self) -> Any: ...
+    @property
+    def node_id(self) -> bytes: ...
+    @property
+    def store_link(self) -> StoreLink | None: ...
+    @property
+    def dep_watch(self) -> DependencyWatch: ...
     @property
     def node_hex(self) -> str: ...
     @property
@@ -78,42 +91,40 @@ class TreeHost(Protocol):
     @property
     def unix_address(self) -> str: ...
     @property
-    def _server(self) -> transport.Server: ...
+    def server(self) -> transport.Server: ...
     @property
-    def _tcp_server(self) -> transport.Server | None: ...
+    def tcp_server(self) -> transport.Server | None: ...
     @property
-    def _store_service(self) -> Any: ...
+    def store_service(self) -> Any: ...
     @property
-    def _nursery(self) -> trio.Nursery | None: ...  # where links live (they outlive rpc_server)
+    def link_nursery(self) -> trio.Nursery | None: ...  # where links live (they outlive rpc_server)
 
 
 def build_tree(node: TreeHost) -> Supervisor:
     """The node's supervision tree (see the module docstring), GCS included on a head."""
-    pool_component: list[WorkerPool] = []
-
-    def make_pool() -> WorkerPool:
-        wp = WorkerPool(node.pool, node.sched)
-        pool_component[:] = [wp]
-        return wp
-
-    node._pool_component = pool_component
+    config = node.config
     children = [ChildSpec("rpc_server", lambda: _RpcServer(node), kind="rpc_server")]
-    if node.config.head:
-        if node.config.use_gcs:
-            import gcs
+    gcs_address = None
+    if config.head and config.use_gcs:
+        import gcs
 
-            node._gcs_plan = gcs.plan(
-                gcs.GcsConfig(
-                    shards=node.config.gcs_shards,
-                    replicas=node.config.gcs_replicas,
-                    host=node.config.host,
-                    lineage_cap=_lineage_cap(),
-                ),
-                node.config.token,
-            )
-            children.append(_to_child_spec(node._gcs_plan.tree))
-        else:
-            children.append(ChildSpec("gcs", lambda: _ControlService(node), kind="gcs"))
+        plan = gcs.plan(
+            gcs.GcsConfig(
+                shards=config.gcs_shards,
+                replicas=config.gcs_replicas,
+                host=config.host,
+                lineage_cap=_lineage_cap(),
+            ),
+            config.token,
+        )
+        children.append(_to_child_spec(plan.tree))
+        gcs_address = functools.partial(plan.wait_ready, timeout=60)
+    children.append(ChildSpec(
+        "gcs_client",
+        lambda: GcsClientLink(node.control, gcs_address=gcs_address, token=config.token,
+                              name=f"node-{short(node.node_id)}"),
+        kind="gcs_client",
+    ))
     children += [
         ChildSpec(
             "global_scheduler",
@@ -126,8 +137,13 @@ def build_tree(node: TreeHost) -> Supervisor:
             kind="global_scheduler",
         ),
         ChildSpec("local_scheduler", lambda: LocalScheduler(node.sched), kind="local_scheduler"),
-        ChildSpec("object_manager", lambda: node._store_service, kind="object_manager"),
-        ChildSpec("worker_pool", make_pool, kind="worker_pool"),
+        ChildSpec("object_manager", lambda: node.store_service, kind="object_manager"),
+        ChildSpec("store_link", functools.partial(_store_link, node), kind="store_link"),
+        # The node owns the watch (and the directory); the child runs its sweep.
+        ChildSpec("object_directory", lambda: node.dep_watch, kind="object_directory"),
+        ChildSpec("worker_pool", lambda: WorkerPool(node.pool, node.sched), kind="worker_pool"),
+        # The node owns the actor manager; the child runs its loop (see its ``run``).
+        ChildSpec("actor_manager", lambda: node.actors, kind="actor_manager"),
     ]
     return Supervisor(
         "node",
@@ -155,20 +171,20 @@ class _RpcServer:
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         node = self.node
-        links = node._nursery
+        links = node.link_nursery
         async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(node._server.run, connection_nursery=links))
-            if node._tcp_server is not None:
+            await nursery.start(functools.partial(node.server.run, connection_nursery=links))
+            if node.tcp_server is not None:
                 node.tcp_address = await nursery.start(
-                    functools.partial(node._tcp_server.run, connection_nursery=links)
+                    functools.partial(node.tcp_server.run, connection_nursery=links)
                 )
             task_status.started(node.unix_address)
 
     def snapshot(self) -> dict:
         node = self.node
-        conns = len(node._server.connections)
-        if node._tcp_server is not None:
-            conns += len(node._tcp_server.connections)
+        conns = len(node.server.connections)
+        if node.tcp_server is not None:
+            conns += len(node.tcp_server.connections)
         return {
             "kind": "rpc_server",
             "address": node.unix_address,
@@ -177,20 +193,10 @@ class _RpcServer:
         }
 
 
-class _ControlService:
-    """The ``gcs`` component when the node keeps control state in memory."""
-
-    def __init__(self, node: TreeHost) -> None:
-        self.node = node
-
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.node.control.run(task_status=task_status)
-
-    def snapshot(self) -> dict:
-        stats = attrs.asdict(self.node.control.statistics(),
-                             filter=lambda _field, value: value is not None)
-        return {"kind": "gcs", **stats}
-
+def _store_link(node: TreeHost) -> StoreLinkService:
+    if node.store_link is None:
+        raise RuntimeError("the node's store link is made by NodeRuntime.run, before its tree")
+    return StoreLinkService(node.store_link)
 
 
 def _lineage_cap() -> int:

@@ -1,4 +1,4 @@
-"""Forwarding actor method calls (mixed into ``ActorManager``).
+"""Forwarding actor method calls: ``ActorCalls``, a part of ``ActorManager``.
 
 Calls wait in one FIFO per (actor, caller); the head of each FIFO goes to the actor
 once its argument refs are ready and the actor is alive, so a caller's calls reach
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -38,15 +39,29 @@ class Call:
 
 
 class ActorCalls:
-    """The call path of ``ActorManager`` (see the module docstring)."""
+    """The call path of the actor manager (see the module docstring).
 
-    node: Any
-    actors: dict
+    It keeps no state of its own: the FIFOs and in-flight calls are the actors'
+    (``ActorRecord.queues``, ``.inflight``), in the manager's table ``actors``.
+    ``end`` (an actor is dead for good) and ``kill_worker`` (end an actor process)
+    are the manager's.
+    """
 
-    def kill_worker(self, aw: Any) -> None:
-        raise NotImplementedError
+    def __init__(
+        self,
+        node: Any,
+        actors: dict,
+        *,
+        end: Callable[[Any, str], None],
+        kill_worker: Callable[[Any], None],
+    ) -> None:
+        self.node = node
+        self.actors = actors
+        self.end = end
+        self.kill_worker = kill_worker
 
-    def _call(self, spec: CallSpec) -> None:
+    def submit(self, spec: CallSpec) -> None:
+        """A method call for an actor of this node: send it, or queue it in order."""
         rec = self.actors.get(spec.actor_id)
         if rec is None:
             self._fail(spec, ActorDiedError(
@@ -74,9 +89,9 @@ class ActorCalls:
             if call.missing:
                 self.node.dep_watch.watch(spec.deps)
         elif len(q) == 1 and rec.state == "alive":
-            self._pump_calls(rec)
+            self.pump(rec)
 
-    def _cancel_call(self, actor_id: bytes, task_id: bytes) -> None:
+    def cancel(self, actor_id: bytes, task_id: bytes) -> None:
         """``cancel(ref)`` of a call routed through this node (``worker._cancel``).
 
         A call still queued here is dropped (the caller's later calls keep their
@@ -92,20 +107,17 @@ class ActorCalls:
                     q.remove(call)
                     if not q:
                         del rec.queues[owner]
-                    self._fail_call(call, TaskCancelledError(
+                    self.fail_call(call, TaskCancelledError(
                         task_id, f"actor call {call.spec.name} was cancelled before it started"))
-                    self._pump_calls(rec)  # it may have held back the calls behind it
+                    self.pump(rec)  # it may have held back the calls behind it
                     if rec.drop_when_idle and rec.idle():
-                        self._end(rec, "all handles to it were dropped")
+                        self.end(rec, "all handles to it were dropped")
                     return
         if task_id in rec.inflight and rec.worker is not None and rec.worker.conn is not None:
             try:
                 rec.worker.conn.send_nowait(("actor_cancel", actor_id, task_id))
             except Exception as exc:  # its link died: the exit handler decides
                 logger.info("sending a cancel to the actor failed: %s", exc)
-
-    def _end(self, rec: Any, cause: str) -> None:
-        raise NotImplementedError
 
     def _resent_lost_call(self, rec: Any, call: Call) -> bool:
         """A call lost in flight on a broken direct link, resent by its caller.
@@ -140,9 +152,9 @@ class ActorCalls:
     def _call_dep_ready(self, rec: Any, call: Call) -> None:
         call.missing -= 1
         if call.missing == 0 and rec.state == "alive":
-            self._pump_calls(rec)
+            self.pump(rec)
 
-    def _pump_calls(self, rec: Any) -> None:
+    def pump(self, rec: Any) -> None:
         """Send every call at the head of a caller's FIFO whose inputs are ready."""
         if rec.state != "alive":
             return
@@ -164,7 +176,7 @@ class ActorCalls:
                 e = entries[oid]
                 if e.is_error:  # errors flow through data edges
                     self.node.directory.unpin(spec.deps)
-                    self._finish(spec, [(o, True, e.data) for o in spec.return_ids()])
+                    self.finish(spec, [(o, True, e.data) for o in spec.return_ids()])
                     return
                 data.append((False, e.data))
             call.dep_data = data
@@ -175,20 +187,20 @@ class ActorCalls:
         except Exception as exc:  # its link died: the exit handler resends or fails it
             logger.info("sending %s failed: %s", spec.name, exc)
 
-    def _finish(self, spec: CallSpec, results: list) -> None:
+    def finish(self, spec: CallSpec, results: list) -> None:
         self.node.directory.put_many(results)
-        self.node._deliver(spec.owner, results)
+        self.node.deliver(spec.owner, results)
 
     def _fail(self, spec: CallSpec, error: BaseException) -> None:
         payload = _serialization.dumps(error)
-        self._finish(spec, [(oid, True, payload) for oid in spec.return_ids()])
+        self.finish(spec, [(oid, True, payload) for oid in spec.return_ids()])
 
-    def _fail_call(self, call: Call, error: BaseException) -> None:
+    def fail_call(self, call: Call, error: BaseException) -> None:
         if call.spec.deps:
             self.node.directory.unpin(call.spec.deps)
         self._fail(call.spec, error)
 
-    def _requeue_inflight(self, rec: Any, reason: str) -> None:
+    def requeue_inflight(self, rec: Any, reason: str) -> None:
         """In-flight calls go back to the front of their FIFOs while retries last."""
         mtr = rec.spec.max_task_retries
         for call in reversed(list(rec.inflight.values())):
@@ -204,7 +216,7 @@ class ActorCalls:
                 used = (f"it was resent {call.spec.attempt} time(s) and max_task_retries={mtr}"
                         f" allows no more" if mtr else "max_task_retries=0: calls in flight "
                         "are not resent")
-                self._fail_call(call, ActorDiedError(
+                self.fail_call(call, ActorDiedError(
                     f"The actor {rec.spec.describe()} failed while running {call.spec.name}: "
                     f"{reason}. The actor is restarting, but this call is lost ({used})."
                 ))

@@ -1,7 +1,8 @@
 """The node's actor manager: creation, placement, call forwarding, restarts, death.
 
-One ``ActorManager`` per node, owned by ``NodeRuntime`` (outside every component, like
-the scheduler state), driven synchronously from the node's message handlers.
+One ``ActorManager`` per node, owned by ``NodeRuntime`` (like the scheduler state, its
+table outlives a restart), driven synchronously from the node's message handlers; it
+is also the ``actor_manager`` child of the node's tree (``run``: the record writer).
 
 Life of an actor::
 
@@ -32,7 +33,6 @@ before a named creation is acknowledged.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import time
 from typing import Any
@@ -47,7 +47,7 @@ from ...protocol import _serialization
 from ...protocol._actors import ActorSpec, CallSpec
 from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_max_starting
 from ._calls import ActorCalls, Call
-from ._introspect import ActorIntrospection
+from ._introspect import TREE_LIMIT, ActorManagerStatistics
 
 __all__ = ["ActorManager", "ActorRecord"]
 
@@ -91,12 +91,13 @@ class ActorRecord:
         )
 
 
-class ActorManager(ActorCalls, ActorIntrospection):
+class ActorManager:
     """See the module docstring. ``node`` is the ``NodeRuntime``."""
 
     def __init__(self, node: Any) -> None:
         self.node = node
         self.actors: dict[bytes, ActorRecord] = {}
+        self.calls = ActorCalls(node, self.actors, end=self.end, kill_worker=self.kill_worker)
         self.processes = ActorProcesses(
             node, self._worker_exited, default_max_starting(node.resources.get("CPU", 1.0))
         )
@@ -107,8 +108,8 @@ class ActorManager(ActorCalls, ActorIntrospection):
         self.waiting_resources: collections.deque[ActorRecord] = collections.deque()
         self._poller = False
         self._releases_seen = 0
-        self._dirty: dict[bytes, dict] = {}
-        self._flusher = False
+        self._dirty: dict[bytes, dict] = {}  # actor records not yet in the GCS
+        self._dirty_event = trio.Event()
         self.supervisors: dict[str, Any] = {}
         self.created_total = 0
         self.died_total = 0
@@ -132,7 +133,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
     def submit(self, conn: Any, spec: Any) -> None:
         """An ``ActorSpec`` or ``CallSpec`` from a ``submit`` batch."""
         if type(spec) is CallSpec:
-            self._call(spec)
+            self.calls.submit(spec)
         elif type(spec) is ActorSpec:
             self._create(conn, spec, None, False)
         else:
@@ -168,7 +169,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
             held = self.actors.get(aid)
             if held is not None and held.state != "dead":
                 held.holders.add(b"actor:" + spec.actor_id)
-        if spec.name is not None and self._gcs() is not None:
+        if spec.name is not None and self.node.control.backend == "gcs":
             self._spawn_task(self._claim_name, rec, reply)
         elif reply is not None:
             reply.send(None)
@@ -176,7 +177,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
         total = self.node.sched.total
         if not self.node.sched.ledger.feasible(spec.resources):
             rec.error_type = ActorUnschedulableError
-            self._end(rec, f"it requests {_fmt(spec.resources)} but the node has only "
+            self.end(rec, f"it requests {_fmt(spec.resources)} but the node has only "
                            f"{_fmt(total)}, so it can never be placed")
             return
         deps = spec.deps
@@ -192,34 +193,39 @@ class ActorManager(ActorCalls, ActorIntrospection):
 
     async def _claim_name(self, rec: ActorRecord, reply: Any) -> None:
         spec = rec.spec
-        gcs = self._gcs()
         assert spec.name is not None
+        name, namespace, aid = spec.name, spec.namespace, spec.actor_id.hex()
+        # Through ``control.call``: a claim cut off by a restart of ``gcs_client`` is
+        # made again on the next link, and finding it already ours is success.
+        call = self.node.control.call
         try:
             for attempt in range(20):
                 try:
-                    await gcs.actors.register_name(spec.name, spec.actor_id.hex(),
-                                                   namespace=spec.namespace)
+                    await call(lambda gcs: gcs.actors.register_name(name, aid,
+                                                                    namespace=namespace))
                     break
                 except Exception as exc:
                     if type(exc).__name__ != "NameTaken" or attempt == 19:
                         raise
+                    owner = getattr(exc, "owner", None)
+                    if owner == aid:
+                        break  # our own claim, made by an attempt cut off before its reply
                     # This node's names are the authority (we checked them): a claim in
                     # the GCS is stale — its actor died here and the release is still on
                     # its way (or was lost). Release it and claim again.
-                    owner = getattr(exc, "owner", None)
                     known = (self.actors.get(bytes.fromhex(owner))
                              if isinstance(owner, str) else None)
                     if known is not None and known.state != "dead":
                         raise
                     if owner is not None:
-                        await gcs.actors.unregister_name(spec.name, namespace=spec.namespace,
-                                                         actor_id=owner)
+                        await call(lambda gcs, o=owner: gcs.actors.unregister_name(
+                            name, namespace=namespace, actor_id=o))
                     await trio.sleep(0.01)
         except Exception as exc:
             logger.warning("claiming actor name %r in the GCS failed: %s", spec.name, exc)
             if reply is not None and not reply.done:
                 reply.fail(ValueError(f"could not claim actor name {spec.name!r}: {exc}"))
-            self._end(rec, f"its name {spec.name!r} could not be claimed: {exc}")
+            self.end(rec, f"its name {spec.name!r} could not be claimed: {exc}")
             return
         if reply is not None and not reply.done:
             reply.send(None)
@@ -233,7 +239,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
             e = entries.get(oid)
             if e is not None and e.is_error:
                 err = _serialization.loads(e.data)
-                self._end(rec, f"an argument of its constructor failed:\n{err}")
+                self.end(rec, f"an argument of its constructor failed:\n{err}")
                 return
         rec.dep_data = [(entries[o].is_error, entries[o].data) for o in rec.spec.deps]
         self._acquire(rec)
@@ -279,7 +285,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
         if rec.spec.supervisor is not None:
             sup = self.supervisors.get(rec.spec.supervisor)
             if sup is None:
-                self._end(rec, f"its supervisor {rec.spec.supervisor!r} does not exist "
+                self.end(rec, f"its supervisor {rec.spec.supervisor!r} does not exist "
                                f"(create it with actorcore.supervisor(...) first)")
                 return
             sup.add_actor(rec)
@@ -356,9 +362,9 @@ class ActorManager(ActorCalls, ActorIntrospection):
             if rec.state == "dead" or rec.spec.detached:
                 continue
             if rec.spec.owner == wid:
-                self._end(rec, f"its owner (the {what} with pid {client.pid}) {how}")
+                self.end(rec, f"its owner (the {what} with pid {client.pid}) {how}")
             elif self.job_drivers.get(rec.spec.job_id) == wid:
-                self._end(rec, f"its job's driver (pid {client.pid}) {how}")
+                self.end(rec, f"its job's driver (pid {client.pid}) {how}")
             elif wid in rec.holders:
                 self._unhold(rec, wid)
 
@@ -383,19 +389,19 @@ class ActorManager(ActorCalls, ActorIntrospection):
         if rec is None or rec.incarnation != incarnation or rec.state == "dead":
             return
         if error is not None:
-            self._end(rec, f"its constructor raised an exception:\n{error}")
+            self.end(rec, f"its constructor raised an exception:\n{error}")
             rec.ready.set()
             return
         rec.state = "alive"
         self._record(rec)
         rec.ready.set()
-        self._pump_calls(rec)
+        self.calls.pump(rec)
 
     def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
         _, actor_id, task_id, results = m
         rec = self.actors.get(actor_id)
         node = self.node
-        node._hold_store_objects(results, conn)
+        node.objects.hold_store_objects(results, conn)
         if rec is None:
             return
         call = rec.inflight.pop(task_id, None)
@@ -404,18 +410,18 @@ class ActorManager(ActorCalls, ActorIntrospection):
         rec.calls_done += 1
         if call.spec.deps:
             node.directory.unpin(call.spec.deps)
-        self._finish(call.spec, results)
+        self.calls.finish(call.spec, results)
         if rec.drop_when_idle and rec.idle():
-            self._end(rec, "all handles to it were dropped")
+            self.end(rec, "all handles to it were dropped")
 
     def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
         """``("actor_cancel", actor_id, task_id)``: ``cancel(ref)`` of a call."""
-        self._cancel_call(m[1], m[2])
+        self.calls.cancel(m[1], m[2])
 
     def _h_done_direct(self, conn: Any, m: tuple, reply: Any) -> None:
         """Large results of a direct call: the node holds them, like any result."""
         results = m[2]
-        self.node._hold_store_objects(results, conn)
+        self.node.objects.hold_store_objects(results, conn)
         self.node.directory.put_many(results)
 
     def _route(self, actor_id: bytes, reply: Any) -> None:
@@ -476,7 +482,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
             return
         rec.drop_when_idle = True
         if rec.idle():
-            self._end(rec, "all handles to it were dropped")
+            self.end(rec, "all handles to it were dropped")
 
     def _h_req(self, conn: Any, m: tuple, reply: Any) -> None:
         op = m[1]
@@ -525,7 +531,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
         if spec.supervisor is not None:
             sup = self.supervisors.get(spec.supervisor)
             if no_restart or sup is None:
-                self._end(rec, reason)
+                self.end(rec, reason)
                 if sup is not None:
                     sup.remove_actor(rec)
             elif rec.worker is not None:
@@ -533,7 +539,7 @@ class ActorManager(ActorCalls, ActorIntrospection):
                 self._lost(rec, reason)
             return
         if no_restart or not self._can_restart(rec):
-            self._end(rec, reason + self._limits(rec) if not no_restart else reason)
+            self.end(rec, reason + self._limits(rec) if not no_restart else reason)
             return
         # Restart now: later calls queue for the new incarnation instead of going to
         # the dying process; the old process's exit is then no news.
@@ -599,14 +605,14 @@ class ActorManager(ActorCalls, ActorIntrospection):
             rec.restarts += 1
             self.restarts_total += 1
             rec.state = "restarting"
-            self._requeue_inflight(rec, reason)
+            self.calls.requeue_inflight(rec, reason)
             self._record(rec)
             if not supervised:
                 self._place(rec)
             return
-        self._end(rec, reason + self._limits(rec))
+        self.end(rec, reason + self._limits(rec))
 
-    def _end(self, rec: ActorRecord, cause: str) -> None:
+    def end(self, rec: ActorRecord, cause: str) -> None:
         """``rec`` is dead for good: fail its calls, free its name, process, resources."""
         if rec.state == "dead":
             return
@@ -615,11 +621,11 @@ class ActorManager(ActorCalls, ActorIntrospection):
         self.died_total += 1
         err = rec.died_error()
         for call in list(rec.inflight.values()):
-            self._fail_call(call, err)
+            self.calls.fail_call(call, err)
         rec.inflight.clear()
         for q in rec.queues.values():
             for call in q:
-                self._fail_call(call, err)
+                self.calls.fail_call(call, err)
         rec.queues.clear()
         if rec.spec.deps and rec.deps_missing == 0 and rec.dep_data is not None:
             self.node.directory.unpin(rec.spec.deps)
@@ -631,11 +637,8 @@ class ActorManager(ActorCalls, ActorIntrospection):
         spec = rec.spec
         if spec.name is not None and self.names.get((spec.namespace, spec.name)) == spec.actor_id:
             del self.names[(spec.namespace, spec.name)]
-            gcs = self._gcs()
-            if gcs is not None:
-                self._spawn_task(_quietly, functools.partial(
-                    gcs.actors.unregister_name, spec.name, namespace=spec.namespace,
-                    actor_id=spec.actor_id.hex()))
+            if self.node.control.backend == "gcs":
+                self._spawn_task(_quietly, self._unregister_name, spec)
         rec.ready.set()
         self._record(rec)
         logger.info("actor %s died: %s", spec.describe(), cause.splitlines()[0])
@@ -646,40 +649,129 @@ class ActorManager(ActorCalls, ActorIntrospection):
 
     # ------------------------------------------------------------- introspection
 
+    def describe(self, rec: Any) -> dict:
+        spec = rec.spec
+        return {
+            "actor_id": spec.actor_id.hex(),
+            "class_name": spec.meta.class_name,
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "state": rec.state,
+            "restarts": rec.restarts,
+            "pid": rec.worker.pid if rec.worker is not None else None,
+            "shared": spec.placement == "shared",
+            "detached": spec.detached,
+            "supervisor": spec.supervisor,
+            "death_cause": rec.cause,
+            "calls_done": rec.calls_done,
+        }
+
+    def actor_entry(self, rec: Any) -> dict:
+        spec = rec.spec
+        state = {"alive": "running", "pending": "starting", "restarting": "restarting",
+                 "dead": "stopped"}[rec.state]
+        return {
+            "name": spec.name or f"{spec.meta.class_name}_{spec.short_id()}",
+            "kind": "actor",
+            "class": spec.meta.class_name,
+            "actor_name": spec.name,
+            "actor_id": spec.actor_id.hex(),
+            "state": state,
+            "restarts": rec.restarts,
+            "pid": rec.worker.pid if rec.worker is not None else None,
+            "node_id": self.node.node_hex,
+            "children": [],
+        }
+
+    def worker_snapshots(self) -> list[dict]:
+        """Actor processes as children of ``worker_pool`` in the tree."""
+        out = []
+        for aw in sorted(self.workers.values(), key=lambda w: w.index):
+            actors = [r for r in aw.actors.values() if r.state != "dead"]
+            entry = {
+                "name": f"worker_{aw.index}",
+                "kind": "worker",
+                "state": "running" if aw.conn is not None else "starting",
+                "restarts": 0,
+                "pid": aw.pid,
+                "node_id": self.node.node_hex,
+                "worker_id": aw.worker_id.hex(),
+                "activity": "actor_host" if aw.shared else "actor",
+                "start": aw.start,  # queued (no process yet) | starting | up | ended
+                "actors": len(actors),
+                "children": [self.actor_entry(r) for r in actors[:TREE_LIMIT]],
+            }
+            out.append(entry)
+        return out
+
+    def statistics(self) -> ActorManagerStatistics:
+        states = collections.Counter(r.state for r in self.actors.values())
+        procs = self.processes
+        return ActorManagerStatistics(
+            pending=states["pending"], alive=states["alive"], restarting=states["restarting"],
+            dead=states["dead"], created=self.created_total, died=self.died_total,
+            restarts=self.restarts_total, processes=len(self.workers),
+            processes_starting=procs.starting, processes_queued=procs.queued,
+            max_starting=procs.max_starting, starting_peak=procs.starting_peak,
+            queued_peak=procs.queued_peak)
+
     # -------------------------------------------------------------------- plumbing
 
     def _spawn_task(self, fn: Any, *args: Any) -> None:
-        nursery = self.node._nursery
-        if nursery is not None:
-            nursery.start_soon(fn, *args)
+        self.node.spawn(fn, *args)
 
-    def _gcs(self) -> Any:
-        return getattr(self.node.control, "client", None)
+    async def _unregister_name(self, spec: ActorSpec) -> None:
+        await self.node.control.call(lambda gcs: gcs.actors.unregister_name(
+            spec.name, namespace=spec.namespace, actor_id=spec.actor_id.hex()))
 
     def _record(self, rec: ActorRecord) -> None:
-        """Write the actor's record to the GCS actors table (behind, batched)."""
-        if self._gcs() is None:
+        """Write the actor's record to the GCS actors table (behind, batched by ``run``)."""
+        if self.node.control.backend != "gcs":
             return
         d = self.describe(rec)
         d["state"] = rec.state
         self._dirty[rec.spec.actor_id] = d
-        if not self._flusher:
-            self._flusher = True
-            self._spawn_task(self._flush_records)
+        self._dirty_event.set()
 
-    async def _flush_records(self) -> None:
+    # ------------------------------------------------------------------ component
+
+    # The ``actor_manager`` child of the node's tree is this object: the node owns
+    # it (its actors, names, queues and processes outlive a restart of the child,
+    # as the scheduler's state outlives ``local_scheduler``'s), and the child's
+    # ``run`` is its long-lived loop, which writes the actor records behind to the
+    # GCS. A record leaves ``_dirty`` only once written and only if no newer
+    # record of the same actor replaced it meanwhile, so a crash of the component
+    # half way through a batch loses no record: the restarted ``run`` writes it.
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._dirty_event.wait()
+            await trio.sleep(0.05)  # gather a batch
+            self._dirty_event = trio.Event()
+            batch = dict(self._dirty)
+            written: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+                for aid, d in batch.items():
+                    nursery.start_soon(self._put_record, aid, d, written)
+            for aid in written:
+                if self._dirty.get(aid) is batch[aid]:
+                    del self._dirty[aid]
+
+    async def _put_record(self, aid: bytes, d: dict, written: list[bytes]) -> None:
         try:
-            while self._dirty:
-                await trio.sleep(0.05)
-                batch, self._dirty = self._dirty, {}
-                gcs = self._gcs()
-                if gcs is None:
-                    return
-                async with trio.open_nursery() as nursery:
-                    for aid, d in batch.items():
-                        nursery.start_soon(_quietly, gcs.actors.put, aid.hex(), d)
-        finally:
-            self._flusher = False
+            await self.node.control.call(lambda gcs: gcs.actors.put(aid.hex(), d))
+        except Exception as exc:  # the GCS failing over: the next round retries
+            logger.warning("writing the record of actor %s failed: %s", aid.hex(), exc)
+            self._dirty_event.set()
+        else:
+            written.append(aid)
+
+    def snapshot(self) -> dict:
+        stats = self.statistics()
+        return {"kind": "actor_manager", "alive": stats.alive, "pending": stats.pending,
+                "restarting": stats.restarting, "dead": stats.dead,
+                "records_unwritten": len(self._dirty)}
 
 
 async def _quietly(fn: Any, *args: Any) -> None:

@@ -127,14 +127,14 @@ class UserSupervisor:
                 except Exception as exc:  # already removed, or the node stops
                     logger.debug("removing supervisor %r from the tree: %s", self.name, exc)
 
-            self.manager._spawn_task(leave_tree)
+            self.manager.node.spawn(leave_tree)
         # Cancelled: a crash (the node restarts us, and we re-create the actors) or
         # the node's shutdown (everything stops): the actors stay ours either way.
 
     def _stopped_for_good(self, cause: str) -> None:
         self.manager.supervisors.pop(self.name, None)
         for rec in list(self.members.values()):
-            self.manager._end(rec, cause)
+            self.manager.end(rec, cause)
 
     def snapshot(self) -> dict:
         snap = self.sup.snapshot()
@@ -158,10 +158,10 @@ class UserSupervisor:
                 await self.sup.start_child(spec)
             except Exception as exc:
                 if rec.state != "dead":
-                    self.manager._end(rec, f"it could not be started under supervisor "
+                    self.manager.end(rec, f"it could not be started under supervisor "
                                            f"{self.name!r}: {exc}")
 
-        self.manager._spawn_task(start)
+        self.manager.node.spawn(start)
 
     def remove_actor(self, rec: Any) -> None:
         name = self.child_name(rec)
@@ -173,7 +173,7 @@ class UserSupervisor:
             except Exception as exc:  # already gone
                 logger.debug("terminate %s: %s", name, exc)
 
-        self.manager._spawn_task(stop)
+        self.manager.node.spawn(stop)
 
 
 def start_user_supervisor(manager: Any, reply: Any, name: str, strategy: str,
@@ -197,4 +197,4 @@ def start_user_supervisor(manager: Any, reply: Any, name: str, strategy: str,
             return
         reply.send(None)
 
-    manager._spawn_task(start)
+    manager.node.spawn(start)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 import trio
@@ -32,8 +33,12 @@ __all__ = ["ControlState", "ControlStatistics", "GcsControlState", "MemoryContro
 
 logger = logging.getLogger("actorcore.control")
 
+T = TypeVar("T")
+
 _FLUSH_INTERVAL = 0.05
 _FLUSH_BATCH = 1000
+#: Seconds a GCS call waits for the ``gcs_client`` component to (re)connect.
+_LINK_TIMEOUT = 60.0
 
 
 class ControlState(Protocol):
@@ -45,7 +50,7 @@ class ControlState(Protocol):
     async def unregister_node(self, node_id: str) -> None: ...
     async def list_nodes(self) -> list[dict]: ...
     async def put_job(self, job_id: str, info: dict) -> None: ...
-    async def run(self, *, task_status: Any = ...) -> None: ...
+    async def flush_forever(self) -> None: ...
     def statistics(self) -> ControlStatistics: ...
 
 
@@ -114,35 +119,48 @@ class _LineageBuffer:
             self.full.set()
 
     async def flush_forever(self, write: Any, collect: Any) -> None:
+        # A batch leaves the buffer only once it is written: the flusher runs in the
+        # ``gcs_client`` component, and a crash (or restart) of that component
+        # cancels a write half way; its successor writes the same batch again (the
+        # task table's writes are idempotent by task id), so no lineage is lost.
         buffer = self.buffer
         while True:
-            await self.event.wait()
-            self.event = trio.Event()
-            with trio.move_on_after(_FLUSH_INTERVAL):
-                await self.full.wait()
+            if not buffer:
+                await self.event.wait()
+                self.event = trio.Event()
+                with trio.move_on_after(_FLUSH_INTERVAL):
+                    await self.full.wait()
             self.full = trio.Event()
             while buffer:
                 kind = type(buffer[0])
                 batch: list[Any] = []
-                while buffer and len(batch) < _FLUSH_BATCH and type(buffer[0]) is kind:
-                    batch.append(buffer.popleft())
+                for item in buffer:
+                    if len(batch) == _FLUSH_BATCH or type(item) is not kind:
+                        break
+                    batch.append(item)
                 try:
                     if kind is bytes:
                         await collect(batch)
-                        self.collected += len(batch)
                     else:
                         await write(batch)
-                        self.recorded += len(batch)
                 except Exception as exc:  # the GCS is failing over: keep the batch
                     logger.warning("lineage: writing %d items failed: %s", len(batch), exc)
-                    buffer.extendleft(reversed(batch))
                     await trio.sleep(0.1)
                     break
+                for _ in batch:
+                    buffer.popleft()
+                if kind is bytes:
+                    self.collected += len(batch)
+                else:
+                    self.recorded += len(batch)
                 self.flushes += 1
 
 
 class MemoryControlState:
     """The control tables in this process (no GCS)."""
+
+    backend = "memory"
+    client = None
 
     def __init__(self) -> None:
         self.functions: dict[bytes, dict] = {}
@@ -184,8 +202,8 @@ class MemoryControlState:
     async def put_job(self, job_id: str, info: dict) -> None:
         self.jobs[job_id] = info
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+    async def flush_forever(self) -> None:
+        """Write the lineage buffer behind, for ever (run by ``gcs_client``)."""
         await self._lineage.flush_forever(self._write_tasks, self._collect)
 
     def statistics(self) -> ControlStatistics:
@@ -193,22 +211,89 @@ class MemoryControlState:
 
 
 class GcsControlState:
-    """The control tables in the GCS, through a ``gcs.GcsClient``."""
+    """The control tables in the GCS, through a ``gcs.GcsClient``.
 
-    def __init__(self, client: Any, address: str) -> None:
-        self.client = client
-        self.address = address
+    The node owns this object; the ``gcs_client`` component owns the link. The
+    component connects, ``attach``-es its client and runs the lineage flusher; when
+    it crashes or restarts its client closes and it ``detach``-es. What must outlive
+    a restart — the lineage buffer (unwritten task records), the function cache —
+    stays here, so the restarted component carries on where the last one stopped.
+    ``client`` is the last attached client (``None`` until the first): a caller
+    that must not fail while the link restarts goes through ``call`` instead.
+    """
+
+    backend = "gcs"
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self.address: str | None = None
         self._lineage = _LineageBuffer()
         self._functions: dict[bytes, dict] = {}
+        self._linked = trio.Event()
+        self._calls: set[trio.CancelScope] = set()  # ``call``s in flight
+        self.links = 0  # clients attached so far (1 + the link's restarts)
+
+    def attach(self, client: Any, address: str) -> None:
+        """The ``gcs_client`` component connected ``client`` to the GCS at ``address``."""
+        self.client = client
+        self.address = address
+        self.links += 1
+        self._linked.set()
+
+    def detach(self) -> None:
+        """The component's client is closing: ``wait_client`` waits for the next one,
+        and calls made through ``call`` on this one start again on the next."""
+        if self._linked.is_set():
+            self._linked = trio.Event()
+        for scope in self._calls:
+            scope.cancel()
+
+    async def call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """``await fn(client)`` with the live client.
+
+        A client that is being closed (its component crashed) would let the call
+        retry inside it until its timeout: instead the call is cancelled when its
+        client is detached and made again through the next one. ``fn`` must be
+        idempotent (every GCS write of the node is: puts by key, name claims by
+        actor id)."""
+        while True:
+            client = await self.wait_client()
+            with trio.CancelScope() as scope:
+                self._calls.add(scope)
+                try:
+                    return await fn(client)
+                finally:
+                    self._calls.discard(scope)
+
+    @property
+    def linked(self) -> bool:
+        return self._linked.is_set()
+
+    async def wait_client(self) -> Any:
+        """The live GCS client, once the ``gcs_client`` component has one.
+
+        Raises ``gcs.GcsUnavailable`` if the link is not up within
+        ``_LINK_TIMEOUT`` seconds (the component failed for good)."""
+        if not self._linked.is_set():
+            with trio.move_on_after(_LINK_TIMEOUT):
+                await self._linked.wait()
+            if not self._linked.is_set():
+                import gcs
+
+                raise gcs.GcsUnavailable(
+                    f"the node's GCS link (gcs_client) was not up within {_LINK_TIMEOUT:g} s "
+                    f"(last GCS address {self.address})"
+                )
+        return self.client
 
     async def put_function(self, function_id: bytes, record: dict) -> None:
         self._functions[function_id] = record
-        await self.client.functions.export(function_id.hex(), record)
+        await self.call(lambda c: c.functions.export(function_id.hex(), record))
 
     async def get_function(self, function_id: bytes) -> dict | None:
         record = self._functions.get(function_id)
         if record is None:
-            record = await self.client.functions.get(function_id.hex())
+            record = await self.call(lambda c: c.functions.get(function_id.hex()))
             if record is not None:
                 self._functions[function_id] = record
         return record
@@ -221,40 +306,41 @@ class GcsControlState:
 
     async def _collect(self, task_ids: list[bytes]) -> None:
         # One waiting task per GCS shard for the whole batch, not one per task.
-        await self.client.tasks.mark_collectable_many([tid.hex() for tid in task_ids])
+        await (await self.wait_client()).tasks.mark_collectable_many([tid.hex() for tid in task_ids])
 
     async def _write_tasks(self, batch: list[TaskSpec]) -> None:
         import gcs  # (loaded already: the node runs the GCS)
 
         items = [(s.task_id.hex(), s.lineage_record()) for s in batch]
         try:
-            await self.client.tasks.add_many(items)
+            await (await self.wait_client()).tasks.add_many(items)
         except gcs.BadRequest:
             # A record the GCS refuses (say, over its value limit) must not hold back
             # the rest for ever (the buffer retries a failed batch): write them one by
             # one and drop the refused ones. Unavailability still retries the batch.
             for item in items:
                 try:
-                    await self.client.tasks.add_many([item])
+                    await (await self.wait_client()).tasks.add_many([item])
                 except gcs.BadRequest as exc:
                     logger.warning("lineage: the GCS refused task %s: %s", item[0], exc)
 
     async def register_node(self, node_id: str, info: dict) -> None:
-        await self.client.nodes.register(node_id, info)
+        await self.call(lambda c: c.nodes.register(node_id, info))
 
     async def unregister_node(self, node_id: str) -> None:
-        await self.client.nodes.delete(node_id)
+        await self.call(lambda c: c.nodes.delete(node_id))
 
     async def list_nodes(self) -> list[dict]:
-        return [v for _k, v in await self.client.nodes.list()]
+        return [v for _k, v in await self.call(lambda c: c.nodes.list())]
 
     async def put_job(self, job_id: str, info: dict) -> None:
-        await self.client.jobs.put(job_id, info)
+        await self.call(lambda c: c.jobs.put(job_id, info))
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+    async def flush_forever(self) -> None:
+        """Write the lineage buffer behind, for ever (run by ``gcs_client``)."""
         await self._lineage.flush_forever(self._write_tasks, self._collect)
 
     def statistics(self) -> ControlStatistics:
-        return self._lineage.statistics(backend="gcs", address=self.address,
-                                        gcs_client=self.client.statistics())
+        return self._lineage.statistics(
+            backend="gcs", address=self.address,
+            gcs_client=self.client.statistics() if self.client is not None else None)

@@ -36,16 +36,20 @@ so it leaves the directory once no consumer pins it.
 
 On one node the owner is a client of this node. With many nodes the owner may live
 elsewhere: the liveness test must then ask the GCS (or the owner's node) instead.
-The sweeper is a short-lived task in the node's nursery (like the fetch watchdog's):
-it runs only while something is watched and holds no state a restart would need.
+The sweeper is the ``object_directory`` component of the node's tree (this object,
+owned by the node, is the child: ``run`` sweeps while something is watched, and
+``snapshot`` shows the directory's figures). A crash of its logic restarts it; what
+it watches and suspects is kept here, so a restart delays a decision by at most
+one sweep and forgets nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from ...exceptions import ObjectLostError
@@ -71,8 +75,8 @@ class DependencyWatch:
         self.node = node
         self.pending: set[bytes] = set()
         self.suspects: set[bytes] = set()
-        self.running = False
         self.lost_total = 0
+        self._watched = trio.Event()  # set while ``pending`` is not empty
 
     def watch(self, oids: Iterable[bytes]) -> None:
         """A consumer waits for ``oids``: watch those not ready (from a handler)."""
@@ -82,17 +86,23 @@ class DependencyWatch:
             e = entries.get(oid)
             if e is not None and not e.ready:
                 pending.add(oid)
-        if pending and not self.running and self.node._nursery is not None:
-            self.running = True
-            self.node._nursery.start_soon(self._run)
+        if pending:
+            self._watched.set()
 
-    async def _run(self) -> None:
-        try:
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """The ``object_directory`` component: sweep while anything is watched."""
+        task_status.started()
+        while True:
+            await self._watched.wait()
             while self.pending:
                 await trio.sleep(SWEEP_PERIOD)
                 self.sweep()
-        finally:
-            self.running = False
+            self._watched = trio.Event()
+
+    def snapshot(self) -> dict:
+        stats = attrs.asdict(self.node.directory.statistics())
+        return {"kind": "object_directory", **stats, "watched": len(self.pending),
+                "suspects": len(self.suspects), "lost": self.lost_total}
 
     def sweep(self) -> list[bytes]:
         """One pass (see the module docstring); returns the objects found lost."""

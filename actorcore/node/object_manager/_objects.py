@@ -49,8 +49,9 @@ class ObjectsHost(Protocol):
     @property
     def store_link(self) -> Any: ...
     @property
-    def _nursery(self) -> trio.Nursery | None: ...
-    def _owned_by(self, conn: Any) -> set[bytes] | None: ...
+    def serving(self) -> bool: ...
+    def spawn(self, fn: Any, *args: Any) -> bool: ...
+    def owned_by(self, conn: Any) -> set[bytes] | None: ...
 
 
 class NodeObjects:
@@ -80,7 +81,7 @@ class NodeObjects:
 
     def _h_put(self, conn: Any, m: tuple, reply: Any) -> None:
         items = m[1]
-        owned = self.node._owned_by(conn)
+        owned = self.node.owned_by(conn)
         if owned is not None:
             owned.update(oid for oid, _e, _d in items)
         self.hold_store_objects(items, conn)
@@ -94,7 +95,7 @@ class NodeObjects:
         and released as soon as the ``add_ref`` lands (never a release before a hold).
         """
         oids = [oid for oid, _err, data in items if data == STORE]
-        if not oids or self.node._nursery is None or self.node.store_link is None:
+        if not oids or not self.node.serving or self.node.store_link is None:
             return
         refs = self.store_refs
         for oid in oids:
@@ -117,7 +118,7 @@ class NodeObjects:
                 except transport.TransportError:
                     pass
 
-        self.node._nursery.start_soon(hold)
+        self.node.spawn(hold)
 
     def on_object_dropped(self, oid: bytes, entry: Any) -> None:
         # Once every return of a task is freed its lineage is no longer needed: the
@@ -161,8 +162,8 @@ class NodeObjects:
 
         for oid in oids:
             directory.when_ready(oid, one)
-        if remaining[0] > 0 and self.node._nursery is not None:
-            self.node._nursery.start_soon(self._fetch_watchdog, oids, reply)
+        if remaining[0] > 0:
+            self.node.spawn(self._fetch_watchdog, oids, reply)
 
     async def _fetch_watchdog(self, oids: list[bytes], reply: Any) -> None:
         """Fail a fetch of objects that nothing will ever produce, instead of hanging.
@@ -198,7 +199,7 @@ class NodeObjects:
             return
 
     def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
-        owned = self.node._owned_by(conn)
+        owned = self.node.owned_by(conn)
         if owned is not None:
             owned.difference_update(m[1])
         self.node.directory.free(m[1])

@@ -129,8 +129,7 @@ class ActorProcesses:
         return aw
 
     def _launch_queued(self) -> None:
-        nursery = self.node._nursery
-        if nursery is None or nursery.cancel_scope.cancel_called:
+        if not self.node.serving:
             return  # not running yet, or stopping: ``kill_all`` drops the queue
         while self.queue and self.starting < self.max_starting:
             aw = self.queue.popleft()
@@ -141,7 +140,7 @@ class ActorProcesses:
             self.starting += 1
             self.starting_peak = max(self.starting_peak, self.starting)
             self.started_total += 1
-            nursery.start_soon(self._run_worker, aw)
+            self.node.spawn(self._run_worker, aw)
 
     def _start_over(self, aw: ActorWorker, state: str) -> None:
         """``aw`` is no longer starting (it is up, or it ended): free its slot."""
@@ -205,9 +204,7 @@ class ActorProcesses:
         if aw.start == "queued":
             aw.start = "ended"
             self.queued -= 1
-            nursery = self.node._nursery
-            if nursery is not None:
-                nursery.start_soon(self._report_unstarted, aw)
+            self.node.spawn(self._report_unstarted, aw)
             return
         proc = aw.process
         if proc is not None and proc.returncode is None:
