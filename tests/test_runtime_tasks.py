@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -509,3 +512,45 @@ def test_future_of_a_large_value():
     np = pytest.importorskip("numpy")
     ref = ray.put(np.ones(200_000))
     assert ref.future().result(timeout=30).sum() == 200_000
+
+
+def test_workers_do_not_see_actorcore_folders_as_top_level_modules():
+    # The node and its workers get the directory that *holds* the actorcore package
+    # on their path, never actorcore/ itself: its folders (api, node, session, ...)
+    # would shadow a user's modules of the same names in every task.
+    @ray.remote
+    def path_and_spec():
+        import importlib.util
+        import sys
+
+        inside = [p for p in sys.path if os.path.basename(os.path.normpath(p)) == "actorcore"]
+        spec = importlib.util.find_spec("session")
+        return inside, None if spec is None else spec.origin
+
+    inside, origin = ray.get(path_and_spec.remote(), timeout=60)
+    assert inside == []
+    assert origin is None or "actorcore" not in origin
+
+
+def test_a_folder_named_like_our_packages_in_the_working_directory_shadows_nothing(tmp_path):
+    # A user's working directory may hold folders named store/, gcs/, actorcore/...:
+    # the node and the workers must still import ours, and the user's own modules
+    # in that directory must still import in tasks (as with `python -m` before).
+    for name in ("store", "gcs", "transport", "actorcore"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("raise ImportError('shadowed!')\n")
+    (tmp_path / "mymod.py").write_text("VALUE = 42\n")
+    code = textwrap.dedent("""
+        import actorcore as ray
+        ray.init(num_cpus=1, log_to_driver=False)
+        @ray.remote
+        def f():
+            import mymod
+            return mymod.VALUE
+        print("result", ray.get(f.remote(), timeout=60))
+        ray.shutdown()
+    """)
+    env = dict(os.environ, PYTHONPATH="")
+    out = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert "result 42" in out.stdout, out.stdout + out.stderr

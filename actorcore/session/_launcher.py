@@ -145,7 +145,9 @@ def start_head(
     ready_r, ready_w = os.pipe()
     pass_fds = [ready_w]
     argv = [
-        sys.executable, *site_flags(), "-m", "actorcore.node",
+        # -P: the working directory does not come first on the node's path, so a
+        # folder there named like one of our packages cannot shadow it.
+        sys.executable, *site_flags(), "-P", "-m", "actorcore.node",
         "--session-dir", str(session_dir),
         "--head",
         "--ready-fd", str(ready_w),
@@ -160,8 +162,11 @@ def start_head(
     env = dict(os.environ)
     env.update(env_vars or {})
     env["ACTORCORE_TMPDIR"] = str(root)
+    # Our packages first; the driver's working directory last, so that workers (which
+    # start with -P too) import the user's own modules from it as `python -m` would.
     env["PYTHONPATH"] = os.pathsep.join(
         [_package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        + [os.getcwd()]
     )
     with open(logs / "node.out", "ab") as out, open(logs / "node.err", "ab") as err:
         proc = subprocess.Popen(
@@ -203,8 +208,12 @@ def start_head(
 
 
 def _package_root() -> str:
-    """The directory holding the ``actorcore`` package (so children can import it)."""
-    return str(Path(__file__).resolve().parent.parent)
+    """The directory holding the ``actorcore`` package (so children can import it):
+    the parent of ``actorcore/``, never ``actorcore/`` itself, whose folders (``api``,
+    ``node``, ``session``, ...) would shadow the user's modules of the same names."""
+    import actorcore
+
+    return str(Path(actorcore.__file__).resolve().parent.parent)
 
 
 def site_flags() -> list[str]:

@@ -270,6 +270,7 @@ async def open_worker_process(
     argv = [
         sys.executable,
         *site_flags(),
+        "-P",  # the working directory is on PYTHONPATH, after our packages (launcher)
         "-m",
         module,
         "--address",
