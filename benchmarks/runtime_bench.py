@@ -8,7 +8,9 @@ and prints one JSON line; this script then prints both and the ratio (>1: actorc
 faster). Cases:
 
 - startup: ``init()`` to the first task's result, in a fresh process;
-- sync task: submit one task and ``get`` it, one at a time;
+- sync task: submit one task and ``get`` it, one at a time; the median of 5 rounds'
+  means (on a shared machine one stall in a single long round moved its mean 2x
+  between runs of the same commit);
 - 10k tasks: submit 10,000 tasks, then ``get`` them all;
 - put/get: a small ``put`` followed by its ``get``;
 - put 100 MB: a numpy array, right after start-up (after a 1 MB put, so that linking
@@ -172,7 +174,9 @@ def run_backend(backend: str, quick: bool, queue: int) -> dict:
     scale = 0.3 if quick else 1.0
     for _ in range(50):
         ray.get(noop.remote(1))
-    res["sync_task_us"] = timeit(lambda: ray.get(noop.remote(1)), int(1000 * scale)) * 1e6
+    rounds = sorted(timeit(lambda: ray.get(noop.remote(1)), int(200 * scale)) for _ in range(5))
+    res["sync_task_us"] = rounds[2] * 1e6
+    res["sync_task_rounds_us"] = [round(r * 1e6) for r in rounds]
     n_async = 10_000
     t0 = time.perf_counter()
     ray.get([noop.remote(i) for i in range(n_async)])
@@ -229,6 +233,8 @@ def main() -> None:
         fr = f"{r:.3g} {unit}" if r is not None else "-"
         print(f"{label:<40} {fa:>12} {fr:>12} {ratio:>8}")
     for name, res in (("actorcore", ac), ("ray", ry)):
+        if res.get("sync_task_rounds_us"):
+            print(f"  {name}: sync task rounds (us, sorted) {res['sync_task_rounds_us']}")
         if res.get("memcpy_100MB_ms"):
             floor = res["memcpy_100MB_ms"]
             print(f"  {name}: memcpy of 100 MB {floor:.1f} ms; put 100 MB at "
