@@ -21,6 +21,9 @@ import store
 from actorcore.kernel import check_snapshot
 from actorcore.testing import faults
 
+from .cluster_support import alive as _alive
+from .cluster_support import until as _until
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,18 +33,6 @@ def _env(tmpdir: str | None = None) -> dict:
     if tmpdir is not None:
         env["ACTORCORE_TMPDIR"] = tmpdir
     return env
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _wait_dead(pids, timeout=15.0) -> list[int]:
@@ -137,13 +128,6 @@ def meet(d, me, other):
 
 def _pool_workers(snap=None):
     return _find(snap or ray.tree(), "worker_pool")["children"]
-
-
-def _until(pred, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_pool_refills_after_a_worker_is_killed_and_cpu_tasks_run_side_by_side(cluster):

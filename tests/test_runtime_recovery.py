@@ -24,6 +24,8 @@ from actorcore import exceptions as exc
 from actorcore.core_worker import _worker_state
 from actorcore.testing import faults
 
+from .cluster_support import until as _until
+
 #: The restarted store keeps unclaimed objects this long (30 s by default): the
 #: tests below read objects only after it is over, so what they read was claimed.
 GRACE = 1.0
@@ -104,16 +106,6 @@ def _walk(snap: dict, prefix: str = "") -> Iterator[tuple[str, dict]]:
 
 def _find(snap: dict, name: str) -> dict | None:
     return next((s for _p, s in _walk(snap) if s["name"] == name), None)
-
-
-def _until(pred: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _restarts(name: str) -> int:

@@ -25,6 +25,8 @@ from actorcore.node.object_manager._directory import ObjectDirectory
 from actorcore.protocol._messages import TaskSpec
 from actorcore.testing import faults
 
+from .cluster_support import until as _until
+
 # -- in process: the component and the ledger on their own ------------------------
 
 
@@ -171,17 +173,6 @@ def _find(snap: dict, name: str) -> dict:
 
 def _status() -> dict[str, Any]:
     return ray._api._call("status")
-
-
-def _until(pred: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _crash_and_wait(component: str) -> None:

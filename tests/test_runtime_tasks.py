@@ -18,6 +18,8 @@ import trio
 import actorcore as ray
 from actorcore import exceptions as exc
 
+from .cluster_support import until as _until
+
 pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
 
 
@@ -364,13 +366,6 @@ def _tasks_on_workers():
     """The tasks the node has handed to workers (running or queued behind one)."""
     pool = next(c for c in ray.tree()["children"][0]["children"] if c["name"] == "worker_pool")
     return [t for w in pool["children"] for t in w.get("children", []) if t["kind"] == "task"]
-
-
-def _until(pred, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_cancel_task_queued_behind_a_running_one(tmp_path):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from .cluster_support import alive as _alive
+
 ROOT = Path(__file__).resolve().parent.parent
 SHM = "/dev/shm"
 
@@ -55,18 +57,6 @@ def _cli(root: str, *args: str, check: bool = True) -> subprocess.CompletedProce
 def _py(root: str, code: str, timeout: float = 90) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(root),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _wait_dead(pid: int, timeout: float = 15.0) -> None:

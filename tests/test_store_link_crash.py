@@ -4,7 +4,6 @@ towards the node's restart intensity in the other recovery tests."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +12,8 @@ import pytest
 
 import actorcore as ray
 from actorcore.testing import faults
+
+from .cluster_support import until as _until
 
 MB = 1 << 20
 
@@ -37,16 +38,6 @@ def _find(snap: dict, name: str) -> dict | None:
         if found is not None:
             return found
     return None
-
-
-def _until(pred: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _running_again(name: str, before: int) -> None:

@@ -1,0 +1,27 @@
+"""Helpers shared by the tests that run real clusters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from actorcore.session._session import pid_alive
+
+__all__ = ["until", "alive"]
+
+#: Whether a process runs (a zombie is dead): the runtime's own test.
+alive = pid_alive
+
+
+def until(pred: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll ``pred`` until it returns something true, and return that; fail the test
+    naming ``what`` after ``timeout`` seconds. For state only visible by asking (a
+    process's exit, a component's restart): where an event exists, wait for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
