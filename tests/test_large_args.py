@@ -243,23 +243,21 @@ class TestFrameLimit:
             ray.get(digest.remote(big), timeout=30)
         _still_healthy()
 
-    def test_results_over_the_frame_limit_fail_the_task_not_its_worker(self):
-        # Each result stays inline (under 100 KiB), 1.4 MiB together: the worker's
-        # report of them was kept at the head of its queue, and the task never ended.
+    def test_many_mid_sized_results_reach_the_driver_and_a_reader_alike(self):
+        # Each result is under the inline threshold, 1.4 MiB together: more than one
+        # frame to the node. The worker pushed the values to the driver while the
+        # node recorded errors for them, so a task taking one failed. Now the largest
+        # go through the store until the rest fit, and every reader sees the values.
         @ray.remote(num_returns=16)
         def many():
-            return [b"r" * (90 * 1024)] * 16
+            return [bytes([i]) * (90 * 1024) for i in range(16)]
 
+        expect = [bytes([i]) * (90 * 1024) for i in range(16)]
         refs = many.remote()
-        # The owner may have them already (a worker pushes results straight to a
-        # driver that listens); the node gets them as errors, so a task taking one
-        # fails instead of waiting.
-        try:
-            assert ray.get(refs, timeout=30) == [b"r" * (90 * 1024)] * 16
-        except exc.MessageTooLargeError as e:
-            assert "results of task" in str(e)
-        with pytest.raises(exc.MessageTooLargeError, match="results of task"):
-            ray.get(digest.remote(refs[3]), timeout=30)
+        assert ray.get(refs, timeout=30) == expect
+        assert ray.get([digest.remote(r) for r in refs], timeout=30) == [
+            (len(b), zlib.crc32(b)) for b in expect]
+        assert ray.get(total.remote(*refs), timeout=30) == 16 * 90 * 1024
         assert ray.get([add.remote(i) for i in range(8)], timeout=30) == list(range(8))
 
     def test_an_actor_call_the_link_refuses_fails_alone(self, monkeypatch, path):

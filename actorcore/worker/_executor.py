@@ -31,14 +31,16 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pykka
 
+from ..core_worker._store_link import STORE
 from ..core_worker._worker_state import task_context
 from ..exceptions import SerializationError, TaskCancelledError
 from ..protocol import _serialization
 from ..protocol._messages import TaskSpec
 
-__all__ = ["Executor", "encode_returns", "run_task"]
+__all__ = ["Executor", "Spill", "encode_returns", "run_task"]
 
 logger = logging.getLogger("actorcore.executor")
 
@@ -73,11 +75,13 @@ def run_task(
     node_id: str,
     encode: Callable[[bytes, Any], bytes] = _plain_encode,
     decode: Callable[[bytes, bytes], Any] = _plain_decode,
+    spill: Spill | None = None,
 ) -> tuple[list[tuple[bytes, bool, bytes]], bool]:
     """Run one task in the calling thread; return ``(results, retryable)``.
 
     ``encode(object_id, value)`` serialises a result (into the store when large);
-    ``decode(object_id, data)`` reads a dependency.
+    ``decode(object_id, data)`` reads a dependency; ``spill`` (see ``encode_returns``)
+    keeps the results, together, within one frame.
     """
     pid = os.getpid()
     return_ids = spec.return_ids()
@@ -106,21 +110,51 @@ def run_task(
             tb = traceback.format_exc()
             payload = _serialization.error_payload(exc, spec.name, pid, node_id, tb)
             return [(oid, True, payload) for oid in return_ids], False
-        return encode_returns(spec, value, node_id, encode), False
+        return encode_returns(spec, value, node_id, encode, spill=spill), False
     finally:
         task_context.task_id = None
         task_context.spec = None
 
 
+#: Bytes a result ``(object_id, is_error, data)`` adds to a message besides its data.
+RESULT_OVERHEAD = 64
+
+
+@attrs.frozen
+class Spill:
+    """How a worker keeps a call's inline results within one frame.
+
+    Each result under the store's inline threshold travels inside the messages that
+    report it ("done" to the node, "ready" pushed to a driver that listens), all of a
+    call's results in one message. Many mid-sized results (``num_returns=16`` of
+    90 KiB each) can make that message larger than the node's frame limit: the node
+    would then record errors for results the driver may already have from the push.
+    So when their inline total passes ``budget()`` bytes, the largest of them are
+    written to the store by ``put(object_id, value)`` (which returns the ``STORE``
+    marker), as large values are, until the rest fits: every reader then sees the
+    same values.
+    """
+
+    put: Callable[[bytes, Any], bytes]
+    budget: Callable[[], int]
+
+
 def encode_returns(
-    spec: Any, value: Any, node_id: str, encode: Callable[[bytes, Any], bytes], what: str = "task"
+    spec: Any,
+    value: Any,
+    node_id: str,
+    encode: Callable[[bytes, Any], bytes],
+    what: str = "task",
+    *,
+    spill: Spill | None = None,
 ) -> list[tuple[bytes, bool, bytes]]:
     """The results ``(object_id, is_error, data)`` of a call that returned ``value``.
 
     ``spec`` is a task's ``TaskSpec`` or an actor method call's ``CallSpec`` (its
     ``name``, ``num_returns`` and ``return_ids()``); ``what`` names it in the error when
     ``value`` is not ``num_returns`` values. A value that cannot be encoded becomes
-    that return's error; the others are still returned.
+    that return's error; the others are still returned. With ``spill``, results
+    whose inline total would not fit in one frame go to the store (see ``Spill``).
     """
     pid = os.getpid()
     return_ids = spec.return_ids()
@@ -157,7 +191,37 @@ def encode_returns(
                 exc, spec.name, pid, node_id, traceback.format_exc()
             )
             results.append((oid, True, payload))
+    if spill is not None:
+        _spill_results(spec, values, results, node_id, spill, what)
     return results
+
+
+def _spill_results(
+    spec: Any, values: list, results: list, node_id: str, spill: Spill, what: str
+) -> None:
+    """Move the largest inline results of ``results`` to the store (in place) until
+    the rest fit in ``spill.budget()`` bytes (see ``Spill``)."""
+    budget = spill.budget()
+    total = sum(len(data) + RESULT_OVERHEAD for _oid, _err, data in results)
+    if total <= budget:
+        return
+    inline = sorted(
+        (i for i, (_oid, is_error, data) in enumerate(results) if not is_error and data != STORE),
+        key=lambda i: len(results[i][2]), reverse=True)
+    for i in inline:
+        if total <= budget:
+            return
+        oid, _is_error, data = results[i]
+        try:
+            results[i] = (oid, False, spill.put(oid, values[i]))
+        except Exception as exc:
+            # The store cannot take it (full, its link gone): that return is an
+            # error, as when a large value cannot be stored; the others live on.
+            logger.warning("%s %s: storing return %s (its results together exceed "
+                           "%d bytes) failed: %r", what, spec.name, oid.hex(), budget, exc)
+            results[i] = (oid, True, _serialization.error_payload(
+                exc, spec.name, os.getpid(), node_id, traceback.format_exc()))
+        total -= len(data) - len(results[i][2])
 
 
 class Executor(pykka.ThreadingActor):
@@ -172,10 +236,12 @@ class Executor(pykka.ThreadingActor):
         register: Callable[[Executor], None] | None = None,
         encode: Callable[[bytes, Any], bytes] = _plain_encode,
         decode: Callable[[bytes, bytes], Any] = _plain_decode,
+        spill: Spill | None = None,
     ) -> None:
         super().__init__()
         self._encode = encode
         self._decode = decode
+        self._spill = spill
         if register is not None:
             register(self)
         self._report = report
@@ -194,7 +260,8 @@ class Executor(pykka.ThreadingActor):
         started = time.monotonic()
         try:
             results, retry = run_task(
-                spec, function, dep_data, self._node_id, self._encode, self._decode
+                spec, function, dep_data, self._node_id, self._encode, self._decode,
+                self._spill,
             )
         except TaskCancelledError:
             # The async exception landed outside user code: still a cancellation.

@@ -34,7 +34,7 @@ from ..core_worker._store_link import STORE, encode_value
 from ..core_worker._worker_state import task_context
 from ..protocol._ids import id_prefix, short
 from ..protocol._messages import TaskSpec
-from ._executor import Executor
+from ._executor import RESULT_OVERHEAD, Executor, Spill
 
 __all__ = ["load_function", "main", "run_main"]
 
@@ -101,6 +101,7 @@ class WorkerProcess:
         free = self._free
 
         encode, decode = value_codec(core)
+        spill = return_spill(core)
         holder: list[Executor] = []
 
         token = core.trio_token
@@ -111,7 +112,7 @@ class WorkerProcess:
             # One wake-up of the loop per task: it sends the results and starts the next.
             token.run_sync_soon(self._finished, spec.task_id, results, retry)
 
-        ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode)
+        ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode, spill)
         self._executors.append(holder[0])
         return ref
 
@@ -129,7 +130,7 @@ class WorkerProcess:
             token.run_sync_soon(self._finished, spec.task_id, results, retry)
 
         ref.executor = Executor(report, self.node_id.hex(), self._executors.append,
-                                encode, decode)  # never started: ``main`` runs it
+                                encode, decode, return_spill(core))  # ``main`` runs it
         main.submit(ref.executor.on_start)
         self._main_ref = ref
 
@@ -170,6 +171,10 @@ class WorkerProcess:
         assert core is not None
         pushed = False
         address = self._owner_addr.pop(task_id, None)
+        if address is not None and not retry and results_size(results) > core.frame_limit():
+            # Too large for the node (no store to spill them to): it records them
+            # as errors, so the owner must get those too, not the values.
+            address = None
         if address is not None and not retry:
             conn = self._owner_conns.get(address)
             if conn is not None and not conn.closed:
@@ -304,6 +309,31 @@ def value_codec(
         return pickle.loads(data)
 
     return encode, decode
+
+
+def return_spill(core: CoreWorker) -> Spill | None:
+    """How this process keeps a call's inline results within one frame to the node
+    (see ``Spill``): through its store, when it has one."""
+    if core.store is None:
+        return None
+
+    def put(oid: bytes, value: Any) -> bytes:
+        import store
+
+        link = core.store
+        if link is None:
+            raise ConnectionError("the store link of this worker is gone")
+        link.put(oid, store.serialize(value))
+        return STORE
+
+    # Half the node's limit, as for batched submissions: the rest of the message
+    # and the push to a driver (whose limit may be lower) keep a wide margin.
+    return Spill(put, lambda: core.frame_limit() // 2)
+
+
+def results_size(results: list) -> int:
+    """About how many bytes ``results`` take in a message."""
+    return sum(len(data) + RESULT_OVERHEAD for _oid, _is_error, data in results)
 
 
 class _FunctionLoader:
