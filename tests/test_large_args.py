@@ -260,6 +260,18 @@ class TestFrameLimit:
         assert ray.get(total.remote(*refs), timeout=30) == 16 * 90 * 1024
         assert ray.get([add.remote(i) for i in range(8)], timeout=30) == list(range(8))
 
+    def test_a_task_whose_inline_refs_exceed_the_workers_frame_limit_fails(self):
+        # 16 small puts stay inline at the node; a task taking them all would be sent
+        # to its worker in one 1.4 MiB message, which the worker's link refuses: the
+        # node only logged that and the task never ran nor ended.
+        refs = [ray.put(bytes([i]) * (90 * 1024)) for i in range(16)]
+        with pytest.raises(exc.MessageTooLargeError,
+                           match=r"task total .*16 inline values.*frame limit of 1048576"):
+            ray.get(total.remote(*refs), timeout=30)
+        # The worker and its CPU are free again: the same refs in fewer at a time work.
+        assert ray.get(total.remote(*refs[:4]), timeout=30) == 4 * 90 * 1024
+        _still_healthy()
+
     def test_an_actor_call_the_link_refuses_fails_alone(self, monkeypatch, path):
         core = _worker_state.current_core()
         h = Holder.remote()

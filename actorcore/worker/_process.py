@@ -33,7 +33,7 @@ from ..core_worker._core_worker import CoreWorker
 from ..core_worker._store_link import STORE, encode_value
 from ..core_worker._worker_state import task_context
 from ..protocol._ids import id_prefix, short
-from ..protocol._messages import TaskSpec
+from ..protocol._messages import TaskSpec, max_frame_size
 from ._executor import RESULT_OVERHEAD, Executor, Spill
 
 __all__ = ["load_function", "main", "run_main"]
@@ -219,7 +219,7 @@ class WorkerProcess:
             self._nursery = nursery
             client = transport.Client(
                 address, token, name=f"worker_{self.index}", handler=self.handle,
-                connect_timeout=self.connect_timeout,
+                connect_timeout=self.connect_timeout, max_frame_size=max_frame_size(),
             )
             conn = await nursery.start(client.run)
             # The core worker and executor exist before we register: the node may

@@ -38,7 +38,15 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ...exceptions import TaskCancelledError, TaskUnschedulableError, WorkerCrashedError
+import transport
+
+from ...core_worker._store_link import STORE
+from ...exceptions import (
+    MessageTooLargeError,
+    TaskCancelledError,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
 from ...protocol import _serialization
 from ...protocol._messages import ObjectData, TaskSpec
 from ..object_manager._directory import ObjectDirectory, ObjectEntry
@@ -623,8 +631,36 @@ class SchedulerState:
                 worker.conn.send_nowait(("execute", spec, dep_data))
             else:
                 worker.conn.send_nowait(("execute", spec, dep_data, direct))
+        except transport.FrameTooLarge as exc:
+            self._refuse_too_large(worker, spec, dep_data, exc)
         except Exception as exc:  # its link just died: the death handler retries
             logger.info("dispatch to worker_%d failed: %s", worker.index, exc)
+
+    def _refuse_too_large(
+        self, worker: WorkerInfo, spec: TaskSpec, dep_data: list, exc: BaseException
+    ) -> None:
+        """``spec`` with its inline arguments and dependencies is larger than the
+        worker's frame limit: it could never be sent (to any worker of this node), so
+        the task fails now with ``MessageTooLargeError`` naming the sizes, instead of
+        holding its worker and resources with nobody to run it. The worker is free for
+        the next task; the connection stays up (the transport refuses the frame at
+        the sender)."""
+        args = len(spec.args)
+        inline = [len(data) for _is_error, data in dep_data if data != STORE]
+        limit = getattr(worker.conn, "peer_max_frame_size", None)
+        error = MessageTooLargeError(
+            f"task {spec.name} cannot be sent to a worker: its inline arguments "
+            f"({args} bytes) and {len(inline)} inline values of the refs it takes "
+            f"({sum(inline)} bytes) are more than the worker's frame limit of {limit} "
+            f"bytes ({exc}); pass fewer or smaller values, or refs of values put in "
+            f"the object store"
+        )
+        logger.warning("%s", error)
+        self._release(worker, spec.task_id)
+        self._promote(worker)
+        self.directory.unpin(spec.deps)
+        self._fail(spec, error)
+        self._make_available(worker)
 
     def demand(self, limit: int) -> int:
         """How many more workers would start tasks right now (at most ``limit``).
