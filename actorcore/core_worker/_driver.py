@@ -143,10 +143,14 @@ class DriverLoop:
             rejoined = False
             try:
                 async with trio.open_nursery() as nursery:
-                    with trio.fail_at(deadline + REJOIN_TIMEOUT):
+                    with trio.move_on_at(deadline + REJOIN_TIMEOUT):
                         conn = await nursery.start(client.run)
                         await self._rejoin(conn)
-                    rejoined = True
+                        rejoined = True
+                    if not rejoined:  # the node would have dropped us by now
+                        raise TimeoutError(
+                            f"a rejoin started within the window was not answered "
+                            f"{REJOIN_TIMEOUT:g} s after it")
             except Exception as exc:
                 lost = exc
                 if rejoined:  # a new loss after a good rejoin: a new window
