@@ -460,6 +460,40 @@ def test_direct_calls_after_the_switch_and_their_results_feed_tasks():
     assert ray.get([s.small.remote(i) for i in range(1000)]) == list(range(1000))
 
 
+def test_a_long_actor_call_is_not_lost_to_a_getter_that_does_not_own_it():
+    # A task gets the refs of actor calls that run longer than the node once waited
+    # before declaring an object nobody produces lost (5 s): it gets their values,
+    # for a call routed through the node (an actor's first call) and for one that
+    # went straight to the actor (after the switch), of which the node knows nothing
+    # until the caller hands in its result. Its owner, the driver, lives: not lost.
+    from actorcore.core_worker._worker_state import current_core
+
+    @ray.remote
+    class Sleeper:
+        def ping(self):
+            return 0
+
+        def sleep(self, seconds, value):
+            time.sleep(seconds)
+            return value
+
+    @ray.remote
+    def get_first(refs):
+        return ray.get(refs[0], timeout=60)
+
+    via_node, direct = Sleeper.remote(), Sleeper.remote()
+    assert ray.get(direct.ping.remote(), timeout=30) == 0
+    route = current_core()._actor_routes[direct._actor_id]
+    _wait_for(lambda: route.mode == "direct" or bool(direct.ping.remote() and False))
+    started = time.monotonic()
+    refs = [via_node.sleep.remote(7, "node"), direct.sleep.remote(7, "direct")]
+    assert current_core()._actor_routes[via_node._actor_id].mode != "direct"
+    getters = [get_first.remote([ref]) for ref in refs]
+    assert ray.get(getters, timeout=60) == ["node", "direct"]
+    assert time.monotonic() - started >= 7
+    assert ray.get(get_first.remote([via_node.sleep.remote(0, 1)]), timeout=30) == 1
+
+
 def _wait_for(pred, timeout=20):
     deadline = time.monotonic() + timeout
     while not pred():

@@ -20,6 +20,7 @@ import trio
 
 import actorcore as ray
 import store
+import transport
 from actorcore import exceptions as exc
 from actorcore.core_worker import _worker_state
 from actorcore.testing import faults
@@ -378,6 +379,42 @@ def test_a_dropped_driver_link_is_not_the_drivers_exit():
     _until(lambda: core.conn is not old, "the driver to reconnect")
     assert ray.get(owned.add.remote(), timeout=30) == 2
     assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+def test_the_nodes_driver_grace_covers_the_drivers_reconnect_window():
+    # One constant on both ends: the node keeps a departed driver's state for as
+    # long as the driver may still rejoin (its window, then its last dial's rejoin).
+    from actorcore.core_worker import _driver
+    from actorcore.node import _runtime
+    from actorcore.protocol import _messages
+
+    assert _driver.RECONNECT_WINDOW is _messages.RECONNECT_WINDOW
+    assert _runtime.DRIVER_GRACE >= _driver.RECONNECT_WINDOW + _driver.REJOIN_TIMEOUT
+
+
+def test_a_driver_back_after_6_s_without_its_node_keeps_its_actors_and_objects():
+    # The driver cannot reach its node for 6.5 s (past the 5 s the node once kept a
+    # departed driver's state, within the driver's 10 s reconnect window): it
+    # rejoins, and its actor and the objects it put are all still there.
+    owned = Counter.remote()
+    assert ray.get(owned.add.remote(), timeout=60) == 1
+    small, large = ray.put(41), ray.put(np.ones(2 * MB, np.uint8))
+    core = _worker_state.core
+    assert core is not None
+    old = core.conn
+    rule = transport.faults.add(transport.faults.refuse(f"driver-{os.getpid()}", "node-*"))
+    try:
+        trio.from_thread.run_sync(lambda: old._sock.shutdown(socket.SHUT_RDWR),
+                                  trio_token=core.trio_token)
+        # Not a wait for an event: the outage's length is what is tested. The
+        # driver dials all along and is refused.
+        time.sleep(6.5)
+        assert core.conn is old, "the driver rejoined through the refusal"
+    finally:
+        transport.faults.remove(rule)
+    _until(lambda: core.conn is not old, "the driver to rejoin")
+    assert ray.get(owned.add.remote(), timeout=30) == 2
+    assert ray.get([inc.remote(small), total.remote(large)], timeout=30) == [42, 2 * MB]
 
 
 _KILLED_DRIVER = textwrap.dedent("""

@@ -35,6 +35,7 @@ import transport
 
 from ..exceptions import ActorcoreSystemError, NodeDiedError
 from ..protocol._ids import id_prefix, new_job_id, new_worker_id
+from ..protocol._messages import RECONNECT_WINDOW, REJOIN_TIMEOUT
 from ..session._session import pid_alive
 from ._core_worker import CoreWorker
 from ._direct_calls import DIRECT_CALLS
@@ -42,9 +43,6 @@ from ._direct_calls import DIRECT_CALLS
 __all__ = ["DriverLoop", "RECONNECT_WINDOW"]
 
 logger = logging.getLogger("actorcore.driver")
-
-#: How long a driver keeps dialling a node it lost before giving up.
-RECONNECT_WINDOW = 10.0
 
 
 class DriverLoop:
@@ -120,6 +118,10 @@ class DriverLoop:
         grace period), and fetches the results of its tasks that were pushed while
         the link was down. Only if the node stays unreachable does every waiting
         call fail with ``ActorcoreSystemError``.
+
+        A rejoin must land while the node still keeps the driver's state: every
+        attempt must have rejoined by ``REJOIN_TIMEOUT`` after the window, which
+        the node's ``DRIVER_GRACE`` covers (``protocol._messages``).
         """
         try:
             await client.run(task_status=task_status)
@@ -141,9 +143,14 @@ class DriverLoop:
             rejoined = False
             try:
                 async with trio.open_nursery() as nursery:
-                    conn = await nursery.start(client.run)
-                    await self._rejoin(conn)
-                    rejoined = True
+                    with trio.move_on_at(deadline + REJOIN_TIMEOUT):
+                        conn = await nursery.start(client.run)
+                        await self._rejoin(conn)
+                        rejoined = True
+                    if not rejoined:  # the node would have dropped us by now
+                        raise TimeoutError(
+                            f"a rejoin started within the window was not answered "
+                            f"{REJOIN_TIMEOUT:g} s after it")
             except Exception as exc:
                 lost = exc
                 if rejoined:  # a new loss after a good rejoin: a new window

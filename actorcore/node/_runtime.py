@@ -54,7 +54,7 @@ import transport
 from ..core_worker._store_link import StoreLink
 from ..kernel import Supervisor
 from ..protocol._ids import short
-from ..protocol._messages import TaskSpec, max_frame_size
+from ..protocol._messages import DRIVER_GRACE, TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
 from ._tree import build_tree
 from .actor_manager._manager import ActorManager
@@ -65,12 +65,9 @@ from .object_manager._directory import ObjectDirectory
 from .object_manager._objects import NodeObjects
 from .worker_pool._pool import PoolState
 
-__all__ = ["NodeConfig", "NodeRuntime"]
+__all__ = ["DRIVER_GRACE", "NodeConfig", "NodeRuntime"]
 
 logger = logging.getLogger("actorcore.node")
-
-#: Seconds a disconnected driver's objects and queued tasks are kept for it to rejoin.
-DRIVER_GRACE = 5.0
 
 
 @attrs.define
@@ -379,7 +376,8 @@ class NodeRuntime:
     # live program. So the node decides by the driver itself: it said goodbye
     # (``bye``, sent by ``shutdown()``), or its process is gone (a peer on the
     # node's Unix socket: the kernel names its pid), or it did not rejoin within
-    # ``DRIVER_GRACE``. Only then do its queued tasks, the objects it owned (those
+    # ``DRIVER_GRACE`` (the driver's reconnect window and then some, so a driver
+    # that rejoins at all finds everything kept: ``protocol._messages``). Only then do its queued tasks, the objects it owned (those
     # that escaped into other objects stay while those live) and the actors it owns
     # (not the detached ones) go. A rejoin (``hello`` with the same worker id)
     # within the grace keeps all of it.

@@ -34,7 +34,31 @@ import os
 
 import attrs
 
-__all__ = ["TaskSpec", "ObjectData", "max_frame_size"]
+__all__ = ["TaskSpec", "ObjectData", "max_frame_size", "RECONNECT_WINDOW", "REJOIN_TIMEOUT",
+           "DRIVER_GRACE"]
+
+# A driver's link to its node can drop while both live (an ``rpc_server`` restart,
+# a network fault). The driver then dials again for ``RECONNECT_WINDOW`` seconds and
+# rejoins with ``hello`` under its worker id; the node keeps the driver's actors,
+# objects and queued tasks for ``DRIVER_GRACE`` seconds, then drops them. If the
+# grace were shorter than the window, a driver back after the grace but within its
+# window would find its actors killed while it carries on as if nothing happened.
+# So the grace is derived from the window: a dial started before the window ends
+# must have rejoined (connected and had its ``hello`` answered) within
+# ``REJOIN_TIMEOUT`` after it, or the driver gives up, and the node waits for both.
+# The two clocks start when each end sees the link close, the same moment on one
+# machine (a Unix socket, or a TCP connection reset by its peer).
+
+#: Seconds a driver keeps dialling a node it lost before giving up.
+RECONNECT_WINDOW = 10.0
+
+#: Seconds past ``RECONNECT_WINDOW`` by which the driver's last dial must have rejoined.
+REJOIN_TIMEOUT = 5.0
+
+#: Seconds the node keeps a disconnected driver's actors, objects and queued tasks
+#: for it to rejoin: as long as the driver may still come back.
+DRIVER_GRACE = RECONNECT_WINDOW + REJOIN_TIMEOUT
+
 
 def max_frame_size() -> int:
     """The largest frame the node and actor processes accept from their callers

@@ -508,12 +508,6 @@ class SchedulerState:
 
                 self.host.call_later(CANCEL_GRACE, escalate)
 
-    def knows_task(self, task_id: bytes) -> bool:
-        """Whether ``task_id`` is waiting, queued or running here (slow path: scans)."""
-        if task_id in self.running or task_id in self.waiting or task_id in self.infeasible:
-            return True
-        return any(spec.task_id == task_id for spec in self.ready)
-
     def drop_owner(self, owner: bytes) -> int:
         """Forget the queued (not running) tasks of a departed owner; return how many."""
         dropped = 0

@@ -1,9 +1,11 @@
 """Data edges that can never resolve: their consumers fail, within a bound.
 
 A task, an actor method call routed through the node, or an actor's constructor
-waits at the node until each of its argument refs is ready in the directory. Almost
-every such wait ends by itself: the producing task finishes, the owner's ``put``
-arrives, the caller of a direct actor call hands in its result. One kind never does:
+waits at the node until each of its argument refs is ready in the directory; a
+``fetch`` (a ``get`` of a ref its process does not own) waits there for the object
+itself. Almost every such wait ends by itself: the producing task or actor call
+finishes (however long it runs), the owner's ``put`` arrives, the caller of a
+direct actor call hands in its result. One kind never does:
 the object is not in the directory, no task or actor call queued or running here
 will produce it, and its *owner* — the process that created it, the only one that
 could still put it or hand its result in — is gone. A ref kept across ``shutdown()``
@@ -16,7 +18,7 @@ How the owner is known. Every task and object id begins with the 8-byte id prefi
 of the process that created it (``protocol._ids``; a driver takes a fresh one per session),
 and every client sends its prefix in ``hello``. The owner is alive while a client
 with that prefix is connected, or is a driver still within its reconnect grace
-period (``_node.DRIVER_GRACE``). This is Ray's ownership rule: an object outlives
+period (``node._runtime.DRIVER_GRACE``). This is Ray's ownership rule: an object outlives
 its owner only in the directory.
 
 The sweep. Consumers register the dependencies they start waiting for (``watch``).
@@ -28,10 +30,14 @@ a row, not one, so that no transient state (a client between its connection and 
 ``hello``) can fail a consumer: a lost argument fails its consumer within
 ``2 * SWEEP_PERIOD`` seconds (plus the grace period of a driver that just left).
 
+This is the node's one test of "lost": a fetch is watched like an argument, with
+no timer of its own, so a ``get`` of the result of an actor call that runs for
+minutes waits for it instead of failing once some fixed time has passed.
+
 A lost object becomes an error object in the directory (``ObjectLostError``, the
 same error a ``get`` of it raises): its consumers fail through the ordinary error
 flow of data edges (a task and an actor call with that error as their result, an
-actor whose constructor argument it is dies saying so). The entry is marked freed,
+actor whose constructor argument it is dies saying so, a fetch answers it). The entry is marked freed,
 so it leaves the directory once no consumer pins it.
 
 On one node the owner is a client of this node. With many nodes the owner may live
@@ -134,11 +140,13 @@ class DependencyWatch:
         return lost
 
     def _producers(self) -> set[bytes]:
-        """The ids of the tasks and actor calls queued or running on this node."""
+        """The ids of the tasks and actor calls queued or running on this node
+        (a task waiting for a node that can take it included)."""
         node = self.node
         sched = node.sched
         known = set(sched.running)
         known.update(sched.waiting)
+        known.update(sched.infeasible)
         known.update(spec.task_id for spec in sched.ready)
         for rec in node.actors.actors.values():
             known.update(rec.inflight)
@@ -155,7 +163,7 @@ class DependencyWatch:
             f"kept from before shutdown()/init(), or one whose process exited"
         )
         self.lost_total += 1
-        logger.warning("argument %s is lost: its owner is gone; failing what waits on it",
-                       oid.hex())
+        logger.warning("object %s is lost: its owner is gone and nothing here produces "
+                       "it; failing what waits on it", oid.hex())
         directory.free([oid])  # nobody owns it: gone once no consumer pins it
         directory.put(oid, True, _serialization.dumps(err))

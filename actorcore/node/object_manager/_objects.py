@@ -9,28 +9,21 @@ of them is freed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Protocol
-
-import trio
 
 import transport
 
 from ...core_worker._store_link import STORE
 from ...protocol._ids import task_id_of
 from ...protocol._messages import TaskSpec
+from ._dep_watch import DependencyWatch
 from ._directory import ObjectDirectory
 
-__all__ = ["FETCH_LOST_AFTER", "NodeObjects", "ObjectsHost"]
+__all__ = ["NodeObjects", "ObjectsHost"]
 
 logger = logging.getLogger("actorcore.node")
-
-#: Seconds a fetch waits for an object nothing here will produce before failing.
-FETCH_LOST_AFTER = 5.0
-
-
-class _Tasks(Protocol):
-    def knows_task(self, task_id: bytes) -> bool: ...
 
 
 class ObjectsHost(Protocol):
@@ -45,7 +38,7 @@ class ObjectsHost(Protocol):
     @property
     def control(self) -> Any: ...
     @property
-    def sched(self) -> _Tasks: ...
+    def dep_watch(self) -> DependencyWatch: ...
     @property
     def store_link(self) -> Any: ...
     @property
@@ -143,60 +136,41 @@ class NodeObjects:
         oids = m[1]
         remaining = [len(oids)]
         directory = self.node.directory
+        # Errors of the objects that became ready as errors, kept in case their entry
+        # is dropped before the last object of this fetch is ready (an object the
+        # dependency watch found lost leaves the directory at once).
+        errors: dict[bytes, Any] = {}
 
-        def one(_e: Any) -> None:
+        def one(ready: bytes, e: Any) -> None:
+            if e.is_error:
+                errors[ready] = e.data
             remaining[0] -= 1
             if remaining[0] == 0 and not reply.done:
                 items = []
                 for oid in oids:
-                    e = directory.entries.get(oid)
-                    if e is None:
+                    entry = directory.entries.get(oid)
+                    if entry is not None:
+                        items.append((oid, entry.is_error, entry.data))
+                    elif oid in errors:
+                        items.append((oid, True, errors[oid]))
+                    else:
                         from ...exceptions import ObjectLostError
                         from ...protocol import _serialization
 
                         err = ObjectLostError(f"object {oid.hex()} was freed by its owner")
                         items.append((oid, True, _serialization.dumps(err)))
-                    else:
-                        items.append((oid, e.is_error, e.data))
                 reply.send(items)
 
         for oid in oids:
-            directory.when_ready(oid, one)
+            directory.when_ready(oid, functools.partial(one, oid))
         if remaining[0] > 0:
-            self.node.spawn(self._fetch_watchdog, oids, reply)
-
-    async def _fetch_watchdog(self, oids: list[bytes], reply: Any) -> None:
-        """Fail a fetch of objects that nothing will ever produce, instead of hanging.
-
-        An object the directory has no value for may still be on its way (its put
-        or its task's result in flight on another connection), so only after
-        ``FETCH_LOST_AFTER`` seconds, and only for objects whose producing task is
-        not queued or running here, does the fetch fail with ``ObjectLostError``.
-        """
-        while not reply.done:
-            await trio.sleep(FETCH_LOST_AFTER)
-            if reply.done:
-                return
-            entries = self.node.directory.entries
-            pending = [oid for oid in oids if not (oid in entries and entries[oid].ready)]
-            if not pending or any(self.node.sched.knows_task(oid[:16]) for oid in pending):
-                continue
-            from ...exceptions import ObjectLostError
-            from ...protocol import _serialization
-
-            items = []
-            for oid in oids:
-                e = entries.get(oid)
-                if e is not None and e.ready:
-                    items.append((oid, e.is_error, e.data))
-                else:
-                    err = ObjectLostError(
-                        f"object {oid.hex()} does not exist on this cluster: its owner freed "
-                        f"it or died, and no task here will produce it"
-                    )
-                    items.append((oid, True, _serialization.dumps(err)))
-            reply.send(items)
-            return
+            # A fetch is a consumer like any other: the dependency watch fails an
+            # object that can never arrive (not ready, nothing queued or running
+            # here produces it — task or actor call —, its owner gone), which
+            # answers this fetch through ``one`` like any ready object. A fetch of
+            # the result of a long actor call therefore waits for as long as the
+            # call runs.
+            self.node.dep_watch.watch(oids)
 
     def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
         owned = self.node.owned_by(conn)
