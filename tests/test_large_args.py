@@ -58,6 +58,10 @@ class Holder:
     def ping(self):
         return "pong"
 
+    @ray.method(num_returns=16)
+    def many(self):
+        return [bytes([i]) * (90 * 1024) for i in range(16)]
+
 
 def _pattern(n: int) -> bytes:
     return bytes(range(256)) * (n // 256)
@@ -259,6 +263,19 @@ class TestFrameLimit:
             (len(b), zlib.crc32(b)) for b in expect]
         assert ray.get(total.remote(*refs), timeout=30) == 16 * 90 * 1024
         assert ray.get([add.remote(i) for i in range(8)], timeout=30) == list(range(8))
+
+    def test_many_mid_sized_results_of_an_actor_method_reach_every_reader(self, path):
+        # As for a task: 16 returns of 90 KiB are more than one frame to the node (or
+        # to a direct caller); the largest go through the store until the rest fit.
+        h = Holder.remote()
+        _on_path(h, path)
+        expect = [bytes([i]) * (90 * 1024) for i in range(16)]
+        refs = h.many.remote()
+        assert ray.get(refs, timeout=30) == expect
+        assert ray.get([digest.remote(r) for r in refs], timeout=30) == [
+            (len(b), zlib.crc32(b)) for b in expect]
+        assert ray.get(total.remote(*refs[:8]), timeout=30) == 8 * 90 * 1024
+        _still_healthy(h)
 
     def test_a_task_whose_inline_refs_exceed_the_workers_frame_limit_fails(self):
         # 16 small puts stay inline at the node; a task taking them all would be sent

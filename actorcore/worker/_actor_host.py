@@ -50,7 +50,7 @@ from ..protocol import _serialization
 from ..protocol._actors import ActorSpec, CallSpec, cancelled_results
 from ._cancel import CallGate, TaskInterrupt, run_interruptible
 from ._executor import encode_returns, run_task
-from ._process import load_function
+from ._process import load_function, return_spill
 
 __all__ = ["HostContext", "ThreadedHost", "AsyncHost", "start_host"]
 
@@ -131,7 +131,8 @@ class HostContext:
             dep_data = [(False, _FETCH)] * len(spec.deps)
         method = _method(instance, spec)
         results, _retry = run_task(
-            spec, method, dep_data, self.node_id, self.encode, self.decode  # type: ignore[arg-type]
+            spec, method, dep_data, self.node_id, self.encode, self.decode,  # type: ignore[arg-type]
+            return_spill(self.core),  # results over one frame go through the store
         )
         self.done(spec, results)
 
@@ -155,7 +156,10 @@ class HostContext:
                 return
         finally:
             task_context.task_id = None
-        self.done(spec, encode_returns(spec, value, self.node_id, self.encode, what="actor method"))
+        # Results whose inline total would pass one frame go through the store, as a
+        # task's do (``Spill``): to the node, and on the direct link to the caller.
+        self.done(spec, encode_returns(spec, value, self.node_id, self.encode,
+                                       what="actor method", spill=return_spill(self.core)))
 
 
 _FETCH = object()  # marks an argument ref the actor resolves itself
