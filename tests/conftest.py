@@ -21,3 +21,27 @@ def cluster() -> Iterator[dict[str, Any]]:
     info = ray.init(num_cpus=2, log_to_driver=False)
     yield info
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two clusters' TLS material (``transport.TlsConfig``): ``a`` (the cluster) and
+    ``b`` (another CA)."""
+    import transport
+
+    root = tmp_path_factory.mktemp("tls")
+    return {
+        "a": transport.create_cluster_certs(root / "a"),
+        "b": transport.create_cluster_certs(root / "b"),
+    }
+
+
+@pytest.fixture
+def plaintext_default() -> Iterator[None]:
+    """The test starts (and leaves the process) with the plaintext TLS default; a
+    TLS module says ``pytestmark = pytest.mark.usefixtures("plaintext_default")``."""
+    import transport
+
+    transport.set_default_tls(None)
+    yield
+    transport.set_default_tls(None)

@@ -15,6 +15,8 @@ import pytest
 import actorcore as ray
 from actorcore import exceptions as exc
 
+from .cluster_support import until
+
 pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
 
 
@@ -49,13 +51,7 @@ class BadInit:
 
 
 def _until(pred, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return until(pred, what, timeout)
 
 
 def _state(handle):

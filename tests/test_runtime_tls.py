@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,20 +40,9 @@ DRIVER = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, transport.TlsConfig]:
-    root = tmp_path_factory.mktemp("tls")
-    return {
-        "a": transport.create_cluster_certs(root / "a"),
-        "b": transport.create_cluster_certs(root / "b"),
-    }
 
 
-@pytest.fixture(autouse=True)
-def plaintext_default() -> Iterator[None]:
-    transport.set_default_tls(None)
-    yield
-    transport.set_default_tls(None)
+pytestmark = pytest.mark.usefixtures("plaintext_default")  # tests/conftest.py
 
 
 def run_driver(address: str, token: bytes, tmp: Path, tls: transport.TlsConfig | None) -> str:

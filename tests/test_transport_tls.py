@@ -9,7 +9,7 @@ import os
 import pickle
 import socket
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +21,7 @@ import transport
 
 from .transport_support import TOKEN, spawn_peer, stop
 
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, transport.TlsConfig]:
-    """Two clusters' TLS material: ``a`` (the cluster) and ``b`` (another CA)."""
-    root = tmp_path_factory.mktemp("tls")
-    return {
-        "a": transport.create_cluster_certs(root / "a"),
-        "b": transport.create_cluster_certs(root / "b"),
-    }
-
-
-@pytest.fixture(autouse=True)
-def plaintext_default() -> Iterator[None]:
-    """Every test starts (and leaves the process) with the plaintext default."""
-    transport.set_default_tls(None)
-    yield
-    transport.set_default_tls(None)
+pytestmark = pytest.mark.usefixtures("plaintext_default")  # tests/conftest.py
 
 
 async def echo(conn: transport.Connection, message: Any, reply: transport.Reply | None) -> None:
