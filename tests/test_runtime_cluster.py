@@ -75,7 +75,7 @@ def test_tree_shape(cluster):
     check_snapshot(snap)
     node = _find(snap, "node")
     names = [c["name"] for c in node["children"]]
-    assert names == ["rpc_server", "gcs", "gcs_client", "global_scheduler", "local_scheduler",
+    assert names == ["rpc_server", "gcs", "gcs_client", "node_links", "global_scheduler", "local_scheduler",
                      "object_manager", "store_link", "object_directory", "worker_pool",
                      "actor_manager"]
     assert node["node_id"] == cluster["node_id"]

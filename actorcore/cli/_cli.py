@@ -37,6 +37,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 if TYPE_CHECKING:
     import gcs
     import store
@@ -76,28 +78,38 @@ def _reclaim() -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from ..session._launcher import start_head
+    from ..session._launcher import start_node
     from ..session._session import latest_session
 
-    if args.address:
-        return _err(
-            "joining a node to an existing cluster (start --address) is not available in "
-            "this single-node build; start a head with `actorcore start --head`",
-            2,
-        )
-    if not args.head:
-        return _err("say --head (start a new cluster) or --address ADDR (join one)", 2)
-    _reclaim()
-    running = latest_session()
-    if running is not None:
-        return _err(f"a cluster is already running on this machine ({running}); "
-                    f"run `actorcore stop` first")
+    if args.head == bool(args.address):
+        return _err("say --head (start a new cluster) or --address ADDR (join one), "
+                    "not both" if args.head else
+                    "say --head (start a new cluster) or --address ADDR (join one)", 2)
     from ..session._config import ClusterConfig
 
+    _reclaim()
     config = ClusterConfig.from_namespace(args)
-    head = start_head(config, tls=config.tls(), embedded=False)
-    info = head.info
-    print("actorcore head node started")
+    if config.port is None:
+        # A cluster started from the command line can grow: it listens on TCP.
+        config = attrs.evolve(config, port=0)
+    if args.head:
+        running = latest_session()
+        if running is not None:
+            return _err(f"a cluster is already running on this machine ({running}); "
+                        f"run `actorcore stop` first")
+        proc = start_node(config, tls=config.tls(), embedded=False)
+        print("actorcore head node started")
+    else:
+        head = args.address if args.address.startswith(("tcp:", "unix:")) \
+            else "tcp:" + args.address
+        try:
+            token = _join_token(head, args.token)
+        except ValueError as exc:
+            return _err(str(exc), 2)
+        proc = start_node(config, head_address=head, token=token, tls=config.tls(),
+                          embedded=False)
+        print(f"actorcore node started and joined the cluster at {args.address}")
+    info = proc.info
     print(f"  node id      {info['node_id']}")
     print(f"  address      {info['address']}")
     if info.get("tcp_address"):
@@ -109,41 +121,71 @@ def cmd_start(args: argparse.Namespace) -> int:
     if (info.get("security") or {}).get("mode") == "insecure":
         print(f"WARNING: plaintext TCP on {info['security']['host']} (--insecure): task "
               f"data crosses the network in clear; see SECURITY.md", file=sys.stderr)
+    if args.head:
+        tcp = (info.get("tcp_address") or "").removeprefix("tcp:")
+        print(f"Join more nodes with `actorcore start --address {tcp}` (the token is in "
+              f"{info['session_dir']}/token; on another machine pass --token or "
+              f"ACTORCORE_TOKEN).")
     print("Connect from Python on this machine with actorcore.init(address='auto'); "
-          "stop it with `actorcore stop`.")
+          "stop the nodes of this machine with `actorcore stop`.")
     return 0
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
-    from ..session._admin import admin_call
-    from ..session._session import latest_session, pid_alive, read_session_info
+def _join_token(head: str, given: str | None) -> bytes:
+    """The cluster token for joining ``head``: ``--token``, else ``ACTORCORE_TOKEN``,
+    else the token of the head's session when the head runs on this machine."""
+    from ..session._session import find_session, read_token
 
-    session = latest_session()
+    raw = given or os.environ.get("ACTORCORE_TOKEN")
+    if raw:
+        try:
+            return bytes.fromhex(raw.strip())
+        except ValueError:
+            raise ValueError("the cluster token must be hex (the contents of the head's "
+                             "'token' file)") from None
+    session = find_session(head)
     if session is None:
+        raise ValueError(f"no token for the cluster at {head}: no head of this machine "
+                         f"listens there; pass --token (the head's 'token' file, hex) or "
+                         f"set ACTORCORE_TOKEN")
+    return read_token(session)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop every node of this machine started by `actorcore start` (joined nodes
+    first, heads last); embedded clusters belong to their drivers and stay."""
+    from ..session._admin import admin_call
+    from ..session._session import live_sessions, pid_alive
+
+    sessions = [(s, i) for s, i in live_sessions() if not i.get("embedded")]
+    if not sessions:
         _reclaim()
         print("no running actorcore cluster found on this machine")
         return 0
-    info = read_session_info(session)
-    pid = int(info["pid"])
-    try:
-        admin_call(None, "shutdown", timeout=10)
-    except Exception:
+    sessions.sort(key=lambda si: bool(si[1].get("head")))
+    for _session, info in sessions:
+        pid = int(info["pid"])
         try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):  # gone, or a zombie nobody reaps yet
-            break
-        time.sleep(0.05)
-    else:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    print(f"stopped the actorcore cluster (node pid {pid}, logs in {info['log_dir']})")
-    _reclaim()  # it had to be SIGKILLed, or it was already gone: its files stay
+            admin_call(info["address"], "shutdown", timeout=10)
+        except Exception:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):  # gone, or a zombie nobody reaps yet
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        role = "head node" if info.get("head") else "node"
+        print(f"stopped the actorcore {role} {str(info.get('node_id'))[:12]} "
+              f"(pid {pid}, logs in {info['log_dir']})")
+    _reclaim()  # some had to be SIGKILLed, or were already gone: their files stay
     return 0
 
 
@@ -157,10 +199,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2, default=_jsonable))
         return 0
-    print(f"actorcore cluster: {len(st['nodes'])} node(s), up {st['uptime_s']:.0f} s")
+    alive = sum(1 for n in st["nodes"] if n.get("alive", True))
+    print(f"actorcore cluster: {alive} node(s) alive, up {st['uptime_s']:.0f} s")
     for n in st["nodes"]:
-        role = "head" if n.get("head") else "worker node"
-        print(f"  node {n['node_id'][:12]}  {role}  pid {n['pid']}  {n['address']}")
+        role = "head" if n.get("head") else "node"
+        where = n.get("tcp_address") or n["address"]
+        if n.get("alive", True):
+            print(f"  node {n['node_id'][:12]}  {role}  pid {n['pid']}  {where}  "
+                  f"free {_fmt_res(n.get('available') or {})}")
+        else:
+            print(f"  node {n['node_id'][:12]}  {role}  DEAD ({n.get('death_reason')})")
     print("resources (used / total):")
     for k, total in sorted(st["resources_total"].items()):
         print(f"  {k:<10} {st['resources_used'].get(k, 0):g} / {total:g}")
@@ -314,12 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("start", help="start a head node (or join a cluster)")
     s.add_argument("--head", action="store_true")
-    s.add_argument("--address")
+    s.add_argument("--address", help="join the cluster whose head node listens there")
+    s.add_argument("--token", help="the cluster token (hex) for --address (default: "
+                   "ACTORCORE_TOKEN, or the head's session on this machine)")
     from ..session._config import add_arguments
 
     add_arguments(s)  # one flag per ClusterConfig field
     s.set_defaults(fn=cmd_start)
-    s = sub.add_parser("stop", help="stop the cluster running on this machine")
+    s = sub.add_parser("stop", help="stop the nodes running on this machine")
     s.set_defaults(fn=cmd_stop)
     s = sub.add_parser("status", help="nodes, resources, object store, log dir")
     s.add_argument("--address")

@@ -6,7 +6,8 @@ cluster's options (``--num-cpus``, ``--resources``, ``--tls-cert``, ``--spill-di
 launcher passes; besides them:
 
   --session-dir DIR   the session directory (token inside; sockets and logs go there)
-  --head              carry the GCS and write session.json / session_latest
+  --head              carry the GCS and write session_latest
+  --head-address ADDR join the cluster of the head node at ADDR (its TCP address)
   --no-gcs            keep the control state in the node's memory (no GCS)
   --ready-fd FD       write one JSON line (the session info) there once serving
   --parent-fd FD      stop when this pipe closes (the driver of an embedded cluster)
@@ -36,6 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m actorcore.node")
     p.add_argument("--session-dir", required=True)
     p.add_argument("--head", action="store_true")
+    p.add_argument("--head-address", help="join the cluster whose head node listens there")
     _config.add_arguments(p)
     p.add_argument("--no-gcs", action="store_true")
     p.add_argument("--ready-fd", type=int)
@@ -84,6 +86,8 @@ async def amain(args: argparse.Namespace) -> None:
         token=read_token(session_dir),
         node_id=new_node_id(),
         head=args.head,
+        head_address=args.head_address,
+        embedded=args.parent_fd is not None,
         resources=resources,
         num_workers=cluster.num_workers,
         port=cluster.port,

@@ -24,20 +24,105 @@ from ..kernel import InjectedCrash
 __all__ = ["dispatch_call"]
 
 
-def _tree(node: Any) -> dict:
-    sup = node.supervisor
-    snap = sup.snapshot()
+def _statuses(node: Any) -> list:
+    """Every node the cluster knows (dead ones too), this one with its live figures."""
+    from .gcs_client._membership import NodeStatus
+
+    out = []
+    me = NodeStatus.from_record(node.node_info(), None)
+    me = attrs.evolve(me, available={k: max(v, 0.0) for k, v in node.sched.available.items()})
+    seen = False
+    for status in node.view.nodes.values():
+        if status.node_id == node.node_hex:
+            out.append(me)
+            seen = True
+        else:
+            out.append(status)
+    if not seen:
+        out.insert(0, me)
+    return out
+
+
+def _alive(node: Any) -> list:
+    return [s for s in _statuses(node) if s.alive]
+
+
+def _sum(parts: Any) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for res in parts:
+        for k, v in res.items():
+            total[k] = total.get(k, 0.0) + max(v, 0.0)
+    return total
+
+
+def _node_entry(node: Any, status: Any) -> dict:
+    """One entry of ``nodes()``, with Ray's keys."""
+    info = status.info
+    return {
+        "NodeID": status.node_id,
+        "Alive": status.alive,
+        "Resources": dict(status.resources),
+        "NodeManagerAddress": status.host,
+        "address": status.address or info.get("address"),
+        "pid": status.pid,
+        "is_head": status.head,
+        "death_reason": status.death_reason,
+        "session_dir": info.get("session_dir"),
+    }
+
+
+def _local_tree(node: Any) -> dict:
+    """This node's own supervision tree."""
+    snap = node.supervisor.snapshot()
     snap["address"] = node.unix_address
+    snap["tcp_address"] = node.tcp_address
+    snap["head"] = node.config.head
+    return snap
+
+
+def _cluster_tree(children: list[dict]) -> dict:
     return {"name": "cluster", "kind": "cluster", "state": "running", "restarts": 0,
-            "pid": None, "node_id": None, "children": [snap]}
+            "pid": None, "node_id": None, "children": children}
+
+
+async def _tree(node: Any, reply: Any) -> None:
+    """The cluster's tree: one subtree per live node, this one's first; a node that
+    does not answer within 5 s shows as ``unreachable``."""
+    import trio
+
+    others = node.view.others()
+    subtrees: dict[str, dict] = {}
+
+    async def one(status: Any) -> None:
+        try:
+            with trio.fail_after(5.0):
+                subtrees[status.node_id] = await node.peers.request(
+                    status.node_id, ("call", "local_tree", ()))
+        except Exception as exc:
+            subtrees[status.node_id] = {
+                "name": "node", "kind": "node", "state": "unreachable", "restarts": 0,
+                "pid": status.pid, "node_id": status.node_id, "children": [],
+                "error": str(exc) or type(exc).__name__}
+
+    async with trio.open_nursery() as nursery:
+        for status in others:
+            nursery.start_soon(one, status)
+    children = [_local_tree(node)] + [subtrees[s.node_id] for s in others]
+    reply.send(_cluster_tree(children))
 
 
 def _status(node: Any) -> dict:
     sched = node.sched.statistics()
+    statuses = _statuses(node)
+    alive = [st for st in statuses if st.alive]
+    total = _sum(st.resources for st in alive)
+    free = _sum(st.available for st in alive)
     return {
-        "nodes": [node.node_info()],
-        "resources_total": sched.total,
-        "resources_used": sched.used,
+        # Every node of the cluster (this one first), dead ones with their reason.
+        "nodes": [dict(st.info, alive=st.alive, death_reason=st.death_reason,
+                       available=st.available, queued=st.queued) for st in statuses],
+        "resources_total": total,
+        "resources_used": {k: v - free.get(k, 0.0) for k, v in total.items()},
         "scheduler": sched,
         "ledger": node.sched.ledger.statistics(),
         "object_store": node.directory.statistics(),
@@ -169,29 +254,26 @@ def dispatch_call(node: Any, name: str, args: tuple, reply: Any) -> None:
 
             node.spawn(with_store)
         elif name == "tree":
-            reply.send(_tree(node))
+            if not node.view.multi or not node.spawn(_tree, node, reply):
+                reply.send(_cluster_tree([_local_tree(node)]))
+        elif name == "local_tree":
+            reply.send(_local_tree(node))
         elif name == "status":
             reply.send(_status(node))
         elif name == "cluster_resources":
-            reply.send(dict(node.sched.total))
+            reply.send(_sum(s.resources for s in _alive(node)))
         elif name == "available_resources":
-            reply.send({k: max(v, 0.0) for k, v in node.sched.available.items()})
+            reply.send(_sum(s.available for s in _alive(node)))
         elif name == "nodes":
-            info = node.node_info()
-            reply.send([{
-                "NodeID": info["node_id"],
-                "Alive": True,
-                "Resources": info["resources"],
-                "NodeManagerAddress": "127.0.0.1",
-                "address": info["address"],
-                "pid": info["pid"],
-                "is_head": info["head"],
-            }])
+            reply.send([_node_entry(node, s) for s in _statuses(node)])
         elif name == "crash":
             reply.send(_crash(node, args[0]))
         elif name == "shutdown":
             reply.send("stopping")
             node.shutdown_requested.set()
+        elif name == "cluster_info":  # a joining node asks its head where the GCS is
+            reply.send({"gcs_address": node.gcs_address, "node_id": node.node_hex,
+                        "head": node.config.head})
         elif name == "ping":
             reply.send("pong")
         elif name == "job_namespace":  # what init(namespace=) said; None: unknown job

@@ -56,9 +56,11 @@ from ..kernel import Supervisor
 from ..protocol._ids import short
 from ..protocol._messages import DRIVER_GRACE, TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
+from ._peers import NodePeers
 from ._tree import build_tree
 from .actor_manager._manager import ActorManager
 from .gcs_client._control import GcsControlState, MemoryControlState
+from .gcs_client._membership import ClusterView
 from .local_scheduler._scheduler import SchedulerState, WorkerInfo
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._directory import ObjectDirectory
@@ -89,6 +91,19 @@ class NodeConfig:
     object_store_memory: int | None = None
     use_gcs: bool = True
     spill_dir: Path | None = None  # None: the session's spill/
+    # A node that joins a cluster: the head node's TCP address (``None``: a head).
+    head_address: str | None = None
+    # Started by ``init()`` for one driver (it stops when that driver exits).
+    embedded: bool = False
+
+    @property
+    def joins(self) -> bool:
+        return self.head_address is not None
+
+    @property
+    def listens_tcp(self) -> bool:
+        """Every node of a multi-node cluster listens on TCP (port 0: any free one)."""
+        return self.port is not None or self.joins
 
 
 @attrs.define(eq=False)
@@ -121,7 +136,12 @@ class NodeRuntime:
         # The control state outlives the ``gcs_client`` component that links it to
         # the GCS (a head runs one; other nodes and ``--no-gcs`` keep it in memory).
         self.control: GcsControlState | MemoryControlState = (
-            GcsControlState() if config.head and config.use_gcs else MemoryControlState())
+            GcsControlState() if (config.head and config.use_gcs) or config.joins
+            else MemoryControlState())
+        # Every node of the cluster as this one knows it (from the GCS, refreshed by
+        # ``gcs_client``), and its links to the others (run by ``node_links``).
+        self.view = ClusterView(self.node_hex)
+        self.peers = NodePeers(self.view, config.token, self.node_hex, self.handle)
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
         self.resources = dict(config.resources)
         self.resources["CPU"] = cpus
@@ -182,9 +202,9 @@ class NodeRuntime:
         )
         self.store_link: StoreLink | None = None  # set by ``run``
         self.tcp_server: transport.Server | None = None
-        if config.port is not None:
+        if config.listens_tcp:
             self.tcp_server = transport.Server(
-                f"tcp:{config.host}:{config.port}",
+                f"tcp:{config.host}:{config.port or 0}",
                 config.token,
                 self.handle,
                 name=f"node-{short(self.node_id)}-tcp",
@@ -254,13 +274,16 @@ class NodeRuntime:
                     self.store_address, self.config.token, f"node-{short(self.node_id)}",
                     trio.lowlevel.current_trio_token(),
                 )
+                self.view.seed(self.node_info())
                 await nursery.start(sup.run)
                 await self.control.register_node(self.node_hex, self.node_info())
                 info = self.session_info()
-                if self.config.head:
-                    write_session_info(self.config.session_dir, info)
+                write_session_info(self.config.session_dir, info)
                 task_status.started(info)
                 await self.shutdown_requested.wait()
+                # While the GCS link is still up (the tree is about to stop).
+                with trio.CancelScope(shield=True):
+                    await self._leave_cluster()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -272,15 +295,45 @@ class NodeRuntime:
                     logger.warning("removing the object store's files failed: %s", exc)
                 if self.config.head:
                     unlink_latest(self.config.session_dir)
-                    try:
-                        (self.config.session_dir / "session.json").unlink()
-                    except FileNotFoundError:
-                        pass
+                try:
+                    (self.config.session_dir / "session.json").unlink()
+                except FileNotFoundError:
+                    pass
                 for sock in (self.config.session_dir / "sockets").glob("*"):
                     try:
                         sock.unlink()
                     except OSError:
                         pass
+
+    async def _leave_cluster(self) -> None:
+        """Mark this node dead (reason "stopped") in the nodes table, so the others
+        act at once instead of after the heartbeat timeout. Best effort, bounded."""
+        client = getattr(self.control, "client", None)
+        if client is None or (self.config.head and not self.view.multi):
+            return
+        with trio.move_on_after(2.0):
+            try:
+                await client.nodes.set_fields(self.node_hex, alive=False,
+                                              death_reason="stopped", died_at=time.time())
+            except Exception as exc:
+                logger.info("could not mark this node stopped in the GCS: %s", exc)
+
+    def declared_dead(self, reason: str) -> None:
+        """The cluster declared this node dead (it was cut off longer than the node
+        timeout): its work is being redone elsewhere, so it stops, as Ray's raylet
+        does, instead of running on as a second copy."""
+        if not self.shutdown_requested.is_set():
+            logger.error("stopping: the cluster declared this node dead (%s)", reason)
+            self.shutdown_requested.set()
+
+    def heartbeat_report(self) -> dict:
+        """What this node's heartbeats say of it (its free resources and queue)."""
+        sched = self.sched
+        return {
+            "available": dict(sched.available),
+            "queued": len(sched.waiting) + len(sched.ready),
+            "running": len(sched.running),
+        }
 
     @property
     def gcs_address(self) -> str | None:
@@ -295,6 +348,7 @@ class NodeRuntime:
             "resources": dict(self.resources),
             "alive": True,
             "head": self.config.head,
+            "host": self.config.host,
             "pid": os.getpid(),
             "session_dir": str(self.config.session_dir),
             "started_at": self.started_at,
@@ -305,7 +359,7 @@ class NodeRuntime:
         from ..session._security import describe
 
         config = self.config
-        tcp = config.port is not None or (config.head and config.use_gcs)
+        tcp = config.listens_tcp or (config.head and config.use_gcs)
         return describe(config.host, tcp, config.tls, config.insecure)
 
     def session_info(self) -> dict:
@@ -319,6 +373,9 @@ class NodeRuntime:
             "session_dir": str(self.config.session_dir),
             "log_dir": str(self.config.session_dir / "logs"),
             "resources": dict(self.resources),
+            "head": self.config.head,
+            "head_address": self.config.head_address,
+            "embedded": self.config.embedded,
         }
 
     # --------------------------------------------------------------- callbacks
@@ -362,6 +419,8 @@ class NodeRuntime:
             del self.clients[client.worker_id]
         if client.role == "driver" and client.worker_id is not None:
             self._driver_departed(client)
+            return
+        if client.role == "node":  # a peer's link: its death is the membership's to judge
             return
         self.actors.client_gone(client)
         if client.worker is not None:

@@ -5,7 +5,9 @@
     node (one_for_one)
     ├── rpc_server        transport.Server on the node's Unix socket (and TCP on a head)
     ├── gcs               (head only) the global control store
-    ├── gcs_client        the node's GCS link and the lineage flusher
+    ├── gcs_client        the node's GCS link, the lineage flusher, heartbeats and
+    │                     its view of the cluster's nodes
+    ├── node_links        its TCP links to the other nodes of the cluster
     ├── global_scheduler  places what the local scheduler cannot
     ├── local_scheduler   the dispatch loop over the node's task queue
     ├── object_manager    the node's object store
@@ -32,7 +34,9 @@ import transport
 from ..core_worker._store_link import StoreLink
 from ..kernel import ChildSpec, Supervisor
 from ..protocol._ids import short
+from ._peers import NodeLinks, NodePeers
 from .gcs_client._link import GcsClientLink
+from .gcs_client._membership import ClusterView, Membership
 from .global_scheduler._scheduler import GlobalScheduler
 from .local_scheduler._scheduler import LocalScheduler, SchedulerState
 from .object_manager._dep_watch import DependencyWatch
@@ -57,6 +61,8 @@ class _TreeConfig(Protocol):
     def host(self) -> str: ...
     @property
     def token(self) -> bytes: ...
+    @property
+    def head_address(self) -> str | None: ...
 
 
 class TreeHost(Protocol):
@@ -98,12 +104,20 @@ class TreeHost(Protocol):
     def store_service(self) -> Any: ...
     @property
     def link_nursery(self) -> trio.Nursery | None: ...  # where links live (they outlive rpc_server)
+    @property
+    def view(self) -> ClusterView: ...
+    @property
+    def peers(self) -> NodePeers: ...
+    def node_info(self) -> dict: ...
+    def heartbeat_report(self) -> dict: ...
+    def declared_dead(self, reason: str) -> None: ...
 
 
 def build_tree(node: TreeHost) -> Supervisor:
     """The node's supervision tree (see the module docstring), GCS included on a head."""
     config = node.config
     children = [ChildSpec("rpc_server", lambda: _RpcServer(node), kind="rpc_server")]
+    # (The head's rpc_server listens on TCP when the cluster may grow: ``--port``.)
     gcs_address = None
     if config.head and config.use_gcs:
         import gcs
@@ -119,12 +133,21 @@ def build_tree(node: TreeHost) -> Supervisor:
         )
         children.append(_to_child_spec(plan.tree))
         gcs_address = functools.partial(plan.wait_ready, timeout=60)
-    children.append(ChildSpec(
-        "gcs_client",
-        lambda: GcsClientLink(node.control, gcs_address=gcs_address, token=config.token,
-                              name=f"node-{short(node.node_id)}"),
-        kind="gcs_client",
-    ))
+    elif config.head_address is not None:
+        gcs_address = functools.partial(_gcs_address_from_head, config.head_address,
+                                        config.token)
+
+    def gcs_client() -> GcsClientLink:
+        membership = None
+        if gcs_address is not None:
+            membership = Membership(
+                view=node.view, record=node.node_info, report=node.heartbeat_report,
+                monitor=config.head, on_self_dead=node.declared_dead)
+        return GcsClientLink(node.control, gcs_address=gcs_address, token=config.token,
+                             name=f"node-{short(node.node_id)}", membership=membership)
+
+    children.append(ChildSpec("gcs_client", gcs_client, kind="gcs_client"))
+    children.append(ChildSpec("node_links", lambda: NodeLinks(node.peers), kind="node_links"))
     children += [
         ChildSpec(
             "global_scheduler",
@@ -157,7 +180,8 @@ def build_tree(node: TreeHost) -> Supervisor:
 
 
 class _RpcServer:
-    """The ``rpc_server`` component: the node's listeners (Unix, and TCP on a head).
+    """The ``rpc_server`` component: the node's listeners (Unix, and TCP when the node
+    is or may be one of many).
 
     The connections it accepted run in the node's nursery, not in this component:
     like the worker processes of the pool (``PoolState``), they are state the node
@@ -197,6 +221,27 @@ def _store_link(node: TreeHost) -> StoreLinkService:
     if node.store_link is None:
         raise RuntimeError("the node's store link is made by NodeRuntime.run, before its tree")
     return StoreLinkService(node.store_link)
+
+
+async def _gcs_address_from_head(head_address: str, token: bytes) -> str:
+    """Where the GCS is, asked of the head node (a node joining the cluster). The
+    head may still be starting: dial for up to a minute before giving up."""
+    deadline = trio.current_time() + 60.0
+    while True:
+        try:
+            async with transport.open_connection(head_address, token,
+                                                 name="node-join") as conn:
+                info = await conn.request(("call", "cluster_info", ()), timeout=10.0)
+        except (transport.ConnectError, transport.ConnectionLost, trio.TooSlowError):
+            if trio.current_time() > deadline:
+                raise
+            await trio.sleep(0.5)
+            continue
+        address = info.get("gcs_address")
+        if not address:
+            raise RuntimeError(f"the head node at {head_address} runs no GCS "
+                               f"(started with --no-gcs): nodes cannot join it")
+        return str(address)
 
 
 def _lineage_cap() -> int:

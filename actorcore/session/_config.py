@@ -373,6 +373,11 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_IGNORE_UNHANDLED_ERRORS", "switch", "0",
            "1: no 'Unhandled error' log line for a failed ref nobody read "
            "(Ray's RAY_IGNORE_UNHANDLED_ERRORS works too)"),
+    EnvVar("ACTORCORE_HEARTBEAT_INTERVAL", "float", "0.5",
+           "seconds between a node's heartbeats to the GCS", minimum=0.01),
+    EnvVar("ACTORCORE_NODE_TIMEOUT", "float", "10",
+           "seconds without a heartbeat before the head declares a node dead "
+           "(at least three heartbeats)", minimum=0.03),
     EnvVar("ACTORCORE_PROFILE_NODE", "path", None,
            "a development aid: write cProfile stats of the node's main thread there"),
 )

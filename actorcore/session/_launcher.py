@@ -46,7 +46,7 @@ from ._session import (
     write_token,
 )
 
-__all__ = ["HeadProcess", "start_head", "find_cluster", "log_tail"]
+__all__ = ["HeadProcess", "start_head", "start_node", "find_cluster", "log_tail"]
 
 logger = logging.getLogger("actorcore.launcher")
 
@@ -117,8 +117,29 @@ def start_head(
     env_vars: dict[str, str] | None = None,
     **options: Any,
 ) -> HeadProcess:
-    """Start a head node with ``config`` (or the `ClusterConfig` fields given as
+    """Start a head node (see `start_node`)."""
+    return start_node(config, tls=tls, embedded=embedded, timeout=timeout,
+                      temp_dir=temp_dir, env_vars=env_vars, **options)
+
+
+def start_node(
+    config: ClusterConfig | None = None,
+    *,
+    head_address: str | None = None,
+    token: bytes | None = None,
+    tls: transport.TlsConfig | None = None,
+    embedded: bool = True,
+    timeout: float = 60.0,
+    temp_dir: Path | None = None,
+    env_vars: dict[str, str] | None = None,
+    **options: Any,
+) -> HeadProcess:
+    """Start a node with ``config`` (or the `ClusterConfig` fields given as
     ``options``, checked here); return once it serves.
+
+    Without ``head_address`` it is the head of a new cluster (a new token). With
+    it, the node joins the cluster whose head listens there, with that cluster's
+    ``token``; it gets a session directory of its own (nodes share nothing but TCP).
 
     ``tls``: a `transport.TlsConfig` standing in for ``config``'s ``tls_*`` files.
     ``temp_dir``: the root of its session directory (default ``root_dir()``; the node
@@ -140,7 +161,10 @@ def start_head(
     what = f"init(_temp_dir={str(root)!r})" if temp_dir else f"ACTORCORE_TMPDIR={str(root)!r}"
     check_root(root, what)
     session_dir = new_session_dir(root)
-    token = secrets.token_bytes(32)
+    if head_address is None:
+        token = secrets.token_bytes(32)
+    elif token is None:
+        raise ValueError(f"joining the cluster at {head_address}: its token is needed")
     write_token(session_dir, token)
     ready_r, ready_w = os.pipe()
     pass_fds = [ready_w]
@@ -149,7 +173,7 @@ def start_head(
         # folder there named like one of our packages cannot shadow it.
         sys.executable, *site_flags(), "-P", "-m", "actorcore.node",
         "--session-dir", str(session_dir),
-        "--head",
+        *(["--head"] if head_address is None else ["--head-address", head_address]),
         "--ready-fd", str(ready_w),
     ]
     parent_w: int | None = None
@@ -199,7 +223,8 @@ def start_head(
         proc.kill()
         code = proc.wait()
         raise ActorcoreSystemError(
-            f"the head node process exited (code {code}) before it was ready.\n"
+            f"the {'head ' if head_address is None else ''}node process exited (code {code}) "
+            f"before it was ready.\n"
             f"{log_tail(session_dir)}"
         )
     info = json.loads(line)

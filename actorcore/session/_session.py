@@ -115,7 +115,7 @@ def new_session_dir(root: Path | None = None) -> Path:
     if not root.exists():
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = root / f"session_{stamp}_{os.getpid()}{secrets.token_hex(1)}"
+    path = root / f"session_{stamp}_{os.getpid()}{secrets.token_hex(3)}"
     path.mkdir(mode=0o700)
     os.chmod(path, 0o700)  # whatever the umask
     for sub in ("sockets", "logs"):
@@ -224,6 +224,20 @@ def pid_alive(pid: int) -> bool:
         return True  # no /proc to ask: it exists
     # "pid (comm) S ...": the state follows the last ')' (comm may hold any bytes).
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+
+
+def live_sessions() -> list[tuple[Path, dict[str, Any]]]:
+    """The sessions of this user's live nodes on this machine, with their info."""
+    out = []
+    for session in _sessions():
+        try:
+            info = read_session_info(session)
+            pid = int(info["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid_alive(pid):
+            out.append((session, info))
+    return out
 
 
 def _sessions() -> list[Path]:

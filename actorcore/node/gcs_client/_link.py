@@ -2,8 +2,10 @@
 
 The node owns the control state (``_control``): the lineage buffer, the function
 cache, and — over the GCS — the client of the moment. This component owns the
-link: it waits for the GCS the head runs, connects, hands the client to the
-control state, and writes the lineage buffer behind for as long as it runs. An
+link: it waits for the GCS the head runs (or, on a node that joins a cluster, asks
+the head where it is), connects, hands the client to the control state, writes the
+lineage buffer behind, and runs the node's heartbeats and view of the cluster
+(``_membership``) for as long as it runs. An
 exception in either crashes the component; the node's supervisor restarts it, it
 connects again, and the flusher carries on from the same buffer (a batch leaves
 the buffer only once written, so a crash half way through a write loses nothing).
@@ -23,6 +25,7 @@ import attrs
 import trio
 
 from ._control import GcsControlState
+from ._membership import Membership
 
 __all__ = ["GcsClientLink"]
 
@@ -43,11 +46,13 @@ class GcsClientLink:
         gcs_address: Callable[[], Awaitable[str]] | None,
         token: bytes,
         name: str,
+        membership: Membership | None = None,
     ) -> None:
         self.control = control
         self._gcs_address = gcs_address
         self._token = token
         self._name = name
+        self.membership = membership
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         control = self.control
@@ -62,7 +67,10 @@ class GcsClientLink:
             control.attach(client, address)
             try:
                 task_status.started(address)
-                await control.flush_forever()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(control.flush_forever)
+                    if self.membership is not None:
+                        nursery.start_soon(self.membership.run, client)
             finally:
                 control.detach()
 
@@ -71,5 +79,8 @@ class GcsClientLink:
                              filter=lambda _field, value: value is not None)
         stats.pop("gcs_client", None)
         linked = getattr(self.control, "linked", None)
+        if self.membership is not None:
+            stats["nodes_alive"] = len(self.membership.view.alive())
+            stats["heartbeats"] = self.membership.seq
         return {"kind": "gcs_client", **stats,
                 **({"linked": linked} if linked is not None else {})}
