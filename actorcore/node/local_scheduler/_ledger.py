@@ -27,7 +27,7 @@ CPU back even if another task got it meanwhile (oversubscription, as in Ray).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import attrs
 import trio
@@ -35,7 +35,7 @@ import trio
 __all__ = ["LedgerStatistics", "ResourceLedger", "fits"]
 
 
-def fits(need: dict[str, float], available: dict[str, float]) -> bool:
+def fits(need: Mapping[str, float], available: Mapping[str, float]) -> bool:
     """Whether ``need`` fits in ``available`` (with a tolerance for float sums)."""
     for k, v in need.items():
         if available.get(k, 0.0) < v - 1e-9:
