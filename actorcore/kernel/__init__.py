@@ -2,24 +2,18 @@
 
 Every system component is a supervised service: a :class:`Supervisor` runs child
 services from :class:`ChildSpec`\\ s, restarts them by strategy within a restart
-intensity and stops them in reverse start order; an :class:`Actor` is a service
-with a bounded mailbox. Services follow a structural child protocol (see
-``_spec.py`` and CONTRACTS.md §1), so code that supervises or is supervised does not
-need to import this package. The kernel imports nothing else of actorcore.
+intensity and stops them in reverse start order. Services follow a structural
+child protocol (see ``_spec.py`` and CONTRACTS.md §1), so code that supervises or
+is supervised does not need to import this package. The kernel imports nothing else of actorcore.
 """
 
-from ._actor import Actor, ActorStatistics
 from ._child import ChildInfo
 from ._errors import (
-    ActorError,
-    ActorStopped,
-    AskTimeout,
     ChildNotRunning,
     ChildStartFailed,
     DuplicateChild,
     InjectedCrash,
     KernelError,
-    MailboxFull,
     RestartIntensityExceeded,
     SupervisorFailed,
     SupervisorNotRunning,
@@ -35,11 +29,6 @@ __all__ = [
     "SNAPSHOT_KEYS",
     "STATES",
     "STRATEGIES",
-    "Actor",
-    "ActorError",
-    "ActorStatistics",
-    "ActorStopped",
-    "AskTimeout",
     "ChildInfo",
     "ChildNotRunning",
     "ChildSpec",
@@ -47,7 +36,6 @@ __all__ = [
     "DuplicateChild",
     "InjectedCrash",
     "KernelError",
-    "MailboxFull",
     "RestartIntensityExceeded",
     "RestartType",
     "Service",

@@ -8,15 +8,11 @@ them.
 from __future__ import annotations
 
 __all__ = [
-    "ActorError",
-    "ActorStopped",
-    "AskTimeout",
     "ChildNotRunning",
     "ChildStartFailed",
     "DuplicateChild",
     "InjectedCrash",
     "KernelError",
-    "MailboxFull",
     "RestartIntensityExceeded",
     "SupervisorFailed",
     "SupervisorNotRunning",
@@ -150,26 +146,6 @@ class WaitTimeout(KernelError, TimeoutError):
 
 
 # -- actors ----------------------------------------------------------------------------
-
-
-class ActorError(KernelError):
-    """Base class of the errors about one actor; ``actor`` is its name."""
-
-    def __init__(self, message: str, *, actor: str) -> None:
-        super().__init__(message)
-        self.actor = actor
-
-
-class MailboxFull(ActorError):
-    """``tell_nowait`` found the actor's bounded mailbox full."""
-
-
-class AskTimeout(ActorError, TimeoutError):
-    """``ask`` got no reply within its timeout."""
-
-
-class ActorStopped(ActorError):
-    """The actor stopped (or was never started) before it could handle the message."""
 
 
 def _describe(error: BaseException | None) -> str:
