@@ -35,6 +35,7 @@ from .api._api import (
 )
 from .api._remote_function import RemoteFunction
 from .api._supervisor import SupervisorRef, supervisor
+from .core_worker._generator import DynamicObjectRefGenerator, ObjectRefGenerator
 from .core_worker._object_ref import ObjectRef
 from .node.actor_manager._introspect import ActorManagerStatistics
 from .node.gcs_client._control import ControlStatistics
@@ -64,9 +65,11 @@ __all__ = [
     "ClusterInfo",
     "ControlStatistics",
     "DirectoryStatistics",
+    "DynamicObjectRefGenerator",
     "LedgerStatistics",
     "ObjectID",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "RuntimeContext",
     "SchedulerStatistics",

@@ -113,8 +113,8 @@ def test_method_options_are_implemented_or_refused_by_name():
                        ("retry_exceptions", True), ("bogus", 1)):
         with pytest.raises(ValueError, match=rf"@method\({key}={value!r}\) is not supported"):
             ray.method(**{key: value})
-    with pytest.raises(ValueError, match="num_returns='streaming'"):
-        ray.method(num_returns="streaming")
+    with pytest.raises(ValueError, match="num_returns='stream'"):
+        ray.method(num_returns="stream")  # "streaming" and "dynamic": test_ray_api2
     with pytest.raises(TypeError, match="keyword options"):
         ray.method(1, 2)
 

@@ -29,7 +29,7 @@ from ._actor_handle import (
     request_node,
     unpin,
 )
-from ._options import resources_of, validate_actor_options
+from ._options import num_returns_code, resources_of, validate_actor_options
 from ._remote_function import FunctionExport
 
 __all__ = ["ActorClass", "make_actor_class"]
@@ -42,7 +42,7 @@ def _method_meta(fn: Any, options: dict[str, Any], bound: bool = True) -> Method
     """What callers check a call against (``check_call_args``); ``bound``: ``fn``'s
     first positional parameter (``self``, ``cls``) is not the caller's to give."""
     is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
-    num_returns = options.get("num_returns", 1)
+    num_returns = num_returns_code(options.get("num_returns", 1))
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):

@@ -25,6 +25,7 @@ import attrs
 from ..core_worker import _worker_state
 from ..core_worker._object_ref import ObjectRef
 from ..session._launcher import HeadProcess, find_cluster, start_head
+from ._options import check_num_returns
 from ._remote_function import RemoteFunction
 
 __all__ = [
@@ -471,9 +472,7 @@ def method(*args: Any, **options: Any) -> Any:
     for key in sorted(set(options) - {"num_returns"}):
         why = _METHOD_OPTIONS_REFUSED.get(key, "valid: num_returns")
         raise ValueError(f"@method({key}={options[key]!r}) is not supported by actorcore ({why})")
-    nr = options.get("num_returns", 1)
-    if isinstance(nr, bool) or not isinstance(nr, int) or nr < 0:
-        raise ValueError(f"@method(num_returns={nr!r}): must be an int >= 0")
+    check_num_returns(options.get("num_returns", 1), "@method")
 
     def decorator(fn: Callable) -> Callable:
         if not callable(fn):
@@ -558,7 +557,7 @@ def wait(
     return _worker_state.auto_core().wait(refs, num_returns, timeout)
 
 
-def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task or actor method call that produces ``object_ref``.
 
     A queued task never runs; a running one gets ``TaskCancelledError`` raised inside
@@ -578,7 +577,15 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     submitted, and the tasks those submitted, are cancelled the same way (``force``
     included), and so is any task it submits after the cancel while it still runs.
     Actor method calls it made are not cancelled. ``recursive=False``: only this one.
+
+    An ``ObjectRefGenerator`` (``num_returns="streaming"``) cancels its task: the
+    items it yielded stand, the next ref raises ``TaskCancelledError``, then the
+    iteration ends.
     """
+    from ..core_worker._generator import ObjectRefGenerator
+
+    if isinstance(object_ref, ObjectRefGenerator):
+        object_ref = object_ref.completed()
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
     from ._actor_handle import cancel_actor_call

@@ -69,7 +69,9 @@ class WorkerProcess:
     async def handle(self, conn: Any, message: Any, reply: Any) -> None:
         op = message[0]
         if op == "execute":
-            if len(message) > 3:  # the owner listens for results pushed directly
+            # The owner listens for results pushed directly; not a generator's: its
+            # end must not overtake its items, which go through the node.
+            if len(message) > 3 and message[1].num_returns >= 0:
                 self._owner_addr[message[1].task_id] = message[3]
             self._execute(message[1], message[2])
         elif op == "ready":
@@ -112,7 +114,8 @@ class WorkerProcess:
             # One wake-up of the loop per task: it sends the results and starts the next.
             token.run_sync_soon(self._finished, spec.task_id, results, retry)
 
-        ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode, spill)
+        ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode, spill,
+                             stream_emitter(core))
         self._executors.append(holder[0])
         return ref
 
@@ -130,7 +133,8 @@ class WorkerProcess:
             token.run_sync_soon(self._finished, spec.task_id, results, retry)
 
         ref.executor = Executor(report, self.node_id.hex(), self._executors.append,
-                                encode, decode, return_spill(core))  # ``main`` runs it
+                                encode, decode, return_spill(core),
+                                stream_emitter(core))  # ``main`` runs it
         main.submit(ref.executor.on_start)
         self._main_ref = ref
 
@@ -329,6 +333,16 @@ def return_spill(core: CoreWorker) -> Spill | None:
     # Half the node's limit, as for batched submissions: the rest of the message
     # and the push to a driver (whose limit may be lower) keep a wide margin.
     return Spill(put, lambda: core.frame_limit() // 2)
+
+
+def stream_emitter(core: CoreWorker) -> Callable[[Any, list, bool], None]:
+    """How a generator task or call in this process sends its items (any thread):
+    to the node, on the link its end will follow on (see ``_executor.StreamWriter``)."""
+
+    def emit(spec: Any, results: list, push: bool) -> None:
+        core._enqueue(("stream_items", spec.owner, results, push))
+
+    return emit
 
 
 def results_size(results: list) -> int:

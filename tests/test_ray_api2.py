@@ -1,0 +1,282 @@
+"""Ray API that programs rely on (issue 14, part two), each on a real embedded
+cluster: generator tasks (``num_returns="streaming"`` / ``"dynamic"``), and GPUs.
+
+Every test checks the Ray behaviour and then that the cluster still serves a
+follow-up task or actor call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+import actorcore as ray
+from actorcore import exceptions as exc
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, Any]]:
+    """A real embedded cluster with 2 CPUs and 2 (pretend) GPUs for this module."""
+    info = ray.init(num_cpus=2, num_gpus=2, log_to_driver=False)
+    yield info
+    ray.shutdown()
+
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+@ray.remote
+def add_one(x):
+    return x + 1
+
+
+def _healthy():
+    """A follow-up task works: the cluster kept serving."""
+    assert ray.get(add_one.remote(41), timeout=30) == 42
+
+
+# ------------------------------------------------------------- generator tasks
+
+
+@ray.remote(num_returns="streaming")
+def count_up(n, fail_at=None, pause=0.0):
+    for i in range(n):
+        if i == fail_at:
+            raise ValueError(f"boom at {i}")
+        yield i * 10
+        if pause:
+            time.sleep(pause)
+
+
+@ray.remote(num_returns="streaming")
+def wait_for_release(release):
+    """Yields one item, then waits until ``release`` (an actor) says go."""
+    yield "first"
+    deadline = time.monotonic() + 30
+    while not ray.get(release.is_set.remote()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("never released")
+        time.sleep(0.01)
+    yield "second"
+
+
+@ray.remote
+class Flag:
+    def __init__(self):
+        self.flag = False
+
+    def set(self):
+        self.flag = True
+
+    def is_set(self):
+        return self.flag
+
+
+def test_streaming_task_yields_refs_in_order():
+    gen = count_up.remote(5)
+    assert isinstance(gen, ray.ObjectRefGenerator)
+    refs = list(gen)
+    assert ray.get(refs, timeout=30) == [0, 10, 20, 30, 40]
+    assert gen.is_finished()
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert ray.get(gen.completed(), timeout=30) == 5  # the end: how many items
+    _healthy()
+
+
+def test_streaming_caller_sees_first_item_before_the_generator_ends():
+    release = Flag.remote()
+    gen = wait_for_release.remote(release)
+    first = gen._next_sync(timeout_s=30)  # the generator is still blocked after it
+    assert ray.get(first, timeout=30) == "first"
+    with pytest.raises(exc.GetTimeoutError):
+        gen._next_sync(timeout_s=0.2)
+    ray.get(release.set.remote(), timeout=30)
+    assert ray.get(next(gen), timeout=30) == "second"
+    assert list(gen) == []
+    _healthy()
+
+
+def test_streaming_exception_is_the_error_of_the_next_ref():
+    refs = list(count_up.remote(5, fail_at=2))
+    assert len(refs) == 3  # two values, then the error, then the end
+    assert ray.get(refs[:2], timeout=30) == [0, 10]
+    with pytest.raises(ValueError, match="boom at 2"):
+        ray.get(refs[2], timeout=30)
+    _healthy()
+
+
+def test_streaming_large_items_go_through_the_store():
+    @ray.remote(num_returns="streaming")
+    def big():
+        for i in range(3):
+            yield np.full(300_000, i, dtype=np.int64)  # 2.4 MB each
+
+    sums = [int(ray.get(r, timeout=30).sum()) for r in big.remote()]
+    assert sums == [0, 300_000, 600_000]
+    _healthy()
+
+
+def test_streaming_async_generator_function():
+    @ray.remote(num_returns="streaming")
+    async def agen(n):
+        for i in range(n):
+            await asyncio.sleep(0.01)
+            yield i
+
+    assert ray.get(list(agen.remote(4)), timeout=30) == [0, 1, 2, 3]
+
+
+def test_streaming_not_a_generator_fails_naming_the_function():
+    @ray.remote(num_returns="streaming")
+    def not_a_generator():
+        return 3
+
+    refs = list(not_a_generator.remote())
+    assert len(refs) == 1
+    with pytest.raises(TypeError, match="not_a_generator has num_returns='streaming'"):
+        ray.get(refs[0], timeout=30)
+    _healthy()
+
+
+def test_streaming_async_iteration_from_asyncio_and_trio():
+    async def collect():
+        return [await ref async for ref in count_up.remote(3)]
+
+    assert asyncio.run(collect()) == [0, 10, 20]
+    assert trio.run(collect) == [0, 10, 20]
+
+    async def by_anext():
+        gen = count_up.remote(2)
+        first = await gen.__anext__()
+        second = await gen.__anext__()
+        with pytest.raises(StopAsyncIteration):
+            await gen.__anext__()
+        return [await first, await second]
+
+    assert asyncio.run(by_anext()) == [0, 10]
+
+
+def test_streaming_from_a_thread_and_nested_in_a_task():
+    out: list = []
+    t = threading.Thread(target=lambda: out.extend(ray.get(list(count_up.remote(3)))))
+    t.start()
+    t.join(30)
+    assert out == [0, 10, 20]
+
+    @ray.remote
+    def consume(n):
+        return [ray.get(r) for r in count_up.remote(n)]
+
+    assert ray.get(consume.remote(4), timeout=30) == [0, 10, 20, 30]
+
+
+def test_cancel_a_streaming_task():
+    gen = count_up.remote(1000, pause=0.05)
+    assert ray.get(next(gen), timeout=30) == 0
+    ray.cancel(gen)
+    rest = list(gen)
+    assert len(rest) < 999
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(rest[-1], timeout=30)
+    assert ray.get(rest[:-1], timeout=30) == [10 * (i + 1) for i in range(len(rest) - 1)]
+    _healthy()
+
+
+def test_dynamic_task_returns_one_ref_of_the_refs():
+    @ray.remote(num_returns="dynamic")
+    def split(n):
+        for i in range(n):
+            yield [i] * 3
+
+    ref = split.remote(4)
+    assert isinstance(ref, ray.ObjectRef)
+    dyn = ray.get(ref, timeout=30)
+    assert isinstance(dyn, ray.DynamicObjectRefGenerator)
+    assert len(dyn) == 4
+    assert ray.get(list(dyn), timeout=30) == [[i] * 3 for i in range(4)]
+
+    @ray.remote
+    def total(refs_holder):
+        return sum(sum(ray.get(r)) for r in refs_holder)
+
+    assert ray.get(total.remote(dyn), timeout=30) == 3 * (0 + 1 + 2 + 3)
+
+
+def test_dynamic_generator_error_is_the_refs_error():
+    @ray.remote(num_returns="dynamic", max_retries=0)
+    def broken():
+        yield 1
+        raise KeyError("dynamic boom")
+
+    with pytest.raises(KeyError, match="dynamic boom"):
+        ray.get(broken.remote(), timeout=30)
+    _healthy()
+
+
+def test_num_returns_refuses_other_strings():
+    with pytest.raises(ValueError, match="num_returns='stream'"):
+        count_up.options(num_returns="stream")
+
+
+@ray.remote
+class Streamer:
+    @ray.method(num_returns="streaming")
+    def numbers(self, n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise RuntimeError(f"actor boom at {i}")
+            yield i
+
+    def ping(self):
+        return "pong"
+
+
+@ray.remote
+class AsyncStreamer:
+    async def numbers(self, n):
+        for i in range(n):
+            await asyncio.sleep(0.01)
+            yield i
+
+    def sync_numbers(self, n):
+        yield from range(n)
+
+    async def ping(self):
+        return "pong"
+
+
+def test_streaming_actor_methods_sync_and_async():
+    s = Streamer.remote()
+    assert ray.get(list(s.numbers.remote(4)), timeout=30) == [0, 1, 2, 3]
+    refs = list(s.numbers.remote(5, fail_at=1))
+    assert len(refs) == 2
+    with pytest.raises(RuntimeError, match="actor boom at 1"):
+        ray.get(refs[1], timeout=30)
+    assert ray.get(s.ping.remote(), timeout=30) == "pong"
+
+    a = AsyncStreamer.remote()
+    gen = a.numbers.options(num_returns="streaming").remote(3)
+    assert ray.get(list(gen), timeout=30) == [0, 1, 2]
+    gen = a.sync_numbers.options(num_returns="streaming").remote(3)
+    assert ray.get(list(gen), timeout=30) == [0, 1, 2]
+
+    async def collect():
+        return [await r async for r in a.numbers.options(num_returns="streaming").remote(3)]
+
+    assert asyncio.run(collect()) == [0, 1, 2]
+    assert ray.get(a.ping.remote(), timeout=30) == "pong"
+
+
+def test_dynamic_actor_method():
+    s = Streamer.remote()
+    dyn = ray.get(s.numbers.options(num_returns="dynamic").remote(3), timeout=30)
+    assert ray.get(list(dyn), timeout=30) == [0, 1, 2]
+    _healthy()
