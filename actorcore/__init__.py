@@ -42,7 +42,7 @@ from .node.gcs_client._control import ControlStatistics
 from .node.local_scheduler._ledger import LedgerStatistics
 from .node.local_scheduler._scheduler import SchedulerStatistics
 from .node.object_manager._directory import DirectoryStatistics
-from .runtime_context import RuntimeContext, get_runtime_context
+from .runtime_context import RuntimeContext, get_gpu_ids, get_runtime_context
 from .worker._cancel import CallGateStatistics
 
 __version__ = "0.1.0"
@@ -79,6 +79,7 @@ __all__ = [
     "exceptions",
     "get",
     "get_actor",
+    "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",

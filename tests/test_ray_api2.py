@@ -8,6 +8,7 @@ follow-up task or actor call.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -279,4 +280,94 @@ def test_dynamic_actor_method():
     s = Streamer.remote()
     dyn = ray.get(s.numbers.options(num_returns="dynamic").remote(3), timeout=30)
     assert ray.get(list(dyn), timeout=30) == [0, 1, 2]
+    _healthy()
+
+
+# ------------------------------------------------------------------------ GPUs
+
+
+@ray.remote(num_gpus=1)
+def one_gpu(hold=0.0):
+    time.sleep(hold)
+    return (ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"),
+            ray.get_runtime_context().get_accelerator_ids())
+
+
+@ray.remote
+class Barrier:
+    def __init__(self):
+        self.arrived = 0
+
+    def arrive(self):
+        self.arrived += 1
+
+    def count(self):
+        return self.arrived
+
+
+@ray.remote(num_gpus=0.5, num_cpus=0)  # (the cluster has 2 CPUs: four at once)
+def half_gpu(barrier, parties):
+    """Returns once ``parties`` tasks hold their half GPU together."""
+    ray.get(barrier.arrive.remote())
+    deadline = time.monotonic() + 30
+    while ray.get(barrier.count.remote()) < parties:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the others never came")
+        time.sleep(0.01)
+    return ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+@ray.remote
+def no_gpu():
+    return ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+@ray.remote(num_gpus=1)
+class GpuActor:
+    def ids(self):
+        return (ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"),
+                ray.get_runtime_context().get_accelerator_ids())
+
+
+def test_tasks_get_their_own_gpu_ids_and_cuda_visible_devices():
+    ids, env, accel = ray.get(one_gpu.remote(), timeout=30)
+    assert len(ids) == 1 and ids[0] in (0, 1)
+    assert env == str(ids[0]) and accel == {"GPU": [str(ids[0])]}
+    # Two at once hold different GPUs.
+    both = ray.get([one_gpu.remote(0.5), one_gpu.remote(0.5)], timeout=30)
+    assert sorted(r[0][0] for r in both) == [0, 1]
+    assert sorted(r[1] for r in both) == ["0", "1"]
+    # A task without GPUs sees none (the variable as the worker started).
+    assert ray.get(no_gpu.remote(), timeout=30) == ([], None)
+
+    @ray.remote(num_gpus=2)
+    def two():
+        return ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    assert ray.get(two.remote(), timeout=30) == ([0, 1], "0,1")
+    assert ray.get_gpu_ids() == []  # the driver holds none
+    _healthy()
+
+
+def test_fractional_gpus_share_an_id():
+    barrier = Barrier.options(num_cpus=0).remote()
+    results = ray.get([half_gpu.remote(barrier, 4) for _ in range(4)], timeout=60)
+    ids = sorted(r[0][0] for r in results)
+    assert ids == [0, 0, 1, 1]  # two halves on each GPU, each sees one id
+    assert all(r[1] == str(r[0][0]) for r in results)
+    with pytest.raises(ValueError, match="num_gpus=1.5"):
+        one_gpu.options(num_gpus=1.5)
+
+
+def test_actors_hold_their_gpu_ids_while_they_live():
+    a = GpuActor.remote()
+    ids, env, accel = ray.get(a.ids.remote(), timeout=30)
+    assert len(ids) == 1 and env == str(ids[0]) and accel == {"GPU": [str(ids[0])]}
+    # The other GPU is what a task gets while the actor holds its own.
+    other = ray.get(one_gpu.remote(), timeout=30)[0]
+    assert other == [1 - ids[0]]
+    ray.kill(a)
+    b = GpuActor.remote()
+    assert len(ray.get(b.ids.remote(), timeout=30)[0]) == 1
+    ray.kill(b)
     _healthy()

@@ -112,6 +112,11 @@ def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: 
     for key in ("num_cpus", "num_gpus", "memory"):
         if options.get(key) is not None:
             _check_number(key, options[key])
+    g = options.get("num_gpus")
+    if g is not None and g > 1 and g != int(g):
+        raise ValueError(
+            f"option num_gpus={g!r}: more than one GPU must be a whole number "
+            "(a fraction shares one GPU)")
     if options.get("resources") is not None:
         _check_resources(options["resources"])
     name = options.get("name")

@@ -125,6 +125,25 @@ def run_task(
         task_context.spec = None
 
 
+#: ``CUDA_VISIBLE_DEVICES`` as this worker process started (restored after each task
+#: that held GPUs: a task that holds none sees what the process was given).
+_CUDA_AT_START = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def set_gpu_ids(ids: tuple[int, ...] | list[int]) -> None:
+    """The GPUs the node assigned to the task this thread runs next: what
+    ``get_gpu_ids()`` answers, and the process's ``CUDA_VISIBLE_DEVICES`` (a worker
+    runs one task at a time; a task blocked in ``get`` keeps its GPUs)."""
+    ids = tuple(ids)
+    task_context.gpu_ids = ids
+    if ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
+    elif _CUDA_AT_START is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = _CUDA_AT_START
+
+
 #: ``emit(spec, results, push)``: send a generator's items to the node, which records
 #: them and, with ``push``, sends them on to the caller (``("stream_items", ...)``).
 Emit = Callable[[Any, list, bool], None]
@@ -367,10 +386,11 @@ class Executor(pykka.ThreadingActor):
         self.thread_ident = threading.get_ident()
 
     def on_receive(self, message: Any) -> None:
-        spec, function, dep_data = message
+        spec, function, dep_data, *more = message
         with self._lock:
             self.current = spec
         started = time.monotonic()
+        set_gpu_ids(more[0] if more else ())
         try:
             results, retry = run_task(
                 spec, function, dep_data, self._node_id, self._encode, self._decode,

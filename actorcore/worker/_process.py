@@ -71,9 +71,9 @@ class WorkerProcess:
         if op == "execute":
             # The owner listens for results pushed directly; not a generator's: its
             # end must not overtake its items, which go through the node.
-            if len(message) > 3 and message[1].num_returns >= 0:
+            if len(message) > 3 and message[3] is not None and message[1].num_returns >= 0:
                 self._owner_addr[message[1].task_id] = message[3]
-            self._execute(message[1], message[2])
+            self._execute(message[1], message[2], message[4] if len(message) > 4 else ())
         elif op == "ready":
             if self.core is not None:
                 self.core.on_objects_ready(message[1])
@@ -153,19 +153,19 @@ class WorkerProcess:
     # They start in order, one at a time; when every running task is blocked in
     # ``get`` the next one starts in another executor (the node counts the same way).
 
-    def _execute(self, spec: TaskSpec, dep_data: list) -> None:
+    def _execute(self, spec: TaskSpec, dep_data: list, gpu_ids: tuple = ()) -> None:
         fn = self.functions.get(spec.function_id)
         if fn is None:
             fn = _FunctionLoader(self, spec.function_id)
-        self._pending.append((spec, fn, dep_data))
+        self._pending.append((spec, fn, dep_data, gpu_ids))
         self._pump()
 
     def _pump(self) -> None:
         running = self._running
         while self._pending and not any(not blocked for blocked in running.values()):
-            spec, fn, dep_data = self._pending.popleft()
-            running[spec.task_id] = False
-            self._take_executor().tell((spec, fn, dep_data))
+            item = self._pending.popleft()
+            running[item[0].task_id] = False
+            self._take_executor().tell(item)
 
     def _finished(self, task_id: bytes, results: list, retry: bool) -> None:
         """A task ended (core loop): results to the owner directly when it listens

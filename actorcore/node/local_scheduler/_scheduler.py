@@ -92,6 +92,7 @@ class WorkerInfo:
     tasks: dict[bytes, TaskSpec] = attrs.Factory(dict)
     blocked_tasks: set[bytes] = attrs.Factory(set)
     held: dict[bytes, dict[str, float]] = attrs.Factory(dict)  # task id -> resources
+    gpu_ids: dict[bytes, tuple[int, ...]] = attrs.Factory(dict)  # task id -> its GPUs
     queued: collections.deque[bytes] = attrs.Factory(collections.deque)  # not started yet
     shape: tuple = ()
     force_cancelled: set[bytes] = attrs.Factory(set)
@@ -104,12 +105,15 @@ class WorkerInfo:
         return bool(self.blocked_tasks)
 
     def available(self) -> bool:
-        """Can start a task now: alive, registered, every task it runs is blocked."""
+        """Can start a task now: alive, registered, every task it runs is blocked,
+        and none of those holds GPUs (the process's ``CUDA_VISIBLE_DEVICES`` is
+        theirs until they end)."""
         return (
             self.state != "dead"
             and self.conn is not None
             and not self.queued
             and len(self.tasks) == len(self.blocked_tasks)
+            and not self.gpu_ids
         )
 
     def can_pipeline(self, shape: tuple) -> bool:
@@ -588,6 +592,8 @@ class SchedulerState:
         ready = self.ready
         if key not in ready.queues:
             return
+        if any(name == "GPU" for name, _amount in key):
+            return  # its GPU ids are chosen when it starts, and sent with it
         for worker in list({id(w): w for w in self.running.values()}.values()):
             while key in ready.queues and worker.can_pipeline(key):
                 spec = ready.popleft(key)
@@ -605,23 +611,36 @@ class SchedulerState:
             spec = worker.tasks[tid]
             self.ledger.take(spec.resources)
             worker.held[tid] = dict(spec.resources)
+            self._assign_gpus(worker, spec)
 
     def _start(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         """Hand ``spec`` to ``worker``: take its resources, send it with its inputs."""
         self.ledger.take(spec.resources)
         worker.held[spec.task_id] = dict(spec.resources)
+        self._assign_gpus(worker, spec)
         worker.tasks[spec.task_id] = spec
         worker.state = "busy"
         worker.shape = ReadyQueues.shape(spec)
         self.running[spec.task_id] = worker
         self._send(worker, spec)
 
+    def _assign_gpus(self, worker: WorkerInfo, spec: TaskSpec) -> None:
+        """Name the GPUs a task that took some holds (its ``CUDA_VISIBLE_DEVICES``)."""
+        amount = spec.resources.get("GPU")
+        if amount:
+            ids = self.ledger.gpus.assign(amount)
+            if ids:
+                worker.gpu_ids[spec.task_id] = ids
+
     def _send(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         entries = self.directory.entries
         dep_data = [(entries[oid].is_error, entries[oid].data) for oid in spec.deps]
         direct = self.host.owner_address(spec.owner)
+        gpus = worker.gpu_ids.get(spec.task_id)
         try:
-            if direct is None:
+            if gpus:  # ("execute", spec, deps, owner's address or None, GPU ids)
+                worker.conn.send_nowait(("execute", spec, dep_data, direct, gpus))
+            elif direct is None:
                 worker.conn.send_nowait(("execute", spec, dep_data))
             else:
                 worker.conn.send_nowait(("execute", spec, dep_data, direct))
@@ -703,6 +722,9 @@ class SchedulerState:
         worker.force_cancelled.discard(task_id)
         self.running.pop(task_id, None)
         held = worker.held.pop(task_id, None)
+        gpus = worker.gpu_ids.pop(task_id, None)
+        if gpus and held:
+            self.ledger.gpus.release(gpus, held.get("GPU", 0.0))
         if held:
             held.pop("_blocked_cpu", None)
             self.ledger.release(held)
