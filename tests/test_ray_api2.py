@@ -371,3 +371,120 @@ def test_actors_hold_their_gpu_ids_while_they_live():
     assert len(ray.get(b.ids.remote(), timeout=30)[0]) == 1
     ray.kill(b)
     _healthy()
+
+
+# ----------------------------------------------------------------- runtime_env
+
+
+@pytest.fixture
+def code_dirs(tmp_path):
+    """A working_dir with a module and a data file, and py_modules (a package and a
+    single-file module), each named so that nothing else on the path has them."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "api2_wd_helper.py").write_text('VALUE = "from working_dir"\n')
+    (wd / "data.txt").write_text("shipped data\n")
+    (wd / ".git").mkdir()
+    (wd / ".git" / "big").write_bytes(b"x" * 1000)  # left out, as Ray does
+    pkg = tmp_path / "mods" / "api2_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('NAME = "api2_pkg"\n')
+    single = tmp_path / "mods" / "api2_single.py"
+    single.write_text("X = 7\n")
+    return {"wd": str(wd), "pkg": str(pkg), "single": str(single)}
+
+
+@ray.remote
+def where_am_i():
+    try:
+        import api2_wd_helper
+
+        value = api2_wd_helper.VALUE
+    except ImportError:
+        value = None
+    data = open("data.txt").read().strip() if os.path.exists("data.txt") else None
+    return value, data, os.environ.get("API2_VAR"), os.getpid()
+
+
+def test_working_dir_and_env_vars_per_task(code_dirs):
+    env = {"working_dir": code_dirs["wd"], "env_vars": {"API2_VAR": "set"}}
+    value, data, var, pid = ray.get(where_am_i.options(runtime_env=env).remote(), timeout=60)
+    assert (value, data, var) == ("from working_dir", "shipped data", "set")
+    # Tasks without it run in other processes: nothing leaks into them.
+    plain = ray.get([where_am_i.remote() for _ in range(4)], timeout=60)
+    assert all(r[:3] == (None, None, None) for r in plain)
+    assert pid not in {r[3] for r in plain}
+    # Again with the env: the same answers (cached package, a worker of that env).
+    again = ray.get([where_am_i.options(runtime_env=env).remote() for _ in range(3)], timeout=60)
+    assert all(r[:3] == ("from working_dir", "shipped data", "set") for r in again)
+    _healthy()
+
+
+def test_working_dir_is_unpacked_once_per_node_content_addressed(code_dirs, cluster):
+    env = {"working_dir": code_dirs["wd"]}
+    ray.get(where_am_i.options(runtime_env=env).remote(), timeout=60)
+    root = os.path.join(cluster["session_dir"], "runtime_resources")
+    unpacked = [d for d in os.listdir(root) if not d.startswith(".")]
+    (here,) = [d for d in unpacked
+               if os.path.exists(os.path.join(root, d, "api2_wd_helper.py"))]
+    assert len(here) == 40  # the SHA-1 of the zip
+    assert not os.path.exists(os.path.join(root, here, ".git"))
+
+
+def test_py_modules_on_sys_path(code_dirs):
+    @ray.remote
+    def use_modules():
+        import api2_pkg
+        import api2_single
+
+        return api2_pkg.NAME, api2_single.X
+
+    env = {"py_modules": [code_dirs["pkg"], code_dirs["single"]]}
+    assert ray.get(use_modules.options(runtime_env=env).remote(), timeout=60) == ("api2_pkg", 7)
+
+
+def test_runtime_env_of_an_actor_and_in_remote(code_dirs):
+    @ray.remote(runtime_env={"working_dir": code_dirs["wd"], "env_vars": {"API2_VAR": "actor"}})
+    class InEnv:
+        def report(self):
+            import api2_wd_helper
+
+            return api2_wd_helper.VALUE, os.environ.get("API2_VAR")
+
+    a = InEnv.remote()
+    assert ray.get(a.report.remote(), timeout=60) == ("from working_dir", "actor")
+    ray.kill(a)
+    _healthy()
+
+
+@pytest.mark.parametrize("env, match", [
+    ({"pip": ["requests"]}, r"runtime_env\['pip'\] is not supported"),
+    ({"conda": "env"}, r"runtime_env\['conda'\] is not supported"),
+    ({"uv": ["x"]}, r"runtime_env\['uv'\] is not supported"),
+    ({"container": {"image": "x"}}, r"runtime_env\['container'\] is not supported"),
+    ({"bogus": 1}, r"runtime_env\['bogus'\]: unknown key"),
+    ({"working_dir": "s3://bucket/code.zip"}, "remote URIs are not supported"),
+    ({"working_dir": "/nonexistent/dir"}, "not a directory"),
+    ({"py_modules": "/tmp"}, "expected a list"),
+    ({"env_vars": {"A": 1}}, r"env_vars'\]\['A'\]=1"),
+])
+def test_runtime_env_refusals_name_the_key(env, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        where_am_i.options(runtime_env=env)
+    with pytest.raises((ValueError, TypeError), match=match):
+        Flag.options(runtime_env=env)
+
+
+def test_workers_of_other_envs_are_let_go_when_the_pool_is_full():
+    # More distinct envs than the pool has workers (2 CPUs): each one still runs,
+    # in a process of its own env.
+    pids = {}
+    for i in range(4):
+        env = {"env_vars": {"API2_VAR": f"env{i}"}}
+        _value, _data, var, pid = ray.get(where_am_i.options(runtime_env=env).remote(),
+                                          timeout=60)
+        assert var == f"env{i}"
+        pids[i] = pid
+    assert len(set(pids.values())) == 4
+    assert ray.get(where_am_i.remote(), timeout=60)[2] is None
+    _healthy()

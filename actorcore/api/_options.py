@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..protocol._ids import DYNAMIC, STREAMING
+from ._runtime_env import validate_runtime_env
 
 __all__ = [
     "TASK_OPTIONS",
@@ -61,7 +62,6 @@ _RESERVED_RESOURCES = ("CPU", "GPU", "memory")
 # refused with an error naming the option instead.
 _NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "scheduling_strategy": (None, "DEFAULT", "SPREAD"),
-    "runtime_env": (None, {}),
     "accelerator_type": (None,),
     "label_selector": (None, {}),
     "max_pending_calls": (None, -1),
@@ -109,6 +109,9 @@ def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: 
             f"{', '.join(unknown)} (valid: {', '.join(sorted(allowed))})"
         )
     _check_neutral(options)
+    out = dict(options)
+    if "runtime_env" in options:
+        out["runtime_env"] = validate_runtime_env(options["runtime_env"], "option")
     for key in ("num_cpus", "num_gpus", "memory"):
         if options.get(key) is not None:
             _check_number(key, options[key])
@@ -122,7 +125,7 @@ def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: 
     name = options.get("name")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"option name={name!r}: expected a str")
-    return dict(options)
+    return out
 
 
 def validate_task_options(options: Mapping[str, Any]) -> dict:

@@ -29,6 +29,7 @@ from ._options import (
     resources_of,
     validate_task_options,
 )
+from ._runtime_env import resolve_runtime_env
 
 __all__ = ["RemoteFunction", "FunctionExport"]
 
@@ -149,6 +150,7 @@ class RemoteFunction:
             retry_exceptions=retry_exc,
             parent_task_id=core.current_task_id(),
             owner=core.worker_id,
+            runtime_env=resolve_runtime_env(core, options.get("runtime_env")),
         )
         ids = return_ids(task_id, max(num_returns, 1))
         if num_returns == STREAMING:  # its items may come back at once

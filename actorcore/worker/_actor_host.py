@@ -94,6 +94,10 @@ class HostContext:
         return cls
 
     def construct(self, spec: ActorSpec, dep_data: list, record: dict | None) -> Any:
+        if spec.runtime_env:  # before the class is unpickled: it may import from there
+            from ._runtime_env import apply_runtime_env
+
+            apply_runtime_env(self.core, spec.runtime_env)
         cls = self.load_class(spec, record)
         deps = [self.decode(oid, data) for oid, (_e, data) in zip(spec.deps, dep_data, strict=True)]
         args, kwargs = _serialization.loads_args(spec.args, deps)

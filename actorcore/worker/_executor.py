@@ -392,6 +392,8 @@ class Executor(pykka.ThreadingActor):
         started = time.monotonic()
         set_gpu_ids(more[0] if more else ())
         try:
+            if spec.runtime_env:
+                self._prepare(spec.runtime_env)
             results, retry = run_task(
                 spec, function, dep_data, self._node_id, self._encode, self._decode,
                 self._spill, self._emit,
@@ -414,6 +416,14 @@ class Executor(pykka.ThreadingActor):
             with self._lock:
                 self.current = None
         self._report(spec, results, retry, time.monotonic() - started)
+
+    def _prepare(self, env: dict) -> None:
+        """Apply a task's runtime env (``worker._runtime_env``); a failure to is the
+        task's error, raised here where ``on_receive`` reports it."""
+        from ..core_worker._worker_state import current_core
+        from ._runtime_env import apply_runtime_env
+
+        apply_runtime_env(current_core(), env)
 
     def interrupt(self, task_id: bytes) -> bool:
         """Raise ``TaskCancelledError`` in the thread if it still runs ``task_id``."""

@@ -95,6 +95,11 @@ class WorkerInfo:
     gpu_ids: dict[bytes, tuple[int, ...]] = attrs.Factory(dict)  # task id -> its GPUs
     queued: collections.deque[bytes] = attrs.Factory(collections.deque)  # not started yet
     shape: tuple = ()
+    # The runtime env (``api._runtime_env`` key) of the tasks it runs: set by its
+    # first task ("" for none); None while it has run none. A worker runs tasks of
+    # one runtime env only, as Ray's pool is keyed by it: the env vars, working
+    # directory and modules a task imported stay in its process.
+    env_key: str | None = None
     force_cancelled: set[bytes] = attrs.Factory(set)
     in_idle: bool = False
     idle_since: float = 0.0
@@ -159,6 +164,12 @@ class WorkerInfo:
         }
 
 
+def env_key(spec: TaskSpec) -> str:
+    """The key of a task's runtime env ("" for none)."""
+    env = spec.runtime_env
+    return env.get("key", "") if env else ""
+
+
 class ReadyQueues:
     """Tasks whose inputs are ready, one FIFO per resource shape (Ray's scheduling
     classes): placing work looks at each shape's head only, so a long queue that
@@ -170,7 +181,11 @@ class ReadyQueues:
 
     @staticmethod
     def shape(spec: TaskSpec) -> tuple:
-        return tuple(sorted(spec.resources.items()))
+        key = tuple(sorted(spec.resources.items()))
+        env = spec.runtime_env
+        if env:  # one queue per runtime env too: each waits for its own workers
+            return (*key, ("~runtime_env", env.get("key", "")))
+        return key
 
     def append(self, spec: TaskSpec) -> None:
         key = self.shape(spec)
@@ -563,13 +578,7 @@ class SchedulerState:
                 if not fits(spec.resources, available):
                     self._pipeline(key)
                     break
-                worker = None
-                while self.idle:
-                    w = self.idle.popleft()
-                    w.in_idle = False
-                    if w.available():
-                        worker = w
-                        break
+                worker = self._idle_worker_for(spec)
                 if worker is None:
                     # Resources are free but no worker is idle: the pool starts one
                     # (see the docstring); tasks needing no CPU always wait for a new
@@ -584,6 +593,39 @@ class SchedulerState:
                     break
                 ready.popleft(key)
                 self._start(worker, spec)
+
+    def _idle_worker_for(self, spec: TaskSpec) -> WorkerInfo | None:
+        """An idle worker that may run ``spec``: one of its runtime env, or one that
+        ran nothing yet. Idle workers of other envs stay idle; when the pool is full
+        of them and none is starting, one is let go so that the pool can start a
+        worker for ``spec`` (as Ray's pool evicts idle workers of other envs)."""
+        env = env_key(spec)
+        other: list[WorkerInfo] = []
+        worker = None
+        while self.idle:
+            w = self.idle.popleft()
+            w.in_idle = False
+            if not w.available():
+                continue
+            if w.env_key is not None and w.env_key != env:
+                other.append(w)
+                continue
+            worker = w
+            break
+        if worker is None and other and not self.host.pool_can_grow() \
+                and not self.workers_starting():
+            victim = other.pop(0)
+            conn = victim.conn
+            self.worker_died(victim, "idle, of another runtime_env: let go")
+            try:
+                conn.send_nowait(("exit",))
+            except Exception as exc:
+                logger.info("letting worker_%d go failed (%r): killing it", victim.index, exc)
+                self.host.kill_worker(victim)
+        for w in other:
+            w.in_idle = True
+            self.idle.append(w)
+        return worker
 
     def workers_starting(self) -> bool:
         return self.host.pool_starting() > 0
@@ -618,6 +660,7 @@ class SchedulerState:
         self.ledger.take(spec.resources)
         worker.held[spec.task_id] = dict(spec.resources)
         self._assign_gpus(worker, spec)
+        worker.env_key = env_key(spec)
         worker.tasks[spec.task_id] = spec
         worker.state = "busy"
         worker.shape = ReadyQueues.shape(spec)
@@ -683,17 +726,25 @@ class SchedulerState:
         on every wake-up would make scheduling quadratic.
         """
         n = 0
-        idle = sum(1 for w in self.idle if w.available())
-        want = limit + idle
+        idle = collections.Counter(w.env_key for w in self.idle if w.available())
+        want = limit + sum(idle.values())
         avail = dict(self.available)
         for i, spec in enumerate(self.ready):
             if i >= 4 * want + 16 or n >= want:
                 break
             if fits(spec.resources, avail):
-                n += 1
+                # An idle worker of its runtime env (or one that ran nothing yet)
+                # takes it; else it needs a new worker.
+                env = env_key(spec)
+                if idle[env] > 0:
+                    idle[env] -= 1
+                elif idle[None] > 0:
+                    idle[None] -= 1
+                else:
+                    n += 1
                 for k, v in spec.resources.items():
                     avail[k] = avail.get(k, 0.0) - v
-        return max(0, n - idle)
+        return n
 
     # -- internals ---------------------------------------------------------------------
 
