@@ -35,13 +35,14 @@ from .api._api import (
 )
 from .api._remote_function import RemoteFunction
 from .api._supervisor import SupervisorRef, supervisor
+from .core_worker._generator import DynamicObjectRefGenerator, ObjectRefGenerator
 from .core_worker._object_ref import ObjectRef
 from .node.actor_manager._introspect import ActorManagerStatistics
 from .node.gcs_client._control import ControlStatistics
 from .node.local_scheduler._ledger import LedgerStatistics
 from .node.local_scheduler._scheduler import SchedulerStatistics
 from .node.object_manager._directory import DirectoryStatistics
-from .runtime_context import RuntimeContext, get_runtime_context
+from .runtime_context import RuntimeContext, get_gpu_ids, get_runtime_context
 from .worker._cancel import CallGateStatistics
 
 __version__ = "0.1.0"
@@ -64,9 +65,11 @@ __all__ = [
     "ClusterInfo",
     "ControlStatistics",
     "DirectoryStatistics",
+    "DynamicObjectRefGenerator",
     "LedgerStatistics",
     "ObjectID",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "RuntimeContext",
     "SchedulerStatistics",
@@ -76,6 +79,7 @@ __all__ = [
     "exceptions",
     "get",
     "get_actor",
+    "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",

@@ -6,7 +6,18 @@ from typing import Any
 
 from .core_worker import _worker_state
 
-__all__ = ["RuntimeContext", "get_runtime_context"]
+__all__ = ["RuntimeContext", "current_gpu_ids", "get_gpu_ids", "get_runtime_context"]
+
+
+def current_gpu_ids() -> list[int]:
+    """The GPU ids the node assigned to the task or actor this thread runs (``[]``
+    in a driver, or for one that asked for no GPU)."""
+    ctx = _worker_state.task_context.__dict__
+    actor_id = ctx.get("actor_id")
+    if actor_id is not None:
+        run = _worker_state.actors.get(actor_id)
+        return list(run.gpu_ids) if run is not None else []
+    return list(ctx.get("gpu_ids") or ())
 
 
 class RuntimeContext:
@@ -30,6 +41,11 @@ class RuntimeContext:
 
     def get_actor_id(self) -> str | None:
         return _worker_state.task_context.__dict__.get("actor_id")
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """The accelerators assigned to the calling task or actor, by kind, as Ray
+        gives them: ``{"GPU": ["0", "1"]}`` (ids as str; empty in a driver)."""
+        return {"GPU": [str(i) for i in current_gpu_ids()]}
 
     @property
     def node_id(self) -> str:
@@ -91,3 +107,10 @@ class RuntimeContext:
 
 def get_runtime_context() -> RuntimeContext:
     return RuntimeContext(_worker_state.auto_core())
+
+
+def get_gpu_ids() -> list[int]:
+    """The ids of the GPUs assigned to the calling task or actor (``0 .. n-1`` of a
+    node started with ``num_gpus=n``; one id for a fraction), as Ray's: the ids its
+    ``CUDA_VISIBLE_DEVICES`` names. ``[]`` in a driver or without GPUs."""
+    return current_gpu_ids()

@@ -43,7 +43,7 @@ def no_cluster():
         ({"dashboard_port": 8265}, ValueError, r"dashboard_port=8265"),
         ({"dashboard_host": "0.0.0.0"}, ValueError, r"dashboard_host='0.0.0.0'"),
         ({"runtime_env": {"pip": ["requests"], "env_vars": {}}}, ValueError,
-         r"runtime_env.*'pip' not supported"),
+         r"runtime_env\['pip'\] is not supported"),
         ({"runtime_env": {"env_vars": {"A": 1}}}, TypeError, r"env_vars'\]\['A'\]=1"),
         ({"runtime_env": {"env_vars": {"A=B": "1"}}}, ValueError, r"'A=B' is not a valid"),
         ({"runtime_env": ["env_vars"]}, TypeError, r"runtime_env=\['env_vars'\]"),

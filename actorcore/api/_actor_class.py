@@ -29,8 +29,9 @@ from ._actor_handle import (
     request_node,
     unpin,
 )
-from ._options import resources_of, validate_actor_options
+from ._options import num_returns_code, resources_of, validate_actor_options
 from ._remote_function import FunctionExport
+from ._runtime_env import resolve_runtime_env
 
 __all__ = ["ActorClass", "make_actor_class"]
 
@@ -42,7 +43,7 @@ def _method_meta(fn: Any, options: dict[str, Any], bound: bool = True) -> Method
     """What callers check a call against (``check_call_args``); ``bound``: ``fn``'s
     first positional parameter (``self``, ``cls``) is not the caller's to give."""
     is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
-    num_returns = options.get("num_returns", 1)
+    num_returns = num_returns_code(options.get("num_returns", 1))
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -205,6 +206,11 @@ class ActorClass:
             raise ValueError(
                 f"{meta.class_name}.__actorcore_backend__={backend!r}: must be 'asyncio' or 'trio'"
             )
+        runtime_env = resolve_runtime_env(core, options.get("runtime_env"))
+        if runtime_env and options.get("placement") == "shared":
+            raise ValueError(
+                f"actor {meta.class_name}: runtime_env needs a process of its own; "
+                "it cannot be given with placement='shared'")
         spec = ActorSpec(
             actor_id=new_task_id(),
             job_id=core.current_job_id(),
@@ -226,6 +232,7 @@ class ActorClass:
             owner=core.worker_id,
             job_namespace=default_namespace(),
             handles=tuple(carried),
+            runtime_env=runtime_env,
         )
         _ensure_exported(core, export)
         if name is None and sup_name is None:

@@ -53,12 +53,14 @@ import trio
 from ..core_worker import _worker_state
 from ..core_worker._core_worker import _Entry
 from ..core_worker._direct_calls import cancel_call, detach, drop_actor, submit_call
+from ..core_worker._generator import refs_of_call
 from ..core_worker._object_ref import ObjectRef
 from ..core_worker._worker_state import task_context
 from ..exceptions import ActorcoreError, ActorcoreSystemError
 from ..protocol._actors import CallSpec, ClassMeta, MethodMeta
-from ..protocol._ids import new_task_id, return_ids
+from ..protocol._ids import STREAMING, new_task_id, return_ids
 from ..protocol._serialization import ArgStore, dumps_args
+from ._options import check_num_returns, num_returns_code
 
 logger = logging.getLogger("actorcore.actors")
 
@@ -321,10 +323,9 @@ class ActorMethod:
                 f"unknown option(s) for actor method {self._qualname}: "
                 f"{', '.join(sorted(unknown))} (valid: num_returns)"
             )
-        if num_returns is not None and (
-            isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0
-        ):
-            raise ValueError(f"option num_returns={num_returns!r}: must be an int >= 0")
+        if num_returns is not None:
+            check_num_returns(num_returns, "option")
+            num_returns = num_returns_code(num_returns)
         return ActorMethod(self._handle, self._name, self._meta, num_returns)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -352,8 +353,9 @@ class ActorMethod:
         for oid in ids:
             entries[oid] = _CallEntry(owned=True, actor=aid, method=qualname)
         # The refs exist before the call leaves: its result may come back at once.
-        out: Any = None if n == 0 else ObjectRef(ids[0]) if n == 1 else [
-            ObjectRef(i) for i in ids]
+        if n == STREAMING:  # and so may a generator's items
+            core.register_stream(task_id)
+        out: Any = refs_of_call(core, n, ids)
         # ``submit_call`` frees the argument objects once the call no longer needs them.
         submit_call(core, spec, by_ref)
         if carried:

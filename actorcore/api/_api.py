@@ -25,7 +25,9 @@ import attrs
 from ..core_worker import _worker_state
 from ..core_worker._object_ref import ObjectRef
 from ..session._launcher import HeadProcess, find_cluster, start_head
+from ._options import check_num_returns
 from ._remote_function import RemoteFunction
+from ._runtime_env import set_job_runtime_env, validate_runtime_env
 
 __all__ = [
     "init",
@@ -122,8 +124,11 @@ def init(
     ``NotImplementedError`` before anything starts), never silently ignored. Those
     marked *new cluster* apply only when no ``address`` is given:
 
-    - ``runtime_env={"env_vars": {...}}`` (*new cluster*): set in the environment of
-      every worker and actor process (and the node); any other key is refused.
+    - ``runtime_env``: ``env_vars`` (*new cluster*) are set in the environment of
+      every worker and actor process (and the node); ``working_dir`` and
+      ``py_modules`` are shipped to the cluster and are the default of every task
+      and actor of this job (see ``api._runtime_env``); ``pip``, ``conda``, ``uv``,
+      ``container`` and unknown keys are refused naming the key.
     - ``object_spilling_directory`` (*new cluster*): where the store spills objects
       that do not fit in memory (default: the session's ``spill/``).
     - ``_temp_dir`` (*new cluster*): the root of the session directory (sockets,
@@ -146,7 +151,8 @@ def init(
                         dashboard_host, dashboard_port)
     if namespace is not None and (not isinstance(namespace, str) or not namespace):
         raise ValueError(f"init(namespace={namespace!r}): expected a non-empty str")
-    env_vars = _env_vars_of(runtime_env)
+    job_env = validate_runtime_env(runtime_env, "init()") or {}
+    env_vars = job_env.pop("env_vars", None)  # the node's and its workers' environment
     level = _logging_level(logging_level)
     new_cluster = {"runtime_env": env_vars, "object_spilling_directory": object_spilling_directory,
                    "_temp_dir": _temp_dir}
@@ -231,6 +237,7 @@ def init(
             job_id=core.job_id.hex(),
         )
         _state["info"] = result
+        set_job_runtime_env(job_env)  # working_dir, py_modules: every task's and actor's
         return result
 
 
@@ -295,36 +302,6 @@ def _refuse_unsupported(
             raise ValueError(f"init(dashboard_host={dashboard_host!r}): actorcore has no dashboard")
         if dashboard_port is not None:
             raise ValueError(f"init(dashboard_port={dashboard_port!r}): actorcore has no dashboard")
-
-
-def _env_vars_of(runtime_env: Any) -> dict[str, str] | None:
-    """The ``env_vars`` of a job's ``runtime_env``, the only part actorcore honours."""
-    if runtime_env is None:
-        return None
-    if not isinstance(runtime_env, dict):
-        raise TypeError(
-            f"init(runtime_env={runtime_env!r}): expected a dict such as {{'env_vars': {{...}}}}"
-        )
-    other = sorted(str(k) for k in runtime_env if k != "env_vars")
-    if other:
-        raise ValueError(
-            f"init(runtime_env): {', '.join(repr(k) for k in other)} not supported by actorcore "
-            "(only 'env_vars' is; install packages and code where the cluster runs)"
-        )
-    env_vars = runtime_env.get("env_vars") or {}
-    if not isinstance(env_vars, dict):
-        raise TypeError(
-            f"init(runtime_env['env_vars']={env_vars!r}): expected a dict of str -> str"
-        )
-    for k, v in env_vars.items():
-        if not isinstance(k, str) or not k or "=" in k or "\0" in k:
-            raise ValueError(f"init(runtime_env['env_vars']): {k!r} is not a valid variable name")
-        if not isinstance(v, str):
-            raise TypeError(
-                f"init(runtime_env['env_vars'][{k!r}]={v!r}): expected a str, "
-                f"got {type(v).__name__}"
-            )
-    return dict(env_vars) or None
 
 
 def _logging_level(level: Any) -> int | None:
@@ -401,6 +378,7 @@ def shutdown() -> None:
         if loop is not None:
             loop.stop()
         _worker_state.set_core(None)
+        set_job_runtime_env(None)
         if head is not None:
             head.stop()
         _state.update(loop=None, head=None, info=None)
@@ -471,9 +449,7 @@ def method(*args: Any, **options: Any) -> Any:
     for key in sorted(set(options) - {"num_returns"}):
         why = _METHOD_OPTIONS_REFUSED.get(key, "valid: num_returns")
         raise ValueError(f"@method({key}={options[key]!r}) is not supported by actorcore ({why})")
-    nr = options.get("num_returns", 1)
-    if isinstance(nr, bool) or not isinstance(nr, int) or nr < 0:
-        raise ValueError(f"@method(num_returns={nr!r}): must be an int >= 0")
+    check_num_returns(options.get("num_returns", 1), "@method")
 
     def decorator(fn: Callable) -> Callable:
         if not callable(fn):
@@ -558,7 +534,7 @@ def wait(
     return _worker_state.auto_core().wait(refs, num_returns, timeout)
 
 
-def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task or actor method call that produces ``object_ref``.
 
     A queued task never runs; a running one gets ``TaskCancelledError`` raised inside
@@ -578,7 +554,15 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     submitted, and the tasks those submitted, are cancelled the same way (``force``
     included), and so is any task it submits after the cancel while it still runs.
     Actor method calls it made are not cancelled. ``recursive=False``: only this one.
+
+    An ``ObjectRefGenerator`` (``num_returns="streaming"``) cancels its task: the
+    items it yielded stand, the next ref raises ``TaskCancelledError``, then the
+    iteration ends.
     """
+    from ..core_worker._generator import ObjectRefGenerator
+
+    if isinstance(object_ref, ObjectRefGenerator):
+        object_ref = object_ref.completed()
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
     from ._actor_handle import cancel_actor_call

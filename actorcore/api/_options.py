@@ -11,6 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..protocol._ids import DYNAMIC, STREAMING
+from ._runtime_env import validate_runtime_env
+
 __all__ = [
     "TASK_OPTIONS",
     "ACTOR_OPTIONS",
@@ -18,6 +21,8 @@ __all__ = [
     "validate_actor_options",
     "resources_of",
     "DEFAULT_MAX_RETRIES",
+    "check_num_returns",
+    "num_returns_code",
 ]
 
 DEFAULT_MAX_RETRIES = 3
@@ -57,7 +62,6 @@ _RESERVED_RESOURCES = ("CPU", "GPU", "memory")
 # refused with an error naming the option instead.
 _NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "scheduling_strategy": (None, "DEFAULT", "SPREAD"),
-    "runtime_env": (None, {}),
     "accelerator_type": (None,),
     "label_selector": (None, {}),
     "max_pending_calls": (None, -1),
@@ -105,15 +109,23 @@ def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: 
             f"{', '.join(unknown)} (valid: {', '.join(sorted(allowed))})"
         )
     _check_neutral(options)
+    out = dict(options)
+    if "runtime_env" in options:
+        out["runtime_env"] = validate_runtime_env(options["runtime_env"], "option")
     for key in ("num_cpus", "num_gpus", "memory"):
         if options.get(key) is not None:
             _check_number(key, options[key])
+    g = options.get("num_gpus")
+    if g is not None and g > 1 and g != int(g):
+        raise ValueError(
+            f"option num_gpus={g!r}: more than one GPU must be a whole number "
+            "(a fraction shares one GPU)")
     if options.get("resources") is not None:
         _check_resources(options["resources"])
     name = options.get("name")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"option name={name!r}: expected a str")
-    return dict(options)
+    return out
 
 
 def validate_task_options(options: Mapping[str, Any]) -> dict:
@@ -121,8 +133,7 @@ def validate_task_options(options: Mapping[str, Any]) -> dict:
     out = _validate_common(options, TASK_OPTIONS, "a remote function")
     nr = out.get("num_returns")
     if nr is not None:
-        if isinstance(nr, bool) or not isinstance(nr, int) or nr < 0:
-            raise ValueError(f"option num_returns={nr!r}: must be an int >= 0")
+        check_num_returns(nr, "option")
     mr = out.get("max_retries")
     if mr is not None:
         if isinstance(mr, bool) or not isinstance(mr, int) or mr < -1:
@@ -135,6 +146,30 @@ def validate_task_options(options: Mapping[str, Any]) -> dict:
                 f"option retry_exceptions={re!r}: expected a bool or a list of exception types"
             )
     return out
+
+
+_GENERATOR_RETURNS = {"streaming": STREAMING, "dynamic": DYNAMIC}
+
+
+def check_num_returns(nr: Any, where: str) -> None:
+    """Refuse a ``num_returns`` that is neither an int >= 0 nor a generator's
+    ``"streaming"`` / ``"dynamic"``; ``where`` names the place (``option``, ...)."""
+    if isinstance(nr, str):
+        if nr not in _GENERATOR_RETURNS:
+            raise ValueError(
+                f"{where} num_returns={nr!r}: must be an int >= 0, 'streaming' or 'dynamic'")
+    elif isinstance(nr, bool) or not isinstance(nr, int) or nr < 0:
+        raise ValueError(
+            f"{where} num_returns={nr!r}: must be an int >= 0, 'streaming' or 'dynamic'")
+
+
+def num_returns_code(nr: Any) -> int:
+    """``num_returns`` as a spec carries it: the count, or ``STREAMING`` / ``DYNAMIC``."""
+    if nr is None:
+        return 1
+    if isinstance(nr, str):
+        return _GENERATOR_RETURNS[nr]
+    return int(nr)
 
 
 def validate_actor_options(options: Mapping[str, Any]) -> dict:

@@ -17,13 +17,19 @@ from typing import Any
 import cloudpickle
 
 from ..core_worker import _worker_state
-from ..core_worker._object_ref import ObjectRef
+from ..core_worker._generator import refs_of_call
 from ..exceptions import SerializationError
-from ..protocol._ids import new_task_id, return_ids
+from ..protocol._ids import STREAMING, new_task_id, return_ids
 from ..protocol._messages import TaskSpec
 from ..protocol._serialization import dumps
 from ._actor_handle import check_call_args, dumps_carrying, unpin, unpin_when_ready
-from ._options import DEFAULT_MAX_RETRIES, resources_of, validate_task_options
+from ._options import (
+    DEFAULT_MAX_RETRIES,
+    num_returns_code,
+    resources_of,
+    validate_task_options,
+)
+from ._runtime_env import resolve_runtime_env
 
 __all__ = ["RemoteFunction", "FunctionExport"]
 
@@ -117,9 +123,7 @@ class RemoteFunction:
 
     def _submit_spec(self, core: Any, export: FunctionExport, options: dict[str, Any],
                      blob: bytes, deps: list[bytes], carried: list[bytes]) -> Any:
-        num_returns = options.get("num_returns", 1)
-        if num_returns is None:
-            num_returns = 1
+        num_returns = num_returns_code(options.get("num_returns", 1))
         if options is self._options and self._spec_cache is not None:
             resources, max_retries, retry_exc = self._spec_cache
         else:
@@ -146,16 +150,19 @@ class RemoteFunction:
             retry_exceptions=retry_exc,
             parent_task_id=core.current_task_id(),
             owner=core.worker_id,
+            runtime_env=resolve_runtime_env(core, options.get("runtime_env")),
         )
         ids = return_ids(task_id, max(num_returns, 1))
-        core.submit_task(spec, export)
+        if num_returns == STREAMING:  # its items may come back at once
+            core.register_stream(task_id)
+        try:
+            core.submit_task(spec, export)
+        except BaseException:
+            core.drop_stream(task_id)
+            raise
         if carried:  # actor handles in the arguments: held here until the task is done
             unpin_when_ready(core, ids[0], carried)
-        if num_returns == 0:
-            return None
-        if num_returns == 1:
-            return ObjectRef(ids[0])
-        return [ObjectRef(i) for i in ids]
+        return refs_of_call(core, num_returns, ids)
 
 
 class _BoundOptions:

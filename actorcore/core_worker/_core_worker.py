@@ -113,7 +113,7 @@ _SPEC_OVERHEAD = 512
 _LINK_DOWN = (transport.ConnectionLost, trio.ClosedResourceError, trio.BrokenResourceError)
 
 #: Messages that carry objects ``[(object_id, is_error, data), ...]``, and where.
-_RESULT_FIELD = {"put": 1, "done": 2, "actor_done": 3}
+_RESULT_FIELD = {"put": 1, "done": 2, "actor_done": 3, "stream_items": 2}
 
 
 @attrs.define(slots=True, eq=False)
@@ -181,6 +181,9 @@ class CoreWorker:
         self.current_task_id: Callable[[], bytes | None] = lambda: None
         self.on_blocked: Callable[[bytes, bool], None] | None = None
         self.stats: collections.Counter[str] = collections.Counter()
+        # task id -> the item ids pushed to us so far, of each generator task we own
+        # whose ``ObjectRefGenerator`` lives (``register_stream``).
+        self._streams: dict[bytes, set[bytes]] = {}
 
     # ------------------------------------------------------------------ sending
 
@@ -537,10 +540,73 @@ class CoreWorker:
         for oid, is_error, data in items:
             entry = entries.get(oid)
             if entry is None:
-                continue  # freed by its owner meanwhile
+                entry = self._stream_item(oid)
+                if entry is None:
+                    continue  # freed by its owner meanwhile
             self._set_ready(entry, is_error, data)
             if entry.dropped:
                 self._drop_late(oid, entry)
+
+    # ------------------------------------------------------- generator tasks
+
+    # A generator task's items reach its owner as the node records them, before the
+    # caller asks for them (the caller sees the first before the generator ends).
+    # The owner has made no entry for them at submission (it does not know how many
+    # there will be), so a pushed item of a stream it still iterates gets an owned
+    # entry here, and the ``ObjectRefGenerator`` takes the same entry when it reaches
+    # that item (``stream_entry``: either side may come first; ``setdefault`` makes
+    # them meet). Items of a stream whose generator is gone are freed on arrival.
+
+    def register_stream(self, task_id: bytes) -> None:
+        """Items of ``task_id`` pushed to us are kept for its ``ObjectRefGenerator``."""
+        self._streams.setdefault(task_id, set())
+
+    def stream_entry(self, oid: bytes) -> _Entry:
+        """The owned entry of a stream item (made if it has not arrived yet)."""
+        entry = self._entries.get(oid)
+        if entry is None:
+            entry = self._entries.setdefault(oid, _Entry(owned=True))
+        items = self._streams.get(oid[:16])
+        if items is not None:
+            items.add(oid)
+        return entry
+
+    def _stream_item(self, oid: bytes) -> _Entry | None:
+        """The entry for a pushed item of a live stream (core loop), else ``None``;
+        an item of a stream nobody iterates any more is freed at once."""
+        from ..protocol._ids import is_stream_item
+
+        if not is_stream_item(oid):
+            return None
+        items = self._streams.get(oid[:16])
+        if items is None:  # its generator is gone: nobody will ask for it
+            self._enqueue(("free", [oid]), wake=False)
+            return None
+        items.add(oid)
+        return self._entries.setdefault(oid, _Entry(owned=True))
+
+    def drop_stream(self, task_id: bytes) -> None:
+        """The ``ObjectRefGenerator`` of ``task_id`` is gone (any thread): items that
+        arrived and that no ref holds are freed, and later ones when they come."""
+        items = self._streams.pop(task_id, None)
+        if not items or self._closed:
+            return
+        free = []
+        with self._refs_lock:
+            for oid in items:
+                if self._refcounts.get(oid) or oid in self._escaped:
+                    continue
+                entry = self._entries.get(oid)
+                if entry is not None and entry.ready:
+                    del self._entries[oid]
+                    if entry.is_error and not entry.seen:
+                        self._report_unhandled(oid, entry)
+                    free.append(oid)
+                elif entry is not None:
+                    entry.dropped = True
+                    free.append(oid)
+        if free:
+            self._enqueue(("free", free), wake=False)
 
     def _set_ready(self, entry: _Entry, is_error: bool, data: Any) -> None:
         """Make ``entry`` ready and run its callbacks (core loop)."""
@@ -849,6 +915,37 @@ class CoreWorker:
         """Call ``callback`` once every object in ``oids`` is ready (core loop, or now)."""
         entries = [self._entry_for(oid) for oid in oids]
         self._register(entries, len(entries), callback)
+
+    async def await_any(self, oids: Sequence[bytes]) -> None:
+        """Return once one of ``oids`` is ready, in asyncio or Trio code (any thread)."""
+        import sniffio
+
+        entries = [self._entry_for(oid) for oid in oids]
+        lib = sniffio.current_async_library()
+        if lib == "trio":
+            token = trio.lowlevel.current_trio_token()
+            ev = trio.Event()
+            if token is self.trio_token:
+                cb = self._register(entries, 1, ev.set)
+            else:
+                cb = self._register(entries, 1, lambda: token.run_sync_soon(ev.set))
+            try:
+                await ev.wait()
+            finally:
+                self._unregister(entries, cb)
+        elif lib == "asyncio":
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+            aev = asyncio.Event()
+            cb = self._register(
+                entries, 1, lambda: _discard(loop.call_soon_threadsafe(aev.set)))
+            try:
+                await aev.wait()
+            finally:
+                self._unregister(entries, cb)
+        else:
+            raise RuntimeError(f"async iteration of an ObjectRefGenerator is not supported under {lib}")
 
     async def await_ref(self, ref: ObjectRef) -> Any:
         """``await ref`` in asyncio or Trio code running on another thread's loop."""

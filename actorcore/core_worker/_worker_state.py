@@ -32,6 +32,7 @@ class ActorRun:
     job_id: bytes
     namespace: str  # its job's namespace
     incarnation: int  # 1 for the first start; more once it was restarted
+    gpu_ids: tuple[int, ...] = ()  # the GPUs the node assigned to it
 
 
 #: The actors this (actor worker) process hosts, by actor id in hex (the key the

@@ -218,6 +218,7 @@ class NodeRuntime:
             "blocked": self._h_blocked,
             "unblocked": self._h_unblocked,
             "done": self._h_done,
+            "stream_items": self._h_stream_items,
             "get_function": self._h_get_function,
             "call": self._h_call,
             "bye": self._h_bye,
@@ -588,6 +589,19 @@ class NodeRuntime:
             pushed = len(m) > 4 and m[4]
             self.objects.hold_store_objects(results, conn)
             self.sched.task_done(worker, task_id, results, retry, pushed)
+
+    def _h_stream_items(self, conn: Any, m: tuple, reply: Any) -> None:
+        """Values a generator task or actor method yielded (``core_worker._generator``):
+        recorded as its results are, and pushed to the caller who owns them, unless
+        its one return will carry their refs (``num_returns="dynamic"``)."""
+        owner, results, push = m[1], m[2], m[3]
+        self.objects.hold_store_objects(results, conn)
+        client = self.clients.get(owner)
+        if client is not None and client.role == "driver":
+            client.owned.update(oid for oid, _e, _d in results)  # freed with the driver
+        self.directory.put_many(results)
+        if push:
+            self.deliver(owner, results)
 
     def _h_get_function(self, conn: Any, m: tuple, reply: Any) -> None:
         fid = m[1]

@@ -90,6 +90,8 @@ class ActorSpec:
     # Counted actors whose handles are in its constructor's arguments: the node holds
     # them for as long as this actor lives (see ``api/_actor_handle``).
     handles: tuple[bytes, ...] = ()
+    # ``api._runtime_env``: applied in its process when it is created (None: none).
+    runtime_env: dict | None = None
 
     @property
     def task_id(self) -> bytes:

@@ -33,6 +33,10 @@ __all__ = [
     "renew_prefix",
     "id_prefix",
     "owner_prefix",
+    "STREAMING",
+    "DYNAMIC",
+    "stream_item_id",
+    "is_stream_item",
 ]
 
 TASK_ID_SIZE = 16
@@ -95,6 +99,27 @@ def new_put_id() -> bytes:
 def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
     """The object ids of a task's return values (index 1..num_returns)."""
     return [task_id + _pack_i(i) for i in range(1, num_returns + 1)]
+
+
+#: ``num_returns`` of a generator task or call in its spec: ``"streaming"`` (the caller
+#: iterates an ``ObjectRefGenerator``) and ``"dynamic"`` (its one return holds the
+#: refs). Such a spec has one return of its own, the stream's end: the number of
+#: items (an int), or the error that ended the stream before it started.
+STREAMING = -1
+DYNAMIC = -2
+
+#: Item ``i`` of a stream has the index ``STREAM_BASE + i``: far above any return's.
+STREAM_BASE = 1 << 31
+
+
+def stream_item_id(task_id: bytes, index: int) -> bytes:
+    """The object id of the ``index``-th value (from 0) a generator task yields."""
+    return task_id + _pack_i(STREAM_BASE + index)
+
+
+def is_stream_item(object_id: bytes) -> bool:
+    """Whether ``object_id`` is a value a generator task yielded."""
+    return object_id[TASK_ID_SIZE] >= 0x80
 
 
 def task_id_of(object_id: bytes) -> bytes:

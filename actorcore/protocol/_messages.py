@@ -97,6 +97,8 @@ class TaskSpec:
     parent_task_id: bytes | None  # the submitting task (control edge); None: a driver
     owner: bytes  # worker id of the submitter, who receives the results
     attempt: int = 0
+    # ``api._runtime_env``: its env vars, package ids and ``key`` (None: none).
+    runtime_env: dict | None = None
 
     def __reduce__(self) -> tuple:
         # A tuple of fields, not attrs' state dict: 40% smaller frames and faster
@@ -107,6 +109,7 @@ class TaskSpec:
                 self.task_id, self.job_id, self.function_id, self.name, self.args,
                 self.deps, self.num_returns, self.resources, self.max_retries,
                 self.retry_exceptions, self.parent_task_id, self.owner, self.attempt,
+                self.runtime_env,
             ),
         )
 

@@ -49,8 +49,8 @@ from ..exceptions import MessageTooLargeError
 from ..protocol import _serialization
 from ..protocol._actors import ActorSpec, CallSpec, cancelled_results
 from ._cancel import CallGate, TaskInterrupt, run_interruptible
-from ._executor import encode_returns, run_task
-from ._process import load_function, return_spill
+from ._executor import StreamWriter, encode_returns, not_a_generator, run_task
+from ._process import load_function, return_spill, stream_emitter
 
 __all__ = ["HostContext", "ThreadedHost", "AsyncHost", "start_host"]
 
@@ -74,6 +74,7 @@ class HostContext:
         # The process's main thread (``worker.MainThread``) when this process hosts
         # one actor: a threaded actor of concurrency 1 runs on it, as in Ray.
         self.main_thread: Any = None
+        self.emit = stream_emitter(core)  # a generator method's items, to the node
 
     def decode(self, oid: bytes, data: Any) -> Any:
         if data is _FETCH:  # a direct call's argument ref: resolved here, in call order
@@ -93,6 +94,10 @@ class HostContext:
         return cls
 
     def construct(self, spec: ActorSpec, dep_data: list, record: dict | None) -> Any:
+        if spec.runtime_env:  # before the class is unpickled: it may import from there
+            from ._runtime_env import apply_runtime_env
+
+            apply_runtime_env(self.core, spec.runtime_env)
         cls = self.load_class(spec, record)
         deps = [self.decode(oid, data) for oid, (_e, data) in zip(spec.deps, dep_data, strict=True)]
         args, kwargs = _serialization.loads_args(spec.args, deps)
@@ -133,8 +138,29 @@ class HostContext:
         results, _retry = run_task(
             spec, method, dep_data, self.node_id, self.encode, self.decode,  # type: ignore[arg-type]
             return_spill(self.core),  # results over one frame go through the store
+            self.emit,
         )
         self.done(spec, results)
+
+    async def _stream(self, spec: CallSpec, value: Any) -> list:
+        """Run a generator method's generator on the actor's loop (an ``async def``
+        one, or a plain one as plain methods of async actors run); its end."""
+        out = StreamWriter(spec, self.node_id, self.encode, self.emit)
+        if inspect.isasyncgen(value):
+            try:
+                async for item in value:
+                    out.add(item)
+            except Exception as exc:
+                out.fail(exc)
+        elif inspect.isgenerator(value):
+            try:
+                for item in value:
+                    out.add(item)
+            except Exception as exc:
+                out.fail(exc)
+        else:
+            out.fail(not_a_generator(spec, value))
+        return out.end()
 
     async def run_async(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
         task_context.task_id = spec.task_id
@@ -147,6 +173,9 @@ class HostContext:
                             for oid, (_e, d) in zip(spec.deps, dep_data, strict=True)]
                 args, kwargs = _serialization.loads_args(spec.args, deps)
                 value = _method(instance, spec)(*args, **kwargs)
+                if spec.num_returns < 0:  # a generator method: items as they come
+                    self.done(spec, await self._stream(spec, value))
+                    return
                 if inspect.isawaitable(value):
                     value = await value
             except Exception as exc:

@@ -44,13 +44,16 @@ class ActorWorkerProcess(WorkerProcess):
             if host is not None:
                 host.submit(message[1], message[2])
         elif op == "actor_create":
-            _, spec, incarnation, dep_data, record = message
+            _, spec, incarnation, dep_data, record, *more = message
             old = self.hosts.pop(spec.actor_id, None)
             if old is not None:
                 old.stop()
             assert self.ctx is not None
+            gpu_ids = tuple(more[0]) if more else ()
+            if gpu_ids and not self.shared:  # its own process: as Ray sets it
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
             _worker_state.actors[spec.actor_id.hex()] = _worker_state.ActorRun(
-                spec.job_id, spec.job_namespace, incarnation
+                spec.job_id, spec.job_namespace, incarnation, gpu_ids
             )
             self.hosts[spec.actor_id] = start_host(self.ctx, spec, incarnation, dep_data, record)
         elif op == "actor_cancel":  # cancel(ref) of a call the node sent (_actor_cancel)

@@ -23,6 +23,7 @@ with ``force`` the node kills the worker process.
 from __future__ import annotations
 
 import ctypes
+import inspect
 import logging
 import os
 import threading
@@ -34,10 +35,12 @@ from typing import Any
 import attrs
 import pykka
 
+from ..core_worker._generator import DynamicObjectRefGenerator
 from ..core_worker._store_link import STORE
 from ..core_worker._worker_state import task_context
 from ..exceptions import SerializationError, TaskCancelledError
 from ..protocol import _serialization
+from ..protocol._ids import STREAMING, stream_item_id
 from ..protocol._messages import TaskSpec
 
 __all__ = ["Executor", "Spill", "encode_returns", "run_task"]
@@ -76,12 +79,14 @@ def run_task(
     encode: Callable[[bytes, Any], bytes] = _plain_encode,
     decode: Callable[[bytes, bytes], Any] = _plain_decode,
     spill: Spill | None = None,
+    emit: Emit | None = None,
 ) -> tuple[list[tuple[bytes, bool, bytes]], bool]:
     """Run one task in the calling thread; return ``(results, retryable)``.
 
     ``encode(object_id, value)`` serialises a result (into the store when large);
     ``decode(object_id, data)`` reads a dependency; ``spill`` (see ``encode_returns``)
-    keeps the results, together, within one frame.
+    keeps the results, together, within one frame; ``emit`` sends the items of a
+    generator task as they are yielded (see ``run_generator``).
     """
     pid = os.getpid()
     return_ids = spec.return_ids()
@@ -94,6 +99,10 @@ def run_task(
             ]
             args, kwargs = _serialization.loads_args(spec.args, deps)
             value = function(*args, **kwargs)
+            if spec.num_returns < 0:
+                if emit is None:
+                    raise TypeError(f"{spec.name}: generator tasks cannot run here")
+                return run_generator(spec, value, node_id, encode, emit), False
         except TaskCancelledError as exc:
             # The interrupt raises the bare class (no task id): name the task instead.
             text = str(exc) if exc.task_id is not None else (
@@ -114,6 +123,127 @@ def run_task(
     finally:
         task_context.task_id = None
         task_context.spec = None
+
+
+#: ``CUDA_VISIBLE_DEVICES`` as this worker process started (restored after each task
+#: that held GPUs: a task that holds none sees what the process was given).
+_CUDA_AT_START = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def set_gpu_ids(ids: tuple[int, ...] | list[int]) -> None:
+    """The GPUs the node assigned to the task this thread runs next: what
+    ``get_gpu_ids()`` answers, and the process's ``CUDA_VISIBLE_DEVICES`` (a worker
+    runs one task at a time; a task blocked in ``get`` keeps its GPUs)."""
+    ids = tuple(ids)
+    task_context.gpu_ids = ids
+    if ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
+    elif _CUDA_AT_START is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = _CUDA_AT_START
+
+
+#: ``emit(spec, results, push)``: send a generator's items to the node, which records
+#: them and, with ``push``, sends them on to the caller (``("stream_items", ...)``).
+Emit = Callable[[Any, list, bool], None]
+
+
+def _is_generator(value: Any) -> bool:
+    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+
+
+def not_a_generator(spec: Any, value: Any) -> TypeError:
+    mode = "streaming" if spec.num_returns == STREAMING else "dynamic"
+    return TypeError(
+        f"{spec.name} has num_returns={mode!r} but returned {type(value).__name__} "
+        f"{value!r:.80}, not a generator (a function with yield)")
+
+
+def item_error(spec: Any, exc: BaseException, node_id: str) -> bytes:
+    """The error payload of a generator item for ``exc`` raised where it was made."""
+    if isinstance(exc, TaskCancelledError):
+        text = str(exc) if exc.task_id is not None else (
+            f"task {spec.name} was cancelled while it ran")
+        return _serialization.dumps(TaskCancelledError(spec.task_id, text))
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return _serialization.error_payload(exc, spec.name, os.getpid(), node_id, tb)
+
+
+class StreamWriter:
+    """Turns the values a generator yields into its items and its end (any loop).
+
+    ``add(value)`` encodes and emits item ``i``; ``fail(exc)`` makes the error the
+    next item (streaming: the caller meets it as the next ref) or the end (dynamic:
+    ``get`` of its one ref raises it); ``end()`` is the task's results.
+    """
+
+    def __init__(self, spec: Any, node_id: str, encode: Callable[[bytes, Any], bytes],
+                 emit: Emit) -> None:
+        self.spec = spec
+        self.node_id = node_id
+        self.encode = encode
+        self.emit = emit
+        self.push = spec.num_returns == STREAMING
+        self.count = 0
+        self.error: bytes | None = None
+
+    def add(self, value: Any) -> None:
+        spec = self.spec
+        oid = stream_item_id(spec.task_id, self.count)
+        try:
+            item = (oid, False, self.encode(oid, value))
+        except Exception as exc:  # not serialisable, the store full: this item's error
+            logger.warning("%s: storing item %d failed: %r", spec.name, self.count, exc)
+            item = (oid, True, item_error(spec, exc, self.node_id))
+        self.count += 1
+        self.emit(spec, [item], self.push)
+
+    def fail(self, exc: BaseException) -> None:
+        payload = item_error(self.spec, exc, self.node_id)
+        if self.push:
+            oid = stream_item_id(self.spec.task_id, self.count)
+            self.count += 1
+            self.emit(self.spec, [(oid, True, payload)], True)
+        else:
+            self.error = payload
+
+    def end(self) -> list[tuple[bytes, bool, bytes]]:
+        (oid,) = self.spec.return_ids()
+        if self.error is not None:
+            return [(oid, True, self.error)]
+        if self.push:
+            return [(oid, False, _serialization.dumps(self.count))]
+        ids = [stream_item_id(self.spec.task_id, i) for i in range(self.count)]
+        return [(oid, False, _serialization.dumps(DynamicObjectRefGenerator.of_ids(ids)))]
+
+
+def run_generator(spec: Any, value: Any, node_id: str, encode: Callable[[bytes, Any], bytes],
+                  emit: Emit) -> list[tuple[bytes, bool, bytes]]:
+    """Run the generator a generator task returned (``value``) in this thread, each
+    item sent as it is yielded; return the task's results (its end)."""
+    out = StreamWriter(spec, node_id, encode, emit)
+    if not _is_generator(value):
+        out.fail(not_a_generator(spec, value))
+        return out.end()
+    if inspect.isasyncgen(value):
+        import asyncio
+
+        async def drain() -> None:
+            async for item in value:
+                out.add(item)
+
+        try:
+            asyncio.run(drain())
+        except (Exception, TaskCancelledError) as exc:
+            out.fail(exc)
+        return out.end()
+    try:
+        for item in value:
+            out.add(item)
+    except (Exception, TaskCancelledError) as exc:
+        out.fail(exc)
+    return out.end()
 
 
 #: Bytes a result ``(object_id, is_error, data)`` adds to a message besides its data.
@@ -237,8 +367,10 @@ class Executor(pykka.ThreadingActor):
         encode: Callable[[bytes, Any], bytes] = _plain_encode,
         decode: Callable[[bytes, bytes], Any] = _plain_decode,
         spill: Spill | None = None,
+        emit: Emit | None = None,
     ) -> None:
         super().__init__()
+        self._emit = emit
         self._encode = encode
         self._decode = decode
         self._spill = spill
@@ -254,14 +386,17 @@ class Executor(pykka.ThreadingActor):
         self.thread_ident = threading.get_ident()
 
     def on_receive(self, message: Any) -> None:
-        spec, function, dep_data = message
+        spec, function, dep_data, *more = message
         with self._lock:
             self.current = spec
         started = time.monotonic()
+        set_gpu_ids(more[0] if more else ())
         try:
+            if spec.runtime_env:
+                self._prepare(spec.runtime_env)
             results, retry = run_task(
                 spec, function, dep_data, self._node_id, self._encode, self._decode,
-                self._spill,
+                self._spill, self._emit,
             )
         except TaskCancelledError:
             # The async exception landed outside user code: still a cancellation.
@@ -281,6 +416,14 @@ class Executor(pykka.ThreadingActor):
             with self._lock:
                 self.current = None
         self._report(spec, results, retry, time.monotonic() - started)
+
+    def _prepare(self, env: dict) -> None:
+        """Apply a task's runtime env (``worker._runtime_env``); a failure to is the
+        task's error, raised here where ``on_receive`` reports it."""
+        from ..core_worker._worker_state import current_core
+        from ._runtime_env import apply_runtime_env
+
+        apply_runtime_env(current_core(), env)
 
     def interrupt(self, task_id: bytes) -> bool:
         """Raise ``TaskCancelledError`` in the thread if it still runs ``task_id``."""

@@ -69,9 +69,11 @@ class WorkerProcess:
     async def handle(self, conn: Any, message: Any, reply: Any) -> None:
         op = message[0]
         if op == "execute":
-            if len(message) > 3:  # the owner listens for results pushed directly
+            # The owner listens for results pushed directly; not a generator's: its
+            # end must not overtake its items, which go through the node.
+            if len(message) > 3 and message[3] is not None and message[1].num_returns >= 0:
                 self._owner_addr[message[1].task_id] = message[3]
-            self._execute(message[1], message[2])
+            self._execute(message[1], message[2], message[4] if len(message) > 4 else ())
         elif op == "ready":
             if self.core is not None:
                 self.core.on_objects_ready(message[1])
@@ -112,7 +114,8 @@ class WorkerProcess:
             # One wake-up of the loop per task: it sends the results and starts the next.
             token.run_sync_soon(self._finished, spec.task_id, results, retry)
 
-        ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode, spill)
+        ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode, spill,
+                             stream_emitter(core))
         self._executors.append(holder[0])
         return ref
 
@@ -130,7 +133,8 @@ class WorkerProcess:
             token.run_sync_soon(self._finished, spec.task_id, results, retry)
 
         ref.executor = Executor(report, self.node_id.hex(), self._executors.append,
-                                encode, decode, return_spill(core))  # ``main`` runs it
+                                encode, decode, return_spill(core),
+                                stream_emitter(core))  # ``main`` runs it
         main.submit(ref.executor.on_start)
         self._main_ref = ref
 
@@ -149,19 +153,19 @@ class WorkerProcess:
     # They start in order, one at a time; when every running task is blocked in
     # ``get`` the next one starts in another executor (the node counts the same way).
 
-    def _execute(self, spec: TaskSpec, dep_data: list) -> None:
+    def _execute(self, spec: TaskSpec, dep_data: list, gpu_ids: tuple = ()) -> None:
         fn = self.functions.get(spec.function_id)
         if fn is None:
             fn = _FunctionLoader(self, spec.function_id)
-        self._pending.append((spec, fn, dep_data))
+        self._pending.append((spec, fn, dep_data, gpu_ids))
         self._pump()
 
     def _pump(self) -> None:
         running = self._running
         while self._pending and not any(not blocked for blocked in running.values()):
-            spec, fn, dep_data = self._pending.popleft()
-            running[spec.task_id] = False
-            self._take_executor().tell((spec, fn, dep_data))
+            item = self._pending.popleft()
+            running[item[0].task_id] = False
+            self._take_executor().tell(item)
 
     def _finished(self, task_id: bytes, results: list, retry: bool) -> None:
         """A task ended (core loop): results to the owner directly when it listens
@@ -329,6 +333,16 @@ def return_spill(core: CoreWorker) -> Spill | None:
     # Half the node's limit, as for batched submissions: the rest of the message
     # and the push to a driver (whose limit may be lower) keep a wide margin.
     return Spill(put, lambda: core.frame_limit() // 2)
+
+
+def stream_emitter(core: CoreWorker) -> Callable[[Any, list, bool], None]:
+    """How a generator task or call in this process sends its items (any thread):
+    to the node, on the link its end will follow on (see ``_executor.StreamWriter``)."""
+
+    def emit(spec: Any, results: list, push: bool) -> None:
+        core._enqueue(("stream_items", spec.owner, results, push))
+
+    return emit
 
 
 def results_size(results: list) -> int:

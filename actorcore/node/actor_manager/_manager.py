@@ -76,6 +76,7 @@ class ActorRecord:
     # one in its arguments): when the last lets go, it ends once idle (_actor_handle).
     holders: set[bytes] = attrs.Factory(set)
     held: dict[str, float] | None = None
+    gpu_ids: tuple[int, ...] = ()  # the GPUs it holds (its CUDA_VISIBLE_DEVICES)
     deps_missing: int = 0
     dep_data: list | None = None
     ready: trio.Event = attrs.Factory(trio.Event)
@@ -258,6 +259,8 @@ class ActorManager:
                     self._spawn_task(self._await_resources)
                 return
             rec.held = dict(need)
+            if need.get("GPU"):
+                rec.gpu_ids = self.node.sched.ledger.gpus.assign(need["GPU"])
         self._place(rec)
 
     async def _await_resources(self) -> None:
@@ -279,6 +282,8 @@ class ActorManager:
     def _release(self, rec: ActorRecord) -> None:
         if rec.held:
             held, rec.held = rec.held, None
+            gpus, rec.gpu_ids = rec.gpu_ids, ()
+            self.node.sched.ledger.gpus.release(gpus, held.get("GPU", 0.0))
             self.node.sched.ledger.release(held)  # wakes waiting actors and the scheduler
 
     def _place(self, rec: ActorRecord) -> None:
@@ -317,7 +322,8 @@ class ActorManager:
         record = self.node.functions.get(rec.spec.class_id)
         try:
             host.conn.send_nowait(
-                ("actor_create", rec.spec, rec.incarnation, rec.dep_data or [], record)
+                ("actor_create", rec.spec, rec.incarnation, rec.dep_data or [], record,
+                 rec.gpu_ids)
             )
         except Exception as exc:  # its link just died: the exit handler decides
             logger.info("sending a creation to worker_%d failed: %s", host.index, exc)

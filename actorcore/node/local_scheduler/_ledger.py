@@ -27,12 +27,16 @@ CPU back even if another task got it meanwhile (oversubscription, as in Ray).
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Mapping
 
 import attrs
 import trio
 
-__all__ = ["LedgerStatistics", "ResourceLedger", "fits"]
+__all__ = ["GpuIds", "LedgerStatistics", "ResourceLedger", "fits"]
+
+logger = logging.getLogger("actorcore.ledger")
 
 
 def fits(need: Mapping[str, float], available: Mapping[str, float]) -> bool:
@@ -66,6 +70,60 @@ class LedgerStatistics:
 
 
 @attrs.define(eq=False)
+class GpuIds:
+    """Which of the node's GPUs (ids ``0 .. n-1``) each task and actor holds.
+
+    The ledger counts GPUs as an amount; this names them, as Ray does, so a task
+    sees its own ``CUDA_VISIBLE_DEVICES``. A request of ``g >= 1`` GPUs (whole, as
+    the options demand) gets ``g`` ids that nobody else uses; a fraction gets one id
+    with that much left, the fullest such id first (fractions pack onto one GPU and
+    leave the others whole, as in Ray). ``assign`` is called right after the ledger
+    took the amount, so the ids exist unless fractions were spread over several
+    GPUs; then the least used ids are shared, with a warning.
+    """
+
+    free: list[float]
+
+    @classmethod
+    def of(cls, count: float) -> GpuIds:
+        return cls([1.0] * int(math.floor(count + 1e-9)))
+
+    def assign(self, amount: float) -> tuple[int, ...]:
+        if amount <= 0 or not self.free:
+            return ()
+        free = self.free
+        if amount >= 1 - 1e-9:
+            want = int(round(amount))
+            whole = [i for i, f in enumerate(free) if f >= 1 - 1e-9][:want]
+            if len(whole) < want:
+                logger.warning("%g GPUs taken but only %d whole ones free (%s): sharing",
+                               amount, len(whole), free)
+                rest = sorted((i for i in range(len(free)) if i not in whole),
+                              key=lambda i: -free[i])
+                whole += rest[:want - len(whole)]
+            for i in whole:
+                free[i] -= 1.0
+            return tuple(sorted(whole))
+        fitting = [i for i, f in enumerate(free) if f >= amount - 1e-9]
+        if fitting:
+            i = min(fitting, key=lambda i: (free[i], i))
+        else:
+            logger.warning("%g GPU taken but no single GPU has that much free (%s): sharing",
+                           amount, free)
+            i = max(range(len(free)), key=lambda i: free[i])
+        free[i] -= amount
+        return (i,)
+
+    def release(self, ids: tuple[int, ...], amount: float) -> None:
+        if not ids:
+            return
+        each = amount if amount < 1 - 1e-9 else 1.0
+        for i in ids:
+            if 0 <= i < len(self.free):
+                self.free[i] = min(1.0, self.free[i] + each)
+
+
+@attrs.define(eq=False)
 class ResourceLedger:
     """The node's resources: what it has (``total``) and what is free (``available``)."""
 
@@ -80,8 +138,12 @@ class ResourceLedger:
     waits: int = attrs.field(init=False, default=0)
     wakeups: int = attrs.field(init=False, default=0)
 
+    #: The node's GPUs by id (``GpuIds``): who holds which.
+    gpus: GpuIds = attrs.field(init=False)
+
     def __attrs_post_init__(self) -> None:
         self.available = dict(self.total)
+        self.gpus = GpuIds.of(self.total.get("GPU", 0.0))
 
     def feasible(self, need: dict[str, float]) -> bool:
         """Whether ``need`` could ever be met on this node (fits its capacity)."""

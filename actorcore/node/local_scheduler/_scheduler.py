@@ -92,8 +92,14 @@ class WorkerInfo:
     tasks: dict[bytes, TaskSpec] = attrs.Factory(dict)
     blocked_tasks: set[bytes] = attrs.Factory(set)
     held: dict[bytes, dict[str, float]] = attrs.Factory(dict)  # task id -> resources
+    gpu_ids: dict[bytes, tuple[int, ...]] = attrs.Factory(dict)  # task id -> its GPUs
     queued: collections.deque[bytes] = attrs.Factory(collections.deque)  # not started yet
     shape: tuple = ()
+    # The runtime env (``api._runtime_env`` key) of the tasks it runs: set by its
+    # first task ("" for none); None while it has run none. A worker runs tasks of
+    # one runtime env only, as Ray's pool is keyed by it: the env vars, working
+    # directory and modules a task imported stay in its process.
+    env_key: str | None = None
     force_cancelled: set[bytes] = attrs.Factory(set)
     in_idle: bool = False
     idle_since: float = 0.0
@@ -104,12 +110,15 @@ class WorkerInfo:
         return bool(self.blocked_tasks)
 
     def available(self) -> bool:
-        """Can start a task now: alive, registered, every task it runs is blocked."""
+        """Can start a task now: alive, registered, every task it runs is blocked,
+        and none of those holds GPUs (the process's ``CUDA_VISIBLE_DEVICES`` is
+        theirs until they end)."""
         return (
             self.state != "dead"
             and self.conn is not None
             and not self.queued
             and len(self.tasks) == len(self.blocked_tasks)
+            and not self.gpu_ids
         )
 
     def can_pipeline(self, shape: tuple) -> bool:
@@ -155,6 +164,12 @@ class WorkerInfo:
         }
 
 
+def env_key(spec: TaskSpec) -> str:
+    """The key of a task's runtime env ("" for none)."""
+    env = spec.runtime_env
+    return env.get("key", "") if env else ""
+
+
 class ReadyQueues:
     """Tasks whose inputs are ready, one FIFO per resource shape (Ray's scheduling
     classes): placing work looks at each shape's head only, so a long queue that
@@ -166,7 +181,11 @@ class ReadyQueues:
 
     @staticmethod
     def shape(spec: TaskSpec) -> tuple:
-        return tuple(sorted(spec.resources.items()))
+        key = tuple(sorted(spec.resources.items()))
+        env = spec.runtime_env
+        if env:  # one queue per runtime env too: each waits for its own workers
+            return (*key, ("~runtime_env", env.get("key", "")))
+        return key
 
     def append(self, spec: TaskSpec) -> None:
         key = self.shape(spec)
@@ -559,13 +578,7 @@ class SchedulerState:
                 if not fits(spec.resources, available):
                     self._pipeline(key)
                     break
-                worker = None
-                while self.idle:
-                    w = self.idle.popleft()
-                    w.in_idle = False
-                    if w.available():
-                        worker = w
-                        break
+                worker = self._idle_worker_for(spec)
                 if worker is None:
                     # Resources are free but no worker is idle: the pool starts one
                     # (see the docstring); tasks needing no CPU always wait for a new
@@ -581,6 +594,39 @@ class SchedulerState:
                 ready.popleft(key)
                 self._start(worker, spec)
 
+    def _idle_worker_for(self, spec: TaskSpec) -> WorkerInfo | None:
+        """An idle worker that may run ``spec``: one of its runtime env, or one that
+        ran nothing yet. Idle workers of other envs stay idle; when the pool is full
+        of them and none is starting, one is let go so that the pool can start a
+        worker for ``spec`` (as Ray's pool evicts idle workers of other envs)."""
+        env = env_key(spec)
+        other: list[WorkerInfo] = []
+        worker = None
+        while self.idle:
+            w = self.idle.popleft()
+            w.in_idle = False
+            if not w.available():
+                continue
+            if w.env_key is not None and w.env_key != env:
+                other.append(w)
+                continue
+            worker = w
+            break
+        if worker is None and other and not self.host.pool_can_grow() \
+                and not self.workers_starting():
+            victim = other.pop(0)
+            conn = victim.conn
+            self.worker_died(victim, "idle, of another runtime_env: let go")
+            try:
+                conn.send_nowait(("exit",))
+            except Exception as exc:
+                logger.info("letting worker_%d go failed (%r): killing it", victim.index, exc)
+                self.host.kill_worker(victim)
+        for w in other:
+            w.in_idle = True
+            self.idle.append(w)
+        return worker
+
     def workers_starting(self) -> bool:
         return self.host.pool_starting() > 0
 
@@ -588,6 +634,8 @@ class SchedulerState:
         ready = self.ready
         if key not in ready.queues:
             return
+        if any(name == "GPU" for name, _amount in key):
+            return  # its GPU ids are chosen when it starts, and sent with it
         for worker in list({id(w): w for w in self.running.values()}.values()):
             while key in ready.queues and worker.can_pipeline(key):
                 spec = ready.popleft(key)
@@ -605,23 +653,37 @@ class SchedulerState:
             spec = worker.tasks[tid]
             self.ledger.take(spec.resources)
             worker.held[tid] = dict(spec.resources)
+            self._assign_gpus(worker, spec)
 
     def _start(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         """Hand ``spec`` to ``worker``: take its resources, send it with its inputs."""
         self.ledger.take(spec.resources)
         worker.held[spec.task_id] = dict(spec.resources)
+        self._assign_gpus(worker, spec)
+        worker.env_key = env_key(spec)
         worker.tasks[spec.task_id] = spec
         worker.state = "busy"
         worker.shape = ReadyQueues.shape(spec)
         self.running[spec.task_id] = worker
         self._send(worker, spec)
 
+    def _assign_gpus(self, worker: WorkerInfo, spec: TaskSpec) -> None:
+        """Name the GPUs a task that took some holds (its ``CUDA_VISIBLE_DEVICES``)."""
+        amount = spec.resources.get("GPU")
+        if amount:
+            ids = self.ledger.gpus.assign(amount)
+            if ids:
+                worker.gpu_ids[spec.task_id] = ids
+
     def _send(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         entries = self.directory.entries
         dep_data = [(entries[oid].is_error, entries[oid].data) for oid in spec.deps]
         direct = self.host.owner_address(spec.owner)
+        gpus = worker.gpu_ids.get(spec.task_id)
         try:
-            if direct is None:
+            if gpus:  # ("execute", spec, deps, owner's address or None, GPU ids)
+                worker.conn.send_nowait(("execute", spec, dep_data, direct, gpus))
+            elif direct is None:
                 worker.conn.send_nowait(("execute", spec, dep_data))
             else:
                 worker.conn.send_nowait(("execute", spec, dep_data, direct))
@@ -664,17 +726,25 @@ class SchedulerState:
         on every wake-up would make scheduling quadratic.
         """
         n = 0
-        idle = sum(1 for w in self.idle if w.available())
-        want = limit + idle
+        idle = collections.Counter(w.env_key for w in self.idle if w.available())
+        want = limit + sum(idle.values())
         avail = dict(self.available)
         for i, spec in enumerate(self.ready):
             if i >= 4 * want + 16 or n >= want:
                 break
             if fits(spec.resources, avail):
-                n += 1
+                # An idle worker of its runtime env (or one that ran nothing yet)
+                # takes it; else it needs a new worker.
+                env = env_key(spec)
+                if idle[env] > 0:
+                    idle[env] -= 1
+                elif idle[None] > 0:
+                    idle[None] -= 1
+                else:
+                    n += 1
                 for k, v in spec.resources.items():
                     avail[k] = avail.get(k, 0.0) - v
-        return max(0, n - idle)
+        return n
 
     # -- internals ---------------------------------------------------------------------
 
@@ -703,6 +773,9 @@ class SchedulerState:
         worker.force_cancelled.discard(task_id)
         self.running.pop(task_id, None)
         held = worker.held.pop(task_id, None)
+        gpus = worker.gpu_ids.pop(task_id, None)
+        if gpus and held:
+            self.ledger.gpus.release(gpus, held.get("GPU", 0.0))
         if held:
             held.pop("_blocked_cpu", None)
             self.ledger.release(held)

@@ -267,6 +267,7 @@ async def open_worker_process(
     env = dict(os.environ)
     env["ACTORCORE_TOKEN"] = pool.token.hex()
     env["PYTHONUNBUFFERED"] = "1"
+    env["ACTORCORE_SESSION_DIR"] = str(pool.session_dir)  # runtime_env packages go there
     argv = [
         sys.executable,
         *site_flags(),
