@@ -50,7 +50,7 @@ class ActorWorkerProcess(WorkerProcess):
                 old.stop()
             assert self.ctx is not None
             _worker_state.actors[spec.actor_id.hex()] = _worker_state.ActorRun(
-                spec.job_id, spec.job_namespace, incarnation
+                spec.job_id, spec.job_namespace, incarnation, spec
             )
             self.hosts[spec.actor_id] = start_host(self.ctx, spec, incarnation, dep_data, record)
         elif op == "actor_cancel":  # cancel(ref) of a call the node sent (_actor_cancel)
