@@ -522,3 +522,45 @@ def test_runtime_context_task_actor_and_driver():
         ctx.current_actor  # noqa: B018
     ray.kill(a)
     _healthy()
+
+
+# ---------------------------------------------------------------------- max_calls
+
+
+@ray.remote(max_calls=1)
+def pid_once():
+    return os.getpid()
+
+
+@ray.remote(max_calls=2, num_cpus=1)
+def pid_twice():
+    return os.getpid()
+
+
+def _gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_max_calls_retires_the_worker_and_frees_its_resources():
+    total = ray.cluster_resources()["CPU"]
+    once = [ray.get(pid_once.remote(), timeout=60) for _ in range(3)]
+    assert len(set(once)) == 3, once  # every call in a worker of its own
+    deadline = time.monotonic() + 30
+    while not all(_gone(p) for p in once):  # each exited after its one call
+        assert time.monotonic() < deadline, [p for p in once if not _gone(p)]
+        time.sleep(0.05)
+    twice = ray.get([pid_twice.remote() for _ in range(6)], timeout=60)
+    assert max(twice.count(p) for p in twice) <= 2, twice
+    # Other functions are not limited by it, and the pool refills: work goes on.
+    assert ray.get([add_one.remote(i) for i in range(8)], timeout=60) == list(range(1, 9))
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) != total:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.05)
+    with pytest.raises(ValueError, match="max_calls=-1"):
+        pid_once.options(max_calls=-1)
+    _healthy()

@@ -146,6 +146,7 @@ class RemoteFunction:
             retry_exceptions=retry_exc,
             parent_task_id=core.current_task_id(),
             owner=core.worker_id,
+            max_calls=options.get("max_calls") or 0,
         )
         ids = return_ids(task_id, max(num_returns, 1))
         core.submit_task(spec, export)
