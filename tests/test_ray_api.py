@@ -537,6 +537,11 @@ def pid_twice():
     return os.getpid()
 
 
+@ray.remote(max_calls=1)
+def outer_once():
+    return os.getpid(), ray.get(sleep_then.remote(os.getpid(), 0.1))
+
+
 def _gone(pid):
     try:
         os.kill(pid, 0)
@@ -555,6 +560,9 @@ def test_max_calls_retires_the_worker_and_frees_its_resources():
         time.sleep(0.05)
     twice = ray.get([pid_twice.remote() for _ in range(6)], timeout=60)
     assert max(twice.count(p) for p in twice) <= 2, twice
+    # One blocked in get keeps its worker: the next one does not start beside it.
+    nested = ray.get([outer_once.remote() for _ in range(3)], timeout=60)
+    assert len({pid for pid, _inner in nested}) == 3, nested
     # Other functions are not limited by it, and the pool refills: work goes on.
     assert ray.get([add_one.remote(i) for i in range(8)], timeout=60) == list(range(1, 9))
     deadline = time.monotonic() + 30

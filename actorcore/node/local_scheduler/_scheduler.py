@@ -116,6 +116,9 @@ class WorkerInfo:
             and self.retiring is None
             and not self.queued
             and len(self.tasks) == len(self.blocked_tasks)
+            # a task with max_calls blocked in get keeps its worker to itself: a
+            # second one started beside it would pass the limit in one process
+            and not any(t.max_calls for t in self.tasks.values())
         )
 
     def can_pipeline(self, shape: tuple) -> bool:
