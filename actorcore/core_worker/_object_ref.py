@@ -12,7 +12,10 @@ for the lifetime of the job. That never frees a value someone can still reach.
 
 ``await ref`` works in asyncio and Trio code (detected with sniffio): the owner's core
 worker calls back when the value is ready, the waiting loop is woken thread-safely,
-and no thread is parked per await.
+and no thread is parked per await. ``ref.on_completed(callback)`` (Ray's
+``_on_completed``) calls back with the value or the error once the object is ready,
+and ``future()`` / ``as_future()`` (concurrent.futures and asyncio futures) are built
+on it.
 """
 
 from __future__ import annotations
