@@ -22,6 +22,8 @@ from actorcore import exceptions as exc
 from actorcore.util import ActorPool
 from actorcore.util.queue import Empty, Full, Queue
 
+from .cluster_support import until
+
 pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
 
 
@@ -213,7 +215,7 @@ def test_queue_put_get_block_timeout_batch_async_and_shutdown():
     # argument; every copy reaches the same items).
     unbounded = Queue()
     consumer = consume.remote(unbounded, 3)
-    time.sleep(0.2)
+    assert ray.wait([consumer], timeout=0.3) == ([], [consumer])  # it waits in get
     for i in range(3):
         unbounded.put(i)
     assert ray.get(consumer, timeout=30) == [0, 1, 2]
@@ -308,10 +310,7 @@ def test_exit_actor_ends_the_actor_for_good_and_frees_its_resources():
         ray.get(queued, timeout=30)
     with pytest.raises(exc.ActorDiedError):  # not restarted despite max_restarts=3
         ray.get(c.incr.remote(), timeout=30)
-    deadline = time.monotonic() + 30
-    while ray.available_resources().get("CPU", 0) != before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ray.available_resources().get("CPU", 0) == before
+    until(lambda: ray.available_resources().get("CPU", 0) == before, "the actor's CPU back")
 
     d = Counter.remote()
     with pytest.raises(exc.ActorDiedError):
@@ -403,7 +402,7 @@ def test_concurrency_groups_threaded_actor():
     # The default group (one thread) is free while "control" waits: without groups
     # set_flag would queue behind wait_flag until its 20 s ran out.
     waiting = g.wait_flag.remote()
-    time.sleep(0.2)
+    assert ray.wait([waiting], timeout=0.2) == ([], [waiting])  # it waits for the flag
     assert ray.get(g.set_flag.remote(), timeout=10) is True
     assert ray.get(waiting, timeout=10) is True
     # "io" runs at most 2 at a time, in threads of its own.
@@ -454,15 +453,8 @@ def test_max_pending_calls_refuses_the_call_over_the_limit():
     with pytest.raises(exc.PendingCallsLimitExceeded):  # a copy of the handle shares it
         pickle.loads(pickle.dumps(c)).incr.remote()
     assert ray.get([first, second], timeout=30) == [1, 2]
-    deadline = time.monotonic() + 10
-    while True:  # the count drops as the results arrive (in the core loop)
-        try:
-            third = c.incr.remote()
-            break
-        except exc.PendingCallsLimitExceeded:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    assert ray.get(third, timeout=30) == 3
+    # The count dropped as the results arrived (before get returned them).
+    assert ray.get(c.incr.remote(), timeout=30) == 3
     with pytest.raises(ValueError, match="max_pending_calls=0"):
         Counter.options(max_pending_calls=0)
     _healthy()
@@ -554,10 +546,7 @@ def test_max_calls_retires_the_worker_and_frees_its_resources():
     total = ray.cluster_resources()["CPU"]
     once = [ray.get(pid_once.remote(), timeout=60) for _ in range(3)]
     assert len(set(once)) == 3, once  # every call in a worker of its own
-    deadline = time.monotonic() + 30
-    while not all(_gone(p) for p in once):  # each exited after its one call
-        assert time.monotonic() < deadline, [p for p in once if not _gone(p)]
-        time.sleep(0.05)
+    until(lambda: all(_gone(p) for p in once), "each worker's exit after its one call")
     twice = ray.get([pid_twice.remote() for _ in range(6)], timeout=60)
     assert max(twice.count(p) for p in twice) <= 2, twice
     # One blocked in get keeps its worker: the next one does not start beside it.
@@ -565,10 +554,7 @@ def test_max_calls_retires_the_worker_and_frees_its_resources():
     assert len({pid for pid, _inner in nested}) == 3, nested
     # Other functions are not limited by it, and the pool refills: work goes on.
     assert ray.get([add_one.remote(i) for i in range(8)], timeout=60) == list(range(1, 9))
-    deadline = time.monotonic() + 30
-    while ray.available_resources().get("CPU", 0) != total:
-        assert time.monotonic() < deadline, ray.available_resources()
-        time.sleep(0.05)
+    until(lambda: ray.available_resources().get("CPU", 0) == total, "every CPU free again")
     with pytest.raises(ValueError, match="max_calls=-1"):
         pid_once.options(max_calls=-1)
     _healthy()

@@ -5,6 +5,7 @@
 queue held by an actor, shared by the tasks and actors it is passed to.
 """
 
+from . import queue
 from .actor_pool import ActorPool
 
-__all__ = ["ActorPool"]
+__all__ = ["ActorPool", "queue"]
