@@ -249,6 +249,12 @@ class Counter:
         ray.actor.exit_actor()
         return "not reached"
 
+    def leave_after_atexit(self, path):
+        import atexit
+
+        atexit.register(lambda: open(path, "w").write("ran"))
+        ray.actor.exit_actor()
+
     def leave_despite_except(self):
         try:
             ray.actor.exit_actor()
@@ -295,7 +301,7 @@ def test_builtin_actor_methods_ready_call_terminate():
     _healthy()
 
 
-def test_exit_actor_ends_the_actor_for_good_and_frees_its_resources():
+def test_exit_actor_ends_the_actor_for_good_and_frees_its_resources(tmp_path):
     with pytest.raises(TypeError, match="outside an actor"):
         ray.actor.exit_actor()
     before = ray.available_resources().get("CPU", 0)
@@ -315,6 +321,11 @@ def test_exit_actor_ends_the_actor_for_good_and_frees_its_resources():
     d = Counter.remote()
     with pytest.raises(exc.ActorDiedError):
         ray.get(d.leave_despite_except.remote(), timeout=30)
+    e = Counter.remote()  # as Ray: the actor process's atexit handlers run
+    marker = tmp_path / "atexit"
+    with pytest.raises(exc.ActorDiedError):
+        ray.get(e.leave_after_atexit.remote(str(marker)), timeout=30)
+    assert marker.read_text() == "ran"
 
     a = AsyncCounter.remote()
     assert ray.get(a.incr.remote(), timeout=30) == 1

@@ -26,6 +26,7 @@ Three kinds of host, chosen by the class:
 
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures
 import functools
@@ -141,9 +142,15 @@ class HostContext:
         aid = spec.actor_id
         run = _worker_state.actors.get(aid.hex())
         what = run.spec.describe() if run is not None and run.spec is not None else aid.hex()
+        first = aid not in self.exited
+        self.exited.add(aid)
+        if first and self.main_thread is not None:
+            # The process is the actor's own and ends with it: its atexit handlers
+            # run now, as Ray runs them on exit_actor() (before the caller hears of
+            # the exit; the node then stops the process).
+            atexit._run_exitfuncs()
         self.done(spec, _died_results(spec, what))
-        if aid not in self.exited:
-            self.exited.add(aid)
+        if first:
             logger.info("actor %s called exit_actor() in %s", what, spec.name)
             self.core._enqueue(("actor_exit", aid, run.incarnation if run is not None else 0))
 
