@@ -13,10 +13,10 @@ The core API is Ray's, so ``import actorcore as ray`` runs Ray core programs::
     print(ray.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
 """
 
-from . import exceptions
+from . import actor, exceptions, util  # ray.actor, ray.exceptions, ray.util
 from .api import _api
 from .api._actor_class import ActorClass, make_actor_class
-from .api._actor_handle import ActorHandle, ActorMethod, get_actor, kill
+from .api._actor_handle import ActorHandle, ActorMethod, get_actor, kill, list_named_actors
 from .api._api import (
     ClusterInfo,
     available_resources,
@@ -59,6 +59,7 @@ _api._actor_factory = make_actor_class  # @remote on a class makes an ActorClass
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "actor",
     "ActorManagerStatistics",
     "ActorMethod",
     "CallGateStatistics",
@@ -84,6 +85,7 @@ __all__ = [
     "init",
     "is_initialized",
     "kill",
+    "list_named_actors",
     "method",
     "nodes",
     "put",
@@ -92,5 +94,6 @@ __all__ = [
     "supervisor",
     "SupervisorRef",
     "tree",
+    "util",
     "wait",
 ]

@@ -38,6 +38,7 @@ __all__ = [
     "ActorDiedError",
     "ActorUnavailableError",
     "ActorUnschedulableError",
+    "PendingCallsLimitExceeded",
     "LocalRayletDiedError",
     "NodeDiedError",
 ]
@@ -255,3 +256,14 @@ class ActorUnavailableError(ActorError):
 
 class ActorUnschedulableError(ActorError):
     """No node can ever satisfy the actor's resource request."""
+
+
+class PendingCallsLimitExceeded(ActorcoreError):
+    """``.remote()`` on an actor created with ``max_pending_calls=n`` while this
+    process already has ``n`` calls to it that have not finished (as Ray's)."""
+
+
+class ActorExitRequest(SystemExit):
+    """Raised by ``actorcore.actor.exit_actor()`` inside an actor method: it unwinds
+    the method (``except Exception`` does not catch it) and the actor's host ends
+    the actor. Not an error a caller ever sees: the caller gets ``ActorDiedError``."""

@@ -33,19 +33,66 @@ class RuntimeContext:
         return self._core.current_job_id().hex()
 
     def get_task_id(self) -> str | None:
+        """The running task's (or actor method call's) id; None in a driver."""
+        spec = _worker_state.current_spec()
+        if spec is not None:
+            return spec.task_id.hex()
         tid = _worker_state.task_context.__dict__.get("task_id")
         return tid.hex() if tid else None
+
+    def get_task_name(self) -> str | None:
+        """The running task's name (``.options(name=)``, else the function's), or
+        ``"Class.method"`` in an actor method; None in a driver or a constructor."""
+        spec = _worker_state.current_spec()
+        return spec.name if spec is not None else None
 
     def get_worker_id(self) -> str:
         return self._core.worker_id.hex()
 
     def get_actor_id(self) -> str | None:
+        """The id of the actor the caller runs in (hex); None outside an actor."""
         return _worker_state.task_context.__dict__.get("actor_id")
 
     def get_accelerator_ids(self) -> dict[str, list[str]]:
         """The accelerators assigned to the calling task or actor, by kind, as Ray
         gives them: ``{"GPU": ["0", "1"]}`` (ids as str; empty in a driver)."""
         return {"GPU": [str(i) for i in current_gpu_ids()]}
+    def get_actor_name(self) -> str | None:
+        """The name the calling actor was created with (``.options(name=)``); None
+        outside an actor or for an unnamed one."""
+        run = _worker_state.current_actor_run()
+        return run.spec.name if run is not None and run.spec is not None else None
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        """The resources the running task holds (``{"CPU": 1.0}`` by default), or
+        in an actor those its creation reserved (``{}`` by default, as in Ray:
+        an actor holds no CPU unless it asks for one). Raises ``RuntimeError`` in a
+        driver, which holds none."""
+        run = _worker_state.current_actor_run()
+        if run is not None and run.spec is not None:
+            return dict(run.spec.resources)
+        spec = _worker_state.current_spec()
+        resources = getattr(spec, "resources", None)
+        if resources is None:
+            raise RuntimeError(
+                "get_assigned_resources() is only defined inside a task or an actor "
+                "(a driver holds no resources of the cluster)"
+            )
+        return dict(resources)
+
+    @property
+    def current_actor(self) -> Any:
+        """A handle of the actor the caller runs in, as Ray's; ``RuntimeError``
+        outside an actor. It counts as a handle like any other: an actor that keeps
+        it (in ``self``) keeps itself alive until it is killed or its job ends."""
+        run = _worker_state.current_actor_run()
+        if run is None or run.spec is None:
+            raise RuntimeError("current_actor is only defined inside an actor's methods")
+        from .api._actor_handle import ActorHandle
+
+        spec = run.spec
+        counted = spec.name is None and not spec.detached and spec.supervisor is None
+        return ActorHandle(spec.actor_id, spec.meta, owned=False, counted=counted)
 
     @property
     def node_id(self) -> str:
@@ -99,6 +146,7 @@ class RuntimeContext:
             "gcs_address": self.gcs_address,
             "namespace": self.namespace,
             "actor_id": self.get_actor_id(),
+            "task_name": self.get_task_name(),
         }
 
     def __repr__(self) -> str:

@@ -92,10 +92,10 @@ def test_ray_options_we_do_not_implement_are_refused_not_ignored():
         f.options(runtime_env={"pip": ["requests"]})
     with pytest.raises(ValueError, match="scheduling_strategy='NODE_AFFINITY'"):
         f.options(scheduling_strategy="NODE_AFFINITY")
-    with pytest.raises(ValueError, match="concurrency_groups"):
-        A.options(concurrency_groups={"io": 2})
-    with pytest.raises(ValueError, match="max_pending_calls=10"):
-        A.options(max_pending_calls=10)
+    # (concurrency_groups and max_pending_calls are implemented: tests/test_ray_api.py)
+    A.options(concurrency_groups={"io": 2}, max_pending_calls=10)
+    with pytest.raises(ValueError, match="max_pending_calls=-2"):
+        A.options(max_pending_calls=-2)
 
 
 def test_method_options_are_implemented_or_refused_by_name():
@@ -109,7 +109,9 @@ def test_method_options_are_implemented_or_refused_by_name():
 
     assert bare.__actorcore_method_options__ == {}
     assert two.__actorcore_method_options__ == {"num_returns": 2}
-    for key, value in (("max_task_retries", 3), ("concurrency_group", "io"),
+    assert ray.method(concurrency_group="io")(bare).__actorcore_method_options__ == {
+        "concurrency_group": "io"}
+    for key, value in (("max_task_retries", 3),
                        ("retry_exceptions", True), ("bogus", 1)):
         with pytest.raises(ValueError, match=rf"@method\({key}={value!r}\) is not supported"):
             ray.method(**{key: value})

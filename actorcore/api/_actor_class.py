@@ -18,8 +18,10 @@ import inspect
 import threading
 from typing import Any
 
+import attrs
+
 from ..core_worker import _worker_state
-from ..protocol._actors import ActorSpec, ClassMeta, MethodMeta
+from ..protocol._actors import BUILTIN_METHODS, ActorSpec, ClassMeta, MethodMeta
 from ..protocol._ids import new_task_id
 from ._actor_handle import (
     ActorHandle,
@@ -44,11 +46,13 @@ def _method_meta(fn: Any, options: dict[str, Any], bound: bool = True) -> Method
     first positional parameter (``self``, ``cls``) is not the caller's to give."""
     is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
     num_returns = num_returns_code(options.get("num_returns", 1))
+    group = options.get("concurrency_group")
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return MethodMeta(num_returns=num_returns, is_async=is_async, pos_names=(),
-                          pos_required=0, varargs=True, kw_names=None)
+                          pos_required=0, varargs=True, kw_names=None,
+                          concurrency_group=group)
     params = list(sig.parameters.values())
     if bound and params and params[0].kind in (params[0].POSITIONAL_ONLY,
                                                params[0].POSITIONAL_OR_KEYWORD):
@@ -66,6 +70,7 @@ def _method_meta(fn: Any, options: dict[str, Any], bound: bool = True) -> Method
         ),
         kwonly_required=tuple(p.name for p in kwonly if p.default is p.empty),
         pos_only=sum(1 for p in pos if p.kind is p.POSITIONAL_ONLY),
+        concurrency_group=group,
     )
 
 
@@ -97,6 +102,8 @@ def class_meta(cls: type) -> tuple[ClassMeta, MethodMeta]:
         init = _no_args
     ctor = _method_meta(init, {})
     is_async = any(m.is_async for m in methods.values())
+    for name, meta in BUILTIN_METHODS.items():
+        methods.setdefault(name, meta)
     return ClassMeta(cls.__qualname__, cls.__module__, methods, is_async), ctor
 
 
@@ -169,7 +176,29 @@ class ActorClass:
                     self._export = FunctionExport(self.__actorcore_class__, self._meta.class_name)
         return self._export
 
+    def _meta_for(self, options: dict[str, Any]) -> ClassMeta:
+        """The method table with this creation's ``concurrency_groups`` and
+        ``max_pending_calls`` (its handles apply them); a method placed in a group
+        the actor does not define is refused here, naming both."""
+        meta = self._meta
+        groups = dict(options.get("concurrency_groups") or {})
+        pending = options.get("max_pending_calls")
+        pending = -1 if pending is None else pending
+        for name, mm in meta.methods.items():
+            if mm.concurrency_group is not None and mm.concurrency_group not in groups:
+                raise ValueError(
+                    f"{meta.class_name}.{name} is in concurrency_group="
+                    f"{mm.concurrency_group!r}, which the actor does not define (its "
+                    f"concurrency_groups: {groups or 'none'}); define it with "
+                    f"@remote(concurrency_groups={{{mm.concurrency_group!r}: n}}) or "
+                    f".options(concurrency_groups=...)"
+                )
+        if not groups and pending == -1:
+            return meta
+        return attrs.evolve(meta, concurrency_groups=groups, max_pending_calls=pending)
+
     def _create(self, options: dict[str, Any], args: tuple, kwargs: dict) -> ActorHandle:
+        self._meta_for(options)  # a bad concurrency group fails before any work
         core = _worker_state.auto_core()
         what = f"{self._meta.class_name}.__init__"
         check_call_args(what, self._ctor, args, kwargs)
@@ -188,7 +217,7 @@ class ActorClass:
 
     def _create_spec(self, core: Any, options: dict[str, Any], blob: bytes,
                      deps: list[bytes], carried: list[bytes]) -> ActorHandle:
-        meta = self._meta
+        meta = self._meta_for(options)
         export = self._get_export()
         core.check_args_fit(f"{meta.class_name}.__init__", blob)
         if deps:

@@ -56,8 +56,8 @@ from ..core_worker._direct_calls import cancel_call, detach, drop_actor, submit_
 from ..core_worker._generator import refs_of_call
 from ..core_worker._object_ref import ObjectRef
 from ..core_worker._worker_state import task_context
-from ..exceptions import ActorcoreError, ActorcoreSystemError
-from ..protocol._actors import CallSpec, ClassMeta, MethodMeta
+from ..exceptions import ActorcoreError, ActorcoreSystemError, PendingCallsLimitExceeded
+from ..protocol._actors import BUILTIN_METHODS, CallSpec, ClassMeta, MethodMeta
 from ..protocol._ids import STREAMING, new_task_id, return_ids
 from ..protocol._serialization import ArgStore, dumps_args
 from ._options import check_num_returns, num_returns_code
@@ -65,7 +65,8 @@ from ._options import check_num_returns, num_returns_code
 logger = logging.getLogger("actorcore.actors")
 
 __all__ = ["ActorHandle", "ActorMethod", "get_actor", "kill", "check_call_args", "request_node",
-           "cancel_actor_call", "default_namespace", "set_default_namespace"]
+           "cancel_actor_call", "default_namespace", "set_default_namespace",
+           "list_named_actors"]
 
 # The namespace of this process's named actors, set by ``init(namespace=)``.
 _namespace: list[str | None] = [None]
@@ -317,16 +318,26 @@ class ActorMethod:
     def __repr__(self) -> str:
         return f"<actorcore.ActorMethod {self._qualname} of {self._handle!r}>"
 
-    def options(self, *, num_returns: int | None = None, **unknown: Any) -> ActorMethod:
+    def options(self, *, num_returns: int | None = None, concurrency_group: str | None = None,
+                **unknown: Any) -> ActorMethod:
         if unknown:
             raise ValueError(
                 f"unknown option(s) for actor method {self._qualname}: "
-                f"{', '.join(sorted(unknown))} (valid: num_returns)"
+                f"{', '.join(sorted(unknown))} (valid: num_returns, concurrency_group)"
             )
         if num_returns is not None:
             check_num_returns(num_returns, "option")
             num_returns = num_returns_code(num_returns)
-        return ActorMethod(self._handle, self._name, self._meta, num_returns)
+        meta = self._meta
+        if concurrency_group is not None:
+            groups = self._handle._meta.concurrency_groups
+            if concurrency_group not in groups:
+                raise ValueError(
+                    f"{self._qualname}.options(concurrency_group={concurrency_group!r}): "
+                    f"the actor has no such group (its concurrency_groups: {groups or 'none'})"
+                )
+            meta = attrs.evolve(meta, concurrency_group=concurrency_group)
+        return ActorMethod(self._handle, self._name, meta, num_returns)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         core = _worker_state.core
@@ -345,11 +356,14 @@ class ActorMethod:
             core.mark_seen(deps)
         n = self._num_returns
         task_id = new_task_id()
-        spec = CallSpec(task_id, self._handle._actor_id, self._name, qualname, blob, deps, n,
-                        core.worker_id)
-        ids = return_ids(task_id, max(n, 1))
-        entries = core._entries
         aid = self._handle._actor_id
+        spec = CallSpec(task_id, aid, self._name, qualname, blob, deps, n,
+                        core.worker_id, concurrency_group=meta.concurrency_group)
+        ids = return_ids(task_id, max(n, 1))
+        limit = self._handle._meta.max_pending_calls
+        if limit > 0:
+            _count_pending(core, aid, limit, qualname, by_ref, carried)
+        entries = core._entries
         for oid in ids:
             entries[oid] = _CallEntry(owned=True, actor=aid, method=qualname)
         # The refs exist before the call leaves: its result may come back at once.
@@ -358,9 +372,46 @@ class ActorMethod:
         out: Any = refs_of_call(core, n, ids)
         # ``submit_call`` frees the argument objects once the call no longer needs them.
         submit_call(core, spec, by_ref)
+        if limit > 0:
+            core.on_ready_callback([ids[0]], functools.partial(_pending_done, aid))
         if carried:
             unpin_when_ready(core, ids[0], carried)
         return out
+
+
+# max_pending_calls: the calls of this process to each limited actor that have not
+# finished yet (their first result is not here). Counted per process and actor, as
+# Ray counts them per actor in its core worker: every handle here shares the count.
+_pending: dict[bytes, int] = {}
+_pending_lock = threading.Lock()
+
+
+def _count_pending(core: Any, aid: bytes, limit: int, qualname: str,
+                   by_ref: Sequence[bytes], carried: list[bytes]) -> None:
+    with _pending_lock:
+        n = _pending.get(aid, 0)
+        if n < limit:
+            _pending[aid] = n + 1
+            return
+    # Refused: nothing was sent, so what the arguments hold goes back now.
+    unpin(core, carried)
+    if by_ref:
+        core.release_args(by_ref)
+    raise PendingCallsLimitExceeded(
+        f"{qualname}.remote() was refused: this process has {n} calls to actor "
+        f"{aid.hex()[:12]} that have not finished, and the actor was created with "
+        f"max_pending_calls={limit}; wait for some of them (get/wait) or create the "
+        f"actor with a larger max_pending_calls (-1: no limit)"
+    )
+
+
+def _pending_done(aid: bytes) -> None:
+    with _pending_lock:
+        n = _pending.get(aid, 0) - 1
+        if n > 0:
+            _pending[aid] = n
+        else:
+            _pending.pop(aid, None)
 
 
 class ActorHandle:
@@ -386,13 +437,15 @@ class ActorHandle:
             _acquire(core, actor_id, owned)
 
     def __getattr__(self, name: str) -> ActorMethod:
-        if name.startswith("__") or name in ("_actor_id", "_meta", "_counted", "_core"):
+        if (name.startswith("__") and name not in BUILTIN_METHODS) or name in (
+                "_actor_id", "_meta", "_counted", "_core"):
             raise AttributeError(name)
-        mm = self._meta.methods.get(name)
+        mm = self._meta.methods.get(name) or BUILTIN_METHODS.get(name)
         if mm is None:
+            own = sorted(m for m in self._meta.methods if m not in BUILTIN_METHODS)
             raise AttributeError(
                 f"actor {self._meta.class_name} has no method {name!r} "
-                f"(its methods: {', '.join(sorted(self._meta.methods)) or 'none'})"
+                f"(its methods: {', '.join(own) or 'none'})"
             )
         # Not cached on the handle: the method holds the handle (so a call on a
         # temporary handle goes out before the handle's drop), and a cache would make
@@ -452,6 +505,21 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     ns = namespace or default_namespace()
     actor_id, meta = request_node(core, ("actor_req", "lookup", name, ns))
     return ActorHandle(actor_id, meta, owned=False)
+
+
+def list_named_actors(all_namespaces: bool = False) -> list[str] | list[dict[str, str]]:
+    """The named actors that are not dead (alive, starting or restarting), detached
+    or not, as Ray's: their names in the caller's namespace, or with
+    ``all_namespaces=True`` ``{"name": ..., "namespace": ...}`` for every namespace."""
+    if not isinstance(all_namespaces, bool):
+        raise TypeError(f"list_named_actors(all_namespaces={all_namespaces!r}): expected a bool")
+    core = _worker_state.auto_core()
+    actors = [a for a in request_node(core, ("actor_req", "list"))
+              if a.get("name") is not None and a.get("state") != "dead"]
+    if all_namespaces:
+        return [{"name": a["name"], "namespace": a["namespace"]} for a in actors]
+    ns = default_namespace()
+    return [a["name"] for a in actors if a["namespace"] == ns]
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

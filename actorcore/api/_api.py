@@ -427,7 +427,6 @@ def _make_remote(obj: Any, options: dict) -> Any:
 _METHOD_OPTIONS_REFUSED = {
     "max_task_retries": "set max_task_retries on the actor class or its .options()",
     "retry_exceptions": "actor method calls are not retried on exceptions",
-    "concurrency_group": "use max_concurrency on the actor class",
     "tensor_transport": "values travel through the object store",
     "enable_task_events": "there are no task events to record",
 }
@@ -436,9 +435,11 @@ _METHOD_OPTIONS_REFUSED = {
 def method(*args: Any, **options: Any) -> Any:
     """Annotate an actor method: ``@method(num_returns=2)`` (or bare ``@method``).
 
-    ``num_returns`` is the only per-method option; any other (Ray's
-    ``max_task_retries``, ``concurrency_group``, ...) is refused with an error that
-    names it, where the method is defined.
+    ``num_returns`` and ``concurrency_group`` (the name of one of the actor's
+    ``concurrency_groups``: its calls run within that group's limit, see
+    ``worker._actor_host``) are the per-method options; any other (Ray's
+    ``max_task_retries``, ...) is refused with an error that names it, where the
+    method is defined.
     """
     if len(args) == 1 and not options and callable(args[0]):
         return method()(args[0])
@@ -446,10 +447,13 @@ def method(*args: Any, **options: Any) -> Any:
         raise TypeError(
             f"method() takes only keyword options, e.g. @method(num_returns=2); got {args!r:.80}"
         )
-    for key in sorted(set(options) - {"num_returns"}):
-        why = _METHOD_OPTIONS_REFUSED.get(key, "valid: num_returns")
+    for key in sorted(set(options) - {"num_returns", "concurrency_group"}):
+        why = _METHOD_OPTIONS_REFUSED.get(key, "valid: num_returns, concurrency_group")
         raise ValueError(f"@method({key}={options[key]!r}) is not supported by actorcore ({why})")
     check_num_returns(options.get("num_returns", 1), "@method")
+    group = options.get("concurrency_group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise TypeError(f"@method(concurrency_group={group!r}): expected a group's name (str)")
 
     def decorator(fn: Callable) -> Callable:
         if not callable(fn):

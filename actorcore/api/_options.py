@@ -38,7 +38,8 @@ _COMMON = {
     "accelerator_type",
     "label_selector",
 }
-TASK_OPTIONS = frozenset(_COMMON | {"num_returns", "max_retries", "retry_exceptions"})
+TASK_OPTIONS = frozenset(_COMMON | {"num_returns", "max_retries", "retry_exceptions",
+                                    "max_calls"})
 ACTOR_OPTIONS = frozenset(
     _COMMON
     | {
@@ -64,8 +65,6 @@ _NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "scheduling_strategy": (None, "DEFAULT", "SPREAD"),
     "accelerator_type": (None,),
     "label_selector": (None, {}),
-    "max_pending_calls": (None, -1),
-    "concurrency_groups": (None, {}),
 }
 
 
@@ -138,6 +137,10 @@ def validate_task_options(options: Mapping[str, Any]) -> dict:
     if mr is not None:
         if isinstance(mr, bool) or not isinstance(mr, int) or mr < -1:
             raise ValueError(f"option max_retries={mr!r}: must be an int >= -1 (-1: infinite)")
+    mcalls = out.get("max_calls")
+    if mcalls is not None and (isinstance(mcalls, bool) or not isinstance(mcalls, int)
+                               or mcalls < 0):
+        raise ValueError(f"option max_calls={mcalls!r}: must be an int >= 0 (0: no limit)")
     re = out.get("retry_exceptions")
     if re is not None and not isinstance(re, bool):
         seq = list(re) if isinstance(re, list | tuple) else None
@@ -182,6 +185,24 @@ def validate_actor_options(options: Mapping[str, Any]) -> dict:
     mc = out.get("max_concurrency")
     if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or mc < 1):
         raise ValueError(f"option max_concurrency={mc!r}: must be an int >= 1")
+    mp = out.get("max_pending_calls")
+    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp == 0
+                           or mp < -1):
+        raise ValueError(
+            f"option max_pending_calls={mp!r}: must be an int >= 1, or -1 for no limit")
+    groups = out.get("concurrency_groups")
+    if groups is not None:
+        if not isinstance(groups, Mapping):
+            raise TypeError(
+                f"option concurrency_groups={groups!r}: expected a dict of group name -> "
+                "max concurrency, e.g. {'io': 2}")
+        for gname, n in groups.items():
+            if not isinstance(gname, str) or not gname:
+                raise TypeError(
+                    f"option concurrency_groups: group name {gname!r} must be a non-empty str")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(
+                    f"option concurrency_groups[{gname!r}]={n!r}: must be an int >= 1")
     lt = out.get("lifetime")
     if lt not in (None, "detached", "non_detached"):
         raise ValueError(f"option lifetime={lt!r}: must be None, 'detached' or 'non_detached'")

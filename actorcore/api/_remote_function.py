@@ -151,6 +151,7 @@ class RemoteFunction:
             parent_task_id=core.current_task_id(),
             owner=core.worker_id,
             runtime_env=resolve_runtime_env(core, options.get("runtime_env")),
+            max_calls=options.get("max_calls") or 0,
         )
         ids = return_ids(task_id, max(num_returns, 1))
         if num_returns == STREAMING:  # its items may come back at once

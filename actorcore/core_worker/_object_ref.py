@@ -12,15 +12,19 @@ for the lifetime of the job. That never frees a value someone can still reach.
 
 ``await ref`` works in asyncio and Trio code (detected with sniffio): the owner's core
 worker calls back when the value is ready, the waiting loop is woken thread-safely,
-and no thread is parked per await.
+and no thread is parked per await. ``ref.on_completed(callback)`` (Ray's
+``_on_completed``) calls back with the value or the error once the object is ready,
+and ``future()`` / ``as_future()`` (concurrent.futures and asyncio futures) are built
+on it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 __all__ = ["ObjectRef"]
@@ -96,24 +100,72 @@ class ObjectRef:
     def __await__(self) -> Generator[Any, None, Any]:
         return _core().await_ref(self).__await__()
 
-    def future(self) -> concurrent.futures.Future:
-        """A ``concurrent.futures.Future`` resolved with the value (or the error)."""
-        fut: concurrent.futures.Future = concurrent.futures.Future()
+    def on_completed(self, callback: Callable[[Any], Any]) -> None:
+        """Call ``callback(value)`` once the object is ready: with its value, or with
+        the exception ``get`` would raise (a ``TaskError`` that is also an instance of
+        the task's exception type, ``ActorDiedError``, ...). If it is ready already,
+        the callback is called soon.
+
+        The callback runs in a thread of its own (never in the caller's thread, nor
+        in the core loop), so it may call ``get`` and submit tasks; an exception it
+        raises is logged. Ray's private spelling ``_on_completed`` is the same.
+        """
+        if not callable(callback):
+            raise TypeError(
+                f"on_completed() expects a callable taking the value, got "
+                f"{type(callback).__name__}: {callback!r:.80}"
+            )
         core = _core()
+        ref = self
 
-        def resolve() -> None:
+        def run() -> None:
             try:
-                fut.set_result(core.get([self], timeout=None)[0])
-            except BaseException as exc:
-                fut.set_exception(exc)
+                result = core.get([ref], timeout=None)[0]
+            except BaseException as exc:  # noqa: BLE001 - the callback gets the error
+                result = exc
+            try:
+                callback(result)
+            except BaseException:  # noqa: BLE001 - nobody else would ever see it
+                logger.exception("the on_completed callback %r of %s raised", callback, ref)
 
-        def done() -> None:
-            # Called in the core loop, which must not block: a large value is read
-            # from the store (a request through that very loop) in a thread.
-            threading.Thread(target=resolve, name="actorcore-future", daemon=True).start()
+        def ready() -> None:
+            # Called in the core loop (or now, in this thread, if ready already),
+            # which must not block: a large value is read from the store (a request
+            # through that very loop), and user code may block, so both run in a
+            # thread of their own.
+            threading.Thread(target=run, name="actorcore-on-completed", daemon=True).start()
 
-        core.on_ready_callback([self._id], done)
+        core.on_ready_callback([self._id], ready)
+
+    _on_completed = on_completed  # Ray's (private) name, which Ray's future() uses
+
+    def future(self) -> concurrent.futures.Future:
+        """A ``concurrent.futures.Future`` resolved with the value (or the error).
+
+        Cancelling the future does not cancel the task (as in Ray: use ``cancel``).
+        """
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def resolve(result: Any) -> None:
+            if not fut.set_running_or_notify_cancel():
+                return  # cancelled by its holder
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+        self.on_completed(resolve)
         return fut
+
+    def as_future(self, _internal: bool = False) -> asyncio.Future:
+        """An ``asyncio.Future`` of the running event loop (else of the thread's
+        current loop) resolved with the value or the error, as Ray's. Cancelling it
+        does not cancel the task. In a coroutine ``await ref`` is the same, cheaper."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+        return asyncio.wrap_future(self.future(), loop=loop)
 
 
 def _rebuild(object_id: bytes) -> ObjectRef:

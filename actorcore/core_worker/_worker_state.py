@@ -8,6 +8,7 @@ scheduler that a task blocked in ``get``.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from collections.abc import Callable
@@ -19,10 +20,32 @@ from ..exceptions import NotInitializedError
 
 __all__ = [
     "auto_core", "core", "current_core", "task_context", "set_core", "ActorRun", "actors",
+    "current_call", "current_spec", "current_actor_run",
 ]
 
 core: Any = None
 task_context = threading.local()
+
+#: The actor method call (``CallSpec``) an async actor's coroutine runs: the calls of
+#: one async actor interleave on one thread, so the thread-local ``task_context``
+#: cannot tell them apart; each call is a task of its own with its own context.
+current_call: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "actorcore_current_call", default=None)
+
+
+def current_spec() -> Any:
+    """The ``TaskSpec`` or ``CallSpec`` the calling code runs, or None (a driver, or
+    an actor's constructor)."""
+    spec = current_call.get()
+    if spec is None:
+        spec = getattr(task_context, "spec", None)
+    return spec
+
+
+def current_actor_run() -> ActorRun | None:
+    """The actor the calling thread (or coroutine) runs, or None."""
+    actor_id = getattr(task_context, "actor_id", None)
+    return actors.get(actor_id) if actor_id else None
 
 
 @attrs.frozen
@@ -33,6 +56,7 @@ class ActorRun:
     namespace: str  # its job's namespace
     incarnation: int  # 1 for the first start; more once it was restarted
     gpu_ids: tuple[int, ...] = ()  # the GPUs the node assigned to it
+    spec: Any = None  # its ``ActorSpec``: name, resources, methods (runtime context)
 
 
 #: The actors this (actor worker) process hosts, by actor id in hex (the key the

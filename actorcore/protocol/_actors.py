@@ -18,6 +18,7 @@ actor worker -> node
   ``("actor_done_direct", actor_id, results)``  large results of direct calls
   ``("actor_ready", actor_id, incarnation, error_text | None)``  constructor finished
   ``("actor_done", actor_id, task_id, [(object_id, is_error, data), ...])``
+  ``("actor_exit", actor_id, incarnation)``  it called ``exit_actor()``: end it for good
 node -> actor worker
   ``("actor_create", ActorSpec, incarnation, dep_data, class_record)``
   ``("actor_call", CallSpec, dep_data)``
@@ -37,7 +38,8 @@ from ..exceptions import TaskCancelledError
 from . import _serialization
 from ._ids import return_ids
 
-__all__ = ["ActorSpec", "CallSpec", "ClassMeta", "MethodMeta", "cancelled_results"]
+__all__ = ["ActorSpec", "CallSpec", "ClassMeta", "MethodMeta", "cancelled_results",
+           "BUILTIN_METHODS", "EXIT_CAUSE"]
 
 
 @attrs.frozen(slots=True)
@@ -52,6 +54,7 @@ class MethodMeta:
     kw_names: frozenset[str] | None = None  # names passable by keyword; None: **kwargs
     kwonly_required: tuple[str, ...] = ()
     pos_only: int = 0  # how many of pos_names are positional-only
+    concurrency_group: str | None = None  # ``@method(concurrency_group=)``; None: default
 
 
 @attrs.frozen(slots=True)
@@ -62,6 +65,26 @@ class ClassMeta:
     module: str | None
     methods: dict[str, MethodMeta]
     is_async: bool
+    # The options of one actor that its handles apply (``attrs.evolve``d per creation):
+    # the named groups, name -> concurrency (``concurrency_groups=``), and how many
+    # unfinished calls a caller process may have (``max_pending_calls``; -1: no limit).
+    concurrency_groups: dict[str, int] = attrs.Factory(dict)
+    max_pending_calls: int = -1
+
+
+#: The methods every actor has besides its class's, as in Ray: ``__ray_ready__()``
+#: (True once it is up), ``__ray_terminate__()`` (ends it after the calls queued
+#: before), ``__ray_call__(fn, *args, **kwargs)`` (``fn(instance, *args, **kwargs)``
+#: in the actor). The actor's host runs them (``worker._actor_host``).
+BUILTIN_METHODS: dict[str, MethodMeta] = {
+    "__ray_ready__": MethodMeta(varargs=False, kw_names=frozenset()),
+    "__ray_terminate__": MethodMeta(varargs=False, kw_names=frozenset()),
+    "__ray_call__": MethodMeta(pos_names=("fn",), pos_required=1, varargs=True),
+}
+
+#: Why an actor that called ``exit_actor()`` (or got ``__ray_terminate__``) is dead.
+EXIT_CAUSE = ("it exited on its own with actorcore.actor.exit_actor() (or "
+              "__ray_terminate__); an intended exit is never restarted")
 
 
 @attrs.define(slots=True, eq=False)
@@ -129,6 +152,8 @@ class CallSpec:
     # >0: resent through the node after the direct link to that incarnation broke
     # while the call was in flight (the node then applies max_task_retries).
     lost_incarnation: int = 0
+    # ``.options(concurrency_group=)`` at the call site; None: the method's own group.
+    concurrency_group: str | None = None
 
     def __reduce__(self) -> tuple:
         # A tuple of fields (not attrs' state dict): smaller, faster frames; a call
@@ -137,7 +162,7 @@ class CallSpec:
             CallSpec,
             (self.task_id, self.actor_id, self.method, self.name, self.args, self.deps,
              self.num_returns, self.owner, self.max_retries, self.retry_exceptions,
-             self.attempt, self.lost_incarnation),
+             self.attempt, self.lost_incarnation, self.concurrency_group),
         )
 
     def return_ids(self) -> list[bytes]:

@@ -99,6 +99,9 @@ class TaskSpec:
     attempt: int = 0
     # ``api._runtime_env``: its env vars, package ids and ``key`` (None: none).
     runtime_env: dict | None = None
+    # ``@remote(max_calls=n)``: a worker that ran n tasks of this function exits
+    # (and a new one takes its place); 0: no limit.
+    max_calls: int = 0
 
     def __reduce__(self) -> tuple:
         # A tuple of fields, not attrs' state dict: 40% smaller frames and faster
@@ -110,6 +113,7 @@ class TaskSpec:
                 self.deps, self.num_returns, self.resources, self.max_retries,
                 self.retry_exceptions, self.parent_task_id, self.owner, self.attempt,
                 self.runtime_env,
+                self.max_calls,
             ),
         )
 

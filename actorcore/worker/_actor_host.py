@@ -26,6 +26,7 @@ Three kinds of host, chosen by the class:
 
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures
 import functools
@@ -35,19 +36,20 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import pykka
 import trio
 
 import transport
 
+from ..core_worker import _worker_state
 from ..core_worker._object_ref import ObjectRef
 from ..core_worker._store_link import STORE
-from ..core_worker._worker_state import task_context
-from ..exceptions import MessageTooLargeError
+from ..core_worker._worker_state import current_call, task_context
+from ..exceptions import ActorDiedError, ActorExitRequest, MessageTooLargeError
 from ..protocol import _serialization
-from ..protocol._actors import ActorSpec, CallSpec, cancelled_results
+from ..protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec, cancelled_results
 from ._cancel import CallGate, TaskInterrupt, run_interruptible
 from ._executor import StreamWriter, encode_returns, not_a_generator, run_task
 from ._process import load_function, return_spill, stream_emitter
@@ -75,6 +77,8 @@ class HostContext:
         # one actor: a threaded actor of concurrency 1 runs on it, as in Ray.
         self.main_thread: Any = None
         self.emit = stream_emitter(core)  # a generator method's items, to the node
+        # Actors here that called ``exit_actor()``: their later calls are not run.
+        self.exited: set[bytes] = set()
 
     def decode(self, oid: bytes, data: Any) -> Any:
         if data is _FETCH:  # a direct call's argument ref: resolved here, in call order
@@ -101,7 +105,12 @@ class HostContext:
         cls = self.load_class(spec, record)
         deps = [self.decode(oid, data) for oid, (_e, data) in zip(spec.deps, dep_data, strict=True)]
         args, kwargs = _serialization.loads_args(spec.args, deps)
-        return cls(*args, **kwargs)
+        try:
+            return cls(*args, **kwargs)
+        except ActorExitRequest:
+            raise RuntimeError(
+                "the constructor called exit_actor(): the actor ended before it was up"
+            ) from None
 
     def ready(self, spec: ActorSpec, incarnation: int, error: str | None) -> None:
         self.core._enqueue(("actor_ready", spec.actor_id, incarnation, error))
@@ -131,15 +140,49 @@ class HostContext:
         except Exception as exc:  # the caller is gone, or resends through the node
             logger.debug("answering %s failed: %s", spec.name, exc)
 
+    def exit(self, spec: CallSpec) -> None:
+        """The call ``spec`` ran ``exit_actor()``: it and every later call of the actor
+        here get ``ActorDiedError``; the node ends the actor for good (``actor_exit``),
+        which fails the calls queued there and stops this host."""
+        aid = spec.actor_id
+        run = _worker_state.actors.get(aid.hex())
+        what = run.spec.describe() if run is not None and run.spec is not None else aid.hex()
+        first = aid not in self.exited
+        self.exited.add(aid)
+        if first and self.main_thread is not None:
+            # The process is the actor's own and ends with it: its atexit handlers
+            # run now, as Ray runs them on exit_actor() (before the caller hears of
+            # the exit; the node then stops the process).
+            atexit._run_exitfuncs()
+        self.done(spec, _died_results(spec, what))
+        if first:
+            logger.info("actor %s called exit_actor() in %s", what, spec.name)
+            self.core._enqueue(("actor_exit", aid, run.incarnation if run is not None else 0))
+
+    def refuse_exited(self, spec: CallSpec) -> bool:
+        """Answer ``spec`` with ``ActorDiedError`` if its actor exited here already."""
+        if spec.actor_id not in self.exited:
+            return False
+        run = _worker_state.actors.get(spec.actor_id.hex())
+        what = run.spec.describe() if run is not None and run.spec is not None else spec.name
+        self.done(spec, _died_results(spec, what))
+        return True
+
     def run_sync(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
+        if self.refuse_exited(spec):
+            return
         if dep_data is None:
             dep_data = [(False, _FETCH)] * len(spec.deps)
         method = _method(instance, spec)
-        results, _retry = run_task(
-            spec, method, dep_data, self.node_id, self.encode, self.decode,  # type: ignore[arg-type]
-            return_spill(self.core),  # results over one frame go through the store
-            self.emit,
-        )
+        try:
+            results, _retry = run_task(
+                spec, method, dep_data, self.node_id, self.encode, self.decode,  # type: ignore[arg-type]
+                return_spill(self.core),  # results over one frame go through the store
+                self.emit,
+            )
+        except ActorExitRequest:
+            self.exit(spec)
+            return
         self.done(spec, results)
 
     async def _stream(self, spec: CallSpec, value: Any) -> list:
@@ -163,7 +206,10 @@ class HostContext:
         return out.end()
 
     async def run_async(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
+        if self.refuse_exited(spec):
+            return
         task_context.task_id = spec.task_id
+        current_call.set(spec)  # this call's own context (each call is a task of its own)
         try:
             try:
                 if dep_data is None:  # a direct call: await its argument refs
@@ -178,6 +224,9 @@ class HostContext:
                     return
                 if inspect.isawaitable(value):
                     value = await value
+            except ActorExitRequest:
+                self.exit(spec)
+                return
             except Exception as exc:
                 tb = traceback.format_exc()
                 payload = _serialization.error_payload(exc, spec.name, _pid(), self.node_id, tb)
@@ -192,6 +241,36 @@ class HostContext:
 
 
 _FETCH = object()  # marks an argument ref the actor resolves itself
+
+
+def _died_results(spec: CallSpec, what: str) -> list[tuple[bytes, bool, bytes]]:
+    payload = _serialization.dumps(ActorDiedError(f"The actor {what} died: {EXIT_CAUSE}"))
+    return [(oid, True, payload) for oid in spec.return_ids()]
+
+
+def _ray_ready() -> bool:
+    return True
+
+
+def _ray_terminate() -> NoReturn:
+    raise ActorExitRequest(0)
+
+
+def _ray_call(instance: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    if not callable(fn):
+        raise TypeError(f"__ray_call__ expects a callable taking the actor, got {fn!r:.80}")
+    return fn(instance, *args, **kwargs)
+
+
+def _builtin(instance: Any, name: str) -> Callable | None:
+    """The built-in method ``name`` of every actor (``protocol.BUILTIN_METHODS``)."""
+    if name == "__ray_ready__":
+        return _ray_ready
+    if name == "__ray_terminate__":
+        return _ray_terminate
+    if name == "__ray_call__":
+        return functools.partial(_ray_call, instance)
+    return None
 
 
 async def _send_later(conn: Any, spec: CallSpec, message: tuple) -> None:
@@ -234,6 +313,10 @@ def _method(instance: Any, spec: CallSpec) -> Callable:
     if raw is None:
         raw = inspect.getattr_static(cls, spec.method, None)
         if raw is None:
+            builtin = _builtin(instance, spec.method)
+            if builtin is not None:
+                return builtin
+
             def missing(*args: Any, **kwargs: Any) -> Any:
                 raise AttributeError(
                     f"actor {cls.__qualname__} has no method {spec.method!r}"
@@ -258,6 +341,8 @@ class ThreadedHost(pykka.ThreadingActor):
         self._create = (incarnation, dep_data, record)
         self.instance: Any = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # concurrency_groups: a pool of that many threads per named group.
+        self.groups: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 
     def on_start(self) -> None:
         spec = self.spec
@@ -271,22 +356,30 @@ class ThreadedHost(pykka.ThreadingActor):
             self.ctx.ready(spec, incarnation, _format_ctor_error(spec, exc))
             self.stop()
             return
+        aid = spec.actor_id.hex()
+        job_id = spec.job_id
+
+        def init() -> None:
+            task_context.actor_id = aid
+            task_context.job_id = job_id
+
         if spec.max_concurrency > 1:
-            aid = spec.actor_id.hex()
-            job_id = spec.job_id
-
-            def init() -> None:
-                task_context.actor_id = aid
-                task_context.job_id = job_id
-
             self.pool = concurrent.futures.ThreadPoolExecutor(
                 spec.max_concurrency, thread_name_prefix=f"actor-{aid[:8]}", initializer=init)
+        for group, n in spec.meta.concurrency_groups.items():
+            self.groups[group] = concurrent.futures.ThreadPoolExecutor(
+                n, thread_name_prefix=f"actor-{aid[:8]}-{group}", initializer=init)
         self.ctx.ready(spec, incarnation, None)
 
     def on_receive(self, message: Any) -> None:
         spec, dep_data = message
-        if self.pool is not None:
-            self.pool.submit(self._run_call, spec, dep_data)
+        # A call of a named concurrency group runs in that group's pool, beside the
+        # default group's calls (which keep the actor's own order and concurrency).
+        pool = self.groups.get(spec.concurrency_group) if spec.concurrency_group else None
+        if pool is None:
+            pool = self.pool
+        if pool is not None:
+            pool.submit(self._run_call, spec, dep_data)
         else:
             self._run_call(spec, dep_data)
 
@@ -297,12 +390,15 @@ class ThreadedHost(pykka.ThreadingActor):
             self.ctx.run_sync(self.instance, spec, dep_data)
 
     def on_stop(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+        self._shutdown_pools()
 
     def on_failure(self, exception_type: Any, exception_value: Any, tb: Any) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+        self._shutdown_pools()
+
+    def _shutdown_pools(self) -> None:
+        for pool in [self.pool, *self.groups.values()]:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _ThreadedHandle:
@@ -410,7 +506,7 @@ class AsyncHost:
 
         gate = self.gate
 
-        async def one(call: CallSpec, data: list, scope: Any) -> None:
+        async def one(call: CallSpec, data: list, scope: Any, slots: Any) -> None:
             try:
                 # cancel(ref) while it runs (_actor_cancel): a Trio cancel scope, or
                 # task.cancel() on asyncio (a scope per call would cost more there).
@@ -426,7 +522,29 @@ class AsyncHost:
                 gate.finished(call)
                 slots.release()
 
+        async def start(tg: Any, call: CallSpec, data: list, slots: Any) -> None:
+            await slots.acquire()  # in arrival order: starts keep their order
+            scope = trio.CancelScope() if on_trio else TaskInterrupt()
+            if not gate.start(call, functools.partial(self._interrupt, scope)):
+                slots.release()  # cancelled while it waited
+                return
+            tg.start_soon(one, call, data, scope, slots)
+
+        # Concurrency groups. Without any, this loop starts every call itself, at
+        # most ``max_concurrency`` at a time. With some, each group is a lane: its
+        # own queue, limit (``concurrency_groups={name: n}``) and starter task, so
+        # that a group at its limit holds back only its own later calls, never
+        # another group's; calls of one group start in arrival order. The default
+        # group (methods without ``concurrency_group``) is a lane like the others.
         async with anyio.create_task_group() as tg:
+            groups = spec.meta.concurrency_groups
+            lanes: dict[str | None, _Lane] = {}
+            if groups:
+                lanes[None] = _Lane(slots)
+                for group, n in groups.items():
+                    lanes[group] = _Lane(anyio.Semaphore(n))
+                for lane in lanes.values():
+                    tg.start_soon(lane.run, functools.partial(start, tg))
             queue = self._queue
             while True:
                 while queue:
@@ -434,14 +552,39 @@ class AsyncHost:
                     if call is None:
                         tg.cancel_scope.cancel()
                         return
-                    await slots.acquire()  # in arrival order: starts keep their order
-                    scope = trio.CancelScope() if on_trio else TaskInterrupt()
-                    if not gate.start(call, functools.partial(self._interrupt, scope)):
-                        slots.release()  # cancelled while it waited
-                        continue
-                    tg.start_soon(one, call, data, scope)
+                    if lanes:
+                        lane = lanes.get(call.concurrency_group) or lanes[None]
+                        lane.push(call, data)
+                    else:
+                        await start(tg, call, data, slots)
                 await self._event.wait()
                 self._event = anyio.Event()
+
+
+class _Lane:
+    """One concurrency group of an async actor: its calls, started in arrival order
+    within its own limit (``AsyncHost._main``)."""
+
+    def __init__(self, slots: Any) -> None:
+        import anyio
+
+        self.slots = slots
+        self.queue: collections.deque = collections.deque()
+        self.event = anyio.Event()
+
+    def push(self, call: CallSpec, data: list | None) -> None:
+        self.queue.append((call, data))
+        self.event.set()
+
+    async def run(self, start: Callable[..., Any]) -> None:
+        import anyio
+
+        while True:
+            while self.queue:
+                call, data = self.queue.popleft()
+                await start(call, data, self.slots)
+            await self.event.wait()
+            self.event = anyio.Event()
 
 
 def _format_ctor_error(spec: ActorSpec, exc: BaseException) -> str:

@@ -53,7 +53,7 @@ class ActorWorkerProcess(WorkerProcess):
             if gpu_ids and not self.shared:  # its own process: as Ray sets it
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
             _worker_state.actors[spec.actor_id.hex()] = _worker_state.ActorRun(
-                spec.job_id, spec.job_namespace, incarnation, gpu_ids
+                spec.job_id, spec.job_namespace, incarnation, gpu_ids, spec
             )
             self.hosts[spec.actor_id] = start_host(self.ctx, spec, incarnation, dep_data, record)
         elif op == "actor_cancel":  # cancel(ref) of a call the node sent (_actor_cancel)

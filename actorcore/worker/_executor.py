@@ -38,7 +38,7 @@ import pykka
 from ..core_worker._generator import DynamicObjectRefGenerator
 from ..core_worker._store_link import STORE
 from ..core_worker._worker_state import task_context
-from ..exceptions import SerializationError, TaskCancelledError
+from ..exceptions import ActorExitRequest, SerializationError, TaskCancelledError
 from ..protocol import _serialization
 from ..protocol._ids import STREAMING, stream_item_id
 from ..protocol._messages import TaskSpec
@@ -114,6 +114,8 @@ def run_task(
             payload = _serialization.error_payload(exc, spec.name, pid, node_id, tb)
             return [(oid, True, payload) for oid in return_ids], _retryable(spec, exc)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt, ... in user code
+            if isinstance(exc, ActorExitRequest) and hasattr(spec, "actor_id"):
+                raise  # exit_actor() in an actor method: its host ends the actor
             # Reported like any error (the executor and the worker live on); never
             # retried: the code asked to stop.
             tb = traceback.format_exc()

@@ -44,7 +44,7 @@ import transport
 
 from ...exceptions import ActorDiedError, ActorUnschedulableError
 from ...protocol import _serialization
-from ...protocol._actors import ActorSpec, CallSpec
+from ...protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec
 from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_max_starting
 from ._calls import ActorCalls, Call
 from ._introspect import TREE_LIMIT, ActorManagerStatistics
@@ -127,6 +127,7 @@ class ActorManager:
             "actor_done_direct": self._h_done_direct,
             "actor_req": self._h_req,
             "actor_cancel": self._h_cancel,
+            "actor_exit": self._h_exit,
         }
 
     # ------------------------------------------------------------------ creation
@@ -419,6 +420,19 @@ class ActorManager:
         self.calls.finish(call.spec, results)
         if rec.drop_when_idle and rec.idle():
             self.end(rec, "all handles to it were dropped")
+
+    def _h_exit(self, conn: Any, m: tuple, reply: Any) -> None:
+        """``("actor_exit", actor_id, incarnation)``: the actor called ``exit_actor()``
+        (or ran ``__ray_terminate__``): it is dead for good, never restarted (as Ray's
+        intended exit); the calls still queued for it fail saying so."""
+        rec = self.actors.get(m[1])
+        if rec is None or rec.state == "dead" or rec.incarnation != m[2]:
+            return
+        rec.no_restart = True
+        sup = self.supervisors.get(rec.spec.supervisor) if rec.spec.supervisor else None
+        self.end(rec, EXIT_CAUSE)
+        if sup is not None:
+            sup.remove_actor(rec)
 
     def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
         """``("actor_cancel", actor_id, task_id)``: ``cancel(ref)`` of a call."""

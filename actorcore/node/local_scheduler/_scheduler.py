@@ -104,6 +104,11 @@ class WorkerInfo:
     in_idle: bool = False
     idle_since: float = 0.0
     tasks_done: int = 0
+    # ``max_calls``: tasks run here per function id (of functions that have a
+    # limit); once one reaches its limit the worker retires: it takes no more work
+    # and exits when its tasks are done (``SchedulerState._retire``).
+    calls: dict[bytes, int] = attrs.Factory(dict)
+    retiring: str | None = None  # why, once it retires
 
     @property
     def blocked(self) -> bool:
@@ -116,9 +121,13 @@ class WorkerInfo:
         return (
             self.state != "dead"
             and self.conn is not None
+            and self.retiring is None
             and not self.queued
             and len(self.tasks) == len(self.blocked_tasks)
             and not self.gpu_ids
+            # a task with max_calls blocked in get keeps its worker to itself: a
+            # second one started beside it would pass the limit in one process
+            and not any(t.max_calls for t in self.tasks.values())
         )
 
     def can_pipeline(self, shape: tuple) -> bool:
@@ -126,9 +135,12 @@ class WorkerInfo:
         return (
             self.state == "busy"
             and self.conn is not None
+            and self.retiring is None
             and not self.blocked_tasks
             and self.shape == shape
             and len(self.queued) < PIPELINE_DEPTH
+            # a task with max_calls may retire its worker: nothing queues behind it
+            and not any(t.max_calls for t in self.tasks.values())
         )
 
     def active(self) -> int:
@@ -398,6 +410,10 @@ class SchedulerState:
         self._release(worker, task_id)
         self._promote(worker)
         worker.tasks_done += 1
+        if spec.max_calls:
+            n = worker.calls[spec.function_id] = worker.calls.get(spec.function_id, 0) + 1
+            if n >= spec.max_calls and worker.retiring is None:
+                worker.retiring = f"it ran {n} tasks of {spec.name} (max_calls={spec.max_calls})"
         if spec.task_id in self.cancelled:
             retry = False
         if retry and spec.max_retries != 0:
@@ -636,6 +652,8 @@ class SchedulerState:
             return
         if any(name == "GPU" for name, _amount in key):
             return  # its GPU ids are chosen when it starts, and sent with it
+        if key not in ready.queues or ready.queues[key][0].max_calls:
+            return  # (a task with max_calls goes to an idle worker only)
         for worker in list({id(w): w for w in self.running.values()}.values()):
             while key in ready.queues and worker.can_pipeline(key):
                 spec = ready.popleft(key)
@@ -755,6 +773,10 @@ class SchedulerState:
         self.wakeup.set()
 
     def _make_available(self, worker: WorkerInfo) -> None:
+        if worker.retiring is not None:
+            if not worker.tasks and worker.state != "dead":
+                self._retire(worker)
+            return
         if not worker.available():
             return
         if not worker.tasks:
@@ -764,6 +786,20 @@ class SchedulerState:
             worker.in_idle = True
             self.idle.append(worker)
         self._wake()
+
+    def _retire(self, worker: WorkerInfo) -> None:
+        """``worker`` reached a function's ``max_calls`` and has no task left: it is
+        told to exit (killed if its link is gone); its resources are free already,
+        and the pool starts another worker in its place when one is needed."""
+        conn = worker.conn
+        logger.info("worker_%d (pid %s) exits: %s", worker.index, worker.pid, worker.retiring)
+        self.worker_died(worker, f"retired: {worker.retiring}")  # no task: nothing to retry
+        self.host.request_worker()
+        try:
+            conn.send_nowait(("exit",))
+        except Exception as exc:  # its link is gone: make sure the process goes too
+            logger.info("telling worker_%d to exit failed (%r): killing it", worker.index, exc)
+            self.host.kill_worker(worker)
 
     def _release(self, worker: WorkerInfo, task_id: bytes) -> None:
         worker.tasks.pop(task_id, None)
