@@ -131,7 +131,12 @@ class _Transfer:
 
 
 class _SourceFailed(Exception):
-    """One location could not give the object (the message says why)."""
+    """One location could not give the object (the message says why); ``size``:
+    the payload size it announced, if it got that far."""
+
+    def __init__(self, message: str, size: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class ObjectTransfers:
@@ -145,6 +150,9 @@ class ObjectTransfers:
         self._pulls = self._local = self._joined = 0
         self._transfers = self._failed = 0
         self._bytes_in = self._bytes_out = self._chunks_out = 0
+        #: Fault hook (``obj_fault``): seconds the node waits before serving a chunk,
+        #: so that a test can kill a source in the middle of a transfer.
+        self.chunk_delay = 0.0
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -154,6 +162,8 @@ class ObjectTransfers:
             "obj_pull": self._h_pull,
             "obj_drop": self._h_drop,
             "obj_transfers": self._h_statistics,
+            "obj_where": self._h_where,
+            "obj_fault": self._h_fault,
         }
 
     # -- pulling -------------------------------------------------------------------
@@ -260,6 +270,7 @@ class ObjectTransfers:
                 size = await self._from(loc, oid)
             except _SourceFailed as exc:
                 tried[loc] = str(exc)
+                size = exc.size if exc.size is not None else size
                 logger.info("pulling object %s from node %s failed: %s", oid.hex(), loc[:12], exc)
                 continue
             except _ExistsHere:
@@ -301,7 +312,8 @@ class ObjectTransfers:
         except store.ObjectExistsError:
             raise _ExistsHere() from None
         except store.StoreError as exc:  # full (even on disk), or the store is gone
-            raise _SourceFailed(f"this node's store cannot take {length} bytes: {exc}") from exc
+            raise _SourceFailed(f"this node's store cannot take {length} bytes: {exc}",
+                                length) from exc
         received = [0]
         try:
             await self._chunks(loc, oid, writer, length, received)
@@ -311,7 +323,7 @@ class ObjectTransfers:
             if isinstance(exc, Exception):
                 why = str(exc) if isinstance(exc, _SourceFailed) else _describe(exc)
                 raise _SourceFailed(
-                    f"{why} (after {received[0]} of {length} bytes)") from exc
+                    f"{why} (after {received[0]} of {length} bytes)", length) from exc
             raise
         return int(length)
 
@@ -398,6 +410,8 @@ class ObjectTransfers:
 
         async def answer() -> None:
             try:
+                if self.chunk_delay:
+                    await trio.sleep(self.chunk_delay)
                 p = await self._payload(oid)
                 if offset < 0 or length < 0 or offset + length > p.size:
                     raise ValueError(f"chunk [{offset}, {offset + length}) is outside object "
@@ -428,6 +442,23 @@ class ObjectTransfers:
 
     def _h_drop(self, conn: Any, m: tuple, reply: Any) -> None:
         self.drop_copy(m[1])
+        reply.send(None)
+
+    def _h_where(self, conn: Any, m: tuple, reply: Any) -> None:
+        async def answer() -> None:
+            try:
+                reply.send(await self.locations_of(m[1]))
+            except Exception as exc:
+                reply.fail(exc)
+
+        if not self.node.spawn(answer):
+            reply.fail(RuntimeError("the node is stopping"))
+
+    def _h_fault(self, conn: Any, m: tuple, reply: Any) -> None:
+        delay = float(m[1].get("chunk_delay", 0.0))
+        if not 0.0 <= delay <= 60.0:
+            raise ValueError(f"chunk_delay must be within [0, 60] s, not {delay}")
+        self.chunk_delay = delay
         reply.send(None)
 
     def _h_statistics(self, conn: Any, m: tuple, reply: Any) -> None:
