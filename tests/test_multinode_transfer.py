@@ -160,7 +160,7 @@ def test_source_killed_mid_transfer_next_location_or_typed_error(cluster):
             await on_a.put(only_a, value)
             await on_head.put(both, value)
             await on_head.put(later, b"still works")
-            # A serves slowly (6 chunks of 4 MiB, 0.4 s each): kill it while B pulls.
+            # A serves slowly (each chunk 0.4 s after its request): kill it while B pulls.
             await _call(cluster, a, ("obj_fault", {"chunk_delay": 0.4}))
             outcome: dict[str, object] = {}
 

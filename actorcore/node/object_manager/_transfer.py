@@ -53,6 +53,7 @@ location. On a one-node cluster nothing here reads or writes the GCS.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 from typing import Any, Protocol
 
@@ -68,15 +69,18 @@ __all__ = ["CHUNK", "WINDOW", "ObjectTransfers", "TransferStatistics", "Transfer
 
 logger = logging.getLogger("actorcore.transfer")
 
-#: Bytes per chunk request (a frame of its own).
-CHUNK = 4 * 1024 * 1024
-#: Chunk requests kept in flight on the link to the source.
-WINDOW = 4
+#: Bytes per chunk request (a frame of its own; ``ACTORCORE_TRANSFER_CHUNK``).
+CHUNK = int(os.environ.get("ACTORCORE_TRANSFER_CHUNK") or 512 * 1024)
+#: Chunk requests kept in flight on the link to the source
+#: (``ACTORCORE_TRANSFER_WINDOW``).
+WINDOW = max(1, int(os.environ.get("ACTORCORE_TRANSFER_WINDOW") or 16))
 #: Seconds a source may take to answer ``obj_info``, and one chunk.
 INFO_TIMEOUT = 10.0
 CHUNK_TIMEOUT = 30.0
 #: Seconds a location write to the GCS may take before it is given up (logged).
 GCS_TIMEOUT = 10.0
+#: Payload views kept for transfers under way (see ``_served``).
+_SERVING_MAX = 8
 #: Room left in a frame for the reply's header and pickle stream.
 _FRAME_MARGIN = 64 * 1024
 
@@ -153,6 +157,8 @@ class ObjectTransfers:
         #: Fault hook (``obj_fault``): seconds the node waits before serving a chunk,
         #: so that a test can kill a source in the middle of a transfer.
         self.chunk_delay = 0.0
+        #: Payload views of the objects being served now (oldest first).
+        self._serving: dict[bytes, Any] = {}
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -380,11 +386,27 @@ class ObjectTransfers:
     # -- serving -------------------------------------------------------------------
 
     async def _payload(self, oid: bytes) -> Any:
+        """The object's payload view, kept while its chunks are being served (one
+        store round trip per transfer, not per chunk); see ``_served``."""
+        p = self._serving.get(oid)
+        if p is not None:
+            return p
         link = self.node.store_link
         if link is None:
             raise RuntimeError("this node has no object store yet")
         await link.connect()
-        return await link.client.payload(oid)
+        p = await link.client.payload(oid)
+        self._serving[oid] = p
+        while len(self._serving) > _SERVING_MAX:
+            self._serving.pop(next(iter(self._serving)))
+        return p
+
+    def _served(self, oid: bytes, end: int, size: int) -> None:
+        # The last chunk went out: let the view (and its lease on the source's
+        # memory) go, so that an object freed here is not held by a transfer that
+        # is over. A transfer cut short leaves it until ``_SERVING_MAX`` newer ones.
+        if end >= size:
+            self._serving.pop(oid, None)
 
     def _h_info(self, conn: Any, m: tuple, reply: Any) -> None:
         oid = m[1]
@@ -418,6 +440,7 @@ class ObjectTransfers:
                                      f"{oid.hex()} of {p.size} bytes")
                 # A slice of the leased shared memory, out of band: no copy here.
                 reply.send(pickle.PickleBuffer(p.view[offset : offset + length]))
+                self._served(oid, offset + length, p.size)
                 self._bytes_out += length
                 self._chunks_out += 1
             except Exception as exc:
