@@ -41,6 +41,7 @@ __all__ = [
     "PendingCallsLimitExceeded",
     "LocalRayletDiedError",
     "NodeDiedError",
+    "ObjectTransferError",
 ]
 
 
@@ -180,6 +181,31 @@ class ObjectLostError(ActorcoreError):
 
 class OwnerDiedError(ObjectLostError):
     """The process that owned an object died, so its value is gone."""
+
+
+class ObjectTransferError(ObjectLostError):
+    """No node could give a copy of an object to the node that pulled it.
+
+    ``object_id`` (hex), ``size`` (bytes, ``None`` if no node ever said) and
+    ``tried`` (each node asked, hex id -> why it could not give the object) say
+    what failed; the message names them all. A subclass of `ObjectLostError`: for
+    the caller the value is out of reach.
+    """
+
+    def __init__(self, message: str = "", *, object_id: str = "", size: int | None = None,
+                 tried: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.object_id = object_id
+        self.size = size
+        self.tried = dict(tried or {})
+
+    def __reduce__(self) -> Any:  # keep the fields across processes
+        return (_rebuild_transfer_error, (str(self), self.object_id, self.size, self.tried))
+
+
+def _rebuild_transfer_error(message: str, object_id: str, size: int | None,
+                            tried: dict[str, str]) -> ObjectTransferError:
+    return ObjectTransferError(message, object_id=object_id, size=size, tried=tried)
 
 
 class ObjectStoreFullError(ActorcoreError):

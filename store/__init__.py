@@ -14,7 +14,13 @@ end dispatches through one `transport.Dispatcher`, and a message it does not han
 or with fields of the wrong type, fails with `BadRequest` while it serves on.
 """
 
-from ._client import BlockingStoreClient, ObjectWriter, StoreClient, StoreClientStatistics
+from ._client import (
+    BlockingStoreClient,
+    ObjectWriter,
+    Payload,
+    StoreClient,
+    StoreClientStatistics,
+)
 from ._core import StoreCore, StoreStatistics
 from ._errors import (
     BadRequest,
@@ -39,6 +45,7 @@ __all__ = [
     "ObjectStoreFullError",
     "ObjectStoreService",
     "ObjectWriter",
+    "Payload",
     "SerializationError",
     "SerializedValue",
     "StoreClient",

@@ -44,7 +44,7 @@ from ._core import StoreStatistics
 from ._errors import BadRequest, StoreClosedError, StoreError
 from ._serialize import SerializedValue, deserialize, serialize
 
-__all__ = ["BlockingStoreClient", "StoreClient", "StoreClientStatistics"]
+__all__ = ["BlockingStoreClient", "Payload", "StoreClient", "StoreClientStatistics"]
 
 logger = logging.getLogger("store.client")
 
@@ -419,6 +419,38 @@ class StoreClient:
         """``size`` bytes at ``offset`` of a sealed object's payload (for transfers)."""
         return await self._call(m.ReadChunk(object_id, offset, size), 60.0)
 
+    async def payload(self, object_id: bytes) -> Payload:
+        """A sealed object's whole payload, read-only and without a copy, with its
+        layout (the sending end of a node-to-node transfer: slices of
+        ``Payload.view`` go out as chunks straight from shared memory).
+
+        The view keeps the object's memory leased while it (or a slice of it) lives,
+        like a value from `get`; a small object (copied out by the store) comes as
+        bytes. Never waits for a seal: `ObjectNotFoundError` if it is not here."""
+        lease = self._leases.get(object_id)
+        if lease is None:
+            reply = await self._call(m.Get(object_id, 0), REPLY_MARGIN)
+            if isinstance(reply, m.SharedView):
+                lease = self._lease(object_id, reply.view_id, reply.location)
+            elif isinstance(reply, m.FileView):
+                try:
+                    mapping = Mapping(reply.path, readonly=True)
+                except OSError as exc:
+                    self._release_soon([reply.view_id])
+                    raise StoreError(f"cannot map {reply.path}, where object "
+                                     f"{object_id.hex()} is: {exc}") from exc
+                lease = self._lease(object_id, reply.view_id, reply.location, mapping)
+            elif isinstance(reply, m.InlineValue):
+                return _small_payload(reply.value())
+            else:
+                raise StoreError(
+                    f"the store answered a get of {object_id.hex()} with {reply!r:.200}")
+        loc = lease.location
+        length = payload_layout(loc.meta_len, loc.data_len, loc.buffer_sizes)[1]
+        buffer = pa.foreign_buffer(lease.mapping.address + loc.payload, length, base=lease)
+        return Payload(meta_len=loc.meta_len, data_len=loc.data_len,
+                       buffer_sizes=tuple(loc.buffer_sizes), view=memoryview(buffer))
+
     async def object_info(self, object_id: bytes) -> m.ObjectInfo:
         """Size, state and payload layout of an object (for transfers): ``state``,
         ``size``, ``payload_len``, ``meta_len``, ``data_len``, ``buffer_sizes``."""
@@ -574,6 +606,38 @@ async def _dial(
 def _refuse(conn: transport.Connection, reply: transport.Reply,
             error: transport.BadMessage) -> None:
     reply.fail(BadRequest(str(error)))
+
+
+@attrs.frozen(kw_only=True)
+class Payload:
+    """An object's payload and layout, from `StoreClient.payload`: what a
+    receiving store's `StoreClient.create` needs, and the bytes to fill it with."""
+
+    meta_len: int
+    data_len: int
+    buffer_sizes: tuple[int, ...]
+    view: memoryview  # read-only; keeps the object's memory leased while it lives
+
+    @property
+    def size(self) -> int:
+        return self.view.nbytes
+
+
+def _small_payload(value: SerializedValue) -> Payload:
+    """The payload bytes of a small value the store copied out, laid out as in the
+    arena (metadata, data, then each buffer at its aligned offset)."""
+    meta = memoryview(value.metadata).cast("B")
+    data = memoryview(value.data).cast("B")
+    buffers = [memoryview(b).cast("B") for b in value.buffers]
+    sizes = tuple(b.nbytes for b in buffers)
+    offsets, length = payload_layout(meta.nbytes, data.nbytes, sizes)
+    out = bytearray(length)
+    out[: meta.nbytes] = meta
+    out[meta.nbytes : meta.nbytes + data.nbytes] = data
+    for offset, buffer in zip(offsets, buffers, strict=True):
+        out[offset : offset + buffer.nbytes] = buffer
+    return Payload(meta_len=meta.nbytes, data_len=data.nbytes, buffer_sizes=sizes,
+                   view=memoryview(bytes(out)))
 
 
 def _owned(value: SerializedValue) -> SerializedValue:

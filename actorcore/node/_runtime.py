@@ -65,6 +65,7 @@ from .local_scheduler._scheduler import SchedulerState, WorkerInfo
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._directory import ObjectDirectory
 from .object_manager._objects import NodeObjects
+from .object_manager._transfer import ObjectTransfers
 from .worker_pool._pool import PoolState
 
 __all__ = ["DRIVER_GRACE", "NodeConfig", "NodeRuntime"]
@@ -225,6 +226,9 @@ class NodeRuntime:
         }
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
         self._handlers.update(self.objects.handlers())
+        # Objects between nodes: pulls here, chunks served to the others.
+        self.transfers = ObjectTransfers(self)
+        self._handlers.update(self.transfers.handlers())
         self._handlers.update(self.actors.handlers())
 
     # ------------------------------------------------- what components may use

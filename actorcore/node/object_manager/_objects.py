@@ -42,6 +42,8 @@ class ObjectsHost(Protocol):
     @property
     def store_link(self) -> Any: ...
     @property
+    def transfers(self) -> Any: ...  # _transfer.ObjectTransfers
+    @property
     def serving(self) -> bool: ...
     def spawn(self, fn: Any, *args: Any) -> bool: ...
     def owned_by(self, conn: Any) -> set[bytes] | None: ...
@@ -125,6 +127,8 @@ class NodeObjects:
                 self.node.control.lineage_done(tid)
             else:
                 self.live_returns[tid] = live - 1
+        # A copy pulled from another node goes with its entry (ref and location).
+        self.node.transfers.drop_copy(oid)
         state = self.store_refs.get(oid)
         if state == "pending":
             self.store_refs[oid] = "drop"
