@@ -19,6 +19,7 @@ import cloudpickle
 from ..core_worker import _worker_state
 from ..core_worker._object_ref import ObjectRef
 from ..exceptions import SerializationError
+from ..node.global_scheduler._placement import strategy_of
 from ..protocol._ids import new_task_id, return_ids
 from ..protocol._messages import TaskSpec
 from ..protocol._serialization import dumps
@@ -121,7 +122,7 @@ class RemoteFunction:
         if num_returns is None:
             num_returns = 1
         if options is self._options and self._spec_cache is not None:
-            resources, max_retries, retry_exc = self._spec_cache
+            resources, max_retries, retry_exc, strategy = self._spec_cache
         else:
             resources = resources_of(options)
             max_retries = options.get("max_retries")
@@ -130,8 +131,11 @@ class RemoteFunction:
             retry_exc = options.get("retry_exceptions") or False
             if retry_exc is not True and retry_exc is not False:
                 retry_exc = dumps(tuple(retry_exc), what="retry_exceptions")
+            strategy = options.get("scheduling_strategy")
+            if strategy is not None:
+                strategy = strategy_of(strategy)
             if options is self._options:
-                self._spec_cache = (resources, max_retries, retry_exc)
+                self._spec_cache = (resources, max_retries, retry_exc, strategy)
         task_id = new_task_id()
         spec = TaskSpec(
             task_id=task_id,
@@ -146,6 +150,7 @@ class RemoteFunction:
             retry_exceptions=retry_exc,
             parent_task_id=core.current_task_id(),
             owner=core.worker_id,
+            strategy=strategy,
         )
         ids = return_ids(task_id, max(num_returns, 1))
         core.submit_task(spec, export)
