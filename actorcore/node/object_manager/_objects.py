@@ -43,6 +43,8 @@ class ObjectsHost(Protocol):
     def store_link(self) -> Any: ...
     @property
     def serving(self) -> bool: ...
+    @property
+    def remote(self) -> Any: ...
     def spawn(self, fn: Any, *args: Any) -> bool: ...
     def owned_by(self, conn: Any) -> set[bytes] | None: ...
 
@@ -105,13 +107,17 @@ class NodeObjects:
                     self.node.store_link.release_soon([oid])
                 else:
                     refs[oid] = "held"
-            if not producer.closed:
+            if producer is not None and not producer.closed:
                 try:
                     producer.send_nowait(("release", oids))
                 except transport.TransportError:
                     pass
 
         self.node.spawn(hold)
+
+    def adopt_stored(self, oid: bytes) -> None:
+        """``oid`` was copied into the store by this node (a pull): its ref is ours."""
+        self.store_refs[oid] = "held"
 
     def on_object_dropped(self, oid: bytes, entry: Any) -> None:
         # Once every return of a task is freed its lineage is no longer needed: the
@@ -125,6 +131,9 @@ class NodeObjects:
                 self.node.control.lineage_done(tid)
             else:
                 self.live_returns[tid] = live - 1
+        remote = self.node.remote
+        if remote.holders or remote.locations:
+            remote.dropped(oid)
         state = self.store_refs.get(oid)
         if state == "pending":
             self.store_refs[oid] = "drop"
@@ -170,6 +179,7 @@ class NodeObjects:
             # answers this fetch through ``one`` like any ready object. A fetch of
             # the result of a long actor call therefore waits for as long as the
             # call runs.
+            self.node.remote.need(oids)  # owned on another node: ask there
             self.node.dep_watch.watch(oids)
 
     def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
