@@ -226,6 +226,7 @@ class ActorClass:
             owner=core.worker_id,
             job_namespace=default_namespace(),
             handles=tuple(carried),
+            strategy=_strategy(options.get("scheduling_strategy")),
         )
         _ensure_exported(core, export)
         if name is None and sup_name is None:
@@ -273,3 +274,12 @@ class _ActorOptions:
 def make_actor_class(cls: type, options: dict[str, Any]) -> ActorClass:
     """The ``_api._actor_factory`` hook: ``@remote`` on a class."""
     return ActorClass(cls, options)
+
+
+def _strategy(value: Any) -> Any:
+    """The wire form of ``scheduling_strategy`` (None for the default: no import)."""
+    if value is None or value == "DEFAULT":
+        return None
+    from ..node.global_scheduler._placement import strategy_of
+
+    return strategy_of(value)

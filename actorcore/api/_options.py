@@ -65,8 +65,10 @@ _NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _check_neutral(options: Mapping[str, Any]) -> None:
+def _check_neutral(options: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
     for key, neutral in _NEUTRAL_VALUES.items():
+        if key in skip:
+            continue
         if key in options and not any(options[key] == v for v in neutral):
             allowed = ", ".join(repr(v) for v in neutral)
             raise ValueError(
@@ -97,14 +99,15 @@ def _check_resources(value: Any) -> None:
         _check_number(f"resources[{key!r}]", amount)
 
 
-def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: str) -> dict:
+def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: str,
+                     skip: tuple[str, ...] = ()) -> dict:
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(
             f"unknown option{'s' if len(unknown) > 1 else ''} for {what}: "
             f"{', '.join(unknown)} (valid: {', '.join(sorted(allowed))})"
         )
-    _check_neutral(options)
+    _check_neutral(options, skip)
     for key in ("num_cpus", "num_gpus", "memory"):
         if options.get(key) is not None:
             _check_number(key, options[key])
@@ -139,7 +142,15 @@ def validate_task_options(options: Mapping[str, Any]) -> dict:
 
 def validate_actor_options(options: Mapping[str, Any]) -> dict:
     """Check the options of a remote class; return them as a fresh dict."""
-    out = _validate_common(options, ACTOR_OPTIONS, "an actor class")
+    out = _validate_common(options, ACTOR_OPTIONS, "an actor class",
+                           skip=("scheduling_strategy",))
+    if out.get("scheduling_strategy") is not None:
+        from ..node.global_scheduler._placement import strategy_of
+
+        try:
+            strategy_of(out["scheduling_strategy"])
+        except ValueError as exc:
+            raise ValueError(f"option {exc}") from None
     for key in ("max_restarts", "max_task_retries"):
         v = out.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < -1):

@@ -31,6 +31,8 @@ caller <-> actor worker (direct link, see ``core_worker._direct_calls``)
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from ..exceptions import TaskCancelledError
@@ -90,6 +92,9 @@ class ActorSpec:
     # Counted actors whose handles are in its constructor's arguments: the node holds
     # them for as long as this actor lives (see ``api/_actor_handle``).
     handles: tuple[bytes, ...] = ()
+    # Where it may run: ``None`` (DEFAULT), ``"SPREAD"`` or a ``NodeAffinity``
+    # (``node.global_scheduler._placement.strategy_of``).
+    strategy: Any = None
 
     @property
     def task_id(self) -> bytes:
