@@ -42,6 +42,21 @@ class Counter:
     def call_other(self, other, by: int) -> int:
         return actorcore.get(other.incr.remote(by), timeout=20)
 
+    def slow(self) -> int:
+        time.sleep(60)
+        return 0
+
+    def blob(self, n: int) -> bytes:
+        return b"x" * n
+
+
+class Affinity:
+    """Any object with ``node_id``/``soft`` is a NodeAffinitySchedulingStrategy."""
+
+    def __init__(self, node_id: str, soft: bool = False) -> None:
+        self.node_id = node_id
+        self.soft = soft
+
 
 @actorcore.remote(num_cpus=0)
 def call_from_task(handle, by: int) -> tuple[str, int]:
@@ -93,6 +108,15 @@ def test_spread_places_actors_on_every_node(cluster):
     actors = [Counter.options(scheduling_strategy="SPREAD").remote() for _ in range(3)]
     nodes = actorcore.get([h.node.remote() for h in actors], timeout=30)
     assert len(set(nodes)) == 3
+    # NodeAffinity: on the node named; a hard one to no such node fails at once.
+    target = nodes[1]
+    pinned = Counter.options(scheduling_strategy=Affinity(target)).remote()
+    assert actorcore.get(pinned.node.remote(), timeout=20) == target
+    nowhere = Counter.options(scheduling_strategy=Affinity("ab" * 16)).remote()
+    with pytest.raises(exc.ActorUnschedulableError, match="not a node of the cluster"):
+        actorcore.get(nowhere.incr.remote(), timeout=20)
+    soft = Counter.options(scheduling_strategy=Affinity("ab" * 16, soft=True)).remote()
+    assert actorcore.get(soft.incr.remote(), timeout=20) == 1
 
 
 def test_named_actor_found_from_another_node(cluster):
@@ -142,7 +166,16 @@ def test_actor_without_restarts_dies_with_its_node(cluster):
     cluster.connect()
     actor = Counter.options(resources={"A": 1}).remote()
     assert actorcore.get(actor.node.remote(), timeout=20) == a.node_id
+    # Large values cannot cross nodes yet: a typed error that says so, no hang.
+    with pytest.raises(exc.ObjectLostError, match="not supported yet"):
+        actorcore.get(actor.blob.remote(2_000_000), timeout=20)
+    in_flight = actor.slow.remote()
+    with pytest.raises(exc.GetTimeoutError):
+        actorcore.get(in_flight, timeout=0.5)
     cluster.remove_node(a)
+    # The call in flight and every later one fail with the cause.
+    with pytest.raises(exc.ActorDiedError, match=f"node {a.node_id[:12]}.*died"):
+        actorcore.get(in_flight, timeout=30)
     with pytest.raises(exc.ActorDiedError, match=f"node {a.node_id[:12]}.*died"):
         actorcore.get(actor.incr.remote(), timeout=30)
     assert actorcore.get(Counter.remote().incr.remote(), timeout=20) == 1

@@ -45,7 +45,9 @@ from typing import Any
 
 import trio
 
-from ...exceptions import ActorUnschedulableError
+from ...core_worker._store_link import STORE
+from ...exceptions import ActorUnschedulableError, ObjectLostError
+from ...protocol import _serialization
 from .._peers import PeerUnavailable
 from ..global_scheduler._placement import SpreadState, choose_node, keep_local
 from ..local_scheduler._ledger import fits
@@ -241,13 +243,33 @@ class RemoteActors:
                         rec.spec.actor_id.hex()[:12], exc)
 
     def forward_call(self, rec: Any, call: Any) -> None:
-        self.send(rec, ("mn_actor_call", call.spec, call.dep_data or [], self.node.node_hex))
+        data = call.dep_data or []
+        if any(d == STORE for _err, d in data):
+            # Moving store objects between nodes (pulls) is not built yet: a clear
+            # error now instead of the host's "not in the store" later.
+            rec.inflight.pop(call.spec.task_id, None)
+            self.manager.calls.fail_call(call, ObjectLostError(
+                f"{call.spec.name}: an argument is a large object in the store of node "
+                f"{self.node.node_hex[:12]}, and the actor runs on node {rec.node[:12]}; "
+                f"moving store objects between nodes is not supported yet"))
+            return
+        self.send(rec, ("mn_actor_call", call.spec, data, self.node.node_hex))
 
     def deliver(self, spec: Any, results: list) -> bool:
         """Results of a call that came from another node go back there."""
         origin = self.origins.pop(spec.task_id, None)
         if origin is None:
             return False
+        if any(d == STORE for _oid, _err, d in results):
+            # Large results stay in this node's store (held here: its directory);
+            # the calling node cannot pull them yet, so it gets an error naming them.
+            self.node.directory.put_many([r for r in results if r[2] == STORE])
+            payload = _serialization.dumps(ObjectLostError(
+                f"the result of {spec.name} is a large object in the store of node "
+                f"{self.node.node_hex[:12]}, and its caller is on node {origin[:12]}; "
+                f"moving store objects between nodes is not supported yet"))
+            results = [(oid, True, payload) if d == STORE else (oid, err, d)
+                       for oid, err, d in results]
         try:
             self.node.peers.send(origin, ("mn_actor_done", spec.actor_id, spec.task_id,
                                           results))
