@@ -46,6 +46,10 @@ class Counter:
         time.sleep(60)
         return 0
 
+    def nap(self, seconds: float) -> str:
+        time.sleep(seconds)
+        return actorcore.get_runtime_context().get_node_id()
+
     def blob(self, n: int) -> bytes:
         return b"x" * n
 
@@ -145,18 +149,25 @@ def test_named_actor_found_from_another_node(cluster):
 
 def test_actor_restarted_elsewhere_when_its_node_dies(cluster):
     a = cluster.add_node(num_cpus=1, resources={"R": 1}, env_vars=FAST)
-    b = cluster.add_node(num_cpus=1, resources={"R": 1}, env_vars=FAST)
+    b = cluster.add_node(num_cpus=1, resources={"R": 1, "C": 1}, env_vars=FAST)
     cluster.connect()
-    actor = Counter.options(resources={"R": 1}, max_restarts=1,
-                            max_task_retries=-1).remote()
-    first = actorcore.get(actor.node.remote(), timeout=20)
-    assert first in (a.node_id, b.node_id)
+    actor = Counter.options(resources={"R": 1}, max_restarts=1, max_task_retries=-1,
+                            scheduling_strategy=Affinity(a.node_id, soft=True)).remote()
+    assert actor_state(actor)["state"] in ("alive", "pending")
+    assert actorcore.get(actor.node.remote(), timeout=20) == a.node_id
     assert actorcore.get(actor.incr.remote(), timeout=20) == 1
-    cluster.remove_node(a if first == a.node_id else b)
-    # The restarted actor (state lost: a new constructor) runs on the other node.
-    second = actorcore.get(actor.node.remote(), timeout=30)
-    assert second != first and second in (a.node_id, b.node_id)
-    assert actorcore.get(actor.incr.remote(), timeout=20) == 1
+    # A caller on the third node, b, knows it through a proxy.
+    caller = Counter.options(resources={"C": 1}).remote()
+    assert actorcore.get(caller.call_other.remote(actor, 1), timeout=20) == 2
+    in_flight = actor.nap.remote(2.0)
+    with pytest.raises(exc.GetTimeoutError):
+        actorcore.get(in_flight, timeout=0.2)
+    cluster.remove_node(a)
+    # The call in flight is resent (max_task_retries=-1) to the restarted actor on b
+    # (its state lost: a new constructor); the third node's proxy finds it there.
+    assert actorcore.get(in_flight, timeout=30) == b.node_id
+    assert actorcore.get(actor.node.remote(), timeout=30) == b.node_id
+    assert actorcore.get(caller.call_other.remote(actor, 5), timeout=30) == 5
     # The cluster works on.
     assert actorcore.get(Counter.remote().incr.remote(), timeout=20) == 1
 
