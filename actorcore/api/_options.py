@@ -185,7 +185,15 @@ def num_returns_code(nr: Any) -> int:
 
 def validate_actor_options(options: Mapping[str, Any]) -> dict:
     """Check the options of a remote class; return them as a fresh dict."""
-    out = _validate_common(options, ACTOR_OPTIONS, "an actor class")
+    out = _validate_common(options, ACTOR_OPTIONS, "an actor class",
+                           supported=("scheduling_strategy",))
+    if out.get("scheduling_strategy") is not None:
+        from ..protocol._strategy import strategy_of
+
+        try:
+            strategy_of(out["scheduling_strategy"])
+        except ValueError as exc:
+            raise ValueError(f"option {exc}") from None
     for key in ("max_restarts", "max_task_retries"):
         v = out.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < -1):
