@@ -65,6 +65,7 @@ from .local_scheduler._scheduler import SchedulerState, WorkerInfo
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._directory import ObjectDirectory
 from .object_manager._objects import NodeObjects
+from .placement_groups import PlacementGroups
 from .worker_pool._pool import PoolState
 
 __all__ = ["DRIVER_GRACE", "NodeConfig", "NodeRuntime"]
@@ -224,8 +225,10 @@ class NodeRuntime:
             "bye": self._h_bye,
         }
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
+        self.groups = PlacementGroups(self)  # placement groups: bundles, gang reservation
         self._handlers.update(self.objects.handlers())
         self._handlers.update(self.actors.handlers())
+        self._handlers.update(self.groups.handlers())
 
     # ------------------------------------------------- what components may use
 
@@ -330,11 +333,14 @@ class NodeRuntime:
     def heartbeat_report(self) -> dict:
         """What this node's heartbeats say of it (its free resources and queue)."""
         sched = self.sched
-        return {
+        report = {
             "available": dict(sched.available),
             "queued": len(sched.waiting) + len(sched.ready),
             "running": len(sched.running),
         }
+        if self.groups.held:  # its capacity grew by placement-group bundles
+            report["resources"] = dict(sched.total)
+        return report
 
     @property
     def gcs_address(self) -> str | None:
@@ -475,6 +481,7 @@ class NodeRuntime:
         self.directory.free(client.owned)
         client.owned = set()
         self.actors.client_gone(client, how)
+        self.groups.driver_gone(wid)
 
     # ---------------------------------------------------------------- handlers
 

@@ -177,7 +177,9 @@ class ActorManager:
             reply.send(None)
         self._record(rec)
         total = self.node.sched.total
-        if not self.node.sched.ledger.feasible(spec.resources):
+        if (not self.node.sched.ledger.feasible(spec.resources)
+                # An actor of a pending placement group waits for it here.
+                and self.node.groups.actor_verdict(spec.resources) is not None):
             rec.error_type = ActorUnschedulableError
             self.end(rec, f"it requests {_fmt(spec.resources)} but the node has only "
                            f"{_fmt(total)}, so it can never be placed")
@@ -631,6 +633,15 @@ class ActorManager:
                 self._place(rec)
             return
         self.end(rec, reason + self._limits(rec))
+
+    def end_where(self, match: Any, error_type: type, cause: str) -> int:
+        """Every live actor whose spec ``match``es dies for good with ``error_type``
+        (a removed placement group's actors); returns how many."""
+        doomed = [r for r in self.actors.values() if r.state != "dead" and match(r.spec)]
+        for rec in doomed:
+            rec.error_type = error_type
+            self.end(rec, cause)
+        return len(doomed)
 
     def end(self, rec: ActorRecord, cause: str) -> None:
         """``rec`` is dead for good: fail its calls, free its name, process, resources."""

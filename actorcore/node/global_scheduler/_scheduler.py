@@ -79,6 +79,15 @@ class GlobalScheduler:
 
     def _decide(self, spec: TaskSpec, nodes: list[dict]) -> None:
         state = self._state
+        if state.group_verdict is not None:
+            # A task in a placement group waits while its group is pending (as
+            # Ray's) and fails once the group is removed.
+            verdict = state.group_verdict(spec)
+            if isinstance(verdict, BaseException):
+                state.fail_infeasible(spec, verdict)
+                return
+            if verdict:
+                return
         alive = [n for n in nodes if n.get("alive", True)]
         capable = [n for n in alive
                    if n.get("node_id") != state.node_id
