@@ -180,6 +180,7 @@ class TestOneNode:
         # Work sent to a removed group fails too, instead of waiting forever.
         with pytest.raises(exc.TaskPlacementGroupRemoved):
             ray.get(where.options(placement_group=pg).remote(), timeout=30)
+        assert pg.wait(5) is False  # a removed group is never ready
         remove_placement_group(pg)  # twice: nothing more happens
         until(lambda: _cpus_free(2.0), what="the bundles' CPUs back")
         _healthy()

@@ -101,10 +101,17 @@ class PlacementGroup:
 
     def wait(self, timeout_seconds: float | int = 30) -> bool:
         """Whether the group is reserved within ``timeout_seconds``."""
-        from ..api._api import wait
+        from ..api._api import get, wait
+        from ..exceptions import ActorcoreError
 
         done, _ = wait([self.ready()], timeout=timeout_seconds)
-        return bool(done)
+        if not done:
+            return False
+        try:
+            get(done[0], timeout=timeout_seconds)
+        except ActorcoreError:  # removed meanwhile: it will never be ready
+            return False
+        return True
 
     @property
     def bundle_specs(self) -> list[dict]:
