@@ -112,3 +112,24 @@ def test_a_node_refused_by_a_tls_cluster_fails_at_once_and_the_head_serves_on(
         return 2 * x
 
     assert actorcore.get(double.remote(21), timeout=60) == 42
+
+
+def test_a_node_with_another_token_is_refused_at_once() -> None:
+    import os
+
+    from actorcore.session._config import ClusterConfig
+    from actorcore.session._launcher import start_node
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": FAST})
+    try:
+        head = cluster.head_node
+        assert head is not None
+        config = ClusterConfig.from_values({"num_cpus": 1, "host": "127.0.0.4", "port": 0},
+                                           "test")
+        with pytest.raises(transport.AuthenticationFailed, match="failed to prove the cluster token"):
+            start_node(config, head_address=head.process.info["tcp_address"],
+                       token=os.urandom(32), embedded=False, timeout=30)
+        cluster.connect()
+        assert _alive(actorcore.nodes()) == {head.node_id}
+    finally:
+        cluster.shutdown()

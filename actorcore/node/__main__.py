@@ -106,15 +106,17 @@ async def amain(args: argparse.Namespace) -> None:
     if args.head_address is not None:
         try:
             await check_join(args.head_address, config.token)
-        except (transport.TlsError, transport.AuthenticationFailed) as exc:
-            # Refused by the head for good: tell the launcher the error's type and
-            # message (it raises the same type), and stop before starting anything.
+        except (transport.TransportError, trio.TooSlowError) as exc:
+            # Refused by the head for good, or no head there: tell the launcher the
+            # error's type and message (it raises the same type), and stop before
+            # starting anything.
             logging.getLogger("actorcore.node").error(
-                "the head at %s refused this node: %s", args.head_address, exc)
+                "joining the head at %s failed: %s", args.head_address, exc)
             if args.ready_fd is not None:
                 with os.fdopen(args.ready_fd, "w") as f:
+                    message = str(exc) or f"{type(exc).__name__}: the head did not answer"
                     f.write(json.dumps({"refused": {"type": type(exc).__name__,
-                                                    "message": str(exc)}}) + "\n")
+                                                    "message": message}}) + "\n")
             raise SystemExit(1) from None
     node = NodeRuntime(config)
     async with trio.open_nursery() as nursery:

@@ -230,8 +230,9 @@ def start_node(
     info = json.loads(line)
     refused = info.get("refused")
     if refused is not None:
-        # The head refused this node for good (TLS mode or CA, token): the node
-        # exits; raise the transport error it met, so the caller can tell which.
+        # The head refused this node for good (TLS mode or CA, token), or no head
+        # answered: the node exits; raise the transport error it met (a TooSlowError
+        # of a head that accepts but never answers becomes a TransportError).
         if parent_w is not None:
             os.close(parent_w)
         try:
@@ -240,7 +241,9 @@ def start_node(
             proc.kill()
             proc.wait()
         kind = {"TlsMismatch": transport.TlsMismatch, "TlsError": transport.TlsError,
-                "AuthenticationFailed": transport.AuthenticationFailed}.get(
+                "AuthenticationFailed": transport.AuthenticationFailed,
+                "ConnectError": transport.ConnectError,
+                "ConnectionLost": transport.ConnectionLost}.get(
                     str(refused.get("type")), transport.TransportError)
         raise kind(f"joining the cluster at {head_address}: {refused.get('message')}")
     spill_dir = Path(config.spill_dir) if config.spill_dir else None
