@@ -1,11 +1,15 @@
 """TLS between the nodes of a real multi-node cluster: a node joins a TLS head over
-TLS (node -> GCS, node -> node over ``node_links``, a driver on the head), the
+TLS (node -> GCS, node -> node over ``node_links``, drivers on either node), the
 cluster's API and tree reach it over those links; a plaintext node, or one whose
 certificate another CA signed, is refused at once with the typed error naming the
 mismatch, and the head keeps serving."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +49,48 @@ def tls_cluster(node_certs: dict[str, transport.TlsConfig]) -> Any:
         c.shutdown()
 
 
+DRIVER = textwrap.dedent(
+    """
+    import sys
+    import actorcore as ray
+    import transport
+    try:
+        ray.init(address=sys.argv[1])
+    except transport.TlsError as exc:
+        print("REFUSED", type(exc).__name__, exc)
+        raise SystemExit(0)
+
+    @ray.remote
+    def where():
+        return ray.get_runtime_context().get_node_id()
+
+    print("OK", ray.get(where.remote(), timeout=60), len(ray.nodes()))
+    ray.shutdown()
+    """
+)
+
+
+def _driver(address: str, token: bytes, tmp: Path, tls: transport.TlsConfig | None) -> str:
+    """A driver on "another machine" (its own session root; the token and the TLS
+    files from its environment only) connecting to ``address``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTORCORE_")}
+    env.update(ACTORCORE_TMPDIR=str(tmp / "elsewhere"), ACTORCORE_TOKEN=token.hex())
+    if tls is not None:
+        env.update(ACTORCORE_TLS_CERT=tls.cert, ACTORCORE_TLS_KEY=tls.key,
+                   ACTORCORE_TLS_CA=tls.ca)
+    result = subprocess.run([sys.executable, "-c", DRIVER, address], env=env,
+                            capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
 def _alive(nodes: list[dict]) -> set[str]:
     return {n["NodeID"] for n in nodes if n["Alive"]}
 
 
 def test_a_node_joins_a_tls_cluster_over_tls(tls_cluster: Cluster,
-                                            node_certs: dict[str, transport.TlsConfig]) -> None:
+                                            node_certs: dict[str, transport.TlsConfig],
+                                            tmp_path: Path) -> None:
     a = node_certs["a"]
     other = tls_cluster.add_node(num_cpus=1, resources={"OTHER": 1}, env_vars=FAST,
                                  **_tls_args(a))
@@ -70,16 +110,35 @@ def test_a_node_joins_a_tls_cluster_over_tls(tls_cluster: Cluster,
     sub = next(c for c in tree["children"] if c["node_id"] == other.node_id)
     names = [c["name"] for c in sub["children"]]
     assert "gcs_client" in names and "node_links" in names and "gcs" not in names
+    # A driver elsewhere joins through the other node's TLS listener; a plaintext
+    # one is refused there with the mismatch named.
+    token = head.process.token
+    addr = f"tcp:{other.address}"
+    assert _driver(addr, token, tmp_path, a) == f"OK {other.node_id} 2"
+    refused = _driver(addr, token, tmp_path, None)
+    assert refused.startswith("REFUSED TlsMismatch") and "TLS listener" in refused, refused
 
     @actorcore.remote
     def where() -> str:
         return actorcore.get_runtime_context().get_node_id()
 
     assert actorcore.get(where.remote(), timeout=60) == head.node_id
+
+
+def test_a_task_placed_on_the_other_node_over_tls(
+        tls_cluster: Cluster, node_certs: dict[str, transport.TlsConfig]) -> None:
+    other = tls_cluster.add_node(num_cpus=1, resources={"OTHER": 1}, env_vars=FAST,
+                                 **_tls_args(node_certs["a"]))
+    tls_cluster.connect()
+
+    @actorcore.remote
+    def where() -> str:
+        return actorcore.get_runtime_context().get_node_id()
+
     # A task only the other node can run: it needs task forwarding between nodes
     # (not on this branch yet: then it waits, infeasible here, and the test stops).
     ref = where.options(resources={"OTHER": 1}).remote()
-    ready, _ = actorcore.wait([ref], timeout=15)
+    ready, _ = actorcore.wait([ref], timeout=10)
     if not ready:
         pytest.skip("tasks are not forwarded between nodes yet: the OTHER task waits")
     assert actorcore.get(ref) == other.node_id
@@ -115,8 +174,6 @@ def test_a_node_refused_by_a_tls_cluster_fails_at_once_and_the_head_serves_on(
 
 
 def test_a_node_with_another_token_is_refused_at_once() -> None:
-    import os
-
     from actorcore.session._config import ClusterConfig
     from actorcore.session._launcher import start_node
 
