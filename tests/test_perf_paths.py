@@ -116,3 +116,25 @@ def test_wait_sees_errors_and_get_raises_them(cluster):
     with pytest.raises(ValueError, match="boom"):
         ray.get(bad)
     assert ray.get(ok) == 1
+
+
+@ray.remote(num_cpus=0)
+class Pid:
+    def pid(self):
+        return os.getpid()
+
+
+def test_a_burst_of_actors_starts_together_not_one_per_core(cluster):
+    """Six ``num_cpus=0`` actors created at once all start at once (the cap is four
+    per core: the starts overlap their waits), on a node that offers one CPU."""
+    from actorcore import _api
+
+    hs = [Pid.remote() for _ in range(6)]
+    pids = ray.get([h.pid.remote() for h in hs], timeout=120)
+    assert len(set(pids)) == 6
+    st = _api._call("status")["actors"]
+    assert st.max_starting == 4 * (os.cpu_count() or 1), st
+    assert st.starting_peak >= min(6, st.max_starting), st
+    for h in hs:
+        ray.kill(h)
+    assert ray.get(echo.remote(7), timeout=60) == 7
