@@ -138,3 +138,16 @@ def test_a_burst_of_actors_starts_together_not_one_per_core(cluster):
     for h in hs:
         ray.kill(h)
     assert ray.get(echo.remote(7), timeout=60) == 7
+
+
+def test_the_store_warmer_runs_idle_and_low_priority():
+    """The warmer faults the arena in from a thread that any waking task preempts
+    (``SCHED_IDLE``) and that is last among the node's own threads (nice 19), and
+    the thread that started it keeps its priority."""
+    from store import _service
+
+    seen = []
+    _service._at_low_priority(lambda: seen.append(
+        (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))))
+    assert seen == [(os.SCHED_IDLE, _service.WARM_NICE)]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
