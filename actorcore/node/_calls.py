@@ -133,7 +133,7 @@ def _status(node: Any) -> dict:
             "died_total": node.pool.died_total,
         },
         "control": attrs.evolve(node.control.statistics(),
-                                lineage_live_tasks=len(node.objects.live_returns)),
+                                lineage_live_tasks=node.objects.lineage.live_tasks()),
         "log_dir": str(node.config.session_dir / "logs"),
         "session_dir": str(node.config.session_dir),
         "security": node.security_info(),

@@ -57,7 +57,7 @@ from ..protocol._ids import short, task_id_of
 from ..protocol._messages import DRIVER_GRACE, TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
 from ._peers import NodePeers
-from ._tree import build_tree
+from ._tree import build_tree, lineage_cap
 from .actor_manager._manager import ActorManager
 from .gcs_client._control import GcsControlState, MemoryControlState
 from .gcs_client._membership import ClusterView
@@ -94,6 +94,9 @@ class NodeConfig:
     insecure: bool = False
     gcs_shards: int = 1
     gcs_replicas: int = 1
+    # Task specs kept for rebuilding lost objects (and marked lineage entries each
+    # GCS shard keeps); None: ``ACTORCORE_GCS_LINEAGE_CAP``.
+    lineage_cap: int | None = None
     object_store_memory: int | None = None
     use_gcs: bool = True
     spill_dir: Path | None = None  # None: the session's spill/
@@ -136,7 +139,8 @@ class NodeRuntime:
         self.started_at = time.time()
         self.unix_address = f"unix:{config.session_dir / 'sockets' / 'node.sock'}"
         self.tcp_address: str | None = None
-        self.objects = NodeObjects(self)  # puts, fetches, frees, store refs, lineage counts
+        # puts, fetches, frees, store refs, the lineage kept for rebuilding objects
+        self.objects = NodeObjects(self, lineage_cap(config))
         self.directory = ObjectDirectory(on_drop=self.objects.on_object_dropped)
         self.dep_watch = DependencyWatch(self)  # arguments that can never become ready
         # The control state outlives the ``gcs_client`` component that links it to

@@ -186,6 +186,11 @@ class ClusterConfig:
         1, help="replicas in each GCS shard's chain (default 1)",
         flag="--gcs-replicas", init="gcs_replicas", check=_number(1, integer=True),
         read=_read_int)
+    lineage_cap: int | None = _field(
+        None, help="task specs kept for rebuilding lost objects, oldest evicted first "
+                   "(default ACTORCORE_GCS_LINEAGE_CAP, 10000)",
+        flag="--lineage-cap", init="lineage_cap", check=_number(1, integer=True),
+        read=_read_int)
     port: int | None = _field(
         None, help="also listen on TCP (0 picks a port; default: Unix socket only)",
         flag="--port", init=None, check=_port, read=_read_int,
