@@ -215,3 +215,97 @@ def test_lineage_cap_is_checked_by_init():
     with pytest.raises(ConfigurationError, match="lineage_cap"):
         ray.init(lineage_cap=0)
     assert not ray.is_initialized()
+
+
+# -- several nodes: a node killed while its results are copied home ----------------
+
+FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    from actorcore.testing import Cluster
+
+    # The head (the driver's node) runs nothing: every task goes to a worker node.
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "env_vars": FAST})
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def _call(cluster, node, message):
+    import trio
+
+    import transport
+
+    async def go():
+        async with transport.open_connection(
+            f"tcp:{node.address}", cluster.head_node.process.token, name="test-lineage"
+        ) as conn:
+            return await conn.request(message, timeout=30)
+
+    return trio.run(go)
+
+
+def _pulls_in_flight(cluster) -> int:
+    return _call(cluster, cluster.head_node, ("obj_transfers",)).in_flight
+
+
+def _lose_node_mid_copy(cluster, node, refs_ready_on_node: int) -> None:
+    """Wait until ``refs_ready_on_node`` results are being copied home from
+    ``node`` (slowed down there), start another node, kill ``node``."""
+    _until(lambda: _pulls_in_flight(cluster) >= refs_ready_on_node,
+           what="results being copied home")
+    cluster.add_node(num_cpus=1, env_vars=FAST)
+    cluster.remove_node(node)
+
+
+def test_node_loss_single_object_rebuilt_elsewhere(nodes, tmp_path):
+    log = str(tmp_path / "runs.log")
+    b = nodes.add_node(num_cpus=1, env_vars=FAST)
+    _call(nodes, b, ("obj_fault", {"chunk_delay": 30.0}))  # its copies go home slowly
+    nodes.connect()
+    x = big.remote("x", log, 6)
+    _lose_node_mid_copy(nodes, b, 1)
+    value = ray.get(x, timeout=60)
+    assert value.shape == (4 * MB,) and value[0] == 6 and value[-1] == 6
+    assert _runs(tmp_path / "runs.log") == {"x": 2}
+    assert ray.get(noop.remote(), timeout=30) == 1
+
+
+def test_node_loss_chain_with_dropped_intermediates(nodes, tmp_path):
+    log = str(tmp_path / "runs.log")
+    b = nodes.add_node(num_cpus=1, env_vars=FAST)
+    _call(nodes, b, ("obj_fault", {"chunk_delay": 30.0}))
+    nodes.connect()
+    a = big.remote("a", log, 1)
+    m = big_from.remote("m", log, a)
+    c = big_from.remote("c", log, m)
+    del a, m  # the driver keeps only the end of the chain
+    _lose_node_mid_copy(nodes, b, 3)
+    value = ray.get(c, timeout=90)
+    assert value[0] == 3 and value[-1] == 3
+    assert _runs(tmp_path / "runs.log") == {"a": 2, "m": 2, "c": 2}
+    assert ray.get(noop.remote(), timeout=30) == 1
+
+
+@ray.remote
+def put_inside() -> list:
+    return [ray.put(np.ones(2 * MB, dtype=np.uint8))]
+
+
+def test_a_put_owned_on_a_dead_node_fails_with_owner_died(nodes):
+    b = nodes.add_node(num_cpus=1, env_vars=FAST)
+    nodes.connect()
+    [inner] = ray.get(put_inside.remote(), timeout=60)
+    nodes.add_node(num_cpus=1, env_vars=FAST)
+    nodes.remove_node(b)
+    started = time.monotonic()
+    with pytest.raises(OwnerDiedError) as info:
+        ray.get(inner, timeout=60)
+    assert time.monotonic() - started < 30
+    assert isinstance(info.value, ObjectLostError)
+    assert inner.hex() in str(info.value)
+    assert ray.get(noop.remote(), timeout=30) == 1
