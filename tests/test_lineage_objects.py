@@ -309,3 +309,23 @@ def test_a_put_owned_on_a_dead_node_fails_with_owner_died(nodes):
     assert isinstance(info.value, ObjectLostError)
     assert inner.hex() in str(info.value)
     assert ray.get(noop.remote(), timeout=30) == 1
+
+
+@ray.remote
+def next_link(prev) -> np.ndarray:
+    base = 0 if prev is None else int(prev[0])
+    return np.full(MB, base + 1, dtype=np.uint8)
+
+
+def test_a_forwarded_task_keeps_the_argument_its_owner_dropped(nodes):
+    # The driver drops each ref right after passing it on: the task runs on the
+    # other node, which asks the driver's node for its argument; that argument must
+    # still be there (it used to be freed first, and the chain waited for ever).
+    nodes.add_node(num_cpus=1, env_vars=FAST)
+    nodes.connect()
+    ref = next_link.remote(None)
+    deadline = time.monotonic() + 60
+    for _ in range(30):
+        ray.wait([ref], timeout=max(0.1, deadline - time.monotonic()))
+        ref = next_link.remote(ref)
+    assert ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))[0] == 31

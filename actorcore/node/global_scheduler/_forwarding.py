@@ -102,6 +102,7 @@ class ClusterTasks:
             return
         spec = entry[0]
         self.node.remote.results_arrived(spec.owner, sender, results)
+        self.node.sched.release_held(spec.task_id)
 
     def on_node_dead(self, status: NodeStatus) -> None:
         dead = status.node_id
