@@ -371,7 +371,9 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_STORE_RECOVERY_GRACE", "float", "30",
            "seconds a restarted store waits for its clients to claim their objects"),
     EnvVar("ACTORCORE_GCS_LINEAGE_CAP", "int", "10000",
-           "marked lineage entries each GCS shard keeps in memory"),
+           "marked lineage entries each GCS shard keeps in memory, and task specs each "
+           "node keeps for rebuilding lost objects (`init(lineage_cap=)` / "
+           "`--lineage-cap` when given)"),
     EnvVar("ACTORCORE_ENABLE_AUTO_CONNECT", "switch", "1",
            "0: the first API call without init() raises instead of calling init() "
            "(Ray's RAY_ENABLE_AUTO_CONNECT=0 works too)"),

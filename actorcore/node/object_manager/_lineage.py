@@ -16,12 +16,14 @@ its own references on the tasks it depends on, which may go in turn. A chain
 ``a -> b -> c`` whose driver holds only ``c`` thus keeps all three specs, and
 freeing ``c`` releases the whole chain at once.
 
-The cap. At most ``cap`` records are kept (``init(lineage_cap=...)``, the node's
-``--lineage-cap``, else ``ACTORCORE_GCS_LINEAGE_CAP``); past it the oldest record
-is evicted even though it is referenced. Its task id is remembered (in a bounded
+The cap. At most ``cap`` specs are kept (``init(lineage_cap=...)``, the node's
+``--lineage-cap``, else ``ACTORCORE_GCS_LINEAGE_CAP``); past it the oldest is
+evicted even though it is referenced. Its task id is remembered (in a bounded
 set), so that a later rebuild that needs it fails with
 ``ObjectReconstructionFailedLineageEvictedError`` saying so, instead of a vaguer
-error.
+error; its reference count lives on without the spec (``evicted_live``), so its
+GCS record is handed to ``lineage_done`` only once its returns are freed, as
+before.
 
 The rebuild (``reconstruct``). Called where a loss is found: every node holding a
 large value died (``_remote.on_node_dead``), the pull home of a task's result
@@ -117,6 +119,8 @@ class Lineage:
         #: task id -> record, oldest first (eviction order).
         self.records: dict[bytes, _Record] = {}
         self.evicted_ids: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        #: evicted task id -> its references still alive (no spec kept).
+        self.evicted_live: dict[bytes, int] = {}
         #: tasks being re-run to rebuild a return.
         self.rebuilding: set[bytes] = set()
         self.evicted = 0
@@ -161,6 +165,13 @@ class Lineage:
             t = stack.pop()
             rec = records.get(t)
             if rec is None:
+                left = self.evicted_live.get(t)
+                if left is not None:
+                    if left <= 1:
+                        del self.evicted_live[t]
+                        self.node.control.lineage_done(t)
+                    else:
+                        self.evicted_live[t] = left - 1
                 continue
             rec.refs -= 1
             if rec.refs > 0:
@@ -178,7 +189,9 @@ class Lineage:
             self.evicted_ids[tid] = None
             if len(self.evicted_ids) > EVICTED_MEMORY:
                 self.evicted_ids.popitem(last=False)
-            self.node.control.lineage_done(tid)
+            # Only the spec goes from here: its GCS record stays until the task's
+            # returns are freed (the count goes on without the spec).
+            self.evicted_live[tid] = rec.refs
             for held in rec.holds:
                 self._release(held)
 
