@@ -228,6 +228,7 @@ class NodeRuntime:
             "get_function": self._h_get_function,
             "call": self._h_call,
             "bye": self._h_bye,
+            "peer_batch": self._h_peer_batch,
         }
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
         # Tasks and objects between nodes (idle on a one-node cluster).
@@ -508,6 +509,20 @@ class NodeRuntime:
         except (KeyError, TypeError, IndexError):
             raise ValueError(f"unknown message {message!r:.100}") from None
         handler(conn, message, reply)
+
+    def _h_peer_batch(self, conn: Any, m: tuple, reply: Any) -> None:
+        """One-way messages another node queued together (``_peers``), in order."""
+        handlers = self._handlers
+        for message in m[1]:
+            try:
+                handler = handlers[message[0]]
+            except (KeyError, TypeError, IndexError):
+                logger.warning("unknown message in a peer batch: %.100r", message)
+                continue
+            try:
+                handler(conn, message, reply)
+            except Exception:
+                logger.exception("a peer's %r message failed", message[0])
 
     def live_id_prefixes(self) -> set[bytes]:
         """The id prefixes of the live processes here: the owners whose objects may
