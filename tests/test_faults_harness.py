@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -185,6 +187,36 @@ def test_seeded_schedule_replays(two_nodes):
     n = min(len(first), len(second))
     assert n >= 5 and first[:n - 2] == second[:n - 2]
     assert actorcore.get(plus_one.remote(0), timeout=30) == 1
+
+
+def _chaos(cluster, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "actorcore.cli", "chaos", "--address", cluster.address, *args],
+        capture_output=True, text=True, timeout=timeout)
+
+
+def test_chaos_cli(two_nodes):
+    cluster, other = two_nodes
+    _until(lambda: len(_workers(other.node_id)) and len(_workers(cluster.head_node.node_id)),
+           what="workers on both nodes")
+    out = _chaos(cluster, "kill", "worker", "--every", "0.4s", "--for", "1s", "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    kills = [line for line in out.stdout.splitlines() if " kill " in line]
+    assert len(kills) >= 2 and "[seed 1 step 0]" in kills[0], out.stdout
+    assert "SIGKILL to worker_pool/worker_" in kills[0]
+    a, b = f"node:{cluster.head_node.node_id[:8]}", f"node:{other.node_id[:8]}"
+    out = _chaos(cluster, "partition", a, b, "--for", "0.2s")
+    assert out.returncode == 0, out.stderr
+    assert "partition" in out.stdout and "healed" in out.stdout, out.stdout
+    out = _chaos(cluster, "delay", "worker", a, "--ms", "20")
+    assert "stays until `actorcore chaos heal`" in out.stdout, (out.stdout, out.stderr)
+    out = _chaos(cluster, "heal")
+    assert out.returncode == 0 and "healed every link fault on 2 node(s)" in out.stdout
+    bad = _chaos(cluster, "kill", "424242")
+    assert bad.returncode == 1 and "pid 424242 is not a process of this cluster" in bad.stderr
+    bad = _chaos(cluster, "schedule", "--seed", "1", "--kinds", "meteor")
+    assert bad.returncode != 0 and "unknown fault kind 'meteor'" in bad.stderr
+    assert actorcore.get(plus_one.remote(2), timeout=30) == 3
 
 
 def test_kill_a_whole_node_and_partition_one_from_the_gcs(two_nodes):

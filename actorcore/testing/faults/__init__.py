@@ -49,7 +49,7 @@ from typing import Any
 
 from ._inject import Faults, LinkFault, endpoint
 from ._record import KINDS, Injected, check_kind, clear_record, counts, record
-from ._schedule import DEFAULT_TARGETS, Schedule
+from ._schedule import DEFAULT_TARGETS, Schedule, live_targets
 from ._schedule import schedule as _schedule
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "endpoint",
     "heal_all",
     "kill",
+    "live_targets",
     "partition",
     "record",
     "schedule",

@@ -26,7 +26,7 @@ from typing import Any
 from ._inject import Faults, LinkFault
 from ._record import KINDS, Injected, check_kind, note
 
-__all__ = ["DEFAULT_TARGETS", "Schedule", "schedule"]
+__all__ = ["DEFAULT_TARGETS", "Schedule", "live_targets", "schedule"]
 
 logger = logging.getLogger("actorcore.testing.faults")
 
@@ -182,17 +182,7 @@ class Schedule:
         return f.partition(a, b, seed=self.seed, step=step)
 
     def _paths(self, kind: str) -> list[str]:
-        patterns = self.targets[kind]
-        found = []
-        for path, entry in self.faults.paths():
-            if entry.get("state") not in (None, "running"):
-                continue  # restarting: crash() would refuse it, kill() has no process
-            if kind == "kill" and (not entry.get("pid") or entry.get("kind") not in (
-                    "worker", "gcs_replica", "node")):
-                continue  # a process of its own, not something inside one
-            if any(fnmatch.fnmatchcase(path, p) for p in patterns):
-                found.append(path)
-        return sorted(found)
+        return live_targets(self.faults, kind, self.targets[kind])
 
     def _pairs(self, kind: str) -> list[tuple[str, str]]:
         nodes = sorted(f"node:{p[len('node:'):]}" for p, _e in self.faults.paths()
@@ -215,6 +205,22 @@ class Schedule:
                     f"schedule(): link target {group!r} for {kind}: expected nodes, "
                     f"node-gcs, driver-node, worker-node or 'A|B'")
         return pairs
+
+
+def live_targets(faults: Faults, kind: str, patterns: Sequence[str]) -> list[str]:
+    """The tree paths (sorted) matching any of ``patterns`` (fnmatch, with their
+    ``node:<id8>/`` selector) that ``kind`` can hit now: running entries, and for
+    ``kill`` processes of their own (workers, GCS replicas, nodes)."""
+    found = []
+    for path, entry in faults.paths():
+        if entry.get("state") not in (None, "running"):
+            continue  # restarting: crash() would refuse it, kill() has no process
+        if kind == "kill" and (not entry.get("pid") or entry.get("kind") not in (
+                "worker", "gcs_replica", "node")):
+            continue  # a process of its own, not something inside one
+        if any(fnmatch.fnmatchcase(path, p) for p in patterns):
+            found.append(path)
+    return sorted(found)
 
 
 def schedule(seed: int, kinds: Sequence[str] = KINDS, rate: float = 1.0,
