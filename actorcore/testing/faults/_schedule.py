@@ -2,8 +2,10 @@
 
 A schedule draws everything from ``random.Random(seed)`` in one fixed order: the gap
 to the next fault (exponential, mean ``1/rate``), its kind, and one number per
-choice it makes. Targets are chosen among those alive at that moment (sorted, so the
-choice does not depend on the order the tree lists them); a run of the same workload
+choice it makes. Targets are chosen among those alive at that moment (sorted, nodes
+in an order a fresh cluster of the same shape repeats: the head first, the others by
+address, so the choice depends neither on the order the tree lists them nor on the
+random node ids); a run of the same workload
 with the same seed therefore replays the same kinds at the same offsets, and the
 same picks wherever the cluster looks the same. Each step is recorded
 (``faults.record()`` and ``Schedule.record``) with its seed and step number.
@@ -80,6 +82,11 @@ class Schedule:
         """Stop injecting, heal what is held, wait for the thread (at most ``timeout``)."""
         self._stop.set()
         self.join(timeout)
+
+    @property
+    def done(self) -> bool:
+        """The schedule has ended (its duration passed, or `stop`)."""
+        return not self._thread.is_alive()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until the schedule ends (``duration`` passed, or `stop`)."""
@@ -185,8 +192,8 @@ class Schedule:
         return live_targets(self.faults, kind, self.targets[kind])
 
     def _pairs(self, kind: str) -> list[tuple[str, str]]:
-        nodes = sorted(f"node:{p[len('node:'):]}" for p, _e in self.faults.paths()
-                       if p.count("/") == 0)
+        ranks = _node_ranks(self.faults.paths())
+        nodes = sorted(ranks, key=lambda p: (ranks[p], p))
         pairs: list[tuple[str, str]] = []
         for group in self.targets[kind]:
             if group == "nodes":
@@ -212,7 +219,9 @@ def live_targets(faults: Faults, kind: str, patterns: Sequence[str]) -> list[str
     ``node:<id8>/`` selector) that ``kind`` can hit now: running entries, and for
     ``kill`` processes of their own (workers, GCS replicas, nodes)."""
     found = []
-    for path, entry in faults.paths():
+    paths = faults.paths()
+    rank = _node_ranks(paths)
+    for path, entry in paths:
         if entry.get("state") not in (None, "running"):
             continue  # restarting: crash() would refuse it, kill() has no process
         if kind == "kill" and (not entry.get("pid") or entry.get("kind") not in (
@@ -220,7 +229,18 @@ def live_targets(faults: Faults, kind: str, patterns: Sequence[str]) -> list[str
             continue  # a process of its own, not something inside one
         if any(fnmatch.fnmatchcase(path, p) for p in patterns):
             found.append(path)
-    return sorted(found)
+    return sorted(found, key=lambda p: (rank.get(p.split("/", 1)[0], (2, p)), p))
+
+
+def _node_ranks(paths: list[tuple[str, dict]]) -> dict[str, tuple]:
+    """A node order that a fresh cluster of the same shape repeats (node ids are
+    random; the head comes first, the others by their TCP address, which a test
+    `Cluster` gives out in order): so a seed picks the same targets again."""
+    ranks = {}
+    for path, entry in paths:
+        if "/" not in path:
+            ranks[path] = (0 if entry.get("head") else 1, str(entry.get("tcp_address")))
+    return ranks
 
 
 def schedule(seed: int, kinds: Sequence[str] = KINDS, rate: float = 1.0,
