@@ -262,6 +262,7 @@ class ActorClass:
             job_namespace=default_namespace(),
             handles=tuple(carried),
             runtime_env=runtime_env,
+            strategy=_strategy(options.get("scheduling_strategy")),
         )
         _ensure_exported(core, export)
         if name is None and sup_name is None:
@@ -309,3 +310,12 @@ class _ActorOptions:
 def make_actor_class(cls: type, options: dict[str, Any]) -> ActorClass:
     """The ``_api._actor_factory`` hook: ``@remote`` on a class."""
     return ActorClass(cls, options)
+
+
+def _strategy(value: Any) -> Any:
+    """The wire form of ``scheduling_strategy`` (None for the default: no import)."""
+    if value is None or value == "DEFAULT":
+        return None
+    from ..protocol._strategy import strategy_of
+
+    return strategy_of(value)

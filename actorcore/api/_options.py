@@ -37,6 +37,10 @@ _COMMON = {
     "runtime_env",
     "accelerator_type",
     "label_selector",
+    # Ray's legacy spelling of PlacementGroupSchedulingStrategy.
+    "placement_group",
+    "placement_group_bundle_index",
+    "placement_group_capture_child_tasks",
 }
 TASK_OPTIONS = frozenset(_COMMON | {"num_returns", "max_retries", "retry_exceptions",
                                     "max_calls"})
@@ -68,14 +72,79 @@ _NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _check_neutral(options: Mapping[str, Any]) -> None:
+def _check_neutral(options: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
     for key, neutral in _NEUTRAL_VALUES.items():
+        if key in skip or (key == "scheduling_strategy" and _is_pg_strategy(options.get(key))):
+            continue
         if key in options and not any(options[key] == v for v in neutral):
             allowed = ", ".join(repr(v) for v in neutral)
             raise ValueError(
                 f"option {key}={options[key]!r} is not supported by actorcore "
                 f"(accepted for Ray compatibility only as: {allowed})"
             )
+
+
+def _is_pg_strategy(value: Any) -> bool:
+    from ..util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return isinstance(value, PlacementGroupSchedulingStrategy)
+
+
+def placement_of(options: Mapping[str, Any]) -> tuple[Any, int] | None:
+    """The placement group and bundle index the options ask for (the strategy, or
+    Ray's legacy ``placement_group=`` / ``placement_group_bundle_index=``), checked:
+    ``(group, index)`` or None. Refuses what is not built (capturing child tasks)."""
+    from ..util.placement_group import PlacementGroup
+
+    strategy: Any = options.get("scheduling_strategy")
+    if _is_pg_strategy(strategy):
+        if options.get("placement_group") not in (None, "default"):
+            raise ValueError("options scheduling_strategy and placement_group cannot both "
+                             "be given")
+        pg = strategy.placement_group
+        index = strategy.placement_group_bundle_index
+        capture = strategy.placement_group_capture_child_tasks
+    else:
+        pg = options.get("placement_group")
+        if pg == "default":
+            pg = None
+        index = options.get("placement_group_bundle_index", -1)
+        capture = options.get("placement_group_capture_child_tasks")
+        if pg is None:
+            if index not in (None, -1):
+                raise ValueError(f"option placement_group_bundle_index={index!r} needs a "
+                                 "placement group")
+            if capture:
+                raise ValueError("option placement_group_capture_child_tasks=True needs "
+                                 "a placement group")
+            return None
+    if capture:
+        raise ValueError("placement_group_capture_child_tasks=True is not supported by "
+                         "actorcore (give the child tasks the placement group explicitly)")
+    if not isinstance(pg, PlacementGroup):
+        raise TypeError(f"placement group option: expected a PlacementGroup, got {pg!r}")
+    if index is None:
+        index = -1
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TypeError(f"placement_group_bundle_index={index!r} must be an int")
+    bundles = pg.bundle_specs
+    if not -1 <= index < len(bundles):
+        raise ValueError(
+            f"placement_group_bundle_index={index} is out of range: the placement group "
+            f"{pg.id.hex()} has {len(bundles)} bundle{'s' if len(bundles) != 1 else ''} "
+            f"(valid: -1 .. {len(bundles) - 1})")
+    return pg, index
+
+
+def _check_fits_group(what: str, need: Mapping[str, float], pg: Any, index: int) -> None:
+    # As Ray: a request no bundle of the group could ever hold is an error at once.
+    bundles = pg.bundle_specs
+    candidates = bundles if index < 0 else [bundles[index]]
+    if not any(all(b.get(k, 0.0) >= v - 1e-9 for k, v in need.items()) for b in candidates):
+        where = "any bundle" if index < 0 else f"bundle {index}"
+        raise ValueError(
+            f"{what} requests {dict(need)} which cannot fit into {where} of placement "
+            f"group {pg.id.hex()} (bundles: {bundles})")
 
 
 def _check_number(name: str, value: Any, *, integral: bool = False) -> None:
@@ -100,14 +169,15 @@ def _check_resources(value: Any) -> None:
         _check_number(f"resources[{key!r}]", amount)
 
 
-def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: str) -> dict:
+def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: str,
+                     supported: tuple[str, ...] = ()) -> dict:
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(
             f"unknown option{'s' if len(unknown) > 1 else ''} for {what}: "
             f"{', '.join(unknown)} (valid: {', '.join(sorted(allowed))})"
         )
-    _check_neutral(options)
+    _check_neutral(options, supported)
     out = dict(options)
     if "runtime_env" in options:
         out["runtime_env"] = validate_runtime_env(options["runtime_env"], "option")
@@ -124,12 +194,18 @@ def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: 
     name = options.get("name")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"option name={name!r}: expected a str")
+    placement_of(out)  # a bad placement group option fails here
     return out
 
 
 def validate_task_options(options: Mapping[str, Any]) -> dict:
     """Check the options of a remote function; return them as a fresh dict."""
-    out = _validate_common(options, TASK_OPTIONS, "a remote function")
+    out = _validate_common(options, TASK_OPTIONS, "a remote function",
+                           supported=("scheduling_strategy",))
+    if "scheduling_strategy" in out:
+        from ..protocol._strategy import strategy_of
+
+        strategy_of(out["scheduling_strategy"])  # a ValueError naming a bad one
     nr = out.get("num_returns")
     if nr is not None:
         check_num_returns(nr, "option")
@@ -177,7 +253,15 @@ def num_returns_code(nr: Any) -> int:
 
 def validate_actor_options(options: Mapping[str, Any]) -> dict:
     """Check the options of a remote class; return them as a fresh dict."""
-    out = _validate_common(options, ACTOR_OPTIONS, "an actor class")
+    out = _validate_common(options, ACTOR_OPTIONS, "an actor class",
+                           supported=("scheduling_strategy",))
+    if out.get("scheduling_strategy") is not None:
+        from ..protocol._strategy import strategy_of
+
+        try:
+            strategy_of(out["scheduling_strategy"])
+        except ValueError as exc:
+            raise ValueError(f"option {exc}") from None
     for key in ("max_restarts", "max_task_retries"):
         v = out.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < -1):
@@ -216,8 +300,20 @@ def resources_of(options: Mapping[str, Any], *, default_cpus: float = 1.0) -> di
     """The resource request of a task or actor as ``{"CPU": .., "GPU": .., ...}``.
 
     Zero amounts are left out so that two requests compare equal when they ask for
-    the same thing.
+    the same thing. In a placement group, the request is for the group's renamed
+    resources (``node.placement_groups._resources.rewrite``).
     """
+    if ("scheduling_strategy" in options or "placement_group" in options):
+        target = placement_of(options)
+        if target is not None:
+            from ..node.placement_groups._resources import rewrite
+
+            pg, index = target
+            plain = resources_of({k: v for k, v in options.items()
+                                  if k not in ("scheduling_strategy", "placement_group")},
+                                 default_cpus=default_cpus)
+            _check_fits_group(str(options.get("name") or "the task or actor"), plain, pg, index)
+            return rewrite(plain, pg.id.hex(), index)
     cpus = options.get("num_cpus")
     out: dict[str, float] = {}
     c = float(default_cpus if cpus is None else cpus)

@@ -53,7 +53,7 @@ import transport
 
 from ..core_worker._store_link import StoreLink
 from ..kernel import Supervisor
-from ..protocol._ids import short
+from ..protocol._ids import short, task_id_of
 from ..protocol._messages import DRIVER_GRACE, TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
 from ._faults import NodeFaults
@@ -62,11 +62,16 @@ from ._tree import build_tree
 from .actor_manager._manager import ActorManager
 from .gcs_client._control import GcsControlState, MemoryControlState
 from .gcs_client._membership import ClusterView
+from .global_scheduler._forwarding import ClusterTasks
+from .global_scheduler._placement import keep_local
+from .local_scheduler._ledger import fits
 from .local_scheduler._scheduler import SchedulerState, WorkerInfo
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._directory import ObjectDirectory
 from .object_manager._objects import NodeObjects
+from .object_manager._remote import RemoteObjects
 from .object_manager._transfer import ObjectTransfers
+from .placement_groups import PlacementGroups
 from .worker_pool._pool import PoolState
 
 __all__ = ["DRIVER_GRACE", "NodeConfig", "NodeRuntime"]
@@ -142,7 +147,7 @@ class NodeRuntime:
             else MemoryControlState())
         # Every node of the cluster as this one knows it (from the GCS, refreshed by
         # ``gcs_client``), and its links to the others (run by ``node_links``).
-        self.view = ClusterView(self.node_hex)
+        self.view: ClusterView = ClusterView(self.node_hex)
         self.peers = NodePeers(self.view, config.token, self.node_hex, self.handle)
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
         self.resources = dict(config.resources)
@@ -150,7 +155,7 @@ class NodeRuntime:
         # ``memory=`` of tasks and actors is accounted against this, as in Ray.
         self.resources.setdefault("memory", float(_default_task_memory(
             config.object_store_memory or _default_store_capacity())))
-        self.sched = SchedulerState(
+        self.sched: SchedulerState = SchedulerState(
             directory=self.directory,
             total=self.resources,
             host=_SchedulerHost(self),
@@ -226,11 +231,19 @@ class NodeRuntime:
             "bye": self._h_bye,
         }
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
+        # Tasks and objects between nodes (idle on a one-node cluster).
+        self.cluster = ClusterTasks(self)
+        self.remote = RemoteObjects(self)
+        self.view.on_node_joined(lambda _status: self.sched.infeasible_added.set())
+        self.groups = PlacementGroups(self)  # placement groups: bundles, gang reservation
         self._handlers.update(self.objects.handlers())
         # Objects between nodes: pulls here, chunks served to the others.
         self.transfers = ObjectTransfers(self)
         self._handlers.update(self.transfers.handlers())
+        self._handlers.update(self.cluster.handlers())
+        self._handlers.update(self.remote.handlers())
         self._handlers.update(self.actors.handlers())
+        self._handlers.update(self.groups.handlers())
         # Fault injection (``actorcore.testing.faults``): crash, kill, link rules.
         self.faults = NodeFaults(self)
 
@@ -337,11 +350,14 @@ class NodeRuntime:
     def heartbeat_report(self) -> dict:
         """What this node's heartbeats say of it (its free resources and queue)."""
         sched = self.sched
-        return {
+        report = {
             "available": dict(sched.available),
             "queued": len(sched.waiting) + len(sched.ready),
             "running": len(sched.running),
         }
+        if self.groups.held:  # its capacity grew by placement-group bundles
+            report["resources"] = dict(sched.total)
+        return report
 
     @property
     def gcs_address(self) -> str | None:
@@ -389,9 +405,12 @@ class NodeRuntime:
     # --------------------------------------------------------------- callbacks
 
     def deliver(self, owner: bytes, results: list) -> None:
-        """Send ``results`` (ready objects) to their owner, if it is connected."""
+        """Send ``results`` (ready objects) to their owner, if it is connected; the
+        results of a task forwarded here go back to its node."""
         client = self.clients.get(owner)
         if client is None or client.conn.closed:
+            if self.cluster.forwarded_in and results:
+                self.cluster.send_home(task_id_of(results[0][0]), results)
             return
         try:
             client.conn.send_nowait(("ready", results))
@@ -482,6 +501,7 @@ class NodeRuntime:
         self.directory.free(client.owned)
         client.owned = set()
         self.actors.client_gone(client, how)
+        self.groups.driver_gone(wid)
 
     # ---------------------------------------------------------------- handlers
 
@@ -575,7 +595,8 @@ class NodeRuntime:
             submit(spec)
 
     def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.sched.cancel(m[1], m[2], m[3])
+        if not self.cluster.cancel(m[1], m[2], m[3]):  # not forwarded: it is here
+            self.sched.cancel(m[1], m[2], m[3])
 
     def _worker_of(self, conn: Any) -> WorkerInfo | None:
         client = self.by_conn.get(conn)
@@ -667,8 +688,24 @@ class _SchedulerHost:
     def owner_address(self, owner: bytes) -> str | None:
         return self._node._owner_address(owner)
 
-    def watch_deps(self, oids: list[bytes]) -> None:
+    def watch_deps(self, oids: list[bytes], dep_node: str | None = None) -> None:
+        self._node.remote.need(oids, dep_node)
         self._node.dep_watch.watch(oids)
+
+    def keep_local(self, spec: TaskSpec, state: SchedulerState) -> bool:
+        node = self._node
+        view = node.view
+        if not view.multi:
+            return fits(spec.resources, state.total)
+        if spec.deps:
+            # Its arguments' bytes mostly elsewhere: the global scheduler weighs that.
+            here = node.remote.locality(spec.deps)
+            mine = here.pop(node.node_hex, 0)
+            if here and max(here.values()) > mine:
+                return False
+        return keep_local(spec.resources, spec.strategy, view, available=state.available,
+                          total=state.total,
+                          queued=len(state.waiting) + len(state.ready))
 
     def pool_starting(self) -> int:
         return self._node.pool.starting

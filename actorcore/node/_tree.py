@@ -14,7 +14,8 @@
     ├── store_link        the node's own link to it (its refs on large objects)
     ├── object_directory  the directory's watch over arguments that can never arrive
     ├── worker_pool       worker processes, one per CPU to start with
-    └── actor_manager     actors: creation, calls, restarts; writes their records
+    ├── actor_manager     actors: creation, calls, restarts; writes their records
+    └── placement_groups  retries the pending placement groups this node coordinates
 
 The components here are the node-side wrappers the tree needs: the listeners
 (``_RpcServer``) and the GCS's own ``gcs.ServiceSpec`` tree translated into
@@ -37,10 +38,12 @@ from ..protocol._ids import short
 from ._peers import NodeLinks, NodePeers
 from .gcs_client._link import GcsClientLink
 from .gcs_client._membership import ClusterView, Membership
+from .global_scheduler._forwarding import ClusterTasks
 from .global_scheduler._scheduler import GlobalScheduler
 from .local_scheduler._scheduler import LocalScheduler, SchedulerState
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._link import StoreLinkService
+from .placement_groups import PlacementGroups, PlacementGroupsService
 from .worker_pool._pool import PoolState, WorkerPool
 
 __all__ = ["TreeHost", "build_tree"]
@@ -83,6 +86,8 @@ class TreeHost(Protocol):
     @property
     def actors(self) -> Any: ...
     @property
+    def groups(self) -> PlacementGroups: ...
+    @property
     def node_id(self) -> bytes: ...
     @property
     def store_link(self) -> StoreLink | None: ...
@@ -94,6 +99,10 @@ class TreeHost(Protocol):
     def pool(self) -> PoolState: ...
     @property
     def sched(self) -> SchedulerState: ...
+    @property
+    def cluster(self) -> ClusterTasks: ...
+    @property
+    def remote(self) -> Any: ...
     @property
     def unix_address(self) -> str: ...
     @property
@@ -151,12 +160,7 @@ def build_tree(node: TreeHost) -> Supervisor:
     children += [
         ChildSpec(
             "global_scheduler",
-            lambda: GlobalScheduler(
-                node.sched,
-                # Late-bound: ``node.control`` becomes the GCS-backed state once the
-                # GCS client is up, after this spec is built.
-                lambda: node.control.list_nodes(),
-            ),
+            lambda: GlobalScheduler(node),
             kind="global_scheduler",
         ),
         ChildSpec("local_scheduler", lambda: LocalScheduler(node.sched), kind="local_scheduler"),
@@ -167,6 +171,9 @@ def build_tree(node: TreeHost) -> Supervisor:
         ChildSpec("worker_pool", lambda: WorkerPool(node.pool, node.sched), kind="worker_pool"),
         # The node owns the actor manager; the child runs its loop (see its ``run``).
         ChildSpec("actor_manager", lambda: node.actors, kind="actor_manager"),
+        # The node owns its placement groups; the child retries the pending ones.
+        ChildSpec("placement_groups", lambda: PlacementGroupsService(node.groups),
+                  kind="placement_groups"),
     ]
     return Supervisor(
         "node",

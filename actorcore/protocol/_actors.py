@@ -32,6 +32,8 @@ caller <-> actor worker (direct link, see ``core_worker._direct_calls``)
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from ..exceptions import TaskCancelledError
@@ -115,6 +117,9 @@ class ActorSpec:
     handles: tuple[bytes, ...] = ()
     # ``api._runtime_env``: applied in its process when it is created (None: none).
     runtime_env: dict | None = None
+    # Where it may run: ``None`` (DEFAULT), ``"SPREAD"`` or a ``NodeAffinity``
+    # (``protocol._strategy.strategy_of``).
+    strategy: Any = None
 
     @property
     def task_id(self) -> bytes:

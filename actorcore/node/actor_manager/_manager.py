@@ -45,9 +45,11 @@ import transport
 from ...exceptions import ActorDiedError, ActorUnschedulableError
 from ...protocol import _serialization
 from ...protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec
+from ..placement_groups import group_of
 from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_max_starting
 from ._calls import ActorCalls, Call
 from ._introspect import TREE_LIMIT, ActorManagerStatistics
+from ._remote import RemoteActors
 
 __all__ = ["ActorManager", "ActorRecord"]
 
@@ -82,6 +84,14 @@ class ActorRecord:
     ready: trio.Event = attrs.Factory(trio.Event)
     calls_done: int = 0
     created_at: float = attrs.Factory(time.time)
+    # Across nodes (``_remote``): ``node``, the host's id when this record is a
+    # proxy for an actor that lives there; ``authority``, this node created it and
+    # restarts it if its host dies; ``origin``, on the host, the node that placed it
+    # here; ``stub``, a proxy whose spec the host has not told yet.
+    node: str | None = None
+    authority: bool = False
+    origin: str | None = None
+    stub: bool = False
 
     def idle(self) -> bool:
         return not self.inflight and not any(self.queues.values())
@@ -99,6 +109,8 @@ class ActorManager:
         self.node = node
         self.actors: dict[bytes, ActorRecord] = {}
         self.calls = ActorCalls(node, self.actors, end=self.end, kill_worker=self.kill_worker)
+        self.remote = RemoteActors(self)
+        self.calls.remote = self.remote
         self.processes = ActorProcesses(
             node, self._worker_exited, default_max_starting(node.resources.get("CPU", 1.0))
         )
@@ -119,6 +131,7 @@ class ActorManager:
 
     def handlers(self) -> dict[str, Any]:
         return {
+            **self.remote.handlers(),
             "actor_up": self._h_up,
             "actor_ready": self._h_ready,
             "actor_done": self._h_done,
@@ -175,12 +188,12 @@ class ActorManager:
             self._spawn_task(self._claim_name, rec, reply)
         elif reply is not None:
             reply.send(None)
-        self._record(rec)
-        total = self.node.sched.total
-        if not self.node.sched.ledger.feasible(spec.resources):
+        group_error = self.node.groups.actor_verdict(spec.resources) \
+            if group_of(spec.resources) is not None else None
+        if group_error is not None:  # its placement group was removed (or never was)
+            self._record(rec)
             rec.error_type = ActorUnschedulableError
-            self.end(rec, f"it requests {_fmt(spec.resources)} but the node has only "
-                           f"{_fmt(total)}, so it can never be placed")
+            self.end(rec, f"its placement group cannot hold it: {group_error}")
             return
         deps = spec.deps
         if deps:
@@ -190,8 +203,111 @@ class ActorManager:
                 self.node.directory.when_ready(oid, lambda _e, rec=rec: self._ctor_dep_ready(rec))
             if rec.deps_missing:
                 self.node.dep_watch.watch(deps)
+            self._record(rec)
         else:
-            self._acquire(rec)
+            self.admit(rec)
+
+    def admit(self, rec: ActorRecord) -> None:
+        """Its constructor's arguments are ready: place it (``_remote``), and if it
+        stays here, take its resources and start it."""
+        if self.remote.place(rec):
+            return
+        rec.node = None
+        if rec.state == "pending":
+            self._record(rec)
+        self._acquire(rec)
+
+    def create_forwarded(self, spec: ActorSpec, restarts: int, origin: str,
+                         dep_data: list) -> None:
+        """Another node placed this actor here (``_remote``): create it, with the
+        values of its constructor's refs as that node resolved them."""
+        old = self.actors.get(spec.actor_id)
+        if old is not None and old.state != "dead" and old.node is None:
+            return  # a duplicate
+        rec = ActorRecord(spec, restarts=restarts, origin=origin,
+                          dep_data=list(dep_data) if spec.deps else None)
+        if restarts:
+            rec.state = "restarting"
+        if old is not None:  # a proxy of ours, now the actor itself (a restart here)
+            self.adopt_calls(old, rec)
+        self.actors[spec.actor_id] = rec
+        self.created_total += 1
+        if _counted(spec):
+            rec.holders.add(spec.owner)
+        if spec.name is not None:
+            self.names[(spec.namespace, spec.name)] = spec.actor_id
+            if self.node.control.backend == "gcs":
+                self._spawn_task(self._claim_name, rec, None)
+        self._record(rec)
+        self._acquire(rec)
+
+    def adopt_calls(self, old: ActorRecord, new: ActorRecord) -> None:
+        """The calls queued on the proxy ``old`` go to ``new`` (the same actor)."""
+        for owner, q in old.queues.items():
+            new.queues.setdefault(owner, collections.deque()).extend(q)
+        old.queues.clear()
+        for call in old.inflight.values():
+            new.queues.setdefault(call.spec.owner, collections.deque()).appendleft(call)
+        old.inflight.clear()
+        new.holders |= old.holders
+        self.calls.pump(new)
+
+    def proxy_record(self, actor_id: bytes) -> ActorRecord:
+        """A proxy for an actor this node has not seen (``_remote.locate``)."""
+        from ...protocol._actors import ClassMeta
+
+        spec = ActorSpec(
+            actor_id=actor_id, job_id=b"", class_id=b"",
+            meta=ClassMeta(class_name="Actor", module=None, methods={}, is_async=False),
+            args=b"", deps=[], resources={}, max_restarts=0, max_task_retries=0,
+            max_concurrency=1, async_backend="asyncio", name=None, namespace="",
+            detached=True, placement="process", supervisor=None, restart="permanent",
+            owner=b"")
+        rec = ActorRecord(spec, stub=True)
+        self.actors[actor_id] = rec
+        return rec
+
+    def proxy_done(self, actor_id: bytes, task_id: bytes, results: list) -> None:
+        """Results of a call this node forwarded to the actor's host."""
+        rec = self.actors.get(actor_id)
+        if rec is None:
+            return
+        call = rec.inflight.pop(task_id, None)
+        if call is None:
+            return  # a call resent elsewhere meanwhile (its host died)
+        rec.calls_done += 1
+        if call.spec.deps:
+            self.node.directory.unpin(call.spec.deps)
+        self.calls.finish(call.spec, results)
+
+    async def _lookup_cluster(self, name: str, ns: str, reply: Any) -> None:
+        """``get_actor(name)`` of an actor another node hosts: the GCS names it, its
+        host gives its spec, and this node keeps a proxy for the calls."""
+        try:
+            hexid = await self.node.control.call(
+                lambda gcs: gcs.actors.lookup_name(name, namespace=ns))
+            if not isinstance(hexid, str):
+                raise ValueError(f"there is no live actor named {name!r} in namespace {ns!r}")
+            aid = bytes.fromhex(hexid)
+            rec = self.actors.get(aid)
+            if rec is None or rec.state == "dead" or rec.stub:
+                if rec is None or rec.state == "dead":
+                    rec = self.proxy_record(aid)
+                    self._spawn_task(self.remote.find_host, rec)
+                with trio.fail_after(30):
+                    while rec.stub and rec.state != "dead":
+                        await rec.ready.wait()
+                        if rec.stub:
+                            await trio.sleep(0.01)
+            if rec.state == "dead":
+                raise ValueError(f"there is no live actor named {name!r} in namespace "
+                                 f"{ns!r} (it died: {rec.cause})")
+            reply.send((aid, rec.spec.meta))
+        except trio.TooSlowError:
+            reply.fail(TimeoutError(f"the actor named {name!r} in namespace {ns!r} was "
+                                    f"not reachable within 30 s"))
+        except Exception as exc:
+            reply.fail(exc)
 
     async def _claim_name(self, rec: ActorRecord, reply: Any) -> None:
         spec = rec.spec
@@ -244,7 +360,7 @@ class ActorManager:
                 self.end(rec, f"an argument of its constructor failed:\n{err}")
                 return
         rec.dep_data = [(entries[o].is_error, entries[o].data) for o in rec.spec.deps]
-        self._acquire(rec)
+        self.admit(rec)
 
     def _acquire(self, rec: ActorRecord) -> None:
         """Take the actor's resources (wait while the node has them in use), then place."""
@@ -415,7 +531,7 @@ class ActorManager:
         if call is None:
             return  # a reply from an incarnation we gave up on
         rec.calls_done += 1
-        if call.spec.deps:
+        if call.spec.deps and not call.forwarded:
             node.directory.unpin(call.spec.deps)
         self.calls.finish(call.spec, results)
         if rec.drop_when_idle and rec.idle():
@@ -450,7 +566,8 @@ class ActorManager:
         rec = self.actors.get(actor_id)
 
         def answer() -> bool:
-            if rec is None or rec.state == "dead":
+            if rec is None or rec.state == "dead" or rec.node is not None or rec.stub:
+                # Dead, or on another node: calls take the node path (forwarded).
                 reply.send(None)
             elif rec.state == "alive" and rec.worker is not None:
                 # Lightweight actors (a shared process) stay on the node path: one
@@ -477,6 +594,19 @@ class ActorManager:
 
         self._spawn_task(later)
 
+    async def _remote_state(self, rec: ActorRecord, reply: Any) -> None:
+        """``actor_state`` of an actor on another node: as its host sees it."""
+        d = self.describe(rec)
+        assert rec.node is not None
+        try:
+            _spec, state, cause = await self.node.peers.request(
+                rec.node, ("mn_actor_spec", rec.spec.actor_id), timeout=10.0)
+            d.update(state=state, death_cause=cause)
+        except Exception as exc:
+            logger.info("asking node %s for actor %s failed: %s", rec.node[:12],
+                        rec.spec.describe(), exc)
+        reply.send(d)
+
     def _h_drop(self, conn: Any, m: tuple, reply: Any) -> None:
         """``("actor_drop", actor_id)``: the sender holds no handle to it any more."""
         rec = self.actors.get(m[1])
@@ -486,15 +616,34 @@ class ActorManager:
 
     def _hold(self, conn: Any, actor_id: bytes) -> None:
         """The sender's first handle to ``actor_id`` appeared: it holds the actor."""
-        rec = self.actors.get(actor_id)
         client = self.node.by_conn.get(conn)
-        if rec is None or rec.state == "dead" or not _counted(rec.spec) or client is None:
+        if client is not None and client.worker_id is not None:
+            self.hold(actor_id, client.worker_id)
+
+    def hold(self, actor_id: bytes, holder: bytes) -> None:
+        rec = self.actors.get(actor_id)
+        if rec is None and self.node.view.multi:
+            rec = self.remote.locate(actor_id)
+        if rec is None or rec.state == "dead":
             return
-        if client.worker_id is not None:
-            rec.holders.add(client.worker_id)
-            rec.drop_when_idle = False
+        if rec.node is not None or rec.stub:  # its host counts the holders
+            rec.holders.add(holder)
+            if rec.node is not None:
+                self.remote.send(rec, ("mn_actor_hold", actor_id, holder))
+            return
+        if not _counted(rec.spec):
+            return
+        rec.holders.add(holder)
+        rec.drop_when_idle = False
+
+    def unhold(self, rec: ActorRecord, holder: bytes) -> None:
+        self._unhold(rec, holder)
 
     def _unhold(self, rec: ActorRecord, holder: bytes) -> None:
+        if rec.node is not None and rec.state != "dead" and holder in rec.holders:
+            rec.holders.discard(holder)
+            self.remote.send(rec, ("mn_actor_drop", rec.spec.actor_id, holder))
+            return
         if rec.state == "dead" or not _counted(rec.spec) or holder not in rec.holders:
             return
         rec.holders.discard(holder)
@@ -511,7 +660,10 @@ class ActorManager:
         elif op == "lookup":
             name, ns = m[2], m[3]
             aid = self.names.get((ns, name))
-            if aid is None:
+            if aid is None or self.actors[aid].state == "dead":
+                if self.node.view.multi and self.node.control.backend == "gcs":
+                    self._spawn_task(self._lookup_cluster, name, ns, reply)
+                    return
                 raise ValueError(
                     f"there is no live actor named {name!r} in namespace {ns!r}"
                 )
@@ -528,6 +680,9 @@ class ActorManager:
             rec = self.actors.get(m[2])
             if rec is None:
                 raise ValueError(f"unknown actor {m[2].hex()}")
+            if rec.node is not None and rec.state != "dead":
+                self._spawn_task(self._remote_state, rec, reply)
+                return
             reply.send(self.describe(rec))
         elif op == "list":
             reply.send([self.describe(r) for r in self.actors.values()])
@@ -545,6 +700,9 @@ class ActorManager:
         if rec is None:
             raise ValueError(f"kill(): unknown actor {actor_id.hex()}")
         if rec.state == "dead":
+            return
+        if rec.node is not None:  # it lives on another node: its host decides
+            self.remote.send(rec, ("mn_actor_kill", actor_id, no_restart))
             return
         reason = "it was killed with actorcore.kill()"
         spec = rec.spec
@@ -602,6 +760,12 @@ class ActorManager:
             self.kill_worker(host)
         rec.worker = None
 
+    def can_restart(self, rec: ActorRecord) -> bool:
+        return self._can_restart(rec)
+
+    def limits(self, rec: ActorRecord) -> str:
+        return self._limits(rec)
+
     def _can_restart(self, rec: ActorRecord) -> bool:
         mr = rec.spec.max_restarts
         return not rec.no_restart and (mr == -1 or rec.restarts < mr)
@@ -632,10 +796,33 @@ class ActorManager:
             return
         self.end(rec, reason + self._limits(rec))
 
-    def end(self, rec: ActorRecord, cause: str) -> None:
-        """``rec`` is dead for good: fail its calls, free its name, process, resources."""
+    def end_where(self, match: Any, error_type: type, cause: str) -> int:
+        """Every live actor whose spec ``match``es dies for good with ``error_type``
+        (a removed placement group's actors); returns how many."""
+        doomed = [r for r in self.actors.values() if r.state != "dead" and match(r.spec)]
+        for rec in doomed:
+            rec.error_type = error_type
+            self.end(rec, cause)
+        return len(doomed)
+
+    def end(self, rec: ActorRecord, cause: str, *, notify: bool = True) -> None:
+        """``rec`` is dead for good: fail its calls, free its name, process, resources.
+
+        For a proxy (``rec.node``) its host is told to end it too (unless
+        ``notify`` is false: the news came from there, or the host is dead); a host
+        tells the node that placed the actor here."""
         if rec.state == "dead":
             return
+        if notify and rec.node is not None:
+            self.remote.send(rec, ("mn_actor_end", rec.spec.actor_id, cause))
+        elif rec.origin is not None:
+            try:
+                self.node.peers.send(rec.origin, ("mn_actor_state", rec.spec.actor_id,
+                                                  "dead", cause))
+            except Exception as exc:
+                logger.info("telling node %s that actor %s died failed: %s",
+                            rec.origin[:12], rec.spec.describe(), exc)
+        self.remote.forget(rec)
         rec.state = "dead"
         rec.cause = cause
         self.died_total += 1
@@ -647,7 +834,8 @@ class ActorManager:
             for call in q:
                 self.calls.fail_call(call, err)
         rec.queues.clear()
-        if rec.spec.deps and rec.deps_missing == 0 and rec.dep_data is not None:
+        if (rec.spec.deps and rec.deps_missing == 0 and rec.dep_data is not None
+                and rec.origin is None):  # a forwarded creation pinned nothing here
             self.node.directory.unpin(rec.spec.deps)
             rec.dep_data = None
         if rec in self.waiting_resources:
@@ -684,6 +872,10 @@ class ActorManager:
             "supervisor": spec.supervisor,
             "death_cause": rec.cause,
             "calls_done": rec.calls_done,
+            "node_id": rec.node or self.node.node_hex,
+            "node_address": self.node.tcp_address if rec.node is None else None,
+            "direct_address": (rec.worker.direct_address
+                               if rec.worker is not None and not rec.worker.shared else None),
         }
 
     def actor_entry(self, rec: Any) -> dict:
@@ -725,7 +917,8 @@ class ActorManager:
         return out
 
     def statistics(self) -> ActorManagerStatistics:
-        states = collections.Counter(r.state for r in self.actors.values())
+        states = collections.Counter(r.state for r in self.actors.values()
+                                     if r.node is None and not r.stub)
         procs = self.processes
         return ActorManagerStatistics(
             pending=states["pending"], alive=states["alive"], restarting=states["restarting"],
@@ -733,7 +926,10 @@ class ActorManager:
             restarts=self.restarts_total, processes=len(self.workers),
             processes_starting=procs.starting, processes_queued=procs.queued,
             max_starting=procs.max_starting, starting_peak=procs.starting_peak,
-            queued_peak=procs.queued_peak)
+            queued_peak=procs.queued_peak, unplaced=len(self.remote.infeasible),
+            unplaced_warnings=tuple(self.remote.warnings.values())[:TREE_LIMIT],
+            remote=sum(1 for r in self.actors.values()
+                       if r.node is not None and r.state != "dead"))
 
     # -------------------------------------------------------------------- plumbing
 
@@ -744,9 +940,16 @@ class ActorManager:
         await self.node.control.call(lambda gcs: gcs.actors.unregister_name(
             spec.name, namespace=spec.namespace, actor_id=spec.actor_id.hex()))
 
-    def _record(self, rec: ActorRecord) -> None:
+    def record(self, rec: ActorRecord, *, force: bool = False) -> None:
+        """The actor's record, written by its host only (``force``: by its authority,
+        when its host died)."""
+        self._record(rec, force=force)
+
+    def _record(self, rec: ActorRecord, *, force: bool = False) -> None:
         """Write the actor's record to the GCS actors table (behind, batched by ``run``)."""
-        if self.node.control.backend != "gcs":
+        if self.node.control.backend != "gcs" or (rec.node is not None and not force):
+            return
+        if rec.stub:
             return
         d = self.describe(rec)
         d["state"] = rec.state

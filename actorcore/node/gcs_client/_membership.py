@@ -83,8 +83,9 @@ class NodeStatus:
 
     @classmethod
     def from_record(cls, record: dict, heartbeat: dict | None) -> NodeStatus:
-        resources = dict(record.get("resources") or {})
         hb = heartbeat or {}
+        # A heartbeat names the capacity when placement-group bundles changed it.
+        resources = dict(hb.get("resources") or record.get("resources") or {})
         return cls(
             node_id=str(record.get("node_id")),
             address=record.get("tcp_address"),

@@ -2,8 +2,8 @@
 
 Task life on a node (paper §4.2.2, bottom-up scheduling)::
 
-    submit ──► feasible here? ──no──► global scheduler (another node, or a clear
-       │                                 TaskUnschedulableError if none can ever run it)
+    submit ──► keep it here? ──no──► global scheduler (this node, another node, or
+       │       (``keep_local``)          a wait, with a warning, for a node that can)
        ▼ yes
     waiting (data edges: each top-level ref argument must be ready; the deps are
        │     pinned in the directory so their owner's free cannot drop them)
@@ -295,8 +295,12 @@ class SchedulerHost(Protocol):
         """Run ``fn`` on the node's loop after ``delay`` seconds."""
     def owner_address(self, owner: bytes) -> str | None:
         """Where ``owner`` takes results pushed by workers directly, or None."""
-    def watch_deps(self, oids: list[bytes]) -> None:
-        """Watch arguments a task waits for that may never become ready."""
+    def watch_deps(self, oids: list[bytes], dep_node: str | None = None) -> None:
+        """Watch arguments a task waits for that may never become ready; fetch
+        those owned on other nodes (``dep_node``: the node to ask for them)."""
+    def keep_local(self, spec: TaskSpec, state: SchedulerState) -> bool:
+        """Whether this node runs ``spec`` itself rather than the global scheduler
+        placing it (on a one-node cluster: whenever the node can ever run it)."""
     def pool_starting(self) -> int:
         """Workers the pool is starting now."""
     def pool_can_grow(self) -> bool:
@@ -332,6 +336,13 @@ class SchedulerState:
     # The global scheduler's warning per resource shape of tasks that wait for a
     # node (logged once per shape, also across its restarts).
     unplaced_warnings: dict[tuple, str] = attrs.Factory(dict)
+    # Running tasks whose worker is killed on purpose, and the error each fails
+    # with (``fail_where``), instead of a retry.
+    doomed: dict[bytes, BaseException] = attrs.Factory(dict)
+    # Whether the global scheduler lets a task it cannot place wait instead of
+    # failing it (a placement group's task), or the error it fails with: set by the
+    # node's placement groups; None: no placement groups.
+    group_verdict: Callable[[TaskSpec], BaseException | bool | None] | None = None
     node_id: str = ""
     dispatch_passes: int = 0
     tasks_finished: int = 0
@@ -362,10 +373,37 @@ class SchedulerState:
                 self.children[parent] = {spec.task_id}
             else:
                 kids.add(spec.task_id)
+        if not self.host.keep_local(spec, self):
+            self.infeasible[spec.task_id] = spec
+            self.infeasible_added.set()
+            return
+        self._enqueue(spec, None)
+
+    def accept(self, spec: TaskSpec, dep_node: str | None = None) -> None:
+        """Queue ``spec`` here without asking whether to: the global scheduler chose
+        this node, or another node forwarded it (``dep_node``: where to ask for its
+        arguments). Only a task this node can never run goes back to be placed."""
         if not fits(spec.resources, self.total):
             self.infeasible[spec.task_id] = spec
             self.infeasible_added.set()
             return
+        self._enqueue(spec, dep_node)
+
+    def retry_elsewhere(self, spec: TaskSpec) -> None:
+        """The node ``spec`` was forwarded to died: place it again (one retry)."""
+        if spec.max_retries > 0:
+            spec.max_retries -= 1
+        spec.attempt += 1
+        self.tasks_retried += 1
+        self.host.record_lineage(spec)
+        self.infeasible[spec.task_id] = spec
+        self.infeasible_added.set()
+
+    def fail_task(self, spec: TaskSpec, error: BaseException) -> None:
+        """``spec`` (not queued here) fails with ``error``, delivered to its owner."""
+        self._fail(spec, error)
+
+    def _enqueue(self, spec: TaskSpec, dep_node: str | None) -> None:
         deps = spec.deps
         if not deps:
             self.ready.append(spec)
@@ -380,7 +418,7 @@ class SchedulerState:
         for oid in deps:
             self.directory.when_ready(oid, on_dep)
         if record[1] != 0:  # some dep is not ready yet
-            self.host.watch_deps(deps)
+            self.host.watch_deps(deps, dep_node)
 
     def _dep_ready(self, record: list) -> None:
         record[1] -= 1
@@ -437,7 +475,11 @@ class SchedulerState:
             spec = worker.tasks[task_id]
             forced = task_id in worker.force_cancelled
             self._release(worker, task_id)
-            if forced or task_id in self.cancelled:
+            doom = self.doomed.pop(task_id, None) if self.doomed else None
+            if doom is not None:
+                self.directory.unpin(spec.deps)
+                self._fail(spec, doom)
+            elif forced or task_id in self.cancelled:
                 self.directory.unpin(spec.deps)
                 err = TaskCancelledError(task_id, f"task {spec.name} was cancelled (force)")
                 self._fail(spec, err)
@@ -562,6 +604,46 @@ class SchedulerState:
             self._forget_edge(spec)
             dropped += 1
         return dropped
+
+    def resources_added(self) -> None:
+        """The node grew (a placement-group bundle was reserved here): the tasks
+        that waited for resources it now has are queued here."""
+        for spec in [s for s in self.infeasible.values() if fits(s.resources, self.total)]:
+            del self.infeasible[spec.task_id]
+            self._enqueue(spec, None)
+
+    def fail_where(self, match: Callable[[TaskSpec], bool], error: BaseException) -> int:
+        """Every task here that ``match``es fails with ``error`` (a removed placement
+        group's): queued ones at once, running ones by killing their worker (as Ray
+        does). Returns how many."""
+        n = 0
+        for spec in [s for s in self.infeasible.values() if match(s)]:
+            del self.infeasible[spec.task_id]
+            self._fail(spec, error)
+            n += 1
+        for task_id, record in list(self.waiting.items()):
+            if match(record[0]):
+                del self.waiting[task_id]
+                self.directory.unpin(record[0].deps)
+                self._fail(record[0], error)
+                n += 1
+        for spec in [s for s in self.ready if match(s)]:
+            self.ready.remove_task(spec.task_id)
+            self.directory.unpin(spec.deps)
+            self._fail(spec, error)
+            n += 1
+        for task_id, worker in list(self.running.items()):
+            run = worker.tasks.get(task_id)
+            if run is not None and match(run):
+                self.doomed[task_id] = error
+                self.host.kill_worker(worker)
+                n += 1
+        return n
+
+    def fail_infeasible(self, spec: TaskSpec, error: BaseException) -> None:
+        """A task waiting for the global scheduler fails with ``error``."""
+        if self.infeasible.pop(spec.task_id, None) is not None:
+            self._fail(spec, error)
 
     def fail_unschedulable(self, spec: TaskSpec, message: str) -> None:
         """The global scheduler found no node for ``spec``: it fails with ``message``."""
