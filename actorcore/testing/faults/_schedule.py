@@ -1,8 +1,9 @@
 """Seeded fault schedules: faults at random times, replayable from the seed.
 
 A schedule draws everything from ``random.Random(seed)`` in one fixed order: the gap
-to the next fault (exponential, mean ``1/rate``), its kind, and one number per
-choice it makes. Targets are chosen among those alive at that moment (sorted, nodes
+to the next fault (exponential, mean ``1/rate``), its kind (the kinds come in
+cycles, each kind once per cycle in a shuffled order, so a short schedule still
+injects every kind), and one number per choice it makes. Targets are chosen among those alive at that moment (sorted, nodes
 in an order a fresh cluster of the same shape repeats: the head first, the others by
 address, so the choice depends neither on the order the tree lists them nor on the
 random node ids); a run of the same workload
@@ -115,9 +116,13 @@ class Schedule:
         rng = self._rng
         deadline = time.monotonic() + self.duration
         step = 0
+        bag: list[str] = []
         while not self._stop.is_set():
             gap = rng.expovariate(self.rate)
-            kind = self.kinds[rng.randrange(len(self.kinds))]
+            if not bag:  # every kind once per cycle, in a seeded order
+                bag = list(self.kinds)
+                rng.shuffle(bag)
+            kind = bag.pop()
             pick = rng.random()
             if self._stop.wait(max(0.0, min(gap, deadline - time.monotonic()))):
                 break
