@@ -219,9 +219,32 @@ def test_chaos_cli(two_nodes):
     assert actorcore.get(plus_one.remote(2), timeout=30) == 3
 
 
+def test_kill_a_gcs_replica_process():
+    """Replicas in processes of their own: kill by path; the shard restarts it."""
+    actorcore.shutdown()  # the module cluster's driver; this test has its own cluster
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "gcs_replicas": 2})
+    try:
+        c.connect()
+        old = _entry(f"node:{c.head_node.node_id[:8]}/gcs/shard_0/replica_1")["pid"]
+        done = faults.kill("gcs/shard_0/replica_1")
+        assert done["pid"] == old and done["path"] == "gcs/shard_0/replica_1"
+        _until(lambda: not _pid_alive(old), what="the replica's process gone")
+        _until(lambda: (e := _entry(f"node:{c.head_node.node_id[:8]}/gcs/shard_0/replica_1"))
+               ["state"] == "running" and e["pid"] not in (None, old),
+               what="the replica restarted in a new process")
+        with pytest.raises(ValueError, match="runs inside the process of node"):
+            faults.kill("gcs/coordinator")
+        assert actorcore.get(plus_one.remote(1), timeout=30) == 2
+    finally:
+        actorcore.shutdown()
+        c.shutdown()
+
+
 def test_kill_a_whole_node_and_partition_one_from_the_gcs(two_nodes):
     # Last of the module: it kills the module cluster's second node.
     c, a = two_nodes
+    if not actorcore.is_initialized():
+        c.connect()
     pid = sorted(_until(lambda: _workers(a.node_id), what="a worker on node a").values())[0]
     done = faults.kill(f"node:{a.node_id[:8]}")
     assert done["pid"] == a.pid and pid in done["processes"]
