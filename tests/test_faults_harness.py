@@ -129,6 +129,15 @@ def test_bad_use_gets_clear_errors(two_nodes):
         faults.schedule(seed=1, kinds=["meteor"])
     with pytest.raises(ValueError, match="'node:' takes a hex node id prefix"):
         faults.partition("node:xyz", "gcs")
+    with pytest.raises(ValueError, match="unknown endpoint 'nodes:ab'"):
+        faults.partition("nodes:ab", "gcs")
+    with pytest.raises(ValueError, match="no live node has an id starting with 'fffff'"):
+        faults.drop(0.5, a="node:fffff", b="gcs")
+    with pytest.raises(ValueError, match=r"probability must be within \[0, 1\]"):
+        faults.drop(2.0, a="worker", b="gcs")
+    with pytest.raises(ValueError, match="is not a signal"):
+        faults.kill(f"node:{other.node_id[:8]}/worker_pool/worker_0", signal=12345)
+    assert transport.faults.rules() == {}
     with pytest.raises(ValueError, match="unknown fault action"):
         transport.faults.Rule("explode")
     failed = [e for e in faults.record() if not e.ok]

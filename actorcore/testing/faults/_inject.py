@@ -59,7 +59,16 @@ def endpoint(name: str | None) -> str | None:
         return "worker_*"
     if name.startswith("worker_") and name[len("worker_"):].isdigit():
         return f"{name}*"
+    if not name.startswith(_KNOWN) and name.strip("*?") != "":
+        raise ValueError(
+            f"unknown endpoint {name!r}: expected 'node:<id prefix>', 'gcs', 'driver', "
+            f"'worker', 'worker_<n>', or a pattern of transport names starting with "
+            f"{', '.join(repr(k) for k in _KNOWN)}")
     return name
+
+
+#: How every transport name of a cluster process starts (the module docstring).
+_KNOWN = ("node-", "worker_", "driver-", "gcs/", "admin-", "*", "?", "[")
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -233,11 +242,27 @@ class Faults:
         if kw:
             raise TypeError(f"{kind}(): unexpected arguments {sorted(kw)}")
         src, dst = endpoint(a), endpoint(b)
+        self._check_nodes(a, b)
         rules = list(make(src, dst))
         if both and src != dst:
             rules += make(dst, src)
         arrow = "<->" if both else "->"
         return LinkFault(self, kind, f"{a or '*'} {arrow} {b or '*'}", rules, seed, step)
+
+    def _check_nodes(self, *names: str | None) -> None:
+        """A ``node:<prefix>`` endpoint must name a live node (a typo would fault
+        nothing, silently)."""
+        wanted = [n for n in names if isinstance(n, str) and n.startswith("node:")]
+        if not wanted:
+            return
+        live = [str(sub.get("node_id")) for sub in self.tree().get("children") or ()
+                if sub.get("node_id") and sub.get("state") != "unreachable"]
+        for name in wanted:
+            prefix = name[len("node:"):].lower()
+            if not any(node_id.startswith(prefix) for node_id in live):
+                raise ValueError(
+                    f"endpoint {name!r}: no live node has an id starting with {prefix!r} "
+                    f"(live nodes: {', '.join(sorted(i[:8] for i in live))})")
 
     def heal_all(self) -> dict:
         """Remove every link fault in every process of the cluster."""
