@@ -28,9 +28,28 @@ def test_passes_without_a_section():
 '''
 
 
+def _registered() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.value == "actorcore.testing.pytest_plugin"
+               for ep in entry_points(group="pytest11"))
+
+
+def test_the_plugin_is_an_entry_point():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert project["project"]["entry-points"]["pytest11"] == {
+        "actorcore": "actorcore.testing.pytest_plugin"}
+
+
 def test_plugin_fixtures_and_the_report_of_a_failing_test(pytester):
     pytester.makepyfile(test_inner=INNER)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", timeout=120)
+    # An install from before the entry point (``pip install -e .`` refreshes it)
+    # gets the plugin by name.
+    load = [] if _registered() else ["-p", "actorcore.testing.pytest_plugin"]
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", *load, timeout=120)
     result.assert_outcomes(failed=1, passed=1)
     out = result.stdout.str()
     assert "actorcore injected faults" in out, out
