@@ -230,10 +230,23 @@ def _store_link(node: TreeHost) -> StoreLinkService:
     return StoreLinkService(node.store_link)
 
 
-async def _gcs_address_from_head(head_address: str, token: bytes) -> str:
+async def check_join(head_address: str, token: bytes, patience: float = 30.0) -> str:
+    """Dial the head once before a joining node starts its tree; return the GCS's
+    address. A refusal that no retry can cure — the two ends disagree on TLS
+    (`transport.TlsMismatch`), the head's CA does not sign our certificate
+    (`transport.TlsError`), the token is wrong (`transport.AuthenticationFailed`) —
+    raises here, so the node stops at once with that error instead of its
+    ``gcs_client`` crashing on it until the node's restart intensity is spent.
+    Nothing listening there for ``patience`` seconds (a head still starting is
+    waited for) raises `transport.ConnectError`, within the launcher's wait."""
+    return await _gcs_address_from_head(head_address, token, patience=patience)
+
+
+async def _gcs_address_from_head(head_address: str, token: bytes,
+                                 patience: float = 60.0) -> str:
     """Where the GCS is, asked of the head node (a node joining the cluster). The
-    head may still be starting: dial for up to a minute before giving up."""
-    deadline = trio.current_time() + 60.0
+    head may still be starting: dial for up to ``patience`` s before giving up."""
+    deadline = trio.current_time() + patience
     while True:
         try:
             async with transport.open_connection(head_address, token,

@@ -466,13 +466,25 @@ class PlacementGroups:
 
     def verdict(self, spec: TaskSpec) -> BaseException | bool | None:
         """For the global scheduler, of a task this node cannot run: None if it is
-        in no placement group; True to let it wait (its group is pending, or
-        reserved on nodes this one cannot hand it to yet); the error it fails with
-        if its group was removed or never existed."""
+        in no placement group; True to let it wait (its group is pending); False
+        to place it (its group is reserved); the error it fails with if its group
+        was removed or never existed."""
         pg = group_of(spec.resources)
         if pg is None:
             return None
-        return self.group_state(pg, _task_error=self._task_error)
+        state = self.group_state(pg, _task_error=self._task_error)
+        if isinstance(state, BaseException):
+            return state
+        # Reserved: placed like any task, by the bundle resources the nodes holding
+        # its bundles report (forwarded there); pending: it waits for the group.
+        return not self._created(pg)
+
+    def _created(self, pg: str) -> bool:
+        rec = self.groups.get(pg)
+        if rec is not None:
+            return bool(rec.state == "CREATED")
+        cached = self._cached.get(pg)
+        return cached is not None and cached[0] == "CREATED"
 
     def group_state(self, pg: str, _task_error: Any) -> BaseException | bool:
         if pg in self.removed:
