@@ -269,3 +269,27 @@ def test_kill_a_whole_node_and_partition_one_from_the_gcs(two_nodes):
     assert "heartbeat" in dead[0]["death_reason"]
     assert actorcore.get(plus_one.remote(1), timeout=30) == 2
     assert transport.faults.rules() == {}
+
+
+def test_tagged_rules_and_control_links_in_transport():
+    """Rules by tag install idempotently and heal together; no rule touches a
+    ``faults-*`` endpoint (the harness's control links), so a heal gets through."""
+    f = transport.faults
+    f.clear()
+    try:
+        rules = [f.Rule("refuse", None, None).to_dict()]
+        f.apply({"op": "install", "tag": "t1", "rules": rules})
+        f.apply({"op": "install", "tag": "t1", "rules": rules})  # again: still one
+        f.apply({"op": "install", "tag": "t2", "rules": [f.Rule("drop", "a", "b").to_dict()]})
+        assert sorted(r.tag for r in f.rules().values()) == ["t1", "t2"]
+        assert f.decide("node-1", "node-2", "request") is not None
+        assert f.refused("node-1", "gcs/coordinator") is not None
+        assert f.decide("faults-1234", "node-2", "request") is None
+        assert f.decide("node-2", "faults-1234", "reply") is None
+        assert f.refused("faults-1234", "node-2-tcp") is None
+        assert f.apply({"op": "heal", "tag": "t1"}) == 1
+        assert [r.tag for r in f.rules().values()] == ["t2"]
+        with pytest.raises(ValueError, match="unknown fault command op 'explode'"):
+            f.apply({"op": "explode"})
+    finally:
+        f.clear()
