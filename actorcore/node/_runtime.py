@@ -56,6 +56,7 @@ from ..kernel import Supervisor
 from ..protocol._ids import short, task_id_of
 from ..protocol._messages import DRIVER_GRACE, TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
+from ._faults import NodeFaults
 from ._peers import NodePeers
 from ._tree import build_tree
 from .actor_manager._manager import ActorManager
@@ -244,6 +245,8 @@ class NodeRuntime:
         self._handlers.update(self.remote.handlers())
         self._handlers.update(self.actors.handlers())
         self._handlers.update(self.groups.handlers())
+        # Fault injection (``actorcore.testing.faults``): crash, kill, link rules.
+        self.faults = NodeFaults(self)
 
     # ------------------------------------------------- what components may use
 
@@ -558,6 +561,8 @@ class NodeRuntime:
         self.by_conn[conn] = client
         if worker_id is not None:
             self.clients[worker_id] = client
+        if self.faults.installed and role != "node":
+            self.faults.greet(conn)
         reply.send(
             {
                 "node_id": self.node_id,
@@ -668,6 +673,9 @@ class NodeRuntime:
     def _h_call(self, conn: Any, m: tuple, reply: Any) -> None:
         from ._calls import dispatch_call
 
+        if m[1] == "fault":  # fault injection (``_faults``): it needs the caller's link
+            self.faults.call(conn, m[2], reply)
+            return
         dispatch_call(self, m[1], m[2], reply)
 
 
