@@ -305,6 +305,11 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
     lines.append(f"lineage: {_count(c.tasks_recorded, 'task')} recorded, "
                  f"{c.lineage_live_tasks} with live results, {c.lineage_collectable} "
                  f"collectable, {c.lineage_pending} buffered")
+    lin = st.get("lineage")
+    if lin is not None:
+        lines.append(f"rebuilds: {_count(lin.rebuilds, 'task')} re-run for lost objects "
+                     f"({lin.rebuilding} now, {lin.failed} refused); {lin.kept} specs kept "
+                     f"of {lin.cap}, {lin.evicted} evicted while referenced")
     g: gcs.GcsClientStatistics | None = c.gcs_client
     if g is not None:
         lines.append(f"gcs: {c.address}, {_count(g.writes, 'write')} and "

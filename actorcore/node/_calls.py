@@ -134,6 +134,7 @@ def _status(node: Any) -> dict:
         },
         "control": attrs.evolve(node.control.statistics(),
                                 lineage_live_tasks=node.objects.lineage.live_tasks()),
+        "lineage": node.objects.lineage.statistics(),
         "log_dir": str(node.config.session_dir / "logs"),
         "session_dir": str(node.config.session_dir),
         "security": node.security_info(),
