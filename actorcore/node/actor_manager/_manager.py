@@ -48,6 +48,7 @@ from ...protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec
 from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_max_starting
 from ._calls import ActorCalls, Call
 from ._introspect import TREE_LIMIT, ActorManagerStatistics
+from ._replay import CHECKPOINT_NAMESPACE, CallLog
 
 __all__ = ["ActorManager", "ActorRecord"]
 
@@ -82,6 +83,7 @@ class ActorRecord:
     ready: trio.Event = attrs.Factory(trio.Event)
     calls_done: int = 0
     created_at: float = attrs.Factory(time.time)
+    log: CallLog | None = None  # an actor recovered by replay (``_replay``)
 
     def idle(self) -> bool:
         return not self.inflight and not any(self.queues.values())
@@ -111,6 +113,7 @@ class ActorManager:
         self._releases_seen = 0
         self._dirty: dict[bytes, dict] = {}  # actor records not yet in the GCS
         self._dirty_event = trio.Event()
+        self._ckpt_writer = False
         self.supervisors: dict[str, Any] = {}
         self.created_total = 0
         self.died_total = 0
@@ -128,6 +131,8 @@ class ActorManager:
             "actor_req": self._h_req,
             "actor_cancel": self._h_cancel,
             "actor_exit": self._h_exit,
+            "actor_log": self._h_log,
+            "actor_ckpt": self._h_ckpt,
         }
 
     # ------------------------------------------------------------------ creation
@@ -163,6 +168,8 @@ class ActorManager:
                 return
             self.names[key] = spec.actor_id
         rec = ActorRecord(spec)
+        if spec.checkpoint_interval is not None:
+            rec.log = CallLog(spec.checkpoint_interval)
         self.actors[spec.actor_id] = rec
         self.created_total += 1
         if _counted(spec):
@@ -321,10 +328,11 @@ class ActorManager:
         assert host is not None and host.conn is not None
         rec.incarnation += 1
         record = self.node.functions.get(rec.spec.class_id)
+        recovery = rec.log.recovery() if rec.log is not None and rec.incarnation > 1 else None
         try:
             host.conn.send_nowait(
                 ("actor_create", rec.spec, rec.incarnation, rec.dep_data or [], record,
-                 rec.gpu_ids)
+                 rec.gpu_ids, recovery)
             )
         except Exception as exc:  # its link just died: the exit handler decides
             logger.info("sending a creation to worker_%d failed: %s", host.index, exc)
@@ -405,21 +413,90 @@ class ActorManager:
         self.calls.pump(rec)
 
     def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, actor_id, task_id, results = m
+        actor_id, task_id, results = m[1], m[2], m[3]
         rec = self.actors.get(actor_id)
         node = self.node
         node.objects.hold_store_objects(results, conn)
         if rec is None:
             return
+        log = rec.log
+        if log is not None and not self._current(rec, conn):
+            return  # a report of a process we gave up on: its calls run again
         call = rec.inflight.pop(task_id, None)
         if call is None:
             return  # a reply from an incarnation we gave up on
         rec.calls_done += 1
-        if call.spec.deps:
+        if log is not None and len(m) > 4 and m[4]:
+            # It ran: logged before its caller hears (``_replay``); its argument
+            # refs stay pinned until a checkpoint covers it.
+            log.append(call.spec, call.dep_data, results, pinned=bool(call.spec.deps))
+        elif call.spec.deps:
             node.directory.unpin(call.spec.deps)
         self.calls.finish(call.spec, results)
         if rec.drop_when_idle and rec.idle():
             self.end(rec, "all handles to it were dropped")
+
+    def _current(self, rec: ActorRecord, conn: Any) -> bool:
+        """Whether ``conn`` is the link of the actor's current process."""
+        return rec.worker is not None and rec.worker.conn is conn
+
+    def _h_log(self, conn: Any, m: tuple, reply: Any) -> None:
+        """``("actor_log", actor_id, incarnation, CallSpec, results)``: a direct call
+        of an actor that replays ran; it joins the log, then its caller is answered
+        (``actor_logged``; see ``_replay``)."""
+        _, actor_id, incarnation, spec, results = m
+        rec = self.actors.get(actor_id)
+        if (rec is None or rec.log is None or rec.state == "dead"
+                or rec.incarnation != incarnation or not self._current(rec, conn)):
+            return  # nobody is answered: the caller resends it through the node
+        if spec.deps:
+            self.node.directory.pin(spec.deps)
+        rec.log.append(spec, None, results, pinned=bool(spec.deps))
+        rec.calls_done += 1
+        try:
+            conn.send_nowait(("actor_logged", actor_id, spec.task_id))
+        except Exception as exc:  # its link died: the caller resends, the log answers
+            logger.info("acknowledging the log entry of %s failed: %s", spec.name, exc)
+
+    def _h_ckpt(self, conn: Any, m: tuple, reply: Any) -> None:
+        """``("actor_ckpt", actor_id, incarnation, state)``: the actor's state after
+        every call it reported before: it replaces the log."""
+        _, actor_id, incarnation, state = m
+        rec = self.actors.get(actor_id)
+        if (rec is None or rec.log is None or rec.state == "dead"
+                or rec.incarnation != incarnation or not self._current(rec, conn)):
+            return
+        unpin = rec.log.take_checkpoint(bytes(state))
+        if unpin:
+            self.node.directory.unpin(unpin)
+        if self.node.control.backend == "gcs" and not self._ckpt_writer:
+            self._ckpt_writer = True
+            self._spawn_task(self._persist_checkpoints)
+
+    async def _persist_checkpoints(self) -> None:
+        """Write the newest checkpoint of each actor to the GCS, behind (a restart on
+        another node reads it there); older ones not yet written are skipped."""
+        try:
+            while True:
+                todo = [r for r in self.actors.values()
+                        if r.log is not None and not r.log.persisted and r.state != "dead"]
+                if not todo:
+                    return
+                for rec in todo:
+                    log = rec.log
+                    assert log is not None
+                    log.persisted = True
+                    data = log.checkpoint
+                    key = rec.spec.actor_id.hex()
+                    try:
+                        await self.node.control.call(lambda gcs, k=key, d=data: gcs.kv.put(
+                            k, d, namespace=CHECKPOINT_NAMESPACE))
+                    except Exception as exc:  # kept here; the next checkpoint tries again
+                        logger.warning("writing the checkpoint of actor %s (%d bytes) to the "
+                                       "GCS failed: %s", rec.spec.describe(), len(data or b""),
+                                       exc)
+        finally:
+            self._ckpt_writer = False
 
     def _h_exit(self, conn: Any, m: tuple, reply: Any) -> None:
         """``("actor_exit", actor_id, incarnation)``: the actor called ``exit_actor()``
@@ -650,6 +727,14 @@ class ActorManager:
         if rec.spec.deps and rec.deps_missing == 0 and rec.dep_data is not None:
             self.node.directory.unpin(rec.spec.deps)
             rec.dep_data = None
+        if rec.log is not None:
+            unpin = rec.log.clear()
+            if unpin:
+                self.node.directory.unpin(unpin)
+            if rec.log.checkpoint is not None:
+                rec.log.checkpoint = None
+                if self.node.control.backend == "gcs":
+                    self._spawn_task(_quietly, self._delete_checkpoint, rec.spec)
         if rec in self.waiting_resources:
             self.waiting_resources.remove(rec)
         self._stop_in_host(rec)
@@ -684,6 +769,7 @@ class ActorManager:
             "supervisor": spec.supervisor,
             "death_cause": rec.cause,
             "calls_done": rec.calls_done,
+            "replay": rec.log.describe() if rec.log is not None else None,
         }
 
     def actor_entry(self, rec: Any) -> dict:
@@ -739,6 +825,10 @@ class ActorManager:
 
     def _spawn_task(self, fn: Any, *args: Any) -> None:
         self.node.spawn(fn, *args)
+
+    async def _delete_checkpoint(self, spec: ActorSpec) -> None:
+        await self.node.control.call(lambda gcs: gcs.kv.delete(
+            spec.actor_id.hex(), namespace=CHECKPOINT_NAMESPACE))
 
     async def _unregister_name(self, spec: ActorSpec) -> None:
         await self.node.control.call(lambda gcs: gcs.actors.unregister_name(
