@@ -263,3 +263,93 @@ def test_failing_restore_ends_the_actor_with_the_reason():
         ray.get(b.inc.remote(), timeout=60)
     assert "recovery failed" in str(info.value) and "cannot restore 3" in str(info.value)
     until(lambda: actor_state(b)["state"] == "dead", "the actor to be dead")
+
+
+# ------------------------------------------------ control state that survives the GCS
+
+
+@ray.remote
+def square(x):
+    return x * x
+
+
+@ray.remote
+def slow_inc(x):
+    time.sleep(0.01)
+    return x + 1
+
+
+def _gcs_scan(cluster, reads):
+    """Run ``reads(client)`` with a GCS client of the test's own."""
+    import trio
+
+    import gcs
+    from actorcore.api import _api
+
+    token = _api._state["head"].token
+
+    async def run():
+        async with gcs.open_client(cluster["gcs_address"], token, timeout=10) as client:
+            return await reads(client)
+
+    return trio.run(run)
+
+
+def test_gcs_crash_under_load_loses_nothing(cluster):
+    """The embedded GCS (one in-memory replica) crashes as a whole under load and
+    restarts empty: results stay exact, named actors are still found (and their
+    names still theirs), and the nodes write their state to it again."""
+    from actorcore.testing import faults
+
+    keeper = Ledger.options(name="keeper", max_restarts=1, checkpoint_interval=5).remote()
+    ray.get([keeper.add.remote(i) for i in range(12)], timeout=60)
+    refs = [square.remote(i) for i in range(150)]
+    chain = ray.put(0)
+    for _ in range(20):
+        chain = slow_inc.remote(chain)
+    calls = [keeper.add.remote(f"c{i}") for i in range(10)]
+
+    assert "gcs" in str(faults.crash("gcs"))
+
+    refs += [square.remote(i) for i in range(150, 300)]
+    for _ in range(20):
+        chain = slow_inc.remote(chain)
+    calls += [keeper.add.remote(f"c{i}") for i in range(10, 20)]
+    assert ray.get(refs, timeout=60) == [i * i for i in range(300)]
+    assert ray.get(chain, timeout=60) == 40
+    assert ray.get(calls, timeout=60) == list(range(14, 34))
+
+    found = ray.get_actor("keeper")
+    assert ray.get(found.entries_.remote(), timeout=60) == [
+        0, *range(12), *(f"c{i}" for i in range(20))]
+    with pytest.raises(ValueError, match="keeper"):
+        Ledger.options(name="keeper").remote()
+
+    node_id = ray.get_runtime_context().get_node_id()
+    fid = square._get_export().function_id.hex()
+    live_task = refs[-1].task_id().hex()
+
+    async def state(client):
+        nodes = [k for k, _v in await client.nodes.list()]
+        names = dict(await client.actors.list_names())
+        record = await client.actors.get(keeper._actor_id.hex())
+        task = await client.tasks.get(live_task)
+        function = await client.functions.get(fid)
+        ckpt = await client.kv.get(keeper._actor_id.hex(), namespace="actorcore.checkpoints")
+        return nodes, names, record, task, function, ckpt
+
+    def republished():
+        nodes, names, record, task, function, ckpt = _gcs_scan(cluster, state)
+        return (node_id in nodes and names.get("keeper") == keeper._actor_id.hex()
+                and record is not None and record.get("state") == "alive"
+                and task is not None and function is not None and ckpt is not None)
+
+    until(republished, "the node to write its state to the restarted GCS", timeout=30)
+    # Still healthy: a new task, a new named actor, a recovery of the named one.
+    assert ray.get(square.remote(12), timeout=60) == 144
+    other = Ledger.options(name="keeper2").remote(7)
+    assert ray.get(other.add.remote(1), timeout=60) == 2
+    before = ray.get(keeper.entries_.remote())
+    _kill(keeper)
+    assert ray.get(keeper.entries_.remote(), timeout=60) == before
+    ray.kill(other)

@@ -826,6 +826,34 @@ class ActorManager:
     def _spawn_task(self, fn: Any, *args: Any) -> None:
         self.node.spawn(fn, *args)
 
+    async def republish(self) -> tuple[int, int]:
+        """The GCS restarted empty: write every actor's record, claim the names of
+        the live named actors and write their checkpoints again (this node's tables
+        are the truth for its actors). Returns (records, names)."""
+        for rec in self.actors.values():
+            self._record(rec)
+        named = [rec for rec in self.actors.values()
+                 if rec.state != "dead" and rec.spec.name is not None
+                 and self.names.get((rec.spec.namespace, rec.spec.name)) == rec.spec.actor_id]
+        call = self.node.control.call
+        for rec in named:
+            spec = rec.spec
+            try:
+                await call(lambda gcs, s=spec: gcs.actors.register_name(
+                    s.name, s.actor_id.hex(), namespace=s.namespace))
+            except Exception as exc:
+                if getattr(exc, "owner", None) != spec.actor_id.hex():
+                    logger.error("claiming the name of live actor %s again in the restarted "
+                                 "GCS failed: %s", spec.describe(), exc)
+        if any(r.log is not None and r.log.checkpoint is not None for r in self.actors.values()):
+            for rec in self.actors.values():
+                if rec.log is not None and rec.log.checkpoint is not None:
+                    rec.log.persisted = False
+            if not self._ckpt_writer:
+                self._ckpt_writer = True
+                self._spawn_task(self._persist_checkpoints)
+        return len(self.actors), len(named)
+
     async def _delete_checkpoint(self, spec: ActorSpec) -> None:
         await self.node.control.call(lambda gcs: gcs.kv.delete(
             spec.actor_id.hex(), namespace=CHECKPOINT_NAMESPACE))

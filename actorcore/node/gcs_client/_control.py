@@ -202,6 +202,9 @@ class MemoryControlState:
     async def put_job(self, job_id: str, info: dict) -> None:
         self.jobs[job_id] = info
 
+    async def republish(self) -> tuple[int, int]:
+        return 0, 0  # the tables are here: nothing was lost
+
     async def flush_forever(self) -> None:
         """Write the lineage buffer behind, for ever (run by ``gcs_client``)."""
         await self._lineage.flush_forever(self._write_tasks, self._collect)
@@ -229,6 +232,7 @@ class GcsControlState:
         self.address: str | None = None
         self._lineage = _LineageBuffer()
         self._functions: dict[bytes, dict] = {}
+        self._jobs: dict[str, dict] = {}  # the jobs this node wrote (``republish``)
         self._linked = trio.Event()
         self._calls: set[trio.CancelScope] = set()  # ``call``s in flight
         self.links = 0  # clients attached so far (1 + the link's restarts)
@@ -334,7 +338,24 @@ class GcsControlState:
         return [v for _k, v in await self.call(lambda c: c.nodes.list())]
 
     async def put_job(self, job_id: str, info: dict) -> None:
+        self._jobs[job_id] = info
         await self.call(lambda c: c.jobs.put(job_id, info))
+
+    async def republish(self) -> tuple[int, int]:
+        """The GCS restarted empty: export every function this node knows again
+        (first export wins: the same record) and write its jobs again. Returns the
+        counts (functions, jobs)."""
+        functions = list(self._functions.items())
+        jobs = list(self._jobs.items())
+
+        async def write(c: Any) -> None:
+            for fid, record in functions:
+                await c.functions.export(fid.hex(), record)
+            for job_id, info in jobs:
+                await c.jobs.put(job_id, info)
+
+        await self.call(write)
+        return len(functions), len(jobs)
 
     async def flush_forever(self) -> None:
         """Write the lineage buffer behind, for ever (run by ``gcs_client``)."""

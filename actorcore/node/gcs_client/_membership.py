@@ -215,6 +215,10 @@ class Membership:
     _progress: dict[str, tuple[Any, float]] = attrs.Factory(dict)
     declared_dead: int = 0
 
+    async def register(self, client: Any) -> None:
+        """Register this node (again: the GCS restarted empty)."""
+        await client.nodes.register(self.view.node_id, self.record())
+
     async def run(self, client: Any) -> None:
         """Heartbeat, refresh the view and (on the head) judge, every interval."""
         # (Re-)register first: a restarted link, or a GCS that failed over, must know us.

@@ -58,6 +58,9 @@ class NodeObjects:
         self.store_refs: dict[bytes, str] = {}
         #: task id -> how many of its returns are still alive (lineage bookkeeping).
         self.live_returns: dict[bytes, int] = {}
+        #: task id -> its spec, while ``live_returns`` counts it: the lineage written
+        #: again if the GCS restarts empty (``republish_lineage``).
+        self.live_specs: dict[bytes, TaskSpec] = {}
 
     def handlers(self) -> dict[str, Any]:
         return {"put": self._h_put, "fetch": self._h_fetch, "free": self._h_free}
@@ -73,6 +76,17 @@ class NodeObjects:
             self.node.control.lineage_done(spec.task_id)
         elif spec.task_id not in self.live_returns:
             self.live_returns[spec.task_id] = spec.num_returns
+            self.live_specs[spec.task_id] = spec
+        else:
+            self.live_specs[spec.task_id] = spec  # a retry: its newest spec
+
+    def republish_lineage(self) -> int:
+        """The GCS restarted empty: record the lineage of every task with a live
+        return again (behind, through the lineage buffer). Returns how many."""
+        record = self.node.control.record_task
+        for spec in self.live_specs.values():
+            record(spec)
+        return len(self.live_specs)
 
     def _h_put(self, conn: Any, m: tuple, reply: Any) -> None:
         items = m[1]
@@ -124,6 +138,7 @@ class NodeObjects:
         if live is not None:
             if live <= 1:
                 del self.live_returns[tid]
+                self.live_specs.pop(tid, None)
                 self.node.control.lineage_done(tid)
             else:
                 self.live_returns[tid] = live - 1
