@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import actorcore as ray
+from actorcore import _api
 from actorcore import exceptions as exc
 
 pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
@@ -343,7 +344,7 @@ def test_bad_input_gets_clear_errors():
     assert ray.get(log.add.remote("ok", 1)) == 1
 
 
-def test_actor_resources_are_held_and_infeasible_requests_fail():
+def test_actor_resources_are_held_and_infeasible_requests_wait():
     @ray.remote(num_cpus=2)
     class Big:
         def ok(self):
@@ -352,9 +353,19 @@ def test_actor_resources_are_held_and_infeasible_requests_fail():
     b = Big.remote()
     assert ray.get(b.ok.remote()) == 0
     ray.kill(b)
+    # As in Ray: an actor no node can host waits (with a warning) for a node that
+    # can to join; its calls wait with it.
     never = Big.options(num_cpus=64).remote()
-    with pytest.raises(exc.ActorUnschedulableError, match="CPU: 64"):
-        ray.get(never.ok.remote())
+    call = never.ok.remote()
+    with pytest.raises(exc.GetTimeoutError):
+        ray.get(call, timeout=0.5)
+    stats = _api._call("status")["actors"]
+    assert stats.unplaced == 1
+    assert "CPU: 64" in stats.unplaced_warnings[0]
+    ray.kill(never)
+    with pytest.raises(exc.ActorDiedError, match="killed"):
+        ray.get(call, timeout=10)
+    assert _api._call("status")["actors"].unplaced == 0
 
 
 def test_lightweight_actors_share_one_process():

@@ -265,6 +265,7 @@ class ActorClass:
             job_namespace=default_namespace(),
             handles=tuple(carried),
             runtime_env=runtime_env,
+            strategy=_strategy(options.get("scheduling_strategy")),
             checkpoint_interval=interval,
         )
         _ensure_exported(core, export)
@@ -340,3 +341,12 @@ class _ActorOptions:
 def make_actor_class(cls: type, options: dict[str, Any]) -> ActorClass:
     """The ``_api._actor_factory`` hook: ``@remote`` on a class."""
     return ActorClass(cls, options)
+
+
+def _strategy(value: Any) -> Any:
+    """The wire form of ``scheduling_strategy`` (None for the default: no import)."""
+    if value is None or value == "DEFAULT":
+        return None
+    from ..protocol._strategy import strategy_of
+
+    return strategy_of(value)

@@ -69,8 +69,10 @@ _NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _check_neutral(options: Mapping[str, Any]) -> None:
+def _check_neutral(options: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
     for key, neutral in _NEUTRAL_VALUES.items():
+        if key in skip:
+            continue
         if key in options and not any(options[key] == v for v in neutral):
             allowed = ", ".join(repr(v) for v in neutral)
             raise ValueError(
@@ -101,14 +103,15 @@ def _check_resources(value: Any) -> None:
         _check_number(f"resources[{key!r}]", amount)
 
 
-def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: str) -> dict:
+def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: str,
+                     supported: tuple[str, ...] = ()) -> dict:
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(
             f"unknown option{'s' if len(unknown) > 1 else ''} for {what}: "
             f"{', '.join(unknown)} (valid: {', '.join(sorted(allowed))})"
         )
-    _check_neutral(options)
+    _check_neutral(options, supported)
     out = dict(options)
     if "runtime_env" in options:
         out["runtime_env"] = validate_runtime_env(options["runtime_env"], "option")
@@ -130,7 +133,12 @@ def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: 
 
 def validate_task_options(options: Mapping[str, Any]) -> dict:
     """Check the options of a remote function; return them as a fresh dict."""
-    out = _validate_common(options, TASK_OPTIONS, "a remote function")
+    out = _validate_common(options, TASK_OPTIONS, "a remote function",
+                           supported=("scheduling_strategy",))
+    if "scheduling_strategy" in out:
+        from ..protocol._strategy import strategy_of
+
+        strategy_of(out["scheduling_strategy"])  # a ValueError naming a bad one
     nr = out.get("num_returns")
     if nr is not None:
         check_num_returns(nr, "option")
@@ -178,7 +186,15 @@ def num_returns_code(nr: Any) -> int:
 
 def validate_actor_options(options: Mapping[str, Any]) -> dict:
     """Check the options of a remote class; return them as a fresh dict."""
-    out = _validate_common(options, ACTOR_OPTIONS, "an actor class")
+    out = _validate_common(options, ACTOR_OPTIONS, "an actor class",
+                           supported=("scheduling_strategy",))
+    if out.get("scheduling_strategy") is not None:
+        from ..protocol._strategy import strategy_of
+
+        try:
+            strategy_of(out["scheduling_strategy"])
+        except ValueError as exc:
+            raise ValueError(f"option {exc}") from None
     for key in ("max_restarts", "max_task_retries"):
         v = out.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < -1):

@@ -22,6 +22,7 @@ from ..exceptions import SerializationError
 from ..protocol._ids import STREAMING, new_task_id, return_ids
 from ..protocol._messages import TaskSpec
 from ..protocol._serialization import dumps
+from ..protocol._strategy import strategy_of
 from ._actor_handle import check_call_args, dumps_carrying, unpin, unpin_when_ready
 from ._options import (
     DEFAULT_MAX_RETRIES,
@@ -125,7 +126,7 @@ class RemoteFunction:
                      blob: bytes, deps: list[bytes], carried: list[bytes]) -> Any:
         num_returns = num_returns_code(options.get("num_returns", 1))
         if options is self._options and self._spec_cache is not None:
-            resources, max_retries, retry_exc = self._spec_cache
+            resources, max_retries, retry_exc, strategy = self._spec_cache
         else:
             resources = resources_of(options)
             max_retries = options.get("max_retries")
@@ -134,8 +135,11 @@ class RemoteFunction:
             retry_exc = options.get("retry_exceptions") or False
             if retry_exc is not True and retry_exc is not False:
                 retry_exc = dumps(tuple(retry_exc), what="retry_exceptions")
+            strategy = options.get("scheduling_strategy")
+            if strategy is not None:
+                strategy = strategy_of(strategy)
             if options is self._options:
-                self._spec_cache = (resources, max_retries, retry_exc)
+                self._spec_cache = (resources, max_retries, retry_exc, strategy)
         task_id = new_task_id()
         spec = TaskSpec(
             task_id=task_id,
@@ -152,6 +156,7 @@ class RemoteFunction:
             owner=core.worker_id,
             runtime_env=resolve_runtime_env(core, options.get("runtime_env")),
             max_calls=options.get("max_calls") or 0,
+            strategy=strategy,
         )
         ids = return_ids(task_id, max(num_returns, 1))
         if num_returns == STREAMING:  # its items may come back at once

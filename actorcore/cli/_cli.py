@@ -280,6 +280,9 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
     lines.append(f"actors: {a.alive} alive, {a.pending} pending, {a.restarting} restarting, "
                  f"{a.dead} dead ({a.created} created, {_count(a.restarts, 'restart')}) "
                  f"in {_count(a.processes, 'actor process', 'actor processes')}")
+    if a.unplaced:
+        lines.append(f"actors waiting for a node: {a.unplaced}")
+        lines += [f"  {w}" for w in a.unplaced_warnings]
     w = st["workers"]
     lines.append(f"workers: {w['alive']} alive ({w['started_total']} started, "
                  f"{w['died_total']} exited), {s.idle_workers} idle")

@@ -53,7 +53,7 @@ import transport
 
 from ..core_worker._store_link import StoreLink
 from ..kernel import Supervisor
-from ..protocol._ids import short
+from ..protocol._ids import short, task_id_of
 from ..protocol._messages import DRIVER_GRACE, TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
 from ._peers import NodePeers
@@ -61,10 +61,14 @@ from ._tree import build_tree
 from .actor_manager._manager import ActorManager
 from .gcs_client._control import GcsControlState, MemoryControlState
 from .gcs_client._membership import ClusterView
+from .global_scheduler._forwarding import ClusterTasks
+from .global_scheduler._placement import keep_local
+from .local_scheduler._ledger import fits
 from .local_scheduler._scheduler import SchedulerState, WorkerInfo
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._directory import ObjectDirectory
 from .object_manager._objects import NodeObjects
+from .object_manager._remote import RemoteObjects
 from .object_manager._transfer import ObjectTransfers
 from .worker_pool._pool import PoolState
 
@@ -141,7 +145,7 @@ class NodeRuntime:
             else MemoryControlState())
         # Every node of the cluster as this one knows it (from the GCS, refreshed by
         # ``gcs_client``), and its links to the others (run by ``node_links``).
-        self.view = ClusterView(self.node_hex)
+        self.view: ClusterView = ClusterView(self.node_hex)
         self.peers = NodePeers(self.view, config.token, self.node_hex, self.handle)
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
         self.resources = dict(config.resources)
@@ -149,7 +153,7 @@ class NodeRuntime:
         # ``memory=`` of tasks and actors is accounted against this, as in Ray.
         self.resources.setdefault("memory", float(_default_task_memory(
             config.object_store_memory or _default_store_capacity())))
-        self.sched = SchedulerState(
+        self.sched: SchedulerState = SchedulerState(
             directory=self.directory,
             total=self.resources,
             host=_SchedulerHost(self),
@@ -225,10 +229,16 @@ class NodeRuntime:
             "bye": self._h_bye,
         }
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
+        # Tasks and objects between nodes (idle on a one-node cluster).
+        self.cluster = ClusterTasks(self)
+        self.remote = RemoteObjects(self)
+        self.view.on_node_joined(lambda _status: self.sched.infeasible_added.set())
         self._handlers.update(self.objects.handlers())
         # Objects between nodes: pulls here, chunks served to the others.
         self.transfers = ObjectTransfers(self)
         self._handlers.update(self.transfers.handlers())
+        self._handlers.update(self.cluster.handlers())
+        self._handlers.update(self.remote.handlers())
         self._handlers.update(self.actors.handlers())
 
     # ------------------------------------------------- what components may use
@@ -403,9 +413,12 @@ class NodeRuntime:
     # --------------------------------------------------------------- callbacks
 
     def deliver(self, owner: bytes, results: list) -> None:
-        """Send ``results`` (ready objects) to their owner, if it is connected."""
+        """Send ``results`` (ready objects) to their owner, if it is connected; the
+        results of a task forwarded here go back to its node."""
         client = self.clients.get(owner)
         if client is None or client.conn.closed:
+            if self.cluster.forwarded_in and results:
+                self.cluster.send_home(task_id_of(results[0][0]), results)
             return
         try:
             client.conn.send_nowait(("ready", results))
@@ -587,7 +600,8 @@ class NodeRuntime:
             submit(spec)
 
     def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.sched.cancel(m[1], m[2], m[3])
+        if not self.cluster.cancel(m[1], m[2], m[3]):  # not forwarded: it is here
+            self.sched.cancel(m[1], m[2], m[3])
 
     def _worker_of(self, conn: Any) -> WorkerInfo | None:
         client = self.by_conn.get(conn)
@@ -676,8 +690,24 @@ class _SchedulerHost:
     def owner_address(self, owner: bytes) -> str | None:
         return self._node._owner_address(owner)
 
-    def watch_deps(self, oids: list[bytes]) -> None:
+    def watch_deps(self, oids: list[bytes], dep_node: str | None = None) -> None:
+        self._node.remote.need(oids, dep_node)
         self._node.dep_watch.watch(oids)
+
+    def keep_local(self, spec: TaskSpec, state: SchedulerState) -> bool:
+        node = self._node
+        view = node.view
+        if not view.multi:
+            return fits(spec.resources, state.total)
+        if spec.deps:
+            # Its arguments' bytes mostly elsewhere: the global scheduler weighs that.
+            here = node.remote.locality(spec.deps)
+            mine = here.pop(node.node_hex, 0)
+            if here and max(here.values()) > mine:
+                return False
+        return keep_local(spec.resources, spec.strategy, view, available=state.available,
+                          total=state.total,
+                          queued=len(state.waiting) + len(state.ready))
 
     def pool_starting(self) -> int:
         return self._node.pool.starting

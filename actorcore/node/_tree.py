@@ -37,6 +37,7 @@ from ..protocol._ids import short
 from ._peers import NodeLinks, NodePeers
 from .gcs_client._link import GcsClientLink
 from .gcs_client._membership import ClusterView, Membership
+from .global_scheduler._forwarding import ClusterTasks
 from .global_scheduler._scheduler import GlobalScheduler
 from .local_scheduler._scheduler import LocalScheduler, SchedulerState
 from .object_manager._dep_watch import DependencyWatch
@@ -94,6 +95,10 @@ class TreeHost(Protocol):
     def pool(self) -> PoolState: ...
     @property
     def sched(self) -> SchedulerState: ...
+    @property
+    def cluster(self) -> ClusterTasks: ...
+    @property
+    def remote(self) -> Any: ...
     @property
     def unix_address(self) -> str: ...
     @property
@@ -153,12 +158,7 @@ def build_tree(node: TreeHost) -> Supervisor:
     children += [
         ChildSpec(
             "global_scheduler",
-            lambda: GlobalScheduler(
-                node.sched,
-                # Late-bound: ``node.control`` becomes the GCS-backed state once the
-                # GCS client is up, after this spec is built.
-                lambda: node.control.list_nodes(),
-            ),
+            lambda: GlobalScheduler(node),
             kind="global_scheduler",
         ),
         ChildSpec("local_scheduler", lambda: LocalScheduler(node.sched), kind="local_scheduler"),

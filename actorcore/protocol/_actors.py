@@ -43,6 +43,8 @@ caller <-> actor worker (direct link, see ``core_worker._direct_calls``)
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from ..exceptions import TaskCancelledError
@@ -126,6 +128,9 @@ class ActorSpec:
     handles: tuple[bytes, ...] = ()
     # ``api._runtime_env``: applied in its process when it is created (None: none).
     runtime_env: dict | None = None
+    # Where it may run: ``None`` (DEFAULT), ``"SPREAD"`` or a ``NodeAffinity``
+    # (``protocol._strategy.strategy_of``).
+    strategy: Any = None
     # Recovery by replay (``@remote(checkpoint_interval=N)``, see ``node.actor_manager
     # ._replay``): ``None``, Ray's restart (the constructor again); ``0``, every call
     # logged and replayed after a restart; ``N >= 1``, a checkpoint every ``N`` calls

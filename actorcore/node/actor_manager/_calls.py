@@ -35,7 +35,7 @@ class Call:
     missing: int
     retries_left: int
     dep_data: list | None = None
-
+    forwarded: bool = False  # from another node: its refs were resolved (pinned) there
 
 
 class ActorCalls:
@@ -59,10 +59,13 @@ class ActorCalls:
         self.actors = actors
         self.end = end
         self.kill_worker = kill_worker
+        self.remote: Any = None  # the manager's ``RemoteActors`` (set by the manager)
 
     def submit(self, spec: CallSpec) -> None:
         """A method call for an actor of this node: send it, or queue it in order."""
         rec = self.actors.get(spec.actor_id)
+        if rec is None:
+            rec = self.remote.locate(spec.actor_id)  # on another node (or unknown)
         if rec is None:
             self._fail(spec, ActorDiedError(
                 f"actor {spec.actor_id.hex()[:12]} is unknown to this node (call {spec.name})"
@@ -101,6 +104,30 @@ class ActorCalls:
         elif len(q) == 1 and rec.state == "alive":
             self.pump(rec)
 
+    def submit_forwarded(self, spec: CallSpec, dep_data: list) -> None:
+        """A call another node forwarded here, its refs resolved there: it joins its
+        caller's FIFO as a local call does (its results go back: ``_remote``)."""
+        rec = self.actors.get(spec.actor_id)
+        if rec is None or rec.node is not None:
+            self._fail(spec, ActorDiedError(
+                f"actor {spec.actor_id.hex()[:12]} is not hosted by node "
+                f"{self.node.node_hex[:12]} (call {spec.name})"))
+            return
+        if rec.state == "dead":
+            self._fail(spec, rec.died_error())
+            return
+        call = Call(spec, 0, rec.spec.max_task_retries, dep_data=list(dep_data),
+                    forwarded=True)
+        if rec.state == "alive" and spec.owner not in rec.queues:
+            self._send_call(rec, call)
+            return
+        q = rec.queues.get(spec.owner)
+        if q is None:
+            q = rec.queues[spec.owner] = collections.deque()
+        q.append(call)
+        if len(q) == 1 and rec.state == "alive":
+            self.pump(rec)
+
     def cancel(self, actor_id: bytes, task_id: bytes) -> None:
         """``cancel(ref)`` of a call routed through this node (``worker._cancel``).
 
@@ -123,7 +150,9 @@ class ActorCalls:
                     if rec.drop_when_idle and rec.idle():
                         self.end(rec, "all handles to it were dropped")
                     return
-        if task_id in rec.inflight and rec.worker is not None and rec.worker.conn is not None:
+        if task_id in rec.inflight and rec.node is not None:
+            self.remote.send(rec, ("mn_actor_cancel", actor_id, task_id))
+        elif task_id in rec.inflight and rec.worker is not None and rec.worker.conn is not None:
             try:
                 rec.worker.conn.send_nowait(("actor_cancel", actor_id, task_id))
             except Exception as exc:  # its link died: the exit handler decides
@@ -191,6 +220,9 @@ class ActorCalls:
                 data.append((False, e.data))
             call.dep_data = data
         rec.inflight[spec.task_id] = call
+        if rec.node is not None:  # it lives on another node
+            self.remote.forward_call(rec, call)
+            return
         host = rec.worker
         try:
             host.conn.send_nowait(("actor_call", spec, call.dep_data))
@@ -198,6 +230,8 @@ class ActorCalls:
             logger.info("sending %s failed: %s", spec.name, exc)
 
     def finish(self, spec: CallSpec, results: list) -> None:
+        if self.remote.origins and self.remote.deliver(spec, results):
+            return  # a call from another node: its results go back there
         self.node.directory.put_many(results)
         self.node.deliver(spec.owner, results)
 
@@ -206,7 +240,7 @@ class ActorCalls:
         self.finish(spec, [(oid, True, payload) for oid in spec.return_ids()])
 
     def fail_call(self, call: Call, error: BaseException) -> None:
-        if call.spec.deps:
+        if call.spec.deps and not call.forwarded:
             self.node.directory.unpin(call.spec.deps)
         self._fail(call.spec, error)
 

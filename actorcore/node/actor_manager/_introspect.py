@@ -24,6 +24,9 @@ class ActorManagerStatistics:
       processes_starting, processes_queued: actor processes launched and not up yet,
         and those waiting in the start queue (at most ``max_starting`` start at once).
       starting_peak, queued_peak: the most of each seen at once since the node started.
+      unplaced: actors that no live node can host yet (they wait for one to join);
+        unplaced_warnings: the warning logged for each (its request, the cluster).
+      remote: proxies here of actors that live on other nodes.
     """
 
     pending: int
@@ -39,3 +42,6 @@ class ActorManagerStatistics:
     max_starting: int
     starting_peak: int
     queued_peak: int
+    unplaced: int = 0
+    unplaced_warnings: tuple[str, ...] = ()
+    remote: int = 0

@@ -42,12 +42,13 @@ import trio
 
 import transport
 
-from ...exceptions import ActorDiedError, ActorUnschedulableError
+from ...exceptions import ActorDiedError
 from ...protocol import _serialization
 from ...protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec
 from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_max_starting
 from ._calls import ActorCalls, Call
 from ._introspect import TREE_LIMIT, ActorManagerStatistics
+from ._remote import RemoteActors
 from ._replay import CHECKPOINT_NAMESPACE, CallLog
 
 __all__ = ["ActorManager", "ActorRecord"]
@@ -83,7 +84,19 @@ class ActorRecord:
     ready: trio.Event = attrs.Factory(trio.Event)
     calls_done: int = 0
     created_at: float = attrs.Factory(time.time)
+    # Across nodes (``_remote``): ``node``, the host's id when this record is a
+    # proxy for an actor that lives there; ``authority``, this node created it and
+    # restarts it if its host dies; ``origin``, on the host, the node that placed it
+    # here; ``stub``, a proxy whose spec the host has not told yet.
+    node: str | None = None
+    authority: bool = False
+    origin: str | None = None
+    stub: bool = False
     log: CallLog | None = None  # an actor recovered by replay (``_replay``)
+
+    def __attrs_post_init__(self) -> None:
+        if self.spec.checkpoint_interval is not None:
+            self.log = CallLog(self.spec.checkpoint_interval)
 
     def idle(self) -> bool:
         return not self.inflight and not any(self.queues.values())
@@ -101,6 +114,8 @@ class ActorManager:
         self.node = node
         self.actors: dict[bytes, ActorRecord] = {}
         self.calls = ActorCalls(node, self.actors, end=self.end, kill_worker=self.kill_worker)
+        self.remote = RemoteActors(self)
+        self.calls.remote = self.remote
         self.processes = ActorProcesses(
             node, self._worker_exited, default_max_starting(node.resources.get("CPU", 1.0))
         )
@@ -122,6 +137,7 @@ class ActorManager:
 
     def handlers(self) -> dict[str, Any]:
         return {
+            **self.remote.handlers(),
             "actor_up": self._h_up,
             "actor_ready": self._h_ready,
             "actor_done": self._h_done,
@@ -168,8 +184,6 @@ class ActorManager:
                 return
             self.names[key] = spec.actor_id
         rec = ActorRecord(spec)
-        if spec.checkpoint_interval is not None:
-            rec.log = CallLog(spec.checkpoint_interval)
         self.actors[spec.actor_id] = rec
         self.created_total += 1
         if _counted(spec):
@@ -182,13 +196,6 @@ class ActorManager:
             self._spawn_task(self._claim_name, rec, reply)
         elif reply is not None:
             reply.send(None)
-        self._record(rec)
-        total = self.node.sched.total
-        if not self.node.sched.ledger.feasible(spec.resources):
-            rec.error_type = ActorUnschedulableError
-            self.end(rec, f"it requests {_fmt(spec.resources)} but the node has only "
-                           f"{_fmt(total)}, so it can never be placed")
-            return
         deps = spec.deps
         if deps:
             self.node.directory.pin(deps)
@@ -197,8 +204,111 @@ class ActorManager:
                 self.node.directory.when_ready(oid, lambda _e, rec=rec: self._ctor_dep_ready(rec))
             if rec.deps_missing:
                 self.node.dep_watch.watch(deps)
+            self._record(rec)
         else:
-            self._acquire(rec)
+            self.admit(rec)
+
+    def admit(self, rec: ActorRecord) -> None:
+        """Its constructor's arguments are ready: place it (``_remote``), and if it
+        stays here, take its resources and start it."""
+        if self.remote.place(rec):
+            return
+        rec.node = None
+        if rec.state == "pending":
+            self._record(rec)
+        self._acquire(rec)
+
+    def create_forwarded(self, spec: ActorSpec, restarts: int, origin: str,
+                         dep_data: list) -> None:
+        """Another node placed this actor here (``_remote``): create it, with the
+        values of its constructor's refs as that node resolved them."""
+        old = self.actors.get(spec.actor_id)
+        if old is not None and old.state != "dead" and old.node is None:
+            return  # a duplicate
+        rec = ActorRecord(spec, restarts=restarts, origin=origin,
+                          dep_data=list(dep_data) if spec.deps else None)
+        if restarts:
+            rec.state = "restarting"
+        if old is not None:  # a proxy of ours, now the actor itself (a restart here)
+            self.adopt_calls(old, rec)
+        self.actors[spec.actor_id] = rec
+        self.created_total += 1
+        if _counted(spec):
+            rec.holders.add(spec.owner)
+        if spec.name is not None:
+            self.names[(spec.namespace, spec.name)] = spec.actor_id
+            if self.node.control.backend == "gcs":
+                self._spawn_task(self._claim_name, rec, None)
+        self._record(rec)
+        self._acquire(rec)
+
+    def adopt_calls(self, old: ActorRecord, new: ActorRecord) -> None:
+        """The calls queued on the proxy ``old`` go to ``new`` (the same actor)."""
+        for owner, q in old.queues.items():
+            new.queues.setdefault(owner, collections.deque()).extend(q)
+        old.queues.clear()
+        for call in old.inflight.values():
+            new.queues.setdefault(call.spec.owner, collections.deque()).appendleft(call)
+        old.inflight.clear()
+        new.holders |= old.holders
+        self.calls.pump(new)
+
+    def proxy_record(self, actor_id: bytes) -> ActorRecord:
+        """A proxy for an actor this node has not seen (``_remote.locate``)."""
+        from ...protocol._actors import ClassMeta
+
+        spec = ActorSpec(
+            actor_id=actor_id, job_id=b"", class_id=b"",
+            meta=ClassMeta(class_name="Actor", module=None, methods={}, is_async=False),
+            args=b"", deps=[], resources={}, max_restarts=0, max_task_retries=0,
+            max_concurrency=1, async_backend="asyncio", name=None, namespace="",
+            detached=True, placement="process", supervisor=None, restart="permanent",
+            owner=b"")
+        rec = ActorRecord(spec, stub=True)
+        self.actors[actor_id] = rec
+        return rec
+
+    def proxy_done(self, actor_id: bytes, task_id: bytes, results: list) -> None:
+        """Results of a call this node forwarded to the actor's host."""
+        rec = self.actors.get(actor_id)
+        if rec is None:
+            return
+        call = rec.inflight.pop(task_id, None)
+        if call is None:
+            return  # a call resent elsewhere meanwhile (its host died)
+        rec.calls_done += 1
+        if call.spec.deps:
+            self.node.directory.unpin(call.spec.deps)
+        self.calls.finish(call.spec, results)
+
+    async def _lookup_cluster(self, name: str, ns: str, reply: Any) -> None:
+        """``get_actor(name)`` of an actor another node hosts: the GCS names it, its
+        host gives its spec, and this node keeps a proxy for the calls."""
+        try:
+            hexid = await self.node.control.call(
+                lambda gcs: gcs.actors.lookup_name(name, namespace=ns))
+            if not isinstance(hexid, str):
+                raise ValueError(f"there is no live actor named {name!r} in namespace {ns!r}")
+            aid = bytes.fromhex(hexid)
+            rec = self.actors.get(aid)
+            if rec is None or rec.state == "dead" or rec.stub:
+                if rec is None or rec.state == "dead":
+                    rec = self.proxy_record(aid)
+                    self._spawn_task(self.remote.find_host, rec)
+                with trio.fail_after(30):
+                    while rec.stub and rec.state != "dead":
+                        await rec.ready.wait()
+                        if rec.stub:
+                            await trio.sleep(0.01)
+            if rec.state == "dead":
+                raise ValueError(f"there is no live actor named {name!r} in namespace "
+                                 f"{ns!r} (it died: {rec.cause})")
+            reply.send((aid, rec.spec.meta))
+        except trio.TooSlowError:
+            reply.fail(TimeoutError(f"the actor named {name!r} in namespace {ns!r} was "
+                                    f"not reachable within 30 s"))
+        except Exception as exc:
+            reply.fail(exc)
 
     async def _claim_name(self, rec: ActorRecord, reply: Any) -> None:
         spec = rec.spec
@@ -251,7 +361,7 @@ class ActorManager:
                 self.end(rec, f"an argument of its constructor failed:\n{err}")
                 return
         rec.dep_data = [(entries[o].is_error, entries[o].data) for o in rec.spec.deps]
-        self._acquire(rec)
+        self.admit(rec)
 
     def _acquire(self, rec: ActorRecord) -> None:
         """Take the actor's resources (wait while the node has them in use), then place."""
@@ -326,9 +436,17 @@ class ActorManager:
     def _send_create(self, rec: ActorRecord) -> None:
         host = rec.worker
         assert host is not None and host.conn is not None
+        log = rec.log
+        if (log is not None and log.checkpoint is None and not log.fetched and rec.restarts
+                and self.node.view.multi and self.node.control.backend == "gcs"):
+            # Restarted on this node after its host node died (``_remote``): the log
+            # died with that node, its last checkpoint is in the GCS.
+            log.fetched = True
+            self._spawn_task(self._fetch_checkpoint, rec, host)
+            return
         rec.incarnation += 1
         record = self.node.functions.get(rec.spec.class_id)
-        recovery = rec.log.recovery() if rec.log is not None and rec.incarnation > 1 else None
+        recovery = log.recovery() if log is not None else None
         try:
             host.conn.send_nowait(
                 ("actor_create", rec.spec, rec.incarnation, rec.dep_data or [], record,
@@ -429,8 +547,9 @@ class ActorManager:
         if log is not None and len(m) > 4 and m[4]:
             # It ran: logged before its caller hears (``_replay``); its argument
             # refs stay pinned until a checkpoint covers it.
-            log.append(call.spec, call.dep_data, results, pinned=bool(call.spec.deps))
-        elif call.spec.deps:
+            log.append(call.spec, call.dep_data, results,
+                       pinned=bool(call.spec.deps) and not call.forwarded)
+        elif call.spec.deps and not call.forwarded:
             node.directory.unpin(call.spec.deps)
         self.calls.finish(call.spec, results)
         if rec.drop_when_idle and rec.idle():
@@ -472,6 +591,23 @@ class ActorManager:
         if self.node.control.backend == "gcs" and not self._ckpt_writer:
             self._ckpt_writer = True
             self._spawn_task(self._persist_checkpoints)
+
+    async def _fetch_checkpoint(self, rec: ActorRecord, host: ActorWorker) -> None:
+        """Read the actor's last checkpoint from the GCS, then create it with it."""
+        assert rec.log is not None
+        key = rec.spec.actor_id.hex()
+        try:
+            with trio.fail_after(30):
+                data = await self.node.control.call(
+                    lambda gcs: gcs.kv.get(key, namespace=CHECKPOINT_NAMESPACE))
+        except Exception as exc:
+            self.end(rec, f"its checkpoint could not be read from the GCS to recover it: "
+                          f"{type(exc).__name__}: {exc}")
+            return
+        if data is not None and rec.log.checkpoint is None:
+            rec.log.checkpoint = bytes(data)
+        if rec.state != "dead" and rec.worker is host and host.conn is not None:
+            self._send_create(rec)
 
     async def _persist_checkpoints(self) -> None:
         """Write the newest checkpoint of each actor to the GCS, behind (a restart on
@@ -527,7 +663,8 @@ class ActorManager:
         rec = self.actors.get(actor_id)
 
         def answer() -> bool:
-            if rec is None or rec.state == "dead":
+            if rec is None or rec.state == "dead" or rec.node is not None or rec.stub:
+                # Dead, or on another node: calls take the node path (forwarded).
                 reply.send(None)
             elif rec.state == "alive" and rec.worker is not None:
                 # Lightweight actors (a shared process) stay on the node path: one
@@ -554,6 +691,19 @@ class ActorManager:
 
         self._spawn_task(later)
 
+    async def _remote_state(self, rec: ActorRecord, reply: Any) -> None:
+        """``actor_state`` of an actor on another node: as its host sees it."""
+        d = self.describe(rec)
+        assert rec.node is not None
+        try:
+            _spec, state, cause = await self.node.peers.request(
+                rec.node, ("mn_actor_spec", rec.spec.actor_id), timeout=10.0)
+            d.update(state=state, death_cause=cause)
+        except Exception as exc:
+            logger.info("asking node %s for actor %s failed: %s", rec.node[:12],
+                        rec.spec.describe(), exc)
+        reply.send(d)
+
     def _h_drop(self, conn: Any, m: tuple, reply: Any) -> None:
         """``("actor_drop", actor_id)``: the sender holds no handle to it any more."""
         rec = self.actors.get(m[1])
@@ -563,15 +713,34 @@ class ActorManager:
 
     def _hold(self, conn: Any, actor_id: bytes) -> None:
         """The sender's first handle to ``actor_id`` appeared: it holds the actor."""
-        rec = self.actors.get(actor_id)
         client = self.node.by_conn.get(conn)
-        if rec is None or rec.state == "dead" or not _counted(rec.spec) or client is None:
+        if client is not None and client.worker_id is not None:
+            self.hold(actor_id, client.worker_id)
+
+    def hold(self, actor_id: bytes, holder: bytes) -> None:
+        rec = self.actors.get(actor_id)
+        if rec is None and self.node.view.multi:
+            rec = self.remote.locate(actor_id)
+        if rec is None or rec.state == "dead":
             return
-        if client.worker_id is not None:
-            rec.holders.add(client.worker_id)
-            rec.drop_when_idle = False
+        if rec.node is not None or rec.stub:  # its host counts the holders
+            rec.holders.add(holder)
+            if rec.node is not None:
+                self.remote.send(rec, ("mn_actor_hold", actor_id, holder))
+            return
+        if not _counted(rec.spec):
+            return
+        rec.holders.add(holder)
+        rec.drop_when_idle = False
+
+    def unhold(self, rec: ActorRecord, holder: bytes) -> None:
+        self._unhold(rec, holder)
 
     def _unhold(self, rec: ActorRecord, holder: bytes) -> None:
+        if rec.node is not None and rec.state != "dead" and holder in rec.holders:
+            rec.holders.discard(holder)
+            self.remote.send(rec, ("mn_actor_drop", rec.spec.actor_id, holder))
+            return
         if rec.state == "dead" or not _counted(rec.spec) or holder not in rec.holders:
             return
         rec.holders.discard(holder)
@@ -588,7 +757,10 @@ class ActorManager:
         elif op == "lookup":
             name, ns = m[2], m[3]
             aid = self.names.get((ns, name))
-            if aid is None:
+            if aid is None or self.actors[aid].state == "dead":
+                if self.node.view.multi and self.node.control.backend == "gcs":
+                    self._spawn_task(self._lookup_cluster, name, ns, reply)
+                    return
                 raise ValueError(
                     f"there is no live actor named {name!r} in namespace {ns!r}"
                 )
@@ -605,6 +777,9 @@ class ActorManager:
             rec = self.actors.get(m[2])
             if rec is None:
                 raise ValueError(f"unknown actor {m[2].hex()}")
+            if rec.node is not None and rec.state != "dead":
+                self._spawn_task(self._remote_state, rec, reply)
+                return
             reply.send(self.describe(rec))
         elif op == "list":
             reply.send([self.describe(r) for r in self.actors.values()])
@@ -622,6 +797,9 @@ class ActorManager:
         if rec is None:
             raise ValueError(f"kill(): unknown actor {actor_id.hex()}")
         if rec.state == "dead":
+            return
+        if rec.node is not None:  # it lives on another node: its host decides
+            self.remote.send(rec, ("mn_actor_kill", actor_id, no_restart))
             return
         reason = "it was killed with actorcore.kill()"
         spec = rec.spec
@@ -679,6 +857,12 @@ class ActorManager:
             self.kill_worker(host)
         rec.worker = None
 
+    def can_restart(self, rec: ActorRecord) -> bool:
+        return self._can_restart(rec)
+
+    def limits(self, rec: ActorRecord) -> str:
+        return self._limits(rec)
+
     def _can_restart(self, rec: ActorRecord) -> bool:
         mr = rec.spec.max_restarts
         return not rec.no_restart and (mr == -1 or rec.restarts < mr)
@@ -709,10 +893,24 @@ class ActorManager:
             return
         self.end(rec, reason + self._limits(rec))
 
-    def end(self, rec: ActorRecord, cause: str) -> None:
-        """``rec`` is dead for good: fail its calls, free its name, process, resources."""
+    def end(self, rec: ActorRecord, cause: str, *, notify: bool = True) -> None:
+        """``rec`` is dead for good: fail its calls, free its name, process, resources.
+
+        For a proxy (``rec.node``) its host is told to end it too (unless
+        ``notify`` is false: the news came from there, or the host is dead); a host
+        tells the node that placed the actor here."""
         if rec.state == "dead":
             return
+        if notify and rec.node is not None:
+            self.remote.send(rec, ("mn_actor_end", rec.spec.actor_id, cause))
+        elif rec.origin is not None:
+            try:
+                self.node.peers.send(rec.origin, ("mn_actor_state", rec.spec.actor_id,
+                                                  "dead", cause))
+            except Exception as exc:
+                logger.info("telling node %s that actor %s died failed: %s",
+                            rec.origin[:12], rec.spec.describe(), exc)
+        self.remote.forget(rec)
         rec.state = "dead"
         rec.cause = cause
         self.died_total += 1
@@ -724,7 +922,8 @@ class ActorManager:
             for call in q:
                 self.calls.fail_call(call, err)
         rec.queues.clear()
-        if rec.spec.deps and rec.deps_missing == 0 and rec.dep_data is not None:
+        if (rec.spec.deps and rec.deps_missing == 0 and rec.dep_data is not None
+                and rec.origin is None):  # a forwarded creation pinned nothing here
             self.node.directory.unpin(rec.spec.deps)
             rec.dep_data = None
         if rec.log is not None:
@@ -769,6 +968,10 @@ class ActorManager:
             "supervisor": spec.supervisor,
             "death_cause": rec.cause,
             "calls_done": rec.calls_done,
+            "node_id": rec.node or self.node.node_hex,
+            "node_address": self.node.tcp_address if rec.node is None else None,
+            "direct_address": (rec.worker.direct_address
+                               if rec.worker is not None and not rec.worker.shared else None),
             "replay": rec.log.describe() if rec.log is not None else None,
         }
 
@@ -811,7 +1014,8 @@ class ActorManager:
         return out
 
     def statistics(self) -> ActorManagerStatistics:
-        states = collections.Counter(r.state for r in self.actors.values())
+        states = collections.Counter(r.state for r in self.actors.values()
+                                     if r.node is None and not r.stub)
         procs = self.processes
         return ActorManagerStatistics(
             pending=states["pending"], alive=states["alive"], restarting=states["restarting"],
@@ -819,7 +1023,10 @@ class ActorManager:
             restarts=self.restarts_total, processes=len(self.workers),
             processes_starting=procs.starting, processes_queued=procs.queued,
             max_starting=procs.max_starting, starting_peak=procs.starting_peak,
-            queued_peak=procs.queued_peak)
+            queued_peak=procs.queued_peak, unplaced=len(self.remote.infeasible),
+            unplaced_warnings=tuple(self.remote.warnings.values())[:TREE_LIMIT],
+            remote=sum(1 for r in self.actors.values()
+                       if r.node is not None and r.state != "dead"))
 
     # -------------------------------------------------------------------- plumbing
 
@@ -862,9 +1069,16 @@ class ActorManager:
         await self.node.control.call(lambda gcs: gcs.actors.unregister_name(
             spec.name, namespace=spec.namespace, actor_id=spec.actor_id.hex()))
 
-    def _record(self, rec: ActorRecord) -> None:
+    def record(self, rec: ActorRecord, *, force: bool = False) -> None:
+        """The actor's record, written by its host only (``force``: by its authority,
+        when its host died)."""
+        self._record(rec, force=force)
+
+    def _record(self, rec: ActorRecord, *, force: bool = False) -> None:
         """Write the actor's record to the GCS actors table (behind, batched by ``run``)."""
-        if self.node.control.backend != "gcs":
+        if self.node.control.backend != "gcs" or (rec.node is not None and not force):
+            return
+        if rec.stub:
             return
         d = self.describe(rec)
         d["state"] = rec.state

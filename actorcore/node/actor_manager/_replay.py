@@ -77,6 +77,7 @@ class CallLog:
     replayed: int = 0  # calls replayed in all (over every recovery)
     recoveries: int = 0
     persisted: bool = True  # the checkpoint is in the GCS (or there is none)
+    fetched: bool = False  # the GCS was asked for it (a restart on another node)
 
     def append(self, spec: CallSpec, dep_data: list | None, results: list,
                pinned: bool) -> None:

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import attrs
 
+from ...protocol._strategy import DEFAULT, SPREAD, NodeAffinity, Strategy, strategy_of
 from ..gcs_client._membership import ClusterView, NodeStatus
 from ..local_scheduler._ledger import fits
 
@@ -49,22 +49,6 @@ __all__ = [
 #: The local node keeps work while it is below this load (Ray's hybrid policy).
 UTILISATION_THRESHOLD = 0.5
 
-DEFAULT = "DEFAULT"
-SPREAD = "SPREAD"
-
-
-@attrs.frozen
-class NodeAffinity:
-    """Run on ``node_id`` (hex); ``soft``: elsewhere if it is dead or cannot."""
-
-    node_id: str
-    soft: bool = False
-
-
-#: What a spec carries: ``None`` (DEFAULT), ``"SPREAD"`` or a `NodeAffinity`.
-Strategy = str | NodeAffinity | None
-
-
 @attrs.frozen
 class Placement:
     """The answer of `choose_node`: a node id, or why there is none."""
@@ -72,21 +56,6 @@ class Placement:
     node_id: str | None
     infeasible: bool = False  # no live node could ever run it: wait for one
     reason: str = ""
-
-
-def strategy_of(value: Any) -> Strategy:
-    """The wire form of a user's ``scheduling_strategy`` option."""
-    if value is None or value == DEFAULT:
-        return None
-    if value == SPREAD:
-        return SPREAD
-    node_id = getattr(value, "node_id", None)
-    if node_id is not None:
-        if isinstance(node_id, bytes):
-            node_id = node_id.hex()
-        return NodeAffinity(str(node_id), bool(getattr(value, "soft", False)))
-    raise ValueError(f"scheduling_strategy={value!r} is not supported (use 'DEFAULT', "
-                     f"'SPREAD' or NodeAffinitySchedulingStrategy)")
 
 
 def keep_local(resources: Mapping[str, float], strategy: Strategy, view: ClusterView,

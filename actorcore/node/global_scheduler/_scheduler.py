@@ -1,63 +1,79 @@
-"""The ``global_scheduler`` component: places tasks no single node could take.
+"""The ``global_scheduler`` component: places what the local scheduler did not keep.
 
-A local scheduler forwards a task whose resource request its node can never
-satisfy. The global scheduler looks at every live node in the GCS nodes table:
+Bottom-up scheduling (paper §4.2.2). The local scheduler keeps a task when
+``_placement.keep_local`` says so (on a one-node cluster: whenever the node can
+ever run it) and otherwise leaves it in the scheduler state's ``infeasible``
+table — "to be placed" — and wakes this component. For each such task it asks
+``_placement.choose_node`` (feasibility, argument bytes per node, load,
+``SPREAD``, ``NodeAffinity``) and then:
 
-- if none could ever run it (the request is larger than every node), the task fails
-  at once with a ``TaskUnschedulableError`` naming the request and the cluster's
-  capacity. Ray would let it wait for an autoscaler; this runtime has none, so a
-  wait would be a silent hang for what is nearly always a typo or a missing
-  ``--resources``: an error that says what is missing is kept (the tests check it);
-- if another node could run it, the task waits, as Ray's infeasible tasks do, with
-  a warning naming the request and the cluster's capacity — logged once per
-  resource shape and shown by ``actorcore status`` — until a node takes it. Tasks
-  go to other nodes when multi-node placement arrives (by feasibility, load and
-  where the argument bytes live); until then they wait until cancelled, or fail as
-  above once no live node could run them any more (the table is read again every
-  ``RECHECK`` seconds while any wait, and at every new arrival).
+- this node: the task joins the local queue (``SchedulerState.accept``);
+- another node: it is forwarded there (``_forwarding.ClusterTasks.forward``);
+- no live node can ever run it: it waits, as Ray's infeasible tasks do, with a
+  warning naming the request and the cluster (logged once per resource shape and
+  shown by ``actorcore status``), until a node that can joins (membership wakes
+  this loop) or it is cancelled;
+- a hard ``NodeAffinity`` to a node that is dead or cannot run it: the task fails
+  with ``TaskUnschedulableError`` saying so.
+
+Load between heartbeats. The view's figures of other nodes are as fresh as their
+last heartbeat (``ACTORCORE_HEARTBEAT_INTERVAL``). A burst placed on those figures
+alone would all go to whichever node looked idlest. So the scheduler counts what
+it sent to each node since the view's last refresh and charges it to that node
+(its queue, and its free resources) before each decision; this node's own figures
+are read live from its ledger and queues.
+
+It keeps nothing of its own that matters: the tasks to place stay in the state's
+``infeasible`` table (owned by the node) until each is decided, so a crash of this
+component loses none; the restarted one starts with a pass over that table.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+import attrs
 import trio
 
 from ...protocol._messages import TaskSpec
+from ..gcs_client._membership import ClusterView
 from ..local_scheduler._ledger import fits
 from ..local_scheduler._scheduler import ReadyQueues, SchedulerState
+from ._forwarding import ClusterTasks
+from ._placement import SpreadState, choose_node
 
 __all__ = ["RECHECK", "GlobalScheduler"]
 
 logger = logging.getLogger("actorcore.scheduler")
 
-#: Seconds between reads of the nodes table while tasks wait for a node.
+#: Seconds between passes while tasks wait for a node that can run them.
 RECHECK = 1.0
 
 
+class SchedulingNode(Protocol):
+    """What the global scheduler uses of its node (``_runtime.NodeRuntime``)."""
+
+    @property
+    def view(self) -> ClusterView: ...
+    @property
+    def sched(self) -> SchedulerState: ...
+    @property
+    def cluster(self) -> ClusterTasks: ...
+    @property
+    def remote(self) -> Any: ...
+
+
 class GlobalScheduler:
-    """The ``global_scheduler`` component: places tasks no single node could take.
+    """The ``global_scheduler`` component (see the module docstring)."""
 
-    A local scheduler forwards a task whose resource request its node can never
-    satisfy. The global scheduler looks at every registered node (GCS nodes table):
-    if one could run it, the task goes there (multi-node placement arrives with
-    multi-node clusters); if none can, the task fails at once with a
-    ``TaskUnschedulableError`` naming the request and the cluster's capacity — an
-    infeasible request is an error, never a hang.
-
-    It keeps nothing of its own: the tasks it has to place stay in the scheduler
-    state's ``infeasible`` table (which the node owns) until it has decided on each.
-    A crash while it reads the nodes table — with tasks taken but not decided —
-    loses none: the restarted component starts with a pass over that table.
-    """
-
-    def __init__(self, state: SchedulerState, list_nodes: Callable[[], Any]) -> None:
-        self._state = state
-        self._list_nodes = list_nodes
+    def __init__(self, node: SchedulingNode) -> None:
+        self._node = node
+        self._state = node.sched
+        self._spread = SpreadState()
+        self._sent: dict[str, list[dict[str, float]]] = {}
+        self._refreshes = -1
         self.placed = 0
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
@@ -66,58 +82,89 @@ class GlobalScheduler:
         while True:
             state.infeasible_added = trio.Event()
             if state.infeasible:
-                # The nodes table is read once per batch: a burst of infeasible
-                # submits costs one GCS read.
-                nodes = await self._list_nodes()
+                view = self._adjusted_view()
                 for spec in list(state.infeasible.values()):
-                    self._decide(spec, nodes)
-            if state.infeasible:  # some wait for a node: read the table again later
+                    view = self._place(spec, view)
+            if state.infeasible:  # some wait for a node: look again later
                 with trio.move_on_after(RECHECK):
                     await state.infeasible_added.wait()
             else:
                 await state.infeasible_added.wait()
 
-    def _decide(self, spec: TaskSpec, nodes: list[dict]) -> None:
+    def _adjusted_view(self) -> ClusterView:
+        """The cluster view with what was sent since its last refresh charged to
+        each node, and this node's own live figures (see the module docstring)."""
+        node = self._node
+        view = node.view
+        if view.refreshes != self._refreshes:
+            self._refreshes = view.refreshes
+            self._sent = {}
+        out = ClusterView(view.node_id)
+        for nid, status in view.nodes.items():
+            if nid == view.node_id:
+                stats = self._state
+                status = attrs.evolve(status, available=dict(stats.available),
+                                      queued=len(stats.waiting) + len(stats.ready))
+            else:
+                sent = self._sent.get(nid)
+                if sent:
+                    available = dict(status.available)
+                    for res in sent:
+                        for k, v in res.items():
+                            available[k] = available.get(k, 0.0) - v
+                    status = attrs.evolve(status, available=available,
+                                          queued=status.queued + len(sent))
+            out.nodes[nid] = status
+        return out
+
+    def _place(self, spec: TaskSpec, view: ClusterView) -> ClusterView:
+        node = self._node
         state = self._state
-        alive = [n for n in nodes if n.get("alive", True)]
-        capable = [n for n in alive
-                   if n.get("node_id") != state.node_id
-                   and fits(spec.resources, n.get("resources", {}))]
-        totals: dict[str, float] = collections.defaultdict(float)
-        for n in alive:
-            for k, v in n.get("resources", {}).items():
-                totals[k] += v
-        if not capable:
-            largest: dict[str, float] = max(
-                (n.get("resources", {}) for n in alive), key=len, default={})
-            state.fail_unschedulable(
-                spec,
-                f"task {spec.name} requests {_fmt(spec.resources)} but no node in the "
-                f"cluster can ever provide it (largest node: {_fmt(largest)}, "
-                f"cluster total: {_fmt(dict(totals))})",
-            )
-            return
+        if not view.multi:
+            if fits(spec.resources, state.total):
+                state.infeasible.pop(spec.task_id, None)
+                state.accept(spec)
+            else:
+                self._warn(spec, f"no node can provide {_fmt(spec.resources)} (this "
+                                 f"node has {_fmt(state.total)})")
+            return view
+        placement = choose_node(spec.resources, spec.strategy, view,
+                                locality=node.remote.locality(spec.deps),
+                                spread=self._spread)
+        target = placement.node_id
+        if target is None:
+            if placement.infeasible:
+                self._warn(spec, placement.reason)
+            else:
+                state.fail_unschedulable(spec, f"task {spec.name}: {placement.reason}")
+            return view
+        state.infeasible.pop(spec.task_id, None)
+        self.placed += 1
+        if target == view.node_id:
+            state.accept(spec)
+            return self._adjusted_view()
+        if not node.cluster.forward(spec, target):
+            state.infeasible[spec.task_id] = spec  # it just left: next pass
+            return view
+        self._sent.setdefault(target, []).append(dict(spec.resources))
+        return self._adjusted_view()
+
+    def _warn(self, spec: TaskSpec, reason: str) -> None:
+        state = self._state
         shape = ReadyQueues.shape(spec)
         if shape not in state.unplaced_warnings:
-            message = (
-                f"tasks requesting {_fmt(spec.resources)} (first: {spec.name}) wait: this "
-                f"node cannot run them and cannot yet hand them to "
-                f"{_count(len(capable), 'node')} that could "
-                f"({', '.join(str(n.get('node_id', '?'))[:12] for n in capable)}); "
-                f"cluster total: {_fmt(dict(totals))}"
-            )
+            message = (f"tasks requesting {_fmt(spec.resources)} (first: {spec.name}) wait "
+                       f"for a node that can run them: {reason}")
             state.unplaced_warnings[shape] = message
             logger.warning("%s", message)
 
     def snapshot(self) -> dict:
-        return {"kind": "global_scheduler", "pending": len(self._state.infeasible)}
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+        return {"kind": "global_scheduler", "pending": len(self._state.infeasible),
+                "placed": self.placed, **self._node.cluster.statistics()}
 
 
 def _fmt(res: dict[str, float]) -> str:
     return "{" + ", ".join(
-        f"{k}: {int(v) if math.isfinite(v) and v == int(v) else v}" for k, v in sorted(res.items())
+        f"{k}: {int(v) if math.isfinite(v) and v == int(v) else v}"
+        for k, v in sorted(res.items()) if k != "memory"
     ) + "}"

@@ -2,8 +2,8 @@
 
 Task life on a node (paper §4.2.2, bottom-up scheduling)::
 
-    submit ──► feasible here? ──no──► global scheduler (another node, or a clear
-       │                                 TaskUnschedulableError if none can ever run it)
+    submit ──► keep it here? ──no──► global scheduler (this node, another node, or
+       │       (``keep_local``)          a wait, with a warning, for a node that can)
        ▼ yes
     waiting (data edges: each top-level ref argument must be ready; the deps are
        │     pinned in the directory so their owner's free cannot drop them)
@@ -295,8 +295,12 @@ class SchedulerHost(Protocol):
         """Run ``fn`` on the node's loop after ``delay`` seconds."""
     def owner_address(self, owner: bytes) -> str | None:
         """Where ``owner`` takes results pushed by workers directly, or None."""
-    def watch_deps(self, oids: list[bytes]) -> None:
-        """Watch arguments a task waits for that may never become ready."""
+    def watch_deps(self, oids: list[bytes], dep_node: str | None = None) -> None:
+        """Watch arguments a task waits for that may never become ready; fetch
+        those owned on other nodes (``dep_node``: the node to ask for them)."""
+    def keep_local(self, spec: TaskSpec, state: SchedulerState) -> bool:
+        """Whether this node runs ``spec`` itself rather than the global scheduler
+        placing it (on a one-node cluster: whenever the node can ever run it)."""
     def pool_starting(self) -> int:
         """Workers the pool is starting now."""
     def pool_can_grow(self) -> bool:
@@ -362,10 +366,37 @@ class SchedulerState:
                 self.children[parent] = {spec.task_id}
             else:
                 kids.add(spec.task_id)
+        if not self.host.keep_local(spec, self):
+            self.infeasible[spec.task_id] = spec
+            self.infeasible_added.set()
+            return
+        self._enqueue(spec, None)
+
+    def accept(self, spec: TaskSpec, dep_node: str | None = None) -> None:
+        """Queue ``spec`` here without asking whether to: the global scheduler chose
+        this node, or another node forwarded it (``dep_node``: where to ask for its
+        arguments). Only a task this node can never run goes back to be placed."""
         if not fits(spec.resources, self.total):
             self.infeasible[spec.task_id] = spec
             self.infeasible_added.set()
             return
+        self._enqueue(spec, dep_node)
+
+    def retry_elsewhere(self, spec: TaskSpec) -> None:
+        """The node ``spec`` was forwarded to died: place it again (one retry)."""
+        if spec.max_retries > 0:
+            spec.max_retries -= 1
+        spec.attempt += 1
+        self.tasks_retried += 1
+        self.host.record_lineage(spec)
+        self.infeasible[spec.task_id] = spec
+        self.infeasible_added.set()
+
+    def fail_task(self, spec: TaskSpec, error: BaseException) -> None:
+        """``spec`` (not queued here) fails with ``error``, delivered to its owner."""
+        self._fail(spec, error)
+
+    def _enqueue(self, spec: TaskSpec, dep_node: str | None) -> None:
         deps = spec.deps
         if not deps:
             self.ready.append(spec)
@@ -380,7 +411,7 @@ class SchedulerState:
         for oid in deps:
             self.directory.when_ready(oid, on_dep)
         if record[1] != 0:  # some dep is not ready yet
-            self.host.watch_deps(deps)
+            self.host.watch_deps(deps, dep_node)
 
     def _dep_ready(self, record: list) -> None:
         record[1] -= 1

@@ -123,7 +123,7 @@ class DependencyWatch:
             if e is None or e.ready or not e.waiters:
                 self.pending.discard(oid)
                 continue
-            if owner_prefix(oid) in live:
+            if owner_prefix(oid) in live or oid in node.remote.fetching:
                 continue
             if known is None:  # built at most once a sweep, and only when needed
                 known = self._producers()
@@ -147,6 +147,7 @@ class DependencyWatch:
         known = set(sched.running)
         known.update(sched.waiting)
         known.update(sched.infeasible)
+        known.update(node.cluster.forwarded_out)
         known.update(spec.task_id for spec in sched.ready)
         for rec in node.actors.actors.values():
             known.update(rec.inflight)

@@ -45,6 +45,8 @@ class ObjectsHost(Protocol):
     def transfers(self) -> Any: ...  # _transfer.ObjectTransfers
     @property
     def serving(self) -> bool: ...
+    @property
+    def remote(self) -> Any: ...
     def spawn(self, fn: Any, *args: Any) -> bool: ...
     def owned_by(self, conn: Any) -> set[bytes] | None: ...
 
@@ -121,7 +123,7 @@ class NodeObjects:
                     self.node.store_link.release_soon([oid])
                 else:
                     refs[oid] = "held"
-            if not producer.closed:
+            if producer is not None and not producer.closed:
                 try:
                     producer.send_nowait(("release", oids))
                 except transport.TransportError:
@@ -142,6 +144,9 @@ class NodeObjects:
                 self.node.control.lineage_done(tid)
             else:
                 self.live_returns[tid] = live - 1
+        remote = self.node.remote
+        if remote.holders or remote.locations:
+            remote.dropped(oid)
         # A copy pulled from another node goes with its entry (ref and location).
         self.node.transfers.drop_copy(oid)
         state = self.store_refs.get(oid)
@@ -189,6 +194,7 @@ class NodeObjects:
             # answers this fetch through ``one`` like any ready object. A fetch of
             # the result of a long actor call therefore waits for as long as the
             # call runs.
+            self.node.remote.need(oids)  # owned on another node: ask there
             self.node.dep_watch.watch(oids)
 
     def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:

@@ -1,0 +1,380 @@
+"""Actors across nodes: placement, forwarding, and the death of the node they ran on.
+
+Every actor has one *host* node, whose actor manager owns its record and process
+exactly as on a single node. Every other node that deals with it — the node of
+the process that created it, the nodes of its callers — keeps a *proxy*: an
+``ActorRecord`` with ``node`` set to the host's id, whose per-caller FIFOs hold the
+calls until their argument refs are ready here and then forward them, in order,
+over the one ordered link to the host (``NodePeers``). The host queues them as its
+own, runs them, and sends their results back to the node they came from, which
+stores them in its directory (it is the owner's node) and delivers them to the
+owner. So the stateful edges hold across nodes: one caller's calls leave its node
+in order, travel one ordered link, and enter one FIFO at the host.
+
+Node-to-node messages (one-way unless said)::
+
+    ("mn_actor_create", ActorSpec, restarts, origin, dep_data, class_record)
+    ("mn_actor_call", CallSpec, dep_data, origin)
+    ("mn_actor_done", actor_id, task_id, results)       host -> calling node
+    ("mn_actor_state", actor_id, "dead", cause)         host -> creating node
+    ("mn_actor_end", actor_id, cause)                   creating node -> host
+    ("mn_actor_kill", actor_id, no_restart)
+    ("mn_actor_hold" | "mn_actor_drop", actor_id, holder)
+    ("mn_actor_cancel", actor_id, task_id)
+    ("mn_actor_spec", actor_id)  request -> (ActorSpec, state, cause)
+
+Placement. A creation is offered to this node first (``keep_local``); otherwise
+``choose_node`` names a node and the creation is forwarded there (this node keeps
+the proxy and becomes the actor's *authority*). No node can host it: it waits,
+with a warning, until a node that can joins (as in Ray); a hard NodeAffinity to a
+node that cannot is an ``ActorUnschedulableError`` at once.
+
+Death of a host node. The authority (the creating node, which holds the spec)
+decides: with restarts left the actor is placed again by the same policy (calls in
+flight are resent while ``max_task_retries`` lasts), else it is dead with a cause
+that says its node died, and the authority writes that record to the GCS (the host
+cannot). Other nodes' proxies wait for the actors table to name a live new host,
+or the death, and resend or fail their calls the same way. An actor whose creator
+lived on the dead node died with its owner (fate sharing) unless detached.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from ...core_worker._store_link import STORE
+from ...exceptions import ActorUnschedulableError, ObjectLostError
+from ...protocol import _serialization
+from .._peers import PeerUnavailable
+from ..global_scheduler._placement import SpreadState, choose_node, keep_local
+from ..local_scheduler._ledger import fits
+
+__all__ = ["RemoteActors"]
+
+logger = logging.getLogger("actorcore.actors")
+
+#: Seconds between reads of the actors table while a proxy waits for a new host.
+RELOCATE_POLL = 0.1
+#: How long a proxy waits for the actors table to say where its actor went.
+RELOCATE_TIMEOUT = 120.0
+
+
+class RemoteActors:
+    """The cross-node part of ``ActorManager`` (see the module docstring)."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+        self.node = manager.node
+        self.spread = SpreadState()
+        # Actors no live node can host yet, in arrival order: placed again when a
+        # node joins.
+        self.infeasible: dict[bytes, Any] = {}
+        self.warnings: dict[bytes, str] = {}
+        # Forwarded calls being run here: task id -> the node that sent them.
+        self.origins: dict[bytes, str] = {}
+        view = self.node.view
+        view.on_node_dead(self._node_dead)
+        view.on_node_joined(lambda _status: self._retry_infeasible())
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "mn_actor_create": self._h_create,
+            "mn_actor_call": self._h_call,
+            "mn_actor_done": self._h_done,
+            "mn_actor_state": self._h_state,
+            "mn_actor_end": self._h_end,
+            "mn_actor_kill": self._h_kill,
+            "mn_actor_hold": self._h_hold,
+            "mn_actor_drop": self._h_drop,
+            "mn_actor_cancel": self._h_cancel,
+            "mn_actor_spec": self._h_spec,
+        }
+
+    # ----------------------------------------------------------------- placement
+
+    def place(self, rec: Any) -> bool:
+        """Decide where a new (or restarting) actor of this node lives. ``False``:
+        here (the caller goes on with it); ``True``: forwarded to another node,
+        waiting for one to join, or failed."""
+        spec = rec.spec
+        node = self.node
+        sched = node.sched
+        view = node.view
+        if spec.supervisor is not None:
+            return False  # user supervision trees live on one node
+        if not view.multi:
+            if fits(spec.resources, sched.total):
+                return False
+            self._wait(rec, f"it requests {_fmt(spec.resources)} but the node has only "
+                            f"{_fmt(sched.total)}")
+            return True
+        strategy = spec.strategy
+        if keep_local(spec.resources, strategy, view, available=sched.available,
+                      total=sched.total, queued=len(sched.waiting) + len(sched.ready)):
+            return False
+        placement = choose_node(spec.resources, strategy, view, spread=self.spread,
+                                local_available=sched.available)
+        if placement.node_id == view.node_id:
+            return False
+        if placement.node_id is None:
+            if placement.infeasible:
+                self._wait(rec, placement.reason)
+            else:
+                rec.error_type = ActorUnschedulableError
+                self.manager.end(rec, placement.reason)
+            return True
+        self._forward_create(rec, placement.node_id)
+        return True
+
+    def _forward_create(self, rec: Any, node_id: str) -> None:
+        spec = rec.spec
+        rec.node = node_id
+        rec.authority = True
+        rec.state = "alive"  # forwarding: the host queues calls until it is up
+        rec.ready.set()
+        record = self.node.functions.get(spec.class_id)
+        try:
+            self.node.peers.send(node_id, ("mn_actor_create", spec, rec.restarts,
+                                           self.node.node_hex, rec.dep_data or [], record))
+        except PeerUnavailable as exc:  # it died since the view said otherwise
+            logger.info("forwarding actor %s to node %s failed: %s", spec.describe(),
+                        node_id[:12], exc)
+        logger.info("actor %s placed on node %s", spec.describe(), node_id[:12])
+        self.manager.calls.pump(rec)
+
+    def _wait(self, rec: Any, reason: str) -> None:
+        spec = rec.spec
+        rec.state = "pending"
+        self.infeasible[spec.actor_id] = rec
+        warning = (f"actor {spec.describe()} cannot be placed yet: {reason}; it waits "
+                   f"for a node that can host it")
+        self.warnings[spec.actor_id] = warning
+        logger.warning("%s", warning)
+
+    def _retry_infeasible(self) -> None:
+        waiting, self.infeasible = self.infeasible, {}
+        for aid, rec in waiting.items():
+            self.warnings.pop(aid, None)
+            if rec.state != "dead":
+                self.manager.admit(rec)
+
+    def forget(self, rec: Any) -> None:
+        """``rec`` is dead: it waits for no node any more."""
+        aid = rec.spec.actor_id
+        self.infeasible.pop(aid, None)
+        self.warnings.pop(aid, None)
+
+    # ------------------------------------------------------------------- proxies
+
+    def locate(self, actor_id: bytes) -> Any:
+        """A proxy for an actor this node has not seen (its handle came from
+        elsewhere): ``None`` on a single node. Its calls queue until the actors
+        table names the host."""
+        if not self.node.view.multi:
+            return None
+        rec = self.manager.proxy_record(actor_id)
+        self.node.spawn(self.find_host, rec)
+        return rec
+
+    async def find_host(self, rec: Any) -> None:
+        await self._find_host(rec, None, None)
+
+    async def _find_host(self, rec: Any, dead_node: str | None, reason: str | None) -> None:
+        """Read the actors table until it names a live host for ``rec`` (other than
+        ``dead_node``), or says it is dead; then forward or fail its calls."""
+        aid = rec.spec.actor_id
+        deadline = trio.current_time() + RELOCATE_TIMEOUT
+        manager = self.manager
+        while rec.state != "dead":
+            try:
+                record = await self.node.control.call(lambda gcs: gcs.actors.get(aid.hex()))
+            except Exception as exc:
+                logger.info("reading the record of actor %s failed: %s", aid.hex()[:12], exc)
+                record = None
+            if isinstance(record, dict):
+                host = record.get("node_id")
+                status = self.node.view.get(host) if isinstance(host, str) else None
+                if record.get("state") == "dead":
+                    manager.end(rec, record.get("death_cause") or "it died", notify=False)
+                    return
+                if host == self.node.node_hex:
+                    # It came here (a restart placed it on this node): the local record
+                    # replaced the proxy; give it the calls that waited.
+                    local = manager.actors.get(aid)
+                    if local is not None and local is not rec:
+                        manager.adopt_calls(rec, local)
+                    return
+                if status is not None and status.alive and host != dead_node:
+                    if rec.stub:
+                        try:
+                            spec, _state, _cause = await self.node.peers.request(
+                                host, ("mn_actor_spec", aid), timeout=10.0)
+                            rec.spec = spec
+                            rec.stub = False
+                        except Exception as exc:
+                            logger.info("asking node %s for actor %s failed: %s",
+                                        str(host)[:12], aid.hex()[:12], exc)
+                            await trio.sleep(RELOCATE_POLL)
+                            continue
+                    rec.node = host
+                    rec.state = "alive"
+                    rec.ready.set()
+                    for holder in rec.holders:  # handles held here before it was found
+                        self.send(rec, ("mn_actor_hold", aid, holder))
+                    manager.calls.pump(rec)
+                    return
+            if trio.current_time() > deadline:
+                why = reason or "its record never named a live node"
+                manager.end(rec, f"{why}, and no node hosts it after "
+                                 f"{RELOCATE_TIMEOUT:g} s", notify=False)
+                return
+            await trio.sleep(RELOCATE_POLL)
+
+    def send(self, rec: Any, message: tuple) -> None:
+        """A message for the host of the proxy ``rec`` (dropped if it just died:
+        the death listener redoes the work)."""
+        try:
+            self.node.peers.send(rec.node, message)
+        except PeerUnavailable as exc:
+            logger.info("message %s for actor %s not sent: %s", message[0],
+                        rec.spec.actor_id.hex()[:12], exc)
+
+    def forward_call(self, rec: Any, call: Any) -> None:
+        data = call.dep_data or []
+        if any(d == STORE for _err, d in data):
+            # Moving store objects between nodes (pulls) is not built yet: a clear
+            # error now instead of the host's "not in the store" later.
+            rec.inflight.pop(call.spec.task_id, None)
+            self.manager.calls.fail_call(call, ObjectLostError(
+                f"{call.spec.name}: an argument is a large object in the store of node "
+                f"{self.node.node_hex[:12]}, and the actor runs on node {rec.node[:12]}; "
+                f"moving store objects between nodes is not supported yet"))
+            return
+        self.send(rec, ("mn_actor_call", call.spec, data, self.node.node_hex))
+
+    def deliver(self, spec: Any, results: list) -> bool:
+        """Results of a call that came from another node go back there."""
+        origin = self.origins.pop(spec.task_id, None)
+        if origin is None:
+            return False
+        if any(d == STORE for _oid, _err, d in results):
+            # Large results stay in this node's store (held here: its directory);
+            # the calling node cannot pull them yet, so it gets an error naming them.
+            self.node.directory.put_many([r for r in results if r[2] == STORE])
+            payload = _serialization.dumps(ObjectLostError(
+                f"the result of {spec.name} is a large object in the store of node "
+                f"{self.node.node_hex[:12]}, and its caller is on node {origin[:12]}; "
+                f"moving store objects between nodes is not supported yet"))
+            results = [(oid, True, payload) if d == STORE else (oid, err, d)
+                       for oid, err, d in results]
+        try:
+            self.node.peers.send(origin, ("mn_actor_done", spec.actor_id, spec.task_id,
+                                          results))
+        except PeerUnavailable as exc:
+            logger.info("results of %s not returned: %s", spec.name, exc)
+        return True
+
+    # ------------------------------------------------------------- node death
+
+    def _node_dead(self, status: Any) -> None:
+        dead = status.node_id
+        why = f"the node {dead[:12]} it ran on died ({status.death_reason or 'no reason'})"
+        manager = self.manager
+        for rec in list(manager.actors.values()):
+            if rec.state == "dead":
+                continue
+            if rec.node == dead:
+                self._host_died(rec, dead, why)
+            elif rec.origin == dead and rec.node is None:
+                # Its creator's node died: the owner died with it (fate sharing).
+                if not rec.spec.detached and rec.spec.name is None:
+                    manager.end(rec, f"its owner's node {dead[:12]} died "
+                                     f"({status.death_reason or 'no reason'})")
+                else:
+                    rec.origin = None  # this node is its authority now
+        for tid, origin in list(self.origins.items()):
+            if origin == dead:
+                del self.origins[tid]
+
+    def _host_died(self, rec: Any, dead: str, why: str) -> None:
+        manager = self.manager
+        calls = manager.calls
+        if not rec.authority:
+            rec.state = "restarting"
+            rec.node = None
+            rec.last_loss = why
+            rec.ready = trio.Event()
+            calls.requeue_inflight(rec, why)
+            self.node.spawn(self._find_host, rec, dead, why)
+            return
+        rec.node = None
+        rec.last_loss = why
+        if manager.can_restart(rec):
+            rec.restarts += 1
+            manager.restarts_total += 1
+            rec.state = "restarting"
+            rec.ready = trio.Event()
+            calls.requeue_inflight(rec, why)
+            logger.warning("actor %s: %s; restarting it (restart %d)", rec.spec.describe(),
+                           why, rec.restarts)
+            manager.admit(rec)
+            return
+        manager.end(rec, why + manager.limits(rec), notify=False)
+        manager.record(rec, force=True)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _h_create(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, spec, restarts, origin, dep_data, record = m
+        if record is not None and spec.class_id not in self.node.functions:
+            self.node.functions[spec.class_id] = record
+        self.manager.create_forwarded(spec, restarts, origin, dep_data)
+
+    def _h_call(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, spec, dep_data, origin = m
+        self.origins[spec.task_id] = origin
+        self.manager.calls.submit_forwarded(spec, dep_data)
+
+    def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
+        self.manager.proxy_done(m[1], m[2], m[3])
+
+    def _h_state(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, aid, state, cause = m
+        rec = self.manager.actors.get(aid)
+        if rec is not None and rec.node is not None and state == "dead":
+            self.manager.end(rec, cause, notify=False)
+
+    def _h_end(self, conn: Any, m: tuple, reply: Any) -> None:
+        rec = self.manager.actors.get(m[1])
+        if rec is not None and rec.node is None:
+            self.manager.end(rec, m[2])
+
+    def _h_kill(self, conn: Any, m: tuple, reply: Any) -> None:
+        try:
+            self.manager.kill(m[1], m[2])
+        except ValueError as exc:
+            logger.info("kill from another node: %s", exc)
+
+    def _h_hold(self, conn: Any, m: tuple, reply: Any) -> None:
+        self.manager.hold(m[1], m[2])
+
+    def _h_drop(self, conn: Any, m: tuple, reply: Any) -> None:
+        rec = self.manager.actors.get(m[1])
+        if rec is not None:
+            self.manager.unhold(rec, m[2])
+
+    def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
+        self.manager.calls.cancel(m[1], m[2])
+
+    def _h_spec(self, conn: Any, m: tuple, reply: Any) -> None:
+        rec = self.manager.actors.get(m[1])
+        if rec is None or rec.stub:
+            raise ValueError(f"actor {m[1].hex()} is not known to this node")
+        reply.send((rec.spec, rec.state, rec.cause))
+
+
+def _fmt(res: Any) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(res.items())) + "}"

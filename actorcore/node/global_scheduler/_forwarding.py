@@ -1,0 +1,148 @@
+"""Tasks between nodes: forwarding, results going home, retries on node death.
+
+A task leaves its node only through the global scheduler (``_scheduler``), which
+hands it to ``ClusterTasks.forward``. From then on two nodes know of it:
+
+- the *origin* (where it was submitted, the node of its owner) keeps it in
+  ``forwarded_out`` (task id -> spec, target node) until its results come back;
+- the *target* keeps its origin in ``forwarded_in`` and runs it as its own task,
+  except that it never spills it again (no ping-pong between two nodes that each
+  think the other is less loaded) unless it cannot run there at all.
+
+Messages between the two (over ``node.peers``; node ids are hex strings)::
+
+    origin -> target  ("n_forward", origin, [TaskSpec, ...])   run these
+    target -> origin  ("n_results", target, [(oid, is_error, data), ...])
+                      a forwarded task ended (its value, error, or STORE: the value
+                      stays in the target's store, the origin records where)
+    origin -> target  ("n_cancel", task_id, force, recursive)
+
+The target asks the origin for the task's arguments itself, as for any object it
+needs (``object_manager._remote``): the origin's directory is the authority of the
+objects its processes own, and the origin answers once each one is ready.
+
+Node death. ``on_node_dead`` re-places every task forwarded to the dead node while
+it has retries left (as for a worker's death: ``max_retries``), and fails the rest
+with ``NodeDiedError`` naming the node. Tasks the dead node forwarded *here* run on:
+their results have nobody to go to and are dropped (their owner died with it).
+
+The state lives here, owned by the node; the messages are served by the node's
+handler table, so a crash of the ``global_scheduler`` component loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ...exceptions import NodeDiedError
+from ...protocol._ids import task_id_of
+from ...protocol._messages import TaskSpec
+from .._peers import PeerUnavailable
+from ..gcs_client._membership import NodeStatus
+
+if TYPE_CHECKING:
+    from .._runtime import NodeRuntime
+
+__all__ = ["ClusterTasks"]
+
+logger = logging.getLogger("actorcore.scheduler")
+
+
+class ClusterTasks:
+    """The tasks this node forwarded and was forwarded (see the module docstring)."""
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+        #: task id -> (spec, node it went to): tasks of this node running elsewhere.
+        self.forwarded_out: dict[bytes, tuple[TaskSpec, str]] = {}
+        #: task id -> node it came from: tasks of other nodes running here.
+        self.forwarded_in: dict[bytes, str] = {}
+        self.sent = 0
+        self.received = 0
+        node.view.on_node_dead(self.on_node_dead)
+
+    def handlers(self) -> dict[str, Any]:
+        return {"n_forward": self._h_forward, "n_results": self._h_results,
+                "n_cancel": self._h_cancel}
+
+    # -- origin side -------------------------------------------------------------
+
+    def forward(self, spec: TaskSpec, node_id: str) -> bool:
+        """Send ``spec`` to ``node_id``; False if that node is gone (place it again)."""
+        try:
+            self.node.peers.send(node_id, ("n_forward", self.node.node_hex, [spec]))
+        except PeerUnavailable:
+            return False
+        self.forwarded_out[spec.task_id] = (spec, node_id)
+        self.sent += 1
+        return True
+
+    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> bool:
+        """Pass a cancel on to the node running ``task_id``; False if it runs here."""
+        entry = self.forwarded_out.get(task_id)
+        if entry is None:
+            return False
+        try:
+            self.node.peers.send(entry[1], ("n_cancel", task_id, force, recursive))
+        except PeerUnavailable:
+            pass  # its death re-places or fails it
+        return True
+
+    def _h_results(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, sender, results = m
+        if not results:
+            return
+        entry = self.forwarded_out.pop(task_id_of(results[0][0]), None)
+        if entry is None:
+            # Not (or no longer) ours: e.g. re-placed after its first node was
+            # declared dead, yet the results of that first attempt arrived.
+            logger.info("dropping results of task %s from node %s: not forwarded there",
+                        task_id_of(results[0][0]).hex(), sender[:12])
+            return
+        spec = entry[0]
+        self.node.remote.results_arrived(spec.owner, sender, results)
+
+    def on_node_dead(self, status: NodeStatus) -> None:
+        dead = status.node_id
+        for task_id in [t for t, (_s, n) in self.forwarded_out.items() if n == dead]:
+            spec, _node = self.forwarded_out.pop(task_id)
+            if spec.max_retries != 0:
+                logger.info("node %s died: placing task %s again", dead[:12], spec.name)
+                self.node.sched.retry_elsewhere(spec)
+            else:
+                self.node.sched.fail_task(spec, NodeDiedError(
+                    f"the node running task {spec.name} ({dead[:12]}, pid {status.pid}) "
+                    f"died ({status.death_reason or 'unreachable'}) and no retries are left"))
+        for task_id in [t for t, n in self.forwarded_in.items() if n == dead]:
+            del self.forwarded_in[task_id]
+
+    # -- target side -------------------------------------------------------------
+
+    def _h_forward(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, origin, specs = m
+        for spec in specs:
+            self.forwarded_in[spec.task_id] = origin
+            self.received += 1
+            self.node.sched.accept(spec, dep_node=origin)
+
+    def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, task_id, force, recursive = m
+        self.node.sched.cancel(task_id, force, recursive)
+
+    def send_home(self, task_id: bytes, results: list) -> bool:
+        """``results`` of a forwarded task: to its origin. False if not forwarded."""
+        origin = self.forwarded_in.pop(task_id, None)
+        if origin is None:
+            return False
+        try:
+            self.node.peers.send(origin, ("n_results", self.node.node_hex, results))
+        except PeerUnavailable:
+            logger.info("task %s: its origin node %s is gone, results dropped",
+                        task_id.hex(), origin[:12])
+        return True
+
+    def statistics(self) -> dict:
+        return {"forwarded_out": len(self.forwarded_out),
+                "forwarded_in": len(self.forwarded_in), "sent": self.sent,
+                "received": self.received}

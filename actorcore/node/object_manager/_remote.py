@@ -1,0 +1,299 @@
+"""Objects across nodes: finding an object's owner node, asking it, freeing copies.
+
+Each node's directory is the authority for the objects its processes own (an
+object id begins with the id prefix of the process that made it, ``protocol._ids``).
+A node that needs an object it does not have — a task's argument owned elsewhere,
+a driver's or worker's ``get`` of a ref made on another node, the arguments of a
+task forwarded here — asks the owner's node::
+
+    ("n_fetch", requester, [oid, ...])   request: answered once every object is
+                                        ready there: [(oid, is_error, data, locations)]
+                                        (``data`` the inline value or error;
+                                        ``locations`` instead, the nodes whose store
+                                        holds a large value)
+    ("n_owner", prefix)                  request: is a process with that id prefix here?
+    ("n_free", [oid, ...])               the owner freed these: drop your copies
+
+A large value is pulled into this node's store (``node.transfers.pull``) before the
+directory entry becomes ready, so local workers and drivers read it as any other
+stored object. The owner remembers which nodes took a copy (``holders``) and tells
+them when it frees the object.
+
+The owner's node is found by asking the other live nodes once per id prefix (there
+are a handful of nodes and one answer per process, cached); nothing of this runs
+on a one-node cluster, where every object's owner is local.
+
+Node death: a fetch from a dead node fails its objects with ``OwnerDiedError``
+(their owner lived there); a large value whose every location died becomes
+``ObjectLostError`` (rebuilding it from lineage is not done yet).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ...core_worker._store_link import STORE
+from ...exceptions import ObjectLostError, OwnerDiedError
+from ...protocol import _serialization
+from ...protocol._ids import owner_prefix, short, task_id_of
+from .._peers import PeerUnavailable
+from ..gcs_client._membership import NodeStatus
+
+if TYPE_CHECKING:
+    from .._runtime import NodeRuntime
+
+__all__ = ["RemoteObjects"]
+
+logger = logging.getLogger("actorcore.node")
+
+#: Bytes assumed for a stored (large) argument whose size is not known here.
+STORED_SIZE_GUESS = 1 << 20
+
+#: Seconds to wait for each node's answer to "is this process yours?".
+OWNER_QUERY_TIMEOUT = 5.0
+
+
+class RemoteObjects:
+    """This node's side of objects shared between nodes (see the module docstring)."""
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+        #: objects asked from another node, not arrived yet
+        self.fetching: dict[bytes, str] = {}
+        #: large objects of this node's owners: the nodes whose store holds them
+        self.locations: dict[bytes, list[str]] = {}
+        #: objects of this node's owners copied to other nodes: who to tell on free
+        self.holders: dict[bytes, set[str]] = {}
+        #: id prefix -> node id of that process (answers of ``n_owner``)
+        self.owner_nodes: dict[bytes, str] = {}
+        self.fetched = 0
+        node.view.on_node_dead(self.on_node_dead)
+
+    def handlers(self) -> dict[str, Any]:
+        return {"n_fetch": self._h_fetch, "n_owner": self._h_owner, "n_free": self._h_free}
+
+    # -- what the node and its schedulers use ------------------------------------
+
+    def need(self, oids: Iterable[bytes], hint: str | None = None) -> None:
+        """Local consumers wait for ``oids``: ask their owners' nodes for those that
+        are not here and whose owner is not a process of this node. ``hint``: the
+        node to ask (the origin of a forwarded task), else found by id prefix."""
+        node = self.node
+        if not node.view.multi:
+            return
+        entries = node.directory.entries
+        forwarded = node.cluster.forwarded_out
+        live: set[bytes] | None = None
+        groups: dict[str | None, list[bytes]] = {}
+        for oid in oids:
+            e = entries.get(oid)
+            if (e is not None and e.ready) or oid in self.fetching \
+                    or oid in self.locations or task_id_of(oid) in forwarded:
+                continue
+            if live is None:
+                live = node.live_id_prefixes()
+            if owner_prefix(oid) in live:
+                continue
+            self.fetching[oid] = hint or ""
+            groups.setdefault(hint, []).append(oid)
+        for target, group in groups.items():
+            node.spawn(self._fetch, target, group)
+
+    def locality(self, deps: list[bytes]) -> dict[str, int]:
+        """Bytes of ``deps`` held per node, as far as this node knows."""
+        if not deps:
+            return {}
+        out: dict[str, int] = {}
+        me = self.node.node_hex
+        entries = self.node.directory.entries
+        for oid in deps:
+            e = entries.get(oid)
+            if e is not None and e.ready:
+                size = STORED_SIZE_GUESS if e.data == STORE else len(e.data or b"")
+                out[me] = out.get(me, 0) + size
+            for nid in self.locations.get(oid, ()):
+                if nid != me:
+                    out[nid] = out.get(nid, 0) + STORED_SIZE_GUESS
+        return out
+
+    def results_arrived(self, owner: bytes, sender: str, results: list) -> None:
+        """A forwarded task's ``results`` came back from ``sender``: into the
+        directory (after a pull, for the large ones), then to their owner."""
+        node = self.node
+        inline = []
+        stored = []
+        for item in results:
+            self.holders.setdefault(item[0], set()).add(sender)
+            if item[2] == STORE and not item[1]:
+                stored.append(item[0])
+                self.locations[item[0]] = [sender]
+            else:
+                inline.append(item)
+        if inline:
+            node.directory.put_many(inline)
+            node.deliver(owner, inline)
+        for oid in stored:
+            node.spawn(self._pull_and_deliver, oid, owner)
+
+    def dropped(self, oid: bytes) -> None:
+        """The owner here freed ``oid``: the other nodes drop their copies."""
+        self.locations.pop(oid, None)
+        holders = self.holders.pop(oid, None)
+        if holders:
+            for nid in holders:
+                try:
+                    self.node.peers.send(nid, ("n_free", [oid]))
+                except PeerUnavailable:
+                    pass  # it died: nothing to free there
+
+    def on_node_dead(self, status: NodeStatus) -> None:
+        dead = status.node_id
+        for prefix in [p for p, n in self.owner_nodes.items() if n == dead]:
+            del self.owner_nodes[prefix]
+        for holders in self.holders.values():
+            holders.discard(dead)
+        lost = []
+        for oid, locs in self.locations.items():
+            if dead in locs:
+                locs.remove(dead)
+                if not locs:
+                    lost.append(oid)
+        for oid in lost:
+            del self.locations[oid]
+            self._put_error(oid, ObjectLostError(
+                f"object {oid.hex()} is lost: its only copy was in the store of node "
+                f"{dead[:12]}, which died ({status.death_reason or 'unreachable'})"))
+
+    def statistics(self) -> dict:
+        return {"fetching": len(self.fetching), "remote_located": len(self.locations),
+                "copied_out": len(self.holders), "fetched": self.fetched}
+
+    # -- asking another node -----------------------------------------------------
+
+    async def _owner_node(self, oid: bytes) -> str | None:
+        prefix = owner_prefix(oid)
+        known = self.owner_nodes.get(prefix)
+        if known is not None:
+            return known
+        for status in self.node.view.others():
+            try:
+                mine = await self.node.peers.request(status.node_id, ("n_owner", prefix),
+                                                     timeout=OWNER_QUERY_TIMEOUT)
+            except Exception as exc:  # that node is unreachable: ask the next
+                logger.info("asking node %s for the owner of %s failed: %s",
+                            status.node_id[:12], short(prefix, 16), exc)
+                continue
+            if mine:
+                self.owner_nodes[prefix] = status.node_id
+                return status.node_id
+        return None
+
+    async def _fetch(self, target: str | None, oids: list[bytes]) -> None:
+        node = self.node
+        if target is None:
+            by_node: dict[str | None, list[bytes]] = {}
+            for oid in oids:
+                by_node.setdefault(await self._owner_node(oid), []).append(oid)
+            for nid, group in by_node.items():
+                if nid is None:
+                    for oid in group:
+                        self._put_error(oid, OwnerDiedError(
+                            f"object {oid.hex()} cannot be fetched: no live node has its "
+                            f"owner (the process with id prefix "
+                            f"{short(owner_prefix(oid), 16)}); it exited or its node died"))
+                else:
+                    node.spawn(self._fetch, nid, group)
+            return
+        try:
+            items = await node.peers.request(target, ("n_fetch", node.node_hex, oids),
+                                             timeout=None)
+        except Exception as exc:  # its node died or left while we waited
+            logger.info("fetching %d objects from node %s failed: %s", len(oids),
+                        target[:12], exc)
+            for oid in oids:
+                self._put_error(oid, OwnerDiedError(
+                    f"object {oid.hex()} is lost: the node holding it for its owner "
+                    f"({target[:12]}) died or left before it could be fetched ({exc})"))
+            return
+        for oid, is_error, data, locations in items:
+            if locations is None:
+                self.fetching.pop(oid, None)
+                self.fetched += 1
+                node.directory.put(oid, is_error, data)
+            else:
+                node.spawn(self._pull, oid, list(locations))
+
+    async def _pull(self, oid: bytes, locations: list[str]) -> bool:
+        """Copy the large ``oid`` into this node's store, then make it ready here."""
+        node = self.node
+        transfers = getattr(node, "transfers", None)
+        try:
+            if transfers is None:
+                raise ObjectLostError(
+                    f"object {oid.hex()} is in the store of node(s) "
+                    f"{', '.join(n[:12] for n in locations)}; this node cannot pull "
+                    f"objects from other nodes")
+            await transfers.pull(oid, locations)
+        except Exception as exc:
+            logger.warning("pulling object %s from %s failed: %s", oid.hex(),
+                           [n[:12] for n in locations], exc)
+            self._put_error(oid, exc if isinstance(exc, ObjectLostError) else ObjectLostError(
+                f"object {oid.hex()} could not be copied from node(s) "
+                f"{', '.join(n[:12] for n in locations)}: {exc}"))
+            return False
+        self.fetching.pop(oid, None)
+        self.fetched += 1
+        locs = self.locations.get(oid)
+        if locs is not None and node.node_hex not in locs:
+            locs.append(node.node_hex)
+        # The copy's store ref is the transfers' (``drop_copy`` lets it go with the entry).
+        node.directory.put(oid, False, STORE)
+        return True
+
+    async def _pull_and_deliver(self, oid: bytes, owner: bytes) -> None:
+        await self._pull(oid, list(self.locations.get(oid, ())))
+        e = self.node.directory.entries.get(oid)
+        if e is not None and e.ready:
+            self.node.deliver(owner, [(oid, e.is_error, e.data)])
+
+    def _put_error(self, oid: bytes, error: BaseException) -> None:
+        self.fetching.pop(oid, None)
+        self.node.directory.put(oid, True, _serialization.dumps(error))
+
+    # -- answering another node --------------------------------------------------
+
+    def _h_owner(self, conn: Any, m: tuple, reply: Any) -> None:
+        reply.send(m[1] in self.node.live_id_prefixes())
+
+    def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
+        self.node.directory.free(m[1])
+
+    def _h_fetch(self, conn: Any, m: tuple, reply: Any) -> None:
+        _, requester, oids = m
+        node = self.node
+        directory = node.directory
+        remaining = [len(oids)]
+        answers: dict[bytes, tuple] = {}
+
+        def one(oid: bytes, e: Any) -> None:
+            if e.is_error or e.data != STORE:
+                answers[oid] = (oid, e.is_error, e.data, None)
+            else:
+                locs = list(self.locations.get(oid, ()))
+                if node.node_hex not in locs:
+                    locs.insert(0, node.node_hex)
+                answers[oid] = (oid, False, None, locs)
+            if not e.is_error:
+                self.holders.setdefault(oid, set()).add(requester)
+            remaining[0] -= 1
+            if remaining[0] == 0 and not reply.done:
+                reply.send([answers[o] for o in oids])
+
+        for oid in oids:
+            directory.when_ready(oid, functools.partial(one, oid))
+        if remaining[0] > 0:
+            self.need(oids)  # owned elsewhere still (a ref that travelled): ask on
+            node.dep_watch.watch(oids)
