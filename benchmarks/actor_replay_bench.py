@@ -7,7 +7,7 @@ checkpoints.
 
 For each ``n`` (calls since the last checkpoint):
 
-- ``checkpoint``: ``checkpoint_interval=I`` (``I`` = the largest ``n`` + 1); ``I``
+- ``checkpoint``: ``checkpoint_interval=I`` (``I`` = the largest ``n`` + 2); ``I``
   calls (a checkpoint of the state after the I-th), then ``n`` more: the recovery
   restores the checkpoint and replays ``n`` calls.
 - ``no checkpoint``: ``checkpoint_interval=0``, the same ``I + n`` calls: the
@@ -116,7 +116,7 @@ def main() -> None:
     args = p.parse_args()
     ns = [0, 200, 1000] if args.quick else [0, 500, 1000, 2000, 4000]
     rounds = 1 if args.quick else 3
-    interval = max(ns) + 1
+    interval = max(ns) + 2  # (each round also calls pid(): n + 1 calls since)
     ac.init(num_cpus=2, log_to_driver=False)
     rows = []
     for n in ns:

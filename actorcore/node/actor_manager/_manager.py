@@ -927,6 +927,7 @@ class ActorManager:
             self.node.directory.unpin(rec.spec.deps)
             rec.dep_data = None
         if rec.log is not None:
+            rec.log.answered.clear()
             unpin = rec.log.clear()
             if unpin:
                 self.node.directory.unpin(unpin)

@@ -22,7 +22,9 @@ node says ``actor_logged``. Hence:
   after the recovery;
 - a direct call resent after a lost link whose entry *is* in the log (the process
   died between the node's ``actor_logged`` and the caller's answer) is answered
-  from the log (``answer``), not run again.
+  from the log (``answer``), not run again. A checkpoint right behind it may have
+  cleared the log meanwhile: the results of the direct calls of the segment a
+  checkpoint cleared are kept until the next one (``answered``) for that.
 
 Every ``checkpoint_interval`` calls the process sends ``actor_ckpt`` with the
 state behind the calls it reported: the node keeps it (and writes it behind to the
@@ -78,6 +80,8 @@ class CallLog:
     recoveries: int = 0
     persisted: bool = True  # the checkpoint is in the GCS (or there is none)
     fetched: bool = False  # the GCS was asked for it (a restart on another node)
+    # task id -> results of the direct calls the last checkpoint covered (``answer``)
+    answered: dict[bytes, list] = attrs.Factory(dict)
 
     def append(self, spec: CallSpec, dep_data: list | None, results: list,
                pinned: bool) -> None:
@@ -87,7 +91,7 @@ class CallLog:
     def answer(self, task_id: bytes) -> list | None:
         """The results of a logged call (a caller resent it: it ran already)."""
         e = self.entries.get(task_id)
-        return e.results if e is not None else None
+        return e.results if e is not None else self.answered.get(task_id)
 
     def take_checkpoint(self, state: bytes) -> list[bytes]:
         """A checkpoint after every call logged so far: keep it, drop the log.
@@ -95,6 +99,8 @@ class CallLog:
         self.checkpoint = state
         self.checkpoints += 1
         self.persisted = False
+        self.answered = {tid: e.results for tid, e in self.entries.items()
+                         if e.dep_data is None}
         return self.clear()
 
     def clear(self) -> list[bytes]:
