@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ActorPlacementGroupRemoved",
+    "TaskPlacementGroupRemoved",
     "ActorcoreError",
     "RayError",
     "TaskError",
@@ -265,6 +267,10 @@ class TaskUnschedulableError(ActorcoreError):
     """No node in the cluster can ever satisfy the task's resource request."""
 
 
+class TaskPlacementGroupRemoved(ActorcoreError):
+    """The task's placement group was removed (before or while it ran), as Ray's."""
+
+
 class ActorError(ActorcoreError):
     """An actor could not run a method call (base of the actor errors)."""
 
@@ -282,6 +288,10 @@ class ActorUnavailableError(ActorError):
 
 class ActorUnschedulableError(ActorError):
     """No node can ever satisfy the actor's resource request."""
+
+
+class ActorPlacementGroupRemoved(ActorError):
+    """The actor's placement group was removed, which killed it (as Ray's)."""
 
 
 class PendingCallsLimitExceeded(ActorcoreError):

@@ -37,6 +37,10 @@ _COMMON = {
     "runtime_env",
     "accelerator_type",
     "label_selector",
+    # Ray's legacy spelling of PlacementGroupSchedulingStrategy.
+    "placement_group",
+    "placement_group_bundle_index",
+    "placement_group_capture_child_tasks",
 }
 TASK_OPTIONS = frozenset(_COMMON | {"num_returns", "max_retries", "retry_exceptions",
                                     "max_calls"})
@@ -71,7 +75,7 @@ _NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
 
 def _check_neutral(options: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
     for key, neutral in _NEUTRAL_VALUES.items():
-        if key in skip:
+        if key in skip or (key == "scheduling_strategy" and _is_pg_strategy(options.get(key))):
             continue
         if key in options and not any(options[key] == v for v in neutral):
             allowed = ", ".join(repr(v) for v in neutral)
@@ -79,6 +83,69 @@ def _check_neutral(options: Mapping[str, Any], skip: tuple[str, ...] = ()) -> No
                 f"option {key}={options[key]!r} is not supported by actorcore "
                 f"(accepted for Ray compatibility only as: {allowed})"
             )
+
+
+def _is_pg_strategy(value: Any) -> bool:
+    from ..util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return isinstance(value, PlacementGroupSchedulingStrategy)
+
+
+def placement_of(options: Mapping[str, Any]) -> tuple[Any, int] | None:
+    """The placement group and bundle index the options ask for (the strategy, or
+    Ray's legacy ``placement_group=`` / ``placement_group_bundle_index=``), checked:
+    ``(group, index)`` or None. Refuses what is not built (capturing child tasks)."""
+    from ..util.placement_group import PlacementGroup
+
+    strategy: Any = options.get("scheduling_strategy")
+    if _is_pg_strategy(strategy):
+        if options.get("placement_group") not in (None, "default"):
+            raise ValueError("options scheduling_strategy and placement_group cannot both "
+                             "be given")
+        pg = strategy.placement_group
+        index = strategy.placement_group_bundle_index
+        capture = strategy.placement_group_capture_child_tasks
+    else:
+        pg = options.get("placement_group")
+        if pg == "default":
+            pg = None
+        index = options.get("placement_group_bundle_index", -1)
+        capture = options.get("placement_group_capture_child_tasks")
+        if pg is None:
+            if index not in (None, -1):
+                raise ValueError(f"option placement_group_bundle_index={index!r} needs a "
+                                 "placement group")
+            if capture:
+                raise ValueError("option placement_group_capture_child_tasks=True needs "
+                                 "a placement group")
+            return None
+    if capture:
+        raise ValueError("placement_group_capture_child_tasks=True is not supported by "
+                         "actorcore (give the child tasks the placement group explicitly)")
+    if not isinstance(pg, PlacementGroup):
+        raise TypeError(f"placement group option: expected a PlacementGroup, got {pg!r}")
+    if index is None:
+        index = -1
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TypeError(f"placement_group_bundle_index={index!r} must be an int")
+    bundles = pg.bundle_specs
+    if not -1 <= index < len(bundles):
+        raise ValueError(
+            f"placement_group_bundle_index={index} is out of range: the placement group "
+            f"{pg.id.hex()} has {len(bundles)} bundle{'s' if len(bundles) != 1 else ''} "
+            f"(valid: -1 .. {len(bundles) - 1})")
+    return pg, index
+
+
+def _check_fits_group(what: str, need: Mapping[str, float], pg: Any, index: int) -> None:
+    # As Ray: a request no bundle of the group could ever hold is an error at once.
+    bundles = pg.bundle_specs
+    candidates = bundles if index < 0 else [bundles[index]]
+    if not any(all(b.get(k, 0.0) >= v - 1e-9 for k, v in need.items()) for b in candidates):
+        where = "any bundle" if index < 0 else f"bundle {index}"
+        raise ValueError(
+            f"{what} requests {dict(need)} which cannot fit into {where} of placement "
+            f"group {pg.id.hex()} (bundles: {bundles})")
 
 
 def _check_number(name: str, value: Any, *, integral: bool = False) -> None:
@@ -128,6 +195,7 @@ def _validate_common(options: Mapping[str, Any], allowed: frozenset[str], what: 
     name = options.get("name")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"option name={name!r}: expected a str")
+    placement_of(out)  # a bad placement group option fails here
     return out
 
 
@@ -238,8 +306,20 @@ def resources_of(options: Mapping[str, Any], *, default_cpus: float = 1.0) -> di
     """The resource request of a task or actor as ``{"CPU": .., "GPU": .., ...}``.
 
     Zero amounts are left out so that two requests compare equal when they ask for
-    the same thing.
+    the same thing. In a placement group, the request is for the group's renamed
+    resources (``node.placement_groups._resources.rewrite``).
     """
+    if ("scheduling_strategy" in options or "placement_group" in options):
+        target = placement_of(options)
+        if target is not None:
+            from ..node.placement_groups._resources import rewrite
+
+            pg, index = target
+            plain = resources_of({k: v for k, v in options.items()
+                                  if k not in ("scheduling_strategy", "placement_group")},
+                                 default_cpus=default_cpus)
+            _check_fits_group(str(options.get("name") or "the task or actor"), plain, pg, index)
+            return rewrite(plain, pg.id.hex(), index)
     cpus = options.get("num_cpus")
     out: dict[str, float] = {}
     c = float(default_cpus if cpus is None else cpus)

@@ -12,7 +12,8 @@
     ├── store_link           object_manager/_link: the node's own store link
     ├── object_directory     object_manager/_dep_watch: arguments that never arrive
     ├── worker_pool          worker_pool/: task workers and actor processes
-    └── actor_manager        actor_manager/: actors, their calls and GCS records
+    ├── actor_manager        actor_manager/: actors, their calls and GCS records
+    └── placement_groups     placement_groups/: bundles, gang reservation, records
 
 ``__main__``: the command line. ``_calls``: introspection and admin calls.
 """

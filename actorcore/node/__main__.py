@@ -25,10 +25,13 @@ from pathlib import Path
 
 import trio
 
+import transport
+
 from ..protocol._ids import new_node_id
 from ..session import _config, _security
 from ..session._session import link_latest, read_token
 from ._runtime import NodeConfig, NodeRuntime
+from ._tree import check_join
 
 __all__ = ["main"]
 
@@ -100,6 +103,21 @@ async def amain(args: argparse.Namespace) -> None:
         spill_dir=Path(cluster.spill_dir) if cluster.spill_dir else None,
         use_gcs=not args.no_gcs,
     )
+    if args.head_address is not None:
+        try:
+            await check_join(args.head_address, config.token)
+        except (transport.TransportError, trio.TooSlowError) as exc:
+            # Refused by the head for good, or no head there: tell the launcher the
+            # error's type and message (it raises the same type), and stop before
+            # starting anything.
+            logging.getLogger("actorcore.node").error(
+                "joining the head at %s failed: %s", args.head_address, exc)
+            if args.ready_fd is not None:
+                with os.fdopen(args.ready_fd, "w") as f:
+                    message = str(exc) or f"{type(exc).__name__}: the head did not answer"
+                    f.write(json.dumps({"refused": {"type": type(exc).__name__,
+                                                    "message": message}}) + "\n")
+            raise SystemExit(1) from None
     node = NodeRuntime(config)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, node.shutdown_requested)

@@ -70,6 +70,7 @@ from .object_manager._directory import ObjectDirectory
 from .object_manager._objects import NodeObjects
 from .object_manager._remote import RemoteObjects
 from .object_manager._transfer import ObjectTransfers
+from .placement_groups import PlacementGroups
 from .worker_pool._pool import PoolState
 
 __all__ = ["DRIVER_GRACE", "NodeConfig", "NodeRuntime"]
@@ -233,6 +234,7 @@ class NodeRuntime:
         self.cluster = ClusterTasks(self)
         self.remote = RemoteObjects(self)
         self.view.on_node_joined(lambda _status: self.sched.infeasible_added.set())
+        self.groups = PlacementGroups(self)  # placement groups: bundles, gang reservation
         self._handlers.update(self.objects.handlers())
         # Objects between nodes: pulls here, chunks served to the others.
         self.transfers = ObjectTransfers(self)
@@ -240,6 +242,7 @@ class NodeRuntime:
         self._handlers.update(self.cluster.handlers())
         self._handlers.update(self.remote.handlers())
         self._handlers.update(self.actors.handlers())
+        self._handlers.update(self.groups.handlers())
 
     # ------------------------------------------------- what components may use
 
@@ -361,11 +364,14 @@ class NodeRuntime:
     def heartbeat_report(self) -> dict:
         """What this node's heartbeats say of it (its free resources and queue)."""
         sched = self.sched
-        return {
+        report = {
             "available": dict(sched.available),
             "queued": len(sched.waiting) + len(sched.ready),
             "running": len(sched.running),
         }
+        if self.groups.held:  # its capacity grew by placement-group bundles
+            report["resources"] = dict(sched.total)
+        return report
 
     @property
     def gcs_address(self) -> str | None:
@@ -509,6 +515,7 @@ class NodeRuntime:
         self.directory.free(client.owned)
         client.owned = set()
         self.actors.client_gone(client, how)
+        self.groups.driver_gone(wid)
 
     # ---------------------------------------------------------------- handlers
 

@@ -14,7 +14,8 @@
     ├── store_link        the node's own link to it (its refs on large objects)
     ├── object_directory  the directory's watch over arguments that can never arrive
     ├── worker_pool       worker processes, one per CPU to start with
-    └── actor_manager     actors: creation, calls, restarts; writes their records
+    ├── actor_manager     actors: creation, calls, restarts; writes their records
+    └── placement_groups  retries the pending placement groups this node coordinates
 
 The components here are the node-side wrappers the tree needs: the listeners
 (``_RpcServer``) and the GCS's own ``gcs.ServiceSpec`` tree translated into
@@ -42,6 +43,7 @@ from .global_scheduler._scheduler import GlobalScheduler
 from .local_scheduler._scheduler import LocalScheduler, SchedulerState
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._link import StoreLinkService
+from .placement_groups import PlacementGroups, PlacementGroupsService
 from .worker_pool._pool import PoolState, WorkerPool
 
 __all__ = ["TreeHost", "build_tree"]
@@ -83,6 +85,8 @@ class TreeHost(Protocol):
     def control(self) -> Any: ...
     @property
     def actors(self) -> Any: ...
+    @property
+    def groups(self) -> PlacementGroups: ...
     @property
     def node_id(self) -> bytes: ...
     @property
@@ -169,6 +173,9 @@ def build_tree(node: TreeHost) -> Supervisor:
         ChildSpec("worker_pool", lambda: WorkerPool(node.pool, node.sched), kind="worker_pool"),
         # The node owns the actor manager; the child runs its loop (see its ``run``).
         ChildSpec("actor_manager", lambda: node.actors, kind="actor_manager"),
+        # The node owns its placement groups; the child retries the pending ones.
+        ChildSpec("placement_groups", lambda: PlacementGroupsService(node.groups),
+                  kind="placement_groups"),
     ]
     return Supervisor(
         "node",
@@ -225,10 +232,23 @@ def _store_link(node: TreeHost) -> StoreLinkService:
     return StoreLinkService(node.store_link)
 
 
-async def _gcs_address_from_head(head_address: str, token: bytes) -> str:
+async def check_join(head_address: str, token: bytes, patience: float = 30.0) -> str:
+    """Dial the head once before a joining node starts its tree; return the GCS's
+    address. A refusal that no retry can cure — the two ends disagree on TLS
+    (`transport.TlsMismatch`), the head's CA does not sign our certificate
+    (`transport.TlsError`), the token is wrong (`transport.AuthenticationFailed`) —
+    raises here, so the node stops at once with that error instead of its
+    ``gcs_client`` crashing on it until the node's restart intensity is spent.
+    Nothing listening there for ``patience`` seconds (a head still starting is
+    waited for) raises `transport.ConnectError`, within the launcher's wait."""
+    return await _gcs_address_from_head(head_address, token, patience=patience)
+
+
+async def _gcs_address_from_head(head_address: str, token: bytes,
+                                 patience: float = 60.0) -> str:
     """Where the GCS is, asked of the head node (a node joining the cluster). The
-    head may still be starting: dial for up to a minute before giving up."""
-    deadline = trio.current_time() + 60.0
+    head may still be starting: dial for up to ``patience`` s before giving up."""
+    deadline = trio.current_time() + patience
     while True:
         try:
             async with transport.open_connection(head_address, token,

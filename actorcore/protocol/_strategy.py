@@ -36,6 +36,10 @@ def strategy_of(value: Any) -> Strategy:
         return None
     if value == SPREAD:
         return SPREAD
+    if hasattr(value, "placement_group_bundle_index"):
+        # PlacementGroupSchedulingStrategy: its resources are rewritten to the
+        # group's bundle resources (``node.placement_groups``); placed by those.
+        return None
     node_id = getattr(value, "node_id", None)
     if node_id is not None:
         if isinstance(node_id, bytes):

@@ -378,6 +378,13 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_NODE_TIMEOUT", "float", "10",
            "seconds without a heartbeat before the head declares a node dead "
            "(at least three heartbeats)", minimum=0.03),
+    EnvVar("ACTORCORE_TRANSFER_CHUNK", "int", "524288",
+           "bytes per chunk of an object pulled from another node", minimum=4096),
+    EnvVar("ACTORCORE_TRANSFER_WINDOW", "int", "16",
+           "chunks of one pull in flight at once", minimum=1),
+    EnvVar("ACTORCORE_SESSION_DIR", "path", None,
+           "set by the node for its workers: its session directory (runtime_env "
+           "packages are unpacked under it)"),
     EnvVar("ACTORCORE_PROFILE_NODE", "path", None,
            "a development aid: write cProfile stats of the node's main thread there"),
 )

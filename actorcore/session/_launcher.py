@@ -228,6 +228,24 @@ def start_node(
             f"{log_tail(session_dir)}"
         )
     info = json.loads(line)
+    refused = info.get("refused")
+    if refused is not None:
+        # The head refused this node for good (TLS mode or CA, token), or no head
+        # answered: the node exits; raise the transport error it met (a TooSlowError
+        # of a head that accepts but never answers becomes a TransportError).
+        if parent_w is not None:
+            os.close(parent_w)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        kind = {"TlsMismatch": transport.TlsMismatch, "TlsError": transport.TlsError,
+                "AuthenticationFailed": transport.AuthenticationFailed,
+                "ConnectError": transport.ConnectError,
+                "ConnectionLost": transport.ConnectionLost}.get(
+                    str(refused.get("type")), transport.TransportError)
+        raise kind(f"joining the cluster at {head_address}: {refused.get('message')}")
     spill_dir = Path(config.spill_dir) if config.spill_dir else None
     return HeadProcess(proc, info, token, session_dir, parent_w, spill_dir)
 

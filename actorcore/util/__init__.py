@@ -4,9 +4,30 @@
 ``queue.Queue`` (``from actorcore.util.queue import Queue, Empty, Full``): a FIFO
 queue held by an actor, shared by the tasks and actors it is passed to.
 ``scheduling_strategies``: ``NodeAffinitySchedulingStrategy`` (and ``"SPREAD"``).
+``placement_group`` and its kin (``placement_group`` module): gang-reserved
+bundles of resources; ``scheduling_strategies.PlacementGroupSchedulingStrategy``
+runs tasks and actors in them.
 """
 
 from . import queue, scheduling_strategies
 from .actor_pool import ActorPool
+from .placement_group import (
+    PlacementGroup,
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
-__all__ = ["ActorPool", "queue", "scheduling_strategies"]
+__all__ = [
+    "ActorPool",
+    "PlacementGroup",
+    "get_current_placement_group",
+    "get_placement_group",
+    "placement_group",
+    "placement_group_table",
+    "queue",
+    "remove_placement_group",
+    "scheduling_strategies",
+]

@@ -42,9 +42,10 @@ import trio
 
 import transport
 
-from ...exceptions import ActorDiedError
+from ...exceptions import ActorDiedError, ActorUnschedulableError
 from ...protocol import _serialization
 from ...protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec
+from ..placement_groups import group_of
 from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_max_starting
 from ._calls import ActorCalls, Call
 from ._introspect import TREE_LIMIT, ActorManagerStatistics
@@ -196,6 +197,13 @@ class ActorManager:
             self._spawn_task(self._claim_name, rec, reply)
         elif reply is not None:
             reply.send(None)
+        group_error = self.node.groups.actor_verdict(spec.resources) \
+            if group_of(spec.resources) is not None else None
+        if group_error is not None:  # its placement group was removed (or never was)
+            self._record(rec)
+            rec.error_type = ActorUnschedulableError
+            self.end(rec, f"its placement group cannot hold it: {group_error}")
+            return
         deps = spec.deps
         if deps:
             self.node.directory.pin(deps)
@@ -892,6 +900,15 @@ class ActorManager:
                 self._place(rec)
             return
         self.end(rec, reason + self._limits(rec))
+
+    def end_where(self, match: Any, error_type: type, cause: str) -> int:
+        """Every live actor whose spec ``match``es dies for good with ``error_type``
+        (a removed placement group's actors); returns how many."""
+        doomed = [r for r in self.actors.values() if r.state != "dead" and match(r.spec)]
+        for rec in doomed:
+            rec.error_type = error_type
+            self.end(rec, cause)
+        return len(doomed)
 
     def end(self, rec: ActorRecord, cause: str, *, notify: bool = True) -> None:
         """``rec`` is dead for good: fail its calls, free its name, process, resources.

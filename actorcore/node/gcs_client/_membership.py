@@ -80,11 +80,23 @@ class NodeStatus:
     host: str = "127.0.0.1"
     death_reason: str | None = None
     info: dict = attrs.field(factory=dict, repr=False)
+    # load(), computed once: the global scheduler ranks every node by it on every
+    # placement (a frozen status never changes; a new heartbeat is a new status).
+    _load: float = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        used = 0.0
+        for name, total in self.resources.items():
+            if total > 0 and name in ("CPU", "GPU"):
+                used = max(used, 1.0 - self.available.get(name, total) / total)
+        cpus = self.resources.get("CPU", 0.0)
+        object.__setattr__(self, "_load", used + (self.queued / cpus if cpus > 0 else 0.0))
 
     @classmethod
     def from_record(cls, record: dict, heartbeat: dict | None) -> NodeStatus:
-        resources = dict(record.get("resources") or {})
         hb = heartbeat or {}
+        # A heartbeat names the capacity when placement-group bundles changed it.
+        resources = dict(hb.get("resources") or record.get("resources") or {})
         return cls(
             node_id=str(record.get("node_id")),
             address=record.get("tcp_address"),
@@ -102,12 +114,7 @@ class NodeStatus:
     def load(self) -> float:
         """How busy it is: the largest used fraction of a resource it has, plus its
         queue per CPU (0: idle; 1: full; above 1: a backlog)."""
-        used = 0.0
-        for name, total in self.resources.items():
-            if total > 0 and name in ("CPU", "GPU"):
-                used = max(used, 1.0 - self.available.get(name, total) / total)
-        cpus = self.resources.get("CPU", 0.0)
-        return used + (self.queued / cpus if cpus > 0 else 0.0)
+        return self._load
 
 
 class ClusterView:
@@ -125,6 +132,10 @@ class ClusterView:
         self.refreshes = 0
         self._dead: list[Callable[[NodeStatus], None]] = []
         self._joined: list[Callable[[NodeStatus], None]] = []
+        # The live nodes of ``nodes``, kept for the dict they were taken from: every
+        # placement asks for them, the dict changes only at a refresh (or ``seed``).
+        self._alive: list[NodeStatus] = []
+        self._alive_of: dict[str, NodeStatus] | None = None
 
     def on_node_dead(self, listener: Callable[[NodeStatus], None]) -> None:
         self._dead.append(listener)
@@ -165,12 +176,16 @@ class ClusterView:
         """Know this node itself before the first refresh (and without a GCS)."""
         if self.node_id not in self.nodes:
             self.nodes[self.node_id] = NodeStatus.from_record(record, None)
+            self._alive_of = None
 
     def get(self, node_id: str) -> NodeStatus | None:
         return self.nodes.get(node_id)
 
     def alive(self) -> list[NodeStatus]:
-        return [s for s in self.nodes.values() if s.alive]
+        if self._alive_of is not self.nodes:
+            self._alive = [s for s in self.nodes.values() if s.alive]
+            self._alive_of = self.nodes
+        return list(self._alive)
 
     def others(self) -> list[NodeStatus]:
         """The live nodes other than this one."""

@@ -120,6 +120,15 @@ class GlobalScheduler:
     def _place(self, spec: TaskSpec, view: ClusterView) -> ClusterView:
         node = self._node
         state = self._state
+        if state.group_verdict is not None:
+            # A task in a placement group waits while its group is pending (as
+            # Ray's) and fails once the group is removed.
+            verdict = state.group_verdict(spec)
+            if isinstance(verdict, BaseException):
+                state.fail_infeasible(spec, verdict)
+                return view
+            if verdict:
+                return view
         if not view.multi:
             if fits(spec.resources, state.total):
                 state.infeasible.pop(spec.task_id, None)

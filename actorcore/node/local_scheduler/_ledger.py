@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 import trio
@@ -174,9 +174,31 @@ class ResourceLedger:
         if not held:
             return
         available = self.available
+        total = self.total
         for k, v in held.items():
+            if k in total:  # not a placement group's resource removed meanwhile
+                available[k] = available.get(k, 0.0) + v
+        self.released += 1
+        self._wake()
+
+    def add_resources(self, extra: Mapping[str, float]) -> None:
+        """Grow the node by ``extra`` (a reserved placement-group bundle's renamed
+        resources), free at once, and wake every waiter as a release does."""
+        total, available = self.total, self.available
+        for k, v in extra.items():
+            total[k] = total.get(k, 0.0) + v
             available[k] = available.get(k, 0.0) + v
         self.released += 1
+        self._wake()
+
+    def remove_resources(self, names: Iterable[str]) -> None:
+        """Drop the resources ``names`` (a removed group's): whoever still holds
+        some gives nothing back when it releases them."""
+        for k in names:
+            self.total.pop(k, None)
+            self.available.pop(k, None)
+
+    def _wake(self) -> None:
         if self._waiting:
             self.wakeups += self._waiting
             self._released.set()

@@ -336,6 +336,13 @@ class SchedulerState:
     # The global scheduler's warning per resource shape of tasks that wait for a
     # node (logged once per shape, also across its restarts).
     unplaced_warnings: dict[tuple, str] = attrs.Factory(dict)
+    # Running tasks whose worker is killed on purpose, and the error each fails
+    # with (``fail_where``), instead of a retry.
+    doomed: dict[bytes, BaseException] = attrs.Factory(dict)
+    # Whether the global scheduler lets a task it cannot place wait instead of
+    # failing it (a placement group's task), or the error it fails with: set by the
+    # node's placement groups; None: no placement groups.
+    group_verdict: Callable[[TaskSpec], BaseException | bool | None] | None = None
     node_id: str = ""
     dispatch_passes: int = 0
     tasks_finished: int = 0
@@ -468,7 +475,11 @@ class SchedulerState:
             spec = worker.tasks[task_id]
             forced = task_id in worker.force_cancelled
             self._release(worker, task_id)
-            if forced or task_id in self.cancelled:
+            doom = self.doomed.pop(task_id, None) if self.doomed else None
+            if doom is not None:
+                self.directory.unpin(spec.deps)
+                self._fail(spec, doom)
+            elif forced or task_id in self.cancelled:
                 self.directory.unpin(spec.deps)
                 err = TaskCancelledError(task_id, f"task {spec.name} was cancelled (force)")
                 self._fail(spec, err)
@@ -593,6 +604,46 @@ class SchedulerState:
             self._forget_edge(spec)
             dropped += 1
         return dropped
+
+    def resources_added(self) -> None:
+        """The node grew (a placement-group bundle was reserved here): the tasks
+        that waited for resources it now has are queued here."""
+        for spec in [s for s in self.infeasible.values() if fits(s.resources, self.total)]:
+            del self.infeasible[spec.task_id]
+            self._enqueue(spec, None)
+
+    def fail_where(self, match: Callable[[TaskSpec], bool], error: BaseException) -> int:
+        """Every task here that ``match``es fails with ``error`` (a removed placement
+        group's): queued ones at once, running ones by killing their worker (as Ray
+        does). Returns how many."""
+        n = 0
+        for spec in [s for s in self.infeasible.values() if match(s)]:
+            del self.infeasible[spec.task_id]
+            self._fail(spec, error)
+            n += 1
+        for task_id, record in list(self.waiting.items()):
+            if match(record[0]):
+                del self.waiting[task_id]
+                self.directory.unpin(record[0].deps)
+                self._fail(record[0], error)
+                n += 1
+        for spec in [s for s in self.ready if match(s)]:
+            self.ready.remove_task(spec.task_id)
+            self.directory.unpin(spec.deps)
+            self._fail(spec, error)
+            n += 1
+        for task_id, worker in list(self.running.items()):
+            run = worker.tasks.get(task_id)
+            if run is not None and match(run):
+                self.doomed[task_id] = error
+                self.host.kill_worker(worker)
+                n += 1
+        return n
+
+    def fail_infeasible(self, spec: TaskSpec, error: BaseException) -> None:
+        """A task waiting for the global scheduler fails with ``error``."""
+        if self.infeasible.pop(spec.task_id, None) is not None:
+            self._fail(spec, error)
 
     def fail_unschedulable(self, spec: TaskSpec, message: str) -> None:
         """The global scheduler found no node for ``spec``: it fails with ``message``."""
