@@ -158,6 +158,75 @@ def test_replay_keeps_order_across_callers_and_paths():
     assert ray.get(a.entries_.remote(), timeout=60) == before
 
 
+_NODE_PATH_ONLY = """
+import os, signal
+import actorcore as ray
+from actorcore.api._actor_handle import actor_state
+
+
+@ray.remote
+class Ledger:
+    def __init__(self):
+        self.entries = [0]
+
+    def add(self, x):
+        self.entries.append(x)
+        return len(self.entries)
+
+    def entries_(self):
+        return list(self.entries)
+
+    def pid(self):
+        return os.getpid()
+
+    def __actorcore_checkpoint__(self):
+        return list(self.entries)
+
+    def __actorcore_restore__(self, state):
+        self.entries = list(state)
+
+
+ray.init(num_cpus=1, log_to_driver=False)
+a = Ledger.options(max_restarts=1, checkpoint_interval=4).remote()
+assert ray.get([a.add.remote(i) for i in range(10)]) == list(range(2, 12))
+before = ray.get(a.entries_.remote())
+os.kill(ray.get(a.pid.remote()), signal.SIGKILL)
+assert ray.get(a.entries_.remote(), timeout=60) == before
+rep = actor_state(a)["replay"]
+assert rep["calls_logged_direct"] == 0 and rep["recoveries"] == 1, rep
+ray.shutdown()
+print("OK")
+"""
+
+
+def test_replay_through_the_node_only(tmp_path):
+    """ACTORCORE_DIRECT_CALLS=0: every call goes through the node; the log is the
+    same (here the driver's own cluster, in a process of its own)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "node_path.py"
+    script.write_text(_NODE_PATH_ONLY)
+    env = dict(os.environ, ACTORCORE_DIRECT_CALLS="0")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert "OK" in out.stdout, out.stdout + out.stderr
+
+
+def test_direct_calls_are_logged():
+    """Once the driver calls the actor straight (the direct path), its calls reach
+    the log through the actor's process, and replay the same."""
+    a = Ledger.options(max_restarts=1, checkpoint_interval=0).remote()
+    ray.get(a.pid.remote())
+    until(lambda: [ray.get(a.add.remote("probe"))] and _replay(a)["calls_logged_direct"] > 0,
+          "a call on the direct path")
+    ray.get([a.add.remote(i) for i in range(20)])
+    before = ray.get(a.entries_.remote())
+    assert _replay(a)["calls_logged_direct"] >= 20
+    _kill(a)
+    assert ray.get(a.entries_.remote(), timeout=60) == before
+
+
 def test_raising_calls_and_ref_arguments_replay():
     a = Ledger.options(max_restarts=1, checkpoint_interval=0).remote()
     big = ray.put(b"x" * 300_000)  # in the store: read again by the replay
@@ -353,3 +422,38 @@ def test_gcs_crash_under_load_loses_nothing(cluster):
     _kill(keeper)
     assert ray.get(keeper.entries_.remote(), timeout=60) == before
     ray.kill(other)
+
+
+def _component(name):
+    def walk(n):
+        if n.get("name") == name:
+            return n
+        for c in n.get("children", []):
+            found = walk(c)
+            if found is not None:
+                return found
+        return None
+
+    return walk(ray.tree())
+
+
+def test_a_new_gcs_link_writes_the_node_state_again(cluster):
+    """A restarted ``gcs_client`` cannot tell whether the GCS restarted empty while
+    it was down (its new client never saw the old history), so it writes the node's
+    state again; the GCS still has it, the names are still the actors'."""
+    from actorcore.testing import faults
+
+    named = Ledger.options(name="survivor").remote(3)
+    assert ray.get(named.add.remote(1), timeout=60) == 2
+    faults.crash("gcs_client")
+    until(lambda: (c := _component("gcs_client")) is not None and c["state"] == "running"
+          and c.get("republished") == 1, "the new gcs_client to write the state again")
+
+    async def names(client):
+        return dict(await client.actors.list_names()).get("survivor")
+
+    assert _gcs_scan(cluster, names) == named._actor_id.hex()
+    with pytest.raises(ValueError, match="survivor"):
+        Ledger.options(name="survivor").remote()
+    assert ray.get(square.remote(3), timeout=60) == 9
+    ray.kill(named)

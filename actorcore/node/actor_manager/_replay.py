@@ -76,6 +76,7 @@ class CallLog:
     checkpoint: bytes | None = None
     checkpoints: int = 0  # checkpoints received
     calls_logged: int = 0  # calls logged in all
+    direct_logged: int = 0  # of which came straight from their caller (``actor_log``)
     replayed: int = 0  # calls replayed in all (over every recovery)
     recoveries: int = 0
     persisted: bool = True  # the checkpoint is in the GCS (or there is none)
@@ -87,6 +88,8 @@ class CallLog:
                pinned: bool) -> None:
         self.entries[spec.task_id] = LogEntry(spec, dep_data, results, pinned)
         self.calls_logged += 1
+        if dep_data is None:
+            self.direct_logged += 1
 
     def answer(self, task_id: bytes) -> list | None:
         """The results of a logged call (a caller resent it: it ran already)."""
@@ -118,6 +121,7 @@ class CallLog:
 
     def describe(self) -> dict[str, Any]:
         return {"checkpoint_interval": self.interval, "calls_logged": self.calls_logged,
+                "calls_logged_direct": self.direct_logged,
                 "log_length": len(self.entries), "checkpoints": self.checkpoints,
                 "checkpoint_bytes": len(self.checkpoint or b""),
                 "recoveries": self.recoveries, "calls_replayed": self.replayed}

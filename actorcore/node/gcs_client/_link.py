@@ -90,6 +90,11 @@ class GcsClientLink:
                     if self.membership is not None:
                         nursery.start_soon(self.membership.run, client)
                     nursery.start_soon(self._watch_resets, client)
+                    if control.links > 1:
+                        # A new link (this component restarted): the GCS may have
+                        # restarted empty meanwhile (say, with the whole node tree),
+                        # which a new client cannot tell. Writing again is harmless.
+                        nursery.start_soon(self._write_again, client)
             finally:
                 control.detach()
 
@@ -105,15 +110,18 @@ class GcsClientLink:
             seen = client.statistics().shard_resets
             logger.warning("the GCS lost its state (restarted empty): writing this node's "
                            "state to it again")
-            try:
-                if self.membership is not None:
-                    await self.membership.register(client)
-                if self._republish is not None:
-                    await self._republish()
-            except Exception as exc:  # the next reset, or a restart of this link, retries
-                logger.error("writing the node's state to the restarted GCS failed: %s: %s",
-                             type(exc).__name__, exc)
-            self.republished += 1
+            await self._write_again(client)
+
+    async def _write_again(self, client: Any) -> None:
+        try:
+            if self.membership is not None:
+                await self.membership.register(client)
+            if self._republish is not None:
+                await self._republish()
+        except Exception as exc:  # the next reset, or a restart of this link, retries
+            logger.error("writing the node's state to the restarted GCS failed: %s: %s",
+                         type(exc).__name__, exc)
+        self.republished += 1
 
     def snapshot(self) -> dict:
         stats = attrs.asdict(self.control.statistics(), recurse=False,
