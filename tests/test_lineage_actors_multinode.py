@@ -90,3 +90,53 @@ def _state_of(data: bytes):
     from actorcore.protocol import _serialization
 
     return _serialization.loads(data)
+
+
+@actorcore.remote(num_cpus=1)
+def where_square(x):
+    return actorcore.get_runtime_context().get_node_id(), x * x
+
+
+def _gcs(reads):
+    core = _worker_state.core
+
+    async def run():
+        async with gcs.open_client(core.gcs_address, core.token, timeout=10) as client:
+            return await reads(client)
+
+    return trio.run(run)
+
+
+def test_gcs_crash_on_two_nodes(cluster):
+    """The head's embedded GCS restarts empty under load on a two-node cluster:
+    both nodes register again, the named actor of the other node is still found
+    (and its name still its), results stay exact."""
+    from actorcore.testing import faults
+
+    b = cluster.add_node(num_cpus=1, resources={"B": 1}, env_vars=FAST)
+    cluster.connect()
+    keeper = Journal.options(name="far", lifetime="detached", resources={"B": 0.1},
+                             max_restarts=1, checkpoint_interval=2).remote()
+    assert actorcore.get(keeper.node.remote(), timeout=30) == b.node_id
+    refs = [where_square.remote(i) for i in range(60)]
+    writes = [keeper.write.remote(i) for i in range(10)]
+    faults.crash("gcs")
+    refs += [where_square.remote(i) for i in range(60, 120)]
+    writes += [keeper.write.remote(i) for i in range(10, 20)]
+    out = actorcore.get(refs, timeout=60)
+    assert [v for _n, v in out] == [i * i for i in range(120)]
+    assert actorcore.get(writes, timeout=60) == list(range(1, 21))
+    head = cluster.head_node.node_id
+
+    async def state(client):
+        nodes = {k for k, _v in await client.nodes.list()}
+        return nodes, dict(await client.actors.list_names()).get("far")
+
+    until(lambda: _gcs(state) == ({head, b.node_id}, keeper._actor_id.hex()),
+          "both nodes and the name in the restarted GCS", timeout=30)
+    found = actorcore.get_actor("far")
+    assert actorcore.get(found.read.remote(), timeout=30) == list(range(20))
+    with pytest.raises(ValueError, match="far"):
+        Journal.options(name="far").remote()
+    assert actorcore.get(where_square.remote(5), timeout=30)[1] == 25
+    actorcore.kill(keeper)

@@ -39,6 +39,10 @@ _FLUSH_INTERVAL = 0.05
 _FLUSH_BATCH = 1000
 #: Seconds a GCS call waits for the ``gcs_client`` component to (re)connect.
 _LINK_TIMEOUT = 60.0
+#: Seconds a function missing from the GCS is looked for again (``get_function``),
+#: and the pause between looks.
+_FUNCTION_MISS_WAIT = 5.0
+_FUNCTION_MISS_POLL = 0.1
 
 
 class ControlState(Protocol):
@@ -295,9 +299,22 @@ class GcsControlState:
         await self.call(lambda c: c.functions.export(function_id.hex(), record))
 
     async def get_function(self, function_id: bytes) -> dict | None:
+        """The function's record, ``None`` if it is not in the GCS.
+
+        A function is exported before any task or actor that uses it is submitted,
+        so a miss means the GCS restarted empty and the node that exported it has
+        not written it again yet (it does within about a heartbeat interval, see
+        ``_link``): a miss is asked again for up to ``_FUNCTION_MISS_WAIT`` s before
+        it counts. Only misses pay this."""
         record = self._functions.get(function_id)
         if record is None:
-            record = await self.call(lambda c: c.functions.get(function_id.hex()))
+            key = function_id.hex()
+            with trio.move_on_after(_FUNCTION_MISS_WAIT):
+                while True:
+                    record = await self.call(lambda c: c.functions.get(key))
+                    if record is not None:
+                        break
+                    await trio.sleep(_FUNCTION_MISS_POLL)
             if record is not None:
                 self._functions[function_id] = record
         return record
