@@ -109,8 +109,10 @@ def test_replay_restores_exact_state(interval):
         assert ray.get(a.restored.remote()) == 0
     else:
         # Checkpoints every `interval` calls: only the calls since the last replayed.
-        assert rep["checkpoints"] >= 21 // interval
-        assert rep["calls_replayed"] == 21 % interval
+        # The last one (taken behind the 21st call, the pid() whose answer came
+        # before the kill) may not have reached the node yet: then one interval more.
+        assert rep["checkpoints"] >= 21 // interval - 1
+        assert rep["calls_replayed"] in (21 % interval, 21 % interval + interval)
         assert ray.get(a.restored.remote()) == 1
     # It keeps working, and a second loss recovers the same way.
     assert ray.get(a.add.remote("x")) == 22
