@@ -390,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--days", type=int, default=825, help="node certificate validity (825)")
     t.add_argument("--host", action="append", help="extra DNS name or IP to name (repeatable)")
     t.set_defaults(fn=cmd_tls)
+    from ._chaos import add_parser as add_chaos
+
+    add_chaos(sub)
     return p
 
 
