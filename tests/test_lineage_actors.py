@@ -459,3 +459,27 @@ def test_a_new_gcs_link_writes_the_node_state_again(cluster):
         Ledger.options(name="survivor").remote()
     assert ray.get(square.remote(3), timeout=60) == 9
     ray.kill(named)
+
+
+def test_a_logged_call_whose_answer_was_lost_is_not_run_again():
+    """The actor's process dies after the node logged a direct call but before its
+    caller heard: the caller resends it and gets the logged results; it does not
+    run a second time (the state holds it once)."""
+    from actorcore.testing import faults
+
+    a = Ledger.options(max_restarts=1, checkpoint_interval=0).remote()
+    ray.get(a.pid.remote())
+    until(lambda: [ray.get(a.add.remote("probe"))] and _replay(a)["calls_logged_direct"] > 0,
+          "a call on the direct path")
+    pid = ray.get(a.pid.remote())
+    logged = _replay(a)["calls_logged"]
+    # Answers from actor processes to callers on their direct links are lost.
+    with faults.drop(1.0, a="worker_*-direct", b="driver-*-direct", both=False):
+        ref = a.add.remote("once")
+        until(lambda: _replay(a)["calls_logged"] > logged, "the call in the log")
+        with pytest.raises(exc.GetTimeoutError):
+            ray.get(ref, timeout=0.3)
+        os.kill(pid, signal.SIGKILL)
+        n = ray.get(ref, timeout=60)
+    entries = ray.get(a.entries_.remote(), timeout=60)
+    assert entries.count("once") == 1 and entries[-1] == "once" and n == len(entries)
