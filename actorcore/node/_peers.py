@@ -5,7 +5,8 @@ Everything one node asks of another — run a task, take its results, locate or 
 an object, show its tree — goes over the link this module keeps to that node:
 
 - ``send(node_id, message)`` queues a one-way message; messages to one node leave in
-  the order they were queued, over one connection;
+  the order they were queued, over one connection, those queued together in one
+  frame (``("peer_batch", [...])``, served in order by the receiving node);
 - ``await request(node_id, message)`` waits for the peer's answer.
 
 A link is dialled at first use, to the TCP address the node registered in the GCS
@@ -40,6 +41,9 @@ logger = logging.getLogger("actorcore.peers")
 
 #: Seconds between dials of a peer that does not answer (while it is alive).
 REDIAL = 0.2
+
+#: One-way messages sent together at most (as one ``("peer_batch", [...])``).
+BATCH = 256
 
 
 class PeerUnavailable(ConnectionError):
@@ -178,19 +182,41 @@ class NodePeers:
                     message = await link.receive.receive()
                 except (trio.EndOfChannel, trio.ClosedResourceError):
                     return
+                # Whatever else is queued goes in the same frame (one wake-up of the
+                # peer for a burst of forwards or results, not one per message).
+                batch = [message]
+                while len(batch) < BATCH:
+                    try:
+                        batch.append(link.receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break
                 try:
-                    await conn.send(message)
-                    link.sent += 1
-                except transport.FrameTooLarge:
-                    # Never fits this link; the link stays up.
-                    logger.error("a message to node %s is over its frame limit: dropped",
-                                 link.node_id[:12])
-                    self.dropped += 1
+                    await self._send_batch(link, conn, batch)
                 except transport.TransportError as exc:
                     logger.warning("link to node %s lost: %s", link.node_id[:12], exc)
-                    self.dropped += 1
+                    self.dropped += len(batch)
         finally:
             link.running = False
+
+    async def _send_batch(self, link: _Link, conn: Any, batch: list) -> None:
+        """``batch`` in one frame; if together they pass the peer's frame limit, one
+        by one (a single message over it is dropped, logged: it never fits)."""
+        if len(batch) > 1:
+            try:
+                await conn.send(("peer_batch", batch))
+                link.sent += len(batch)
+                return
+            except transport.FrameTooLarge:
+                pass
+        for message in batch:
+            try:
+                await conn.send(message)
+                link.sent += 1
+            except transport.FrameTooLarge:
+                logger.error("a %r message to node %s is over its frame limit: dropped",
+                             message[0] if isinstance(message, tuple) else message,
+                             link.node_id[:12])
+                self.dropped += 1
 
     async def _dial(self, link: _Link) -> Any:
         """Connect to ``link``'s node (again), until it works or the node is gone."""

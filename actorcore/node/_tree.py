@@ -120,6 +120,7 @@ class TreeHost(Protocol):
     def node_info(self) -> dict: ...
     def heartbeat_report(self) -> dict: ...
     def declared_dead(self, reason: str) -> None: ...
+    async def republish_control_state(self) -> None: ...
 
 
 def build_tree(node: TreeHost) -> Supervisor:
@@ -136,7 +137,7 @@ def build_tree(node: TreeHost) -> Supervisor:
                 shards=config.gcs_shards,
                 replicas=config.gcs_replicas,
                 host=config.host,
-                lineage_cap=_lineage_cap(),
+                lineage_cap=lineage_cap(config),
             ),
             config.token,
         )
@@ -153,7 +154,8 @@ def build_tree(node: TreeHost) -> Supervisor:
                 view=node.view, record=node.node_info, report=node.heartbeat_report,
                 monitor=config.head, on_self_dead=node.declared_dead)
         return GcsClientLink(node.control, gcs_address=gcs_address, token=config.token,
-                             name=f"node-{short(node.node_id)}", membership=membership)
+                             name=f"node-{short(node.node_id)}", membership=membership,
+                             republish=node.republish_control_state)
 
     children.append(ChildSpec("gcs_client", gcs_client, kind="gcs_client"))
     children.append(ChildSpec("node_links", lambda: NodeLinks(node.peers), kind="node_links"))
@@ -264,8 +266,12 @@ async def _gcs_address_from_head(head_address: str, token: bytes,
         return str(address)
 
 
-def _lineage_cap() -> int:
-    """Marked lineage entries each GCS shard keeps in memory (ACTORCORE_GCS_LINEAGE_CAP)."""
+def lineage_cap(config: Any) -> int:
+    """Task specs a node keeps for rebuilding lost objects, and marked lineage
+    entries each GCS shard keeps in memory: the node's ``lineage_cap``
+    (``init(lineage_cap=...)``), else ``ACTORCORE_GCS_LINEAGE_CAP``."""
+    if getattr(config, "lineage_cap", None) is not None:
+        return int(config.lineage_cap)
     raw = os.environ.get("ACTORCORE_GCS_LINEAGE_CAP", "10000")
     try:
         cap = int(raw)

@@ -11,7 +11,9 @@ hands it to ``ClusterTasks.forward``. From then on two nodes know of it:
 
 Messages between the two (over ``node.peers``; node ids are hex strings)::
 
-    origin -> target  ("n_forward", origin, [TaskSpec, ...])   run these
+    origin -> target  ("n_forward", origin, [TaskSpec, ...], {function_id: record})
+                      run these (with the code of the functions not sent there yet:
+                      the target must not depend on the GCS having the export yet)
     target -> origin  ("n_results", target, [(oid, is_error, data), ...])
                       a forwarded task ended (its value, error, or STORE: the value
                       stays in the target's store, the origin records where)
@@ -58,6 +60,8 @@ class ClusterTasks:
         self.forwarded_out: dict[bytes, tuple[TaskSpec, str]] = {}
         #: task id -> node it came from: tasks of other nodes running here.
         self.forwarded_in: dict[bytes, str] = {}
+        #: node id -> the function ids whose code was sent there with a task.
+        self.functions_sent: dict[str, set[bytes]] = {}
         self.sent = 0
         self.received = 0
         node.view.on_node_dead(self.on_node_dead)
@@ -70,10 +74,17 @@ class ClusterTasks:
 
     def forward(self, spec: TaskSpec, node_id: str) -> bool:
         """Send ``spec`` to ``node_id``; False if that node is gone (place it again)."""
+        functions: dict[bytes, dict] = {}
+        sent = self.functions_sent.setdefault(node_id, set())
+        if spec.function_id not in sent:
+            record = self.node.functions.get(spec.function_id)
+            if record is not None:
+                functions[spec.function_id] = record
         try:
-            self.node.peers.send(node_id, ("n_forward", self.node.node_hex, [spec]))
+            self.node.peers.send(node_id, ("n_forward", self.node.node_hex, [spec], functions))
         except PeerUnavailable:
             return False
+        sent.update(functions)
         self.forwarded_out[spec.task_id] = (spec, node_id)
         self.sent += 1
         return True
@@ -102,6 +113,7 @@ class ClusterTasks:
             return
         spec = entry[0]
         self.node.remote.results_arrived(spec.owner, sender, results)
+        self.node.sched.release_held(spec.task_id)
 
     def on_node_dead(self, status: NodeStatus) -> None:
         dead = status.node_id
@@ -116,11 +128,14 @@ class ClusterTasks:
                     f"died ({status.death_reason or 'unreachable'}) and no retries are left"))
         for task_id in [t for t, n in self.forwarded_in.items() if n == dead]:
             del self.forwarded_in[task_id]
+        self.functions_sent.pop(dead, None)
 
     # -- target side -------------------------------------------------------------
 
     def _h_forward(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, origin, specs = m
+        _, origin, specs, functions = m
+        for fid, record in functions.items():
+            self.node.functions.setdefault(fid, record)
         for spec in specs:
             self.forwarded_in[spec.task_id] = origin
             self.received += 1

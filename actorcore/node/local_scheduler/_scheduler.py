@@ -343,6 +343,13 @@ class SchedulerState:
     # failing it (a placement group's task), or the error it fails with: set by the
     # node's placement groups; None: no placement groups.
     group_verdict: Callable[[TaskSpec], BaseException | bool | None] | None = None
+    # Arguments pinned for tasks that left the local queue's reach: placed by the
+    # global scheduler, or running on another node (task id -> its deps). The node
+    # that runs such a task asks this one for them, perhaps long after their owner
+    # dropped its refs (a retry after that node died, a lineage rebuild), so they
+    # stay in the directory until the task has ended here (``_finish``) or its
+    # results came back (``release_held``).
+    held: dict[bytes, list[bytes]] = attrs.Factory(dict)
     node_id: str = ""
     dispatch_passes: int = 0
     tasks_finished: int = 0
@@ -374,6 +381,9 @@ class SchedulerState:
             else:
                 kids.add(spec.task_id)
         if not self.host.keep_local(spec, self):
+            if spec.deps and spec.task_id not in self.held:
+                self.directory.pin(spec.deps)
+                self.held[spec.task_id] = spec.deps
             self.infeasible[spec.task_id] = spec
             self.infeasible_added.set()
             return
@@ -398,6 +408,12 @@ class SchedulerState:
         self.host.record_lineage(spec)
         self.infeasible[spec.task_id] = spec
         self.infeasible_added.set()
+
+    def release_held(self, task_id: bytes) -> None:
+        """The arguments of ``task_id`` may go (see ``held``)."""
+        deps = self.held.pop(task_id, None)
+        if deps:
+            self.directory.unpin(deps)
 
     def fail_task(self, spec: TaskSpec, error: BaseException) -> None:
         """``spec`` (not queued here) fails with ``error``, delivered to its owner."""
@@ -590,6 +606,7 @@ class SchedulerState:
         dropped = 0
         for spec in [s for s in self.infeasible.values() if s.owner == owner]:
             del self.infeasible[spec.task_id]
+            self.release_held(spec.task_id)
             self._forget_edge(spec)
             dropped += 1
         for task_id, record in list(self.waiting.items()):
@@ -924,6 +941,8 @@ class SchedulerState:
 
     def _finish(self, spec: TaskSpec, results: list, delivered: bool = False) -> None:
         self.tasks_finished += 1
+        if self.held:
+            self.release_held(spec.task_id)
         self.cancelled.discard(spec.task_id)
         if spec.parent_task_id is not None:
             self._forget_edge(spec)
