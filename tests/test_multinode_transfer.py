@@ -46,8 +46,12 @@ def _store_address(node) -> str:
 async def _call(cluster, node, message, timeout: float = 60.0):  # noqa: ASYNC109
     """One request to ``node`` over its TCP listener; a remote error re-raised as
     the node raised it when it is one of ours."""
+    from actorcore.session import _security
+
+    # (TLS as the cluster's nodes have it: from ACTORCORE_TLS_*, if set.)
     async with transport.open_connection(
-        f"tcp:{node.address}", _token(cluster), name="test-transfer"
+        f"tcp:{node.address}", _token(cluster), name="test-transfer",
+        tls=_security.tls_config(),
     ) as conn:
         try:
             return await conn.request(message, timeout=timeout)
