@@ -11,7 +11,8 @@ hands it to ``ClusterTasks.forward``. From then on two nodes know of it:
 
 Messages between the two (over ``node.peers``; node ids are hex strings)::
 
-    origin -> target  ("n_forward", origin, [TaskSpec, ...])   run these
+    origin -> target  ("n_forward", origin, [TaskSpec, ...], {function id: record} | None)
+                      run these (with the records of functions not sent there yet)
     target -> origin  ("n_results", target, [(oid, is_error, data), ...])
                       a forwarded task ended (its value, error, or STORE: the value
                       stays in the target's store, the origin records where)
@@ -58,6 +59,8 @@ class ClusterTasks:
         self.forwarded_out: dict[bytes, tuple[TaskSpec, str]] = {}
         #: task id -> node it came from: tasks of other nodes running here.
         self.forwarded_in: dict[bytes, str] = {}
+        #: node id -> the function ids whose records were sent there with a task.
+        self.functions_sent: dict[str, set[bytes]] = {}
         self.sent = 0
         self.received = 0
         node.view.on_node_dead(self.on_node_dead)
@@ -69,11 +72,24 @@ class ClusterTasks:
     # -- origin side -------------------------------------------------------------
 
     def forward(self, spec: TaskSpec, node_id: str) -> bool:
-        """Send ``spec`` to ``node_id``; False if that node is gone (place it again)."""
+        """Send ``spec`` to ``node_id``; False if that node is gone (place it again).
+
+        The function's record goes along the first time a function is sent to a
+        node: its export to the GCS is written behind (``_h_export``), so the target
+        asking the GCS for it could come first and find nothing. The link to a
+        node is ordered, so once sent the target has it for every later task."""
+        sent = self.functions_sent.setdefault(node_id, set())
+        functions = None
+        if spec.function_id not in sent:
+            record = self.node.functions.get(spec.function_id)
+            if record is not None:
+                functions = {spec.function_id: record}
         try:
-            self.node.peers.send(node_id, ("n_forward", self.node.node_hex, [spec]))
+            self.node.peers.send(node_id, ("n_forward", self.node.node_hex, [spec], functions))
         except PeerUnavailable:
             return False
+        if functions:
+            sent.add(spec.function_id)
         self.forwarded_out[spec.task_id] = (spec, node_id)
         self.sent += 1
         return True
@@ -105,6 +121,7 @@ class ClusterTasks:
 
     def on_node_dead(self, status: NodeStatus) -> None:
         dead = status.node_id
+        self.functions_sent.pop(dead, None)
         for task_id in [t for t, (_s, n) in self.forwarded_out.items() if n == dead]:
             spec, _node = self.forwarded_out.pop(task_id)
             if spec.max_retries != 0:
@@ -120,7 +137,11 @@ class ClusterTasks:
     # -- target side -------------------------------------------------------------
 
     def _h_forward(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, origin, specs = m
+        _, origin, specs, functions = m
+        if functions:
+            known = self.node.functions
+            for fid, record in functions.items():
+                known.setdefault(fid, record)
         for spec in specs:
             self.forwarded_in[spec.task_id] = origin
             self.received += 1

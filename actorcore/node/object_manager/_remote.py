@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ...core_worker._store_link import STORE
-from ...exceptions import ObjectLostError, OwnerDiedError
+from ...exceptions import ObjectLostError, ObjectStoreFullError, OwnerDiedError
 from ...protocol import _serialization
 from ...protocol._ids import owner_prefix, short, task_id_of
 from .._peers import PeerUnavailable
@@ -137,6 +137,11 @@ class RemoteObjects:
             node.deliver(owner, inline)
         for oid in stored:
             node.spawn(self._pull_and_deliver, oid, owner)
+
+    def copied_to(self, oid: bytes, node_id: str) -> None:
+        """``node_id`` pulls ``oid`` from this node (an actor's argument sent there):
+        it drops its copy when this node lets the object go (``dropped``)."""
+        self.holders.setdefault(oid, set()).add(node_id)
 
     def dropped(self, oid: bytes) -> None:
         """The owner here freed ``oid``: the other nodes drop their copies."""
@@ -240,7 +245,8 @@ class RemoteObjects:
         except Exception as exc:
             logger.warning("pulling object %s from %s failed: %s", oid.hex(),
                            [n[:12] for n in locations], exc)
-            self._put_error(oid, exc if isinstance(exc, ObjectLostError) else ObjectLostError(
+            self._put_error(oid, exc if isinstance(exc, ObjectLostError | ObjectStoreFullError)
+                            else ObjectLostError(
                 f"object {oid.hex()} could not be copied from node(s) "
                 f"{', '.join(n[:12] for n in locations)}: {exc}"))
             return False
