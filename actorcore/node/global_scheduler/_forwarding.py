@@ -117,6 +117,7 @@ class ClusterTasks:
                         task_id_of(results[0][0]).hex(), sender[:12])
             return
         spec = entry[0]
+        self.node.sched.release_args(spec)  # its node had them: the owner decides now
         self.node.remote.results_arrived(spec.owner, sender, results)
 
     def on_node_dead(self, status: NodeStatus) -> None:

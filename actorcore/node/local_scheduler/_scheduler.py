@@ -336,6 +336,13 @@ class SchedulerState:
     # The global scheduler's warning per resource shape of tasks that wait for a
     # node (logged once per shape, also across its restarts).
     unplaced_warnings: dict[tuple, str] = attrs.Factory(dict)
+    # Tasks of this node not queued here — waiting to be placed, or forwarded to
+    # another node — whose argument objects this node pins meanwhile: their owner
+    # may free a ref the moment the task is submitted, and only a pin keeps the
+    # value (and its copies on other nodes) until the node running it has it.
+    # Let go when the task is queued here (which pins them itself), ends, or its
+    # results come back (``release_args``).
+    away_pins: set[bytes] = attrs.Factory(set)
     # Running tasks whose worker is killed on purpose, and the error each fails
     # with (``fail_where``), instead of a retry.
     doomed: dict[bytes, BaseException] = attrs.Factory(dict)
@@ -374,10 +381,23 @@ class SchedulerState:
             else:
                 kids.add(spec.task_id)
         if not self.host.keep_local(spec, self):
+            self.hold_args(spec)
             self.infeasible[spec.task_id] = spec
             self.infeasible_added.set()
             return
         self._enqueue(spec, None)
+
+    def hold_args(self, spec: TaskSpec) -> None:
+        """Pin ``spec``'s arguments while it is not queued here (``away_pins``)."""
+        if spec.deps and spec.task_id not in self.away_pins:
+            self.away_pins.add(spec.task_id)
+            self.directory.pin(spec.deps)
+
+    def release_args(self, spec: TaskSpec) -> None:
+        """The pin of ``hold_args`` goes (no-op if it holds none)."""
+        if self.away_pins and spec.task_id in self.away_pins:
+            self.away_pins.discard(spec.task_id)
+            self.directory.unpin(spec.deps)
 
     def accept(self, spec: TaskSpec, dep_node: str | None = None) -> None:
         """Queue ``spec`` here without asking whether to: the global scheduler chose
@@ -410,6 +430,7 @@ class SchedulerState:
             self._wake()
             return
         self.directory.pin(deps)
+        self.release_args(spec)
         record = [spec, len(deps)]
         self.waiting[spec.task_id] = record
         def on_dep(_entry: ObjectEntry) -> None:
@@ -590,6 +611,7 @@ class SchedulerState:
         dropped = 0
         for spec in [s for s in self.infeasible.values() if s.owner == owner]:
             del self.infeasible[spec.task_id]
+            self.release_args(spec)
             self._forget_edge(spec)
             dropped += 1
         for task_id, record in list(self.waiting.items()):
@@ -924,6 +946,7 @@ class SchedulerState:
 
     def _finish(self, spec: TaskSpec, results: list, delivered: bool = False) -> None:
         self.tasks_finished += 1
+        self.release_args(spec)
         self.cancelled.discard(spec.task_id)
         if spec.parent_task_id is not None:
             self._forget_edge(spec)
