@@ -55,6 +55,10 @@ class _Link:
     connected: trio.Event = attrs.Factory(trio.Event)
     closed: bool = False
     running: bool = False  # a sender task serves it now
+    # The message being sent: taken from the queue but not yet handed to the
+    # connection. A crash of ``node_links`` (or a link lost) while it is in hand
+    # leaves it here, and the next sender sends it first.
+    pending: Any = None
     dials: int = 0
     sent: int = 0
 
@@ -117,6 +121,9 @@ class NodePeers:
             return
         link.closed = True
         link.connected.set()  # wake requests: they see ``closed``
+        if link.pending is not None:
+            link.pending = None
+            self.dropped += 1
         try:
             while True:
                 link.receive.receive_nowait()
@@ -174,20 +181,33 @@ class NodePeers:
                     conn = await self._dial(link)
                     if conn is None:
                         return
+                if link.pending is None:
+                    try:
+                        link.pending = await link.receive.receive()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        return
                 try:
-                    message = await link.receive.receive()
-                except (trio.EndOfChannel, trio.ClosedResourceError):
-                    return
-                try:
-                    await conn.send(message)
+                    # (The transport queues the frame or raises before queueing:
+                    # cancelled or refused here, it was not sent, and is resent.)
+                    await conn.send(link.pending)
+                    link.pending = None
                     link.sent += 1
                 except transport.FrameTooLarge:
                     # Never fits this link; the link stays up.
                     logger.error("a message to node %s is over its frame limit: dropped",
                                  link.node_id[:12])
+                    link.pending = None
                     self.dropped += 1
                 except transport.TransportError as exc:
-                    logger.warning("link to node %s lost: %s", link.node_id[:12], exc)
+                    logger.warning("link to node %s lost: %s; dialling again to send what "
+                                   "was queued", link.node_id[:12], exc)
+                except Exception as exc:
+                    # It cannot be encoded (a bug of its sender): dropped, or it
+                    # would crash every sender that takes it again.
+                    logger.error("a %s message to node %s cannot be sent, dropped: %s: %s",
+                                 _kind(link.pending), link.node_id[:12],
+                                 type(exc).__name__, exc)
+                    link.pending = None
                     self.dropped += 1
         finally:
             link.running = False
@@ -232,6 +252,10 @@ class NodePeers:
         for link in self._links.values():
             if not link.running:
                 self._start(link)
+
+
+def _kind(message: Any) -> str:
+    return repr(message[0]) if isinstance(message, tuple) and message else type(message).__name__
 
 
 def _close_soon(conn: Any) -> None:

@@ -80,6 +80,8 @@ WINDOW = max(1, int(os.environ.get("ACTORCORE_TRANSFER_WINDOW") or 16))
 #: Seconds a source may take to answer ``obj_info``, and one chunk.
 INFO_TIMEOUT = 10.0
 CHUNK_TIMEOUT = 30.0
+#: Times a location is tried again after the link to it was lost while it lives.
+LINK_RETRIES = 2
 #: Seconds a location write to the GCS may take before it is given up (logged).
 GCS_TIMEOUT = 10.0
 #: Payload views kept for transfers under way (see ``_served``).
@@ -151,9 +153,10 @@ class _SourceFailed(Exception):
     """One location could not give the object (the message says why); ``size``:
     the payload size it announced, if it got that far."""
 
-    def __init__(self, message: str, size: int | None = None) -> None:
+    def __init__(self, message: str, size: int | None = None, link_lost: bool = False) -> None:
         super().__init__(message)
         self.size = size
+        self.link_lost = link_lost
 
 
 class ObjectTransfers:
@@ -289,7 +292,7 @@ class ObjectTransfers:
                 tried[loc] = "this node (its store does not hold it)"
                 continue
             try:
-                size = await self._from(loc, oid)
+                size = await self._from_retrying(loc, oid)
             except _SourceFailed as exc:
                 tried[loc] = str(exc)
                 size = exc.size if exc.size is not None else size
@@ -314,6 +317,22 @@ class ObjectTransfers:
             f"tried {len(tried)} node(s): {why}",
             object_id=oid.hex(), size=size, tried=tried)
 
+    async def _from_retrying(self, loc: str, oid: bytes) -> int:
+        """``_from``, tried again while only the link failed and the node lives: a
+        restart of this node's ``node_links`` closes its links under the transfers
+        in flight, which the source would have served."""
+        for attempt in range(LINK_RETRIES + 1):
+            try:
+                return await self._from(loc, oid)
+            except _SourceFailed as exc:
+                status = self.node.view.get(loc)
+                if not exc.link_lost or attempt == LINK_RETRIES or status is None \
+                        or not status.alive:
+                    raise
+                logger.info("pulling object %s from node %s: %s; trying again", oid.hex(),
+                            loc[:12], exc)
+        raise AssertionError("unreachable")
+
     async def _from(self, loc: str, oid: bytes) -> int:
         """Copy ``oid`` from node ``loc``; returns its payload size. ``_SourceFailed``
         says why not (nothing is left in the store then)."""
@@ -323,7 +342,8 @@ class ObjectTransfers:
         try:
             info = await peers.request(loc, ("obj_info", oid), timeout=INFO_TIMEOUT)
         except Exception as exc:
-            raise _SourceFailed(_describe(exc)) from exc
+            raise _SourceFailed(_describe(exc),
+                                link_lost=isinstance(exc, transport.ConnectionLost)) from exc
         if info is None:
             raise _SourceFailed("its store does not hold the object")
         meta_len, data_len, buffer_sizes, length = info
@@ -351,7 +371,8 @@ class ObjectTransfers:
             if isinstance(exc, Exception):
                 why = str(exc) if isinstance(exc, _SourceFailed) else _describe(exc)
                 raise _SourceFailed(
-                    f"{why} (after {received[0]} of {length} bytes)", length) from exc
+                    f"{why} (after {received[0]} of {length} bytes)", length,
+                    link_lost=isinstance(exc, transport.ConnectionLost)) from exc
             raise
         return int(length)
 
