@@ -321,14 +321,20 @@ class ObjectTransfers:
         """``_from``, tried again while only the link failed and the node lives: a
         restart of this node's ``node_links`` closes its links under the transfers
         in flight, which the source would have served."""
+        first: _SourceFailed | None = None
         for attempt in range(LINK_RETRIES + 1):
             try:
                 return await self._from(loc, oid)
             except _SourceFailed as exc:
+                if first is not None:  # say what happened first, and its size
+                    exc = _SourceFailed(f"{first}; tried again: {exc}",
+                                        exc.size if exc.size is not None else first.size,
+                                        exc.link_lost)
                 status = self.node.view.get(loc)
                 if not exc.link_lost or attempt == LINK_RETRIES or status is None \
                         or not status.alive:
-                    raise
+                    raise exc from None
+                first = first or exc
                 logger.info("pulling object %s from node %s: %s; trying again", oid.hex(),
                             loc[:12], exc)
         raise AssertionError("unreachable")
