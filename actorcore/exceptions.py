@@ -44,6 +44,9 @@ __all__ = [
     "LocalRayletDiedError",
     "NodeDiedError",
     "ObjectTransferError",
+    "ObjectReconstructionFailedError",
+    "ObjectReconstructionFailedMaxAttemptsExceededError",
+    "ObjectReconstructionFailedLineageEvictedError",
 ]
 
 
@@ -178,11 +181,32 @@ class GetTimeoutError(ActorcoreError, TimeoutError):
 
 
 class ObjectLostError(ActorcoreError):
-    """An object's value is gone and cannot be rebuilt; the message says why."""
+    """An object's value is gone and cannot be rebuilt; the message says why.
+
+    Raised as itself for an object made by ``put`` whose only copy is gone (a
+    ``put`` has no lineage to re-run); its subclasses say why a task's return could
+    not be rebuilt either.
+    """
 
 
 class OwnerDiedError(ObjectLostError):
     """The process that owned an object died, so its value is gone."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """Every copy of a task's return is gone and re-running its task cannot bring it
+    back (for example it is the result of an actor call, which is not re-run); the
+    message names the object, its task and why."""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    """A lost object was not rebuilt: its task has no retries left (``max_retries``
+    counts every re-run, for a worker's death, a node's, or a rebuild)."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    """A lost object was not rebuilt: the lineage of its task (or of a task it
+    depends on) was evicted by the lineage cap (``init(lineage_cap=...)``)."""
 
 
 class ObjectTransferError(ObjectLostError):

@@ -41,6 +41,7 @@ it, or with ``disk_fallback`` off, the caller gets `ObjectStoreFullError` saying
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import os
 import time
@@ -73,6 +74,8 @@ from ._errors import (
 )
 from ._messages import FileView, OnDisk, SharedView
 from ._serialize import SerializedValue
+
+logger = logging.getLogger("store")
 
 __all__ = ["GetResult", "StoreCore", "StoreStatistics"]
 
@@ -537,6 +540,17 @@ class StoreCore:
                     # No room in shared memory (larger than the store, or the store is
                     # held by pinned and in-use objects): the reader maps the file.
                     return self._from_disk(client, entry)
+                except OSError as exc:
+                    # The spill file vanished or cannot be read: the value is gone.
+                    # The entry goes (so a rebuilt value can be put under the same
+                    # id) and the reader is told the object is not here.
+                    if entry.state == "spilled" and self.entries.get(object_id) is entry:
+                        logger.warning("object %s is lost: its spill file %s cannot be "
+                                       "read back (%s)", format_id(object_id),
+                                       entry.spill_path, exc)
+                        self._lose(entry)
+                    raise ObjectNotFoundError(
+                        object_id, f"its spill file could not be read back: {exc}") from None
                 continue
             return self._read(client, entry)
 
@@ -704,6 +718,18 @@ class StoreCore:
         if entry.spill_path is not None:
             _unlink(entry.spill_path)
         entry.state = "freed"
+
+    def _lose(self, entry: Entry) -> None:
+        """``entry`` (spilled) lost its file: forget it whatever holds it. Its
+        holders' later releases of the id find nothing (or a rebuilt object, whose
+        count they only lower back to what they added)."""
+        del self.entries[entry.object_id]
+        self.lru.pop(entry.object_id, None)
+        self.spilled_bytes -= entry.size
+        if entry.spill_path is not None:
+            _unlink(entry.spill_path)
+        entry.state = "freed"
+        self.counters["lost"] += 1
 
     def _spillable(self, entry: Entry) -> bool:
         return (

@@ -35,6 +35,7 @@ NON_DEFAULT = {
     "num_workers": 2,
     "gcs_shards": 2,
     "gcs_replicas": 3,
+    "lineage_cap": 500,
     "port": 0,
     "host": "0.0.0.0",
     "tls_cert": "/certs/node.pem",

@@ -182,6 +182,28 @@ class TestOnThreeNodes:
         _healthy()
 
 
+    # -- locality ------------------------------------------------------------
+
+    def test_a_task_goes_to_the_node_that_holds_its_50mb_argument(self, three):
+        cluster, a, b = three
+        def cpus_free(n: int):
+            return lambda: ray.available_resources().get("CPU", 0) == n
+
+        for resource, node in (("A", a), ("B", b)):
+            big = make.options(resources={resource: 1}).remote(50 * MB)
+            ray.wait([big], timeout=60)
+            _until(cpus_free(3), "every node idle in the head's view")
+            busy = nap.remote(3.0)  # the head's CPU is taken: the task leaves the head
+            _until(cpus_free(2), "the head busy")
+            got, ran_on = ray.get(checksum.remote(big), timeout=60)
+            assert got == _expected_sum(50 * MB)
+            assert ran_on == node.node_id, (
+                f"the task ran on {ran_on[:12]}, not on {resource} ({node.node_id[:12]}) "
+                f"which holds its 50 MB argument")
+            ray.get(busy, timeout=30)
+        _healthy()
+
+
     def test_an_argument_whose_only_ref_died_at_submit_reaches_the_other_node(self, three):
         # The driver's only ref to a value made on A dies as soon as the task that
         # takes it is submitted; the task waits on the head to be placed, then runs
@@ -223,28 +245,6 @@ class TestOnThreeNodes:
         _until(lambda: not _store_contains(cluster, b, result_id), "the result freed on the host")
         _until(lambda: not _store_contains(cluster, b, arg_id), "the argument freed on the host")
         ray.kill(h)
-        _healthy()
-
-
-    # -- locality ------------------------------------------------------------
-
-    def test_a_task_goes_to_the_node_that_holds_its_50mb_argument(self, three):
-        cluster, a, b = three
-        def cpus_free(n: int):
-            return lambda: ray.available_resources().get("CPU", 0) == n
-
-        for resource, node in (("A", a), ("B", b)):
-            big = make.options(resources={resource: 1}).remote(50 * MB)
-            ray.wait([big], timeout=60)
-            _until(cpus_free(3), "every node idle in the head's view")
-            busy = nap.remote(3.0)  # the head's CPU is taken: the task leaves the head
-            _until(cpus_free(2), "the head busy")
-            got, ran_on = ray.get(checksum.remote(big), timeout=60)
-            assert got == _expected_sum(50 * MB)
-            assert ran_on == node.node_id, (
-                f"the task ran on {ran_on[:12]}, not on {resource} ({node.node_id[:12]}) "
-                f"which holds its 50 MB argument")
-            ray.get(busy, timeout=30)
         _healthy()
 
 
@@ -336,7 +336,8 @@ def test_objects_on_a_dead_node_lost_typed_or_read_from_a_copy(cluster):
     # Its only copy on A: A serves it slowly, and dies while the head pulls it.
     _node_call(cluster, a, ("obj_fault", {"chunk_delay": 0.5}))
     served = _node_call(cluster, a, ("obj_transfers",)).chunks_out  # of ``kept``
-    lost = make.options(resources={"A": 1}).remote(50 * MB, 1)
+    # (max_retries=0: no lineage to rebuild it from, so it is lost for good)
+    lost = make.options(resources={"A": 1}, max_retries=0).remote(50 * MB, 1)
 
     def serving() -> bool:
         return _node_call(cluster, a, ("obj_transfers",)).chunks_out > served

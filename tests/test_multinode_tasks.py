@@ -195,3 +195,22 @@ def _running_tasks() -> list[dict]:
 
     walk(actorcore.tree())
     return out
+
+
+def test_a_forwarded_task_runs_while_the_gcs_lacks_its_function(cluster):
+    """The origin sends a function's code with the first task of it that it forwards
+    to a node: the target does not depend on the export having reached the GCS."""
+    from actorcore.testing import faults
+
+    cluster.add_node(num_cpus=1, resources={"FAR": 1}, env_vars=FAST)
+    cluster.connect()
+    head = f"node:{cluster.head_node.node_id[:8]}"
+
+    @actorcore.remote(resources={"FAR": 1})
+    def fresh(x):
+        return x + 1
+
+    # The head's link to the GCS drops everything: the export cannot land there.
+    with faults.drop(1.0, a=head, b="gcs"):
+        assert actorcore.get(fresh.remote(41), timeout=30) == 42
+    assert actorcore.get(fresh.remote(1), timeout=30) == 2

@@ -77,7 +77,7 @@ def test_tree_shape(cluster):
     names = [c["name"] for c in node["children"]]
     assert names == ["rpc_server", "gcs", "gcs_client", "node_links", "global_scheduler", "local_scheduler",
                      "object_manager", "store_link", "object_directory", "worker_pool",
-                     "actor_manager"]
+                     "actor_manager", "placement_groups"]
     assert node["node_id"] == cluster["node_id"]
     workers = _find(snap, "worker_pool")["children"]
     assert len(workers) >= 2

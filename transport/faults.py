@@ -13,6 +13,14 @@ endpoint ``dst`` (`fnmatch` patterns; ``None`` matches any name) of message ``ki
 and fires decides. Rules act where the message is *sent*: to disturb messages from B
 to A, install the rule in B's process.
 
+Rules carry an optional ``tag``: a harness that installs the same rules in many
+processes names them with one tag, so ``install`` (replace the rules of a tag) and
+``heal`` (remove them) are idempotent and mean the same everywhere.
+
+Endpoints whose name starts with ``CONTROL_PREFIX`` (``"faults-"``) are never
+faulted, in either direction: they are the harness's own control connections, and a
+heal must get through the partition it heals.
+
 Actions:
   ``drop``       the message is silently discarded (a request then times out).
   ``delay``      the message is sent ``delay`` seconds later (order is not preserved).
@@ -35,6 +43,7 @@ import attrs
 
 __all__ = [
     "ACTIONS",
+    "CONTROL_PREFIX",
     "Rule",
     "add",
     "apply",
@@ -43,7 +52,9 @@ __all__ = [
     "delay",
     "drop",
     "duplicate",
+    "heal",
     "injected",
+    "install",
     "partition",
     "refuse",
     "refused",
@@ -53,6 +64,8 @@ __all__ = [
 ]
 
 ACTIONS = ("drop", "delay", "duplicate", "refuse")
+#: Endpoint names starting with this are fault-control links: no rule applies to them.
+CONTROL_PREFIX = "faults-"
 KINDS = ("request", "reply", "oneway")
 
 
@@ -86,11 +99,14 @@ class Rule:
     kind: str | None = attrs.field(default=None, validator=_check_kind)
     delay: float = attrs.field(default=0.0, validator=_check_delay)
     probability: float = attrs.field(default=1.0, validator=_check_probability)
+    tag: str | None = None
 
     def matches(self, src: str, dst: str, kind: str | None) -> bool:
         """Whether this rule applies to a message of ``kind`` from ``src`` to ``dst``."""
         return (
-            (self.src is None or fnmatchcase(src, self.src))
+            not src.startswith(CONTROL_PREFIX)
+            and not dst.startswith(CONTROL_PREFIX)
+            and (self.src is None or fnmatchcase(src, self.src))
             and (self.dst is None or fnmatchcase(dst, self.dst))
             and (self.kind is None or kind is None or self.kind == kind)
         )
@@ -142,6 +158,21 @@ def clear() -> None:
     """Remove every rule."""
     _table.clear()
     _rebuild()
+
+
+def install(tag: str, new_rules: list[Rule]) -> list[int]:
+    """Replace the rules tagged ``tag`` by ``new_rules`` (each given that tag); idempotent."""
+    heal(tag)
+    return [add(attrs.evolve(rule, tag=tag)) for rule in new_rules]
+
+
+def heal(tag: str) -> int:
+    """Remove every rule tagged ``tag``; returns how many there were."""
+    gone = [rule_id for rule_id, rule in _table.items() if rule.tag == tag]
+    for rule_id in gone:
+        del _table[rule_id]
+    _rebuild()
+    return len(gone)
 
 
 def rules() -> dict[int, Rule]:
@@ -214,7 +245,9 @@ def apply(command: dict[str, Any]) -> Any:
 
     ``{"op": "add", "rule": {...}}`` -> rule id; ``{"op": "remove", "id": n}``;
     ``{"op": "clear"}``; ``{"op": "list"}`` -> ``{id: rule dict}``;
-    ``{"op": "seed", "value": n}``. Raises `ValueError` naming a bad command.
+    ``{"op": "seed", "value": n}``; ``{"op": "install", "tag": t, "rules": [{...}]}``
+    -> rule ids; ``{"op": "heal", "tag": t}`` -> how many rules it removed. Raises
+    `ValueError` naming a bad command.
     """
     if not isinstance(command, dict):
         raise ValueError(f"a fault command must be a dict, got {command!r}")
@@ -229,4 +262,10 @@ def apply(command: dict[str, Any]) -> Any:
         return {rule_id: rule.to_dict() for rule_id, rule in _table.items()}
     if op == "seed":
         return seed(command["value"])
-    raise ValueError(f"unknown fault command op {op!r}; expected add, remove, clear, list or seed")
+    if op == "install":
+        return install(str(command["tag"]), [Rule.from_dict(r) for r in command["rules"]])
+    if op == "heal":
+        return heal(str(command["tag"]))
+    raise ValueError(
+        f"unknown fault command op {op!r}; expected add, remove, clear, list, seed, "
+        f"install or heal")

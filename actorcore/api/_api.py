@@ -82,6 +82,7 @@ def init(
     object_store_memory: int | None = None,
     gcs_shards: int | None = None,
     gcs_replicas: int | None = None,
+    lineage_cap: int | None = None,
     num_workers: int | None = None,
     log_to_driver: bool = True,
     ignore_reinit_error: bool = False,
@@ -129,6 +130,10 @@ def init(
       ``py_modules`` are shipped to the cluster and are the default of every task
       and actor of this job (see ``api._runtime_env``); ``pip``, ``conda``, ``uv``,
       ``container`` and unknown keys are refused naming the key.
+    - ``lineage_cap`` (*new cluster*): how many task specs each node keeps for
+      rebuilding lost objects (default ``ACTORCORE_GCS_LINEAGE_CAP``, 10000); past
+      it the oldest are evicted, and an object that needs one fails with
+      ``ObjectReconstructionFailedLineageEvictedError``.
     - ``object_spilling_directory`` (*new cluster*): where the store spills objects
       that do not fit in memory (default: the session's ``spill/``).
     - ``_temp_dir`` (*new cluster*): the root of the session directory (sockets,

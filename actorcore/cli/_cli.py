@@ -305,6 +305,11 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
     lines.append(f"lineage: {_count(c.tasks_recorded, 'task')} recorded, "
                  f"{c.lineage_live_tasks} with live results, {c.lineage_collectable} "
                  f"collectable, {c.lineage_pending} buffered")
+    lin = st.get("lineage")
+    if lin is not None:
+        lines.append(f"rebuilds: {_count(lin.rebuilds, 'task')} re-run for lost objects "
+                     f"({lin.rebuilding} now, {lin.failed} refused); {lin.kept} specs kept "
+                     f"of {lin.cap}, {lin.evicted} evicted while referenced")
     g: gcs.GcsClientStatistics | None = c.gcs_client
     if g is not None:
         lines.append(f"gcs: {c.address}, {_count(g.writes, 'write')} and "
@@ -390,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--days", type=int, default=825, help="node certificate validity (825)")
     t.add_argument("--host", action="append", help="extra DNS name or IP to name (repeatable)")
     t.set_defaults(fn=cmd_tls)
+    from ._chaos import add_parser as add_chaos
+
+    add_chaos(sub)
     return p
 
 

@@ -79,6 +79,7 @@ from ..exceptions import (
     ActorcoreSystemError,
     GetTimeoutError,
     MessageTooLargeError,
+    ObjectLostError,
     ObjectStoreFullError,
     SerializationError,
     TaskCancelledError,
@@ -879,15 +880,36 @@ class CoreWorker:
         if data == STORE:
             if self.store is None:
                 raise ActorcoreSystemError(f"object {oid.hex()} is in a store we cannot reach")
-            return self.store.get(oid, timeout)
+            try:
+                return self.store.get(oid, timeout)
+            except ObjectLostError:
+                # The store no longer has it (say, its spill file vanished): the node
+                # rebuilds it from its lineage, or answers the error saying why not.
+                if self._in_loop() or self._closed:
+                    raise
+                is_error, data = self._run_in_loop(self._rebuild, oid, timeout)
+                if not is_error and data == STORE:
+                    return self.store.get(oid, timeout)
         value = _serialization.loads(data)
-        if entry.is_error:
+        if entry.is_error or data is not entry.data:
             entry.seen = True
             if isinstance(value, TaskError):
                 raise value.as_instanceof_cause()
             if isinstance(value, BaseException):
                 raise value
         return value
+
+    async def _rebuild(self, oid: bytes, timeout: float | None) -> tuple[bool, Any]:  # noqa: ASYNC109
+        """Ask the node to rebuild ``oid``, lost from its store (core loop); its
+        answer once it is ready again: ``(is_error, data)``."""
+        try:
+            items = await self.conn.request(("rebuild", [oid]), timeout=timeout)
+        except Exception as exc:
+            err = ObjectLostError(f"object {oid.hex()} is no longer in the node's object "
+                                  f"store, and asking the node to rebuild it failed: {exc}")
+            return True, _serialization.dumps(err)
+        _oid, is_error, data = items[0]
+        return is_error, data
 
     def wait(
         self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None

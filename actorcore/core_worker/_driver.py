@@ -106,6 +106,8 @@ class DriverLoop:
                 out.flush()
             except Exception as exc:  # our stdout/stderr is closed or broken
                 logger.info("could not print %d forwarded %s line(s): %r", len(lines), prefix, exc)
+        elif op == "faults":  # a fault rule command the node forwards (testing.faults)
+            transport.faults.apply(message[1])
         else:
             raise ValueError(f"driver: unknown message {op!r}")
 

@@ -319,6 +319,16 @@ class StoreLink:
             await self.client.add_ref(object_id)
             await self.client.contains(object_id)
 
+    async def contains(self, object_id: bytes) -> bool:
+        """Whether the store holds ``object_id`` (sealed, in memory or spilled)."""
+        await self.connect()
+        since = self.generation
+        try:
+            return bool(await self.client.contains(object_id))
+        except _store_errors():
+            await self.reconnect(since=since)
+            return bool(await self.client.contains(object_id))
+
     async def remove_ref(self, object_id: bytes) -> None:
         if self.client is None:
             return  # never connected: we hold nothing

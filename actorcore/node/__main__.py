@@ -99,6 +99,7 @@ async def amain(args: argparse.Namespace) -> None:
         insecure=cluster.insecure,
         gcs_shards=cluster.gcs_shards,
         gcs_replicas=cluster.gcs_replicas,
+        lineage_cap=cluster.lineage_cap,
         object_store_memory=cluster.object_store_memory,
         spill_dir=Path(cluster.spill_dir) if cluster.spill_dir else None,
         use_gcs=not args.no_gcs,

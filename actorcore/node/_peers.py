@@ -5,7 +5,8 @@ Everything one node asks of another — run a task, take its results, locate or 
 an object, show its tree — goes over the link this module keeps to that node:
 
 - ``send(node_id, message)`` queues a one-way message; messages to one node leave in
-  the order they were queued, over one connection;
+  the order they were queued, over one connection, those queued together in one
+  frame (``("peer_batch", [...])``, served in order by the receiving node);
 - ``await request(node_id, message)`` waits for the peer's answer.
 
 A link is dialled at first use, to the TCP address the node registered in the GCS
@@ -41,6 +42,9 @@ logger = logging.getLogger("actorcore.peers")
 #: Seconds between dials of a peer that does not answer (while it is alive).
 REDIAL = 0.2
 
+#: One-way messages sent together at most (as one ``("peer_batch", [...])``).
+BATCH = 256
+
 
 class PeerUnavailable(ConnectionError):
     """The node asked for is not a live member of the cluster, or cannot be reached."""
@@ -55,10 +59,10 @@ class _Link:
     connected: trio.Event = attrs.Factory(trio.Event)
     closed: bool = False
     running: bool = False  # a sender task serves it now
-    # The message being sent: taken from the queue but not yet handed to the
-    # connection. A crash of ``node_links`` (or a link lost) while it is in hand
-    # leaves it here, and the next sender sends it first.
-    pending: Any = None
+    # The messages being sent: taken from the queue but not yet handed to the
+    # connection. A crash of ``node_links`` (or a link lost) while they are in
+    # hand leaves them here, and the next sender sends them first.
+    pending: list | None = None
     dials: int = 0
     sent: int = 0
 
@@ -121,9 +125,9 @@ class NodePeers:
             return
         link.closed = True
         link.connected.set()  # wake requests: they see ``closed``
-        if link.pending is not None:
-            link.pending = None
-            self.dropped += 1
+        if link.pending:
+            self.dropped += len(link.pending)
+        link.pending = None
         try:
             while True:
                 link.receive.receive_nowait()
@@ -181,36 +185,61 @@ class NodePeers:
                     conn = await self._dial(link)
                     if conn is None:
                         return
-                if link.pending is None:
+                if not link.pending:
                     try:
-                        link.pending = await link.receive.receive()
+                        message = await link.receive.receive()
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
+                    # Whatever else is queued goes in the same frame (one wake-up of
+                    # the peer for a burst of forwards or results, not one per message).
+                    batch = [message]
+                    while len(batch) < BATCH:
+                        try:
+                            batch.append(link.receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                            break
+                    link.pending = batch
                 try:
-                    # (The transport queues the frame or raises before queueing:
-                    # cancelled or refused here, it was not sent, and is resent.)
-                    await conn.send(link.pending)
-                    link.pending = None
-                    link.sent += 1
-                except transport.FrameTooLarge:
-                    # Never fits this link; the link stays up.
-                    logger.error("a message to node %s is over its frame limit: dropped",
-                                 link.node_id[:12])
-                    link.pending = None
-                    self.dropped += 1
+                    # (The transport queues a frame or raises before queueing: what a
+                    # cancel or a lost link leaves in ``pending`` was not sent.)
+                    await self._send_batch(link, conn, link.pending)
                 except transport.TransportError as exc:
-                    logger.warning("link to node %s lost: %s; dialling again to send what "
-                                   "was queued", link.node_id[:12], exc)
+                    logger.warning("link to node %s lost: %s; dialling again to send the "
+                                   "%d message(s) in hand", link.node_id[:12], exc,
+                                   len(link.pending))
                 except Exception as exc:
-                    # It cannot be encoded (a bug of its sender): dropped, or it
-                    # would crash every sender that takes it again.
-                    logger.error("a %s message to node %s cannot be sent, dropped: %s: %s",
-                                 _kind(link.pending), link.node_id[:12],
-                                 type(exc).__name__, exc)
+                    # They cannot be encoded (a bug of their sender): dropped, or they
+                    # would crash every sender that takes them again.
+                    logger.error("%d message(s) to node %s (first %s) cannot be sent, "
+                                 "dropped: %s: %s", len(link.pending), link.node_id[:12],
+                                 _kind(link.pending[0]), type(exc).__name__, exc)
+                    self.dropped += len(link.pending)
                     link.pending = None
-                    self.dropped += 1
         finally:
             link.running = False
+
+    async def _send_batch(self, link: _Link, conn: Any, batch: list) -> None:
+        """``batch`` in one frame; if together they pass the peer's frame limit, one
+        by one (a single message over it is dropped, logged: it never fits). What
+        is sent leaves ``batch``: an interruption leaves only what was not."""
+        if len(batch) > 1:
+            try:
+                await conn.send(("peer_batch", batch))
+                link.sent += len(batch)
+                batch.clear()
+                return
+            except transport.FrameTooLarge:
+                pass
+        while batch:
+            message = batch[0]
+            try:
+                await conn.send(message)
+                link.sent += 1
+            except transport.FrameTooLarge:
+                logger.error("a %s message to node %s is over its frame limit: dropped",
+                             _kind(message), link.node_id[:12])
+                self.dropped += 1
+            del batch[0]
 
     async def _dial(self, link: _Link) -> Any:
         """Connect to ``link``'s node (again), until it works or the node is gone."""

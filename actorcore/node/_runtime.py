@@ -56,8 +56,9 @@ from ..kernel import Supervisor
 from ..protocol._ids import short, task_id_of
 from ..protocol._messages import DRIVER_GRACE, TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
+from ._faults import NodeFaults
 from ._peers import NodePeers
-from ._tree import build_tree
+from ._tree import build_tree, lineage_cap
 from .actor_manager._manager import ActorManager
 from .gcs_client._control import GcsControlState, MemoryControlState
 from .gcs_client._membership import ClusterView
@@ -94,6 +95,9 @@ class NodeConfig:
     insecure: bool = False
     gcs_shards: int = 1
     gcs_replicas: int = 1
+    # Task specs kept for rebuilding lost objects (and marked lineage entries each
+    # GCS shard keeps); None: ``ACTORCORE_GCS_LINEAGE_CAP``.
+    lineage_cap: int | None = None
     object_store_memory: int | None = None
     use_gcs: bool = True
     spill_dir: Path | None = None  # None: the session's spill/
@@ -136,7 +140,8 @@ class NodeRuntime:
         self.started_at = time.time()
         self.unix_address = f"unix:{config.session_dir / 'sockets' / 'node.sock'}"
         self.tcp_address: str | None = None
-        self.objects = NodeObjects(self)  # puts, fetches, frees, store refs, lineage counts
+        # puts, fetches, frees, store refs, the lineage kept for rebuilding objects
+        self.objects = NodeObjects(self, lineage_cap(config))
         self.directory = ObjectDirectory(on_drop=self.objects.on_object_dropped)
         self.dep_watch = DependencyWatch(self)  # arguments that can never become ready
         # The control state outlives the ``gcs_client`` component that links it to
@@ -228,6 +233,7 @@ class NodeRuntime:
             "get_function": self._h_get_function,
             "call": self._h_call,
             "bye": self._h_bye,
+            "peer_batch": self._h_peer_batch,
         }
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
         # Tasks and objects between nodes (idle on a one-node cluster).
@@ -243,6 +249,8 @@ class NodeRuntime:
         self._handlers.update(self.remote.handlers())
         self._handlers.update(self.actors.handlers())
         self._handlers.update(self.groups.handlers())
+        # Fault injection (``actorcore.testing.faults``): crash, kill, link rules.
+        self.faults = NodeFaults(self)
 
     # ------------------------------------------------- what components may use
 
@@ -509,6 +517,20 @@ class NodeRuntime:
             raise ValueError(f"unknown message {message!r:.100}") from None
         handler(conn, message, reply)
 
+    def _h_peer_batch(self, conn: Any, m: tuple, reply: Any) -> None:
+        """One-way messages another node queued together (``_peers``), in order."""
+        handlers = self._handlers
+        for message in m[1]:
+            try:
+                handler = handlers[message[0]]
+            except (KeyError, TypeError, IndexError):
+                logger.warning("unknown message in a peer batch: %.100r", message)
+                continue
+            try:
+                handler(conn, message, reply)
+            except Exception:
+                logger.exception("a peer's %r message failed", message[0])
+
     def live_id_prefixes(self) -> set[bytes]:
         """The id prefixes of the live processes here: the owners whose objects may
         still arrive (a driver within its reconnect grace period counts)."""
@@ -543,6 +565,8 @@ class NodeRuntime:
         self.by_conn[conn] = client
         if worker_id is not None:
             self.clients[worker_id] = client
+        if self.faults.installed and role != "node":
+            self.faults.greet(conn)
         reply.send(
             {
                 "node_id": self.node_id,
@@ -653,6 +677,9 @@ class NodeRuntime:
     def _h_call(self, conn: Any, m: tuple, reply: Any) -> None:
         from ._calls import dispatch_call
 
+        if m[1] == "fault":  # fault injection (``_faults``): it needs the caller's link
+            self.faults.call(conn, m[2], reply)
+            return
         dispatch_call(self, m[1], m[2], reply)
 
 

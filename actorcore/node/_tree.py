@@ -136,7 +136,7 @@ def build_tree(node: TreeHost) -> Supervisor:
                 shards=config.gcs_shards,
                 replicas=config.gcs_replicas,
                 host=config.host,
-                lineage_cap=_lineage_cap(),
+                lineage_cap=lineage_cap(config),
             ),
             config.token,
         )
@@ -264,8 +264,12 @@ async def _gcs_address_from_head(head_address: str, token: bytes,
         return str(address)
 
 
-def _lineage_cap() -> int:
-    """Marked lineage entries each GCS shard keeps in memory (ACTORCORE_GCS_LINEAGE_CAP)."""
+def lineage_cap(config: Any) -> int:
+    """Task specs a node keeps for rebuilding lost objects, and marked lineage
+    entries each GCS shard keeps in memory: the node's ``lineage_cap``
+    (``init(lineage_cap=...)``), else ``ACTORCORE_GCS_LINEAGE_CAP``."""
+    if getattr(config, "lineage_cap", None) is not None:
+        return int(config.lineage_cap)
     raw = os.environ.get("ACTORCORE_GCS_LINEAGE_CAP", "10000")
     try:
         cap = int(raw)

@@ -186,6 +186,11 @@ class ClusterConfig:
         1, help="replicas in each GCS shard's chain (default 1)",
         flag="--gcs-replicas", init="gcs_replicas", check=_number(1, integer=True),
         read=_read_int)
+    lineage_cap: int | None = _field(
+        None, help="task specs kept for rebuilding lost objects, oldest evicted first "
+                   "(default ACTORCORE_GCS_LINEAGE_CAP, 10000)",
+        flag="--lineage-cap", init="lineage_cap", check=_number(1, integer=True),
+        read=_read_int)
     port: int | None = _field(
         None, help="also listen on TCP (0 picks a port; default: Unix socket only)",
         flag="--port", init=None, check=_port, read=_read_int,
@@ -366,7 +371,9 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_STORE_RECOVERY_GRACE", "float", "30",
            "seconds a restarted store waits for its clients to claim their objects"),
     EnvVar("ACTORCORE_GCS_LINEAGE_CAP", "int", "10000",
-           "marked lineage entries each GCS shard keeps in memory"),
+           "marked lineage entries each GCS shard keeps in memory, and task specs each "
+           "node keeps for rebuilding lost objects (`init(lineage_cap=)` / "
+           "`--lineage-cap` when given)"),
     EnvVar("ACTORCORE_ENABLE_AUTO_CONNECT", "switch", "1",
            "0: the first API call without init() raises instead of calling init() "
            "(Ray's RAY_ENABLE_AUTO_CONNECT=0 works too)"),
@@ -378,6 +385,13 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_NODE_TIMEOUT", "float", "10",
            "seconds without a heartbeat before the head declares a node dead "
            "(at least three heartbeats)", minimum=0.03),
+    EnvVar("ACTORCORE_TRANSFER_CHUNK", "int", "524288",
+           "bytes per chunk of an object pulled from another node", minimum=4096),
+    EnvVar("ACTORCORE_TRANSFER_WINDOW", "int", "16",
+           "chunks of one pull in flight at once", minimum=1),
+    EnvVar("ACTORCORE_SESSION_DIR", "path", None,
+           "set by the node for its workers: its session directory (runtime_env "
+           "packages are unpacked under it)"),
     EnvVar("ACTORCORE_PROFILE_NODE", "path", None,
            "a development aid: write cProfile stats of the node's main thread there"),
 )

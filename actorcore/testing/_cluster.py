@@ -14,6 +14,10 @@ worker processes and TCP listener, joined over TCP with the cluster token::
 Each node listens on a loopback address of its own (the head on 127.0.0.1, the
 next nodes on 127.0.0.2, 127.0.0.3, ...), so that a node reaching into another
 node's files, sockets or memory instead of its TCP listener shows up as a failure.
+
+The nodes belong to the process that made the cluster: each stops when that
+process exits, however it exits (a pipe only it holds closes, as for the embedded
+cluster of ``init()``), so a test killed by a timeout leaves no cluster running.
 """
 
 from __future__ import annotations
@@ -135,12 +139,12 @@ class Cluster:
         node_args.setdefault("port", 0)
         config = ClusterConfig.from_values(dict(node_args, host=host), "add_node")
         if is_head:
-            proc = start_node(config, embedded=False, env_vars=env_vars)
+            proc = start_node(config, embedded=True, env_vars=env_vars)
             self._token = proc.token
         else:
             assert self.head_node is not None
             proc = start_node(config, head_address=self.head_node.process.info["tcp_address"],
-                              token=self._token, embedded=False, env_vars=env_vars)
+                              token=self._token, embedded=True, env_vars=env_vars)
         info = proc.info
         node = ClusterNode(
             node_id=info["node_id"],

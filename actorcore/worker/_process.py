@@ -93,6 +93,8 @@ class WorkerProcess:
                 self.core.store.release_soon(message[1])
         elif op == "exit":
             os._exit(0)
+        elif op == "faults":  # a fault rule command the node forwards (testing.faults)
+            transport.faults.apply(message[1])
         else:
             raise ValueError(f"worker: unknown message {op!r}")
 

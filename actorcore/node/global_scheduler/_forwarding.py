@@ -11,8 +11,9 @@ hands it to ``ClusterTasks.forward``. From then on two nodes know of it:
 
 Messages between the two (over ``node.peers``; node ids are hex strings)::
 
-    origin -> target  ("n_forward", origin, [TaskSpec, ...], {function id: record} | None)
-                      run these (with the records of functions not sent there yet)
+    origin -> target  ("n_forward", origin, [TaskSpec, ...], {function_id: record})
+                      run these (with the code of the functions not sent there yet:
+                      the target must not depend on the GCS having the export yet)
     target -> origin  ("n_results", target, [(oid, is_error, data), ...])
                       a forwarded task ended (its value, error, or STORE: the value
                       stays in the target's store, the origin records where)
@@ -59,7 +60,7 @@ class ClusterTasks:
         self.forwarded_out: dict[bytes, tuple[TaskSpec, str]] = {}
         #: task id -> node it came from: tasks of other nodes running here.
         self.forwarded_in: dict[bytes, str] = {}
-        #: node id -> the function ids whose records were sent there with a task.
+        #: node id -> the function ids whose code was sent there with a task.
         self.functions_sent: dict[str, set[bytes]] = {}
         self.sent = 0
         self.received = 0
@@ -72,24 +73,18 @@ class ClusterTasks:
     # -- origin side -------------------------------------------------------------
 
     def forward(self, spec: TaskSpec, node_id: str) -> bool:
-        """Send ``spec`` to ``node_id``; False if that node is gone (place it again).
-
-        The function's record goes along the first time a function is sent to a
-        node: its export to the GCS is written behind (``_h_export``), so the target
-        asking the GCS for it could come first and find nothing. The link to a
-        node is ordered, so once sent the target has it for every later task."""
+        """Send ``spec`` to ``node_id``; False if that node is gone (place it again)."""
+        functions: dict[bytes, dict] = {}
         sent = self.functions_sent.setdefault(node_id, set())
-        functions = None
         if spec.function_id not in sent:
             record = self.node.functions.get(spec.function_id)
             if record is not None:
-                functions = {spec.function_id: record}
+                functions[spec.function_id] = record
         try:
             self.node.peers.send(node_id, ("n_forward", self.node.node_hex, [spec], functions))
         except PeerUnavailable:
             return False
-        if functions:
-            sent.add(spec.function_id)
+        sent.update(functions)
         self.forwarded_out[spec.task_id] = (spec, node_id)
         self.sent += 1
         return True
@@ -117,12 +112,11 @@ class ClusterTasks:
                         task_id_of(results[0][0]).hex(), sender[:12])
             return
         spec = entry[0]
-        self.node.sched.release_args(spec)  # its node had them: the owner decides now
         self.node.remote.results_arrived(spec.owner, sender, results)
+        self.node.sched.release_held(spec.task_id)
 
     def on_node_dead(self, status: NodeStatus) -> None:
         dead = status.node_id
-        self.functions_sent.pop(dead, None)
         for task_id in [t for t, (_s, n) in self.forwarded_out.items() if n == dead]:
             spec, _node = self.forwarded_out.pop(task_id)
             if spec.max_retries != 0:
@@ -134,15 +128,14 @@ class ClusterTasks:
                     f"died ({status.death_reason or 'unreachable'}) and no retries are left"))
         for task_id in [t for t, n in self.forwarded_in.items() if n == dead]:
             del self.forwarded_in[task_id]
+        self.functions_sent.pop(dead, None)
 
     # -- target side -------------------------------------------------------------
 
     def _h_forward(self, conn: Any, m: tuple, reply: Any) -> None:
         _, origin, specs, functions = m
-        if functions:
-            known = self.node.functions
-            for fid, record in functions.items():
-                known.setdefault(fid, record)
+        for fid, record in functions.items():
+            self.node.functions.setdefault(fid, record)
         for spec in specs:
             self.forwarded_in[spec.task_id] = origin
             self.received += 1

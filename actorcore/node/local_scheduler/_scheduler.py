@@ -336,13 +336,6 @@ class SchedulerState:
     # The global scheduler's warning per resource shape of tasks that wait for a
     # node (logged once per shape, also across its restarts).
     unplaced_warnings: dict[tuple, str] = attrs.Factory(dict)
-    # Tasks of this node not queued here — waiting to be placed, or forwarded to
-    # another node — whose argument objects this node pins meanwhile: their owner
-    # may free a ref the moment the task is submitted, and only a pin keeps the
-    # value (and its copies on other nodes) until the node running it has it.
-    # Let go when the task is queued here (which pins them itself), ends, or its
-    # results come back (``release_args``).
-    away_pins: set[bytes] = attrs.Factory(set)
     # Running tasks whose worker is killed on purpose, and the error each fails
     # with (``fail_where``), instead of a retry.
     doomed: dict[bytes, BaseException] = attrs.Factory(dict)
@@ -350,6 +343,13 @@ class SchedulerState:
     # failing it (a placement group's task), or the error it fails with: set by the
     # node's placement groups; None: no placement groups.
     group_verdict: Callable[[TaskSpec], BaseException | bool | None] | None = None
+    # Arguments pinned for tasks that left the local queue's reach: placed by the
+    # global scheduler, or running on another node (task id -> its deps). The node
+    # that runs such a task asks this one for them, perhaps long after their owner
+    # dropped its refs (a retry after that node died, a lineage rebuild), so they
+    # stay in the directory until the task has ended here (``_finish``) or its
+    # results came back (``release_held``).
+    held: dict[bytes, list[bytes]] = attrs.Factory(dict)
     node_id: str = ""
     dispatch_passes: int = 0
     tasks_finished: int = 0
@@ -381,23 +381,13 @@ class SchedulerState:
             else:
                 kids.add(spec.task_id)
         if not self.host.keep_local(spec, self):
-            self.hold_args(spec)
+            if spec.deps and spec.task_id not in self.held:
+                self.directory.pin(spec.deps)
+                self.held[spec.task_id] = spec.deps
             self.infeasible[spec.task_id] = spec
             self.infeasible_added.set()
             return
         self._enqueue(spec, None)
-
-    def hold_args(self, spec: TaskSpec) -> None:
-        """Pin ``spec``'s arguments while it is not queued here (``away_pins``)."""
-        if spec.deps and spec.task_id not in self.away_pins:
-            self.away_pins.add(spec.task_id)
-            self.directory.pin(spec.deps)
-
-    def release_args(self, spec: TaskSpec) -> None:
-        """The pin of ``hold_args`` goes (no-op if it holds none)."""
-        if self.away_pins and spec.task_id in self.away_pins:
-            self.away_pins.discard(spec.task_id)
-            self.directory.unpin(spec.deps)
 
     def accept(self, spec: TaskSpec, dep_node: str | None = None) -> None:
         """Queue ``spec`` here without asking whether to: the global scheduler chose
@@ -419,6 +409,12 @@ class SchedulerState:
         self.infeasible[spec.task_id] = spec
         self.infeasible_added.set()
 
+    def release_held(self, task_id: bytes) -> None:
+        """The arguments of ``task_id`` may go (see ``held``)."""
+        deps = self.held.pop(task_id, None)
+        if deps:
+            self.directory.unpin(deps)
+
     def fail_task(self, spec: TaskSpec, error: BaseException) -> None:
         """``spec`` (not queued here) fails with ``error``, delivered to its owner."""
         self._fail(spec, error)
@@ -430,7 +426,6 @@ class SchedulerState:
             self._wake()
             return
         self.directory.pin(deps)
-        self.release_args(spec)
         record = [spec, len(deps)]
         self.waiting[spec.task_id] = record
         def on_dep(_entry: ObjectEntry) -> None:
@@ -611,7 +606,7 @@ class SchedulerState:
         dropped = 0
         for spec in [s for s in self.infeasible.values() if s.owner == owner]:
             del self.infeasible[spec.task_id]
-            self.release_args(spec)
+            self.release_held(spec.task_id)
             self._forget_edge(spec)
             dropped += 1
         for task_id, record in list(self.waiting.items()):
@@ -946,7 +941,8 @@ class SchedulerState:
 
     def _finish(self, spec: TaskSpec, results: list, delivered: bool = False) -> None:
         self.tasks_finished += 1
-        self.release_args(spec)
+        if self.held:
+            self.release_held(spec.task_id)
         self.cancelled.discard(spec.task_id)
         if spec.parent_task_id is not None:
             self._forget_edge(spec)

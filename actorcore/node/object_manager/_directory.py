@@ -91,6 +91,21 @@ class ObjectDirectory:
         if e.released and e.pins == 0:
             self._drop(oid, e)
 
+    def reset(self, oid: bytes) -> ObjectEntry:
+        """Make ``oid`` pending again (created pending if absent): every copy of its
+        value is gone and its task runs again (``_lineage``). Its pins, waiters and
+        the owner's free stand; the re-run's ``put`` makes it ready as usual."""
+        e = self.entries.get(oid)
+        if e is None:
+            e = self.entries[oid] = ObjectEntry()
+        elif e.ready:
+            if isinstance(e.data, bytes | bytearray | memoryview):
+                self.bytes_inline -= len(e.data)
+            e.ready = False
+            e.is_error = False
+            e.data = None
+        return e
+
     def put_many(self, items: Iterable[ObjectData]) -> None:
         for oid, is_error, data in items:
             self.put(oid, is_error, data)

@@ -16,10 +16,11 @@ from typing import Any, Protocol
 import transport
 
 from ...core_worker._store_link import STORE
-from ...protocol._ids import task_id_of
+from ...protocol import _serialization
 from ...protocol._messages import TaskSpec
 from ._dep_watch import DependencyWatch
 from ._directory import ObjectDirectory
+from ._lineage import Lineage
 
 __all__ = ["NodeObjects", "ObjectsHost"]
 
@@ -46,7 +47,12 @@ class ObjectsHost(Protocol):
     @property
     def serving(self) -> bool: ...
     @property
+    def sched(self) -> Any: ...
+    def live_id_prefixes(self) -> set[bytes]: ...
+    @property
     def remote(self) -> Any: ...
+    @property
+    def node_hex(self) -> str: ...
     def spawn(self, fn: Any, *args: Any) -> bool: ...
     def owned_by(self, conn: Any) -> set[bytes] | None: ...
 
@@ -54,27 +60,23 @@ class ObjectsHost(Protocol):
 class NodeObjects:
     """The node's objects: directory messages, store refs and live-return counts."""
 
-    def __init__(self, node: ObjectsHost) -> None:
+    def __init__(self, node: ObjectsHost, lineage_cap: int) -> None:
         self.node = node
         #: oid -> "pending" | "held" | "drop": the node's own store ref on the object.
         self.store_refs: dict[bytes, str] = {}
-        #: task id -> how many of its returns are still alive (lineage bookkeeping).
-        self.live_returns: dict[bytes, int] = {}
+        #: the specs of the tasks submitted here, while a return may need rebuilding.
+        self.lineage = Lineage(node, lineage_cap)
 
     def handlers(self) -> dict[str, Any]:
-        return {"put": self._h_put, "fetch": self._h_fetch, "free": self._h_free}
+        return {"put": self._h_put, "fetch": self._h_fetch, "free": self._h_free,
+                "rebuild": self._h_rebuild}
 
     def record_lineage(self, spec: TaskSpec) -> None:
-        # Lineage bookkeeping: a task's spec is needed while any object it returned
-        # lives, so count its live returns (``on_object_dropped`` counts down and
-        # hands the task to ``control.lineage_done`` at zero). A task with
-        # ``num_returns=0`` has no output anyone can ask for: done at once. A retry
-        # records the spec again (same task id): the count stands.
+        # The spec goes to the GCS task table (batched) and is kept here while a
+        # return of it may need rebuilding (``_lineage``: counted references,
+        # capped). A retry records the spec again (same task id): the count stands.
         self.node.control.record_task(spec)
-        if spec.num_returns <= 0:
-            self.node.control.lineage_done(spec.task_id)
-        elif spec.task_id not in self.live_returns:
-            self.live_returns[spec.task_id] = spec.num_returns
+        self.lineage.record(spec)
 
     def _h_put(self, conn: Any, m: tuple, reply: Any) -> None:
         items = m[1]
@@ -121,14 +123,7 @@ class NodeObjects:
         # Once every return of a task is freed its lineage is no longer needed: the
         # GCS may flush it (marks are batched, see ``node.gcs_client._control``). ``put`` objects
         # (a per-process "put task" id) and actor results have no count here.
-        tid = task_id_of(oid)
-        live = self.live_returns.get(tid)
-        if live is not None:
-            if live <= 1:
-                del self.live_returns[tid]
-                self.node.control.lineage_done(tid)
-            else:
-                self.live_returns[tid] = live - 1
+        self.lineage.return_dropped(oid)
         remote = self.node.remote
         if remote.holders or remote.locations:
             remote.dropped(oid)
@@ -164,7 +159,6 @@ class NodeObjects:
                         items.append((oid, True, errors[oid]))
                     else:
                         from ...exceptions import ObjectLostError
-                        from ...protocol import _serialization
 
                         err = ObjectLostError(f"object {oid.hex()} was freed by its owner")
                         items.append((oid, True, _serialization.dumps(err)))
@@ -181,6 +175,42 @@ class NodeObjects:
             # call runs.
             self.node.remote.need(oids)  # owned on another node: ask there
             self.node.dep_watch.watch(oids)
+
+    def _h_rebuild(self, conn: Any, m: tuple, reply: Any) -> None:
+        """``("rebuild", [oid, ...])``, a request: a reader found these gone from this
+        node's store (a spill file that vanished). Those the store really lost are
+        rebuilt from their lineage (or become the error saying why they cannot be);
+        the answer is a fetch's, once each is ready again."""
+        oids = m[1]
+        node = self.node
+        directory = node.directory
+
+        async def check() -> None:
+            for oid in oids:
+                e = directory.entries.get(oid)
+                if e is None or not e.ready or e.is_error or e.data != STORE:
+                    continue
+                try:
+                    here = node.store_link is None or await node.store_link.contains(oid)
+                except Exception as exc:
+                    logger.warning("rebuild of %s: asking the store whether it has it "
+                                   "failed: %s", oid.hex(), exc)
+                    here = True
+                if here or directory.entries.get(oid) is not e or not e.ready:
+                    continue
+                # The node's ref on the lost value went with it.
+                self.store_refs.pop(oid, None)
+                err = self.lineage.reconstruct(
+                    oid, f"its value is no longer in the object store of node "
+                         f"{node.node_hex[:12]} (its spill file vanished or could not be "
+                         f"read)")
+                if err is not None:
+                    directory.reset(oid)
+                    directory.put(oid, True, _serialization.dumps(err))
+            self._h_fetch(conn, ("fetch", oids), reply)
+
+        if not node.spawn(check):
+            reply.fail(RuntimeError("the node is stopping"))
 
     def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
         owned = self.node.owned_by(conn)

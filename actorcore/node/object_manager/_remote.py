@@ -24,8 +24,11 @@ are a handful of nodes and one answer per process, cached); nothing of this runs
 on a one-node cluster, where every object's owner is local.
 
 Node death: a fetch from a dead node fails its objects with ``OwnerDiedError``
-(their owner lived there); a large value whose every location died becomes
-``ObjectLostError`` (rebuilding it from lineage is not done yet).
+(their owner lived there). A large value of this node's owners whose every
+location died, or whose pull home failed, is rebuilt from its lineage
+(``_lineage``: its task re-run, arguments first); only when that cannot be done
+does it become the error saying why (``ObjectLostError`` for a ``put``,
+``ObjectReconstructionFailed*Error`` for a task's return).
 """
 
 from __future__ import annotations
@@ -168,9 +171,24 @@ class RemoteObjects:
                     lost.append(oid)
         for oid in lost:
             del self.locations[oid]
-            self._put_error(oid, ObjectLostError(
-                f"object {oid.hex()} is lost: its only copy was in the store of node "
-                f"{dead[:12]}, which died ({status.death_reason or 'unreachable'})"))
+            self._rebuild_or_fail(oid, f"its only copy was in the store of node {dead[:12]}, "
+                                       f"which died ({status.death_reason or 'unreachable'})")
+
+    def forget_locations(self, oids: Iterable[bytes]) -> None:
+        """``oids`` are rebuilt: where their lost copies were no longer counts."""
+        if self.locations:
+            for oid in oids:
+                self.locations.pop(oid, None)
+
+    def _rebuild_or_fail(self, oid: bytes, why: str) -> None:
+        """Every copy of ``oid`` (owned here) is gone: rebuild it from its lineage,
+        or put the error saying why it cannot be."""
+        self.fetching.pop(oid, None)
+        err = self.node.objects.lineage.reconstruct(oid, why)
+        if err is not None:
+            directory = self.node.directory
+            directory.reset(oid)
+            directory.put(oid, True, _serialization.dumps(err))
 
     def statistics(self) -> dict:
         return {"fetching": len(self.fetching), "remote_located": len(self.locations),
@@ -231,8 +249,10 @@ class RemoteObjects:
             else:
                 node.spawn(self._pull, oid, list(locations))
 
-    async def _pull(self, oid: bytes, locations: list[str]) -> bool:
-        """Copy the large ``oid`` into this node's store, then make it ready here."""
+    async def _pull(self, oid: bytes, locations: list[str], home: bool = False) -> bool:
+        """Copy the large ``oid`` into this node's store, then make it ready here.
+        ``home``: a result of this node's owners on its way home (a failed pull is
+        rebuilt from lineage)."""
         node = self.node
         transfers = getattr(node, "transfers", None)
         try:
@@ -245,6 +265,14 @@ class RemoteObjects:
         except Exception as exc:
             logger.warning("pulling object %s from %s failed: %s", oid.hex(),
                            [n[:12] for n in locations], exc)
+            if home:
+                if oid in self.node.objects.lineage.rebuilding:
+                    return False  # the node's death started its rebuild already
+                self.locations.pop(oid, None)
+                self._rebuild_or_fail(oid, f"copying it home from node(s) "
+                                           f"{', '.join(n[:12] for n in locations)} "
+                                           f"failed: {exc}")
+                return False
             self._put_error(oid, exc if isinstance(exc, ObjectLostError | ObjectStoreFullError)
                             else ObjectLostError(
                 f"object {oid.hex()} could not be copied from node(s) "
@@ -260,7 +288,7 @@ class RemoteObjects:
         return True
 
     async def _pull_and_deliver(self, oid: bytes, owner: bytes) -> None:
-        await self._pull(oid, list(self.locations.get(oid, ())))
+        await self._pull(oid, list(self.locations.get(oid, ())), home=True)
         e = self.node.directory.entries.get(oid)
         if e is not None and e.ready:
             self.node.deliver(owner, [(oid, e.is_error, e.data)])

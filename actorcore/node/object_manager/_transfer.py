@@ -56,7 +56,6 @@ location. On a one-node cluster nothing here reads or writes the GCS.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from typing import Any, Protocol
 
@@ -67,16 +66,17 @@ import transport
 
 from ...exceptions import ObjectStoreFullError, ObjectTransferError
 from ...protocol._messages import max_frame_size
+from ...session._config import env_value
 
 __all__ = ["CHUNK", "WINDOW", "ObjectTransfers", "TransferStatistics", "TransfersHost"]
 
 logger = logging.getLogger("actorcore.transfer")
 
 #: Bytes per chunk request (a frame of its own; ``ACTORCORE_TRANSFER_CHUNK``).
-CHUNK = int(os.environ.get("ACTORCORE_TRANSFER_CHUNK") or 512 * 1024)
+CHUNK = int(env_value("ACTORCORE_TRANSFER_CHUNK"))
 #: Chunk requests kept in flight on the link to the source
 #: (``ACTORCORE_TRANSFER_WINDOW``).
-WINDOW = max(1, int(os.environ.get("ACTORCORE_TRANSFER_WINDOW") or 16))
+WINDOW = int(env_value("ACTORCORE_TRANSFER_WINDOW"))
 #: Seconds a source may take to answer ``obj_info``, and one chunk.
 INFO_TIMEOUT = 10.0
 CHUNK_TIMEOUT = 30.0

@@ -1,0 +1,309 @@
+"""Lineage: the specs of the tasks whose returns may have to be rebuilt, and the rebuild.
+
+Paper §4.2.3: a lost object is rebuilt by re-running the task that made it, first
+rebuilding any of that task's arguments that are lost too, recursively. The node
+where a task was submitted (its owner's node) keeps the task's ``TaskSpec`` here
+(it also goes to the GCS task table, through ``control.record_task``; the copy here
+is the one that is re-run: it carries every field, retries left included).
+
+How long a spec is kept. A spec is needed while anything may ask for one of its
+returns: while one of them lives (the owner has not freed it) or while the spec
+of a task that took one of them as an argument is kept (rebuilding that task's
+return needs the argument again). So each record counts its *references*: its
+live returns, plus one per kept spec that depends on it. At zero the record goes
+and hands its task to ``control.lineage_done`` (the GCS may flush it), releasing
+its own references on the tasks it depends on, which may go in turn. A chain
+``a -> b -> c`` whose driver holds only ``c`` thus keeps all three specs, and
+freeing ``c`` releases the whole chain at once.
+
+The cap. At most ``cap`` specs are kept (``init(lineage_cap=...)``, the node's
+``--lineage-cap``, else ``ACTORCORE_GCS_LINEAGE_CAP``); past it the oldest is
+evicted even though it is referenced. Its task id is remembered (in a bounded
+set), so that a later rebuild that needs it fails with
+``ObjectReconstructionFailedLineageEvictedError`` saying so, instead of a vaguer
+error; its reference count lives on without the spec (``evicted_live``), so its
+GCS record is handed to ``lineage_done`` only once its returns are freed, as
+before.
+
+The rebuild (``reconstruct``). Called where a loss is found: every node holding a
+large value died (``_remote.on_node_dead``), the pull home of a task's result
+failed (``_remote``), or a reader found the store no longer has it (a spill file
+that vanished: the ``rebuild`` request of a core worker). For the lost object's
+task, with its spec kept here and retries left (a rebuild counts against
+``max_retries`` like a worker's death):
+
+1. its returns that are lost become *pending* again in the directory
+   (``ObjectDirectory.reset``), so every ``get``, ``wait`` and dependent task
+   simply waits for them, as for any result not produced yet;
+2. each argument that is no longer in the directory (its owner freed it) is
+   rebuilt first, the same way, recursively; such an argument is owned by nobody,
+   so it is marked freed and pinned only until the task that needs it is done;
+3. the spec is submitted again (``sched.submit``: placed like a new task).
+
+One rebuild per task at a time: a task being rebuilt is in ``rebuilding`` until
+its first lost return is ready again, and any other request for one of its
+returns meanwhile finds the entry pending and waits with the others. When a
+rebuild is impossible the caller puts the returned error in the directory in
+place of the value, so whoever waits fails at once with it (never a hang).
+
+Everything here is synchronous code on the node's loop, owned by the node, so a
+crash of any component loses none of it. On a one-node cluster the cost per task
+is a dict insert and a look-up per argument; nothing reads or writes the GCS.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any
+
+import attrs
+
+from ...exceptions import (
+    ObjectLostError,
+    ObjectReconstructionFailedError,
+    ObjectReconstructionFailedLineageEvictedError,
+    ObjectReconstructionFailedMaxAttemptsExceededError,
+)
+from ...protocol._ids import task_id_of
+from ...protocol._messages import TaskSpec
+
+__all__ = ["EVICTED_MEMORY", "Lineage", "LineageStatistics", "is_put"]
+
+logger = logging.getLogger("actorcore.lineage")
+
+#: Task ids of evicted records remembered, to say "evicted" when one is needed.
+EVICTED_MEMORY = 100_000
+
+_PUT_TASK_SUFFIX = b"\xff" * 8
+
+
+def is_put(oid: bytes) -> bool:
+    """Whether ``oid`` was made by ``put`` (no task: nothing to re-run)."""
+    return oid[8:16] == _PUT_TASK_SUFFIX
+
+
+@attrs.define(slots=True, eq=False)
+class _Record:
+    spec: TaskSpec
+    refs: int  # live returns + kept specs that depend on this one
+    holds: list[bytes]  # task ids of the kept specs this one references
+
+
+@attrs.frozen(kw_only=True)
+class LineageStatistics:
+    """Figures of a node's lineage, from ``Lineage.statistics()``.
+
+    Attributes:
+      kept: task specs kept for rebuilding (``cap`` at most).
+      cap: the most that are kept.
+      evicted: records dropped by the cap while still referenced.
+      rebuilds: tasks re-run to rebuild a lost return; rebuilding: in progress.
+      failed: rebuilds refused (no retries left, lineage evicted, no lineage).
+    """
+
+    kept: int
+    cap: int
+    evicted: int
+    rebuilds: int
+    rebuilding: int
+    failed: int
+
+
+class Lineage:
+    """The node's kept task specs and the rebuild of lost objects (module docstring)."""
+
+    def __init__(self, node: Any, cap: int) -> None:
+        self.node = node
+        self.cap = cap
+        #: task id -> record, oldest first (eviction order).
+        self.records: dict[bytes, _Record] = {}
+        self.evicted_ids: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        #: evicted task id -> its references still alive (no spec kept).
+        self.evicted_live: dict[bytes, int] = {}
+        #: tasks being re-run to rebuild a return.
+        self.rebuilding: set[bytes] = set()
+        self.evicted = 0
+        self.rebuilds = 0
+        self.failed = 0
+
+    # -- bookkeeping -------------------------------------------------------------
+
+    def record(self, spec: TaskSpec) -> None:
+        """``spec`` was submitted here (or retried: the same task id, counted once)."""
+        tid = spec.task_id
+        records = self.records
+        if tid in records:
+            records[tid].spec = spec
+            return
+        if spec.num_returns <= 0:
+            # No output anyone can ask for: nothing to keep.
+            self.node.control.lineage_done(tid)
+            return
+        holds: list[bytes] = []
+        for dep in spec.deps:
+            dtid = task_id_of(dep)
+            rec = records.get(dtid)
+            if rec is not None and dtid != tid and dtid not in holds:
+                rec.refs += 1
+                holds.append(dtid)
+        records[tid] = _Record(spec, spec.num_returns, holds)
+        if len(records) > self.cap:
+            self._evict_oldest()
+
+    def live_tasks(self) -> int:
+        return len(self.records)
+
+    def return_dropped(self, oid: bytes) -> None:
+        """The owner freed ``oid`` (it left the directory): one reference less."""
+        self._release(task_id_of(oid))
+
+    def _release(self, tid: bytes) -> None:
+        records = self.records
+        stack = [tid]
+        while stack:
+            t = stack.pop()
+            rec = records.get(t)
+            if rec is None:
+                left = self.evicted_live.get(t)
+                if left is not None:
+                    if left <= 1:
+                        del self.evicted_live[t]
+                        self.node.control.lineage_done(t)
+                    else:
+                        self.evicted_live[t] = left - 1
+                continue
+            rec.refs -= 1
+            if rec.refs > 0:
+                continue
+            del records[t]
+            self.node.control.lineage_done(t)
+            stack.extend(rec.holds)
+
+    def _evict_oldest(self) -> None:
+        records = self.records
+        while len(records) > self.cap:
+            tid = next(iter(records))
+            rec = records.pop(tid)
+            self.evicted += 1
+            self.evicted_ids[tid] = None
+            if len(self.evicted_ids) > EVICTED_MEMORY:
+                self.evicted_ids.popitem(last=False)
+            # Only the spec goes from here: its GCS record stays until the task's
+            # returns are freed (the count goes on without the spec).
+            self.evicted_live[tid] = rec.refs
+            for held in rec.holds:
+                self._release(held)
+
+    def spec_of(self, oid: bytes) -> TaskSpec | None:
+        rec = self.records.get(task_id_of(oid))
+        return rec.spec if rec is not None else None
+
+    # -- the rebuild ---------------------------------------------------------------
+
+    def reconstruct(self, oid: bytes, why: str) -> BaseException | None:
+        """Every copy of ``oid`` is gone (``why`` says how): re-run its task.
+
+        Returns ``None`` when a rebuild runs (started now, or already running); the
+        directory entry of ``oid`` is pending until it is done. Otherwise the error
+        to put in its place, naming the object, its task and why it cannot be
+        rebuilt; nothing was changed.
+        """
+        try:
+            # A dry pass first, so that a rebuild that cannot be done (an argument's
+            # lineage evicted, say) re-runs nothing at all.
+            self._rebuild(oid, why, set(), dry=True)
+        except ObjectLostError as exc:
+            self.failed += 1
+            logger.warning("object %s cannot be rebuilt: %s", oid.hex(), exc)
+            return exc
+        self._rebuild(oid, why, set(), dry=False)
+        return None
+
+    def _rebuild(self, oid: bytes, why: str, visiting: set[bytes], *, dry: bool) -> None:
+        tid = task_id_of(oid)
+        node = self.node
+        directory = node.directory
+        if tid in self.rebuilding or tid in visiting:
+            if not dry:
+                directory.reset(oid)  # joins the rebuild under way: the re-run puts it
+            return
+        spec = self._check(oid, why)
+        visiting.add(tid)
+        # Arguments first: one that left the directory (its owner freed it) is
+        # rebuilt too, when it was made here (its spec is kept or was evicted, or
+        # its owner is a process of this node: the typed error says why not).
+        # One owned by another node is fetched from there as for any argument.
+        rebuilt_args: list[bytes] = []
+        live: set[bytes] | None = None
+        for dep in spec.deps:
+            if dep in directory.entries:
+                continue
+            dtid = task_id_of(dep)
+            if dtid not in self.records and dtid not in self.evicted_ids:
+                if live is None:
+                    live = node.live_id_prefixes()
+                if dep[:8] not in live:
+                    continue
+            self._rebuild(dep, f"it is an argument of task {spec.name}, rebuilt "
+                               f"because {why}", visiting, dry=dry)
+            rebuilt_args.append(dep)
+        if dry:
+            return
+        # Then the task itself: the lost return pending again, and a new attempt.
+        if spec.max_retries > 0:
+            spec.max_retries -= 1
+        spec.attempt += 1
+        self.rebuilds += 1
+        self.rebuilding.add(tid)
+        directory.reset(oid)
+        node.remote.forget_locations([oid])
+        # Its arguments stay in the directory until it is done, even if their owner
+        # frees them meanwhile: the re-run may read them from another node (a
+        # forwarded task is not pinned here). Those rebuilt for it are owned by
+        # nobody: marked freed, they go once it is done with them.
+        pinned = [d for d in spec.deps if d in directory.entries]
+        directory.pin(pinned)
+        if rebuilt_args:
+            directory.free(rebuilt_args)
+
+        def done(_entry: Any) -> None:
+            self.rebuilding.discard(tid)
+            directory.unpin(pinned)
+
+        directory.when_ready(oid, done)
+        logger.info("rebuilding object %s: re-running task %s (attempt %d, %s retries "
+                    "left) because %s", oid.hex(), spec.name, spec.attempt + 1,
+                    "unlimited" if spec.max_retries < 0 else spec.max_retries, why)
+        node.sched.submit(spec)
+
+    def _check(self, oid: bytes, why: str) -> TaskSpec:
+        """The spec to re-run for ``oid``, or the typed error saying why there is none."""
+        tid = task_id_of(oid)
+        if is_put(oid):
+            raise ObjectLostError(
+                f"object {oid.hex()} is lost: it was made by put(), so there is no task "
+                f"to re-run, and its only copy is gone ({why})")
+        rec = self.records.get(tid)
+        if rec is None:
+            if tid in self.evicted_ids:
+                raise ObjectReconstructionFailedLineageEvictedError(
+                    f"object {oid.hex()} is lost ({why}) and cannot be rebuilt: the "
+                    f"lineage of its task {tid.hex()} was evicted by the lineage cap "
+                    f"({self.cap} task specs kept; init(lineage_cap=...) raises it)")
+            raise ObjectReconstructionFailedError(
+                f"object {oid.hex()} is lost ({why}) and cannot be rebuilt: this node "
+                f"has no lineage for its task {tid.hex()} (the result of an actor "
+                f"call, which is not re-run, or of a task submitted elsewhere)")
+        spec = rec.spec
+        if spec.max_retries == 0:
+            raise ObjectReconstructionFailedMaxAttemptsExceededError(
+                f"object {oid.hex()} is lost ({why}) and cannot be rebuilt: task "
+                f"{spec.name} ({tid.hex()}) has no retries left after {spec.attempt + 1} "
+                f"attempt(s) (max_retries counts every re-run)")
+        return spec
+
+    def statistics(self) -> LineageStatistics:
+        return LineageStatistics(kept=len(self.records), cap=self.cap, evicted=self.evicted,
+                                 rebuilds=self.rebuilds, rebuilding=len(self.rebuilding),
+                                 failed=self.failed)

@@ -1,0 +1,209 @@
+"""The chaos soak: a workload that uses every feature at once, under a seeded schedule
+of every fault kind, with exact results, no hang and nothing left behind.
+
+Workload, in rounds until the schedule ends: nested tasks (a task that gets the
+results of tasks it submits), a tree reduction over numpy arrays large enough to
+live in shared memory, a stateful actor with a known call history (restarted by
+``max_restarts``; without replay, its history after a restart must be a suffix of
+the calls made, in order), a named actor found by name after its restarts, and
+``wait`` with a timeout. Each round must finish within its timeout with exactly the
+expected values.
+
+The short version runs in the default suite (~20 s); ``-m slow`` runs the long one.
+``ACTORCORE_SOAK_SEED`` picks the seed (a failing run prints its seed and every
+fault it injected, via the plugin's report), ``ACTORCORE_SOAK_SECONDS`` the length.
+
+The short soak (default suite) injects every kind into both nodes while the work
+stays on the head (a resource only the head has); ``ACTORCORE_SOAK_SPREAD=1`` spreads
+the work over both nodes, and the long soak (``-m slow``) does that with every kind
+at every target. Spread, the soak does not pass today: see SURVIVABLE for what
+fails. Not yet: actors with replay (issue 12).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+import actorcore
+import transport
+from actorcore.testing import faults
+
+SEED = int(os.environ.get("ACTORCORE_SOAK_SEED", "20261202"))
+# What the short soak aims at: every kind, at what the cluster is expected to survive
+# today. Left out, and run by the long soak (ACTORCORE_SOAK_FULL=1 in the short one):
+# crashes of object_manager and store_link (a pull then finds the source's store
+# without the object, ObjectTransferError; or a retried task never finishes), and
+# drop/duplicate/partition of node<->node and worker<->node links (a lost or doubled
+# message there is never re-sent or deduplicated: the work waits forever), and faults
+# of the node<->GCS link while functions are first exported (the warm-up round).
+SURVIVABLE = {
+    "crash": [t for t in faults.DEFAULT_TARGETS["crash"]
+              if "object_manager" not in t and "store_link" not in t],
+    "drop": ["node-gcs"], "duplicate": ["node-gcs"], "partition": ["node-gcs"],
+}
+TARGETS = {} if os.environ.get("ACTORCORE_SOAK_FULL") else SURVIVABLE
+_kinds = os.environ.get("ACTORCORE_SOAK_KINDS", "")
+KINDS = faults.KINDS if _kinds == "all" else tuple(k for k in _kinds.split(",") if k) or None
+ARRAY = 256 * 1024  # float64s: 2 MiB per array, in shared memory
+LEAVES = 8
+
+
+@actorcore.remote(max_retries=-1)
+def leaf(i: int) -> int:
+    return i * i
+
+
+@actorcore.remote(max_retries=-1)
+def nested(n: int, pin: dict) -> int:
+    return sum(actorcore.get([leaf.options(**pin).remote(i) for i in range(n)]))
+
+
+@actorcore.remote(max_retries=-1)
+def make(i: int) -> np.ndarray:
+    return np.full(ARRAY, float(i))
+
+
+@actorcore.remote(max_retries=-1)
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a + b
+
+
+@actorcore.remote(max_restarts=-1, max_task_retries=-1)
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def call(self, k: int) -> int:
+        self.calls.append(k)
+        return 2 * k
+
+    def history(self) -> list[int]:
+        return list(self.calls)
+
+
+def _tree_reduce(refs: list, pin: dict) -> actorcore.ObjectRef:
+    while len(refs) > 1:
+        refs = [add.options(**pin).remote(refs[i], refs[i + 1]) if i + 1 < len(refs) else refs[i]
+                for i in range(0, len(refs), 2)]
+    return refs[0]
+
+
+def _round(r: int, rec, calls: list[int], timeout: float, pin: dict) -> int:
+    """One round of the workload; returns the number of results checked. ``pin``:
+    the options that keep the work on the head (``{}``: anywhere)."""
+    sums = [nested.options(**pin).remote(5 + j, pin) for j in range(3)]
+    total = _tree_reduce([make.options(**pin).remote(r + i) for i in range(LEAVES)], pin)
+    ks = list(range(r * 10, r * 10 + 10))
+    calls.extend(ks)
+    doubled = [rec.call.remote(k) for k in ks]
+    everything = [*sums, total, *doubled]
+    ready, pending = actorcore.wait(everything, num_returns=len(everything), timeout=timeout)
+    assert not pending, f"round {r}: {len(pending)} of {len(everything)} not done in {timeout} s"
+    assert actorcore.get(sums, timeout=timeout) == [
+        sum(i * i for i in range(5 + j)) for j in range(3)]
+    expected = float(sum(r + i for i in range(LEAVES)))
+    value = actorcore.get(total, timeout=timeout)
+    assert value.shape == (ARRAY,) and bool(np.all(value == expected)), f"round {r}: tree sum"
+    assert actorcore.get(doubled, timeout=timeout) == [2 * k for k in ks]
+    return len(everything)
+
+
+def _shm_segments(cluster) -> set[str]:
+    names = {f"actorcore-{n.session_dir.name}" for n in cluster.list_all_nodes()}
+    return {f for f in os.listdir("/dev/shm") if any(f.startswith(n) for n in names)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _soak(seconds: float, rate: float, kinds: tuple[str, ...] = faults.KINDS,
+          spread: bool = True) -> None:
+    from actorcore.testing import Cluster
+
+    fast = {"ACTORCORE_NODE_TIMEOUT": "3", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "env_vars": fast, "resources": {"soak_head": 1000}})
+    pin = {} if spread else {"resources": {"soak_head": 1}}
+    pids: set[int] = set()
+    segments: set[str] = set()
+    started = time.monotonic()
+    try:
+        cluster.add_node(num_cpus=1, env_vars=fast)
+        cluster.connect()
+        rec = Recorder.options(name="recorder", **pin).remote()
+        calls: list[int] = []
+        # A warm-up round before the faults: every function exported and the actor
+        # up. (A function's export lost in a node<->GCS fault while another node
+        # already runs its task fails it with "never exported": see SURVIVABLE.)
+        checked = _round(0, rec, calls, timeout=60.0, pin=pin)
+        rounds = 1
+        # Every kind; crash and kill aim at what the workload can survive without
+        # replay: components, workers, tasks and the recorder (not the head itself).
+        sched = faults.schedule(
+            seed=SEED, kinds=KINDS or kinds, rate=rate, duration=seconds, hold=0.3,
+            targets=TARGETS)
+        try:
+            while True:
+                done_before = sched.done
+                for _p, e in faults.Faults().paths():
+                    if e.get("pid"):
+                        pids.add(int(e["pid"]))
+                checked += _round(rounds, rec, calls, timeout=60.0, pin=pin)
+                rounds += 1
+                if done_before:
+                    break
+        finally:
+            sched.stop()
+        segments = _shm_segments(cluster)
+        # The named actor, found by name after its restarts; its history since its
+        # last restart is a suffix of the calls, in order (no replay yet).
+        named = actorcore.get_actor("recorder")
+        history = actorcore.get(named.history.remote(), timeout=60)
+        assert history and history == calls[-len(history):], (len(history), len(calls))
+        checked += 1
+        assert transport.faults.rules() == {}
+        counts = sched.counts()
+        wall = time.monotonic() - started
+        print(f"\nchaos soak seed {SEED} ({'spread' if spread else 'on the head'}, "
+              f"{','.join(KINDS or kinds)}): {rounds} rounds, {checked} results checked, "
+              f"{wall:.1f} s; faults survived: "
+              + ", ".join(f"{k} {counts.get(k, 0)}" for k in faults.KINDS)
+              + f"; failed injections {len([e for e in sched.record if not e.ok])}")
+        if os.environ.get("ACTORCORE_SOAK_VERBOSE"):
+            print("\n".join(e.line(sched.started_at) for e in sched.record))
+        assert set(counts) == set(KINDS or kinds), counts  # every kind was injected
+    finally:
+        actorcore.shutdown()
+        cluster.shutdown()
+    # Nothing left behind: every process the tree showed is gone, every segment.
+    assert segments, "the cluster's shared memory was not seen"
+    deadline = time.monotonic() + 10
+    while (left := {p for p in pids if _alive(p)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"processes left behind: {sorted(left)}"
+    assert not _shm_segments(cluster), f"/dev/shm segments left: {_shm_segments(cluster)}"
+
+
+def test_chaos_soak_short():
+    """Every fault kind on both nodes, the work on the head: what passes today."""
+    _soak(float(os.environ.get("ACTORCORE_SOAK_SECONDS", "10")), rate=2.0,
+          spread=bool(os.environ.get("ACTORCORE_SOAK_SPREAD")))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_chaos_soak_long():
+    """Every kind at every target, the work spread over both nodes (see SURVIVABLE
+    and the module docstring: this fails today)."""
+    global TARGETS
+    TARGETS = {}
+    _soak(float(os.environ.get("ACTORCORE_SOAK_SECONDS", "300")), rate=1.0, spread=True)
