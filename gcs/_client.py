@@ -144,6 +144,7 @@ class GcsClient:
         self._nursery: trio.Nursery | None = None
         self._stats = {"writes": 0, "reads": 0, "batches": 0, "write_groups": 0, "retries": 0,
                        "shard_resets": 0}
+        self._reset = trio.Event()  # set (and replaced) at each shard reset
         #: The typed tables of the runtime (see `_tables.py`).
         self.nodes = NodeTable(self)
         self.actors = ActorTable(self)
@@ -152,6 +153,15 @@ class GcsClient:
         self.functions = FunctionTable(self)
         self.jobs = JobTable(self)
         self.kv = KvTable(self)
+
+    async def wait_reset(self, seen: int = 0) -> int:
+        """Wait until more than ``seen`` shard resets have been seen (a shard answered
+        with a new history: an in-memory GCS restarted as a whole, its data lost);
+        return how many so far. Whoever holds state the GCS must know republishes
+        it then. A reset is noticed by the next request to that shard."""
+        while self._stats["shard_resets"] <= seen:
+            await self._reset.wait()
+        return self._stats["shard_resets"]
 
     # ------------------------------------------------------------- connection
 
@@ -242,6 +252,8 @@ class GcsClient:
                             # as a whole): our sequence numbers are of the old one.
                             self._stats["shard_resets"] += 1
                             self._seen[shard] = seen
+                            reset, self._reset = self._reset, trio.Event()
+                            reset.set()
                         elif seen > self._seen.get(shard, 0):
                             self._seen[shard] = seen
                         self._history[shard] = history

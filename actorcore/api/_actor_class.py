@@ -235,6 +235,9 @@ class ActorClass:
             raise ValueError(
                 f"{meta.class_name}.__actorcore_backend__={backend!r}: must be 'asyncio' or 'trio'"
             )
+        interval = options.get("checkpoint_interval")
+        if interval is not None:
+            _check_replayable(self.__actorcore_class__, meta, mc, interval)
         runtime_env = resolve_runtime_env(core, options.get("runtime_env"))
         if runtime_env and options.get("placement") == "shared":
             raise ValueError(
@@ -263,6 +266,7 @@ class ActorClass:
             handles=tuple(carried),
             runtime_env=runtime_env,
             strategy=_strategy(options.get("scheduling_strategy")),
+            checkpoint_interval=interval,
         )
         _ensure_exported(core, export)
         if name is None and sup_name is None:
@@ -274,6 +278,33 @@ class ActorClass:
         # A named actor lives until it is killed or its owner exits: its handles do not
         # count (anyone can get_actor() it again).
         return ActorHandle(spec.actor_id, meta, owned=False)
+
+
+#: The methods an actor class that checkpoints (``checkpoint_interval >= 1``) writes.
+CHECKPOINT_METHOD = "__actorcore_checkpoint__"
+RESTORE_METHOD = "__actorcore_restore__"
+
+
+def _check_replayable(cls: type, meta: ClassMeta, max_concurrency: int,
+                      interval: int) -> None:
+    """An actor recovered by replay must run its calls one at a time (the log is the
+    order they ran in) and, to checkpoint, say how its state is saved and restored."""
+    what = f"actor {meta.class_name} with checkpoint_interval={interval}"
+    if max_concurrency != 1 or meta.concurrency_groups:
+        raise ValueError(
+            f"{what}: replay needs calls that run one at a time, in one order; "
+            f"max_concurrency={max_concurrency} and concurrency_groups="
+            f"{dict(meta.concurrency_groups)!r} allow several at once (use "
+            "max_concurrency=1 and no concurrency groups)")
+    if interval >= 1:
+        missing = [m for m in (CHECKPOINT_METHOD, RESTORE_METHOD)
+                   if not callable(getattr(cls, m, None))]
+        if missing:
+            raise TypeError(
+                f"{what}: the class must define {' and '.join(missing)} "
+                f"({CHECKPOINT_METHOD}(self) returns its state, {RESTORE_METHOD}(self, "
+                "state) takes it back); or use checkpoint_interval=0 to replay every "
+                "call from the constructor")
 
 
 def _check_extra_options(options: dict[str, Any]) -> None:

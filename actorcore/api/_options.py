@@ -57,6 +57,7 @@ ACTOR_OPTIONS = frozenset(
         "concurrency_groups",
         "placement",
         "supervisor",
+        "checkpoint_interval",
     }
 )
 
@@ -269,6 +270,11 @@ def validate_actor_options(options: Mapping[str, Any]) -> dict:
     mc = out.get("max_concurrency")
     if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or mc < 1):
         raise ValueError(f"option max_concurrency={mc!r}: must be an int >= 1")
+    ci = out.get("checkpoint_interval")
+    if ci is not None and (isinstance(ci, bool) or not isinstance(ci, int) or ci < 0):
+        raise ValueError(
+            f"option checkpoint_interval={ci!r}: must be an int >= 1 (a checkpoint every "
+            "that many calls), 0 (replay every call, no checkpoints) or None (no replay)")
     mp = out.get("max_pending_calls")
     if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp == 0
                            or mp < -1):

@@ -358,6 +358,23 @@ class NodeRuntime:
             logger.error("stopping: the cluster declared this node dead (%s)", reason)
             self.shutdown_requested.set()
 
+    async def republish_control_state(self) -> None:
+        """The GCS restarted empty (``gcs_client`` noticed): write again what this
+        node holds that the GCS must know. Its owners here are the truth: the
+        functions and jobs (``control``), the actors, names and checkpoints
+        (``actors``), the lineage of tasks with live returns (``objects``), the copies
+        pulled here (``transfers``). The node registers itself (``Membership``)."""
+        control = self.control
+        if control.backend != "gcs":
+            return
+        functions, jobs = await control.republish()
+        lineage = self.objects.republish_lineage()
+        actors, names = await self.actors.republish()
+        copies = await self.transfers.republish_locations()
+        logger.warning("wrote again to the restarted GCS: %d functions, %d jobs, the lineage "
+                       "of %d live tasks, %d actor records, %d names, %d object locations",
+                       functions, jobs, lineage, actors, names, copies)
+
     def heartbeat_report(self) -> dict:
         """What this node's heartbeats say of it (its free resources and queue)."""
         sched = self.sched

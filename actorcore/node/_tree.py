@@ -120,6 +120,7 @@ class TreeHost(Protocol):
     def node_info(self) -> dict: ...
     def heartbeat_report(self) -> dict: ...
     def declared_dead(self, reason: str) -> None: ...
+    async def republish_control_state(self) -> None: ...
 
 
 def build_tree(node: TreeHost) -> Supervisor:
@@ -153,7 +154,8 @@ def build_tree(node: TreeHost) -> Supervisor:
                 view=node.view, record=node.node_info, report=node.heartbeat_report,
                 monitor=config.head, on_self_dead=node.declared_dead)
         return GcsClientLink(node.control, gcs_address=gcs_address, token=config.token,
-                             name=f"node-{short(node.node_id)}", membership=membership)
+                             name=f"node-{short(node.node_id)}", membership=membership,
+                             republish=node.republish_control_state)
 
     children.append(ChildSpec("gcs_client", gcs_client, kind="gcs_client"))
     children.append(ChildSpec("node_links", lambda: NodeLinks(node.peers), kind="node_links"))

@@ -17,10 +17,21 @@ actor worker -> node
   ``("actor_up", worker_id, direct_address)``  registered; callers may dial it
   ``("actor_done_direct", actor_id, results)``  large results of direct calls
   ``("actor_ready", actor_id, incarnation, error_text | None)``  constructor finished
-  ``("actor_done", actor_id, task_id, [(object_id, is_error, data), ...])``
+  ``("actor_done", actor_id, task_id, [(object_id, is_error, data), ...], ran)``
+                                     ``ran`` (actors that replay only): the method
+                                     ran, so the call joins the actor's call log
+  ``("actor_log", actor_id, incarnation, CallSpec, results)``  a direct call of an
+                                     actor that replays ran: log it (answered with
+                                     ``actor_logged``; only then the caller hears)
+  ``("actor_ckpt", actor_id, incarnation, state)``  a checkpoint after the calls
+                                     reported before it: the log so far is replaced
   ``("actor_exit", actor_id, incarnation)``  it called ``exit_actor()``: end it for good
 node -> actor worker
-  ``("actor_create", ActorSpec, incarnation, dep_data, class_record)``
+  ``("actor_create", ActorSpec, incarnation, dep_data, class_record, gpu_ids,
+  recovery)``                        ``recovery``: ``None``, or ``(checkpoint | None,
+                                     [(CallSpec, dep_data | None), ...])`` to restore
+                                     and replay before it is ready
+  ``("actor_logged", actor_id, task_id)``  the node holds that direct call's log entry
   ``("actor_call", CallSpec, dep_data)``
   ``("actor_cancel", actor_id, task_id)``  drop the call if queued, cancel it if
                                      running (async actors only; ``worker._cancel``)
@@ -120,6 +131,15 @@ class ActorSpec:
     # Where it may run: ``None`` (DEFAULT), ``"SPREAD"`` or a ``NodeAffinity``
     # (``protocol._strategy.strategy_of``).
     strategy: Any = None
+    # Recovery by replay (``@remote(checkpoint_interval=N)``, see ``node.actor_manager
+    # ._replay``): ``None``, Ray's restart (the constructor again); ``0``, every call
+    # logged and replayed after a restart; ``N >= 1``, a checkpoint every ``N`` calls
+    # and only the calls since the last one replayed.
+    checkpoint_interval: int | None = None
+
+    @property
+    def replays(self) -> bool:
+        return self.checkpoint_interval is not None
 
     @property
     def task_id(self) -> bytes:

@@ -38,6 +38,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import attrs
 import pykka
 import trio
 
@@ -79,6 +80,11 @@ class HostContext:
         self.emit = stream_emitter(core)  # a generator method's items, to the node
         # Actors here that called ``exit_actor()``: their later calls are not run.
         self.exited: set[bytes] = set()
+        # Actors here recovered by replay (``checkpoint_interval``), by actor id.
+        self.replaying: dict[bytes, _ReplayState] = {}
+        # task id -> (link, call, results): direct answers of such actors waiting for
+        # the node to hold the call's log entry (``actor_logged``).
+        self.unlogged: dict[bytes, tuple[Any, CallSpec, list]] = {}
 
     def decode(self, oid: bytes, data: Any) -> Any:
         if data is _FETCH:  # a direct call's argument ref: resolved here, in call order
@@ -115,15 +121,133 @@ class HostContext:
     def ready(self, spec: ActorSpec, incarnation: int, error: str | None) -> None:
         self.core._enqueue(("actor_ready", spec.actor_id, incarnation, error))
 
-    def done(self, spec: CallSpec, results: list) -> None:
+    def done(self, spec: CallSpec, results: list, ran: bool = False) -> None:
+        """Answer ``spec``: through the node, or on the direct link it came on.
+
+        ``ran``: the method ran (not a call dropped, refused or cancelled before it
+        started). For an actor that replays, such a call joins its log at the node
+        before its caller can see the result; see ``_ReplayState``."""
         conn = self.direct.pop(spec.task_id, None)
+        replay = self.replaying.get(spec.actor_id) if ran else None
         if conn is None:
-            self.core._enqueue(("actor_done", spec.actor_id, spec.task_id, results))
+            if replay is not None:
+                self.core._enqueue(("actor_done", spec.actor_id, spec.task_id, results, True))
+            else:
+                self.core._enqueue(("actor_done", spec.actor_id, spec.task_id, results))
+        elif replay is not None:
+            self.unlogged[spec.task_id] = (conn, spec, results)
+            self.core._enqueue(("actor_log", spec.actor_id, replay.incarnation, spec, results))
         else:
             try:
                 self.core.trio_token.run_sync_soon(self._send_direct, conn, spec, results)
             except trio.RunFinishedError:
                 pass
+
+    def logged(self, task_id: bytes) -> None:
+        """The node holds the log entry of a direct call: answer its caller (core loop)."""
+        waiting = self.unlogged.pop(task_id, None)
+        if waiting is not None:
+            self._send_direct(*waiting)
+
+    # ------------------------------------------------------------ replay (recovery)
+
+    def start_replay(self, spec: ActorSpec, incarnation: int) -> None:
+        """``spec`` replays (``checkpoint_interval`` is set): from now on report its
+        calls for its log and take its checkpoints."""
+        if spec.replays:
+            self.replaying[spec.actor_id] = _ReplayState(
+                spec.checkpoint_interval or 0, incarnation)
+        else:
+            self.replaying.pop(spec.actor_id, None)
+
+    def recover(self, instance: Any, spec: ActorSpec, recovery: tuple | None) -> None:
+        """Restore the checkpoint and replay the logged calls, in their order, on the
+        fresh ``instance`` (the actor's thread, before it is ready). Their results go
+        nowhere: their callers had them from the lost incarnation. A call that raised
+        then raises again now; that is part of the replay, not a failure of it."""
+        state = self.replaying.get(spec.actor_id)
+        if recovery is None or state is None:
+            return
+        checkpoint, calls = recovery
+        if checkpoint is not None:
+            restore = getattr(instance, RESTORE_METHOD)
+            restore(_serialization.loads(checkpoint))
+        for call, dep_data in calls:
+            args, kwargs = self._replay_args(call, dep_data)
+            try:
+                value = _method(instance, call)(*args, **kwargs)
+                if inspect.isgenerator(value):  # its items went out the first time
+                    for _item in value:
+                        pass
+            except ActorExitRequest:
+                raise RuntimeError(
+                    f"replaying {call.name} called exit_actor(), which it did not the "
+                    "first time: the actor's calls are not deterministic") from None
+            except Exception as exc:
+                logger.debug("replayed %s raised %r (as it did the first time)", call.name, exc)
+        state.since = len(calls)
+
+    async def recover_async(self, instance: Any, spec: ActorSpec,
+                            recovery: tuple | None) -> None:
+        """``recover`` for an async actor (on its event loop)."""
+        state = self.replaying.get(spec.actor_id)
+        if recovery is None or state is None:
+            return
+        checkpoint, calls = recovery
+        if checkpoint is not None:
+            value = getattr(instance, RESTORE_METHOD)(_serialization.loads(checkpoint))
+            if inspect.isawaitable(value):
+                await value
+        for call, dep_data in calls:
+            args, kwargs = self._replay_args(call, dep_data)
+            try:
+                value = _method(instance, call)(*args, **kwargs)
+                if inspect.isasyncgen(value):
+                    async for _item in value:
+                        pass
+                elif inspect.isgenerator(value):
+                    for _item in value:
+                        pass
+                elif inspect.isawaitable(value):
+                    await value
+            except ActorExitRequest:
+                raise RuntimeError(
+                    f"replaying {call.name} called exit_actor(), which it did not the "
+                    "first time: the actor's calls are not deterministic") from None
+            except Exception as exc:
+                logger.debug("replayed %s raised %r (as it did the first time)", call.name, exc)
+        state.since = len(calls)
+
+    def _replay_args(self, call: CallSpec, dep_data: list | None) -> tuple[tuple, dict]:
+        if dep_data is None:  # a direct call's refs: read again, as the first time
+            dep_data = [(False, _FETCH)] * len(call.deps)
+        deps = [self.decode(oid, d) for oid, (_e, d) in zip(call.deps, dep_data, strict=True)]
+        return _serialization.loads_args(call.args, deps)
+
+    def after_call(self, instance: Any, spec: CallSpec) -> None:
+        """A call of an actor that replays ran (its actor's thread or loop, before
+        the next call starts): every ``checkpoint_interval`` calls, a checkpoint.
+
+        It is sent after the call's own report on the same ordered queue to the
+        node, so the node replaces exactly the log entries the state includes."""
+        state = self.replaying.get(spec.actor_id)
+        if state is None:
+            return
+        state.since += 1
+        if state.interval <= 0 or state.since < state.interval:
+            return
+        try:
+            data = _serialization.dumps(getattr(instance, CHECKPOINT_METHOD)())
+        except Exception as exc:
+            # The log keeps growing instead: recovery replays more, loses nothing.
+            logger.error("%s of actor %s failed, no checkpoint taken (the call log keeps "
+                         "every call since the last one): %s: %s", CHECKPOINT_METHOD,
+                         spec.actor_id.hex()[:12], type(exc).__name__, exc)
+            state.since = 0
+            return
+        state.since = 0
+        state.checkpoints += 1
+        self.core._enqueue(("actor_ckpt", spec.actor_id, state.incarnation, data))
 
     def _send_direct(self, conn: Any, spec: CallSpec, results: list) -> None:
         """Answer a direct call on its link (core loop); large results are registered
@@ -171,6 +295,14 @@ class HostContext:
     def run_sync(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
         if self.refuse_exited(spec):
             return
+        if spec.actor_id in self.replaying:
+            self._run_sync(instance, spec, dep_data, True)
+            self.after_call(instance, spec)
+        else:
+            self._run_sync(instance, spec, dep_data, False)
+
+    def _run_sync(self, instance: Any, spec: CallSpec, dep_data: list | None,
+                  replays: bool) -> None:
         if dep_data is None:
             dep_data = [(False, _FETCH)] * len(spec.deps)
         method = _method(instance, spec)
@@ -183,7 +315,7 @@ class HostContext:
         except ActorExitRequest:
             self.exit(spec)
             return
-        self.done(spec, results)
+        self.done(spec, results, replays)
 
     async def _stream(self, spec: CallSpec, value: Any) -> list:
         """Run a generator method's generator on the actor's loop (an ``async def``
@@ -208,6 +340,7 @@ class HostContext:
     async def run_async(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
         if self.refuse_exited(spec):
             return
+        replays = spec.actor_id in self.replaying
         task_context.task_id = spec.task_id
         current_call.set(spec)  # this call's own context (each call is a task of its own)
         try:
@@ -220,7 +353,9 @@ class HostContext:
                 args, kwargs = _serialization.loads_args(spec.args, deps)
                 value = _method(instance, spec)(*args, **kwargs)
                 if spec.num_returns < 0:  # a generator method: items as they come
-                    self.done(spec, await self._stream(spec, value))
+                    self.done(spec, await self._stream(spec, value), replays)
+                    if replays:
+                        self.after_call(instance, spec)
                     return
                 if inspect.isawaitable(value):
                     value = await value
@@ -230,17 +365,46 @@ class HostContext:
             except Exception as exc:
                 tb = traceback.format_exc()
                 payload = _serialization.error_payload(exc, spec.name, _pid(), self.node_id, tb)
-                self.done(spec, [(oid, True, payload) for oid in spec.return_ids()])
+                self.done(spec, [(oid, True, payload) for oid in spec.return_ids()], replays)
+                if replays:
+                    self.after_call(instance, spec)
                 return
         finally:
             task_context.task_id = None
         # Results whose inline total would pass one frame go through the store, as a
         # task's do (``Spill``): to the node, and on the direct link to the caller.
         self.done(spec, encode_returns(spec, value, self.node_id, self.encode,
-                                       what="actor method", spill=return_spill(self.core)))
+                                       what="actor method", spill=return_spill(self.core)),
+                  replays)
+        if replays:
+            self.after_call(instance, spec)
 
 
 _FETCH = object()  # marks an argument ref the actor resolves itself
+
+#: The methods an actor class that checkpoints writes (``api._actor_class``).
+CHECKPOINT_METHOD = "__actorcore_checkpoint__"
+RESTORE_METHOD = "__actorcore_restore__"
+
+
+@attrs.define(eq=False)
+class _ReplayState:
+    """One actor that replays, in this process.
+
+    Every call that ran is reported to the node, in the order calls ran, on the one
+    ordered queue to it: a call routed through the node in its ``actor_done``; a
+    direct call in an ``actor_log`` sent *before* its caller is answered, which
+    waits for the node's ``actor_logged``. So a result a caller has seen is always
+    in the node's log, and a call whose report never reached the node (the process
+    died first) was answered to nobody: it is resent and runs once after recovery.
+    Every ``interval`` calls the state is checkpointed behind them
+    (``actor_ckpt``), which lets the node drop the log up to there.
+    """
+
+    interval: int  # 0: never checkpoint, replay from the constructor
+    incarnation: int
+    since: int = 0  # calls since the last checkpoint (replayed ones included)
+    checkpoints: int = 0
 
 
 def _died_results(spec: CallSpec, what: str) -> list[tuple[bytes, bool, bytes]]:
@@ -333,12 +497,12 @@ class ThreadedHost(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: list,
-                 record: dict | None, gate: CallGate) -> None:
+                 record: dict | None, gate: CallGate, recovery: tuple | None = None) -> None:
         super().__init__()
         self.ctx = ctx
         self.spec = spec
         self.gate = gate
-        self._create = (incarnation, dep_data, record)
+        self._create = (incarnation, dep_data, record, recovery)
         self.instance: Any = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         # concurrency_groups: a pool of that many threads per named group.
@@ -346,7 +510,7 @@ class ThreadedHost(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         spec = self.spec
-        incarnation, dep_data, record = self._create
+        incarnation, dep_data, record, recovery = self._create
         self._create = None  # type: ignore[assignment]
         task_context.actor_id = spec.actor_id.hex()
         task_context.job_id = spec.job_id  # tasks it submits belong to its job
@@ -354,6 +518,12 @@ class ThreadedHost(pykka.ThreadingActor):
             self.instance = self.ctx.construct(spec, dep_data, record)
         except Exception as exc:
             self.ctx.ready(spec, incarnation, _format_ctor_error(spec, exc))
+            self.stop()
+            return
+        try:
+            self.ctx.recover(self.instance, spec, recovery)
+        except Exception as exc:
+            self.ctx.ready(spec, incarnation, _format_recovery_error(spec, exc))
             self.stop()
             return
         aid = spec.actor_id.hex()
@@ -424,10 +594,10 @@ class AsyncHost:
     """A user actor with ``async def`` methods: an event loop thread (via anyio)."""
 
     def __init__(self, ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: list,
-                 record: dict | None) -> None:
+                 record: dict | None, recovery: tuple | None = None) -> None:
         self.ctx = ctx
         self.spec = spec
-        self._create = (incarnation, dep_data, record)
+        self._create = (incarnation, dep_data, record, recovery)
         self.gate = CallGate(ctx.done)
         self._queue: collections.deque = collections.deque()
         self._soon: Callable[..., Any] | None = None
@@ -483,7 +653,7 @@ class AsyncHost:
         import sniffio
 
         spec = self.spec
-        incarnation, dep_data, record = self._create
+        incarnation, dep_data, record, recovery = self._create
         self._create = None  # type: ignore[assignment]
         task_context.actor_id = spec.actor_id.hex()
         task_context.job_id = spec.job_id
@@ -499,6 +669,11 @@ class AsyncHost:
             instance = self.ctx.construct(spec, dep_data, record)
         except Exception as exc:
             self.ctx.ready(spec, incarnation, _format_ctor_error(spec, exc))
+            return
+        try:
+            await self.ctx.recover_async(instance, spec, recovery)
+        except Exception as exc:
+            self.ctx.ready(spec, incarnation, _format_recovery_error(spec, exc))
             return
         self.ctx.ready(spec, incarnation, None)
         slots = anyio.Semaphore(spec.max_concurrency)
@@ -592,15 +767,25 @@ def _format_ctor_error(spec: ActorSpec, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{tb.rstrip()}"
 
 
+def _format_recovery_error(spec: ActorSpec, exc: BaseException) -> str:
+    return ("its recovery failed (restoring its checkpoint or replaying its logged calls "
+            f"raised): {_format_ctor_error(spec, exc)}")
+
+
 def start_host(ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: list,
-               record: dict | None) -> Any:
-    """Start the right host for ``spec``; return an object with ``submit``/``stop``."""
+               record: dict | None, recovery: tuple | None = None) -> Any:
+    """Start the right host for ``spec``; return an object with ``submit``/``stop``.
+
+    ``recovery``: the checkpoint and logged calls it restores and replays before it
+    is ready (an actor that replays, restarted; see ``HostContext.recover``)."""
+    ctx.start_replay(spec, incarnation)
     if spec.meta.is_async:
-        return AsyncHost(ctx, spec, incarnation, dep_data, record)
+        return AsyncHost(ctx, spec, incarnation, dep_data, record, recovery)
     gate = CallGate(ctx.done)
     main = ctx.main_thread is not None and spec.max_concurrency == 1
     host = _MainThreadHost if main else ThreadedHost
-    return _ThreadedHandle(host.start(ctx, spec, incarnation, dep_data, record, gate), gate)
+    return _ThreadedHandle(
+        host.start(ctx, spec, incarnation, dep_data, record, gate, recovery), gate)
 
 
 class _MainThreadHost(ThreadedHost):

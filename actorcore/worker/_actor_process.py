@@ -50,12 +50,17 @@ class ActorWorkerProcess(WorkerProcess):
                 old.stop()
             assert self.ctx is not None
             gpu_ids = tuple(more[0]) if more else ()
+            recovery = more[1] if len(more) > 1 else None
             if gpu_ids and not self.shared:  # its own process: as Ray sets it
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
             _worker_state.actors[spec.actor_id.hex()] = _worker_state.ActorRun(
                 spec.job_id, spec.job_namespace, incarnation, gpu_ids, spec
             )
-            self.hosts[spec.actor_id] = start_host(self.ctx, spec, incarnation, dep_data, record)
+            self.hosts[spec.actor_id] = start_host(self.ctx, spec, incarnation, dep_data, record,
+                                                   recovery)
+        elif op == "actor_logged":  # the node logged a direct call: answer its caller
+            if self.ctx is not None:
+                self.ctx.logged(message[2])
         elif op == "actor_cancel":  # cancel(ref) of a call the node sent (_actor_cancel)
             host = self.hosts.get(message[1])
             if host is not None:

@@ -77,9 +77,19 @@ class ActorCalls:
         if rec.state == "dead":
             self._fail(spec, rec.died_error())
             return
-        call = Call(spec, len(spec.deps), rec.spec.max_task_retries)
-        if spec.lost_incarnation and not self._resent_lost_call(rec, call):
-            return
+        retries = rec.spec.max_task_retries
+        if rec.log is not None and retries == 0:
+            # An actor that replays runs the calls in flight at its loss again, once,
+            # after its recovery: their callers see results (max_restarts bounds it).
+            retries = -1
+        call = Call(spec, len(spec.deps), retries)
+        if spec.lost_incarnation:
+            logged = rec.log.answer(spec.task_id) if rec.log is not None else None
+            if logged is not None:  # it ran and is in the log: its caller gets that
+                self.finish(spec, logged)
+                return
+            if not self._resent_lost_call(rec, call):
+                return
         if not spec.deps and rec.state == "alive" and spec.owner not in rec.queues:
             self._send_call(rec, call)  # nothing of this caller's is waiting: send now
             return

@@ -51,6 +51,7 @@ from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_
 from ._calls import ActorCalls, Call
 from ._introspect import TREE_LIMIT, ActorManagerStatistics
 from ._remote import RemoteActors
+from ._replay import CHECKPOINT_NAMESPACE, CallLog
 
 __all__ = ["ActorManager", "ActorRecord"]
 
@@ -93,6 +94,11 @@ class ActorRecord:
     authority: bool = False
     origin: str | None = None
     stub: bool = False
+    log: CallLog | None = None  # an actor recovered by replay (``_replay``)
+
+    def __attrs_post_init__(self) -> None:
+        if self.spec.checkpoint_interval is not None:
+            self.log = CallLog(self.spec.checkpoint_interval)
 
     def idle(self) -> bool:
         return not self.inflight and not any(self.queues.values())
@@ -124,6 +130,7 @@ class ActorManager:
         self._releases_seen = 0
         self._dirty: dict[bytes, dict] = {}  # actor records not yet in the GCS
         self._dirty_event = trio.Event()
+        self._ckpt_writer = False
         self.supervisors: dict[str, Any] = {}
         self.created_total = 0
         self.died_total = 0
@@ -142,6 +149,8 @@ class ActorManager:
             "actor_req": self._h_req,
             "actor_cancel": self._h_cancel,
             "actor_exit": self._h_exit,
+            "actor_log": self._h_log,
+            "actor_ckpt": self._h_ckpt,
         }
 
     # ------------------------------------------------------------------ creation
@@ -475,12 +484,21 @@ class ActorManager:
     def _send_create(self, rec: ActorRecord) -> None:
         host = rec.worker
         assert host is not None and host.conn is not None
+        log = rec.log
+        if (log is not None and log.checkpoint is None and not log.fetched and rec.restarts
+                and self.node.view.multi and self.node.control.backend == "gcs"):
+            # Restarted on this node after its host node died (``_remote``): the log
+            # died with that node, its last checkpoint is in the GCS.
+            log.fetched = True
+            self._spawn_task(self._fetch_checkpoint, rec, host)
+            return
         rec.incarnation += 1
         record = self.node.functions.get(rec.spec.class_id)
+        recovery = log.recovery() if log is not None else None
         try:
             host.conn.send_nowait(
                 ("actor_create", rec.spec, rec.incarnation, rec.dep_data or [], record,
-                 rec.gpu_ids)
+                 rec.gpu_ids, recovery)
             )
         except Exception as exc:  # its link just died: the exit handler decides
             logger.info("sending a creation to worker_%d failed: %s", host.index, exc)
@@ -561,21 +579,108 @@ class ActorManager:
         self.calls.pump(rec)
 
     def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, actor_id, task_id, results = m
+        actor_id, task_id, results = m[1], m[2], m[3]
         rec = self.actors.get(actor_id)
         node = self.node
         node.objects.hold_store_objects(results, conn)
         if rec is None:
             return
+        log = rec.log
+        if log is not None and not self._current(rec, conn):
+            return  # a report of a process we gave up on: its calls run again
         call = rec.inflight.pop(task_id, None)
         if call is None:
             return  # a reply from an incarnation we gave up on
         rec.calls_done += 1
-        if call.spec.deps and not call.forwarded:
+        if log is not None and len(m) > 4 and m[4]:
+            # It ran: logged before its caller hears (``_replay``); its argument
+            # refs stay pinned until a checkpoint covers it.
+            log.append(call.spec, call.dep_data, results,
+                       pinned=bool(call.spec.deps) and not call.forwarded)
+        elif call.spec.deps and not call.forwarded:
             node.directory.unpin(call.spec.deps)
         self.calls.finish(call.spec, results)
         if rec.drop_when_idle and rec.idle():
             self.end(rec, "all handles to it were dropped")
+
+    def _current(self, rec: ActorRecord, conn: Any) -> bool:
+        """Whether ``conn`` is the link of the actor's current process."""
+        return rec.worker is not None and rec.worker.conn is conn
+
+    def _h_log(self, conn: Any, m: tuple, reply: Any) -> None:
+        """``("actor_log", actor_id, incarnation, CallSpec, results)``: a direct call
+        of an actor that replays ran; it joins the log, then its caller is answered
+        (``actor_logged``; see ``_replay``)."""
+        _, actor_id, incarnation, spec, results = m
+        rec = self.actors.get(actor_id)
+        if (rec is None or rec.log is None or rec.state == "dead"
+                or rec.incarnation != incarnation or not self._current(rec, conn)):
+            return  # nobody is answered: the caller resends it through the node
+        if spec.deps:
+            self.node.directory.pin(spec.deps)
+        rec.log.append(spec, None, results, pinned=bool(spec.deps))
+        rec.calls_done += 1
+        try:
+            conn.send_nowait(("actor_logged", actor_id, spec.task_id))
+        except Exception as exc:  # its link died: the caller resends, the log answers
+            logger.info("acknowledging the log entry of %s failed: %s", spec.name, exc)
+
+    def _h_ckpt(self, conn: Any, m: tuple, reply: Any) -> None:
+        """``("actor_ckpt", actor_id, incarnation, state)``: the actor's state after
+        every call it reported before: it replaces the log."""
+        _, actor_id, incarnation, state = m
+        rec = self.actors.get(actor_id)
+        if (rec is None or rec.log is None or rec.state == "dead"
+                or rec.incarnation != incarnation or not self._current(rec, conn)):
+            return
+        unpin = rec.log.take_checkpoint(bytes(state))
+        if unpin:
+            self.node.directory.unpin(unpin)
+        if self.node.control.backend == "gcs" and not self._ckpt_writer:
+            self._ckpt_writer = True
+            self._spawn_task(self._persist_checkpoints)
+
+    async def _fetch_checkpoint(self, rec: ActorRecord, host: ActorWorker) -> None:
+        """Read the actor's last checkpoint from the GCS, then create it with it."""
+        assert rec.log is not None
+        key = rec.spec.actor_id.hex()
+        try:
+            with trio.fail_after(30):
+                data = await self.node.control.call(
+                    lambda gcs: gcs.kv.get(key, namespace=CHECKPOINT_NAMESPACE))
+        except Exception as exc:
+            self.end(rec, f"its checkpoint could not be read from the GCS to recover it: "
+                          f"{type(exc).__name__}: {exc}")
+            return
+        if data is not None and rec.log.checkpoint is None:
+            rec.log.checkpoint = bytes(data)
+        if rec.state != "dead" and rec.worker is host and host.conn is not None:
+            self._send_create(rec)
+
+    async def _persist_checkpoints(self) -> None:
+        """Write the newest checkpoint of each actor to the GCS, behind (a restart on
+        another node reads it there); older ones not yet written are skipped."""
+        try:
+            while True:
+                todo = [r for r in self.actors.values()
+                        if r.log is not None and not r.log.persisted and r.state != "dead"]
+                if not todo:
+                    return
+                for rec in todo:
+                    log = rec.log
+                    assert log is not None
+                    log.persisted = True
+                    data = log.checkpoint
+                    key = rec.spec.actor_id.hex()
+                    try:
+                        await self.node.control.call(lambda gcs, k=key, d=data: gcs.kv.put(
+                            k, d, namespace=CHECKPOINT_NAMESPACE))
+                    except Exception as exc:  # kept here; the next checkpoint tries again
+                        logger.warning("writing the checkpoint of actor %s (%d bytes) to the "
+                                       "GCS failed: %s", rec.spec.describe(), len(data or b""),
+                                       exc)
+        finally:
+            self._ckpt_writer = False
 
     def _h_exit(self, conn: Any, m: tuple, reply: Any) -> None:
         """``("actor_exit", actor_id, incarnation)``: the actor called ``exit_actor()``
@@ -885,6 +990,15 @@ class ActorManager:
                 and rec.origin is None):  # a forwarded creation pinned nothing here
             self.node.directory.unpin(rec.spec.deps)
             rec.dep_data = None
+        if rec.log is not None:
+            rec.log.answered.clear()
+            unpin = rec.log.clear()
+            if unpin:
+                self.node.directory.unpin(unpin)
+            if rec.log.checkpoint is not None:
+                rec.log.checkpoint = None
+                if self.node.control.backend == "gcs":
+                    self._spawn_task(_quietly, self._delete_checkpoint, rec.spec)
         if rec in self.waiting_resources:
             self.waiting_resources.remove(rec)
         self._stop_in_host(rec)
@@ -923,6 +1037,7 @@ class ActorManager:
             "node_address": self.node.tcp_address if rec.node is None else None,
             "direct_address": (rec.worker.direct_address
                                if rec.worker is not None and not rec.worker.shared else None),
+            "replay": rec.log.describe() if rec.log is not None else None,
         }
 
     def actor_entry(self, rec: Any) -> dict:
@@ -982,6 +1097,38 @@ class ActorManager:
 
     def _spawn_task(self, fn: Any, *args: Any) -> None:
         self.node.spawn(fn, *args)
+
+    async def republish(self) -> tuple[int, int]:
+        """The GCS restarted empty: write every actor's record, claim the names of
+        the live named actors and write their checkpoints again (this node's tables
+        are the truth for its actors). Returns (records, names)."""
+        for rec in self.actors.values():
+            self._record(rec)
+        named = [rec for rec in self.actors.values()
+                 if rec.state != "dead" and rec.spec.name is not None
+                 and self.names.get((rec.spec.namespace, rec.spec.name)) == rec.spec.actor_id]
+        call = self.node.control.call
+        for rec in named:
+            spec = rec.spec
+            try:
+                await call(lambda gcs, s=spec: gcs.actors.register_name(
+                    s.name, s.actor_id.hex(), namespace=s.namespace))
+            except Exception as exc:
+                if getattr(exc, "owner", None) != spec.actor_id.hex():
+                    logger.error("claiming the name of live actor %s again in the restarted "
+                                 "GCS failed: %s", spec.describe(), exc)
+        if any(r.log is not None and r.log.checkpoint is not None for r in self.actors.values()):
+            for rec in self.actors.values():
+                if rec.log is not None and rec.log.checkpoint is not None:
+                    rec.log.persisted = False
+            if not self._ckpt_writer:
+                self._ckpt_writer = True
+                self._spawn_task(self._persist_checkpoints)
+        return len(self.actors), len(named)
+
+    async def _delete_checkpoint(self, spec: ActorSpec) -> None:
+        await self.node.control.call(lambda gcs: gcs.kv.delete(
+            spec.actor_id.hex(), namespace=CHECKPOINT_NAMESPACE))
 
     async def _unregister_name(self, spec: ActorSpec) -> None:
         await self.node.control.call(lambda gcs: gcs.actors.unregister_name(

@@ -39,6 +39,10 @@ _FLUSH_INTERVAL = 0.05
 _FLUSH_BATCH = 1000
 #: Seconds a GCS call waits for the ``gcs_client`` component to (re)connect.
 _LINK_TIMEOUT = 60.0
+#: Seconds a function missing from the GCS is looked for again (``get_function``),
+#: and the pause between looks.
+_FUNCTION_MISS_WAIT = 5.0
+_FUNCTION_MISS_POLL = 0.1
 
 
 class ControlState(Protocol):
@@ -202,6 +206,9 @@ class MemoryControlState:
     async def put_job(self, job_id: str, info: dict) -> None:
         self.jobs[job_id] = info
 
+    async def republish(self) -> tuple[int, int]:
+        return 0, 0  # the tables are here: nothing was lost
+
     async def flush_forever(self) -> None:
         """Write the lineage buffer behind, for ever (run by ``gcs_client``)."""
         await self._lineage.flush_forever(self._write_tasks, self._collect)
@@ -229,6 +236,7 @@ class GcsControlState:
         self.address: str | None = None
         self._lineage = _LineageBuffer()
         self._functions: dict[bytes, dict] = {}
+        self._jobs: dict[str, dict] = {}  # the jobs this node wrote (``republish``)
         self._linked = trio.Event()
         self._calls: set[trio.CancelScope] = set()  # ``call``s in flight
         self.links = 0  # clients attached so far (1 + the link's restarts)
@@ -291,9 +299,22 @@ class GcsControlState:
         await self.call(lambda c: c.functions.export(function_id.hex(), record))
 
     async def get_function(self, function_id: bytes) -> dict | None:
+        """The function's record, ``None`` if it is not in the GCS.
+
+        A function is exported before any task or actor that uses it is submitted,
+        so a miss means the GCS restarted empty and the node that exported it has
+        not written it again yet (it does within about a heartbeat interval, see
+        ``_link``): a miss is asked again for up to ``_FUNCTION_MISS_WAIT`` s before
+        it counts. Only misses pay this."""
         record = self._functions.get(function_id)
         if record is None:
-            record = await self.call(lambda c: c.functions.get(function_id.hex()))
+            key = function_id.hex()
+            with trio.move_on_after(_FUNCTION_MISS_WAIT):
+                while True:
+                    record = await self.call(lambda c: c.functions.get(key))
+                    if record is not None:
+                        break
+                    await trio.sleep(_FUNCTION_MISS_POLL)
             if record is not None:
                 self._functions[function_id] = record
         return record
@@ -334,7 +355,24 @@ class GcsControlState:
         return [v for _k, v in await self.call(lambda c: c.nodes.list())]
 
     async def put_job(self, job_id: str, info: dict) -> None:
+        self._jobs[job_id] = info
         await self.call(lambda c: c.jobs.put(job_id, info))
+
+    async def republish(self) -> tuple[int, int]:
+        """The GCS restarted empty: export every function this node knows again
+        (first export wins: the same record) and write its jobs again. Returns the
+        counts (functions, jobs)."""
+        functions = list(self._functions.items())
+        jobs = list(self._jobs.items())
+
+        async def write(c: Any) -> None:
+            for fid, record in functions:
+                await c.functions.export(fid.hex(), record)
+            for job_id, info in jobs:
+                await c.jobs.put(job_id, info)
+
+        await self.call(write)
+        return len(functions), len(jobs)
 
     async def flush_forever(self) -> None:
         """Write the lineage buffer behind, for ever (run by ``gcs_client``)."""

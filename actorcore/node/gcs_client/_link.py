@@ -12,12 +12,22 @@ the buffer only once written, so a crash half way through a write loses nothing)
 While it is down, GCS calls of the node wait for the next client
 (``GcsControlState.wait_client``) instead of failing.
 
+A GCS that restarts empty (the embedded default: one in-memory replica, its whole
+``gcs`` subtree crashed) keeps its address; the client notices the new history at
+its next request to each shard (``GcsClient.wait_reset``; the heartbeats make one
+every interval). This component then registers the node again and has the node
+write again everything it holds that the GCS must know (``republish``: its actors
+and their names, functions, jobs, the lineage of live tasks, object locations,
+checkpoints). Until then a reader of the GCS may miss them: a window of about one
+heartbeat interval.
+
 Without a GCS (``--no-gcs``) the tables are in the node's memory
 (``MemoryControlState``) and the component only runs the flusher.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +38,11 @@ from ._control import GcsControlState
 from ._membership import Membership
 
 __all__ = ["GcsClientLink"]
+
+logger = logging.getLogger("actorcore.control")
+
+#: Seconds to gather the resets of the other shards before writing everything again.
+_RESET_GATHER = 0.05
 
 
 class GcsClientLink:
@@ -47,8 +62,11 @@ class GcsClientLink:
         token: bytes,
         name: str,
         membership: Membership | None = None,
+        republish: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.control = control
+        self._republish = republish
+        self.republished = 0  # rounds of ``republish`` after GCS resets
         self._gcs_address = gcs_address
         self._token = token
         self._name = name
@@ -71,8 +89,39 @@ class GcsClientLink:
                     nursery.start_soon(control.flush_forever)
                     if self.membership is not None:
                         nursery.start_soon(self.membership.run, client)
+                    nursery.start_soon(self._watch_resets, client)
+                    if control.links > 1:
+                        # A new link (this component restarted): the GCS may have
+                        # restarted empty meanwhile (say, with the whole node tree),
+                        # which a new client cannot tell. Writing again is harmless.
+                        nursery.start_soon(self._write_again, client)
             finally:
                 control.detach()
+
+    async def _watch_resets(self, client: Any) -> None:
+        """Write the node's state again whenever the GCS is found reset (empty)."""
+        seen = client.statistics().shard_resets
+        while True:
+            seen = await client.wait_reset(seen)
+            # A whole-GCS restart resets every shard, noticed one by one as requests
+            # reach them (the writes below reach them all): gather a moment, write
+            # once; resets noticed meanwhile make one more round.
+            await trio.sleep(_RESET_GATHER)
+            seen = client.statistics().shard_resets
+            logger.warning("the GCS lost its state (restarted empty): writing this node's "
+                           "state to it again")
+            await self._write_again(client)
+
+    async def _write_again(self, client: Any) -> None:
+        try:
+            if self.membership is not None:
+                await self.membership.register(client)
+            if self._republish is not None:
+                await self._republish()
+        except Exception as exc:  # the next reset, or a restart of this link, retries
+            logger.error("writing the node's state to the restarted GCS failed: %s: %s",
+                         type(exc).__name__, exc)
+        self.republished += 1
 
     def snapshot(self) -> dict:
         stats = attrs.asdict(self.control.statistics(), recurse=False,
@@ -82,5 +131,6 @@ class GcsClientLink:
         if self.membership is not None:
             stats["nodes_alive"] = len(self.membership.view.alive())
             stats["heartbeats"] = self.membership.seq
+        stats["republished"] = self.republished
         return {"kind": "gcs_client", **stats,
                 **({"linked": linked} if linked is not None else {})}

@@ -136,6 +136,13 @@ class ClusterView:
         # placement asks for them, the dict changes only at a refresh (or ``seed``).
         self._alive: list[NodeStatus] = []
         self._alive_of: dict[str, NodeStatus] | None = None
+        # node id -> when a live node's record was first found missing (not marked
+        # dead: gone from the table). The GCS restarted empty and every node writes
+        # itself again within a heartbeat or so: until ``vanish_grace`` has passed
+        # it is kept as it was, not declared dead (a dead node is marked, not
+        # deleted; a node that never comes back is judged by its heartbeats).
+        self._vanished: dict[str, float] = {}
+        self.vanish_grace = node_timeout()
 
     def on_node_dead(self, listener: Callable[[NodeStatus], None]) -> None:
         self._dead.append(listener)
@@ -152,6 +159,17 @@ class ClusterView:
                 continue
             status = NodeStatus.from_record(record, heartbeats.get(str(record["node_id"])))
             now[status.node_id] = status
+        present = set(now)
+        clock = trio.current_time()
+        for nid, status in before.items():
+            if nid in present or not status.alive:
+                continue
+            first = self._vanished.setdefault(nid, clock)
+            if clock - first < self.vanish_grace:
+                now[nid] = status  # not dead: its record is missing (see __init__)
+        for nid in list(self._vanished):
+            if nid in present or nid not in now:  # back, or judged dead below
+                del self._vanished[nid]
         self.nodes = now
         self.refreshes += 1
         joined = [s for nid, s in now.items()
@@ -229,6 +247,10 @@ class Membership:
     # node id -> (its last heartbeat counter seen, our monotonic time it moved)
     _progress: dict[str, tuple[Any, float]] = attrs.Factory(dict)
     declared_dead: int = 0
+
+    async def register(self, client: Any) -> None:
+        """Register this node (again: the GCS restarted empty)."""
+        await client.nodes.register(self.view.node_id, self.record())
 
     async def run(self, client: Any) -> None:
         """Heartbeat, refresh the view and (on the head) judge, every interval."""

@@ -154,6 +154,10 @@ class Lineage:
     def live_tasks(self) -> int:
         return len(self.records)
 
+    def kept_specs(self) -> list[TaskSpec]:
+        """The specs kept now, oldest first (written again after a GCS reset)."""
+        return [rec.spec for rec in self.records.values()]
+
     def return_dropped(self, oid: bytes) -> None:
         """The owner freed ``oid`` (it left the directory): one reference less."""
         self._release(task_id_of(oid))

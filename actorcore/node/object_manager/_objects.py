@@ -78,6 +78,16 @@ class NodeObjects:
         self.node.control.record_task(spec)
         self.lineage.record(spec)
 
+    def republish_lineage(self) -> int:
+        """The GCS restarted empty: record the lineage of every task still kept
+        (a return alive, or a kept spec needing it) again, behind, through the
+        lineage buffer. Returns how many."""
+        record = self.node.control.record_task
+        specs = self.lineage.kept_specs()
+        for spec in specs:
+            record(spec)
+        return len(specs)
+
     def _h_put(self, conn: Any, m: tuple, reply: Any) -> None:
         items = m[1]
         owned = self.node.owned_by(conn)

@@ -415,6 +415,15 @@ class ObjectTransfers:
         if failure:
             raise failure[0]
 
+    async def republish_locations(self) -> int:
+        """The GCS restarted empty: register again the copies pulled here that were
+        registered. Returns how many."""
+        mine = [oid for oid, registered in self.copies.items() if registered]
+        me = self.node.node_hex
+        for oid in mine:
+            await self.node.control.call(lambda c, o=oid: c.objects.add_location(o.hex(), me))
+        return len(mine)
+
     async def _set_location(self, oid: bytes, present: bool) -> None:
         """Add (or remove) this node in ``oid``'s GCS locations; bounded, logged."""
         node = self.node
