@@ -177,9 +177,8 @@ def test_actor_without_restarts_dies_with_its_node(cluster):
     cluster.connect()
     actor = Counter.options(resources={"A": 1}).remote()
     assert actorcore.get(actor.node.remote(), timeout=20) == a.node_id
-    # Large values cannot cross nodes yet: a typed error that says so, no hang.
-    with pytest.raises(exc.ObjectLostError, match="not supported yet"):
-        actorcore.get(actor.blob.remote(2_000_000), timeout=20)
+    # A large result crosses nodes (pulled from the host's store).
+    assert actorcore.get(actor.blob.remote(2_000_000), timeout=20) == b"x" * 2_000_000
     in_flight = actor.slow.remote()
     with pytest.raises(exc.GetTimeoutError):
         actorcore.get(in_flight, timeout=0.5)

@@ -515,6 +515,10 @@ class Connection:
             except (OSError, trio.ClosedResourceError) as exc:
                 self._shutdown(f"write failed: {exc!r}")
                 return
+            # Let the frames go now, not when the next write replaces them: an
+            # out-of-band buffer may be a lease on shared memory (a transfer's chunk
+            # of a store object), which an idle link would otherwise hold for ever.
+            del chunks
             self._direct_recent = False
             self._frames_sent += frames
             self._bytes_sent += nbytes

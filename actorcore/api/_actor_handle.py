@@ -514,12 +514,13 @@ def list_named_actors(all_namespaces: bool = False) -> list[str] | list[dict[str
     if not isinstance(all_namespaces, bool):
         raise TypeError(f"list_named_actors(all_namespaces={all_namespaces!r}): expected a bool")
     core = _worker_state.auto_core()
-    actors = [a for a in request_node(core, ("actor_req", "list"))
-              if a.get("name") is not None and a.get("state") != "dead"]
+    # Every node's named actors: the node reads the GCS name registry on a
+    # cluster of several nodes, its own table on one.
+    names = request_node(core, ("actor_req", "names"))
     if all_namespaces:
-        return [{"name": a["name"], "namespace": a["namespace"]} for a in actors]
+        return [{"name": name, "namespace": ns} for ns, name in names]
     ns = default_namespace()
-    return [a["name"] for a in actors if a["namespace"] == ns]
+    return [name for n, name in names if n == ns]
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

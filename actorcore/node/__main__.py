@@ -131,6 +131,12 @@ async def amain(args: argparse.Namespace) -> None:
             with os.fdopen(args.ready_fd, "w") as f:
                 f.write(json.dumps(info) + "\n")
         await node.shutdown_requested.wait()
+        # First the node tells the cluster it leaves, over its GCS link: cancelling
+        # now would stop the tree (and that link) under it, and the head would
+        # declare a cleanly stopped node dead for "no heartbeat" a timeout later.
+        # (Bounded: the leave itself gives up after 2 s.)
+        with trio.move_on_after(5.0):
+            await node.left.wait()
         # node.run's cleanup (stop the tree, kill workers, remove sockets) is shielded.
         nursery.cancel_scope.cancel()
 

@@ -59,6 +59,10 @@ class _Link:
     connected: trio.Event = attrs.Factory(trio.Event)
     closed: bool = False
     running: bool = False  # a sender task serves it now
+    # The messages being sent: taken from the queue but not yet handed to the
+    # connection. A crash of ``node_links`` (or a link lost) while they are in
+    # hand leaves them here, and the next sender sends them first.
+    pending: list | None = None
     dials: int = 0
     sent: int = 0
 
@@ -121,6 +125,9 @@ class NodePeers:
             return
         link.closed = True
         link.connected.set()  # wake requests: they see ``closed``
+        if link.pending:
+            self.dropped += len(link.pending)
+        link.pending = None
         try:
             while True:
                 link.receive.receive_nowait()
@@ -178,45 +185,61 @@ class NodePeers:
                     conn = await self._dial(link)
                     if conn is None:
                         return
-                try:
-                    message = await link.receive.receive()
-                except (trio.EndOfChannel, trio.ClosedResourceError):
-                    return
-                # Whatever else is queued goes in the same frame (one wake-up of the
-                # peer for a burst of forwards or results, not one per message).
-                batch = [message]
-                while len(batch) < BATCH:
+                if not link.pending:
                     try:
-                        batch.append(link.receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                        break
+                        message = await link.receive.receive()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        return
+                    # Whatever else is queued goes in the same frame (one wake-up of
+                    # the peer for a burst of forwards or results, not one per message).
+                    batch = [message]
+                    while len(batch) < BATCH:
+                        try:
+                            batch.append(link.receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                            break
+                    link.pending = batch
                 try:
-                    await self._send_batch(link, conn, batch)
+                    # (The transport queues a frame or raises before queueing: what a
+                    # cancel or a lost link leaves in ``pending`` was not sent.)
+                    await self._send_batch(link, conn, link.pending)
                 except transport.TransportError as exc:
-                    logger.warning("link to node %s lost: %s", link.node_id[:12], exc)
-                    self.dropped += len(batch)
+                    logger.warning("link to node %s lost: %s; dialling again to send the "
+                                   "%d message(s) in hand", link.node_id[:12], exc,
+                                   len(link.pending))
+                except Exception as exc:
+                    # They cannot be encoded (a bug of their sender): dropped, or they
+                    # would crash every sender that takes them again.
+                    logger.error("%d message(s) to node %s (first %s) cannot be sent, "
+                                 "dropped: %s: %s", len(link.pending), link.node_id[:12],
+                                 _kind(link.pending[0]), type(exc).__name__, exc)
+                    self.dropped += len(link.pending)
+                    link.pending = None
         finally:
             link.running = False
 
     async def _send_batch(self, link: _Link, conn: Any, batch: list) -> None:
         """``batch`` in one frame; if together they pass the peer's frame limit, one
-        by one (a single message over it is dropped, logged: it never fits)."""
+        by one (a single message over it is dropped, logged: it never fits). What
+        is sent leaves ``batch``: an interruption leaves only what was not."""
         if len(batch) > 1:
             try:
                 await conn.send(("peer_batch", batch))
                 link.sent += len(batch)
+                batch.clear()
                 return
             except transport.FrameTooLarge:
                 pass
-        for message in batch:
+        while batch:
+            message = batch[0]
             try:
                 await conn.send(message)
                 link.sent += 1
             except transport.FrameTooLarge:
-                logger.error("a %r message to node %s is over its frame limit: dropped",
-                             message[0] if isinstance(message, tuple) else message,
-                             link.node_id[:12])
+                logger.error("a %s message to node %s is over its frame limit: dropped",
+                             _kind(message), link.node_id[:12])
                 self.dropped += 1
+            del batch[0]
 
     async def _dial(self, link: _Link) -> Any:
         """Connect to ``link``'s node (again), until it works or the node is gone."""
@@ -258,6 +281,10 @@ class NodePeers:
         for link in self._links.values():
             if not link.running:
                 self._start(link)
+
+
+def _kind(message: Any) -> str:
+    return repr(message[0]) if isinstance(message, tuple) and message else type(message).__name__
 
 
 def _close_soon(conn: Any) -> None:

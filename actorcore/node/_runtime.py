@@ -185,6 +185,10 @@ class NodeRuntime:
         self.departed: dict[bytes, _Client] = {}
         self.supervisor: Supervisor | None = None
         self.shutdown_requested = trio.Event()
+        # Set once this node has told the cluster it leaves (or could not): whoever
+        # stops the node waits for it before cancelling the tree, whose GCS link
+        # that message needs (``__main__``).
+        self.left = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.server = transport.Server(
             self.unix_address,
@@ -310,8 +314,10 @@ class NodeRuntime:
                 # While the GCS link is still up (the tree is about to stop).
                 with trio.CancelScope(shield=True):
                     await self._leave_cluster()
+                self.left.set()
                 nursery.cancel_scope.cancel()
         finally:
+            self.left.set()
             with trio.CancelScope(shield=True):
                 await self.pool.kill_all()
                 await self.actors.kill_all()

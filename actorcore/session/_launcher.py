@@ -208,7 +208,9 @@ def start_node(
         os.close(parent_r)
     write_node_pid(session_dir, proc.pid)
     try:
-        line = _read_line(ready_r, timeout, proc)
+        line = _read_line(ready_r, timeout, proc,
+                          "the head node" if head_address is None else
+                          f"the node joining the cluster at {head_address}")
     except BaseException:
         if parent_w is not None:
             os.close(parent_w)
@@ -266,14 +268,15 @@ def site_flags() -> list[str]:
     return (["-S"] if sys.flags.no_site else []) + (["-s"] if sys.flags.no_user_site else [])
 
 
-def _read_line(fd: int, timeout: float, proc: subprocess.Popen) -> str:
+def _read_line(fd: int, timeout: float, proc: subprocess.Popen,
+               what: str = "the head node") -> str:
     deadline = time.monotonic() + timeout
     buf = b""
     while b"\n" not in buf:
         left = deadline - time.monotonic()
         if left <= 0:
             raise ActorcoreSystemError(
-                f"the head node did not become ready within {timeout} s.\n"
+                f"{what} did not become ready within {timeout} s.\n"
                 f"{log_tail(Path(_session_of(proc)))}"
             )
         r, _, _ = select.select([fd], [], [], min(left, 0.5))

@@ -36,6 +36,9 @@ class Call:
     retries_left: int
     dep_data: list | None = None
     forwarded: bool = False  # from another node: its refs were resolved (pinned) there
+    # A forwarded call whose large argument could not be copied here: it fails
+    # with this when it reaches the head of its FIFO (``_remote``).
+    error: BaseException | None = None
 
 
 class ActorCalls:
@@ -104,29 +107,32 @@ class ActorCalls:
         elif len(q) == 1 and rec.state == "alive":
             self.pump(rec)
 
-    def submit_forwarded(self, spec: CallSpec, dep_data: list) -> None:
+    def submit_forwarded(self, spec: CallSpec, dep_data: list, missing: int = 0) -> Call | None:
         """A call another node forwarded here, its refs resolved there: it joins its
-        caller's FIFO as a local call does (its results go back: ``_remote``)."""
+        caller's FIFO as a local call does (its results go back: ``_remote``).
+        ``missing``: its large arguments still being pulled here (it waits at the
+        head of the FIFO until they are); returns the call, None if it failed."""
         rec = self.actors.get(spec.actor_id)
         if rec is None or rec.node is not None:
             self._fail(spec, ActorDiedError(
                 f"actor {spec.actor_id.hex()[:12]} is not hosted by node "
                 f"{self.node.node_hex[:12]} (call {spec.name})"))
-            return
+            return None
         if rec.state == "dead":
             self._fail(spec, rec.died_error())
-            return
-        call = Call(spec, 0, rec.spec.max_task_retries, dep_data=list(dep_data),
+            return None
+        call = Call(spec, missing, rec.spec.max_task_retries, dep_data=list(dep_data),
                     forwarded=True)
-        if rec.state == "alive" and spec.owner not in rec.queues:
+        if not missing and rec.state == "alive" and spec.owner not in rec.queues:
             self._send_call(rec, call)
-            return
+            return call
         q = rec.queues.get(spec.owner)
         if q is None:
             q = rec.queues[spec.owner] = collections.deque()
         q.append(call)
         if len(q) == 1 and rec.state == "alive":
             self.pump(rec)
+        return call
 
     def cancel(self, actor_id: bytes, task_id: bytes) -> None:
         """``cancel(ref)`` of a call routed through this node (``worker._cancel``).
@@ -200,6 +206,9 @@ class ActorCalls:
         for owner, q in list(rec.queues.items()):
             while q and q[0].missing == 0:
                 call = q.popleft()
+                if call.error is not None:
+                    self.fail_call(call, call.error)
+                    continue
                 self._send_call(rec, call)
                 if rec.state != "alive":
                     return

@@ -42,6 +42,7 @@ import trio
 
 import transport
 
+from ...core_worker._store_link import STORE
 from ...exceptions import ActorDiedError, ActorUnschedulableError
 from ...protocol import _serialization
 from ...protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec
@@ -227,12 +228,14 @@ class ActorManager:
         self._acquire(rec)
 
     def create_forwarded(self, spec: ActorSpec, restarts: int, origin: str,
-                         dep_data: list) -> None:
+                         dep_data: list, *, start: bool = True) -> ActorRecord | None:
         """Another node placed this actor here (``_remote``): create it, with the
-        values of its constructor's refs as that node resolved them."""
+        values of its constructor's refs as that node resolved them. ``start``
+        False: its large arguments are still being copied here; ``start_forwarded``
+        starts it (calls queue on the record meanwhile). None: a duplicate."""
         old = self.actors.get(spec.actor_id)
         if old is not None and old.state != "dead" and old.node is None:
-            return  # a duplicate
+            return None  # a duplicate
         rec = ActorRecord(spec, restarts=restarts, origin=origin,
                           dep_data=list(dep_data) if spec.deps else None)
         if restarts:
@@ -248,7 +251,14 @@ class ActorManager:
             if self.node.control.backend == "gcs":
                 self._spawn_task(self._claim_name, rec, None)
         self._record(rec)
-        self._acquire(rec)
+        if start:
+            self._acquire(rec)
+        return rec
+
+    def start_forwarded(self, rec: ActorRecord) -> None:
+        """The constructor arguments of a forwarded creation are here: start it."""
+        if rec.state != "dead":
+            self._acquire(rec)
 
     def adopt_calls(self, old: ActorRecord, new: ActorRecord) -> None:
         """The calls queued on the proxy ``old`` go to ``new`` (the same actor)."""
@@ -276,8 +286,8 @@ class ActorManager:
         self.actors[actor_id] = rec
         return rec
 
-    def proxy_done(self, actor_id: bytes, task_id: bytes, results: list) -> None:
-        """Results of a call this node forwarded to the actor's host."""
+    def proxy_done(self, actor_id: bytes, task_id: bytes, results: list, host: str) -> None:
+        """Results of a call this node forwarded to the actor's host (``host``)."""
         rec = self.actors.get(actor_id)
         if rec is None:
             return
@@ -287,7 +297,37 @@ class ActorManager:
         rec.calls_done += 1
         if call.spec.deps:
             self.node.directory.unpin(call.spec.deps)
+        if any(d == STORE and not err for _oid, err, d in results):
+            # A large result is in the host's store: pulled here, then delivered
+            # (the host keeps its copy until the owner frees the object).
+            self.node.remote.results_arrived(call.spec.owner, host, results)
+            return
         self.calls.finish(call.spec, results)
+
+    async def _cluster_names(self, reply: Any) -> None:
+        """``list_named_actors`` on a cluster of several nodes: the GCS name
+        registry has every node's names; an actor whose record says it is dead
+        (its name not yet released) is left out."""
+        try:
+            rows = await self.node.control.call(lambda gcs: gcs.scan("actor_names", ""))
+            ids = sorted({str(v) for _k, v in rows})
+
+            async def read(gcs: Any) -> list:
+                return [await gcs.get("actors", aid) for aid in ids]
+
+            records = await self.node.control.call(read) if ids else []
+        except Exception as exc:
+            logger.warning("reading the actor names from the GCS failed: %s", exc)
+            reply.fail(exc)
+            return
+        states = {aid: (r.get("state") if isinstance(r, dict) else None)
+                  for aid, r in zip(ids, records, strict=True)}
+        out = set()
+        for key, aid in rows:
+            namespace, _, name = str(key).partition("\x00")
+            if states.get(str(aid)) != "dead":
+                out.add((namespace, name))
+        reply.send(sorted(out))
 
     async def _lookup_cluster(self, name: str, ns: str, reply: Any) -> None:
         """``get_actor(name)`` of an actor another node hosts: the GCS names it, its
@@ -791,6 +831,13 @@ class ActorManager:
             reply.send(self.describe(rec))
         elif op == "list":
             reply.send([self.describe(r) for r in self.actors.values()])
+        elif op == "names":
+            if self.node.view.multi and self.node.control.backend == "gcs":
+                self._spawn_task(self._cluster_names, reply)
+                return
+            reply.send(sorted({(r.spec.namespace, r.spec.name) for r in self.actors.values()
+                               if r.spec.name is not None and r.state != "dead"
+                               and r.node is None}))
         elif op == "supervisor":
             from ._user_supervision import start_user_supervisor
 

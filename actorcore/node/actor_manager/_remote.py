@@ -15,7 +15,7 @@ Node-to-node messages (one-way unless said)::
 
     ("mn_actor_create", ActorSpec, restarts, origin, dep_data, class_record)
     ("mn_actor_call", CallSpec, dep_data, origin)
-    ("mn_actor_done", actor_id, task_id, results)       host -> calling node
+    ("mn_actor_done", actor_id, task_id, results, host) host -> calling node
     ("mn_actor_state", actor_id, "dead", cause)         host -> creating node
     ("mn_actor_end", actor_id, cause)                   creating node -> host
     ("mn_actor_kill", actor_id, no_restart)
@@ -36,6 +36,13 @@ that says its node died, and the authority writes that record to the GCS (the ho
 cannot). Other nodes' proxies wait for the actors table to name a live new host,
 or the death, and resend or fail their calls the same way. An actor whose creator
 lived on the dead node died with its owner (fate sharing) unless detached.
+
+Large values. Arguments (of calls and constructors) and results travel as the
+``STORE`` marker: the receiving node pulls the value from the sender's store
+(``node.transfers.pull``, see "large arguments at the host" below for the host's
+side; a proxy hands large results to ``object_manager``'s ``results_arrived``, as
+for a forwarded task). The node that keeps a value tells the other to drop its copy
+when the owner frees it (``n_free`` to the nodes recorded by ``copied_to``).
 """
 
 from __future__ import annotations
@@ -46,8 +53,7 @@ from typing import Any
 import trio
 
 from ...core_worker._store_link import STORE
-from ...exceptions import ActorUnschedulableError, ObjectLostError
-from ...protocol import _serialization
+from ...exceptions import ActorUnschedulableError, ObjectLostError, ObjectStoreFullError
 from .._peers import PeerUnavailable
 from ..global_scheduler._placement import SpreadState, choose_node, keep_local
 from ..local_scheduler._ledger import fits
@@ -137,6 +143,7 @@ class RemoteActors:
         rec.ready.set()
         record = self.node.functions.get(spec.class_id)
         try:
+            self._copied_to(spec.deps, rec.dep_data or [], node_id)
             self.node.peers.send(node_id, ("mn_actor_create", spec, rec.restarts,
                                            self.node.node_hex, rec.dep_data or [], record))
         except PeerUnavailable as exc:  # it died since the view said otherwise
@@ -244,38 +251,103 @@ class RemoteActors:
 
     def forward_call(self, rec: Any, call: Any) -> None:
         data = call.dep_data or []
-        if any(d == STORE for _err, d in data):
-            # Moving store objects between nodes (pulls) is not built yet: a clear
-            # error now instead of the host's "not in the store" later.
-            rec.inflight.pop(call.spec.task_id, None)
-            self.manager.calls.fail_call(call, ObjectLostError(
-                f"{call.spec.name}: an argument is a large object in the store of node "
-                f"{self.node.node_hex[:12]}, and the actor runs on node {rec.node[:12]}; "
-                f"moving store objects between nodes is not supported yet"))
-            return
+        # The host pulls the large arguments from this node's store; this node
+        # keeps them (the call's deps stay pinned until its results are back) and
+        # tells the host to drop its copy once their owner frees them.
+        self._copied_to(call.spec.deps, data, rec.node)
         self.send(rec, ("mn_actor_call", call.spec, data, self.node.node_hex))
 
+    def _copied_to(self, deps: list[bytes], data: list, node_id: str | None) -> None:
+        if node_id is None:
+            return
+        for oid, (_err, d) in zip(deps, data, strict=False):
+            if d == STORE:
+                self.node.remote.copied_to(oid, node_id)
+
     def deliver(self, spec: Any, results: list) -> bool:
-        """Results of a call that came from another node go back there."""
+        """Results of a call that came from another node go back there. A large
+        result stays in this node's store, held by its directory entry, and the
+        calling node pulls it; its owner's free reaches this entry (``n_free``)."""
         origin = self.origins.pop(spec.task_id, None)
         if origin is None:
             return False
         if any(d == STORE for _oid, _err, d in results):
-            # Large results stay in this node's store (held here: its directory);
-            # the calling node cannot pull them yet, so it gets an error naming them.
             self.node.directory.put_many([r for r in results if r[2] == STORE])
-            payload = _serialization.dumps(ObjectLostError(
-                f"the result of {spec.name} is a large object in the store of node "
-                f"{self.node.node_hex[:12]}, and its caller is on node {origin[:12]}; "
-                f"moving store objects between nodes is not supported yet"))
-            results = [(oid, True, payload) if d == STORE else (oid, err, d)
-                       for oid, err, d in results]
         try:
             self.node.peers.send(origin, ("mn_actor_done", spec.actor_id, spec.task_id,
-                                          results))
+                                          results, self.node.node_hex))
         except PeerUnavailable as exc:
             logger.info("results of %s not returned: %s", spec.name, exc)
         return True
+
+    # ------------------------------------------------ large arguments at the host
+
+    # A forwarded call or creation carries its arguments as the sending node
+    # resolved them: inline values, or ``STORE`` for a large value in *that* node's
+    # store. Before the actor may see one, the host pulls it into its own store
+    # (``node.transfers.pull``) and enters it in its directory (the copy's store
+    # ref is the transfers', released with the entry when the owner frees it).
+    #
+    # Order. Pulls take time, and one caller's next call (small, nothing to pull)
+    # may arrive meanwhile; it must not overtake. So a call with something to pull
+    # joins its caller's FIFO at once with ``missing`` set to the number of pulls,
+    # and the FIFO's head is only sent once it is zero (``ActorCalls.pump``), as for
+    # a local call waiting for its refs. A creation likewise: the record exists at
+    # once (calls queue on it), and the actor starts once its arguments are here.
+    # A pull that fails fails that call (or the creation) with the typed
+    # ``ObjectTransferError`` naming the object, its size and the nodes tried.
+
+    def _to_pull(self, deps: list[bytes], data: list) -> list[bytes]:
+        entries = self.node.directory.entries
+        out = []
+        for oid, (_err, d) in zip(deps, data, strict=False):
+            if d != STORE:
+                continue
+            e = entries.get(oid)
+            if e is not None and e.ready and e.data == STORE:
+                continue  # already in this node's store (owned here, or pulled)
+            out.append(oid)
+        return out
+
+    async def _pull_arg(self, oid: bytes, origin: str) -> BaseException | None:
+        node = self.node
+        try:
+            await node.transfers.pull(oid, [origin])
+        except (ObjectLostError, ObjectStoreFullError) as exc:
+            return exc
+        except Exception as exc:
+            logger.warning("pulling argument %s from node %s failed", oid.hex(), origin[:12],
+                           exc_info=True)
+            return ObjectLostError(f"argument {oid.hex()} could not be copied from node "
+                                   f"{origin[:12]}: {type(exc).__name__}: {exc}")
+        node.directory.put(oid, False, STORE)
+        return None
+
+    async def _pull_call_arg(self, call: Any, oid: bytes, origin: str) -> None:
+        error = await self._pull_arg(oid, origin)
+        if error is not None and call.error is None:
+            call.error = error
+        call.missing -= 1
+        rec = self.manager.actors.get(call.spec.actor_id)
+        if call.missing == 0 and rec is not None and rec.state == "alive":
+            self.manager.calls.pump(rec)
+
+    async def _pull_ctor_args(self, rec: Any, oids: list[bytes], origin: str) -> None:
+        errors = []
+        async with trio.open_nursery() as nursery:
+            async def one(oid: bytes) -> None:
+                error = await self._pull_arg(oid, origin)
+                if error is not None:
+                    errors.append(error)
+            for oid in oids:
+                nursery.start_soon(one, oid)
+        if rec.state == "dead":
+            return
+        if errors:
+            self.manager.end(rec, f"an argument of its constructor could not be copied to "
+                                  f"node {self.node.node_hex[:12]}: {errors[0]}")
+            return
+        self.manager.start_forwarded(rec)
 
     # ------------------------------------------------------------- node death
 
@@ -331,15 +403,23 @@ class RemoteActors:
         _, spec, restarts, origin, dep_data, record = m
         if record is not None and spec.class_id not in self.node.functions:
             self.node.functions[spec.class_id] = record
-        self.manager.create_forwarded(spec, restarts, origin, dep_data)
+        pulls = self._to_pull(spec.deps, dep_data) if spec.deps else []
+        rec = self.manager.create_forwarded(spec, restarts, origin, dep_data,
+                                            start=not pulls)
+        if pulls and rec is not None:
+            self.node.spawn(self._pull_ctor_args, rec, pulls, origin)
 
     def _h_call(self, conn: Any, m: tuple, reply: Any) -> None:
         _, spec, dep_data, origin = m
         self.origins[spec.task_id] = origin
-        self.manager.calls.submit_forwarded(spec, dep_data)
+        pulls = self._to_pull(spec.deps, dep_data) if spec.deps else []
+        call = self.manager.calls.submit_forwarded(spec, dep_data, missing=len(pulls))
+        if call is not None:
+            for oid in pulls:
+                self.node.spawn(self._pull_call_arg, call, oid, origin)
 
     def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.manager.proxy_done(m[1], m[2], m[3])
+        self.manager.proxy_done(m[1], m[2], m[3], m[4])
 
     def _h_state(self, conn: Any, m: tuple, reply: Any) -> None:
         _, aid, state, cause = m

@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ...core_worker._store_link import STORE
-from ...exceptions import ObjectLostError, OwnerDiedError
+from ...exceptions import ObjectLostError, ObjectStoreFullError, OwnerDiedError
 from ...protocol import _serialization
 from ...protocol._ids import owner_prefix, short, task_id_of
 from .._peers import PeerUnavailable
@@ -140,6 +140,11 @@ class RemoteObjects:
             node.deliver(owner, inline)
         for oid in stored:
             node.spawn(self._pull_and_deliver, oid, owner)
+
+    def copied_to(self, oid: bytes, node_id: str) -> None:
+        """``node_id`` pulls ``oid`` from this node (an actor's argument sent there):
+        it drops its copy when this node lets the object go (``dropped``)."""
+        self.holders.setdefault(oid, set()).add(node_id)
 
     def dropped(self, oid: bytes) -> None:
         """The owner here freed ``oid``: the other nodes drop their copies."""
@@ -268,7 +273,8 @@ class RemoteObjects:
                                            f"{', '.join(n[:12] for n in locations)} "
                                            f"failed: {exc}")
                 return False
-            self._put_error(oid, exc if isinstance(exc, ObjectLostError) else ObjectLostError(
+            self._put_error(oid, exc if isinstance(exc, ObjectLostError | ObjectStoreFullError)
+                            else ObjectLostError(
                 f"object {oid.hex()} could not be copied from node(s) "
                 f"{', '.join(n[:12] for n in locations)}: {exc}"))
             return False

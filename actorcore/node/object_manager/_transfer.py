@@ -38,6 +38,9 @@ Locations are tried in order. A node that is not alive, cannot be reached, does
 not hold the object, or dies (or loses the object) mid-transfer is recorded with
 the reason, and the next is tried; the partly written object is aborted first
 (``ObjectWriter.abort``: the store frees the unsealed block, nothing is left).
+A value this node's store cannot take (full, even on disk) fails the pull at once
+with ``ObjectStoreFullError`` naming this node and the store's figures: no other
+location could help.
 
 Copies and the GCS object table
 -------------------------------
@@ -61,7 +64,7 @@ import trio
 
 import transport
 
-from ...exceptions import ObjectTransferError
+from ...exceptions import ObjectStoreFullError, ObjectTransferError
 from ...protocol._messages import max_frame_size
 from ...session._config import env_value
 
@@ -77,6 +80,8 @@ WINDOW = int(env_value("ACTORCORE_TRANSFER_WINDOW"))
 #: Seconds a source may take to answer ``obj_info``, and one chunk.
 INFO_TIMEOUT = 10.0
 CHUNK_TIMEOUT = 30.0
+#: Times a location is tried again after the link to it was lost while it lives.
+LINK_RETRIES = 2
 #: Seconds a location write to the GCS may take before it is given up (logged).
 GCS_TIMEOUT = 10.0
 #: Payload views kept for transfers under way (see ``_served``).
@@ -131,16 +136,27 @@ class _Transfer:
 
     oid: bytes
     done: trio.Event = attrs.Factory(trio.Event)
-    error: ObjectTransferError | None = None
+    error: ObjectTransferError | ObjectStoreFullError | None = None
+
+
+@attrs.define(eq=False)
+class _Serving:
+    """An object being served to other nodes: its leased payload view, the bytes
+    the transfers under way will ask for (``obj_info`` answers) and those sent."""
+
+    payload: Any
+    expected: int = 0
+    served: int = 0
 
 
 class _SourceFailed(Exception):
     """One location could not give the object (the message says why); ``size``:
     the payload size it announced, if it got that far."""
 
-    def __init__(self, message: str, size: int | None = None) -> None:
+    def __init__(self, message: str, size: int | None = None, link_lost: bool = False) -> None:
         super().__init__(message)
         self.size = size
+        self.link_lost = link_lost
 
 
 class ObjectTransfers:
@@ -158,7 +174,7 @@ class ObjectTransfers:
         #: so that a test can kill a source in the middle of a transfer.
         self.chunk_delay = 0.0
         #: Payload views of the objects being served now (oldest first).
-        self._serving: dict[bytes, Any] = {}
+        self._serving: dict[bytes, _Serving] = {}
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -199,6 +215,9 @@ class ObjectTransfers:
             err = transfer.error
             # A fresh instance per caller: one exception object raised in several
             # tasks would collect all their tracebacks.
+            if isinstance(err, ObjectStoreFullError):
+                raise ObjectStoreFullError(str(err), capacity=err.capacity, used=err.used,
+                                           requested=err.requested)
             raise ObjectTransferError(str(err), object_id=err.object_id, size=err.size,
                                       tried=err.tried)
 
@@ -235,7 +254,7 @@ class ObjectTransfers:
         oid = transfer.oid
         try:
             await self._transfer(oid, locations)
-        except ObjectTransferError as exc:
+        except (ObjectTransferError, ObjectStoreFullError) as exc:
             transfer.error = exc
             self._failed += 1
         except BaseException as exc:
@@ -273,7 +292,7 @@ class ObjectTransfers:
                 tried[loc] = "this node (its store does not hold it)"
                 continue
             try:
-                size = await self._from(loc, oid)
+                size = await self._from_retrying(loc, oid)
             except _SourceFailed as exc:
                 tried[loc] = str(exc)
                 size = exc.size if exc.size is not None else size
@@ -298,6 +317,28 @@ class ObjectTransfers:
             f"tried {len(tried)} node(s): {why}",
             object_id=oid.hex(), size=size, tried=tried)
 
+    async def _from_retrying(self, loc: str, oid: bytes) -> int:
+        """``_from``, tried again while only the link failed and the node lives: a
+        restart of this node's ``node_links`` closes its links under the transfers
+        in flight, which the source would have served."""
+        first: _SourceFailed | None = None
+        for attempt in range(LINK_RETRIES + 1):
+            try:
+                return await self._from(loc, oid)
+            except _SourceFailed as exc:
+                if first is not None:  # say what happened first, and its size
+                    exc = _SourceFailed(f"{first}; tried again: {exc}",
+                                        exc.size if exc.size is not None else first.size,
+                                        exc.link_lost)
+                status = self.node.view.get(loc)
+                if not exc.link_lost or attempt == LINK_RETRIES or status is None \
+                        or not status.alive:
+                    raise exc from None
+                first = first or exc
+                logger.info("pulling object %s from node %s: %s; trying again", oid.hex(),
+                            loc[:12], exc)
+        raise AssertionError("unreachable")
+
     async def _from(self, loc: str, oid: bytes) -> int:
         """Copy ``oid`` from node ``loc``; returns its payload size. ``_SourceFailed``
         says why not (nothing is left in the store then)."""
@@ -307,7 +348,8 @@ class ObjectTransfers:
         try:
             info = await peers.request(loc, ("obj_info", oid), timeout=INFO_TIMEOUT)
         except Exception as exc:
-            raise _SourceFailed(_describe(exc)) from exc
+            raise _SourceFailed(_describe(exc),
+                                link_lost=isinstance(exc, transport.ConnectionLost)) from exc
         if info is None:
             raise _SourceFailed("its store does not hold the object")
         meta_len, data_len, buffer_sizes, length = info
@@ -317,7 +359,13 @@ class ObjectTransfers:
                                          buffer_sizes=buffer_sizes, take_ref=True)
         except store.ObjectExistsError:
             raise _ExistsHere() from None
-        except store.StoreError as exc:  # full (even on disk), or the store is gone
+        except store.ObjectStoreFullError as exc:
+            # No other location can help: the value does not fit *here*.
+            raise ObjectStoreFullError(
+                f"cannot pull object {oid.hex()} ({length} bytes) to node "
+                f"{self.node.node_hex[:12]}: that node's object store cannot take it: {exc}",
+                capacity=exc.capacity, used=exc.used, requested=exc.requested) from None
+        except store.StoreError as exc:  # the store is gone
             raise _SourceFailed(f"this node's store cannot take {length} bytes: {exc}",
                                 length) from exc
         received = [0]
@@ -329,7 +377,8 @@ class ObjectTransfers:
             if isinstance(exc, Exception):
                 why = str(exc) if isinstance(exc, _SourceFailed) else _describe(exc)
                 raise _SourceFailed(
-                    f"{why} (after {received[0]} of {length} bytes)", length) from exc
+                    f"{why} (after {received[0]} of {length} bytes)", length,
+                    link_lost=isinstance(exc, transport.ConnectionLost)) from exc
             raise
         return int(length)
 
@@ -397,25 +446,36 @@ class ObjectTransfers:
     async def _payload(self, oid: bytes) -> Any:
         """The object's payload view, kept while its chunks are being served (one
         store round trip per transfer, not per chunk); see ``_served``."""
-        p = self._serving.get(oid)
-        if p is not None:
-            return p
+        serving = self._serving.get(oid)
+        if serving is not None:
+            return serving.payload
         link = self.node.store_link
         if link is None:
             raise RuntimeError("this node has no object store yet")
         await link.connect()
         p = await link.client.payload(oid)
-        self._serving[oid] = p
+        serving = self._serving.get(oid)  # another request leased it meanwhile
+        if serving is not None:
+            return serving.payload
+        self._serving[oid] = _Serving(p)
         while len(self._serving) > _SERVING_MAX:
             self._serving.pop(next(iter(self._serving)))
         return p
 
-    def _served(self, oid: bytes, end: int, size: int) -> None:
-        # The last chunk went out: let the view (and its lease on the source's
-        # memory) go, so that an object freed here is not held by a transfer that
-        # is over. A transfer cut short leaves it until ``_SERVING_MAX`` newer ones.
-        if end >= size:
-            self._serving.pop(oid, None)
+    def _served(self, oid: bytes, length: int) -> None:
+        # Let the view (and its lease on this node's memory) go once every byte of
+        # every transfer under way went out, so that an object freed here is not
+        # held by a transfer that is over. Chunks are served concurrently (the
+        # puller keeps ``WINDOW`` in flight), so the chunk at the end of the payload
+        # is not the last one served: bytes are counted, against ``obj_info``'s
+        # announcements (one per transfer). A transfer cut short leaves the view
+        # until ``_SERVING_MAX`` newer ones replace it.
+        serving = self._serving.get(oid)
+        if serving is None:
+            return
+        serving.served += length
+        if serving.served >= serving.expected:
+            del self._serving[oid]
 
     def _h_info(self, conn: Any, m: tuple, reply: Any) -> None:
         oid = m[1]
@@ -431,6 +491,11 @@ class ObjectTransfers:
             except Exception as exc:
                 reply.fail(exc)
                 return
+            serving = self._serving.get(oid)
+            if serving is not None:
+                serving.expected += p.size
+                if not p.size:  # no chunk will follow
+                    self._serving.pop(oid, None)
             reply.send((p.meta_len, p.data_len, p.buffer_sizes, p.size))
 
         if not self.node.spawn(answer):
@@ -449,7 +514,7 @@ class ObjectTransfers:
                                      f"{oid.hex()} of {p.size} bytes")
                 # A slice of the leased shared memory, out of band: no copy here.
                 reply.send(pickle.PickleBuffer(p.view[offset : offset + length]))
-                self._served(oid, offset + length, p.size)
+                self._served(oid, length)
                 self._bytes_out += length
                 self._chunks_out += 1
             except Exception as exc:
