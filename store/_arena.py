@@ -51,7 +51,6 @@ import struct
 from collections.abc import Callable, Sequence
 
 import attrs
-import pyarrow as pa
 
 from ._allocator import ALIGNMENT, Allocator, align
 
@@ -186,6 +185,8 @@ class Mapping:
         self.readonly = readonly
         self._anchor: object
         if readonly:  # ctypes wants a writable buffer; pyarrow takes any
+            import pyarrow as pa  # imported at first use: see the note in `store._client`
+
             anchor = pa.py_buffer(self.mmap)
             self._anchor, self.address = anchor, anchor.address
         else:
@@ -204,6 +205,8 @@ class Mapping:
             if n < 65536:
                 self.view[offset : offset + n] = src.cast("B") if src.format != "B" or src.ndim != 1 else src
                 return
+            import pyarrow as pa  # imported at first use: see the note in `store._client`
+
             address = pa.py_buffer(src).address
             if n >= PRETOUCH_MIN:
                 # One read fault per 64 KiB maps the destination's pages in this

@@ -20,6 +20,11 @@ Objects on disk. When shared memory cannot take an object (see ``store._core``),
 and copies into it the same way. A ``get`` may likewise answer with a *file view*
 (a path and the layout in it): the reader maps the file read-only and leases it as
 above; the mapping lives as long as the lease.
+
+pyarrow is imported at the first zero-copy read or large copy, not with the package:
+importing it (and numpy with it) costs 100-200 ms of CPU, and most processes that
+import ``store`` (a driver reclaiming dead sessions at ``init()``, a node before
+its first large object, a worker that only passes small values) never need it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-import pyarrow as pa
 import trio
 
 import transport
@@ -106,6 +110,8 @@ class _Lease:
         offsets, _ = payload_layout(meta_len, data_len, sizes)
         view = self.mapping.view
         base = self.mapping.address + payload
+        import pyarrow as pa  # at first use: the module docstring
+
         buffers = [pa.foreign_buffer(base + o, s, base=self) for o, s in zip(offsets, sizes, strict=True)]
         return SerializedValue(
             data=bytes(view[payload + meta_len : payload + meta_len + data_len]),
@@ -447,6 +453,8 @@ class StoreClient:
                     f"the store answered a get of {object_id.hex()} with {reply!r:.200}")
         loc = lease.location
         length = payload_layout(loc.meta_len, loc.data_len, loc.buffer_sizes)[1]
+        import pyarrow as pa  # at first use: the module docstring
+
         buffer = pa.foreign_buffer(lease.mapping.address + loc.payload, length, base=lease)
         return Payload(meta_len=loc.meta_len, data_len=loc.data_len,
                        buffer_sizes=tuple(loc.buffer_sizes), view=memoryview(buffer))

@@ -531,8 +531,6 @@ def wait(
         _check_timeout(timeout, "wait")
         _worker_state.auto_core()
         return [], []  # as Ray: nothing to wait for, whatever num_returns says
-    if len(set(refs)) != len(refs):
-        raise ValueError("wait() got duplicate ObjectRefs in its list")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
         raise ValueError(f"wait(num_returns={num_returns!r}): must be an int >= 0")
     if num_returns > len(refs):
@@ -540,7 +538,7 @@ def wait(
             f"wait(num_returns={num_returns}) is more than the {len(refs)} refs given"
         )
     _check_timeout(timeout, "wait")
-    return _worker_state.auto_core().wait(refs, num_returns, timeout)
+    return _worker_state.auto_core().wait(refs, num_returns, timeout)  # refuses duplicates
 
 
 def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> None:

@@ -320,13 +320,12 @@ def reclaim_dead_sessions(shm_dir: str = "/dev/shm") -> Reclaimed:
     sockets and ``session.json``; then, in ``shm_dir``, any actorcore session arena
     whose owner pid is gone (sessions of other roots). Never raises: what cannot be
     removed is logged and left."""
-    import store
-
     out = Reclaimed()
     for session in _sessions():
         pid = session_pid(session)
         if pid is None or pid_alive(pid):
             continue
+        import store  # only once there is something to look at: every init() runs this
         prefix = f"actorcore-{session.name}"
         spill_dir = str(session / "spill")
         try:
@@ -361,6 +360,7 @@ def reclaim_dead_sessions(shm_dir: str = "/dev/shm") -> Reclaimed:
         try:
             if os.stat(arena).st_uid != uid:
                 continue  # another user's: not ours to remove (and we could not)
+            import store
             held = _held_bytes(arena)
             # The store removes it only if the owner pid in its header is gone.
             removed = store.cleanup_stale_sessions(shm_dir, name_prefix=name[: -len(".arena")])

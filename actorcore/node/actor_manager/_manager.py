@@ -118,7 +118,7 @@ class ActorManager:
         self.remote = RemoteActors(self)
         self.calls.remote = self.remote
         self.processes = ActorProcesses(
-            node, self._worker_exited, default_max_starting(node.resources.get("CPU", 1.0))
+            node, self._worker_exited, default_max_starting()
         )
         self.workers: dict[bytes, ActorWorker] = self.processes.workers
         self.names: dict[tuple[str, str], bytes] = {}
