@@ -302,22 +302,26 @@ class StoreLink:
                 f"was freed, or lost with the store's memory), so its value is gone"
             ) from None
 
-    async def add_ref(self, object_id: bytes) -> None:
+    async def add_ref(self, object_id: bytes) -> bool:
         """Take a ref and wait until the store has it (``add_ref`` itself is one-way;
         a request behind it on the same connection returns only after it was applied,
-        so a producer's release sent after this cannot overtake it)."""
+        so a producer's release sent after this cannot overtake it).
+
+        Returns whether the store holds the object once the ref is applied: a ref
+        on an object the store no longer has (its only holder, a producer, died
+        first) keeps nothing alive, and the caller must treat the value as lost."""
         await self.connect()
         since = self.generation
         try:
             await self.client.add_ref(object_id)
-            await self.client.contains(object_id)
+            return bool(await self.client.contains(object_id))
         except _store_errors():
             # Counted here before the send failed: if the reconnect's claim carried
             # it, the store now holds one ref more than we count — kept too long,
             # never freed too early.
             await self.reconnect(since=since)
             await self.client.add_ref(object_id)
-            await self.client.contains(object_id)
+            return bool(await self.client.contains(object_id))
 
     async def contains(self, object_id: bytes) -> bool:
         """Whether the store holds ``object_id`` (sealed, in memory or spilled)."""

@@ -13,10 +13,13 @@ import functools
 import logging
 from typing import Any, Protocol
 
+import trio
+
 import transport
 
 from ...core_worker._store_link import STORE
 from ...protocol import _serialization
+from ...protocol._ids import owner_prefix
 from ...protocol._messages import TaskSpec
 from ._dep_watch import DependencyWatch
 from ._directory import ObjectDirectory
@@ -66,10 +69,14 @@ class NodeObjects:
         self.store_refs: dict[bytes, str] = {}
         #: the specs of the tasks submitted here, while a return may need rebuilding.
         self.lineage = Lineage(node, lineage_cap)
+        #: Fault hook (``objects_fault``): seconds the node waits before taking its
+        #: store ref on a reported large value, so that a test can kill the producer
+        #: in that window.
+        self.hold_delay = 0.0
 
     def handlers(self) -> dict[str, Any]:
         return {"put": self._h_put, "fetch": self._h_fetch, "free": self._h_free,
-                "rebuild": self._h_rebuild}
+                "rebuild": self._h_rebuild, "objects_fault": self._h_fault}
 
     def record_lineage(self, spec: TaskSpec) -> None:
         # The spec goes to the GCS task table (batched) and is kept here while a
@@ -111,16 +118,30 @@ class NodeObjects:
             refs[oid] = "pending"
 
         async def hold() -> None:
+            lost = []
+            if self.hold_delay:
+                await trio.sleep(self.hold_delay)
             for oid in oids:
+                held = True
                 try:
-                    await self.node.store_link.add_ref(oid)
+                    held = await self.node.store_link.add_ref(oid)
                 except Exception as exc:
                     logger.warning("store add_ref %s failed: %s", oid.hex(), exc)
                 if refs.get(oid) == "drop":
                     del refs[oid]
                     self.node.store_link.release_soon([oid])
+                elif not held:
+                    # The producer died (or its store connection broke) before our
+                    # ref landed: its ref, the only one, went with it and the store
+                    # freed the value. Our ref holds nothing; the entry says STORE
+                    # for a value nobody has.
+                    del refs[oid]
+                    self.node.store_link.release_soon([oid])
+                    lost.append(oid)
                 else:
                     refs[oid] = "held"
+            for oid in lost:
+                self._lost_before_held(oid)
             if producer is not None and not producer.closed:
                 try:
                     producer.send_nowait(("release", oids))
@@ -128,6 +149,29 @@ class NodeObjects:
                     pass
 
         self.node.spawn(hold)
+
+    def _lost_before_held(self, oid: bytes) -> None:
+        """A large value reported ready was freed before the node's ref on it landed
+        (its producer was killed right after reporting it). Owned here, it is rebuilt
+        from its lineage (or becomes the error saying why it cannot be); owned on
+        another node (a forwarded task's result, already sent home), that node finds
+        it gone when it pulls the value, and rebuilds it from its own lineage."""
+        directory = self.node.directory
+        e = directory.entries.get(oid)
+        if e is None or not e.ready or e.is_error or e.data != STORE:
+            return
+        logger.warning("object %s was freed from the store of node %s before the node "
+                       "held it (its producer died): rebuilding it", oid.hex(),
+                       self.node.node_hex[:12])
+        if owner_prefix(oid) not in self.node.live_id_prefixes() \
+                and self.lineage.spec_of(oid) is None:
+            return  # a forwarded task's result: its owner's node rebuilds it
+        err = self.lineage.reconstruct(
+            oid, f"its producer died before node {self.node.node_hex[:12]} took a ref "
+                 f"on it in the object store")
+        if err is not None:
+            directory.reset(oid)
+            directory.put(oid, True, _serialization.dumps(err))
 
     def on_object_dropped(self, oid: bytes, entry: Any) -> None:
         # Once every return of a task is freed its lineage is no longer needed: the
@@ -227,3 +271,10 @@ class NodeObjects:
         if owned is not None:
             owned.difference_update(m[1])
         self.node.directory.free(m[1])
+
+    def _h_fault(self, conn: Any, m: tuple, reply: Any) -> None:
+        delay = float(m[1].get("hold_delay", 0.0))
+        if not 0.0 <= delay <= 60.0:
+            raise ValueError(f"hold_delay must be within [0, 60] s, not {delay}")
+        self.hold_delay = delay
+        reply.send(None)
