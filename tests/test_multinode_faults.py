@@ -19,10 +19,12 @@ def _call(cluster, node, message):
     import trio
 
     import transport
+    from actorcore.session._security import tls_config
 
     async def go():
         async with transport.open_connection(
-            f"tcp:{node.address}", cluster.head_node.process.token, name="test-mnfaults"
+            f"tcp:{node.address}", cluster.head_node.process.token, name="test-mnfaults",
+            tls=tls_config(),  # the cluster's TLS (ACTORCORE_TLS_*), if any
         ) as conn:
             return await conn.request(message, timeout=30)
 

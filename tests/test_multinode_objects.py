@@ -21,6 +21,7 @@ import actorcore as ray
 import store
 import transport
 from actorcore import exceptions as exc
+from actorcore.session._security import tls_config
 from actorcore.testing import Cluster
 
 FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
@@ -138,7 +139,8 @@ def _store_contains(cluster: Cluster, node, oid: bytes) -> bool:
 def _node_call(cluster: Cluster, node, message):
     async def main():
         async with transport.open_connection(
-            f"tcp:{node.address}", cluster.head_node.process.token, name="test-objects"
+            f"tcp:{node.address}", cluster.head_node.process.token, name="test-objects",
+            tls=tls_config(),  # the cluster's TLS (ACTORCORE_TLS_*), if any
         ) as conn:
             return await conn.request(message, timeout=30)
 
