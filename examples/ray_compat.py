@@ -44,12 +44,15 @@ print(f"pi is about {pi:.4f} ({time.time() - start:.2f} s, "
 assert done == len(batches) and abs(pi - 3.1416) < 0.05
 assert inside == sum(ray.get(batches))
 
+# A task no node can run yet waits for one that can (as in Ray), with a warning
+# in the log and in `actorcore status`; it is not an error.
+gpu_task = sample.options(num_gpus=1).remote(10, 0)
 try:
-    ray.get(sample.options(num_gpus=1).remote(10, 0))
-except ray.exceptions.RayError as err:
-    print("asking for a GPU this machine lacks fails clearly:", type(err).__name__)
-    assert "GPU" in str(err)
+    ray.get(gpu_task, timeout=1)
+except ray.exceptions.GetTimeoutError:
+    print("a task asking for a GPU this machine lacks waits for a node that has one")
 else:
     raise AssertionError("a task asking for a missing GPU ran")
+ray.cancel(gpu_task)
 
 ray.shutdown()
