@@ -97,9 +97,16 @@ def small_store(tmp_path):
         ray.shutdown()
 
 
-def _spill_out(refs: list) -> None:
-    """Push the objects of ``refs`` out of the 10 MB store: fill it with puts."""
+def _spill_out(refs: list, spill: Path | None = None) -> None:
+    """Push the objects of ``refs`` out of the 10 MB store: fill it with puts (until
+    each has its spill file, named by its id, when ``spill`` is given: a filler may
+    also go to a file of its own instead of making room)."""
     fillers = [ray.put(np.zeros(4 * MB, dtype=np.uint8)) for _ in range(3)]
+    if spill is not None:
+        for _ in range(8):
+            if all(glob.glob(str(spill / f"*{r.hex()}*.spill")) for r in refs):
+                break
+            fillers.append(ray.put(np.zeros(4 * MB, dtype=np.uint8)))
     del fillers
 
 
@@ -163,7 +170,7 @@ def test_a_freed_argument_of_the_lost_objects_task_is_rebuilt_first(small_store)
 
 def test_a_put_whose_spill_file_is_deleted_is_object_lost(small_store):
     p = ray.put(np.ones(4 * MB, dtype=np.uint8))
-    _spill_out([p])
+    _spill_out([p], small_store["spill"])
     assert _delete_spill_files(small_store["spill"])
     started = time.monotonic()
     with pytest.raises(ObjectLostError) as info:

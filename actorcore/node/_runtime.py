@@ -270,7 +270,7 @@ class NodeRuntime:
         if nursery is None:
             return False
         try:
-            nursery.start_soon(fn, *args)
+            nursery.start_soon(_logged, fn, *args)
         except RuntimeError:  # the nursery closed: the node stopped
             return False
         return True
@@ -761,6 +761,16 @@ def _local_peer_pid(conn: Any) -> int | None:
     as the transport reports it), or ``None`` for a remote peer."""
     match = re.match(r"unix peer pid=(\d+)", str(getattr(conn, "peer_address", "")))
     return int(match.group(1)) if match else None
+
+
+async def _logged(fn: Any, *args: Any) -> None:
+    """A short-lived task of the node (``spawn``): an exception in it is a bug in
+    that request's handling, logged with its traceback; it must not take the whole
+    node (and every worker and actor on it) down."""
+    try:
+        await fn(*args)
+    except Exception:
+        logger.exception("a task of the node (%s) failed", getattr(fn, "__qualname__", fn))
 
 
 async def _quietly(fn: Any, *args: Any) -> None:

@@ -128,14 +128,14 @@ class NodeObjects:
                 except Exception as exc:
                     logger.warning("store add_ref %s failed: %s", oid.hex(), exc)
                 if refs.get(oid) == "drop":
-                    del refs[oid]
+                    refs.pop(oid, None)
                     self.node.store_link.release_soon([oid])
                 elif not held:
                     # The producer died (or its store connection broke) before our
                     # ref landed: its ref, the only one, went with it and the store
                     # freed the value. Our ref holds nothing; the entry says STORE
                     # for a value nobody has.
-                    del refs[oid]
+                    refs.pop(oid, None)
                     self.node.store_link.release_soon([oid])
                     lost.append(oid)
                 else:
