@@ -341,6 +341,7 @@ class TestLostArguments:
             assert ray.get(h.measure.remote(b"ok"), timeout=30) == (2, zlib.crc32(b"ok"))
         _still_healthy()
 
+    @pytest.mark.slow  # (seconds of waiting; run with -m slow)
     def test_a_ref_nobody_produces_fails_but_a_slow_producer_is_waited_for(self):
         ray.init(num_cpus=2, log_to_driver=False)
 

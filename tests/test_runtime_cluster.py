@@ -605,6 +605,7 @@ print("PEAK", peak, "AFTER", len(workers()))
 """
 
 
+@pytest.mark.slow  # (seconds of waiting; run with -m slow)
 def test_extra_workers_are_let_go_when_idle(tmpdir):
     env = _env(tmpdir)
     env["ACTORCORE_IDLE_WORKER_TIMEOUT"] = "0.5"

@@ -181,7 +181,9 @@ async def _delete_from_store(address: str, token: bytes, object_id: bytes) -> bo
 
 
 def test_an_object_gone_from_the_store_fails_at_once(cluster):
-    ref = make.remote(2 * MB)
+    # No retries: it cannot be rebuilt from its lineage (that path is
+    # tests/test_lineage_objects.py), so its loss is the error.
+    ref = make.options(max_retries=0).remote(2 * MB)
     ready, _ = ray.wait([ref], timeout=60)
     assert ready
     # Lost behind the node's back (as with an arena that did not survive).
@@ -392,6 +394,7 @@ def test_the_nodes_driver_grace_covers_the_drivers_reconnect_window():
     assert _runtime.DRIVER_GRACE >= _driver.RECONNECT_WINDOW + _driver.REJOIN_TIMEOUT
 
 
+@pytest.mark.slow  # (seconds of waiting; run with -m slow)
 def test_a_driver_back_after_6_s_without_its_node_keeps_its_actors_and_objects():
     # The driver cannot reach its node for 6.5 s (past the 5 s the node once kept a
     # departed driver's state, within the driver's 10 s reconnect window): it
