@@ -76,6 +76,7 @@ def actorcore_transfer(nbytes: int, rounds: int) -> float:
 
     import store
     import transport
+    from actorcore.session._security import tls_config  # the cluster's (ACTORCORE_TLS_*), if any
     from actorcore.testing import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -91,7 +92,8 @@ def actorcore_transfer(nbytes: int, rounds: int) -> float:
             times = []
             src_addr = f"unix:{head.session_dir / 'sockets' / 'store.sock'}"
             async with await store.StoreClient.connect(src_addr, token) as src, \
-                    transport.open_connection(f"tcp:{b.address}", token, name="bench") as conn:
+                    transport.open_connection(f"tcp:{b.address}", token, name="bench",
+                                              tls=tls_config()) as conn:
                 for i in range(rounds + 1):
                     oid = os.urandom(20) + i.to_bytes(8, "big")
                     await src.put(oid, value)
