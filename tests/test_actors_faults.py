@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -50,8 +51,7 @@ class BadInit:
         return 1
 
 
-def _until(pred, timeout=15.0, what="condition"):
-    return until(pred, what, timeout)
+_until = functools.partial(until, timeout=15.0)
 
 
 def _state(handle):

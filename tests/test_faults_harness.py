@@ -4,6 +4,7 @@ healed, seeded schedules that replay, and clear errors for bad use."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -16,18 +17,9 @@ import actorcore
 import transport
 from actorcore.testing import Cluster, faults
 
-FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+from .cluster_support import FAST, until
 
-
-def _until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
+_until = functools.partial(until, timeout=20.0)
 
 
 def _pid_alive(pid: int) -> bool:

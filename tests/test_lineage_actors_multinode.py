@@ -12,9 +12,7 @@ import gcs
 from actorcore.core_worker import _worker_state
 from actorcore.testing import Cluster
 
-from .cluster_support import until
-
-FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+from .cluster_support import FAST, until
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ each ran.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import threading
@@ -34,6 +35,8 @@ from actorcore.exceptions import (
     OwnerDiedError,
 )
 
+from .cluster_support import FAST, until
+
 MB = 1024 * 1024
 
 
@@ -45,15 +48,7 @@ def _runs(log: Path) -> dict[str, int]:
     return out
 
 
-def _until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
+_until = functools.partial(until, timeout=30.0)
 
 
 @ray.remote
@@ -226,7 +221,6 @@ def test_lineage_cap_is_checked_by_init():
 
 # -- several nodes: a node killed while its results are copied home ----------------
 
-FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ no node can host waits for one that can."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 import pytest
@@ -14,7 +15,7 @@ from actorcore import exceptions as exc
 from actorcore.api._actor_handle import actor_state
 from actorcore.testing import Cluster
 
-FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+from .cluster_support import FAST, until
 
 
 @pytest.fixture
@@ -68,15 +69,7 @@ def call_from_task(handle, by: int) -> tuple[str, int]:
     return node, actorcore.get(handle.incr.remote(by), timeout=20)
 
 
-def _until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
+_until = functools.partial(until, timeout=20.0)
 
 
 def test_actor_placed_by_resource_and_called_from_everywhere(cluster):

@@ -4,6 +4,7 @@ heartbeating is declared dead within the timeout; the CLI starts and stops nodes
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import actorcore
 from actorcore.testing import Cluster
 
-FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+from .cluster_support import FAST, until
 
 
 @pytest.fixture
@@ -31,15 +32,7 @@ def _alive(nodes: list[dict]) -> set[str]:
     return {n["NodeID"] for n in nodes if n["Alive"]}
 
 
-def _until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
+_until = functools.partial(until, timeout=20.0)
 
 
 def test_nodes_join_and_the_api_covers_the_cluster(cluster):

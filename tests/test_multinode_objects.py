@@ -9,6 +9,7 @@ small tasks spread over the nodes."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 
@@ -24,7 +25,8 @@ from actorcore import exceptions as exc
 from actorcore.session._security import tls_config
 from actorcore.testing import Cluster
 
-FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+from .cluster_support import FAST, until
+
 MB = 1024 * 1024
 
 
@@ -147,15 +149,7 @@ def _node_call(cluster: Cluster, node, message):
     return trio.run(main)
 
 
-def _until(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
+_until = functools.partial(until, timeout=20.0)
 
 
 class TestOnThreeNodes:

@@ -15,7 +15,7 @@ from actorcore import exceptions as exc
 from actorcore.testing import Cluster
 from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+from .cluster_support import FAST
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import actorcore
 import transport
 from actorcore.testing import Cluster
 
-FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+from .cluster_support import FAST
 
 pytestmark = pytest.mark.usefixtures("plaintext_default")  # tests/conftest.py
 

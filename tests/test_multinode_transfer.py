@@ -23,7 +23,7 @@ import transport
 from actorcore.exceptions import ObjectTransferError
 from actorcore.testing import Cluster
 
-FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+from .cluster_support import FAST
 
 
 @pytest.fixture

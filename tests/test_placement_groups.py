@@ -27,7 +27,7 @@ from actorcore.util.placement_group import (
 )
 from actorcore.util.scheduling_strategies import PlacementGroupSchedulingStrategy as InGroup
 
-from .cluster_support import until
+from .cluster_support import FAST, until
 
 
 @ray.remote
@@ -212,7 +212,6 @@ class TestOneNode:
 
 # ---------------------------------------------------------------- several nodes
 
-FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
 
 
 @pytest.fixture
