@@ -8,7 +8,7 @@ from typing import Any
 
 from actorcore.session._session import pid_alive
 
-__all__ = ["FAST", "until", "alive"]
+__all__ = ["FAST", "alive", "node_call", "until"]
 
 #: Node environment for multi-node tests: a killed node is declared dead within
 #: 1.5 s (heartbeats every 0.1 s) instead of the default 10 s.
@@ -29,3 +29,22 @@ def until(pred: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def node_call(cluster: Any, node: Any, message: Any, timeout: float = 30.0) -> Any:
+    """One request to ``node`` of a `testing.Cluster` over its TCP listener (the
+    cluster's TLS from ``ACTORCORE_TLS_*``, if set); its answer."""
+    import trio
+
+    import transport
+    from actorcore.session._security import tls_config
+
+    async def go() -> Any:
+        async with transport.open_connection(
+            f"tcp:{node.address}", cluster.head_node.process.token, name="test-node-call",
+            tls=tls_config(),
+        ) as conn:
+            return await conn.request(message, timeout=timeout)
+
+    return trio.run(go)
+

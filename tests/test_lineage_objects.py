@@ -35,7 +35,7 @@ from actorcore.exceptions import (
     OwnerDiedError,
 )
 
-from .cluster_support import FAST, until
+from .cluster_support import FAST, node_call, until
 
 MB = 1024 * 1024
 
@@ -236,24 +236,8 @@ def nodes(tmp_path):
         c.shutdown()
 
 
-def _call(cluster, node, message):
-    import trio
-
-    import transport
-    from actorcore.session._security import tls_config
-
-    async def go():
-        async with transport.open_connection(
-            f"tcp:{node.address}", cluster.head_node.process.token, name="test-lineage",
-            tls=tls_config(),  # the cluster's TLS (ACTORCORE_TLS_*), if any
-        ) as conn:
-            return await conn.request(message, timeout=30)
-
-    return trio.run(go)
-
-
 def _pulls_in_flight(cluster) -> int:
-    return _call(cluster, cluster.head_node, ("obj_transfers",)).in_flight
+    return node_call(cluster, cluster.head_node, ("obj_transfers",)).in_flight
 
 
 def _lose_node_mid_copy(cluster, node, refs_ready_on_node: int) -> None:
@@ -268,7 +252,7 @@ def _lose_node_mid_copy(cluster, node, refs_ready_on_node: int) -> None:
 def test_node_loss_single_object_rebuilt_elsewhere(nodes, tmp_path):
     log = str(tmp_path / "runs.log")
     b = nodes.add_node(num_cpus=1, env_vars=FAST)
-    _call(nodes, b, ("obj_fault", {"chunk_delay": 30.0}))  # its copies go home slowly
+    node_call(nodes, b, ("obj_fault", {"chunk_delay": 30.0}))  # its copies go home slowly
     nodes.connect()
     x = big.remote("x", log, 6)
     _lose_node_mid_copy(nodes, b, 1)
@@ -281,7 +265,7 @@ def test_node_loss_single_object_rebuilt_elsewhere(nodes, tmp_path):
 def test_node_loss_chain_with_dropped_intermediates(nodes, tmp_path):
     log = str(tmp_path / "runs.log")
     b = nodes.add_node(num_cpus=1, env_vars=FAST)
-    _call(nodes, b, ("obj_fault", {"chunk_delay": 30.0}))
+    node_call(nodes, b, ("obj_fault", {"chunk_delay": 30.0}))
     nodes.connect()
     a = big.remote("a", log, 1)
     m = big_from.remote("m", log, a)

@@ -12,23 +12,9 @@ import numpy as np
 import actorcore as ray
 from actorcore.testing import Cluster
 
+from .cluster_support import node_call
+
 ARRAY = 256 * 1024  # float64s: 2 MiB, in shared memory
-
-
-def _call(cluster, node, message):
-    import trio
-
-    import transport
-    from actorcore.session._security import tls_config
-
-    async def go():
-        async with transport.open_connection(
-            f"tcp:{node.address}", cluster.head_node.process.token, name="test-mnfaults",
-            tls=tls_config(),  # the cluster's TLS (ACTORCORE_TLS_*), if any
-        ) as conn:
-            return await conn.request(message, timeout=30)
-
-    return trio.run(go)
 
 
 def _alive(pid: int) -> bool:
@@ -64,7 +50,7 @@ def test_large_result_whose_producer_dies_before_the_node_holds_it(tmp_path):
         other = cluster.add_node(num_cpus=1, env_vars=fast)
         cluster.connect()
         head = cluster.head_node
-        _call(cluster, head, ("objects_fault", {"hold_delay": 1.0}))
+        node_call(cluster, head, ("objects_fault", {"hold_delay": 1.0}))
         pids = tmp_path / "pids"
         ref = big.options(scheduling_strategy=_on(head)).remote(str(pids), 7)
         ready, _ = ray.wait([ref], timeout=30)
@@ -75,12 +61,12 @@ def test_large_result_whose_producer_dies_before_the_node_holds_it(tmp_path):
         while _alive(pid):
             assert time.monotonic() < deadline, f"worker {pid} survived SIGKILL"
             time.sleep(0.01)
-        _call(cluster, head, ("objects_fault", {"hold_delay": 0.0}))
+        node_call(cluster, head, ("objects_fault", {"hold_delay": 0.0}))
         # The other node pulls it from the head (no reader on the head asks first).
         deadline = time.monotonic() + 20
         while True:
             try:
-                _call(cluster, other, ("obj_pull", ref.binary(), [head.node_id]))
+                node_call(cluster, other, ("obj_pull", ref.binary(), [head.node_id]))
                 break
             except Exception as exc:
                 assert "does not hold" in str(exc) or "not hold" in str(exc), exc

@@ -20,12 +20,10 @@ import trio
 import actorcore
 import actorcore as ray
 import store
-import transport
 from actorcore import exceptions as exc
-from actorcore.session._security import tls_config
 from actorcore.testing import Cluster
 
-from .cluster_support import FAST, until
+from .cluster_support import FAST, node_call, until
 
 MB = 1024 * 1024
 
@@ -134,17 +132,6 @@ def _store_contains(cluster: Cluster, node, oid: bytes) -> bool:
         address = f"unix:{node.session_dir / 'sockets' / 'store.sock'}"
         async with await store.StoreClient.connect(address, cluster.head_node.process.token) as c:
             return bool(await c.contains(oid))
-
-    return trio.run(main)
-
-
-def _node_call(cluster: Cluster, node, message):
-    async def main():
-        async with transport.open_connection(
-            f"tcp:{node.address}", cluster.head_node.process.token, name="test-objects",
-            tls=tls_config(),  # the cluster's TLS (ACTORCORE_TLS_*), if any
-        ) as conn:
-            return await conn.request(message, timeout=30)
 
     return trio.run(main)
 
@@ -330,13 +317,13 @@ def test_objects_on_a_dead_node_lost_typed_or_read_from_a_copy(cluster):
     kept = make.options(resources={"A": 1}).remote(8 * MB, 5)
     assert ray.get(kept, timeout=60)[-1] == np.uint8((8 * MB - 1 + 5) % 256)
     # Its only copy on A: A serves it slowly, and dies while the head pulls it.
-    _node_call(cluster, a, ("obj_fault", {"chunk_delay": 0.5}))
-    served = _node_call(cluster, a, ("obj_transfers",)).chunks_out  # of ``kept``
+    node_call(cluster, a, ("obj_fault", {"chunk_delay": 0.5}))
+    served = node_call(cluster, a, ("obj_transfers",)).chunks_out  # of ``kept``
     # (max_retries=0: no lineage to rebuild it from, so it is lost for good)
     lost = make.options(resources={"A": 1}, max_retries=0).remote(50 * MB, 1)
 
     def serving() -> bool:
-        return _node_call(cluster, a, ("obj_transfers",)).chunks_out > served
+        return node_call(cluster, a, ("obj_transfers",)).chunks_out > served
 
     _until(serving, "node A serving the value")
     cluster.remove_node(a)
