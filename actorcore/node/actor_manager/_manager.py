@@ -1201,7 +1201,3 @@ async def _quietly(fn: Any, *args: Any) -> None:
 def _counted(spec: ActorSpec) -> bool:
     """Whether the actor lives while handles to it do (``_actor_handle``)."""
     return spec.name is None and not spec.detached and spec.supervisor is None
-
-
-def _fmt(res: dict[str, float]) -> str:
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(res.items())) + "}"

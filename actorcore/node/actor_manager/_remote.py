@@ -114,8 +114,8 @@ class RemoteActors:
         if not view.multi:
             if fits(spec.resources, sched.total):
                 return False
-            self._wait(rec, f"it requests {_fmt(spec.resources)} but the node has only "
-                            f"{_fmt(sched.total)}")
+            self._wait(rec, f"it requests {format_amounts(spec.resources)} but the node has only "
+                            f"{format_amounts(sched.total)}")
             return True
         strategy = spec.strategy
         if keep_local(spec.resources, strategy, view, available=sched.available,
@@ -456,5 +456,6 @@ class RemoteActors:
         reply.send((rec.spec, rec.state, rec.cause))
 
 
-def _fmt(res: Any) -> str:
+def format_amounts(res: Any) -> str:
+    """Resource amounts for messages: ``{CPU: 1, GPU: 0.5}``."""
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(res.items())) + "}"

@@ -42,6 +42,7 @@ __all__ = [
     "Placement",
     "Strategy",
     "choose_node",
+    "format_resources",
     "keep_local",
     "strategy_of",
 ]
@@ -106,13 +107,13 @@ def choose_node(resources: Mapping[str, float], strategy: Strategy, view: Cluste
         if not strategy.soft:
             why = ("is not a node of the cluster" if target is None else
                    f"is dead ({target.death_reason})" if not target.alive else
-                   f"cannot provide {_fmt(resources)} (it has {_fmt(target.resources)})")
+                   f"cannot provide {format_resources(resources)} (it has {format_resources(target.resources)})")
             return Placement(None, reason=f"NodeAffinitySchedulingStrategy(soft=False): "
                                           f"node {strategy.node_id[:12]} {why}")
     if not feasible:
         return Placement(None, infeasible=True, reason=(
-            f"no node can provide {_fmt(resources)} (cluster: "
-            f"{', '.join(f'{s.node_id[:8]} {_fmt(s.resources)}' for s in alive) or 'none'})"))
+            f"no node can provide {format_resources(resources)} (cluster: "
+            f"{', '.join(f'{s.node_id[:8]} {format_resources(s.resources)}' for s in alive) or 'none'})"))
     if strategy == SPREAD:
         counts = spread.counts if spread is not None else {}
         best = min(feasible, key=lambda s: (counts.get(s.node_id, 0),
@@ -142,7 +143,9 @@ def _fitter(need: Mapping[str, float]) -> Callable[[Mapping[str, float]], bool]:
     return lambda available: fits(need, available)
 
 
-def _fmt(res: Mapping[str, float]) -> str:
+def format_resources(res: Mapping[str, float]) -> str:
+    """A resource request or capacity for messages: ``{CPU: 1, GPU: 0.5}``
+    (``memory`` left out: its byte counts drown the rest)."""
     return "{" + ", ".join(
         f"{k}: {int(v) if math.isfinite(v) and v == int(v) else v}"
         for k, v in sorted(res.items()) if k != "memory") + "}"

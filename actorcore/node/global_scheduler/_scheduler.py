@@ -31,7 +31,6 @@ component loses none; the restarted one starts with a pass over that table.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Protocol
 
 import attrs
@@ -42,7 +41,7 @@ from ..gcs_client._membership import ClusterView
 from ..local_scheduler._ledger import fits
 from ..local_scheduler._scheduler import ReadyQueues, SchedulerState
 from ._forwarding import ClusterTasks
-from ._placement import SpreadState, choose_node
+from ._placement import SpreadState, choose_node, format_resources
 
 __all__ = ["RECHECK", "GlobalScheduler"]
 
@@ -134,8 +133,8 @@ class GlobalScheduler:
                 state.infeasible.pop(spec.task_id, None)
                 state.accept(spec)
             else:
-                self._warn(spec, f"no node can provide {_fmt(spec.resources)} (this "
-                                 f"node has {_fmt(state.total)})")
+                self._warn(spec, f"no node can provide {format_resources(spec.resources)} (this "
+                                 f"node has {format_resources(state.total)})")
             return view
         placement = choose_node(spec.resources, spec.strategy, view,
                                 locality=node.remote.locality(spec.deps),
@@ -162,7 +161,7 @@ class GlobalScheduler:
         state = self._state
         shape = ReadyQueues.shape(spec)
         if shape not in state.unplaced_warnings:
-            message = (f"tasks requesting {_fmt(spec.resources)} (first: {spec.name}) wait "
+            message = (f"tasks requesting {format_resources(spec.resources)} (first: {spec.name}) wait "
                        f"for a node that can run them: {reason}")
             state.unplaced_warnings[shape] = message
             logger.warning("%s", message)
@@ -170,10 +169,3 @@ class GlobalScheduler:
     def snapshot(self) -> dict:
         return {"kind": "global_scheduler", "pending": len(self._state.infeasible),
                 "placed": self.placed, **self._node.cluster.statistics()}
-
-
-def _fmt(res: dict[str, float]) -> str:
-    return "{" + ", ".join(
-        f"{k}: {int(v) if math.isfinite(v) and v == int(v) else v}"
-        for k, v in sorted(res.items()) if k != "memory"
-    ) + "}"
