@@ -585,24 +585,45 @@ async def test_faults_in_process(
     address, handler, _ = echo_server
     async with transport.open_connection(address, TOKEN, name="me") as conn:
         with faults.injected(faults.drop("me", "echo", kind="oneway")):
-            await conn.send("lost")
-            assert await conn.request(("echo", 1)) == 1
-        assert handler.oneways == []
+            with pytest.raises(transport.ConnectionLost, match="injected fault"):
+                await conn.send("lost")
+                await conn.send("after the reset")
+        assert conn.closed
+    assert handler.oneways == []
+    async with transport.open_connection(address, TOKEN, name="me") as conn:
         with faults.injected(faults.duplicate("me", "echo", kind="oneway")):
-            await conn.send("twice")
-            assert await conn.request(("echo", 1)) == 1
-        assert handler.oneways == ["twice", "twice"]
+            await conn.send("sent, then the link breaks")
+            await conn.wait_closed()
+    assert handler.oneways == ["sent, then the link breaks"]
+    async with transport.open_connection(address, TOKEN, name="me") as conn:
         with faults.injected(faults.delay(10, "echo", "me")):  # replies from the server
             start = trio.current_time()
             assert await conn.request(("echo", 2)) == 2
-            assert trio.current_time() - start >= 10
+            assert await conn.request(("echo", 5)) == 5  # behind the first: 10 s more
+            assert trio.current_time() - start >= 20
         with faults.injected(*faults.partition("me", "echo")):
-            with pytest.raises(transport.RequestTimeout):
+            with pytest.raises(transport.ConnectionLost, match="injected fault"):
                 await conn.request(("echo", 3), timeout=1)
             with pytest.raises(transport.ConnectError, match="fault rule"):
                 await transport.connect(address, TOKEN, name="me")
+        assert conn.statistics().dropped_by_faults == 1
+    async with transport.open_connection(address, TOKEN, name="me") as conn:
         assert await conn.request(("echo", 4)) == 4
-        assert conn.statistics().dropped_by_faults == 2
+
+
+async def test_fault_delay_keeps_order(
+    echo_server: tuple[str, Echo, transport.Server], autojump_clock: trio.testing.MockClock
+) -> None:
+    # Random delays on half the frames: a slower stream, never a reordered one.
+    address, handler, _ = echo_server
+    faults.seed(3)
+    async with transport.open_connection(address, TOKEN, name="me") as conn:
+        with faults.injected(faults.delay(0.05, "me", "echo", probability=0.5)):
+            for i in range(40):
+                await conn.send(("n", i))
+            assert await conn.request(("echo", "last")) == "last"
+        assert conn.statistics().dropped_by_faults == 0
+    assert handler.oneways == [("n", i) for i in range(40)]
 
 
 def test_os_cleanup_sanity(tmp_path: Path) -> None:

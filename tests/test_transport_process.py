@@ -280,28 +280,39 @@ async def test_peer_can_request_back_on_the_same_connection(peer_address: str) -
 
 
 async def test_fault_drop_in_peer_installed_remotely(peer_address: str) -> None:
+    # A dropped frame resets its link (a stream loses nothing inside a live
+    # connection): the pending request fails at once, the link is closed.
     async with transport.open_connection(peer_address, TOKEN, name="driver") as conn:
         rule = faults.drop(src="peer", dst="driver", kind="reply")
-        with pytest.raises(transport.RequestTimeout):  # the rule already drops this reply
-            await conn.request(("faults", {"op": "add", "rule": rule.to_dict()}), timeout=0.3)
-        with pytest.raises(transport.RequestTimeout):
-            await conn.request(("echo", 1), timeout=0.3)
-        # the request itself arrived: one-way notes are still counted
-        await conn.send(("note",))
-        assert await conn.request(("faults", {"op": "clear"}), timeout=5) is None  # cleared first
+        with pytest.raises(transport.ConnectionLost, match="peer closed"):
+            await conn.request(("faults", {"op": "add", "rule": rule.to_dict()}), timeout=5)
+        assert conn.closed
+    async with transport.open_connection(peer_address, TOKEN, name="driver") as conn:
+        with pytest.raises(transport.ConnectionLost, match="peer closed"):
+            await conn.request(("echo", 1), timeout=5)
+    async with transport.open_connection(peer_address, TOKEN, name="other") as conn:
+        # the rule names "driver": another endpoint's link is untouched
+        assert await conn.request(("echo", 1), timeout=5) == 1
+        assert await conn.request(("faults", {"op": "clear"}), timeout=5) is None
         assert await conn.request(("faults", {"op": "list"}), timeout=5) == {}
         with pytest.raises(transport.RemoteError, match="unknown op"):
             await conn.request(("nonsense",), timeout=5)
+    async with transport.open_connection(peer_address, TOKEN, name="driver") as conn:
         assert await conn.request(("echo", 2), timeout=5) == 2
 
 
 async def test_fault_drop_local_requests(peer_address: str) -> None:
     async with transport.open_connection(peer_address, TOKEN, name="driver") as conn:
+        with faults.injected(faults.drop("driver", "pee*", kind="oneway")):
+            assert await conn.request(("echo", 1), timeout=5) == 1  # not matched by kind
         with faults.injected(faults.drop("driver", "pee*", kind="request")):
-            with pytest.raises(transport.RequestTimeout):
-                await conn.request(("echo", 1), timeout=0.2)
-            assert conn.statistics().dropped_by_faults == 1
             await conn.send(("note",))  # one-way is not matched by kind="request"
+            with pytest.raises(transport.ConnectionLost, match="injected fault"):
+                await conn.request(("echo", 1), timeout=5)
+            assert conn.statistics().dropped_by_faults == 1
+            with pytest.raises(transport.ConnectionLost):
+                await conn.send(("note",))
+    async with transport.open_connection(peer_address, TOKEN, name="driver") as conn:
         assert await conn.request(("echo", 3)) == 3
 
 
@@ -316,12 +327,17 @@ async def test_fault_delay(peer_address: str) -> None:
 
 
 async def test_fault_duplicate(peer_address: str) -> None:
+    # A "duplicate" delivers the frame, then breaks the link: the sender cannot
+    # tell it arrived (it resends on its next link; the receiver sees it twice).
     async with transport.open_connection(peer_address, TOKEN, name="driver") as conn:
         before = await conn.request(("notes",))
-        with faults.injected(faults.duplicate("driver", None)):
+        with faults.injected(faults.duplicate("driver", None, kind="oneway")):
             await conn.send(("note",))
-            assert await conn.request(("echo", 5)) == 5  # the duplicate reply is ignored
-        assert await conn.request(("notes",)) == before + 2
+            with trio.fail_after(10):
+                await conn.wait_closed()
+        assert conn.closed
+    async with transport.open_connection(peer_address, TOKEN, name="driver") as conn:
+        assert await conn.request(("notes",)) == before + 1  # it did arrive
 
 
 async def test_fault_refuse_partition(peer_address: str) -> None:
@@ -329,13 +345,14 @@ async def test_fault_refuse_partition(peer_address: str) -> None:
         ids = [faults.add(r) for r in faults.partition("driver", "peer")]
         with pytest.raises(transport.ConnectError, match="refused by fault rule"):
             await transport.connect(peer_address, TOKEN, name="driver")
-        with pytest.raises(transport.RequestTimeout):  # existing link: messages vanish
-            await conn.request(("echo", 1), timeout=0.2)
+        with pytest.raises(transport.ConnectionLost, match="injected fault"):  # existing link
+            await conn.request(("echo", 1), timeout=5)
         other = await transport.connect(peer_address, TOKEN, name="someone-else")
         async with other:
             assert await other.request(("echo", 1)) == 1
         for i in ids:
             faults.remove(i)
+    async with transport.open_connection(peer_address, TOKEN, name="driver") as conn:
         assert await conn.request(("echo", 9)) == 9
 
 

@@ -58,7 +58,9 @@ the writer flush what is queued (bounded by ``flush_timeout``), then does the sa
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -153,6 +155,9 @@ class Connection:
         self._bytes_received = 0
         self._writes = 0
         self._dropped = 0
+        # frames held back by a delay fault: (release time, chunks, size), in order
+        self._delayed: collections.deque[tuple[float, list[bytes | memoryview], int]] = (
+            collections.deque())
 
     # ------------------------------------------------------------------ public API
 
@@ -234,7 +239,7 @@ class Connection:
         chunks, size = _encode_frame(ONEWAY, 0, message)
         if size > self._max_send:
             self._check_size(size)
-        if faults._active:
+        if faults._active or self._delayed:
             self._enqueue(ONEWAY, chunks, size)
         else:
             self._push(chunks, size)
@@ -260,7 +265,7 @@ class Connection:
         chunks, size = _encode_frame(ONEWAY, 0, message)
         if size > self._max_send:
             self._check_size(size)
-        if faults._active:
+        if faults._active or self._delayed:
             self._enqueue(ONEWAY, chunks, size)
         else:
             self._push(chunks, size)
@@ -398,21 +403,79 @@ class Connection:
     def _enqueue(self, kind: int, chunks: list[bytes | memoryview], size: int) -> None:
         if faults._active:
             rule = faults.decide(self.name, self.peer_name, _wire.KIND_NAMES[kind])
-            if rule is not None:
-                if rule.action == "delay" and self._nursery is not None:
-                    self._nursery.start_soon(self._push_later, rule.delay, chunks, size)
-                    return
-                if rule.action == "duplicate":
-                    self._push(chunks, size)
-                elif rule.action in ("drop", "refuse"):
-                    self._dropped += 1
-                    return
+            if rule is not None and self._fault(rule, chunks, size):
+                return
+        if self._delayed:
+            self._delay_frame(0.0, chunks, size)  # behind the frames still held back
+            return
         self._push(chunks, size)
 
-    async def _push_later(self, delay: float, chunks: list[bytes | memoryview], size: int) -> None:
-        await trio.sleep(delay)
-        if not self._closed:
+    # Injected faults (``transport.faults``) model what a real network does to a
+    # reliable ordered stream: it delays frames (never reorders them) or the
+    # connection breaks. A "drop" loses the frame and resets the link (what was
+    # queued behind it too, as a reset does); a "duplicate" delivers the frame and
+    # then breaks the link, so the sender cannot tell whether it arrived and sends
+    # it again on its next connection (the receiver sees it twice); a "refuse"
+    # (partition) resets the link at its first frame, and the handshake refuses
+    # new ones until it heals. Every user of a link thus needs the same thing:
+    # redial, resend what was unanswered, and tolerate a repeat.
+
+    def _fault(self, rule: faults.Rule, chunks: list[bytes | memoryview], size: int) -> bool:
+        """Act on ``rule`` for one outgoing frame; True if the frame is dealt with."""
+        action = rule.action
+        if action == "delay":
+            if self._nursery is None:
+                return False
+            self._delay_frame(rule.delay, chunks, size)
+            return True
+        self._dropped += 1
+        if action == "duplicate":
+            if self._delayed:
+                self._delay_frame(0.0, chunks, size)
+            else:
+                self._push(chunks, size)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._reset_when_flushed, rule)
+            return True
+        self._shutdown(f"link reset by an injected fault ({action} {self.name!r} -> "
+                       f"{self.peer_name!r})")
+        return True
+
+    def _delay_frame(self, delay: float, chunks: list[bytes | memoryview], size: int) -> None:
+        """Hold a frame back ``delay`` seconds, never overtaking those held before it:
+        a delay slows a link down, a stream never reorders."""
+        release = max(trio.current_time() + delay,
+                      self._delayed[-1][0] if self._delayed else -math.inf)
+        self._delayed.append((release, chunks, size))
+        if len(self._delayed) == 1 and self._nursery is not None:
+            self._nursery.start_soon(self._release_delayed)
+
+    async def _release_delayed(self) -> None:
+        while self._delayed and not self._closed:
+            release, chunks, size = self._delayed[0]
+            await trio.sleep_until(release)
+            if self._closed:
+                break
+            self._delayed.popleft()
             self._push(chunks, size)
+        self._delayed.clear()
+
+    async def _reset_when_flushed(self, rule: faults.Rule) -> None:
+        while (self._queued_frames or self._delayed) and not self._closed:
+            await self._drained.park()
+        if self._closed:
+            return
+        # Half-close first, so what was written reaches the peer before the end of
+        # the stream (a plain close with unread input would send a reset instead).
+        if self._plain:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+            except OSError:
+                pass
+            with trio.move_on_after(1.0):
+                await self._finished.wait()
+        self._shutdown(f"link reset by an injected fault (duplicate {self.name!r} -> "
+                       f"{self.peer_name!r}, after the frame was sent)")
 
     def _push(self, chunks: list[bytes | memoryview], size: int) -> None:
         if (
@@ -479,6 +542,7 @@ class Connection:
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
         self._outq = []
+        self._delayed.clear()
         self._queued_bytes = 0
         self._queued_frames = 0
         self._drained.unpark_all()

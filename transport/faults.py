@@ -1,4 +1,4 @@
-"""Fault injection: drop, delay, duplicate or refuse messages between named endpoints.
+"""Fault injection: reset, delay, or break links between named endpoints.
 
 Rules are plain data (`Rule`, convertible to and from a dict) kept in a process-local
 table, so a test can install them directly and a remote control message can carry
@@ -21,13 +21,25 @@ Endpoints whose name starts with ``CONTROL_PREFIX`` (``"faults-"``) are never
 faulted, in either direction: they are the harness's own control connections, and a
 heal must get through the partition it heals.
 
-Actions:
-  ``drop``       the message is silently discarded (a request then times out).
-  ``delay``      the message is sent ``delay`` seconds later (order is not preserved).
-  ``duplicate``  the message is sent twice (a duplicated reply is ignored by the caller).
-  ``refuse``     a partition: messages are dropped, and new connections between the two
-                 endpoints are refused (checked in both directions at the handshake;
-                 `connect` raises `ConnectError`).
+Actions. Every link is a reliable ordered stream (TCP, Unix socket, TLS): a real
+network never loses or doubles one frame inside a live stream and never reorders
+them; it slows down, or the connection breaks. The actions model exactly that:
+
+  ``drop``       the frame is lost and the connection is reset (closed at once, with
+                 whatever was queued behind it; its pending requests fail with
+                 `ConnectionLost`). The sender redials and resends what was unanswered.
+  ``delay``      the frame leaves ``delay`` seconds later; frames sent after it on the
+                 same connection wait behind it (order is preserved, as on a slow link).
+  ``duplicate``  the frame is sent, then the connection breaks (half-closed once the
+                 frame is written): the sender cannot know it arrived, resends it on
+                 its next connection, and the receiver sees it twice. (Frames are never
+                 doubled inside one stream.)
+  ``refuse``     a partition: the connection resets at its first frame, and new
+                 connections between the two endpoints are refused (checked in both
+                 directions at the handshake; `connect` raises `ConnectError`).
+
+So every user of a link must redial, resend what was not answered, and handle a
+repeat idempotently; docs/faults.md says how each link of a cluster does it.
 """
 
 from __future__ import annotations
@@ -216,7 +228,7 @@ def refused(a: str, b: str) -> Rule | None:
 
 
 def drop(src: str | None = None, dst: str | None = None, **kw: Any) -> Rule:
-    """A rule dropping messages from ``src`` to ``dst``."""
+    """A rule losing a message from ``src`` to ``dst`` and resetting its connection."""
     return Rule("drop", src, dst, **kw)
 
 
@@ -226,12 +238,13 @@ def delay(seconds: float, src: str | None = None, dst: str | None = None, **kw: 
 
 
 def duplicate(src: str | None = None, dst: str | None = None, **kw: Any) -> Rule:
-    """A rule sending messages from ``src`` to ``dst`` twice."""
+    """A rule breaking the connection from ``src`` to ``dst`` right after a message
+    (which the sender will resend: the receiver sees it twice)."""
     return Rule("duplicate", src, dst, **kw)
 
 
 def refuse(src: str | None = None, dst: str | None = None, **kw: Any) -> Rule:
-    """A rule refusing connections and dropping messages from ``src`` to ``dst``."""
+    """A rule resetting connections from ``src`` to ``dst`` and refusing new ones."""
     return Rule("refuse", src, dst, **kw)
 
 
