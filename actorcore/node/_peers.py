@@ -17,10 +17,26 @@ node's death listeners redo that work elsewhere: a lost message to a dead node i
 never the only record of anything). The connections and their sender tasks run in
 the ``node_links`` component; the queues live here, in state the node owns, so a
 restart of that component re-dials and carries on with what was queued.
+
+Delivery survives a broken connection (a reset, a partition that heals, a crash of
+``node_links``): every frame of one-way messages is numbered per link,
+``("peer_batch", [...], sender, seq)``, and kept until the peer acknowledges it
+(``("peer_ack", receiver, seq)``, sent back on the same connection once the batch
+is handled). The receiver remembers the last number it handled from each node and
+returns it in its answer to the hello; on a new connection the sender drops what
+that covers and sends the rest again, in order, then carries on. A frame that
+arrived just before the link broke (its ack lost) thus comes twice; the receiver
+skips a number it has handled. So the peer handles each batch exactly once, in
+order, whatever happens to the connections, while both nodes live.
+
+Requests (``n_fetch``, ``obj_chunk``, ``n_owner``, ...) are all idempotent reads or
+reservations keyed by id: one whose connection breaks is sent again on the next
+connection, until it is answered, the peer dies, or its timeout passes.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -59,12 +75,17 @@ class _Link:
     connected: trio.Event = attrs.Factory(trio.Event)
     closed: bool = False
     running: bool = False  # a sender task serves it now
-    # The messages being sent: taken from the queue but not yet handed to the
-    # connection. A crash of ``node_links`` (or a link lost) while they are in
-    # hand leaves them here, and the next sender sends them first.
-    pending: list | None = None
+    # Numbered batches taken from the queue and not yet acknowledged by the peer:
+    # (seq, messages), in order. A crash of ``node_links`` or a lost link leaves
+    # them here; the next connection sends again those the peer has not handled.
+    unacked: collections.deque = attrs.Factory(collections.deque)
+    seq: int = 0
+    # The numbered batches the current connection has not been sent yet (resends
+    # first, after a dial); None: send from the queue.
+    backlog: collections.deque | None = None
     dials: int = 0
     sent: int = 0
+    resent: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -75,6 +96,12 @@ class PeersStatistics:
     connected: int
     dials: int
     sent: int
+    #: batches sent again on a new connection (the old one broke before the ack)
+    resent: int
+    #: batches sent twice that the receiving side skipped
+    duplicates: int
+    #: messages waiting for the peer's acknowledgement
+    unacked: int
     dropped: int
 
 
@@ -95,7 +122,14 @@ class NodePeers:
         self._links: dict[str, _Link] = {}
         self._nursery: trio.Nursery | None = None
         self.dropped = 0
-        view.on_node_dead(lambda status: self.drop(status.node_id))
+        #: the last batch number handled from each node (receiving side)
+        self.handled: dict[str, int] = {}
+        self.duplicates = 0
+        # The last batch number of each node's link, kept when a link is dropped: a
+        # link made again (a node wrongly declared dead, then back) goes on counting,
+        # or its peer would skip what it numbers again from 1.
+        self._last_seq: dict[str, int] = {}
+        view.on_node_dead(self._node_dead)
 
     # -- what the node's components use --------------------------------------------
 
@@ -105,18 +139,51 @@ class NodePeers:
         self._link(node_id).send.send_nowait(message)
 
     async def request(self, node_id: str, message: Any, timeout: float | None = 30.0) -> Any:  # noqa: ASYNC109
-        """``message`` to ``node_id``, and its answer (the peer's error re-raised)."""
+        """``message`` to ``node_id``, and its answer (the peer's error re-raised).
+
+        A request whose connection breaks is sent again on the next one (every
+        request between nodes is idempotent), until the peer answers, dies
+        (`PeerUnavailable`) or ``timeout`` passes (`trio.TooSlowError`)."""
         link = self._link(node_id)
         with trio.fail_after(timeout if timeout is not None else math.inf):
             while True:
-                await link.connected.wait()
-                conn = link.conn
-                if conn is not None and not conn.closed:
-                    break
                 if link.closed:
                     raise PeerUnavailable(f"node {node_id[:12]} left the cluster")
-                await trio.sleep(REDIAL)
-            return await conn.request(message)
+                conn = link.conn
+                if conn is None or conn.closed:
+                    self._wake(link)
+                    if link.connected.is_set():  # still the old link's: its sender redials
+                        await trio.sleep(REDIAL / 10)
+                    else:
+                        await link.connected.wait()
+                    continue
+                try:
+                    return await conn.request(message)
+                except transport.ConnectionLost as exc:
+                    logger.info("a %s request to node %s lost its link (%s); sending it "
+                                "again", _kind(message), node_id[:12], exc)
+
+    def handled_batch(self, sender: str, seq: int) -> bool:
+        """Receiving side: whether ``sender``'s batch ``seq`` is new (handle it) or
+        one already handled (sent again after a broken link: skip it)."""
+        if seq <= self.handled.get(sender, 0):
+            self.duplicates += 1
+            return False
+        self.handled[sender] = seq
+        return True
+
+    def acked(self, node_id: str, seq: int) -> None:
+        """``node_id`` handled our batches up to ``seq``: forget them."""
+        link = self._links.get(node_id)
+        if link is None:
+            return
+        unacked = link.unacked
+        while unacked and unacked[0][0] <= seq:
+            unacked.popleft()
+
+    def _node_dead(self, status: Any) -> None:
+        self.handled.pop(status.node_id, None)
+        self.drop(status.node_id)
 
     def drop(self, node_id: str) -> None:
         """Forget ``node_id``'s link (it died or left); queued messages are discarded."""
@@ -124,10 +191,11 @@ class NodePeers:
         if link is None:
             return
         link.closed = True
+        self._last_seq[node_id] = link.seq
         link.connected.set()  # wake requests: they see ``closed``
-        if link.pending:
-            self.dropped += len(link.pending)
-        link.pending = None
+        self.dropped += sum(len(batch) for _seq, batch in link.unacked)
+        link.unacked.clear()
+        link.backlog = None
         try:
             while True:
                 link.receive.receive_nowait()
@@ -148,6 +216,9 @@ class NodePeers:
             connected=len(self.connected_to()),
             dials=sum(link.dials for link in self._links.values()),
             sent=sum(link.sent for link in self._links.values()),
+            resent=sum(link.resent for link in self._links.values()),
+            duplicates=self.duplicates,
+            unacked=sum(len(b) for link in self._links.values() for _s, b in link.unacked),
             dropped=self.dropped,
         )
 
@@ -167,7 +238,8 @@ class NodePeers:
         if status.address is None:
             raise PeerUnavailable(f"node {node_id[:12]} has no TCP address")
         send, receive = trio.open_memory_channel[Any](math.inf)
-        link = self._links[node_id] = _Link(node_id, send, receive)
+        link = self._links[node_id] = _Link(node_id, send, receive,
+                                            seq=self._last_seq.get(node_id, 0))
         if self._nursery is not None:
             self._start(link)
         return link
@@ -177,6 +249,14 @@ class NodePeers:
         link.running = True
         self._nursery.start_soon(self._serve, link)
 
+    def _wake(self, link: _Link) -> None:
+        """Make ``link``'s sender look at its connection (it waits for messages)."""
+        if not link.closed:
+            try:
+                link.send.send_nowait(_WAKE)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                pass
+
     async def _serve(self, link: _Link) -> None:
         try:
             while not link.closed:
@@ -185,61 +265,84 @@ class NodePeers:
                     conn = await self._dial(link)
                     if conn is None:
                         return
-                if not link.pending:
+                if not link.backlog:
+                    link.backlog = None
                     try:
                         message = await link.receive.receive()
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
                     # Whatever else is queued goes in the same frame (one wake-up of
                     # the peer for a burst of forwards or results, not one per message).
-                    batch = [message]
+                    batch = [] if message is _WAKE else [message]
                     while len(batch) < BATCH:
                         try:
-                            batch.append(link.receive.receive_nowait())
+                            more = link.receive.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                             break
-                    link.pending = batch
+                        if more is not _WAKE:
+                            batch.append(more)
+                    if not batch:
+                        continue
+                    self._number(link, batch)
                 try:
                     # (The transport queues a frame or raises before queueing: what a
-                    # cancel or a lost link leaves in ``pending`` was not sent.)
-                    await self._send_batch(link, conn, link.pending)
+                    # cancel or a lost link leaves in ``backlog`` was not sent; what
+                    # left and was lost with the link is still in ``unacked``.)
+                    await self._send_backlog(link, conn)
                 except transport.TransportError as exc:
                     logger.warning("link to node %s lost: %s; dialling again to send the "
-                                   "%d message(s) in hand", link.node_id[:12], exc,
-                                   len(link.pending))
-                except Exception as exc:
-                    # They cannot be encoded (a bug of their sender): dropped, or they
-                    # would crash every sender that takes them again.
-                    logger.error("%d message(s) to node %s (first %s) cannot be sent, "
-                                 "dropped: %s: %s", len(link.pending), link.node_id[:12],
-                                 _kind(link.pending[0]), type(exc).__name__, exc)
-                    self.dropped += len(link.pending)
-                    link.pending = None
+                                   "%d batch(es) it has not acknowledged", link.node_id[:12],
+                                   exc, len(link.unacked))
         finally:
             link.running = False
 
-    async def _send_batch(self, link: _Link, conn: Any, batch: list) -> None:
-        """``batch`` in one frame; if together they pass the peer's frame limit, one
-        by one (a single message over it is dropped, logged: it never fits). What
-        is sent leaves ``batch``: an interruption leaves only what was not."""
-        if len(batch) > 1:
+    def _number(self, link: _Link, batch: list) -> None:
+        link.seq += 1
+        entry = (link.seq, batch)
+        link.unacked.append(entry)
+        if link.backlog is None:
+            link.backlog = collections.deque()
+        link.backlog.append(entry)
+
+    async def _send_backlog(self, link: _Link, conn: Any) -> None:
+        """Send ``link.backlog`` in order, one frame per numbered batch. A batch over
+        the peer's frame limit is split into numbered batches of one message (a
+        single message over it is dropped, logged: it never fits)."""
+        backlog = link.backlog
+        assert backlog is not None
+        me = self._node_hex
+        while backlog:
+            seq, batch = backlog[0]
             try:
-                await conn.send(("peer_batch", batch))
-                link.sent += len(batch)
-                batch.clear()
-                return
+                await conn.send(("peer_batch", batch, me, seq))
             except transport.FrameTooLarge:
-                pass
-        while batch:
-            message = batch[0]
-            try:
-                await conn.send(message)
-                link.sent += 1
-            except transport.FrameTooLarge:
-                logger.error("a %s message to node %s is over its frame limit: dropped",
-                             _kind(message), link.node_id[:12])
-                self.dropped += 1
-            del batch[0]
+                link.unacked.remove(backlog.popleft())
+                if len(batch) == 1:
+                    logger.error("a %s message to node %s is over its frame limit: dropped",
+                                 _kind(batch[0]), link.node_id[:12])
+                    self.dropped += 1
+                    continue
+                singles: collections.deque = collections.deque()
+                for message in batch:
+                    link.seq += 1
+                    link.unacked.append((link.seq, [message]))
+                    singles.append(link.unacked[-1])
+                singles.extend(backlog)
+                link.backlog = backlog = singles
+                continue
+            except transport.TransportError:
+                raise
+            except Exception as exc:
+                # They cannot be encoded (a bug of their sender): dropped, or they
+                # would crash every sender that takes them again.
+                logger.error("%d message(s) to node %s (first %s) cannot be sent, "
+                             "dropped: %s: %s", len(batch), link.node_id[:12],
+                             _kind(batch[0]), type(exc).__name__, exc)
+                self.dropped += len(batch)
+                link.unacked.remove(backlog.popleft())
+                continue
+            backlog.popleft()
+            link.sent += len(batch)
 
     async def _dial(self, link: _Link) -> Any:
         """Connect to ``link``'s node (again), until it works or the node is gone."""
@@ -256,13 +359,20 @@ class NodePeers:
                     handler=self._handler, max_frame_size=max_frame_size(),
                     connect_timeout=5.0,
                 )
-                await conn.request(("hello", "node", None, os.getpid(),
-                                    {"node_id": self._node_hex}), timeout=10.0)
+                hello = await conn.request(("hello", "node", None, os.getpid(),
+                                            {"node_id": self._node_hex}), timeout=10.0)
             except (transport.TransportError, OSError, trio.TooSlowError) as exc:
                 logger.info("dialling node %s at %s failed: %s", link.node_id[:12],
                             status.address, exc)
                 await trio.sleep(REDIAL)
                 continue
+            # Resume: the peer handled our batches up to ``handled``; the rest go
+            # again, in order, before anything new.
+            handled = hello.get("peer_handled", 0) if isinstance(hello, dict) else 0
+            self.acked(link.node_id, handled)
+            resend = collections.deque(entry for entry in link.unacked if entry[0] > handled)
+            link.resent += len(resend) - len(link.backlog or ())
+            link.backlog = resend or None
             link.conn = conn
             link.connected.set()
             return conn
@@ -281,6 +391,10 @@ class NodePeers:
         for link in self._links.values():
             if not link.running:
                 self._start(link)
+
+
+#: Wakes a link's sender (a request saw its connection closed).
+_WAKE = object()
 
 
 def _kind(message: Any) -> str:
@@ -319,4 +433,6 @@ class NodeLinks:
 
     def snapshot(self) -> dict:
         st = self.peers.statistics()
-        return {"kind": "node_links", "links": st.links, "connected": st.connected}
+        return {"kind": "node_links", "links": st.links, "connected": st.connected,
+                "dials": st.dials, "resent": st.resent, "duplicates": st.duplicates,
+                "unacked": st.unacked}

@@ -238,6 +238,7 @@ class NodeRuntime:
             "call": self._h_call,
             "bye": self._h_bye,
             "peer_batch": self._h_peer_batch,
+            "peer_ack": self._h_peer_ack,
         }
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
         # Tasks and objects between nodes (idle on a one-node cluster).
@@ -541,9 +542,15 @@ class NodeRuntime:
         handler(conn, message, reply)
 
     def _h_peer_batch(self, conn: Any, m: tuple, reply: Any) -> None:
-        """One-way messages another node queued together (``_peers``), in order."""
+        """One-way messages another node queued together (``_peers``), in order,
+        each numbered batch once (one sent again after a broken link is skipped),
+        acknowledged on the link it came by."""
+        _, batch, sender, seq = m
+        if not self.peers.handled_batch(sender, seq):
+            self._ack_peer(conn, seq)
+            return
         handlers = self._handlers
-        for message in m[1]:
+        for message in batch:
             try:
                 handler = handlers[message[0]]
             except (KeyError, TypeError, IndexError):
@@ -553,6 +560,16 @@ class NodeRuntime:
                 handler(conn, message, reply)
             except Exception:
                 logger.exception("a peer's %r message failed", message[0])
+        self._ack_peer(conn, seq)
+
+    def _ack_peer(self, conn: Any, seq: int) -> None:
+        try:
+            conn.send_nowait(("peer_ack", self.node_hex, seq))
+        except (transport.TransportError, trio.WouldBlock):
+            pass  # the link broke (the peer resumes from our hello) or is full (a later ack covers it)
+
+    def _h_peer_ack(self, conn: Any, m: tuple, reply: Any) -> None:
+        self.peers.acked(m[1], m[2])
 
     def live_id_prefixes(self) -> set[bytes]:
         """The id prefixes of the live processes here: the owners whose objects may
@@ -601,6 +618,9 @@ class NodeRuntime:
                 "pid": os.getpid(),
                 "head": self.config.head,
                 "log_dir": str(self.config.session_dir / "logs"),
+                # A node resumes its numbered batches after the last one handled here.
+                "peer_handled": self.peers.handled.get(info.get("node_id", ""), 0)
+                if role == "node" and isinstance(info, dict) else 0,
             }
         )
 

@@ -201,18 +201,31 @@ class RemoteObjects:
         known = self.owner_nodes.get(prefix)
         if known is not None:
             return known
-        for status in self.node.view.others():
-            try:
-                mine = await self.node.peers.request(status.node_id, ("n_owner", prefix),
-                                                     timeout=OWNER_QUERY_TIMEOUT)
-            except Exception as exc:  # that node is unreachable: ask the next
-                logger.info("asking node %s for the owner of %s failed: %s",
-                            status.node_id[:12], short(prefix, 16), exc)
-                continue
-            if mine:
-                self.owner_nodes[prefix] = status.node_id
-                return status.node_id
-        return None
+        # Every live node answers "no", or one says "mine". A node that did not
+        # answer (its link broke, a partition) is asked again while it lives: its
+        # silence is no proof that the owner is gone.
+        asked: set[str] = set()
+        while True:
+            unanswered = 0
+            for status in self.node.view.others():
+                if status.node_id in asked:
+                    continue
+                try:
+                    mine = await self.node.peers.request(status.node_id, ("n_owner", prefix),
+                                                         timeout=OWNER_QUERY_TIMEOUT)
+                except PeerUnavailable:
+                    continue  # it died: not the owner's node any more
+                except Exception as exc:
+                    logger.info("asking node %s for the owner of %s failed: %s",
+                                status.node_id[:12], short(prefix, 16), exc)
+                    unanswered += 1
+                    continue
+                asked.add(status.node_id)
+                if mine:
+                    self.owner_nodes[prefix] = status.node_id
+                    return status.node_id
+            if not unanswered:
+                return None
 
     async def _fetch(self, target: str | None, oids: list[bytes]) -> None:
         node = self.node
