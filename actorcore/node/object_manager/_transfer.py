@@ -64,6 +64,7 @@ import trio
 
 import transport
 
+from ...core_worker._store_link import RECONNECT_WINDOW, _store_errors
 from ...exceptions import ObjectStoreFullError, ObjectTransferError
 from ...protocol._messages import max_frame_size
 from ...session._config import env_value
@@ -353,10 +354,18 @@ class ObjectTransfers:
         if info is None:
             raise _SourceFailed("its store does not hold the object")
         meta_len, data_len, buffer_sizes, length = info
-        client = self.node.store_link.client
+        link = self.node.store_link
+        since = link.generation
+        client = link.client
         try:
             writer = await client.create(oid, meta_len=meta_len, data_len=data_len,
                                          buffer_sizes=buffer_sizes, take_ref=True)
+        except _store_errors() as exc:
+            # This node's store restarted under the pull: once the link is back,
+            # the pull starts over (``_from_retrying``).
+            await link.reconnect(since=since, timeout=RECONNECT_WINDOW)
+            raise _SourceFailed(f"this node's store restarted ({exc})", length,
+                                link_lost=True) from exc
         except store.ObjectExistsError:
             raise _ExistsHere() from None
         except store.ObjectStoreFullError as exc:
@@ -376,9 +385,13 @@ class ObjectTransfers:
             writer.abort()  # the store frees the unsealed block: nothing is left
             if isinstance(exc, Exception):
                 why = str(exc) if isinstance(exc, _SourceFailed) else _describe(exc)
+                lost = isinstance(exc, _store_errors())
+                if lost:  # this node's store restarted mid-pull: again, once it is back
+                    with trio.move_on_after(RECONNECT_WINDOW):
+                        await link.reconnect(since=since)
                 raise _SourceFailed(
                     f"{why} (after {received[0]} of {length} bytes)", length,
-                    link_lost=isinstance(exc, transport.ConnectionLost)) from exc
+                    link_lost=lost or isinstance(exc, transport.ConnectionLost)) from exc
             raise
         return int(length)
 
@@ -453,7 +466,14 @@ class ObjectTransfers:
         if link is None:
             raise RuntimeError("this node has no object store yet")
         await link.connect()
-        p = await link.client.payload(oid)
+        since = link.generation
+        try:
+            p = await link.client.payload(oid)
+        except _store_errors():
+            # The store restarted (a crash of ``object_manager``): it reopens its
+            # arena and keeps what it held; ask again once the link is back.
+            await link.reconnect(since=since, timeout=RECONNECT_WINDOW)
+            p = await link.client.payload(oid)
         serving = self._serving.get(oid)  # another request leased it meanwhile
         if serving is not None:
             return serving.payload
