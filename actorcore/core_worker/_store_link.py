@@ -258,15 +258,17 @@ class StoreLink:
         since = self.generation
         try:
             try:
-                self.blocking.put(object_id, serialized)
-                return
-            except _store_errors():
-                self._reconnect_from_thread(since)
-            try:
+                try:
+                    self.blocking.put(object_id, serialized)
+                    return
+                except _store_errors():
+                    self._reconnect_from_thread(since)
                 self.blocking.put(object_id, serialized)
             except store.ObjectExistsError:
-                # The first attempt was sealed just before the store went away (its
-                # reply was lost): the object is there, take the writer's ref on it.
+                # Sealed already: by our first attempt just before the store went
+                # away (its reply was lost), or by an earlier run of the same task
+                # (a retry after its worker or its result message was lost). The
+                # value is there; take the writer's ref on it.
                 self.blocking.add_ref(object_id)
         except store.ObjectStoreFullError as exc:
             raise ObjectStoreFullError(

@@ -277,7 +277,14 @@ class ObjectTransfers:
             raise ObjectTransferError(f"cannot pull object {oid.hex()}: the node has no "
                                       f"object store yet", object_id=oid.hex())
         await link.connect()
-        if await link.client.contains(oid):
+        since = link.generation
+        try:
+            here = await link.client.contains(oid)
+        except _store_errors():
+            # This node's store restarted: ask it again once the link is back.
+            await link.reconnect(since=since, timeout=RECONNECT_WINDOW)
+            here = await link.client.contains(oid)
+        if here:
             # Put here meanwhile (by a process of this node): a copy all the same.
             await link.add_ref(oid)
             self.copies[oid] = False
