@@ -155,6 +155,7 @@ class Connection:
         self._bytes_received = 0
         self._writes = 0
         self._dropped = 0
+        self._fault_reset: str | None = None  # why an injected reset is under way
         # frames held back by a delay fault: (release time, chunks, size), in order
         self._delayed: collections.deque[tuple[float, list[bytes | memoryview], int]] = (
             collections.deque())
@@ -401,6 +402,8 @@ class Connection:
             )
 
     def _enqueue(self, kind: int, chunks: list[bytes | memoryview], size: int) -> None:
+        if self._fault_reset is not None:
+            return  # an injected reset is under way: lost with the link
         if faults._active:
             rule = faults.decide(self.name, self.peer_name, _wire.KIND_NAMES[kind])
             if rule is not None and self._fault(rule, chunks, size):
@@ -437,9 +440,19 @@ class Connection:
             if self._nursery is not None:
                 self._nursery.start_soon(self._reset_when_flushed, rule)
             return True
-        self._shutdown(f"link reset by an injected fault ({action} {self.name!r} -> "
-                       f"{self.peer_name!r})")
+        reason = f"link reset by an injected fault ({action} {self.name!r} -> {self.peer_name!r})"
+        if self._nursery is None:
+            self._shutdown(reason)
+            return True
+        # Not from here: the sender may be a request that registered itself and has
+        # not parked yet (failing it now would wake a task that is not waiting).
+        # Until the reset runs, nothing more is sent (`_enqueue`).
+        self._fault_reset = reason
+        self._nursery.start_soon(self._reset_now)
         return True
+
+    async def _reset_now(self) -> None:
+        self._shutdown(self._fault_reset or "link reset by an injected fault")
 
     def _delay_frame(self, delay: float, chunks: list[bytes | memoryview], size: int) -> None:
         """Hold a frame back ``delay`` seconds, never overtaking those held before it:
