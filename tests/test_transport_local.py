@@ -585,10 +585,10 @@ async def test_faults_in_process(
     address, handler, _ = echo_server
     async with transport.open_connection(address, TOKEN, name="me") as conn:
         with faults.injected(faults.drop("me", "echo", kind="oneway")):
+            await conn.send("lost")
+            await conn.wait_closed()  # the reset
             with pytest.raises(transport.ConnectionLost, match="injected fault"):
-                await conn.send("lost")
                 await conn.send("after the reset")
-        assert conn.closed
     assert handler.oneways == []
     async with transport.open_connection(address, TOKEN, name="me") as conn:
         with faults.injected(faults.duplicate("me", "echo", kind="oneway")):
