@@ -100,6 +100,7 @@ class ChainLink:
         self._host = host
         self._config = config
         self._token = token
+        self._synced = False  # the current downstream link answered our Sync
         self._wake = trio.Event()
         self._upstream: Any = None  # the accepted predecessor's connection
         self._downstream: Any = None  # our link to the successor, while streaming
@@ -256,19 +257,27 @@ class ChainLink:
     async def _forward_to(self, cfg: ChainConfig, succ: str) -> None:
         conn = await transport.connect(cfg.addresses[succ], self._token,
                                        name=f"gcs/{self._host.name}", handler=self._routes)
+        # A link that breaks before the successor even answers our Sync is as good
+        # as no link (a path that resets every connection): raised, so that
+        # ``run_forwarder`` reports it once it has lasted. One that broke after
+        # working is a fresh failure: we just dial again.
+        self._synced = False
+        broke: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._probe_successor, conn, succ, nursery.cancel_scope)
                 try:
                     await self._stream_to(cfg, succ, conn)
-                except (transport.TransportError, OSError):
-                    pass  # (caught here: out of the nursery it would be a group)
+                except (transport.TransportError, OSError) as exc:
+                    broke = exc  # (caught here: out of the nursery it would be a group)
                 nursery.cancel_scope.cancel()
         finally:
             if self._downstream is conn:
                 self._downstream = None
                 self._next_fw = None
             await aclose_quietly(conn)
+        if broke is not None and not self._synced:
+            raise broke
 
     async def _probe_successor(self, conn: Any, succ: str, scope: trio.CancelScope) -> None:
         """Ping the successor over our link; if it stops answering (a partition, a
@@ -295,6 +304,7 @@ class ChainLink:
         self._downstream, self._next_fw = conn, None
         answered = await conn.request(Sync(host.name, cfg.epoch, state.history),
                                       timeout=_RPC_TIMEOUT)
+        self._synced = True
         if not isinstance(answered, InSync):
             with trio.move_on_after(0.5):
                 while host.chain is cfg:

@@ -155,7 +155,6 @@ class Connection:
         self._bytes_received = 0
         self._writes = 0
         self._dropped = 0
-        self._fault_reset: str | None = None  # why an injected reset is under way
         # frames held back by a delay fault: (release time, chunks, size), in order
         self._delayed: collections.deque[tuple[float, list[bytes | memoryview], int]] = (
             collections.deque())
@@ -215,13 +214,18 @@ class Connection:
                 f"request() on {self!r} from inside its own handler would deadlock (the "
                 f"reply is read by the task running the handler): start a task for it"
             )
-        self._pending[rid] = task
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             self._pending.pop(rid, None)
             return trio.lowlevel.Abort.SUCCEEDED
 
+        # Queued before this task is registered as waiting: a reply cannot come
+        # before it parks (the reader needs a schedule point), and a link that the
+        # enqueue closes (an injected reset) must fail this request here, not
+        # reschedule a task that is not parked.
         self._enqueue(REQUEST, chunks, size)
+        self._check_open()
+        self._pending[rid] = task
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def send(self, message: Any) -> None:
@@ -402,8 +406,6 @@ class Connection:
             )
 
     def _enqueue(self, kind: int, chunks: list[bytes | memoryview], size: int) -> None:
-        if self._fault_reset is not None:
-            return  # an injected reset is under way: lost with the link
         if faults._active:
             rule = faults.decide(self.name, self.peer_name, _wire.KIND_NAMES[kind])
             if rule is not None and self._fault(rule, chunks, size):
@@ -427,7 +429,7 @@ class Connection:
         """Act on ``rule`` for one outgoing frame; True if the frame is dealt with."""
         action = rule.action
         if action == "delay":
-            if self._nursery is None:
+            if self._nursery is None or self._closed:
                 return False
             self._delay_frame(rule.delay, chunks, size)
             return True
@@ -437,22 +439,21 @@ class Connection:
                 self._delay_frame(0.0, chunks, size)
             else:
                 self._push(chunks, size)
-            if self._nursery is not None:
-                self._nursery.start_soon(self._reset_when_flushed, rule)
+            self._start(self._reset_when_flushed)
             return True
-        reason = f"link reset by an injected fault ({action} {self.name!r} -> {self.peer_name!r})"
-        if self._nursery is None:
-            self._shutdown(reason)
-            return True
-        # Not from here: the sender may be a request that registered itself and has
-        # not parked yet (failing it now would wake a task that is not waiting).
-        # Until the reset runs, nothing more is sent (`_enqueue`).
-        self._fault_reset = reason
-        self._nursery.start_soon(self._reset_now)
+        self._shutdown(f"link reset by an injected fault ({action} {self.name!r} -> "
+                       f"{self.peer_name!r})")
         return True
 
-    async def _reset_now(self) -> None:
-        self._shutdown(self._fault_reset or "link reset by an injected fault")
+    def _start(self, fn: Callable[[], Awaitable[None]]) -> bool:
+        """Start ``fn`` in the connection's nursery; False once that is closing."""
+        if self._nursery is None:
+            return False
+        try:
+            self._nursery.start_soon(fn)
+        except RuntimeError:  # the connection is closing
+            return False
+        return True
 
     def _delay_frame(self, delay: float, chunks: list[bytes | memoryview], size: int) -> None:
         """Hold a frame back ``delay`` seconds, never overtaking those held before it:
@@ -460,8 +461,8 @@ class Connection:
         release = max(trio.current_time() + delay,
                       self._delayed[-1][0] if self._delayed else -math.inf)
         self._delayed.append((release, chunks, size))
-        if len(self._delayed) == 1 and self._nursery is not None:
-            self._nursery.start_soon(self._release_delayed)
+        if len(self._delayed) == 1 and not self._start(self._release_delayed):
+            self._delayed.clear()  # closing: nothing more leaves
 
     async def _release_delayed(self) -> None:
         while self._delayed and not self._closed:
@@ -473,7 +474,7 @@ class Connection:
             self._push(chunks, size)
         self._delayed.clear()
 
-    async def _reset_when_flushed(self, rule: faults.Rule) -> None:
+    async def _reset_when_flushed(self) -> None:
         while (self._queued_frames or self._delayed) and not self._closed:
             await self._drained.park()
         if self._closed:
