@@ -174,7 +174,7 @@ def test_seeded_schedule_replays(two_nodes):
 
     def run() -> list[tuple[str, str, int | None]]:
         s = faults.schedule(seed=1234, kinds=["delay", "duplicate", "partition", "crash"],
-                            rate=20.0, duration=1.0, hold=0.02,
+                            rate=20.0, duration=2.0, hold=0.02,
                             targets={"crash": ["node:*/global_scheduler"]})
         s.join(timeout=30)
         assert s.record and not s.errors, (s.record, s.errors)
@@ -184,9 +184,10 @@ def test_seeded_schedule_replays(two_nodes):
     first = run()
     assert transport.faults.rules() == {}  # healed at the end
     second = run()
-    assert [k for k, _t, _s in first][:5] == [k for k, _t, _s in second][:5]
+    # How many fit in the second depends on how fast the cluster answers (each is a
+    # call over a control link); those that did are the same, in the same order.
     n = min(len(first), len(second))
-    assert n >= 5 and first[:n - 2] == second[:n - 2]
+    assert n >= 3 and first[:n - 1] == second[:n - 1], (first, second)
     assert actorcore.get(plus_one.remote(0), timeout=30) == 1
 
 

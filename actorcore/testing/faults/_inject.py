@@ -71,6 +71,16 @@ def endpoint(name: str | None) -> str | None:
 _KNOWN = ("node-", "worker_", "driver-", "gcs/", "admin-", "*", "?", "[")
 
 
+def _link_broke(exc: BaseException) -> bool:
+    """Whether ``exc`` says the link to the node broke (the call may be sent again)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, transport.ConnectionLost):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "ConnectionLost" in repr(exc) or "connection to" in str(exc)
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     """A node's ValueError arrives as a transport.RemoteError: give it back as one."""
     remote = getattr(exc, "remote_exception", None)
@@ -138,14 +148,24 @@ class Faults:
         from ...core_worker import _worker_state
 
         core = _worker_state.core
-        try:
-            if core is not None and self.address is None:
-                return core.call_sync("fault", op, *args, timeout=timeout)
-            from ...session._admin import admin_call
+        # The driver's own link may be the one a rule breaks (a reset, a break
+        # after a frame): rule commands are idempotent by tag, so one whose link
+        # broke is sent again once the driver has redialled; a crash or a kill is
+        # not sent twice.
+        attempts = 5 if op == "rules" else 1
+        for attempt in range(attempts):
+            try:
+                if core is not None and self.address is None:
+                    return core.call_sync("fault", op, *args, timeout=timeout)
+                from ...session._admin import admin_call
 
-            return admin_call(self.address, "fault", op, *args, timeout=timeout)
-        except Exception as exc:
-            raise _unwrap(exc) from None
+                return admin_call(self.address, "fault", op, *args, timeout=timeout)
+            except Exception as exc:
+                if attempt + 1 < attempts and _link_broke(exc):
+                    time.sleep(0.1 * (attempt + 1))
+                    continue
+                raise _unwrap(exc) from None
+        raise AssertionError("unreachable")
 
     def _rules(self, command: dict) -> dict:
         # Here first (a driver's own links), then every node and its processes.
