@@ -473,12 +473,11 @@ def test_a_logged_call_whose_answer_was_lost_is_not_run_again():
           "a call on the direct path")
     pid = ray.get(a.pid.remote())
     logged = _replay(a)["calls_logged"]
-    # Answers from actor processes to callers on their direct links are lost.
+    # Answers from actor processes to callers on their direct links are lost (each
+    # with its link, reset: the caller cannot tell whether the call ran).
     with faults.drop(1.0, a="worker_*-direct", b="driver-*-direct", both=False):
         ref = a.add.remote("once")
         until(lambda: _replay(a)["calls_logged"] > logged, "the call in the log")
-        with pytest.raises(exc.GetTimeoutError):
-            ray.get(ref, timeout=0.3)
         os.kill(pid, signal.SIGKILL)
         n = ray.get(ref, timeout=60)
     entries = ray.get(a.entries_.remote(), timeout=60)
