@@ -887,9 +887,20 @@ class CoreWorker:
                 # rebuilds it from its lineage, or answers the error saying why not.
                 if self._in_loop() or self._closed:
                     raise
-                is_error, data = self._run_in_loop(self._rebuild, oid, timeout)
-                if not is_error and data == STORE:
-                    return self.store.get(oid, timeout)
+                # One path for every reader that finds a value gone: the node decides
+                # (rebuild, or the one error that says why not). Its answer may still
+                # be STORE when it had not seen the object's loss yet (the request
+                # can reach it before the object's own registration, which leaves
+                # through the queued messages): then the second ask finds it lost.
+                for attempt in range(2):
+                    is_error, data = self._run_in_loop(self._rebuild, oid, timeout)
+                    if is_error or data != STORE:
+                        break
+                    try:
+                        return self.store.get(oid, timeout)
+                    except ObjectLostError:
+                        if attempt:
+                            raise
         value = _serialization.loads(data)
         if entry.is_error or data is not entry.data:
             entry.seen = True
