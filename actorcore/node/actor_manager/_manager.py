@@ -631,8 +631,8 @@ class ActorManager:
             return
         for rec in self.actors.values():
             log = rec.log
-            if log is None or rec.state == "dead" or rec.node is not None or log.in_gcs:
-                continue
+            if log is None or rec.state == "dead" or rec.node is not None:
+                continue  # (entries already there are written again: keyed by seq)
             for entry in log.entries.values():
                 self.log_writer.entry(rec.spec.actor_id, log, entry)
             self.log_writer.checkpoint(rec.spec.actor_id, log)
