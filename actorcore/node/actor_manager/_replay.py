@@ -331,15 +331,16 @@ class LogWriter:
                 newest[p.actor_id] = p
         if not newest:
             return
-        await self._put([(f"{CHECKPOINT_NAMESPACE}\x00{aid.hex()}", p.checkpoint)
-                         for aid, p in newest.items()], "a checkpoint")
-        self.checkpoints_written += len(newest)
+        keys = {aid: f"{CHECKPOINT_NAMESPACE}\x00{aid.hex()}" for aid in newest}
+        failed = await self._put([(keys[aid], p.checkpoint) for aid, p in newest.items()],
+                                 "a checkpoint")
+        self.checkpoints_written += len(newest) - len(failed)
         deletes: list[tuple[Any, Any]] = []
         for aid, p in newest.items():
             assert p.checkpoint is not None
             log = p.log
-            if not log.in_gcs:
-                continue
+            if not log.in_gcs or keys[aid] in failed:
+                continue  # the entries stay: the GCS's checkpoint is an older one
             upto = p.checkpoint.seq
             for seq in range(log.gcs_floor, upto + 1):
                 key = log_key(aid, seq)
@@ -352,26 +353,31 @@ class LogWriter:
                 logger.warning("deleting %d call-log entries a checkpoint covers failed: %s",
                                len(deletes), exc)
 
-    async def _put(self, items: list[tuple[str, Any]], what: str) -> None:
+    async def _put(self, items: list[tuple[str, Any]], what: str) -> set[str]:
+        """Write ``items``; returns the keys that could not be written."""
         self.writes += 1
         try:
             with trio.fail_after(60):
                 await self.control.call(lambda c: c.put_many("kv", items))
-            return
+            return set()
         except gcs.ValueTooLarge:
             pass  # one of them: write the others one by one, name the one refused
         except Exception as exc:
             self.failures += 1
             logger.warning("writing %s to the GCS (%d keys) failed: %s; a restart of its "
-                           "actors on another node replays less", what, len(items), exc)
-            return
+                           "actors on another node would replay less", what, len(items), exc)
+            return {key for key, _v in items}
+        failed = set()
         for key, value in items:
             try:
-                await self.control.call(lambda c, k=key, v=value: c.put("kv", k, v))
+                with trio.fail_after(60):
+                    await self.control.call(lambda c, k=key, v=value: c.put("kv", k, v))
             except Exception as exc:
                 self.failures += 1
+                failed.add(key)
                 logger.warning("writing %s to the GCS (key %r) failed: %s; a restart of its "
-                               "actor on another node replays less", what, key, exc)
+                               "actor on another node would replay less", what, key, exc)
+        return failed
 
     def statistics(self) -> dict[str, int]:
         return {"write_rounds": self.writes, "entries_written": self.entries_written,
