@@ -348,3 +348,22 @@ def test_a_lost_actor_result_says_its_producer_is_an_actor_task(small_store):
     assert x.hex() in str(info.value) and "actor" in str(info.value)
     assert ray.get(noop.remote(), timeout=30) == 1
     ray.kill(m)
+
+
+@ray.remote
+def first_byte(arr) -> int:
+    return int(arr[0])
+
+
+def test_a_task_argument_whose_spill_file_vanished_is_rebuilt(small_store):
+    """The worker finds its argument gone from the store when it reads it: the node
+    rebuilds it from its lineage (the task's one CPU is lent meanwhile) and the task
+    runs with the value."""
+    log = str(small_store["log"])
+    x = big.remote("x", log, 7)
+    ray.wait([x], timeout=30)
+    _spill_out([x], small_store["spill"])
+    assert _delete_spill_files(small_store["spill"])
+    assert ray.get(first_byte.remote(x), timeout=60) == 7
+    assert _runs(small_store["log"]) == {"x": 2}
+    assert ray.get(noop.remote(), timeout=30) == 1
