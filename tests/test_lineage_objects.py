@@ -367,3 +367,28 @@ def test_a_task_argument_whose_spill_file_vanished_is_rebuilt(small_store):
     assert ray.get(first_byte.remote(x), timeout=60) == 7
     assert _runs(small_store["log"]) == {"x": 2}
     assert ray.get(noop.remote(), timeout=30) == 1
+
+
+def test_a_copy_that_fails_for_a_non_owner_is_rebuilt_by_its_owner(tmp_path):
+    """A task on another node takes ``x``, whose only copy (in its owner's node's
+    store) lost its spill file: that node's pull fails, it asks the owner's node,
+    which rebuilds ``x`` from its lineage, and the task gets the value."""
+    from actorcore.testing import Cluster
+
+    log = str(tmp_path / "runs.log")
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"H": 1}, "object_store_memory": 10 * MB,
+        "env_vars": STEADY})
+    try:
+        c.add_node(num_cpus=1, resources={"C": 1}, env_vars=STEADY)
+        c.connect()
+        x = big.options(resources={"H": 1}).remote("x", log, 9)
+        ray.wait([x], timeout=60)
+        spill = c.head_node.session_dir / "spill"
+        _spill_out([x], spill)
+        assert _delete_spill_files(spill)
+        assert ray.get(first_byte.options(resources={"C": 1}).remote(x), timeout=90) == 9
+        assert _runs(tmp_path / "runs.log") == {"x": 2}
+    finally:
+        ray.shutdown()
+        c.shutdown()
