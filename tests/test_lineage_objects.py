@@ -223,21 +223,12 @@ def test_lineage_cap_is_checked_by_init():
 
 
 
-#: FAST's 1.5 s node timeout, on a loaded 2-core machine (load average 18), declared
-#: the node that replaces the killed one dead too (its heartbeats stalled 1.7 s
-#: while it was starting; it then stops itself): the rebuild placed there was lost
-#: with it, no node with a CPU was left, and the rebuilt task waited for one (as an
-#: infeasible task does) until the test's get timed out. A node killed here is
-#: still found dead within a few seconds.
-STEADY = {**FAST, "ACTORCORE_NODE_TIMEOUT": "5"}
-
-
 @pytest.fixture
 def nodes(tmp_path):
     from actorcore.testing import Cluster
 
     # The head (the driver's node) runs nothing: every task goes to a worker node.
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "env_vars": STEADY})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "env_vars": FAST})
     try:
         yield c
     finally:
@@ -254,13 +245,13 @@ def _lose_node_mid_copy(cluster, node, refs_ready_on_node: int) -> None:
     ``node`` (slowed down there), start another node, kill ``node``."""
     _until(lambda: _pulls_in_flight(cluster) >= refs_ready_on_node,
            what="results being copied home")
-    cluster.add_node(num_cpus=1, env_vars=STEADY)
+    cluster.add_node(num_cpus=1, env_vars=FAST)
     cluster.remove_node(node)
 
 
 def test_node_loss_single_object_rebuilt_elsewhere(nodes, tmp_path):
     log = str(tmp_path / "runs.log")
-    b = nodes.add_node(num_cpus=1, env_vars=STEADY)
+    b = nodes.add_node(num_cpus=1, env_vars=FAST)
     node_call(nodes, b, ("obj_fault", {"chunk_delay": 30.0}))  # its copies go home slowly
     nodes.connect()
     x = big.remote("x", log, 6)
@@ -273,7 +264,7 @@ def test_node_loss_single_object_rebuilt_elsewhere(nodes, tmp_path):
 
 def test_node_loss_chain_with_dropped_intermediates(nodes, tmp_path):
     log = str(tmp_path / "runs.log")
-    b = nodes.add_node(num_cpus=1, env_vars=STEADY)
+    b = nodes.add_node(num_cpus=1, env_vars=FAST)
     node_call(nodes, b, ("obj_fault", {"chunk_delay": 30.0}))
     nodes.connect()
     a = big.remote("a", log, 1)
@@ -295,10 +286,10 @@ def put_inside() -> list:
 
 
 def test_a_put_owned_on_a_dead_node_fails_with_owner_died(nodes):
-    b = nodes.add_node(num_cpus=1, env_vars=STEADY)
+    b = nodes.add_node(num_cpus=1, env_vars=FAST)
     nodes.connect()
     [inner] = ray.get(put_inside.remote(), timeout=60)
-    nodes.add_node(num_cpus=1, env_vars=STEADY)
+    nodes.add_node(num_cpus=1, env_vars=FAST)
     nodes.remove_node(b)
     started = time.monotonic()
     with pytest.raises(OwnerDiedError) as info:
@@ -319,7 +310,7 @@ def test_a_forwarded_task_keeps_the_argument_its_owner_dropped(nodes):
     # The driver drops each ref right after passing it on: the task runs on the
     # other node, which asks the driver's node for its argument; that argument must
     # still be there (it used to be freed first, and the chain waited for ever).
-    nodes.add_node(num_cpus=1, env_vars=STEADY)
+    nodes.add_node(num_cpus=1, env_vars=FAST)
     nodes.connect()
     ref = next_link.remote(None)
     deadline = time.monotonic() + 60
@@ -380,9 +371,9 @@ def test_a_copy_that_fails_for_a_non_owner_is_rebuilt_by_its_owner(tmp_path):
     log = str(tmp_path / "runs.log")
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"H": 1}, "object_store_memory": 10 * MB,
-        "env_vars": STEADY})
+        "env_vars": FAST})
     try:
-        c.add_node(num_cpus=1, resources={"C": 1}, env_vars=STEADY)
+        c.add_node(num_cpus=1, resources={"C": 1}, env_vars=FAST)
         c.connect()
         x = big.options(resources={"H": 1}).remote("x", log, 9)
         ray.wait([x], timeout=60)
