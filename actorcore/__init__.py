@@ -13,6 +13,8 @@ The core API is Ray's, so ``import actorcore as ray`` runs Ray core programs::
     print(ray.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
 """
 
+from typing import TYPE_CHECKING, Any
+
 from . import actor, exceptions, util  # ray.actor, ray.exceptions, ray.util
 from .api import _api
 from .api._actor_class import ActorClass, make_actor_class
@@ -37,13 +39,38 @@ from .api._remote_function import RemoteFunction
 from .api._supervisor import SupervisorRef, supervisor
 from .core_worker._generator import DynamicObjectRefGenerator, ObjectRefGenerator
 from .core_worker._object_ref import ObjectRef
-from .node.actor_manager._introspect import ActorManagerStatistics
-from .node.gcs_client._control import ControlStatistics
-from .node.local_scheduler._ledger import LedgerStatistics
-from .node.local_scheduler._scheduler import SchedulerStatistics
-from .node.object_manager._directory import DirectoryStatistics
 from .runtime_context import RuntimeContext, get_gpu_ids, get_runtime_context
-from .worker._cancel import CallGateStatistics
+
+if TYPE_CHECKING:
+    from .node.actor_manager._introspect import ActorManagerStatistics
+    from .node.gcs_client._control import ControlStatistics
+    from .node.local_scheduler._ledger import LedgerStatistics
+    from .node.local_scheduler._scheduler import SchedulerStatistics
+    from .node.object_manager._directory import DirectoryStatistics
+    from .worker._cancel import CallGateStatistics
+
+# The node's components' statistics classes, imported when first named: a driver
+# never needs the node's modules (the scheduler alone is a thousand lines), and
+# every program that imports actorcore would pay for compiling them in.
+_LAZY = {
+    "ActorManagerStatistics": ".node.actor_manager._introspect",
+    "ControlStatistics": ".node.gcs_client._control",
+    "LedgerStatistics": ".node.local_scheduler._ledger",
+    "SchedulerStatistics": ".node.local_scheduler._scheduler",
+    "DirectoryStatistics": ".node.object_manager._directory",
+    "CallGateStatistics": ".worker._cancel",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'actorcore' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 __version__ = "0.1.0"
 

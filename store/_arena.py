@@ -22,8 +22,9 @@ over (measured with a 128 MiB file on this 2-core virtual machine, memcpy of 100
 2. each process then takes a page fault per 4 KiB page of the arena it touches for
    the first time: 40-120 ms per 100 MB even when the pages exist. A write fault
    maps one page; a read fault maps the up to 16 ready pages around it ("fault
-   around", 64 KiB). So a large `Mapping.write` first reads one byte per 64 KiB of
-   its destination: 8-20 ms, after which the copy runs at memcpy speed. (Pages only
+   around", 64 KiB). So a large `Mapping.write` first maps its destination in with
+   ``MADV_POPULATE_READ`` (the same read faults, taken inside the kernel), or reads
+   one byte per 64 KiB of it: 8-20 ms, after which the copy runs at memcpy speed. (Pages only
    reserved by ``posix_fallocate`` are not "ready": that is why 1. zeroes them.)
 
 The arena is self-describing, so a restarted service rebuilds its index from it:
@@ -209,10 +210,25 @@ class Mapping:
 
             address = pa.py_buffer(src).address
             if n >= PRETOUCH_MIN:
-                # One read fault per 64 KiB maps the destination's pages in this
-                # process (the module docstring, 2.): the copy then takes no faults.
-                self.view[offset : offset + n : FAULT_AROUND].tobytes()
+                self._map_in(offset, n)
             ctypes.memmove(self.address + offset, address, n)
+
+    def _map_in(self, offset: int, n: int) -> None:
+        """Map the pages of ``[offset, offset + n)`` into this process before a large
+        copy (the module docstring, 2.), so that the copy takes no faults: one
+        ``MADV_POPULATE_READ`` (the kernel walks the range with its fault-around,
+        no trip to user space between faults: 24 ms against 33 ms for the touch
+        below per 100 MB, same load), else a read of one byte per 64 KiB. Either
+        leaves the bytes alone: both are read faults."""
+        global _populate_works
+        if _populate_works:
+            start = (self.address + offset) // PAGE * PAGE
+            end = self.address + offset + n
+            if _madvise(start, end - start, MADV_POPULATE_READ) == 0:
+                return
+            if ctypes.get_errno() == errno.EINVAL:
+                _populate_works = False  # a kernel before 5.14
+        self.view[offset : offset + n : FAULT_AROUND].tobytes()
 
     def read_into(self, offset: int, n: int, reader) -> None:
         """Let ``reader(memoryview)`` fill ``n`` bytes at ``offset`` (file reads)."""

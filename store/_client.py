@@ -684,10 +684,8 @@ class BlockingStoreClient:
         except BaseException:
             trio.from_thread.run_sync(client._abort, object_id, trio_token=self._token)
             raise
-        view_id = self._run(client._call, m.Seal(object_id, take_ref), timeout)
-        if take_ref:
-            location = _location(payload, serialized)
-            self._run(_add_local_ref, client, object_id, view_id, location, mapping)
+        location = _location(payload, serialized) if take_ref else None
+        self._run(_seal, client, object_id, take_ref, location, mapping, timeout)
         return serialized.total_size
 
     def get(self, object_id: bytes, *, timeout: float | None = None) -> Any:
@@ -733,8 +731,11 @@ async def _get_serialized(client: StoreClient, object_id: bytes, timeout: float 
     return await client.get_serialized(object_id, timeout=timeout)
 
 
-async def _add_local_ref(
-    client: StoreClient, object_id: bytes, view_id: int, location: m.Location, mapping: Mapping
-) -> None:
-    client.refs[object_id] += 1
-    client._lease(object_id, view_id, location, mapping)
+async def _seal(client: StoreClient, object_id: bytes, take_ref: bool,
+                location: m.Location | None, mapping: Mapping,
+                timeout: float | None) -> None:  # noqa: ASYNC109
+    """Seal, and lease the view of the writer's ref: one hop into the loop, not two."""
+    view_id = await client._call(m.Seal(object_id, take_ref), timeout)
+    if location is not None:
+        client.refs[object_id] += 1
+        client._lease(object_id, view_id, location, mapping)

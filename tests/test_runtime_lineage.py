@@ -181,5 +181,10 @@ async def test_control_state_writes_and_marks_in_batches_and_skips_refused_recor
         assert await client.tasks.get(good[0].task_id.hex()) is None
         entry = await client.tasks.get(good[200].task_id.hex())
         assert entry.spec["task_id"] == good[200].task_id.hex()
-        # Two shards, 300 records and 100 marks: a few batched groups, not 400 ops.
-        assert client.statistics().write_groups - groups <= 8
+        # Two shards, 300 records and 100 marks: a few batched groups, not 400 ops
+        # (writes of at most _WRITE_CHUNK items each, so no write blocks the node's
+        # loop for long; each reaches both shards).
+        from actorcore.node.gcs_client._control import _WRITE_CHUNK
+
+        writes = -(-300 // _WRITE_CHUNK) + -(-100 // _WRITE_CHUNK)
+        assert client.statistics().write_groups - groups <= 2 * writes < 400

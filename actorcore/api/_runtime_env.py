@@ -30,7 +30,6 @@ import hashlib
 import io
 import os
 import stat
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,6 +147,8 @@ _packages: dict[tuple[str, str], tuple[float, _Package]] = {}
 def _zip(path: str, key: str, *, as_module: bool) -> _Package:
     """``path`` as a zip with fixed timestamps (the same files: the same id).
     ``as_module``: the zip holds the directory (or file) itself, not its content."""
+    import zipfile  # here: every driver imports this module, few ship a working_dir
+
     buf = io.BytesIO()
     base = os.path.dirname(path) if as_module else path
     total = 0

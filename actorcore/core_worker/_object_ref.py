@@ -20,12 +20,14 @@ on it.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["ObjectRef"]
 
@@ -161,6 +163,8 @@ class ObjectRef:
         """An ``asyncio.Future`` of the running event loop (else of the thread's
         current loop) resolved with the value or the error, as Ray's. Cancelling it
         does not cancel the task. In a coroutine ``await ref`` is the same, cheaper."""
+        import asyncio  # here: every driver imports this module, few use asyncio
+
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

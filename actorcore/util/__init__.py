@@ -9,7 +9,9 @@ bundles of resources; ``scheduling_strategies.PlacementGroupSchedulingStrategy``
 runs tasks and actors in them.
 """
 
-from . import queue, scheduling_strategies
+from typing import TYPE_CHECKING, Any
+
+from . import scheduling_strategies
 from .actor_pool import ActorPool
 from .placement_group import (
     PlacementGroup,
@@ -19,6 +21,20 @@ from .placement_group import (
     placement_group_table,
     remove_placement_group,
 )
+
+if TYPE_CHECKING:
+    from . import queue
+
+
+def __getattr__(name: str) -> Any:
+    # ``queue`` is imported when first named (``actorcore.util.queue``, or the
+    # ``from actorcore.util.queue import Queue`` that Ray's docs use): it imports
+    # asyncio, which a program that never makes a queue need not load.
+    if name == "queue":
+        import importlib
+
+        return importlib.import_module(".queue", __name__)
+    raise AttributeError(f"module 'actorcore.util' has no attribute {name!r}")
 
 __all__ = [
     "ActorPool",

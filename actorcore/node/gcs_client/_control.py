@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 _FLUSH_INTERVAL = 0.05
 _FLUSH_BATCH = 1000
+#: Most items per GCS write of a flush (see `_LineageBuffer`, "Chunks").
+_WRITE_CHUNK = 32
 #: Seconds a GCS call waits for the ``gcs_client`` component to (re)connect.
 _LINK_TIMEOUT = 60.0
 #: Seconds a function missing from the GCS is looked for again (``get_function``),
@@ -103,6 +105,19 @@ class _LineageBuffer:
     written by an earlier flush; a record that comes *after* a mark of the same
     task (recorded again, say for a re-run) ends the batch, so that it is written
     after that mark, as it was added.
+
+    Chunks. A batch goes out in writes of at most `_WRITE_CHUNK` items, records
+    first. Encoding a write and applying it (the replica shares the node's loop on
+    a one-node cluster) are steps of the node's Trio loop that nothing else runs
+    during: with tasks run one at a time on a quiet machine a 50 ms batch holds
+    about 110 records and 110 marks, and writing each kind in one piece blocked the
+    loop for milliseconds at a time (steps of the flusher and of the replica's
+    request handler of 2-5 ms and more, measured by CPU time per step). A task that
+    arrived then waited for it: on average (sum of the blocks squared) / (2 x 50 ms),
+    about 0.1 ms per sync task, the wall-clock loss that the batching showed on a
+    quiet machine while it cut the node's CPU per task by 40 %. Chunks of 32 keep
+    each block a few tenths of a millisecond for a few more GCS writes per batch
+    (about 3 us per task).
     """
 
     def __init__(self) -> None:
@@ -166,10 +181,10 @@ class _LineageBuffer:
                     # A retry after a failed mark writes the records again: the
                     # task table's writes are idempotent by task id, and the marks
                     # still follow them.
-                    if specs:
-                        await write(specs)
-                    if marks:
-                        await collect(marks)
+                    for i in range(0, len(specs), _WRITE_CHUNK):
+                        await write(specs[i : i + _WRITE_CHUNK])
+                    for i in range(0, len(marks), _WRITE_CHUNK):
+                        await collect(marks[i : i + _WRITE_CHUNK])
                 except Exception as exc:  # the GCS is failing over: keep the batch
                     logger.warning("lineage: writing %d items failed: %s", n, exc)
                     await trio.sleep(0.1)

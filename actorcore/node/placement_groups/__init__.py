@@ -1,7 +1,22 @@
 """Placement groups: gang reservation of resource bundles across the cluster."""
 
-from ._manager import PlacementGroups, PlacementGroupsService
+from typing import TYPE_CHECKING, Any
+
 from ._resources import bundle_resources, check_bundles, group_of, rewrite
+
+if TYPE_CHECKING:
+    from ._manager import PlacementGroups, PlacementGroupsService
+
+
+def __getattr__(name: str) -> Any:
+    # The manager (the node's side) is imported when first named: every driver
+    # imports ``_policy`` and ``_resources`` of this package (``actorcore.util``
+    # checks bundles and strategies), and needs none of the node's machinery.
+    if name in ("PlacementGroups", "PlacementGroupsService"):
+        from . import _manager
+
+        return getattr(_manager, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["PlacementGroups", "PlacementGroupsService", "bundle_resources", "check_bundles",
            "group_of", "rewrite"]
