@@ -9,11 +9,19 @@ from typing import Any
 
 from actorcore.session._session import pid_alive
 
-__all__ = ["FAST", "alive", "at_rest", "driver", "node_call", "until"]
+__all__ = ["FAST", "STEADY", "alive", "at_rest", "driver", "node_call", "until", "wait_at_rest"]
 
-#: Node environment for multi-node tests: a killed node is declared dead within
-#: 1.5 s (heartbeats every 0.1 s) instead of the default 10 s.
+#: Node environment for multi-node tests that kill nodes: a killed node is declared
+#: dead within 1.5 s (heartbeats every 0.1 s) instead of the default 10 s.
 FAST = {"ACTORCORE_NODE_TIMEOUT": "1.5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+
+#: Node environment for a cluster that a module's tests share and none kills a node
+#: of: no death to detect, so a node is declared dead only after 60 s without a
+#: heartbeat (a loaded machine can starve a node's heartbeats for longer than
+#: FAST's 1.5 s, and a node wrongly declared dead would fail every later test on
+#: the cluster); heartbeats every 0.1 s keep each node's free resources fresh in
+#: the others' views.
+STEADY = {"ACTORCORE_NODE_TIMEOUT": "60", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
 
 #: Whether a process runs (a zombie is dead): the runtime's own test.
 alive = pid_alive
@@ -101,10 +109,19 @@ def driver(cluster: Any, address: str | None = None, timeout: float = 30.0) -> I
         yield info
     finally:
         actorcore.shutdown()
-    state: list[str | None] = [None]
+    wait_at_rest(cluster, timeout=timeout)
+
+
+def wait_at_rest(cluster: Any, timeout: float = 30.0) -> None:
+    """Return once ``cluster`` is at rest (`at_rest`); fail after ``timeout``
+    seconds naming what is still there."""
+    left: list[str | None] = [None]
 
     def settled() -> bool:
-        state[0] = at_rest(cluster)
-        return state[0] is None
+        left[0] = at_rest(cluster)
+        return left[0] is None
 
-    until(settled, what="the cluster at rest after the test", timeout=timeout)
+    try:
+        until(settled, what="the cluster at rest", timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"the cluster is not at rest after the test: {left[0]}") from None

@@ -23,24 +23,23 @@ import store
 from actorcore import exceptions as exc
 from actorcore.testing import Cluster
 
-from .cluster_support import FAST, node_call, until
+from .cluster_support import FAST, STEADY, node_call, until
 
 MB = 1024 * 1024
 
 
-def _cluster(**head: object) -> Cluster:
-    return Cluster(initialize_head=True,
-                   head_node_args={"num_cpus": 1, "env_vars": FAST, **head})
+def _cluster(env: dict[str, str] = FAST) -> Cluster:
+    return Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": env})
 
 
 @pytest.fixture(scope="class")
 def three():
     """Head (1 CPU), A (1 CPU, resource A), B (1 CPU, resource B), a driver on the
     head: shared by the tests that leave every node alive."""
-    c = _cluster()
+    c = _cluster(STEADY)
     try:
-        a = c.add_node(num_cpus=1, resources={"A": 1}, env_vars=FAST)
-        b = c.add_node(num_cpus=1, resources={"B": 1}, env_vars=FAST)
+        a = c.add_node(num_cpus=1, resources={"A": 1}, env_vars=STEADY)
+        b = c.add_node(num_cpus=1, resources={"B": 1}, env_vars=STEADY)
         c.connect()
         yield c, a, b
     finally:

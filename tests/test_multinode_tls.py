@@ -19,7 +19,7 @@ import actorcore
 import transport
 from actorcore.testing import Cluster
 
-from .cluster_support import FAST, driver
+from .cluster_support import FAST, STEADY, driver
 
 pytestmark = pytest.mark.usefixtures("plaintext_default")  # tests/conftest.py
 
@@ -44,9 +44,9 @@ def tls_cluster(node_certs: dict[str, transport.TlsConfig]) -> Any:
     """A TLS head and a TLS node (resource OTHER) joined over TLS, shared by the
     module: no test kills a node, and a refused node never becomes one of it."""
     c = Cluster(initialize_head=True,
-                head_node_args={"num_cpus": 1, "env_vars": FAST, **_tls_args(node_certs["a"])})
+                head_node_args={"num_cpus": 1, "env_vars": STEADY, **_tls_args(node_certs["a"])})
     try:
-        c.add_node(num_cpus=1, resources={"OTHER": 1}, env_vars=FAST,
+        c.add_node(num_cpus=1, resources={"OTHER": 1}, env_vars=STEADY,
                    **_tls_args(node_certs["a"]))
         yield c
     finally:
