@@ -61,7 +61,6 @@ def node_call(cluster: Any, node: Any, message: Any, timeout: float = 30.0) -> A
     return trio.run(go)
 
 
-
 # A module shares one `testing.Cluster` among its tests that leave every node as it
 # found it (starting a cluster of three nodes costs seconds; a test on it, often
 # less). Each such test is a driver of its own (a job): ``shutdown()`` says goodbye,
