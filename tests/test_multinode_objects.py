@@ -263,29 +263,28 @@ class TestOnThreeNodes:
                         timeout=60)
         assert set(nodes) == {cluster.head_node.node_id, a.node_id, b.node_id}
 
-    # -- crashes of a non-head node's components while work crosses nodes ----
-    # (last: the components restart and the nodes live on, so the cluster is
-    # shared; were it to break, no test after it would be on this cluster)
-
-    def test_components_of_a_node_crash_while_work_crosses_nodes(self, three):
-        from actorcore.testing import faults
-
-        cluster, a, b = three
-        h = Holder.options(resources={"A": 0.5}, num_cpus=0).remote(1)
-        assert ray.get(h.node.remote(), timeout=30) == a.node_id
-        arg = ray.put(np.ones(MB, dtype=np.uint8))
-        for component in ("node_links", "gcs_client", "global_scheduler", "node_links"):
-            tasks = [square.options(resources={"A": 0.01}).remote(i) for i in range(150)]
-            calls = [h.sum.remote(arg) for _ in range(10)]
-            big = make.options(resources={"A": 0.5}).remote(4 * MB, 2)
-            faults.crash(component, address=a.address)
-            assert ray.get(tasks, timeout=60) == [i * i for i in range(150)], component
-            assert ray.get(calls, timeout=60) == [MB] * 10, component
-            assert int(ray.get(big, timeout=60)[-1]) == (4 * MB - 1 + 2) % 256, component
-        ray.kill(h)
-        _healthy()
 
 
+# -- crashes of a non-head node's components while work crosses nodes ---------------
+
+
+def test_components_of_a_node_crash_while_work_crosses_nodes(cluster):
+    from actorcore.testing import faults
+
+    a = cluster.add_node(num_cpus=1, resources={"A": 1}, env_vars=FAST)
+    cluster.connect()
+    h = Holder.options(resources={"A": 0.5}, num_cpus=0).remote(1)
+    assert ray.get(h.node.remote(), timeout=30) == a.node_id
+    arg = ray.put(np.ones(MB, dtype=np.uint8))
+    for component in ("node_links", "gcs_client", "global_scheduler", "node_links"):
+        tasks = [square.options(resources={"A": 0.01}).remote(i) for i in range(150)]
+        calls = [h.sum.remote(arg) for _ in range(10)]
+        big = make.options(resources={"A": 0.5}).remote(4 * MB, 2)
+        faults.crash(component, address=a.address)
+        assert ray.get(tasks, timeout=60) == [i * i for i in range(150)], component
+        assert ray.get(calls, timeout=60) == [MB] * 10, component
+        assert int(ray.get(big, timeout=60)[-1]) == (4 * MB - 1 + 2) % 256, component
+    _healthy()
 
 
 # -- a store too small on the receiving node -------------------------------------------
