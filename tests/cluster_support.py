@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from actorcore.session._session import pid_alive
 
-__all__ = ["FAST", "alive", "node_call", "until"]
+__all__ = ["FAST", "STEADY", "alive", "at_rest", "driver", "node_call", "until", "wait_at_rest"]
 
-#: Node environment for multi-node tests: a killed node is declared dead within
+#: Node environment for multi-node tests that kill nodes: a killed node is declared dead within
 #: 3 s (heartbeats every 0.1 s) instead of the default 10 s. Not less: on a loaded
 #: 2-core machine a node that is starting (imports, its store's arena faulted in,
 #: workers spawned) can miss heartbeats for well over a second, and a live node
 #: declared dead stops itself, leaving a test's cluster without the node it added.
 FAST = {"ACTORCORE_NODE_TIMEOUT": "3", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+
+#: Node environment for a cluster that a module's tests share and none kills a node
+#: of: no death to detect, so a node is declared dead only after 60 s without a
+#: heartbeat (a loaded machine can starve a node's heartbeats for longer than
+#: FAST's 3 s, and a node wrongly declared dead would fail every later test on
+#: the cluster); heartbeats every 0.1 s keep each node's free resources fresh in
+#: the others' views.
+STEADY = {"ACTORCORE_NODE_TIMEOUT": "60", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
 
 #: Whether a process runs (a zombie is dead): the runtime's own test.
 alive = pid_alive
@@ -51,3 +60,70 @@ def node_call(cluster: Any, node: Any, message: Any, timeout: float = 30.0) -> A
 
     return trio.run(go)
 
+
+# A module shares one `testing.Cluster` among its tests that leave every node as it
+# found it (starting a cluster of three nodes costs seconds; a test on it, often
+# less). Each such test is a driver of its own (a job): ``shutdown()`` says goodbye,
+# so the node ends the driver's actors (not detached ones: the test kills those) and
+# frees the objects the driver owned at once, as Ray does when a driver exits. The
+# test's teardown then waits for the cluster to be back at rest, so the next test
+# starts from what a fresh cluster would give it, and a test that leaves something
+# behind fails its own teardown, naming what it left.
+
+
+def at_rest(cluster: Any) -> str | None:
+    """What keeps ``cluster`` from being at rest, or None: each of its nodes alive,
+    every resource available, no actor live or waiting, every node's store empty."""
+    from actorcore.session._admin import admin_call
+
+    nodes = cluster.list_all_nodes()
+    listed = admin_call(cluster.address, "nodes", timeout=10.0)
+    alive = {n["NodeID"] for n in listed if n.get("Alive")}
+    missing = [n.node_id[:12] for n in nodes if n.node_id not in alive]
+    if missing:
+        return f"nodes {missing} not alive"
+    total = admin_call(cluster.address, "cluster_resources", timeout=10.0)
+    free = admin_call(cluster.address, "available_resources", timeout=10.0)
+    held = {k: v - free.get(k, 0.0) for k, v in total.items() if v - free.get(k, 0.0) > 1e-9}
+    if held:
+        return f"resources still held: {held}"
+    for node in nodes:
+        status = admin_call(node.address, "status", timeout=10.0)
+        actors = status["actors"]
+        live = actors.pending + actors.alive + actors.restarting + actors.unplaced
+        if live:
+            return f"node {node.node_id[:12]}: {live} actor(s) not dead"
+        store = status.get("store")
+        if store is not None and store.count:
+            return f"node {node.node_id[:12]}: {store.count} object(s) left in its store"
+    return None
+
+
+@contextlib.contextmanager
+def driver(cluster: Any, address: str | None = None, timeout: float = 30.0) -> Iterator[Any]:
+    """Connect this process to ``cluster`` (at ``address``: the head by default) as
+    a new driver for one test; afterwards disconnect it and wait until the cluster
+    is at rest again (`at_rest`), failing after ``timeout`` seconds with what is left."""
+    import actorcore
+
+    info = actorcore.init(address=address or cluster.address)
+    try:
+        yield info
+    finally:
+        actorcore.shutdown()
+    wait_at_rest(cluster, timeout=timeout)
+
+
+def wait_at_rest(cluster: Any, timeout: float = 30.0) -> None:
+    """Return once ``cluster`` is at rest (`at_rest`); fail after ``timeout``
+    seconds naming what is still there."""
+    left: list[str | None] = [None]
+
+    def settled() -> bool:
+        left[0] = at_rest(cluster)
+        return left[0] is None
+
+    try:
+        until(settled, what="the cluster at rest", timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"the cluster is not at rest after the test: {left[0]}") from None

@@ -280,19 +280,25 @@ def test_supervised_kill_no_restart_removes_the_child():
 
 
 _NODE_DIES = textwrap.dedent("""
-    import os, signal, time
+    import os, signal, tempfile, time
+    from pathlib import Path
     import actorcore as ray
     from actorcore import exceptions as exc
     ray.init(num_cpus=1, log_to_driver=False)
 
     @ray.remote
     class Slow:
-        def nap(self):
+        def nap(self, started):
+            Path(started).touch()
             time.sleep(30)
 
     s = Slow.remote()
-    ref = s.nap.remote()
-    time.sleep(1.0)
+    started = Path(tempfile.mkdtemp(), "started")
+    ref = s.nap.remote(str(started))
+    deadline = time.monotonic() + 60
+    while not started.exists():  # the call is running
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.02)
     head = ray.nodes()[0]["pid"]
     os.kill(head, signal.SIGKILL)
     try:

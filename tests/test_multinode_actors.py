@@ -15,11 +15,32 @@ from actorcore import exceptions as exc
 from actorcore.api._actor_handle import actor_state
 from actorcore.testing import Cluster
 
-from .cluster_support import FAST, until
+from .cluster_support import FAST, STEADY, driver, until
+
+
+@pytest.fixture(scope="module")
+def three():
+    """Head (1 CPU), A (1 CPU, resource A), B (1 CPU, resource B): shared by the
+    tests that leave every node alive, each a driver of its own (``driver``)."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": STEADY})
+    try:
+        a = c.add_node(num_cpus=1, resources={"A": 1}, env_vars=STEADY)
+        b = c.add_node(num_cpus=1, resources={"B": 1}, env_vars=STEADY)
+        yield c, a, b
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture
+def on_three(three):
+    """``three``, this process a new driver on its head for the test."""
+    with driver(three[0]):
+        yield three
 
 
 @pytest.fixture
 def cluster():
+    """A cluster of its own (a head of 1 CPU) for a test that adds or kills nodes."""
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": FAST})
     try:
         yield c
@@ -72,10 +93,8 @@ def call_from_task(handle, by: int) -> tuple[str, int]:
 _until = functools.partial(until, timeout=20.0)
 
 
-def test_actor_placed_by_resource_and_called_from_everywhere(cluster):
-    a = cluster.add_node(num_cpus=1, resources={"A": 1}, env_vars=FAST)
-    b = cluster.add_node(num_cpus=1, resources={"B": 1}, env_vars=FAST)
-    cluster.connect()
+def test_actor_placed_by_resource_and_called_from_everywhere(on_three):
+    cluster, a, b = on_three
     actor = Counter.options(resources={"A": 1}).remote(10)
     assert actorcore.get(actor.node.remote(), timeout=20) == a.node_id
     # From the driver (on the head): calls in order.
@@ -97,10 +116,7 @@ def test_actor_placed_by_resource_and_called_from_everywhere(cluster):
     assert state["state"] == "alive" and state["node_id"] == a.node_id
 
 
-def test_spread_places_actors_on_every_node(cluster):
-    cluster.add_node(num_cpus=1, env_vars=FAST)
-    cluster.add_node(num_cpus=1, env_vars=FAST)
-    cluster.connect()
+def test_spread_places_actors_on_every_node(on_three):
     _until(lambda: sum(n["Alive"] for n in actorcore.nodes()) == 3, what="3 nodes")
     actors = [Counter.options(scheduling_strategy="SPREAD").remote() for _ in range(3)]
     nodes = actorcore.get([h.node.remote() for h in actors], timeout=30)
@@ -116,10 +132,8 @@ def test_spread_places_actors_on_every_node(cluster):
     assert actorcore.get(soft.incr.remote(), timeout=20) == 1
 
 
-def test_named_actor_found_from_another_node(cluster):
-    a = cluster.add_node(num_cpus=1, resources={"A": 1}, env_vars=FAST)
-    cluster.add_node(num_cpus=1, resources={"B": 1}, env_vars=FAST)
-    cluster.connect()
+def test_named_actor_found_from_another_node(on_three):
+    cluster, a, b = on_three
     Counter.options(name="shared", lifetime="detached", resources={"A": 1}).remote(100)
 
     @actorcore.remote(resources={"B": 1})

@@ -23,31 +23,33 @@ import store
 from actorcore import exceptions as exc
 from actorcore.testing import Cluster
 
-from .cluster_support import FAST, node_call, until
+from .cluster_support import FAST, STEADY, driver, node_call, until
 
 MB = 1024 * 1024
 
 
-def _cluster(**head: object) -> Cluster:
-    return Cluster(initialize_head=True,
-                   head_node_args={"num_cpus": 1, "env_vars": FAST, **head})
+def _cluster(env: dict[str, str] = FAST) -> Cluster:
+    return Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": env})
 
 
 @pytest.fixture(scope="class")
-def three():
-    """Head (1 CPU), A (1 CPU, resource A), B (1 CPU, resource B), a driver on the
-    head: shared by the tests that leave every node alive."""
-    c = _cluster()
+def three_nodes():
+    """Head (1 CPU), A (1 CPU, resource A), B (1 CPU, resource B): shared by the
+    tests that leave every node alive."""
+    c = _cluster(STEADY)
     try:
-        a = c.add_node(num_cpus=1, resources={"A": 1}, env_vars=FAST)
-        b = c.add_node(num_cpus=1, resources={"B": 1}, env_vars=FAST)
-        c.connect()
+        a = c.add_node(num_cpus=1, resources={"A": 1}, env_vars=STEADY)
+        b = c.add_node(num_cpus=1, resources={"B": 1}, env_vars=STEADY)
         yield c, a, b
     finally:
-        try:
-            actorcore.shutdown()
-        finally:
-            c.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture
+def three(three_nodes):
+    """``three_nodes``, this process a new driver on its head for the test."""
+    with driver(three_nodes[0]):
+        yield three_nodes
 
 
 @pytest.fixture
@@ -260,6 +262,7 @@ class TestOnThreeNodes:
         nodes = ray.get([where.options(scheduling_strategy="SPREAD").remote() for _ in range(30)],
                         timeout=60)
         assert set(nodes) == {cluster.head_node.node_id, a.node_id, b.node_id}
+
 
 
 # -- crashes of a non-head node's components while work crosses nodes ---------------

@@ -19,7 +19,7 @@ import actorcore
 import transport
 from actorcore.testing import Cluster
 
-from .cluster_support import FAST
+from .cluster_support import FAST, STEADY, driver
 
 pytestmark = pytest.mark.usefixtures("plaintext_default")  # tests/conftest.py
 
@@ -39,14 +39,25 @@ def node_certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, transport.
             "b": transport.create_cluster_certs(root / "b", hosts=hosts)}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tls_cluster(node_certs: dict[str, transport.TlsConfig]) -> Any:
+    """A TLS head and a TLS node (resource OTHER) joined over TLS, shared by the
+    module: no test kills a node, and a refused node never becomes one of it."""
     c = Cluster(initialize_head=True,
-                head_node_args={"num_cpus": 1, "env_vars": FAST, **_tls_args(node_certs["a"])})
+                head_node_args={"num_cpus": 1, "env_vars": STEADY, **_tls_args(node_certs["a"])})
     try:
+        c.add_node(num_cpus=1, resources={"OTHER": 1}, env_vars=STEADY,
+                   **_tls_args(node_certs["a"]))
         yield c
     finally:
         c.shutdown()
+
+
+@pytest.fixture
+def tls_driver(tls_cluster: Cluster) -> Any:
+    """``tls_cluster``, this process a new driver on its head for the test."""
+    with driver(tls_cluster):
+        yield tls_cluster
 
 
 DRIVER = textwrap.dedent(
@@ -88,19 +99,18 @@ def _alive(nodes: list[dict]) -> set[str]:
     return {n["NodeID"] for n in nodes if n["Alive"]}
 
 
-def test_a_node_joins_a_tls_cluster_over_tls(tls_cluster: Cluster,
+def test_a_node_joins_a_tls_cluster_over_tls(tls_driver: Cluster,
                                             node_certs: dict[str, transport.TlsConfig],
                                             tmp_path: Path) -> None:
     a = node_certs["a"]
-    other = tls_cluster.add_node(num_cpus=1, resources={"OTHER": 1}, env_vars=FAST,
-                                 **_tls_args(a))
+    tls_cluster = tls_driver
+    [other] = tls_cluster.worker_nodes
     head = tls_cluster.head_node
     assert head is not None
     for node in (head, other):
         security = node.process.info["security"]
         assert security["mode"] == "tls" and security["tls"] == a.as_dict(), security
     assert other.node_ip_address == "127.0.0.2"
-    tls_cluster.connect()
     assert _alive(actorcore.nodes()) == {head.node_id, other.node_id}
     assert actorcore.cluster_resources().get("OTHER") == 1
     # The tree of the other node comes over the head's TLS link to it (node_links).
@@ -125,11 +135,8 @@ def test_a_node_joins_a_tls_cluster_over_tls(tls_cluster: Cluster,
     assert actorcore.get(where.remote(), timeout=60) == head.node_id
 
 
-def test_a_task_placed_on_the_other_node_over_tls(
-        tls_cluster: Cluster, node_certs: dict[str, transport.TlsConfig]) -> None:
-    other = tls_cluster.add_node(num_cpus=1, resources={"OTHER": 1}, env_vars=FAST,
-                                 **_tls_args(node_certs["a"]))
-    tls_cluster.connect()
+def test_a_task_placed_on_the_other_node_over_tls(tls_driver: Cluster) -> None:
+    [other] = tls_driver.worker_nodes
 
     @actorcore.remote
     def where() -> str:
@@ -150,7 +157,7 @@ def test_a_node_refused_by_a_tls_cluster_fails_at_once_and_the_head_serves_on(
         tmp_path: Path) -> None:
     args: dict[str, Any] = {} if which == "plaintext" else _tls_args(node_certs["b"])
     with pytest.raises(transport.TlsError) as info:
-        tls_cluster.add_node(num_cpus=1, env_vars=FAST, **args)
+        tls_cluster.add_node(num_cpus=1, env_vars=FAST, host="127.0.0.3", **args)
     message = str(info.value)
     assert tls_cluster.address in message, message
     if which == "plaintext":
@@ -161,16 +168,17 @@ def test_a_node_refused_by_a_tls_cluster_fails_at_once_and_the_head_serves_on(
         assert "not accepted by our CA" in message, message
     head = tls_cluster.head_node
     assert head is not None and head.alive()
-    assert tls_cluster.worker_nodes == []
-    # The head serves on: a driver connects over TLS, sees one node, runs a task.
-    tls_cluster.connect()
-    assert _alive(actorcore.nodes()) == {head.node_id}
+    [other] = tls_cluster.worker_nodes  # the refused one did not become a node
+    # The head serves on: a driver connects over TLS, sees the cluster's two nodes
+    # (not the refused one), runs a task.
+    with driver(tls_cluster):
+        assert _alive(actorcore.nodes()) == {head.node_id, other.node_id}
 
-    @actorcore.remote
-    def double(x: int) -> int:
-        return 2 * x
+        @actorcore.remote
+        def double(x: int) -> int:
+            return 2 * x
 
-    assert actorcore.get(double.remote(21), timeout=60) == 42
+        assert actorcore.get(double.remote(21), timeout=60) == 42
 
 
 def test_a_node_with_another_token_is_refused_at_once() -> None:

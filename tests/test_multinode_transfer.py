@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 
+import attrs
 import numpy as np
 import pytest
 import trio
@@ -23,16 +24,41 @@ import transport
 from actorcore.exceptions import ObjectTransferError
 from actorcore.testing import Cluster
 
-from .cluster_support import FAST
+from .cluster_support import FAST, STEADY, wait_at_rest
+
+
+@pytest.fixture(scope="module")
+def three():
+    """Head, A and B (1 CPU each), shared by the tests that kill no node; each test
+    drops what it pulled and removes what it wrote, and leaves the cluster at rest."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": STEADY})
+    try:
+        a = c.add_node(num_cpus=1, env_vars=STEADY)
+        b = c.add_node(num_cpus=1, env_vars=STEADY)
+        yield c, a, b
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture
+def shared(three):
+    yield three
+    wait_at_rest(three[0])
 
 
 @pytest.fixture
 def cluster():
+    """A cluster of its own (a head of 1 CPU) for a test that kills a node."""
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": FAST})
     try:
         yield c
     finally:
         c.shutdown()
+
+
+def _since(after, before) -> dict[str, int]:
+    """The change of each of a node's transfer figures (`TransferStatistics`)."""
+    return {k: v - getattr(before, k) for k, v in attrs.asdict(after).items()}
 
 
 def _token(cluster) -> bytes:
@@ -75,14 +101,15 @@ async def _until(fn, what: str, timeout: float = 20.0):  # noqa: ASYNC109
     raise AssertionError(what)
 
 
-def test_pull_one_byte_empty_and_50mb(cluster):
-    a = cluster.add_node(num_cpus=1, env_vars=FAST)
-    b = cluster.add_node(num_cpus=1, env_vars=FAST)
+def test_pull_one_byte_empty_and_50mb(shared):
+    cluster, a, b = shared
     big = np.random.default_rng(0).integers(0, 255, 50 * 1024 * 1024, dtype=np.uint8)
     values = {_oid(1): b"x", _oid(2): b"", _oid(3): np.empty(0, dtype=np.uint8), _oid(4): big}
 
     async def main() -> None:
         token = _token(cluster)
+        pulled0 = await _call(cluster, b, ("obj_transfers",))
+        served0 = await _call(cluster, a, ("obj_transfers",))
         async with await store.StoreClient.connect(_store_address(a), token) as src, \
                 await store.StoreClient.connect(_store_address(b), token) as dst:
             for oid, value in values.items():
@@ -102,11 +129,11 @@ def test_pull_one_byte_empty_and_50mb(cluster):
                 assert where == [b.node_id]
             # Pulled again: already here, no second transfer.
             await _call(cluster, b, ("obj_pull", list(values)[3], [a.node_id]))
-            stats = await _call(cluster, b, ("obj_transfers",))
-            assert stats.transfers == 4 and stats.local == 1 and stats.failed == 0
-            assert stats.bytes_in >= big.nbytes and stats.copies == 4
-            served = await _call(cluster, a, ("obj_transfers",))
-            assert served.bytes_out == stats.bytes_in
+            stats = _since(await _call(cluster, b, ("obj_transfers",)), pulled0)
+            assert stats["transfers"] == 4 and stats["local"] == 1 and stats["failed"] == 0
+            assert stats["bytes_in"] >= big.nbytes and stats["copies"] == 4
+            served = _since(await _call(cluster, a, ("obj_transfers",)), served0)
+            assert served["bytes_out"] == stats["bytes_in"]
             # The puller holds the copy: the source's writer letting go changes nothing.
             for oid in values:
                 await src.remove_ref(oid)
@@ -120,30 +147,35 @@ def test_pull_one_byte_empty_and_50mb(cluster):
 
             await _until(gone, "the dropped copy freed")
             assert await _call(cluster, a, ("obj_where", big_oid)) == []
+            for oid in list(values)[:3]:
+                await _call(cluster, b, ("obj_drop", oid))
 
     trio.run(main)
 
 
-def test_concurrent_pulls_of_one_object_are_one_transfer(cluster):
-    a = cluster.add_node(num_cpus=1, env_vars=FAST)
-    b = cluster.add_node(num_cpus=1, env_vars=FAST)
+def test_concurrent_pulls_of_one_object_are_one_transfer(shared):
+    cluster, a, b = shared
     value = np.arange(5 * 1024 * 1024, dtype=np.int32)  # 20 MiB
     oid = _oid(5)
 
     async def main() -> None:
         token = _token(cluster)
+        pulled0 = await _call(cluster, b, ("obj_transfers",))
+        served0 = await _call(cluster, a, ("obj_transfers",))
         async with await store.StoreClient.connect(_store_address(a), token) as src, \
                 await store.StoreClient.connect(_store_address(b), token) as dst:
             await src.put(oid, value)
             async with trio.open_nursery() as nursery:
                 for _ in range(8):
                     nursery.start_soon(_call, cluster, b, ("obj_pull", oid, [a.node_id]))
-            stats = await _call(cluster, b, ("obj_transfers",))
-            assert stats.pulls == 8 and stats.transfers == 1
-            assert stats.joined + stats.local == 7
-            served = await _call(cluster, a, ("obj_transfers",))
-            assert served.bytes_out < 2 * value.nbytes  # one copy's worth, not eight
+            stats = _since(await _call(cluster, b, ("obj_transfers",)), pulled0)
+            assert stats["pulls"] == 8 and stats["transfers"] == 1
+            assert stats["joined"] + stats["local"] == 7
+            served = _since(await _call(cluster, a, ("obj_transfers",)), served0)
+            assert served["bytes_out"] < 2 * value.nbytes  # one copy's worth, not eight
             assert np.array_equal(await dst.get(oid), value)
+            await src.remove_ref(oid)
+            await _call(cluster, b, ("obj_drop", oid))
 
     trio.run(main)
 
@@ -209,8 +241,8 @@ def test_source_killed_mid_transfer_next_location_or_typed_error(cluster):
     trio.run(main)
 
 
-def test_no_location_is_a_typed_error(cluster):
-    b = cluster.add_node(num_cpus=1, env_vars=FAST)
+def test_no_location_is_a_typed_error(shared):
+    cluster, _, b = shared
     head = cluster.head_node
     oid = _oid(9)
 

@@ -227,23 +227,31 @@ def test_status_and_tree_reach_any_live_local_cluster_by_address(root, root2):
 
 
 _HEAD_DIES = """
-    import os, signal, time
+    import os, signal, tempfile, time
+    from pathlib import Path
     import actorcore as ray
     from actorcore import exceptions as exc
     info = ray.init({init_args}, log_to_driver=False)
 
     @ray.remote
-    def nap():
+    def nap(d=None):
+        if d:
+            Path(d, "task").touch()
         time.sleep(60)
 
     @ray.remote
     class A:
-        def nap(self):
+        def nap(self, d):
+            Path(d, "actor").touch()
             time.sleep(60)
 
     a = A.remote()
-    refs = [nap.remote(), a.nap.remote()]
-    time.sleep(1.0)
+    d = tempfile.mkdtemp()
+    refs = [nap.remote(d), a.nap.remote(d)]
+    deadline = time.monotonic() + 60
+    while not (Path(d, "task").exists() and Path(d, "actor").exists()):  # both running
+        assert time.monotonic() < deadline, "the task and the actor call never started"
+        time.sleep(0.02)
     node = ray.nodes()[0]
     print("NODE", node["NodeID"], node["pid"], flush=True)
     os.kill(node["pid"], signal.SIGKILL)
