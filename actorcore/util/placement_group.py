@@ -18,8 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..node.placement_groups._policy import STRATEGIES
-from ..node.placement_groups._resources import check_bundles, group_of
+from ..protocol._placement import STRATEGIES, check_bundles, group_of
 
 __all__ = [
     "PlacementGroup",

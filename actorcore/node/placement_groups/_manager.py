@@ -51,8 +51,8 @@ import trio
 
 from ...exceptions import ActorPlacementGroupRemoved, TaskPlacementGroupRemoved
 from ...protocol._messages import TaskSpec
-from ._policy import STRATEGIES, place_bundles
-from ._resources import bundle_resources, check_bundles, group_of
+from ...protocol._placement import STRATEGIES, bundle_resources, check_bundles, group_of
+from ._policy import place_bundles
 
 __all__ = ["RETRY", "GroupRecord", "PlacementGroups", "PlacementGroupsService"]
 
