@@ -1,4 +1,4 @@
-"""Introspection and admin calls served by a node (``("call", name, args)``).
+"""Introspection and admin calls served by a node (`AdminCall`: ``name``, ``args``).
 
 ``tree``, ``status``, ``cluster_resources``, ``available_resources``, ``nodes``,
 ``crash`` (the fault hook of ``actorcore.testing.faults``), ``kill_worker``,
@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from ..kernel import InjectedCrash
+from ..protocol._wire import AdminCall
 
 __all__ = ["dispatch_call"]
 
@@ -97,7 +98,7 @@ async def _tree(node: Any, reply: Any) -> None:
         try:
             with trio.fail_after(5.0):
                 subtrees[status.node_id] = await node.peers.request(
-                    status.node_id, ("call", "local_tree", ()))
+                    status.node_id, AdminCall("local_tree"))
         except Exception as exc:
             subtrees[status.node_id] = {
                 "name": "node", "kind": "node", "state": "unreachable", "restarts": 0,

@@ -10,7 +10,7 @@ an object, show its tree — goes over the link this module keeps to that node:
 - ``await request(node_id, message)`` waits for the peer's answer.
 
 A link is dialled at first use, to the TCP address the node registered in the GCS
-(the `ClusterView`), and announces itself with ``("hello", "node", ...)``. A link
+(the `ClusterView`), and announces itself with ``Hello("node", ...)``. A link
 that fails is dialled again while the view says the peer lives; once the peer is
 declared dead the link is dropped, and what was queued for it is discarded (the
 node's death listeners redo that work elsewhere: a lost message to a dead node is
@@ -33,6 +33,7 @@ import trio
 import transport
 
 from ..protocol._messages import max_frame_size
+from ..protocol._wire import Hello
 from .gcs_client._membership import ClusterView
 
 __all__ = ["NodeLinks", "NodePeers", "PeerUnavailable"]
@@ -256,8 +257,8 @@ class NodePeers:
                     handler=self._handler, max_frame_size=max_frame_size(),
                     connect_timeout=5.0,
                 )
-                await conn.request(("hello", "node", None, os.getpid(),
-                                    {"node_id": self._node_hex}), timeout=10.0)
+                await conn.request(Hello("node", None, os.getpid(),
+                                         {"node_id": self._node_hex}), timeout=10.0)
             except (transport.TransportError, OSError, trio.TooSlowError) as exc:
                 logger.info("dialling node %s at %s failed: %s", link.node_id[:12],
                             status.address, exc)
