@@ -1,6 +1,6 @@
 """Object transfer between nodes on real clusters: a node pulls an object from
 another node's store over TCP (``node.transfers.pull``), driven here through the
-node's ``obj_pull`` hook with objects the test writes into one node's store.
+node's `PullObject` hook with objects the test writes into one node's store.
 
 Covered: 1 byte, an empty value and 50 MB arrive intact and sealed in the puller's
 store, held by the puller and registered in the GCS object table (and released and
@@ -21,6 +21,13 @@ import trio
 import store
 import transport
 from actorcore.exceptions import ObjectTransferError
+from actorcore.protocol._wire import (
+    DropCopy,
+    GetTransferStatistics,
+    LocateObject,
+    PullObject,
+    SlowChunks,
+)
 from actorcore.testing import Cluster
 
 from .cluster_support import FAST
@@ -89,7 +96,7 @@ def test_pull_one_byte_empty_and_50mb(cluster):
                 await src.put(oid, value)
             for oid, value in values.items():
                 assert not await dst.contains(oid)
-                await _call(cluster, b, ("obj_pull", oid, [a.node_id]))
+                await _call(cluster, b, PullObject(oid, [a.node_id]))
                 assert await dst.contains(oid)
                 got = await dst.get(oid)
                 if isinstance(value, np.ndarray):
@@ -98,14 +105,14 @@ def test_pull_one_byte_empty_and_50mb(cluster):
                     assert got == value
                 del got
                 # Registered in the GCS object table, read back by any node.
-                where = await _call(cluster, a, ("obj_where", oid))
+                where = await _call(cluster, a, LocateObject(oid))
                 assert where == [b.node_id]
             # Pulled again: already here, no second transfer.
-            await _call(cluster, b, ("obj_pull", list(values)[3], [a.node_id]))
-            stats = await _call(cluster, b, ("obj_transfers",))
+            await _call(cluster, b, PullObject(list(values)[3], [a.node_id]))
+            stats = await _call(cluster, b, GetTransferStatistics())
             assert stats.transfers == 4 and stats.local == 1 and stats.failed == 0
             assert stats.bytes_in >= big.nbytes and stats.copies == 4
-            served = await _call(cluster, a, ("obj_transfers",))
+            served = await _call(cluster, a, GetTransferStatistics())
             assert served.bytes_out == stats.bytes_in
             # The puller holds the copy: the source's writer letting go changes nothing.
             for oid in values:
@@ -113,13 +120,13 @@ def test_pull_one_byte_empty_and_50mb(cluster):
             assert await dst.contains(list(values)[3])
             # Dropping the copy releases it and unregisters the location.
             big_oid = list(values)[3]
-            await _call(cluster, b, ("obj_drop", big_oid))
+            await _call(cluster, b, DropCopy(big_oid))
 
             async def gone() -> bool:
                 return not await dst.contains(big_oid)
 
             await _until(gone, "the dropped copy freed")
-            assert await _call(cluster, a, ("obj_where", big_oid)) == []
+            assert await _call(cluster, a, LocateObject(big_oid)) == []
 
     trio.run(main)
 
@@ -137,11 +144,11 @@ def test_concurrent_pulls_of_one_object_are_one_transfer(cluster):
             await src.put(oid, value)
             async with trio.open_nursery() as nursery:
                 for _ in range(8):
-                    nursery.start_soon(_call, cluster, b, ("obj_pull", oid, [a.node_id]))
-            stats = await _call(cluster, b, ("obj_transfers",))
+                    nursery.start_soon(_call, cluster, b, PullObject(oid, [a.node_id]))
+            stats = await _call(cluster, b, GetTransferStatistics())
             assert stats.pulls == 8 and stats.transfers == 1
             assert stats.joined + stats.local == 7
-            served = await _call(cluster, a, ("obj_transfers",))
+            served = await _call(cluster, a, GetTransferStatistics())
             assert served.bytes_out < 2 * value.nbytes  # one copy's worth, not eight
             assert np.array_equal(await dst.get(oid), value)
 
@@ -165,24 +172,24 @@ def test_source_killed_mid_transfer_next_location_or_typed_error(cluster):
             await on_head.put(both, value)
             await on_head.put(later, b"still works")
             # A serves slowly (each chunk 0.4 s after its request): kill it while B pulls.
-            await _call(cluster, a, ("obj_fault", {"chunk_delay": 0.4}))
+            await _call(cluster, a, SlowChunks(0.4))
             outcome: dict[str, object] = {}
 
             async def pull(oid: bytes, locations: list[str]) -> None:
                 try:
-                    await _call(cluster, b, ("obj_pull", oid, locations))
+                    await _call(cluster, b, PullObject(oid, locations))
                     outcome[oid.hex()] = "ok"
                 except ObjectTransferError as exc:
                     outcome[oid.hex()] = exc
 
             async def started() -> bool:
-                return (await _call(cluster, a, ("obj_transfers",))).chunks_out >= 2
+                return (await _call(cluster, a, GetTransferStatistics())).chunks_out >= 2
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pull, both, [a.node_id, head.node_id])
                 nursery.start_soon(pull, only_a, [a.node_id])
                 await _until(started, "A serving chunks")
-                assert (await _call(cluster, b, ("obj_transfers",))).in_flight == 2
+                assert (await _call(cluster, b, GetTransferStatistics())).in_flight == 2
                 killed = time.monotonic()
                 await trio.to_thread.run_sync(cluster.remove_node, a)
             took = time.monotonic() - killed
@@ -203,7 +210,7 @@ def test_source_killed_mid_transfer_next_location_or_typed_error(cluster):
             st = await dst.store_statistics()
             assert st.unsealed == 0 and st.count == 1
             # B keeps working: another pull, from the head, is served.
-            await _call(cluster, b, ("obj_pull", later, [head.node_id]))
+            await _call(cluster, b, PullObject(later, [head.node_id]))
             assert await dst.get(later) == b"still works"
 
     trio.run(main)
@@ -216,9 +223,9 @@ def test_no_location_is_a_typed_error(cluster):
 
     async def main() -> None:
         with pytest.raises(ObjectTransferError, match="GCS object table lists none"):
-            await _call(cluster, b, ("obj_pull", oid, []))
+            await _call(cluster, b, PullObject(oid, []))
         with pytest.raises(ObjectTransferError, match="does not hold the object") as info:
-            await _call(cluster, b, ("obj_pull", oid, [head.node_id, "ab" * 14]))
+            await _call(cluster, b, PullObject(oid, [head.node_id, "ab" * 14]))
         assert set(info.value.tried) == {head.node_id, "ab" * 14}
         assert "not a member" in info.value.tried["ab" * 14]
 

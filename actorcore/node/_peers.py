@@ -6,7 +6,7 @@ an object, show its tree — goes over the link this module keeps to that node:
 
 - ``send(node_id, message)`` queues a one-way message; messages to one node leave in
   the order they were queued, over one connection, those queued together in one
-  frame (``("peer_batch", [...])``, served in order by the receiving node);
+  frame (a `PeerBatch`, served in order by the receiving node);
 - ``await request(node_id, message)`` waits for the peer's answer.
 
 A link is dialled at first use, to the TCP address the node registered in the GCS
@@ -33,7 +33,7 @@ import trio
 import transport
 
 from ..protocol._messages import max_frame_size
-from ..protocol._wire import Hello
+from ..protocol._wire import Hello, PeerBatch
 from .gcs_client._membership import ClusterView
 
 __all__ = ["NodeLinks", "NodePeers", "PeerUnavailable"]
@@ -43,7 +43,7 @@ logger = logging.getLogger("actorcore.peers")
 #: Seconds between dials of a peer that does not answer (while it is alive).
 REDIAL = 0.2
 
-#: One-way messages sent together at most (as one ``("peer_batch", [...])``).
+#: One-way messages sent together at most (as one `PeerBatch`).
 BATCH = 256
 
 
@@ -225,7 +225,7 @@ class NodePeers:
         is sent leaves ``batch``: an interruption leaves only what was not."""
         if len(batch) > 1:
             try:
-                await conn.send(("peer_batch", batch))
+                await conn.send(PeerBatch(batch))
                 link.sent += len(batch)
                 batch.clear()
                 return
@@ -285,7 +285,7 @@ class NodePeers:
 
 
 def _kind(message: Any) -> str:
-    return repr(message[0]) if isinstance(message, tuple) and message else type(message).__name__
+    return type(message).__name__
 
 
 def _close_soon(conn: Any) -> None:

@@ -153,7 +153,11 @@ class NodeRuntime:
         # Every node of the cluster as this one knows it (from the GCS, refreshed by
         # ``gcs_client``), and its links to the others (run by ``node_links``).
         self.view: ClusterView = ClusterView(self.node_hex)
-        self.peers = NodePeers(self.view, config.token, self.node_hex, self.handle)
+        # The handler of every connection to the node (drivers, workers, actor
+        # processes, other nodes, admin tools): one registry of the messages they
+        # may send (``protocol._wire``), filled below by the node and its components.
+        self.dispatcher = transport.Dispatcher(f"node-{short(self.node_id)}")
+        self.peers = NodePeers(self.view, config.token, self.node_hex, self.dispatcher)
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
         self.resources = dict(config.resources)
         self.resources["CPU"] = cpus
@@ -194,7 +198,7 @@ class NodeRuntime:
         self.server = transport.Server(
             self.unix_address,
             config.token,
-            self.handle,
+            self.dispatcher,
             name=f"node-{short(self.node_id)}",
             on_disconnect=self._on_disconnect,
             max_frame_size=max_frame_size(),
@@ -222,13 +226,11 @@ class NodeRuntime:
             self.tcp_server = transport.Server(
                 f"tcp:{config.host}:{config.port or 0}",
                 config.token,
-                self.handle,
+                self.dispatcher,
                 name=f"node-{short(self.node_id)}-tcp",
                 on_disconnect=self._on_disconnect,
             )
-        # One registry for every typed message a process sends the node
-        # (``protocol._wire``): the node's own handlers and its components'.
-        self.dispatcher = d = transport.Dispatcher(f"node-{short(self.node_id)}")
+        d = self.dispatcher  # the node's own messages here, its components' below
         d.register(w.Hello, self._h_hello)
         d.register(w.Bye, self._h_bye, oneway=True)
         d.register(w.Export, self._h_export, oneway=True)
@@ -240,28 +242,21 @@ class NodeRuntime:
         d.register(w.StreamItems, self._h_stream_items, oneway=True)
         d.register(w.GetFunction, self._h_get_function)
         d.register(w.AdminCall, self._h_call)
-        # The messages between nodes are still ``(op, *fields)`` tuples, dispatched
-        # by ``op`` (``_peers``, ``global_scheduler``, ``object_manager._remote`` and
-        # ``_transfer``, ``actor_manager._remote``, ``placement_groups``).
-        self._handlers = {
-            "peer_batch": self._h_peer_batch,
-        }
+        d.register(w.PeerBatch, self._h_peer_batch, oneway=True)
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
         # Tasks and objects between nodes (idle on a one-node cluster).
         self.cluster = ClusterTasks(self)
         self.remote = RemoteObjects(self)
         self.view.on_node_joined(lambda _status: self.sched.infeasible_added.set())
         self.groups = PlacementGroups(self)  # placement groups: bundles, gang reservation
-        self._handlers.update(self.objects.handlers())
         self.objects.register(d)
         # Objects between nodes: pulls here, chunks served to the others.
         self.transfers = ObjectTransfers(self)
-        self._handlers.update(self.transfers.handlers())
-        self._handlers.update(self.cluster.handlers())
-        self._handlers.update(self.remote.handlers())
-        self._handlers.update(self.actors.handlers())
+        self.transfers.register(d)
+        self.cluster.register(d)
+        self.remote.register(d)
         self.actors.register(d)
-        self._handlers.update(self.groups.handlers())
+        self.groups.register(d)
         # Fault injection (``actorcore.testing.faults``): crash, kill, link rules.
         self.faults = NodeFaults(self)
 
@@ -542,31 +537,15 @@ class NodeRuntime:
 
     # ---------------------------------------------------------------- handlers
 
-    async def handle(self, conn: Any, message: Any, reply: Any) -> None:
-        if type(message) is not tuple:
-            await self.dispatcher(conn, message, reply)
-            return
-        try:
-            handler = self._handlers[message[0]]
-        except (KeyError, IndexError):
-            # Refused as the dispatcher refuses an unknown message (it names the tuple).
-            await self.dispatcher(conn, message, reply)
-            return
-        handler(conn, message, reply)
-
-    def _h_peer_batch(self, conn: Any, m: tuple, reply: Any) -> None:
-        """One-way messages another node queued together (``_peers``), in order."""
-        handlers = self._handlers
-        for message in m[1]:
+    async def _h_peer_batch(self, conn: Any, m: w.PeerBatch) -> None:
+        """One-way messages another node queued together (``_peers``), in order,
+        each through the registry (one that is refused is logged and dropped)."""
+        dispatch = self.dispatcher.dispatch
+        for message in m.messages:
             try:
-                handler = handlers[message[0]]
-            except (KeyError, TypeError, IndexError):
-                logger.warning("unknown message in a peer batch: %.100r", message)
-                continue
-            try:
-                handler(conn, message, reply)
+                await dispatch(conn, message, None)
             except Exception:
-                logger.exception("a peer's %r message failed", message[0])
+                logger.exception("a peer's %s message failed", type(message).__name__)
 
     def live_id_prefixes(self) -> set[bytes]:
         """The id prefixes of the live processes here: the owners whose objects may

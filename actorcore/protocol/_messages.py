@@ -4,9 +4,7 @@ The messages themselves are frozen attrs classes in ``_wire`` (each endpoint
 dispatches them through one `transport.Dispatcher`); a `TaskSpec` rides in
 ``_wire.Submit`` (core worker -> node) and ``_wire.Execute`` (node -> worker), and
 objects travel inline as `ObjectData` triples in ``Put``, ``TaskDone`` and
-``ObjectsReady``. The messages between nodes (``node._peers`` and the node
-components' ``n_*``, ``mn_actor_*``, ``obj_*``, ``pg_*`` ops) and the placement-group
-requests of ``util.placement_group`` (``pg_req``) are still ``(op, *fields)`` tuples.
+``ObjectsReady``.
 """
 
 from __future__ import annotations

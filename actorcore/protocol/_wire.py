@@ -1,4 +1,4 @@
-"""The messages between core workers, workers, actor processes and the node.
+"""The messages between core workers, workers, actor processes and nodes.
 
 Every message is a frozen attrs class; each endpoint dispatches what it receives
 through one `transport.Dispatcher` (its registry: message class -> handler, one dict
@@ -57,6 +57,25 @@ Node -> actor worker:
 Caller <-> actor process (the direct link, ``core_worker._direct_calls``):
   `DirectCall` -> `DirectResult` (``results`` None: the actor is not there);
   `CancelActorCall` behind the call it cancels.
+Core worker -> node, placement groups (*requests*, ``util.placement_group``):
+  `CreatePlacementGroup`, `RemovePlacementGroup`, `GetPlacementGroup`,
+  `PlacementGroupTable`
+Node <-> node (``node._peers``; node ids are hex strings; one-way messages queued
+together travel as one `PeerBatch`, each then dispatched in order):
+  `Hello` (role ``node``), `AdminCall` (``local_tree``, ``fault``, ...)
+  tasks (``global_scheduler._forwarding``): `ForwardTasks`, `ForwardedResults`,
+  `CancelForwarded`
+  objects (``object_manager._remote``): `FetchFromOwner` and `OwnsPrefix`
+  (*requests*), `FreeCopies`
+  transfers (``object_manager._transfer``): `PayloadInfo`, `PayloadChunk`
+  (*requests*); tests, benchmarks and admin tools: `PullObject`, `DropCopy`,
+  `LocateObject`, `GetTransferStatistics`; fault hooks `SlowChunks`, `DelayStoreHold`
+  actors (``actor_manager._remote``): `RemoteActorCreate`, `RemoteActorCall`,
+  `RemoteActorDone`, `RemoteActorDied`, `RemoteActorEnd`, `RemoteActorKill`,
+  `RemoteActorHold`, `RemoteActorDrop`, `RemoteActorCancel`, `RemoteActorSpec`
+  (*request*)
+  placement groups (``placement_groups``, coordinator -> node): `PrepareBundles`,
+  `CommitBundles`, `RemoveGroup` (*requests*), `ReleaseBundles`
 
 The hot ones (a task's submit, execute, done and ready; an actor call's) pickle as
 their class and a tuple of their fields (`transport.compact`): as small and as quick
@@ -89,32 +108,65 @@ __all__ = [
     "Blocked",
     "Bye",
     "CancelActorCall",
+    "CancelForwarded",
     "CancelTask",
+    "CommitBundles",
     "CreateActor",
     "CreateNamedActor",
+    "CreatePlacementGroup",
+    "DelayStoreHold",
     "DirectCall",
     "DirectResult",
     "DropActor",
+    "DropCopy",
     "Execute",
     "ExitWorker",
     "Export",
     "FaultRules",
     "Fetch",
+    "FetchFromOwner",
+    "ForwardTasks",
     "ForwardedLog",
+    "ForwardedResults",
     "Free",
+    "FreeCopies",
     "GetActorState",
     "GetFunction",
+    "GetPlacementGroup",
+    "GetTransferStatistics",
     "Hello",
     "HoldActor",
     "InterruptTask",
     "KillActor",
     "ListActors",
+    "LocateObject",
     "LookupActor",
     "ObjectsReady",
+    "OwnsPrefix",
+    "PayloadChunk",
+    "PayloadInfo",
+    "PeerBatch",
+    "PlacementGroupTable",
+    "PrepareBundles",
+    "PullObject",
     "Put",
     "Rebuild",
+    "ReleaseBundles",
     "ReleaseObjects",
+    "RemoteActorCall",
+    "RemoteActorCancel",
+    "RemoteActorCreate",
+    "RemoteActorDied",
+    "RemoteActorDone",
+    "RemoteActorDrop",
+    "RemoteActorEnd",
+    "RemoteActorHold",
+    "RemoteActorKill",
+    "RemoteActorSpec",
+    "RemoveGroup",
+    "RemovePlacementGroup",
     "RouteActor",
+    "SlowChunks",
     "StartSupervisor",
     "StopActor",
     "StreamItems",
@@ -585,3 +637,298 @@ class DirectResult:
 
     task_id: bytes = attrs.field(metadata=_id)
     results: list | None = attrs.field(metadata=check(v.optional(v.instance_of(list))))
+
+
+# -- placement groups: core worker -> node ----------------------------------------------------
+
+
+@attrs.frozen(slots=False)
+class CreatePlacementGroup:
+    """*Request*: ``placement_group(...)``: ``request`` holds ``pg_id`` (hex),
+    ``bundles``, ``strategy``, ``name``, ``namespace``, ``lifetime``, ``job_id``."""
+
+    request: dict = attrs.field(metadata=_dict)
+
+
+@attrs.frozen(slots=False)
+class RemovePlacementGroup:
+    """*Request*: ``remove_placement_group``, wherever the group is coordinated."""
+
+    pg_id: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class GetPlacementGroup:
+    """*Request*: the live group named ``name`` in ``namespace``."""
+
+    name: str = attrs.field(metadata=_str)
+    namespace: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class PlacementGroupTable:
+    """*Request*: one group's state (``pg_id`` hex), or every group's (None)."""
+
+    pg_id: str | None = attrs.field(metadata=_opt_str)
+
+
+# -- node <-> node ------------------------------------------------------------------------------
+#
+# Over ``node._peers`` (node ids are hex strings). One-way messages queued together
+# travel as one `PeerBatch`, served in order by the receiving node.
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class PeerBatch:
+    """One-way messages to one node, queued together, in order."""
+
+    messages: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ForwardTasks:
+    """origin -> target: run these tasks (with the export records of their functions:
+    the target must not depend on the GCS having them yet)."""
+
+    origin: str = attrs.field(metadata=_str)
+    specs: list = attrs.field(metadata=_seq)
+    functions: dict = attrs.field(metadata=_dict)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ForwardedResults:
+    """target -> origin: results of forwarded tasks (``STORE``: the value stays in the
+    target's store)."""
+
+    target: str = attrs.field(metadata=_str)
+    results: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class CancelForwarded:
+    """origin -> target: cancel a forwarded task."""
+
+    task_id: bytes = attrs.field(metadata=_id)
+    force: bool = attrs.field(metadata=_flag)
+    recursive: bool = attrs.field(metadata=_flag)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class FetchFromOwner:
+    """*Request* to the owner's node: each object's entry once ready, ``(oid,
+    is_error, data, locations)`` (``locations``: the nodes holding a stored value)."""
+
+    requester: str = attrs.field(metadata=_str)
+    object_ids: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class OwnsPrefix:
+    """*Request*: is a live process with this id prefix on that node?"""
+
+    prefix: bytes = attrs.field(metadata=_id)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class FreeCopies:
+    """The owner freed these objects: drop your copies."""
+
+    object_ids: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class PayloadInfo:
+    """*Request* (a pull's first step): ``(meta_len, data_len, buffer_sizes,
+    payload_len)`` of the object in the source's store, or None."""
+
+    object_id: bytes = attrs.field(metadata=_id)
+
+
+def _non_negative(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"'{attribute.name}' must be an int >= 0, got {value!r:.100}")
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class PayloadChunk:
+    """*Request*: ``length`` bytes of the object's payload at ``offset`` (out of band)."""
+
+    object_id: bytes = attrs.field(metadata=_id)
+    offset: int = attrs.field(metadata=check(_non_negative))
+    length: int = attrs.field(metadata=check(_non_negative))
+
+
+@attrs.frozen(slots=False)
+class PullObject:
+    """*Request* (tests, benchmarks): copy the object here from one of
+    ``locations`` (node ids, tried in order)."""
+
+    object_id: bytes = attrs.field(metadata=_id)
+    locations: list = attrs.field(metadata=_seq)
+
+
+@attrs.frozen(slots=False)
+class DropCopy:
+    """*Request*: drop this node's copy of a pulled object."""
+
+    object_id: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class LocateObject:
+    """*Request*: the nodes holding the object, as this node knows them."""
+
+    object_id: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class GetTransferStatistics:
+    """*Request*: the node's ``TransferStatistics``."""
+
+
+def _delay(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) not in (int, float) or not 0.0 <= value <= 60.0:
+        raise ValueError(f"'{attribute.name}' must be seconds within [0, 60], got {value!r:.100}")
+
+
+@attrs.frozen(slots=False)
+class SlowChunks:
+    """*Request*, a fault hook: the node waits ``chunk_delay`` seconds before
+    serving each chunk it is asked for (0: none)."""
+
+    chunk_delay: float = attrs.field(metadata=check(_delay))
+
+
+@attrs.frozen(slots=False)
+class DelayStoreHold:
+    """*Request*, a fault hook: the node waits ``hold_delay`` seconds before taking
+    its store ref on a reported large value (0: none)."""
+
+    hold_delay: float = attrs.field(metadata=check(_delay))
+
+
+@attrs.frozen(slots=False)
+class RemoteActorCreate:
+    """creating node -> host: create the actor there (``origin``: the creating node)."""
+
+    spec: Any = attrs.field(metadata=_spec("ActorSpec"))
+    restarts: int = attrs.field(metadata=_int)
+    origin: str = attrs.field(metadata=_str)
+    dep_data: list = attrs.field(metadata=_seq)
+    class_record: dict | None = attrs.field(metadata=check(v.optional(v.instance_of(dict))))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class RemoteActorCall:
+    """calling node -> host: one method call."""
+
+    spec: Any = attrs.field(metadata=_spec("CallSpec"))
+    dep_data: list = attrs.field(metadata=_seq)
+    origin: str = attrs.field(metadata=_str)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class RemoteActorDone:
+    """host -> calling node: a call's results."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    task_id: bytes = attrs.field(metadata=_id)
+    results: list = attrs.field(metadata=_seq)
+    host: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorDied:
+    """host -> creating node: the actor is dead, of ``cause``."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    cause: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorEnd:
+    """creating node -> host: end the actor, of ``cause``."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    cause: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorKill:
+    """-> host: ``kill(actor, no_restart=)``."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    no_restart: bool = attrs.field(metadata=_flag)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorHold:
+    """-> host: the process ``holder`` (a worker id) holds a handle to the actor."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    holder: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorDrop:
+    """-> host: ``holder`` holds no handle to the actor any more."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    holder: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorCancel:
+    """-> host: ``cancel(ref)`` of a call forwarded there."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    task_id: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorSpec:
+    """*Request* -> host: ``(ActorSpec, state, cause)`` of the actor it hosts."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class PrepareBundles:
+    """*Request*, coordinator -> node: phase one, take bundles ``items`` (``[(index,
+    {resource: amount}), ...]``) of the group, all or none; answers whether it did."""
+
+    pg_id: str = attrs.field(metadata=_str)
+    items: list = attrs.field(metadata=_seq)
+
+
+@attrs.frozen(slots=False)
+class CommitBundles:
+    """*Request*, coordinator -> node: phase two, the prepared bundles' resources
+    join the node."""
+
+    pg_id: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class ReleaseBundles:
+    """Coordinator -> node (a request or not): give back what the group holds there."""
+
+    pg_id: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class RemoveGroup:
+    """*Request* -> the group's coordinator: remove it."""
+
+    pg_id: str = attrs.field(metadata=_str)

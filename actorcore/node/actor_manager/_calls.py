@@ -158,7 +158,7 @@ class ActorCalls:
                         self.end(rec, "all handles to it were dropped")
                     return
         if task_id in rec.inflight and rec.node is not None:
-            self.remote.send(rec, ("mn_actor_cancel", actor_id, task_id))
+            self.remote.send(rec, w.RemoteActorCancel(actor_id, task_id))
         elif task_id in rec.inflight and rec.worker is not None and rec.worker.conn is not None:
             try:
                 rec.worker.conn.send_nowait(w.CancelActorCall(actor_id, task_id))

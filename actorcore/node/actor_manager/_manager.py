@@ -138,13 +138,10 @@ class ActorManager:
         self.restarts_total = 0
         node.pool.extra_snapshots = self.worker_snapshots
 
-    def handlers(self) -> dict[str, Any]:
-        """The messages between nodes about actors (``_remote``: ``(op, *fields)``)."""
-        return self.remote.handlers()
-
     def register(self, dispatcher: transport.Dispatcher) -> None:
-        """Route the actor messages of callers and actor workers to this component."""
+        """Route the actor messages of callers, actor workers and other nodes here."""
         d = dispatcher
+        self.remote.register(d)
         d.register(w.ActorUp, self._h_up, oneway=True)
         d.register(w.ActorReady, self._h_ready, oneway=True)
         d.register(w.ActorDone, self._h_done, oneway=True)
@@ -758,7 +755,7 @@ class ActorManager:
         assert rec.node is not None
         try:
             _spec, state, cause = await self.node.peers.request(
-                rec.node, ("mn_actor_spec", rec.spec.actor_id), timeout=10.0)
+                rec.node, w.RemoteActorSpec(rec.spec.actor_id), timeout=10.0)
             d.update(state=state, death_cause=cause)
         except Exception as exc:
             logger.info("asking node %s for actor %s failed: %s", rec.node[:12],
@@ -787,7 +784,7 @@ class ActorManager:
         if rec.node is not None or rec.stub:  # its host counts the holders
             rec.holders.add(holder)
             if rec.node is not None:
-                self.remote.send(rec, ("mn_actor_hold", actor_id, holder))
+                self.remote.send(rec, w.RemoteActorHold(actor_id, holder))
             return
         if not _counted(rec.spec):
             return
@@ -800,7 +797,7 @@ class ActorManager:
     def _unhold(self, rec: ActorRecord, holder: bytes) -> None:
         if rec.node is not None and rec.state != "dead" and holder in rec.holders:
             rec.holders.discard(holder)
-            self.remote.send(rec, ("mn_actor_drop", rec.spec.actor_id, holder))
+            self.remote.send(rec, w.RemoteActorDrop(rec.spec.actor_id, holder))
             return
         if rec.state == "dead" or not _counted(rec.spec) or holder not in rec.holders:
             return
@@ -856,7 +853,7 @@ class ActorManager:
         if rec.state == "dead":
             return
         if rec.node is not None:  # it lives on another node: its host decides
-            self.remote.send(rec, ("mn_actor_kill", actor_id, no_restart))
+            self.remote.send(rec, w.RemoteActorKill(actor_id, no_restart))
             return
         reason = "it was killed with actorcore.kill()"
         spec = rec.spec
@@ -968,11 +965,10 @@ class ActorManager:
         if rec.state == "dead":
             return
         if notify and rec.node is not None:
-            self.remote.send(rec, ("mn_actor_end", rec.spec.actor_id, cause))
+            self.remote.send(rec, w.RemoteActorEnd(rec.spec.actor_id, cause))
         elif rec.origin is not None:
             try:
-                self.node.peers.send(rec.origin, ("mn_actor_state", rec.spec.actor_id,
-                                                  "dead", cause))
+                self.node.peers.send(rec.origin, w.RemoteActorDied(rec.spec.actor_id, cause))
             except Exception as exc:
                 logger.info("telling node %s that actor %s died failed: %s",
                             rec.origin[:12], rec.spec.describe(), exc)

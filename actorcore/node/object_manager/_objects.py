@@ -70,7 +70,7 @@ class NodeObjects:
         self.store_refs: dict[bytes, str] = {}
         #: the specs of the tasks submitted here, while a return may need rebuilding.
         self.lineage = Lineage(node, lineage_cap)
-        #: Fault hook (``objects_fault``): seconds the node waits before taking its
+        #: Fault hook (`DelayStoreHold`): seconds the node waits before taking its
         #: store ref on a reported large value, so that a test can kill the producer
         #: in that window.
         self.hold_delay = 0.0
@@ -81,10 +81,8 @@ class NodeObjects:
         dispatcher.register(w.Free, self._h_free, oneway=True)
         dispatcher.register(w.Fetch, self._h_fetch)
         dispatcher.register(w.Rebuild, self._h_rebuild)
+        dispatcher.register(w.DelayStoreHold, self._h_fault)
 
-    def handlers(self) -> dict[str, Any]:
-        """The fault hook, still an ``(op, *fields)`` message (``_faults``)."""
-        return {"objects_fault": self._h_fault}
 
     def record_lineage(self, spec: TaskSpec) -> None:
         # The spec goes to the GCS task table (batched) and is kept here while a
@@ -280,9 +278,6 @@ class NodeObjects:
             owned.difference_update(m.object_ids)
         self.node.directory.free(m.object_ids)
 
-    def _h_fault(self, conn: Any, m: tuple, reply: Any) -> None:
-        delay = float(m[1].get("hold_delay", 0.0))
-        if not 0.0 <= delay <= 60.0:
-            raise ValueError(f"hold_delay must be within [0, 60] s, not {delay}")
-        self.hold_delay = delay
+    def _h_fault(self, conn: Any, m: w.DelayStoreHold, reply: Any) -> None:
+        self.hold_delay = float(m.hold_delay)  # checked (0 to 60 s) by the dispatcher
         reply.send(None)

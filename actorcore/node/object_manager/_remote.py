@@ -6,13 +6,13 @@ A node that needs an object it does not have — a task's argument owned elsewhe
 a driver's or worker's ``get`` of a ref made on another node, the arguments of a
 task forwarded here — asks the owner's node::
 
-    ("n_fetch", requester, [oid, ...])   request: answered once every object is
+    FetchFromOwner(requester, [oid, ...])  request: answered once every object is
                                         ready there: [(oid, is_error, data, locations)]
                                         (``data`` the inline value or error;
                                         ``locations`` instead, the nodes whose store
                                         holds a large value)
-    ("n_owner", prefix)                  request: is a process with that id prefix here?
-    ("n_free", [oid, ...])               the owner freed these: drop your copies
+    OwnsPrefix(prefix)                   request: is a process with that id prefix here?
+    FreeCopies([oid, ...])               the owner freed these: drop your copies
 
 A large value is pulled into this node's store (``node.transfers.pull``) before the
 directory entry becomes ready, so local workers and drivers read it as any other
@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ...core_worker._store_link import STORE
 from ...exceptions import ObjectLostError, ObjectStoreFullError, OwnerDiedError
 from ...protocol import _serialization
+from ...protocol import _wire as w
 from ...protocol._ids import owner_prefix, short, task_id_of
 from .._peers import PeerUnavailable
 from ..gcs_client._membership import NodeStatus
@@ -75,8 +76,11 @@ class RemoteObjects:
         self.fetched = 0
         node.view.on_node_dead(self.on_node_dead)
 
-    def handlers(self) -> dict[str, Any]:
-        return {"n_fetch": self._h_fetch, "n_owner": self._h_owner, "n_free": self._h_free}
+    def register(self, dispatcher: Any) -> None:
+        """Route the object requests of other nodes to this component."""
+        dispatcher.register(w.FetchFromOwner, self._h_fetch)
+        dispatcher.register(w.OwnsPrefix, self._h_owner)
+        dispatcher.register(w.FreeCopies, self._h_free, oneway=True)
 
     # -- what the node and its schedulers use ------------------------------------
 
@@ -153,7 +157,7 @@ class RemoteObjects:
         if holders:
             for nid in holders:
                 try:
-                    self.node.peers.send(nid, ("n_free", [oid]))
+                    self.node.peers.send(nid, w.FreeCopies([oid]))
                 except PeerUnavailable:
                     pass  # it died: nothing to free there
 
@@ -203,7 +207,7 @@ class RemoteObjects:
             return known
         for status in self.node.view.others():
             try:
-                mine = await self.node.peers.request(status.node_id, ("n_owner", prefix),
+                mine = await self.node.peers.request(status.node_id, w.OwnsPrefix(prefix),
                                                      timeout=OWNER_QUERY_TIMEOUT)
             except Exception as exc:  # that node is unreachable: ask the next
                 logger.info("asking node %s for the owner of %s failed: %s",
@@ -231,7 +235,7 @@ class RemoteObjects:
                     node.spawn(self._fetch, nid, group)
             return
         try:
-            items = await node.peers.request(target, ("n_fetch", node.node_hex, oids),
+            items = await node.peers.request(target, w.FetchFromOwner(node.node_hex, oids),
                                              timeout=None)
         except Exception as exc:  # its node died or left while we waited
             logger.info("fetching %d objects from node %s failed: %s", len(oids),
@@ -299,14 +303,14 @@ class RemoteObjects:
 
     # -- answering another node --------------------------------------------------
 
-    def _h_owner(self, conn: Any, m: tuple, reply: Any) -> None:
-        reply.send(m[1] in self.node.live_id_prefixes())
+    def _h_owner(self, conn: Any, m: w.OwnsPrefix, reply: Any) -> None:
+        reply.send(m.prefix in self.node.live_id_prefixes())
 
-    def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.node.directory.free(m[1])
+    def _h_free(self, conn: Any, m: w.FreeCopies) -> None:
+        self.node.directory.free(m.object_ids)
 
-    def _h_fetch(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, requester, oids = m
+    def _h_fetch(self, conn: Any, m: w.FetchFromOwner, reply: Any) -> None:
+        requester, oids = m.requester, m.object_ids
         node = self.node
         directory = node.directory
         remaining = [len(oids)]
