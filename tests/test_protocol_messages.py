@@ -136,9 +136,25 @@ def test_the_node_refuses_what_it_does_not_handle_and_serves_on() -> None:
         (w.Submit("specs"), "malformed Submit: 'specs' must be"),
         # The node's message to a worker, sent to the node.
         (w.ExitWorker(), "does not handle messages of type ExitWorker"),
+        # What other nodes send.
+        (w.PayloadChunk(b"o" * 28, -1, 10), "malformed PayloadChunk: 'offset' must be an int"),
+        (w.SlowChunks(600.0), "'chunk_delay' must be seconds within [0, 60], got 600.0"),
+        (w.PrepareBundles("pg", "bundles"), "malformed PrepareBundles: 'items' must be"),
+        (w.PeerBatch(None), "malformed PeerBatch: 'messages' must be"),
     ]
     before = _node_request(w.AdminCall("cluster_info"))
     trio.run(_hostile, core.node_address, core.token, "node-", malformed)
+
+    async def junk_in_a_batch() -> None:
+        # A batch as another node sends it, with junk between good messages: each is
+        # dispatched (or refused) on its own; the junk is dropped, the rest served.
+        async with transport.open_connection(core.node_address, core.token,
+                                             name="hostile-peer") as conn:
+            await conn.send(w.PeerBatch([("n_free", []), w.FreeCopies("x"), 7,
+                                         w.FreeCopies([])]))
+            assert await conn.request(w.AdminCall("ping"), timeout=30) == "pong"
+
+    trio.run(junk_in_a_batch)
     # A request class sent one-way has nobody to answer: refused, not run.
     assert ray.get(plus_one.remote(1)) == 2
     after = _node_request(w.AdminCall("cluster_info"))
