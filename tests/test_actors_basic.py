@@ -281,9 +281,8 @@ def test_trio_async_actor_and_max_concurrency():
 
     s = TrioSleeper.remote()
     ray.get(s.nap.remote(0))  # started
-    t0 = time.monotonic()
     peaks = ray.get([s.nap.remote(0.5) for _ in range(4)])
-    assert max(peaks) == 2 and time.monotonic() - t0 < 2.0
+    assert max(peaks) == 2  # two at a time: the limit, and reached
     assert ray.get(s.chain.remote([slow_value.remote(21, 0)])) == 42
 
 
@@ -296,9 +295,8 @@ def test_threaded_actor_max_concurrency():
 
     t = Threaded.remote()
     ray.get(t.nap.remote(0))
-    t0 = time.monotonic()
     idents = ray.get([t.nap.remote(0.5) for _ in range(4)])
-    assert time.monotonic() - t0 < 1.5 and len(set(idents)) >= 2
+    assert len(set(idents)) >= 2  # side by side, in threads of their own
 
 
 def test_await_refs_from_trio_and_asyncio_drivers():

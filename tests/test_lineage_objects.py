@@ -271,8 +271,10 @@ def test_node_loss_chain_with_dropped_intermediates(nodes, tmp_path):
     a = big.remote("a", log, 1)
     m = big_from.remote("m", log, a)
     c = big_from.remote("c", log, m)
-    del a, m  # the driver keeps only the end of the chain
-    _lose_node_mid_copy(nodes, b, 3)
+    _until(lambda: _pulls_in_flight(nodes) >= 3, what="the chain's results copied home")
+    del a, m  # the driver keeps only the end of the chain: their copies are let go
+    _flush_frees()
+    _lose_node_mid_copy(nodes, b, 1)
     value = ray.get(c, timeout=90)
     assert value[0] == 3 and value[-1] == 3
     assert _runs(tmp_path / "runs.log") == {"a": 2, "m": 2, "c": 2}

@@ -350,6 +350,31 @@ def test_large_objects_live_in_shared_memory_zero_copy():
         time.sleep(0.05)
 
 
+def test_results_of_fire_and_forget_tasks_are_freed_when_they_come(tmp_path):
+    """``f.remote()`` with its ref dropped at once: the owner's free reaches the
+    node before the result does. The result, its store copy and its lineage still go
+    when it comes (they used to stay forever)."""
+    np = pytest.importorskip("numpy")
+    gate = tmp_path / "go"
+
+    @ray.remote
+    def slow_big(path):
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return np.ones(500_000)  # 4 MB: in the store
+
+    ray.get(add.remote(1))  # the worker is up: what follows is the tasks' own
+    base = _store_used()
+    kept = ray._api._call("status")["lineage"].kept
+    for _ in range(2):  # half a CPU each: add() below has the other one
+        slow_big.options(num_cpus=0.5).remote(str(gate))  # the ref is dropped at once
+    ray.get(add.remote(2))  # the frees have reached the node before any result
+    gate.touch()
+    _until(lambda: ray._api._call("status")["lineage"].kept <= kept + 1
+           and _store_used() <= base + 1_000_000,
+           what="the fire-and-forget results freed", timeout=30)
+
+
 def test_pipelined_parents_waiting_on_children_do_not_deadlock():
     @ray.remote
     def child(i):

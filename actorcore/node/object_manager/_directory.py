@@ -11,12 +11,18 @@ is either *pending* (some task will produce it; waiters queue on it) or *ready*
 
 ``free`` comes from an object's owner once no ref to it is left there; the entry is
 dropped when it is also unpinned (or at once when it becomes ready, if freed while
-pending). The directory lives in the node, outside any component that can crash, so
-a component restart loses no object.
+pending). An owner may free a task's return before this node has any entry for it
+(a fire-and-forget ``f.remote()`` whose result is still being computed, here or on
+another node): such frees are remembered (``freed_early``, the most recent
+``EARLY_FREE_MEMORY``) and the entry is created released when the object comes, so
+it is dropped at once instead of staying forever, with its store copy and lineage.
+The directory lives in the node, outside any component that can crash, so a
+component restart loses no object.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,7 +30,10 @@ import attrs
 
 from ...protocol._messages import ObjectData
 
-__all__ = ["DirectoryStatistics", "ObjectDirectory", "ObjectEntry"]
+__all__ = ["EARLY_FREE_MEMORY", "DirectoryStatistics", "ObjectDirectory", "ObjectEntry"]
+
+#: Frees of objects not (yet) in the directory that are remembered (``free``).
+EARLY_FREE_MEMORY = 100_000
 
 
 @attrs.define(slots=True, eq=False)
@@ -64,18 +73,26 @@ class ObjectDirectory:
     objects_created: int = 0
     objects_freed: int = 0
     on_drop: Callable[[bytes, ObjectEntry], None] | None = None
+    #: Objects their owner freed before they had an entry here (module docstring).
+    freed_early: collections.OrderedDict[bytes, None] = attrs.Factory(collections.OrderedDict)
+
+    def _new(self, oid: bytes) -> ObjectEntry:
+        e = self.entries[oid] = ObjectEntry()
+        if self.freed_early and self.freed_early.pop(oid, 0) is None:
+            e.released = True
+        return e
 
     def entry(self, oid: bytes) -> ObjectEntry:
         e = self.entries.get(oid)
         if e is None:
-            e = self.entries[oid] = ObjectEntry()
+            e = self._new(oid)
         return e
 
     def put(self, oid: bytes, is_error: bool, data: Any) -> None:
         """Make ``oid`` ready (first writer wins) and wake its waiters."""
         e = self.entries.get(oid)
         if e is None:
-            e = self.entries[oid] = ObjectEntry()
+            e = self._new(oid)
         elif e.ready:
             return
         e.ready = True
@@ -97,7 +114,7 @@ class ObjectDirectory:
         the owner's free stand; the re-run's ``put`` makes it ready as usual."""
         e = self.entries.get(oid)
         if e is None:
-            e = self.entries[oid] = ObjectEntry()
+            e = self._new(oid)
         elif e.ready:
             if isinstance(e.data, bytes | bytearray | memoryview):
                 self.bytes_inline -= len(e.data)
@@ -137,10 +154,22 @@ class ObjectDirectory:
         for oid in oids:
             e = self.entries.get(oid)
             if e is None:
+                early = self.freed_early
+                early[oid] = None
+                if len(early) > EARLY_FREE_MEMORY:
+                    early.popitem(last=False)
                 continue
             e.released = True
             if e.pins <= 0 and e.ready and not e.waiters:
                 self._drop(oid, e)
+
+    def unwanted(self, oid: bytes) -> bool:
+        """Whether ``oid`` is pending and nobody wants it: its owner freed it, no
+        task here is pinned on it and nobody waits for it (``put`` drops it)."""
+        e = self.entries.get(oid)
+        if e is None:
+            return oid in self.freed_early
+        return e.released and not e.ready and e.pins <= 0 and not e.waiters
 
     def _drop(self, oid: bytes, e: ObjectEntry) -> None:
         self.entries.pop(oid, None)

@@ -175,6 +175,8 @@ class RemoteObjects:
                     lost.append(oid)
         for oid in lost:
             del self.locations[oid]
+            if self._let_go_if_unwanted(oid):
+                continue
             self._rebuild_or_fail(oid, f"its only copy was in the store of node {dead[:12]}, "
                                        f"which died ({status.death_reason or 'unreachable'})")
 
@@ -183,6 +185,20 @@ class RemoteObjects:
         if self.locations:
             for oid in oids:
                 self.locations.pop(oid, None)
+
+    def _let_go_if_unwanted(self, oid: bytes) -> bool:
+        """Whether nobody wants ``oid`` any more: its owner freed it while it was
+        pending (a result on its way home), nothing here is pinned on it and nobody
+        waits for it. Then it is let go (its entry dropped, its lineage reference
+        and the other nodes' copies with it) instead of being copied home, or rebuilt
+        when its copy is lost: a task that needs it later rebuilds it then."""
+        directory = self.node.directory
+        if not directory.unwanted(oid):
+            return False
+        self.fetching.pop(oid, None)
+        directory.put(oid, True, _serialization.dumps(ObjectLostError(
+            f"object {oid.hex()} was freed by its owner")))  # dropped at once
+        return True
 
     def _rebuild_or_fail(self, oid: bytes, why: str) -> None:
         """Every copy of ``oid`` (owned here) is gone: rebuild it from its lineage,
@@ -273,6 +289,8 @@ class RemoteObjects:
                 if oid in self.node.objects.lineage.rebuilding:
                     return False  # the node's death started its rebuild already
                 self.locations.pop(oid, None)
+                if self._let_go_if_unwanted(oid):
+                    return False
                 self._rebuild_or_fail(oid, f"copying it home from node(s) "
                                            f"{', '.join(n[:12] for n in locations)} "
                                            f"failed: {exc}")
@@ -292,6 +310,8 @@ class RemoteObjects:
         return True
 
     async def _pull_and_deliver(self, oid: bytes, owner: bytes) -> None:
+        if self._let_go_if_unwanted(oid):
+            return  # freed while its task ran: not worth the copy
         await self._pull(oid, list(self.locations.get(oid, ())), home=True)
         e = self.node.directory.entries.get(oid)
         if e is not None and e.ready:
