@@ -164,6 +164,8 @@ def test_the_node_refuses_what_it_does_not_handle_and_serves_on() -> None:
         _node_request(w.AdminCall("no_such_call"))
     with pytest.raises(transport.RemoteError, match="'fault' needs an op"):
         _node_request(w.AdminCall("fault"))
+    with pytest.raises(transport.RemoteError, match=r"'crash' takes 1 argument\(s\), got 0"):
+        _node_request(w.AdminCall("crash"))
     assert ray.get([plus_one.remote(i) for i in range(10)]) == list(range(1, 11))
 
 
