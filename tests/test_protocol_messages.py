@@ -101,7 +101,8 @@ async def _hostile(address: str, token: bytes, endpoint: str,
         else:
             assert isinstance(error, transport.ProtocolError), repr(error)
             assert "could not decode" in str(error)
-        # One-way junk is logged and dropped; the connection stays up.
+        # One-way junk is logged and dropped (a request class sent one-way too: nobody
+        # could get its answer); the connection stays up.
         for junk, _says in FOREIGN + malformed:
             await conn.send(junk)
         await conn.send(OnlyHere(2))
@@ -155,7 +156,6 @@ def test_the_node_refuses_what_it_does_not_handle_and_serves_on() -> None:
             assert await conn.request(w.AdminCall("ping"), timeout=30) == "pong"
 
     trio.run(junk_in_a_batch)
-    # A request class sent one-way has nobody to answer: refused, not run.
     assert ray.get(plus_one.remote(1)) == 2
     after = _node_request(w.AdminCall("cluster_info"))
     assert after["node_id"] == before["node_id"]
