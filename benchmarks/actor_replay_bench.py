@@ -19,9 +19,18 @@ Each call does ``--call-ms`` (default 0.5) of busy work, so that a replay costs
 what the calls cost (the paper's methods are not free either).
 
 Recovery time: from the SIGKILL to the answer of the first call after it (which
-waits for the restore and replay), checked against the exact state. Also the cost of the log in steady state: calls per
-second of a plain actor, one with a log (``checkpoint_interval=0``) and one that
-checkpoints every 100 calls. A PNG plot needs matplotlib (skipped if missing).
+waits for the restore and replay), checked against the exact state. Also the cost
+of the log in steady state: calls per second of a plain actor, one with a log
+(``checkpoint_interval=0``) and one that checkpoints every 100 calls. A PNG plot
+needs matplotlib (``pip install -e ".[bench]"``; skipped if missing).
+
+``--nodes``: the same on a `testing.Cluster` of three nodes, the actor on node B,
+the driver on the head: the whole node B is SIGKILLed (``remove_node``) and the
+actor recovers on node C from the checkpoint and the call log in the GCS (the host
+writes each entry there before its caller is answered: the steady-state rates show
+that cost). The recovery time includes the node timeout (``--node-timeout``)
+that declares B dead (default 3 s: shorter ones declared live nodes of the loaded
+test machine dead). Plot: ``actor_replay_nodes_bench.png``.
 """
 
 from __future__ import annotations
@@ -97,6 +106,35 @@ def recovery(mode: str, interval: int, n: int, rounds: int, work_s: float) -> fl
     return statistics.median(times)
 
 
+class _Affinity:
+    """A NodeAffinitySchedulingStrategy (any object with ``node_id``/``soft``)."""
+
+    def __init__(self, node_id: str, soft: bool = True) -> None:
+        self.node_id = node_id
+        self.soft = soft  # soft: the restart may go elsewhere once that node is dead
+
+
+def node_recovery(cluster, env: dict, mode: str, interval: int, n: int,
+                  work_s: float) -> float:
+    """Seconds from the SIGKILL of the actor's node to the first answer after it."""
+    b = cluster.add_node(num_cpus=1, resources={"R": 1}, env_vars=env)
+    opts: dict = {"max_restarts": 1, "max_task_retries": -1, "resources": {"R": 1},
+                  "scheduling_strategy": _Affinity(b.node_id)}
+    if mode != "restart":
+        opts["checkpoint_interval"] = interval if mode == "checkpoint" else 0
+    a = Log.options(**opts).remote(work_s)
+    total = interval + n
+    _calls(a, total)
+    t0 = time.perf_counter()
+    cluster.remove_node(b)
+    size = ac.get(a.size.remote(), timeout=600)
+    took = time.perf_counter() - t0
+    want = 0 if mode == "restart" else total
+    assert size == want, (mode, n, size, want)
+    ac.kill(a)
+    return took
+
+
 def throughput(opts: dict, calls: int) -> float:
     a = Log.options(**opts).remote()  # no work per call: the runtime's own cost
     ac.get(a.size.remote())
@@ -113,27 +151,62 @@ def main() -> None:
     p.add_argument("--png", default=str(HERE / "actor_replay_bench.png"))
     p.add_argument("--call-ms", type=float, default=0.5,
                    help="busy work per method call, in ms (default 0.5)")
+    p.add_argument("--nodes", action="store_true",
+                   help="SIGKILL the actor's whole node on a 3-node cluster instead")
+    p.add_argument("--node-timeout", type=float, default=3.0)
     args = p.parse_args()
     ns = [0, 200, 1000] if args.quick else [0, 500, 1000, 2000, 4000]
     rounds = 1 if args.quick else 3
     interval = max(ns) + 2  # (each round also calls pid(): n + 1 calls since)
-    ac.init(num_cpus=2, log_to_driver=False)
     rows = []
-    for n in ns:
-        row = {"n": n}
-        for mode in ("checkpoint", "no checkpoint", "restart"):
-            row[mode] = recovery(mode, interval, n, rounds, args.call_ms / 1000)
-        rows.append(row)
     tp_calls = 3000 if args.quick else 20000
-    rates = {
-        "plain actor": throughput({}, tp_calls),
-        "log (checkpoint_interval=0)": throughput({"checkpoint_interval": 0}, tp_calls),
-        "checkpoint every 100": throughput({"checkpoint_interval": 100}, tp_calls),
-    }
-    ac.shutdown()
+    cluster = None
+    if args.nodes:
+        from actorcore.testing import Cluster
 
-    print(f"recovery time after SIGKILL (s, median of {rounds}); history: {interval} calls "
-          f"before the checkpoint, then n; {args.call_ms:g} ms of work per call")
+        env = {"ACTORCORE_NODE_TIMEOUT": str(args.node_timeout),
+               "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
+        cluster = Cluster(initialize_head=True,
+                          head_node_args={"num_cpus": 2, "env_vars": env})
+        cluster.add_node(num_cpus=1, resources={"R": 1}, env_vars=env)  # node C
+        cluster.connect()
+        if args.png == str(HERE / "actor_replay_bench.png"):
+            args.png = str(HERE / "actor_replay_nodes_bench.png")
+    else:
+        ac.init(num_cpus=2, log_to_driver=False)
+    try:
+        for n in ns:
+            row: dict = {"n": n}
+            for mode in ("checkpoint", "no checkpoint", "restart"):
+                if cluster is None:
+                    row[mode] = recovery(mode, interval, n, rounds, args.call_ms / 1000)
+                else:
+                    row[mode] = statistics.median(
+                        node_recovery(cluster, env, mode, interval, n, args.call_ms / 1000)
+                        for _ in range(rounds))
+            rows.append(row)
+            print(f"n={n}: " + ", ".join(f"{k} {v:.3f} s" for k, v in row.items()
+                                          if k != "n"), flush=True)
+        extra: dict = {}
+        if cluster is not None:  # calls from the head to an actor on another node
+            far = cluster.add_node(num_cpus=1, resources={"F": 1}, env_vars=env)
+            extra = {"resources": {"F": 1}, "scheduling_strategy": _Affinity(far.node_id)}
+        rates = {
+            "plain actor": throughput(dict(extra), tp_calls),
+            "log (checkpoint_interval=0)": throughput(
+                {"checkpoint_interval": 0, **extra}, tp_calls),
+            "checkpoint every 100": throughput({"checkpoint_interval": 100, **extra},
+                                               tp_calls),
+        }
+    finally:
+        ac.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+
+    what = "its node (whole)" if args.nodes else "its process"
+    print(f"recovery time after SIGKILL of {what} (s, median of {rounds}); history: "
+          f"{interval} calls before the checkpoint, then n; {args.call_ms:g} ms of work "
+          f"per call")
     print(f"{'n since ckpt':>12} {'checkpoint':>11} {'no ckpt':>11} {'(replays)':>10} "
           f"{'restart':>9}")
     for r in rows:
@@ -155,6 +228,7 @@ def main() -> None:
             ax.plot([r["n"] for r in rows], [r[mode] for r in rows], marker="o", label=mode)
         ax.set_xlabel("calls since the last checkpoint")
         ax.set_ylabel("recovery time (s)")
+        ax.set_title("actor recovered after SIGKILL of " + what)
         ax.legend()
         fig.tight_layout()
         fig.savefig(args.png)

@@ -319,3 +319,70 @@ def test_a_forwarded_task_keeps_the_argument_its_owner_dropped(nodes):
         ray.wait([ref], timeout=max(0.1, deadline - time.monotonic()))
         ref = next_link.remote(ref)
     assert ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))[0] == 31
+
+
+@ray.remote
+class Maker:
+    def make(self):
+        return np.ones(4 * MB, dtype=np.uint8)
+
+
+def test_a_lost_actor_result_says_its_producer_is_an_actor_task(small_store):
+    """An actor call is not re-run to rebuild its result (the actor's state moved on):
+    the error says so, names the object, and the node keeps working."""
+    m = Maker.remote()
+    x = m.make.remote()
+    ray.wait([x], timeout=30)
+    _spill_out([x], small_store["spill"])
+    assert _delete_spill_files(small_store["spill"])
+    started = time.monotonic()
+    with pytest.raises(ObjectReconstructionFailedError) as info:
+        ray.get(x, timeout=30)
+    assert time.monotonic() - started < 10
+    assert x.hex() in str(info.value) and "actor" in str(info.value)
+    assert ray.get(noop.remote(), timeout=30) == 1
+    ray.kill(m)
+
+
+@ray.remote
+def first_byte(arr) -> int:
+    return int(arr[0])
+
+
+def test_a_task_argument_whose_spill_file_vanished_is_rebuilt(small_store):
+    """The worker finds its argument gone from the store when it reads it: the node
+    rebuilds it from its lineage (the task's one CPU is lent meanwhile) and the task
+    runs with the value."""
+    log = str(small_store["log"])
+    x = big.remote("x", log, 7)
+    ray.wait([x], timeout=30)
+    _spill_out([x], small_store["spill"])
+    assert _delete_spill_files(small_store["spill"])
+    assert ray.get(first_byte.remote(x), timeout=60) == 7
+    assert _runs(small_store["log"]) == {"x": 2}
+    assert ray.get(noop.remote(), timeout=30) == 1
+
+
+def test_a_copy_that_fails_for_a_non_owner_is_rebuilt_by_its_owner(tmp_path):
+    """A task on another node takes ``x``, whose only copy (in its owner's node's
+    store) lost its spill file: that node's pull fails, it asks the owner's node,
+    which rebuilds ``x`` from its lineage, and the task gets the value."""
+    from actorcore.testing import Cluster
+
+    log = str(tmp_path / "runs.log")
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"H": 1}, "object_store_memory": 10 * MB,
+        "env_vars": FAST})
+    try:
+        c.add_node(num_cpus=1, resources={"C": 1}, env_vars=FAST)
+        c.connect()
+        x = big.options(resources={"H": 1}).remote("x", log, 9)
+        ray.wait([x], timeout=60)
+        spill = c.head_node.session_dir / "spill"
+        _spill_out([x], spill)
+        assert _delete_spill_files(spill)
+        assert ray.get(first_byte.options(resources={"C": 1}).remote(x), timeout=90) == 9
+        assert _runs(tmp_path / "runs.log") == {"x": 2}
+    finally:
+        ray.shutdown()
+        c.shutdown()

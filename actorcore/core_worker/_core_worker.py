@@ -889,13 +889,9 @@ class CoreWorker:
             try:
                 return self.store.get(oid, timeout)
             except ObjectLostError:
-                # The store no longer has it (say, its spill file vanished): the node
-                # rebuilds it from its lineage, or answers the error saying why not.
                 if self._in_loop() or self._closed:
                     raise
-                is_error, data = self._run_in_loop(self._rebuild, oid, timeout)
-                if not is_error and data == STORE:
-                    return self.store.get(oid, timeout)
+                return self.read_lost(oid, timeout)
         value = _serialization.loads(data)
         if entry.is_error or data is not entry.data:
             entry.seen = True
@@ -903,6 +899,46 @@ class CoreWorker:
                 raise value.as_instanceof_cause()
             if isinstance(value, BaseException):
                 raise value
+        return value
+
+    def read_lost(self, oid: bytes, timeout: float | None = None) -> Any:
+        """The value of ``oid``, which the store no longer has (say, its spill file
+        vanished): the node rebuilds it from its lineage, or answers the error that
+        says why not, which is raised. Any thread but the core loop's.
+
+        One path for every reader that finds a value gone (a ``get``, a task's
+        argument): the node decides. Its answer may still be STORE when it had not
+        seen the loss yet (the request can reach it before the object's own
+        registration, which leaves through the queued messages): then the second
+        ask finds it lost. A task that waits here tells the node it is blocked, as
+        in ``get``: the rebuild may need the CPU it holds.
+        """
+        task_id = self.current_task_id()
+        if task_id is not None:
+            self._enqueue(w.Blocked(task_id))
+            if self.on_blocked is not None:
+                self.on_blocked(task_id, True)
+        try:
+            for attempt in range(2):
+                is_error, data = self._run_in_loop(self._rebuild, oid, timeout)
+                if is_error or data != STORE:
+                    break
+                assert self.store is not None  # (a STORE value came from it)
+                try:
+                    return self.store.get(oid, timeout)
+                except ObjectLostError:
+                    if attempt:
+                        raise
+        finally:
+            if task_id is not None:
+                self._enqueue(w.Unblocked(task_id))
+                if self.on_blocked is not None:
+                    self.on_blocked(task_id, False)
+        value = _serialization.loads(data)
+        if isinstance(value, TaskError):
+            raise value.as_instanceof_cause()
+        if isinstance(value, BaseException):
+            raise value
         return value
 
     async def _rebuild(self, oid: bytes, timeout: float | None) -> tuple[bool, Any]:  # noqa: ASYNC109

@@ -65,8 +65,8 @@ together travel as one `PeerBatch`, each then dispatched in order):
   `Hello` (role ``node``), `AdminCall` (``local_tree``, ``fault``, ...)
   tasks (``global_scheduler._forwarding``): `ForwardTasks`, `ForwardedResults`,
   `CancelForwarded`
-  objects (``object_manager._remote``): `FetchFromOwner` and `OwnsPrefix`
-  (*requests*), `FreeCopies`
+  objects (``object_manager._remote``): `FetchFromOwner`, `OwnsPrefix` and
+  `ReportLost` (*requests*), `FreeCopies`
   transfers (``object_manager._transfer``): `PayloadInfo`, `PayloadChunk`
   (*requests*); tests, benchmarks and admin tools: `PullObject`, `DropCopy`,
   `LocateObject`, `GetTransferStatistics`; fault hooks `SlowChunks`, `DelayStoreHold`
@@ -164,6 +164,7 @@ __all__ = [
     "RemoteActorKill",
     "RemoteActorSpec",
     "RemoveGroup",
+    "ReportLost",
     "RemovePlacementGroup",
     "RouteActor",
     "SlowChunks",
@@ -733,6 +734,17 @@ class OwnsPrefix:
     """*Request*: is a live process with this id prefix on that node?"""
 
     prefix: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class ReportLost:
+    """*Request* to the owner's node: every copy it named for the object failed to
+    copy to ``requester`` (``why``); the owner rebuilds it if its store lost it too,
+    and answers as `FetchFromOwner` does once it is ready again."""
+
+    requester: str = attrs.field(metadata=_str)
+    object_id: bytes = attrs.field(metadata=_id)
+    why: str = attrs.field(metadata=_str)
 
 
 @transport.compact

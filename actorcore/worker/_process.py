@@ -32,6 +32,7 @@ from ..core_worker import _worker_state
 from ..core_worker._core_worker import CoreWorker
 from ..core_worker._store_link import STORE, encode_value
 from ..core_worker._worker_state import task_context
+from ..exceptions import ObjectLostError
 from ..protocol import _wire as w
 from ..protocol._ids import id_prefix, short
 from ..protocol._messages import TaskSpec, max_frame_size
@@ -321,7 +322,12 @@ def value_codec(
     def decode(oid: bytes, data: Any) -> Any:
         if data == STORE:
             assert core.store is not None
-            return core.store.get(oid)
+            try:
+                return core.store.get(oid)
+            except ObjectLostError:
+                # Gone from the store since the node sent it (its spill file
+                # vanished): rebuilt from its lineage, or the error saying why not.
+                return core.read_lost(oid)
         return pickle.loads(data)
 
     return encode, decode

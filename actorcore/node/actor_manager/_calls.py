@@ -122,8 +122,10 @@ class ActorCalls:
         if rec.state == "dead":
             self._fail(spec, rec.died_error())
             return None
-        call = Call(spec, missing, rec.spec.max_task_retries, dep_data=list(dep_data),
-                    forwarded=True)
+        retries = rec.spec.max_task_retries
+        if rec.log is not None and retries == 0:
+            retries = -1  # as in ``submit``: run once after the recovery
+        call = Call(spec, missing, retries, dep_data=list(dep_data), forwarded=True)
         if not missing and rec.state == "alive" and spec.owner not in rec.queues:
             self._send_call(rec, call)
             return call
@@ -218,6 +220,15 @@ class ActorCalls:
 
     def _send_call(self, rec: Any, call: Call) -> None:
         spec = call.spec
+        if rec.log is not None and rec.node is None and spec.attempt:
+            # Resent after its host node died: if it ran there and reached the log
+            # (restored from the GCS), it is not run again; its caller gets that.
+            logged = rec.log.answer(spec.task_id)
+            if logged is not None:
+                if spec.deps and not call.forwarded:
+                    self.node.directory.unpin(spec.deps)
+                self.finish(spec, logged)
+                return
         if call.dep_data is None:
             entries = self.node.directory.entries
             data = []

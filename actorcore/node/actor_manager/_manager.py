@@ -41,6 +41,7 @@ import attrs
 import trio
 
 import transport
+from gcs import messages as gcs_messages
 
 from ...core_worker._store_link import STORE
 from ...exceptions import ActorDiedError, ActorUnschedulableError
@@ -52,7 +53,13 @@ from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_
 from ._calls import ActorCalls, Call
 from ._introspect import TREE_LIMIT, ActorManagerStatistics
 from ._remote import RemoteActors
-from ._replay import CHECKPOINT_NAMESPACE, CallLog
+from ._replay import (
+    CHECKPOINT_NAMESPACE,
+    CallLog,
+    LogWriter,
+    StoredCheckpoint,
+    log_prefix,
+)
 
 __all__ = ["ActorManager", "ActorRecord"]
 
@@ -131,7 +138,8 @@ class ActorManager:
         self._releases_seen = 0
         self._dirty: dict[bytes, dict] = {}  # actor records not yet in the GCS
         self._dirty_event = trio.Event()
-        self._ckpt_writer = False
+        self.log_writer = LogWriter(node.control, node.node_hex, self._spawn_task)
+        node.view.on_node_joined(lambda _status: self._logs_to_gcs())
         self.supervisors: dict[str, Any] = {}
         self.created_total = 0
         self.died_total = 0
@@ -496,10 +504,11 @@ class ActorManager:
         host = rec.worker
         assert host is not None and host.conn is not None
         log = rec.log
-        if (log is not None and log.checkpoint is None and not log.fetched and rec.restarts
+        if (log is not None and log.checkpoint is None and not log.entries
+                and not log.fetched and rec.restarts
                 and self.node.view.multi and self.node.control.backend == "gcs"):
-            # Restarted on this node after its host node died (``_remote``): the log
-            # died with that node, its last checkpoint is in the GCS.
+            # Restarted on this node after its host node died (``_remote``): its
+            # checkpoint and the calls logged since are in the GCS (``_replay``).
             log.fetched = True
             self._spawn_task(self._fetch_checkpoint, rec, host)
             return
@@ -606,13 +615,38 @@ class ActorManager:
         if log is not None and m.ran:
             # It ran: logged before its caller hears (``_replay``); its argument
             # refs stay pinned until a checkpoint covers it.
-            log.append(call.spec, call.dep_data, results,
-                       pinned=bool(call.spec.deps) and not call.forwarded)
+            entry = log.append(call.spec, call.dep_data, results,
+                               pinned=bool(call.spec.deps) and not call.forwarded)
+            if self._log_durable():
+                self.log_writer.entry(actor_id, log, entry,
+                                      lambda: self._finish_logged(rec, call.spec, results))
+                return
         elif call.spec.deps and not call.forwarded:
             node.directory.unpin(call.spec.deps)
-        self.calls.finish(call.spec, results)
-        if rec.drop_when_idle and rec.idle():
+        self._finish_logged(rec, call.spec, results)
+
+    def _finish_logged(self, rec: ActorRecord, spec: CallSpec, results: list) -> None:
+        self.calls.finish(spec, results)
+        if rec.drop_when_idle and rec.idle() and rec.state != "dead":
             self.end(rec, "all handles to it were dropped")
+
+    def _log_durable(self) -> bool:
+        """Whether call logs go to the GCS before callers hear (``_replay``): on a
+        cluster of several nodes, where a host can die and its actors live on."""
+        return self.node.view.multi and self.node.control.backend == "gcs"
+
+    def _logs_to_gcs(self) -> None:
+        """A node joined: write the logs and checkpoints held here so far, which
+        were in this node's memory only (one node: its death was the cluster's)."""
+        if not self._log_durable():
+            return
+        for rec in self.actors.values():
+            log = rec.log
+            if log is None or rec.state == "dead" or rec.node is not None:
+                continue  # (entries already there are written again: keyed by seq)
+            for entry in log.entries.values():
+                self.log_writer.entry(rec.spec.actor_id, log, entry)
+            self.log_writer.checkpoint(rec.spec.actor_id, log)
 
     def _current(self, rec: ActorRecord, conn: Any) -> bool:
         """Whether ``conn`` is the link of the actor's current process."""
@@ -628,12 +662,13 @@ class ActorManager:
             return  # nobody is answered: the caller resends it through the node
         if spec.deps:
             self.node.directory.pin(spec.deps)
-        rec.log.append(spec, None, results, pinned=bool(spec.deps))
+        entry = rec.log.append(spec, None, results, pinned=bool(spec.deps))
         rec.calls_done += 1
-        try:
-            conn.send_nowait(w.ActorCallLogged(actor_id, spec.task_id))
-        except Exception as exc:  # its link died: the caller resends, the log answers
-            logger.info("acknowledging the log entry of %s failed: %s", spec.name, exc)
+        if self._log_durable():
+            self.log_writer.entry(actor_id, rec.log, entry,
+                                  lambda: _acknowledge(conn, actor_id, spec))
+        else:
+            _acknowledge(conn, actor_id, spec)
 
     def _h_ckpt(self, conn: Any, m: w.ActorCheckpoint) -> None:
         """`ActorCheckpoint`: the actor's state after every call it reported before:
@@ -646,51 +681,40 @@ class ActorManager:
         unpin = rec.log.take_checkpoint(bytes(state))
         if unpin:
             self.node.directory.unpin(unpin)
-        if self.node.control.backend == "gcs" and not self._ckpt_writer:
-            self._ckpt_writer = True
-            self._spawn_task(self._persist_checkpoints)
+        if self.node.control.backend == "gcs":
+            self.log_writer.checkpoint(actor_id, rec.log)
 
     async def _fetch_checkpoint(self, rec: ActorRecord, host: ActorWorker) -> None:
-        """Read the actor's last checkpoint from the GCS, then create it with it."""
+        """Read the actor's last checkpoint and the calls logged since from the GCS
+        (its host node died, ``_replay``), then create it with them."""
         assert rec.log is not None
-        key = rec.spec.actor_id.hex()
+        aid = rec.spec.actor_id
+
+        async def read(gcs: Any) -> tuple[Any, list]:
+            checkpoint = await gcs.kv.get(aid.hex(), namespace=CHECKPOINT_NAMESPACE)
+            calls = await gcs.scan("kv", log_prefix(aid))
+            return checkpoint, [v for _k, v in calls]
+
         try:
             with trio.fail_after(30):
-                data = await self.node.control.call(
-                    lambda gcs: gcs.kv.get(key, namespace=CHECKPOINT_NAMESPACE))
+                checkpoint, calls = await self.node.control.call(read)
         except Exception as exc:
-            self.end(rec, f"its checkpoint could not be read from the GCS to recover it: "
-                          f"{type(exc).__name__}: {exc}")
+            self.end(rec, f"its checkpoint and call log could not be read from the GCS to "
+                          f"recover it: {type(exc).__name__}: {exc}")
             return
-        if data is not None and rec.log.checkpoint is None:
-            rec.log.checkpoint = bytes(data)
-        if rec.state != "dead" and rec.worker is host and host.conn is not None:
+        if checkpoint is not None and not isinstance(checkpoint, StoredCheckpoint):
+            self.end(rec, f"the checkpoint the GCS holds for it is a "
+                          f"{type(checkpoint).__name__}, not a StoredCheckpoint")
+            return
+        if rec.state == "dead":
+            return
+        rec.log.restore(checkpoint, calls, self.node.node_hex)
+        logger.info("actor %s: recovering from %s and %d logged call(s) read from the GCS",
+                    rec.spec.describe(),
+                    f"the checkpoint after call {checkpoint.seq}" if checkpoint
+                    else "its constructor", len(rec.log.entries))
+        if rec.worker is host and host.conn is not None:
             self._send_create(rec)
-
-    async def _persist_checkpoints(self) -> None:
-        """Write the newest checkpoint of each actor to the GCS, behind (a restart on
-        another node reads it there); older ones not yet written are skipped."""
-        try:
-            while True:
-                todo = [r for r in self.actors.values()
-                        if r.log is not None and not r.log.persisted and r.state != "dead"]
-                if not todo:
-                    return
-                for rec in todo:
-                    log = rec.log
-                    assert log is not None
-                    log.persisted = True
-                    data = log.checkpoint
-                    key = rec.spec.actor_id.hex()
-                    try:
-                        await self.node.control.call(lambda gcs, k=key, d=data: gcs.kv.put(
-                            k, d, namespace=CHECKPOINT_NAMESPACE))
-                    except Exception as exc:  # kept here; the next checkpoint tries again
-                        logger.warning("writing the checkpoint of actor %s (%d bytes) to the "
-                                       "GCS failed: %s", rec.spec.describe(), len(data or b""),
-                                       exc)
-        finally:
-            self._ckpt_writer = False
 
     def _h_exit(self, conn: Any, m: w.ActorExit) -> None:
         """`ActorExit`: the actor called ``exit_actor()``
@@ -993,9 +1017,10 @@ class ActorManager:
             unpin = rec.log.clear()
             if unpin:
                 self.node.directory.unpin(unpin)
-            if rec.log.checkpoint is not None:
+            if rec.log.checkpoint is not None or rec.log.in_gcs:
                 rec.log.checkpoint = None
-                if self.node.control.backend == "gcs":
+                rec.log.in_gcs = False
+                if self.node.control.backend == "gcs" and rec.node is None:
                     self._spawn_task(_quietly, self._delete_checkpoint, rec.spec)
         if rec in self.waiting_resources:
             self.waiting_resources.remove(rec)
@@ -1115,18 +1140,25 @@ class ActorManager:
                 if getattr(exc, "owner", None) != spec.actor_id.hex():
                     logger.error("claiming the name of live actor %s again in the restarted "
                                  "GCS failed: %s", spec.describe(), exc)
-        if any(r.log is not None and r.log.checkpoint is not None for r in self.actors.values()):
+        if self.node.control.backend == "gcs":
             for rec in self.actors.values():
-                if rec.log is not None and rec.log.checkpoint is not None:
-                    rec.log.persisted = False
-            if not self._ckpt_writer:
-                self._ckpt_writer = True
-                self._spawn_task(self._persist_checkpoints)
+                log = rec.log
+                if log is None or rec.state == "dead" or rec.node is not None:
+                    continue
+                if self._log_durable():
+                    for entry in log.entries.values():
+                        self.log_writer.entry(rec.spec.actor_id, log, entry)
+                self.log_writer.checkpoint(rec.spec.actor_id, log)
         return len(self.actors), len(named)
 
     async def _delete_checkpoint(self, spec: ActorSpec) -> None:
+        """The actor is dead for good: its checkpoint and call log go."""
         await self.node.control.call(lambda gcs: gcs.kv.delete(
             spec.actor_id.hex(), namespace=CHECKPOINT_NAMESPACE))
+        rows = await self.node.control.call(lambda gcs: gcs.scan("kv", log_prefix(spec.actor_id)))
+        if rows:
+            ops: list[Any] = [(k, gcs_messages.Delete("kv", k)) for k, _v in rows]
+            await self.node.control.call(lambda gcs: gcs.write_many(ops, return_exceptions=True))
 
     async def _unregister_name(self, spec: ActorSpec) -> None:
         await self.node.control.call(lambda gcs: gcs.actors.unregister_name(
@@ -1187,6 +1219,15 @@ class ActorManager:
         return {"kind": "actor_manager", "alive": stats.alive, "pending": stats.pending,
                 "restarting": stats.restarting, "dead": stats.dead,
                 "records_unwritten": len(self._dirty)}
+
+
+def _acknowledge(conn: Any, actor_id: bytes, spec: CallSpec) -> None:
+    """Tell an actor's process that the node holds a direct call's log entry (its
+    caller may be answered now)."""
+    try:
+        conn.send_nowait(w.ActorCallLogged(actor_id, spec.task_id))
+    except Exception as exc:  # its link died: the caller resends, the log answers
+        logger.info("acknowledging the log entry of %s failed: %s", spec.name, exc)
 
 
 async def _quietly(fn: Any, *args: Any) -> None:

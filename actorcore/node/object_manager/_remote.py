@@ -13,6 +13,10 @@ task forwarded here — asks the owner's node::
                                         holds a large value)
     OwnsPrefix(prefix)                   request: is a process with that id prefix here?
     FreeCopies([oid, ...])               the owner freed these: drop your copies
+    ReportLost(requester, oid, why)      request: every copy the owner named failed
+                                        to copy here; the owner rebuilds the object
+                                        if its store lost it too, and answers as
+                                        `FetchFromOwner` does, once it is ready again
 
 A large value is pulled into this node's store (``node.transfers.pull``) before the
 directory entry becomes ready, so local workers and drivers read it as any other
@@ -28,7 +32,10 @@ Node death: a fetch from a dead node fails its objects with ``OwnerDiedError``
 location died, or whose pull home failed, is rebuilt from its lineage
 (``_lineage``: its task re-run, arguments first); only when that cannot be done
 does it become the error saying why (``ObjectLostError`` for a ``put``,
-``ObjectReconstructionFailed*Error`` for a task's return).
+``ObjectReconstructionFailed*Error`` for a task's return). A node that is not the
+owner and whose pull of every named copy failed does not decide that itself: it
+tells the owner's node (`ReportLost`), which alone holds the lineage, and pulls once
+more from what the owner answers (the error, if the owner cannot rebuild it).
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ class RemoteObjects:
         dispatcher.register(w.FetchFromOwner, self._h_fetch)
         dispatcher.register(w.OwnsPrefix, self._h_owner)
         dispatcher.register(w.FreeCopies, self._h_free, oneway=True)
+        dispatcher.register(w.ReportLost, self._h_lost)
 
     # -- what the node and its schedulers use ------------------------------------
 
@@ -267,12 +275,14 @@ class RemoteObjects:
                 self.fetched += 1
                 node.directory.put(oid, is_error, data)
             else:
-                node.spawn(self._pull, oid, list(locations))
+                node.spawn(self._pull, oid, list(locations), False, target)
 
-    async def _pull(self, oid: bytes, locations: list[str], home: bool = False) -> bool:
+    async def _pull(self, oid: bytes, locations: list[str], home: bool = False,
+                    owner: str | None = None) -> bool:
         """Copy the large ``oid`` into this node's store, then make it ready here.
         ``home``: a result of this node's owners on its way home (a failed pull is
-        rebuilt from lineage)."""
+        rebuilt from lineage). ``owner``: the owner's node, told if every copy
+        fails (`ReportLost`)."""
         node = self.node
         transfers = getattr(node, "transfers", None)
         try:
@@ -294,6 +304,10 @@ class RemoteObjects:
                 self._rebuild_or_fail(oid, f"copying it home from node(s) "
                                            f"{', '.join(n[:12] for n in locations)} "
                                            f"failed: {exc}")
+                return False
+            if owner is not None and not isinstance(exc, ObjectStoreFullError) \
+                    and self.node.view.get(owner) is not None:
+                node.spawn(self._ask_owner, oid, owner, f"{type(exc).__name__}: {exc}")
                 return False
             self._put_error(oid, exc if isinstance(exc, ObjectLostError | ObjectStoreFullError)
                             else ObjectLostError(
@@ -317,6 +331,26 @@ class RemoteObjects:
         if e is not None and e.ready:
             self.node.deliver(owner, [(oid, e.is_error, e.data)])
 
+    async def _ask_owner(self, oid: bytes, owner: str, why: str) -> None:
+        """Every copy of ``oid`` failed to come here: its owner's node decides
+        (`ReportLost`), and the answer is pulled once more (no third time)."""
+        node = self.node
+        try:
+            items = await node.peers.request(owner, w.ReportLost(node.node_hex, oid, why),
+                                             timeout=None)
+        except Exception as exc:
+            self._put_error(oid, OwnerDiedError(
+                f"object {oid.hex()} could not be copied here ({why}), and its owner's "
+                f"node {owner[:12]} could not be asked to rebuild it: {exc}"))
+            return
+        for got, is_error, data, locations in items:
+            if locations is None:
+                self.fetching.pop(got, None)
+                self.fetched += 1
+                node.directory.put(got, is_error, data)
+            else:
+                await self._pull(got, list(locations))
+
     def _put_error(self, oid: bytes, error: BaseException) -> None:
         self.fetching.pop(oid, None)
         self.node.directory.put(oid, True, _serialization.dumps(error))
@@ -328,6 +362,36 @@ class RemoteObjects:
 
     def _h_free(self, conn: Any, m: w.FreeCopies) -> None:
         self.node.directory.free(m.object_ids)
+
+    def _h_lost(self, conn: Any, m: w.ReportLost, reply: Any) -> None:
+        """`ReportLost`: the requester could copy none of the copies named for
+        ``oid`` (owned here). If this node's store lost it too, it is rebuilt from its
+        lineage (or becomes the error saying why not); the answer is
+        `FetchFromOwner`'s, once it is ready again."""
+        requester, oid, why = m.requester, m.object_id, m.why
+        node = self.node
+
+        async def check() -> None:
+            e = node.directory.entries.get(oid)
+            if (e is not None and e.ready and not e.is_error and e.data == STORE
+                    and oid not in node.objects.lineage.rebuilding):
+                try:
+                    here = node.store_link is None or await node.store_link.contains(oid)
+                except Exception as exc:
+                    logger.warning("ReportLost of %s: asking the store whether it has it "
+                                   "failed: %s", oid.hex(), exc)
+                    here = True
+                if not here and node.directory.entries.get(oid) is e:
+                    node.objects.store_refs.pop(oid, None)
+                    self.locations.pop(oid, None)
+                    self._rebuild_or_fail(oid, f"no copy of it could be copied to node "
+                                               f"{str(requester)[:12]} ({why}), and the "
+                                               f"store of its owner's node "
+                                               f"{node.node_hex[:12]} no longer has it")
+            self._h_fetch(conn, w.FetchFromOwner(requester, [oid]), reply)
+
+        if not node.spawn(check):
+            reply.fail(RuntimeError("the node is stopping"))
 
     def _h_fetch(self, conn: Any, m: w.FetchFromOwner, reply: Any) -> None:
         requester, oids = m.requester, m.object_ids
