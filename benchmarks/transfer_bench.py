@@ -6,7 +6,7 @@ and Ray, in the same run.
 - ``tcp floor``: two processes and a plain socket on loopback, the same bytes: the
   sender ``sendall``s a ready buffer, the receiver ``recv_into``s a preallocated one.
 - ``actorcore``: a two-node ``actorcore.testing.Cluster``; the value is written into
-  the head's store, the second node pulls it (``obj_pull``: the node's
+  the head's store, the second node pulls it (`PullObject`: the node's
   ``transfers.pull``, chunked and pipelined into its own store), timed from the
   request to the sealed copy. A new object each round.
 - ``ray``: ``ray.cluster_utils.Cluster`` with two nodes; the driver (on the head)
@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from actorcore.protocol._wire import DropCopy, PullObject
 
 MB = 1 << 20
 HERE = Path(__file__).resolve().parent
@@ -98,9 +100,9 @@ def actorcore_transfer(nbytes: int, rounds: int) -> float:
                     oid = os.urandom(20) + i.to_bytes(8, "big")
                     await src.put(oid, value)
                     start = time.perf_counter()
-                    await conn.request(("obj_pull", oid, [head.node_id]), timeout=120)
+                    await conn.request(PullObject(oid, [head.node_id]), timeout=120)
                     times.append(time.perf_counter() - start)
-                    await conn.request(("obj_drop", oid), timeout=30)
+                    await conn.request(DropCopy(oid), timeout=30)
                     await src.remove_ref(oid)
             return times
 

@@ -207,10 +207,11 @@ def test_dropping_the_last_handle_ends_the_actor_after_its_calls():
     assert ray.get(ref) == 1
     from actorcore.api._actor_handle import request_node
     from actorcore.core_worker._worker_state import current_core
+    from actorcore.protocol._wire import GetActorState
 
     deadline = time.monotonic() + 10
     while True:
-        st = request_node(current_core(), ("actor_req", "state", aid))
+        st = request_node(current_core(), GetActorState(aid))
         if st["state"] == "dead":
             break
         assert time.monotonic() < deadline, st

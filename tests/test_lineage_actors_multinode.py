@@ -175,7 +175,9 @@ class Tally:
 
 
 def _host_state(cluster, node, actor):
-    return node_call(cluster, node, ("actor_req", "state", actor._actor_id))
+    from actorcore.protocol._wire import GetActorState
+
+    return node_call(cluster, node, GetActorState(actor._actor_id))
 
 
 def _log_in_gcs(actor_id: bytes):

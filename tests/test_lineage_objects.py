@@ -34,6 +34,7 @@ from actorcore.exceptions import (
     ObjectReconstructionFailedMaxAttemptsExceededError,
     OwnerDiedError,
 )
+from actorcore.protocol._wire import GetTransferStatistics, SlowChunks
 
 from .cluster_support import FAST, node_call, until
 
@@ -237,7 +238,7 @@ def nodes(tmp_path):
 
 
 def _pulls_in_flight(cluster) -> int:
-    return node_call(cluster, cluster.head_node, ("obj_transfers",)).in_flight
+    return node_call(cluster, cluster.head_node, GetTransferStatistics()).in_flight
 
 
 def _lose_node_mid_copy(cluster, node, refs_ready_on_node: int) -> None:
@@ -252,7 +253,7 @@ def _lose_node_mid_copy(cluster, node, refs_ready_on_node: int) -> None:
 def test_node_loss_single_object_rebuilt_elsewhere(nodes, tmp_path):
     log = str(tmp_path / "runs.log")
     b = nodes.add_node(num_cpus=1, env_vars=FAST)
-    node_call(nodes, b, ("obj_fault", {"chunk_delay": 30.0}))  # its copies go home slowly
+    node_call(nodes, b, SlowChunks(30.0))  # its copies go home slowly
     nodes.connect()
     x = big.remote("x", log, 6)
     _lose_node_mid_copy(nodes, b, 1)
@@ -265,7 +266,7 @@ def test_node_loss_single_object_rebuilt_elsewhere(nodes, tmp_path):
 def test_node_loss_chain_with_dropped_intermediates(nodes, tmp_path):
     log = str(tmp_path / "runs.log")
     b = nodes.add_node(num_cpus=1, env_vars=FAST)
-    node_call(nodes, b, ("obj_fault", {"chunk_delay": 30.0}))
+    node_call(nodes, b, SlowChunks(30.0))
     nodes.connect()
     a = big.remote("a", log, 1)
     m = big_from.remote("m", log, a)

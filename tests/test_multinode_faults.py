@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 import actorcore as ray
+from actorcore.protocol._wire import DelayStoreHold, PullObject
 from actorcore.testing import Cluster
 
 from .cluster_support import node_call
@@ -50,7 +51,7 @@ def test_large_result_whose_producer_dies_before_the_node_holds_it(tmp_path):
         other = cluster.add_node(num_cpus=1, env_vars=fast)
         cluster.connect()
         head = cluster.head_node
-        node_call(cluster, head, ("objects_fault", {"hold_delay": 1.0}))
+        node_call(cluster, head, DelayStoreHold(1.0))
         pids = tmp_path / "pids"
         ref = big.options(scheduling_strategy=_on(head)).remote(str(pids), 7)
         ready, _ = ray.wait([ref], timeout=30)
@@ -61,12 +62,12 @@ def test_large_result_whose_producer_dies_before_the_node_holds_it(tmp_path):
         while _alive(pid):
             assert time.monotonic() < deadline, f"worker {pid} survived SIGKILL"
             time.sleep(0.01)
-        node_call(cluster, head, ("objects_fault", {"hold_delay": 0.0}))
+        node_call(cluster, head, DelayStoreHold(0.0))
         # The other node pulls it from the head (no reader on the head asks first).
         deadline = time.monotonic() + 20
         while True:
             try:
-                node_call(cluster, other, ("obj_pull", ref.binary(), [head.node_id]))
+                node_call(cluster, other, PullObject(ref.binary(), [head.node_id]))
                 break
             except Exception as exc:
                 assert "does not hold" in str(exc) or "not hold" in str(exc), exc

@@ -21,6 +21,7 @@ import actorcore
 import actorcore as ray
 import store
 from actorcore import exceptions as exc
+from actorcore.protocol._wire import GetTransferStatistics, SlowChunks
 from actorcore.testing import Cluster
 
 from .cluster_support import FAST, STEADY, driver, node_call, until
@@ -320,13 +321,13 @@ def test_objects_on_a_dead_node_lost_typed_or_read_from_a_copy(cluster):
     kept = make.options(resources={"A": 1}).remote(8 * MB, 5)
     assert ray.get(kept, timeout=60)[-1] == np.uint8((8 * MB - 1 + 5) % 256)
     # Its only copy on A: A serves it slowly, and dies while the head pulls it.
-    node_call(cluster, a, ("obj_fault", {"chunk_delay": 0.5}))
-    served = node_call(cluster, a, ("obj_transfers",)).chunks_out  # of ``kept``
+    node_call(cluster, a, SlowChunks(0.5))
+    served = node_call(cluster, a, GetTransferStatistics()).chunks_out  # of ``kept``
     # (max_retries=0: no lineage to rebuild it from, so it is lost for good)
     lost = make.options(resources={"A": 1}, max_retries=0).remote(50 * MB, 1)
 
     def serving() -> bool:
-        return node_call(cluster, a, ("obj_transfers",)).chunks_out > served
+        return node_call(cluster, a, GetTransferStatistics()).chunks_out > served
 
     _until(serving, "node A serving the value")
     cluster.remove_node(a)

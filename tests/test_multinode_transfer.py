@@ -1,6 +1,6 @@
 """Object transfer between nodes on real clusters: a node pulls an object from
 another node's store over TCP (``node.transfers.pull``), driven here through the
-node's ``obj_pull`` hook with objects the test writes into one node's store.
+node's `PullObject` hook with objects the test writes into one node's store.
 
 Covered: 1 byte, an empty value and 50 MB arrive intact and sealed in the puller's
 store, held by the puller and registered in the GCS object table (and released and
@@ -22,6 +22,13 @@ import trio
 import store
 import transport
 from actorcore.exceptions import ObjectTransferError
+from actorcore.protocol._wire import (
+    DropCopy,
+    GetTransferStatistics,
+    LocateObject,
+    PullObject,
+    SlowChunks,
+)
 from actorcore.testing import Cluster
 
 from .cluster_support import FAST, STEADY, wait_at_rest
@@ -108,15 +115,15 @@ def test_pull_one_byte_empty_and_50mb(shared):
 
     async def main() -> None:
         token = _token(cluster)
-        pulled0 = await _call(cluster, b, ("obj_transfers",))
-        served0 = await _call(cluster, a, ("obj_transfers",))
+        pulled0 = await _call(cluster, b, GetTransferStatistics())
+        served0 = await _call(cluster, a, GetTransferStatistics())
         async with await store.StoreClient.connect(_store_address(a), token) as src, \
                 await store.StoreClient.connect(_store_address(b), token) as dst:
             for oid, value in values.items():
                 await src.put(oid, value)
             for oid, value in values.items():
                 assert not await dst.contains(oid)
-                await _call(cluster, b, ("obj_pull", oid, [a.node_id]))
+                await _call(cluster, b, PullObject(oid, [a.node_id]))
                 assert await dst.contains(oid)
                 got = await dst.get(oid)
                 if isinstance(value, np.ndarray):
@@ -125,14 +132,14 @@ def test_pull_one_byte_empty_and_50mb(shared):
                     assert got == value
                 del got
                 # Registered in the GCS object table, read back by any node.
-                where = await _call(cluster, a, ("obj_where", oid))
+                where = await _call(cluster, a, LocateObject(oid))
                 assert where == [b.node_id]
             # Pulled again: already here, no second transfer.
-            await _call(cluster, b, ("obj_pull", list(values)[3], [a.node_id]))
-            stats = _since(await _call(cluster, b, ("obj_transfers",)), pulled0)
+            await _call(cluster, b, PullObject(list(values)[3], [a.node_id]))
+            stats = _since(await _call(cluster, b, GetTransferStatistics()), pulled0)
             assert stats["transfers"] == 4 and stats["local"] == 1 and stats["failed"] == 0
             assert stats["bytes_in"] >= big.nbytes and stats["copies"] == 4
-            served = _since(await _call(cluster, a, ("obj_transfers",)), served0)
+            served = _since(await _call(cluster, a, GetTransferStatistics()), served0)
             assert served["bytes_out"] == stats["bytes_in"]
             # The puller holds the copy: the source's writer letting go changes nothing.
             for oid in values:
@@ -140,15 +147,15 @@ def test_pull_one_byte_empty_and_50mb(shared):
             assert await dst.contains(list(values)[3])
             # Dropping the copy releases it and unregisters the location.
             big_oid = list(values)[3]
-            await _call(cluster, b, ("obj_drop", big_oid))
+            await _call(cluster, b, DropCopy(big_oid))
 
             async def gone() -> bool:
                 return not await dst.contains(big_oid)
 
             await _until(gone, "the dropped copy freed")
-            assert await _call(cluster, a, ("obj_where", big_oid)) == []
+            assert await _call(cluster, a, LocateObject(big_oid)) == []
             for oid in list(values)[:3]:
-                await _call(cluster, b, ("obj_drop", oid))
+                await _call(cluster, b, DropCopy(oid))
 
     trio.run(main)
 
@@ -160,22 +167,22 @@ def test_concurrent_pulls_of_one_object_are_one_transfer(shared):
 
     async def main() -> None:
         token = _token(cluster)
-        pulled0 = await _call(cluster, b, ("obj_transfers",))
-        served0 = await _call(cluster, a, ("obj_transfers",))
+        pulled0 = await _call(cluster, b, GetTransferStatistics())
+        served0 = await _call(cluster, a, GetTransferStatistics())
         async with await store.StoreClient.connect(_store_address(a), token) as src, \
                 await store.StoreClient.connect(_store_address(b), token) as dst:
             await src.put(oid, value)
             async with trio.open_nursery() as nursery:
                 for _ in range(8):
-                    nursery.start_soon(_call, cluster, b, ("obj_pull", oid, [a.node_id]))
-            stats = _since(await _call(cluster, b, ("obj_transfers",)), pulled0)
+                    nursery.start_soon(_call, cluster, b, PullObject(oid, [a.node_id]))
+            stats = _since(await _call(cluster, b, GetTransferStatistics()), pulled0)
             assert stats["pulls"] == 8 and stats["transfers"] == 1
             assert stats["joined"] + stats["local"] == 7
-            served = _since(await _call(cluster, a, ("obj_transfers",)), served0)
+            served = _since(await _call(cluster, a, GetTransferStatistics()), served0)
             assert served["bytes_out"] < 2 * value.nbytes  # one copy's worth, not eight
             assert np.array_equal(await dst.get(oid), value)
             await src.remove_ref(oid)
-            await _call(cluster, b, ("obj_drop", oid))
+            await _call(cluster, b, DropCopy(oid))
 
     trio.run(main)
 
@@ -197,24 +204,24 @@ def test_source_killed_mid_transfer_next_location_or_typed_error(cluster):
             await on_head.put(both, value)
             await on_head.put(later, b"still works")
             # A serves slowly (each chunk 0.4 s after its request): kill it while B pulls.
-            await _call(cluster, a, ("obj_fault", {"chunk_delay": 0.4}))
+            await _call(cluster, a, SlowChunks(0.4))
             outcome: dict[str, object] = {}
 
             async def pull(oid: bytes, locations: list[str]) -> None:
                 try:
-                    await _call(cluster, b, ("obj_pull", oid, locations))
+                    await _call(cluster, b, PullObject(oid, locations))
                     outcome[oid.hex()] = "ok"
                 except ObjectTransferError as exc:
                     outcome[oid.hex()] = exc
 
             async def started() -> bool:
-                return (await _call(cluster, a, ("obj_transfers",))).chunks_out >= 2
+                return (await _call(cluster, a, GetTransferStatistics())).chunks_out >= 2
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pull, both, [a.node_id, head.node_id])
                 nursery.start_soon(pull, only_a, [a.node_id])
                 await _until(started, "A serving chunks")
-                assert (await _call(cluster, b, ("obj_transfers",))).in_flight == 2
+                assert (await _call(cluster, b, GetTransferStatistics())).in_flight == 2
                 killed = time.monotonic()
                 await trio.to_thread.run_sync(cluster.remove_node, a)
             took = time.monotonic() - killed
@@ -235,7 +242,7 @@ def test_source_killed_mid_transfer_next_location_or_typed_error(cluster):
             st = await dst.store_statistics()
             assert st.unsealed == 0 and st.count == 1
             # B keeps working: another pull, from the head, is served.
-            await _call(cluster, b, ("obj_pull", later, [head.node_id]))
+            await _call(cluster, b, PullObject(later, [head.node_id]))
             assert await dst.get(later) == b"still works"
 
     trio.run(main)
@@ -248,9 +255,9 @@ def test_no_location_is_a_typed_error(shared):
 
     async def main() -> None:
         with pytest.raises(ObjectTransferError, match="GCS object table lists none"):
-            await _call(cluster, b, ("obj_pull", oid, []))
+            await _call(cluster, b, PullObject(oid, []))
         with pytest.raises(ObjectTransferError, match="does not hold the object") as info:
-            await _call(cluster, b, ("obj_pull", oid, [head.node_id, "ab" * 14]))
+            await _call(cluster, b, PullObject(oid, [head.node_id, "ab" * 14]))
         assert set(info.value.tried) == {head.node_id, "ab" * 14}
         assert "not a member" in info.value.tried["ab" * 14]
 

@@ -596,9 +596,10 @@ def call_through(handle):
 def _state(handle_or_id):
     from actorcore.api._actor_handle import request_node
     from actorcore.core_worker._worker_state import current_core
+    from actorcore.protocol._wire import GetActorState
 
     aid = getattr(handle_or_id, "_actor_id", handle_or_id)
-    return request_node(current_core(), ("actor_req", "state", aid))
+    return request_node(current_core(), GetActorState(aid))
 
 
 def _wait_dead(aid, timeout=30):

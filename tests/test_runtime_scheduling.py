@@ -45,11 +45,11 @@ class _FlakyState(SchedulerState):
 
 class _Conn:
     def __init__(self, expect: int) -> None:
-        self.sent: list[tuple] = []
+        self.sent: list[Any] = []
         self.expect = expect
         self.all_sent = trio.Event()
 
-    def send_nowait(self, message: tuple) -> None:
+    def send_nowait(self, message: Any) -> None:
         self.sent.append(message)
         if len(self.sent) >= self.expect:
             self.all_sent.set()
@@ -103,7 +103,7 @@ def test_a_fault_in_placement_crashes_local_scheduler_and_its_restart_places_the
             assert sup.statistics().restarts == 1
             assert state.faults_left == 0
             # Each task went to exactly one worker, once.
-            assert sorted(c.sent[0][1].name for c in conns) == ["t1", "t2"]
+            assert sorted(c.sent[0].spec.name for c in conns) == ["t1", "t2"]
             assert [len(c.sent) for c in conns] == [1, 1]
             assert len(state.running) == 2 and not state.ready
             assert state.available == {"CPU": 0.0}

@@ -23,6 +23,7 @@ import attrs
 from ..core_worker import _worker_state
 from ..protocol._actors import BUILTIN_METHODS, ActorSpec, ClassMeta, MethodMeta
 from ..protocol._ids import new_task_id
+from ..protocol._wire import CreateNamedActor, Submit
 from ._actor_handle import (
     ActorHandle,
     check_call_args,
@@ -270,9 +271,9 @@ class ActorClass:
         )
         _ensure_exported(core, export)
         if name is None and sup_name is None:
-            core._enqueue(("submit", (spec,)))
+            core._enqueue(Submit([spec]))
             return ActorHandle(spec.actor_id, meta, owned=True, counted=not spec.detached)
-        found = request_node(core, ("actor_req", "create", spec, bool(options.get("get_if_exists"))))
+        found = request_node(core, CreateNamedActor(spec, bool(options.get("get_if_exists"))))
         if found is not None:  # get_if_exists found the one already there
             return ActorHandle(found[0], found[1], owned=False)
         # A named actor lives until it is killed or its owner exits: its handles do not

@@ -57,6 +57,7 @@ from ..core_worker._generator import refs_of_call
 from ..core_worker._object_ref import ObjectRef
 from ..core_worker._worker_state import task_context
 from ..exceptions import ActorcoreError, ActorcoreSystemError, PendingCallsLimitExceeded
+from ..protocol import _wire as w
 from ..protocol._actors import BUILTIN_METHODS, CallSpec, ClassMeta, MethodMeta
 from ..protocol._ids import STREAMING, new_task_id, return_ids
 from ..protocol._serialization import ArgStore, dumps_args
@@ -151,9 +152,9 @@ def _acquire(core: Any, aid: bytes, created: bool) -> None:
     if register and not created and not core._closed:
         try:
             if _can_block(core):
-                request_node(core, ("actor_req", "hold", aid))
+                request_node(core, w.HoldActor(aid))
             else:  # (a Trio loop: the core's or a Trio actor's) ordered, not awaited
-                core._enqueue(("actor_hold", aid))
+                core._enqueue(w.HoldActor(aid))
         except Exception as exc:  # the link is down: nothing to end the actor either
             logger.warning("registering a handle of actor %s failed: %s", aid.hex(), exc)
 
@@ -279,7 +280,7 @@ def check_call_args(what: str, meta: MethodMeta, args: tuple, kwargs: dict) -> N
         )
 
 
-def request_node(core: Any, message: tuple, timeout: float = 60.0) -> Any:
+def request_node(core: Any, message: Any, timeout: float = 60.0) -> Any:
     """A request to the node, sent after everything this process queued before it."""
     core._check_open()
 
@@ -503,7 +504,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
         raise ValueError(f"get_actor(namespace={namespace!r}): expected a non-empty str")
     core = _worker_state.auto_core()
     ns = namespace or default_namespace()
-    actor_id, meta = request_node(core, ("actor_req", "lookup", name, ns))
+    actor_id, meta = request_node(core, w.LookupActor(name, ns))
     return ActorHandle(actor_id, meta, owned=False)
 
 
@@ -516,7 +517,7 @@ def list_named_actors(all_namespaces: bool = False) -> list[str] | list[dict[str
     core = _worker_state.auto_core()
     # Every node's named actors: the node reads the GCS name registry on a
     # cluster of several nodes, its own table on one.
-    names = request_node(core, ("actor_req", "names"))
+    names = request_node(core, w.ActorNames())
     if all_namespaces:
         return [{"name": name, "namespace": ns} for ns, name in names]
     ns = default_namespace()
@@ -535,10 +536,10 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     if core._closed:
         raise ActorcoreSystemError("not connected to the cluster any more")
     detach(core, actor._actor_id)  # later calls go through the node, which knows
-    request_node(core, ("actor_req", "kill", actor._actor_id, bool(no_restart)))
+    request_node(core, w.KillActor(actor._actor_id, bool(no_restart)))
 
 
 def actor_state(actor: ActorHandle) -> dict:
     """The node's record of ``actor``: state, restarts, pid, death cause."""
     core = _worker_state.current_core()
-    return request_node(core, ("actor_req", "state", actor._actor_id))
+    return request_node(core, w.GetActorState(actor._actor_id))

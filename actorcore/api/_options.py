@@ -307,12 +307,12 @@ def resources_of(options: Mapping[str, Any], *, default_cpus: float = 1.0) -> di
 
     Zero amounts are left out so that two requests compare equal when they ask for
     the same thing. In a placement group, the request is for the group's renamed
-    resources (``node.placement_groups._resources.rewrite``).
+    resources (``protocol._placement.rewrite``).
     """
     if ("scheduling_strategy" in options or "placement_group" in options):
         target = placement_of(options)
         if target is not None:
-            from ..node.placement_groups._resources import rewrite
+            from ..protocol._placement import rewrite
 
             pg, index = target
             plain = resources_of({k: v for k, v in options.items()

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..core_worker import _worker_state
 from ..kernel import STRATEGIES
+from ..protocol._wire import StartSupervisor
 from ._actor_handle import request_node
 
 __all__ = ["SupervisorRef", "supervisor"]
@@ -54,6 +55,5 @@ def supervisor(name: str, *, strategy: str = "one_for_one", max_restarts: int = 
     ):
         raise ValueError(f"supervisor(max_seconds={max_seconds!r}): must be a number > 0")
     core = _worker_state.current_core()
-    request_node(core, ("actor_req", "supervisor", name, strategy, max_restarts,
-                        float(max_seconds)))
+    request_node(core, StartSupervisor(name, strategy, max_restarts, float(max_seconds)))
     return SupervisorRef(name, strategy)

@@ -16,7 +16,7 @@ Submitting never crosses into the core loop synchronously: ``submit_task`` and
 ``put`` serialise in the calling thread, append a message to ``_outq`` (a deque:
 thread-safe appends) and, if no flush is pending, schedule one with
 ``TrioToken.run_sync_soon`` (no waiting). The core loop's sender task drains the
-queue and coalesces consecutive submits into one ``("submit", [specs])`` frame, so
+queue and coalesces consecutive submits into one `Submit` frame, so
 under load many tasks travel per frame; the order of messages is kept (an export
 always precedes the tasks that use it; a free follows the submit that used the ref).
 
@@ -38,9 +38,9 @@ The local object table
 ----------------------
 ``_entries`` maps object id -> ``_Entry``. The owner of an object (the process that
 submitted its task or put it) creates the entry at once; the node pushes the task's
-results to their owner (``("ready", ...)``) without being asked, so ``get`` on an
+results to their owner (`ObjectsReady`) without being asked, so ``get`` on an
 owned ref costs no round trip. Refs that arrived from elsewhere are fetched from the
-node with a ``("fetch", ids)`` request. ``get`` on entries that are all ready reads
+node with a `Fetch` request. ``get`` on entries that are all ready reads
 them in the calling thread without entering the core loop; otherwise it waits in the
 core loop (``trio.from_thread.run``) under the caller's timeout. A task blocked that
 way tells the node (``blocked``/``unblocked``) so its CPU goes to other tasks: nested
@@ -86,6 +86,7 @@ from ..exceptions import (
     TaskError,
 )
 from ..protocol import _serialization
+from ..protocol import _wire as w
 from ..protocol._ids import new_put_id
 from ..protocol._messages import ObjectData, TaskSpec
 from . import _worker_state
@@ -113,8 +114,9 @@ _SPEC_OVERHEAD = 512
 #: would fail the same way on every retry, so it is never put back in the queue.
 _LINK_DOWN = (transport.ConnectionLost, trio.ClosedResourceError, trio.BrokenResourceError)
 
-#: Messages that carry objects ``[(object_id, is_error, data), ...]``, and where.
-_RESULT_FIELD = {"put": 1, "done": 2, "actor_done": 3, "stream_items": 2}
+#: Messages that carry objects ``[(object_id, is_error, data), ...]``, and in which field.
+_RESULT_FIELD: dict[type, str] = {w.Put: "objects", w.TaskDone: "results",
+                                  w.ActorDone: "results", w.StreamItems: "results"}
 
 
 @attrs.define(slots=True, eq=False)
@@ -188,7 +190,7 @@ class CoreWorker:
 
     # ------------------------------------------------------------------ sending
 
-    def _enqueue(self, message: tuple, *, wake: bool = True) -> None:
+    def _enqueue(self, message: Any, *, wake: bool = True) -> None:
         """Queue a one-way message for the node from any thread (never blocks).
 
         ``wake=False`` (frees, which nobody waits for): do not wake the core loop for
@@ -215,7 +217,7 @@ class CoreWorker:
                 except trio.RunFinishedError:
                     pass
 
-    def append_unsent(self, message: tuple) -> None:
+    def append_unsent(self, message: Any) -> None:
         """Queue a message without any wake-up: the caller flushes (``flush_now``)."""
         self._outq.append(message)
 
@@ -224,7 +226,7 @@ class CoreWorker:
         if self._outq and not self._flush_pending:
             self._flush()
 
-    def _next_message(self) -> tuple | None:
+    def _next_message(self) -> Any:
         """Pop the next frame's message: consecutive submits coalesce into one, up to
         ``SUBMIT_FRAME_BYTES`` of specs (a longer run is split across frames)."""
         outq = self._outq
@@ -234,25 +236,25 @@ class CoreWorker:
         solo = self._solo > 0
         while outq:
             m = outq[0]
-            if m[0] != "submit":
+            if type(m) is not w.Submit:
                 if batch:
                     break
                 return outq.popleft()
             outq.popleft()
-            specs = m[1]
+            specs = m.specs
             for i, spec in enumerate(specs):
                 size = len(spec.args) + 32 * len(spec.deps) + _SPEC_OVERHEAD
                 if batch and (solo or used + size > budget):
-                    outq.appendleft(("submit", tuple(specs[i:])))
+                    outq.appendleft(w.Submit(list(specs[i:])))
                     self.stats["submit_frames"] += 1
-                    return ("submit", batch)
+                    return w.Submit(batch)
                 batch.append(spec)
                 used += size
                 if solo:
                     self._solo -= 1
         if batch:
             self.stats["submit_frames"] += 1
-            return ("submit", batch)
+            return w.Submit(batch)
         return None
 
     def frame_limit(self) -> int:
@@ -277,18 +279,20 @@ class CoreWorker:
                             "the object store is not reachable from this process, so "
                             "they cannot be passed by ref; pass smaller values")
 
-    def _undeliverable(self, message: tuple, exc: BaseException) -> None:
+    def _undeliverable(self, message: Any, exc: BaseException) -> None:
         """``message`` can never be sent (not a dead link: see the module docstring):
         fail what waits on it and go on with the next message (core loop)."""
-        op = message[0]
-        if op == "submit" and len(message[1]) > 1 and isinstance(exc, transport.FrameTooLarge):
+        kind = type(message)
+        if (kind is w.Submit and len(message.specs) > 1
+                and isinstance(exc, transport.FrameTooLarge)):
             # A batch too large as a whole: send its specs one per frame, so that
             # only one that is too large by itself fails.
-            self._solo = len(message[1])
+            self._solo = len(message.specs)
             self._outq.appendleft(message)
             return
         too_large = isinstance(exc, transport.FrameTooLarge)
-        logger.error("cannot send %r to the node, dropped: %s: %s", op, type(exc).__name__, exc)
+        logger.error("cannot send %s to the node, dropped: %s: %s", kind.__name__,
+                     type(exc).__name__, exc)
 
         def error(what: str) -> BaseException:
             if too_large:
@@ -296,8 +300,8 @@ class CoreWorker:
             return ActorcoreSystemError(
                 f"{what} could not be sent to the node: {type(exc).__name__}: {exc}")
 
-        if op == "submit":
-            for spec in message[1]:
+        if kind is w.Submit:
+            for spec in message.specs:
                 err = error(f"{type(spec).__name__} {getattr(spec, 'name', '')}".strip())
                 payload = _serialization.dumps(err)
                 ids = spec.return_ids()
@@ -307,16 +311,18 @@ class CoreWorker:
                     entry = self._entries.get(oid)
                     if entry is not None:
                         self._set_ready(entry, True, payload)
-        elif op in _RESULT_FIELD:
+        elif kind in _RESULT_FIELD:
             # Objects (a put, a task's or actor call's results): the node must still
             # learn of them, as errors, or whoever waits for them would wait for ever.
-            i = _RESULT_FIELD[op]
-            what = ("object {}" if op == "put" else
-                    f"the results of {'task' if op == 'done' else 'actor call'} "
-                    f"{message[i - 1].hex()} (here {{}})")
+            field = _RESULT_FIELD[kind]
+            if kind is w.TaskDone or kind is w.ActorDone:
+                what = (f"the results of {'task' if kind is w.TaskDone else 'actor call'} "
+                        f"{message.task_id.hex()} (here {{}})")
+            else:
+                what = "object {}"
             items = [(oid, True, _serialization.dumps(error(what.format(oid.hex()))))
-                     for oid, _is_error, _data in message[i]]
-            self._outq.appendleft((*message[:i], items, *message[i + 1:]))
+                     for oid, _is_error, _data in getattr(message, field)]
+            self._outq.appendleft(attrs.evolve(message, **{field: items}))
 
     def _flush(self) -> None:
         """Send what is queued now, without a task switch (core loop).
@@ -386,7 +392,7 @@ class CoreWorker:
             entries[oid] = _Entry(owned=True)
         if spec.deps:
             self.mark_seen(spec.deps)
-        self._enqueue(("submit", (spec,)))
+        self._enqueue(w.Submit([spec]))
         self.stats["tasks_submitted"] += 1
 
     def ensure_exported(self, export: Any, kind: str) -> None:
@@ -402,7 +408,7 @@ class CoreWorker:
                 f"variables it captures)", "pass large data as an argument or with put() "
                 "instead of capturing it")
             self._exported.add(fid)
-            self._enqueue(("export", fid, export.blob, export.name, _sys_path()))
+            self._enqueue(w.Export(fid, export.blob, export.name, _sys_path()))
 
     # Large arguments (see ``_serialization.dumps_args``). The caller puts each one
     # in the store as an object it owns, holds it (a local ref) while the call needs
@@ -444,7 +450,7 @@ class CoreWorker:
             ) from exc
         self._entries[oid] = _Entry(owned=True, ready=True, data=STORE)
         self.add_local_ref(oid)
-        self._enqueue(("put", [(oid, False, STORE)]))
+        self._enqueue(w.Put([(oid, False, STORE)]))
         self.stats["args_by_ref"] += 1
         return oid
 
@@ -468,12 +474,12 @@ class CoreWorker:
         ref = ObjectRef(oid)
         # No wake-up of its own: whatever needs the object at the node (a task taking
         # it, a fetch after its ref was passed on) travels behind it on this queue.
-        self._enqueue(("put", [(oid, False, data)]), wake=False)
+        self._enqueue(w.Put([(oid, False, data)]), wake=False)
         return ref
 
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
         self._check_open()
-        self._enqueue(("cancel", ref.task_id(), force, recursive))
+        self._enqueue(w.CancelTask(ref.task_id(), bool(force), bool(recursive)))
 
     # ------------------------------------------------------------ ref counting
 
@@ -498,7 +504,7 @@ class CoreWorker:
                     self._report_unhandled(oid, entry)
             else:
                 entry.dropped = True  # kept until its result is here (_drop_late)
-            self._enqueue(("free", [oid]), wake=False)
+            self._enqueue(w.Free([oid]), wake=False)
 
     def _drop_late(self, oid: bytes, entry: _Entry) -> None:
         """The result of a ref that died before it was ready is here (core loop)."""
@@ -581,7 +587,7 @@ class CoreWorker:
             return None
         items = self._streams.get(oid[:16])
         if items is None:  # its generator is gone: nobody will ask for it
-            self._enqueue(("free", [oid]), wake=False)
+            self._enqueue(w.Free([oid]), wake=False)
             return None
         items.add(oid)
         return self._entries.setdefault(oid, _Entry(owned=True))
@@ -607,7 +613,7 @@ class CoreWorker:
                     entry.dropped = True
                     free.append(oid)
         if free:
-            self._enqueue(("free", free), wake=False)
+            self._enqueue(w.Free(free), wake=False)
 
     def _set_ready(self, entry: _Entry, is_error: bool, data: Any) -> None:
         """Make ``entry`` ready and run its callbacks (core loop)."""
@@ -693,7 +699,7 @@ class CoreWorker:
 
     async def _fetch(self, oids: list[bytes]) -> None:
         try:
-            items = await self.conn.request(("fetch", oids), timeout=None)
+            items = await self.conn.request(w.Fetch(oids), timeout=None)
         except Exception as exc:
             err = ActorcoreSystemError(f"fetching {[o.hex() for o in oids]} failed: {exc}")
             items = [(oid, True, _serialization.dumps(err)) for oid in oids]
@@ -793,7 +799,7 @@ class CoreWorker:
             if task_id in self._cancelled_tasks:
                 raise TaskCancelledError(task_id, "the task was cancelled")
             self._task_waiters[task_id] = fire
-            self._enqueue(("blocked", task_id))
+            self._enqueue(w.Blocked(task_id))
             if self.on_blocked is not None:
                 self.on_blocked(task_id, True)
         cb = self._register(entries, num, fire, fail_fast)
@@ -803,7 +809,7 @@ class CoreWorker:
             self._unregister(entries, cb)
             if task_id is not None:
                 self._task_waiters.pop(task_id, None)
-                self._enqueue(("unblocked", task_id))
+                self._enqueue(w.Unblocked(task_id))
                 if self.on_blocked is not None:
                     self.on_blocked(task_id, False)
         if task_id is not None and task_id in self._cancelled_tasks:
@@ -909,7 +915,7 @@ class CoreWorker:
         """
         task_id = self.current_task_id()
         if task_id is not None:
-            self._enqueue(("blocked", task_id))
+            self._enqueue(w.Blocked(task_id))
             if self.on_blocked is not None:
                 self.on_blocked(task_id, True)
         try:
@@ -925,7 +931,7 @@ class CoreWorker:
                         raise
         finally:
             if task_id is not None:
-                self._enqueue(("unblocked", task_id))
+                self._enqueue(w.Unblocked(task_id))
                 if self.on_blocked is not None:
                     self.on_blocked(task_id, False)
         value = _serialization.loads(data)
@@ -939,7 +945,7 @@ class CoreWorker:
         """Ask the node to rebuild ``oid``, lost from its store (core loop); its
         answer once it is ready again: ``(is_error, data)``."""
         try:
-            items = await self.conn.request(("rebuild", [oid]), timeout=timeout)
+            items = await self.conn.request(w.Rebuild([oid]), timeout=timeout)
         except Exception as exc:
             err = ObjectLostError(f"object {oid.hex()} is no longer in the node's object "
                                   f"store, and asking the node to rebuild it failed: {exc}")
@@ -1085,14 +1091,15 @@ class CoreWorker:
 
         conn = self.conn
         try:
-            return await conn.request(("call", name, args), timeout=request_timeout)
+            return await conn.request(w.AdminCall(name, tuple(args)), timeout=request_timeout)
         except transport.ConnectionLost:
             with trio.move_on_after(10):
                 while self.conn is conn and not self._closed:  # noqa: ASYNC110
                     await trio.sleep(0.02)
             if self.conn is conn:
                 raise
-            return await self.conn.request(("call", name, args), timeout=request_timeout)
+            return await self.conn.request(w.AdminCall(name, tuple(args)),
+                                           timeout=request_timeout)
 
     def call_sync(self, name: str, *args: Any, timeout: float | None = 30.0) -> Any:
         return self._run_in_loop(self._call_kw, name, args, timeout)

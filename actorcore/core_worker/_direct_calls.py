@@ -3,7 +3,7 @@
 Every actor process listens on a Unix socket of its own. A caller's first calls to an
 actor go through the node (which creates, places, restarts the actor and holds the
 truth about it); meanwhile the caller asks the node for the actor's address
-(``("actor_req", "route", actor_id)``, answered once the actor is alive), dials it,
+(`RouteActor`, answered once the actor is alive), dials it,
 and switches that actor's calls to the direct link once every call it sent through
 the node has finished. From then on a call costs one hop each way instead of two.
 
@@ -55,6 +55,7 @@ import transport
 
 from ..exceptions import ActorcoreSystemError, MessageTooLargeError
 from ..protocol import _serialization
+from ..protocol import _wire as w
 from ..protocol._actors import CallSpec, cancelled_results
 from ..session._config import env_value
 from ._core_worker import _LINK_DOWN
@@ -77,6 +78,9 @@ class Route:
         self.core = core
         self.actor_id = actor_id
         self.lock = threading.RLock()
+        # What the actor's process answers on the direct link.
+        self._dispatcher = transport.Dispatcher(f"direct-link-{actor_id.hex()[:12]}")
+        self._dispatcher.register(w.DirectResult, self._on_result, oneway=True)
         self.mode = "node"  # node | direct
         self.discovering = False
         self.failures = 0
@@ -85,8 +89,8 @@ class Route:
         # task id -> argument objects a direct call holds until its answer (the node
         # does not see direct calls, so it cannot pin them: see ``submit_call``)
         self.held: dict[bytes, Sequence[bytes]] = {}
-        # calls to send, and ("dcancel", actor_id, task_id) behind the call they cancel
-        self.outq: collections.deque[CallSpec | tuple] = collections.deque()
+        # calls to send, and a CancelActorCall behind the call it cancels
+        self.outq: collections.deque[CallSpec | w.CancelActorCall] = collections.deque()
         self.conn: Any = None
         self.client: Any = None
         self.incarnation = 0
@@ -119,7 +123,7 @@ class Route:
                     self.discovering = True
                 if self.failures < MAX_DISCOVERY_FAILURES:  # a switch may still come
                     self._track_node_call(spec)
-                core._enqueue(("submit", (spec,)))
+                core._enqueue(w.Submit([spec]))
         if release:
             core.release_args(release)  # node-routed: the node pins them from here on
         if wake:
@@ -151,7 +155,7 @@ class Route:
         """``cancel(ref)`` of a call on the direct link; ``False``: it is not on the
         link (it went through the node, or is finished).
 
-        A call not sent yet is answered here; otherwise a ``dcancel`` follows it on
+        A call not sent yet is answered here; otherwise a `CancelActorCall` follows it on
         the link and the actor's process drops or cancels it (``worker._cancel``).
         """
         with self.lock:
@@ -165,7 +169,7 @@ class Route:
                 del self.direct[task_id]
                 answer = True
             else:
-                self.outq.append(("dcancel", self.actor_id, task_id))
+                self.outq.append(w.CancelActorCall(self.actor_id, task_id))
                 answer = False
                 wake = not self.flush_pending
                 self.flush_pending = True
@@ -200,7 +204,7 @@ class Route:
         epoch = self.epoch
         try:
             core.flush_now()
-            info = await core.conn.request(("actor_req", "route", self.actor_id), timeout=120)
+            info = await core.conn.request(w.RouteActor(self.actor_id), timeout=120)
             if info is None:  # dead, or no direct address: the node path for good
                 with self.lock:
                     self.failures = MAX_DISCOVERY_FAILURES
@@ -208,7 +212,7 @@ class Route:
                 return
             address, incarnation = info
             client = transport.Client(address, core.token, name=f"{core.role}-{core.pid}-direct",
-                                      handler=self._on_message)
+                                      handler=self._dispatcher)
             with self.lock:
                 self.client = client
             conn = await core._nursery.start(self._run_link, client)
@@ -246,7 +250,7 @@ class Route:
         finally:
             self._link_lost(client)
 
-    def _held_back(self, spec: CallSpec | tuple) -> bool:
+    def _held_back(self, spec: CallSpec | w.CancelActorCall) -> bool:
         """Whether ``spec`` (the head of ``outq``) waits for argument refs; if so,
         ``flush`` runs again once they are ready (lock held, core loop)."""
         if type(spec) is not CallSpec or not spec.deps:
@@ -286,7 +290,7 @@ class Route:
                 if self._held_back(spec):
                     return
                 try:
-                    conn.send_nowait(("dcall", spec) if type(spec) is CallSpec else spec)
+                    conn.send_nowait(w.DirectCall(spec) if type(spec) is CallSpec else spec)
                 except trio.WouldBlock:
                     self.sender_busy = True
                     self.core._nursery.start_soon(self._drain, conn)
@@ -300,14 +304,14 @@ class Route:
         for task_id, results in refused:
             self._answered(task_id, results)
 
-    def _refuse(self, item: CallSpec | tuple, exc: BaseException,
+    def _refuse(self, item: CallSpec | w.CancelActorCall, exc: BaseException,
                 refused: list[tuple[bytes, list]]) -> None:
         """The link refused ``item`` for what it is (too large, unpicklable): a retry
         would fail the same way, so it leaves the queue and a call fails with the
         error instead of holding back every later call (lock held)."""
         self.outq.popleft()
         logger.error("cannot send %s to actor %s, dropped: %s: %s",
-                     getattr(item, "name", item[0] if type(item) is tuple else item),
+                     getattr(item, "name", type(item).__name__),
                      self.actor_id.hex()[:12], type(exc).__name__, exc)
         if type(item) is not CallSpec:
             return
@@ -330,7 +334,7 @@ class Route:
                         return
                     spec = self.outq[0]
                 try:
-                    await conn.send(("dcall", spec) if type(spec) is CallSpec else spec)
+                    await conn.send(w.DirectCall(spec) if type(spec) is CallSpec else spec)
                 except _LINK_DOWN:
                     return
                 except Exception as exc:
@@ -353,8 +357,8 @@ class Route:
         self._link_lost(None)
         self.core._nursery.start_soon(conn.aclose)
 
-    async def _on_message(self, conn: Any, message: Any, reply: Any) -> None:
-        _op, task_id, results = message
+    def _on_result(self, conn: Any, message: w.DirectResult) -> None:
+        task_id, results = message.task_id, message.results
         core = self.core
         if results is None:  # the actor is not in that process (any more)
             self._link_lost(None, not_run=task_id)
@@ -375,11 +379,11 @@ class Route:
         entries = core._entries
         inline = [r for r in results if r[2] != STORE and r[0] in entries]
         if inline:
-            core._enqueue(("put", inline), wake=False)
+            core._enqueue(w.Put(inline), wake=False)
         if held:
             core.release_args(held)
         if drop:
-            core._enqueue(("actor_drop", self.actor_id), wake=False)
+            core._enqueue(w.DropActor(self.actor_id), wake=False)
 
     def _link_lost(self, client: Any, not_run: bytes | None = None) -> None:
         """Send what was in flight on the link back through the node, in order."""
@@ -407,10 +411,10 @@ class Route:
                     spec.lost_incarnation = self.incarnation
                 self._track_node_call(spec)
             if lost and not core._closed:
-                core._enqueue(("submit", tuple(lost)))
+                core._enqueue(w.Submit(list(lost)))
             if self.drop_deferred:
                 self.drop_deferred = False
-                core._enqueue(("actor_drop", self.actor_id))
+                core._enqueue(w.DropActor(self.actor_id))
         for h in held:
             if h:
                 core.release_args(h)
@@ -453,7 +457,7 @@ def submit_call(core: Any, spec: CallSpec, held: Sequence[bytes] | None = None) 
     try:
         core.check_args_fit(spec.name, spec.args)
         if not DIRECT_CALLS or getattr(core, "token", None) is None or core.role == "node":
-            core._enqueue(("submit", (spec,)))
+            core._enqueue(w.Submit([spec]))
         else:
             _route(core, spec.actor_id).submit(spec, held)
             return
@@ -472,7 +476,7 @@ def cancel_call(core: Any, actor_id: bytes, task_id: bytes) -> None:
     route = routes.get(actor_id) if routes else None
     if route is not None and route.cancel(task_id):
         return
-    core._enqueue(("actor_cancel", actor_id, task_id))
+    core._enqueue(w.CancelActorCall(actor_id, task_id))
 
 
 def drop_actor(core: Any, actor_id: bytes) -> None:
@@ -482,4 +486,4 @@ def drop_actor(core: Any, actor_id: bytes) -> None:
     route = routes.get(actor_id) if routes else None
     if route is not None and route.drop():
         return
-    core._enqueue(("actor_drop", actor_id), wake=False)
+    core._enqueue(w.DropActor(actor_id), wake=False)

@@ -34,6 +34,7 @@ import trio
 import transport
 
 from ..exceptions import ActorcoreSystemError, NodeDiedError
+from ..protocol import _wire as w
 from ..protocol._ids import id_prefix, new_job_id, new_worker_id
 from ..protocol._messages import RECONNECT_WINDOW, REJOIN_TIMEOUT
 from ..session._session import pid_alive
@@ -68,6 +69,8 @@ class DriverLoop:
         self._token: trio.lowlevel.TrioToken | None = None
         self._stopping = False
         self._direct: str | None = None
+        # What the node (and, on the direct socket, a worker pushing results) sends.
+        self._handle = self._dispatcher()
         self._thread = threading.Thread(target=self._thread_main, name="actorcore-core", daemon=True)
 
     def start(self, timeout: float = 30.0) -> CoreWorker:
@@ -90,26 +93,24 @@ class DriverLoop:
             self._error = self._error or exc
             self._ready.set()
 
-    async def _handle(self, conn: Any, message: Any, reply: Any) -> None:
-        op = message[0]
-        if op == "ready":
-            if self.core is not None:
-                self.core.on_objects_ready(message[1])
-        elif op == "release":  # the node holds these large objects now
-            if self.core is not None and self.core.store is not None:
-                self.core.store.release_soon(message[1])
-        elif op == "log":
-            _, prefix, stream, lines = message
-            out = sys.stderr if stream == "err" else sys.stdout
-            try:
-                out.write("".join(f"{prefix} {line}\n" for line in lines))
-                out.flush()
-            except Exception as exc:  # our stdout/stderr is closed or broken
-                logger.info("could not print %d forwarded %s line(s): %r", len(lines), prefix, exc)
-        elif op == "faults":  # a fault rule command the node forwards (testing.faults)
-            transport.faults.apply(message[1])
-        else:
-            raise ValueError(f"driver: unknown message {op!r}")
+    def _dispatcher(self) -> transport.Dispatcher:
+        """The registry of what the node sends a driver (``protocol._wire``)."""
+        d = transport.Dispatcher(f"driver-{os.getpid()}")
+        d.register(w.ObjectsReady, self._h_ready, oneway=True)
+        d.register(w.ReleaseObjects, self._h_release, oneway=True)
+        d.register(w.ForwardedLog, _print_log, oneway=True)
+        # A fault rule command the node forwards (``testing.faults``).
+        d.register(w.FaultRules, lambda conn, m: transport.faults.apply(m.command), oneway=True)
+        return d
+
+    def _h_ready(self, conn: Any, m: w.ObjectsReady) -> None:
+        if self.core is not None:
+            self.core.on_objects_ready(m.objects)
+
+    def _h_release(self, conn: Any, m: w.ReleaseObjects) -> None:
+        """The node holds these large objects now."""
+        if self.core is not None and self.core.store is not None:
+            self.core.store.release_soon(m.object_ids)
 
     async def _link(self, client: transport.Client, *, task_status: Any) -> None:
         """Keep the link to the node; after a loss, reconnect for ``RECONNECT_WINDOW``.
@@ -224,10 +225,10 @@ class DriverLoop:
         core = self.core
         assert core is not None
         await conn.request(
-            ("hello", "driver", core.worker_id, os.getpid(),
-             {"job_id": core.job_id, "log_to_driver": self.log_to_driver, "rejoin": True,
-              "direct_address": self._direct, "namespace": self.namespace,
-              "id_prefix": id_prefix()}),
+            w.Hello("driver", core.worker_id, os.getpid(),
+                    {"job_id": core.job_id, "log_to_driver": self.log_to_driver, "rejoin": True,
+                     "direct_address": self._direct, "namespace": self.namespace,
+                     "id_prefix": id_prefix()}),
             timeout=30,
         )
         core.reconnected(conn)
@@ -250,10 +251,10 @@ class DriverLoop:
             direct = self._direct = await self._listen(outer)
             try:
                 info = await conn.request(
-                    ("hello", "driver", worker_id, os.getpid(),
-                     {"job_id": job_id, "log_to_driver": self.log_to_driver,
-                      "direct_address": direct, "namespace": self.namespace,
-                      "id_prefix": id_prefix()}),
+                    w.Hello("driver", worker_id, os.getpid(),
+                            {"job_id": job_id, "log_to_driver": self.log_to_driver,
+                             "direct_address": direct, "namespace": self.namespace,
+                             "id_prefix": id_prefix()}),
                     timeout=30,
                 )
             except Exception as exc:
@@ -286,7 +287,7 @@ class DriverLoop:
             conn = core.conn
             # Tell the node this is an exit, not a dropped link: it ends our actors at
             # once instead of waiting for us to reconnect.
-            core._enqueue(("bye",))
+            core._enqueue(w.Bye())
             core.close()
             # Let queued one-way messages (frees, puts) go out before closing.
             with trio.move_on_after(2):
@@ -321,3 +322,13 @@ def _tail(path: Path, lines: int) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _print_log(conn: Any, m: w.ForwardedLog) -> None:
+    """A worker's output lines, printed after their prefix (``log_to_driver``)."""
+    out = sys.stderr if m.stream == "err" else sys.stdout
+    try:
+        out.write("".join(f"{m.prefix} {line}\n" for line in m.lines))
+        out.flush()
+    except Exception as exc:  # our stdout/stderr is closed or broken
+        logger.info("could not print %d forwarded %s line(s): %r", len(m.lines), m.prefix, exc)

@@ -2,7 +2,7 @@
 
 A generator task (or actor method) yields values; each becomes an object as soon as
 it is yielded. Item ``i`` has the id ``stream_item_id(task_id, i)``: the worker
-sends it to the node (``("stream_items", owner, results)``), which records it and
+sends it to the node (`StreamItems`), which records it and
 pushes it to the caller, who owns it. The task's one return of its own is the
 stream's *end*: the number of items, written after the last one. An exception in
 the generator becomes the error of the item after the last good one (then the end

@@ -1,4 +1,4 @@
-"""Introspection and admin calls served by a node (``("call", name, args)``).
+"""Introspection and admin calls served by a node (`AdminCall`: ``name``, ``args``).
 
 ``tree``, ``status``, ``cluster_resources``, ``available_resources``, ``nodes``,
 ``crash`` (the fault hook of ``actorcore.testing.faults``), ``kill_worker``,
@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from ..kernel import InjectedCrash
+from ..protocol._wire import AdminCall
 
-__all__ = ["dispatch_call"]
+__all__ = ["CALLS", "dispatch_call"]
 
 
 def _statuses(node: Any) -> list:
@@ -97,7 +99,7 @@ async def _tree(node: Any, reply: Any) -> None:
         try:
             with trio.fail_after(5.0):
                 subtrees[status.node_id] = await node.peers.request(
-                    status.node_id, ("call", "local_tree", ()))
+                    status.node_id, AdminCall("local_tree"))
         except Exception as exc:
             subtrees[status.node_id] = {
                 "name": "node", "kind": "node", "state": "unreachable", "restarts": 0,
@@ -238,49 +240,75 @@ def _crash_supervised(node: Any, us: Any, name: str) -> str:
     return node.actors.crash_actor(rec)
 
 
+def _status_call(node: Any, reply: Any) -> None:
+    if node.store_link is None or not node.serving:
+        reply.send(_status(node))
+        return
+
+    async def with_store() -> None:
+        st = _status(node)
+        try:
+            with __import__("trio").move_on_after(5) as scope:
+                st["store"] = await node.store_link.statistics()
+            if scope.cancelled_caught:
+                st["store_error"] = "the object store did not answer within 5 s"
+        except Exception as exc:
+            st["store_error"] = str(exc)
+        reply.send(st)
+
+    node.spawn(with_store)
+
+
+def _tree_call(node: Any, reply: Any) -> None:
+    if not node.view.multi or not node.spawn(_tree, node, reply):
+        reply.send(_cluster_tree([_local_tree(node)]))
+
+
+def _shutdown_call(node: Any, reply: Any) -> None:
+    reply.send("stopping")
+    node.shutdown_requested.set()
+
+
+def _answer(fn: Callable[..., Any]) -> Callable[..., None]:
+    """A call whose answer is ``fn(node, *args)``, at once."""
+    return lambda node, reply, *args: reply.send(fn(node, *args))
+
+
+#: The admin calls (`AdminCall` ``name``): ``name -> (number of arguments,
+#: handler(node, reply, *args))``. ``fault`` is the node's own (``_faults``): it
+#: needs the caller's link.
+CALLS: dict[str, tuple[int, Callable[..., None]]] = {
+    "status": (0, _status_call),
+    "tree": (0, _tree_call),
+    "local_tree": (0, _answer(_local_tree)),
+    "cluster_resources": (0, _answer(lambda node: _sum(s.resources for s in _alive(node)))),
+    "available_resources": (0, _answer(lambda node: _sum(s.available for s in _alive(node)))),
+    "nodes": (0, _answer(lambda node: [_node_entry(node, s) for s in _statuses(node)])),
+    "crash": (1, _answer(_crash)),
+    "shutdown": (0, _shutdown_call),
+    # A joining node asks its head where the GCS is.
+    "cluster_info": (0, _answer(lambda node: {"gcs_address": node.gcs_address,
+                                              "node_id": node.node_hex,
+                                              "head": node.config.head})),
+    "ping": (0, _answer(lambda node: "pong")),
+    # What init(namespace=) said; None: unknown job.
+    "job_namespace": (1, _answer(lambda node, job_id: node.jobs.get(job_id, {}).get("namespace"))),
+}
+
+
 def dispatch_call(node: Any, name: str, args: tuple, reply: Any) -> None:
+    """Serve ``AdminCall(name, args)`` through `CALLS`; an unknown name or a wrong
+    number of arguments is the caller's ``ValueError``, naming them."""
     try:
-        if name == "status" and node.store_link is not None and node.serving:
-
-            async def with_store() -> None:
-                st = _status(node)
-                try:
-                    with __import__("trio").move_on_after(5) as scope:
-                        st["store"] = await node.store_link.statistics()
-                    if scope.cancelled_caught:
-                        st["store_error"] = "the object store did not answer within 5 s"
-                except Exception as exc:
-                    st["store_error"] = str(exc)
-                reply.send(st)
-
-            node.spawn(with_store)
-        elif name == "tree":
-            if not node.view.multi or not node.spawn(_tree, node, reply):
-                reply.send(_cluster_tree([_local_tree(node)]))
-        elif name == "local_tree":
-            reply.send(_local_tree(node))
-        elif name == "status":
-            reply.send(_status(node))
-        elif name == "cluster_resources":
-            reply.send(_sum(s.resources for s in _alive(node)))
-        elif name == "available_resources":
-            reply.send(_sum(s.available for s in _alive(node)))
-        elif name == "nodes":
-            reply.send([_node_entry(node, s) for s in _statuses(node)])
-        elif name == "crash":
-            reply.send(_crash(node, args[0]))
-        elif name == "shutdown":
-            reply.send("stopping")
-            node.shutdown_requested.set()
-        elif name == "cluster_info":  # a joining node asks its head where the GCS is
-            reply.send({"gcs_address": node.gcs_address, "node_id": node.node_hex,
-                        "head": node.config.head})
-        elif name == "ping":
-            reply.send("pong")
-        elif name == "job_namespace":  # what init(namespace=) said; None: unknown job
-            reply.send(node.jobs.get(args[0], {}).get("namespace"))
-        else:
-            raise ValueError(f"unknown call {name!r}")
+        entry = CALLS.get(name)
+        if entry is None:
+            raise ValueError(f"unknown call {name!r}; the node serves "
+                             f"{', '.join(sorted([*CALLS, 'fault']))}")
+        arity, handler = entry
+        if len(args) != arity:
+            raise ValueError(f"the call {name!r} takes {arity} argument(s), got {len(args)}: "
+                             f"{args!r:.100}")
+        handler(node, reply, *args)
     except Exception as exc:
         if not reply.done:
             reply.fail(exc)

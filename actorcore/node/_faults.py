@@ -1,6 +1,6 @@
 """Fault injection served by a node: the other half of ``actorcore.testing.faults``.
 
-A driver (or ``actorcore chaos``) sends ``("call", "fault", (op, *args))`` to any node
+A driver (or ``actorcore chaos``) sends ``AdminCall("fault", (op, *args))`` to any node
 of the cluster; that node does what it owns and hands the rest to the node that owns
 it. Ops:
 
@@ -41,6 +41,7 @@ import trio
 import transport
 
 from ..kernel import KernelError
+from ..protocol._wire import AdminCall, FaultRules
 
 __all__ = ["NodeFaults", "split_node"]
 
@@ -95,7 +96,7 @@ class NodeFaults:
         raise ValueError(f"node id prefix {prefix!r} is ambiguous: {', '.join(found)}")
 
     async def on_peer(self, node_id: str, *call: Any) -> Any:
-        """``("call", "fault", call)`` on another node, over a control link."""
+        """``AdminCall("fault", call)`` on another node, over a control link."""
         address = self.node.view.address_of(node_id)
         if address is None:
             raise ValueError(f"node {node_id[:12]} has no TCP address")
@@ -104,7 +105,7 @@ class NodeFaults:
                 address, self.node.config.token, name=f"faults-{self.node.node_hex[:8]}"
             ) as conn:
                 try:
-                    return await conn.request(("call", "fault", call))
+                    return await conn.request(AdminCall("fault", call))
                 except transport.RemoteError as exc:
                     # Its ValueError (a bad path there) is the caller's, as if local.
                     if isinstance(exc.remote_exception, ValueError):
@@ -114,7 +115,7 @@ class NodeFaults:
     # --------------------------------------------------------------- the calls
 
     def call(self, conn: Any, args: tuple, reply: Any) -> None:
-        """Serve ``("call", "fault", args)`` (answers ``reply`` now or from a task)."""
+        """Serve ``AdminCall("fault", args)`` (answers ``reply`` now or from a task)."""
         op, rest = args[0], tuple(args[1:])
         ops: dict[str, Callable[..., Awaitable[Any]]] = {
             "crash": self._crash, "kill": self._kill, "kill_local": self._kill_local,
@@ -282,7 +283,7 @@ class NodeFaults:
             if client.role == "node" or conn.closed:
                 continue
             try:
-                conn.send_nowait(("faults", command))
+                conn.send_nowait(FaultRules(command))
             except Exception as exc:
                 logger.warning("could not forward a fault rule command to %s: %r",
                                conn.peer_name, exc)
@@ -291,6 +292,6 @@ class NodeFaults:
         """A process said hello: give it the rules installed now."""
         for tag, rules in self.installed.items():
             try:
-                conn.send_nowait(("faults", {"op": "install", "tag": tag, "rules": rules}))
+                conn.send_nowait(FaultRules({"op": "install", "tag": tag, "rules": rules}))
             except Exception as exc:
                 logger.warning("could not send the fault rules to %s: %r", conn.peer_name, exc)

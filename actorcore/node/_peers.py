@@ -6,11 +6,11 @@ an object, show its tree — goes over the link this module keeps to that node:
 
 - ``send(node_id, message)`` queues a one-way message; messages to one node leave in
   the order they were queued, over one connection, those queued together in one
-  frame (``("peer_batch", [...])``, served in order by the receiving node);
+  frame (a `PeerBatch`, served in order by the receiving node);
 - ``await request(node_id, message)`` waits for the peer's answer.
 
 A link is dialled at first use, to the TCP address the node registered in the GCS
-(the `ClusterView`), and announces itself with ``("hello", "node", ...)``. A link
+(the `ClusterView`), and announces itself with ``Hello("node", ...)``. A link
 that fails is dialled again while the view says the peer lives; once the peer is
 declared dead the link is dropped, and what was queued for it is discarded (the
 node's death listeners redo that work elsewhere: a lost message to a dead node is
@@ -20,16 +20,16 @@ restart of that component re-dials and carries on with what was queued.
 
 Delivery survives a broken connection (a reset, a partition that heals, a crash of
 ``node_links``): every frame of one-way messages is numbered per link,
-``("peer_batch", [...], sender, seq)``, and kept until the peer acknowledges it
-(``("peer_ack", receiver, seq)``, sent back on the same connection once the batch
-is handled). The receiver remembers the last number it handled from each node and
+`PeerBatch(messages, sender, seq)`, and kept until the peer acknowledges it
+(`PeerAck(receiver, seq)`, sent back on the same connection once the batch is
+handled). The receiver remembers the last number it handled from each node and
 returns it in its answer to the hello; on a new connection the sender drops what
 that covers and sends the rest again, in order, then carries on. A frame that
 arrived just before the link broke (its ack lost) thus comes twice; the receiver
 skips a number it has handled. So the peer handles each batch exactly once, in
 order, whatever happens to the connections, while both nodes live.
 
-Requests (``n_fetch``, ``obj_chunk``, ``n_owner``, ...) are all idempotent reads or
+Requests (`FetchFromOwner`, `PayloadChunk`, `OwnsPrefix`, ...) are all idempotent reads or
 reservations keyed by id: one whose connection breaks is sent again on the next
 connection, until it is answered, the peer dies, or its timeout passes.
 """
@@ -49,6 +49,7 @@ import trio
 import transport
 
 from ..protocol._messages import max_frame_size
+from ..protocol._wire import Hello, PeerBatch
 from .gcs_client._membership import ClusterView
 
 __all__ = ["NodeLinks", "NodePeers", "PeerUnavailable"]
@@ -58,7 +59,7 @@ logger = logging.getLogger("actorcore.peers")
 #: Seconds between dials of a peer that does not answer (while it is alive).
 REDIAL = 0.2
 
-#: One-way messages sent together at most (as one ``("peer_batch", [...])``).
+#: One-way messages sent together at most (as one `PeerBatch`).
 BATCH = 256
 
 
@@ -314,7 +315,7 @@ class NodePeers:
         while backlog:
             seq, batch = backlog[0]
             try:
-                await conn.send(("peer_batch", batch, me, seq))
+                await conn.send(PeerBatch(batch, me, seq))
             except transport.FrameTooLarge:
                 link.unacked.remove(backlog.popleft())
                 if len(batch) == 1:
@@ -359,8 +360,8 @@ class NodePeers:
                     handler=self._handler, max_frame_size=max_frame_size(),
                     connect_timeout=5.0,
                 )
-                hello = await conn.request(("hello", "node", None, os.getpid(),
-                                            {"node_id": self._node_hex}), timeout=10.0)
+                hello = await conn.request(Hello("node", None, os.getpid(),
+                                                 {"node_id": self._node_hex}), timeout=10.0)
             except (transport.TransportError, OSError, trio.TooSlowError) as exc:
                 logger.info("dialling node %s at %s failed: %s", link.node_id[:12],
                             status.address, exc)
@@ -398,7 +399,7 @@ _WAKE = object()
 
 
 def _kind(message: Any) -> str:
-    return repr(message[0]) if isinstance(message, tuple) and message else type(message).__name__
+    return type(message).__name__
 
 
 def _close_soon(conn: Any) -> None:

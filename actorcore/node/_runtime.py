@@ -54,6 +54,7 @@ import transport
 
 from ..core_worker._store_link import StoreLink
 from ..kernel import Supervisor
+from ..protocol import _wire as w
 from ..protocol._ids import short, task_id_of
 from ..protocol._messages import DRIVER_GRACE, TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
@@ -153,7 +154,11 @@ class NodeRuntime:
         # Every node of the cluster as this one knows it (from the GCS, refreshed by
         # ``gcs_client``), and its links to the others (run by ``node_links``).
         self.view: ClusterView = ClusterView(self.node_hex)
-        self.peers = NodePeers(self.view, config.token, self.node_hex, self.handle)
+        # The handler of every connection to the node (drivers, workers, actor
+        # processes, other nodes, admin tools): one registry of the messages they
+        # may send (``protocol._wire``), filled below by the node and its components.
+        self.dispatcher = transport.Dispatcher(f"node-{short(self.node_id)}")
+        self.peers = NodePeers(self.view, config.token, self.node_hex, self.dispatcher)
         cpus = config.resources.get("CPU", float(os.cpu_count() or 1))
         self.resources = dict(config.resources)
         self.resources["CPU"] = cpus
@@ -194,7 +199,7 @@ class NodeRuntime:
         self.server = transport.Server(
             self.unix_address,
             config.token,
-            self.handle,
+            self.dispatcher,
             name=f"node-{short(self.node_id)}",
             on_disconnect=self._on_disconnect,
             max_frame_size=max_frame_size(),
@@ -222,39 +227,38 @@ class NodeRuntime:
             self.tcp_server = transport.Server(
                 f"tcp:{config.host}:{config.port or 0}",
                 config.token,
-                self.handle,
+                self.dispatcher,
                 name=f"node-{short(self.node_id)}-tcp",
                 on_disconnect=self._on_disconnect,
             )
-        self._handlers = {
-            "hello": self._h_hello,
-            "export": self._h_export,
-            "submit": self._h_submit,
-            "cancel": self._h_cancel,
-            "blocked": self._h_blocked,
-            "unblocked": self._h_unblocked,
-            "done": self._h_done,
-            "stream_items": self._h_stream_items,
-            "get_function": self._h_get_function,
-            "call": self._h_call,
-            "bye": self._h_bye,
-            "peer_batch": self._h_peer_batch,
-            "peer_ack": self._h_peer_ack,
-        }
+        d = self.dispatcher  # the node's own messages here, its components' below
+        d.register(w.Hello, self._h_hello)
+        d.register(w.Bye, self._h_bye, oneway=True)
+        d.register(w.Export, self._h_export, oneway=True)
+        d.register(w.Submit, self._h_submit, oneway=True)
+        d.register(w.CancelTask, self._h_cancel, oneway=True)
+        d.register(w.Blocked, self._h_blocked, oneway=True)
+        d.register(w.Unblocked, self._h_unblocked, oneway=True)
+        d.register(w.TaskDone, self._h_done, oneway=True)
+        d.register(w.StreamItems, self._h_stream_items, oneway=True)
+        d.register(w.GetFunction, self._h_get_function)
+        d.register(w.AdminCall, self._h_call)
+        d.register(w.PeerBatch, self._h_peer_batch, oneway=True)
+        d.register(w.PeerAck, self._h_peer_ack, oneway=True)
         self.actors = ActorManager(self)  # issue 6: actors (creation, calls, restarts)
         # Tasks and objects between nodes (idle on a one-node cluster).
         self.cluster = ClusterTasks(self)
         self.remote = RemoteObjects(self)
         self.view.on_node_joined(lambda _status: self.sched.infeasible_added.set())
         self.groups = PlacementGroups(self)  # placement groups: bundles, gang reservation
-        self._handlers.update(self.objects.handlers())
+        self.objects.register(d)
         # Objects between nodes: pulls here, chunks served to the others.
         self.transfers = ObjectTransfers(self)
-        self._handlers.update(self.transfers.handlers())
-        self._handlers.update(self.cluster.handlers())
-        self._handlers.update(self.remote.handlers())
-        self._handlers.update(self.actors.handlers())
-        self._handlers.update(self.groups.handlers())
+        self.transfers.register(d)
+        self.cluster.register(d)
+        self.remote.register(d)
+        self.actors.register(d)
+        self.groups.register(d)
         # Fault injection (``actorcore.testing.faults``): crash, kill, link rules.
         self.faults = NodeFaults(self)
 
@@ -445,7 +449,7 @@ class NodeRuntime:
                 self.cluster.send_home(task_id_of(results[0][0]), results)
             return
         try:
-            client.conn.send_nowait(("ready", results))
+            client.conn.send_nowait(w.ObjectsReady(results))
         except transport.TransportError:
             pass
 
@@ -466,7 +470,7 @@ class NodeRuntime:
         for client in list(self.by_conn.values()):
             if client.log_to_driver and not client.conn.closed:
                 try:
-                    client.conn.send_nowait(("log", prefix, stream, lines))
+                    client.conn.send_nowait(w.ForwardedLog(prefix, stream, lines))
                 except transport.TransportError:
                     pass
 
@@ -537,42 +541,30 @@ class NodeRuntime:
 
     # ---------------------------------------------------------------- handlers
 
-    async def handle(self, conn: Any, message: Any, reply: Any) -> None:
-        try:
-            handler = self._handlers[message[0]]
-        except (KeyError, TypeError, IndexError):
-            raise ValueError(f"unknown message {message!r:.100}") from None
-        handler(conn, message, reply)
-
-    def _h_peer_batch(self, conn: Any, m: tuple, reply: Any) -> None:
+    async def _h_peer_batch(self, conn: Any, m: w.PeerBatch) -> None:
         """One-way messages another node queued together (``_peers``), in order,
-        each numbered batch once (one sent again after a broken link is skipped),
+        each through the registry (one that is refused is logged and dropped); each
+        numbered batch once (one sent again after a broken link is skipped),
         acknowledged on the link it came by."""
-        _, batch, sender, seq = m
-        if not self.peers.handled_batch(sender, seq):
-            self._ack_peer(conn, seq)
+        if not self.peers.handled_batch(m.sender, m.seq):
+            self._ack_peer(conn, m.seq)
             return
-        handlers = self._handlers
-        for message in batch:
+        dispatch = self.dispatcher.dispatch
+        for message in m.messages:
             try:
-                handler = handlers[message[0]]
-            except (KeyError, TypeError, IndexError):
-                logger.warning("unknown message in a peer batch: %.100r", message)
-                continue
-            try:
-                handler(conn, message, reply)
+                await dispatch(conn, message, None)
             except Exception:
-                logger.exception("a peer's %r message failed", message[0])
-        self._ack_peer(conn, seq)
+                logger.exception("a peer's %s message failed", type(message).__name__)
+        self._ack_peer(conn, m.seq)
 
     def _ack_peer(self, conn: Any, seq: int) -> None:
         try:
-            conn.send_nowait(("peer_ack", self.node_hex, seq))
+            conn.send_nowait(w.PeerAck(self.node_hex, seq))
         except (transport.TransportError, trio.WouldBlock):
             pass  # the link broke (the peer resumes from our hello) or is full (a later ack covers it)
 
-    def _h_peer_ack(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.peers.acked(m[1], m[2])
+    def _h_peer_ack(self, conn: Any, m: w.PeerAck) -> None:
+        self.peers.acked(m.receiver, m.seq)
 
     def live_id_prefixes(self) -> set[bytes]:
         """The id prefixes of the live processes here: the owners whose objects may
@@ -581,17 +573,17 @@ class NodeRuntime:
         live.update(c.id_prefix for c in self.departed.values() if c.id_prefix)
         return live
 
-    def _h_hello(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, role, worker_id, pid, info = m
+    def _h_hello(self, conn: Any, m: w.Hello, reply: Any) -> None:
+        role, worker_id, pid, info = m.role, m.worker_id, m.pid, m.info
         client = _Client(conn=conn, role=role, worker_id=worker_id, pid=pid,
-                         id_prefix=info.get("id_prefix") if isinstance(info, dict) else None)
+                         id_prefix=info.get("id_prefix"))
         previous = self.departed.pop(worker_id, None) if worker_id is not None else None
         if previous is not None:  # a driver back after losing its link
             client.owned = previous.owned
         if role == "worker":
-            worker = self.pool.workers.get(worker_id)
+            worker = self.pool.workers.get(worker_id) if worker_id is not None else None
             if worker is None:
-                reply.fail(ValueError(f"unknown worker id {worker_id.hex()}"))
+                reply.fail(ValueError(f"unknown worker id {worker_id!r}"))
                 return
             client.worker = worker
             worker.conn = conn
@@ -627,14 +619,14 @@ class NodeRuntime:
             }
         )
 
-    def _h_bye(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_bye(self, conn: Any, m: w.Bye) -> None:
         """A driver shuts down: when its link closes, it is gone (no grace period)."""
         client = self.by_conn.get(conn)
         if client is not None:
             client.leaving = True
 
-    def _h_export(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, fid, blob, name, sys_path = m
+    def _h_export(self, conn: Any, m: w.Export) -> None:
+        fid, blob, name, sys_path = m.function_id, m.blob, m.name, m.sys_path
         if fid in self.functions:
             return
         record = {"blob": bytes(blob), "name": name, "sys_path": sys_path}
@@ -648,10 +640,10 @@ class NodeRuntime:
             return None
         return client.owned
 
-    def _h_submit(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_submit(self, conn: Any, m: w.Submit) -> None:
         submit = self.sched.submit
         owned = self.owned_by(conn)
-        for spec in m[1]:
+        for spec in m.specs:
             if spec.__class__ is not TaskSpec:  # an actor creation or method call
                 self.actors.submit(conn, spec)
                 continue
@@ -659,37 +651,35 @@ class NodeRuntime:
                 owned.update(spec.return_ids())
             submit(spec)
 
-    def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
-        if not self.cluster.cancel(m[1], m[2], m[3]):  # not forwarded: it is here
-            self.sched.cancel(m[1], m[2], m[3])
+    def _h_cancel(self, conn: Any, m: w.CancelTask) -> None:
+        if not self.cluster.cancel(m.task_id, m.force, m.recursive):  # not forwarded: here
+            self.sched.cancel(m.task_id, m.force, m.recursive)
 
     def _worker_of(self, conn: Any) -> WorkerInfo | None:
         client = self.by_conn.get(conn)
         return client.worker if client is not None else None
 
-    def _h_blocked(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_blocked(self, conn: Any, m: w.Blocked) -> None:
         worker = self._worker_of(conn)
         if worker is not None:
-            self.sched.blocked(worker, m[1])
+            self.sched.blocked(worker, m.task_id)
 
-    def _h_unblocked(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_unblocked(self, conn: Any, m: w.Unblocked) -> None:
         worker = self._worker_of(conn)
         if worker is not None:
-            self.sched.unblocked(worker, m[1])
+            self.sched.unblocked(worker, m.task_id)
 
-    def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_done(self, conn: Any, m: w.TaskDone) -> None:
         worker = self._worker_of(conn)
         if worker is not None:
-            task_id, results, retry = m[1], m[2], m[3]
-            pushed = len(m) > 4 and m[4]
-            self.objects.hold_store_objects(results, conn)
-            self.sched.task_done(worker, task_id, results, retry, pushed)
+            self.objects.hold_store_objects(m.results, conn)
+            self.sched.task_done(worker, m.task_id, m.results, m.retry, m.pushed)
 
-    def _h_stream_items(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_stream_items(self, conn: Any, m: w.StreamItems) -> None:
         """Values a generator task or actor method yielded (``core_worker._generator``):
         recorded as its results are, and pushed to the caller who owns them, unless
         its one return will carry their refs (``num_returns="dynamic"``)."""
-        owner, results, push = m[1], m[2], m[3]
+        owner, results, push = m.owner, m.results, m.push
         self.objects.hold_store_objects(results, conn)
         client = self.clients.get(owner)
         if client is not None and client.role == "driver":
@@ -698,8 +688,8 @@ class NodeRuntime:
         if push:
             self.deliver(owner, results)
 
-    def _h_get_function(self, conn: Any, m: tuple, reply: Any) -> None:
-        fid = m[1]
+    def _h_get_function(self, conn: Any, m: w.GetFunction, reply: Any) -> None:
+        fid = m.function_id
         record = self.functions.get(fid)
         if record is not None:
             reply.send(record)
@@ -720,13 +710,15 @@ class NodeRuntime:
         if not self.spawn(lookup):
             reply.fail(RuntimeError("the node is stopping"))
 
-    def _h_call(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_call(self, conn: Any, m: w.AdminCall, reply: Any) -> None:
         from ._calls import dispatch_call
 
-        if m[1] == "fault":  # fault injection (``_faults``): it needs the caller's link
-            self.faults.call(conn, m[2], reply)
+        if m.name == "fault":  # fault injection (``_faults``): it needs the caller's link
+            if not m.args:
+                raise ValueError("the admin call 'fault' needs an op (crash, kill, rules, ...)")
+            self.faults.call(conn, m.args, reply)
             return
-        dispatch_call(self, m[1], m[2], reply)
+        dispatch_call(self, m.name, m.args, reply)
 
 
 class _SchedulerHost:

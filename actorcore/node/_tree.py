@@ -35,6 +35,7 @@ import transport
 from ..core_worker._store_link import StoreLink
 from ..kernel import ChildSpec, Supervisor
 from ..protocol._ids import short
+from ..protocol._wire import AdminCall
 from ._peers import NodeLinks, NodePeers
 from .gcs_client._link import GcsClientLink
 from .gcs_client._membership import ClusterView, Membership
@@ -253,7 +254,7 @@ async def _gcs_address_from_head(head_address: str, token: bytes,
         try:
             async with transport.open_connection(head_address, token,
                                                  name="node-join") as conn:
-                info = await conn.request(("call", "cluster_info", ()), timeout=10.0)
+                info = await conn.request(AdminCall("cluster_info"), timeout=10.0)
         except (transport.ConnectError, transport.ConnectionLost, trio.TooSlowError):
             if trio.current_time() > deadline:
                 raise

@@ -1,44 +1,12 @@
 """The actor records that travel between callers, the node and actor workers.
 
-Actor creation and actor method calls ride the same ordered ``("submit", [...])``
+Actor creation and actor method calls ride the same ordered ``_wire.Submit``
 batches as task specs (the node tells them apart by type), so a call can never
 overtake the creation of its actor, a submit it depends on, or an earlier call of the
 same caller: that one link's order *is* the stateful edge of the paper (§3).
 
-Messages added for actors (see ``_messages`` for the rest):
-
-caller -> node
-  ``("submit", [ActorSpec | CallSpec | TaskSpec, ...])``  create / call / task
-  ``("actor_drop", actor_id)``       the creator dropped its last handle
-  ``("actor_cancel", actor_id, task_id)``  ``cancel(ref)`` of a call sent this way
-  ``("actor_req", op, *args)``       *request*: ``create`` (named), ``lookup``,
-                                     ``kill``, ``state``, ``supervisor``, ``list``
-actor worker -> node
-  ``("actor_up", worker_id, direct_address)``  registered; callers may dial it
-  ``("actor_done_direct", actor_id, results)``  large results of direct calls
-  ``("actor_ready", actor_id, incarnation, error_text | None)``  constructor finished
-  ``("actor_done", actor_id, task_id, [(object_id, is_error, data), ...], ran)``
-                                     ``ran`` (actors that replay only): the method
-                                     ran, so the call joins the actor's call log
-  ``("actor_log", actor_id, incarnation, CallSpec, results)``  a direct call of an
-                                     actor that replays ran: log it (answered with
-                                     ``actor_logged``; only then the caller hears)
-  ``("actor_ckpt", actor_id, incarnation, state)``  a checkpoint after the calls
-                                     reported before it: the log so far is replaced
-  ``("actor_exit", actor_id, incarnation)``  it called ``exit_actor()``: end it for good
-node -> actor worker
-  ``("actor_create", ActorSpec, incarnation, dep_data, class_record, gpu_ids,
-  recovery)``                        ``recovery``: ``None``, or ``(checkpoint | None,
-                                     [(CallSpec, dep_data | None), ...])`` to restore
-                                     and replay before it is ready
-  ``("actor_logged", actor_id, task_id)``  the node holds that direct call's log entry
-  ``("actor_call", CallSpec, dep_data)``
-  ``("actor_cancel", actor_id, task_id)``  drop the call if queued, cancel it if
-                                     running (async actors only; ``worker._cancel``)
-  ``("actor_stop", actor_id)``       end one actor of a shared process
-caller <-> actor worker (direct link, see ``core_worker._direct_calls``)
-  ``("dcall", CallSpec)`` / ``("dresult", task_id, results | None)``
-  ``("dcancel", actor_id, task_id)``  ``cancel(ref)`` of a call sent on the link
+The messages about actors (``ActorUp``, ``ActorDone``, ``CreateActor``,
+``ActorCall``, ``DirectCall``, ...) are listed, by direction, in ``_wire``.
 """
 
 from __future__ import annotations

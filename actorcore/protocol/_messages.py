@@ -1,31 +1,10 @@
-"""The messages between drivers, workers and the node, and the task spec.
+"""The task spec, the inline object format, and the link's constants.
 
-Messages are tuples ``(op, *fields)``: the cheapest thing to pickle, and a handler
-dispatches on ``op`` with one dict lookup. The ops, by direction:
-
-core worker (driver or worker) -> node, one-way unless marked *request*:
-  ``("hello", role, worker_id, pid, info)``          *request*: register the link
-                                                    (``info["id_prefix"]``: the prefix
-                                                    of the ids it creates, ``_ids``)
-  ``("export", function_id, blob, name)``           a function, sent once before use
-  ``("submit", [TaskSpec, ...])``                   a batch of tasks
-  ``("put", [(object_id, is_error, data), ...])``   a batch of put objects (also the
-                                                    large arguments of a call, before it)
-  ``("fetch", [object_id, ...])``                   *request*: reply when all ready
-  ``("free", [object_id, ...])``                    the owner dropped these
-  ``("cancel", task_id, force, recursive)``         cancel a task (and its children)
-  ``("blocked", task_id)`` / ``("unblocked", task_id)``  a task waits in ``get``
-  ``("get_function", function_id)``                 *request*: the function's blob
-  ``("call", name, args)``                          *request*: introspection and admin
-                                                    (tree, resources, nodes, crash, ...)
-worker -> node:
-  ``("done", task_id, [(object_id, is_error, data), ...], retry)``
-node -> core worker:
-  ``("ready", [(object_id, is_error, data), ...])``  results of tasks it owns
-  ``("log", prefix, stream, lines)``                 forwarded worker output
-node -> worker:
-  ``("execute", TaskSpec, [dep data, ...])``
-  ``("cancel", task_id)``
+The messages themselves are frozen attrs classes in ``_wire`` (each endpoint
+dispatches them through one `transport.Dispatcher`); a `TaskSpec` rides in
+``_wire.Submit`` (core worker -> node) and ``_wire.Execute`` (node -> worker), and
+objects travel inline as `ObjectData` triples in ``Put``, ``TaskDone`` and
+``ObjectsReady``.
 """
 
 from __future__ import annotations
@@ -40,12 +19,12 @@ __all__ = ["TaskSpec", "ObjectData", "max_frame_size", "RECONNECT_WINDOW", "REJO
 
 # A driver's link to its node can drop while both live (an ``rpc_server`` restart,
 # a network fault). The driver then dials again for ``RECONNECT_WINDOW`` seconds and
-# rejoins with ``hello`` under its worker id; the node keeps the driver's actors,
+# rejoins with ``Hello`` under its worker id; the node keeps the driver's actors,
 # objects and queued tasks for ``DRIVER_GRACE`` seconds, then drops them. If the
 # grace were shorter than the window, a driver back after the grace but within its
 # window would find its actors killed while it carries on as if nothing happened.
 # So the grace is derived from the window: a dial started before the window ends
-# must have rejoined (connected and had its ``hello`` answered) within
+# must have rejoined (connected and had its ``Hello`` answered) within
 # ``REJOIN_TIMEOUT`` after it, or the driver gives up, and the node waits for both.
 # The two clocks start when each end sees the link close, the same moment on one
 # machine (a Unix socket, or a TCP connection reset by its peer).

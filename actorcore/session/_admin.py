@@ -9,6 +9,7 @@ import trio
 
 import transport
 
+from ..protocol._wire import AdminCall
 from . import _security
 from ._launcher import find_cluster
 
@@ -16,7 +17,7 @@ __all__ = ["admin_call"]
 
 
 def admin_call(address: str | None, name: str, *args: Any, timeout: float = 30.0) -> Any:
-    """Run one ``("call", name, args)`` against the cluster at ``address``."""
+    """Run one `AdminCall` (``name``, ``args``) against the cluster at ``address``."""
     addr, token, info = find_cluster(address)
     tls = _security.tls_config() or _security.session_tls(info)
 
@@ -24,6 +25,6 @@ def admin_call(address: str | None, name: str, *args: Any, timeout: float = 30.0
         async with transport.open_connection(
             addr, token, name=f"admin-{os.getpid()}", tls=tls
         ) as conn:
-            return await conn.request(("call", name, args), timeout=timeout)
+            return await conn.request(AdminCall(name, tuple(args)), timeout=timeout)
 
     return trio.run(go)

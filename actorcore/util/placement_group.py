@@ -18,8 +18,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..node.placement_groups._policy import STRATEGIES
-from ..node.placement_groups._resources import check_bundles, group_of
+from ..protocol._placement import STRATEGIES, check_bundles, group_of
+from ..protocol._wire import (
+    CreatePlacementGroup,
+    GetPlacementGroup,
+    PlacementGroupTable,
+    RemovePlacementGroup,
+)
 
 __all__ = [
     "PlacementGroup",
@@ -148,7 +153,7 @@ def _rebuild(raw: bytes, bundles: list[dict] | None) -> PlacementGroup:
     return PlacementGroup(PlacementGroupID(raw), bundles)
 
 
-def _request(message: tuple) -> Any:
+def _request(message: Any) -> Any:
     from ..api._actor_handle import request_node
     from ..core_worker import _worker_state
 
@@ -183,7 +188,7 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
                          "(nodes have no labels)")
     core = _worker_state.auto_core()
     pg_id = PlacementGroupID(os.urandom(16))
-    _request(("pg_req", "create", {
+    _request(CreatePlacementGroup({
         "pg_id": pg_id.hex(), "bundles": clean, "strategy": strategy, "name": name,
         "namespace": default_namespace(), "lifetime": lifetime,
         "job_id": core.current_job_id().hex(),
@@ -196,7 +201,7 @@ def remove_placement_group(placement_group: PlacementGroup) -> None:
     if not isinstance(placement_group, PlacementGroup):
         raise TypeError(f"remove_placement_group: expected a PlacementGroup, got "
                         f"{placement_group!r}")
-    _request(("pg_req", "remove", placement_group.id.hex()))
+    _request(RemovePlacementGroup(placement_group.id.hex()))
 
 
 def get_placement_group(placement_group_name: str) -> PlacementGroup:
@@ -206,7 +211,7 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
     if not isinstance(placement_group_name, str) or not placement_group_name:
         raise ValueError(f"get_placement_group: name={placement_group_name!r} must be a "
                          "non-empty str")
-    entry = _request(("pg_req", "get", placement_group_name, default_namespace()))
+    entry = _request(GetPlacementGroup(placement_group_name, default_namespace()))
     return PlacementGroup(PlacementGroupID(bytes.fromhex(entry["placement_group_id"])),
                           [dict(b) for _i, b in sorted(entry["bundles"].items())])
 
@@ -215,7 +220,7 @@ def placement_group_table(placement_group: PlacementGroup | None = None) -> dict
     """The group's state (Ray's keys: placement_group_id, name, bundles,
     bundles_to_node_id, strategy, state, stats), or every group's by id."""
     pg = None if placement_group is None else placement_group.id.hex()
-    entry = _request(("pg_req", "table", pg))
+    entry = _request(PlacementGroupTable(pg))
     if pg is not None and entry:
         return _without_internal(entry)
     return {k: _without_internal(v) for k, v in entry.items()} if pg is None else {}

@@ -6,7 +6,7 @@ schedulers read it: ``protocol._strategy``, ``node.global_scheduler._placement``
 or a `PlacementGroupSchedulingStrategy`: bundle ``i`` of placement group ``pg``
 (``-1``: any of its bundles), whose resource request is rewritten to the group's
 renamed resources where its options are resolved
-(``node.placement_groups._resources.rewrite``).
+(``protocol._placement.rewrite``).
 """
 
 from __future__ import annotations

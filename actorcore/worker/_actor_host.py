@@ -50,6 +50,7 @@ from ..core_worker._store_link import STORE
 from ..core_worker._worker_state import current_call, task_context
 from ..exceptions import ActorDiedError, ActorExitRequest, MessageTooLargeError
 from ..protocol import _serialization
+from ..protocol import _wire as w
 from ..protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec, cancelled_results
 from ._cancel import CallGate, TaskInterrupt, run_interruptible
 from ._executor import StreamWriter, encode_returns, not_a_generator, run_task
@@ -119,7 +120,7 @@ class HostContext:
             ) from None
 
     def ready(self, spec: ActorSpec, incarnation: int, error: str | None) -> None:
-        self.core._enqueue(("actor_ready", spec.actor_id, incarnation, error))
+        self.core._enqueue(w.ActorReady(spec.actor_id, incarnation, error))
 
     def done(self, spec: CallSpec, results: list, ran: bool = False) -> None:
         """Answer ``spec``: through the node, or on the direct link it came on.
@@ -130,13 +131,11 @@ class HostContext:
         conn = self.direct.pop(spec.task_id, None)
         replay = self.replaying.get(spec.actor_id) if ran else None
         if conn is None:
-            if replay is not None:
-                self.core._enqueue(("actor_done", spec.actor_id, spec.task_id, results, True))
-            else:
-                self.core._enqueue(("actor_done", spec.actor_id, spec.task_id, results))
+            self.core._enqueue(w.ActorDone(spec.actor_id, spec.task_id, results,
+                                           replay is not None))
         elif replay is not None:
             self.unlogged[spec.task_id] = (conn, spec, results)
-            self.core._enqueue(("actor_log", spec.actor_id, replay.incarnation, spec, results))
+            self.core._enqueue(w.ActorLog(spec.actor_id, replay.incarnation, spec, results))
         else:
             try:
                 self.core.trio_token.run_sync_soon(self._send_direct, conn, spec, results)
@@ -247,14 +246,14 @@ class HostContext:
             return
         state.since = 0
         state.checkpoints += 1
-        self.core._enqueue(("actor_ckpt", spec.actor_id, state.incarnation, data))
+        self.core._enqueue(w.ActorCheckpoint(spec.actor_id, state.incarnation, data))
 
     def _send_direct(self, conn: Any, spec: CallSpec, results: list) -> None:
         """Answer a direct call on its link (core loop); large results are registered
         with the node by us, who hold them in the store."""
         if any(data == STORE for _oid, _err, data in results):
-            self.core._enqueue(("actor_done_direct", spec.actor_id, results))
-        message = ("dresult", spec.task_id, results)
+            self.core._enqueue(w.ActorDoneDirect(spec.actor_id, results))
+        message = w.DirectResult(spec.task_id, results)
         try:
             conn.send_nowait(message)
         except trio.WouldBlock:
@@ -281,7 +280,7 @@ class HostContext:
         self.done(spec, _died_results(spec, what))
         if first:
             logger.info("actor %s called exit_actor() in %s", what, spec.name)
-            self.core._enqueue(("actor_exit", aid, run.incarnation if run is not None else 0))
+            self.core._enqueue(w.ActorExit(aid, run.incarnation if run is not None else 0))
 
     def refuse_exited(self, spec: CallSpec) -> bool:
         """Answer ``spec`` with ``ActorDiedError`` if its actor exited here already."""
@@ -437,11 +436,11 @@ def _builtin(instance: Any, name: str) -> Callable | None:
     return None
 
 
-async def _send_later(conn: Any, spec: CallSpec, message: tuple) -> None:
+async def _send_later(conn: Any, spec: CallSpec, message: w.DirectResult) -> None:
     try:
         await conn.send(message)
     except transport.FrameTooLarge as exc:
-        _send_too_large(conn, spec, message[2], exc)
+        _send_too_large(conn, spec, message.results or [], exc)
     except Exception as exc:  # the caller is gone, or resends through the node
         logger.debug("answering %s failed: %s", spec.name, exc)
 
@@ -453,7 +452,8 @@ def _send_too_large(conn: Any, spec: CallSpec, results: list, exc: BaseException
     payload = _serialization.dumps(MessageTooLargeError(
         f"the results of {spec.name} could not be sent to the caller: {exc}"))
     try:
-        conn.send_nowait(("dresult", spec.task_id, [(oid, True, payload) for oid, _e, _d in results]))
+        conn.send_nowait(w.DirectResult(spec.task_id,
+                                        [(oid, True, payload) for oid, _e, _d in results]))
     except Exception as exc2:
         logger.error("the error of %s could not be sent either: %s", spec.name, exc2)
 

@@ -20,6 +20,7 @@ import trio
 import transport
 
 from ..core_worker import _worker_state
+from ..protocol import _wire as w
 from ..protocol._messages import max_frame_size
 from ._actor_host import HostContext, start_host
 from ._process import WorkerProcess, run_main, value_codec
@@ -33,58 +34,65 @@ class ActorWorkerProcess(WorkerProcess):
     shared = False  # hosts many lightweight actors (``--shared``)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         self.hosts: dict[bytes, Any] = {}
         self.ctx: HostContext | None = None
+        super().__init__(*args, **kwargs)
+        #: The handler of callers' direct links (``core_worker._direct_calls``).
+        self.direct_dispatcher = d = transport.Dispatcher(f"worker_{self.index}-direct")
+        d.register(w.DirectCall, self._h_direct_call, oneway=True)
+        d.register(w.CancelActorCall, self._h_cancel, oneway=True)
 
-    async def handle(self, conn: Any, message: Any, reply: Any) -> None:
-        op = message[0]
-        if op == "actor_call":
-            host = self.hosts.get(message[1].actor_id)
-            if host is not None:
-                host.submit(message[1], message[2])
-        elif op == "actor_create":
-            _, spec, incarnation, dep_data, record, *more = message
-            old = self.hosts.pop(spec.actor_id, None)
-            if old is not None:
-                old.stop()
-            assert self.ctx is not None
-            gpu_ids = tuple(more[0]) if more else ()
-            recovery = more[1] if len(more) > 1 else None
-            if gpu_ids and not self.shared:  # its own process: as Ray sets it
-                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
-            _worker_state.actors[spec.actor_id.hex()] = _worker_state.ActorRun(
-                spec.job_id, spec.job_namespace, incarnation, gpu_ids, spec
-            )
-            self.hosts[spec.actor_id] = start_host(self.ctx, spec, incarnation, dep_data, record,
-                                                   recovery)
-        elif op == "actor_logged":  # the node logged a direct call: answer its caller
-            if self.ctx is not None:
-                self.ctx.logged(message[2])
-        elif op == "actor_cancel":  # cancel(ref) of a call the node sent (_actor_cancel)
-            host = self.hosts.get(message[1])
-            if host is not None:
-                host.cancel(message[2])
-        elif op == "actor_stop":
-            host = self.hosts.pop(message[1], None)
-            _worker_state.actors.pop(message[1].hex(), None)
-            if host is not None:
-                host.stop()
-        else:
-            await super().handle(conn, message, reply)
+    def routes(self, d: transport.Dispatcher) -> None:
+        super().routes(d)
+        d.register(w.CreateActor, self._h_create, oneway=True)
+        d.register(w.ActorCall, self._h_call, oneway=True)
+        d.register(w.ActorCallLogged, self._h_logged, oneway=True)
+        d.register(w.CancelActorCall, self._h_cancel, oneway=True)
+        d.register(w.StopActor, self._h_stop, oneway=True)
 
-    async def handle_direct(self, conn: Any, message: Any, reply: Any) -> None:
-        """A caller's direct link (``core_worker._direct_calls``): ``("dcall", CallSpec)``, or
-        ``("dcancel", actor_id, task_id)`` for ``cancel(ref)`` of a call sent on it."""
-        if message[0] == "dcancel":
-            host = self.hosts.get(message[1])
-            if host is not None:
-                host.cancel(message[2])
-            return
-        spec = message[1]
+    def _h_call(self, conn: Any, m: w.ActorCall) -> None:
+        host = self.hosts.get(m.spec.actor_id)
+        if host is not None:
+            host.submit(m.spec, m.dep_data)
+
+    def _h_create(self, conn: Any, m: w.CreateActor) -> None:
+        spec, incarnation = m.spec, m.incarnation
+        old = self.hosts.pop(spec.actor_id, None)
+        if old is not None:
+            old.stop()
+        assert self.ctx is not None
+        gpu_ids = tuple(m.gpu_ids)
+        if gpu_ids and not self.shared:  # its own process: as Ray sets it
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+        _worker_state.actors[spec.actor_id.hex()] = _worker_state.ActorRun(
+            spec.job_id, spec.job_namespace, incarnation, gpu_ids, spec
+        )
+        self.hosts[spec.actor_id] = start_host(self.ctx, spec, incarnation, m.dep_data,
+                                               m.class_record, m.recovery)
+
+    def _h_logged(self, conn: Any, m: w.ActorCallLogged) -> None:
+        """The node logged a direct call: answer its caller."""
+        if self.ctx is not None:
+            self.ctx.logged(m.task_id)
+
+    def _h_cancel(self, conn: Any, m: w.CancelActorCall) -> None:
+        """``cancel(ref)`` of a call sent by the node or on a direct link."""
+        host = self.hosts.get(m.actor_id)
+        if host is not None:
+            host.cancel(m.task_id)
+
+    def _h_stop(self, conn: Any, m: w.StopActor) -> None:
+        host = self.hosts.pop(m.actor_id, None)
+        _worker_state.actors.pop(m.actor_id.hex(), None)
+        if host is not None:
+            host.stop()
+
+    def _h_direct_call(self, conn: Any, m: w.DirectCall) -> None:
+        """A caller's call on its direct link."""
+        spec = m.spec
         host = self.hosts.get(spec.actor_id)
         if host is None:  # not (or no longer) here: the caller goes through the node
-            conn.send_nowait(("dresult", spec.task_id, None))
+            conn.send_nowait(w.DirectResult(spec.task_id, None))
             return
         assert self.ctx is not None
         self.ctx.direct[spec.task_id] = conn
@@ -96,12 +104,12 @@ class ActorWorkerProcess(WorkerProcess):
             sockets = os.path.dirname(address.removeprefix("unix:"))
             server = transport.Server(
                 f"unix:{sockets}/actor-{self.worker_id.hex()[:12]}.sock", token,
-                self.handle_direct, name=f"worker_{self.index}-direct",
+                self.direct_dispatcher, name=f"worker_{self.index}-direct",
                 max_frame_size=max_frame_size(),
             )
             direct_address = await nursery.start(server.run)
             client = transport.Client(
-                address, token, name=f"worker_{self.index}", handler=self.handle,
+                address, token, name=f"worker_{self.index}", handler=self.dispatcher,
                 connect_timeout=self.connect_timeout,
             )
             conn = await nursery.start(client.run)
@@ -112,7 +120,7 @@ class ActorWorkerProcess(WorkerProcess):
             if not self.shared:  # one actor here: it may have the main thread
                 self.ctx.main_thread = self.main_thread
             await self.hello("actor_worker", conn)
-            await conn.send(("actor_up", self.worker_id, direct_address))
+            await conn.send(w.ActorUp(self.worker_id, direct_address))
 
 
 def main(argv: list[str] | None = None) -> None:

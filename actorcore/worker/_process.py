@@ -33,6 +33,7 @@ from ..core_worker._core_worker import CoreWorker
 from ..core_worker._store_link import STORE, encode_value
 from ..core_worker._worker_state import task_context
 from ..exceptions import ObjectLostError
+from ..protocol import _wire as w
 from ..protocol._ids import id_prefix, short
 from ..protocol._messages import TaskSpec, max_frame_size
 from ._executor import RESULT_OVERHEAD, Executor, Spill
@@ -66,38 +67,47 @@ class WorkerProcess:
         self._nursery: trio.Nursery | None = None
         self.main_thread: MainThread | None = None  # set by run_main
         self._main_ref: _MainRef | None = None  # the executor on it, when free
+        #: The handler of the node's link: one registry of what the node sends.
+        self.dispatcher = transport.Dispatcher(f"worker_{index}")
+        self.routes(self.dispatcher)
 
-    async def handle(self, conn: Any, message: Any, reply: Any) -> None:
-        op = message[0]
-        if op == "execute":
-            # The owner listens for results pushed directly; not a generator's: its
-            # end must not overtake its items, which go through the node.
-            if len(message) > 3 and message[3] is not None and message[1].num_returns >= 0:
-                self._owner_addr[message[1].task_id] = message[3]
-            self._execute(message[1], message[2], message[4] if len(message) > 4 else ())
-        elif op == "ready":
-            if self.core is not None:
-                self.core.on_objects_ready(message[1])
-        elif op == "cancel":
-            task_id = message[1]
-            for i, item in enumerate(self._pending):
-                if item[0].task_id == task_id:  # queued here, not started: drop it
-                    del self._pending[i]
-                    self._report_cancelled(item[0])
-                    return
-            for executor in list(self._executors):
-                executor.interrupt(task_id)
-            if self.core is not None:
-                self.core.cancel_task_waits(task_id)
-        elif op == "release":
-            if self.core is not None and self.core.store is not None:
-                self.core.store.release_soon(message[1])
-        elif op == "exit":
-            os._exit(0)
-        elif op == "faults":  # a fault rule command the node forwards (testing.faults)
-            transport.faults.apply(message[1])
-        else:
-            raise ValueError(f"worker: unknown message {op!r}")
+    def routes(self, d: transport.Dispatcher) -> None:
+        """Register what the node sends this process (``protocol._wire``)."""
+        d.register(w.Execute, self._h_execute, oneway=True)
+        d.register(w.ObjectsReady, self._h_ready, oneway=True)
+        d.register(w.InterruptTask, self._h_interrupt, oneway=True)
+        d.register(w.ReleaseObjects, self._h_release, oneway=True)
+        d.register(w.ExitWorker, lambda conn, m: os._exit(0), oneway=True)
+        # A fault rule command the node forwards (``testing.faults``).
+        d.register(w.FaultRules, lambda conn, m: transport.faults.apply(m.command), oneway=True)
+
+    def _h_execute(self, conn: Any, m: w.Execute) -> None:
+        spec = m.spec
+        # The owner listens for results pushed directly; not a generator's: its
+        # end must not overtake its items, which go through the node.
+        if m.owner_address is not None and spec.num_returns >= 0:
+            self._owner_addr[spec.task_id] = m.owner_address
+        self._execute(spec, m.dep_data, m.gpu_ids)
+
+    def _h_ready(self, conn: Any, m: w.ObjectsReady) -> None:
+        if self.core is not None:
+            self.core.on_objects_ready(m.objects)
+
+    def _h_interrupt(self, conn: Any, m: w.InterruptTask) -> None:
+        task_id = m.task_id
+        for i, item in enumerate(self._pending):
+            if item[0].task_id == task_id:  # queued here, not started: drop it
+                del self._pending[i]
+                self._report_cancelled(item[0])
+                return
+        for executor in list(self._executors):
+            executor.interrupt(task_id)
+        if self.core is not None:
+            self.core.cancel_task_waits(task_id)
+
+    def _h_release(self, conn: Any, m: w.ReleaseObjects) -> None:
+        if self.core is not None and self.core.store is not None:
+            self.core.store.release_soon(m.object_ids)
 
     def _new_executor(self) -> Any:
         """Start one more executor actor (a task runs in one while others are blocked)."""
@@ -186,14 +196,14 @@ class WorkerProcess:
             conn = self._owner_conns.get(address)
             if conn is not None and not conn.closed:
                 try:
-                    conn.send_nowait(("ready", results))
+                    conn.send_nowait(w.ObjectsReady(results))
                     pushed = True
                 except Exception as exc:  # the node delivers them instead
                     logger.debug("pushing results to their owner at %s failed: %r", address, exc)
             elif address not in self._owner_conns and self._nursery is not None:
                 self._owner_conns[address] = None
                 self._nursery.start_soon(self._dial_owner, address)
-        core.append_unsent(("done", task_id, results, retry, pushed))
+        core.append_unsent(w.TaskDone(task_id, results, retry, pushed))
         core.flush_now()
         self._running.pop(task_id, None)
         self._pump()
@@ -218,14 +228,14 @@ class WorkerProcess:
         assert self.core is not None
         payload = dumps(TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled"))
         results = [(oid, True, payload) for oid in spec.return_ids()]
-        self.core._enqueue(("done", spec.task_id, results, False))
+        self.core._enqueue(w.TaskDone(spec.task_id, results, False))
 
     async def run(self, address: str, token: bytes) -> None:
         self._token = token
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             client = transport.Client(
-                address, token, name=f"worker_{self.index}", handler=self.handle,
+                address, token, name=f"worker_{self.index}", handler=self.dispatcher,
                 connect_timeout=self.connect_timeout, max_frame_size=max_frame_size(),
             )
             conn = await nursery.start(client.run)
@@ -261,7 +271,7 @@ class WorkerProcess:
         """Register with the node (it may send work at once) and learn the GCS address."""
         assert self.core is not None
         info = await conn.request(
-            ("hello", role, self.worker_id, os.getpid(), {"id_prefix": id_prefix()}), timeout=30)
+            w.Hello(role, self.worker_id, os.getpid(), {"id_prefix": id_prefix()}), timeout=30)
         self.core.gcs_address = info.get("gcs_address")
 
 
@@ -348,7 +358,7 @@ def stream_emitter(core: CoreWorker) -> Callable[[Any, list, bool], None]:
     to the node, on the link its end will follow on (see ``_executor.StreamWriter``)."""
 
     def emit(spec: Any, results: list, push: bool) -> None:
-        core._enqueue(("stream_items", spec.owner, results, push))
+        core._enqueue(w.StreamItems(spec.owner, results, push))
 
     return emit
 
@@ -382,7 +392,7 @@ def load_function(core: CoreWorker, function_id: bytes, record: dict | None = No
     fetched from the node, a blocking request through the core loop."""
     if record is None:
         record = trio.from_thread.run(
-            core.conn.request, ("get_function", function_id), 60,
+            core.conn.request, w.GetFunction(function_id), 60,
             trio_token=core.trio_token,
         )
     for path in record.get("sys_path") or ():

@@ -27,6 +27,8 @@ from typing import Any
 
 import trio
 
+from ..protocol._wire import GetFunction
+
 __all__ = ["apply_runtime_env", "package_dir"]
 
 logger = logging.getLogger("actorcore.runtime_env")
@@ -47,7 +49,7 @@ def package_dir(core: Any, package_id: str) -> str:
     if os.path.isdir(target):
         return target
     record = trio.from_thread.run(
-        core.conn.request, ("get_function", bytes.fromhex(package_id)), 60,
+        core.conn.request, GetFunction(bytes.fromhex(package_id)), 60,
         trio_token=core.trio_token,
     )
     os.makedirs(root, exist_ok=True)

@@ -22,6 +22,7 @@ import attrs
 
 from ...exceptions import ActorDiedError, TaskCancelledError
 from ...protocol import _serialization
+from ...protocol import _wire as w
 from ...protocol._actors import CallSpec
 
 __all__ = ["ActorCalls", "Call"]
@@ -159,10 +160,10 @@ class ActorCalls:
                         self.end(rec, "all handles to it were dropped")
                     return
         if task_id in rec.inflight and rec.node is not None:
-            self.remote.send(rec, ("mn_actor_cancel", actor_id, task_id))
+            self.remote.send(rec, w.RemoteActorCancel(actor_id, task_id))
         elif task_id in rec.inflight and rec.worker is not None and rec.worker.conn is not None:
             try:
-                rec.worker.conn.send_nowait(("actor_cancel", actor_id, task_id))
+                rec.worker.conn.send_nowait(w.CancelActorCall(actor_id, task_id))
             except Exception as exc:  # its link died: the exit handler decides
                 logger.info("sending a cancel to the actor failed: %s", exc)
 
@@ -245,7 +246,7 @@ class ActorCalls:
             return
         host = rec.worker
         try:
-            host.conn.send_nowait(("actor_call", spec, call.dep_data))
+            host.conn.send_nowait(w.ActorCall(spec, call.dep_data))
         except Exception as exc:  # its link died: the exit handler resends or fails it
             logger.info("sending %s failed: %s", spec.name, exc)
 

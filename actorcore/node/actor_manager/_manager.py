@@ -46,6 +46,7 @@ from gcs import messages as gcs_messages
 from ...core_worker._store_link import STORE
 from ...exceptions import ActorDiedError, ActorUnschedulableError
 from ...protocol import _serialization
+from ...protocol import _wire as w
 from ...protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec
 from ..placement_groups import group_of
 from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_max_starting
@@ -145,21 +146,31 @@ class ActorManager:
         self.restarts_total = 0
         node.pool.extra_snapshots = self.worker_snapshots
 
-    def handlers(self) -> dict[str, Any]:
-        return {
-            **self.remote.handlers(),
-            "actor_up": self._h_up,
-            "actor_ready": self._h_ready,
-            "actor_done": self._h_done,
-            "actor_drop": self._h_drop,
-            "actor_hold": lambda conn, m, reply: self._hold(conn, m[1]),
-            "actor_done_direct": self._h_done_direct,
-            "actor_req": self._h_req,
-            "actor_cancel": self._h_cancel,
-            "actor_exit": self._h_exit,
-            "actor_log": self._h_log,
-            "actor_ckpt": self._h_ckpt,
-        }
+    def register(self, dispatcher: transport.Dispatcher) -> None:
+        """Route the actor messages of callers, actor workers and other nodes here."""
+        d = dispatcher
+        self.remote.register(d)
+        d.register(w.ActorUp, self._h_up, oneway=True)
+        d.register(w.ActorReady, self._h_ready, oneway=True)
+        d.register(w.ActorDone, self._h_done, oneway=True)
+        d.register(w.ActorDoneDirect, self._h_done_direct, oneway=True)
+        d.register(w.ActorLog, self._h_log, oneway=True)
+        d.register(w.ActorCheckpoint, self._h_ckpt, oneway=True)
+        d.register(w.ActorExit, self._h_exit, oneway=True)
+        d.register(w.CancelActorCall, self._h_cancel, oneway=True)
+        d.register(w.DropActor, self._h_drop, oneway=True)
+        # One-way from a Trio loop; a request (answered once held) from a thread.
+        d.register(w.HoldActor, lambda conn, m: self._hold(conn, m.actor_id), oneway=True)
+        d.register(w.CreateNamedActor,
+                   lambda conn, m, reply: self._create(conn, m.spec, reply, m.get_if_exists))
+        d.register(w.LookupActor, self._h_lookup)
+        d.register(w.RouteActor, lambda conn, m, reply: self._route(m.actor_id, reply))
+        d.register(w.KillActor, self._h_kill)
+        d.register(w.GetActorState, self._h_state)
+        d.register(w.ListActors, lambda conn, m, reply: reply.send(
+            [self.describe(r) for r in self.actors.values()]))
+        d.register(w.ActorNames, self._h_names)
+        d.register(w.StartSupervisor, self._h_supervisor)
 
     # ------------------------------------------------------------------ creation
 
@@ -506,8 +517,8 @@ class ActorManager:
         recovery = log.recovery() if log is not None else None
         try:
             host.conn.send_nowait(
-                ("actor_create", rec.spec, rec.incarnation, rec.dep_data or [], record,
-                 rec.gpu_ids, recovery)
+                w.CreateActor(rec.spec, rec.incarnation, rec.dep_data or [], record,
+                              tuple(rec.gpu_ids), recovery)
             )
         except Exception as exc:  # its link just died: the exit handler decides
             logger.info("sending a creation to worker_%d failed: %s", host.index, exc)
@@ -560,21 +571,21 @@ class ActorManager:
 
     # -------------------------------------------------------------------- handlers
 
-    def _h_up(self, conn: Any, m: tuple, reply: Any) -> None:
-        aw = self.workers.get(m[1])
+    def _h_up(self, conn: Any, m: w.ActorUp) -> None:
+        aw = self.workers.get(m.worker_id)
         if aw is None:
-            conn.send_nowait(("exit",))
+            conn.send_nowait(w.ExitWorker())
             return
         aw.conn = conn
-        aw.direct_address = m[2] if len(m) > 2 else None
+        aw.direct_address = m.direct_address
         self.processes.connected(aw)  # frees its start slot: the next queued one starts
         waiting, aw.waiting = aw.waiting, []
         for rec in waiting:
             if rec.worker is aw and rec.state != "dead":
                 self._send_create(rec)
 
-    def _h_ready(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, actor_id, incarnation, error = m
+    def _h_ready(self, conn: Any, m: w.ActorReady) -> None:
+        actor_id, incarnation, error = m.actor_id, m.incarnation, m.error
         rec = self.actors.get(actor_id)
         if rec is None or rec.incarnation != incarnation or rec.state == "dead":
             return
@@ -587,8 +598,8 @@ class ActorManager:
         rec.ready.set()
         self.calls.pump(rec)
 
-    def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
-        actor_id, task_id, results = m[1], m[2], m[3]
+    def _h_done(self, conn: Any, m: w.ActorDone) -> None:
+        actor_id, task_id, results = m.actor_id, m.task_id, m.results
         rec = self.actors.get(actor_id)
         node = self.node
         node.objects.hold_store_objects(results, conn)
@@ -601,7 +612,7 @@ class ActorManager:
         if call is None:
             return  # a reply from an incarnation we gave up on
         rec.calls_done += 1
-        if log is not None and len(m) > 4 and m[4]:
+        if log is not None and m.ran:
             # It ran: logged before its caller hears (``_replay``); its argument
             # refs stay pinned until a checkpoint covers it.
             entry = log.append(call.spec, call.dep_data, results,
@@ -641,11 +652,10 @@ class ActorManager:
         """Whether ``conn`` is the link of the actor's current process."""
         return rec.worker is not None and rec.worker.conn is conn
 
-    def _h_log(self, conn: Any, m: tuple, reply: Any) -> None:
-        """``("actor_log", actor_id, incarnation, CallSpec, results)``: a direct call
-        of an actor that replays ran; it joins the log, then its caller is answered
-        (``actor_logged``; see ``_replay``)."""
-        _, actor_id, incarnation, spec, results = m
+    def _h_log(self, conn: Any, m: w.ActorLog) -> None:
+        """`ActorLog`: a direct call of an actor that replays ran; it joins the log,
+        then its caller is answered (`ActorCallLogged`; see ``_replay``)."""
+        actor_id, incarnation, spec, results = m.actor_id, m.incarnation, m.spec, m.results
         rec = self.actors.get(actor_id)
         if (rec is None or rec.log is None or rec.state == "dead"
                 or rec.incarnation != incarnation or not self._current(rec, conn)):
@@ -660,10 +670,10 @@ class ActorManager:
         else:
             _acknowledge(conn, actor_id, spec)
 
-    def _h_ckpt(self, conn: Any, m: tuple, reply: Any) -> None:
-        """``("actor_ckpt", actor_id, incarnation, state)``: the actor's state after
-        every call it reported before: it replaces the log."""
-        _, actor_id, incarnation, state = m
+    def _h_ckpt(self, conn: Any, m: w.ActorCheckpoint) -> None:
+        """`ActorCheckpoint`: the actor's state after every call it reported before:
+        it replaces the log."""
+        actor_id, incarnation, state = m.actor_id, m.incarnation, m.state
         rec = self.actors.get(actor_id)
         if (rec is None or rec.log is None or rec.state == "dead"
                 or rec.incarnation != incarnation or not self._current(rec, conn)):
@@ -706,12 +716,12 @@ class ActorManager:
         if rec.worker is host and host.conn is not None:
             self._send_create(rec)
 
-    def _h_exit(self, conn: Any, m: tuple, reply: Any) -> None:
-        """``("actor_exit", actor_id, incarnation)``: the actor called ``exit_actor()``
+    def _h_exit(self, conn: Any, m: w.ActorExit) -> None:
+        """`ActorExit`: the actor called ``exit_actor()``
         (or ran ``__ray_terminate__``): it is dead for good, never restarted (as Ray's
         intended exit); the calls still queued for it fail saying so."""
-        rec = self.actors.get(m[1])
-        if rec is None or rec.state == "dead" or rec.incarnation != m[2]:
+        rec = self.actors.get(m.actor_id)
+        if rec is None or rec.state == "dead" or rec.incarnation != m.incarnation:
             return
         rec.no_restart = True
         sup = self.supervisors.get(rec.spec.supervisor) if rec.spec.supervisor else None
@@ -719,13 +729,13 @@ class ActorManager:
         if sup is not None:
             sup.remove_actor(rec)
 
-    def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
-        """``("actor_cancel", actor_id, task_id)``: ``cancel(ref)`` of a call."""
-        self.calls.cancel(m[1], m[2])
+    def _h_cancel(self, conn: Any, m: w.CancelActorCall) -> None:
+        """``cancel(ref)`` of a call."""
+        self.calls.cancel(m.actor_id, m.task_id)
 
-    def _h_done_direct(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_done_direct(self, conn: Any, m: w.ActorDoneDirect) -> None:
         """Large results of a direct call: the node holds them, like any result."""
-        results = m[2]
+        results = m.results
         self.node.objects.hold_store_objects(results, conn)
         self.node.directory.put_many(results)
 
@@ -769,16 +779,16 @@ class ActorManager:
         assert rec.node is not None
         try:
             _spec, state, cause = await self.node.peers.request(
-                rec.node, ("mn_actor_spec", rec.spec.actor_id), timeout=10.0)
+                rec.node, w.RemoteActorSpec(rec.spec.actor_id), timeout=10.0)
             d.update(state=state, death_cause=cause)
         except Exception as exc:
             logger.info("asking node %s for actor %s failed: %s", rec.node[:12],
                         rec.spec.describe(), exc)
         reply.send(d)
 
-    def _h_drop(self, conn: Any, m: tuple, reply: Any) -> None:
-        """``("actor_drop", actor_id)``: the sender holds no handle to it any more."""
-        rec = self.actors.get(m[1])
+    def _h_drop(self, conn: Any, m: w.DropActor) -> None:
+        """The sender holds no handle to it any more."""
+        rec = self.actors.get(m.actor_id)
         client = self.node.by_conn.get(conn)
         if rec is not None and client is not None and client.worker_id is not None:
             self._unhold(rec, client.worker_id)
@@ -798,7 +808,7 @@ class ActorManager:
         if rec.node is not None or rec.stub:  # its host counts the holders
             rec.holders.add(holder)
             if rec.node is not None:
-                self.remote.send(rec, ("mn_actor_hold", actor_id, holder))
+                self.remote.send(rec, w.RemoteActorHold(actor_id, holder))
             return
         if not _counted(rec.spec):
             return
@@ -811,7 +821,7 @@ class ActorManager:
     def _unhold(self, rec: ActorRecord, holder: bytes) -> None:
         if rec.node is not None and rec.state != "dead" and holder in rec.holders:
             rec.holders.discard(holder)
-            self.remote.send(rec, ("mn_actor_drop", rec.spec.actor_id, holder))
+            self.remote.send(rec, w.RemoteActorDrop(rec.spec.actor_id, holder))
             return
         if rec.state == "dead" or not _counted(rec.spec) or holder not in rec.holders:
             return
@@ -822,52 +832,41 @@ class ActorManager:
         if rec.idle():
             self.end(rec, "all handles to it were dropped")
 
-    def _h_req(self, conn: Any, m: tuple, reply: Any) -> None:
-        op = m[1]
-        if op == "create":
-            self._create(conn, m[2], reply, m[3])
-        elif op == "lookup":
-            name, ns = m[2], m[3]
-            aid = self.names.get((ns, name))
-            if aid is None or self.actors[aid].state == "dead":
-                if self.node.view.multi and self.node.control.backend == "gcs":
-                    self._spawn_task(self._lookup_cluster, name, ns, reply)
-                    return
-                raise ValueError(
-                    f"there is no live actor named {name!r} in namespace {ns!r}"
-                )
-            reply.send((aid, self.actors[aid].spec.meta))
-        elif op == "route":
-            self._route(m[2], reply)
-        elif op == "hold":
-            self._hold(conn, m[2])
-            reply.send(None)
-        elif op == "kill":
-            self.kill(m[2], m[3])
-            reply.send(None)
-        elif op == "state":
-            rec = self.actors.get(m[2])
-            if rec is None:
-                raise ValueError(f"unknown actor {m[2].hex()}")
-            if rec.node is not None and rec.state != "dead":
-                self._spawn_task(self._remote_state, rec, reply)
-                return
-            reply.send(self.describe(rec))
-        elif op == "list":
-            reply.send([self.describe(r) for r in self.actors.values()])
-        elif op == "names":
+    def _h_lookup(self, conn: Any, m: w.LookupActor, reply: Any) -> None:
+        name, ns = m.name, m.namespace
+        aid = self.names.get((ns, name))
+        if aid is None or self.actors[aid].state == "dead":
             if self.node.view.multi and self.node.control.backend == "gcs":
-                self._spawn_task(self._cluster_names, reply)
+                self._spawn_task(self._lookup_cluster, name, ns, reply)
                 return
-            reply.send(sorted({(r.spec.namespace, r.spec.name) for r in self.actors.values()
-                               if r.spec.name is not None and r.state != "dead"
-                               and r.node is None}))
-        elif op == "supervisor":
-            from ._user_supervision import start_user_supervisor
+            raise ValueError(f"there is no live actor named {name!r} in namespace {ns!r}")
+        reply.send((aid, self.actors[aid].spec.meta))
 
-            start_user_supervisor(self, reply, *m[2:])
-        else:
-            raise ValueError(f"unknown actor request {op!r}")
+    def _h_kill(self, conn: Any, m: w.KillActor, reply: Any) -> None:
+        self.kill(m.actor_id, m.no_restart)
+        reply.send(None)
+
+    def _h_state(self, conn: Any, m: w.GetActorState, reply: Any) -> None:
+        rec = self.actors.get(m.actor_id)
+        if rec is None:
+            raise ValueError(f"unknown actor {m.actor_id.hex()}")
+        if rec.node is not None and rec.state != "dead":
+            self._spawn_task(self._remote_state, rec, reply)
+            return
+        reply.send(self.describe(rec))
+
+    def _h_names(self, conn: Any, m: w.ActorNames, reply: Any) -> None:
+        if self.node.view.multi and self.node.control.backend == "gcs":
+            self._spawn_task(self._cluster_names, reply)
+            return
+        reply.send(sorted({(r.spec.namespace, r.spec.name) for r in self.actors.values()
+                           if r.spec.name is not None and r.state != "dead"
+                           and r.node is None}))
+
+    def _h_supervisor(self, conn: Any, m: w.StartSupervisor, reply: Any) -> None:
+        from ._user_supervision import start_user_supervisor
+
+        start_user_supervisor(self, reply, m.name, m.strategy, m.max_restarts, m.max_seconds)
 
     # ------------------------------------------------------------- failure and death
 
@@ -878,7 +877,7 @@ class ActorManager:
         if rec.state == "dead":
             return
         if rec.node is not None:  # it lives on another node: its host decides
-            self.remote.send(rec, ("mn_actor_kill", actor_id, no_restart))
+            self.remote.send(rec, w.RemoteActorKill(actor_id, no_restart))
             return
         reason = "it was killed with actorcore.kill()"
         spec = rec.spec
@@ -929,7 +928,7 @@ class ActorManager:
         if host.shared:
             if host.conn is not None:
                 try:
-                    host.conn.send_nowait(("actor_stop", rec.spec.actor_id))
+                    host.conn.send_nowait(w.StopActor(rec.spec.actor_id))
                 except transport.TransportError:
                     pass
         else:
@@ -990,11 +989,10 @@ class ActorManager:
         if rec.state == "dead":
             return
         if notify and rec.node is not None:
-            self.remote.send(rec, ("mn_actor_end", rec.spec.actor_id, cause))
+            self.remote.send(rec, w.RemoteActorEnd(rec.spec.actor_id, cause))
         elif rec.origin is not None:
             try:
-                self.node.peers.send(rec.origin, ("mn_actor_state", rec.spec.actor_id,
-                                                  "dead", cause))
+                self.node.peers.send(rec.origin, w.RemoteActorDied(rec.spec.actor_id, cause))
             except Exception as exc:
                 logger.info("telling node %s that actor %s died failed: %s",
                             rec.origin[:12], rec.spec.describe(), exc)
@@ -1227,7 +1225,7 @@ def _acknowledge(conn: Any, actor_id: bytes, spec: CallSpec) -> None:
     """Tell an actor's process that the node holds a direct call's log entry (its
     caller may be answered now)."""
     try:
-        conn.send_nowait(("actor_logged", actor_id, spec.task_id))
+        conn.send_nowait(w.ActorCallLogged(actor_id, spec.task_id))
     except Exception as exc:  # its link died: the caller resends, the log answers
         logger.info("acknowledging the log entry of %s failed: %s", spec.name, exc)
 

@@ -13,15 +13,15 @@ in order, travel one ordered link, and enter one FIFO at the host.
 
 Node-to-node messages (one-way unless said)::
 
-    ("mn_actor_create", ActorSpec, restarts, origin, dep_data, class_record)
-    ("mn_actor_call", CallSpec, dep_data, origin)
-    ("mn_actor_done", actor_id, task_id, results, host) host -> calling node
-    ("mn_actor_state", actor_id, "dead", cause)         host -> creating node
-    ("mn_actor_end", actor_id, cause)                   creating node -> host
-    ("mn_actor_kill", actor_id, no_restart)
-    ("mn_actor_hold" | "mn_actor_drop", actor_id, holder)
-    ("mn_actor_cancel", actor_id, task_id)
-    ("mn_actor_spec", actor_id)  request -> (ActorSpec, state, cause)
+    RemoteActorCreate(ActorSpec, restarts, origin, dep_data, class_record)
+    RemoteActorCall(CallSpec, dep_data, origin)
+    RemoteActorDone(actor_id, task_id, results, host)   host -> calling node
+    RemoteActorDied(actor_id, cause)                    host -> creating node
+    RemoteActorEnd(actor_id, cause)                     creating node -> host
+    RemoteActorKill(actor_id, no_restart)
+    RemoteActorHold | RemoteActorDrop(actor_id, holder)
+    RemoteActorCancel(actor_id, task_id)
+    RemoteActorSpec(actor_id)  request -> (ActorSpec, state, cause)
 
 Placement. A creation is offered to this node first (``keep_local``); otherwise
 ``choose_node`` names a node and the creation is forwarded there (this node keeps
@@ -54,6 +54,7 @@ import trio
 
 from ...core_worker._store_link import STORE
 from ...exceptions import ActorUnschedulableError, ObjectLostError, ObjectStoreFullError
+from ...protocol import _wire as w
 from .._peers import PeerUnavailable
 from ..global_scheduler._placement import SpreadState, choose_node, keep_local
 from ..local_scheduler._ledger import fits
@@ -85,19 +86,19 @@ class RemoteActors:
         view.on_node_dead(self._node_dead)
         view.on_node_joined(lambda _status: self._retry_infeasible())
 
-    def handlers(self) -> dict[str, Any]:
-        return {
-            "mn_actor_create": self._h_create,
-            "mn_actor_call": self._h_call,
-            "mn_actor_done": self._h_done,
-            "mn_actor_state": self._h_state,
-            "mn_actor_end": self._h_end,
-            "mn_actor_kill": self._h_kill,
-            "mn_actor_hold": self._h_hold,
-            "mn_actor_drop": self._h_drop,
-            "mn_actor_cancel": self._h_cancel,
-            "mn_actor_spec": self._h_spec,
-        }
+    def register(self, dispatcher: Any) -> None:
+        """Route the actor messages of other nodes to this component."""
+        d = dispatcher
+        d.register(w.RemoteActorCreate, self._h_create, oneway=True)
+        d.register(w.RemoteActorCall, self._h_call, oneway=True)
+        d.register(w.RemoteActorDone, self._h_done, oneway=True)
+        d.register(w.RemoteActorDied, self._h_died, oneway=True)
+        d.register(w.RemoteActorEnd, self._h_end, oneway=True)
+        d.register(w.RemoteActorKill, self._h_kill, oneway=True)
+        d.register(w.RemoteActorHold, self._h_hold, oneway=True)
+        d.register(w.RemoteActorDrop, self._h_drop, oneway=True)
+        d.register(w.RemoteActorCancel, self._h_cancel, oneway=True)
+        d.register(w.RemoteActorSpec, self._h_spec)
 
     # ----------------------------------------------------------------- placement
 
@@ -144,8 +145,8 @@ class RemoteActors:
         record = self.node.functions.get(spec.class_id)
         try:
             self._copied_to(spec.deps, rec.dep_data or [], node_id)
-            self.node.peers.send(node_id, ("mn_actor_create", spec, rec.restarts,
-                                           self.node.node_hex, rec.dep_data or [], record))
+            self.node.peers.send(node_id, w.RemoteActorCreate(
+                spec, rec.restarts, self.node.node_hex, rec.dep_data or [], record))
         except PeerUnavailable as exc:  # it died since the view said otherwise
             logger.info("forwarding actor %s to node %s failed: %s", spec.describe(),
                         node_id[:12], exc)
@@ -218,7 +219,7 @@ class RemoteActors:
                     if rec.stub:
                         try:
                             spec, _state, _cause = await self.node.peers.request(
-                                host, ("mn_actor_spec", aid), timeout=10.0)
+                                host, w.RemoteActorSpec(aid), timeout=10.0)
                             rec.spec = spec
                             rec.stub = False
                         except Exception as exc:
@@ -230,7 +231,7 @@ class RemoteActors:
                     rec.state = "alive"
                     rec.ready.set()
                     for holder in rec.holders:  # handles held here before it was found
-                        self.send(rec, ("mn_actor_hold", aid, holder))
+                        self.send(rec, w.RemoteActorHold(aid, holder))
                     manager.calls.pump(rec)
                     return
             if trio.current_time() > deadline:
@@ -240,13 +241,13 @@ class RemoteActors:
                 return
             await trio.sleep(RELOCATE_POLL)
 
-    def send(self, rec: Any, message: tuple) -> None:
+    def send(self, rec: Any, message: Any) -> None:
         """A message for the host of the proxy ``rec`` (dropped if it just died:
         the death listener redoes the work)."""
         try:
             self.node.peers.send(rec.node, message)
         except PeerUnavailable as exc:
-            logger.info("message %s for actor %s not sent: %s", message[0],
+            logger.info("message %s for actor %s not sent: %s", type(message).__name__,
                         rec.spec.actor_id.hex()[:12], exc)
 
     def forward_call(self, rec: Any, call: Any) -> None:
@@ -255,7 +256,7 @@ class RemoteActors:
         # keeps them (the call's deps stay pinned until its results are back) and
         # tells the host to drop its copy once their owner frees them.
         self._copied_to(call.spec.deps, data, rec.node)
-        self.send(rec, ("mn_actor_call", call.spec, data, self.node.node_hex))
+        self.send(rec, w.RemoteActorCall(call.spec, data, self.node.node_hex))
 
     def _copied_to(self, deps: list[bytes], data: list, node_id: str | None) -> None:
         if node_id is None:
@@ -274,8 +275,8 @@ class RemoteActors:
         if any(d == STORE for _oid, _err, d in results):
             self.node.directory.put_many([r for r in results if r[2] == STORE])
         try:
-            self.node.peers.send(origin, ("mn_actor_done", spec.actor_id, spec.task_id,
-                                          results, self.node.node_hex))
+            self.node.peers.send(origin, w.RemoteActorDone(spec.actor_id, spec.task_id,
+                                                           results, self.node.node_hex))
         except PeerUnavailable as exc:
             logger.info("results of %s not returned: %s", spec.name, exc)
         return True
@@ -399,8 +400,9 @@ class RemoteActors:
 
     # ------------------------------------------------------------------ handlers
 
-    def _h_create(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, spec, restarts, origin, dep_data, record = m
+    def _h_create(self, conn: Any, m: w.RemoteActorCreate) -> None:
+        spec, restarts, origin = m.spec, m.restarts, m.origin
+        dep_data, record = m.dep_data, m.class_record
         if record is not None and spec.class_id not in self.node.functions:
             self.node.functions[spec.class_id] = record
         pulls = self._to_pull(spec.deps, dep_data) if spec.deps else []
@@ -409,8 +411,8 @@ class RemoteActors:
         if pulls and rec is not None:
             self.node.spawn(self._pull_ctor_args, rec, pulls, origin)
 
-    def _h_call(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, spec, dep_data, origin = m
+    def _h_call(self, conn: Any, m: w.RemoteActorCall) -> None:
+        spec, dep_data, origin = m.spec, m.dep_data, m.origin
         self.origins[spec.task_id] = origin
         pulls = self._to_pull(spec.deps, dep_data) if spec.deps else []
         call = self.manager.calls.submit_forwarded(spec, dep_data, missing=len(pulls))
@@ -418,41 +420,40 @@ class RemoteActors:
             for oid in pulls:
                 self.node.spawn(self._pull_call_arg, call, oid, origin)
 
-    def _h_done(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.manager.proxy_done(m[1], m[2], m[3], m[4])
+    def _h_done(self, conn: Any, m: w.RemoteActorDone) -> None:
+        self.manager.proxy_done(m.actor_id, m.task_id, m.results, m.host)
 
-    def _h_state(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, aid, state, cause = m
-        rec = self.manager.actors.get(aid)
-        if rec is not None and rec.node is not None and state == "dead":
-            self.manager.end(rec, cause, notify=False)
+    def _h_died(self, conn: Any, m: w.RemoteActorDied) -> None:
+        rec = self.manager.actors.get(m.actor_id)
+        if rec is not None and rec.node is not None:
+            self.manager.end(rec, m.cause, notify=False)
 
-    def _h_end(self, conn: Any, m: tuple, reply: Any) -> None:
-        rec = self.manager.actors.get(m[1])
+    def _h_end(self, conn: Any, m: w.RemoteActorEnd) -> None:
+        rec = self.manager.actors.get(m.actor_id)
         if rec is not None and rec.node is None:
-            self.manager.end(rec, m[2])
+            self.manager.end(rec, m.cause)
 
-    def _h_kill(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_kill(self, conn: Any, m: w.RemoteActorKill) -> None:
         try:
-            self.manager.kill(m[1], m[2])
+            self.manager.kill(m.actor_id, m.no_restart)
         except ValueError as exc:
             logger.info("kill from another node: %s", exc)
 
-    def _h_hold(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.manager.hold(m[1], m[2])
+    def _h_hold(self, conn: Any, m: w.RemoteActorHold) -> None:
+        self.manager.hold(m.actor_id, m.holder)
 
-    def _h_drop(self, conn: Any, m: tuple, reply: Any) -> None:
-        rec = self.manager.actors.get(m[1])
+    def _h_drop(self, conn: Any, m: w.RemoteActorDrop) -> None:
+        rec = self.manager.actors.get(m.actor_id)
         if rec is not None:
-            self.manager.unhold(rec, m[2])
+            self.manager.unhold(rec, m.holder)
 
-    def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.manager.calls.cancel(m[1], m[2])
+    def _h_cancel(self, conn: Any, m: w.RemoteActorCancel) -> None:
+        self.manager.calls.cancel(m.actor_id, m.task_id)
 
-    def _h_spec(self, conn: Any, m: tuple, reply: Any) -> None:
-        rec = self.manager.actors.get(m[1])
+    def _h_spec(self, conn: Any, m: w.RemoteActorSpec, reply: Any) -> None:
+        rec = self.manager.actors.get(m.actor_id)
         if rec is None or rec.stub:
-            raise ValueError(f"actor {m[1].hex()} is not known to this node")
+            raise ValueError(f"actor {m.actor_id.hex()} is not known to this node")
         reply.send((rec.spec, rec.state, rec.cause))
 
 

@@ -11,13 +11,13 @@ hands it to ``ClusterTasks.forward``. From then on two nodes know of it:
 
 Messages between the two (over ``node.peers``; node ids are hex strings)::
 
-    origin -> target  ("n_forward", origin, [TaskSpec, ...], {function_id: record})
+    origin -> target  ForwardTasks(origin, [TaskSpec, ...], {function_id: record})
                       run these (with the code of the functions not sent there yet:
                       the target must not depend on the GCS having the export yet)
-    target -> origin  ("n_results", target, [(oid, is_error, data), ...])
+    target -> origin  ForwardedResults(target, [(oid, is_error, data), ...])
                       a forwarded task ended (its value, error, or STORE: the value
                       stays in the target's store, the origin records where)
-    origin -> target  ("n_cancel", task_id, force, recursive)
+    origin -> target  CancelForwarded(task_id, force, recursive)
 
 The target asks the origin for the task's arguments itself, as for any object it
 needs (``object_manager._remote``): the origin's directory is the authority of the
@@ -38,6 +38,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ...exceptions import NodeDiedError
+from ...protocol import _wire as w
 from ...protocol._ids import task_id_of
 from ...protocol._messages import TaskSpec
 from .._peers import PeerUnavailable
@@ -66,9 +67,11 @@ class ClusterTasks:
         self.received = 0
         node.view.on_node_dead(self.on_node_dead)
 
-    def handlers(self) -> dict[str, Any]:
-        return {"n_forward": self._h_forward, "n_results": self._h_results,
-                "n_cancel": self._h_cancel}
+    def register(self, dispatcher: Any) -> None:
+        """Route the task messages of other nodes to this component."""
+        dispatcher.register(w.ForwardTasks, self._h_forward, oneway=True)
+        dispatcher.register(w.ForwardedResults, self._h_results, oneway=True)
+        dispatcher.register(w.CancelForwarded, self._h_cancel, oneway=True)
 
     # -- origin side -------------------------------------------------------------
 
@@ -81,7 +84,7 @@ class ClusterTasks:
             if record is not None:
                 functions[spec.function_id] = record
         try:
-            self.node.peers.send(node_id, ("n_forward", self.node.node_hex, [spec], functions))
+            self.node.peers.send(node_id, w.ForwardTasks(self.node.node_hex, [spec], functions))
         except PeerUnavailable:
             return False
         sent.update(functions)
@@ -95,13 +98,13 @@ class ClusterTasks:
         if entry is None:
             return False
         try:
-            self.node.peers.send(entry[1], ("n_cancel", task_id, force, recursive))
+            self.node.peers.send(entry[1], w.CancelForwarded(task_id, force, recursive))
         except PeerUnavailable:
             pass  # its death re-places or fails it
         return True
 
-    def _h_results(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, sender, results = m
+    def _h_results(self, conn: Any, m: w.ForwardedResults) -> None:
+        sender, results = m.target, m.results
         if not results:
             return
         entry = self.forwarded_out.pop(task_id_of(results[0][0]), None)
@@ -132,8 +135,8 @@ class ClusterTasks:
 
     # -- target side -------------------------------------------------------------
 
-    def _h_forward(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, origin, specs, functions = m
+    def _h_forward(self, conn: Any, m: w.ForwardTasks) -> None:
+        origin, specs, functions = m.origin, m.specs, m.functions
         for fid, record in functions.items():
             self.node.functions.setdefault(fid, record)
         for spec in specs:
@@ -141,9 +144,8 @@ class ClusterTasks:
             self.received += 1
             self.node.sched.accept(spec, dep_node=origin)
 
-    def _h_cancel(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, task_id, force, recursive = m
-        self.node.sched.cancel(task_id, force, recursive)
+    def _h_cancel(self, conn: Any, m: w.CancelForwarded) -> None:
+        self.node.sched.cancel(m.task_id, m.force, m.recursive)
 
     def send_home(self, task_id: bytes, results: list) -> bool:
         """``results`` of a forwarded task: to its origin. False if not forwarded."""
@@ -151,7 +153,7 @@ class ClusterTasks:
         if origin is None:
             return False
         try:
-            self.node.peers.send(origin, ("n_results", self.node.node_hex, results))
+            self.node.peers.send(origin, w.ForwardedResults(self.node.node_hex, results))
         except PeerUnavailable:
             logger.info("task %s: its origin node %s is gone, results dropped",
                         task_id.hex(), origin[:12])

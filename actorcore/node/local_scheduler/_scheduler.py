@@ -49,6 +49,7 @@ from ...exceptions import (
 )
 from ...protocol import _serialization
 from ...protocol._messages import ObjectData, TaskSpec
+from ...protocol._wire import Execute, ExitWorker, InterruptTask
 from ..object_manager._directory import ObjectDirectory, ObjectEntry
 from ._ledger import ResourceLedger, fits
 
@@ -592,7 +593,7 @@ class SchedulerState:
             elif worker.conn is not None:
                 # Raised inside the task; a task stuck in a blocking C call (sleep,
                 # I/O) cannot see it, so after a grace period its worker is killed.
-                worker.conn.send_nowait(("cancel", task_id))
+                worker.conn.send_nowait(InterruptTask(task_id))
 
                 def escalate() -> None:
                     if self.running.get(task_id) is worker:
@@ -733,7 +734,7 @@ class SchedulerState:
             conn = victim.conn
             self.worker_died(victim, "idle, of another runtime_env: let go")
             try:
-                conn.send_nowait(("exit",))
+                conn.send_nowait(ExitWorker())
             except Exception as exc:
                 logger.info("letting worker_%d go failed (%r): killing it", victim.index, exc)
                 self.host.kill_worker(victim)
@@ -798,12 +799,7 @@ class SchedulerState:
         direct = self.host.owner_address(spec.owner)
         gpus = worker.gpu_ids.get(spec.task_id)
         try:
-            if gpus:  # ("execute", spec, deps, owner's address or None, GPU ids)
-                worker.conn.send_nowait(("execute", spec, dep_data, direct, gpus))
-            elif direct is None:
-                worker.conn.send_nowait(("execute", spec, dep_data))
-            else:
-                worker.conn.send_nowait(("execute", spec, dep_data, direct))
+            worker.conn.send_nowait(Execute(spec, dep_data, direct, tuple(gpus) if gpus else ()))
         except transport.FrameTooLarge as exc:
             self._refuse_too_large(worker, spec, dep_data, exc)
         except Exception as exc:  # its link just died: the death handler retries
@@ -895,7 +891,7 @@ class SchedulerState:
         self.worker_died(worker, f"retired: {worker.retiring}")  # no task: nothing to retry
         self.host.request_worker()
         try:
-            conn.send_nowait(("exit",))
+            conn.send_nowait(ExitWorker())
         except Exception as exc:  # its link is gone: make sure the process goes too
             logger.info("telling worker_%d to exit failed (%r): killing it", worker.index, exc)
             self.host.kill_worker(worker)

@@ -19,6 +19,7 @@ import transport
 
 from ...core_worker._store_link import STORE
 from ...protocol import _serialization
+from ...protocol import _wire as w
 from ...protocol._ids import owner_prefix
 from ...protocol._messages import TaskSpec
 from ._dep_watch import DependencyWatch
@@ -69,14 +70,19 @@ class NodeObjects:
         self.store_refs: dict[bytes, str] = {}
         #: the specs of the tasks submitted here, while a return may need rebuilding.
         self.lineage = Lineage(node, lineage_cap)
-        #: Fault hook (``objects_fault``): seconds the node waits before taking its
+        #: Fault hook (`DelayStoreHold`): seconds the node waits before taking its
         #: store ref on a reported large value, so that a test can kill the producer
         #: in that window.
         self.hold_delay = 0.0
 
-    def handlers(self) -> dict[str, Any]:
-        return {"put": self._h_put, "fetch": self._h_fetch, "free": self._h_free,
-                "rebuild": self._h_rebuild, "objects_fault": self._h_fault}
+    def register(self, dispatcher: transport.Dispatcher) -> None:
+        """Route the object messages of the node's processes to this component."""
+        dispatcher.register(w.Put, self._h_put, oneway=True)
+        dispatcher.register(w.Free, self._h_free, oneway=True)
+        dispatcher.register(w.Fetch, self._h_fetch)
+        dispatcher.register(w.Rebuild, self._h_rebuild)
+        dispatcher.register(w.DelayStoreHold, self._h_fault)
+
 
     def record_lineage(self, spec: TaskSpec) -> None:
         # The spec goes to the GCS task table (batched) and is kept here while a
@@ -95,8 +101,8 @@ class NodeObjects:
             record(spec)
         return len(specs)
 
-    def _h_put(self, conn: Any, m: tuple, reply: Any) -> None:
-        items = m[1]
+    def _h_put(self, conn: Any, m: w.Put) -> None:
+        items = m.objects
         owned = self.node.owned_by(conn)
         if owned is not None:
             owned.update(oid for oid, _e, _d in items)
@@ -144,7 +150,7 @@ class NodeObjects:
                 self._lost_before_held(oid)
             if producer is not None and not producer.closed:
                 try:
-                    producer.send_nowait(("release", oids))
+                    producer.send_nowait(w.ReleaseObjects(oids))
                 except transport.TransportError:
                     pass
 
@@ -190,8 +196,8 @@ class NodeObjects:
             del self.store_refs[oid]
             self.node.store_link.release_soon([oid])
 
-    def _h_fetch(self, conn: Any, m: tuple, reply: Any) -> None:
-        oids = m[1]
+    def _h_fetch(self, conn: Any, m: w.Fetch, reply: Any) -> None:
+        oids = m.object_ids
         remaining = [len(oids)]
         directory = self.node.directory
         # Errors of the objects that became ready as errors, kept in case their entry
@@ -230,12 +236,12 @@ class NodeObjects:
             self.node.remote.need(oids)  # owned on another node: ask there
             self.node.dep_watch.watch(oids)
 
-    def _h_rebuild(self, conn: Any, m: tuple, reply: Any) -> None:
-        """``("rebuild", [oid, ...])``, a request: a reader found these gone from this
+    def _h_rebuild(self, conn: Any, m: w.Rebuild, reply: Any) -> None:
+        """`Rebuild`, a request: a reader found these gone from this
         node's store (a spill file that vanished). Those the store really lost are
         rebuilt from their lineage (or become the error saying why they cannot be);
         the answer is a fetch's, once each is ready again."""
-        oids = m[1]
+        oids = m.object_ids
         node = self.node
         directory = node.directory
 
@@ -261,20 +267,17 @@ class NodeObjects:
                 if err is not None:
                     directory.reset(oid)
                     directory.put(oid, True, _serialization.dumps(err))
-            self._h_fetch(conn, ("fetch", oids), reply)
+            self._h_fetch(conn, w.Fetch(oids), reply)
 
         if not node.spawn(check):
             reply.fail(RuntimeError("the node is stopping"))
 
-    def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_free(self, conn: Any, m: w.Free) -> None:
         owned = self.node.owned_by(conn)
         if owned is not None:
-            owned.difference_update(m[1])
-        self.node.directory.free(m[1])
+            owned.difference_update(m.object_ids)
+        self.node.directory.free(m.object_ids)
 
-    def _h_fault(self, conn: Any, m: tuple, reply: Any) -> None:
-        delay = float(m[1].get("hold_delay", 0.0))
-        if not 0.0 <= delay <= 60.0:
-            raise ValueError(f"hold_delay must be within [0, 60] s, not {delay}")
-        self.hold_delay = delay
+    def _h_fault(self, conn: Any, m: w.DelayStoreHold, reply: Any) -> None:
+        self.hold_delay = float(m.hold_delay)  # checked (0 to 60 s) by the dispatcher
         reply.send(None)

@@ -6,17 +6,17 @@ A node that needs an object it does not have — a task's argument owned elsewhe
 a driver's or worker's ``get`` of a ref made on another node, the arguments of a
 task forwarded here — asks the owner's node::
 
-    ("n_fetch", requester, [oid, ...])   request: answered once every object is
+    FetchFromOwner(requester, [oid, ...])  request: answered once every object is
                                         ready there: [(oid, is_error, data, locations)]
                                         (``data`` the inline value or error;
                                         ``locations`` instead, the nodes whose store
                                         holds a large value)
-    ("n_owner", prefix)                  request: is a process with that id prefix here?
-    ("n_free", [oid, ...])               the owner freed these: drop your copies
-    ("n_lost", requester, oid, why)      request: every copy the owner named failed
+    OwnsPrefix(prefix)                   request: is a process with that id prefix here?
+    FreeCopies([oid, ...])               the owner freed these: drop your copies
+    ReportLost(requester, oid, why)      request: every copy the owner named failed
                                         to copy here; the owner rebuilds the object
                                         if its store lost it too, and answers as
-                                        ``n_fetch`` does, once it is ready again
+                                        `FetchFromOwner` does, once it is ready again
 
 A large value is pulled into this node's store (``node.transfers.pull``) before the
 directory entry becomes ready, so local workers and drivers read it as any other
@@ -34,7 +34,7 @@ location died, or whose pull home failed, is rebuilt from its lineage
 does it become the error saying why (``ObjectLostError`` for a ``put``,
 ``ObjectReconstructionFailed*Error`` for a task's return). A node that is not the
 owner and whose pull of every named copy failed does not decide that itself: it
-tells the owner's node (``n_lost``), which alone holds the lineage, and pulls once
+tells the owner's node (`ReportLost`), which alone holds the lineage, and pulls once
 more from what the owner answers (the error, if the owner cannot rebuild it).
 """
 
@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from ...core_worker._store_link import STORE
 from ...exceptions import ObjectLostError, ObjectStoreFullError, OwnerDiedError
 from ...protocol import _serialization
+from ...protocol import _wire as w
 from ...protocol._ids import owner_prefix, short, task_id_of
 from .._peers import PeerUnavailable
 from ..gcs_client._membership import NodeStatus
@@ -82,9 +83,12 @@ class RemoteObjects:
         self.fetched = 0
         node.view.on_node_dead(self.on_node_dead)
 
-    def handlers(self) -> dict[str, Any]:
-        return {"n_fetch": self._h_fetch, "n_owner": self._h_owner, "n_free": self._h_free,
-                "n_lost": self._h_lost}
+    def register(self, dispatcher: Any) -> None:
+        """Route the object requests of other nodes to this component."""
+        dispatcher.register(w.FetchFromOwner, self._h_fetch)
+        dispatcher.register(w.OwnsPrefix, self._h_owner)
+        dispatcher.register(w.FreeCopies, self._h_free, oneway=True)
+        dispatcher.register(w.ReportLost, self._h_lost)
 
     # -- what the node and its schedulers use ------------------------------------
 
@@ -161,7 +165,7 @@ class RemoteObjects:
         if holders:
             for nid in holders:
                 try:
-                    self.node.peers.send(nid, ("n_free", [oid]))
+                    self.node.peers.send(nid, w.FreeCopies([oid]))
                 except PeerUnavailable:
                     pass  # it died: nothing to free there
 
@@ -235,7 +239,7 @@ class RemoteObjects:
                 if status.node_id in asked:
                     continue
                 try:
-                    mine = await self.node.peers.request(status.node_id, ("n_owner", prefix),
+                    mine = await self.node.peers.request(status.node_id, w.OwnsPrefix(prefix),
                                                          timeout=OWNER_QUERY_TIMEOUT)
                 except PeerUnavailable:
                     continue  # it died: not the owner's node any more
@@ -268,7 +272,7 @@ class RemoteObjects:
                     node.spawn(self._fetch, nid, group)
             return
         try:
-            items = await node.peers.request(target, ("n_fetch", node.node_hex, oids),
+            items = await node.peers.request(target, w.FetchFromOwner(node.node_hex, oids),
                                              timeout=None)
         except Exception as exc:  # its node died or left while we waited
             logger.info("fetching %d objects from node %s failed: %s", len(oids),
@@ -291,7 +295,7 @@ class RemoteObjects:
         """Copy the large ``oid`` into this node's store, then make it ready here.
         ``home``: a result of this node's owners on its way home (a failed pull is
         rebuilt from lineage). ``owner``: the owner's node, told if every copy
-        fails (``n_lost``)."""
+        fails (`ReportLost`)."""
         node = self.node
         transfers = getattr(node, "transfers", None)
         try:
@@ -342,10 +346,10 @@ class RemoteObjects:
 
     async def _ask_owner(self, oid: bytes, owner: str, why: str) -> None:
         """Every copy of ``oid`` failed to come here: its owner's node decides
-        (``n_lost``), and the answer is pulled once more (no third time)."""
+        (`ReportLost`), and the answer is pulled once more (no third time)."""
         node = self.node
         try:
-            items = await node.peers.request(owner, ("n_lost", node.node_hex, oid, why),
+            items = await node.peers.request(owner, w.ReportLost(node.node_hex, oid, why),
                                              timeout=None)
         except Exception as exc:
             self._put_error(oid, OwnerDiedError(
@@ -366,18 +370,18 @@ class RemoteObjects:
 
     # -- answering another node --------------------------------------------------
 
-    def _h_owner(self, conn: Any, m: tuple, reply: Any) -> None:
-        reply.send(m[1] in self.node.live_id_prefixes())
+    def _h_owner(self, conn: Any, m: w.OwnsPrefix, reply: Any) -> None:
+        reply.send(m.prefix in self.node.live_id_prefixes())
 
-    def _h_free(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.node.directory.free(m[1])
+    def _h_free(self, conn: Any, m: w.FreeCopies) -> None:
+        self.node.directory.free(m.object_ids)
 
-    def _h_lost(self, conn: Any, m: tuple, reply: Any) -> None:
-        """``("n_lost", requester, oid, why)``: the requester could copy none of the
-        copies named for ``oid`` (owned here). If this node's store lost it too, it
-        is rebuilt from its lineage (or becomes the error saying why not); the
-        answer is ``n_fetch``'s, once it is ready again."""
-        _, requester, oid, why = m
+    def _h_lost(self, conn: Any, m: w.ReportLost, reply: Any) -> None:
+        """`ReportLost`: the requester could copy none of the copies named for
+        ``oid`` (owned here). If this node's store lost it too, it is rebuilt from its
+        lineage (or becomes the error saying why not); the answer is
+        `FetchFromOwner`'s, once it is ready again."""
+        requester, oid, why = m.requester, m.object_id, m.why
         node = self.node
 
         async def check() -> None:
@@ -387,7 +391,7 @@ class RemoteObjects:
                 try:
                     here = node.store_link is None or await node.store_link.contains(oid)
                 except Exception as exc:
-                    logger.warning("n_lost of %s: asking the store whether it has it "
+                    logger.warning("ReportLost of %s: asking the store whether it has it "
                                    "failed: %s", oid.hex(), exc)
                     here = True
                 if not here and node.directory.entries.get(oid) is e:
@@ -397,13 +401,13 @@ class RemoteObjects:
                                                f"{str(requester)[:12]} ({why}), and the "
                                                f"store of its owner's node "
                                                f"{node.node_hex[:12]} no longer has it")
-            self._h_fetch(conn, ("n_fetch", requester, [oid]), reply)
+            self._h_fetch(conn, w.FetchFromOwner(requester, [oid]), reply)
 
         if not node.spawn(check):
             reply.fail(RuntimeError("the node is stopping"))
 
-    def _h_fetch(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, requester, oids = m
+    def _h_fetch(self, conn: Any, m: w.FetchFromOwner, reply: Any) -> None:
+        requester, oids = m.requester, m.object_ids
         node = self.node
         directory = node.directory
         remaining = [len(oids)]

@@ -8,9 +8,9 @@ and every node tried when none could give it.
 
 The wire (node-to-node ops, over the puller's link to the source, ``node.peers``)
 -------------------------------------------------------------------------------
-- ``("obj_info", oid)`` -> ``(meta_len, data_len, buffer_sizes, payload_len)``, or
+- ``PayloadInfo(oid)`` -> ``(meta_len, data_len, buffer_sizes, payload_len)``, or
   ``None`` when the source's store does not hold the object;
-- ``("obj_chunk", oid, offset, length)`` -> ``length`` bytes of the payload at
+- ``PayloadChunk(oid, offset, length)`` -> ``length`` bytes of the payload at
   ``offset`` (a source that lost the object meanwhile fails the request).
 
 The source answers a chunk with a slice of the object's payload *in its shared
@@ -66,6 +66,7 @@ import transport
 
 from ...core_worker._store_link import RECONNECT_WINDOW, _store_errors
 from ...exceptions import ObjectStoreFullError, ObjectTransferError
+from ...protocol import _wire as w
 from ...protocol._messages import max_frame_size
 from ...session._config import env_value
 
@@ -78,7 +79,7 @@ CHUNK = int(env_value("ACTORCORE_TRANSFER_CHUNK"))
 #: Chunk requests kept in flight on the link to the source
 #: (``ACTORCORE_TRANSFER_WINDOW``).
 WINDOW = int(env_value("ACTORCORE_TRANSFER_WINDOW"))
-#: Seconds a source may take to answer ``obj_info``, and one chunk.
+#: Seconds a source may take to answer `PayloadInfo`, and one chunk.
 INFO_TIMEOUT = 10.0
 CHUNK_TIMEOUT = 30.0
 #: Times a location is tried again after the link to it was lost while it lives.
@@ -143,7 +144,7 @@ class _Transfer:
 @attrs.define(eq=False)
 class _Serving:
     """An object being served to other nodes: its leased payload view, the bytes
-    the transfers under way will ask for (``obj_info`` answers) and those sent."""
+    the transfers under way will ask for (`PayloadInfo` answers) and those sent."""
 
     payload: Any
     expected: int = 0
@@ -171,23 +172,22 @@ class ObjectTransfers:
         self._pulls = self._local = self._joined = 0
         self._transfers = self._failed = 0
         self._bytes_in = self._bytes_out = self._chunks_out = 0
-        #: Fault hook (``obj_fault``): seconds the node waits before serving a chunk,
+        #: Fault hook (`SlowChunks`): seconds the node waits before serving a chunk,
         #: so that a test can kill a source in the middle of a transfer.
         self.chunk_delay = 0.0
         #: Payload views of the objects being served now (oldest first).
         self._serving: dict[bytes, _Serving] = {}
 
-    def handlers(self) -> dict[str, Any]:
-        return {
-            "obj_info": self._h_info,
-            "obj_chunk": self._h_chunk,
-            # Admin and test hooks: pull (or drop) a copy here; the figures.
-            "obj_pull": self._h_pull,
-            "obj_drop": self._h_drop,
-            "obj_transfers": self._h_statistics,
-            "obj_where": self._h_where,
-            "obj_fault": self._h_fault,
-        }
+    def register(self, dispatcher: Any) -> None:
+        """Route the pulls of other nodes (and the admin and test hooks) here."""
+        dispatcher.register(w.PayloadInfo, self._h_info)
+        dispatcher.register(w.PayloadChunk, self._h_chunk)
+        # Admin and test hooks: pull (or drop) a copy here; the figures.
+        dispatcher.register(w.PullObject, self._h_pull)
+        dispatcher.register(w.DropCopy, self._h_drop)
+        dispatcher.register(w.GetTransferStatistics, self._h_statistics)
+        dispatcher.register(w.LocateObject, self._h_where)
+        dispatcher.register(w.SlowChunks, self._h_fault)
 
     # -- pulling -------------------------------------------------------------------
 
@@ -354,7 +354,7 @@ class ObjectTransfers:
 
         peers = self.node.peers
         try:
-            info = await peers.request(loc, ("obj_info", oid), timeout=INFO_TIMEOUT)
+            info = await peers.request(loc, w.PayloadInfo(oid), timeout=INFO_TIMEOUT)
         except Exception as exc:
             raise _SourceFailed(_describe(exc),
                                 link_lost=isinstance(exc, transport.ConnectionLost)) from exc
@@ -415,7 +415,7 @@ class ObjectTransfers:
             try:
                 for offset in offsets:
                     n = min(chunk, length - offset)
-                    data = await peers.request(loc, ("obj_chunk", oid, offset, n),
+                    data = await peers.request(loc, w.PayloadChunk(oid, offset, n),
                                                timeout=CHUNK_TIMEOUT)
                     got = memoryview(data).nbytes
                     if got != n:
@@ -494,7 +494,7 @@ class ObjectTransfers:
         # every transfer under way went out, so that an object freed here is not
         # held by a transfer that is over. Chunks are served concurrently (the
         # puller keeps ``WINDOW`` in flight), so the chunk at the end of the payload
-        # is not the last one served: bytes are counted, against ``obj_info``'s
+        # is not the last one served: bytes are counted, against `PayloadInfo`'s
         # announcements (one per transfer). A transfer cut short leaves the view
         # until ``_SERVING_MAX`` newer ones replace it.
         serving = self._serving.get(oid)
@@ -504,8 +504,8 @@ class ObjectTransfers:
         if serving.served >= serving.expected:
             del self._serving[oid]
 
-    def _h_info(self, conn: Any, m: tuple, reply: Any) -> None:
-        oid = m[1]
+    def _h_info(self, conn: Any, m: w.PayloadInfo, reply: Any) -> None:
+        oid = m.object_id
 
         async def answer() -> None:
             import store
@@ -528,8 +528,8 @@ class ObjectTransfers:
         if not self.node.spawn(answer):
             reply.fail(RuntimeError("the node is stopping"))
 
-    def _h_chunk(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, oid, offset, length = m
+    def _h_chunk(self, conn: Any, m: w.PayloadChunk, reply: Any) -> None:
+        oid, offset, length = m.object_id, m.offset, m.length
 
         async def answer() -> None:
             try:
@@ -550,8 +550,8 @@ class ObjectTransfers:
         if not self.node.spawn(answer):
             reply.fail(RuntimeError("the node is stopping"))
 
-    def _h_pull(self, conn: Any, m: tuple, reply: Any) -> None:
-        _, oid, locations = m
+    def _h_pull(self, conn: Any, m: w.PullObject, reply: Any) -> None:
+        oid, locations = m.object_id, m.locations
 
         async def answer() -> None:
             try:
@@ -564,28 +564,25 @@ class ObjectTransfers:
         if not self.node.spawn(answer):
             reply.fail(RuntimeError("the node is stopping"))
 
-    def _h_drop(self, conn: Any, m: tuple, reply: Any) -> None:
-        self.drop_copy(m[1])
+    def _h_drop(self, conn: Any, m: w.DropCopy, reply: Any) -> None:
+        self.drop_copy(m.object_id)
         reply.send(None)
 
-    def _h_where(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_where(self, conn: Any, m: w.LocateObject, reply: Any) -> None:
         async def answer() -> None:
             try:
-                reply.send(await self.locations_of(m[1]))
+                reply.send(await self.locations_of(m.object_id))
             except Exception as exc:
                 reply.fail(exc)
 
         if not self.node.spawn(answer):
             reply.fail(RuntimeError("the node is stopping"))
 
-    def _h_fault(self, conn: Any, m: tuple, reply: Any) -> None:
-        delay = float(m[1].get("chunk_delay", 0.0))
-        if not 0.0 <= delay <= 60.0:
-            raise ValueError(f"chunk_delay must be within [0, 60] s, not {delay}")
-        self.chunk_delay = delay
+    def _h_fault(self, conn: Any, m: w.SlowChunks, reply: Any) -> None:
+        self.chunk_delay = float(m.chunk_delay)  # checked (0 to 60 s) by the dispatcher
         reply.send(None)
 
-    def _h_statistics(self, conn: Any, m: tuple, reply: Any) -> None:
+    def _h_statistics(self, conn: Any, m: w.GetTransferStatistics, reply: Any) -> None:
         reply.send(self.statistics())
 
     def statistics(self) -> TransferStatistics:

@@ -2,16 +2,15 @@
 
 from typing import TYPE_CHECKING, Any
 
-from ._resources import bundle_resources, check_bundles, group_of, rewrite
+from ...protocol._placement import bundle_resources, check_bundles, group_of, rewrite
 
 if TYPE_CHECKING:
     from ._manager import PlacementGroups, PlacementGroupsService
 
 
 def __getattr__(name: str) -> Any:
-    # The manager (the node's side) is imported when first named: every driver
-    # imports ``_policy`` and ``_resources`` of this package (``actorcore.util``
-    # checks bundles and strategies), and needs none of the node's machinery.
+    # The manager (the node's side) is imported when first named: a process that
+    # reaches this package only for ``_policy`` needs none of the node's machinery.
     if name in ("PlacementGroups", "PlacementGroupsService"):
         from . import _manager
 

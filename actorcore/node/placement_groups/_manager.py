@@ -4,7 +4,7 @@ A placement group is created by the node its creator is connected to (the
 group's *coordinator*). The coordinator keeps the group pending until a placement
 of every bundle (``_policy.place_bundles``, over the cluster view's free resources
 and this node's live ledger) can be reserved, and then reserves it node by node:
-on this node directly in the ledger, on the others with a ``pg_node prepare``
+on this node directly in the ledger, on the others with a `PrepareBundles`
 request over ``node.peers``. A node takes its share of bundles all at once or
 not at all (``prepare_here``); if any node refuses (its resources went meanwhile:
 the view is a heartbeat old) or cannot be reached, the coordinator releases what
@@ -50,9 +50,10 @@ import attrs
 import trio
 
 from ...exceptions import ActorPlacementGroupRemoved, TaskPlacementGroupRemoved
+from ...protocol import _wire as w
 from ...protocol._messages import TaskSpec
-from ._policy import STRATEGIES, place_bundles
-from ._resources import bundle_resources, check_bundles, group_of
+from ...protocol._placement import STRATEGIES, bundle_resources, check_bundles, group_of
+from ._policy import place_bundles
 
 __all__ = ["RETRY", "GroupRecord", "PlacementGroups", "PlacementGroupsService"]
 
@@ -132,27 +133,28 @@ class PlacementGroups:
         self.placement_failures = 0
         node.sched.group_verdict = self.verdict
 
-    def handlers(self) -> dict[str, Any]:
-        return {"pg_req": self._h_req, "pg_node": self._h_node}
+    def register(self, dispatcher: Any) -> None:
+        """Route the placement-group requests of processes and of other nodes here."""
+        d = dispatcher
+        d.register(w.CreatePlacementGroup,
+                   lambda conn, m, reply: self._create(conn, m.request, reply))
+        d.register(w.RemovePlacementGroup,
+                   lambda conn, m, reply: self._spawn(self._remove_anywhere, m.pg_id, reply))
+        d.register(w.GetPlacementGroup, lambda conn, m, reply: self._spawn(
+            self._get_by_name, m.name, m.namespace, reply))
+        d.register(w.PlacementGroupTable,
+                   lambda conn, m, reply: self._spawn(self._table, m.pg_id, reply))
+        d.register(w.PrepareBundles,
+                   lambda conn, m, reply: reply.send(self.prepare_here(m.pg_id, m.items)))
+        d.register(w.CommitBundles, self._h_commit)
+        d.register(w.ReleaseBundles, lambda conn, m: self.release_here(m.pg_id), oneway=True)
+        d.register(w.RemoveGroup, self._h_remove)
 
     @property
     def _gcs(self) -> bool:
         return bool(self.node.control.backend == "gcs")
 
     # ------------------------------------------------------- requests of a process
-
-    def _h_req(self, conn: Any, m: tuple, reply: Any) -> None:
-        op = m[1]
-        if op == "create":
-            self._create(conn, m[2], reply)
-        elif op == "remove":
-            self._spawn(self._remove_anywhere, m[2], reply)
-        elif op == "get":
-            self._spawn(self._get_by_name, m[2], m[3], reply)
-        elif op == "table":
-            self._spawn(self._table, m[2], reply)
-        else:
-            raise ValueError(f"unknown placement group request {op!r}")
 
     def _spawn(self, fn: Any, *args: Any) -> None:
         reply = args[-1]
@@ -269,7 +271,7 @@ class PlacementGroups:
         coordinator = entry.get("coordinator")
         status = self.node.view.get(coordinator) if coordinator else None
         if status is not None and status.alive and coordinator != self.node.node_hex:
-            await self.node.peers.request(coordinator, ("pg_node", "remove", pg), timeout=30)
+            await self.node.peers.request(coordinator, w.RemoveGroup(pg), timeout=30)
         else:
             # Its coordinator is gone: release what its record says is reserved.
             for nid in set(entry.get("bundles_to_node_id", {}).values()):
@@ -312,24 +314,15 @@ class PlacementGroups:
 
     # ------------------------------------------------------- node to node
 
-    def _h_node(self, conn: Any, m: tuple, reply: Any) -> None:
-        op = m[1]
-        if op == "prepare":
-            reply.send(self.prepare_here(m[2], m[3]))
-        elif op == "commit":
-            self.commit_here(m[2])
-            reply.send(None)
-        elif op == "release":
-            self.release_here(m[2])
-            if reply is not None:
-                reply.send(None)
-        elif op == "remove":
-            rec = self.groups.get(m[2])
-            if rec is None:
-                raise ValueError(f"placement group {m[2]} is not coordinated by this node")
-            self._spawn(self._remove_reply, rec, reply)
-        else:
-            raise ValueError(f"unknown placement group operation {op!r}")
+    def _h_commit(self, conn: Any, m: w.CommitBundles, reply: Any) -> None:
+        self.commit_here(m.pg_id)
+        reply.send(None)
+
+    def _h_remove(self, conn: Any, m: w.RemoveGroup, reply: Any) -> None:
+        rec = self.groups.get(m.pg_id)
+        if rec is None:
+            raise ValueError(f"placement group {m.pg_id} is not coordinated by this node")
+        self._spawn(self._remove_reply, rec, reply)
 
     async def _remove_reply(self, rec: GroupRecord, reply: Any) -> None:
         await self.remove(rec)
@@ -382,7 +375,7 @@ class PlacementGroups:
             self.release_here(pg)
             return
         try:
-            await self.node.peers.request(nid, ("pg_node", "release", pg), timeout=10)
+            await self.node.peers.request(nid, w.ReleaseBundles(pg), timeout=10)
         except Exception as exc:  # a dead node's bundles died with it
             logger.warning("releasing placement group %s on node %s failed: %s",
                            pg, nid[:12], exc)
@@ -426,7 +419,7 @@ class PlacementGroups:
                     got = self.prepare_here(rec.pg_id, items)
                 else:
                     got = bool(await self.node.peers.request(
-                        nid, ("pg_node", "prepare", rec.pg_id, items), timeout=10))
+                        nid, w.PrepareBundles(rec.pg_id, items), timeout=10))
             except Exception as exc:
                 logger.info("reserving placement group %s on node %s failed: %s",
                             rec.pg_id, nid[:12], exc)
@@ -447,7 +440,7 @@ class PlacementGroups:
                 self.commit_here(rec.pg_id)
                 continue
             try:
-                await self.node.peers.request(nid, ("pg_node", "commit", rec.pg_id), timeout=10)
+                await self.node.peers.request(nid, w.CommitBundles(rec.pg_id), timeout=10)
             except Exception as exc:
                 # Prepared there, so its bundles are held: a node that died since
                 # took them with it (groups are not rescheduled off dead nodes).

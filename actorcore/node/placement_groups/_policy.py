@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from ...protocol._placement import STRATEGIES
 from ..local_scheduler._ledger import fits
 
-__all__ = ["STRATEGIES", "place_bundles"]
-
-STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+__all__ = ["place_bundles"]
 
 
 def _add(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:

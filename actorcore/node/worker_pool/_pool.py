@@ -36,6 +36,7 @@ from typing import Any
 import attrs
 import trio
 
+from ...protocol import _wire as w
 from ...protocol._ids import new_worker_id, short
 from ...session._config import env_value
 from ...session._launcher import site_flags
@@ -188,7 +189,7 @@ class WorkerPool:
             self.sched.worker_died(worker, "idle: let go")  # no task: nothing to retry
             extra -= 1
             try:
-                conn.send_nowait(("exit",))
+                conn.send_nowait(w.ExitWorker())
             except Exception:
                 pool.kill(worker)
 

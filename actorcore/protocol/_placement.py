@@ -1,5 +1,9 @@
 """Placement-group resources: how a bundle's resources are renamed, as in Ray.
 
+Here, not in ``node.placement_groups``, because both sides use it: the user's
+``placement_group()`` checks bundles and ``options()`` renames a request before
+anything is sent, and the node reserves the renamed resources.
+
 Reserving bundle ``i`` of group ``g`` on a node takes the bundle's resources
 (``{"CPU": 2}``) from that node's ledger and adds, for every resource ``R`` of the
 bundle, ``R_group_<i>_<g>`` and ``R_group_<g>`` with the same amounts, plus
@@ -21,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "STRATEGIES",
     "BUNDLE_UNIT",
     "BUNDLE_REQUEST",
     "bundle_resources",
@@ -35,6 +40,9 @@ BUNDLE_UNIT = 1000.0
 BUNDLE_REQUEST = 0.001
 
 _MARK = "_group_"
+
+#: Ray's four placement strategies (``node.placement_groups._policy``).
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 def bundle_resources(pg_hex: str, index: int, bundle: Mapping[str, float]) -> dict[str, float]:
