@@ -554,9 +554,6 @@ def _gone(pid):
 
 
 @pytest.mark.slow  # (seconds of waiting; run with -m slow)
-@pytest.mark.xfail(strict=False, reason="intermittent: a max_calls task sometimes waits "
-                   "for a worker that the pool does not start (seen since the runtime_env "
-                   "pool keying and max_calls retirement met); under investigation")
 def test_max_calls_retires_the_worker_and_frees_its_resources():
     total = ray.cluster_resources()["CPU"]
     once = [ray.get(pid_once.remote(), timeout=60) for _ in range(3)]

@@ -44,6 +44,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ import transport
 from ..core_worker._store_link import StoreLink
 from ..kernel import Supervisor
 from ..protocol import _wire as w
-from ..protocol._ids import short, task_id_of
+from ..protocol._ids import owner_prefix, short, task_id_of
 from ..protocol._messages import DRIVER_GRACE, TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
 from ._faults import NodeFaults
@@ -566,6 +567,18 @@ class NodeRuntime:
     def _h_peer_ack(self, conn: Any, m: w.PeerAck) -> None:
         self.peers.acked(m.receiver, m.seq)
 
+    def held_for_drivers(self, oids: Iterable[bytes]) -> None:
+        """``oids`` came here by a path that did not pass their owner's submit (the
+        large results of a direct actor call): those a driver of this node owns are
+        freed when it leaves, as its other objects are."""
+        drivers = {c.id_prefix: c for c in self.by_conn.values()
+                   if c.role == "driver" and c.id_prefix}
+        if drivers:
+            for oid in oids:
+                client = drivers.get(owner_prefix(oid))
+                if client is not None:
+                    client.owned.add(oid)
+
     def live_id_prefixes(self) -> set[bytes]:
         """The id prefixes of the live processes here: the owners whose objects may
         still arrive (a driver within its reconnect grace period counts)."""
@@ -644,11 +657,11 @@ class NodeRuntime:
         submit = self.sched.submit
         owned = self.owned_by(conn)
         for spec in m.specs:
+            if owned is not None:  # a driver's: freed when it leaves
+                owned.update(spec.return_ids())
             if spec.__class__ is not TaskSpec:  # an actor creation or method call
                 self.actors.submit(conn, spec)
                 continue
-            if owned is not None:
-                owned.update(spec.return_ids())
             submit(spec)
 
     def _h_cancel(self, conn: Any, m: w.CancelTask) -> None:

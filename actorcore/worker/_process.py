@@ -42,6 +42,9 @@ __all__ = ["load_function", "main", "run_main"]
 
 logger = logging.getLogger("actorcore.worker")
 
+#: Seconds an exiting worker waits for its results to leave for their owners.
+EXIT_FLUSH_TIMEOUT = 5.0
+
 
 class WorkerProcess:
     #: Seconds to connect to the node and finish the handshake (the node passes
@@ -77,7 +80,7 @@ class WorkerProcess:
         d.register(w.ObjectsReady, self._h_ready, oneway=True)
         d.register(w.InterruptTask, self._h_interrupt, oneway=True)
         d.register(w.ReleaseObjects, self._h_release, oneway=True)
-        d.register(w.ExitWorker, lambda conn, m: os._exit(0), oneway=True)
+        d.register(w.ExitWorker, self._h_exit, oneway=True)
         # A fault rule command the node forwards (``testing.faults``).
         d.register(w.FaultRules, lambda conn, m: transport.faults.apply(m.command), oneway=True)
 
@@ -88,6 +91,19 @@ class WorkerProcess:
         if m.owner_address is not None and spec.num_returns >= 0:
             self._owner_addr[spec.task_id] = m.owner_address
         self._execute(spec, m.dep_data, m.gpu_ids)
+
+    async def _h_exit(self, conn: Any, m: w.ExitWorker) -> None:
+        """Exit now, once the results pushed to their owners have left. The node says
+        ``ExitWorker`` right after the ``TaskDone`` of a worker's last task (it
+        retires at ``max_calls``): that task's results may still be queued on the
+        link to their owner, who would wait for them forever."""
+        conns = [c for c in self._owner_conns.values() if c is not None and not c.closed]
+        if conns:
+            with trio.move_on_after(EXIT_FLUSH_TIMEOUT):
+                async with trio.open_nursery() as nursery:
+                    for c in conns:
+                        nursery.start_soon(c.aclose, EXIT_FLUSH_TIMEOUT)
+        os._exit(0)
 
     def _h_ready(self, conn: Any, m: w.ObjectsReady) -> None:
         if self.core is not None:

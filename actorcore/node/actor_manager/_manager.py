@@ -737,6 +737,7 @@ class ActorManager:
         """Large results of a direct call: the node holds them, like any result."""
         results = m.results
         self.node.objects.hold_store_objects(results, conn)
+        self.node.held_for_drivers(oid for oid, _e, _d in results)
         self.node.directory.put_many(results)
 
     def _route(self, actor_id: bytes, reply: Any) -> None:
