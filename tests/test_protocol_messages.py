@@ -141,7 +141,7 @@ def test_the_node_refuses_what_it_does_not_handle_and_serves_on() -> None:
         (w.PayloadChunk(b"o" * 28, -1, 10), "malformed PayloadChunk: 'offset' must be an int"),
         (w.SlowChunks(600.0), "'chunk_delay' must be seconds within [0, 60], got 600.0"),
         (w.PrepareBundles("pg", "bundles"), "malformed PrepareBundles: 'items' must be"),
-        (w.PeerBatch(None), "malformed PeerBatch: 'messages' must be"),
+        (w.PeerBatch(None, "node-x", 0), "malformed PeerBatch: 'messages' must be"),
     ]
     before = _node_request(w.AdminCall("cluster_info"))
     trio.run(_hostile, core.node_address, core.token, "node-", malformed)
@@ -152,7 +152,7 @@ def test_the_node_refuses_what_it_does_not_handle_and_serves_on() -> None:
         async with transport.open_connection(core.node_address, core.token,
                                              name="hostile-peer") as conn:
             await conn.send(w.PeerBatch([("n_free", []), w.FreeCopies("x"), 7,
-                                         w.FreeCopies([])]))
+                                         w.FreeCopies([])], "hostile-node", 1))
             assert await conn.request(w.AdminCall("ping"), timeout=30) == "pong"
 
     trio.run(junk_in_a_batch)

@@ -26,6 +26,14 @@ Plain attrs validators, if a class has some, are run here too.
 `compact` makes a message class pickle as its class and a tuple of its fields and
 rebuild through its ``__init__`` (so only for classes without attrs validators).
 
+Cost: a typed message is meant to cost what the ``(op, *fields)`` tuple it replaced
+cost. So `register` compiles each class's checks into one function of plain
+``isinstance`` tests (`_compile_checks`) -- no validator call per field on the hot
+path -- and the validators themselves run only when that function says no, to word
+the refusal exactly as they would. `compact` defines ``__reduce_ex__`` itself: the
+pickler calls it directly, where an inherited one first goes through
+``object.__reduce_ex__`` to find ``__reduce__``.
+
 Handlers are ``handler(conn, message, reply)``, plain or ``async``; a plain one
 costs no coroutine, which is what the hot paths use. A request's handler answers
 through ``reply`` now or later. A class registered ``oneway=True`` is a notice: its
@@ -49,6 +57,12 @@ import attrs
 from ._errors import BadMessage
 from ._reply import Reply
 
+# The validators `_compile_checks` inlines (attrs' own classes, by the type of what
+# ``instance_of``, ``optional`` and ``and_`` return, so no private import).
+_InstanceOf = type(attrs.validators.instance_of(int))
+_Optional = type(attrs.validators.optional(attrs.validators.instance_of(int)))
+_And = type(attrs.validators.and_(attrs.validators.instance_of(int)))
+
 __all__ = ["Dispatcher", "DispatcherStatistics", "Refuse", "check", "compact"]
 
 logger = logging.getLogger("transport.dispatch")
@@ -65,6 +79,9 @@ class _Route:
     #: The class's checks (`check`) and validators with their fields, looked up
     #: once instead of per message.
     checks: tuple[tuple[Callable[..., Any], Any], ...]
+    #: ``passes(message)``: the checks compiled into one function (`_compile_checks`),
+    #: True when they all hold; None when the class has none.
+    passes: Callable[[Any], bool] | None
 
 
 @attrs.frozen(kw_only=True)
@@ -120,8 +137,59 @@ def compact(cls: _C) -> _C:
     def __reduce__(self: Any) -> tuple[Any, tuple[Any, ...]]:
         return (cls, get(self))
 
+    def __reduce_ex__(self: Any, protocol: int) -> tuple[Any, tuple[Any, ...]]:
+        return (cls, get(self))
+
+    # ``__reduce_ex__`` too: the pickler calls it directly, where the inherited
+    # ``object.__reduce_ex__`` would look ``__reduce__`` up first (about a third of
+    # what pickling a small message cost besides its class).
     setattr(cls, "__reduce__", __reduce__)  # noqa: B010 (after attrs built the class)
+    setattr(cls, "__reduce_ex__", __reduce_ex__)  # noqa: B010
     return cls
+
+
+def _test(validator: Any, value: str, names: dict[str, Any]) -> str | None:
+    """An expression true when ``validator`` accepts ``value`` (an expression), for
+    the validators this can inline (``instance_of``, ``optional``, ``and_``); None
+    for any other, which the compiled function calls instead."""
+    if isinstance(validator, _InstanceOf):
+        name = f"_t{len(names)}"
+        names[name] = validator.type
+        return f"isinstance({value}, {name})"
+    if isinstance(validator, _Optional):
+        inner = _test(validator.validator, value, names)
+        return None if inner is None else f"({value} is None or {inner})"
+    if isinstance(validator, _And):
+        parts = [_test(each, value, names) for each in validator._validators]
+        if any(part is None for part in parts):
+            return None
+        return "(" + " and ".join(parts) + ")"  # type: ignore[arg-type]
+    return None
+
+
+def _compile_checks(cls: type,
+                    checks: tuple[tuple[Callable[..., Any], Any], ...]) -> Callable[[Any], bool] | None:
+    """One function running all of ``cls``'s checks: ``isinstance`` tests inlined,
+    other validators called (they raise when they refuse). It returns False instead
+    of raising for the inlined ones: the dispatcher then runs the validators to word
+    the refusal. A missing field raises AttributeError, as the validators would."""
+    if not checks:
+        return None
+    names: dict[str, Any] = {}
+    lines = ["def passes(m):"]
+    for i, (validator, field) in enumerate(checks):
+        value = f"m.{field.name}"
+        test = _test(validator, value, names)
+        if test is None:
+            names[f"_c{i}"], names[f"_f{i}"] = validator, field
+            lines.append(f"    _c{i}(m, _f{i}, {value})")
+        else:
+            lines.append(f"    if not {test}: return False")
+    lines.append("    return True")
+    code = compile("\n".join(lines), f"<checks of {cls.__qualname__}>", "exec")
+    exec(code, names)  # noqa: S102 (our own text, from field names and validators)
+    passes: Callable[[Any], bool] = names["passes"]
+    return passes
 
 
 def _fail(conn: Any, reply: Reply, error: BadMessage) -> None:
@@ -152,7 +220,8 @@ class Dispatcher:
             raise ValueError(f"{self.name}: {cls.__qualname__} is registered already")
         checks = tuple((check, a) for a in attrs.fields(cls)
                        for check in (a.validator, a.metadata.get("check")) if check is not None)
-        self._routes[cls] = _Route(handler, inspect.iscoroutinefunction(handler), oneway, checks)
+        self._routes[cls] = _Route(handler, inspect.iscoroutinefunction(handler), oneway, checks,
+                                   _compile_checks(cls, checks))
 
     def handles(self, cls: type) -> bool:
         return cls in self._routes
@@ -167,8 +236,9 @@ class Dispatcher:
                 endpoint=self.name, message_type=type(message).__qualname__))
             return
         try:
-            for check, field in route.checks:
-                check(message, field, getattr(message, field.name))
+            if route.passes is not None and not route.passes(message):
+                for check, field in route.checks:  # word the refusal
+                    check(message, field, getattr(message, field.name))
         except Exception as exc:  # a validator's TypeError/ValueError, a missing field
             self._malformed += 1
             self._refused(conn, reply, BadMessage(
