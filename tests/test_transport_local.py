@@ -762,3 +762,50 @@ async def test_dispatcher_routes_by_class_and_refuses_what_it_does_not_know(
 class _Unknown:
     def __repr__(self) -> str:
         return "<an object the endpoint never heard of>"
+
+
+def _even(instance: Any, attribute: Any, value: Any) -> None:
+    if value % 2:
+        raise ValueError(f"'{attribute.name}' must be even, got {value!r}")
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class _Mixed:
+    """Each kind of check a dispatcher compiles: inlined, nested, and called."""
+
+    key: bytes | None = attrs.field(
+        metadata=transport.check(attrs.validators.optional(attrs.validators.instance_of(bytes))))
+    count: int = attrs.field(
+        metadata=transport.check(attrs.validators.instance_of(int), _even))
+    items: list = attrs.field(
+        metadata=transport.check(attrs.validators.instance_of((list, tuple))))
+    free: Any = None
+
+
+async def test_a_dispatcher_refuses_in_the_validators_words_what_its_compiled_checks_refuse(
+        tmp_path: Path) -> None:
+    dispatcher = transport.Dispatcher("mixed")
+    dispatcher.register(_Mixed, lambda conn, m, reply: reply.send(m.count))
+    server = transport.Server(f"unix:{tmp_path}/m.sock", TOKEN, dispatcher, name="mixed")
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        async with transport.open_connection(address, TOKEN, name="hostile") as conn:
+            assert await conn.request(_Mixed(None, 2, []), timeout=5) == 2
+            assert await conn.request(_Mixed(b"k", 4, (), object), timeout=5) == 4
+            for bad, says in [
+                (_Mixed("k", 2, []), "malformed _Mixed: 'key' must be <class 'bytes'> (got 'k'"),
+                (_Mixed(None, "2", []), "malformed _Mixed: 'count' must be <class 'int'>"),
+                (_Mixed(None, 3, []), "malformed _Mixed: 'count' must be even, got 3"),
+                (_Mixed(None, 2, {}), "malformed _Mixed: 'items' must be"),
+            ]:
+                with pytest.raises(transport.RemoteError) as info:
+                    await conn.request(bad, timeout=5)
+                refused = info.value.remote_exception
+                assert isinstance(refused, transport.BadMessage), refused
+                assert says in str(refused), str(refused)
+                assert (refused.endpoint, refused.message_type) == ("mixed", "_Mixed")
+            assert await conn.request(_Mixed(b"", 0, []), timeout=5) == 0  # serving on
+        stats = dispatcher.statistics()
+        assert (stats.malformed, stats.dispatched) == (4, 3)
+        nursery.cancel_scope.cancel()
