@@ -59,9 +59,9 @@ from ._reply import Reply
 
 # The validators `_compile_checks` inlines (attrs' own classes, by the type of what
 # ``instance_of``, ``optional`` and ``and_`` return, so no private import).
-_InstanceOf = type(attrs.validators.instance_of(int))
-_Optional = type(attrs.validators.optional(attrs.validators.instance_of(int)))
-_And = type(attrs.validators.and_(attrs.validators.instance_of(int)))
+_InstanceOf: Any = type(attrs.validators.instance_of(int))
+_Optional: Any = type(attrs.validators.optional(attrs.validators.instance_of(int)))
+_And: Any = type(attrs.validators.and_(attrs.validators.instance_of(int)))
 
 __all__ = ["Dispatcher", "DispatcherStatistics", "Refuse", "check", "compact"]
 
