@@ -525,9 +525,18 @@ def test_crash_actor_paths_apply_the_restart_policy():
                        for _p, s in _walk(ray.tree())), "the task to be retried")
     ray.cancel(running, force=True)
 
-    task_worker = _path_of(lambda s: s["kind"] == "worker" and "tasks_done" in s)
-    with pytest.raises(ValueError, match="runs no 'task:nothing'"):
-        faults.crash(task_worker + "/task:nothing")
+    def refused_below_a_live_worker() -> ValueError | None:
+        # A worker the tree still showed may have exited since (the one killed
+        # above): then choose again.
+        task_worker = _path_of(lambda s: s["kind"] == "worker" and "tasks_done" in s)
+        try:
+            faults.crash(task_worker + "/task:nothing")
+        except ValueError as error:
+            return None if "no live worker" in str(error) else error
+        raise AssertionError("crash of a task that does not run was accepted")
+
+    refused = _until(refused_below_a_live_worker, "a live worker's refusal")
+    assert "runs no 'task:nothing'" in str(refused)
     with pytest.raises(ValueError, match="no live worker named 'worker_999'"):
         faults.crash("worker_pool/worker_999")
     with pytest.raises(ValueError, match="no live actor 'nobody'"):
