@@ -9,7 +9,8 @@ from typing import Any
 
 from actorcore.session._session import pid_alive
 
-__all__ = ["FAST", "STEADY", "alive", "at_rest", "driver", "node_call", "until", "wait_at_rest"]
+__all__ = ["FAST", "STEADY", "alive", "at_rest", "driver", "node_call", "three_nodes", "until",
+           "wait_at_rest"]
 
 #: Node environment for multi-node tests that kill nodes: a killed node is declared dead within
 #: 3 s (heartbeats every 0.1 s) instead of the default 10 s. Not less: on a loaded
@@ -97,6 +98,22 @@ def at_rest(cluster: Any) -> str | None:
         if store is not None and store.count:
             return f"node {node.node_id[:12]}: {store.count} object(s) left in its store"
     return None
+
+
+@contextlib.contextmanager
+def three_nodes() -> Iterator[tuple[Any, Any, Any]]:
+    """A cluster of a head (1 CPU), A (1 CPU, resource ``A``) and B (1 CPU, resource
+    ``B``), on ``STEADY``: the one the multi-node modules share among their tests
+    that leave every node alive. Yields ``(cluster, a, b)``; shut down after."""
+    from actorcore.testing import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": STEADY})
+    try:
+        a = c.add_node(num_cpus=1, resources={"A": 1}, env_vars=STEADY)
+        b = c.add_node(num_cpus=1, resources={"B": 1}, env_vars=STEADY)
+        yield c, a, b
+    finally:
+        c.shutdown()
 
 
 @contextlib.contextmanager

@@ -24,7 +24,8 @@ from actorcore import exceptions as exc
 from actorcore.protocol._wire import GetTransferStatistics, SlowChunks
 from actorcore.testing import Cluster
 
-from .cluster_support import FAST, STEADY, driver, node_call, until
+from .cluster_support import FAST, driver, node_call, until
+from .cluster_support import three_nodes as shared_three_nodes
 
 MB = 1024 * 1024
 
@@ -37,13 +38,8 @@ def _cluster(env: dict[str, str] = FAST) -> Cluster:
 def three_nodes():
     """Head (1 CPU), A (1 CPU, resource A), B (1 CPU, resource B): shared by the
     tests that leave every node alive."""
-    c = _cluster(STEADY)
-    try:
-        a = c.add_node(num_cpus=1, resources={"A": 1}, env_vars=STEADY)
-        b = c.add_node(num_cpus=1, resources={"B": 1}, env_vars=STEADY)
-        yield c, a, b
-    finally:
-        c.shutdown()
+    with shared_three_nodes() as cluster:
+        yield cluster
 
 
 @pytest.fixture

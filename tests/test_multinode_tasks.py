@@ -15,20 +15,15 @@ from actorcore import exceptions as exc
 from actorcore.testing import Cluster
 from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .cluster_support import FAST, STEADY, driver
+from .cluster_support import FAST, driver, three_nodes
 
 
 @pytest.fixture(scope="module")
 def three():
     """Head (1 CPU), A (1 CPU, resource A), B (1 CPU, resource B): shared by the
     tests that leave every node alive, each a driver of its own (``driver``)."""
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": STEADY})
-    try:
-        a = c.add_node(num_cpus=1, resources={"A": 1}, env_vars=STEADY)
-        b = c.add_node(num_cpus=1, resources={"B": 1}, env_vars=STEADY)
-        yield c, a, b
-    finally:
-        c.shutdown()
+    with three_nodes() as cluster:
+        yield cluster
 
 
 @pytest.fixture
