@@ -1,11 +1,15 @@
 """The cost of typed messages (``actorcore.protocol._wire``) beside the tuples they
-replaced, in one process: pickled size, pickle + unpickle time, and dispatch time.
+replaced, in one process: pickled size, encode + decode time, and dispatch time.
 
     .venv/bin/python benchmarks/messages_bench.py [--quick]
 
 For each message on a task's or an actor call's path the same content is built both
 ways -- the ``_wire`` class and the old ``(op, *fields)`` tuple -- and measured with
-the transport's codec (pickle protocol 5). Dispatch compares the endpoints' two
+the transport's codec (``transport._wire.encode_frame`` + ``decode_body``: pickle
+protocol 5 in a frame). The typed message is measured twice: as it travels, its
+class named by its extension code (``transport._codes``), and with the codes taken
+out of copyreg for the round, its class named by module and name as before they
+existed; so the codes' saving is a ratio within one run. Dispatch compares the endpoints' two
 registries: a `transport.Dispatcher` (one dict lookup on ``type(message)``, the
 field checks, then the handler) against the old handler dict keyed by
 ``message[0]`` (no checks at all). Times are CPU time of this process (a shared
@@ -16,14 +20,19 @@ fastest of 7 rounds (on a shared machine, the cost without other processes' stal
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copyreg
 import pickle
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import trio
 
 import transport
 from actorcore.protocol import _wire as w
+from transport import _codes
+from transport import _wire as frames
 from actorcore.protocol._actors import CallSpec
 from actorcore.protocol._messages import TaskSpec
 
@@ -69,21 +78,39 @@ def cases() -> list[tuple[str, Any, tuple]]:
 ROUNDS = 7
 
 
-def _interleaved(a: Any, b: Any, n: int) -> tuple[float, float]:
-    """Seconds per call of ``a`` and of ``b``: rounds of each in turn (so that load
-    from elsewhere falls on both alike), the fastest round of each (the cost itself,
-    without the stalls of a shared machine)."""
-    best_a = best_b = float("inf")
+@contextlib.contextmanager
+def _names() -> Iterator[None]:
+    """Within the block, message classes pickle by module and name (their extension
+    codes taken out of copyreg, and its cache cleared), as before the codes."""
+    codes = dict(_codes._codes)
+    for cls, code in codes.items():
+        copyreg.remove_extension(cls.__module__, cls.__qualname__, code)
+    try:
+        yield
+    finally:
+        for cls, code in codes.items():
+            copyreg.add_extension(cls.__module__, cls.__qualname__, code)
+
+
+def _codec(message: Any) -> Any:
+    """Encode ``message`` into a frame and decode it, as two processes would."""
+    chunks, _size = frames.encode_frame(frames.ONEWAY, 0, message)
+    return frames.decode_body(memoryview(chunks[0])[frames.HEADER_SIZE:], 0)
+
+
+def _interleaved(fns: list[tuple[Any, Any]], n: int) -> list[float]:
+    """Seconds per call of each ``fn`` (run within its context): rounds of each in
+    turn (so that load from elsewhere falls on all alike), the fastest round of each
+    (the cost itself, without the stalls of a shared machine)."""
+    best = [float("inf")] * len(fns)
     for _ in range(ROUNDS):
-        t0 = time.process_time()
-        for _ in range(n):
-            a()
-        t1 = time.process_time()
-        for _ in range(n):
-            b()
-        t2 = time.process_time()
-        best_a, best_b = min(best_a, (t1 - t0) / n), min(best_b, (t2 - t1) / n)
-    return best_a, best_b
+        for i, (fn, context) in enumerate(fns):
+            with context():
+                t0 = time.process_time()
+                for _ in range(n):
+                    fn()
+                best[i] = min(best[i], (time.process_time() - t0) / n)
+    return best
 
 
 def _dispatch_cost(message: Any, old: tuple, n: int) -> tuple[float, float]:
@@ -123,16 +150,21 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     n = 2_000 if p.parse_args().quick else 20_000
-    print(f"{'message':<18}{'bytes':>8}{'tuple':>8}{'codec us':>10}{'tuple':>8}"
-          f"{'dispatch us':>13}{'op dict':>9}")
+    print(f"{'':<18}{'bytes':>22}{'encode + decode, us':>30}{'dispatch, us':>24}")
+    print(f"{'message':<18}{'codes':>8}{'names':>7}{'tuple':>7}{'codes':>9}{'names':>7}"
+          f"{'tuple':>7}{'codes/tuple':>13}{'registry':>12}{'op dict':>9}")
     for name, message, old in cases():
         size, old_size = (len(pickle.dumps(x, protocol=5)) for x in (message, old))
-        codec, old_codec = _interleaved(
-            lambda m=message: pickle.loads(pickle.dumps(m, protocol=5)),
-            lambda m=old: pickle.loads(pickle.dumps(m, protocol=5)), n)
+        with _names():
+            named_size = len(pickle.dumps(message, protocol=5))
+        codes, names, untyped_codec = _interleaved(
+            [(lambda m=message: _codec(m), contextlib.nullcontext),
+             (lambda m=message: _codec(m), _names),
+             (lambda m=old: _codec(m), contextlib.nullcontext)], n)
         typed, untyped = _dispatch_cost(message, old, n)
-        print(f"{name:<18}{size:>8}{old_size:>8}{codec * 1e6:>10.2f}{old_codec * 1e6:>8.2f}"
-              f"{typed * 1e6:>13.2f}{untyped * 1e6:>9.2f}")
+        print(f"{name:<18}{size:>8}{named_size:>7}{old_size:>7}{codes * 1e6:>9.2f}"
+              f"{names * 1e6:>7.2f}{untyped_codec * 1e6:>7.2f}{codes / untyped_codec:>12.2f}x"
+              f"{typed * 1e6:>12.2f}{untyped * 1e6:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -604,3 +604,8 @@ class GetLayout:
 @attrs.frozen(slots=False)
 class LayoutChanged:
     layout: Layout = attrs.field(metadata=transport.check(v.instance_of(Layout)))
+
+
+# Each class above travels as its extension code, not its module and name
+# (transport._codes).
+transport.register_codes(*transport.classes_of(__name__))

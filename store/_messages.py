@@ -349,3 +349,8 @@ class Abort:
 class DropCache:
     """The store runs out of spill candidates: let go of cached leases (the releases
     are sent before the answer)."""
+
+
+# Each class above travels as its extension code, not its module and name
+# (transport._codes).
+transport.register_codes(*transport.classes_of(__name__))

@@ -809,3 +809,87 @@ async def test_a_dispatcher_refuses_in_the_validators_words_what_its_compiled_ch
         stats = dispatcher.statistics()
         assert (stats.malformed, stats.dispatched) == (4, 3)
         nursery.cancel_scope.cancel()
+
+
+def _module_of(name: str, **classes: type) -> Any:
+    """A module in ``sys.modules`` holding ``classes`` (so pickles can name them)."""
+    import sys
+    import types
+
+    module = types.ModuleType(name)
+    for key, cls in classes.items():
+        cls.__module__, cls.__qualname__ = name, key
+        setattr(module, key, cls)
+    sys.modules[name] = module
+    return module
+
+
+def test_registered_classes_travel_as_extension_codes_derived_from_their_names() -> None:
+    import copyreg
+    import pickletools
+
+    @transport.compact
+    @attrs.frozen(slots=False)
+    class Note:
+        text: str
+
+    _module_of("transport_test_codes_a", Note=Note)
+    assert transport.registered_code(Note) is None
+    named = pickle.dumps(Note("hi"), protocol=5)
+    assert b"transport_test_codes_a" in named
+    transport.register_codes(Note)
+    transport.register_codes(Note)  # again: a no-op
+    code = transport.registered_code(Note)
+    assert code == transport.wire_code(Note)
+    assert transport.CODE_BASE <= code < transport.CODE_BASE + transport.CODE_SPAN
+    # The code is the name's: the same in any process, whatever else is registered.
+    assert code == transport.CODE_BASE + (
+        __import__("zlib").crc32(b"transport_test_codes_a:Note") & (transport.CODE_SPAN - 1))
+    coded = pickle.dumps(Note("hi"), protocol=5)
+    assert b"transport_test_codes_a" not in coded and len(coded) < len(named)
+    ops = [op.name for op, _arg, _pos in pickletools.genops(coded)]
+    assert "EXT4" in ops and "STACK_GLOBAL" not in ops
+    assert pickle.loads(coded) == Note("hi")
+    # A process that never registered the code cannot decode it, and says so.
+    copyreg.remove_extension("transport_test_codes_a", "Note", code)
+    with pytest.raises(ValueError, match="unregistered extension code"):
+        pickle.loads(coded)
+    copyreg.add_extension("transport_test_codes_a", "Note", code)
+    assert pickle.loads(coded) == Note("hi")
+
+
+def test_register_codes_refuses_what_no_pickle_can_name_and_names_a_clash() -> None:
+    with pytest.raises(TypeError, match="takes classes, got 'Note'"):
+        transport.register_codes("Note")  # type: ignore[arg-type]
+
+    @attrs.frozen
+    class Local:
+        x: int
+
+    with pytest.raises(TypeError, match="not reachable by its module and qualified name"):
+        transport.register_codes(Local)
+    # Two names whose codes clash (found by search: 22 bits of CRC-32, so a few
+    # thousand names that differ in many bytes share one).
+    import hashlib
+    import zlib
+
+    seen: dict[int, str] = {}
+    module = "transport_test_codes_b"
+    for i in range(100_000):
+        name = "C" + hashlib.sha1(str(i).encode()).hexdigest()[:12]
+        low = zlib.crc32(f"{module}:{name}".encode()) & (transport.CODE_SPAN - 1)
+        if low in seen:
+            first, second = seen[low], name
+            break
+        seen[low] = name
+    else:
+        pytest.fail("no clash found")
+    one = attrs.frozen(type(first, (), {"__annotations__": {"x": "int"}}))
+    two = attrs.frozen(type(second, (), {"__annotations__": {"x": "int"}}))
+    _module_of(module, **{first: one, second: two})
+    transport.register_codes(one)
+    with pytest.raises(ValueError, match=rf"{module}\.{second} and {module}\.{first} have the "
+                                         r"same wire code 0x7a[0-9a-f]+: rename one of them"):
+        transport.register_codes(two)
+    assert transport.registered_code(two) is None
+    assert pickle.loads(pickle.dumps(two(1), protocol=5)) == two(1)  # by name, as before

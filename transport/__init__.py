@@ -27,6 +27,8 @@ signed by the cluster CA, the token handshake inside it; see `_tls.py`.
 Typed messages: a `Dispatcher` is a connection handler that routes each message
 by its (attrs) class to the endpoint's handler for it, and refuses unknown or
 malformed ones with a typed error (`BadMessage`) while the endpoint serves on.
+`register_codes` gives message classes copyreg extension codes, so a pickle names
+each by a number the receiver resolves without an import (see `_codes`).
 
 See `_connection.py` for the concurrency design, `faults` for fault injection.
 """
@@ -35,6 +37,7 @@ from . import faults
 from ._address import Address, parse_address
 from ._certs import create_cluster_certs
 from ._client import Client, connect, open_connection
+from ._codes import CODE_BASE, CODE_SPAN, classes_of, register_codes, registered_code, wire_code
 from ._connection import (
     DEFAULT_MAX_FRAME_SIZE,
     Connection,
@@ -68,6 +71,8 @@ from ._tls import (
 )
 
 __all__ = [
+    "CODE_BASE",
+    "CODE_SPAN",
     "DEFAULT",
     "DEFAULT_MAX_FRAME_SIZE",
     "Address",
@@ -94,6 +99,7 @@ __all__ = [
     "TlsMismatch",
     "TransportError",
     "check",
+    "classes_of",
     "compact",
     "connect",
     "create_cluster_certs",
@@ -103,5 +109,8 @@ __all__ = [
     "is_loopback_host",
     "open_connection",
     "parse_address",
+    "register_codes",
+    "registered_code",
     "set_default_tls",
+    "wire_code",
 ]

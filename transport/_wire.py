@@ -12,6 +12,10 @@ message travels out of band: its bytes are written straight from the sender's me
 frame-sized bytearray the frame was read into, never a copy. (Pickle refuses a
 PickleBuffer over non-contiguous memory; the sender gets that PicklingError.)
 
+Message classes registered with `register_codes` (``_codes``) are written as
+copyreg extension codes (``EXT4``), which the receiver resolves without importing
+their module; everything else pickles as usual.
+
 The request id and kind sit in the header, not in the pickle, so a frame that fails
 to unpickle can still be answered (a request) or routed to its waiter (a reply).
 """

@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+import transport
+
 from ..exceptions import TaskCancelledError
 from . import _serialization
 from ._ids import return_ids
@@ -167,3 +169,7 @@ def cancelled_results(spec: CallSpec, when: str) -> list[tuple[bytes, bool, byte
     payload = _serialization.dumps(
         TaskCancelledError(spec.task_id, f"actor call {spec.name} was cancelled {when}"))
     return [(oid, True, payload) for oid in spec.return_ids()]
+
+
+# The specs ride in messages: they travel as extension codes too (transport._codes).
+transport.register_codes(*transport.classes_of(__name__))

@@ -14,6 +14,8 @@ from typing import Any
 
 import attrs
 
+import transport
+
 __all__ = ["TaskSpec", "ObjectData", "max_frame_size", "RECONNECT_WINDOW", "REJOIN_TIMEOUT",
            "DRIVER_GRACE"]
 
@@ -45,8 +47,6 @@ def max_frame_size() -> int:
     (``ACTORCORE_MAX_FRAME_SIZE``, bytes; default the transport's 512 MiB). Each side
     announces it in the handshake, so a sender knows it (``peer_max_frame_size``);
     tests lower it to reach the limit with small values."""
-    import transport
-
     raw = os.environ.get("ACTORCORE_MAX_FRAME_SIZE")
     if not raw:
         return transport.DEFAULT_MAX_FRAME_SIZE
@@ -120,3 +120,8 @@ class TaskSpec:
             "owner": self.owner.hex(),
             "attempt": self.attempt,
         }
+
+
+# A spec rides in Submit and Execute: it travels as an extension code, like the
+# messages (transport._codes).
+transport.register_codes(TaskSpec)

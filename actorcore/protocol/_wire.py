@@ -958,3 +958,8 @@ class RemoveGroup:
     """*Request* -> the group's coordinator: remove it."""
 
     pg_id: str = attrs.field(metadata=_str)
+
+
+# Each class above travels as its extension code, not its module and name
+# (transport._codes).
+transport.register_codes(*transport.classes_of(__name__))
