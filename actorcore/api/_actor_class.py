@@ -275,7 +275,7 @@ class ActorClass:
             return ActorHandle(spec.actor_id, meta, owned=True, counted=not spec.detached)
         found = request_node(core, CreateNamedActor(spec, bool(options.get("get_if_exists"))))
         if found is not None:  # get_if_exists found the one already there
-            return ActorHandle(found[0], found[1], owned=False)
+            return ActorHandle(found.actor_id, found.meta, owned=False)
         # A named actor lives until it is killed or its owner exits: its handles do not
         # count (anyone can get_actor() it again).
         return ActorHandle(spec.actor_id, meta, owned=False)

@@ -504,8 +504,8 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
         raise ValueError(f"get_actor(namespace={namespace!r}): expected a non-empty str")
     core = _worker_state.auto_core()
     ns = namespace or default_namespace()
-    actor_id, meta = request_node(core, w.LookupActor(name, ns))
-    return ActorHandle(actor_id, meta, owned=False)
+    found = request_node(core, w.LookupActor(name, ns))
+    return ActorHandle(found.actor_id, found.meta, owned=False)
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[str] | list[dict[str, str]]:

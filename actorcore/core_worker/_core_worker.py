@@ -699,7 +699,7 @@ class CoreWorker:
 
     async def _fetch(self, oids: list[bytes]) -> None:
         try:
-            items = await self.conn.request(w.Fetch(oids), timeout=None)
+            items = (await self.conn.request(w.Fetch(oids), timeout=None)).objects
         except Exception as exc:
             err = ActorcoreSystemError(f"fetching {[o.hex() for o in oids]} failed: {exc}")
             items = [(oid, True, _serialization.dumps(err)) for oid in oids]
@@ -945,7 +945,7 @@ class CoreWorker:
         """Ask the node to rebuild ``oid``, lost from its store (core loop); its
         answer once it is ready again: ``(is_error, data)``."""
         try:
-            items = await self.conn.request(w.Rebuild([oid]), timeout=timeout)
+            items = (await self.conn.request(w.Rebuild([oid]), timeout=timeout)).objects
         except Exception as exc:
             err = ObjectLostError(f"object {oid.hex()} is no longer in the node's object "
                                   f"store, and asking the node to rebuild it failed: {exc}")

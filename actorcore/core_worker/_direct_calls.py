@@ -204,13 +204,13 @@ class Route:
         epoch = self.epoch
         try:
             core.flush_now()
-            info = await core.conn.request(w.RouteActor(self.actor_id), timeout=120)
-            if info is None:  # dead, or no direct address: the node path for good
+            route = await core.conn.request(w.RouteActor(self.actor_id), timeout=120)
+            if route is None:  # dead, or no direct address: the node path for good
                 with self.lock:
                     self.failures = MAX_DISCOVERY_FAILURES
                     self.discovering = False
                 return
-            address, incarnation = info
+            address, incarnation = route.address, route.incarnation
             client = transport.Client(address, core.token, name=f"{core.role}-{core.pid}-direct",
                                       handler=self._dispatcher)
             with self.lock:

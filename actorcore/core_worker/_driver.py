@@ -62,7 +62,8 @@ class DriverLoop:
         self.namespace = namespace  # the job's; its tasks ask the node for it
         self.node_process = node_process  # the node of an embedded cluster
         self.core: CoreWorker | None = None
-        self.info: dict[str, Any] = {}
+        #: The node's answer to our `Hello` (None until it came).
+        self.info: w.HelloReply | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._stop: trio.Event | None = None
@@ -173,25 +174,24 @@ class DriverLoop:
                     name = "?"
                 return f"its process was killed by signal {-code} ({name})"
             return f"its process exited with code {code}"
-        pid = self.info.get("pid")
-        if not isinstance(pid, int) or not self.address.startswith("unix:"):
+        pid = self.info.pid if self.info is not None else None
+        if pid is None or not self.address.startswith("unix:"):
             return None  # not on this machine: only the silence tells
         return None if pid_alive(pid) else "its process is gone"
 
     def _node_lost_error(self, lost: BaseException, gone: str | None) -> NodeDiedError:
         """The error every waiting and later call gets once the node is lost."""
         info = self.info
-        node_id = info.get("node_id")
-        node = node_id.hex()[:12] if isinstance(node_id, bytes) else "?"
-        what = "head node" if info.get("head", True) else "node"
-        where = f"the {what} {node} (pid {info.get('pid', '?')}, {self.address})"
+        node = info.node_id.hex()[:12] if info is not None else "?"
+        what = "head node" if info is None or info.head else "node"
+        where = f"the {what} {node} (pid {info.pid if info is not None else '?'}, {self.address})"
         if gone is not None:
             text = f"{where} died: {gone}"
         else:
             text = (f"{where} is unreachable: the link to it was lost and it did not answer "
                     f"for {RECONNECT_WINDOW:g} s (last error: {_leaf(lost)}); it has "
                     f"probably died")
-        log_dir = info.get("log_dir")
+        log_dir = info.log_dir if info is not None else None
         if log_dir:
             text += f". Its logs are in {log_dir} (node.log, node.err)"
             tail = _tail(Path(log_dir) / "node.err", 8)
@@ -226,9 +226,9 @@ class DriverLoop:
         assert core is not None
         await conn.request(
             w.Hello("driver", core.worker_id, os.getpid(),
-                    {"job_id": core.job_id, "log_to_driver": self.log_to_driver, "rejoin": True,
-                     "direct_address": self._direct, "namespace": self.namespace,
-                     "id_prefix": id_prefix()}),
+                    w.HelloInfo(job_id=core.job_id, log_to_driver=self.log_to_driver,
+                                rejoin=True, direct_address=self._direct,
+                                namespace=self.namespace, id_prefix=id_prefix())),
             timeout=30,
         )
         core.reconnected(conn)
@@ -252,9 +252,9 @@ class DriverLoop:
             try:
                 info = await conn.request(
                     w.Hello("driver", worker_id, os.getpid(),
-                            {"job_id": job_id, "log_to_driver": self.log_to_driver,
-                             "direct_address": direct, "namespace": self.namespace,
-                             "id_prefix": id_prefix()}),
+                            w.HelloInfo(job_id=job_id, log_to_driver=self.log_to_driver,
+                                        direct_address=direct, namespace=self.namespace,
+                                        id_prefix=id_prefix())),
                     timeout=30,
                 )
             except Exception as exc:
@@ -267,15 +267,15 @@ class DriverLoop:
                 role="driver",
                 worker_id=worker_id,
                 job_id=job_id,
-                node_id=info["node_id"],
+                node_id=info.node_id,
                 conn=conn,
-                gcs_address=info.get("gcs_address"),
+                gcs_address=info.gcs_address,
                 node_address=self.address,
             )
             self.core = core
             self._conn = conn
             try:
-                await core.serve(outer, info.get("store_address"), self.token)
+                await core.serve(outer, info.store_address, self.token)
             except Exception as exc:
                 self._error = exc
                 self._ready.set()

@@ -49,7 +49,7 @@ import trio
 import transport
 
 from ..protocol._messages import max_frame_size
-from ..protocol._wire import Hello, PeerBatch
+from ..protocol._wire import Hello, HelloInfo, PeerBatch
 from .gcs_client._membership import ClusterView
 
 __all__ = ["NodeLinks", "NodePeers", "PeerUnavailable"]
@@ -361,7 +361,7 @@ class NodePeers:
                     connect_timeout=5.0,
                 )
                 hello = await conn.request(Hello("node", None, os.getpid(),
-                                                 {"node_id": self._node_hex}), timeout=10.0)
+                                                 HelloInfo(node_id=self._node_hex)), timeout=10.0)
             except (transport.TransportError, OSError, trio.TooSlowError) as exc:
                 logger.info("dialling node %s at %s failed: %s", link.node_id[:12],
                             status.address, exc)
@@ -369,7 +369,7 @@ class NodePeers:
                 continue
             # Resume: the peer handled our batches up to ``handled``; the rest go
             # again, in order, before anything new.
-            handled = hello.get("peer_handled", 0) if isinstance(hello, dict) else 0
+            handled = hello.peer_handled
             self.acked(link.node_id, handled)
             resend = collections.deque(entry for entry in link.unacked if entry[0] > handled)
             link.resent += len(resend) - len(link.backlog or ())

@@ -589,7 +589,7 @@ class NodeRuntime:
     def _h_hello(self, conn: Any, m: w.Hello, reply: Any) -> None:
         role, worker_id, pid, info = m.role, m.worker_id, m.pid, m.info
         client = _Client(conn=conn, role=role, worker_id=worker_id, pid=pid,
-                         id_prefix=info.get("id_prefix"))
+                         id_prefix=info.id_prefix)
         previous = self.departed.pop(worker_id, None) if worker_id is not None else None
         if previous is not None:  # a driver back after losing its link
             client.owned = previous.owned
@@ -604,33 +604,30 @@ class NodeRuntime:
                 self.pool.starting -= 1
             self.sched.worker_ready(worker)
         else:
-            client.log_to_driver = bool(info.get("log_to_driver", False))
-            client.direct_address = info.get("direct_address")
-            job_id = info.get("job_id")
+            client.log_to_driver = info.log_to_driver
+            client.direct_address = info.direct_address
+            job_id = info.job_id
             if job_id is not None:
-                self.jobs[job_id] = dict(info, pid=pid, started_at=time.time())
+                self.jobs[job_id] = dict(attrs.asdict(info), pid=pid, started_at=time.time())
                 self.spawn(_quietly, self.control.put_job, job_id.hex(), {"pid": pid, "role": role})
         self.by_conn[conn] = client
         if worker_id is not None:
             self.clients[worker_id] = client
         if self.faults.installed and role != "node":
             self.faults.greet(conn)
-        reply.send(
-            {
-                "node_id": self.node_id,
-                "gcs_address": self.gcs_address,
-                "session_dir": str(self.config.session_dir),
-                "address": self.unix_address,
-                "store_address": self.store_address,
-                # So that a driver can say which node died and where its logs are.
-                "pid": os.getpid(),
-                "head": self.config.head,
-                "log_dir": str(self.config.session_dir / "logs"),
-                # A node resumes its numbered batches after the last one handled here.
-                "peer_handled": self.peers.handled.get(info.get("node_id", ""), 0)
-                if role == "node" and isinstance(info, dict) else 0,
-            }
-        )
+        reply.send(w.HelloReply(
+            node_id=self.node_id,
+            address=self.unix_address,
+            store_address=self.store_address,
+            gcs_address=self.gcs_address,
+            session_dir=str(self.config.session_dir),
+            # So that a driver can say which node died and where its logs are.
+            log_dir=str(self.config.session_dir / "logs"),
+            pid=os.getpid(),
+            head=self.config.head,
+            # A node resumes its numbered batches after the last one handled here.
+            peer_handled=self.peers.handled.get(info.node_id or "", 0) if role == "node" else 0,
+        ))
 
     def _h_bye(self, conn: Any, m: w.Bye) -> None:
         """A driver shuts down: when its link closes, it is gone (no grace period)."""

@@ -10,12 +10,13 @@ a one-way message is logged and dropped, and the endpoint keeps serving. The sto
 (``store._messages``) and the GCS (``gcs._messages``) speak the same way.
 
 Core worker (driver or worker) -> node, one-way unless marked *request*:
-  `Hello`            *request*: register the link (answered with the node's facts)
+  `Hello`            *request*: register the link (`HelloInfo`: the role's extras;
+                     answered with a `HelloReply`, the node's facts)
   `Bye`              a driver shuts down: no grace period when its link closes
   `Export`           a function, sent once before use
   `Submit`           a batch of `TaskSpec`, `ActorSpec` and `CallSpec`, in order
   `Put`              a batch of put objects (also the large arguments of a call)
-  `Fetch`            *request*: answered once every object is ready
+  `Fetch`            *request*: answered once every object is ready (`FetchedObjects`)
   `Rebuild`          *request*: a reader found these objects gone from the store
   `Free`             the owner dropped these objects
   `CancelTask`       cancel a task (and, ``recursive``, the tasks it submitted)
@@ -27,6 +28,7 @@ Core worker (driver or worker) -> node, one-way unless marked *request*:
   `CancelActorCall`  ``cancel(ref)`` of an actor call sent through the node
   `CreateNamedActor`, `LookupActor`, `RouteActor`, `KillActor`, `GetActorState`,
   `ListActors`, `ActorNames`, `StartSupervisor`  *requests* of the actor manager
+                     (answers: `ActorFound`, `ActorRoute`)
 Worker -> node:
   `TaskDone`         a task's results (``pushed``: they went to their owner too)
   `StreamItems`      values a generator yielded
@@ -100,9 +102,11 @@ __all__ = [
     "ActorDone",
     "ActorDoneDirect",
     "ActorExit",
+    "ActorFound",
     "ActorLog",
     "ActorNames",
     "ActorReady",
+    "ActorRoute",
     "ActorUp",
     "AdminCall",
     "Blocked",
@@ -125,6 +129,7 @@ __all__ = [
     "FaultRules",
     "Fetch",
     "FetchFromOwner",
+    "FetchedObjects",
     "ForwardTasks",
     "ForwardedLog",
     "ForwardedResults",
@@ -135,6 +140,8 @@ __all__ = [
     "GetPlacementGroup",
     "GetTransferStatistics",
     "Hello",
+    "HelloInfo",
+    "HelloReply",
     "HoldActor",
     "InterruptTask",
     "KillActor",
@@ -145,6 +152,7 @@ __all__ = [
     "OwnsPrefix",
     "PayloadChunk",
     "PayloadInfo",
+    "PeerAck",
     "PeerBatch",
     "PlacementGroupTable",
     "PrepareBundles",
@@ -164,8 +172,8 @@ __all__ = [
     "RemoteActorKill",
     "RemoteActorSpec",
     "RemoveGroup",
-    "ReportLost",
     "RemovePlacementGroup",
+    "ReportLost",
     "RouteActor",
     "SlowChunks",
     "StartSupervisor",
@@ -201,17 +209,51 @@ def _spec(kind: str) -> dict[str, Any]:
 # -- core worker -> node ---------------------------------------------------------------
 
 
+def _nested(cls: type) -> dict[str, Any]:
+    """A field holding a ``cls`` whose own fields' checks run too (a dispatcher
+    checks the fields of the message it routes, not those of what they hold)."""
+    checks = [(a, a.metadata["check"]) for a in attrs.fields(cls) if "check" in a.metadata]
+
+    def is_checked(instance: Any, attribute: Any, value: Any) -> None:
+        if type(value) is not cls:
+            raise TypeError(f"'{attribute.name}' must be a {cls.__name__}, got {value!r:.100}")
+        for field, field_check in checks:
+            try:
+                field_check(value, field, getattr(value, field.name))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"in '{attribute.name}': {exc.args[0] if exc.args else exc}") \
+                    from None
+
+    return check(is_checked)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class HelloInfo:
+    """What `Hello` tells beyond the role: ``id_prefix``, the prefix of the ids the
+    process makes (every role but a node); a node's ``node_id`` (hex); a driver's
+    ``job_id``, ``log_to_driver``, ``direct_address`` (where its node's workers push
+    its results), ``namespace``, and ``rejoin`` (back after losing its link)."""
+
+    id_prefix: bytes | None = attrs.field(default=None, metadata=_opt_id)
+    node_id: str | None = attrs.field(default=None, metadata=_opt_str)
+    job_id: bytes | None = attrs.field(default=None, metadata=_opt_id)
+    log_to_driver: bool = attrs.field(default=False, metadata=_flag)
+    direct_address: str | None = attrs.field(default=None, metadata=_opt_str)
+    namespace: str | None = attrs.field(default=None, metadata=_opt_str)
+    rejoin: bool = attrs.field(default=False, metadata=_flag)
+
+
 @transport.compact
 @attrs.frozen(slots=False)
 class Hello:
-    """Register a link: ``role`` is ``driver``, ``worker``, ``actor_worker`` or
-    ``node``; ``info`` holds the role's extras (``id_prefix``, a driver's
-    ``job_id``, ``log_to_driver``, ``direct_address``, ``namespace``, ``rejoin``)."""
+    """*Request*: register a link: ``role`` is ``driver``, ``worker``,
+    ``actor_worker`` or ``node``; answered with a `HelloReply`."""
 
     role: str = attrs.field(metadata=_str)
     worker_id: bytes | None = attrs.field(metadata=_opt_id)
     pid: int = attrs.field(metadata=_int)
-    info: dict = attrs.field(metadata=_dict)
+    info: HelloInfo = attrs.field(factory=HelloInfo, metadata=_nested(HelloInfo))
 
 
 @attrs.frozen(slots=False)
@@ -348,7 +390,7 @@ class CancelActorCall:
 @attrs.frozen(slots=False)
 class CreateNamedActor:
     """*Request*: create a named (or detached) actor, answered once the name is
-    taken: ``(actor_id, ClassMeta)`` of the actor holding it, or an error."""
+    taken: None, or (``get_if_exists``) the `ActorFound` holding it, or an error."""
 
     spec: Any = attrs.field(metadata=_spec("ActorSpec"))
     get_if_exists: bool = attrs.field(metadata=_flag)
@@ -356,7 +398,7 @@ class CreateNamedActor:
 
 @attrs.frozen(slots=False)
 class LookupActor:
-    """*Request*: ``get_actor(name, namespace)`` -> ``(actor_id, ClassMeta)``."""
+    """*Request*: ``get_actor(name, namespace)`` -> `ActorFound`."""
 
     name: str = attrs.field(metadata=_str)
     namespace: str = attrs.field(metadata=_str)
@@ -364,8 +406,8 @@ class LookupActor:
 
 @attrs.frozen(slots=False)
 class RouteActor:
-    """*Request*: where callers reach the actor directly: ``(address,
-    incarnation)``, or None (through the node)."""
+    """*Request*: where callers reach the actor directly: an `ActorRoute`, or None
+    (through the node)."""
 
     actor_id: bytes = attrs.field(metadata=_id)
 
@@ -958,6 +1000,61 @@ class RemoveGroup:
     """*Request* -> the group's coordinator: remove it."""
 
     pg_id: str = attrs.field(metadata=_str)
+
+
+# -- replies ---------------------------------------------------------------------------------
+#
+# What the requests above are answered with, where the answer has fields. A reply
+# wakes the request that waits for it and is never dispatched, so no registry checks
+# it; it is typed so that both ends name its fields instead of counting them.
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class HelloReply:
+    """The node's answer to `Hello`: its facts, for errors that name it (``pid``,
+    ``head``, ``log_dir``) and the links the process opens next (``store_address``,
+    ``gcs_address``). ``peer_handled``, to a node: the last of its numbered batches
+    handled here (it resends those after)."""
+
+    node_id: bytes
+    address: str
+    store_address: str
+    gcs_address: str | None
+    session_dir: str
+    log_dir: str
+    pid: int
+    head: bool
+    peer_handled: int = 0
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class FetchedObjects:
+    """The answer to `Fetch` and `Rebuild`: ``[(object_id, is_error, data), ...]``,
+    in the order asked."""
+
+    objects: list
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ActorRoute:
+    """The answer to `RouteActor` when callers may reach the actor directly (else
+    None): its process's ``address`` and the ``incarnation`` that listens there."""
+
+    address: str
+    incarnation: int
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ActorFound:
+    """The answer to `LookupActor`, and to `CreateNamedActor` with ``get_if_exists``
+    when the name is taken: the actor's id and its class's ``ClassMeta``."""
+
+    actor_id: bytes
+    meta: Any
 
 
 # Each class above travels as its extension code, not its module and name

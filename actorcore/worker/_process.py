@@ -286,9 +286,10 @@ class WorkerProcess:
     async def hello(self, role: str, conn: Any) -> None:
         """Register with the node (it may send work at once) and learn the GCS address."""
         assert self.core is not None
-        info = await conn.request(
-            w.Hello(role, self.worker_id, os.getpid(), {"id_prefix": id_prefix()}), timeout=30)
-        self.core.gcs_address = info.get("gcs_address")
+        welcome = await conn.request(
+            w.Hello(role, self.worker_id, os.getpid(), w.HelloInfo(id_prefix=id_prefix())),
+            timeout=30)
+        self.core.gcs_address = welcome.gcs_address
 
 
 class MainThread:

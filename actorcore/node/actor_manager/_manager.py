@@ -196,7 +196,7 @@ class ActorManager:
             other = self.names.get(key)
             if other is not None:
                 if get_if_exists:
-                    reply.send((other, self.actors[other].spec.meta))
+                    reply.send(w.ActorFound(other, self.actors[other].spec.meta))
                 else:
                     reply.fail(ValueError(
                         f"actor name {spec.name!r} is already taken in namespace "
@@ -370,7 +370,7 @@ class ActorManager:
             if rec.state == "dead":
                 raise ValueError(f"there is no live actor named {name!r} in namespace "
                                  f"{ns!r} (it died: {rec.cause})")
-            reply.send((aid, rec.spec.meta))
+            reply.send(w.ActorFound(aid, rec.spec.meta))
         except trio.TooSlowError:
             reply.fail(TimeoutError(f"the actor named {name!r} in namespace {ns!r} was "
                                     f"not reachable within 30 s"))
@@ -741,8 +741,8 @@ class ActorManager:
         self.node.directory.put_many(results)
 
     def _route(self, actor_id: bytes, reply: Any) -> None:
-        """Where callers can reach the actor directly: ``(address, incarnation)``
-        once it is alive, ``None`` if it is dead (or cannot be reached directly)."""
+        """Where callers can reach the actor directly: an `ActorRoute` once it is
+        alive, ``None`` if it is dead (or cannot be reached directly)."""
         rec = self.actors.get(actor_id)
 
         def answer() -> bool:
@@ -753,7 +753,7 @@ class ActorManager:
                 # Lightweight actors (a shared process) stay on the node path: one
                 # link per caller and actor would cost more than it saves there.
                 direct = rec.worker.direct_address if not rec.worker.shared else None
-                reply.send((direct, rec.incarnation) if direct else None)
+                reply.send(w.ActorRoute(direct, rec.incarnation) if direct else None)
             else:
                 return False
             return True
@@ -841,7 +841,7 @@ class ActorManager:
                 self._spawn_task(self._lookup_cluster, name, ns, reply)
                 return
             raise ValueError(f"there is no live actor named {name!r} in namespace {ns!r}")
-        reply.send((aid, self.actors[aid].spec.meta))
+        reply.send(w.ActorFound(aid, self.actors[aid].spec.meta))
 
     def _h_kill(self, conn: Any, m: w.KillActor, reply: Any) -> None:
         self.kill(m.actor_id, m.no_restart)

@@ -222,7 +222,7 @@ class NodeObjects:
 
                         err = ObjectLostError(f"object {oid.hex()} was freed by its owner")
                         items.append((oid, True, _serialization.dumps(err)))
-                reply.send(items)
+                reply.send(w.FetchedObjects(items))
 
         for oid in oids:
             directory.when_ready(oid, functools.partial(one, oid))
