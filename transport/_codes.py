@@ -40,6 +40,12 @@ of the classes, and no handshake carries a table:
 * Two names that hash alike are refused here, at import, in every process
   (`register_codes` raises naming both), so a clash cannot ship: the test suite
   imports every vocabulary.
+* The rule this adds: a process decodes the codes of the vocabularies it imported
+  (each registers its classes at its end), where a class name would have imported
+  its module on demand. Every process that speaks a vocabulary imports it to speak
+  it; a pickle of a registered class read by a process that never imported its
+  module (none today: stored GCS values are decoded by the nodes and drivers that
+  wrote them) would fail as an unregistered code, loudly.
 
 The range: copyreg's own table (``copyreg.py``) reserves codes 1-255 (the standard
 library, Zope, third parties, and 240-255 for private use) and calls everything from
