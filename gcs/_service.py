@@ -97,6 +97,10 @@ class ReplicaFaults:
     generation: int = 0
     #: The replica services whose process answers commands now.
     attached: set[ReplicaService] = attrs.Factory(set)
+    # One command at a time, to every process, answered before the next: tasks that
+    # send concurrently could reach a process in another order than they were
+    # recorded (an install after its heal would stay for good).
+    lock: trio.Lock = attrs.Factory(trio.Lock)
 
     def record(self, command: dict[str, Any]) -> None:
         """Keep what ``command`` changes (checked first: a bad rule goes nowhere)."""
@@ -118,7 +122,11 @@ class ReplicaFaults:
         """Record ``command`` and run it in every replica process; their answers by
         replica name (``"failed: ..."`` for one that did not answer: it died, and
         its replacement starts with the table)."""
-        self.record(command)
+        async with self.lock:
+            self.record(command)
+            return await self._send(command)
+
+    async def _send(self, command: dict[str, Any]) -> dict[str, Any]:
         done: dict[str, Any] = {}
 
         async def one(service: ReplicaService) -> None:
@@ -461,10 +469,12 @@ class ReplicaService:
 
     async def _resync(self) -> None:
         """Give the process the whole table (after a start that raced a command)."""
+        faults = self.plan.faults
         try:
-            await self.fault_command({"op": "clear"})
-            for tag, rules in list(self.plan.faults.installed.items()):
-                await self.fault_command({"op": "install", "tag": tag, "rules": rules})
+            async with faults.lock:  # (the table cannot change meanwhile)
+                await self.fault_command({"op": "clear"})
+                for tag, rules in list(faults.installed.items()):
+                    await self.fault_command({"op": "install", "tag": tag, "rules": rules})
         except (ReplicaProcessDied, trio.TooSlowError, ValueError) as exc:
             logger.warning("fault rules for GCS replica %s: %s", self.name, exc)
 
@@ -480,7 +490,12 @@ class ReplicaService:
                     if not text.startswith(ANSWER):
                         logger.info("GCS replica %s said %r", self.name, text[:200])
                         continue
-                    answer = json.loads(text[len(ANSWER):])
+                    try:
+                        answer = json.loads(text[len(ANSWER):])
+                    except ValueError:
+                        logger.warning("GCS replica %s: a garbled answer %r", self.name,
+                                       text[:200])
+                        continue
                     send = self._answers.get(answer.get("id"))
                     if send is not None:
                         send.send_nowait(answer)

@@ -152,6 +152,26 @@ def test_heal_all_reaches_the_replica_processes(chain_of_three):
     assert actorcore.get(plus_one.remote(2), timeout=30) == 3
 
 
+def test_a_replica_started_later_gets_the_rules_in_force(chain_of_three):
+    cluster = chain_of_three
+    token = cluster.head_node.process.token
+    _until(lambda: _whole(cluster, token), what="the chain whole")
+    slot = "gcs/shard_0/replica_2"
+    old = _slots(cluster)[slot]
+    # A rule that matches no link (nothing is named so): harmless, and countable.
+    fault = faults.delay(0.001, a="gcs/shard_0/replica_*", b="gcs/nothing-*", both=False)
+    faults.kill(slot)
+    new = _until(lambda: (e := _slots(cluster)[slot])["state"] == "running"
+                 and e.get("replica") not in (None, old["replica"]) and e,
+                 what="the replica slot restarted")
+    done = fault.heal()
+    # The new process had the rule from its start (its launch parameters): it
+    # removed one rule, as the other two did.
+    assert done[f"gcs/{new['replica']}"] == 1, done
+    assert sorted(v for k, v in done.items() if k.startswith("gcs/")) == [1, 1, 1], done
+    _until(lambda: _whole(cluster, token), what="the chain whole again")
+
+
 def test_bad_replica_slot_names_are_refused(chain_of_three):
     with pytest.raises(ValueError, match="'gcs/shard_x/replica_1'.*gcs/shard_<i>/replica_<j>"):
         faults.partition("gcs/shard_x/replica_1", "gcs")

@@ -141,13 +141,16 @@ class LinkFault:
                       f"{len(rules)} rule(s) in {where(done)} and their processes",
                       True, seed, step))
 
-    def heal(self) -> None:
-        """Remove the rules everywhere."""
+    def heal(self) -> dict:
+        """Remove the rules everywhere; returns how many each process removed (node
+        ids, and ``gcs/<replica>`` for GCS replica processes), ``{}`` if healed
+        before."""
         if self.healed:
-            return
+            return {}
         self.healed = True
-        self.faults._rules({"op": "heal", "tag": self.tag})
+        done = dict(self.faults._rules({"op": "heal", "tag": self.tag}))
         note(Injected(time.time(), "heal", self.target, f"{self.kind} healed"))
+        return done
 
     def __enter__(self) -> LinkFault:
         return self
