@@ -13,7 +13,9 @@ calls made. Results must be exact, no round may hang, and nothing is left behind
 
 ``ACTORCORE_SOAK_SEED`` seeds the kill times, ``ACTORCORE_SOAK_SECONDS`` the
 length (default 120), ``ACTORCORE_SOAK_NODE_KILLS`` the least number of node kills
-(default 4; the soak goes on until both are reached).
+(default 4; the soak goes on until both are reached), ``ACTORCORE_SOAK_KINDS`` (a
+list, or ``all``) runs the soak's seeded schedule of those kinds beside the node
+kills, ``ACTORCORE_SOAK_KILL_GAP`` the longest gap between kills (default 8 s).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from actorcore.testing import Cluster, faults
 
 from .test_chaos_soak import (
     ARRAY,
+    KINDS,
     LEAVES,
     SEED,
     Ledger,
@@ -88,7 +91,9 @@ def _submit(r: int, rec, ledger, calls: list[int]):
 def test_chaos_soak_node_kills():
     seconds = float(os.environ.get("ACTORCORE_SOAK_SECONDS", "120"))
     least = int(os.environ.get("ACTORCORE_SOAK_NODE_KILLS", "4"))
+    gap = float(os.environ.get("ACTORCORE_SOAK_KILL_GAP", "8"))
     rng = random.Random(SEED)
+    sched = None
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "env_vars": ENV})
     pids: set[int] = set()
     segments: set[str] = set()
@@ -104,7 +109,10 @@ def test_chaos_soak_node_kills():
         calls: list[int] = []
         checked = _submit(0, rec, ledger, calls)(timeout=120.0)  # warm: exported, placed
         rounds = 1
-        next_kill = time.monotonic() + rng.uniform(1.0, 4.0)
+        if KINDS:
+            sched = faults.schedule(seed=SEED, kinds=KINDS, rate=1.0, duration=seconds,
+                                    hold=0.3)
+        next_kill = time.monotonic() + rng.uniform(gap / 8, gap / 2)
         while time.monotonic() - started < seconds or len(kills) < least:
             for _p, e in faults.Faults().paths():
                 if e.get("pid"):
@@ -120,9 +128,11 @@ def test_chaos_soak_node_kills():
                 cluster.remove_node(far)  # reaped, its shared memory freed
                 far = cluster.add_node(num_cpus=1, resources={FAR: 1000}, env_vars=ENV)
                 sessions.add(far.session_dir.name)
-                next_kill = time.monotonic() + rng.uniform(2.0, 8.0)
+                next_kill = time.monotonic() + rng.uniform(gap / 4, gap)
             checked += check(timeout=120.0)
             rounds += 1
+        if sched is not None:
+            sched.stop()
         # A last round on the replacement, without a kill: the Recorder has a
         # history since its last restart (a restart after its last call empties it).
         checked += _submit(rounds, rec, ledger, calls)(timeout=120.0)
@@ -137,7 +147,12 @@ def test_chaos_soak_node_kills():
         print(f"\nnode-kill soak seed {SEED}: {rounds} rounds, {checked} results checked, "
               f"{time.monotonic() - started:.1f} s; nodes killed {len(kills)}: "
               + "; ".join(kills))
+        if sched is not None:
+            print(f"beside them, seed {SEED}: {sched.summary()}; failed injections "
+                  f"{len([e for e in sched.record if not e.ok])}")
     finally:
+        if sched is not None:
+            sched.stop()
         actorcore.shutdown()
         cluster.shutdown()
     assert segments, "the cluster's shared memory was not seen"
