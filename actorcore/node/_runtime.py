@@ -143,6 +143,8 @@ class NodeRuntime:
         self.started_at = time.time()
         self.unix_address = f"unix:{config.session_dir / 'sockets' / 'node.sock'}"
         self.tcp_address: str | None = None
+        #: The GCS this head runs (``gcs.GcsPlan``, set by the tree), else None.
+        self.gcs_plan: Any = None
         # puts, fetches, frees, store refs, the lineage kept for rebuilding objects
         self.objects = NodeObjects(self, lineage_cap(config))
         self.directory = ObjectDirectory(on_drop=self.objects.on_object_dropped)
