@@ -413,7 +413,7 @@ class ObjectStoreService:
 
     def _on_contains(self, conn: transport.Connection, msg: m.Contains,
                      reply: transport.Reply) -> None:
-        reply.send(self._running_core().visible(msg.object_id) is not None)
+        reply.send(self._running_core().contains(msg.object_id))
 
     def _on_pin(self, conn: transport.Connection, msg: m.Pin, reply: transport.Reply) -> None:
         self._running_core().pin(conn, msg.object_id)
