@@ -49,7 +49,7 @@ from ...core_worker._store_link import STORE
 from ...exceptions import ObjectLostError, ObjectStoreFullError, OwnerDiedError
 from ...protocol import _serialization
 from ...protocol import _wire as w
-from ...protocol._ids import owner_prefix, short, task_id_of
+from ...protocol._ids import is_stream_item, owner_prefix, short, task_id_of
 from .._peers import PeerUnavailable
 from ..gcs_client._membership import NodeStatus
 
@@ -138,6 +138,19 @@ class RemoteObjects:
         """A forwarded task's ``results`` came back from ``sender``: into the
         directory (after a pull, for the large ones), then to their owner."""
         node = self.node
+        if results and is_stream_item(results[0][0]):
+            # A generator's items: counted in its lineage here; those a rebuild's
+            # re-run yields again but nobody holds are let go (their copies too).
+            entries = node.directory.entries
+            ids = [r[0] for r in results]
+            unwanted = node.objects.lineage.items_made(ids, {o for o in ids if o in entries})
+            if unwanted:
+                gone = set(unwanted)
+                results = [r for r in results if r[0] not in gone]
+                try:
+                    node.peers.send(sender, w.FreeCopies(unwanted))
+                except PeerUnavailable:
+                    pass
         inline = []
         stored = []
         for item in results:
