@@ -295,13 +295,7 @@ class RemoteObjects:
                     f"object {oid.hex()} is lost: the node holding it for its owner "
                     f"({target[:12]}) died or left before it could be fetched ({exc})"))
             return
-        for oid, is_error, data, locations in items:
-            if locations is None:
-                self.fetching.pop(oid, None)
-                self.fetched += 1
-                node.directory.put(oid, is_error, data)
-            else:
-                node.spawn(self._pull, oid, list(locations), False, target)
+        self._take_answers(items, target)
 
     async def _pull(self, oid: bytes, locations: list[str], home: bool = False,
                     owner: str | None = None) -> bool:
@@ -369,13 +363,21 @@ class RemoteObjects:
                 f"object {oid.hex()} could not be copied here ({why}), and its owner's "
                 f"node {owner[:12]} could not be asked to rebuild it: {exc}"))
             return
-        for got, is_error, data, locations in items:
+        self._take_answers(items, None)  # no third time: a failed pull is the error
+
+    def _take_answers(self, items: list, owner: str | None) -> None:
+        """The owner's node answered a `FetchFromOwner` or a `ReportLost` with
+        ``items``: a value or error goes into the directory; a large value is
+        pulled from the nodes named (``owner``: the node to tell if every copy
+        fails, `ReportLost`; None: the pull's failure is the object's error)."""
+        node = self.node
+        for oid, is_error, data, locations in items:
             if locations is None:
-                self.fetching.pop(got, None)
+                self.fetching.pop(oid, None)
                 self.fetched += 1
-                node.directory.put(got, is_error, data)
+                node.directory.put(oid, is_error, data)
             else:
-                await self._pull(got, list(locations))
+                node.spawn(self._pull, oid, list(locations), False, owner)
 
     def _put_error(self, oid: bytes, error: BaseException) -> None:
         self.fetching.pop(oid, None)
