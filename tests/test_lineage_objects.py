@@ -303,6 +303,32 @@ def test_node_loss_chain_with_dropped_intermediates(nodes, tmp_path):
     assert ray.get(noop.remote(), timeout=30) == 1
 
 
+@ray.remote(num_returns="streaming", max_retries=2)
+def big_items(tag: str, log: str, n: int):
+    with open(log, "a") as f:
+        f.write(tag + "\n")
+    for i in range(n):
+        yield np.full(2 * MB, 20 + i, dtype=np.uint8)
+
+
+def test_node_loss_streaming_generator_items_rebuilt_elsewhere(nodes, tmp_path):
+    """The items of a streaming generator that ran on a node killed while they were
+    copied home are rebuilt by re-running the generator on another node."""
+    log = str(tmp_path / "runs.log")
+    b = nodes.add_node(num_cpus=1, env_vars=FAST)
+    node_call(nodes, b, SlowChunks(30.0))
+    nodes.connect()
+    gen = big_items.remote("g", log, 2)
+    _lose_node_mid_copy(nodes, b, 1)
+    refs = list(gen)
+    assert len(refs) == 2
+    for i, ref in enumerate(refs):
+        value = ray.get(ref, timeout=90)
+        assert value.shape == (2 * MB,) and value[0] == 20 + i and value[-1] == 20 + i
+    assert _runs(tmp_path / "runs.log") == {"g": 2}
+    assert ray.get(noop.remote(), timeout=30) == 1
+
+
 @ray.remote
 def put_inside() -> list:
     return [ray.put(np.ones(2 * MB, dtype=np.uint8))]

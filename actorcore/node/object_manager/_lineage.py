@@ -140,8 +140,10 @@ class Lineage:
         self.evicted_live: dict[bytes, int] = {}
         #: tasks being re-run to rebuild a return.
         self.rebuilding: set[bytes] = set()
-        #: generator task id -> the items counted in its record's references.
+        #: generator task id -> the items counted in its record's references, and
+        #: how many items its runs were seen to yield (the highest index + 1).
         self.items: dict[bytes, set[bytes]] = {}
+        self.yielded: dict[bytes, int] = {}
         #: generator task id being re-run -> its lost items, checked at its end,
         #: and those found lost while it ran (they may have been yielded already).
         self.lost_items: dict[bytes, list[bytes]] = {}
@@ -206,14 +208,20 @@ class Lineage:
             return []
         counted = self.items.setdefault(tid, set())
         rerun = tid in self.rebuilding
+        yielded = self.yielded.get(tid, 0)
         unwanted = []
         for oid in oids:
-            if oid in counted:
-                continue
-            if rerun and oid not in existed:
+            index = _item_index(oid)
+            if index >= yielded:
+                yielded = index + 1
+            elif rerun and oid not in counted and oid not in existed:
+                # Seen before and let go since: nobody holds it. (One past what an
+                # earlier run was seen to yield is new: its owner may still iterate
+                # to it.)
                 unwanted.append(oid)
                 continue
             self._count(oid, counted)
+        self.yielded[tid] = yielded
         if not counted:
             del self.items[tid]
         return unwanted
@@ -253,6 +261,7 @@ class Lineage:
                 if left is not None:
                     if left <= 1:
                         del self.evicted_live[t]
+                        self.yielded.pop(t, None)
                         self.node.control.lineage_done(t)
                     else:
                         self.evicted_live[t] = left - 1
@@ -261,6 +270,7 @@ class Lineage:
             if rec.refs > 0:
                 continue
             del records[t]
+            self.yielded.pop(t, None)
             self.node.control.lineage_done(t)
             stack.extend(rec.holds)
 
@@ -316,6 +326,8 @@ class Lineage:
                 if joined is not None and oid not in joined:
                     joined.append(oid)
             return
+        if self._join_run(oid, why, dry=dry):
+            return
         spec = self._check(oid, why)
         visiting.add(tid)
         # Arguments first: one that left the directory (its owner freed it) is
@@ -369,36 +381,77 @@ class Lineage:
             directory.free(rebuilt_args)
 
         def done(end: Any) -> None:
-            self.rebuilding.discard(tid)
-            directory.unpin(pinned)
-            lost = self.lost_items.pop(tid, ())
-            joined = self.joined_items.pop(tid, ())
-            for item in lost:
-                e = directory.entries.get(item)
-                if e is not None and not e.ready:
-                    self.failed += 1
-                    directory.put(item, True, _serialization.dumps(
-                        ObjectReconstructionFailedError(
-                            f"object {item.hex()} is lost ({why}) and cannot be rebuilt: "
-                            f"re-running its generator task {spec.name} ({tid.hex()}) "
-                            f"{'ended with an error' if end.is_error else 'ended'} "
-                            f"without yielding item {_item_index(item)} again (a "
-                            f"generator must yield the same items each run to be "
-                            f"rebuilt)")))
-            # An item lost while the re-run ran may have been yielded before it was
-            # found lost (its put then changed nothing): it needs a run of its own.
-            for item in joined:
-                e = directory.entries.get(item)
-                if e is not None and not e.ready:
-                    err = self.reconstruct(item, why)
-                    if err is not None:
-                        directory.put(item, True, _serialization.dumps(err))
+            self._ended(tid, spec, why, end, pinned)
 
         directory.when_ready(watch, done)
         logger.info("rebuilding object %s: re-running task %s (attempt %d, %s retries "
                     "left) because %s", oid.hex(), spec.name, spec.attempt + 1,
                     "unlimited" if spec.max_retries < 0 else spec.max_retries, why)
         node.sched.submit(spec)
+
+    def _join_run(self, oid: bytes, why: str, *, dry: bool) -> bool:
+        """``oid`` is an item of a generator task that has not ended (its end is
+        pending: it runs, or is retried after its worker or node died): no new run;
+        the one under way may yield it again, and if it ends without doing so
+        (the item came before it was lost) a run of its own rebuilds it then.
+        Whether it was so."""
+        if not is_stream_item(oid):
+            return False
+        tid = task_id_of(oid)
+        rec = self.records.get(tid)
+        if rec is None:
+            return False
+        directory = self.node.directory
+        end = rec.spec.return_ids()[0]
+        e = directory.entries.get(end)
+        if e is None or e.ready:
+            return False
+        if dry:
+            return True
+        self.rebuilding.add(tid)
+        self._reset(oid)
+        self.node.remote.forget_locations([oid])
+        self.lost_items[tid] = []
+        self.joined_items[tid] = [oid]
+        logger.info("object %s is lost (%s): its generator task %s has not ended, and "
+                    "may yield it again", oid.hex(), why, rec.spec.name)
+        directory.when_ready(end, lambda end_entry: self._ended(tid, rec.spec, why,
+                                                               end_entry, []))
+        return True
+
+    def _ended(self, tid: bytes, spec: TaskSpec, why: str, end: Any,
+               pinned: list[bytes]) -> None:
+        """The run that rebuilds task ``tid``'s returns ended (``end``: its end's
+        entry, for a generator; else the lost return's)."""
+        directory = self.node.directory
+        self.rebuilding.discard(tid)
+        directory.unpin(pinned)
+        # An item the run made on another node may still be on its way here (its
+        # end, a small value, overtakes its copy): that copy makes it ready, or
+        # fails and rebuilds it (``_remote``).
+        coming = self.node.remote.locations
+        lost = [i for i in self.lost_items.pop(tid, ()) if i not in coming]
+        joined = [i for i in self.joined_items.pop(tid, ()) if i not in coming]
+        for item in lost:
+            e = directory.entries.get(item)
+            if e is not None and not e.ready:
+                self.failed += 1
+                directory.put(item, True, _serialization.dumps(
+                    ObjectReconstructionFailedError(
+                        f"object {item.hex()} is lost ({why}) and cannot be rebuilt: "
+                        f"re-running its generator task {spec.name} ({tid.hex()}) "
+                        f"{'ended with an error' if end.is_error else 'ended'} "
+                        f"without yielding item {_item_index(item)} again (a "
+                        f"generator must yield the same items each run to be "
+                        f"rebuilt)")))
+        # An item lost while the run went on may have been yielded before it was
+        # found lost (its put then changed nothing): it needs a run of its own.
+        for item in joined:
+            e = directory.entries.get(item)
+            if e is not None and not e.ready:
+                err = self.reconstruct(item, why)
+                if err is not None:
+                    directory.put(item, True, _serialization.dumps(err))
 
     def _reset(self, oid: bytes) -> None:
         """``oid`` pending again; counted again if it had left the directory."""
