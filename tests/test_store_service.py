@@ -252,8 +252,11 @@ async def test_refs_count_only_objects_the_store_has(tmp_path, prefix):
             assert spilled
             lost = next(b"s%d" % i for i in range(4) if (b"s%d" % i).hex() in spilled[0])
             os.unlink(spill / spilled[0])
+            kept = [b"s%d" % i for i in range(4) if b"s%d" % i != lost]
+            # Asking finds it lost as reading does (the file is checked).
+            assert await client.missing([*kept, lost, b"never"]) == [lost, b"never"]
             with pytest.raises(store.ObjectNotFoundError):
-                await client.get(lost)
+                await client.get(lost, timeout=0)  # gone: a get without a wait says so
             assert not await client.contains(lost)
             # Rebuilt under the same id: only its new writer's ref holds it.
             await client.remove_ref(lost)

@@ -1007,7 +1007,8 @@ class CoreWorker:
     # starts its rebuild, as a ``get`` would. Its entry here says ``STORE`` (the
     # value is in this node's store), so the entries a wait would report ready with
     # that marker are checked with the store first (one round trip for them all;
-    # small values travel inline and cannot be lost). One found missing becomes
+    # small values travel inline and cannot be lost; a value this process holds a
+    # view of cannot be lost either, and needs no asking). One found missing becomes
     # pending again and the node is asked for it (`Rebuild`: it pulls it from
     # another node or re-runs its task, or answers the error saying why not); the
     # answer makes it ready again, and the wait goes on as for any pending object.
@@ -1019,12 +1020,14 @@ class CoreWorker:
         for). Returns whether any was missing."""
         if self.store is None or self._closed or self._in_loop():
             return False
+        client = self.store.client
+        holds = client.holds if client is not None else None
         check = []
         seen = 0
         for oid, e, ready in zip(oids, found, flags, strict=True):
             if not ready or e is None:
                 continue
-            if not e.is_error and e.data == STORE:
+            if not e.is_error and e.data == STORE and not (holds is not None and holds(oid)):
                 check.append(oid)
             seen += 1
             if seen >= num_returns:
@@ -1038,20 +1041,11 @@ class CoreWorker:
         each made pending again while the node rebuilds it (core loop)."""
         store = self.store
         assert store is not None
-        missing: list[bytes] = []
-
-        async def one(oid: bytes) -> None:
-            try:
-                here = await store.contains(oid)
-            except Exception as exc:  # the store restarting: say ready, as before
-                logger.debug("wait: asking the store for %s failed: %r", oid.hex(), exc)
-                here = True
-            if not here:
-                missing.append(oid)
-
-        async with trio.open_nursery() as nursery:
-            for oid in oids:
-                nursery.start_soon(one, oid)
+        try:
+            missing = await store.missing(oids)
+        except Exception as exc:  # the store restarting: ready, as the entries say
+            logger.debug("wait: asking the store for %d objects failed: %r", len(oids), exc)
+            return []
         pending = []
         for oid in missing:
             e = self._entries.get(oid)
