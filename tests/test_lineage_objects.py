@@ -169,6 +169,36 @@ def test_wait_does_not_report_a_lost_object_ready_until_it_is_rebuilt(small_stor
     assert ray.get(noop.remote(), timeout=30) == 1
 
 
+@ray.remote(max_retries=2)
+def slow_big(tag: str, log: str, gate: str) -> np.ndarray:
+    with open(log, "a") as f:
+        f.write(tag + "\n")
+    deadline = time.monotonic() + 60
+    while os.path.exists(gate) and time.monotonic() < deadline:  # held while the test says
+        time.sleep(0.01)
+    return np.full(4 * MB, 8, dtype=np.uint8)
+
+
+def test_a_get_that_times_out_during_a_rebuild_says_so(small_store, tmp_path):
+    """A ``get`` whose timeout ends while the lost object is rebuilt raises
+    ``GetTimeoutError`` (not a loss); the rebuild goes on and a later get has it."""
+    from actorcore.exceptions import GetTimeoutError
+
+    log = str(small_store["log"])
+    gate = tmp_path / "gate"
+    x = slow_big.remote("x", log, str(gate))
+    ray.wait([x], timeout=30)
+    _spill_out([x], small_store["spill"])
+    assert _delete_spill_files(small_store["spill"])
+    gate.write_text("held")  # the re-run waits until the gate is gone
+    with pytest.raises(GetTimeoutError) as info:
+        ray.get(x, timeout=0.5)
+    assert x.hex() in str(info.value) and "being rebuilt" in str(info.value)
+    gate.unlink()
+    assert ray.get(x, timeout=60)[0] == 8
+    assert _runs(small_store["log"]) == {"x": 2}
+
+
 def test_a_freed_argument_of_the_lost_objects_task_is_rebuilt_first(small_store):
     log = str(small_store["log"])
     a = small.remote("a", log)

@@ -946,6 +946,12 @@ class CoreWorker:
         answer once it is ready again: ``(is_error, data)``."""
         try:
             items = await self.conn.request(w.Rebuild([oid]), timeout=timeout)
+        except transport.RequestTimeout:
+            # The rebuild goes on (a later get finds it done); this reader's wait is over.
+            err: Exception = GetTimeoutError(
+                f"get timed out after {timeout} s: object {oid.hex()} was lost from the "
+                f"node's object store and is being rebuilt")
+            return True, _serialization.dumps(err)
         except Exception as exc:
             err = ObjectLostError(f"object {oid.hex()} is no longer in the node's object "
                                   f"store, and asking the node to rebuild it failed: {exc}")
