@@ -50,7 +50,12 @@ made ready again (the others are ready already: first writer wins), and a
 re-yielded item nobody holds any more is let go at once. When the re-run's end
 is ready while a lost item is still pending (the generator yielded fewer items,
 or failed first), that item becomes ``ObjectReconstructionFailedError`` saying
-so: a generator must yield the same items each run to be rebuilt.
+so: a generator must yield the same items each run to be rebuilt. Two cases wait
+instead of deciding: an item lost while its generator has not ended (its end is
+pending: it runs, or is retried after its worker or node died) joins that run,
+which may yield it again; and an item the run made on another node may still be
+on its way home when the end (a small value) arrives, and its copy decides. An
+item that joined a run and was yielded before it was lost gets a run of its own.
 
 One rebuild per task at a time: a task being rebuilt is in ``rebuilding`` until
 its first lost return is ready again, and any other request for one of its
