@@ -102,6 +102,24 @@ def test_a_streaming_generator_on_another_node_yields_every_item(on_three, big):
     _healthy()
 
 
+@ray.remote(num_returns="dynamic")
+def count_up_dynamic(n, big):
+    for i in range(n):
+        yield np.full(200_000, i, dtype=np.uint8) if big else i
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["inline", "stored"])
+def test_a_dynamic_generator_on_another_node_gives_every_item(on_three, big):
+    """Its items go home with it (they are not pushed to the driver, whose refs to
+    them, in the task's value, look for them on its node): each one is read."""
+    cluster, a, b = on_three
+    refs = list(ray.get(count_up_dynamic.options(resources={"A": 1}).remote(4, big),
+                        timeout=30))
+    got = ray.get(refs, timeout=30)
+    assert [int(x[0]) if big else x for x in got] == [0, 1, 2, 3]
+    _healthy()
+
+
 def test_spread_puts_tasks_on_every_node(on_three):
     cluster, a, b = on_three
     got = ray.get([where.options(scheduling_strategy="SPREAD").remote() for _ in range(6)],

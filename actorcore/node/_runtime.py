@@ -714,6 +714,10 @@ class NodeRuntime:
             client.owned.update(oid for oid, _e, _d in results)  # freed with the driver
         if push and results:
             self.deliver(owner, results)
+        elif results and self.cluster.forwarded_in:
+            # A dynamic generator's items of a task forwarded here: home to its
+            # node, where the refs in its value look for them.
+            self.cluster.send_home(task_id_of(results[0][0]), results)
 
     def _h_get_function(self, conn: Any, m: w.GetFunction, reply: Any) -> None:
         fid = m.function_id

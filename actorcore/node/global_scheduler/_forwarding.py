@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...exceptions import NodeDiedError
 from ...protocol import _wire as w
-from ...protocol._ids import is_stream_item, task_id_of
+from ...protocol._ids import DYNAMIC, is_stream_item, task_id_of
 from ...protocol._messages import TaskSpec
 from .._peers import PeerUnavailable
 from ..gcs_client._membership import NodeStatus
@@ -117,7 +117,10 @@ class ClusterTasks:
                         task_id_of(results[0][0]).hex(), sender[:12])
             return
         spec = entry[0]
-        self.node.remote.results_arrived(spec.owner, sender, results)
+        # The items of a dynamic generator are not pushed to their owner: the refs
+        # in the task's value (its end) fetch them from here.
+        self.node.remote.results_arrived(spec.owner, sender, results,
+                                         deliver=ends or spec.num_returns != DYNAMIC)
         if ends:
             self.node.sched.release_held(spec.task_id)
 

@@ -134,9 +134,12 @@ class RemoteObjects:
                     out[nid] = out.get(nid, 0) + STORED_SIZE_GUESS
         return out
 
-    def results_arrived(self, owner: bytes, sender: str, results: list) -> None:
+    def results_arrived(self, owner: bytes, sender: str, results: list,
+                        deliver: bool = True) -> None:
         """A forwarded task's ``results`` came back from ``sender``: into the
-        directory (after a pull, for the large ones), then to their owner."""
+        directory (after a pull, for the large ones), then to their owner (not
+        with ``deliver`` False: the items of a ``num_returns="dynamic"`` task,
+        which its owner fetches through the refs in the task's value)."""
         node = self.node
         if results and is_stream_item(results[0][0]):
             # A generator's items: counted in its lineage here; those a rebuild's
@@ -160,11 +163,14 @@ class RemoteObjects:
                 self.locations[item[0]] = [sender]
             else:
                 inline.append(item)
+        if not deliver:
+            node.held_for_drivers(r[0] for r in results)  # freed when the driver leaves
         if inline:
             node.directory.put_many(inline)
-            node.deliver(owner, inline)
+            if deliver:
+                node.deliver(owner, inline)
         for oid in stored:
-            node.spawn(self._pull_and_deliver, oid, owner)
+            node.spawn(self._pull_and_deliver, oid, owner if deliver else None)
 
     def copied_to(self, oid: bytes, node_id: str) -> None:
         """``node_id`` pulls ``oid`` from this node (an actor's argument sent there):
@@ -343,12 +349,12 @@ class RemoteObjects:
         node.directory.put(oid, False, STORE)
         return True
 
-    async def _pull_and_deliver(self, oid: bytes, owner: bytes) -> None:
+    async def _pull_and_deliver(self, oid: bytes, owner: bytes | None) -> None:
         if self._let_go_if_unwanted(oid):
             return  # freed while its task ran: not worth the copy
         await self._pull(oid, list(self.locations.get(oid, ())), home=True)
         e = self.node.directory.entries.get(oid)
-        if e is not None and e.ready:
+        if owner is not None and e is not None and e.ready:
             self.node.deliver(owner, [(oid, e.is_error, e.data)])
 
     async def _ask_owner(self, oid: bytes, owner: str, why: str) -> None:
