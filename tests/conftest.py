@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest-xdist worker keeps its clusters' sessions in a directory of its
+    own: ``address="auto"``, ``actorcore stop`` and the session listings of one
+    worker's tests then see only that worker's clusters, as on a machine of its own
+    (two clusters on one machine, each found by its own temp dir)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        base = os.environ.get("ACTORCORE_TMPDIR", "/tmp/actorcore-sessions")
+        os.environ["ACTORCORE_TMPDIR"] = f"{base}-{worker}"
 
 
 @pytest.fixture(scope="module")

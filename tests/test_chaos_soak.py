@@ -112,7 +112,25 @@ def _tree_reduce(refs: list, pin: dict) -> actorcore.ObjectRef:
     return refs[0]
 
 
-def _round(r: int, rec, ledger, calls: list[int], timeout: float, pin: dict) -> int:
+def _where(cluster, refs: list) -> str:
+    """What each node knows of the tasks of ``refs`` (the admin call ``task``): what
+    a round that did not finish prints, so that a hang seen once can be read."""
+    from actorcore.session._admin import admin_call
+
+    lines = []
+    for ref in refs:
+        task = ref.task_id().hex()
+        lines.append(f"task {task} (of {ref.hex()}):")
+        for node in cluster.list_all_nodes():
+            try:
+                seen = admin_call(node.address, "task", task, timeout=10.0)
+            except Exception as exc:  # a node the faults took down: say so
+                seen = f"no answer: {exc!r}"
+            lines.append(f"  node {node.node_id[:8]}: {seen or 'knows nothing of it'}")
+    return "\n".join(lines)
+
+
+def _round(cluster, r: int, rec, ledger, calls: list[int], timeout: float, pin: dict) -> int:
     """One round of the workload; returns the number of results checked. ``pin``:
     the options that keep the work on the head (``{}``: anywhere)."""
     sums = [nested.options(**pin).remote(5 + j, pin) for j in range(3)]
@@ -123,7 +141,8 @@ def _round(r: int, rec, ledger, calls: list[int], timeout: float, pin: dict) -> 
     tripled = [ledger.call.remote(k) for k in ks]
     everything = [*sums, total, *doubled, *tripled]
     ready, pending = actorcore.wait(everything, num_returns=len(everything), timeout=timeout)
-    assert not pending, f"round {r}: {len(pending)} of {len(everything)} not done in {timeout} s"
+    assert not pending, (f"round {r}: {len(pending)} of {len(everything)} not done in "
+                         f"{timeout} s\n{_where(cluster, pending)}")
     assert actorcore.get(sums, timeout=timeout) == [
         sum(i * i for i in range(5 + j)) for j in range(3)]
     expected = float(sum(r + i for i in range(LEAVES)))
@@ -166,7 +185,7 @@ def _soak(seconds: float, rate: float, kinds: tuple[str, ...] = faults.KINDS,
         ledger = Ledger.options(name="ledger", **pin).remote()
         calls: list[int] = []
         # A warm-up round before the faults: every function exported, the actors up.
-        checked = _round(0, rec, ledger, calls, timeout=60.0, pin=pin)
+        checked = _round(cluster, 0, rec, ledger, calls, timeout=60.0, pin=pin)
         rounds = 1
         # Every kind at every target (faults.DEFAULT_TARGETS: components, workers,
         # tasks and actors, every kind of link; not the head node itself).
@@ -179,7 +198,7 @@ def _soak(seconds: float, rate: float, kinds: tuple[str, ...] = faults.KINDS,
                 for _p, e in faults.Faults().paths():
                     if e.get("pid"):
                         pids.add(int(e["pid"]))
-                checked += _round(rounds, rec, ledger, calls, timeout=60.0, pin=pin)
+                checked += _round(cluster, rounds, rec, ledger, calls, timeout=60.0, pin=pin)
                 rounds += 1
                 if done_before:
                     break

@@ -23,6 +23,8 @@ from actorcore.core_worker._worker_state import current_core
 from actorcore.protocol import _wire as w
 from gcs import _messages as gcs_messages
 
+from .cluster_support import until
+
 pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
 
 
@@ -217,3 +219,49 @@ def test_hot_messages_pickle_as_compactly_as_tuples() -> None:
         old_size = len(pickle.dumps(old, protocol=5))
         assert new_size <= old_size + 48, (type(message).__name__, new_size, old_size)
         assert pickle.loads(pickle.dumps(message, protocol=5)) == message
+
+
+
+@ray.remote
+class Gate:
+    def __init__(self) -> None:
+        import asyncio
+
+        self.opened = asyncio.Event()
+
+    async def wait(self) -> int:
+        await self.opened.wait()
+        return 1
+
+    async def open(self) -> None:
+        self.opened.set()
+
+
+@ray.remote
+def get_first(refs: list) -> int:
+    return ray.get(refs[0])
+
+
+def test_the_task_call_says_where_a_task_is() -> None:
+    """``AdminCall("task", id)`` answers what the node knows of a task: what a
+    test that waited too long prints."""
+
+    def where(ref: Any) -> dict:
+        return _node_request(w.AdminCall("task", (ref.task_id().hex(),)))
+
+    gate = Gate.remote()
+    waiting = plus_one.remote(gate.wait.remote())  # a data edge not ready yet
+    blocked = get_first.remote([gate.wait.remote()])  # running, blocked in get
+    seen = until(lambda: (where(waiting), where(blocked))
+                 if "running" in where(blocked) and where(blocked)["running"]["blocked"]
+                 else None, "the task blocked in get")
+    assert seen[0]["waiting"]["deps_missing"] == 1, seen[0]
+    assert seen[1]["running"]["pid"], seen[1]
+    ray.get(gate.open.remote())
+    assert ray.get([waiting, blocked]) == [2, 1]
+    done = where(waiting)
+    assert "waiting" not in done and "running" not in done, done
+    assert _node_request(w.AdminCall("task", ("00" * 16,))) == {}
+    with pytest.raises(transport.RemoteError, match="task id 'zz' is not hex"):
+        _node_request(w.AdminCall("task", ("zz",)))
+    ray.kill(gate)

@@ -383,6 +383,42 @@ def test_a_dropped_driver_link_is_not_the_drivers_exit():
     assert ray.get(inc.remote(1), timeout=30) == 2
 
 
+@ray.remote(max_retries=1)
+def pid_into(path: str) -> int:
+    Path(path).write_text(str(os.getpid()))
+    return os.getpid()
+
+
+def test_a_result_pushed_to_its_owner_is_not_lost_with_its_worker(cluster, tmp_path):
+    """A worker pushes a task's results straight to the driver that owns them and
+    tells its node "done, pushed". While the push is not yet written (here: held
+    back by a delay on the worker -> driver link), the node must not hear "done":
+    a worker killed then would leave the driver waiting for ever for a result the
+    node believes delivered. The node sees the worker die with the task still
+    running, and runs it again."""
+    from actorcore.session._admin import admin_call
+
+    with faults.delay(5.0, a="worker", b="driver"):
+        for attempt in range(20):
+            flag = tmp_path / f"pid{attempt}"
+            ref = pid_into.remote(str(flag))
+            pid = int(_until(lambda f=flag: f.exists() and f.read_text(), "the task's pid"))
+            # Let the function return (nothing outside its worker can see that: a
+            # pushed result held back is exactly what shows no sign), then ask the
+            # node: still running means it was not told "done" before the push left.
+            time.sleep(0.5)
+            if "running" in admin_call(cluster["address"], "task", ref.task_id().hex()):
+                break  # pushed, and the push is held back: the node waits for it
+            # A worker's first result for this driver goes through the node (it
+            # dials the driver meanwhile): the next task on it pushes.
+            assert ray.get(ref, timeout=30) == pid
+        else:
+            raise AssertionError("no result was pushed to the driver in 20 tasks")
+        os.kill(pid, signal.SIGKILL)
+    again = ray.get(ref, timeout=30)
+    assert again != pid  # run again on another worker, and its result came
+
+
 def test_the_nodes_driver_grace_covers_the_drivers_reconnect_window():
     # One constant on both ends: the node keeps a departed driver's state for as
     # long as the driver may still rejoin (its window, then its last dial's rejoin).

@@ -432,6 +432,52 @@ async def test_send_nowait_refuses_when_the_peer_is_stuck(
         assert len(handler.oneways) == queued + 1
 
 
+async def test_drain_waits_until_what_was_sent_is_written(
+    echo_server: tuple[str, Echo, transport.Server], autojump_clock: trio.testing.MockClock
+) -> None:
+    """`drain` returns once the frames sent before it are in the socket (not those
+    sent while it waits), and raises ConnectionLost when the link closes first."""
+    address, handler, _ = echo_server
+    async with transport.open_connection(address, TOKEN) as conn:
+        await conn.drain()  # nothing queued: at once
+        await conn.send("block")  # the server's reader now waits in its handler
+        chunk = b"d" * (1024 * 1024)
+        for _ in range(40):  # more than the socket buffers take: some stay queued
+            conn.send_nowait(chunk)
+        assert conn.unsent > 0
+        drained = trio.Event()
+
+        async def drain() -> None:
+            await conn.drain()
+            drained.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            await trio.sleep(5)
+            assert not drained.is_set()  # the peer reads nothing: still queued
+            handler.release.set()
+            conn.send_nowait(chunk)  # sent after drain began: not waited for
+        assert drained.is_set()
+    async with transport.open_connection(address, TOKEN) as conn:
+        handler.release = trio.Event()
+        await conn.send("block")
+        for _ in range(40):
+            conn.send_nowait(chunk)
+        lost: list[BaseException] = []
+
+        async def drain_lost() -> None:
+            with pytest.raises(transport.ConnectionLost) as info:
+                await conn.drain()
+            lost.append(info.value)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain_lost)
+            await trio.sleep(1)
+            await conn.aclose(flush_timeout=0)
+        assert "closed" in str(lost[0])
+    handler.release.set()
+
+
 # ------------------------------------------------------------------ services
 
 

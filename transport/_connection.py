@@ -275,6 +275,30 @@ class Connection:
         else:
             self._push(chunks, size)
 
+    @property
+    def unsent(self) -> int:
+        """Frames accepted by `send`/`send_nowait` and not yet written to the socket
+        (queued, or held back by an injected delay)."""
+        return self._queued_frames + len(self._delayed)
+
+    async def drain(self) -> None:
+        """Wait until every frame sent so far has been written to the socket.
+
+        Written means the kernel has it: the peer reads it even if this process is
+        killed the next instant. That is what a sender needs before it tells a
+        third party the message went out (a worker telling its node that it pushed
+        a task's results to their owner). Frames sent while this waits are not
+        waited for. Raises `ConnectionLost` if the link closed first: those frames
+        never left. A cancellation point.
+        """
+        target = self._frames_sent + self.unsent
+        while self._frames_sent < target and not self._closed:
+            await self._drained.park()
+        if self._frames_sent < target:
+            self._check_open()
+            raise ConnectionLost(f"connection {self.name!r} -> {self.peer_name!r} closed "
+                                 f"before {target - self._frames_sent} frame(s) were written")
+
     async def aclose(self, flush_timeout: float = 5.0) -> None:
         """Flush queued frames (at most ``flush_timeout`` seconds), then close. Idempotent."""
         if self._closed:
@@ -515,6 +539,8 @@ class Connection:
                 self._bytes_sent += sent
                 if sent == len(data):
                     self._frames_sent += 1
+                    if self._drained:  # someone waits in `drain`
+                        self._drained.unpark_all()
                     return
                 chunks = [memoryview(data)[sent:]]
                 size -= sent
@@ -602,7 +628,9 @@ class Connection:
             self._bytes_sent += nbytes
             self._queued_frames -= frames
             self._queued_bytes -= nbytes
-            if self._queued_bytes <= _HIGH_WATER // 2 and self._drained.statistics().tasks_waiting:
+            # Wake whoever waits for frames to leave (`drain`, backpressure, a
+            # duplicate's reset): each checks its own condition again.
+            if self._drained:
                 self._drained.unpark_all()
 
     # -- reader

@@ -2,7 +2,8 @@
 
 ``tree``, ``status``, ``cluster_resources``, ``available_resources``, ``nodes``,
 ``crash`` (the fault hook of ``actorcore.testing.faults``), ``kill_worker``,
-``job_namespace`` and ``shutdown``. Each answers its ``Reply`` now, or later from a
+``job_namespace``, ``task`` (where a task is on the node: what a test that waits
+too long prints) and ``shutdown``. Each answers its ``Reply`` now, or later from a
 task for calls that read the GCS.
 
 ``status`` answers a dict whose component entries are the components' typed
@@ -269,6 +270,48 @@ def _shutdown_call(node: Any, reply: Any) -> None:
     node.shutdown_requested.set()
 
 
+def _task(node: Any, task_hex: str) -> dict:
+    """Where the task ``task_hex`` is on this node, as its parts see it: in the
+    scheduler (``waiting`` for arguments, ``ready``, ``running`` on a worker,
+    ``unplaced`` with the global scheduler), forwarded to or from another node,
+    and the state of its returns in the directory. Empty parts are left out: an
+    empty answer means the node knows nothing of it (anymore)."""
+    try:
+        tid = bytes.fromhex(task_hex)
+    except ValueError:
+        raise ValueError(f"task id {task_hex!r} is not hex") from None
+    sched = node.sched
+    where: dict[str, Any] = {}
+    record = sched.waiting.get(tid)
+    if record is not None:
+        where["waiting"] = {"deps_missing": record[1],
+                            "deps": [d.hex() for d in record[0].deps]}
+    if any(spec.task_id == tid for spec in sched.ready):
+        where["ready"] = True
+    worker = sched.running.get(tid)
+    if worker is not None:
+        where["running"] = {"worker": worker.index, "pid": worker.pid, "state": worker.state,
+                            "blocked": tid in worker.blocked_tasks,
+                            "queued": tid in worker.queued}
+    if tid in sched.infeasible:
+        where["unplaced"] = True
+    out = node.cluster.forwarded_out.get(tid)
+    if out is not None:
+        where["forwarded_to"] = out[1]
+    came = node.cluster.forwarded_in.get(tid)
+    if came is not None:
+        where["forwarded_from"] = came
+    returns = {}
+    for oid, entry in node.directory.entries.items():
+        if oid[: len(tid)] == tid:
+            returns[oid.hex()] = {"ready": entry.ready, "is_error": entry.is_error,
+                                  "pins": entry.pins,
+                                  "waiters": len(entry.waiters or ())}
+    if returns:
+        where["returns"] = returns
+    return where
+
+
 def _answer(fn: Callable[..., Any]) -> Callable[..., None]:
     """A call whose answer is ``fn(node, *args)``, at once."""
     return lambda node, reply, *args: reply.send(fn(node, *args))
@@ -291,6 +334,7 @@ CALLS: dict[str, tuple[int, Callable[..., None]]] = {
                                               "node_id": node.node_hex,
                                               "head": node.config.head})),
     "ping": (0, _answer(lambda node: "pong")),
+    "task": (1, _answer(_task)),
     # What init(namespace=) said; None: unknown job.
     "job_namespace": (1, _answer(lambda node, job_id: node.jobs.get(job_id, {}).get("namespace"))),
 }

@@ -216,6 +216,13 @@ class WorkerProcess:
                     pushed = True
                 except Exception as exc:  # the node delivers them instead
                     logger.debug("pushing results to their owner at %s failed: %r", address, exc)
+                if pushed and conn.unsent and self._nursery is not None:
+                    # The push is queued, not written: "done, pushed" must not reach
+                    # the node first (see `_done_once_pushed`).
+                    self._nursery.start_soon(self._done_once_pushed, conn, task_id, results)
+                    self._running.pop(task_id, None)
+                    self._pump()
+                    return
             elif address not in self._owner_conns and self._nursery is not None:
                 self._owner_conns[address] = None
                 self._nursery.start_soon(self._dial_owner, address)
@@ -223,6 +230,27 @@ class WorkerProcess:
         core.flush_now()
         self._running.pop(task_id, None)
         self._pump()
+
+    # Results pushed to their owner take one hop, but the node must learn that they
+    # went: told "done, pushed", it records them without delivering them. The push
+    # and the "done" leave on two connections, each written by its own task, so the
+    # "done" could be written first; a worker killed between the two writes (a
+    # SIGKILL, a crash) would leave the owner waiting for ever for a result that the
+    # node holds and believes delivered. So when the push could not be written at
+    # once, the "done" waits until it has been (`transport.Connection.drain`: the
+    # owner's kernel holds it, whatever happens to this process next), and says
+    # "not pushed" if the link closed first: the node then delivers the results.
+
+    async def _done_once_pushed(self, conn: Any, task_id: bytes, results: list) -> None:
+        pushed = True
+        try:
+            await conn.drain()
+        except transport.ConnectionLost:
+            pushed = False
+        core = self.core
+        assert core is not None
+        core.append_unsent(w.TaskDone(task_id, results, False, pushed))
+        core.flush_now()
 
     async def _dial_owner(self, address: str) -> None:
         try:
