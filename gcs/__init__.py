@@ -135,6 +135,7 @@ from ._replica import Replica, ReplicaRemoved, ReplicaStatistics
 from ._service import (
     CoordinatorService,
     GcsPlan,
+    ReplicaFaults,
     ReplicaProcessDied,
     ReplicaService,
     ServiceSpec,
@@ -163,6 +164,7 @@ __all__ = [
     "NameTaken",
     "PublisherStatistics",
     "Replica",
+    "ReplicaFaults",
     "ReplicaProcessDied",
     "ReplicaRemoved",
     "ReplicaService",

@@ -81,12 +81,15 @@ class LaunchParams:
     #: The node's TLS config for TCP links (`transport.TlsConfig.as_dict`), or None.
     tls: dict[str, Any] | None
     insecure: bool
+    #: The `transport.faults` rules installed in the GCS's replica processes when
+    #: this one starts, by tag (rule dicts): in force from its first frame.
+    fault_rules: dict[str, list[dict[str, Any]]] = attrs.Factory(dict)
 
     def to_json(self) -> str:
         return json.dumps({
             "config": attrs.asdict(self.config), "shard": self.shard, "name": self.name,
             "token": self.token.hex(), "coordinator": self.coordinator, "tls": self.tls,
-            "insecure": self.insecure})
+            "insecure": self.insecure, "fault_rules": self.fault_rules})
 
     @classmethod
     def from_json(cls, line: str | bytes) -> LaunchParams:
@@ -94,4 +97,5 @@ class LaunchParams:
         return cls(config=GcsConfig(**raw["config"]), shard=int(raw["shard"]),
                    name=str(raw["name"]), token=bytes.fromhex(raw["token"]),
                    coordinator=str(raw["coordinator"]), tls=raw["tls"],
-                   insecure=bool(raw["insecure"]))
+                   insecure=bool(raw["insecure"]),
+                   fault_rules=dict(raw.get("fault_rules") or {}))

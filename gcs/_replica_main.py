@@ -2,14 +2,24 @@
 
 Reads one JSON line of parameters from stdin (`LaunchParams`: the token travels
 there, never on the command line; so does the node's TLS config, which becomes this
-process's default for its TCP links: ``transport.set_default_tls``), prints
+process's default for its TCP links: ``transport.set_default_tls``; so do the fault
+rules installed in the GCS's replica processes at the time), prints
 ``READY <address>`` once serving, and exits when its parent closes stdin (so a dead
 node never leaves orphan replicas) or when the replica is removed from its chain.
+
+After the parameters, stdin is the node's control channel for fault injection:
+each line is ``{"id": n, "faults": <transport.faults command>}``, applied to this
+process's rule table, and answered on stdout by one line
+``FAULTS {"id": n, "ok": true, "result": ...}`` (or ``"ok": false, "error": "..."``).
+A pipe is no transport link, so no rule can cut the channel that heals it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from typing import Any
 
 import trio
 
@@ -18,12 +28,34 @@ import transport
 from ._config import LaunchParams
 from ._replica import Replica, ReplicaRemoved
 
+#: The prefix of a fault command's answer on stdout (`ReplicaService` reads it).
+ANSWER = "FAULTS "
 
-async def _main(params: LaunchParams) -> None:
+
+def _install(fault_rules: dict[str, list[dict[str, Any]]]) -> None:
+    for tag, rules in fault_rules.items():
+        transport.faults.apply({"op": "install", "tag": tag, "rules": rules})
+
+
+def _answer(line: bytes) -> str:
+    """The stdout line that answers the command line ``line``."""
+    ident: Any = None
+    try:
+        message = json.loads(line)
+        ident = message["id"]
+        result = transport.faults.apply(message["faults"])
+        answer: dict[str, Any] = {"id": ident, "ok": True, "result": result}
+    except Exception as exc:  # a bad command is answered, the replica serves on
+        answer = {"id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return ANSWER + json.dumps(answer) + "\n"
+
+
+async def _main(params: LaunchParams, rest: bytes) -> None:
     transport.set_default_tls(
         None if params.tls is None else transport.TlsConfig(**params.tls),
         insecure=params.insecure,
     )
+    _install(params.fault_rules)
     replica = Replica(
         params.config,
         shard=params.shard,
@@ -38,12 +70,21 @@ async def _main(params: LaunchParams) -> None:
         sys.stdout.write(f"READY {address}\n")
         sys.stdout.flush()
 
-        async def watch_parent() -> None:
-            while await stdin.receive_some():
-                pass
-            nursery.cancel_scope.cancel()
+        async def control() -> None:
+            buffer = rest
+            while True:
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        sys.stdout.write(_answer(line))
+                        sys.stdout.flush()
+                chunk = await stdin.receive_some()
+                if not chunk:  # the node closed our stdin (or died): stop
+                    nursery.cancel_scope.cancel()
+                    return
+                buffer += chunk
 
-        nursery.start_soon(watch_parent)
+        nursery.start_soon(control)
 
 
 def _only(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -53,10 +94,24 @@ def _only(exc: BaseException, kind: type[BaseException]) -> bool:
     return isinstance(exc, kind)
 
 
+def _first_line(fd: int) -> tuple[bytes, bytes]:
+    """The first line of ``fd`` and what was read after it (unbuffered: the rest of
+    the stream is read by the control channel)."""
+    buffer = b""
+    while b"\n" not in buffer:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buffer += chunk
+    line, _, rest = buffer.partition(b"\n")
+    return line, rest
+
+
 def main() -> None:
-    params = LaunchParams.from_json(sys.stdin.buffer.readline())
+    line, rest = _first_line(sys.stdin.fileno())
+    params = LaunchParams.from_json(line)
     try:
-        trio.run(_main, params)
+        trio.run(_main, params, rest)
     except BaseException as exc:
         # Expected ends exit quietly with a telling code; anything else is a bug
         # and keeps its traceback (on stderr, inherited from the node).

@@ -27,11 +27,21 @@ imports the kernel and runs nothing of its own around the services.
 
 A replica process gets its parameters as one JSON line on stdin (`LaunchParams`: the
 token travels there, never on the command line) and answers ``READY <address>``.
+
+Fault rules. Replicas in the node's process share its `transport.faults` table;
+replicas in processes of their own have one each, and `ReplicaFaults` (the plan's
+``faults``) keeps them in step with the node's: a command (install or heal by tag,
+clear) goes down every replica process's stdin and is answered on its stdout
+(`_replica_main`), and a replica started later gets the installed rules in its
+`LaunchParams`, in force from its first frame.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -48,10 +58,12 @@ import transport
 from ._config import GcsConfig, LaunchParams
 from ._coordinator import Coordinator
 from ._replica import Replica
+from ._replica_main import ANSWER
 
 __all__ = [
     "CoordinatorService",
     "GcsPlan",
+    "ReplicaFaults",
     "ReplicaProcessDied",
     "ReplicaService",
     "ServiceSpec",
@@ -59,12 +71,75 @@ __all__ = [
 ]
 
 
+logger = logging.getLogger("gcs")
+
+#: How long a fault command waits for a replica process's answer.
+FAULT_COMMAND_TIMEOUT = 5.0
+
 # The replica processes must import this very `gcs` package, wherever it lives.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ReplicaProcessDied(Exception):
     """A replica's process exited (killed, crashed, or removed from its chain)."""
+
+
+@attrs.define(eq=False)
+class ReplicaFaults:
+    """The `transport.faults` rules of a GCS's replica processes (module docstring).
+
+    ``installed`` is what a replica starting now is given; ``generation`` counts
+    the commands, so a replica that started while one was on its way knows to take
+    the whole table again (`ReplicaService`).
+    """
+
+    installed: dict[str, list[dict[str, Any]]] = attrs.Factory(dict)
+    generation: int = 0
+    #: The replica services whose process answers commands now.
+    attached: set[ReplicaService] = attrs.Factory(set)
+    # One command at a time, to every process, answered before the next: tasks that
+    # send concurrently could reach a process in another order than they were
+    # recorded (an install after its heal would stay for good).
+    lock: trio.Lock = attrs.Factory(trio.Lock)
+
+    def record(self, command: dict[str, Any]) -> None:
+        """Keep what ``command`` changes (checked first: a bad rule goes nowhere)."""
+        op = command.get("op") if isinstance(command, dict) else None
+        if op == "install":
+            rules = list(command["rules"])
+            for rule in rules:
+                transport.faults.Rule.from_dict(rule)
+            self.installed[str(command["tag"])] = rules
+        elif op == "heal":
+            self.installed.pop(str(command["tag"]), None)
+        elif op == "clear":
+            self.installed.clear()
+        else:
+            raise ValueError(f"GCS fault rules: op must be install, heal or clear, got {op!r}")
+        self.generation += 1
+
+    async def apply(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Record ``command`` and run it in every replica process; their answers by
+        replica name (``"failed: ..."`` for one that did not answer: it died, and
+        its replacement starts with the table)."""
+        async with self.lock:
+            self.record(command)
+            return await self._send(command)
+
+    async def _send(self, command: dict[str, Any]) -> dict[str, Any]:
+        done: dict[str, Any] = {}
+
+        async def one(service: ReplicaService) -> None:
+            try:
+                done[service.name] = await service.fault_command(command)
+            except (ReplicaProcessDied, trio.TooSlowError, ValueError) as exc:
+                logger.warning("fault rules for GCS replica %s: %s", service.name, exc)
+                done[service.name] = f"failed: {exc}"
+
+        async with trio.open_nursery() as nursery:
+            for service in list(self.attached):
+                nursery.start_soon(one, service)
+        return done
 
 
 @attrs.frozen
@@ -104,6 +179,8 @@ class GcsPlan:
     exited: set[str] = attrs.Factory(set)
     #: The last epoch any coordinator incarnation published, per shard.
     epochs: dict[int, int] = attrs.Factory(dict)
+    #: The fault rules of the replica processes (the module docstring).
+    faults: ReplicaFaults = attrs.Factory(ReplicaFaults)
 
     def replica_exited(self, name: str) -> None:
         """The process of replica ``name`` exited (its service ended): a recovering
@@ -244,6 +321,11 @@ class ReplicaService:
         self.pid: int | None = None
         self.address: str | None = None
         self.process: trio.Process | None = None
+        # The fault-command channel to the process (its stdin; answers on stdout).
+        self._commands = trio.Lock()
+        self._command_ids = itertools.count(1)
+        self._answers: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._stdout = b""
 
     def snapshot(self) -> dict[str, Any]:
         role = "down"
@@ -288,7 +370,9 @@ class ReplicaService:
             # The process's TLS mode for TCP links goes along (see _replica_main).
             tls=None if (tls := transport.default_tls()) is None else tls.as_dict(),
             insecure=transport.insecure_allowed(),
+            fault_rules=dict(self.plan.faults.installed),
         )
+        generation = self.plan.faults.generation
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         process = await trio.lowlevel.open_process(
@@ -315,12 +399,18 @@ class ReplicaService:
                             f"was ready (exit code {await process.wait()})"
                         )
                     buffer += chunk
-            line = buffer.split(b"\n", 1)[0].decode()
-            if not line.startswith("READY "):
+            line, self._stdout = buffer.split(b"\n", 1)
+            if not line.startswith(b"READY "):
                 raise ReplicaProcessDied(f"GCS replica {self.name} said {line!r}, not READY")
-            self.address = line[len("READY "):]
+            self.address = line[len(b"READY "):].decode()
             task_status.started(self.address)
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_answers, process)
+                self.plan.faults.attached.add(self)
+                if self.plan.faults.generation != generation:
+                    # A command left while this process started, with the table it
+                    # got: it takes the whole table now.
+                    nursery.start_soon(self._resync)
 
                 async def watch_membership() -> None:
                     # Declared dead while its process lives (it missed its heartbeats,
@@ -337,8 +427,88 @@ class ReplicaService:
                 f"exited with code {code}"
             )
         finally:
+            self.plan.faults.attached.discard(self)
             with trio.CancelScope(shield=True):
                 await _stop(process)
+
+    # --------------------------------------------------------- fault commands
+
+    async def fault_command(self, command: dict[str, Any]) -> Any:
+        """Run a `transport.faults` command in the replica's process; its result.
+
+        Raises `ReplicaProcessDied` if the process is gone, `trio.TooSlowError` if it
+        does not answer within ``FAULT_COMMAND_TIMEOUT``, `ValueError` with its words
+        if it refused the command.
+        """
+        process = self.process
+        if process is None or process.stdin is None or process.returncode is not None:
+            raise ReplicaProcessDied(f"GCS replica {self.name} has no running process")
+        ident = next(self._command_ids)
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._answers[ident] = send
+        try:
+            with trio.fail_after(FAULT_COMMAND_TIMEOUT):
+                line = json.dumps({"id": ident, "faults": command}).encode() + b"\n"
+                async with self._commands:
+                    try:
+                        await process.stdin.send_all(line)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        raise ReplicaProcessDied(
+                            f"GCS replica {self.name} (pid {process.pid}) exited") from None
+                try:
+                    answer = await receive.receive()
+                except trio.EndOfChannel:
+                    raise ReplicaProcessDied(
+                        f"GCS replica {self.name} (pid {process.pid}) exited before it "
+                        f"answered a fault command") from None
+        finally:
+            self._answers.pop(ident, None)
+        if not answer.get("ok"):
+            raise ValueError(f"GCS replica {self.name}: {answer.get('error')}")
+        return answer.get("result")
+
+    async def _resync(self) -> None:
+        """Give the process the whole table (after a start that raced a command)."""
+        faults = self.plan.faults
+        try:
+            async with faults.lock:  # (the table cannot change meanwhile)
+                await self.fault_command({"op": "clear"})
+                for tag, rules in list(faults.installed.items()):
+                    await self.fault_command({"op": "install", "tag": tag, "rules": rules})
+        except (ReplicaProcessDied, trio.TooSlowError, ValueError) as exc:
+            logger.warning("fault rules for GCS replica %s: %s", self.name, exc)
+
+    async def _read_answers(self, process: trio.Process) -> None:
+        """Hand each ``FAULTS`` line of the process's stdout to its command."""
+        assert process.stdout is not None
+        buffer = self._stdout
+        try:
+            while True:
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    text = line.decode(errors="replace")
+                    if not text.startswith(ANSWER):
+                        logger.info("GCS replica %s said %r", self.name, text[:200])
+                        continue
+                    try:
+                        answer = json.loads(text[len(ANSWER):])
+                    except ValueError:
+                        logger.warning("GCS replica %s: a garbled answer %r", self.name,
+                                       text[:200])
+                        continue
+                    send = self._answers.get(answer.get("id"))
+                    if send is not None:
+                        send.send_nowait(answer)
+                try:
+                    chunk = await process.stdout.receive_some()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    chunk = b""
+                if not chunk:
+                    return
+                buffer += chunk
+        finally:
+            for send in self._answers.values():
+                send.close()
 
 
 async def _stop(process: trio.Process) -> None:

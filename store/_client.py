@@ -421,6 +421,15 @@ class StoreClient:
     async def contains(self, object_id: bytes) -> bool:
         return await self._call(m.Contains(object_id), 30.0)
 
+    def holds(self, object_id: bytes) -> bool:
+        """Whether this client can read ``object_id`` without asking the store (a
+        live view of it, or its small value cached): then the store has it too."""
+        return object_id in self._leases or object_id in self._small
+
+    async def missing(self, object_ids: list[bytes]) -> list[bytes]:
+        """Those of ``object_ids`` the store does not have (one round trip)."""
+        return list(await self._call(m.Missing(list(object_ids)), 30.0))
+
     async def read_chunk(self, object_id: bytes, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` of a sealed object's payload (for transfers)."""
         return await self._call(m.ReadChunk(object_id, offset, size), 60.0)

@@ -7,8 +7,10 @@ client holds — refs, pins, views, unsealed allocations — is dropped with
 `drop_client` when its connection goes.
 
 Who keeps an object alive:
-- refs: ``add_ref``/``remove_ref`` per client (``put`` takes one for its writer). They
-  may name objects that do not exist yet (a task's future return value).
+- refs: ``add_ref``/``remove_ref`` per client (``put`` takes one for its writer). Only
+  objects the store has are counted (``add_ref`` on a missing id is refused, and a
+  lost object's refs go with it): a ref on an id that names nothing would keep alive
+  a later object made under that id (a rebuilt one) that no holder releases.
 - pins: an object in use by a running task; never spilled, never freed.
 - views: a client holds zero-copy views of the object (one view id per ``get`` that
   handed out a location; released when the client's views are garbage).
@@ -217,6 +219,21 @@ class StoreCore:
         if entry is None or entry.state == "unsealed":
             return None
         return entry
+
+    def contains(self, object_id: bytes) -> bool:
+        """Whether the store has ``object_id`` sealed, in memory or spilled. A
+        spilled object whose file vanished is lost here and then (as a ``get``
+        finds it), so that asking says what reading would: it is gone."""
+        entry = self.visible(object_id)
+        if entry is None:
+            return False
+        if entry.state == "spilled" and not entry.busy and entry.spill_path is not None \
+                and not os.path.exists(entry.spill_path):
+            logger.warning("object %s is lost: its spill file %s vanished",
+                           format_id(object_id), entry.spill_path)
+            self._lose(entry)
+            return False
+        return True
 
     def statistics(self, *, connections: int = 0) -> StoreStatistics:
         """What the store holds now and what it has done since it started.
@@ -533,13 +550,14 @@ class StoreCore:
                 raise GetTimeoutError(object_id, timeout if timeout is not None else math.inf)
             if entry.state == "spilled" or entry.busy == "restoring":
                 try:
-                    await self._restore(entry)
-                except ObjectStoreFullError:
-                    if entry.state != "spilled" or self.entries.get(object_id) is not entry:
-                        continue  # restored by someone else, or gone, meanwhile
-                    # No room in shared memory (larger than the store, or the store is
-                    # held by pinned and in-use objects): the reader maps the file.
-                    return self._from_disk(client, entry)
+                    try:
+                        await self._restore(entry)
+                    except ObjectStoreFullError:
+                        if entry.state != "spilled" or self.entries.get(object_id) is not entry:
+                            continue  # restored by someone else, or gone, meanwhile
+                        # No room in shared memory (larger than the store, or the store
+                        # is held by pinned and in-use objects): the reader maps the file.
+                        return self._from_disk(client, entry)
                 except OSError as exc:
                     # The spill file vanished or cannot be read: the value is gone.
                     # The entry goes (so a rebuilt value can be put under the same
@@ -563,6 +581,10 @@ class StoreCore:
         if entry.size < self.inline_threshold:
             payload = _spill.read_at(entry.spill_path, start, self.payload_len(entry))
             return _copy_payload(memoryview(payload), 0, entry)
+        # The reader maps the file: one that vanished is lost here, where the entry
+        # can go (OSError), not at the reader, whose mapping would fail while the
+        # store goes on listing the object.
+        os.stat(entry.spill_path)
         view_id = self._add_view(entry, client, of_file=True)
         return FileView(view_id, entry.spill_path, start, entry.meta_len, entry.data_len,
                         entry.buffer_sizes)
@@ -610,8 +632,19 @@ class StoreCore:
 
     # -- reference counting --------------------------------------------------------
 
-    def add_ref(self, client: Client, object_id: bytes, count: int = 1) -> None:
+    def add_ref(self, client: Client, object_id: bytes, count: int = 1) -> bool:
+        """Count ``count`` refs of ``client`` on ``object_id``; whether it was counted.
+
+        Only an object the store has (sealed, being written, or spilled) is counted.
+        A ref on a missing id keeps nothing alive, and counting it would leak: it
+        would outlive what it named (its holder, told the object is lost, drops
+        its bookkeeping) and keep alive a later object made under the same id (a
+        lost result rebuilt from its lineage), which no holder would release.
+        """
+        if object_id not in self.entries:
+            return False
         self.refs.setdefault(object_id, collections.Counter())[client] += count
+        return True
 
     def remove_ref(self, client: Client, object_id: bytes, count: int = 1) -> None:
         holders = self.refs.get(object_id)
@@ -720,10 +753,11 @@ class StoreCore:
         entry.state = "freed"
 
     def _lose(self, entry: Entry) -> None:
-        """``entry`` (spilled) lost its file: forget it whatever holds it. Its
-        holders' later releases of the id find nothing (or a rebuilt object, whose
-        count they only lower back to what they added)."""
+        """``entry`` (spilled) lost its file: forget it, and the refs on it,
+        whatever holds it. Its holders' later releases of the id find nothing, or
+        a rebuilt object, whose count they only lower back to what they added."""
         del self.entries[entry.object_id]
+        self.refs.pop(entry.object_id, None)  # they held what is gone (``add_ref``)
         self.lru.pop(entry.object_id, None)
         self.spilled_bytes -= entry.size
         if entry.spill_path is not None:

@@ -15,6 +15,7 @@ Client to service, requests (answer in brackets):
   `Create`(object_id, layout...)   [payload offset in the arena, or `OnDisk`]
   `Seal`(object_id, with_view)     [the writer's view id, or None]
   `Contains`, `Pin`, `Delete`      [bool, None, bool]
+  `Missing`(object_ids)            [those of them the store does not have]
   `ReadChunk`(object_id, offset, size) [the bytes, out of band]
   `Info`(object_id)                [`ObjectInfo`]
   `Claim`(refs, pins, views)       [new view ids] after a restart of the service
@@ -57,6 +58,7 @@ __all__ = [
     "DropCache",
     "FileView",
     "Get",
+    "Missing",
     "Hello",
     "Info",
     "InlineValue",
@@ -251,6 +253,16 @@ class Seal:
 @attrs.frozen(slots=False)
 class Contains:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Missing:
+    """Which of ``object_ids`` the store does not have (one round trip for many: a
+    reader checking that the values it was told are here still are)."""
+
+    object_ids: list[bytes] = attrs.field(
+        metadata=transport.check(v.deep_iterable(_id, v.instance_of(list))))
 
 
 @transport.compact

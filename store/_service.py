@@ -352,6 +352,7 @@ class ObjectStoreService:
         d.register(m.Create, self._on_create)
         d.register(m.Seal, self._on_seal)
         d.register(m.Contains, self._on_contains)
+        d.register(m.Missing, self._on_missing)
         d.register(m.Pin, self._on_pin)
         d.register(m.Delete, self._on_delete)
         d.register(m.ReadChunk, self._on_read_chunk)
@@ -413,7 +414,12 @@ class ObjectStoreService:
 
     def _on_contains(self, conn: transport.Connection, msg: m.Contains,
                      reply: transport.Reply) -> None:
-        reply.send(self._running_core().visible(msg.object_id) is not None)
+        reply.send(self._running_core().contains(msg.object_id))
+
+    def _on_missing(self, conn: transport.Connection, msg: m.Missing,
+                    reply: transport.Reply) -> None:
+        core = self._running_core()
+        reply.send([oid for oid in msg.object_ids if not core.contains(oid)])
 
     def _on_pin(self, conn: transport.Connection, msg: m.Pin, reply: transport.Reply) -> None:
         self._running_core().pin(conn, msg.object_id)

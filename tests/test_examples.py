@@ -41,3 +41,22 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().startswith("["), result.stdout
+
+
+def test_the_fault_harness_docs_show_the_example_as_it_is() -> None:
+    """docs/faults.md shows examples/faults.py (from ``import actorcore`` on) and the
+    README an excerpt of it, word for word: what they show is what
+    ``test_example_runs`` runs."""
+    import re
+
+    root = Path(__file__).parent.parent
+    example = (root / "examples" / "faults.py").read_text()
+    program = example[example.index("import actorcore\n"):]
+    page = (root / "docs" / "faults.md").read_text()
+    shown = re.search(r"## A small example\n.*?```python\n(.*?)```", page, re.S)
+    assert shown, "docs/faults.md lost its example"
+    assert shown.group(1) == program, "docs/faults.md no longer shows examples/faults.py"
+    readme = (root / "README.md").read_text()
+    excerpt = re.search(r"### Fault injection\n.*?```python\n(.*?)```", readme, re.S)
+    assert excerpt, "README.md lost its fault-injection example"
+    assert excerpt.group(1) in program, "README.md's excerpt is not in examples/faults.py"

@@ -482,3 +482,31 @@ def test_a_logged_call_whose_answer_was_lost_is_not_run_again():
         n = ray.get(ref, timeout=60)
     entries = ray.get(a.entries_.remote(), timeout=60)
     assert entries.count("once") == 1 and entries[-1] == "once" and n == len(entries)
+
+
+def test_a_resent_direct_call_is_answered_from_the_log_after_several_checkpoints():
+    """A caller whose answers were held up (each waits for the node's
+    ``actor_logged``) while its actor ran, reported and checkpointed more calls
+    resends the unanswered ones: the log answers them even when two checkpoints
+    have cleared their entries, instead of the node running them again."""
+    from actorcore.node.actor_manager._replay import ANSWERED_KEPT, CallLog
+    from actorcore.protocol._actors import CallSpec
+
+    log = CallLog(interval=7)
+
+    def call(k: int) -> CallSpec:
+        return CallSpec(task_id=k.to_bytes(16, "big"), actor_id=b"a" * 16, method="call",
+                        name="Ledger.call", args=b"", deps=[], num_returns=1, owner=b"o")
+
+    for k in range(21):  # three segments of 7 direct calls, a checkpoint after each
+        log.append(call(k), None, [(b"r%d" % k, False, b"%d" % (3 * k))], pinned=False)
+        if (k + 1) % 7 == 0:
+            log.take_checkpoint(b"state")
+    assert not log.entries
+    assert log.answer(call(1).task_id) == [(b"r1", False, b"3")]  # two checkpoints back
+    assert log.answer(call(20).task_id) == [(b"r20", False, b"60")]
+    for k in range(21, 21 + ANSWERED_KEPT):  # the oldest answers go, the newest stay
+        log.append(call(k), None, [(b"r", False, b"")], pinned=False)
+        log.take_checkpoint(b"state")
+    assert log.answer(call(1).task_id) is None
+    assert len(log.answered) == ANSWERED_KEPT

@@ -147,6 +147,58 @@ def test_spilled_result_whose_file_is_deleted_is_rebuilt_once(small_store):
     assert ray.get(noop.remote(), timeout=30) == 1
 
 
+def test_wait_does_not_report_a_lost_object_ready_until_it_is_rebuilt(small_store):
+    """As Ray's ``wait`` (``fetch_local=True``): ready means readable here. A result
+    whose spill file vanished is not ready; the wait starts its rebuild and reports
+    it ready once rebuilt. A ``put`` that cannot be rebuilt is ready with its error."""
+    log = str(small_store["log"])
+    x = big.remote("x", log, 4)
+    p = ray.put(np.full(4 * MB, 2, dtype=np.uint8))
+    assert ray.wait([x, p], num_returns=2, timeout=30)[0] == [x, p]
+    _spill_out([x, p], small_store["spill"])
+    assert _delete_spill_files(small_store["spill"])
+    ready, not_ready = ray.wait([x, p], num_returns=2, timeout=0)
+    assert ready == [] and not_ready == [x, p]
+    ready, not_ready = ray.wait([x, p], num_returns=2, timeout=60)
+    assert ready == [x, p] and not_ready == []
+    assert _runs(small_store["log"]) == {"x": 2}
+    assert ray.get(x, timeout=30)[0] == 4
+    with pytest.raises(ObjectLostError) as info:
+        ray.get(p, timeout=30)
+    assert p.hex() in str(info.value) and "put()" in str(info.value)
+    assert ray.get(noop.remote(), timeout=30) == 1
+
+
+@ray.remote(max_retries=2)
+def slow_big(tag: str, log: str, gate: str) -> np.ndarray:
+    with open(log, "a") as f:
+        f.write(tag + "\n")
+    deadline = time.monotonic() + 60
+    while os.path.exists(gate) and time.monotonic() < deadline:  # held while the test says
+        time.sleep(0.01)
+    return np.full(4 * MB, 8, dtype=np.uint8)
+
+
+def test_a_get_that_times_out_during_a_rebuild_says_so(small_store, tmp_path):
+    """A ``get`` whose timeout ends while the lost object is rebuilt raises
+    ``GetTimeoutError`` (not a loss); the rebuild goes on and a later get has it."""
+    from actorcore.exceptions import GetTimeoutError
+
+    log = str(small_store["log"])
+    gate = tmp_path / "gate"
+    x = slow_big.remote("x", log, str(gate))
+    ray.wait([x], timeout=30)
+    _spill_out([x], small_store["spill"])
+    assert _delete_spill_files(small_store["spill"])
+    gate.write_text("held")  # the re-run waits until the gate is gone
+    with pytest.raises(GetTimeoutError) as info:
+        ray.get(x, timeout=0.5)
+    assert x.hex() in str(info.value) and "being rebuilt" in str(info.value)
+    gate.unlink()
+    assert ray.get(x, timeout=60)[0] == 8
+    assert _runs(small_store["log"]) == {"x": 2}
+
+
 def test_a_freed_argument_of_the_lost_objects_task_is_rebuilt_first(small_store):
     log = str(small_store["log"])
     a = small.remote("a", log)
@@ -281,6 +333,32 @@ def test_node_loss_chain_with_dropped_intermediates(nodes, tmp_path):
     assert ray.get(noop.remote(), timeout=30) == 1
 
 
+@ray.remote(num_returns="streaming", max_retries=2)
+def big_items(tag: str, log: str, n: int):
+    with open(log, "a") as f:
+        f.write(tag + "\n")
+    for i in range(n):
+        yield np.full(2 * MB, 20 + i, dtype=np.uint8)
+
+
+def test_node_loss_streaming_generator_items_rebuilt_elsewhere(nodes, tmp_path):
+    """The items of a streaming generator that ran on a node killed while they were
+    copied home are rebuilt by re-running the generator on another node."""
+    log = str(tmp_path / "runs.log")
+    b = nodes.add_node(num_cpus=1, env_vars=FAST)
+    node_call(nodes, b, SlowChunks(30.0))
+    nodes.connect()
+    gen = big_items.remote("g", log, 2)
+    _lose_node_mid_copy(nodes, b, 1)
+    refs = list(gen)
+    assert len(refs) == 2
+    for i, ref in enumerate(refs):
+        value = ray.get(ref, timeout=90)
+        assert value.shape == (2 * MB,) and value[0] == 20 + i and value[-1] == 20 + i
+    assert _runs(tmp_path / "runs.log") == {"g": 2}
+    assert ray.get(noop.remote(), timeout=30) == 1
+
+
 @ray.remote
 def put_inside() -> list:
     return [ray.put(np.ones(2 * MB, dtype=np.uint8))]
@@ -327,10 +405,15 @@ class Maker:
         return np.ones(4 * MB, dtype=np.uint8)
 
 
-def test_a_lost_actor_result_says_its_producer_is_an_actor_task(small_store):
+@pytest.mark.parametrize("warm", [0, 5], ids=["routed-by-the-node", "after-warm-up-calls"])
+def test_a_lost_actor_result_says_its_producer_is_an_actor_task(small_store, warm):
     """An actor call is not re-run to rebuild its result (the actor's state moved on):
-    the error says so, names the object, and the node keeps working."""
+    the error says its producer is an actor task, names the object, and the node
+    keeps working. The first call of a caller goes through the node; later ones
+    may go straight to the actor's process (``core_worker._direct_calls``)."""
     m = Maker.remote()
+    for _ in range(warm):
+        ray.get(m.make.remote(), timeout=30)
     x = m.make.remote()
     ray.wait([x], timeout=30)
     _spill_out([x], small_store["spill"])
@@ -339,7 +422,8 @@ def test_a_lost_actor_result_says_its_producer_is_an_actor_task(small_store):
     with pytest.raises(ObjectReconstructionFailedError) as info:
         ray.get(x, timeout=30)
     assert time.monotonic() - started < 10
-    assert x.hex() in str(info.value) and "actor" in str(info.value)
+    assert x.hex() in str(info.value)
+    assert "its producer is an actor task" in str(info.value)
     assert ray.get(noop.remote(), timeout=30) == 1
     ray.kill(m)
 

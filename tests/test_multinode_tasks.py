@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 import actorcore
@@ -81,6 +82,41 @@ def test_a_custom_resource_places_the_task_on_the_node_that_has_it(on_three):
     assert ray.get(where.options(resources={"A": 1}).remote(), timeout=30) == a.node_id
     # Default work from the idle head stays on the head (under the threshold).
     assert ray.get(where.remote(), timeout=30) == cluster.head_node.node_id
+    _healthy()
+
+
+@ray.remote(num_returns="streaming")
+def count_up(n, big):
+    for i in range(n):
+        yield np.full(200_000, i, dtype=np.uint8) if big else i
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["inline", "stored"])
+def test_a_streaming_generator_on_another_node_yields_every_item(on_three, big):
+    """Its items go home one by one while it runs, then its end: every one of them
+    reaches the driver (the first used to close the task's way home)."""
+    cluster, a, b = on_three
+    gen = count_up.options(resources={"A": 1}).remote(4, big)
+    got = [ray.get(ref, timeout=30) for ref in gen]
+    assert [int(x[0]) if big else x for x in got] == [0, 1, 2, 3]
+    _healthy()
+
+
+@ray.remote(num_returns="dynamic")
+def count_up_dynamic(n, big):
+    for i in range(n):
+        yield np.full(200_000, i, dtype=np.uint8) if big else i
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["inline", "stored"])
+def test_a_dynamic_generator_on_another_node_gives_every_item(on_three, big):
+    """Its items go home with it (they are not pushed to the driver, whose refs to
+    them, in the task's value, look for them on its node): each one is read."""
+    cluster, a, b = on_three
+    refs = list(ray.get(count_up_dynamic.options(resources={"A": 1}).remote(4, big),
+                        timeout=30))
+    got = ray.get(refs, timeout=30)
+    assert [int(x[0]) if big else x for x in got] == [0, 1, 2, 3]
     _healthy()
 
 

@@ -228,6 +228,51 @@ async def test_spill_and_restore_under_small_capacity(tmp_path, prefix):
         assert os.listdir(spill) == []
 
 
+async def test_refs_count_only_objects_the_store_has(tmp_path, prefix):
+    """A ref taken on a missing id keeps nothing: not counted, so the object later
+    put under that id (a lost value rebuilt) goes when its writer lets it go; and a
+    spilled object whose file vanished takes its refs with it when found lost."""
+    spill = tmp_path / "spill"
+    async with running_store(tmp_path, prefix, capacity=8 * MB, spill_dir=str(spill)) as (
+            service, client):
+        other = await store.StoreClient.connect(service.address, TOKEN, name="other")
+        try:
+            await other.add_ref(b"ghost")  # nothing by that id yet
+            await other.contains(b"ghost")  # a round trip: the one-way add_ref is in
+            await client.put(b"ghost", np.ones(MB, dtype=np.uint8))
+            await client.remove_ref(b"ghost")
+            await _wait_for(lambda: service.statistics().count == 0,
+                            "the object freed with its writer's ref")
+
+            arrays = [np.full(3 * MB // 8, i, dtype=np.int64) for i in range(4)]
+            for i, array in enumerate(arrays):
+                await client.put(b"s%d" % i, array)
+                await other.add_ref(b"s%d" % i)
+            spilled = [name for name in os.listdir(spill) if name.endswith(".spill")]
+            assert spilled
+            lost = next(b"s%d" % i for i in range(4) if (b"s%d" % i).hex() in spilled[0])
+            os.unlink(spill / spilled[0])
+            kept = [b"s%d" % i for i in range(4) if b"s%d" % i != lost]
+            # Asking finds it lost as reading does (the file is checked).
+            assert await client.missing([*kept, lost, b"never"]) == [lost, b"never"]
+            with pytest.raises(store.ObjectNotFoundError):
+                await client.get(lost, timeout=0)  # gone: a get without a wait says so
+            assert not await client.contains(lost)
+            # Rebuilt under the same id: only its new writer's ref holds it.
+            await client.remove_ref(lost)
+            await other.remove_ref(lost)
+            await client.put(lost, np.zeros(MB, dtype=np.uint8))
+            await client.remove_ref(lost)
+            await _wait_for(lambda: service.statistics().count == 3,
+                            "the rebuilt object freed with its writer's ref")
+            for i in range(4):
+                await client.remove_ref(b"s%d" % i)
+                await other.remove_ref(b"s%d" % i)
+            await _wait_for(lambda: service.statistics().count == 0, "all freed")
+        finally:
+            await other.aclose()
+
+
 async def test_store_full_error_names_capacity_and_holders(tmp_path, prefix):
     async with running_store(tmp_path, prefix, capacity=4 * MB) as (service, client):
         await client.put(b"a", np.zeros(MB, dtype=np.uint8))

@@ -86,6 +86,7 @@ def _targets(h: Any, kind: str, target: str) -> list[str | int]:
 
 def cmd_chaos(args: argparse.Namespace) -> int:
     from ..testing.faults import Faults
+    from ..testing.faults._inject import where
 
     h = Faults(args.address)
     printed = _Printer()
@@ -93,7 +94,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     if action == "heal":
         done = h.heal_all()
         printed()
-        _out(f"healed every link fault on {len(done)} node(s)")
+        _out(f"healed every link fault on {where(done)}")
         return 0
     if action in ("kill", "crash"):
         return _repeat(h, args, printed)

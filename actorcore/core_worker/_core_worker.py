@@ -946,6 +946,12 @@ class CoreWorker:
         answer once it is ready again: ``(is_error, data)``."""
         try:
             items = (await self.conn.request(w.Rebuild([oid]), timeout=timeout)).objects
+        except transport.RequestTimeout:
+            # The rebuild goes on (a later get finds it done); this reader's wait is over.
+            err: Exception = GetTimeoutError(
+                f"get timed out after {timeout} s: object {oid.hex()} was lost from the "
+                f"node's object store and is being rebuilt")
+            return True, _serialization.dumps(err)
         except Exception as exc:
             err = ObjectLostError(f"object {oid.hex()} is no longer in the node's object "
                                   f"store, and asking the node to rebuild it failed: {exc}")
@@ -971,6 +977,12 @@ class CoreWorker:
         entries = self._entries
         found = [entries.get(o) for o in oids]
         flags = [e is not None and e.ready for e in found]
+        started = time.monotonic()
+        while self._lost_among(oids, found, flags, num_returns):
+            # Some were lost, now pending: the ready ones after them are checked too.
+            flags = [e is not None and e.ready for e in found]
+        if timeout is not None and timeout > 0:
+            timeout = max(0.0, timeout - (time.monotonic() - started))
         n_ready = flags.count(True)
         if n_ready < num_returns:
             if timeout != 0:
@@ -994,6 +1006,71 @@ class CoreWorker:
             else:
                 not_ready.append(ref)
         return ready, not_ready
+
+    # ``wait`` reports an object ready when its value can be read here, as Ray's
+    # ``wait`` (``fetch_local=True``) does: a large value whose every copy is lost
+    # (a spill file deleted, its node's store gone) is not ready, and asking for it
+    # starts its rebuild, as a ``get`` would. Its entry here says ``STORE`` (the
+    # value is in this node's store), so the entries a wait would report ready with
+    # that marker are checked with the store first (one round trip for them all;
+    # small values travel inline and cannot be lost; a value this process holds a
+    # view of cannot be lost either, and needs no asking). One found missing becomes
+    # pending again and the node is asked for it (`Rebuild`: it pulls it from
+    # another node or re-runs its task, or answers the error saying why not); the
+    # answer makes it ready again, and the wait goes on as for any pending object.
+
+    def _lost_among(self, oids: list[bytes], found: list[_Entry | None], flags: list[bool],
+                    num_returns: int) -> bool:
+        """Check with the store the large values among the first ``num_returns``
+        ready entries; make the missing ones pending again (their rebuild asked
+        for). Returns whether any was missing."""
+        if self.store is None or self._closed or self._in_loop():
+            return False
+        client = self.store.client
+        holds = client.holds if client is not None else None
+        check = []
+        seen = 0
+        for oid, e, ready in zip(oids, found, flags, strict=True):
+            if not ready or e is None:
+                continue
+            if not e.is_error and e.data == STORE and not (holds is not None and holds(oid)):
+                check.append(oid)
+            seen += 1
+            if seen >= num_returns:
+                break
+        if not check:
+            return False
+        return bool(self._run_in_loop(self._make_pending_if_lost, check))
+
+    async def _make_pending_if_lost(self, oids: list[bytes]) -> list[bytes]:
+        """The large values among ``oids`` that this node's store no longer has,
+        each made pending again while the node rebuilds it (core loop)."""
+        store = self.store
+        assert store is not None
+        try:
+            missing = await store.missing(oids)
+        except Exception as exc:  # the store restarting: ready, as the entries say
+            logger.debug("wait: asking the store for %d objects failed: %r", len(oids), exc)
+            return []
+        pending = []
+        for oid in missing:
+            e = self._entries.get(oid)
+            if e is None or not e.ready or e.data != STORE:
+                continue
+            with self._lock:
+                e.ready = False  # its data stays STORE: a reader meanwhile asks too
+            pending.append(oid)
+            self._nursery.start_soon(self._rebuilt, oid, e)
+        return pending
+
+    async def _rebuilt(self, oid: bytes, entry: _Entry) -> None:
+        """Ask the node for ``oid`` again, lost here; ready once it answers."""
+        is_error, data = await self._rebuild(oid, None)
+        if self._entries.get(oid) is not entry:
+            return
+        self._set_ready(entry, is_error, data)
+        if entry.dropped:
+            self._drop_late(oid, entry)
 
     def on_ready_callback(self, oids: Sequence[bytes], callback: Callable[[], None]) -> None:
         """Call ``callback`` once every object in ``oids`` is ready (core loop, or now)."""

@@ -335,6 +335,16 @@ class StoreLink:
             await self.reconnect(since=since)
             return bool(await self.client.contains(object_id))
 
+    async def missing(self, object_ids: list[bytes]) -> list[bytes]:
+        """Those of ``object_ids`` the store does not have (one round trip)."""
+        await self.connect()
+        since = self.generation
+        try:
+            return await self.client.missing(object_ids)
+        except _store_errors():
+            await self.reconnect(since=since)
+            return await self.client.missing(object_ids)
+
     async def remove_ref(self, object_id: bytes) -> None:
         if self.client is None:
             return  # never connected: we hold nothing

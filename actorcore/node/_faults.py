@@ -14,8 +14,11 @@ it. Ops:
   a machine fails). A pid no node owns is a ``ValueError`` naming the pids there are.
 - ``("rules", command, scope)``: a `transport.faults` command (``install``/``heal``
   by tag, ``clear``) applied in this node's process and forwarded to every process
-  connected to it (workers, actor processes, drivers); with ``scope="cluster"`` also
-  to every other live node, which does the same.
+  connected to it (workers, actor processes, drivers) and, on a head whose GCS runs
+  replicas in processes of their own, to those (over their stdin: ``gcs.ReplicaFaults``,
+  answered before the call returns); with ``scope="cluster"`` also to every other
+  live node, which does the same. The answer maps each node id, and each replica
+  process as ``gcs/<replica>``, to what it did.
 
 Control links. A fault rule may cut exactly the links a heal would travel (a
 partition between two nodes drops their peer link's messages and refuses new ones).
@@ -249,6 +252,12 @@ class NodeFaults:
                 transport.faults.Rule.from_dict(rule)
         node = self.node
         done = {node.node_hex: self.apply(command)}
+        if node.gcs_plan is not None:
+            # The replica processes' own tables (their links to each other, and
+            # their side of the nodes' links to them); a pipe carries the command,
+            # so no rule can cut it. Their answers go back as ``gcs/<replica>``.
+            for name, result in (await node.gcs_plan.faults.apply(command)).items():
+                done[f"gcs/{name}"] = result
         if scope == "cluster":
             async def one(node_id: str) -> None:
                 try:

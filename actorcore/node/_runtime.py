@@ -56,6 +56,7 @@ import transport
 from ..core_worker._store_link import StoreLink
 from ..kernel import Supervisor
 from ..protocol import _wire as w
+from ..protocol._actors import CallSpec
 from ..protocol._ids import owner_prefix, short, task_id_of
 from ..protocol._messages import DRIVER_GRACE, TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
@@ -143,6 +144,8 @@ class NodeRuntime:
         self.started_at = time.time()
         self.unix_address = f"unix:{config.session_dir / 'sockets' / 'node.sock'}"
         self.tcp_address: str | None = None
+        #: The GCS this head runs (``gcs.GcsPlan``, set by the tree), else None.
+        self.gcs_plan: Any = None
         # puts, fetches, frees, store refs, the lineage kept for rebuilding objects
         self.objects = NodeObjects(self, lineage_cap(config))
         self.directory = ObjectDirectory(on_drop=self.objects.on_object_dropped)
@@ -657,6 +660,8 @@ class NodeRuntime:
             if owned is not None:  # a driver's: freed when it leaves
                 owned.update(spec.return_ids())
             if spec.__class__ is not TaskSpec:  # an actor creation or method call
+                if spec.__class__ is CallSpec:
+                    self.objects.lineage.actor_call(spec.task_id)
                 self.actors.submit(conn, spec)
                 continue
             submit(spec)
@@ -690,13 +695,28 @@ class NodeRuntime:
         recorded as its results are, and pushed to the caller who owns them, unless
         its one return will carry their refs (``num_returns="dynamic"``)."""
         owner, results, push = m.owner, m.results, m.push
+        if not results:
+            return
         self.objects.hold_store_objects(results, conn)
+        entries = self.directory.entries
+        existed = {oid for oid, _e, _d in results if oid in entries}
+        self.directory.put_many(results)
+        # Counted in the lineage of a generator task submitted here; those a
+        # rebuild's re-run yields again but nobody holds are let go at once.
+        unwanted = self.objects.lineage.items_made([r[0] for r in results], existed)
+        if unwanted:
+            self.directory.free(unwanted)
+            gone = set(unwanted)
+            results = [r for r in results if r[0] not in gone]
         client = self.clients.get(owner)
         if client is not None and client.role == "driver":
             client.owned.update(oid for oid, _e, _d in results)  # freed with the driver
-        self.directory.put_many(results)
-        if push:
+        if push and results:
             self.deliver(owner, results)
+        elif results and self.cluster.forwarded_in:
+            # A dynamic generator's items of a task forwarded here: home to its
+            # node, where the refs in its value look for them.
+            self.cluster.send_home(task_id_of(results[0][0]), results)
 
     def _h_get_function(self, conn: Any, m: w.GetFunction, reply: Any) -> None:
         fid = m.function_id

@@ -79,6 +79,8 @@ class TreeHost(Protocol):
 
     # Set by the tree: the TCP address (a head's listener picks its port).
     tcp_address: str | None
+    # Set by the tree on a head: the GCS it runs (its replica processes' fault rules).
+    gcs_plan: Any
 
     @property
     def config(self) -> _TreeConfig: ...
@@ -143,6 +145,7 @@ def build_tree(node: TreeHost) -> Supervisor:
             config.token,
         )
         children.append(_to_child_spec(plan.tree))
+        node.gcs_plan = plan
         gcs_address = functools.partial(plan.wait_ready, timeout=60)
     elif config.head_address is not None:
         gcs_address = functools.partial(_gcs_address_from_head, config.head_address,

@@ -220,9 +220,15 @@ class ActorCalls:
 
     def _send_call(self, rec: Any, call: Call) -> None:
         spec = call.spec
-        if rec.log is not None and rec.node is None and spec.attempt:
-            # Resent after its host node died: if it ran there and reached the log
-            # (restored from the GCS), it is not run again; its caller gets that.
+        if rec.log is not None and (spec.attempt or spec.lost_incarnation):
+            # A resent call that ran and reached the log is not run again; its
+            # caller gets the logged results. Resent after its host node died: the
+            # log was restored from the GCS. Resent by its caller after its direct
+            # link broke: the caller's resend and the dying process's report of the
+            # call (`ActorLog`) come on two connections, so the resend can reach
+            # this node first (the log did not have it yet: it was queued) and the
+            # report next (it joined the log: the replay runs it). Asked again
+            # here, when the restarted actor takes it, the log has it.
             logged = rec.log.answer(spec.task_id)
             if logged is not None:
                 if spec.deps and not call.forwarded:

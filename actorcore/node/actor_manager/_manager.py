@@ -48,6 +48,7 @@ from ...exceptions import ActorDiedError, ActorUnschedulableError
 from ...protocol import _serialization
 from ...protocol import _wire as w
 from ...protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec
+from ...protocol._ids import task_id_of
 from ..placement_groups import group_of
 from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_max_starting
 from ._calls import ActorCalls, Call
@@ -737,6 +738,9 @@ class ActorManager:
         """Large results of a direct call: the node holds them, like any result."""
         results = m.results
         self.node.objects.hold_store_objects(results, conn)
+        mark = self.node.objects.lineage.actor_call
+        for oid, _e, _d in results:
+            mark(task_id_of(oid))
         self.node.held_for_drivers(oid for oid, _e, _d in results)
         self.node.directory.put_many(results)
 

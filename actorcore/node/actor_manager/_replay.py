@@ -23,8 +23,10 @@ node says ``actor_logged``. Hence:
 - a direct call resent after a lost link whose entry *is* in the log (the process
   died between the node's ``actor_logged`` and the caller's answer) is answered
   from the log (``answer``), not run again. A checkpoint right behind it may have
-  cleared the log meanwhile: the results of the direct calls of the segment a
-  checkpoint cleared are kept until the next one (``answered``) for that.
+  cleared the log meanwhile (or several: the process runs, reports and
+  checkpoints calls faster than their answers come back to it): the results of
+  the newest direct calls checkpoints cleared are kept (``answered``, at least
+  ``ANSWERED_KEPT`` of them) for that.
 
 Every ``checkpoint_interval`` calls the process sends ``actor_ckpt`` with the
 state behind the calls it reported: the node keeps it and clears the log. After a
@@ -78,6 +80,7 @@ until then (the replay reads them again).
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -96,6 +99,11 @@ __all__ = ["CALL_LOG_NAMESPACE", "CHECKPOINT_NAMESPACE", "CallLog", "LogWriter",
            "LoggedCall", "StoredCheckpoint"]
 
 logger = logging.getLogger("actorcore.actors")
+
+#: Direct calls whose answers the log keeps after checkpoints cleared their entries
+#: (at least; ``2 * checkpoint_interval`` if more): a caller that lost an answer
+#: and resends the call is answered from them instead of the call running again.
+ANSWERED_KEPT = 64
 
 #: The GCS kv namespace of the checkpoints (key: the actor id in hex).
 CHECKPOINT_NAMESPACE = "actorcore.checkpoints"
@@ -157,7 +165,8 @@ class CallLog:
     replayed: int = 0  # calls replayed in all (over every recovery)
     recoveries: int = 0
     fetched: bool = False  # the GCS was asked for it (a restart on another node)
-    # task id -> results of the direct calls the last checkpoint covered (``answer``)
+    # task id -> results of the newest direct calls checkpoints covered (``answer``;
+    # ``ANSWERED_KEPT``), oldest first
     answered: dict[bytes, list] = attrs.Factory(dict)
     seq: int = 0  # the sequence number of the newest entry
     checkpoint_seq: int = 0  # the newest entry the checkpoint covers
@@ -186,8 +195,19 @@ class CallLog:
         self.checkpoint = state
         self.checkpoints += 1
         self.checkpoint_seq = self.seq
-        self.answered = {tid: e.results for tid, e in self.entries.items()
-                         if e.dep_data is None}
+        # The answers outlive the entries, for a caller that resends a call whose
+        # answer it lost: kept for the newest direct calls, not only those this
+        # checkpoint covers. A resend can come after several checkpoints: the
+        # process reports and checkpoints calls faster than their answers reach
+        # their caller (each waits for its ``actor_logged``), so a link that is slow
+        # one way and then lost leaves calls unanswered that two checkpoints cover.
+        answered = self.answered
+        for tid, e in self.entries.items():
+            if e.dep_data is None:
+                answered[tid] = e.results
+        excess = len(answered) - max(ANSWERED_KEPT, 2 * self.interval)
+        for tid in list(itertools.islice(answered, max(0, excess))):
+            del answered[tid]
         return self.clear()
 
     def stored_checkpoint(self) -> StoredCheckpoint | None:

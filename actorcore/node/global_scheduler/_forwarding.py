@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...exceptions import NodeDiedError
 from ...protocol import _wire as w
-from ...protocol._ids import task_id_of
+from ...protocol._ids import DYNAMIC, is_stream_item, task_id_of
 from ...protocol._messages import TaskSpec
 from .._peers import PeerUnavailable
 from ..gcs_client._membership import NodeStatus
@@ -107,7 +107,9 @@ class ClusterTasks:
         sender, results = m.target, m.results
         if not results:
             return
-        entry = self.forwarded_out.pop(task_id_of(results[0][0]), None)
+        tid = task_id_of(results[0][0])
+        ends = _ends(results)
+        entry = self.forwarded_out.pop(tid, None) if ends else self.forwarded_out.get(tid)
         if entry is None:
             # Not (or no longer) ours: e.g. re-placed after its first node was
             # declared dead, yet the results of that first attempt arrived.
@@ -115,8 +117,12 @@ class ClusterTasks:
                         task_id_of(results[0][0]).hex(), sender[:12])
             return
         spec = entry[0]
-        self.node.remote.results_arrived(spec.owner, sender, results)
-        self.node.sched.release_held(spec.task_id)
+        # The items of a dynamic generator are not pushed to their owner: the refs
+        # in the task's value (its end) fetch them from here.
+        self.node.remote.results_arrived(spec.owner, sender, results,
+                                         deliver=ends or spec.num_returns != DYNAMIC)
+        if ends:
+            self.node.sched.release_held(spec.task_id)
 
     def on_node_dead(self, status: NodeStatus) -> None:
         dead = status.node_id
@@ -148,8 +154,13 @@ class ClusterTasks:
         self.node.sched.cancel(m.task_id, m.force, m.recursive)
 
     def send_home(self, task_id: bytes, results: list) -> bool:
-        """``results`` of a forwarded task: to its origin. False if not forwarded."""
-        origin = self.forwarded_in.pop(task_id, None)
+        """``results`` of a forwarded task: to its origin. False if not forwarded.
+        The items a generator yields go home as they come; the task is done here
+        with its end (`_ends`)."""
+        if _ends(results):
+            origin = self.forwarded_in.pop(task_id, None)
+        else:
+            origin = self.forwarded_in.get(task_id)
         if origin is None:
             return False
         try:
@@ -163,3 +174,9 @@ class ClusterTasks:
         return {"forwarded_out": len(self.forwarded_out),
                 "forwarded_in": len(self.forwarded_in), "sent": self.sent,
                 "received": self.received}
+
+
+def _ends(results: list) -> bool:
+    """Whether ``results`` end their task: its returns, not only items a generator
+    yielded (those go home one batch at a time while it runs, before its end)."""
+    return not all(is_stream_item(r[0]) for r in results)

@@ -795,6 +795,12 @@ class SchedulerState:
 
     def _send(self, worker: WorkerInfo, spec: TaskSpec) -> None:
         entries = self.directory.entries
+        if spec.deps:
+            missing = [oid for oid in spec.deps
+                       if (e := entries.get(oid)) is None or not e.ready]
+            if missing:
+                self._unsend(worker, spec, missing)
+                return
         dep_data = [(entries[oid].is_error, entries[oid].data) for oid in spec.deps]
         direct = self.host.owner_address(spec.owner)
         gpus = worker.gpu_ids.get(spec.task_id)
@@ -804,6 +810,21 @@ class SchedulerState:
             self._refuse_too_large(worker, spec, dep_data, exc)
         except Exception as exc:  # its link just died: the death handler retries
             logger.info("dispatch to worker_%d failed: %s", worker.index, exc)
+
+    def _unsend(self, worker: WorkerInfo, spec: TaskSpec, missing: list[bytes]) -> None:
+        """An argument of ``spec`` was lost after the task became ready (every copy
+        of its value went, and lineage made it pending again to rebuild it): the
+        task gives its worker and resources back and waits for the rebuilt value,
+        as it waited for the first one. Its arguments stay pinned, as they were."""
+        self._release(worker, spec.task_id)
+        self._promote(worker)
+        self._make_available(worker)
+        record = [spec, len(missing)]
+        self.waiting[spec.task_id] = record
+        for oid in missing:
+            self.directory.when_ready(oid, lambda _entry: self._dep_ready(record))
+        if record[1] != 0:
+            self.host.watch_deps(missing)
 
     def _refuse_too_large(
         self, worker: WorkerInfo, spec: TaskSpec, dep_data: list, exc: BaseException

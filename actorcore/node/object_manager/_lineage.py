@@ -40,6 +40,23 @@ task, with its spec kept here and retries left (a rebuild counts against
    so it is marked freed and pinned only until the task that needs it is done;
 3. the spec is submitted again (``sched.submit``: placed like a new task).
 
+Generator tasks (``num_returns="streaming"`` or ``"dynamic"``) are kept too. Their
+record counts the stream's end (their one return) and each item the node has seen
+(``items_made``: item ids are deterministic, ``stream_item_id(task, index)``, so
+the set of counted items says which drops count). A lost item is rebuilt as Ray
+does, by re-running the whole generator: the end becomes pending again with the
+lost items, the re-run re-yields every item with the same ids, the lost ones are
+made ready again (the others are ready already: first writer wins), and a
+re-yielded item nobody holds any more is let go at once. When the re-run's end
+is ready while a lost item is still pending (the generator yielded fewer items,
+or failed first), that item becomes ``ObjectReconstructionFailedError`` saying
+so: a generator must yield the same items each run to be rebuilt. Two cases wait
+instead of deciding: an item lost while its generator has not ended (its end is
+pending: it runs, or is retried after its worker or node died) joins that run,
+which may yield it again; and an item the run made on another node may still be
+on its way home when the end (a small value) arrives, and its copy decides. An
+item that joined a run and was yielded before it was lost gets a run of its own.
+
 One rebuild per task at a time: a task being rebuilt is in ``rebuilding`` until
 its first lost return is ready again, and any other request for one of its
 returns meanwhile finds the entry pending and waits with the others. When a
@@ -65,15 +82,20 @@ from ...exceptions import (
     ObjectReconstructionFailedLineageEvictedError,
     ObjectReconstructionFailedMaxAttemptsExceededError,
 )
-from ...protocol._ids import task_id_of
+from ...protocol import _serialization
+from ...protocol._ids import STREAM_BASE, is_stream_item, task_id_of
 from ...protocol._messages import TaskSpec
 
-__all__ = ["EVICTED_MEMORY", "Lineage", "LineageStatistics", "is_put"]
+__all__ = ["ACTOR_CALL_MEMORY", "EVICTED_MEMORY", "Lineage", "LineageStatistics", "is_put"]
 
 logger = logging.getLogger("actorcore.lineage")
 
 #: Task ids of evicted records remembered, to say "evicted" when one is needed.
 EVICTED_MEMORY = 100_000
+
+#: Task ids of actor calls whose results this node recorded, remembered so that a
+#: lost one fails saying that its producer is an actor task.
+ACTOR_CALL_MEMORY = 100_000
 
 _PUT_TASK_SUFFIX = b"\xff" * 8
 
@@ -123,6 +145,16 @@ class Lineage:
         self.evicted_live: dict[bytes, int] = {}
         #: tasks being re-run to rebuild a return.
         self.rebuilding: set[bytes] = set()
+        #: generator task id -> the items counted in its record's references, and
+        #: how many items its runs were seen to yield (the highest index + 1).
+        self.items: dict[bytes, set[bytes]] = {}
+        self.yielded: dict[bytes, int] = {}
+        #: generator task id being re-run -> its lost items, checked at its end,
+        #: and those found lost while it ran (they may have been yielded already).
+        self.lost_items: dict[bytes, list[bytes]] = {}
+        self.joined_items: dict[bytes, list[bytes]] = {}
+        #: task ids of actor calls whose results were recorded here (bounded).
+        self.actor_calls: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.evicted = 0
         self.rebuilds = 0
         self.failed = 0
@@ -136,7 +168,7 @@ class Lineage:
         if tid in records:
             records[tid].spec = spec
             return
-        if spec.num_returns <= 0:
+        if spec.num_returns == 0:
             # No output anyone can ask for: nothing to keep.
             self.node.control.lineage_done(tid)
             return
@@ -147,7 +179,8 @@ class Lineage:
             if rec is not None and dtid != tid and dtid not in holds:
                 rec.refs += 1
                 holds.append(dtid)
-        records[tid] = _Record(spec, spec.num_returns, holds)
+        # A generator's one return is its end; its items count as they come.
+        records[tid] = _Record(spec, max(spec.num_returns, 1), holds)
         if len(records) > self.cap:
             self._evict_oldest()
 
@@ -160,7 +193,67 @@ class Lineage:
 
     def return_dropped(self, oid: bytes) -> None:
         """The owner freed ``oid`` (it left the directory): one reference less."""
-        self._release(task_id_of(oid))
+        tid = task_id_of(oid)
+        if is_stream_item(oid):
+            counted = self.items.get(tid)
+            if counted is None or oid not in counted:
+                return  # an actor's item, or one never counted: no reference
+            counted.discard(oid)
+            if not counted:
+                del self.items[tid]
+        self._release(tid)
+
+    def items_made(self, oids: list[bytes], existed: set[bytes]) -> list[bytes]:
+        """A generator yielded ``oids`` (in the directory now; ``existed``: those
+        that had an entry before, ready or awaited). Each item of a kept task
+        counts as a reference of its record, once. Returns the items nobody
+        wants: re-yielded by a rebuild's re-run but no longer held (let go)."""
+        tid = task_id_of(oids[0])
+        if tid not in self.records and tid not in self.evicted_live:
+            return []
+        counted = self.items.setdefault(tid, set())
+        rerun = tid in self.rebuilding
+        yielded = self.yielded.get(tid, 0)
+        unwanted = []
+        for oid in oids:
+            index = _item_index(oid)
+            if index >= yielded:
+                yielded = index + 1
+            elif rerun and oid not in counted and oid not in existed:
+                # Seen before and let go since: nobody holds it. (One past what an
+                # earlier run was seen to yield is new: its owner may still iterate
+                # to it.)
+                unwanted.append(oid)
+                continue
+            self._count(oid, counted)
+        self.yielded[tid] = yielded
+        if not counted:
+            del self.items[tid]
+        return unwanted
+
+    def _count(self, oid: bytes, counted: set[bytes] | None = None) -> None:
+        """``oid`` has a directory entry again (made by a rebuild, or an item seen
+        first): one reference more on its task's record, as for a new return."""
+        tid = task_id_of(oid)
+        if is_stream_item(oid):
+            if counted is None:
+                counted = self.items.setdefault(tid, set())
+            if oid in counted:
+                return
+            counted.add(oid)
+        rec = self.records.get(tid)
+        if rec is not None:
+            rec.refs += 1
+        elif tid in self.evicted_live:
+            self.evicted_live[tid] += 1
+
+    def actor_call(self, task_id: bytes) -> None:
+        """The results of actor call ``task_id`` are recorded here: if one is lost,
+        the error says its producer is an actor task (never re-run)."""
+        calls = self.actor_calls
+        calls[task_id] = None
+        if len(calls) > ACTOR_CALL_MEMORY:
+            calls.popitem(last=False)
 
     def _release(self, tid: bytes) -> None:
         records = self.records
@@ -173,6 +266,7 @@ class Lineage:
                 if left is not None:
                     if left <= 1:
                         del self.evicted_live[t]
+                        self.yielded.pop(t, None)
                         self.node.control.lineage_done(t)
                     else:
                         self.evicted_live[t] = left - 1
@@ -181,6 +275,7 @@ class Lineage:
             if rec.refs > 0:
                 continue
             del records[t]
+            self.yielded.pop(t, None)
             self.node.control.lineage_done(t)
             stack.extend(rec.holds)
 
@@ -230,7 +325,13 @@ class Lineage:
         directory = node.directory
         if tid in self.rebuilding or tid in visiting:
             if not dry:
-                directory.reset(oid)  # joins the rebuild under way: the re-run puts it
+                # Joins the rebuild under way: the re-run puts it.
+                self._reset(oid)
+                joined = self.joined_items.get(tid)
+                if joined is not None and oid not in joined:
+                    joined.append(oid)
+            return
+        if self._join_run(oid, why, dry=dry):
             return
         spec = self._check(oid, why)
         visiting.add(tid)
@@ -260,8 +361,21 @@ class Lineage:
         spec.attempt += 1
         self.rebuilds += 1
         self.rebuilding.add(tid)
-        directory.reset(oid)
+        self._reset(oid)
         node.remote.forget_locations([oid])
+        # The entry whose readiness ends the rebuild: the lost return, or for a
+        # generator its end, pending again too, after which any lost item still
+        # pending was not yielded again.
+        watch = oid
+        if spec.num_returns < 0:
+            watch = spec.return_ids()[0]
+            self.lost_items[tid] = [oid] if oid != watch else []
+            self.joined_items[tid] = []
+            if watch != oid:
+                absent = watch not in directory.entries
+                self._reset(watch)
+                if absent:  # its owner freed it: it goes once the re-run is done
+                    directory.free([watch])
         # Its arguments stay in the directory until it is done, even if their owner
         # frees them meanwhile: the re-run may read them from another node (a
         # forwarded task is not pinned here). Those rebuilt for it are owned by
@@ -271,15 +385,85 @@ class Lineage:
         if rebuilt_args:
             directory.free(rebuilt_args)
 
-        def done(_entry: Any) -> None:
-            self.rebuilding.discard(tid)
-            directory.unpin(pinned)
+        def done(end: Any) -> None:
+            self._ended(tid, spec, why, end, pinned)
 
-        directory.when_ready(oid, done)
+        directory.when_ready(watch, done)
         logger.info("rebuilding object %s: re-running task %s (attempt %d, %s retries "
                     "left) because %s", oid.hex(), spec.name, spec.attempt + 1,
                     "unlimited" if spec.max_retries < 0 else spec.max_retries, why)
         node.sched.submit(spec)
+
+    def _join_run(self, oid: bytes, why: str, *, dry: bool) -> bool:
+        """``oid`` is an item of a generator task that has not ended (its end is
+        pending: it runs, or is retried after its worker or node died): no new run;
+        the one under way may yield it again, and if it ends without doing so
+        (the item came before it was lost) a run of its own rebuilds it then.
+        Whether it was so."""
+        if not is_stream_item(oid):
+            return False
+        tid = task_id_of(oid)
+        rec = self.records.get(tid)
+        if rec is None:
+            return False
+        directory = self.node.directory
+        end = rec.spec.return_ids()[0]
+        e = directory.entries.get(end)
+        if e is None or e.ready:
+            return False
+        if dry:
+            return True
+        self.rebuilding.add(tid)
+        self._reset(oid)
+        self.node.remote.forget_locations([oid])
+        self.lost_items[tid] = []
+        self.joined_items[tid] = [oid]
+        logger.info("object %s is lost (%s): its generator task %s has not ended, and "
+                    "may yield it again", oid.hex(), why, rec.spec.name)
+        directory.when_ready(end, lambda end_entry: self._ended(tid, rec.spec, why,
+                                                               end_entry, []))
+        return True
+
+    def _ended(self, tid: bytes, spec: TaskSpec, why: str, end: Any,
+               pinned: list[bytes]) -> None:
+        """The run that rebuilds task ``tid``'s returns ended (``end``: its end's
+        entry, for a generator; else the lost return's)."""
+        directory = self.node.directory
+        self.rebuilding.discard(tid)
+        directory.unpin(pinned)
+        # An item the run made on another node may still be on its way here (its
+        # end, a small value, overtakes its copy): that copy makes it ready, or
+        # fails and rebuilds it (``_remote``).
+        coming = self.node.remote.locations
+        lost = [i for i in self.lost_items.pop(tid, ()) if i not in coming]
+        joined = [i for i in self.joined_items.pop(tid, ()) if i not in coming]
+        for item in lost:
+            e = directory.entries.get(item)
+            if e is not None and not e.ready:
+                self.failed += 1
+                directory.put(item, True, _serialization.dumps(
+                    ObjectReconstructionFailedError(
+                        f"object {item.hex()} is lost ({why}) and cannot be rebuilt: "
+                        f"re-running its generator task {spec.name} ({tid.hex()}) "
+                        f"{'ended with an error' if end.is_error else 'ended'} "
+                        f"without yielding item {_item_index(item)} again (a "
+                        f"generator must yield the same items each run to be "
+                        f"rebuilt)")))
+        # An item lost while the run went on may have been yielded before it was
+        # found lost (its put then changed nothing): it needs a run of its own.
+        for item in joined:
+            e = directory.entries.get(item)
+            if e is not None and not e.ready:
+                err = self.reconstruct(item, why)
+                if err is not None:
+                    directory.put(item, True, _serialization.dumps(err))
+
+    def _reset(self, oid: bytes) -> None:
+        """``oid`` pending again; counted again if it had left the directory."""
+        directory = self.node.directory
+        if oid not in directory.entries:
+            self._count(oid)
+        directory.reset(oid)
 
     def _check(self, oid: bytes, why: str) -> TaskSpec:
         """The spec to re-run for ``oid``, or the typed error saying why there is none."""
@@ -295,6 +479,11 @@ class Lineage:
                     f"object {oid.hex()} is lost ({why}) and cannot be rebuilt: the "
                     f"lineage of its task {tid.hex()} was evicted by the lineage cap "
                     f"({self.cap} task specs kept; init(lineage_cap=...) raises it)")
+            if tid in self.actor_calls:
+                raise ObjectReconstructionFailedError(
+                    f"object {oid.hex()} is lost ({why}) and cannot be rebuilt: its "
+                    f"producer is an actor task ({tid.hex()}), and actor tasks are not "
+                    f"re-run to rebuild their results (the actor's state has moved on)")
             raise ObjectReconstructionFailedError(
                 f"object {oid.hex()} is lost ({why}) and cannot be rebuilt: this node "
                 f"has no lineage for its task {tid.hex()} (the result of an actor "
@@ -311,3 +500,8 @@ class Lineage:
         return LineageStatistics(kept=len(self.records), cap=self.cap, evicted=self.evicted,
                                  rebuilds=self.rebuilds, rebuilding=len(self.rebuilding),
                                  failed=self.failed)
+
+
+def _item_index(oid: bytes) -> int:
+    """The index (from 0) of a generator's item ``oid`` among the values it yielded."""
+    return int.from_bytes(oid[16:20], "big") - STREAM_BASE

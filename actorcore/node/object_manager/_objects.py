@@ -116,10 +116,15 @@ class NodeObjects:
         ``"held"``; an object dropped from the directory meanwhile is marked ``"drop"``
         and released as soon as the ``add_ref`` lands (never a release before a hold).
         """
-        oids = [oid for oid, _err, data in items if data == STORE]
-        if not oids or not self.node.serving or self.node.store_link is None:
+        stored = [oid for oid, _err, data in items if data == STORE]
+        if not stored or not self.node.serving or self.node.store_link is None:
             return
         refs = self.store_refs
+        # One node ref per object: a value made again while the node holds it (a
+        # generator re-run for a lost item re-yields the others, whose producer
+        # took a ref on the copy already there) is not held twice; its producer
+        # still drops its own ref below.
+        oids = [oid for oid in stored if refs.get(oid) not in ("held", "pending")]
         for oid in oids:
             refs[oid] = "pending"
 
@@ -150,7 +155,7 @@ class NodeObjects:
                 self._lost_before_held(oid)
             if producer is not None and not producer.closed:
                 try:
-                    producer.send_nowait(w.ReleaseObjects(oids))
+                    producer.send_nowait(w.ReleaseObjects(stored))
                 except transport.TransportError:
                     pass
 

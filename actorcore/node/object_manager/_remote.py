@@ -49,7 +49,7 @@ from ...core_worker._store_link import STORE
 from ...exceptions import ObjectLostError, ObjectStoreFullError, OwnerDiedError
 from ...protocol import _serialization
 from ...protocol import _wire as w
-from ...protocol._ids import owner_prefix, short, task_id_of
+from ...protocol._ids import is_stream_item, owner_prefix, short, task_id_of
 from .._peers import PeerUnavailable
 from ..gcs_client._membership import NodeStatus
 
@@ -134,10 +134,26 @@ class RemoteObjects:
                     out[nid] = out.get(nid, 0) + STORED_SIZE_GUESS
         return out
 
-    def results_arrived(self, owner: bytes, sender: str, results: list) -> None:
+    def results_arrived(self, owner: bytes, sender: str, results: list,
+                        deliver: bool = True) -> None:
         """A forwarded task's ``results`` came back from ``sender``: into the
-        directory (after a pull, for the large ones), then to their owner."""
+        directory (after a pull, for the large ones), then to their owner (not
+        with ``deliver`` False: the items of a ``num_returns="dynamic"`` task,
+        which its owner fetches through the refs in the task's value)."""
         node = self.node
+        if results and is_stream_item(results[0][0]):
+            # A generator's items: counted in its lineage here; those a rebuild's
+            # re-run yields again but nobody holds are let go (their copies too).
+            entries = node.directory.entries
+            ids = [r[0] for r in results]
+            unwanted = node.objects.lineage.items_made(ids, {o for o in ids if o in entries})
+            if unwanted:
+                gone = set(unwanted)
+                results = [r for r in results if r[0] not in gone]
+                try:
+                    node.peers.send(sender, w.FreeCopies(unwanted))
+                except PeerUnavailable:
+                    pass
         inline = []
         stored = []
         for item in results:
@@ -147,11 +163,14 @@ class RemoteObjects:
                 self.locations[item[0]] = [sender]
             else:
                 inline.append(item)
+        if not deliver:
+            node.held_for_drivers(r[0] for r in results)  # freed when the driver leaves
         if inline:
             node.directory.put_many(inline)
-            node.deliver(owner, inline)
+            if deliver:
+                node.deliver(owner, inline)
         for oid in stored:
-            node.spawn(self._pull_and_deliver, oid, owner)
+            node.spawn(self._pull_and_deliver, oid, owner if deliver else None)
 
     def copied_to(self, oid: bytes, node_id: str) -> None:
         """``node_id`` pulls ``oid`` from this node (an actor's argument sent there):
@@ -282,13 +301,7 @@ class RemoteObjects:
                     f"object {oid.hex()} is lost: the node holding it for its owner "
                     f"({target[:12]}) died or left before it could be fetched ({exc})"))
             return
-        for oid, is_error, data, locations in items:
-            if locations is None:
-                self.fetching.pop(oid, None)
-                self.fetched += 1
-                node.directory.put(oid, is_error, data)
-            else:
-                node.spawn(self._pull, oid, list(locations), False, target)
+        self._take_answers(items, target)
 
     async def _pull(self, oid: bytes, locations: list[str], home: bool = False,
                     owner: str | None = None) -> bool:
@@ -336,12 +349,12 @@ class RemoteObjects:
         node.directory.put(oid, False, STORE)
         return True
 
-    async def _pull_and_deliver(self, oid: bytes, owner: bytes) -> None:
+    async def _pull_and_deliver(self, oid: bytes, owner: bytes | None) -> None:
         if self._let_go_if_unwanted(oid):
             return  # freed while its task ran: not worth the copy
         await self._pull(oid, list(self.locations.get(oid, ())), home=True)
         e = self.node.directory.entries.get(oid)
-        if e is not None and e.ready:
+        if owner is not None and e is not None and e.ready:
             self.node.deliver(owner, [(oid, e.is_error, e.data)])
 
     async def _ask_owner(self, oid: bytes, owner: str, why: str) -> None:
@@ -356,13 +369,21 @@ class RemoteObjects:
                 f"object {oid.hex()} could not be copied here ({why}), and its owner's "
                 f"node {owner[:12]} could not be asked to rebuild it: {exc}"))
             return
-        for got, is_error, data, locations in items:
+        self._take_answers(items, None)  # no third time: a failed pull is the error
+
+    def _take_answers(self, items: list, owner: str | None) -> None:
+        """The owner's node answered a `FetchFromOwner` or a `ReportLost` with
+        ``items``: a value or error goes into the directory; a large value is
+        pulled from the nodes named (``owner``: the node to tell if every copy
+        fails, `ReportLost`; None: the pull's failure is the object's error)."""
+        node = self.node
+        for oid, is_error, data, locations in items:
             if locations is None:
-                self.fetching.pop(got, None)
+                self.fetching.pop(oid, None)
                 self.fetched += 1
-                node.directory.put(got, is_error, data)
+                node.directory.put(oid, is_error, data)
             else:
-                await self._pull(got, list(locations))
+                node.spawn(self._pull, oid, list(locations), False, owner)
 
     def _put_error(self, oid: bytes, error: BaseException) -> None:
         self.fetching.pop(oid, None)

@@ -32,10 +32,11 @@ again yet (``ValueError``).
 
 Link faults (`drop`, `delay`, `duplicate`, `partition`) are `transport.faults` rules
 installed in every process of the cluster: each node applies them and forwards them
-to its workers, actor processes and drivers (and to processes that connect later);
-the GCS replicas of the head run in its process unless the GCS has more than one
-replica per shard. Endpoint names are listed in `_inject` (``"node:<prefix>"``,
-``"gcs"``, ``"driver"``, ``"worker"``, ``"worker_3"``, or a transport name pattern).
+to its workers, actor processes and drivers (and to processes that connect later),
+and the head to its GCS replica processes when the GCS runs them (``gcs_replicas``
+>= 2; a replica started later gets them at its launch). Endpoint names are listed
+in `_inject` (``"node:<prefix>"``, ``"gcs"``, ``"gcs/shard_0/replica_1"``,
+``"driver"``, ``"worker"``, ``"worker_3"``, or a transport name pattern).
 
 Bad use is a ``ValueError`` naming the bad thing: an unknown path (and what exists
 there), a pid that no node of the cluster has, an unknown fault kind.
@@ -123,7 +124,8 @@ def partition(a: str, b: str, *, address: str | None = None) -> LinkFault:
 
 
 def heal_all(*, address: str | None = None) -> dict:
-    """Remove every link fault from every process of the cluster."""
+    """Remove every link fault from every process of the cluster. Returns what each
+    answered: node ids, and ``gcs/<replica>`` for GCS replica processes."""
     return _harness(address).heal_all()
 
 

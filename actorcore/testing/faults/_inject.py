@@ -16,18 +16,22 @@ names their endpoints announce (``transport.faults``). The names are stable:
 ``worker_<n>``              worker and actor processes (``n`` is per node)
 ``driver-<pid>``            a driver's link to its node
 ``gcs/coordinator``,
-``gcs/<replica>``           the GCS (on the head)
+``gcs/<replica>``           the GCS (on the head); ``<replica>`` is
+                            ``s<shard>r<slot>-<8 hex>``, new at each restart
 ``admin-<pid>``             a CLI or ``tree(address=...)`` call
 ``faults-*``                the harness's control links: never faulted
 ==========================  ================================================
 
 The harness takes friendlier names and turns them into patterns (`endpoint`):
-``"node:<id prefix>"``, ``"gcs"``, ``"driver"``, ``"worker"``, ``"worker_3"``, or any
-``fnmatch`` pattern of the names above; ``None`` is any endpoint.
+``"node:<id prefix>"``, ``"gcs"``, ``"gcs/shard_0/replica_1"`` (a replica slot, as
+the tree names it: whichever replica runs there, restarts included), ``"driver"``,
+``"worker"``, ``"worker_3"``, or any ``fnmatch`` pattern of the names above;
+``None`` is any endpoint.
 """
 
 from __future__ import annotations
 
+import re
 import signal as _signal
 import time
 import uuid
@@ -37,7 +41,7 @@ import transport
 
 from ._record import Injected, note
 
-__all__ = ["Faults", "LinkFault", "endpoint"]
+__all__ = ["Faults", "LinkFault", "endpoint", "where"]
 
 
 def endpoint(name: str | None) -> str | None:
@@ -53,6 +57,14 @@ def endpoint(name: str | None) -> str | None:
         return f"node-{prefix[:8]}*"
     if name == "gcs":
         return "gcs/*"
+    if name.startswith("gcs/shard_"):
+        slot = _SLOT.fullmatch(name)
+        if slot is None:
+            raise ValueError(f"endpoint {name!r}: a GCS replica slot is "
+                             f"'gcs/shard_<i>/replica_<j>' (a number or '*' each), as "
+                             f"actorcore.tree() shows it")
+        shard, index = (n if n == "*" else str(int(n)) for n in (slot[1], slot[2]))
+        return f"gcs/s{shard}r{index}-*"
     if name == "driver":
         return "driver-*"
     if name == "worker":
@@ -67,8 +79,19 @@ def endpoint(name: str | None) -> str | None:
     return name
 
 
+#: A GCS replica slot as the tree names it.
+_SLOT = re.compile(r"gcs/shard_(\d+|\*)/replica_(\d+|\*)")
+
 #: How every transport name of a cluster process starts (the module docstring).
 _KNOWN = ("node-", "worker_", "driver-", "gcs/", "admin-", "*", "?", "[")
+
+
+def where(done: dict) -> str:
+    """``"2 node(s)"``, ``"1 node(s), 3 GCS replica process(es)"``: what a rules
+    command reached, from its answer (node ids, and ``gcs/<replica>`` keys)."""
+    replicas = sum(1 for key in done if str(key).startswith("gcs/"))
+    text = f"{len(done) - replicas} node(s)"
+    return f"{text}, {replicas} GCS replica process(es)" if replicas else text
 
 
 def _link_broke(exc: BaseException) -> bool:
@@ -115,16 +138,19 @@ class LinkFault:
             note(Injected(time.time(), kind, target, str(exc), False, seed, step))
             raise
         note(Injected(time.time(), kind, target,
-                      f"{len(rules)} rule(s) in {len(done)} node(s) and their processes",
+                      f"{len(rules)} rule(s) in {where(done)} and their processes",
                       True, seed, step))
 
-    def heal(self) -> None:
-        """Remove the rules everywhere."""
+    def heal(self) -> dict:
+        """Remove the rules everywhere; returns how many each process removed (node
+        ids, and ``gcs/<replica>`` for GCS replica processes), ``{}`` if healed
+        before."""
         if self.healed:
-            return
+            return {}
         self.healed = True
-        self.faults._rules({"op": "heal", "tag": self.tag})
+        done = dict(self.faults._rules({"op": "heal", "tag": self.tag}))
         note(Injected(time.time(), "heal", self.target, f"{self.kind} healed"))
+        return done
 
     def __enter__(self) -> LinkFault:
         return self
@@ -287,7 +313,7 @@ class Faults:
     def heal_all(self) -> dict:
         """Remove every link fault in every process of the cluster."""
         done = self._rules({"op": "clear"})
-        note(Injected(time.time(), "heal", "*", f"all link faults healed ({len(done)} nodes)"))
+        note(Injected(time.time(), "heal", "*", f"all link faults healed ({where(done)})"))
         return done
 
     # ----------------------------------------------------------------- targets
