@@ -96,15 +96,26 @@ _FILL_AND_KILL = """
 
 
 def _killed_head(root: str) -> tuple[Path, int]:
-    """A CLI head whose store holds 80 MB, SIGKILLed: its arena is left behind."""
-    session, pid, _info = _start_head(root)
-    out = _py(root, _FILL_AND_KILL)
-    assert "killed" in out.stdout, out.stdout + out.stderr
-    _wait_dead(pid)
-    arena = _arena(session)
-    assert os.path.exists(arena) and _held(arena) >= 80 << 20  # the leak of issue 9, item 7
-    assert list((session / "sockets").iterdir())  # and its sockets
-    return session, pid
+    """A CLI head whose store holds 80 MB, SIGKILLed: its arena is left behind.
+
+    Any ``init()``, ``start`` or ``stop`` on this machine removes the arena of a dead
+    node, whatever its session root: another test process running beside this one
+    (the suite's second worker) may do so between the kill and the check below. The
+    leak was real, but it is no longer there to see: a new head is killed then."""
+    for _attempt in range(3):
+        session, pid, _info = _start_head(root)
+        out = _py(root, _FILL_AND_KILL)
+        assert "killed" in out.stdout, out.stdout + out.stderr
+        _wait_dead(pid)
+        arena = _arena(session)
+        try:
+            held = _held(arena)
+        except FileNotFoundError:
+            continue  # reclaimed by another process of this machine already
+        assert held >= 80 << 20  # the leak of issue 9, item 7
+        assert list((session / "sockets").iterdir())  # and its sockets
+        return session, pid
+    raise AssertionError("the killed head's arena was reclaimed by another process 3 times")
 
 
 _INIT_AND_RUN = """
