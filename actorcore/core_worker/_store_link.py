@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cloudpickle
 import trio
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["STORE", "StoreLink", "encode_value", "INLINE_THRESHOLD"]
 
 logger = logging.getLogger("actorcore.store_link")
+
+_T = TypeVar("_T")
 
 #: Stands for "the value is in the node's shared-memory store" in an object's data.
 STORE = b"\x00actorcore-store"
@@ -325,25 +328,29 @@ class StoreLink:
             await self.client.add_ref(object_id)
             return bool(await self.client.contains(object_id))
 
-    async def contains(self, object_id: bytes) -> bool:
-        """Whether the store holds ``object_id`` (sealed, in memory or spilled)."""
+    async def _once_more(self, call: Callable[[Any], Awaitable[_T]]) -> _T:
+        """``await call(client)``, and once more on the new connection if the store
+        restarted under it (the store keeps what it held across a restart)."""
         await self.connect()
         since = self.generation
         try:
-            return bool(await self.client.contains(object_id))
+            return await call(self.client)
         except _store_errors():
             await self.reconnect(since=since)
-            return bool(await self.client.contains(object_id))
+            return await call(self.client)
+
+    async def contains(self, object_id: bytes) -> bool:
+        """Whether the store holds ``object_id`` (sealed, in memory or spilled)."""
+        return bool(await self._once_more(lambda client: client.contains(object_id)))
 
     async def missing(self, object_ids: list[bytes]) -> list[bytes]:
         """Those of ``object_ids`` the store does not have (one round trip)."""
-        await self.connect()
-        since = self.generation
-        try:
-            return await self.client.missing(object_ids)
-        except _store_errors():
-            await self.reconnect(since=since)
-            return await self.client.missing(object_ids)
+        return await self._once_more(lambda client: client.missing(object_ids))
+
+    async def payload(self, object_id: bytes) -> Any:
+        """A read-only view of ``object_id``'s payload, for serving it to another
+        node in slices (`store.StoreClient.payload`)."""
+        return await self._once_more(lambda client: client.payload(object_id))
 
     async def remove_ref(self, object_id: bytes) -> None:
         if self.client is None:
@@ -397,12 +404,8 @@ class StoreLink:
     async def statistics(self) -> store.StoreStatistics:
         """The node's store service's figures (`store.StoreStatistics`); reconnects
         once if the service restarted since the last call, like every other call."""
-        await self.connect()
-        try:
-            stats: store.StoreStatistics = await self.client.store_statistics()
-        except _store_errors():
-            await self.reconnect()
-            stats = await self.client.store_statistics()
+        stats: store.StoreStatistics = await self._once_more(
+            lambda client: client.store_statistics())
         return stats
 
     async def aclose(self) -> None:

@@ -276,15 +276,7 @@ class ObjectTransfers:
         if link is None:
             raise ObjectTransferError(f"cannot pull object {oid.hex()}: the node has no "
                                       f"object store yet", object_id=oid.hex())
-        await link.connect()
-        since = link.generation
-        try:
-            here = await link.client.contains(oid)
-        except _store_errors():
-            # This node's store restarted: ask it again once the link is back.
-            await link.reconnect(since=since, timeout=RECONNECT_WINDOW)
-            here = await link.client.contains(oid)
-        if here:
+        if await link.contains(oid):  # (asked again if this node's store restarted)
             # Put here meanwhile (by a process of this node): a copy all the same.
             await link.add_ref(oid)
             self.copies[oid] = False
@@ -472,15 +464,9 @@ class ObjectTransfers:
         link = self.node.store_link
         if link is None:
             raise RuntimeError("this node has no object store yet")
-        await link.connect()
-        since = link.generation
-        try:
-            p = await link.client.payload(oid)
-        except _store_errors():
-            # The store restarted (a crash of ``object_manager``): it reopens its
-            # arena and keeps what it held; ask again once the link is back.
-            await link.reconnect(since=since, timeout=RECONNECT_WINDOW)
-            p = await link.client.payload(oid)
+        # Asked again if the store restarted (a crash of ``object_manager``): it
+        # reopens its arena and keeps what it held.
+        p = await link.payload(oid)
         serving = self._serving.get(oid)  # another request leased it meanwhile
         if serving is not None:
             return serving.payload
