@@ -203,6 +203,7 @@ class WorkerProcess:
         core = self.core
         assert core is not None
         pushed = False
+        conn = None
         address = self._owner_addr.pop(task_id, None)
         if address is not None and not retry and results_size(results) > core.frame_limit():
             # Too large for the node (no store to spill them to): it records them
@@ -216,20 +217,23 @@ class WorkerProcess:
                     pushed = True
                 except Exception as exc:  # the node delivers them instead
                     logger.debug("pushing results to their owner at %s failed: %r", address, exc)
-                if pushed and conn.unsent and self._nursery is not None:
-                    # The push is queued, not written: "done, pushed" must not reach
-                    # the node first (see `_done_once_pushed`).
-                    self._nursery.start_soon(self._done_once_pushed, conn, task_id, results)
-                    self._running.pop(task_id, None)
-                    self._pump()
-                    return
             elif address not in self._owner_conns and self._nursery is not None:
                 self._owner_conns[address] = None
                 self._nursery.start_soon(self._dial_owner, address)
-        core.append_unsent(w.TaskDone(task_id, results, retry, pushed))
-        core.flush_now()
+        if pushed and conn is not None and conn.unsent and self._nursery is not None:
+            # The push is queued, not written: "done, pushed" must not reach the
+            # node first (see `_done_once_pushed`).
+            self._nursery.start_soon(self._done_once_pushed, conn, task_id, results)
+        else:
+            self._report_done(task_id, results, retry, pushed)
         self._running.pop(task_id, None)
         self._pump()
+
+    def _report_done(self, task_id: bytes, results: list, retry: bool, pushed: bool) -> None:
+        core = self.core
+        assert core is not None
+        core.append_unsent(w.TaskDone(task_id, results, retry, pushed))
+        core.flush_now()
 
     # Results pushed to their owner take one hop, but the node must learn that they
     # went: told "done, pushed", it records them without delivering them. The push
@@ -242,15 +246,12 @@ class WorkerProcess:
     # "not pushed" if the link closed first: the node then delivers the results.
 
     async def _done_once_pushed(self, conn: Any, task_id: bytes, results: list) -> None:
-        pushed = True
         try:
             await conn.drain()
+            pushed = True
         except transport.ConnectionLost:
             pushed = False
-        core = self.core
-        assert core is not None
-        core.append_unsent(w.TaskDone(task_id, results, False, pushed))
-        core.flush_now()
+        self._report_done(task_id, results, False, pushed)
 
     async def _dial_owner(self, address: str) -> None:
         try:
