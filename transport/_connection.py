@@ -292,12 +292,9 @@ class Connection:
         never left. A cancellation point.
         """
         target = self._frames_sent + self.unsent
-        while self._frames_sent < target and not self._closed:
+        while self._frames_sent < target:
+            self._check_open()  # closed first: those frames never left
             await self._drained.park()
-        if self._frames_sent < target:
-            self._check_open()
-            raise ConnectionLost(f"connection {self.name!r} -> {self.peer_name!r} closed "
-                                 f"before {target - self._frames_sent} frame(s) were written")
 
     async def aclose(self, flush_timeout: float = 5.0) -> None:
         """Flush queued frames (at most ``flush_timeout`` seconds), then close. Idempotent."""
