@@ -36,6 +36,27 @@ def cluster() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
+def three() -> Iterator[tuple[Any, Any, Any]]:
+    """``(cluster, a, b)``: a head (1 CPU), A (1 CPU, resource ``A``) and B (1 CPU,
+    resource ``B``) that a module's tests share when they leave every node alive,
+    each a driver of its own (``on_three``); see ``cluster_support.three_nodes``."""
+    from .cluster_support import three_nodes
+
+    with three_nodes() as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def on_three(three: tuple[Any, Any, Any]) -> Iterator[tuple[Any, Any, Any]]:
+    """``three``, this process a new driver on its head for the test; afterwards the
+    cluster must be back at rest (``cluster_support.driver``)."""
+    from .cluster_support import driver
+
+    with driver(three[0]):
+        yield three
+
+
+@pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two clusters' TLS material (``transport.TlsConfig``): ``a`` (the cluster) and
     ``b`` (another CA)."""

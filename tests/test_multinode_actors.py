@@ -15,22 +15,7 @@ from actorcore import exceptions as exc
 from actorcore.api._actor_handle import actor_state
 from actorcore.testing import Cluster
 
-from .cluster_support import FAST, driver, three_nodes, until
-
-
-@pytest.fixture(scope="module")
-def three():
-    """Head (1 CPU), A (1 CPU, resource A), B (1 CPU, resource B): shared by the
-    tests that leave every node alive, each a driver of its own (``driver``)."""
-    with three_nodes() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def on_three(three):
-    """``three``, this process a new driver on its head for the test."""
-    with driver(three[0]):
-        yield three
+from .cluster_support import FAST, until
 
 
 @pytest.fixture

@@ -16,22 +16,7 @@ from actorcore import exceptions as exc
 from actorcore.testing import Cluster
 from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .cluster_support import FAST, driver, three_nodes
-
-
-@pytest.fixture(scope="module")
-def three():
-    """Head (1 CPU), A (1 CPU, resource A), B (1 CPU, resource B): shared by the
-    tests that leave every node alive, each a driver of its own (``driver``)."""
-    with three_nodes() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def on_three(three):
-    """``three``, this process a new driver on its head for the test."""
-    with driver(three[0]):
-        yield three
+from .cluster_support import FAST, driver
 
 
 @pytest.fixture
@@ -102,19 +87,13 @@ def test_a_streaming_generator_on_another_node_yields_every_item(on_three, big):
     _healthy()
 
 
-@ray.remote(num_returns="dynamic")
-def count_up_dynamic(n, big):
-    for i in range(n):
-        yield np.full(200_000, i, dtype=np.uint8) if big else i
-
-
 @pytest.mark.parametrize("big", [False, True], ids=["inline", "stored"])
 def test_a_dynamic_generator_on_another_node_gives_every_item(on_three, big):
     """Its items go home with it (they are not pushed to the driver, whose refs to
     them, in the task's value, look for them on its node): each one is read."""
     cluster, a, b = on_three
-    refs = list(ray.get(count_up_dynamic.options(resources={"A": 1}).remote(4, big),
-                        timeout=30))
+    gen = count_up.options(num_returns="dynamic", resources={"A": 1}).remote(4, big)
+    refs = list(ray.get(gen, timeout=30))
     got = ray.get(refs, timeout=30)
     assert [int(x[0]) if big else x for x in got] == [0, 1, 2, 3]
     _healthy()
