@@ -9,8 +9,8 @@ from typing import Any
 
 from actorcore.session._session import pid_alive
 
-__all__ = ["FAST", "STEADY", "alive", "at_rest", "driver", "node_call", "three_nodes", "until",
-           "wait_at_rest"]
+__all__ = ["FAST", "STEADY", "alive", "at_rest", "driver", "node_call", "three_nodes",
+           "two_nodes", "until", "wait_at_rest"]
 
 #: Node environment for multi-node tests that kill nodes: a killed node is declared dead within
 #: 3 s (heartbeats every 0.1 s) instead of the default 10 s. Not less: on a loaded
@@ -113,6 +113,24 @@ def three_nodes() -> Iterator[tuple[Any, Any, Any]]:
         b = c.add_node(num_cpus=1, resources={"B": 1}, env_vars=STEADY)
         yield c, a, b
     finally:
+        c.shutdown()
+
+
+@contextlib.contextmanager
+def two_nodes(env: dict[str, str], resources: dict[str, float]) -> Iterator[tuple[Any, Any]]:
+    """A head (1 CPU) and one more node (1 CPU, ``resources``), both with ``env``, this
+    process connected to them as a driver. Yields ``(cluster, other node)``; shut
+    down (the driver first) after."""
+    import actorcore
+    from actorcore.testing import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": env})
+    try:
+        other = c.add_node(num_cpus=1, resources=resources, env_vars=env)
+        c.connect()
+        yield c, other
+    finally:
+        actorcore.shutdown()
         c.shutdown()
 
 

@@ -17,6 +17,7 @@ import actorcore
 import transport
 from actorcore.testing import Cluster, faults
 
+from . import cluster_support
 from .cluster_support import FAST, until
 
 _until = functools.partial(until, timeout=20.0)
@@ -37,14 +38,8 @@ def _pid_alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": FAST})
-    try:
-        other = c.add_node(num_cpus=1, resources={"OTHER": 1}, env_vars=FAST)
-        c.connect()
-        yield c, other
-    finally:
-        actorcore.shutdown()
-        c.shutdown()
+    with cluster_support.two_nodes(FAST, {"OTHER": 1}) as nodes:
+        yield nodes
 
 
 @actorcore.remote

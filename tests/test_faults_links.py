@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import actorcore
-from actorcore.testing import Cluster, faults
+from actorcore.testing import faults
 
+from . import cluster_support
 from .cluster_support import until
 
 _until = functools.partial(until, timeout=30.0)
@@ -26,15 +27,11 @@ SLOW_DEATH = {"ACTORCORE_NODE_TIMEOUT": "20", "ACTORCORE_HEARTBEAT_INTERVAL": "0
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": SLOW_DEATH})
-    try:
-        other = c.add_node(num_cpus=1, resources={"FAR": 100}, env_vars=SLOW_DEATH)
-        c.connect()
-        yield c, other
-    finally:
-        faults.heal_all()
-        actorcore.shutdown()
-        c.shutdown()
+    with cluster_support.two_nodes(SLOW_DEATH, {"FAR": 100}) as nodes:
+        try:
+            yield nodes
+        finally:
+            faults.heal_all()
 
 
 @actorcore.remote(resources={"FAR": 1})

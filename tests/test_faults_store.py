@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import actorcore
-from actorcore.testing import Cluster, faults
+from actorcore.testing import faults
 
+from . import cluster_support
 from .cluster_support import until
 
 _until = functools.partial(until, timeout=60.0)
@@ -26,14 +27,8 @@ ENV = {"ACTORCORE_NODE_TIMEOUT": "20", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "env_vars": ENV})
-    try:
-        other = c.add_node(num_cpus=1, resources={"FAR": 100}, env_vars=ENV)
-        c.connect()
-        yield c, other
-    finally:
-        actorcore.shutdown()
-        c.shutdown()
+    with cluster_support.two_nodes(ENV, {"FAR": 100}) as nodes:
+        yield nodes
 
 
 @actorcore.remote(resources={"FAR": 1}, max_retries=-1)
