@@ -154,9 +154,22 @@ def _round(cluster, r: int, rec, ledger, calls: list[int], timeout: float, pin: 
     return len(everything)
 
 
-def _shm_segments(cluster) -> set[str]:
-    names = {f"actorcore-{n.session_dir.name}" for n in cluster.list_all_nodes()}
-    return {f for f in os.listdir("/dev/shm") if any(f.startswith(n) for n in names)}
+def _segments(sessions: set[str]) -> set[str]:
+    """The /dev/shm segments of the nodes with these session directory names."""
+    return {f for f in os.listdir("/dev/shm")
+            if any(f.startswith(f"actorcore-{name}") for name in sessions)}
+
+
+def _nothing_left(pids: set[int], sessions: set[str], segments_seen: set[str]) -> None:
+    """After the cluster's shutdown: every process the tree showed (``pids``) is
+    gone, and every shared-memory segment of its nodes (``sessions``); the segments
+    were seen while it ran (``segments_seen``), so the check looked at the right ones."""
+    assert segments_seen, "the cluster's shared memory was not seen"
+    deadline = time.monotonic() + 10
+    while (left := {p for p in pids if _alive(p)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"processes left behind: {sorted(left)}"
+    assert not _segments(sessions), f"/dev/shm segments left: {_segments(sessions)}"
 
 
 def _alive(pid: int) -> bool:
@@ -178,6 +191,7 @@ def _soak(seconds: float, rate: float, kinds: tuple[str, ...] = faults.KINDS,
     pin = {} if spread else {"resources": {"soak_head": 1}}
     pids: set[int] = set()
     segments: set[str] = set()
+    sessions: set[str] = set()
     started = time.monotonic()
     try:
         cluster.add_node(num_cpus=1, env_vars=fast)
@@ -205,7 +219,8 @@ def _soak(seconds: float, rate: float, kinds: tuple[str, ...] = faults.KINDS,
                     break
         finally:
             sched.stop()
-        segments = _shm_segments(cluster)
+        sessions = {n.session_dir.name for n in cluster.list_all_nodes()}
+        segments = _segments(sessions)
         # The named actor, found by name after its restarts; its history since its
         # last restart is a suffix of the calls, in order (no replay yet).
         named = actorcore.get_actor("recorder")
@@ -229,13 +244,7 @@ def _soak(seconds: float, rate: float, kinds: tuple[str, ...] = faults.KINDS,
     finally:
         actorcore.shutdown()
         cluster.shutdown()
-    # Nothing left behind: every process the tree showed is gone, every segment.
-    assert segments, "the cluster's shared memory was not seen"
-    deadline = time.monotonic() + 10
-    while (left := {p for p in pids if _alive(p)}) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not left, f"processes left behind: {sorted(left)}"
-    assert not _shm_segments(cluster), f"/dev/shm segments left: {_shm_segments(cluster)}"
+    _nothing_left(pids, sessions, segments)
 
 
 def test_chaos_soak_short():

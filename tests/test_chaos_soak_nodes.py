@@ -38,7 +38,8 @@ from .test_chaos_soak import (
     SEED,
     Ledger,
     Recorder,
-    _alive,
+    _nothing_left,
+    _segments,
     _tree_reduce,
     make,
     nested,
@@ -50,12 +51,6 @@ ENV = {"ACTORCORE_NODE_TIMEOUT": "5", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
 #: The actors live on the non-head nodes (this resource), so a node kill restarts
 #: them elsewhere.
 FAR = "soak_far"
-
-
-def _segments(sessions: set[str]) -> set[str]:
-    """The /dev/shm segments of the nodes with these session directory names."""
-    return {f for f in os.listdir("/dev/shm")
-            if any(f.startswith(f"actorcore-{name}") for name in sessions)}
 
 
 def _submit(r: int, rec, ledger, calls: list[int]):
@@ -155,9 +150,4 @@ def test_chaos_soak_node_kills():
             sched.stop()
         actorcore.shutdown()
         cluster.shutdown()
-    assert segments, "the cluster's shared memory was not seen"
-    deadline = time.monotonic() + 10
-    while (left := {p for p in pids if _alive(p)}) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not left, f"processes left behind: {sorted(left)}"
-    assert not _segments(sessions), f"/dev/shm segments left: {_segments(sessions)}"
+    _nothing_left(pids, sessions, segments)
