@@ -126,6 +126,15 @@ async def shard_scaling(shards: int, replicas: int, n: int, concurrency: int) ->
     await _with_gcs(gcs.GcsConfig(shards=shards, replicas=replicas, processes=True), body)
 
 
+def _sigkill_replica(service, position: int) -> float:  # type: ignore[no-untyped-def]
+    """SIGKILL the replica at ``position`` of shard 0's chain (0: head); the time."""
+    name = service.coordinator.chain(0).chain[position]
+    target = next(s for s in service.replicas() if s.name == name)
+    killed = time.perf_counter()
+    os.kill(target.pid, signal.SIGKILL)
+    return killed
+
+
 async def failover(victim: int, writers: int) -> None:
     names = {0: "head", 1: "middle", 2: "tail"}
 
@@ -146,10 +155,7 @@ async def failover(victim: int, writers: int) -> None:
                 nursery.start_soon(write, w)
             await trio.sleep(1.0)
             coordinator = service.coordinator
-            name = coordinator.chain(0).chain[victim]
-            target = next(s for s in service.replicas() if s.name == name)
-            killed = time.perf_counter()
-            os.kill(target.pid, signal.SIGKILL)
+            killed = _sigkill_replica(service, victim)
             await trio.sleep(0.05)
             await coordinator.wait_ready(30)
             healed = time.perf_counter()
@@ -196,11 +202,8 @@ async def failover_series(kills: int, writers: int) -> dict[str, list[float]]:
             coordinator = service.coordinator
             for k in range(kills):
                 victim = k % 3
-                name = coordinator.chain(0).chain[victim]
-                target = next(s for s in service.replicas() if s.name == name)
                 start = len(ends)
-                killed = time.perf_counter()
-                os.kill(target.pid, signal.SIGKILL)
+                killed = _sigkill_replica(service, victim)
                 await trio.sleep(0.5)
                 await coordinator.wait_ready(30)
                 await trio.sleep(0.3)
