@@ -69,6 +69,12 @@ class GcsConfig:
         return self.replicas >= 2 if self.processes is None else self.processes
 
 
+#: The prefix of a replica process's answer to a fault command, on its stdout
+#: (written by ``_replica_main``, read by `ReplicaService`; here, where both look,
+#: so that the service need not import the module the process runs as ``__main__``).
+FAULTS_ANSWER = "FAULTS "
+
+
 @attrs.frozen(kw_only=True)
 class LaunchParams:
     """What a replica process is started with (one JSON line on its stdin)."""

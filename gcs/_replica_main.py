@@ -25,11 +25,8 @@ import trio
 
 import transport
 
-from ._config import LaunchParams
+from ._config import FAULTS_ANSWER, LaunchParams
 from ._replica import Replica, ReplicaRemoved
-
-#: The prefix of a fault command's answer on stdout (`ReplicaService` reads it).
-ANSWER = "FAULTS "
 
 
 def _install(fault_rules: dict[str, list[dict[str, Any]]]) -> None:
@@ -47,7 +44,7 @@ def _answer(line: bytes) -> str:
         answer: dict[str, Any] = {"id": ident, "ok": True, "result": result}
     except Exception as exc:  # a bad command is answered, the replica serves on
         answer = {"id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    return ANSWER + json.dumps(answer) + "\n"
+    return FAULTS_ANSWER + json.dumps(answer) + "\n"
 
 
 async def _main(params: LaunchParams, rest: bytes) -> None:

@@ -55,10 +55,9 @@ import trio
 
 import transport
 
-from ._config import GcsConfig, LaunchParams
+from ._config import FAULTS_ANSWER, GcsConfig, LaunchParams
 from ._coordinator import Coordinator
 from ._replica import Replica
-from ._replica_main import ANSWER
 
 __all__ = [
     "CoordinatorService",
@@ -487,11 +486,11 @@ class ReplicaService:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     text = line.decode(errors="replace")
-                    if not text.startswith(ANSWER):
+                    if not text.startswith(FAULTS_ANSWER):
                         logger.info("GCS replica %s said %r", self.name, text[:200])
                         continue
                     try:
-                        answer = json.loads(text[len(ANSWER):])
+                        answer = json.loads(text[len(FAULTS_ANSWER):])
                     except ValueError:
                         logger.warning("GCS replica %s: a garbled answer %r", self.name,
                                        text[:200])
