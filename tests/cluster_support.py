@@ -74,7 +74,9 @@ def node_call(cluster: Any, node: Any, message: Any, timeout: float = 30.0) -> A
 
 def at_rest(cluster: Any) -> str | None:
     """What keeps ``cluster`` from being at rest, or None: each of its nodes alive,
-    every resource available, no actor live or waiting, every node's store empty."""
+    every resource available and no task queued in the head's view of the cluster
+    (what its global scheduler places by), no actor live or waiting, every node's
+    store empty."""
     from actorcore.session._admin import admin_call
 
     nodes = cluster.list_all_nodes()
@@ -88,6 +90,10 @@ def at_rest(cluster: Any) -> str | None:
     held = {k: v - free.get(k, 0.0) for k, v in total.items() if v - free.get(k, 0.0) > 1e-9}
     if held:
         return f"resources still held: {held}"
+    seen = admin_call(cluster.address, "status", timeout=10.0)["nodes"]
+    queued = {n["node_id"][:12]: n["queued"] for n in seen if n.get("alive") and n["queued"]}
+    if queued:
+        return f"tasks still queued (the head's view): {queued}"
     for node in nodes:
         status = admin_call(node.address, "status", timeout=10.0)
         actors = status["actors"]

@@ -13,6 +13,7 @@ import pytest
 import actorcore
 import actorcore as ray
 from actorcore import exceptions as exc
+from actorcore.session._admin import admin_call
 from actorcore.testing import Cluster
 from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -109,9 +110,11 @@ def test_spread_puts_tasks_on_every_node(on_three):
 
 def test_work_spills_to_another_node_when_the_first_is_busy(on_three):
     cluster, a, b = on_three
+    seen = admin_call(cluster.address, "status", timeout=10.0)["nodes"]
     got = ray.get([slow_where.remote(1.0) for _ in range(4)], timeout=60)
     # The head runs one; the others spill to the idle nodes.
-    assert cluster.head_node.node_id in got and len(set(got)) > 1, got
+    assert cluster.head_node.node_id in got and len(set(got)) > 1, (
+        got, [(n["node_id"][:8], n["available"], n["queued"]) for n in seen])
     _healthy()
 
 

@@ -62,3 +62,18 @@ async def test_one_resource_requests_keep_fits_tolerance_and_missing_resources()
     picks = {choose_node({"CPU": 1.0}, SPREAD, view, spread=spread).node_id for _ in range(4)}
     assert picks == {"a" * 32, "b" * 32}
     await trio.lowlevel.checkpoint()
+
+
+async def test_a_node_whose_queue_claims_its_free_resources_is_not_free() -> None:
+    """This node (``a``) has its CPU free but one task queued for it (waiting for a
+    worker to start): the next task goes to an idle node, not behind that one; with
+    every node busy, a tie in load goes to another node."""
+    view = ClusterView("a" * 32)
+    records = [_record("a" * 32, 1.0), _record("b" * 32, 1.0)]
+    view.apply(records, {"a" * 32: {"available": {"CPU": 1.0}, "queued": 1},
+                         "b" * 32: {"available": {"CPU": 1.0}, "queued": 0}})
+    assert choose_node({"CPU": 1.0}, None, view).node_id == "b" * 32
+    view.apply(records, {"a" * 32: {"available": {"CPU": 1.0}, "queued": 1},
+                         "b" * 32: {"available": {"CPU": 0.0}, "queued": 0}})
+    assert choose_node({"CPU": 1.0}, None, view).node_id == "b" * 32
+    await trio.lowlevel.checkpoint()

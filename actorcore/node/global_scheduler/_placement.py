@@ -16,9 +16,12 @@ steps, for tasks and actors alike, from a `ClusterView` and the request:
       when ``soft``, as DEFAULT; else no node (the caller fails the task, naming why);
     * ``SPREAD``: the feasible node that has received the fewest placements from
       this scheduler, ties to the least loaded (round-robin over the cluster);
-    * DEFAULT: among the feasible nodes with the resources free now, the one
-      holding the most argument bytes, then the least loaded; if none has them
-      free, the least loaded feasible node (it queues there).
+    * DEFAULT: among the feasible nodes with the resources free now and no
+      backlog (load below 1: a node whose queue already claims its free
+      resources — its first task waiting for a worker to start — is not free),
+      the one holding the most argument bytes, then the least loaded; if none is
+      free, the least loaded feasible node (it queues there), another node before
+      this one on a tie (its figures may be a heartbeat old; this node's are not).
   No feasible node at all: ``None`` with ``infeasible=True``: the work waits until a
   node that can run it joins (as in Ray), with a warning.
 """
@@ -123,12 +126,13 @@ def choose_node(resources: Mapping[str, float], strategy: Strategy, view: Cluste
             spread.counts[best.node_id] = counts.get(best.node_id, 0) + 1
         return Placement(best.node_id)
     local = locality or {}
-    free = [s for s in feasible if fit(s.available)]
+    free = [s for s in feasible if s.load() < 1.0 and fit(s.available)]
     if free:
         best = max(free, key=lambda s: (local.get(s.node_id, 0), -s.load(),
                                         s.node_id == view.node_id))
         return Placement(best.node_id)
-    best = min(feasible, key=lambda s: (s.load(), -local.get(s.node_id, 0)))
+    best = min(feasible, key=lambda s: (s.load(), -local.get(s.node_id, 0),
+                                        s.node_id == view.node_id))
     return Placement(best.node_id)
 
 
