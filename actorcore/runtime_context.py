@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .api._actor_handle import ActorHandle
+from .api._job import default_namespace
 from .core_worker import _worker_state
 
 __all__ = ["RuntimeContext", "current_gpu_ids", "get_gpu_ids", "get_runtime_context"]
@@ -88,8 +90,6 @@ class RuntimeContext:
         run = _worker_state.current_actor_run()
         if run is None or run.spec is None:
             raise RuntimeError("current_actor is only defined inside an actor's methods")
-        from .api._actor_handle import ActorHandle
-
         spec = run.spec
         counted = spec.name is None and not spec.detached and spec.supervisor is None
         return ActorHandle(spec.actor_id, spec.meta, owned=False, counted=counted)
@@ -118,8 +118,6 @@ class RuntimeContext:
     def namespace(self) -> str:
         """The job's namespace (``init(namespace=)``; "default" without one), in the
         driver and in its tasks and actors alike."""
-        from .api._actor_class import default_namespace
-
         return default_namespace()
 
     @property

@@ -205,7 +205,7 @@ def test_dropping_the_last_handle_ends_the_actor_after_its_calls():
     aid = log._actor_id
     del log
     assert ray.get(ref) == 1
-    from actorcore.api._actor_handle import request_node
+    from actorcore.api._job import request_node
     from actorcore.core_worker._worker_state import current_core
     from actorcore.protocol._wire import GetActorState
 

@@ -180,8 +180,8 @@ def _sig_cases():
 
 
 def test_call_checks_agree_with_python_on_every_signature_shape():
-    from actorcore.api._actor_class import _method_meta
-    from actorcore.api._actor_handle import check_call_args
+    from actorcore.api._signatures import method_meta
+    from actorcore.api._signatures import check_call_args
 
     for src, args, kwargs in _sig_cases():
         namespace: dict = {}
@@ -193,7 +193,7 @@ def test_call_checks_agree_with_python_on_every_signature_shape():
         except TypeError as e:
             expected = e
         try:
-            check_call_args("f", _method_meta(fn, {}, bound=False), args, kwargs)
+            check_call_args("f", method_meta(fn, {}, bound=False), args, kwargs)
             got = None
         except TypeError as e:
             got = e
@@ -594,7 +594,7 @@ def call_through(handle):
 
 
 def _state(handle_or_id):
-    from actorcore.api._actor_handle import request_node
+    from actorcore.api._job import request_node
     from actorcore.core_worker._worker_state import current_core
     from actorcore.protocol._wire import GetActorState
 

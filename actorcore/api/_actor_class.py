@@ -14,98 +14,26 @@ names it).
 
 from __future__ import annotations
 
-import inspect
 import threading
 from typing import Any
 
 import attrs
 
 from ..core_worker import _worker_state
-from ..protocol._actors import BUILTIN_METHODS, ActorSpec, ClassMeta, MethodMeta
+from ..protocol._actors import ActorSpec, ClassMeta, MethodMeta
 from ..protocol._ids import new_task_id
 from ..protocol._wire import CreateNamedActor, Submit
-from ._actor_handle import (
-    ActorHandle,
-    check_call_args,
-    default_namespace,
-    dumps_carrying,
-    request_node,
-    unpin,
-)
-from ._options import num_returns_code, resources_of, validate_actor_options
+from ._actor_handle import ActorHandle, dumps_carrying, unpin
+from ._job import default_namespace, request_node
+from ._options import resources_of, validate_actor_options
 from ._remote_function import FunctionExport
 from ._runtime_env import resolve_runtime_env
+from ._signatures import check_call_args, class_meta
 
 __all__ = ["ActorClass", "make_actor_class"]
 
 #: Concurrency of an async actor when ``max_concurrency`` is not given (as Ray's).
 DEFAULT_ASYNC_CONCURRENCY = 1000
-
-
-def _method_meta(fn: Any, options: dict[str, Any], bound: bool = True) -> MethodMeta:
-    """What callers check a call against (``check_call_args``); ``bound``: ``fn``'s
-    first positional parameter (``self``, ``cls``) is not the caller's to give."""
-    is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
-    num_returns = num_returns_code(options.get("num_returns", 1))
-    group = options.get("concurrency_group")
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return MethodMeta(num_returns=num_returns, is_async=is_async, pos_names=(),
-                          pos_required=0, varargs=True, kw_names=None,
-                          concurrency_group=group)
-    params = list(sig.parameters.values())
-    if bound and params and params[0].kind in (params[0].POSITIONAL_ONLY,
-                                               params[0].POSITIONAL_OR_KEYWORD):
-        params = params[1:]  # self
-    pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    kwonly = [p for p in params if p.kind is p.KEYWORD_ONLY]
-    return MethodMeta(
-        num_returns=num_returns,
-        is_async=is_async,
-        pos_names=tuple(p.name for p in pos),
-        pos_required=sum(1 for p in pos if p.default is p.empty),
-        varargs=any(p.kind is p.VAR_POSITIONAL for p in params),
-        kw_names=None if any(p.kind is p.VAR_KEYWORD for p in params) else frozenset(
-            [p.name for p in pos if p.kind is not p.POSITIONAL_ONLY] + [p.name for p in kwonly]
-        ),
-        kwonly_required=tuple(p.name for p in kwonly if p.default is p.empty),
-        pos_only=sum(1 for p in pos if p.kind is p.POSITIONAL_ONLY),
-        concurrency_group=group,
-    )
-
-
-def _no_args(self: Any) -> None:
-    pass
-
-
-def class_meta(cls: type) -> tuple[ClassMeta, MethodMeta]:
-    """The method table of ``cls`` and the meta of its constructor.
-
-    Static and class methods are methods too (as in Ray): a call runs them on the
-    actor's class, with no instance (``cls`` for a class method).
-    """
-    methods: dict[str, MethodMeta] = {}
-    for name, member in inspect.getmembers(cls):
-        if name.startswith("__") and name != "__call__":
-            continue
-        raw = inspect.getattr_static(cls, name, None)
-        if isinstance(raw, staticmethod | classmethod):
-            member, bound = raw.__func__, isinstance(raw, classmethod)
-        elif inspect.isfunction(member):
-            bound = True
-        else:
-            continue
-        opts = getattr(member, "__actorcore_method_options__", {})
-        methods[name] = _method_meta(member, opts, bound)
-    init = cls.__dict__.get("__init__") or getattr(cls, "__init__")  # noqa: B009
-    if init is object.__init__:
-        init = _no_args
-    ctor = _method_meta(init, {})
-    is_async = any(m.is_async for m in methods.values())
-    for name, meta in BUILTIN_METHODS.items():
-        methods.setdefault(name, meta)
-    return ClassMeta(cls.__qualname__, cls.__module__, methods, is_async), ctor
 
 
 class ActorClass:

@@ -55,49 +55,19 @@ from ..core_worker._core_worker import _Entry
 from ..core_worker._direct_calls import cancel_call, detach, drop_actor, submit_call
 from ..core_worker._generator import refs_of_call
 from ..core_worker._object_ref import ObjectRef
-from ..core_worker._worker_state import task_context
-from ..exceptions import ActorcoreError, ActorcoreSystemError, PendingCallsLimitExceeded
+from ..exceptions import ActorcoreSystemError, PendingCallsLimitExceeded
 from ..protocol import _wire as w
 from ..protocol._actors import BUILTIN_METHODS, CallSpec, ClassMeta, MethodMeta
 from ..protocol._ids import STREAMING, new_task_id, return_ids
 from ..protocol._serialization import ArgStore, dumps_args
+from ._job import default_namespace, request_node
 from ._options import check_num_returns, num_returns_code
+from ._signatures import check_call_args
 
 logger = logging.getLogger("actorcore.actors")
 
-__all__ = ["ActorHandle", "ActorMethod", "get_actor", "kill", "check_call_args", "request_node",
-           "cancel_actor_call", "default_namespace", "set_default_namespace",
+__all__ = ["ActorHandle", "ActorMethod", "get_actor", "kill", "cancel_actor_call",
            "list_named_actors"]
-
-# The namespace of this process's named actors, set by ``init(namespace=)``.
-_namespace: list[str | None] = [None]
-
-#: Job id -> its namespace, as the node told a worker process (asked once per job).
-_job_namespaces: dict[bytes, str] = {}
-
-
-def default_namespace() -> str:
-    """The namespace of the job the caller works for: where its named actors go and
-    are looked up when none is given. A driver's is what ``init(namespace=)`` said
-    ("default" without one); its tasks and actors, in other processes, have the same.
-    An actor carries it in its spec; a task's process asks the node once per job."""
-    core = _worker_state.core
-    if core is None or core.role == "driver":
-        return _namespace[0] or "default"
-    actor = _worker_state.actors.get(getattr(task_context, "actor_id", None) or "")
-    if actor is not None:
-        return actor.namespace
-    job_id = core.current_job_id()
-    ns = _job_namespaces.get(job_id)
-    if ns is None:
-        ns = core.call_sync("job_namespace", job_id) or "default"
-        _job_namespaces[job_id] = ns
-    return ns
-
-
-def set_default_namespace(namespace: str | None) -> None:
-    _namespace[0] = namespace
-
 
 # This process's live handles (and pins) per counted actor; the actors it holds at
 # the node; those it pickled where it cannot follow them (held until it exits).
@@ -234,67 +204,6 @@ def cancel_actor_call(core: Any, ref: ObjectRef, force: bool) -> bool:
     if not entry.ready:
         cancel_call(core, entry.actor, ref.task_id())
     return True
-
-
-def check_call_args(what: str, meta: MethodMeta, args: tuple, kwargs: dict) -> None:
-    """Raise ``TypeError`` now if ``what(*args, **kwargs)`` could not bind (the
-    checks and messages of a local call: counts, defaults, ``*args``, ``**kwargs``,
-    keyword-only and positional-only parameters)."""
-    n = len(args)
-    if not kwargs:
-        if n >= meta.pos_required and (meta.varargs or n <= len(meta.pos_names)) and not (
-            meta.kwonly_required
-        ):
-            return
-    names = meta.pos_names
-    if not meta.varargs and n > len(names):
-        lo, hi = meta.pos_required, len(names)
-        takes = f"{hi}" if lo == hi else f"from {lo} to {hi}"
-        raise TypeError(
-            f"{what}() takes {takes} positional argument{'s' if hi != 1 else ''} "
-            f"but {n} {'was' if n == 1 else 'were'} given"
-        )
-    posonly = names[:meta.pos_only]
-    if meta.kw_names is not None:  # no **kwargs: every keyword must name a parameter
-        wrong = [k for k in kwargs if k in posonly]
-        if wrong:
-            raise TypeError(
-                f"{what}() got some positional-only arguments passed as keyword "
-                f"arguments: {', '.join(repr(k) for k in wrong)}"
-            )
-        for k in kwargs:
-            if k not in meta.kw_names:
-                raise TypeError(f"{what}() got an unexpected keyword argument {k!r}")
-    for k in kwargs:
-        if k in names[meta.pos_only:n]:
-            raise TypeError(f"{what}() got multiple values for argument {k!r}")
-    # A positional-only parameter is never filled by a keyword (that one goes to
-    # **kwargs); the others may be.
-    missing = [p for i, p in enumerate(names[n:meta.pos_required], n)
-               if i < meta.pos_only or p not in kwargs]
-    missing += [k for k in meta.kwonly_required if k not in kwargs]
-    if missing:
-        raise TypeError(
-            f"{what}() missing {len(missing)} required argument"
-            f"{'s' if len(missing) != 1 else ''}: {', '.join(repr(m) for m in missing)}"
-        )
-
-
-def request_node(core: Any, message: Any, timeout: float = 60.0) -> Any:
-    """A request to the node, sent after everything this process queued before it."""
-    core._check_open()
-
-    async def go() -> Any:
-        core.flush_now()
-        return await core.conn.request(message, timeout=timeout)
-
-    try:
-        return core._run_in_loop(go)
-    except Exception as exc:
-        remote = getattr(exc, "remote_exception", None)
-        if isinstance(remote, ValueError | TypeError | ActorcoreError):
-            raise remote from None  # the node's own error for a bad request
-        raise
 
 
 class ActorMethod:

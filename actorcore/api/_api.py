@@ -225,7 +225,7 @@ def init(
                 head.stop()
             raise
         _worker_state.set_core(core)
-        from ._actor_handle import set_default_namespace
+        from ._job import set_default_namespace
 
         set_default_namespace(namespace)  # where named actors go and are looked up
         _state["loop"] = loop

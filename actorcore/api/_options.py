@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..protocol._ids import DYNAMIC, STREAMING
+from ._placement_group import PlacementGroupHandle
 from ._runtime_env import validate_runtime_env
+from ._strategies import PlacementGroupSchedulingStrategy
 
 __all__ = [
     "TASK_OPTIONS",
@@ -86,8 +88,6 @@ def _check_neutral(options: Mapping[str, Any], skip: tuple[str, ...] = ()) -> No
 
 
 def _is_pg_strategy(value: Any) -> bool:
-    from ..util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
     return isinstance(value, PlacementGroupSchedulingStrategy)
 
 
@@ -95,8 +95,6 @@ def placement_of(options: Mapping[str, Any]) -> tuple[Any, int] | None:
     """The placement group and bundle index the options ask for (the strategy, or
     Ray's legacy ``placement_group=`` / ``placement_group_bundle_index=``), checked:
     ``(group, index)`` or None. Refuses what is not built (capturing child tasks)."""
-    from ..util.placement_group import PlacementGroup
-
     strategy: Any = options.get("scheduling_strategy")
     if _is_pg_strategy(strategy):
         if options.get("placement_group") not in (None, "default"):
@@ -122,7 +120,7 @@ def placement_of(options: Mapping[str, Any]) -> tuple[Any, int] | None:
     if capture:
         raise ValueError("placement_group_capture_child_tasks=True is not supported by "
                          "actorcore (give the child tasks the placement group explicitly)")
-    if not isinstance(pg, PlacementGroup):
+    if not isinstance(pg, PlacementGroupHandle):
         raise TypeError(f"placement group option: expected a PlacementGroup, got {pg!r}")
     if index is None:
         index = -1

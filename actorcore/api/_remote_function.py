@@ -23,7 +23,7 @@ from ..protocol._ids import STREAMING, new_task_id, return_ids
 from ..protocol._messages import TaskSpec
 from ..protocol._serialization import dumps
 from ..protocol._strategy import strategy_of
-from ._actor_handle import check_call_args, dumps_carrying, unpin, unpin_when_ready
+from ._actor_handle import dumps_carrying, unpin, unpin_when_ready
 from ._options import (
     DEFAULT_MAX_RETRIES,
     num_returns_code,
@@ -31,6 +31,7 @@ from ._options import (
     validate_task_options,
 )
 from ._runtime_env import resolve_runtime_env
+from ._signatures import check_call_args, method_meta
 
 __all__ = ["RemoteFunction", "FunctionExport"]
 
@@ -66,11 +67,9 @@ class RemoteFunction:
         self._export: FunctionExport | None = None
         self._export_lock = threading.Lock()
         self._spec_cache: tuple | None = None
-        from ._actor_class import _method_meta  # (that module imports this one)
-
         # Checked at every .remote(), as in Ray: a call that could not bind fails
         # here with the TypeError a local call would raise, not later in a worker.
-        self._signature = _method_meta(function, {}, bound=False)
+        self._signature = method_meta(function, {}, bound=False)
         functools.update_wrapper(self, function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

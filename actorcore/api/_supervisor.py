@@ -18,7 +18,7 @@ from typing import Any
 from ..core_worker import _worker_state
 from ..kernel import STRATEGIES
 from ..protocol._wire import StartSupervisor
-from ._actor_handle import request_node
+from ._job import request_node
 
 __all__ = ["SupervisorRef", "supervisor"]
 

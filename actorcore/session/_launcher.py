@@ -256,9 +256,7 @@ def _package_root() -> str:
     """The directory holding the ``actorcore`` package (so children can import it):
     the parent of ``actorcore/``, never ``actorcore/`` itself, whose folders (``api``,
     ``node``, ``session``, ...) would shadow the user's modules of the same names."""
-    import actorcore
-
-    return str(Path(actorcore.__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])  # <root>/actorcore/session/_launcher.py
 
 
 def site_flags() -> list[str]:
