@@ -288,7 +288,7 @@ class NodeFaults:
         return result
 
     def _forward(self, command: dict) -> None:
-        for conn, client in list(self.node.by_conn.items()):
+        for conn, client in list(self.node.clients.by_conn.items()):
             if client.role == "node" or conn.closed:
                 continue
             try:

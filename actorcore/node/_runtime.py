@@ -19,7 +19,8 @@ over the same state: nothing queued, running or stored is lost.
 ``actorcore.testing.faults.crash`` uses exactly that. Every long-lived loop of the
 node is such a child; handlers start only per-request tasks, through ``spawn``.
 Components reach the node through its public attributes and ``spawn``,
-``serving``, ``deliver`` and ``owned_by``; none touches its private ones.
+``serving``, ``deliver`` and its table of connected processes (``_clients``);
+none touches its private ones.
 
 Messages
 --------
@@ -41,10 +42,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +56,10 @@ from ..core_worker._store_link import StoreLink
 from ..kernel import Supervisor
 from ..protocol import _wire as w
 from ..protocol._actors import CallSpec
-from ..protocol._ids import owner_prefix, short, task_id_of
+from ..protocol._ids import short, task_id_of
 from ..protocol._messages import DRIVER_GRACE, TaskSpec, max_frame_size
 from ..session._session import pid_alive, unlink_latest, write_session_info
+from ._clients import Client, Clients, local_peer_pid
 from ._faults import NodeFaults
 from ._peers import NodePeers
 from ._tree import build_tree, lineage_cap
@@ -120,20 +120,6 @@ class NodeConfig:
         return self.port is not None or self.joins
 
 
-@attrs.define(eq=False)
-class _Client:
-    conn: Any
-    role: str
-    worker_id: bytes | None = None
-    pid: int | None = None
-    worker: WorkerInfo | None = None
-    log_to_driver: bool = False
-    owned: set[bytes] = attrs.Factory(set)
-    direct_address: str | None = None
-    leaving: bool = False  # a driver that said ``bye``: its link closing is its exit
-    id_prefix: bytes | None = None  # the prefix of every id it creates (``protocol._ids``)
-
-
 class NodeRuntime:
     """The node's state and message handlers; ``run`` runs its supervision tree."""
 
@@ -146,6 +132,7 @@ class NodeRuntime:
         self.tcp_address: str | None = None
         #: The GCS this head runs (``gcs.GcsPlan``, set by the tree), else None.
         self.gcs_plan: Any = None
+        self.clients = Clients()  # the processes connected here
         # puts, fetches, frees, store refs, the lineage kept for rebuilding objects
         self.objects = NodeObjects(self, lineage_cap(config))
         self.directory = ObjectDirectory(on_drop=self.objects.on_object_dropped)
@@ -186,13 +173,10 @@ class NodeRuntime:
             session_dir=config.session_dir,
             min_workers=n,
             max_workers=max(n, int(cpus)) * 4 + 4,
-            forward_log=self._forward_log,
+            forward_log=self.clients.forward_log,
         )
         self.functions: dict[bytes, dict] = {}
-        self.clients: dict[bytes, _Client] = {}
-        self.by_conn: dict[Any, _Client] = {}
         self.jobs: dict[bytes, dict] = {}
-        self.departed: dict[bytes, _Client] = {}
         self.supervisor: Supervisor | None = None
         self.shutdown_requested = trio.Event()
         # Set once this node has told the cluster it leaves (or could not): whoever
@@ -447,8 +431,8 @@ class NodeRuntime:
     def deliver(self, owner: bytes, results: list) -> None:
         """Send ``results`` (ready objects) to their owner, if it is connected; the
         results of a task forwarded here go back to its node."""
-        client = self.clients.get(owner)
-        if client is None or client.conn.closed:
+        client = self.clients.connected(owner)
+        if client is None:
             if self.cluster.forwarded_in and results:
                 self.cluster.send_home(task_id_of(results[0][0]), results)
             return
@@ -457,12 +441,6 @@ class NodeRuntime:
         except transport.TransportError:
             pass
 
-    def _owner_address(self, owner: bytes) -> str | None:
-        client = self.clients.get(owner)
-        if client is None or client.conn.closed:
-            return None
-        return client.direct_address
-
     def _call_later(self, delay: float, fn: Any) -> None:
         async def later() -> None:
             await trio.sleep(delay)
@@ -470,20 +448,10 @@ class NodeRuntime:
 
         self.spawn(later)
 
-    def _forward_log(self, prefix: str, stream: str, lines: list[str]) -> None:
-        for client in list(self.by_conn.values()):
-            if client.log_to_driver and not client.conn.closed:
-                try:
-                    client.conn.send_nowait(w.ForwardedLog(prefix, stream, lines))
-                except transport.TransportError:
-                    pass
-
     async def _on_disconnect(self, conn: Any) -> None:
-        client = self.by_conn.pop(conn, None)
+        client = self.clients.remove(conn)
         if client is None:
             return
-        if client.worker_id is not None and self.clients.get(client.worker_id) is client:
-            del self.clients[client.worker_id]
         if client.role == "driver" and client.worker_id is not None:
             self._driver_departed(client)
             return
@@ -508,19 +476,19 @@ class NodeRuntime:
     # (not the detached ones) go. A rejoin (``hello`` with the same worker id)
     # within the grace keeps all of it.
 
-    def _driver_departed(self, client: _Client) -> None:
+    def _driver_departed(self, client: Client) -> None:
         wid = client.worker_id
         assert wid is not None
-        self.departed[wid] = client
+        self.clients.departed[wid] = client
         if client.leaving or self._nursery is None:
             self._driver_gone(client, "exited")
             return
-        pid = _local_peer_pid(client.conn)
+        pid = local_peer_pid(client.conn)
 
         async def decide() -> None:
             reason = f"did not reconnect within {DRIVER_GRACE} s"
             with trio.move_on_after(DRIVER_GRACE):
-                while self.departed.get(wid) is client:
+                while self.clients.departed.get(wid) is client:
                     if pid is not None and not pid_alive(pid):
                         reason = "exited"
                         break
@@ -529,13 +497,13 @@ class NodeRuntime:
 
         self.spawn(decide)
 
-    def _driver_gone(self, client: _Client, how: str) -> None:
+    def _driver_gone(self, client: Client, how: str) -> None:
         """The driver ``client`` is gone for good (unless it rejoined meanwhile)."""
         wid = client.worker_id
         assert wid is not None
-        if self.departed.get(wid) is not client:
+        if self.clients.departed.get(wid) is not client:
             return  # it rejoined
-        del self.departed[wid]
+        del self.clients.departed[wid]
         logger.info("driver (pid %s) %s: dropping its tasks, objects and actors", client.pid, how)
         self.sched.drop_owner(wid)
         self.directory.free(client.owned)
@@ -570,30 +538,11 @@ class NodeRuntime:
     def _h_peer_ack(self, conn: Any, m: w.PeerAck) -> None:
         self.peers.acked(m.receiver, m.seq)
 
-    def held_for_drivers(self, oids: Iterable[bytes]) -> None:
-        """``oids`` came here by a path that did not pass their owner's submit (the
-        large results of a direct actor call): those a driver of this node owns are
-        freed when it leaves, as its other objects are."""
-        drivers = {c.id_prefix: c for c in self.by_conn.values()
-                   if c.role == "driver" and c.id_prefix}
-        if drivers:
-            for oid in oids:
-                client = drivers.get(owner_prefix(oid))
-                if client is not None:
-                    client.owned.add(oid)
-
-    def live_id_prefixes(self) -> set[bytes]:
-        """The id prefixes of the live processes here: the owners whose objects may
-        still arrive (a driver within its reconnect grace period counts)."""
-        live = {c.id_prefix for c in self.by_conn.values() if c.id_prefix}
-        live.update(c.id_prefix for c in self.departed.values() if c.id_prefix)
-        return live
-
     def _h_hello(self, conn: Any, m: w.Hello, reply: Any) -> None:
         role, worker_id, pid, info = m.role, m.worker_id, m.pid, m.info
-        client = _Client(conn=conn, role=role, worker_id=worker_id, pid=pid,
+        client = Client(conn=conn, role=role, worker_id=worker_id, pid=pid,
                          id_prefix=info.id_prefix)
-        previous = self.departed.pop(worker_id, None) if worker_id is not None else None
+        previous = self.clients.departed.pop(worker_id, None) if worker_id is not None else None
         if previous is not None:  # a driver back after losing its link
             client.owned = previous.owned
         if role == "worker":
@@ -613,9 +562,7 @@ class NodeRuntime:
             if job_id is not None:
                 self.jobs[job_id] = dict(attrs.asdict(info), pid=pid, started_at=time.time())
                 self.spawn(_quietly, self.control.put_job, job_id.hex(), {"pid": pid, "role": role})
-        self.by_conn[conn] = client
-        if worker_id is not None:
-            self.clients[worker_id] = client
+        self.clients.add(client)
         if self.faults.installed and role != "node":
             self.faults.greet(conn)
         reply.send(w.HelloReply(
@@ -634,7 +581,7 @@ class NodeRuntime:
 
     def _h_bye(self, conn: Any, m: w.Bye) -> None:
         """A driver shuts down: when its link closes, it is gone (no grace period)."""
-        client = self.by_conn.get(conn)
+        client = self.clients.by_conn.get(conn)
         if client is not None:
             client.leaving = True
 
@@ -646,16 +593,9 @@ class NodeRuntime:
         self.functions[fid] = record
         self.spawn(_quietly, self.control.put_function, fid, record)
 
-    def owned_by(self, conn: Any) -> set[bytes] | None:
-        """The objects a driver owns (freed when it disconnects); None for workers."""
-        client = self.by_conn.get(conn)
-        if client is None or client.role != "driver":
-            return None
-        return client.owned
-
     def _h_submit(self, conn: Any, m: w.Submit) -> None:
         submit = self.sched.submit
-        owned = self.owned_by(conn)
+        owned = self.clients.owned_by(conn)
         for spec in m.specs:
             if owned is not None:  # a driver's: freed when it leaves
                 owned.update(spec.return_ids())
@@ -670,22 +610,18 @@ class NodeRuntime:
         if not self.cluster.cancel(m.task_id, m.force, m.recursive):  # not forwarded: here
             self.sched.cancel(m.task_id, m.force, m.recursive)
 
-    def _worker_of(self, conn: Any) -> WorkerInfo | None:
-        client = self.by_conn.get(conn)
-        return client.worker if client is not None else None
-
     def _h_blocked(self, conn: Any, m: w.Blocked) -> None:
-        worker = self._worker_of(conn)
+        worker = self.clients.worker_of(conn)
         if worker is not None:
             self.sched.blocked(worker, m.task_id)
 
     def _h_unblocked(self, conn: Any, m: w.Unblocked) -> None:
-        worker = self._worker_of(conn)
+        worker = self.clients.worker_of(conn)
         if worker is not None:
             self.sched.unblocked(worker, m.task_id)
 
     def _h_done(self, conn: Any, m: w.TaskDone) -> None:
-        worker = self._worker_of(conn)
+        worker = self.clients.worker_of(conn)
         if worker is not None:
             self.objects.hold_store_objects(m.results, conn)
             self.sched.task_done(worker, m.task_id, m.results, m.retry, m.pushed)
@@ -708,7 +644,7 @@ class NodeRuntime:
             self.directory.free(unwanted)
             gone = set(unwanted)
             results = [r for r in results if r[0] not in gone]
-        client = self.clients.get(owner)
+        client = self.clients.by_id.get(owner)
         if client is not None and client.role == "driver":
             client.owned.update(oid for oid, _e, _d in results)  # freed with the driver
         if push and results:
@@ -773,7 +709,7 @@ class _SchedulerHost:
         self._node._call_later(delay, fn)
 
     def owner_address(self, owner: bytes) -> str | None:
-        return self._node._owner_address(owner)
+        return self._node.clients.owner_address(owner)
 
     def watch_deps(self, oids: list[bytes], dep_node: str | None = None) -> None:
         self._node.remote.need(oids, dep_node)
@@ -815,13 +751,6 @@ def _import_pyarrow_in_background() -> None:
             logger.warning("importing pyarrow failed: %r", exc)
 
     threading.Thread(target=run, name="import-pyarrow", daemon=True).start()
-
-
-def _local_peer_pid(conn: Any) -> int | None:
-    """The pid of a peer on the node's Unix socket (from the kernel, ``SO_PEERCRED``,
-    as the transport reports it), or ``None`` for a remote peer."""
-    match = re.match(r"unix peer pid=(\d+)", str(getattr(conn, "peer_address", "")))
-    return int(match.group(1)) if match else None
 
 
 async def _logged(fn: Any, *args: Any) -> None:

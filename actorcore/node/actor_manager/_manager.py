@@ -189,7 +189,7 @@ class ActorManager:
             if reply is not None:
                 reply.send(None)
             return
-        client = self.node.by_conn.get(conn)
+        client = self.node.clients.by_conn.get(conn)
         if client is not None and client.role == "driver":
             self.job_drivers.setdefault(spec.job_id, client.worker_id)
         if spec.name is not None:
@@ -741,7 +741,7 @@ class ActorManager:
         mark = self.node.objects.lineage.actor_call
         for oid, _e, _d in results:
             mark(task_id_of(oid))
-        self.node.held_for_drivers(oid for oid, _e, _d in results)
+        self.node.clients.held_for_drivers(oid for oid, _e, _d in results)
         self.node.directory.put_many(results)
 
     def _route(self, actor_id: bytes, reply: Any) -> None:
@@ -794,13 +794,13 @@ class ActorManager:
     def _h_drop(self, conn: Any, m: w.DropActor) -> None:
         """The sender holds no handle to it any more."""
         rec = self.actors.get(m.actor_id)
-        client = self.node.by_conn.get(conn)
+        client = self.node.clients.by_conn.get(conn)
         if rec is not None and client is not None and client.worker_id is not None:
             self._unhold(rec, client.worker_id)
 
     def _hold(self, conn: Any, actor_id: bytes) -> None:
         """The sender's first handle to ``actor_id`` appeared: it holds the actor."""
-        client = self.node.by_conn.get(conn)
+        client = self.node.clients.by_conn.get(conn)
         if client is not None and client.worker_id is not None:
             self.hold(actor_id, client.worker_id)
 

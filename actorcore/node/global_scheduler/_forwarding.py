@@ -35,27 +35,49 @@ handler table, so a crash of the ``global_scheduler`` component loses nothing.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ...exceptions import NodeDiedError
 from ...protocol import _wire as w
 from ...protocol._ids import DYNAMIC, is_stream_item, task_id_of
 from ...protocol._messages import TaskSpec
-from .._peers import PeerUnavailable
-from ..gcs_client._membership import NodeStatus
+from .._peers import NodePeers, PeerUnavailable
+from ..gcs_client._membership import ClusterView, NodeStatus
+from ..local_scheduler._scheduler import SchedulerState
 
-if TYPE_CHECKING:
-    from .._runtime import NodeRuntime
-
-__all__ = ["ClusterTasks"]
+__all__ = ["ClusterTasks", "ForwardingNode"]
 
 logger = logging.getLogger("actorcore.scheduler")
+
+
+class ResultsSink(Protocol):
+    """Where the results of a task forwarded from here go (``object_manager._remote``)."""
+
+    def results_arrived(self, owner: bytes, sender: str, results: list,
+                        deliver: bool = True) -> None: ...
+
+
+class ForwardingNode(Protocol):
+    """What forwarding uses of its node (``_runtime.NodeRuntime``)."""
+
+    @property
+    def node_hex(self) -> str: ...
+    @property
+    def view(self) -> ClusterView: ...
+    @property
+    def peers(self) -> NodePeers: ...
+    @property
+    def sched(self) -> SchedulerState: ...
+    @property
+    def remote(self) -> ResultsSink: ...
+    @property
+    def functions(self) -> dict[bytes, dict]: ...
 
 
 class ClusterTasks:
     """The tasks this node forwarded and was forwarded (see the module docstring)."""
 
-    def __init__(self, node: NodeRuntime) -> None:
+    def __init__(self, node: ForwardingNode) -> None:
         self.node = node
         #: task id -> (spec, node it went to): tasks of this node running elsewhere.
         self.forwarded_out: dict[bytes, tuple[TaskSpec, str]] = {}

@@ -52,8 +52,8 @@ one sweep and forgets nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Container, Iterable, Mapping
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -61,11 +61,11 @@ import trio
 from ...exceptions import ObjectLostError
 from ...protocol import _serialization
 from ...protocol._ids import owner_prefix, short, task_id_of
+from .._clients import Clients
+from ..local_scheduler._scheduler import SchedulerState
+from ._directory import ObjectDirectory
 
-if TYPE_CHECKING:
-    from .._runtime import NodeRuntime
-
-__all__ = ["DependencyWatch", "SWEEP_PERIOD"]
+__all__ = ["DependencyWatch", "SWEEP_PERIOD", "WatchingNode"]
 
 logger = logging.getLogger("actorcore.node")
 
@@ -74,10 +74,43 @@ logger = logging.getLogger("actorcore.node")
 SWEEP_PERIOD = 1.0
 
 
+class _Fetching(Protocol):
+    @property
+    def fetching(self) -> Container[bytes]: ...  # asked from another node
+
+
+class _Forwarded(Protocol):
+    @property
+    def forwarded_out(self) -> Mapping[bytes, Any]: ...  # running on another node
+
+
+class _Actors(Protocol):
+    @property
+    def actors(self) -> Mapping[Any, Any]: ...  # records: ``inflight``, ``queues``
+
+
+class WatchingNode(Protocol):
+    """What the watch uses of its node (``_runtime.NodeRuntime``): the directory,
+    who is connected, and what is being produced here or fetched from elsewhere."""
+
+    @property
+    def directory(self) -> ObjectDirectory: ...
+    @property
+    def clients(self) -> Clients: ...
+    @property
+    def sched(self) -> SchedulerState: ...
+    @property
+    def remote(self) -> _Fetching: ...
+    @property
+    def cluster(self) -> _Forwarded: ...
+    @property
+    def actors(self) -> _Actors: ...
+
+
 class DependencyWatch:
     """The node's watch over pending argument refs (see the module docstring)."""
 
-    def __init__(self, node: NodeRuntime) -> None:
+    def __init__(self, node: WatchingNode) -> None:
         self.node = node
         self.pending: set[bytes] = set()
         self.suspects: set[bytes] = set()
@@ -114,7 +147,7 @@ class DependencyWatch:
         """One pass (see the module docstring); returns the objects found lost."""
         node = self.node
         entries = node.directory.entries
-        live = node.live_id_prefixes()
+        live = node.clients.live_id_prefixes()
         known: set[bytes] | None = None
         suspects: set[bytes] = set()
         lost: list[bytes] = []

@@ -347,7 +347,7 @@ class Lineage:
             dtid = task_id_of(dep)
             if dtid not in self.records and dtid not in self.evicted_ids:
                 if live is None:
-                    live = node.live_id_prefixes()
+                    live = node.clients.live_id_prefixes()
                 if dep[:8] not in live:
                     continue
             self._rebuild(dep, f"it is an argument of task {spec.name}, rebuilt "

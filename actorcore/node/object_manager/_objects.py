@@ -22,6 +22,7 @@ from ...protocol import _serialization
 from ...protocol import _wire as w
 from ...protocol._ids import owner_prefix
 from ...protocol._messages import TaskSpec
+from .._clients import Clients
 from ._dep_watch import DependencyWatch
 from ._directory import ObjectDirectory
 from ._lineage import Lineage
@@ -52,13 +53,13 @@ class ObjectsHost(Protocol):
     def serving(self) -> bool: ...
     @property
     def sched(self) -> Any: ...
-    def live_id_prefixes(self) -> set[bytes]: ...
     @property
     def remote(self) -> Any: ...
     @property
     def node_hex(self) -> str: ...
     def spawn(self, fn: Any, *args: Any) -> bool: ...
-    def owned_by(self, conn: Any) -> set[bytes] | None: ...
+    @property
+    def clients(self) -> Clients: ...
 
 
 class NodeObjects:
@@ -103,7 +104,7 @@ class NodeObjects:
 
     def _h_put(self, conn: Any, m: w.Put) -> None:
         items = m.objects
-        owned = self.node.owned_by(conn)
+        owned = self.node.clients.owned_by(conn)
         if owned is not None:
             owned.update(oid for oid, _e, _d in items)
         self.hold_store_objects(items, conn)
@@ -174,7 +175,7 @@ class NodeObjects:
         logger.warning("object %s was freed from the store of node %s before the node "
                        "held it (its producer died): rebuilding it", oid.hex(),
                        self.node.node_hex[:12])
-        if owner_prefix(oid) not in self.node.live_id_prefixes() \
+        if owner_prefix(oid) not in self.node.clients.live_id_prefixes() \
                 and self.lineage.spec_of(oid) is None:
             return  # a forwarded task's result: its owner's node rebuilds it
         err = self.lineage.reconstruct(
@@ -278,7 +279,7 @@ class NodeObjects:
             reply.fail(RuntimeError("the node is stopping"))
 
     def _h_free(self, conn: Any, m: w.Free) -> None:
-        owned = self.node.owned_by(conn)
+        owned = self.node.clients.owned_by(conn)
         if owned is not None:
             owned.difference_update(m.object_ids)
         self.node.directory.free(m.object_ids)

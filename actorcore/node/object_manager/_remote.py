@@ -42,21 +42,23 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
-from ...core_worker._store_link import STORE
+from ...core_worker._store_link import STORE, StoreLink
 from ...exceptions import ObjectLostError, ObjectStoreFullError, OwnerDiedError
 from ...protocol import _serialization
 from ...protocol import _wire as w
 from ...protocol._ids import is_stream_item, owner_prefix, short, task_id_of
-from .._peers import PeerUnavailable
-from ..gcs_client._membership import NodeStatus
+from .._clients import Clients
+from .._peers import NodePeers, PeerUnavailable
+from ..gcs_client._membership import ClusterView, NodeStatus
+from ._dep_watch import DependencyWatch
+from ._directory import ObjectDirectory
+from ._objects import NodeObjects
+from ._transfer import ObjectTransfers
 
-if TYPE_CHECKING:
-    from .._runtime import NodeRuntime
-
-__all__ = ["RemoteObjects"]
+__all__ = ["RemoteObjects", "RemoteObjectsNode"]
 
 logger = logging.getLogger("actorcore.node")
 
@@ -67,10 +69,43 @@ STORED_SIZE_GUESS = 1 << 20
 OWNER_QUERY_TIMEOUT = 5.0
 
 
+class _Forwarded(Protocol):
+    @property
+    def forwarded_out(self) -> Mapping[bytes, Any]: ...  # running on another node
+
+
+class RemoteObjectsNode(Protocol):
+    """What the cross-node side of the object manager uses of its node
+    (``_runtime.NodeRuntime``)."""
+
+    @property
+    def node_hex(self) -> str: ...
+    @property
+    def view(self) -> ClusterView: ...
+    @property
+    def peers(self) -> NodePeers: ...
+    @property
+    def directory(self) -> ObjectDirectory: ...
+    @property
+    def objects(self) -> NodeObjects: ...
+    @property
+    def transfers(self) -> ObjectTransfers: ...
+    @property
+    def dep_watch(self) -> DependencyWatch: ...
+    @property
+    def store_link(self) -> StoreLink | None: ...
+    @property
+    def clients(self) -> Clients: ...
+    @property
+    def cluster(self) -> _Forwarded: ...
+    def spawn(self, fn: Any, *args: Any) -> bool: ...
+    def deliver(self, owner: bytes, results: list) -> None: ...
+
+
 class RemoteObjects:
     """This node's side of objects shared between nodes (see the module docstring)."""
 
-    def __init__(self, node: NodeRuntime) -> None:
+    def __init__(self, node: RemoteObjectsNode) -> None:
         self.node = node
         #: objects asked from another node, not arrived yet
         self.fetching: dict[bytes, str] = {}
@@ -109,7 +144,7 @@ class RemoteObjects:
                     or oid in self.locations or task_id_of(oid) in forwarded:
                 continue
             if live is None:
-                live = node.live_id_prefixes()
+                live = node.clients.live_id_prefixes()
             if owner_prefix(oid) in live:
                 continue
             self.fetching[oid] = hint or ""
@@ -164,7 +199,7 @@ class RemoteObjects:
             else:
                 inline.append(item)
         if not deliver:
-            node.held_for_drivers(r[0] for r in results)  # freed when the driver leaves
+            node.clients.held_for_drivers(r[0] for r in results)  # freed when the driver leaves
         if inline:
             node.directory.put_many(inline)
             if deliver:
@@ -392,7 +427,7 @@ class RemoteObjects:
     # -- answering another node --------------------------------------------------
 
     def _h_owner(self, conn: Any, m: w.OwnsPrefix, reply: Any) -> None:
-        reply.send(m.prefix in self.node.live_id_prefixes())
+        reply.send(m.prefix in self.node.clients.live_id_prefixes())
 
     def _h_free(self, conn: Any, m: w.FreeCopies) -> None:
         self.node.directory.free(m.object_ids)

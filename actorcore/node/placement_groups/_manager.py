@@ -179,7 +179,7 @@ class PlacementGroups:
             raise ValueError(f"placement_group: strategy={strategy!r} must be one of "
                              f"{', '.join(STRATEGIES)}")
         pg = str(req["pg_id"])
-        client = self.node.by_conn.get(conn)
+        client = self.node.clients.by_conn.get(conn)
         detached = req.get("lifetime") == "detached"
         creator = None
         if not detached and client is not None:
