@@ -229,10 +229,18 @@ def test_hot_messages_pickle_as_compactly_as_tuples() -> None:
 
 
 def _vocabularies() -> list[type]:
-    from actorcore.protocol import _actors, _messages
+    from actorcore.protocol import (
+        _actors,
+        _between_nodes,
+        _direct,
+        _from_node,
+        _messages,
+        _to_node,
+    )
     from store import _messages as store_messages
 
-    return [cls for module in (w, _actors, _messages, store_messages, gcs_messages)
+    return [cls for module in (_to_node, _from_node, _direct, _between_nodes, _actors,
+                               _messages, store_messages, gcs_messages)
             for cls in transport.classes_of(module.__name__)]
 
 
@@ -317,6 +325,36 @@ def test_the_answers_of_the_task_and_call_path_are_typed() -> None:
     assert again._actor_id == actor._actor_id
     assert ray.get(ray.get_actor("typed-replies", namespace="protocol-test").hi.remote()) == "hi"
     ray.kill(actor)
+
+
+def test_the_answers_between_nodes_are_typed() -> None:
+    """What one node asks another -- an object's entry at its owner, a pull's payload
+    layout, a hosted actor, a bundle reservation -- is answered with a reply class.
+    Asked here on a raw link to the node, as a peer node would."""
+    small = ray.put(b"x" * 10)
+    large = ray.put(b"y" * (2 << 20))  # in the store: its entry names where
+    entries = _node_request(w.FetchFromOwner("0" * 32, [small.binary(), large.binary()]))
+    assert [type(e) for e in entries] == [w.OwnerEntry, w.OwnerEntry]
+    inline, stored = entries
+    assert inline.object_id == small.binary() and inline.is_error is False
+    assert inline.locations is None and inline.data is not None
+    assert stored.object_id == large.binary() and stored.data is None
+    node_hex = _node_request(w.AdminCall("cluster_info"))["node_id"]
+    assert stored.locations == [node_hex]
+    layout = _node_request(w.PayloadInfo(large.binary()))
+    assert isinstance(layout, w.PayloadLayout)
+    assert layout.payload_len >= 2 << 20 and layout.meta_len >= 0 and layout.data_len >= 0
+    assert _node_request(w.PayloadInfo(b"\x07" * 28)) is None  # not in the store
+    actor = Named.remote()
+    assert ray.get(actor.hi.remote()) == "hi"
+    hosted = _node_request(w.RemoteActorSpec(actor._actor_id))
+    assert isinstance(hosted, w.HostedActor)
+    assert hosted.spec.actor_id == actor._actor_id and hosted.state == "alive"
+    assert hosted.cause is None
+    refused = _node_request(w.PrepareBundles("typed-reply-pg", [(0, {"CPU": 1e6})]))
+    assert refused == w.BundlesPrepared(False, refused.why) and "cannot take" in refused.why
+    ray.kill(actor)
+    assert ray.get(plus_one.remote(1)) == 2  # the node serves on
 
 
 @ray.remote

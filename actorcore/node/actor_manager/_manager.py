@@ -783,9 +783,9 @@ class ActorManager:
         d = self.describe(rec)
         assert rec.node is not None
         try:
-            _spec, state, cause = await self.node.peers.request(
+            hosted = await self.node.peers.request(
                 rec.node, w.RemoteActorSpec(rec.spec.actor_id), timeout=10.0)
-            d.update(state=state, death_cause=cause)
+            d.update(state=hosted.state, death_cause=hosted.cause)
         except Exception as exc:
             logger.info("asking node %s for actor %s failed: %s", rec.node[:12],
                         rec.spec.describe(), exc)

@@ -21,7 +21,7 @@ Node-to-node messages (one-way unless said)::
     RemoteActorKill(actor_id, no_restart)
     RemoteActorHold | RemoteActorDrop(actor_id, holder)
     RemoteActorCancel(actor_id, task_id)
-    RemoteActorSpec(actor_id)  request -> (ActorSpec, state, cause)
+    RemoteActorSpec(actor_id)  request -> HostedActor(spec, state, cause)
 
 Placement. A creation is offered to this node first (``keep_local``); otherwise
 ``choose_node`` names a node and the creation is forwarded there (this node keeps
@@ -218,9 +218,9 @@ class RemoteActors:
                 if status is not None and status.alive and host != dead_node:
                     if rec.stub:
                         try:
-                            spec, _state, _cause = await self.node.peers.request(
+                            hosted = await self.node.peers.request(
                                 host, w.RemoteActorSpec(aid), timeout=10.0)
-                            rec.spec = spec
+                            rec.spec = hosted.spec
                             rec.stub = False
                         except Exception as exc:
                             logger.info("asking node %s for actor %s failed: %s",
@@ -454,7 +454,7 @@ class RemoteActors:
         rec = self.manager.actors.get(m.actor_id)
         if rec is None or rec.stub:
             raise ValueError(f"actor {m.actor_id.hex()} is not known to this node")
-        reply.send((rec.spec, rec.state, rec.cause))
+        reply.send(w.HostedActor(rec.spec, rec.state, rec.cause))
 
 
 def format_amounts(res: Any) -> str:

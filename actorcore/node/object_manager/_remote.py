@@ -412,13 +412,14 @@ class RemoteObjects:
         pulled from the nodes named (``owner``: the node to tell if every copy
         fails, `ReportLost`; None: the pull's failure is the object's error)."""
         node = self.node
-        for oid, is_error, data, locations in items:
-            if locations is None:
+        for entry in items:
+            oid = entry.object_id
+            if entry.locations is None:
                 self.fetching.pop(oid, None)
                 self.fetched += 1
-                node.directory.put(oid, is_error, data)
+                node.directory.put(oid, entry.is_error, entry.data)
             else:
-                node.spawn(self._pull, oid, list(locations), False, owner)
+                node.spawn(self._pull, oid, list(entry.locations), False, owner)
 
     def _put_error(self, oid: bytes, error: BaseException) -> None:
         self.fetching.pop(oid, None)
@@ -467,16 +468,16 @@ class RemoteObjects:
         node = self.node
         directory = node.directory
         remaining = [len(oids)]
-        answers: dict[bytes, tuple] = {}
+        answers: dict[bytes, w.OwnerEntry] = {}
 
         def one(oid: bytes, e: Any) -> None:
             if e.is_error or e.data != STORE:
-                answers[oid] = (oid, e.is_error, e.data, None)
+                answers[oid] = w.OwnerEntry(oid, e.is_error, e.data, None)
             else:
                 locs = list(self.locations.get(oid, ()))
                 if node.node_hex not in locs:
                     locs.insert(0, node.node_hex)
-                answers[oid] = (oid, False, None, locs)
+                answers[oid] = w.OwnerEntry(oid, False, None, locs)
             if not e.is_error:
                 self.holders.setdefault(oid, set()).add(requester)
             remaining[0] -= 1

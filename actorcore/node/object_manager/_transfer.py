@@ -352,7 +352,8 @@ class ObjectTransfers:
                                 link_lost=isinstance(exc, transport.ConnectionLost)) from exc
         if info is None:
             raise _SourceFailed("its store does not hold the object")
-        meta_len, data_len, buffer_sizes, length = info
+        meta_len, data_len, buffer_sizes, length = (info.meta_len, info.data_len,
+                                                    info.buffer_sizes, info.payload_len)
         link = self.node.store_link
         since = link.generation
         client = link.client
@@ -509,7 +510,7 @@ class ObjectTransfers:
                 serving.expected += p.size
                 if not p.size:  # no chunk will follow
                     self._serving.pop(oid, None)
-            reply.send((p.meta_len, p.data_len, p.buffer_sizes, p.size))
+            reply.send(w.PayloadLayout(p.meta_len, p.data_len, p.buffer_sizes, p.size))
 
         if not self.node.spawn(answer):
             reply.fail(RuntimeError("the node is stopping"))

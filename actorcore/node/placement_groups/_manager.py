@@ -145,7 +145,7 @@ class PlacementGroups:
         d.register(w.PlacementGroupTable,
                    lambda conn, m, reply: self._spawn(self._table, m.pg_id, reply))
         d.register(w.PrepareBundles,
-                   lambda conn, m, reply: reply.send(self.prepare_here(m.pg_id, m.items)))
+                   lambda conn, m, reply: reply.send(self._prepare(m.pg_id, m.items)))
         d.register(w.CommitBundles, self._h_commit)
         d.register(w.ReleaseBundles, lambda conn, m: self.release_here(m.pg_id), oneway=True)
         d.register(w.RemoveGroup, self._h_remove)
@@ -333,14 +333,19 @@ class PlacementGroups:
         none. Nothing can use them yet: their renamed resources appear at commit,
         once every node of the group has prepared (so ``ready()`` never resolves
         on a group that is only partly reserved)."""
+        return self._prepare(pg, items).taken
+
+    def _prepare(self, pg: str, items: list[tuple[int, dict[str, float]]]) -> w.BundlesPrepared:
         if pg in self.removed:
-            return False
-        if not self.node.sched.ledger.try_acquire(_sum(b for _i, b in items)):
-            return False
+            return w.BundlesPrepared(False, f"placement group {pg} was removed here")
+        need = _sum(b for _i, b in items)
+        if not self.node.sched.ledger.try_acquire(need):
+            return w.BundlesPrepared(False, f"node {self.node.node_hex[:12]} cannot take "
+                                            f"{need} now")
         held = self.held.setdefault(pg, {})
         for i, b in items:
             held[i] = dict(b)
-        return True
+        return w.BundlesPrepared(True)
 
     def commit_here(self, pg: str) -> None:
         """Phase two: the prepared bundles' renamed resources join the node."""
@@ -418,8 +423,12 @@ class PlacementGroups:
                 if nid == me:
                     got = self.prepare_here(rec.pg_id, items)
                 else:
-                    got = bool(await self.node.peers.request(
-                        nid, w.PrepareBundles(rec.pg_id, items), timeout=10))
+                    answer = await self.node.peers.request(
+                        nid, w.PrepareBundles(rec.pg_id, items), timeout=10)
+                    got = answer.taken
+                    if not got:
+                        logger.info("placement group %s: node %s refused its bundles: %s",
+                                    rec.pg_id, nid[:12], answer.why)
             except Exception as exc:
                 logger.info("reserving placement group %s on node %s failed: %s",
                             rec.pg_id, nid[:12], exc)

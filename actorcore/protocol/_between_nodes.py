@@ -1,0 +1,383 @@
+"""What nodes say to one another over ``node._peers``: forwarded tasks, objects
+between owners' nodes, payload transfers, actors hosted on another node, placement
+group reservations, and their typed answers.
+
+Node ids are hex strings. One-way messages queued together travel as one
+`PeerBatch`, served in order by the receiving node and acknowledged by a
+`PeerAck`. The index of all vocabularies is ``_wire``'s docstring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from attrs import validators as v
+
+import transport
+from transport import check
+
+from ._wire_checks import _delay, _dict, _flag, _id, _int, _non_negative, _seq, _spec, _str
+
+__all__ = [
+    "BundlesPrepared",
+    "CancelForwarded",
+    "CommitBundles",
+    "DelayStoreHold",
+    "DropCopy",
+    "FetchFromOwner",
+    "ForwardTasks",
+    "ForwardedResults",
+    "FreeCopies",
+    "GetTransferStatistics",
+    "HostedActor",
+    "LocateObject",
+    "OwnerEntry",
+    "OwnsPrefix",
+    "PayloadChunk",
+    "PayloadInfo",
+    "PayloadLayout",
+    "PeerAck",
+    "PeerBatch",
+    "PrepareBundles",
+    "PullObject",
+    "ReleaseBundles",
+    "RemoteActorCall",
+    "RemoteActorCancel",
+    "RemoteActorCreate",
+    "RemoteActorDied",
+    "RemoteActorDone",
+    "RemoteActorDrop",
+    "RemoteActorEnd",
+    "RemoteActorHold",
+    "RemoteActorKill",
+    "RemoteActorSpec",
+    "RemoveGroup",
+    "ReportLost",
+    "SlowChunks",
+]
+
+
+# -- node <-> node ------------------------------------------------------------------------------
+#
+# Over ``node._peers`` (node ids are hex strings). One-way messages queued together
+# travel as one `PeerBatch`, served in order by the receiving node and acknowledged
+# by a `PeerAck`.
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class PeerBatch:
+    """One-way messages to one node, queued together, in order: the ``seq``-th batch
+    of ``sender``'s link (the receiver handles each number once, see ``node._peers``)."""
+
+    messages: list = attrs.field(metadata=_seq)
+    sender: str = attrs.field(metadata=_str)
+    seq: int = attrs.field(metadata=_int)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class PeerAck:
+    """receiver -> sender, on the link the batch came by: batches up to ``seq`` are
+    handled (``receiver`` is the acknowledging node's id)."""
+
+    receiver: str = attrs.field(metadata=_str)
+    seq: int = attrs.field(metadata=_int)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ForwardTasks:
+    """origin -> target: run these tasks (with the export records of their functions:
+    the target must not depend on the GCS having them yet)."""
+
+    origin: str = attrs.field(metadata=_str)
+    specs: list = attrs.field(metadata=_seq)
+    functions: dict = attrs.field(metadata=_dict)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ForwardedResults:
+    """target -> origin: results of forwarded tasks (``STORE``: the value stays in the
+    target's store)."""
+
+    target: str = attrs.field(metadata=_str)
+    results: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class CancelForwarded:
+    """origin -> target: cancel a forwarded task."""
+
+    task_id: bytes = attrs.field(metadata=_id)
+    force: bool = attrs.field(metadata=_flag)
+    recursive: bool = attrs.field(metadata=_flag)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class FetchFromOwner:
+    """*Request* to the owner's node: each object's `OwnerEntry` once it is ready."""
+
+    requester: str = attrs.field(metadata=_str)
+    object_ids: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class OwnsPrefix:
+    """*Request*: is a live process with this id prefix on that node?"""
+
+    prefix: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class ReportLost:
+    """*Request* to the owner's node: every copy it named for the object failed to
+    copy to ``requester`` (``why``); the owner rebuilds it if its store lost it too,
+    and answers as `FetchFromOwner` does once it is ready again."""
+
+    requester: str = attrs.field(metadata=_str)
+    object_id: bytes = attrs.field(metadata=_id)
+    why: str = attrs.field(metadata=_str)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class FreeCopies:
+    """The owner freed these objects: drop your copies."""
+
+    object_ids: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class PayloadInfo:
+    """*Request* (a pull's first step): the object's `PayloadLayout` in the source's
+    store, or None."""
+
+    object_id: bytes = attrs.field(metadata=_id)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class PayloadChunk:
+    """*Request*: ``length`` bytes of the object's payload at ``offset`` (out of band)."""
+
+    object_id: bytes = attrs.field(metadata=_id)
+    offset: int = attrs.field(metadata=check(_non_negative))
+    length: int = attrs.field(metadata=check(_non_negative))
+
+
+@attrs.frozen(slots=False)
+class PullObject:
+    """*Request* (tests, benchmarks): copy the object here from one of
+    ``locations`` (node ids, tried in order)."""
+
+    object_id: bytes = attrs.field(metadata=_id)
+    locations: list = attrs.field(metadata=_seq)
+
+
+@attrs.frozen(slots=False)
+class DropCopy:
+    """*Request*: drop this node's copy of a pulled object."""
+
+    object_id: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class LocateObject:
+    """*Request*: the nodes holding the object, as this node knows them."""
+
+    object_id: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class GetTransferStatistics:
+    """*Request*: the node's ``TransferStatistics``."""
+
+
+@attrs.frozen(slots=False)
+class SlowChunks:
+    """*Request*, a fault hook: the node waits ``chunk_delay`` seconds before
+    serving each chunk it is asked for (0: none)."""
+
+    chunk_delay: float = attrs.field(metadata=check(_delay))
+
+
+@attrs.frozen(slots=False)
+class DelayStoreHold:
+    """*Request*, a fault hook: the node waits ``hold_delay`` seconds before taking
+    its store ref on a reported large value (0: none)."""
+
+    hold_delay: float = attrs.field(metadata=check(_delay))
+
+
+@attrs.frozen(slots=False)
+class RemoteActorCreate:
+    """creating node -> host: create the actor there (``origin``: the creating node)."""
+
+    spec: Any = attrs.field(metadata=_spec("ActorSpec"))
+    restarts: int = attrs.field(metadata=_int)
+    origin: str = attrs.field(metadata=_str)
+    dep_data: list = attrs.field(metadata=_seq)
+    class_record: dict | None = attrs.field(metadata=check(v.optional(v.instance_of(dict))))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class RemoteActorCall:
+    """calling node -> host: one method call."""
+
+    spec: Any = attrs.field(metadata=_spec("CallSpec"))
+    dep_data: list = attrs.field(metadata=_seq)
+    origin: str = attrs.field(metadata=_str)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class RemoteActorDone:
+    """host -> calling node: a call's results."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    task_id: bytes = attrs.field(metadata=_id)
+    results: list = attrs.field(metadata=_seq)
+    host: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorDied:
+    """host -> creating node: the actor is dead, of ``cause``."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    cause: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorEnd:
+    """creating node -> host: end the actor, of ``cause``."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    cause: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorKill:
+    """-> host: ``kill(actor, no_restart=)``."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    no_restart: bool = attrs.field(metadata=_flag)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorHold:
+    """-> host: the process ``holder`` (a worker id) holds a handle to the actor."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    holder: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorDrop:
+    """-> host: ``holder`` holds no handle to the actor any more."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    holder: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorCancel:
+    """-> host: ``cancel(ref)`` of a call forwarded there."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    task_id: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class RemoteActorSpec:
+    """*Request* -> host: the actor it hosts, as a `HostedActor`."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class PrepareBundles:
+    """*Request*, coordinator -> node: phase one, take bundles ``items`` (``[(index,
+    {resource: amount}), ...]``) of the group, all or none (`BundlesPrepared`)."""
+
+    pg_id: str = attrs.field(metadata=_str)
+    items: list = attrs.field(metadata=_seq)
+
+
+@attrs.frozen(slots=False)
+class CommitBundles:
+    """*Request*, coordinator -> node: phase two, the prepared bundles' resources
+    join the node."""
+
+    pg_id: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class ReleaseBundles:
+    """Coordinator -> node (a request or not): give back what the group holds there."""
+
+    pg_id: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class RemoveGroup:
+    """*Request* -> the group's coordinator: remove it."""
+
+    pg_id: str = attrs.field(metadata=_str)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class OwnerEntry:
+    """One object of the answer to `FetchFromOwner` and `ReportLost` (a list of
+    these, in the order asked): its value or error inline (``locations`` None), or
+    the nodes whose stores hold its large value, to pull it from."""
+
+    object_id: bytes
+    is_error: bool
+    data: Any
+    locations: list[str] | None
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class PayloadLayout:
+    """The answer to `PayloadInfo` when the source's store holds the object (else
+    None): the layout the puller creates its copy with, and the payload bytes that
+    its `PayloadChunk` requests add up to."""
+
+    meta_len: int
+    data_len: int
+    buffer_sizes: Any  # a sequence of ints, one per out-of-band buffer
+    payload_len: int
+
+
+@attrs.frozen(slots=False)
+class HostedActor:
+    """The answer to `RemoteActorSpec`: the actor as its host knows it, its
+    ``ActorSpec``, its state and why it died (None while it lives)."""
+
+    spec: Any
+    state: str
+    cause: str | None
+
+
+@attrs.frozen(slots=False)
+class BundlesPrepared:
+    """The answer to `PrepareBundles`: whether the node took the bundles and, if
+    not, ``why`` (the group was removed there, or its free resources fall short)."""
+
+    taken: bool
+    why: str = ""
+
+
+# Each class above travels as its extension code, not its module and name
+# (transport._codes).
+transport.register_codes(*transport.classes_of(__name__))

@@ -1,0 +1,48 @@
+"""The direct link between a caller and an actor's process
+(``core_worker._direct_calls``): a call once the caller's earlier calls through the
+node have finished, and its result. Served by the actor process's direct socket and
+by the caller's result socket; the index of all vocabularies is ``_wire``'s
+docstring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from attrs import validators as v
+
+import transport
+from transport import check
+
+from ._wire_checks import _id, _spec
+
+__all__ = [
+    "DirectCall",
+    "DirectResult",
+]
+
+
+# -- caller <-> actor process (direct) ------------------------------------------------------
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class DirectCall:
+    """A method call straight to the actor's process."""
+
+    spec: Any = attrs.field(metadata=_spec("CallSpec"))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class DirectResult:
+    """A direct call's results; None: the actor is not in that process (any more),
+    the caller goes through the node."""
+
+    task_id: bytes = attrs.field(metadata=_id)
+    results: list | None = attrs.field(metadata=check(v.optional(v.instance_of(list))))
+
+
+# Each class above travels as its extension code, not its module and name
+# (transport._codes).
+transport.register_codes(*transport.classes_of(__name__))

@@ -1,0 +1,483 @@
+"""What core workers (drivers, workers) and actor processes send their node, and
+the node's typed answers.
+
+These are the messages a node's dispatcher serves for the processes of its own
+node (and for drivers that joined from elsewhere): registration, submission, puts
+and fetches, a task's or an actor call's results, the actor manager's and the
+placement groups' requests. Every process that talks to a node imports this
+vocabulary; the index of all of them is ``_wire``'s docstring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from attrs import validators as v
+
+import transport
+from transport import check
+
+from ._wire_checks import _dict, _flag, _id, _int, _nested, _opt_id, _opt_str, _seq, _spec, _str
+
+__all__ = [
+    "ActorCheckpoint",
+    "ActorDone",
+    "ActorDoneDirect",
+    "ActorExit",
+    "ActorFound",
+    "ActorLog",
+    "ActorNames",
+    "ActorReady",
+    "ActorRoute",
+    "ActorUp",
+    "AdminCall",
+    "Blocked",
+    "Bye",
+    "CancelActorCall",
+    "CancelTask",
+    "CreateNamedActor",
+    "CreatePlacementGroup",
+    "DropActor",
+    "Export",
+    "Fetch",
+    "FetchedObjects",
+    "Free",
+    "GetActorState",
+    "GetFunction",
+    "GetPlacementGroup",
+    "Hello",
+    "HelloInfo",
+    "HelloReply",
+    "HoldActor",
+    "KillActor",
+    "ListActors",
+    "LookupActor",
+    "PlacementGroupTable",
+    "Put",
+    "Rebuild",
+    "RemovePlacementGroup",
+    "RouteActor",
+    "StartSupervisor",
+    "StreamItems",
+    "Submit",
+    "TaskDone",
+    "Unblocked",
+]
+
+
+# -- core worker -> node ---------------------------------------------------------------
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class HelloInfo:
+    """What `Hello` tells beyond the role: ``id_prefix``, the prefix of the ids the
+    process makes (every role but a node); a node's ``node_id`` (hex); a driver's
+    ``job_id``, ``log_to_driver``, ``direct_address`` (where its node's workers push
+    its results), ``namespace``, and ``rejoin`` (back after losing its link)."""
+
+    id_prefix: bytes | None = attrs.field(default=None, metadata=_opt_id)
+    node_id: str | None = attrs.field(default=None, metadata=_opt_str)
+    job_id: bytes | None = attrs.field(default=None, metadata=_opt_id)
+    log_to_driver: bool = attrs.field(default=False, metadata=_flag)
+    direct_address: str | None = attrs.field(default=None, metadata=_opt_str)
+    namespace: str | None = attrs.field(default=None, metadata=_opt_str)
+    rejoin: bool = attrs.field(default=False, metadata=_flag)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Hello:
+    """*Request*: register a link: ``role`` is ``driver``, ``worker``,
+    ``actor_worker`` or ``node``; answered with a `HelloReply`."""
+
+    role: str = attrs.field(metadata=_str)
+    worker_id: bytes | None = attrs.field(metadata=_opt_id)
+    pid: int = attrs.field(metadata=_int)
+    info: HelloInfo = attrs.field(factory=HelloInfo, metadata=_nested(HelloInfo))
+
+
+@attrs.frozen(slots=False)
+class Bye:
+    """A driver shuts down: when its link closes it is gone (no grace period)."""
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Export:
+    """A function's pickled definition, sent once before its first task."""
+
+    function_id: bytes = attrs.field(metadata=_id)
+    blob: bytes = attrs.field(metadata=check(v.instance_of((bytes, bytearray, memoryview))))
+    name: str = attrs.field(metadata=_str)
+    sys_path: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Submit:
+    """Task specs, actor creations and actor calls, in the order they were made."""
+
+    specs: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Put:
+    """Put objects ``[(object_id, is_error, data), ...]`` (``data`` ``STORE``: in
+    the store)."""
+
+    objects: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Fetch:
+    """*Request*: the objects' entries, once every one is ready."""
+
+    object_ids: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Rebuild:
+    """*Request*: a reader found these gone from the node's store; answered as a
+    `Fetch` once each is ready again (rebuilt from its lineage, or an error)."""
+
+    object_ids: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Free:
+    """The owner dropped these objects."""
+
+    object_ids: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class CancelTask:
+    """``cancel(ref, force=, recursive=)`` of a task."""
+
+    task_id: bytes = attrs.field(metadata=_id)
+    force: bool = attrs.field(metadata=_flag)
+    recursive: bool = attrs.field(metadata=_flag)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Blocked:
+    """The worker's task waits in ``get``: its resources are lent meanwhile."""
+
+    task_id: bytes = attrs.field(metadata=_id)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class Unblocked:
+    """The worker's task runs again after a `Blocked`."""
+
+    task_id: bytes = attrs.field(metadata=_id)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class GetFunction:
+    """*Request*: a function's export record (the node's, or the GCS's)."""
+
+    function_id: bytes = attrs.field(metadata=_id)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class AdminCall:
+    """*Request*: an introspection or admin call by name (``node._calls``:
+    ``status``, ``tree``, ``nodes``, ``crash``, ``fault``, ...); an unknown name
+    is refused with an error naming it."""
+
+    name: str = attrs.field(metadata=_str)
+    args: tuple = attrs.field(default=(), metadata=check(v.instance_of(tuple)))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class HoldActor:
+    """The sender's first handle to the actor appeared: it holds the actor (sent
+    as a request when the handle must not be used before the node counted it)."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class DropActor:
+    """The sender holds no handle to the actor any more."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class CancelActorCall:
+    """``cancel(ref)`` of an actor call: to the node for a call sent through it, to
+    the actor's process for one it queued or runs (or on the direct link, behind
+    the call)."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    task_id: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class CreateNamedActor:
+    """*Request*: create a named (or detached) actor, answered once the name is
+    taken: None, or (``get_if_exists``) the `ActorFound` holding it, or an error."""
+
+    spec: Any = attrs.field(metadata=_spec("ActorSpec"))
+    get_if_exists: bool = attrs.field(metadata=_flag)
+
+
+@attrs.frozen(slots=False)
+class LookupActor:
+    """*Request*: ``get_actor(name, namespace)`` -> `ActorFound`."""
+
+    name: str = attrs.field(metadata=_str)
+    namespace: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class RouteActor:
+    """*Request*: where callers reach the actor directly: an `ActorRoute`, or None
+    (through the node)."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class KillActor:
+    """*Request*: ``kill(actor, no_restart=)``."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    no_restart: bool = attrs.field(metadata=_flag)
+
+
+@attrs.frozen(slots=False)
+class GetActorState:
+    """*Request*: the actor's state record (``describe``)."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+
+
+@attrs.frozen(slots=False)
+class ListActors:
+    """*Request*: the state records of the node's actors."""
+
+
+@attrs.frozen(slots=False)
+class ActorNames:
+    """*Request*: ``(namespace, name)`` of every live named actor."""
+
+
+@attrs.frozen(slots=False)
+class StartSupervisor:
+    """*Request*: start a user supervisor of actors (``api.supervisor``)."""
+
+    name: str = attrs.field(metadata=_str)
+    strategy: str = attrs.field(metadata=_str)
+    max_restarts: int = attrs.field(metadata=_int)
+    max_seconds: float = attrs.field(metadata=check(v.instance_of(float)))
+
+
+# -- worker -> node ----------------------------------------------------------------------
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class TaskDone:
+    """A task finished: its results ``[(object_id, is_error, data), ...]``;
+    ``retry``: run it again (a retryable failure); ``pushed``: the worker pushed
+    them to their owner too."""
+
+    task_id: bytes = attrs.field(metadata=_id)
+    results: list = attrs.field(metadata=_seq)
+    retry: bool = attrs.field(metadata=_flag)
+    pushed: bool = attrs.field(default=False, metadata=_flag)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class StreamItems:
+    """Values a generator task or method yielded, owned by ``owner``; ``push``:
+    pushed to the owner as they come (not for ``num_returns="dynamic"``)."""
+
+    owner: bytes = attrs.field(metadata=_id)
+    results: list = attrs.field(metadata=_seq)
+    push: bool = attrs.field(metadata=_flag)
+
+
+# -- actor worker -> node -----------------------------------------------------------------
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ActorUp:
+    """An actor worker registered (after `Hello`): callers may dial
+    ``direct_address`` (None: calls go through the node)."""
+
+    worker_id: bytes = attrs.field(metadata=_id)
+    direct_address: str | None = attrs.field(metadata=_opt_str)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ActorReady:
+    """The actor's constructor finished; ``error``: the text of its exception."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    incarnation: int = attrs.field(metadata=_int)
+    error: str | None = attrs.field(metadata=_opt_str)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ActorDone:
+    """A call's results; ``ran`` (actors that replay only): the method ran, so the
+    call joins the actor's call log."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    task_id: bytes = attrs.field(metadata=_id)
+    results: list = attrs.field(metadata=_seq)
+    ran: bool = attrs.field(default=False, metadata=_flag)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ActorDoneDirect:
+    """Large results of direct calls: the node holds them, like any result."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    results: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ActorLog:
+    """A direct call of an actor that replays ran: log it (answered with
+    `ActorCallLogged`; only then does its caller hear)."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    incarnation: int = attrs.field(metadata=_int)
+    spec: Any = attrs.field(metadata=_spec("CallSpec"))
+    results: list = attrs.field(metadata=_seq)
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ActorCheckpoint:
+    """The actor's state after every call it reported before: it replaces the log."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    incarnation: int = attrs.field(metadata=_int)
+    state: bytes = attrs.field(metadata=check(v.instance_of((bytes, bytearray, memoryview))))
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ActorExit:
+    """The actor called ``exit_actor()``: end it for good."""
+
+    actor_id: bytes = attrs.field(metadata=_id)
+    incarnation: int = attrs.field(metadata=_int)
+
+
+# -- placement groups: core worker -> node ----------------------------------------------------
+
+
+@attrs.frozen(slots=False)
+class CreatePlacementGroup:
+    """*Request*: ``placement_group(...)``: ``request`` holds ``pg_id`` (hex),
+    ``bundles``, ``strategy``, ``name``, ``namespace``, ``lifetime``, ``job_id``."""
+
+    request: dict = attrs.field(metadata=_dict)
+
+
+@attrs.frozen(slots=False)
+class RemovePlacementGroup:
+    """*Request*: ``remove_placement_group``, wherever the group is coordinated."""
+
+    pg_id: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class GetPlacementGroup:
+    """*Request*: the live group named ``name`` in ``namespace``."""
+
+    name: str = attrs.field(metadata=_str)
+    namespace: str = attrs.field(metadata=_str)
+
+
+@attrs.frozen(slots=False)
+class PlacementGroupTable:
+    """*Request*: one group's state (``pg_id`` hex), or every group's (None)."""
+
+    pg_id: str | None = attrs.field(metadata=_opt_str)
+
+
+# -- replies ---------------------------------------------------------------------------------
+#
+# What the requests above are answered with, where the answer has fields. A reply
+# wakes the request that waits for it and is never dispatched, so no registry checks
+# it; it is typed so that both ends name its fields instead of counting them.
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class HelloReply:
+    """The node's answer to `Hello`: its facts, for errors that name it (``pid``,
+    ``head``, ``log_dir``) and the links the process opens next (``store_address``,
+    ``gcs_address``). ``peer_handled``, to a node: the last of its numbered batches
+    handled here (it resends those after)."""
+
+    node_id: bytes
+    address: str
+    store_address: str
+    gcs_address: str | None
+    session_dir: str
+    log_dir: str
+    pid: int
+    head: bool
+    peer_handled: int = 0
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class FetchedObjects:
+    """The answer to `Fetch` and `Rebuild`: ``[(object_id, is_error, data), ...]``,
+    in the order asked."""
+
+    objects: list
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ActorRoute:
+    """The answer to `RouteActor` when callers may reach the actor directly (else
+    None): its process's ``address`` and the ``incarnation`` that listens there."""
+
+    address: str
+    incarnation: int
+
+
+@transport.compact
+@attrs.frozen(slots=False)
+class ActorFound:
+    """The answer to `LookupActor`, and to `CreateNamedActor` with ``get_if_exists``
+    when the name is taken: the actor's id and its class's ``ClassMeta``."""
+
+    actor_id: bytes
+    meta: Any
+
+
+# Each class above travels as its extension code, not its module and name
+# (transport._codes).
+transport.register_codes(*transport.classes_of(__name__))
