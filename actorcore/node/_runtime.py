@@ -74,6 +74,11 @@ from .object_manager._dep_watch import DependencyWatch
 from .object_manager._directory import ObjectDirectory
 from .object_manager._objects import NodeObjects
 from .object_manager._remote import RemoteObjects
+from .object_manager._store_setup import (
+    default_store_capacity,
+    default_task_memory,
+    make_store_service,
+)
 from .object_manager._transfer import ObjectTransfers
 from .placement_groups import PlacementGroups
 from .worker_pool._pool import PoolState
@@ -154,8 +159,8 @@ class NodeRuntime:
         self.resources = dict(config.resources)
         self.resources["CPU"] = cpus
         # ``memory=`` of tasks and actors is accounted against this, as in Ray.
-        self.resources.setdefault("memory", float(_default_task_memory(
-            config.object_store_memory or _default_store_capacity())))
+        self.resources.setdefault("memory", float(default_task_memory(
+            config.object_store_memory or default_store_capacity())))
         self.sched: SchedulerState = SchedulerState(
             directory=self.directory,
             total=self.resources,
@@ -192,23 +197,11 @@ class NodeRuntime:
             on_disconnect=self._on_disconnect,
             max_frame_size=max_frame_size(),
         )
-        import store
-
         self.store_address = f"unix:{config.session_dir / 'sockets' / 'store.sock'}"
-        capacity = config.object_store_memory or _default_store_capacity()
-        self.store_service = store.ObjectStoreService(
-            self.store_address,
-            config.token,
-            capacity=capacity,
-            spill_dir=str(config.spill_dir or config.session_dir / "spill"),
-            prefix=f"actorcore-{config.session_dir.name}",
-            **_store_disk_options(),
-            # A restart of ``object_manager`` (the supervisor cancels it, exactly as
-            # for a shutdown) must find the arena and spill files where they were:
-            # the node removes them when it stops (``run``).
-            cleanup_on_cancel=False,
-            recovery_grace=_store_recovery_grace(),
-        )
+        self.store_service = make_store_service(
+            self.store_address, config.token, config.object_store_memory,
+            config.spill_dir or config.session_dir / "spill",
+            prefix=f"actorcore-{config.session_dir.name}")
         self.store_link: StoreLink | None = None  # set by ``run``
         self.tcp_server: transport.Server | None = None
         if config.listens_tcp:
@@ -768,89 +761,3 @@ async def _quietly(fn: Any, *args: Any) -> None:
         await fn(*args)
     except Exception as exc:
         logger.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
-
-
-def _store_disk_options() -> dict[str, Any]:
-    """How the store may use the disk and memory (from the node's environment): objects
-    shared memory cannot take go to files in the session's spill directory unless
-    ``ACTORCORE_OBJECT_STORE_DISK_FALLBACK=0``; spills and those files stop at
-    ``ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD`` of the disk (default 0.95, Ray's).
-    ``ACTORCORE_OBJECT_STORE_PREFAULT``: how many bytes of the arena the store keeps
-    faulted in ahead of use (default 256 MiB), ``0`` for none, ``all`` for all of it."""
-    fallback = os.environ.get("ACTORCORE_OBJECT_STORE_DISK_FALLBACK", "1").strip()
-    if fallback not in ("0", "1"):
-        raise ValueError(f"ACTORCORE_OBJECT_STORE_DISK_FALLBACK must be 0 or 1, got {fallback!r}")
-    raw = os.environ.get("ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD", "0.95")
-    try:
-        threshold = float(raw)
-    except ValueError:
-        threshold = -1.0
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(
-            f"ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD must be a fraction in [0, 1], got {raw!r}"
-        )
-    options: dict[str, Any] = {"disk_fallback": fallback == "1", "disk_threshold": threshold}
-    warm = os.environ.get("ACTORCORE_OBJECT_STORE_PREFAULT", "").strip().lower()
-    if warm == "all":
-        options["prefault"] = True
-    elif warm:
-        if not warm.isdigit():
-            raise ValueError(
-                f"ACTORCORE_OBJECT_STORE_PREFAULT must be a number of bytes or 'all', got {warm!r}"
-            )
-        options["warm"] = int(warm)
-    return options
-
-
-def _default_task_memory(store_capacity: int) -> int:
-    """The node's ``memory`` resource when not given: the memory available now (as
-    ``MemAvailable``, within the cgroup's limit) less the object store's, as Ray
-    computes it; at least a tenth of what is available, so ``memory=`` requests of
-    a small machine stay placeable."""
-    available = 0
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError):
-        pass
-    if not available:
-        try:
-            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-        except (ValueError, OSError):
-            available = 4 << 30
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        with open("/sys/fs/cgroup/memory.current") as f:
-            used = int(f.read().strip())
-        if limit != "max":
-            available = min(available, max(int(limit) - used, 0))
-    except (OSError, ValueError):
-        pass
-    return max(available - store_capacity, available // 10)
-
-
-def _default_store_capacity() -> int:
-    """30% of the machine's memory, at most 2 GiB (the arena is sparse until used)."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        total = 4 << 30
-    return int(min(total * 0.3, 2 << 30))
-
-
-def _store_recovery_grace() -> float:
-    """Seconds a restarted store keeps unclaimed objects it found in its arena
-    (``ACTORCORE_STORE_RECOVERY_GRACE``; every live client claims its own at once)."""
-    raw = os.environ.get("ACTORCORE_STORE_RECOVERY_GRACE", "30")
-    try:
-        grace = float(raw)
-    except ValueError:
-        raise ValueError(f"ACTORCORE_STORE_RECOVERY_GRACE must be a number, got {raw!r}") from None
-    if not grace >= 0:
-        raise ValueError(f"ACTORCORE_STORE_RECOVERY_GRACE must be >= 0 seconds, got {raw!r}")
-    return grace
-
