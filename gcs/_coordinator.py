@@ -286,10 +286,6 @@ class Coordinator:
             while not self.ready():
                 await self._changed.wait()
 
-    def is_member(self, name: str) -> bool:
-        """Whether replica ``name`` is registered and not declared dead."""
-        return name in self._members
-
     async def wait_removed(self, name: str) -> None:
         """Return once this coordinator has declared replica ``name`` dead.
 

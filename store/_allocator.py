@@ -82,9 +82,6 @@ class Allocator:
     def free_blocks(self) -> int:
         return len(self._sorted)
 
-    def size_of(self, offset: int) -> int:
-        return self._used[offset]
-
     def allocate(self, nbytes: int) -> tuple[int, int, int | None] | None:
         """Take a block of at least ``nbytes``.
 

@@ -230,10 +230,6 @@ class Mapping:
                 _populate_works = False  # a kernel before 5.14
         self.view[offset : offset + n : FAULT_AROUND].tobytes()
 
-    def read_into(self, offset: int, n: int, reader) -> None:
-        """Let ``reader(memoryview)`` fill ``n`` bytes at ``offset`` (file reads)."""
-        reader(self.view[offset : offset + n])
-
 
 class Arena:
     """The service's side of the arena: headers, the allocator, rebuild by scan."""
@@ -378,9 +374,6 @@ class Arena:
         merged_offset, merged_size = self.allocator.free(offset)
         self.write_free(merged_offset, merged_size)
 
-    def read_block(self, offset: int) -> BlockInfo:
-        return _read_header(self.mapping, offset)
-
     def unlink(self) -> None:
         try:
             os.unlink(self.path)
@@ -398,12 +391,6 @@ def _write_owner(mapping: Mapping, size: int, spill_dir: str | None) -> None:
     position += SPILL_DIR_FIELD.size
     mapping.mmap[position : position + len(raw)] = raw
     FILE_HEADER.pack_into(mapping.mmap, 0, FILE_MAGIC, 1, size, os.getpid())
-
-
-def arena_owner(path: str) -> int | None:
-    """The pid of the process whose store service owns the arena at ``path``."""
-    found = arena_header(path)
-    return None if found is None else found[0]
 
 
 def arena_header(path: str) -> tuple[int, str | None] | None:

@@ -243,16 +243,6 @@ class StoreLink:
             functools.partial(self.reconnect, since=since, timeout=timeout), trio_token=self.token
         )
 
-    def _retrying(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call a blocking store operation; reconnect and retry once if the link died."""
-        self._ensure()
-        since = self.generation
-        try:
-            return getattr(self.blocking, fn_name)(*args, **kwargs)
-        except _store_errors():
-            self._reconnect_from_thread(since)
-            return getattr(self.blocking, fn_name)(*args, **kwargs)
-
     def put(self, object_id: bytes, serialized: Any) -> None:
         """Write a large value (any thread but the core loop)."""
         import store

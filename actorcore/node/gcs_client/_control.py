@@ -53,8 +53,6 @@ class ControlState(Protocol):
     def record_task(self, spec: TaskSpec) -> None: ...
     def lineage_done(self, task_id: bytes) -> None: ...
     async def register_node(self, node_id: str, info: dict) -> None: ...
-    async def unregister_node(self, node_id: str) -> None: ...
-    async def list_nodes(self) -> list[dict]: ...
     async def put_job(self, job_id: str, info: dict) -> None: ...
     async def flush_forever(self) -> None: ...
     def statistics(self) -> ControlStatistics: ...
@@ -233,12 +231,6 @@ class MemoryControlState:
     async def register_node(self, node_id: str, info: dict) -> None:
         self.nodes[node_id] = info
 
-    async def unregister_node(self, node_id: str) -> None:
-        self.nodes.pop(node_id, None)
-
-    async def list_nodes(self) -> list[dict]:
-        return list(self.nodes.values())
-
     async def put_job(self, job_id: str, info: dict) -> None:
         self.jobs[job_id] = info
 
@@ -383,12 +375,6 @@ class GcsControlState:
 
     async def register_node(self, node_id: str, info: dict) -> None:
         await self.call(lambda c: c.nodes.register(node_id, info))
-
-    async def unregister_node(self, node_id: str) -> None:
-        await self.call(lambda c: c.nodes.delete(node_id))
-
-    async def list_nodes(self) -> list[dict]:
-        return [v for _k, v in await self.call(lambda c: c.nodes.list())]
 
     async def put_job(self, job_id: str, info: dict) -> None:
         self._jobs[job_id] = info

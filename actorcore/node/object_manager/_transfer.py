@@ -237,9 +237,6 @@ class ObjectTransfers:
                        GCS_TIMEOUT)
         return []
 
-    def has_copy(self, oid: bytes) -> bool:
-        return oid in self.copies
-
     def drop_copy(self, oid: bytes) -> None:
         """Let a pulled copy go: its store ref, and its location in the GCS."""
         registered = self.copies.pop(oid, None)
