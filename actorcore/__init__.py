@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .node.actor_manager._introspect import ActorManagerStatistics
     from .node.gcs_client._control import ControlStatistics
     from .node.local_scheduler._ledger import LedgerStatistics
-    from .node.local_scheduler._scheduler import SchedulerStatistics
+    from .node.local_scheduler._statistics import SchedulerStatistics
     from .node.object_manager._directory import DirectoryStatistics
     from .worker._cancel import CallGateStatistics
 
@@ -56,7 +56,7 @@ _LAZY = {
     "ActorManagerStatistics": ".node.actor_manager._introspect",
     "ControlStatistics": ".node.gcs_client._control",
     "LedgerStatistics": ".node.local_scheduler._ledger",
-    "SchedulerStatistics": ".node.local_scheduler._scheduler",
+    "SchedulerStatistics": ".node.local_scheduler._statistics",
     "DirectoryStatistics": ".node.object_manager._directory",
     "CallGateStatistics": ".worker._cancel",
 }

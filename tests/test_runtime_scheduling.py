@@ -19,8 +19,9 @@ import trio.testing
 import actorcore as ray
 from actorcore import exceptions as exc
 from actorcore.kernel import ChildSpec, Supervisor
+from actorcore.node.local_scheduler._component import LocalScheduler
 from actorcore.node.local_scheduler._ledger import ResourceLedger
-from actorcore.node.local_scheduler._scheduler import LocalScheduler, SchedulerState, WorkerInfo
+from actorcore.node.local_scheduler._scheduler import SchedulerState, WorkerInfo
 from actorcore.node.object_manager._directory import ObjectDirectory
 from actorcore.protocol._messages import TaskSpec
 from actorcore.testing import faults

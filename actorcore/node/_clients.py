@@ -25,7 +25,7 @@ import transport
 
 from ..protocol import _wire as w
 from ..protocol._ids import owner_prefix
-from .local_scheduler._scheduler import WorkerInfo
+from .local_scheduler._workers import WorkerInfo
 
 __all__ = ["Client", "Clients", "local_peer_pid"]
 

@@ -69,7 +69,8 @@ from .gcs_client._membership import ClusterView
 from .global_scheduler._forwarding import ClusterTasks
 from .global_scheduler._placement import keep_local
 from .local_scheduler._ledger import fits
-from .local_scheduler._scheduler import SchedulerState, WorkerInfo
+from .local_scheduler._scheduler import SchedulerState
+from .local_scheduler._workers import WorkerInfo
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._directory import ObjectDirectory
 from .object_manager._objects import NodeObjects

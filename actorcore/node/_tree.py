@@ -41,7 +41,8 @@ from .gcs_client._link import GcsClientLink
 from .gcs_client._membership import ClusterView, Membership
 from .global_scheduler._forwarding import ClusterTasks
 from .global_scheduler._scheduler import GlobalScheduler
-from .local_scheduler._scheduler import LocalScheduler, SchedulerState
+from .local_scheduler._component import LocalScheduler
+from .local_scheduler._scheduler import SchedulerState
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._link import StoreLinkService
 from .placement_groups import PlacementGroups, PlacementGroupsService

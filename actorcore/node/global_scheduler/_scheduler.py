@@ -39,7 +39,8 @@ import trio
 from ...protocol._messages import TaskSpec
 from ..gcs_client._membership import ClusterView
 from ..local_scheduler._ledger import fits
-from ..local_scheduler._scheduler import ReadyQueues, SchedulerState
+from ..local_scheduler._queues import ReadyQueues
+from ..local_scheduler._scheduler import SchedulerState
 from ._forwarding import ClusterTasks
 from ._placement import SpreadState, choose_node, format_resources
 

@@ -1,7 +1,10 @@
 """The ``local_scheduler`` component: the node's task queue, resources and dispatch.
 
 ``_scheduler``: ``SchedulerState`` (queues, leases, spill-back to the global
-scheduler) and ``LocalScheduler`` (the tree component, the one place that places work).
+scheduler); ``_component``: ``LocalScheduler`` (the tree component, the one place
+that places work); ``_workers``: ``WorkerInfo``, a task worker as dispatch sees it;
+``_queues``: ``ReadyQueues``, one FIFO per resource shape; ``_statistics``: what
+it reports.
 ``_ledger``: ``ResourceLedger``, the one account of the node's resources for tasks
 and actors both, whose waiters are woken by releases (no polling).
 """

@@ -33,7 +33,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import trio
@@ -52,232 +52,21 @@ from ...protocol._messages import ObjectData, TaskSpec
 from ...protocol._wire import Execute, ExitWorker, InterruptTask
 from ..object_manager._directory import ObjectDirectory, ObjectEntry
 from ._ledger import ResourceLedger, fits
+from ._queues import ReadyQueues, env_key
+from ._statistics import SchedulerStatistics
+from ._workers import WorkerInfo
 
 __all__ = [
-    "LocalScheduler",
-    "ReadyQueues",
     "SchedulerHost",
     "SchedulerState",
     "SchedulerStatistics",
     "WorkerInfo",
-    "fits",
 ]
 
 logger = logging.getLogger("actorcore.scheduler")
 
 #: Seconds a running task has to honour a (non-force) cancel before its worker is killed.
 CANCEL_GRACE = 1.0
-
-#: Tasks queued on a busy worker behind the one it runs, when more wait than there
-#: are free workers: the worker starts the next one the moment it reports the last,
-#: with no round trip to the node in between (Ray's lease reuse / pipelining).
-PIPELINE_DEPTH = 4
-
-
-@attrs.define(eq=False)
-class WorkerInfo:
-    """A worker process as the node sees it.
-
-    A worker runs one task at a time, except that while all its tasks are blocked in
-    ``get`` it may take one more (in another executor thread of the same process):
-    a nested task then needs no new process, which is what keeps deep task trees
-    from spawning a process per level.
-    """
-
-    index: int
-    worker_id: bytes
-    pid: int | None = None
-    process: Any = None
-    conn: Any = None
-    state: str = "starting"  # starting | idle | busy | dead
-    tasks: dict[bytes, TaskSpec] = attrs.Factory(dict)
-    blocked_tasks: set[bytes] = attrs.Factory(set)
-    held: dict[bytes, dict[str, float]] = attrs.Factory(dict)  # task id -> resources
-    gpu_ids: dict[bytes, tuple[int, ...]] = attrs.Factory(dict)  # task id -> its GPUs
-    queued: collections.deque[bytes] = attrs.Factory(collections.deque)  # not started yet
-    shape: tuple = ()
-    # The runtime env (``api._runtime_env`` key) of the tasks it runs: set by its
-    # first task ("" for none); None while it has run none. A worker runs tasks of
-    # one runtime env only, as Ray's pool is keyed by it: the env vars, working
-    # directory and modules a task imported stay in its process.
-    env_key: str | None = None
-    force_cancelled: set[bytes] = attrs.Factory(set)
-    in_idle: bool = False
-    idle_since: float = 0.0
-    tasks_done: int = 0
-    # ``max_calls``: tasks run here per function id (of functions that have a
-    # limit); once one reaches its limit the worker retires: it takes no more work
-    # and exits when its tasks are done (``SchedulerState._retire``).
-    calls: dict[bytes, int] = attrs.Factory(dict)
-    retiring: str | None = None  # why, once it retires
-
-    @property
-    def blocked(self) -> bool:
-        return bool(self.blocked_tasks)
-
-    def available(self) -> bool:
-        """Can start a task now: alive, registered, every task it runs is blocked,
-        and none of those holds GPUs (the process's ``CUDA_VISIBLE_DEVICES`` is
-        theirs until they end)."""
-        return (
-            self.state != "dead"
-            and self.conn is not None
-            and self.retiring is None
-            and not self.queued
-            and len(self.tasks) == len(self.blocked_tasks)
-            and not self.gpu_ids
-            # a task with max_calls blocked in get keeps its worker to itself: a
-            # second one started beside it would pass the limit in one process
-            and not any(t.max_calls for t in self.tasks.values())
-        )
-
-    def can_pipeline(self, shape: tuple) -> bool:
-        """Can queue one more task of ``shape`` behind the one it runs."""
-        return (
-            self.state == "busy"
-            and self.conn is not None
-            and self.retiring is None
-            and not self.blocked_tasks
-            and self.shape == shape
-            and len(self.queued) < PIPELINE_DEPTH
-            # a task with max_calls may retire its worker: nothing queues behind it
-            and not any(t.max_calls for t in self.tasks.values())
-        )
-
-    def active(self) -> int:
-        """Tasks it runs right now (started, not blocked)."""
-        return len(self.tasks) - len(self.queued) - len(self.blocked_tasks)
-
-    def snapshot(self, node_id: str) -> dict:
-        children: list[dict] = [
-            {
-                "name": f"task:{spec.name}",
-                "kind": "task",
-                "state": "running",
-                "blocked": tid in self.blocked_tasks,
-                "restarts": spec.attempt,
-                "pid": self.pid,
-                "node_id": node_id,
-                "task_id": tid.hex(),
-                "children": [],
-            }
-            for tid, spec in self.tasks.items()
-        ]
-        return {
-            "name": f"worker_{self.index}",
-            "kind": "worker",
-            "state": {"starting": "starting", "dead": "stopped"}.get(self.state, "running"),
-            "restarts": 0,
-            "pid": self.pid,
-            "node_id": node_id,
-            "worker_id": self.worker_id.hex(),
-            "activity": self.state,
-            "tasks_done": self.tasks_done,
-            "children": children,
-        }
-
-
-def env_key(spec: TaskSpec) -> str:
-    """The key of a task's runtime env ("" for none)."""
-    env = spec.runtime_env
-    return env.get("key", "") if env else ""
-
-
-class ReadyQueues:
-    """Tasks whose inputs are ready, one FIFO per resource shape (Ray's scheduling
-    classes): placing work looks at each shape's head only, so a long queue that
-    cannot run now costs nothing per dispatch."""
-
-    def __init__(self) -> None:
-        self.queues: dict[tuple, collections.deque[TaskSpec]] = {}
-        self._len = 0
-
-    @staticmethod
-    def shape(spec: TaskSpec) -> tuple:
-        key = tuple(sorted(spec.resources.items()))
-        env = spec.runtime_env
-        if env:  # one queue per runtime env too: each waits for its own workers
-            return (*key, ("~runtime_env", env.get("key", "")))
-        return key
-
-    def append(self, spec: TaskSpec) -> None:
-        key = self.shape(spec)
-        q = self.queues.get(key)
-        if q is None:
-            q = self.queues[key] = collections.deque()
-        q.append(spec)
-        self._len += 1
-
-    def remove_task(self, task_id: bytes) -> TaskSpec | None:
-        for key, q in self.queues.items():
-            for spec in q:
-                if spec.task_id == task_id:
-                    q.remove(spec)
-                    self._len -= 1
-                    if not q:
-                        del self.queues[key]
-                    return spec
-        return None
-
-    def popleft(self, key: tuple) -> TaskSpec:
-        q = self.queues[key]
-        spec = q.popleft()
-        self._len -= 1
-        if not q:
-            del self.queues[key]
-        return spec
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __bool__(self) -> bool:
-        return self._len > 0
-
-    def __iter__(self) -> Any:
-        for q in list(self.queues.values()):
-            yield from q
-
-
-@attrs.frozen(kw_only=True)
-class SchedulerStatistics:
-    """Figures of a node's local scheduler, from ``SchedulerState.statistics()``.
-
-    Attributes:
-      waiting: tasks whose arguments are not all ready yet; ready: tasks queued for
-        resources or a worker; running: tasks on a worker now.
-      idle_workers: task workers free to take one.
-      finished: tasks completed (with a value or the task's own exception);
-        retried: attempts re-run (their worker died, or an exception they retry on);
-        failed: tasks the node failed (worker died with no retries left, cancelled,
-        unschedulable). All since the node started.
-      available, total: resources free now and the node's capacity (tasks and
-        actors both take from ``available``).
-      unplaced: tasks this node can never run that wait for the global scheduler
-        (for another node); unplaced_warnings: why, one line per resource shape.
-    """
-
-    waiting: int
-    ready: int
-    running: int
-    idle_workers: int
-    finished: int
-    retried: int
-    failed: int
-    available: dict[str, float]
-    total: dict[str, float]
-    unplaced: int = 0
-    unplaced_warnings: tuple[str, ...] = ()
-
-    @property
-    def queued(self) -> int:
-        """Tasks not running yet: ``waiting`` plus ``ready``."""
-        return self.waiting + self.ready
-
-    @property
-    def used(self) -> dict[str, float]:
-        """Resources taken now, per resource of ``total``."""
-        return {k: v - self.available.get(k, 0.0) for k, v in self.total.items()}
-
 
 class SchedulerHost(Protocol):
     """What the scheduler asks of the node it runs in (``_runtime.NodeRuntime``
@@ -987,39 +776,3 @@ class SchedulerState:
                 if shape in self.unplaced_warnings
             ),
         )
-
-
-class LocalScheduler:
-    """The ``local_scheduler`` component: the dispatch loop over ``SchedulerState``.
-
-    Message handlers change the state (a task submitted, finished, blocked; a
-    release in the ledger) and only mark it: they set ``state.wakeup``. This loop
-    is the one place that places work. An unexpected exception in placement
-    therefore propagates out of ``run``: the component crashes, its supervisor
-    restarts it, and the new loop starts with a full pass over the same state —
-    the queues, the running table and the ledger live in ``SchedulerState``, which
-    the node owns, so nothing queued or running is lost. While the component is
-    down nothing new starts; handlers keep recording work.
-
-    One pass places everything placeable, so a burst of submits (or of results)
-    costs one pass, not one per message.
-    """
-
-    def __init__(self, state: SchedulerState) -> None:
-        self.state = state
-
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        state = self.state
-        task_status.started()
-        while True:
-            # A fresh event before the pass: a wake during it (nothing in dispatch
-            # wakes us today, but a callback might) costs one more pass, never a
-            # missed one. ``wait`` on a set event still checkpoints.
-            state.wakeup = trio.Event()
-            state.dispatch_passes += 1
-            state.dispatch()
-            await state.wakeup.wait()
-
-    def snapshot(self) -> dict:
-        st = self.state.statistics()
-        return {"kind": "local_scheduler", "queued": st.queued, "running": st.running}

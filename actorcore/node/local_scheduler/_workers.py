@@ -1,0 +1,128 @@
+"""A task worker as the local scheduler sees it: what it runs, what it holds, and
+whether it can take one more task now.
+
+The scheduler keeps one `WorkerInfo` per task worker of its node (the worker pool
+starts and reaps the processes; ``worker_pool``). It answers the two questions
+dispatch asks of a worker: may it start a task now (`WorkerInfo.available`: every
+task it runs is blocked in ``get``, so a nested task needs no new process), and may
+a task queue behind the one it runs (`WorkerInfo.can_pipeline`: Ray's lease reuse).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import attrs
+
+from ...protocol._messages import TaskSpec
+
+__all__ = ["PIPELINE_DEPTH", "WorkerInfo"]
+
+#: Tasks queued on a busy worker behind the one it runs, when more wait than there
+#: are free workers: the worker starts the next one the moment it reports the last,
+#: with no round trip to the node in between (Ray's lease reuse / pipelining).
+PIPELINE_DEPTH = 4
+
+
+@attrs.define(eq=False)
+class WorkerInfo:
+    """A worker process as the node sees it.
+
+    A worker runs one task at a time, except that while all its tasks are blocked in
+    ``get`` it may take one more (in another executor thread of the same process):
+    a nested task then needs no new process, which is what keeps deep task trees
+    from spawning a process per level.
+    """
+
+    index: int
+    worker_id: bytes
+    pid: int | None = None
+    process: Any = None
+    conn: Any = None
+    state: str = "starting"  # starting | idle | busy | dead
+    tasks: dict[bytes, TaskSpec] = attrs.Factory(dict)
+    blocked_tasks: set[bytes] = attrs.Factory(set)
+    held: dict[bytes, dict[str, float]] = attrs.Factory(dict)  # task id -> resources
+    gpu_ids: dict[bytes, tuple[int, ...]] = attrs.Factory(dict)  # task id -> its GPUs
+    queued: collections.deque[bytes] = attrs.Factory(collections.deque)  # not started yet
+    shape: tuple = ()
+    # The runtime env (``api._runtime_env`` key) of the tasks it runs: set by its
+    # first task ("" for none); None while it has run none. A worker runs tasks of
+    # one runtime env only, as Ray's pool is keyed by it: the env vars, working
+    # directory and modules a task imported stay in its process.
+    env_key: str | None = None
+    force_cancelled: set[bytes] = attrs.Factory(set)
+    in_idle: bool = False
+    idle_since: float = 0.0
+    tasks_done: int = 0
+    # ``max_calls``: tasks run here per function id (of functions that have a
+    # limit); once one reaches its limit the worker retires: it takes no more work
+    # and exits when its tasks are done (``SchedulerState._retire``).
+    calls: dict[bytes, int] = attrs.Factory(dict)
+    retiring: str | None = None  # why, once it retires
+
+    @property
+    def blocked(self) -> bool:
+        return bool(self.blocked_tasks)
+
+    def available(self) -> bool:
+        """Can start a task now: alive, registered, every task it runs is blocked,
+        and none of those holds GPUs (the process's ``CUDA_VISIBLE_DEVICES`` is
+        theirs until they end)."""
+        return (
+            self.state != "dead"
+            and self.conn is not None
+            and self.retiring is None
+            and not self.queued
+            and len(self.tasks) == len(self.blocked_tasks)
+            and not self.gpu_ids
+            # a task with max_calls blocked in get keeps its worker to itself: a
+            # second one started beside it would pass the limit in one process
+            and not any(t.max_calls for t in self.tasks.values())
+        )
+
+    def can_pipeline(self, shape: tuple) -> bool:
+        """Can queue one more task of ``shape`` behind the one it runs."""
+        return (
+            self.state == "busy"
+            and self.conn is not None
+            and self.retiring is None
+            and not self.blocked_tasks
+            and self.shape == shape
+            and len(self.queued) < PIPELINE_DEPTH
+            # a task with max_calls may retire its worker: nothing queues behind it
+            and not any(t.max_calls for t in self.tasks.values())
+        )
+
+    def active(self) -> int:
+        """Tasks it runs right now (started, not blocked)."""
+        return len(self.tasks) - len(self.queued) - len(self.blocked_tasks)
+
+    def snapshot(self, node_id: str) -> dict:
+        children: list[dict] = [
+            {
+                "name": f"task:{spec.name}",
+                "kind": "task",
+                "state": "running",
+                "blocked": tid in self.blocked_tasks,
+                "restarts": spec.attempt,
+                "pid": self.pid,
+                "node_id": node_id,
+                "task_id": tid.hex(),
+                "children": [],
+            }
+            for tid, spec in self.tasks.items()
+        ]
+        return {
+            "name": f"worker_{self.index}",
+            "kind": "worker",
+            "state": {"starting": "starting", "dead": "stopped"}.get(self.state, "running"),
+            "restarts": 0,
+            "pid": self.pid,
+            "node_id": node_id,
+            "worker_id": self.worker_id.hex(),
+            "activity": self.state,
+            "tasks_done": self.tasks_done,
+            "children": children,
+        }
