@@ -23,6 +23,7 @@ import attrs
 
 from ..kernel import InjectedCrash
 from ..protocol._wire import AdminCall
+from .actor_manager._introspect import actor_entry
 
 __all__ = ["CALLS", "dispatch_call"]
 
@@ -215,11 +216,11 @@ def _crash_in_pool(node: Any, worker_name: str, below: str) -> str:
             manager.kill_worker(aw)
             return f"killed {worker_name} (pid {aw.pid}), the process of its actors"
         for rec in list(aw.actors.values()):
-            if rec.state != "dead" and manager.actor_entry(rec)["name"] == below:
+            if rec.state != "dead" and actor_entry(rec, node.node_hex)["name"] == below:
                 return manager.crash_actor(rec)
         raise ValueError(
             f"crash(): no live actor {below!r} in worker_pool/{worker_name} (it hosts "
-            f"{', '.join(repr(manager.actor_entry(r)['name']) for r in aw.actors.values()) or 'none'})"
+            f"{', '.join(repr(actor_entry(r, node.node_hex)['name']) for r in aw.actors.values()) or 'none'})"
         )
     known = sorted(
         [f"worker_{w.index}" for w in node.pool.alive()]

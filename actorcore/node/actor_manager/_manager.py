@@ -25,42 +25,39 @@ node also tells callers where an alive actor's process listens (``route``), so t
 steady-state calls skip the node (``core_worker._direct_calls``); calls lost on such a link come
 back here and take the same restart and retry rules.
 
-Durable state: each actor's record (state, pid, restarts, cause) is written behind
-to the GCS actors table, and names are claimed there atomically (``register_name``)
-before a named creation is acknowledged.
+The manager composes its parts, each owning one job over the same table of
+records (``_record``): calls (``_calls``), names claimed in the GCS (``_names``),
+handle holders (``_holders``), call logs and checkpoints of actors that replay
+(``_call_logs``), actors across nodes (``_remote``), the table written behind to
+the GCS (``_gcs_records``), and what it shows (``_introspect``).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import time
 from typing import Any
 
-import attrs
 import trio
 
 import transport
-from gcs import messages as gcs_messages
 
 from ...core_worker._store_link import STORE
-from ...exceptions import ActorDiedError, ActorUnschedulableError
+from ...exceptions import ActorUnschedulableError
 from ...protocol import _serialization
 from ...protocol import _wire as w
 from ...protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec
 from ...protocol._ids import task_id_of
 from ..placement_groups import group_of
 from ..worker_pool._actor_processes import ActorProcesses, ActorWorker, default_max_starting
-from ._calls import ActorCalls, Call
-from ._introspect import TREE_LIMIT, ActorManagerStatistics
+from ._call_logs import CallLogs, is_current
+from ._calls import ActorCalls
+from ._gcs_records import RecordWriter
+from ._holders import Holders
+from ._introspect import TREE_LIMIT, ActorManagerStatistics, describe, worker_snapshots
+from ._names import ActorNames
+from ._record import ActorRecord, counted
 from ._remote import RemoteActors
-from ._replay import (
-    CHECKPOINT_NAMESPACE,
-    CallLog,
-    LogWriter,
-    StoredCheckpoint,
-    log_prefix,
-)
 
 __all__ = ["ActorManager", "ActorRecord"]
 
@@ -68,54 +65,6 @@ logger = logging.getLogger("actorcore.actors")
 
 #: Actors hosted by one shared actor process before another one is started.
 SHARED_CAPACITY = 20000
-
-
-@attrs.define(eq=False)
-class ActorRecord:
-    spec: ActorSpec
-    state: str = "pending"  # pending | alive | restarting | dead
-    worker: ActorWorker | None = None
-    incarnation: int = 0
-    restarts: int = 0
-    queues: dict[bytes, collections.deque] = attrs.Factory(dict)
-    inflight: dict[bytes, Call] = attrs.Factory(dict)
-    cause: str | None = None
-    error_type: type = ActorDiedError
-    kill_reason: str | None = None
-    last_loss: str | None = None  # why its last process (or slot) was lost
-    no_restart: bool = False
-    drop_when_idle: bool = False
-    # Who holds handles to it (worker ids; b"actor:" + id for an actor created with
-    # one in its arguments): when the last lets go, it ends once idle (_actor_handle).
-    holders: set[bytes] = attrs.Factory(set)
-    held: dict[str, float] | None = None
-    gpu_ids: tuple[int, ...] = ()  # the GPUs it holds (its CUDA_VISIBLE_DEVICES)
-    deps_missing: int = 0
-    dep_data: list | None = None
-    ready: trio.Event = attrs.Factory(trio.Event)
-    calls_done: int = 0
-    created_at: float = attrs.Factory(time.time)
-    # Across nodes (``_remote``): ``node``, the host's id when this record is a
-    # proxy for an actor that lives there; ``authority``, this node created it and
-    # restarts it if its host dies; ``origin``, on the host, the node that placed it
-    # here; ``stub``, a proxy whose spec the host has not told yet.
-    node: str | None = None
-    authority: bool = False
-    origin: str | None = None
-    stub: bool = False
-    log: CallLog | None = None  # an actor recovered by replay (``_replay``)
-
-    def __attrs_post_init__(self) -> None:
-        if self.spec.checkpoint_interval is not None:
-            self.log = CallLog(self.spec.checkpoint_interval)
-
-    def idle(self) -> bool:
-        return not self.inflight and not any(self.queues.values())
-
-    def died_error(self, extra: str = "") -> BaseException:
-        return self.error_type(
-            f"The actor {self.spec.describe()} died: {self.cause}{extra}"
-        )
 
 
 class ActorManager:
@@ -131,16 +80,15 @@ class ActorManager:
             node, self._worker_exited, default_max_starting()
         )
         self.workers: dict[bytes, ActorWorker] = self.processes.workers
-        self.names: dict[tuple[str, str], bytes] = {}
+        self.names = ActorNames(self)
+        self.holders = Holders(self)  # who holds handles to which actor
         self.job_drivers: dict[bytes, bytes] = {}
         self.shared_hosts: list[ActorWorker] = []
         self.waiting_resources: collections.deque[ActorRecord] = collections.deque()
         self._poller = False
         self._releases_seen = 0
-        self._dirty: dict[bytes, dict] = {}  # actor records not yet in the GCS
-        self._dirty_event = trio.Event()
-        self.log_writer = LogWriter(node.control, node.node_hex, self._spawn_task)
-        node.view.on_node_joined(lambda _status: self._logs_to_gcs())
+        self.records = RecordWriter(node)  # the actor table, written behind to the GCS
+        self.logs = CallLogs(self)  # the call logs and checkpoints of actors that replay
         self.supervisors: dict[str, Any] = {}
         self.created_total = 0
         self.died_total = 0
@@ -155,22 +103,19 @@ class ActorManager:
         d.register(w.ActorReady, self._h_ready, oneway=True)
         d.register(w.ActorDone, self._h_done, oneway=True)
         d.register(w.ActorDoneDirect, self._h_done_direct, oneway=True)
-        d.register(w.ActorLog, self._h_log, oneway=True)
-        d.register(w.ActorCheckpoint, self._h_ckpt, oneway=True)
+        self.logs.register(d)
         d.register(w.ActorExit, self._h_exit, oneway=True)
         d.register(w.CancelActorCall, self._h_cancel, oneway=True)
-        d.register(w.DropActor, self._h_drop, oneway=True)
-        # One-way from a Trio loop; a request (answered once held) from a thread.
-        d.register(w.HoldActor, lambda conn, m: self._hold(conn, m.actor_id), oneway=True)
+        self.holders.register(d)
         d.register(w.CreateNamedActor,
                    lambda conn, m, reply: self._create(conn, m.spec, reply, m.get_if_exists))
-        d.register(w.LookupActor, self._h_lookup)
+        d.register(w.LookupActor, self.names.lookup)
         d.register(w.RouteActor, lambda conn, m, reply: self._route(m.actor_id, reply))
         d.register(w.KillActor, self._h_kill)
         d.register(w.GetActorState, self._h_state)
         d.register(w.ListActors, lambda conn, m, reply: reply.send(
             [self.describe(r) for r in self.actors.values()]))
-        d.register(w.ActorNames, self._h_names)
+        d.register(w.ActorNames, self.names.list_names)
         d.register(w.StartSupervisor, self._h_supervisor)
 
     # ------------------------------------------------------------------ creation
@@ -192,36 +137,25 @@ class ActorManager:
         client = self.node.clients.by_conn.get(conn)
         if client is not None and client.role == "driver":
             self.job_drivers.setdefault(spec.job_id, client.worker_id)
-        if spec.name is not None:
-            key = (spec.namespace, spec.name)
-            other = self.names.get(key)
-            if other is not None:
-                if get_if_exists:
-                    reply.send(w.ActorFound(other, self.actors[other].spec.meta))
-                else:
-                    reply.fail(ValueError(
-                        f"actor name {spec.name!r} is already taken in namespace "
-                        f"{spec.namespace!r} (by {self.actors[other].spec.describe()})"
-                    ))
-                return
-            self.names[key] = spec.actor_id
+        if spec.name is not None and not self.names.free(spec, reply, get_if_exists):
+            return
         rec = ActorRecord(spec)
         self.actors[spec.actor_id] = rec
         self.created_total += 1
-        if _counted(spec):
+        if counted(spec):
             rec.holders.add(spec.owner)
         for aid in spec.handles:  # held for as long as this new actor lives
             held = self.actors.get(aid)
             if held is not None and held.state != "dead":
                 held.holders.add(b"actor:" + spec.actor_id)
-        if spec.name is not None and self.node.control.backend == "gcs":
-            self._spawn_task(self._claim_name, rec, reply)
+        if spec.name is not None:
+            self.names.take(rec, reply)  # answers once the name is claimed
         elif reply is not None:
             reply.send(None)
         group_error = self.node.groups.actor_verdict(spec.resources) \
             if group_of(spec.resources) is not None else None
         if group_error is not None:  # its placement group was removed (or never was)
-            self._record(rec)
+            self.record(rec)
             rec.error_type = ActorUnschedulableError
             self.end(rec, f"its placement group cannot hold it: {group_error}")
             return
@@ -233,7 +167,7 @@ class ActorManager:
                 self.node.directory.when_ready(oid, lambda _e, rec=rec: self._ctor_dep_ready(rec))
             if rec.deps_missing:
                 self.node.dep_watch.watch(deps)
-            self._record(rec)
+            self.record(rec)
         else:
             self.admit(rec)
 
@@ -244,7 +178,7 @@ class ActorManager:
             return
         rec.node = None
         if rec.state == "pending":
-            self._record(rec)
+            self.record(rec)
         self._acquire(rec)
 
     def create_forwarded(self, spec: ActorSpec, restarts: int, origin: str,
@@ -264,13 +198,11 @@ class ActorManager:
             self.adopt_calls(old, rec)
         self.actors[spec.actor_id] = rec
         self.created_total += 1
-        if _counted(spec):
+        if counted(spec):
             rec.holders.add(spec.owner)
         if spec.name is not None:
-            self.names[(spec.namespace, spec.name)] = spec.actor_id
-            if self.node.control.backend == "gcs":
-                self._spawn_task(self._claim_name, rec, None)
-        self._record(rec)
+            self.names.take(rec, None)
+        self.record(rec)
         if start:
             self._acquire(rec)
         return rec
@@ -323,99 +255,6 @@ class ActorManager:
             self.node.remote.results_arrived(call.spec.owner, host, results)
             return
         self.calls.finish(call.spec, results)
-
-    async def _cluster_names(self, reply: Any) -> None:
-        """``list_named_actors`` on a cluster of several nodes: the GCS name
-        registry has every node's names; an actor whose record says it is dead
-        (its name not yet released) is left out."""
-        try:
-            rows = await self.node.control.call(lambda gcs: gcs.scan("actor_names", ""))
-            ids = sorted({str(v) for _k, v in rows})
-
-            async def read(gcs: Any) -> list:
-                return [await gcs.get("actors", aid) for aid in ids]
-
-            records = await self.node.control.call(read) if ids else []
-        except Exception as exc:
-            logger.warning("reading the actor names from the GCS failed: %s", exc)
-            reply.fail(exc)
-            return
-        states = {aid: (r.get("state") if isinstance(r, dict) else None)
-                  for aid, r in zip(ids, records, strict=True)}
-        out = set()
-        for key, aid in rows:
-            namespace, _, name = str(key).partition("\x00")
-            if states.get(str(aid)) != "dead":
-                out.add((namespace, name))
-        reply.send(sorted(out))
-
-    async def _lookup_cluster(self, name: str, ns: str, reply: Any) -> None:
-        """``get_actor(name)`` of an actor another node hosts: the GCS names it, its
-        host gives its spec, and this node keeps a proxy for the calls."""
-        try:
-            hexid = await self.node.control.call(
-                lambda gcs: gcs.actors.lookup_name(name, namespace=ns))
-            if not isinstance(hexid, str):
-                raise ValueError(f"there is no live actor named {name!r} in namespace {ns!r}")
-            aid = bytes.fromhex(hexid)
-            rec = self.actors.get(aid)
-            if rec is None or rec.state == "dead" or rec.stub:
-                if rec is None or rec.state == "dead":
-                    rec = self.proxy_record(aid)
-                    self._spawn_task(self.remote.find_host, rec)
-                with trio.fail_after(30):
-                    while rec.stub and rec.state != "dead":
-                        await rec.ready.wait()
-                        if rec.stub:
-                            await trio.sleep(0.01)
-            if rec.state == "dead":
-                raise ValueError(f"there is no live actor named {name!r} in namespace "
-                                 f"{ns!r} (it died: {rec.cause})")
-            reply.send(w.ActorFound(aid, rec.spec.meta))
-        except trio.TooSlowError:
-            reply.fail(TimeoutError(f"the actor named {name!r} in namespace {ns!r} was "
-                                    f"not reachable within 30 s"))
-        except Exception as exc:
-            reply.fail(exc)
-
-    async def _claim_name(self, rec: ActorRecord, reply: Any) -> None:
-        spec = rec.spec
-        assert spec.name is not None
-        name, namespace, aid = spec.name, spec.namespace, spec.actor_id.hex()
-        # Through ``control.call``: a claim cut off by a restart of ``gcs_client`` is
-        # made again on the next link, and finding it already ours is success.
-        call = self.node.control.call
-        try:
-            for attempt in range(20):
-                try:
-                    await call(lambda gcs: gcs.actors.register_name(name, aid,
-                                                                    namespace=namespace))
-                    break
-                except Exception as exc:
-                    if type(exc).__name__ != "NameTaken" or attempt == 19:
-                        raise
-                    owner = getattr(exc, "owner", None)
-                    if owner == aid:
-                        break  # our own claim, made by an attempt cut off before its reply
-                    # This node's names are the authority (we checked them): a claim in
-                    # the GCS is stale — its actor died here and the release is still on
-                    # its way (or was lost). Release it and claim again.
-                    known = (self.actors.get(bytes.fromhex(owner))
-                             if isinstance(owner, str) else None)
-                    if known is not None and known.state != "dead":
-                        raise
-                    if owner is not None:
-                        await call(lambda gcs, o=owner: gcs.actors.unregister_name(
-                            name, namespace=namespace, actor_id=o))
-                    await trio.sleep(0.01)
-        except Exception as exc:
-            logger.warning("claiming actor name %r in the GCS failed: %s", spec.name, exc)
-            if reply is not None and not reply.done:
-                reply.fail(ValueError(f"could not claim actor name {spec.name!r}: {exc}"))
-            self.end(rec, f"its name {spec.name!r} could not be claimed: {exc}")
-            return
-        if reply is not None and not reply.done:
-            reply.send(None)
 
     def _ctor_dep_ready(self, rec: ActorRecord) -> None:
         rec.deps_missing -= 1
@@ -499,9 +338,9 @@ class ActorManager:
         if host.conn is None:
             host.waiting.append(rec)
         else:
-            self._send_create(rec)
+            self.send_create(rec)
 
-    def _send_create(self, rec: ActorRecord) -> None:
+    def send_create(self, rec: ActorRecord) -> None:
         host = rec.worker
         assert host is not None and host.conn is not None
         log = rec.log
@@ -511,7 +350,7 @@ class ActorManager:
             # Restarted on this node after its host node died (``_remote``): its
             # checkpoint and the calls logged since are in the GCS (``_replay``).
             log.fetched = True
-            self._spawn_task(self._fetch_checkpoint, rec, host)
+            self._spawn_task(self.logs.fetch_checkpoint, rec, host)
             return
         rec.incarnation += 1
         record = self.node.functions.get(rec.spec.class_id)
@@ -568,7 +407,7 @@ class ActorManager:
             elif self.job_drivers.get(rec.spec.job_id) == wid:
                 self.end(rec, f"its job's driver (pid {client.pid}) {how}")
             elif wid in rec.holders:
-                self._unhold(rec, wid)
+                self.holders.unhold(rec, wid)
 
     # -------------------------------------------------------------------- handlers
 
@@ -583,7 +422,7 @@ class ActorManager:
         waiting, aw.waiting = aw.waiting, []
         for rec in waiting:
             if rec.worker is aw and rec.state != "dead":
-                self._send_create(rec)
+                self.send_create(rec)
 
     def _h_ready(self, conn: Any, m: w.ActorReady) -> None:
         actor_id, incarnation, error = m.actor_id, m.incarnation, m.error
@@ -595,7 +434,7 @@ class ActorManager:
             rec.ready.set()
             return
         rec.state = "alive"
-        self._record(rec)
+        self.record(rec)
         rec.ready.set()
         self.calls.pump(rec)
 
@@ -607,7 +446,7 @@ class ActorManager:
         if rec is None:
             return
         log = rec.log
-        if log is not None and not self._current(rec, conn):
+        if log is not None and not is_current(rec, conn):
             return  # a report of a process we gave up on: its calls run again
         call = rec.inflight.pop(task_id, None)
         if call is None:
@@ -618,8 +457,8 @@ class ActorManager:
             # refs stay pinned until a checkpoint covers it.
             entry = log.append(call.spec, call.dep_data, results,
                                pinned=bool(call.spec.deps) and not call.forwarded)
-            if self._log_durable():
-                self.log_writer.entry(actor_id, log, entry,
+            if self.logs.durable:
+                self.logs.writer.entry(actor_id, log, entry,
                                       lambda: self._finish_logged(rec, call.spec, results))
                 return
         elif call.spec.deps and not call.forwarded:
@@ -630,92 +469,6 @@ class ActorManager:
         self.calls.finish(spec, results)
         if rec.drop_when_idle and rec.idle() and rec.state != "dead":
             self.end(rec, "all handles to it were dropped")
-
-    def _log_durable(self) -> bool:
-        """Whether call logs go to the GCS before callers hear (``_replay``): on a
-        cluster of several nodes, where a host can die and its actors live on."""
-        return self.node.view.multi and self.node.control.backend == "gcs"
-
-    def _logs_to_gcs(self) -> None:
-        """A node joined: write the logs and checkpoints held here so far, which
-        were in this node's memory only (one node: its death was the cluster's)."""
-        if not self._log_durable():
-            return
-        for rec in self.actors.values():
-            log = rec.log
-            if log is None or rec.state == "dead" or rec.node is not None:
-                continue  # (entries already there are written again: keyed by seq)
-            for entry in log.entries.values():
-                self.log_writer.entry(rec.spec.actor_id, log, entry)
-            self.log_writer.checkpoint(rec.spec.actor_id, log)
-
-    def _current(self, rec: ActorRecord, conn: Any) -> bool:
-        """Whether ``conn`` is the link of the actor's current process."""
-        return rec.worker is not None and rec.worker.conn is conn
-
-    def _h_log(self, conn: Any, m: w.ActorLog) -> None:
-        """`ActorLog`: a direct call of an actor that replays ran; it joins the log,
-        then its caller is answered (`ActorCallLogged`; see ``_replay``)."""
-        actor_id, incarnation, spec, results = m.actor_id, m.incarnation, m.spec, m.results
-        rec = self.actors.get(actor_id)
-        if (rec is None or rec.log is None or rec.state == "dead"
-                or rec.incarnation != incarnation or not self._current(rec, conn)):
-            return  # nobody is answered: the caller resends it through the node
-        if spec.deps:
-            self.node.directory.pin(spec.deps)
-        entry = rec.log.append(spec, None, results, pinned=bool(spec.deps))
-        rec.calls_done += 1
-        if self._log_durable():
-            self.log_writer.entry(actor_id, rec.log, entry,
-                                  lambda: _acknowledge(conn, actor_id, spec))
-        else:
-            _acknowledge(conn, actor_id, spec)
-
-    def _h_ckpt(self, conn: Any, m: w.ActorCheckpoint) -> None:
-        """`ActorCheckpoint`: the actor's state after every call it reported before:
-        it replaces the log."""
-        actor_id, incarnation, state = m.actor_id, m.incarnation, m.state
-        rec = self.actors.get(actor_id)
-        if (rec is None or rec.log is None or rec.state == "dead"
-                or rec.incarnation != incarnation or not self._current(rec, conn)):
-            return
-        unpin = rec.log.take_checkpoint(bytes(state))
-        if unpin:
-            self.node.directory.unpin(unpin)
-        if self.node.control.backend == "gcs":
-            self.log_writer.checkpoint(actor_id, rec.log)
-
-    async def _fetch_checkpoint(self, rec: ActorRecord, host: ActorWorker) -> None:
-        """Read the actor's last checkpoint and the calls logged since from the GCS
-        (its host node died, ``_replay``), then create it with them."""
-        assert rec.log is not None
-        aid = rec.spec.actor_id
-
-        async def read(gcs: Any) -> tuple[Any, list]:
-            checkpoint = await gcs.kv.get(aid.hex(), namespace=CHECKPOINT_NAMESPACE)
-            calls = await gcs.scan("kv", log_prefix(aid))
-            return checkpoint, [v for _k, v in calls]
-
-        try:
-            with trio.fail_after(30):
-                checkpoint, calls = await self.node.control.call(read)
-        except Exception as exc:
-            self.end(rec, f"its checkpoint and call log could not be read from the GCS to "
-                          f"recover it: {type(exc).__name__}: {exc}")
-            return
-        if checkpoint is not None and not isinstance(checkpoint, StoredCheckpoint):
-            self.end(rec, f"the checkpoint the GCS holds for it is a "
-                          f"{type(checkpoint).__name__}, not a StoredCheckpoint")
-            return
-        if rec.state == "dead":
-            return
-        rec.log.restore(checkpoint, calls, self.node.node_hex)
-        logger.info("actor %s: recovering from %s and %d logged call(s) read from the GCS",
-                    rec.spec.describe(),
-                    f"the checkpoint after call {checkpoint.seq}" if checkpoint
-                    else "its constructor", len(rec.log.entries))
-        if rec.worker is host and host.conn is not None:
-            self._send_create(rec)
 
     def _h_exit(self, conn: Any, m: w.ActorExit) -> None:
         """`ActorExit`: the actor called ``exit_actor()``
@@ -791,62 +544,6 @@ class ActorManager:
                         rec.spec.describe(), exc)
         reply.send(d)
 
-    def _h_drop(self, conn: Any, m: w.DropActor) -> None:
-        """The sender holds no handle to it any more."""
-        rec = self.actors.get(m.actor_id)
-        client = self.node.clients.by_conn.get(conn)
-        if rec is not None and client is not None and client.worker_id is not None:
-            self._unhold(rec, client.worker_id)
-
-    def _hold(self, conn: Any, actor_id: bytes) -> None:
-        """The sender's first handle to ``actor_id`` appeared: it holds the actor."""
-        client = self.node.clients.by_conn.get(conn)
-        if client is not None and client.worker_id is not None:
-            self.hold(actor_id, client.worker_id)
-
-    def hold(self, actor_id: bytes, holder: bytes) -> None:
-        rec = self.actors.get(actor_id)
-        if rec is None and self.node.view.multi:
-            rec = self.remote.locate(actor_id)
-        if rec is None or rec.state == "dead":
-            return
-        if rec.node is not None or rec.stub:  # its host counts the holders
-            rec.holders.add(holder)
-            if rec.node is not None:
-                self.remote.send(rec, w.RemoteActorHold(actor_id, holder))
-            return
-        if not _counted(rec.spec):
-            return
-        rec.holders.add(holder)
-        rec.drop_when_idle = False
-
-    def unhold(self, rec: ActorRecord, holder: bytes) -> None:
-        self._unhold(rec, holder)
-
-    def _unhold(self, rec: ActorRecord, holder: bytes) -> None:
-        if rec.node is not None and rec.state != "dead" and holder in rec.holders:
-            rec.holders.discard(holder)
-            self.remote.send(rec, w.RemoteActorDrop(rec.spec.actor_id, holder))
-            return
-        if rec.state == "dead" or not _counted(rec.spec) or holder not in rec.holders:
-            return
-        rec.holders.discard(holder)
-        if rec.holders:
-            return
-        rec.drop_when_idle = True
-        if rec.idle():
-            self.end(rec, "all handles to it were dropped")
-
-    def _h_lookup(self, conn: Any, m: w.LookupActor, reply: Any) -> None:
-        name, ns = m.name, m.namespace
-        aid = self.names.get((ns, name))
-        if aid is None or self.actors[aid].state == "dead":
-            if self.node.view.multi and self.node.control.backend == "gcs":
-                self._spawn_task(self._lookup_cluster, name, ns, reply)
-                return
-            raise ValueError(f"there is no live actor named {name!r} in namespace {ns!r}")
-        reply.send(w.ActorFound(aid, self.actors[aid].spec.meta))
-
     def _h_kill(self, conn: Any, m: w.KillActor, reply: Any) -> None:
         self.kill(m.actor_id, m.no_restart)
         reply.send(None)
@@ -859,14 +556,6 @@ class ActorManager:
             self._spawn_task(self._remote_state, rec, reply)
             return
         reply.send(self.describe(rec))
-
-    def _h_names(self, conn: Any, m: w.ActorNames, reply: Any) -> None:
-        if self.node.view.multi and self.node.control.backend == "gcs":
-            self._spawn_task(self._cluster_names, reply)
-            return
-        reply.send(sorted({(r.spec.namespace, r.spec.name) for r in self.actors.values()
-                           if r.spec.name is not None and r.state != "dead"
-                           and r.node is None}))
 
     def _h_supervisor(self, conn: Any, m: w.StartSupervisor, reply: Any) -> None:
         from ._user_supervision import start_user_supervisor
@@ -896,8 +585,8 @@ class ActorManager:
                 self.kill_worker(rec.worker)  # its supervisor restarts it
                 self._lost(rec, reason)
             return
-        if no_restart or not self._can_restart(rec):
-            self.end(rec, reason + self._limits(rec) if not no_restart else reason)
+        if no_restart or not self.can_restart(rec):
+            self.end(rec, reason + self.limits(rec) if not no_restart else reason)
             return
         # Restart now: later calls queue for the new incarnation instead of going to
         # the dying process; the old process's exit is then no news.
@@ -941,16 +630,10 @@ class ActorManager:
         rec.worker = None
 
     def can_restart(self, rec: ActorRecord) -> bool:
-        return self._can_restart(rec)
-
-    def limits(self, rec: ActorRecord) -> str:
-        return self._limits(rec)
-
-    def _can_restart(self, rec: ActorRecord) -> bool:
         mr = rec.spec.max_restarts
         return not rec.no_restart and (mr == -1 or rec.restarts < mr)
 
-    def _limits(self, rec: ActorRecord) -> str:
+    def limits(self, rec: ActorRecord) -> str:
         mr = rec.spec.max_restarts
         if mr == 0:
             return " (max_restarts=0: it is not restarted)"
@@ -965,16 +648,16 @@ class ActorManager:
         rec.worker = None
         supervised = rec.spec.supervisor is not None and rec.spec.supervisor in self.supervisors
         rec.last_loss = reason
-        if supervised or self._can_restart(rec):
+        if supervised or self.can_restart(rec):
             rec.restarts += 1
             self.restarts_total += 1
             rec.state = "restarting"
             self.calls.requeue_inflight(rec, reason)
-            self._record(rec)
+            self.record(rec)
             if not supervised:
                 self._place(rec)
             return
-        self.end(rec, reason + self._limits(rec))
+        self.end(rec, reason + self.limits(rec))
 
     def end_where(self, match: Any, error_type: type, cause: str) -> int:
         """Every live actor whose spec ``match``es dies for good with ``error_type``
@@ -1026,85 +709,31 @@ class ActorManager:
                 rec.log.checkpoint = None
                 rec.log.in_gcs = False
                 if self.node.control.backend == "gcs" and rec.node is None:
-                    self._spawn_task(_quietly, self._delete_checkpoint, rec.spec)
+                    self.logs.forget(rec.spec)
         if rec in self.waiting_resources:
             self.waiting_resources.remove(rec)
         self._stop_in_host(rec)
         self._release(rec)
         spec = rec.spec
-        if spec.name is not None and self.names.get((spec.namespace, spec.name)) == spec.actor_id:
-            del self.names[(spec.namespace, spec.name)]
-            if self.node.control.backend == "gcs":
-                self._spawn_task(_quietly, self._unregister_name, spec)
+        if spec.name is not None:
+            self.names.release(spec)
         rec.ready.set()
-        self._record(rec)
+        self.record(rec)
         logger.info("actor %s died: %s", spec.describe(), cause.splitlines()[0])
         for aid in spec.handles:  # the handles its constructor was given
             other = self.actors.get(aid)
             if other is not None:
-                self._unhold(other, b"actor:" + spec.actor_id)
+                self.holders.unhold(other, b"actor:" + spec.actor_id)
 
     # ------------------------------------------------------------- introspection
 
-    def describe(self, rec: Any) -> dict:
-        spec = rec.spec
-        return {
-            "actor_id": spec.actor_id.hex(),
-            "class_name": spec.meta.class_name,
-            "name": spec.name,
-            "namespace": spec.namespace,
-            "state": rec.state,
-            "restarts": rec.restarts,
-            "pid": rec.worker.pid if rec.worker is not None else None,
-            "shared": spec.placement == "shared",
-            "detached": spec.detached,
-            "supervisor": spec.supervisor,
-            "death_cause": rec.cause,
-            "calls_done": rec.calls_done,
-            "node_id": rec.node or self.node.node_hex,
-            "node_address": self.node.tcp_address if rec.node is None else None,
-            "direct_address": (rec.worker.direct_address
-                               if rec.worker is not None and not rec.worker.shared else None),
-            "replay": rec.log.describe() if rec.log is not None else None,
-        }
-
-    def actor_entry(self, rec: Any) -> dict:
-        spec = rec.spec
-        state = {"alive": "running", "pending": "starting", "restarting": "restarting",
-                 "dead": "stopped"}[rec.state]
-        return {
-            "name": spec.name or f"{spec.meta.class_name}_{spec.short_id()}",
-            "kind": "actor",
-            "class": spec.meta.class_name,
-            "actor_name": spec.name,
-            "actor_id": spec.actor_id.hex(),
-            "state": state,
-            "restarts": rec.restarts,
-            "pid": rec.worker.pid if rec.worker is not None else None,
-            "node_id": self.node.node_hex,
-            "children": [],
-        }
+    def describe(self, rec: ActorRecord) -> dict:
+        """The actor as ``actor_state`` and the GCS actor table show it."""
+        return describe(rec, self.node.node_hex, self.node.tcp_address)
 
     def worker_snapshots(self) -> list[dict]:
         """Actor processes as children of ``worker_pool`` in the tree."""
-        out = []
-        for aw in sorted(self.workers.values(), key=lambda w: w.index):
-            actors = [r for r in aw.actors.values() if r.state != "dead"]
-            entry = {
-                "name": f"worker_{aw.index}",
-                "kind": "worker",
-                "state": "running" if aw.conn is not None else "starting",
-                "restarts": 0,
-                "pid": aw.pid,
-                "node_id": self.node.node_hex,
-                "worker_id": aw.worker_id.hex(),
-                "activity": "actor_host" if aw.shared else "actor",
-                "start": aw.start,  # queued (no process yet) | starting | up | ended
-                "actors": len(actors),
-                "children": [self.actor_entry(r) for r in actors[:TREE_LIMIT]],
-            }
-            out.append(entry)
-        return out
+        return worker_snapshots(self.workers.values(), self.node.node_hex)
 
     def statistics(self) -> ActorManagerStatistics:
         states = collections.Counter(r.state for r in self.actors.values()
@@ -1131,117 +760,35 @@ class ActorManager:
         the live named actors and write their checkpoints again (this node's tables
         are the truth for its actors). Returns (records, names)."""
         for rec in self.actors.values():
-            self._record(rec)
-        named = [rec for rec in self.actors.values()
-                 if rec.state != "dead" and rec.spec.name is not None
-                 and self.names.get((rec.spec.namespace, rec.spec.name)) == rec.spec.actor_id]
-        call = self.node.control.call
-        for rec in named:
-            spec = rec.spec
-            try:
-                await call(lambda gcs, s=spec: gcs.actors.register_name(
-                    s.name, s.actor_id.hex(), namespace=s.namespace))
-            except Exception as exc:
-                if getattr(exc, "owner", None) != spec.actor_id.hex():
-                    logger.error("claiming the name of live actor %s again in the restarted "
-                                 "GCS failed: %s", spec.describe(), exc)
+            self.record(rec)
+        named = await self.names.republish()
         if self.node.control.backend == "gcs":
-            for rec in self.actors.values():
-                log = rec.log
-                if log is None or rec.state == "dead" or rec.node is not None:
-                    continue
-                if self._log_durable():
-                    for entry in log.entries.values():
-                        self.log_writer.entry(rec.spec.actor_id, log, entry)
-                self.log_writer.checkpoint(rec.spec.actor_id, log)
-        return len(self.actors), len(named)
-
-    async def _delete_checkpoint(self, spec: ActorSpec) -> None:
-        """The actor is dead for good: its checkpoint and call log go."""
-        await self.node.control.call(lambda gcs: gcs.kv.delete(
-            spec.actor_id.hex(), namespace=CHECKPOINT_NAMESPACE))
-        rows = await self.node.control.call(lambda gcs: gcs.scan("kv", log_prefix(spec.actor_id)))
-        if rows:
-            ops: list[Any] = [(k, gcs_messages.Delete("kv", k)) for k, _v in rows]
-            await self.node.control.call(lambda gcs: gcs.write_many(ops, return_exceptions=True))
-
-    async def _unregister_name(self, spec: ActorSpec) -> None:
-        await self.node.control.call(lambda gcs: gcs.actors.unregister_name(
-            spec.name, namespace=spec.namespace, actor_id=spec.actor_id.hex()))
+            self.logs.republish()
+        return len(self.actors), named
 
     def record(self, rec: ActorRecord, *, force: bool = False) -> None:
-        """The actor's record, written by its host only (``force``: by its authority,
-        when its host died)."""
-        self._record(rec, force=force)
-
-    def _record(self, rec: ActorRecord, *, force: bool = False) -> None:
-        """Write the actor's record to the GCS actors table (behind, batched by ``run``)."""
+        """Write the actor's record to the GCS actors table (behind, batched by
+        ``run``), by its host only (``force``: by its authority, its host died)."""
         if self.node.control.backend != "gcs" or (rec.node is not None and not force):
             return
         if rec.stub:
             return
         d = self.describe(rec)
         d["state"] = rec.state
-        self._dirty[rec.spec.actor_id] = d
-        self._dirty_event.set()
+        self.records.write(rec.spec.actor_id, d)
 
     # ------------------------------------------------------------------ component
 
     # The ``actor_manager`` child of the node's tree is this object: the node owns
     # it (its actors, names, queues and processes outlive a restart of the child,
     # as the scheduler's state outlives ``local_scheduler``'s), and the child's
-    # ``run`` is its long-lived loop, which writes the actor records behind to the
-    # GCS. A record leaves ``_dirty`` only once written and only if no newer
-    # record of the same actor replaced it meanwhile, so a crash of the component
-    # half way through a batch loses no record: the restarted ``run`` writes it.
+    # ``run`` is its long-lived loop: the record writer's (``_gcs_records``).
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            await self._dirty_event.wait()
-            await trio.sleep(0.05)  # gather a batch
-            self._dirty_event = trio.Event()
-            batch = dict(self._dirty)
-            written: list[bytes] = []
-            async with trio.open_nursery() as nursery:
-                for aid, d in batch.items():
-                    nursery.start_soon(self._put_record, aid, d, written)
-            for aid in written:
-                if self._dirty.get(aid) is batch[aid]:
-                    del self._dirty[aid]
-
-    async def _put_record(self, aid: bytes, d: dict, written: list[bytes]) -> None:
-        try:
-            await self.node.control.call(lambda gcs: gcs.actors.put(aid.hex(), d))
-        except Exception as exc:  # the GCS failing over: the next round retries
-            logger.warning("writing the record of actor %s failed: %s", aid.hex(), exc)
-            self._dirty_event.set()
-        else:
-            written.append(aid)
+        await self.records.run(task_status=task_status)
 
     def snapshot(self) -> dict:
         stats = self.statistics()
         return {"kind": "actor_manager", "alive": stats.alive, "pending": stats.pending,
                 "restarting": stats.restarting, "dead": stats.dead,
-                "records_unwritten": len(self._dirty)}
-
-
-def _acknowledge(conn: Any, actor_id: bytes, spec: CallSpec) -> None:
-    """Tell an actor's process that the node holds a direct call's log entry (its
-    caller may be answered now)."""
-    try:
-        conn.send_nowait(w.ActorCallLogged(actor_id, spec.task_id))
-    except Exception as exc:  # its link died: the caller resends, the log answers
-        logger.info("acknowledging the log entry of %s failed: %s", spec.name, exc)
-
-
-async def _quietly(fn: Any, *args: Any) -> None:
-    try:
-        await fn(*args)
-    except Exception as exc:
-        logger.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
-
-
-def _counted(spec: ActorSpec) -> bool:
-    """Whether the actor lives while handles to it do (``_actor_handle``)."""
-    return spec.name is None and not spec.detached and spec.supervisor is None
+                "records_unwritten": self.records.unwritten}

@@ -440,12 +440,12 @@ class RemoteActors:
             logger.info("kill from another node: %s", exc)
 
     def _h_hold(self, conn: Any, m: w.RemoteActorHold) -> None:
-        self.manager.hold(m.actor_id, m.holder)
+        self.manager.holders.hold(m.actor_id, m.holder)
 
     def _h_drop(self, conn: Any, m: w.RemoteActorDrop) -> None:
         rec = self.manager.actors.get(m.actor_id)
         if rec is not None:
-            self.manager.unhold(rec, m.holder)
+            self.manager.holders.unhold(rec, m.holder)
 
     def _h_cancel(self, conn: Any, m: w.RemoteActorCancel) -> None:
         self.manager.calls.cancel(m.actor_id, m.task_id)

@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 from ...kernel import ChildSpec, Supervisor, SupervisorFailed
+from ._introspect import actor_entry
 
 __all__ = ["start_user_supervisor"]
 
@@ -82,7 +83,7 @@ class SupervisedActor:
 
     def snapshot(self) -> dict:
         rec = self.rec
-        entry = self.manager.actor_entry(rec)
+        entry = actor_entry(rec, self.manager.node.node_hex)
         return {k: entry[k] for k in ("kind", "class", "actor_name", "actor_id")} | {
             "pid": self.host.pid if self.host is not None else None
         }
