@@ -16,7 +16,17 @@ from attrs import validators as v
 import transport
 from transport import check
 
-from ._wire_checks import _delay, _dict, _flag, _id, _int, _non_negative, _seq, _spec, _str
+from ._wire_checks import (
+    DICT,
+    FLAG,
+    ID,
+    INT,
+    SEQ,
+    STR,
+    non_negative,
+    seconds_up_to_a_minute,
+    spec_named,
+)
 
 __all__ = [
     "BundlesPrepared",
@@ -70,9 +80,9 @@ class PeerBatch:
     """One-way messages to one node, queued together, in order: the ``seq``-th batch
     of ``sender``'s link (the receiver handles each number once, see ``node._peers``)."""
 
-    messages: list = attrs.field(metadata=_seq)
-    sender: str = attrs.field(metadata=_str)
-    seq: int = attrs.field(metadata=_int)
+    messages: list = attrs.field(metadata=SEQ)
+    sender: str = attrs.field(metadata=STR)
+    seq: int = attrs.field(metadata=INT)
 
 
 @transport.compact
@@ -81,8 +91,8 @@ class PeerAck:
     """receiver -> sender, on the link the batch came by: batches up to ``seq`` are
     handled (``receiver`` is the acknowledging node's id)."""
 
-    receiver: str = attrs.field(metadata=_str)
-    seq: int = attrs.field(metadata=_int)
+    receiver: str = attrs.field(metadata=STR)
+    seq: int = attrs.field(metadata=INT)
 
 
 @transport.compact
@@ -91,9 +101,9 @@ class ForwardTasks:
     """origin -> target: run these tasks (with the export records of their functions:
     the target must not depend on the GCS having them yet)."""
 
-    origin: str = attrs.field(metadata=_str)
-    specs: list = attrs.field(metadata=_seq)
-    functions: dict = attrs.field(metadata=_dict)
+    origin: str = attrs.field(metadata=STR)
+    specs: list = attrs.field(metadata=SEQ)
+    functions: dict = attrs.field(metadata=DICT)
 
 
 @transport.compact
@@ -102,8 +112,8 @@ class ForwardedResults:
     """target -> origin: results of forwarded tasks (``STORE``: the value stays in the
     target's store)."""
 
-    target: str = attrs.field(metadata=_str)
-    results: list = attrs.field(metadata=_seq)
+    target: str = attrs.field(metadata=STR)
+    results: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -111,9 +121,9 @@ class ForwardedResults:
 class CancelForwarded:
     """origin -> target: cancel a forwarded task."""
 
-    task_id: bytes = attrs.field(metadata=_id)
-    force: bool = attrs.field(metadata=_flag)
-    recursive: bool = attrs.field(metadata=_flag)
+    task_id: bytes = attrs.field(metadata=ID)
+    force: bool = attrs.field(metadata=FLAG)
+    recursive: bool = attrs.field(metadata=FLAG)
 
 
 @transport.compact
@@ -121,8 +131,8 @@ class CancelForwarded:
 class FetchFromOwner:
     """*Request* to the owner's node: each object's `OwnerEntry` once it is ready."""
 
-    requester: str = attrs.field(metadata=_str)
-    object_ids: list = attrs.field(metadata=_seq)
+    requester: str = attrs.field(metadata=STR)
+    object_ids: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -130,7 +140,7 @@ class FetchFromOwner:
 class OwnsPrefix:
     """*Request*: is a live process with this id prefix on that node?"""
 
-    prefix: bytes = attrs.field(metadata=_id)
+    prefix: bytes = attrs.field(metadata=ID)
 
 
 @attrs.frozen(slots=False)
@@ -139,9 +149,9 @@ class ReportLost:
     copy to ``requester`` (``why``); the owner rebuilds it if its store lost it too,
     and answers as `FetchFromOwner` does once it is ready again."""
 
-    requester: str = attrs.field(metadata=_str)
-    object_id: bytes = attrs.field(metadata=_id)
-    why: str = attrs.field(metadata=_str)
+    requester: str = attrs.field(metadata=STR)
+    object_id: bytes = attrs.field(metadata=ID)
+    why: str = attrs.field(metadata=STR)
 
 
 @transport.compact
@@ -149,7 +159,7 @@ class ReportLost:
 class FreeCopies:
     """The owner freed these objects: drop your copies."""
 
-    object_ids: list = attrs.field(metadata=_seq)
+    object_ids: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -158,7 +168,7 @@ class PayloadInfo:
     """*Request* (a pull's first step): the object's `PayloadLayout` in the source's
     store, or None."""
 
-    object_id: bytes = attrs.field(metadata=_id)
+    object_id: bytes = attrs.field(metadata=ID)
 
 
 @transport.compact
@@ -166,9 +176,9 @@ class PayloadInfo:
 class PayloadChunk:
     """*Request*: ``length`` bytes of the object's payload at ``offset`` (out of band)."""
 
-    object_id: bytes = attrs.field(metadata=_id)
-    offset: int = attrs.field(metadata=check(_non_negative))
-    length: int = attrs.field(metadata=check(_non_negative))
+    object_id: bytes = attrs.field(metadata=ID)
+    offset: int = attrs.field(metadata=check(non_negative))
+    length: int = attrs.field(metadata=check(non_negative))
 
 
 @attrs.frozen(slots=False)
@@ -176,22 +186,22 @@ class PullObject:
     """*Request* (tests, benchmarks): copy the object here from one of
     ``locations`` (node ids, tried in order)."""
 
-    object_id: bytes = attrs.field(metadata=_id)
-    locations: list = attrs.field(metadata=_seq)
+    object_id: bytes = attrs.field(metadata=ID)
+    locations: list = attrs.field(metadata=SEQ)
 
 
 @attrs.frozen(slots=False)
 class DropCopy:
     """*Request*: drop this node's copy of a pulled object."""
 
-    object_id: bytes = attrs.field(metadata=_id)
+    object_id: bytes = attrs.field(metadata=ID)
 
 
 @attrs.frozen(slots=False)
 class LocateObject:
     """*Request*: the nodes holding the object, as this node knows them."""
 
-    object_id: bytes = attrs.field(metadata=_id)
+    object_id: bytes = attrs.field(metadata=ID)
 
 
 @attrs.frozen(slots=False)
@@ -204,7 +214,7 @@ class SlowChunks:
     """*Request*, a fault hook: the node waits ``chunk_delay`` seconds before
     serving each chunk it is asked for (0: none)."""
 
-    chunk_delay: float = attrs.field(metadata=check(_delay))
+    chunk_delay: float = attrs.field(metadata=check(seconds_up_to_a_minute))
 
 
 @attrs.frozen(slots=False)
@@ -212,17 +222,17 @@ class DelayStoreHold:
     """*Request*, a fault hook: the node waits ``hold_delay`` seconds before taking
     its store ref on a reported large value (0: none)."""
 
-    hold_delay: float = attrs.field(metadata=check(_delay))
+    hold_delay: float = attrs.field(metadata=check(seconds_up_to_a_minute))
 
 
 @attrs.frozen(slots=False)
 class RemoteActorCreate:
     """creating node -> host: create the actor there (``origin``: the creating node)."""
 
-    spec: Any = attrs.field(metadata=_spec("ActorSpec"))
-    restarts: int = attrs.field(metadata=_int)
-    origin: str = attrs.field(metadata=_str)
-    dep_data: list = attrs.field(metadata=_seq)
+    spec: Any = attrs.field(metadata=spec_named("ActorSpec"))
+    restarts: int = attrs.field(metadata=INT)
+    origin: str = attrs.field(metadata=STR)
+    dep_data: list = attrs.field(metadata=SEQ)
     class_record: dict | None = attrs.field(metadata=check(v.optional(v.instance_of(dict))))
 
 
@@ -231,9 +241,9 @@ class RemoteActorCreate:
 class RemoteActorCall:
     """calling node -> host: one method call."""
 
-    spec: Any = attrs.field(metadata=_spec("CallSpec"))
-    dep_data: list = attrs.field(metadata=_seq)
-    origin: str = attrs.field(metadata=_str)
+    spec: Any = attrs.field(metadata=spec_named("CallSpec"))
+    dep_data: list = attrs.field(metadata=SEQ)
+    origin: str = attrs.field(metadata=STR)
 
 
 @transport.compact
@@ -241,65 +251,65 @@ class RemoteActorCall:
 class RemoteActorDone:
     """host -> calling node: a call's results."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    task_id: bytes = attrs.field(metadata=_id)
-    results: list = attrs.field(metadata=_seq)
-    host: str = attrs.field(metadata=_str)
+    actor_id: bytes = attrs.field(metadata=ID)
+    task_id: bytes = attrs.field(metadata=ID)
+    results: list = attrs.field(metadata=SEQ)
+    host: str = attrs.field(metadata=STR)
 
 
 @attrs.frozen(slots=False)
 class RemoteActorDied:
     """host -> creating node: the actor is dead, of ``cause``."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    cause: str = attrs.field(metadata=_str)
+    actor_id: bytes = attrs.field(metadata=ID)
+    cause: str = attrs.field(metadata=STR)
 
 
 @attrs.frozen(slots=False)
 class RemoteActorEnd:
     """creating node -> host: end the actor, of ``cause``."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    cause: str = attrs.field(metadata=_str)
+    actor_id: bytes = attrs.field(metadata=ID)
+    cause: str = attrs.field(metadata=STR)
 
 
 @attrs.frozen(slots=False)
 class RemoteActorKill:
     """-> host: ``kill(actor, no_restart=)``."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    no_restart: bool = attrs.field(metadata=_flag)
+    actor_id: bytes = attrs.field(metadata=ID)
+    no_restart: bool = attrs.field(metadata=FLAG)
 
 
 @attrs.frozen(slots=False)
 class RemoteActorHold:
     """-> host: the process ``holder`` (a worker id) holds a handle to the actor."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    holder: bytes = attrs.field(metadata=_id)
+    actor_id: bytes = attrs.field(metadata=ID)
+    holder: bytes = attrs.field(metadata=ID)
 
 
 @attrs.frozen(slots=False)
 class RemoteActorDrop:
     """-> host: ``holder`` holds no handle to the actor any more."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    holder: bytes = attrs.field(metadata=_id)
+    actor_id: bytes = attrs.field(metadata=ID)
+    holder: bytes = attrs.field(metadata=ID)
 
 
 @attrs.frozen(slots=False)
 class RemoteActorCancel:
     """-> host: ``cancel(ref)`` of a call forwarded there."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    task_id: bytes = attrs.field(metadata=_id)
+    actor_id: bytes = attrs.field(metadata=ID)
+    task_id: bytes = attrs.field(metadata=ID)
 
 
 @attrs.frozen(slots=False)
 class RemoteActorSpec:
     """*Request* -> host: the actor it hosts, as a `HostedActor`."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
+    actor_id: bytes = attrs.field(metadata=ID)
 
 
 @attrs.frozen(slots=False)
@@ -307,8 +317,8 @@ class PrepareBundles:
     """*Request*, coordinator -> node: phase one, take bundles ``items`` (``[(index,
     {resource: amount}), ...]``) of the group, all or none (`BundlesPrepared`)."""
 
-    pg_id: str = attrs.field(metadata=_str)
-    items: list = attrs.field(metadata=_seq)
+    pg_id: str = attrs.field(metadata=STR)
+    items: list = attrs.field(metadata=SEQ)
 
 
 @attrs.frozen(slots=False)
@@ -316,21 +326,21 @@ class CommitBundles:
     """*Request*, coordinator -> node: phase two, the prepared bundles' resources
     join the node."""
 
-    pg_id: str = attrs.field(metadata=_str)
+    pg_id: str = attrs.field(metadata=STR)
 
 
 @attrs.frozen(slots=False)
 class ReleaseBundles:
     """Coordinator -> node (a request or not): give back what the group holds there."""
 
-    pg_id: str = attrs.field(metadata=_str)
+    pg_id: str = attrs.field(metadata=STR)
 
 
 @attrs.frozen(slots=False)
 class RemoveGroup:
     """*Request* -> the group's coordinator: remove it."""
 
-    pg_id: str = attrs.field(metadata=_str)
+    pg_id: str = attrs.field(metadata=STR)
 
 
 @transport.compact

@@ -14,7 +14,7 @@ from attrs import validators as v
 import transport
 from transport import check
 
-from ._wire_checks import _id, _spec
+from ._wire_checks import ID, spec_named
 
 __all__ = [
     "DirectCall",
@@ -30,7 +30,7 @@ __all__ = [
 class DirectCall:
     """A method call straight to the actor's process."""
 
-    spec: Any = attrs.field(metadata=_spec("CallSpec"))
+    spec: Any = attrs.field(metadata=spec_named("CallSpec"))
 
 
 @transport.compact
@@ -39,7 +39,7 @@ class DirectResult:
     """A direct call's results; None: the actor is not in that process (any more),
     the caller goes through the node."""
 
-    task_id: bytes = attrs.field(metadata=_id)
+    task_id: bytes = attrs.field(metadata=ID)
     results: list | None = attrs.field(metadata=check(v.optional(v.instance_of(list))))
 
 

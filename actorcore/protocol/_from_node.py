@@ -15,7 +15,7 @@ from attrs import validators as v
 import transport
 from transport import check
 
-from ._wire_checks import _dict, _id, _int, _opt_str, _seq, _spec, _str
+from ._wire_checks import DICT, ID, INT, OPT_STR, SEQ, STR, spec_named
 
 __all__ = [
     "ActorCall",
@@ -40,7 +40,7 @@ __all__ = [
 class ObjectsReady:
     """Ready objects ``[(object_id, is_error, data), ...]`` the receiver owns."""
 
-    objects: list = attrs.field(metadata=_seq)
+    objects: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -48,7 +48,7 @@ class ObjectsReady:
 class ReleaseObjects:
     """The node holds these large objects now: the producer drops its store refs."""
 
-    object_ids: list = attrs.field(metadata=_seq)
+    object_ids: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -57,9 +57,9 @@ class ForwardedLog:
     """Output lines of a worker (``stream`` ``out`` or ``err``), each to be printed
     after ``prefix``."""
 
-    prefix: str = attrs.field(metadata=_str)
-    stream: str = attrs.field(metadata=_str)
-    lines: list = attrs.field(metadata=_seq)
+    prefix: str = attrs.field(metadata=STR)
+    stream: str = attrs.field(metadata=STR)
+    lines: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -67,7 +67,7 @@ class ForwardedLog:
 class FaultRules:
     """A fault-rule command for the receiver's transport (``transport.faults.apply``)."""
 
-    command: dict = attrs.field(metadata=_dict)
+    command: dict = attrs.field(metadata=DICT)
 
 
 # -- node -> worker -------------------------------------------------------------------------
@@ -80,9 +80,9 @@ class Execute:
     where its owner listens for results pushed directly; ``gpu_ids``: the GPUs
     it was given."""
 
-    spec: Any = attrs.field(metadata=_spec("TaskSpec"))
-    dep_data: list = attrs.field(metadata=_seq)
-    owner_address: str | None = attrs.field(default=None, metadata=_opt_str)
+    spec: Any = attrs.field(metadata=spec_named("TaskSpec"))
+    dep_data: list = attrs.field(metadata=SEQ)
+    owner_address: str | None = attrs.field(default=None, metadata=OPT_STR)
     gpu_ids: tuple = attrs.field(default=(), metadata=check(v.instance_of(tuple)))
 
 
@@ -91,7 +91,7 @@ class Execute:
 class InterruptTask:
     """Cancel a task queued or running in the worker."""
 
-    task_id: bytes = attrs.field(metadata=_id)
+    task_id: bytes = attrs.field(metadata=ID)
 
 
 @attrs.frozen(slots=False)
@@ -109,9 +109,9 @@ class CreateActor:
     ``(checkpoint | None, [(CallSpec, dep_data | None), ...])`` to restore and
     replay before it is ready."""
 
-    spec: Any = attrs.field(metadata=_spec("ActorSpec"))
-    incarnation: int = attrs.field(metadata=_int)
-    dep_data: list = attrs.field(metadata=_seq)
+    spec: Any = attrs.field(metadata=spec_named("ActorSpec"))
+    incarnation: int = attrs.field(metadata=INT)
+    dep_data: list = attrs.field(metadata=SEQ)
     class_record: dict | None = attrs.field(metadata=check(v.optional(v.instance_of(dict))))
     gpu_ids: tuple = attrs.field(default=(), metadata=check(v.instance_of(tuple)))
     recovery: tuple | None = attrs.field(default=None,
@@ -123,7 +123,7 @@ class CreateActor:
 class ActorCall:
     """One method call, with the inline values of its dependencies (None: none)."""
 
-    spec: Any = attrs.field(metadata=_spec("CallSpec"))
+    spec: Any = attrs.field(metadata=spec_named("CallSpec"))
     dep_data: list | None = attrs.field(metadata=check(v.optional(v.instance_of(list))))
 
 
@@ -132,8 +132,8 @@ class ActorCall:
 class ActorCallLogged:
     """The node holds the log entry of that direct call: answer its caller."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    task_id: bytes = attrs.field(metadata=_id)
+    actor_id: bytes = attrs.field(metadata=ID)
+    task_id: bytes = attrs.field(metadata=ID)
 
 
 @transport.compact
@@ -141,7 +141,7 @@ class ActorCallLogged:
 class StopActor:
     """End one actor of a shared process."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
+    actor_id: bytes = attrs.field(metadata=ID)
 
 
 # Each class above travels as its extension code, not its module and name

@@ -17,7 +17,7 @@ from attrs import validators as v
 import transport
 from transport import check
 
-from ._wire_checks import _dict, _flag, _id, _int, _nested, _opt_id, _opt_str, _seq, _spec, _str
+from ._wire_checks import DICT, FLAG, ID, INT, OPT_ID, OPT_STR, SEQ, STR, nested, spec_named
 
 __all__ = [
     "ActorCheckpoint",
@@ -76,13 +76,13 @@ class HelloInfo:
     ``job_id``, ``log_to_driver``, ``direct_address`` (where its node's workers push
     its results), ``namespace``, and ``rejoin`` (back after losing its link)."""
 
-    id_prefix: bytes | None = attrs.field(default=None, metadata=_opt_id)
-    node_id: str | None = attrs.field(default=None, metadata=_opt_str)
-    job_id: bytes | None = attrs.field(default=None, metadata=_opt_id)
-    log_to_driver: bool = attrs.field(default=False, metadata=_flag)
-    direct_address: str | None = attrs.field(default=None, metadata=_opt_str)
-    namespace: str | None = attrs.field(default=None, metadata=_opt_str)
-    rejoin: bool = attrs.field(default=False, metadata=_flag)
+    id_prefix: bytes | None = attrs.field(default=None, metadata=OPT_ID)
+    node_id: str | None = attrs.field(default=None, metadata=OPT_STR)
+    job_id: bytes | None = attrs.field(default=None, metadata=OPT_ID)
+    log_to_driver: bool = attrs.field(default=False, metadata=FLAG)
+    direct_address: str | None = attrs.field(default=None, metadata=OPT_STR)
+    namespace: str | None = attrs.field(default=None, metadata=OPT_STR)
+    rejoin: bool = attrs.field(default=False, metadata=FLAG)
 
 
 @transport.compact
@@ -91,10 +91,10 @@ class Hello:
     """*Request*: register a link: ``role`` is ``driver``, ``worker``,
     ``actor_worker`` or ``node``; answered with a `HelloReply`."""
 
-    role: str = attrs.field(metadata=_str)
-    worker_id: bytes | None = attrs.field(metadata=_opt_id)
-    pid: int = attrs.field(metadata=_int)
-    info: HelloInfo = attrs.field(factory=HelloInfo, metadata=_nested(HelloInfo))
+    role: str = attrs.field(metadata=STR)
+    worker_id: bytes | None = attrs.field(metadata=OPT_ID)
+    pid: int = attrs.field(metadata=INT)
+    info: HelloInfo = attrs.field(factory=HelloInfo, metadata=nested(HelloInfo))
 
 
 @attrs.frozen(slots=False)
@@ -107,10 +107,10 @@ class Bye:
 class Export:
     """A function's pickled definition, sent once before its first task."""
 
-    function_id: bytes = attrs.field(metadata=_id)
+    function_id: bytes = attrs.field(metadata=ID)
     blob: bytes = attrs.field(metadata=check(v.instance_of((bytes, bytearray, memoryview))))
-    name: str = attrs.field(metadata=_str)
-    sys_path: list = attrs.field(metadata=_seq)
+    name: str = attrs.field(metadata=STR)
+    sys_path: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -118,7 +118,7 @@ class Export:
 class Submit:
     """Task specs, actor creations and actor calls, in the order they were made."""
 
-    specs: list = attrs.field(metadata=_seq)
+    specs: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -127,7 +127,7 @@ class Put:
     """Put objects ``[(object_id, is_error, data), ...]`` (``data`` ``STORE``: in
     the store)."""
 
-    objects: list = attrs.field(metadata=_seq)
+    objects: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -135,7 +135,7 @@ class Put:
 class Fetch:
     """*Request*: the objects' entries, once every one is ready."""
 
-    object_ids: list = attrs.field(metadata=_seq)
+    object_ids: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -144,7 +144,7 @@ class Rebuild:
     """*Request*: a reader found these gone from the node's store; answered as a
     `Fetch` once each is ready again (rebuilt from its lineage, or an error)."""
 
-    object_ids: list = attrs.field(metadata=_seq)
+    object_ids: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -152,7 +152,7 @@ class Rebuild:
 class Free:
     """The owner dropped these objects."""
 
-    object_ids: list = attrs.field(metadata=_seq)
+    object_ids: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -160,9 +160,9 @@ class Free:
 class CancelTask:
     """``cancel(ref, force=, recursive=)`` of a task."""
 
-    task_id: bytes = attrs.field(metadata=_id)
-    force: bool = attrs.field(metadata=_flag)
-    recursive: bool = attrs.field(metadata=_flag)
+    task_id: bytes = attrs.field(metadata=ID)
+    force: bool = attrs.field(metadata=FLAG)
+    recursive: bool = attrs.field(metadata=FLAG)
 
 
 @transport.compact
@@ -170,7 +170,7 @@ class CancelTask:
 class Blocked:
     """The worker's task waits in ``get``: its resources are lent meanwhile."""
 
-    task_id: bytes = attrs.field(metadata=_id)
+    task_id: bytes = attrs.field(metadata=ID)
 
 
 @transport.compact
@@ -178,7 +178,7 @@ class Blocked:
 class Unblocked:
     """The worker's task runs again after a `Blocked`."""
 
-    task_id: bytes = attrs.field(metadata=_id)
+    task_id: bytes = attrs.field(metadata=ID)
 
 
 @transport.compact
@@ -186,7 +186,7 @@ class Unblocked:
 class GetFunction:
     """*Request*: a function's export record (the node's, or the GCS's)."""
 
-    function_id: bytes = attrs.field(metadata=_id)
+    function_id: bytes = attrs.field(metadata=ID)
 
 
 @transport.compact
@@ -196,7 +196,7 @@ class AdminCall:
     ``status``, ``tree``, ``nodes``, ``crash``, ``fault``, ...); an unknown name
     is refused with an error naming it."""
 
-    name: str = attrs.field(metadata=_str)
+    name: str = attrs.field(metadata=STR)
     args: tuple = attrs.field(default=(), metadata=check(v.instance_of(tuple)))
 
 
@@ -206,7 +206,7 @@ class HoldActor:
     """The sender's first handle to the actor appeared: it holds the actor (sent
     as a request when the handle must not be used before the node counted it)."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
+    actor_id: bytes = attrs.field(metadata=ID)
 
 
 @transport.compact
@@ -214,7 +214,7 @@ class HoldActor:
 class DropActor:
     """The sender holds no handle to the actor any more."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
+    actor_id: bytes = attrs.field(metadata=ID)
 
 
 @transport.compact
@@ -224,8 +224,8 @@ class CancelActorCall:
     the actor's process for one it queued or runs (or on the direct link, behind
     the call)."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    task_id: bytes = attrs.field(metadata=_id)
+    actor_id: bytes = attrs.field(metadata=ID)
+    task_id: bytes = attrs.field(metadata=ID)
 
 
 @attrs.frozen(slots=False)
@@ -233,16 +233,16 @@ class CreateNamedActor:
     """*Request*: create a named (or detached) actor, answered once the name is
     taken: None, or (``get_if_exists``) the `ActorFound` holding it, or an error."""
 
-    spec: Any = attrs.field(metadata=_spec("ActorSpec"))
-    get_if_exists: bool = attrs.field(metadata=_flag)
+    spec: Any = attrs.field(metadata=spec_named("ActorSpec"))
+    get_if_exists: bool = attrs.field(metadata=FLAG)
 
 
 @attrs.frozen(slots=False)
 class LookupActor:
     """*Request*: ``get_actor(name, namespace)`` -> `ActorFound`."""
 
-    name: str = attrs.field(metadata=_str)
-    namespace: str = attrs.field(metadata=_str)
+    name: str = attrs.field(metadata=STR)
+    namespace: str = attrs.field(metadata=STR)
 
 
 @attrs.frozen(slots=False)
@@ -250,22 +250,22 @@ class RouteActor:
     """*Request*: where callers reach the actor directly: an `ActorRoute`, or None
     (through the node)."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
+    actor_id: bytes = attrs.field(metadata=ID)
 
 
 @attrs.frozen(slots=False)
 class KillActor:
     """*Request*: ``kill(actor, no_restart=)``."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    no_restart: bool = attrs.field(metadata=_flag)
+    actor_id: bytes = attrs.field(metadata=ID)
+    no_restart: bool = attrs.field(metadata=FLAG)
 
 
 @attrs.frozen(slots=False)
 class GetActorState:
     """*Request*: the actor's state record (``describe``)."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
+    actor_id: bytes = attrs.field(metadata=ID)
 
 
 @attrs.frozen(slots=False)
@@ -282,9 +282,9 @@ class ActorNames:
 class StartSupervisor:
     """*Request*: start a user supervisor of actors (``api.supervisor``)."""
 
-    name: str = attrs.field(metadata=_str)
-    strategy: str = attrs.field(metadata=_str)
-    max_restarts: int = attrs.field(metadata=_int)
+    name: str = attrs.field(metadata=STR)
+    strategy: str = attrs.field(metadata=STR)
+    max_restarts: int = attrs.field(metadata=INT)
     max_seconds: float = attrs.field(metadata=check(v.instance_of(float)))
 
 
@@ -298,10 +298,10 @@ class TaskDone:
     ``retry``: run it again (a retryable failure); ``pushed``: the worker pushed
     them to their owner too."""
 
-    task_id: bytes = attrs.field(metadata=_id)
-    results: list = attrs.field(metadata=_seq)
-    retry: bool = attrs.field(metadata=_flag)
-    pushed: bool = attrs.field(default=False, metadata=_flag)
+    task_id: bytes = attrs.field(metadata=ID)
+    results: list = attrs.field(metadata=SEQ)
+    retry: bool = attrs.field(metadata=FLAG)
+    pushed: bool = attrs.field(default=False, metadata=FLAG)
 
 
 @transport.compact
@@ -310,9 +310,9 @@ class StreamItems:
     """Values a generator task or method yielded, owned by ``owner``; ``push``:
     pushed to the owner as they come (not for ``num_returns="dynamic"``)."""
 
-    owner: bytes = attrs.field(metadata=_id)
-    results: list = attrs.field(metadata=_seq)
-    push: bool = attrs.field(metadata=_flag)
+    owner: bytes = attrs.field(metadata=ID)
+    results: list = attrs.field(metadata=SEQ)
+    push: bool = attrs.field(metadata=FLAG)
 
 
 # -- actor worker -> node -----------------------------------------------------------------
@@ -324,8 +324,8 @@ class ActorUp:
     """An actor worker registered (after `Hello`): callers may dial
     ``direct_address`` (None: calls go through the node)."""
 
-    worker_id: bytes = attrs.field(metadata=_id)
-    direct_address: str | None = attrs.field(metadata=_opt_str)
+    worker_id: bytes = attrs.field(metadata=ID)
+    direct_address: str | None = attrs.field(metadata=OPT_STR)
 
 
 @transport.compact
@@ -333,9 +333,9 @@ class ActorUp:
 class ActorReady:
     """The actor's constructor finished; ``error``: the text of its exception."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    incarnation: int = attrs.field(metadata=_int)
-    error: str | None = attrs.field(metadata=_opt_str)
+    actor_id: bytes = attrs.field(metadata=ID)
+    incarnation: int = attrs.field(metadata=INT)
+    error: str | None = attrs.field(metadata=OPT_STR)
 
 
 @transport.compact
@@ -344,10 +344,10 @@ class ActorDone:
     """A call's results; ``ran`` (actors that replay only): the method ran, so the
     call joins the actor's call log."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    task_id: bytes = attrs.field(metadata=_id)
-    results: list = attrs.field(metadata=_seq)
-    ran: bool = attrs.field(default=False, metadata=_flag)
+    actor_id: bytes = attrs.field(metadata=ID)
+    task_id: bytes = attrs.field(metadata=ID)
+    results: list = attrs.field(metadata=SEQ)
+    ran: bool = attrs.field(default=False, metadata=FLAG)
 
 
 @transport.compact
@@ -355,8 +355,8 @@ class ActorDone:
 class ActorDoneDirect:
     """Large results of direct calls: the node holds them, like any result."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    results: list = attrs.field(metadata=_seq)
+    actor_id: bytes = attrs.field(metadata=ID)
+    results: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -365,10 +365,10 @@ class ActorLog:
     """A direct call of an actor that replays ran: log it (answered with
     `ActorCallLogged`; only then does its caller hear)."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    incarnation: int = attrs.field(metadata=_int)
-    spec: Any = attrs.field(metadata=_spec("CallSpec"))
-    results: list = attrs.field(metadata=_seq)
+    actor_id: bytes = attrs.field(metadata=ID)
+    incarnation: int = attrs.field(metadata=INT)
+    spec: Any = attrs.field(metadata=spec_named("CallSpec"))
+    results: list = attrs.field(metadata=SEQ)
 
 
 @transport.compact
@@ -376,8 +376,8 @@ class ActorLog:
 class ActorCheckpoint:
     """The actor's state after every call it reported before: it replaces the log."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    incarnation: int = attrs.field(metadata=_int)
+    actor_id: bytes = attrs.field(metadata=ID)
+    incarnation: int = attrs.field(metadata=INT)
     state: bytes = attrs.field(metadata=check(v.instance_of((bytes, bytearray, memoryview))))
 
 
@@ -386,8 +386,8 @@ class ActorCheckpoint:
 class ActorExit:
     """The actor called ``exit_actor()``: end it for good."""
 
-    actor_id: bytes = attrs.field(metadata=_id)
-    incarnation: int = attrs.field(metadata=_int)
+    actor_id: bytes = attrs.field(metadata=ID)
+    incarnation: int = attrs.field(metadata=INT)
 
 
 # -- placement groups: core worker -> node ----------------------------------------------------
@@ -398,29 +398,29 @@ class CreatePlacementGroup:
     """*Request*: ``placement_group(...)``: ``request`` holds ``pg_id`` (hex),
     ``bundles``, ``strategy``, ``name``, ``namespace``, ``lifetime``, ``job_id``."""
 
-    request: dict = attrs.field(metadata=_dict)
+    request: dict = attrs.field(metadata=DICT)
 
 
 @attrs.frozen(slots=False)
 class RemovePlacementGroup:
     """*Request*: ``remove_placement_group``, wherever the group is coordinated."""
 
-    pg_id: str = attrs.field(metadata=_str)
+    pg_id: str = attrs.field(metadata=STR)
 
 
 @attrs.frozen(slots=False)
 class GetPlacementGroup:
     """*Request*: the live group named ``name`` in ``namespace``."""
 
-    name: str = attrs.field(metadata=_str)
-    namespace: str = attrs.field(metadata=_str)
+    name: str = attrs.field(metadata=STR)
+    namespace: str = attrs.field(metadata=STR)
 
 
 @attrs.frozen(slots=False)
 class PlacementGroupTable:
     """*Request*: one group's state (``pg_id`` hex), or every group's (None)."""
 
-    pg_id: str | None = attrs.field(metadata=_opt_str)
+    pg_id: str | None = attrs.field(metadata=OPT_STR)
 
 
 # -- replies ---------------------------------------------------------------------------------

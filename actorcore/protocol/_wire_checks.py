@@ -11,20 +11,32 @@ from attrs import validators as v
 
 from transport import check
 
-__all__ = ["_dict", "_delay", "_flag", "_id", "_int", "_nested", "_non_negative",
-           "_opt_id", "_opt_str", "_seq", "_spec", "_str"]
+__all__ = [
+    "DICT",
+    "FLAG",
+    "ID",
+    "INT",
+    "OPT_ID",
+    "OPT_STR",
+    "SEQ",
+    "STR",
+    "nested",
+    "non_negative",
+    "seconds_up_to_a_minute",
+    "spec_named",
+]
 
-_id = check(v.instance_of(bytes))
-_opt_id = check(v.optional(v.instance_of(bytes)))
-_seq = check(v.instance_of((list, tuple)))  # a batch: ids, specs, (oid, is_error, data)
-_flag = check(v.instance_of(bool))
-_int = check(v.instance_of(int))
-_str = check(v.instance_of(str))
-_opt_str = check(v.optional(v.instance_of(str)))
-_dict = check(v.instance_of(dict))
+ID = check(v.instance_of(bytes))
+OPT_ID = check(v.optional(v.instance_of(bytes)))
+SEQ = check(v.instance_of((list, tuple)))  # a batch: ids, specs, (oid, is_error, data)
+FLAG = check(v.instance_of(bool))
+INT = check(v.instance_of(int))
+STR = check(v.instance_of(str))
+OPT_STR = check(v.optional(v.instance_of(str)))
+DICT = check(v.instance_of(dict))
 
 
-def _spec(kind: str) -> dict[str, Any]:
+def spec_named(kind: str) -> dict[str, Any]:
     """A field holding a spec of the class named ``kind`` (``TaskSpec``,
     ``CallSpec``, ``ActorSpec``), checked by name: the classes live above this
     module's imports."""
@@ -36,7 +48,7 @@ def _spec(kind: str) -> dict[str, Any]:
     return check(is_spec)
 
 
-def _nested(cls: type) -> dict[str, Any]:
+def nested(cls: type) -> dict[str, Any]:
     """A field holding a ``cls`` whose own fields' checks run too (a dispatcher
     checks the fields of the message it routes, not those of what they hold)."""
     checks = [(a, a.metadata["check"]) for a in attrs.fields(cls) if "check" in a.metadata]
@@ -54,11 +66,11 @@ def _nested(cls: type) -> dict[str, Any]:
     return check(is_checked)
 
 
-def _non_negative(instance: Any, attribute: Any, value: Any) -> None:
+def non_negative(instance: Any, attribute: Any, value: Any) -> None:
     if type(value) is not int or value < 0:
         raise ValueError(f"'{attribute.name}' must be an int >= 0, got {value!r:.100}")
 
 
-def _delay(instance: Any, attribute: Any, value: Any) -> None:
+def seconds_up_to_a_minute(instance: Any, attribute: Any, value: Any) -> None:
     if type(value) not in (int, float) or not 0.0 <= value <= 60.0:
         raise ValueError(f"'{attribute.name}' must be seconds within [0, 60], got {value!r:.100}")
