@@ -316,3 +316,41 @@ def test_node_sigkill_takes_its_zygote_and_forked_workers_with_it():
                for ln in out.stdout.splitlines()), out.stdout
     assert any(ln.startswith("(pid=") and ln.endswith("HELLO-FORKED-ERR")
                for ln in out.stderr.splitlines()), out.stderr
+
+
+def test_remove_node_kills_the_workers_a_dead_zygote_left_behind():
+    # A node of its own (no driver): its pool's workers, one forked and orphaned.
+    from actorcore.protocol._wire import AdminCall
+    from actorcore.testing import Cluster
+    from actorcore.testing._cluster import _descendants, _session_processes
+
+    from .cluster_support import alive, node_call
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        node = c.head_node
+
+        def pool() -> dict:
+            tree = node_call(c, node, AdminCall("local_tree"))
+            return next(ch for ch in tree["children"] if ch["name"] == "worker_pool")
+
+        def running(kind: str) -> list[dict]:
+            return [ch for ch in pool()["children"] if ch["kind"] == kind and ch["state"] == "running"]
+
+        z = until(lambda: running("zygote"), "the zygote to be ready", timeout=60)[0]
+        spawned = until(lambda: running("worker"), "the pool's worker", timeout=60)[0]
+        os.kill(spawned["pid"], signal.SIGKILL)  # its replacement is forked
+        forked = until(lambda: [w for w in running("worker") if w["pid"] != spawned["pid"]],
+                       "the pool to refill", timeout=60)[0]
+        with open(f"/proc/{forked['pid']}/stat") as f:
+            assert int(f.read().rsplit(")", 1)[1].split()[1]) == z["pid"]
+        os.kill(z["pid"], signal.SIGKILL)
+        until(lambda: not alive(z["pid"]), "the zygote to die")
+        # An orphan now, no longer below the node: found by its session.
+        assert alive(forked["pid"])
+        assert forked["pid"] not in _descendants(node.pid)
+        assert forked["pid"] in _session_processes(node.session_dir)
+        c.remove_node(node)
+        until(lambda: not alive(forked["pid"]), "the orphaned worker to be killed", timeout=10)
+    finally:
+        c.shutdown()
