@@ -21,7 +21,11 @@ from .cluster_support import until
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
+pytestmark = [
+    pytest.mark.usefixtures("cluster"),  # tests/conftest.py
+    pytest.mark.skipif(os.environ.get("ACTORCORE_WORKER_ZYGOTE", "1").strip() == "0",
+                       reason="ACTORCORE_WORKER_ZYGOTE=0: workers are spawned"),
+]
 
 
 @ray.remote
@@ -162,6 +166,28 @@ def test_zygote_sigkill_restarts_it_and_starts_never_wait_for_it():
         ray.get(pending, timeout=60)
     for h in (during, after):
         ray.kill(h)
+
+
+def test_a_stuck_zygote_is_replaced_after_one_late_start(cluster):
+    z = _ready_zygote()
+    os.kill(z["pid"], signal.SIGSTOP)  # alive, holding its socket, answering nothing
+    try:
+        a = Probe.remote()
+        info = ray.get(a.info.remote(), timeout=60)  # spawned once the fork timed out
+        assert info["ppid"] != z["pid"]
+        back = until(lambda: (n := _zygote())["state"] == "running" and n["pid"] != z["pid"] and n,
+                     "the zygote to be replaced")
+        log = Path(cluster["session_dir"], "logs", "node.log").read_text()
+        assert "no answer within" in log, log[-2000:]
+        b = Probe.remote()
+        assert ray.get(b.info.remote(), timeout=60)["ppid"] == back["pid"]
+        for h in (a, b):
+            ray.kill(h)
+    finally:
+        try:
+            os.kill(z["pid"], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
 
 
 def test_runtime_env_worker_is_forked_and_gets_its_env(tmp_path):

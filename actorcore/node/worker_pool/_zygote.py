@@ -63,9 +63,10 @@ __all__ = ["FORK_TIMEOUT", "ForkedProcess", "Zygote", "exit_reason"]
 
 logger = logging.getLogger("actorcore.zygote")
 
-#: Seconds the pool waits for the zygote's answer to a fork request before it
-#: spawns the worker instead (a worker forked later is killed).
-FORK_TIMEOUT = 10.0
+#: Seconds the pool waits for the zygote's answer to a fork request (a fork takes
+#: milliseconds) before it spawns the worker instead and kills the zygote, which
+#: restarts (a worker it forks later is killed).
+FORK_TIMEOUT = 5.0
 #: Seconds the node waits, once a forked worker is seen dead on its pidfd, for the
 #: zygote's report of its exit code (it reaps on SIGCHLD: normally at once).
 STATUS_TIMEOUT = 10.0
@@ -365,6 +366,11 @@ class Zygote:
                 self.spawned += 1
                 logger.warning("the zygote did not fork %s (%s): spawning it", title,
                                request.refused or f"no answer within {FORK_TIMEOUT} s")
+                if not request.done.is_set():
+                    # Stuck (stopped, or starved for seconds): the next starts must
+                    # not wait for it too. It is killed, and restarts.
+                    self.last_error = f"did not answer a fork request within {FORK_TIMEOUT} s"
+                    self._kill_process()
                 return None
             process.stdout = trio.lowlevel.FdStream(out_r)
             process.stderr = trio.lowlevel.FdStream(err_r)
