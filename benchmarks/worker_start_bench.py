@@ -13,7 +13,9 @@ default) for fork, so machine load hits both alike. Per run:
   one pays its imports), median over the actors of the one-at-a-time case;
 - actor creation, one at a time: create an actor, wait for one call, next (8, and
   100 without ``--quick``); per actor, the median;
-- actor creation in parallel: create N actors, then wait for one call of each.
+- actor creation in parallel: create N actors, then wait for one call of each;
+- memory per actor: the mean PSS of those N actor processes (a forked worker's
+  pages shared with the zygote and its siblings count by their share).
 
 In fork mode the actors are created once the zygote is ready (the first workers of
 a node are spawned while it imports, see ``node.worker_pool._zygote``); the number
@@ -71,6 +73,9 @@ def run_one(counts: list[int]) -> dict:
         def ready_cpu(self) -> float:
             return self.cpu
 
+        def pid(self) -> int:
+            return os.getpid()
+
     out: dict = {"startup_to_first_result_s": first, "driver_import_s": t_imported - t0}
     for n in counts:
         times, cpus, actors = [], [], []
@@ -89,6 +94,8 @@ def run_one(counts: list[int]) -> dict:
         actors = [Probe.remote() for _ in range(n)]
         ray.get([a.ready_cpu.remote() for a in actors], timeout=600)
         out[f"parallel_{n}_total_s"] = time.perf_counter() - t
+        pids = ray.get([a.pid.remote() for a in actors], timeout=600)
+        out[f"pss_per_actor_{n}_mb"] = statistics.mean(_pss_kb(p) for p in pids) / 1024
         for a in actors:
             ray.kill(a)
     z = zygote()
@@ -96,6 +103,16 @@ def run_one(counts: list[int]) -> dict:
     out["spawned"] = z["spawned"] if z else None
     ray.shutdown()
     return out
+
+
+def _pss_kb(pid: int) -> int:
+    """The proportional set size of ``pid``: its private pages, plus its share of the
+    pages it shares (with the zygote and its siblings, for a forked worker)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
 
 
 def main() -> None:
