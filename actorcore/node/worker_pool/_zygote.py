@@ -97,6 +97,7 @@ class ForkedProcess:
     stderr: Any = None
     returncode: int | None = None
     status_unknown: bool = False
+    abandoned: bool = False  # killed unwatched (its request gave up): nobody waits
     # Set when the exit code arrived, or when none will (the zygote is gone).
     settled: trio.Event = attrs.Factory(trio.Event)
     _wait_lock: trio.Lock = attrs.Factory(trio.Lock)
@@ -299,6 +300,8 @@ class Zygote:
             child = self.children.pop(message.pid, None)
             if child is not None:
                 child.settle(message.returncode)
+                if child.abandoned:
+                    child._close_pidfd()
         elif isinstance(message, Forked):
             process = ForkedProcess(message.pid, _pidfd(message.pid))
             request = self.pending.get(message.request_id)
@@ -306,6 +309,7 @@ class Zygote:
             if request is None:  # its requester gave up: nobody will watch it
                 logger.warning("the zygote forked worker pid %d after its request timed out: "
                                "killing it", message.pid)
+                process.abandoned = True
                 try:
                     process.kill()
                 except ProcessLookupError:
@@ -387,6 +391,7 @@ class Zygote:
                 os.close(out_r)
                 os.close(err_r)
                 if request.process is not None:  # cancelled after the fork: not ours now
+                    request.process.abandoned = True
                     try:
                         request.process.kill()
                     except ProcessLookupError:
