@@ -22,7 +22,7 @@ a child's status on a socket per child, read by blocking ``os.read``; and
 ``multiprocessing.util`` hooks run in every child. A worker needs its own stdout
 and stderr pipes, an exact environment, a process title, a new session, and one
 status channel the node's Trio loop reads. So this is a small server of our own
-(about a hundred lines) in forkserver's shape.
+(its loop is a hundred lines) in forkserver's shape.
 
 Fork safety
 -----------
