@@ -180,8 +180,7 @@ def _sig_cases():
 
 
 def test_call_checks_agree_with_python_on_every_signature_shape():
-    from actorcore.api._signatures import method_meta
-    from actorcore.api._signatures import check_call_args
+    from actorcore.api._signatures import check_call_args, method_meta
 
     for src, args, kwargs in _sig_cases():
         namespace: dict = {}

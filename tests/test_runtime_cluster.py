@@ -79,7 +79,7 @@ def test_tree_shape(cluster):
                      "object_manager", "store_link", "object_directory", "worker_pool",
                      "actor_manager", "placement_groups"]
     assert node["node_id"] == cluster["node_id"]
-    workers = _find(snap, "worker_pool")["children"]
+    workers = _pool_workers(snap)
     assert len(workers) >= 2
     for w in workers:
         assert w["kind"] == "worker" and isinstance(w["pid"], int) and _alive(w["pid"])
@@ -104,7 +104,7 @@ def test_crash_component_restarts_and_cluster_keeps_serving(cluster, component):
 
 
 def test_crash_worker_and_unknown_component(cluster):
-    workers = _find(ray.tree(), "worker_pool")["children"]
+    workers = _pool_workers()
     name, pid = workers[0]["name"], workers[0]["pid"]
     assert "killed" in faults.crash(f"worker_pool/{name}")
     assert _wait_dead([pid]) == []
@@ -127,7 +127,8 @@ def meet(d, me, other):
 
 
 def _pool_workers(snap=None):
-    return _find(snap or ray.tree(), "worker_pool")["children"]
+    """The worker processes under ``worker_pool`` (not its zygote)."""
+    return [w for w in _find(snap or ray.tree(), "worker_pool")["children"] if w["kind"] == "worker"]
 
 
 def test_pool_refills_after_a_worker_is_killed_and_cpu_tasks_run_side_by_side(cluster):
@@ -190,7 +191,11 @@ try:
     argv = open("/proc/self/cmdline", "rb").read().split(b"\\0")
 except OSError:
     argv = []
-if b"actorcore.worker" in argv and os.path.exists(os.environ["BREAK_WORKERS_FLAG"]):
+# Every interpreter that would become a worker: ``-m actorcore.worker`` (a spawned
+# task worker), ``-m actorcore.worker._zygote`` (the zygote, whose forks never run
+# this file again: it breaks, so workers are spawned, and break).
+if any(a.startswith(b"actorcore.worker") for a in argv) and os.path.exists(
+        os.environ["BREAK_WORKERS_FLAG"]):
     os._exit(3)  # a worker that cannot start (a broken environment)
 """
 

@@ -130,7 +130,7 @@ def _back(name: str, before: int) -> dict:
 def _worker_pids() -> set[int]:
     pool = _find(ray.tree(), "worker_pool")
     assert pool is not None
-    return {w["pid"] for w in pool["children"]}
+    return {w["pid"] for w in pool["children"] if w["kind"] == "worker"}
 
 
 # -------------------------------------------------------------- object_manager

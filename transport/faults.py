@@ -45,6 +45,7 @@ repeat idempotently; docs/faults.md says how each link of a cluster does it.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -140,6 +141,9 @@ _table: dict[int, Rule] = {}
 _ids = itertools.count(1)
 _active: tuple[Rule, ...] = ()
 _rng = random.Random()
+# A process forked after this import (a worker forked from its node's zygote) draws
+# its own faults, not the same sequence as its siblings.
+os.register_at_fork(after_in_child=_rng.seed)
 
 
 def _rebuild() -> None:

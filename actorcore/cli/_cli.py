@@ -286,6 +286,11 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
     w = st["workers"]
     lines.append(f"workers: {w['alive']} alive ({w['started_total']} started, "
                  f"{w['died_total']} exited), {s.idle_workers} idle")
+    z = w.get("zygote")
+    if z and z["zygote_state"] != "off":
+        lines.append(f"zygote: {z['zygote_state']}, {z['forked']} workers forked, "
+                     f"{z['spawned']} spawned" + (f" (last error: {z['last_error']})"
+                                                  if z["last_error"] else ""))
     o: DirectoryStatistics = st["object_store"]
     lines.append(f"objects: {o.objects} known ({o.ready} ready, {o.pending} pending), "
                  f"{_size(o.bytes_inline)} inline; {o.created} created, {o.freed} freed")

@@ -135,6 +135,7 @@ def _status(node: Any) -> dict:
             "alive": len(node.pool.alive()),
             "started_total": node.pool.started_total,
             "died_total": node.pool.died_total,
+            "zygote": node.pool.zygote.statistics(),
         },
         "control": attrs.evolve(node.control.statistics(),
                                 lineage_live_tasks=node.objects.lineage.live_tasks()),
@@ -162,6 +163,7 @@ def _crash(node: Any, component: str) -> str:
       crashes — its process dies (a dedicated one), or only it fails in a shared
       actor process; its restart policy (``max_restarts``, its supervisor) applies.
     - ``worker_pool/worker_<n>/task:<name>``: the process running the task dies.
+    - ``worker_pool/zygote``: the zygote process is SIGKILLed; it restarts.
 
     Raises ``ValueError`` naming the path and what exists there if nothing does.
     """
@@ -196,6 +198,13 @@ def _crash_node(node: Any, component: str) -> str:
 
 
 def _crash_in_pool(node: Any, worker_name: str, below: str) -> str:
+    zygote = node.pool.zygote
+    if worker_name == "zygote" and not below:
+        if zygote.state not in ("running", "starting") or zygote.process is None:
+            raise ValueError(f"crash(): worker_pool/zygote is not running (it is {zygote.state})")
+        pid = zygote.pid
+        zygote.process.kill()
+        return f"killed zygote (pid {pid}); it restarts, and workers are spawned meanwhile"
     for w in node.pool.alive():
         if f"worker_{w.index}" == worker_name and w.process is not None:
             running = [f"task:{spec.name}" for spec in w.tasks.values()]

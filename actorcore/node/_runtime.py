@@ -180,6 +180,7 @@ class NodeRuntime:
             min_workers=n,
             max_workers=max(n, int(cpus)) * 4 + 4,
             forward_log=self.clients.forward_log,
+            spawn=self.spawn,
         )
         self.functions: dict[bytes, dict] = {}
         self.jobs: dict[bytes, dict] = {}
@@ -286,6 +287,9 @@ class NodeRuntime:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                # First: its imports run while the tree starts, so the first workers
+                # can already be forked (the pool spawns them until it is ready).
+                self.pool.start_zygote()
                 # Owned here, served by the ``store_link`` component (its refs must
                 # outlive a restart of that component).
                 self.store_link = StoreLink(

@@ -360,6 +360,9 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
            "seconds an idle worker beyond the pool's size lives"),
     EnvVar("ACTORCORE_WORKER_START_TIMEOUT", "float", "60",
            "seconds a worker or actor process has to connect after it is started"),
+    EnvVar("ACTORCORE_WORKER_ZYGOTE", "switch", "1",
+           "0: every worker and actor process is spawned (python -m actorcore.worker) "
+           "instead of forked from the node's zygote, which has their imports done"),
     EnvVar("ACTORCORE_MAX_STARTING_WORKERS", "int", None,
            "processes started at once (default: the cores, at least 1)", minimum=1),
     EnvVar("ACTORCORE_OBJECT_STORE_DISK_FALLBACK", "switch", "1",

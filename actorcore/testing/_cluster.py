@@ -176,7 +176,10 @@ class Cluster:
         if allow_graceful:
             node.process.stop()
             return
+        # Its workers are below it, forked ones below its zygote; one whose zygote
+        # died was adopted by init, and is found by its session in its environment.
         pids = [node.pid, *_descendants(node.pid)]
+        pids += [p for p in _session_processes(node.session_dir) if p not in pids]
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -235,6 +238,24 @@ class Cluster:
                 logger.warning("stopping node %s failed: %r", node.node_id[:12], exc)
         self.worker_nodes = []
         self.head_node = None
+
+
+def _session_processes(session_dir: Path) -> list[int]:
+    """The processes started with ``ACTORCORE_SESSION_DIR=<session_dir>`` in their
+    environment (from /proc): the node's workers and its zygote, wherever they hang
+    in the process tree."""
+    want = f"ACTORCORE_SESSION_DIR={session_dir}".encode()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if want in f.read().split(b"\0"):
+                    out.append(int(entry))
+        except OSError:
+            continue
+    return out
 
 
 def _descendants(pid: int) -> list[int]:

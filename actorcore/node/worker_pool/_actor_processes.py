@@ -53,6 +53,7 @@ import trio
 from ...protocol._ids import new_worker_id
 from ...session._config import env_value
 from ._pool import open_worker_process, pump_worker_output
+from ._zygote import exit_reason
 
 __all__ = ["ActorProcesses", "ActorWorker", "START_TIMEOUT", "default_max_starting"]
 
@@ -189,7 +190,7 @@ class ActorProcesses:
             if proc.returncode is None:
                 proc.kill()
             self._start_over(aw, "ended")
-        reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+        reason = exit_reason(proc, code)
         self.on_exit(aw, f"its worker process (pid {aw.pid}) died ({reason}; "
                          f"its output is in {self._log_stem(aw)}.out/.err)")
 

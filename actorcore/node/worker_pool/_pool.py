@@ -10,6 +10,10 @@ a fraction of a CPU or none). A worker that dies before it registers (a broken
 environment, a crash at import) is replaced after a growing delay, not in a tight
 loop of process starts.
 
+A worker is forked from the node's zygote when it runs (``_zygote``: its imports
+are paid once per node) and spawned as ``python -m actorcore.worker`` otherwise; the
+rest of this module cannot tell the two apart.
+
 Per worker, three Trio tasks: one waits for the process to exit (then tells the
 scheduler, which retries or fails its task), two read its stdout and stderr line by
 line into the session's log files and forward the lines to drivers that asked for
@@ -23,6 +27,7 @@ node shuts down (``PoolState.kill_all``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -41,8 +46,9 @@ from ...protocol._ids import new_worker_id, short
 from ...session._config import env_value
 from ...session._launcher import site_flags
 from ..local_scheduler._scheduler import SchedulerState, WorkerInfo
+from ._zygote import Zygote, exit_reason
 
-__all__ = ["PoolState", "WorkerPool", "open_worker_process", "pump_worker_output"]
+__all__ = ["PoolState", "WorkerPool", "open_worker_process", "pump_worker_output", "worker_env"]
 
 logger = logging.getLogger("actorcore.worker_pool")
 
@@ -79,6 +85,19 @@ class PoolState:
     failed_starts: int = 0
     failed_index: int = -1
     next_spawn_at: float = 0.0
+    # Starts a task in the node's nursery (``NodeRuntime.spawn``): the zygote's
+    # loop runs there, beyond the reach of a crash of this component.
+    spawn: Callable[..., bool] | None = None
+    zygote: Zygote = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.zygote = Zygote(self.node_id.hex(), self.session_dir,
+                             enabled=env_value("ACTORCORE_WORKER_ZYGOTE"))
+
+    def start_zygote(self) -> None:
+        """Keep the zygote running from now on (idempotent; nothing if it is off)."""
+        if self.zygote.enabled and not self.zygote.looping and self.spawn is not None:
+            self.spawn(self.zygote.run, functools.partial(worker_env, self))
 
     def alive(self) -> list[WorkerInfo]:
         return [w for w in self.workers.values() if w.state != "dead"]
@@ -123,6 +142,7 @@ class PoolState:
                 except ProcessLookupError:
                     pass
                 await p.wait()
+        await self.zygote.stop()
 
 
 class WorkerPool:
@@ -141,6 +161,7 @@ class WorkerPool:
                 if worker.process is not None:
                     nursery.start_soon(self._watch, worker)
             pool.starting = sum(1 for w in pool.alive() if w.state == "starting")
+            pool.start_zygote()
             while len(pool.alive()) < pool.min_workers:
                 await self._spawn()
             task_status.started()
@@ -220,7 +241,7 @@ class WorkerPool:
             nursery.start_soon(self._pump, worker, proc.stdout, "out")
             nursery.start_soon(self._pump, worker, proc.stderr, "err")
             code = await proc.wait()
-        reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+        reason = exit_reason(proc, code)
         if worker.state == "starting":
             self.pool.starting -= 1
             self._start_failed(worker, reason)
@@ -255,26 +276,30 @@ class WorkerPool:
         return {
             "kind": "worker_pool",
             "children": [w.snapshot(node) for w in sorted(self.pool.workers.values(), key=lambda w: w.index)]
-            + (self.pool.extra_snapshots() if self.pool.extra_snapshots is not None else []),
+            + (self.pool.extra_snapshots() if self.pool.extra_snapshots is not None else [])
+            + ([self.pool.zygote.snapshot(node)] if self.pool.zygote.enabled else []),
         }
 
 
-async def open_worker_process(
-    pool: PoolState, module: str, worker_id: bytes, index: int, extra_args: Sequence[str] = ()
-) -> trio.Process:
-    """Start ``python -m <module>`` as a worker process of this node (task workers and
-    actor processes alike): the node's address, token (in the environment, not argv),
-    ids and store address on its command line, in a session of its own."""
+def worker_env(pool: PoolState) -> dict[str, str]:
+    """The environment of this node's worker processes (and of its zygote)."""
     env = dict(os.environ)
     env["ACTORCORE_TOKEN"] = pool.token.hex()
     env["PYTHONUNBUFFERED"] = "1"
     env["ACTORCORE_SESSION_DIR"] = str(pool.session_dir)  # runtime_env packages go there
-    argv = [
-        sys.executable,
-        *site_flags(),
-        "-P",  # the working directory is on PYTHONPATH, after our packages (launcher)
-        "-m",
-        module,
+    return env
+
+
+async def open_worker_process(
+    pool: PoolState, module: str, worker_id: bytes, index: int, extra_args: Sequence[str] = ()
+) -> Any:
+    """Start a worker process of this node running ``python -m <module>`` (task
+    workers and actor processes alike): the node's address, token (in the
+    environment, not argv), ids and store address on its command line, in a session
+    of its own. Forked from the zygote when it runs (a `ForkedProcess`), else
+    spawned (a `trio.Process`)."""
+    env = worker_env(pool)
+    args = [
         "--address",
         pool.address,
         "--worker-id",
@@ -285,8 +310,21 @@ async def open_worker_process(
         str(index),
     ]
     if pool.store_address:
-        argv += ["--store-address", pool.store_address]
-    argv += extra_args
+        args += ["--store-address", pool.store_address]
+    args += extra_args
+    if pool.zygote.enabled:
+        target = {"actorcore.worker": "actorcore.worker._process"}.get(module, module)
+        forked = await pool.zygote.fork(target, args, env, f"ac_worker_{index}")
+        if forked is not None:
+            return forked
+    argv = [
+        sys.executable,
+        *site_flags(),
+        "-P",  # the working directory is on PYTHONPATH, after our packages (launcher)
+        "-m",
+        module,
+        *args,
+    ]
     return await trio.lowlevel.open_process(
         argv,
         stdin=subprocess.DEVNULL,
