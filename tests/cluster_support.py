@@ -10,7 +10,7 @@ from typing import Any
 from actorcore.session._session import pid_alive
 
 __all__ = ["FAST", "STEADY", "alive", "at_rest", "driver", "node_call", "three_nodes",
-           "two_nodes", "until", "wait_at_rest"]
+           "tasks_seen", "two_nodes", "until", "wait_at_rest"]
 
 #: Node environment for multi-node tests that kill nodes: a killed node is declared dead within
 #: 3 s (heartbeats every 0.1 s) instead of the default 10 s. Not less: on a loaded
@@ -168,3 +168,21 @@ def wait_at_rest(cluster: Any, timeout: float = 30.0) -> None:
         until(settled, what="the cluster at rest", timeout=timeout)
     except AssertionError:
         raise AssertionError(f"the cluster is not at rest after the test: {left[0]}") from None
+
+
+def tasks_seen(cluster: Any, refs: list) -> str:
+    """What each node knows of the tasks of ``refs`` (the admin call ``task``): what
+    a test that waited in vain prints, so that a hang seen once can be read."""
+    from actorcore.session._admin import admin_call
+
+    lines = []
+    for ref in refs:
+        task = ref.task_id().hex()
+        lines.append(f"task {task} (of {ref.hex()}):")
+        for node in cluster.list_all_nodes():
+            try:
+                seen = admin_call(node.address, "task", task, timeout=10.0)
+            except Exception as exc:  # a node the faults took down: say so
+                seen = f"no answer: {exc!r}"
+            lines.append(f"  node {node.node_id[:8]}: {seen or 'knows nothing of it'}")
+    return "\n".join(lines)

@@ -31,6 +31,8 @@ import actorcore
 import transport
 from actorcore.testing import faults
 
+from .cluster_support import tasks_seen
+
 SEED = int(os.environ.get("ACTORCORE_SOAK_SEED", "20261202"))
 # Every target of every kind (``faults.DEFAULT_TARGETS``) is survived: crashes of
 # every component (object_manager and store_link included), kills of workers and
@@ -113,24 +115,6 @@ def _tree_reduce(refs: list, pin: dict) -> actorcore.ObjectRef:
     return refs[0]
 
 
-def _where(cluster, refs: list) -> str:
-    """What each node knows of the tasks of ``refs`` (the admin call ``task``): what
-    a round that did not finish prints, so that a hang seen once can be read."""
-    from actorcore.session._admin import admin_call
-
-    lines = []
-    for ref in refs:
-        task = ref.task_id().hex()
-        lines.append(f"task {task} (of {ref.hex()}):")
-        for node in cluster.list_all_nodes():
-            try:
-                seen = admin_call(node.address, "task", task, timeout=10.0)
-            except Exception as exc:  # a node the faults took down: say so
-                seen = f"no answer: {exc!r}"
-            lines.append(f"  node {node.node_id[:8]}: {seen or 'knows nothing of it'}")
-    return "\n".join(lines)
-
-
 def _round(cluster, r: int, rec, ledger, calls: list[int], timeout: float, pin: dict) -> int:
     """One round of the workload; returns the number of results checked. ``pin``:
     the options that keep the work on the head (``{}``: anywhere)."""
@@ -143,7 +127,7 @@ def _round(cluster, r: int, rec, ledger, calls: list[int], timeout: float, pin: 
     everything = [*sums, total, *doubled, *tripled]
     ready, pending = actorcore.wait(everything, num_returns=len(everything), timeout=timeout)
     assert not pending, (f"round {r}: {len(pending)} of {len(everything)} not done in "
-                         f"{timeout} s\n{_where(cluster, pending)}")
+                         f"{timeout} s\n{tasks_seen(cluster, pending)}")
     assert actorcore.get(sums, timeout=timeout) == [
         sum(i * i for i in range(5 + j)) for j in range(3)]
     expected = float(sum(r + i for i in range(LEAVES)))
