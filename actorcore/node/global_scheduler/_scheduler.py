@@ -44,12 +44,16 @@ from ..local_scheduler._scheduler import SchedulerState
 from ._forwarding import ClusterTasks
 from ._placement import SpreadState, choose_node, format_resources
 
-__all__ = ["RECHECK", "GlobalScheduler"]
+__all__ = ["RECHECK", "STALE_CHARGES", "GlobalScheduler"]
 
 logger = logging.getLogger("actorcore.scheduler")
 
 #: Seconds between passes while tasks wait for a node that can run them.
 RECHECK = 1.0
+
+#: Seconds after which what was sent to other nodes is no longer charged to them,
+#: even if the view has not been refreshed meanwhile (see `_adjusted_view`).
+STALE_CHARGES = 2.0
 
 
 class SchedulingNode(Protocol):
@@ -74,6 +78,7 @@ class GlobalScheduler:
         self._spread = SpreadState()
         self._sent: dict[str, list[dict[str, float]]] = {}
         self._refreshes = -1
+        self._sent_since = 0.0
         self.placed = 0
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
@@ -96,9 +101,15 @@ class GlobalScheduler:
         each node, and this node's own live figures (see the module docstring)."""
         node = self._node
         view = node.view
-        if view.refreshes != self._refreshes:
+        now = trio.current_time()
+        if view.refreshes != self._refreshes or now - self._sent_since > STALE_CHARGES:
+            # A refresh brings heartbeats that count what was sent (or soon will).
+            # Without one for STALE_CHARGES seconds (a loop starved on a loaded
+            # machine), the charges are forgotten too: piled up, they would make
+            # every other node look full and keep all work here.
             self._refreshes = view.refreshes
             self._sent = {}
+            self._sent_since = now
         out = ClusterView(view.node_id)
         for nid, status in view.nodes.items():
             if nid == view.node_id:
