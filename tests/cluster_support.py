@@ -90,12 +90,15 @@ def at_rest(cluster: Any) -> str | None:
     held = {k: v - free.get(k, 0.0) for k, v in total.items() if v - free.get(k, 0.0) > 1e-9}
     if held:
         return f"resources still held: {held}"
-    seen = admin_call(cluster.address, "status", timeout=10.0)["nodes"]
-    queued = {n["node_id"][:12]: n["queued"] for n in seen if n.get("alive") and n["queued"]}
+    head = admin_call(cluster.address, "status", timeout=10.0)
+    queued = {n["node_id"][:12]: n["queued"] for n in head["nodes"]
+              if n.get("alive") and n["queued"]}
     if queued:
         return f"tasks still queued (the head's view): {queued}"
+    head_id = cluster.head_node.node_id
     for node in nodes:
-        status = admin_call(node.address, "status", timeout=10.0)
+        status = head if node.node_id == head_id else \
+            admin_call(node.address, "status", timeout=10.0)
         actors = status["actors"]
         live = actors.pending + actors.alive + actors.restarting + actors.unplaced
         if live:
