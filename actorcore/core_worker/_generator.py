@@ -79,9 +79,9 @@ class ObjectRefGenerator:
         core = self._core
         oid = stream_item_id(self._task_id, self._index)
         item = core.stream_entry(oid)
-        end = core._entry_for(self._end._id)
+        end = core.waits.entry_for(self._end._id)
         if not item.ready and not end.ready:
-            flags = core._blocking_wait([oid, self._end._id], 1, timeout)
+            flags = core.waits.blocking_wait([oid, self._end._id], 1, timeout)
             if not any(flags):
                 raise GetTimeoutError(
                     f"no item {self._index} of {self._task_id.hex()} within {timeout} s")
@@ -90,11 +90,11 @@ class ObjectRefGenerator:
     def _take(self, oid: bytes) -> ObjectRef:
         """The ref after a wait that saw item or end ready; ``StopIteration`` at the end."""
         core = self._core
-        item = core._entries.get(oid)
+        item = core.references.entry(oid)
         if item is not None and item.ready:
             self._index += 1
             return ObjectRef(oid)
-        end = core._entries[self._end._id]
+        end = core.references.entries[self._end._id]
         if end.is_error:  # the stream ended before any item could say why
             self._finished = True
             end.seen = True
@@ -120,7 +120,7 @@ class ObjectRefGenerator:
         core = self._core
         oid = stream_item_id(self._task_id, self._index)
         item = core.stream_entry(oid)
-        end = core._entry_for(self._end._id)
+        end = core.waits.entry_for(self._end._id)
         if not item.ready and not end.ready:
             await core.await_any([oid, self._end._id])
         try:
