@@ -268,7 +268,7 @@ class _ActorOptions:
 
 
 def make_actor_class(cls: type, options: dict[str, Any]) -> ActorClass:
-    """The ``_api._actor_factory`` hook: ``@remote`` on a class."""
+    """The ``_api.set_actor_factory`` hook: ``@remote`` on a class."""
     return ActorClass(cls, options)
 
 

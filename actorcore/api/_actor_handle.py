@@ -191,7 +191,7 @@ class _CallEntry(Entry):
 def cancel_actor_call(core: Any, ref: ObjectRef, force: bool) -> bool:
     """``cancel(ref)`` if ``ref`` is the result of an actor call made here; ``False``
     if it is not (a task's result, or a ref this process did not create)."""
-    entry = core.references.entry(ref._id)
+    entry = core.references.entry(ref.binary())
     if entry is None or entry.actor is None:
         return False
     if force:

@@ -54,6 +54,13 @@ _state: dict[str, Any] = {"loop": None, "head": None, "info": None}
 _actor_factory: Callable[[type, dict], Any] | None = None
 
 
+def set_actor_factory(factory: Callable[[type, dict], Any]) -> None:
+    """What ``@remote`` on a class makes (``ActorClass``; set by the package, whose
+    API layer below the actor classes cannot import them)."""
+    global _actor_factory
+    _actor_factory = factory
+
+
 class ClusterInfo(dict):
     """What ``init()`` returns: address, node id, session and log directories."""
 

@@ -38,7 +38,7 @@ from ..protocol import _serialization
 from ..protocol import _wire as w
 from ._loop import CoreLoop
 from ._node_link import NodeLink
-from ._object_ref import ObjectRef
+from ._object_ref import ObjectRef, ids_of
 from ._references import Entry, ReferenceTable
 from ._store_link import STORE, StoreLink
 
@@ -156,7 +156,7 @@ class ObjectWaits:
         """The values of ``refs``; raises the first error among them as soon as one of
         them is ready with an error (the others are not waited for, as in Ray)."""
         entries = self._references.entries
-        oids = [r._id for r in refs]
+        oids = ids_of(refs)
         for oid in oids:
             e = entries.get(oid)
             if e is None or not e.ready:
@@ -276,7 +276,7 @@ class ObjectWaits:
         check hashes the ids), and ``seen`` is set only on errors, the one kind of
         entry it matters for (an error a wait saw is not reported as unhandled).
         """
-        oids = [r._id for r in refs]
+        oids = ids_of(refs)
         if len(set(oids)) != len(oids):
             raise ValueError("wait() got duplicate ObjectRefs in its list")
         entries = self._references.entries
@@ -416,16 +416,17 @@ class ObjectWaits:
         """``await ref`` in asyncio or Trio code running on another thread's loop."""
         import sniffio
 
-        entry = self._references.entries.get(ref._id)
+        oid = ref.binary()
+        entry = self._references.entries.get(oid)
         if entry is None or not entry.ready:
             lib = sniffio.current_async_library()
             if lib == "trio":
                 token = trio.lowlevel.current_trio_token()
                 ev = trio.Event()
                 if token is self._loop.trio_token:
-                    self.on_ready_callback([ref._id], ev.set)
+                    self.on_ready_callback([oid], ev.set)
                 else:
-                    self.on_ready_callback([ref._id], lambda: token.run_sync_soon(ev.set))
+                    self.on_ready_callback([oid], lambda: token.run_sync_soon(ev.set))
                 await ev.wait()
             elif lib == "asyncio":
                 import asyncio
@@ -433,12 +434,12 @@ class ObjectWaits:
                 loop = asyncio.get_running_loop()
                 aev = asyncio.Event()
                 self.on_ready_callback(
-                    [ref._id], lambda: _discard(loop.call_soon_threadsafe(aev.set))
+                    [oid], lambda: _discard(loop.call_soon_threadsafe(aev.set))
                 )
                 await aev.wait()
             else:
                 raise RuntimeError(f"await ObjectRef is not supported under {lib}")
-        return self._value_of(ref._id, self._references.entries[ref._id])
+        return self._value_of(oid, self._references.entries[oid])
 
 def _discard(_value: Any) -> None:
     pass
