@@ -98,21 +98,21 @@ class ReferenceTable:
             self.set_ready(entry, True, payload)
 
     def fail_all_pending(self, payload: bytes,
-                         actor_payload: Callable[[bytes], bytes]) -> None:
+                         actor_payload: Callable[[Entry], bytes]) -> None:
         """The node link is lost for good (core loop): entries nobody can read any
         more go, every pending one is made ready with the error ``payload``, or, an
-        actor call's result, with ``actor_payload(actor_id)`` (made once, for the
-        first)."""
-        actor_err = None
+        actor call's result, with ``actor_payload(entry)`` (made once per actor)."""
+        actor_err: dict[bytes, bytes] = {}
         for oid, entry in list(self.entries.items()):
             if entry.dropped:  # nobody can read it any more
                 del self.entries[oid]
                 continue
             if not entry.ready:
                 if entry.actor is not None:
-                    if actor_err is None:
-                        actor_err = actor_payload(entry.actor)
-                    self.set_ready(entry, True, actor_err)
+                    blob = actor_err.get(entry.actor)
+                    if blob is None:
+                        blob = actor_err[entry.actor] = actor_payload(entry)
+                    self.set_ready(entry, True, blob)
                     continue
                 self.set_ready(entry, True, payload)
 

@@ -28,6 +28,7 @@ import trio
 import transport
 
 from ..exceptions import (
+    ActorcoreError,
     ActorcoreSystemError,
     GetTimeoutError,
     ObjectLostError,
@@ -165,7 +166,13 @@ class ObjectWaits:
             return [self._value_of(oid, entries[oid], timeout) for oid in oids]
         started = time.monotonic()
         if self._link.closed and self._link.lost_error is not None:
-            raise self._link.link_error()
+            # The link died for good: ``connection_lost`` fails (or is failing, in
+            # the core loop) every entry not ready; do not wait for it to finish.
+            for oid in oids:
+                e = entries.get(oid)
+                if e is None or not e.ready:
+                    raise self.unreachable_error(e)
+            return [self._value_of(oid, entries[oid], timeout) for oid in oids]
         flags = self.blocking_wait(oids, len(oids), timeout, fail_fast=True)
         for oid, flag in zip(oids, flags, strict=True):
             if flag and (e := entries.get(oid)) is not None and e.is_error:
@@ -184,6 +191,18 @@ class ObjectWaits:
                 raise ActorcoreSystemError(f"object {oid.hex()} vanished while being read")
             out.append(self._value_of(oid, e, left))
         return out
+
+    def unreachable_error(self, entry: Entry | None) -> ActorcoreError:
+        """The error of an object not ready when the node link died for good: an
+        actor call's says its actor is unreachable (``ActorDiedError``), anything
+        else gets the link's error. ``connection_lost`` sets it on every such entry;
+        a reader that finds the link closed first raises the same (any thread)."""
+        if entry is not None and entry.actor is not None:
+            from ..exceptions import ActorDiedError
+
+            return ActorDiedError(f"The actor {entry.actor.hex()[:12]} is unreachable "
+                                  f"because its node died: {self._link.link_error()}")
+        return self._link.link_error()
 
     def _value_of(self, oid: bytes, entry: Entry, timeout: float | None = None) -> Any:
         """The value of a ready entry; ``timeout`` bounds a wait for a restarting store."""
