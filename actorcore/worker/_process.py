@@ -273,7 +273,7 @@ class WorkerProcess:
         assert self.core is not None
         payload = dumps(TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled"))
         results = [(oid, True, payload) for oid in spec.return_ids()]
-        self.core._enqueue(w.TaskDone(spec.task_id, results, False))
+        self.core.enqueue(w.TaskDone(spec.task_id, results, False))
 
     async def run(self, address: str, token: bytes) -> None:
         self._token = token
@@ -404,7 +404,7 @@ def stream_emitter(core: CoreWorker) -> Callable[[Any, list, bool], None]:
     to the node, on the link its end will follow on (see ``_executor.StreamWriter``)."""
 
     def emit(spec: Any, results: list, push: bool) -> None:
-        core._enqueue(w.StreamItems(spec.owner, results, push))
+        core.enqueue(w.StreamItems(spec.owner, results, push))
 
     return emit
 
