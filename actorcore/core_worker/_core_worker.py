@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from ..exceptions import ActorcoreError, ObjectStoreFullError, SerializationError
+from ..exceptions import ObjectStoreFullError, SerializationError
 from ..protocol import _serialization
 from ..protocol import _wire as w
 from ..protocol._ids import new_put_id
@@ -378,13 +378,11 @@ class CoreWorker:
         """
         self.link.lost(exc)
         err = _serialization.dumps(self.link.link_error())
-        self.references.fail_all_pending(
-            err, lambda entry: _serialization.dumps(self.waits.unreachable_error(entry)))
 
-    def unreachable_error(self, entry: Entry | None) -> ActorcoreError:
-        """The error of an object not ready when the node link died for good
-        (``ObjectWaits.unreachable_error``)."""
-        return self.waits.unreachable_error(entry)
+        def actor_error(actor_id: bytes) -> bytes:
+            return _serialization.dumps(self.link.unreachable_error(actor_id))
+
+        self.references.fail_all_pending(err, actor_error)
 
     async def serve(self, nursery: trio.Nursery, store_address: str | None = None,
                     token: bytes | None = None) -> None:

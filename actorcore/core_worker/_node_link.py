@@ -305,6 +305,18 @@ class NodeLink:
             return type(lost)(prefix + str(lost))
         return ActorcoreSystemError(prefix + f"the connection to the node was lost: {lost}")
 
+    def unreachable_error(self, actor_id: bytes | None) -> ActorcoreError:
+        """The error of an object not ready when the link died for good: an actor
+        call's (``actor_id``) says its actor is unreachable (``ActorDiedError``),
+        anything else gets the link's error. ``connection_lost`` sets it on every
+        such entry; a reader that finds the link closed first raises the same."""
+        if actor_id is not None:
+            from ..exceptions import ActorDiedError
+
+            return ActorDiedError(f"The actor {actor_id.hex()[:12]} is unreachable "
+                                  f"because its node died: {self.link_error()}")
+        return self.link_error()
+
     def check_open(self) -> None:
         """Raise if the link is closed: why, if it was lost."""
         if self.closed:

@@ -98,10 +98,10 @@ class ReferenceTable:
             self.set_ready(entry, True, payload)
 
     def fail_all_pending(self, payload: bytes,
-                         actor_payload: Callable[[Entry], bytes]) -> None:
+                         actor_payload: Callable[[bytes], bytes]) -> None:
         """The node link is lost for good (core loop): entries nobody can read any
         more go, every pending one is made ready with the error ``payload``, or, an
-        actor call's result, with ``actor_payload(entry)`` (made once per actor)."""
+        actor call's result, with ``actor_payload(actor_id)`` (made once per actor)."""
         actor_err: dict[bytes, bytes] = {}
         for oid, entry in list(self.entries.items()):
             if entry.dropped:  # nobody can read it any more
@@ -111,7 +111,7 @@ class ReferenceTable:
                 if entry.actor is not None:
                     blob = actor_err.get(entry.actor)
                     if blob is None:
-                        blob = actor_err[entry.actor] = actor_payload(entry)
+                        blob = actor_err[entry.actor] = actor_payload(entry.actor)
                     self.set_ready(entry, True, blob)
                     continue
                 self.set_ready(entry, True, payload)

@@ -28,7 +28,6 @@ import trio
 import transport
 
 from ..exceptions import (
-    ActorcoreError,
     ActorcoreSystemError,
     GetTimeoutError,
     ObjectLostError,
@@ -171,7 +170,7 @@ class ObjectWaits:
             for oid in oids:
                 e = entries.get(oid)
                 if e is None or not e.ready:
-                    raise self.unreachable_error(e)
+                    raise self._link.unreachable_error(e.actor if e is not None else None)
             return [self._value_of(oid, entries[oid], timeout) for oid in oids]
         flags = self.blocking_wait(oids, len(oids), timeout, fail_fast=True)
         for oid, flag in zip(oids, flags, strict=True):
@@ -191,18 +190,6 @@ class ObjectWaits:
                 raise ActorcoreSystemError(f"object {oid.hex()} vanished while being read")
             out.append(self._value_of(oid, e, left))
         return out
-
-    def unreachable_error(self, entry: Entry | None) -> ActorcoreError:
-        """The error of an object not ready when the node link died for good: an
-        actor call's says its actor is unreachable (``ActorDiedError``), anything
-        else gets the link's error. ``connection_lost`` sets it on every such entry;
-        a reader that finds the link closed first raises the same (any thread)."""
-        if entry is not None and entry.actor is not None:
-            from ..exceptions import ActorDiedError
-
-            return ActorDiedError(f"The actor {entry.actor.hex()[:12]} is unreachable "
-                                  f"because its node died: {self._link.link_error()}")
-        return self._link.link_error()
 
     def _value_of(self, oid: bytes, entry: Entry, timeout: float | None = None) -> Any:
         """The value of a ready entry; ``timeout`` bounds a wait for a restarting store."""
