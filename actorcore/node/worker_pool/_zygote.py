@@ -533,7 +533,7 @@ class _ChildProcess:
             while True:
                 if self._pidfd is not None:
                     await trio.lowlevel.wait_readable(self._pidfd)  # readable: exited
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                pid, status = os.waitpid(self.pid, os.WNOHANG)  # noqa: ASYNC222 - never blocks
                 if pid:
                     break
                 if self._pidfd is None:  # no pidfd here: poll
