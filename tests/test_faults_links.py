@@ -70,10 +70,14 @@ def _get(refs: list, cluster) -> list:
     except actorcore.exceptions.GetTimeoutError:
         if cluster is None:
             raise
-        # What each node knows of the tasks not done and of its links: what a rare
-        # loss under duplicated frames needs to be read.
+        # What each node knows of its links (first: on admin connections, touching
+        # none of theirs) and of the tasks not done: what a rare loss under
+        # duplicated frames needs to be read.
+        from actorcore.session._admin import admin_call
+
+        links = {node.node_id[:8]: admin_call(node.address, "links", timeout=10.0)
+                 for node in cluster.list_all_nodes()}
         ready, pending = actorcore.wait(refs, num_returns=len(refs), timeout=0)
-        links = [_links(node) for node in cluster.list_all_nodes()]
         raise AssertionError(f"{len(pending)} of {len(refs)} not done\nlinks: {links}\n"
                              f"{tasks_seen(cluster, pending[:3])}") from None
 
