@@ -40,8 +40,9 @@ permanent generation, so a child's collections do not write to (and copy) every
 page they share with the zygote.
 
 What a forked worker shares with the zygote and a spawned one would not: the hash
-seed of ``str`` (one per zygote, not one per worker) and the addresses of its
-memory layout (as Android's zygote). ``random`` re-seeds after a fork, and so do
+seed of ``str`` (one per zygote, not one per worker; the node's own for the zygote
+the node forks at its start, ``serve_forked``) and the addresses of its memory
+layout (as Android's zygote). ``random`` re-seeds after a fork, and so do
 our id prefixes (``protocol._ids``).
 
 runtime_env
