@@ -303,7 +303,7 @@ with open(f"/proc/{z['pid']}/cmdline", "rb") as f:
     cmdline = f.read()
 print("NODE", node["pid"], "ZYGOTE", z["pid"], zygote_ppid, z["forked_at_start"], z["restarts"],
       z["spawned"], z["waited"], "TASK", ppid, b"actorcore.worker._zygote" in cmdline,
-      b"actorcore.node" in cmdline, flush=True)
+      b"actorcore.node" in cmdline, z["waited_ready"], flush=True)
 ray.shutdown()
 """
 
@@ -322,6 +322,27 @@ def test_the_first_zygote_is_forked_at_the_node_start_and_forks_the_first_worker
     assert line[5:8] == ["True", "0", "0"], line
     assert int(line[10]) == zygote, line  # the task ran in a worker the zygote forked
     # Its command line is a zygote's, not the node's it was forked from.
+    assert line[11:13] == ["True", "False"], line
+
+
+def test_worker_starts_wait_for_a_starting_zygote_instead_of_spawning():
+    # The zygote spawned after the node's start (as before the fork at the start):
+    # the pool's first workers wait for it rather than being spawned beside it.
+    env = _env()
+    env["ACTORCORE_WORKER_ZYGOTE_AT_START"] = "0"
+    out = subprocess.run([sys.executable, "-c", FIRST_TASK], env=env,
+                         capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("NODE")).split()
+    node, zygote, zygote_ppid = int(line[1]), int(line[3]), int(line[4])
+    assert zygote_ppid == node and line[5] == "False" and line[6] == "0", line
+    waited, waited_ready, spawned = int(line[8]), int(line[13]), int(line[7])
+    assert waited >= 1, line
+    # Each start that waited got a fork, unless the zygote took longer than
+    # START_PATIENCE (a machine too loaded for it): then that start spawned.
+    assert spawned == waited - waited_ready, line
+    if spawned == 0:
+        assert int(line[10]) == zygote, line
     assert line[11:13] == ["True", "False"], line
 
 
