@@ -147,24 +147,27 @@ def test_spilled_result_whose_file_is_deleted_is_rebuilt_once(small_store):
     assert ray.get(noop.remote(), timeout=30) == 1
 
 
-def test_wait_does_not_report_a_lost_object_ready_until_it_is_rebuilt(small_store):
+def test_wait_does_not_report_a_lost_object_ready_until_it_is_rebuilt(small_store, tmp_path):
     """As Ray's ``wait`` (``fetch_local=True``): ready means readable here. A result
     whose spill file vanished is not ready; the wait starts its rebuild and reports
     it ready once rebuilt. A ``put`` that cannot be rebuilt is ready with its error."""
     log = str(small_store["log"])
-    x = big.remote("x", log, 4)
+    gate = tmp_path / "gate"  # holds the rebuild (not the first run) while it exists
+    x = slow_big.remote("x", log, str(gate))
     p = ray.put(np.full(4 * MB, 2, dtype=np.uint8))
     assert ray.wait([x, p], num_returns=2, timeout=30)[0] == [x, p]
+    gate.touch()
     _spill_out([x, p], small_store["spill"])
     assert _delete_spill_files(small_store["spill"])
     ready, not_ready = ray.wait([x, p], num_returns=2, timeout=0)
     # x is not ready until rebuilt. p may already be ready with its error: the
     # node can have answered its loss before this wait asked (a put is not rebuilt).
     assert x in not_ready and x not in ready
+    gate.unlink()
     ready, not_ready = ray.wait([x, p], num_returns=2, timeout=60)
     assert ready == [x, p] and not_ready == []
     assert _runs(small_store["log"]) == {"x": 2}
-    assert ray.get(x, timeout=30)[0] == 4
+    assert ray.get(x, timeout=30)[0] == 8
     with pytest.raises(ObjectLostError) as info:
         ray.get(p, timeout=30)
     assert p.hex() in str(info.value) and "put()" in str(info.value)
