@@ -90,6 +90,7 @@ from ..protocol import _wire as w
 from ..protocol._ids import new_put_id
 from ..protocol._messages import ObjectData, TaskSpec
 from . import _worker_state
+from ._leased_tasks import LeasedTasks
 from ._object_ref import ObjectRef
 from ._store_link import STORE, StoreLink, encode_value
 from ._worker_state import task_context
@@ -187,6 +188,8 @@ class CoreWorker:
         # task id -> the item ids pushed to us so far, of each generator task we own
         # whose ``ObjectRefGenerator`` lives (``register_stream``).
         self._streams: dict[bytes, set[bytes]] = {}
+        # Direct task submission (``_leased_tasks``): set up by ``serve``.
+        self.leased: LeasedTasks | None = None
 
     # ------------------------------------------------------------------ sending
 
@@ -392,8 +395,11 @@ class CoreWorker:
             entries[oid] = _Entry(owned=True)
         if spec.deps:
             self.mark_seen(spec.deps)
-        self._enqueue(w.Submit([spec]))
         self.stats["tasks_submitted"] += 1
+        leased = self.leased
+        if leased is not None and leased.submit(spec):
+            return
+        self._enqueue(w.Submit([spec]))
 
     def ensure_exported(self, export: Any, kind: str) -> None:
         """Queue ``export`` (a function or class) once, before what uses it."""
@@ -479,6 +485,9 @@ class CoreWorker:
 
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
         self._check_open()
+        leased = self.leased
+        if leased is not None and leased.cancel(ref.task_id(), bool(force), bool(recursive)):
+            return
         self._enqueue(w.CancelTask(ref.task_id(), bool(force), bool(recursive)))
 
     # ------------------------------------------------------------ ref counting
@@ -1151,6 +1160,12 @@ class CoreWorker:
         self.token = token  # for direct links to actor processes (issue 6)
         nursery.start_soon(self.run_sender)
         nursery.start_soon(self.run_lazy_flusher)
+        if token is not None:
+            self.leased = LeasedTasks(self)
+            if self.leased.enabled:
+                nursery.start_soon(self.leased.run_linger)
+            else:
+                self.leased = None
         if store_address is not None and token is not None:
             # Connected on first use (see _store_link: spares small-task programs the
             # pyarrow import).

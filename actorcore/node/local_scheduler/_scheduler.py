@@ -51,6 +51,7 @@ from ...protocol import _serialization
 from ...protocol._messages import ObjectData, TaskSpec
 from ...protocol._wire import Execute, ExitWorker, InterruptTask
 from ..object_manager._directory import ObjectDirectory, ObjectEntry
+from ._leases import LeaseBook
 from ._ledger import ResourceLedger, fits
 from ._queues import ReadyQueues, env_key
 from ._statistics import SchedulerStatistics
@@ -106,6 +107,8 @@ class SchedulerState:
     host: SchedulerHost
     # The one account of the node's resources, for tasks and actors both.
     ledger: ResourceLedger = attrs.field(init=False)
+    # Workers lent to submitters for direct task submission (``_leases``).
+    leases: LeaseBook = attrs.field(init=False)
     waiting: dict[bytes, list] = attrs.Factory(dict)  # task id -> [spec, deps missing]
     ready: ReadyQueues = attrs.Factory(ReadyQueues)
     running: dict[bytes, WorkerInfo] = attrs.Factory(dict)
@@ -148,6 +151,7 @@ class SchedulerState:
 
     def __attrs_post_init__(self) -> None:
         self.ledger = ResourceLedger(self.total, on_release=self._wake)
+        self.leases = LeaseBook(self)
 
     @property
     def available(self) -> dict[str, float]:
@@ -301,6 +305,8 @@ class SchedulerState:
                         f"({reason}) and no retries are left"
                     ),
                 )
+        self.leases.worker_died(worker)
+        self.leases.drop_owner(worker.worker_id)  # what it leased as a submitter
         self._wake()
 
     def blocked(self, worker: WorkerInfo, task_id: bytes) -> None:
@@ -392,7 +398,9 @@ class SchedulerState:
                 self.host.call_later(CANCEL_GRACE, escalate)
 
     def drop_owner(self, owner: bytes) -> int:
-        """Forget the queued (not running) tasks of a departed owner; return how many."""
+        """Forget the queued (not running) tasks of a departed owner, and end its
+        leases once their tasks have; return how many tasks."""
+        self.leases.drop_owner(owner)
         dropped = 0
         for spec in [s for s in self.infeasible.values() if s.owner == owner]:
             del self.infeasible[spec.task_id]
@@ -677,6 +685,10 @@ class SchedulerState:
         # the message handler that happened to wake it.
         self.wakeup.set()
 
+    def make_available(self, worker: WorkerInfo) -> None:
+        """``worker`` may take tasks from the queue again (its lease ended)."""
+        self._make_available(worker)
+
     def _make_available(self, worker: WorkerInfo) -> None:
         if worker.retiring is not None:
             if not worker.tasks and worker.state != "dead":
@@ -720,6 +732,8 @@ class SchedulerState:
         if held:
             held.pop("_blocked_cpu", None)
             self.ledger.release(held)
+        if worker.lease is not None:
+            self.leases.released(worker, task_id)
 
     def _retry(self, spec: TaskSpec) -> None:
         if spec.max_retries > 0:
@@ -770,6 +784,9 @@ class SchedulerState:
             available=dict(self.available),
             total=dict(self.total),
             unplaced=len(self.infeasible),
+            leased_workers=len(self.leases.active),
+            leases_granted=self.leases.granted,
+            leases_refused=self.leases.refused,
             unplaced_warnings=tuple(
                 self.unplaced_warnings[shape]
                 for shape in {ReadyQueues.shape(spec) for spec in self.infeasible.values()}
