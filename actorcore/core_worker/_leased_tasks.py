@@ -340,6 +340,11 @@ class LeasedTasks:
             reply, link = None, None
         if link is None:
             self._counts["leases_refused"] += 1
+            # Leases of other classes idle here hold resources the node lacks:
+            # they go back now rather than after their linger.
+            for other in list(self._leases.values()):
+                if other.klass is not klass and other.running is None:
+                    self._return(other)
             with self._lock:
                 klass.requesting = False
                 klass.refused_at = time.monotonic()

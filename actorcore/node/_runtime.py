@@ -377,7 +377,7 @@ class NodeRuntime:
         """What this node's heartbeats say of it (its free resources and queue)."""
         sched = self.sched
         report = {
-            "available": dict(sched.available),
+            "available": sched.available_to_report(),
             "queued": len(sched.waiting) + len(sched.ready),
             "running": len(sched.running),
         }
@@ -460,6 +460,8 @@ class NodeRuntime:
         if client.role == "node":  # a peer's link: its death is the membership's to judge
             return
         self.actors.client_gone(client)
+        if client.worker_id is not None:  # what it leased as a submitter
+            self.sched.leases.drop_owner(client.worker_id)
         if client.worker is not None:
             worker = client.worker
             worker.conn = None

@@ -269,6 +269,16 @@ class LeaseBook:
                     f"the leased worker that task {spec.name} was pushed to died before "
                     f"it started, and no retries are left"))
 
+    def idle_resources(self) -> dict[str, float]:
+        """What idle leases hold (no task of theirs runs): theirs until their
+        submitter gives them back, within its linger, or needs them again."""
+        out: dict[str, float] = {}
+        for lease in self.active.values():
+            if lease.holds and not lease.running:
+                for name, amount in lease.resources.items():
+                    out[name] = out.get(name, 0.0) + amount
+        return out
+
     def statistics(self) -> tuple[int, int, int]:
         """(leased workers now, leases granted, leases refused)."""
         return len(self.active), self.granted, self.refused

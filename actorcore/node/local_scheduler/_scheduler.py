@@ -158,6 +158,18 @@ class SchedulerState:
         """Resources free now (the ledger's; read only: take and give through it)."""
         return self.ledger.available
 
+    def available_to_report(self) -> dict[str, float]:
+        """Resources free now as the node reports them (``available_resources()``,
+        heartbeats, statistics): ``available`` plus what idle leases hold, which
+        their submitters give back within a linger when not using them."""
+        available = self.ledger.available
+        if not self.leases.active:
+            return dict(available)
+        out = dict(available)
+        for name, amount in self.leases.idle_resources().items():
+            out[name] = out.get(name, 0.0) + amount
+        return out
+
     # -- entry points (called by the node's handlers) -------------------------------
 
     def submit(self, spec: TaskSpec) -> None:
@@ -547,6 +559,11 @@ class SchedulerState:
         ready = self.ready
         if key not in ready.queues:
             return
+        if self.leases.active:
+            # Leased resources come back within a lease's linger when its submitter
+            # is idle: a task queued behind a busy worker now could wait for that
+            # worker's whole task instead (``_leases``).
+            return
         if any(name == "GPU" for name, _amount in key):
             return  # its GPU ids are chosen when it starts, and sent with it
         if key not in ready.queues or ready.queues[key][0].max_calls:
@@ -781,7 +798,7 @@ class SchedulerState:
             finished=self.tasks_finished,
             retried=self.tasks_retried,
             failed=self.tasks_failed,
-            available=dict(self.available),
+            available=self.available_to_report(),
             total=dict(self.total),
             unplaced=len(self.infeasible),
             leased_workers=len(self.leases.active),
