@@ -660,22 +660,32 @@ class CoreWorker:
         self.lost_error = exc
         self._closed = True
         err = _serialization.dumps(self._link_error())
-        actor_err = None
+        actor_err: dict[bytes, bytes] = {}
         for oid, entry in list(self._entries.items()):
             if entry.dropped:  # nobody can read it any more
                 del self._entries[oid]
                 continue
             if not entry.ready:
                 if entry.actor is not None:
-                    if actor_err is None:
-                        from ..exceptions import ActorDiedError
-
-                        actor_err = _serialization.dumps(ActorDiedError(
-                            f"The actor {entry.actor.hex()[:12]} is unreachable because "
-                            f"its node died: {self._link_error()}"))
-                    self._set_ready(entry, True, actor_err)
+                    blob = actor_err.get(entry.actor)
+                    if blob is None:
+                        blob = actor_err[entry.actor] = _serialization.dumps(
+                            self.unreachable_error(entry))
+                    self._set_ready(entry, True, blob)
                     continue
                 self._set_ready(entry, True, err)
+
+    def unreachable_error(self, entry: _Entry | None) -> ActorcoreError:
+        """The error of an object not ready when the node link died for good: an
+        actor call's says its actor is unreachable (``ActorDiedError``), anything
+        else gets the link's error. ``connection_lost`` sets it on every such entry;
+        a reader that finds the link closed first raises the same (any thread)."""
+        if entry is not None and entry.actor is not None:
+            from ..exceptions import ActorDiedError
+
+            return ActorDiedError(f"The actor {entry.actor.hex()[:12]} is unreachable "
+                                  f"because its node died: {self._link_error()}")
+        return self._link_error()
 
     def _link_error(self, prefix: str = "") -> ActorcoreError:
         """A fresh error saying why this process lost its node (``lost_error``)."""
@@ -869,7 +879,13 @@ class CoreWorker:
             return [self._value_of(oid, entries[oid], timeout) for oid in oids]
         started = time.monotonic()
         if self._closed and self.lost_error is not None:
-            raise self._link_error()
+            # The link died for good: ``connection_lost`` fails (or is failing, in
+            # the core loop) every entry not ready; do not wait for it to finish.
+            for oid in oids:
+                e = entries.get(oid)
+                if e is None or not e.ready:
+                    raise self.unreachable_error(e)
+            return [self._value_of(oid, entries[oid], timeout) for oid in oids]
         flags = self._blocking_wait(oids, len(oids), timeout, fail_fast=True)
         for oid, flag in zip(oids, flags, strict=True):
             if flag and (e := entries.get(oid)) is not None and e.is_error:

@@ -305,6 +305,8 @@ def _task(node: Any, task_hex: str) -> dict:
                             "queued": tid in worker.queued}
     if tid in sched.infeasible:
         where["unplaced"] = True
+    if tid in sched.cancelled:
+        where["cancelled"] = True
     out = node.cluster.forwarded_out.get(tid)
     if out is not None:
         where["forwarded_to"] = out[1]

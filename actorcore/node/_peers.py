@@ -14,7 +14,11 @@ A link is dialled at first use, to the TCP address the node registered in the GC
 that fails is dialled again while the view says the peer lives; once the peer is
 declared dead the link is dropped, and what was queued for it is discarded (the
 node's death listeners redo that work elsewhere: a lost message to a dead node is
-never the only record of anything). The connections and their sender tasks run in
+never the only record of anything). A node our view does not know yet is not
+refused: it joined after our last refresh of the view, and may already have sent
+us work whose results must go back to it. Its link waits for the view to learn
+its address, for up to ``node_timeout()`` seconds, and is dropped (with what was
+queued, logged) if it never appears. The connections and their sender tasks run in
 the ``node_links`` component; the queues live here, in state the node owns, so a
 restart of that component re-dials and carries on with what was queued.
 
@@ -50,7 +54,7 @@ import transport
 
 from ..protocol._messages import max_frame_size
 from ..protocol._wire import Hello, HelloInfo, PeerBatch
-from .gcs_client._membership import ClusterView
+from .gcs_client._membership import ClusterView, node_timeout
 
 __all__ = ["NodeLinks", "NodePeers", "PeerUnavailable"]
 
@@ -87,6 +91,8 @@ class _Link:
     dials: int = 0
     sent: int = 0
     resent: int = 0
+    # Until when a peer our view does not know yet is waited for (`_dial`).
+    unknown_until: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
@@ -145,7 +151,7 @@ class NodePeers:
         A request whose connection breaks is sent again on the next one (every
         request between nodes is idempotent), until the peer answers, dies
         (`PeerUnavailable`) or ``timeout`` passes (`trio.TooSlowError`)."""
-        link = self._link(node_id)
+        link = self._link(node_id, unknown_waits=False)
         with trio.fail_after(timeout if timeout is not None else math.inf):
             while True:
                 if link.closed:
@@ -186,26 +192,29 @@ class NodePeers:
         self.handled.pop(status.node_id, None)
         self.drop(status.node_id)
 
-    def drop(self, node_id: str) -> None:
-        """Forget ``node_id``'s link (it died or left); queued messages are discarded."""
+    def drop(self, node_id: str) -> int:
+        """Forget ``node_id``'s link (it died or left); queued messages are discarded.
+        Returns how many."""
         link = self._links.pop(node_id, None)
         if link is None:
-            return
+            return 0
         link.closed = True
         self._last_seq[node_id] = link.seq
         link.connected.set()  # wake requests: they see ``closed``
-        self.dropped += sum(len(batch) for _seq, batch in link.unacked)
+        dropped = sum(len(batch) for _seq, batch in link.unacked)
         link.unacked.clear()
         link.backlog = None
         try:
             while True:
-                link.receive.receive_nowait()
-                self.dropped += 1
+                if link.receive.receive_nowait() is not _WAKE:
+                    dropped += 1
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             pass
         link.send.close()
         if link.conn is not None:
             _close_soon(link.conn)
+        self.dropped += dropped
+        return dropped
 
     def connected_to(self) -> list[str]:
         return [nid for nid, link in self._links.items()
@@ -225,22 +234,28 @@ class NodePeers:
 
     # -- internals -----------------------------------------------------------------
 
-    def _link(self, node_id: str) -> _Link:
+    def _link(self, node_id: str, unknown_waits: bool = True) -> _Link:
+        """``node_id``'s link, made on first use. ``unknown_waits``: a node our view
+        does not know yet gets a link that waits for it (one-way messages: see the
+        module docstring); else `PeerUnavailable` at once (a request, which a caller
+        rather sends to another node than wait for one that may not exist)."""
         link = self._links.get(node_id)
         if link is not None:
             return link
-        status = self.view.get(node_id)
-        if status is None or not status.alive:
-            why = "is not a member of the cluster" if status is None else \
-                f"is dead ({status.death_reason})"
-            raise PeerUnavailable(f"node {node_id[:12]} {why}")
         if node_id == self._node_hex:
             raise PeerUnavailable("a node does not link to itself")
-        if status.address is None:
+        status = self.view.get(node_id)
+        if status is None and not unknown_waits:
+            raise PeerUnavailable(f"node {node_id[:12]} is not a member of the cluster")
+        if status is not None and not status.alive:
+            raise PeerUnavailable(f"node {node_id[:12]} is dead ({status.death_reason})")
+        if status is not None and status.address is None:
             raise PeerUnavailable(f"node {node_id[:12]} has no TCP address")
+        # (Unknown to our view: waited for, see the module docstring.)
         send, receive = trio.open_memory_channel[Any](math.inf)
         link = self._links[node_id] = _Link(node_id, send, receive,
-                                            seq=self._last_seq.get(node_id, 0))
+                                            seq=self._last_seq.get(node_id, 0),
+                                            unknown_until=trio.current_time() + node_timeout())
         if self._nursery is not None:
             self._start(link)
         return link
@@ -350,8 +365,18 @@ class NodePeers:
         link.connected = trio.Event() if link.connected.is_set() else link.connected
         while not link.closed:
             status = self.view.get(link.node_id)
+            if status is None and (left := link.unknown_until - trio.current_time()) > 0:
+                # A node that joined after our last look at the cluster: wait for the
+                # view to learn its address (see the module docstring).
+                with trio.move_on_after(left):
+                    await self.view.changed.wait()
+                continue
             if status is None or not status.alive or status.address is None:
-                self.drop(link.node_id)
+                dropped = self.drop(link.node_id)
+                if status is None:
+                    logger.warning("node %s never appeared in the cluster view: dropped "
+                                   "the %d message(s) queued for it", link.node_id[:12],
+                                   dropped)
                 return None
             link.dials += 1
             try:
