@@ -280,9 +280,10 @@ class LeasedTasks:
                 lease.running = spec
                 self._in_flight[spec.task_id] = lease
                 pushes.append((lease, spec))
-        if pushes and self._core._outq:
-            # A `Put` of an object the task's arguments hold a ref to leaves first:
-            # the worker asks the node for it (and the node waits until it has it).
+        if pushes and self._core._outq and any(type(m) is w.Put for m in self._core._outq):
+            # A `Put` of an object the task's arguments may hold a ref to leaves
+            # first: the worker asks the node for it (the node waits until it has
+            # it). Frees stay queued: they wake the node lazily, off this path.
             self._core._flush()
         for lease, spec in pushes:
             self._push(lease, spec)

@@ -559,10 +559,10 @@ class SchedulerState:
         ready = self.ready
         if key not in ready.queues:
             return
-        if self.leases.active:
-            # Leased resources come back within a lease's linger when its submitter
-            # is idle: a task queued behind a busy worker now could wait for that
-            # worker's whole task instead (``_leases``).
+        if self.leases.active and self.leases.idle_resources():
+            # An idle lease gives its resources back within its linger: a task
+            # queued behind a busy worker now could wait for that worker's whole
+            # task instead (``_leases``).
             return
         if any(name == "GPU" for name, _amount in key):
             return  # its GPU ids are chosen when it starts, and sent with it
