@@ -76,7 +76,7 @@ __version__ = "0.1.0"
 
 ObjectID = ObjectRef
 
-_api._actor_factory = make_actor_class  # @remote on a class makes an ActorClass
+_api.set_actor_factory(make_actor_class)  # @remote on a class makes an ActorClass
 
 # The node's components report typed statistics (frozen attrs classes):
 # SchedulerStatistics, LedgerStatistics, DirectoryStatistics, ActorManagerStatistics, ControlStatistics

@@ -21,7 +21,7 @@ from ._client import (
     StoreClient,
     StoreClientStatistics,
 )
-from ._core import StoreCore, StoreStatistics
+from ._core import StoreCore
 from ._errors import (
     BadRequest,
     GetTimeoutError,
@@ -35,6 +35,7 @@ from ._errors import (
 from ._serialize import SerializedValue, deserialize, serialize
 from ._service import ObjectStoreService
 from ._session import arena_path, cleanup_session, cleanup_stale_sessions, session_files
+from ._statistics import StoreStatistics
 
 __all__ = [
     "BadRequest",

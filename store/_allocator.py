@@ -82,6 +82,10 @@ class Allocator:
     def free_blocks(self) -> int:
         return len(self._sorted)
 
+    def free_size(self, offset: int) -> int | None:
+        """The size of the free block at ``offset`` (``None``: no free block starts there)."""
+        return self._free.get(offset)
+
     def allocate(self, nbytes: int) -> tuple[int, int, int | None] | None:
         """Take a block of at least ``nbytes``.
 

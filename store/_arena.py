@@ -288,8 +288,8 @@ class Arena:
             (b.offset + b.size for b in blocks if b.state != FREE), default=ARENA_HEADER_SIZE
         )
         for block in blocks:
-            if block.state == FREE and block.offset in allocator._free:
-                arena.write_free(block.offset, allocator._free[block.offset])
+            if block.state == FREE and (size := allocator.free_size(block.offset)) is not None:
+                arena.write_free(block.offset, size)
         return arena, [b for b in blocks if b.state != FREE]
 
     # -- headers -------------------------------------------------------------------
@@ -328,7 +328,7 @@ class Arena:
             return None
         offset, size, remainder = got
         if remainder is not None:
-            self.write_free(remainder, self.allocator._free[remainder])
+            self.write_free(remainder, self.allocator.free_size(remainder))  # type: ignore[arg-type]
         if offset + size > self.high_water:
             self.high_water = offset + size
             if self.on_grow is not None:

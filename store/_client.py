@@ -44,9 +44,9 @@ import transport
 
 from . import _messages as m
 from ._arena import Mapping, payload_layout
-from ._core import StoreStatistics
 from ._errors import BadRequest, StoreClosedError, StoreError
 from ._serialize import SerializedValue, deserialize, serialize
+from ._statistics import StoreStatistics
 
 __all__ = ["BlockingStoreClient", "Payload", "StoreClient", "StoreClientStatistics"]
 

@@ -1,6 +1,6 @@
-"""`Entry`: what the store knows of one object (kept apart from `StoreCore`, its
-only writer, so that the diagnosis of a full store reads entries without
-importing the core)."""
+"""`Entry`: what the store knows of one object (kept apart from `ObjectIndex`, which
+holds them, so that the diagnosis of a full store reads entries without importing
+the index)."""
 
 from __future__ import annotations
 

@@ -37,10 +37,11 @@ import transport
 
 from . import _messages as m
 from ._arena import Arena
-from ._core import GetResult, StoreCore, StoreStatistics
+from ._core import GetResult, StoreCore
 from ._errors import BadRequest, ObjectNotFoundError
 from ._serialize import SerializedValue
 from ._session import DEFAULT_SHM_DIR, arena_path, cleanup_session
+from ._statistics import StoreStatistics
 
 __all__ = ["DEFAULT_WARM", "ObjectStoreService"]
 
@@ -158,13 +159,12 @@ class ObjectStoreService:
             core = StoreCore(
                 arena, prefix=self.prefix, spill_dir=self.spill_dir, recovered=recovered,
                 inline_threshold=self.inline_threshold, disk_fallback=self.disk_fallback,
-                disk_threshold=self.disk_threshold,
+                disk_threshold=self.disk_threshold, reclaim=self._reclaim,
             )
             self._core = core
-            core.reclaim = self._reclaim
-            if recovered or core.entries:
+            if recovered or core.index.entries:
                 logger.info(
-                    "%s: recovered %d objects from %s and %s", self.name, len(core.entries),
+                    "%s: recovered %d objects from %s and %s", self.name, len(core.index.entries),
                     self.arena_path, self.spill_dir,
                 )
             self._server = transport.Server(
@@ -175,7 +175,7 @@ class ObjectStoreService:
                 self._nursery = nursery
                 bound = await nursery.start(self._server.run)
                 self.address = bound
-                if core.quarantined or any(e.recovered for e in core.entries.values()):
+                if core.index.recovering():
                     nursery.start_soon(self._end_recovery_later)
                 else:
                     self.recovery_finished.set()

@@ -463,7 +463,7 @@ def test_direct_calls_after_the_switch_and_their_results_feed_tasks():
 
     s = Src.remote()
     assert ray.get([s.small.remote(i) for i in range(50)]) == list(range(50))
-    route = current_core()._actor_routes[s._actor_id]
+    route = current_core().actor_routes[s._actor_id]
     _wait_for(lambda: route.mode == "direct" or bool(s.small.remote(0) and False))
     assert ray.get(consume.remote(s.small.remote(41))) == 42  # a direct result, by ref
     assert ray.get(consume.remote(s.big.remote())) == int(np.arange(500_000).sum())
@@ -493,11 +493,11 @@ def test_a_long_actor_call_is_not_lost_to_a_getter_that_does_not_own_it():
 
     via_node, direct = Sleeper.remote(), Sleeper.remote()
     assert ray.get(direct.ping.remote(), timeout=30) == 0
-    route = current_core()._actor_routes[direct._actor_id]
+    route = current_core().actor_routes[direct._actor_id]
     _wait_for(lambda: route.mode == "direct" or bool(direct.ping.remote() and False))
     started = time.monotonic()
     refs = [via_node.sleep.remote(7, "node"), direct.sleep.remote(7, "direct")]
-    assert current_core()._actor_routes[via_node._actor_id].mode != "direct"
+    assert current_core().actor_routes[via_node._actor_id].mode != "direct"
     getters = [get_first.remote([ref]) for ref in refs]
     assert ray.get(getters, timeout=60) == ["node", "direct"]
     assert time.monotonic() - started >= 7

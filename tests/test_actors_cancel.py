@@ -135,7 +135,7 @@ def _on_path(handle, path):
     core = _worker_state.current_core()
     for _ in range(500):
         assert ray.get(handle.ping.remote()) == "pong"
-        route = core.__dict__.get("_actor_routes", {}).get(handle._actor_id)
+        route = core.actor_routes.get(handle._actor_id)
         if route is not None and route.mode == "direct":
             return
     pytest.fail("the direct link to the actor never came up")

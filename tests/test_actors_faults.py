@@ -340,7 +340,7 @@ _NODE_PATH_ONLY = textwrap.dedent("""
     out = ray.get([c.add.remote(i) for i in range(2000)])
     assert out == list(range(1, 2001)), out[:10]
     from actorcore.core_worker._worker_state import current_core
-    assert not current_core().__dict__.get("_actor_routes"), "direct path was used"
+    assert not current_core().actor_routes, "direct path was used"
     os.kill(ray.get(c.pid.remote()), signal.SIGKILL)
     assert ray.get(c.add.remote(0), timeout=60) == 1
     print("OK", flush=True)

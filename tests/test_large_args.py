@@ -97,7 +97,7 @@ def _on_path(handle, path):
     core = _worker_state.current_core()
     for _ in range(500):
         assert ray.get(handle.ping.remote(), timeout=30) == "pong"
-        route = core.__dict__.get("_actor_routes", {}).get(handle._actor_id)
+        route = core.actor_routes.get(handle._actor_id)
         if route is not None and route.mode == "direct":
             return
     pytest.fail("the direct link to the actor never came up")
@@ -242,7 +242,7 @@ class TestFrameLimit:
         ref = ray.put(big)
         with pytest.raises(exc.MessageTooLargeError, match="frame"):
             ray.get(digest.remote(ref), timeout=30)
-        monkeypatch.setattr(core, "check_fits", lambda *a: None)
+        monkeypatch.setattr(core.link, "check_fits", lambda *a: None)
         with pytest.raises(exc.MessageTooLargeError, match="frame"):
             ray.get(digest.remote(big), timeout=30)
         _still_healthy()
@@ -294,7 +294,7 @@ class TestFrameLimit:
         h = Holder.remote()
         _on_path(h, path)
         monkeypatch.setattr(core, "store", None)
-        monkeypatch.setattr(core, "check_fits", lambda *a: None)
+        monkeypatch.setattr(core.link, "check_fits", lambda *a: None)
         before = h.measure.remote(b"a")
         refused = h.measure.remote(_pattern(2 * MiB))
         after = h.measure.remote(b"bc")

@@ -527,7 +527,7 @@ def _direct_route_up(actor, timeout=30):
     deadline = time.monotonic() + timeout
     while True:
         ray.get(actor.record.remote("warm-up"), timeout=30)
-        route = _worker_state.core.__dict__.get("_actor_routes", {}).get(actor._actor_id)
+        route = _worker_state.core.actor_routes.get(actor._actor_id)
         if route is not None and route.mode == "direct":
             return
         assert time.monotonic() < deadline, "the direct route to the actor never came up"

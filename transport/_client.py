@@ -104,7 +104,7 @@ async def connect(
         connect_timeout=connect_timeout,
         tls=tls,
     )
-    trio.lowlevel.spawn_system_task(conn._run_as_system_task, name=f"transport:{name}->{conn.peer_name}")
+    trio.lowlevel.spawn_system_task(conn.run_as_system_task, name=f"transport:{name}->{conn.peer_name}")
     return conn
 
 
@@ -190,10 +190,10 @@ class Client:
         )
         self.connection = conn
         await conn.run(task_status=task_status)
-        if not conn._closed_locally:
+        if not conn.closed_locally:
             raise ConnectionLost(
                 f"connection {self.name!r} -> {conn.peer_name!r} ({self.address}) lost: "
-                f"{conn._close_reason}"
+                f"{conn.close_reason}"
             )
 
     def snapshot(self) -> dict[str, Any]:

@@ -58,9 +58,7 @@ the writer flush what is queued (bounded by ``flush_timeout``), then does the sa
 
 from __future__ import annotations
 
-import collections
 import logging
-import math
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -77,6 +75,7 @@ from ._errors import (
     RemoteError,
     RequestTimeout,
 )
+from ._link_faults import LinkFaults
 from ._reply import ConnectionStatistics, Reply
 from ._sockio import write_chunks
 from ._tls import TlsSocket
@@ -154,10 +153,7 @@ class Connection:
         self._bytes_sent = 0
         self._bytes_received = 0
         self._writes = 0
-        self._dropped = 0
-        # frames held back by a delay fault: (release time, chunks, size), in order
-        self._delayed: collections.deque[tuple[float, list[bytes | memoryview], int]] = (
-            collections.deque())
+        self._faults = LinkFaults(self, name, peer_name)
 
     # ------------------------------------------------------------------ public API
 
@@ -244,7 +240,7 @@ class Connection:
         chunks, size = _encode_frame(ONEWAY, 0, message)
         if size > self._max_send:
             self._check_size(size)
-        if faults._active or self._delayed:
+        if faults._active or self._faults.holding():
             self._enqueue(ONEWAY, chunks, size)
         else:
             self._push(chunks, size)
@@ -270,7 +266,7 @@ class Connection:
         chunks, size = _encode_frame(ONEWAY, 0, message)
         if size > self._max_send:
             self._check_size(size)
-        if faults._active or self._delayed:
+        if faults._active or self._faults.holding():
             self._enqueue(ONEWAY, chunks, size)
         else:
             self._push(chunks, size)
@@ -279,7 +275,7 @@ class Connection:
     def unsent(self) -> int:
         """Frames accepted by `send`/`send_nowait` and not yet written to the socket
         (queued, or held back by an injected delay)."""
-        return self._queued_frames + len(self._delayed)
+        return self._queued_frames + self._faults.held()
 
     async def drain(self) -> None:
         """Wait until every frame sent so far has been written to the socket.
@@ -339,7 +335,7 @@ class Connection:
             bytes_sent=self._bytes_sent,
             bytes_received=self._bytes_received,
             writes=self._writes,
-            dropped_by_faults=self._dropped,
+            dropped_by_faults=self._faults.dropped,
         )
 
     # ------------------------------------------------------------------ running
@@ -382,7 +378,7 @@ class Connection:
             self._shutdown("connection task ended")
             self._finished.set()
 
-    async def _run_as_system_task(self) -> None:
+    async def run_as_system_task(self) -> None:
         try:
             await self.run()
         except trio.Cancelled:
@@ -427,47 +423,24 @@ class Connection:
             )
 
     def _enqueue(self, kind: int, chunks: list[bytes | memoryview], size: int) -> None:
-        if faults._active:
-            rule = faults.decide(self.name, self.peer_name, _wire.KIND_NAMES[kind])
-            if rule is not None and self._fault(rule, chunks, size):
-                return
-        if self._delayed:
-            self._delay_frame(0.0, chunks, size)  # behind the frames still held back
+        if faults._active or self._faults.holding():
+            self._faults.send(_wire.KIND_NAMES[kind], chunks, size)
             return
         self._push(chunks, size)
 
-    # Injected faults (``transport.faults``) model what a real network does to a
-    # reliable ordered stream: it delays frames (never reorders them) or the
-    # connection breaks. A "drop" loses the frame and resets the link (what was
-    # queued behind it too, as a reset does); a "duplicate" delivers the frame and
-    # then breaks the link, so the sender cannot tell whether it arrived and sends
-    # it again on its next connection (the receiver sees it twice); a "refuse"
-    # (partition) resets the link at its first frame, and the handshake refuses
-    # new ones until it heals. Every user of a link thus needs the same thing:
-    # redial, resend what was unanswered, and tolerate a repeat.
+    # -- the `FaultedLink` its injected faults act through (``_link_faults``)
 
-    def _fault(self, rule: faults.Rule, chunks: list[bytes | memoryview], size: int) -> bool:
-        """Act on ``rule`` for one outgoing frame; True if the frame is dealt with."""
-        action = rule.action
-        if action == "delay":
-            if self._nursery is None or self._closed:
-                return False
-            self._delay_frame(rule.delay, chunks, size)
-            return True
-        self._dropped += 1
-        if action == "duplicate":
-            if self._delayed:
-                self._delay_frame(0.0, chunks, size)
-            else:
-                self._push(chunks, size)
-            self._start(self._reset_when_flushed)
-            return True
-        self._shutdown(f"link reset by an injected fault ({action} {self.name!r} -> "
-                       f"{self.peer_name!r})")
-        return True
+    def running(self) -> bool:
+        """Whether the connection's tasks run (for `LinkFaults`)."""
+        return self._nursery is not None
 
-    def _start(self, fn: Callable[[], Awaitable[None]]) -> bool:
-        """Start ``fn`` in the connection's nursery; False once that is closing."""
+    def push_frame(self, chunks: list[bytes | memoryview], size: int) -> None:
+        """Queue an encoded frame for the writer, no fault applied (for `LinkFaults`)."""
+        self._push(chunks, size)
+
+    def start_task(self, fn: Callable[[], Awaitable[None]]) -> bool:
+        """Start ``fn`` in the connection's nursery; False once that is closing (for
+        `LinkFaults`)."""
         if self._nursery is None:
             return False
         try:
@@ -476,27 +449,26 @@ class Connection:
             return False
         return True
 
-    def _delay_frame(self, delay: float, chunks: list[bytes | memoryview], size: int) -> None:
-        """Hold a frame back ``delay`` seconds, never overtaking those held before it:
-        a delay slows a link down, a stream never reorders."""
-        release = max(trio.current_time() + delay,
-                      self._delayed[-1][0] if self._delayed else -math.inf)
-        self._delayed.append((release, chunks, size))
-        if len(self._delayed) == 1 and not self._start(self._release_delayed):
-            self._delayed.clear()  # closing: nothing more leaves
+    def reset(self, reason: str) -> None:
+        """Close the link at once, as a network reset would: pending requests fail
+        with ``reason``, nothing queued is sent (for `LinkFaults`, and a server
+        that stops)."""
+        self._shutdown(reason)
 
-    async def _release_delayed(self) -> None:
-        while self._delayed and not self._closed:
-            release, chunks, size = self._delayed[0]
-            await trio.sleep_until(release)
-            if self._closed:
-                break
-            self._delayed.popleft()
-            self._push(chunks, size)
-        self._delayed.clear()
+    @property
+    def closed_locally(self) -> bool:
+        """Whether this end closed the connection (``aclose``), not the link."""
+        return self._closed_locally
 
-    async def _reset_when_flushed(self) -> None:
-        while (self._queued_frames or self._delayed) and not self._closed:
+    @property
+    def close_reason(self) -> str:
+        """Why the connection closed (empty while it is open)."""
+        return self._close_reason
+
+    async def reset_when_flushed(self) -> None:
+        """Close the link once the frames sent so far have left (for `LinkFaults`:
+        a duplicate's reset)."""
+        while (self._queued_frames or self._faults.holding()) and not self._closed:
             await self._drained.park()
         if self._closed:
             return
@@ -579,7 +551,7 @@ class Connection:
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
         self._outq = []
-        self._delayed.clear()
+        self._faults.clear()
         self._queued_bytes = 0
         self._queued_frames = 0
         self._drained.unpark_all()

@@ -359,7 +359,7 @@ class Server:
             await conn.run()
         finally:
             self._connections.discard(conn)
-            conn._shutdown("server stopped")
+            conn.reset("server stopped")
             if self._on_disconnect is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     try:

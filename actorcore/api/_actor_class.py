@@ -199,7 +199,7 @@ class ActorClass:
         )
         _ensure_exported(core, export)
         if name is None and sup_name is None:
-            core._enqueue(Submit([spec]))
+            core.enqueue(Submit([spec]))
             return ActorHandle(spec.actor_id, meta, owned=True, counted=not spec.detached)
         found = request_node(core, CreateNamedActor(spec, bool(options.get("get_if_exists"))))
         if found is not None:  # get_if_exists found the one already there
@@ -268,7 +268,7 @@ class _ActorOptions:
 
 
 def make_actor_class(cls: type, options: dict[str, Any]) -> ActorClass:
-    """The ``_api._actor_factory`` hook: ``@remote`` on a class."""
+    """The ``_api.set_actor_factory`` hook: ``@remote`` on a class."""
     return ActorClass(cls, options)
 
 

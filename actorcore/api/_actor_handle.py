@@ -51,10 +51,10 @@ import attrs
 import trio
 
 from ..core_worker import _worker_state
-from ..core_worker._core_worker import _Entry
 from ..core_worker._direct_calls import cancel_call, detach, drop_actor, submit_call
 from ..core_worker._generator import refs_of_call
 from ..core_worker._object_ref import ObjectRef
+from ..core_worker._references import Entry
 from ..exceptions import ActorcoreSystemError, PendingCallsLimitExceeded
 from ..protocol import _wire as w
 from ..protocol._actors import BUILTIN_METHODS, CallSpec, ClassMeta, MethodMeta
@@ -119,18 +119,18 @@ def _acquire(core: Any, aid: bytes, created: bool) -> None:
         register = n == 0 and aid not in _registered
         if register or created:
             _registered.add(aid)
-    if register and not created and not core._closed:
+    if register and not created and not core.closed:
         try:
             if _can_block(core):
                 request_node(core, w.HoldActor(aid))
             else:  # (a Trio loop: the core's or a Trio actor's) ordered, not awaited
-                core._enqueue(w.HoldActor(aid))
+                core.enqueue(w.HoldActor(aid))
         except Exception as exc:  # the link is down: nothing to end the actor either
             logger.warning("registering a handle of actor %s failed: %s", aid.hex(), exc)
 
 
 def _can_block(core: Any) -> bool:
-    if core._in_loop():
+    if core.in_loop():
         return False
     try:
         trio.lowlevel.current_task()
@@ -163,11 +163,11 @@ def _release(core: Any, aid: bytes, lingered: bool = False) -> None:
             _lingering.add(aid)
         else:
             _registered.discard(aid)
-    if core is None or core._closed:
+    if core is None or core.closed:
         return
     if linger:
         try:
-            core.trio_token.run_sync_soon(core._nursery.start_soon, _release_later, core, aid)
+            core.trio_token.run_sync_soon(core.loop.start_soon, _release_later, core, aid)
         except trio.RunFinishedError:
             pass
         return
@@ -182,7 +182,7 @@ async def _release_later(core: Any, aid: bytes) -> None:
 
 
 @attrs.define(slots=True, eq=False)
-class _CallEntry(_Entry):
+class _CallEntry(Entry):
     """The caller's entry for a result of an actor call: also names the method."""
 
     method: str | None = None
@@ -191,7 +191,7 @@ class _CallEntry(_Entry):
 def cancel_actor_call(core: Any, ref: ObjectRef, force: bool) -> bool:
     """``cancel(ref)`` if ``ref`` is the result of an actor call made here; ``False``
     if it is not (a task's result, or a ref this process did not create)."""
-    entry = core._entries.get(ref._id)
+    entry = core.references.entry(ref.binary())
     if entry is None or entry.actor is None:
         return False
     if force:
@@ -256,8 +256,8 @@ class ActorMethod:
         meta = self._meta
         qualname = self._qualname
         check_call_args(qualname, meta, args, kwargs)
-        if core._closed:
-            core._check_open()
+        if core.closed:
+            core.check_open()
         # Large arguments go by ref, through the store (``by_ref``); handles in them
         # are carried (pinned here until the call's result is back).
         blob, deps, by_ref, carried = dumps_carrying(
@@ -273,9 +273,9 @@ class ActorMethod:
         limit = self._handle._meta.max_pending_calls
         if limit > 0:
             _count_pending(core, aid, limit, qualname, by_ref, carried)
-        entries = core._entries
+        references = core.references
         for oid in ids:
-            entries[oid] = _CallEntry(owned=True, actor=aid, method=qualname)
+            references.add(oid, _CallEntry(owned=True, actor=aid, method=qualname))
         # The refs exist before the call leaves: its result may come back at once.
         if n == STREAMING:  # and so may a generator's items
             core.register_stream(task_id)
@@ -442,7 +442,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() expects an actor handle, got {type(actor).__name__}: {actor!r:.80}")
     core = _worker_state.auto_core()
-    if core._closed:
+    if core.closed:
         raise ActorcoreSystemError("not connected to the cluster any more")
     detach(core, actor._actor_id)  # later calls go through the node, which knows
     request_node(core, w.KillActor(actor._actor_id, bool(no_restart)))

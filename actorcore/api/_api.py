@@ -54,6 +54,13 @@ _state: dict[str, Any] = {"loop": None, "head": None, "info": None}
 _actor_factory: Callable[[type, dict], Any] | None = None
 
 
+def set_actor_factory(factory: Callable[[type, dict], Any]) -> None:
+    """What ``@remote`` on a class makes (``ActorClass``; set by the package, whose
+    API layer below the actor classes cannot import them)."""
+    global _actor_factory
+    _actor_factory = factory
+
+
 class ClusterInfo(dict):
     """What ``init()`` returns: address, node id, session and log directories."""
 
@@ -375,7 +382,7 @@ def shutdown() -> None:
         if core is None or core.role != "driver":
             return
         node_alive = head is not None and head.process.poll() is None
-        if node_alive and loop is not None and loop.core is not None and not loop.core._closed:
+        if node_alive and loop is not None and loop.core is not None and not loop.core.closed:
             try:
                 loop.core.call_sync("shutdown", timeout=5)
             except Exception as exc:  # stopped below anyway: its pipe closes, then SIGKILL
@@ -575,14 +582,14 @@ def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> N
     from ._actor_handle import cancel_actor_call
 
     core = _worker_state.auto_core()
-    core._check_open()
+    core.check_open()
     if not cancel_actor_call(core, object_ref, force):
         core.cancel(object_ref, bool(force), bool(recursive))
 
 
 def _call(name: str, *args: Any) -> Any:
     core = _worker_state.current_core()
-    core._check_open()  # after the node died: NodeDiedError, saying which and why
+    core.check_open()  # after the node died: NodeDiedError, saying which and why
     return core.call_sync(name, *args)
 
 

@@ -48,14 +48,14 @@ def set_default_namespace(namespace: str | None) -> None:
 
 def request_node(core: Any, message: Any, timeout: float = 60.0) -> Any:
     """A request to the node, sent after everything this process queued before it."""
-    core._check_open()
+    core.check_open()
 
     async def go() -> Any:
         core.flush_now()
         return await core.conn.request(message, timeout=timeout)
 
     try:
-        return core._run_in_loop(go)
+        return core.run_in_loop(go)
     except Exception as exc:
         remote = getattr(exc, "remote_exception", None)
         if isinstance(remote, ValueError | TypeError | ActorcoreError):

@@ -58,7 +58,7 @@ from ..protocol import _serialization
 from ..protocol import _wire as w
 from ..protocol._actors import CallSpec, cancelled_results
 from ..session._config import env_value
-from ._core_worker import _LINK_DOWN
+from ._node_link import LINK_DOWN
 from ._store_link import STORE
 
 __all__ = ["DIRECT_CALLS", "submit_call", "drop_actor", "detach", "cancel_call"]
@@ -123,19 +123,19 @@ class Route:
                     self.discovering = True
                 if self.failures < MAX_DISCOVERY_FAILURES:  # a switch may still come
                     self._track_node_call(spec)
-                core._enqueue(w.Submit([spec]))
+                core.enqueue(w.Submit([spec]))
         if release:
             core.release_args(release)  # node-routed: the node pins them from here on
         if wake:
-            self._soon(self.flush)
+            self.soon(self.flush)
         if discover:
-            self._soon(core._nursery.start_soon, self.discover)
+            self.soon(core.loop.start_soon, self.discover)
 
     def _track_node_call(self, spec: CallSpec) -> None:
         """Count a node-routed call until its result is here (lock held)."""
         core = self.core
         oid = spec.task_id + b"\0\0\0\1"
-        entry = core._entries.get(oid)
+        entry = core.references.entry(oid)
         if entry is None:
             return
         self.node_outstanding += 1
@@ -149,7 +149,7 @@ class Route:
             if ready:
                 self._try_switch()
 
-        core._register([entry], 1, finished)
+        core.references.register([entry], 1, finished)
 
     def cancel(self, task_id: bytes) -> bool:
         """``cancel(ref)`` of a call on the direct link; ``False``: it is not on the
@@ -174,9 +174,9 @@ class Route:
                 wake = not self.flush_pending
                 self.flush_pending = True
         if answer:
-            self._soon(self._answered, task_id, cancelled_results(spec, "before it started"))
+            self.soon(self._answered, task_id, cancelled_results(spec, "before it started"))
         elif wake:
-            self._soon(self.flush)
+            self.soon(self.flush)
         return True
 
     def drop(self) -> bool:
@@ -187,15 +187,9 @@ class Route:
                 return True
         return False
 
-    def _soon(self, fn: Any, *args: Any) -> None:
-        core = self.core
-        if threading.get_ident() == core._loop_thread:
-            fn(*args)
-        else:
-            try:
-                core.trio_token.run_sync_soon(fn, *args)
-            except trio.RunFinishedError:
-                pass
+    def soon(self, fn: Any, *args: Any) -> None:
+        """Call ``fn(*args)`` in the core loop (now, if this is it)."""
+        self.core.loop.soon(fn, *args)
 
     # --------------------------------------------------------------- core loop
 
@@ -215,7 +209,7 @@ class Route:
                                       handler=self._dispatcher)
             with self.lock:
                 self.client = client
-            conn = await core._nursery.start(self._run_link, client)
+            conn = await core.loop.start(self._run_link, client)
         except Exception as exc:  # calls keep going through the node; tried again later
             logger.info("direct link to actor %s: discovery failed: %r", self.actor_id.hex(), exc)
             with self.lock:
@@ -231,7 +225,7 @@ class Route:
                 self.client = None
                 self.discovering = False
         if stale:  # the caller killed the actor meanwhile: that address is history
-            core._nursery.start_soon(conn.aclose)
+            core.loop.start_soon(conn.aclose)
             return
         self._try_switch()
 
@@ -255,7 +249,7 @@ class Route:
         ``flush`` runs again once they are ready (lock held, core loop)."""
         if type(spec) is not CallSpec or not spec.deps:
             return False
-        entries = self.core._entries
+        entries = self.core.references.entries
         if all((e := entries.get(oid)) is not None and e.ready for oid in spec.deps):
             return False
         if self.dep_wait is not spec:
@@ -293,9 +287,9 @@ class Route:
                     conn.send_nowait(w.DirectCall(spec) if type(spec) is CallSpec else spec)
                 except trio.WouldBlock:
                     self.sender_busy = True
-                    self.core._nursery.start_soon(self._drain, conn)
+                    self.core.loop.start_soon(self._drain, conn)
                     break
-                except _LINK_DOWN:
+                except LINK_DOWN:
                     break  # the link is gone: _link_lost resends through the node
                 except Exception as exc:
                     self._refuse(spec, exc, refused)
@@ -335,7 +329,7 @@ class Route:
                     spec = self.outq[0]
                 try:
                     await conn.send(w.DirectCall(spec) if type(spec) is CallSpec else spec)
-                except _LINK_DOWN:
+                except LINK_DOWN:
                     return
                 except Exception as exc:
                     refused: list[tuple[bytes, list]] = []
@@ -353,16 +347,17 @@ class Route:
                 self.sender_busy = False
             self.flush()
 
-    def _leave(self, conn: Any) -> None:
+    def leave(self, conn: Any) -> None:
+        """Leave the link ``conn`` (core loop): its calls go back through the node."""
         self._link_lost(None)
-        self.core._nursery.start_soon(conn.aclose)
+        self.core.loop.start_soon(conn.aclose)
 
     def _on_result(self, conn: Any, message: w.DirectResult) -> None:
         task_id, results = message.task_id, message.results
         core = self.core
         if results is None:  # the actor is not in that process (any more)
             self._link_lost(None, not_run=task_id)
-            core._nursery.start_soon(conn.aclose)
+            core.loop.start_soon(conn.aclose)
             return
         self._answered(task_id, results)
 
@@ -376,14 +371,14 @@ class Route:
             if drop:
                 self.drop_deferred = False
         core.on_objects_ready(results)
-        entries = core._entries
+        entries = core.references.entries
         inline = [r for r in results if r[2] != STORE and r[0] in entries]
         if inline:
-            core._enqueue(w.Put(inline), wake=False)
+            core.enqueue(w.Put(inline), wake=False)
         if held:
             core.release_args(held)
         if drop:
-            core._enqueue(w.DropActor(self.actor_id), wake=False)
+            core.enqueue(w.DropActor(self.actor_id), wake=False)
 
     def _link_lost(self, client: Any, not_run: bytes | None = None) -> None:
         """Send what was in flight on the link back through the node, in order."""
@@ -410,11 +405,11 @@ class Route:
                 if id(spec) not in unsent and spec.task_id != not_run:
                     spec.lost_incarnation = self.incarnation
                 self._track_node_call(spec)
-            if lost and not core._closed:
-                core._enqueue(w.Submit(list(lost)))
+            if lost and not core.closed:
+                core.enqueue(w.Submit(list(lost)))
             if self.drop_deferred:
                 self.drop_deferred = False
-                core._enqueue(w.DropActor(self.actor_id))
+                core.enqueue(w.DropActor(self.actor_id))
         for h in held:
             if h:
                 core.release_args(h)
@@ -423,8 +418,7 @@ class Route:
 def detach(core: Any, actor_id: bytes) -> None:
     """Leave the direct link (before a kill): calls in flight on it go back through
     the node as lost, later calls take the node path until rediscovery."""
-    routes = core.__dict__.get("_actor_routes")
-    route = routes.get(actor_id) if routes else None
+    route = core.actor_routes.get(actor_id)
     if route is None:
         return
     with route.lock:
@@ -433,13 +427,11 @@ def detach(core: Any, actor_id: bytes) -> None:
         route.mode = "node"  # at once: the next call goes through the node
     if conn is None:
         return
-    route._soon(route._leave, conn)
+    route.soon(route.leave, conn)
 
 
 def _route(core: Any, actor_id: bytes) -> Route:
-    routes = core.__dict__.get("_actor_routes")
-    if routes is None:
-        routes = core.__dict__.setdefault("_actor_routes", {})
+    routes = core.actor_routes
     route = routes.get(actor_id)
     if route is None:
         route = routes.setdefault(actor_id, Route(core, actor_id))
@@ -457,7 +449,7 @@ def submit_call(core: Any, spec: CallSpec, held: Sequence[bytes] | None = None) 
     try:
         core.check_args_fit(spec.name, spec.args)
         if not DIRECT_CALLS or getattr(core, "token", None) is None or core.role == "node":
-            core._enqueue(w.Submit([spec]))
+            core.enqueue(w.Submit([spec]))
         else:
             _route(core, spec.actor_id).submit(spec, held)
             return
@@ -472,18 +464,16 @@ def submit_call(core: Any, spec: CallSpec, held: Sequence[bytes] | None = None) 
 def cancel_call(core: Any, actor_id: bytes, task_id: bytes) -> None:
     """``cancel(ref)`` of an unfinished call: on its direct link, else via the node
     (behind the call's own submit on the same queue, so the node knows it)."""
-    routes = core.__dict__.get("_actor_routes")
-    route = routes.get(actor_id) if routes else None
+    route = core.actor_routes.get(actor_id)
     if route is not None and route.cancel(task_id):
         return
-    core._enqueue(w.CancelActorCall(actor_id, task_id))
+    core.enqueue(w.CancelActorCall(actor_id, task_id))
 
 
 def drop_actor(core: Any, actor_id: bytes) -> None:
     """Tell the node this process holds no handle to the actor any more (after its
     direct calls)."""
-    routes = core.__dict__.get("_actor_routes")
-    route = routes.get(actor_id) if routes else None
+    route = core.actor_routes.get(actor_id)
     if route is not None and route.drop():
         return
-    core._enqueue(w.DropActor(actor_id), wake=False)
+    core.enqueue(w.DropActor(actor_id), wake=False)

@@ -287,11 +287,11 @@ class DriverLoop:
             conn = core.conn
             # Tell the node this is an exit, not a dropped link: it ends our actors at
             # once instead of waiting for us to reconnect.
-            core._enqueue(w.Bye())
+            core.enqueue(w.Bye())
             core.close()
             # Let queued one-way messages (frees, puts) go out before closing.
             with trio.move_on_after(2):
-                while core._outq:  # noqa: ASYNC110 - a deque has no event to wait on
+                while core.has_queued():  # noqa: ASYNC110 - a deque has no event to wait on
                     await trio.sleep(0.005)
             with trio.move_on_after(2):
                 if core.store is not None:

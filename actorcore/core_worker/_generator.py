@@ -26,7 +26,7 @@ from typing import Any
 from ..exceptions import GetTimeoutError
 from ..protocol import _serialization
 from ..protocol._ids import DYNAMIC, STREAMING, stream_item_id
-from ._object_ref import ObjectRef
+from ._object_ref import ObjectRef, escape_counted, ids_of
 
 __all__ = ["ObjectRefGenerator", "DynamicObjectRefGenerator", "refs_of_call"]
 
@@ -79,9 +79,9 @@ class ObjectRefGenerator:
         core = self._core
         oid = stream_item_id(self._task_id, self._index)
         item = core.stream_entry(oid)
-        end = core._entry_for(self._end._id)
+        end = core.waits.entry_for(self._end.binary())
         if not item.ready and not end.ready:
-            flags = core._blocking_wait([oid, self._end._id], 1, timeout)
+            flags = core.waits.blocking_wait([oid, self._end.binary()], 1, timeout)
             if not any(flags):
                 raise GetTimeoutError(
                     f"no item {self._index} of {self._task_id.hex()} within {timeout} s")
@@ -90,15 +90,15 @@ class ObjectRefGenerator:
     def _take(self, oid: bytes) -> ObjectRef:
         """The ref after a wait that saw item or end ready; ``StopIteration`` at the end."""
         core = self._core
-        item = core._entries.get(oid)
+        item = core.references.entry(oid)
         if item is not None and item.ready:
             self._index += 1
             return ObjectRef(oid)
-        end = core._entries[self._end._id]
+        end = core.references.entries[self._end.binary()]
         if end.is_error:  # the stream ended before any item could say why
             self._finished = True
             end.seen = True
-            return ObjectRef(self._end._id)
+            return ObjectRef(self._end.binary())
         try:
             count = int(_serialization.loads(end.data))
         except Exception as exc:
@@ -120,9 +120,9 @@ class ObjectRefGenerator:
         core = self._core
         oid = stream_item_id(self._task_id, self._index)
         item = core.stream_entry(oid)
-        end = core._entry_for(self._end._id)
+        end = core.waits.entry_for(self._end.binary())
         if not item.ready and not end.ready:
-            await core.await_any([oid, self._end._id])
+            await core.await_any([oid, self._end.binary()])
         try:
             return self._take(oid)
         except StopIteration:
@@ -156,10 +156,8 @@ class DynamicObjectRefGenerator:
         return cls([ObjectRef(i, _count=False) for i in ids])
 
     def __reduce__(self) -> Any:
-        for ref in self._refs:
-            if ref._counted is not None:  # passed on by a holder: the items escape
-                ref._counted.mark_escaped(ref._id)
-        return (_dynamic_of, ([ref._id for ref in self._refs],))
+        escape_counted(self._refs)  # passed on by a holder: the items escape
+        return (_dynamic_of, (ids_of(self._refs),))
 
     def __iter__(self) -> Iterator[ObjectRef]:
         return iter(self._refs)

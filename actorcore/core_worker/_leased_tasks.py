@@ -217,7 +217,7 @@ class LeasedTasks:
         specs = list(self._waiting)
         self._waiting.clear()
         self._counts["tasks_via_node"] += len(specs)
-        self._core._enqueue(w.Submit(specs))
+        self._core.enqueue(w.Submit(specs))
 
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> bool:
         """``cancel(ref)`` of a task of ours; ``False``: not here (it went through the
@@ -229,7 +229,7 @@ class LeasedTasks:
                     # sends it next (one queue, in order), which finds it there.
                     self._waiting.remove(spec)
                     self._counts["tasks_via_node"] += 1
-                    self._core._enqueue(w.Submit([spec]))
+                    self._core.enqueue(w.Submit([spec]))
                     return False
             lease = self._in_flight.get(task_id)
             if lease is None:
@@ -243,14 +243,7 @@ class LeasedTasks:
         return True
 
     def _soon(self, fn: Any, *args: Any) -> None:
-        core = self._core
-        if threading.get_ident() == core._loop_thread:
-            fn(*args)
-        else:
-            try:
-                core.trio_token.run_sync_soon(fn, *args)
-            except trio.RunFinishedError:
-                pass
+        self._core.loop.soon(fn, *args)
 
     # ------------------------------------------------------------------- core loop
 
@@ -280,15 +273,16 @@ class LeasedTasks:
                 lease.running = spec
                 self._in_flight[spec.task_id] = lease
                 pushes.append((lease, spec))
-        if pushes and self._core._outq and any(type(m) is w.Put for m in self._core._outq):
+        link = self._core.link
+        if pushes and link.has_queued() and link.has_queued_of(w.Put):
             # A `Put` of an object the task's arguments may hold a ref to leaves
             # first: the worker asks the node for it (the node waits until it has
             # it). Frees stay queued: they wake the node lazily, off this path.
-            self._core._flush()
+            link.flush()
         for lease, spec in pushes:
             self._push(lease, spec)
         if request is not None:
-            self._core._nursery.start_soon(self._request_lease, request)
+            self._core.loop.start_soon(self._request_lease, request)
 
     def _push(self, lease: _Lease, spec: TaskSpec) -> None:
         lease.pushed += 1
@@ -313,19 +307,19 @@ class LeasedTasks:
     def _refused(self, spec: TaskSpec, exc: BaseException) -> None:
         """The link refused ``spec`` for what it is: the node path refuses it the
         same way and fails its results with the error (``_undeliverable``)."""
-        self._core._enqueue(w.Submit([spec]))
+        self._core.enqueue(w.Submit([spec]))
 
     async def _request_lease(self, klass: _Class) -> None:
         core = self._core
         reply: Any = None
         try:
-            core.flush_now()
-            if core._outq:
+            core.link.flush_now()
+            if core.link.has_queued():
                 # The link is backed up: the function's `Export` may still be queued
                 # here, and the request would overtake it. The first tasks of a
                 # class go through the node until it is not.
                 raise trio.WouldBlock("the node link is backed up")
-            reply = await core.conn.request(
+            reply = await core.link.conn.request(
                 w.RequestLease(klass.function_id, dict(klass.resources)),
                 timeout=LEASE_REQUEST_TIMEOUT)
             if reply.lease_id is not None:
@@ -370,7 +364,7 @@ class LeasedTasks:
         client = transport.Client(address, core.token, name=f"{core.role}-{core.pid}-leased",
                                   handler=self._dispatcher, connect_timeout=5)
         link = _Link(address)
-        link.conn = await core._nursery.start(self._run_link, client, link)
+        link.conn = await core.loop.start(self._run_link, client, link)
         self._links[address] = link
         return link
 
@@ -415,7 +409,7 @@ class LeasedTasks:
         link.leases.clear()
         self._pump()
         if link.conn is not None:
-            self._core._nursery.start_soon(link.conn.aclose)
+            self._core.loop.start_soon(link.conn.aclose)
 
     def _h_done(self, conn: Any, m: w.LeasedTaskDone) -> None:
         lease = self._in_flight.pop(m.task_id, None)
@@ -433,7 +427,7 @@ class LeasedTasks:
             self._pump()
 
     def _send_node(self, message: Any) -> None:
-        self._core._enqueue(message)
+        self._core.enqueue(message)
 
     async def run_linger(self) -> None:
         """Give back the leases idle for ``LEASE_LINGER`` seconds (core loop task)."""

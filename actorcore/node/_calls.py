@@ -324,6 +324,16 @@ def _task(node: Any, task_hex: str) -> dict:
     return where
 
 
+def _links(node: Any) -> dict:
+    """This node's links to other nodes as its sending side sees them, and the
+    connections other nodes opened to it, as this receiving side sees them."""
+    out = node.peers.describe()
+    out["accepted"] = {
+        client.pid: attrs.asdict(conn.statistics()) | {"unsent": conn.unsent}
+        for conn, client in node.clients.by_conn.items() if client.role == "node"}
+    return out
+
+
 def _answer(fn: Callable[..., Any]) -> Callable[..., None]:
     """A call whose answer is ``fn(node, *args)``, at once."""
     return lambda node, reply, *args: reply.send(fn(node, *args))
@@ -347,6 +357,7 @@ CALLS: dict[str, tuple[int, Callable[..., None]]] = {
                                               "head": node.config.head})),
     "ping": (0, _answer(lambda node: "pong")),
     "task": (1, _answer(_task)),
+    "links": (0, _answer(_links)),
     # What init(namespace=) said; None: unknown job.
     "job_namespace": (1, _answer(lambda node, job_id: node.jobs.get(job_id, {}).get("namespace"))),
 }

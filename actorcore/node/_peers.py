@@ -216,6 +216,25 @@ class NodePeers:
         self.dropped += dropped
         return dropped
 
+    def describe(self) -> dict:
+        """Each link as it stands (for a test that waited in vain, and ``actorcore
+        status``): its numbering, what waits for an acknowledgement or to be sent,
+        its connection's figures; and what was handled from each node here."""
+        links = {}
+        for nid, link in self._links.items():
+            conn = link.conn
+            links[nid] = {
+                "seq": link.seq,
+                "unacked": [seq for seq, _batch in link.unacked],
+                "backlog": len(link.backlog or ()),
+                "queued": link.receive.statistics().current_buffer_used,
+                "running": link.running,
+                "dials": link.dials,
+                "connection": None if conn is None else
+                attrs.asdict(conn.statistics()) | {"unsent": conn.unsent},
+            }
+        return {"links": links, "handled": dict(self.handled)}
+
     def connected_to(self) -> list[str]:
         return [nid for nid, link in self._links.items()
                 if link.conn is not None and not link.conn.closed]

@@ -120,7 +120,7 @@ class HostContext:
             ) from None
 
     def ready(self, spec: ActorSpec, incarnation: int, error: str | None) -> None:
-        self.core._enqueue(w.ActorReady(spec.actor_id, incarnation, error))
+        self.core.enqueue(w.ActorReady(spec.actor_id, incarnation, error))
 
     def done(self, spec: CallSpec, results: list, ran: bool = False) -> None:
         """Answer ``spec``: through the node, or on the direct link it came on.
@@ -131,11 +131,11 @@ class HostContext:
         conn = self.direct.pop(spec.task_id, None)
         replay = self.replaying.get(spec.actor_id) if ran else None
         if conn is None:
-            self.core._enqueue(w.ActorDone(spec.actor_id, spec.task_id, results,
+            self.core.enqueue(w.ActorDone(spec.actor_id, spec.task_id, results,
                                            replay is not None))
         elif replay is not None:
             self.unlogged[spec.task_id] = (conn, spec, results)
-            self.core._enqueue(w.ActorLog(spec.actor_id, replay.incarnation, spec, results))
+            self.core.enqueue(w.ActorLog(spec.actor_id, replay.incarnation, spec, results))
         else:
             try:
                 self.core.trio_token.run_sync_soon(self._send_direct, conn, spec, results)
@@ -246,18 +246,18 @@ class HostContext:
             return
         state.since = 0
         state.checkpoints += 1
-        self.core._enqueue(w.ActorCheckpoint(spec.actor_id, state.incarnation, data))
+        self.core.enqueue(w.ActorCheckpoint(spec.actor_id, state.incarnation, data))
 
     def _send_direct(self, conn: Any, spec: CallSpec, results: list) -> None:
         """Answer a direct call on its link (core loop); large results are registered
         with the node by us, who hold them in the store."""
         if any(data == STORE for _oid, _err, data in results):
-            self.core._enqueue(w.ActorDoneDirect(spec.actor_id, results))
+            self.core.enqueue(w.ActorDoneDirect(spec.actor_id, results))
         message = w.DirectResult(spec.task_id, results)
         try:
             conn.send_nowait(message)
         except trio.WouldBlock:
-            self.core._nursery.start_soon(_send_later, conn, spec, message)
+            self.core.loop.start_soon(_send_later, conn, spec, message)
         except transport.FrameTooLarge as exc:  # the caller must not wait for ever
             _send_too_large(conn, spec, results, exc)
         except Exception as exc:  # the caller is gone, or resends through the node
@@ -280,7 +280,7 @@ class HostContext:
         self.done(spec, _died_results(spec, what))
         if first:
             logger.info("actor %s called exit_actor() in %s", what, spec.name)
-            self.core._enqueue(w.ActorExit(aid, run.incarnation if run is not None else 0))
+            self.core.enqueue(w.ActorExit(aid, run.incarnation if run is not None else 0))
 
     def refuse_exited(self, spec: CallSpec) -> bool:
         """Answer ``spec`` with ``ActorDiedError`` if its actor exited here already."""

@@ -72,7 +72,7 @@ class LeasedTaskServer:
             # wake-up of the node per task. A death before it left is the
             # submitter's to report (`LeasedTasksLost`), and the node settles a
             # task it never heard of as not started.
-            core._enqueue(w.LeasedStart(m.lease_id, spec), wake=False)
+            core.enqueue(w.LeasedStart(m.lease_id, spec), wake=False)
         else:
             # A nested task now: the node must know the control edge before its
             # parent's ``cancel(recursive=True)`` looks for the parent's children.

@@ -294,7 +294,7 @@ class WorkerProcess:
         if spec.task_id in self.leased.links:  # its submitter waits for its end too
             self._finished(spec.task_id, results, False)
             return
-        self.core._enqueue(w.TaskDone(spec.task_id, results, False))
+        self.core.enqueue(w.TaskDone(spec.task_id, results, False))
 
     async def run(self, address: str, token: bytes) -> None:
         self._token = token
@@ -428,7 +428,7 @@ def stream_emitter(core: CoreWorker) -> Callable[[Any, list, bool], None]:
     to the node, on the link its end will follow on (see ``_executor.StreamWriter``)."""
 
     def emit(spec: Any, results: list, push: bool) -> None:
-        core._enqueue(w.StreamItems(spec.owner, results, push))
+        core.enqueue(w.StreamItems(spec.owner, results, push))
 
     return emit
 
