@@ -1,10 +1,10 @@
 """The worker's side of direct task submission (``core_worker._leased_tasks``).
 
 A task worker listens on a Unix socket of its own; a submitter holding a lease on it
-dials it and pushes `LeasedTask`s. For each one the worker tells its node
-(`LeasedStart`, queued on the node link ahead of the task's `TaskDone`, `Blocked`
-or any cancel; a driver's task without a wake-up of its own, so that it leaves in
-one flush with its `TaskDone`) and runs it like a task the node sent. Its end goes back on the
+dials it and pushes `LeasedTask`s. For each one the worker first tells its node
+(`LeasedStart`, sent on the node link before the task starts, so it precedes the
+task's `TaskDone`, `Blocked` and any cancel), then runs it like a task the node
+sent. Its end goes back on the
 link it came on (`LeasedTaskDone`, with the results when they may travel inline),
 and to the node (`TaskDone`, ``pushed`` when the submitter has them). A
 `CancelLeasedTask` is passed on to the node as a `CancelTask`, behind the task's
@@ -66,18 +66,10 @@ class LeasedTaskServer:
         core = self._worker.core
         spec = m.spec
         self.links[spec.task_id] = conn
-        if spec.parent_task_id is None:
-            # A driver's task: lazily, it leaves with the task's `TaskDone` (or a
-            # `Blocked`, a cancel, within ``LAZY_FLUSH`` at the latest), one
-            # wake-up of the node per task. A death before it left is the
-            # submitter's to report (`LeasedTasksLost`), and the node settles a
-            # task it never heard of as not started.
-            core.enqueue(w.LeasedStart(m.lease_id, spec), wake=False)
-        else:
-            # A nested task now: the node must know the control edge before its
-            # parent's ``cancel(recursive=True)`` looks for the parent's children.
-            core.append_unsent(w.LeasedStart(m.lease_id, spec))
-            core.flush_now()
+        # At once, before the task starts: the node must know it is running here
+        # (its worker's death, a recursive cancel of its parent, a blocked get).
+        core.append_unsent(w.LeasedStart(m.lease_id, spec))
+        core.flush_now()
         self._worker.execute_leased(spec)
 
     def _h_cancel(self, conn: Any, m: w.CancelLeasedTask) -> None:

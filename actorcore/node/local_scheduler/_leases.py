@@ -266,8 +266,8 @@ class LeaseBook:
                 state.submit(spec)
             else:
                 state.fail_task(spec, WorkerCrashedError(
-                    f"the leased worker that task {spec.name} was pushed to died before "
-                    f"it started, and no retries are left"))
+                    f"the worker task {spec.name} was pushed to on a lease died before it "
+                    f"started the task, and no retries are left"))
 
     def idle_resources(self) -> dict[str, float]:
         """What idle leases hold (no task of theirs runs): theirs until their
