@@ -31,6 +31,7 @@ class Peer:
         self.handled = 0
         self.messages: list = []
         self.arrived = trio.Event()
+        self.lose_next = False
         self.dispatcher = transport.Dispatcher("peer")
         self.dispatcher.register(w.Hello, self._hello)
         self.dispatcher.register(w.PeerBatch, self._batch, oneway=True)
@@ -41,6 +42,10 @@ class Peer:
                                 head=False, peer_handled=self.handled))
 
     def _batch(self, conn, m) -> None:
+        if self.lose_next:  # lost with the connection, unread (as a reset does)
+            self.lose_next = False
+            conn.reset("lost by the test")
+            return
         if m.seq > self.handled:
             self.handled = m.seq
             self.messages.extend(m.messages)
@@ -78,6 +83,26 @@ async def test_a_message_for_a_node_the_view_does_not_know_yet_waits_for_it():
             await peer.arrived.wait()
         assert peer.messages == [w.FreeCopies([b"x" * 28])]
         assert peers.statistics().dropped == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_lost_with_its_connection_is_sent_again_without_new_traffic():
+    """A batch that left in full and died with its connection (the peer never read
+    it) is sent again on a new connection at once, not at the next message."""
+    peer = Peer()
+    server = transport.Server("tcp:127.0.0.1:0", TOKEN, peer.dispatcher, name="node-bb-tcp")
+    view = ClusterView(ME)
+    peers = NodePeers(view, TOKEN, ME, handler=transport.Dispatcher("me"))
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        view.apply([_record(ME, None), _record(PEER, str(address))], {})
+        nursery.start_soon(_run_links, peers)
+        peer.lose_next = True
+        peers.send(PEER, w.FreeCopies([b"x" * 28]))
+        with trio.fail_after(10):
+            await peer.arrived.wait()
+        assert peer.messages == [w.FreeCopies([b"x" * 28])] and peer.handled == 1
+        assert peers.statistics().dials == 2
         nursery.cancel_scope.cancel()
 
 

@@ -30,8 +30,11 @@ handled). The receiver remembers the last number it handled from each node and
 returns it in its answer to the hello; on a new connection the sender drops what
 that covers and sends the rest again, in order, then carries on. A frame that
 arrived just before the link broke (its ack lost) thus comes twice; the receiver
-skips a number it has handled. So the peer handles each batch exactly once, in
-order, whatever happens to the connections, while both nodes live.
+skips a number it has handled. A connection that closes while batches wait for
+their acknowledgement wakes its sender, which dials again at once: a batch that
+left in full can still die with its connection (a reset discards what the peer had
+not read), and nothing else may come to send. So the peer handles each batch
+exactly once, in order, whatever happens to the connections, while both nodes live.
 
 Requests (`FetchFromOwner`, `PayloadChunk`, `OwnsPrefix`, ...) are all idempotent reads or
 reservations keyed by id: one whose connection breaks is sent again on the next
@@ -420,8 +423,21 @@ class NodePeers:
             link.backlog = resend or None
             link.conn = conn
             link.connected.set()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._watch, link, conn)
             return conn
         return None
+
+    async def _watch(self, link: _Link, conn: Any) -> None:
+        """Wake ``link``'s sender when ``conn`` closes with batches unacknowledged.
+
+        A batch that left in full can still be lost with its connection (a reset
+        discards what the peer had not read yet); the sender would only see the
+        closed connection at its next message, and with none coming the batch would
+        wait for ever. Woken, it dials again at once and sends it again."""
+        await conn.wait_closed()
+        if link.conn is conn and link.unacked:
+            self._wake(link)
 
     def _attach(self, nursery: trio.Nursery | None) -> None:
         self._nursery = nursery
