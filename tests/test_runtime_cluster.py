@@ -230,6 +230,8 @@ def test_workers_that_cannot_start_are_restarted_with_backoff_not_in_a_loop(tmpd
     env = _env(tmpdir)
     env["PYTHONPATH"] = f"{site}{os.pathsep}{ROOT}"
     env["BREAK_WORKERS_FLAG"] = str(flag)
+    # A zygote forked from the node would not run the broken site file: spawned.
+    env["ACTORCORE_WORKER_ZYGOTE_AT_START"] = "0"
     out = subprocess.run([sys.executable, "-c", BROKEN_WORKERS], env=env,
                          capture_output=True, text=True, timeout=150)
     assert out.returncode == 0, out.stdout + out.stderr

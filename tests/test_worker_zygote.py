@@ -272,6 +272,8 @@ def test_a_zygote_that_cannot_start_costs_nothing_but_speed(tmpdir):
     (site / "sitecustomize.py").write_text(BROKEN_ZYGOTE_SITE)
     env = _env()
     env["PYTHONPATH"] = f"{site}{os.pathsep}{ROOT}"
+    # A zygote forked from the node would not run the broken site file: spawned.
+    env["ACTORCORE_WORKER_ZYGOTE_AT_START"] = "0"
     out = subprocess.run([sys.executable, "-c", BROKEN_ZYGOTE], env=env,
                          capture_output=True, text=True, timeout=150)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -280,6 +282,98 @@ def test_a_zygote_that_cannot_start_costs_nothing_but_speed(tmpdir):
     state, forked, spawned = line.split()[1:4]
     assert state in ("restarting", "starting") and forked == "0" and spawned == "True", line
     assert "exit code 3" in line, line
+
+
+FIRST_TASK = """
+import os
+import actorcore as ray
+ray.init(num_cpus=2, log_to_driver=False)
+@ray.remote
+def where():
+    with open("/proc/self/stat") as f:
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    return os.getpid(), ppid
+pid, ppid = ray.get(where.remote(), timeout=60)
+node = ray.tree()["children"][0]
+pool = next(c for c in node["children"] if c["name"] == "worker_pool")
+z = next(c for c in pool["children"] if c["kind"] == "zygote")
+with open(f"/proc/{z['pid']}/stat") as f:
+    zygote_ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+with open(f"/proc/{z['pid']}/cmdline", "rb") as f:
+    cmdline = f.read()
+print("NODE", node["pid"], "ZYGOTE", z["pid"], zygote_ppid, z["forked_at_start"], z["restarts"],
+      z["spawned"], z["waited"], "TASK", ppid, b"actorcore.worker._zygote" in cmdline,
+      b"actorcore.node" in cmdline, z["waited_ready"], flush=True)
+ray.shutdown()
+"""
+
+
+def test_the_first_zygote_is_forked_at_the_node_start_and_forks_the_first_worker():
+    # The node forks its first zygote before its own imports (node.__main__); the
+    # pool's first workers wait for it rather than being spawned beside it.
+    out = subprocess.run([sys.executable, "-c", FIRST_TASK], env=_env(),
+                         capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("NODE")).split()
+    node, zygote, zygote_ppid = int(line[1]), int(line[3]), int(line[4])
+    assert zygote_ppid == node, line
+    # Forked at the start, never restarted, no worker spawned. (Whether the pool's
+    # first starts had to wait for it, ``waited``, depends on the machine.)
+    assert line[5:8] == ["True", "0", "0"], line
+    assert int(line[10]) == zygote, line  # the task ran in a worker the zygote forked
+    # Its command line is a zygote's, not the node's it was forked from.
+    assert line[11:13] == ["True", "False"], line
+
+
+def test_worker_starts_wait_for_a_starting_zygote_instead_of_spawning():
+    # The zygote spawned after the node's start (as before the fork at the start):
+    # the pool's first workers wait for it rather than being spawned beside it.
+    env = _env()
+    env["ACTORCORE_WORKER_ZYGOTE_AT_START"] = "0"
+    out = subprocess.run([sys.executable, "-c", FIRST_TASK], env=env,
+                         capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("NODE")).split()
+    node, zygote, zygote_ppid = int(line[1]), int(line[3]), int(line[4])
+    assert zygote_ppid == node and line[5] == "False" and line[6] == "0", line
+    waited, waited_ready, spawned = int(line[8]), int(line[13]), int(line[7])
+    assert waited >= 1, line
+    # Each start that waited got a fork, unless the zygote took longer than
+    # START_PATIENCE (a machine too loaded for it): then that start spawned.
+    assert spawned == waited - waited_ready, line
+    if spawned == 0:
+        assert int(line[10]) == zygote, line
+    assert line[11:13] == ["True", "False"], line
+
+
+EARLY_ZYGOTE_DIES_SITE = """
+import os
+try:
+    argv = open("/proc/self/cmdline", "rb").read().split(b"\\0")
+except OSError:
+    argv = []
+if b"actorcore.node" in argv:
+    # Whatever the node forks in Python dies at once: the zygote it forks at its start.
+    os.register_at_fork(after_in_child=lambda: os._exit(3))
+"""
+
+
+def test_a_zygote_forked_at_the_node_start_that_dies_is_replaced_by_a_spawned_one(tmpdir):
+    site = Path(tmpdir) / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(EARLY_ZYGOTE_DIES_SITE)
+    env = _env()
+    env["PYTHONPATH"] = f"{site}{os.pathsep}{ROOT}"
+    out = subprocess.run([sys.executable, "-c", FIRST_TASK], env=env,
+                         capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("NODE")).split()
+    node, zygote, zygote_ppid = int(line[1]), int(line[3]), int(line[4])
+    # The first task did not hang on the dead zygote: it ran (forked by the spawned
+    # zygote if that was ready in time, else in a spawned worker).
+    assert line[5] == "True" and int(line[6]) >= 1, line
+    assert zygote_ppid == node and line[11:13] == ["True", "False"], line
+    assert int(line[10]) in (zygote, node), line
 
 
 NODE_DIES = """

@@ -11,6 +11,24 @@ launcher passes; besides them:
   --no-gcs            keep the control state in the node's memory (no GCS)
   --ready-fd FD       write one JSON line (the session info) there once serving
   --parent-fd FD      stop when this pipe closes (the driver of an embedded cluster)
+
+The zygote first
+----------------
+The node's first zygote (``worker_pool._zygote``) is forked from this process as the
+first thing ``main`` does, before the node imports its own modules (``_runtime``
+and what it pulls in: the scheduler, the GCS, the store) and before any thread or
+Trio loop exists. By then ``actorcore``'s package (Trio, attrs, the protocol) is
+imported, about half of what a worker imports, so the zygote pays only the rest
+and does it while the node imports and starts its tree; it is ready before the
+node is, and the first workers are forked from it. Spawned as ``python -m
+actorcore.worker._zygote`` after the node's start instead, it was ready 0.5-1 s
+after the node, and the first task waited for it (or for workers spawned beside
+it). The child runs ``actorcore.worker._zygote.serve_forked``, named by string as
+the spawned zygote's module is: the node does not import the worker's modules.
+The pool adopts the child (`Zygote.adopt`); a zygote that replaces it later is
+spawned as before. Not forked: with ``ACTORCORE_WORKER_ZYGOTE=0`` or
+``ACTORCORE_WORKER_ZYGOTE_AT_START=0``, or when a thread already exists (a fork
+would copy a process in flux).
 """
 
 from __future__ import annotations
@@ -20,18 +38,15 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trio
+from ..session import _config
 
-import transport
-
-from ..protocol._ids import new_node_id
-from ..session import _config, _security
-from ..session._session import link_latest, read_token
-from ._runtime import NodeConfig, NodeRuntime
-from ._tree import check_join
+if TYPE_CHECKING:
+    import trio
 
 __all__ = ["main"]
 
@@ -48,8 +63,43 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def fork_zygote(session_dir: Path) -> tuple[int, socket.socket] | None:
+    """Fork the node's first zygote (see "The zygote first"): its pid and the node's
+    end of its control socket, or ``None`` (the pool spawns one as usual)."""
+    if not (_config.env_value("ACTORCORE_WORKER_ZYGOTE")
+            and _config.env_value("ACTORCORE_WORKER_ZYGOTE_AT_START")):
+        return None
+    try:
+        if len(os.listdir("/proc/self/task")) != 1:
+            return None
+    except OSError:
+        return None
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError:
+        parent.close()
+        child.close()
+        return None
+    if pid == 0:  # the zygote: never returns here
+        try:
+            parent.close()
+            import importlib
+
+            zygote = importlib.import_module("actorcore.worker._zygote")
+            zygote.serve_forked(child.fileno(), str(session_dir / "logs"))
+        finally:
+            os._exit(70)
+    child.close()
+    return pid, parent
+
+
 async def _watch_parent(fd: int, stop: trio.Event) -> None:
     """Return when the driver's end of the pipe closes (EOF or error)."""
+    import trio
+
     os.set_blocking(fd, False)
     while True:
         await trio.lowlevel.wait_readable(fd)
@@ -66,6 +116,8 @@ async def _watch_parent(fd: int, stop: trio.Event) -> None:
 
 
 async def _watch_signals(stop: trio.Event) -> None:
+    import trio
+
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             logging.getLogger("actorcore.node").info("signal %s: stopping", signum)
@@ -73,7 +125,18 @@ async def _watch_signals(stop: trio.Event) -> None:
             return
 
 
-async def amain(args: argparse.Namespace) -> None:
+async def amain(args: argparse.Namespace,
+                early_zygote: tuple[int, socket.socket] | None = None) -> None:
+    import trio
+
+    import transport
+
+    from ..protocol._ids import new_node_id
+    from ..session import _security
+    from ..session._session import link_latest, read_token
+    from ._runtime import NodeConfig, NodeRuntime
+    from ._tree import check_join
+
     session_dir = Path(args.session_dir)
     cluster = _config.ClusterConfig.from_namespace(args)
     resources = dict(cluster.resources)
@@ -120,6 +183,8 @@ async def amain(args: argparse.Namespace) -> None:
                                                     "message": message}}) + "\n")
             raise SystemExit(1) from None
     node = NodeRuntime(config)
+    if early_zygote is not None:
+        node.pool.zygote.adopt(*early_zygote)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, node.shutdown_requested)
         if args.parent_fd is not None:
@@ -143,6 +208,9 @@ async def amain(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    early_zygote = fork_zygote(Path(args.session_dir))
+    import trio
+
     logging.basicConfig(
         filename=str(Path(args.session_dir) / "logs" / "node.log"),
         level=logging.INFO,
@@ -154,11 +222,11 @@ def main(argv: list[str] | None = None) -> None:
 
         prof = cProfile.Profile()
         try:
-            prof.runcall(trio.run, amain, args)
+            prof.runcall(trio.run, amain, args, early_zygote)
         finally:
             prof.dump_stats(profile)
     else:
-        trio.run(amain, args)
+        trio.run(amain, args, early_zygote)
 
 
 if __name__ == "__main__":

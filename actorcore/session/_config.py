@@ -366,6 +366,10 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_WORKER_ZYGOTE", "switch", "1",
            "0: every worker and actor process is spawned (python -m actorcore.worker) "
            "instead of forked from the node's zygote, which has their imports done"),
+    EnvVar("ACTORCORE_WORKER_ZYGOTE_AT_START", "switch", "1",
+           "0: the node's first zygote is spawned (python -m actorcore.worker._zygote) "
+           "once the node has started, instead of forked from the node process at its "
+           "start, before the node's own imports"),
     EnvVar("ACTORCORE_MAX_STARTING_WORKERS", "int", None,
            "processes started at once (default: the cores, at least 1)", minimum=1),
     EnvVar("ACTORCORE_OBJECT_STORE_DISK_FALLBACK", "switch", "1",

@@ -186,6 +186,11 @@ def start_node(
     env = dict(os.environ)
     env.update(env_vars or {})
     env["ACTORCORE_TMPDIR"] = str(root)
+    # The node's own environment names its session, as its workers' does: the zygote
+    # it forks at its start (and the workers that zygote forks) keep the environment
+    # block the node started with, which is how `testing.Cluster.remove_node` finds
+    # them once they are no longer below the node.
+    env["ACTORCORE_SESSION_DIR"] = str(session_dir)
     # Our packages first; the driver's working directory last, so that workers (which
     # start with -P too) import the user's own modules from it as `python -m` would.
     env["PYTHONPATH"] = os.pathsep.join(

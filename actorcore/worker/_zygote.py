@@ -40,8 +40,9 @@ permanent generation, so a child's collections do not write to (and copy) every
 page they share with the zygote.
 
 What a forked worker shares with the zygote and a spawned one would not: the hash
-seed of ``str`` (one per zygote, not one per worker) and the addresses of its
-memory layout (as Android's zygote). ``random`` re-seeds after a fork, and so do
+seed of ``str`` (one per zygote, not one per worker; the node's own for the zygote
+the node forks at its start, ``serve_forked``) and the addresses of its memory
+layout (as Android's zygote). ``random`` re-seeds after a fork, and so do
 our id prefixes (``protocol._ids``).
 
 runtime_env
@@ -60,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import os
 import pickle
 import select
@@ -73,7 +75,7 @@ from typing import Any, NoReturn
 
 from ..protocol._zygote import Forked, ForkRefused, ForkWorker, WorkerExited, ZygoteReady
 
-__all__ = ["main", "WORKER_MODULES"]
+__all__ = ["main", "serve_forked", "WORKER_MODULES"]
 
 #: The worker modules a zygote forks (their ``main(argv)``), preloaded at its start.
 WORKER_MODULES: tuple[str, ...] = ("actorcore.worker._process", "actorcore.worker._actor_process")
@@ -91,7 +93,53 @@ def main(argv: list[str] | None = None) -> None:
                    help="its end of the node's SOCK_SEQPACKET socket pair")
     p.add_argument("--node-id", required=True)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    ctl = socket.socket(fileno=args.ctl_fd)
+    _preload_and_serve(socket.socket(fileno=args.ctl_fd))
+
+
+def serve_forked(ctl_fd: int, logs: str) -> NoReturn:
+    """Become the zygote in a child the node forked at its very start (see
+    ``actorcore.node.__main__``), instead of ``python -m actorcore.worker._zygote``.
+
+    The node forks before its own imports beyond ``actorcore``'s package and before
+    any thread or Trio loop exists, so this child starts with Trio, attrs and the
+    protocol already imported (about half of a worker's imports) and runs beside
+    the node's start instead of after it. It inherited what the node had then: its
+    descriptors (closed here, but for ``ctl_fd``: the node's ready and parent pipes
+    must close when the node ends) and its stdio, which become the zygote's log
+    files and unbuffered, as ``PYTHONUNBUFFERED`` (set for a spawned zygote) makes
+    them. Its command line would be the node's (and so would every worker's it
+    forks, for ``ps`` and ``pgrep``): it is rewritten to a spawned zygote's. Never
+    returns; any failure ends the process, and the node, seeing its socket close,
+    starts a zygote the usual way."""
+    try:
+        os.setsid()  # as a spawned zygote (start_new_session)
+        _set_cmdline([sys.executable, "-m", "actorcore.worker._zygote", "--forked-by-node"])
+        for fd in [int(fd) for fd in os.listdir("/proc/self/fd")]:
+            if fd > 2 and fd != ctl_fd:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass  # the listing's own descriptor
+        for fd, name in ((1, "zygote.out"), (2, "zygote.err")):
+            log = os.open(os.path.join(logs, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(log, fd)
+            os.close(log)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True,
+                                      errors="backslashreplace")
+        ctl = socket.socket(fileno=ctl_fd)
+    except BaseException:  # noqa: BLE001 - never back into the node's code
+        _die(traceback.format_exc(), 70)
+    try:
+        _preload_and_serve(ctl)
+    except BaseException:  # noqa: BLE001 - never back into the node's code
+        _die(traceback.format_exc(), 71)
+
+
+def _preload_and_serve(ctl: socket.socket) -> NoReturn:
     mains: dict[str, Callable[[list[str]], Any]] = {}
     for name in (*WORKER_MODULES, *PRELOAD):
         module = __import__(name, fromlist=["main"])
@@ -239,6 +287,26 @@ def _set_title(title: str) -> None:
             f.write(title[:15])
     except OSError:
         pass
+
+
+def _set_cmdline(words: list[str]) -> None:
+    """Rewrite ``/proc/self/cmdline`` to ``words`` (cut to the length of the command
+    line the process started with), as ``setproctitle`` does: the kernel shows the
+    memory the process's original ``argv`` occupies (``arg_start`` to ``arg_end``
+    in ``/proc/self/stat``), which the interpreter copied at its start and never
+    reads again."""
+    try:
+        with open("/proc/self/stat") as f:
+            data = f.read()
+        fields = data[data.rindex(")") + 2:].split()
+        start, end = int(fields[45]), int(fields[46])  # fields 48 and 49
+    except (OSError, ValueError, IndexError):
+        return
+    size = end - start
+    new = b"\0".join(w.encode() for w in words)[:size - 1]
+    import ctypes
+
+    ctypes.memmove(start, new.ljust(size, b"\0"), size)
 
 
 def _close_inherited() -> None:

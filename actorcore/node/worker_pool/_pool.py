@@ -160,6 +160,11 @@ class WorkerPool:
             for worker in pool.alive():  # re-adopt after a restart of this component
                 if worker.process is not None:
                     nursery.start_soon(self._watch, worker)
+                elif worker.state == "starting":
+                    # Its start was cancelled with the component before a process
+                    # existed (a fork that came later was killed by the zygote's
+                    # requester): forget it, the refill starts another.
+                    pool.workers.pop(worker.worker_id, None)
             pool.starting = sum(1 for w in pool.alive() if w.state == "starting")
             pool.start_zygote()
             while len(pool.alive()) < pool.min_workers:
@@ -222,18 +227,32 @@ class WorkerPool:
             await self._spawn()
 
     async def _spawn(self) -> None:
+        """Start one worker. Its process is made in a task of its own: a fork may
+        wait for a starting zygote (``_zygote``), and neither this loop nor the
+        tree's start (the pre-started workers) waits with it."""
         pool = self.pool
         assert self._nursery is not None
         index = pool.next_index
         pool.next_index += 1
         worker = WorkerInfo(index=index, worker_id=new_worker_id())
-        proc = await open_worker_process(pool, "actorcore.worker", worker.worker_id, index)
-        worker.process = proc
-        worker.pid = proc.pid
         pool.workers[worker.worker_id] = worker
         pool.starting += 1
         pool.started_total += 1
-        self._nursery.start_soon(self._watch, worker)
+        self._nursery.start_soon(self._start, worker)
+
+    async def _start(self, worker: WorkerInfo) -> None:
+        try:
+            proc = await open_worker_process(self.pool, "actorcore.worker", worker.worker_id,
+                                             worker.index)
+        except BaseException:
+            # Cancelled with the component, or the spawn failed (which crashes the
+            # component): no process will register under this entry.
+            self.pool.workers.pop(worker.worker_id, None)
+            self.pool.starting -= 1
+            raise
+        worker.process = proc
+        worker.pid = proc.pid
+        await self._watch(worker)
 
     async def _watch(self, worker: WorkerInfo) -> None:
         proc = worker.process
