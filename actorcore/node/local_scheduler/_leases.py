@@ -82,7 +82,7 @@ class LeaseState(Protocol):
     idle: collections.deque[Any]
     running: dict[bytes, WorkerInfo]
     children: dict[bytes, set[bytes]]
-    cancelled_trees: set[bytes]
+    cancelled_trees: dict[bytes, bool]
     tasks_retried: int
 
     @property
@@ -196,7 +196,9 @@ class LeaseBook:
             state.ledger.take(spec.resources)
             worker.held[spec.task_id] = dict(spec.resources)
         if parent is not None and parent in state.cancelled_trees:
-            state.cancel(spec.task_id, False)
+            # Its parent was cancelled recursively (perhaps it has ended since): so
+            # is it, the same way, and what it submits.
+            state.cancel(spec.task_id, state.cancelled_trees[parent], recursive=True)
 
     def released(self, worker: WorkerInfo, task_id: bytes) -> None:
         """A task of ``worker`` gave its resources back (it ended, or its worker

@@ -69,6 +69,9 @@ logger = logging.getLogger("actorcore.scheduler")
 #: Seconds a running task has to honour a (non-force) cancel before its worker is killed.
 CANCEL_GRACE = 1.0
 
+#: Recursively cancelled tasks remembered after their end (``cancelled_trees``).
+CANCELLED_TREES_KEPT = 4096
+
 class SchedulerHost(Protocol):
     """What the scheduler asks of the node it runs in (``_runtime.NodeRuntime``
     provides it). Everything the scheduler does outside its own state goes through
@@ -117,9 +120,12 @@ class SchedulerState:
     # Control edges among the unfinished tasks here: parent task id -> the ids of the
     # tasks it submitted (for ``cancel(recursive=True)``).
     children: dict[bytes, set[bytes]] = attrs.Factory(dict)
-    # Running tasks cancelled with recursive=True: a task they submit from now on
-    # (its submit may have been on its way when the cancel came) is cancelled too.
-    cancelled_trees: set[bytes] = attrs.Factory(set)
+    # Running tasks cancelled with recursive=True (-> the cancel's ``force``): a task
+    # they submit from now on (its submit may have been on its way when the cancel
+    # came) is cancelled too. Kept after they end, the newest CANCELLED_TREES_KEPT:
+    # a child pushed to a leased worker is reported by that worker, which may come
+    # after its parent's end (``_leases``).
+    cancelled_trees: dict[bytes, bool] = attrs.Factory(dict)
     wakeup: trio.Event = attrs.Factory(trio.Event)
     # Tasks no resources of this node can ever satisfy, for the global scheduler to
     # place (in arrival order). They stay here until it has decided, so that a crash
@@ -369,11 +375,18 @@ class SchedulerState:
             order.sort(key=lambda t: t in self.running and t not in self.running[t].queued)
             for tid in order:
                 if tid in self.running:
-                    self.cancelled_trees.add(tid)
+                    self._mark_cancelled_tree(tid, force)
                 self._cancel_one(tid, force)
             if task_id in self.running:
-                self.cancelled_trees.add(task_id)
+                self._mark_cancelled_tree(task_id, force)
         self._cancel_one(task_id, force)
+
+    def _mark_cancelled_tree(self, task_id: bytes, force: bool) -> None:
+        trees = self.cancelled_trees
+        trees.pop(task_id, None)
+        trees[task_id] = force
+        while len(trees) > CANCELLED_TREES_KEPT:
+            del trees[next(iter(trees))]
 
     def _cancel_one(self, task_id: bytes, force: bool) -> None:
         spec = self.infeasible.pop(task_id, None)
@@ -783,8 +796,6 @@ class SchedulerState:
         self.cancelled.discard(spec.task_id)
         if spec.parent_task_id is not None:
             self._forget_edge(spec)
-        if self.cancelled_trees:
-            self.cancelled_trees.discard(spec.task_id)
         self.directory.put_many(results)
         if not delivered:
             self.host.deliver(spec.owner, results)
