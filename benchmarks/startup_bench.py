@@ -38,12 +38,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
-DRIVER = r"""
+_DRIVER = r"""
 import json, os, sys, time
-marks = {"start": time.time()}
-import actorcore as ray
+marks = {{"start": time.time()}}
+import {module} as ray
 marks["imported"] = time.time()
-ray.init(num_cpus=2)
+ray.init({init_args})
 marks["init"] = time.time()
 @ray.remote
 def f():
@@ -59,25 +59,8 @@ sys.stdin.read()
 ray.shutdown()
 """
 
-RAY_DRIVER = r"""
-import json, os, sys, time
-marks = {"start": time.time()}
-import ray
-marks["imported"] = time.time()
-ray.init(num_cpus=2, include_dashboard=False)
-marks["init"] = time.time()
-@ray.remote
-def f():
-    return os.getpid()
-pid = ray.get(f.remote())
-marks["first_result"] = time.time()
-marks["worker_pid"] = pid
-marks["cpu"] = time.process_time()
-sys.stdout.write(json.dumps(marks) + "\n")
-sys.stdout.flush()
-sys.stdin.read()
-ray.shutdown()
-"""
+DRIVER = _DRIVER.format(module="actorcore", init_args="num_cpus=2")
+RAY_DRIVER = _DRIVER.format(module="ray", init_args="num_cpus=2, include_dashboard=False")
 
 
 def _boot_time() -> float:
