@@ -413,7 +413,9 @@ def test_cancel_task_queued_behind_a_running_one(tmp_path):
         running = [held.remote(i, str(tmp_path)) for i in range(2)]
         queued = [add.remote(i) for i in range(6)]
     try:
-        _until(lambda: list(tmp_path.glob("run*")), "one to run")
+        # Both CPUs busy first (one may still be held a moment by an earlier test's
+        # idle lease): then no queued task can start before its cancel.
+        _until(lambda: len(list(tmp_path.glob("run*"))) == 2, "both to run")
         # Some of the queued ones wait behind the running ones on their workers
         # (pipelining); the rest in the node's queue. Each is cancelled before it starts.
         _until(lambda: len(_tasks_on_workers()) > 2, "tasks queued on busy workers")
