@@ -336,6 +336,7 @@ class Connection:
             bytes_received=self._bytes_received,
             writes=self._writes,
             dropped_by_faults=self._faults.dropped,
+            unsent=self.unsent,
         )
 
     # ------------------------------------------------------------------ running

@@ -51,6 +51,9 @@ class ConnectionStatistics:
     bytes_received: int
     writes: int
     dropped_by_faults: int
+    #: frames accepted and not yet written to the socket (queued, or held back by an
+    #: injected delay): `Connection.unsent`
+    unsent: int
 
 
 class Reply:

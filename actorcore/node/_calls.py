@@ -329,7 +329,7 @@ def _links(node: Any) -> dict:
     connections other nodes opened to it, as this receiving side sees them."""
     out = node.peers.describe()
     out["accepted"] = {
-        client.pid: attrs.asdict(conn.statistics()) | {"unsent": conn.unsent}
+        client.pid: attrs.asdict(conn.statistics())
         for conn, client in node.clients.by_conn.items() if client.role == "node"}
     return out
 

@@ -220,8 +220,8 @@ class NodePeers:
         return dropped
 
     def describe(self) -> dict:
-        """Each link as it stands (for a test that waited in vain, and ``actorcore
-        status``): its numbering, what waits for an acknowledgement or to be sent,
+        """Each link as it stands (the admin call ``links``, for a test that waited
+        in vain): its numbering, what waits for an acknowledgement or to be sent,
         its connection's figures; and what was handled from each node here."""
         links = {}
         for nid, link in self._links.items():
@@ -233,8 +233,7 @@ class NodePeers:
                 "queued": link.receive.statistics().current_buffer_used,
                 "running": link.running,
                 "dials": link.dials,
-                "connection": None if conn is None else
-                attrs.asdict(conn.statistics()) | {"unsent": conn.unsent},
+                "connection": None if conn is None else attrs.asdict(conn.statistics()),
             }
         return {"links": links, "handled": dict(self.handled)}
 
