@@ -168,12 +168,10 @@ class SchedulerState:
         """Resources free now as the node reports them (``available_resources()``,
         heartbeats, statistics): ``available`` plus what idle leases hold, which
         their submitters give back within a linger when not using them."""
-        available = self.ledger.available
-        if not self.leases.active:
-            return dict(available)
-        out = dict(available)
-        for name, amount in self.leases.idle_resources().items():
-            out[name] = out.get(name, 0.0) + amount
+        out = dict(self.ledger.available)
+        if self.leases.active:
+            for name, amount in self.leases.idle_resources().items():
+                out[name] = out.get(name, 0.0) + amount
         return out
 
     # -- entry points (called by the node's handlers) -------------------------------
