@@ -227,12 +227,16 @@ def _env() -> dict[str, str]:
     return env
 
 
-BROKEN_ZYGOTE_SITE = """
+# A sitecustomize's start: ``argv``, the process's command line as the kernel has it.
+_SITE_ARGV = """
 import os
 try:
     argv = open("/proc/self/cmdline", "rb").read().split(b"\\0")
 except OSError:
     argv = []
+"""
+
+BROKEN_ZYGOTE_SITE = _SITE_ARGV + """
 if b"actorcore.worker._zygote" in argv:
     os._exit(3)  # only the zygote cannot start
 """
@@ -346,12 +350,7 @@ def test_worker_starts_wait_for_a_starting_zygote_instead_of_spawning():
     assert line[11:13] == ["True", "False"], line
 
 
-EARLY_ZYGOTE_DIES_SITE = """
-import os
-try:
-    argv = open("/proc/self/cmdline", "rb").read().split(b"\\0")
-except OSError:
-    argv = []
+EARLY_ZYGOTE_DIES_SITE = _SITE_ARGV + """
 if b"actorcore.node" in argv:
     # Whatever the node forks in Python dies at once: the zygote it forks at its start.
     os.register_at_fork(after_in_child=lambda: os._exit(3))
