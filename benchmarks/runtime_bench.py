@@ -17,6 +17,7 @@ faster). Cases:
   to the store is not counted), into pages no object used before; then the steady
   state (median of 5, each freed before the next); beside a memcpy of 100 MB in the
   same process, the floor;
+  ``--put-only`` runs start-up, this case and the idle memory alone;
 - wait: ``wait`` on 1,000 ready refs (``num_returns=1000``);
 - nested tree: a task that submits 8 tasks that each submit 8 (73 tasks), blocking in
   ``get`` at each level;
@@ -159,7 +160,8 @@ def _scale(ray, noop, n: int) -> dict:
     return res
 
 
-def run_backend(backend: str, quick: bool, queue: int, scale_n: int = 0) -> dict:
+def run_backend(backend: str, quick: bool, queue: int, scale_n: int = 0,
+                put_only: bool = False) -> dict:
     t_start = time.perf_counter()
     ray = init_backend(backend)
 
@@ -190,6 +192,10 @@ def run_backend(backend: str, quick: bool, queue: int, scale_n: int = 0) -> dict
         ray.shutdown()
         return res
     res.update(_put_100mb(ray))
+    if put_only:
+        res.update(_memory(ray, backend, noop, 0))
+        ray.shutdown()
+        return res
 
     def timeit(fn, n: int) -> float:
         t0 = time.perf_counter()
@@ -246,12 +252,15 @@ def main() -> None:
     p.add_argument("--scale", type=int, default=0, metavar="N",
                    help="only: startup, 10,000 tasks then N tasks (time per task of "
                         "each), and memory with --queue tasks queued")
+    p.add_argument("--put-only", action="store_true",
+                   help="only: startup, the 100 MB puts beside a memcpy, idle memory")
     args = p.parse_args()
     if args.backend:
         print("RESULT " + json.dumps(run_backend(args.backend, args.quick, args.queue,
-                                                 args.scale)), flush=True)
+                                                 args.scale, args.put_only)), flush=True)
         return
     extra = ["--queue", str(args.queue)] + (["--scale", str(args.scale)] if args.scale else [])
+    extra += ["--put-only"] if args.put_only else []
     results = run_backends(
         __file__, extra, quick=args.quick, no_ray=args.no_ray,
         timeout=900 + args.scale / 100 + args.queue / 100,  # 1M: hours on a loaded machine

@@ -199,12 +199,14 @@ class ObjectInfo:
 @transport.compact
 @attrs.frozen(slots=False)
 class StoreHello:
-    """`Hello`'s answer: the arena to map and the service's inline threshold."""
+    """`Hello`'s answer: the arena to map, the service's inline threshold, and how
+    many bytes of the arena it keeps faulted in ahead of use (``warm``, 0: none)."""
 
     arena_path: str
     arena_size: int
     inline_threshold: int
     prefix: str
+    warm: int = 0
 
 
 # -- requests ----------------------------------------------------------------------
