@@ -318,11 +318,11 @@ class Mapping:
         self.view[offset : offset + n : FAULT_AROUND].tobytes()
 
 
-def run_at_low_priority(fn: Callable[..., object], *args: object) -> None:
-    """Run ``fn(*args)`` in a new thread at nice `BACKGROUND_NICE`, ``SCHED_IDLE``,
-    and wait for it. A new thread each time: a process may lower a thread's priority
-    but not raise it again, so Trio's cached worker threads must not be the ones
-    lowered."""
+def run_at_low_priority(fn: Callable[..., object], *args: object, idle: bool = True) -> None:
+    """Run ``fn(*args)`` in a new thread at nice `BACKGROUND_NICE`, and ``SCHED_IDLE``
+    unless not ``idle``, and wait for it. A new thread each time: a process may lower
+    a thread's priority but not raise it again, so Trio's cached worker threads must
+    not be the ones lowered."""
     failure: list[BaseException] = []
 
     def target() -> None:
@@ -332,7 +332,8 @@ def run_at_low_priority(fn: Callable[..., object], *args: object) -> None:
         except OSError as exc:
             logger.debug("store: cannot lower a background thread's priority: %s", exc)
         try:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            if idle:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         except (OSError, AttributeError) as exc:
             logger.debug("store: cannot make a background thread SCHED_IDLE: %s", exc)
         try:
