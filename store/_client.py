@@ -284,13 +284,16 @@ class StoreClient:
         one. The allocator carves a fresh arena from the bottom, so the first
         objects land in the pages mapped here. The price, paid once per process
         that calls it (the driver does, see ``actorcore``'s store link): that CPU
-        in the background (``statistics().map_ahead_seconds``; it also zeroes the
-        pages the service's warmer has not reached yet, work moved, not added),
-        and up to ``warm`` bytes more RSS, counted for shared pages that exist
-        anyway, not new memory.
+        in the background (``statistics().map_ahead_seconds``), and up to ``warm``
+        bytes more RSS, counted for shared pages that exist anyway, not new memory.
+        It starts once the service's warmer has faulted the margin in (`WaitWarm`),
+        so that it only maps pages and never zeroes them.
         """
         if self._warm <= 0:
             return 0
+        # After the service's warmer: pages it has not zeroed yet would be zeroed
+        # here, at this thread's higher priority, while the node starts its workers.
+        await self._call(m.WaitWarm(), None)
         # From the file's start (its header page is in use: the service wrote it),
         # so that the mapping can record whole chunks as mapped.
         length = min(self._warm, self._mapping.size)

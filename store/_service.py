@@ -348,6 +348,7 @@ class ObjectStoreService:
         d.register(m.Info, self._on_info)
         d.register(m.Claim, self._on_claim)
         d.register(m.Statistics, self._on_statistics)
+        d.register(m.WaitWarm, self._on_wait_warm)
         return d
 
     async def _on_with_releases(self, conn: transport.Connection, msg: m.WithReleases,
@@ -453,6 +454,10 @@ class ObjectStoreService:
             for conn in clients:
                 if isinstance(conn, transport.Connection) and not conn.closed:
                     nursery.start_soon(ask, conn)
+
+    def _on_wait_warm(self, conn: transport.Connection, msg: m.WaitWarm,
+                      reply: transport.Reply) -> None:
+        self._later(reply, self.wait_warm)
 
     def _later(self, reply: Any, fn: Any, *args: Any) -> None:
         assert self._nursery is not None
