@@ -177,8 +177,9 @@ class StoreLink:
             await self.connect()
             mapped = await self.client.map_ahead()
         except errors as exc:
-            logger.info("%s: mapping the object store's arena ahead of use failed: %s",
-                        self.name, exc)
+            if self.client is None or not self.client.closed:  # not closed by us
+                logger.info("%s: mapping the object store's arena ahead of use "
+                            "failed: %s", self.name, exc)
             return
         logger.debug("%s: %d MiB of the object store's arena mapped ahead of use",
                      self.name, mapped >> 20)
