@@ -10,7 +10,8 @@ faster). Cases:
 - startup: ``init()`` to the first task's result, in a fresh process;
 - sync task: submit one task and ``get`` it, one at a time; the median of 5 rounds'
   means (on a shared machine one stall in a single long round moved its mean 2x
-  between runs of the same commit);
+  between runs of the same commit); beside it the floor, a ``multiprocessing.Pool``
+  round trip (``apply``) measured the same way in actorcore's benchmark process;
 - 10k tasks: submit 10,000 tasks, then ``get`` them all;
 - put/get: a small ``put`` followed by its ``get``;
 - put 100 MB: a numpy array, right after start-up (after a 1 MB put, so that linking
@@ -159,6 +160,30 @@ def _scale(ray, noop, n: int) -> dict:
     return res
 
 
+def _pool_noop(x=None):
+    return x
+
+
+def _pool_floor(quick: bool) -> dict:
+    """The floor of a sync task: a ``multiprocessing.Pool`` round trip (``apply``,
+    two worker processes, fork), measured as the sync task is (median of 5 rounds'
+    means), in the same process and run."""
+    import multiprocessing
+
+    n = int(200 * (0.3 if quick else 1.0))
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        for _ in range(50):
+            pool.apply(_pool_noop, (1,))
+        rounds = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                pool.apply(_pool_noop, (1,))
+            rounds.append((time.perf_counter() - t0) / n)
+    rounds.sort()
+    return {"pool_sync_us": rounds[2] * 1e6}
+
+
 def run_backend(backend: str, quick: bool, queue: int, scale_n: int = 0) -> dict:
     t_start = time.perf_counter()
     ray = init_backend(backend)
@@ -203,6 +228,8 @@ def run_backend(backend: str, quick: bool, queue: int, scale_n: int = 0) -> dict
     rounds = sorted(timeit(lambda: ray.get(noop.remote(1)), int(200 * scale)) for _ in range(5))
     res["sync_task_us"] = rounds[2] * 1e6
     res["sync_task_rounds_us"] = [round(r * 1e6) for r in rounds]
+    if backend == "actorcore":
+        res.update(_pool_floor(quick))
     n_async = 10_000
     t0 = time.perf_counter()
     ray.get([noop.remote(i) for i in range(n_async)])
@@ -275,6 +302,11 @@ def main() -> None:
         fa = f"{a:.3g} {unit}" if a is not None else "-"
         fr = f"{r:.3g} {unit}" if r is not None else "-"
         print(f"{label:<40} {fa:>12} {fr:>12} {ratio:>8}")
+    if ac.get("pool_sync_us") and ac.get("sync_task_us"):
+        floor = ac["pool_sync_us"]
+        print(f"  floor: multiprocessing.Pool sync round trip {floor:.0f} us (in actorcore's "
+              f"process); actorcore's sync task at {floor / ac['sync_task_us']:.0%} of its speed"
+              + (f", Ray's at {floor / ry['sync_task_us']:.0%}" if ry.get("sync_task_us") else ""))
     for name, res in (("actorcore", ac), ("ray", ry)):
         if res.get("sync_task_rounds_us"):
             print(f"  {name}: sync task rounds (us, sorted) {res['sync_task_rounds_us']}")

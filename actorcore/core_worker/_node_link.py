@@ -96,6 +96,10 @@ class NodeLink:
         """Whether messages wait to be sent."""
         return bool(self._queue)
 
+    def has_queued_of(self, kind: type) -> bool:
+        """Whether a message of class ``kind`` waits to be sent."""
+        return any(type(m) is kind for m in self._queue)
+
     def reconnect(self, conn: Any) -> None:
         """A new connection to the same node (core loop): send what waited."""
         self.conn = conn

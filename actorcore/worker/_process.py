@@ -37,6 +37,7 @@ from ..protocol import _wire as w
 from ..protocol._ids import id_prefix, short
 from ..protocol._messages import TaskSpec, max_frame_size
 from ._executor import RESULT_OVERHEAD, Executor, Spill
+from ._leased import LeasedTaskServer
 
 __all__ = ["load_function", "main", "run_main"]
 
@@ -73,6 +74,8 @@ class WorkerProcess:
         #: The handler of the node's link: one registry of what the node sends.
         self.dispatcher = transport.Dispatcher(f"worker_{index}")
         self.routes(self.dispatcher)
+        #: Submitters' direct links to this worker (tasks on a lease, ``_leased``).
+        self.leased = LeasedTaskServer(self)
 
     def routes(self, d: transport.Dispatcher) -> None:
         """Register what the node sends this process (``protocol._wire``)."""
@@ -189,6 +192,10 @@ class WorkerProcess:
         self._pending.append((spec, fn, dep_data, gpu_ids))
         self._pump()
 
+    def execute_leased(self, spec: TaskSpec) -> None:
+        """Run a task pushed on a lease (no ref arguments: nothing to fetch)."""
+        self._execute(spec, [])
+
     def _pump(self) -> None:
         running = self._running
         while self._pending and not any(not blocked for blocked in running.values()):
@@ -204,7 +211,18 @@ class WorkerProcess:
         assert core is not None
         pushed = False
         conn = None
-        address = self._owner_addr.pop(task_id, None)
+        link = self.leased.take_link(task_id)
+        if link is not None:
+            # A leased task: its end goes back on the link it came on, with the
+            # results when they are not too large for the node either (see below).
+            inline = not retry and results_size(results) <= core.frame_limit()
+            try:
+                link.send_nowait(w.LeasedTaskDone(task_id, results if inline else []))
+                pushed = inline
+                conn = link if inline else None
+            except Exception as exc:  # the submitter hands it back; the node delivers
+                logger.debug("reporting leased task %s failed: %r", task_id.hex(), exc)
+        address = None if link is not None else self._owner_addr.pop(task_id, None)
         if address is not None and not retry and results_size(results) > core.frame_limit():
             # Too large for the node (no store to spill them to): it records them
             # as errors, so the owner must get those too, not the values.
@@ -273,6 +291,9 @@ class WorkerProcess:
         assert self.core is not None
         payload = dumps(TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled"))
         results = [(oid, True, payload) for oid in spec.return_ids()]
+        if spec.task_id in self.leased.links:  # its submitter waits for its end too
+            self._finished(spec.task_id, results, False)
+            return
         self.core.enqueue(w.TaskDone(spec.task_id, results, False))
 
     async def run(self, address: str, token: bytes) -> None:
@@ -294,7 +315,8 @@ class WorkerProcess:
                 self._new_main_executor(self.main_thread)
             else:
                 self._free.append(self._new_executor())
-            await self.hello("worker", conn)
+            direct = await self.leased.listen(nursery, address, token)
+            await self.hello("worker", conn, direct)
 
     def new_core(self, role: str, conn: Any, address: str) -> CoreWorker:
         """This process's core worker (``role`` "worker" or "actor_worker"), installed
@@ -312,11 +334,13 @@ class WorkerProcess:
         _worker_state.set_core(core)
         return core
 
-    async def hello(self, role: str, conn: Any) -> None:
-        """Register with the node (it may send work at once) and learn the GCS address."""
+    async def hello(self, role: str, conn: Any, direct_address: str | None = None) -> None:
+        """Register with the node (it may send work at once) and learn the GCS
+        address; ``direct_address``: where submitters holding a lease push tasks."""
         assert self.core is not None
         welcome = await conn.request(
-            w.Hello(role, self.worker_id, os.getpid(), w.HelloInfo(id_prefix=id_prefix())),
+            w.Hello(role, self.worker_id, os.getpid(),
+                    w.HelloInfo(id_prefix=id_prefix(), direct_address=direct_address)),
             timeout=30)
         self.core.gcs_address = welcome.gcs_address
 
