@@ -415,7 +415,13 @@ def test_cancel_task_queued_behind_a_running_one(tmp_path):
     try:
         # Both CPUs busy first (one may still be held a moment by an earlier test's
         # idle lease): then no queued task can start before its cancel.
-        _until(lambda: len(list(tmp_path.glob("run*"))) == 2, "both to run")
+        try:
+            _until(lambda: len(list(tmp_path.glob("run*"))) == 2, "both to run")
+        except AssertionError as e:
+            status = ray._api._call("status")
+            raise AssertionError(f"{e}: scheduler {status['scheduler']}, ledger "
+                                 f"{status['ledger']}, workers {_tasks_on_workers()}, "
+                                 f"tree {ray.tree()}") from None
         # Some of the queued ones wait behind the running ones on their workers
         # (pipelining); the rest in the node's queue. Each is cancelled before it starts.
         _until(lambda: len(_tasks_on_workers()) > 2, "tasks queued on busy workers")
