@@ -44,6 +44,18 @@ def wait_for_file(d, name, seconds=60):
     return "finished"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _leases_on(cluster):
+    """Direct task submission is off by default (``ACTORCORE_DIRECT_TASKS``): this
+    module's driver turns it on."""
+    leased = _worker_state.current_core().leased
+    assert leased is not None, "the test cluster's node listens on a Unix socket"
+    was = leased.enabled
+    leased.enabled = True
+    yield
+    leased.enabled = was
+
+
 def _leases():
     return _worker_state.current_core().leased.statistics()
 
@@ -251,7 +263,9 @@ def _spawner(d):
     return ray.get(_child.remote(d))
 
 
-def test_the_switch_turns_direct_submission_off(cluster):
+@pytest.mark.parametrize("switch", [None, "0", "1"])
+def test_the_switch_turns_direct_submission_on(cluster, switch):
+    # Off by default and with 0: every task goes through the node; 1: pushed on leases.
     code = textwrap.dedent("""
         import sys
         import actorcore as ray
@@ -263,10 +277,18 @@ def test_the_switch_turns_direct_submission_off(cluster):
             return x * 2
 
         assert [ray.get(f.remote(i)) for i in range(20)] == [2 * i for i in range(20)]
-        print("LEASED", _worker_state.current_core().leased)
+        leased = _worker_state.current_core().leased
+        print("PUSHED", leased.enabled, leased.statistics().tasks_pushed)
     """)
+    env = dict(os.environ)
+    env.pop("ACTORCORE_DIRECT_TASKS", None)
+    if switch is not None:
+        env["ACTORCORE_DIRECT_TASKS"] = switch
     out = subprocess.run([sys.executable, "-c", code, cluster["address"]],
-                         capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, ACTORCORE_DIRECT_TASKS="0"))
+                         capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
-    assert "LEASED None" in out.stdout
+    _, enabled, pushed = out.stdout.split()
+    if switch == "1":
+        assert enabled == "True" and int(pushed) > 0, out.stdout
+    else:
+        assert (enabled, pushed) == ("False", "0"), out.stdout

@@ -401,11 +401,10 @@ class CoreWorker:
         nursery.start_soon(self.link.run_sender)
         nursery.start_soon(self.link.run_lazy_flusher)
         if token is not None:
-            self.leased = LeasedTasks(self)
-            if self.leased.enabled:
-                nursery.start_soon(self.leased.run_linger)
-            else:
-                self.leased = None
+            leased = LeasedTasks(self)
+            if leased.supported:  # (``enabled`` may be switched on later)
+                self.leased = leased
+                nursery.start_soon(leased.run_linger)
         if store_address is not None and token is not None:
             # Connected on first use (see _store_link: spares small-task programs the
             # pyarrow import).
