@@ -273,7 +273,13 @@ def main() -> None:
     p.add_argument("--scale", type=int, default=0, metavar="N",
                    help="only: startup, 10,000 tasks then N tasks (time per task of "
                         "each), and memory with --queue tasks queued")
+    p.add_argument("--runs", type=int, default=1, metavar="N",
+                   help="run both backends N times, alternating, and print each case's "
+                        "median, range and the range of the per-run ratios")
     args = p.parse_args()
+    if args.runs > 1 and not args.backend:
+        _many_runs(args)
+        return
     if args.backend:
         print("RESULT " + json.dumps(run_backend(args.backend, args.quick, args.queue,
                                                  args.scale)), flush=True)
@@ -325,6 +331,51 @@ def main() -> None:
         fa = f"{a:,.0f} {unit}" if a is not None else "-"
         fr = f"{r:,.0f} {unit}" if r is not None else "-"
         print(f"{label:<40} {fa:>12} {fr:>12} {ratio:>8}")
+    print("ratio = ray / actorcore, of time or of memory (higher is better for actorcore)")
+
+
+def _many_runs(args: argparse.Namespace) -> None:
+    """``--runs N``: the cases of N alternated runs of both backends, as medians with
+    their range, and the ratio of the medians with the range of each run's ratio."""
+    import statistics
+
+    extra = ["--queue", str(args.queue)]
+    runs = []
+    for i in range(args.runs):
+        runs.append(run_backends(__file__, extra, quick=args.quick, no_ray=args.no_ray,
+                                 timeout=900 + args.queue / 100))
+        print(f"run {i + 1} of {args.runs} done (load average "
+              f"{os.getloadavg()[0]:.1f})", flush=True)
+
+    def fmt(values: list[float], unit: str) -> str:
+        if not values:
+            return "-"
+        med = statistics.median(values)
+        return f"{med:.3g} {unit} [{min(values):.3g}-{max(values):.3g}]"
+
+    print(f"{'case':<40} {'actorcore median [range]':>28} {'ray median [range]':>28} "
+          f"{'ratio':>7} {'per run':>12}")
+    for label, key, unit, _ in CASES + MEMORY_CASES:
+        a = [r["actorcore"][key] for r in runs if key in r.get("actorcore", {})]
+        y = [r["ray"][key] for r in runs if key in r.get("ray", {})]
+        per_run = [r["ray"][key] / r["actorcore"][key] for r in runs
+                   if r.get("actorcore", {}).get(key) and r.get("ray", {}).get(key)]
+        ratio = (f"{statistics.median(y) / statistics.median(a):.2f}x"
+                 if a and y and statistics.median(a) else "-")
+        spread = f"{min(per_run):.2f}-{max(per_run):.2f}x" if per_run else "-"
+        print(f"{label:<40} {fmt(a, unit):>28} {fmt(y, unit):>28} {ratio:>7} {spread:>12}")
+    floors = [(r["actorcore"]["pool_sync_us"], r["actorcore"]["sync_task_us"])
+              for r in runs if r.get("actorcore", {}).get("pool_sync_us")]
+    if floors:
+        print("  floor: multiprocessing.Pool sync round trip "
+              + ", ".join(f"{f:.0f} us (ours at {f / t:.0%})" for f, t in floors))
+    copies = [(r["actorcore"]["memcpy_100MB_ms"], r["actorcore"]["put_100MB_first_ms"],
+               r["actorcore"]["put_100MB_ms"]) for r in runs
+              if r.get("actorcore", {}).get("memcpy_100MB_ms")]
+    if copies:
+        print("  floor: memcpy of 100 MB "
+              + ", ".join(f"{c:.1f} ms (put at {c / a:.0%} first, {c / b:.0%} steady)"
+                          for c, a, b in copies))
     print("ratio = ray / actorcore, of time or of memory (higher is better for actorcore)")
 
 
