@@ -108,6 +108,9 @@ class ChainLink:
         self._handoff_mark: int | None = None  # to send down once a member follows
         self._has_successor = False
         self._ack_to: Any = None
+        # (name, link): dialled ahead to the replica that becomes our successor if
+        # the successor dies (see `run_standby`).
+        self._standby: tuple[str, Any] | None = None
         self._ack_sent = 0
         self._snapshots_sent = 0
         self._suspects_reported = 0
@@ -250,13 +253,64 @@ class ChainLink:
             if host.chain is cfg:
                 await self._wait_wake(0.05)  # link broke, same config: retry shortly
 
+    async def run_standby(self) -> None:
+        """Keep a link dialled to our successor's successor, the replica that becomes
+        our successor when the successor dies (the head's to the tail in a chain of
+        three); `_forward_to` takes it instead of dialling.
+
+        A middle replica's death used to stall the chain for a dial from its
+        predecessor to its successor after the coordinator's new config arrived:
+        TCP connect and the token handshake, two round trips between two busy
+        processes, before the `Sync` could even go out. The standby link is dialled
+        while the chain is healthy, so the repair starts with the `Sync`. It carries
+        nothing until it is taken (the successor accepts only a `Sync` from the
+        predecessor its own config names, so holding it open grants nothing). A
+        link to a replica that is no longer the one, or that broke, is closed and
+        the right one dialled; a failed dial waits for the next change (or a second).
+        """
+        host = self._host
+        while True:
+            cfg = host.chain
+            succ = cfg.successor(host.name)
+            target = cfg.successor(succ) if succ is not None else None
+            held = self._standby
+            # (One to our successor itself is the forwarder's to take: the new
+            # config that made it our successor woke us both.)
+            if (held is not None and (held[0] != target or held[1].closed)
+                    and not (held[0] == succ and not held[1].closed)):
+                self._standby = None
+                await aclose_quietly(held[1])
+                continue
+            if target is not None and self._standby is None:
+                try:
+                    conn = await transport.connect(
+                        cfg.addresses[target], self._token, name=f"gcs/{host.name}",
+                        handler=self._routes, connect_timeout=2.0)
+                except (transport.TransportError, OSError):
+                    pass
+                else:
+                    self._standby = (target, conn)
+                    continue  # the config may have moved on while we dialled
+            await self._wait_wake(1.0)
+
+    def _take_standby(self, succ: str) -> Any:
+        """The standby link if it goes to ``succ`` (and lives), else None."""
+        held = self._standby
+        if held is None or held[0] != succ or held[1].closed:
+            return None
+        self._standby = None
+        self._wake_background()  # the keeper dials the next one
+        return held[1]
+
     def _suspect(self, succ: str) -> None:
         self._suspects_reported += 1
         self._host.tell_coordinator(Suspect(self._host.shard, succ, self._host.name))
 
     async def _forward_to(self, cfg: ChainConfig, succ: str) -> None:
-        conn = await transport.connect(cfg.addresses[succ], self._token,
-                                       name=f"gcs/{self._host.name}", handler=self._routes)
+        conn = self._take_standby(succ)
+        if conn is None:
+            conn = await transport.connect(cfg.addresses[succ], self._token,
+                                           name=f"gcs/{self._host.name}", handler=self._routes)
         # A link that breaks before the successor even answers our Sync is as good
         # as no link (a path that resets every connection): raised, so that
         # ``run_forwarder`` reports it once it has lasted. One that broke after

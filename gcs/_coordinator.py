@@ -271,7 +271,9 @@ class Coordinator:
             cfg = shard.config
             head = cfg.addresses[cfg.chain[0]] if cfg.chain else None
             tail = cfg.addresses[cfg.chain[-1]] if cfg.chain else None
-            shards.append(ShardLayout(shard=cfg.shard, epoch=cfg.epoch, head=head, tail=tail))
+            standby = cfg.addresses[cfg.chain[1]] if len(cfg.chain) > 1 else None
+            shards.append(ShardLayout(shard=cfg.shard, epoch=cfg.epoch, head=head, tail=tail,
+                                      standby=standby))
         return Layout(shards=tuple(shards), max_value_bytes=self.config.max_value_bytes,
                       generation=self.generation)
 
@@ -577,7 +579,10 @@ class Coordinator:
                 while True:  # an answer (None) only means "ask again"
                     await member.conn.request(Watch(), timeout=None)
             except transport.TransportError as exc:
-                reason[0] = f"link lost: {type(exc).__name__}"
+                # Declared here, not after the nursery: the chain stalls until the
+                # new config is out, and on a busy loop every task switch on the
+                # way costs a scheduler pass.
+                self._declare_dead(member, f"link lost: {type(exc).__name__}")
             nursery.cancel_scope.cancel()
 
         async def ping() -> None:

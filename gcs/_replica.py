@@ -114,6 +114,10 @@ from ._watch import HeldReplies, aclose_quietly, answer, answer_nowait
 
 __all__ = ["Replica", "ReplicaRemoved", "ReplicaStatistics"]
 
+#: How long a write that names a newer layout than the replica's config waits for
+#: that config before the client is redirected.
+_CONFIG_WAIT = 2.0
+
 
 class ReplicaRemoved(Exception):
     """The coordinator removed this replica from its chain (or is gone): it must exit."""
@@ -244,6 +248,7 @@ class Replica:
                 await self._register_with_retry()
                 nursery.start_soon(self.links.run_forwarder)
                 nursery.start_soon(self.links.run_acker)
+                nursery.start_soon(self.links.run_standby)
                 nursery.start_soon(self._watch_coordinator)
                 await self._removed.wait()
                 nursery.cancel_scope.cancel()
@@ -477,6 +482,15 @@ class Replica:
 
     def _on_write(self, conn: Any, message: Write, reply: Any) -> None:
         if not self.chain.chain or self.chain.chain[0] != self.name:
+            if message.epoch > self.chain.epoch:
+                # The client already has a newer layout than our config: after a
+                # failover the coordinator pushed both at once and ours is on its
+                # way. Wait for it rather than send the client off to sleep and
+                # resend (a write still executes only here, as the head our own
+                # config names).
+                assert self._nursery is not None
+                self._nursery.start_soon(self._write_later, conn, message, reply)
+                return
             answer_nowait(reply, Redirect(self.chain.epoch))
             return
         results, wait, new = self.state.execute(message.client_id, message.seqs, message.ops)
@@ -488,6 +502,17 @@ class Replica:
             answer_nowait(reply, WriteDone(results, wait, self.state.history))
         else:
             self._pending.append((wait, reply, results))
+
+    async def _write_later(self, conn: Any, message: Write, reply: Any) -> None:
+        """`_on_write` once our config reached the client's epoch (or a redirect
+        after ``_CONFIG_WAIT``, if it never comes: the client asks the coordinator)."""
+        with trio.move_on_after(_CONFIG_WAIT):
+            while self.chain.epoch < message.epoch:
+                await self._changed.wait()
+        if self.chain.epoch < message.epoch:
+            await answer(reply, Redirect(self.chain.epoch))
+            return
+        self._on_write(conn, message, reply)
 
     def _on_read(self, conn: Any, message: Read, reply: Any) -> None:
         min_seq = message.min_seq
