@@ -441,15 +441,32 @@ class Pong:
 # -- along the chain -------------------------------------------------------------------
 
 
+def _forward_or_none(instance: Any, attribute: Any, value: Any) -> None:
+    """None, or a `Forward` whose own fields pass their checks (a message inside a
+    message is not checked by the dispatcher)."""
+    if value is None:
+        return
+    if not isinstance(value, Forward):
+        raise TypeError(f"'{attribute.name}' must be a Forward or None, got {value!r:.100}")
+    for field in attrs.fields(Forward):
+        check = field.metadata.get("check")
+        if check is not None:
+            check(value, field, getattr(value, field.name))
+
+
 @transport.compact
 @attrs.frozen(slots=False)
 class Sync:
     """A predecessor's first message on its link: who it is, under which epoch, and
-    of which history it streams."""
+    of which history it streams. ``backlog``: updates the successor most likely
+    lacks (see `ChainLink._stream_to`), applied on acceptance if they follow what it
+    has, so that a repair's first updates need not wait for the answer."""
 
     sender: str = attrs.field(metadata=transport.check(_str))
     epoch: int = attrs.field(metadata=transport.check(_seq))
     history: str = attrs.field(metadata=transport.check(_str))
+    backlog: Forward | None = attrs.field(default=None,
+                                          metadata=transport.check(_forward_or_none))
 
 
 @transport.compact

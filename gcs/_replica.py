@@ -285,6 +285,9 @@ class Replica:
         except (transport.TransportError, trio.WouldBlock):
             pass
 
+    def apply_batch(self, updates: list[Update]) -> None:
+        self._apply_batch(updates)
+
     def commit(self, seq: int) -> None:
         """Everything up to ``seq`` is acknowledged by the tail: publish it, release
         the replies waiting for it, acknowledge it upstream."""
