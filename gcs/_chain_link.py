@@ -91,10 +91,16 @@ class ChainHost(Protocol):
 @attrs.frozen(kw_only=True)
 class ChainLinkStatistics:
     """snapshots_sent: state transfers to a successor; suspects_reported: successors
-    reported to the coordinator as unresponsive."""
+    reported to the coordinator as unresponsive; standby_links_taken: new successors
+    streamed to over a link dialled ahead (see `run_standby`); backlogs_applied:
+    predecessors' `Sync` backlogs applied on acceptance."""
 
     snapshots_sent: int
     suspects_reported: int
+    standby_links_taken: int
+    backlogs_applied: int
+    #: The replica the standby link goes to, while one is open.
+    standby_link: str | None
 
 
 class ChainLink:
@@ -118,13 +124,19 @@ class ChainLink:
         self._ack_sent = 0
         self._snapshots_sent = 0
         self._suspects_reported = 0
+        self._standby_links_taken = 0
+        self._backlogs_applied = 0
         # What the successor may send back on the link we dialed.
         self._routes = transport.Dispatcher(f"gcs/{host.name} downstream link")
         self._routes.register(Ack, self._on_ack, oneway=True)
 
     def statistics(self) -> ChainLinkStatistics:
         return ChainLinkStatistics(snapshots_sent=self._snapshots_sent,
-                                   suspects_reported=self._suspects_reported)
+                                   suspects_reported=self._suspects_reported,
+                                   standby_links_taken=self._standby_links_taken,
+                                   backlogs_applied=self._backlogs_applied,
+                                   standby_link=(self._standby[0]
+                                                 if self._standby is not None else None))
 
     # ------------------------------------------------------------ the replica's calls
 
@@ -224,6 +236,7 @@ class ChainLink:
             host.adopt_history(message.history)  # what it streams is of its history
         elif backlog is not None and backlog.seqs and backlog.seqs[0] <= host.state.applied + 1:
             host.apply_batch(updates_of(backlog))
+            self._backlogs_applied += 1
         host.notify()
         self._wake_background()
         await answer(reply, InSync(host.state.applied))
@@ -306,6 +319,7 @@ class ChainLink:
         if held is None or held[0] != succ or held[1].closed:
             return None
         self._standby = None
+        self._standby_links_taken += 1
         self._wake_background()  # the keeper dials the next one
         return held[1]
 

@@ -137,6 +137,10 @@ class ReplicaStatistics:
       coordinator_reconnects: times it redialled the coordinator.
       snapshots_sent, snapshots_received: state transfers to a successor / from a
         predecessor; suspects_reported: neighbours reported to the coordinator.
+      standby_links_taken: new successors streamed to over a link dialled ahead;
+        backlogs_applied: a new predecessor's first updates applied with its `Sync`;
+        standby_link: the replica a standby link is open to (our successor's
+        successor), or None.
       pubsub: its subscriptions (served by the tail); state: its copy of the shard;
       log: its durable log (``None`` without ``durable_dir``).
     """
@@ -153,6 +157,9 @@ class ReplicaStatistics:
     snapshots_sent: int
     snapshots_received: int
     suspects_reported: int
+    standby_links_taken: int
+    backlogs_applied: int
+    standby_link: str | None
     pubsub: PublisherStatistics
     state: ShardStateStatistics
     log: ShardLogStatistics | None
@@ -641,4 +648,7 @@ class Replica:
             snapshots_sent=links.snapshots_sent,
             snapshots_received=counts.snapshots_received,
             suspects_reported=links.suspects_reported,
+            standby_links_taken=links.standby_links_taken,
+            backlogs_applied=links.backlogs_applied,
+            standby_link=links.standby_link,
         )
