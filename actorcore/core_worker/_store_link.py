@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import pickle
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -45,7 +46,7 @@ import trio
 import transport
 
 from ..exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError
-from ..protocol._serialization import dumps
+from ..protocol._serialization import dumps, plain
 
 if TYPE_CHECKING:
     import store
@@ -59,6 +60,8 @@ _T = TypeVar("_T")
 #: Stands for "the value is in the node's shared-memory store" in an object's data.
 STORE = b"\x00actorcore-store"
 INLINE_THRESHOLD = 100 * 1024
+
+_dumps = pickle.dumps
 #: Longest a link keeps dialling a store that went away before giving up.
 RECONNECT_WINDOW = 30.0
 #: Longest one release (a one-way send) may hold back a cancellation of its task.
@@ -426,6 +429,10 @@ def encode_value(
     value: Any, object_id: bytes, link: StoreLink | None, *, what: str = "value"
 ) -> bytes:
     """Serialise ``value``: inline pickle bytes, or ``STORE`` after writing it there."""
+    if plain(value):
+        data = _dumps(value, protocol=5)
+        if len(data) < INLINE_THRESHOLD or link is None:
+            return data
     buffers: list[Any] = []
     try:
         data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
