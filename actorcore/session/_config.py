@@ -378,7 +378,9 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD", "float", "0.95",
            "the fraction of the disk spills and disk objects may fill"),
     EnvVar("ACTORCORE_OBJECT_STORE_PREFAULT", "bytes", None,
-           "bytes of the store's arena touched at start ('all' for every byte)"),
+           "bytes of the store's arena touched at start ('all' for every byte); a "
+           "driver maps as many (at most 256 MiB with 'all') into its own process at "
+           "`init()`, `0` turns both off"),
     EnvVar("ACTORCORE_STORE_RECOVERY_GRACE", "float", "30",
            "seconds a restarted store waits for its clients to claim their objects"),
     EnvVar("ACTORCORE_GCS_LINEAGE_CAP", "int", "10000",
