@@ -158,10 +158,16 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-ray", action="store_true")
     p.add_argument("--light", type=int, default=10_000)
+    p.add_argument("--runs", type=int, default=1, metavar="N",
+                   help="run both backends N times, alternating: each rate's median and "
+                        "range, and the range of the per-run ratios")
     args = p.parse_args()
     if args.backend:
         print("RESULT " + json.dumps(run_backend(args.backend, args.quick, args.light)),
               flush=True)
+        return
+    if args.runs > 1:
+        _many_runs(args)
         return
     results = run_backends(
         __file__, ["--light", str(args.light)], quick=args.quick, no_ray=args.no_ray, timeout=1200
@@ -183,6 +189,33 @@ def main() -> None:
               f"{ac['light_create_rate']:,.0f} created/s, "
               f"{ac['light_kb_per_actor']:.0f} KB per actor, "
               f"{ac['light_calls_per_s']:,.0f} calls/s (one call to each)")
+    print("ratio = actorcore rate / ray rate (higher is better for actorcore)")
+
+
+def _many_runs(args: argparse.Namespace) -> None:
+    import os
+    import statistics
+
+    runs = []
+    for i in range(args.runs):
+        runs.append(run_backends(__file__, ["--light", str(args.light)], quick=args.quick,
+                                 no_ray=args.no_ray, timeout=1200))
+        print(f"run {i + 1} of {args.runs} done (load average {os.getloadavg()[0]:.1f})",
+              flush=True)
+    print(f"{'case (per second)':<34} {'actorcore median [range]':>26} "
+          f"{'ray median [range]':>24} {'ratio':>7} {'per run':>12}")
+    for label, key in CASES:
+        a = [r["actorcore"][key] for r in runs if key in r.get("actorcore", {})]
+        y = [r["ray"][key] for r in runs if key in r.get("ray", {})]
+        per_run = [r["actorcore"][key] / r["ray"][key] for r in runs
+                   if r.get("actorcore", {}).get(key) and r.get("ray", {}).get(key)]
+
+        def fmt(v: list[float]) -> str:
+            return f"{statistics.median(v):,.0f} [{min(v):,.0f}-{max(v):,.0f}]" if v else "-"
+
+        ratio = f"{statistics.median(a) / statistics.median(y):.2f}x" if a and y else "-"
+        spread = f"{min(per_run):.2f}-{max(per_run):.2f}x" if per_run else "-"
+        print(f"{label:<34} {fmt(a):>26} {fmt(y):>24} {ratio:>7} {spread:>12}")
     print("ratio = actorcore rate / ray rate (higher is better for actorcore)")
 
 

@@ -10,13 +10,15 @@ faster). Cases:
 - startup: ``init()`` to the first task's result, in a fresh process;
 - sync task: submit one task and ``get`` it, one at a time; the median of 5 rounds'
   means (on a shared machine one stall in a single long round moved its mean 2x
-  between runs of the same commit);
+  between runs of the same commit); beside it the floor, a ``multiprocessing.Pool``
+  round trip (``apply``) measured the same way in actorcore's benchmark process;
 - 10k tasks: submit 10,000 tasks, then ``get`` them all;
 - put/get: a small ``put`` followed by its ``get``;
 - put 100 MB: a numpy array, right after start-up (after a 1 MB put, so that linking
   to the store is not counted), into pages no object used before; then the steady
   state (median of 5, each freed before the next); beside a memcpy of 100 MB in the
   same process, the floor;
+  ``--put-only`` runs start-up, this case and the idle memory alone;
 - wait: ``wait`` on 1,000 ready refs (``num_returns=1000``);
 - nested tree: a task that submits 8 tasks that each submit 8 (73 tasks), blocking in
   ``get`` at each level;
@@ -158,23 +160,30 @@ def _put_100mb(ray) -> dict:
     big = np.random.randint(0, 255, 100 * 1000 * 1000, dtype=np.uint8)
     dst = np.empty_like(big)
     dst[:] = 1
-    copies = []
+    copies, copy_cpu = [], []
     for _ in range(5):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         np.copyto(dst, big)
         copies.append(time.perf_counter() - t0)
+        copy_cpu.append(time.process_time() - c0)
     small = ray.put(np.ones(1 << 20, dtype=np.uint8))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     first = ray.put(big)
-    res = {"memcpy_100MB_ms": min(copies) * 1e3, "put_100MB_first_ms": (time.perf_counter() - t0) * 1e3}
+    res = {"memcpy_100MB_ms": min(copies) * 1e3, "put_100MB_first_ms": (time.perf_counter() - t0) * 1e3,
+           "put_100MB_first_cpu_ms": (time.process_time() - c0) * 1e3}
     del first, small
-    times = []
+    times, cpu = [], []
     for _ in range(5):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ref = ray.put(big)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         del ref
     res["put_100MB_ms"] = sorted(times)[2] * 1e3
+    # The driver process's CPU time (all its threads), which a loaded machine moves
+    # far less than the wall clock: the put's own work beside the copy's.
+    res["memcpy_100MB_cpu_ms"] = sorted(copy_cpu)[2] * 1e3
+    res["put_100MB_cpu_ms"] = sorted(cpu)[2] * 1e3
     return res
 
 
@@ -196,7 +205,32 @@ def _scale(ray, noop, n: int) -> dict:
     return res
 
 
-def run_backend(backend: str, quick: bool, queue: int, scale_n: int = 0) -> dict:
+def _pool_noop(x=None):
+    return x
+
+
+def _pool_floor(quick: bool) -> dict:
+    """The floor of a sync task: a ``multiprocessing.Pool`` round trip (``apply``,
+    two worker processes, fork), measured as the sync task is (median of 5 rounds'
+    means), in the same process and run."""
+    import multiprocessing
+
+    n = int(200 * (0.3 if quick else 1.0))
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        for _ in range(50):
+            pool.apply(_pool_noop, (1,))
+        rounds = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                pool.apply(_pool_noop, (1,))
+            rounds.append((time.perf_counter() - t0) / n)
+    rounds.sort()
+    return {"pool_sync_us": rounds[2] * 1e6}
+
+
+def run_backend(backend: str, quick: bool, queue: int, scale_n: int = 0,
+                put_only: bool = False) -> dict:
     t_start = time.perf_counter()
     ray = init_backend(backend)
 
@@ -227,6 +261,10 @@ def run_backend(backend: str, quick: bool, queue: int, scale_n: int = 0) -> dict
         ray.shutdown()
         return res
     res.update(_put_100mb(ray))
+    if put_only:
+        res.update(_memory(ray, backend, noop, 0))
+        ray.shutdown()
+        return res
 
     def timeit(fn, n: int) -> float:
         t0 = time.perf_counter()
@@ -240,6 +278,8 @@ def run_backend(backend: str, quick: bool, queue: int, scale_n: int = 0) -> dict
     rounds = sorted(timeit(lambda: ray.get(noop.remote(1)), int(200 * scale)) for _ in range(5))
     res["sync_task_us"] = rounds[2] * 1e6
     res["sync_task_rounds_us"] = [round(r * 1e6) for r in rounds]
+    if backend == "actorcore":
+        res.update(_pool_floor(quick))
     n_async = 10_000
     t0 = time.perf_counter()
     ray.get([noop.remote(i) for i in range(n_async)])
@@ -285,12 +325,21 @@ def main() -> None:
     p.add_argument("--scale", type=int, default=0, metavar="N",
                    help="only: startup, 10,000 tasks then N tasks (time per task of "
                         "each), and memory with --queue tasks queued")
+    p.add_argument("--put-only", action="store_true",
+                   help="only: startup, the 100 MB puts beside a memcpy, idle memory")
+    p.add_argument("--runs", type=int, default=1, metavar="N",
+                   help="run both backends N times, alternating, and print each case's "
+                        "median, range and the range of the per-run ratios")
     args = p.parse_args()
+    if args.runs > 1 and not args.backend:
+        _many_runs(args)
+        return
     if args.backend:
         print("RESULT " + json.dumps(run_backend(args.backend, args.quick, args.queue,
-                                                 args.scale)), flush=True)
+                                                 args.scale, args.put_only)), flush=True)
         return
     extra = ["--queue", str(args.queue)] + (["--scale", str(args.scale)] if args.scale else [])
+    extra += ["--put-only"] if args.put_only else []
     results = run_backends(
         __file__, extra, quick=args.quick, no_ray=args.no_ray,
         timeout=900 + args.scale / 100 + args.queue / 100,  # 1M: hours on a loaded machine
@@ -314,6 +363,11 @@ def main() -> None:
         fa = f"{a:.3g} {unit}" if a is not None else "-"
         fr = f"{r:.3g} {unit}" if r is not None else "-"
         print(f"{label:<40} {fa:>12} {fr:>12} {ratio:>8}")
+    if ac.get("pool_sync_us") and ac.get("sync_task_us"):
+        floor = ac["pool_sync_us"]
+        print(f"  floor: multiprocessing.Pool sync round trip {floor:.0f} us (in actorcore's "
+              f"process); actorcore's sync task at {floor / ac['sync_task_us']:.0%} of its speed"
+              + (f", Ray's at {floor / ry['sync_task_us']:.0%}" if ry.get("sync_task_us") else ""))
     for name, res in (("actorcore", ac), ("ray", ry)):
         if res.get("sync_task_rounds_us"):
             print(f"  {name}: sync task rounds (us, sorted) {res['sync_task_rounds_us']}")
@@ -322,6 +376,11 @@ def main() -> None:
             print(f"  {name}: memcpy of 100 MB {floor:.1f} ms; put 100 MB at "
                   f"{floor / res['put_100MB_first_ms']:.0%} (first) and "
                   f"{floor / res['put_100MB_ms']:.0%} (steady) of memcpy speed")
+            if res.get("memcpy_100MB_cpu_ms"):
+                print(f"  {name}: the driver's CPU time (median of 5): memcpy "
+                      f"{res['memcpy_100MB_cpu_ms']:.1f} ms, put first "
+                      f"{res['put_100MB_first_cpu_ms']:.1f} ms, steady "
+                      f"{res['put_100MB_cpu_ms']:.1f} ms")
     for label, key, unit, _ in MEMORY_CASES:
         a, r = ac.get(key), ry.get(key)
         if a is None and r is None:
@@ -336,6 +395,51 @@ def main() -> None:
         fa = f"{a:,.0f} {unit}" if a is not None else "-"
         fr = f"{r:,.0f} {unit}" if r is not None else "-"
         print(f"{label:<40} {fa:>12} {fr:>12} {ratio:>8}")
+    print("ratio = ray / actorcore, of time or of memory (higher is better for actorcore)")
+
+
+def _many_runs(args: argparse.Namespace) -> None:
+    """``--runs N``: the cases of N alternated runs of both backends, as medians with
+    their range, and the ratio of the medians with the range of each run's ratio."""
+    import statistics
+
+    extra = ["--queue", str(args.queue)] + (["--put-only"] if args.put_only else [])
+    runs = []
+    for i in range(args.runs):
+        runs.append(run_backends(__file__, extra, quick=args.quick, no_ray=args.no_ray,
+                                 timeout=900 + args.queue / 100))
+        print(f"run {i + 1} of {args.runs} done (load average "
+              f"{os.getloadavg()[0]:.1f})", flush=True)
+
+    def fmt(values: list[float], unit: str) -> str:
+        if not values:
+            return "-"
+        med = statistics.median(values)
+        return f"{med:.3g} {unit} [{min(values):.3g}-{max(values):.3g}]"
+
+    print(f"{'case':<40} {'actorcore median [range]':>28} {'ray median [range]':>28} "
+          f"{'ratio':>7} {'per run':>12}")
+    for label, key, unit, _ in CASES + MEMORY_CASES:
+        a = [r["actorcore"][key] for r in runs if key in r.get("actorcore", {})]
+        y = [r["ray"][key] for r in runs if key in r.get("ray", {})]
+        per_run = [r["ray"][key] / r["actorcore"][key] for r in runs
+                   if r.get("actorcore", {}).get(key) and r.get("ray", {}).get(key)]
+        ratio = (f"{statistics.median(y) / statistics.median(a):.2f}x"
+                 if a and y and statistics.median(a) else "-")
+        spread = f"{min(per_run):.2f}-{max(per_run):.2f}x" if per_run else "-"
+        print(f"{label:<40} {fmt(a, unit):>28} {fmt(y, unit):>28} {ratio:>7} {spread:>12}")
+    floors = [(r["actorcore"]["pool_sync_us"], r["actorcore"]["sync_task_us"])
+              for r in runs if r.get("actorcore", {}).get("pool_sync_us")]
+    if floors:
+        print("  floor: multiprocessing.Pool sync round trip "
+              + ", ".join(f"{f:.0f} us (ours at {f / t:.0%})" for f, t in floors))
+    copies = [(r["actorcore"]["memcpy_100MB_ms"], r["actorcore"]["put_100MB_first_ms"],
+               r["actorcore"]["put_100MB_ms"]) for r in runs
+              if r.get("actorcore", {}).get("memcpy_100MB_ms")]
+    if copies:
+        print("  floor: memcpy of 100 MB "
+              + ", ".join(f"{c:.1f} ms (put at {c / a:.0%} first, {c / b:.0%} steady)"
+                          for c, a, b in copies))
     print("ratio = ray / actorcore, of time or of memory (higher is better for actorcore)")
 
 

@@ -43,7 +43,7 @@ from ._messages import (
     Transfer,
 )
 from ._protocol import RPC_TIMEOUT as _RPC_TIMEOUT
-from ._state import ShardState, Update, forward_of
+from ._state import ShardState, Update, forward_of, updates_of
 from ._watch import aclose_quietly, answer
 
 __all__ = ["ChainHost", "ChainLink", "ChainLinkStatistics"]
@@ -77,6 +77,10 @@ class ChainHost(Protocol):
     def commit(self, seq: int) -> None:
         """The tail acknowledged everything up to ``seq``."""
 
+    def apply_batch(self, updates: list[Update]) -> None:
+        """Apply consecutive updates from the accepted predecessor (those already
+        applied are skipped), as a `Forward` of theirs would."""
+
     def adopt_history(self, history: str) -> None:
         """The accepted predecessor streams of ``history``: it is the shard's now."""
 
@@ -87,10 +91,16 @@ class ChainHost(Protocol):
 @attrs.frozen(kw_only=True)
 class ChainLinkStatistics:
     """snapshots_sent: state transfers to a successor; suspects_reported: successors
-    reported to the coordinator as unresponsive."""
+    reported to the coordinator as unresponsive; standby_links_taken: new successors
+    streamed to over a link dialled ahead (see `run_standby`); backlogs_applied:
+    predecessors' `Sync` backlogs applied on acceptance."""
 
     snapshots_sent: int
     suspects_reported: int
+    standby_links_taken: int
+    backlogs_applied: int
+    #: The replica the standby link goes to, while one is open.
+    standby_link: str | None
 
 
 class ChainLink:
@@ -108,16 +118,25 @@ class ChainLink:
         self._handoff_mark: int | None = None  # to send down once a member follows
         self._has_successor = False
         self._ack_to: Any = None
+        # (name, link): dialled ahead to the replica that becomes our successor if
+        # the successor dies (see `run_standby`).
+        self._standby: tuple[str, Any] | None = None
         self._ack_sent = 0
         self._snapshots_sent = 0
         self._suspects_reported = 0
+        self._standby_links_taken = 0
+        self._backlogs_applied = 0
         # What the successor may send back on the link we dialed.
         self._routes = transport.Dispatcher(f"gcs/{host.name} downstream link")
         self._routes.register(Ack, self._on_ack, oneway=True)
 
     def statistics(self) -> ChainLinkStatistics:
         return ChainLinkStatistics(snapshots_sent=self._snapshots_sent,
-                                   suspects_reported=self._suspects_reported)
+                                   suspects_reported=self._suspects_reported,
+                                   standby_links_taken=self._standby_links_taken,
+                                   backlogs_applied=self._backlogs_applied,
+                                   standby_link=(self._standby[0]
+                                                 if self._standby is not None else None))
 
     # ------------------------------------------------------------ the replica's calls
 
@@ -212,8 +231,12 @@ class ChainLink:
             await answer(reply, OutOfSync(host.chain.epoch))
             return
         self._upstream = conn
+        backlog = message.backlog
         if message.history != host.state.history:
             host.adopt_history(message.history)  # what it streams is of its history
+        elif backlog is not None and backlog.seqs and backlog.seqs[0] <= host.state.applied + 1:
+            host.apply_batch(updates_of(backlog))
+            self._backlogs_applied += 1
         host.notify()
         self._wake_background()
         await answer(reply, InSync(host.state.applied))
@@ -250,13 +273,65 @@ class ChainLink:
             if host.chain is cfg:
                 await self._wait_wake(0.05)  # link broke, same config: retry shortly
 
+    async def run_standby(self) -> None:
+        """Keep a link dialled to our successor's successor, the replica that becomes
+        our successor when the successor dies (the head's to the tail in a chain of
+        three); `_forward_to` takes it instead of dialling.
+
+        A middle replica's death used to stall the chain for a dial from its
+        predecessor to its successor after the coordinator's new config arrived:
+        TCP connect and the token handshake, two round trips between two busy
+        processes, before the `Sync` could even go out. The standby link is dialled
+        while the chain is healthy, so the repair starts with the `Sync`. It carries
+        nothing until it is taken (the successor accepts only a `Sync` from the
+        predecessor its own config names, so holding it open grants nothing). A
+        link to a replica that is no longer the one, or that broke, is closed and
+        the right one dialled; a failed dial waits for the next change (or a second).
+        """
+        host = self._host
+        while True:
+            cfg = host.chain
+            succ = cfg.successor(host.name)
+            target = cfg.successor(succ) if succ is not None else None
+            held = self._standby
+            # (One to our successor itself is the forwarder's to take: the new
+            # config that made it our successor woke us both.)
+            if (held is not None and (held[0] != target or held[1].closed)
+                    and not (held[0] == succ and not held[1].closed)):
+                self._standby = None
+                await aclose_quietly(held[1])
+                continue
+            if target is not None and self._standby is None:
+                try:
+                    conn = await transport.connect(
+                        cfg.addresses[target], self._token, name=f"gcs/{host.name}",
+                        handler=self._routes, connect_timeout=2.0)
+                except (transport.TransportError, OSError):
+                    pass
+                else:
+                    self._standby = (target, conn)
+                    continue  # the config may have moved on while we dialled
+            await self._wait_wake(1.0)
+
+    def _take_standby(self, succ: str) -> Any:
+        """The standby link if it goes to ``succ`` (and lives), else None."""
+        held = self._standby
+        if held is None or held[0] != succ or held[1].closed:
+            return None
+        self._standby = None
+        self._standby_links_taken += 1
+        self._wake_background()  # the keeper dials the next one
+        return held[1]
+
     def _suspect(self, succ: str) -> None:
         self._suspects_reported += 1
         self._host.tell_coordinator(Suspect(self._host.shard, succ, self._host.name))
 
     async def _forward_to(self, cfg: ChainConfig, succ: str) -> None:
-        conn = await transport.connect(cfg.addresses[succ], self._token,
-                                       name=f"gcs/{self._host.name}", handler=self._routes)
+        conn = self._take_standby(succ)
+        if conn is None:
+            conn = await transport.connect(cfg.addresses[succ], self._token,
+                                           name=f"gcs/{self._host.name}", handler=self._routes)
         # A link that breaks before the successor even answers our Sync is as good
         # as no link (a path that resets every connection): raised, so that
         # ``run_forwarder`` reports it once it has lasted. One that broke after
@@ -302,7 +377,19 @@ class ChainLink:
         host = self._host
         state = host.state
         self._downstream, self._next_fw = conn, None
-        answered = await conn.request(Sync(host.name, cfg.epoch, state.history),
+        # A member successor holds at least what we count as acknowledged (the tail
+        # acknowledged it, and every member holds what its successors hold), so
+        # what we applied since is what it most likely lacks: it rides in the
+        # `Sync` and is applied on acceptance. After a middle replica's death the
+        # writes waiting for the tail are then committed and acknowledged right
+        # away, without a round trip for `InSync` first. (If it does not follow
+        # what the successor has, it is ignored and streamed after `InSync`.)
+        backlog = None
+        if succ != cfg.learner:
+            pending = state.updates_after(state.acked, _FORWARD_BATCH)
+            if pending:
+                backlog = forward_of(pending)
+        answered = await conn.request(Sync(host.name, cfg.epoch, state.history, backlog),
                                       timeout=_RPC_TIMEOUT)
         self._synced = True
         if not isinstance(answered, InSync):
@@ -341,5 +428,12 @@ class ChainLink:
                 # Asked again under every new epoch: a restarted coordinator may
                 # never have heard the earlier request.
                 asked_epoch = host.chain.epoch
+                # Sent is not applied: a fresh learner may still have thousands of
+                # updates to work through, and as the tail it would hold every
+                # commit of the shard until it has (70-130 ms were measured on a
+                # loaded machine). Its answer to a ping comes after it applied all
+                # we sent before it (one link, handled in order); meanwhile we
+                # are still the tail and commit by ourselves.
+                await conn.request(Ping(), timeout=_RPC_TIMEOUT)
                 host.tell_coordinator(Promote(host.shard, succ, cfg.epoch))
             await self._wait_wake(1.0)

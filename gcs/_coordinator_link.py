@@ -124,6 +124,11 @@ class CoordinatorLink:
         """The layout, or None before the first one arrived."""
         return self._layout
 
+    async def wait_layout_changed(self, since: Layout) -> None:
+        """Return once the layout is no longer ``since`` (pushed or fetched)."""
+        while self._layout is since:
+            await self._layout_changed.wait()
+
     def _set_layout(self, layout: Layout) -> None:
         current = self._layout
         if (current is not None and current.generation == layout.generation

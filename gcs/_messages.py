@@ -171,12 +171,18 @@ class ChainConfig:
 @transport.compact
 @attrs.frozen(slots=False)
 class ShardLayout:
-    """What clients need of one shard: where to write (head) and read (tail)."""
+    """What clients need of one shard: where to write (head) and read (tail).
+
+    ``standby``: the replica that becomes head if the head dies (the second member
+    of the chain), or None in a chain of one. A client that writes to the shard
+    keeps a link to it open, so that a failover's resend needs no dial.
+    """
 
     shard: int
     epoch: int
     head: str | None
     tail: str | None
+    standby: str | None = None
 
 
 @attrs.frozen(slots=False)
@@ -313,11 +319,15 @@ def _same_length(instance: Write, attribute: Any, ops: list[Any]) -> None:
 @attrs.frozen(slots=False)
 class Write:
     """A batch of client writes for the head: ``ops[i]`` is the client's write number
-    ``seqs[i]`` (so a retried batch is answered, not applied twice)."""
+    ``seqs[i]`` (so a retried batch is answered, not applied twice). ``epoch``: of
+    the layout the client sent it under; a replica whose config is older waits
+    (briefly) for the config the coordinator pushed beside that layout instead of
+    redirecting the client."""
 
     client_id: str | bytes = attrs.field(metadata=transport.check(v.instance_of((str, bytes))))
     seqs: list[int] = attrs.field(metadata=transport.check(_ints))
     ops: list[WriteOp] = attrs.field(metadata=transport.check(v.instance_of(list), _same_length))
+    epoch: int = attrs.field(default=0, metadata=transport.check(_seq))
 
 
 @transport.compact
@@ -431,15 +441,32 @@ class Pong:
 # -- along the chain -------------------------------------------------------------------
 
 
+def _forward_or_none(instance: Any, attribute: Any, value: Any) -> None:
+    """None, or a `Forward` whose own fields pass their checks (a message inside a
+    message is not checked by the dispatcher)."""
+    if value is None:
+        return
+    if not isinstance(value, Forward):
+        raise TypeError(f"'{attribute.name}' must be a Forward or None, got {value!r:.100}")
+    for field in attrs.fields(Forward):
+        check = field.metadata.get("check")
+        if check is not None:
+            check(value, field, getattr(value, field.name))
+
+
 @transport.compact
 @attrs.frozen(slots=False)
 class Sync:
     """A predecessor's first message on its link: who it is, under which epoch, and
-    of which history it streams."""
+    of which history it streams. ``backlog``: updates the successor most likely
+    lacks (see `ChainLink._stream_to`), applied on acceptance if they follow what it
+    has, so that a repair's first updates need not wait for the answer."""
 
     sender: str = attrs.field(metadata=transport.check(_str))
     epoch: int = attrs.field(metadata=transport.check(_seq))
     history: str = attrs.field(metadata=transport.check(_str))
+    backlog: Forward | None = attrs.field(default=None,
+                                          metadata=transport.check(_forward_or_none))
 
 
 @transport.compact

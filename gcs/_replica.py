@@ -114,6 +114,10 @@ from ._watch import HeldReplies, aclose_quietly, answer, answer_nowait
 
 __all__ = ["Replica", "ReplicaRemoved", "ReplicaStatistics"]
 
+#: How long a write that names a newer layout than the replica's config waits for
+#: that config before the client is redirected.
+_CONFIG_WAIT = 2.0
+
 
 class ReplicaRemoved(Exception):
     """The coordinator removed this replica from its chain (or is gone): it must exit."""
@@ -133,6 +137,10 @@ class ReplicaStatistics:
       coordinator_reconnects: times it redialled the coordinator.
       snapshots_sent, snapshots_received: state transfers to a successor / from a
         predecessor; suspects_reported: neighbours reported to the coordinator.
+      standby_links_taken: new successors streamed to over a link dialled ahead;
+        backlogs_applied: a new predecessor's first updates applied with its `Sync`;
+        standby_link: the replica a standby link is open to (our successor's
+        successor), or None.
       pubsub: its subscriptions (served by the tail); state: its copy of the shard;
       log: its durable log (``None`` without ``durable_dir``).
     """
@@ -149,6 +157,9 @@ class ReplicaStatistics:
     snapshots_sent: int
     snapshots_received: int
     suspects_reported: int
+    standby_links_taken: int
+    backlogs_applied: int
+    standby_link: str | None
     pubsub: PublisherStatistics
     state: ShardStateStatistics
     log: ShardLogStatistics | None
@@ -244,6 +255,7 @@ class Replica:
                 await self._register_with_retry()
                 nursery.start_soon(self.links.run_forwarder)
                 nursery.start_soon(self.links.run_acker)
+                nursery.start_soon(self.links.run_standby)
                 nursery.start_soon(self._watch_coordinator)
                 await self._removed.wait()
                 nursery.cancel_scope.cancel()
@@ -279,6 +291,9 @@ class Replica:
             self._coordinator.send_nowait(message)
         except (transport.TransportError, trio.WouldBlock):
             pass
+
+    def apply_batch(self, updates: list[Update]) -> None:
+        self._apply_batch(updates)
 
     def commit(self, seq: int) -> None:
         """Everything up to ``seq`` is acknowledged by the tail: publish it, release
@@ -477,6 +492,15 @@ class Replica:
 
     def _on_write(self, conn: Any, message: Write, reply: Any) -> None:
         if not self.chain.chain or self.chain.chain[0] != self.name:
+            if message.epoch > self.chain.epoch:
+                # The client already has a newer layout than our config: after a
+                # failover the coordinator pushed both at once and ours is on its
+                # way. Wait for it rather than send the client off to sleep and
+                # resend (a write still executes only here, as the head our own
+                # config names).
+                assert self._nursery is not None
+                self._nursery.start_soon(self._write_later, conn, message, reply)
+                return
             answer_nowait(reply, Redirect(self.chain.epoch))
             return
         results, wait, new = self.state.execute(message.client_id, message.seqs, message.ops)
@@ -488,6 +512,17 @@ class Replica:
             answer_nowait(reply, WriteDone(results, wait, self.state.history))
         else:
             self._pending.append((wait, reply, results))
+
+    async def _write_later(self, conn: Any, message: Write, reply: Any) -> None:
+        """`_on_write` once our config reached the client's epoch (or a redirect
+        after ``_CONFIG_WAIT``, if it never comes: the client asks the coordinator)."""
+        with trio.move_on_after(_CONFIG_WAIT):
+            while self.chain.epoch < message.epoch:
+                await self._changed.wait()
+        if self.chain.epoch < message.epoch:
+            await answer(reply, Redirect(self.chain.epoch))
+            return
+        self._on_write(conn, message, reply)
 
     def _on_read(self, conn: Any, message: Read, reply: Any) -> None:
         min_seq = message.min_seq
@@ -613,4 +648,7 @@ class Replica:
             snapshots_sent=links.snapshots_sent,
             snapshots_received=counts.snapshots_received,
             suspects_reported=links.suspects_reported,
+            standby_links_taken=links.standby_links_taken,
+            backlogs_applied=links.backlogs_applied,
+            standby_link=links.standby_link,
         )

@@ -20,6 +20,7 @@ Client to service, requests (answer in brackets):
   `Info`(object_id)                [`ObjectInfo`]
   `Claim`(refs, pins, views)       [new view ids] after a restart of the service
   `Statistics`                     [`store.StoreStatistics`]
+  `WaitWarm`                       [None] once the warm margin is faulted in
   `WithReleases`(view_ids, request) a request carrying the client's pending releases
 
 Client to service, one-way: `Release`, `AddRef`, `RemoveRef`, `Unpin`, `Abort`.
@@ -73,6 +74,7 @@ __all__ = [
     "Seal",
     "SharedView",
     "Statistics",
+    "WaitWarm",
     "StoreHello",
     "Unpin",
     "WithReleases",
@@ -199,12 +201,14 @@ class ObjectInfo:
 @transport.compact
 @attrs.frozen(slots=False)
 class StoreHello:
-    """`Hello`'s answer: the arena to map and the service's inline threshold."""
+    """`Hello`'s answer: the arena to map, the service's inline threshold, and how
+    many bytes of the arena it keeps faulted in ahead of use (``warm``, 0: none)."""
 
     arena_path: str
     arena_size: int
     inline_threshold: int
     prefix: str
+    warm: int = 0
 
 
 # -- requests ----------------------------------------------------------------------
@@ -307,6 +311,11 @@ class Claim:
 @attrs.frozen(slots=False)
 class Statistics:
     pass
+
+
+@attrs.frozen(slots=False)
+class WaitWarm:
+    """Answered once the service's warmer has caught up (or gave up, or is off)."""
 
 
 @transport.compact

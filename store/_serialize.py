@@ -50,6 +50,14 @@ class SerializedValue:
     buffers: Sequence[Any] = ()
     metadata: bytes = b""
 
+    @classmethod
+    def from_pickle(
+        cls, data: bytes, buffers: Sequence[pickle.PickleBuffer], metadata: bytes = b""
+    ) -> SerializedValue:
+        """The value pickled already (protocol 5, ``buffers`` from its
+        ``buffer_callback``), without pickling it again: what `serialize` returns."""
+        return cls(data=data, buffers=[_raw(b) for b in buffers], metadata=metadata)
+
     @property
     def buffer_sizes(self) -> list[int]:
         return [_nbytes(b) for b in self.buffers]
@@ -89,7 +97,7 @@ def serialize(value: Any, *, metadata: bytes = b"") -> SerializedValue:
             type_name=type_name,
             path=path,
         ) from exc
-    return SerializedValue(data=data, buffers=[_raw(b) for b in buffers], metadata=metadata)
+    return SerializedValue.from_pickle(data, buffers, metadata)
 
 
 def deserialize(

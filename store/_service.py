@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import threading
 import time
 import uuid
 from typing import Any
@@ -36,7 +35,7 @@ import trio
 import transport
 
 from . import _messages as m
-from ._arena import Arena
+from ._arena import Arena, run_at_low_priority
 from ._core import GetResult, StoreCore
 from ._errors import BadRequest, ObjectNotFoundError
 from ._serialize import SerializedValue
@@ -51,16 +50,6 @@ logger = logging.getLogger("store")
 DEFAULT_WARM = 256 * 1024 * 1024
 #: The warmer's step: `Arena.prefault` of this much in a thread of its own.
 WARM_CHUNK = 32 * 1024 * 1024
-#: The warmer's threads run at this nice value, and as ``SCHED_IDLE``: faulting
-#: pages in ahead of use is never worth slowing down the node's start or anyone's
-#: tasks. Nice alone is not enough where the kernel groups processes by session
-#: (autogroup, the default on most distributions): it ranks the warmer only against
-#: the node's own threads, while the node's group competes with each worker's and
-#: driver's group at full weight. A ``SCHED_IDLE`` thread is at least preempted the
-#: moment any other task wakes on its CPU. (Measured on a busy 2-core machine: with
-#: the warmer at nice 19 only, init to the first task's result took 0.26 s longer
-#: at the median of 8 alternated runs than with no warmer at all.)
-WARM_NICE = 19
 
 
 class ObjectStoreService:
@@ -199,7 +188,7 @@ class ObjectStoreService:
 
     async def _keep_warm(self, arena: Arena) -> None:
         """Keep ``[0, high water + warm)`` of the arena faulted in (all of it with
-        ``prefault``), one `WARM_CHUNK` at a time in a thread at nice `WARM_NICE`.
+        ``prefault``), one `WARM_CHUNK` at a time in a thread of low priority (`run_at_low_priority`).
 
         The arena's ``on_grow`` hook wakes this task when an allocation raises the
         high water mark; it goes back to work once the margin ahead has shrunk by a
@@ -248,7 +237,7 @@ class ObjectStoreService:
                     # busy machine a step can take seconds (it only reserves and
                     # zeroes pages of a file that is about to go).
                     await trio.to_thread.run_sync(
-                        _at_low_priority, arena.prefault, self.prefaulted, stop,
+                        run_at_low_priority, arena.prefault, self.prefaulted, stop,
                         abandon_on_cancel=True,
                     )
                 except OSError as exc:
@@ -359,6 +348,7 @@ class ObjectStoreService:
         d.register(m.Info, self._on_info)
         d.register(m.Claim, self._on_claim)
         d.register(m.Statistics, self._on_statistics)
+        d.register(m.WaitWarm, self._on_wait_warm)
         return d
 
     async def _on_with_releases(self, conn: transport.Connection, msg: m.WithReleases,
@@ -387,7 +377,7 @@ class ObjectStoreService:
     def _on_hello(self, conn: transport.Connection, msg: m.Hello, reply: transport.Reply) -> None:
         reply.send(m.StoreHello(
             arena_path=self.arena_path, arena_size=self._running_core().arena.mapping.size,
-            inline_threshold=self.inline_threshold, prefix=self.prefix))
+            inline_threshold=self.inline_threshold, prefix=self.prefix, warm=self.warm))
 
     def _on_get(self, conn: transport.Connection, msg: m.Get, reply: transport.Reply) -> None:
         found = self._running_core().get_now(conn, msg.object_id)
@@ -465,6 +455,10 @@ class ObjectStoreService:
                 if isinstance(conn, transport.Connection) and not conn.closed:
                     nursery.start_soon(ask, conn)
 
+    def _on_wait_warm(self, conn: transport.Connection, msg: m.WaitWarm,
+                      reply: transport.Reply) -> None:
+        self._later(reply, self.wait_warm)
+
     def _later(self, reply: Any, fn: Any, *args: Any) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(self._answer, reply, fn, *args)
@@ -480,34 +474,6 @@ class ObjectStoreService:
 
     async def _get(self, conn: transport.Connection, object_id: bytes, timeout: float | None) -> Any:  # noqa: ASYNC109
         return _wire_value(await self._running_core().get(conn, object_id, timeout))
-
-
-def _at_low_priority(fn: Any, *args: Any) -> None:
-    """Run ``fn(*args)`` in a new thread at nice `WARM_NICE`, ``SCHED_IDLE``, and wait
-    for it. A new thread each time: a process may lower a thread's priority but not
-    raise it again, so Trio's cached worker threads must not be the ones lowered."""
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        tid = threading.get_native_id()
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, WARM_NICE)
-        except OSError as exc:
-            logger.debug("store: cannot lower the warmer's priority: %s", exc)
-        try:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        except (OSError, AttributeError) as exc:
-            logger.debug("store: cannot make the warmer SCHED_IDLE: %s", exc)
-        try:
-            fn(*args)
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=target, name="store-warmer", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
 
 
 def _page(n: int) -> int:

@@ -152,6 +152,48 @@ async def test_subscriber_resumes_without_gap_when_its_tail_dies(tree) -> None:
                 await sub.next(0.2)
 
 
+async def test_middle_replica_death_is_repaired_over_the_standby_link(tree) -> None:
+    # The head holds a link to the tail (its successor's successor) before anything
+    # fails; when the middle dies it streams to the tail over that link.
+    plan, root = tree
+    coordinator = plan.coordinator
+    assert coordinator is not None
+    head, middle, tail = coordinator.chain(0).chain
+    head_address = coordinator.chain(0).addresses[head]
+    with trio.fail_after(10):
+        while (await _stats(head_address)).standby_link != tail:
+            pass  # (another process's state: each ask is a round trip)
+    async with gcs.open_client(plan.address, TOKEN, timeout=20) as c:
+        await c.put("kv", "before", 1)
+        _, service = _slot(plan, root, middle)
+        os.kill(service.pid, signal.SIGKILL)
+        await plan.wait_removed(middle)
+        await c.put("kv", "after", 2)
+        stats = await _stats(head_address)
+        assert stats.standby_links_taken == 1
+        assert await c.get("kv", "before") == 1 and await c.get("kv", "after") == 2
+
+
+async def test_a_writing_client_keeps_a_link_to_the_next_head(tree) -> None:
+    # Opened on the first write to the shard, so that a head failover's resend
+    # finds the link to the new head open.
+    plan, root = tree
+    coordinator = plan.coordinator
+    assert coordinator is not None
+    async with gcs.open_client(plan.address, TOKEN, timeout=20) as c:
+        assert c.layout.shards[0].standby == coordinator.chain(0).addresses[
+            coordinator.chain(0).chain[1]]
+        await c.put("kv", "k", 1)
+        with trio.fail_after(10):
+            while c.statistics().connections < 2:  # the head's and the standby's
+                await trio.lowlevel.checkpoint()  # (a task of the client's dials it)
+        head = coordinator.chain(0).chain[0]
+        _, service = _slot(plan, root, head)
+        os.kill(service.pid, signal.SIGKILL)
+        await c.put("kv", "k", 2)
+        assert await c.get("kv", "k") == 2
+
+
 async def test_a_hung_replica_is_cut_out_by_heartbeat_and_replaced(nursery) -> None:
     plan = gcs.plan(gcs.GcsConfig(shards=1, replicas=2, heartbeat_interval=0.1,
                                   heartbeat_timeout=0.5), TOKEN)

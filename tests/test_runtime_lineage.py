@@ -115,7 +115,7 @@ def test_task_table_stays_bounded_while_live_lineage_stays_readable(small_cap_cl
     # The node's own bookkeeping is bounded too: a count per task with a live return.
     control = ray._api._call("status")["control"]
     assert control.lineage_live_tasks is not None and control.lineage_live_tasks <= 20, control
-    assert control.lineage_collectable >= total - 20, control
+    assert control.lineage_collectable + control.lineage_elided >= total - 20, control
     # The lineage of results still referenced stays readable.
     for ref in (kept, kept_pair[0]):
         entry = _read_task(address, token, ref.task_id())
@@ -172,11 +172,14 @@ async def test_control_state_writes_and_marks_in_batches_and_skips_refused_recor
         good = [_spec(b"x") for _ in range(300)]
         for spec in good:
             control.record_task(spec)
+        # Written first: a mark of a record still buffered would elide both.
+        await _until(lambda: control.statistics().tasks_recorded >= 303)
         for spec in good[:100]:
             control.lineage_done(spec.task_id)
         await _until(lambda: not control.statistics().lineage_pending
                      and control.statistics().lineage_collectable >= 100)
         assert control.statistics().tasks_recorded == 303
+        assert control.statistics().lineage_elided == 0
         # lineage_cap=0: marked entries are flushed at once; the others stay readable.
         assert await client.tasks.get(good[0].task_id.hex()) is None
         entry = await client.tasks.get(good[200].task_id.hex())
@@ -188,3 +191,42 @@ async def test_control_state_writes_and_marks_in_batches_and_skips_refused_recor
 
         writes = -(-300 // _WRITE_CHUNK) + -(-100 // _WRITE_CHUNK)
         assert client.statistics().write_groups - groups <= 2 * writes < 400
+
+
+async def test_lineage_of_tasks_freed_before_it_was_written_is_never_written(nursery) -> None:
+    # A task whose returns are all freed while its record is still in the node's
+    # buffer needs no lineage: neither the record nor the mark reaches the GCS. A
+    # record already written is marked as before, and a task recorded again (a
+    # retry) keeps only its latest record.
+    from actorcore.node.gcs_client._control import GcsControlState
+
+    from .test_gcs_support import start_gcs
+
+    running = await start_gcs(nursery, gcs.GcsConfig(shards=1, replicas=1), b"tok")
+    async with gcs.open_client(running.address, b"tok", timeout=10) as client:
+        control = GcsControlState()
+        control.attach(client, running.address)
+        written = [_spec(b"w") for _ in range(5)]
+        for spec in written:
+            control.record_task(spec)
+        nursery.start_soon(control.flush_forever)
+        await _until(lambda: control.statistics().tasks_recorded >= 5)
+
+        freed = [_spec(b"f") for _ in range(40)]
+        kept = [_spec(b"k") for _ in range(10)]
+        for spec in freed + kept:
+            control.record_task(spec)
+        for spec in freed[:20]:
+            control.record_task(spec)  # recorded again before the flush: still one
+        for spec in freed + written:
+            control.lineage_done(spec.task_id)
+        await _until(lambda: not control.statistics().lineage_pending
+                     and control.statistics().lineage_collectable >= 5)
+        stats = control.statistics()
+        assert (stats.tasks_recorded, stats.lineage_collectable, stats.lineage_elided) == (
+            15, 5, 40), stats
+        for spec in freed:
+            assert await client.tasks.get(spec.task_id.hex()) is None
+        for spec in kept:
+            assert (await client.tasks.get(spec.task_id.hex())).spec["args"] == b"k"
+        assert await client.tasks.get_entry(written[0].task_id.hex()) is not None

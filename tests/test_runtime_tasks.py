@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
 import subprocess
@@ -17,6 +18,7 @@ import trio
 
 import actorcore as ray
 from actorcore import exceptions as exc
+from actorcore.core_worker import _worker_state
 
 from .cluster_support import until as _until
 
@@ -405,11 +407,21 @@ def test_cancel_task_queued_behind_a_running_one(tmp_path):
             time.sleep(0.01)
         return i
 
-    running = [held.remote(i, str(tmp_path)) for i in range(2)]
-    queued = [add.remote(i) for i in range(6)]
+    # Pipelining is the node's: this driver's tasks go through it, not on leases
+    # (a leased worker takes nothing from the node's queue).
+    with node_path_only():
+        running = [held.remote(i, str(tmp_path)) for i in range(2)]
+        queued = [add.remote(i) for i in range(6)]
     try:
-        # Both CPUs busy first: then no queued task can start before its cancel.
-        _until(lambda: len(list(tmp_path.glob("run*"))) == 2, "both to run")
+        # Both CPUs busy first (one may still be held a moment by an earlier test's
+        # idle lease): then no queued task can start before its cancel.
+        try:
+            _until(lambda: len(list(tmp_path.glob("run*"))) == 2, "both to run")
+        except AssertionError as e:
+            status = ray._api._call("status")
+            raise AssertionError(f"{e}: scheduler {status['scheduler']}, ledger "
+                                 f"{status['ledger']}, workers {_tasks_on_workers()}, "
+                                 f"tree {ray.tree()}") from None
         # Some of the queued ones wait behind the running ones on their workers
         # (pipelining); the rest in the node's queue. Each is cancelled before it starts.
         _until(lambda: len(_tasks_on_workers()) > 2, "tasks queued on busy workers")
@@ -421,6 +433,21 @@ def test_cancel_task_queued_behind_a_running_one(tmp_path):
     finally:
         (tmp_path / "stop").touch()
     assert ray.get(running, timeout=30) == [0, 1]
+
+
+@contextlib.contextmanager
+def node_path_only():
+    """Tasks submitted inside go through the node's queue, not on worker leases
+    (``core_worker._leased_tasks``)."""
+    leased = _worker_state.current_core().leased
+    if leased is None:
+        yield
+        return
+    leased.enabled = False
+    try:
+        yield
+    finally:
+        leased.enabled = True
 
 
 @ray.remote

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import pytest
 import trio
 
 import store
+import store._arena
+import store._client
 
 TOKEN = b"store-test-token"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -819,3 +822,66 @@ async def test_a_hostile_peer_gets_typed_refusals_and_the_store_serves_on(tmp_pa
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(timeout=30)
+
+
+def _thread_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
+
+def test_a_mapping_maps_its_pages_in_once(prefix):
+    # A write into pages this process has not mapped maps them in first (bulk read
+    # faults); a later write into the same pages takes no fault at all, and skips
+    # the walk too (the mapping remembers what it mapped) until told they are gone.
+    path = f"/dev/shm/{prefix}.mapping"
+    with open(path, "wb") as f:
+        f.truncate(32 * MB)
+    try:
+        mapping = store._arena.Mapping(path)
+        value = np.arange(16 * MB, dtype=np.uint8)
+        reversed_value = value[::-1].copy()
+        before = _thread_faults()
+        mapping.write(4096, value)
+        first = _thread_faults() - before
+        before = _thread_faults()
+        mapping.write(4096, reversed_value)
+        second = _thread_faults() - before
+        assert first >= 16 * MB // 65536, first  # one read fault per 64 KiB at best
+        assert second < 8, second
+        assert bytes(mapping.view[4096 : 4096 + 16 * MB]) == reversed_value.tobytes()
+        # A range dropped from this process's page tables is mapped in again.
+        store._arena._advise(mapping.address, 32 * MB, store._arena.MADV_DONTNEED)
+        mapping.forget(0, 32 * MB)
+        before = _thread_faults()
+        mapping.write(4096, value)
+        assert _thread_faults() - before >= 16 * MB // 65536
+        assert bytes(mapping.view[4096 : 4096 + 16 * MB]) == value.tobytes()
+    finally:
+        os.unlink(path)
+
+
+async def test_a_client_maps_the_warm_margin_ahead_of_its_puts(tmp_path, prefix):
+    async with running_store(tmp_path, prefix, capacity=64 * MB, warm=24 * MB) as (service, client):
+        with trio.fail_after(30):
+            await service.wait_warm()
+        rss = _rss_shmem()
+        with trio.fail_after(30):
+            assert await client.map_ahead() == 24 * MB
+        # Mapped into this process: its RSS counts the (shared, existing) pages.
+        assert _rss_shmem() - rss >= 23 * MB
+        stats = client.statistics()
+        assert stats.mapped_ahead == 24 * MB and stats.map_ahead_seconds > 0
+        # Mapping again maps nothing new; a put into the margin needs no page-table
+        # entries of its own (an unmapped 6 MiB would take 96 read faults or more).
+        # Below the client's copy-in-a-thread size, so that the copy runs in this
+        # thread and only this thread's faults are counted (the service's warmer
+        # runs in this process too, in threads of its own).
+        assert await client.map_ahead() == 0
+        fives = np.full(6 * MB, 5, dtype=np.uint8)
+        assert fives.nbytes < store._client.COPY_IN_THREAD
+        before = _thread_faults()
+        await client.put(b"a", fives)
+        assert _thread_faults() - before < 32
+        value = np.asarray(await client.get(b"a"))
+        assert value.min() == value.max() == 5
+    async with running_store(tmp_path, prefix, capacity=8 * MB, warm=0) as (service, client):
+        assert await client.map_ahead() == 0  # no margin: nothing to map

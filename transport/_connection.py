@@ -154,6 +154,11 @@ class Connection:
         self._bytes_received = 0
         self._writes = 0
         self._faults = LinkFaults(self, name, peer_name)
+        # Writes to the socket from a thread outside the loop (`send_from_thread`)
+        # and the loop's own direct writes and closing take this lock; see there.
+        self._write_lock = threading.Lock()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._from_threads = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -271,6 +276,67 @@ class Connection:
         else:
             self._push(chunks, size)
 
+    # Sending from another thread. A process whose user code runs in threads beside
+    # the loop (a driver's main thread, a worker's executors) would otherwise wake
+    # the loop for every message, a GIL hand-off and a scheduler pass, as long as a
+    # lone message's whole trip. So when the link is idle -- the writer parked,
+    # nothing queued, no fault injected, a plain socket -- the calling thread writes
+    # the frame itself. The lock makes that write exclusive with the loop's own
+    # writes to the socket (`_push`'s direct write; the writer writes only after
+    # `_push` woke it, and never while the thread path sees it parked) and with
+    # `_shutdown` closing the socket (whose descriptor could otherwise be reused
+    # under the write). The thread never blocks: it takes the lock only if free,
+    # and a partial write leaves its remainder at the head of the queue for the
+    # writer, woken through the loop's token; everything sent after it queues
+    # behind. When it cannot send, it says so and the caller takes the loop's way.
+
+    def send_from_thread(self, message: Any) -> bool:
+        """Send a one-way ``message`` from a thread other than the loop's, if the link
+        is idle (see the comment above); ``False``: not sent, send it from the loop.
+
+        Raises `FrameTooLarge` if the peer would refuse the frame; pickling errors
+        propagate. Never blocks.
+        """
+        if self._closed or not self._plain or self._token is None:
+            return False
+        chunks, size = _encode_frame(ONEWAY, 0, message)
+        if size > self._max_send:
+            self._check_size(size)
+        if len(chunks) != 1 or faults._active or self._faults.holding():
+            return False
+        if not self._write_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._closed or self._outq or self._writer_waiting is None:
+                return False
+            data = chunks[0]
+            try:
+                sent = self._sock.send(data)  # type: ignore[union-attr]
+            except OSError:  # full, or a dead link the loop will find
+                return False
+            self._writes += 1
+            self._bytes_sent += sent
+            self._from_threads += 1
+            if sent == len(data):
+                self._frames_sent += 1
+                return True
+            self._outq.append(memoryview(data)[sent:])
+            self._queued_bytes += size - sent
+            self._queued_frames += 1
+        finally:
+            self._write_lock.release()
+        try:
+            self._token.run_sync_soon(self._wake_writer)
+        except trio.RunFinishedError:  # the loop is gone: so is the link
+            pass
+        return True
+
+    def _wake_writer(self) -> None:
+        task = self._writer_waiting
+        if task is not None and self._outq:
+            self._writer_waiting = None
+            _reschedule(task)
+
     @property
     def unsent(self) -> int:
         """Frames accepted by `send`/`send_nowait` and not yet written to the socket
@@ -337,6 +403,7 @@ class Connection:
             writes=self._writes,
             dropped_by_faults=self._faults.dropped,
             unsent=self.unsent,
+            frames_from_threads=self._from_threads,
         )
 
     # ------------------------------------------------------------------ running
@@ -356,6 +423,7 @@ class Connection:
                 self._nursery = nursery
                 self._cancel_scope = nursery.cancel_scope
                 nursery.start_soon(self._writer)
+                self._token = trio.lowlevel.current_trio_token()
                 task_status.started(self)
                 self._reader_task = trio.lowlevel.current_task()
                 self._tasks.add(self._reader_task)
@@ -486,6 +554,10 @@ class Connection:
                        f"{self.peer_name!r}, after the frame was sent)")
 
     def _push(self, chunks: list[bytes | memoryview], size: int) -> None:
+        with self._write_lock:  # (`send_from_thread`)
+            self._push_locked(chunks, size)
+
+    def _push_locked(self, chunks: list[bytes | memoryview], size: int) -> None:
         if (
             not self._direct_recent
             and self._plain
@@ -560,7 +632,8 @@ class Connection:
             trio.lowlevel.notify_closing(self._sock)
         except (RuntimeError, OSError):  # outside a Trio run (interpreter shutdown)
             pass
-        self._sock.close()
+        with self._write_lock:  # not under a thread's write (`send_from_thread`)
+            self._sock.close()
 
     # -- writer
 

@@ -54,6 +54,8 @@ class ConnectionStatistics:
     #: frames accepted and not yet written to the socket (queued, or held back by an
     #: injected delay): `Connection.unsent`
     unsent: int
+    #: frames written by a thread outside the loop (`Connection.send_from_thread`)
+    frames_from_threads: int = 0
 
 
 class Reply:

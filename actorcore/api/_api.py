@@ -476,10 +476,15 @@ def method(*args: Any, **options: Any) -> Any:
     return decorator
 
 
+_JUST_REFS = frozenset((ObjectRef,))
+
+
 def _as_ref_list(refs: Any, fn: str) -> tuple[list[ObjectRef], bool]:
     if isinstance(refs, ObjectRef):
         return [refs], True
     if isinstance(refs, list | tuple):
+        if set(map(type, refs)) <= _JUST_REFS:  # one C-level pass: thousands of refs
+            return list(refs), False
         for i, r in enumerate(refs):
             if not isinstance(r, ObjectRef):
                 raise TypeError(

@@ -309,7 +309,8 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
     c: ControlStatistics = st["control"]
     lines.append(f"lineage: {_count(c.tasks_recorded, 'task')} recorded, "
                  f"{c.lineage_live_tasks} with live results, {c.lineage_collectable} "
-                 f"collectable, {c.lineage_pending} buffered")
+                 f"collectable, {c.lineage_elided} freed before written, "
+                 f"{c.lineage_pending} buffered")
     lin = st.get("lineage")
     if lin is not None:
         lines.append(f"rebuilds: {_count(lin.rebuilds, 'task')} re-run for lost objects "

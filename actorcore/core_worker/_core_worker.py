@@ -45,6 +45,7 @@ from ..protocol import _wire as w
 from ..protocol._ids import new_put_id
 from ..protocol._messages import ObjectData, TaskSpec
 from . import _worker_state
+from ._leased_tasks import LeasedTasks
 from ._loop import CoreLoop
 from ._node_link import NodeLink, format_bytes
 from ._object_ref import ObjectRef
@@ -92,6 +93,8 @@ class CoreWorker:
         #: Queue a one-way message for the node from any thread (``NodeLink.enqueue``;
         #: bound here: the hot path pays no call of ours in between).
         self.enqueue = self.link.enqueue
+        # Direct task submission (``_leased_tasks``): set up by ``serve``.
+        self.leased: LeasedTasks | None = None
 
     def _fail_object(self, oid: bytes, payload: bytes) -> None:
         """A message about ``oid`` can never be sent: it fails (core loop)."""
@@ -187,8 +190,11 @@ class CoreWorker:
             entries[oid] = Entry(owned=True)
         if spec.deps:
             self.mark_seen(spec.deps)
-        self.enqueue(w.Submit([spec]))
         self.stats["tasks_submitted"] += 1
+        leased = self.leased
+        if leased is not None and leased.submit(spec):
+            return
+        self.enqueue(w.Submit([spec]))
 
     def ensure_exported(self, export: Any, kind: str) -> None:
         """Queue ``export`` (a function or class) once, before what uses it."""
@@ -274,6 +280,9 @@ class CoreWorker:
 
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
         self.check_open()
+        leased = self.leased
+        if leased is not None and leased.cancel(ref.task_id(), bool(force), bool(recursive)):
+            return
         self.enqueue(w.CancelTask(ref.task_id(), bool(force), bool(recursive)))
 
     # ------------------------------------------------------------------ references
@@ -391,6 +400,11 @@ class CoreWorker:
         self.token = token  # for direct links to actor processes (issue 6)
         nursery.start_soon(self.link.run_sender)
         nursery.start_soon(self.link.run_lazy_flusher)
+        if token is not None:
+            leased = LeasedTasks(self)
+            if leased.supported:  # (``enabled`` may be switched on later)
+                self.leased = leased
+                nursery.start_soon(leased.run_linger)
         if store_address is not None and token is not None:
             # Connected on first use (see _store_link: spares small-task programs the
             # pyarrow import).

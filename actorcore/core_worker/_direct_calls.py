@@ -46,6 +46,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,7 +59,7 @@ from ..protocol import _serialization
 from ..protocol import _wire as w
 from ..protocol._actors import CallSpec, cancelled_results
 from ..session._config import env_value
-from ._node_link import LINK_DOWN
+from ._node_link import LINK_DOWN, THREAD_SEND_GAP
 from ._store_link import STORE
 
 __all__ = ["DIRECT_CALLS", "submit_call", "drop_actor", "detach", "cancel_call"]
@@ -99,6 +100,7 @@ class Route:
         self.drop_deferred = False
         self.epoch = 0  # bumped when the caller leaves the link (kill): stale discoveries
         self.dep_wait: CallSpec | None = None  # the head of outq, waiting for its refs
+        self.thread_sent_at = 0.0
 
     # -------------------------------------------------------------- any thread
 
@@ -113,6 +115,8 @@ class Route:
                     release = None
                 self.outq.append(spec)
                 if self.flush_pending:
+                    return
+                if self._send_from_thread():
                     return
                 self.flush_pending = True
                 wake, discover = True, False
@@ -130,6 +134,32 @@ class Route:
             self.soon(self.flush)
         if discover:
             self.soon(core.loop.start_soon, self.discover)
+
+    def _send_from_thread(self) -> bool:
+        """Write what ``outq`` holds from this thread, without waking the loop, when
+        the link is idle and this is not a burst (as ``NodeLink`` does for a submit;
+        see ``transport.Connection.send_from_thread``). ``False``: the loop sends
+        what is left (lock held)."""
+        now = time.monotonic()
+        conn = self.conn
+        if (conn is None or self.sender_busy or now - self.thread_sent_at < THREAD_SEND_GAP
+                or self.core.loop.in_loop()):
+            return False
+        outq = self.outq
+        while outq:
+            spec = outq[0]
+            if type(spec) is CallSpec and spec.deps:
+                return False  # its refs may not be ready: the loop's flush waits for them
+            try:
+                sent = conn.send_from_thread(
+                    w.DirectCall(spec) if type(spec) is CallSpec else spec)
+            except Exception:  # refused for what it is: the loop's flush says so
+                return False
+            if not sent:
+                return False
+            outq.popleft()
+        self.thread_sent_at = now
+        return True
 
     def _track_node_call(self, spec: CallSpec) -> None:
         """Count a node-routed call until its result is here (lock held)."""

@@ -281,6 +281,8 @@ class DriverLoop:
                 self._ready.set()
                 outer.cancel_scope.cancel()
                 return
+            if core.store is not None:
+                outer.start_soon(core.store.map_ahead)
             self._ready.set()
             await self._stop.wait()
             self._stopping = True

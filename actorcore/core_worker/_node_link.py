@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +49,10 @@ logger = logging.getLogger("actorcore.core_worker")
 
 #: Longest a message queued with ``wake=False`` waits for company.
 LAZY_FLUSH = 0.02
+
+#: A calling thread writes a message itself only this long after it last did (see
+#: ``NodeLink._flush_from_thread``): closer together, they are a burst to coalesce.
+THREAD_SEND_GAP = 0.0002
 
 #: Coalesced submits stop growing a frame at about this many bytes of specs (or half
 #: the node link's frame limit, if that is smaller): a batch of many tasks with
@@ -91,10 +97,18 @@ class NodeLink:
         self._wake_sender = trio.Event()
         self._lazy_armed = False
         self._lazy_event = trio.Event()
+        # Taken by whoever takes messages off the queue to send them: the loop
+        # (``flush``) or a calling thread (``_flush_from_thread``).
+        self._send_lock = threading.Lock()
+        self._thread_sent_at = 0.0
 
     def has_queued(self) -> bool:
         """Whether messages wait to be sent."""
         return bool(self._queue)
+
+    def has_queued_of(self, kind: type) -> bool:
+        """Whether a message of class ``kind`` waits to be sent."""
+        return any(type(m) is kind for m in self._queue)
 
     def reconnect(self, conn: Any) -> None:
         """A new connection to the same node (core loop): send what waited."""
@@ -128,14 +142,51 @@ class NodeLink:
                     pass
             return
         if not self._flush_pending:
-            self._flush_pending = True
             if self._loop.in_loop():
+                self._flush_pending = True
                 self.flush()
-            else:
+                return
+            if self._flush_from_thread():
+                return
+            self._flush_pending = True
+            try:
+                self._loop.trio_token.run_sync_soon(self.flush)
+            except trio.RunFinishedError:
+                pass
+
+    # A message from a thread outside the loop (a driver's submit) is written by that
+    # thread when the link is idle (``transport.Connection.send_from_thread``): the
+    # loop is not woken, which costs as much as the message's trip to the node. Not
+    # in a burst: a message within ``THREAD_SEND_GAP`` of the last one written this
+    # way goes through the loop, where consecutive submits coalesce into one frame
+    # (one frame for a thousand tasks, not a thousand). The queue's order holds:
+    # messages leave it, in order, under ``_send_lock``, by whichever side sends.
+
+    def _flush_from_thread(self) -> bool:
+        """Send what is queued from this thread; ``False``: the loop must."""
+        now = time.monotonic()
+        if now - self._thread_sent_at < THREAD_SEND_GAP or self.closed:
+            return False
+        send = getattr(self.conn, "send_from_thread", None)
+        if send is None or not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._flush_pending or self._sender_busy:
+                return False
+            while True:
+                message = self._next_message()
+                if message is None:
+                    self._thread_sent_at = now
+                    return True
                 try:
-                    self._loop.trio_token.run_sync_soon(self.flush)
-                except trio.RunFinishedError:
-                    pass
+                    sent = send(message)
+                except Exception:  # refused for what it is: the loop fails its consumers
+                    sent = False
+                if not sent:
+                    self._queue.appendleft(message)
+                    return False
+        finally:
+            self._send_lock.release()
 
     def append_unsent(self, message: Any) -> None:
         """Queue a message without any wake-up: the caller flushes (``flush_now``)."""
@@ -250,6 +301,10 @@ class NodeLink:
         dead link keeps the message for the reconnect; any other failure drops it
         and fails its consumers (``_undeliverable``).
         """
+        with self._send_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         self._flush_pending = False
         if self._sender_busy:
             self._wake_sender.set()

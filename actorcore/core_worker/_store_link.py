@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import pickle
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,8 +45,8 @@ import trio
 
 import transport
 
-from ..exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, SerializationError
-from ..protocol._serialization import dumps
+from ..exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError
+from ..protocol._serialization import dumps, plain
 
 if TYPE_CHECKING:
     import store
@@ -59,6 +60,8 @@ _T = TypeVar("_T")
 #: Stands for "the value is in the node's shared-memory store" in an object's data.
 STORE = b"\x00actorcore-store"
 INLINE_THRESHOLD = 100 * 1024
+
+_dumps = pickle.dumps
 #: Longest a link keeps dialling a store that went away before giving up.
 RECONNECT_WINDOW = 30.0
 #: Longest one release (a one-way send) may hold back a cancellation of its task.
@@ -164,6 +167,25 @@ class StoreLink:
         finally:
             self._connecting.set()
             self._connecting = None
+
+    async def map_ahead(self) -> None:
+        """Connect now and map the store's warm margin into this process in the
+        background (`store.StoreClient.map_ahead`): the driver's, at ``init()``, so
+        that its first large put copies into pages it has mapped already, as every
+        later one does. A failure only leaves the pages to the first put (logged);
+        the link connects again on first use."""
+        errors: tuple[type[BaseException], ...] = (
+            transport.TransportError, OSError, *_store_errors())
+        try:
+            await self.connect()
+            mapped = await self.client.map_ahead()
+        except errors as exc:
+            if self.client is None or not self.client.closed:  # not closed by us
+                logger.info("%s: mapping the object store's arena ahead of use "
+                            "failed: %s", self.name, exc)
+            return
+        logger.debug("%s: %d MiB of the object store's arena mapped ahead of use",
+                     self.name, mapped >> 20)
 
     async def _keep_connected(self) -> None:
         """Reconnect the moment the store link drops (see the module docstring)."""
@@ -407,6 +429,10 @@ def encode_value(
     value: Any, object_id: bytes, link: StoreLink | None, *, what: str = "value"
 ) -> bytes:
     """Serialise ``value``: inline pickle bytes, or ``STORE`` after writing it there."""
+    if plain(value):
+        data = _dumps(value, protocol=5)
+        if len(data) < INLINE_THRESHOLD or link is None:
+            return data
     buffers: list[Any] = []
     try:
         data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
@@ -420,9 +446,7 @@ def encode_value(
         return dumps(value, what=what)  # small arrays: buffers in band
     import store
 
-    try:
-        ser = store.serialize(value)
-    except store.SerializationError as exc:
-        raise SerializationError(f"could not serialize {what}: {exc}") from exc
-    link.put(object_id, ser)
+    # The pickle above is the store's serialised form already (protocol 5, buffers
+    # out of band): no second pass over the value.
+    link.put(object_id, store.SerializedValue.from_pickle(data, buffers))
     return STORE

@@ -18,6 +18,7 @@ while it waits is woken (``cancel_task_waits``) and raises ``TaskCancelledError`
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,9 @@ from ._store_link import STORE, StoreLink
 __all__ = ["ObjectWaits"]
 
 logger = logging.getLogger("actorcore.core_worker")
+
+_ready_of = operator.attrgetter("ready")
+_data_of = operator.attrgetter("data")
 
 
 class ObjectWaits:
@@ -286,8 +290,11 @@ class ObjectWaits:
         if len(set(oids)) != len(oids):
             raise ValueError("wait() got duplicate ObjectRefs in its list")
         entries = self._references.entries
-        found = [entries.get(o) for o in oids]
-        flags = [e is not None and e.ready for e in found]
+        found = list(map(entries.get, oids))
+        if None in found:
+            flags = [e is not None and e.ready for e in found]
+        else:  # (the usual case: C-level passes over thousands of entries)
+            flags = list(map(_ready_of, found))
         started = time.monotonic()
         while self._lost_among(oids, found, flags, num_returns):
             # Some were lost, now pending: the ready ones after them are checked too.
@@ -337,6 +344,8 @@ class ObjectWaits:
         for). Returns whether any was missing."""
         if self.store is None or self._link.closed or self._loop.in_loop():
             return False
+        if None not in found and STORE not in map(_data_of, found):
+            return False  # all inline: nothing to check (one C-level pass)
         client = self.store.client
         holds = client.holds if client is not None else None
         check = []

@@ -34,7 +34,7 @@ def _statuses(node: Any) -> list:
 
     out = []
     me = NodeStatus.from_record(node.node_info(), None)
-    me = attrs.evolve(me, available={k: max(v, 0.0) for k, v in node.sched.available.items()})
+    me = attrs.evolve(me, available={k: max(v, 0.0) for k, v in node.sched.available_to_report().items()})
     seen = False
     for status in node.view.nodes.values():
         if status.node_id == node.node_hex:

@@ -223,6 +223,10 @@ class NodeRuntime:
         d.register(w.Blocked, self._h_blocked, oneway=True)
         d.register(w.Unblocked, self._h_unblocked, oneway=True)
         d.register(w.TaskDone, self._h_done, oneway=True)
+        d.register(w.RequestLease, self._h_request_lease)
+        d.register(w.ReturnLease, self._h_return_lease, oneway=True)
+        d.register(w.LeasedTasksLost, self._h_leased_lost, oneway=True)
+        d.register(w.LeasedStart, self._h_leased_start, oneway=True)
         d.register(w.StreamItems, self._h_stream_items, oneway=True)
         d.register(w.GetFunction, self._h_get_function)
         d.register(w.AdminCall, self._h_call)
@@ -373,7 +377,7 @@ class NodeRuntime:
         """What this node's heartbeats say of it (its free resources and queue)."""
         sched = self.sched
         report = {
-            "available": dict(sched.available),
+            "available": sched.available_to_report(),
             "queued": len(sched.waiting) + len(sched.ready),
             "running": len(sched.running),
         }
@@ -456,6 +460,8 @@ class NodeRuntime:
         if client.role == "node":  # a peer's link: its death is the membership's to judge
             return
         self.actors.client_gone(client)
+        if client.worker_id is not None:  # what it leased as a submitter
+            self.sched.leases.drop_owner(client.worker_id)
         if client.worker is not None:
             worker = client.worker
             worker.conn = None
@@ -550,6 +556,7 @@ class NodeRuntime:
                 return
             client.worker = worker
             worker.conn = conn
+            worker.direct_address = info.direct_address
             if worker.state == "starting":
                 self.pool.starting -= 1
             self.sched.worker_ready(worker)
@@ -623,6 +630,31 @@ class NodeRuntime:
         if worker is not None:
             self.objects.hold_store_objects(m.results, conn)
             self.sched.task_done(worker, m.task_id, m.results, m.retry, m.pushed)
+
+    # Direct task submission (``local_scheduler._leases``).
+
+    def _h_request_lease(self, conn: Any, m: w.RequestLease, reply: Any) -> None:
+        client = self.clients.by_conn.get(conn)
+        if client is None or client.worker_id is None:
+            reply.send(w.LeaseReply(None, reason="the link is not registered"))
+            return
+        reply.send(self.sched.leases.grant(client.worker_id, dict(m.resources)))
+
+    def _h_return_lease(self, conn: Any, m: w.ReturnLease) -> None:
+        self.sched.leases.returned(m.lease_id, m.pushed)
+
+    def _h_leased_lost(self, conn: Any, m: w.LeasedTasksLost) -> None:
+        self.sched.leases.lost(m.lease_id, list(m.specs))
+
+    def _h_leased_start(self, conn: Any, m: w.LeasedStart) -> None:
+        worker = self.clients.worker_of(conn)
+        if worker is None:
+            return
+        spec = m.spec
+        owner = self.clients.by_id.get(spec.owner)
+        if owner is not None and owner.role == "driver":
+            owner.owned.update(spec.return_ids())  # freed when it leaves
+        self.sched.leases.started(worker, m.lease_id, spec)
 
     def _h_stream_items(self, conn: Any, m: w.StreamItems) -> None:
         """Values a generator task or actor method yielded (``core_worker._generator``):

@@ -45,6 +45,7 @@ PREFIX_SIZE = 8
 
 _pack_q = struct.Struct(">Q").pack
 _pack_i = struct.Struct(">I").pack
+_FIRST_RETURN = _pack_i(1)
 
 _prefix = os.urandom(8)
 _pid = os.getpid()
@@ -98,6 +99,8 @@ def new_put_id() -> bytes:
 
 def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
     """The object ids of a task's return values (index 1..num_returns)."""
+    if num_returns == 1:
+        return [task_id + _FIRST_RETURN]
     return [task_id + _pack_i(i) for i in range(1, num_returns + 1)]
 
 

@@ -16,6 +16,8 @@ import attrs
 
 import transport
 
+from ._ids import return_ids as _return_ids
+
 __all__ = ["TaskSpec", "ObjectData", "max_frame_size", "RECONNECT_WINDOW", "REJOIN_TIMEOUT",
            "DRIVER_GRACE"]
 
@@ -100,9 +102,7 @@ class TaskSpec:
         return (TaskSpec, fields)
 
     def return_ids(self) -> list[bytes]:
-        from ._ids import return_ids
-
-        return return_ids(self.task_id, max(self.num_returns, 1))
+        return _return_ids(self.task_id, max(self.num_returns, 1))
 
     def lineage_record(self) -> dict:
         """The spec as a plain dict for the GCS task table."""

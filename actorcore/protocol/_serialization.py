@@ -45,6 +45,27 @@ __all__ = [
 
 _cp_dumps = cloudpickle.dumps
 _loads = pickle.loads
+_dumps = pickle.dumps
+
+#: Types the standard pickler writes exactly as cloudpickle does (by value, with no
+#: reducer of cloudpickle's involved), at a sixth of the cost of building a
+#: ``CloudPickler`` (1.8 against 12 us for a call's ``((1,), {})``).
+_PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
+
+
+def plain(value: Any) -> bool:
+    """Whether ``value`` is a plain scalar, or a short tuple or list of them."""
+    t = type(value)
+    if t in _PLAIN:
+        return True
+    if (t is tuple or t is list) and len(value) <= 8:
+        return all(type(v) in _PLAIN for v in value)
+    return False
+
+
+def _plain_call(args: tuple, kwargs: dict) -> bool:
+    return len(args) <= 8 and all(type(a) in _PLAIN for a in args) and (
+        not kwargs or (len(kwargs) <= 8 and all(type(v) in _PLAIN for v in kwargs.values())))
 
 
 class Dep:
@@ -62,6 +83,8 @@ class Dep:
 def dumps(value: Any, *, what: str = "value") -> bytes:
     """Pickle ``value``; an unpicklable one raises ``SerializationError`` naming it."""
     try:
+        if plain(value):
+            return _dumps(value, protocol=5)
         return _cp_dumps(value, protocol=5)
     except Exception as exc:
         raise SerializationError(
@@ -118,6 +141,10 @@ def dumps_args(
     """
     if not args and not kwargs:
         return _EMPTY_ARGS, [], _NO_ARGS_BY_REF
+    if _plain_call(args, kwargs):  # no refs; small unless its strings are large
+        blob = _dumps((args, kwargs), protocol=5)
+        if len(blob) < ARG_INLINE_THRESHOLD:
+            return blob, [], _NO_ARGS_BY_REF
     deps: list[bytes] = []
     if any(type(a) is ref_type for a in args) or any(
         type(v) is ref_type for v in kwargs.values()

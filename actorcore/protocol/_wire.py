@@ -65,6 +65,12 @@ Node -> actor worker:
 Caller <-> actor process (the direct link, ``core_worker._direct_calls``):
   `DirectCall` -> `DirectResult` (``results`` None: the actor is not there);
   `CancelActorCall` behind the call it cancels.
+Worker leases (``_leases``; ``core_worker._leased_tasks``, ``node.local_scheduler._leases``):
+  submitter -> node: `RequestLease` *request* -> `LeaseReply`; `ReturnLease`;
+  `LeasedTasksLost` (the leased worker's link broke with tasks on it)
+  submitter -> leased worker (its direct socket): `LeasedTask`, `CancelLeasedTask`;
+  each task's end (its small results) comes back on the same link: `LeasedTaskDone`
+  leased worker -> node: `LeasedStart` (the node tracks the task from here on)
 Core worker -> node, placement groups (*requests*, ``util.placement_group``):
   `CreatePlacementGroup`, `RemovePlacementGroup`, `GetPlacementGroup`,
   `PlacementGroupTable`
@@ -157,6 +163,16 @@ from ._from_node import (
     ReleaseObjects,
     StopActor,
 )
+from ._leases import (
+    CancelLeasedTask,
+    LeasedStart,
+    LeasedTask,
+    LeasedTaskDone,
+    LeasedTasksLost,
+    LeaseReply,
+    RequestLease,
+    ReturnLease,
+)
 from ._to_node import (
     ActorCheckpoint,
     ActorDone,
@@ -221,6 +237,7 @@ __all__ = [
     "Bye",
     "CancelActorCall",
     "CancelForwarded",
+    "CancelLeasedTask",
     "CancelTask",
     "CommitBundles",
     "CreateActor",
@@ -254,6 +271,11 @@ __all__ = [
     "HostedActor",
     "InterruptTask",
     "KillActor",
+    "LeaseReply",
+    "LeasedStart",
+    "LeasedTask",
+    "LeasedTaskDone",
+    "LeasedTasksLost",
     "ListActors",
     "LocateObject",
     "LookupActor",
@@ -285,6 +307,8 @@ __all__ = [
     "RemoveGroup",
     "RemovePlacementGroup",
     "ReportLost",
+    "RequestLease",
+    "ReturnLease",
     "RouteActor",
     "SlowChunks",
     "StartSupervisor",

@@ -350,6 +350,10 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_DIRECT_CALLS", "switch", "1",
            "0: every actor call and every result goes through the node (no direct links "
            "between callers and actors, no results pushed straight to the driver)"),
+    EnvVar("ACTORCORE_DIRECT_TASKS", "switch", "0",
+           "1: a driver leases workers from its node and pushes its tasks straight to "
+           "them (direct task submission, off by default until its resource accounting "
+           "is proven under load); 0: every task goes through the node's queue"),
     EnvVar("ACTORCORE_NO_DIRECT", "switch", None,
            "deprecated: ACTORCORE_NO_DIRECT=1 means ACTORCORE_DIRECT_CALLS=0",
            deprecated_for="ACTORCORE_DIRECT_CALLS"),
@@ -374,7 +378,9 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD", "float", "0.95",
            "the fraction of the disk spills and disk objects may fill"),
     EnvVar("ACTORCORE_OBJECT_STORE_PREFAULT", "bytes", None,
-           "bytes of the store's arena touched at start ('all' for every byte)"),
+           "bytes of the store's arena touched at start ('all' for every byte); a "
+           "driver maps as many (at most 256 MiB with 'all') into its own process at "
+           "`init()`, `0` turns both off"),
     EnvVar("ACTORCORE_STORE_RECOVERY_GRACE", "float", "30",
            "seconds a restarted store waits for its clients to claim their objects"),
     EnvVar("ACTORCORE_GCS_LINEAGE_CAP", "int", "10000",

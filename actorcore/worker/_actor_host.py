@@ -34,6 +34,7 @@ import inspect
 import logging
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -45,6 +46,7 @@ import trio
 import transport
 
 from ..core_worker import _worker_state
+from ..core_worker._node_link import THREAD_SEND_GAP
 from ..core_worker._object_ref import ObjectRef
 from ..core_worker._store_link import STORE
 from ..core_worker._worker_state import current_call, task_context
@@ -75,6 +77,7 @@ class HostContext:
         self._lock = threading.Lock()
         # task id -> the caller's direct link the call came on (``core_worker._direct_calls``)
         self.direct: dict[bytes, Any] = {}
+        self.thread_sent_at = 0.0  # the last answer written from a method's thread
         # The process's main thread (``worker.MainThread``) when this process hosts
         # one actor: a threaded actor of concurrency 1 runs on it, as in Ray.
         self.main_thread: Any = None
@@ -136,11 +139,31 @@ class HostContext:
         elif replay is not None:
             self.unlogged[spec.task_id] = (conn, spec, results)
             self.core.enqueue(w.ActorLog(spec.actor_id, replay.incarnation, spec, results))
+        elif self._answer_from_thread(conn, spec, results):
+            return
         else:
             try:
                 self.core.trio_token.run_sync_soon(self._send_direct, conn, spec, results)
             except trio.RunFinishedError:
                 pass
+
+    def _answer_from_thread(self, conn: Any, spec: CallSpec, results: list) -> bool:
+        """Answer a direct call from the method's thread when its link is idle and the
+        results are inline, without waking the loop (``transport.Connection.
+        send_from_thread``); not within ``THREAD_SEND_GAP`` of the last such answer:
+        a burst of answers coalesces in the loop. ``False``: the loop answers."""
+        now = time.monotonic()
+        if now - self.thread_sent_at < THREAD_SEND_GAP or self.core.loop.in_loop():
+            return False
+        if any(data == STORE for _oid, _err, data in results):
+            return False
+        try:
+            sent = conn.send_from_thread(w.DirectResult(spec.task_id, results))
+        except Exception:  # too large, say: the loop's answer says so
+            return False
+        if sent:
+            self.thread_sent_at = now
+        return bool(sent)
 
     def logged(self, task_id: bytes) -> None:
         """The node holds the log entry of a direct call: answer its caller (core loop)."""

@@ -138,12 +138,13 @@ def set_gpu_ids(ids: tuple[int, ...] | list[int]) -> None:
     runs one task at a time; a task blocked in ``get`` keeps its GPUs)."""
     ids = tuple(ids)
     task_context.gpu_ids = ids
-    if ids:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
-    elif _CUDA_AT_START is None:
+    value = ",".join(str(i) for i in ids) if ids else _CUDA_AT_START
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == value:
+        return  # as it is (most tasks hold no GPU: no write to the environment)
+    if value is None:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = _CUDA_AT_START
+        os.environ["CUDA_VISIBLE_DEVICES"] = value
 
 
 #: ``emit(spec, results, push)``: send a generator's items to the node, which records

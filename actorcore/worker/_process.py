@@ -21,6 +21,7 @@ import pickle
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -30,6 +31,7 @@ import transport
 
 from ..core_worker import _worker_state
 from ..core_worker._core_worker import CoreWorker
+from ..core_worker._node_link import THREAD_SEND_GAP
 from ..core_worker._store_link import STORE, encode_value
 from ..core_worker._worker_state import task_context
 from ..exceptions import ObjectLostError
@@ -37,6 +39,7 @@ from ..protocol import _wire as w
 from ..protocol._ids import id_prefix, short
 from ..protocol._messages import TaskSpec, max_frame_size
 from ._executor import RESULT_OVERHEAD, Executor, Spill
+from ._leased import LeasedTaskServer
 
 __all__ = ["load_function", "main", "run_main"]
 
@@ -70,9 +73,12 @@ class WorkerProcess:
         self._nursery: trio.Nursery | None = None
         self.main_thread: MainThread | None = None  # set by run_main
         self._main_ref: _MainRef | None = None  # the executor on it, when free
+        self._thread_pushed_at = 0.0  # (``_push_from_thread``)
         #: The handler of the node's link: one registry of what the node sends.
         self.dispatcher = transport.Dispatcher(f"worker_{index}")
         self.routes(self.dispatcher)
+        #: Submitters' direct links to this worker (tasks on a lease, ``_leased``).
+        self.leased = LeasedTaskServer(self)
 
     def routes(self, d: transport.Dispatcher) -> None:
         """Register what the node sends this process (``protocol._wire``)."""
@@ -140,8 +146,9 @@ class WorkerProcess:
         def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
             core.task_finished(spec.task_id)
             free.append(ref)  # free again before the node hears we are done
+            pushed_on = self._push_from_thread(spec.task_id, results, retry)
             # One wake-up of the loop per task: it sends the results and starts the next.
-            token.run_sync_soon(self._finished, spec.task_id, results, retry)
+            token.run_sync_soon(self._finished, spec.task_id, results, retry, pushed_on)
 
         ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode, spill,
                              stream_emitter(core))
@@ -159,7 +166,8 @@ class WorkerProcess:
         def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
             core.task_finished(spec.task_id)
             self._main_ref = ref
-            token.run_sync_soon(self._finished, spec.task_id, results, retry)
+            pushed_on = self._push_from_thread(spec.task_id, results, retry)
+            token.run_sync_soon(self._finished, spec.task_id, results, retry, pushed_on)
 
         ref.executor = Executor(report, self.node_id.hex(), self._executors.append,
                                 encode, decode, return_spill(core),
@@ -189,6 +197,10 @@ class WorkerProcess:
         self._pending.append((spec, fn, dep_data, gpu_ids))
         self._pump()
 
+    def execute_leased(self, spec: TaskSpec) -> None:
+        """Run a task pushed on a lease (no ref arguments: nothing to fetch)."""
+        self._execute(spec, [])
+
     def _pump(self) -> None:
         running = self._running
         while self._pending and not any(not blocked for blocked in running.values()):
@@ -196,15 +208,68 @@ class WorkerProcess:
             running[item[0].task_id] = False
             self._take_executor().tell(item)
 
-    def _finished(self, task_id: bytes, results: list, retry: bool) -> None:
+    # A task's results reach its owner first: the executor's thread writes them itself
+    # when the owner's link is idle (``transport.Connection.send_from_thread``), before
+    # it wakes the loop, which then tells the node "done, pushed" (after the push has
+    # left, as below) and starts the next task. Waking the loop first would put a GIL
+    # hand-off and a scheduler pass on the way of every result. Not within
+    # ``THREAD_SEND_GAP`` of the last such push: a run of quick tasks goes through the
+    # loop. Any doubt (a retry, results too large for one frame, no link yet, a busy
+    # link) leaves the push to the loop, as before.
+
+    def _push_from_thread(self, task_id: bytes, results: list, retry: bool) -> Any:
+        """Push a finished task's results to their owner from the executor's thread;
+        the connection they went on, or ``None``: the loop pushes them."""
+        core = self.core
+        now = time.monotonic()
+        if retry or core is None or now - self._thread_pushed_at < THREAD_SEND_GAP:
+            return None
+        conn = self.leased.links.get(task_id)
+        if conn is not None:
+            message: Any = w.LeasedTaskDone(task_id, results)
+        else:
+            address = self._owner_addr.get(task_id)
+            conn = self._owner_conns.get(address) if address is not None else None
+            if conn is None or conn.closed:
+                return None
+            message = w.ObjectsReady(results)
+        if results_size(results) > core.frame_limit():
+            return None
+        try:
+            sent = conn.send_from_thread(message)
+        except Exception:  # refused for what it is: the loop's push says so
+            return None
+        if not sent:
+            return None
+        self._thread_pushed_at = now
+        return conn
+
+    def _finished(self, task_id: bytes, results: list, retry: bool,
+                  pushed_on: Any = None) -> None:
         """A task ended (core loop): results to the owner directly when it listens
         (a driver on this node: one hop less than through the node), "done" to the
-        node (which records them and delivers them if we did not)."""
+        node (which records them and delivers them if we did not). ``pushed_on``: the
+        executor's thread pushed them already, on that link (``_push_from_thread``)."""
         core = self.core
         assert core is not None
         pushed = False
         conn = None
-        address = self._owner_addr.pop(task_id, None)
+        link = self.leased.take_link(task_id)
+        if pushed_on is not None:
+            self._owner_addr.pop(task_id, None)
+            pushed, conn, link = True, pushed_on, None
+        elif link is not None:
+            # A leased task: its end goes back on the link it came on, with the
+            # results when they are not too large for the node either (see below).
+            inline = not retry and results_size(results) <= core.frame_limit()
+            try:
+                link.send_nowait(w.LeasedTaskDone(task_id, results if inline else []))
+                pushed = inline
+                conn = link if inline else None
+            except Exception as exc:  # the submitter hands it back; the node delivers
+                logger.debug("reporting leased task %s failed: %r", task_id.hex(), exc)
+        address = (None if link is not None or pushed_on is not None
+                   else self._owner_addr.pop(task_id, None))
         if address is not None and not retry and results_size(results) > core.frame_limit():
             # Too large for the node (no store to spill them to): it records them
             # as errors, so the owner must get those too, not the values.
@@ -273,6 +338,9 @@ class WorkerProcess:
         assert self.core is not None
         payload = dumps(TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled"))
         results = [(oid, True, payload) for oid in spec.return_ids()]
+        if spec.task_id in self.leased.links:  # its submitter waits for its end too
+            self._finished(spec.task_id, results, False)
+            return
         self.core.enqueue(w.TaskDone(spec.task_id, results, False))
 
     async def run(self, address: str, token: bytes) -> None:
@@ -294,7 +362,8 @@ class WorkerProcess:
                 self._new_main_executor(self.main_thread)
             else:
                 self._free.append(self._new_executor())
-            await self.hello("worker", conn)
+            direct = await self.leased.listen(nursery, address, token)
+            await self.hello("worker", conn, direct)
 
     def new_core(self, role: str, conn: Any, address: str) -> CoreWorker:
         """This process's core worker (``role`` "worker" or "actor_worker"), installed
@@ -312,11 +381,13 @@ class WorkerProcess:
         _worker_state.set_core(core)
         return core
 
-    async def hello(self, role: str, conn: Any) -> None:
-        """Register with the node (it may send work at once) and learn the GCS address."""
+    async def hello(self, role: str, conn: Any, direct_address: str | None = None) -> None:
+        """Register with the node (it may send work at once) and learn the GCS
+        address; ``direct_address``: where submitters holding a lease push tasks."""
         assert self.core is not None
         welcome = await conn.request(
-            w.Hello(role, self.worker_id, os.getpid(), w.HelloInfo(id_prefix=id_prefix())),
+            w.Hello(role, self.worker_id, os.getpid(),
+                    w.HelloInfo(id_prefix=id_prefix(), direct_address=direct_address)),
             timeout=30)
         self.core.gcs_address = welcome.gcs_address
 

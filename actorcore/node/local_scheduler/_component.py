@@ -49,4 +49,5 @@ class LocalScheduler:
 
     def snapshot(self) -> dict:
         st = self.state.statistics()
-        return {"kind": "local_scheduler", "queued": st.queued, "running": st.running}
+        return {"kind": "local_scheduler", "queued": st.queued, "running": st.running,
+                "leased_workers": st.leased_workers, "leases_granted": st.leases_granted}

@@ -51,6 +51,7 @@ from ...protocol import _serialization
 from ...protocol._messages import ObjectData, TaskSpec
 from ...protocol._wire import Execute, ExitWorker, InterruptTask
 from ..object_manager._directory import ObjectDirectory, ObjectEntry
+from ._leases import LeaseBook
 from ._ledger import ResourceLedger, fits
 from ._queues import ReadyQueues, env_key
 from ._statistics import SchedulerStatistics
@@ -67,6 +68,9 @@ logger = logging.getLogger("actorcore.scheduler")
 
 #: Seconds a running task has to honour a (non-force) cancel before its worker is killed.
 CANCEL_GRACE = 1.0
+
+#: Recursively cancelled tasks remembered after their end (``cancelled_trees``).
+CANCELLED_TREES_KEPT = 4096
 
 class SchedulerHost(Protocol):
     """What the scheduler asks of the node it runs in (``_runtime.NodeRuntime``
@@ -106,6 +110,8 @@ class SchedulerState:
     host: SchedulerHost
     # The one account of the node's resources, for tasks and actors both.
     ledger: ResourceLedger = attrs.field(init=False)
+    # Workers lent to submitters for direct task submission (``_leases``).
+    leases: LeaseBook = attrs.field(init=False)
     waiting: dict[bytes, list] = attrs.Factory(dict)  # task id -> [spec, deps missing]
     ready: ReadyQueues = attrs.Factory(ReadyQueues)
     running: dict[bytes, WorkerInfo] = attrs.Factory(dict)
@@ -114,9 +120,12 @@ class SchedulerState:
     # Control edges among the unfinished tasks here: parent task id -> the ids of the
     # tasks it submitted (for ``cancel(recursive=True)``).
     children: dict[bytes, set[bytes]] = attrs.Factory(dict)
-    # Running tasks cancelled with recursive=True: a task they submit from now on
-    # (its submit may have been on its way when the cancel came) is cancelled too.
-    cancelled_trees: set[bytes] = attrs.Factory(set)
+    # Running tasks cancelled with recursive=True (-> the cancel's ``force``): a task
+    # they submit from now on (its submit may have been on its way when the cancel
+    # came) is cancelled too. Kept after they end, the newest CANCELLED_TREES_KEPT:
+    # a child pushed to a leased worker is reported by that worker, which may come
+    # after its parent's end (``_leases``).
+    cancelled_trees: dict[bytes, bool] = attrs.Factory(dict)
     wakeup: trio.Event = attrs.Factory(trio.Event)
     # Tasks no resources of this node can ever satisfy, for the global scheduler to
     # place (in arrival order). They stay here until it has decided, so that a crash
@@ -148,11 +157,22 @@ class SchedulerState:
 
     def __attrs_post_init__(self) -> None:
         self.ledger = ResourceLedger(self.total, on_release=self._wake)
+        self.leases = LeaseBook(self)
 
     @property
     def available(self) -> dict[str, float]:
         """Resources free now (the ledger's; read only: take and give through it)."""
         return self.ledger.available
+
+    def available_to_report(self) -> dict[str, float]:
+        """Resources free now as the node reports them (``available_resources()``,
+        heartbeats, statistics): ``available`` plus what idle leases hold, which
+        their submitters give back within a linger when not using them."""
+        out = dict(self.ledger.available)
+        if self.leases.active:
+            for name, amount in self.leases.idle_resources().items():
+                out[name] = out.get(name, 0.0) + amount
+        return out
 
     # -- entry points (called by the node's handlers) -------------------------------
 
@@ -301,6 +321,8 @@ class SchedulerState:
                         f"({reason}) and no retries are left"
                     ),
                 )
+        self.leases.worker_died(worker)
+        self.leases.drop_owner(worker.worker_id)  # what it leased as a submitter
         self._wake()
 
     def blocked(self, worker: WorkerInfo, task_id: bytes) -> None:
@@ -351,11 +373,18 @@ class SchedulerState:
             order.sort(key=lambda t: t in self.running and t not in self.running[t].queued)
             for tid in order:
                 if tid in self.running:
-                    self.cancelled_trees.add(tid)
+                    self._mark_cancelled_tree(tid, force)
                 self._cancel_one(tid, force)
             if task_id in self.running:
-                self.cancelled_trees.add(task_id)
+                self._mark_cancelled_tree(task_id, force)
         self._cancel_one(task_id, force)
+
+    def _mark_cancelled_tree(self, task_id: bytes, force: bool) -> None:
+        trees = self.cancelled_trees
+        trees.pop(task_id, None)
+        trees[task_id] = force
+        while len(trees) > CANCELLED_TREES_KEPT:
+            del trees[next(iter(trees))]
 
     def _cancel_one(self, task_id: bytes, force: bool) -> None:
         spec = self.infeasible.pop(task_id, None)
@@ -392,7 +421,9 @@ class SchedulerState:
                 self.host.call_later(CANCEL_GRACE, escalate)
 
     def drop_owner(self, owner: bytes) -> int:
-        """Forget the queued (not running) tasks of a departed owner; return how many."""
+        """Forget the queued (not running) tasks of a departed owner, and end its
+        leases once their tasks have; return how many tasks."""
+        self.leases.drop_owner(owner)
         dropped = 0
         for spec in [s for s in self.infeasible.values() if s.owner == owner]:
             del self.infeasible[spec.task_id]
@@ -539,6 +570,11 @@ class SchedulerState:
         ready = self.ready
         if key not in ready.queues:
             return
+        if self.leases.active and self.leases.idle_resources():
+            # An idle lease gives its resources back within its linger: a task
+            # queued behind a busy worker now could wait for that worker's whole
+            # task instead (``_leases``).
+            return
         if any(name == "GPU" for name, _amount in key):
             return  # its GPU ids are chosen when it starts, and sent with it
         if key not in ready.queues or ready.queues[key][0].max_calls:
@@ -677,6 +713,10 @@ class SchedulerState:
         # the message handler that happened to wake it.
         self.wakeup.set()
 
+    def make_available(self, worker: WorkerInfo) -> None:
+        """``worker`` may take tasks from the queue again (its lease ended)."""
+        self._make_available(worker)
+
     def _make_available(self, worker: WorkerInfo) -> None:
         if worker.retiring is not None:
             if not worker.tasks and worker.state != "dead":
@@ -720,6 +760,8 @@ class SchedulerState:
         if held:
             held.pop("_blocked_cpu", None)
             self.ledger.release(held)
+        if worker.lease is not None:
+            self.leases.released(worker, task_id)
 
     def _retry(self, spec: TaskSpec) -> None:
         if spec.max_retries > 0:
@@ -752,8 +794,6 @@ class SchedulerState:
         self.cancelled.discard(spec.task_id)
         if spec.parent_task_id is not None:
             self._forget_edge(spec)
-        if self.cancelled_trees:
-            self.cancelled_trees.discard(spec.task_id)
         self.directory.put_many(results)
         if not delivered:
             self.host.deliver(spec.owner, results)
@@ -767,9 +807,12 @@ class SchedulerState:
             finished=self.tasks_finished,
             retried=self.tasks_retried,
             failed=self.tasks_failed,
-            available=dict(self.available),
+            available=self.available_to_report(),
             total=dict(self.total),
             unplaced=len(self.infeasible),
+            leased_workers=len(self.leases.active),
+            leases_granted=self.leases.granted,
+            leases_refused=self.leases.refused,
             unplaced_warnings=tuple(
                 self.unplaced_warnings[shape]
                 for shape in {ReadyQueues.shape(spec) for spec in self.infeasible.values()}

@@ -24,6 +24,8 @@ class SchedulerStatistics:
         actors both take from ``available``).
       unplaced: tasks this node can never run that wait for the global scheduler
         (for another node); unplaced_warnings: why, one line per resource shape.
+      leased_workers: workers lent to submitters now (direct task submission);
+        leases_granted, leases_refused: since the node started.
     """
 
     waiting: int
@@ -37,6 +39,9 @@ class SchedulerStatistics:
     total: dict[str, float]
     unplaced: int = 0
     unplaced_warnings: tuple[str, ...] = ()
+    leased_workers: int = 0
+    leases_granted: int = 0
+    leases_refused: int = 0
 
     @property
     def queued(self) -> int:

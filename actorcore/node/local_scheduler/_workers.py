@@ -61,6 +61,11 @@ class WorkerInfo:
     # and exits when its tasks are done (``SchedulerState._retire``).
     calls: dict[bytes, int] = attrs.Factory(dict)
     retiring: str | None = None  # why, once it retires
+    # Where submitters holding a lease on it push tasks (None: it does not listen),
+    # and the lease it is lent under now (``_leases.Lease``): a leased worker takes
+    # no task from the node's queue.
+    direct_address: str | None = None
+    lease: Any = None
 
     @property
     def blocked(self) -> bool:
@@ -74,6 +79,7 @@ class WorkerInfo:
             self.state != "dead"
             and self.conn is not None
             and self.retiring is None
+            and self.lease is None
             and not self.queued
             and len(self.tasks) == len(self.blocked_tasks)
             and not self.gpu_ids
@@ -88,6 +94,7 @@ class WorkerInfo:
             self.state == "busy"
             and self.conn is not None
             and self.retiring is None
+            and self.lease is None
             and not self.blocked_tasks
             and self.shape == shape
             and len(self.queued) < PIPELINE_DEPTH

@@ -1,0 +1,287 @@
+"""Worker leases: the local scheduler's side of direct task submission
+(``core_worker._leased_tasks`` is the submitter's side, ``worker._leased`` the
+worker's).
+
+A lease gives one submitter one idle worker of this node for one scheduling class,
+and holds that class's resources in the node's ledger while it lasts, so the
+submitter's tasks never wait for the node and nothing else runs on what they use.
+The node grants a lease only when it would start such a task right now itself: the
+resources fit what is free, an idle worker (of no runtime env) listens for direct
+links, and no task of that shape is already queued here (those go first). Otherwise
+it refuses, and the submitter sends its tasks through the queue as before: queueing,
+spill-back to the global scheduler and multi-node placement stay here.
+
+Once the worker reports a leased task (`LeasedStart`), the scheduler tracks it as one
+of its running tasks, holding the lease's resources (``SchedulerState``'s
+``worker.held``): lineage, control edges, a blocked ``get`` lending the CPU, a cancel,
+a retry of a retryable exception and the worker's death all take the ordinary path.
+When the task's resources are released, the lease takes them back while it lasts.
+
+A lease ends when its submitter gives it back (`ReturnLease`, once every task it
+pushed has been reported here), when its submitter's link is gone, or when its worker
+dies; then its resources return to the ledger and the worker to the idle set. Tasks
+pushed on a lease whose worker died before reporting them come back from the
+submitter (`LeasedTasksLost`): each one this node never heard of is retried
+(``max_retries``) or fails with ``WorkerCrashedError``, as the node's own would.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from typing import Any, Protocol
+
+import attrs
+
+from ...exceptions import WorkerCrashedError
+from ...protocol._leases import LeaseReply
+from ...protocol._messages import TaskSpec
+from ._ledger import ResourceLedger, fits
+from ._queues import ReadyQueues
+from ._workers import WorkerInfo
+
+__all__ = ["Lease", "LeaseBook", "LeaseState"]
+
+#: Task ids of a lease remembered as reported (``Lease.reported``).
+REPORTED_KEPT = 16
+
+logger = logging.getLogger("actorcore.scheduler.leases")
+
+
+@attrs.define(eq=False)
+class Lease:
+    """One worker lent to one submitter for one scheduling class."""
+
+    lease_id: bytes
+    owner: bytes  # the submitter's worker id
+    worker: WorkerInfo
+    resources: dict[str, float]
+    # Whether the lease itself holds ``resources`` in the ledger now (False while a
+    # task of it runs: the task holds them, as ``worker.held``).
+    holds: bool = True
+    running: set[bytes] = attrs.Factory(set)  # tasks the worker reported, not ended
+    # The last tasks the worker reported (a submitter has one in flight per lease):
+    # those handed back as lost after its death were handled as running tasks.
+    reported: collections.deque[bytes] = attrs.Factory(
+        lambda: collections.deque(maxlen=REPORTED_KEPT))
+    finished: int = 0  # tasks reported that ended here
+    returned: bool = False
+    pushed: int = 0  # how many its submitter pushed (known once returned)
+    lost: list[TaskSpec] = attrs.Factory(list)  # handed back, for after the death
+    ended: bool = False
+
+
+class LeaseState(Protocol):
+    """What the lease book reads and calls of the scheduler's state
+    (``_scheduler.SchedulerState``)."""
+
+    host: Any
+    ledger: ResourceLedger
+    ready: ReadyQueues
+    idle: collections.deque[Any]
+    running: dict[bytes, WorkerInfo]
+    children: dict[bytes, set[bytes]]
+    cancelled_trees: dict[bytes, bool]
+    tasks_retried: int
+
+    @property
+    def available(self) -> dict[str, float]: ...
+    def submit(self, spec: TaskSpec) -> None: ...
+    def fail_task(self, spec: TaskSpec, error: BaseException) -> None: ...
+    def cancel(self, task_id: bytes, force: bool, recursive: bool = False) -> None: ...
+    def make_available(self, worker: WorkerInfo) -> None: ...
+
+
+class LeaseBook:
+    """The leases of one node (see the module docstring); part of the scheduler's
+    state, so it survives the ``local_scheduler`` component's restarts."""
+
+    def __init__(self, state: LeaseState) -> None:
+        self._state = state
+        self.active: dict[bytes, Lease] = {}
+        # Leases whose worker died, until their submitter hands back what it had
+        # pushed or gives the lease back (or leaves).
+        self.ended: dict[bytes, Lease] = {}
+        self.granted = 0
+        self.refused = 0
+
+    # -- the submitter's requests ----------------------------------------------------
+
+    def grant(self, owner: bytes, resources: dict[str, float]) -> LeaseReply:
+        """A lease for tasks taking ``resources``, or a refusal saying why."""
+        state = self._state
+        shape = tuple(sorted(resources.items()))
+        if shape in state.ready.queues:
+            return self._refuse("tasks of this shape are queued at the node")
+        if not fits(resources, state.available):
+            return self._refuse(f"resources {resources} are not free now "
+                                f"(free: {dict(state.available)})")
+        worker = None
+        for candidate in state.idle:
+            if candidate.available() and not candidate.tasks and candidate.direct_address \
+                    and candidate.env_key in (None, ""):
+                worker = candidate
+                break
+        if worker is None:
+            state.host.request_worker()
+            return self._refuse("no idle worker")
+        lease = Lease(os.urandom(12), owner, worker, dict(resources))
+        state.ledger.take(resources)
+        worker.lease = lease
+        worker.env_key = ""
+        worker.shape = shape
+        self.active[lease.lease_id] = lease
+        self.granted += 1
+        return LeaseReply(lease.lease_id, worker.worker_id, worker.direct_address)
+
+    def _refuse(self, reason: str) -> LeaseReply:
+        self.refused += 1
+        return LeaseReply(None, reason=reason)
+
+    def returned(self, lease_id: bytes, pushed: int) -> None:
+        """The submitter gave the lease back after pushing ``pushed`` tasks on it."""
+        lease = self.active.get(lease_id)
+        if lease is None:
+            self.ended.pop(lease_id, None)
+            return
+        lease.returned = True
+        lease.pushed = pushed
+        self._maybe_end(lease)
+
+    def lost(self, lease_id: bytes, specs: list[TaskSpec]) -> None:
+        """The submitter's link to the lease's worker broke with ``specs`` unanswered."""
+        lease = self.active.get(lease_id)
+        if lease is not None:
+            # The worker is alive as far as this node knows, but its submitter lost
+            # it: it is unusable for this lease. Its death settles the tasks (those it
+            # reported, as running tasks; the rest below).
+            lease.returned = True
+            lease.lost.extend(specs)
+            if lease.worker.state != "dead":
+                self._state.host.kill_worker(lease.worker)
+            return
+        lease = self.ended.pop(lease_id, None)
+        self._settle_lost(lease, specs)
+
+    # -- what the worker reports -----------------------------------------------------
+
+    def started(self, worker: WorkerInfo, lease_id: bytes, spec: TaskSpec) -> None:
+        """The leased worker took ``spec``: track it as a running task here."""
+        state = self._state
+        lease = self.active.get(lease_id)
+        state.host.record_lineage(spec)
+        parent = spec.parent_task_id
+        if parent is not None:
+            kids = state.children.get(parent)
+            if kids is None:
+                state.children[parent] = {spec.task_id}
+            else:
+                kids.add(spec.task_id)
+        worker.tasks[spec.task_id] = spec
+        state.running[spec.task_id] = worker
+        worker.state = "busy"
+        if lease is not None and lease.worker is worker:
+            lease.running.add(spec.task_id)
+            lease.reported.append(spec.task_id)
+            if lease.holds:
+                lease.holds = False
+                worker.held[spec.task_id] = dict(lease.resources)
+            else:  # a second task beside a blocked one: it takes its own
+                state.ledger.take(spec.resources)
+                worker.held[spec.task_id] = dict(spec.resources)
+        else:
+            # Its lease ended first (its submitter left): it runs on what it takes.
+            logger.info("leased task %s reported after its lease ended", spec.name)
+            state.ledger.take(spec.resources)
+            worker.held[spec.task_id] = dict(spec.resources)
+        if parent is not None and parent in state.cancelled_trees:
+            # Its parent was cancelled recursively (perhaps it has ended since): so
+            # is it, the same way, and what it submits.
+            state.cancel(spec.task_id, state.cancelled_trees[parent], recursive=True)
+
+    def released(self, worker: WorkerInfo, task_id: bytes) -> None:
+        """A task of ``worker`` gave its resources back (it ended, or its worker
+        died): the lease takes its own back while it lasts."""
+        lease = worker.lease
+        if lease is None or task_id not in lease.running:
+            return
+        lease.running.discard(task_id)
+        lease.finished += 1
+        if not lease.holds and not lease.running and not lease.ended:
+            lease.holds = True
+            self._state.ledger.take(lease.resources)
+        self._maybe_end(lease)
+
+    def worker_died(self, worker: WorkerInfo) -> None:
+        """``worker``'s death is processed: its lease ends; what its submitter
+        handed back already is settled now, the rest when it arrives."""
+        lease = worker.lease
+        if lease is None:
+            return
+        self._end(lease)
+        if lease.lost:
+            lost, lease.lost = lease.lost, []
+            self._settle_lost(lease, lost)
+        elif not lease.returned:
+            self.ended[lease.lease_id] = lease
+
+    def drop_owner(self, owner: bytes) -> None:
+        """The submitter ``owner`` left: its leases end once their tasks have."""
+        for lease in [x for x in self.active.values() if x.owner == owner]:
+            lease.returned = True
+            lease.pushed = 0
+            self._maybe_end(lease)
+        for lease_id in [i for i, x in self.ended.items() if x.owner == owner]:
+            del self.ended[lease_id]
+
+    # -- internals -------------------------------------------------------------------
+
+    def _maybe_end(self, lease: Lease) -> None:
+        if lease.returned and not lease.running and lease.finished >= lease.pushed:
+            self._end(lease)
+            self._state.make_available(lease.worker)
+
+    def _end(self, lease: Lease) -> None:
+        if lease.ended:
+            return
+        lease.ended = True
+        self.active.pop(lease.lease_id, None)
+        if lease.holds:
+            lease.holds = False
+            self._state.ledger.release(lease.resources)
+        if lease.worker.lease is lease:
+            lease.worker.lease = None
+
+    def _settle_lost(self, lease: Lease | None, specs: list[TaskSpec]) -> None:
+        state = self._state
+        for spec in specs:
+            if lease is not None and spec.task_id in lease.reported:
+                continue  # reported by the worker: its death handled it
+            if spec.max_retries != 0:
+                if spec.max_retries > 0:
+                    spec.max_retries -= 1
+                spec.attempt += 1
+                state.tasks_retried += 1
+                logger.info("retrying %s: its leased worker died before starting it",
+                            spec.name)
+                state.submit(spec)
+            else:
+                state.fail_task(spec, WorkerCrashedError(
+                    f"the worker task {spec.name} was pushed to on a lease died before it "
+                    f"started the task, and no retries are left"))
+
+    def idle_resources(self) -> dict[str, float]:
+        """What idle leases hold (no task of theirs runs): theirs until their
+        submitter gives them back, within its linger, or needs them again."""
+        out: dict[str, float] = {}
+        for lease in self.active.values():
+            if lease.holds and not lease.running:
+                for name, amount in lease.resources.items():
+                    out[name] = out.get(name, 0.0) + amount
+        return out
+
+    def statistics(self) -> tuple[int, int, int]:
+        """(leased workers now, leases granted, leases refused)."""
+        return len(self.active), self.granted, self.refused
+

@@ -1,0 +1,294 @@
+"""Direct task submission on a real cluster: tasks pushed straight to a worker leased
+from the node (``core_worker._leased_tasks``, ``node.local_scheduler._leases``,
+``worker._leased``), and every guarantee of the node path kept on it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import actorcore as ray
+from actorcore import exceptions as exc
+from actorcore.core_worker import _worker_state
+
+from .cluster_support import until
+
+pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py: 2 CPUs
+
+
+@ray.remote
+def add(x, y=0):
+    return x + y
+
+
+@ray.remote
+def pid_of():
+    return os.getpid()
+
+
+@ray.remote
+def wait_for_file(d, name, seconds=60):
+    """Write our pid to ``d/started``, then spin until ``d/name`` exists."""
+    (Path(d) / "started").write_text(str(os.getpid()))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (Path(d) / name).exists():
+        time.sleep(0.01)  # short sleeps: a cancel's exception lands between them
+    return "finished"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _leases_on(cluster):
+    """Direct task submission is off by default (``ACTORCORE_DIRECT_TASKS``): this
+    module's driver turns it on."""
+    leased = _worker_state.current_core().leased
+    assert leased is not None, "the test cluster's node listens on a Unix socket"
+    was = leased.enabled
+    leased.enabled = True
+    yield
+    leased.enabled = was
+
+
+def _leases():
+    return _worker_state.current_core().leased.statistics()
+
+
+def _scheduler():
+    """The local scheduler's entry of ``actorcore.tree()``."""
+    node = ray.tree()["children"][0]
+    return next(c for c in node["children"] if c["name"] == "local_scheduler")
+
+
+def _started_pid(d: Path) -> int:
+    text = until(lambda: (d / "started").exists() and (d / "started").read_text(),
+                 "the task to start")
+    return int(text)
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _idle_again():
+    """Every lease went back: the node shows no leased worker, all CPUs free."""
+    until(lambda: _scheduler()["leased_workers"] == 0, "the leases to go back")
+    until(lambda: ray.available_resources().get("CPU") == 2.0, "both CPUs free")
+
+
+def test_results_are_exact_and_travel_on_a_lease():
+    before = _leases()
+    assert [ray.get(add.remote(i, 1)) for i in range(200)] == list(range(1, 201))
+    after = _leases()
+    assert after.tasks_pushed - before.tasks_pushed >= 150, (before, after)
+    assert after.leases_granted > before.leases_granted
+    # Errors, several returns and large values take the same path.
+    with pytest.raises(ZeroDivisionError):
+        ray.get(_div.remote(1, 0))
+    a, b = _two.remote(5)
+    assert ray.get([a, b]) == [5, 6]
+    big = ray.get(_big.remote(3 << 20))
+    assert len(big) == 3 << 20 and big[:3] == b"\0\0\0"
+
+
+@ray.remote
+def _div(a, b):
+    return a / b
+
+
+@ray.remote(num_returns=2)
+def _two(x):
+    return x, x + 1
+
+
+@ray.remote
+def _big(n):
+    return bytes(n)
+
+
+def test_a_lease_goes_back_when_its_submitter_is_idle():
+    assert ray.get([add.remote(i) for i in range(20)]) == list(range(20))
+    _idle_again()
+    stats = _leases()
+    assert stats.leases_held == 0 and stats.leases_returned >= 1, stats
+
+
+def test_thousands_of_tiny_tasks():
+    n = 3000
+    assert sum(ray.get([add.remote(i, 1) for i in range(n)], timeout=120)) == n * (n + 1) // 2
+    for i in range(300):
+        assert ray.get(add.remote(i, i)) == 2 * i
+    _idle_again()
+
+
+def test_nested_tasks_lend_their_cpu_while_they_wait():
+    # Two CPUs, 1 + 8 + 64 tasks each blocking in get on its children: only a
+    # blocked task lending its CPU (the lease's) back lets the tree finish.
+    assert ray.get(_root.remote(), timeout=120) == 64
+    assert ray.get(_chain.remote(12), timeout=120) == 12
+    _idle_again()
+
+
+@ray.remote
+def _leaf():
+    return 1
+
+
+@ray.remote
+def _mid():
+    return sum(ray.get([_leaf.remote() for _ in range(8)]))
+
+
+@ray.remote
+def _root():
+    return sum(ray.get([_mid.remote() for _ in range(8)]))
+
+
+@ray.remote
+def _chain(depth):
+    return 0 if depth == 0 else 1 + ray.get(_chain.remote(depth - 1))
+
+
+def test_nested_submissions_return_in_order():
+    assert ray.get(_ordered.remote(40), timeout=60) == list(range(40))
+
+
+@ray.remote
+def _ordered(n):
+    return ray.get([add.remote(i) for i in range(n)])
+
+
+def test_an_unpicklable_argument_fails_at_the_call_and_the_lease_keeps_serving():
+    with pytest.raises((TypeError, exc.SerializationError), match="lock"):
+        add.remote(threading.Lock())
+    assert ray.get(add.remote(2, 2)) == 4
+
+
+def test_a_worker_killed_mid_task_is_retried_or_fails(tmp_path):
+    once = tmp_path / "once"
+    once.mkdir()
+    ref = wait_for_file.options(max_retries=1).remote(str(once), "go")
+    pid = _started_pid(once)
+    os.kill(pid, signal.SIGKILL)
+    (once / "started").unlink()
+    retried_pid = _started_pid(once)  # the retry, through the node
+    assert retried_pid != pid
+    (once / "go").write_text("")
+    assert ray.get(ref, timeout=60) == "finished"
+
+    never = tmp_path / "never"
+    never.mkdir()
+    ref = wait_for_file.options(max_retries=0).remote(str(never), "go")
+    pid = _started_pid(never)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(exc.WorkerCrashedError):
+        ray.get(ref, timeout=60)
+    until(lambda: _pid_gone(pid), "the killed worker to be reaped")
+    assert ray.get(add.remote(1, 1), timeout=60) == 2
+    _idle_again()
+
+
+def test_a_retryable_exception_is_retried(tmp_path):
+    marker = tmp_path / "tried"
+    assert ray.get(_fails_once.options(max_retries=2, retry_exceptions=True)
+                   .remote(str(marker)), timeout=60) == "second try"
+    _idle_again()
+
+
+@ray.remote
+def _fails_once(marker):
+    if not os.path.exists(marker):
+        Path(marker).write_text("")
+        raise ValueError("first try")
+    return "second try"
+
+
+def test_cancel_a_running_leased_task(tmp_path):
+    soft = tmp_path / "soft"
+    soft.mkdir()
+    ref = wait_for_file.remote(str(soft), "never")
+    pid = _started_pid(soft)
+    ray.cancel(ref)
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(ref, timeout=30)
+    assert not _pid_gone(pid)  # interrupted inside the task: its worker lives
+
+    hard = tmp_path / "hard"
+    hard.mkdir()
+    ref = wait_for_file.remote(str(hard), "never")
+    pid = _started_pid(hard)
+    ray.cancel(ref, force=True)
+    with pytest.raises(exc.TaskCancelledError, match=r"\(force\)"):
+        ray.get(ref, timeout=30)
+    until(lambda: _pid_gone(pid), "the force-cancelled worker to die")
+    assert ray.get(add.remote(3, 4), timeout=60) == 7
+    _idle_again()
+
+
+def test_cancel_recursive_reaches_the_tasks_a_leased_task_submitted(tmp_path):
+    ref = _spawner.remote(str(tmp_path))
+    until(lambda: (tmp_path / "child").exists(), "the child to start")
+    ray.cancel(ref, recursive=True)
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(ref, timeout=30)
+    until(lambda: (tmp_path / "child_cancelled").exists(), "the child to be cancelled")
+    _idle_again()
+
+
+@ray.remote
+def _child(d):
+    (Path(d) / "child").write_text("")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    except BaseException:
+        (Path(d) / "child_cancelled").write_text("")
+        raise
+    return "child finished"
+
+
+@ray.remote
+def _spawner(d):
+    return ray.get(_child.remote(d))
+
+
+@pytest.mark.parametrize("switch", [None, "0", "1"])
+def test_the_switch_turns_direct_submission_on(cluster, switch):
+    # Off by default and with 0: every task goes through the node; 1: pushed on leases.
+    code = textwrap.dedent("""
+        import sys
+        import actorcore as ray
+        from actorcore.core_worker import _worker_state
+        ray.init(address=sys.argv[1], log_to_driver=False)
+
+        @ray.remote
+        def f(x):
+            return x * 2
+
+        assert [ray.get(f.remote(i)) for i in range(20)] == [2 * i for i in range(20)]
+        leased = _worker_state.current_core().leased
+        print("PUSHED", leased.enabled, leased.statistics().tasks_pushed)
+    """)
+    env = dict(os.environ)
+    env.pop("ACTORCORE_DIRECT_TASKS", None)
+    if switch is not None:
+        env["ACTORCORE_DIRECT_TASKS"] = switch
+    out = subprocess.run([sys.executable, "-c", code, cluster["address"]],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    _, enabled, pushed = out.stdout.split()
+    if switch == "1":
+        assert enabled == "True" and int(pushed) > 0, out.stdout
+    else:
+        assert (enabled, pushed) == ("False", "0"), out.stdout

@@ -1,0 +1,145 @@
+"""`Connection.send_from_thread`: a thread outside the loop writes an idle link's frame
+itself, in order with what the loop sends, never blocking and never interleaving bytes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import transport
+from transport import faults
+
+TOKEN = b"thread-token"
+
+
+class Collect:
+    """A server handler that keeps every one-way message, in arrival order."""
+
+    def __init__(self, expect: int) -> None:
+        self.got: list[Any] = []
+        self.expect = expect
+        self.all_in = trio.Event()
+
+    async def __call__(self, conn: transport.Connection, msg: Any,
+                       reply: transport.Reply | None) -> None:
+        self.got.append(msg)
+        if len(self.got) >= self.expect:
+            self.all_in.set()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Collect]]:
+    handler = Collect(expect=400)
+    server = transport.Server(f"unix:{tmp_path}/t.sock", TOKEN, handler, name="collect")
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        yield address, handler
+        nursery.cancel_scope.cancel()
+
+
+async def test_frames_from_a_thread_and_from_the_loop_keep_one_order(
+        server: tuple[str, Collect]) -> None:
+    # One sequence of messages, each sent by a thread when the link is idle and by
+    # the loop otherwise (as a core worker's outbox does): the peer reads them all,
+    # whole, in the order they were sent.
+    address, handler = server
+    async with transport.open_connection(address, TOKEN) as conn:
+        def sender() -> int:
+            from_thread = 0
+            for i in range(400):
+                message = ("n", i, "x" * (i * 37 % 5000))
+                if conn.send_from_thread(message):
+                    from_thread += 1
+                else:
+                    trio.from_thread.run_sync(conn.send_nowait, message)
+            return from_thread
+
+        from_thread = await trio.to_thread.run_sync(sender)
+        with trio.fail_after(10):
+            await handler.all_in.wait()
+        assert [m[1] for m in handler.got] == list(range(400))
+        assert all(m[2] == "x" * (m[1] * 37 % 5000) for m in handler.got)
+        assert from_thread > 0
+        assert conn.statistics().frames_from_threads == from_thread
+
+
+async def test_a_partial_write_from_a_thread_is_finished_by_the_writer(tmp_path: Path) -> None:
+    # The peer stops reading; a thread writes frames until the socket takes only part
+    # of one: the rest waits at the head of the queue, later frames go behind it (the
+    # thread path refuses while it waits), and once the peer reads again every
+    # frame arrives whole and in order.
+    release = trio.Event()
+    got: list[Any] = []
+    expect = [0]
+    all_in = trio.Event()
+
+    async def handler(conn: transport.Connection, msg: Any, reply: Any) -> None:
+        if msg == "block":
+            await release.wait()  # the server's reader waits here: nothing is read
+        got.append(msg)
+        if expect[0] and len(got) >= expect[0]:
+            all_in.set()
+
+    server = transport.Server(f"unix:{tmp_path}/b.sock", TOKEN, handler, name="blocked")
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        async with transport.open_connection(address, TOKEN) as conn:
+            await conn.send("block")
+            payload = "p" * 60_000  # one chunk per frame (under the join limit)
+
+            def sender() -> tuple[int, int]:
+                by_thread = 0
+                for i in range(10_000):
+                    if not conn.send_from_thread(("n", i, payload)):
+                        break  # the socket is full and a remainder waits
+                    by_thread += 1
+                later = 0
+                for k in range(i, i + 20):
+                    assert not conn.send_from_thread(("n", k, payload))
+                    trio.from_thread.run_sync(conn.send_nowait, ("n", k, payload))
+                    later += 1
+                return by_thread, later
+
+            by_thread, later = await trio.to_thread.run_sync(sender)
+            assert conn.unsent >= 1  # the remainder and what queued behind it
+            expect[0] = 1 + by_thread + later
+            release.set()
+            with trio.fail_after(20):
+                await all_in.wait()
+            assert got[0] == "block"
+            assert [m[1] for m in got[1:]] == list(range(by_thread + later))
+            assert all(m[2] == payload for m in got[1:])
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_thread_does_not_send_on_a_closed_or_faulted_link(
+        server: tuple[str, Collect]) -> None:
+    address, _handler = server
+    async with transport.open_connection(address, TOKEN) as conn:
+        try:
+            faults.add(faults.Rule("delay", delay=0.01))
+            assert not await trio.to_thread.run_sync(conn.send_from_thread, ("faulted",))
+        finally:
+            faults.clear()
+        await conn.aclose()
+        assert not await trio.to_thread.run_sync(conn.send_from_thread, ("closed",))
+
+
+async def test_a_frame_too_large_for_the_peer_is_refused_by_the_thread(tmp_path: Path) -> None:
+    handler = Collect(expect=1)
+    server = transport.Server(f"unix:{tmp_path}/small.sock", TOKEN, handler, name="small",
+                              max_frame_size=1 << 16)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        async with transport.open_connection(address, TOKEN) as conn:
+            with pytest.raises(transport.FrameTooLarge):
+                await trio.to_thread.run_sync(conn.send_from_thread, "z" * (1 << 17))
+            assert await trio.to_thread.run_sync(conn.send_from_thread, "fits")
+            with trio.fail_after(10):
+                await handler.all_in.wait()
+            assert handler.got == ["fits"]
+        nursery.cancel_scope.cancel()
