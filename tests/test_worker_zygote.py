@@ -163,7 +163,10 @@ def test_zygote_sigkill_restarts_it_and_starts_never_wait_for_it():
     pending = old.info.remote()
     os.kill(old_info["pid"], signal.SIGKILL)
     with pytest.raises(exc.ActorDiedError, match="exit status unknown"):
+        # The call sent just before the kill may have been answered first (a call
+        # leaves from the caller's thread at once): then the next one sees the death.
         ray.get(pending, timeout=60)
+        ray.get(old.info.remote(), timeout=60)
     for h in (during, after):
         ray.kill(h)
 
