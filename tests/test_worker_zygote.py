@@ -230,6 +230,16 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _env_with_site(tmpdir: str | Path, script: str) -> dict[str, str]:
+    """``_env()`` with ``script`` as the ``sitecustomize`` of every process it starts."""
+    site = Path(tmpdir) / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(script)
+    env = _env()
+    env["PYTHONPATH"] = f"{site}{os.pathsep}{ROOT}"
+    return env
+
+
 # A sitecustomize's start: ``argv``, the process's command line as the kernel has it.
 _SITE_ARGV = """
 import os
@@ -274,11 +284,7 @@ ray.shutdown()
 
 
 def test_a_zygote_that_cannot_start_costs_nothing_but_speed(tmpdir):
-    site = Path(tmpdir) / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BROKEN_ZYGOTE_SITE)
-    env = _env()
-    env["PYTHONPATH"] = f"{site}{os.pathsep}{ROOT}"
+    env = _env_with_site(tmpdir, BROKEN_ZYGOTE_SITE)
     # A zygote forked from the node would not run the broken site file: spawned.
     env["ACTORCORE_WORKER_ZYGOTE_AT_START"] = "0"
     out = subprocess.run([sys.executable, "-c", BROKEN_ZYGOTE], env=env,
@@ -361,11 +367,7 @@ if b"actorcore.node" in argv:
 
 
 def test_a_zygote_forked_at_the_node_start_that_dies_is_replaced_by_a_spawned_one(tmpdir):
-    site = Path(tmpdir) / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(EARLY_ZYGOTE_DIES_SITE)
-    env = _env()
-    env["PYTHONPATH"] = f"{site}{os.pathsep}{ROOT}"
+    env = _env_with_site(tmpdir, EARLY_ZYGOTE_DIES_SITE)
     out = subprocess.run([sys.executable, "-c", FIRST_TASK], env=env,
                          capture_output=True, text=True, timeout=150)
     assert out.returncode == 0, out.stdout + out.stderr
