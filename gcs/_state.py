@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 import attrs
@@ -127,8 +127,21 @@ class ShardState:
         self.lineage_cap = lineage_cap
         self.max_value_bytes = max_value_bytes
         self.tables: dict[str, dict[Key, tuple[Any, int]]] = {t: {} for t in TABLES}
-        self.collectable: dict[str, dict[Key, None]] = {t: {} for t in TABLES}
+        # Oldest first. Both are trimmed at the front once per write, so neither may
+        # be a plain dict walked from its start (``next(iter(d))``, ``islice(d, n)``):
+        # a dict keeps the slots of its deleted entries until it is resized, and the
+        # walk steps over every one of them. Trimmed that way the dedup record cost
+        # 20 us per write once it was full (200,000 entries, after about 100,000
+        # tasks' lineage writes) and 60 us after 200,000 more, growing with every
+        # write until the dict happened to be resized: a million queued tasks never
+        # finished. `collectable` loses entries from the middle too (a delete), so
+        # it is an OrderedDict (O(1) both ways); the dedup record loses them only at
+        # the front, so it is a dict beside a deque of its keys in order (8 bytes
+        # an entry, where an OrderedDict costs 50 more).
+        self.collectable: dict[str, OrderedDict[Key, None]] = {
+            t: OrderedDict() for t in TABLES}
         self.dedup: dict[tuple[Any, int], tuple[int, Any]] = {}
+        self._dedup_order: deque[tuple[Any, int]] = deque()
         self.log: deque[Update] = deque()
         self.applied = 0
         self.acked = 0
@@ -256,9 +269,13 @@ class ShardState:
         elif kind == "M":
             self.collectable[table][key] = None
         if client_id is not None:
-            self.dedup[(client_id, client_seq)] = (seq, result)
-            if len(self.dedup) > self.dedup_entries:
-                del self.dedup[next(iter(self.dedup))]
+            dedup = self.dedup
+            name = (client_id, client_seq)
+            if name not in dedup:
+                self._dedup_order.append(name)
+            dedup[name] = (seq, result)
+            if len(dedup) > self.dedup_entries:
+                del dedup[self._dedup_order.popleft()]
         self.applied = seq
         self.log.append(update)
         self._trim()
@@ -270,9 +287,21 @@ class ShardState:
         if seq <= self.acked:
             return []
         old, self.acked = self.acked, seq
-        first = self.log[0][0] if self.log else self.applied + 1
-        start = max(old + 1, first) - first
-        done = list(itertools.islice(self.log, start, seq - first + 1))
+        # The newly committed updates lie just before the uncommitted ones at the
+        # log's end: read them from the right, in O(new updates). (``islice`` from
+        # the left stepped over the whole replay buffer, 20,000 updates, on every
+        # commit.)
+        log = self.log
+        first = log[0][0] if log else self.applied + 1
+        start = max(old + 1, first)
+        tail = self.applied - seq  # uncommitted updates after the new ones
+        count = seq - start + 1
+        if count <= 0:
+            done: list[Update] = []
+        else:
+            from_right = itertools.islice(reversed(log), tail, tail + count)
+            done = list(from_right)
+            done.reverse()
         self._trim()
         return done
 
@@ -287,9 +316,17 @@ class ShardState:
             return []
         if not self.log or self.log[0][0] > seq + 1:
             return None
-        start = seq + 1 - self.log[0][0]
-        stop = None if limit is None else start + limit
-        return list(itertools.islice(self.log, start, stop))
+        log = self.log
+        n = len(log)
+        start = seq + 1 - log[0][0]
+        stop = n if limit is None else min(n, start + limit)
+        if start > n - start:
+            # Nearer the end (a successor that keeps up reads the last few updates
+            # of a log holding the whole replay buffer): walk from the right.
+            out = list(itertools.islice(reversed(log), n - stop, n - start))
+            out.reverse()
+            return out
+        return list(itertools.islice(log, start, stop))
 
     def oldest_replayable(self) -> int:
         return self.log[0][0] if self.log else self.applied + 1
@@ -326,8 +363,9 @@ class ShardState:
         """Replace everything by ``snap`` (from `snapshot`, possibly of another replica)."""
         self.history = snap.history
         self.tables = {t: dict(snap.tables.get(t, {})) for t in TABLES}
-        self.collectable = {t: dict(snap.collectable.get(t, {})) for t in TABLES}
+        self.collectable = {t: OrderedDict(snap.collectable.get(t, {})) for t in TABLES}
         self.dedup = dict(snap.dedup)
+        self._dedup_order = deque(self.dedup)
         self.applied = snap.applied
         self.acked = min(snap.acked, snap.applied)
         self.log.clear()

@@ -104,6 +104,45 @@ def test_log_keeps_uncommitted_and_a_bounded_committed_tail() -> None:
     assert s.updates_after(20) == []
 
 
+def test_commit_and_updates_after_return_the_asked_updates_from_either_end() -> None:
+    # commit() and updates_after() walk the log from the end nearer to what they
+    # return: every range of a long log, both walks, gives the updates in order.
+    s = ShardState(replay_buffer=40)
+    seq = 0
+    for step in range(1, 30):
+        run(s, "c", [(seq + i, put("kv", f"k{i % 7}", i)) for i in range(1, step % 5 + 2)])
+        seq += step % 5 + 2
+        before = s.acked
+        target = s.applied - step % 4
+        done = s.commit(target)
+        assert [u[0] for u in done] == list(range(before + 1, max(before, target) + 1))
+        first = s.oldest_replayable()
+        for after in range(first - 1, s.applied + 1):
+            for limit in (None, 1, 3, 1000):
+                got = s.updates_after(after, limit)
+                end = s.applied if limit is None else min(s.applied, after + limit)
+                assert [u[0] for u in got] == list(range(after + 1, end + 1))
+
+
+def test_dedup_record_and_marks_stay_bounded_oldest_out_first() -> None:
+    s = ShardState(dedup_entries=4, lineage_cap=2)
+    run(s, "c", [(i, put("tasks", f"t{i}", i)) for i in range(1, 9)])
+    assert list(s.dedup) == [("c", 5), ("c", 6), ("c", 7), ("c", 8)]
+    results, _, _ = run(s, "c", [(8, put("tasks", "t8", "again"))])
+    assert results == [8] and len(s.dedup) == 4  # a retry answered, nothing added
+    # A mark deleted from the middle (the key deleted) leaves the order of the rest.
+    run(s, "c", [(10, MarkCollectable("tasks", "t1")), (11, MarkCollectable("tasks", "t2")),
+                 (12, Delete("tasks", "t1")), (13, MarkCollectable("tasks", "t3")),
+                 (14, MarkCollectable("tasks", "t4"))])
+    assert list(s.collectable["tasks"]) == ["t3", "t4"]
+    assert sorted(s.tables["tasks"]) == ["t3", "t4", "t5", "t6", "t7", "t8"]
+    copy = ShardState(dedup_entries=4)
+    copy.restore(s.snapshot())
+    run(copy, "c", [(15, put("kv", "x", 1))])
+    assert list(copy.dedup) == [("c", 12), ("c", 13), ("c", 14), ("c", 15)]
+    assert list(copy.collectable["tasks"]) == ["t3", "t4"]
+
+
 def test_snapshot_restore_and_scan() -> None:
     s = ShardState()
     run(s, "c", [(1, put("kv", "a/1", 1)), (2, put("kv", "a/2", 2)), (3, put("kv", "b", 3)),

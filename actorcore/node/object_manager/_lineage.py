@@ -138,8 +138,11 @@ class Lineage:
     def __init__(self, node: Any, cap: int) -> None:
         self.node = node
         self.cap = cap
-        #: task id -> record, oldest first (eviction order).
-        self.records: dict[bytes, _Record] = {}
+        #: task id -> record, oldest first (eviction order). An OrderedDict: the cap
+        #: evicts at the front on every record once full, and a plain dict walked
+        #: from its start (``next(iter(d))``) steps over the slots of every entry
+        #: deleted since its last resize (5 us a task at the default cap).
+        self.records: collections.OrderedDict[bytes, _Record] = collections.OrderedDict()
         self.evicted_ids: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         #: evicted task id -> its references still alive (no spec kept).
         self.evicted_live: dict[bytes, int] = {}
@@ -282,8 +285,7 @@ class Lineage:
     def _evict_oldest(self) -> None:
         records = self.records
         while len(records) > self.cap:
-            tid = next(iter(records))
-            rec = records.pop(tid)
+            tid, rec = records.popitem(last=False)
             self.evicted += 1
             self.evicted_ids[tid] = None
             if len(self.evicted_ids) > EVICTED_MEMORY:
