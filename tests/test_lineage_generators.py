@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from actorcore.exceptions import (
     ObjectReconstructionFailedError,
     ObjectReconstructionFailedMaxAttemptsExceededError,
 )
+from actorcore.protocol._ids import task_id_of
 
 MB = 1024 * 1024
 ITEM = 3 * MB
@@ -103,6 +106,29 @@ def fewer_when_rerun(log: str) -> Iterator[np.ndarray]:
         yield np.full(ITEM, i + 1, dtype=np.uint8)
 
 
+@ray.remote(num_returns="dynamic", max_retries=5)
+def gated_items(log: str, gate: str, n: int) -> Iterator[np.ndarray]:
+    # A re-run stops before its item 2 until the test opens the gate: the test finds
+    # another item lost while this run is under way.
+    rerun = os.path.exists(log)
+    with open(log, "a") as f:
+        f.write("run\n")
+    for i in range(n):
+        if rerun and i == 2:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        yield np.full(ITEM, i + 1, dtype=np.uint8)
+
+
+def _until(predicate: Any, what: str, explain: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout} s: {explain()}")
+        time.sleep(0.02)
+
+
 def _check(value: Any, fill: int) -> None:
     assert value.shape == (ITEM,) and value[0] == fill and value[-1] == fill
 
@@ -118,6 +144,44 @@ def test_a_lost_item_of_a_dynamic_generator_is_rebuilt(one_node, tmp_path):
     for i, ref in enumerate(refs):  # the others' values, each rebuilt when read
         _check(ray.get(ref, timeout=60), i + 1)
     assert _runs(log) <= 4
+    assert ray.get(noop.remote(), timeout=30) == 1
+
+
+def test_an_item_lost_while_its_rebuild_runs_gets_a_run_of_its_own(one_node, tmp_path):
+    # Item 0 is found lost while the run rebuilding item 1 goes on: it joins that
+    # run, which does not yield it again (its lost copy was still listed), so when
+    # that run's end arrives a run of its own starts from inside the end's `put`.
+    # That rebuild makes the end pending again and waits for it; the `put` that
+    # called it must not then drop the entry as freed (the end's owner freed it
+    # long ago), or the second run's end is never seen, its task stays "being
+    # rebuilt", and a later lost item joins a run that has ended: its read hangs.
+    log, gate = tmp_path / "runs.log", tmp_path / "gate"
+    refs = list(ray.get(gated_items.remote(str(log), str(gate), 3), timeout=60))
+    _spill_out(refs, one_node)
+    assert _delete_spill_files(one_node)
+    _check(ray.get(refs[1], timeout=60), 2)  # its re-run now waits at the gate
+    task_hex = task_id_of(refs[0].binary()).hex()
+
+    def node_sees() -> dict:
+        return {"task": ray._api._call("task", task_hex),
+                "lineage": ray._api._call("status")["lineage"]}
+
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.append(ray.get(refs[0], timeout=60)))
+    reader.start()
+    try:
+        _until(lambda: not node_sees()["task"].get("returns", {}).get(
+            refs[0].hex(), {}).get("ready", True), "item 0 found lost", node_sees)
+    finally:
+        gate.touch()
+        reader.join(timeout=90)
+    assert got, "item 0 was not read"
+    _check(got[0], 1)
+    assert _runs(log) == 3
+    _until(lambda: node_sees()["lineage"].rebuilding == 0,
+           "the run that rebuilt item 0 ended", node_sees)
+    _check(ray.get(refs[2], timeout=60), 3)
+    assert _runs(log) == 4
     assert ray.get(noop.remote(), timeout=30) == 1
 
 

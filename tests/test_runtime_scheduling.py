@@ -113,6 +113,32 @@ def test_a_fault_in_placement_crashes_local_scheduler_and_its_restart_places_the
     trio.run(main)
 
 
+def test_a_waiter_that_makes_the_entry_pending_again_keeps_it_and_the_rest_wait():
+    # The end of a generator's rebuild run may start the next rebuild from its
+    # waiter (the entry pending again, a new waiter on it). The freed entry stays
+    # until the next put; the waiters not called yet wait for that put too.
+    directory = ObjectDirectory()
+    dropped: list[bytes] = []
+    directory.on_drop = lambda oid, entry: dropped.append(oid)
+    oid = b"e" * 20
+    seen: list[tuple[str, Any]] = []
+
+    def rerun(entry: Any) -> None:
+        seen.append(("rerun", entry.ready))
+        directory.reset(oid)
+        directory.when_ready(oid, lambda e: seen.append(("next run's end", e.data)))
+
+    directory.when_ready(oid, rerun)
+    directory.when_ready(oid, lambda e: seen.append(("reader", e.data)))
+    directory.free([oid])  # its owner let it go: it goes once ready, nobody waiting
+    directory.put(oid, False, b"first")
+    assert seen == [("rerun", True)]
+    assert not directory.entries[oid].ready and not dropped
+    directory.put(oid, False, b"again")
+    assert seen == [("rerun", True), ("reader", b"again"), ("next run's end", b"again")]
+    assert dropped == [oid] and oid not in directory.entries
+
+
 def test_ledger_wakes_waiters_on_release_without_a_timer():
     async def main() -> None:
         ledger = ResourceLedger({"CPU": 2.0})

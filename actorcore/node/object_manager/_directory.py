@@ -103,9 +103,22 @@ class ObjectDirectory:
             self.bytes_inline += len(data)
         waiters, e.waiters = e.waiters, None
         if waiters:
-            for w in waiters:
+            # A waiter may make the entry pending again, and wait on it: the end
+            # of a generator's rebuild run ends that rebuild (``_lineage._ended``),
+            # which may start the next one for an item found lost meanwhile, from
+            # this very call. Then the waiters not called yet wait for the next
+            # ``put`` (before those the new run added), and the entry stays: it
+            # is pending, and dropping it (freed, unpinned) would lose the new
+            # waiter, so that the next run's end, landing in a new entry, would
+            # never end its rebuild.
+            for i, w in enumerate(waiters):
                 w(e)
-        if e.released and e.pins == 0:
+                if not e.ready:
+                    rest = waiters[i + 1:]
+                    if rest:
+                        e.waiters = rest + (e.waiters or [])
+                    break
+        if e.ready and e.released and e.pins == 0 and self.entries.get(oid) is e:
             self._drop(oid, e)
 
     def reset(self, oid: bytes) -> ObjectEntry:
