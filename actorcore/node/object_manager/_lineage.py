@@ -374,6 +374,9 @@ class Lineage:
             self.lost_items[tid] = [oid] if oid != watch else []
             self.joined_items[tid] = []
             if watch != oid:
+                # (Called from the previous run's `_ended`, this is inside the
+                # end's own `put`: the directory keeps an entry that a waiter made
+                # pending again, with the waiter this rebuild adds below.)
                 absent = watch not in directory.entries
                 self._reset(watch)
                 if absent:  # its owner freed it: it goes once the re-run is done
