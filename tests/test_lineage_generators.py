@@ -28,6 +28,7 @@ import pytest
 
 import actorcore as ray
 from actorcore.exceptions import (
+    GetTimeoutError,
     ObjectReconstructionFailedError,
     ObjectReconstructionFailedMaxAttemptsExceededError,
 )
@@ -121,6 +122,20 @@ def gated_items(log: str, gate: str, n: int) -> Iterator[np.ndarray]:
         yield np.full(ITEM, i + 1, dtype=np.uint8)
 
 
+def _node_sees(ref: Any) -> dict:
+    """What the node knows of the task of ``ref`` (its returns in the directory,
+    where it is) and its lineage's figures: said when a rebuild is not done in time."""
+    return {"task": ray._api._call("task", task_id_of(ref.binary()).hex()),
+            "lineage": ray._api._call("status")["lineage"]}
+
+
+def _get(ref: Any, timeout: float = 60) -> Any:
+    try:
+        return ray.get(ref, timeout=timeout)
+    except GetTimeoutError as exc:
+        raise AssertionError(f"{exc}; the node sees {_node_sees(ref)}") from None
+
+
 def _until(predicate: Any, what: str, explain: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -139,10 +154,10 @@ def test_a_lost_item_of_a_dynamic_generator_is_rebuilt(one_node, tmp_path):
     assert len(refs) == 3
     _spill_out(refs, one_node)
     assert _delete_spill_files(one_node)
-    _check(ray.get(refs[1], timeout=60), 2)
+    _check(_get(refs[1]), 2)
     assert _runs(log) == 2  # one re-run of the whole generator
     for i, ref in enumerate(refs):  # the others' values, each rebuilt when read
-        _check(ray.get(ref, timeout=60), i + 1)
+        _check(_get(ref), i + 1)
     assert _runs(log) <= 4
     assert ray.get(noop.remote(), timeout=30) == 1
 
@@ -159,15 +174,20 @@ def test_an_item_lost_while_its_rebuild_runs_gets_a_run_of_its_own(one_node, tmp
     refs = list(ray.get(gated_items.remote(str(log), str(gate), 3), timeout=60))
     _spill_out(refs, one_node)
     assert _delete_spill_files(one_node)
-    _check(ray.get(refs[1], timeout=60), 2)  # its re-run now waits at the gate
-    task_hex = task_id_of(refs[0].binary()).hex()
+    _check(_get(refs[1]), 2)  # its re-run now waits at the gate
 
     def node_sees() -> dict:
-        return {"task": ray._api._call("task", task_hex),
-                "lineage": ray._api._call("status")["lineage"]}
+        return _node_sees(refs[0])
 
     got: list[Any] = []
-    reader = threading.Thread(target=lambda: got.append(ray.get(refs[0], timeout=60)))
+
+    def read_item_0() -> None:
+        try:
+            got.append(ray.get(refs[0], timeout=60))
+        except Exception as exc:
+            got.append(exc)
+
+    reader = threading.Thread(target=read_item_0)
     reader.start()
     try:
         _until(lambda: not node_sees()["task"].get("returns", {}).get(
@@ -175,12 +195,12 @@ def test_an_item_lost_while_its_rebuild_runs_gets_a_run_of_its_own(one_node, tmp
     finally:
         gate.touch()
         reader.join(timeout=90)
-    assert got, "item 0 was not read"
+    assert got and not isinstance(got[0], Exception), f"reading item 0 gave {got}"
     _check(got[0], 1)
     assert _runs(log) == 3
     _until(lambda: node_sees()["lineage"].rebuilding == 0,
            "the run that rebuilt item 0 ended", node_sees)
-    _check(ray.get(refs[2], timeout=60), 3)
+    _check(_get(refs[2]), 3)
     assert _runs(log) == 4
     assert ray.get(noop.remote(), timeout=30) == 1
 
