@@ -94,6 +94,8 @@ class LeaseStatistics:
     leases_refused: int
     leases_returned: int
     tasks_pushed: int
+    #: Of ``tasks_pushed``, those written by the submitting thread itself.
+    tasks_pushed_from_threads: int
     tasks_via_node: int
     tasks_lost: int
 
@@ -215,20 +217,23 @@ class LeasedTasks:
     # worker by the submitting thread itself (`transport.Connection.send_from_thread`)
     # instead of waking the core loop to write it: one GIL hand-off and one scheduler
     # pass less on the way of every sync task. Only when nothing else waits here (the
-    # order of submission holds), no message waits on the node link (a `Put` the
-    # arguments may refer to leaves first, through the loop), the link to the worker
-    # is idle, and this is no burst (within ``THREAD_SEND_GAP`` of the last such push:
-    # the loop pushes a run of tasks). The lease is marked running before the write,
-    # under ``_lock``, as the loop's `_pump` marks it: a lease taken here is never the
-    # one `_return` gives back (it decides under the same lock), and a link lost
-    # after the write finds the task in ``running`` and hands it back to the node.
+    # order of submission holds), no `Put` waits on the node link (one the arguments
+    # may refer to leaves first, through the loop, as `_pump` sees to; the frees a
+    # sync loop leaves queued there do not count), the link to the worker is idle,
+    # and this is no burst (within ``THREAD_SEND_GAP`` of the last such push: the loop
+    # pushes a run of tasks). The lease is marked running before the write, under
+    # ``_lock``, as the loop's `_pump` marks it: a lease taken here is never the one
+    # `_return` gives back (it decides under the same lock), and a link lost after
+    # the write finds the task in ``running`` and hands it back to the node.
 
     def _push_from_thread(self, spec: TaskSpec) -> bool:
         """Push ``spec`` (the only task waiting) from this thread; ``False``: the
         loop's `_pump` pushes it (lock held)."""
         now = time.monotonic()
+        link = self._core.link
         if (len(self._waiting) != 1 or now - self._thread_pushed_at < THREAD_SEND_GAP
-                or self._core.loop.in_loop() or self._core.link.has_queued()):
+                or self._core.loop.in_loop()
+                or link.has_queued() and link.has_queued_of(w.Put)):
             return False
         lease = self._classes[_class_key(spec)].idle_lease()
         if lease is None:
@@ -516,6 +521,7 @@ class LeasedTasks:
             leases_refused=c["leases_refused"],
             leases_returned=c["leases_returned"],
             tasks_pushed=c["tasks_pushed"] + self._thread_pushes,
+            tasks_pushed_from_threads=self._thread_pushes,
             tasks_via_node=c["tasks_via_node"],
             tasks_lost=c["tasks_lost"],
         )
