@@ -138,8 +138,11 @@ class ReferenceTable:
         if entry is not None and entry.owned and not self._link.closed:
             if entry.ready:
                 del self.entries[oid]
-                if entry.is_error and not entry.seen:
+                seen = entry.seen
+                if entry.is_error and not seen:
                     self.report_unhandled(oid, entry)
+                if not seen and self._link.withdraw_result(oid):
+                    return  # the node never hears of it (``NodeLink.enqueue_results``)
             else:
                 entry.dropped = True  # kept until its result is here (drop_late)
             self._link.enqueue(w.Free([oid]), wake=False)
