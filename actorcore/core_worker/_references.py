@@ -323,6 +323,20 @@ class ReferenceTable:
             fire()
         return callback
 
+    def register_one(self, entry: Entry, fire: Callable[[], None]) -> bool:
+        """Call ``fire()`` (core loop) once ``entry`` is ready: ``register`` for one
+        entry without its counting (a blocking ``get`` of one ref); undo with
+        ``unregister([entry], fire)``. ``False``: it is ready already, and ``fire``
+        is not called."""
+        with self.lock:
+            if entry.ready:
+                return False
+            if entry.callbacks is None:
+                entry.callbacks = [fire]
+            else:
+                entry.callbacks.append(fire)
+        return True
+
     def unregister(self, entries: Sequence[Entry], callback: Callable) -> None:
         with self.lock:
             for e in entries:
