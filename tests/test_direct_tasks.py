@@ -91,6 +91,8 @@ def test_results_are_exact_and_travel_on_a_lease():
     assert [ray.get(add.remote(i, 1)) for i in range(200)] == list(range(1, 201))
     after = _leases()
     assert after.tasks_pushed - before.tasks_pushed >= 150, (before, after)
+    # One at a time, on an idle lease: the calling thread writes them itself.
+    assert after.tasks_pushed_from_threads > before.tasks_pushed_from_threads, (before, after)
     assert after.leases_granted > before.leases_granted
     # Errors, several returns and large values take the same path.
     with pytest.raises(ZeroDivisionError):
@@ -194,6 +196,29 @@ def test_a_worker_killed_mid_task_is_retried_or_fails(tmp_path):
     with pytest.raises(exc.WorkerCrashedError):
         ray.get(ref, timeout=60)
     until(lambda: _pid_gone(pid), "the killed worker to be reaped")
+    assert ray.get(add.remote(1, 1), timeout=60) == 2
+    _idle_again()
+
+
+@ray.remote
+def _die_at_once(marker):
+    """SIGKILL its own worker at its start the first time (``marker`` absent): its
+    node has not been told it started (that leaves with the task's next message)."""
+    if not os.path.exists(marker):
+        Path(marker).write_text("")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+def test_a_worker_dead_before_its_node_heard_of_the_task_is_retried_or_fails(tmp_path):
+    # Only its submitter knows the task: it hands it back, and the node retries it
+    # (max_retries) or fails it, exactly as for a task pushed and never started.
+    before = _leases().tasks_lost
+    assert ray.get(_die_at_once.options(max_retries=1).remote(str(tmp_path / "a")),
+                   timeout=60) == "survived"
+    with pytest.raises(exc.WorkerCrashedError):
+        ray.get(_die_at_once.options(max_retries=0).remote(str(tmp_path / "b")), timeout=60)
+    assert _leases().tasks_lost >= before + 2
     assert ray.get(add.remote(1, 1), timeout=60) == 2
     _idle_again()
 
