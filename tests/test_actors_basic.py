@@ -470,6 +470,48 @@ def test_direct_calls_after_the_switch_and_their_results_feed_tasks():
     assert ray.get([s.small.remote(i) for i in range(1000)]) == list(range(1000))
 
 
+def test_direct_results_read_and_dropped_never_reach_the_node():
+    # The result of a sync direct call, read and dropped before the lazy flush, is
+    # withdrawn from its Put (no Put, no Free for the node); a result passed on to
+    # a task, stored in a list that is pickled, or read after its error was seen is
+    # still handed to the node, and resolves there.
+    from actorcore.core_worker._worker_state import current_core
+
+    @ray.remote
+    class Src:
+        def small(self, i):
+            return i
+
+    @ray.remote
+    def total(xs):
+        return sum(ray.get(xs))
+
+    @ray.remote
+    def plus_one(x):
+        return x + 1
+
+    s = Src.remote()
+    assert ray.get(s.small.remote(0)) == 0
+    route = current_core().actor_routes[s._actor_id]
+    _wait_for(lambda: route.mode == "direct" or bool(s.small.remote(0) and False))
+    core = current_core()
+    _wait_for(lambda: not core.link.has_queued())  # (earlier tests' results: sent)
+    before = core.stats["results_withdrawn"]
+    created = _api._call("status")["object_store"].created
+    assert [ray.get(s.small.remote(i)) for i in range(200)] == list(range(200))
+    withdrawn = core.stats["results_withdrawn"] - before
+    _wait_for(lambda: not core.link.has_queued())
+    assert withdrawn >= 150, withdrawn  # (a result the flush took first is freed)
+    # Without them, the node created at most the objects of the others.
+    assert _api._call("status")["object_store"].created - created <= 200 - withdrawn
+    ref = s.small.remote(41)
+    assert ray.get(ref) == 41
+    assert ray.get(plus_one.remote(ref)) == 42  # passed on after it was read
+    kept = [s.small.remote(i) for i in range(3)]
+    ray.get(kept)
+    assert ray.get(total.remote(kept)) == 3  # inside a pickled list
+
+
 def test_a_long_actor_call_is_not_lost_to_a_getter_that_does_not_own_it():
     # A task gets the refs of actor calls that run longer than the node once waited
     # before declaring an object nobody produces lost (5 s): it gets their values,

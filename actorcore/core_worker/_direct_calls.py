@@ -400,11 +400,17 @@ class Route:
             drop = self.drop_deferred and not self.direct
             if drop:
                 self.drop_deferred = False
-        core.on_objects_ready(results)
+        # The node hears of inline results (for a ref passed on later) from a Put
+        # queued *before* the caller can read them: a ref read and dropped at once
+        # then finds its result still queued and withdraws it
+        # (``NodeLink.enqueue_results``). A ref dropped before its result came has
+        # had its Free sent: no Put for it (``drop_late`` forgets it).
         entries = core.references.entries
-        inline = [r for r in results if r[2] != STORE and r[0] in entries]
+        inline = [r for r in results
+                  if r[2] != STORE and (e := entries.get(r[0])) is not None and not e.dropped]
         if inline:
-            core.enqueue(w.Put(inline), wake=False)
+            core.link.enqueue_results(inline)
+        core.on_objects_ready(results)
         if held:
             core.release_args(held)
         if drop:

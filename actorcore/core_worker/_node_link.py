@@ -101,6 +101,13 @@ class NodeLink:
         # (``flush``) or a calling thread (``_flush_from_thread``).
         self._send_lock = threading.Lock()
         self._thread_sent_at = 0.0
+        # Inline results of direct actor calls in a queued Put, not sent yet
+        # (``enqueue_results``), and those of them withdrawn since
+        # (``withdraw_result``), under their own lock: a ref can die in any thread,
+        # also while a flush holds ``_send_lock``.
+        self._results_lock = threading.Lock()
+        self._unsent_results: set[bytes] = set()
+        self._withdrawn: set[bytes] = set()
 
     def has_queued(self) -> bool:
         """Whether messages wait to be sent."""
@@ -158,6 +165,51 @@ class NodeLink:
             except trio.RunFinishedError:
                 pass
 
+    # The node learns the inline results of direct actor calls (which it never saw)
+    # only so that a ref passed on later resolves there. A sync call's result is
+    # read and its ref dropped long before the lazy flush sends that Put
+    # (``LAZY_FLUSH``); the Put and the Free behind it would then cost the node (and
+    # this loop) a message each per call for an object nobody else can ever ask for.
+    # So a result whose ref dies before its Put left is withdrawn from the Put, and
+    # no Free is sent: only for a ref never passed on (``ReferenceTable.
+    # remove_local_ref`` asks only for an entry not ``seen``, never pickled), so no
+    # message naming it can be queued behind the Put or be at the node already.
+
+    def enqueue_results(self, items: list) -> None:
+        """Queue the inline results ``[(object_id, is_error, data), ...]`` of direct
+        actor calls for the node, lazily (see the comment above)."""
+        with self._results_lock:
+            self._unsent_results.update([item[0] for item in items])
+        self.enqueue(w.Put(items), wake=False)
+
+    def withdraw_result(self, oid: bytes) -> bool:
+        """Take the result ``oid`` back out of its queued Put (any thread); ``False``:
+        it is not queued (sent already, or never queued here): send a Free."""
+        with self._results_lock:
+            if oid not in self._unsent_results:
+                return False
+            self._unsent_results.discard(oid)
+            self._withdrawn.add(oid)
+            self._stats["results_withdrawn"] += 1
+        return True
+
+    def _without_withdrawn(self, message: w.Put) -> w.Put | None:
+        """``message`` (leaving the queue) without the results withdrawn from it;
+        ``None`` if that is all of them (under ``_send_lock``)."""
+        with self._results_lock:
+            unsent, withdrawn = self._unsent_results, self._withdrawn
+            kept = []
+            for item in message.objects:
+                oid = item[0]
+                if oid in withdrawn:
+                    withdrawn.discard(oid)
+                else:
+                    unsent.discard(oid)
+                    kept.append(item)
+        if not kept:
+            return None
+        return message if len(kept) == len(message.objects) else w.Put(kept)
+
     # A message from a thread outside the loop (a driver's submit) is written by that
     # thread when the link is idle (``transport.Connection.send_from_thread``): the
     # loop is not woken, which costs as much as the message's trip to the node. Not
@@ -214,7 +266,12 @@ class NodeLink:
             if type(m) is not w.Submit:
                 if batch:
                     break
-                return outq.popleft()
+                outq.popleft()
+                if type(m) is w.Put and (self._unsent_results or self._withdrawn):
+                    m = self._without_withdrawn(m)
+                    if m is None:
+                        continue
+                return m
             outq.popleft()
             specs = m.specs
             for i, spec in enumerate(specs):

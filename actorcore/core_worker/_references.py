@@ -138,8 +138,11 @@ class ReferenceTable:
         if entry is not None and entry.owned and not self._link.closed:
             if entry.ready:
                 del self.entries[oid]
-                if entry.is_error and not entry.seen:
+                seen = entry.seen
+                if entry.is_error and not seen:
                     self.report_unhandled(oid, entry)
+                if not seen and self._link.withdraw_result(oid):
+                    return  # the node never hears of it (``NodeLink.enqueue_results``)
             else:
                 entry.dropped = True  # kept until its result is here (drop_late)
             self._link.enqueue(w.Free([oid]), wake=False)
@@ -319,6 +322,20 @@ class ReferenceTable:
         if state[1]:
             fire()
         return callback
+
+    def register_one(self, entry: Entry, fire: Callable[[], None]) -> bool:
+        """Call ``fire()`` (core loop) once ``entry`` is ready: ``register`` for one
+        entry without its counting (a blocking ``get`` of one ref); undo with
+        ``unregister([entry], fire)``. ``False``: it is ready already, and ``fire``
+        is not called."""
+        with self.lock:
+            if entry.ready:
+                return False
+            if entry.callbacks is None:
+                entry.callbacks = [fire]
+            else:
+                entry.callbacks.append(fire)
+        return True
 
     def unregister(self, entries: Sequence[Entry], callback: Callable) -> None:
         with self.lock:

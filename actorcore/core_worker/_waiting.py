@@ -107,11 +107,7 @@ class ObjectWaits:
                        fail_fast: bool = False) -> list[bool]:
         """Block the calling thread until ``num`` of ``oids`` are ready or ``timeout``
         (with ``fail_fast``: or one of them is ready with an error)."""
-        if self._loop.in_loop():
-            raise RuntimeError(
-                "blocking actorcore calls (get, wait) cannot run inside the core loop; "
-                "use `await ref` in async code"
-            )
+        self._check_not_in_loop()
         entries = [self.entry_for(oid) for oid in oids]
         task_id = self.current_task_id()
         gate = threading.Lock()
@@ -143,6 +139,29 @@ class ObjectWaits:
         if task_id is not None and task_id in self._cancelled_tasks:
             raise TaskCancelledError(task_id, "the task was cancelled while it waited in get")
         return [e.ready for e in entries]
+
+    def _check_not_in_loop(self) -> None:
+        if self._loop.in_loop():
+            raise RuntimeError(
+                "blocking actorcore calls (get, wait) cannot run inside the core loop; "
+                "use `await ref` in async code"
+            )
+
+    def _wait_one(self, oid: bytes, timeout: float | None) -> bool:
+        """``blocking_wait`` for one object, outside any task (a driver's ``get`` of
+        one ref, the sync call's path): no counting callback and no Blocked/Unblocked
+        for the node, only the lock the core loop releases (``register_one``)."""
+        self._check_not_in_loop()
+        entry = self.entry_for(oid)
+        gate = threading.Lock()
+        gate.acquire()
+        fire = gate.release
+        if self._references.register_one(entry, fire):
+            try:
+                gate.acquire(timeout=-1 if timeout is None else timeout)
+            finally:
+                self._references.unregister([entry], fire)
+        return entry.ready
 
     def cancel_task_waits(self, task_id: bytes) -> None:
         """Wake the task ``task_id`` out of ``get``/``wait`` (core loop)."""
@@ -176,7 +195,10 @@ class ObjectWaits:
                 if e is None or not e.ready:
                     raise self._link.unreachable_error(e.actor if e is not None else None)
             return [self._value_of(oid, entries[oid], timeout) for oid in oids]
-        flags = self.blocking_wait(oids, len(oids), timeout, fail_fast=True)
+        if len(oids) == 1 and self.current_task_id() is None:
+            flags = [self._wait_one(oids[0], timeout)]
+        else:
+            flags = self.blocking_wait(oids, len(oids), timeout, fail_fast=True)
         for oid, flag in zip(oids, flags, strict=True):
             if flag and (e := entries.get(oid)) is not None and e.is_error:
                 self._value_of(oid, e, timeout)  # raises it

@@ -32,6 +32,7 @@ import concurrent.futures
 import functools
 import inspect
 import logging
+import queue
 import sys
 import threading
 import time
@@ -518,6 +519,18 @@ class ThreadedHost(pykka.ThreadingActor):
     """A user actor whose methods are plain functions (see the module docstring)."""
 
     use_daemon_thread = True
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        """The mailbox: a ``queue.SimpleQueue`` instead of Pykka's ``queue.Queue``.
+
+        Every call the loop hands to the actor passes through it, and the actor's
+        thread parks in its ``get`` between calls. ``queue.Queue`` does that with a
+        ``Condition`` built in Python (a new lock per wait, a waiter list to notify);
+        ``SimpleQueue`` is one C-level lock: the hand-off of a sync call costs less on
+        both sides. Pykka uses only ``put``, ``get`` and ``empty``, which it has; it is
+        unbounded, as Pykka's inbox is."""
+        return queue.SimpleQueue()
 
     def __init__(self, ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: list,
                  record: dict | None, gate: CallGate, recovery: tuple | None = None) -> None:
