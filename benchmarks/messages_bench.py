@@ -31,10 +31,10 @@ import trio
 
 import transport
 from actorcore.protocol import _wire as w
-from transport import _codes
-from transport import _wire as frames
 from actorcore.protocol._actors import CallSpec
 from actorcore.protocol._messages import TaskSpec
+from transport import _codes
+from transport import _wire as frames
 
 TASK_ID = b"t" * 24
 OID = b"o" * 28
