@@ -39,6 +39,7 @@ from ...protocol._leases import LeaseReply
 from ...protocol._messages import TaskSpec
 from ._ledger import ResourceLedger, fits
 from ._queues import ReadyQueues
+from ._statistics import LeaseStatus
 from ._workers import WorkerInfo
 
 __all__ = ["Lease", "LeaseBook", "LeaseState"]
@@ -280,6 +281,25 @@ class LeaseBook:
                 for name, amount in lease.resources.items():
                     out[name] = out.get(name, 0.0) + amount
         return out
+
+    def held(self) -> dict[str, float]:
+        """What the leases themselves hold in the ledger now (``Lease.holds``)."""
+        out: dict[str, float] = {}
+        for lease in self.active.values():
+            if lease.holds:
+                for name, amount in lease.resources.items():
+                    out[name] = out.get(name, 0.0) + amount
+        return out
+
+    def describe(self) -> tuple[LeaseStatus, ...]:
+        """Each active lease as a `LeaseStatus` (statistics, diagnostics)."""
+        return tuple(
+            LeaseStatus(lease_id=lease.lease_id.hex(), owner=lease.owner.hex(),
+                        worker=lease.worker.index, resources=dict(lease.resources),
+                        holds=lease.holds, running=len(lease.running),
+                        finished=lease.finished, pushed=lease.pushed,
+                        returned=lease.returned)
+            for lease in self.active.values())
 
     def statistics(self) -> tuple[int, int, int]:
         """(leased workers now, leases granted, leases refused)."""
