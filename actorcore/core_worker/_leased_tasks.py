@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -324,6 +325,8 @@ class LeasedTasks:
     async def _request_lease(self, klass: _Class) -> None:
         core = self._core
         reply: Any = None
+        lease_id = os.urandom(12)
+        asked = False
         try:
             core.link.flush_now()
             if core.link.has_queued():
@@ -331,8 +334,9 @@ class LeasedTasks:
                 # here, and the request would overtake it. The first tasks of a
                 # class go through the node until it is not.
                 raise trio.WouldBlock("the node link is backed up")
+            asked = True
             reply = await core.link.conn.request(
-                w.RequestLease(klass.function_id, dict(klass.resources)),
+                w.RequestLease(klass.function_id, dict(klass.resources), lease_id),
                 timeout=LEASE_REQUEST_TIMEOUT)
             if reply.lease_id is not None:
                 link = await self._link_to(reply.address)
@@ -342,8 +346,11 @@ class LeasedTasks:
                 link = None
         except Exception as exc:
             logger.info("lease for %s failed: %r", klass.function_id.hex()[:12], exc)
-            if reply is not None and reply.lease_id is not None:
-                self._send_node(w.ReturnLease(reply.lease_id, 0))
+            if asked and (reply is None or reply.lease_id is not None):
+                # Granted, or perhaps granted with the answer lost (a timeout, a
+                # broken link): given back, behind the request on the same link,
+                # or the node would hold its resources while this process lives.
+                self._send_node(w.ReturnLease(lease_id, 0))
             reply, link = None, None
         if link is None:
             self._counts["leases_refused"] += 1

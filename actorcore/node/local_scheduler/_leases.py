@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 from typing import Any, Protocol
 
 import attrs
@@ -109,9 +108,15 @@ class LeaseBook:
 
     # -- the submitter's requests ----------------------------------------------------
 
-    def grant(self, owner: bytes, resources: dict[str, float]) -> LeaseReply:
-        """A lease for tasks taking ``resources``, or a refusal saying why."""
+    def grant(self, owner: bytes, resources: dict[str, float], lease_id: bytes) -> LeaseReply:
+        """A lease named ``lease_id`` (by its submitter) for tasks taking
+        ``resources``, or a refusal saying why. A request sent again (the same id,
+        still active) gets the same lease."""
         state = self._state
+        again = self.active.get(lease_id)
+        if again is not None and again.owner == owner:
+            lent = again.worker
+            return LeaseReply(lease_id, lent.worker_id, lent.direct_address)
         shape = tuple(sorted(resources.items()))
         if shape in state.ready.queues:
             return self._refuse("tasks of this shape are queued at the node")
@@ -127,11 +132,14 @@ class LeaseBook:
         if worker is None:
             state.host.request_worker()
             return self._refuse("no idle worker")
-        lease = Lease(os.urandom(12), owner, worker, dict(resources))
+        lease = Lease(lease_id, owner, worker, dict(resources))
         state.ledger.take(resources)
         worker.lease = lease
         worker.env_key = ""
         worker.shape = shape
+        # Lent from now on, though no task of it is reported yet: the pool's idle
+        # reaper must not let it go before its first task arrives.
+        worker.state = "busy"
         self.active[lease.lease_id] = lease
         self.granted += 1
         return LeaseReply(lease.lease_id, worker.worker_id, worker.direct_address)
@@ -239,7 +247,10 @@ class LeaseBook:
     # -- internals -------------------------------------------------------------------
 
     def _maybe_end(self, lease: Lease) -> None:
-        if lease.returned and not lease.running and lease.finished >= lease.pushed:
+        # Not while tasks handed back as lost wait for the worker's death (the node
+        # kills it): they are settled then (``worker_died``), which needs the lease.
+        if lease.returned and not lease.running and not lease.lost \
+                and lease.finished >= lease.pushed:
             self._end(lease)
             self._state.make_available(lease.worker)
 
