@@ -23,6 +23,38 @@ dies; then its resources return to the ledger and the worker to the idle set. Ta
 pushed on a lease whose worker died before reporting them come back from the
 submitter (`LeasedTasksLost`): each one this node never heard of is retried
 (``max_retries``) or fails with ``WorkerCrashedError``, as the node's own would.
+
+The account
+-----------
+Per resource, at every point between two handlers::
+
+    ledger taken (total - available) == held by running tasks (``worker.held``,
+        less the CPU a task blocked in ``get`` lent back)
+      + held by leases themselves (``Lease.holds``: no task of theirs runs)
+      + held by actors and placement groups
+
+(``SchedulerStatistics.held_elsewhere`` is the last term; the task test modules
+check after each test that an idle node holds nothing.) A lease's resources are
+held by exactly one of the lease and its running task: ``started`` moves them
+from the lease to the task, ``released`` back, ``_end`` gives the lease's share
+back to the ledger. Each path, and what keeps it exact:
+
+- granted, and the submitter leaves or drops its link before using it: its
+  leases end with it (``drop_owner``, once the node decides the driver is gone).
+- the grant's answer never reaches the submitter (a timeout, a broken link): it
+  named the lease, and gives it back by that id behind the request.
+- ``ReturnLease`` before the worker's `LeasedStart` or `TaskDone` (two links):
+  the lease ends only once as many of its tasks ended here as were pushed.
+- `LeasedTasksLost`: the node kills the worker; the lease ends at its death,
+  which settles the tasks it reported as running ones and the rest as lost.
+- a task blocked in ``get``: its task's CPU goes back and comes back
+  (``SchedulerState.blocked``), the lease's share is the task's meanwhile.
+- cancel: a task on a lease is one of the node's running tasks (interrupt, force
+  kill, recursive); a force kill is a worker death.
+- the worker dies mid-task: the pool reports the death once the node has read its
+  link to the end, so a `LeasedStart` is never read after it.
+- ``ReturnLease`` after the worker died: the lease ended at the death already.
+- a lent worker is busy from its grant: the pool's idle reaper never takes it.
 """
 
 from __future__ import annotations
