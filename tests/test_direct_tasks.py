@@ -342,3 +342,22 @@ def test_a_lease_whose_grant_times_out_goes_back(monkeypatch):
         transport.faults.remove(rule)
     assert ray.get(ref, timeout=60) == 3
     until(lambda: _node_scheduler().leases_granted > granted, "the late grant")
+
+
+def test_a_task_sent_to_the_node_is_not_overtaken_on_an_idle_lease(tmp_path, monkeypatch):
+    # An idle lease of add()'s class holds a CPU (kept 5 s here). Two tasks taking
+    # a ref go through the node's queue and need both CPUs: the lease goes back for
+    # them, and an add() submitted after them waits for a CPU too instead of
+    # running at once on the lease.
+    monkeypatch.setattr(_leased_tasks, "LEASE_LINGER", 5.0)
+    assert ray.get(add.remote(1, 1)) == 2
+    assert _leases().leases_held == 1
+    d = ray.put(str(tmp_path))
+    blockers = [wait_for_file.remote(d, "go") for _ in range(2)]
+    late = add.remote(2, 2)
+    try:
+        ready, _ = ray.wait([late], timeout=2.0)
+        assert not ready, "a task submitted later ran first, on an idle lease"
+    finally:
+        (tmp_path / "go").write_text("")
+    assert ray.get(blockers + [late], timeout=60) == ["finished", "finished", 4]

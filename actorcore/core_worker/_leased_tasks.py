@@ -202,6 +202,7 @@ class LeasedTasks:
             if not self.eligible(spec) or not self._take(spec):
                 if self._waiting:
                     self._to_node_locked()
+                self._give_back_idle_locked(spec.resources)
                 return False
             if self._pump_pending:
                 return True
@@ -231,6 +232,38 @@ class LeasedTasks:
         self._waiting.clear()
         self._counts["tasks_via_node"] += len(specs)
         self._core.enqueue(w.Submit(specs))
+        for spec in specs:
+            self._give_back_idle_locked(spec.resources)
+
+    # A task of ours that goes to the node's queue may wait there for what our idle
+    # leases hold (the node counts it taken). Were they kept, a task submitted after
+    # it could be pushed on one and run first: a later task would take the
+    # resources an earlier one waits for. So they go back at once, and none is
+    # pushed on again (``returned``, under the lock, before the caller's `Submit`).
+
+    def _give_back_idle_locked(self, resources: dict[str, float]) -> None:
+        """The idle leases holding any of ``resources`` go back (lock held)."""
+        going = []
+        for klass in self._classes.values():
+            if not klass.leases or not any(name in resources for name in klass.resources):
+                continue
+            for lease in [x for x in klass.leases if x.running is None and not x.returned]:
+                klass.leases.remove(lease)
+                lease.returned = True
+                going.append(lease)
+        if going:
+            self._soon(self._send_returns, going)
+
+    def _send_returns(self, leases: list[_Lease]) -> None:
+        for lease in leases:
+            self._send_return(lease)
+
+    def _send_return(self, lease: _Lease) -> None:
+        if self._leases.pop(lease.lease_id, None) is None:
+            return  # given back already (its linger, its link's end)
+        lease.link.leases.discard(lease.lease_id)
+        self._counts["leases_returned"] += 1
+        self._send_node(w.ReturnLease(lease.lease_id, lease.pushed))
 
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> bool:
         """``cancel(ref)`` of a task of ours; ``False``: not here (it went through the
@@ -468,10 +501,7 @@ class LeasedTasks:
             if lease in lease.klass.leases:
                 lease.klass.leases.remove(lease)
         lease.returned = True
-        self._leases.pop(lease.lease_id, None)
-        lease.link.leases.discard(lease.lease_id)
-        self._counts["leases_returned"] += 1
-        self._send_node(w.ReturnLease(lease.lease_id, lease.pushed))
+        self._send_return(lease)
 
     def statistics(self) -> LeaseStatistics:
         c = self._counts
