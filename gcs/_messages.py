@@ -133,7 +133,7 @@ def _ints(instance: Any, attribute: Any, value: Any) -> None:
 # -- chains and layouts ------------------------------------------------------------------
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class ChainConfig:
     """One shard's chain as the coordinator decided it (what replicas obey).
 
@@ -169,7 +169,7 @@ class ChainConfig:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ShardLayout:
     """What clients need of one shard: where to write (head) and read (tail).
 
@@ -185,7 +185,7 @@ class ShardLayout:
     standby: str | None = None
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Layout:
     """The whole GCS as clients see it; cached and refreshed on error or on push."""
 
@@ -200,7 +200,7 @@ class Layout:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Put:
     """Store ``value`` (bytes pickled by the client, or a frozenset of members) at
     ``table[key]``; with ``expect`` only if the key is at that version (0: absent)."""
@@ -212,7 +212,7 @@ class Put:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Delete:
     table: str
     key: Key
@@ -220,7 +220,7 @@ class Delete:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class SetAdd:
     table: str
     key: Key
@@ -228,7 +228,7 @@ class SetAdd:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class SetRemove:
     table: str
     key: Key
@@ -236,7 +236,7 @@ class SetRemove:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class MarkCollectable:
     """The runtime no longer needs ``table[key]``: flushed beyond ``lineage_cap``."""
 
@@ -248,14 +248,14 @@ WriteOp = Put | Delete | SetAdd | SetRemove | MarkCollectable
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Get:
     table: str
     key: Key
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Scan:
     table: str
     prefix: Key
@@ -266,7 +266,7 @@ ReadOp = Get | Scan
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Row:
     """A stored entry as a read answers it (``value`` as the client pickled it)."""
 
@@ -278,7 +278,7 @@ class Row:
 # -- the replicated log --------------------------------------------------------------
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class ShardSnapshot:
     """A replica's whole copy of a shard at ``applied`` (state transfer, durable log).
 
@@ -295,7 +295,7 @@ class ShardSnapshot:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Notice:
     """One committed update for subscription ``sub_id`` (``value`` None when deleted)."""
 
@@ -316,7 +316,7 @@ def _same_length(instance: Write, attribute: Any, ops: list[Any]) -> None:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Write:
     """A batch of client writes for the head: ``ops[i]`` is the client's write number
     ``seqs[i]`` (so a retried batch is answered, not applied twice). ``epoch``: of
@@ -331,7 +331,7 @@ class Write:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class WriteDone:
     """Per-op results (a value, or the `GcsError` of that op), released once the tail
     acknowledged ``wait``; ``history`` names the shard's history."""
@@ -342,7 +342,7 @@ class WriteDone:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Read:
     """A batch of reads for the tail, answered once it applied ``min_seq`` (the
     highest sequence number the client saw of ``history``)."""
@@ -353,7 +353,7 @@ class Read:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ReadDone:
     applied: int
     results: list[Any]
@@ -361,7 +361,7 @@ class ReadDone:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Redirect:
     """Not the head (or tail) any more, as of ``epoch``: wait for a newer layout."""
 
@@ -369,7 +369,7 @@ class Redirect:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Refused:
     """The whole request was refused (malformed, or a subscription that cannot be
     served); ``error`` is the `GcsError` the caller raises."""
@@ -378,7 +378,7 @@ class Refused:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Subscribe:
     """Committed updates of ``table[key]``, or of every key with ``prefix``, from
     ``from_seq`` (None: from now on)."""
@@ -391,49 +391,49 @@ class Subscribe:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Subscribed:
     acked: int
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Unsubscribe:
     sub_id: int = attrs.field(metadata=transport.check(_int))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Events:
     shard: int = attrs.field(metadata=transport.check(_int))
     notices: list[Notice] = attrs.field(metadata=transport.check(v.instance_of(list)))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class SubscriptionsLost:
     """These subscriptions fell too far behind and were dropped: resubscribe."""
 
     sub_ids: list[int] = attrs.field(metadata=transport.check(_ints))
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Stats:
     """Ask a replica (`ReplicaStatistics`) or the coordinator (`CoordinatorStatistics`)."""
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Watch:
     """Never answered (or answered None: ask again); fails when the link dies."""
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Ping:
     pass
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Pong:
     applied: int
 
@@ -455,7 +455,7 @@ def _forward_or_none(instance: Any, attribute: Any, value: Any) -> None:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Sync:
     """A predecessor's first message on its link: who it is, under which epoch, and
     of which history it streams. ``backlog``: updates the successor most likely
@@ -470,7 +470,7 @@ class Sync:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class InSync:
     """Accepted: stream from ``applied + 1``."""
 
@@ -478,7 +478,7 @@ class InSync:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class OutOfSync:
     """Refused: my config (``epoch``) names another predecessor."""
 
@@ -495,7 +495,7 @@ _column = _same_length_as_seqs  # (a list, as long as the seqs)
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Forward:
     """Consecutive updates of the shard (see `_state`), down the chain column by
     column: one list per field of an update. It is the cheapest form to pickle and
@@ -513,7 +513,7 @@ class Forward:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Transfer:
     """State transfer: the successor was further behind than the log reaches."""
 
@@ -521,7 +521,7 @@ class Transfer:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Handoff:
     """A new tail serves reads only once it applied up to ``seq`` (everything the old
     tail had acknowledged)."""
@@ -530,7 +530,7 @@ class Handoff:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Ack:
     """The tail committed everything up to ``seq`` (cumulative)."""
 
@@ -540,7 +540,7 @@ class Ack:
 # -- replica <-> coordinator -----------------------------------------------------------
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Progress:
     """What a (re-)registering replica reports: its chain view, how far it applied
     and committed, and whether it seeded its shard (a restarted coordinator rebuilds
@@ -558,7 +558,7 @@ class Progress:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Register:
     shard: int = attrs.field(metadata=transport.check(_int))
     name: str = attrs.field(metadata=transport.check(_str))
@@ -567,7 +567,7 @@ class Register:
     progress: Progress = attrs.field(metadata=transport.check(v.instance_of(Progress)))
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Assigned:
     """The coordinator's answer to `Register`: ``seed`` the shard (a chain of one),
     ``join`` it (learner, by state transfer), ``resume`` (a member: its config
@@ -577,14 +577,14 @@ class Assigned:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Seeded:
     shard: int = attrs.field(metadata=transport.check(_int))
     name: str = attrs.field(metadata=transport.check(_str))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Promote:
     """The tail's learner caught up: append it to the chain (asked per epoch)."""
 
@@ -594,7 +594,7 @@ class Promote:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Suspect:
     """``reporter``'s link to its successor ``name`` stopped answering."""
 
@@ -604,12 +604,12 @@ class Suspect:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Reconfigure:
     config: ChainConfig = attrs.field(metadata=transport.check(v.instance_of(ChainConfig)))
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Removed:
     """Cut out of the chain: exit."""
 
@@ -617,18 +617,18 @@ class Removed:
 # -- client <-> coordinator -----------------------------------------------------------
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Hello:
     """A client registers for layout pushes; answered with the current `Layout`."""
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class GetLayout:
     pass
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class LayoutChanged:
     layout: Layout = attrs.field(metadata=transport.check(v.instance_of(Layout)))
 

@@ -112,7 +112,7 @@ def _as_tuple(sizes: Iterable[int]) -> tuple[int, ...]:
 # -- values and places -------------------------------------------------------------
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Location:
     """Where a sealed value's payload is in a mapping (the arena, or a file): its
     offset and its layout (metadata, pickle stream, out-of-band buffers). Built by
@@ -125,7 +125,7 @@ class Location:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class OnDisk:
     """`Create`'s answer when shared memory cannot take the object: it is created in
     the file ``path``, its payload at ``payload`` (the writer maps the file)."""
@@ -135,7 +135,7 @@ class OnDisk:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class InlineValue:
     """`Get`'s answer for a small value: a copy inside the reply (``buffers`` ride
     out of band)."""
@@ -149,7 +149,7 @@ class InlineValue:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class SharedView:
     """`Get`'s answer: the value is in the arena at a `Location` (its fields here, in
     one record: every class in a reply costs a lookup to pickle and to unpickle);
@@ -167,7 +167,7 @@ class SharedView:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class FileView:
     """`Get`'s answer for a spilled value that could not be restored: the reader maps
     ``path`` read-only (still zero copy), the payload at a `Location` in it (its
@@ -186,7 +186,7 @@ class FileView:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ObjectInfo:
     """`Info`'s answer: an object's state, size and payload layout (for transfers)."""
 
@@ -199,7 +199,7 @@ class ObjectInfo:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class StoreHello:
     """`Hello`'s answer: the arena to map, the service's inline threshold, and how
     many bytes of the arena it keeps faulted in ahead of use (``warm``, 0: none)."""
@@ -214,20 +214,20 @@ class StoreHello:
 # -- requests ----------------------------------------------------------------------
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Hello:
     pass
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Get:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
     timeout: float | None = attrs.field(default=None, metadata=transport.check(_timeout))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class PutInline:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
     metadata: bytes = attrs.field(metadata=transport.check(_id))
@@ -237,7 +237,7 @@ class PutInline:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Create:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
     meta_len: int = attrs.field(metadata=transport.check(_size))
@@ -247,20 +247,20 @@ class Create:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Seal:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
     with_view: bool = attrs.field(default=False, metadata=transport.check(_flag))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Contains:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Missing:
     """Which of ``object_ids`` the store does not have (one round trip for many: a
     reader checking that the values it was told are here still are)."""
@@ -270,19 +270,19 @@ class Missing:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Pin:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Delete:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ReadChunk:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
     offset: int = attrs.field(metadata=transport.check(v.instance_of(int)))
@@ -290,13 +290,13 @@ class ReadChunk:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Info:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Claim:
     """Re-attach, after a restart of the service, the refs and pins a client held and
     the views under its live values; answered with the views' new ids."""
@@ -308,18 +308,18 @@ class Claim:
     views: list[bytes] = attrs.field(metadata=transport.check(v.deep_iterable(_id, v.instance_of(list))))
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Statistics:
     pass
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class WaitWarm:
     """Answered once the service's warmer has caught up (or gave up, or is off)."""
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class WithReleases:
     """A request carrying the view releases the client had pending: one frame, one
     write. The releases are applied first, then ``request`` is dispatched."""
@@ -332,33 +332,33 @@ class WithReleases:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Release:
     view_ids: list[int] = attrs.field(metadata=transport.check(_view_ids))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class AddRef:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
     count: int = attrs.field(default=1, metadata=transport.check(v.instance_of(int)))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class RemoveRef:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
     count: int = attrs.field(default=1, metadata=transport.check(v.instance_of(int)))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Unpin:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Abort:
     object_id: bytes = attrs.field(metadata=transport.check(_id))
 
@@ -366,7 +366,7 @@ class Abort:
 # -- service to client -----------------------------------------------------------------
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class DropCache:
     """The store runs out of spill candidates: let go of cached leases (the releases
     are sent before the answer)."""

@@ -60,6 +60,7 @@ from ._errors import (
     TlsMismatch,
     TransportError,
 )
+from ._message import message
 from ._server import Server, ServerStatistics
 from ._tls import (
     DEFAULT,
@@ -107,6 +108,7 @@ __all__ = [
     "faults",
     "insecure_allowed",
     "is_loopback_host",
+    "message",
     "open_connection",
     "parse_address",
     "register_codes",

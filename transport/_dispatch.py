@@ -72,17 +72,36 @@ logger = logging.getLogger("transport.dispatch")
 Refuse = Callable[[Any, Reply, BadMessage], None]
 
 
-@attrs.frozen
+_Checks = tuple[tuple[Callable[..., Any], Any], ...]
+
+
+@attrs.define
 class _Route:
     handler: Callable[..., Any]
     is_async: bool
     oneway: bool
     #: The class's checks (`check`) and validators with their fields, looked up
-    #: once instead of per message.
-    checks: tuple[tuple[Callable[..., Any], Any], ...]
+    #: once instead of per message; None until its first message (`_checks_of`).
+    checks: _Checks | None = None
     #: ``passes(message)``: the checks compiled into one function (`_compile_checks`),
     #: True when they all hold; None when the class has none.
-    passes: Callable[[Any], bool] | None
+    passes: Callable[[Any], bool] | None = None
+
+
+# A class's checks are compiled once per process, at its first message: a process
+# registers a few hundred classes on dozens of endpoints at its start (compiling each
+# cost 15-20 ms of the node's start-up), and most of them never arrive.
+_CHECKS: dict[type, tuple[_Checks, Callable[[Any], bool] | None]] = {}
+
+
+def _checks_of(cls: type) -> tuple[_Checks, Callable[[Any], bool] | None]:
+    """``cls``'s checks and their compiled test, built at the first call."""
+    found = _CHECKS.get(cls)
+    if found is None:
+        checks = tuple((check, a) for a in attrs.fields(cls)
+                       for check in (a.validator, a.metadata.get("check")) if check is not None)
+        found = _CHECKS[cls] = (checks, _compile_checks(cls, checks))
+    return found
 
 
 @attrs.frozen(kw_only=True)
@@ -228,10 +247,7 @@ class Dispatcher:
             raise TypeError(f"{self.name}: a message class must be an attrs class, got {cls!r}")
         if cls in self._routes:
             raise ValueError(f"{self.name}: {cls.__qualname__} is registered already")
-        checks = tuple((check, a) for a in attrs.fields(cls)
-                       for check in (a.validator, a.metadata.get("check")) if check is not None)
-        self._routes[cls] = _Route(handler, inspect.iscoroutinefunction(handler), oneway, checks,
-                                   _compile_checks(cls, checks))
+        self._routes[cls] = _Route(handler, inspect.iscoroutinefunction(handler), oneway)
 
     def handles(self, cls: type) -> bool:
         return cls in self._routes
@@ -245,9 +261,13 @@ class Dispatcher:
                 f"{self.name} does not handle {_describe(message)}",
                 endpoint=self.name, message_type=type(message).__qualname__))
             return
+        checks = route.checks
+        if checks is None:
+            checks, passes = _checks_of(type(message))
+            route.checks, route.passes = checks, passes
         try:
             if route.passes is not None and not route.passes(message):
-                for check, field in route.checks:  # word the refusal
+                for check, field in checks:  # word the refusal
                     check(message, field, getattr(message, field.name))
         except Exception as exc:  # a validator's TypeError/ValueError, a missing field
             self._malformed += 1

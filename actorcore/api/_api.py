@@ -198,6 +198,7 @@ def init(
                 timeout=_node_timeout,
                 temp_dir=temp_dir,
                 env_vars=env_vars,
+                while_starting=_import_driver,
             )
             node_address, token, info = head.info["address"], head.token, head.info
         else:
@@ -251,6 +252,14 @@ def init(
         _state["info"] = result
         set_job_runtime_env(job_env)  # working_dir, py_modules: every task's and actor's
         return result
+
+
+def _import_driver() -> None:
+    """Import what the driver's core needs (its loop, the store's client), while the
+    node it will connect to starts: off the path from ``init()`` to the first result."""
+    import store  # noqa: F401
+
+    from ..core_worker import _driver  # noqa: F401
 
 
 def _reclaim_dead_sessions() -> None:

@@ -291,9 +291,12 @@ class DriverLoop:
             # once instead of waiting for us to reconnect.
             core.enqueue(w.Bye())
             core.close()
-            # Let queued one-way messages (frees, puts) go out before closing.
+            # Let queued one-way messages (frees, puts) go out before closing, while
+            # the link is up: once the node has gone (``shutdown()`` stops an embedded
+            # one first) they never will, and waiting for them held every
+            # ``shutdown()`` 2 s.
             with trio.move_on_after(2):
-                while core.has_queued():  # noqa: ASYNC110 - a deque has no event to wait on
+                while core.has_queued() and not core.conn.closed:  # noqa: ASYNC110
                     await trio.sleep(0.005)
             with trio.move_on_after(2):
                 if core.store is not None:

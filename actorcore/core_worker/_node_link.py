@@ -107,8 +107,12 @@ class NodeLink:
         return bool(self._queue)
 
     def has_queued_of(self, kind: type) -> bool:
-        """Whether a message of class ``kind`` waits to be sent."""
-        return any(type(m) is kind for m in self._queue)
+        """Whether a message of class ``kind`` waits to be sent (from any thread: a
+        queue another thread appended to while this one looked counts as yes)."""
+        try:
+            return any(type(m) is kind for m in self._queue)
+        except RuntimeError:  # "deque mutated during iteration"
+            return True
 
     def reconnect(self, conn: Any) -> None:
         """A new connection to the same node (core loop): send what waited."""

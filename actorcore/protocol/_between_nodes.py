@@ -75,7 +75,7 @@ __all__ = [
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class PeerBatch:
     """One-way messages to one node, queued together, in order: the ``seq``-th batch
     of ``sender``'s link (the receiver handles each number once, see ``node._peers``)."""
@@ -86,7 +86,7 @@ class PeerBatch:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class PeerAck:
     """receiver -> sender, on the link the batch came by: batches up to ``seq`` are
     handled (``receiver`` is the acknowledging node's id)."""
@@ -96,7 +96,7 @@ class PeerAck:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ForwardTasks:
     """origin -> target: run these tasks (with the export records of their functions:
     the target must not depend on the GCS having them yet)."""
@@ -107,7 +107,7 @@ class ForwardTasks:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ForwardedResults:
     """target -> origin: results of forwarded tasks (``STORE``: the value stays in the
     target's store)."""
@@ -117,7 +117,7 @@ class ForwardedResults:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class CancelForwarded:
     """origin -> target: cancel a forwarded task."""
 
@@ -127,7 +127,7 @@ class CancelForwarded:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class FetchFromOwner:
     """*Request* to the owner's node: each object's `OwnerEntry` once it is ready."""
 
@@ -136,14 +136,14 @@ class FetchFromOwner:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class OwnsPrefix:
     """*Request*: is a live process with this id prefix on that node?"""
 
     prefix: bytes = attrs.field(metadata=ID)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class ReportLost:
     """*Request* to the owner's node: every copy it named for the object failed to
     copy to ``requester`` (``why``); the owner rebuilds it if its store lost it too,
@@ -155,7 +155,7 @@ class ReportLost:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class FreeCopies:
     """The owner freed these objects: drop your copies."""
 
@@ -163,7 +163,7 @@ class FreeCopies:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class PayloadInfo:
     """*Request* (a pull's first step): the object's `PayloadLayout` in the source's
     store, or None."""
@@ -172,7 +172,7 @@ class PayloadInfo:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class PayloadChunk:
     """*Request*: ``length`` bytes of the object's payload at ``offset`` (out of band)."""
 
@@ -181,7 +181,7 @@ class PayloadChunk:
     length: int = attrs.field(metadata=check(non_negative))
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class PullObject:
     """*Request* (tests, benchmarks): copy the object here from one of
     ``locations`` (node ids, tried in order)."""
@@ -190,26 +190,26 @@ class PullObject:
     locations: list = attrs.field(metadata=SEQ)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class DropCopy:
     """*Request*: drop this node's copy of a pulled object."""
 
     object_id: bytes = attrs.field(metadata=ID)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class LocateObject:
     """*Request*: the nodes holding the object, as this node knows them."""
 
     object_id: bytes = attrs.field(metadata=ID)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class GetTransferStatistics:
     """*Request*: the node's ``TransferStatistics``."""
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class SlowChunks:
     """*Request*, a fault hook: the node waits ``chunk_delay`` seconds before
     serving each chunk it is asked for (0: none)."""
@@ -217,7 +217,7 @@ class SlowChunks:
     chunk_delay: float = attrs.field(metadata=check(seconds_up_to_a_minute))
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class DelayStoreHold:
     """*Request*, a fault hook: the node waits ``hold_delay`` seconds before taking
     its store ref on a reported large value (0: none)."""
@@ -225,7 +225,7 @@ class DelayStoreHold:
     hold_delay: float = attrs.field(metadata=check(seconds_up_to_a_minute))
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class RemoteActorCreate:
     """creating node -> host: create the actor there (``origin``: the creating node)."""
 
@@ -237,7 +237,7 @@ class RemoteActorCreate:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class RemoteActorCall:
     """calling node -> host: one method call."""
 
@@ -247,7 +247,7 @@ class RemoteActorCall:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class RemoteActorDone:
     """host -> calling node: a call's results."""
 
@@ -257,7 +257,7 @@ class RemoteActorDone:
     host: str = attrs.field(metadata=STR)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class RemoteActorDied:
     """host -> creating node: the actor is dead, of ``cause``."""
 
@@ -265,7 +265,7 @@ class RemoteActorDied:
     cause: str = attrs.field(metadata=STR)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class RemoteActorEnd:
     """creating node -> host: end the actor, of ``cause``."""
 
@@ -273,7 +273,7 @@ class RemoteActorEnd:
     cause: str = attrs.field(metadata=STR)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class RemoteActorKill:
     """-> host: ``kill(actor, no_restart=)``."""
 
@@ -281,7 +281,7 @@ class RemoteActorKill:
     no_restart: bool = attrs.field(metadata=FLAG)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class RemoteActorHold:
     """-> host: the process ``holder`` (a worker id) holds a handle to the actor."""
 
@@ -289,7 +289,7 @@ class RemoteActorHold:
     holder: bytes = attrs.field(metadata=ID)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class RemoteActorDrop:
     """-> host: ``holder`` holds no handle to the actor any more."""
 
@@ -297,7 +297,7 @@ class RemoteActorDrop:
     holder: bytes = attrs.field(metadata=ID)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class RemoteActorCancel:
     """-> host: ``cancel(ref)`` of a call forwarded there."""
 
@@ -305,14 +305,14 @@ class RemoteActorCancel:
     task_id: bytes = attrs.field(metadata=ID)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class RemoteActorSpec:
     """*Request* -> host: the actor it hosts, as a `HostedActor`."""
 
     actor_id: bytes = attrs.field(metadata=ID)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class PrepareBundles:
     """*Request*, coordinator -> node: phase one, take bundles ``items`` (``[(index,
     {resource: amount}), ...]``) of the group, all or none (`BundlesPrepared`)."""
@@ -321,7 +321,7 @@ class PrepareBundles:
     items: list = attrs.field(metadata=SEQ)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class CommitBundles:
     """*Request*, coordinator -> node: phase two, the prepared bundles' resources
     join the node."""
@@ -329,14 +329,14 @@ class CommitBundles:
     pg_id: str = attrs.field(metadata=STR)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class ReleaseBundles:
     """Coordinator -> node (a request or not): give back what the group holds there."""
 
     pg_id: str = attrs.field(metadata=STR)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class RemoveGroup:
     """*Request* -> the group's coordinator: remove it."""
 
@@ -344,7 +344,7 @@ class RemoveGroup:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class OwnerEntry:
     """One object of the answer to `FetchFromOwner` and `ReportLost` (a list of
     these, in the order asked): its value or error inline (``locations`` None), or
@@ -357,7 +357,7 @@ class OwnerEntry:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class PayloadLayout:
     """The answer to `PayloadInfo` when the source's store holds the object (else
     None): the layout the puller creates its copy with, and the payload bytes that
@@ -369,7 +369,7 @@ class PayloadLayout:
     payload_len: int
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class HostedActor:
     """The answer to `RemoteActorSpec`: the actor as its host knows it, its
     ``ActorSpec``, its state and why it died (None while it lives)."""
@@ -379,7 +379,7 @@ class HostedActor:
     cause: str | None
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class BundlesPrepared:
     """The answer to `PrepareBundles`: whether the node took the bundles and, if
     not, ``why`` (the group was removed there, or its free resources fall short)."""

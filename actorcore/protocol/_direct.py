@@ -26,7 +26,7 @@ __all__ = [
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class DirectCall:
     """A method call straight to the actor's process."""
 
@@ -34,7 +34,7 @@ class DirectCall:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class DirectResult:
     """A direct call's results; None: the actor is not in that process (any more),
     the caller goes through the node."""

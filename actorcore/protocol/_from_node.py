@@ -36,7 +36,7 @@ __all__ = [
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ObjectsReady:
     """Ready objects ``[(object_id, is_error, data), ...]`` the receiver owns."""
 
@@ -44,7 +44,7 @@ class ObjectsReady:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ReleaseObjects:
     """The node holds these large objects now: the producer drops its store refs."""
 
@@ -52,7 +52,7 @@ class ReleaseObjects:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ForwardedLog:
     """Output lines of a worker (``stream`` ``out`` or ``err``), each to be printed
     after ``prefix``."""
@@ -63,7 +63,7 @@ class ForwardedLog:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class FaultRules:
     """A fault-rule command for the receiver's transport (``transport.faults.apply``)."""
 
@@ -74,7 +74,7 @@ class FaultRules:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Execute:
     """Run ``spec`` with the inline values of its dependencies; ``owner_address``:
     where its owner listens for results pushed directly; ``gpu_ids``: the GPUs
@@ -87,14 +87,14 @@ class Execute:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class InterruptTask:
     """Cancel a task queued or running in the worker."""
 
     task_id: bytes = attrs.field(metadata=ID)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class ExitWorker:
     """Exit now (the node no longer wants this process)."""
 
@@ -103,7 +103,7 @@ class ExitWorker:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class CreateActor:
     """Create (or re-create) an actor in this process. ``recovery``: None, or
     ``(checkpoint | None, [(CallSpec, dep_data | None), ...])`` to restore and
@@ -119,7 +119,7 @@ class CreateActor:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ActorCall:
     """One method call, with the inline values of its dependencies (None: none)."""
 
@@ -128,7 +128,7 @@ class ActorCall:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ActorCallLogged:
     """The node holds the log entry of that direct call: answer its caller."""
 
@@ -137,7 +137,7 @@ class ActorCallLogged:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class StopActor:
     """End one actor of a shared process."""
 

@@ -29,7 +29,7 @@ __all__ = [
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class RequestLease:
     """*Request*: a worker for tasks of ``function_id`` that each take ``resources``
     (the scheduling class); answered with a `LeaseReply`. The submitter names the
@@ -43,7 +43,7 @@ class RequestLease:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class LeaseReply:
     """A granted lease (``lease_id``, the worker and where it listens), or a refusal
     (``lease_id`` None) and why: the task then goes through the node's queue."""
@@ -55,7 +55,7 @@ class LeaseReply:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ReturnLease:
     """The submitter has no more tasks of the lease's class: the worker and its
     resources go back to the node."""
@@ -66,7 +66,7 @@ class ReturnLease:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class LeasedTasksLost:
     """The link to the lease's worker broke with these tasks (``TaskSpec``) pushed
     and unanswered: the node retries or fails each one it never heard of from the
@@ -80,7 +80,7 @@ class LeasedTasksLost:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class LeasedTask:
     """Run ``spec`` (it has no ref arguments) on lease ``lease_id``; its end comes
     back on this link as a `LeasedTaskDone`."""
@@ -90,7 +90,7 @@ class LeasedTask:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class CancelLeasedTask:
     """``cancel(ref)`` of a task pushed on this link: the worker passes it on to its
     node behind the task's `LeasedStart`, so the node cancels it as its own."""
@@ -101,7 +101,7 @@ class CancelLeasedTask:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class LeasedTaskDone:
     """The leased worker ended ``task_id``: its results (empty when they go through
     the node instead: a retry, or too large for this link). Every task pushed on a
@@ -115,7 +115,7 @@ class LeasedTaskDone:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class LeasedStart:
     """The worker took ``spec`` on lease ``lease_id``: from here on the node tracks
     it as a task running there (lineage, cancel, blocked ``get``, worker death)."""

@@ -69,7 +69,7 @@ __all__ = [
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class HelloInfo:
     """What `Hello` tells beyond the role: ``id_prefix``, the prefix of the ids the
     process makes (every role but a node); a node's ``node_id`` (hex); a driver's
@@ -86,7 +86,7 @@ class HelloInfo:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Hello:
     """*Request*: register a link: ``role`` is ``driver``, ``worker``,
     ``actor_worker`` or ``node``; answered with a `HelloReply`."""
@@ -97,13 +97,13 @@ class Hello:
     info: HelloInfo = attrs.field(factory=HelloInfo, metadata=nested(HelloInfo))
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class Bye:
     """A driver shuts down: when its link closes it is gone (no grace period)."""
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Export:
     """A function's pickled definition, sent once before its first task."""
 
@@ -114,7 +114,7 @@ class Export:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Submit:
     """Task specs, actor creations and actor calls, in the order they were made."""
 
@@ -122,7 +122,7 @@ class Submit:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Put:
     """Put objects ``[(object_id, is_error, data), ...]`` (``data`` ``STORE``: in
     the store)."""
@@ -131,7 +131,7 @@ class Put:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Fetch:
     """*Request*: the objects' entries, once every one is ready."""
 
@@ -139,7 +139,7 @@ class Fetch:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Rebuild:
     """*Request*: a reader found these gone from the node's store; answered as a
     `Fetch` once each is ready again (rebuilt from its lineage, or an error)."""
@@ -148,7 +148,7 @@ class Rebuild:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Free:
     """The owner dropped these objects."""
 
@@ -156,7 +156,7 @@ class Free:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class CancelTask:
     """``cancel(ref, force=, recursive=)`` of a task."""
 
@@ -166,7 +166,7 @@ class CancelTask:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Blocked:
     """The worker's task waits in ``get``: its resources are lent meanwhile."""
 
@@ -174,7 +174,7 @@ class Blocked:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class Unblocked:
     """The worker's task runs again after a `Blocked`."""
 
@@ -182,7 +182,7 @@ class Unblocked:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class GetFunction:
     """*Request*: a function's export record (the node's, or the GCS's)."""
 
@@ -190,7 +190,7 @@ class GetFunction:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class AdminCall:
     """*Request*: an introspection or admin call by name (``node._calls``:
     ``status``, ``tree``, ``nodes``, ``crash``, ``fault``, ...); an unknown name
@@ -201,7 +201,7 @@ class AdminCall:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class HoldActor:
     """The sender's first handle to the actor appeared: it holds the actor (sent
     as a request when the handle must not be used before the node counted it)."""
@@ -210,7 +210,7 @@ class HoldActor:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class DropActor:
     """The sender holds no handle to the actor any more."""
 
@@ -218,7 +218,7 @@ class DropActor:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class CancelActorCall:
     """``cancel(ref)`` of an actor call: to the node for a call sent through it, to
     the actor's process for one it queued or runs (or on the direct link, behind
@@ -228,7 +228,7 @@ class CancelActorCall:
     task_id: bytes = attrs.field(metadata=ID)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class CreateNamedActor:
     """*Request*: create a named (or detached) actor, answered once the name is
     taken: None, or (``get_if_exists``) the `ActorFound` holding it, or an error."""
@@ -237,7 +237,7 @@ class CreateNamedActor:
     get_if_exists: bool = attrs.field(metadata=FLAG)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class LookupActor:
     """*Request*: ``get_actor(name, namespace)`` -> `ActorFound`."""
 
@@ -245,7 +245,7 @@ class LookupActor:
     namespace: str = attrs.field(metadata=STR)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class RouteActor:
     """*Request*: where callers reach the actor directly: an `ActorRoute`, or None
     (through the node)."""
@@ -253,7 +253,7 @@ class RouteActor:
     actor_id: bytes = attrs.field(metadata=ID)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class KillActor:
     """*Request*: ``kill(actor, no_restart=)``."""
 
@@ -261,24 +261,24 @@ class KillActor:
     no_restart: bool = attrs.field(metadata=FLAG)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class GetActorState:
     """*Request*: the actor's state record (``describe``)."""
 
     actor_id: bytes = attrs.field(metadata=ID)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class ListActors:
     """*Request*: the state records of the node's actors."""
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class ActorNames:
     """*Request*: ``(namespace, name)`` of every live named actor."""
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class StartSupervisor:
     """*Request*: start a user supervisor of actors (``api.supervisor``)."""
 
@@ -292,7 +292,7 @@ class StartSupervisor:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class TaskDone:
     """A task finished: its results ``[(object_id, is_error, data), ...]``;
     ``retry``: run it again (a retryable failure); ``pushed``: the worker pushed
@@ -305,7 +305,7 @@ class TaskDone:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class StreamItems:
     """Values a generator task or method yielded, owned by ``owner``; ``push``:
     pushed to the owner as they come (not for ``num_returns="dynamic"``)."""
@@ -319,7 +319,7 @@ class StreamItems:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ActorUp:
     """An actor worker registered (after `Hello`): callers may dial
     ``direct_address`` (None: calls go through the node)."""
@@ -329,7 +329,7 @@ class ActorUp:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ActorReady:
     """The actor's constructor finished; ``error``: the text of its exception."""
 
@@ -339,7 +339,7 @@ class ActorReady:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ActorDone:
     """A call's results; ``ran`` (actors that replay only): the method ran, so the
     call joins the actor's call log."""
@@ -351,7 +351,7 @@ class ActorDone:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ActorDoneDirect:
     """Large results of direct calls: the node holds them, like any result."""
 
@@ -360,7 +360,7 @@ class ActorDoneDirect:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ActorLog:
     """A direct call of an actor that replays ran: log it (answered with
     `ActorCallLogged`; only then does its caller hear)."""
@@ -372,7 +372,7 @@ class ActorLog:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ActorCheckpoint:
     """The actor's state after every call it reported before: it replaces the log."""
 
@@ -382,7 +382,7 @@ class ActorCheckpoint:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ActorExit:
     """The actor called ``exit_actor()``: end it for good."""
 
@@ -393,7 +393,7 @@ class ActorExit:
 # -- placement groups: core worker -> node ----------------------------------------------------
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class CreatePlacementGroup:
     """*Request*: ``placement_group(...)``: ``request`` holds ``pg_id`` (hex),
     ``bundles``, ``strategy``, ``name``, ``namespace``, ``lifetime``, ``job_id``."""
@@ -401,14 +401,14 @@ class CreatePlacementGroup:
     request: dict = attrs.field(metadata=DICT)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class RemovePlacementGroup:
     """*Request*: ``remove_placement_group``, wherever the group is coordinated."""
 
     pg_id: str = attrs.field(metadata=STR)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class GetPlacementGroup:
     """*Request*: the live group named ``name`` in ``namespace``."""
 
@@ -416,7 +416,7 @@ class GetPlacementGroup:
     namespace: str = attrs.field(metadata=STR)
 
 
-@attrs.frozen(slots=False)
+@transport.message
 class PlacementGroupTable:
     """*Request*: one group's state (``pg_id`` hex), or every group's (None)."""
 
@@ -431,7 +431,7 @@ class PlacementGroupTable:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class HelloReply:
     """The node's answer to `Hello`: its facts, for errors that name it (``pid``,
     ``head``, ``log_dir``) and the links the process opens next (``store_address``,
@@ -450,7 +450,7 @@ class HelloReply:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class FetchedObjects:
     """The answer to `Fetch` and `Rebuild`: ``[(object_id, is_error, data), ...]``,
     in the order asked."""
@@ -459,7 +459,7 @@ class FetchedObjects:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ActorRoute:
     """The answer to `RouteActor` when callers may reach the actor directly (else
     None): its process's ``address`` and the ``incarnation`` that listens there."""
@@ -469,7 +469,7 @@ class ActorRoute:
 
 
 @transport.compact
-@attrs.frozen(slots=False)
+@transport.message
 class ActorFound:
     """The answer to `LookupActor`, and to `CreateNamedActor` with ``get_if_exists``
     when the name is taken: the actor's id and its class's ``ClassMeta``."""
