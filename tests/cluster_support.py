@@ -9,8 +9,8 @@ from typing import Any
 
 from actorcore.session._session import pid_alive
 
-__all__ = ["FAST", "STEADY", "alive", "at_rest", "driver", "node_call", "three_nodes",
-           "tasks_seen", "two_nodes", "until", "wait_at_rest"]
+__all__ = ["FAST", "STEADY", "alive", "at_rest", "driver", "no_resources_held", "node_call",
+           "three_nodes", "tasks_seen", "two_nodes", "until", "wait_at_rest"]
 
 #: Node environment for multi-node tests that kill nodes: a killed node is declared dead within
 #: 3 s (heartbeats every 0.1 s) instead of the default 10 s. Not less: on a loaded
@@ -42,6 +42,37 @@ def until(pred: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def no_resources_held(timeout: float = 30.0) -> None:
+    """Wait until the driver's node is idle (no task queued or running, no lease
+    granted) and then check its ledger's account: every resource free, none
+    held by a task, a lease or anything else (``SchedulerStatistics``). For a
+    module without actors or placement groups, after each of its tests: a CPU
+    the account leaked would hold up every later test."""
+    import actorcore as ray
+
+    def idle() -> Any:
+        st = ray._api._call("status")["scheduler"]
+        if st.queued or st.running or st.leased_workers or st.leases_awaiting_lost:
+            return None
+        return st
+
+    deadline = time.monotonic() + timeout
+    st = None
+    while time.monotonic() < deadline:
+        st = idle()
+        if st is not None and all(abs(st.ledger_available.get(k, 0.0) - v) < 1e-9
+                                  for k, v in st.total.items()):
+            return
+        time.sleep(0.02)
+    st = ray._api._call("status")["scheduler"]
+    raise AssertionError(
+        f"the node's resources were not all free {timeout} s after the test: ledger "
+        f"free {st.ledger_available} of {st.total}, held by tasks {st.held_by_tasks}, "
+        f"by leases {st.held_by_leases}, elsewhere {st.held_elsewhere}; queued "
+        f"{st.queued}, running {st.running}, leases {st.leases}, awaiting lost "
+        f"{st.leases_awaiting_lost}")
 
 
 def node_call(cluster: Any, node: Any, message: Any, timeout: float = 30.0) -> Any:

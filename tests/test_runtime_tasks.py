@@ -20,9 +20,18 @@ import actorcore as ray
 from actorcore import exceptions as exc
 from actorcore.core_worker import _worker_state
 
+from .cluster_support import no_resources_held
 from .cluster_support import until as _until
 
 pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
+
+
+@pytest.fixture(autouse=True)
+def _nothing_held_after():
+    """After each test, once the node is idle, its ledger holds nothing: a CPU a
+    task or a worker lease kept would hold up the tests after it."""
+    yield
+    no_resources_held()
 
 
 @ray.remote

@@ -41,16 +41,17 @@ also when the node refuses a lease (no idle worker, no
 free resources, tasks of that shape already queued at the node: multi-node placement
 and spill-back stay the node's), and every task of a class whose tasks pile up here
 beyond ``QUEUE_PER_LEASE`` per lease (a burst is better batched through the node).
-``ACTORCORE_DIRECT_TASKS=1`` turns the fast path on. It is off by default: in two of
-four full test runs under heavy load a CPU of the node stayed held for over 30 s
-after a test of leased parents with nested children, and the cause is not found
-(a later run with it on passed, 696 tests).
+The fast path is on by default; ``ACTORCORE_DIRECT_TASKS=0`` turns it off. A
+lease request carries the lease id this process chose: when its answer does not
+come (a timeout, a broken link), a `ReturnLease` of that id follows the request on
+the same link, so a grant nobody heard of never holds the node's CPU.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -206,6 +207,7 @@ class LeasedTasks:
             if not self.eligible(spec) or not self._take(spec):
                 if self._waiting:
                     self._to_node_locked()
+                self._give_back_idle_locked(spec.resources)
                 return False
             if self._pump_pending or self._push_from_thread(spec):
                 return True
@@ -277,6 +279,38 @@ class LeasedTasks:
         self._waiting.clear()
         self._counts["tasks_via_node"] += len(specs)
         self._core.enqueue(w.Submit(specs))
+        for spec in specs:
+            self._give_back_idle_locked(spec.resources)
+
+    # A task of ours that goes to the node's queue may wait there for what our idle
+    # leases hold (the node counts it taken). Were they kept, a task submitted after
+    # it could be pushed on one and run first: a later task would take the
+    # resources an earlier one waits for. So they go back at once, and none is
+    # pushed on again (``returned``, under the lock, before the caller's `Submit`).
+
+    def _give_back_idle_locked(self, resources: dict[str, float]) -> None:
+        """The idle leases holding any of ``resources`` go back (lock held)."""
+        going = []
+        for klass in self._classes.values():
+            if not klass.leases or not any(name in resources for name in klass.resources):
+                continue
+            for lease in [x for x in klass.leases if x.running is None and not x.returned]:
+                klass.leases.remove(lease)
+                lease.returned = True
+                going.append(lease)
+        if going:
+            self._soon(self._send_returns, going)
+
+    def _send_returns(self, leases: list[_Lease]) -> None:
+        for lease in leases:
+            self._send_return(lease)
+
+    def _send_return(self, lease: _Lease) -> None:
+        if self._leases.pop(lease.lease_id, None) is None:
+            return  # given back already (its linger, its link's end)
+        lease.link.leases.discard(lease.lease_id)
+        self._counts["leases_returned"] += 1
+        self._send_node(w.ReturnLease(lease.lease_id, lease.pushed))
 
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> bool:
         """``cancel(ref)`` of a task of ours; ``False``: not here (it went through the
@@ -371,6 +405,8 @@ class LeasedTasks:
     async def _request_lease(self, klass: _Class) -> None:
         core = self._core
         reply: Any = None
+        lease_id = os.urandom(12)
+        asked = False
         try:
             core.link.flush_now()
             if core.link.has_queued():
@@ -378,8 +414,9 @@ class LeasedTasks:
                 # here, and the request would overtake it. The first tasks of a
                 # class go through the node until it is not.
                 raise trio.WouldBlock("the node link is backed up")
+            asked = True
             reply = await core.link.conn.request(
-                w.RequestLease(klass.function_id, dict(klass.resources)),
+                w.RequestLease(klass.function_id, dict(klass.resources), lease_id),
                 timeout=LEASE_REQUEST_TIMEOUT)
             if reply.lease_id is not None:
                 link = await self._link_to(reply.address)
@@ -389,8 +426,11 @@ class LeasedTasks:
                 link = None
         except Exception as exc:
             logger.info("lease for %s failed: %r", klass.function_id.hex()[:12], exc)
-            if reply is not None and reply.lease_id is not None:
-                self._send_node(w.ReturnLease(reply.lease_id, 0))
+            if asked and (reply is None or reply.lease_id is not None):
+                # Granted, or perhaps granted with the answer lost (a timeout, a
+                # broken link): given back, behind the request on the same link,
+                # or the node would hold its resources while this process lives.
+                self._send_node(w.ReturnLease(lease_id, 0))
             reply, link = None, None
         if link is None:
             self._counts["leases_refused"] += 1
@@ -508,10 +548,7 @@ class LeasedTasks:
             if lease in lease.klass.leases:
                 lease.klass.leases.remove(lease)
             lease.returned = True
-        self._leases.pop(lease.lease_id, None)
-        lease.link.leases.discard(lease.lease_id)
-        self._counts["leases_returned"] += 1
-        self._send_node(w.ReturnLease(lease.lease_id, lease.pushed))
+        self._send_return(lease)
 
     def statistics(self) -> LeaseStatistics:
         c = self._counts

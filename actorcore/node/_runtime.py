@@ -465,6 +465,7 @@ class NodeRuntime:
         if client.worker is not None:
             worker = client.worker
             worker.conn = None
+            worker.link_closed.set()
             self.sched.worker_died(worker, "its connection to the node was lost")
             self.pool.kill(worker)
 
@@ -638,7 +639,7 @@ class NodeRuntime:
         if client is None or client.worker_id is None:
             reply.send(w.LeaseReply(None, reason="the link is not registered"))
             return
-        reply.send(self.sched.leases.grant(client.worker_id, dict(m.resources)))
+        reply.send(self.sched.leases.grant(client.worker_id, dict(m.resources), m.lease_id))
 
     def _h_return_lease(self, conn: Any, m: w.ReturnLease) -> None:
         self.sched.leases.returned(m.lease_id, m.pushed)

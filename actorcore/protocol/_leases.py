@@ -32,10 +32,14 @@ __all__ = [
 @transport.message
 class RequestLease:
     """*Request*: a worker for tasks of ``function_id`` that each take ``resources``
-    (the scheduling class); answered with a `LeaseReply`."""
+    (the scheduling class); answered with a `LeaseReply`. The submitter names the
+    lease (``lease_id``): when it cannot tell whether the request was granted (its
+    answer timed out, the link broke), a `ReturnLease` of that id behind it on the
+    same link gives back whatever was granted. A request sent again is granted once."""
 
     function_id: bytes = attrs.field(metadata=ID)
     resources: dict = attrs.field(metadata=DICT)
+    lease_id: bytes = attrs.field(metadata=ID)
 
 
 @transport.compact

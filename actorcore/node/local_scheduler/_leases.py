@@ -23,13 +23,44 @@ dies; then its resources return to the ledger and the worker to the idle set. Ta
 pushed on a lease whose worker died before reporting them come back from the
 submitter (`LeasedTasksLost`): each one this node never heard of is retried
 (``max_retries``) or fails with ``WorkerCrashedError``, as the node's own would.
+
+The account
+-----------
+Per resource, at every point between two handlers::
+
+    ledger taken (total - available) == held by running tasks (``worker.held``,
+        less the CPU a task blocked in ``get`` lent back)
+      + held by leases themselves (``Lease.holds``: no task of theirs runs)
+      + held by actors and placement groups
+
+(``SchedulerStatistics.held_elsewhere`` is the last term; the task test modules
+check after each test that an idle node holds nothing.) A lease's resources are
+held by exactly one of the lease and its running task: ``started`` moves them
+from the lease to the task, ``released`` back, ``_end`` gives the lease's share
+back to the ledger. Each path, and what keeps it exact:
+
+- granted, and the submitter leaves or drops its link before using it: its
+  leases end with it (``drop_owner``, once the node decides the driver is gone).
+- the grant's answer never reaches the submitter (a timeout, a broken link): it
+  named the lease, and gives it back by that id behind the request.
+- ``ReturnLease`` before the worker's `LeasedStart` or `TaskDone` (two links):
+  the lease ends only once as many of its tasks ended here as were pushed.
+- `LeasedTasksLost`: the node kills the worker; the lease ends at its death,
+  which settles the tasks it reported as running ones and the rest as lost.
+- a task blocked in ``get``: its task's CPU goes back and comes back
+  (``SchedulerState.blocked``), the lease's share is the task's meanwhile.
+- cancel: a task on a lease is one of the node's running tasks (interrupt, force
+  kill, recursive); a force kill is a worker death.
+- the worker dies mid-task: the pool reports the death once the node has read its
+  link to the end, so a `LeasedStart` is never read after it.
+- ``ReturnLease`` after the worker died: the lease ended at the death already.
+- a lent worker is busy from its grant: the pool's idle reaper never takes it.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import os
 from typing import Any, Protocol
 
 import attrs
@@ -39,6 +70,7 @@ from ...protocol._leases import LeaseReply
 from ...protocol._messages import TaskSpec
 from ._ledger import ResourceLedger, fits
 from ._queues import ReadyQueues
+from ._statistics import LeaseStatus
 from ._workers import WorkerInfo
 
 __all__ = ["Lease", "LeaseBook", "LeaseState"]
@@ -108,9 +140,15 @@ class LeaseBook:
 
     # -- the submitter's requests ----------------------------------------------------
 
-    def grant(self, owner: bytes, resources: dict[str, float]) -> LeaseReply:
-        """A lease for tasks taking ``resources``, or a refusal saying why."""
+    def grant(self, owner: bytes, resources: dict[str, float], lease_id: bytes) -> LeaseReply:
+        """A lease named ``lease_id`` (by its submitter) for tasks taking
+        ``resources``, or a refusal saying why. A request sent again (the same id,
+        still active) gets the same lease."""
         state = self._state
+        again = self.active.get(lease_id)
+        if again is not None and again.owner == owner:
+            lent = again.worker
+            return LeaseReply(lease_id, lent.worker_id, lent.direct_address)
         shape = tuple(sorted(resources.items()))
         if shape in state.ready.queues:
             return self._refuse("tasks of this shape are queued at the node")
@@ -126,11 +164,14 @@ class LeaseBook:
         if worker is None:
             state.host.request_worker()
             return self._refuse("no idle worker")
-        lease = Lease(os.urandom(12), owner, worker, dict(resources))
+        lease = Lease(lease_id, owner, worker, dict(resources))
         state.ledger.take(resources)
         worker.lease = lease
         worker.env_key = ""
         worker.shape = shape
+        # Lent from now on, though no task of it is reported yet: the pool's idle
+        # reaper must not let it go before its first task arrives.
+        worker.state = "busy"
         self.active[lease.lease_id] = lease
         self.granted += 1
         return LeaseReply(lease.lease_id, worker.worker_id, worker.direct_address)
@@ -238,7 +279,10 @@ class LeaseBook:
     # -- internals -------------------------------------------------------------------
 
     def _maybe_end(self, lease: Lease) -> None:
-        if lease.returned and not lease.running and lease.finished >= lease.pushed:
+        # Not while tasks handed back as lost wait for the worker's death (the node
+        # kills it): they are settled then (``worker_died``), which needs the lease.
+        if lease.returned and not lease.running and not lease.lost \
+                and lease.finished >= lease.pushed:
             self._end(lease)
             self._state.make_available(lease.worker)
 
@@ -280,6 +324,25 @@ class LeaseBook:
                 for name, amount in lease.resources.items():
                     out[name] = out.get(name, 0.0) + amount
         return out
+
+    def held(self) -> dict[str, float]:
+        """What the leases themselves hold in the ledger now (``Lease.holds``)."""
+        out: dict[str, float] = {}
+        for lease in self.active.values():
+            if lease.holds:
+                for name, amount in lease.resources.items():
+                    out[name] = out.get(name, 0.0) + amount
+        return out
+
+    def describe(self) -> tuple[LeaseStatus, ...]:
+        """Each active lease as a `LeaseStatus` (statistics, diagnostics)."""
+        return tuple(
+            LeaseStatus(lease_id=lease.lease_id.hex(), owner=lease.owner.hex(),
+                        worker=lease.worker.index, resources=dict(lease.resources),
+                        holds=lease.holds, running=len(lease.running),
+                        finished=lease.finished, pushed=lease.pushed,
+                        returned=lease.returned)
+            for lease in self.active.values())
 
     def statistics(self) -> tuple[int, int, int]:
         """(leased workers now, leases granted, leases refused)."""

@@ -798,6 +798,19 @@ class SchedulerState:
         if not delivered:
             self.host.deliver(spec.owner, results)
 
+    def held_by_tasks(self) -> dict[str, float]:
+        """What the tasks running here hold in the ledger now (``WorkerInfo.held``;
+        a task blocked in ``get`` has lent its CPU back). With what the leases hold
+        (``LeaseBook.held``), actors and placement groups, it is what the ledger
+        has taken: ``SchedulerStatistics.held_elsewhere``."""
+        out: dict[str, float] = {}
+        for worker in {id(w): w for w in self.running.values()}.values():
+            for held in worker.held.values():
+                for name, amount in held.items():
+                    if name != "_blocked_cpu":
+                        out[name] = out.get(name, 0.0) + amount
+        return out
+
     def statistics(self) -> SchedulerStatistics:
         return SchedulerStatistics(
             waiting=len(self.waiting),
@@ -813,6 +826,11 @@ class SchedulerState:
             leased_workers=len(self.leases.active),
             leases_granted=self.leases.granted,
             leases_refused=self.leases.refused,
+            leases=self.leases.describe(),
+            leases_awaiting_lost=len(self.leases.ended),
+            ledger_available=dict(self.ledger.available),
+            held_by_tasks=self.held_by_tasks(),
+            held_by_leases=self.leases.held(),
             unplaced_warnings=tuple(
                 self.unplaced_warnings[shape]
                 for shape in {ReadyQueues.shape(spec) for spec in self.infeasible.values()}

@@ -14,6 +14,7 @@ import collections
 from typing import Any
 
 import attrs
+import trio
 
 from ...protocol._messages import TaskSpec
 
@@ -66,6 +67,10 @@ class WorkerInfo:
     # no task from the node's queue.
     direct_address: str | None = None
     lease: Any = None
+    # Set once the node has read its link to the end (``_runtime``): every message
+    # the worker sent before it died has been handled (``worker_pool``'s watcher
+    # waits for it before it reports the death).
+    link_closed: trio.Event = attrs.Factory(trio.Event)
 
     @property
     def blocked(self) -> bool:

@@ -56,6 +56,10 @@ logger = logging.getLogger("actorcore.worker_pool")
 #: (``ACTORCORE_IDLE_WORKER_TIMEOUT`` overrides it).
 IDLE_TIMEOUT: float = env_value("ACTORCORE_IDLE_WORKER_TIMEOUT")
 REAP_CHECK = 1.0
+#: Seconds the watcher of a dead worker waits for the node to read its link to the
+#: end before it reports the death anyway (a process the task forked may hold the
+#: socket open).
+LINK_END_WAIT = 5.0
 #: Delay before starting a worker after the second start-up failure in a row; it
 #: doubles with each further one, up to ``START_BACKOFF_MAX`` seconds.
 START_BACKOFF = 0.1
@@ -260,6 +264,14 @@ class WorkerPool:
             nursery.start_soon(self._pump, worker, proc.stdout, "out")
             nursery.start_soon(self._pump, worker, proc.stderr, "err")
             code = await proc.wait()
+        if worker.conn is not None:
+            # What the worker sent before it died is handled before its death: a
+            # `LeasedStart` read after it would track a task on a dead worker, a
+            # `TaskDone` would be dropped as unknown (its task retried). The
+            # process is gone, so its link ends at once; the node's disconnect
+            # handler reports the death then, and this one finds it done.
+            with trio.move_on_after(LINK_END_WAIT):
+                await worker.link_closed.wait()
         reason = exit_reason(proc, code)
         if worker.state == "starting":
             self.pool.starting -= 1
