@@ -307,13 +307,17 @@ class LeaseBook:
                     spec.max_retries -= 1
                 spec.attempt += 1
                 state.tasks_retried += 1
-                logger.info("retrying %s: its leased worker died before starting it",
-                            spec.name)
+                logger.info("retrying %s: its leased worker died before this node "
+                            "heard of it", spec.name)
                 state.submit(spec)
             else:
+                # The worker's `LeasedStart` leaves with its next message (lazily):
+                # the task may have started, and ended the process itself.
+                pid = lease.worker.pid if lease is not None else None
+                where = f" (pid {pid})" if pid is not None else ""
                 state.fail_task(spec, WorkerCrashedError(
-                    f"the worker task {spec.name} was pushed to on a lease died before it "
-                    f"started the task, and no retries are left"))
+                    f"the worker running task {spec.name}{where} died, leased to its "
+                    f"submitter, before its node heard of the task; no retries are left"))
 
     def idle_resources(self) -> dict[str, float]:
         """What idle leases hold (no task of theirs runs): theirs until their
