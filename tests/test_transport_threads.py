@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import transport
 from transport import faults
@@ -89,6 +90,9 @@ async def test_a_partial_write_from_a_thread_is_finished_by_the_writer(tmp_path:
         address = await nursery.start(server.run)
         async with transport.open_connection(address, TOKEN) as conn:
             await conn.send("block")
+            # The server's reader holds "block" and this link's writer is parked: only
+            # then does a thread's write go straight to the socket.
+            await trio.testing.wait_all_tasks_blocked()
             payload = "p" * 60_000  # one chunk per frame (under the join limit)
 
             def sender() -> tuple[int, int]:
@@ -105,6 +109,7 @@ async def test_a_partial_write_from_a_thread_is_finished_by_the_writer(tmp_path:
                 return by_thread, later
 
             by_thread, later = await trio.to_thread.run_sync(sender)
+            assert by_thread > 0
             assert conn.unsent >= 1  # the remainder and what queued behind it
             expect[0] = 1 + by_thread + later
             release.set()
