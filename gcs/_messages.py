@@ -40,8 +40,10 @@ Anyone may hold a `Watch` request of its peer: it is never answered (or answered
 None, "ask again"), so it fails at once when the link dies -- the fastest death
 notice there is (see `_watch.py`).
 
-Every class here is frozen and has no slots: its generated ``__init__`` writes the
-instance dict directly (half the cost of a frozen slotted one). Messages and the
+Every class here is a `transport.message`: frozen and without slots (its generated
+``__init__`` writes the instance dict directly, half the cost of a frozen slotted
+one), compared, hashed and printed by shared functions rather than attrs-generated
+ones (cheaper to import). Messages and the
 records carried by the thousand inside them (`Notice`, `Row`, the write and read
 operations) pickle as their class and a tuple of their fields (`transport.compact`);
 a message's checks live in its fields' metadata (`transport.check`) and are run

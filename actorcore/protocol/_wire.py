@@ -101,7 +101,9 @@ Two kinds of answer stay plain values on purpose:
 - `GetFunction` answers with the function's export record as a dict, the same
   dict the GCS function table holds and `ForwardTasks` carries.
 
-The hot ones (a task's submit, execute, done and ready; an actor call's) pickle as
+Every message class is a `transport.message` (a frozen attrs class without slots,
+compared, hashed and printed by shared functions: see there why). The hot ones (a
+task's submit, execute, done and ready; an actor call's) pickle as
 their class and a tuple of their fields (`transport.compact`): as small and as quick
 as the tuples they replace. Their checks are shallow (the container's type, not
 every item's): they run once per message on the receiving side.
