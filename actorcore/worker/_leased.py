@@ -2,9 +2,9 @@
 
 A task worker listens on a Unix socket of its own; a submitter holding a lease on it
 dials it and pushes `LeasedTask`s. For each one the worker first tells its node
-(`LeasedStart`, queued on the node link before the task starts, so it precedes the
-task's `TaskDone`, `Blocked` and any cancel, and sent with the first of them or
-within ``LAZY_FLUSH``), then runs it like a task the node sent. Its end goes back on the
+(`LeasedStart`, sent on the node link before the task starts, so it precedes the
+task's `TaskDone`, `Blocked` and any cancel), then runs it like a task the node
+sent. Its end goes back on the
 link it came on (`LeasedTaskDone`, with the results when they may travel inline),
 and to the node (`TaskDone`, ``pushed`` when the submitter has them). A
 `CancelLeasedTask` is passed on to the node as a `CancelTask`, behind the task's
@@ -66,15 +66,10 @@ class LeasedTaskServer:
         core = self._worker.core
         spec = m.spec
         self.links[spec.task_id] = conn
-        # Queued before the task starts, so that it reaches the node ahead of all
-        # the task makes the node do (a blocked get, its children, a cancel, its
-        # end): they follow it on the same link. Not flushed now but with the first
-        # of them, or within ``LAZY_FLUSH``: a short task's start and end reach the
-        # node in one frame, one wake-up of it instead of two. A worker that dies
-        # before it is sent leaves the task to its submitter, who sees the link
-        # break and hands it back (`LeasedTasksLost`), as for a task pushed and never
-        # started.
-        core.enqueue(w.LeasedStart(m.lease_id, spec), wake=False)
+        # At once, before the task starts: the node must know it is running here
+        # (its worker's death, a recursive cancel of its parent, a blocked get).
+        core.append_unsent(w.LeasedStart(m.lease_id, spec))
+        core.flush_now()
         self._worker.execute_leased(spec)
 
     def _h_cancel(self, conn: Any, m: w.CancelLeasedTask) -> None:
