@@ -211,17 +211,17 @@ def test_a_worker_killed_mid_task_is_retried_or_fails(tmp_path):
 
 @ray.remote
 def _die_at_once(marker):
-    """SIGKILL its own worker at its start the first time (``marker`` absent): its
-    node has not been told it started (that leaves with the task's next message)."""
+    """SIGKILL its own worker at its start the first time (``marker`` absent)."""
     if not os.path.exists(marker):
         Path(marker).write_text("")
         os.kill(os.getpid(), signal.SIGKILL)
     return "survived"
 
 
-def test_a_worker_dead_before_its_node_heard_of_the_task_is_retried_or_fails(tmp_path):
-    # Only its submitter knows the task: it hands it back, and the node retries it
-    # (max_retries) or fails it, exactly as for a task pushed and never started.
+def test_a_worker_dead_at_its_tasks_start_is_retried_or_fails(tmp_path):
+    # Its submitter sees the link break with the task unanswered and hands it back;
+    # the node retries it (max_retries) or fails it, once, whichever of the two
+    # reports (the worker's death, the hand-back) it reads first.
     before = _leases().tasks_lost
     assert ray.get(_die_at_once.options(max_retries=1).remote(str(tmp_path / "a")),
                    timeout=60) == "survived"
