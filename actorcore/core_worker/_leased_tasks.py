@@ -41,10 +41,13 @@ also when the node refuses a lease (no idle worker, no
 free resources, tasks of that shape already queued at the node: multi-node placement
 and spill-back stay the node's), and every task of a class whose tasks pile up here
 beyond ``QUEUE_PER_LEASE`` per lease (a burst is better batched through the node).
-``ACTORCORE_DIRECT_TASKS=1`` turns the fast path on. It is off by default: in two of
-four full test runs under heavy load a CPU of the node stayed held for over 30 s
-after a test of leased parents with nested children, and the cause is not found
-(a later run with it on passed, 696 tests).
+``ACTORCORE_DIRECT_TASKS=1`` turns the fast path on. It is off by default: with it
+on, a task queued at the node behind two running leased tasks still ran before its
+cancel in one fresh-clone run (``test_cancel_queued_and_running``), after the
+fixes of the lease account (``node.local_scheduler._leases``); the path is not
+found. A lease request carries the lease id this process chose: when its answer
+does not come (a timeout, a broken link), a `ReturnLease` of that id follows the
+request on the same link, so a grant nobody heard of never holds the node's CPU.
 """
 
 from __future__ import annotations

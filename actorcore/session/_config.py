@@ -352,8 +352,8 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
            "between callers and actors, no results pushed straight to the driver)"),
     EnvVar("ACTORCORE_DIRECT_TASKS", "switch", "0",
            "1: a driver leases workers from its node and pushes its tasks straight to "
-           "them (direct task submission, off by default until its resource accounting "
-           "is proven under load); 0: every task goes through the node's queue"),
+           "them (direct task submission, off by default: see core_worker._leased_tasks); "
+           "0: every task goes through the node's queue"),
     EnvVar("ACTORCORE_NO_DIRECT", "switch", None,
            "deprecated: ACTORCORE_NO_DIRECT=1 means ACTORCORE_DIRECT_CALLS=0",
            deprecated_for="ACTORCORE_DIRECT_CALLS"),
