@@ -110,7 +110,12 @@ def test_task_table_stays_bounded_while_live_lineage_stays_readable(small_cap_cl
     # slack for marks still in the node's 50 ms buffer -- not the ~3,100 tasks run.
     assert stats.table_keys["tasks"] <= CAP + 20, stats
     assert max(peaks) <= CAP + 50, peaks
-    assert stats.evicted >= total - CAP - 40, (stats.evicted, total)
+    # A task whose returns were all freed before its record left the node's buffer
+    # is never written (lineage elision), so never evicted either.
+    from actorcore import _api
+
+    elided = _api._call("status")["control"].lineage_elided
+    assert stats.evicted + elided >= total - CAP - 40, (stats.evicted, elided, total)
 
     # The node's own bookkeeping is bounded too: a count per task with a live return.
     control = ray._api._call("status")["control"]
