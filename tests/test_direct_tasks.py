@@ -279,6 +279,38 @@ def test_cancel_recursive_reaches_the_tasks_a_leased_task_submitted(tmp_path):
     _idle_again()
 
 
+def test_a_task_cancelled_while_it_waits_for_a_lease_never_runs(tmp_path):
+    # The lease request is held up on its way, so both tasks wait in the driver, the
+    # second behind the first. Cancelled there, the second fails at once and never
+    # reaches the node or a worker (it used to go to the node with its cancel behind
+    # it, where it could start before the cancel came, ahead of the first).
+    @ray.remote
+    def mark(d, name):
+        (Path(d) / name).write_text("")
+        return name
+
+    before, node_before = _leases(), _node_scheduler()
+    rule = transport.faults.add(transport.faults.delay(
+        1.0, src=f"driver-{os.getpid()}", dst=None, kind="request"))
+    try:
+        first = mark.remote(str(tmp_path), "first")
+        second = mark.remote(str(tmp_path), "second")
+        ray.cancel(second)
+        with pytest.raises(exc.TaskCancelledError, match="mark was cancelled"):
+            ray.get(second, timeout=0.5)  # failed here, long before the lease comes
+    finally:
+        transport.faults.remove(rule)
+    assert ray.get(first, timeout=60) == "first"
+    after, node_after = _leases(), _node_scheduler()
+    assert after.tasks_cancelled_here == before.tasks_cancelled_here + 1
+    # The node never heard of it: it neither failed nor ran it.
+    assert node_after.failed == node_before.failed, (node_before, node_after)
+    assert not (tmp_path / "second").exists()
+    # A ref to it passed on resolves to the same error at the node.
+    with pytest.raises(exc.TaskCancelledError, match="mark was cancelled"):
+        ray.get(add.remote(second), timeout=30)
+
+
 @ray.remote
 def _child(d):
     (Path(d) / "child").write_text("")

@@ -64,6 +64,8 @@ import trio
 
 import transport
 
+from ..exceptions import TaskCancelledError
+from ..protocol import _serialization
 from ..protocol import _wire as w
 from ..protocol._messages import TaskSpec
 from ..session._config import env_value
@@ -102,6 +104,8 @@ class LeaseStatistics:
     tasks_pushed_from_threads: int
     tasks_via_node: int
     tasks_lost: int
+    #: Tasks cancelled while they waited here for a lease: failed here, never sent.
+    tasks_cancelled_here: int
 
 
 @attrs.define(eq=False)
@@ -317,16 +321,19 @@ class LeasedTasks:
 
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> bool:
         """``cancel(ref)`` of a task of ours; ``False``: not here (it went through the
-        node, or ended), and the caller tells the node. Any thread."""
+        node, or ended), and the caller tells the node. Any thread.
+
+        A task still waiting here fails at once; one pushed to a worker is
+        cancelled there, through its node (`CancelLeasedTask`)."""
         with self._lock:
             for spec in self._waiting:
                 if spec.task_id == task_id:
-                    # Not pushed yet: to the node, ahead of the cancel the caller
-                    # sends it next (one queue, in order), which finds it there.
+                    # Never left this process: it fails here, and never runs (see
+                    # `_cancelled_here`).
                     self._waiting.remove(spec)
-                    self._counts["tasks_via_node"] += 1
-                    self._core.enqueue(w.Submit([spec]))
-                    return False
+                    self._counts["tasks_cancelled_here"] += 1
+                    self._soon(self._cancelled_here, spec)
+                    return True
             lease = self._in_flight.get(task_id)
             if lease is None:
                 return False
@@ -342,6 +349,29 @@ class LeasedTasks:
         self._core.loop.soon(fn, *args)
 
     # ------------------------------------------------------------------- core loop
+
+    # A task cancelled while it waits here for a lease has reached no node and no
+    # worker: its results fail here with `TaskCancelledError`, as Ray's owner fails a
+    # task cancelled in its submitter's queue. Sending it to the node with its cancel
+    # behind it instead (as this did) let it run: it overtook the tasks still
+    # waiting here ahead of it, and the node could start it before the cancel,
+    # which left in a later frame, arrived. The node hears of the failed results as
+    # it hears of a direct actor call's, from a Put queued before the caller can read
+    # them (`NodeLink.enqueue_results`), so a ref passed on later resolves there.
+
+    def _cancelled_here(self, spec: TaskSpec) -> None:
+        """Fail the results of ``spec``, cancelled before it left this process."""
+        payload = _serialization.dumps(
+            TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled"))
+        results = [(oid, True, payload) for oid in spec.return_ids()]
+        core = self._core
+        entries = core.references.entries
+        told = [r for r in results if (e := entries.get(r[0])) is not None and not e.dropped]
+        if told:
+            core.link.enqueue_results(told)
+        core.on_objects_ready(results)
+        if self._waiting:
+            self._pump()
 
     def _send_cancel(self, conn: Any, message: w.CancelLeasedTask) -> None:
         try:
@@ -564,6 +594,7 @@ class LeasedTasks:
             tasks_pushed_from_threads=self._thread_pushes,
             tasks_via_node=c["tasks_via_node"],
             tasks_lost=c["tasks_lost"],
+            tasks_cancelled_here=c["tasks_cancelled_here"],
         )
 
 
