@@ -30,7 +30,8 @@ import attrs
 
 from ..protocol._actors import CallSpec, cancelled_results
 
-__all__ = ["CallGate", "CallGateStatistics", "TaskInterrupt", "run_interruptible"]
+__all__ = ["CallGate", "CallGateStatistics", "TaskInterrupt", "TaskStartGate",
+           "run_interruptible"]
 
 
 @attrs.frozen(kw_only=True)
@@ -117,6 +118,50 @@ class CallGate:
             return CallGateStatistics(
                 queued=len(self._queued), running_interruptible=len(self._running),
                 dropped_total=self.dropped_total, interrupted_total=self.interrupted_total)
+
+
+# A task worker hands a task to an executor's thread (a Pykka ``tell``) and goes on;
+# the thread claims it (``Executor.current``) when it gets to it, which under load
+# can be milliseconds later. A cancel arriving in between (``InterruptTask``) found
+# the task neither queued in the worker nor current in any executor, and was lost:
+# the task ran, and a short one returned its value although its cancel had come
+# before it started. So the executor claims a task through this gate, and the
+# cancel either interrupts it (claimed: it runs) or marks it here (not yet): the
+# thread then skips it and reports it cancelled. One lock decides, so never both.
+
+
+class TaskStartGate:
+    """Tasks cancelled after the worker handed them to an executor and before its
+    thread started them (see the comment above). Any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled: set[bytes] = set()
+        self.skipped_total = 0
+
+    def start(self, task_id: bytes, claim: Callable[[], None]) -> bool:
+        """Claim ``task_id`` (``claim()``, under the gate's lock) to run it now;
+        ``False``: it was cancelled first, skip it."""
+        with self._lock:
+            if task_id in self._cancelled:
+                self._cancelled.discard(task_id)
+                self.skipped_total += 1
+                return False
+            claim()
+        return True
+
+    def cancel(self, task_id: bytes, interrupt: Callable[[], bool]) -> None:
+        """Cancel ``task_id``, handed to an executor and not reported yet:
+        ``interrupt()`` it if its thread runs it, else mark it for the thread."""
+        with self._lock:
+            if not interrupt():
+                self._cancelled.add(task_id)
+
+    def forget(self, task_id: bytes) -> None:
+        """``task_id`` was reported: a mark left for it (it ended before the cancel
+        came, or the cancel reached it running) goes."""
+        with self._lock:
+            self._cancelled.discard(task_id)
 
 
 class TaskInterrupt:

@@ -42,6 +42,7 @@ from ..exceptions import ActorExitRequest, SerializationError, TaskCancelledErro
 from ..protocol import _serialization
 from ..protocol._ids import STREAMING, stream_item_id
 from ..protocol._messages import TaskSpec
+from ._cancel import TaskStartGate
 
 __all__ = ["Executor", "Spill", "encode_returns", "run_task"]
 
@@ -371,8 +372,10 @@ class Executor(pykka.ThreadingActor):
         decode: Callable[[bytes, bytes], Any] = _plain_decode,
         spill: Spill | None = None,
         emit: Emit | None = None,
+        gate: TaskStartGate | None = None,
     ) -> None:
         super().__init__()
+        self._gate = gate
         self._emit = emit
         self._encode = encode
         self._decode = decode
@@ -390,17 +393,20 @@ class Executor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> None:
         spec, function, dep_data, *more = message
-        with self._lock:
-            self.current = spec
         started = time.monotonic()
-        set_gpu_ids(more[0] if more else ())
         try:
-            if spec.runtime_env:
-                self._prepare(spec.runtime_env)
-            results, retry = run_task(
-                spec, function, dep_data, self._node_id, self._encode, self._decode,
-                self._spill, self._emit,
-            )
+            if not self._claim(spec):  # cancelled before it started (``TaskStartGate``)
+                payload = _serialization.dumps(
+                    TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled"))
+                results, retry = [(oid, True, payload) for oid in spec.return_ids()], False
+            else:
+                set_gpu_ids(more[0] if more else ())
+                if spec.runtime_env:
+                    self._prepare(spec.runtime_env)
+                results, retry = run_task(
+                    spec, function, dep_data, self._node_id, self._encode, self._decode,
+                    self._spill, self._emit,
+                )
         except TaskCancelledError:
             # The async exception landed outside user code: still a cancellation.
             payload = _serialization.dumps(
@@ -419,6 +425,18 @@ class Executor(pykka.ThreadingActor):
             with self._lock:
                 self.current = None
         self._report(spec, results, retry, time.monotonic() - started)
+
+    def _claim(self, spec: TaskSpec) -> bool:
+        """Make ``spec`` the task this thread runs; ``False``: it was cancelled."""
+
+        def claim() -> None:
+            with self._lock:
+                self.current = spec
+
+        if self._gate is None:
+            claim()
+            return True
+        return self._gate.start(spec.task_id, claim)
 
     def _prepare(self, env: dict) -> None:
         """Apply a task's runtime env (``worker._runtime_env``); a failure to is the

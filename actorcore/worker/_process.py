@@ -38,6 +38,7 @@ from ..exceptions import ObjectLostError
 from ..protocol import _wire as w
 from ..protocol._ids import id_prefix, short
 from ..protocol._messages import TaskSpec, max_frame_size
+from ._cancel import TaskStartGate
 from ._executor import RESULT_OVERHEAD, Executor, Spill
 from ._leased import LeasedTaskServer
 
@@ -79,6 +80,8 @@ class WorkerProcess:
         self.routes(self.dispatcher)
         #: Submitters' direct links to this worker (tasks on a lease, ``_leased``).
         self.leased = LeasedTaskServer(self)
+        #: Tasks cancelled between their hand-over to an executor and their start.
+        self._start_gate = TaskStartGate()
 
     def routes(self, d: transport.Dispatcher) -> None:
         """Register what the node sends this process (``protocol._wire``)."""
@@ -122,8 +125,10 @@ class WorkerProcess:
                 del self._pending[i]
                 self._report_cancelled(item[0])
                 return
-        for executor in list(self._executors):
-            executor.interrupt(task_id)
+        if task_id in self._running:  # handed to an executor, not reported yet
+            executors = list(self._executors)
+            self._start_gate.cancel(
+                task_id, lambda: any([executor.interrupt(task_id) for executor in executors]))
         if self.core is not None:
             self.core.cancel_task_waits(task_id)
 
@@ -151,7 +156,7 @@ class WorkerProcess:
             token.run_sync_soon(self._finished, spec.task_id, results, retry, pushed_on)
 
         ref = Executor.start(report, self.node_id.hex(), holder.append, encode, decode, spill,
-                             stream_emitter(core))
+                             stream_emitter(core), self._start_gate)
         self._executors.append(holder[0])
         return ref
 
@@ -171,7 +176,7 @@ class WorkerProcess:
 
         ref.executor = Executor(report, self.node_id.hex(), self._executors.append,
                                 encode, decode, return_spill(core),
-                                stream_emitter(core))  # ``main`` runs it
+                                stream_emitter(core), self._start_gate)  # ``main`` runs it
         main.submit(ref.executor.on_start)
         self._main_ref = ref
 
@@ -292,6 +297,7 @@ class WorkerProcess:
         else:
             self._report_done(task_id, results, retry, pushed)
         self._running.pop(task_id, None)
+        self._start_gate.forget(task_id)
         self._pump()
 
     def _report_done(self, task_id: bytes, results: list, retry: bool, pushed: bool) -> None:
