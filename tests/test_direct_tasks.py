@@ -89,6 +89,12 @@ def _pid_gone(pid: int) -> bool:
     return False
 
 
+def _process_state(pid: int) -> str:
+    """The state letter of process ``pid`` (``/proc/PID/stat``: R, S, T, Z, ...)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
 def _idle_again():
     """Every lease went back: the node shows no leased worker, all CPUs free."""
     until(lambda: _scheduler()["leased_workers"] == 0, "the leases to go back")
@@ -276,6 +282,28 @@ def test_cancel_recursive_reaches_the_tasks_a_leased_task_submitted(tmp_path):
     with pytest.raises(exc.TaskCancelledError):
         ray.get(ref, timeout=30)
     until(lambda: (tmp_path / "child_cancelled").exists(), "the child to be cancelled")
+    _idle_again()
+
+
+def test_a_cancel_lost_with_its_link_still_reaches_the_task(tmp_path):
+    # The worker is stopped, so the cancel sent on the link is never read; then it
+    # dies. The task goes back to the node as lost (which retries it), and its
+    # cancel must follow it there: it used to be lost with the link, and the task
+    # ran again.
+    ref = wait_for_file.remote(str(tmp_path), "never")
+    pid = _started_pid(tmp_path)
+    before = _leases()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        until(lambda: _process_state(pid) == "T", "the worker to stop")
+        ray.cancel(ref)
+        until(lambda: _leases().cancels_pushed > before.cancels_pushed,
+              "the cancel to be written to the worker's link")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(ref, timeout=30)
+    assert _leases().tasks_lost == before.tasks_lost + 1
     _idle_again()
 
 

@@ -106,6 +106,8 @@ class LeaseStatistics:
     tasks_lost: int
     #: Tasks cancelled while they waited here for a lease: failed here, never sent.
     tasks_cancelled_here: int
+    #: Cancels of pushed tasks sent on their link to the worker.
+    cancels_pushed: int
 
 
 @attrs.define(eq=False)
@@ -172,6 +174,9 @@ class LeasedTasks:
         self._waiting: collections.deque[TaskSpec] = collections.deque()
         self._links: dict[str, _Link] = {}  # worker's address -> link
         self._in_flight: dict[bytes, _Lease] = {}  # task id -> the lease it runs on
+        # Pushed tasks whose cancel was asked for, until their end is here (see
+        # `cancel`): task id -> the cancel (under ``_lock``).
+        self._cancels: dict[bytes, w.CancelLeasedTask] = {}
         self._leases: dict[bytes, _Lease] = {}
         self._pump_pending = False
         self._thread_pushed_at = 0.0  # (``_push_from_thread``)
@@ -334,13 +339,11 @@ class LeasedTasks:
                     self._counts["tasks_cancelled_here"] += 1
                     self._soon(self._cancelled_here, spec)
                     return True
-            lease = self._in_flight.get(task_id)
-            if lease is None:
+            if task_id not in self._in_flight:
                 return False
-            conn = lease.link.conn
+            self._cancels[task_id] = w.CancelLeasedTask(task_id, force, recursive)
         try:
-            self._core.trio_token.run_sync_soon(
-                self._send_cancel, conn, w.CancelLeasedTask(task_id, force, recursive))
+            self._core.trio_token.run_sync_soon(self._send_cancel, task_id)
         except trio.RunFinishedError:
             return False
         return True
@@ -373,11 +376,29 @@ class LeasedTasks:
         if self._waiting:
             self._pump()
 
-    def _send_cancel(self, conn: Any, message: w.CancelLeasedTask) -> None:
+    # The cancel of a pushed task must reach it wherever it goes next. On its link it
+    # reaches the worker behind the task, and the node behind the task's
+    # `LeasedStart` (``worker._leased``). But the task can leave the link with the
+    # cancel not sent, or sent and never read: the push is refused for what the
+    # task is (it goes through the node instead), or the link breaks (the task goes
+    # back to the node as lost, which retries it). So the cancel is kept here
+    # (``_cancels``) until the task's end comes back on its link, and goes with the
+    # task wherever it goes: a task refused before it left fails here; one handed
+    # back as lost is cancelled at the node, by a `CancelTask` behind its
+    # `LeasedTasksLost` on the same ordered link (the node finds it running there,
+    # retried, or among the lost ones it has still to settle).
+
+    def _send_cancel(self, task_id: bytes) -> None:
+        with self._lock:
+            message = self._cancels.get(task_id)
+            lease = self._in_flight.get(task_id)
+        if message is None or lease is None:
+            return  # ended, refused or lost meanwhile: handled there
         try:
-            conn.send_nowait(message)
-        except Exception as exc:  # the link is gone: the task comes back as lost
-            logger.info("cancel of leased task %s not sent: %r", message.task_id.hex(), exc)
+            lease.link.conn.send_nowait(message)
+        except Exception as exc:  # the link is gone: its end sends the cancel on
+            logger.info("cancel of leased task %s not sent: %r", task_id.hex(), exc)
+        self._counts["cancels_pushed"] += 1
 
     def _pump(self) -> None:
         """Push waiting tasks, from the head, while their class has an idle lease;
@@ -423,9 +444,16 @@ class LeasedTasks:
             lease.pushed -= 1
             with self._lock:
                 lease.running = None
-            self._in_flight.pop(spec.task_id, None)
-            self._counts["tasks_via_node"] += 1
-            self._refused(spec, exc)
+                self._in_flight.pop(spec.task_id, None)
+                # Decided under the lock: a cancel from now on finds it gone and
+                # goes to the node, behind the `Submit`.
+                cancelled = self._cancels.pop(spec.task_id, None) is not None
+                if not cancelled:
+                    self._counts["tasks_via_node"] += 1
+                    self._refused(spec, exc)
+            if cancelled:
+                self._counts["tasks_cancelled_here"] += 1
+                self._cancelled_here(spec)
             self._idle(lease)
             return
         self._counts["tasks_pushed"] += 1
@@ -525,17 +553,24 @@ class LeasedTasks:
             if lease is None:
                 continue
             lost = []
+            cancels = []
             with self._lock:
                 if lease in lease.klass.leases:
                     lease.klass.leases.remove(lease)
                 if lease.running is not None:
+                    task_id = lease.running.task_id
                     lost.append(lease.running)
-                    self._in_flight.pop(lease.running.task_id, None)
+                    self._in_flight.pop(task_id, None)
+                    cancel = self._cancels.pop(task_id, None)
+                    if cancel is not None:
+                        cancels.append(w.CancelTask(task_id, cancel.force, cancel.recursive))
                     lease.running = None
             lease.returned = True
             if lost:
                 self._counts["tasks_lost"] += len(lost)
                 self._send_node(w.LeasedTasksLost(lease.lease_id, lost))
+                for message in cancels:  # behind it (see `_send_cancel`)
+                    self._send_node(message)
             else:
                 self._send_node(w.ReturnLease(lease.lease_id, lease.pushed))
         link.leases.clear()
@@ -544,13 +579,15 @@ class LeasedTasks:
             self._core.loop.start_soon(link.conn.aclose)
 
     def _h_done(self, conn: Any, m: w.LeasedTaskDone) -> None:
-        lease = self._in_flight.pop(m.task_id, None)
+        with self._lock:
+            lease = self._in_flight.pop(m.task_id, None)
+            self._cancels.pop(m.task_id, None)
+            if lease is not None:
+                lease.running = None
         if m.results:
             self._core.on_objects_ready(m.results)
         if lease is None:
             return
-        with self._lock:
-            lease.running = None
         self._idle(lease)
 
     def _idle(self, lease: _Lease) -> None:
@@ -595,6 +632,7 @@ class LeasedTasks:
             tasks_via_node=c["tasks_via_node"],
             tasks_lost=c["tasks_lost"],
             tasks_cancelled_here=c["tasks_cancelled_here"],
+            cancels_pushed=c["cancels_pushed"],
         )
 
 

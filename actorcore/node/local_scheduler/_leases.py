@@ -65,7 +65,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from ...exceptions import WorkerCrashedError
+from ...exceptions import TaskCancelledError, WorkerCrashedError
 from ...protocol._leases import LeaseReply
 from ...protocol._messages import TaskSpec
 from ._ledger import ResourceLedger, fits
@@ -114,6 +114,7 @@ class LeaseState(Protocol):
     idle: collections.deque[Any]
     running: dict[bytes, WorkerInfo]
     children: dict[bytes, set[bytes]]
+    cancelled: set[bytes]
     cancelled_trees: dict[bytes, bool]
     tasks_retried: int
 
@@ -297,12 +298,21 @@ class LeaseBook:
         if lease.worker.lease is lease:
             lease.worker.lease = None
 
+    def awaiting_death(self, task_id: bytes) -> bool:
+        """Whether ``task_id`` is among the tasks handed back as lost that wait for
+        their worker's death to be settled (``lost``)."""
+        return any(spec.task_id == task_id
+                   for lease in self.active.values() for spec in lease.lost)
+
     def _settle_lost(self, lease: Lease | None, specs: list[TaskSpec]) -> None:
         state = self._state
         for spec in specs:
             if lease is not None and spec.task_id in lease.reported:
                 continue  # reported by the worker: its death handled it
-            if spec.max_retries != 0:
+            if spec.task_id in state.cancelled:  # its cancel came first (``cancel``)
+                state.fail_task(spec, TaskCancelledError(
+                    spec.task_id, f"task {spec.name} was cancelled"))
+            elif spec.max_retries != 0:
                 if spec.max_retries > 0:
                     spec.max_retries -= 1
                 spec.attempt += 1

@@ -419,6 +419,11 @@ class SchedulerState:
                         self.host.kill_worker(worker)
 
                 self.host.call_later(CANCEL_GRACE, escalate)
+            return
+        if self.leases.awaiting_death(task_id):
+            # Pushed on a lease, handed back as lost by its submitter, never
+            # reported by its worker: settled at that worker's death, as cancelled.
+            self.cancelled.add(task_id)
 
     def drop_owner(self, owner: bytes) -> int:
         """Forget the queued (not running) tasks of a departed owner, and end its
