@@ -41,13 +41,19 @@ also when the node refuses a lease (no idle worker, no
 free resources, tasks of that shape already queued at the node: multi-node placement
 and spill-back stay the node's), and every task of a class whose tasks pile up here
 beyond ``QUEUE_PER_LEASE`` per lease (a burst is better batched through the node).
-``ACTORCORE_DIRECT_TASKS=1`` turns the fast path on. It is off by default: with it
-on, a task queued at the node behind two running leased tasks still ran before its
-cancel in one fresh-clone run (``test_cancel_queued_and_running``), after the
-fixes of the lease account (``node.local_scheduler._leases``); the path is not
-found. A lease request carries the lease id this process chose: when its answer
-does not come (a timeout, a broken link), a `ReturnLease` of that id follows the
-request on the same link, so a grant nobody heard of never holds the node's CPU.
+The fast path is on by default; ``ACTORCORE_DIRECT_TASKS=0`` turns it off. A lease
+request carries the lease id this process chose: when its answer does not come (a
+timeout, a broken link), a `ReturnLease` of that id follows the request on the same
+link, so a grant nobody heard of never holds the node's CPU.
+
+Cancel, wherever the task is
+----------------------------
+A task cancelled while it still waits here never leaves this process: its results
+fail here (`_cancelled_here`). A pushed task's cancel goes on its link, and is kept
+until the task's end comes back: if the task leaves the link first (refused, or
+handed back as lost), the cancel goes with it (`_send_cancel`). On the worker, a
+cancel that comes after the task was handed to an executor thread and before that
+thread started it stops it from starting (``worker._cancel.TaskStartGate``).
 """
 
 from __future__ import annotations

@@ -350,9 +350,9 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_DIRECT_CALLS", "switch", "1",
            "0: every actor call and every result goes through the node (no direct links "
            "between callers and actors, no results pushed straight to the driver)"),
-    EnvVar("ACTORCORE_DIRECT_TASKS", "switch", "0",
+    EnvVar("ACTORCORE_DIRECT_TASKS", "switch", "1",
            "1: a driver leases workers from its node and pushes its tasks straight to "
-           "them (direct task submission, off by default: see core_worker._leased_tasks); "
+           "them (direct task submission: see core_worker._leased_tasks); "
            "0: every task goes through the node's queue"),
     EnvVar("ACTORCORE_NO_DIRECT", "switch", None,
            "deprecated: ACTORCORE_NO_DIRECT=1 means ACTORCORE_DIRECT_CALLS=0",

@@ -50,7 +50,10 @@ back to the ledger. Each path, and what keeps it exact:
 - a task blocked in ``get``: its task's CPU goes back and comes back
   (``SchedulerState.blocked``), the lease's share is the task's meanwhile.
 - cancel: a task on a lease is one of the node's running tasks (interrupt, force
-  kill, recursive); a force kill is a worker death.
+  kill, recursive); a force kill is a worker death. A task handed back as lost
+  whose cancel its submitter had asked for comes with a `CancelTask` behind the
+  `LeasedTasksLost`: it finds the task running, retried, or among the lost ones
+  still to settle (``awaiting_death``), which are then settled as cancelled.
 - the worker dies mid-task: the pool reports the death once the node has read its
   link to the end, so a `LeasedStart` is never read after it.
 - ``ReturnLease`` after the worker died: the lease ended at the death already.
