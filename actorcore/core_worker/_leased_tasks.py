@@ -259,21 +259,34 @@ class LeasedTasks:
         if lease is None:
             return False
         conn = lease.link.conn
-        lease.running = spec
-        self._in_flight[spec.task_id] = lease
+        self._assign_locked(lease, spec)
         try:
             sent = conn.send_from_thread(w.LeasedTask(lease.lease_id, spec))
         except Exception:  # refused for what it is: the loop's push says so
             sent = False
         if not sent:
-            lease.running = None
-            self._in_flight.pop(spec.task_id, None)
+            self._release_locked(lease, spec.task_id)
             return False
         self._waiting.popleft()
         self._thread_pushed_at = now
         lease.pushed += 1
         self._thread_pushes += 1  # under the lock (the loop counts its own pushes)
         return True
+
+    # What a push does to the bookkeeping, from the submitting thread or the loop,
+    # always under ``_lock``: the lease runs the task and the task is in flight on
+    # it (``_assign_locked``), until its end comes back, its push is refused, or
+    # its link is lost (``_release_locked``, which also hands back the cancel the
+    # task had, for the caller to send on: see `_send_cancel`).
+
+    def _assign_locked(self, lease: _Lease, spec: TaskSpec) -> None:
+        lease.running = spec
+        self._in_flight[spec.task_id] = lease
+
+    def _release_locked(self, lease: _Lease, task_id: bytes) -> w.CancelLeasedTask | None:
+        lease.running = None
+        self._in_flight.pop(task_id, None)
+        return self._cancels.pop(task_id, None)
 
     def _take(self, spec: TaskSpec) -> bool:
         """Queue ``spec`` for a lease, or refuse it (lock held)."""
@@ -423,8 +436,7 @@ class LeasedTasks:
                         request = klass
                     break
                 spec = waiting.popleft()
-                lease.running = spec
-                self._in_flight[spec.task_id] = lease
+                self._assign_locked(lease, spec)
                 pushes.append((lease, spec))
         link = self._core.link
         if pushes and link.has_queued() and link.has_queued_of(w.Put):
@@ -449,11 +461,9 @@ class LeasedTasks:
         except Exception as exc:  # refused for what it is (too large, unpicklable)
             lease.pushed -= 1
             with self._lock:
-                lease.running = None
-                self._in_flight.pop(spec.task_id, None)
                 # Decided under the lock: a cancel from now on finds it gone and
                 # goes to the node, behind the `Submit`.
-                cancelled = self._cancels.pop(spec.task_id, None) is not None
+                cancelled = self._release_locked(lease, spec.task_id) is not None
                 if not cancelled:
                     self._counts["tasks_via_node"] += 1
                     self._refused(spec, exc)
@@ -566,11 +576,9 @@ class LeasedTasks:
                 if lease.running is not None:
                     task_id = lease.running.task_id
                     lost.append(lease.running)
-                    self._in_flight.pop(task_id, None)
-                    cancel = self._cancels.pop(task_id, None)
+                    cancel = self._release_locked(lease, task_id)
                     if cancel is not None:
                         cancels.append(w.CancelTask(task_id, cancel.force, cancel.recursive))
-                    lease.running = None
             lease.returned = True
             if lost:
                 self._counts["tasks_lost"] += len(lost)
@@ -586,10 +594,9 @@ class LeasedTasks:
 
     def _h_done(self, conn: Any, m: w.LeasedTaskDone) -> None:
         with self._lock:
-            lease = self._in_flight.pop(m.task_id, None)
-            self._cancels.pop(m.task_id, None)
+            lease = self._in_flight.get(m.task_id)
             if lease is not None:
-                lease.running = None
+                self._release_locked(lease, m.task_id)
         if m.results:
             self._core.on_objects_ready(m.results)
         if lease is None:
