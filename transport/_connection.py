@@ -76,6 +76,7 @@ from ._errors import (
     RequestTimeout,
 )
 from ._link_faults import LinkFaults
+from ._read_loan import ReadLoan
 from ._reply import ConnectionStatistics, Reply
 from ._sockio import write_chunks
 from ._tls import TlsSocket
@@ -159,6 +160,12 @@ class Connection:
         self._write_lock = threading.Lock()
         self._token: trio.lowlevel.TrioToken | None = None
         self._from_threads = 0
+        # The read side lent to a thread (`lend_reads`), the reader's cancellable
+        # wait while a loan exists, and the reader parked while the side is lent.
+        self._loan: ReadLoan | None = None
+        self._wait_scope: trio.CancelScope | None = None
+        self._lent_reader: trio.lowlevel.Task | None = None
+        self._taken_by_thread = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -331,6 +338,82 @@ class Connection:
             pass
         return True
 
+    # Reading from another thread: see `_read_loan` for the design (who owns the
+    # socket's read side when, and how it passes between the loop and one thread).
+
+    def lend_reads(self, wake: Callable[[], None]) -> ReadLoan | None:
+        """Offer this connection's read side to one thread, to read itself while it
+        is idle (see `ReadLoan`); ``wake()`` is called (from the loop's thread) when
+        the side has been handed over, or the loan closed. Call in the loop.
+        ``None``: not lendable (TLS, closed, not running, or lent already)."""
+        if (self._closed or not self._plain or self._token is None
+                or (self._loan is not None and not self._loan.closed)):
+            return None
+        loan = ReadLoan(self, self._sock, self._token, wake,  # type: ignore[arg-type]
+                        _RECV_CHUNK)
+        self._loan = loan
+        return loan
+
+    @property
+    def reads_lent(self) -> bool:
+        """Whether a thread holds the read side now (`lend_reads`)."""
+        loan = self._loan
+        return loan is not None and loan.held
+
+    def _offer_reads(self) -> None:
+        """A borrower wants the read side (loop): stop the reader's wait, so that it
+        hands the side over at its next frame boundary."""
+        scope = self._wait_scope
+        if scope is not None:
+            scope.cancel()
+
+    def _reads_returned(self, data: bytes) -> None:
+        """The borrower gave the read side back with ``data`` (loop)."""
+        task = self._lent_reader
+        if task is not None:
+            self._lent_reader = None
+            _reschedule(task, outcome.Value(data))
+
+    def _count_taken(self, nbytes: int) -> None:
+        """A borrower kept one frame of ``nbytes`` (its thread; the reader is parked)."""
+        self._frames_received += 1
+        self._bytes_received += nbytes
+        self._taken_by_thread += 1
+
+    async def _wait_or_lend(self, sock: Any, wait_readable: Any, view: memoryview) -> int:
+        """Wait for input, or lend the read side while the borrower wants it (the
+        reader's buffer is empty: no partial frame). Returns how many bytes the
+        borrower gave back, now at the start of ``view`` (0: read the socket)."""
+        loan = self._loan
+        assert loan is not None
+        if loan.closed:
+            self._loan = None
+            await wait_readable(sock)
+            return 0
+        if not loan.wanted or faults._active:
+            with trio.CancelScope() as scope:
+                self._wait_scope = scope
+                try:
+                    await wait_readable(sock)
+                finally:
+                    self._wait_scope = None
+            if not scope.cancelled_caught:
+                return 0
+        if faults._active or not loan.hand_over():
+            return 0
+        self._lent_reader = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._lent_reader = None
+            loan.close()
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        data = await trio.lowlevel.wait_task_rescheduled(abort)
+        n = len(data)
+        if n:
+            view[:n] = data
+        return n
+
     def _wake_writer(self) -> None:
         task = self._writer_waiting
         if task is not None and self._outq:
@@ -404,6 +487,7 @@ class Connection:
             dropped_by_faults=self._faults.dropped,
             unsent=self.unsent,
             frames_from_threads=self._from_threads,
+            frames_read_by_threads=self._taken_by_thread,
         )
 
     # ------------------------------------------------------------------ running
@@ -628,6 +712,8 @@ class Connection:
         self._queued_bytes = 0
         self._queued_frames = 0
         self._drained.unpark_all()
+        if self._loan is not None:
+            self._loan.close()
         try:
             trio.lowlevel.notify_closing(self._sock)
         except (RuntimeError, OSError):  # outside a Trio run (interpreter shutdown)
@@ -690,16 +776,23 @@ class Connection:
         on_reply = self._on_reply
         on_message = self._on_message
         drained = False
+        handed = 0  # bytes a borrower gave back, at the start of the buffer
         while True:
             if drained:  # the last recv did not fill the buffer: wait before reading
-                await wait_readable(sock)  # type: ignore[arg-type]
+                if self._loan is not None and start == end:
+                    handed = await self._wait_or_lend(sock, wait_readable, view)
+                else:
+                    await wait_readable(sock)  # type: ignore[arg-type]
                 waited = True
                 self._direct_recent = False
-            try:
-                n = sock.recv_into(view[end:])
-            except BlockingIOError:
-                drained = True
-                continue
+            if handed:
+                n, handed = handed, 0
+            else:
+                try:
+                    n = sock.recv_into(view[end:])
+                except BlockingIOError:
+                    drained = True
+                    continue
             if n == 0:
                 if end > start:
                     raise ProtocolError(
