@@ -76,7 +76,7 @@ from ._errors import (
     RequestTimeout,
 )
 from ._link_faults import LinkFaults
-from ._read_loan import ReadLoan
+from ._read_loan import RECLAIM_AFTER, ReadLoan
 from ._reply import ConnectionStatistics, Reply
 from ._sockio import write_chunks
 from ._tls import TlsSocket
@@ -373,6 +373,33 @@ class Connection:
         if task is not None:
             self._lent_reader = None
             _reschedule(task, outcome.Value(data))
+
+    def _start_watch(self, loan: ReadLoan) -> None:
+        """The borrower kept a message and no watch runs (loop): start one."""
+        if not self._closed and loan is self._loan and self._nursery is not None:
+            try:
+                self._nursery.start_soon(self._watch_loan, loan)
+                return
+            except RuntimeError:  # the connection is closing
+                pass
+        loan.stop_watch()
+
+    async def _watch_loan(self, loan: ReadLoan) -> None:
+        """Take the read side back from a borrower busy too long (see `_read_loan`);
+        end after a few checks that found it idle."""
+        idle = 0
+        try:
+            while not loan.closed:
+                await trio.sleep(RECLAIM_AFTER)
+                state = loan.reclaim_if_busy()
+                if state:
+                    self._reads_returned(b"")
+                    break
+                idle = idle + 1 if state is None else 0
+                if idle >= 5 and loan.stop_watch(only_if_idle=True):
+                    return
+        finally:
+            loan.stop_watch()
 
     def _count_taken(self, nbytes: int) -> None:
         """A borrower kept one frame of ``nbytes`` (its thread; the reader is parked)."""

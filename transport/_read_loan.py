@@ -33,17 +33,24 @@ explicit, under the loan's lock:
   close the connection's socket at any time without a reused descriptor under a
   thread's ``poll``; the duplicate is closed by whichever side lets go last.
 
-While the thread holds the read side and is busy (running the call it read),
-frames wait in the kernel, in order, as they would in a queue; the thread reads them
-when it is idle again. A borrower that is never idle again therefore delays the
-loop's view of the link (a cancel behind the running call, the peer's close) until
-it is; a borrower must only want the side when it has nothing else to do.
+* The loop also takes it back from a borrower that has been busy for
+  `RECLAIM_AFTER` seconds with a message it kept (running the call it read): while
+  the thread is busy, frames wait in the kernel, and a cancel of a call queued
+  behind the running one, or the peer's close, must not wait for the running call
+  to end. A watch task in the loop (``Connection._watch_loan``) checks every
+  `RECLAIM_AFTER` seconds while the borrower keeps taking messages, and ends after a
+  few checks that found it idle (an idle actor costs no timer); the borrower starts
+  it again, through the loop's token, when it keeps a message and no watch runs.
+  The reclaim happens only between the borrower's reads (``busy_since`` is set under
+  the lock when it keeps a message and cleared when it is idle again, `want`), so it
+  never takes the socket from under a ``recv``.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,10 +59,14 @@ import trio
 from . import _wire
 from ._wire import HEADER, HEADER_SIZE, ONEWAY
 
-__all__ = ["NOT_TAKEN", "ReadLoan"]
+__all__ = ["NOT_TAKEN", "RECLAIM_AFTER", "ReadLoan"]
 
 #: What `ReadLoan.take` returns when it kept nothing (see there).
 NOT_TAKEN: Any = object()
+
+#: The loop takes the read side back from a borrower busy this long (seconds) with
+#: a message it kept; the period of the loop's watch (see the module docstring).
+RECLAIM_AFTER = 0.02
 
 _unpack_header = HEADER.unpack_from
 
@@ -81,6 +92,10 @@ class ReadLoan:
         self.closed = False  # the connection closed, or the borrower let go for good
         self.taken = 0  # messages the borrower kept (statistics)
         self.given_back = 0  # times it gave the side back with bytes (statistics)
+        self.reclaimed = 0  # times the loop took it back from a busy borrower
+        # When the borrower kept its last message; None while it is idle (``want``).
+        self.busy_since: float | None = None
+        self.watched = False  # the loop's watch task runs
 
     # ---------------------------------------------------------------- borrower
 
@@ -94,6 +109,7 @@ class ReadLoan:
         (poll `fileno`, then `take`); ``False``: not yet -- the ``wake`` callback runs
         once the loop's reader has handed it over (or the loan closed)."""
         with self._lock:
+            self.busy_since = None
             if self.held:
                 return True
             if self.closed or self.wanted:
@@ -134,6 +150,15 @@ class ReadLoan:
                 if message is not NOT_TAKEN and accept(message):
                     self.taken += 1
                     self._conn._count_taken(n)
+                    with self._lock:
+                        self.busy_since = time.monotonic()
+                        watch = not self.watched
+                        self.watched = True
+                    if watch:
+                        try:
+                            self._token.run_sync_soon(self._conn._start_watch, self)
+                        except trio.RunFinishedError:
+                            pass
                     return message
         self.give_back(bytes(view[:n]))
         return NOT_TAKEN
@@ -176,6 +201,32 @@ class ReadLoan:
             self.held = True
         self._wake()
         return True
+
+    def reclaim_if_busy(self) -> bool | None:
+        """(The loop's watch.) Take the side back if the borrower has been busy for
+        `RECLAIM_AFTER` with a message it kept: ``True``, the reader resumes.
+        ``False``: it is busy, not for long yet; ``None``: it is idle, or the side
+        is not lent."""
+        with self._lock:
+            busy_since = self.busy_since
+            if not self.held or busy_since is None:
+                return None
+            if time.monotonic() - busy_since < RECLAIM_AFTER:
+                return False
+            self.held = False
+            self.busy_since = None
+            self.reclaimed += 1
+            return True
+
+    def stop_watch(self, only_if_idle: bool = False) -> bool:
+        """(The loop's watch, ending.) With ``only_if_idle``, only if the borrower
+        is idle, in the same locked step (a message it keeps meanwhile starts a new
+        watch); ``True``: stopped."""
+        with self._lock:
+            if only_if_idle and self.busy_since is not None:
+                return False
+            self.watched = False
+            return True
 
     def close(self) -> None:
         """The connection closed: the borrower is woken and stops reading (it sees
