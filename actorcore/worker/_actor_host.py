@@ -886,6 +886,7 @@ class _MainThreadHost(ThreadedHost):
         super().__init__(*args, **kwargs)
         inbox = self.actor_inbox
         assert type(inbox) is _LinkInbox
+        self._taken_at = 0.0  # when the thread last took a call itself
         if self.ctx.thread_reads:
             inbox.take = self._take_direct_call
         else:
@@ -902,13 +903,21 @@ class _MainThreadHost(ThreadedHost):
 
     def _take_direct_call(self, conn: Any, message: Any) -> bool:
         """Whether the actor's thread takes ``message``, read from ``conn`` by itself:
-        a call to this actor; it is then registered as ``_h_direct_call`` and
-        ``submit`` register one (the actor's thread)."""
+        a call to this actor, not within ``THREAD_SEND_GAP`` of the last one it took
+        (closer together they are a burst, which the loop reads and answers in
+        batches: the thread would wake, read and answer once per call); it is then
+        registered as ``_h_direct_call`` and ``submit`` register one (the actor's
+        thread)."""
         if type(message) is not w.DirectCall:
             return False
         spec = message.spec
         if spec.actor_id != self.spec.actor_id:
             return False
+        now = time.monotonic()
+        if now - self._taken_at < THREAD_SEND_GAP:
+            self._taken_at = now
+            return False
+        self._taken_at = now
         ctx = self.ctx
         ctx.direct[spec.task_id] = conn
         ctx.calls_read_by_thread += 1
