@@ -5,6 +5,7 @@ thread, failed with the link, timed out, refused from the loop's own thread."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,49 @@ async def test_a_request_from_the_loops_own_thread_is_refused(
     async with transport.open_connection(address, TOKEN) as conn:
         with pytest.raises(RuntimeError, match="would deadlock"):
             conn.request_from_thread(("echo", 1))
+
+
+async def test_a_thread_request_answered_later_on_the_loop(
+        answering: tuple[str, Answer, transport.Server]) -> None:
+    # `request_soon_from_thread` returns at once; each callback runs on the loop,
+    # once, with the reply's outcome: a value, the remote error, or the link's loss.
+    address, handler, _server = answering
+    async with transport.open_connection(address, TOKEN) as conn:
+        loop_thread = threading.get_ident()
+        outcomes: list[tuple[str, Any]] = []
+        first_two, done = trio.Event(), trio.Event()
+
+        def callback(name: str) -> Any:
+            def on_reply(result: Any) -> None:
+                assert threading.get_ident() == loop_thread
+                outcomes.append((name, result))
+                if len(outcomes) == 2:
+                    first_two.set()
+                if len(outcomes) == 3:
+                    done.set()
+            return on_reply
+
+        handler.holding = trio.Event()
+
+        def ask() -> None:
+            conn.request_soon_from_thread(("echo", 7), callback("echo"))
+            conn.request_soon_from_thread("fail", callback("fail"))
+            conn.request_soon_from_thread("hold", callback("hold"))
+
+        await trio.to_thread.run_sync(ask)
+        with trio.fail_after(10):
+            await handler.holding.wait()
+            await first_two.wait()  # the answers before the held request's
+        conn.reset("reset by the test")
+        with trio.fail_after(10):
+            await done.wait()
+        got = dict(outcomes)
+        assert got["echo"].unwrap() == 7
+        with pytest.raises(transport.RemoteError, match="asked to fail"):
+            got["fail"].unwrap()
+        with pytest.raises(transport.ConnectionLost, match="reset by the test"):
+            got["hold"].unwrap()
+        with pytest.raises(transport.ConnectionLost):
+            await trio.to_thread.run_sync(
+                conn.request_soon_from_thread, ("echo", 8), callback("late"))
+        assert len(outcomes) == 3

@@ -370,6 +370,40 @@ class Connection:
                 f"request_from_thread() on {self!r} from the thread of its Trio run would "
                 f"deadlock (the reply is read by that thread): use `await request()`"
             )
+        waiter = _ThreadWaiter()
+        rid = self._send_request_from_thread(message, waiter)
+        assert waiter.lock is not None
+        if not waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            if self._thread_pending.pop(rid, None) is not None:
+                raise RequestTimeout(
+                    f"no reply from {self.peer_name!r} ({self.peer_address}) to request {rid} "
+                    f"within {timeout}s"
+                )
+            waiter.lock.acquire()  # the reader took it this instant: it answers now
+        assert waiter.outcome is not None
+        return waiter.outcome.unwrap()
+
+    def request_soon_from_thread(
+        self, message: Any, on_reply: Callable[[outcome.Outcome[Any]], object]
+    ) -> None:
+        """Send a request from a thread other than the loop's without waiting for the
+        answer: ``on_reply`` runs later on the loop with its outcome (the reply's
+        value, or `RemoteError`, `ConnectionLost`, `ProtocolError`), exactly once.
+
+        Returns once the frame is written or queued, in this thread's order with
+        its other sends (see the comment above `request_from_thread`). Raises
+        (nothing sent, ``on_reply`` never called) `ConnectionLost` if the link is
+        closed, `FrameTooLarge`, pickling errors; `RuntimeError` from the loop's
+        own thread (use `request`).
+        """
+        if threading.get_ident() == self._thread_id:
+            raise RuntimeError(f"request_soon_from_thread() on {self!r} from the thread "
+                               f"of its Trio run: use `await request()`")
+        self._send_request_from_thread(message, _ThreadWaiter(on_reply))
+
+    def _send_request_from_thread(self, message: Any, waiter: _ThreadWaiter) -> int:
+        """Register ``waiter`` under a new request id and send the request (from the
+        calling thread if the link is idle, else queued by the loop); the id."""
         token = self._token
         self._check_open()
         if token is None:
@@ -377,7 +411,6 @@ class Connection:
         rid = next(self._rids)
         chunks, size = _encode_frame(REQUEST, rid, message)
         self._check_size(size)
-        waiter = _ThreadWaiter()
         self._thread_pending[rid] = waiter
         if self._closed:  # `_shutdown` may have taken the waiters before ours went in
             self._thread_pending.pop(rid, None)
@@ -390,15 +423,7 @@ class Connection:
                 raise ConnectionLost(
                     f"connection to {self.peer_name!r} ({self.peer_address}) is closed: its "
                     f"Trio run has finished") from None
-        if not waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            if self._thread_pending.pop(rid, None) is not None:
-                raise RequestTimeout(
-                    f"no reply from {self.peer_name!r} ({self.peer_address}) to request {rid} "
-                    f"within {timeout}s"
-                )
-            waiter.lock.acquire()  # the reader took it this instant: it answers now
-        assert waiter.outcome is not None
-        return waiter.outcome.unwrap()
+        return rid
 
     def _enqueue_for_thread(self, chunks: list[bytes | memoryview], size: int) -> None:
         """Queue a thread's request frame (on the loop); a link closed meanwhile has
@@ -948,16 +973,28 @@ class Connection:
 
 
 class _ThreadWaiter:
-    """Where a thread waits for its reply (`Connection.request_from_thread`): a lock
-    held from the start, released once ``outcome`` is set (on the loop)."""
+    """Where a thread's request gets its reply: a lock the thread waits on, held from
+    the start and released once ``outcome`` is set (`Connection.request_from_thread`);
+    or a callback that takes the outcome (`Connection.request_soon_from_thread`).
+    `set` runs on the loop."""
 
-    __slots__ = ("lock", "outcome")
+    __slots__ = ("lock", "on_reply", "outcome")
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
+    def __init__(self, on_reply: Callable[[outcome.Outcome[Any]], object] | None = None) -> None:
+        self.on_reply = on_reply
+        self.lock: threading.Lock | None = None
+        if on_reply is None:
+            self.lock = threading.Lock()
+            self.lock.acquire()
         self.outcome: outcome.Outcome[Any] | None = None
 
     def set(self, result: outcome.Outcome[Any]) -> None:
         self.outcome = result
-        self.lock.release()
+        if self.on_reply is None:
+            assert self.lock is not None
+            self.lock.release()
+            return
+        try:
+            self.on_reply(result)
+        except Exception:  # the callback's bug: it must not take the reader down
+            logger.exception("the reply callback %r failed", self.on_reply)
