@@ -444,8 +444,14 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     core = _worker_state.auto_core()
     if core.closed:
         raise ActorcoreSystemError("not connected to the cluster any more")
-    detach(core, actor._actor_id)  # later calls go through the node, which knows
+    # The node first, then the direct link. Left first, the link's calls in flight
+    # would reach the node as lost before the kill, and the node, which has not
+    # seen that process end, ends it (``_resent_lost_call``): its exit could then
+    # be handled before the kill and name a SIGKILL as the actor's cause of death.
+    # Killed first, the actor is dead (or restarting) at the node before any of its
+    # calls comes back, so they fail with the kill as their cause.
     request_node(core, w.KillActor(actor._actor_id, bool(no_restart)))
+    detach(core, actor._actor_id)  # later calls go through the node, which knows
 
 
 def actor_state(actor: ActorHandle) -> dict:
