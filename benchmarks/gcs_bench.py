@@ -187,7 +187,9 @@ async def failover_series(kills: int, writers: int, timeline: list[str] | None =
     the coordinator cut the victim out: it ends with the first write completed
     through the repaired chain), and the longest gap in the 0.5 s before the kill
     (the machine's own noise, with nothing failing), and the longest gap around the
-    moment the replacement became the tail.
+    moment the replacement became the tail, and the longest gap of the whole join
+    (from 50 ms after the cut until 0.25 s after the promotion: state transfer,
+    catching up, promotion).
 
     With ``settle`` each kill also waits until a spare replica process is ready
     again (``GcsConfig.spare_replicas``; the replacement of the previous kill took
@@ -203,6 +205,7 @@ async def failover_series(kills: int, writers: int, timeline: list[str] | None =
     repairs: dict[str, list[float]] = {n: [] for n in names.values()}
     floors: dict[str, list[float]] = {n: [] for n in names.values()}
     joins: dict[str, list[float]] = {n: [] for n in names.values()}
+    joins_all: dict[str, list[float]] = {n: [] for n in names.values()}
 
     async def body(client, service):  # type: ignore[no-untyped-def]
         ends: list[float] = []
@@ -230,17 +233,25 @@ async def failover_series(kills: int, writers: int, timeline: list[str] | None =
                 name = coordinator.chain(0).chain[victim]
                 cut: list[float] = []
 
-                async def note_cut(name: str = name, cut: list[float] = cut, *,
+                promoted = trio.Event()
+
+                async def note_cut(name: str = name, cut: list[float] = cut,
+                                   promoted: trio.Event = promoted, *,
                                    task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
                     task_status.started()
                     await coordinator.wait_removed(name)
                     cut.append(time.perf_counter())
+                    await coordinator.wait_ready(30)  # the replacement promoted
+                    cut.append(time.perf_counter())
+                    promoted.set()
 
                 await nursery.start(note_cut)
                 killed = _sigkill_replica(service, victim)
                 await trio.sleep(0.5)
                 await coordinator.wait_ready(30)
                 ready = time.perf_counter()
+                await promoted.wait()
+                whole = cut[1]
                 await trio.sleep(0.3)
                 spares = service.plan.spares
                 took_spare = spares.statistics().taken > taken
@@ -254,15 +265,6 @@ async def failover_series(kills: int, writers: int, timeline: list[str] | None =
                 gap = max(b - a for a, b in zip([killed, *after], [*after, killed + 0.5],
                                                 strict=True))
                 gaps[names[victim]].append(gap * 1e3)
-                if timeline is not None:
-                    points = [killed, *after, killed + 0.5]
-                    where = max(range(len(points) - 1), key=lambda i: points[i + 1] - points[i])
-                    timeline.append(
-                        f"  kill {k:2} {names[victim]:6}: stall {gap * 1e3:5.1f} ms from "
-                        f"+{(points[where] - killed) * 1e3:5.1f} ms; cut at "
-                        f"+{(cut[0] - killed) * 1e3:5.1f} ms; chain whole again at "
-                        f"+{(ready - killed) * 1e3:5.0f} ms"
-                        f"{'' if took_spare else ' (no spare)'}; t0 {killed:.6f}")
                 done_before_cut = [t for t in after if t <= cut[0]]
                 first_after_cut = next((t for t in after if t > cut[0]), killed + 0.5)
                 repairs[names[victim]].append(
@@ -271,10 +273,27 @@ async def failover_series(kills: int, writers: int, timeline: list[str] | None =
                 floors[names[victim]].append(
                     max(b - a for a, b in zip([killed - 0.25, *quiet], [*quiet, killed],
                                               strict=True)) * 1e3)
+                # The replacement's join: from 50 ms after the cut (the failover's
+                # own gap is over) until 0.25 s after its promotion -- state
+                # transfer, catching up, the promotion, wherever they fall.
+                joining = [t for t in ends[start:] if cut[0] + 0.05 <= t <= whole + 0.25]
+                joins_all[names[victim]].append(
+                    max(b - a for a, b in zip([cut[0] + 0.05, *joining],
+                                              [*joining, whole + 0.25], strict=True)) * 1e3)
                 joined = [t for t in ends[start:] if ready - 0.05 <= t <= ready + 0.25]
                 joins[names[victim]].append(
                     max(b - a for a, b in zip([ready - 0.05, *joined], [*joined, ready + 0.25],
                                               strict=True)) * 1e3)
+                if timeline is not None:
+                    points = [killed, *after, killed + 0.5]
+                    where = max(range(len(points) - 1), key=lambda i: points[i + 1] - points[i])
+                    timeline.append(
+                        f"  kill {k:2} {names[victim]:6}: stall {gap * 1e3:5.1f} ms from "
+                        f"+{(points[where] - killed) * 1e3:5.1f} ms; cut at "
+                        f"+{(cut[0] - killed) * 1e3:5.1f} ms; chain whole again at "
+                        f"+{(whole - killed) * 1e3:5.0f} ms; its join's longest gap "
+                        f"{joins_all[names[victim]][-1]:5.1f} ms"
+                        f"{'' if took_spare else ' (no spare)'}; t0 {killed:.6f}")
             writing = False
 
     await _with_gcs(gcs.GcsConfig(shards=1, replicas=3), body)
@@ -288,7 +307,9 @@ async def failover_series(kills: int, writers: int, timeline: list[str] | None =
     for what, series in (("the failover's own gap", repairs),
                          ("longest gap in the 0.25 s before the kill", floors),
                          ("longest gap around the replacement's promotion to tail "
-                          "(0.05 s before to 0.25 s after)", joins)):
+                          "(0.05 s before to 0.25 s after)", joins),
+                         ("longest gap of the replacement's join (0.05 s after the cut "
+                          "to 0.25 s after its promotion)", joins_all)):
         print(f"  {what}:")
         for name, values in series.items():
             print(f"    {name:6} p50 {statistics.median(values):5.1f} ms, worst "
