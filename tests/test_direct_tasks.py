@@ -222,12 +222,17 @@ def test_a_worker_dead_at_its_tasks_start_is_retried_or_fails(tmp_path):
     # Its submitter sees the link break with the task unanswered and hands it back;
     # the node retries it (max_retries) or fails it, once, whichever of the two
     # reports (the worker's death, the hand-back) it reads first.
-    before = _leases().tasks_lost
+    # (A lease can be refused, e.g. while the pool replaces the dead worker: that
+    # task then goes through the node, whose retry rule is the same.)
+    before = _leases()
     assert ray.get(_die_at_once.options(max_retries=1).remote(str(tmp_path / "a")),
                    timeout=60) == "survived"
     with pytest.raises(exc.WorkerCrashedError):
         ray.get(_die_at_once.options(max_retries=0).remote(str(tmp_path / "b")), timeout=60)
-    assert _leases().tasks_lost >= before + 2
+    after = _leases()
+    assert after.tasks_lost >= before.tasks_lost + 1, (before, after)  # one lease at least
+    assert (after.tasks_lost + after.tasks_via_node
+            >= before.tasks_lost + before.tasks_via_node + 2), (before, after)
     assert ray.get(add.remote(1, 1), timeout=60) == 2
     _idle_again()
 

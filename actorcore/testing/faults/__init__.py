@@ -50,7 +50,7 @@ from typing import Any
 
 from ._inject import Faults, LinkFault, endpoint
 from ._record import KINDS, Injected, check_kind, clear_record, counts, record
-from ._schedule import DEFAULT_TARGETS, Schedule, live_targets
+from ._schedule import DEFAULT_TARGETS, RESTART_WAIT, Schedule, live_targets
 from ._schedule import schedule as _schedule
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "Faults",
     "Injected",
     "LinkFault",
+    "RESTART_WAIT",
     "Schedule",
     "check_kind",
     "clear_record",

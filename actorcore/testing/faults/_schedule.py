@@ -3,13 +3,18 @@
 A schedule draws everything from ``random.Random(seed)`` in one fixed order: the gap
 to the next fault (exponential, mean ``1/rate``), its kind (the kinds come in
 cycles, each kind once per cycle in a shuffled order, so a short schedule still
-injects every kind), and one number per choice it makes. Targets are chosen among those alive at that moment (sorted, nodes
-in an order a fresh cluster of the same shape repeats: the head first, the others by
-address, so the choice depends neither on the order the tree lists them nor on the
-random node ids); a run of the same workload
-with the same seed therefore replays the same kinds at the same offsets, and the
-same picks wherever the cluster looks the same. Each step is recorded
-(``faults.record()`` and ``Schedule.record``) with its seed and step number.
+injects every kind), and one number per choice it makes. Targets are sorted, nodes
+in an order a fresh cluster of the same shape repeats (the head first, the others by
+address), so the choice depends neither on the order the tree lists them nor on the
+random node ids. A crash picks among every component its patterns match, running or
+restarting: one crashed a few milliseconds earlier may or may not be back yet,
+depending on the machine's load, and a pick among the running ones only would then
+differ from one run to the next. A pick that is restarting is crashed once it runs
+again (within ``RESTART_WAIT`` seconds; else the step is recorded as failed). A
+kill picks among the processes alive at that moment (they come and go). A run of
+the same workload with the same seed therefore replays the same kinds at the same
+offsets, and the same picks wherever the cluster looks the same. Each step is
+recorded (``faults.record()`` and ``Schedule.record``) with its seed and step number.
 
 A link fault lasts ``hold`` seconds and is healed before the next step is taken;
 every link fault is healed when the schedule ends, however it ends.
@@ -29,7 +34,12 @@ from typing import Any
 from ._inject import Faults, LinkFault
 from ._record import KINDS, Injected, check_kind, note
 
-__all__ = ["DEFAULT_TARGETS", "Schedule", "live_targets", "schedule"]
+__all__ = ["DEFAULT_TARGETS", "RESTART_WAIT", "Schedule", "live_targets", "schedule"]
+
+#: Seconds a crash step waits for its pick to run again after an earlier crash.
+RESTART_WAIT = 5.0
+#: Seconds between looks at a restarting pick.
+RESTART_POLL = 0.01
 
 logger = logging.getLogger("actorcore.testing.faults")
 
@@ -176,6 +186,11 @@ class Schedule:
                 return None
             path = paths[int(pick * len(paths))]
             if kind == "crash":
+                if not self._running_again(path):
+                    note(Injected(time.time(), kind, path,
+                                  f"still restarting after {RESTART_WAIT} s", False,
+                                  self.seed, step))
+                    return None
                 f.crash(path, seed=self.seed, step=step)
             else:
                 f.kill(path, seed=self.seed, step=step)
@@ -194,7 +209,24 @@ class Schedule:
         return f.partition(a, b, seed=self.seed, step=step)
 
     def _paths(self, kind: str) -> list[str]:
-        return live_targets(self.faults, kind, self.targets[kind])
+        return live_targets(self.faults, kind, self.targets[kind],
+                            restarting=kind == "crash")
+
+    def _running_again(self, path: str) -> bool:
+        """Wait until ``path`` runs (it may be restarting from an earlier crash);
+        False if it does not within ``RESTART_WAIT`` s, is gone or stopped for good,
+        or the schedule stops."""
+        deadline = time.monotonic() + RESTART_WAIT
+        while True:
+            entry = dict(self.faults.paths()).get(path)
+            if entry is None:
+                return False  # gone from the tree
+            state = entry.get("state")
+            if state in (None, "running"):
+                return True
+            if (state not in ("starting", "restarting") or time.monotonic() >= deadline
+                    or self._stop.wait(RESTART_POLL)):
+                return False
 
     def _pairs(self, kind: str) -> list[tuple[str, str]]:
         ranks = _node_ranks(self.faults.paths())
@@ -219,16 +251,20 @@ class Schedule:
         return pairs
 
 
-def live_targets(faults: Faults, kind: str, patterns: Sequence[str]) -> list[str]:
+def live_targets(faults: Faults, kind: str, patterns: Sequence[str], *,
+                 restarting: bool = False) -> list[str]:
     """The tree paths (sorted) matching any of ``patterns`` (fnmatch, with their
-    ``node:<id8>/`` selector) that ``kind`` can hit now: running entries, and for
-    ``kill`` processes of their own (workers, GCS replicas, nodes)."""
+    ``node:<id8>/`` selector) that ``kind`` can hit now: running entries (and
+    restarting ones too with ``restarting``), and for ``kill`` processes of their
+    own (workers, GCS replicas, nodes)."""
     found = []
     paths = faults.paths()
     rank = _node_ranks(paths)
     for path, entry in paths:
-        if entry.get("state") not in (None, "running"):
-            continue  # restarting: crash() would refuse it, kill() has no process
+        state = entry.get("state")
+        if state not in (None, "running") and not (
+                restarting and state in ("starting", "restarting")):
+            continue  # crash() would refuse it now, kill() has no process
         if kind == "kill" and (not entry.get("pid") or entry.get("kind") not in (
                 "worker", "gcs_replica", "node")):
             continue  # a process of its own, not something inside one
