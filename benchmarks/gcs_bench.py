@@ -175,7 +175,8 @@ async def failover(victim: int, writers: int) -> None:
     await _with_gcs(gcs.GcsConfig(shards=1, replicas=3), body)
 
 
-async def failover_series(kills: int, writers: int) -> dict[str, list[float]]:
+async def failover_series(kills: int, writers: int, timeline: list[str] | None = None,
+                          settle: bool = True) -> dict[str, list[float]]:
     """SIGKILL a replica of a 3-replica chain ``kills`` times (head, middle, tail in
     turn) under ``writers`` writers, in one GCS: after each kill, wait until the
     replacement is in the chain again, then 0.3 s more. The stall of a kill is the
@@ -186,12 +187,25 @@ async def failover_series(kills: int, writers: int) -> dict[str, list[float]]:
     the coordinator cut the victim out: it ends with the first write completed
     through the repaired chain), and the longest gap in the 0.5 s before the kill
     (the machine's own noise, with nothing failing), and the longest gap around the
-    moment the replacement became the tail."""
+    moment the replacement became the tail, and the longest gap of the whole join
+    (from 50 ms after the cut until 0.25 s after the promotion: state transfer,
+    catching up, promotion).
+
+    With ``settle`` each kill also waits until a spare replica process is ready
+    again (``GcsConfig.spare_replicas``; the replacement of the previous kill took
+    the last one, and its successor imports at idle priority): every kill then
+    finds the GCS as the first one did. ``--no-settle`` kills at the old cadence,
+    when a spare may still be importing (the replacement is spawned then).
+
+    With ``timeline`` (a list), one line per kill is appended to it: the stall,
+    where it lay (ms after the kill), when the coordinator cut the victim out and
+    when the chain was whole again."""
     names = {0: "head", 1: "middle", 2: "tail"}
     gaps: dict[str, list[float]] = {n: [] for n in names.values()}
     repairs: dict[str, list[float]] = {n: [] for n in names.values()}
     floors: dict[str, list[float]] = {n: [] for n in names.values()}
     joins: dict[str, list[float]] = {n: [] for n in names.values()}
+    joins_all: dict[str, list[float]] = {n: [] for n in names.values()}
 
     async def body(client, service):  # type: ignore[no-untyped-def]
         ends: list[float] = []
@@ -209,24 +223,44 @@ async def failover_series(kills: int, writers: int) -> dict[str, list[float]]:
                 nursery.start_soon(write, w)
             await trio.sleep(0.5)
             coordinator = service.coordinator
+            taken = 0
+            if settle and service.plan.spares.statistics().wanted:
+                with trio.fail_after(60):
+                    await service.plan.spares.wait_ready()
             for k in range(kills):
                 victim = k % 3
                 start = len(ends)
                 name = coordinator.chain(0).chain[victim]
                 cut: list[float] = []
 
-                async def note_cut(name: str = name, cut: list[float] = cut, *,
+                promoted = trio.Event()
+
+                async def note_cut(name: str = name, cut: list[float] = cut,
+                                   promoted: trio.Event = promoted, *,
                                    task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
                     task_status.started()
                     await coordinator.wait_removed(name)
                     cut.append(time.perf_counter())
+                    await coordinator.wait_ready(30)  # the replacement promoted
+                    cut.append(time.perf_counter())
+                    promoted.set()
 
                 await nursery.start(note_cut)
                 killed = _sigkill_replica(service, victim)
                 await trio.sleep(0.5)
                 await coordinator.wait_ready(30)
                 ready = time.perf_counter()
+                await promoted.wait()
+                whole = cut[1]
                 await trio.sleep(0.3)
+                spares = service.plan.spares
+                took_spare = spares.statistics().taken > taken
+                taken = spares.statistics().taken
+                if settle and spares.statistics().wanted:
+                    # The next kill finds the GCS as it was before this one: a
+                    # spare ready again (it imports at idle priority meanwhile).
+                    with trio.fail_after(60):
+                        await spares.wait_ready()
                 after = [t for t in ends[start:] if killed <= t <= killed + 0.5]
                 gap = max(b - a for a, b in zip([killed, *after], [*after, killed + 0.5],
                                                 strict=True))
@@ -239,10 +273,27 @@ async def failover_series(kills: int, writers: int) -> dict[str, list[float]]:
                 floors[names[victim]].append(
                     max(b - a for a, b in zip([killed - 0.25, *quiet], [*quiet, killed],
                                               strict=True)) * 1e3)
+                # The replacement's join: from 50 ms after the cut (the failover's
+                # own gap is over) until 0.25 s after its promotion -- state
+                # transfer, catching up, the promotion, wherever they fall.
+                joining = [t for t in ends[start:] if cut[0] + 0.05 <= t <= whole + 0.25]
+                joins_all[names[victim]].append(
+                    max(b - a for a, b in zip([cut[0] + 0.05, *joining],
+                                              [*joining, whole + 0.25], strict=True)) * 1e3)
                 joined = [t for t in ends[start:] if ready - 0.05 <= t <= ready + 0.25]
                 joins[names[victim]].append(
                     max(b - a for a, b in zip([ready - 0.05, *joined], [*joined, ready + 0.25],
                                               strict=True)) * 1e3)
+                if timeline is not None:
+                    points = [killed, *after, killed + 0.5]
+                    where = max(range(len(points) - 1), key=lambda i: points[i + 1] - points[i])
+                    timeline.append(
+                        f"  kill {k:2} {names[victim]:6}: stall {gap * 1e3:5.1f} ms from "
+                        f"+{(points[where] - killed) * 1e3:5.1f} ms; cut at "
+                        f"+{(cut[0] - killed) * 1e3:5.1f} ms; chain whole again at "
+                        f"+{(whole - killed) * 1e3:5.0f} ms; its join's longest gap "
+                        f"{joins_all[names[victim]][-1]:5.1f} ms"
+                        f"{'' if took_spare else ' (no spare)'}; t0 {killed:.6f}")
             writing = False
 
     await _with_gcs(gcs.GcsConfig(shards=1, replicas=3), body)
@@ -256,7 +307,9 @@ async def failover_series(kills: int, writers: int) -> dict[str, list[float]]:
     for what, series in (("the failover's own gap", repairs),
                          ("longest gap in the 0.25 s before the kill", floors),
                          ("longest gap around the replacement's promotion to tail "
-                          "(0.05 s before to 0.25 s after)", joins)):
+                          "(0.05 s before to 0.25 s after)", joins),
+                         ("longest gap of the replacement's join (0.05 s after the cut "
+                          "to 0.25 s after its promotion)", joins_all)):
         print(f"  {what}:")
         for name, values in series.items():
             print(f"    {name:6} p50 {statistics.median(values):5.1f} ms, worst "
@@ -367,10 +420,14 @@ async def ray_latency() -> None:
               f"{theirs[0]:5.0f} / {theirs[1]:5.0f} us   ratio {theirs[0] / ours[0]:.1f}x")
 
 
-async def main(quick: bool, with_ray: bool, kills: int) -> None:
+async def main(quick: bool, with_ray: bool, kills: int, verbose: bool, settle: bool) -> None:
     if kills:
         print(f"Failover: {kills} SIGKILLs of a replica of a 3-replica chain under 16 writers:")
-        await failover_series(kills, 16)
+        timeline: list[str] | None = [] if verbose else None
+        await failover_series(kills, 16, timeline, settle)
+        if timeline:
+            print("Per kill:")
+            print("\n".join(timeline))
         return
     n = 20_000 if quick else 100_000
     concurrency = 256
@@ -399,5 +456,9 @@ if __name__ == "__main__":
     parser.add_argument("--ray", action="store_true")
     parser.add_argument("--kills", type=int, default=0,
                         help="only the failover series: this many SIGKILLs of a replica")
+    parser.add_argument("--timeline", action="store_true",
+                        help="with --kills: one line per kill (where its stall lay)")
+    parser.add_argument("--no-settle", action="store_true",
+                        help="with --kills: do not wait for a spare replica between kills")
     args = parser.parse_args()
-    trio.run(main, args.quick, args.ray, args.kills)
+    trio.run(main, args.quick, args.ray, args.kills, args.timeline, not args.no_settle)

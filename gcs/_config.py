@@ -16,6 +16,11 @@ def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> 
         raise ValueError(f"GcsConfig.{attribute.name} must be an int >= 1, got {value!r}")
 
 
+def _non_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"GcsConfig.{attribute.name} must be an int >= 0, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class GcsConfig:
     """Shape and limits of one GCS.
@@ -46,6 +51,10 @@ class GcsConfig:
       decides at once when every slot, or every member of the latest chain, is back).
     coordinator_patience: how long a replica keeps redialing a lost coordinator
       (serving meanwhile) before it gives up and exits.
+    spare_replicas: replica processes kept started ahead, imported and waiting, for
+      the replica slots that restart (``_spares.py``: a replacement then starts
+      without paying the imports inside the failover). Only with replicas in their
+      own processes; 0 starts none.
     """
 
     shards: int = attrs.field(default=1, validator=_positive)
@@ -63,6 +72,7 @@ class GcsConfig:
     compact_every: int = 200_000
     recovery_grace: float = 3.0
     coordinator_patience: float = 60.0
+    spare_replicas: int = attrs.field(default=1, validator=_non_negative)
 
     @property
     def use_processes(self) -> bool:
@@ -73,6 +83,10 @@ class GcsConfig:
 #: (written by ``_replica_main``, read by `ReplicaService`; here, where both look,
 #: so that the service need not import the module the process runs as ``__main__``).
 FAULTS_ANSWER = "FAULTS "
+
+#: A spare replica process's first line on its stdout, once it has imported
+#: everything and waits for its `LaunchParams` (``_spares.py``).
+SPARE_READY = "SPARE"
 
 
 @attrs.frozen(kw_only=True)

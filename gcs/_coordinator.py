@@ -214,6 +214,8 @@ class Coordinator:
             for i in range(config.shards)
         ]
         self._members: dict[str, _Member] = {}
+        #: Per shard, the (head, tail, standby) last pushed to the clients.
+        self._routes_published: dict[int, tuple[str | None, str | None, str | None]] = {}
         self._clients: set[Any] = set()
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
@@ -569,12 +571,27 @@ class Coordinator:
             self._advance(shard)
 
     def _publish(self, cfg: ChainConfig, names: list[str]) -> None:
-        """Push ``cfg`` to the replicas ``names`` and the layout to every client."""
+        """Push ``cfg`` to the replicas ``names`` and, if it moved what clients see
+        of the shard (its head, tail or standby), the layout to every client.
+
+        A learner coming or going changes no client's route, only the epoch. Pushed
+        anyway, it woke every client, and a client whose layout had the new epoch
+        before the head had its config made the head hold its writes until the
+        config came (`Write.epoch`): a stall in the middle of a replacement's join.
+        A client whose epoch is behind the replicas' loses nothing: a replica waits
+        only for epochs newer than its own.
+        """
         for name in names:
             member = self._members.get(name)
             if member is not None:
                 self._push(member.conn, Reconfigure(cfg))
-        changed = LayoutChanged(self.layout())
+        layout = self.layout()
+        seen = layout.shards[cfg.shard]
+        route = (seen.head, seen.tail, seen.standby)
+        if self._routes_published.get(cfg.shard) == route:
+            return
+        self._routes_published[cfg.shard] = route
+        changed = LayoutChanged(layout)
         for client in list(self._clients):
             self._push(client, changed)
 

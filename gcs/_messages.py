@@ -23,8 +23,8 @@ Client to the shard (head for writes, tail for the rest); answers in brackets:
 Along a chain (predecessor -> successor on the link the predecessor dials):
 
   `Sync`(sender, epoch, history)     [`InSync`(applied) | `OutOfSync`(epoch)]
-  `Forward`(updates, column by column), `Transfer`(`ShardSnapshot`), `Handoff`(seq)
-      one-way
+  `Forward`(updates, column by column), `Transfer`(part of a `ShardSnapshot`, its
+      number, last or not), `Handoff`(seq)  one-way
   successor -> predecessor: `Ack`(seq) one-way; `Ping` [`Pong`] probes the link
 
 Replica and coordinator (on the link the replica dials):
@@ -517,9 +517,20 @@ class Forward:
 @transport.compact
 @transport.message
 class Transfer:
-    """State transfer: the successor was further behind than the log reaches."""
+    """State transfer: the successor was further behind than the log reaches.
+
+    A snapshot goes in parts (``part`` 0, 1, ...; ``last`` on the final one), each a
+    `ShardSnapshot` with the whole snapshot's ``applied``, ``acked`` and ``history``
+    and a share of its tables, collectable marks and dedup record; the successor
+    merges them and installs the whole at the last part. In one message, a shard's
+    dedup record (up to ``dedup_entries``, 200,000) was pickled in one go on the
+    sender's loop, which held every commit of the tail meanwhile (40-160 ms
+    measured with 22,000-52,000 entries on a loaded machine).
+    """
 
     snapshot: ShardSnapshot = attrs.field(metadata=transport.check(v.instance_of(ShardSnapshot)))
+    part: int = attrs.field(default=0, metadata=transport.check(_seq))
+    last: bool = attrs.field(default=True, metadata=transport.check(v.instance_of(bool)))
 
 
 @transport.compact

@@ -96,6 +96,7 @@ from ._messages import (
     Register,
     Removed,
     Seeded,
+    ShardSnapshot,
     Stats,
     Subscribe,
     Subscribed,
@@ -210,6 +211,8 @@ class Replica:
         self._pending: deque[tuple[int, Any, list[Any]]] = deque()
         self._readable = False
         self._mark_floor: int | None = None
+        # The parts of a snapshot being received, and the link they come on.
+        self._transfer_parts: tuple[Any, list[ShardSnapshot]] | None = None
         self._pubsub = Publisher(shard)
         self._coordinator: Any = None
         self._nursery: trio.Nursery | None = None
@@ -482,8 +485,25 @@ class Replica:
                 self._nursery.start_soon(aclose_quietly, conn)
 
     def _on_transfer(self, conn: Any, message: Transfer) -> None:
-        if self.links.is_upstream(conn):
-            self._install_snapshot(message)
+        """A part of a snapshot from the accepted predecessor: kept until the last
+        one, then the whole is installed. Parts come in order on one link; a part 0
+        starts a new snapshot, and parts from a link other than the one that sent
+        part 0 are dropped (a new predecessor sends its own from its part 0)."""
+        if not self.links.is_upstream(conn):
+            return
+        if message.part == 0:
+            self._transfer_parts = (conn, [])
+        elif self._transfer_parts is None or self._transfer_parts[0] is not conn:
+            return
+        parts = self._transfer_parts[1]
+        if message.part != len(parts):
+            self._transfer_parts = None  # (cannot happen on one ordered link)
+            self.links.drop_upstream()
+            return
+        parts.append(message.snapshot)
+        if message.last:
+            self._transfer_parts = None
+            self._install_snapshot(ShardState.merge_parts(parts))
 
     def _on_handoff(self, conn: Any, message: Handoff) -> None:
         if self.links.is_upstream(conn):
@@ -588,8 +608,8 @@ class Replica:
             self._readable = True
             self.notify()
 
-    def _install_snapshot(self, transfer: Transfer) -> None:
-        self.state.restore(transfer.snapshot)
+    def _install_snapshot(self, snapshot: ShardSnapshot) -> None:
+        self.state.restore(snapshot)
         self._counts.snapshots_received += 1
         self._open_log()
         if self._is_tail(self.chain):

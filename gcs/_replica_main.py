@@ -12,6 +12,10 @@ each line is ``{"id": n, "faults": <transport.faults command>}``, applied to thi
 process's rule table, and answered on stdout by one line
 ``FAULTS {"id": n, "ok": true, "result": ...}`` (or ``"ok": false, "error": "..."``).
 A pipe is no transport link, so no rule can cut the channel that heals it.
+
+A spare (``--spare``, started through ``_spares._BOOT``) first says ``SPARE`` on
+stdout once imported and then waits for its parameters like any other; one whose
+stdin closes before they come exits quietly (code 0).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import trio
 
 import transport
 
-from ._config import FAULTS_ANSWER, LaunchParams
+from ._config import FAULTS_ANSWER, SPARE_READY, LaunchParams
 from ._replica import Replica, ReplicaRemoved
 
 
@@ -104,8 +108,21 @@ def _first_line(fd: int) -> tuple[bytes, bytes]:
     return line, rest
 
 
+def _wait_as_spare(idle: bool) -> None:
+    """A spare (``_spares.py``): imported by now; back to normal priority if it
+    imported at idle priority, then say so and wait for the parameters."""
+    if idle:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    sys.stdout.write(SPARE_READY + "\n")
+    sys.stdout.flush()
+
+
 def main() -> None:
+    if "--spare" in sys.argv[1:]:
+        _wait_as_spare("--idle" in sys.argv[1:])
     line, rest = _first_line(sys.stdin.fileno())
+    if not line.strip():
+        sys.exit(0)  # stdin closed before any parameters came: a spare never taken
     params = LaunchParams.from_json(line)
     try:
         trio.run(_main, params, rest)

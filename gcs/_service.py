@@ -27,6 +27,10 @@ imports the kernel and runs nothing of its own around the services.
 
 A replica process gets its parameters as one JSON line on stdin (`LaunchParams`: the
 token travels there, never on the command line) and answers ``READY <address>``.
+A slot that restarts takes a *spare* if one is ready: a replica process started
+ahead, imported, waiting for those parameters (``_spares.py``; the ``gcs/
+replica_spares`` leaf keeps ``GcsConfig.spare_replicas`` of them), so the
+replacement does not pay its imports inside the failover.
 
 Fault rules. Replicas in the node's process share its `transport.faults` table;
 replicas in processes of their own have one each, and `ReplicaFaults` (the plan's
@@ -45,7 +49,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +61,7 @@ import transport
 from ._config import FAULTS_ANSWER, GcsConfig, LaunchParams
 from ._coordinator import Coordinator
 from ._replica import Replica
+from ._spares import ReplicaSpares, SpareKeeper, replica_command, replica_environment
 
 __all__ = [
     "CoordinatorService",
@@ -74,9 +78,6 @@ logger = logging.getLogger("gcs")
 
 #: How long a fault command waits for a replica process's answer.
 FAULT_COMMAND_TIMEOUT = 5.0
-
-# The replica processes must import this very `gcs` package, wherever it lives.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ReplicaProcessDied(Exception):
@@ -180,6 +181,12 @@ class GcsPlan:
     epochs: dict[int, int] = attrs.Factory(dict)
     #: The fault rules of the replica processes (the module docstring).
     faults: ReplicaFaults = attrs.Factory(ReplicaFaults)
+    #: Replica processes started ahead for the slots that restart (``_spares.py``).
+    spares: ReplicaSpares = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        wanted = self.config.spare_replicas if self.config.use_processes else 0
+        self.spares = ReplicaSpares(wanted)
 
     def replica_exited(self, name: str) -> None:
         """The process of replica ``name`` exited (its service ended): a recovering
@@ -291,6 +298,10 @@ def plan(config: GcsConfig, token: bytes) -> GcsPlan:
         )
         shards.append(ServiceSpec(name=f"shard_{shard}", kind="supervisor", children=replicas,
                                   strategy="one_for_one", max_restarts=50, max_seconds=10.0))
+    keeper: tuple[ServiceSpec, ...] = ()
+    if result.spares.wanted:
+        keeper = (ServiceSpec(name="replica_spares", kind="gcs_spares",
+                              factory=functools.partial(SpareKeeper, result.spares, _stop)),)
     result.tree = ServiceSpec(
         name="gcs",
         kind="supervisor",
@@ -299,6 +310,7 @@ def plan(config: GcsConfig, token: bytes) -> GcsPlan:
             ServiceSpec(name="coordinator", kind="gcs_coordinator",
                         factory=result.new_coordinator),
             *shards,
+            *keeper,
         ),
     )
     return result
@@ -372,17 +384,16 @@ class ReplicaService:
             fault_rules=dict(self.plan.faults.installed),
         )
         generation = self.plan.faults.generation
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
-        process = await trio.lowlevel.open_process(
-            # -P: not the working directory first on sys.path, where a folder named
-            # like one of our packages would be imported instead of it.
-            [sys.executable, "-P", "-m", "gcs._replica_main"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
+        # A spare has imported already (``_spares.py``); else spawn one now.
+        process = self.plan.spares.take()
+        if process is None:
+            process = await trio.lowlevel.open_process(
+                replica_command(spare=False),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=replica_environment(),
+                start_new_session=True,
+            )
         self.process = process
         self.pid = process.pid
         try:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -358,6 +359,57 @@ class ShardState:
             dedup=dict(self.dedup),
             history=self.history,
         )
+
+    def snapshot_parts(self, entries: int) -> Iterator[ShardSnapshot]:
+        """`snapshot` in parts of at most ``entries`` table rows, collectable marks
+        and dedup records together (at least one part): what `merge_parts` puts
+        together again. The copy is taken at the call, so the state may change
+        while the parts are sent."""
+        snap = self.snapshot()
+        sources: list[tuple[str, str, dict[Key, Any]]] = [
+            ("tables", t, d) for t, d in snap.tables.items()]
+        sources += [("collectable", t, d) for t, d in snap.collectable.items()]
+        part: dict[str, Any] = {"tables": {}, "collectable": {}, "dedup": {}}
+        room = entries
+
+        def cut() -> ShardSnapshot:
+            nonlocal part, room
+            done = ShardSnapshot(applied=snap.applied, acked=snap.acked, history=snap.history,
+                                 **part)
+            part, room = {"tables": {}, "collectable": {}, "dedup": {}}, entries
+            return done
+
+        for field, table, rows in sources:
+            rows_left = iter(rows.items())
+            while chunk := dict(itertools.islice(rows_left, room)):
+                part[field].setdefault(table, {}).update(chunk)
+                room -= len(chunk)
+                if room == 0:
+                    yield cut()
+        dedup_left = iter(snap.dedup.items())
+        while records := dict(itertools.islice(dedup_left, room)):
+            part["dedup"].update(records)
+            room -= len(records)
+            if room == 0:
+                yield cut()
+        if room < entries or not (snap.tables or snap.collectable or snap.dedup):
+            yield cut()
+
+    @staticmethod
+    def merge_parts(parts: list[ShardSnapshot]) -> ShardSnapshot:
+        """The snapshot whose `snapshot_parts` ``parts`` are (in order)."""
+        first = parts[0]
+        tables: dict[str, dict[Key, tuple[Any, int]]] = {}
+        collectable: dict[str, dict[Key, None]] = {}
+        dedup: dict[tuple[Any, int], tuple[int, Any]] = {}
+        for part in parts:
+            for table, rows in part.tables.items():
+                tables.setdefault(table, {}).update(rows)
+            for table, marks in part.collectable.items():
+                collectable.setdefault(table, {}).update(marks)
+            dedup.update(part.dedup)
+        return ShardSnapshot(applied=first.applied, acked=first.acked, tables=tables,
+                             collectable=collectable, dedup=dedup, history=first.history)
 
     def restore(self, snap: ShardSnapshot) -> None:
         """Replace everything by ``snap`` (from `snapshot`, possibly of another replica)."""

@@ -120,6 +120,39 @@ class StoreCore:
         """The sealed or spilled entry of ``object_id`` (``None`` if unsealed or absent)."""
         return self.index.visible(object_id)
 
+    # Objects whose seal is on its way. A writer that creates with ``seal_follows``
+    # (a driver's large `put`) sends its seal without waiting for the answer and
+    # hands the object's id out at once; whoever it tells may ask us before the
+    # seal, which its writer had sent first, is read (it comes on another
+    # connection). So a lookup that finds such an object unsealed waits for the
+    # seal (`settled`), or for the writer's abort or end, and answers as if it had
+    # come first. Nothing waits on an object of a writer that did not say so (a
+    # transfer filling one chunk by chunk): that is not visible yet.
+
+    def sealing(self, object_id: bytes) -> bool:
+        """Whether ``object_id`` is unsealed with its seal on its way (see above)."""
+        entry = self.index.entries.get(object_id)
+        return entry is not None and entry.sealing and entry.state == "unsealed"
+
+    async def settled(self, object_id: bytes) -> None:
+        """Return once ``object_id`` is no longer `sealing`: sealed, or aborted (its
+        writer gave up or went). A cancellation point."""
+        while self.sealing(object_id):
+            event = self.waiters.setdefault(object_id, trio.Event())
+            try:
+                await event.wait()
+            finally:
+                if not event.statistics().tasks_waiting and self.waiters.get(object_id) is event:
+                    del self.waiters[object_id]
+        await trio.lowlevel.checkpoint()
+
+    def _wake(self, object_ids: Sequence[bytes]) -> None:
+        """Wake the lookups waiting on ``object_ids`` (aborted: they look again)."""
+        for object_id in object_ids:
+            event = self.waiters.pop(object_id, None)
+            if event is not None:
+                event.set()
+
     def contains(self, object_id: bytes) -> bool:
         """Whether the store has ``object_id`` sealed, in memory or spilled. A
         spilled object whose file vanished is lost here and then (as a ``get``
@@ -185,15 +218,17 @@ class StoreCore:
         data_len: int,
         buffer_sizes: Sequence[int],
         take_ref: bool = True,
+        seal_follows: bool = False,
     ) -> int | OnDisk:
         """Allocate an unsealed block for ``object_id``; returns the payload offset.
 
         Spills least recently used objects when the block does not fit. When nothing
         more can be spilled, the object is created on disk instead and `OnDisk`
         (the file, the payload's offset in it) returned; `ObjectStoreFullError` if
-        the disk cannot take it.
+        the disk cannot take it. ``seal_follows``: see `sealing`.
         """
-        payload = self.create_nowait(client, object_id, meta_len, data_len, buffer_sizes, take_ref)
+        payload = self.create_nowait(client, object_id, meta_len, data_len, buffer_sizes,
+                                     take_ref, seal_follows)
         if payload is not None:
             return payload
         buffer_sizes = tuple(int(s) for s in buffer_sizes)
@@ -201,13 +236,16 @@ class StoreCore:
         try:
             got = await self.spiller.allocate(need, object_id)
         except ObjectStoreFullError as full:
-            return await self.spiller.create_on_disk(
+            on_disk = await self.spiller.create_on_disk(
                 client, object_id, meta_len, data_len, buffer_sizes, take_ref, need, full.detail
             )
+            self.index.entries[object_id].sealing = seal_follows
+            return on_disk
         if object_id in self.index.entries:  # lost a race while spilling
             self.arena.free(got[0])
             raise ObjectExistsError(object_id)
-        return self._install(client, object_id, got, meta_len, data_len, buffer_sizes, take_ref)
+        return self._install(client, object_id, got, meta_len, data_len, buffer_sizes, take_ref,
+                             seal_follows)
 
     def create_nowait(
         self,
@@ -217,6 +255,7 @@ class StoreCore:
         data_len: int,
         buffer_sizes: Sequence[int],
         take_ref: bool = True,
+        seal_follows: bool = False,
     ) -> int | None:
         """`create` if the block fits without spilling, else ``None`` (nothing done)."""
         if object_id in self.index.entries:
@@ -225,7 +264,8 @@ class StoreCore:
         got = self.arena.allocate(self._block_need(object_id, meta_len, data_len, buffer_sizes))
         if got is None:
             return None
-        return self._install(client, object_id, got, meta_len, data_len, buffer_sizes, take_ref)
+        return self._install(client, object_id, got, meta_len, data_len, buffer_sizes, take_ref,
+                             seal_follows)
 
     @staticmethod
     def _block_need(
@@ -243,13 +283,14 @@ class StoreCore:
         data_len: int,
         buffer_sizes: tuple[int, ...],
         take_ref: bool,
+        seal_follows: bool = False,
     ) -> int:
         offset, size = block
         payload = self.arena.write_block(offset, size, object_id, meta_len, data_len, buffer_sizes)
         self.index.add(Entry(
             object_id, "unsealed", meta_len + data_len + sum(buffer_sizes), meta_len, data_len,
             buffer_sizes, block_offset=offset, block_size=size, payload_offset=payload,
-            creator=client,
+            creator=client, sealing=seal_follows,
         ))
         if take_ref:
             self.index.add_ref(client, object_id)
@@ -276,6 +317,7 @@ class StoreCore:
             self.arena.set_state(entry.block_offset, SEALED)
         self.index.sealed(entry)
         entry.creator = None
+        entry.sealing = False
         view_id = self.index.add_view(entry, client) if with_view else None
         self._sealed(object_id)
         return view_id
@@ -361,6 +403,15 @@ class StoreCore:
         while True:
             entry = self.visible(object_id)
             if entry is None:
+                if self.sealing(object_id):
+                    # Its seal is on its way: as good as sealed, so even a get that
+                    # does not wait (``timeout`` 0) waits for it; bounded by the
+                    # writer's life (it seals, aborts or goes).
+                    with trio.move_on_at(deadline if timeout is not None and timeout > 0
+                                         else math.inf):
+                        await self.settled(object_id)
+                        continue
+                    raise GetTimeoutError(object_id, timeout if timeout is not None else math.inf)
                 if timeout is not None and timeout <= 0:
                     raise ObjectNotFoundError(object_id)
                 event = self.waiters.setdefault(object_id, trio.Event())
@@ -443,6 +494,7 @@ class StoreCore:
     def abort(self, client: Client, object_id: bytes) -> None:
         """``client`` gives up writing ``object_id``: its block (or file) is freed."""
         self.index.abort(client, object_id)
+        self._wake([object_id])
 
     def release_views(self, client: Client, view_ids: Sequence[int]) -> None:
         """``client`` no longer uses the views ``view_ids``."""
@@ -470,15 +522,20 @@ class StoreCore:
 
     def drop_client(self, client: Client) -> None:
         """Everything ``client`` held goes: refs, pins, views, unsealed allocations."""
+        writing = [oid for oid, entry in self.index.entries.items()
+                   if entry.state == "unsealed" and entry.creator == client]
         self.index.drop_client(client)
+        self._wake(writing)
 
     def end_recovery(self) -> None:
         """The grace period is over: unclaimed recovered objects and unsealed blocks go."""
         self.index.end_recovery()
 
-    def claim(self, client: Client, refs: dict, pins: dict, views: Sequence[bytes]) -> dict:
-        """A client (re)attaches what it held before the service restarted."""
-        return self.index.claim(client, refs, pins, views)
+    def claim(self, client: Client, refs: dict, pins: dict, views: Sequence[bytes],
+              sealed: Sequence[bytes] = ()) -> dict:
+        """A client (re)attaches what it held before the service restarted (and seals
+        what it sealed unanswered: `ObjectIndex.claim`)."""
+        return self.index.claim(client, refs, pins, views, sealed)
 
 
 def _copy_payload(view: memoryview, payload: int, entry: Entry) -> SerializedValue:

@@ -31,6 +31,9 @@ class Entry:
     payload_offset: int = 0
     spill_path: str | None = None  # while unsealed: the file it is being written in
     creator: Client | None = None
+    #: Unsealed, and its writer sent the seal without waiting (`Create.seal_follows`):
+    #: lookups wait for the seal instead of finding nothing.
+    sealing: bool = False
     pins: collections.Counter = attrs.field(factory=collections.Counter)
     views: int = 0  # of its arena block
     file_views: int = 0  # of its file on disk

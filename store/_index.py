@@ -47,6 +47,9 @@ class ObjectIndex:
         self.views: dict[int, tuple[Entry, Client]] = {}
         self.file_view_ids: set[int] = set()  # the views in ``views`` that map a file
         self.quarantined: list[int] = []  # unsealed blocks found at start
+        #: the unsealed blocks found at start, by object id (a writer may claim it
+        #: had sealed one: ``claim``)
+        self.unsealed_found: dict[bytes, BlockInfo] = {}
         #: payload bytes of the objects on disk
         self.spilled_bytes = 0
         #: objects whose spill file vanished
@@ -62,6 +65,8 @@ class ObjectIndex:
                 self.lru[block.object_id] = None
             else:  # a writer died before sealing: nothing visible; reuse after grace
                 self.quarantined.append(block.offset)
+                if block.object_id:
+                    self.unsealed_found[block.object_id] = block
         if spill_dir is not None:
             os.makedirs(spill_dir, exist_ok=True)
             for path, block in _spill.scan_spills(spill_dir, prefix):
@@ -259,13 +264,25 @@ class ObjectIndex:
         for block_offset in self.quarantined:
             self.arena.free(block_offset)
         self.quarantined.clear()
+        self.unsealed_found.clear()
         for entry in list(self.entries.values()):
             if entry.recovered:
                 entry.recovered = False
                 self.maybe_free(entry)
 
-    def claim(self, client: Client, refs: dict, pins: dict, views: Sequence[bytes]) -> dict:
-        """A client (re)attaches what it held before the service restarted."""
+    def claim(self, client: Client, refs: dict, pins: dict, views: Sequence[bytes],
+              sealed: Sequence[bytes] = ()) -> dict:
+        """A client (re)attaches what it held before the service restarted, and seals
+        the objects it had sent a seal for that the old service never answered
+        (``sealed``; those found unsealed in the arena at start)."""
+        for object_id in sealed:
+            block = self.unsealed_found.pop(object_id, None)
+            if block is None or object_id in self.entries:
+                continue
+            self.quarantined.remove(block.offset)
+            self.arena.set_state(block.offset, SEALED)
+            self.entries[object_id] = _arena_entry(block)
+            self.lru[object_id] = None
         for object_id, count in refs.items():
             self.add_ref(client, object_id, count)
             entry = self.entries.get(object_id)

@@ -13,6 +13,7 @@ Client to service, requests (answer in brackets):
   `Get`(object_id, timeout)        [`InlineValue` | `SharedView` | `FileView`]
   `PutInline`(object_id, ...)      [None]  a small value inside the message
   `Create`(object_id, layout...)   [payload offset in the arena, or `OnDisk`]
+                                   (``seal_follows``: lookups wait for its seal)
   `Seal`(object_id, with_view)     [the writer's view id, or None]
   `Contains`, `Pin`, `Delete`      [bool, None, bool]
   `Missing`(object_ids)            [those of them the store does not have]
@@ -239,11 +240,17 @@ class PutInline:
 @transport.compact
 @transport.message
 class Create:
+    """Allocate an unsealed object. With ``seal_follows`` its writer sends the `Seal`
+    without waiting for the answer and hands the object's id out at once: until
+    the seal is applied (or the writer aborts or goes), every lookup of the object
+    waits for it, as if it were sealed already."""
+
     object_id: bytes = attrs.field(metadata=transport.check(_id))
     meta_len: int = attrs.field(metadata=transport.check(_size))
     data_len: int = attrs.field(metadata=transport.check(_size))
     buffer_sizes: tuple[int, ...] = attrs.field(metadata=transport.check(_sizes))
     take_ref: bool = attrs.field(metadata=transport.check(_flag))
+    seal_follows: bool = attrs.field(default=False, metadata=transport.check(_flag))
 
 
 @transport.compact
@@ -299,13 +306,20 @@ class Info:
 @transport.message
 class Claim:
     """Re-attach, after a restart of the service, the refs and pins a client held and
-    the views under its live values; answered with the views' new ids."""
+    the views under its live values, and seal what it had sealed unanswered;
+    answered with the views' new ids."""
 
     refs: dict[bytes, int] = attrs.field(metadata=transport.check(
         v.deep_mapping(_id, v.instance_of(int), v.instance_of(dict))))
     pins: dict[bytes, int] = attrs.field(metadata=transport.check(
         v.deep_mapping(_id, v.instance_of(int), v.instance_of(dict))))
     views: list[bytes] = attrs.field(metadata=transport.check(v.deep_iterable(_id, v.instance_of(list))))
+    #: Objects whose seal the client sent without waiting (`Create.seal_follows`)
+    #: and never got the answer to: the old service may have died before reading
+    #: it. Found unsealed in the arena, they are sealed now (their writer had
+    #: written every byte before the seal left).
+    sealed: list[bytes] = attrs.field(
+        factory=list, metadata=transport.check(v.deep_iterable(_id, v.instance_of(list))))
 
 
 @transport.message

@@ -22,11 +22,13 @@ whose connections died with the old service; they are freed after the grace peri
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -396,45 +398,86 @@ class ObjectStoreService:
             self._later(reply, core.put_small, conn, msg.object_id, value, msg.take_ref)
 
     def _on_create(self, conn: transport.Connection, msg: m.Create, reply: transport.Reply) -> None:
-        self._later(reply, self._running_core().create, conn, msg.object_id, msg.meta_len,
-                    msg.data_len, msg.buffer_sizes, msg.take_ref)
+        # Inline when the block fits without spilling (no task started: 0.1 ms less
+        # per large put here); a create that must spill first answers later.
+        core = self._running_core()
+        payload = core.create_nowait(conn, msg.object_id, msg.meta_len, msg.data_len,
+                                     msg.buffer_sizes, msg.take_ref, msg.seal_follows)
+        if payload is not None:
+            reply.send(payload)
+        else:
+            self._later(reply, core.create, conn, msg.object_id, msg.meta_len,
+                        msg.data_len, msg.buffer_sizes, msg.take_ref, msg.seal_follows)
 
     def _on_seal(self, conn: transport.Connection, msg: m.Seal, reply: transport.Reply) -> None:
         reply.send(self._running_core().seal(conn, msg.object_id, msg.with_view))
 
+    # Lookups of objects whose seal is on its way (``StoreCore.sealing``) wait for it:
+    # `_after_seals` answers at once when none of the ids is such an object (always,
+    # but for the instant between a put's return and its seal being read), else
+    # from a task once they are settled.
+
+    def _after_seals(self, reply: transport.Reply, object_ids: Sequence[bytes],
+                     answer: Callable[[], Any]) -> None:
+        """Answer ``reply`` with ``answer()`` once none of ``object_ids`` is sealing."""
+        core = self._running_core()
+        if any(core.sealing(oid) for oid in object_ids):
+            self._later(reply, self._settle_then, core, object_ids, answer)
+        else:
+            reply.send(answer())
+
+    @staticmethod
+    async def _settle_then(core: StoreCore, object_ids: Sequence[bytes],
+                           answer: Callable[[], Any]) -> Any:
+        for object_id in object_ids:
+            await core.settled(object_id)
+        return answer()
+
     def _on_contains(self, conn: transport.Connection, msg: m.Contains,
                      reply: transport.Reply) -> None:
-        reply.send(self._running_core().contains(msg.object_id))
+        self._after_seals(reply, [msg.object_id],
+                          functools.partial(self._running_core().contains, msg.object_id))
 
     def _on_missing(self, conn: transport.Connection, msg: m.Missing,
                     reply: transport.Reply) -> None:
         core = self._running_core()
-        reply.send([oid for oid in msg.object_ids if not core.contains(oid)])
+        self._after_seals(reply, msg.object_ids,
+                          lambda: [oid for oid in msg.object_ids if not core.contains(oid)])
 
     def _on_pin(self, conn: transport.Connection, msg: m.Pin, reply: transport.Reply) -> None:
-        self._running_core().pin(conn, msg.object_id)
-        reply.send(None)
+        core = self._running_core()
+
+        def pin() -> None:
+            core.pin(conn, msg.object_id)
+
+        self._after_seals(reply, [msg.object_id], pin)
 
     def _on_delete(self, conn: transport.Connection, msg: m.Delete, reply: transport.Reply) -> None:
-        reply.send(self._running_core().delete(msg.object_id))
+        self._after_seals(reply, [msg.object_id],
+                          functools.partial(self._running_core().delete, msg.object_id))
 
     def _on_read_chunk(self, conn: transport.Connection, msg: m.ReadChunk,
                        reply: transport.Reply) -> None:
-        chunk = self._running_core().read_chunk(msg.object_id, msg.offset, msg.size)
-        reply.send(pickle.PickleBuffer(chunk))
+        core = self._running_core()
+        self._after_seals(reply, [msg.object_id], lambda: pickle.PickleBuffer(
+            core.read_chunk(msg.object_id, msg.offset, msg.size)))
 
     def _on_info(self, conn: transport.Connection, msg: m.Info, reply: transport.Reply) -> None:
         core = self._running_core()
-        entry = core.visible(msg.object_id)
-        if entry is None:
-            raise ObjectNotFoundError(msg.object_id)
-        reply.send(m.ObjectInfo(
-            state=entry.state, size=entry.size, payload_len=core.payload_len(entry),
-            meta_len=entry.meta_len, data_len=entry.data_len,
-            buffer_sizes=tuple(entry.buffer_sizes)))
+
+        def info() -> m.ObjectInfo:
+            entry = core.visible(msg.object_id)
+            if entry is None:
+                raise ObjectNotFoundError(msg.object_id)
+            return m.ObjectInfo(
+                state=entry.state, size=entry.size, payload_len=core.payload_len(entry),
+                meta_len=entry.meta_len, data_len=entry.data_len,
+                buffer_sizes=tuple(entry.buffer_sizes))
+
+        self._after_seals(reply, [msg.object_id], info)
 
     def _on_claim(self, conn: transport.Connection, msg: m.Claim, reply: transport.Reply) -> None:
-        reply.send(self._running_core().claim(conn, msg.refs, msg.pins, msg.views))
+        reply.send(self._running_core().claim(conn, msg.refs, msg.pins, msg.views, msg.sealed))
 
     def _on_statistics(self, conn: transport.Connection, msg: m.Statistics,
                        reply: transport.Reply) -> None:

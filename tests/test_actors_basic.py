@@ -551,3 +551,58 @@ def _wait_for(pred, timeout=20):
     while not pred():
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_the_actors_thread_reads_lone_direct_calls_itself_and_keeps_their_order():
+    # Sync calls on an idle direct link are read by the actor's own thread (the
+    # process's loop hands them over no more); bursts, calls from a second caller
+    # and calls that wait for refs go through the loop. One order per caller, every
+    # call once, and the actor still stops when killed while its thread holds the link.
+    from actorcore.core_worker._worker_state import current_core
+
+    @ray.remote
+    class Reader:
+        def __init__(self):
+            self.seen = []
+
+        def add(self, caller, i):
+            self.seen.append((caller, i))
+            return i
+
+        def seen_of(self):
+            return self.seen
+
+        def reads(self):
+            from actorcore.worker._actor_host import process_statistics
+
+            stats = process_statistics()
+            return stats.calls_read_by_thread, stats.calls_read_by_loop
+
+    r = Reader.remote()
+    assert ray.get(r.add.remote("d", -1)) == -1
+    route = current_core().actor_routes[r._actor_id]
+    _wait_for(lambda: route.mode == "direct" or bool(r.add.remote("d", -1) and False))
+    start = len(ray.get(r.seen_of.remote()))
+    for i in range(100):
+        if i % 10 == 5:  # a burst: several frames in one read, given back to the loop
+            assert ray.get([r.add.remote("d", i) for _ in range(5)]) == [i] * 5
+        elif i % 10 == 7:  # a call waiting for a ref argument
+            assert ray.get(r.add.remote("d", slow_value.remote(i, 0.01))) == i
+        else:
+            assert ray.get(r.add.remote("d", i)) == i
+    by_thread, by_loop = ray.get(r.reads.remote())
+    assert by_thread >= 50, (by_thread, by_loop)
+    assert by_loop > 0
+    # A second caller (a task) beside the driver: each caller's calls in its order.
+    other = call_many.remote(r, "t", 50)
+    for i in range(50):
+        ray.get(r.add.remote("d2", i))
+    ray.get(other)
+    seen = ray.get(r.seen_of.remote())[start:]
+    per = _check_order(seen, ["d", "t", "d2"])
+    assert len(per["t"]) == 50 and len(per["d2"]) == 50
+    assert [i for i in per["d"] if i >= 0] == sorted(
+        [i for i in range(100) for _ in range(5 if i % 10 == 5 else 1)])
+    ray.kill(r)
+    with pytest.raises(exc.ActorDiedError):
+        ray.get(r.add.remote("d", 0), timeout=30)

@@ -8,6 +8,7 @@ healthy and the caller's other calls keep their order.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import trio
@@ -159,6 +160,33 @@ def test_queued_calls_dropped_order_kept(path):
     # The actor lives on; the calls that ran did so in submission order.
     assert ray.get(w.add.remote("after"), timeout=30) == "after"
     assert ray.get(w.items.remote()) == ["block", 1, 3, 5, 7, 9, "after"]
+
+
+def test_a_call_queued_behind_one_the_actors_thread_read_is_cancelled_at_once():
+    # The actor's thread reads a lone call off the direct link itself and runs it,
+    # holding the link's read side: the calls and cancels sent behind it wait in the
+    # socket. The process's loop takes the read side back from the busy thread, so
+    # a cancelled queued call is answered while the running one still runs.
+    w, sig = Worker.remote(), Signal.remote()
+    _on_path(w, "direct")
+    for _ in range(20):  # sync calls: the thread holds the read side between them
+        assert ray.get(w.ping.remote()) == "pong"
+    b = w.block.remote(sig)
+    ray.get(sig.wait_started.remote(), timeout=30)
+    refs = [w.add.remote(i) for i in range(4)]
+    # Sent (not answered by the caller itself): they wait in the actor's socket.
+    route = _worker_state.current_core().actor_routes[w._actor_id]
+    deadline = time.monotonic() + 30
+    while route.outq or route.mode != "direct":
+        assert time.monotonic() < deadline, "the calls never left"
+        time.sleep(0.01)
+    ray.cancel(refs[1])
+    with pytest.raises(TaskCancelledError, match=r"Worker\.add was cancelled before"):
+        ray.get(refs[1], timeout=30)
+    ray.get(sig.send.remote())
+    assert ray.get(b, timeout=30) == "block done"
+    assert ray.get([refs[0], refs[2], refs[3]], timeout=30) == [0, 2, 3]
+    assert ray.get(w.items.remote())[-4:] == ["block", 0, 2, 3]
 
 
 def test_running_threaded_call_is_not_interrupted(path):

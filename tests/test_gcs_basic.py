@@ -334,8 +334,17 @@ def test_plan_describes_the_tree() -> None:
     p = gcs.plan(gcs.GcsConfig(shards=2, replicas=3), TOKEN)
     tree = p.tree
     assert tree.name == "gcs" and tree.strategy == "one_for_one"
-    assert [c.name for c in tree.children] == ["coordinator", "shard_0", "shard_1"]
+    assert [c.name for c in tree.children] == ["coordinator", "shard_0", "shard_1",
+                                               "replica_spares"]
     assert [r.name for r in tree.children[1].children] == ["replica_0", "replica_1", "replica_2"]
     assert {r.kind for r in tree.children[2].children} == {"gcs_replica"}
+    assert tree.children[3].kind == "gcs_spares"
+    # Replicas in the node's process have no process to start ahead.
+    in_process = gcs.plan(gcs.GcsConfig(shards=1, replicas=1), TOKEN).tree
+    assert [c.name for c in in_process.children] == ["coordinator", "shard_0"]
+    no_spares = gcs.plan(gcs.GcsConfig(replicas=3, spare_replicas=0), TOKEN).tree
+    assert [c.name for c in no_spares.children] == ["coordinator", "shard_0"]
+    with pytest.raises(ValueError, match="spare_replicas must be an int >= 0, got -1"):
+        gcs.GcsConfig(spare_replicas=-1)
     with pytest.raises(ValueError, match="shards must be an int >= 1, got 0"):
         gcs.GcsConfig(shards=0)

@@ -250,6 +250,85 @@ async def test_replacement_gets_a_snapshot_when_the_log_was_trimmed(nursery) -> 
         assert len(await c.scan("objects", "o")) == 500
 
 
+async def test_a_snapshot_goes_in_parts_while_the_tail_commits(nursery) -> None:
+    # 3,000 keys and as many dedup records: a snapshot of several `Transfer` parts
+    # (2,000 entries each), sent while writers go on. The tail commits between the
+    # parts and no update may overtake the snapshot on the learner's link.
+    plan = gcs.plan(gcs.GcsConfig(shards=1, replicas=2, replay_buffer=10), TOKEN)
+    root = Supervisor("node", [kernel_specs(plan.tree)])
+    await nursery.start(root.run)
+    await plan.wait_ready(30)
+    coordinator = plan.coordinator
+    assert coordinator is not None
+    async with gcs.open_client(plan.address, TOKEN, timeout=20) as c:
+        await c.put_many("objects", [(f"o{i}", i) for i in range(3000)])
+        writing = True
+        written: dict[str, int] = {}
+
+        async def write(w: int) -> None:
+            i = 0
+            while writing:
+                await c.put("kv", f"w{w}", i)
+                written[f"w{w}"] = i
+                i += 1
+
+        async with trio.open_nursery() as load:
+            for w in range(4):
+                load.start_soon(write, w)
+            head = coordinator.chain(0).chain[0]
+            slot, service = _slot(plan, root, head)
+            os.kill(service.pid, signal.SIGKILL)
+            await root.find("gcs/shard_0").wait_running(slot, restarts=1, timeout=20)
+            await coordinator.wait_ready(20)
+            writing = False
+        await c.put("kv", "after", 1)  # flows through the new tail
+        cfg = coordinator.chain(0)
+        new = root.find(f"gcs/shard_0/{slot}").name
+        assert cfg.chain[-1] == new
+        stats = await _stats(cfg.addresses[new])
+        assert stats.snapshots_received == 1 and stats.role == "tail"
+        assert stats.state.keys == 3000 + 4 + 1
+        assert stats.state.dedup_entries == stats.state.applied  # one per write
+        assert await c.get("objects", "o2999") == 2999
+        for key, value in written.items():
+            assert await c.get("kv", key) == value
+
+
+async def test_a_replacement_starts_from_a_spare_process(tree) -> None:
+    plan, root = tree
+    coordinator = plan.coordinator
+    assert coordinator is not None
+    with trio.fail_after(60):
+        await plan.spares.wait_ready()
+    spare_pids = set(_descendants(os.getpid())) - {
+        root.find(f"gcs/shard_0/replica_{j}").pid for j in range(3)}
+    async with gcs.open_client(plan.address, TOKEN, timeout=20) as c:
+        await c.put("kv", "before", 1)
+        tail = coordinator.chain(0).chain[-1]
+        slot, service = _slot(plan, root, tail)
+        os.kill(service.pid, signal.SIGKILL)
+        await root.find("gcs/shard_0").wait_running(slot, restarts=1, timeout=20)
+        await coordinator.wait_ready(20)
+        replacement = root.find(f"gcs/shard_0/{slot}")
+        assert replacement.pid in spare_pids  # started before the kill
+        assert plan.spares.statistics().taken == 1
+        assert await c.get("kv", "before") == 1
+        await c.put("kv", "after", 2)
+        assert await c.get("kv", "after") == 2
+        with trio.fail_after(60):
+            await plan.spares.wait_ready()  # the keeper started the next one
+        assert plan.spares.statistics().started == 2
+
+
+def _descendants(pid: int) -> list[int]:
+    """The children of process ``pid`` (Linux: /proc)."""
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as children:
+            found += [int(p) for p in children.read().split()]
+    return found
+
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(gcs.__file__)))
 _NODE_SCRIPT = """
 import sys, trio
@@ -261,6 +340,7 @@ from test_gcs_support import start_gcs
 async def main():
     async with trio.open_nursery() as nursery:
         running = await start_gcs(nursery, gcs.GcsConfig(shards=1, replicas=2), b"t")
+        await running.plan.spares.wait_ready()
         print(" ".join(str(s.pid) for s in running.replicas()), flush=True)
         await trio.sleep_forever()
 
@@ -282,6 +362,8 @@ async def test_replica_processes_exit_when_their_node_process_is_killed() -> Non
                 line += await proc.stdout.receive_some()
         pids = [int(p) for p in line.split()]
         assert len(pids) == 2
+        pids = _descendants(proc.pid)  # the replicas and the spare
+        assert len(pids) == 3
         proc.kill()  # SIGKILL: no cleanup code runs in the node process
         await proc.wait()
         for _ in range(500):  # polling other processes' liveness: no event to wait on

@@ -20,6 +20,7 @@ import trio
 import store
 import store._arena
 import store._client
+import store._messages
 
 TOKEN = b"store-test-token"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -347,6 +348,63 @@ async def test_blocking_client_from_a_plain_thread(tmp_path, prefix):
         assert token is blocking._token
 
 
+async def test_a_blocking_put_is_visible_before_its_seal_is_read(tmp_path, prefix):
+    # A blocking put sends its seal without waiting for the answer and returns. The
+    # seal is held back here (an injected delay on the writer's link); meanwhile
+    # another client's lookups of the object wait for it and answer as if it had
+    # come first: contains, get, pin, info, missing.
+    from transport import faults
+
+    async with running_store(tmp_path, prefix) as (service, client):
+        writer = await store.StoreClient.connect(service.address, TOKEN, name="writer")
+        blocking = store.BlockingStoreClient(writer)
+        value = np.arange(1_000_000)
+        try:
+            # (The delay holds back the put's create as well: the put takes 1.5 s.)
+            with faults.injected(faults.delay(1.5, src="writer", kind="request")):
+                await trio.to_thread.run_sync(blocking.put, b"big", value)
+                assert service.statistics().unsealed == 1  # its seal is held back
+                assert writer.refs[b"big"] == 1
+                assert await client.contains(b"big")  # (it waited for the seal)
+                assert service.statistics().unsealed == 0
+                assert await client.missing([b"big", b"other"]) == [b"other"]
+                await client.pin(b"big")
+                assert (await client.object_info(b"big")).state == "sealed"
+                assert int((await client.get(b"big", timeout=0)).sum()) == int(value.sum())
+                await client.unpin(b"big")
+            # The writer's answer came: its own reads need no round trip.
+            await _wait_for(lambda: writer.holds(b"big"), "the writer's view of its object")
+            assert int(blocking.get(b"big").sum()) == int(value.sum())
+        finally:
+            await writer.aclose()
+
+
+async def test_lookups_waiting_for_a_seal_end_when_the_writer_goes(tmp_path, prefix):
+    # An object created with ``seal_follows`` whose writer goes before sealing it:
+    # the lookups that waited for its seal answer that it is not here.
+    async with running_store(tmp_path, prefix) as (service, client):
+        writer = await store.StoreClient.connect(service.address, TOKEN, name="writer")
+        await writer._call(store._messages.Create(b"never", 0, 100, (1 << 20,), True,
+                                                  seal_follows=True), 10)
+        found: dict[str, object] = {}
+
+        async def look() -> None:
+            found["contains"] = await client.contains(b"never")
+            try:
+                await client.get(b"never", timeout=0)
+            except store.ObjectNotFoundError as exc:
+                found["get"] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(look)
+            await _wait_for(lambda: service.statistics().waiting_gets >= 1, "a waiting lookup")
+            assert found == {}
+            await writer.aclose()
+        assert found["contains"] is False
+        assert isinstance(found["get"], store.ObjectNotFoundError)
+        assert service.statistics().unsealed == 0
+
+
 async def test_crash_and_restart_keeps_sealed_objects(tmp_path, prefix):
     spill = tmp_path / "spill"
     service = store.ObjectStoreService(
@@ -398,6 +456,49 @@ async def test_crash_and_restart_keeps_sealed_objects(tmp_path, prefix):
         nursery.cancel_scope.cancel()
     _no_leftovers(prefix)
     assert os.listdir(spill) == []
+
+
+async def test_a_seal_the_crashed_service_never_read_is_claimed_on_reconnect(tmp_path, prefix):
+    # A blocking put returned; its seal, held back on the link, dies with the
+    # service. The restarted service finds the object's block unsealed; the
+    # writer's reconnect claims it as sealed, and the value is there, whole.
+    from transport import faults
+
+    service = store.ObjectStoreService(
+        f"unix:{tmp_path}/store.sock", TOKEN, prefix=prefix, capacity=32 * MB,
+        recovery_grace=0.5)
+    ready_send, ready_recv = trio.open_memory_channel[str](10)
+
+    async def supervisor():  # restart on crash, like the node's one_for_one
+        while True:
+            try:
+                async with trio.open_nursery() as nursery:
+                    ready_send.send_nowait(await nursery.start(service.run))
+            except Exception:
+                continue
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor)
+        address = await ready_recv.receive()
+        writer = await store.StoreClient.connect(address, TOKEN, name="writer")
+        blocking = store.BlockingStoreClient(writer)
+        value = np.arange(1_000_000)
+        # (The delay holds back the put's create as well: the put takes 2 s.)
+        with faults.injected(faults.delay(2, src="writer", kind="request")):
+            await trio.to_thread.run_sync(blocking.put, b"big", value)
+            assert service.statistics().unsealed == 1
+            service.crash()
+            await ready_recv.receive()
+        await writer.reconnect()
+        with trio.fail_after(10):
+            await service.recovery_finished.wait()  # unclaimed blocks are gone now
+        np.testing.assert_array_equal(await writer.get(b"big"), value)
+        assert service.statistics().count == 1
+        await writer.remove_ref(b"big")
+        await _wait_for(lambda: service.statistics().count == 0, "freed with its last ref")
+        await writer.aclose()
+        nursery.cancel_scope.cancel()
+    _no_leftovers(prefix)
 
 
 async def test_writer_killed_mid_put_leaves_nothing(tmp_path, prefix):

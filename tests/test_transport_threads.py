@@ -1,8 +1,11 @@
 """`Connection.send_from_thread`: a thread outside the loop writes an idle link's frame
-itself, in order with what the loop sends, never blocking and never interleaving bytes."""
+itself, in order with what the loop sends, never blocking and never interleaving bytes.
+`Connection.request_from_thread`: a thread's request, its reply waited for in that
+thread, failed with the link, timed out, refused from the loop's own thread."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -148,3 +151,172 @@ async def test_a_frame_too_large_for_the_peer_is_refused_by_the_thread(tmp_path:
                 await handler.all_in.wait()
             assert handler.got == ["fits"]
         nursery.cancel_scope.cancel()
+
+
+class Answer:
+    """A server handler that answers requests: ``("echo", x)`` with ``x``, ``"fail"``
+    with an error, ``"hold"`` never (until ``release``), one-way messages kept."""
+
+    def __init__(self) -> None:
+        self.got: list[Any] = []
+        self.held: list[transport.Reply] = []
+        self.holding = trio.Event()
+
+    async def __call__(self, conn: transport.Connection, msg: Any,
+                       reply: transport.Reply | None) -> None:
+        self.got.append(msg)
+        if reply is None:
+            return
+        if msg == "fail":
+            reply.fail(ValueError("asked to fail"))
+        elif msg == "hold":
+            self.held.append(reply)
+            self.holding.set()
+        else:
+            reply.send(msg[1])
+
+
+@pytest.fixture
+async def answering(tmp_path: Path) -> AsyncIterator[tuple[str, Answer, transport.Server]]:
+    handler = Answer()
+    server = transport.Server(f"unix:{tmp_path}/a.sock", TOKEN, handler, name="answer")
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        yield address, handler, server
+        nursery.cancel_scope.cancel()
+
+
+async def test_requests_from_threads_get_their_own_replies_in_order_with_the_loop(
+        answering: tuple[str, Answer, transport.Server]) -> None:
+    # Two threads and the loop ask at once; each gets the reply to its own request,
+    # and one thread's requests reach the peer in its order, one-way messages too.
+    address, handler, _server = answering
+    async with transport.open_connection(address, TOKEN) as conn:
+        def asker(name: str) -> list[Any]:
+            out = []
+            for i in range(200):
+                out.append(conn.request_from_thread(("echo", (name, i, "x" * (i * 97 % 3000)))))
+                if not conn.send_from_thread(("note", name, i)):
+                    trio.from_thread.run_sync(conn.send_nowait, ("note", name, i))
+            return out
+
+        async def loop_asks() -> None:
+            for i in range(200):
+                assert await conn.request(("echo", ("loop", i))) == ("loop", i)
+
+        results: dict[str, list[Any]] = {}
+
+        async def run(name: str) -> None:
+            results[name] = await trio.to_thread.run_sync(asker, name)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "a")
+            nursery.start_soon(run, "b")
+            nursery.start_soon(loop_asks)
+        for name in "ab":
+            assert results[name] == [(name, i, "x" * (i * 97 % 3000)) for i in range(200)]
+            order = [("echo", m[1][1]) if m[0] == "echo" else ("note", m[2])
+                     for m in handler.got
+                     if m[0] == "echo" and m[1][0] == name or m[0] == "note" and m[1] == name]
+            assert order == [(kind, i) for i in range(200) for kind in ("echo", "note")]
+        assert conn.statistics().frames_from_threads > 0
+        assert conn.statistics().requests_in_flight == 0
+
+
+async def test_a_thread_request_fails_remotely_times_out_and_fails_with_the_link(
+        answering: tuple[str, Answer, transport.Server]) -> None:
+    address, handler, _server = answering
+    async with transport.open_connection(address, TOKEN) as conn:
+        with pytest.raises(transport.RemoteError, match="asked to fail") as info:
+            await trio.to_thread.run_sync(conn.request_from_thread, "fail")
+        assert isinstance(info.value.remote_exception, ValueError)
+        with pytest.raises(transport.RequestTimeout, match="within 0.05s"):
+            await trio.to_thread.run_sync(conn.request_from_thread, "hold", 0.05)
+        assert conn.statistics().requests_in_flight == 0
+        # A link that dies fails the thread waiting on it, at once.
+        handler.holding = trio.Event()
+        async with trio.open_nursery() as nursery:
+            failed: list[BaseException] = []
+
+            async def ask() -> None:
+                try:
+                    await trio.to_thread.run_sync(conn.request_from_thread, "hold")
+                except transport.ConnectionLost as exc:
+                    failed.append(exc)
+
+            nursery.start_soon(ask)
+            with trio.fail_after(10):
+                await handler.holding.wait()
+            conn.reset("reset by the test")
+        assert len(failed) == 1 and "reset by the test" in str(failed[0])
+        with pytest.raises(transport.ConnectionLost):
+            await trio.to_thread.run_sync(conn.request_from_thread, ("echo", 1))
+
+
+async def test_a_thread_request_goes_through_the_loop_on_a_faulted_link(
+        answering: tuple[str, Answer, transport.Server]) -> None:
+    # With a fault rule active the thread does not write: the loop queues its frame
+    # (the faults see it) and the reply still comes back to the thread.
+    address, _handler, _server = answering
+    async with transport.open_connection(address, TOKEN) as conn:
+        try:
+            faults.add(faults.Rule("delay", delay=0.01))
+            got = await trio.to_thread.run_sync(conn.request_from_thread, ("echo", "slow"))
+        finally:
+            faults.clear()
+        assert got == "slow"
+        assert conn.statistics().frames_from_threads == 0
+
+
+async def test_a_request_from_the_loops_own_thread_is_refused(
+        answering: tuple[str, Answer, transport.Server]) -> None:
+    address, _handler, _server = answering
+    async with transport.open_connection(address, TOKEN) as conn:
+        with pytest.raises(RuntimeError, match="would deadlock"):
+            conn.request_from_thread(("echo", 1))
+
+
+async def test_a_thread_request_answered_later_on_the_loop(
+        answering: tuple[str, Answer, transport.Server]) -> None:
+    # `request_soon_from_thread` returns at once; each callback runs on the loop,
+    # once, with the reply's outcome: a value, the remote error, or the link's loss.
+    address, handler, _server = answering
+    async with transport.open_connection(address, TOKEN) as conn:
+        loop_thread = threading.get_ident()
+        outcomes: list[tuple[str, Any]] = []
+        first_two, done = trio.Event(), trio.Event()
+
+        def callback(name: str) -> Any:
+            def on_reply(result: Any) -> None:
+                assert threading.get_ident() == loop_thread
+                outcomes.append((name, result))
+                if len(outcomes) == 2:
+                    first_two.set()
+                if len(outcomes) == 3:
+                    done.set()
+            return on_reply
+
+        handler.holding = trio.Event()
+
+        def ask() -> None:
+            conn.request_soon_from_thread(("echo", 7), callback("echo"))
+            conn.request_soon_from_thread("fail", callback("fail"))
+            conn.request_soon_from_thread("hold", callback("hold"))
+
+        await trio.to_thread.run_sync(ask)
+        with trio.fail_after(10):
+            await handler.holding.wait()
+            await first_two.wait()  # the answers before the held request's
+        conn.reset("reset by the test")
+        with trio.fail_after(10):
+            await done.wait()
+        got = dict(outcomes)
+        assert got["echo"].unwrap() == 7
+        with pytest.raises(transport.RemoteError, match="asked to fail"):
+            got["fail"].unwrap()
+        with pytest.raises(transport.ConnectionLost, match="reset by the test"):
+            got["hold"].unwrap()
+        with pytest.raises(transport.ConnectionLost):
+            await trio.to_thread.run_sync(
+                conn.request_soon_from_thread, ("echo", 8), callback("late"))
+        assert len(outcomes) == 3

@@ -61,6 +61,7 @@ from ._errors import (
     TransportError,
 )
 from ._message import message
+from ._read_loan import NOT_TAKEN, ReadLoan
 from ._server import Server, ServerStatistics
 from ._tls import (
     DEFAULT,
@@ -76,6 +77,7 @@ __all__ = [
     "CODE_SPAN",
     "DEFAULT",
     "DEFAULT_MAX_FRAME_SIZE",
+    "NOT_TAKEN",
     "Address",
     "AuthenticationFailed",
     "BadMessage",
@@ -90,6 +92,7 @@ __all__ = [
     "Handler",
     "InsecureListener",
     "ProtocolError",
+    "ReadLoan",
     "RemoteError",
     "Reply",
     "RequestTimeout",

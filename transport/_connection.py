@@ -58,6 +58,7 @@ the writer flush what is queued (bounded by ``flush_timeout``), then does the sa
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import threading
@@ -76,6 +77,7 @@ from ._errors import (
     RequestTimeout,
 )
 from ._link_faults import LinkFaults
+from ._read_loan import RECLAIM_AFTER, ReadLoan
 from ._reply import ConnectionStatistics, Reply
 from ._sockio import write_chunks
 from ._tls import TlsSocket
@@ -133,8 +135,11 @@ class Connection:
         self._closed = False
         self._close_reason = ""
         self._closed_locally = False
-        self._next_rid = 1
+        # Request ids come from one counter for the loop's requests and threads'
+        # (`request_from_thread`): ``next`` of an `itertools.count` is atomic.
+        self._rids = itertools.count(1)
         self._pending: dict[int, trio.lowlevel.Task] = {}
+        self._thread_pending: dict[int, _ThreadWaiter] = {}
         self._outq: list[bytes | memoryview] = []
         self._queued_bytes = 0
         self._queued_frames = 0
@@ -159,6 +164,12 @@ class Connection:
         self._write_lock = threading.Lock()
         self._token: trio.lowlevel.TrioToken | None = None
         self._from_threads = 0
+        # The read side lent to a thread (`lend_reads`), the reader's cancellable
+        # wait while a loan exists, and the reader parked while the side is lent.
+        self._loan: ReadLoan | None = None
+        self._wait_scope: trio.CancelScope | None = None
+        self._lent_reader: trio.lowlevel.Task | None = None
+        self._taken_by_thread = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -192,8 +203,7 @@ class Connection:
         ``message`` propagate unchanged.
         """
         self._check_open()
-        rid = self._next_rid
-        self._next_rid = rid + 1
+        rid = next(self._rids)
         chunks, size = _wire.encode_frame(REQUEST, rid, message)
         self._check_size(size)
         if timeout is None:
@@ -302,7 +312,12 @@ class Connection:
         chunks, size = _encode_frame(ONEWAY, 0, message)
         if size > self._max_send:
             self._check_size(size)
-        if len(chunks) != 1 or faults._active or self._faults.holding():
+        return self._write_from_thread(chunks, size)
+
+    def _write_from_thread(self, chunks: list[bytes | memoryview], size: int) -> bool:
+        """Write an encoded frame from a thread outside the loop if the link is idle
+        (the comment above `send_from_thread`); ``False``: nothing written."""
+        if len(chunks) != 1 or faults._active or self._faults.holding() or not self._plain:
             return False
         if not self._write_lock.acquire(blocking=False):
             return False
@@ -326,10 +341,205 @@ class Connection:
         finally:
             self._write_lock.release()
         try:
-            self._token.run_sync_soon(self._wake_writer)
+            self._token.run_sync_soon(self._wake_writer)  # type: ignore[union-attr]
         except trio.RunFinishedError:  # the loop is gone: so is the link
             pass
         return True
+
+    # Reading from another thread: see `_read_loan` for the design (who owns the
+    # socket's read side when, and how it passes between the loop and one thread).
+
+    def lend_reads(self, wake: Callable[[], None]) -> ReadLoan | None:
+        """Offer this connection's read side to one thread, to read itself while it
+        is idle (see `ReadLoan`); ``wake()`` is called (from the loop's thread) when
+        the side has been handed over, or the loan closed. Call in the loop.
+        ``None``: not lendable (TLS, closed, not running, or lent already)."""
+        if (self._closed or not self._plain or self._token is None
+                or (self._loan is not None and not self._loan.closed)):
+            return None
+        loan = ReadLoan(self, self._sock, self._token, wake,  # type: ignore[arg-type]
+                        _RECV_CHUNK)
+        self._loan = loan
+        return loan
+
+    @property
+    def reads_lent(self) -> bool:
+        """Whether a thread holds the read side now (`lend_reads`)."""
+        loan = self._loan
+        return loan is not None and loan.held
+
+    def _offer_reads(self) -> None:
+        """A borrower wants the read side (loop): stop the reader's wait, so that it
+        hands the side over at its next frame boundary."""
+        scope = self._wait_scope
+        if scope is not None:
+            scope.cancel()
+
+    def _reads_returned(self, data: bytes) -> None:
+        """The borrower gave the read side back with ``data`` (loop)."""
+        task = self._lent_reader
+        if task is not None:
+            self._lent_reader = None
+            _reschedule(task, outcome.Value(data))
+
+    def _start_watch(self, loan: ReadLoan) -> None:
+        """The borrower kept a message and no watch runs (loop): start one."""
+        if not self._closed and loan is self._loan and self._nursery is not None:
+            try:
+                self._nursery.start_soon(self._watch_loan, loan)
+                return
+            except RuntimeError:  # the connection is closing
+                pass
+        loan.stop_watch()
+
+    async def _watch_loan(self, loan: ReadLoan) -> None:
+        """Take the read side back from a borrower busy too long (see `_read_loan`);
+        end after a few checks that found it idle."""
+        idle = 0
+        try:
+            while not loan.closed:
+                await trio.sleep(RECLAIM_AFTER)
+                state = loan.reclaim_if_busy()
+                if state:
+                    self._reads_returned(b"")
+                    break
+                idle = idle + 1 if state is None else 0
+                if idle >= 5 and loan.stop_watch(only_if_idle=True):
+                    return
+        finally:
+            loan.stop_watch()
+
+    def _count_taken(self, nbytes: int) -> None:
+        """A borrower kept one frame of ``nbytes`` (its thread; the reader is parked)."""
+        self._frames_received += 1
+        self._bytes_received += nbytes
+        self._taken_by_thread += 1
+
+    async def _wait_or_lend(self, sock: Any, wait_readable: Any, view: memoryview) -> int:
+        """Wait for input, or lend the read side while the borrower wants it (the
+        reader's buffer is empty: no partial frame). Returns how many bytes the
+        borrower gave back, now at the start of ``view`` (0: read the socket)."""
+        loan = self._loan
+        assert loan is not None
+        if loan.closed:
+            self._loan = None
+            await wait_readable(sock)
+            return 0
+        if not loan.wanted or faults._active:
+            with trio.CancelScope() as scope:
+                self._wait_scope = scope
+                try:
+                    await wait_readable(sock)
+                finally:
+                    self._wait_scope = None
+            if not scope.cancelled_caught:
+                return 0
+        if faults._active or not loan.hand_over():
+            return 0
+        self._lent_reader = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._lent_reader = None
+            loan.close()
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        data = await trio.lowlevel.wait_task_rescheduled(abort)
+        n = len(data)
+        if n:
+            view[:n] = data
+        return n
+
+    # Requests from another thread. A thread that needs an answer (a driver's `put`
+    # asking the store where to copy, then sealing) would otherwise hop into the
+    # loop for every request (`trio.from_thread.run`: a wake-up of the loop thread,
+    # a system task, a GIL hand-off, 0.3 ms on this 2-core machine under load, as
+    # long as the store's own work) and hop out again with the answer. Here the
+    # thread registers a waiter under a fresh request id, writes the frame itself
+    # when the link is idle (`_write_from_thread`; else the loop queues it, in the
+    # thread's order: the thread waits until it is queued), and blocks on the
+    # waiter's lock. The reader, which owns every read of the socket, finds the
+    # waiter by the reply's id, decodes the reply on the loop (its bytes live in
+    # the reused buffer) and releases the lock: one wake-up of the calling thread,
+    # none of a Trio task. `_shutdown` fails the waiters as it fails the loop's
+    # requests. The waiter is registered before the frame leaves, and the thread
+    # looks at `_closed` after registering, which `_shutdown` sets before it takes
+    # the waiters: a request is either failed by `_shutdown` or sees the link
+    # closed, never left waiting.
+
+    def request_from_thread(self, message: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        """`request` from a thread other than the loop's, waiting in that thread (see
+        the comment above); returns the reply value.
+
+        Raises `RequestTimeout` after ``timeout`` seconds (``None``: wait until the
+        reply or the connection's end), `RemoteError`, `ConnectionLost`, or
+        `FrameTooLarge` (nothing sent); pickling errors of ``message`` propagate.
+        `RuntimeError` from the loop's own thread (it would wait for itself).
+        """
+        if threading.get_ident() == self._thread_id:
+            raise RuntimeError(
+                f"request_from_thread() on {self!r} from the thread of its Trio run would "
+                f"deadlock (the reply is read by that thread): use `await request()`"
+            )
+        waiter = _ThreadWaiter()
+        rid = self._send_request_from_thread(message, waiter)
+        assert waiter.lock is not None
+        if not waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            if self._thread_pending.pop(rid, None) is not None:
+                raise RequestTimeout(
+                    f"no reply from {self.peer_name!r} ({self.peer_address}) to request {rid} "
+                    f"within {timeout}s"
+                )
+            waiter.lock.acquire()  # the reader took it this instant: it answers now
+        assert waiter.outcome is not None
+        return waiter.outcome.unwrap()
+
+    def request_soon_from_thread(
+        self, message: Any, on_reply: Callable[[outcome.Outcome[Any]], object]
+    ) -> None:
+        """Send a request from a thread other than the loop's without waiting for the
+        answer: ``on_reply`` runs later on the loop with its outcome (the reply's
+        value, or `RemoteError`, `ConnectionLost`, `ProtocolError`), exactly once.
+
+        Returns once the frame is written or queued, in this thread's order with
+        its other sends (see the comment above `request_from_thread`). Raises
+        (nothing sent, ``on_reply`` never called) `ConnectionLost` if the link is
+        closed, `FrameTooLarge`, pickling errors; `RuntimeError` from the loop's
+        own thread (use `request`).
+        """
+        if threading.get_ident() == self._thread_id:
+            raise RuntimeError(f"request_soon_from_thread() on {self!r} from the thread "
+                               f"of its Trio run: use `await request()`")
+        self._send_request_from_thread(message, _ThreadWaiter(on_reply))
+
+    def _send_request_from_thread(self, message: Any, waiter: _ThreadWaiter) -> int:
+        """Register ``waiter`` under a new request id and send the request (from the
+        calling thread if the link is idle, else queued by the loop); the id."""
+        token = self._token
+        self._check_open()
+        if token is None:
+            raise RuntimeError(f"{self!r} is not running yet: no loop reads its replies")
+        rid = next(self._rids)
+        chunks, size = _encode_frame(REQUEST, rid, message)
+        self._check_size(size)
+        self._thread_pending[rid] = waiter
+        if self._closed:  # `_shutdown` may have taken the waiters before ours went in
+            self._thread_pending.pop(rid, None)
+            self._check_open()
+        if not self._write_from_thread(chunks, size):
+            try:
+                trio.from_thread.run_sync(self._enqueue_for_thread, chunks, size, trio_token=token)
+            except trio.RunFinishedError:
+                self._thread_pending.pop(rid, None)
+                raise ConnectionLost(
+                    f"connection to {self.peer_name!r} ({self.peer_address}) is closed: its "
+                    f"Trio run has finished") from None
+        return rid
+
+    def _enqueue_for_thread(self, chunks: list[bytes | memoryview], size: int) -> None:
+        """Queue a thread's request frame (on the loop); a link closed meanwhile has
+        failed its waiter already."""
+        if not self._closed:
+            self._enqueue(REQUEST, chunks, size)
 
     def _wake_writer(self) -> None:
         task = self._writer_waiting
@@ -394,7 +604,7 @@ class Connection:
             peer_name=self.peer_name,
             peer_address=self.peer_address,
             closed=self._closed,
-            requests_in_flight=len(self._pending),
+            requests_in_flight=len(self._pending) + len(self._thread_pending),
             queued_bytes=self._queued_bytes,
             frames_sent=self._frames_sent,
             frames_received=self._frames_received,
@@ -404,6 +614,7 @@ class Connection:
             dropped_by_faults=self._faults.dropped,
             unsent=self.unsent,
             frames_from_threads=self._from_threads,
+            frames_read_by_threads=self._taken_by_thread,
         )
 
     # ------------------------------------------------------------------ running
@@ -612,15 +823,10 @@ class Connection:
             logger.info("connection %s <-> %s (%s) lost: %s", self.name, self.peer_name, self.peer_address, reason)
         pending, self._pending = self._pending, {}
         for rid, task in pending.items():
-            _reschedule(
-                task,
-                outcome.Error(
-                    ConnectionLost(
-                        f"connection to {self.peer_name!r} ({self.peer_address}) lost with "
-                        f"request {rid} pending: {reason}"
-                    )
-                ),
-            )
+            _reschedule(task, outcome.Error(self._lost_with(rid, reason)))
+        from_threads, self._thread_pending = self._thread_pending, {}
+        for rid, waiter in from_threads.items():
+            waiter.set(outcome.Error(self._lost_with(rid, reason)))
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
         self._outq = []
@@ -628,12 +834,20 @@ class Connection:
         self._queued_bytes = 0
         self._queued_frames = 0
         self._drained.unpark_all()
+        if self._loan is not None:
+            self._loan.close()
         try:
             trio.lowlevel.notify_closing(self._sock)
         except (RuntimeError, OSError):  # outside a Trio run (interpreter shutdown)
             pass
         with self._write_lock:  # not under a thread's write (`send_from_thread`)
             self._sock.close()
+
+    def _lost_with(self, rid: int, reason: str) -> ConnectionLost:
+        return ConnectionLost(
+            f"connection to {self.peer_name!r} ({self.peer_address}) lost with request "
+            f"{rid} pending: {reason}"
+        )
 
     # -- writer
 
@@ -690,16 +904,23 @@ class Connection:
         on_reply = self._on_reply
         on_message = self._on_message
         drained = False
+        handed = 0  # bytes a borrower gave back, at the start of the buffer
         while True:
             if drained:  # the last recv did not fill the buffer: wait before reading
-                await wait_readable(sock)  # type: ignore[arg-type]
+                if self._loan is not None and start == end:
+                    handed = await self._wait_or_lend(sock, wait_readable, view)
+                else:
+                    await wait_readable(sock)  # type: ignore[arg-type]
                 waited = True
                 self._direct_recent = False
-            try:
-                n = sock.recv_into(view[end:])
-            except BlockingIOError:
-                drained = True
-                continue
+            if handed:
+                n, handed = handed, 0
+            else:
+                try:
+                    n = sock.recv_into(view[end:])
+                except BlockingIOError:
+                    drained = True
+                    continue
             if n == 0:
                 if end > start:
                     raise ProtocolError(
@@ -781,6 +1002,8 @@ class Connection:
         self._frames_received += 1
         task = self._pending.pop(rid, None)
         if task is None:
+            if self._thread_pending:
+                self._on_thread_reply(kind, rid, body, nbufs)
             return  # its request timed out or was cancelled, or a duplicate
         try:
             value = _wire.decode_body(body, nbufs)
@@ -788,20 +1011,35 @@ class Connection:
             self._pending[rid] = task  # failed with the others as the link closes
             raise
         except Exception as exc:
-            _reschedule(
-                task,
-                outcome.Error(
-                    ProtocolError(
-                        f"could not decode the reply to request {rid} from "
-                        f"{self.peer_name!r}: {exc!r}"
-                    )
-                ),
-            )
+            _reschedule(task, outcome.Error(self._undecodable(rid, exc)))
             return
         if kind == REPLY_OK:
             _reschedule(task, outcome.Value(value))
         else:
             _reschedule(task, outcome.Error(self._remote_error(value)))
+
+    def _on_thread_reply(self, kind: int, rid: int, body: memoryview, nbufs: int) -> None:
+        """Hand a reply to the thread waiting for it (`request_from_thread`), if any."""
+        waiter = self._thread_pending.pop(rid, None)
+        if waiter is None:
+            return
+        try:
+            value = _wire.decode_body(body, nbufs)
+        except ProtocolError:
+            self._thread_pending[rid] = waiter  # failed with the others as the link closes
+            raise
+        except Exception as exc:
+            waiter.set(outcome.Error(self._undecodable(rid, exc)))
+            return
+        if kind == REPLY_OK:
+            waiter.set(outcome.Value(value))
+        else:
+            waiter.set(outcome.Error(self._remote_error(value)))
+
+    def _undecodable(self, rid: int, exc: Exception) -> ProtocolError:
+        return ProtocolError(
+            f"could not decode the reply to request {rid} from {self.peer_name!r}: {exc!r}"
+        )
 
     async def _on_message(self, kind: int, rid: int, body: memoryview, nbufs: int) -> None:
         """Hand a request or one-way message to the handler, inline."""
@@ -852,3 +1090,31 @@ class Connection:
             except Exception:
                 remote_exc = None
         return RemoteError(str(type_name), str(text), str(tb), remote_exc, self.peer_name)
+
+
+class _ThreadWaiter:
+    """Where a thread's request gets its reply: a lock the thread waits on, held from
+    the start and released once ``outcome`` is set (`Connection.request_from_thread`);
+    or a callback that takes the outcome (`Connection.request_soon_from_thread`).
+    `set` runs on the loop."""
+
+    __slots__ = ("lock", "on_reply", "outcome")
+
+    def __init__(self, on_reply: Callable[[outcome.Outcome[Any]], object] | None = None) -> None:
+        self.on_reply = on_reply
+        self.lock: threading.Lock | None = None
+        if on_reply is None:
+            self.lock = threading.Lock()
+            self.lock.acquire()
+        self.outcome: outcome.Outcome[Any] | None = None
+
+    def set(self, result: outcome.Outcome[Any]) -> None:
+        self.outcome = result
+        if self.on_reply is None:
+            assert self.lock is not None
+            self.lock.release()
+            return
+        try:
+            self.on_reply(result)
+        except Exception:  # the callback's bug: it must not take the reader down
+            logger.exception("the reply callback %r failed", self.on_reply)

@@ -56,6 +56,8 @@ class ConnectionStatistics:
     unsent: int
     #: frames written by a thread outside the loop (`Connection.send_from_thread`)
     frames_from_threads: int = 0
+    #: frames read and kept by a thread the read side was lent to (`Connection.lend_reads`)
+    frames_read_by_threads: int = 0
 
 
 class Reply:

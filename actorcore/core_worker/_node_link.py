@@ -62,6 +62,12 @@ SUBMIT_FRAME_BYTES = 4 << 20
 #: What a spec weighs in a frame besides its arguments (ids, name, resources).
 _SPEC_OVERHEAD = 512
 
+
+def _put_size(item: tuple) -> int:
+    """About how many bytes one ``(object_id, is_error, data)`` of a Put takes."""
+    data = item[2]
+    return 64 + (len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 64)
+
 #: Errors of a send that mean "the link is down": the message waits for a reconnect.
 #: Any other error (a frame over the peer's limit, a message that does not pickle)
 #: would fail the same way on every retry, so it is never put back in the queue.
@@ -267,8 +273,8 @@ class NodeLink:
                 if batch:
                     break
                 outq.popleft()
-                if type(m) is w.Put and (self._unsent_results or self._withdrawn):
-                    m = self._without_withdrawn(m)
+                if type(m) is w.Put:
+                    m = self._coalesced_puts(m, budget)
                     if m is None:
                         continue
                 return m
@@ -288,6 +294,32 @@ class NodeLink:
             self._stats["submit_frames"] += 1
             return w.Submit(batch)
         return None
+
+    def _coalesced_puts(self, first: w.Put, budget: int) -> w.Put | None:
+        """``first`` (just popped) and the Puts queued right behind it, as one Put of
+        at most about ``budget`` bytes, without the results withdrawn from them;
+        ``None`` if nothing is left of ``first``. A direct call's result is queued as
+        a Put of its own (``enqueue_results``): a burst of calls would otherwise send
+        the node one message per result, each encoded, decoded and dispatched alone."""
+        outq = self._queue
+        filtering = bool(self._unsent_results or self._withdrawn)
+        message: w.Put | None = self._without_withdrawn(first) if filtering else first
+        if not outq or type(outq[0]) is not w.Put:
+            return message
+        objects = list(message.objects) if message is not None else []
+        used = sum(_put_size(item) for item in objects)
+        while outq and type(outq[0]) is w.Put and used < budget:
+            nxt = outq.popleft()
+            if filtering:
+                nxt = self._without_withdrawn(nxt)
+                if nxt is None:
+                    continue
+            objects.extend(nxt.objects)
+            used += sum(_put_size(item) for item in nxt.objects)
+        if not objects:
+            return None
+        self._stats["puts_coalesced"] += 1
+        return w.Put(objects)
 
     def frame_limit(self) -> int:
         """The largest message the node link takes (its peer's frame limit)."""

@@ -26,6 +26,8 @@ import threading
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
+from . import _worker_state
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -35,14 +37,10 @@ logger = logging.getLogger("actorcore.object_ref")
 
 
 def _core() -> Any:
-    from . import _worker_state
-
     return _worker_state.current_core()
 
 
 def _core_or_none() -> Any:
-    from . import _worker_state
-
     return _worker_state.core
 
 

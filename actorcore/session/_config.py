@@ -354,6 +354,10 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
            "1: a driver leases workers from its node and pushes its tasks straight to "
            "them (direct task submission: see core_worker._leased_tasks); "
            "0: every task goes through the node's queue"),
+    EnvVar("ACTORCORE_THREAD_READS", "switch", "1",
+           "0: an actor's thread never reads its caller's direct link itself (every call "
+           "is read by its process's loop and handed to the thread, see "
+           "worker._actor_host._LinkInbox)"),
     EnvVar("ACTORCORE_NO_DIRECT", "switch", None,
            "deprecated: ACTORCORE_NO_DIRECT=1 means ACTORCORE_DIRECT_CALLS=0",
            deprecated_for="ACTORCORE_DIRECT_CALLS"),

@@ -32,7 +32,9 @@ import concurrent.futures
 import functools
 import inspect
 import logging
+import os
 import queue
+import select
 import sys
 import threading
 import time
@@ -43,6 +45,7 @@ from typing import Any, NoReturn
 import attrs
 import pykka
 import trio
+from pykka._envelope import Envelope
 
 import transport
 
@@ -55,13 +58,34 @@ from ..exceptions import ActorDiedError, ActorExitRequest, MessageTooLargeError
 from ..protocol import _serialization
 from ..protocol import _wire as w
 from ..protocol._actors import EXIT_CAUSE, ActorSpec, CallSpec, cancelled_results
+from ..session._config import env_value
 from ._cancel import CallGate, TaskInterrupt, run_interruptible
 from ._executor import StreamWriter, encode_returns, not_a_generator, run_task
 from ._process import load_function, return_spill, stream_emitter
 
-__all__ = ["HostContext", "ThreadedHost", "AsyncHost", "start_host"]
+__all__ = ["HostContext", "HostStatistics", "ThreadedHost", "AsyncHost", "process_statistics",
+           "start_host"]
 
 logger = logging.getLogger("actorcore.actor_host")
+
+
+@attrs.frozen
+class HostStatistics:
+    """What the actor hosts of one process did (``process_statistics``)."""
+
+    #: direct calls an actor's thread read off its caller's link itself (``_LinkInbox``)
+    calls_read_by_thread: int
+    #: direct calls the process's loop read and handed to an actor
+    calls_read_by_loop: int
+
+
+_context: HostContext | None = None
+
+
+def process_statistics() -> HostStatistics | None:
+    """The statistics of this process's actor hosts (``None``: it hosts none)."""
+    ctx = _context
+    return ctx.statistics() if ctx is not None else None
 
 
 class HostContext:
@@ -79,6 +103,10 @@ class HostContext:
         # task id -> the caller's direct link the call came on (``core_worker._direct_calls``)
         self.direct: dict[bytes, Any] = {}
         self.thread_sent_at = 0.0  # the last answer written from a method's thread
+        #: Read sides lent to an actor's thread (``_LinkInbox``): ``ACTORCORE_THREAD_READS``.
+        self.thread_reads: bool = env_value("ACTORCORE_THREAD_READS")
+        self.calls_read_by_thread = 0
+        self.calls_read_by_loop = 0
         # The process's main thread (``worker.MainThread``) when this process hosts
         # one actor: a threaded actor of concurrency 1 runs on it, as in Ray.
         self.main_thread: Any = None
@@ -90,6 +118,11 @@ class HostContext:
         # task id -> (link, call, results): direct answers of such actors waiting for
         # the node to hold the call's log entry (``actor_logged``).
         self.unlogged: dict[bytes, tuple[Any, CallSpec, list]] = {}
+        global _context
+        _context = self
+
+    def statistics(self) -> HostStatistics:
+        return HostStatistics(self.calls_read_by_thread, self.calls_read_by_loop)
 
     def decode(self, oid: bytes, data: Any) -> Any:
         if data is _FETCH:  # a direct call's argument ref: resolved here, in call order
@@ -154,7 +187,11 @@ class HostContext:
         send_from_thread``); not within ``THREAD_SEND_GAP`` of the last such answer:
         a burst of answers coalesces in the loop. ``False``: the loop answers."""
         now = time.monotonic()
-        if now - self.thread_sent_at < THREAD_SEND_GAP or self.core.loop.in_loop():
+        if self.core.loop.in_loop():
+            return False
+        # A thread holding the link's read side (``_LinkInbox``) took this call
+        # itself and answers one call at a time: there is no burst to coalesce.
+        if now - self.thread_sent_at < THREAD_SEND_GAP and not conn.reads_lent:
             return False
         if any(data == STORE for _oid, _err, data in results):
             return False
@@ -615,12 +652,19 @@ class _ThreadedHandle:
     def cancel(self, task_id: bytes) -> None:
         self.gate.cancel(task_id)
 
-    def submit(self, spec: CallSpec, dep_data: list) -> None:
+    def submit(self, spec: CallSpec, dep_data: list | None) -> None:
         self.gate.queued(spec)
         try:
             self.ref.tell((spec, dep_data))
         except pykka.ActorDeadError:
             pass  # stopped (its constructor raised); the node knows it is dead
+
+    def offer_reads(self, conn: Any) -> None:
+        """A direct call came on ``conn`` (core loop): lend its read side to the
+        actor's thread if its mailbox can take it (``_LinkInbox``)."""
+        inbox = self.ref.actor_inbox
+        if type(inbox) is _LinkInbox:
+            inbox.offer(conn)
 
     def stop(self) -> None:
         self.ref.stop(block=False)
@@ -658,6 +702,10 @@ class AsyncHost:
 
     def stop(self) -> None:
         self.submit(None, None)
+
+    def offer_reads(self, conn: Any) -> None:
+        """(``_ThreadedHandle.offer_reads``) Not lent: the actor's thread waits in its
+        event loop, which reads nothing of ours."""
 
     def cancel(self, task_id: bytes) -> None:
         """Drop ``task_id`` if queued; cancel it (on the loop) if running."""
@@ -826,7 +874,181 @@ def start_host(ctx: HostContext, spec: ActorSpec, incarnation: int, dep_data: li
 
 class _MainThreadHost(ThreadedHost):
     """A ``ThreadedHost`` whose actor loop runs on the process's main thread instead
-    of a thread of its own: its constructor and every call, one at a time."""
+    of a thread of its own: its constructor and every call, one at a time. Its
+    mailbox is a ``_LinkInbox``: while idle, the thread reads its caller's direct
+    link itself."""
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return _LinkInbox()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        inbox = self.actor_inbox
+        assert type(inbox) is _LinkInbox
+        self._taken_at = 0.0  # when the thread last took a call itself
+        if self.ctx.thread_reads:
+            inbox.take = self._take_direct_call
+        else:
+            inbox.close()
 
     def _start_actor_loop(self) -> None:
-        self.ctx.main_thread.submit(self._actor_loop)
+        self.ctx.main_thread.submit(self._run_actor_loop)
+
+    def _run_actor_loop(self) -> None:
+        try:
+            self._actor_loop()
+        finally:
+            self.actor_inbox.close()  # type: ignore[attr-defined]
+
+    def _take_direct_call(self, conn: Any, message: Any) -> bool:
+        """Whether the actor's thread takes ``message``, read from ``conn`` by itself:
+        a call to this actor, not within ``THREAD_SEND_GAP`` of the last one it took
+        (closer together they are a burst, which the loop reads and answers in
+        batches: the thread would wake, read and answer once per call); it is then
+        registered as ``_h_direct_call`` and ``submit`` register one (the actor's
+        thread)."""
+        if type(message) is not w.DirectCall:
+            return False
+        spec = message.spec
+        if spec.actor_id != self.spec.actor_id:
+            return False
+        now = time.monotonic()
+        if now - self._taken_at < THREAD_SEND_GAP:
+            self._taken_at = now
+            return False
+        self._taken_at = now
+        ctx = self.ctx
+        ctx.direct[spec.task_id] = conn
+        ctx.calls_read_by_thread += 1
+        self.gate.queued(spec)
+        return True
+
+
+class _LinkInbox:
+    """The mailbox of an actor on the process's main thread that also reads, while it
+    is idle, the direct link its last call came on (``transport.ReadLoan``).
+
+    Why. A direct call otherwise wakes the process's Trio loop, which reads and
+    decodes it and puts it here, and then wakes the actor's thread: two wake-ups,
+    each waiting for a core and then the GIL. With the read side lent, the kernel
+    wakes the actor's thread, which reads, runs and answers the call (the answer
+    written by the same thread, ``HostContext._answer_from_thread``): the loop does
+    not run at all for a lone call.
+
+    How. The thread waits in ``poll`` on an eventfd (messages put here, the loan
+    handed over or closed) and, while it holds the loan, on the link's socket. When
+    the socket has input, ``ReadLoan.take`` keeps it only if it is exactly one whole
+    call to this actor (``take``, set by the host); anything else -- several frames,
+    a partial one, a cancel -- goes back to the loop's reader with every byte read,
+    and the loop hands it to this mailbox as before (ordering is the stream's: the
+    bytes given back are its next ones). The thread asks for the read side again at
+    its next idle wait. The loan ends when the link closes (the loop takes the side
+    back) or the actor stops (``close``).
+
+    ``put``, ``get`` and ``empty`` are what Pykka uses of a mailbox."""
+
+    def __init__(self) -> None:
+        self._queue: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._sleeping = False
+        self._woken = False
+        self._closed = False
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._poll = select.poll()
+        self._poll.register(self._efd, select.POLLIN)
+        self._polled = -1  # the loan's descriptor, while registered
+        self.loan: transport.ReadLoan | None = None
+        self._loan_conn: Any = None
+        # (conn, message) -> whether the thread takes it as a call of its own
+        self.take: Callable[[Any, Any], bool] | None = None
+
+    # ---------------------------------------------------------------- any thread
+
+    def put(self, envelope: Any) -> None:
+        self._queue.append(envelope)
+        self._wake()
+
+    def empty(self) -> bool:
+        return not self._queue
+
+    def _wake(self) -> None:
+        with self._lock:
+            if not self._sleeping or self._woken:
+                return
+            self._woken = True
+        os.eventfd_write(self._efd, 1)
+
+    # ------------------------------------------------------------------ core loop
+
+    def offer(self, conn: Any) -> None:
+        """A direct call came on ``conn``: borrow its read side unless this mailbox
+        holds a loan already (one link at a time: others stay with the loop)."""
+        loan = self.loan
+        if self._closed or self.take is None or (loan is not None and not loan.closed):
+            return
+        loan = conn.lend_reads(self._wake)
+        if loan is None:
+            return
+        self._loan_conn = conn
+        self.loan = loan
+        self._wake()
+
+    # ------------------------------------------------------------ actor's thread
+
+    def get(self) -> Any:
+        queue = self._queue
+        while True:
+            if queue:
+                return queue.popleft()
+            loan = self.loan
+            fd = -1
+            if loan is not None:
+                if loan.closed:
+                    loan.release()
+                    self.loan = self._loan_conn = None
+                    continue
+                if loan.want():
+                    fd = loan.fileno()
+            self._watch(fd)
+            with self._lock:
+                self._sleeping = True
+                self._woken = False
+            if queue or (loan is not None and (loan.closed or (fd < 0 and loan.held))):
+                with self._lock:
+                    self._sleeping = False
+                continue
+            try:
+                events = self._poll.poll()
+            finally:
+                with self._lock:
+                    self._sleeping = False
+            for polled, _mask in events:
+                if polled == self._efd:
+                    try:
+                        os.eventfd_read(self._efd)
+                    except BlockingIOError:
+                        pass
+                elif polled == fd and loan is not None and self.take is not None:
+                    message = loan.take(functools.partial(self.take, self._loan_conn))
+                    if message is not transport.NOT_TAKEN:
+                        return Envelope((message.spec, None))
+
+    def _watch(self, fd: int) -> None:
+        """Poll ``fd`` (the loan's socket; -1: none) beside the eventfd."""
+        if fd == self._polled:
+            return
+        if self._polled >= 0:
+            self._poll.unregister(self._polled)
+        if fd >= 0:
+            self._poll.register(fd, select.POLLIN)
+        self._polled = fd
+
+    def close(self) -> None:
+        """The actor stopped (its thread): give the read side back for good."""
+        self._closed = True
+        loan, self.loan = self.loan, None
+        self._loan_conn = None
+        self._watch(-1)
+        if loan is not None:
+            loan.release()

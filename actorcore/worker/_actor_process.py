@@ -96,7 +96,9 @@ class ActorWorkerProcess(WorkerProcess):
             return
         assert self.ctx is not None
         self.ctx.direct[spec.task_id] = conn
+        self.ctx.calls_read_by_loop += 1
         host.submit(spec, None)
+        host.offer_reads(conn)
 
     async def run(self, address: str, token: bytes) -> None:
         async with trio.open_nursery() as nursery:

@@ -1,0 +1,254 @@
+"""Lending a connection's read side to one thread while that thread is idle.
+
+Why. A process whose work runs in a thread beside its Trio loop (an actor's thread)
+receives each message in two hops: the kernel wakes the loop, whose reader reads and
+decodes the frame and hands the message to the thread through a queue, and then the
+thread wakes. For a lone request on an idle link that is a whole wake-up and a
+scheduler pass of the loop per message. A `ReadLoan` lets the waiting thread read the
+socket itself while it has nothing else to do: the kernel wakes it directly, and the
+loop is not involved at all.
+
+Ownership. Exactly one party reads the socket at any time, and the hand-over is
+explicit, under the loan's lock:
+
+* The loop's reader owns the read side by default. When the borrower has said it
+  wants it (`ReadLoan.want`, from the thread) and the reader is at a frame boundary
+  with nothing buffered (no partial frame), the reader hands it over
+  (``Connection._lend``): it marks the loan held, wakes the borrower through the
+  ``wake`` callback given to `Connection.lend_reads`, and parks -- off the socket,
+  not in ``wait_readable``, or every frame would wake the loop anyway.
+* The borrower reads with `take`, which never blocks: it reads what the socket has
+  and keeps it only if it is exactly one whole one-way frame without out-of-band
+  buffers whose message the borrower accepts. Anything else -- two frames, a partial
+  frame, a message the borrower does not handle (a cancel, say), end of stream, a
+  read error, a message that does not decode -- is given back: every byte read goes
+  to the loop's reader with the read side, and the reader handles them (and what
+  follows) exactly as if it had read them itself. Nothing is lost or reordered: the
+  bytes the thread gives back are the stream's next bytes.
+* The borrower gives it back too when it stops borrowing (`release`: its actor
+  stopped).
+* The loop takes it back when the connection closes (`Connection._shutdown` calls
+  `close`): the borrower is woken, sees `closed`, and stops. The borrower reads and
+  polls a duplicate of the socket's descriptor, owned by the loan, so the loop may
+  close the connection's socket at any time without a reused descriptor under a
+  thread's ``poll``; the duplicate is closed by whichever side lets go last.
+
+* The loop also takes it back from a borrower that has been busy for
+  `RECLAIM_AFTER` seconds with a message it kept (running the call it read): while
+  the thread is busy, frames wait in the kernel, and a cancel of a call queued
+  behind the running one, or the peer's close, must not wait for the running call
+  to end. A watch task in the loop (``Connection._watch_loan``) checks every
+  `RECLAIM_AFTER` seconds while the borrower keeps taking messages, and ends after a
+  few checks that found it idle (an idle actor costs no timer); the borrower starts
+  it again, through the loop's token, when it keeps a message and no watch runs.
+  The reclaim happens only between the borrower's reads (``busy_since`` is set under
+  the lock when it keeps a message and cleared when it is idle again, `want`), so it
+  never takes the socket from under a ``recv``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from . import _wire
+from ._wire import HEADER, HEADER_SIZE, ONEWAY
+
+__all__ = ["NOT_TAKEN", "RECLAIM_AFTER", "ReadLoan"]
+
+#: What `ReadLoan.take` returns when it kept nothing (see there).
+NOT_TAKEN: Any = object()
+
+#: The loop takes the read side back from a borrower busy this long (seconds) with
+#: a message it kept; the period of the loop's watch (see the module docstring).
+RECLAIM_AFTER = 0.02
+
+_unpack_header = HEADER.unpack_from
+
+
+class ReadLoan:
+    """The read side of one connection, lent to one thread while it is idle; see the
+    module docstring. Made by `transport.Connection.lend_reads`."""
+
+    def __init__(self, conn: Any, sock: socket.socket, token: trio.lowlevel.TrioToken,
+                 wake: Callable[[], None], buffer_size: int) -> None:
+        self._conn = conn
+        self._token = token
+        self._wake = wake
+        self._lock = threading.Lock()
+        # A descriptor of its own (see the module docstring), non-blocking like the
+        # connection's socket.
+        self._sock: socket.socket | None = sock.dup()
+        self._sock.setblocking(False)
+        self._buf = bytearray(buffer_size)
+        self._view = memoryview(self._buf)
+        self.wanted = False  # the borrower asked for the side; the reader hands it over
+        self.held = False  # the borrower holds it; the reader is parked
+        self.closed = False  # the connection closed, or the borrower let go for good
+        self.taken = 0  # messages the borrower kept (statistics)
+        self.given_back = 0  # times it gave the side back with bytes (statistics)
+        self.reclaimed = 0  # times the loop took it back from a busy borrower
+        # When the borrower kept its last message; None while it is idle (``want``).
+        self.busy_since: float | None = None
+        self.watched = False  # the loop's watch task runs
+
+    # ---------------------------------------------------------------- borrower
+
+    def fileno(self) -> int:
+        """The descriptor to poll for input while `held` (-1 once closed)."""
+        sock = self._sock
+        return sock.fileno() if sock is not None else -1
+
+    def want(self) -> bool:
+        """The borrower is idle: ask for the read side. ``True``: it holds it now
+        (poll `fileno`, then `take`); ``False``: not yet -- the ``wake`` callback runs
+        once the loop's reader has handed it over (or the loan closed)."""
+        with self._lock:
+            self.busy_since = None
+            if self.held:
+                return True
+            if self.closed or self.wanted:
+                return False
+            self.wanted = True
+        try:
+            self._token.run_sync_soon(self._conn._offer_reads)
+        except trio.RunFinishedError:
+            pass
+        return False
+
+    def take(self, accept: Callable[[Any], bool]) -> Any:
+        """Read what the socket has (never blocks; the borrower holds the side).
+
+        Returns the message if the read got exactly one whole one-way frame, without
+        out-of-band buffers, whose decoded message ``accept`` takes; the borrower
+        handles it. Returns `NOT_TAKEN` if there was nothing to read (the side is
+        still held), or after giving the side back with every byte read (anything
+        else; see the module docstring; `held` is then false)."""
+        sock = self._sock
+        if sock is None or not self.held:
+            return NOT_TAKEN
+        view = self._view
+        try:
+            n = sock.recv_into(view)
+        except BlockingIOError:
+            return NOT_TAKEN
+        except OSError:  # the loop's reader meets the error itself
+            self.give_back(b"")
+            return NOT_TAKEN
+        if n >= HEADER_SIZE:
+            body_len, kind, nbufs, _rid = _unpack_header(view, 0)
+            if kind == ONEWAY and nbufs == 0 and n == HEADER_SIZE + body_len:
+                try:
+                    message = _wire.decode_body(view[HEADER_SIZE:n], 0)
+                except Exception:  # the loop's reader reports it
+                    message = NOT_TAKEN
+                if message is not NOT_TAKEN and accept(message):
+                    self.taken += 1
+                    self._conn._count_taken(n)
+                    with self._lock:
+                        self.busy_since = time.monotonic()
+                        watch = not self.watched
+                        self.watched = True
+                    if watch:
+                        try:
+                            self._token.run_sync_soon(self._conn._start_watch, self)
+                        except trio.RunFinishedError:
+                            pass
+                    return message
+        self.give_back(bytes(view[:n]))
+        return NOT_TAKEN
+
+    def give_back(self, data: bytes = b"") -> None:
+        """Hand the read side back to the loop with ``data``, the bytes read from the
+        socket and not handled (the stream's next bytes). No-op unless held."""
+        with self._lock:
+            if not self.held:
+                return
+            self.held = False
+            if data:
+                self.given_back += 1
+            if self.closed:
+                self._close_sock()
+                return
+        try:
+            self._token.run_sync_soon(self._conn._reads_returned, data)
+        except trio.RunFinishedError:
+            pass
+
+    def release(self) -> None:
+        """The borrower lets go for good (its work ended): the side goes back to the
+        loop if held, and the loan closes."""
+        self.give_back(b"")
+        with self._lock:
+            self.closed = True
+            self.wanted = False
+            self._close_sock()
+
+    # -------------------------------------------------------------------- loop
+
+    def hand_over(self) -> bool:
+        """The loop's reader lends the side (it then parks): ``False`` if the borrower
+        does not want it any more, or the loan closed."""
+        with self._lock:
+            if self.closed or not self.wanted:
+                return False
+            self.wanted = False
+            self.held = True
+        self._wake()
+        return True
+
+    def reclaim_if_busy(self) -> bool | None:
+        """(The loop's watch.) Take the side back if the borrower has been busy for
+        `RECLAIM_AFTER` with a message it kept: ``True``, the reader resumes.
+        ``False``: it is busy, not for long yet; ``None``: it is idle, or the side
+        is not lent."""
+        with self._lock:
+            busy_since = self.busy_since
+            if not self.held or busy_since is None:
+                return None
+            if time.monotonic() - busy_since < RECLAIM_AFTER:
+                return False
+            self.held = False
+            self.busy_since = None
+            self.reclaimed += 1
+            return True
+
+    def stop_watch(self, only_if_idle: bool = False) -> bool:
+        """(The loop's watch, ending.) With ``only_if_idle``, only if the borrower
+        is idle, in the same locked step (a message it keeps meanwhile starts a new
+        watch); ``True``: stopped."""
+        with self._lock:
+            if only_if_idle and self.busy_since is not None:
+                return False
+            self.watched = False
+            return True
+
+    def close(self) -> None:
+        """The connection closed: the borrower is woken and stops reading (it sees
+        `closed`); the descriptor closes once nobody polls it."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.wanted = False
+            held = self.held
+            if not held:
+                self._close_sock()
+        if held:
+            self._wake()
+
+    def _close_sock(self) -> None:
+        """(lock held)"""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "held" if self.held else (
+            "wanted" if self.wanted else "idle")
+        return f"<ReadLoan of {self._conn!r}: {state}>"
