@@ -80,11 +80,24 @@ class GcsClientLink:
             return
         import gcs
 
+        # A restart is ready at once, before the GCS answers. The node's supervisor
+        # starts the children it restarts one at a time, each once the one before
+        # is ready: a restart of this link that waited here for the GCS would hold
+        # up the restart of a crashed ``gcs`` queued behind it, and the two would
+        # wait for each other until the address wait timed out, and again at every
+        # restart after (seen with ``faults.crash`` of every node component in a
+        # row). The node's GCS calls wait for the next client meanwhile
+        # (``GcsControlState.wait_client``), as they do while this link is down.
+        # The first start still waits: the node is up only once its GCS link is.
+        restart = control.links > 0
+        if restart:
+            task_status.started()
         address = await self._gcs_address()
         async with gcs.open_client(address, self._token, name=self._name) as client:
             control.attach(client, address)
             try:
-                task_status.started(address)
+                if not restart:
+                    task_status.started(address)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(control.flush_forever)
                     if self.membership is not None:
