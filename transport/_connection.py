@@ -1006,17 +1006,11 @@ class Connection:
                 self._on_thread_reply(kind, rid, body, nbufs)
             return  # its request timed out or was cancelled, or a duplicate
         try:
-            value = _wire.decode_body(body, nbufs)
+            result = self._reply_outcome(kind, rid, body, nbufs)
         except ProtocolError:
             self._pending[rid] = task  # failed with the others as the link closes
             raise
-        except Exception as exc:
-            _reschedule(task, outcome.Error(self._undecodable(rid, exc)))
-            return
-        if kind == REPLY_OK:
-            _reschedule(task, outcome.Value(value))
-        else:
-            _reschedule(task, outcome.Error(self._remote_error(value)))
+        _reschedule(task, result)
 
     def _on_thread_reply(self, kind: int, rid: int, body: memoryview, nbufs: int) -> None:
         """Hand a reply to the thread waiting for it (`request_from_thread`), if any."""
@@ -1024,17 +1018,25 @@ class Connection:
         if waiter is None:
             return
         try:
-            value = _wire.decode_body(body, nbufs)
+            result = self._reply_outcome(kind, rid, body, nbufs)
         except ProtocolError:
             self._thread_pending[rid] = waiter  # failed with the others as the link closes
             raise
+        waiter.set(result)
+
+    def _reply_outcome(self, kind: int, rid: int, body: memoryview, nbufs: int) -> Any:
+        """What reply ``rid`` brings its requester: its value, the peer's error, or an
+        undecodable reply's error. A `ProtocolError` (the stream is broken)
+        propagates: the link closes and fails every request still waiting."""
+        try:
+            value = _wire.decode_body(body, nbufs)
+        except ProtocolError:
+            raise
         except Exception as exc:
-            waiter.set(outcome.Error(self._undecodable(rid, exc)))
-            return
+            return outcome.Error(self._undecodable(rid, exc))
         if kind == REPLY_OK:
-            waiter.set(outcome.Value(value))
-        else:
-            waiter.set(outcome.Error(self._remote_error(value)))
+            return outcome.Value(value)
+        return outcome.Error(self._remote_error(value))
 
     def _undecodable(self, rid: int, exc: Exception) -> ProtocolError:
         return ProtocolError(
