@@ -10,7 +10,7 @@ from typing import Any
 from actorcore.session._session import pid_alive
 
 __all__ = ["FAST", "STEADY", "alive", "at_rest", "driver", "no_resources_held", "node_call",
-           "three_nodes", "tasks_seen", "two_nodes", "until", "wait_at_rest"]
+           "three_nodes", "tasks_seen", "tree_entry", "two_nodes", "until", "wait_at_rest"]
 
 #: Node environment for multi-node tests that kill nodes: a killed node is declared dead within
 #: 3 s (heartbeats every 0.1 s) instead of the default 10 s. Not less: on a loaded
@@ -29,6 +29,18 @@ STEADY = {"ACTORCORE_NODE_TIMEOUT": "60", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
 
 #: Whether a process runs (a zombie is dead): the runtime's own test.
 alive = pid_alive
+
+
+def tree_entry(snap: dict, name: str) -> dict | None:
+    """The first entry named ``name`` in a tree snapshot (``actorcore.tree()``),
+    parents before their children; ``None`` if there is none."""
+    if snap.get("name") == name:
+        return snap
+    for child in snap.get("children") or ():
+        found = tree_entry(child, name)
+        if found is not None:
+            return found
+    return None
 
 
 def until(pred: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:

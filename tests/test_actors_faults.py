@@ -16,7 +16,7 @@ import pytest
 import actorcore as ray
 from actorcore import exceptions as exc
 
-from .cluster_support import until
+from .cluster_support import tree_entry, until
 
 pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
 
@@ -209,22 +209,12 @@ def _pids(handles):
     return ray.get([h.pid.remote() for h in handles], timeout=60)
 
 
-def _find(snap, name):
-    if snap.get("name") == name:
-        return snap
-    for c in snap.get("children", []):
-        found = _find(c, name)
-        if found is not None:
-            return found
-    return None
-
-
 def test_supervised_actors_one_for_all_and_tree():
     sup = ray.supervisor("pair", strategy="one_for_all", max_restarts=5, max_seconds=30)
     a = Worker.options(supervisor=sup, name="sup_a", max_task_retries=-1).remote("a")
     b = Worker.options(supervisor=sup, name="sup_b", max_task_retries=-1).remote("b")
     pa, pb = _pids([a, b])
-    snap = _find(ray.tree(), "pair")
+    snap = tree_entry(ray.tree(), "pair")
     assert snap["kind"] == "user_supervisor" and snap["strategy"] == "one_for_all"
     assert [c["name"] for c in snap["children"]] == ["sup_a", "sup_b"]
     assert snap["children"][0]["class"] == "Worker" and snap["children"][0]["pid"] == pa
@@ -233,7 +223,7 @@ def test_supervised_actors_one_for_all_and_tree():
     qa, qb = _until(lambda: (lambda p: p if p[0] != pa and p[1] != pb else None)(_pids([a, b])),
                     what="both actors restarted")
     assert ray.get([a.tag_of.remote(), b.tag_of.remote()]) == ["a", "b"]
-    snap = _find(ray.tree(), "pair")
+    snap = tree_entry(ray.tree(), "pair")
     assert [c["restarts"] for c in snap["children"]] == [1, 1]
     with pytest.raises(ValueError, match="already exists"):
         ray.supervisor("pair")
@@ -252,7 +242,7 @@ def test_supervised_one_for_one_and_intensity_exceeded():
     for h in (a, b):
         with pytest.raises(exc.ActorDiedError, match="supervisor 'solo' gave up"):
             ray.get(h.pid.remote(), timeout=60)
-    _until(lambda: _find(ray.tree(), "solo") is None, what="the failed supervisor removed")
+    _until(lambda: tree_entry(ray.tree(), "solo") is None, what="the failed supervisor removed")
 
 
 def test_supervised_rest_for_one_restarts_the_later_siblings():
@@ -274,7 +264,7 @@ def test_supervised_kill_no_restart_removes_the_child():
     ray.kill(a)
     with pytest.raises(exc.ActorDiedError, match="killed"):
         ray.get(a.pid.remote(), timeout=30)
-    _until(lambda: _find(ray.tree(), "victim") is None, what="child removed")
+    _until(lambda: tree_entry(ray.tree(), "victim") is None, what="child removed")
     with pytest.raises(exc.ActorDiedError, match="does not exist"):
         ray.get(Worker.options(supervisor="nobody").remote().pid.remote(), timeout=30)
 

@@ -22,6 +22,7 @@ from actorcore.kernel import check_snapshot
 from actorcore.testing import faults
 
 from .cluster_support import alive as _alive
+from .cluster_support import tree_entry
 from .cluster_support import until as _until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,21 +60,11 @@ def tmpdir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _find(snap, name):
-    if snap["name"] == name:
-        return snap
-    for child in snap.get("children", []):
-        found = _find(child, name)
-        if found is not None:
-            return found
-    return None
-
-
 def test_tree_shape(cluster):
     ray.get([inc.remote(i) for i in range(4)])
     snap = ray.tree()
     check_snapshot(snap)
-    node = _find(snap, "node")
+    node = tree_entry(snap, "node")
     names = [c["name"] for c in node["children"]]
     assert names == ["rpc_server", "gcs", "gcs_client", "node_links", "global_scheduler", "local_scheduler",
                      "object_manager", "store_link", "object_directory", "worker_pool",
@@ -83,7 +74,7 @@ def test_tree_shape(cluster):
     assert len(workers) >= 2
     for w in workers:
         assert w["kind"] == "worker" and isinstance(w["pid"], int) and _alive(w["pid"])
-    assert _find(snap, "replica_0")["kind"] == "gcs_replica"
+    assert tree_entry(snap, "replica_0")["kind"] == "gcs_replica"
 
 
 @pytest.mark.parametrize(
@@ -92,11 +83,11 @@ def test_tree_shape(cluster):
      "gcs_client", "store_link", "object_directory", "actor_manager"],
 )
 def test_crash_component_restarts_and_cluster_keeps_serving(cluster, component):
-    before = _find(ray.tree(), component)["restarts"]
+    before = tree_entry(ray.tree(), component)["restarts"]
     pending = [inc.remote(i) for i in range(50)]
     assert "crashed" in faults.crash(component)
     deadline = time.monotonic() + 10
-    while _find(ray.tree(), component)["restarts"] != before + 1:
+    while tree_entry(ray.tree(), component)["restarts"] != before + 1:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert ray.get(pending, timeout=30) == [i + 1 for i in range(50)]
@@ -128,7 +119,7 @@ def meet(d, me, other):
 
 def _pool_workers(snap=None):
     """The worker processes under ``worker_pool`` (not its zygote)."""
-    return [w for w in _find(snap or ray.tree(), "worker_pool")["children"] if w["kind"] == "worker"]
+    return [w for w in tree_entry(snap or ray.tree(), "worker_pool")["children"] if w["kind"] == "worker"]
 
 
 def test_pool_refills_after_a_worker_is_killed_and_cpu_tasks_run_side_by_side(cluster):
@@ -243,7 +234,7 @@ def test_workers_that_cannot_start_are_restarted_with_backoff_not_in_a_loop(tmpd
 
 def test_store_arena_is_faulted_in_ahead_of_use_by_default(cluster):
     # 256 MiB above the arena's header, in the background after the node started.
-    _until(lambda: _find(ray.tree(), "object_manager").get("prefaulted", 0) >= (256 << 20) + 4096,
+    _until(lambda: tree_entry(ray.tree(), "object_manager").get("prefaulted", 0) >= (256 << 20) + 4096,
            "the store to fault in its first 256 MiB")
 
 
@@ -411,7 +402,7 @@ def test_cli_start_status_tree_stop(tmpdir):
         assert "CPU" in status and "widget" in status and "logs:" in status
         snap = json.loads(cli("tree", "--json").stdout)
         check_snapshot(snap)
-        assert _find(snap, "local_scheduler") is not None
+        assert tree_entry(snap, "local_scheduler") is not None
         text = cli("tree").stdout
         assert "worker_pool" in text and "gcs_replica" in text
         code = (
@@ -520,10 +511,10 @@ def test_status_shows_the_components_typed_statistics(cluster):
 
 
 def test_status_reads_the_store_again_after_it_restarts(cluster):
-    before = _find(ray.tree(), "object_manager")["restarts"]
+    before = tree_entry(ray.tree(), "object_manager")["restarts"]
     assert "crashed" in faults.crash("object_manager")
     deadline = time.monotonic() + 10
-    while _find(ray.tree(), "object_manager")["restarts"] != before + 1:
+    while tree_entry(ray.tree(), "object_manager")["restarts"] != before + 1:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     st = ray._api._call("status")

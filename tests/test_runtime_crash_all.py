@@ -13,6 +13,7 @@ import pytest
 import actorcore as ray
 from actorcore.testing import faults
 
+from .cluster_support import tree_entry
 from .cluster_support import until as _until
 
 
@@ -39,16 +40,6 @@ class Counter:
     def add(self):
         self.n += 1
         return self.n
-
-
-def _find(snap: dict, name: str) -> dict | None:
-    stack = [snap]
-    while stack:
-        s = stack.pop()
-        if s.get("name") == name:
-            return s
-        stack.extend(s.get("children") or ())
-    return None
 
 
 
@@ -87,7 +78,7 @@ def test_every_node_component_crashed_in_a_row_comes_back():
 
     def all_running() -> bool:
         snap = ray.tree()
-        return all((_find(snap, n) or {}).get("state") == "running" for n in names)
+        return all((tree_entry(snap, n) or {}).get("state") == "running" for n in names)
 
     _until(all_running, "every node component to run again", timeout=60)
 

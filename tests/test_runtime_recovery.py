@@ -25,6 +25,7 @@ from actorcore import exceptions as exc
 from actorcore.core_worker import _worker_state
 from actorcore.testing import faults
 
+from .cluster_support import tree_entry
 from .cluster_support import until as _until
 
 #: The restarted store keeps unclaimed objects this long (30 s by default): the
@@ -105,12 +106,8 @@ def _walk(snap: dict, prefix: str = "") -> Iterator[tuple[str, dict]]:
         yield from _walk(child, path)
 
 
-def _find(snap: dict, name: str) -> dict | None:
-    return next((s for _p, s in _walk(snap) if s["name"] == name), None)
-
-
 def _restarts(name: str) -> int:
-    entry = _find(ray.tree(), name)
+    entry = tree_entry(ray.tree(), name)
     assert entry is not None, name
     return entry["restarts"]
 
@@ -119,7 +116,7 @@ def _back(name: str, before: int) -> dict:
     """Wait until component ``name`` restarted (and, for the store, its grace is over)."""
 
     def done() -> dict | None:
-        entry = _find(ray.tree(), name)
+        entry = tree_entry(ray.tree(), name)
         if entry is None or entry["restarts"] <= before or entry["state"] != "running":
             return None
         return None if entry.get("recovering") else entry
@@ -128,7 +125,7 @@ def _back(name: str, before: int) -> dict:
 
 
 def _worker_pids() -> set[int]:
-    pool = _find(ray.tree(), "worker_pool")
+    pool = tree_entry(ray.tree(), "worker_pool")
     assert pool is not None
     return {w["pid"] for w in pool["children"] if w["kind"] == "worker"}
 
@@ -145,7 +142,7 @@ def test_object_manager_crash_keeps_every_object():
     assert ray.get(holder.read.remote(), timeout=60) == (6 * MB, "held")
     assert ray.get(returned, timeout=60).nbytes == 3 * MB
     view = ray.get(large)  # a zero-copy array held over the crash
-    assert _find(ray.tree(), "object_manager")["spilled"] >= 1
+    assert tree_entry(ray.tree(), "object_manager")["spilled"] >= 1
 
     before = _restarts("object_manager")
     assert "crashed" in faults.crash("object_manager")
@@ -242,14 +239,14 @@ def _gcs_read(cluster: dict[str, Any], table: str, keys: list[str]) -> list[Any]
 
 
 def test_tree_shows_gcs_client_and_actor_manager():
-    node = _find(ray.tree(), "node")
+    node = tree_entry(ray.tree(), "node")
     assert node is not None
     names = [c["name"] for c in node["children"]]
     assert {"gcs_client", "store_link", "object_directory", "actor_manager"} <= set(names)
-    link = _find(ray.tree(), "gcs_client")
+    link = tree_entry(ray.tree(), "gcs_client")
     assert link is not None and link["kind"] == "gcs_client" and link["state"] == "running"
     assert link["backend"] == "gcs" and link["linked"] is True, link
-    manager = _find(ray.tree(), "actor_manager")
+    manager = tree_entry(ray.tree(), "actor_manager")
     assert manager is not None and manager["kind"] == "actor_manager", manager
     assert manager["state"] == "running" and "alive" in manager, manager
     cli = subprocess.run([sys.executable, "-m", "actorcore", "tree"], capture_output=True,
@@ -262,9 +259,9 @@ def test_gcs_client_crash_loses_no_lineage_function_or_task(cluster):
     # Tasks in flight while the node's GCS link crashes: every result is exact, a
     # function first exported while the link is down runs, and the lineage of every
     # task reaches the GCS (the flusher carries on from the same buffer).
-    _until(lambda: _find(ray.tree(), "gcs_client")["lineage_pending"] == 0,
+    _until(lambda: tree_entry(ray.tree(), "gcs_client")["lineage_pending"] == 0,
            "earlier lineage to be written")
-    before = _find(ray.tree(), "gcs_client")
+    before = tree_entry(ray.tree(), "gcs_client")
     refs = [inc.remote(i) for i in range(400)]
     assert "crashed" in faults.crash("gcs_client")
     # A named actor claims its name in the GCS: through the new link, at once (the
@@ -285,7 +282,7 @@ def test_gcs_client_crash_loses_no_lineage_function_or_task(cluster):
     after = _back("gcs_client", before["restarts"])
     assert after["linked"] is True
     done = _until(lambda: (lambda e: e if e["lineage_pending"] == 0 else None)(
-        _find(ray.tree(), "gcs_client")), "the lineage to be written")
+        tree_entry(ray.tree(), "gcs_client")), "the lineage to be written")
     assert done["tasks_recorded"] - before["tasks_recorded"] >= 601
     entries = _gcs_read(cluster, "tasks", [r.task_id().hex() for r in refs + more + [tripled]])
     missing = [i for i, e in enumerate(entries) if e is None]
@@ -315,7 +312,7 @@ def test_actor_manager_crash_keeps_actors_calls_and_records(cluster):
     _until(lambda: all(r is not None and r.get("state") == "alive"
                        for r in _gcs_read(cluster, "actors", ids)),
            "the actors' records in the GCS")
-    assert _find(ray.tree(), "actor_manager")["records_unwritten"] == 0
+    assert tree_entry(ray.tree(), "actor_manager")["records_unwritten"] == 0
     assert ray.get(inc.remote(1), timeout=30) == 2
     for a in [*actors, fresh]:
         ray.kill(a)
@@ -325,8 +322,8 @@ def test_store_link_crash_keeps_refs_and_sends_later_releases():
     # Large objects put and returned while the node's store link crashes: every value
     # reads back exact (the node's refs survived), and once freed they leave the
     # store (releases asked for while the link's tasks were down still go out).
-    _until(lambda: _find(ray.tree(), "object_manager")["state"] == "running", "the store")
-    base = _find(ray.tree(), "object_manager")["count"]
+    _until(lambda: tree_entry(ray.tree(), "object_manager")["state"] == "running", "the store")
+    base = tree_entry(ray.tree(), "object_manager")["count"]
     before = _restarts("store_link")
     puts = [ray.put(np.full(MB, i, np.uint8)) for i in range(6)]
     returned = [make.remote(MB, 10 + i) for i in range(6)]
@@ -338,14 +335,14 @@ def test_store_link_crash_keeps_refs_and_sends_later_releases():
     del values
     link = _back("store_link", before)
     assert link["connected"] is True
-    assert _find(ray.tree(), "object_manager")["count"] >= base + 18
+    assert tree_entry(ray.tree(), "object_manager")["count"] >= base + 18
     del puts, returned, more
     import gc
 
     gc.collect()
-    _until(lambda: _find(ray.tree(), "object_manager")["count"] <= base,
+    _until(lambda: tree_entry(ray.tree(), "object_manager")["count"] <= base,
            "the freed objects to leave the store")
-    assert _find(ray.tree(), "store_link")["deferred_releases"] == 0
+    assert tree_entry(ray.tree(), "store_link")["deferred_releases"] == 0
     assert ray.get(total.remote(ray.put(np.ones(MB, np.uint8))), timeout=30) == MB
 
 
@@ -356,7 +353,7 @@ def test_object_directory_crash_still_fails_lost_arguments_and_runs_the_rest():
     before = _restarts("object_directory")
     ghost = ray.ObjectRef(b"\x17" * 20)  # made up: no owner, no producer
     doomed = inc.remote(ghost)
-    _until(lambda: _find(ray.tree(), "object_directory")["watched"] >= 1, "the watch")
+    _until(lambda: tree_entry(ray.tree(), "object_directory")["watched"] >= 1, "the watch")
     refs = [inc.remote(ray.put(i)) for i in range(100)]
     assert "crashed" in faults.crash("object_directory")
     start = time.monotonic()
@@ -613,7 +610,7 @@ def test_every_tree_path_can_crash_and_nothing_is_lost():
     assert ray.get([h.add.remote() for h in restartable.values()], timeout=60) == [1] * 4
     # A task in the tree (no CPU: nothing of the checks below waits behind it).
     running = slow.options(max_retries=-1, num_cpus=0).remote()
-    _until(lambda: _find(ray.tree(), "task:slow"), "a running task in the tree")
+    _until(lambda: tree_entry(ray.tree(), "task:slow"), "a running task in the tree")
     ours = {h._actor_id.hex() for h in restartable.values()}
 
     def counted(path: str, snap: dict) -> bool:
@@ -637,7 +634,7 @@ def test_every_tree_path_can_crash_and_nothing_is_lost():
         """The crashed component is back (processes: the checks below wait for them)."""
         tree = ray.tree()
         if path in ("cluster", "cluster/node"):
-            node = _find(tree, "node")
+            node = tree_entry(tree, "node")
             assert node is not None
             return all(c["state"] == "running" for c in node["children"])
         if snap["kind"] in ("worker", "actor", "task"):

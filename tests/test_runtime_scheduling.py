@@ -26,6 +26,7 @@ from actorcore.node.object_manager._directory import ObjectDirectory
 from actorcore.protocol._messages import TaskSpec
 from actorcore.testing import faults
 
+from .cluster_support import tree_entry
 from .cluster_support import until as _until
 
 # -- in process: the component and the ledger on their own ------------------------
@@ -191,13 +192,7 @@ class Cpu:
 
 
 def _find(snap: dict, name: str) -> dict:
-    if snap["name"] == name:
-        return snap
-    for child in snap.get("children", []):
-        found = _find(child, name)
-        if found:
-            return found
-    return {}
+    return tree_entry(snap, name) or {}
 
 
 def _status() -> dict[str, Any]:

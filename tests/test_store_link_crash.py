@@ -13,6 +13,7 @@ import pytest
 import actorcore as ray
 from actorcore.testing import faults
 
+from .cluster_support import tree_entry
 from .cluster_support import until as _until
 
 MB = 1 << 20
@@ -30,19 +31,9 @@ def inc(x):
     return x + 1
 
 
-def _find(snap: dict, name: str) -> dict | None:
-    if snap["name"] == name:
-        return snap
-    for child in snap.get("children", []):
-        found = _find(child, name)
-        if found is not None:
-            return found
-    return None
-
-
 def _running_again(name: str, before: int) -> None:
     def done() -> bool:
-        entry = _find(ray.tree(), name)
+        entry = tree_entry(ray.tree(), name)
         return entry is not None and entry["restarts"] > before and entry["state"] == "running"
 
     _until(done, f"{name} to restart")
@@ -55,11 +46,11 @@ def test_store_link_crashes_while_objects_are_freed():
     # its send kept its object in the store for ever.
     import gc
 
-    base = _find(ray.tree(), "object_manager")["count"]
+    base = tree_entry(ray.tree(), "object_manager")["count"]
     for i in range(12):
         objs = [ray.put(np.full(MB // 4, i, np.uint8)) for _ in range(16)]
         assert ray.get(objs[-1], timeout=30)[0] == i
-        before = _find(ray.tree(), "store_link")["restarts"]
+        before = tree_entry(ray.tree(), "store_link")["restarts"]
         # The frees and the crash reach the node together, in either order.
         if i % 2:
             del objs
@@ -70,7 +61,7 @@ def test_store_link_crashes_while_objects_are_freed():
             del objs
             gc.collect()
         _running_again("store_link", before)
-    _until(lambda: _find(ray.tree(), "object_manager")["count"] <= base,
+    _until(lambda: tree_entry(ray.tree(), "object_manager")["count"] <= base,
            "the freed objects to leave the store")
-    assert _find(ray.tree(), "node")["state"] == "running"
+    assert tree_entry(ray.tree(), "node")["state"] == "running"
     assert ray.get(inc.remote(1), timeout=30) == 2
