@@ -196,8 +196,8 @@ def test_a_worker_killed_mid_task_is_retried_or_fails(tmp_path):
     once.mkdir()
     ref = wait_for_file.options(max_retries=1).remote(str(once), "go")
     pid = _started_pid(once)
+    (once / "started").unlink()  # before the kill: the retry may start at once
     os.kill(pid, signal.SIGKILL)
-    (once / "started").unlink()
     retried_pid = _started_pid(once)  # the retry, through the node
     assert retried_pid != pid
     (once / "go").write_text("")
@@ -229,16 +229,18 @@ def test_a_worker_dead_at_its_tasks_start_is_retried_or_fails(tmp_path):
     # the node retries it (max_retries) or fails it, once, whichever of the two
     # reports (the worker's death, the hand-back) it reads first.
     # (A lease can be refused, e.g. while the pool replaces the dead worker: that
-    # task then goes through the node, whose retry rule is the same.)
+    # task then goes through the node, whose retry rule is the same. And a pushed
+    # task the node settled first, from its `LeasedStart` and the worker's death,
+    # is answered before its link's end is seen: it is not handed back.)
     before = _leases()
     assert ray.get(_die_at_once.options(max_retries=1).remote(str(tmp_path / "a")),
                    timeout=60) == "survived"
     with pytest.raises(exc.WorkerCrashedError):
         ray.get(_die_at_once.options(max_retries=0).remote(str(tmp_path / "b")), timeout=60)
     after = _leases()
-    assert after.tasks_lost >= before.tasks_lost + 1, (before, after)  # one lease at least
-    assert (after.tasks_lost + after.tasks_via_node
-            >= before.tasks_lost + before.tasks_via_node + 2), (before, after)
+    # Which side settles a pushed task first is a race, so the count of tasks
+    # handed back (`tasks_lost`) is not checked; that at least one went by lease is.
+    assert after.tasks_pushed >= before.tasks_pushed + 1, (before, after)
     assert ray.get(add.remote(1, 1), timeout=60) == 2
     _idle_again()
 

@@ -23,6 +23,7 @@ import store
 from actorcore import exceptions as exc
 from actorcore.protocol._wire import GetTransferStatistics, SlowChunks
 from actorcore.testing import Cluster
+from actorcore.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .cluster_support import FAST, driver, node_call, until
 from .cluster_support import three_nodes as shared_three_nodes
@@ -175,7 +176,10 @@ class TestOnThreeNodes:
             big = make.options(resources={resource: 1}).remote(50 * MB)
             ray.wait([big], timeout=60)
             _until(cpus_free(3), "every node idle in the head's view")
-            busy = nap.remote(3.0)  # the head's CPU is taken: the task leaves the head
+            # The head's CPU is taken (pinned there: left to the scheduler, the nap
+            # could go to A or B while the head's workers start): the task leaves it.
+            busy = nap.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                cluster.head_node.node_id, soft=False)).remote(3.0)
             _until(cpus_free(2), "the head busy")
             got, ran_on = ray.get(checksum.remote(big), timeout=60)
             assert got == _expected_sum(50 * MB)
