@@ -54,6 +54,27 @@ async def running_store(tmp_path, prefix, **kwargs):
     _no_leftovers(prefix)  # shutdown removes the session's segments
 
 
+@contextlib.asynccontextmanager
+async def restarted_on_crash(service):
+    """``service`` run and restarted whenever it crashes, like the node's
+    one_for_one supervisor; yields a channel that receives its address at its start
+    and at each restart."""
+    ready_send, ready_recv = trio.open_memory_channel[str](10)
+
+    async def supervisor():
+        while True:
+            try:
+                async with trio.open_nursery() as nursery:
+                    ready_send.send_nowait(await nursery.start(service.run))
+            except Exception:
+                continue
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor)
+        yield ready_recv
+        nursery.cancel_scope.cancel()
+
+
 async def _wait_for(predicate, what: str, limit: float = 10.0) -> None:
     """Poll a condition another process or a one-way message changes (no event to
     await across processes); fails after ``limit`` seconds naming ``what``."""
@@ -411,18 +432,7 @@ async def test_crash_and_restart_keeps_sealed_objects(tmp_path, prefix):
         f"unix:{tmp_path}/store.sock", TOKEN, prefix=prefix, capacity=8 * MB,
         spill_dir=str(spill), recovery_grace=0.5,
     )
-    ready_send, ready_recv = trio.open_memory_channel[str](10)
-
-    async def supervisor():  # restart on crash, like the node's one_for_one
-        while True:
-            try:
-                async with trio.open_nursery() as nursery:
-                    ready_send.send_nowait(await nursery.start(service.run))
-            except Exception:
-                continue
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(supervisor)
+    async with restarted_on_crash(service) as ready_recv:
         address = await ready_recv.receive()
         client = await store.StoreClient.connect(address, TOKEN)
         arrays = {b"x%d" % i: np.full(MB, i, dtype=np.int32) for i in range(4)}
@@ -453,7 +463,6 @@ async def test_crash_and_restart_keeps_sealed_objects(tmp_path, prefix):
         await client.remove_ref(b"small")
         await _wait_for(lambda: service.statistics().count == 0, "all freed")
         await client.aclose()
-        nursery.cancel_scope.cancel()
     _no_leftovers(prefix)
     assert os.listdir(spill) == []
 
@@ -467,18 +476,7 @@ async def test_a_seal_the_crashed_service_never_read_is_claimed_on_reconnect(tmp
     service = store.ObjectStoreService(
         f"unix:{tmp_path}/store.sock", TOKEN, prefix=prefix, capacity=32 * MB,
         recovery_grace=0.5)
-    ready_send, ready_recv = trio.open_memory_channel[str](10)
-
-    async def supervisor():  # restart on crash, like the node's one_for_one
-        while True:
-            try:
-                async with trio.open_nursery() as nursery:
-                    ready_send.send_nowait(await nursery.start(service.run))
-            except Exception:
-                continue
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(supervisor)
+    async with restarted_on_crash(service) as ready_recv:
         address = await ready_recv.receive()
         writer = await store.StoreClient.connect(address, TOKEN, name="writer")
         blocking = store.BlockingStoreClient(writer)
@@ -497,7 +495,6 @@ async def test_a_seal_the_crashed_service_never_read_is_claimed_on_reconnect(tmp
         await writer.remove_ref(b"big")
         await _wait_for(lambda: service.statistics().count == 0, "freed with its last ref")
         await writer.aclose()
-        nursery.cancel_scope.cancel()
     _no_leftovers(prefix)
 
 
