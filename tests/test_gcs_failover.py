@@ -315,6 +315,11 @@ async def test_a_replacement_starts_from_a_spare_process(tree) -> None:
         await coordinator.wait_ready(20)
         replacement = root.find(f"gcs/shard_0/{slot}")
         assert replacement.pid in spare_pids  # started before the kill
+        # Every replica process froze its imports at its start (a spare too): its
+        # first full collection no longer walks them while it is in the chain.
+        cfg = coordinator.chain(0)
+        for name in cfg.chain:
+            assert (await _stats(cfg.addresses[name])).frozen_objects > 10_000
         assert plan.spares.statistics().taken == 1
         assert await c.get("kv", "before") == 1
         await c.put("kv", "after", 2)
