@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import signal
 import statistics
 import sys
+import threading
 import time
 
 import trio
@@ -126,10 +128,29 @@ async def shard_scaling(shards: int, replicas: int, n: int, concurrency: int) ->
     await _with_gcs(gcs.GcsConfig(shards=shards, replicas=replicas, processes=True), body)
 
 
-def _sigkill_replica(service, position: int) -> float:  # type: ignore[no-untyped-def]
-    """SIGKILL the replica at ``position`` of shard 0's chain (0: head); the time."""
+def _sigkill_replica(service, position: int,  # type: ignore[no-untyped-def]
+                     exited: list[float] | None = None) -> float:
+    """SIGKILL the replica at ``position`` of shard 0's chain (0: head); the time.
+
+    With ``exited`` (a list), the time the process was gone -- the kernel ran its
+    exit, which closes its sockets -- is appended to it, from a thread that waits on
+    the process's pidfd (Linux; the GIL may add up to a switch interval).
+    """
     name = service.coordinator.chain(0).chain[position]
     target = next(s for s in service.replicas() if s.name == name)
+    watcher = None
+    if exited is not None and hasattr(os, "pidfd_open"):
+        fd = os.pidfd_open(target.pid)
+
+        def wait_exit() -> None:
+            poll = select.poll()
+            poll.register(fd, select.POLLIN)
+            poll.poll(5000)
+            exited.append(time.perf_counter())
+            os.close(fd)
+
+        watcher = threading.Thread(target=wait_exit, daemon=True)
+        watcher.start()
     killed = time.perf_counter()
     os.kill(target.pid, signal.SIGKILL)
     return killed
@@ -246,7 +267,8 @@ async def failover_series(kills: int, writers: int, timeline: list[str] | None =
                     promoted.set()
 
                 await nursery.start(note_cut)
-                killed = _sigkill_replica(service, victim)
+                exited: list[float] = []
+                killed = _sigkill_replica(service, victim, exited)
                 await trio.sleep(0.5)
                 await coordinator.wait_ready(30)
                 ready = time.perf_counter()
@@ -289,7 +311,8 @@ async def failover_series(kills: int, writers: int, timeline: list[str] | None =
                     where = max(range(len(points) - 1), key=lambda i: points[i + 1] - points[i])
                     timeline.append(
                         f"  kill {k:2} {names[victim]:6}: stall {gap * 1e3:5.1f} ms from "
-                        f"+{(points[where] - killed) * 1e3:5.1f} ms; cut at "
+                        f"+{(points[where] - killed) * 1e3:5.1f} ms; victim gone at "
+                        f"{f'+{(exited[0] - killed) * 1e3:5.1f}' if exited else '    ?'} ms; cut at "
                         f"+{(cut[0] - killed) * 1e3:5.1f} ms; chain whole again at "
                         f"+{(whole - killed) * 1e3:5.0f} ms; its join's longest gap "
                         f"{joins_all[names[victim]][-1]:5.1f} ms"

@@ -195,6 +195,9 @@ class ChainLink:
             self._wake_background()
             return
         self._next_fw = new[-1][0] + 1
+        state = self._host.state
+        if state.held_from is not None:
+            state.hold_log(self._next_fw)
 
     def send_ack(self) -> None:
         """Send the cumulative ack upstream if it grew (from the committing task)."""
@@ -353,6 +356,7 @@ class ChainLink:
             if self._downstream is conn:
                 self._downstream = None
                 self._next_fw = None
+                self._host.state.hold_log(None)
             await aclose_quietly(conn)
         if broke is not None and not self._synced:
             raise broke
@@ -389,7 +393,11 @@ class ChainLink:
         """
         # No `forward_now` meanwhile: an update must not overtake the snapshot.
         self._next_fw = None
-        parts = self._host.state.snapshot_parts(_TRANSFER_PART)
+        state = self._host.state
+        # What we apply while the parts go out is streamed after them: the log
+        # keeps it (`hold_log`), or the successor would be sent another snapshot.
+        state.hold_log(state.applied + 1)
+        parts = state.snapshot_parts(_TRANSFER_PART)
         part = next(parts)
         number = 0
         while True:
@@ -448,6 +456,7 @@ class ChainLink:
                 continue
             if updates:
                 self._next_fw = updates[-1][0] + 1
+                state.hold_log(self._next_fw)  # the rest of the catch-up stays in the log
                 await conn.send(forward_of(updates))
                 if len(updates) == _FORWARD_BATCH:
                     # Catching a successor up (a learner: up to the whole replay
@@ -457,6 +466,7 @@ class ChainLink:
                     # were measured on a loaded machine).
                     await trio.lowlevel.checkpoint()
                 continue
+            state.hold_log(None)  # caught up
             if learner and asked_epoch != host.chain.epoch:
                 # Asked again under every new epoch: a restarted coordinator may
                 # never have heard the earlier request.

@@ -66,6 +66,7 @@ counted in ``bad_requests``; the replica serves on.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections import deque
@@ -144,6 +145,9 @@ class ReplicaStatistics:
         successor), or None.
       pubsub: its subscriptions (served by the tail); state: its copy of the shard;
       log: its durable log (``None`` without ``durable_dir``).
+      frozen_objects: objects of its process kept out of the garbage collector's
+        full collections (`gc.get_freeze_count`: a replica process freezes its
+        imports at its start, ``_replica_main._freeze_imports``).
     """
 
     name: str
@@ -164,6 +168,7 @@ class ReplicaStatistics:
     pubsub: PublisherStatistics
     state: ShardStateStatistics
     log: ShardLogStatistics | None
+    frozen_objects: int
 
 
 @attrs.define
@@ -671,4 +676,5 @@ class Replica:
             standby_links_taken=links.standby_links_taken,
             backlogs_applied=links.backlogs_applied,
             standby_link=links.standby_link,
+            frozen_objects=gc.get_freeze_count(),
         )

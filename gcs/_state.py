@@ -83,6 +83,9 @@ def updates_of(message: Forward) -> list[Update]:
     return list(zip(message.seqs, message.kinds, message.tables, message.keys, message.values,
                     message.client_ids, message.client_seqs, message.results, strict=True))
 
+#: Updates beyond the replay buffer the log may keep for a held successor (`hold_log`).
+_LOG_HOLD_LIMIT = 100_000
+
 #: An effect of one client operation: (kind, table, key, value), numbered when applied.
 _Effect = tuple[str, str, Key, Any]
 
@@ -144,6 +147,10 @@ class ShardState:
         self.dedup: dict[tuple[Any, int], tuple[int, Any]] = {}
         self._dedup_order: deque[tuple[Any, int]] = deque()
         self.log: deque[Update] = deque()
+        #: While set, the log keeps every update from this sequence number on (see
+        #: `hold_log`), up to ``log_hold_limit`` updates beyond the replay buffer.
+        self.held_from: int | None = None
+        self.log_hold_limit = max(replay_buffer, _LOG_HOLD_LIMIT)
         self.applied = 0
         self.acked = 0
         self.evicted = 0
@@ -308,8 +315,29 @@ class ShardState:
 
     def _trim(self) -> None:
         log = self.log
-        while log and log[0][0] <= self.acked and self.acked - log[0][0] >= self.replay_buffer:
+        held = self.held_from
+        if held is not None and len(log) > self.replay_buffer + self.log_hold_limit:
+            held = self.held_from = None  # held too long: the successor starts over
+        while (log and log[0][0] <= self.acked and self.acked - log[0][0] >= self.replay_buffer
+               and (held is None or log[0][0] < held)):
             log.popleft()
+
+    def hold_log(self, seq: int | None) -> None:
+        """Keep every update from ``seq`` on in the log (None: release the hold).
+
+        For a successor that is sent a snapshot, or is caught up from the log, while
+        we go on committing: the tail's log keeps only ``replay_buffer`` committed
+        updates, and what it applies meanwhile must still be there when the stream
+        resumes where the snapshot ended. Without the hold a snapshot that took
+        longer than the replay buffer's worth of writes was followed by another,
+        again and again while the writers kept up (with a buffer of 10 and four
+        writers, a learner received 3-6 snapshots). The hold lapses once the log
+        holds ``log_hold_limit`` updates beyond the replay buffer (a successor that
+        slow is sent a fresh snapshot, as before, rather than let the log grow
+        without bound).
+        """
+        self.held_from = seq
+        self._trim()
 
     def updates_after(self, seq: int, limit: int | None = None) -> list[Update] | None:
         """Updates with sequence number > ``seq`` (at most ``limit``), or None if trimmed."""
@@ -421,6 +449,7 @@ class ShardState:
         self.applied = snap.applied
         self.acked = min(snap.acked, snap.applied)
         self.log.clear()
+        self.held_from = None
 
     def statistics(self) -> ShardStateStatistics:
         return ShardStateStatistics(

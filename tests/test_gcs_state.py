@@ -104,6 +104,29 @@ def test_log_keeps_uncommitted_and_a_bounded_committed_tail() -> None:
     assert s.updates_after(20) == []
 
 
+def test_a_held_log_keeps_what_a_successor_still_needs_up_to_a_limit() -> None:
+    # While a snapshot goes out, the tail commits on: what it applies meanwhile must
+    # still be in the log when the stream resumes after the snapshot (else another
+    # snapshot follows, and another, while the writers keep up).
+    s = ShardState(replay_buffer=5)
+    run(s, "c", [(i, put("kv", "k", i)) for i in range(10)])
+    s.commit(10)
+    s.hold_log(s.applied + 1)  # a snapshot at 10
+    run(s, "c", [(i, put("kv", "k", i)) for i in range(10, 40)])
+    s.commit(40)
+    assert [u[0] for u in s.updates_after(10)] == list(range(11, 41))
+    s.hold_log(31)  # streamed up to 30
+    assert s.oldest_replayable() == 31
+    s.hold_log(None)
+    assert s.oldest_replayable() == 36 and s.updates_after(30) is None
+    # A hold lapses once the log would grow past the limit beyond the replay buffer.
+    s.log_hold_limit = 20
+    s.hold_log(s.applied + 1)
+    run(s, "c", [(i, put("kv", "k", i)) for i in range(40, 100)])
+    s.commit(100)
+    assert s.held_from is None and len(s.log) == 5
+
+
 def test_commit_and_updates_after_return_the_asked_updates_from_either_end() -> None:
     # commit() and updates_after() walk the log from the end nearer to what they
     # return: every range of a long log, both walks, gives the updates in order.
