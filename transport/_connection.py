@@ -237,6 +237,8 @@ class Connection:
         self._enqueue(REQUEST, chunks, size)
         self._check_open()
         self._pending[rid] = task
+        if self._loan is not None:  # its reply must not wait for a busy borrower
+            self._loan.reclaim()
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def send(self, message: Any) -> None:
@@ -525,6 +527,9 @@ class Connection:
         if self._closed:  # `_shutdown` may have taken the waiters before ours went in
             self._thread_pending.pop(rid, None)
             self._check_open()
+        loan = self._loan
+        if loan is not None:  # its reply must not wait for a busy borrower
+            loan.reclaim()
         if not self._write_from_thread(chunks, size):
             try:
                 trio.from_thread.run_sync(self._enqueue_for_thread, chunks, size, trio_token=token)

@@ -33,6 +33,10 @@ explicit, under the loan's lock:
   close the connection's socket at any time without a reused descriptor under a
   thread's ``poll``; the duplicate is closed by whichever side lets go last.
 
+* Whoever is about to wait for the link's input (a request from the loop or from a
+  thread, a borrower's own thread about to block in a ``get`` that the link's
+  notices end) takes it back at once from a busy borrower (`reclaim`): a reply
+  must not wait for the borrower's work to end, or for the watch below.
 * The loop also takes it back from a borrower that has been busy for
   `RECLAIM_AFTER` seconds with a message it kept (running the call it read): while
   the thread is busy, frames wait in the kernel, and a cancel of a call queued
@@ -150,18 +154,27 @@ class ReadLoan:
                 if message is not NOT_TAKEN and accept(message):
                     self.taken += 1
                     self._conn._count_taken(n)
-                    with self._lock:
-                        self.busy_since = time.monotonic()
-                        watch = not self.watched
-                        self.watched = True
-                    if watch:
-                        try:
-                            self._token.run_sync_soon(self._conn._start_watch, self)
-                        except trio.RunFinishedError:
-                            pass
+                    self.busy()
                     return message
         self.give_back(bytes(view[:n]))
         return NOT_TAKEN
+
+    def busy(self) -> None:
+        """The borrower is busy (it kept a message, or has other work to do) while it
+        holds the side: the loop's watch takes the side back if it stays busy
+        `RECLAIM_AFTER` seconds, and whoever waits for this link's input meanwhile
+        may take it back at once (`reclaim`). No-op unless held."""
+        with self._lock:
+            if not self.held:
+                return
+            self.busy_since = time.monotonic()
+            watch = not self.watched
+            self.watched = True
+        if watch:
+            try:
+                self._token.run_sync_soon(self._conn._start_watch, self)
+            except trio.RunFinishedError:
+                pass
 
     def give_back(self, data: bytes = b"") -> None:
         """Hand the read side back to the loop with ``data``, the bytes read from the
@@ -202,21 +215,35 @@ class ReadLoan:
         self._wake()
         return True
 
-    def reclaim_if_busy(self) -> bool | None:
-        """(The loop's watch.) Take the side back if the borrower has been busy for
-        `RECLAIM_AFTER` with a message it kept: ``True``, the reader resumes.
-        ``False``: it is busy, not for long yet; ``None``: it is idle, or the side
-        is not lent."""
+    def reclaim_if_busy(self, after: float = RECLAIM_AFTER) -> bool | None:
+        """(The loop's watch, or `reclaim`.) Take the side back if the borrower has
+        been busy for ``after`` seconds: ``True``, the reader must resume (the
+        caller makes it). ``False``: it is busy, not for long yet; ``None``: it is
+        idle, or the side is not lent."""
         with self._lock:
             busy_since = self.busy_since
             if not self.held or busy_since is None:
                 return None
-            if time.monotonic() - busy_since < RECLAIM_AFTER:
+            if time.monotonic() - busy_since < after:
                 return False
             self.held = False
             self.busy_since = None
             self.reclaimed += 1
             return True
+
+    def reclaim(self) -> bool:
+        """Take the side back now from a busy borrower (any thread: someone is about
+        to wait for this link's input, a reply or a notice, which a busy borrower
+        would leave in the kernel until the watch took the side back). ``True``:
+        taken back, the loop's reader resumes. An idle borrower keeps it: it is
+        polling, and gives back whatever it does not handle."""
+        if not self.reclaim_if_busy(0.0):
+            return False
+        try:
+            self._token.run_sync_soon(self._conn._reads_returned, b"")
+        except trio.RunFinishedError:
+            pass
+        return True
 
     def stop_watch(self, only_if_idle: bool = False) -> bool:
         """(The loop's watch, ending.) With ``only_if_idle``, only if the borrower

@@ -18,7 +18,6 @@ import collections
 import logging
 import os
 import pickle
-import queue
 import sys
 import threading
 import time
@@ -38,9 +37,11 @@ from ..exceptions import ObjectLostError
 from ..protocol import _wire as w
 from ..protocol._ids import id_prefix, short
 from ..protocol._messages import TaskSpec, max_frame_size
+from ..session._config import env_value
 from ._cancel import TaskStartGate
 from ._executor import RESULT_OVERHEAD, Executor, Spill
 from ._leased import LeasedTaskServer
+from ._main_inbox import MainInbox
 
 __all__ = ["load_function", "main", "run_main"]
 
@@ -74,6 +75,7 @@ class WorkerProcess:
         self._nursery: trio.Nursery | None = None
         self.main_thread: MainThread | None = None  # set by run_main
         self._main_ref: _MainRef | None = None  # the executor on it, when free
+        self._main_executor: _MainRef | None = None
         self._thread_pushed_at = 0.0  # (``_push_from_thread``)
         #: The handler of the node's link: one registry of what the node sends.
         self.dispatcher = transport.Dispatcher(f"worker_{index}")
@@ -82,6 +84,13 @@ class WorkerProcess:
         self.leased = LeasedTaskServer(self)
         #: Tasks cancelled between their hand-over to an executor and their start.
         self._start_gate = TaskStartGate()
+        # What is queued and running here (``_pending``, ``_running``, ``_main_ref``,
+        # ``_free``) is changed by the loop and by the main thread, which reads,
+        # starts and ends tasks itself while the worker is idle (``_main_inbox``).
+        self._lock = threading.RLock()
+        self._node_conn: Any = None
+        #: Read sides lent to the main thread (``ACTORCORE_THREAD_READS``).
+        self.thread_reads: bool = env_value("ACTORCORE_THREAD_READS")
 
     def routes(self, d: transport.Dispatcher) -> None:
         """Register what the node sends this process (``protocol._wire``)."""
@@ -120,15 +129,16 @@ class WorkerProcess:
 
     def _h_interrupt(self, conn: Any, m: w.InterruptTask) -> None:
         task_id = m.task_id
-        for i, item in enumerate(self._pending):
-            if item[0].task_id == task_id:  # queued here, not started: drop it
-                del self._pending[i]
-                self._report_cancelled(item[0])
-                return
-        if task_id in self._running:  # handed to an executor, not reported yet
-            executors = list(self._executors)
-            self._start_gate.cancel(
-                task_id, lambda: any([executor.interrupt(task_id) for executor in executors]))
+        with self._lock:
+            for i, item in enumerate(self._pending):
+                if item[0].task_id == task_id:  # queued here, not started: drop it
+                    del self._pending[i]
+                    self._report_cancelled(item[0])
+                    return
+            if task_id in self._running:  # handed to an executor, not reported yet
+                executors = list(self._executors)
+                self._start_gate.cancel(
+                    task_id, lambda: any([executor.interrupt(task_id) for executor in executors]))
         if self.core is not None:
             self.core.cancel_task_waits(task_id)
 
@@ -170,15 +180,27 @@ class WorkerProcess:
 
         def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
             core.task_finished(spec.task_id)
-            self._main_ref = ref
-            pushed_on = self._push_from_thread(spec.task_id, results, retry)
+            if self.thread_reads:
+                done, pushed_on = self._finish_here(ref, spec.task_id, results, retry)
+                if done:
+                    return
+            else:
+                pushed_on = self._push_from_thread(spec.task_id, results, retry)
+            with self._lock:
+                self._main_ref = ref
             token.run_sync_soon(self._finished, spec.task_id, results, retry, pushed_on)
 
+        self._main_executor = ref
         ref.executor = Executor(report, self.node_id.hex(), self._executors.append,
                                 encode, decode, return_spill(core),
                                 stream_emitter(core), self._start_gate)  # ``main`` runs it
         main.submit(ref.executor.on_start)
         self._main_ref = ref
+        if self.thread_reads:
+            inbox = main.inbox
+            inbox.idle = self._idle
+            inbox.run_taken = self._run_taken
+            inbox.accept = self._accept
 
     def _take_executor(self) -> Any:
         ref = self._main_ref
@@ -199,14 +221,16 @@ class WorkerProcess:
         fn = self.functions.get(spec.function_id)
         if fn is None:
             fn = _FunctionLoader(self, spec.function_id)
-        self._pending.append((spec, fn, dep_data, gpu_ids))
-        self._pump()
+        with self._lock:
+            self._pending.append((spec, fn, dep_data, gpu_ids))
+            self._pump()
 
     def execute_leased(self, spec: TaskSpec) -> None:
         """Run a task pushed on a lease (no ref arguments: nothing to fetch)."""
         self._execute(spec, [])
 
     def _pump(self) -> None:
+        """Start what may start now (the worker's lock held)."""
         running = self._running
         while self._pending and not any(not blocked for blocked in running.values()):
             item = self._pending.popleft()
@@ -296,9 +320,10 @@ class WorkerProcess:
             self._nursery.start_soon(self._done_once_pushed, conn, task_id, results)
         else:
             self._report_done(task_id, results, retry, pushed)
-        self._running.pop(task_id, None)
-        self._start_gate.forget(task_id)
-        self._pump()
+        with self._lock:
+            self._running.pop(task_id, None)
+            self._start_gate.forget(task_id)
+            self._pump()
 
     def _report_done(self, task_id: bytes, results: list, retry: bool, pushed: bool) -> None:
         core = self.core
@@ -333,9 +358,10 @@ class WorkerProcess:
             logger.info("cannot reach owner at %s: %s", address, exc)
 
     def _blocked(self, task_id: bytes, blocked: bool) -> None:
-        if task_id in self._running:
-            self._running[task_id] = blocked
-            self._pump()
+        with self._lock:
+            if task_id in self._running:
+                self._running[task_id] = blocked
+                self._pump()
 
     def _report_cancelled(self, spec: TaskSpec) -> None:
         from ..exceptions import TaskCancelledError
@@ -361,8 +387,8 @@ class WorkerProcess:
             # The core worker and executor exist before we register: the node may
             # send work the moment it has our hello.
             core = self.new_core("worker", conn, address)
-            loop_token = core.trio_token
-            core.on_blocked = lambda tid, flag: loop_token.run_sync_soon(self._blocked, tid, flag)
+            self._node_conn = conn
+            core.on_blocked = self._on_blocked
             await core.serve(nursery, self.store_address, token)
             if self.main_thread is not None:
                 self._new_main_executor(self.main_thread)
@@ -370,6 +396,117 @@ class WorkerProcess:
                 self._free.append(self._new_executor())
             direct = await self.leased.listen(nursery, address, token)
             await self.hello("worker", conn, direct)
+            self.offer_reads(conn)
+
+    def _on_blocked(self, task_id: bytes, blocked: bool) -> None:
+        """A task starts (``True``) or stops waiting in ``get``/``wait`` (its thread)."""
+        main = self.main_thread
+        if blocked and main is not None:
+            # What it waits for comes on the links: the loop reads them from now on.
+            main.inbox.reclaim()
+        assert self.core is not None
+        try:
+            self.core.trio_token.run_sync_soon(self._blocked, task_id, blocked)
+        except trio.RunFinishedError:
+            pass
+
+    # ----------------------------------------------- tasks read by the main thread
+
+    def offer_reads(self, conn: Any) -> None:
+        """Lend ``conn``'s read side to the main thread, which reads tasks off it
+        itself while the worker is idle (``_main_inbox``; core loop)."""
+        main = self.main_thread
+        if main is not None and main.inbox.accept is not None:
+            main.inbox.offer(conn)
+
+    def _idle(self) -> bool:
+        """Whether a task read by the main thread may start there now (a hint; the
+        worker's lock decides, in ``_accept``)."""
+        return self._main_ref is not None and not self._pending and not self._running
+
+    def _accept(self, conn: Any, message: Any) -> bool:
+        """Whether the main thread runs ``message``, which it read off ``conn``
+        itself: a task (an `Execute` from the node, a `LeasedTask` from a
+        submitter) while the worker is idle; it is then registered as the loop
+        registers one (main thread)."""
+        kind = type(message)
+        if kind is w.Execute:
+            if conn is not self._node_conn:
+                return False
+        elif kind is not w.LeasedTask or conn is self._node_conn:
+            return False
+        spec = message.spec
+        task_id = spec.task_id
+        with self._lock:
+            if self._main_ref is None or self._pending or self._running:
+                return False
+            self._main_ref = None
+            self._running[task_id] = False
+            if kind is w.LeasedTask:
+                self.leased.links[task_id] = conn
+            elif message.owner_address is not None and spec.num_returns >= 0:
+                self._owner_addr[task_id] = message.owner_address
+        if kind is w.LeasedTask:
+            # Before the task starts, as the loop's ``_h_task`` does.
+            assert self.core is not None
+            self.core.enqueue(w.LeasedStart(message.lease_id, spec), coalesce=False)
+        return True
+
+    def _run_taken(self, conn: Any, message: Any) -> None:
+        """Run the task the main thread read and accepted (``_accept``), here."""
+        spec = message.spec
+        fn = self.functions.get(spec.function_id)
+        if fn is None:
+            fn = _FunctionLoader(self, spec.function_id)
+        if type(message) is w.Execute:
+            item: tuple = (spec, fn, message.dep_data, message.gpu_ids)
+        else:
+            item = (spec, fn, [])
+        ref = self._main_executor
+        assert ref is not None and ref.executor is not None
+        ref.executor.on_receive(item)
+
+    def _finish_here(self, ref: Any, task_id: bytes, results: list,
+                     retry: bool) -> tuple[bool, Any]:
+        """End a task on the main thread that ran it, without the loop: results to
+        the submitter or owner (when their link is idle), then `TaskDone` to the
+        node, then the next task. ``(False, pushed_on)``: the loop ends it
+        (``_finished``), the results already written on ``pushed_on`` if not
+        ``None``. The loop's way keeps every case but the common one: a retry,
+        results too large for a frame, an owner not dialled yet, a busy link."""
+        core = self.core
+        if retry or core is None or results_size(results) > core.frame_limit():
+            return False, None
+        link = self.leased.links.get(task_id)
+        message: Any = None
+        if link is not None:
+            message = w.LeasedTaskDone(task_id, results)
+        else:
+            address = self._owner_addr.get(task_id)
+            if address is not None:
+                link = self._owner_conns.get(address)
+                if link is None or link.closed:
+                    return False, None
+                message = w.ObjectsReady(results)
+        if link is not None:
+            try:
+                sent = link.send_from_thread(message)
+            except Exception:  # refused for what it is: the loop's push says so
+                return False, None
+            if not sent:
+                return False, None
+            if link.unsent:  # written in part: "done" must wait for the rest
+                return False, link
+        core.enqueue(w.TaskDone(task_id, results, False, link is not None), coalesce=False)
+        with self._lock:
+            self.leased.links.pop(task_id, None)
+            self._owner_addr.pop(task_id, None)
+            self._running.pop(task_id, None)
+            self._start_gate.forget(task_id)
+            self._main_ref = ref
+            if self._pending:
+                self._pump()
+        return True, None
 
     def new_core(self, role: str, conn: Any, address: str) -> CoreWorker:
         """This process's core worker (``role`` "worker" or "actor_worker"), installed
@@ -400,18 +537,20 @@ class WorkerProcess:
 
 class MainThread:
     """The process's main thread, lent to user code (``run_main``): it runs the
-    callables given to ``submit``, one at a time, in order, for ever."""
+    callables given to ``submit``, one at a time, in order, for ever; in a task
+    worker, also the tasks it reads off the worker's links itself (``MainInbox``)."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.inbox = MainInbox()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._queue.put((fn, args))
+        self.inbox.put((fn, args))
 
     def serve(self) -> NoReturn:
+        get = self.inbox.get
         while True:
             try:
-                fn, args = self._queue.get()
+                fn, args = get()
                 fn(*args)
             except BaseException as exc:  # noqa: BLE001 - the main thread serves on
                 # e.g. a cancellation that landed just after its task ended.
