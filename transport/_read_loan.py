@@ -160,11 +160,12 @@ class ReadLoan:
         return NOT_TAKEN
 
     def busy(self) -> None:
-        """The borrower is busy (it kept a message, or has other work to do) while it
-        holds the side: the loop's watch takes the side back if it stays busy
-        `RECLAIM_AFTER` seconds, and whoever waits for this link's input meanwhile
-        may take it back at once (`reclaim`). No-op unless held."""
+        """The borrower is busy (it kept a message, or has other work to do): it no
+        longer asks for the side (`want`), and if it holds it, the loop's watch
+        takes it back if it stays busy `RECLAIM_AFTER` seconds, and whoever waits
+        for this link's input meanwhile may take it back at once (`reclaim`)."""
         with self._lock:
+            self.wanted = False
             if not self.held:
                 return
             self.busy_since = time.monotonic()

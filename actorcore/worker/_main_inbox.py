@@ -111,8 +111,7 @@ class MainInbox:
         queue = self._queue
         while True:
             if queue:
-                for _conn, loan in self._loans:
-                    loan.busy()
+                self._busy()
                 return queue.popleft()
             polled: dict[int, tuple[Any, transport.ReadLoan]] = {}
             idle = self.idle()
@@ -123,9 +122,10 @@ class MainInbox:
                 elif idle:
                     if loan.want():
                         polled[loan.fileno()] = (conn, loan)
-                elif loan.held:
+                else:
                     # Busy elsewhere (a task in another executor): whatever comes is
                     # the loop's to queue.
+                    loan.busy()
                     loan.give_back(b"")
             if closed:
                 self._drop_closed()
@@ -157,9 +157,16 @@ class MainInbox:
                 conn, loan = entry
                 message = loan.take(functools.partial(self.accept, conn))
                 if message is not transport.NOT_TAKEN:
+                    self._busy()
                     self.taken += 1
                     assert self.run_taken is not None
                     return self.run_taken, (conn, message)
+
+    def _busy(self) -> None:
+        """This thread has work: it asks for no side while it runs it, and the sides
+        it holds are taken back if it runs long or a reply is awaited."""
+        for _conn, loan in self._loans:
+            loan.busy()
 
     def _drop_closed(self) -> None:
         kept = []
