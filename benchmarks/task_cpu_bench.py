@@ -122,6 +122,25 @@ def main() -> None:
         time.sleep(0.2)
         return os.getpid()
 
+    @ray.remote
+    def reads():
+        try:
+            from actorcore.worker._process import process_statistics
+        except ImportError:
+            return os.getpid(), 0
+        stats = process_statistics()
+        return os.getpid(), stats.tasks_read_by_thread if stats is not None else 0
+
+    def read_by_threads() -> int:
+        """Tasks the workers' main threads read themselves so far (where counted)."""
+        seen: dict[int, int] = {}
+        for _ in range(20):
+            for w, n in ray.get([reads.remote() for _ in range(2)]):
+                seen[w] = max(seen.get(w, 0), n)
+            if len(seen) >= 2:
+                break
+        return sum(seen.values())
+
     workers = set(ray.get([pid.remote() for _ in range(2)]))
     ray.get([noop.remote(i) for i in range(2000)])
     for _ in range(200):
@@ -150,15 +169,18 @@ def main() -> None:
     for r in range(args.rounds):
         for mode, n in (("sync", args.sync), ("burst", args.burst)):
             time.sleep(0.3)
+            r0 = read_by_threads()
+            time.sleep(0.3)
             c0, l0 = _snapshot(me, node_pid, workers), pushed()
             wall = one(mode, n)
             c1, l1 = _snapshot(me, node_pid, workers), pushed()
+            r1 = read_by_threads()
             per = {k: (c1[k] - c0[k]) / n * 1e6 for k in c0}
             total = per["driver"] + per["node"] + per["workers"] + per["rest"]
             print(f"{mode:5} round {r + 1}: {wall / n * 1e6:6.0f} us/task  CPU/task {total:4.0f} us "
                   f"(driver {per['driver']:.0f}, node {per['node']:.0f}, workers "
                   f"{per['workers']:.0f} [main {per['w.main']:.0f}, other "
-                  f"{per['w.other']:.0f}], rest {per['rest']:.0f}) by lease {(l1 - l0) / n:.0%}  load "
+                  f"{per['w.other']:.0f}], rest {per['rest']:.0f}) by lease {(l1 - l0) / n:.0%}, read by a worker's thread {(r1 - r0) / n:.0%}  load "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
             summary.setdefault(mode, []).append(
                 [wall / n * 1e6, total, per["driver"], per["node"], per["workers"],

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import attrs
 import trio
 
 import transport
@@ -43,12 +44,37 @@ from ._executor import RESULT_OVERHEAD, Executor, Spill
 from ._leased import LeasedTaskServer
 from ._main_inbox import MainInbox
 
-__all__ = ["load_function", "main", "run_main"]
+__all__ = ["TaskWorkerStatistics", "load_function", "main", "process_statistics", "run_main"]
 
 logger = logging.getLogger("actorcore.worker")
 
 #: Seconds an exiting worker waits for its results to leave for their owners.
 EXIT_FLUSH_TIMEOUT = 5.0
+
+
+@attrs.frozen
+class TaskWorkerStatistics:
+    """How a task worker's tasks came and went (``process_statistics``)."""
+
+    #: Tasks its main thread read off a link itself (``_main_inbox``).
+    tasks_read_by_thread: int
+    #: Tasks whose end its main thread wrote itself (``WorkerProcess._finish_here``).
+    tasks_ended_by_thread: int
+
+
+#: This process's task worker, once it runs (``process_statistics``).
+_worker: WorkerProcess | None = None
+
+
+def process_statistics() -> TaskWorkerStatistics | None:
+    """This task worker's figures (``None`` outside one): for tests and benchmarks."""
+    worker = _worker
+    if worker is None:
+        return None
+    main = worker.main_thread
+    return TaskWorkerStatistics(
+        tasks_read_by_thread=main.inbox.taken if main is not None else 0,
+        tasks_ended_by_thread=worker.tasks_ended_here)
 
 
 class WorkerProcess:
@@ -89,6 +115,7 @@ class WorkerProcess:
         # starts and ends tasks itself while the worker is idle (``_main_inbox``).
         self._lock = threading.RLock()
         self._node_conn: Any = None
+        self.tasks_ended_here = 0  # (``process_statistics``)
         #: Read sides lent to the main thread (``ACTORCORE_THREAD_READS``).
         self.thread_reads: bool = env_value("ACTORCORE_THREAD_READS")
 
@@ -376,6 +403,8 @@ class WorkerProcess:
         self.core.enqueue(w.TaskDone(spec.task_id, results, False))
 
     async def run(self, address: str, token: bytes) -> None:
+        global _worker
+        _worker = self
         self._token = token
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -506,6 +535,7 @@ class WorkerProcess:
             self._main_ref = ref
             if self._pending:
                 self._pump()
+        self.tasks_ended_here += 1
         return True, None
 
     def new_core(self, role: str, conn: Any, address: str) -> CoreWorker:
