@@ -411,11 +411,12 @@ class Connection:
         finally:
             loan.stop_watch()
 
-    def _count_taken(self, nbytes: int) -> None:
-        """A borrower kept one frame of ``nbytes`` (its thread; the reader is parked)."""
-        self._frames_received += 1
+    def _count_taken(self, nbytes: int, frames: int = 1) -> None:
+        """A borrower kept ``frames`` frames of ``nbytes`` in all (its thread; the
+        reader is parked)."""
+        self._frames_received += frames
         self._bytes_received += nbytes
-        self._taken_by_thread += 1
+        self._taken_by_thread += frames
 
     async def _wait_or_lend(self, sock: Any, wait_readable: Any, view: memoryview) -> int:
         """Wait for input, or lend the read side while the borrower wants it (the

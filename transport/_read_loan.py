@@ -95,6 +95,7 @@ class ReadLoan:
         self.held = False  # the borrower holds it; the reader is parked
         self.closed = False  # the connection closed, or the borrower let go for good
         self.taken = 0  # messages the borrower kept (statistics)
+        self._n = 0  # bytes of the borrower's last read
         self.given_back = 0  # times it gave the side back with bytes (statistics)
         self.reclaimed = 0  # times the loop took it back from a busy borrower
         # When the borrower kept its last message; None while it is idle (``want``).
@@ -133,31 +134,66 @@ class ReadLoan:
         handles it. Returns `NOT_TAKEN` if there was nothing to read (the side is
         still held), or after giving the side back with every byte read (anything
         else; see the module docstring; `held` is then false)."""
+        messages = self._read(many=False)
+        if messages is None:
+            return NOT_TAKEN
+        if accept(messages[0]):
+            return self._kept(messages)[0]
+        self.give_back(bytes(self._view[:self._n]))
+        return NOT_TAKEN
+
+    def take_many(self, accept: Callable[[list[Any]], bool]) -> Any:
+        """`take`, but the read may hold several whole one-way frames: ``accept``
+        gets the list of their messages, in order, and takes all of them or none.
+        Returns the list, or `NOT_TAKEN` as `take` does."""
+        messages = self._read(many=True)
+        if messages is None:
+            return NOT_TAKEN
+        if accept(messages):
+            return self._kept(messages)
+        self.give_back(bytes(self._view[:self._n]))
+        return NOT_TAKEN
+
+    def _read(self, many: bool) -> list[Any] | None:
+        """Read the socket: the messages of the whole one-way frames it had (one
+        only unless ``many``), or ``None``: nothing read, or given back already."""
         sock = self._sock
         if sock is None or not self.held:
-            return NOT_TAKEN
+            return None
         view = self._view
         try:
             n = sock.recv_into(view)
         except BlockingIOError:
-            return NOT_TAKEN
+            return None
         except OSError:  # the loop's reader meets the error itself
             self.give_back(b"")
-            return NOT_TAKEN
-        if n >= HEADER_SIZE:
-            body_len, kind, nbufs, _rid = _unpack_header(view, 0)
-            if kind == ONEWAY and nbufs == 0 and n == HEADER_SIZE + body_len:
-                try:
-                    message = _wire.decode_body(view[HEADER_SIZE:n], 0)
-                except Exception:  # the loop's reader reports it
-                    message = NOT_TAKEN
-                if message is not NOT_TAKEN and accept(message):
-                    self.taken += 1
-                    self._conn._count_taken(n)
-                    self.busy()
-                    return message
+            return None
+        self._n = n
+        messages = []
+        pos = 0
+        while n - pos >= HEADER_SIZE:
+            body_len, kind, nbufs, _rid = _unpack_header(view, pos)
+            end = pos + HEADER_SIZE + body_len
+            if kind != ONEWAY or nbufs != 0 or end > n:
+                break
+            try:
+                messages.append(_wire.decode_body(view[pos + HEADER_SIZE:end], 0))
+            except Exception:  # the loop's reader reports it
+                break
+            pos = end
+            if not many:
+                break
+        if pos == n and messages:
+            return messages
         self.give_back(bytes(view[:n]))
-        return NOT_TAKEN
+        return None
+
+    def _kept(self, messages: list[Any]) -> list[Any]:
+        """The borrower kept ``messages`` (the whole read)."""
+        self.taken += len(messages)
+        self._conn._count_taken(self._n, len(messages))
+        self.busy()
+        return messages
 
     def busy(self) -> None:
         """The borrower is busy (it kept a message, or has other work to do): it no

@@ -19,11 +19,12 @@ when a task first comes on it (``offer``). The thread asks for the read sides
 (``ReadLoan.want``) only while the worker is idle (``idle()``: nothing queued or
 running, the main thread's executor free), since a task it read must start at once:
 one at a time, in order, and a task queued behind a running one must be able to start
-in another executor when the running one blocks in ``get``, which only the loop's
-queue does. When a socket has input, ``ReadLoan.take`` keeps it only if it is exactly
-one whole message that ``accept`` takes (the worker registers the task under its lock
-and says no if the worker stopped being idle meanwhile); anything else -- several
-frames, a partial one, a cancel, a notice, a reply, the end of the stream -- goes
+in another executor when the running one blocks in ``get``, which the worker's
+queue does (and the loop starts it there). When a socket has input, ``ReadLoan.take_many`` keeps it only if it is whole
+one-way frames, all of them tasks that ``accept`` takes: the worker registers them
+under its lock (the first starts at once, the others queue behind it as if the loop
+had read them), and says no if the worker stopped being idle meanwhile. Anything
+else -- a partial frame, a cancel, a notice, a reply, the end of the stream -- goes
 back to the loop's reader with every byte read, and the loop handles it as before.
 
 While the thread runs something (a task it read, or work put here) it holds the
@@ -52,9 +53,9 @@ __all__ = ["MainInbox"]
 class MainInbox:
     """The main thread's queue of ``(fn, args)`` (see the module docstring).
 
-    ``accept(conn, message)`` (set by the worker, main thread): whether the thread
-    takes ``message``, read off ``conn`` by itself; it is then run as
-    ``run_taken(conn, message)``. ``idle()``: whether the worker is idle (the
+    ``accept(conn, messages)`` (set by the worker, main thread): whether the thread
+    takes ``messages``, read off ``conn`` by itself in one read (all or none); the
+    first is then run as ``run_taken(conn, message)``, the worker queued the others. ``idle()``: whether the worker is idle (the
     thread may ask for the read sides). Without them it is a plain queue.
     """
 
@@ -155,12 +156,12 @@ class MainInbox:
                 if entry is None or queue or self.accept is None:
                     continue
                 conn, loan = entry
-                message = loan.take(functools.partial(self.accept, conn))
-                if message is not transport.NOT_TAKEN:
+                messages = loan.take_many(functools.partial(self.accept, conn))
+                if messages is not transport.NOT_TAKEN:
                     self._busy()
-                    self.taken += 1
+                    self.taken += len(messages)
                     assert self.run_taken is not None
-                    return self.run_taken, (conn, message)
+                    return self.run_taken, (conn, messages[0])
 
     def _busy(self) -> None:
         """This thread has work: it asks for no side while it runs it, and the sides

@@ -453,47 +453,51 @@ class WorkerProcess:
         worker's lock decides, in ``_accept``)."""
         return self._main_ref is not None and not self._pending and not self._running
 
-    def _accept(self, conn: Any, message: Any) -> bool:
-        """Whether the main thread runs ``message``, which it read off ``conn``
-        itself: a task (an `Execute` from the node, a `LeasedTask` from a
-        submitter) while the worker is idle; it is then registered as the loop
-        registers one (main thread)."""
-        kind = type(message)
-        if kind is w.Execute:
-            if conn is not self._node_conn:
-                return False
-        elif kind is not w.LeasedTask or conn is self._node_conn:
+    def _accept(self, conn: Any, messages: list) -> bool:
+        """Whether the main thread runs ``messages``, which it read off ``conn`` itself
+        in one read: tasks (`Execute` from the node, `LeasedTask` from a submitter)
+        that came while the worker was idle. The first starts at once and the others
+        queue behind it, registered as the loop registers the tasks it reads
+        (main thread; all or none)."""
+        kind = w.Execute if conn is self._node_conn else w.LeasedTask
+        if any(type(m) is not kind for m in messages):
             return False
-        spec = message.spec
-        task_id = spec.task_id
         with self._lock:
             if self._main_ref is None or self._pending or self._running:
                 return False
             self._main_ref = None
-            self._running[task_id] = False
-            if kind is w.LeasedTask:
-                self.leased.links[task_id] = conn
-            elif message.owner_address is not None and spec.num_returns >= 0:
-                self._owner_addr[task_id] = message.owner_address
+            for i, m in enumerate(messages):
+                spec = m.spec
+                if kind is w.LeasedTask:
+                    self.leased.links[spec.task_id] = conn
+                elif m.owner_address is not None and spec.num_returns >= 0:
+                    self._owner_addr[spec.task_id] = m.owner_address
+                if i:
+                    self._pending.append(self._item(m))
+                else:
+                    self._running[spec.task_id] = False
         if kind is w.LeasedTask:
-            # Before the task starts, as the loop's ``_h_task`` does.
+            # Before the tasks start, as the loop's ``_h_task`` does.
             assert self.core is not None
-            self.core.enqueue(w.LeasedStart(message.lease_id, spec), coalesce=False)
+            for m in messages:
+                self.core.enqueue(w.LeasedStart(m.lease_id, m.spec), coalesce=False)
         return True
 
-    def _run_taken(self, conn: Any, message: Any) -> None:
-        """Run the task the main thread read and accepted (``_accept``), here."""
+    def _item(self, message: Any) -> tuple:
+        """What an executor runs for the task ``message`` (`Execute`, `LeasedTask`)."""
         spec = message.spec
         fn = self.functions.get(spec.function_id)
         if fn is None:
             fn = _FunctionLoader(self, spec.function_id)
         if type(message) is w.Execute:
-            item: tuple = (spec, fn, message.dep_data, message.gpu_ids)
-        else:
-            item = (spec, fn, [])
+            return (spec, fn, message.dep_data, message.gpu_ids)
+        return (spec, fn, [], ())
+
+    def _run_taken(self, conn: Any, message: Any) -> None:
+        """Run the task the main thread read and accepted (``_accept``), here."""
         ref = self._main_executor
         assert ref is not None and ref.executor is not None
-        ref.executor.on_receive(item)
+        ref.executor.on_receive(self._item(message))
 
     def _finish_here(self, ref: Any, task_id: bytes, results: list,
                      retry: bool) -> tuple[bool, Any]:
