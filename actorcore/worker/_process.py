@@ -7,8 +7,10 @@ function cache. User code runs in ``Executor``s (see ``_executor``), and the fir
 them is the process's main thread (``MainThread``): tasks run there, as in Ray, so
 that signal handlers can be installed and libraries that insist on
 ``threading.main_thread()`` work. Only while that task is blocked in ``get`` does
-the next one start in a Pykka executor thread. The worker exits when its link to the
-node dies: a worker never outlives its node.
+the next one start in a Pykka executor thread. While the worker is idle, the main
+thread reads its next task off the node's link or a submitter's itself, runs it and
+writes its end, without the loop (``_main_inbox``, ``WorkerProcess._finish_here``).
+The worker exits when its link to the node dies: a worker never outlives its node.
 """
 
 from __future__ import annotations
