@@ -119,6 +119,40 @@ def test_results_are_exact_and_travel_on_a_lease():
 
 
 @ray.remote
+def _task_reads():
+    from actorcore.worker._process import process_statistics
+
+    stats = process_statistics()
+    return os.getpid(), stats.tasks_read_by_thread, stats.tasks_ended_by_thread
+
+
+def _reads_by_worker():
+    """Each task worker's (tasks its main thread read, tasks it ended) so far."""
+    seen: dict[int, tuple[int, int]] = {}
+    for _ in range(20):
+        for pid, read, ended in ray.get([_task_reads.remote() for _ in range(2)]):
+            seen[pid] = max(seen.get(pid, (0, 0)), (read, ended))
+        if len(seen) == 2:
+            break
+    return seen
+
+
+def test_an_idle_workers_main_thread_reads_and_ends_its_tasks_itself():
+    # One at a time on a lease, each task comes while its worker is idle: its main
+    # thread reads it off the lease link, runs it and writes its end (worker.
+    # _main_inbox), and the results are exact whichever way a task came.
+    before = _reads_by_worker()
+    assert [ray.get(add.remote(i, 2)) for i in range(100)] == list(range(2, 102))
+    # A burst beside them: several frames in one read go back to the loop.
+    assert ray.get([add.remote(i) for i in range(300)]) == list(range(300))
+    after = _reads_by_worker()
+    read = sum(r for r, _e in after.values()) - sum(r for r, _e in before.values())
+    ended = sum(e for _r, e in after.values()) - sum(e for _r, e in before.values())
+    assert read >= 50, (before, after)
+    assert ended >= 50, (before, after)
+
+
+@ray.remote
 def _div(a, b):
     return a / b
 

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -52,9 +53,10 @@ class Borrower:
     handed over or closed) and, while it holds the side, the socket; it keeps the
     messages ``accept`` takes, in ``got`` beside the loop's."""
 
-    def __init__(self, seen: Seen, accept: Any) -> None:
+    def __init__(self, seen: Seen, accept: Any, many: bool = False) -> None:
         self.seen = seen
         self.accept = accept
+        self.many = many  # ``take_many``: all the whole frames of a read, or none
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.loan: transport.ReadLoan | None = None
         self.stopped = threading.Event()
@@ -82,6 +84,11 @@ class Borrower:
                             os.eventfd_read(self.efd)
                         except BlockingIOError:
                             pass
+                    elif not loan.closed and self.many:
+                        messages = loan.take_many(lambda ms: all(map(self.accept, ms)))
+                        if messages is not transport.NOT_TAKEN:
+                            for message in messages:
+                                self.seen.add("thread", message)
                     elif not loan.closed:
                         message = loan.take(self.accept)
                         if message is not transport.NOT_TAKEN:
@@ -91,14 +98,17 @@ class Borrower:
             self.stopped.set()
 
 
-async def test_a_borrowing_thread_and_the_loop_see_one_stream_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("many", [False, True], ids=["take", "take_many"])
+async def test_a_borrowing_thread_and_the_loop_see_one_stream_order(
+        tmp_path: Path, many: bool) -> None:
     # Lone frames on an idle link are read by the thread; bursts (several frames in
-    # one read), a frame larger than the read buffer (partial reads) and messages the
-    # thread does not accept are given back and read by the loop. Every message
-    # arrives once, whole, in the order sent.
+    # one read; with ``take_many`` kept together when the thread takes them all), a
+    # frame larger than the read buffer (partial reads) and messages the thread does
+    # not accept are given back and read by the loop. Every message arrives once,
+    # whole, in the order sent.
     seen = Seen()
     got = seen.items
-    borrower = Borrower(seen, accept=lambda m: m[0] == "n")
+    borrower = Borrower(seen, accept=lambda m: m[0] == "n", many=many)
     server_conn: list[transport.Connection] = []
 
     async def handler(conn: transport.Connection, msg: Any, reply: Any) -> None:

@@ -237,6 +237,8 @@ class Connection:
         self._enqueue(REQUEST, chunks, size)
         self._check_open()
         self._pending[rid] = task
+        if self._loan is not None:  # its reply must not wait for a busy borrower
+            self._loan.reclaim()
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def send(self, message: Any) -> None:
@@ -409,11 +411,12 @@ class Connection:
         finally:
             loan.stop_watch()
 
-    def _count_taken(self, nbytes: int) -> None:
-        """A borrower kept one frame of ``nbytes`` (its thread; the reader is parked)."""
-        self._frames_received += 1
+    def _count_taken(self, nbytes: int, frames: int = 1) -> None:
+        """A borrower kept ``frames`` frames of ``nbytes`` in all (its thread; the
+        reader is parked)."""
+        self._frames_received += frames
         self._bytes_received += nbytes
-        self._taken_by_thread += 1
+        self._taken_by_thread += frames
 
     async def _wait_or_lend(self, sock: Any, wait_readable: Any, view: memoryview) -> int:
         """Wait for input, or lend the read side while the borrower wants it (the
@@ -525,6 +528,9 @@ class Connection:
         if self._closed:  # `_shutdown` may have taken the waiters before ours went in
             self._thread_pending.pop(rid, None)
             self._check_open()
+        loan = self._loan
+        if loan is not None:  # its reply must not wait for a busy borrower
+            loan.reclaim()
         if not self._write_from_thread(chunks, size):
             try:
                 trio.from_thread.run_sync(self._enqueue_for_thread, chunks, size, trio_token=token)

@@ -33,6 +33,10 @@ explicit, under the loan's lock:
   close the connection's socket at any time without a reused descriptor under a
   thread's ``poll``; the duplicate is closed by whichever side lets go last.
 
+* Whoever is about to wait for the link's input (a request from the loop or from a
+  thread, a borrower's own thread about to block in a ``get`` that the link's
+  notices end) takes it back at once from a busy borrower (`reclaim`): a reply
+  must not wait for the borrower's work to end, or for the watch below.
 * The loop also takes it back from a borrower that has been busy for
   `RECLAIM_AFTER` seconds with a message it kept (running the call it read): while
   the thread is busy, frames wait in the kernel, and a cancel of a call queued
@@ -91,6 +95,7 @@ class ReadLoan:
         self.held = False  # the borrower holds it; the reader is parked
         self.closed = False  # the connection closed, or the borrower let go for good
         self.taken = 0  # messages the borrower kept (statistics)
+        self._n = 0  # bytes of the borrower's last read
         self.given_back = 0  # times it gave the side back with bytes (statistics)
         self.reclaimed = 0  # times the loop took it back from a busy borrower
         # When the borrower kept its last message; None while it is idle (``want``).
@@ -129,39 +134,84 @@ class ReadLoan:
         handles it. Returns `NOT_TAKEN` if there was nothing to read (the side is
         still held), or after giving the side back with every byte read (anything
         else; see the module docstring; `held` is then false)."""
+        messages = self._read(many=False)
+        if messages is None:
+            return NOT_TAKEN
+        if accept(messages[0]):
+            return self._kept(messages)[0]
+        self.give_back(bytes(self._view[:self._n]))
+        return NOT_TAKEN
+
+    def take_many(self, accept: Callable[[list[Any]], bool]) -> Any:
+        """`take`, but the read may hold several whole one-way frames: ``accept``
+        gets the list of their messages, in order, and takes all of them or none.
+        Returns the list, or `NOT_TAKEN` as `take` does."""
+        messages = self._read(many=True)
+        if messages is None:
+            return NOT_TAKEN
+        if accept(messages):
+            return self._kept(messages)
+        self.give_back(bytes(self._view[:self._n]))
+        return NOT_TAKEN
+
+    def _read(self, many: bool) -> list[Any] | None:
+        """Read the socket: the messages of the whole one-way frames it had (one
+        only unless ``many``), or ``None``: nothing read, or given back already."""
         sock = self._sock
         if sock is None or not self.held:
-            return NOT_TAKEN
+            return None
         view = self._view
         try:
             n = sock.recv_into(view)
         except BlockingIOError:
-            return NOT_TAKEN
+            return None
         except OSError:  # the loop's reader meets the error itself
             self.give_back(b"")
-            return NOT_TAKEN
-        if n >= HEADER_SIZE:
-            body_len, kind, nbufs, _rid = _unpack_header(view, 0)
-            if kind == ONEWAY and nbufs == 0 and n == HEADER_SIZE + body_len:
-                try:
-                    message = _wire.decode_body(view[HEADER_SIZE:n], 0)
-                except Exception:  # the loop's reader reports it
-                    message = NOT_TAKEN
-                if message is not NOT_TAKEN and accept(message):
-                    self.taken += 1
-                    self._conn._count_taken(n)
-                    with self._lock:
-                        self.busy_since = time.monotonic()
-                        watch = not self.watched
-                        self.watched = True
-                    if watch:
-                        try:
-                            self._token.run_sync_soon(self._conn._start_watch, self)
-                        except trio.RunFinishedError:
-                            pass
-                    return message
+            return None
+        self._n = n
+        messages = []
+        pos = 0
+        while n - pos >= HEADER_SIZE:
+            body_len, kind, nbufs, _rid = _unpack_header(view, pos)
+            end = pos + HEADER_SIZE + body_len
+            if kind != ONEWAY or nbufs != 0 or end > n:
+                break
+            try:
+                messages.append(_wire.decode_body(view[pos + HEADER_SIZE:end], 0))
+            except Exception:  # the loop's reader reports it
+                break
+            pos = end
+            if not many:
+                break
+        if pos == n and messages:
+            return messages
         self.give_back(bytes(view[:n]))
-        return NOT_TAKEN
+        return None
+
+    def _kept(self, messages: list[Any]) -> list[Any]:
+        """The borrower kept ``messages`` (the whole read)."""
+        self.taken += len(messages)
+        self._conn._count_taken(self._n, len(messages))
+        self.busy()
+        return messages
+
+    def busy(self) -> None:
+        """The borrower is busy (it kept a message, or has other work to do): it no
+        longer asks for the side (`want`), and if it holds it, the loop's watch
+        takes it back if it stays busy `RECLAIM_AFTER` seconds, and whoever waits
+        for this link's input meanwhile may take it back at once (`reclaim`)."""
+        with self._lock:
+            self.wanted = False
+            if not self.held:
+                return
+            self.busy_since = time.monotonic()
+            watch = not self.watched
+            self.watched = True
+        if watch:
+            try:
+                self._token.run_sync_soon(self._conn._start_watch, self)
+            except trio.RunFinishedError:
+                pass
 
     def give_back(self, data: bytes = b"") -> None:
         """Hand the read side back to the loop with ``data``, the bytes read from the
@@ -202,21 +252,35 @@ class ReadLoan:
         self._wake()
         return True
 
-    def reclaim_if_busy(self) -> bool | None:
-        """(The loop's watch.) Take the side back if the borrower has been busy for
-        `RECLAIM_AFTER` with a message it kept: ``True``, the reader resumes.
-        ``False``: it is busy, not for long yet; ``None``: it is idle, or the side
-        is not lent."""
+    def reclaim_if_busy(self, after: float = RECLAIM_AFTER) -> bool | None:
+        """(The loop's watch, or `reclaim`.) Take the side back if the borrower has
+        been busy for ``after`` seconds: ``True``, the reader must resume (the
+        caller makes it). ``False``: it is busy, not for long yet; ``None``: it is
+        idle, or the side is not lent."""
         with self._lock:
             busy_since = self.busy_since
             if not self.held or busy_since is None:
                 return None
-            if time.monotonic() - busy_since < RECLAIM_AFTER:
+            if time.monotonic() - busy_since < after:
                 return False
             self.held = False
             self.busy_since = None
             self.reclaimed += 1
             return True
+
+    def reclaim(self) -> bool:
+        """Take the side back now from a busy borrower (any thread: someone is about
+        to wait for this link's input, a reply or a notice, which a busy borrower
+        would leave in the kernel until the watch took the side back). ``True``:
+        taken back, the loop's reader resumes. An idle borrower keeps it: it is
+        polling, and gives back whatever it does not handle."""
+        if not self.reclaim_if_busy(0.0):
+            return False
+        try:
+            self._token.run_sync_soon(self._conn._reads_returned, b"")
+        except trio.RunFinishedError:
+            pass
+        return True
 
     def stop_watch(self, only_if_idle: bool = False) -> bool:
         """(The loop's watch, ending.) With ``only_if_idle``, only if the borrower

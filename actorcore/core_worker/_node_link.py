@@ -141,13 +141,17 @@ class NodeLink:
         """This process leaves its node: nothing more is submitted."""
         self.closed = True
 
-    def enqueue(self, message: Any, *, wake: bool = True) -> None:
+    def enqueue(self, message: Any, *, wake: bool = True, coalesce: bool = True) -> None:
         """Queue a one-way message for the node from any thread (never blocks).
 
         ``wake=False`` (frees, which nobody waits for): do not wake the core loop for
         it; it leaves with the next message, or within ``LAZY_FLUSH`` seconds. Waking
         a loop in another thread costs a GIL hand-off, about as much as a whole
         message, so the hot submit/get path wakes it once per task, not twice.
+        ``coalesce=False``: a message the loop would send in a frame of its own
+        anyway (a task worker's `TaskDone`, `LeasedStart`): a calling thread
+        writes it whenever the link is idle, also within ``THREAD_SEND_GAP`` of
+        its last write.
         """
         self._queue.append(message)
         if not wake:
@@ -163,7 +167,7 @@ class NodeLink:
                 self._flush_pending = True
                 self.flush()
                 return
-            if self._flush_from_thread():
+            if self._flush_from_thread(coalesce):
                 return
             self._flush_pending = True
             try:
@@ -224,10 +228,11 @@ class NodeLink:
     # (one frame for a thousand tasks, not a thousand). The queue's order holds:
     # messages leave it, in order, under ``_send_lock``, by whichever side sends.
 
-    def _flush_from_thread(self) -> bool:
-        """Send what is queued from this thread; ``False``: the loop must."""
+    def _flush_from_thread(self, coalesce: bool = True) -> bool:
+        """Send what is queued from this thread; ``False``: the loop must.
+        ``coalesce=False``: whatever the time since the last such send."""
         now = time.monotonic()
-        if now - self._thread_sent_at < THREAD_SEND_GAP or self.closed:
+        if (coalesce and now - self._thread_sent_at < THREAD_SEND_GAP) or self.closed:
             return False
         send = getattr(self.conn, "send_from_thread", None)
         if send is None or not self._send_lock.acquire(blocking=False):

@@ -357,7 +357,8 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_THREAD_READS", "switch", "1",
            "0: an actor's thread never reads its caller's direct link itself (every call "
            "is read by its process's loop and handed to the thread, see "
-           "worker._actor_host._LinkInbox)"),
+           "worker._actor_host._LinkInbox), and a task worker's main thread never reads "
+           "its tasks off its links nor writes their ends itself (worker._main_inbox)"),
     EnvVar("ACTORCORE_NO_DIRECT", "switch", None,
            "deprecated: ACTORCORE_NO_DIRECT=1 means ACTORCORE_DIRECT_CALLS=0",
            deprecated_for="ACTORCORE_DIRECT_CALLS"),

@@ -89,7 +89,6 @@ def run_task(
     keeps the results, together, within one frame; ``emit`` sends the items of a
     generator task as they are yielded (see ``run_generator``).
     """
-    pid = os.getpid()
     return_ids = spec.return_ids()
     task_context.task_id = spec.task_id
     task_context.spec = spec
@@ -112,7 +111,7 @@ def run_task(
             return [(oid, True, payload) for oid in return_ids], False
         except Exception as exc:
             tb = traceback.format_exc()
-            payload = _serialization.error_payload(exc, spec.name, pid, node_id, tb)
+            payload = _serialization.error_payload(exc, spec.name, os.getpid(), node_id, tb)
             return [(oid, True, payload) for oid in return_ids], _retryable(spec, exc)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt, ... in user code
             if isinstance(exc, ActorExitRequest) and hasattr(spec, "actor_id"):
@@ -120,7 +119,7 @@ def run_task(
             # Reported like any error (the executor and the worker live on); never
             # retried: the code asked to stop.
             tb = traceback.format_exc()
-            payload = _serialization.error_payload(exc, spec.name, pid, node_id, tb)
+            payload = _serialization.error_payload(exc, spec.name, os.getpid(), node_id, tb)
             return [(oid, True, payload) for oid in return_ids], False
         return encode_returns(spec, value, node_id, encode, spill=spill), False
     finally:
@@ -290,7 +289,6 @@ def encode_returns(
     that return's error; the others are still returned. With ``spill``, results
     whose inline total would not fit in one frame go to the store (see ``Spill``).
     """
-    pid = os.getpid()
     return_ids = spec.return_ids()
     n = spec.num_returns
     if n <= 1:
@@ -305,7 +303,7 @@ def encode_returns(
                 f"{what} {spec.name} has num_returns={n} but returned "
                 f"{type(value).__name__} {value!r:.80}, not a sequence of {n} values"
             )
-            payload = _serialization.error_payload(err, spec.name, pid, node_id, str(err))
+            payload = _serialization.error_payload(err, spec.name, os.getpid(), node_id, str(err))
             return [(oid, True, payload) for oid in return_ids]
     results = []
     for oid, v in zip(return_ids, values, strict=True):
@@ -313,7 +311,7 @@ def encode_returns(
             results.append((oid, False, encode(oid, v)))
         except SerializationError as exc:
             payload = _serialization.error_payload(
-                exc, spec.name, pid, node_id, f"{type(exc).__name__}: {exc}\n"
+                exc, spec.name, os.getpid(), node_id, f"{type(exc).__name__}: {exc}\n"
             )
             results.append((oid, True, payload))
         except Exception as exc:
@@ -322,7 +320,7 @@ def encode_returns(
             # An escape here would kill the executor with the call unanswered for ever.
             logger.warning("%s %s: storing return %s failed: %r", what, spec.name, oid.hex(), exc)
             payload = _serialization.error_payload(
-                exc, spec.name, pid, node_id, traceback.format_exc()
+                exc, spec.name, os.getpid(), node_id, traceback.format_exc()
             )
             results.append((oid, True, payload))
     if spill is not None:

@@ -71,6 +71,9 @@ class LeasedTaskServer:
         core.append_unsent(w.LeasedStart(m.lease_id, spec))
         core.flush_now()
         self._worker.execute_leased(spec)
+        # Its next tasks may come while this worker is idle: its main thread reads
+        # them itself then (``_main_inbox``).
+        self._worker.offer_reads(conn)
 
     def _h_cancel(self, conn: Any, m: w.CancelLeasedTask) -> None:
         core = self._worker.core

@@ -7,8 +7,10 @@ function cache. User code runs in ``Executor``s (see ``_executor``), and the fir
 them is the process's main thread (``MainThread``): tasks run there, as in Ray, so
 that signal handlers can be installed and libraries that insist on
 ``threading.main_thread()`` work. Only while that task is blocked in ``get`` does
-the next one start in a Pykka executor thread. The worker exits when its link to the
-node dies: a worker never outlives its node.
+the next one start in a Pykka executor thread. While the worker is idle, the main
+thread reads its next task off the node's link or a submitter's itself, runs it and
+writes its end, without the loop (``_main_inbox``, ``WorkerProcess._finish_here``).
+The worker exits when its link to the node dies: a worker never outlives its node.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import collections
 import logging
 import os
 import pickle
-import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import attrs
 import trio
 
 import transport
@@ -38,16 +40,43 @@ from ..exceptions import ObjectLostError
 from ..protocol import _wire as w
 from ..protocol._ids import id_prefix, short
 from ..protocol._messages import TaskSpec, max_frame_size
+from ..session._config import env_value
 from ._cancel import TaskStartGate
 from ._executor import RESULT_OVERHEAD, Executor, Spill
 from ._leased import LeasedTaskServer
+from ._main_inbox import MainInbox
 
-__all__ = ["load_function", "main", "run_main"]
+__all__ = ["TaskWorkerStatistics", "load_function", "main", "process_statistics", "run_main"]
 
 logger = logging.getLogger("actorcore.worker")
 
 #: Seconds an exiting worker waits for its results to leave for their owners.
 EXIT_FLUSH_TIMEOUT = 5.0
+
+
+@attrs.frozen
+class TaskWorkerStatistics:
+    """How a task worker's tasks came and went (``process_statistics``)."""
+
+    #: Tasks its main thread read off a link itself (``_main_inbox``).
+    tasks_read_by_thread: int
+    #: Tasks whose end its main thread wrote itself (``WorkerProcess._finish_here``).
+    tasks_ended_by_thread: int
+
+
+#: This process's task worker, once it runs (``process_statistics``).
+_worker: WorkerProcess | None = None
+
+
+def process_statistics() -> TaskWorkerStatistics | None:
+    """This task worker's figures (``None`` outside one): for tests and benchmarks."""
+    worker = _worker
+    if worker is None:
+        return None
+    main = worker.main_thread
+    return TaskWorkerStatistics(
+        tasks_read_by_thread=main.inbox.taken if main is not None else 0,
+        tasks_ended_by_thread=worker.tasks_ended_here)
 
 
 class WorkerProcess:
@@ -74,6 +103,7 @@ class WorkerProcess:
         self._nursery: trio.Nursery | None = None
         self.main_thread: MainThread | None = None  # set by run_main
         self._main_ref: _MainRef | None = None  # the executor on it, when free
+        self._main_executor: _MainRef | None = None
         self._thread_pushed_at = 0.0  # (``_push_from_thread``)
         #: The handler of the node's link: one registry of what the node sends.
         self.dispatcher = transport.Dispatcher(f"worker_{index}")
@@ -82,6 +112,14 @@ class WorkerProcess:
         self.leased = LeasedTaskServer(self)
         #: Tasks cancelled between their hand-over to an executor and their start.
         self._start_gate = TaskStartGate()
+        # What is queued and running here (``_pending``, ``_running``, ``_main_ref``,
+        # ``_free``) is changed by the loop and by the main thread, which reads,
+        # starts and ends tasks itself while the worker is idle (``_main_inbox``).
+        self._lock = threading.RLock()
+        self._node_conn: Any = None
+        self.tasks_ended_here = 0  # (``process_statistics``)
+        #: Read sides lent to the main thread (``ACTORCORE_THREAD_READS``).
+        self.thread_reads: bool = env_value("ACTORCORE_THREAD_READS")
 
     def routes(self, d: transport.Dispatcher) -> None:
         """Register what the node sends this process (``protocol._wire``)."""
@@ -120,15 +158,16 @@ class WorkerProcess:
 
     def _h_interrupt(self, conn: Any, m: w.InterruptTask) -> None:
         task_id = m.task_id
-        for i, item in enumerate(self._pending):
-            if item[0].task_id == task_id:  # queued here, not started: drop it
-                del self._pending[i]
-                self._report_cancelled(item[0])
-                return
-        if task_id in self._running:  # handed to an executor, not reported yet
-            executors = list(self._executors)
-            self._start_gate.cancel(
-                task_id, lambda: any([executor.interrupt(task_id) for executor in executors]))
+        with self._lock:
+            for i, item in enumerate(self._pending):
+                if item[0].task_id == task_id:  # queued here, not started: drop it
+                    del self._pending[i]
+                    self._report_cancelled(item[0])
+                    return
+            if task_id in self._running:  # handed to an executor, not reported yet
+                executors = list(self._executors)
+                self._start_gate.cancel(
+                    task_id, lambda: any([executor.interrupt(task_id) for executor in executors]))
         if self.core is not None:
             self.core.cancel_task_waits(task_id)
 
@@ -170,15 +209,27 @@ class WorkerProcess:
 
         def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
             core.task_finished(spec.task_id)
-            self._main_ref = ref
-            pushed_on = self._push_from_thread(spec.task_id, results, retry)
+            if self.thread_reads:
+                done, pushed_on = self._finish_here(ref, spec.task_id, results, retry)
+                if done:
+                    return
+            else:
+                pushed_on = self._push_from_thread(spec.task_id, results, retry)
+            with self._lock:
+                self._main_ref = ref
             token.run_sync_soon(self._finished, spec.task_id, results, retry, pushed_on)
 
+        self._main_executor = ref
         ref.executor = Executor(report, self.node_id.hex(), self._executors.append,
                                 encode, decode, return_spill(core),
                                 stream_emitter(core), self._start_gate)  # ``main`` runs it
         main.submit(ref.executor.on_start)
         self._main_ref = ref
+        if self.thread_reads:
+            inbox = main.inbox
+            inbox.idle = self._idle
+            inbox.run_taken = self._run_taken
+            inbox.accept = self._accept
 
     def _take_executor(self) -> Any:
         ref = self._main_ref
@@ -199,14 +250,16 @@ class WorkerProcess:
         fn = self.functions.get(spec.function_id)
         if fn is None:
             fn = _FunctionLoader(self, spec.function_id)
-        self._pending.append((spec, fn, dep_data, gpu_ids))
-        self._pump()
+        with self._lock:
+            self._pending.append((spec, fn, dep_data, gpu_ids))
+            self._pump()
 
     def execute_leased(self, spec: TaskSpec) -> None:
         """Run a task pushed on a lease (no ref arguments: nothing to fetch)."""
         self._execute(spec, [])
 
     def _pump(self) -> None:
+        """Start what may start now (the worker's lock held)."""
         running = self._running
         while self._pending and not any(not blocked for blocked in running.values()):
             item = self._pending.popleft()
@@ -296,9 +349,10 @@ class WorkerProcess:
             self._nursery.start_soon(self._done_once_pushed, conn, task_id, results)
         else:
             self._report_done(task_id, results, retry, pushed)
-        self._running.pop(task_id, None)
-        self._start_gate.forget(task_id)
-        self._pump()
+        with self._lock:
+            self._running.pop(task_id, None)
+            self._start_gate.forget(task_id)
+            self._pump()
 
     def _report_done(self, task_id: bytes, results: list, retry: bool, pushed: bool) -> None:
         core = self.core
@@ -333,9 +387,10 @@ class WorkerProcess:
             logger.info("cannot reach owner at %s: %s", address, exc)
 
     def _blocked(self, task_id: bytes, blocked: bool) -> None:
-        if task_id in self._running:
-            self._running[task_id] = blocked
-            self._pump()
+        with self._lock:
+            if task_id in self._running:
+                self._running[task_id] = blocked
+                self._pump()
 
     def _report_cancelled(self, spec: TaskSpec) -> None:
         from ..exceptions import TaskCancelledError
@@ -350,6 +405,8 @@ class WorkerProcess:
         self.core.enqueue(w.TaskDone(spec.task_id, results, False))
 
     async def run(self, address: str, token: bytes) -> None:
+        global _worker
+        _worker = self
         self._token = token
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -361,8 +418,8 @@ class WorkerProcess:
             # The core worker and executor exist before we register: the node may
             # send work the moment it has our hello.
             core = self.new_core("worker", conn, address)
-            loop_token = core.trio_token
-            core.on_blocked = lambda tid, flag: loop_token.run_sync_soon(self._blocked, tid, flag)
+            self._node_conn = conn
+            core.on_blocked = self._on_blocked
             await core.serve(nursery, self.store_address, token)
             if self.main_thread is not None:
                 self._new_main_executor(self.main_thread)
@@ -370,6 +427,122 @@ class WorkerProcess:
                 self._free.append(self._new_executor())
             direct = await self.leased.listen(nursery, address, token)
             await self.hello("worker", conn, direct)
+            self.offer_reads(conn)
+
+    def _on_blocked(self, task_id: bytes, blocked: bool) -> None:
+        """A task starts (``True``) or stops waiting in ``get``/``wait`` (its thread)."""
+        main = self.main_thread
+        if blocked and main is not None:
+            # What it waits for comes on the links: the loop reads them from now on.
+            main.inbox.reclaim()
+        assert self.core is not None
+        try:
+            self.core.trio_token.run_sync_soon(self._blocked, task_id, blocked)
+        except trio.RunFinishedError:
+            pass
+
+    # ----------------------------------------------- tasks read by the main thread
+
+    def offer_reads(self, conn: Any) -> None:
+        """Lend ``conn``'s read side to the main thread, which reads tasks off it
+        itself while the worker is idle (``_main_inbox``; core loop)."""
+        main = self.main_thread
+        if main is not None and main.inbox.accept is not None:
+            main.inbox.offer(conn)
+
+    def _idle(self) -> bool:
+        """Whether a task read by the main thread may start there now (a hint; the
+        worker's lock decides, in ``_accept``)."""
+        return self._main_ref is not None and not self._pending and not self._running
+
+    def _accept(self, conn: Any, messages: list) -> bool:
+        """Whether the main thread runs ``messages``, which it read off ``conn`` itself
+        in one read: tasks (`Execute` from the node, `LeasedTask` from a submitter)
+        that came while the worker was idle. The first starts at once and the others
+        queue behind it, registered as the loop registers the tasks it reads
+        (main thread; all or none)."""
+        kind = w.Execute if conn is self._node_conn else w.LeasedTask
+        if any(type(m) is not kind for m in messages):
+            return False
+        with self._lock:
+            if self._main_ref is None or self._pending or self._running:
+                return False
+            self._main_ref = None
+            for i, m in enumerate(messages):
+                spec = m.spec
+                if kind is w.LeasedTask:
+                    self.leased.links[spec.task_id] = conn
+                elif m.owner_address is not None and spec.num_returns >= 0:
+                    self._owner_addr[spec.task_id] = m.owner_address
+                if i:
+                    self._pending.append(self._item(m))
+                else:
+                    self._running[spec.task_id] = False
+        if kind is w.LeasedTask:
+            # Before the tasks start, as the loop's ``_h_task`` does.
+            assert self.core is not None
+            for m in messages:
+                self.core.enqueue(w.LeasedStart(m.lease_id, m.spec), coalesce=False)
+        return True
+
+    def _item(self, message: Any) -> tuple:
+        """What an executor runs for the task ``message`` (`Execute`, `LeasedTask`)."""
+        spec = message.spec
+        fn = self.functions.get(spec.function_id)
+        if fn is None:
+            fn = _FunctionLoader(self, spec.function_id)
+        if type(message) is w.Execute:
+            return (spec, fn, message.dep_data, message.gpu_ids)
+        return (spec, fn, [], ())
+
+    def _run_taken(self, conn: Any, message: Any) -> None:
+        """Run the task the main thread read and accepted (``_accept``), here."""
+        ref = self._main_executor
+        assert ref is not None and ref.executor is not None
+        ref.executor.on_receive(self._item(message))
+
+    def _finish_here(self, ref: Any, task_id: bytes, results: list,
+                     retry: bool) -> tuple[bool, Any]:
+        """End a task on the main thread that ran it, without the loop: results to
+        the submitter or owner (when their link is idle), then `TaskDone` to the
+        node, then the next task. ``(False, pushed_on)``: the loop ends it
+        (``_finished``), the results already written on ``pushed_on`` if not
+        ``None``. The loop's way keeps every case but the common one: a retry,
+        results too large for a frame, an owner not dialled yet, a busy link."""
+        core = self.core
+        if retry or core is None or results_size(results) > core.frame_limit():
+            return False, None
+        link = self.leased.links.get(task_id)
+        message: Any = None
+        if link is not None:
+            message = w.LeasedTaskDone(task_id, results)
+        else:
+            address = self._owner_addr.get(task_id)
+            if address is not None:
+                link = self._owner_conns.get(address)
+                if link is None or link.closed:
+                    return False, None
+                message = w.ObjectsReady(results)
+        if link is not None:
+            try:
+                sent = link.send_from_thread(message)
+            except Exception:  # refused for what it is: the loop's push says so
+                return False, None
+            if not sent:
+                return False, None
+            if link.unsent:  # written in part: "done" must wait for the rest
+                return False, link
+        core.enqueue(w.TaskDone(task_id, results, False, link is not None), coalesce=False)
+        with self._lock:
+            self.leased.links.pop(task_id, None)
+            self._owner_addr.pop(task_id, None)
+            self._running.pop(task_id, None)
+            self._start_gate.forget(task_id)
+            self._main_ref = ref
+            if self._pending:
+                self._pump()
+        self.tasks_ended_here += 1
+        return True, None
 
     def new_core(self, role: str, conn: Any, address: str) -> CoreWorker:
         """This process's core worker (``role`` "worker" or "actor_worker"), installed
@@ -400,18 +573,20 @@ class WorkerProcess:
 
 class MainThread:
     """The process's main thread, lent to user code (``run_main``): it runs the
-    callables given to ``submit``, one at a time, in order, for ever."""
+    callables given to ``submit``, one at a time, in order, for ever; in a task
+    worker, also the tasks it reads off the worker's links itself (``MainInbox``)."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.inbox = MainInbox()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._queue.put((fn, args))
+        self.inbox.put((fn, args))
 
     def serve(self) -> NoReturn:
+        get = self.inbox.get
         while True:
             try:
-                fn, args = self._queue.get()
+                fn, args = get()
                 fn(*args)
             except BaseException as exc:  # noqa: BLE001 - the main thread serves on
                 # e.g. a cancellation that landed just after its task ended.
