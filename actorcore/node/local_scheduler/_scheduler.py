@@ -326,9 +326,31 @@ class SchedulerState:
         self.leases.drop_owner(worker.worker_id)  # what it leased as a submitter
         self._wake()
 
+    # A task queued on a busy worker (``_pipeline``) holds nothing until the one
+    # ahead ends here (``_promote``), but the worker may start it, and it may block,
+    # before that one's "done" arrives (sent once its results pushed to their owner
+    # have left: ``worker._process._done_once_pushed``). Promoted at its `Blocked`,
+    # it held its CPU while blocked until it ended; a tree whose CPUs were all held
+    # so stopped. So it starts here as blocked, lending its CPU from the start.
+
     def blocked(self, worker: WorkerInfo, task_id: bytes) -> None:
         """``task_id`` waits in ``get``: its CPU goes back, its worker may take a task."""
         if task_id not in worker.tasks or task_id in worker.blocked_tasks:
+            return
+        if task_id in worker.queued:  # started there before it was promoted here
+            worker.queued.remove(task_id)
+            spec = worker.tasks[task_id]
+            rest = {k: v for k, v in spec.resources.items() if k != "CPU"}
+            if rest:
+                self.ledger.take(rest)
+            held = dict(rest)
+            cpu = spec.resources.get("CPU", 0.0)
+            if cpu:
+                held["_blocked_cpu"] = cpu
+            worker.held[task_id] = held
+            worker.blocked_tasks.add(task_id)
+            self._promote(worker)
+            self._make_available(worker)
             return
         worker.blocked_tasks.add(task_id)
         held = worker.held.get(task_id, {})
