@@ -12,6 +12,9 @@ On a loaded machine the wall clock swings with the other processes, the CPU per
 tree less: for A/B runs, run it alternately in two checkouts (it imports the
 checkout it sits in) or with an ``ACTORCORE_*`` switch set and unset.
 ``--threads`` also prints the CPU per tree of each thread of the busiest processes.
+``--ray`` runs the same tree on Ray instead (run it with Ray's interpreter,
+``$RAY_PYTHON``): its "node" is the raylet, the rest of its processes count as
+workers, and it has no lease figures.
 """
 
 from __future__ import annotations
@@ -80,17 +83,35 @@ def _scheduler(ray: Any) -> Any:
     return ray._api._call("status")["scheduler"]
 
 
+def _raylet_pid(me: int) -> int:
+    for pid in _tree(me):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "raylet":
+                    return pid
+        except OSError:
+            pass
+    return -1
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--trees", type=int, default=30, help="trees per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--fanout", type=int, default=8)
     p.add_argument("--threads", action="store_true")
+    p.add_argument("--ray", action="store_true", help="run the tree on Ray")
     args = p.parse_args()
 
-    import actorcore as ray
+    if args.ray:
+        import ray
 
-    ray.init(num_cpus=2, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False)
+    else:
+        import actorcore as ray
+
+        ray.init(num_cpus=2, log_to_driver=False)
     fanout = args.fanout
 
     @ray.remote
@@ -108,11 +129,11 @@ def main() -> None:
     expected = fanout * fanout
     assert ray.get(root.remote()) == expected  # the workers are up
     me = os.getpid()
-    node_pid = ray.nodes()[0]["pid"]
+    node_pid = _raylet_pid(me) if args.ray else ray.nodes()[0]["pid"]
     rows = []
     for r in range(args.rounds):
         pids = _tree(me)
-        sched0 = _scheduler(ray)
+        sched0 = None if args.ray else _scheduler(ray)
         before = {pid: _cpu(f"/proc/{pid}/stat") for pid in pids}
         threads_before = {pid: _threads(pid) for pid in pids} if args.threads else {}
         times = []
@@ -129,14 +150,17 @@ def main() -> None:
             per[role] += used / args.trees * 1e3
             busiest.append((used, pid, role))
         total = sum(per.values())
-        sched1 = _scheduler(ray)
-        granted = (sched1.leases_granted - sched0.leases_granted) / args.trees
-        refused = (sched1.leases_refused - sched0.leases_refused) / args.trees
+        leases = ""
+        if sched0 is not None:
+            sched1 = _scheduler(ray)
+            granted = (sched1.leases_granted - sched0.leases_granted) / args.trees
+            refused = (sched1.leases_refused - sched0.leases_refused) / args.trees
+            leases = f"; leases {granted:.1f} granted, {refused:.1f} refused per tree"
         med = statistics.median(times) * 1e3
         print(f"round {r + 1}: tree {med:6.1f} ms [{min(times) * 1e3:.1f}-"
               f"{max(times) * 1e3:.1f}]  CPU/tree {total:5.1f} ms (driver "
               f"{per['driver']:.1f}, node {per['node']:.1f}, workers {per['workers']:.1f}; "
-              f"{len(after_pids) - 3} workers; leases {granted:.1f} granted, {refused:.1f} refused per tree)  load {os.getloadavg()[0]:.1f}", flush=True)
+              f"{len(after_pids) - 3} workers{leases})  load {os.getloadavg()[0]:.1f}", flush=True)
         if args.threads:
             busiest.sort(reverse=True)
             for used, pid, role in busiest[:6]:
