@@ -19,6 +19,7 @@ import actorcore as ray
 import transport
 from actorcore import exceptions as exc
 from actorcore.core_worker import _leased_tasks, _worker_state
+from actorcore.testing import faults
 
 from .cluster_support import no_resources_held, until
 
@@ -487,3 +488,146 @@ def test_a_task_sent_to_the_node_is_not_overtaken_on_an_idle_lease(tmp_path, mon
     finally:
         (tmp_path / "go").write_text("")
     assert ray.get(blockers + [late], timeout=60) == ["finished", "finished", 4]
+
+
+# -- nested tasks on leases: a recursive cancel of their parent -----------------------
+
+
+@ray.remote
+def _late_child(d, seconds):
+    """Spin ``seconds``, then write ``d/child_done``; ``d/child_cancelled`` if the
+    cancel lands inside it."""
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (Path(d) / "stop").exists():
+            time.sleep(0.01)
+    except BaseException:
+        (Path(d) / "child_cancelled").write_text("")
+        raise
+    (Path(d) / "child_done").write_text("")
+    return "done"
+
+
+@ray.remote
+def _parent_of_a_late_child(d, hold):
+    """Submit a `_late_child` whose push to its leased worker is held back ``hold``
+    seconds on the way, and end at once, without waiting for it. Returns whether it
+    went on a lease (else it went through the node: the crossing was not made)."""
+    leased = _worker_state.current_core().leased
+    before = leased.statistics().tasks_pushed
+    rule = transport.faults.add(transport.faults.delay(
+        hold, src=f"worker-{os.getpid()}-leased", dst=None, kind="oneway"))
+    try:
+        _late_child.remote(d, 10.0)
+        deadline = time.monotonic() + 5
+        while leased.statistics().tasks_pushed == before and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        transport.faults.remove(rule)
+    return leased.statistics().tasks_pushed > before
+
+
+def test_a_recursive_cancel_after_its_end_reaches_a_child_reported_later(tmp_path):
+    # The parent ends while its leased child's push is still on its way to the
+    # worker, so the node hears of the child (its LeasedStart) only after the
+    # parent's end and after the recursive cancel; on the node path the child's
+    # Submit comes before its parent's end and the cancel finds it. The node marks
+    # the cancelled tree whether the parent runs or not, and cancels the child at
+    # its report (before: it ran to its end).
+    for attempt in range(6):
+        d = tmp_path / str(attempt)
+        d.mkdir()
+        parent = _parent_of_a_late_child.remote(str(d), 3.0)
+        if ray.get(parent, timeout=60):
+            break
+        (d / "stop").write_text("")  # it went through the node: no crossing; again
+        _idle_again()
+    else:
+        pytest.fail("no child of a task went on a lease in 6 tries")
+    before = until(lambda: (s := _node_scheduler()).running == 0 and s,
+                   "the parent's end to reach the node")
+    ray.cancel(parent, recursive=True)
+    try:
+        assert _node_scheduler().finished == before.finished, "the child came early"
+        until(lambda: _node_scheduler().finished > before.finished, "the child's end",
+              timeout=60)
+        assert not (d / "child_done").exists(), "the cancel missed a child reported late"
+    finally:
+        (d / "stop").write_text("")
+    _idle_again()
+
+
+@ray.remote
+def _mark_file(d, name):
+    (Path(d) / name).write_text("")
+    return name
+
+
+@ray.remote
+def _parent_holding_an_idle_lease(d):
+    """Run a first `_mark_file` on a lease kept idle here (a long linger), then wait
+    for a cancel; once cancelled, submit a second one of the same class (the idle
+    lease would take it at once) and wait for it."""
+    leased = _worker_state.current_core().leased
+    linger = _leased_tasks.LEASE_LINGER
+    _leased_tasks.LEASE_LINGER = 10.0
+    try:
+        before = leased.statistics().tasks_pushed
+        ray.get(_mark_file.remote(d, "first"))
+        if leased.statistics().tasks_pushed == before:
+            return "not leased"
+        (Path(d) / "waiting").write_text("")
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+        except exc.TaskCancelledError:
+            (Path(d) / "submitting").write_text("")
+            pushed = leased.statistics().tasks_pushed
+            ref = _mark_file.remote(d, "after")
+            # The task goes on (its gets fail at once now): the idle lease would
+            # take the child meanwhile.
+            deadline = time.monotonic() + 0.5
+            while leased.statistics().tasks_pushed == pushed and time.monotonic() < deadline:
+                time.sleep(0.005)
+            try:
+                return ray.get(ref, timeout=30)
+            except exc.TaskCancelledError:
+                return "child cancelled"
+        return "never cancelled"
+    finally:
+        _leased_tasks.LEASE_LINGER = linger
+
+
+def test_a_child_submitted_after_its_parent_saw_a_recursive_cancel_never_starts(tmp_path):
+    # The parent's process holds an idle lease of the child's class. The node's
+    # interrupt says the cancel is recursive, and the parent's process sends what
+    # the task submits from then on through the node (which fails it) instead of
+    # pushing it on that lease (before: it ran on the lease, its report reaching
+    # the node only after it had started).
+    for attempt in range(6):
+        d = tmp_path / str(attempt)
+        d.mkdir()
+        parent = _parent_holding_an_idle_lease.remote(str(d))
+        until(lambda d=d, parent=parent: (d / "waiting").exists()
+              or ray.wait([parent], timeout=0)[0],
+              "the parent to wait for its cancel", timeout=60)
+        if (d / "waiting").exists():
+            break
+        assert ray.get(parent) == "not leased"
+        _idle_again()
+    else:
+        pytest.fail("no child of a task went on a lease in 6 tries")
+    # The workers' reports to the node are held back: a child pushed on the lease
+    # would start long before the node could cancel it at its report.
+    # (The parent itself may be killed after the cancel's grace, its end held back.)
+    with faults.delay(2.0, a="worker", b="node-*", both=False):
+        ray.cancel(parent, recursive=True)
+        until(lambda: (d / "submitting").exists(), "the parent to submit its child")
+        try:
+            result = ray.get(parent, timeout=60)
+        except exc.TaskCancelledError:
+            result = "parent cancelled"
+        assert result in ("child cancelled", "parent cancelled"), result
+    _idle_again()
+    assert not (d / "after").exists(), "a child submitted after the cancel ran"

@@ -114,6 +114,31 @@ def test_a_fault_in_placement_crashes_local_scheduler_and_its_restart_places_the
     trio.run(main)
 
 
+def test_a_queued_task_blocked_before_the_one_ahead_is_done_lends_its_cpu():
+    # One CPU, one worker: t1 runs, t2 queues behind it on the same worker. The
+    # worker starts t2 when t1 ends there, and t2's Blocked reaches the node before
+    # t1's TaskDone (a worker reports "done" only once t1's results pushed to their
+    # owner have left). t2 must lend its CPU from the start: it used to be promoted
+    # at its Blocked and hold the CPU, blocked, until it ended (a task tree whose
+    # CPUs were all held so stopped).
+    state = SchedulerState(directory=ObjectDirectory(), total={"CPU": 1.0}, host=_Host())
+    w = WorkerInfo(index=0, worker_id=b"w" * 20, conn=_Conn(2), state="idle", in_idle=True)
+    state.idle.append(w)
+    t1, t2 = _spec(1), _spec(2)
+    state.submit(t1)
+    state.submit(t2)
+    state.dispatch()
+    assert list(w.queued) == [t2.task_id] and state.available == {"CPU": 0.0}
+    state.blocked(w, t2.task_id)
+    state.task_done(w, t1.task_id, [(t1.return_ids()[0], False, b"x")], False, pushed=True)
+    assert state.available == {"CPU": 1.0}, "a blocked task holds its CPU"
+    assert state.held_by_tasks() == {}
+    state.unblocked(w, t2.task_id)
+    assert state.available == {"CPU": 0.0}
+    state.task_done(w, t2.task_id, [(t2.return_ids()[0], False, b"y")], False, pushed=True)
+    assert state.available == {"CPU": 1.0} and not state.running
+
+
 def test_a_waiter_that_makes_the_entry_pending_again_keeps_it_and_the_rest_wait():
     # The end of a generator's rebuild run may start the next rebuild from its
     # waiter (the entry pending again, a new waiter on it). The freed entry stays

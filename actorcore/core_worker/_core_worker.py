@@ -352,8 +352,13 @@ class CoreWorker:
         self.waits.cancel_task_waits(task_id)
 
     def task_finished(self, task_id: bytes) -> None:
-        """The task ``task_id`` ended: forget that it was cancelled."""
+        """The task ``task_id`` ended (its thread, before its `TaskDone` is queued):
+        forget that it was cancelled; its children still waiting for a lease go to
+        the node ahead of its end (``_leased_tasks``)."""
         self.waits.task_finished(task_id)
+        leased = self.leased
+        if leased is not None:
+            leased.parent_ended(task_id)
 
     def current_job_id(self) -> bytes:
         """The job of the task or actor this thread runs (an actor method call's

@@ -26,10 +26,10 @@ of, once the worker's death is processed. ``cancel(ref)`` of a pushed task trave
 the link behind it (`CancelLeasedTask`) and the worker passes it to its node behind
 the `LeasedStart`, so the node never sees a cancel before the task.
 
-Which tasks: only those the fast path handles exactly. Only a driver leases: a
-task submitted by a task goes through the node, because a recursive cancel of its
-parent can cross the report of a leased child and miss it (seen under load; not yet
-exact). A task with ref arguments
+Which tasks: only those the fast path handles exactly. A driver and a task worker
+lease (an actor's calls submit through the node); a nested task's lease is exact
+under a recursive cancel of its parent as the next section says. A task with ref
+arguments
 (data edges: its arguments may be pending, elsewhere, or lost), a placement group or
 strategy, resources other than CPU (custom, GPU, memory), a runtime env, a generator,
 or ``max_calls`` goes through the node as before. The function's `Export` is sent
@@ -45,6 +45,37 @@ The fast path is on by default; ``ACTORCORE_DIRECT_TASKS=0`` turns it off. A lea
 request carries the lease id this process chose: when its answer does not come (a
 timeout, a broken link), a `ReturnLease` of that id follows the request on the same
 link, so a grant nobody heard of never holds the node's CPU.
+
+A recursive cancel and leased children
+--------------------------------------
+On the node path the node hears of a child C before its parent P ends: C's `Submit`
+leaves P's worker ahead of P's `TaskDone`, on the same ordered link. So
+``cancel(P, recursive=True)`` finds C among P's children, queued (it fails, never
+runs) or running (it is interrupted), and a C submitted after the cancel reached the
+node fails there (``cancelled_trees``). A leased C is reported by *another* worker
+(its `LeasedStart`), which can reach the node after the cancel and after P's end;
+and C may wait in P's process for a lease meanwhile. Three rules make the lease path
+end exactly where the node path does:
+
+1. The node marks P as a cancelled tree whether P runs there or not, ended or not
+   (``SchedulerState.cancel``), before it sends anything about the cancel. A C
+   reported after that is cancelled at its report (``LeaseBook.started``): a C
+   pushed before the cancel is handled as a child that was running at the cancel.
+2. The node's `InterruptTask` of a running P says ``recursive``; P's worker calls
+   `cancel_children` in its loop before the task can see the cancel: the children
+   of P still waiting here fail here (as queued ones fail at the node), and every
+   task P submits from then on goes through the node, which fails it (rule 1 came
+   first: the node marked P before it sent the interrupt). So a child submitted
+   after P saw its cancel never starts; one submitted before it could have been
+   started before the cancel on the node path too (nothing orders the two).
+3. When P ends, its children still waiting here for a lease go to the node
+   (`parent_ended`, from P's thread before its `TaskDone` is queued on the same
+   link), so a cancel after P's end finds them queued, as on the node path, instead
+   of their being pushed later and started. A C pushed before P's end may start
+   before a cancel that comes after P's end: on the node path it could have started
+   then too, and rule 1 cancels it at its report.
+A force cancel kills P's worker: the children waiting in it die with it (their
+owner), and the pushed ones are killed at their report by rule 1.
 
 Cancel, wherever the task is
 ----------------------------
@@ -95,6 +126,10 @@ QUEUE_PER_LEASE = 4
 
 #: Seconds a lease request may take before the task goes through the node.
 LEASE_REQUEST_TIMEOUT = 30.0
+
+#: Tasks cancelled with recursive=True remembered by their submitter
+#: (``LeasedTasks.cancel_children``).
+CANCELLED_PARENTS_KEPT = 1024
 
 
 @attrs.frozen
@@ -192,11 +227,15 @@ class LeasedTasks:
         self._dispatcher.register(w.LeasedTaskDone, self._h_done, oneway=True)
         self._counts: collections.Counter[str] = collections.Counter()
         self.last_refusal = ""  # why the node last refused a lease (diagnostics)
-        # A driver's tasks only: a nested task's submitter is a task itself, whose
-        # cancel(recursive=True) must reach its children however their reports
-        # and the cancel cross (not exact on leases yet), so they go through the node.
-        self.supported = (core.role == "driver"
+        # A driver's tasks, and a task worker's (nested tasks: see "A recursive
+        # cancel and leased children" above). Not an actor's: its calls' cancel is
+        # its own, and it keeps the node path.
+        self.supported = (core.role in ("driver", "worker")
                           and str(core.node_address or "").startswith("unix:"))
+        # Tasks of this process cancelled with recursive=True: what they submit from
+        # then on goes through the node (``cancel_children``), the newest
+        # CANCELLED_PARENTS_KEPT (under ``_lock``).
+        self._cancelled_parents: dict[bytes, None] = {}
         #: Whether tasks are pushed on leases now (``ACTORCORE_DIRECT_TASKS``).
         self.enabled = DIRECT_TASKS and self.supported
 
@@ -222,7 +261,8 @@ class LeasedTasks:
         if not self.enabled:
             return False
         with self._lock:
-            if not self.eligible(spec) or not self._take(spec):
+            if not self.eligible(spec) or spec.parent_task_id in self._cancelled_parents \
+                    or not self._take(spec):
                 if self._waiting:
                     self._to_node_locked()
                 self._give_back_idle_locked(spec.resources)
@@ -366,6 +406,33 @@ class LeasedTasks:
         except trio.RunFinishedError:
             return False
         return True
+
+    def cancel_children(self, parent: bytes) -> None:
+        """The task ``parent`` of this process was cancelled with recursive=True
+        (core loop, before the task can see its cancel): its children still waiting
+        here fail here; those it submits from now on go through the node."""
+        with self._lock:
+            self._cancelled_parents.pop(parent, None)
+            self._cancelled_parents[parent] = None
+            while len(self._cancelled_parents) > CANCELLED_PARENTS_KEPT:
+                del self._cancelled_parents[next(iter(self._cancelled_parents))]
+            going = [spec for spec in self._waiting if spec.parent_task_id == parent]
+            for spec in going:
+                self._waiting.remove(spec)
+            self._counts["tasks_cancelled_here"] += len(going)
+        for spec in going:
+            self._cancelled_here(spec)
+
+    def parent_ended(self, parent: bytes) -> None:
+        """The task ``parent`` of this process ended (its executor's thread, before
+        its `TaskDone` is queued): its children still waiting here for a lease go
+        to the node now, ahead of that `TaskDone` (with every task waiting here,
+        in order)."""
+        if not self._waiting:
+            return
+        with self._lock:
+            if any(spec.parent_task_id == parent for spec in self._waiting):
+                self._to_node_locked()
 
     def _soon(self, fn: Any, *args: Any) -> None:
         self._core.loop.soon(fn, *args)

@@ -558,6 +558,9 @@ class NodeRuntime:
             client.worker = worker
             worker.conn = conn
             worker.direct_address = info.direct_address
+            # Its direct socket takes the results of the tasks it submitted, pushed
+            # by the workers that ran them (``worker._leased``), as a driver's does.
+            client.direct_address = info.direct_address
             if worker.state == "starting":
                 self.pool.starting -= 1
             self.sched.worker_ready(worker)

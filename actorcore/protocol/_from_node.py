@@ -15,7 +15,7 @@ from attrs import validators as v
 import transport
 from transport import check
 
-from ._wire_checks import DICT, ID, INT, OPT_STR, SEQ, STR, spec_named
+from ._wire_checks import DICT, FLAG, ID, INT, OPT_STR, SEQ, STR, spec_named
 
 __all__ = [
     "ActorCall",
@@ -89,9 +89,13 @@ class Execute:
 @transport.compact
 @transport.message
 class InterruptTask:
-    """Cancel a task queued or running in the worker."""
+    """Cancel a task queued or running in the worker. ``recursive``: its children
+    are cancelled too (the node cancels those it knows of); the worker's own
+    submitter fails those still waiting in it for a lease and sends every task
+    the task submits from now on through the node (``core_worker._leased_tasks``)."""
 
     task_id: bytes = attrs.field(metadata=ID)
+    recursive: bool = attrs.field(default=False, metadata=FLAG)
 
 
 @transport.message

@@ -44,6 +44,7 @@ class LeasedTaskServer:
         self.dispatcher = d = transport.Dispatcher(f"worker_{worker.index}-leased")
         d.register(w.LeasedTask, self._h_task, oneway=True)
         d.register(w.CancelLeasedTask, self._h_cancel, oneway=True)
+        d.register(w.ObjectsReady, self._h_ready, oneway=True)
 
     async def listen(self, nursery: trio.Nursery, node_address: str, token: bytes) -> str | None:
         """Listen beside the node's socket; return the address (None: not on a
@@ -79,6 +80,13 @@ class LeasedTaskServer:
         core = self._worker.core
         core.append_unsent(w.CancelTask(m.task_id, m.force, m.recursive))
         core.flush_now()
+
+    def _h_ready(self, conn: Any, m: w.ObjectsReady) -> None:
+        # Results of tasks this worker submitted, pushed by the workers that ran
+        # them (the node names this socket as their owner's address).
+        core = self._worker.core
+        if core is not None:
+            core.on_objects_ready(m.objects)
 
     def take_link(self, task_id: bytes) -> Any:
         """The link ``task_id`` came on, if it is a leased task (forgotten here)."""

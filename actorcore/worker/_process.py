@@ -158,6 +158,10 @@ class WorkerProcess:
 
     def _h_interrupt(self, conn: Any, m: w.InterruptTask) -> None:
         task_id = m.task_id
+        if m.recursive and self.core is not None and self.core.leased is not None:
+            # Before the task can see its cancel: what it submits from now on goes
+            # through the node, which cancels it (``_leased_tasks``).
+            self.core.leased.cancel_children(task_id)
         with self._lock:
             for i, item in enumerate(self._pending):
                 if item[0].task_id == task_id:  # queued here, not started: drop it

@@ -120,11 +120,12 @@ class SchedulerState:
     # Control edges among the unfinished tasks here: parent task id -> the ids of the
     # tasks it submitted (for ``cancel(recursive=True)``).
     children: dict[bytes, set[bytes]] = attrs.Factory(dict)
-    # Running tasks cancelled with recursive=True (-> the cancel's ``force``): a task
-    # they submit from now on (its submit may have been on its way when the cancel
-    # came) is cancelled too. Kept after they end, the newest CANCELLED_TREES_KEPT:
-    # a child pushed to a leased worker is reported by that worker, which may come
-    # after its parent's end (``_leases``).
+    # Tasks cancelled with recursive=True, running here or not, ended or not (-> the
+    # cancel's ``force``): a task they submit from now on (its submit may have been
+    # on its way when the cancel came) is cancelled too, and so is a child pushed to
+    # a leased worker whose report comes after the cancel, even after its parent's
+    # end (``core_worker._leased_tasks``, "A recursive cancel and leased children").
+    # The newest CANCELLED_TREES_KEPT.
     cancelled_trees: dict[bytes, bool] = attrs.Factory(dict)
     wakeup: trio.Event = attrs.Factory(trio.Event)
     # Tasks no resources of this node can ever satisfy, for the global scheduler to
@@ -325,9 +326,31 @@ class SchedulerState:
         self.leases.drop_owner(worker.worker_id)  # what it leased as a submitter
         self._wake()
 
+    # A task queued on a busy worker (``_pipeline``) holds nothing until the one
+    # ahead ends here (``_promote``), but the worker may start it, and it may block,
+    # before that one's "done" arrives (sent once its results pushed to their owner
+    # have left: ``worker._process._done_once_pushed``). Promoted at its `Blocked`,
+    # it held its CPU while blocked until it ended; a tree whose CPUs were all held
+    # so stopped. So it starts here as blocked, lending its CPU from the start.
+
     def blocked(self, worker: WorkerInfo, task_id: bytes) -> None:
         """``task_id`` waits in ``get``: its CPU goes back, its worker may take a task."""
         if task_id not in worker.tasks or task_id in worker.blocked_tasks:
+            return
+        if task_id in worker.queued:  # started there before it was promoted here
+            worker.queued.remove(task_id)
+            spec = worker.tasks[task_id]
+            rest = {k: v for k, v in spec.resources.items() if k != "CPU"}
+            if rest:
+                self.ledger.take(rest)
+            held = dict(rest)
+            cpu = spec.resources.get("CPU", 0.0)
+            if cpu:
+                held["_blocked_cpu"] = cpu
+            worker.held[task_id] = held
+            worker.blocked_tasks.add(task_id)
+            self._promote(worker)
+            self._make_available(worker)
             return
         worker.blocked_tasks.add(task_id)
         held = worker.held.get(task_id, {})
@@ -374,10 +397,12 @@ class SchedulerState:
             for tid in order:
                 if tid in self.running:
                     self._mark_cancelled_tree(tid, force)
-                self._cancel_one(tid, force)
-            if task_id in self.running:
-                self._mark_cancelled_tree(task_id, force)
-        self._cancel_one(task_id, force)
+                self._cancel_one(tid, force, recursive=True)
+            # Marked whether it runs here or not: it may have ended already with
+            # children pushed on leases whose start is still on its way (see
+            # ``cancelled_trees``).
+            self._mark_cancelled_tree(task_id, force)
+        self._cancel_one(task_id, force, recursive)
 
     def _mark_cancelled_tree(self, task_id: bytes, force: bool) -> None:
         trees = self.cancelled_trees
@@ -386,7 +411,7 @@ class SchedulerState:
         while len(trees) > CANCELLED_TREES_KEPT:
             del trees[next(iter(trees))]
 
-    def _cancel_one(self, task_id: bytes, force: bool) -> None:
+    def _cancel_one(self, task_id: bytes, force: bool, recursive: bool = False) -> None:
         spec = self.infeasible.pop(task_id, None)
         if spec is not None:
             self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
@@ -411,7 +436,7 @@ class SchedulerState:
             elif worker.conn is not None:
                 # Raised inside the task; a task stuck in a blocking C call (sleep,
                 # I/O) cannot see it, so after a grace period its worker is killed.
-                worker.conn.send_nowait(InterruptTask(task_id))
+                worker.conn.send_nowait(InterruptTask(task_id, recursive))
 
                 def escalate() -> None:
                     if self.running.get(task_id) is worker:
