@@ -123,6 +123,7 @@ def load_runtime() -> None:
         else:
             names[name] = importlib.import_module(f".{name}", __name__)
     names["ObjectID"] = names["ObjectRef"]
+    names["_api"] = _api  # `actorcore._api`: the API's state, as tests and tools reach it
     globals().update(names)
 
 
@@ -132,7 +133,7 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         value = getattr(importlib.import_module(module, __name__), name)
-    elif name in _RUNTIME or name == "ObjectID":
+    elif name in _RUNTIME or name in ("ObjectID", "_api"):
         load_runtime()
         value = globals()[name]
     else:
