@@ -169,3 +169,60 @@ def test_init_namespace_reaches_named_actor_lookup_in_tasks_default_otherwise(no
 @ray.remote
 def _reconstructed_in_a_task():
     return ray.get_runtime_context().was_current_actor_reconstructed
+
+
+# A fresh driver's plain `init()` spawns its node before it imports the runtime
+# (`api._early_init`): the driver's imports then overlap the node's start. Each
+# run records, for every node process spawned, whether Trio was loaded then, and
+# whether that node is still alive once `init` returned or raised.
+_SPAWN_PROBE = """
+import json, subprocess, sys
+spawned = []
+class Popen(subprocess.Popen):
+    def __init__(self, args, *a, **k):
+        super().__init__(args, *a, **k)
+        if "actorcore.node" in args:
+            spawned.append((self, "trio" in sys.modules))
+subprocess.Popen = Popen
+import actorcore as ray
+loaded_on_import = "trio" in sys.modules
+try:
+    ray.init(**json.loads(sys.argv[1]))
+    raised = None
+except Exception as e:
+    raised = type(e).__name__
+    ray.init(num_cpus=1)  # the runtime is loaded now: the usual path
+alive = [p.poll() is None for p, _ in spawned]
+result = ray.get(ray.remote(lambda: 42).remote(), timeout=60)
+print(json.dumps({"loaded_on_import": loaded_on_import, "trio_at_spawn": [t for _, t in spawned],
+                  "alive": alive, "raised": raised, "result": result}))
+ray.shutdown()
+"""
+
+
+def _spawn_probe(root: Path, init_kwargs: dict) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ACTORCORE_TMPDIR=str(root))
+    env.pop("ACTORCORE_ADDRESS", None)
+    r = subprocess.run([sys.executable, "-c", _SPAWN_PROBE, json.dumps(init_kwargs)],
+                       env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_fresh_drivers_init_spawns_its_node_before_loading_the_runtime(short_tmp):
+    out = _spawn_probe(short_tmp, {"num_cpus": 1, "log_to_driver": False})
+    assert out == {"loaded_on_import": False, "trio_at_spawn": [False], "alive": [True],
+                   "raised": None, "result": 42}
+
+
+def test_a_node_spawned_early_for_an_init_that_raises_is_stopped(short_tmp):
+    # namespace="" is refused by `init()` after the early node was spawned for it.
+    out = _spawn_probe(short_tmp, {"num_cpus": 1, "namespace": ""})
+    assert out["raised"] == "ValueError"
+    assert out["trio_at_spawn"] == [False, True]  # the second: the usual path's
+    assert out["alive"] == [False, True]
+    assert out["result"] == 42

@@ -433,10 +433,11 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def _make_remote(obj: Any, options: dict) -> Any:
     if inspect.isclass(obj):
-        if _actor_factory is None:
-            raise NotImplementedError(
-                f"@remote class {obj.__name__}: actors are not available in this build yet"
-            )
+        if _actor_factory is None:  # set by `actorcore.load_runtime`
+            from ._actor_class import make_actor_class
+
+            set_actor_factory(make_actor_class)
+        assert _actor_factory is not None
         return _actor_factory(obj, options)
     if not callable(obj):
         raise TypeError(f"remote() needs a function or a class, got {obj!r}")

@@ -208,6 +208,13 @@ async def amain(args: argparse.Namespace,
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # What the zygote forked next inherits: the runtime's API (Trio, attrs, the
+    # protocol), about half of a worker's imports ("The zygote first"), which a
+    # plain `import actorcore` no longer loads (named by string: the node's modules
+    # do not import the package above them).
+    import importlib
+
+    importlib.import_module("actorcore").load_runtime()
     early_zygote = fork_zygote(Path(args.session_dir))
     import trio
 

@@ -24,11 +24,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-
-import transport
 
 from ..exceptions import ActorcoreSystemError
 from . import _security
@@ -46,6 +44,9 @@ from ._session import (
     write_node_pid,
     write_token,
 )
+
+if TYPE_CHECKING:
+    import transport
 
 __all__ = ["HeadProcess", "start_head", "start_node", "find_cluster", "log_tail"]
 
@@ -157,6 +158,110 @@ def start_node(
         config = ClusterConfig.from_values(options, "start_head")
     elif options:
         raise TypeError(f"start_head(): give a config or options, not both ({sorted(options)})")
+    starting = None
+    if head_address is None and embedded:
+        starting = _take_early((config, tls, temp_dir, env_vars))
+    if starting is None:
+        starting = _spawn(config, head_address=head_address, token=token, tls=tls,
+                          embedded=embedded, temp_dir=temp_dir, env_vars=env_vars)
+    return starting.wait(timeout, while_starting)
+
+
+@attrs.define(eq=False)
+class _Starting:
+    """A node process spawned and not yet serving (`_spawn`; `wait` for it)."""
+
+    process: subprocess.Popen
+    config: ClusterConfig
+    head_address: str | None
+    token: bytes
+    session_dir: Path
+    ready_r: int  # the read end of the node's ready pipe
+    parent_w: int | None  # the driver's end of the death pipe (embedded only)
+
+    def kill(self) -> None:
+        """Stop the node before it served (the death pipe, then SIGKILL)."""
+        for fd in (self.parent_w, self.ready_r):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.process.kill()
+        self.process.wait()
+        try:
+            import store
+
+            store.cleanup_session(f"actorcore-{self.session_dir.name}",
+                                  spill_dir=str(self.session_dir / "spill"))
+        except Exception as exc:
+            logger.warning("removing the shared memory of session %s failed: %r",
+                           self.session_dir, exc)
+
+    def wait(self, timeout: float, while_starting: Callable[[], object] | None) -> HeadProcess:
+        """Run ``while_starting``, then wait for the node's ready line (``timeout``)."""
+        proc, session_dir, head_address = self.process, self.session_dir, self.head_address
+        ready_r, parent_w, config, token = self.ready_r, self.parent_w, self.config, self.token
+        try:
+            if while_starting is not None:
+                while_starting()
+            line = _read_line(ready_r, timeout, proc,
+                              "the head node" if head_address is None else
+                              f"the node joining the cluster at {head_address}")
+        except BaseException:
+            if parent_w is not None:
+                os.close(parent_w)
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            os.close(ready_r)
+        if not line:
+            if parent_w is not None:
+                os.close(parent_w)
+            proc.kill()
+            code = proc.wait()
+            raise ActorcoreSystemError(
+                f"the {'head ' if head_address is None else ''}node process exited (code {code}) "
+                f"before it was ready.\n"
+                f"{log_tail(session_dir)}"
+            )
+        info = json.loads(line)
+        refused = info.get("refused")
+        if refused is not None:
+            # The head refused this node for good (TLS mode or CA, token), or no head
+            # answered: the node exits; raise the transport error it met (a TooSlowError
+            # of a head that accepts but never answers becomes a TransportError).
+            if parent_w is not None:
+                os.close(parent_w)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            import transport
+
+            kind = {"TlsMismatch": transport.TlsMismatch, "TlsError": transport.TlsError,
+                    "AuthenticationFailed": transport.AuthenticationFailed,
+                    "ConnectError": transport.ConnectError,
+                    "ConnectionLost": transport.ConnectionLost}.get(
+                        str(refused.get("type")), transport.TransportError)
+            raise kind(f"joining the cluster at {head_address}: {refused.get('message')}")
+        spill_dir = Path(config.spill_dir) if config.spill_dir else None
+        return HeadProcess(proc, info, token, session_dir, parent_w, spill_dir)
+
+
+def _spawn(
+    config: ClusterConfig,
+    *,
+    head_address: str | None,
+    token: bytes | None,
+    tls: transport.TlsConfig | None,
+    embedded: bool,
+    temp_dir: Path | None,
+    env_vars: dict[str, str] | None,
+) -> _Starting:
+    """Spawn the node's process (`start_node`'s first half)."""
     if tls is not None:
         config = attrs.evolve(config, tls_cert=tls.cert, tls_key=tls.key, tls_ca=tls.ca)
     else:
@@ -184,6 +289,7 @@ def start_node(
         "--ready-fd", str(ready_w),
     ]
     parent_w: int | None = None
+    parent_r = -1
     if embedded:
         parent_r, parent_w = os.pipe()
         pass_fds.append(parent_r)
@@ -219,51 +325,57 @@ def start_node(
     if embedded:
         os.close(parent_r)
     write_node_pid(session_dir, proc.pid)
-    try:
-        if while_starting is not None:
-            while_starting()
-        line = _read_line(ready_r, timeout, proc,
-                          "the head node" if head_address is None else
-                          f"the node joining the cluster at {head_address}")
-    except BaseException:
-        if parent_w is not None:
-            os.close(parent_w)
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        os.close(ready_r)
-    if not line:
-        if parent_w is not None:
-            os.close(parent_w)
-        proc.kill()
-        code = proc.wait()
-        raise ActorcoreSystemError(
-            f"the {'head ' if head_address is None else ''}node process exited (code {code}) "
-            f"before it was ready.\n"
-            f"{log_tail(session_dir)}"
-        )
-    info = json.loads(line)
-    refused = info.get("refused")
-    if refused is not None:
-        # The head refused this node for good (TLS mode or CA, token), or no head
-        # answered: the node exits; raise the transport error it met (a TooSlowError
-        # of a head that accepts but never answers becomes a TransportError).
-        if parent_w is not None:
-            os.close(parent_w)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        kind = {"TlsMismatch": transport.TlsMismatch, "TlsError": transport.TlsError,
-                "AuthenticationFailed": transport.AuthenticationFailed,
-                "ConnectError": transport.ConnectError,
-                "ConnectionLost": transport.ConnectionLost}.get(
-                    str(refused.get("type")), transport.TransportError)
-        raise kind(f"joining the cluster at {head_address}: {refused.get('message')}")
-    spill_dir = Path(config.spill_dir) if config.spill_dir else None
-    return HeadProcess(proc, info, token, session_dir, parent_w, spill_dir)
+    assert token is not None
+    return _Starting(proc, config, head_address, token, session_dir, ready_r, parent_w)
+
+
+# A node spawned ahead of `init()`: the head of a fresh driver's embedded cluster.
+#
+# A driver's `import actorcore; actorcore.init()` used to import the whole runtime
+# (Trio, attrs' classes, the protocol, the core worker: about 0.3 s of CPU) before it
+# spawned its node, whose own start (its interpreter, the same imports, its tree:
+# about 0.6 s) then ran while the driver waited. `import actorcore` now loads none of
+# that, and the package's `init` spawns the node first (`spawn_early`, from modules
+# that do not import Trio), then imports the runtime while the node starts: on two
+# cores the two imports overlap. `init()` itself then calls `start_head` as always,
+# which adopts the early node when it was spawned with the very arguments it would
+# spawn one with (`_take_early`), and spawns its own otherwise. A node nobody
+# adopted (`init()` raised on a bad argument first, or chose other arguments) is
+# killed (`drop_early`) before the package's `init` returns or raises.
+
+_early: tuple[tuple[Any, ...], _Starting] | None = None
+
+
+def spawn_early(config: ClusterConfig, *, temp_dir: Path | None = None,
+                env_vars: dict[str, str] | None = None) -> None:
+    """Spawn the embedded head node that ``init()`` is about to ask for (no TLS),
+    to be adopted by the `start_head` of the same arguments (see above)."""
+    global _early
+    if _early is not None:
+        return
+    starting = _spawn(config, head_address=None, token=None, tls=None, embedded=True,
+                      temp_dir=temp_dir, env_vars=env_vars)
+    _early = ((config, None, temp_dir, env_vars), starting)
+
+
+def _take_early(key: tuple[Any, ...]) -> _Starting | None:
+    """The early node if it was spawned with ``key``'s arguments; else kill it."""
+    global _early
+    early, _early = _early, None
+    if early is None:
+        return None
+    if early[0] == key:
+        return early[1]
+    early[1].kill()
+    return None
+
+
+def drop_early() -> None:
+    """Kill the early node if `start_head` did not adopt it."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        early[1].kill()
 
 
 def _package_root() -> str:

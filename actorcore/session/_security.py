@@ -19,13 +19,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import transport
+if TYPE_CHECKING:
+    import transport
 
 __all__ = ["ENV", "apply", "argv", "check_listen", "describe", "session_tls", "tls_config"]
 
 logger = logging.getLogger("actorcore")
+
+# Hosts that are loopback without asking `transport.is_loopback_host` (nor importing
+# `transport`, and with it Trio, on the driver's way to starting its node: `init()`
+# spawns the node before it imports the rest of the runtime).
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", ""})
 
 #: The environment variables read when no explicit value is given.
 ENV = {"cert": "ACTORCORE_TLS_CERT", "key": "ACTORCORE_TLS_KEY", "ca": "ACTORCORE_TLS_CA"}
@@ -60,6 +66,8 @@ def tls_config(
             + ", ".join(names[k] for k in missing)
             + " (create all three with `actorcore tls init DIR`)"
         )
+    import transport
+
     config = transport.TlsConfig(cert=given["cert"], key=given["key"], ca=given["ca"])
     if check:
         config.check()
@@ -69,7 +77,11 @@ def tls_config(
 def session_tls(info: Mapping[str, Any]) -> transport.TlsConfig | None:
     """The TLS config a session of this machine records (``session.json``), if any."""
     recorded = (info.get("security") or {}).get("tls")
-    return None if not recorded else transport.TlsConfig(**recorded)
+    if not recorded:
+        return None
+    import transport
+
+    return transport.TlsConfig(**recorded)
 
 
 def check_listen(
@@ -77,7 +89,11 @@ def check_listen(
 ) -> None:
     """Refuse a plaintext TCP listener on a non-loopback ``host`` unless ``insecure``
     (then log a warning, if ``warn``)."""
-    if tls is not None or transport.is_loopback_host(host):
+    if tls is not None or host in _LOOPBACK:
+        return
+    import transport
+
+    if transport.is_loopback_host(host):
         return
     if insecure and warn:
         logger.warning(
@@ -98,6 +114,8 @@ def check_listen(
 
 def apply(tls: transport.TlsConfig | None, insecure: bool = False) -> None:
     """Make ``tls``/``insecure`` this process's default for every TCP link."""
+    import transport
+
     transport.set_default_tls(tls, insecure=insecure)
 
 
@@ -113,6 +131,8 @@ def argv(tls: transport.TlsConfig | None, insecure: bool = False) -> list[str]:
 
 def describe(host: str | None, tcp: bool, tls: transport.TlsConfig | None, insecure: bool) -> dict[str, Any]:
     """The ``security`` entry of the node's status and session info."""
+    import transport
+
     if tls is not None:
         mode = "tls"
     elif tcp and host is not None and not transport.is_loopback_host(host):
