@@ -168,3 +168,42 @@ def test_sync_leased_tasks_are_ended_by_the_calling_threads_own_read():
     # A burst after sync tasks: the lease's ends are read by the loop again.
     assert ray.get([add.remote(i) for i in range(40)]) == list(range(40))
     assert ray.get(add.remote(1, 1)) == 2
+
+
+def test_answers_queued_for_the_node_one_behind_another_leave_as_one_put():
+    # A burst's answers join the results queued last (one Put, not one per answer);
+    # a message queued between them keeps its place, and a withdrawn result is left
+    # out, as before.
+    import collections
+
+    from actorcore.core_worker._node_link import NodeLink
+    from actorcore.protocol import _wire as w
+
+    class Token:
+        def run_sync_soon(self, *args):
+            pass
+
+    class Loop:
+        trio_token = Token()
+
+        def in_loop(self):
+            return False
+
+    link = NodeLink(None, Loop(), collections.Counter(), lambda oid, payload: None)
+    a, b, c, d = (bytes([i]) * 20 for i in range(4))
+    link.enqueue_results([(a, False, b"1")])
+    link.enqueue_results([(b, False, b"2"), (c, False, b"3")])
+    assert len(link._queue) == 1
+    free = w.Free([b"f" * 20])
+    link.enqueue(free, wake=False)
+    link.enqueue_results([(d, False, b"4")])
+    assert len(link._queue) == 3
+    assert link.withdraw_result(c)
+    sent = []
+    while (m := link._next_message()) is not None:
+        sent.append(m)
+    assert sent == [w.Put([(a, False, b"1"), (b, False, b"2")]), free,
+                    w.Put([(d, False, b"4")])]
+    assert not link.withdraw_result(a)  # sent: a Free must follow
+    link.enqueue_results([(c, False, b"5")])  # a new batch after the last was taken
+    assert link._next_message() == w.Put([(c, False, b"5")])

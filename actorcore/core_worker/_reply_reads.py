@@ -202,7 +202,8 @@ class ReplyReads:
             w.watch(-1)
             references.unregister([entry], fire)
             if mine:
-                self._reader = None
+                # Paused (or given back) before another thread may become the
+                # reader: a pause after that would mark its reads unread.
                 if loan is not None:
                     if loan.closed:
                         loan.release()
@@ -214,6 +215,8 @@ class ReplyReads:
                         references.paused_reads.add(self)
                         if self.others():  # a call joined meanwhile
                             self.reclaim()
+                with self._lock:
+                    self._reader = None
 
     def reclaim(self) -> None:
         """The link's frames must be read now (any thread): take a side kept
