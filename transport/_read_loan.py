@@ -48,6 +48,17 @@ explicit, under the loan's lock:
   The reclaim happens only between the borrower's reads (``busy_since`` is set under
   the lock when it keeps a message and cleared when it is idle again, `want`), so it
   never takes the socket from under a ``recv``.
+
+A caller's borrower. A thread that waits for its own reply (a driver's ``get`` of an
+actor call's result, ``core_worker._reply_reads``) reads the side only while it
+waits, and keeps it between waits without reading it (`pause`: the next call's reply
+is read by the same thread, with no hand-over through the loop). ``busy_since`` then
+means the same as for an actor's thread running a call: set while the borrower does
+not read. The loop's watch takes a side kept unread for `RECLAIM_AFTER` back, and
+anyone who needs the link's frames read now (another waiter, a burst of calls) takes
+it back at once with `reclaim`. Whatever the reason, ``busy_since`` set means no
+``recv`` or ``poll`` of the borrower can be under way, so `close` also closes the
+descriptor of a side held that way at once (nobody will poll it again).
 """
 
 from __future__ import annotations
@@ -202,7 +213,7 @@ class ReadLoan:
         for this link's input meanwhile may take it back at once (`reclaim`)."""
         with self._lock:
             self.wanted = False
-            if not self.held:
+            if not self.held or self.closed:
                 return
             self.busy_since = time.monotonic()
             watch = not self.watched
@@ -229,6 +240,31 @@ class ReadLoan:
             self._token.run_sync_soon(self._conn._reads_returned, data)
         except trio.RunFinishedError:
             pass
+
+    def pause(self) -> None:
+        """(A caller's borrower.) Stop reading for now and keep the side if held:
+        marked unread, so that the loop's watch, or `reclaim`, may take it back; a
+        want not handed over yet is withdrawn. (The same step as `busy`.)"""
+        self.busy()
+
+    def reclaim(self) -> bool:
+        """Take the side back now from a borrower that holds it without reading it
+        (``busy_since`` set: busy, or paused), from any thread -- someone is about to
+        wait for this link's input, which such a borrower would leave in the kernel
+        until the watch took the side back. The loop's reader resumes. ``False``: not
+        lent, closed, or held by an idle borrower, which polls it and gives back
+        whatever it does not handle."""
+        with self._lock:
+            if not self.held or self.busy_since is None or self.closed:
+                return False
+            self.held = False
+            self.busy_since = None
+            self.reclaimed += 1
+        try:
+            self._token.run_sync_soon(self._conn._reads_returned, b"")
+        except trio.RunFinishedError:
+            pass
+        return True
 
     def release(self) -> None:
         """The borrower lets go for good (its work ended): the side goes back to the
@@ -268,20 +304,6 @@ class ReadLoan:
             self.reclaimed += 1
             return True
 
-    def reclaim(self) -> bool:
-        """Take the side back now from a busy borrower (any thread: someone is about
-        to wait for this link's input, a reply or a notice, which a busy borrower
-        would leave in the kernel until the watch took the side back). ``True``:
-        taken back, the loop's reader resumes. An idle borrower keeps it: it is
-        polling, and gives back whatever it does not handle."""
-        if not self.reclaim_if_busy(0.0):
-            return False
-        try:
-            self._token.run_sync_soon(self._conn._reads_returned, b"")
-        except trio.RunFinishedError:
-            pass
-        return True
-
     def stop_watch(self, only_if_idle: bool = False) -> bool:
         """(The loop's watch, ending.) With ``only_if_idle``, only if the borrower
         is idle, in the same locked step (a message it keeps meanwhile starts a new
@@ -301,7 +323,10 @@ class ReadLoan:
             self.closed = True
             self.wanted = False
             held = self.held
-            if not held:
+            if held and self.busy_since is not None:
+                # Held but not read (module docstring): nobody polls it any more.
+                self.held = False
+            if not self.held:
                 self._close_sock()
         if held:
             self._wake()

@@ -32,6 +32,7 @@ the reference table and the outbox together.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -406,6 +407,9 @@ class CoreWorker:
         nursery.start_soon(self.link.run_sender)
         nursery.start_soon(self.link.run_lazy_flusher)
         if token is not None:
+            from ._direct_calls import reply_reads_for
+
+            self.waits.reply_reads_for = functools.partial(reply_reads_for, self)
             leased = LeasedTasks(self)
             if leased.supported:  # (``enabled`` may be switched on later)
                 self.leased = leased

@@ -38,12 +38,17 @@ is resubmitted through the node after its link broke).
 A call the link refuses for what it is (a frame over the actor's limit) fails with
 ``MessageTooLargeError`` and leaves the queue; only a dead link keeps calls back.
 
+A thread blocked in ``get`` of one direct call's result reads the answer off the
+link itself (``_reply_reads``; ``Route.reply``): ``_accept_answer`` and
+``_finish_answer`` are ``_answered`` done in that thread, in the same order.
+
 ``ACTORCORE_DIRECT_CALLS=0`` turns the direct path off (everything via the node).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -58,11 +63,14 @@ from ..exceptions import ActorcoreSystemError, MessageTooLargeError
 from ..protocol import _serialization
 from ..protocol import _wire as w
 from ..protocol._actors import CallSpec, cancelled_results
+from ..protocol._ids import TASK_ID_SIZE
 from ..session._config import env_value
 from ._node_link import LINK_DOWN, THREAD_SEND_GAP
+from ._reply_reads import CALLER_READS, ReplyReads
 from ._store_link import STORE
 
-__all__ = ["DIRECT_CALLS", "submit_call", "drop_actor", "detach", "cancel_call"]
+__all__ = ["CALLER_READS", "DIRECT_CALLS", "submit_call", "drop_actor", "detach",
+           "cancel_call", "reply_reads_for"]
 
 logger = logging.getLogger("actorcore.actor_direct")
 
@@ -101,6 +109,10 @@ class Route:
         self.epoch = 0  # bumped when the caller leaves the link (kill): stale discoveries
         self.dep_wait: CallSpec | None = None  # the head of outq, waiting for its refs
         self.thread_sent_at = 0.0
+        # The link's answers as a waiting thread reads them (``_reply_reads``), and
+        # what ``_accept_answer`` left for ``_finish_answer``: task id -> (held, drop).
+        self.reply: ReplyReads | None = None
+        self._thread_answers: dict[bytes, tuple[Sequence[bytes] | None, bool]] = {}
 
     # -------------------------------------------------------------- any thread
 
@@ -109,10 +121,14 @@ class Route:
         release = held
         with self.lock:
             if self.mode == "direct":
-                self.direct[spec.task_id] = spec
+                direct = self.direct
+                direct[spec.task_id] = spec
                 if held:
                     self.held[spec.task_id] = held  # until its answer
                     release = None
+                if len(direct) > 1 and (reply := self.reply) is not None \
+                        and reply in core.references.paused_reads:
+                    reply.reclaim()  # a burst: the loop reads the answers
                 self.outq.append(spec)
                 if self.flush_pending:
                     return
@@ -246,11 +262,16 @@ class Route:
                 self.failures += 1
                 self.discovering = False
             return
+        reply = None
+        if CALLER_READS and epoch == self.epoch:
+            reply = ReplyReads(conn, core.references, functools.partial(self._accept_answer, conn),
+                               self._finish_answer, self._calls_in_flight)
         with self.lock:
             stale = epoch != self.epoch
             if not stale:
                 self.conn = conn
                 self.incarnation = incarnation
+                self.reply = reply
             else:
                 self.client = None
                 self.discovering = False
@@ -416,6 +437,51 @@ class Route:
         if drop:
             core.enqueue(w.DropActor(self.actor_id), wake=False)
 
+    # ------------------------------------------- the caller's thread reads the answer
+
+    def _accept_answer(self, conn: Any, message: Any) -> bool:
+        """Whether a thread that read ``message`` off ``conn`` handles it itself: a
+        call's answer, its call still in flight on the route's current link (else the
+        loop's reader handles it, as before). The call leaves the in-flight table here,
+        under the lock ``_link_lost`` decides under: it is either answered or resent,
+        never both (``_reply_reads``)."""
+        if type(message) is not w.DirectResult or message.results is None:
+            return False
+        task_id = message.task_id
+        with self.lock:
+            if self.conn is not conn or task_id not in self.direct:
+                return False
+            del self.direct[task_id]
+            held = self.held.pop(task_id, None)
+            drop = self.drop_deferred and not self.direct
+            if drop:
+                self.drop_deferred = False
+            if held or drop:
+                self._thread_answers[task_id] = (held, drop)
+        return True
+
+    def _finish_answer(self, message: Any, own: Any) -> None:
+        """The rest of ``_answered`` for an answer ``_accept_answer`` took, in the
+        thread that read it (``own``: its wake-up, the one callback it may find)."""
+        task_id, results = message.task_id, message.results
+        held, drop = self._thread_answers.pop(task_id, (None, False))
+        core = self.core
+        references = core.references
+        entries = references.entries
+        inline = [r for r in results
+                  if r[2] != STORE and (e := entries.get(r[0])) is not None and not e.dropped]
+        if inline:
+            core.link.enqueue_results(inline)  # before the entries are ready (``_answered``)
+        if not references.ready_from_thread(results, own):
+            self.soon(core.on_objects_ready, results)
+        if held:
+            core.release_args(held)
+        if drop:
+            core.enqueue(w.DropActor(self.actor_id), wake=False)
+
+    def _calls_in_flight(self) -> bool:
+        return bool(self.direct)
+
     def _link_lost(self, client: Any, not_run: bytes | None = None) -> None:
         """Send what was in flight on the link back through the node, in order."""
         core = self.core
@@ -426,6 +492,7 @@ class Route:
                 self.discovering = False
                 return
             self.client = None
+            self.reply = None  # (its loan closes with the link)
             unsent = {id(s) for s in self.outq}
             lost = list(self.direct.values())
             # Resent through the node, which pins their argument objects from the
@@ -464,6 +531,20 @@ def detach(core: Any, actor_id: bytes) -> None:
     if conn is None:
         return
     route.soon(route.leave, conn)
+
+
+def reply_reads_for(core: Any, oid: bytes, entry: Any) -> ReplyReads | None:
+    """The direct link the answer to ``oid`` comes on, if a waiting thread may read
+    it itself (``_reply_reads``): an actor call's in flight on a direct link, or a
+    task's pushed on a lease."""
+    actor = entry.actor
+    if actor is not None:
+        route = core.actor_routes.get(actor)
+        if route is None or route.reply is None or oid[:TASK_ID_SIZE] not in route.direct:
+            return None
+        return route.reply
+    leased = core.leased
+    return leased.reply_reads_for(oid[:TASK_ID_SIZE]) if leased is not None else None
 
 
 def _route(core: Any, actor_id: bytes) -> Route:

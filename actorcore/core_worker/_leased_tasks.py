@@ -26,6 +26,11 @@ of, once the worker's death is processed. ``cancel(ref)`` of a pushed task trave
 the link behind it (`CancelLeasedTask`) and the worker passes it to its node behind
 the `LeasedStart`, so the node never sees a cancel before the task.
 
+A thread blocked in ``get`` of a pushed task's result reads its
+`LeasedTaskDone` off the link itself (``_reply_reads``; ``_Link.reply``):
+``_accept_done`` and ``_finish_done`` are ``_h_done`` done in that thread, the lease
+released under ``_lock`` as ``_lose_link`` decides under it.
+
 Which tasks: only those the fast path handles exactly. A driver and a task worker
 lease (an actor's calls submit through the node); a nested task's lease is exact
 under a recursive cancel of its parent as the next section says. A task with ref
@@ -90,6 +95,7 @@ thread started it stops it from starting (``worker._cancel.TaskStartGate``).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import threading
@@ -107,6 +113,7 @@ from ..protocol import _wire as w
 from ..protocol._messages import TaskSpec
 from ..session._config import env_value
 from ._node_link import THREAD_SEND_GAP
+from ._reply_reads import CALLER_READS, ReplyReads
 
 __all__ = ["DIRECT_TASKS", "LEASE_LINGER", "LeasedTasks", "LeaseStatistics"]
 
@@ -171,6 +178,7 @@ class _Link:
     conn: Any = None
     leases: set[bytes] = attrs.Factory(set)
     dead: bool = False
+    reply: ReplyReads | None = None  # its answers as a waiting thread reads them
 
 
 @attrs.define(eq=False)
@@ -219,6 +227,9 @@ class LeasedTasks:
         # `cancel`): task id -> the cancel (under ``_lock``).
         self._cancels: dict[bytes, w.CancelLeasedTask] = {}
         self._leases: dict[bytes, _Lease] = {}
+        # Leases a thread released reading their task's end (``_accept_done``), for
+        # ``_finish_done``: task id -> lease.
+        self._thread_done: dict[bytes, _Lease] = {}
         self._pump_pending = False
         self._thread_pushed_at = 0.0  # (``_push_from_thread``)
         self._thread_pushes = 0
@@ -267,10 +278,17 @@ class LeasedTasks:
                     self._to_node_locked()
                 self._give_back_idle_locked(spec.resources)
                 return False
-            if self._pump_pending or self._push_from_thread(spec):
-                return True
-            self._pump_pending = True
-        self._soon(self._pump)
+            pending = self._pump_pending
+            if not pending:
+                if self._push_from_thread(spec):
+                    return True
+                self._pump_pending = True
+        paused = self._core.references.paused_reads
+        if paused:  # a burst: the loop reads the links (their ends free the leases)
+            for reads in list(paused):
+                reads.reclaim()
+        if not pending:
+            self._soon(self._pump)
         return True
 
     # A task submitted while its class holds an idle lease is written to the leased
@@ -608,6 +626,10 @@ class LeasedTasks:
                                   handler=self._dispatcher, connect_timeout=5)
         link = _Link(address)
         link.conn = await core.loop.start(self._run_link, client, link)
+        if CALLER_READS:
+            link.reply = ReplyReads(
+                link.conn, core.references, functools.partial(self._accept_done, link),
+                self._finish_done, self._busy)
         self._links[address] = link
         return link
 
@@ -669,6 +691,49 @@ class LeasedTasks:
         if lease is None:
             return
         self._idle(lease)
+
+    # -------------------------------------- a waiting thread reads a task's end
+
+    def reply_reads_for(self, task_id: bytes) -> ReplyReads | None:
+        """The link the end of pushed task ``task_id`` comes on, for a thread to read
+        it itself (``_reply_reads``); ``None``: not pushed (any thread)."""
+        lease = self._in_flight.get(task_id)
+        return lease.link.reply if lease is not None else None
+
+    def _accept_done(self, link: _Link, message: Any) -> bool:
+        """Whether a thread that read ``message`` off ``link`` handles it itself: a
+        task's end, the task still running on a lease of that link (else the loop's
+        reader handles it). The lease is released here, under ``_lock``, where
+        ``_lose_link`` decides which tasks were lost: either it finds the task ended,
+        or this finds it lost and gives the frame back."""
+        if type(message) is not w.LeasedTaskDone:
+            return False
+        task_id = message.task_id
+        with self._lock:
+            lease = self._in_flight.get(task_id)
+            if lease is None or lease.link is not link:
+                return False
+            self._release_locked(lease, task_id)
+            self._thread_done[task_id] = lease
+        return True
+
+    def _finish_done(self, message: Any, own: Any) -> None:
+        """The rest of ``_h_done`` for an end ``_accept_done`` took, in the thread
+        that read it (``own``: its wake-up, the one callback it may find)."""
+        lease = self._thread_done.pop(message.task_id, None)
+        results = message.results
+        core = self._core
+        if results and not core.references.ready_from_thread(results, own):
+            self._soon(core.on_objects_ready, results)
+        if lease is not None:
+            lease.idle_since = time.monotonic()
+            if self._waiting:
+                self._soon(self._pump)
+
+    def _busy(self) -> bool:
+        """Whether other ends are due, or tasks wait for a lease (the loop must read
+        the links: ``_reply_reads``)."""
+        return bool(self._in_flight or self._waiting)
 
     def _idle(self, lease: _Lease) -> None:
         lease.idle_since = time.monotonic()

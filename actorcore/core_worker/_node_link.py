@@ -78,6 +78,17 @@ _RESULT_FIELD: dict[type, str] = {w.Put: "objects", w.TaskDone: "results",
                                   w.ActorDone: "results", w.StreamItems: "results"}
 
 
+class _Results(list):
+    """The inline results of direct calls queued for the node as one `Put`, open to
+    more while it is the queue's last message (``NodeLink.enqueue_results``)."""
+
+    __slots__ = ()
+
+
+#: What leaves the queue as a `Put`.
+_PUTS = (w.Put, _Results)
+
+
 class NodeLink:
     """The connection to the node and the queue of one-way messages to it.
 
@@ -114,6 +125,7 @@ class NodeLink:
         self._results_lock = threading.Lock()
         self._unsent_results: set[bytes] = set()
         self._withdrawn: set[bytes] = set()
+        self._open_results: _Results | None = None  # (``enqueue_results``)
 
     def has_queued(self) -> bool:
         """Whether messages wait to be sent."""
@@ -122,8 +134,9 @@ class NodeLink:
     def has_queued_of(self, kind: type) -> bool:
         """Whether a message of class ``kind`` waits to be sent (from any thread: a
         queue another thread appended to while this one looked counts as yes)."""
+        kinds = (kind, _Results) if kind is w.Put else (kind,)
         try:
-            return any(type(m) is kind for m in self._queue)
+            return any(type(m) in kinds for m in self._queue)
         except RuntimeError:  # "deque mutated during iteration"
             return True
 
@@ -185,12 +198,36 @@ class NodeLink:
     # remove_local_ref`` asks only for an entry not ``seen``, never pickled), so no
     # message naming it can be queued behind the Put or be at the node already.
 
+    #
+    # A burst of calls answers in a burst: results queued right behind results join
+    # them (the open ``_Results`` at the queue's end, extended under
+    # ``_results_lock``; the sender closes it under the same lock as it takes it off
+    # the queue, ``_put_of``), so a thousand answers cost one queued message, not a
+    # thousand `Put`s built, queued and coalesced one by one. Joining the last message
+    # is what queueing a new one behind it would do: the order holds.
+
     def enqueue_results(self, items: list) -> None:
         """Queue the inline results ``[(object_id, is_error, data), ...]`` of direct
         actor calls for the node, lazily (see the comment above)."""
+        queue = self._queue
         with self._results_lock:
             self._unsent_results.update([item[0] for item in items])
-        self.enqueue(w.Put(items), wake=False)
+            batch = self._open_results
+            if batch is not None and queue and queue[-1] is batch:
+                batch.extend(items)
+                return
+            batch = self._open_results = _Results(items)
+        self.enqueue(batch, wake=False)
+
+    def _put_of(self, message: Any) -> Any:
+        """``message``, just taken off the queue: an open ``_Results`` closes and
+        becomes its `Put`."""
+        if type(message) is not _Results:
+            return message
+        with self._results_lock:
+            if self._open_results is message:
+                self._open_results = None
+            return w.Put(list(message))
 
     def withdraw_result(self, oid: bytes) -> bool:
         """Take the result ``oid`` back out of its queued Put (any thread); ``False``:
@@ -277,7 +314,7 @@ class NodeLink:
             if type(m) is not w.Submit:
                 if batch:
                     break
-                outq.popleft()
+                m = self._put_of(outq.popleft())
                 if type(m) is w.Put:
                     m = self._coalesced_puts(m, budget)
                     if m is None:
@@ -309,12 +346,12 @@ class NodeLink:
         outq = self._queue
         filtering = bool(self._unsent_results or self._withdrawn)
         message: w.Put | None = self._without_withdrawn(first) if filtering else first
-        if not outq or type(outq[0]) is not w.Put:
+        if not outq or type(outq[0]) not in _PUTS:
             return message
         objects = list(message.objects) if message is not None else []
         used = sum(_put_size(item) for item in objects)
-        while outq and type(outq[0]) is w.Put and used < budget:
-            nxt = outq.popleft()
+        while outq and type(outq[0]) in _PUTS and used < budget:
+            nxt = self._put_of(outq.popleft())
             if filtering:
                 nxt = self._without_withdrawn(nxt)
                 if nxt is None:

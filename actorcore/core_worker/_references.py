@@ -5,10 +5,14 @@ is ready, who waits for it, and how many refs to it live here.
 submitted its task or put it) creates the entry at once; the node pushes the task's
 results to their owner (`ObjectsReady`) without being asked, so ``get`` on an owned
 ref costs no round trip. Refs that arrived from elsewhere get an entry when they are
-first waited for, and are fetched from the node (``_waiting``). Only the core loop
+first waited for, and are fetched from the node (``_waiting``). The core loop
 makes an entry ready (``set_ready``), under ``lock``, which also guards the
 callbacks registered on entries not ready yet (``register``): a waiter cannot miss a
-``set_ready`` racing with its registration.
+``set_ready`` racing with its registration. The one other place is a thread that
+read a direct call's answer off its link itself (``_reply_reads``): it makes the
+entries ready under the same lock, and only if no callback but its own wake-up is
+registered on them (``ready_from_thread``), so every callback still runs in the
+core loop.
 
 Reference counting: every ``ObjectRef`` instance counts in ``_refcounts``; when the
 last one of an owned object dies and it never escaped (was never pickled), the entry
@@ -78,6 +82,9 @@ class ReferenceTable:
         # task id -> the item ids pushed to us so far, of each generator task we own
         # whose ``ObjectRefGenerator`` lives (``register_stream``).
         self._streams: dict[bytes, set[bytes]] = {}
+        #: Direct links whose read side a thread keeps without reading it
+        #: (``_reply_reads.ReplyReads``): taken back when anyone else waits here.
+        self.paused_reads: set[Any] = set()
 
     def entry(self, oid: bytes) -> Entry | None:
         """The entry of ``oid``, if this process knows it."""
@@ -272,6 +279,43 @@ class ReferenceTable:
                 except Exception:  # a user's callback must not break the loop
                     logger.exception("a callback on a ready object raised (ignored)")
 
+    def ready_from_thread(self, items: Iterable[ObjectData], own: Callable[[], None]) -> bool:
+        """Make the entries of ``items`` ready in this thread, which read them off a
+        direct link (``_reply_reads``), if no callback but ``own`` waits on them and
+        each is known and not a dropped ref's; ``False``: nothing done, the core
+        loop must (``on_objects_ready``). Checked and set in one hold of ``lock``."""
+        entries = self.entries
+        with self.lock:
+            found = []
+            for oid, is_error, data in items:
+                entry = entries.get(oid)
+                if entry is None or entry.dropped:
+                    return False
+                callbacks = entry.callbacks
+                if callbacks and (len(callbacks) > 1 or callbacks[0] != own):
+                    return False
+                found.append((entry, is_error, data))
+            for entry, is_error, data in found:
+                if entry.ready:
+                    continue
+                entry.is_error = is_error
+                entry.data = data
+                entry.ready = True
+                entry.callbacks = None
+        return True
+
+    def register_own(self, entry: Entry, fire: Callable[[], None]) -> bool:
+        """``register_one`` for a thread that reads the entry's answer itself
+        (``_reply_reads``): the same, without taking back the read sides kept unread."""
+        with self.lock:
+            if entry.ready:
+                return False
+            if entry.callbacks is None:
+                entry.callbacks = [fire]
+            else:
+                entry.callbacks.append(fire)
+        return True
+
     def register(self, entries: Sequence[Entry], needed: int, fire: Callable[[], None],
                   fail_fast: bool = False) -> Callable:
         """Call ``fire()`` (core loop) once ``needed`` more of ``entries`` are ready,
@@ -280,6 +324,8 @@ class ReferenceTable:
         Returns the callback registered, for ``unregister``. ``fire`` is called at
         most once; if enough are ready already, it is called now, in this thread.
         """
+        if self.paused_reads:  # their answers must be read now (``_reply_reads``)
+            _reclaim_paused(self)
         state = [needed, False]
 
         def one() -> None:
@@ -328,6 +374,8 @@ class ReferenceTable:
         entry without its counting (a blocking ``get`` of one ref); undo with
         ``unregister([entry], fire)``. ``False``: it is ready already, and ``fire``
         is not called."""
+        if self.paused_reads:  # its answer must be read now (``_reply_reads``)
+            _reclaim_paused(self)
         with self.lock:
             if entry.ready:
                 return False
@@ -347,6 +395,11 @@ class ReferenceTable:
                             and id(e) in callback.bound else callback)
                     except ValueError:
                         pass
+
+
+def _reclaim_paused(table: ReferenceTable) -> None:
+    for reads in list(table.paused_reads):
+        reads.reclaim()
 
 
 def _ignore_unhandled() -> bool:

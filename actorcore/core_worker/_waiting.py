@@ -65,6 +65,9 @@ class ObjectWaits:
         self.current_task_id: Callable[[], bytes | None] = lambda: None
         #: Told when a task starts or stops waiting (a worker process sets it).
         self.on_blocked: Callable[[bytes, bool], None] | None = None
+        #: The direct link the answer of a result ``(object id, entry)`` comes on,
+        #: for a waiting thread to read itself (``_reply_reads``), or ``None``.
+        self.reply_reads_for: Callable[[bytes, Entry], Any] | None = None
         self._fetching: set[bytes] = set()
         self._task_waiters: dict[bytes, Callable[[], None]] = {}
         self._cancelled_tasks: set[bytes] = set()
@@ -150,9 +153,15 @@ class ObjectWaits:
     def _wait_one(self, oid: bytes, timeout: float | None) -> bool:
         """``blocking_wait`` for one object, outside any task (a driver's ``get`` of
         one ref, the sync call's path): no counting callback and no Blocked/Unblocked
-        for the node, only the lock the core loop releases (``register_one``)."""
+        for the node, only the lock the core loop releases (``register_one``); or,
+        for the answer of a direct call or leased task, the thread reads it off its
+        link itself (``_reply_reads``)."""
         self._check_not_in_loop()
         entry = self.entry_for(oid)
+        if self.reply_reads_for is not None and not entry.ready:
+            reads = self.reply_reads_for(oid, entry)
+            if reads is not None:
+                return reads.wait(entry, timeout)
         gate = threading.Lock()
         gate.acquire()
         fire = gate.release

@@ -359,6 +359,10 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
            "is read by its process's loop and handed to the thread, see "
            "worker._actor_host._LinkInbox), and a task worker's main thread never reads "
            "its tasks off its links nor writes their ends itself (worker._main_inbox)"),
+    EnvVar("ACTORCORE_CALLER_READS", "switch", "1",
+           "0: a thread blocked in get never reads the answer of a direct actor call or "
+           "leased task off its link itself (the process's loop reads it and wakes the "
+           "thread, see core_worker._reply_reads)"),
     EnvVar("ACTORCORE_NO_DIRECT", "switch", None,
            "deprecated: ACTORCORE_NO_DIRECT=1 means ACTORCORE_DIRECT_CALLS=0",
            deprecated_for="ACTORCORE_DIRECT_CALLS"),
