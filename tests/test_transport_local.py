@@ -939,3 +939,28 @@ def test_register_codes_refuses_what_no_pickle_can_name_and_names_a_clash() -> N
         transport.register_codes(two)
     assert transport.registered_code(two) is None
     assert pickle.loads(pickle.dumps(two(1), protocol=5)) == two(1)  # by name, as before
+
+
+def test_a_dial_connected_to_itself_is_refused_and_frees_its_port():
+    # TCP's simultaneous open: a socket bound to a port and connecting to that same
+    # port connects to itself (as a dial to a dead local listener's ephemeral port
+    # may, when the kernel picks that port as the dial's own).
+    from transport._address import refuse_self_connection
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.connect(("127.0.0.1", port))
+    assert sock.getsockname() == sock.getpeername()
+    with pytest.raises(transport.ConnectError, match="connected to itself"):
+        refuse_self_connection(sock, f"tcp:127.0.0.1:{port}")
+    assert sock.fileno() == -1
+    server = socket.socket()  # the port is free for a listener again
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen()
+    server.close()

@@ -93,8 +93,29 @@ async def dial(address: str, connect_timeout: float) -> socket.socket:
         raise ConnectError(f"cannot connect to {address!r}: {exc}") from exc
     sock = _detach(stream.socket)
     if addr.kind == "tcp":
+        refuse_self_connection(sock, address)
         tune_tcp(sock)
     return sock
+
+
+def refuse_self_connection(sock: socket.socket, address: str) -> None:
+    """Close ``sock`` and raise `ConnectError` if it is connected to itself.
+
+    A dial to a local port nobody listens on, in the kernel's ephemeral range (every
+    port a listener bound as port 0 had), can be given that same port as its own
+    source port: TCP's simultaneous open then connects the socket to itself. Such a
+    socket would hold the port -- a restarting server (the GCS coordinator, at the
+    address its clients know) could not bind it again until the dial's handshake
+    timed out, while the clients retrying that dial could do it again.
+    """
+    try:
+        mine, peer = sock.getsockname(), sock.getpeername()
+    except OSError:
+        return  # not connected after all: the handshake says so
+    if mine[:2] == peer[:2]:
+        sock.close()
+        raise ConnectError(f"cannot connect to {address!r}: nothing listens there "
+                           f"(the dial was connected to itself)")
 
 
 def _remove_stale_unix_socket(path: str) -> None:
