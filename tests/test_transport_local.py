@@ -964,3 +964,31 @@ def test_a_dial_connected_to_itself_is_refused_and_frees_its_port():
     server.bind(("127.0.0.1", port))
     server.listen()
     server.close()
+
+
+async def test_a_server_at_a_fixed_port_held_for_a_moment_listens_once_it_is_free() -> None:
+    # The port of a restarting server is held by another socket (bound without
+    # SO_REUSEADDR, as a dial's source port is) when it starts: it tries again, and
+    # listens as soon as that socket closes.
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    server = transport.Server(f"tcp:127.0.0.1:{port}", TOKEN, Echo())
+    async with trio.open_nursery() as nursery:
+        started: list[str] = []
+        listening = trio.Event()
+
+        async def start() -> None:
+            started.append(await nursery.start(server.run))
+            listening.set()
+
+        nursery.start_soon(start)
+        await trio.sleep(0.1)  # a real holder: the server tries while it is held
+        assert not started
+        probe.close()
+        with trio.fail_after(transport._server.BIND_RETRY):
+            await listening.wait()
+        assert started == [f"tcp:127.0.0.1:{port}"]
+        async with transport.open_connection(started[0], TOKEN) as conn:
+            assert conn.peer_name
+        nursery.cancel_scope.cancel()

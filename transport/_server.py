@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import os
@@ -45,6 +46,9 @@ from ._tls import (
 __all__ = ["Server", "ServerStatistics"]
 
 logger = logging.getLogger("transport")
+
+#: Seconds a server tries again to listen on a fixed TCP port that is in use.
+BIND_RETRY = 5.0
 
 ConnectionCallback = Callable[[Connection], Any]
 
@@ -177,7 +181,27 @@ class Server:
                 return await listen(self._bound)
             except OSError:
                 pass  # the port we had is taken now: pick a fresh one
-        return await listen(self._requested)
+        return await self._listen_fixed(self._requested)
+
+    async def _listen_fixed(self, address: str) -> tuple[trio.socket.SocketType, str]:
+        """Listen on ``address``; a fixed TCP port in use is tried again for up to
+        ``BIND_RETRY`` seconds before the error is raised. A server restarted at the
+        address its clients know (the GCS coordinator) finds its port held for a
+        moment at times: by a dial that the kernel gave that free port as its own
+        source port while the server was down, or a peer's socket closing."""
+        addr = parse_address(address)
+        deadline = trio.current_time() + BIND_RETRY
+        delay = 0.02
+        while True:
+            try:
+                return await listen(address)
+            except OSError as exc:
+                if (exc.errno != errno.EADDRINUSE or addr.kind != "tcp" or not addr.port
+                        or trio.current_time() + delay > deadline):
+                    raise
+            logger.info("%s: %s is in use; trying again in %.2f s", self.name, address, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def _check_security(self, addr: Address, *, warn: bool) -> None:
         """Refuse a plaintext listener on a non-loopback TCP address (unless insecure)."""
