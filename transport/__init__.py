@@ -63,6 +63,7 @@ from ._errors import (
 from ._message import message
 from ._read_loan import NOT_TAKEN, ReadLoan
 from ._server import Server, ServerStatistics
+from ._thread_poll import ThreadPoll
 from ._tls import (
     DEFAULT,
     TlsConfig,
@@ -97,6 +98,7 @@ __all__ = [
     "Reply",
     "RequestTimeout",
     "Server",
+    "ThreadPoll",
     "ServerStatistics",
     "TlsConfig",
     "TlsError",

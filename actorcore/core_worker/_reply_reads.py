@@ -59,8 +59,6 @@ The rest of the loop's handling is done in the same order it does it:
 
 from __future__ import annotations
 
-import os
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -75,61 +73,15 @@ __all__ = ["CALLER_READS", "ReplyReads"]
 #: A thread in ``get`` reads a direct call's answer (a leased task's end) itself.
 CALLER_READS: bool = env_value("ACTORCORE_CALLER_READS")
 
-_POLLIN = select.POLLIN
-
-
-class _Waker:
-    """One thread's wake-up for `ReplyReads.wait`: an eventfd it polls beside the
-    link's socket. Made once per thread (``_local``); ``fire`` runs in any thread."""
-
-    __slots__ = ("efd", "poll", "polled", "__weakref__")
-
-    def __init__(self) -> None:
-        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.poll = select.poll()
-        self.poll.register(self.efd, _POLLIN)
-        self.polled = -1  # the socket registered beside the eventfd (-1: none)
-
-    def fire(self) -> None:
-        try:
-            os.eventfd_write(self.efd, 1)
-        except OSError:  # closed: its thread ended
-            pass
-
-    def watch(self, fd: int) -> None:
-        """Poll ``fd`` (-1: none) beside the eventfd."""
-        if fd == self.polled:
-            return
-        if self.polled >= 0:
-            try:
-                self.poll.unregister(self.polled)
-            except KeyError:
-                pass
-        if fd >= 0:
-            self.poll.register(fd, _POLLIN)
-        self.polled = fd
-
-    def drain(self) -> None:
-        try:
-            os.eventfd_read(self.efd)
-        except BlockingIOError:
-            pass
-
-    def __del__(self) -> None:
-        try:
-            os.close(self.efd)
-        except OSError:
-            pass
-
-
 _local = threading.local()
 
 
-def _waker() -> _Waker:
-    w = getattr(_local, "waker", None)
-    if w is None:
-        w = _local.waker = _Waker()
-    return w
+def _poller() -> transport.ThreadPoll:
+    """The calling thread's poll (its wake-up for `ReplyReads.wait`, made once)."""
+    p = getattr(_local, "poll", None)
+    if p is None:
+        p = _local.poll = transport.ThreadPoll()
+    return p
 
 
 class ReplyReads:
@@ -151,21 +103,21 @@ class ReplyReads:
         self.finish = finish
         self.others = others
         self._lock = threading.Lock()
-        self._reader: _Waker | None = None  # the thread reading now, if any
+        self._reader: transport.ThreadPoll | None = None  # the thread reading now, if any
         self.loan: transport.ReadLoan | None = conn.lend_reads(self._wake)
 
     def _wake(self) -> None:
         """(loop) The side was handed over, or the loan closed: wake the reader."""
         reader = self._reader
         if reader is not None:
-            reader.fire()
+            reader.notify()
 
     def wait(self, entry: Any, timeout: float | None) -> bool:
         """Block the calling thread until ``entry`` is ready or ``timeout``, reading
         the link's answers meanwhile; whether it is ready."""
         references = self._references
-        w = _waker()
-        fire = w.fire
+        w = _poller()
+        fire = w.notify
         if not references.register_own(entry, fire):
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -182,24 +134,22 @@ class ReplyReads:
                 fd = -1
                 if mine and loan is not None and not loan.closed and loan.want():
                     fd = loan.fileno()
-                w.watch(fd)
+                w.watch([fd])
                 if deadline is None:
-                    events = w.poll.poll()
+                    ready = w.poll()
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    events = w.poll.poll(max(1, int(left * 1000 + 0.999)))
-                for polled, _mask in events:
-                    if polled == w.efd:
-                        w.drain()
-                    elif polled == fd and loan is not None:
+                    ready = w.poll(max(1, int(left * 1000 + 0.999)))
+                for polled in ready:
+                    if polled == fd and loan is not None:
                         message = loan.take(take)
                         if message is not transport.NOT_TAKEN:
                             self.finish(message, fire)
             return entry.ready
         finally:
-            w.watch(-1)
+            w.watch(())
             references.unregister([entry], fire)
             if mine:
                 # Paused (or given back) before another thread may become the

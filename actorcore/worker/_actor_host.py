@@ -32,9 +32,7 @@ import concurrent.futures
 import functools
 import inspect
 import logging
-import os
 import queue
-import select
 import sys
 import threading
 import time
@@ -950,14 +948,8 @@ class _LinkInbox:
 
     def __init__(self) -> None:
         self._queue: collections.deque = collections.deque()
-        self._lock = threading.Lock()
-        self._sleeping = False
-        self._woken = False
         self._closed = False
-        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._poll = select.poll()
-        self._poll.register(self._efd, select.POLLIN)
-        self._polled = -1  # the loan's descriptor, while registered
+        self._poll = transport.ThreadPoll()
         self.loan: transport.ReadLoan | None = None
         self._loan_conn: Any = None
         # (conn, message) -> whether the thread takes it as a call of its own
@@ -967,17 +959,10 @@ class _LinkInbox:
 
     def put(self, envelope: Any) -> None:
         self._queue.append(envelope)
-        self._wake()
+        self._poll.wake()
 
     def empty(self) -> bool:
         return not self._queue
-
-    def _wake(self) -> None:
-        with self._lock:
-            if not self._sleeping or self._woken:
-                return
-            self._woken = True
-        os.eventfd_write(self._efd, 1)
 
     # ------------------------------------------------------------------ core loop
 
@@ -987,12 +972,12 @@ class _LinkInbox:
         loan = self.loan
         if self._closed or self.take is None or (loan is not None and not loan.closed):
             return
-        loan = conn.lend_reads(self._wake)
+        loan = conn.lend_reads(self._poll.wake)
         if loan is None:
             return
         self._loan_conn = conn
         self.loan = loan
-        self._wake()
+        self._poll.wake()
 
     # ------------------------------------------------------------ actor's thread
 
@@ -1010,45 +995,24 @@ class _LinkInbox:
                     continue
                 if loan.want():
                     fd = loan.fileno()
-            self._watch(fd)
-            with self._lock:
-                self._sleeping = True
-                self._woken = False
-            if queue or (loan is not None and (loan.closed or (fd < 0 and loan.held))):
-                with self._lock:
-                    self._sleeping = False
-                continue
-            try:
-                events = self._poll.poll()
-            finally:
-                with self._lock:
-                    self._sleeping = False
-            for polled, _mask in events:
-                if polled == self._efd:
-                    try:
-                        os.eventfd_read(self._efd)
-                    except BlockingIOError:
-                        pass
-                elif polled == fd and loan is not None and self.take is not None:
+            self._poll.watch([fd])
+            for polled in self._poll.sleep(functools.partial(self._has_work, loan, fd)):
+                if polled == fd and loan is not None and self.take is not None:
                     message = loan.take(functools.partial(self.take, self._loan_conn))
                     if message is not transport.NOT_TAKEN:
                         return Envelope((message.spec, None))
 
-    def _watch(self, fd: int) -> None:
-        """Poll ``fd`` (the loan's socket; -1: none) beside the eventfd."""
-        if fd == self._polled:
-            return
-        if self._polled >= 0:
-            self._poll.unregister(self._polled)
-        if fd >= 0:
-            self._poll.register(fd, select.POLLIN)
-        self._polled = fd
+    def _has_work(self, loan: transport.ReadLoan | None, fd: int) -> bool:
+        """Whether the thread must not sleep: a message queued, the loan closed, or
+        the side handed over since the thread chose what to poll (``fd`` < 0)."""
+        return bool(self._queue) or (
+            loan is not None and (loan.closed or (fd < 0 and loan.held)))
 
     def close(self) -> None:
         """The actor stopped (its thread): give the read side back for good."""
         self._closed = True
         loan, self.loan = self.loan, None
         self._loan_conn = None
-        self._watch(-1)
+        self._poll.watch(())
         if loan is not None:
             loan.release()

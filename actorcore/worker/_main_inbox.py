@@ -39,9 +39,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import os
-import select
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -61,13 +58,7 @@ class MainInbox:
 
     def __init__(self) -> None:
         self._queue: collections.deque = collections.deque()
-        self._lock = threading.Lock()
-        self._sleeping = False
-        self._woken = False
-        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._poll = select.poll()
-        self._poll.register(self._efd, select.POLLIN)
-        self._polled: set[int] = set()
+        self._poll = transport.ThreadPoll()
         #: (conn, loan) of every read side lent to this thread, in the order offered.
         self._loans: list[tuple[Any, transport.ReadLoan]] = []
         self.accept: Callable[[Any, Any], bool] | None = None
@@ -79,14 +70,7 @@ class MainInbox:
 
     def put(self, item: tuple[Callable[..., Any], tuple]) -> None:
         self._queue.append(item)
-        self._wake()
-
-    def _wake(self) -> None:
-        with self._lock:
-            if not self._sleeping or self._woken:
-                return
-            self._woken = True
-        os.eventfd_write(self._efd, 1)
+        self._poll.wake()
 
     def reclaim(self) -> None:
         """Someone is about to wait for input on the links (the thread blocks in a
@@ -101,7 +85,7 @@ class MainInbox:
         unless lent already."""
         if self.accept is None or any(c is conn and not loan.closed for c, loan in self._loans):
             return
-        loan = conn.lend_reads(self._wake)
+        loan = conn.lend_reads(self._poll.wake)
         if loan is not None:
             self._loans.append((conn, loan))
 
@@ -131,27 +115,8 @@ class MainInbox:
             if closed:
                 self._drop_closed()
                 continue
-            self._watch(polled)
-            with self._lock:
-                self._sleeping = True
-                self._woken = False
-            if queue or any(loan.closed or (idle and loan.held and loan.fileno() not in polled)
-                            for _conn, loan in self._loans):
-                with self._lock:
-                    self._sleeping = False
-                continue
-            try:
-                events = self._poll.poll()
-            finally:
-                with self._lock:
-                    self._sleeping = False
-            for fd, _mask in events:
-                if fd == self._efd:
-                    try:
-                        os.eventfd_read(self._efd)
-                    except BlockingIOError:
-                        pass
-                    continue
+            self._poll.watch(polled)
+            for fd in self._poll.sleep(functools.partial(self._has_work, idle, polled)):
                 entry = polled.get(fd)
                 if entry is None or queue or self.accept is None:
                     continue
@@ -162,6 +127,13 @@ class MainInbox:
                     self.taken += len(messages)
                     assert self.run_taken is not None
                     return self.run_taken, (conn, messages[0])
+
+    def _has_work(self, idle: bool, polled: dict[int, Any]) -> bool:
+        """Whether the thread must not sleep: work queued, a loan closed, or a side
+        handed over (while idle) since the thread chose what to poll."""
+        return bool(self._queue) or any(
+            loan.closed or (idle and loan.held and loan.fileno() not in polled)
+            for _conn, loan in self._loans)
 
     def _busy(self) -> None:
         """This thread has work: it asks for no side while it runs it, and the sides
@@ -177,14 +149,3 @@ class MainInbox:
             else:
                 kept.append((conn, loan))
         self._loans = kept
-
-    def _watch(self, polled: dict[int, Any]) -> None:
-        """Poll the descriptors in ``polled`` (and the eventfd), no others."""
-        fds = set(polled)
-        if fds == self._polled:
-            return
-        for fd in self._polled - fds:
-            self._poll.unregister(fd)
-        for fd in fds - self._polled:
-            self._poll.register(fd, select.POLLIN)
-        self._polled = fds
