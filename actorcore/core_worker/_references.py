@@ -376,14 +376,7 @@ class ReferenceTable:
         is not called."""
         if self.paused_reads:  # its answer must be read now (``_reply_reads``)
             _reclaim_paused(self)
-        with self.lock:
-            if entry.ready:
-                return False
-            if entry.callbacks is None:
-                entry.callbacks = [fire]
-            else:
-                entry.callbacks.append(fire)
-        return True
+        return self.register_own(entry, fire)
 
     def unregister(self, entries: Sequence[Entry], callback: Callable) -> None:
         with self.lock:
