@@ -1,5 +1,6 @@
-"""What the side-by-side benchmarks (``runtime_bench``, ``actor_bench``) share: start
-a backend in this process, and run each backend in a fresh process of its own."""
+"""What the benchmarks share: start a backend in this process, run each backend in a
+fresh process of its own (the side-by-side ``runtime_bench``, ``actor_bench``), and
+read a process tree's CPU time from ``/proc`` (the ``*_cpu_bench`` and ``nested_bench``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
-__all__ = ["init_backend", "run_backends"]
+__all__ = ["init_backend", "process_tree", "run_backends", "stat_cpu"]
+
+_TICK = os.sysconf("SC_CLK_TCK")
 
 #: Where Ray's interpreter is looked for when ``$RAY_PYTHON`` is not set.
 RAY_PYTHONS = ("/work/rayenv/bin/python", "/tmp/rayenv/bin/python")
@@ -72,3 +75,30 @@ def run_backends(
             continue
         results[name] = json.loads(line[len("RESULT "):])
     return results
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it, from ``/proc`` (a process gone meanwhile
+    leaves its children out)."""
+    todo, seen = [root], []
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    todo += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return seen
+
+
+def stat_cpu(path: str) -> float:
+    """User + system CPU seconds of the ``/proc/.../stat`` file at ``path`` (a
+    process's or a thread's); 0.0 once it is gone."""
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError):
+        return 0.0

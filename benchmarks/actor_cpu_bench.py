@@ -24,36 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
-
-
-def _tree(pid: int) -> list[int]:
-    todo, seen = [pid], []
-    while todo:
-        p = todo.pop()
-        seen.append(p)
-        todo += _children(p)
-    return seen
-
-
-def _cpu(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
-    except OSError:
-        return 0.0
+from _common import process_tree, stat_cpu  # noqa: E402
 
 
 def main() -> None:
@@ -85,8 +56,8 @@ def main() -> None:
     summary: dict[str, list] = {}
     for mode, n in (("sync", args.sync), ("async", args.batch)):
         for r in range(args.rounds):
-            pids = _tree(me)
-            before = {pid: _cpu(pid) for pid in pids}
+            pids = process_tree(me)
+            before = {pid: stat_cpu(f"/proc/{pid}/stat") for pid in pids}
             lat: list[float] = []
             t0 = time.perf_counter()
             if mode == "sync":
@@ -100,7 +71,7 @@ def main() -> None:
             wall = time.perf_counter() - t0
             per: dict[str, float] = {"driver": 0.0, "actor": 0.0, "node": 0.0, "other": 0.0}
             for pid in pids:
-                per[roles.get(pid, "other")] += (_cpu(pid) - before[pid]) / n * 1e6
+                per[roles.get(pid, "other")] += (stat_cpu(f"/proc/{pid}/stat") - before[pid]) / n * 1e6
             total = sum(per.values())
             line = (f"{mode:5} round {r + 1}: {n / wall:8,.0f}/s  CPU/call {total:5.0f} us "
                     f"(driver {per['driver']:.0f}, actor {per['actor']:.0f}, "

@@ -30,36 +30,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
-
-
-def _tree(pid: int) -> list[int]:
-    todo, seen = [pid], []
-    while todo:
-        p = todo.pop()
-        seen.append(p)
-        todo += _children(p)
-    return seen
-
-
-def _cpu(path: str) -> float:
-    try:
-        with open(path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
-    except OSError:
-        return 0.0
+from _common import process_tree, stat_cpu  # noqa: E402
 
 
 def _threads(pid: int) -> dict[str, float]:
@@ -74,7 +45,7 @@ def _threads(pid: int) -> dict[str, float]:
                 name = f.read().strip()
         except OSError:
             continue
-        out[f"{name}:{tid}"] = _cpu(f"/proc/{pid}/task/{tid}/stat")
+        out[f"{name}:{tid}"] = stat_cpu(f"/proc/{pid}/task/{tid}/stat")
     return out
 
 
@@ -84,7 +55,7 @@ def _scheduler(ray: Any) -> Any:
 
 
 def _raylet_pid(me: int) -> int:
-    for pid in _tree(me):
+    for pid in process_tree(me):
         try:
             with open(f"/proc/{pid}/comm") as f:
                 if f.read().strip() == "raylet":
@@ -132,21 +103,21 @@ def main() -> None:
     node_pid = _raylet_pid(me) if args.ray else ray.nodes()[0]["pid"]
     rows = []
     for r in range(args.rounds):
-        pids = _tree(me)
+        pids = process_tree(me)
         sched0 = None if args.ray else _scheduler(ray)
-        before = {pid: _cpu(f"/proc/{pid}/stat") for pid in pids}
+        before = {pid: stat_cpu(f"/proc/{pid}/stat") for pid in pids}
         threads_before = {pid: _threads(pid) for pid in pids} if args.threads else {}
         times = []
         for _ in range(args.trees):
             t0 = time.perf_counter()
             assert ray.get(root.remote()) == expected
             times.append(time.perf_counter() - t0)
-        after_pids = _tree(me)
+        after_pids = process_tree(me)
         per = {"driver": 0.0, "node": 0.0, "workers": 0.0}
         busiest = []
         for pid in after_pids:
             role = "driver" if pid == me else "node" if pid == node_pid else "workers"
-            used = _cpu(f"/proc/{pid}/stat") - before.get(pid, 0.0)
+            used = stat_cpu(f"/proc/{pid}/stat") - before.get(pid, 0.0)
             per[role] += used / args.trees * 1e3
             busiest.append((used, pid, role))
         total = sum(per.values())

@@ -29,16 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_cpu(path: str) -> float:
-    try:
-        with open(path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
-    except (OSError, IndexError):
-        return 0.0
+from _common import process_tree, stat_cpu  # noqa: E402
 
 
 def _cmdline(pid: int) -> str:
@@ -49,32 +40,18 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _tree(root: int) -> list[int]:
-    todo, seen = [root], []
-    while todo:
-        p = todo.pop()
-        seen.append(p)
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    todo += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-    return seen
-
-
 def _snapshot(me: int, node_pid: int, workers: set[int]) -> dict[str, float]:
-    out = {"driver": _stat_cpu(f"/proc/{me}/stat"), "node": 0.0, "workers": 0.0,
+    out = {"driver": stat_cpu(f"/proc/{me}/stat"), "node": 0.0, "workers": 0.0,
            "w.main": 0.0, "w.other": 0.0, "rest": 0.0}
-    for pid in _tree(me):
+    for pid in process_tree(me):
         if pid == me:
             continue
-        cpu = _stat_cpu(f"/proc/{pid}/stat")
+        cpu = stat_cpu(f"/proc/{pid}/stat")
         if pid == node_pid:
             out["node"] += cpu
         elif pid in workers:
             out["workers"] += cpu
-            main = _stat_cpu(f"/proc/{pid}/task/{pid}/stat")
+            main = stat_cpu(f"/proc/{pid}/task/{pid}/stat")
             out["w.main"] += main
             out["w.other"] += cpu - main
         else:
