@@ -132,12 +132,14 @@ class WorkerProcess:
         d.register(w.FaultRules, lambda conn, m: transport.faults.apply(m.command), oneway=True)
 
     def _h_execute(self, conn: Any, m: w.Execute) -> None:
-        spec = m.spec
-        # The owner listens for results pushed directly; not a generator's: its
-        # end must not overtake its items, which go through the node.
-        if m.owner_address is not None and spec.num_returns >= 0:
-            self._owner_addr[spec.task_id] = m.owner_address
-        self._execute(spec, m.dep_data, m.gpu_ids)
+        self._note_owner(m)
+        self._execute(m.spec, m.dep_data, m.gpu_ids)
+
+    def _note_owner(self, m: w.Execute) -> None:
+        """The owner listens for results pushed directly; not a generator's: its
+        end must not overtake its items, which go through the node."""
+        if m.owner_address is not None and m.spec.num_returns >= 0:
+            self._owner_addr[m.spec.task_id] = m.owner_address
 
     async def _h_exit(self, conn: Any, m: w.ExitWorker) -> None:
         """Exit now, once the results pushed to their owners have left. The node says
@@ -251,12 +253,18 @@ class WorkerProcess:
     # ``get`` the next one starts in another executor (the node counts the same way).
 
     def _execute(self, spec: TaskSpec, dep_data: list, gpu_ids: tuple = ()) -> None:
+        item = self._task_item(spec, dep_data, gpu_ids)
+        with self._lock:
+            self._pending.append(item)
+            self._pump()
+
+    def _task_item(self, spec: TaskSpec, dep_data: list, gpu_ids: tuple) -> tuple:
+        """What an executor runs for ``spec``: the task, its function (or the loader
+        that fetches it) and its arguments' data."""
         fn = self.functions.get(spec.function_id)
         if fn is None:
             fn = _FunctionLoader(self, spec.function_id)
-        with self._lock:
-            self._pending.append((spec, fn, dep_data, gpu_ids))
-            self._pump()
+        return (spec, fn, dep_data, gpu_ids)
 
     def execute_leased(self, spec: TaskSpec) -> None:
         """Run a task pushed on a lease (no ref arguments: nothing to fetch)."""
@@ -476,8 +484,8 @@ class WorkerProcess:
                 spec = m.spec
                 if kind is w.LeasedTask:
                     self.leased.links[spec.task_id] = conn
-                elif m.owner_address is not None and spec.num_returns >= 0:
-                    self._owner_addr[spec.task_id] = m.owner_address
+                else:
+                    self._note_owner(m)
                 if i:
                     self._pending.append(self._item(m))
                 else:
@@ -491,13 +499,9 @@ class WorkerProcess:
 
     def _item(self, message: Any) -> tuple:
         """What an executor runs for the task ``message`` (`Execute`, `LeasedTask`)."""
-        spec = message.spec
-        fn = self.functions.get(spec.function_id)
-        if fn is None:
-            fn = _FunctionLoader(self, spec.function_id)
         if type(message) is w.Execute:
-            return (spec, fn, message.dep_data, message.gpu_ids)
-        return (spec, fn, [], ())
+            return self._task_item(message.spec, message.dep_data, message.gpu_ids)
+        return self._task_item(message.spec, [], ())
 
     def _run_taken(self, conn: Any, message: Any) -> None:
         """Run the task the main thread read and accepted (``_accept``), here."""
