@@ -253,13 +253,10 @@ class ReadLoan:
         wait for this link's input, which such a borrower would leave in the kernel
         until the watch took the side back. The loop's reader resumes. ``False``: not
         lent, closed, or held by an idle borrower, which polls it and gives back
-        whatever it does not handle."""
-        with self._lock:
-            if not self.held or self.busy_since is None or self.closed:
-                return False
-            self.held = False
-            self.busy_since = None
-            self.reclaimed += 1
+        whatever it does not handle. (A closed side is never held with
+        ``busy_since`` set: `close` takes it back.)"""
+        if not self.reclaim_if_busy(0.0):
+            return False
         try:
             self._token.run_sync_soon(self._conn._reads_returned, b"")
         except trio.RunFinishedError:
