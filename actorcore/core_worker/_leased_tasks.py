@@ -283,10 +283,9 @@ class LeasedTasks:
                 if self._push_from_thread(spec):
                     return True
                 self._pump_pending = True
-        paused = self._core.references.paused_reads
-        if paused:  # a burst: the loop reads the links (their ends free the leases)
-            for reads in list(paused):
-                reads.reclaim()
+        references = self._core.references
+        if references.paused_reads:  # a burst: the loop reads the links (their ends free the leases)
+            references.reclaim_paused_reads()
         if not pending:
             self._soon(self._pump)
         return True

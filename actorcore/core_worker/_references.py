@@ -268,10 +268,7 @@ class ReferenceTable:
         with self.lock:
             if entry.ready:
                 return
-            entry.is_error = is_error
-            entry.data = data
-            entry.ready = True
-            callbacks, entry.callbacks = entry.callbacks, None
+            callbacks = _settle(entry, is_error, data)
         if callbacks:
             for cb in callbacks:
                 try:
@@ -296,13 +293,16 @@ class ReferenceTable:
                     return False
                 found.append((entry, is_error, data))
             for entry, is_error, data in found:
-                if entry.ready:
-                    continue
-                entry.is_error = is_error
-                entry.data = data
-                entry.ready = True
-                entry.callbacks = None
+                if not entry.ready:
+                    _settle(entry, is_error, data)  # its one callback is our own
         return True
+
+    def reclaim_paused_reads(self) -> None:
+        """Take back every direct link's read side a thread keeps unread
+        (``_reply_reads``): someone else waits here, or a burst's answers are due,
+        and the loop must read them now."""
+        for reads in list(self.paused_reads):
+            reads.reclaim()
 
     def register_own(self, entry: Entry, fire: Callable[[], None]) -> bool:
         """``register_one`` for a thread that reads the entry's answer itself
@@ -325,7 +325,7 @@ class ReferenceTable:
         most once; if enough are ready already, it is called now, in this thread.
         """
         if self.paused_reads:  # their answers must be read now (``_reply_reads``)
-            _reclaim_paused(self)
+            self.reclaim_paused_reads()
         state = [needed, False]
 
         def one() -> None:
@@ -375,7 +375,7 @@ class ReferenceTable:
         ``unregister([entry], fire)``. ``False``: it is ready already, and ``fire``
         is not called."""
         if self.paused_reads:  # its answer must be read now (``_reply_reads``)
-            _reclaim_paused(self)
+            self.reclaim_paused_reads()
         return self.register_own(entry, fire)
 
     def unregister(self, entries: Sequence[Entry], callback: Callable) -> None:
@@ -390,9 +390,14 @@ class ReferenceTable:
                         pass
 
 
-def _reclaim_paused(table: ReferenceTable) -> None:
-    for reads in list(table.paused_reads):
-        reads.reclaim()
+def _settle(entry: Entry, is_error: bool, data: Any) -> list | None:
+    """Make ``entry`` ready with its value (the table's lock held); its callbacks,
+    taken off it, for the caller to run or drop."""
+    entry.is_error = is_error
+    entry.data = data
+    entry.ready = True
+    callbacks, entry.callbacks = entry.callbacks, None
+    return callbacks
 
 
 def _ignore_unhandled() -> bool:
