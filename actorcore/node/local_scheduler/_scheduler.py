@@ -337,27 +337,22 @@ class SchedulerState:
         """``task_id`` waits in ``get``: its CPU goes back, its worker may take a task."""
         if task_id not in worker.tasks or task_id in worker.blocked_tasks:
             return
-        if task_id in worker.queued:  # started there before it was promoted here
-            worker.queued.remove(task_id)
-            spec = worker.tasks[task_id]
-            rest = {k: v for k, v in spec.resources.items() if k != "CPU"}
+        worker.blocked_tasks.add(task_id)
+        if task_id in worker.queued:  # started there before it was promoted here:
+            worker.queued.remove(task_id)  # it takes all but its CPU from the start
+            resources = worker.tasks[task_id].resources
+            rest = {k: v for k, v in resources.items() if k != "CPU"}
             if rest:
                 self.ledger.take(rest)
-            held = dict(rest)
-            cpu = spec.resources.get("CPU", 0.0)
+            held = worker.held[task_id] = dict(rest)
+            cpu = resources.get("CPU", 0.0)
+        else:
+            held = worker.held.get(task_id, {})
+            cpu = held.pop("CPU", 0.0)
             if cpu:
-                held["_blocked_cpu"] = cpu
-            worker.held[task_id] = held
-            worker.blocked_tasks.add(task_id)
-            self._promote(worker)
-            self._make_available(worker)
-            return
-        worker.blocked_tasks.add(task_id)
-        held = worker.held.get(task_id, {})
-        cpu = held.pop("CPU", 0.0)
+                self.ledger.release({"CPU": cpu})
         if cpu:
             held["_blocked_cpu"] = cpu
-            self.ledger.release({"CPU": cpu})
         self._promote(worker)
         self._make_available(worker)
 
