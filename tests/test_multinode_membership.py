@@ -84,7 +84,9 @@ def test_a_killed_node_is_declared_dead_and_a_graceful_one_at_once(cluster):
 
 def test_cli_start_address_joins_and_stop_stops_every_node():
     root = tempfile.mkdtemp(prefix="acmn-", dir="/tmp")  # short: socket paths
-    env = dict(os.environ, ACTORCORE_TMPDIR=root)
+    # Heartbeats far apart: a status that answered from the head's view as its last
+    # heartbeat left it would miss the node that has just joined; it reads again.
+    env = dict(os.environ, ACTORCORE_TMPDIR=root, ACTORCORE_HEARTBEAT_INTERVAL="30")
     cli = [sys.executable, "-m", "actorcore.cli"]
 
     def run(*args: str) -> str:

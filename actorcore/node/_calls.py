@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import trio
 
 from ..kernel import InjectedCrash
 from ..protocol._wire import AdminCall
@@ -251,15 +252,44 @@ def _crash_supervised(node: Any, us: Any, name: str) -> str:
     return node.actors.crash_actor(rec)
 
 
+#: How long a call that reports the cluster waits for its node to read the nodes
+#: table again (`ClusterView.refreshed`) before it answers from the view as it is.
+FRESH_VIEW_WAIT = 2.0
+
+
+async def _read_view_again(node: Any) -> None:
+    with trio.move_on_after(FRESH_VIEW_WAIT):
+        await node.view.refreshed()
+
+
+def _fresh(fn: Callable[..., Any]) -> Callable[..., None]:
+    """A call whose answer is ``fn(node, *args)`` taken after the node read the nodes
+    table again: a node whose ``actorcore start --address`` returned is in
+    ``status``, ``nodes()`` and the resource totals at once, not a heartbeat later.
+    """
+
+    def call(node: Any, reply: Any, *args: Any) -> None:
+        async def answer() -> None:
+            await _read_view_again(node)
+            reply.send(fn(node, *args))
+
+        if not node.view.followed or not node.spawn(answer):
+            reply.send(fn(node, *args))
+
+    return call
+
+
 def _status_call(node: Any, reply: Any) -> None:
     if node.store_link is None or not node.serving:
-        reply.send(_status(node))
+        _fresh(_status)(node, reply)
         return
 
     async def with_store() -> None:
+        if node.view.followed:
+            await _read_view_again(node)
         st = _status(node)
         try:
-            with __import__("trio").move_on_after(5) as scope:
+            with trio.move_on_after(5) as scope:
                 st["store"] = await node.store_link.statistics()
             if scope.cancelled_caught:
                 st["store_error"] = "the object store did not answer within 5 s"
@@ -346,9 +376,9 @@ CALLS: dict[str, tuple[int, Callable[..., None]]] = {
     "status": (0, _status_call),
     "tree": (0, _tree_call),
     "local_tree": (0, _answer(_local_tree)),
-    "cluster_resources": (0, _answer(lambda node: _sum(s.resources for s in _alive(node)))),
-    "available_resources": (0, _answer(lambda node: _sum(s.available for s in _alive(node)))),
-    "nodes": (0, _answer(lambda node: [_node_entry(node, s) for s in _statuses(node)])),
+    "cluster_resources": (0, _fresh(lambda node: _sum(s.resources for s in _alive(node)))),
+    "available_resources": (0, _fresh(lambda node: _sum(s.available for s in _alive(node)))),
+    "nodes": (0, _fresh(lambda node: [_node_entry(node, s) for s in _statuses(node)])),
     "crash": (1, _answer(_crash)),
     "shutdown": (0, _shutdown_call),
     # A joining node asks its head where the GCS is.

@@ -143,6 +143,16 @@ class ClusterView:
         # deleted; a node that never comes back is judged by its heartbeats).
         self._vanished: dict[str, float] = {}
         self.vanish_grace = node_timeout()
+        # Reads on demand. The loop reads the table every interval; a caller that
+        # must see it as the GCS has it *now* (``actorcore status`` right after
+        # ``actorcore start --address`` said "joined") calls ``refreshed()``: it
+        # wakes the loop and waits for a read that *began* after the call (one
+        # begun before may have missed the join). ``followed``: a loop runs.
+        self.followed = False
+        self._reads_begun = 0
+        self._reads_applied = 0
+        self._read_wanted = trio.Event()
+        self._read_applied = trio.Event()
 
     def on_node_dead(self, listener: Callable[[NodeStatus], None]) -> None:
         self._dead.append(listener)
@@ -150,8 +160,32 @@ class ClusterView:
     def on_node_joined(self, listener: Callable[[NodeStatus], None]) -> None:
         self._joined.append(listener)
 
-    def apply(self, records: list[dict], heartbeats: dict[str, Any]) -> None:
-        """Replace the view with the nodes table ``records`` and ``heartbeats``."""
+    def begin_read(self) -> int:
+        """The membership loop starts reading the table: its ticket for ``apply``."""
+        self._reads_begun += 1
+        if self._read_wanted.is_set():
+            self._read_wanted = trio.Event()
+        return self._reads_begun
+
+    async def read_wanted(self) -> None:
+        """Return once a caller of ``refreshed()`` waits for a new read."""
+        await self._read_wanted.wait()
+
+    async def refreshed(self) -> None:
+        """Return once the view holds a read of the GCS begun after this call."""
+        wanted = self._reads_begun + 1
+        self._read_wanted.set()
+        while self._reads_applied < wanted:
+            await self._read_applied.wait()
+
+    def apply(self, records: list[dict], heartbeats: dict[str, Any],
+              read: int | None = None) -> None:
+        """Replace the view with the nodes table ``records`` and ``heartbeats``
+        (read under the ticket ``read`` from ``begin_read``, if the loop read them)."""
+        if read is not None and read > self._reads_applied:
+            self._reads_applied = read
+            self._read_applied.set()
+            self._read_applied = trio.Event()
         before = self.nodes
         now = {}
         for record in records:
@@ -256,10 +290,18 @@ class Membership:
         """Heartbeat, refresh the view and (on the head) judge, every interval."""
         # (Re-)register first: a restarted link, or a GCS that failed over, must know us.
         await client.nodes.register(self.view.node_id, self.record())
+        self.view.followed = True
+        try:
+            await self._loop(client)
+        finally:
+            self.view.followed = False
+
+    async def _loop(self, client: Any) -> None:
         while True:
             self.seq += 1
             await client.nodes.heartbeat(self.view.node_id,
                                          {"seq": self.seq, "time": time.time(), **self.report()})
+            read = self.view.begin_read()
             records = [v for _k, v in await client.nodes.list()]
             heartbeats = dict(await client.scan("heartbeats"))
             mine = next((r for r in records if isinstance(r, dict)
@@ -271,8 +313,9 @@ class Membership:
                     self.on_self_dead(reason)
             if self.monitor:
                 records = await self._judge(client, records, heartbeats)
-            self.view.apply(records, heartbeats)
-            await trio.sleep(self.interval)
+            self.view.apply(records, heartbeats, read)
+            with trio.move_on_after(self.interval):
+                await self.view.read_wanted()
 
     async def _judge(self, client: Any, records: list[dict], heartbeats: dict) -> list[dict]:
         now = trio.current_time()
