@@ -14,6 +14,7 @@ workers die with their links, and sockets and shared memory are removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -179,16 +180,24 @@ class _Starting:
     ready_r: int  # the read end of the node's ready pipe
     parent_w: int | None  # the driver's end of the death pipe (embedded only)
 
+    def _end(self, grace: float = 0.0) -> int:
+        """Close the death pipe and reap the node: after ``grace`` seconds for it to
+        exit by itself, then (or at once) by SIGKILL. Its exit code."""
+        if self.parent_w is not None:
+            fd, self.parent_w = self.parent_w, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if grace:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return self.process.wait(grace)
+        self.process.kill()
+        return self.process.wait()
+
     def kill(self) -> None:
         """Stop the node before it served (the death pipe, then SIGKILL)."""
-        for fd in (self.parent_w, self.ready_r):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.process.kill()
-        self.process.wait()
+        with contextlib.suppress(OSError):
+            os.close(self.ready_r)
+        self._end()
         try:
             import store
 
@@ -201,26 +210,19 @@ class _Starting:
     def wait(self, timeout: float, while_starting: Callable[[], object] | None) -> HeadProcess:
         """Run ``while_starting``, then wait for the node's ready line (``timeout``)."""
         proc, session_dir, head_address = self.process, self.session_dir, self.head_address
-        ready_r, parent_w, config, token = self.ready_r, self.parent_w, self.config, self.token
         try:
             if while_starting is not None:
                 while_starting()
-            line = _read_line(ready_r, timeout, proc,
+            line = _read_line(self.ready_r, timeout, proc,
                               "the head node" if head_address is None else
                               f"the node joining the cluster at {head_address}")
         except BaseException:
-            if parent_w is not None:
-                os.close(parent_w)
-            proc.kill()
-            proc.wait()
+            self._end()
             raise
         finally:
-            os.close(ready_r)
+            os.close(self.ready_r)
         if not line:
-            if parent_w is not None:
-                os.close(parent_w)
-            proc.kill()
-            code = proc.wait()
+            code = self._end()
             raise ActorcoreSystemError(
                 f"the {'head ' if head_address is None else ''}node process exited (code {code}) "
                 f"before it was ready.\n"
@@ -232,13 +234,7 @@ class _Starting:
             # The head refused this node for good (TLS mode or CA, token), or no head
             # answered: the node exits; raise the transport error it met (a TooSlowError
             # of a head that accepts but never answers becomes a TransportError).
-            if parent_w is not None:
-                os.close(parent_w)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            self._end(grace=10)
             import transport
 
             kind = {"TlsMismatch": transport.TlsMismatch, "TlsError": transport.TlsError,
@@ -247,8 +243,8 @@ class _Starting:
                     "ConnectionLost": transport.ConnectionLost}.get(
                         str(refused.get("type")), transport.TransportError)
             raise kind(f"joining the cluster at {head_address}: {refused.get('message')}")
-        spill_dir = Path(config.spill_dir) if config.spill_dir else None
-        return HeadProcess(proc, info, token, session_dir, parent_w, spill_dir)
+        spill_dir = Path(self.config.spill_dir) if self.config.spill_dir else None
+        return HeadProcess(proc, info, self.token, session_dir, self.parent_w, spill_dir)
 
 
 def _spawn(
