@@ -29,7 +29,8 @@ The manager composes its parts, each owning one job over the same table of
 records (``_record``): calls (``_calls``), names claimed in the GCS (``_names``),
 handle holders (``_holders``), call logs and checkpoints of actors that replay
 (``_call_logs``), actors across nodes (``_remote``), the table written behind to
-the GCS (``_gcs_records``), and what it shows (``_introspect``).
+the GCS (``_gcs_records``), the resources its actors hold (``_resources``), and what it
+shows (``_introspect``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from ._introspect import TREE_LIMIT, ActorManagerStatistics, describe, worker_sn
 from ._names import ActorNames
 from ._record import ActorRecord, counted
 from ._remote import RemoteActors
+from ._resources import ActorResources
 
 __all__ = ["ActorManager", "ActorRecord"]
 
@@ -84,9 +86,7 @@ class ActorManager:
         self.holders = Holders(self)  # who holds handles to which actor
         self.job_drivers: dict[bytes, bytes] = {}
         self.shared_hosts: list[ActorWorker] = []
-        self.waiting_resources: collections.deque[ActorRecord] = collections.deque()
-        self._poller = False
-        self._releases_seen = 0
+        self.resources = ActorResources(node, self._place)
         self.records = RecordWriter(node)  # the actor table, written behind to the GCS
         self.logs = CallLogs(self)  # the call logs and checkpoints of actors that replay
         self.supervisors: dict[str, Any] = {}
@@ -179,7 +179,7 @@ class ActorManager:
         rec.node = None
         if rec.state == "pending":
             self.record(rec)
-        self._acquire(rec)
+        self.resources.acquire(rec)
 
     def create_forwarded(self, spec: ActorSpec, restarts: int, origin: str,
                          dep_data: list, *, start: bool = True) -> ActorRecord | None:
@@ -204,13 +204,13 @@ class ActorManager:
             self.names.take(rec, None)
         self.record(rec)
         if start:
-            self._acquire(rec)
+            self.resources.acquire(rec)
         return rec
 
     def start_forwarded(self, rec: ActorRecord) -> None:
         """The constructor arguments of a forwarded creation are here: start it."""
         if rec.state != "dead":
-            self._acquire(rec)
+            self.resources.acquire(rec)
 
     def adopt_calls(self, old: ActorRecord, new: ActorRecord) -> None:
         """The calls queued on the proxy ``old`` go to ``new`` (the same actor)."""
@@ -269,47 +269,6 @@ class ActorManager:
                 return
         rec.dep_data = [(entries[o].is_error, entries[o].data) for o in rec.spec.deps]
         self.admit(rec)
-
-    def _acquire(self, rec: ActorRecord) -> None:
-        """Take the actor's resources (wait while the node has them in use), then place."""
-        need = rec.spec.resources
-        if need and rec.held is None:
-            if not self.node.sched.ledger.try_acquire(need):
-                self.waiting_resources.append(rec)
-                if not self._poller:
-                    self._poller = True
-                    # The releases seen so far: one that comes before the task
-                    # below starts waiting is not missed (it retries at once).
-                    self._releases_seen = self.node.sched.ledger.released
-                    self._spawn_task(self._await_resources)
-                return
-            rec.held = dict(need)
-            if need.get("GPU"):
-                rec.gpu_ids = self.node.sched.ledger.gpus.assign(need["GPU"])
-        self._place(rec)
-
-    async def _await_resources(self) -> None:
-        """Actors waiting for resources try again at each release in the ledger (no
-        timer): in arrival order, each one that still does not fit waits again."""
-        ledger = self.node.sched.ledger
-        try:
-            while self.waiting_resources:
-                if ledger.released == self._releases_seen:
-                    await ledger.wait_release()
-                self._releases_seen = ledger.released
-                waiting, self.waiting_resources = self.waiting_resources, collections.deque()
-                for rec in waiting:
-                    if rec.state != "dead":
-                        self._acquire(rec)
-        finally:
-            self._poller = False
-
-    def _release(self, rec: ActorRecord) -> None:
-        if rec.held:
-            held, rec.held = rec.held, None
-            gpus, rec.gpu_ids = rec.gpu_ids, ()
-            self.node.sched.ledger.gpus.release(gpus, held.get("GPU", 0.0))
-            self.node.sched.ledger.release(held)  # wakes waiting actors and the scheduler
 
     def _place(self, rec: ActorRecord) -> None:
         if rec.spec.supervisor is not None:
@@ -710,10 +669,8 @@ class ActorManager:
                 rec.log.in_gcs = False
                 if self.node.control.backend == "gcs" and rec.node is None:
                     self.logs.forget(rec.spec)
-        if rec in self.waiting_resources:
-            self.waiting_resources.remove(rec)
         self._stop_in_host(rec)
-        self._release(rec)
+        self.resources.release(rec)
         spec = rec.spec
         if spec.name is not None:
             self.names.release(spec)
