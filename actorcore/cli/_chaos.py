@@ -144,7 +144,11 @@ def _repeat(h: Any, args: argparse.Namespace, printed: _Printer) -> int:
     choice among the live targets each time."""
     rng = random.Random(args.seed)
     kind = args.chaos
-    deadline = time.monotonic() + (args.duration or 0.0)
+    # Steps at fixed times (start + k * every, while before start + duration), not a
+    # sleep after each: a step that takes long (a loaded machine) delays the next,
+    # never drops it, so "--every 0.4s --for 1s" is three steps.
+    start = time.monotonic()
+    deadline = start + (args.duration or 0.0)
     sig = signal.Signals[f"SIG{args.signal.upper().removeprefix('SIG')}"]
     step = 0
     failures = 0
@@ -170,9 +174,12 @@ def _repeat(h: Any, args: argparse.Namespace, printed: _Printer) -> int:
                         return 1
                 printed()
             step += 1
-            if args.every is None or time.monotonic() + args.every > deadline:
+            if args.every is None:
                 break
-            time.sleep(args.every)
+            due = start + step * args.every
+            if due >= deadline:
+                break
+            time.sleep(max(0.0, due - time.monotonic()))
     except KeyboardInterrupt:
         pass
     _out(f"{kind}: {step - failures} injected, {failures} failed")

@@ -96,12 +96,17 @@ class GcsClientLink:
         async with gcs.open_client(address, self._token, name=self._name) as client:
             control.attach(client, address)
             try:
-                if not restart:
-                    task_status.started(address)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(control.flush_forever)
                     if self.membership is not None:
-                        nursery.start_soon(self.membership.run, client)
+                        # A node is up once its view holds the cluster: a node that
+                        # joined and served before its first read of the nodes
+                        # table would take the head's first forwarded task for a
+                        # one-node cluster's (no fetch of its arguments from their
+                        # owners' node; seen as an "owner is gone" under load).
+                        await nursery.start(self.membership.run, client)
+                    if not restart:
+                        task_status.started(address)
                     nursery.start_soon(self._watch_resets, client)
                     if control.links > 1:
                         # A new link (this component restarted): the GCS may have

@@ -286,17 +286,20 @@ class Membership:
         """Register this node (again: the GCS restarted empty)."""
         await client.nodes.register(self.view.node_id, self.record())
 
-    async def run(self, client: Any) -> None:
-        """Heartbeat, refresh the view and (on the head) judge, every interval."""
+    async def run(self, client: Any, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Heartbeat, refresh the view and (on the head) judge, every interval;
+        started once the view holds the nodes table as the first pass read it."""
         # (Re-)register first: a restarted link, or a GCS that failed over, must know us.
         await client.nodes.register(self.view.node_id, self.record())
         self.view.followed = True
         try:
-            await self._loop(client)
+            await self._loop(client, task_status)
         finally:
             self.view.followed = False
 
-    async def _loop(self, client: Any) -> None:
+    async def _loop(self, client: Any, task_status: trio.TaskStatus[None]) -> None:
+        first = True
         while True:
             self.seq += 1
             await client.nodes.heartbeat(self.view.node_id,
@@ -314,6 +317,9 @@ class Membership:
             if self.monitor:
                 records = await self._judge(client, records, heartbeats)
             self.view.apply(records, heartbeats, read)
+            if first:
+                first = False
+                task_status.started()
             with trio.move_on_after(self.interval):
                 await self.view.read_wanted()
 

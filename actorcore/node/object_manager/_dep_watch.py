@@ -41,7 +41,9 @@ actor whose constructor argument it is dies saying so, a fetch answers it). The 
 so it leaves the directory once no consumer pins it.
 
 On one node the owner is a client of this node. With many nodes the owner may live
-elsewhere: the liveness test must then ask the GCS (or the owner's node) instead.
+elsewhere: a sweep that finds a dependency neither here nor being fetched asks the
+nodes for its owner (``RemoteObjects.need``); the fetch ends with the value, or with
+an ``OwnerDiedError`` when no live node has that owner.
 The sweeper is the ``object_directory`` component of the node's tree (this object,
 owned by the node, is the child: ``run`` sweeps while something is watched, and
 ``snapshot`` shows the directory's figures). A crash of its logic restarts it; what
@@ -77,6 +79,7 @@ SWEEP_PERIOD = 1.0
 class _Fetching(Protocol):
     @property
     def fetching(self) -> Container[bytes]: ...  # asked from another node
+    def need(self, oids: Iterable[bytes]) -> None: ...  # ask the owners' nodes
 
 
 class _Forwarded(Protocol):
@@ -161,6 +164,12 @@ class DependencyWatch:
             if known is None:  # built at most once a sweep, and only when needed
                 known = self._producers()
             if task_id_of(oid) in known:
+                continue
+            # Owned on another node, perhaps: ask there (the first ask can have been
+            # skipped, by a node that served before its view held the others). A
+            # fetch ends with the value, or with the error that no node has its owner.
+            node.remote.need((oid,))
+            if oid in node.remote.fetching:
                 continue
             if oid in self.suspects:
                 lost.append(oid)
