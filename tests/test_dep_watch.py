@@ -40,32 +40,29 @@ def _node(remote: _Remote) -> SimpleNamespace:
         cluster=SimpleNamespace(forwarded_out={}), actors=SimpleNamespace(actors={}))
 
 
-def _waited_on(node: SimpleNamespace) -> bytes:
+def _watching(others: bool) -> tuple[_Remote, SimpleNamespace, DependencyWatch, bytes]:
+    """A watch over one object a consumer holds and waits for, of an owner not here."""
+    remote = _Remote(others=others)
+    node = _node(remote)
+    watch = DependencyWatch(node)
     oid = new_put_id()
-    node.directory.pin([oid])  # a consumer holds it
-    node.directory.when_ready(oid, lambda _entry: None)  # and waits for it
-    return oid
+    node.directory.pin([oid])
+    node.directory.when_ready(oid, lambda _entry: None)
+    watch.watch([oid])
+    return remote, node, watch, oid
 
 
 def test_a_dependency_owned_elsewhere_is_fetched_from_there_not_judged_lost():
     # Its first ask was skipped (a node that served before its view held the
     # others): the sweep asks, and the fetch decides, not two sweeps.
-    remote = _Remote(others=True)
-    node = _node(remote)
-    watch = DependencyWatch(node)
-    oid = _waited_on(node)
-    watch.watch([oid])
+    remote, node, watch, oid = _watching(others=True)
     assert watch.sweep() == [] and watch.sweep() == []
     assert remote.asked == [oid] and oid in remote.fetching
     assert not node.directory.entries[oid].ready
 
 
 def test_a_dependency_no_node_can_produce_is_lost_at_the_second_sweep():
-    remote = _Remote(others=False)
-    node = _node(remote)
-    watch = DependencyWatch(node)
-    oid = _waited_on(node)
-    watch.watch([oid])
+    _remote, node, watch, oid = _watching(others=False)
     assert watch.sweep() == []  # a suspect
     assert watch.sweep() == [oid]
     entry = node.directory.entries[oid]
