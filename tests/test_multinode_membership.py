@@ -95,16 +95,19 @@ def test_cli_start_address_joins_and_stop_stops_every_node():
         assert out.returncode == 0, out.stderr + out.stdout
         return out.stdout
 
-    started = run("start", "--head", "--num-cpus", "1")
-    tcp = next(line.split()[-1] for line in started.splitlines() if "tcp address" in line)
-    joined = run("start", "--address", tcp.removeprefix("tcp:"), "--num-cpus", "2",
-                 "--host", "127.0.0.4", "--resources", '{"J": 1}')
-    assert "joined the cluster" in joined
-    status = run("status")
-    assert "2 node(s) alive" in status, status
-    stopped = run("stop")
-    assert stopped.count("stopped the actorcore") == 2, stopped
-    assert "no running actorcore cluster" in run("stop")
+    try:
+        started = run("start", "--head", "--num-cpus", "1")
+        tcp = next(line.split()[-1] for line in started.splitlines() if "tcp address" in line)
+        joined = run("start", "--address", tcp.removeprefix("tcp:"), "--num-cpus", "2",
+                     "--host", "127.0.0.4", "--resources", '{"J": 1}')
+        assert "joined the cluster" in joined
+        status = run("status")
+        assert "2 node(s) alive" in status, status
+        stopped = run("stop")
+        assert stopped.count("stopped the actorcore") == 2, stopped
+        assert "no running actorcore cluster" in run("stop")
+    finally:  # a failed check leaves no node running
+        subprocess.run(cli + ["stop"], env=env, capture_output=True, timeout=120)
 
 
 def test_joining_without_a_token_is_refused_with_what_to_do(tmp_path):
