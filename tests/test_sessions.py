@@ -84,14 +84,15 @@ def _start_head(root: str, *extra: str) -> tuple[Path, int, dict]:
     return session, int(info["pid"]), info
 
 
-# A driver of the CLI's cluster fills its store with 80 MB, then SIGKILLs the node.
-_FILL_AND_KILL = """
-    import os, signal, numpy as np
+# A driver of the CLI's cluster fills its store with 80 MB and stays until told to go.
+_FILL = """
+    import os, sys, numpy as np
     import actorcore as ray
     ray.init(address="auto", log_to_driver=False)
     keep = ray.put(np.ones(80 << 20, np.uint8))
-    os.kill(ray.nodes()[0]["pid"], signal.SIGKILL)
-    print("killed", flush=True)
+    print("filled", flush=True)
+    sys.stdin.read()
+    os._exit(0)  # its node is dead by then: nothing to shut down
 """
 
 
@@ -101,17 +102,30 @@ def _killed_head(root: str) -> tuple[Path, int]:
     Any ``init()``, ``start`` or ``stop`` on this machine removes the arena of a dead
     node, whatever its session root: another test process running beside this one
     (the suite's second worker) may do so between the kill and the check below. The
-    leak was real, but it is no longer there to see: a new head is killed then."""
+    test kills the node itself and looks at once, so that window is the kill's
+    reaping, not a driver's exit (which took seconds at load 30, and lost the race
+    three times in a row). If it is lost still, the leak was real but is no longer
+    there to see: a new head is killed then."""
     for _attempt in range(3):
         session, pid, _info = _start_head(root)
-        out = _py(root, _FILL_AND_KILL)
-        assert "killed" in out.stdout, out.stdout + out.stderr
-        _wait_dead(pid)
-        arena = _arena(session)
+        driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_FILL)],
+                                  env=_env(root), stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            held = _held(arena)
-        except FileNotFoundError:
-            continue  # reclaimed by another process of this machine already
+            assert driver.stdout is not None and driver.stdin is not None
+            line = driver.stdout.readline()
+            if line.strip() != "filled":
+                driver.kill()
+                raise AssertionError(line + driver.communicate(timeout=30)[1])
+            os.kill(pid, signal.SIGKILL)
+            _wait_dead(pid)
+            try:
+                held = _held(_arena(session))
+            except FileNotFoundError:
+                continue  # reclaimed by another process of this machine already
+        finally:
+            if driver.poll() is None:
+                driver.communicate(timeout=60)
         assert held >= 80 << 20  # the leak of issue 9, item 7
         assert list((session / "sockets").iterdir())  # and its sockets
         return session, pid
