@@ -207,3 +207,37 @@ def test_answers_queued_for_the_node_one_behind_another_leave_as_one_put():
     assert not link.withdraw_result(a)  # sent: a Free must follow
     link.enqueue_results([(c, False, b"5")])  # a new batch after the last was taken
     assert link._next_message() == w.Put([(c, False, b"5")])
+
+
+def test_frees_queued_one_behind_another_leave_as_one_message():
+    # A task dropping its children's refs one by one queues a Free each: a run of
+    # them leaves as one Free, and a message queued between two runs keeps its
+    # place (a Free still follows what used the ref).
+    import collections
+
+    from actorcore.core_worker._node_link import NodeLink
+    from actorcore.protocol import _wire as w
+
+    class Token:
+        def run_sync_soon(self, *args):
+            pass
+
+    class Loop:
+        trio_token = Token()
+
+        def in_loop(self):
+            return False
+
+    stats: collections.Counter[str] = collections.Counter()
+    link = NodeLink(None, Loop(), stats, lambda oid, payload: None)
+    a, b, c, d = (bytes([i]) * 20 for i in range(4))
+    for oid in (a, b, c):
+        link.enqueue(w.Free([oid]), wake=False)
+    between = w.Blocked(b"t" * 16)
+    link.enqueue(between, wake=False)
+    link.enqueue(w.Free([d]), wake=False)
+    sent = []
+    while (m := link._next_message()) is not None:
+        sent.append(m)
+    assert sent == [w.Free([a, b, c]), between, w.Free([d])]
+    assert stats["frees_coalesced"] == 1

@@ -381,6 +381,60 @@ def test_a_task_cancelled_while_it_waits_for_a_lease_never_runs(tmp_path):
         ray.get(add.remote(second), timeout=30)
 
 
+def test_a_burst_past_the_lease_queue_goes_to_the_node_at_once(monkeypatch):
+    # A burst of a class with no lease fills the queue here (QUEUE_PER_LEASE) while
+    # its lease request is held up on its way. The one that overflows it sends the
+    # queue to the node, and the rest of the burst follows it there at once: none
+    # waits here for the answer of a request the node's own queue of that shape
+    # would refuse (a nested task's children used to wait a round trip for it).
+    monkeypatch.setattr(_leased_tasks, "REFUSAL_BACKOFF", 30.0)
+    leased = _worker_state.current_core().leased
+
+    @ray.remote
+    def one(i):
+        return i
+
+    burst = 3 * _leased_tasks.QUEUE_PER_LEASE
+    rule = transport.faults.add(transport.faults.delay(
+        1.0, src=f"driver-{os.getpid()}", dst=None, kind="request"))
+    try:
+        refs = [one.remote(i) for i in range(burst)]
+        assert not leased._waiting, [spec.name for spec in leased._waiting]
+    finally:
+        transport.faults.remove(rule)
+    assert ray.get(refs, timeout=60) == list(range(burst))
+
+
+def test_a_lease_granted_with_nothing_waiting_for_it_goes_back_at_once(monkeypatch):
+    # The task that asked for the lease was cancelled while the request was held up
+    # on its way: the grant finds nothing of its class waiting here. Kept for its
+    # linger (30 s here), it would hold a CPU the node's queue may wait for; it goes
+    # back at once.
+    monkeypatch.setattr(_leased_tasks, "LEASE_LINGER", 30.0)
+
+    @ray.remote
+    def lone():
+        return 1
+
+    before = _leases()
+    rule = transport.faults.add(transport.faults.delay(
+        1.0, src=f"driver-{os.getpid()}", dst=None, kind="request"))
+    leased = _worker_state.current_core().leased
+    try:
+        ref = lone.remote()
+        until(lambda: any(k.requesting for k in leased._classes.values()),
+              "the lease request to leave")
+        ray.cancel(ref)
+        with pytest.raises(exc.TaskCancelledError):
+            ray.get(ref, timeout=0.5)
+    finally:
+        transport.faults.remove(rule)
+    until(lambda: _leases().leases_granted > before.leases_granted, "the late grant")
+    until(lambda: _leases().leases_returned > before.leases_returned,
+          "the unused lease to go back", timeout=10.0)
+    assert _leases().leases_held == before.leases_held
+
+
 @ray.remote
 def _child(d):
     (Path(d) / "child").write_text("")

@@ -46,6 +46,13 @@ also when the node refuses a lease (no idle worker, no
 free resources, tasks of that shape already queued at the node: multi-node placement
 and spill-back stay the node's), and every task of a class whose tasks pile up here
 beyond ``QUEUE_PER_LEASE`` per lease (a burst is better batched through the node).
+Such a burst counts as a refusal of its class: while the class holds no lease, the
+rest of the burst and its tasks for ``REFUSAL_BACKOFF`` go straight to the node, even
+with a lease request on its way, instead of waiting here for an answer the node's
+queue of that shape would make a refusal (a nested task's eight children waited a
+round trip for it, its ``get`` blocked meanwhile). A lease granted when nothing of its
+class waits here any more goes back at once: those tasks are in the node's queue,
+which would wait for the CPU it holds.
 The fast path is on by default; ``ACTORCORE_DIRECT_TASKS=0`` turns it off. A lease
 request carries the lease id this process chose: when its answer does not come (a
 timeout, a broken link), a `ReturnLease` of that id follows the request on the same
@@ -353,9 +360,9 @@ class LeasedTasks:
             klass = self._classes[key] = _Class(key, spec.function_id, dict(spec.resources))
         if len(self._waiting) >= QUEUE_PER_LEASE * max(1, len(self._leases)):
             self._counts["tasks_via_node"] += 1  # a burst: the node batches it
+            klass.refused_at = time.monotonic()
             return False
-        if not klass.leases and not klass.requesting and \
-                time.monotonic() - klass.refused_at < REFUSAL_BACKOFF:
+        if not klass.leases and time.monotonic() - klass.refused_at < REFUSAL_BACKOFF:
             self._counts["tasks_via_node"] += 1
             return False
         self._waiting.append(spec)
@@ -615,6 +622,11 @@ class LeasedTasks:
             klass.leases.append(lease)
         self._linger_wake.set()
         self._pump()
+        if lease.running is None:
+            # Nothing of its class waited for it: they went to the node meanwhile (a
+            # burst, a cancel). Kept idle for its linger, it would hold a CPU those
+            # queued tasks wait for (the node queues nothing behind an idle lease).
+            self._return(lease)
 
     async def _link_to(self, address: str) -> _Link:
         link = self._links.get(address)

@@ -59,6 +59,9 @@ THREAD_SEND_GAP = 0.0002
 #: mid-sized arguments must never add up to a frame the node refuses.
 SUBMIT_FRAME_BYTES = 4 << 20
 
+#: A run of queued `Free`s merges into one message of at most this many objects.
+FREE_FRAME_IDS = 4096
+
 #: What a spec weighs in a frame besides its arguments (ids, name, resources).
 _SPEC_OVERHEAD = 512
 
@@ -315,6 +318,8 @@ class NodeLink:
                 if batch:
                     break
                 m = self._put_of(outq.popleft())
+                if type(m) is w.Free:
+                    return self._coalesced_frees(m)
                 if type(m) is w.Put:
                     m = self._coalesced_puts(m, budget)
                     if m is None:
@@ -362,6 +367,22 @@ class NodeLink:
             return None
         self._stats["puts_coalesced"] += 1
         return w.Put(objects)
+
+    def _coalesced_frees(self, first: w.Free) -> w.Free:
+        """``first`` (just popped) and the Frees queued right behind it, as one Free
+        of at most ``FREE_FRAME_IDS`` objects. A task that read its children's
+        results drops their refs one by one, each queuing a `Free` of its own: a
+        nested task's eight refs would cost the node eight messages, each decoded
+        and dispatched alone, for what one says. Only a run of Frees merges, so
+        nothing else is reordered (a Free still follows what used the ref)."""
+        outq = self._queue
+        if not outq or type(outq[0]) is not w.Free:
+            return first
+        ids = list(first.object_ids)
+        while outq and type(outq[0]) is w.Free and len(ids) < FREE_FRAME_IDS:
+            ids.extend(outq.popleft().object_ids)
+        self._stats["frees_coalesced"] += 1
+        return w.Free(ids)
 
     def frame_limit(self) -> int:
         """The largest message the node link takes (its peer's frame limit)."""
