@@ -44,7 +44,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
-import math
 import mmap
 import os
 import sys
@@ -59,9 +58,6 @@ logger = logging.getLogger("gcs")
 
 #: The page that holds the mutex (a ``pthread_mutex_t`` is 40-48 bytes).
 _SIZE = mmap.PAGESIZE
-#: Each waiting thread blocks for the life of its replica: not on the default
-#: limiter, whose 40 tokens the node's other threads share.
-_WAITERS = trio.CapacityLimiter(math.inf)
 
 
 def _libc() -> Any:
@@ -129,7 +125,11 @@ class Lifeline:
     async def wait_gone(self) -> None:
         """Return once the process that holds the mutex has died. Call only after
         the child said it holds it (``SPARE`` or ``READY``); cancellable (the
-        waiting thread is left to end with the process)."""
+        waiting thread is left to end with the process).
+
+        The thread is Trio's own (`trio.lowlevel.start_thread_soon`), not one of
+        `trio.to_thread`'s: it blocks for the whole life of the replica, and would
+        hold one of the 40 tokens the node's other threads share."""
         if self._gone is None:
             self._gone = trio.Event()
             token = trio.lowlevel.current_trio_token()
