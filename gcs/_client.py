@@ -129,7 +129,12 @@ class GcsClient:
         self.max_inflight = max_inflight
         self.client_id = uuid.uuid4().hex
         self._seq = itertools.count(1)
-        self._coordinator = CoordinatorLink(address, token, name=name, timeout=timeout)
+        self._coordinator = CoordinatorLink(address, token, name=name, timeout=timeout,
+                                            on_layout=self._abandon_moved)
+        # The batches awaiting an answer, per (shard, write), with the replica each
+        # went to: those whose replica is no longer the head (tail) are abandoned
+        # and resent at once (`_abandon_moved`).
+        self._in_flight: dict[tuple[int, bool], dict[trio.CancelScope, str]] = {}
         # What the replicas send back on our links to them: subscription events.
         routes = transport.Dispatcher(f"{name} replica link")
         routes.register(Events, self._on_events, oneway=True)
@@ -257,7 +262,22 @@ class GcsClient:
                 try:
                     conn = await self._links.get(address)
                     timeout = max(0.05, min(self.request_timeout, deadline - trio.current_time()))
-                    answer = await conn.request(message, timeout=timeout)
+                    in_flight = self._in_flight.setdefault((shard, write), {})
+                    moved = trio.CancelScope()
+                    in_flight[moved] = address
+                    try:
+                        if self._moved(shard, write, address):  # (while we dialled)
+                            moved.cancel()
+                        with moved:
+                            answer = await conn.request(message, timeout=timeout)
+                    finally:
+                        del in_flight[moved]
+                    if moved.cancelled_caught:
+                        # Cut out of the chain (its process died; its link may not
+                        # have closed yet): resend to the new head (tail) now.
+                        # Resending is safe: a duplicate is answered, not reapplied.
+                        self._stats["retries"] += 1
+                        continue
                 except transport.TransportError as exc:
                     last_error = exc
                     if isinstance(exc, transport.RequestTimeout):
@@ -303,6 +323,29 @@ class GcsClient:
                     f"(last error: {last_error})", shard=shard)
             self._stats["retries"] += 1
             await self._coordinator.refresh(shard, layout.epoch, deadline)
+
+    def _moved(self, shard: int, write: bool, address: str) -> bool:
+        """``address`` is no longer where ``shard``'s writes (reads) go."""
+        layout = self.layout.shards[shard]
+        return (layout.head if write else layout.tail) != address
+
+    def _abandon_moved(self, layout: Layout) -> None:
+        """A new layout: abandon the batches in flight to a replica that is no longer
+        its shard's head (for writes) or tail (for reads); they are resent.
+
+        A head leaves the chain only when it is cut out -- dead, or removed -- so
+        the answer may never come: the coordinator may learn of a death before
+        the kernel closes the dead process's sockets (`_lifeline.py`), and the
+        batches would wait for that close (or for their timeout). Reads at an old
+        tail still alive would be answered with a `Redirect`; they go at once.
+        """
+        for (shard, write), batches in self._in_flight.items():
+            if not batches or shard >= len(layout.shards):
+                continue
+            now = layout.shards[shard].head if write else layout.shards[shard].tail
+            for scope, address in batches.items():
+                if address != now:
+                    scope.cancel()
 
     async def _write(self, key: Key, op: WriteOp) -> Any:
         self._stats["writes"] += 1

@@ -445,6 +445,13 @@ class Coordinator:
             if self._shards[shard].registrants is not None:
                 self._check_recovered(shard)
 
+    def replica_died(self, name: str) -> None:
+        """The process of replica ``name`` died (its service's lifeline fired; its
+        sockets may not be closed yet): cut it out as its link's failure would."""
+        member = self._members.get(name)
+        if member is not None:
+            self._declare_dead(member, "process died")
+
     async def _recovery_deadline(self) -> None:
         await trio.sleep(self.config.recovery_grace)
         for shard in range(len(self._shards)):

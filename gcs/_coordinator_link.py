@@ -13,6 +13,7 @@ and the event that says it changed. The client asks it for the ``layout`` and to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -31,8 +32,11 @@ __all__ = ["CoordinatorLink"]
 class CoordinatorLink:
     """The link of one client to the coordinator at ``address``, and the layout."""
 
-    def __init__(self, address: str, token: bytes | str, *, name: str, timeout: float) -> None:
+    def __init__(self, address: str, token: bytes | str, *, name: str, timeout: float,
+                 on_layout: Callable[[Layout], None] | None = None) -> None:
         self.address = address
+        #: Called (synchronously) with every new layout.
+        self._on_layout = on_layout
         self._token = token
         self._name = name
         self._timeout = timeout
@@ -141,6 +145,8 @@ class CoordinatorLink:
         self._layout = layout
         self._layout_changed.set()
         self._layout_changed = trio.Event()
+        if self._on_layout is not None:
+            self._on_layout(layout)
 
     async def refresh(self, shard: int, epoch: int, deadline: float) -> None:
         """Wait (bounded) for a newer layout of ``shard`` than ``epoch``."""

@@ -16,6 +16,10 @@ A pipe is no transport link, so no rule can cut the channel that heals it.
 A spare (``--spare``, started through ``_spares._BOOT``) first says ``SPARE`` on
 stdout once imported and then waits for its parameters like any other; one whose
 stdin closes before they come exits quietly (code 0).
+
+``--lifeline <fd>``: the page of the parent's `Lifeline`, whose mutex this process
+locks first and holds until it dies (the parent learns of the death before the
+kernel closes our sockets: see `_lifeline.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import trio
 
 import transport
 
+from . import _lifeline as lifeline
 from ._config import FAULTS_ANSWER, SPARE_READY, LaunchParams
 from ._replica import Replica, ReplicaRemoved
 
@@ -135,7 +140,15 @@ def _freeze_imports() -> None:
     gc.freeze()
 
 
+def _hold_lifeline(args: list[str]) -> None:
+    """``--lifeline <fd>``: hold the parent's lifeline for the life of this process
+    (`_lifeline.py`), before saying ``SPARE`` or ``READY``."""
+    if "--lifeline" in args:
+        lifeline.hold(int(args[args.index("--lifeline") + 1]))
+
+
 def main() -> None:
+    _hold_lifeline(sys.argv[1:])
     _freeze_imports()
     if "--spare" in sys.argv[1:]:
         _wait_as_spare("--idle" in sys.argv[1:])

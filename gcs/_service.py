@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -60,8 +59,9 @@ import transport
 
 from ._config import FAULTS_ANSWER, GcsConfig, LaunchParams
 from ._coordinator import Coordinator
+from ._lifeline import Lifeline
 from ._replica import Replica
-from ._spares import ReplicaSpares, SpareKeeper, replica_command, replica_environment
+from ._spares import ReplicaSpares, SpareKeeper, open_replica_process, replica_environment
 
 __all__ = [
     "CoordinatorService",
@@ -194,6 +194,13 @@ class GcsPlan:
         self.exited.add(name)
         if self.coordinator is not None:
             self.coordinator.replica_exited(name)
+
+    def replica_died(self, name: str) -> None:
+        """The process of replica ``name`` died (its lifeline says so, before its
+        sockets close): the coordinator cuts it out now; it will not register again."""
+        if self.coordinator is not None:
+            self.coordinator.replica_died(name)
+        self.replica_exited(name)
 
     @property
     def address(self) -> str | None:
@@ -385,15 +392,10 @@ class ReplicaService:
         )
         generation = self.plan.faults.generation
         # A spare has imported already (``_spares.py``); else spawn one now.
-        process = self.plan.spares.take()
-        if process is None:
-            process = await trio.lowlevel.open_process(
-                replica_command(spare=False),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                env=replica_environment(),
-                start_new_session=True,
-            )
+        taken = self.plan.spares.take()
+        if taken is None:
+            taken = await open_replica_process(spare=False, env=replica_environment())
+        process, lifeline = taken
         self.process = process
         self.pid = process.pid
         try:
@@ -430,6 +432,8 @@ class ReplicaService:
                         process.kill()
 
                 nursery.start_soon(watch_membership)
+                if lifeline is not None:
+                    nursery.start_soon(self._watch_lifeline, lifeline)
                 code = await process.wait()
                 nursery.cancel_scope.cancel()
             raise ReplicaProcessDied(
@@ -440,6 +444,12 @@ class ReplicaService:
             self.plan.faults.attached.discard(self)
             with trio.CancelScope(shield=True):
                 await _stop(process)
+
+    async def _watch_lifeline(self, lifeline: Lifeline) -> None:
+        """Tell the coordinator the moment the process dies, before the kernel
+        closes its sockets (`_lifeline.py`): the chain is repaired meanwhile."""
+        await lifeline.wait_gone()
+        self.plan.replica_died(self.name)
 
     # --------------------------------------------------------- fault commands
 

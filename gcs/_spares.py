@@ -48,8 +48,9 @@ import attrs
 import trio
 
 from ._config import SPARE_READY
+from ._lifeline import Lifeline
 
-__all__ = ["ReplicaSpares", "SpareKeeper", "replica_environment"]
+__all__ = ["ReplicaSpares", "SpareKeeper", "open_replica_process", "replica_environment"]
 
 logger = logging.getLogger("gcs")
 
@@ -72,7 +73,7 @@ if hasattr(os, "SCHED_IDLE"):
             idle = True
         except OSError:
             pass
-sys.argv = ["gcs._replica_main", "--spare", *(["--idle"] if idle else [])]
+sys.argv = ["gcs._replica_main", "--spare", *(["--idle"] if idle else []), *sys.argv[1:]]
 import runpy
 runpy.run_module("gcs._replica_main", run_name="__main__", alter_sys=True)
 """
@@ -86,15 +87,32 @@ def replica_environment() -> dict[str, str]:
     return env
 
 
-def replica_command(*, spare: bool) -> list[str]:
-    """The command line of a replica process (a spare's boots through `_BOOT`).
+def replica_command(*, spare: bool, lifeline: Lifeline | None = None) -> list[str]:
+    """The command line of a replica process (a spare's boots through `_BOOT`),
+    holding ``lifeline`` if given (pass its fd: ``pass_fds``).
 
     ``-P``: not the working directory first on sys.path, where a folder named like
     one of our packages would be imported instead of it.
     """
+    args = lifeline.child_args() if lifeline is not None else []
     if spare:
-        return [sys.executable, "-P", "-c", _BOOT]
-    return [sys.executable, "-P", "-m", "gcs._replica_main"]
+        return [sys.executable, "-P", "-c", _BOOT, *args]
+    return [sys.executable, "-P", "-m", "gcs._replica_main", *args]
+
+
+async def open_replica_process(*, spare: bool, env: dict[str, str]) -> tuple[trio.Process, Lifeline | None]:
+    """Start a replica process (a spare with ``spare``) with a lifeline where the
+    platform has them (`_lifeline.py`): stdin and stdout piped, its own session."""
+    lifeline = Lifeline.open()
+    try:
+        process = await trio.lowlevel.open_process(
+            replica_command(spare=spare, lifeline=lifeline), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env=env, start_new_session=True,
+            pass_fds=() if lifeline is None or lifeline.fd is None else (lifeline.fd,))
+    finally:
+        if lifeline is not None:
+            lifeline.spawned()
+    return process, lifeline
 
 
 @attrs.frozen(kw_only=True)
@@ -119,6 +137,7 @@ class SpareStatistics:
 class _Spare:
     process: trio.Process
     env: dict[str, str]
+    lifeline: Lifeline | None = None
 
 
 @attrs.define(eq=False)
@@ -135,16 +154,17 @@ class ReplicaSpares:
     _discarded: int = 0
     _failed_starts: int = 0
 
-    def take(self) -> trio.Process | None:
+    def take(self) -> tuple[trio.Process, Lifeline | None] | None:
         """A spare process, imported and waiting for its `LaunchParams` on stdin
-        (the caller owns it from now on), or None if none is ready."""
+        (the caller owns it from now on), and its lifeline (held by now); or None
+        if none is ready."""
         env = replica_environment()
         while self._ready:
             spare = self._ready.popleft()
             self._wake()
             if spare.process.returncode is None and spare.env == env:
                 self._taken += 1
-                return spare.process
+                return spare.process, spare.lifeline
             self._discarded += 1
             self._stale.append(spare.process)  # the keeper stops it
         return None
@@ -165,9 +185,10 @@ class ReplicaSpares:
         while not self._ready:
             await self._changed.wait()
 
-    def add(self, process: trio.Process, env: dict[str, str]) -> None:
-        """A spare that said ``SPARE``, started with ``env``."""
-        self._ready.append(_Spare(process, env))
+    def add(self, process: trio.Process, env: dict[str, str],
+            lifeline: Lifeline | None = None) -> None:
+        """A spare that said ``SPARE``, started with ``env``, holding ``lifeline``."""
+        self._ready.append(_Spare(process=process, env=env, lifeline=lifeline))
         self._wake()
 
     def count_start(self, *, failed: bool = False) -> None:
@@ -236,13 +257,11 @@ class SpareKeeper:
                 for process in spares.drain():
                     await self._stop(process)
 
-    async def _start_one(self) -> tuple[trio.Process, dict[str, str]] | None:
+    async def _start_one(self) -> tuple[trio.Process, dict[str, str], Lifeline | None] | None:
         """Start a spare and wait until it said ``SPARE``; None if it did not."""
         spares = self.spares
         env = replica_environment()
-        process = await trio.lowlevel.open_process(
-            replica_command(spare=True), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=env, start_new_session=True)
+        process, lifeline = await open_replica_process(spare=True, env=env)
         spares.count_start()
         self._starting = process
         handed_over = False
@@ -263,7 +282,7 @@ class SpareKeeper:
                                "%r (exit code %s)", process.pid, line[:200], process.returncode)
                 return None
             handed_over = True
-            return process, env
+            return process, env, lifeline
         finally:
             self._starting = None
             if not handed_over:

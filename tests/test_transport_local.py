@@ -708,7 +708,9 @@ async def test_connections_in_their_own_nursery_outlive_a_listener_restart(tmp_p
 def test_a_dial_connected_to_itself_is_refused_and_frees_its_port():
     # TCP's simultaneous open: a socket bound to a port and connecting to that same
     # port connects to itself (as a dial to a dead local listener's ephemeral port
-    # may, when the kernel picks that port as the dial's own).
+    # may, when the kernel picks that port as the dial's own). Like a dial's, the
+    # socket has no SO_REUSEADDR: closed plainly, its TIME_WAIT would hold the port
+    # for a minute against any listener.
     from transport._address import refuse_self_connection
 
     probe = socket.socket()
@@ -716,7 +718,6 @@ def test_a_dial_connected_to_itself_is_refused_and_frees_its_port():
     port = probe.getsockname()[1]
     probe.close()
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.connect(("127.0.0.1", port))
     assert sock.getsockname() == sock.getpeername()

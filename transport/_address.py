@@ -12,6 +12,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 
 import attrs
 import trio
@@ -107,12 +108,19 @@ def refuse_self_connection(sock: socket.socket, address: str) -> None:
     socket would hold the port -- a restarting server (the GCS coordinator, at the
     address its clients know) could not bind it again until the dial's handshake
     timed out, while the clients retrying that dial could do it again.
+
+    It is closed with an abortive close (``SO_LINGER`` 0: a reset): a plain close
+    of a socket connected to itself is an active close on both ends at once, and
+    leaves it in ``TIME_WAIT`` for 60 s -- bound to the port without
+    ``SO_REUSEADDR`` (a dial's source port), so even a server that sets it could
+    not bind the port for that minute.
     """
     try:
         mine, peer = sock.getsockname(), sock.getpeername()
     except OSError:
         return  # not connected after all: the handshake says so
     if mine[:2] == peer[:2]:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
         raise ConnectError(f"cannot connect to {address!r}: nothing listens there "
                            f"(the dial was connected to itself)")
