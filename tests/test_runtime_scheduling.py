@@ -6,6 +6,7 @@ actors share one resource ledger whose waiters are woken by releases (no polling
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -137,6 +138,29 @@ def test_a_queued_task_blocked_before_the_one_ahead_is_done_lends_its_cpu():
     assert state.available == {"CPU": 0.0}
     state.task_done(w, t2.task_id, [(t2.return_ids()[0], False, b"y")], False, pushed=True)
     assert state.available == {"CPU": 1.0} and not state.running
+
+
+def test_a_task_waiting_for_its_argument_is_one_small_record_its_argument_holds():
+    # A million tasks queued behind one argument: each is one `WaitingTask`, which
+    # the argument's directory entry holds as its callback (a list and a closure
+    # with two cells before: about 300 bytes a task). Ready, it runs as before.
+    directory = ObjectDirectory()
+    state = SchedulerState(directory=directory, total={"CPU": 1.0}, host=_Host())
+    w = WorkerInfo(index=0, worker_id=b"w" * 20, conn=_Conn(1), state="idle", in_idle=True)
+    state.idle.append(w)
+    gate = b"g" * 20
+    specs = [attrs.evolve(_spec(i), deps=[gate]) for i in range(3)]
+    for spec in specs:
+        state.submit(spec)
+    records = [state.waiting[s.task_id] for s in specs]
+    assert directory.entries[gate].waiters == records
+    assert [(r.spec, r.missing) for r in records] == [(s, 1) for s in specs]
+    assert sys.getsizeof(records[0]) <= 64 and not hasattr(records[0], "__dict__")
+    directory.put(gate, False, b"v")
+    state.dispatch()
+    assert not state.waiting and state.running.get(specs[0].task_id) is w
+    queued = [s.task_id for s in state.ready] + list(w.queued)
+    assert sorted(queued) == [s.task_id for s in specs[1:]]
 
 
 def test_a_waiter_that_makes_the_entry_pending_again_keeps_it_and_the_rest_wait():

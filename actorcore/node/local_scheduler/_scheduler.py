@@ -50,10 +50,10 @@ from ...exceptions import (
 from ...protocol import _serialization
 from ...protocol._messages import ObjectData, TaskSpec
 from ...protocol._wire import Execute, ExitWorker, InterruptTask
-from ..object_manager._directory import ObjectDirectory, ObjectEntry
+from ..object_manager._directory import ObjectDirectory
 from ._leases import LeaseBook
 from ._ledger import ResourceLedger, fits
-from ._queues import ReadyQueues, env_key
+from ._queues import ReadyQueues, WaitingTask, env_key
 from ._statistics import SchedulerStatistics
 from ._workers import WorkerInfo
 
@@ -112,7 +112,7 @@ class SchedulerState:
     ledger: ResourceLedger = attrs.field(init=False)
     # Workers lent to submitters for direct task submission (``_leases``).
     leases: LeaseBook = attrs.field(init=False)
-    waiting: dict[bytes, list] = attrs.Factory(dict)  # task id -> [spec, deps missing]
+    waiting: dict[bytes, WaitingTask] = attrs.Factory(dict)
     ready: ReadyQueues = attrs.Factory(ReadyQueues)
     running: dict[bytes, WorkerInfo] = attrs.Factory(dict)
     idle: collections.deque = attrs.Factory(collections.deque)
@@ -237,21 +237,17 @@ class SchedulerState:
             self._wake()
             return
         self.directory.pin(deps)
-        record = [spec, len(deps)]
-        self.waiting[spec.task_id] = record
-        def on_dep(_entry: ObjectEntry) -> None:
-            self._dep_ready(record)
-
+        record = self.waiting[spec.task_id] = WaitingTask(spec, len(deps), self._dep_ready)
         for oid in deps:
-            self.directory.when_ready(oid, on_dep)
-        if record[1] != 0:  # some dep is not ready yet
+            self.directory.when_ready(oid, record)
+        if record.missing != 0:  # some dep is not ready yet
             self.host.watch_deps(deps, dep_node)
 
-    def _dep_ready(self, record: list) -> None:
-        record[1] -= 1
-        if record[1] > 0:
+    def _dep_ready(self, record: WaitingTask) -> None:
+        record.missing -= 1
+        if record.missing > 0:
             return
-        spec: TaskSpec = record[0]
+        spec = record.spec
         if self.waiting.pop(spec.task_id, None) is None:
             return  # cancelled meanwhile
         for oid in spec.deps:
@@ -413,7 +409,7 @@ class SchedulerState:
             return
         record = self.waiting.pop(task_id, None)
         if record is not None:
-            spec = record[0]
+            spec = record.spec
             self.directory.unpin(spec.deps)
             self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
             return
@@ -456,10 +452,10 @@ class SchedulerState:
             self._forget_edge(spec)
             dropped += 1
         for task_id, record in list(self.waiting.items()):
-            if record[0].owner == owner:
+            if record.spec.owner == owner:
                 del self.waiting[task_id]
-                self.directory.unpin(record[0].deps)
-                self._forget_edge(record[0])
+                self.directory.unpin(record.spec.deps)
+                self._forget_edge(record.spec)
                 dropped += 1
         for spec in [s for s in self.ready if s.owner == owner]:
             self.ready.remove_task(spec.task_id)
@@ -485,10 +481,10 @@ class SchedulerState:
             self._fail(spec, error)
             n += 1
         for task_id, record in list(self.waiting.items()):
-            if match(record[0]):
+            if match(record.spec):
                 del self.waiting[task_id]
-                self.directory.unpin(record[0].deps)
-                self._fail(record[0], error)
+                self.directory.unpin(record.spec.deps)
+                self._fail(record.spec, error)
                 n += 1
         for spec in [s for s in self.ready if match(s)]:
             self.ready.remove_task(spec.task_id)
@@ -669,11 +665,10 @@ class SchedulerState:
         self._release(worker, spec.task_id)
         self._promote(worker)
         self._make_available(worker)
-        record = [spec, len(missing)]
-        self.waiting[spec.task_id] = record
+        record = self.waiting[spec.task_id] = WaitingTask(spec, len(missing), self._dep_ready)
         for oid in missing:
-            self.directory.when_ready(oid, lambda _entry: self._dep_ready(record))
-        if record[1] != 0:
+            self.directory.when_ready(oid, record)
+        if record.missing != 0:
             self.host.watch_deps(missing)
 
     def _refuse_too_large(
