@@ -65,6 +65,8 @@ class _Host:
     def request_worker(self) -> None: ...
     def kill_worker(self, worker: WorkerInfo) -> None: ...
     def record_lineage(self, spec: TaskSpec) -> None: ...
+    def keep_lineage(self, spec: TaskSpec) -> None: ...
+    def write_lineage(self, spec: TaskSpec) -> None: ...
     def call_later(self, delay: float, fn: Any) -> None: ...
     def owner_address(self, owner: bytes) -> str | None:
         return None
@@ -349,3 +351,40 @@ def test_a_task_no_node_can_run_waits_with_one_warning_and_survives_restarts(clu
     log = (Path(cluster["session_dir"]) / "logs" / "node.log").read_text()
     assert log.count(warning) == 1  # once per shape, for both tasks and the restart
     assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+def test_a_task_waiting_for_its_argument_is_written_to_the_gcs_once_it_can_run():
+    # Kept in the node's lineage at once; its GCS task-table record is written when
+    # its argument is ready (a million queued behind one argument wrote a million
+    # records before). One cancelled while it waits never ran: never written. A task
+    # of no return is marked done as it is kept: written at once (a mark must never
+    # reach the GCS before its record).
+    calls: list[tuple[str, bytes]] = []
+
+    class Host(_Host):
+        def record_lineage(self, spec: TaskSpec) -> None:
+            calls.append(("record", spec.task_id))
+
+        def keep_lineage(self, spec: TaskSpec) -> None:
+            calls.append(("keep", spec.task_id))
+
+        def write_lineage(self, spec: TaskSpec) -> None:
+            calls.append(("write", spec.task_id))
+
+    directory = ObjectDirectory()
+    state = SchedulerState(directory=directory, total={"CPU": 1.0}, host=Host())
+    gate = b"g" * 20
+    waits, cancelled, no_return, free = (
+        attrs.evolve(_spec(1), deps=[gate]), attrs.evolve(_spec(2), deps=[gate]),
+        attrs.evolve(_spec(3), deps=[gate], num_returns=0), _spec(4))
+    for spec in (waits, cancelled, no_return, free):
+        state.submit(spec)
+    assert calls == [("keep", waits.task_id), ("keep", cancelled.task_id),
+                     ("record", no_return.task_id), ("record", free.task_id)]
+    state.cancel(cancelled.task_id, force=False)
+    directory.put(gate, False, b"v")
+    assert calls[4:] == [("write", waits.task_id)]
+    # An argument ready when the task comes: written at once, as it is kept.
+    ready_now = attrs.evolve(_spec(5), deps=[gate])
+    state.submit(ready_now)
+    assert calls[5:] == [("keep", ready_now.task_id), ("write", ready_now.task_id)]

@@ -39,6 +39,12 @@ class SchedulerHostOfNode:
     def record_lineage(self, spec: TaskSpec) -> None:
         self._node.objects.record_lineage(spec)
 
+    def keep_lineage(self, spec: TaskSpec) -> None:
+        self._node.objects.lineage.record(spec)
+
+    def write_lineage(self, spec: TaskSpec) -> None:
+        self._node.control.record_task(spec)
+
     def call_later(self, delay: float, fn: Any) -> None:
         self._node._call_later(delay, fn)
 

@@ -89,15 +89,19 @@ class WaitingTask:
     300 bytes (a million tasks queued behind one argument: 300 MB of the node).
     """
 
-    __slots__ = ("missing", "on_ready", "spec")
+    __slots__ = ("missing", "on_ready", "owed", "spec")
 
     def __init__(self, spec: TaskSpec, missing: int,
-                 on_ready: Callable[[WaitingTask], None]) -> None:
+                 on_ready: Callable[[WaitingTask], None], owed: bool = False) -> None:
         self.spec = spec
         #: arguments not ready yet
         self.missing = missing
         #: called with this record when an argument becomes ready
         self.on_ready = on_ready
+        #: its GCS lineage record is to be written when it leaves the waiting (a
+        #: task submitted here: ``SchedulerState.submit``); a task that never does
+        #: (cancelled, its owner gone) never ran and is never written
+        self.owed = owed
 
     def __call__(self, _entry: Any) -> None:
         self.on_ready(self)

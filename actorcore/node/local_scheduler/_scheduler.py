@@ -84,7 +84,13 @@ class SchedulerHost(Protocol):
     def kill_worker(self, worker: WorkerInfo) -> None:
         """Kill ``worker``'s process (a force cancel); its death is reported back."""
     def record_lineage(self, spec: TaskSpec) -> None:
-        """Record ``spec`` (or its new attempt) as the lineage of its returns."""
+        """Record ``spec`` (or its new attempt) as the lineage of its returns: kept
+        on the node and written to the GCS task table."""
+    def keep_lineage(self, spec: TaskSpec) -> None:
+        """Keep ``spec`` on the node as the lineage of its returns; its GCS record
+        is written later (``write_lineage``)."""
+    def write_lineage(self, spec: TaskSpec) -> None:
+        """Write the GCS record of ``spec``, kept by ``keep_lineage``."""
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the node's loop after ``delay`` seconds."""
     def owner_address(self, owner: bytes) -> str | None:
@@ -178,10 +184,23 @@ class SchedulerState:
     # -- entry points (called by the node's handlers) -------------------------------
 
     def submit(self, spec: TaskSpec) -> None:
-        self.host.record_lineage(spec)
+        # A task that may wait for its arguments is kept in the node's lineage now
+        # and written to the GCS task table once it can run (``WaitingTask.owed``):
+        # a task that has not run has no return to rebuild, and a million queued
+        # behind one argument took a million GCS records (700 bytes each in the
+        # GCS's memory, a third of the node's time while they queued). A task of no
+        # return is marked done as it is kept, so it is written at once: a mark
+        # must never reach the GCS before its record.
+        owed = bool(spec.deps) and spec.num_returns != 0
+        if owed:
+            self.host.keep_lineage(spec)
+        else:
+            self.host.record_lineage(spec)
         parent = spec.parent_task_id
         if parent is not None:
             if parent in self.cancelled_trees:
+                if owed:
+                    self.host.write_lineage(spec)
                 self._fail(spec, TaskCancelledError(
                     spec.task_id, f"task {spec.name} was cancelled: the task that "
                     f"submitted it ({parent.hex()}) was cancelled"))
@@ -192,13 +211,15 @@ class SchedulerState:
             else:
                 kids.add(spec.task_id)
         if not self.host.keep_local(spec, self):
+            if owed:
+                self.host.write_lineage(spec)
             if spec.deps and spec.task_id not in self.held:
                 self.directory.pin(spec.deps)
                 self.held[spec.task_id] = spec.deps
             self.infeasible[spec.task_id] = spec
             self.infeasible_added.set()
             return
-        self._enqueue(spec, None)
+        self._enqueue(spec, None, owed)
 
     def accept(self, spec: TaskSpec, dep_node: str | None = None) -> None:
         """Queue ``spec`` here without asking whether to: the global scheduler chose
@@ -230,14 +251,17 @@ class SchedulerState:
         """``spec`` (not queued here) fails with ``error``, delivered to its owner."""
         self._fail(spec, error)
 
-    def _enqueue(self, spec: TaskSpec, dep_node: str | None) -> None:
+    def _enqueue(self, spec: TaskSpec, dep_node: str | None, owed: bool = False) -> None:
+        """Queue ``spec``: ready, or waiting for its arguments. ``owed``: its GCS
+        record is written when it leaves the waiting (see ``submit``)."""
         deps = spec.deps
         if not deps:
             self.ready.append(spec)
             self._wake()
             return
         self.directory.pin(deps)
-        record = self.waiting[spec.task_id] = WaitingTask(spec, len(deps), self._dep_ready)
+        record = self.waiting[spec.task_id] = WaitingTask(
+            spec, len(deps), self._dep_ready, owed)
         for oid in deps:
             self.directory.when_ready(oid, record)
         if record.missing != 0:  # some dep is not ready yet
@@ -250,6 +274,8 @@ class SchedulerState:
         spec = record.spec
         if self.waiting.pop(spec.task_id, None) is None:
             return  # cancelled meanwhile
+        if record.owed:
+            self.host.write_lineage(spec)
         for oid in spec.deps:
             e = self.directory.entries.get(oid)
             if e is not None and e.is_error:
