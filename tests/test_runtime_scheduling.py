@@ -158,6 +158,7 @@ def test_a_task_waiting_for_its_argument_is_one_small_record_its_argument_holds(
     assert directory.entries[gate].waiters == records
     assert [(r.spec, r.missing) for r in records] == [(s, 1) for s in specs]
     assert sys.getsizeof(records[0]) <= 64 and not hasattr(records[0], "__dict__")
+    assert records[0].on_ready is records[1].on_ready  # one bound method for all
     directory.put(gate, False, b"v")
     state.dispatch()
     assert not state.waiting and state.running.get(specs[0].task_id) is w

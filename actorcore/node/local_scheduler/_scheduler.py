@@ -119,6 +119,9 @@ class SchedulerState:
     # Workers lent to submitters for direct task submission (``_leases``).
     leases: LeaseBook = attrs.field(init=False)
     waiting: dict[bytes, WaitingTask] = attrs.Factory(dict)
+    # ``_dep_ready`` bound once, for every waiting task to hold (a bound method of
+    # its own was 64 bytes a task).
+    _on_dep_ready: Callable[[WaitingTask], None] = attrs.field(init=False)
     ready: ReadyQueues = attrs.Factory(ReadyQueues)
     running: dict[bytes, WorkerInfo] = attrs.Factory(dict)
     idle: collections.deque = attrs.Factory(collections.deque)
@@ -165,6 +168,7 @@ class SchedulerState:
     def __attrs_post_init__(self) -> None:
         self.ledger = ResourceLedger(self.total, on_release=self._wake)
         self.leases = LeaseBook(self)
+        self._on_dep_ready = self._dep_ready
 
     @property
     def available(self) -> dict[str, float]:
@@ -261,7 +265,7 @@ class SchedulerState:
             return
         self.directory.pin(deps)
         record = self.waiting[spec.task_id] = WaitingTask(
-            spec, len(deps), self._dep_ready, owed)
+            spec, len(deps), self._on_dep_ready, owed)
         for oid in deps:
             self.directory.when_ready(oid, record)
         if record.missing != 0:  # some dep is not ready yet
@@ -691,7 +695,7 @@ class SchedulerState:
         self._release(worker, spec.task_id)
         self._promote(worker)
         self._make_available(worker)
-        record = self.waiting[spec.task_id] = WaitingTask(spec, len(missing), self._dep_ready)
+        record = self.waiting[spec.task_id] = WaitingTask(spec, len(missing), self._on_dep_ready)
         for oid in missing:
             self.directory.when_ready(oid, record)
         if record.missing != 0:
