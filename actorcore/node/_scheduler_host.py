@@ -7,7 +7,7 @@ watch and where a task runs. Synchronous, on the node's loop.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..protocol._messages import TaskSpec
 from .global_scheduler._placement import keep_local
@@ -15,16 +15,13 @@ from .local_scheduler._ledger import fits
 from .local_scheduler._scheduler import SchedulerState
 from .local_scheduler._workers import WorkerInfo
 
-if TYPE_CHECKING:
-    from ._runtime import NodeRuntime
-
 __all__ = ["SchedulerHostOfNode"]
 
 
 class SchedulerHostOfNode:
     """The node as the scheduler sees it (``local_scheduler.SchedulerHost``)."""
 
-    def __init__(self, node: NodeRuntime) -> None:
+    def __init__(self, node: Any) -> None:  # the ``_runtime.NodeRuntime`` (it imports this)
         self._node = node
 
     def deliver(self, owner: bytes, results: list) -> None:
