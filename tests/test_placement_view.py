@@ -77,3 +77,19 @@ async def test_a_node_whose_queue_claims_its_free_resources_is_not_free() -> Non
                          "b" * 32: {"available": {"CPU": 0.0}, "queued": 0}})
     assert choose_node({"CPU": 1.0}, None, view).node_id == "b" * 32
     await trio.lowlevel.checkpoint()
+
+
+async def test_multi_follows_each_refresh_and_the_seed() -> None:
+    # ``multi`` (another live node exists) is kept with the live list: it follows a
+    # join, a death and the seed as that list does.
+    me, other = "a" * 32, "b" * 32
+    view = ClusterView(me)
+    assert not view.multi
+    view.seed(_record(me, 2.0))
+    assert not view.multi
+    view.apply([_record(me, 2.0), _record(other, 2.0)], {})
+    assert view.multi
+    view.apply([_record(me, 2.0), {**_record(other, 2.0), "alive": False}], {})
+    assert not view.multi
+    view.apply([_record(me, 2.0), _record(other, 2.0)], {})
+    assert view.multi

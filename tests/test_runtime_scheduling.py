@@ -6,6 +6,7 @@ actors share one resource ledger whose waiters are woken by releases (no polling
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ class _Host:
     def request_worker(self) -> None: ...
     def kill_worker(self, worker: WorkerInfo) -> None: ...
     def record_lineage(self, spec: TaskSpec) -> None: ...
+    def keep_lineage(self, spec: TaskSpec) -> None: ...
+    def write_lineage(self, spec: TaskSpec) -> None: ...
     def call_later(self, delay: float, fn: Any) -> None: ...
     def owner_address(self, owner: bytes) -> str | None:
         return None
@@ -137,6 +140,30 @@ def test_a_queued_task_blocked_before_the_one_ahead_is_done_lends_its_cpu():
     assert state.available == {"CPU": 0.0}
     state.task_done(w, t2.task_id, [(t2.return_ids()[0], False, b"y")], False, pushed=True)
     assert state.available == {"CPU": 1.0} and not state.running
+
+
+def test_a_task_waiting_for_its_argument_is_one_small_record_its_argument_holds():
+    # A million tasks queued behind one argument: each is one `WaitingTask`, which
+    # the argument's directory entry holds as its callback (a list and a closure
+    # with two cells before: about 300 bytes a task). Ready, it runs as before.
+    directory = ObjectDirectory()
+    state = SchedulerState(directory=directory, total={"CPU": 1.0}, host=_Host())
+    w = WorkerInfo(index=0, worker_id=b"w" * 20, conn=_Conn(1), state="idle", in_idle=True)
+    state.idle.append(w)
+    gate = b"g" * 20
+    specs = [attrs.evolve(_spec(i), deps=[gate]) for i in range(3)]
+    for spec in specs:
+        state.submit(spec)
+    records = [state.waiting[s.task_id] for s in specs]
+    assert directory.entries[gate].waiters == records
+    assert [(r.spec, r.missing) for r in records] == [(s, 1) for s in specs]
+    assert sys.getsizeof(records[0]) <= 64 and not hasattr(records[0], "__dict__")
+    assert records[0].on_ready is records[1].on_ready  # one bound method for all
+    directory.put(gate, False, b"v")
+    state.dispatch()
+    assert not state.waiting and state.running.get(specs[0].task_id) is w
+    queued = [s.task_id for s in state.ready] + list(w.queued)
+    assert sorted(queued) == [s.task_id for s in specs[1:]]
 
 
 def test_a_waiter_that_makes_the_entry_pending_again_keeps_it_and_the_rest_wait():
@@ -325,3 +352,40 @@ def test_a_task_no_node_can_run_waits_with_one_warning_and_survives_restarts(clu
     log = (Path(cluster["session_dir"]) / "logs" / "node.log").read_text()
     assert log.count(warning) == 1  # once per shape, for both tasks and the restart
     assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+def test_a_task_waiting_for_its_argument_is_written_to_the_gcs_once_it_can_run():
+    # Kept in the node's lineage at once; its GCS task-table record is written when
+    # its argument is ready (a million queued behind one argument wrote a million
+    # records before). One cancelled while it waits never ran: never written. A task
+    # of no return is marked done as it is kept: written at once (a mark must never
+    # reach the GCS before its record).
+    calls: list[tuple[str, bytes]] = []
+
+    class Host(_Host):
+        def record_lineage(self, spec: TaskSpec) -> None:
+            calls.append(("record", spec.task_id))
+
+        def keep_lineage(self, spec: TaskSpec) -> None:
+            calls.append(("keep", spec.task_id))
+
+        def write_lineage(self, spec: TaskSpec) -> None:
+            calls.append(("write", spec.task_id))
+
+    directory = ObjectDirectory()
+    state = SchedulerState(directory=directory, total={"CPU": 1.0}, host=Host())
+    gate = b"g" * 20
+    waits, cancelled, no_return, free = (
+        attrs.evolve(_spec(1), deps=[gate]), attrs.evolve(_spec(2), deps=[gate]),
+        attrs.evolve(_spec(3), deps=[gate], num_returns=0), _spec(4))
+    for spec in (waits, cancelled, no_return, free):
+        state.submit(spec)
+    assert calls == [("keep", waits.task_id), ("keep", cancelled.task_id),
+                     ("record", no_return.task_id), ("record", free.task_id)]
+    state.cancel(cancelled.task_id, force=False)
+    directory.put(gate, False, b"v")
+    assert calls[4:] == [("write", waits.task_id)]
+    # An argument ready when the task comes: written at once, as it is kept.
+    ready_now = attrs.evolve(_spec(5), deps=[gate])
+    state.submit(ready_now)
+    assert calls[5:] == [("keep", ready_now.task_id), ("write", ready_now.task_id)]

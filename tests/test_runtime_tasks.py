@@ -613,3 +613,20 @@ def test_a_folder_named_like_our_packages_in_the_working_directory_shadows_nothi
     out = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert "result 42" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_queued_tasks_ref_and_its_entry_share_one_id():
+    # The driver's reference table keys a task's entry by the very bytes its ref
+    # holds: a million queued tasks kept two copies of each return id before.
+    @ray.remote
+    def gate():
+        time.sleep(60)
+
+    g = gate.remote()
+    ref = add.remote(g)
+    entries = _worker_state.current_core().references.entries
+    key = next(k for k in entries if k == ref.binary())
+    assert key is ref.binary()
+    ray.cancel(g, force=True)
+    with pytest.raises(exc.TaskCancelledError):
+        ray.get(ref, timeout=60)

@@ -161,7 +161,7 @@ class RemoteFunction:
         if num_returns == STREAMING:  # its items may come back at once
             core.register_stream(task_id)
         try:
-            core.submit_task(spec, export)
+            core.submit_task(spec, export, ids)
         except BaseException:
             core.drop_stream(task_id)
             raise

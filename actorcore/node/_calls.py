@@ -324,8 +324,8 @@ def _task(node: Any, task_hex: str) -> dict:
     where: dict[str, Any] = {}
     record = sched.waiting.get(tid)
     if record is not None:
-        where["waiting"] = {"deps_missing": record[1],
-                            "deps": [d.hex() for d in record[0].deps]}
+        where["waiting"] = {"deps_missing": record.missing,
+                            "deps": [d.hex() for d in record.spec.deps]}
     if any(spec.task_id == tid for spec in sched.ready):
         where["ready"] = True
     worker = sched.running.get(tid)

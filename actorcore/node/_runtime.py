@@ -62,15 +62,13 @@ from ..session._session import pid_alive, unlink_latest, write_session_info
 from ._clients import Client, Clients, local_peer_pid
 from ._faults import NodeFaults
 from ._peers import NodePeers
+from ._scheduler_host import SchedulerHostOfNode
 from ._tree import build_tree, lineage_cap
 from .actor_manager._manager import ActorManager
 from .gcs_client._control import GcsControlState, MemoryControlState
 from .gcs_client._membership import ClusterView
 from .global_scheduler._forwarding import ClusterTasks
-from .global_scheduler._placement import keep_local
-from .local_scheduler._ledger import fits
 from .local_scheduler._scheduler import SchedulerState
-from .local_scheduler._workers import WorkerInfo
 from .object_manager._dep_watch import DependencyWatch
 from .object_manager._directory import ObjectDirectory
 from .object_manager._objects import NodeObjects
@@ -165,7 +163,7 @@ class NodeRuntime:
         self.sched: SchedulerState = SchedulerState(
             directory=self.directory,
             total=self.resources,
-            host=_SchedulerHost(self),
+            host=SchedulerHostOfNode(self),
             node_id=self.node_hex,
         )
         n = config.num_workers
@@ -719,56 +717,6 @@ class NodeRuntime:
             self.faults.call(conn, m.args, reply)
             return
         dispatch_call(self, m.name, m.args, reply)
-
-
-class _SchedulerHost:
-    """The node as the scheduler sees it (``local_scheduler.SchedulerHost``)."""
-
-    def __init__(self, node: NodeRuntime) -> None:
-        self._node = node
-
-    def deliver(self, owner: bytes, results: list) -> None:
-        self._node.deliver(owner, results)
-
-    def request_worker(self) -> None:
-        self._node.pool.wakeup.set()
-
-    def kill_worker(self, worker: WorkerInfo) -> None:
-        self._node.pool.kill(worker)
-
-    def record_lineage(self, spec: TaskSpec) -> None:
-        self._node.objects.record_lineage(spec)
-
-    def call_later(self, delay: float, fn: Any) -> None:
-        self._node._call_later(delay, fn)
-
-    def owner_address(self, owner: bytes) -> str | None:
-        return self._node.clients.owner_address(owner)
-
-    def watch_deps(self, oids: list[bytes], dep_node: str | None = None) -> None:
-        self._node.remote.need(oids, dep_node)
-        self._node.dep_watch.watch(oids)
-
-    def keep_local(self, spec: TaskSpec, state: SchedulerState) -> bool:
-        node = self._node
-        view = node.view
-        if not view.multi:
-            return fits(spec.resources, state.total)
-        if spec.deps:
-            # Its arguments' bytes mostly elsewhere: the global scheduler weighs that.
-            here = node.remote.locality(spec.deps)
-            mine = here.pop(node.node_hex, 0)
-            if here and max(here.values()) > mine:
-                return False
-        return keep_local(spec.resources, spec.strategy, view, available=state.available,
-                          total=state.total,
-                          queued=len(state.waiting) + len(state.ready))
-
-    def pool_starting(self) -> int:
-        return self._node.pool.starting
-
-    def pool_can_grow(self) -> bool:
-        return self._node.pool.can_grow()
 
 
 def _import_pyarrow_in_background() -> None:

@@ -99,7 +99,7 @@ class TaskSpec:
         )
         if self.strategy is not None:
             fields += (self.strategy,)
-        return (TaskSpec, fields)
+        return (DecodedSpec, fields)
 
     def return_ids(self) -> list[bytes]:
         return _return_ids(self.task_id, max(self.num_returns, 1))
@@ -122,6 +122,67 @@ class TaskSpec:
         }
 
 
+# Sharing what specs have in common, at decode.
+#
+# A pickle shares an object among the specs of one frame (its memo), but a driver's
+# thread writes an idle link itself, one spec per frame, so every spec the node
+# decodes came with its own job id, function id, name, argument blob, resources
+# dict, dependency list and owner: ten objects (about 600 bytes) beside its task id,
+# repeated for each of a million tasks queued behind one argument. Specs come in
+# runs (a loop calling one function from one caller), so each decoded spec takes,
+# for every such field equal to the one of the spec decoded before it, that spec's
+# object: one comparison per field, no table to bound, and a queued spec costs its
+# own fields only (its task id; its arguments when they differ).
+#
+# The shared objects are never changed in place (a field is only ever rebound, as a
+# retry's ``max_retries`` and ``attempt``), so sharing them is invisible. ``_last``
+# is read and written by whichever thread decodes, without a lock: a race only
+# leaves a spec with objects of its own.
+_last: list[TaskSpec | None] = [None]
+
+
+class DecodedSpec:
+    """What a pickled `TaskSpec` names (``TaskSpec.__reduce__``): called with the
+    spec's fields, it returns a `TaskSpec` that shares with the spec decoded before
+    it every field equal to that spec's (see above)."""
+
+    __slots__ = ()
+
+    def __new__(  # type: ignore[misc]
+        cls, task_id: bytes, job_id: bytes, function_id: bytes, name: str, args: bytes,
+        deps: list[bytes], num_returns: int, resources: dict[str, float], max_retries: int,
+        retry_exceptions: bool | bytes, parent_task_id: bytes | None, owner: bytes,
+        attempt: int, runtime_env: dict | None, max_calls: int, strategy: Any = None,
+    ) -> TaskSpec:
+        last = _last[0]
+        if last is not None:
+            if job_id == last.job_id:
+                job_id = last.job_id
+            if function_id == last.function_id:
+                function_id = last.function_id
+            if name == last.name:
+                name = last.name
+            if args == last.args:
+                args = last.args
+            if deps == last.deps:
+                deps = last.deps
+            if resources == last.resources:
+                resources = last.resources
+            if retry_exceptions == last.retry_exceptions:
+                retry_exceptions = last.retry_exceptions
+            if parent_task_id == last.parent_task_id:
+                parent_task_id = last.parent_task_id
+            if owner == last.owner:
+                owner = last.owner
+            if runtime_env is not None and runtime_env == last.runtime_env:
+                runtime_env = last.runtime_env
+        spec = _last[0] = TaskSpec(
+            task_id, job_id, function_id, name, args, deps, num_returns, resources,
+            max_retries, retry_exceptions, parent_task_id, owner, attempt, runtime_env,
+            max_calls, strategy)
+        return spec
+
+
 # A spec rides in Submit and Execute: it travels as an extension code, like the
 # messages (transport._codes).
-transport.register_codes(TaskSpec)
+transport.register_codes(TaskSpec, DecodedSpec)

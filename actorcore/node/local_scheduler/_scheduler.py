@@ -50,10 +50,10 @@ from ...exceptions import (
 from ...protocol import _serialization
 from ...protocol._messages import ObjectData, TaskSpec
 from ...protocol._wire import Execute, ExitWorker, InterruptTask
-from ..object_manager._directory import ObjectDirectory, ObjectEntry
+from ..object_manager._directory import ObjectDirectory
 from ._leases import LeaseBook
 from ._ledger import ResourceLedger, fits
-from ._queues import ReadyQueues, env_key
+from ._queues import ReadyQueues, WaitingTask, env_key
 from ._statistics import SchedulerStatistics
 from ._workers import WorkerInfo
 
@@ -84,7 +84,13 @@ class SchedulerHost(Protocol):
     def kill_worker(self, worker: WorkerInfo) -> None:
         """Kill ``worker``'s process (a force cancel); its death is reported back."""
     def record_lineage(self, spec: TaskSpec) -> None:
-        """Record ``spec`` (or its new attempt) as the lineage of its returns."""
+        """Record ``spec`` (or its new attempt) as the lineage of its returns: kept
+        on the node and written to the GCS task table."""
+    def keep_lineage(self, spec: TaskSpec) -> None:
+        """Keep ``spec`` on the node as the lineage of its returns; its GCS record
+        is written later (``write_lineage``)."""
+    def write_lineage(self, spec: TaskSpec) -> None:
+        """Write the GCS record of ``spec``, kept by ``keep_lineage``."""
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the node's loop after ``delay`` seconds."""
     def owner_address(self, owner: bytes) -> str | None:
@@ -112,7 +118,10 @@ class SchedulerState:
     ledger: ResourceLedger = attrs.field(init=False)
     # Workers lent to submitters for direct task submission (``_leases``).
     leases: LeaseBook = attrs.field(init=False)
-    waiting: dict[bytes, list] = attrs.Factory(dict)  # task id -> [spec, deps missing]
+    waiting: dict[bytes, WaitingTask] = attrs.Factory(dict)
+    # ``_dep_ready`` bound once, for every waiting task to hold (a bound method of
+    # its own was 64 bytes a task).
+    _on_dep_ready: Callable[[WaitingTask], None] = attrs.field(init=False)
     ready: ReadyQueues = attrs.Factory(ReadyQueues)
     running: dict[bytes, WorkerInfo] = attrs.Factory(dict)
     idle: collections.deque = attrs.Factory(collections.deque)
@@ -159,6 +168,7 @@ class SchedulerState:
     def __attrs_post_init__(self) -> None:
         self.ledger = ResourceLedger(self.total, on_release=self._wake)
         self.leases = LeaseBook(self)
+        self._on_dep_ready = self._dep_ready
 
     @property
     def available(self) -> dict[str, float]:
@@ -178,10 +188,23 @@ class SchedulerState:
     # -- entry points (called by the node's handlers) -------------------------------
 
     def submit(self, spec: TaskSpec) -> None:
-        self.host.record_lineage(spec)
+        # A task that may wait for its arguments is kept in the node's lineage now
+        # and written to the GCS task table once it can run (``WaitingTask.owed``):
+        # a task that has not run has no return to rebuild, and a million queued
+        # behind one argument took a million GCS records (700 bytes each in the
+        # GCS's memory, a third of the node's time while they queued). A task of no
+        # return is marked done as it is kept, so it is written at once: a mark
+        # must never reach the GCS before its record.
+        owed = bool(spec.deps) and spec.num_returns != 0
+        if owed:
+            self.host.keep_lineage(spec)
+        else:
+            self.host.record_lineage(spec)
         parent = spec.parent_task_id
         if parent is not None:
             if parent in self.cancelled_trees:
+                if owed:
+                    self.host.write_lineage(spec)
                 self._fail(spec, TaskCancelledError(
                     spec.task_id, f"task {spec.name} was cancelled: the task that "
                     f"submitted it ({parent.hex()}) was cancelled"))
@@ -192,13 +215,15 @@ class SchedulerState:
             else:
                 kids.add(spec.task_id)
         if not self.host.keep_local(spec, self):
+            if owed:
+                self.host.write_lineage(spec)
             if spec.deps and spec.task_id not in self.held:
                 self.directory.pin(spec.deps)
                 self.held[spec.task_id] = spec.deps
             self.infeasible[spec.task_id] = spec
             self.infeasible_added.set()
             return
-        self._enqueue(spec, None)
+        self._enqueue(spec, None, owed)
 
     def accept(self, spec: TaskSpec, dep_node: str | None = None) -> None:
         """Queue ``spec`` here without asking whether to: the global scheduler chose
@@ -230,30 +255,31 @@ class SchedulerState:
         """``spec`` (not queued here) fails with ``error``, delivered to its owner."""
         self._fail(spec, error)
 
-    def _enqueue(self, spec: TaskSpec, dep_node: str | None) -> None:
+    def _enqueue(self, spec: TaskSpec, dep_node: str | None, owed: bool = False) -> None:
+        """Queue ``spec``: ready, or waiting for its arguments. ``owed``: its GCS
+        record is written when it leaves the waiting (see ``submit``)."""
         deps = spec.deps
         if not deps:
             self.ready.append(spec)
             self._wake()
             return
         self.directory.pin(deps)
-        record = [spec, len(deps)]
-        self.waiting[spec.task_id] = record
-        def on_dep(_entry: ObjectEntry) -> None:
-            self._dep_ready(record)
-
+        record = self.waiting[spec.task_id] = WaitingTask(
+            spec, len(deps), self._on_dep_ready, owed)
         for oid in deps:
-            self.directory.when_ready(oid, on_dep)
-        if record[1] != 0:  # some dep is not ready yet
+            self.directory.when_ready(oid, record)
+        if record.missing != 0:  # some dep is not ready yet
             self.host.watch_deps(deps, dep_node)
 
-    def _dep_ready(self, record: list) -> None:
-        record[1] -= 1
-        if record[1] > 0:
+    def _dep_ready(self, record: WaitingTask) -> None:
+        record.missing -= 1
+        if record.missing > 0:
             return
-        spec: TaskSpec = record[0]
+        spec = record.spec
         if self.waiting.pop(spec.task_id, None) is None:
             return  # cancelled meanwhile
+        if record.owed:
+            self.host.write_lineage(spec)
         for oid in spec.deps:
             e = self.directory.entries.get(oid)
             if e is not None and e.is_error:
@@ -413,7 +439,7 @@ class SchedulerState:
             return
         record = self.waiting.pop(task_id, None)
         if record is not None:
-            spec = record[0]
+            spec = record.spec
             self.directory.unpin(spec.deps)
             self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
             return
@@ -456,10 +482,10 @@ class SchedulerState:
             self._forget_edge(spec)
             dropped += 1
         for task_id, record in list(self.waiting.items()):
-            if record[0].owner == owner:
+            if record.spec.owner == owner:
                 del self.waiting[task_id]
-                self.directory.unpin(record[0].deps)
-                self._forget_edge(record[0])
+                self.directory.unpin(record.spec.deps)
+                self._forget_edge(record.spec)
                 dropped += 1
         for spec in [s for s in self.ready if s.owner == owner]:
             self.ready.remove_task(spec.task_id)
@@ -485,10 +511,10 @@ class SchedulerState:
             self._fail(spec, error)
             n += 1
         for task_id, record in list(self.waiting.items()):
-            if match(record[0]):
+            if match(record.spec):
                 del self.waiting[task_id]
-                self.directory.unpin(record[0].deps)
-                self._fail(record[0], error)
+                self.directory.unpin(record.spec.deps)
+                self._fail(record.spec, error)
                 n += 1
         for spec in [s for s in self.ready if match(s)]:
             self.ready.remove_task(spec.task_id)
@@ -669,11 +695,10 @@ class SchedulerState:
         self._release(worker, spec.task_id)
         self._promote(worker)
         self._make_available(worker)
-        record = [spec, len(missing)]
-        self.waiting[spec.task_id] = record
+        record = self.waiting[spec.task_id] = WaitingTask(spec, len(missing), self._on_dep_ready)
         for oid in missing:
-            self.directory.when_ready(oid, lambda _entry: self._dep_ready(record))
-        if record[1] != 0:
+            self.directory.when_ready(oid, record)
+        if record.missing != 0:
             self.host.watch_deps(missing)
 
     def _refuse_too_large(
