@@ -14,12 +14,14 @@ starts no task and sends only the forwarded worker logs.
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
+import trio
 
 import transport
 
@@ -46,6 +48,40 @@ class Client:
     direct_address: str | None = None
     leaving: bool = False  # a driver that said ``bye``: its link closing is its exit
     id_prefix: bytes | None = None  # the prefix of every id it creates (``protocol._ids``)
+    #: messages waiting, in order, for its link to take more (``send_in_order``)
+    backlog: collections.deque[Any] | None = None
+
+    # A node may owe one process more than a link queues without waiting: the
+    # errors of a million tasks queued behind one argument, failed in one step of
+    # the loop when that argument fails. ``send_nowait`` refuses past the link's
+    # limit (64 MiB); what it refuses, and everything after it, waits here in
+    # order, and one task sends it with ``await send()`` as the process reads.
+    # Nothing is dropped, and nothing overtakes what waits.
+
+    def send_in_order(self, message: Any, spawn: Callable[..., Any]) -> None:
+        """Send a one-way ``message`` now, or after what waits for the link to drain
+        (``spawn`` starts the task that sends it); a closed link drops it."""
+        if self.backlog is not None:
+            self.backlog.append(message)
+            return
+        try:
+            self.conn.send_nowait(message)
+        except trio.WouldBlock:
+            self.backlog = collections.deque([message])
+            spawn(self._send_backlog)
+        except transport.TransportError:
+            pass  # its link closed: its departure is handled where links end
+
+    async def _send_backlog(self) -> None:
+        backlog = self.backlog
+        try:
+            while backlog:
+                await self.conn.send(backlog[0])
+                backlog.popleft()
+        except transport.TransportError:
+            pass
+        finally:
+            self.backlog = None
 
 
 @attrs.define(eq=False)

@@ -436,10 +436,7 @@ class NodeRuntime:
             if self.cluster.forwarded_in and results:
                 self.cluster.send_home(task_id_of(results[0][0]), results)
             return
-        try:
-            client.conn.send_nowait(w.ObjectsReady(results))
-        except transport.TransportError:
-            pass
+        client.send_in_order(w.ObjectsReady(results), self.spawn)
 
     def _call_later(self, delay: float, fn: Any) -> None:
         async def later() -> None:

@@ -23,6 +23,7 @@ component restart loses no object.
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,6 +32,8 @@ import attrs
 from ...protocol._messages import ObjectData
 
 __all__ = ["EARLY_FREE_MEMORY", "DirectoryStatistics", "ObjectDirectory", "ObjectEntry"]
+
+logger = logging.getLogger("actorcore.node")
 
 #: Frees of objects not (yet) in the directory that are remembered (``free``).
 EARLY_FREE_MEMORY = 100_000
@@ -112,7 +115,10 @@ class ObjectDirectory:
             # waiter, so that the next run's end, landing in a new entry, would
             # never end its rebuild.
             for i, w in enumerate(waiters):
-                w(e)
+                try:
+                    w(e)
+                except Exception:  # one waiter's failure must not strand the others
+                    logger.exception("a waiter of object %s failed", oid.hex())
                 if not e.ready:
                     rest = waiters[i + 1:]
                     if rest:
