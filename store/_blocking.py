@@ -11,6 +11,7 @@ import trio
 import transport
 
 from . import _messages as m
+from ._arena import header_size, payload_layout
 from ._client import StoreClient
 from ._errors import StoreClosedError
 from ._payload import _location
@@ -46,9 +47,16 @@ class BlockingStoreClient:
         serialized = client._serialize(value, metadata)
         if serialized.total_size < client.inline_threshold:
             return self._run(_put, client, object_id, serialized, take_ref, timeout)
+        meta_len, data_len = len(serialized.metadata), memoryview(serialized.data).nbytes
+        sizes = tuple(serialized.buffer_sizes)
+        need = header_size(len(object_id), len(sizes)) + payload_layout(meta_len, data_len, sizes)[1]
+        lent = client._take_lent(object_id, need)
+        if lent is not None:
+            return self._put_lent(object_id, serialized, lent, need, take_ref)
         reply = client._call_from_thread(m.Create(
             object_id, len(serialized.metadata), memoryview(serialized.data).nbytes,
             tuple(serialized.buffer_sizes), take_ref, seal_follows=True), timeout)
+        client._lend_soon(object_id, need)  # for the next put: answered as this one copies
         try:
             mapping, payload = client._where(reply)
             client._write(mapping, payload, serialized)
@@ -76,6 +84,44 @@ class BlockingStoreClient:
             # Not sent: nothing was counted (a retry creates the object afresh; the
             # service dropped the unsealed block with our connection).
             client._unanswered_seals.pop(object_id, None)
+            if take_ref:
+                if client.refs[object_id] <= 1:
+                    del client.refs[object_id]
+                else:
+                    client.refs[object_id] -= 1
+            if isinstance(exc, trio.RunFinishedError):
+                raise StoreClosedError("the store client's Trio run has finished") from None
+            if isinstance(exc, transport.ConnectionLost):
+                raise StoreClosedError(f"connection to the object store lost: {exc}") from exc
+            raise
+        return serialized.total_size
+
+    def _put_lent(self, object_id: bytes, serialized: SerializedValue, lent: m.Lent,
+                  need: int, take_ref: bool) -> int:
+        """`put` into the block the store lent ahead (``store._core``, "Lending"): no
+        request waited for before the copy; the `Adopt` after it goes without
+        waiting, like a seal that follows."""
+        client = self._client
+        sizes = tuple(serialized.buffer_sizes)
+        payload = lent.offset + header_size(len(object_id), len(sizes))
+        client._lend_soon(object_id, need)  # the next put's: answered as this one copies
+        try:
+            client._write(client._mapping, payload, serialized)
+        except BaseException:
+            client._untake(lent.lend_id)
+            raise
+        adopt = m.Adopt(lent.lend_id, object_id, len(serialized.metadata),
+                        memoryview(serialized.data).nbytes, sizes, take_ref)
+        # The ref is counted here, as for a seal that follows (see `put`).
+        if take_ref:
+            client.refs[object_id] += 1
+        client._adopting(adopt)
+        try:
+            client._conn.request_soon_from_thread(adopt, functools.partial(
+                client._on_adopted, object_id, take_ref, _location(payload, serialized)))
+        except BaseException as exc:
+            client._unanswered_adopts.pop(object_id, None)
+            client._untake(lent.lend_id)
             if take_ref:
                 if client.refs[object_id] <= 1:
                     del client.refs[object_id]

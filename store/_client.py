@@ -179,6 +179,20 @@ class StoreClient:
         # answered yet: a reconnect claims them (the service may have died before
         # reading them). Set from that thread, cleared on the loop.
         self._unanswered_seals: dict[bytes, None] = {}
+        # Lending (``store._core``, "Lending"): the ids this client's puts may adopt
+        # a lent block under (``None``: it asks for none), the block lent to it and
+        # not taken yet, whether one is asked for, the lend ids recalled before
+        # their answer came, and the adopts sent and not answered (object id ->
+        # the message: a reconnect claims them; the service asks for their ids).
+        # ``_lock`` guards the block: a putting thread takes it, the loop installs
+        # and recalls it.
+        self._lend_prefix: bytes | None = None
+        self._lend_size = 0
+        self._lent: m.Lent | None = None
+        self._lend_asked = False
+        self._recalled: set[bytes] = set()
+        self._taken: set[bytes] = set()  # lend ids a put is writing into
+        self._unanswered_adopts: dict[bytes, m.Adopt] = {}
         self.closed = False
 
     @classmethod
@@ -209,9 +223,14 @@ class StoreClient:
                 self._released.clear()  # ids of the old service mean nothing now
             new_views = await conn.request(
                 m.Claim(dict(self.refs), dict(self.pins), list(leases),
-                        list(self._unanswered_seals)), timeout=timeout
+                        list(self._unanswered_seals), list(self._unanswered_adopts.values())),
+                timeout=timeout
             )
             self._unanswered_seals.clear()
+            self._unanswered_adopts.clear()
+            with self._lock:  # the old service's loans went with it
+                self._lent = None
+                self._lend_asked = False
         except BaseException:
             await conn.aclose()
             raise
@@ -646,6 +665,147 @@ class StoreClient:
                 return m.WithReleases(view_ids, message)
         return message
 
+    # -- lending (``store._core``, "Lending"; the puts are `BlockingStoreClient`'s) ----
+
+    async def lend_for(self, prefix: bytes, size: int | None = None) -> None:
+        """From now on, a large put from a thread (`BlockingStoreClient.put`) of an
+        id starting with ``prefix`` copies into a block the store lent this client
+        ahead, without asking (the ``create`` round trip leaves the put's path),
+        and asks for the next block as it starts. Blocks are as large as the
+        largest put yet, and at least ``size`` bytes (default: half the store's
+        warm margin, at most an eighth of the store); the first is asked for now.
+        The ids under ``prefix`` must be this client's alone (its fresh put ids): a
+        lookup of one that finds nothing asks this client first. Costs up to one
+        block of the store while the client lives (``lent`` in the store's
+        statistics), given back when an allocation needs the room."""
+        if not prefix:
+            raise ValueError("lend_for needs a prefix of the ids to put, not b''")
+        if size is None:
+            size = min(self._warm // 2 or self._mapping.size // 8, self._mapping.size // 8)
+        self._lend_size = max(self._lend_size, size)
+        self._lend_prefix = bytes(prefix)
+        with self._lock:
+            if self._lent is not None or self._lend_asked:
+                return
+            self._lend_asked = True
+        try:
+            lent = await self._call(m.Lend(self._lend_size, self._lend_prefix), None)
+        finally:
+            with self._lock:
+                self._lend_asked = False
+        if lent is not None:
+            self._install_lent(lent)
+
+    def _take_lent(self, object_id: bytes, need: int) -> m.Lent | None:
+        """The block lent, taken for ``object_id`` if it fits ``need`` bytes (any
+        thread); a block too small is given back, to be lent again larger."""
+        prefix = self._lend_prefix
+        if prefix is None or not object_id.startswith(prefix):
+            return None
+        with self._lock:
+            lent = self._lent
+            if lent is None:
+                return None
+            self._lent = None
+            if lent.size >= need:
+                self._taken.add(lent.lend_id)
+                return lent
+        self._give_back(lent.lend_id)
+        return None
+
+    def _adopting(self, adopt: m.Adopt) -> None:
+        """A put wrote its object into the block it took: its adopt is about to go."""
+        with self._lock:
+            self._unanswered_adopts[adopt.object_id] = adopt
+            self._taken.discard(adopt.lend_id)
+
+    def _untake(self, lend_id: bytes) -> None:
+        """A put gave up the block it took (it failed), or its adopt was not sent."""
+        with self._lock:
+            self._taken.discard(lend_id)
+        self._give_back(lend_id)
+
+    def _give_back(self, lend_id: bytes) -> None:
+        """Return a lent block (any thread; it goes with the connection otherwise)."""
+        try:
+            if not self._conn.send_from_thread(m.Abort(lend_id)):
+                self._token.run_sync_soon(self._abort, lend_id)
+        except (RuntimeError, transport.TransportError):
+            pass
+
+    def _lend_soon(self, object_id: bytes, need: int) -> None:
+        """Ask for a block for the next put, as large as the largest yet (``need``
+        bytes, this one's), unless one is lent or asked for (a putting thread,
+        before its copy; the answer comes on the loop)."""
+        if self._lend_prefix is None or not object_id.startswith(self._lend_prefix):
+            return
+        self._lend_size = max(self._lend_size, need)
+        with self._lock:
+            if self._lent is not None or self._lend_asked:
+                return
+            self._lend_asked = True
+        try:
+            self._conn.request_soon_from_thread(m.Lend(self._lend_size, self._lend_prefix),
+                                                self._on_lent)
+        except (RuntimeError, transport.TransportError):
+            with self._lock:
+                self._lend_asked = False
+
+    def _on_lent(self, answer: outcome.Outcome[Any]) -> None:
+        """`Lend`'s answer (on the loop)."""
+        with self._lock:
+            self._lend_asked = False
+        try:
+            lent = answer.unwrap()
+        except Exception as exc:
+            logger.debug("the store lent no block: %r", exc)
+            return
+        if lent is not None:
+            self._install_lent(lent)
+
+    def _install_lent(self, lent: m.Lent) -> None:
+        with self._lock:
+            if lent.lend_id in self._recalled:
+                self._recalled.discard(lent.lend_id)
+                return
+            if self._lent is None:
+                self._lent = lent
+                return
+        self._abort(lent.lend_id)  # one is enough
+
+    def _on_recall(self, conn: transport.Connection, message: m.Recall,
+                   reply: transport.Reply) -> None:
+        """The store wants a lent block back: given unless a put is writing into it
+        (then its `Adopt` follows)."""
+        lend_id = message.lend_id
+        with self._lock:
+            if lend_id in self._taken or any(
+                    a.lend_id == lend_id for a in self._unanswered_adopts.values()):
+                given = False
+            elif self._lent is not None and self._lent.lend_id == lend_id:
+                self._lent, given = None, True
+            else:  # lent, its answer not read yet (dropped when it is), or given back
+                self._recalled.add(lend_id)
+                given = True
+        reply.send(given)
+
+    def _on_adopted(self, object_id: bytes, take_ref: bool, location: m.Location,
+                    answer: outcome.Outcome[Any]) -> None:
+        """`Adopt`'s answer (on the loop): the writer's view of its object."""
+        try:
+            view_id = answer.unwrap()
+        except transport.ConnectionLost:
+            return  # the service may not have read it: the reconnect's claim adopts it
+        except Exception as exc:
+            adopt = self._unanswered_adopts.pop(object_id, None)
+            logger.error("the store refused to adopt object %s: %s", object_id.hex(), exc)
+            if adopt is not None:
+                self._abort(adopt.lend_id)
+            return
+        self._unanswered_adopts.pop(object_id, None)
+        if take_ref and view_id is not None:
+            self._lease(object_id, view_id, location, self._mapping)
+
     def _on_sealed(self, object_id: bytes, take_ref: bool, location: m.Location,
                    mapping: Mapping, sealed: outcome.Outcome[Any]) -> None:
         """The answer to a thread's seal sent without waiting (on the loop): the
@@ -673,6 +833,10 @@ async def _dial(
     routes = transport.Dispatcher(f"store client {name}", refuse=_refuse)
     routes.register(m.DropCache, lambda conn, message, reply: box[0]._on_drop_cache(
         conn, message, reply))
+    routes.register(m.Recall, lambda conn, message, reply: box[0]._on_recall(
+        conn, message, reply))
+    routes.register(m.Pending, lambda conn, message, reply: reply.send(
+        list(box[0]._unanswered_adopts)))
     conn = await transport.connect(address, token, name=name, connect_timeout=timeout, handler=routes)
     try:
         hello = await conn.request(m.Hello(), timeout=timeout)
