@@ -726,11 +726,12 @@ class StoreClient:
         self._give_back(lend_id)
 
     def _give_back(self, lend_id: bytes) -> None:
-        """Return a lent block (any thread; it goes with the connection otherwise)."""
+        """Return a lent block (a putting thread: ahead of what it sends next; the
+        block goes with the connection otherwise)."""
         try:
             if not self._conn.send_from_thread(m.Abort(lend_id)):
-                self._token.run_sync_soon(self._abort, lend_id)
-        except (RuntimeError, transport.TransportError):
+                trio.from_thread.run_sync(self._abort, lend_id, trio_token=self._token)
+        except (RuntimeError, trio.RunFinishedError, transport.TransportError):
             pass
 
     def _lend_soon(self, object_id: bytes, need: int) -> None:

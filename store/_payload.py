@@ -6,16 +6,13 @@ arena does."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
 import attrs
 
 from . import _messages as m
 from ._arena import Mapping, payload_layout
 from ._serialize import SerializedValue
-
-if TYPE_CHECKING:
-    from ._client import StoreClient
 
 __all__ = ["Payload"]
 
@@ -32,7 +29,7 @@ class _Lease:
 
     __slots__ = ("__weakref__", "client", "location", "mapping", "object_id", "view_ids")
 
-    def __init__(self, client: StoreClient, object_id: bytes, view_id: int,
+    def __init__(self, client: Any, object_id: bytes, view_id: int,
                  location: m.Location, mapping: Mapping):
         self.client = client
         self.object_id = object_id
