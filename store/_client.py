@@ -50,6 +50,7 @@ import transport
 from . import _messages as m
 from ._arena import Mapping, payload_layout, run_at_low_priority
 from ._errors import BadRequest, StoreClosedError, StoreError
+from ._lending import LendingClient
 from ._payload import Payload, _Lease, _location, _owned, _small_payload
 from ._serialize import SerializedValue, deserialize, serialize
 from ._statistics import StoreStatistics
@@ -143,7 +144,7 @@ class ObjectWriter:
             await self.seal()
 
 
-class StoreClient:
+class StoreClient(LendingClient):
     """A connection to the node's store service (see the module docstring).
 
     ``client = await StoreClient.connect(address, token)``; close with ``aclose()``
@@ -664,148 +665,6 @@ class StoreClient:
             if view_ids:
                 return m.WithReleases(view_ids, message)
         return message
-
-    # -- lending (``store._core``, "Lending"; the puts are `BlockingStoreClient`'s) ----
-
-    async def lend_for(self, prefix: bytes, size: int | None = None) -> None:
-        """From now on, a large put from a thread (`BlockingStoreClient.put`) of an
-        id starting with ``prefix`` copies into a block the store lent this client
-        ahead, without asking (the ``create`` round trip leaves the put's path),
-        and asks for the next block as it starts. Blocks are as large as the
-        largest put yet, and at least ``size`` bytes (default: half the store's
-        warm margin, at most an eighth of the store); the first is asked for now.
-        The ids under ``prefix`` must be this client's alone (its fresh put ids): a
-        lookup of one that finds nothing asks this client first. Costs up to one
-        block of the store while the client lives (``lent`` in the store's
-        statistics), given back when an allocation needs the room."""
-        if not prefix:
-            raise ValueError("lend_for needs a prefix of the ids to put, not b''")
-        if size is None:
-            size = min(self._warm // 2 or self._mapping.size // 8, self._mapping.size // 8)
-        self._lend_size = max(self._lend_size, size)
-        self._lend_prefix = bytes(prefix)
-        with self._lock:
-            if self._lent is not None or self._lend_asked:
-                return
-            self._lend_asked = True
-        try:
-            lent = await self._call(m.Lend(self._lend_size, self._lend_prefix), None)
-        finally:
-            with self._lock:
-                self._lend_asked = False
-        if lent is not None:
-            self._install_lent(lent)
-
-    def _take_lent(self, object_id: bytes, need: int) -> m.Lent | None:
-        """The block lent, taken for ``object_id`` if it fits ``need`` bytes (any
-        thread); a block too small is given back, to be lent again larger."""
-        prefix = self._lend_prefix
-        if prefix is None or not object_id.startswith(prefix):
-            return None
-        with self._lock:
-            lent = self._lent
-            if lent is None:
-                return None
-            self._lent = None
-            if lent.size >= need:
-                self._taken.add(lent.lend_id)
-                return lent
-        self._give_back(lent.lend_id)
-        return None
-
-    def _adopting(self, adopt: m.Adopt) -> None:
-        """A put wrote its object into the block it took: its adopt is about to go."""
-        with self._lock:
-            self._unanswered_adopts[adopt.object_id] = adopt
-            self._taken.discard(adopt.lend_id)
-
-    def _untake(self, lend_id: bytes) -> None:
-        """A put gave up the block it took (it failed), or its adopt was not sent."""
-        with self._lock:
-            self._taken.discard(lend_id)
-        self._give_back(lend_id)
-
-    def _give_back(self, lend_id: bytes) -> None:
-        """Return a lent block (a putting thread: ahead of what it sends next; the
-        block goes with the connection otherwise)."""
-        try:
-            if not self._conn.send_from_thread(m.Abort(lend_id)):
-                trio.from_thread.run_sync(self._abort, lend_id, trio_token=self._token)
-        except (RuntimeError, trio.RunFinishedError, transport.TransportError):
-            pass
-
-    def _lend_soon(self, object_id: bytes, need: int) -> None:
-        """Ask for a block for the next put, as large as the largest yet (``need``
-        bytes, this one's), unless one is lent or asked for (a putting thread,
-        before its copy; the answer comes on the loop)."""
-        if self._lend_prefix is None or not object_id.startswith(self._lend_prefix):
-            return
-        self._lend_size = max(self._lend_size, need)
-        with self._lock:
-            if self._lent is not None or self._lend_asked:
-                return
-            self._lend_asked = True
-        try:
-            self._conn.request_soon_from_thread(m.Lend(self._lend_size, self._lend_prefix),
-                                                self._on_lent)
-        except (RuntimeError, transport.TransportError):
-            with self._lock:
-                self._lend_asked = False
-
-    def _on_lent(self, answer: outcome.Outcome[Any]) -> None:
-        """`Lend`'s answer (on the loop)."""
-        with self._lock:
-            self._lend_asked = False
-        try:
-            lent = answer.unwrap()
-        except Exception as exc:
-            logger.debug("the store lent no block: %r", exc)
-            return
-        if lent is not None:
-            self._install_lent(lent)
-
-    def _install_lent(self, lent: m.Lent) -> None:
-        with self._lock:
-            if lent.lend_id in self._recalled:
-                self._recalled.discard(lent.lend_id)
-                return
-            if self._lent is None:
-                self._lent = lent
-                return
-        self._abort(lent.lend_id)  # one is enough
-
-    def _on_recall(self, conn: transport.Connection, message: m.Recall,
-                   reply: transport.Reply) -> None:
-        """The store wants a lent block back: given unless a put is writing into it
-        (then its `Adopt` follows)."""
-        lend_id = message.lend_id
-        with self._lock:
-            if lend_id in self._taken or any(
-                    a.lend_id == lend_id for a in self._unanswered_adopts.values()):
-                given = False
-            elif self._lent is not None and self._lent.lend_id == lend_id:
-                self._lent, given = None, True
-            else:  # lent, its answer not read yet (dropped when it is), or given back
-                self._recalled.add(lend_id)
-                given = True
-        reply.send(given)
-
-    def _on_adopted(self, object_id: bytes, take_ref: bool, location: m.Location,
-                    answer: outcome.Outcome[Any]) -> None:
-        """`Adopt`'s answer (on the loop): the writer's view of its object."""
-        try:
-            view_id = answer.unwrap()
-        except transport.ConnectionLost:
-            return  # the service may not have read it: the reconnect's claim adopts it
-        except Exception as exc:
-            adopt = self._unanswered_adopts.pop(object_id, None)
-            logger.error("the store refused to adopt object %s: %s", object_id.hex(), exc)
-            if adopt is not None:
-                self._abort(adopt.lend_id)
-            return
-        self._unanswered_adopts.pop(object_id, None)
-        if take_ref and view_id is not None:
-            self._lease(object_id, view_id, location, self._mapping)
 
     def _on_sealed(self, object_id: bytes, take_ref: bool, location: m.Location,
                    mapping: Mapping, sealed: outcome.Outcome[Any]) -> None:
