@@ -14,13 +14,8 @@ end dispatches through one `transport.Dispatcher`, and a message it does not han
 or with fields of the wrong type, fails with `BadRequest` while it serves on.
 """
 
-from ._client import (
-    BlockingStoreClient,
-    ObjectWriter,
-    Payload,
-    StoreClient,
-    StoreClientStatistics,
-)
+from ._blocking import BlockingStoreClient
+from ._client import ObjectWriter, StoreClient, StoreClientStatistics
 from ._core import StoreCore
 from ._errors import (
     BadRequest,
@@ -32,6 +27,7 @@ from ._errors import (
     StoreClosedError,
     StoreError,
 )
+from ._payload import Payload
 from ._serialize import SerializedValue, deserialize, serialize
 from ._service import ObjectStoreService
 from ._session import arena_path, cleanup_session, cleanup_stale_sessions, session_files

@@ -109,6 +109,27 @@ class Allocator:
         self.used_bytes += size
         return offset, size, remainder
 
+    def shrink(self, offset: int, nbytes: int) -> tuple[int, tuple[int, int] | None]:
+        """Cut the used block at ``offset`` down to ``nbytes`` (aligned), its tail
+        freed when that is worth a block of its own. Returns the block's size now
+        and the merged free block the tail went into (``None``: kept whole)."""
+        size = self._used.get(offset)
+        if size is None:
+            raise ValueError(f"no used block at offset {offset}")
+        need = max(align(nbytes), ALIGNMENT)
+        if need > size:
+            raise ValueError(f"cannot shrink the block at {offset} of {size} bytes to {need}")
+        if size - need < MIN_SPLIT:
+            return size, None
+        self._used[offset] = need
+        self.used_bytes -= size - need
+        tail, tail_size = offset + need, size - need
+        following = offset + size
+        if following in self._free:
+            tail_size += self._remove_free(following)
+        self._insert_free(tail, tail_size)
+        return need, (tail, tail_size)
+
     def free(self, offset: int) -> tuple[int, int]:
         """Free the used block at ``offset``; returns the merged free ``(offset, size)``."""
         try:

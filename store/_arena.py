@@ -453,6 +453,16 @@ class Arena:
         # The caller writes the used header next (write_block).
         return offset, size
 
+    def shrink(self, offset: int, nbytes: int) -> int:
+        """Cut the used block at ``offset`` down to ``nbytes``, its tail freed (its
+        free header written here, before the caller rewrites the block's own: a
+        crash between the two leaves the old header, which covers the tail);
+        returns the block's size now."""
+        size, tail = self.allocator.shrink(offset, nbytes)
+        if tail is not None:
+            self.write_free(*tail)
+        return size
+
     def prefault(self, start: int, end: int) -> None:
         """Allocate and zero the file's pages in ``[start, end)`` now (the module
         docstring, 1.), so that the first write there does not wait for the kernel.

@@ -1,4 +1,6 @@
-"""Clients of the store service: `StoreClient` (Trio) and `BlockingStoreClient`.
+"""The Trio client of the store service, `StoreClient` (`BlockingStoreClient`, in
+``_blocking``, serves threads without Trio; the leases and payloads it hands out
+are in ``_payload``).
 
 A client talks to the service over one authenticated connection and maps the arena
 file itself: ``put`` asks the service for a block (``create``), copies the serialised
@@ -36,7 +38,7 @@ import pickle
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -48,10 +50,12 @@ import transport
 from . import _messages as m
 from ._arena import Mapping, payload_layout, run_at_low_priority
 from ._errors import BadRequest, StoreClosedError, StoreError
+from ._lending import LendingClient
+from ._payload import Payload, _Lease, _location, _owned, _small_payload
 from ._serialize import SerializedValue, deserialize, serialize
 from ._statistics import StoreStatistics
 
-__all__ = ["BlockingStoreClient", "Payload", "StoreClient", "StoreClientStatistics"]
+__all__ = ["ObjectWriter", "StoreClient", "StoreClientStatistics"]
 
 logger = logging.getLogger("store.client")
 
@@ -65,11 +69,6 @@ REPLY_MARGIN = 10.0
 IN_BAND = 16 * 1024
 #: At most this many leases are kept cached after their views die.
 MAX_CACHED_LEASES = 4096
-
-
-def _location(payload: int, serialized: SerializedValue) -> m.Location:
-    data_len = memoryview(serialized.data).nbytes
-    return m.Location(payload, len(serialized.metadata), data_len, tuple(serialized.buffer_sizes))
 
 
 @attrs.frozen(kw_only=True)
@@ -96,42 +95,6 @@ class StoreClientStatistics:
     mapped_ahead: int
     map_ahead_seconds: float
     closed: bool
-
-
-class _Lease:
-    """Keeps one object's memory from being reused while views of it live."""
-
-    __slots__ = ("__weakref__", "client", "location", "mapping", "object_id", "view_ids")
-
-    def __init__(self, client: StoreClient, object_id: bytes, view_id: int,
-                 location: m.Location, mapping: Mapping):
-        self.client = client
-        self.object_id = object_id
-        self.view_ids = [view_id]
-        self.location = location
-        self.mapping = mapping
-
-    def serialized(self) -> SerializedValue:
-        location = self.location
-        payload, meta_len, data_len = location.payload, location.meta_len, location.data_len
-        sizes = location.buffer_sizes
-        offsets, _ = payload_layout(meta_len, data_len, sizes)
-        view = self.mapping.view
-        base = self.mapping.address + payload
-        import pyarrow as pa  # at first use: the module docstring
-
-        buffers = [pa.foreign_buffer(base + o, s, base=self) for o, s in zip(offsets, sizes, strict=True)]
-        return SerializedValue(
-            data=bytes(view[payload + meta_len : payload + meta_len + data_len]),
-            buffers=buffers,
-            metadata=bytes(view[payload : payload + meta_len]),
-        )
-
-    def __del__(self) -> None:
-        try:
-            self.client._release_soon(self.view_ids)
-        except Exception as exc:  # interpreter shutdown, loop gone: the connection drop frees it
-            logger.debug("releasing %d view(s) failed: %r", len(self.view_ids), exc)
 
 
 class ObjectWriter:
@@ -181,7 +144,7 @@ class ObjectWriter:
             await self.seal()
 
 
-class StoreClient:
+class StoreClient(LendingClient):
     """A connection to the node's store service (see the module docstring).
 
     ``client = await StoreClient.connect(address, token)``; close with ``aclose()``
@@ -217,6 +180,20 @@ class StoreClient:
         # answered yet: a reconnect claims them (the service may have died before
         # reading them). Set from that thread, cleared on the loop.
         self._unanswered_seals: dict[bytes, None] = {}
+        # Lending (``store._core``, "Lending"): the ids this client's puts may adopt
+        # a lent block under (``None``: it asks for none), the block lent to it and
+        # not taken yet, whether one is asked for, the lend ids recalled before
+        # their answer came, and the adopts sent and not answered (object id ->
+        # the message: a reconnect claims them; the service asks for their ids).
+        # ``_lock`` guards the block: a putting thread takes it, the loop installs
+        # and recalls it.
+        self._lend_prefix: bytes | None = None
+        self._lend_size = 0
+        self._lent: m.Lent | None = None
+        self._lend_asked = False
+        self._recalled: set[bytes] = set()
+        self._taken: set[bytes] = set()  # lend ids a put is writing into
+        self._unanswered_adopts: dict[bytes, m.Adopt] = {}
         self.closed = False
 
     @classmethod
@@ -247,9 +224,14 @@ class StoreClient:
                 self._released.clear()  # ids of the old service mean nothing now
             new_views = await conn.request(
                 m.Claim(dict(self.refs), dict(self.pins), list(leases),
-                        list(self._unanswered_seals)), timeout=timeout
+                        list(self._unanswered_seals), list(self._unanswered_adopts.values())),
+                timeout=timeout
             )
             self._unanswered_seals.clear()
+            self._unanswered_adopts.clear()
+            with self._lock:  # the old service's loans went with it
+                self._lent = None
+                self._lend_asked = False
         except BaseException:
             await conn.aclose()
             raise
@@ -711,6 +693,10 @@ async def _dial(
     routes = transport.Dispatcher(f"store client {name}", refuse=_refuse)
     routes.register(m.DropCache, lambda conn, message, reply: box[0]._on_drop_cache(
         conn, message, reply))
+    routes.register(m.Recall, lambda conn, message, reply: box[0]._on_recall(
+        conn, message, reply))
+    routes.register(m.Pending, lambda conn, message, reply: reply.send(
+        list(box[0]._unanswered_adopts)))
     conn = await transport.connect(address, token, name=name, connect_timeout=timeout, handler=routes)
     try:
         hello = await conn.request(m.Hello(), timeout=timeout)
@@ -735,164 +721,3 @@ def _local_error(error: transport.RemoteError) -> Exception:
     if isinstance(remote, StoreError | ValueError | TypeError):
         return remote
     return error
-
-
-@attrs.frozen(kw_only=True)
-class Payload:
-    """An object's payload and layout, from `StoreClient.payload`: what a
-    receiving store's `StoreClient.create` needs, and the bytes to fill it with."""
-
-    meta_len: int
-    data_len: int
-    buffer_sizes: tuple[int, ...]
-    view: memoryview  # read-only; keeps the object's memory leased while it lives
-
-    @property
-    def size(self) -> int:
-        return self.view.nbytes
-
-
-def _small_payload(value: SerializedValue) -> Payload:
-    """The payload bytes of a small value the store copied out, laid out as in the
-    arena (metadata, data, then each buffer at its aligned offset)."""
-    meta = memoryview(value.metadata).cast("B")
-    data = memoryview(value.data).cast("B")
-    buffers = [memoryview(b).cast("B") for b in value.buffers]
-    sizes = tuple(b.nbytes for b in buffers)
-    offsets, length = payload_layout(meta.nbytes, data.nbytes, sizes)
-    out = bytearray(length)
-    out[: meta.nbytes] = meta
-    out[meta.nbytes : meta.nbytes + data.nbytes] = data
-    for offset, buffer in zip(offsets, buffers, strict=True):
-        out[offset : offset + buffer.nbytes] = buffer
-    return Payload(meta_len=meta.nbytes, data_len=data.nbytes, buffer_sizes=sizes,
-                   view=memoryview(bytes(out)))
-
-
-def _owned(value: SerializedValue) -> SerializedValue:
-    """A copy that shares no memory with the caller's objects or a received frame."""
-    return SerializedValue(
-        data=bytes(value.data), buffers=[bytes(b) for b in value.buffers],
-        metadata=bytes(value.metadata),
-    )
-
-
-class BlockingStoreClient:
-    """`StoreClient` for a thread that is not running Trio (a worker's user code).
-
-    Calls hop into the Trio run with `trio.from_thread.run` (``trio_token`` defaults
-    to the current run's when built inside it), but for a large ``put``: it
-    serialises and copies in the calling thread, which asks the store for the block
-    (``create``) itself, the answer handed to it by the connection's reader
-    (`transport.Connection.request_from_thread`: no hop into the loop and out, 0.3 ms
-    each on this machine), and sends the seal without waiting for the answer
-    (`Create.seal_follows`). Values from ``get`` are deserialised in the calling
-    thread, over the same zero-copy views.
-    """
-
-    def __init__(self, client: StoreClient, trio_token: trio.lowlevel.TrioToken | None = None):
-        self._client = client
-        self._token = trio_token or client._token
-
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return trio.from_thread.run(fn, *args, trio_token=self._token)
-
-    def put(self, object_id: bytes, value: Any, *, metadata: bytes = b"", take_ref: bool = True,
-            timeout: float | None = 60.0) -> int:
-        client = self._client
-        serialized = client._serialize(value, metadata)
-        if serialized.total_size < client.inline_threshold:
-            return self._run(_put, client, object_id, serialized, take_ref, timeout)
-        reply = client._call_from_thread(m.Create(
-            object_id, len(serialized.metadata), memoryview(serialized.data).nbytes,
-            tuple(serialized.buffer_sizes), take_ref, seal_follows=True), timeout)
-        try:
-            mapping, payload = client._where(reply)
-            client._write(mapping, payload, serialized)
-        except BaseException:
-            self._abort(object_id)
-            raise
-        # The seal goes without waiting for its answer (`Create.seal_follows`: the
-        # store makes every lookup of the object wait for it); the answer, on the
-        # loop, leases the writer's view (`_on_sealed`). The writer's ref is counted
-        # here, before the seal leaves, and not on the loop: waking the loop thread
-        # now makes it take the GIL from this one as the seal is written (measured:
-        # 0.2-23.6 ms, median 6.8, at load 9). That is safe because no one else
-        # touches this id's count before this returns (nobody else knows the id;
-        # a retry of the put runs in this thread), `Counter` creates the key in one
-        # store, and what the loop does with other keys meanwhile is its own.
-        location = _location(payload, serialized)
-        if take_ref:
-            client.refs[object_id] += 1
-        client._unanswered_seals[object_id] = None
-        try:
-            client._conn.request_soon_from_thread(
-                m.Seal(object_id, take_ref),
-                functools.partial(client._on_sealed, object_id, take_ref, location, mapping))
-        except BaseException as exc:
-            # Not sent: nothing was counted (a retry creates the object afresh; the
-            # service dropped the unsealed block with our connection).
-            client._unanswered_seals.pop(object_id, None)
-            if take_ref:
-                if client.refs[object_id] <= 1:
-                    del client.refs[object_id]
-                else:
-                    client.refs[object_id] -= 1
-            if isinstance(exc, trio.RunFinishedError):
-                raise StoreClosedError("the store client's Trio run has finished") from None
-            if isinstance(exc, transport.ConnectionLost):
-                raise StoreClosedError(f"connection to the object store lost: {exc}") from exc
-            raise
-        return serialized.total_size
-
-    def _abort(self, object_id: bytes) -> None:
-        """Give up an unsealed object (from this thread if the link is idle)."""
-        try:
-            if self._client._conn.send_from_thread(m.Abort(object_id)):
-                return
-            trio.from_thread.run_sync(self._client._abort, object_id, trio_token=self._token)
-        except (trio.RunFinishedError, transport.TransportError):
-            pass  # the service drops our unsealed blocks with the connection
-
-    def get(self, object_id: bytes, *, timeout: float | None = None) -> Any:
-        return deserialize(self.get_serialized(object_id, timeout=timeout))
-
-    def get_serialized(self, object_id: bytes, *, timeout: float | None = None) -> SerializedValue:
-        lease = self._client._leases.get(object_id)
-        if lease is not None:  # no hop at all
-            return lease.serialized()
-        small = self._client._small.get(object_id)
-        if small is not None:
-            return small
-        return self._run(_get_serialized, self._client, object_id, timeout)
-
-    def contains(self, object_id: bytes) -> bool:
-        return self._run(self._client.contains, object_id)
-
-    def add_ref(self, object_id: bytes, count: int = 1) -> None:
-        self._run(self._client.add_ref, object_id, count)
-
-    def remove_ref(self, object_id: bytes, count: int = 1) -> None:
-        self._run(self._client.remove_ref, object_id, count)
-
-    def pin(self, object_id: bytes) -> None:
-        self._run(self._client.pin, object_id)
-
-    def unpin(self, object_id: bytes) -> None:
-        self._run(self._client.unpin, object_id)
-
-    def delete(self, object_id: bytes) -> bool:
-        return self._run(self._client.delete, object_id)
-
-    def store_statistics(self) -> StoreStatistics:
-        return self._run(self._client.store_statistics)
-
-
-async def _put(client: StoreClient, object_id: bytes, serialized: SerializedValue,
-               take_ref: bool, timeout: float | None) -> int:  # noqa: ASYNC109
-    return await client.put(object_id, serialized, take_ref=take_ref, timeout=timeout)
-
-
-async def _get_serialized(client: StoreClient, object_id: bytes, timeout: float | None):  # noqa: ASYNC109
-    return await client.get_serialized(object_id, timeout=timeout)
-

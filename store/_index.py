@@ -20,6 +20,7 @@ from . import _spill
 from ._arena import SEALED, Arena, BlockInfo, header_size, payload_layout
 from ._entry import Client, Entry
 from ._errors import ObjectNotFoundError
+from ._messages import Adopt
 
 __all__ = ["ObjectIndex", "payload_len", "spill_header_len"]
 
@@ -271,10 +272,29 @@ class ObjectIndex:
                 self.maybe_free(entry)
 
     def claim(self, client: Client, refs: dict, pins: dict, views: Sequence[bytes],
-              sealed: Sequence[bytes] = ()) -> dict:
+              sealed: Sequence[bytes] = (), adopts: Sequence[Adopt] = ()) -> dict:
         """A client (re)attaches what it held before the service restarted, and seals
         the objects it had sent a seal for that the old service never answered
-        (``sealed``; those found unsealed in the arena at start)."""
+        (``sealed``; those found unsealed in the arena at start), and likewise makes
+        the blocks lent to it that it had sent an `Adopt` for those objects
+        (``adopts``; found unsealed under their lend ids)."""
+        for adopt in adopts:
+            block = self.unsealed_found.get(adopt.lend_id)
+            sizes = tuple(adopt.buffer_sizes)
+            need = header_size(len(adopt.object_id), len(sizes)) + payload_layout(
+                adopt.meta_len, adopt.data_len, sizes)[1]
+            if block is None or adopt.object_id in self.entries or need > block.size:
+                continue
+            del self.unsealed_found[adopt.lend_id]
+            self.quarantined.remove(block.offset)
+            payload = self.arena.write_block(block.offset, block.size, adopt.object_id,
+                                             adopt.meta_len, adopt.data_len, sizes)
+            self.arena.set_state(block.offset, SEALED)
+            self.entries[adopt.object_id] = Entry(
+                adopt.object_id, "sealed", adopt.meta_len + adopt.data_len + sum(sizes),
+                adopt.meta_len, adopt.data_len, sizes, block_offset=block.offset,
+                block_size=block.size, payload_offset=payload)
+            self.lru[adopt.object_id] = None
         for object_id in sealed:
             block = self.unsealed_found.pop(object_id, None)
             if block is None or object_id in self.entries:

@@ -53,6 +53,7 @@ from ._serialize import SerializedValue
 __all__ = [
     "Abort",
     "AddRef",
+    "Adopt",
     "Claim",
     "Contains",
     "Create",
@@ -64,11 +65,15 @@ __all__ = [
     "Hello",
     "Info",
     "InlineValue",
+    "Lend",
+    "Lent",
     "Location",
     "ObjectInfo",
     "OnDisk",
+    "Pending",
     "Pin",
     "PutInline",
+    "Recall",
     "ReadChunk",
     "Release",
     "RemoveRef",
@@ -103,6 +108,13 @@ def _blobs(instance: Any, attribute: Any, value: Any) -> None:
     if type(value) is not list or any(not isinstance(b, _blob_types) for b in value):
         raise TypeError(f"'{attribute.name}' must be a list of bytes-like buffers, "
                         f"got {value!r:.100}")
+
+
+def _adopts(instance: Any, attribute: Any, value: Any) -> None:
+    if type(value) is not list or any(type(a) is not Adopt for a in value):
+        raise TypeError(f"'{attribute.name}' must be a list of Adopt, got {value!r:.100}")
+
+
 _timeout = v.optional(v.instance_of((int, float)))
 
 
@@ -320,6 +332,9 @@ class Claim:
     #: written every byte before the seal left).
     sealed: list[bytes] = attrs.field(
         factory=list, metadata=transport.check(v.deep_iterable(_id, v.instance_of(list))))
+    #: Adopts the client sent and never got the answer to, likewise: the blocks
+    #: lent, found unsealed under their lend ids, become those objects now.
+    adopts: list[Adopt] = attrs.field(factory=list, metadata=transport.check(_adopts))
 
 
 @transport.message
@@ -384,6 +399,66 @@ class Abort:
 class DropCache:
     """The store runs out of spill candidates: let go of cached leases (the releases
     are sent before the answer)."""
+
+
+# A block lent to a writer ahead of its puts (``store._core``, "Lending"): the
+# writer copies its next large value into it without asking, then `Adopt`\s it.
+
+
+@transport.compact
+@transport.message
+class Lend:
+    """Lend this client a block of ``size`` bytes (an object's whole block: its
+    header and payload) for a put to come, under an id starting with ``prefix``
+    (lookups of such ids that find nothing ask the client first: `Pending`).
+    Answered with `Lent`, or ``None`` when the block does not fit without
+    spilling (nothing is spilled for a loan)."""
+
+    size: int = attrs.field(metadata=transport.check(_size))
+    prefix: bytes = attrs.field(metadata=transport.check(_id))
+
+
+@transport.message
+class Lent:
+    """A block lent (built by the service, so not validated): its id in the store,
+    its offset in the arena and its size. The writer's object goes at ``offset``,
+    its payload right after the object's header (`store._arena.header_size`)."""
+
+    lend_id: bytes
+    offset: int
+    size: int
+
+
+@transport.compact
+@transport.message
+class Adopt:
+    """The block lent as ``lend_id`` holds ``object_id`` now, written in full: the
+    store makes it that object, sealed (the writer sends this without waiting and
+    hands the id out at once). Answered as `Seal` ``with_view=take_ref`` is."""
+
+    lend_id: bytes = attrs.field(metadata=transport.check(_id))
+    object_id: bytes = attrs.field(metadata=transport.check(_id))
+    meta_len: int = attrs.field(metadata=transport.check(_size))
+    data_len: int = attrs.field(metadata=transport.check(_size))
+    buffer_sizes: tuple[int, ...] = attrs.field(metadata=transport.check(_sizes))
+    take_ref: bool = attrs.field(metadata=transport.check(_flag))
+
+
+@transport.message
+class Recall:
+    """The store wants the block lent as ``lend_id`` back (sent by the service to its
+    client when an allocation does not fit). Answered ``True``: given back, the
+    writer will not touch it; ``False``: a put is writing into it, and its `Adopt`
+    follows."""
+
+    lend_id: bytes
+
+
+@transport.message
+class Pending:
+    """Which objects the client adopted (`Adopt` sent) without the answer yet
+    (sent by the service to a client it lent blocks to, before it tells a reader
+    that an id with that client's prefix is not here)."""
 
 
 # Each class above travels as its extension code, not its module and name

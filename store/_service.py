@@ -151,6 +151,7 @@ class ObjectStoreService:
                 arena, prefix=self.prefix, spill_dir=self.spill_dir, recovered=recovered,
                 inline_threshold=self.inline_threshold, disk_fallback=self.disk_fallback,
                 disk_threshold=self.disk_threshold, reclaim=self._reclaim,
+                recall=self._recall, pending=self._pending,
             )
             self._core = core
             if recovered or core.index.entries:
@@ -342,6 +343,8 @@ class ObjectStoreService:
         d.register(m.PutInline, self._on_put_inline)
         d.register(m.Create, self._on_create)
         d.register(m.Seal, self._on_seal)
+        d.register(m.Lend, self._on_lend)
+        d.register(m.Adopt, self._on_adopt)
         d.register(m.Contains, self._on_contains)
         d.register(m.Missing, self._on_missing)
         d.register(m.Pin, self._on_pin)
@@ -365,7 +368,16 @@ class ObjectStoreService:
         self._running_core().release_views(conn, msg.view_ids)
 
     def _on_add_ref(self, conn: transport.Connection, msg: m.AddRef) -> None:
-        self._running_core().add_ref(conn, msg.object_id, msg.count)
+        core = self._running_core()
+        adopting = core.may_be_adopting(msg.object_id)
+        core.add_ref(conn, msg.object_id, msg.count)
+        if adopting and self._nursery is not None:  # kept aside: see `StoreCore.add_ref`
+            self._nursery.start_soon(self._settle_refs, core, msg.object_id)
+
+    @staticmethod
+    async def _settle_refs(core: StoreCore, object_id: bytes) -> None:
+        await core.adopted(object_id)
+        core.drop_deferred_refs(object_id)
 
     def _on_remove_ref(self, conn: transport.Connection, msg: m.RemoveRef) -> None:
         self._running_core().remove_ref(conn, msg.object_id, msg.count)
@@ -412,7 +424,32 @@ class ObjectStoreService:
     def _on_seal(self, conn: transport.Connection, msg: m.Seal, reply: transport.Reply) -> None:
         reply.send(self._running_core().seal(conn, msg.object_id, msg.with_view))
 
-    # Lookups of objects whose seal is on its way (``StoreCore.sealing``) wait for it:
+    def _on_lend(self, conn: transport.Connection, msg: m.Lend, reply: transport.Reply) -> None:
+        reply.send(self._running_core().lend(conn, msg.size, msg.prefix))
+
+    def _on_adopt(self, conn: transport.Connection, msg: m.Adopt, reply: transport.Reply) -> None:
+        reply.send(self._running_core().adopt(conn, msg))
+
+    async def _recall(self, conn: Any, lend_id: bytes) -> bool:
+        """Ask ``conn``'s client for the block lent to it as ``lend_id`` (`StoreCore`)."""
+        try:
+            return bool(await conn.request(m.Recall(lend_id), timeout=5.0))
+        except transport.TransportError as exc:
+            logger.info("%s: %s did not give back its lent block: %s", self.name,
+                        conn.peer_name, exc)
+            return False
+
+    async def _pending(self, conn: Any) -> Sequence[bytes]:
+        """Ask ``conn``'s client which adopts it sent unanswered (`StoreCore`)."""
+        try:
+            return list(await conn.request(m.Pending(), timeout=5.0))
+        except transport.TransportError as exc:
+            logger.info("%s: %s did not say which adopts it sent: %s", self.name,
+                        conn.peer_name, exc)
+            return []
+
+    # Lookups of objects whose seal is on its way (``StoreCore.sealing``), or whose
+    # adopt may be (``StoreCore.may_be_adopting``: the writer is asked), wait for it:
     # `_after_seals` answers at once when none of the ids is such an object (always,
     # but for the instant between a put's return and its seal being read), else
     # from a task once they are settled.
@@ -421,7 +458,7 @@ class ObjectStoreService:
                      answer: Callable[[], Any]) -> None:
         """Answer ``reply`` with ``answer()`` once none of ``object_ids`` is sealing."""
         core = self._running_core()
-        if any(core.sealing(oid) for oid in object_ids):
+        if any(core.sealing(oid) or core.may_be_adopting(oid) for oid in object_ids):
             self._later(reply, self._settle_then, core, object_ids, answer)
         else:
             reply.send(answer())
@@ -430,6 +467,8 @@ class ObjectStoreService:
     async def _settle_then(core: StoreCore, object_ids: Sequence[bytes],
                            answer: Callable[[], Any]) -> Any:
         for object_id in object_ids:
+            if core.may_be_adopting(object_id):
+                await core.adopted(object_id)
             await core.settled(object_id)
         return answer()
 
@@ -477,7 +516,8 @@ class ObjectStoreService:
         self._after_seals(reply, [msg.object_id], info)
 
     def _on_claim(self, conn: transport.Connection, msg: m.Claim, reply: transport.Reply) -> None:
-        reply.send(self._running_core().claim(conn, msg.refs, msg.pins, msg.views, msg.sealed))
+        reply.send(self._running_core().claim(conn, msg.refs, msg.pins, msg.views, msg.sealed,
+                                              msg.adopts))
 
     def _on_statistics(self, conn: transport.Connection, msg: m.Statistics,
                        reply: transport.Reply) -> None:

@@ -34,13 +34,17 @@ class Spiller:
     docstring).
 
     ``reclaim(clients)``: asks clients to drop the views they cache, when nothing
-    else can be spilled (the service's, or ``None``).
+    else can be spilled (the service's, or ``None``). ``recall()``: asks writers for
+    the blocks lent to them, before anything is spilled; whether any came back
+    (`StoreCore.recall_lent`, or ``None``).
     """
 
     def __init__(self, arena: Arena, index: ObjectIndex, *, prefix: str,
                  spill_dir: str | None, disk_fallback: bool, disk_threshold: float,
-                 reclaim: Callable[[set[Client]], Awaitable[Any]] | None = None) -> None:
+                 reclaim: Callable[[set[Client]], Awaitable[Any]] | None = None,
+                 recall: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.arena = arena
+        self.recall = recall
         self.prefix = prefix
         self.spill_dir = spill_dir
         self.disk_fallback = disk_fallback
@@ -125,11 +129,17 @@ class Spiller:
         if need > self.capacity:  # spilling everything would not make room
             raise self.full_error(need, object_id)
         async with self._alloc_lock:
-            asked = False
+            asked = recalled = False
             while True:
                 got = self.arena.allocate(need)
                 if got is not None:
                     return got
+                if not recalled and self.recall is not None:
+                    # Blocks lent to writers ahead of their puts go back before any
+                    # object goes to disk.
+                    recalled = True
+                    if await self.recall():
+                        continue
                 entries = self._index.entries
                 victim = next(
                     (entries[oid] for oid in self._index.lru if self._spillable(entries[oid])),

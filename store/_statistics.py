@@ -16,8 +16,10 @@ class StoreStatistics:
 
     Attributes:
       capacity: the shared-memory budget in bytes (the arena's size).
-      used: bytes of the arena allocated, sealed or not; largest_free: the largest
-        block that could be allocated now without spilling.
+      used: bytes of the arena allocated to objects, sealed or not; lent: bytes
+        lent to writers ahead of their puts (recalled before anything is spilled);
+        largest_free: the largest block that could be allocated now without
+        spilling.
       count: objects sealed (``in_memory``) or ``spilled`` to disk; unsealed:
         objects being written; spilled_bytes: payload bytes of the spilled ones.
       small: objects below ``inline_threshold`` bytes (those normally travel inside
@@ -38,6 +40,7 @@ class StoreStatistics:
 
     capacity: int
     used: int = 0
+    lent: int = 0
     largest_free: int = 0
     count: int = 0
     in_memory: int = 0

@@ -46,6 +46,7 @@ import trio
 import transport
 
 from ..exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError
+from ..protocol._ids import put_id_prefix
 from ..protocol._serialization import dumps, plain
 
 if TYPE_CHECKING:
@@ -172,12 +173,16 @@ class StoreLink:
         """Connect now and map the store's warm margin into this process in the
         background (`store.StoreClient.map_ahead`): the driver's, at ``init()``, so
         that its first large put copies into pages it has mapped already, as every
-        later one does. A failure only leaves the pages to the first put (logged);
+        later one does; and have the store lend blocks to its puts
+        (`store.StoreClient.lend_for`). A failure only leaves the pages to the first put (logged);
         the link connects again on first use."""
         errors: tuple[type[BaseException], ...] = (
             transport.TransportError, OSError, *_store_errors())
         try:
             await self.connect()
+            # The driver's large puts copy into a block lent ahead: no round trip
+            # to the store before the copy (``store._core``, "Lending").
+            await self.client.lend_for(put_id_prefix())
             mapped = await self.client.map_ahead()
         except errors as exc:
             if self.client is None or not self.client.closed:  # not closed by us

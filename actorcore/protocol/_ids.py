@@ -24,6 +24,7 @@ __all__ = [
     "OBJECT_ID_SIZE",
     "new_task_id",
     "new_put_id",
+    "put_id_prefix",
     "new_node_id",
     "new_worker_id",
     "new_job_id",
@@ -95,6 +96,11 @@ def new_task_id() -> bytes:
 def new_put_id() -> bytes:
     """A fresh object id for ``put``."""
     return _put_task + _pack_i(next(_put_counter))
+
+
+def put_id_prefix() -> bytes:
+    """What every id `new_put_id` makes in this process (and session) begins with."""
+    return _put_task
 
 
 def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
