@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ import trio.testing
 import actorcore as ray
 from actorcore import exceptions as exc
 from actorcore.kernel import ChildSpec, Supervisor
+from actorcore.node.local_scheduler import _scheduler
 from actorcore.node.local_scheduler._component import LocalScheduler
 from actorcore.node.local_scheduler._ledger import ResourceLedger
 from actorcore.node.local_scheduler._scheduler import SchedulerState, WorkerInfo
+from actorcore.node.local_scheduler._workers import DEEP_PIPELINE_DEPTH, PIPELINE_DEPTH
 from actorcore.node.object_manager._directory import ObjectDirectory
 from actorcore.protocol._messages import TaskSpec
 from actorcore.testing import faults
@@ -137,6 +140,45 @@ def test_a_queued_task_blocked_before_the_one_ahead_is_done_lends_its_cpu():
     assert state.available == {"CPU": 0.0}
     state.task_done(w, t2.task_id, [(t2.return_ids()[0], False, b"y")], False, pushed=True)
     assert state.available == {"CPU": 1.0} and not state.running
+
+
+def test_a_worker_ending_short_tasks_back_to_back_gets_a_deeper_pipeline(monkeypatch):
+    # One CPU, one worker, a long queue. Tasks queue behind the running one
+    # PIPELINE_DEPTH deep; once the worker has ended PIPELINE_DEPTH tasks in a row
+    # each within SHORT_TASK of the last, up to DEEP_PIPELINE_DEPTH; one long end
+    # sets it back (what is queued stays queued).
+    clock = [100.0]
+    monkeypatch.setattr(_scheduler, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    state = SchedulerState(directory=ObjectDirectory(), total={"CPU": 1.0}, host=_Host())
+    w = WorkerInfo(index=0, worker_id=b"w" * 20, conn=_Conn(10**6), state="idle", in_idle=True)
+    state.idle.append(w)
+    for i in range(1, 80):
+        state.submit(_spec(i))
+    state.dispatch()
+    assert len(w.queued) == PIPELINE_DEPTH
+
+    def end(after: float) -> None:
+        clock[0] += after
+        [tid] = [t for t in w.tasks if t not in w.queued]
+        spec = w.tasks[tid]
+        state.task_done(w, tid, [(spec.return_ids()[0], False, b"x")], False, pushed=True)
+        state.dispatch()
+
+    end(0.5)  # the first end follows nothing: not a quick one
+    for _ in range(PIPELINE_DEPTH - 1):
+        end(0.0005)
+        assert len(w.queued) == PIPELINE_DEPTH
+    end(0.0005)
+    assert len(w.queued) == DEEP_PIPELINE_DEPTH
+    end(0.0005)
+    assert len(w.queued) == DEEP_PIPELINE_DEPTH
+    end(0.5)  # a long task: no more queue behind the worker until it is fed again
+    assert len(w.queued) == DEEP_PIPELINE_DEPTH - 1
+    end(0.0005)
+    assert len(w.queued) == DEEP_PIPELINE_DEPTH - 2
+    # Every task went to the worker once, in order.
+    names = [m.spec.name for m in w.conn.sent]
+    assert names == [f"t{i}" for i in range(1, len(names) + 1)]
 
 
 def test_a_waiter_that_makes_the_entry_pending_again_keeps_it_and_the_rest_wait():

@@ -270,6 +270,7 @@ class SchedulerState:
         self._release(worker, task_id)
         self._promote(worker)
         worker.tasks_done += 1
+        worker.note_end(time.monotonic())
         if spec.max_calls:
             n = worker.calls[spec.function_id] = worker.calls.get(spec.function_id, 0) + 1
             if n >= spec.max_calls and worker.retiring is None:
