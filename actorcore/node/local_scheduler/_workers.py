@@ -11,6 +11,7 @@ a task queue behind the one it runs (`WorkerInfo.can_pipeline`: Ray's lease reus
 from __future__ import annotations
 
 import collections
+import time
 from typing import Any
 
 import attrs
@@ -18,16 +19,18 @@ import trio
 
 from ...protocol._messages import TaskSpec
 
-__all__ = ["DEEP_PIPELINE_DEPTH", "PIPELINE_DEPTH", "SHORT_TASK", "WorkerInfo"]
+__all__ = ["DEEP_PIPELINE_DEPTH", "PIPELINE_DEPTH", "SHORT_RUN_KEPT", "SHORT_TASK", "WorkerInfo"]
 
 #: Tasks queued on a busy worker behind the one it runs, when more wait than there
 #: are free workers: the worker starts the next one the moment it reports the last,
 #: with no round trip to the node in between (Ray's lease reuse / pipelining).
 PIPELINE_DEPTH = 4
-#: ... and on a worker that is ending short tasks back to back (its last
-#: `PIPELINE_DEPTH` ends each came within `SHORT_TASK` seconds of the one before).
+#: ... and on a worker that is ending short tasks back to back: its last
+#: `PIPELINE_DEPTH` ends each came within `SHORT_TASK` seconds of the one before,
+#: the last of them less than `SHORT_RUN_KEPT` seconds ago.
 DEEP_PIPELINE_DEPTH = 16
 SHORT_TASK = 0.002
+SHORT_RUN_KEPT = 0.1
 
 # A deeper pipeline for short tasks. In a burst of tiny tasks a worker runs its
 # four queued tasks in well under a millisecond, and the node, whose loop also
@@ -40,8 +43,9 @@ SHORT_TASK = 0.002
 # (benchmarks/README.md). Queued tasks wait for the one in front of them, so the
 # depth grows only while the worker's ends come quickly, which bounds what a task
 # queued behind short ones can wait (16 x 2 ms); one long end sets it back to
-# `PIPELINE_DEPTH`. The tasks already queued then stay (a task queued behind a
-# long one waits for it, as at depth 4).
+# `PIPELINE_DEPTH`, and so does a pause: a run of short ends long past (the
+# worker idle since) says nothing of the next tasks. The tasks already queued
+# stay (a task queued behind a long one waits for it, as at depth 4).
 
 
 @attrs.define(eq=False)
@@ -131,7 +135,9 @@ class WorkerInfo:
 
     def pipeline_depth(self) -> int:
         """How many tasks may queue behind the one it runs (see `DEEP_PIPELINE_DEPTH`)."""
-        return DEEP_PIPELINE_DEPTH if self.quick_ends >= PIPELINE_DEPTH else PIPELINE_DEPTH
+        if self.quick_ends >= PIPELINE_DEPTH and time.monotonic() - self.last_end < SHORT_RUN_KEPT:
+            return DEEP_PIPELINE_DEPTH
+        return PIPELINE_DEPTH
 
     def note_end(self, now: float) -> None:
         """One of its tasks ended at ``now`` (the node's monotonic clock)."""
