@@ -226,6 +226,14 @@ class TaskEntry:
     spec: Any
     status: str
 
+    def __reduce__(self) -> tuple:
+        # Its two fields, not attrs' state dict: the node pickles one entry per
+        # task it records (``TaskTable.add_many``), and attrs' ``__getstate__``
+        # and ``__setstate__`` are Python calls around a dict (about a quarter of
+        # the entry's pickling, 5 us of ~20 on this machine). Entries pickled
+        # before load as ever (attrs' ``__setstate__`` is still there).
+        return (TaskEntry, (self.spec, self.status))
+
 
 class TaskTable(_Table):
     """``tasks[task_id]`` = `TaskEntry` (the lineage). Entries the runtime no longer

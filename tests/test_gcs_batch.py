@@ -134,3 +134,23 @@ async def test_batched_writes_are_applied_once_under_retry(chain) -> None:
             await trio.sleep(0.01)
         assert applied == [before + 6 * 75] * 3
         assert (await c.tasks.get("t5-49")).spec == 49
+
+
+def test_a_task_entry_pickles_as_its_two_fields_and_old_entries_still_load() -> None:
+    # One entry is pickled per task the node records: as (class, (spec, status)),
+    # not attrs' state dict. An entry stored in the old form loads the same.
+    import copyreg
+    import io
+    import pickle
+
+    entry = gcs.TaskEntry({"task_id": "ab", "args": b"x"}, "pending")
+    assert entry.__reduce__() == (gcs.TaskEntry, (entry.spec, entry.status))
+    assert pickle.loads(pickle.dumps(entry, protocol=5)) == entry
+
+    buf = io.BytesIO()
+    old = pickle.Pickler(buf, protocol=5)
+    old.dispatch_table = {gcs.TaskEntry: lambda e: (copyreg.__newobj__, (gcs.TaskEntry,),
+                                                    e.__getstate__())}
+    old.dump(entry)
+    assert b"status" in buf.getvalue()  # (the state dict's keys: the old form)
+    assert pickle.loads(buf.getvalue()) == entry

@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ import trio.testing
 import actorcore as ray
 from actorcore import exceptions as exc
 from actorcore.kernel import ChildSpec, Supervisor
+from actorcore.node.local_scheduler import _scheduler, _workers
 from actorcore.node.local_scheduler._component import LocalScheduler
 from actorcore.node.local_scheduler._ledger import ResourceLedger
 from actorcore.node.local_scheduler._scheduler import SchedulerState, WorkerInfo
+from actorcore.node.local_scheduler._workers import DEEP_PIPELINE_DEPTH, PIPELINE_DEPTH
 from actorcore.node.object_manager._directory import ObjectDirectory
 from actorcore.protocol._messages import TaskSpec
 from actorcore.testing import faults
@@ -164,6 +167,56 @@ def test_a_task_waiting_for_its_argument_is_one_small_record_its_argument_holds(
     assert not state.waiting and state.running.get(specs[0].task_id) is w
     queued = [s.task_id for s in state.ready] + list(w.queued)
     assert sorted(queued) == [s.task_id for s in specs[1:]]
+
+
+def test_a_worker_ending_short_tasks_back_to_back_gets_a_deeper_pipeline(monkeypatch):
+    # One CPU, one worker, a long queue. Tasks queue behind the running one
+    # PIPELINE_DEPTH deep; once the worker has ended PIPELINE_DEPTH tasks in a row
+    # each within SHORT_TASK of the last, up to DEEP_PIPELINE_DEPTH; one long end
+    # sets it back (what is queued stays queued), and so does a pause.
+    clock = [100.0]
+    fake = types.SimpleNamespace(monotonic=lambda: clock[0])
+    monkeypatch.setattr(_scheduler, "time", fake)
+    monkeypatch.setattr(_workers, "time", fake)
+    state = SchedulerState(directory=ObjectDirectory(), total={"CPU": 1.0}, host=_Host())
+    w = WorkerInfo(index=0, worker_id=b"w" * 20, conn=_Conn(10**6), state="idle", in_idle=True)
+    state.idle.append(w)
+    for i in range(1, 80):
+        state.submit(_spec(i))
+    state.dispatch()
+    assert len(w.queued) == PIPELINE_DEPTH
+
+    def end(after: float) -> None:
+        clock[0] += after
+        [tid] = [t for t in w.tasks if t not in w.queued]
+        spec = w.tasks[tid]
+        state.task_done(w, tid, [(spec.return_ids()[0], False, b"x")], False, pushed=True)
+        state.dispatch()
+
+    end(0.5)  # the first end follows nothing: not a quick one
+    for _ in range(PIPELINE_DEPTH - 1):
+        end(0.0005)
+        assert len(w.queued) == PIPELINE_DEPTH
+    end(0.0005)
+    assert len(w.queued) == DEEP_PIPELINE_DEPTH
+    end(0.0005)
+    assert len(w.queued) == DEEP_PIPELINE_DEPTH
+    end(0.5)  # a long task: no more queue behind the worker until it is fed again
+    assert len(w.queued) == DEEP_PIPELINE_DEPTH - 1
+    end(0.0005)
+    assert len(w.queued) == DEEP_PIPELINE_DEPTH - 2
+    # Every task went to the worker once, in order.
+    names = [m.spec.name for m in w.conn.sent]
+    assert names == [f"t{i}" for i in range(1, len(names) + 1)]
+    # A run of short ends is forgotten after a pause: the worker idle since then
+    # takes the usual depth until its ends come quickly again.
+    v = WorkerInfo(index=1, worker_id=b"v" * 20)
+    for _ in range(PIPELINE_DEPTH + 1):
+        clock[0] += 0.0005
+        v.note_end(clock[0])
+    assert v.pipeline_depth() == DEEP_PIPELINE_DEPTH
+    clock[0] += 1.0
+    assert v.pipeline_depth() == PIPELINE_DEPTH
 
 
 def test_a_waiter_that_makes_the_entry_pending_again_keeps_it_and_the_rest_wait():

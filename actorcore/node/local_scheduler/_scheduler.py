@@ -44,13 +44,13 @@ from ...core_worker._store_link import STORE
 from ...exceptions import (
     MessageTooLargeError,
     TaskCancelledError,
-    TaskUnschedulableError,
     WorkerCrashedError,
 )
 from ...protocol import _serialization
 from ...protocol._messages import ObjectData, TaskSpec
-from ...protocol._wire import Execute, ExitWorker, InterruptTask
+from ...protocol._wire import Execute, ExitWorker
 from ..object_manager._directory import ObjectDirectory
+from . import _cancels
 from ._leases import LeaseBook
 from ._ledger import ResourceLedger, fits
 from ._queues import ReadyQueues, WaitingTask, env_key
@@ -66,11 +66,6 @@ __all__ = [
 
 logger = logging.getLogger("actorcore.scheduler")
 
-#: Seconds a running task has to honour a (non-force) cancel before its worker is killed.
-CANCEL_GRACE = 1.0
-
-#: Recursively cancelled tasks remembered after their end (``cancelled_trees``).
-CANCELLED_TREES_KEPT = 4096
 
 class SchedulerHost(Protocol):
     """What the scheduler asks of the node it runs in (``_runtime.NodeRuntime``
@@ -301,6 +296,7 @@ class SchedulerState:
         self._release(worker, task_id)
         self._promote(worker)
         worker.tasks_done += 1
+        worker.note_end(time.monotonic())
         if spec.max_calls:
             n = worker.calls[spec.function_id] = worker.calls.get(spec.function_id, 0) + 1
             if n >= spec.max_calls and worker.retiring is None:
@@ -393,106 +389,16 @@ class SchedulerState:
             self.ledger.take({"CPU": cpu})
             held["CPU"] = cpu
 
+    # -- tasks ended from outside: cancels, departed owners, failed placements
+    # (``_cancels``)
+
     def cancel(self, task_id: bytes, force: bool, recursive: bool = False) -> None:
-        """Cancel ``task_id``: a queued task fails at once; a running one is interrupted
-        (``force``: its worker is killed). ``recursive``: the tasks it submitted, and
-        theirs, are cancelled the same way, and so are those it submits later while
-        it still runs (as Ray's ``cancel(recursive=True)``, for tasks; the actor
-        calls it made are not cancelled)."""
-        if recursive:
-            # Its descendants first (iteratively: a chain of nested tasks may be deep),
-            # so that a force kill of its worker finds them already marked cancelled.
-            seen = {task_id}
-            stack = list(self.children.get(task_id, ()))
-            order = []
-            while stack:
-                tid = stack.pop()
-                if tid in seen:
-                    continue
-                seen.add(tid)
-                order.append(tid)
-                stack.extend(self.children.get(tid, ()))
-            # Those not started yet first: a worker that ends an interrupted task must
-            # not start a pipelined sibling whose cancel is still on its way.
-            order.sort(key=lambda t: t in self.running and t not in self.running[t].queued)
-            for tid in order:
-                if tid in self.running:
-                    self._mark_cancelled_tree(tid, force)
-                self._cancel_one(tid, force, recursive=True)
-            # Marked whether it runs here or not: it may have ended already with
-            # children pushed on leases whose start is still on its way (see
-            # ``cancelled_trees``).
-            self._mark_cancelled_tree(task_id, force)
-        self._cancel_one(task_id, force, recursive)
-
-    def _mark_cancelled_tree(self, task_id: bytes, force: bool) -> None:
-        trees = self.cancelled_trees
-        trees.pop(task_id, None)
-        trees[task_id] = force
-        while len(trees) > CANCELLED_TREES_KEPT:
-            del trees[next(iter(trees))]
-
-    def _cancel_one(self, task_id: bytes, force: bool, recursive: bool = False) -> None:
-        spec = self.infeasible.pop(task_id, None)
-        if spec is not None:
-            self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
-            return
-        record = self.waiting.pop(task_id, None)
-        if record is not None:
-            spec = record.spec
-            self.directory.unpin(spec.deps)
-            self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
-            return
-        spec = self.ready.remove_task(task_id)
-        if spec is not None:
-            self.directory.unpin(spec.deps)
-            self._fail(spec, TaskCancelledError(task_id, f"task {spec.name} was cancelled"))
-            return
-        worker = self.running.get(task_id)
-        if worker is not None:
-            self.cancelled.add(task_id)
-            if force:
-                worker.force_cancelled.add(task_id)
-                self.host.kill_worker(worker)
-            elif worker.conn is not None:
-                # Raised inside the task; a task stuck in a blocking C call (sleep,
-                # I/O) cannot see it, so after a grace period its worker is killed.
-                worker.conn.send_nowait(InterruptTask(task_id, recursive))
-
-                def escalate() -> None:
-                    if self.running.get(task_id) is worker:
-                        worker.force_cancelled.add(task_id)
-                        self.host.kill_worker(worker)
-
-                self.host.call_later(CANCEL_GRACE, escalate)
-            return
-        if self.leases.awaiting_death(task_id):
-            # Pushed on a lease, handed back as lost by its submitter, never
-            # reported by its worker: settled at that worker's death, as cancelled.
-            self.cancelled.add(task_id)
+        """Cancel ``task_id``, queued or running (`_cancels.cancel`)."""
+        _cancels.cancel(self, task_id, force, recursive)
 
     def drop_owner(self, owner: bytes) -> int:
-        """Forget the queued (not running) tasks of a departed owner, and end its
-        leases once their tasks have; return how many tasks."""
-        self.leases.drop_owner(owner)
-        dropped = 0
-        for spec in [s for s in self.infeasible.values() if s.owner == owner]:
-            del self.infeasible[spec.task_id]
-            self.release_held(spec.task_id)
-            self._forget_edge(spec)
-            dropped += 1
-        for task_id, record in list(self.waiting.items()):
-            if record.spec.owner == owner:
-                del self.waiting[task_id]
-                self.directory.unpin(record.spec.deps)
-                self._forget_edge(record.spec)
-                dropped += 1
-        for spec in [s for s in self.ready if s.owner == owner]:
-            self.ready.remove_task(spec.task_id)
-            self.directory.unpin(spec.deps)
-            self._forget_edge(spec)
-            dropped += 1
-        return dropped
+        """Forget a departed owner's queued tasks (`_cancels.drop_owner`)."""
+        return _cancels.drop_owner(self, owner)
 
     def resources_added(self) -> None:
         """The node grew (a placement-group bundle was reserved here): the tasks
@@ -502,43 +408,16 @@ class SchedulerState:
             self._enqueue(spec, None)
 
     def fail_where(self, match: Callable[[TaskSpec], bool], error: BaseException) -> int:
-        """Every task here that ``match``es fails with ``error`` (a removed placement
-        group's): queued ones at once, running ones by killing their worker (as Ray
-        does). Returns how many."""
-        n = 0
-        for spec in [s for s in self.infeasible.values() if match(s)]:
-            del self.infeasible[spec.task_id]
-            self._fail(spec, error)
-            n += 1
-        for task_id, record in list(self.waiting.items()):
-            if match(record.spec):
-                del self.waiting[task_id]
-                self.directory.unpin(record.spec.deps)
-                self._fail(record.spec, error)
-                n += 1
-        for spec in [s for s in self.ready if match(s)]:
-            self.ready.remove_task(spec.task_id)
-            self.directory.unpin(spec.deps)
-            self._fail(spec, error)
-            n += 1
-        for task_id, worker in list(self.running.items()):
-            run = worker.tasks.get(task_id)
-            if run is not None and match(run):
-                self.doomed[task_id] = error
-                self.host.kill_worker(worker)
-                n += 1
-        return n
+        """Fail every task here that ``match``es (`_cancels.fail_where`)."""
+        return _cancels.fail_where(self, match, error)
 
     def fail_infeasible(self, spec: TaskSpec, error: BaseException) -> None:
         """A task waiting for the global scheduler fails with ``error``."""
-        if self.infeasible.pop(spec.task_id, None) is not None:
-            self._fail(spec, error)
+        _cancels.fail_infeasible(self, spec, error)
 
     def fail_unschedulable(self, spec: TaskSpec, message: str) -> None:
-        """The global scheduler found no node for ``spec``: it fails with ``message``."""
-        if self.infeasible.pop(spec.task_id, None) is None:
-            return  # cancelled (or its owner left) while it was being placed
-        self._fail(spec, TaskUnschedulableError(message))
+        """The global scheduler found no node for ``spec`` (`_cancels`)."""
+        _cancels.fail_unschedulable(self, spec, message)
 
     # -- dispatch (the local_scheduler component's loop) -----------------------------
 
