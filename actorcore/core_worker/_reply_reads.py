@@ -7,7 +7,7 @@ the core loop, whose reader reads and decodes the frame and makes the entry read
 lock; then that thread wakes. On this 2-core machine each wake-up waits for a core and
 then for the GIL, and the loop's pass costs as much CPU as the reply itself. Here the
 waiting thread borrows the link's read side (``transport.ReadLoan``, as an actor's
-thread does for its calls: ``worker._actor_host._LinkInbox``) and the kernel wakes it
+thread does for its calls: ``worker._threaded_host._LinkInbox``) and the kernel wakes it
 directly; the loop does not run for a lone call.
 
 Who reads, when
