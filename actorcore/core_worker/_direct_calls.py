@@ -79,6 +79,9 @@ DIRECT_CALLS: bool = env_value("ACTORCORE_DIRECT_CALLS")
 #: Failed discoveries of one actor before its caller stays on the node path.
 MAX_DISCOVERY_FAILURES = 3
 
+#: The most calls of a burst that leave in one `DirectCalls` frame (``Route.flush``).
+MAX_CALLS_PER_FRAME = 256
+
 
 class Route:
     """One caller process's path to one actor (see the module docstring)."""
@@ -90,6 +93,7 @@ class Route:
         # What the actor's process answers on the direct link.
         self._dispatcher = transport.Dispatcher(f"direct-link-{actor_id.hex()[:12]}")
         self._dispatcher.register(w.DirectResult, self._on_result, oneway=True)
+        self._dispatcher.register(w.DirectResults, self._on_results, oneway=True)
         self.mode = "node"  # node | direct
         self.discovering = False
         self.failures = 0
@@ -330,12 +334,17 @@ class Route:
                 return
             conn = self.conn
             outq = self.outq
+            alone = False  # after a refused batch: each call alone, to fail only its own
             while outq:
                 spec = outq[0]
                 if self._held_back(spec):
                     return
+                n = 1 if alone else self._batch_length()
                 try:
-                    conn.send_nowait(w.DirectCall(spec) if type(spec) is CallSpec else spec)
+                    if n > 1:
+                        conn.send_nowait(w.DirectCalls([outq[i] for i in range(n)]))
+                    else:
+                        conn.send_nowait(w.DirectCall(spec) if type(spec) is CallSpec else spec)
                 except trio.WouldBlock:
                     self.sender_busy = True
                     self.core.loop.start_soon(self._drain, conn)
@@ -343,11 +352,37 @@ class Route:
                 except LINK_DOWN:
                     break  # the link is gone: _link_lost resends through the node
                 except Exception as exc:
+                    if n > 1:
+                        alone = True
+                        continue
                     self._refuse(spec, exc, refused)
                     continue
-                outq.popleft()
+                for _ in range(n):
+                    outq.popleft()
         for task_id, results in refused:
             self._answered(task_id, results)
+
+    def _batch_length(self) -> int:
+        """How many calls at the head of ``outq`` leave as one `DirectCalls` frame:
+        the run of calls behind the head (which may go) that wait for no argument
+        refs, at most `MAX_CALLS_PER_FRAME`; 1: the head alone (lock held).
+
+        Why. A burst of calls (``[a.f.remote() for ...]``) otherwise costs one frame
+        each way per call: a pickle, a header and a dispatch here, and a decode and a
+        dispatch in the actor's process. One frame for the run costs a fraction of
+        that per call (benchmarks/README.md, "Actor calls in batches"). A call with
+        refs ends the run: it may wait for them (``_held_back``), and it is the head
+        of the next one."""
+        outq = self.outq
+        if type(outq[0]) is not CallSpec:
+            return 1
+        n, end = 1, min(len(outq), MAX_CALLS_PER_FRAME)
+        while n < end:
+            spec = outq[n]
+            if type(spec) is not CallSpec or spec.deps:
+                break
+            n += 1
+        return n
 
     def _refuse(self, item: CallSpec | w.CancelActorCall, exc: BaseException,
                 refused: list[tuple[bytes, list]]) -> None:
@@ -412,6 +447,28 @@ class Route:
             return
         self._answered(task_id, results)
 
+    def _on_results(self, conn: Any, message: w.DirectResults) -> None:
+        """The answers to several direct calls, in one frame (``DirectResults``)."""
+        core = self.core
+        answers = message.answers
+        held: list[Sequence[bytes]] = []
+        results: list = []
+        with self.lock:
+            direct, held_args = self.direct, self.held
+            for task_id, call_results in answers:
+                direct.pop(task_id, None)
+                if held_args and (args := held_args.pop(task_id, None)):
+                    held.append(args)
+                results += call_results
+            drop = self.drop_deferred and not direct
+            if drop:
+                self.drop_deferred = False
+        self._ready(results)
+        for args in held:
+            core.release_args(args)
+        if drop:
+            core.enqueue(w.DropActor(self.actor_id), wake=False)
+
     def _answered(self, task_id: bytes, results: list) -> None:
         """The results of a direct call are here (core loop)."""
         core = self.core
@@ -421,6 +478,15 @@ class Route:
             drop = self.drop_deferred and not self.direct
             if drop:
                 self.drop_deferred = False
+        self._ready(results)
+        if held:
+            core.release_args(held)
+        if drop:
+            core.enqueue(w.DropActor(self.actor_id), wake=False)
+
+    def _ready(self, results: list) -> None:
+        """Direct calls' ``results`` are here: their entries become ready (core loop)."""
+        core = self.core
         # The node hears of inline results (for a ref passed on later) from a Put
         # queued *before* the caller can read them: a ref read and dropped at once
         # then finds its result still queued and withdraws it
@@ -432,10 +498,6 @@ class Route:
         if inline:
             core.link.enqueue_results(inline)
         core.on_objects_ready(results)
-        if held:
-            core.release_args(held)
-        if drop:
-            core.enqueue(w.DropActor(self.actor_id), wake=False)
 
     # ------------------------------------------- the caller's thread reads the answer
 

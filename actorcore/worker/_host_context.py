@@ -48,6 +48,12 @@ class HostStatistics:
     calls_read_by_thread: int
     #: direct calls the process's loop read and handed to an actor
     calls_read_by_loop: int
+    #: frames of several calls (``DirectCalls``) among those the loop read
+    call_frames_read_by_loop: int = 0
+    #: answers to direct calls sent by the loop, and the frames they left in
+    #: (``DirectResults`` carry several)
+    answers_sent_by_loop: int = 0
+    answer_frames_sent_by_loop: int = 0
 
 
 _context: HostContext | None = None
@@ -74,10 +80,18 @@ class HostContext:
         # task id -> the caller's direct link the call came on (``core_worker._direct_calls``)
         self.direct: dict[bytes, Any] = {}
         self.thread_sent_at = 0.0  # the last answer written from a method's thread
+        self.thread_taken: bytes | None = None  # the last call an actor's thread read
         #: Read sides lent to an actor's thread (``_LinkInbox``): ``ACTORCORE_THREAD_READS``.
         self.thread_reads: bool = env_value("ACTORCORE_THREAD_READS")
         self.calls_read_by_thread = 0
         self.calls_read_by_loop = 0
+        self.call_frames_read_by_loop = 0
+        self.answers_sent_by_loop = 0
+        self.answer_frames_sent_by_loop = 0
+        # (conn, spec, results): direct answers for the loop to send, in the order
+        # the calls ended; one wake-up of the loop sends them all (``_send_answers``).
+        self._answers: list[tuple[Any, CallSpec, list]] = []
+        self._answers_lock = threading.Lock()
         # The process's main thread (``worker.MainThread``) when this process hosts
         # one actor: a threaded actor of concurrency 1 runs on it, as in Ray.
         self.main_thread: Any = None
@@ -93,7 +107,9 @@ class HostContext:
         _context = self
 
     def statistics(self) -> HostStatistics:
-        return HostStatistics(self.calls_read_by_thread, self.calls_read_by_loop)
+        return HostStatistics(self.calls_read_by_thread, self.calls_read_by_loop,
+                              self.call_frames_read_by_loop, self.answers_sent_by_loop,
+                              self.answer_frames_sent_by_loop)
 
     def decode(self, oid: bytes, data: Any) -> Any:
         if data is _FETCH:  # a direct call's argument ref: resolved here, in call order
@@ -144,13 +160,67 @@ class HostContext:
         elif replay is not None:
             self.unlogged[spec.task_id] = (conn, spec, results)
             self.core.enqueue(w.ActorLog(spec.actor_id, replay.incarnation, spec, results))
-        elif self._answer_from_thread(conn, spec, results):
+        elif not self._answer_from_thread(conn, spec, results):
+            self._queue_answer(conn, spec, results)
+
+    def _queue_answer(self, conn: Any, spec: CallSpec, results: list) -> None:
+        """Have the loop send a direct call's answer (any thread). Answers that end
+        while the loop has not sent the last ones yet join them: the loop is woken
+        once for all, and sends each link's answers as one frame (`DirectResults`)
+        instead of one frame per answer -- in a burst, the loop's pass, the pickle
+        and the caller's decode per answer were most of the answer's cost."""
+        with self._answers_lock:
+            answers = self._answers
+            answers.append((conn, spec, results))
+            if len(answers) > 1:
+                return  # the loop is woken already
+        try:
+            self.core.trio_token.run_sync_soon(self._send_answers)
+        except trio.RunFinishedError:
+            pass
+
+    def _send_answers(self) -> None:
+        """Send the answers queued by ``_queue_answer`` (core loop): each link's in
+        the order their calls ended, several as one `DirectResults` frame."""
+        with self._answers_lock:
+            answers, self._answers = self._answers, []
+        by_link: dict[Any, list[tuple[Any, CallSpec, list]]] = {}
+        for answer in answers:
+            by_link.setdefault(answer[0], []).append(answer)
+        for conn, batch in by_link.items():
+            if len(batch) == 1:
+                self._send_direct(*batch[0])
+            else:
+                self._send_batch(conn, batch)
+
+    def _send_batch(self, conn: Any, batch: list[tuple[Any, CallSpec, list]]) -> None:
+        """Several answers on one link in one frame (core loop); see `_send_direct`."""
+        for _conn, spec, results in batch:
+            if any(data == STORE for _oid, _err, data in results):
+                self.core.enqueue(w.ActorDoneDirect(spec.actor_id, results))
+        message = w.DirectResults([(spec.task_id, results) for _conn, spec, results in batch])
+        try:
+            conn.send_nowait(message)
+        except trio.WouldBlock:
+            self.core.loop.start_soon(self._send_batch_later, conn, batch, message)
+        except transport.FrameTooLarge:  # each alone: only a too large one fails
+            for _conn, spec, results in batch:
+                self._send_direct(conn, spec, results, registered=True)
             return
-        else:
-            try:
-                self.core.trio_token.run_sync_soon(self._send_direct, conn, spec, results)
-            except trio.RunFinishedError:
-                pass
+        except Exception as exc:  # the caller is gone, or resends through the node
+            logger.debug("answering %d calls failed: %s", len(batch), exc)
+        self.answers_sent_by_loop += len(batch)
+        self.answer_frames_sent_by_loop += 1
+
+    async def _send_batch_later(self, conn: Any, batch: list[tuple[Any, CallSpec, list]],
+                                message: w.DirectResults) -> None:
+        try:
+            await conn.send(message)
+        except transport.FrameTooLarge:
+            for _conn, spec, results in batch:
+                self._send_direct(conn, spec, results, registered=True)
+        except Exception as exc:  # the caller is gone, or resends through the node
+            logger.debug("answering %d calls failed: %s", len(batch), exc)
 
     def _answer_from_thread(self, conn: Any, spec: CallSpec, results: list) -> bool:
         """Answer a direct call from the method's thread when its link is idle and the
@@ -160,9 +230,13 @@ class HostContext:
         now = time.monotonic()
         if self.core.loop.in_loop():
             return False
-        # A thread holding the link's read side (``_LinkInbox``) took this call
-        # itself and answers one call at a time: there is no burst to coalesce.
-        if now - self.thread_sent_at < THREAD_SEND_GAP and not conn.reads_lent:
+        # A call the actor's thread read itself (``_LinkInbox``) came alone: there
+        # is no burst to coalesce. (Not any call answered while the thread holds
+        # the read side: in a burst the loop reads calls, the thread takes the side
+        # whenever it is idle, and its answers would leave one frame each.)
+        if now - self.thread_sent_at < THREAD_SEND_GAP and spec.task_id != self.thread_taken:
+            return False
+        if self._answers:  # the loop sends earlier answers: not ahead of them
             return False
         if any(data == STORE for _oid, _err, data in results):
             return False
@@ -280,11 +354,14 @@ class HostContext:
         state.checkpoints += 1
         self.core.enqueue(w.ActorCheckpoint(spec.actor_id, state.incarnation, data))
 
-    def _send_direct(self, conn: Any, spec: CallSpec, results: list) -> None:
+    def _send_direct(self, conn: Any, spec: CallSpec, results: list,
+                     registered: bool = False) -> None:
         """Answer a direct call on its link (core loop); large results are registered
-        with the node by us, who hold them in the store."""
-        if any(data == STORE for _oid, _err, data in results):
+        with the node by us, who hold them in the store (``registered``: done)."""
+        if not registered and any(data == STORE for _oid, _err, data in results):
             self.core.enqueue(w.ActorDoneDirect(spec.actor_id, results))
+        self.answers_sent_by_loop += 1
+        self.answer_frames_sent_by_loop += 1
         message = w.DirectResult(spec.task_id, results)
         try:
             conn.send_nowait(message)

@@ -197,6 +197,7 @@ class _MainThreadHost(ThreadedHost):
         self._taken_at = now
         ctx = self.ctx
         ctx.direct[spec.task_id] = conn
+        ctx.thread_taken = spec.task_id
         ctx.calls_read_by_thread += 1
         self.gate.queued(spec)
         return True
