@@ -157,13 +157,21 @@ class Route:
 
     def _send_from_thread(self) -> bool:
         """Write what ``outq`` holds from this thread, without waking the loop, when
-        the link is idle and this is not a burst (as ``NodeLink`` does for a submit;
-        see ``transport.Connection.send_from_thread``). ``False``: the loop sends
-        what is left (lock held)."""
-        now = time.monotonic()
+        the link is idle and this is not a burst (see ``transport.Connection.
+        send_from_thread``). ``False``: the loop sends what is left (lock held).
+
+        Not a burst: this call is the only one in flight, and either a thread read
+        the last answer itself and waits for this one (``_alone``: a sync call), or
+        the last write from a thread is ``THREAD_SEND_GAP`` old (as ``NodeLink`` has
+        it for tasks). The time alone would send a sync call answered within the
+        gap the loop's way, and the actor's thread would leave it to its loop as
+        part of a burst (``DirectCall.alone``)."""
         conn = self.conn
-        if (conn is None or self.sender_busy or now - self.thread_sent_at < THREAD_SEND_GAP
-                or self.core.loop.in_loop()):
+        if conn is None or self.sender_busy or len(self.direct) > 1 or self.core.loop.in_loop():
+            return False
+        now = time.monotonic()
+        alone = self._alone()
+        if not alone and now - self.thread_sent_at < THREAD_SEND_GAP:
             return False
         outq = self.outq
         while outq:
@@ -172,7 +180,7 @@ class Route:
                 return False  # its refs may not be ready: the loop's flush waits for them
             try:
                 sent = conn.send_from_thread(
-                    w.DirectCall(spec) if type(spec) is CallSpec else spec)
+                    w.DirectCall(spec, alone) if type(spec) is CallSpec else spec)
             except Exception:  # refused for what it is: the loop's flush says so
                 return False
             if not sent:
@@ -180,6 +188,15 @@ class Route:
             outq.popleft()
         self.thread_sent_at = now
         return True
+
+    def _alone(self) -> bool:
+        """Whether the call just queued is a sync call's (lock held): the only one in
+        flight, and a thread read the last answer itself and keeps the read side
+        (``_reply_reads``). The actor's thread then reads and answers it itself
+        (``DirectCall.alone``)."""
+        reply = self.reply
+        return (len(self.direct) == 1 and reply is not None
+                and reply in self.core.references.paused_reads)
 
     def _track_node_call(self, spec: CallSpec) -> None:
         """Count a node-routed call until its result is here (lock held)."""
@@ -343,8 +360,10 @@ class Route:
                 try:
                     if n > 1:
                         conn.send_nowait(w.DirectCalls([outq[i] for i in range(n)]))
+                    elif type(spec) is CallSpec:
+                        conn.send_nowait(w.DirectCall(spec, self._alone()))
                     else:
-                        conn.send_nowait(w.DirectCall(spec) if type(spec) is CallSpec else spec)
+                        conn.send_nowait(spec)
                 except trio.WouldBlock:
                     self.sender_busy = True
                     self.core.loop.start_soon(self._drain, conn)

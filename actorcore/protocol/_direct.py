@@ -30,9 +30,14 @@ __all__ = [
 @transport.compact
 @transport.message
 class DirectCall:
-    """A method call straight to the actor's process."""
+    """A method call straight to the actor's process. ``alone``: a sync call (no
+    other call of this caller to the actor in flight, and a thread of the caller
+    waits for its answer: ``core_worker._direct_calls.Route._alone``), which the
+    actor's thread may read and answer itself with no burst of calls to read one by
+    one behind it (``worker._threaded_host``)."""
 
     spec: Any = attrs.field(metadata=spec_named("CallSpec"))
+    alone: bool = False
 
 
 @transport.compact

@@ -10,7 +10,6 @@ import collections
 import concurrent.futures
 import functools
 import queue
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +18,6 @@ from pykka._envelope import Envelope
 
 import transport
 
-from ..core_worker._node_link import THREAD_SEND_GAP
 from ..core_worker._worker_state import task_context
 from ..protocol import _wire as w
 from ..protocol._actors import ActorSpec, CallSpec
@@ -163,7 +161,6 @@ class _MainThreadHost(ThreadedHost):
         super().__init__(*args, **kwargs)
         inbox = self.actor_inbox
         assert type(inbox) is _LinkInbox
-        self._taken_at = 0.0  # when the thread last took a call itself
         if self.ctx.thread_reads:
             inbox.take = self._take_direct_call
         else:
@@ -180,21 +177,16 @@ class _MainThreadHost(ThreadedHost):
 
     def _take_direct_call(self, conn: Any, message: Any) -> bool:
         """Whether the actor's thread takes ``message``, read from ``conn`` by itself:
-        a call to this actor, not within ``THREAD_SEND_GAP`` of the last one it took
-        (closer together they are a burst, which the loop reads and answers in
-        batches: the thread would wake, read and answer once per call); it is then
-        registered as ``_h_direct_call`` and ``submit`` register one (the actor's
-        thread)."""
-        if type(message) is not w.DirectCall:
+        a call to this actor that left its caller alone (``DirectCall.alone``: no
+        other call of the caller in flight). Calls of a burst are the loop's, which
+        reads and answers them in batches (the thread would wake, read and answer
+        once per call). A taken call is registered as ``_h_direct_call`` and
+        ``submit`` register one (the actor's thread)."""
+        if type(message) is not w.DirectCall or not message.alone:
             return False
         spec = message.spec
         if spec.actor_id != self.spec.actor_id:
             return False
-        now = time.monotonic()
-        if now - self._taken_at < THREAD_SEND_GAP:
-            self._taken_at = now
-            return False
-        self._taken_at = now
         ctx = self.ctx
         ctx.direct[spec.task_id] = conn
         ctx.thread_taken = spec.task_id
