@@ -124,3 +124,30 @@ def test_a_burst_to_a_killed_actor_fails_every_call():
     for ref in [first, *refs]:
         with pytest.raises(exc.ActorDiedError):
             ray.get(ref, timeout=60)
+
+
+@ray.remote
+def total_of(box):
+    return sum(ray.get(box[0]))
+
+
+def test_the_node_hears_of_a_bursts_results_only_when_their_refs_are_passed_on():
+    # The answers of a burst read and dropped here never reach the node (no Put, no
+    # Free); one passed on later -- as an argument, inside a pickled list, inside a
+    # put value -- is sent to the node before the message that carries it.
+    from actorcore.core_worker._worker_state import current_core
+
+    r = Recorder.remote()
+    _direct(r)
+    core = current_core()
+    stats = core.stats
+    before = stats["results_unreported"]
+    refs = [r.add.remote(i) for i in range(1000)]
+    assert ray.get(refs) == list(range(1000))
+    kept = [refs[10], refs[20], refs[30]]
+    del refs
+    assert stats["results_unreported"] - before >= 990
+    assert ray.get(plus_one.remote(kept[0])) == 11  # an argument
+    assert ray.get(total_of.remote([kept])) == 60  # inside a pickled list
+    boxed = ray.put([kept[1], kept[2]])
+    assert ray.get(total_of.remote([ray.get(boxed)])) == 50  # inside a put value

@@ -506,17 +506,21 @@ class Route:
     def _ready(self, results: list) -> None:
         """Direct calls' ``results`` are here: their entries become ready (core loop)."""
         core = self.core
-        # The node hears of inline results (for a ref passed on later) from a Put
-        # queued *before* the caller can read them: a ref read and dropped at once
-        # then finds its result still queued and withdraws it
-        # (``NodeLink.enqueue_results``). A ref dropped before its result came has
-        # had its Free sent: no Put for it (``drop_late`` forgets it).
-        entries = core.references.entries
-        inline = [r for r in results
-                  if r[2] != STORE and (e := entries.get(r[0])) is not None and not e.dropped]
-        if inline:
-            core.link.enqueue_results(inline)
+        self._report(results)
         core.on_objects_ready(results)
+
+    def _report(self, results: list) -> None:
+        """Queue for the node the inline ``results`` it must hear of, before their
+        entries are ready (any thread). Those of refs already passed on go now; the
+        others only when a ref to them is passed on (``ReferenceTable.
+        direct_results``), and never if it dies here unread elsewhere. A ref dropped
+        before its result came has had its Free sent: no Put for it (``drop_late``
+        forgets it). Results in the store were registered by the actor's process."""
+        inline = [r for r in results if r[2] != STORE]
+        if inline:
+            report = self.core.references.direct_results(inline)
+            if report:
+                self.core.link.enqueue_results(report)
 
     # ------------------------------------------- the caller's thread reads the answer
 
@@ -548,11 +552,7 @@ class Route:
         held, drop = self._thread_answers.pop(task_id, (None, False))
         core = self.core
         references = core.references
-        entries = references.entries
-        inline = [r for r in results
-                  if r[2] != STORE and (e := entries.get(r[0])) is not None and not e.dropped]
-        if inline:
-            core.link.enqueue_results(inline)  # before the entries are ready (``_answered``)
+        self._report(results)  # before the entries are ready (``_answered``)
         if not references.ready_from_thread(results, own):
             self.soon(core.on_objects_ready, results)
         if held:
