@@ -38,6 +38,13 @@ is resubmitted through the node after its link broke).
 A call the link refuses for what it is (a frame over the actor's limit) fails with
 ``MessageTooLargeError`` and leaves the queue; only a dead link keeps calls back.
 
+Bursts and sync calls. Calls queued together leave as one `DirectCalls` frame
+(``Route.flush``, ``_batch_length``), and the actor's process answers the calls
+that end together in one `DirectResults` frame (``worker._host_context``). A sync
+call -- the only one in flight, its caller's thread waiting -- leaves from that
+thread marked ``alone`` (``_send_from_thread``, ``_alone``), and the actor's thread
+reads and answers exactly such calls itself (``worker._threaded_host``).
+
 A thread blocked in ``get`` of one direct call's result reads the answer off the
 link itself (``_reply_reads``; ``Route.reply``): ``_accept_answer`` and
 ``_finish_answer`` are ``_answered`` done in that thread, in the same order.
