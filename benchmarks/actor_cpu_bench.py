@@ -1,6 +1,6 @@
 """Where a 1:1 actor call's CPU goes: per process, from ``/proc``, beside its rate.
 
-    .venv/bin/python benchmarks/actor_cpu_bench.py [--sync N] [--async N] [--rounds R]
+    .venv/bin/python benchmarks/actor_cpu_bench.py [--sync N] [--async N] [--rounds R] [--threads]
 
 One driver, one threaded actor (``num_cpus=0``, an echo), calls after the direct link
 is up. For each round: the rate, the CPU time (user + system, clock ticks) that the
@@ -9,7 +9,9 @@ for sync calls the 10th, 50th and 90th percentile of one call's latency. Prints 
 round and the medians. On a loaded machine the wall clock swings with the other
 processes; CPU per call and the low latency percentiles swing less, which is what
 this script is for (A/B runs: run it alternately in two checkouts, or with an
-``ACTORCORE_*`` switch set and unset).
+``ACTORCORE_*`` switch set and unset). ``--threads`` splits the driver's and the
+actor's CPU per call between each process's main thread and its other threads (the
+core loop's, mostly), from ``/proc/<pid>/task``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def main() -> None:
     p.add_argument("--async", dest="batch", type=int, default=6000,
                    help="calls per round submitted at once, then fetched")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", action="store_true",
+                   help="the driver's and actor's CPU per call: main thread / other threads")
     args = p.parse_args()
 
     import actorcore as ray
@@ -58,6 +62,8 @@ def main() -> None:
         for r in range(args.rounds):
             pids = process_tree(me)
             before = {pid: stat_cpu(f"/proc/{pid}/stat") for pid in pids}
+            split = {pid: _main_thread_cpu(pid) for pid, role in roles.items()
+                     if role in ("driver", "actor")} if args.threads else {}
             lat: list[float] = []
             t0 = time.perf_counter()
             if mode == "sync":
@@ -76,6 +82,10 @@ def main() -> None:
             line = (f"{mode:5} round {r + 1}: {n / wall:8,.0f}/s  CPU/call {total:5.0f} us "
                     f"(driver {per['driver']:.0f}, actor {per['actor']:.0f}, "
                     f"node {per['node']:.0f}, other {per['other']:.0f})")
+            for pid, main0 in split.items():
+                cpu = (stat_cpu(f"/proc/{pid}/stat") - before[pid]) / n * 1e6
+                main_us = (_main_thread_cpu(pid) - main0) / n * 1e6
+                line += f" [{roles[pid]} main {main_us:.0f} / others {cpu - main_us:.0f}]"
             row = [n / wall, total, per["driver"], per["actor"], per["node"]]
             if lat:
                 lat.sort()
@@ -90,6 +100,11 @@ def main() -> None:
         cols = list(zip(*rows, strict=True))
         print(f"{mode:5} medians: " + ", ".join(
             f"{name} {statistics.median(col):,.0f}" for name, col in zip(names, cols)))
+
+
+def _main_thread_cpu(pid: int) -> float:
+    """CPU seconds of ``pid``'s main thread (its task of the same id)."""
+    return stat_cpu(f"/proc/{pid}/task/{pid}/stat")
 
 
 if __name__ == "__main__":

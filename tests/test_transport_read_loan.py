@@ -49,7 +49,7 @@ class Seen:
 
 class Borrower:
     """A thread that borrows a connection's read side while it is idle, as an actor's
-    mailbox does (``worker._actor_host._LinkInbox``): it polls an eventfd (the loan
+    mailbox does (``worker._threaded_host._LinkInbox``): it polls an eventfd (the loan
     handed over or closed) and, while it holds the side, the socket; it keeps the
     messages ``accept`` takes, in ``got`` beside the loop's."""
 

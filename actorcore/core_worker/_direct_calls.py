@@ -38,6 +38,13 @@ is resubmitted through the node after its link broke).
 A call the link refuses for what it is (a frame over the actor's limit) fails with
 ``MessageTooLargeError`` and leaves the queue; only a dead link keeps calls back.
 
+Bursts and sync calls. Calls queued together leave as one `DirectCalls` frame
+(``Route.flush``, ``_batch_length``), and the actor's process answers the calls
+that end together in one `DirectResults` frame (``worker._host_context``). A sync
+call -- the only one in flight, its caller's thread waiting -- leaves from that
+thread marked ``alone`` (``_send_from_thread``, ``_alone``), and the actor's thread
+reads and answers exactly such calls itself (``worker._threaded_host``).
+
 A thread blocked in ``get`` of one direct call's result reads the answer off the
 link itself (``_reply_reads``; ``Route.reply``): ``_accept_answer`` and
 ``_finish_answer`` are ``_answered`` done in that thread, in the same order.
@@ -79,6 +86,9 @@ DIRECT_CALLS: bool = env_value("ACTORCORE_DIRECT_CALLS")
 #: Failed discoveries of one actor before its caller stays on the node path.
 MAX_DISCOVERY_FAILURES = 3
 
+#: The most calls of a burst that leave in one `DirectCalls` frame (``Route.flush``).
+MAX_CALLS_PER_FRAME = 256
+
 
 class Route:
     """One caller process's path to one actor (see the module docstring)."""
@@ -90,6 +100,7 @@ class Route:
         # What the actor's process answers on the direct link.
         self._dispatcher = transport.Dispatcher(f"direct-link-{actor_id.hex()[:12]}")
         self._dispatcher.register(w.DirectResult, self._on_result, oneway=True)
+        self._dispatcher.register(w.DirectResults, self._on_results, oneway=True)
         self.mode = "node"  # node | direct
         self.discovering = False
         self.failures = 0
@@ -153,13 +164,21 @@ class Route:
 
     def _send_from_thread(self) -> bool:
         """Write what ``outq`` holds from this thread, without waking the loop, when
-        the link is idle and this is not a burst (as ``NodeLink`` does for a submit;
-        see ``transport.Connection.send_from_thread``). ``False``: the loop sends
-        what is left (lock held)."""
-        now = time.monotonic()
+        the link is idle and this is not a burst (see ``transport.Connection.
+        send_from_thread``). ``False``: the loop sends what is left (lock held).
+
+        Not a burst: this call is the only one in flight, and either a thread read
+        the last answer itself and waits for this one (``_alone``: a sync call), or
+        the last write from a thread is ``THREAD_SEND_GAP`` old (as ``NodeLink`` has
+        it for tasks). The time alone would send a sync call answered within the
+        gap the loop's way, and the actor's thread would leave it to its loop as
+        part of a burst (``DirectCall.alone``)."""
         conn = self.conn
-        if (conn is None or self.sender_busy or now - self.thread_sent_at < THREAD_SEND_GAP
-                or self.core.loop.in_loop()):
+        if conn is None or self.sender_busy or len(self.direct) > 1 or self.core.loop.in_loop():
+            return False
+        now = time.monotonic()
+        alone = self._alone()
+        if not alone and now - self.thread_sent_at < THREAD_SEND_GAP:
             return False
         outq = self.outq
         while outq:
@@ -168,7 +187,7 @@ class Route:
                 return False  # its refs may not be ready: the loop's flush waits for them
             try:
                 sent = conn.send_from_thread(
-                    w.DirectCall(spec) if type(spec) is CallSpec else spec)
+                    w.DirectCall(spec, alone) if type(spec) is CallSpec else spec)
             except Exception:  # refused for what it is: the loop's flush says so
                 return False
             if not sent:
@@ -176,6 +195,15 @@ class Route:
             outq.popleft()
         self.thread_sent_at = now
         return True
+
+    def _alone(self) -> bool:
+        """Whether the call just queued is a sync call's (lock held): the only one in
+        flight, and a thread read the last answer itself and keeps the read side
+        (``_reply_reads``). The actor's thread then reads and answers it itself
+        (``DirectCall.alone``)."""
+        reply = self.reply
+        return (len(self.direct) == 1 and reply is not None
+                and reply in self.core.references.paused_reads)
 
     def _track_node_call(self, spec: CallSpec) -> None:
         """Count a node-routed call until its result is here (lock held)."""
@@ -330,12 +358,19 @@ class Route:
                 return
             conn = self.conn
             outq = self.outq
+            alone = False  # after a refused batch: each call alone, to fail only its own
             while outq:
                 spec = outq[0]
                 if self._held_back(spec):
                     return
+                n = 1 if alone else self._batch_length()
                 try:
-                    conn.send_nowait(w.DirectCall(spec) if type(spec) is CallSpec else spec)
+                    if n > 1:
+                        conn.send_nowait(w.DirectCalls([outq[i] for i in range(n)]))
+                    elif type(spec) is CallSpec:
+                        conn.send_nowait(w.DirectCall(spec, self._alone()))
+                    else:
+                        conn.send_nowait(spec)
                 except trio.WouldBlock:
                     self.sender_busy = True
                     self.core.loop.start_soon(self._drain, conn)
@@ -343,11 +378,37 @@ class Route:
                 except LINK_DOWN:
                     break  # the link is gone: _link_lost resends through the node
                 except Exception as exc:
+                    if n > 1:
+                        alone = True
+                        continue
                     self._refuse(spec, exc, refused)
                     continue
-                outq.popleft()
+                for _ in range(n):
+                    outq.popleft()
         for task_id, results in refused:
             self._answered(task_id, results)
+
+    def _batch_length(self) -> int:
+        """How many calls at the head of ``outq`` leave as one `DirectCalls` frame:
+        the run of calls behind the head (which may go) that wait for no argument
+        refs, at most `MAX_CALLS_PER_FRAME`; 1: the head alone (lock held).
+
+        Why. A burst of calls (``[a.f.remote() for ...]``) otherwise costs one frame
+        each way per call: a pickle, a header and a dispatch here, and a decode and a
+        dispatch in the actor's process. One frame for the run costs a fraction of
+        that per call (benchmarks/README.md, "Actor calls in batches"). A call with
+        refs ends the run: it may wait for them (``_held_back``), and it is the head
+        of the next one."""
+        outq = self.outq
+        if type(outq[0]) is not CallSpec:
+            return 1
+        n, end = 1, min(len(outq), MAX_CALLS_PER_FRAME)
+        while n < end:
+            spec = outq[n]
+            if type(spec) is not CallSpec or spec.deps:
+                break
+            n += 1
+        return n
 
     def _refuse(self, item: CallSpec | w.CancelActorCall, exc: BaseException,
                 refused: list[tuple[bytes, list]]) -> None:
@@ -412,6 +473,28 @@ class Route:
             return
         self._answered(task_id, results)
 
+    def _on_results(self, conn: Any, message: w.DirectResults) -> None:
+        """The answers to several direct calls, in one frame (``DirectResults``)."""
+        core = self.core
+        answers = message.answers
+        held: list[Sequence[bytes]] = []
+        results: list = []
+        with self.lock:
+            direct, held_args = self.direct, self.held
+            for task_id, call_results in answers:
+                direct.pop(task_id, None)
+                if held_args and (args := held_args.pop(task_id, None)):
+                    held.append(args)
+                results += call_results
+            drop = self.drop_deferred and not direct
+            if drop:
+                self.drop_deferred = False
+        self._ready(results)
+        for args in held:
+            core.release_args(args)
+        if drop:
+            core.enqueue(w.DropActor(self.actor_id), wake=False)
+
     def _answered(self, task_id: bytes, results: list) -> None:
         """The results of a direct call are here (core loop)."""
         core = self.core
@@ -421,21 +504,30 @@ class Route:
             drop = self.drop_deferred and not self.direct
             if drop:
                 self.drop_deferred = False
-        # The node hears of inline results (for a ref passed on later) from a Put
-        # queued *before* the caller can read them: a ref read and dropped at once
-        # then finds its result still queued and withdraws it
-        # (``NodeLink.enqueue_results``). A ref dropped before its result came has
-        # had its Free sent: no Put for it (``drop_late`` forgets it).
-        entries = core.references.entries
-        inline = [r for r in results
-                  if r[2] != STORE and (e := entries.get(r[0])) is not None and not e.dropped]
-        if inline:
-            core.link.enqueue_results(inline)
-        core.on_objects_ready(results)
+        self._ready(results)
         if held:
             core.release_args(held)
         if drop:
             core.enqueue(w.DropActor(self.actor_id), wake=False)
+
+    def _ready(self, results: list) -> None:
+        """Direct calls' ``results`` are here: their entries become ready (core loop)."""
+        core = self.core
+        self._report(results)
+        core.on_objects_ready(results)
+
+    def _report(self, results: list) -> None:
+        """Queue for the node the inline ``results`` it must hear of, before their
+        entries are ready (any thread). Those of refs already passed on go now; the
+        others only when a ref to them is passed on (``ReferenceTable.
+        direct_results``), and never if it dies here unread elsewhere. A ref dropped
+        before its result came has had its Free sent: no Put for it (``drop_late``
+        forgets it). Results in the store were registered by the actor's process."""
+        inline = [r for r in results if r[2] != STORE]
+        if inline:
+            report = self.core.references.direct_results(inline)
+            if report:
+                self.core.link.enqueue_results(report)
 
     # ------------------------------------------- the caller's thread reads the answer
 
@@ -467,11 +559,7 @@ class Route:
         held, drop = self._thread_answers.pop(task_id, (None, False))
         core = self.core
         references = core.references
-        entries = references.entries
-        inline = [r for r in results
-                  if r[2] != STORE and (e := entries.get(r[0])) is not None and not e.dropped]
-        if inline:
-            core.link.enqueue_results(inline)  # before the entries are ready (``_answered``)
+        self._report(results)  # before the entries are ready (``_answered``)
         if not references.ready_from_thread(results, own):
             self.soon(core.on_objects_ready, results)
         if held:

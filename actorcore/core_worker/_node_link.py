@@ -209,18 +209,23 @@ class NodeLink:
     # thousand `Put`s built, queued and coalesced one by one. Joining the last message
     # is what queueing a new one behind it would do: the order holds.
 
-    def enqueue_results(self, items: list) -> None:
+    def enqueue_results(self, items: list, wake: bool = False) -> None:
         """Queue the inline results ``[(object_id, is_error, data), ...]`` of direct
-        actor calls for the node, lazily (see the comment above)."""
+        actor calls for the node, lazily (see the comment above); ``wake``: a ref to
+        them is being passed on (``ReferenceTable.direct_results``), send soon."""
         queue = self._queue
         with self._results_lock:
             self._unsent_results.update([item[0] for item in items])
             batch = self._open_results
-            if batch is not None and queue and queue[-1] is batch:
+            if not wake and batch is not None and queue and queue[-1] is batch:
                 batch.extend(items)
                 return
             batch = self._open_results = _Results(items)
-        self.enqueue(batch, wake=False)
+        self.enqueue(batch, wake=wake)
+
+    def count(self, what: str) -> None:
+        """Count one ``what`` in the core worker's statistics (``stats``)."""
+        self._stats[what] += 1
 
     def _put_of(self, message: Any) -> Any:
         """``message``, just taken off the queue: an open ``_Results`` closes and

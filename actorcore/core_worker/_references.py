@@ -61,6 +61,9 @@ class Entry:
     actor: bytes | None = None  # the actor, for an actor method call's result
     seen: bool = False  # its value (or error) was read, waited on or passed on
     dropped: bool = False  # its last ref died before it was ready
+    # A direct call's inline result the node has not heard of (``direct_results``):
+    # its (object id, is_error, data), queued for the node when a ref escapes.
+    unreported: ObjectData | None = None
 
 
 class ReferenceTable:
@@ -142,17 +145,30 @@ class ReferenceTable:
             if oid in self._escaped:
                 return
         entry = self.entries.get(oid)
-        if entry is not None and entry.owned and not self._link.closed:
-            if entry.ready:
-                del self.entries[oid]
-                seen = entry.seen
-                if entry.is_error and not seen:
-                    self.report_unhandled(oid, entry)
-                if not seen and self._link.withdraw_result(oid):
-                    return  # the node never hears of it (``NodeLink.enqueue_results``)
-            else:
-                entry.dropped = True  # kept until its result is here (drop_late)
-            self._link.enqueue(w.Free([oid]), wake=False)
+        if entry is None or not entry.owned or self._link.closed:
+            return
+        ready = entry.ready
+        if entry.unreported is not None or not ready:
+            with self.lock:  # atomic with ``direct_results``' decision
+                unreported = entry.unreported is not None
+                ready = entry.ready
+                if not ready:
+                    entry.dropped = True  # kept until its result is here (drop_late)
+            if unreported:  # the node never heard of it: no Put, no Free
+                self._link.count("results_unreported")
+                if ready:
+                    del self.entries[oid]
+                    if entry.is_error and not entry.seen:
+                        self.report_unhandled(oid, entry)
+                return
+        if ready:
+            del self.entries[oid]
+            seen = entry.seen
+            if entry.is_error and not seen:
+                self.report_unhandled(oid, entry)
+            if not seen and self._link.withdraw_result(oid):
+                return  # the node never hears of it (``NodeLink.enqueue_results``)
+        self._link.enqueue(w.Free([oid]), wake=False)
 
     def drop_late(self, oid: bytes, entry: Entry) -> None:
         """The result of a ref that died before it was ready is here (core loop)."""
@@ -177,15 +193,61 @@ class ReferenceTable:
             "Unhandled error (suppress with 'ACTORCORE_IGNORE_UNHANDLED_ERRORS=1'): %s", error)
 
     def mark_seen(self, oids: Iterable[bytes]) -> None:
-        """``oids`` were passed to a task or call: their errors reach its caller."""
+        """``oids`` were passed to a task or call: their errors reach its caller,
+        and the node hears of their values (``direct_results``)."""
         entries = self.entries
-        for oid in oids:
-            e = entries.get(oid)
-            if e is not None:
-                e.seen = True
+        report = []
+        with self.lock:
+            for oid in oids:
+                e = entries.get(oid)
+                if e is not None:
+                    e.seen = True
+                    if e.unreported is not None:
+                        report.append(e.unreported)
+                        e.unreported = None
+        if report:
+            self._link.enqueue_results(report, wake=True)
 
     def mark_escaped(self, oid: bytes) -> None:
-        self._escaped.add(oid)
+        """A ref to ``oid`` was pickled: it may be read anywhere from now on."""
+        with self.lock:
+            self._escaped.add(oid)
+            e = self.entries.get(oid)
+            item = e.unreported if e is not None else None
+            if item is not None:
+                e.unreported = None  # type: ignore[union-attr]
+        if item is not None:
+            self._link.enqueue_results([item], wake=True)
+
+    def direct_results(self, items: Iterable[ObjectData]) -> list[ObjectData]:
+        """Of a direct call's inline results (``items``, not yet ready), those the node
+        must hear of now; the others it hears of only if a ref to them escapes.
+
+        Why. The node knows a direct call's result only so that a ref passed on
+        resolves there (a task's argument, a ref inside a pickled value). Most refs
+        of direct calls are read and dropped here and never passed on: a `Put` of
+        each result and a `Free` behind it would cost this process and the node a
+        message each per call for an object nobody else can ever ask for. So a
+        result whose ref has not been passed on or pickled (``seen``, escaped) is
+        only marked ``unreported``, with its data: `mark_seen` and `mark_escaped`
+        queue it for the node before the message that passes the ref on can be
+        queued (the node's link keeps the order), and a ref that dies unreported
+        sends nothing (``remove_local_ref``). The decision and the marks are taken
+        under ``lock``, so a ref passed on while its result arrives is reported
+        exactly once. A dropped ref's result (its ``Free`` sent) is neither."""
+        entries = self.entries
+        escaped = self._escaped
+        report = []
+        with self.lock:
+            for item in items:
+                e = entries.get(item[0])
+                if e is None or e.dropped:
+                    continue
+                if e.seen or item[0] in escaped:
+                    report.append(item)
+                else:
+                    e.unreported = item
+        return report
 
     # -------------------------------------------------------- receiving results
 

@@ -7,7 +7,7 @@ the core loop, whose reader reads and decodes the frame and makes the entry read
 lock; then that thread wakes. On this 2-core machine each wake-up waits for a core and
 then for the GIL, and the loop's pass costs as much CPU as the reply itself. Here the
 waiting thread borrows the link's read side (``transport.ReadLoan``, as an actor's
-thread does for its calls: ``worker._actor_host._LinkInbox``) and the kernel wakes it
+thread does for its calls: ``worker._threaded_host._LinkInbox``) and the kernel wakes it
 directly; the loop does not run for a lone call.
 
 Who reads, when
@@ -50,9 +50,10 @@ The rest of the loop's handling is done in the same order it does it:
   link lost meanwhile (``Route._link_lost``, ``LeasedTasks._lose_link``, under the
   same lock) either finds the call answered, or the thread finds it gone and gives
   the frame back: a call is never both resent and taken as answered here;
-* a direct call's inline results are queued for the node (``enqueue_results``)
-  *before* its entries are ready, so that a ref read and dropped at once finds its
-  result still queued and withdraws it (``NodeLink.withdraw_result``);
+* a direct call's inline results are sorted *before* its entries are ready
+  (``Route._report``, ``ReferenceTable.direct_results``): those of refs passed on
+  already are queued for the node, the others marked to be queued when a ref to
+  them is passed on, and never if it dies here;
 * argument objects held for the call are released, and a deferred drop of the
   actor is queued, after the entries are ready.
 """

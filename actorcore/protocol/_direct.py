@@ -18,7 +18,9 @@ from ._wire_checks import ID, spec_named
 
 __all__ = [
     "DirectCall",
+    "DirectCalls",
     "DirectResult",
+    "DirectResults",
 ]
 
 
@@ -28,9 +30,25 @@ __all__ = [
 @transport.compact
 @transport.message
 class DirectCall:
-    """A method call straight to the actor's process."""
+    """A method call straight to the actor's process. ``alone``: a sync call (no
+    other call of this caller to the actor in flight, and a thread of the caller
+    waits for its answer: ``core_worker._direct_calls.Route._alone``), which the
+    actor's thread may read and answer itself with no burst of calls to read one by
+    one behind it (``worker._threaded_host``)."""
 
     spec: Any = attrs.field(metadata=spec_named("CallSpec"))
+    alone: bool = False
+
+
+@transport.compact
+@transport.message
+class DirectCalls:
+    """Several method calls straight to the actor's process, in submission order: a
+    caller's burst leaves as one frame (one pickle, one decode) instead of one per
+    call."""
+
+    specs: list = attrs.field(metadata=check(v.deep_iterable(
+        member_validator=spec_named("CallSpec")["check"], iterable_validator=v.instance_of(list))))
 
 
 @transport.compact
@@ -41,6 +59,17 @@ class DirectResult:
 
     task_id: bytes = attrs.field(metadata=ID)
     results: list | None = attrs.field(metadata=check(v.optional(v.instance_of(list))))
+
+
+@transport.compact
+@transport.message
+class DirectResults:
+    """Several direct calls' results, as ``(task_id, results)`` pairs: the answers to
+    a burst that were ready together leave as one frame. Never carries the ``None``
+    of `DirectResult` (the actor is not here): that one travels alone."""
+
+    answers: list = attrs.field(metadata=check(v.deep_iterable(
+        member_validator=v.instance_of(tuple), iterable_validator=v.instance_of(list))))
 
 
 # Each class above travels as its extension code, not its module and name

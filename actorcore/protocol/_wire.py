@@ -64,6 +64,7 @@ Node -> actor worker:
   `StopActor`        end one actor of a shared process
 Caller <-> actor process (the direct link, ``core_worker._direct_calls``):
   `DirectCall` -> `DirectResult` (``results`` None: the actor is not there);
+  `DirectCalls` (a burst in one frame) -> `DirectResults` (answers ready together);
   `CancelActorCall` behind the call it cancels.
 Worker leases (``_leases``; ``core_worker._leased_tasks``, ``node.local_scheduler._leases``):
   submitter -> node: `RequestLease` *request* -> `LeaseReply`; `ReturnLease`;
@@ -150,7 +151,9 @@ from ._between_nodes import (
 )
 from ._direct import (
     DirectCall,
+    DirectCalls,
     DirectResult,
+    DirectResults,
 )
 from ._from_node import (
     ActorCall,
@@ -247,7 +250,9 @@ __all__ = [
     "CreatePlacementGroup",
     "DelayStoreHold",
     "DirectCall",
+    "DirectCalls",
     "DirectResult",
+    "DirectResults",
     "DropActor",
     "DropCopy",
     "Execute",

@@ -40,6 +40,7 @@ class ActorWorkerProcess(WorkerProcess):
         #: The handler of callers' direct links (``core_worker._direct_calls``).
         self.direct_dispatcher = d = transport.Dispatcher(f"worker_{self.index}-direct")
         d.register(w.DirectCall, self._h_direct_call, oneway=True)
+        d.register(w.DirectCalls, self._h_direct_calls, oneway=True)
         d.register(w.CancelActorCall, self._h_cancel, oneway=True)
 
     def routes(self, d: transport.Dispatcher) -> None:
@@ -89,16 +90,34 @@ class ActorWorkerProcess(WorkerProcess):
 
     def _h_direct_call(self, conn: Any, m: w.DirectCall) -> None:
         """A caller's call on its direct link."""
-        spec = m.spec
+        host = self._direct_call(conn, m.spec)
+        if host is not None:
+            host.offer_reads(conn)
+
+    def _h_direct_calls(self, conn: Any, m: w.DirectCalls) -> None:
+        """A caller's burst of calls on its direct link, in submission order."""
+        assert self.ctx is not None
+        self.ctx.call_frames_read_by_loop += 1
+        host = None
+        for spec in m.specs:
+            host = self._direct_call(conn, spec)
+            if host is None:
+                return  # the caller resends this one and every later one via the node
+        if host is not None:
+            host.offer_reads(conn)
+
+    def _direct_call(self, conn: Any, spec: Any) -> Any:
+        """Hand a direct call to its actor's host; ``None``: the actor is not (or no
+        longer) here, and the caller is told to go through the node."""
         host = self.hosts.get(spec.actor_id)
-        if host is None:  # not (or no longer) here: the caller goes through the node
+        if host is None:
             conn.send_nowait(w.DirectResult(spec.task_id, None))
-            return
+            return None
         assert self.ctx is not None
         self.ctx.direct[spec.task_id] = conn
         self.ctx.calls_read_by_loop += 1
         host.submit(spec, None)
-        host.offer_reads(conn)
+        return host
 
     async def run(self, address: str, token: bytes) -> None:
         async with trio.open_nursery() as nursery:
