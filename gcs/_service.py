@@ -436,6 +436,10 @@ class ReplicaService:
                     nursery.start_soon(self._watch_lifeline, lifeline)
                 code = await process.wait()
                 nursery.cancel_scope.cancel()
+            # Reaped, so dead for certain: cut it out now if its lifeline did not
+            # (one that could not be held, or a wait that missed the owner's death),
+            # whatever its sockets do; its slot's new replica joins a repaired chain.
+            self.plan.replica_died(self.name)
             raise ReplicaProcessDied(
                 f"GCS replica {self.name} of shard {self.shard} (pid {process.pid}) "
                 f"exited with code {code}"
