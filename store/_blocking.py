@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -84,16 +84,7 @@ class BlockingStoreClient:
             # Not sent: nothing was counted (a retry creates the object afresh; the
             # service dropped the unsealed block with our connection).
             client._unanswered_seals.pop(object_id, None)
-            if take_ref:
-                if client.refs[object_id] <= 1:
-                    del client.refs[object_id]
-                else:
-                    client.refs[object_id] -= 1
-            if isinstance(exc, trio.RunFinishedError):
-                raise StoreClosedError("the store client's Trio run has finished") from None
-            if isinstance(exc, transport.ConnectionLost):
-                raise StoreClosedError(f"connection to the object store lost: {exc}") from exc
-            raise
+            _not_sent(client, object_id, take_ref, exc)
         return serialized.total_size
 
     def _put_lent(self, object_id: bytes, serialized: SerializedValue, lent: m.Lent,
@@ -122,16 +113,7 @@ class BlockingStoreClient:
         except BaseException as exc:
             client._unanswered_adopts.pop(object_id, None)
             client._untake(lent.lend_id)
-            if take_ref:
-                if client.refs[object_id] <= 1:
-                    del client.refs[object_id]
-                else:
-                    client.refs[object_id] -= 1
-            if isinstance(exc, trio.RunFinishedError):
-                raise StoreClosedError("the store client's Trio run has finished") from None
-            if isinstance(exc, transport.ConnectionLost):
-                raise StoreClosedError(f"connection to the object store lost: {exc}") from exc
-            raise
+            _not_sent(client, object_id, take_ref, exc)
         return serialized.total_size
 
     def _abort(self, object_id: bytes) -> None:
@@ -184,3 +166,18 @@ async def _put(client: StoreClient, object_id: bytes, serialized: SerializedValu
 
 async def _get_serialized(client: StoreClient, object_id: bytes, timeout: float | None):  # noqa: ASYNC109
     return await client.get_serialized(object_id, timeout=timeout)
+
+
+def _not_sent(client: Any, object_id: bytes, take_ref: bool, exc: BaseException) -> NoReturn:
+    """A `Seal` or `Adopt` could not be sent: take back the ref counted for it, and
+    raise ``exc``, as `StoreClosedError` where the store is gone."""
+    if take_ref:
+        if client.refs[object_id] <= 1:
+            del client.refs[object_id]
+        else:
+            client.refs[object_id] -= 1
+    if isinstance(exc, trio.RunFinishedError):
+        raise StoreClosedError("the store client's Trio run has finished") from None
+    if isinstance(exc, transport.ConnectionLost):
+        raise StoreClosedError(f"connection to the object store lost: {exc}") from exc
+    raise exc
