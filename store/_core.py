@@ -320,7 +320,7 @@ class StoreCore:
     # can start; on a busy machine that is the wait for this process to be
     # scheduled (0.9-12.6 ms measured at load 7, 10-36 ms at load 15, against a
     # 100 MB copy of 10-15 ms). So a writer that asks (the driver) is lent a block
-    # ahead of its next put (as large as its largest put yet, or a default): the
+    # ahead of its next put (as large as its last put; none before its first): the
     # put copies into it without asking, then sends `Adopt` (the block is that
     # object now, sealed, its tail freed) without waiting; as it takes the block,
     # before its copy, it asks for the next one (`Lend`), whose answer comes

@@ -56,19 +56,22 @@ class LendingClient:
         """From now on, a large put from a thread (`BlockingStoreClient.put`) of an
         id starting with ``prefix`` copies into a block the store lent this client
         ahead, without asking (the ``create`` round trip leaves the put's path),
-        and asks for the next block as it starts. Blocks are as large as the
-        largest put yet, and at least ``size`` bytes (default: half the store's
-        warm margin, at most an eighth of the store); the first is asked for now.
-        The ids under ``prefix`` must be this client's alone (its fresh put ids): a
-        lookup of one that finds nothing asks this client first. Costs up to one
-        block of the store while the client lives (``lent`` in the store's
-        statistics), given back when an allocation needs the room."""
+        and asks for the next block as it starts, as large as itself (see
+        `_lend_soon`). The first block is lent now if ``size`` (bytes) is given,
+        else after the first such put, which asks for its own (a client that never
+        puts a large value holds no block). The ids under ``prefix`` must be this
+        client's alone (its fresh put ids): a lookup of one that finds nothing asks
+        this client first. Costs one block of the store while the client lives
+        (``lent`` in the store's statistics), given back when an allocation needs
+        the room."""
         if not prefix:
             raise ValueError("lend_for needs a prefix of the ids to put, not b''")
-        if size is None:
-            size = min(self._warm // 2 or self._mapping.size // 8, self._mapping.size // 8)
-        self._lend_size = max(self._lend_size, size)
+        if size is not None and size <= 0:
+            raise ValueError(f"lend_for's size is a number of bytes > 0, got {size!r}")
         self._lend_prefix = bytes(prefix)
+        if size is None:
+            return
+        self._lend_size = size
         with self._lock:
             if self._lent is not None or self._lend_asked:
                 return
@@ -119,13 +122,25 @@ class LendingClient:
         except (RuntimeError, trio.RunFinishedError, transport.TransportError):
             pass
 
+    # The next block is as large as the last put (``need``), not the largest yet.
+    # A writer's blocks take turns over two places: the one lent for the next put
+    # is placed while this put's block is still in use. With 100 MB puts and a
+    # block of the largest size seen (128 MiB, the old first block of half the
+    # warm margin) the two places reached 257 MiB, past the 256 MiB the driver
+    # mapped ahead and the service keeps warm above what it allocated: the first
+    # puts then took 1,526 read faults each (8-12 ms of CPU per 100 MB), and every
+    # rise of the arena's high water set the service's warmer zeroing 32 MiB steps
+    # on the other core as the put copied, for memory bandwidth the copy needs.
+    # Blocks cut to the put keep the two places in the bottom 200 MB. A put larger
+    # than the block gives it back and asks (`_take_lent`); the next is its size.
+
     def _lend_soon(self, object_id: bytes, need: int) -> None:
-        """Ask for a block for the next put, as large as the largest yet (``need``
-        bytes, this one's), unless one is lent or asked for (a putting thread,
-        before its copy; the answer comes on the loop)."""
+        """Ask for a block for the next put, as large as this one (``need`` bytes),
+        unless one is lent or asked for (a putting thread, before its copy; the
+        answer comes on the loop)."""
         if self._lend_prefix is None or not object_id.startswith(self._lend_prefix):
             return
-        self._lend_size = max(self._lend_size, need)
+        self._lend_size = need
         with self._lock:
             if self._lent is not None or self._lend_asked:
                 return

@@ -262,9 +262,8 @@ ray.shutdown()
 def test_store_prefault_setting(tmpdir, setting):
     # 0: nothing faulted in ahead; all: the whole arena (its capacity is the cap);
     # a number: that many bytes above the highest allocated byte: the 1 MiB put's,
-    # or that of a block the store lent the driver for its next put (`store._core`,
-    # "Lending"; half the margin at first, then as large as the put, and the first
-    # may be given back after the put's block was placed above it).
+    # or that of the block the store lent the driver for its next put, as large as
+    # the put (`store._core`, "Lending"), placed above it.
     mib = 1 << 20
     low, high = {"0": (0, 0), "all": (64 * mib + 4096,) * 2,
                  "1048576": (2 * mib + 4096, 4 * mib + 16384)}[setting]

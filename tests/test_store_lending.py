@@ -47,8 +47,9 @@ async def test_a_put_into_a_lent_block_asks_the_store_nothing_first(tmp_path, pr
             await trio.to_thread.run_sync(blocking.put, PUTS + b"1", value)
             np.testing.assert_array_equal(await client.get(PUTS + b"1", timeout=0), value)
             await _wait_for(lambda: writer.holds(PUTS + b"1"), "the writer's view")
-            # The put asked for the next block as it started: one is lent again.
-            await _wait_for(lambda: service.statistics().lent >= 8 * MB, "the next block")
+            # The put asked for the next block as it started, as large as itself.
+            await _wait_for(lambda: writer._lent is not None, "the next block")
+            assert value.nbytes <= service.statistics().lent < 5 * MB
             stats = service.statistics()
             assert stats.count == 1 and stats.unsealed == 0
             assert stats.used < base.used + 5 * MB  # the block was cut to the object
@@ -60,6 +61,27 @@ async def test_a_put_into_a_lent_block_asks_the_store_nothing_first(tmp_path, pr
             await writer.aclose()
         await _wait_for(lambda: service.statistics().lent == 0, "the block back at the end")
         assert service.statistics().used == base.used
+
+
+async def test_a_writer_is_lent_a_block_as_large_as_its_last_put(tmp_path, prefix):  # noqa: F811
+    # Nothing is lent before the first large put (a driver that never puts one
+    # holds no block); then the block for the next put is as large as the last
+    # put, smaller ones included, not as large as the largest yet.
+    async with running_store(tmp_path, prefix) as (service, client):
+        writer = await store.StoreClient.connect(service.address, TOKEN, name="writer")
+        blocking = store.BlockingStoreClient(writer)
+        try:
+            await writer.lend_for(PUTS)
+            assert service.statistics().lent == 0 and writer._lent is None
+            await trio.to_thread.run_sync(blocking.put, PUTS + b"1", np.ones(4 * MB, np.uint8))
+            await _wait_for(lambda: writer._lent is not None, "the block for the next put")
+            assert 4 * MB <= service.statistics().lent < 5 * MB
+            writer._call_from_thread = _no_create  # the next put fits the block: no create
+            await trio.to_thread.run_sync(blocking.put, PUTS + b"2", np.ones(MB, np.uint8))
+            await _wait_for(lambda: writer._lent is not None, "the block for the next put")
+            assert MB <= service.statistics().lent < 2 * MB
+        finally:
+            await writer.aclose()
 
 
 async def test_a_put_into_a_lent_block_is_visible_before_its_adopt_is_read(tmp_path, prefix):  # noqa: F811
