@@ -143,8 +143,10 @@ def main() -> None:
             ray.get([noop.remote(i) for i in range(n)])
         return time.perf_counter() - t0
 
+    # ``--sync 0`` or ``--burst 0`` leaves that kind out.
+    modes = [(mode, n) for mode, n in (("sync", args.sync), ("burst", args.burst)) if n > 0]
     for r in range(args.rounds):
-        for mode, n in (("sync", args.sync), ("burst", args.burst)):
+        for mode, n in modes:
             time.sleep(0.3)
             r0 = read_by_threads()
             time.sleep(0.3)
@@ -163,7 +165,7 @@ def main() -> None:
                 [wall / n * 1e6, total, per["driver"], per["node"], per["workers"],
                  per["w.main"], per["w.other"]])
     if args.strace:
-        for mode, n in (("sync", args.sync), ("burst", args.burst)):
+        for mode, n in modes:
             out = f"/tmp/task_cpu_bench.strace.{os.getpid()}.{mode}"
             proc = _strace(sorted(workers), out)
             one(mode, n)

@@ -235,3 +235,30 @@ async def test_lineage_of_tasks_freed_before_it_was_written_is_never_written(nur
         for spec in kept:
             assert (await client.tasks.get(spec.task_id.hex())).spec["args"] == b"k"
         assert await client.tasks.get_entry(written[0].task_id.hex()) is not None
+
+
+async def test_a_flush_leaves_a_young_record_for_the_next_one(nursery, autojump_clock) -> None:
+    # A sync task's returns are freed a few ms after its end (the driver's lazy
+    # `Free`): a record that came just before a flush waits for the next one, so a
+    # free within _ELISION_AGE of its arrival elides it, whenever in the flush
+    # interval it came. Records old enough are written as before.
+    from actorcore.node.gcs_client._control import (
+        _ELISION_AGE,
+        _FLUSH_INTERVAL,
+        MemoryControlState,
+    )
+
+    control = MemoryControlState()
+    nursery.start_soon(control.flush_forever)
+    old, young = _spec(b"o"), _spec(b"y")
+    control.record_task(old)  # starts the flush interval
+    await trio.sleep(_FLUSH_INTERVAL - 0.01)
+    control.record_task(young)
+    await trio.sleep(0.02)  # the first flush has run
+    assert control.statistics().tasks_recorded == 1
+    control.lineage_done(young.task_id)  # freed 20 ms after it came
+    await trio.sleep(_ELISION_AGE + 2 * _FLUSH_INTERVAL)
+    stats = control.statistics()
+    assert (stats.tasks_recorded, stats.lineage_collectable, stats.lineage_elided,
+            stats.lineage_pending) == (1, 0, 1, 0), stats
+    assert old.task_id in control.tasks and young.task_id not in control.tasks

@@ -37,6 +37,9 @@ T = TypeVar("T")
 
 _FLUSH_INTERVAL = 0.05
 _FLUSH_BATCH = 1000
+#: A flush leaves a record this much younger in the buffer, for the next one (see
+#: `_LineageBuffer`, "Elision"): time for its task's returns to be freed.
+_ELISION_AGE = 0.05
 #: Most items per GCS write of a flush (see `_LineageBuffer`, "Chunks").
 _WRITE_CHUNK = 32
 #: Seconds a GCS call waits for the ``gcs_client`` component to (re)connect.
@@ -89,12 +92,14 @@ class ControlStatistics:
 
 
 class _Record:
-    """A task's record in the lineage buffer; emptied when it is elided."""
+    """A task's record in the lineage buffer, and when it came (the Trio clock);
+    emptied when it is elided."""
 
-    __slots__ = ("spec",)
+    __slots__ = ("added_at", "spec")
 
-    def __init__(self, spec: TaskSpec | None) -> None:
+    def __init__(self, spec: TaskSpec | None, added_at: float) -> None:
         self.spec = spec
+        self.added_at = added_at
 
 
 class _LineageBuffer:
@@ -136,7 +141,17 @@ class _LineageBuffer:
     tasks run one at a time (``get`` of each result, then the ref dropped, all
     within the 50 ms a batch waits), and writing both was a third of the node's
     CPU per such task. A record already taken into a batch being written is
-    marked as before. Records are held in `_Record` boxes: an elided one is
+    marked as before.
+
+    A flush takes only records at least ``_ELISION_AGE`` old (and what precedes
+    them), unless the buffer holds a full batch: the rest wait for the next flush.
+    A sync task's returns are freed a few milliseconds after its end (the driver
+    sends its `Free` lazily, within ``core_worker.LAZY_FLUSH``), so a record
+    written by the first flush after it arrived was written whenever it came in
+    that flush's last ~20 ms: a third of the records of tasks run one at a time,
+    each written and then marked, two GCS writes that the node's CPU paid for.
+    Held back, it is elided like the others; lineage reaches the GCS within
+    ``_ELISION_AGE + _FLUSH_INTERVAL`` instead of ``_FLUSH_INTERVAL``. Records are held in `_Record` boxes: an elided one is
     emptied in place and the flusher skips it, so no search of the buffer is
     needed; ``unwritten`` finds the box of a task's latest record.
     """
@@ -174,7 +189,7 @@ class _LineageBuffer:
                 return
             self.buffer.append(item)
         else:
-            box = _Record(item)
+            box = _Record(item, trio.current_time())
             older = self.unwritten.get(item.task_id)
             if older is not None:  # recorded again (a retry): the latest stands
                 older.spec = None
@@ -196,8 +211,9 @@ class _LineageBuffer:
             if not buffer:
                 await self.event.wait()
                 self.event = trio.Event()
-                with trio.move_on_after(_FLUSH_INTERVAL):
-                    await self.full.wait()
+            # Also with records held back by the last flush: they age meanwhile.
+            with trio.move_on_after(_FLUSH_INTERVAL):
+                await self.full.wait()
             self.full = trio.Event()
             while buffer:
                 specs: list[Any] = []
@@ -205,6 +221,9 @@ class _LineageBuffer:
                 marked: set[bytes] = set()
                 n = 0
                 unwritten = self.unwritten
+                # Records added after this wait for the next flush (docstring).
+                newest = (trio.current_time() - _ELISION_AGE
+                          if len(buffer) < _FLUSH_BATCH else float("inf"))
                 for item in buffer:  # (nothing appends while this loop runs)
                     if n == _FLUSH_BATCH:
                         break
@@ -213,6 +232,8 @@ class _LineageBuffer:
                         marked.add(item)
                     elif (spec := item.spec) is None:
                         pass  # elided (docstring)
+                    elif item.added_at > newest:
+                        break  # too young: the next flush (docstring)
                     elif marked and spec.task_id in marked:
                         break  # recorded again after its mark: after it (docstring)
                     else:
@@ -221,6 +242,8 @@ class _LineageBuffer:
                         if unwritten.get(spec.task_id) is item:
                             del unwritten[spec.task_id]
                     n += 1
+                if not n:
+                    break  # the oldest record is too young: the next flush
                 try:
                     # A retry after a failed mark writes the records again: the
                     # task table's writes are idempotent by task id, and the marks
