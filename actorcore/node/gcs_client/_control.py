@@ -78,8 +78,8 @@ class ControlStatistics:
         lineage_flushes: batches written; lineage_pending: items still buffered.
       lineage_elided: tasks whose record was never written, because every object
         they produced was freed before it left the buffer (see `_LineageBuffer`).
-      lineage_deferrals: flushes that waited for the node's ready queue to empty
-        (`_LineageBuffer`, "A burst").
+      lineage_deferrals: passes of the flusher that waited for the node's ready
+        queue to empty (`_LineageBuffer`, "A burst").
       lineage_live_tasks: tasks with a return still alive (their lineage is kept).
         The node's object table counts them: ``None`` unless the node filled it in
         (its ``status`` call does).
@@ -162,11 +162,10 @@ class _LineageBuffer:
     interval more and as long as marks keep coming (the ``get`` of the burst's
     last results returns, its refs go, and their frees elide the records), and
     writes what is left. The wait is bounded: at most ``_BUSY_DEFER`` seconds
-    from its start (once per pass over the buffer), and at most ``_BUSY_HOLD``
-    items in the buffer, so a node that is never idle still writes its lineage,
-    later and in bigger batches (10,000 tasks take 1.5 s on a
-    quiet 2-core machine and 5-15 s at load 15-20: the bound is set to cover
-    them). What this costs: a record reaches the GCS up to ``_BUSY_DEFER``
+    from its start (one deadline per pass over the buffer), and at most
+    ``_BUSY_HOLD`` items in the buffer, so a node that is never idle still writes
+    its lineage, later and in bigger batches (10,000 tasks take 1.5 s on a quiet
+    2-core machine and 5-15 s at load 15-35: the bound is set to cover them). What this costs: a record reaches the GCS up to ``_BUSY_DEFER``
     seconds later while the node is saturated, and the buffer holds up to
     ``_BUSY_HOLD`` boxes (each keeps its spec alive, which the node's own lineage
     keeps anyway up to its cap). No rebuild waits for a deferred record: the node
@@ -245,14 +244,18 @@ class _LineageBuffer:
                 with trio.move_on_after(_FLUSH_INTERVAL):
                     await self.full.wait()
             self.full = trio.Event()
-            # Once per pass over the buffer: a burst's records keep it from
-            # emptying while it runs, and a wait per batch would hold the oldest
-            # records back for longer than ``_BUSY_DEFER``.
-            deferred = False
+            # One deadline per pass over the buffer: a burst's records keep it
+            # from emptying while it runs, and a deadline per batch would hold the
+            # oldest records back for longer than ``_BUSY_DEFER``. Within it, a
+            # batch waits again whenever the queue has filled again (a submitter
+            # slower than the node empties it for a moment).
+            deadline: float | None = None
             while buffer:
-                if not deferred and self.busy():
-                    deferred = True
-                    await self._wait_until_idle()
+                if self.busy():
+                    if deadline is None:
+                        deadline = trio.current_time() + _BUSY_DEFER
+                        self.deferrals += 1
+                    await self._wait_until_idle(deadline)
                 specs: list[Any] = []
                 marks: list[bytes] = []
                 marked: set[bytes] = set()
@@ -292,12 +295,10 @@ class _LineageBuffer:
                 self.collected += len(marks)
                 self.flushes += 1
 
-    async def _wait_until_idle(self) -> None:
+    async def _wait_until_idle(self, deadline: float) -> None:
         """Wait for the node's ready queue to empty, then for the frees that follow
         a burst (one interval, and more while marks keep coming), within
-        ``_BUSY_DEFER`` s and ``_BUSY_HOLD`` items (see "A burst")."""
-        self.deferrals += 1
-        deadline = trio.current_time() + _BUSY_DEFER
+        ``deadline`` and ``_BUSY_HOLD`` items (see "A burst")."""
         while self.busy():
             if len(self.buffer) >= _BUSY_HOLD or trio.current_time() >= deadline:
                 return
