@@ -202,3 +202,24 @@ def test_tasks_run_one_at_a_time_share_lineage_writes(cluster):
         time.sleep(0.05)
     flushes = after.lineage_flushes - before.lineage_flushes
     assert flushes < n, (flushes, before, after)
+
+
+def test_a_burst_s_lineage_waits_for_the_node_s_ready_queue(cluster):
+    """The node's lineage flush holds a burst's records back while its tasks wait
+    in the ready queue (``gcs_client._control._LineageBuffer``, "A burst"), and the
+    lineage is still all accounted for: written, or elided as its refs were freed."""
+    from actorcore import _api
+
+    before = _api._call("status")["control"]
+    n = 2000  # far more than the cluster's one worker and its pipeline take at once
+    assert ray.get([echo.remote(i) for i in range(n)], timeout=120) == list(range(n))
+    deadline = time.monotonic() + 60
+    while True:
+        after = _api._call("status")["control"]
+        settled = after.lineage_elided - before.lineage_elided + (
+            after.tasks_recorded - before.tasks_recorded)
+        if settled >= n and after.lineage_pending == 0:
+            break
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(0.05)
+    assert after.lineage_deferrals > before.lineage_deferrals, (before, after)

@@ -166,6 +166,9 @@ class NodeRuntime:
             host=SchedulerHostOfNode(self),
             node_id=self.node_hex,
         )
+        # A burst's lineage is written once its tasks no longer wait for a CPU
+        # (``gcs_client._control._LineageBuffer``, "A burst").
+        self.control.defer_lineage_while(self.sched.ready.__bool__)
         n = config.num_workers
         if n is None:
             n = max(1, int(cpus))

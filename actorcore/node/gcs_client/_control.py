@@ -10,8 +10,10 @@ stateless around it (paper §4.2.3). Two implementations:
 
 Task specs are recorded off the critical path: ``record_task`` appends to a buffer
 that a background task flushes in batches (every 50 ms, or at once when 1,000 are
-waiting), so a submit never waits for the GCS. Every message costs a wake-up of
-another process; on a small machine those dominate, so fewer, larger batches.
+waiting; later while the node's CPUs are all taken and tasks wait for them, see
+`_LineageBuffer`), so a submit never waits for the GCS. Every message costs a
+wake-up of another process; on a small machine those dominate, so fewer, larger
+batches.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ _FLUSH_BATCH = 1000
 #: A flush leaves a record this much younger in the buffer, for the next one (see
 #: `_LineageBuffer`, "Elision"): time for its task's returns to be freed.
 _ELISION_AGE = 0.05
+#: Longest a flush waits for the node's ready queue to empty (see `_LineageBuffer`,
+#: "A burst"), in seconds, and the most items it lets the buffer hold meanwhile.
+_BUSY_DEFER = 10.0
+_BUSY_HOLD = 50_000
 #: Most items per GCS write of a flush (see `_LineageBuffer`, "Chunks").
 _WRITE_CHUNK = 32
 #: Seconds a GCS call waits for the ``gcs_client`` component to (re)connect.
@@ -58,6 +64,7 @@ class ControlState(Protocol):
     async def register_node(self, node_id: str, info: dict) -> None: ...
     async def put_job(self, job_id: str, info: dict) -> None: ...
     async def flush_forever(self) -> None: ...
+    def defer_lineage_while(self, busy: Callable[[], bool]) -> None: ...
     def statistics(self) -> ControlStatistics: ...
 
 
@@ -74,6 +81,8 @@ class ControlStatistics:
         lineage_flushes: batches written; lineage_pending: items still buffered.
       lineage_elided: tasks whose record was never written, because every object
         they produced was freed before it left the buffer (see `_LineageBuffer`).
+      lineage_deferrals: passes of the flusher that waited for the node's ready
+        queue to empty (`_LineageBuffer`, "A burst").
       lineage_live_tasks: tasks with a return still alive (their lineage is kept).
         The node's object table counts them: ``None`` unless the node filled it in
         (its ``status`` call does).
@@ -87,6 +96,7 @@ class ControlStatistics:
     lineage_flushes: int
     lineage_pending: int
     lineage_elided: int = 0
+    lineage_deferrals: int = 0
     lineage_live_tasks: int | None = None
     gcs_client: gcs.GcsClientStatistics | None = None
 
@@ -154,6 +164,29 @@ class _LineageBuffer:
     ``_ELISION_AGE + _FLUSH_INTERVAL`` instead of ``_FLUSH_INTERVAL``. Records are held in `_Record` boxes: an elided one is
     emptied in place and the flusher skips it, so no search of the buffer is
     needed; ``unwritten`` finds the box of a task's latest record.
+
+    A burst. While tasks wait in the node's ready queue for a worker (``busy``,
+    the node's; `defer_while`), every CPU of the node is taken and the node's loop
+    is what the queue waits on: it dispatches, reads the ends and answers. Writing
+    the burst's records then took a quarter of that loop's time (10,000 no-op tasks
+    submitted at once, then fetched: the flusher's encoding and the in-process
+    replica's apply, about 30 us of the node's 120-160 us per task), and the
+    burst's refs are typically all freed right after it ends, which makes every
+    one of those records worthless a second later. So a flush that finds the node
+    busy waits, polling every interval, until its ready queue is empty, then one
+    interval more and as long as marks keep coming (the ``get`` of the burst's
+    last results returns, its refs go, and their frees elide the records), and
+    writes what is left. The wait is bounded: at most ``_BUSY_DEFER`` seconds
+    from its start (one deadline per pass over the buffer), and at most
+    ``_BUSY_HOLD`` items in the buffer, so a node that is never idle still writes
+    its lineage, later and in bigger batches (10,000 tasks take 1.5 s on a quiet
+    2-core machine and 5-15 s at load 15-35: the bound is set to cover them). What this costs: a record reaches the GCS up to ``_BUSY_DEFER``
+    seconds later while the node is saturated, and the buffer holds up to
+    ``_BUSY_HOLD`` boxes (each keeps its spec alive, which the node's own lineage
+    keeps anyway up to its cap). No rebuild waits for a deferred record: the node
+    rebuilds from its own copy of the specs (``object_manager._lineage``), and a
+    record lost in a dead node's buffer is of a task submitted on that node, whose
+    owner died with it (its objects fail with the owner, as in Ray).
     """
 
     def __init__(self) -> None:
@@ -166,6 +199,16 @@ class _LineageBuffer:
         self.collected = 0
         self.elided = 0
         self.flushes = 0
+        self.deferrals = 0
+        self.marks_added = 0  # (how a deferred flush sees a burst's frees end)
+        # Whether tasks wait in the node's ready queue (see "A burst"); set by the
+        # node through `defer_while`. Never: a buffer with nobody to say.
+        self.busy: Callable[[], bool] = lambda: False
+
+    def defer_while(self, busy: Callable[[], bool]) -> None:
+        """Hold a flush back while ``busy()`` says the node's CPUs are all taken
+        and tasks wait for them (see "A burst"), within the bounds."""
+        self.busy = busy
 
     def statistics(self, *, backend: str, address: str | None,
                    gcs_client: gcs.GcsClientStatistics | None = None) -> ControlStatistics:
@@ -177,11 +220,13 @@ class _LineageBuffer:
             lineage_flushes=self.flushes,
             lineage_pending=len(self.buffer),
             lineage_elided=self.elided,
+            lineage_deferrals=self.deferrals,
             gcs_client=gcs_client,
         )
 
     def add(self, item: TaskSpec | bytes) -> None:
         if isinstance(item, bytes):
+            self.marks_added += 1
             box = self.unwritten.pop(item, None)
             if box is not None:  # freed before its record was written: neither is
                 box.spec = None
@@ -215,7 +260,18 @@ class _LineageBuffer:
             with trio.move_on_after(_FLUSH_INTERVAL):
                 await self.full.wait()
             self.full = trio.Event()
+            # One deadline per pass over the buffer: a burst's records keep it
+            # from emptying while it runs, and a deadline per batch would hold the
+            # oldest records back for longer than ``_BUSY_DEFER``. Within it, a
+            # batch waits again whenever the queue has filled again (a submitter
+            # slower than the node empties it for a moment).
+            deadline: float | None = None
             while buffer:
+                if self.busy():
+                    if deadline is None:
+                        deadline = trio.current_time() + _BUSY_DEFER
+                        self.deferrals += 1
+                    await self._wait_until_idle(deadline)
                 specs: list[Any] = []
                 marks: list[bytes] = []
                 marked: set[bytes] = set()
@@ -262,6 +318,19 @@ class _LineageBuffer:
                 self.collected += len(marks)
                 self.flushes += 1
 
+    async def _wait_until_idle(self, deadline: float) -> None:
+        """Wait for the node's ready queue to empty, then for the frees that follow
+        a burst (one interval, and more while marks keep coming), within
+        ``deadline`` and ``_BUSY_HOLD`` items (see "A burst")."""
+        while self.busy():
+            if len(self.buffer) >= _BUSY_HOLD or trio.current_time() >= deadline:
+                return
+            await trio.sleep(_FLUSH_INTERVAL)
+        seen = -1
+        while self.marks_added != seen and trio.current_time() < deadline:
+            seen = self.marks_added
+            await trio.sleep(_FLUSH_INTERVAL)
+
 
 class MemoryControlState:
     """The control tables in this process (no GCS)."""
@@ -288,6 +357,9 @@ class MemoryControlState:
 
     def lineage_done(self, task_id: bytes) -> None:
         self._lineage.add(task_id)
+
+    def defer_lineage_while(self, busy: Callable[[], bool]) -> None:
+        self._lineage.defer_while(busy)
 
     async def _write_tasks(self, batch: list[TaskSpec]) -> None:
         for spec in batch:
@@ -421,6 +493,11 @@ class GcsControlState:
 
     def lineage_done(self, task_id: bytes) -> None:
         self._lineage.add(task_id)
+
+    def defer_lineage_while(self, busy: Callable[[], bool]) -> None:
+        """Hold the lineage flush back while ``busy()`` (the node's ready queue has
+        tasks): see `_LineageBuffer`, "A burst"."""
+        self._lineage.defer_while(busy)
 
     async def _collect(self, task_ids: list[bytes]) -> None:
         # One waiting task per GCS shard for the whole batch, not one per task.
