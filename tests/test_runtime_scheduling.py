@@ -145,30 +145,6 @@ def test_a_queued_task_blocked_before_the_one_ahead_is_done_lends_its_cpu():
     assert state.available == {"CPU": 1.0} and not state.running
 
 
-def test_a_child_goes_to_the_idle_worker_of_its_blocked_parent_first():
-    # The parent p runs on worker o and blocks in get; worker a went idle before o
-    # did. p's child c (owned by o's process) goes to o, not to the idle set's head:
-    # its results then stay in the process that owns them (worker._process,
-    # "Owner here").
-    state = SchedulerState(directory=ObjectDirectory(), total={"CPU": 2.0}, host=_Host())
-    owner = WorkerInfo(index=0, worker_id=b"o" * 20, conn=_Conn(2), state="idle", in_idle=True)
-    other = WorkerInfo(index=1, worker_id=b"a" * 20, conn=_Conn(1), state="idle", in_idle=True)
-    state.idle.append(owner)
-    parent = attrs.evolve(_spec(1), owner=b"d" * 20)
-    state.submit(parent)
-    state.dispatch()
-    assert parent.task_id in owner.tasks
-    state.idle.append(other)
-    state.blocked(owner, parent.task_id)
-    assert list(state.idle) == [other, owner]
-    child = _spec(2)  # owned by b"o" * 20: the parent's process
-    state.submit(child)
-    state.dispatch()
-    assert child.task_id in owner.tasks and not other.tasks
-    assert [m.spec.name for m in owner.conn.sent] == ["t1", "t2"]
-    assert list(state.idle) == [other]
-
-
 def test_a_task_waiting_for_its_argument_is_one_small_record_its_argument_holds():
     # A million tasks queued behind one argument: each is one `WaitingTask`, which
     # the argument's directory entry holds as its callback (a list and a closure

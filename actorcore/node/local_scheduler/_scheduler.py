@@ -464,22 +464,8 @@ class SchedulerState:
         """An idle worker that may run ``spec``: one of its runtime env, or one that
         ran nothing yet. Idle workers of other envs stay idle; when the pool is full
         of them and none is starting, one is let go so that the pool can start a
-        worker for ``spec`` (as Ray's pool evicts idle workers of other envs).
-
-        The worker of ``spec``'s owner comes first: idle with a task that submitted
-        ``spec`` blocked in it, it runs ``spec`` beside that parent, and the results
-        stay in the process that owns them (``worker._process``, "Owner here"). In
-        the nested tree of 73 tasks, 30 % of the leaves ran in their parent's
-        process by chance, 37 % with this rule. The idle set holds a few workers:
-        the scan is short."""
+        worker for ``spec`` (as Ray's pool evicts idle workers of other envs)."""
         env = env_key(spec)
-        for w in self.idle:
-            if w.worker_id == spec.owner:
-                if w.available() and w.env_key in (None, env):
-                    self.idle.remove(w)
-                    w.in_idle = False
-                    return w
-                break
         other: list[WorkerInfo] = []
         worker = None
         while self.idle:
