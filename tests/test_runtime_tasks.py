@@ -127,7 +127,7 @@ def _parent_counting_results_kept(n):
 
 
 def test_a_childs_results_stay_in_its_parents_process_when_it_ran_there():
-    # A child the node ran beside its blocked parent, in the parent's process, hands
+    # A child that ran beside its blocked parent, in the parent's process, hands
     # its results over in that process (worker._process, "Owner here"), not on a
     # link to itself; the values are the same. One parent at a time: the results
     # kept there are its children's. (A child on a lease answers on its lease's
