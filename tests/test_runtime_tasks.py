@@ -112,6 +112,38 @@ def test_nested_tasks_and_blocked_get_do_not_deadlock():
     assert ray.get(tree.remote(3), timeout=60) == 40
 
 
+@ray.remote
+def _pid_of_child():
+    return os.getpid()
+
+
+@ray.remote
+def _parent_counting_results_kept(n):
+    from actorcore.worker._process import process_statistics
+
+    before = process_statistics().results_kept_here
+    pids = ray.get([_pid_of_child.remote() for _ in range(n)])
+    return os.getpid(), pids, process_statistics().results_kept_here - before
+
+
+def test_a_childs_results_stay_in_its_parents_process_when_it_ran_there():
+    # A child that ran beside its blocked parent, in the parent's process, hands
+    # its results over in that process (worker._process, "Owner here"), not on a
+    # link to itself; the values are the same. One parent at a time: the results
+    # kept there are its children's. (A child on a lease answers on its lease's
+    # link, whichever process it ran in: at most those that ran there count.) The
+    # parent takes a ref argument, so it goes through the node: a worker lent to
+    # the driver on a lease takes no task from the node's queue.
+    n = ray.put(8)
+    for _ in range(50):
+        pid, pids, kept = ray.get(_parent_counting_results_kept.remote(n), timeout=60)
+        assert len(pids) == 8 and kept <= pids.count(pid), (pid, pids, kept)
+        if kept:
+            break
+    else:
+        pytest.fail("no child's results stayed in its parent's process in 50 parents")
+
+
 def test_wait():
     @ray.remote
     def sleepy(t):

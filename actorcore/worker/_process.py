@@ -62,6 +62,9 @@ class TaskWorkerStatistics:
     tasks_read_by_thread: int
     #: Tasks whose end its main thread wrote itself (``WorkerProcess._finish_here``).
     tasks_ended_by_thread: int
+    #: Tasks whose results stayed here, their owner being this process
+    #: (``WorkerProcess._finished``, "Owner here").
+    results_kept_here: int
 
 
 #: This process's task worker, once it runs (``process_statistics``).
@@ -76,7 +79,8 @@ def process_statistics() -> TaskWorkerStatistics | None:
     main = worker.main_thread
     return TaskWorkerStatistics(
         tasks_read_by_thread=main.inbox.taken if main is not None else 0,
-        tasks_ended_by_thread=worker.tasks_ended_here)
+        tasks_ended_by_thread=worker.tasks_ended_here,
+        results_kept_here=worker.results_kept_here)
 
 
 class WorkerProcess:
@@ -97,6 +101,10 @@ class WorkerProcess:
         self._pending: collections.deque = collections.deque()
         self._owner_addr: dict[bytes, str] = {}
         self._owner_conns: dict[str, Any] = {}
+        #: This process's own direct address (``LeasedTaskServer.listen``): a task
+        #: whose owner it names was submitted here (see "Owner here" above
+        #: `_finished`).
+        self.direct_address: str | None = None
         self._token = b""
         self._running: dict[bytes, bool] = {}  # task id -> blocked in get
         self._free: collections.deque = collections.deque()
@@ -118,6 +126,7 @@ class WorkerProcess:
         self._lock = threading.RLock()
         self._node_conn: Any = None
         self.tasks_ended_here = 0  # (``process_statistics``)
+        self.results_kept_here = 0  # (``process_statistics``)
         #: Read sides lent to the main thread (``ACTORCORE_THREAD_READS``).
         self.thread_reads: bool = env_value("ACTORCORE_THREAD_READS")
 
@@ -300,8 +309,8 @@ class WorkerProcess:
         else:
             address = self._owner_addr.get(task_id)
             conn = self._owner_conns.get(address) if address is not None else None
-            if conn is None or conn.closed:
-                return None
+            if conn is None or conn.closed or address == self.direct_address:
+                return None  # (the owner is here: the loop hands them over)
             message = w.ObjectsReady(results)
         if results_size(results) > core.frame_limit():
             return None
@@ -313,6 +322,19 @@ class WorkerProcess:
             return None
         self._thread_pushed_at = now
         return conn
+
+    # Owner here. A nested task's results go to its owner, the process that
+    # submitted it, which the node names by its direct address. A worker whose
+    # tasks are all blocked in ``get`` takes one more task, so in a task tree a
+    # child often runs beside its blocked parent (about a third of the leaves of the
+    # nested tree of 73). Its results then never leave the process: the loop makes
+    # them ready in the reference table (``on_objects_ready``, the handler a pushed
+    # `ObjectsReady` reaches) instead of writing them on a link to itself and
+    # reading them back (an encode, a send, a wake-up of the loop on the read, a
+    # decode), and the node is told "done, pushed". Nothing can come
+    # between: the owner holds them before the `TaskDone` is queued, and if the
+    # process dies the owner dies with it. The executor's thread and the main
+    # thread leave such an end to the loop (``on_objects_ready`` is the loop's).
 
     def _finished(self, task_id: bytes, results: list, retry: bool,
                   pushed_on: Any = None) -> None:
@@ -344,7 +366,11 @@ class WorkerProcess:
             # Too large for the node (no store to spill them to): it records them
             # as errors, so the owner must get those too, not the values.
             address = None
-        if address is not None and not retry:
+        if address is not None and not retry and address == self.direct_address:
+            self.results_kept_here += 1  # (counted first: the owner may look now)
+            core.on_objects_ready(results)  # (see "Owner here" above)
+            pushed = True
+        elif address is not None and not retry:
             conn = self._owner_conns.get(address)
             if conn is not None and not conn.closed:
                 try:
@@ -438,6 +464,7 @@ class WorkerProcess:
             else:
                 self._free.append(self._new_executor())
             direct = await self.leased.listen(nursery, address, token)
+            self.direct_address = direct
             await self.hello("worker", conn, direct)
             self.offer_reads(conn)
 
@@ -528,8 +555,8 @@ class WorkerProcess:
             address = self._owner_addr.get(task_id)
             if address is not None:
                 link = self._owner_conns.get(address)
-                if link is None or link.closed:
-                    return False, None
+                if link is None or link.closed or address == self.direct_address:
+                    return False, None  # (the owner is here: the loop hands them over)
                 message = w.ObjectsReady(results)
         if link is not None:
             try:
