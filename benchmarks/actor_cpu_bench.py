@@ -1,6 +1,7 @@
 """Where a 1:1 actor call's CPU goes: per process, from ``/proc``, beside its rate.
 
-    .venv/bin/python benchmarks/actor_cpu_bench.py [--sync N] [--async N] [--rounds R] [--threads]
+    .venv/bin/python benchmarks/actor_cpu_bench.py [--sync N] [--async N] [--rounds R]
+        [--threads] [--switches] [--backend actorcore|ray]
 
 One driver, one threaded actor (``num_cpus=0``, an echo), calls after the direct link
 is up. For each round: the rate, the CPU time (user + system, clock ticks) that the
@@ -11,7 +12,12 @@ processes; CPU per call and the low latency percentiles swing less, which is wha
 this script is for (A/B runs: run it alternately in two checkouts, or with an
 ``ACTORCORE_*`` switch set and unset). ``--threads`` splits the driver's and the
 actor's CPU per call between each process's main thread and its other threads (the
-core loop's, mostly), from ``/proc/<pid>/task``.
+core loop's, mostly), from ``/proc/<pid>/task``. ``--switches`` adds each process's
+context switches per call, summed over its threads: voluntary (it blocked: a wake-up
+each) and involuntary (the kernel took the core from it while it could run: under
+load, the stalls of a sync call). ``--backend ray``, run with Ray's interpreter
+(``$RAY_PYTHON``), measures Ray's actor call the same way; "other" is then Ray's
+raylet and its other processes.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from _common import process_tree, stat_cpu  # noqa: E402
+from _common import init_backend, process_tree, stat_cpu  # noqa: E402
 
 
 def main() -> None:
@@ -37,11 +43,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", action="store_true",
                    help="the driver's and actor's CPU per call: main thread / other threads")
+    p.add_argument("--switches", action="store_true",
+                   help="context switches per call of each process: voluntary / involuntary")
+    p.add_argument("--backend", choices=("actorcore", "ray"), default="actorcore")
     args = p.parse_args()
 
-    import actorcore as ray
-
-    ray.init(num_cpus=2, log_to_driver=False)
+    ray = init_backend(args.backend)
 
     @ray.remote(num_cpus=0)
     class Echo:
@@ -56,12 +63,16 @@ def main() -> None:
     for _ in range(50):  # the direct link is up by now, and the actor's thread reads it
         ray.get(a.f.remote())
     me = os.getpid()
-    roles = {me: "driver", ray.get(a.pid.remote()): "actor", ray.nodes()[0]["pid"]: "node"}
+    roles = {me: "driver", ray.get(a.pid.remote()): "actor"}
+    if args.backend == "actorcore":
+        roles[ray.nodes()[0]["pid"]] = "node"
     summary: dict[str, list] = {}
     for mode, n in (("sync", args.sync), ("async", args.batch)):
         for r in range(args.rounds):
             pids = process_tree(me)
             before = {pid: stat_cpu(f"/proc/{pid}/stat") for pid in pids}
+            switches = {pid: _context_switches(pid) for pid, role in roles.items()
+                        if role in ("driver", "actor")} if args.switches else {}
             split = {pid: _main_thread_cpu(pid) for pid, role in roles.items()
                      if role in ("driver", "actor")} if args.threads else {}
             lat: list[float] = []
@@ -86,11 +97,15 @@ def main() -> None:
                 cpu = (stat_cpu(f"/proc/{pid}/stat") - before[pid]) / n * 1e6
                 main_us = (_main_thread_cpu(pid) - main0) / n * 1e6
                 line += f" [{roles[pid]} main {main_us:.0f} / others {cpu - main_us:.0f}]"
+            for pid, (voluntary0, involuntary0) in switches.items():
+                voluntary, involuntary = _context_switches(pid)
+                line += (f" [{roles[pid]} switches {(voluntary - voluntary0) / n:.2f} / "
+                         f"{(involuntary - involuntary0) / n:.3f}]")
             row = [n / wall, total, per["driver"], per["actor"], per["node"]]
             if lat:
                 lat.sort()
                 pct = [lat[n // 10] * 1e6, lat[n // 2] * 1e6, lat[n * 9 // 10] * 1e6]
-                line += "  latency p10/p50/p90 %.0f/%.0f/%.0f us" % tuple(pct)
+                line += "  latency p10/p50/p90 " + "/".join(f"{us:.0f}" for us in pct) + " us"
                 row += pct
             print(line, flush=True)
             summary.setdefault(mode, []).append(row)
@@ -99,7 +114,24 @@ def main() -> None:
     for mode, rows in summary.items():
         cols = list(zip(*rows, strict=True))
         print(f"{mode:5} medians: " + ", ".join(
-            f"{name} {statistics.median(col):,.0f}" for name, col in zip(names, cols)))
+            f"{name} {statistics.median(col):,.0f}" for name, col in zip(names, cols, strict=False)))
+
+
+def _context_switches(pid: int) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of ``pid``, summed over its threads
+    (a thread gone meanwhile leaves its count out)."""
+    voluntary = involuntary = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        involuntary += int(line.split()[1])
+        except OSError:
+            pass
+    return voluntary, involuntary
 
 
 def _main_thread_cpu(pid: int) -> float:

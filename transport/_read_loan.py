@@ -81,7 +81,19 @@ NOT_TAKEN: Any = object()
 
 #: The loop takes the read side back from a borrower busy this long (seconds) with
 #: a message it kept; the period of the loop's watch (see the module docstring).
-RECLAIM_AFTER = 0.02
+#:
+#: The watch is a fallback (a cancel behind a long call, a ``wait(timeout=0)`` poller
+#: beside a paused caller): whoever waits for the link's input takes the side back
+#: at once (`reclaim`). Its price is paid on the fast path: while a borrower keeps
+#: taking messages -- a stream of sync calls, in the caller and in the actor -- the
+#: watch wakes its process's loop every period, takes the GIL from the borrowing
+#: thread, and on a loaded machine may be preempted holding it. At 20 ms (50
+#: wake-ups a second in each process) that loop thread cost 35-140 us of CPU per
+#: sync call in each process at load 33-39, against 5-35 us at 100 ms (load 34-57),
+#: and its wake-ups 0.2-0.55 per call against 0.03-0.09 (benchmarks/README.md, "Sync
+#: actor calls under load"). A fallback reclaim now comes within 0.1-0.2 s instead
+#: of 20-40 ms.
+RECLAIM_AFTER = 0.1
 
 _unpack_header = HEADER.unpack_from
 
