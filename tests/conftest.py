@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+import store
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Each pytest-xdist worker keeps its clusters' sessions in a directory of its
@@ -78,3 +80,13 @@ def plaintext_default() -> Iterator[None]:
     transport.set_default_tls(None)
     yield
     transport.set_default_tls(None)
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A store session prefix of the test's own (its /dev/shm segments), checked
+    empty after the test."""
+    name = f"actorcore-test-{os.getpid()}-{request.node.name[:40]}".replace("[", "_").replace("]", "_")
+    yield name
+    leftovers = store.cleanup_session(name)
+    assert leftovers == [], f"segments left in /dev/shm: {leftovers}"
