@@ -104,21 +104,6 @@ class Connection(ThreadSide):
     Not constructed directly: use `connect`, `open_connection`, `Client` or `Server`.
     """
 
-    def __init__(
-        self,
-        sock: socket.socket | TlsSocket,
-        *,
-        name: str,
-        peer_name: str,
-        peer_address: str,
-        peer_max_frame_size: int,
-        max_frame_size: int,
-        handler: Handler | None,
-    ) -> None:
-        super().__init__(sock, name=name, peer_name=peer_name, peer_address=peer_address,
-                         peer_max_frame_size=peer_max_frame_size, max_frame_size=max_frame_size)
-        self._handler = handler
-
     # ------------------------------------------------------------------ public API
 
     async def request(self, message: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the contract)

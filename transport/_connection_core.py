@@ -56,6 +56,7 @@ class ConnectionCore:
         peer_address: str,
         peer_max_frame_size: int,
         max_frame_size: int,
+        handler: Callable[..., Awaitable[None]] | None,
     ) -> None:
         self._sock = sock
         # A plain socket: senders may write directly; waits are Trio's.
@@ -67,6 +68,8 @@ class ConnectionCore:
         # the largest frame (header included) the peer accepts
         self._max_send = min(peer_max_frame_size, _wire.MAX_BODY) + HEADER_SIZE
         self._max_frame = max_frame_size
+        # a `Handler` (``_connection``): requests and one-way messages go to it
+        self._handler = handler
         self._closed = False
         self._close_reason = ""
         self._closed_locally = False
