@@ -90,7 +90,7 @@ def main() -> None:
             if lat:
                 lat.sort()
                 pct = [lat[n // 10] * 1e6, lat[n // 2] * 1e6, lat[n * 9 // 10] * 1e6]
-                line += "  latency p10/p50/p90 %.0f/%.0f/%.0f us" % tuple(pct)
+                line += f"  latency p10/p50/p90 {pct[0]:.0f}/{pct[1]:.0f}/{pct[2]:.0f} us"
                 row += pct
             print(line, flush=True)
             summary.setdefault(mode, []).append(row)
@@ -99,7 +99,7 @@ def main() -> None:
     for mode, rows in summary.items():
         cols = list(zip(*rows, strict=True))
         print(f"{mode:5} medians: " + ", ".join(
-            f"{name} {statistics.median(col):,.0f}" for name, col in zip(names, cols)))
+            f"{name} {statistics.median(col):,.0f}" for name, col in zip(names, cols, strict=False)))
 
 
 def _main_thread_cpu(pid: int) -> float:
