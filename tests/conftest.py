@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+
+import store
+import transport
+from transport import faults
+
+from .transport_echo import TOKEN as ECHO_TOKEN
+from .transport_echo import Echo
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -78,3 +87,32 @@ def plaintext_default() -> Iterator[None]:
     transport.set_default_tls(None)
     yield
     transport.set_default_tls(None)
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A store session prefix of the test's own (its /dev/shm segments), checked
+    empty after the test."""
+    name = f"actorcore-test-{os.getpid()}-{request.node.name[:40]}".replace("[", "_").replace("]", "_")
+    yield name
+    leftovers = store.cleanup_session(name)
+    assert leftovers == [], f"segments left in /dev/shm: {leftovers}"
+
+
+@pytest.fixture
+def no_faults() -> Iterator[None]:
+    """No fault rule of ``transport.faults`` before the test or left after it."""
+    faults.clear()
+    yield
+    faults.clear()
+
+
+@pytest.fixture
+async def echo_server(tmp_path: Path) -> AsyncIterator[tuple[str, Echo, transport.Server]]:
+    """An `Echo` server on a Unix socket of the test's: its address, handler, server."""
+    handler = Echo()
+    server = transport.Server(f"unix:{tmp_path}/echo.sock", ECHO_TOKEN, handler, name="echo")
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.run)
+        yield address, handler, server
+        nursery.cancel_scope.cancel()

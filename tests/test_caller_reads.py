@@ -6,6 +6,7 @@ its answer."""
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
@@ -15,6 +16,8 @@ import trio
 import actorcore as ray
 from actorcore import exceptions as exc
 from actorcore.core_worker import _worker_state
+from actorcore.core_worker._node_link import NodeLink
+from actorcore.protocol import _wire as w
 
 from .cluster_support import until
 
@@ -171,14 +174,10 @@ def test_sync_leased_tasks_are_ended_by_the_calling_threads_own_read():
     assert ray.get(add.remote(1, 1)) == 2
 
 
-def test_answers_queued_for_the_node_one_behind_another_leave_as_one_put():
-    # A burst's answers join the results queued last (one Put, not one per answer);
-    # a message queued between them keeps its place, and a withdrawn result is left
-    # out, as before.
-    import collections
-
-    from actorcore.core_worker._node_link import NodeLink
-    from actorcore.protocol import _wire as w
+def _queueing_node_link() -> tuple[NodeLink, collections.Counter[str]]:
+    """A `NodeLink` with no node and a loop that never runs, and its statistics:
+    what is enqueued stays queued (the wake-up goes nowhere) for `_next_message`
+    to take, in the order it would leave."""
 
     class Token:
         def run_sync_soon(self, *args):
@@ -190,7 +189,15 @@ def test_answers_queued_for_the_node_one_behind_another_leave_as_one_put():
         def in_loop(self):
             return False
 
-    link = NodeLink(None, Loop(), collections.Counter(), lambda oid, payload: None)
+    stats: collections.Counter[str] = collections.Counter()
+    return NodeLink(None, Loop(), stats, lambda oid, payload: None), stats
+
+
+def test_answers_queued_for_the_node_one_behind_another_leave_as_one_put():
+    # A burst's answers join the results queued last (one Put, not one per answer);
+    # a message queued between them keeps its place, and a withdrawn result is left
+    # out, as before.
+    link, _stats = _queueing_node_link()
     a, b, c, d = (bytes([i]) * 20 for i in range(4))
     link.enqueue_results([(a, False, b"1")])
     link.enqueue_results([(b, False, b"2"), (c, False, b"3")])
@@ -214,23 +221,7 @@ def test_frees_queued_one_behind_another_leave_as_one_message():
     # A task dropping its children's refs one by one queues a Free each: a run of
     # them leaves as one Free, and a message queued between two runs keeps its
     # place (a Free still follows what used the ref).
-    import collections
-
-    from actorcore.core_worker._node_link import NodeLink
-    from actorcore.protocol import _wire as w
-
-    class Token:
-        def run_sync_soon(self, *args):
-            pass
-
-    class Loop:
-        trio_token = Token()
-
-        def in_loop(self):
-            return False
-
-    stats: collections.Counter[str] = collections.Counter()
-    link = NodeLink(None, Loop(), stats, lambda oid, payload: None)
+    link, stats = _queueing_node_link()
     a, b, c, d = (bytes([i]) * 20 for i in range(4))
     for oid in (a, b, c):
         link.enqueue(w.Free([oid]), wake=False)

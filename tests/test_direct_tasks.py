@@ -525,14 +525,25 @@ def test_a_lease_whose_grant_times_out_goes_back(monkeypatch):
     until(lambda: _node_scheduler().leases_granted > granted, "the late grant")
 
 
+def _hold_an_idle_lease_of_add():
+    """Run add() until one ran on a lease, which is then held idle. The first may
+    not: the node refuses a lease while it has no idle worker (on a cold cluster,
+    or once its pool let the idle ones go) and starts one, and the task goes
+    through the node meanwhile."""
+    def leased() -> bool:
+        assert ray.get(add.remote(1, 1)) == 2
+        return _leases().leases_held == 1
+
+    until(leased, "add() to run on a lease")
+
+
 def test_a_task_sent_to_the_node_is_not_overtaken_on_an_idle_lease(tmp_path, monkeypatch):
     # An idle lease of add()'s class holds a CPU (kept 5 s here). Two tasks taking
     # a ref go through the node's queue and need both CPUs: the lease goes back for
     # them, and an add() submitted after them waits for a CPU too instead of
     # running at once on the lease.
     monkeypatch.setattr(_leased_tasks, "LEASE_LINGER", 5.0)
-    assert ray.get(add.remote(1, 1)) == 2
-    assert _leases().leases_held == 1
+    _hold_an_idle_lease_of_add()
     d = ray.put(str(tmp_path))
     blockers = [wait_for_file.remote(d, "go") for _ in range(2)]
     late = add.remote(2, 2)

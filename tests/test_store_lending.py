@@ -11,13 +11,12 @@ import trio
 
 import store
 
-from .test_store_service import (
+from .store_support import (
     MB,
     TOKEN,
-    _wait_for,
-    prefix,  # noqa: F401 (a fixture)
     restarted_on_crash,
     running_store,
+    wait_for,
 )
 
 PUTS = b"puts-of-the-writer:"
@@ -30,11 +29,11 @@ def _no_create(*args, **kwargs):
 async def _lending_writer(service, size: int = 8 * MB):
     writer = await store.StoreClient.connect(service.address, TOKEN, name="writer")
     await writer.lend_for(PUTS, size)
-    await _wait_for(lambda: service.statistics().lent >= size, "the first block lent")
+    await wait_for(lambda: service.statistics().lent >= size, "the first block lent")
     return writer, store.BlockingStoreClient(writer)
 
 
-async def test_a_put_into_a_lent_block_asks_the_store_nothing_first(tmp_path, prefix):  # noqa: F811
+async def test_a_put_into_a_lent_block_asks_the_store_nothing_first(tmp_path, prefix):
     async with running_store(tmp_path, prefix) as (service, client):
         base = service.statistics()
         writer, blocking = await _lending_writer(service)
@@ -46,9 +45,9 @@ async def test_a_put_into_a_lent_block_asks_the_store_nothing_first(tmp_path, pr
         try:
             await trio.to_thread.run_sync(blocking.put, PUTS + b"1", value)
             np.testing.assert_array_equal(await client.get(PUTS + b"1", timeout=0), value)
-            await _wait_for(lambda: writer.holds(PUTS + b"1"), "the writer's view")
+            await wait_for(lambda: writer.holds(PUTS + b"1"), "the writer's view")
             # The put asked for the next block as it started, as large as itself.
-            await _wait_for(lambda: writer._lent is not None, "the next block")
+            await wait_for(lambda: writer._lent is not None, "the next block")
             assert value.nbytes <= service.statistics().lent < 5 * MB
             stats = service.statistics()
             assert stats.count == 1 and stats.unsealed == 0
@@ -59,11 +58,11 @@ async def test_a_put_into_a_lent_block_asks_the_store_nothing_first(tmp_path, pr
             assert await client.contains(b"other")
         finally:
             await writer.aclose()
-        await _wait_for(lambda: service.statistics().lent == 0, "the block back at the end")
+        await wait_for(lambda: service.statistics().lent == 0, "the block back at the end")
         assert service.statistics().used == base.used
 
 
-async def test_a_writer_is_lent_a_block_as_large_as_its_last_put(tmp_path, prefix):  # noqa: F811
+async def test_a_writer_is_lent_a_block_as_large_as_its_last_put(tmp_path, prefix):
     # Nothing is lent before the first large put (a driver that never puts one
     # holds no block); then the block for the next put is as large as the last
     # put, smaller ones included, not as large as the largest yet.
@@ -74,17 +73,17 @@ async def test_a_writer_is_lent_a_block_as_large_as_its_last_put(tmp_path, prefi
             await writer.lend_for(PUTS)
             assert service.statistics().lent == 0 and writer._lent is None
             await trio.to_thread.run_sync(blocking.put, PUTS + b"1", np.ones(4 * MB, np.uint8))
-            await _wait_for(lambda: writer._lent is not None, "the block for the next put")
+            await wait_for(lambda: writer._lent is not None, "the block for the next put")
             assert 4 * MB <= service.statistics().lent < 5 * MB
             writer._call_from_thread = _no_create  # the next put fits the block: no create
             await trio.to_thread.run_sync(blocking.put, PUTS + b"2", np.ones(MB, np.uint8))
-            await _wait_for(lambda: writer._lent is not None, "the block for the next put")
+            await wait_for(lambda: writer._lent is not None, "the block for the next put")
             assert MB <= service.statistics().lent < 2 * MB
         finally:
             await writer.aclose()
 
 
-async def test_a_put_into_a_lent_block_is_visible_before_its_adopt_is_read(tmp_path, prefix):  # noqa: F811
+async def test_a_put_into_a_lent_block_is_visible_before_its_adopt_is_read(tmp_path, prefix):
     # The adopt is held back on the writer's link: another client's lookups of the
     # object ask the writer which adopts it sent, and wait for this one; a ref
     # taken meanwhile counts once the object is there. An id under the prefix that
@@ -106,16 +105,16 @@ async def test_a_put_into_a_lent_block_is_visible_before_its_adopt_is_read(tmp_p
                 np.testing.assert_array_equal(await client.get(oid, timeout=0), value)
                 with pytest.raises(store.ObjectNotFoundError):
                     await client.get(PUTS + b"never", timeout=0)
-            await _wait_for(lambda: writer.holds(oid), "the writer's view")
+            await wait_for(lambda: writer.holds(oid), "the writer's view")
             await writer.remove_ref(oid)
             assert await client.contains(oid)  # the reader's ref holds it
             await client.remove_ref(oid)
-            await _wait_for(lambda: service.statistics().count == 0, "freed with its last ref")
+            await wait_for(lambda: service.statistics().count == 0, "freed with its last ref")
         finally:
             await writer.aclose()
 
 
-async def test_a_lent_block_is_recalled_before_anything_spills(tmp_path, prefix):  # noqa: F811
+async def test_a_lent_block_is_recalled_before_anything_spills(tmp_path, prefix):
     spill = tmp_path / "spill"
     async with running_store(tmp_path, prefix, capacity=32 * MB, spill_dir=str(spill)) as (
             service, client):
@@ -130,7 +129,7 @@ async def test_a_lent_block_is_recalled_before_anything_spills(tmp_path, prefix)
             await writer.aclose()
 
 
-async def test_an_adopt_the_crashed_service_never_read_is_claimed_on_reconnect(tmp_path, prefix):  # noqa: F811
+async def test_an_adopt_the_crashed_service_never_read_is_claimed_on_reconnect(tmp_path, prefix):
     # A put into a lent block returned; its adopt, held back on the link, dies with
     # the service. The restarted service finds the block unsealed under its lend
     # id; the writer's reconnect claims it as the object, and the value is there.
@@ -155,5 +154,5 @@ async def test_an_adopt_the_crashed_service_never_read_is_claimed_on_reconnect(t
         np.testing.assert_array_equal(await writer.get(oid), value)
         assert service.statistics().count == 1
         await writer.remove_ref(oid)
-        await _wait_for(lambda: service.statistics().count == 0, "freed with its last ref")
+        await wait_for(lambda: service.statistics().count == 0, "freed with its last ref")
         await writer.aclose()

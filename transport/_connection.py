@@ -50,6 +50,12 @@ methods (picked once per task, so the plain path pays nothing), and senders neve
 write directly (every frame goes through the writer, the only task that may call the
 stream's ``send_all``).
 
+The class is built in layers, a module each: `ConnectionCore` (``_connection_core``)
+holds the state and the internals every side shares (the outgoing queue and the
+idle-link direct write, closing, reply decoding); `ThreadSide` (``_thread_side``)
+adds what threads beside the loop do on the link; `Connection` here is the public
+API on the loop and the two tasks.
+
 Closing: when the link dies (EOF, reset, malformed or oversized frame, write error),
 every pending request is failed at once with its own `ConnectionLost` naming the
 peer, the socket is closed, and later use raises `ConnectionLost`. `aclose` first lets
@@ -58,28 +64,19 @@ the writer flush what is queued (bounded by ``flush_timeout``), then does the sa
 
 from __future__ import annotations
 
-import itertools
 import logging
 import socket
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import outcome
 import trio
 
 from . import _wire, faults
-from ._errors import (
-    ConnectionLost,
-    FrameTooLarge,
-    ProtocolError,
-    RemoteError,
-    RequestTimeout,
-)
-from ._link_faults import LinkFaults
-from ._read_loan import RECLAIM_AFTER, ReadLoan
+from ._connection_core import HIGH_WATER, RECV_CHUNK
+from ._errors import FrameTooLarge, ProtocolError, RequestTimeout
 from ._reply import ConnectionStatistics, Reply
 from ._sockio import write_chunks
+from ._thread_side import ThreadSide
 from ._tls import TlsSocket
 from ._wire import HEADER, HEADER_SIZE, ONEWAY, REPLY_ERR, REPLY_OK, REQUEST
 
@@ -88,11 +85,8 @@ __all__ = ["DEFAULT_MAX_FRAME_SIZE", "Connection", "ConnectionStatistics", "Hand
 logger = logging.getLogger("transport")
 
 DEFAULT_MAX_FRAME_SIZE = 512 * 1024 * 1024
-_RECV_CHUNK = 256 * 1024
-# `await send()` / `await request()` wait while more than this many bytes are queued.
-_HIGH_WATER = 16 * 1024 * 1024
 # `send_nowait` refuses (trio.WouldBlock) while more than this is queued.
-_NOWAIT_LIMIT = 4 * _HIGH_WATER
+_NOWAIT_LIMIT = 4 * HIGH_WATER
 # `await send()` lets the writer run once this much is queued.
 _YIELD_FRAMES = 64
 _YIELD_BYTES = 256 * 1024
@@ -104,95 +98,13 @@ _reschedule = trio.lowlevel.reschedule
 _encode_frame = _wire.encode_frame
 
 
-class Connection:
+class Connection(ThreadSide):
     """An authenticated, symmetric message connection. See the module docstring.
 
     Not constructed directly: use `connect`, `open_connection`, `Client` or `Server`.
     """
 
-    def __init__(
-        self,
-        sock: socket.socket | TlsSocket,
-        *,
-        name: str,
-        peer_name: str,
-        peer_address: str,
-        peer_max_frame_size: int,
-        max_frame_size: int,
-        handler: Handler | None,
-    ) -> None:
-        self._sock = sock
-        # A plain socket: senders may write directly; waits are Trio's.
-        self._plain = type(sock) is socket.socket
-        self.name = name
-        self.peer_name = peer_name
-        self.peer_address = peer_address
-        self._peer_max = peer_max_frame_size
-        # the largest frame (header included) the peer accepts
-        self._max_send = min(peer_max_frame_size, _wire.MAX_BODY) + HEADER_SIZE
-        self._max_frame = max_frame_size
-        self._handler = handler
-        self._closed = False
-        self._close_reason = ""
-        self._closed_locally = False
-        # Request ids come from one counter for the loop's requests and threads'
-        # (`request_from_thread`): ``next`` of an `itertools.count` is atomic.
-        self._rids = itertools.count(1)
-        self._pending: dict[int, trio.lowlevel.Task] = {}
-        self._thread_pending: dict[int, _ThreadWaiter] = {}
-        self._outq: list[bytes | memoryview] = []
-        self._queued_bytes = 0
-        self._queued_frames = 0
-        self._writer_waiting: trio.lowlevel.Task | None = None
-        self._reader_task: trio.lowlevel.Task | None = None
-        self._thread_id = threading.get_ident()
-        self._orphans: list[int] = []  # ids of requests whose Reply was dropped unanswered
-        self._direct_recent = False
-        self._drained = trio.lowlevel.ParkingLot()
-        self._cancel_scope: trio.CancelScope | None = None
-        self._nursery: trio.Nursery | None = None
-        self._started = False
-        self._finished = trio.Event()
-        self._frames_sent = 0
-        self._frames_received = 0
-        self._bytes_sent = 0
-        self._bytes_received = 0
-        self._writes = 0
-        self._faults = LinkFaults(self, name, peer_name)
-        # Writes to the socket from a thread outside the loop (`send_from_thread`)
-        # and the loop's own direct writes and closing take this lock; see there.
-        self._write_lock = threading.Lock()
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._from_threads = 0
-        # The read side lent to a thread (`lend_reads`), the reader's cancellable
-        # wait while a loan exists, and the reader parked while the side is lent.
-        self._loan: ReadLoan | None = None
-        self._wait_scope: trio.CancelScope | None = None
-        self._lent_reader: trio.lowlevel.Task | None = None
-        self._taken_by_thread = 0
-
     # ------------------------------------------------------------------ public API
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def tls(self) -> str | None:
-        """The TLS version and cipher of this link (e.g. ``"TLSv1.3 TLS_AES_256_GCM_SHA384"``),
-        or ``None`` for a plaintext one."""
-        sock = self._sock
-        return sock.describe() if isinstance(sock, TlsSocket) else None
-
-    @property
-    def peer_max_frame_size(self) -> int:
-        """The largest frame body the peer accepts (announced in the handshake): a
-        message that pickles to more raises `FrameTooLarge` at the sender."""
-        return min(self._peer_max, _wire.MAX_BODY)
-
-    def __repr__(self) -> str:
-        state = f"closed: {self._close_reason}" if self._closed else "open"
-        return f"<Connection {self.name!r} <-> {self.peer_name!r} ({self.peer_address}, {state})>"
 
     async def request(self, message: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the contract)
         """Send ``message`` as a request and return the reply value.
@@ -216,7 +128,7 @@ class Connection:
         )
 
     async def _request(self, rid: int, chunks: list[bytes | memoryview], size: int) -> Any:
-        if self._queued_bytes > _HIGH_WATER:
+        if self._queued_bytes > HIGH_WATER:
             await self._wait_drained()
         self._check_open()
         task = trio.lowlevel.current_task()
@@ -250,7 +162,7 @@ class Connection:
         the message is not sent).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._queued_bytes > _HIGH_WATER:
+        if self._queued_bytes > HIGH_WATER:
             await self._wait_drained()  # cancelled here: nothing was sent
         if self._closed:
             self._check_open()
@@ -287,271 +199,6 @@ class Connection:
             self._enqueue(ONEWAY, chunks, size)
         else:
             self._push(chunks, size)
-
-    # Sending from another thread. A process whose user code runs in threads beside
-    # the loop (a driver's main thread, a worker's executors) would otherwise wake
-    # the loop for every message, a GIL hand-off and a scheduler pass, as long as a
-    # lone message's whole trip. So when the link is idle -- the writer parked,
-    # nothing queued, no fault injected, a plain socket -- the calling thread writes
-    # the frame itself. The lock makes that write exclusive with the loop's own
-    # writes to the socket (`_push`'s direct write; the writer writes only after
-    # `_push` woke it, and never while the thread path sees it parked) and with
-    # `_shutdown` closing the socket (whose descriptor could otherwise be reused
-    # under the write). The thread never blocks: it takes the lock only if free,
-    # and a partial write leaves its remainder at the head of the queue for the
-    # writer, woken through the loop's token; everything sent after it queues
-    # behind. When it cannot send, it says so and the caller takes the loop's way.
-
-    def send_from_thread(self, message: Any) -> bool:
-        """Send a one-way ``message`` from a thread other than the loop's, if the link
-        is idle (see the comment above); ``False``: not sent, send it from the loop.
-
-        Raises `FrameTooLarge` if the peer would refuse the frame; pickling errors
-        propagate. Never blocks.
-        """
-        if self._closed or not self._plain or self._token is None:
-            return False
-        chunks, size = _encode_frame(ONEWAY, 0, message)
-        if size > self._max_send:
-            self._check_size(size)
-        return self._write_from_thread(chunks, size)
-
-    def _write_from_thread(self, chunks: list[bytes | memoryview], size: int) -> bool:
-        """Write an encoded frame from a thread outside the loop if the link is idle
-        (the comment above `send_from_thread`); ``False``: nothing written."""
-        if len(chunks) != 1 or faults._active or self._faults.holding() or not self._plain:
-            return False
-        if not self._write_lock.acquire(blocking=False):
-            return False
-        try:
-            if self._closed or self._outq or self._writer_waiting is None:
-                return False
-            data = chunks[0]
-            try:
-                sent = self._sock.send(data)  # type: ignore[union-attr]
-            except OSError:  # full, or a dead link the loop will find
-                return False
-            self._writes += 1
-            self._bytes_sent += sent
-            self._from_threads += 1
-            if sent == len(data):
-                self._frames_sent += 1
-                return True
-            self._outq.append(memoryview(data)[sent:])
-            self._queued_bytes += size - sent
-            self._queued_frames += 1
-        finally:
-            self._write_lock.release()
-        try:
-            self._token.run_sync_soon(self._wake_writer)  # type: ignore[union-attr]
-        except trio.RunFinishedError:  # the loop is gone: so is the link
-            pass
-        return True
-
-    # Reading from another thread: see `_read_loan` for the design (who owns the
-    # socket's read side when, and how it passes between the loop and one thread).
-
-    def lend_reads(self, wake: Callable[[], None]) -> ReadLoan | None:
-        """Offer this connection's read side to one thread, to read itself while it
-        is idle (see `ReadLoan`); ``wake()`` is called (from the loop's thread) when
-        the side has been handed over, or the loan closed. Call in the loop.
-        ``None``: not lendable (TLS, closed, not running, or lent already)."""
-        if (self._closed or not self._plain or self._token is None
-                or (self._loan is not None and not self._loan.closed)):
-            return None
-        loan = ReadLoan(self, self._sock, self._token, wake,  # type: ignore[arg-type]
-                        _RECV_CHUNK)
-        self._loan = loan
-        return loan
-
-    @property
-    def reads_lent(self) -> bool:
-        """Whether a thread holds the read side now (`lend_reads`)."""
-        loan = self._loan
-        return loan is not None and loan.held
-
-    def _offer_reads(self) -> None:
-        """A borrower wants the read side (loop): stop the reader's wait, so that it
-        hands the side over at its next frame boundary."""
-        scope = self._wait_scope
-        if scope is not None:
-            scope.cancel()
-
-    def _reads_returned(self, data: bytes) -> None:
-        """The borrower gave the read side back with ``data`` (loop)."""
-        task = self._lent_reader
-        if task is not None:
-            self._lent_reader = None
-            _reschedule(task, outcome.Value(data))
-
-    def _start_watch(self, loan: ReadLoan) -> None:
-        """The borrower kept a message and no watch runs (loop): start one."""
-        if not self._closed and loan is self._loan and self._nursery is not None:
-            try:
-                self._nursery.start_soon(self._watch_loan, loan)
-                return
-            except RuntimeError:  # the connection is closing
-                pass
-        loan.stop_watch()
-
-    async def _watch_loan(self, loan: ReadLoan) -> None:
-        """Take the read side back from a borrower busy too long (see `_read_loan`);
-        end after a few checks that found it idle."""
-        idle = 0
-        try:
-            while not loan.closed:
-                await trio.sleep(RECLAIM_AFTER)
-                state = loan.reclaim_if_busy()
-                if state:
-                    self._reads_returned(b"")
-                    break
-                idle = idle + 1 if state is None else 0
-                if idle >= 5 and loan.stop_watch(only_if_idle=True):
-                    return
-        finally:
-            loan.stop_watch()
-
-    def _count_taken(self, nbytes: int, frames: int = 1) -> None:
-        """A borrower kept ``frames`` frames of ``nbytes`` in all (its thread; the
-        reader is parked)."""
-        self._frames_received += frames
-        self._bytes_received += nbytes
-        self._taken_by_thread += frames
-
-    async def _wait_or_lend(self, sock: Any, wait_readable: Any, view: memoryview) -> int:
-        """Wait for input, or lend the read side while the borrower wants it (the
-        reader's buffer is empty: no partial frame). Returns how many bytes the
-        borrower gave back, now at the start of ``view`` (0: read the socket)."""
-        loan = self._loan
-        assert loan is not None
-        if loan.closed:
-            self._loan = None
-            await wait_readable(sock)
-            return 0
-        if not loan.wanted or faults._active:
-            with trio.CancelScope() as scope:
-                self._wait_scope = scope
-                try:
-                    await wait_readable(sock)
-                finally:
-                    self._wait_scope = None
-            if not scope.cancelled_caught:
-                return 0
-        if faults._active or not loan.hand_over():
-            return 0
-        self._lent_reader = trio.lowlevel.current_task()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self._lent_reader = None
-            loan.close()
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        data = await trio.lowlevel.wait_task_rescheduled(abort)
-        n = len(data)
-        if n:
-            view[:n] = data
-        return n
-
-    # Requests from another thread. A thread that needs an answer (a driver's `put`
-    # asking the store where to copy, then sealing) would otherwise hop into the
-    # loop for every request (`trio.from_thread.run`: a wake-up of the loop thread,
-    # a system task, a GIL hand-off, 0.3 ms on this 2-core machine under load, as
-    # long as the store's own work) and hop out again with the answer. Here the
-    # thread registers a waiter under a fresh request id, writes the frame itself
-    # when the link is idle (`_write_from_thread`; else the loop queues it, in the
-    # thread's order: the thread waits until it is queued), and blocks on the
-    # waiter's lock. The reader, which owns every read of the socket, finds the
-    # waiter by the reply's id, decodes the reply on the loop (its bytes live in
-    # the reused buffer) and releases the lock: one wake-up of the calling thread,
-    # none of a Trio task. `_shutdown` fails the waiters as it fails the loop's
-    # requests. The waiter is registered before the frame leaves, and the thread
-    # looks at `_closed` after registering, which `_shutdown` sets before it takes
-    # the waiters: a request is either failed by `_shutdown` or sees the link
-    # closed, never left waiting.
-
-    def request_from_thread(self, message: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109
-        """`request` from a thread other than the loop's, waiting in that thread (see
-        the comment above); returns the reply value.
-
-        Raises `RequestTimeout` after ``timeout`` seconds (``None``: wait until the
-        reply or the connection's end), `RemoteError`, `ConnectionLost`, or
-        `FrameTooLarge` (nothing sent); pickling errors of ``message`` propagate.
-        `RuntimeError` from the loop's own thread (it would wait for itself).
-        """
-        if threading.get_ident() == self._thread_id:
-            raise RuntimeError(
-                f"request_from_thread() on {self!r} from the thread of its Trio run would "
-                f"deadlock (the reply is read by that thread): use `await request()`"
-            )
-        waiter = _ThreadWaiter()
-        rid = self._send_request_from_thread(message, waiter)
-        assert waiter.lock is not None
-        if not waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            if self._thread_pending.pop(rid, None) is not None:
-                raise RequestTimeout(
-                    f"no reply from {self.peer_name!r} ({self.peer_address}) to request {rid} "
-                    f"within {timeout}s"
-                )
-            waiter.lock.acquire()  # the reader took it this instant: it answers now
-        assert waiter.outcome is not None
-        return waiter.outcome.unwrap()
-
-    def request_soon_from_thread(
-        self, message: Any, on_reply: Callable[[outcome.Outcome[Any]], object]
-    ) -> None:
-        """Send a request from a thread other than the loop's without waiting for the
-        answer: ``on_reply`` runs later on the loop with its outcome (the reply's
-        value, or `RemoteError`, `ConnectionLost`, `ProtocolError`), exactly once.
-
-        Returns once the frame is written or queued, in this thread's order with
-        its other sends (see the comment above `request_from_thread`). Raises
-        (nothing sent, ``on_reply`` never called) `ConnectionLost` if the link is
-        closed, `FrameTooLarge`, pickling errors; `RuntimeError` from the loop's
-        own thread (use `request`).
-        """
-        if threading.get_ident() == self._thread_id:
-            raise RuntimeError(f"request_soon_from_thread() on {self!r} from the thread "
-                               f"of its Trio run: use `await request()`")
-        self._send_request_from_thread(message, _ThreadWaiter(on_reply))
-
-    def _send_request_from_thread(self, message: Any, waiter: _ThreadWaiter) -> int:
-        """Register ``waiter`` under a new request id and send the request (from the
-        calling thread if the link is idle, else queued by the loop); the id."""
-        token = self._token
-        self._check_open()
-        if token is None:
-            raise RuntimeError(f"{self!r} is not running yet: no loop reads its replies")
-        rid = next(self._rids)
-        chunks, size = _encode_frame(REQUEST, rid, message)
-        self._check_size(size)
-        self._thread_pending[rid] = waiter
-        if self._closed:  # `_shutdown` may have taken the waiters before ours went in
-            self._thread_pending.pop(rid, None)
-            self._check_open()
-        loan = self._loan
-        if loan is not None:  # its reply must not wait for a busy borrower
-            loan.reclaim()
-        if not self._write_from_thread(chunks, size):
-            try:
-                trio.from_thread.run_sync(self._enqueue_for_thread, chunks, size, trio_token=token)
-            except trio.RunFinishedError:
-                self._thread_pending.pop(rid, None)
-                raise ConnectionLost(
-                    f"connection to {self.peer_name!r} ({self.peer_address}) is closed: its "
-                    f"Trio run has finished") from None
-        return rid
-
-    def _enqueue_for_thread(self, chunks: list[bytes | memoryview], size: int) -> None:
-        """Queue a thread's request frame (on the loop); a link closed meanwhile has
-        failed its waiter already."""
-        if not self._closed:
-            self._enqueue(REQUEST, chunks, size)
-
-    def _wake_writer(self) -> None:
-        task = self._writer_waiting
-        if task is not None and self._outq:
-            self._writer_waiting = None
-            _reschedule(task)
 
     @property
     def unsent(self) -> int:
@@ -675,186 +322,6 @@ class Connection:
     def _own_tasks(self) -> set[trio.lowlevel.Task]:
         return getattr(self, "_tasks", set())
 
-    # ------------------------------------------------------------------ internals
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ConnectionLost(
-                f"connection to {self.peer_name!r} ({self.peer_address}) is closed: {self._close_reason}"
-            )
-
-    # -- the `ReplyChannel` a `Reply` answers through
-
-    def queue_answer(self, kind: int, rid: int, value: Any) -> None:
-        """Encode and queue the answer to request ``rid`` (for `Reply`: see `ReplyChannel`)."""
-        chunks, size = _encode_frame(kind, rid, value)
-        self._check_size(size)
-        self._enqueue(kind, chunks, size)
-
-    def answer_dropped(self, rid: int) -> bool:
-        """A `Reply` finalised unanswered (for `Reply`: see `ReplyChannel`). A finaliser
-        can run in the middle of anything (even a half-queued frame), so this only
-        notes the id; the reader fails the request once the handler returns."""
-        if threading.get_ident() != self._thread_id:
-            return False
-        self._orphans.append(rid)
-        return True
-
-    def _check_size(self, size: int) -> None:
-        body = size - HEADER_SIZE
-        if body > self._peer_max or body > _wire.MAX_BODY:
-            raise FrameTooLarge(
-                f"message frame of {body} bytes exceeds the max_frame_size "
-                f"{min(self._peer_max, _wire.MAX_BODY)} of peer {self.peer_name!r}"
-            )
-
-    def _enqueue(self, kind: int, chunks: list[bytes | memoryview], size: int) -> None:
-        if faults._active or self._faults.holding():
-            self._faults.send(_wire.KIND_NAMES[kind], chunks, size)
-            return
-        self._push(chunks, size)
-
-    # -- the `FaultedLink` its injected faults act through (``_link_faults``)
-
-    def running(self) -> bool:
-        """Whether the connection's tasks run (for `LinkFaults`)."""
-        return self._nursery is not None
-
-    def push_frame(self, chunks: list[bytes | memoryview], size: int) -> None:
-        """Queue an encoded frame for the writer, no fault applied (for `LinkFaults`)."""
-        self._push(chunks, size)
-
-    def start_task(self, fn: Callable[[], Awaitable[None]]) -> bool:
-        """Start ``fn`` in the connection's nursery; False once that is closing (for
-        `LinkFaults`)."""
-        if self._nursery is None:
-            return False
-        try:
-            self._nursery.start_soon(fn)
-        except RuntimeError:  # the connection is closing
-            return False
-        return True
-
-    def reset(self, reason: str) -> None:
-        """Close the link at once, as a network reset would: pending requests fail
-        with ``reason``, nothing queued is sent (for `LinkFaults`, and a server
-        that stops)."""
-        self._shutdown(reason)
-
-    @property
-    def closed_locally(self) -> bool:
-        """Whether this end closed the connection (``aclose``), not the link."""
-        return self._closed_locally
-
-    @property
-    def close_reason(self) -> str:
-        """Why the connection closed (empty while it is open)."""
-        return self._close_reason
-
-    async def reset_when_flushed(self) -> None:
-        """Close the link once the frames sent so far have left (for `LinkFaults`:
-        a duplicate's reset)."""
-        while (self._queued_frames or self._faults.holding()) and not self._closed:
-            await self._drained.park()
-        if self._closed:
-            return
-        # Half-close first, so what was written reaches the peer before the end of
-        # the stream (a plain close with unread input would send a reset instead).
-        if self._plain:
-            try:
-                self._sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
-            except OSError:
-                pass
-            with trio.move_on_after(1.0):
-                await self._finished.wait()
-        self._shutdown(f"link reset by an injected fault (duplicate {self.name!r} -> "
-                       f"{self.peer_name!r}, after the frame was sent)")
-
-    def _push(self, chunks: list[bytes | memoryview], size: int) -> None:
-        with self._write_lock:  # (`send_from_thread`)
-            self._push_locked(chunks, size)
-
-    def _push_locked(self, chunks: list[bytes | memoryview], size: int) -> None:
-        if (
-            not self._direct_recent
-            and self._plain
-            and self._writer_waiting is not None
-            and not self._outq
-            and len(chunks) == 1
-        ):
-            # Idle link: write now from this task, saving the writer's scheduler hop
-            # (this is what keeps a lone request/reply fast). Then `_direct_recent`
-            # routes whatever else is sent in this scheduler tick through the queue,
-            # so bursts still coalesce; the reader (new input) and the writer (queue
-            # flushed) reset it.
-            self._direct_recent = True
-            data = chunks[0]
-            try:
-                sent = self._sock.send(data)  # type: ignore[union-attr]
-            except OSError:  # BlockingIOError, or a dead link the writer will report
-                sent = 0
-            if sent:
-                self._writes += 1
-                self._bytes_sent += sent
-                if sent == len(data):
-                    self._frames_sent += 1
-                    if self._drained:  # someone waits in `drain`
-                        self._drained.unpark_all()
-                    return
-                chunks = [memoryview(data)[sent:]]
-                size -= sent
-        self._outq.extend(chunks)
-        self._queued_bytes += size
-        self._queued_frames += 1
-        task = self._writer_waiting
-        if task is not None:
-            self._writer_waiting = None
-            _reschedule(task)
-
-    async def _wait_drained(self) -> None:
-        while self._queued_bytes > _HIGH_WATER // 2 and not self._closed:
-            await self._drained.park()
-        self._check_open()
-
-    def _shutdown(self, reason: str, *, locally: bool = False) -> None:
-        """Mark closed, fail every pending request, close the socket. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._closed_locally = locally
-        self._close_reason = reason
-        if locally:
-            logger.debug("connection %s -> %s closed locally", self.name, self.peer_name)
-        else:
-            logger.info("connection %s <-> %s (%s) lost: %s", self.name, self.peer_name, self.peer_address, reason)
-        pending, self._pending = self._pending, {}
-        for rid, task in pending.items():
-            _reschedule(task, outcome.Error(self._lost_with(rid, reason)))
-        from_threads, self._thread_pending = self._thread_pending, {}
-        for rid, waiter in from_threads.items():
-            waiter.set(outcome.Error(self._lost_with(rid, reason)))
-        if self._cancel_scope is not None:
-            self._cancel_scope.cancel()
-        self._outq = []
-        self._faults.clear()
-        self._queued_bytes = 0
-        self._queued_frames = 0
-        self._drained.unpark_all()
-        if self._loan is not None:
-            self._loan.close()
-        try:
-            trio.lowlevel.notify_closing(self._sock)
-        except (RuntimeError, OSError):  # outside a Trio run (interpreter shutdown)
-            pass
-        with self._write_lock:  # not under a thread's write (`send_from_thread`)
-            self._sock.close()
-
-    def _lost_with(self, rid: int, reason: str) -> ConnectionLost:
-        return ConnectionLost(
-            f"connection to {self.peer_name!r} ({self.peer_address}) lost with request "
-            f"{rid} pending: {reason}"
-        )
-
     # -- writer
 
     async def _writer(self) -> None:
@@ -902,7 +369,7 @@ class Connection:
         """Read and dispatch frames until EOF; return why it stopped."""
         sock = self._sock
         wait_readable = trio.lowlevel.wait_readable if self._plain else TlsSocket.wait_readable
-        buf = bytearray(_RECV_CHUNK)
+        buf = bytearray(RECV_CHUNK)
         view = memoryview(buf)
         start = end = 0
         waited = True
@@ -937,7 +404,7 @@ class Connection:
             if not waited:
                 await trio.lowlevel.checkpoint()  # fairness when data never runs dry
             waited = False
-            drained = end + n < _RECV_CHUNK
+            drained = end + n < RECV_CHUNK
             end += n
             self._bytes_received += n
             while end - start >= HEADER_SIZE:
@@ -958,7 +425,7 @@ class Connection:
                         if self._orphans:
                             self._fail_orphans()
                     continue
-                if nbufs == 0 and total <= _RECV_CHUNK:
+                if nbufs == 0 and total <= RECV_CHUNK:
                     break  # needs more bytes; they fit in the buffer
                 # Own buffer: out-of-band buffers are handed out as views of it.
                 frame = bytearray(body_len)
@@ -1018,37 +485,6 @@ class Connection:
             raise
         _reschedule(task, result)
 
-    def _on_thread_reply(self, kind: int, rid: int, body: memoryview, nbufs: int) -> None:
-        """Hand a reply to the thread waiting for it (`request_from_thread`), if any."""
-        waiter = self._thread_pending.pop(rid, None)
-        if waiter is None:
-            return
-        try:
-            result = self._reply_outcome(kind, rid, body, nbufs)
-        except ProtocolError:
-            self._thread_pending[rid] = waiter  # failed with the others as the link closes
-            raise
-        waiter.set(result)
-
-    def _reply_outcome(self, kind: int, rid: int, body: memoryview, nbufs: int) -> Any:
-        """What reply ``rid`` brings its requester: its value, the peer's error, or an
-        undecodable reply's error. A `ProtocolError` (the stream is broken)
-        propagates: the link closes and fails every request still waiting."""
-        try:
-            value = _wire.decode_body(body, nbufs)
-        except ProtocolError:
-            raise
-        except Exception as exc:
-            return outcome.Error(self._undecodable(rid, exc))
-        if kind == REPLY_OK:
-            return outcome.Value(value)
-        return outcome.Error(self._remote_error(value))
-
-    def _undecodable(self, rid: int, exc: Exception) -> ProtocolError:
-        return ProtocolError(
-            f"could not decode the reply to request {rid} from {self.peer_name!r}: {exc!r}"
-        )
-
     async def _on_message(self, kind: int, rid: int, body: memoryview, nbufs: int) -> None:
         """Hand a request or one-way message to the handler, inline."""
         self._frames_received += 1
@@ -1085,44 +521,3 @@ class Connection:
                 reply.fail(exc)
             else:
                 logger.exception("handler of %s failed on a message from %s", self.name, self.peer_name)
-
-    def _remote_error(self, payload: Any) -> RemoteError:
-        try:
-            type_name, text, tb, blob = payload
-        except (TypeError, ValueError):
-            return RemoteError("?", repr(payload), "", None, self.peer_name)
-        remote_exc = None
-        if blob is not None:
-            try:
-                remote_exc = _wire._loads(blob)
-            except Exception:
-                remote_exc = None
-        return RemoteError(str(type_name), str(text), str(tb), remote_exc, self.peer_name)
-
-
-class _ThreadWaiter:
-    """Where a thread's request gets its reply: a lock the thread waits on, held from
-    the start and released once ``outcome`` is set (`Connection.request_from_thread`);
-    or a callback that takes the outcome (`Connection.request_soon_from_thread`).
-    `set` runs on the loop."""
-
-    __slots__ = ("lock", "on_reply", "outcome")
-
-    def __init__(self, on_reply: Callable[[outcome.Outcome[Any]], object] | None = None) -> None:
-        self.on_reply = on_reply
-        self.lock: threading.Lock | None = None
-        if on_reply is None:
-            self.lock = threading.Lock()
-            self.lock.acquire()
-        self.outcome: outcome.Outcome[Any] | None = None
-
-    def set(self, result: outcome.Outcome[Any]) -> None:
-        self.outcome = result
-        if self.on_reply is None:
-            assert self.lock is not None
-            self.lock.release()
-            return
-        try:
-            self.on_reply(result)
-        except Exception:  # the callback's bug: it must not take the reader down
-            logger.exception("the reply callback %r failed", self.on_reply)

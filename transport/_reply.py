@@ -1,4 +1,5 @@
-"""`Reply` (the answer slot of one incoming request) and `ConnectionStatistics`.
+"""`Reply` (the answer slot of one incoming request), `ConnectionStatistics`, and
+`ThreadWaiter` (where a reply to a thread's request goes).
 
 A `Reply` needs three things of the connection it answers on, and only those (the
 `ReplyChannel` protocol, which `Connection` implements): whether it is closed, a
@@ -8,14 +9,20 @@ this module does not import the connection's.
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
+import outcome
 
 from . import _wire
 from ._wire import REPLY_ERR, REPLY_OK
 
-__all__ = ["ConnectionStatistics", "Reply", "ReplyChannel"]
+__all__ = ["ConnectionStatistics", "Reply", "ReplyChannel", "ThreadWaiter"]
+
+logger = logging.getLogger("transport")
 
 
 class ReplyChannel(Protocol):
@@ -127,3 +134,31 @@ class Reply:
     def __repr__(self) -> str:
         state = "answered" if self._done else "pending"
         return f"<Reply to request {self._rid} from {self._conn.peer_name!r} ({state})>"
+
+
+class ThreadWaiter:
+    """Where a thread's request gets its reply: a lock the thread waits on, held from
+    the start and released once ``outcome`` is set (`Connection.request_from_thread`);
+    or a callback that takes the outcome (`Connection.request_soon_from_thread`).
+    `set` runs on the loop."""
+
+    __slots__ = ("lock", "on_reply", "outcome")
+
+    def __init__(self, on_reply: Callable[[outcome.Outcome[Any]], object] | None = None) -> None:
+        self.on_reply = on_reply
+        self.lock: threading.Lock | None = None
+        if on_reply is None:
+            self.lock = threading.Lock()
+            self.lock.acquire()
+        self.outcome: outcome.Outcome[Any] | None = None
+
+    def set(self, result: outcome.Outcome[Any]) -> None:
+        self.outcome = result
+        if self.on_reply is None:
+            assert self.lock is not None
+            self.lock.release()
+            return
+        try:
+            self.on_reply(result)
+        except Exception:  # the callback's bug: it must not take the reader down
+            logger.exception("the reply callback %r failed", self.on_reply)

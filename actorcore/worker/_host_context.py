@@ -7,13 +7,14 @@ of actors that checkpoint (``_ReplayState``). The hosts themselves are in
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import inspect
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import attrs
@@ -278,18 +279,11 @@ class HostContext:
             restore = getattr(instance, RESTORE_METHOD)
             restore(_serialization.loads(checkpoint))
         for call, dep_data in calls:
-            args, kwargs = self._replay_args(call, dep_data)
-            try:
-                value = _method(instance, call)(*args, **kwargs)
+            with _replayed(call):
+                value = self._call_again(instance, call, dep_data)
                 if inspect.isgenerator(value):  # its items went out the first time
                     for _item in value:
                         pass
-            except ActorExitRequest:
-                raise RuntimeError(
-                    f"replaying {call.name} called exit_actor(), which it did not the "
-                    "first time: the actor's calls are not deterministic") from None
-            except Exception as exc:
-                logger.debug("replayed %s raised %r (as it did the first time)", call.name, exc)
         state.since = len(calls)
 
     async def recover_async(self, instance: Any, spec: ActorSpec,
@@ -304,9 +298,8 @@ class HostContext:
             if inspect.isawaitable(value):
                 await value
         for call, dep_data in calls:
-            args, kwargs = self._replay_args(call, dep_data)
-            try:
-                value = _method(instance, call)(*args, **kwargs)
+            with _replayed(call):
+                value = self._call_again(instance, call, dep_data)
                 if inspect.isasyncgen(value):
                     async for _item in value:
                         pass
@@ -315,13 +308,13 @@ class HostContext:
                         pass
                 elif inspect.isawaitable(value):
                     await value
-            except ActorExitRequest:
-                raise RuntimeError(
-                    f"replaying {call.name} called exit_actor(), which it did not the "
-                    "first time: the actor's calls are not deterministic") from None
-            except Exception as exc:
-                logger.debug("replayed %s raised %r (as it did the first time)", call.name, exc)
         state.since = len(calls)
+
+    def _call_again(self, instance: Any, call: CallSpec, dep_data: list | None) -> Any:
+        """Call the logged ``call`` on ``instance`` again, with its arguments as the
+        first time; what it returns (a generator or awaitable not yet run)."""
+        args, kwargs = self._replay_args(call, dep_data)
+        return _method(instance, call)(*args, **kwargs)
 
     def _replay_args(self, call: CallSpec, dep_data: list | None) -> tuple[tuple, dict]:
         if dep_data is None:  # a direct call's refs: read again, as the first time
@@ -574,6 +567,22 @@ def _pid() -> int:
 
 
 _descriptors: dict[tuple[type, str], Any] = {}
+
+
+@contextlib.contextmanager
+def _replayed(call: CallSpec) -> Iterator[None]:
+    """Around one replayed call (`HostContext.recover`): what it raises is what it
+    raised the first time, so it is logged and the replay goes on; but an
+    ``exit_actor()`` it did not call the first time means its calls are not
+    deterministic, and the recovery fails saying so."""
+    try:
+        yield
+    except ActorExitRequest:
+        raise RuntimeError(
+            f"replaying {call.name} called exit_actor(), which it did not the "
+            "first time: the actor's calls are not deterministic") from None
+    except Exception as exc:
+        logger.debug("replayed %s raised %r (as it did the first time)", call.name, exc)
 
 
 def _method(instance: Any, spec: CallSpec) -> Callable:
