@@ -164,9 +164,15 @@ class Lifeline:
         token = trio.lowlevel.current_trio_token()
 
         def tell() -> None:
+            # Runs in Trio's entry queue, where an exception is an internal error
+            # of the whole run: a failing callback (a coordinator stopped
+            # meanwhile) is logged; the reap tells the death again.
             if self._armed:
                 self._armed = False
-                on_gone()
+                try:
+                    on_gone()
+                except Exception:
+                    logger.exception("GCS replica lifeline: telling the death failed")
 
         def deliver(result: outcome.Outcome[bool]) -> None:
             try:
