@@ -31,9 +31,23 @@ Protocol
   `child_args`, and the parent drops its fd (`spawned`).
 * Child: `hold` (from ``--lifeline <fd>``) maps the page and locks the mutex from
   its main thread, before it says ``SPARE`` or ``READY``; it never unlocks it.
-* Parent, once the child said so: `wait_gone` returns when the mutex's owner died.
+* Parent, once the child said so: `watch` calls back when the mutex's owner died.
   Only ``EOWNERDEAD`` counts: if the lock is free (a child that could not hold it),
-  it waits forever, and the sockets' close tells the death as before.
+  it waits forever, and the sockets' close (or the reap) tells the death as before.
+
+Delivery
+--------
+Under load (16-21) the coordinator did not hear of a SIGKILLed head from its
+lifeline 5 times in 15 (the integration test of ``test_gcs_lifeline.py``, its sockets
+kept open). The kernel had told every time: the waiting thread got ``EOWNERDEAD``
+in all 15, 0-90 ms *before* the node reaped the child. The death was lost after
+that, in the node's loop. The thread hands it over with ``run_sync_soon``; a busy
+loop then finds the hand-over and the reaped child's pidfd in one pass, and Trio
+runs a pass's tasks in either order (it reverses half the batches). When the
+reap's task ran first, the replica's service cancelled its nursery -- and with it
+the task that waited for the lifeline's event, before the event was set. So the
+death now goes to a plain callback (`watch`) that no cancel scope can reach; the
+service `disarm`s it only where it stops the process itself.
 
 Linux with glibc only (robust pshared mutexes through ``ctypes``); elsewhere
 `Lifeline.open` returns None and nothing changes.
@@ -47,6 +61,8 @@ import logging
 import mmap
 import os
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import outcome
@@ -85,7 +101,12 @@ class Lifeline:
         #: The memfd to pass to the child (closed by `spawned`).
         self.fd: int | None = fd
         self._page = page
-        self._gone: trio.Event | None = None
+        self._watched = False
+        #: Cleared by `disarm` or once the death was told.
+        self._armed = True
+        #: Set by the waiting thread once the death is in the loop's queue (its
+        #: callback runs at the loop's next pass): a test holds the loop until then.
+        self.handed_over = threading.Event()
 
     @classmethod
     def open(cls) -> Lifeline | None:
@@ -122,34 +143,64 @@ class Lifeline:
             os.close(self.fd)
             self.fd = None
 
-    async def wait_gone(self) -> None:
-        """Return once the process that holds the mutex has died. Call only after
-        the child said it holds it (``SPARE`` or ``READY``); cancellable (the
-        waiting thread is left to end with the process).
+    def watch(self, on_gone: Callable[[], object]) -> None:
+        """Call ``on_gone`` in this Trio run once the process that holds the mutex
+        has died, unless `disarm` came first. Call once, and only after the child
+        said it holds the mutex (``SPARE`` or ``READY``).
+
+        The death is delivered as a plain callback (``run_sync_soon``), never by
+        waking a task: the node's loop sees the waiting thread's wake-up and the
+        reaped child's pidfd in one pass when it was busy at the death, runs that
+        pass's tasks in either order, and the reap cancelled a task that waited
+        for the lifeline before the wake-up reached it -- the death the kernel had
+        told was lost (module docstring, "Delivery").
 
         The thread is Trio's own (`trio.lowlevel.start_thread_soon`), not one of
         `trio.to_thread`'s: it blocks for the whole life of the replica, and would
-        hold one of the 40 tokens the node's other threads share."""
-        if self._gone is None:
-            self._gone = trio.Event()
-            token = trio.lowlevel.current_trio_token()
-            gone = self._gone
+        hold one of the 40 tokens the node's other threads share; it ends with the
+        process, whether or not the callback is still wanted."""
+        assert not self._watched, "a lifeline is watched once"
+        self._watched = True
+        token = trio.lowlevel.current_trio_token()
 
-            def deliver(result: outcome.Outcome[bool]) -> None:
+        def tell() -> None:
+            # Runs in Trio's entry queue, where an exception is an internal error
+            # of the whole run: a failing callback (a coordinator stopped
+            # meanwhile) is logged; the reap tells the death again.
+            if self._armed:
+                self._armed = False
                 try:
-                    died = result.unwrap()
-                except Exception:  # noqa: BLE001 (a thread has nowhere to raise)
-                    logger.exception("GCS replica lifeline: the waiting thread failed")
-                    return
-                if died:
-                    try:
-                        token.run_sync_soon(gone.set)
-                    except trio.RunFinishedError:
-                        pass
+                    on_gone()
+                except Exception:
+                    logger.exception("GCS replica lifeline: telling the death failed")
 
-            trio.lowlevel.start_thread_soon(_wait_owner_death(self._page), deliver,
-                                            name="gcs replica lifeline")
-        await self._gone.wait()
+        def deliver(result: outcome.Outcome[bool]) -> None:
+            try:
+                died = result.unwrap()
+            except Exception:  # noqa: BLE001 (a thread has nowhere to raise)
+                logger.exception("GCS replica lifeline: the waiting thread failed")
+                return
+            if died:
+                try:
+                    token.run_sync_soon(tell)
+                except trio.RunFinishedError:
+                    return
+                self.handed_over.set()
+
+        trio.lowlevel.start_thread_soon(_wait_owner_death(self._page), deliver,
+                                        name="gcs replica lifeline")
+
+    def disarm(self) -> None:
+        """The death need not be told any more (its process was stopped on purpose,
+        or its reap told it): a callback of `watch` not yet run never will."""
+        self._armed = False
+
+    async def wait_gone(self) -> None:
+        """Return once the process that holds the mutex has died (`watch`, with
+        the same conditions); cancellable."""
+        gone = trio.Event()
+        self.watch(gone.set)
+        await gone.wait()
 
 
 def _wait_owner_death(page: mmap.mmap) -> Any:

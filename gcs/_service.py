@@ -339,6 +339,11 @@ class ReplicaService:
         self.pid: int | None = None
         self.address: str | None = None
         self.process: trio.Process | None = None
+        #: Its process's lifeline (`_lifeline.py`), where the platform has them.
+        self.lifeline: Lifeline | None = None
+        #: How the death of its process was first known: "lifeline" or "reap"
+        #: (None while it lives, or without a process).
+        self.death_told_by: str | None = None
         # The fault-command channel to the process (its stdin; answers on stdout).
         self._commands = trio.Lock()
         self._command_ids = itertools.count(1)
@@ -397,6 +402,7 @@ class ReplicaService:
             taken = await open_replica_process(spare=False, env=replica_environment())
         process, lifeline = taken
         self.process = process
+        self.lifeline = lifeline
         self.pid = process.pid
         try:
             assert process.stdin is not None and process.stdout is not None
@@ -415,6 +421,8 @@ class ReplicaService:
             if not line.startswith(b"READY "):
                 raise ReplicaProcessDied(f"GCS replica {self.name} said {line!r}, not READY")
             self.address = line[len(b"READY "):].decode()
+            if lifeline is not None:
+                lifeline.watch(functools.partial(self._process_died, "lifeline"))
             task_status.started(self.address)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_answers, process)
@@ -432,27 +440,31 @@ class ReplicaService:
                         process.kill()
 
                 nursery.start_soon(watch_membership)
-                if lifeline is not None:
-                    nursery.start_soon(self._watch_lifeline, lifeline)
                 code = await process.wait()
                 nursery.cancel_scope.cancel()
             # Reaped, so dead for certain: cut it out now if its lifeline did not
-            # (one that could not be held, or a wait that missed the owner's death),
-            # whatever its sockets do; its slot's new replica joins a repaired chain.
-            self.plan.replica_died(self.name)
+            # (one that could not be held, or a reap seen in the same pass of the
+            # loop as the lifeline's callback, and run first), whatever its sockets
+            # do; its slot's new replica joins a repaired chain.
+            self._process_died("reap")
             raise ReplicaProcessDied(
                 f"GCS replica {self.name} of shard {self.shard} (pid {process.pid}) "
                 f"exited with code {code}"
             )
         finally:
+            if lifeline is not None:
+                lifeline.disarm()  # stopped on purpose below, or told already
             self.plan.faults.attached.discard(self)
             with trio.CancelScope(shield=True):
                 await _stop(process)
 
-    async def _watch_lifeline(self, lifeline: Lifeline) -> None:
-        """Tell the coordinator the moment the process dies, before the kernel
-        closes its sockets (`_lifeline.py`): the chain is repaired meanwhile."""
-        await lifeline.wait_gone()
+    def _process_died(self, told_by: str) -> None:
+        """The process died: its lifeline says so (``told_by`` "lifeline",
+        `_lifeline.py`: before the kernel closes its sockets), or it was reaped
+        ("reap"). The first of the two cuts it out of its chain; the second finds
+        it gone."""
+        if self.death_told_by is None:
+            self.death_told_by = told_by
         self.plan.replica_died(self.name)
 
     # --------------------------------------------------------- fault commands

@@ -118,6 +118,13 @@ async def test_a_dead_head_is_cut_out_and_written_past_while_its_sockets_live(nu
             await trio.testing.wait_all_tasks_blocked()  # the write waits for the head
             assert not done.is_set()
             os.kill(pid, signal.SIGKILL)
+            # The loop is held (this call blocks it) until the lifeline handed the
+            # death over and the process is a zombie: the loop's next pass finds
+            # the hand-over and the reaped pidfd at once, and runs their tasks in
+            # either order. The reap must not outrun the lifeline then.
+            assert service.lifeline is not None
+            assert service.lifeline.handed_over.wait(10)
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # noqa: ASYNC222 (blocks the loop on purpose)
             # Inside the client's timeout (20 s) and the heartbeat's (30 s): only the
             # lifeline and the resend can end it in time. (3 s was exceeded once in
             # a full suite on two busy cores.)
@@ -125,6 +132,7 @@ async def test_a_dead_head_is_cut_out_and_written_past_while_its_sockets_live(nu
                 await plan.wait_removed(head)
                 await done.wait()
             assert head not in coordinator.chain(0).chain
+            assert service.death_told_by == "lifeline"
             assert await c.get("kv", "before") == 1 and await c.get("kv", "during") == 2
         finally:
             for copy in copies:
