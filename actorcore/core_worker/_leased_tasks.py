@@ -66,7 +66,7 @@ leaves P's worker ahead of P's `TaskDone`, on the same ordered link. So
 runs) or running (it is interrupted), and a C submitted after the cancel reached the
 node fails there (``cancelled_trees``). A leased C is reported by *another* worker
 (its `LeasedStart`), which can reach the node after the cancel and after P's end;
-and C may wait in P's process for a lease meanwhile. Three rules make the lease path
+and C may wait in P's process for a lease meanwhile. Four rules make the lease path
 end exactly where the node path does:
 
 1. The node marks P as a cancelled tree whether P runs there or not, ended or not
@@ -86,6 +86,15 @@ end exactly where the node path does:
    of their being pushed later and started. A C pushed before P's end may start
    before a cancel that comes after P's end: on the node path it could have started
    then too, and rule 1 cancels it at its report.
+4. P's process hears of the cancel (rule 2) before P can see any other effect of
+   it. The node sends the interrupts of the tree's running tasks before it fails
+   any of its queued ones (``_cancels.cancel``: their results go to P's process on
+   the same link, behind P's interrupt), and a worker sends the end of a task it
+   was told to interrupt through the node, never on a direct link
+   (``worker._process``, `_h_interrupt`): so it reaches P's process behind P's
+   interrupt too. Else P saw a running child cancelled (its end back on the
+   lease's link), submitted another, and this process pushed it on the idle
+   lease before it read P's interrupt: it started before rule 1 cancelled it.
 A force cancel kills P's worker: the children waiting in it die with it (their
 owner), and the pushed ones are killed at their report by rule 1.
 
