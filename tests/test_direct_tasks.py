@@ -794,3 +794,53 @@ def test_a_child_submitted_when_a_cancelled_child_came_back_never_starts(tmp_pat
     finally:
         (d / "stop").write_text("")
     _idle_again()
+
+
+_children_left: list = []  # (in the parent's worker: the refs it leaves behind)
+
+
+@ray.remote
+def _parent_leaving_a_child(d):
+    """Start a `_spinning_child` ("child"), then end once ``d/go`` exists, leaving
+    the child running."""
+    _children_left.append(_spinning_child.remote(d, "child"))
+    deadline = time.monotonic() + 60
+    while not (Path(d) / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "left"
+
+
+def test_a_recursive_cancel_crossing_its_tasks_end_still_reaches_its_children(
+        tmp_path, monkeypatch):
+    # `ray.cancel` of a pushed task records the cancel, and the core loop writes it
+    # on the task's link. The task's end could come back in between: the cancel was
+    # then dropped, and a recursive one never reached the children the task left
+    # running (on the node path the node cancels the tree of a task that has
+    # ended). Here the loop writes the cancel only once the end is in.
+    leased = _worker_state.current_core().leased
+    send_cancel = leased._send_cancel
+    held: list[bytes] = []
+    monkeypatch.setattr(leased, "_send_cancel", held.append)
+    for attempt in range(6):
+        d = tmp_path / str(attempt)
+        d.mkdir()
+        parent = _parent_leaving_a_child.remote(str(d))
+        until(lambda d=d: (d / "child_started").exists(), "the child to start", timeout=60)
+        if parent.task_id() in leased._in_flight:
+            break
+        (d / "go").write_text("")  # it went through the node: no crossing; again
+        assert ray.get(parent, timeout=60) == "left"
+        (d / "stop").write_text("")
+        _idle_again()
+    else:
+        pytest.fail("no task went on a lease in 6 tries")
+    try:
+        ray.cancel(parent, recursive=True)
+        until(lambda: held, "the cancel to be handed to the core loop")
+        (d / "go").write_text("")
+        assert ray.get(parent, timeout=60) == "left"  # its end is in
+        _worker_state.current_core().trio_token.run_sync_soon(send_cancel, held[0])
+        until(lambda: (d / "child_cancelled").exists(), "the child to be cancelled")
+    finally:
+        (d / "stop").write_text("")
+    _idle_again()
