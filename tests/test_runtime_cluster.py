@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import pickletools
 import re
 import shutil
 import signal
@@ -14,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 import actorcore as ray
@@ -478,6 +481,17 @@ def test_status_shows_the_components_typed_statistics(cluster):
     assert control.gcs_client.writes > 0
     assert isinstance(st["store"], store.StoreStatistics)
     assert st["store"].count >= 1 and st["store"].used >= 3 << 20
+    # `status_plain` (what the CLI asks for) is the same answer in plain data: its
+    # reader imports none of the classes (their fields and properties by name).
+    plain = ray._api._call("status_plain")
+    assert not [op for op, _arg, _pos in pickletools.genops(pickle.dumps(plain))
+                if "GLOBAL" in op.name]
+    for key, typed in st.items():
+        if attrs.has(type(typed)):
+            assert set(plain[key]) >= {f.name for f in attrs.fields(type(typed))}, key
+    assert plain["scheduler"]["queued"] == plain["scheduler"]["waiting"] + plain["scheduler"]["ready"]
+    assert isinstance(plain["control"]["gcs_client"]["writes"], int)
+    assert plain["store"]["capacity"] == st["store"].capacity
 
     # `actorcore status` (another process) shows them ...
     env = _env()
