@@ -27,6 +27,12 @@ FAST = {"ACTORCORE_NODE_TIMEOUT": "3", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
 #: the others' views.
 STEADY = {"ACTORCORE_NODE_TIMEOUT": "60", "ACTORCORE_HEARTBEAT_INTERVAL": "0.1"}
 
+#: Seconds a test gives a subprocess it runs (a CLI command, a driver script, a
+#: cluster's start or stop) before calling it hung. A hang guard only, never a
+#: timing check: the suite runs two xdist workers on two cores beside other load,
+#: where a command that takes a second alone took over a minute.
+HANG_GUARD = 600.0
+
 #: Whether a process runs (a zombie is dead): the runtime's own test.
 alive = pid_alive
 
@@ -43,7 +49,7 @@ def tree_entry(snap: dict, name: str) -> dict | None:
     return None
 
 
-def until(pred: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+def until(pred: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
     """Poll ``pred`` until it returns something true, and return that; fail the test
     naming ``what`` after ``timeout`` seconds. For state only visible by asking (a
     process's exit, a component's restart): where an event exists, wait for it."""
@@ -56,7 +62,7 @@ def until(pred: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
         time.sleep(0.02)
 
 
-def no_resources_held(timeout: float = 30.0) -> None:
+def no_resources_held(timeout: float = 120.0) -> None:
     """Wait until the driver's node is idle (no task queued or running, no lease
     granted) and then check its ledger's account: every resource free, none
     held by a task, a lease or anything else (``SchedulerStatistics``). For a

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import actorcore as ray
 from actorcore import exceptions as exc
 
-from .cluster_support import tree_entry, until
+from .cluster_support import HANG_GUARD, tree_entry, until
 
 pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
 
@@ -51,7 +50,7 @@ class BadInit:
         return 1
 
 
-_until = functools.partial(until, timeout=15.0)
+_until = until
 
 
 def _state(handle):
@@ -187,7 +186,7 @@ def test_detached_actor_outlives_its_driver_non_detached_does_not(cluster, tmp_p
     token = (Path(cluster["session_dir"]) / "token").read_text().strip()
     env = dict(os.environ, ACTORCORE_TOKEN=token)
     out = subprocess.run([sys.executable, str(script), cluster["address"]], capture_output=True,
-                         text=True, timeout=90, env=env)
+                         text=True, timeout=HANG_GUARD, env=env)
     assert "created" in out.stdout, out.stderr
 
     def temp_gone():
@@ -307,7 +306,7 @@ def test_node_death_reaches_pending_calls(tmp_path):
     script = tmp_path / "node_dies.py"
     script.write_text(_NODE_DIES)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=90, cwd=os.path.dirname(os.path.dirname(__file__)))
+                         timeout=HANG_GUARD, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert "DIED:" in out.stdout and "its node died" in out.stdout, out.stdout + out.stderr
 
 
@@ -344,5 +343,5 @@ def test_node_path_only_mode(tmp_path):
     script.write_text(_NODE_PATH_ONLY)
     env = dict(os.environ, ACTORCORE_DIRECT_CALLS="0")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=90, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+                         timeout=HANG_GUARD, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert "OK" in out.stdout, out.stdout + out.stderr

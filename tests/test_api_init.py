@@ -16,6 +16,8 @@ import pytest
 import actorcore as ray
 from actorcore import exceptions as exc
 
+from .cluster_support import HANG_GUARD
+
 
 @pytest.fixture
 def short_tmp():
@@ -208,7 +210,7 @@ def _spawn_probe(root: Path, init_kwargs: dict) -> dict:
     env = dict(os.environ, ACTORCORE_TMPDIR=str(root))
     env.pop("ACTORCORE_ADDRESS", None)
     r = subprocess.run([sys.executable, "-c", _SPAWN_PROBE, json.dumps(init_kwargs)],
-                       env=env, capture_output=True, text=True, timeout=180)
+                       env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -23,6 +23,8 @@ from actorcore.node.__main__ import parse_args as node_parse_args
 from actorcore.session import _config
 from actorcore.session._config import ENVIRONMENT, ClusterConfig, env_table, env_value
 
+from .cluster_support import HANG_GUARD
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: A value other than the default for every field (as the CLI would parse it).
@@ -178,7 +180,7 @@ def test_env_value_defaults_and_the_deprecated_alias(caplog):
 def test_a_bad_switch_is_refused_when_the_process_starts():
     env = dict(os.environ, ACTORCORE_DIRECT_CALLS="off")
     r = subprocess.run([sys.executable, "-c", "import actorcore"], env=env,
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode != 0
     assert "ACTORCORE_DIRECT_CALLS='off': expected 0 or 1" in r.stderr
 

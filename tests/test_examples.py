@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from .cluster_support import HANG_GUARD
+
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 
 
@@ -17,7 +19,7 @@ def test_example_runs(example: Path) -> None:
         [sys.executable, str(example)],
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=HANG_GUARD,
         cwd=example.parent.parent,
     )
     assert result.returncode == 0, (
@@ -37,7 +39,7 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     script = tmp_path / "readme_example.py"
     script.write_text(found.group(1))
     result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=90
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=HANG_GUARD
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().startswith("["), result.stdout

@@ -9,8 +9,6 @@ time, and a subscription sees each committed update once."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import trio
 
@@ -21,7 +19,7 @@ from actorcore.testing import Cluster, faults
 
 from .cluster_support import until
 
-_until = functools.partial(until, timeout=60.0)
+_until = until
 
 #: Conditional writes made while the chain is cut.
 N_WRITES = 40

@@ -4,7 +4,6 @@ healed, seeded schedules that replay, and clear errors for bad use."""
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from actorcore.testing import Cluster, faults
 from . import cluster_support
 from .cluster_support import FAST, until
 
-_until = functools.partial(until, timeout=20.0)
+_until = until
 
 
 def _pid_alive(pid: int) -> bool:

@@ -7,8 +7,6 @@ two-node clusters.)"""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
@@ -18,7 +16,7 @@ from actorcore.testing import faults
 from . import cluster_support
 from .cluster_support import tasks_seen, until
 
-_until = functools.partial(until, timeout=30.0)
+_until = until
 
 # Nodes are declared dead only well after a healed partition: these tests are about
 # links that break and come back, not about membership.

@@ -6,8 +6,6 @@ crash can still be read."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
@@ -17,7 +15,7 @@ from actorcore.testing import faults
 from . import cluster_support
 from .cluster_support import until
 
-_until = functools.partial(until, timeout=60.0)
+_until = until
 
 N = 300_000  # float64s: 2.4 MB, in the store
 # Not about membership: a node busy under load (its first pyarrow import, on its

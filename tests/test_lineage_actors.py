@@ -13,7 +13,7 @@ import actorcore as ray
 from actorcore import exceptions as exc
 from actorcore.api._actor_handle import actor_state
 
-from .cluster_support import until
+from .cluster_support import HANG_GUARD, until
 
 pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
 
@@ -211,7 +211,7 @@ def test_replay_through_the_node_only(tmp_path):
     script.write_text(_NODE_PATH_ONLY)
     env = dict(os.environ, ACTORCORE_DIRECT_CALLS="0")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=120, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+                         timeout=HANG_GUARD, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert "OK" in out.stdout, out.stdout + out.stderr
 
 
@@ -415,7 +415,7 @@ def test_gcs_crash_under_load_loses_nothing(cluster):
                 and record is not None and record.get("state") == "alive"
                 and task is not None and function is not None and ckpt is not None)
 
-    until(republished, "the node to write its state to the restarted GCS", timeout=30)
+    until(republished, "the node to write its state to the restarted GCS", timeout=120)
     # Still healthy: a new task, a new named actor, a recovery of the named one.
     assert ray.get(square.remote(12), timeout=60) == 144
     other = Ledger.options(name="keeper2").remote(7)

@@ -136,7 +136,7 @@ def test_gcs_crash_on_two_nodes(cluster):
         return nodes, dict(await client.actors.list_names()).get("far")
 
     until(lambda: _gcs(state) == ({head, b.node_id}, keeper._actor_id.hex()),
-          "both nodes and the name in the restarted GCS", timeout=30)
+          "both nodes and the name in the restarted GCS", timeout=120)
     found = actorcore.get_actor("far")
     assert actorcore.get(found.read.remote(), timeout=30) == list(range(20))
     with pytest.raises(ValueError, match="far"):

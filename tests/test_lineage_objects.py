@@ -16,7 +16,6 @@ each ran.
 
 from __future__ import annotations
 
-import functools
 import glob
 import os
 import threading
@@ -49,7 +48,7 @@ def _runs(log: Path) -> dict[str, int]:
     return out
 
 
-_until = functools.partial(until, timeout=30.0)
+_until = until
 
 
 @ray.remote

@@ -5,7 +5,6 @@ no node can host waits for one that can."""
 
 from __future__ import annotations
 
-import functools
 import time
 
 import pytest
@@ -70,7 +69,7 @@ def call_from_task(handle, by: int) -> tuple[str, int]:
     return node, actorcore.get(handle.incr.remote(by), timeout=20)
 
 
-_until = functools.partial(until, timeout=20.0)
+_until = until
 
 
 def test_actor_placed_by_resource_and_called_from_everywhere(on_three):

@@ -9,7 +9,6 @@ small tasks spread over the nodes."""
 
 from __future__ import annotations
 
-import functools
 import gc
 import time
 
@@ -136,7 +135,7 @@ def _store_contains(cluster: Cluster, node, oid: bytes) -> bool:
     return trio.run(main)
 
 
-_until = functools.partial(until, timeout=20.0)
+_until = until
 
 
 class TestOnThreeNodes:

@@ -19,7 +19,7 @@ import actorcore
 import transport
 from actorcore.testing import Cluster
 
-from .cluster_support import FAST, STEADY, driver
+from .cluster_support import FAST, HANG_GUARD, STEADY, driver
 
 pytestmark = pytest.mark.usefixtures("plaintext_default")  # tests/conftest.py
 
@@ -90,7 +90,7 @@ def _driver(address: str, token: bytes, tmp: Path, tls: transport.TlsConfig | No
         env.update(ACTORCORE_TLS_CERT=tls.cert, ACTORCORE_TLS_KEY=tls.key,
                    ACTORCORE_TLS_CA=tls.ca)
     result = subprocess.run([sys.executable, "-c", DRIVER, address], env=env,
-                            capture_output=True, text=True, timeout=90)
+                            capture_output=True, text=True, timeout=HANG_GUARD)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip().splitlines()[-1]
 

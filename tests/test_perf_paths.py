@@ -20,6 +20,8 @@ import pytest
 
 import actorcore as ray
 
+from .cluster_support import HANG_GUARD
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SMALL_PROGRAM = """
@@ -63,7 +65,7 @@ def test_small_program_loads_no_pyarrow_and_large_objects_still_work():
     env.pop("ACTORCORE_ADDRESS", None)
     try:
         out = subprocess.run([sys.executable, "-c", textwrap.dedent(SMALL_PROGRAM)],
-                             env=env, capture_output=True, text=True, timeout=120)
+                             env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     assert out.returncode == 0, out.stdout + out.stderr

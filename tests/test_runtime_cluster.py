@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import pickletools
 import re
 import shutil
 import signal
@@ -14,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 import actorcore as ray
@@ -21,8 +24,8 @@ import store
 from actorcore.kernel import check_snapshot
 from actorcore.testing import faults
 
+from .cluster_support import HANG_GUARD, tree_entry
 from .cluster_support import alive as _alive
-from .cluster_support import tree_entry
 from .cluster_support import until as _until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +39,7 @@ def _env(tmpdir: str | None = None) -> dict:
     return env
 
 
-def _wait_dead(pids, timeout=15.0) -> list[int]:
+def _wait_dead(pids, timeout=120.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         alive = [p for p in pids if _alive(p)]
@@ -170,7 +173,7 @@ def test_task_with_free_cpu_gets_a_new_worker_instead_of_queueing_behind_a_busy_
     # starts a worker for it rather than queueing it behind the first.
     out = subprocess.run(
         [sys.executable, "-c", FEWER_WORKERS],
-        env=_env(tmpdir), capture_output=True, text=True, timeout=120,
+        env=_env(tmpdir), capture_output=True, text=True, timeout=HANG_GUARD,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "MET [True, True]" in out.stdout and "NEXT True" in out.stdout, out.stdout
@@ -224,7 +227,7 @@ def test_workers_that_cannot_start_are_restarted_with_backoff_not_in_a_loop(tmpd
     # A zygote forked from the node would not run the broken site file: spawned.
     env["ACTORCORE_WORKER_ZYGOTE_AT_START"] = "0"
     out = subprocess.run([sys.executable, "-c", BROKEN_WORKERS], env=env,
-                         capture_output=True, text=True, timeout=150)
+                         capture_output=True, text=True, timeout=HANG_GUARD)
     assert out.returncode == 0, out.stdout + out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))
     # Started at once: the two pre-started workers and their first replacements;
@@ -270,7 +273,7 @@ def test_store_prefault_setting(tmpdir, setting):
     env = _env(tmpdir)
     env["ACTORCORE_OBJECT_STORE_PREFAULT"] = setting
     out = subprocess.run([sys.executable, "-c", PREFAULT, str(low), str(high)], env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=HANG_GUARD)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "PREFAULTED" in out.stdout, out.stdout
 
@@ -305,7 +308,7 @@ def test_calls_before_init_fail_clearly():
     # Without the implicit init() of the first call (tests/test_ray_semantics.py).
     env = dict(_env(), ACTORCORE_ENABLE_AUTO_CONNECT="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=HANG_GUARD)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
 
@@ -335,7 +338,7 @@ print("clean exit")
 def _run_driver(tmpdir: str, *, log: bool, kill: bool):
     out = subprocess.run(
         [sys.executable, "-c", DRIVER.format(log=log, kill=kill)],
-        env=_env(tmpdir), capture_output=True, text=True, timeout=90,
+        env=_env(tmpdir), capture_output=True, text=True, timeout=HANG_GUARD,
     )
     pids = session = None
     for line in out.stdout.splitlines():
@@ -388,7 +391,7 @@ def test_cli_start_status_tree_stop(tmpdir):
 
     def cli(*args, check=True):
         r = subprocess.run([sys.executable, "-m", "actorcore", *args], env=env,
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=HANG_GUARD)
         if check:
             assert r.returncode == 0, r.stdout + r.stderr
         return r
@@ -415,7 +418,7 @@ def test_cli_start_status_tree_stop(tmpdir):
             "print(ray.get(f.remote(21)))\n"
         )
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=HANG_GUARD)
         assert r.stdout.strip().endswith("42"), r.stderr
         pid = json.loads(cli("status", "--json").stdout)["pid"]
         # A driver that leaves takes its objects and queued tasks with it.
@@ -434,7 +437,7 @@ def test_cli_start_status_tree_stop(tmpdir):
             "print('leaving')\n"
         )
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=HANG_GUARD)
         assert "leaving" in r.stdout, r.stderr
         deadline = time.monotonic() + 20  # the node keeps them 5 s for a rejoin
         while True:
@@ -478,6 +481,17 @@ def test_status_shows_the_components_typed_statistics(cluster):
     assert control.gcs_client.writes > 0
     assert isinstance(st["store"], store.StoreStatistics)
     assert st["store"].count >= 1 and st["store"].used >= 3 << 20
+    # `status_plain` (what the CLI asks for) is the same answer in plain data: its
+    # reader imports none of the classes (their fields and properties by name).
+    plain = ray._api._call("status_plain")
+    assert not [op for op, _arg, _pos in pickletools.genops(pickle.dumps(plain))
+                if "GLOBAL" in op.name]
+    for key, typed in st.items():
+        if attrs.has(type(typed)):
+            assert set(plain[key]) >= {f.name for f in attrs.fields(type(typed))}, key
+    assert plain["scheduler"]["queued"] == plain["scheduler"]["waiting"] + plain["scheduler"]["ready"]
+    assert isinstance(plain["control"]["gcs_client"]["writes"], int)
+    assert plain["store"]["capacity"] == st["store"].capacity
 
     # `actorcore status` (another process) shows them ...
     env = _env()
@@ -486,7 +500,7 @@ def test_status_shows_the_components_typed_statistics(cluster):
     def cli(*args: str) -> str:
         r = subprocess.run([sys.executable, "-m", "actorcore", "status", "--address",
                             cluster["address"], *args], env=env, capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=HANG_GUARD)
         assert r.returncode == 0, r.stdout + r.stderr
         return r.stdout
 
@@ -534,7 +548,7 @@ def test_init_address_errors(tmpdir):
         "    print('ERR', err)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], env=_env(tmpdir), capture_output=True,
-                       text=True, timeout=60)
+                       text=True, timeout=HANG_GUARD)
     assert "no running actorcore cluster" in r.stdout, r.stderr
 
 
@@ -573,7 +587,7 @@ ray.shutdown()
 
 def test_replicated_gcs_survives_a_replica_crash_and_cleans_up(tmpdir):
     out = subprocess.run([sys.executable, "-c", REPLICATED], env=_env(tmpdir),
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=HANG_GUARD)
     assert out.returncode == 0, out.stdout + out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("PIDS"))
     pids = json.loads(line.split()[1])
@@ -610,7 +624,7 @@ def test_extra_workers_are_let_go_when_idle(tmpdir):
     env = _env(tmpdir)
     env["ACTORCORE_IDLE_WORKER_TIMEOUT"] = "0.5"
     out = subprocess.run([sys.executable, "-c", REAP], env=env, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=HANG_GUARD)
     assert out.returncode == 0, out.stdout + out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("PEAK"))
     assert int(line.split()[1]) > 1 and int(line.split()[3]) == 1

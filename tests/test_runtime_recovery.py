@@ -25,7 +25,7 @@ from actorcore import exceptions as exc
 from actorcore.core_worker import _worker_state
 from actorcore.testing import faults
 
-from .cluster_support import tree_entry
+from .cluster_support import HANG_GUARD, tree_entry
 from .cluster_support import until as _until
 
 #: The restarted store keeps unclaimed objects this long (30 s by default): the
@@ -250,7 +250,7 @@ def test_tree_shows_gcs_client_and_actor_manager():
     assert manager is not None and manager["kind"] == "actor_manager", manager
     assert manager["state"] == "running" and "alive" in manager, manager
     cli = subprocess.run([sys.executable, "-m", "actorcore", "tree"], capture_output=True,
-                         text=True, timeout=60, check=True)
+                         text=True, timeout=HANG_GUARD, check=True)
     for name in ("gcs_client", "store_link", "object_directory", "actor_manager"):
         assert name in cli.stdout, cli.stdout
 
@@ -476,7 +476,7 @@ def test_a_killed_drivers_actors_die_but_not_its_detached_ones(cluster, tmp_path
     script.write_text(_KILLED_DRIVER)
     token = (Path(cluster["session_dir"]) / "token").read_text().strip()
     out = subprocess.run([sys.executable, str(script), cluster["address"]], capture_output=True,
-                         text=True, timeout=90, env=dict(os.environ, ACTORCORE_TOKEN=token))
+                         text=True, timeout=HANG_GUARD, env=dict(os.environ, ACTORCORE_TOKEN=token))
     assert out.returncode == -signal.SIGKILL and "created" in out.stdout, out.stderr
     started = time.monotonic()
 
@@ -645,8 +645,16 @@ def test_every_tree_path_can_crash_and_nothing_is_lost():
 
     while crashed != expected:
         path, snap = _until(next_target, f"one of {expected - crashed} running again")
+        try:
+            assert faults.crash(path), path
+        except ValueError as error:
+            # A task worker beyond the pre-started ones that idled past the pool's
+            # IDLE_TIMEOUT exits: it may go between the listing and the crash (a
+            # loaded machine stretches that). Another one is taken.
+            if snap["kind"] != "worker" or "no live worker named" not in str(error):
+                raise
+            continue
         crashed.add(_identity(path, snap))
-        assert faults.crash(path), path
         _until(lambda p=path, s=snap: settled(p, s), f"{path} to restart")
         # Afterwards: old objects read, old actors answer, new tasks run.
         assert ray.get(small, timeout=30) == "small", path

@@ -407,6 +407,39 @@ def test_a_task_no_node_can_run_waits_with_one_warning_and_survives_restarts(clu
     assert ray.get(inc.remote(1), timeout=30) == 2
 
 
+def test_a_recursive_cancel_interrupts_the_parent_before_its_queued_child_fails():
+    # The parent runs; its child waits in the node's queue. A
+    # recursive cancel fails the child (its results go to the parent's process) and
+    # interrupts the parent (which tells its process to send the parent's later
+    # children through the node). Both go on the one link to the parent's worker,
+    # and the interrupt must go first: the child's failure going first, the parent
+    # woke on it and submitted another child, which its process pushed on a lease
+    # before it read the interrupt right behind.
+    sent: list[tuple[str, Any]] = []
+
+    class Host(_Host):
+        def deliver(self, owner: bytes, results: list) -> None:
+            sent.append(("results", owner))
+
+    class Conn:
+        def send_nowait(self, message: Any) -> None:
+            sent.append(("interrupt", message.task_id))
+
+    state = SchedulerState(directory=ObjectDirectory(), total={"CPU": 1.0}, host=Host())
+    w = WorkerInfo(index=0, worker_id=b"w" * 20, conn=Conn(), state="idle", in_idle=True)
+    state.idle.append(w)
+    parent = _spec(1)
+    state.submit(parent)
+    state.dispatch()
+    child = attrs.evolve(_spec(2), parent_task_id=parent.task_id, owner=w.worker_id)
+    state.submit(child)  # (queued: not dispatched)
+    assert state.running.get(parent.task_id) is w and child in list(state.ready)
+    sent.clear()
+    state.cancel(parent.task_id, force=False, recursive=True)
+    assert sent == [("interrupt", parent.task_id), ("results", w.worker_id)]
+    assert parent.task_id in state.cancelled_trees
+
+
 def test_a_task_waiting_for_its_argument_is_written_to_the_gcs_once_it_can_run():
     # Kept in the node's lineage at once; its GCS task-table record is written when
     # its argument is ready (a million queued behind one argument wrote a million

@@ -20,7 +20,7 @@ import actorcore as ray
 from actorcore import exceptions as exc
 from actorcore.core_worker import _worker_state
 
-from .cluster_support import no_resources_held
+from .cluster_support import HANG_GUARD, no_resources_held
 from .cluster_support import until as _until
 
 pytestmark = pytest.mark.usefixtures("cluster")  # tests/conftest.py
@@ -309,8 +309,8 @@ def test_infeasible_resources_wait_for_a_node():
             ray.get(ref, timeout=0.3)
         ray.cancel(ref)
         with pytest.raises(exc.TaskCancelledError):
-            ray.get(ref, timeout=10)
-    assert ray.get(add.remote(1), timeout=30) == 1
+            ray.get(ref, timeout=120)  # (a hang guard: a loaded machine is slow)
+    assert ray.get(add.remote(1), timeout=120) == 1
 
 
 def test_option_validation():
@@ -415,7 +415,7 @@ def test_results_of_fire_and_forget_tasks_are_freed_when_they_come(tmp_path):
     gate.touch()
     _until(lambda: ray._api._call("status")["lineage"].kept <= kept + 1
            and _store_used() <= base + 1_000_000,
-           what="the fire-and-forget results freed", timeout=30)
+           what="the fire-and-forget results freed", timeout=120)
 
 
 def test_pipelined_parents_waiting_on_children_do_not_deadlock():
@@ -593,10 +593,9 @@ def test_init_inside_a_task_is_harmless():
 
 def test_get_of_an_object_nobody_will_produce_fails_instead_of_hanging():
     ghost = ray.ObjectRef(b"\x13" * 20)  # never created by anyone
-    t0 = time.monotonic()
+    # A hang would end in GetTimeoutError (120 s: a guard, never a timing check).
     with pytest.raises(exc.ObjectLostError, match="can never become available"):
-        ray.get(ghost, timeout=60)
-    assert time.monotonic() - t0 < 30
+        ray.get(ghost, timeout=120)
 
 
 def test_future_of_a_large_value():
@@ -643,7 +642,7 @@ def test_a_folder_named_like_our_packages_in_the_working_directory_shadows_nothi
     """)
     env = dict(os.environ, PYTHONPATH="")
     out = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=HANG_GUARD)
     assert "result 42" in out.stdout, out.stdout + out.stderr
 
 

@@ -19,6 +19,8 @@ from actorcore.cli import _cli
 from actorcore.session._launcher import start_head
 from actorcore.session._session import root_dir
 
+from .cluster_support import HANG_GUARD
+
 DRIVER = textwrap.dedent(
     """
     import sys
@@ -53,7 +55,7 @@ def run_driver(address: str, token: bytes, tmp: Path, tls: transport.TlsConfig |
     if tls is not None:
         env.update(ACTORCORE_TLS_CERT=tls.cert, ACTORCORE_TLS_KEY=tls.key, ACTORCORE_TLS_CA=tls.ca)
     result = subprocess.run(
-        [sys.executable, "-c", DRIVER, address], env=env, capture_output=True, text=True, timeout=90
+        [sys.executable, "-c", DRIVER, address], env=env, capture_output=True, text=True, timeout=HANG_GUARD
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip().splitlines()[-1]

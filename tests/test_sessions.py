@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from .cluster_support import HANG_GUARD
 from .cluster_support import alive as _alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,18 +49,18 @@ def root2() -> Iterator[str]:
 
 def _cli(root: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, "-m", "actorcore", *args], env=_env(root),
-                       capture_output=True, text=True, timeout=90)
+                       capture_output=True, text=True, timeout=HANG_GUARD)
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r
 
 
-def _py(root: str, code: str, timeout: float = 90) -> subprocess.CompletedProcess:
+def _py(root: str, code: str, timeout: float = HANG_GUARD) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(root),
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _wait_dead(pid: int, timeout: float = 15.0) -> None:
+def _wait_dead(pid: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while _alive(pid):
         assert time.monotonic() < deadline, f"pid {pid} still alive after {timeout} s"
@@ -116,7 +117,7 @@ def _killed_head(root: str) -> tuple[Path, int]:
             line = driver.stdout.readline()
             if line.strip() != "filled":
                 driver.kill()
-                raise AssertionError(line + driver.communicate(timeout=30)[1])
+                raise AssertionError(line + driver.communicate(timeout=HANG_GUARD)[1])
             os.kill(pid, signal.SIGKILL)
             _wait_dead(pid)
             try:
@@ -125,7 +126,7 @@ def _killed_head(root: str) -> tuple[Path, int]:
                 continue  # reclaimed by another process of this machine already
         finally:
             if driver.poll() is None:
-                driver.communicate(timeout=60)
+                driver.communicate(timeout=HANG_GUARD)
         assert held >= 80 << 20  # the leak of issue 9, item 7
         assert list((session / "sockets").iterdir())  # and its sockets
         return session, pid
@@ -305,7 +306,7 @@ def test_head_death_reaches_the_driver_as_node_died_error(root, started_by):
         init_args = "address='auto'"
     else:
         init_args = "num_cpus=1"
-    out = _py(root, _HEAD_DIES.format(init_args=init_args), timeout=120)
+    out = _py(root, _HEAD_DIES.format(init_args=init_args))
     text = out.stdout + out.stderr
     node_line = next(ln for ln in out.stdout.splitlines() if ln.startswith("NODE"))
     _, node_id, pid = node_line.split()

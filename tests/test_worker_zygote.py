@@ -17,7 +17,7 @@ import actorcore as ray
 from actorcore import exceptions as exc
 from actorcore.testing import faults
 
-from .cluster_support import until
+from .cluster_support import HANG_GUARD, until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -288,7 +288,7 @@ def test_a_zygote_that_cannot_start_costs_nothing_but_speed(tmpdir):
     # A zygote forked from the node would not run the broken site file: spawned.
     env["ACTORCORE_WORKER_ZYGOTE_AT_START"] = "0"
     out = subprocess.run([sys.executable, "-c", BROKEN_ZYGOTE], env=env,
-                         capture_output=True, text=True, timeout=150)
+                         capture_output=True, text=True, timeout=HANG_GUARD)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "RESULT [1, 2, 3] True" in out.stdout, out.stdout + out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("ZYGOTE"))
@@ -325,7 +325,7 @@ def test_the_first_zygote_is_forked_at_the_node_start_and_forks_the_first_worker
     # The node forks its first zygote before its own imports (node.__main__); the
     # pool's first workers wait for it rather than being spawned beside it.
     out = subprocess.run([sys.executable, "-c", FIRST_TASK], env=_env(),
-                         capture_output=True, text=True, timeout=150)
+                         capture_output=True, text=True, timeout=HANG_GUARD)
     assert out.returncode == 0, out.stdout + out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("NODE")).split()
     node, zygote, zygote_ppid = int(line[1]), int(line[3]), int(line[4])
@@ -344,7 +344,7 @@ def test_worker_starts_wait_for_a_starting_zygote_instead_of_spawning():
     env = _env()
     env["ACTORCORE_WORKER_ZYGOTE_AT_START"] = "0"
     out = subprocess.run([sys.executable, "-c", FIRST_TASK], env=env,
-                         capture_output=True, text=True, timeout=150)
+                         capture_output=True, text=True, timeout=HANG_GUARD)
     assert out.returncode == 0, out.stdout + out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("NODE")).split()
     node, zygote, zygote_ppid = int(line[1]), int(line[3]), int(line[4])
@@ -369,7 +369,7 @@ if b"actorcore.node" in argv:
 def test_a_zygote_forked_at_the_node_start_that_dies_is_replaced_by_a_spawned_one(tmpdir):
     env = _env_with_site(tmpdir, EARLY_ZYGOTE_DIES_SITE)
     out = subprocess.run([sys.executable, "-c", FIRST_TASK], env=env,
-                         capture_output=True, text=True, timeout=150)
+                         capture_output=True, text=True, timeout=HANG_GUARD)
     assert out.returncode == 0, out.stdout + out.stderr
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("NODE")).split()
     node, zygote, zygote_ppid = int(line[1]), int(line[3]), int(line[4])
@@ -433,7 +433,7 @@ os._exit(0)
 
 def test_node_sigkill_takes_its_zygote_and_forked_workers_with_it():
     out = subprocess.run([sys.executable, "-c", NODE_DIES], env=_env(),
-                         capture_output=True, text=True, timeout=150)
+                         capture_output=True, text=True, timeout=HANG_GUARD)
     assert out.returncode == 0 and "ALL GONE" in out.stdout, out.stdout + out.stderr
     # Forked workers' output went to the driver with the usual prefix.
     assert any(ln.startswith("(pid=") and ln.endswith("HELLO-FORKED-OUT")
@@ -475,6 +475,6 @@ def test_remove_node_kills_the_workers_a_dead_zygote_left_behind():
         assert forked["pid"] not in _descendants(node.pid)
         assert forked["pid"] in _session_processes(node.session_dir)
         c.remove_node(node)
-        until(lambda: not alive(forked["pid"]), "the orphaned worker to be killed", timeout=10)
+        until(lambda: not alive(forked["pid"]), "the orphaned worker to be killed", timeout=120)
     finally:
         c.shutdown()

@@ -189,11 +189,34 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Fields(dict):
+    """A plain dict of statistics read by attribute, as the typed one it stands for
+    (``status_plain``: the CLI does not import the node's modules to read them)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _fields(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _Fields({k: _fields(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_fields(v) for v in value]
+    return value
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from ..session._admin import admin_call
 
     try:
-        st = admin_call(args.address, "status")
+        st = _fields(admin_call(args.address, "status_plain"))
+    except ValueError as exc:
+        if "status_plain" not in str(exc):
+            raise
+        st = admin_call(args.address, "status")  # (a node from before it)
     except ConnectionError as exc:
         return _err(str(exc))
     if args.json:

@@ -66,7 +66,7 @@ leaves P's worker ahead of P's `TaskDone`, on the same ordered link. So
 runs) or running (it is interrupted), and a C submitted after the cancel reached the
 node fails there (``cancelled_trees``). A leased C is reported by *another* worker
 (its `LeasedStart`), which can reach the node after the cancel and after P's end;
-and C may wait in P's process for a lease meanwhile. Three rules make the lease path
+and C may wait in P's process for a lease meanwhile. Four rules make the lease path
 end exactly where the node path does:
 
 1. The node marks P as a cancelled tree whether P runs there or not, ended or not
@@ -86,6 +86,15 @@ end exactly where the node path does:
    of their being pushed later and started. A C pushed before P's end may start
    before a cancel that comes after P's end: on the node path it could have started
    then too, and rule 1 cancels it at its report.
+4. P's process hears of the cancel (rule 2) before P can see any other effect of
+   it. The node sends the interrupts of the tree's running tasks before it fails
+   any of its queued ones (``_cancels.cancel``: their results go to P's process on
+   the same link, behind P's interrupt), and a worker sends the end of a task it
+   was told to interrupt through the node, never on a direct link
+   (``worker._process``, `_h_interrupt`): so it reaches P's process behind P's
+   interrupt too. Else P saw a running child cancelled (its end back on the
+   lease's link), submitted another, and this process pushed it on the idle
+   lease before it read P's interrupt: it started before rule 1 cancelled it.
 A force cancel kills P's worker: the children waiting in it die with it (their
 owner), and the pushed ones are killed at their report by rule 1.
 
@@ -233,6 +242,8 @@ class LeasedTasks:
         # Pushed tasks whose cancel was asked for, until their end is here (see
         # `cancel`): task id -> the cancel (under ``_lock``).
         self._cancels: dict[bytes, w.CancelLeasedTask] = {}
+        # Of those, the ones not written on their link yet (`_send_cancel`).
+        self._cancels_unsent: set[bytes] = set()
         self._leases: dict[bytes, _Lease] = {}
         # Leases a thread released reading their task's end (``_accept_done``), for
         # ``_finish_done``: task id -> lease.
@@ -350,7 +361,17 @@ class LeasedTasks:
     def _release_locked(self, lease: _Lease, task_id: bytes) -> w.CancelLeasedTask | None:
         lease.running = None
         self._in_flight.pop(task_id, None)
+        self._cancels_unsent.discard(task_id)
         return self._cancels.pop(task_id, None)
+
+    def _ended_locked(self, lease: _Lease, task_id: bytes) -> w.CancelTask | None:
+        """``_release_locked`` for a task whose end came back: the cancel for the
+        node of a recursive cancel of it not sent yet (see `_send_cancel`)."""
+        unsent = task_id in self._cancels_unsent
+        cancel = self._release_locked(lease, task_id)
+        if cancel is None or not unsent or not cancel.recursive:
+            return None
+        return w.CancelTask(task_id, cancel.force, True)
 
     def _take(self, spec: TaskSpec) -> bool:
         """Queue ``spec`` for a lease, or refuse it (lock held)."""
@@ -425,6 +446,7 @@ class LeasedTasks:
             if task_id not in self._in_flight:
                 return False
             self._cancels[task_id] = w.CancelLeasedTask(task_id, force, recursive)
+            self._cancels_unsent.add(task_id)
         try:
             self._core.trio_token.run_sync_soon(self._send_cancel, task_id)
         except trio.RunFinishedError:
@@ -496,14 +518,22 @@ class LeasedTasks:
     # task wherever it goes: a task refused before it left fails here; one handed
     # back as lost is cancelled at the node, by a `CancelTask` behind its
     # `LeasedTasksLost` on the same ordered link (the node finds it running there,
-    # retried, or among the lost ones it has still to settle).
+    # retried, or among the lost ones it has still to settle). Its end can also come
+    # back before the core loop wrote the cancel on the link (`cancel` runs in the
+    # caller's thread): a cancel of a task that ended does nothing, but a recursive
+    # one still reaches the children the task left running, as on the node path,
+    # where the node cancels a tree whose root has ended. So the end sends a
+    # recursive cancel not written yet to the node instead (`_ended_locked`),
+    # decided under ``_lock`` as `_send_cancel` decides to write it: exactly one
+    # of the two sends it.
 
     def _send_cancel(self, task_id: bytes) -> None:
         with self._lock:
             message = self._cancels.get(task_id)
             lease = self._in_flight.get(task_id)
-        if message is None or lease is None:
-            return  # ended, refused or lost meanwhile: handled there
+            if message is None or lease is None:
+                return  # ended, refused or lost meanwhile: handled there
+            self._cancels_unsent.discard(task_id)
         try:
             lease.link.conn.send_nowait(message)
         except Exception as exc:  # the link is gone: its end sends the cancel on
@@ -693,10 +723,13 @@ class LeasedTasks:
             self._core.loop.start_soon(link.conn.aclose)
 
     def _h_done(self, conn: Any, m: w.LeasedTaskDone) -> None:
+        late = None
         with self._lock:
             lease = self._in_flight.get(m.task_id)
             if lease is not None:
-                self._release_locked(lease, m.task_id)
+                late = self._ended_locked(lease, m.task_id)
+        if late is not None:
+            self._send_node(late)
         if m.results:
             self._core.on_objects_ready(m.results)
         if lease is None:
@@ -724,8 +757,10 @@ class LeasedTasks:
             lease = self._in_flight.get(task_id)
             if lease is None or lease.link is not link:
                 return False
-            self._release_locked(lease, task_id)
+            late = self._ended_locked(lease, task_id)
             self._thread_done[task_id] = lease
+        if late is not None:
+            self._send_node(late)  # (thread-safe)
         return True
 
     def _finish_done(self, message: Any, own: Any) -> None:

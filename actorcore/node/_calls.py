@@ -300,6 +300,52 @@ def _status_call(node: Any, reply: Any) -> None:
     node.spawn(with_store)
 
 
+# ``actorcore status`` asks for ``status_plain``: the same answer, its typed
+# statistics (attrs classes of the node's modules) turned into plain dicts and
+# lists. Unpickling the typed answer imported the modules that define them (the
+# scheduler, the directory, the actor manager, the lineage, the GCS client: half
+# of the node) in the CLI's process, which does nothing else with them: most of
+# the CPU a status took.
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every attrs instance, at any depth, a dict of its fields and
+    of its public properties (``SchedulerStatistics.queued``)."""
+    cls = type(value)
+    if attrs.has(cls):
+        out = {f.name: _plain(getattr(value, f.name)) for f in attrs.fields(cls)}
+        for name in dir(cls):
+            if not name.startswith("_") and isinstance(getattr(cls, name, None), property):
+                out[name] = _plain(getattr(value, name))
+        return out
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@attrs.frozen
+class _PlainReply:
+    """A reply that sends its answer `_plain`."""
+
+    reply: Any
+
+    @property
+    def done(self) -> bool:
+        return bool(self.reply.done)
+
+    def send(self, value: Any) -> None:
+        self.reply.send(_plain(value))
+
+    def fail(self, exc: BaseException) -> None:
+        self.reply.fail(exc)
+
+
+def _status_plain_call(node: Any, reply: Any) -> None:
+    _status_call(node, _PlainReply(reply))
+
+
 def _tree_call(node: Any, reply: Any) -> None:
     if not node.view.multi or not node.spawn(_tree, node, reply):
         reply.send(_cluster_tree([_local_tree(node)]))
@@ -374,6 +420,8 @@ def _answer(fn: Callable[..., Any]) -> Callable[..., None]:
 #: needs the caller's link.
 CALLS: dict[str, tuple[int, Callable[..., None]]] = {
     "status": (0, _status_call),
+    # The same in plain dicts and lists, for the CLI (see `_plain`).
+    "status_plain": (0, _status_plain_call),
     "tree": (0, _tree_call),
     "local_tree": (0, _answer(_local_tree)),
     "cluster_resources": (0, _fresh(lambda node: _sum(s.resources for s in _alive(node)))),

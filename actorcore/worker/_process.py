@@ -120,6 +120,9 @@ class WorkerProcess:
         self.leased = LeasedTaskServer(self)
         #: Tasks cancelled between their hand-over to an executor and their start.
         self._start_gate = TaskStartGate()
+        #: Tasks here whose cancel came (`InterruptTask`), until their end is
+        #: reported: their results go through the node (see `_h_interrupt`).
+        self._interrupted: set[bytes] = set()
         # What is queued and running here (``_pending``, ``_running``, ``_main_ref``,
         # ``_free``) is changed by the loop and by the main thread, which reads,
         # starts and ends tasks itself while the worker is idle (``_main_inbox``).
@@ -167,6 +170,22 @@ class WorkerProcess:
         if self.core is not None:
             self.core.on_objects_ready(m.objects)
 
+    # The end of a cancelled task goes to its owner through the node, never on a
+    # direct link (a lease's, or the owner's socket), whatever it is (the cancel's
+    # error, or a value the task returned anyway). A recursive cancel interrupts the
+    # running tasks of a tree, each in its own worker, and its owner learns of it
+    # from the node: the node's recursive interrupt of the parent leaves on the
+    # parent's worker's node link before anything else the cancel does (``_cancels``
+    # on the node), and the parent's process routes the children submitted from then
+    # on through the node, which fails them (``_leased_tasks``, rule 2). A child's
+    # end pushed on a direct link could overtake that interrupt: the parent saw its
+    # child cancelled, submitted another, and its process pushed it on a lease, where
+    # it started before the node could cancel it at its report. Through the node,
+    # the child's end reaches the parent's process behind its interrupt, on one
+    # ordered link. (A leased task's submitter still hears of its end on the lease's
+    # link, without the results, to free the lease.) A cancel is rare: the hop
+    # through the node costs nothing that counts.
+
     def _h_interrupt(self, conn: Any, m: w.InterruptTask) -> None:
         task_id = m.task_id
         if m.recursive and self.core is not None and self.core.leased is not None:
@@ -177,9 +196,12 @@ class WorkerProcess:
             for i, item in enumerate(self._pending):
                 if item[0].task_id == task_id:  # queued here, not started: drop it
                     del self._pending[i]
+                    self._interrupted.add(task_id)
                     self._report_cancelled(item[0])
                     return
             if task_id in self._running:  # handed to an executor, not reported yet
+                # Marked before its thread can see the cancel (see above).
+                self._interrupted.add(task_id)
                 executors = list(self._executors)
                 self._start_gate.cancel(
                     task_id, lambda: any([executor.interrupt(task_id) for executor in executors]))
@@ -301,7 +323,8 @@ class WorkerProcess:
         the connection they went on, or ``None``: the loop pushes them."""
         core = self.core
         now = time.monotonic()
-        if retry or core is None or now - self._thread_pushed_at < THREAD_SEND_GAP:
+        if retry or core is None or now - self._thread_pushed_at < THREAD_SEND_GAP \
+                or task_id in self._interrupted:  # (through the node: `_h_interrupt`)
             return None
         conn = self.leased.links.get(task_id)
         if conn is not None:
@@ -347,13 +370,16 @@ class WorkerProcess:
         pushed = False
         conn = None
         link = self.leased.take_link(task_id)
+        # Cancelled: its results go through the node (see `_h_interrupt`).
+        via_node = task_id in self._interrupted
         if pushed_on is not None:
             self._owner_addr.pop(task_id, None)
             pushed, conn, link = True, pushed_on, None
         elif link is not None:
             # A leased task: its end goes back on the link it came on, with the
             # results when they are not too large for the node either (see below).
-            inline = not retry and results_size(results) <= core.frame_limit()
+            inline = (not retry and not via_node
+                      and results_size(results) <= core.frame_limit())
             try:
                 link.send_nowait(w.LeasedTaskDone(task_id, results if inline else []))
                 pushed = inline
@@ -362,6 +388,8 @@ class WorkerProcess:
                 logger.debug("reporting leased task %s failed: %r", task_id.hex(), exc)
         address = (None if link is not None or pushed_on is not None
                    else self._owner_addr.pop(task_id, None))
+        if via_node:
+            address = None
         if address is not None and not retry and results_size(results) > core.frame_limit():
             # Too large for the node (no store to spill them to): it records them
             # as errors, so the owner must get those too, not the values.
@@ -389,6 +417,7 @@ class WorkerProcess:
             self._report_done(task_id, results, retry, pushed)
         with self._lock:
             self._running.pop(task_id, None)
+            self._interrupted.discard(task_id)
             self._start_gate.forget(task_id)
             self._pump()
 
@@ -440,6 +469,8 @@ class WorkerProcess:
         if spec.task_id in self.leased.links:  # its submitter waits for its end too
             self._finished(spec.task_id, results, False)
             return
+        self._interrupted.discard(spec.task_id)
+        self._owner_addr.pop(spec.task_id, None)
         self.core.enqueue(w.TaskDone(spec.task_id, results, False))
 
     async def run(self, address: str, token: bytes) -> None:
@@ -545,7 +576,8 @@ class WorkerProcess:
         ``None``. The loop's way keeps every case but the common one: a retry,
         results too large for a frame, an owner not dialled yet, a busy link."""
         core = self.core
-        if retry or core is None or results_size(results) > core.frame_limit():
+        if retry or core is None or results_size(results) > core.frame_limit() \
+                or task_id in self._interrupted:  # (through the node: `_h_interrupt`)
             return False, None
         link = self.leased.links.get(task_id)
         message: Any = None

@@ -68,31 +68,46 @@ def cancel(state: CancelState, task_id: bytes, force: bool, recursive: bool = Fa
     theirs, are cancelled the same way, and so are those it submits later while
     it still runs (as Ray's ``cancel(recursive=True)``, for tasks; the actor
     calls it made are not cancelled)."""
-    if recursive:
-        # Its descendants first (iteratively: a chain of nested tasks may be deep),
-        # so that a force kill of its worker finds them already marked cancelled.
-        seen = {task_id}
-        stack = list(state.children.get(task_id, ()))
-        order = []
-        while stack:
-            tid = stack.pop()
-            if tid in seen:
-                continue
-            seen.add(tid)
-            order.append(tid)
-            stack.extend(state.children.get(tid, ()))
-        # Those not started yet first: a worker that ends an interrupted task must
-        # not start a pipelined sibling whose cancel is still on its way.
-        order.sort(key=lambda t: t in state.running and t not in state.running[t].queued)
-        for tid in order:
-            if tid in state.running:
-                _mark_cancelled_tree(state, tid, force)
+    if not recursive:
+        _cancel_one(state, task_id, force)
+        return
+    # Its descendants (iteratively: a chain of nested tasks may be deep).
+    seen = {task_id}
+    stack = list(state.children.get(task_id, ()))
+    order = []
+    while stack:
+        tid = stack.pop()
+        if tid in seen:
+            continue
+        seen.add(tid)
+        order.append(tid)
+        stack.extend(state.children.get(tid, ()))
+    # Marked whether it runs here or not: it may have ended already with children
+    # pushed on leases whose start is still on its way (see ``cancelled_trees``);
+    # and every running task of the tree, for what it submits later.
+    _mark_cancelled_tree(state, task_id, force)
+    running = [tid for tid in [task_id, *order] if tid in state.running]
+    for tid in running:
+        if tid != task_id:
+            _mark_cancelled_tree(state, tid, force)
+    # The running tasks are interrupted before anything else is done: a process
+    # learns that a task of its own was cancelled with its tree (the interrupt says
+    # ``recursive``) before it can see any other effect of the cancel, such as a
+    # queued child failed below, whose results go to it on the same ordered link,
+    # and what it submits from then on comes here, which fails it (the worker
+    # sends the ends of its cancelled tasks through here too: ``worker._process``,
+    # `_h_interrupt`). Those not started yet first: a worker that ends an
+    # interrupted task must not start a pipelined sibling whose cancel is still on
+    # its way.
+    running.sort(key=lambda t: t not in state.running[t].queued)
+    for tid in running:
+        _cancel_one(state, tid, force, recursive=True)
+    interrupted = set(running)
+    for tid in order:
+        if tid not in interrupted:
             _cancel_one(state, tid, force, recursive=True)
-        # Marked whether it runs here or not: it may have ended already with
-        # children pushed on leases whose start is still on its way (see
-        # ``cancelled_trees``).
-        _mark_cancelled_tree(state, task_id, force)
-    _cancel_one(state, task_id, force, recursive)
+    if task_id not in interrupted:
+        _cancel_one(state, task_id, force, recursive=True)
 
 
 def _mark_cancelled_tree(state: CancelState, task_id: bytes, force: bool) -> None:
