@@ -267,7 +267,7 @@ class _LinkInbox:
                     continue
                 if loan.want():
                     fd = loan.fileno()
-            self._poll.watch([fd])
+            self._poll.watch_one(fd)
             for polled in self._poll.sleep(functools.partial(self._has_work, loan, fd)):
                 if polled == fd and loan is not None and self.take is not None:
                     message = loan.take(functools.partial(self.take, self._loan_conn))
