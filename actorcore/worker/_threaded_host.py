@@ -89,6 +89,14 @@ class ThreadedHost(pykka.ThreadingActor):
                 n, thread_name_prefix=f"actor-{aid[:8]}-{group}", initializer=init)
         self.ctx.ready(spec, incarnation, None)
 
+    def _handle_receive(self, message: Any) -> Any:
+        # A call (``(spec, dep_data)``, from ``_ThreadedHandle.submit`` or the
+        # mailbox's own read) straight to ``on_receive``, past Pykka's four checks
+        # for its own control messages.
+        if type(message) is tuple:
+            return self.on_receive(message)
+        return super()._handle_receive(message)
+
     def on_receive(self, message: Any) -> None:
         spec, dep_data = message
         # A call of a named concurrency group runs in that group's pool, beside the
