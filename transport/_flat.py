@@ -16,14 +16,15 @@ the message -> a tuple of plain values (the default: the class's fields in order
 a nested class is flattened by a ``fields`` of the registrant's own, which returns
 None for a message it cannot flatten -- a field of the wrong type, say: that one
 travels as an ordinary frame, and the receiver's `Dispatcher` refuses it as
-malformed as before), and
-``build``, called with the tuple's values -> the message (the default: the class). The
-sender (``_wire.encode_frame``) pickles ``fields(message)`` instead of the message
-and writes the class's code in the frame's request-id field, which a one-way frame
-does not otherwise use (it is 0 there); the receiver (``_wire.decode_body``) reads
-the tuple and calls ``build``. The typed class stays what both ends handle: a
-handler never sees the tuple, and a `Dispatcher` checks the built message as it
-checks any other.
+malformed as before), and ``build``, called with the tuple's values -> the message
+(the default: the class). The sender (``_wire.encode_frame``) pickles
+``fields(message)`` instead of the message, in band (no buffer callback: half the
+cost of pickling such a small tuple; a `pickle.PickleBuffer` in a flat message is
+copied into the stream, so register only small control messages), and writes the
+class's code in the frame's request-id field, which a one-way frame does not
+otherwise use (it is 0 there); the receiver (``_wire.decode_body``) reads the tuple
+and calls ``build``. The typed class stays what both ends handle: a handler never
+sees the tuple, and a `Dispatcher` checks the built message as it checks any other.
 
 What can go wrong, and what happens then:
 
