@@ -9,7 +9,8 @@ the transport's codec (``transport._wire.encode_frame`` + ``decode_body``: pickl
 protocol 5 in a frame). The typed message is measured twice: as it travels, its
 class named by its extension code (``transport._codes``), and with the codes taken
 out of copyreg for the round, its class named by module and name as before they
-existed; so the codes' saving is a ratio within one run. Dispatch compares the endpoints' two
+existed (and the direct link's messages out of their flat frames, ``transport._flat``);
+so the codes' saving is a ratio within one run. Dispatch compares the endpoints' two
 registries: a `transport.Dispatcher` (one dict lookup on ``type(message)``, the
 field checks, then the handler) against the old handler dict keyed by
 ``message[0]`` (no checks at all). Times are CPU time of this process (a shared
@@ -33,7 +34,7 @@ import transport
 from actorcore.protocol import _wire as w
 from actorcore.protocol._actors import CallSpec
 from actorcore.protocol._messages import TaskSpec
-from transport import _codes
+from transport import _codes, _flat
 from transport import _wire as frames
 
 TASK_ID = b"t" * 24
@@ -81,8 +82,11 @@ ROUNDS = 7
 @contextlib.contextmanager
 def _names() -> Iterator[None]:
     """Within the block, message classes pickle by module and name (their extension
-    codes taken out of copyreg, and its cache cleared), as before the codes."""
+    codes taken out of copyreg, and its cache cleared), as before the codes; and
+    no class travels in a flat frame (``transport._flat``), as before those."""
     codes = dict(_codes._codes)
+    flat = dict(_flat.flat_encoders)
+    _flat.flat_encoders.clear()
     for cls, code in codes.items():
         copyreg.remove_extension(cls.__module__, cls.__qualname__, code)
     try:
@@ -90,12 +94,14 @@ def _names() -> Iterator[None]:
     finally:
         for cls, code in codes.items():
             copyreg.add_extension(cls.__module__, cls.__qualname__, code)
+        _flat.flat_encoders.update(flat)
 
 
 def _codec(message: Any) -> Any:
     """Encode ``message`` into a frame and decode it, as two processes would."""
     chunks, _size = frames.encode_frame(frames.ONEWAY, 0, message)
-    return frames.decode_body(memoryview(chunks[0])[frames.HEADER_SIZE:], 0)
+    flat = frames.HEADER.unpack_from(chunks[0])[3]  # a flat frame's code (transport._flat)
+    return frames.decode_body(memoryview(chunks[0])[frames.HEADER_SIZE:], 0, flat)
 
 
 def _interleaved(fns: list[tuple[Any, Any]], n: int) -> list[float]:

@@ -139,6 +139,33 @@ class Pid:
     def pid(self):
         return os.getpid()
 
+    def fail(self, text):
+        raise ValueError(text)
+
+
+def test_get_of_one_ref_keeps_get_s_semantics(cluster):
+    # ``get(ref)`` without a timeout takes ``get_one``: ready values, values that
+    # come (a direct call's answer read by this thread, a task's through the loop),
+    # errors raised as the task's exception, a put's value; with a timeout and
+    # inside a task the general path.
+    a = Pid.remote()
+    me = ray.get(a.pid.remote())
+    for _ in range(20):
+        assert ray.get(a.pid.remote()) == me
+    with pytest.raises(ValueError, match="sync boom"):
+        ray.get(a.fail.remote("sync boom"))
+    assert ray.get(ray.put([1, 2])) == [1, 2]
+    assert ray.get(echo.remote(7)) == 7
+    with pytest.raises(ValueError, match="boom"):
+        ray.get(fail.remote("boom"))
+    ref = a.pid.remote()
+    assert ray.get(ref) == ray.get(ref) == me  # ready by the second
+    never = echo.options(num_cpus=1000).remote(0)
+    with pytest.raises(ray.exceptions.GetTimeoutError):
+        ray.get(never, timeout=0.1)
+    ray.cancel(never)
+    ray.kill(a)
+
 
 def test_a_burst_of_actors_starts_together_not_one_per_core(cluster):
     """Six ``num_cpus=0`` actors created at once start more than one per core at a

@@ -28,7 +28,9 @@ Typed messages: a `Dispatcher` is a connection handler that routes each message
 by its (attrs) class to the endpoint's handler for it, and refuses unknown or
 malformed ones with a typed error (`BadMessage`) while the endpoint serves on.
 `register_codes` gives message classes copyreg extension codes, so a pickle names
-each by a number the receiver resolves without an import (see `_codes`).
+each by a number the receiver resolves without an import (see `_codes`);
+`register_flat` sends one-way messages of a class as the flat tuple of their fields
+(see `_flat`).
 
 See `_connection.py` for the concurrency design, `faults` for fault injection.
 """
@@ -60,6 +62,7 @@ from ._errors import (
     TlsMismatch,
     TransportError,
 )
+from ._flat import register_flat
 from ._message import message
 from ._read_loan import NOT_TAKEN, ReadLoan
 from ._server import Server, ServerStatistics
@@ -117,6 +120,7 @@ __all__ = [
     "open_connection",
     "parse_address",
     "register_codes",
+    "register_flat",
     "registered_code",
     "set_default_tls",
     "wire_code",

@@ -498,7 +498,7 @@ class Connection(ThreadSide):
                 f"peer {self.peer_name!r} ({self.peer_address}) sent a frame of unknown kind {kind}"
             )
         try:
-            message = _wire.decode_body(body, nbufs)
+            message = _wire.decode_body(body, nbufs, rid if reply is None else 0)
         except ProtocolError:
             raise
         except Exception as exc:

@@ -195,12 +195,12 @@ class ReadLoan:
         messages = []
         pos = 0
         while n - pos >= HEADER_SIZE:
-            body_len, kind, nbufs, _rid = _unpack_header(view, pos)
+            body_len, kind, nbufs, rid = _unpack_header(view, pos)
             end = pos + HEADER_SIZE + body_len
             if kind != ONEWAY or nbufs != 0 or end > n:
                 break
             try:
-                messages.append(_wire.decode_body(view[pos + HEADER_SIZE:end], 0))
+                messages.append(_wire.decode_body(view[pos + HEADER_SIZE:end], 0, rid))
             except Exception:  # the loop's reader reports it
                 break
             pos = end

@@ -36,6 +36,7 @@ class ThreadPoll:
         self._poll = select.poll()
         self._poll.register(self._efd, _POLLIN)
         self._fds: set[int] = set()  # the sockets registered beside the eventfd
+        self._one = -1  # the one socket of ``_fds``; -1: none; -2: several
         self._lock = threading.Lock()
         self._sleeping = False
         self._woken = False
@@ -59,10 +60,17 @@ class ThreadPoll:
 
     # ------------------------------------------------------------ polling thread
 
+    def watch_one(self, fd: int) -> None:
+        """`watch` of one socket (negative: none), without building a set when it is
+        the one watched already (a borrower's wait, once per message)."""
+        if fd != self._one:
+            self.watch((fd,))
+
     def watch(self, fds: Iterable[int]) -> None:
         """Poll these sockets (negative numbers ignored) beside the eventfd, no
         others."""
         wanted = {fd for fd in fds if fd >= 0}
+        self._one = next(iter(wanted)) if len(wanted) == 1 else -1 if not wanted else -2
         if wanted == self._fds:
             return
         for fd in self._fds - wanted:

@@ -18,6 +18,10 @@ their module; everything else pickles as usual.
 
 The request id and kind sit in the header, not in the pickle, so a frame that fails
 to unpickle can still be answered (a request) or routed to its waiter (a reply).
+
+A one-way frame does not use the request id (0): a nonzero one there marks a *flat*
+frame, whose pickle stream is the plain tuple of a message's fields and whose
+request id is its class's code (``_flat``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import traceback
 from typing import Any
 
 from ._errors import ProtocolError
+from ._flat import build_flat, flat_encoders
 
 __all__ = [
     "HEADER",
@@ -59,13 +64,31 @@ _JOIN_LIMIT = 64 * 1024
 _pack_header = HEADER.pack
 _dumps = pickle.dumps
 _loads = pickle.loads
+_flat_encoders = flat_encoders
 
 
 def encode_frame(kind: int, rid: int, message: Any) -> tuple[list[bytes | memoryview], int]:
     """Pickle ``message`` into a frame; return its chunks and its total size in bytes.
 
     Pickling errors propagate unchanged (with a note) to the caller that sent the message.
+    A one-way message of a class registered with ``register_flat`` goes as a flat
+    frame (``_flat``).
     """
+    if kind == ONEWAY and (flat := _flat_encoders.get(message.__class__)) is not None:
+        # In band: no buffer callback (half the cost of pickling such a small tuple);
+        # a flat class's fields are small by design.
+        code, fields = flat
+        try:
+            values = fields(message)
+            data = _dumps(values, 5) if values is not None else None
+        except Exception as exc:
+            exc.add_note(f"transport: cannot pickle message of type {type(message).__qualname__}")
+            raise
+        if data is not None:  # (None: a message its class sends as an ordinary frame)
+            size = HEADER_SIZE + len(data)
+            if len(data) <= _JOIN_LIMIT:
+                return [_pack_header(len(data), kind, 0, code) + data], size
+            return [_pack_header(len(data), kind, 0, code), data], size
     buffers: list[pickle.PickleBuffer] = []
     try:
         data = _dumps(message, 5, buffer_callback=buffers.append)
@@ -93,13 +116,16 @@ def encode_frame(kind: int, rid: int, message: Any) -> tuple[list[bytes | memory
     return chunks, size
 
 
-def decode_body(body: memoryview, nbufs: int) -> Any:
-    """Unpickle a frame body.
+def decode_body(body: memoryview, nbufs: int, flat: int = 0) -> Any:
+    """Unpickle a frame body; ``flat``: the request id of a one-way frame (nonzero:
+    a flat frame's class code, ``_flat``).
 
     Raises `ProtocolError` if the buffer table is inconsistent (a corrupt frame: the
     connection must close); any other exception is a message that failed to unpickle.
     """
     if nbufs == 0:
+        if flat:
+            return build_flat(flat, _loads(body))
         return _loads(body)
     table = 4 * nbufs
     if table > len(body):
@@ -113,7 +139,8 @@ def decode_body(body: memoryview, nbufs: int) -> Any:
     for n in lens:
         buffers.append(body[offset : offset + n])
         offset += n
-    return _loads(body[table : table + pickle_len], buffers=buffers)
+    value = _loads(body[table : table + pickle_len], buffers=buffers)
+    return build_flat(flat, value) if flat else value
 
 
 def qualified_name(tp: type) -> str:

@@ -523,6 +523,8 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     holds an error, without waiting for the others (as Ray); ``GetTimeoutError``
     when time runs out.
     """
+    if type(object_refs) is ObjectRef and timeout is None:  # the sync call's
+        return _worker_state.auto_core().get_one(object_refs, None)
     refs, single = _as_ref_list(object_refs, "get")
     _check_timeout(timeout, "get")
     values = _worker_state.auto_core().get(refs, timeout)

@@ -329,6 +329,10 @@ class CoreWorker:
         """The values of ``refs`` (``ObjectWaits.get``)."""
         return self.waits.get(refs, timeout)
 
+    def get_one(self, ref: ObjectRef, timeout: float | None) -> Any:
+        """The value of one ref (``ObjectWaits.get_one``)."""
+        return self.waits.get_one(ref, timeout)
+
     def wait(
         self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
     ) -> tuple[list[ObjectRef], list[ObjectRef]]:

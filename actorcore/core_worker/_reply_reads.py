@@ -135,7 +135,7 @@ class ReplyReads:
                 fd = -1
                 if mine and loan is not None and not loan.closed and loan.want():
                     fd = loan.fileno()
-                w.watch([fd])
+                w.watch_one(fd)
                 if deadline is None:
                     ready = w.poll()
                 else:
@@ -150,7 +150,9 @@ class ReplyReads:
                             self.finish(message, fire)
             return entry.ready
         finally:
-            w.watch(())
+            # (The socket stays in this thread's poll set: the next wait of the same
+            # thread on the same link, the sync call's, watches it again at no cost;
+            # any wait sets what it polls before it polls.)
             references.unregister([entry], fire)
             if mine:
                 # Paused (or given back) before another thread may become the

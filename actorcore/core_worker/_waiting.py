@@ -226,6 +226,27 @@ class ObjectWaits:
             out.append(self._value_of(oid, e, left))
         return out
 
+    def get_one(self, ref: ObjectRef, timeout: float | None) -> Any:
+        """``get`` of one ref (``ray.get(ref)``, the sync call's): the value, without
+        the lists of `get`. The same steps in the same order: a ready value at once;
+        outside a task, with the link up, `_wait_one` (whose thread may read the
+        answer off its direct link); anything else goes the general way."""
+        oid = ref._id
+        entry = self._references.entries.get(oid)
+        if entry is not None and entry.ready:
+            return self._value_of(oid, entry, timeout)
+        if self.current_task_id() is not None or self._link.closed:
+            return self.get([ref], timeout)[0]
+        started = time.monotonic() if timeout is not None else 0.0
+        if not self._wait_one(oid, timeout):
+            raise GetTimeoutError(f"get timed out after {timeout} s: 1 of 1 object(s) not "
+                                  f"ready (first: {oid.hex()})")
+        entry = self._references.entries.get(oid)
+        if entry is None:
+            raise ActorcoreSystemError(f"object {oid.hex()} vanished while being read")
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return self._value_of(oid, entry, left)
+
     def _value_of(self, oid: bytes, entry: Entry, timeout: float | None = None) -> Any:
         """The value of a ready entry; ``timeout`` bounds a wait for a restarting store."""
         data = entry.data

@@ -6,6 +6,7 @@ docstring."""
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import attrs
@@ -14,6 +15,7 @@ from attrs import validators as v
 import transport
 from transport import check
 
+from ._actors import CallSpec
 from ._wire_checks import ID, spec_named
 
 __all__ = [
@@ -75,3 +77,39 @@ class DirectResults:
 # Each class above travels as its extension code, not its module and name
 # (transport._codes).
 transport.register_codes(*transport.classes_of(__name__))
+
+
+# ... and in flat frames (transport._flat): a call as the tuple of its spec's fields
+# (and ``alone``), a burst as a list of such tuples, results as their fields. The
+# sync call's two frames then pickle no class at all; the spec is rebuilt as
+# unpickling it would (``CallSpec.__reduce__``: the class called with its fields).
+
+_spec_fields = operator.attrgetter(*(a.name for a in attrs.fields(CallSpec)))
+
+
+def _call_fields(m: DirectCall) -> tuple | None:
+    spec = m.spec
+    if type(spec) is not CallSpec:
+        return None  # an ordinary frame: the receiver refuses it as malformed
+    return (*_spec_fields(spec), m.alone)
+
+
+def _call_build(*values: Any) -> DirectCall:
+    return DirectCall(CallSpec(*values[:-1]), values[-1])
+
+
+def _calls_fields(m: DirectCalls) -> tuple | None:
+    specs = m.specs
+    if type(specs) is not list or any(type(spec) is not CallSpec for spec in specs):
+        return None
+    return ([_spec_fields(spec) for spec in specs],)
+
+
+def _calls_build(specs: list) -> DirectCalls:
+    return DirectCalls([CallSpec(*fields) for fields in specs])
+
+
+transport.register_flat(DirectCall, fields=_call_fields, build=_call_build)
+transport.register_flat(DirectCalls, fields=_calls_fields, build=_calls_build)
+transport.register_flat(DirectResult)
+transport.register_flat(DirectResults)

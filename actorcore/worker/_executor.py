@@ -96,7 +96,7 @@ def run_task(
         try:
             deps = [
                 decode(oid, data) for oid, (_is_error, data) in zip(spec.deps, dep_data, strict=True)
-            ]
+            ] if spec.deps or dep_data else []
             args, kwargs = _serialization.loads_args(spec.args, deps)
             value = function(*args, **kwargs)
             if spec.num_returns < 0:
@@ -333,8 +333,11 @@ def _spill_results(
 ) -> None:
     """Move the largest inline results of ``results`` to the store (in place) until
     the rest fit in ``spill.budget()`` bytes (see ``Spill``)."""
+    if len(results) == 1:  # (most calls: no generator for one)
+        total = len(results[0][2]) + RESULT_OVERHEAD
+    else:
+        total = sum(len(data) + RESULT_OVERHEAD for _oid, _err, data in results)
     budget = spill.budget()
-    total = sum(len(data) + RESULT_OVERHEAD for _oid, _err, data in results)
     if total <= budget:
         return
     inline = sorted(

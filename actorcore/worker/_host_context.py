@@ -97,6 +97,9 @@ class HostContext:
         # one actor: a threaded actor of concurrency 1 runs on it, as in Ray.
         self.main_thread: Any = None
         self.emit = stream_emitter(core)  # a generator method's items, to the node
+        # How a call's results over one frame go through the store (``Spill``): made
+        # once (it reads the store link when it puts), used while the link is up.
+        self._spill = return_spill(core)
         # Actors here that called ``exit_actor()``: their later calls are not run.
         self.exited: set[bytes] = set()
         # Actors here recovered by replay (``checkpoint_interval``), by actor id.
@@ -393,6 +396,16 @@ class HostContext:
         self.done(spec, _died_results(spec, what))
         return True
 
+    def spill(self) -> Any:
+        """The ``Spill`` of a call's results (None without a store link), as
+        ``return_spill`` would make it now."""
+        if self.core.store is None:
+            return None
+        spill = self._spill
+        if spill is None:
+            spill = self._spill = return_spill(self.core)
+        return spill
+
     def run_sync(self, instance: Any, spec: CallSpec, dep_data: list | None) -> None:
         if self.refuse_exited(spec):
             return
@@ -410,7 +423,7 @@ class HostContext:
         try:
             results, _retry = run_task(
                 spec, method, dep_data, self.node_id, self.encode, self.decode,  # type: ignore[arg-type]
-                return_spill(self.core),  # results over one frame go through the store
+                self.spill(),  # results over one frame go through the store
                 self.emit,
             )
         except ActorExitRequest:
@@ -475,7 +488,7 @@ class HostContext:
         # Results whose inline total would pass one frame go through the store, as a
         # task's do (``Spill``): to the node, and on the direct link to the caller.
         self.done(spec, encode_returns(spec, value, self.node_id, self.encode,
-                                       what="actor method", spill=return_spill(self.core)),
+                                       what="actor method", spill=self.spill()),
                   replays)
         if replays:
             self.after_call(instance, spec)

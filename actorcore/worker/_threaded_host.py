@@ -89,6 +89,14 @@ class ThreadedHost(pykka.ThreadingActor):
                 n, thread_name_prefix=f"actor-{aid[:8]}-{group}", initializer=init)
         self.ctx.ready(spec, incarnation, None)
 
+    def _handle_receive(self, message: Any) -> Any:
+        # A call (``(spec, dep_data)``, from ``_ThreadedHandle.submit`` or the
+        # mailbox's own read) straight to ``on_receive``, past Pykka's four checks
+        # for its own control messages.
+        if type(message) is tuple:
+            return self.on_receive(message)
+        return super()._handle_receive(message)
+
     def on_receive(self, message: Any) -> None:
         spec, dep_data = message
         # A call of a named concurrency group runs in that group's pool, beside the
@@ -267,7 +275,7 @@ class _LinkInbox:
                     continue
                 if loan.want():
                     fd = loan.fileno()
-            self._poll.watch([fd])
+            self._poll.watch_one(fd)
             for polled in self._poll.sleep(functools.partial(self._has_work, loan, fd)):
                 if polled == fd and loan is not None and self.take is not None:
                     message = loan.take(functools.partial(self.take, self._loan_conn))
