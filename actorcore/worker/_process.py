@@ -62,6 +62,8 @@ class TaskWorkerStatistics:
     tasks_read_by_thread: int
     #: Tasks whose end its main thread wrote itself (``WorkerProcess._finish_here``).
     tasks_ended_by_thread: int
+    #: Tasks whose end another executor thread wrote itself (the same way).
+    tasks_ended_by_executors: int
     #: Tasks whose results stayed here, their owner being this process
     #: (``WorkerProcess._finished``, "Owner here").
     results_kept_here: int
@@ -80,6 +82,7 @@ def process_statistics() -> TaskWorkerStatistics | None:
     return TaskWorkerStatistics(
         tasks_read_by_thread=main.inbox.taken if main is not None else 0,
         tasks_ended_by_thread=worker.tasks_ended_here,
+        tasks_ended_by_executors=worker.tasks_ended_by_executors,
         results_kept_here=worker.results_kept_here)
 
 
@@ -126,6 +129,7 @@ class WorkerProcess:
         self._lock = threading.RLock()
         self._node_conn: Any = None
         self.tasks_ended_here = 0  # (``process_statistics``)
+        self.tasks_ended_by_executors = 0  # (``process_statistics``)
         self.results_kept_here = 0  # (``process_statistics``)
         #: Read sides lent to the main thread (``ACTORCORE_THREAD_READS``).
         self.thread_reads: bool = env_value("ACTORCORE_THREAD_READS")
@@ -205,7 +209,13 @@ class WorkerProcess:
         def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
             core.task_finished(spec.task_id)
             free.append(ref)  # free again before the node hears we are done
-            pushed_on = self._push_from_thread(spec.task_id, results, retry)
+            if self.thread_reads:
+                # The thread ends its task itself, as the main thread does.
+                done, pushed_on = self._finish_here(None, spec.task_id, results, retry)
+                if done:
+                    return
+            else:
+                pushed_on = self._push_from_thread(spec.task_id, results, retry)
             # One wake-up of the loop per task: it sends the results and starts the next.
             token.run_sync_soon(self._finished, spec.task_id, results, retry, pushed_on)
 
@@ -538,12 +548,14 @@ class WorkerProcess:
 
     def _finish_here(self, ref: Any, task_id: bytes, results: list,
                      retry: bool) -> tuple[bool, Any]:
-        """End a task on the main thread that ran it, without the loop: results to
-        the submitter or owner (when their link is idle), then `TaskDone` to the
-        node, then the next task. ``(False, pushed_on)``: the loop ends it
-        (``_finished``), the results already written on ``pushed_on`` if not
-        ``None``. The loop's way keeps every case but the common one: a retry,
-        results too large for a frame, an owner not dialled yet, a busy link."""
+        """End a task on the thread that ran it, without the loop: results to the
+        submitter or owner (when their link is idle), then `TaskDone` to the node,
+        then the next task. ``ref``: the main thread's executor, free again (an
+        executor thread's is put back in ``_free`` by its caller). ``(False,
+        pushed_on)``: the loop ends it (``_finished``), the results already written
+        on ``pushed_on`` if not ``None``. The loop's way keeps every case but the
+        common one: a retry, results too large for a frame, an owner not dialled
+        yet, a busy link, an owner in this process."""
         core = self.core
         if retry or core is None or results_size(results) > core.frame_limit():
             return False, None
@@ -573,10 +585,14 @@ class WorkerProcess:
             self._owner_addr.pop(task_id, None)
             self._running.pop(task_id, None)
             self._start_gate.forget(task_id)
-            self._main_ref = ref
+            if ref is not None:
+                self._main_ref = ref
             if self._pending:
                 self._pump()
-        self.tasks_ended_here += 1
+        if ref is None:
+            self.tasks_ended_by_executors += 1
+        else:
+            self.tasks_ended_here += 1
         return True, None
 
     def new_core(self, role: str, conn: Any, address: str) -> CoreWorker:
