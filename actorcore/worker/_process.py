@@ -296,12 +296,6 @@ class WorkerProcess(TaskEnds):
             running[item[0].task_id] = False
             self._take_executor().tell(item)
 
-    def _blocked(self, task_id: bytes, blocked: bool) -> None:
-        with self._lock:
-            if task_id in self._running:
-                self._running[task_id] = blocked
-                self._pump()
-
     async def run(self, address: str, token: bytes) -> None:
         global _worker
         _worker = self
@@ -328,17 +322,39 @@ class WorkerProcess(TaskEnds):
             await self.hello("worker", conn, direct)
             self.offer_reads(conn)
 
+    # In step with the node. The node decides when a task queued here behind
+    # another holds its CPU (``_promote``: when nothing of this worker runs
+    # unblocked), from the `Blocked`, `Unblocked` and `TaskDone` it reads; this
+    # worker decides when that task starts (``_pump``), by the same rule over its
+    # own record of the same changes. The two agree only if the record changes in
+    # the order the node reads the messages. The messages come from several
+    # threads (a task blocking or unblocking in its thread, a task ended by its
+    # thread or by the loop), so each message is queued for the node under the
+    # worker's lock, in one step with the change of the record: a task that
+    # unblocks just as the one ahead of a queued task ends is seen in the same
+    # order on both sides. (Before, the record of a block changed later, on the
+    # loop: a worker could start a queued task the node held for later, its CPU
+    # not taken, or leave one waiting whose CPU the node had given it.) The one
+    # exception is an end whose pushed results have not left yet
+    # (``_done_once_pushed``): its `TaskDone` follows later, and the next task may
+    # start and block here first; the node takes such a task as started blocked
+    # (``SchedulerState.blocked``).
+
     def _on_blocked(self, task_id: bytes, blocked: bool) -> None:
-        """A task starts (``True``) or stops waiting in ``get``/``wait`` (its thread)."""
+        """A task starts (``True``) or stops waiting in ``get``/``wait``: the node is
+        told, in one step with this worker's record (its thread)."""
         main = self.main_thread
         if blocked and main is not None:
             # What it waits for comes on the links: the loop reads them from now on.
             main.inbox.reclaim()
-        assert self.core is not None
-        try:
-            self.core.trio_token.run_sync_soon(self._blocked, task_id, blocked)
-        except trio.RunFinishedError:
-            pass
+        core = self.core
+        assert core is not None
+        with self._lock:
+            core.enqueue(w.Blocked(task_id) if blocked else w.Unblocked(task_id))
+            if task_id in self._running:
+                self._running[task_id] = blocked
+                if blocked:
+                    self._pump()
 
     # ----------------------------------------------- tasks read by the main thread
 

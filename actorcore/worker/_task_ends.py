@@ -161,13 +161,13 @@ class TaskEnds:
             elif address not in self._owner_conns and self._nursery is not None:
                 self._owner_conns[address] = None
                 self._nursery.start_soon(self._dial_owner, address)
-        if pushed and conn is not None and conn.unsent and self._nursery is not None:
-            # The push is queued, not written: "done, pushed" must not reach the
-            # node first (see `_done_once_pushed`).
-            self._nursery.start_soon(self._done_once_pushed, conn, task_id, results)
-        else:
-            self._report_done(task_id, results, retry, pushed)
-        with self._lock:
+        with self._lock:  # (in one step with the record: "In step with the node")
+            if pushed and conn is not None and conn.unsent and self._nursery is not None:
+                # The push is queued, not written: "done, pushed" must not reach the
+                # node first (see `_done_once_pushed`).
+                self._nursery.start_soon(self._done_once_pushed, conn, task_id, results)
+            else:
+                self._report_done(task_id, results, retry, pushed)
             self._running.pop(task_id, None)
             self._start_gate.forget(task_id)
             self._pump()
@@ -249,8 +249,8 @@ class TaskEnds:
                 return False, None
             if link.unsent:  # written in part: "done" must wait for the rest
                 return False, link
-        core.enqueue(w.TaskDone(task_id, results, False, link is not None), coalesce=False)
-        with self._lock:
+        with self._lock:  # (in one step with the record: "In step with the node")
+            core.enqueue(w.TaskDone(task_id, results, False, link is not None), coalesce=False)
             self.leased.links.pop(task_id, None)
             self._owner_addr.pop(task_id, None)
             self._running.pop(task_id, None)
