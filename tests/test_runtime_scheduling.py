@@ -24,6 +24,7 @@ from actorcore.kernel import ChildSpec, Supervisor
 from actorcore.node.local_scheduler import _scheduler, _workers
 from actorcore.node.local_scheduler._component import LocalScheduler
 from actorcore.node.local_scheduler._ledger import ResourceLedger
+from actorcore.node.local_scheduler._queues import ReadyQueues
 from actorcore.node.local_scheduler._scheduler import SchedulerState, WorkerInfo
 from actorcore.node.local_scheduler._workers import DEEP_PIPELINE_DEPTH, PIPELINE_DEPTH
 from actorcore.node.object_manager._directory import ObjectDirectory
@@ -143,6 +144,80 @@ def test_a_queued_task_blocked_before_the_one_ahead_is_done_lends_its_cpu():
     assert state.available == {"CPU": 0.0}
     state.task_done(w, t2.task_id, [(t2.return_ids()[0], False, b"y")], False, pushed=True)
     assert state.available == {"CPU": 1.0} and not state.running
+
+
+def _child(i: int, parent: TaskSpec, **resources: float) -> TaskSpec:
+    return attrs.evolve(_spec(i), parent_task_id=parent.task_id,
+                        resources=resources or {"CPU": 1.0})
+
+
+def _end(state: SchedulerState, w: WorkerInfo, spec: TaskSpec) -> None:
+    state.task_done(w, spec.task_id, [(spec.return_ids()[0], False, b"x")], False, pushed=True)
+    state.dispatch()
+
+
+def test_children_queue_behind_a_running_child_beside_their_blocked_parent():
+    # One CPU, one worker: the parent blocks in get (lends its CPU), its first child
+    # starts beside it, and the other children, which do not fit, queue behind that
+    # child on the same worker (they waited at the node for each `TaskDone` before:
+    # a round trip per child). They start in order, one at a time, each taking the
+    # CPU the one ahead gave back; one that blocks lends it to the next.
+    state = SchedulerState(directory=ObjectDirectory(), total={"CPU": 1.0}, host=_Host())
+    w = WorkerInfo(index=0, worker_id=b"w" * 20, conn=_Conn(10**6), state="idle", in_idle=True)
+    state.idle.append(w)
+    parent = _spec(1)
+    state.submit(parent)
+    state.dispatch()
+    state.blocked(w, parent.task_id)
+    kids = [_child(i, parent) for i in range(2, 2 + PIPELINE_DEPTH + 2)]
+    for kid in kids:
+        state.submit(kid)
+    state.dispatch()
+    assert [m.spec.name for m in w.conn.sent] == ["t1"] + [k.name for k in kids[:1 + PIPELINE_DEPTH]]
+    assert list(w.queued) == [k.task_id for k in kids[1:1 + PIPELINE_DEPTH]]
+    assert state.available == {"CPU": 0.0} and len(state.ready) == 1
+    _end(state, w, kids[0])  # the next one starts there, the last one queues
+    assert list(w.queued) == [k.task_id for k in kids[2:]] and state.available == {"CPU": 0.0}
+    state.blocked(w, kids[1].task_id)  # it lends its CPU to the one behind it
+    assert list(w.queued) == [k.task_id for k in kids[3:]] and state.available == {"CPU": 0.0}
+    assert w.active() == 1
+    for kid in kids[2:]:
+        _end(state, w, kid)
+    state.unblocked(w, kids[1].task_id)
+    _end(state, w, kids[1])
+    state.unblocked(w, parent.task_id)
+    _end(state, w, parent)
+    names = [m.spec.name for m in w.conn.sent]
+    assert names == [f"t{i}" for i in range(1, len(names) + 1)] == [f"t{i}" for i in range(1, 8)]
+    assert state.available == {"CPU": 1.0} and not state.running and not state.ready
+
+
+def test_nothing_queues_beside_a_blocked_task_of_another_shape_or_with_nothing_running():
+    # The rule holds only where every task of the worker has the queued shape, and
+    # only behind a task that runs: a worker whose tasks are all blocked would start
+    # a queued task at once, with no CPU taken for it.
+    state = SchedulerState(directory=ObjectDirectory(), total={"CPU": 1.0, "R": 1.0}, host=_Host())
+    w = WorkerInfo(index=0, worker_id=b"w" * 20, conn=_Conn(10**6), state="idle", in_idle=True)
+    state.idle.append(w)
+    parent = attrs.evolve(_spec(1), resources={"CPU": 1.0, "R": 1.0})
+    state.submit(parent)
+    state.dispatch()
+    state.blocked(w, parent.task_id)
+    kids = [_child(i, parent) for i in range(2, 5)]
+    for kid in kids:
+        state.submit(kid)
+    state.dispatch()
+    assert [m.spec.name for m in w.conn.sent] == ["t1", "t2"]
+    assert not w.queued and len(state.ready) == 2
+    # Every task of the worker blocked: it starts the next task when the CPU frees.
+    state.blocked(w, kids[0].task_id)
+    state.dispatch()
+    assert [m.spec.name for m in w.conn.sent] == ["t1", "t2", "t3"] and not w.queued
+    v = WorkerInfo(index=1, worker_id=b"v" * 20, conn=_Conn(1), state="busy")
+    v.tasks[parent.task_id] = _spec(9)
+    v.blocked_tasks.add(parent.task_id)
+    v.shape = ReadyQueues.shape(_spec(9))
+    assert not v.can_pipeline(v.shape), "nothing runs there to queue behind"
 
 
 def test_a_task_waiting_for_its_argument_is_one_small_record_its_argument_holds():
@@ -364,6 +439,31 @@ def test_an_actor_waiting_for_a_cpu_gets_it_when_it_frees_without_polling():
     ray.kill(b)
     ray.kill(c)
     assert ray.get(inc.remote(1), timeout=30) == 2
+
+
+@ray.remote
+def _level(depth: int, fanout: int) -> int:
+    if depth == 0:
+        return 1
+    return sum(ray.get([_level.remote(depth - 1, fanout) for _ in range(fanout)]))
+
+
+@pytest.mark.usefixtures("cluster")
+def test_a_deep_tree_whose_queued_children_block_in_turn_runs_to_its_end():
+    # Children queue behind a running sibling beside their blocked parent; here
+    # those queued children themselves submit and block in get when they start
+    # (four levels, 1 + 4 + 16 + 64 + 256 tasks on 2 CPUs), so a worker's queue
+    # moves on only through its tasks' blocks. Every tree ends, and the node is at
+    # rest afterwards: nothing running, both CPUs free (none held by a blocked or
+    # a queued task).
+    st0 = _status()["scheduler"]
+    for _ in range(2):
+        assert ray.get(_level.remote(4, 4), timeout=120) == 256
+    assert ray.get([_level.remote(2, 6) for _ in range(3)], timeout=120) == [36] * 3
+    st = _until(lambda: (s := _status()["scheduler"]).running == 0
+                and s.ledger_available.get("CPU") == 2.0 and s, "the node to be at rest")
+    assert st.finished - st0.finished == 2 * 341 + 3 * 43
+    assert st.failed == st0.failed and st.retried == st0.retried
 
 
 async def _gcs_nodes(address: str, token: str, op: str, node_id: str, info: Any = None) -> None:

@@ -144,6 +144,46 @@ def test_a_childs_results_stay_in_its_parents_process_when_it_ran_there():
         pytest.fail("no child's results stayed in its parent's process in 50 parents")
 
 
+@ray.remote
+def _ends_by_executors():
+    from actorcore.worker._process import process_statistics
+
+    return os.getpid(), process_statistics().tasks_ended_by_executors
+
+
+@ray.remote
+def _leaf_value(i):
+    return i
+
+
+@ray.remote
+def _mid_sum(n):
+    return sum(ray.get([_leaf_value.remote(i) for i in range(n)]))
+
+
+def _ended_by_executors() -> dict[int, int]:
+    seen: dict[int, int] = {}
+    for _ in range(10):
+        for pid, n in ray.get([_ends_by_executors.remote() for _ in range(3)]):
+            seen[pid] = max(seen.get(pid, 0), n)
+    return seen
+
+
+def test_a_child_beside_its_blocked_parent_is_ended_by_its_own_thread():
+    # A task that runs beside a blocked one runs in another executor thread of the
+    # worker; that thread writes its results to their owner in another process and
+    # its `TaskDone` to the node itself (worker._process, ``_finish_here``), with
+    # no hop to the worker's loop. The results are exact.
+    before = _ended_by_executors()
+    for _attempt in range(30):
+        assert ray.get([_mid_sum.remote(8) for _ in range(4)], timeout=60) == [28] * 4
+        after = _ended_by_executors()
+        if any(n > before.get(pid, 0) for pid, n in after.items()):
+            break
+    else:
+        pytest.fail(f"no task was ended by an executor thread: {before} -> {after}")
+
+
 def test_wait():
     @ray.remote
     def sleepy(t):

@@ -63,7 +63,8 @@ class ObjectWaits:
         self.store: StoreLink | None = None
         #: The task the calling thread runs (a worker process sets it).
         self.current_task_id: Callable[[], bytes | None] = lambda: None
-        #: Told when a task starts or stops waiting (a worker process sets it).
+        #: Told when a task starts or stops waiting, instead of the node: it sends
+        #: `Blocked` / `Unblocked` itself (a worker process sets it).
         self.on_blocked: Callable[[bytes, bool], None] | None = None
         #: The direct link the answer of a result ``(object id, entry)`` comes on,
         #: for a waiting thread to read itself (``_reply_reads``), or ``None``.
@@ -126,9 +127,7 @@ class ObjectWaits:
             if task_id in self._cancelled_tasks:
                 raise TaskCancelledError(task_id, "the task was cancelled")
             self._task_waiters[task_id] = fire
-            self._link.enqueue(w.Blocked(task_id))
-            if self.on_blocked is not None:
-                self.on_blocked(task_id, True)
+            self._say_blocked(task_id, True)
         cb = self._references.register(entries, num, fire, fail_fast)
         try:
             gate.acquire(timeout=-1 if timeout is None else timeout)
@@ -136,12 +135,20 @@ class ObjectWaits:
             self._references.unregister(entries, cb)
             if task_id is not None:
                 self._task_waiters.pop(task_id, None)
-                self._link.enqueue(w.Unblocked(task_id))
-                if self.on_blocked is not None:
-                    self.on_blocked(task_id, False)
+                self._say_blocked(task_id, False)
         if task_id is not None and task_id in self._cancelled_tasks:
             raise TaskCancelledError(task_id, "the task was cancelled while it waited in get")
         return [e.ready for e in entries]
+
+    def _say_blocked(self, task_id: bytes, blocked: bool) -> None:
+        """Tell the node that ``task_id`` starts (or stops) waiting: ``on_blocked``
+        does, when set, so that its own record of the change and the message
+        are one step (``worker._process``, "In step with the node")."""
+        hook = self.on_blocked
+        if hook is not None:
+            hook(task_id, blocked)
+        else:
+            self._link.enqueue(w.Blocked(task_id) if blocked else w.Unblocked(task_id))
 
     def _check_not_in_loop(self) -> None:
         if self._loop.in_loop():
@@ -282,9 +289,7 @@ class ObjectWaits:
         """
         task_id = self.current_task_id()
         if task_id is not None:
-            self._link.enqueue(w.Blocked(task_id))
-            if self.on_blocked is not None:
-                self.on_blocked(task_id, True)
+            self._say_blocked(task_id, True)
         try:
             for attempt in range(2):
                 is_error, data = self._loop.run(self._rebuild, oid, timeout)
@@ -298,9 +303,7 @@ class ObjectWaits:
                         raise
         finally:
             if task_id is not None:
-                self._link.enqueue(w.Unblocked(task_id))
-                if self.on_blocked is not None:
-                    self.on_blocked(task_id, False)
+                self._say_blocked(task_id, False)
         value = _serialization.loads(data)
         if isinstance(value, TaskError):
             raise value.as_instanceof_cause()

@@ -357,8 +357,10 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar("ACTORCORE_THREAD_READS", "switch", "1",
            "0: an actor's thread never reads its caller's direct link itself (every call "
            "is read by its process's loop and handed to the thread, see "
-           "worker._threaded_host._LinkInbox), and a task worker's main thread never reads "
-           "its tasks off its links nor writes their ends itself (worker._main_inbox)"),
+           "worker._threaded_host._LinkInbox), a task worker's main thread never reads "
+           "its tasks off its links nor writes their ends itself (worker._main_inbox), "
+           "and its other executor threads never write their tasks' ends "
+           "(worker._task_ends)"),
     EnvVar("ACTORCORE_CALLER_READS", "switch", "1",
            "0: a thread blocked in get never reads the answer of a direct actor call or "
            "leased task off its link itself (the process's loop reads it and wakes the "

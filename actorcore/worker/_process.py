@@ -9,7 +9,7 @@ that signal handlers can be installed and libraries that insist on
 ``threading.main_thread()`` work. Only while that task is blocked in ``get`` does
 the next one start in a Pykka executor thread. While the worker is idle, the main
 thread reads its next task off the node's link or a submitter's itself, runs it and
-writes its end, without the loop (``_main_inbox``, ``WorkerProcess._finish_here``).
+writes its end, without the loop (``_main_inbox``, ``_task_ends``).
 The worker exits when its link to the node dies: a worker never outlives its node.
 """
 
@@ -22,7 +22,6 @@ import os
 import pickle
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -33,7 +32,6 @@ import transport
 
 from ..core_worker import _worker_state
 from ..core_worker._core_worker import CoreWorker
-from ..core_worker._node_link import THREAD_SEND_GAP
 from ..core_worker._store_link import STORE, encode_value
 from ..core_worker._worker_state import task_context
 from ..exceptions import ObjectLostError
@@ -42,9 +40,10 @@ from ..protocol._ids import id_prefix, short
 from ..protocol._messages import TaskSpec, max_frame_size
 from ..session._config import env_value
 from ._cancel import TaskStartGate
-from ._executor import RESULT_OVERHEAD, Executor, Spill
+from ._executor import Executor, Spill
 from ._leased import LeasedTaskServer
 from ._main_inbox import MainInbox
+from ._task_ends import TaskEnds
 
 __all__ = ["TaskWorkerStatistics", "load_function", "main", "process_statistics", "run_main"]
 
@@ -62,6 +61,8 @@ class TaskWorkerStatistics:
     tasks_read_by_thread: int
     #: Tasks whose end its main thread wrote itself (``WorkerProcess._finish_here``).
     tasks_ended_by_thread: int
+    #: Tasks whose end another executor thread wrote itself (the same way).
+    tasks_ended_by_executors: int
     #: Tasks whose results stayed here, their owner being this process
     #: (``WorkerProcess._finished``, "Owner here").
     results_kept_here: int
@@ -80,10 +81,11 @@ def process_statistics() -> TaskWorkerStatistics | None:
     return TaskWorkerStatistics(
         tasks_read_by_thread=main.inbox.taken if main is not None else 0,
         tasks_ended_by_thread=worker.tasks_ended_here,
+        tasks_ended_by_executors=worker.tasks_ended_by_executors,
         results_kept_here=worker.results_kept_here)
 
 
-class WorkerProcess:
+class WorkerProcess(TaskEnds):
     #: Seconds to connect to the node and finish the handshake (the node passes
     #: ``--connect-timeout``: its own start deadline for this process).
     connect_timeout: float = 10.0
@@ -129,6 +131,7 @@ class WorkerProcess:
         self._lock = threading.RLock()
         self._node_conn: Any = None
         self.tasks_ended_here = 0  # (``process_statistics``)
+        self.tasks_ended_by_executors = 0  # (``process_statistics``)
         self.results_kept_here = 0  # (``process_statistics``)
         #: Read sides lent to the main thread (``ACTORCORE_THREAD_READS``).
         self.thread_reads: bool = env_value("ACTORCORE_THREAD_READS")
@@ -227,7 +230,13 @@ class WorkerProcess:
         def report(spec: TaskSpec, results: list, retry: bool, _dt: float) -> None:
             core.task_finished(spec.task_id)
             free.append(ref)  # free again before the node hears we are done
-            pushed_on = self._push_from_thread(spec.task_id, results, retry)
+            if self.thread_reads:
+                # The thread ends its task itself, as the main thread does.
+                done, pushed_on = self._finish_here(None, spec.task_id, results, retry)
+                if done:
+                    return
+            else:
+                pushed_on = self._push_from_thread(spec.task_id, results, retry)
             # One wake-up of the loop per task: it sends the results and starts the next.
             token.run_sync_soon(self._finished, spec.task_id, results, retry, pushed_on)
 
@@ -309,170 +318,6 @@ class WorkerProcess:
             running[item[0].task_id] = False
             self._take_executor().tell(item)
 
-    # A task's results reach its owner first: the executor's thread writes them itself
-    # when the owner's link is idle (``transport.Connection.send_from_thread``), before
-    # it wakes the loop, which then tells the node "done, pushed" (after the push has
-    # left, as below) and starts the next task. Waking the loop first would put a GIL
-    # hand-off and a scheduler pass on the way of every result. Not within
-    # ``THREAD_SEND_GAP`` of the last such push: a run of quick tasks goes through the
-    # loop. Any doubt (a retry, results too large for one frame, no link yet, a busy
-    # link) leaves the push to the loop, as before.
-
-    def _push_from_thread(self, task_id: bytes, results: list, retry: bool) -> Any:
-        """Push a finished task's results to their owner from the executor's thread;
-        the connection they went on, or ``None``: the loop pushes them."""
-        core = self.core
-        now = time.monotonic()
-        if retry or core is None or now - self._thread_pushed_at < THREAD_SEND_GAP \
-                or task_id in self._interrupted:  # (through the node: `_h_interrupt`)
-            return None
-        conn = self.leased.links.get(task_id)
-        if conn is not None:
-            message: Any = w.LeasedTaskDone(task_id, results)
-        else:
-            address = self._owner_addr.get(task_id)
-            conn = self._owner_conns.get(address) if address is not None else None
-            if conn is None or conn.closed or address == self.direct_address:
-                return None  # (the owner is here: the loop hands them over)
-            message = w.ObjectsReady(results)
-        if results_size(results) > core.frame_limit():
-            return None
-        try:
-            sent = conn.send_from_thread(message)
-        except Exception:  # refused for what it is: the loop's push says so
-            return None
-        if not sent:
-            return None
-        self._thread_pushed_at = now
-        return conn
-
-    # Owner here. A nested task's results go to its owner, the process that
-    # submitted it, which the node names by its direct address. A worker whose
-    # tasks are all blocked in ``get`` takes one more task, so in a task tree a
-    # child often runs beside its blocked parent (about a third of the leaves of the
-    # nested tree of 73). Its results then never leave the process: the loop makes
-    # them ready in the reference table (``on_objects_ready``, the handler a pushed
-    # `ObjectsReady` reaches) instead of writing them on a link to itself and
-    # reading them back (an encode, a send, a wake-up of the loop on the read, a
-    # decode), and the node is told "done, pushed". Nothing can come
-    # between: the owner holds them before the `TaskDone` is queued, and if the
-    # process dies the owner dies with it. The executor's thread and the main
-    # thread leave such an end to the loop (``on_objects_ready`` is the loop's).
-
-    def _finished(self, task_id: bytes, results: list, retry: bool,
-                  pushed_on: Any = None) -> None:
-        """A task ended (core loop): results to the owner directly when it listens
-        (a driver on this node: one hop less than through the node), "done" to the
-        node (which records them and delivers them if we did not). ``pushed_on``: the
-        executor's thread pushed them already, on that link (``_push_from_thread``)."""
-        core = self.core
-        assert core is not None
-        pushed = False
-        conn = None
-        link = self.leased.take_link(task_id)
-        # Cancelled: its results go through the node (see `_h_interrupt`).
-        via_node = task_id in self._interrupted
-        if pushed_on is not None:
-            self._owner_addr.pop(task_id, None)
-            pushed, conn, link = True, pushed_on, None
-        elif link is not None:
-            # A leased task: its end goes back on the link it came on, with the
-            # results when they are not too large for the node either (see below).
-            inline = (not retry and not via_node
-                      and results_size(results) <= core.frame_limit())
-            try:
-                link.send_nowait(w.LeasedTaskDone(task_id, results if inline else []))
-                pushed = inline
-                conn = link if inline else None
-            except Exception as exc:  # the submitter hands it back; the node delivers
-                logger.debug("reporting leased task %s failed: %r", task_id.hex(), exc)
-        address = (None if link is not None or pushed_on is not None
-                   else self._owner_addr.pop(task_id, None))
-        if via_node:
-            address = None
-        if address is not None and not retry and results_size(results) > core.frame_limit():
-            # Too large for the node (no store to spill them to): it records them
-            # as errors, so the owner must get those too, not the values.
-            address = None
-        if address is not None and not retry and address == self.direct_address:
-            self.results_kept_here += 1  # (counted first: the owner may look now)
-            core.on_objects_ready(results)  # (see "Owner here" above)
-            pushed = True
-        elif address is not None and not retry:
-            conn = self._owner_conns.get(address)
-            if conn is not None and not conn.closed:
-                try:
-                    conn.send_nowait(w.ObjectsReady(results))
-                    pushed = True
-                except Exception as exc:  # the node delivers them instead
-                    logger.debug("pushing results to their owner at %s failed: %r", address, exc)
-            elif address not in self._owner_conns and self._nursery is not None:
-                self._owner_conns[address] = None
-                self._nursery.start_soon(self._dial_owner, address)
-        if pushed and conn is not None and conn.unsent and self._nursery is not None:
-            # The push is queued, not written: "done, pushed" must not reach the
-            # node first (see `_done_once_pushed`).
-            self._nursery.start_soon(self._done_once_pushed, conn, task_id, results)
-        else:
-            self._report_done(task_id, results, retry, pushed)
-        with self._lock:
-            self._running.pop(task_id, None)
-            self._interrupted.discard(task_id)
-            self._start_gate.forget(task_id)
-            self._pump()
-
-    def _report_done(self, task_id: bytes, results: list, retry: bool, pushed: bool) -> None:
-        core = self.core
-        assert core is not None
-        core.append_unsent(w.TaskDone(task_id, results, retry, pushed))
-        core.flush_now()
-
-    # Results pushed to their owner take one hop, but the node must learn that they
-    # went: told "done, pushed", it records them without delivering them. The push
-    # and the "done" leave on two connections, each written by its own task, so the
-    # "done" could be written first; a worker killed between the two writes (a
-    # SIGKILL, a crash) would leave the owner waiting for ever for a result that the
-    # node holds and believes delivered. So when the push could not be written at
-    # once, the "done" waits until it has been (`transport.Connection.drain`: the
-    # owner's kernel holds it, whatever happens to this process next), and says
-    # "not pushed" if the link closed first: the node then delivers the results.
-
-    async def _done_once_pushed(self, conn: Any, task_id: bytes, results: list) -> None:
-        try:
-            await conn.drain()
-            pushed = True
-        except transport.ConnectionLost:
-            pushed = False
-        self._report_done(task_id, results, False, pushed)
-
-    async def _dial_owner(self, address: str) -> None:
-        try:
-            self._owner_conns[address] = await transport.connect(
-                address, self._token, name=f"worker_{self.index}", connect_timeout=5
-            )
-        except Exception as exc:  # results keep going through the node
-            logger.info("cannot reach owner at %s: %s", address, exc)
-
-    def _blocked(self, task_id: bytes, blocked: bool) -> None:
-        with self._lock:
-            if task_id in self._running:
-                self._running[task_id] = blocked
-                self._pump()
-
-    def _report_cancelled(self, spec: TaskSpec) -> None:
-        from ..exceptions import TaskCancelledError
-        from ..protocol._serialization import dumps
-
-        assert self.core is not None
-        payload = dumps(TaskCancelledError(spec.task_id, f"task {spec.name} was cancelled"))
-        results = [(oid, True, payload) for oid in spec.return_ids()]
-        if spec.task_id in self.leased.links:  # its submitter waits for its end too
-            self._finished(spec.task_id, results, False)
-            return
-        self._interrupted.discard(spec.task_id)
-        self._owner_addr.pop(spec.task_id, None)
-        self.core.enqueue(w.TaskDone(spec.task_id, results, False))
-
     async def run(self, address: str, token: bytes) -> None:
         global _worker
         _worker = self
@@ -499,17 +344,39 @@ class WorkerProcess:
             await self.hello("worker", conn, direct)
             self.offer_reads(conn)
 
+    # In step with the node. The node decides when a task queued here behind
+    # another holds its CPU (``_promote``: when nothing of this worker runs
+    # unblocked), from the `Blocked`, `Unblocked` and `TaskDone` it reads; this
+    # worker decides when that task starts (``_pump``), by the same rule over its
+    # own record of the same changes. The two agree only if the record changes in
+    # the order the node reads the messages. The messages come from several
+    # threads (a task blocking or unblocking in its thread, a task ended by its
+    # thread or by the loop), so each message is queued for the node under the
+    # worker's lock, in one step with the change of the record: a task that
+    # unblocks just as the one ahead of a queued task ends is seen in the same
+    # order on both sides. (Before, the record of a block changed later, on the
+    # loop: a worker could start a queued task the node held for later, its CPU
+    # not taken, or leave one waiting whose CPU the node had given it.) The one
+    # exception is an end whose pushed results have not left yet
+    # (``_done_once_pushed``): its `TaskDone` follows later, and the next task may
+    # start and block here first; the node takes such a task as started blocked
+    # (``SchedulerState.blocked``).
+
     def _on_blocked(self, task_id: bytes, blocked: bool) -> None:
-        """A task starts (``True``) or stops waiting in ``get``/``wait`` (its thread)."""
+        """A task starts (``True``) or stops waiting in ``get``/``wait``: the node is
+        told, in one step with this worker's record (its thread)."""
         main = self.main_thread
         if blocked and main is not None:
             # What it waits for comes on the links: the loop reads them from now on.
             main.inbox.reclaim()
-        assert self.core is not None
-        try:
-            self.core.trio_token.run_sync_soon(self._blocked, task_id, blocked)
-        except trio.RunFinishedError:
-            pass
+        core = self.core
+        assert core is not None
+        with self._lock:
+            core.enqueue(w.Blocked(task_id) if blocked else w.Unblocked(task_id))
+            if task_id in self._running:
+                self._running[task_id] = blocked
+                if blocked:
+                    self._pump()
 
     # ----------------------------------------------- tasks read by the main thread
 
@@ -566,50 +433,6 @@ class WorkerProcess:
         ref = self._main_executor
         assert ref is not None and ref.executor is not None
         ref.executor.on_receive(self._item(message))
-
-    def _finish_here(self, ref: Any, task_id: bytes, results: list,
-                     retry: bool) -> tuple[bool, Any]:
-        """End a task on the main thread that ran it, without the loop: results to
-        the submitter or owner (when their link is idle), then `TaskDone` to the
-        node, then the next task. ``(False, pushed_on)``: the loop ends it
-        (``_finished``), the results already written on ``pushed_on`` if not
-        ``None``. The loop's way keeps every case but the common one: a retry,
-        results too large for a frame, an owner not dialled yet, a busy link."""
-        core = self.core
-        if retry or core is None or results_size(results) > core.frame_limit() \
-                or task_id in self._interrupted:  # (through the node: `_h_interrupt`)
-            return False, None
-        link = self.leased.links.get(task_id)
-        message: Any = None
-        if link is not None:
-            message = w.LeasedTaskDone(task_id, results)
-        else:
-            address = self._owner_addr.get(task_id)
-            if address is not None:
-                link = self._owner_conns.get(address)
-                if link is None or link.closed or address == self.direct_address:
-                    return False, None  # (the owner is here: the loop hands them over)
-                message = w.ObjectsReady(results)
-        if link is not None:
-            try:
-                sent = link.send_from_thread(message)
-            except Exception:  # refused for what it is: the loop's push says so
-                return False, None
-            if not sent:
-                return False, None
-            if link.unsent:  # written in part: "done" must wait for the rest
-                return False, link
-        core.enqueue(w.TaskDone(task_id, results, False, link is not None), coalesce=False)
-        with self._lock:
-            self.leased.links.pop(task_id, None)
-            self._owner_addr.pop(task_id, None)
-            self._running.pop(task_id, None)
-            self._start_gate.forget(task_id)
-            self._main_ref = ref
-            if self._pending:
-                self._pump()
-        self.tasks_ended_here += 1
-        return True, None
 
     def new_core(self, role: str, conn: Any, address: str) -> CoreWorker:
         """This process's core worker (``role`` "worker" or "actor_worker"), installed
@@ -726,11 +549,6 @@ def stream_emitter(core: CoreWorker) -> Callable[[Any, list, bool], None]:
         core.enqueue(w.StreamItems(spec.owner, results, push))
 
     return emit
-
-
-def results_size(results: list) -> int:
-    """About how many bytes ``results`` take in a message."""
-    return sum(len(data) + RESULT_OVERHEAD for _oid, _is_error, data in results)
 
 
 class _FunctionLoader:

@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from ...protocol._messages import TaskSpec
+from ._queues import ReadyQueues
 
 __all__ = ["DEEP_PIPELINE_DEPTH", "PIPELINE_DEPTH", "SHORT_RUN_KEPT", "SHORT_TASK", "WorkerInfo"]
 
@@ -120,18 +121,44 @@ class WorkerInfo:
         )
 
     def can_pipeline(self, shape: tuple) -> bool:
-        """Can queue one more task of ``shape`` behind the one it runs."""
+        """Can queue one more task of ``shape`` behind the one it runs (see
+        "Queued beside a blocked parent" below)."""
         return (
             self.state == "busy"
             and self.conn is not None
             and self.retiring is None
             and self.lease is None
-            and not self.blocked_tasks
             and self.shape == shape
             and len(self.queued) < self.pipeline_depth()
             # a task with max_calls may retire its worker: nothing queues behind it
             and not any(t.max_calls for t in self.tasks.values())
+            and (not self.blocked_tasks or self._beside_blocked(shape))
         )
+
+    # Queued beside a blocked parent. In a task tree a worker whose tasks are all
+    # blocked in ``get`` takes one more task (``available``): the leaves of the
+    # nested tree run beside their blocked parents, two at a time on two CPUs. The
+    # rest waited at the node, each sent (`Execute`) only when a leaf's `TaskDone`
+    # had come and freed its CPU: a round trip through the node per leaf, the
+    # worker idle meanwhile. Such a worker now takes queued tasks behind the one it
+    # runs, as a worker with no blocked task does. The rules that keep the worker
+    # and the node counting alike hold unchanged: a queued task starts when nothing
+    # of the worker's runs unblocked (the node's ``_promote``, the worker's
+    # ``_pump``), so at most one task of the worker holds a CPU, and one queued
+    # behind a task that blocks starts then (the blocked task lends its CPU). What
+    # it costs: a queued task may wait for a parent that unblocks, as well as for
+    # the task ahead of it. Only when every task of the worker has the shape queued
+    # (a blocked task taking other resources or a runtime env of its own keeps the
+    # old rule), and only behind a task that runs: a worker whose tasks are all
+    # blocked would start a queued task at once, with no CPU taken for it.
+
+    def _beside_blocked(self, shape: tuple) -> bool:
+        if self.active() < 1:
+            return False
+        for spec in self.tasks.values():
+            if ReadyQueues.shape(spec) != shape:
+                return False
+        return True
 
     def pipeline_depth(self) -> int:
         """How many tasks may queue behind the one it runs (see `DEEP_PIPELINE_DEPTH`)."""
