@@ -7,7 +7,8 @@ Creates ``--actors`` actors of the plainest kind at once (``@remote class A: def
 ping(self): return 1``, one process each), pings every one of them, and prints:
 actors up (answered), refused (`ActorOutOfMemoryError`: the node's memory check,
 ``actorcore/node/worker_pool/_memory.py``), failed otherwise (by error type), the
-driver's anonymous memory (``RssAnon``) per actor handle, its total RSS, the
+driver's anonymous memory (``RssAnon``) per actor handle, its total RSS (with the
+store's shared memory it maps), the node process's anonymous memory per actor, the
 machine's memory in use at the peak (``MemTotal - MemAvailable``, sampled by a
 thread), the wall clock, and the node's start-queue figures. A line
 ``RESULT {json}`` carries the same for scripts.
@@ -34,8 +35,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
+def _status_kib(field: str, pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
@@ -75,11 +76,13 @@ def run(backend: str, n: int, timeout: float) -> dict:
         import ray
 
         ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        node_pid = None
     else:
         sys.path.insert(0, str(HERE.parent))
         import actorcore as ray
 
-        ray.init(log_to_driver=False)
+        info = ray.init(log_to_driver=False)
+        node_pid = int(Path(info["session_dir"], "node.pid").read_text().split()[0])
 
     @ray.remote
     class A:
@@ -90,6 +93,7 @@ def run(backend: str, n: int, timeout: float) -> dict:
     ray.get(warm.ping.remote(), timeout=120)
     used0, total = _memory_used()
     anon0, rss0 = _status_kib("RssAnon"), _status_kib("VmRSS")
+    node0 = _status_kib("RssAnon", node_pid) if node_pid else 0
     peak = PeakMemory()
     t0 = time.perf_counter()
     actors = [A.remote() for _ in range(n)]
@@ -110,6 +114,7 @@ def run(backend: str, n: int, timeout: float) -> dict:
             examples.setdefault(name, str(exc).splitlines()[0][:400])
     peak.stop()
     anon1, rss1 = _status_kib("RssAnon"), _status_kib("VmRSS")
+    node1 = _status_kib("RssAnon", node_pid) if node_pid else 0
     result = {
         "backend": backend,
         "actors": n,
@@ -119,6 +124,7 @@ def run(backend: str, n: int, timeout: float) -> dict:
         "wall_s": round(wall, 1),
         "driver_anon_kib_per_actor": round((anon1 - anon0) / n, 1),
         "driver_rss_mib": round(rss1 / 1024, 1),
+        "node_anon_kib_per_actor": round((node1 - node0) / n, 1) if node_pid else None,
         "driver_rss_before_mib": round(rss0 / 1024, 1),
         "machine_used_before_gb": round(used0 / 1e9, 2),
         "machine_used_peak_gb": round(peak.peak / 1e9, 2),
@@ -130,7 +136,7 @@ def run(backend: str, n: int, timeout: float) -> dict:
         from actorcore import _api
 
         st = _api._call("status")["actors"]
-        result.update(memory_refused=st.memory_refused, starting_peak=st.starting_peak,
+        result.update(memory_refused=getattr(st, "memory_refused", "n/a"), starting_peak=st.starting_peak,
                       queued_peak=st.queued_peak)
     ray.shutdown()
     return result
@@ -159,6 +165,8 @@ def main() -> None:
         print(f"  e.g. {name}: {text}")
     print(f"  driver: {r['driver_anon_kib_per_actor']} KiB of anonymous memory per actor, "
           f"RSS {r['driver_rss_before_mib']} -> {r['driver_rss_mib']} MiB")
+    if r["node_anon_kib_per_actor"] is not None:
+        print(f"  node: {r['node_anon_kib_per_actor']} KiB of anonymous memory per actor")
     print(f"  machine: {r['machine_used_before_gb']} GB in use before, "
           f"{r['machine_used_peak_gb']} GB at the peak, of {r['machine_total_gb']} GB")
     if "memory_refused" in r:
