@@ -1,7 +1,7 @@
 """The memory check before an actor process starts.
 
-Why. Every actor of the default kind has a process of its own: tens of MB each,
-even forked from the zygote. A program that creates thousands of actors on one
+Why. Every actor of the default kind has a process of its own: about 10 MB of
+private memory each even forked from the zygote (Ray's take ~100 MB). A program that creates thousands of actors on one
 machine (a hostile probe made 2,000 on a 24 GB, 2-core machine) used to start them
 all until the machine ran out of memory, and then the kernel's OOM killer chose
 whom to kill -- the node, the driver, another user's process -- with no error
@@ -224,8 +224,8 @@ def refusal(usage: MemoryUsage, policy: MemoryPolicy, node: str, what: str) -> s
     return (
         f"{what} was not started because the node is low on memory. Memory on {where} "
         f"(ID: {node}) is {usage.describe()}, which exceeds the memory usage threshold "
-        f"of {policy.threshold}. Free memory (fewer or smaller actors: each actor "
-        f"process takes tens of MB; or placement='shared' for many small actors), "
+        f"of {policy.threshold}. Free memory (fewer actors: each has a process of its "
+        f"own, or placement='shared' for many small ones), "
         f"raise ACTORCORE_MEMORY_USAGE_THRESHOLD, or set ACTORCORE_LOW_MEMORY_POLICY=wait "
         f"to have actor starts wait for memory instead."
     )
