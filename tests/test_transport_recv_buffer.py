@@ -56,6 +56,11 @@ def vm_anon_kib() -> int:
 def lazy_free_bytes(buf: RecvBuffer) -> int:
     """``LazyFree`` of the mapping holding ``buf`` (pages given back by MADV_FREE and
     not yet taken by the kernel), from ``/proc/self/smaps``."""
+    return int(smaps_field(buf, "LazyFree").split()[0]) * 1024
+
+
+def smaps_field(buf: RecvBuffer, field: str) -> str:
+    """A field of the ``/proc/self/smaps`` entry of the mapping holding ``buf``."""
     anchor = ctypes.c_char.from_buffer(buf.view)
     try:
         address = ctypes.addressof(anchor)
@@ -68,9 +73,9 @@ def lazy_free_bytes(buf: RecvBuffer) -> int:
             if "-" in head and not head.endswith(":"):
                 lo, hi = (int(x, 16) for x in head.split("-"))
                 inside = lo <= address < hi
-            elif inside and head == "LazyFree:":
-                return int(line.split()[1]) * 1024
-    raise AssertionError("the buffer's mapping has no LazyFree line")
+            elif inside and head == field + ":":
+                return line.split(":", 1)[1].strip()
+    raise AssertionError(f"the buffer's mapping has no {field} line")
 
 
 def test_a_buffer_is_resident_only_where_written_and_release_gives_pages_back() -> None:
@@ -104,6 +109,16 @@ def test_the_default_advice_marks_pages_free_for_the_kernel() -> None:
         assert bytes(buf.view[:20_000]) == b"z" * 20_000
         # Taken whenever the kernel needs memory (counted as available meanwhile).
         assert lazy_free_bytes(buf) >= 64 * 1024
+    finally:
+        buf.close()
+
+
+@pytest.mark.skipif(getattr(mmap, "MADV_NOHUGEPAGE", None) is None, reason="no THP advice")
+def test_a_buffer_is_never_a_transparent_huge_page() -> None:
+    # Where THP is "always", a first write could otherwise fault in 2 MiB.
+    buf = RecvBuffer(RECV_CHUNK)
+    try:
+        assert "nh" in smaps_field(buf, "VmFlags").split()
     finally:
         buf.close()
 

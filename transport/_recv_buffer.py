@@ -57,6 +57,9 @@ KEEP = 16 * 1024
 ADVICE: int | None = getattr(mmap, "MADV_FREE", None) or getattr(mmap, "MADV_DONTNEED", None)
 
 
+_NOHUGEPAGE = getattr(mmap, "MADV_NOHUGEPAGE", None)
+
+
 class RecvBuffer:
     """A receive buffer of ``size`` bytes whose pages become resident only once
     written, and are handed back by `release` (see the module docstring).
@@ -70,6 +73,14 @@ class RecvBuffer:
     def __init__(self, size: int) -> None:
         self.size = size
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if _NOHUGEPAGE is not None:
+            # Never a transparent huge page: where THP is "always", the kernel could
+            # back the first byte written with 2 MiB (neighbouring buffers share one
+            # mapping once merged), 256 KiB per buffer again.
+            try:
+                self._map.madvise(_NOHUGEPAGE)
+            except OSError:
+                pass
         self.view = memoryview(self._map)
         self.releases = 0  # madvise calls made (statistics, tests)
         self.advice = ADVICE
