@@ -40,6 +40,7 @@ __all__ = [
     "ActorDiedError",
     "ActorUnavailableError",
     "ActorUnschedulableError",
+    "ActorOutOfMemoryError",
     "PendingCallsLimitExceeded",
     "LocalRayletDiedError",
     "NodeDiedError",
@@ -312,6 +313,12 @@ class ActorUnavailableError(ActorError):
 
 class ActorUnschedulableError(ActorError):
     """No node can ever satisfy the actor's resource request."""
+
+
+class ActorOutOfMemoryError(ActorDiedError):
+    """The actor's process was not started: memory use on its node was above the
+    threshold (``ACTORCORE_MEMORY_USAGE_THRESHOLD``, Ray's
+    ``RAY_memory_usage_threshold``). The message gives the usage and the threshold."""
 
 
 class ActorPlacementGroupRemoved(ActorError):

@@ -203,3 +203,109 @@ def test_a_bad_node_variable_fails_init_naming_it_then_the_next_init_works(monke
         assert ray.cluster_resources()["CPU"] == 1.0
     finally:
         ray.shutdown()
+
+
+# ------------------------------------------------- the memory check (worker_pool._memory)
+
+
+def test_memory_settings_defaults_ray_fallbacks_and_bad_values():
+    from actorcore.node.worker_pool._memory import MemoryPolicy
+
+    assert MemoryPolicy.from_env({}) == MemoryPolicy(0.95, "fail", 0.25)
+    # Ray's names are read when ours are not set; ours win.
+    rays = {"RAY_memory_usage_threshold": "0.8", "RAY_memory_monitor_refresh_ms": "0"}
+    assert MemoryPolicy.from_env(rays) == MemoryPolicy(0.8, "fail", 0.0)
+    assert not MemoryPolicy.from_env(rays).enabled  # Ray's 0: no monitor
+    ours = dict(rays, ACTORCORE_MEMORY_USAGE_THRESHOLD="0.5",
+                ACTORCORE_MEMORY_MONITOR_REFRESH_MS="100", ACTORCORE_LOW_MEMORY_POLICY="Wait")
+    assert MemoryPolicy.from_env(ours) == MemoryPolicy(0.5, "wait", 0.1)
+    for env, match in [
+        ({"ACTORCORE_MEMORY_USAGE_THRESHOLD": "1.5"}, r"ACTORCORE_MEMORY_USAGE_THRESHOLD='1.5': "
+                                                      r"must be a fraction in \[0, 1\]"),
+        ({"ACTORCORE_MEMORY_USAGE_THRESHOLD": "most"}, r"ACTORCORE_MEMORY_USAGE_THRESHOLD='most'"),
+        ({"RAY_memory_usage_threshold": "-0.1"}, r"RAY_memory_usage_threshold='-0.1'"),
+        ({"ACTORCORE_LOW_MEMORY_POLICY": "kill"}, r"ACTORCORE_LOW_MEMORY_POLICY='kill': "
+                                                  r"expected one of fail, wait"),
+        ({"ACTORCORE_MEMORY_MONITOR_REFRESH_MS": "-1"}, r"ACTORCORE_MEMORY_MONITOR_REFRESH_MS='-1'"),
+        ({"RAY_memory_monitor_refresh_ms": "often"}, r"RAY_memory_monitor_refresh_ms='often'"),
+    ]:
+        with pytest.raises(exc.ConfigurationError, match=match):
+            MemoryPolicy.from_env(env)
+
+
+def _status_actors():
+    from actorcore import _api
+
+    return _api._call("status")["actors"]
+
+
+def test_low_memory_refuses_an_actor_with_a_typed_error_and_the_cluster_goes_on(monkeypatch):
+    if ray.is_initialized():
+        pytest.skip("a cluster is connected in this process")
+    # Threshold 0: any memory use is "above" it, so no actor process may start.
+    monkeypatch.setenv("ACTORCORE_MEMORY_USAGE_THRESHOLD", "0")
+    ray.init(num_cpus=1)
+    try:
+        @ray.remote
+        class A:
+            def ping(self):
+                return 1
+
+        @ray.remote
+        def double(x):
+            return 2 * x
+
+        a = A.remote()
+        with pytest.raises(exc.ActorOutOfMemoryError) as info:
+            ray.get(a.ping.remote(), timeout=60)
+        text = str(info.value)
+        assert isinstance(info.value, exc.ActorDiedError)  # it is dead, for good
+        assert "low on memory" in text and "exceeds the memory usage threshold of 0.0" in text
+        assert re.search(r"\d+\.\d\dGB / \d+\.\d\dGB \(0\.\d{3}\)", text), text
+        assert "ACTORCORE_MEMORY_USAGE_THRESHOLD" in text
+        with pytest.raises(exc.ActorOutOfMemoryError):  # a shared host is refused too
+            ray.get(A.options(placement="shared").remote().ping.remote(), timeout=60)
+        # The node goes on: tasks run, a later call still gets the typed error.
+        assert ray.get(double.remote(21), timeout=60) == 42
+        with pytest.raises(exc.ActorOutOfMemoryError):
+            ray.get(a.ping.remote(), timeout=60)
+        st = _status_actors()
+        assert st.memory_refused == 2 and st.processes == 0 and st.processes_queued == 0, st
+    finally:
+        ray.shutdown()
+    monkeypatch.delenv("ACTORCORE_MEMORY_USAGE_THRESHOLD")
+    ray.init(num_cpus=1)
+    try:
+        assert ray.get(A.remote().ping.remote(), timeout=60) == 1
+    finally:
+        ray.shutdown()
+
+
+def test_low_memory_policy_wait_keeps_the_actor_pending(monkeypatch):
+    if ray.is_initialized():
+        pytest.skip("a cluster is connected in this process")
+    monkeypatch.setenv("ACTORCORE_MEMORY_USAGE_THRESHOLD", "0")
+    monkeypatch.setenv("ACTORCORE_LOW_MEMORY_POLICY", "wait")
+    monkeypatch.setenv("ACTORCORE_MEMORY_MONITOR_REFRESH_MS", "20")
+    ray.init(num_cpus=1)
+    try:
+        @ray.remote
+        class A:
+            def ping(self):
+                return 1
+
+        a = A.remote()
+        ref = a.ping.remote()
+        ready, _ = ray.wait([ref], timeout=1.0)
+        assert ready == []  # waits for memory: neither run nor failed
+        st = _status_actors()
+        assert st.pending == 1 and st.processes_queued == 1 and st.memory_deferred >= 1, st
+        assert st.memory_refused == 0, st
+        assert ray.get(ray.remote(lambda: 3).remote(), timeout=60) == 3
+        ray.kill(a)  # a waiting start can be given up
+        with pytest.raises(exc.ActorDiedError, match="killed"):
+            ray.get(ref, timeout=60)
+        st = _status_actors()
+        assert st.processes_queued == 0 and st.pending == 0, st
+    finally:
+        ray.shutdown()

@@ -5,7 +5,8 @@ Design
 A `Connection` wraps a connected, already-authenticated, non-blocking stdlib socket
 and runs two tasks, both inside `Connection.run` (one nursery per connection):
 
-* the **reader** receives into a reused 256 KiB buffer and handles every complete
+* the **reader** receives into a reused 256 KiB buffer (``_recv_buffer``: resident
+  only where written) and handles every complete
   frame found there before the next ``recv`` (batch decode). Replies wake their
   waiting `request` directly (`trio.lowlevel.reschedule`, no Event, no queue);
   requests and one-way messages go to the handler *inline, in arrival order*. A frame
@@ -74,6 +75,7 @@ import trio
 from . import _wire, faults
 from ._connection_core import HIGH_WATER, RECV_CHUNK
 from ._errors import FrameTooLarge, ProtocolError, RequestTimeout
+from ._recv_buffer import KEEP, RecvBuffer
 from ._reply import ConnectionStatistics, Reply
 from ._sockio import write_chunks
 from ._thread_side import ThreadSide
@@ -268,6 +270,8 @@ class Connection(ThreadSide):
             unsent=self.unsent,
             frames_from_threads=self._from_threads,
             frames_read_by_threads=self._taken_by_thread,
+            buffer_releases=(0 if self._recv_buffer is None else self._recv_buffer.releases)
+            + (0 if self._loan is None else self._loan.buffer_releases),
         )
 
     # ------------------------------------------------------------------ running
@@ -309,6 +313,8 @@ class Connection(ThreadSide):
                 self._shutdown(reason)
         finally:
             self._shutdown("connection task ended")
+            if self._recv_buffer is not None:
+                self._recv_buffer.close()
             self._finished.set()
 
     async def run_as_system_task(self) -> None:
@@ -369,9 +375,13 @@ class Connection(ThreadSide):
         """Read and dispatch frames until EOF; return why it stopped."""
         sock = self._sock
         wait_readable = trio.lowlevel.wait_readable if self._plain else TlsSocket.wait_readable
-        buf = bytearray(RECV_CHUNK)
-        view = memoryview(buf)
+        # Pages of the buffer become resident only when a recv writes them, and go
+        # back once the reader is about to wait after a burst (``_recv_buffer``).
+        rbuf = RecvBuffer(RECV_CHUNK)
+        self._recv_buffer = rbuf
+        buf = view = rbuf.view
         start = end = 0
+        high = 0  # the furthest byte written since the last release
         waited = True
         max_frame = self._max_frame
         on_reply = self._on_reply
@@ -380,6 +390,9 @@ class Connection(ThreadSide):
         handed = 0  # bytes a borrower gave back, at the start of the buffer
         while True:
             if drained:  # the last recv did not fill the buffer: wait before reading
+                if high > KEEP:
+                    rbuf.release(high, end)
+                    high = end
                 if self._loan is not None and start == end:
                     handed = await self._wait_or_lend(sock, wait_readable, view)
                 else:
@@ -406,6 +419,8 @@ class Connection(ThreadSide):
             waited = False
             drained = end + n < RECV_CHUNK
             end += n
+            if end > high:
+                high = end
             self._bytes_received += n
             while end - start >= HEADER_SIZE:
                 body_len, kind, nbufs, rid = _unpack_header(buf, start)

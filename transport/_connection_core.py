@@ -26,6 +26,7 @@ from . import _wire, faults
 from ._errors import ConnectionLost, FrameTooLarge, ProtocolError, RemoteError
 from ._link_faults import LinkFaults
 from ._read_loan import ReadLoan
+from ._recv_buffer import RecvBuffer
 from ._reply import ThreadWaiter
 from ._tls import TlsSocket
 from ._wire import HEADER_SIZE, REPLY_OK
@@ -108,6 +109,8 @@ class ConnectionCore:
         self._wait_scope: trio.CancelScope | None = None
         self._lent_reader: trio.lowlevel.Task | None = None
         self._taken_by_thread = 0
+        # The reader's receive buffer (``_recv_buffer``), while it runs.
+        self._recv_buffer: RecvBuffer | None = None
 
     @property
     def closed(self) -> bool:

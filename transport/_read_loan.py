@@ -72,6 +72,7 @@ from typing import Any
 import trio
 
 from . import _wire
+from ._recv_buffer import KEEP, RecvBuffer
 from ._wire import HEADER, HEADER_SIZE, ONEWAY
 
 __all__ = ["NOT_TAKEN", "RECLAIM_AFTER", "ReadLoan"]
@@ -112,8 +113,10 @@ class ReadLoan:
         # connection's socket.
         self._sock: socket.socket | None = sock.dup()
         self._sock.setblocking(False)
-        self._buf = bytearray(buffer_size)
-        self._view = memoryview(self._buf)
+        # Resident only where a read wrote, handed back after a large read
+        # (``_recv_buffer``); unmapped when the loan closes.
+        self._buf = RecvBuffer(buffer_size)
+        self._view = self._buf.view
         self.wanted = False  # the borrower asked for the side; the reader hands it over
         self.held = False  # the borrower holds it; the reader is parked
         self.closed = False  # the connection closed, or the borrower let go for good
@@ -161,8 +164,11 @@ class ReadLoan:
         if messages is None:
             return NOT_TAKEN
         if accept(messages[0]):
-            return self._kept(messages)[0]
+            kept = self._kept(messages)[0]
+            self._read_done()
+            return kept
         self.give_back(bytes(self._view[:self._n]))
+        self._read_done()
         return NOT_TAKEN
 
     def take_many(self, accept: Callable[[list[Any]], bool]) -> Any:
@@ -173,8 +179,11 @@ class ReadLoan:
         if messages is None:
             return NOT_TAKEN
         if accept(messages):
-            return self._kept(messages)
+            kept = self._kept(messages)
+            self._read_done()
+            return kept
         self.give_back(bytes(self._view[:self._n]))
+        self._read_done()
         return NOT_TAKEN
 
     def _read(self, many: bool) -> list[Any] | None:
@@ -209,7 +218,19 @@ class ReadLoan:
         if pos == n and messages:
             return messages
         self.give_back(bytes(view[:n]))
+        self._read_done()
         return None
+
+    def _read_done(self) -> None:
+        """The bytes of the last read are decoded or copied: a large read's pages
+        go back to the kernel (``_recv_buffer``)."""
+        if self._n > KEEP:
+            self._buf.release(self._n)
+
+    @property
+    def buffer_releases(self) -> int:
+        """Times the borrower's buffer gave pages back (statistics)."""
+        return self._buf.releases
 
     def _kept(self, messages: list[Any]) -> list[Any]:
         """The borrower kept ``messages`` (the whole read)."""

@@ -65,6 +65,9 @@ class ConnectionStatistics:
     frames_from_threads: int = 0
     #: frames read and kept by a thread the read side was lent to (`Connection.lend_reads`)
     frames_read_by_threads: int = 0
+    #: times pages of its receive buffers went back to the kernel after a burst
+    #: (``_recv_buffer.RecvBuffer.release``)
+    buffer_releases: int = 0
 
 
 class Reply:

@@ -24,6 +24,7 @@ import attrs
 
 from ..core_worker import _worker_state
 from ..core_worker._object_ref import ObjectRef
+from ..session import _limits
 from ..session._launcher import HeadProcess, find_cluster, start_head
 from ._options import check_num_returns
 from ._remote_function import RemoteFunction
@@ -183,6 +184,9 @@ def init(
             )
         if address is None:
             address = _config.env_value("ACTORCORE_ADDRESS") or None
+        # Two descriptors per actor this driver calls directly (``session._limits``);
+        # an embedded node started below inherits the limit too.
+        _limits.raise_open_files_limit()
         _reclaim_dead_sessions()
         tls = cluster.tls(spelled="init")  # the files given, else ACTORCORE_TLS_*
         head: HeadProcess | None = None

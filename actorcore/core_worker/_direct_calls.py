@@ -86,6 +86,15 @@ DIRECT_CALLS: bool = env_value("ACTORCORE_DIRECT_CALLS")
 #: Failed discoveries of one actor before its caller stays on the node path.
 MAX_DISCOVERY_FAILURES = 3
 
+#: Seconds a direct link may take to connect and authenticate, both ways (a caller
+#: dialing an actor, an actor dialing its caller's results server, either server's
+#: handshake): the start budget of a worker process (``ACTORCORE_WORKER_START_TIMEOUT``),
+#: not the transport's 10 s. Links to new actors are dialed while those actors and
+#: hundreds of others are starting; on a loaded machine a 2,000-actor burst left the
+#: processes on both ends too busy to finish a handshake in 10 s, and three failed
+#: discoveries put a caller on the node path for good (`MAX_DISCOVERY_FAILURES`).
+LINK_TIMEOUT: float = env_value("ACTORCORE_WORKER_START_TIMEOUT")
+
 #: The most calls of a burst that leave in one `DirectCalls` frame (``Route.flush``).
 MAX_CALLS_PER_FRAME = 256
 
@@ -280,7 +289,7 @@ class Route:
                 return
             address, incarnation = route.address, route.incarnation
             client = transport.Client(address, core.token, name=f"{core.role}-{core.pid}-direct",
-                                      handler=self._dispatcher)
+                                      handler=self._dispatcher, connect_timeout=LINK_TIMEOUT)
             with self.lock:
                 self.client = client
             conn = await core.loop.start(self._run_link, client)

@@ -39,7 +39,7 @@ from ..protocol._ids import id_prefix, new_job_id, new_worker_id
 from ..protocol._messages import RECONNECT_WINDOW, REJOIN_TIMEOUT
 from ..session._session import pid_alive
 from ._core_worker import CoreWorker
-from ._direct_calls import DIRECT_CALLS
+from ._direct_calls import DIRECT_CALLS, LINK_TIMEOUT
 
 __all__ = ["DriverLoop", "RECONNECT_WINDOW"]
 
@@ -213,7 +213,8 @@ class DriverLoop:
         sockets = os.path.dirname(self.address[len("unix:"):])
         path = os.path.join(sockets, f"driver-{os.getpid()}-{os.urandom(2).hex()}.sock")
         server = transport.Server(
-            f"unix:{path}", self.token, self._handle, name=f"driver-{os.getpid()}-direct"
+            f"unix:{path}", self.token, self._handle, name=f"driver-{os.getpid()}-direct",
+            handshake_timeout=LINK_TIMEOUT,
         )
         try:
             return await nursery.start(server.run)

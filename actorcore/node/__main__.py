@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..session import _config
+from ..session import _config, _limits
 
 if TYPE_CHECKING:
     import trio
@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     import importlib
 
     importlib.import_module("actorcore").load_runtime()
+    # Thousands of actors need thousands of descriptors here, and the workers forked
+    # or spawned from here inherit the limit (``session._limits``).
+    _limits.raise_open_files_limit()
     early_zygote = fork_zygote(Path(args.session_dir))
     import trio
 

@@ -80,6 +80,7 @@ from .object_manager._store_setup import (
 )
 from .object_manager._transfer import ObjectTransfers
 from .placement_groups import PlacementGroups
+from .worker_pool._actor_processes import START_TIMEOUT
 from .worker_pool._pool import PoolState
 
 __all__ = ["DRIVER_GRACE", "NodeConfig", "NodeRuntime"]
@@ -199,6 +200,9 @@ class NodeRuntime:
             name=f"node-{short(self.node_id)}",
             on_disconnect=self._on_disconnect,
             max_frame_size=max_frame_size(),
+            # Its workers and actor processes connect here while many start at once:
+            # they have the start budget to say hello, not the transport's 10 s.
+            handshake_timeout=START_TIMEOUT,
         )
         self.store_address = f"unix:{config.session_dir / 'sockets' / 'store.sock'}"
         self.store_service = make_store_service(

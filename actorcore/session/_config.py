@@ -384,6 +384,15 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
            "start, before the node's own imports"),
     EnvVar("ACTORCORE_MAX_STARTING_WORKERS", "int", None,
            "processes started at once (default: the cores, at least 1)", minimum=1),
+    EnvVar("ACTORCORE_MEMORY_USAGE_THRESHOLD", "float", "0.95",
+           "the share of the machine's memory (or its cgroup's) in use above which no "
+           "actor process is started (Ray's RAY_memory_usage_threshold works too)"),
+    EnvVar("ACTORCORE_LOW_MEMORY_POLICY", "text", "fail",
+           "what an actor start does above that threshold: fail (its actors die with "
+           "ActorOutOfMemoryError) or wait (until memory use is below it)"),
+    EnvVar("ACTORCORE_MEMORY_MONITOR_REFRESH_MS", "float", "250",
+           "milliseconds a memory reading is reused; 0 turns the memory check off "
+           "(Ray's RAY_memory_monitor_refresh_ms works too)"),
     EnvVar("ACTORCORE_OBJECT_STORE_DISK_FALLBACK", "switch", "1",
            "0: a put that does not fit in memory fails instead of going to disk"),
     EnvVar("ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD", "float", "0.95",

@@ -127,6 +127,9 @@ class ActorWorkerProcess(WorkerProcess):
                 f"unix:{sockets}/actor-{self.worker_id.hex()[:12]}.sock", token,
                 self.direct_dispatcher, name=f"worker_{self.index}-direct",
                 max_frame_size=max_frame_size(),
+                # Callers dial it while it and many others start: the start budget
+                # (``core_worker._direct_calls.LINK_TIMEOUT``), not 10 s.
+                handshake_timeout=self.connect_timeout,
             )
             direct_address = await nursery.start(server.run)
             client = transport.Client(

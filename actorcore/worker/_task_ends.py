@@ -62,6 +62,7 @@ class TaskEnds:
     _pending: collections.deque
     _start_gate: TaskStartGate
     _main_ref: Any
+    connect_timeout: float
     _interrupted: set[bytes]
 
     def _pump(self) -> None:
@@ -207,7 +208,8 @@ class TaskEnds:
     async def _dial_owner(self, address: str) -> None:
         try:
             self._owner_conns[address] = await transport.connect(
-                address, self._token, name=f"worker_{self.index}", connect_timeout=5
+                address, self._token, name=f"worker_{self.index}",
+                connect_timeout=self.connect_timeout,  # the start budget (``_direct_calls``)
             )
         except Exception as exc:  # results keep going through the node
             logger.info("cannot reach owner at %s: %s", address, exc)

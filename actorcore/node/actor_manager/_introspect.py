@@ -32,6 +32,9 @@ class ActorManagerStatistics:
       unplaced: actors that no live node can host yet (they wait for one to join);
         unplaced_warnings: the warning logged for each (its request, the cluster).
       remote: proxies here of actors that live on other nodes.
+      memory_refused: actor processes not started because memory use was above the
+        threshold (``worker_pool._memory``, policy ``fail``); memory_deferred: start
+        attempts put off for that reason (policy ``wait``).
     """
 
     pending: int
@@ -50,6 +53,8 @@ class ActorManagerStatistics:
     unplaced: int = 0
     unplaced_warnings: tuple[str, ...] = ()
     remote: int = 0
+    memory_refused: int = 0
+    memory_deferred: int = 0
 
 
 def describe(rec: Any, node_hex: str, tcp_address: str | None) -> dict:

@@ -17,7 +17,7 @@ import trio
 import transport
 
 from ...core_worker._store_link import STORE
-from ...exceptions import ActorUnschedulableError
+from ...exceptions import ActorOutOfMemoryError, ActorUnschedulableError
 from ...protocol import _serialization
 from ...protocol import _wire as w
 from ...protocol._actors import ActorSpec, CallSpec
@@ -52,7 +52,7 @@ class ActorLifecycle:
         self.remote = RemoteActors(self)
         self.calls.remote = self.remote
         self.processes = ActorProcesses(
-            node, self._worker_exited, default_max_starting()
+            node, self._worker_exited, default_max_starting(), on_refused=self._worker_refused
         )
         self.workers: dict[bytes, ActorWorker] = self.processes.workers
         self.names = ActorNames(self)
@@ -296,6 +296,21 @@ class ActorLifecycle:
         aw.actors.clear()
         aw.waiting.clear()
 
+    def _worker_refused(self, aw: ActorWorker, cause: str) -> None:
+        """``aw`` was not started for want of memory (``worker_pool._memory``): its
+        actors die with `ActorOutOfMemoryError`, not restarted (a restart would
+        only be refused again; their constructors never ran)."""
+        aw.exited.set()
+        self.workers.pop(aw.worker_id, None)
+        if aw in self.shared_hosts:
+            self.shared_hosts.remove(aw)
+        for rec in list(aw.actors.values()) + aw.waiting:
+            if rec.worker is aw and rec.state != "dead":
+                rec.error_type = ActorOutOfMemoryError
+                self.end(rec, cause)
+        aw.actors.clear()
+        aw.waiting.clear()
+
     def client_gone(self, client: Any, how: str = "exited") -> None:
         """A worker disconnected, or a driver is gone for good (the node decides that,
         see ``NodeRuntime._driver_departed``): end the actors it owned (fate sharing),
@@ -502,7 +517,8 @@ class ActorLifecycle:
             queued_peak=procs.queued_peak, unplaced=len(self.remote.infeasible),
             unplaced_warnings=tuple(self.remote.warnings.values())[:TREE_LIMIT],
             remote=sum(1 for r in self.actors.values()
-                       if r.node is not None and r.state != "dead"))
+                       if r.node is not None and r.state != "dead"),
+            memory_refused=procs.memory.refused, memory_deferred=procs.memory.deferred)
 
     # -------------------------------------------------------------------- plumbing
 

@@ -36,6 +36,11 @@ timeout while the node would still wait for it.
 
 A process killed while it is still queued is never launched; its exit is reported
 like any other (from a task, never from inside ``kill``).
+
+Memory is checked before each launch (``_memory``): while the machine's memory use
+is above ``ACTORCORE_MEMORY_USAGE_THRESHOLD`` a queued process is either refused
+(``on_refused``, from a task: its actors die with `ActorOutOfMemoryError`) or left
+in the queue, which is tried again every refresh period (``ACTORCORE_LOW_MEMORY_POLICY``).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import trio
 
 from ...protocol._ids import new_worker_id
 from ...session._config import env_value
+from ._memory import MemoryCheck, MemoryPolicy, refusal
 from ._pool import open_worker_process, pump_worker_output
 from ._zygote import exit_reason
 
@@ -113,10 +119,18 @@ class ActorProcesses:
     """The node's actor processes (see the module docstring)."""
 
     def __init__(
-        self, node: Any, on_exit: Callable[[ActorWorker, str], None], max_starting: int = 1
+        self, node: Any, on_exit: Callable[[ActorWorker, str], None], max_starting: int = 1,
+        *, on_refused: Callable[[ActorWorker, str], None] | None = None,
+        memory: MemoryCheck | None = None,
     ) -> None:
         self.node = node
         self.on_exit = on_exit
+        # A process refused for want of memory (policy "fail"): its actors die with
+        # the cause given; without a callback, as if it had exited.
+        self.on_refused = on_refused or on_exit
+        self.memory = memory if memory is not None else MemoryCheck(MemoryPolicy.from_env())
+        self._memory_retry = False  # a retry of the queue is scheduled (policy "wait")
+        self._memory_warned = False
         self.workers: dict[bytes, ActorWorker] = {}
         self.started_total = 0
         self.max_starting = max_starting
@@ -145,15 +159,63 @@ class ActorProcesses:
         if not self.node.serving:
             return  # not running yet, or stopping: ``kill_all`` drops the queue
         while self.queue and self.starting < self.max_starting:
-            aw = self.queue.popleft()
-            if aw.start != "queued":
+            if self.queue[0].start != "queued":
+                self.queue.popleft()
                 continue  # killed while queued (``queued`` was counted down then)
+            low = self.memory.over()
+            if low is not None and not self._low_memory(low):
+                return  # policy "wait": tried again in a refresh period
+            aw = self.queue.popleft()
+            if low is not None:  # policy "fail": refused, reported from a task
+                aw.start = "ended"
+                self.queued -= 1
+                self.memory.refused += 1
+                self.node.spawn(self._report_refused, aw, low)
+                continue
             aw.start = "starting"
             self.queued -= 1
             self.starting += 1
             self.starting_peak = max(self.starting_peak, self.starting)
             self.started_total += 1
             self.node.spawn(self._run_worker, aw)
+
+    def _low_memory(self, usage: Any) -> bool:
+        """Memory use is above the threshold: ``True``, refuse the next start
+        (policy "fail"); ``False``, leave the queue and try it again in a refresh
+        period (policy "wait")."""
+        policy = self.memory.policy
+        if policy.policy == "fail":
+            return True
+        self.memory.deferred += 1
+        if not self._memory_warned:
+            self._memory_warned = True
+            logger.warning(
+                "memory use is %s, above the threshold of %s: %d actor process(es) wait "
+                "to start (ACTORCORE_LOW_MEMORY_POLICY=wait)",
+                usage.describe(), policy.threshold, self.queued)
+        if not self._memory_retry and self.node.spawn(self._retry_after, policy.refresh):
+            self._memory_retry = True
+        return False
+
+    async def _retry_after(self, delay: float) -> None:
+        try:
+            await trio.sleep(delay)
+        finally:
+            self._memory_retry = False
+        if self.memory.over() is None:
+            if self._memory_warned:
+                logger.warning("memory use is below the threshold again: starting the "
+                               "%d waiting actor process(es)", self.queued)
+            self._memory_warned = False
+        self._launch_queued()
+
+    async def _report_refused(self, aw: ActorWorker, usage: Any) -> None:
+        node = getattr(self.node, "node_hex", "?")
+        cause = refusal(usage, self.memory.policy, node, "its process")
+        logger.warning("actor worker_%d was not started: memory use is %s, above the "
+                       "threshold of %s", aw.index, usage.describe(), self.memory.policy.threshold)
+        aw.exit_reason = cause
+        self.on_refused(aw, cause)
 
     def _start_over(self, aw: ActorWorker, state: str) -> None:
         """``aw`` is no longer starting (it is up, or it ended): free its slot."""
