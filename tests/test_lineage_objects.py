@@ -106,10 +106,16 @@ def _spill_out(refs: list, spill: Path | None = None) -> None:
 
 
 def _delete_spill_files(spill: Path) -> list[str]:
-    files = glob.glob(str(spill / "*.spill"))
-    for f in files:
-        os.unlink(f)
-    return files
+    """Delete the spill files there; the ones deleted. A freed filler's file may
+    vanish under the glob (the store deletes it): not ours to count."""
+    deleted = []
+    for f in glob.glob(str(spill / "*.spill")):
+        try:
+            os.unlink(f)
+        except FileNotFoundError:
+            continue
+        deleted.append(f)
+    return deleted
 
 
 def _flush_frees() -> None:
