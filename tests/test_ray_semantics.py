@@ -494,6 +494,53 @@ def test_an_error_nobody_read_is_reported_when_its_ref_is_collected(cluster):
     _healthy()
 
 
+def test_a_cancelled_task_s_error_is_not_unhandled_and_a_worker_reports_once(cluster):
+    """As Ray: only a task's failure (its exception, its worker's death) is an
+    "Unhandled error"; a cancel was asked for (a recursive cancel would log each
+    child its parent dropped). A worker's report is one line, not one per handler."""
+    err = _run_driver("""
+        import sys, threading, time
+        import actorcore as ray
+        from actorcore.core_worker import _worker_state
+
+        ray.init(address=sys.argv[1])
+
+        @ray.remote
+        def sleeper():
+            time.sleep(60)
+
+        @ray.remote
+        def fail(message):
+            raise ValueError(message)
+
+        @ray.remote
+        def drops_a_failure(message):
+            ref, failed = fail.remote(message), threading.Event()
+            _worker_state.core.on_ready_callback([ref.binary()], failed.set)
+            assert failed.wait(60)
+            del ref
+            return 1
+
+        cancelled = [sleeper.remote() for _ in range(2)]
+        for ref in cancelled:
+            ray.cancel(ref)
+        done = threading.Event()
+        _worker_state.core.on_ready_callback([r.binary() for r in cancelled], done.set)
+        assert done.wait(60)
+        del cancelled, ref  # collected with their cancel's error in: not reported
+        assert ray.get(drops_a_failure.remote("dropped-in-a-worker"), timeout=60) == 1
+        kept, failed = fail.remote("dropped-by-the-driver"), threading.Event()
+        _worker_state.core.on_ready_callback([kept.binary()], failed.set)
+        assert failed.wait(60)
+        del kept
+        time.sleep(0.5)  # the worker's line travels to this console (log_to_driver)
+    """, cluster["address"], env=_joining(cluster), stderr=True)
+    assert "dropped-by-the-driver" in err and "dropped-in-a-worker" in err
+    assert err.count("Unhandled error") == 2, err  # one line each, the worker's too
+    assert "cancelled" not in err, err
+    _healthy()
+
+
 # ------------------------------------- 6. calls are ordered per caller, and only per caller
 
 

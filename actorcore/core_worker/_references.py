@@ -38,6 +38,7 @@ from typing import Any
 import attrs
 import trio
 
+from ..exceptions import TaskError, WorkerCrashedError
 from ..protocol import _serialization
 from ..protocol import _wire as w
 from ..protocol._messages import ObjectData
@@ -182,13 +183,22 @@ class ReferenceTable:
             self.report_unhandled(oid, entry)
 
     def report_unhandled(self, oid: bytes, entry: Entry) -> None:
-        """Log the error nobody read, as Ray's "Unhandled error" (any thread)."""
+        """Log the error nobody read, as Ray's "Unhandled error" (any thread).
+
+        Only a task's failure is one (its exception, or its worker's death), as in
+        Ray (``IsUnhandledError`` in its memory store): a cancel was asked for, and
+        an actor's death is told to every caller by its own error, so neither is
+        news; a recursive cancel would otherwise log each child its parent
+        dropped."""
         if self._link.closed or _ignore_unhandled():
             return
         try:
             error: Any = _serialization.loads(entry.data)
         except Exception as exc:
             error = f"(the error of object {oid.hex()} could not be read: {exc!r})"
+        if isinstance(error, BaseException) and not isinstance(
+                error, (TaskError, WorkerCrashedError)):
+            return
         _unhandled_logger().error(
             "Unhandled error (suppress with 'ACTORCORE_IGNORE_UNHANDLED_ERRORS=1'): %s", error)
 
@@ -473,7 +483,7 @@ def _unhandled_logger() -> logging.Logger:
     """``actorcore.unhandled``: to stderr (the driver's console; a worker's output
     goes to the driver with ``log_to_driver``) and, propagated, the session log."""
     log = logging.getLogger("actorcore.unhandled")
-    if not _stderr_handler:
+    if not _stderr_handler and not _root_writes_to_stderr():
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s ERROR %(message)s"))
         log.addHandler(handler)
@@ -482,6 +492,13 @@ def _unhandled_logger() -> logging.Logger:
 
 
 _stderr_handler: list[logging.Handler] = []
+
+
+def _root_writes_to_stderr() -> bool:
+    """A worker's root logger writes to stderr already (``basicConfig``): a
+    handler of our own would print each report twice."""
+    return any(isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr
+               for h in logging.getLogger().handlers)
 
 
 class _PerEntry:
