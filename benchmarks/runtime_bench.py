@@ -483,20 +483,16 @@ def _many_runs(args: argparse.Namespace) -> None:
     if floors:
         print("  floor: multiprocessing.Pool sync round trip "
               + ", ".join(f"{f:.0f} us (ours at {f / t:.0%})" for f, t in floors))
-    copies = [(r["actorcore"]["memcpy_100MB_ms"], r["actorcore"]["put_100MB_first_ms"],
-               r["actorcore"]["put_100MB_ms"]) for r in runs
-              if r.get("actorcore", {}).get("memcpy_100MB_ms")]
-    if copies:
-        print("  floor: memcpy of 100 MB "
-              + ", ".join(f"{c:.1f} ms (put at {c / a:.0%} first, {c / b:.0%} steady)"
-                          for c, a, b in copies))
-    shm = [(r["actorcore"]["memcpy_shm_100MB_ms"], r["actorcore"]["put_100MB_first_ms"],
-            r["actorcore"]["put_100MB_ms"]) for r in runs
-           if r.get("actorcore", {}).get("memcpy_shm_100MB_ms")]
-    if shm:
-        print("  floor: memcpy of 100 MB into shared memory (a memfd, as the store's arena) "
-              + ", ".join(f"{c:.1f} ms (put at {c / a:.0%} first, {c / b:.0%} steady)"
-                          for c, a, b in shm))
+    for key, what in (("memcpy_100MB_ms", "memcpy of 100 MB"),
+                      ("memcpy_shm_100MB_ms", "memcpy of 100 MB into shared memory "
+                                              "(a memfd, as the store's arena)")):
+        copies = [(r["actorcore"][key], r["actorcore"]["put_100MB_first_ms"],
+                   r["actorcore"]["put_100MB_ms"]) for r in runs
+                  if r.get("actorcore", {}).get(key)]
+        if copies:
+            print(f"  floor: {what} "
+                  + ", ".join(f"{c:.1f} ms (put at {c / a:.0%} first, {c / b:.0%} steady)"
+                              for c, a, b in copies))
     print("ratio = ray / actorcore, of time or of memory (higher is better for actorcore)")
 
 
