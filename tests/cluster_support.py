@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from actorcore.session._session import pid_alive
 
-__all__ = ["FAST", "STEADY", "alive", "at_rest", "driver", "no_resources_held", "node_call",
-           "three_nodes", "tasks_seen", "tree_entry", "two_nodes", "until", "wait_at_rest"]
+__all__ = ["FAST", "ROOT", "STEADY", "alive", "at_rest", "driver", "no_resources_held",
+           "node_call", "run_program", "short_root", "three_nodes", "tasks_seen", "tree_entry",
+           "two_nodes", "until", "wait_at_rest"]
+
+#: The repository's root (``PYTHONPATH`` of the programs the tests run).
+ROOT = Path(__file__).resolve().parent.parent
 
 #: Node environment for multi-node tests that kill nodes: a killed node is declared dead within
 #: 3 s (heartbeats every 0.1 s) instead of the default 10 s. Not less: on a loaded
@@ -35,6 +46,27 @@ HANG_GUARD = 600.0
 
 #: Whether a process runs (a zombie is dead): the runtime's own test.
 alive = pid_alive
+
+
+@contextlib.contextmanager
+def short_root() -> Iterator[str]:
+    """A short session root (Unix socket paths must stay under 108 bytes), removed
+    afterwards."""
+    path = tempfile.mkdtemp(prefix="acs")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_program(root: str, code: str, timeout: float, **env: str) -> str:
+    """Run ``code`` as a driver program of its own, its sessions under ``root``; it
+    must exit 0 and print "OK". Its output."""
+    full = dict(os.environ, PYTHONPATH=str(ROOT), ACTORCORE_TMPDIR=root, **env)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-5000:] + out.stderr[-5000:]
+    return out.stdout
 
 
 def tree_entry(snap: dict, name: str) -> dict | None:

@@ -14,6 +14,7 @@ import store
 import transport
 from transport import faults
 
+from .cluster_support import short_root
 from .transport_echo import TOKEN as ECHO_TOKEN
 from .transport_echo import Echo
 
@@ -116,3 +117,11 @@ async def echo_server(tmp_path: Path) -> AsyncIterator[tuple[str, Echo, transpor
         address = await nursery.start(server.run)
         yield address, handler, server
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def root() -> Iterator[str]:
+    """A short session root for the clusters a test starts in programs of their own
+    (``cluster_support.short_root``)."""
+    with short_root() as path:
+        yield path

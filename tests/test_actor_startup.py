@@ -4,35 +4,9 @@ killed while queued is never started. Real clusters in child processes."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import textwrap
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def root() -> Iterator[str]:
-    """A short session root (Unix socket paths must stay under 108 bytes)."""
-    path = tempfile.mkdtemp(prefix="acs")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _run(root: str, code: str, timeout: float, **env: str) -> str:
-    full = dict(os.environ, PYTHONPATH=str(ROOT), ACTORCORE_TMPDIR=root, **env)
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full,
-                         capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
-    return out.stdout
-
+from .cluster_support import run_program
 
 _QUEUE = """
     import os, time
@@ -75,7 +49,7 @@ _QUEUE = """
 
 
 def test_actor_processes_start_through_a_bounded_queue(root):
-    _run(root, _QUEUE, timeout=180, ACTORCORE_MAX_STARTING_WORKERS="1")
+    run_program(root, _QUEUE, timeout=180, ACTORCORE_MAX_STARTING_WORKERS="1")
 
 
 def test_bad_start_cap_is_refused_with_its_value(root):
@@ -87,7 +61,7 @@ def test_bad_start_cap_is_refused_with_its_value(root):
             assert "ACTORCORE_MAX_STARTING_WORKERS='0'" in str(e), e
             print("OK")
     """
-    _run(root, code, timeout=90, ACTORCORE_MAX_STARTING_WORKERS="0")
+    run_program(root, code, timeout=90, ACTORCORE_MAX_STARTING_WORKERS="0")
 
 
 _MANY = """
@@ -135,5 +109,5 @@ def test_a_thousand_process_backed_actors_all_come_up(root):
     if _mem_available() < need:
         pytest.skip(f"1000 actor processes need about {need >> 20} MB; "
                     f"{_mem_available() >> 20} MB available")
-    out = _run(root, _MANY.format(n=1000), timeout=1200)
+    out = run_program(root, _MANY.format(n=1000), timeout=1200)
     print(next(ln for ln in out.splitlines() if ln.startswith("TIME")))

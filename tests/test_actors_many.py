@@ -9,13 +9,9 @@ the queue once memory is free."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,24 +27,9 @@ from actorcore.node.worker_pool._memory import (
     refusal,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+from .cluster_support import ROOT, run_program
+
 GB = 1_000_000_000
-
-
-@pytest.fixture
-def root() -> Iterator[str]:
-    """A short session root (Unix socket paths must stay under 108 bytes)."""
-    path = tempfile.mkdtemp(prefix="acs")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _run(root: str, code: str, timeout: float, **env: str) -> str:
-    full = dict(os.environ, PYTHONPATH=str(ROOT), ACTORCORE_TMPDIR=root, **env)
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full,
-                         capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-5000:] + out.stderr[-5000:]
-    return out.stdout
 
 
 _MANY = """
@@ -88,7 +69,7 @@ _MANY = """
 
 
 def test_two_hundred_actors_created_at_once_all_answer(root: str) -> None:
-    out = _run(root, _MANY.format(n=200, timeout=600), timeout=900)
+    out = run_program(root, _MANY.format(n=200, timeout=600), timeout=900)
     assert "PER_ACTOR_KIB" in out
 
 
@@ -133,7 +114,7 @@ def test_two_thousand_actors_fill_the_machine_and_the_rest_are_refused(root: str
     # A hostile probe, on purpose: one process per actor, 2,000 of them, on a
     # machine that may not hold them all (benchmarks/many_actors_probe.py prints the
     # figures). Every actor either answers or is refused with the typed error.
-    out = _run(root, _SOAK.format(n=2000), timeout=2300)
+    out = run_program(root, _SOAK.format(n=2000), timeout=2300)
     assert "SEEN" in out
 
 

@@ -8,21 +8,16 @@ not count."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 import actorcore as ray
 
-from .cluster_support import HANG_GUARD
-
-ROOT = Path(__file__).resolve().parent.parent
+from .cluster_support import HANG_GUARD, ROOT, short_root
 
 SMALL_PROGRAM = """
 import os, sys
@@ -60,14 +55,11 @@ ray.shutdown()
 
 
 def test_small_program_loads_no_pyarrow_and_large_objects_still_work():
-    root = tempfile.mkdtemp(prefix="acs")  # short: Unix socket paths live under it
-    env = dict(os.environ, PYTHONPATH=str(ROOT), ACTORCORE_TMPDIR=root)
-    env.pop("ACTORCORE_ADDRESS", None)
-    try:
+    with short_root() as root:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), ACTORCORE_TMPDIR=root)
+        env.pop("ACTORCORE_ADDRESS", None)
         out = subprocess.run([sys.executable, "-c", textwrap.dedent(SMALL_PROGRAM)],
                              env=env, capture_output=True, text=True, timeout=HANG_GUARD)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "DRIVER False False NODE False" in out.stdout, out.stdout + out.stderr
     # Nor asyncio, zipfile, the queue utility or the node's own modules, imported

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from .cluster_support import HANG_GUARD
+from .cluster_support import HANG_GUARD, ROOT, short_root
 from .cluster_support import alive as _alive
 
-ROOT = Path(__file__).resolve().parent.parent
 SHM = "/dev/shm"
 
 
@@ -33,18 +32,10 @@ def _env(root: str, **extra: str) -> dict:
 
 
 @pytest.fixture
-def root() -> Iterator[str]:
-    """A short session root (Unix socket paths must stay under 108 bytes)."""
-    path = tempfile.mkdtemp(prefix="acs")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 def root2() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="acs")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    """A second short session root, beside ``root`` (conftest)."""
+    with short_root() as path:
+        yield path
 
 
 def _cli(root: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
