@@ -329,11 +329,13 @@ class EnvVar:
     """One environment variable the project reads."""
 
     name: str
-    kind: str  # "switch" (0 or 1), "int", "float", "path", "text", "address", "token", "bytes"
+    kind: str  # "switch" (0 or 1), "int", "float", "fraction" (in [0, 1]), "path", "text",
+    #            "address", "token", "bytes"
     default: str | None
     help: str
     minimum: float = 0.0
     deprecated_for: str | None = None  # an alias of that variable, with inverted polarity
+    ray_name: str | None = None  # Ray's name for it, read (by the same kind) when ours is unset
 
 
 ENVIRONMENT: tuple[EnvVar, ...] = (
@@ -384,15 +386,17 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
            "start, before the node's own imports"),
     EnvVar("ACTORCORE_MAX_STARTING_WORKERS", "int", None,
            "processes started at once (default: the cores, at least 1)", minimum=1),
-    EnvVar("ACTORCORE_MEMORY_USAGE_THRESHOLD", "float", "0.95",
+    EnvVar("ACTORCORE_MEMORY_USAGE_THRESHOLD", "fraction", "0.95",
            "the share of the machine's memory (or its cgroup's) in use above which no "
-           "actor process is started (Ray's RAY_memory_usage_threshold works too)"),
+           "actor process is started (Ray's RAY_memory_usage_threshold works too)",
+           ray_name="RAY_memory_usage_threshold"),
     EnvVar("ACTORCORE_LOW_MEMORY_POLICY", "text", "fail",
            "what an actor start does above that threshold: fail (its actors die with "
            "ActorOutOfMemoryError) or wait (until memory use is below it)"),
     EnvVar("ACTORCORE_MEMORY_MONITOR_REFRESH_MS", "float", "250",
            "milliseconds a memory reading is reused; 0 turns the memory check off "
-           "(Ray's RAY_memory_monitor_refresh_ms works too)"),
+           "(Ray's RAY_memory_monitor_refresh_ms works too)",
+           ray_name="RAY_memory_monitor_refresh_ms"),
     EnvVar("ACTORCORE_OBJECT_STORE_DISK_FALLBACK", "switch", "1",
            "0: a put that does not fit in memory fails instead of going to disk"),
     EnvVar("ACTORCORE_LOCAL_FS_CAPACITY_THRESHOLD", "float", "0.95",
@@ -437,12 +441,17 @@ def env_value(name: str, environ: Mapping[str, str] | None = None) -> Any:
     default; a bad value raises `ConfigurationError` naming the variable.
 
     ``switch``: a bool ("0" or "1"); ``int``/``float``: a number >= its minimum;
-    anything else: the text. A deprecated alias set instead of its variable counts,
-    inverted, with a warning in the log.
+    ``fraction``: a number in [0, 1]; anything else: the text. A deprecated alias set
+    instead of its variable counts, inverted, with a warning in the log; Ray's name
+    for it (``ray_name``) set instead counts as it, a bad value named by Ray's name.
     """
     var = _BY_NAME[name]
     env = os.environ if environ is None else environ
     raw = env.get(name)
+    if (raw is None or raw.strip() == "") and var.ray_name is not None:
+        rays = env.get(var.ray_name)
+        if rays is not None and rays.strip():
+            return _parse_env(attrs.evolve(var, name=var.ray_name), rays)
     if raw is None or raw.strip() == "":
         alias = next((v for v in ENVIRONMENT if v.deprecated_for == name), None)
         if alias is not None and (env.get(alias.name) or "").strip():
@@ -465,6 +474,11 @@ def _parse_env(var: EnvVar, raw: str) -> Any:
         if var.kind in ("int", "float"):
             number = _read_int(text) if var.kind == "int" else _read_float(text)
             return _number(var.minimum, integer=var.kind == "int")(number)
+        if var.kind == "fraction":
+            number = _read_float(text)
+            if not 0.0 <= number <= 1.0:
+                raise _Bad("must be a fraction in [0, 1]")
+            return number
     except _Bad as exc:
         raise ConfigurationError(f"{var.name}={raw!r}: {exc} ({var.help})") from None
     return raw

@@ -100,9 +100,8 @@ class MemoryPolicy:
         """Read the settings, ours first, then Ray's; a bad value raises
         `ConfigurationError` naming the variable it came from."""
         env = os.environ if environ is None else environ
-        threshold = _fraction(env, "ACTORCORE_MEMORY_USAGE_THRESHOLD", "RAY_memory_usage_threshold")
-        refresh_ms = _number(env, "ACTORCORE_MEMORY_MONITOR_REFRESH_MS",
-                             "RAY_memory_monitor_refresh_ms")
+        threshold = env_value("ACTORCORE_MEMORY_USAGE_THRESHOLD", env)
+        refresh_ms = env_value("ACTORCORE_MEMORY_MONITOR_REFRESH_MS", env)
         policy = str(env_value("ACTORCORE_LOW_MEMORY_POLICY", env)).strip().lower()
         if policy not in POLICIES:
             raise ConfigurationError(
@@ -110,44 +109,6 @@ class MemoryPolicy:
                 f"expected one of {', '.join(POLICIES)} (what an actor start does while "
                 f"memory use is above ACTORCORE_MEMORY_USAGE_THRESHOLD)")
         return cls(threshold=threshold, policy=policy, refresh=refresh_ms / 1000)
-
-
-def _ours_or_rays(env: Mapping[str, str], ours: str, rays: str) -> tuple[str, str | None]:
-    """The variable that is set (ours first) and its text, or ours and None."""
-    for name in (ours, rays):
-        raw = env.get(name)
-        if raw is not None and raw.strip():
-            return name, raw
-    return ours, None
-
-
-def _number(env: Mapping[str, str], ours: str, rays: str) -> float:
-    name, raw = _ours_or_rays(env, ours, rays)
-    if name == ours:
-        return float(env_value(ours, env))  # checked by the table (a number >= 0)
-    assert raw is not None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r}: not a number (milliseconds >= 0)") from None
-    if not value >= 0 or value == float("inf"):
-        raise ConfigurationError(f"{name}={raw!r}: must be a number >= 0 (milliseconds)")
-    return value
-
-
-def _fraction(env: Mapping[str, str], ours: str, rays: str) -> float:
-    name, raw = _ours_or_rays(env, ours, rays)
-    if raw is None:
-        return float(env_value(ours, env))
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise ConfigurationError(
-            f"{name}={raw!r}: must be a fraction in [0, 1] (the share of memory in use "
-            f"above which no actor process is started)")
-    return value
 
 
 # ------------------------------------------------------------------- reading
